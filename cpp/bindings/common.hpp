@@ -1,0 +1,78 @@
+// cpp/bindings/common.hpp: argument checking shared by every binding file.
+//
+// IDs cross the boundary as 1-D C-contiguous int64 or uint64 NumPy arrays; int64 is
+// reinterpreted bit for bit as uint64. Nothing is ever cast silently: any other dtype is a
+// TypeError and any other shape a ValueError that quotes the shape.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+namespace embtab_py {
+
+namespace py = pybind11;
+
+// shape_str renders an array's shape as Python does: "(3, 4)", "(5,)", "()".
+inline std::string shape_str(const py::array& a) {
+    std::ostringstream os;
+    os << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        if (i) os << ", ";
+        os << a.shape(i);
+    }
+    if (a.ndim() == 1) os << ",";
+    os << ")";
+    return os.str();
+}
+
+inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// IdView is a read-only view of a validated ID array. It borrows the array's buffer;
+// `owner` keeps the array alive for as long as the view is used.
+struct IdView {
+    py::array owner;
+    const std::uint64_t* data = nullptr;
+    std::size_t size = 0;
+};
+
+// as_ids checks that `obj` is a 1-D C-contiguous int64/uint64 NumPy array and views it.
+// Throws TypeError (not an ndarray, or another dtype) or ValueError (shape, layout).
+inline IdView as_ids(const py::handle& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray of int64 or uint64, got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    const auto dt = a.dtype();
+    const bool ok = dt.kind() != 'b' && (dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 8;
+    if (!ok) {
+        throw py::type_error(std::string(name) + " must have dtype int64 or uint64, got " + dtype_str(a) +
+                             " (IDs are never cast implicitly)");
+    }
+    if (a.ndim() != 1) {
+        throw py::value_error(std::string(name) + " must be 1-D, got shape " + shape_str(a));
+    }
+    if (!(a.flags() & py::array::c_style) && a.shape(0) > 1) {
+        throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
+    }
+    IdView v;
+    v.owner = a;
+    v.data = static_cast<const std::uint64_t*>(a.data());
+    v.size = static_cast<std::size_t>(a.shape(0));
+    return v;
+}
+
+// check_threads validates a num_threads argument (0 = all hardware threads).
+inline int check_threads(int num_threads) {
+    if (num_threads < 0) {
+        throw py::value_error("num_threads must be >= 0 (0 = all hardware threads), got " +
+                              std::to_string(num_threads));
+    }
+    return num_threads;
+}
+
+}  // namespace embtab_py
