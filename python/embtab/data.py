@@ -305,7 +305,8 @@ class Interactions:
             if v.dtype not in (np.uint64, np.int64) or v.ndim != 1:
                 raise TypeError(f"Interactions.{k} must be a 1-D uint64 or int64 array; got "
                                 f"dtype {v.dtype}, shape {v.shape}")
-            v = np.ascontiguousarray(v).view(np.uint64)
+            if v.dtype != np.uint64:
+                v = np.ascontiguousarray(v).view(np.uint64)
             if np.unique(v).size != v.size:
                 raise ValueError(f"Interactions.{k} holds duplicate raw IDs")
             set_(k, v)
@@ -794,22 +795,26 @@ def _parse_column(tokens, kind, path, numbers, what):
         return out
     except (ValueError, OverflowError):
         pass
+    values = []
     for tok, n in zip(tokens, numbers):
         try:
             if kind == "float":
-                if not math.isfinite(float(tok)):
+                v = float(tok)
+                if not math.isfinite(v):
                     raise ValueError
             else:
                 v = int(tok)
-                lo = -(2**63)
                 hi = _U64_MAX if kind == "id" else 2**63 - 1
-                if not lo <= v <= hi:
+                if not -(2**63) <= v <= hi:
                     raise ValueError
+                v = v & _U64_MAX if kind == "id" else v
         except ValueError:
             need = {"id": "an integer ID in [-2^63, 2^64)", "int": "an int64 integer",
                     "float": "a finite number"}[kind]
             raise ValueError(f"{path}, line {n}: {what} {tok!r} is not {need}") from None
-    raise ValueError(f"{path}: column {what} mixes negative IDs and IDs >= 2^63")
+        values.append(v)
+    # only reached for an ID column mixing negative IDs and IDs >= 2^63
+    return np.asarray(values, dtype=np.uint64)
 
 
 def load_interactions(path: PathLike, categories: Optional[PathLike] = None, *,
