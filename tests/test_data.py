@@ -15,7 +15,7 @@ from embtab.data import (
     train_test_split,
 )
 
-SMALL = dict(n_users=300, n_items=500, n_genres=8, interactions_per_user=20)
+SMALL = {"n_users": 300, "n_items": 500, "n_genres": 8, "interactions_per_user": 20}
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,7 @@ def _check_split(d, train, test):
 
 def test_random_split_fraction_and_seed(small):
     train, test = train_test_split(small, test_fraction=0.2, seed=1)
-    n, n_tr, n_te = _check_split(small, train, test)
+    n, _n_tr, n_te = _check_split(small, train, test)
     np.testing.assert_array_equal(n_te, np.clip(np.floor(0.2 * n + 0.5), 1, n - 1))
     again = train_test_split(small, test_fraction=0.2, seed=1)[1]
     other = train_test_split(small, test_fraction=0.2, seed=2)[1]
@@ -376,7 +376,7 @@ def test_split_keeps_a_train_item_for_every_user(sizes, fraction, seed):
     d = Interactions.from_raw(users, items, timestamps=rng.integers(0, 5, users.size))
     for by_time in (False, True):
         train, test = train_test_split(d, test_fraction=fraction, seed=seed, by_time=by_time)
-        n, n_tr, n_te = _check_split(d, train, test)
+        n, _n_tr, n_te = _check_split(d, train, test)
         if fraction > 0:
             assert np.all(n_te[n >= 2] >= 1)
         assert np.all(n_te[n == 1] == 0)

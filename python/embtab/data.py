@@ -28,28 +28,29 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Union
 
 import numpy as np
 
 __all__ = [
-    "RowSets",
+    "MOVIELENS_GENRES",
     "GroundTruth",
     "Interactions",
-    "power_law",
-    "load_movielens",
-    "load_interactions",
+    "RowSets",
     "load_dataset",
+    "load_interactions",
+    "load_movielens",
+    "power_law",
     "train_test_split",
-    "MOVIELENS_GENRES",
 ]
 
-PathLike = Union[str, "Path"]
+PathLike = Union[str, Path]
 
 #: The 19 genre names of MovieLens-100K, used when ``u.genre`` is absent.
-MOVIELENS_GENRES: Tuple[str, ...] = (
+MOVIELENS_GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
     "Sci-Fi", "Thriller", "War", "Western",
@@ -111,7 +112,7 @@ class RowSets:
         object.__setattr__(self, "n_cols", n_cols)
 
     @classmethod
-    def from_pairs(cls, rows, cols, n_rows: int, n_cols: int) -> "RowSets":
+    def from_pairs(cls, rows, cols, n_rows: int, n_cols: int) -> RowSets:
         """Build from parallel arrays of (row, column) pairs; duplicates are dropped.
 
         Parameters
@@ -134,7 +135,7 @@ class RowSets:
         return cls(indptr, key - r * max(n_cols, 1), n_cols)
 
     @classmethod
-    def from_lists(cls, lists: Sequence, n_cols: int) -> "RowSets":
+    def from_lists(cls, lists: Sequence, n_cols: int) -> RowSets:
         """Build from a sequence of per-row integer sequences (duplicates dropped)."""
         lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
         cols = (np.concatenate([np.asarray(x, dtype=np.int64).ravel() for x in lists])
@@ -166,7 +167,7 @@ class RowSets:
         out[self.row_ids(), self.indices] = 1
         return out
 
-    def take_rows(self, rows) -> "RowSets":
+    def take_rows(self, rows) -> RowSets:
         """The sets of the given rows, in that order, shape [len(rows), n_cols]."""
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self.lengths()[rows]
@@ -175,7 +176,7 @@ class RowSets:
         offs = np.repeat(self.indptr[rows] - indptr[:-1], lengths)
         return RowSets(indptr, self.indices[np.arange(indptr[-1]) + offs], self.n_cols)
 
-    def transpose(self) -> "RowSets":
+    def transpose(self) -> RowSets:
         """Sets per column: shape [n_cols, n_rows]."""
         return RowSets.from_pairs(self.indices, self.row_ids(), self.n_cols, self.n_rows)
 
@@ -291,15 +292,15 @@ class Interactions:
     item_ids: np.ndarray
     users: np.ndarray
     items: np.ndarray
-    weights: Optional[np.ndarray] = None
-    timestamps: Optional[np.ndarray] = None
-    item_genres: Optional[RowSets] = None
-    genre_names: Tuple[str, ...] = ()
-    truth: Optional[GroundTruth] = None
+    weights: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    item_genres: RowSets | None = None
+    genre_names: tuple[str, ...] = ()
+    truth: GroundTruth | None = None
     _sorted_ids: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_ = lambda k, v: object.__setattr__(self, k, v)
         for k in ("user_ids", "item_ids"):
             v = np.asarray(getattr(self, k))
             if v.dtype not in (np.uint64, np.int64) or v.ndim != 1:
@@ -364,7 +365,7 @@ class Interactions:
 
     @classmethod
     def from_raw(cls, raw_users, raw_items, weights=None, timestamps=None, *, name="data",
-                 item_genres: Optional[dict] = None, genre_names=None) -> "Interactions":
+                 item_genres: dict | None = None, genre_names=None) -> Interactions:
         """Build from raw IDs: dense indices follow ascending raw ID; duplicates are merged.
 
         Parameters
@@ -492,7 +493,7 @@ class Interactions:
             raise KeyError(f"unknown {which[:-4]} ID {int(raw[bad].ravel()[0])}")
         return order[pos].astype(np.int64)
 
-    def subset(self, mask) -> "Interactions":
+    def subset(self, mask) -> Interactions:
         """The interactions where ``mask`` (bool [N]) is true, in the same index space."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.users.shape:
@@ -817,8 +818,8 @@ def _parse_column(tokens, kind, path, numbers, what):
     return np.asarray(values, dtype=np.uint64)
 
 
-def load_interactions(path: PathLike, categories: Optional[PathLike] = None, *,
-                      name: Optional[str] = None) -> Interactions:
+def load_interactions(path: PathLike, categories: PathLike | None = None, *,
+                      name: str | None = None) -> Interactions:
     """Load a generic ``user item [weight [timestamp]]`` file.
 
     Format: one interaction per line, fields separated by whitespace, or by commas when the file
@@ -1046,8 +1047,8 @@ def _literal(v: str):
 
 
 def train_test_split(data: Interactions, test_fraction: float = 0.2, seed: int = 0, *,
-                     by_time: bool = False, n_test: Optional[int] = None
-                     ) -> Tuple[Interactions, Interactions]:
+                     by_time: bool = False, n_test: int | None = None
+                     ) -> tuple[Interactions, Interactions]:
     """Seeded per-user train/test split in the same index space.
 
     A user with ``n`` interactions sends ``t = clip(floor(test_fraction * n + 0.5), 1, n - 1)``

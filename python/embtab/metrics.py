@@ -48,29 +48,27 @@ Example::
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from embtab.data import Interactions, RowSets
 
 __all__ = [
+    "arp_at_k",
     "as_row_sets",
+    "coverage_at_k",
+    "decile_recall_at_k",
+    "entropy_at_k",
+    "evaluate",
+    "exposure_counts",
+    "gini_at_k",
+    "head_items",
     "item_counts",
     "item_popularity",
-    "head_items",
-    "popularity_deciles",
-    "exposure_counts",
-    "recall_at_k",
-    "ndcg_at_k",
-    "arp_at_k",
-    "tail_share_at_k",
-    "coverage_at_k",
-    "gini_at_k",
-    "entropy_at_k",
     "miscalibration_at_k",
-    "decile_recall_at_k",
-    "evaluate",
+    "ndcg_at_k",
+    "popularity_deciles",
+    "recall_at_k",
+    "tail_share_at_k",
 ]
 
 ALPHA = 0.01
@@ -80,7 +78,7 @@ HEAD_FRACTION = 0.2
 # inputs /////////////////////////////////////////////////////////////////////////////////////
 
 
-def as_row_sets(sets, n_items: Optional[int] = None) -> RowSets:
+def as_row_sets(sets, n_items: int | None = None) -> RowSets:
     """Normalise per-user item sets to a :class:`~embtab.data.RowSets` [U, I].
 
     Parameters
@@ -136,7 +134,7 @@ def _n_genre_rows(item_genres) -> int:
     return int(np.asarray(item_genres).shape[0])
 
 
-def _topk(topk, k: int, n_items: int, n_users: Optional[int] = None) -> np.ndarray:
+def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
     """Validate and cut a top-k array to int64 [U, k]."""
     a = np.asarray(topk)
     if a.dtype.kind not in "iu":
@@ -171,14 +169,14 @@ def _hits(top: np.ndarray, sets: RowSets) -> np.ndarray:
 # popularity /////////////////////////////////////////////////////////////////////////////////
 
 
-def item_counts(train, n_items: Optional[int] = None) -> np.ndarray:
+def item_counts(train, n_items: int | None = None) -> np.ndarray:
     """Training count per item (number of distinct training users), int64 [I]."""
     s = as_row_sets(train, n_items)
     return np.bincount(s.indices, minlength=s.n_cols).astype(np.int64)
 
 
-def item_popularity(train, n_users: Optional[int] = None,
-                    n_items: Optional[int] = None) -> np.ndarray:
+def item_popularity(train, n_users: int | None = None,
+                    n_items: int | None = None) -> np.ndarray:
     """pop(i) = share of training users who interacted with item i, float64 [I].
 
     Parameters
@@ -260,7 +258,7 @@ def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
 # accuracy ///////////////////////////////////////////////////////////////////////////////////
 
 
-def recall_at_k(topk, test, k: int = 10, *, n_items: Optional[int] = None,
+def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
                 per_user: bool = False):
     """recall@k = |top-k ∩ test_u| / min(k, |test_u|), averaged over users with a test item.
 
@@ -292,7 +290,7 @@ def recall_at_k(topk, test, k: int = 10, *, n_items: Optional[int] = None,
     return r if per_user else _nanmean(r)
 
 
-def ndcg_at_k(topk, test, k: int = 10, *, n_items: Optional[int] = None,
+def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
               per_user: bool = False):
     """ndcg@k with binary gains, averaged over users with a test item.
 
@@ -520,7 +518,7 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
 
 
 def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
-             n_items: Optional[int] = None) -> dict:
+             n_items: int | None = None) -> dict:
     """All metrics at k, keyed as results.json stores them.
 
     Parameters
