@@ -297,10 +297,11 @@ class Interactions:
     item_genres: RowSets | None = None
     genre_names: tuple[str, ...] = ()
     truth: GroundTruth | None = None
-    _sorted_ids: dict = field(default_factory=dict, repr=False, compare=False)
+    _sorted_ids: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
+        set_("_sorted_ids", {})
         for k in ("user_ids", "item_ids"):
             v = np.asarray(getattr(self, k))
             if v.dtype not in (np.uint64, np.int64) or v.ndim != 1:
@@ -500,8 +501,7 @@ class Interactions:
             raise ValueError(f"mask has shape {mask.shape}; expected {self.users.shape}")
         return replace(self, users=self.users[mask], items=self.items[mask],
                        weights=None if self.weights is None else self.weights[mask],
-                       timestamps=None if self.timestamps is None else self.timestamps[mask],
-                       _sorted_ids={})
+                       timestamps=None if self.timestamps is None else self.timestamps[mask])
 
     def summary(self) -> dict:
         """``{name, users, items, interactions, top1pct_share}`` as results.json stores it.
@@ -761,14 +761,12 @@ def _read_lines(path: Path, encoding="utf-8"):
 
 def _split_lines(lines, sep):
     """Return (rows of fields, 1-based line numbers) skipping blank and '#' comment lines."""
-    numbers, rows = [], []
-    for n, ln in enumerate(lines, 1):
-        s = ln.strip()
-        if not s or s.startswith("#"):
-            continue
-        numbers.append(n)
-        rows.append([f.strip() for f in s.split(sep)] if sep else s.split())
-    return rows, numbers
+    if sep is None:
+        rows = [ln.split() for ln in lines]
+    else:
+        rows = [[f.strip() for f in ln.split(sep)] if ln.strip() else [] for ln in lines]
+    keep = [n for n, r in enumerate(rows) if r and not r[0].startswith("#")]
+    return [rows[n] for n in keep], [n + 1 for n in keep]
 
 
 def _is_int(tok: str) -> bool:
@@ -781,19 +779,17 @@ def _is_int(tok: str) -> bool:
 
 def _parse_column(tokens, kind, path, numbers, what):
     """Vectorised parse of a column of strings; on failure find and name the first bad line."""
-    arr = np.asarray(tokens)
     try:
         if kind == "id":
             try:
-                return arr.astype(np.uint64)
-            except (ValueError, OverflowError):
-                return arr.astype(np.int64).view(np.uint64)
+                return np.fromiter(map(int, tokens), np.int64, len(tokens)).view(np.uint64)
+            except OverflowError:
+                return np.fromiter(map(int, tokens), np.uint64, len(tokens))
         if kind == "int":
-            return arr.astype(np.int64)
-        out = arr.astype(np.float64)
-        if not np.all(np.isfinite(out)):
-            raise ValueError("not finite")
-        return out
+            return np.fromiter(map(int, tokens), np.int64, len(tokens))
+        out = np.fromiter(map(float, tokens), np.float64, len(tokens))
+        if np.all(np.isfinite(out)):
+            return out
     except (ValueError, OverflowError):
         pass
     values = []
@@ -952,7 +948,7 @@ def load_movielens(path: PathLike, *, name: str = "ml-100k") -> Interactions:
     path = Path(path)
     folder = path.parent if path.is_file() else path
     data_file = path if path.is_file() else folder / "u.data"
-    rows, numbers = _split_lines(_read_lines(data_file, "latin-1"), "\t")
+    rows, numbers = _split_lines(_read_lines(data_file, "latin-1"), None)
     if not rows:
         raise ValueError(f"{data_file}: no ratings")
     widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
