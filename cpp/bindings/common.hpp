@@ -12,7 +12,7 @@
 #include <sstream>
 #include <string>
 
-namespace embtab_py {
+namespace embtab_py __attribute__((visibility("hidden"))) {
 
 namespace py = pybind11;
 

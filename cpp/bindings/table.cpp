@@ -1,5 +1,218 @@
+// Bindings of embtab::CuckooTable as embtab._core._CuckooTable (wrapped by embtab.table).
+//
+// Every batch call checks its arguments and allocates its output with the GIL held, then runs
+// with the GIL released. The GIL is never requested while the table's lock is held.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "common.hpp"
+#include "embtab/io.hpp"
+#include "embtab/table.hpp"
 
 namespace py = pybind11;
+using embtab::CuckooTable;
+using embtab_py::as_ids;
+using embtab_py::check_threads;
 
-void bind_table(py::module_& m) {}
+namespace {
+
+py::array_t<std::int64_t> rows_array(std::size_t n) { return py::array_t<std::int64_t>(static_cast<py::ssize_t>(n)); }
+
+py::dict stats_dict(const embtab::TableStats& s) {
+    py::dict d;
+    d["size"] = s.size;
+    d["capacity"] = s.capacity;
+    d["num_buckets"] = s.num_buckets;
+    d["slots_per_bucket"] = embtab::kSlotsPerBucket;
+    d["num_rows"] = s.num_rows;
+    d["free_rows"] = s.free_rows;
+    d["load_factor"] = s.load_factor;
+    d["memory_bytes"] = s.memory_bytes;
+    d["bytes_per_key"] = s.size ? static_cast<double>(s.memory_bytes) / static_cast<double>(s.size) : 0.0;
+    d["lookups"] = s.lookups;
+    d["second_bucket_probes"] = s.second_bucket_probes;
+    d["inserts"] = s.inserts;
+    d["erases"] = s.erases;
+    d["displacements"] = s.displacements;
+    d["bfs_searches"] = s.bfs_searches;
+    d["max_bfs_path"] = s.max_bfs_path;
+    d["grows"] = s.grows;
+    d["grows_on_failed_insert"] = s.grows_on_failed_insert;
+    d["load_factor_at_last_grow"] = s.load_factor_at_last_grow;
+    d["rehashed_keys"] = s.rehashed_keys;
+    return d;
+}
+
+py::dict config_dict(const embtab::TableConfig& c) {
+    py::dict d;
+    d["growth_factor"] = c.growth_factor;
+    d["max_load_factor"] = c.max_load_factor;
+    d["max_size"] = c.max_size == 0 ? py::object(py::none()) : py::object(py::int_(c.max_size));
+    d["seed"] = c.seed;
+    return d;
+}
+
+}  // namespace
+
+void bind_table(py::module_& m) {
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const embtab::TableFullError& e) {
+            py::object cls = py::module_::import("embtab._errors").attr("TableFullError");
+            py::object exc = cls(e.what(), e.capacity, e.load_factor);
+            PyErr_SetObject(cls.ptr(), exc.ptr());
+        } catch (const embtab::IoError& e) {
+            py::object exc = py::module_::import("builtins").attr("OSError")(e.error, e.what());
+            PyErr_SetObject(PyExc_OSError, exc.ptr());
+        }
+    });
+
+    py::class_<CuckooTable, std::unique_ptr<CuckooTable>>(m, "_CuckooTable")
+        .def(py::init([](std::uint64_t capacity, double growth_factor, double max_load_factor, std::uint64_t max_size,
+                         std::uint64_t seed) {
+                 embtab::TableConfig cfg;
+                 cfg.growth_factor = growth_factor;
+                 cfg.max_load_factor = max_load_factor;
+                 cfg.max_size = max_size;
+                 cfg.seed = seed;
+                 return std::make_unique<CuckooTable>(capacity, cfg);
+             }),
+             py::arg("capacity"), py::arg("growth_factor"), py::arg("max_load_factor"), py::arg("max_size"),
+             py::arg("seed"))
+        .def("lookup",
+             [](const CuckooTable& t, const py::object& ids, int num_threads) {
+                 auto v = as_ids(ids, "ids");
+                 check_threads(num_threads);
+                 auto out = rows_array(v.size);
+                 std::int64_t* o = out.mutable_data();
+                 py::gil_scoped_release release;
+                 t.lookup(v.data, v.size, o, num_threads);
+                 return out;
+             },
+             py::arg("ids"), py::arg("num_threads"))
+        .def("lookup_or_insert",
+             [](CuckooTable& t, const py::object& ids, int num_threads) {
+                 auto v = as_ids(ids, "ids");
+                 check_threads(num_threads);
+                 auto out = rows_array(v.size);
+                 std::int64_t* o = out.mutable_data();
+                 py::gil_scoped_release release;
+                 t.lookup_or_insert(v.data, v.size, o, num_threads);
+                 return out;
+             },
+             py::arg("ids"), py::arg("num_threads"))
+        .def("contains",
+             [](const CuckooTable& t, const py::object& ids, int num_threads) {
+                 auto v = as_ids(ids, "ids");
+                 check_threads(num_threads);
+                 py::array_t<bool> out(static_cast<py::ssize_t>(v.size));
+                 auto* o = reinterpret_cast<std::uint8_t*>(out.mutable_data());
+                 py::gil_scoped_release release;
+                 t.contains(v.data, v.size, o, num_threads);
+                 return out;
+             },
+             py::arg("ids"), py::arg("num_threads"))
+        .def("erase",
+             [](CuckooTable& t, const py::object& ids) {
+                 auto v = as_ids(ids, "ids");
+                 py::gil_scoped_release release;
+                 return t.erase(v.data, v.size);
+             },
+             py::arg("ids"))
+        .def("assign",
+             [](CuckooTable& t, const py::object& keys, const py::array& rows, std::uint64_t num_rows) {
+                 auto k = as_ids(keys, "keys");
+                 if (!py::isinstance<py::array_t<std::int64_t>>(rows) || rows.dtype().kind() != 'i' ||
+                     rows.dtype().itemsize() != 8) {
+                     throw py::type_error("rows must be an int64 array, got dtype " + embtab_py::dtype_str(rows));
+                 }
+                 if (rows.ndim() != 1 || static_cast<std::size_t>(rows.shape(0)) != k.size) {
+                     throw py::value_error("rows must be 1-D with as many entries as keys (" + std::to_string(k.size) +
+                                           "), got shape " + embtab_py::shape_str(rows));
+                 }
+                 auto r = py::array_t<std::int64_t, py::array::c_style>::ensure(rows);
+                 const std::int64_t* rp = r.data();
+                 py::gil_scoped_release release;
+                 t.assign(k.data, rp, k.size, num_rows);
+             },
+             py::arg("keys"), py::arg("rows"), py::arg("num_rows"))
+        .def("reserve", [](CuckooTable& t, std::uint64_t n) {
+            py::gil_scoped_release release;
+            t.reserve(n);
+        })
+        .def("clear", [](CuckooTable& t) {
+            py::gil_scoped_release release;
+            t.clear();
+        })
+        .def_property_readonly("size", &CuckooTable::size)
+        .def_property_readonly("capacity", &CuckooTable::capacity)
+        .def_property_readonly("num_rows", &CuckooTable::num_rows)
+        .def_property_readonly("load_factor", &CuckooTable::load_factor)
+        .def("stats", [](const CuckooTable& t) { return stats_dict(t.stats()); })
+        .def("config", [](const CuckooTable& t) { return config_dict(t.config()); })
+        .def("items",
+             [](const CuckooTable& t) {
+                 std::vector<std::uint64_t> keys;
+                 std::vector<std::int64_t> rows;
+                 {
+                     py::gil_scoped_release release;
+                     t.items(keys, rows);
+                 }
+                 py::array_t<std::uint64_t> k(static_cast<py::ssize_t>(keys.size()));
+                 py::array_t<std::int64_t> r(static_cast<py::ssize_t>(rows.size()));
+                 std::copy(keys.begin(), keys.end(), k.mutable_data());
+                 std::copy(rows.begin(), rows.end(), r.mutable_data());
+                 return py::make_tuple(k, r);
+             })
+        .def("to_bytes",
+             [](const CuckooTable& t) {
+                 std::string s;
+                 {
+                     py::gil_scoped_release release;
+                     s = t.serialize();
+                 }
+                 return py::bytes(s);
+             })
+        .def_static("from_bytes",
+                    [](const py::bytes& b) {
+                        std::string_view sv(b);
+                        py::gil_scoped_release release;
+                        return CuckooTable::deserialize(sv.data(), sv.size());
+                    })
+        .def("save",
+             [](const CuckooTable& t, const std::string& path) {
+                 py::gil_scoped_release release;
+                 embtab::atomic_write_file(path, t.serialize());
+             },
+             py::arg("path"))
+        .def_static("load",
+                    [](const std::string& path) {
+                        py::gil_scoped_release release;
+                        const std::string data = embtab::read_file(path);
+                        try {
+                            return CuckooTable::deserialize(data.data(), data.size());
+                        } catch (const std::invalid_argument& e) {
+                            throw std::invalid_argument(path + ": " + e.what());
+                        }
+                    },
+                    py::arg("path"))
+        .def("_candidate_buckets",
+             [](const CuckooTable& t, const py::object& ids) {
+                 auto v = as_ids(ids, "ids");
+                 py::array_t<std::uint64_t> b1(static_cast<py::ssize_t>(v.size)), b2(static_cast<py::ssize_t>(v.size));
+                 auto* p1 = b1.mutable_data();
+                 auto* p2 = b2.mutable_data();
+                 for (std::size_t i = 0; i < v.size; ++i) {
+                     const auto bp = embtab::TableTestAccess::candidate_buckets(t, v.data[i]);
+                     p1[i] = bp.first;
+                     p2[i] = bp.second;
+                 }
+                 return py::make_tuple(b1, b2);
+             })
+        .def("_check_invariants", [](const CuckooTable& t) { return embtab::TableTestAccess::check_invariants(t); });
+}

@@ -6,5 +6,7 @@ the submodules ``embtab.nn``, ``embtab.rerank``, ``embtab.metrics``, ``embtab.da
 """
 
 from embtab._core import __version__
+from embtab._errors import TableFullError
+from embtab.table import CuckooTable
 
-__all__ = ["__version__"]
+__all__ = ["CuckooTable", "TableFullError", "__version__"]

@@ -1,0 +1,54 @@
+// embtab/config.hpp: the tuning constants of the cuckoo table, each with what it governs.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace embtab {
+
+// Slots in one bucket. A bucket is 4 keys + 4 rows = 64 bytes: one cache line, so a lookup
+// costs at most two cache misses (its two candidate buckets).
+inline constexpr std::size_t kSlotsPerBucket = 4;
+
+// Bytes in one cache line; buckets are aligned to it.
+inline constexpr std::size_t kCacheLine = 64;
+
+// Longest displacement path the insert BFS explores (number of keys moved). libcuckoo uses 5;
+// with 4-slot buckets it lets the table fill past 0.95 before an insert fails.
+inline constexpr std::size_t kMaxBfsPathLen = 5;
+
+// Fixed BFS queue size: an insert never allocates. Enough for every bucket reachable within
+// kMaxBfsPathLen - 1 displacements from two start buckets (2·(1+4+16+64+256) = 682).
+inline constexpr std::size_t kBfsQueueSize = 1024;
+
+// How many keys ahead a batched operation hashes and prefetches, so that many cache misses are
+// in flight at once.
+inline constexpr std::size_t kPrefetchDistance = 16;
+
+// Keys per work item of a parallel batch; batches at most this long run on the calling thread.
+inline constexpr std::size_t kParallelGrain = 1 << 14;
+
+// Default load factor at which the table grows, and the accepted range for it.
+inline constexpr double kDefaultMaxLoadFactor = 0.95;
+inline constexpr double kMinMaxLoadFactor = 0.5;
+inline constexpr double kMaxMaxLoadFactor = 0.98;
+
+// Default growth factor of the bucket count (any value in (1, 16] is accepted).
+inline constexpr double kDefaultGrowthFactor = 2.0;
+
+// Smallest bucket count; the two candidate buckets of a key are always distinct.
+inline constexpr std::uint64_t kMinBuckets = 2;
+
+// Marks an empty slot (rows are never negative) and an absent key in lookup results.
+inline constexpr std::int64_t kNoRow = -1;
+
+// The on-disk format (see CuckooTable::serialize).
+inline constexpr char kFileMagic[8] = {'E', 'M', 'B', 'T', 'A', 'B', 'C', 'K'};
+inline constexpr std::uint32_t kFormatVersion = 1;
+
+static_assert(kSlotsPerBucket * 2 * sizeof(std::uint64_t) == kCacheLine,
+              "a bucket (keys + rows) must fill exactly one cache line");
+static_assert((kPrefetchDistance & (kPrefetchDistance - 1)) == 0, "prefetch distance must be a power of 2");
+static_assert(kBfsQueueSize >= 2 * (1 + 4 + 16 + 64 + 256), "BFS queue must hold every reachable bucket");
+
+}  // namespace embtab

@@ -1,0 +1,88 @@
+// embtab/io.hpp: whole-file reads and atomic whole-file writes (POSIX).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace embtab {
+
+// IoError: the operating system refused a read or write; carries errno's text and the path.
+struct IoError : std::runtime_error {
+    IoError(const std::string& what, int err) : std::runtime_error(what + ": " + std::strerror(err)), error(err) {}
+    int error;
+};
+
+// atomic_write_file replaces `path` with `data` so that a crash or an error at any point
+// leaves either the old file or the complete new one: it writes a temporary file in the same
+// directory, fsyncs it, renames it over `path` and fsyncs the directory. On error the
+// temporary is removed and IoError thrown; the old file is untouched.
+inline void atomic_write_file(const std::string& path, const std::string& data) {
+    std::random_device rd;
+    const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw IoError("cannot create " + tmp, errno);
+    auto fail = [&](const std::string& what) {
+        const int err = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw IoError(what + " " + tmp, err);
+    };
+    std::size_t done = 0;
+    while (done < data.size()) {
+        const ssize_t w = ::write(fd, data.data() + done, data.size() - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            fail("cannot write");
+        }
+        done += static_cast<std::size_t>(w);
+    }
+    if (::fsync(fd) != 0) fail("cannot fsync");
+    if (::close(fd) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw IoError("cannot close " + tmp, err);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw IoError("cannot rename " + tmp + " to " + path, err);
+    }
+    const auto slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
+// read_file returns the whole content of `path`; throws IoError if it cannot be read.
+inline std::string read_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw IoError("cannot open " + path, errno);
+    std::string out;
+    char buf[1 << 16];
+    for (;;) {
+        const ssize_t r = ::read(fd, buf, sizeof buf);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            const int err = errno;
+            ::close(fd);
+            throw IoError("cannot read " + path, err);
+        }
+        if (r == 0) break;
+        out.append(buf, static_cast<std::size_t>(r));
+    }
+    ::close(fd);
+    return out;
+}
+
+}  // namespace embtab

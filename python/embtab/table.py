@@ -1,0 +1,286 @@
+"""The collisionless ID -> row table: :class:`CuckooTable`."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from embtab import _core
+from embtab._errors import TableFullError
+
+__all__ = ["CuckooTable", "TableFullError"]
+
+
+def _check_threads(num_threads: Optional[int], default: int) -> int:
+    if num_threads is None:
+        return default
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
+        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 (0 = all hardware threads), got {num_threads}")
+    return int(num_threads)
+
+
+def _check_count(value, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class CuckooTable:
+    """A bucketized cuckoo hash table giving every raw 64-bit ID its own row.
+
+    IDs are any 64-bit values (0 and 2**64-1 included; no key is reserved), passed as 1-D
+    C-contiguous ``int64`` or ``uint64`` NumPy arrays; ``int64`` is reinterpreted bit for bit, so
+    ``-1`` and ``2**64-1`` are the same ID. Any other dtype raises ``TypeError``, any other
+    shape ``ValueError``: IDs are never cast implicitly.
+
+    Rows are integers in ``[0, num_rows)``. A new ID takes the lowest row freed by
+    :meth:`erase`, else the next unused row; within one batch, new IDs are numbered in order of
+    first occurrence. Rows never move: growth rehashes the index only. The table's whole state
+    is therefore its ``(key, row)`` pairs plus ``num_rows``, which :meth:`save`, pickling and
+    :meth:`from_items` carry exactly.
+
+    The index is an array of 64-byte buckets of 4 ``(key, row)`` slots; a key lives in one of
+    two buckets chosen by ``mix64(key, seed)`` (a SplitMix64 finaliser; see
+    ``cpp/include/embtab/hash.hpp``). An insert that finds both full moves keys along the
+    shortest displacement path (breadth-first, at most 5 moves); the table grows by
+    ``growth_factor`` when no path exists or the load factor would pass ``max_load_factor``.
+
+    Parameters
+    ----------
+    capacity : int, default 0
+        Number of IDs to make room for up front (the table grows past it as needed).
+    max_size : int or None, default None
+        Most live IDs. When reached, :meth:`lookup_or_insert` of a batch with new IDs raises
+        :class:`TableFullError` and inserts nothing.
+    growth_factor : float, default 2.0
+        Multiplier of the bucket count on growth, in (1, 16].
+    max_load_factor : float, default 0.95
+        The table grows before its load factor (live IDs / slots) passes this, in [0.5, 0.98].
+    seed : int, default 0
+        Hash seed (0 <= seed < 2**64).
+    num_threads : int, default 0
+        Threads for batch operations (0 = all hardware threads). Batches of up to 16,384 IDs
+        run on the calling thread. Results are identical for any thread count.
+
+    Notes
+    -----
+    Thread safety: every method may be called from several Python threads at once. Lookups
+    share a reader lock; inserts, erases and the like take the writer lock for the whole batch,
+    so a batch is applied atomically. The GIL is released while a batch runs.
+
+    Examples
+    --------
+    >>> import numpy as np, embtab
+    >>> t = embtab.CuckooTable()
+    >>> t.lookup_or_insert(np.array([42, -1, 42, 7], dtype=np.int64))
+    array([0, 1, 0, 2])
+    >>> t.lookup(np.array([7, 8], dtype=np.uint64))
+    array([ 2, -1])
+    """
+
+    __slots__ = ("_t", "_num_threads", "__weakref__")
+
+    def __init__(
+        self,
+        capacity: int = 0,
+        *,
+        max_size: Optional[int] = None,
+        growth_factor: float = 2.0,
+        max_load_factor: float = 0.95,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
+        capacity = _check_count(capacity, "capacity")
+        if max_size is not None:
+            max_size = _check_count(max_size, "max_size", 1)
+        seed = _check_count(seed, "seed")
+        if seed >= 2**64:
+            raise ValueError(f"seed must be < 2**64, got {seed}")
+        for name, value in (("growth_factor", growth_factor), ("max_load_factor", max_load_factor)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        self._num_threads = _check_threads(num_threads, 0)
+        self._t = _core._CuckooTable(
+            capacity, float(growth_factor), float(max_load_factor), max_size or 0, seed
+        )
+
+    @classmethod
+    def _wrap(cls, core, num_threads: int = 0) -> "CuckooTable":
+        self = cls.__new__(cls)
+        self._t = core
+        self._num_threads = num_threads
+        return self
+
+    # batch operations -------------------------------------------------------------------
+
+    def lookup_or_insert(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
+        """Rows of ``ids``, inserting the absent ones.
+
+        Parameters
+        ----------
+        ids : ndarray of int64 or uint64, shape (n,)
+        num_threads : int, optional
+            Overrides the table's ``num_threads`` for this call.
+
+        Returns
+        -------
+        ndarray of int64, shape (n,)
+
+        Raises
+        ------
+        TableFullError
+            If ``max_size`` would be exceeded; the table is then left exactly as it was.
+        """
+        return self._t.lookup_or_insert(ids, _check_threads(num_threads, self._num_threads))
+
+    def lookup(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
+        """Rows of ``ids`` (int64, shape (n,)), ``-1`` where an ID is absent. Never inserts."""
+        return self._t.lookup(ids, _check_threads(num_threads, self._num_threads))
+
+    def contains(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
+        """Boolean array, shape (n,): whether each ID is in the table."""
+        return self._t.contains(ids, _check_threads(num_threads, self._num_threads))
+
+    def erase(self, ids: np.ndarray) -> int:
+        """Remove ``ids``; their rows become free for new IDs (lowest first).
+
+        Returns the number of IDs removed (absent IDs are ignored; a repeated ID counts once).
+        """
+        return self._t.erase(ids)
+
+    # capacity ---------------------------------------------------------------------------
+
+    def reserve(self, n: int) -> None:
+        """Grow now so that ``n`` IDs fit without passing ``max_load_factor``."""
+        self._t.reserve(_check_count(n, "n"))
+
+    def clear(self) -> None:
+        """Remove every ID (the next new ID gets row 0). Keeps the capacity."""
+        self._t.clear()
+
+    def __len__(self) -> int:
+        return self._t.size
+
+    @property
+    def capacity(self) -> int:
+        """Slots in the index (4 per bucket)."""
+        return self._t.capacity
+
+    @property
+    def num_rows(self) -> int:
+        """Rows handed out so far (live + freed): every row is in ``[0, num_rows)``."""
+        return self._t.num_rows
+
+    @property
+    def load_factor(self) -> float:
+        """Live IDs / capacity."""
+        return self._t.load_factor
+
+    @property
+    def max_size(self) -> Optional[int]:
+        return self._t.config()["max_size"]
+
+    @property
+    def config(self) -> dict:
+        """``growth_factor``, ``max_load_factor``, ``max_size`` and ``seed`` (a copy)."""
+        return self._t.config()
+
+    @property
+    def num_threads(self) -> int:
+        return self._num_threads
+
+    def stats(self) -> dict:
+        """Gauges and counters for tuning.
+
+        Gauges: ``size``, ``capacity``, ``num_buckets``, ``num_rows``, ``free_rows``,
+        ``load_factor``, ``memory_bytes`` (index + free-row heap) and ``bytes_per_key``.
+        Counters since construction or load: ``lookups``, ``second_bucket_probes`` (lookups that
+        read the second bucket), ``inserts``, ``erases``, ``displacements`` (keys moved to make
+        room), ``bfs_searches`` (inserts that found both buckets full), ``max_bfs_path``,
+        ``grows``, ``grows_on_failed_insert``, ``load_factor_at_last_grow``, ``rehashed_keys``.
+        """
+        return self._t.stats()
+
+    def items(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Every live ``(keys, rows)`` pair, ordered by row: ``(uint64 [n], int64 [n])``."""
+        return self._t.items()
+
+    # persistence ------------------------------------------------------------------------
+
+    @classmethod
+    def from_items(
+        cls, keys: np.ndarray, rows: np.ndarray, num_rows: Optional[int] = None, **kwargs
+    ) -> "CuckooTable":
+        """A table holding exactly the given ``(key, row)`` pairs.
+
+        Parameters
+        ----------
+        keys : ndarray of int64 or uint64, shape (n,)
+            Distinct IDs.
+        rows : ndarray of int64, shape (n,)
+            Distinct rows, each in ``[0, num_rows)``.
+        num_rows : int, optional
+            Rows handed out (default ``max(rows) + 1``); the rows below it that no key holds
+            are free and are handed out lowest first.
+        **kwargs
+            Constructor arguments (``max_size``, ``growth_factor``, ``seed``, ...).
+        """
+        rows = np.asarray(rows) if not isinstance(rows, np.ndarray) else rows
+        if num_rows is None:
+            num_rows = int(rows.max()) + 1 if rows.size else 0
+        table = cls(**kwargs)
+        table._t.assign(keys, rows, _check_count(num_rows, "num_rows"))
+        return table
+
+    def save(self, path: "os.PathLike[str] | str") -> None:
+        """Write the table to ``path`` atomically.
+
+        The file (format: ``cpp/include/embtab/table.hpp``, ``CuckooTable::serialize``) holds a
+        magic number, a format version, the configuration, every ``(key, row)`` and a checksum.
+        It is written to a temporary file in the same directory, fsynced and renamed over
+        ``path``: a failed or interrupted save leaves the old file intact.
+        """
+        self._t.save(os.fsdecode(os.fspath(path)))
+
+    @classmethod
+    def load(cls, path: "os.PathLike[str] | str", num_threads: int = 0) -> "CuckooTable":
+        """Read a table written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupt (checksum mismatch), of another format or
+            version, or inconsistent; nothing is half-loaded.
+        OSError
+            If the file cannot be read.
+        """
+        return cls._wrap(_core._CuckooTable.load(os.fsdecode(os.fspath(path))),
+                         _check_threads(num_threads, 0))
+
+    def to_bytes(self) -> bytes:
+        """The table in :meth:`save`'s file format."""
+        return self._t.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, num_threads: int = 0) -> "CuckooTable":
+        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on corrupt input."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        return cls._wrap(_core._CuckooTable.from_bytes(bytes(data)), _check_threads(num_threads, 0))
+
+    def __reduce__(self):
+        return (_restore, (self.to_bytes(), self._num_threads))
+
+    def __repr__(self) -> str:
+        return (f"CuckooTable(size={len(self)}, capacity={self.capacity}, num_rows={self.num_rows}, "
+                f"load_factor={self.load_factor:.3f}, max_size={self.max_size})")
+
+
+def _restore(data: bytes, num_threads: int) -> CuckooTable:
+    return CuckooTable.from_bytes(data, num_threads)
