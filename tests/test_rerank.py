@@ -66,8 +66,13 @@ def instances(draw):
     alpha = draw(st.one_of(st.sampled_from([0.0, 0.01, 0.5]), st.floats(1e-12, 0.99)))
     f32 = draw(st.booleans())
     csr = draw(st.booleans())
+    item_dist = rerank.genre_distribution(item_genres, n_genres=G)
+    if draw(st.booleans()):
+        # uneven weights: many distinct values (exercises the per-user table compaction)
+        raw = item_dist * np.array([[draw(st.integers(1, 9)) for _ in range(G)] for _ in range(n_items)])
+        item_dist = raw / raw.sum(axis=1, keepdims=True)
     return dict(scores=scores.astype(np.float32) if f32 else scores,
-                item_dist=rerank.genre_distribution(item_genres, n_genres=G), target=target, k=k, lam=lam,
+                item_dist=item_dist, target=target, k=k, lam=lam,
                 alpha=alpha, candidates=cand, csr=csr)
 
 
@@ -179,6 +184,17 @@ def test_float32_equals_float64_of_same_values():
     a = rerank.calibrated(s32, item_dist, target, k, candidates=cand)
     b = rerank.calibrated(s32.astype(np.float64), item_dist, target, k, candidates=cand)
     assert np.array_equal(a, b)
+
+
+def test_uneven_weights_match_reference():
+    # Item weights with many distinct values: the per-user table path (more keys than C * width).
+    rng = np.random.default_rng(12)
+    scores, item_dist, target, cand, k = random_instance(rng, U=3, C=12, G=6, n_items=40, k=6)
+    item_dist = item_dist * rng.integers(1, 50, size=item_dist.shape)
+    item_dist /= item_dist.sum(axis=1, keepdims=True)
+    want, gap = ref.greedy(scores, item_dist.tolist(), target, k, 0.5, 0.01, cand)
+    assert gap > 1e-9
+    assert rerank.calibrated(scores, item_dist, target, k, candidates=cand).tolist() == want
 
 
 def test_dense_equals_csr():

@@ -106,10 +106,11 @@ struct Scratch {
     std::vector<std::uint16_t> idx16;
     std::vector<double> table;       // [E + 1]
     std::vector<double> cov;         // [E + 1] alpha == 0: 1 if the entry's genre is uncovered
-    std::vector<std::int32_t> entry_genre;  // [E + 1]
-    std::vector<double> entry_cw;    // [E + 1] (1 - alpha) * w_d
-    std::vector<double> entry_lp;    // [E + 1] lam * p_g
-    std::vector<double> entry_w;     // [E + 1] w_d
+    std::vector<std::uint32_t> entry_slot;  // [E] the entry's slot in table
+    std::vector<std::int32_t> entry_genre;  // [E]
+    std::vector<double> entry_cw;    // [E] (1 - alpha) * w_d
+    std::vector<double> entry_lp;    // [E] lam * p_g
+    std::vector<double> entry_w;     // [E] w_d
     std::vector<std::int32_t> stamp;  // [G * D] user stamp of the (g, d) key
     std::vector<std::int32_t> local;  // [G * D] local entry of the (g, d) key
     std::vector<std::int32_t> used_genres;
@@ -118,6 +119,46 @@ struct Scratch {
     std::vector<double> den;         // [G]
     std::vector<std::int32_t> item;  // [C] item id per candidate
 };
+
+// ItemKeys gives every item a fixed-width list of global table keys key = g * D + d + 1
+// (0 = padding), built once per batch, so a user's candidate lists are plain copies. Enabled
+// when the key space fits 16 bits and the catalogue's distinct keys are no more than a user's
+// C * width candidate entries (else per-user compaction does fewer logs).
+struct ItemKeys {
+    bool enabled = false;
+    std::size_t n_slots = 0;             // G * D + 1
+    std::vector<std::uint16_t> keys;     // [n_items * width]
+    std::vector<std::int32_t> key_genre;  // [n_slots]
+    std::vector<double> key_w;           // [n_slots]
+    std::vector<std::uint16_t> present;  // keys used by some item, ascending
+};
+
+// build_item_keys fills `out` for items (width = max(1, max_nnz)) when the conditions hold.
+inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out) {
+    const std::int64_t width = std::max<std::int32_t>(1, items.max_nnz);
+    const std::int64_t slots = static_cast<std::int64_t>(items.n_genres) * items.n_weights + 1;
+    if (slots > 65535) return;
+    std::vector<std::uint8_t> seen(static_cast<std::size_t>(slots), 0);
+    out.keys.assign(static_cast<std::size_t>(items.n_items * width), 0);
+    out.key_genre.assign(static_cast<std::size_t>(slots), 0);
+    out.key_w.assign(static_cast<std::size_t>(slots), 0.0);
+    for (std::int64_t i = 0; i < items.n_items; ++i) {
+        std::int64_t j = 0;
+        for (std::int64_t e = items.indptr[i]; e < items.indptr[i + 1]; ++e, ++j) {
+            const std::int64_t key = static_cast<std::int64_t>(items.genre[e]) * items.n_weights + items.wclass[e] + 1;
+            out.keys[static_cast<std::size_t>(i * width + j)] = static_cast<std::uint16_t>(key);
+            out.key_genre[static_cast<std::size_t>(key)] = items.genre[e];
+            out.key_w[static_cast<std::size_t>(key)] = items.weights[items.wclass[e]];
+            seen[static_cast<std::size_t>(key)] = 1;
+        }
+    }
+    out.present.clear();
+    for (std::int64_t key = 1; key < slots; ++key)
+        if (seen[static_cast<std::size_t>(key)]) out.present.push_back(static_cast<std::uint16_t>(key));
+    if (static_cast<std::int64_t>(out.present.size()) > C * width) return;
+    out.n_slots = static_cast<std::size_t>(slots);
+    out.enabled = true;
+}
 
 // scan_best returns the first index c (in order) maximising a[c] + sum of the width table
 // entries of c, or -1 when every value is -inf or below. Assumes width == W (compile time).
@@ -362,7 +403,8 @@ std::int64_t topk(const S* scores, std::int64_t U, std::int64_t N, std::int64_t 
 template <class S>
 RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C, const ItemDist& items,
                             const double* p, const RerankParams& prm, std::int64_t* out, double* obj,
-                            double* miscal, detail::Scratch& sc, std::int32_t user_stamp) {
+                            double* miscal, detail::Scratch& sc, std::int32_t user_stamp,
+                            const detail::ItemKeys* keys) {
     using detail::kNegInf;
     const std::int64_t k = prm.k;
     const double lam = prm.lam, alpha = prm.alpha;
@@ -446,55 +488,87 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         return err;
     }
 
-    // Build the user's table entries: one per (genre with p_g > 0, distinct weight) in use.
+    // The user's table entries: one per (genre with p_g > 0, distinct weight) that can occur,
+    // each with its slot in T; candidates hold fixed-width lists of slots (0 = the zero slot).
     const std::int32_t width = std::max<std::int32_t>(1, items.max_nnz);
-    const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
-    if (sc.stamp.size() < GD) {
-        sc.stamp.assign(GD, -1);
-        sc.local.assign(GD, 0);
-    }
     sc.genre_used.assign(static_cast<std::size_t>(G), 0);
     sc.used_genres.clear();
-    sc.entry_genre.assign(1, -1);
-    sc.entry_cw.assign(1, 0.0);
-    sc.entry_lp.assign(1, 0.0);
-    sc.entry_w.assign(1, 0.0);
-    sc.idx.resize(static_cast<std::size_t>(C) * static_cast<std::size_t>(width));
-    std::uint32_t* idx = sc.idx.data();
-    for (std::int64_t c = 0; c < C; ++c) {
-        const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
-        std::uint32_t* ix = idx + c * width;
-        std::int32_t j = 0;
-        for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
-            const std::int32_t g = items.genre[e];
-            if (!(p[g] > 0.0)) continue;  // p_g = 0 adds nothing to KL whatever q~ is
-            const std::size_t key = static_cast<std::size_t>(g) * static_cast<std::size_t>(D) +
-                                    static_cast<std::size_t>(items.wclass[e]);
-            if (sc.stamp[key] != user_stamp) {
-                sc.stamp[key] = user_stamp;
-                sc.local[key] = static_cast<std::int32_t>(sc.entry_genre.size());
-                const double w = items.weights[items.wclass[e]];
-                sc.entry_genre.push_back(g);
-                sc.entry_w.push_back(w);
-                sc.entry_cw.push_back((1.0 - alpha) * w);
-                sc.entry_lp.push_back(lam * p[g]);
-                if (!sc.genre_used[static_cast<std::size_t>(g)]) {
-                    sc.genre_used[static_cast<std::size_t>(g)] = 1;
-                    sc.used_genres.push_back(g);
-                }
-            }
-            ix[j++] = static_cast<std::uint32_t>(sc.local[key]);
+    sc.entry_slot.clear();
+    sc.entry_genre.clear();
+    sc.entry_cw.clear();
+    sc.entry_lp.clear();
+    sc.entry_w.clear();
+    auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
+        sc.entry_slot.push_back(slot);
+        sc.entry_genre.push_back(g);
+        sc.entry_w.push_back(w);
+        sc.entry_cw.push_back((1.0 - alpha) * w);
+        sc.entry_lp.push_back(lam * p[g]);
+        if (!sc.genre_used[static_cast<std::size_t>(g)]) {
+            sc.genre_used[static_cast<std::size_t>(g)] = 1;
+            sc.used_genres.push_back(g);
         }
-        for (; j < width; ++j) ix[j] = 0;
+    };
+    const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(width);
+    std::size_t n_slots;  // table size including the zero slot
+    bool use16;
+    if (keys && keys->enabled) {
+        // Global slots: key = g * D + d + 1 for every (g, d) in the catalogue; slots of genres
+        // with p_g = 0 stay 0 in T, which is exactly their contribution.
+        for (std::uint16_t key : keys->present) {
+            const std::int32_t g = keys->key_genre[key];
+            if (p[g] > 0.0) add_entry(key, g, keys->key_w[key]);
+        }
+        n_slots = keys->n_slots;
+        use16 = true;
+        sc.idx16.resize(n_idx);
+        std::uint16_t* ix = sc.idx16.data();
+        const std::uint16_t* ik = keys->keys.data();
+        for (std::int64_t c = 0; c < C; ++c) {
+            const std::uint16_t* src = ik + static_cast<std::int64_t>(sc.item[static_cast<std::size_t>(c)]) * width;
+            for (std::int32_t j = 0; j < width; ++j) ix[c * width + j] = src[j];
+        }
+    } else {
+        // Per-user slots (any number of distinct weights): compact the (g, d) keys in use.
+        const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
+        if (sc.stamp.size() < GD) {
+            sc.stamp.assign(GD, -1);
+            sc.local.assign(GD, 0);
+        }
+        sc.idx.resize(n_idx);
+        std::uint32_t* idx = sc.idx.data();
+        std::uint32_t next = 1;
+        for (std::int64_t c = 0; c < C; ++c) {
+            const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
+            std::uint32_t* ix = idx + c * width;
+            std::int32_t j = 0;
+            for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
+                const std::int32_t g = items.genre[e];
+                if (!(p[g] > 0.0)) continue;  // p_g = 0 adds nothing to KL whatever q~ is
+                const std::size_t key = static_cast<std::size_t>(g) * static_cast<std::size_t>(D) +
+                                        static_cast<std::size_t>(items.wclass[e]);
+                if (sc.stamp[key] != user_stamp) {
+                    sc.stamp[key] = user_stamp;
+                    sc.local[key] = static_cast<std::int32_t>(next);
+                    add_entry(next, g, items.weights[items.wclass[e]]);
+                    ++next;
+                }
+                ix[j++] = static_cast<std::uint32_t>(sc.local[key]);
+            }
+            for (; j < width; ++j) ix[j] = 0;
+        }
+        n_slots = next;
+        use16 = n_slots <= 65536;
+        if (use16) {
+            sc.idx16.resize(n_idx);
+            for (std::size_t i = 0; i < n_idx; ++i) sc.idx16[i] = static_cast<std::uint16_t>(idx[i]);
+        }
     }
-    const std::size_t E1 = sc.entry_genre.size();  // entries + the zero entry
+    std::uint32_t* idx = sc.idx.data();
+    const std::size_t n_entries = sc.entry_slot.size();
+    const std::size_t E1 = n_slots;
     sc.table.assign(E1, 0.0);
     double* T = sc.table.data();
-    const bool use16 = E1 <= 65536;
-    if (use16) {
-        sc.idx16.resize(sc.idx.size());
-        for (std::size_t i = 0; i < sc.idx.size(); ++i) sc.idx16[i] = static_cast<std::uint16_t>(idx[i]);
-    }
 
     // alpha == 0: categories with p_g > 0 still absent from the list make KL infinite.
     const bool alpha0 = alpha == 0.0;
@@ -521,18 +595,18 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         const double t1 = static_cast<double>(t + 1);
         for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
         const bool a0 = alpha0 && uncovered > 0.0;
-        for (std::size_t e = 1; e < E1; ++e) {
-            const std::int32_t g = sc.entry_genre[e];
-            const double o = den[g];
+        for (std::size_t e = 0; e < n_entries; ++e) {
+            const std::uint32_t slot = sc.entry_slot[e];
+            const double o = den[sc.entry_genre[e]];
             if (a0 && o == 0.0) {
                 // uncovered genre: the entry carries lam p_g ln(w / (t+1)); cov marks it
-                T[e] = sc.entry_lp[e] * std::log(sc.entry_w[e] / t1);
-                sc.cov[e] = 1.0;
+                T[slot] = sc.entry_lp[e] * std::log(sc.entry_w[e] / t1);
+                sc.cov[slot] = 1.0;
             } else {
                 // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
                 const double r = sc.entry_cw[e] / o;
-                T[e] = sc.entry_lp[e] * (r < 1e300 ? std::log(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
-                if (alpha0) sc.cov[e] = 0.0;
+                T[slot] = sc.entry_lp[e] * (r < 1e300 ? std::log(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
+                if (alpha0) sc.cov[slot] = 0.0;
             }
         }
         std::int64_t bi;
@@ -578,6 +652,8 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
     const std::size_t chunks = (static_cast<std::size_t>(U) + kRerankGrain - 1) / kRerankGrain;
     std::vector<RerankError> errs(chunks);
     const std::int64_t G = items.n_genres;
+    detail::ItemKeys keys;
+    if (prm.lam > 0.0) detail::build_item_keys(items, C, keys);
     parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
         detail::Scratch sc;
         for (std::size_t uu = b; uu < e; ++uu) {
@@ -586,7 +662,7 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
             std::int64_t* ou = out + u * prm.k;
             RerankError er = calibrated_user(scores + u * C, cu, C, items, target + u * G, prm, ou,
                                              obj ? obj + u : nullptr, miscal ? miscal + u : nullptr, sc,
-                                             static_cast<std::int32_t>(uu - b));
+                                             static_cast<std::int32_t>(uu - b), &keys);
             if (er.status != RerankStatus::ok) {
                 er.row = u;
                 errs[b / kRerankGrain] = er;
