@@ -1,0 +1,680 @@
+// embtab/rerank.hpp: calibrated top-k reranking (Steck, RecSys 2018) and a batched top-k.
+//
+// The objective. For one user with target distribution p over G categories and C candidates
+// with scores s_c and category distributions w_c, the greedy builds a list L one item at a
+// time; at step t (|L| = t) it adds the unpicked candidate c that maximises
+//
+//     F(L + c) = (1 - lam) * sum_{i in L+c} s_i  -  lam * KL(p || q~(L + c)),
+//     q(L)     = mean of w_i over i in L,     q~ = (1 - alpha) * q + alpha * p,
+//     KL(p||r) = sum_{g : p_g > 0} p_g * ln(p_g / r_g)          (natural log; p_g = 0 adds 0).
+//
+// How it is computed. Only the categories of c change between F(L + c) and the value shared
+// by every candidate at this step. With W_g the summed weight of category g in L and
+// o_g = (1-alpha) W_g + alpha p_g (t+1) (the list's smoothed mass at size t+1, times t+1),
+//
+//     F(L + c) = const_t + (1-lam) s_c + sum_{g in c} lam p_g ln(1 + (1-alpha) w_cg / o_g).
+//
+// Item weights take few distinct values (1, 1/2, 1/3 for items with 1-3 categories), so each
+// step fills a small table T[e] = lam p_g ln(1 + (1-alpha) w_d / o_g), one entry per
+// (category g with p_g > 0, distinct weight w_d) that this user's candidates use, and each
+// candidate holds a fixed-width list of table indices (padding points at T[0] = 0). The
+// candidate loop is then gathers and adds without branches. Scores are read as double
+// (float32 widens exactly); there is no fast-math and no float32 arithmetic.
+//
+// Special values (the contract the Python layer documents):
+//   * lam == 0: plain top-k by score, ties to the lower candidate index.
+//   * scores of -inf: such a candidate is picked only once every finite-score candidate is in
+//     the list; among them the greedy uses the KL term alone (their score term is dropped).
+//   * NaN or +inf scores, candidate ids outside [0, n_items): a RerankError (no exception).
+//   * alpha == 0 (lam > 0): while some category with p_g > 0 is absent from the list, KL is
+//     +inf; a candidate whose addition covers every such category beats one that does not
+//     (the objective is -inf otherwise); if none does, every value is -inf and the lowest
+//     unpicked index wins, as ties do.
+//
+// Concurrency: every function here is a pure function of its arguments; outputs are written
+// per user, so results do not depend on num_threads.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "embtab/parallel.hpp"
+
+namespace embtab {
+
+// config ////////////////////////////////////////////////////////////////////////////////////
+
+// kRerankGrain: users per parallel_for chunk (chunk bounds do not depend on the thread count).
+inline constexpr std::size_t kRerankGrain = 64;
+// kTopkGrain: score rows per parallel_for chunk in topk.
+inline constexpr std::size_t kTopkGrain = 16;
+// kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a sampled threshold above.
+inline constexpr int kTopkHeapMaxK = 64;
+// kTopkBlock: elements per block in the threshold scan (one branch per block).
+inline constexpr int kTopkBlock = 16;
+
+// inputs ////////////////////////////////////////////////////////////////////////////////////
+
+// ItemDist is a read-only CSR view of item category distributions. Row i's categories are
+// genre[indptr[i] .. indptr[i+1]) with weights weights[wclass[...]]; weights holds the D
+// distinct nonzero weight values. Invariant (checked by the caller): genres in [0, n_genres),
+// wclass in [0, n_weights), no category repeated within a row, max_nnz >= every row's length.
+struct ItemDist {
+    const std::int64_t* indptr = nullptr;
+    const std::int32_t* genre = nullptr;
+    const std::int32_t* wclass = nullptr;
+    const double* weights = nullptr;
+    std::int64_t n_items = 0;
+    std::int32_t n_genres = 0;
+    std::int32_t n_weights = 0;
+    std::int32_t max_nnz = 0;
+};
+
+struct RerankParams {
+    std::int64_t k = 10;
+    double lam = 0.5;
+    double alpha = 0.01;
+};
+
+enum class RerankStatus : int { ok = 0, nan_score = 1, posinf_score = 2, bad_candidate = 3 };
+
+// RerankError names the first bad input (lowest row, then lowest column), or status ok.
+struct RerankError {
+    RerankStatus status = RerankStatus::ok;
+    std::int64_t row = -1;
+    std::int64_t col = -1;
+    std::int64_t value = 0;  // the bad candidate id for bad_candidate
+};
+
+namespace detail {
+
+inline constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// Candidate table index lists use 16-bit entries when the user's table fits, else 32-bit.
+using Idx16 = std::uint16_t;
+using Idx32 = std::uint32_t;
+
+// Scratch holds one thread's per-user work arrays; sized once per chunk, reused per user.
+struct Scratch {
+    std::vector<double> a;           // [C] working score term (1-lam) s_c; -inf = unavailable
+    std::vector<std::uint8_t> picked;  // [C]
+    std::vector<std::uint32_t> idx;  // [C * width] table indices (0 = the zero entry)
+    std::vector<std::uint16_t> idx16;
+    std::vector<double> table;       // [E + 1]
+    std::vector<double> cov;         // [E + 1] alpha == 0: 1 if the entry's genre is uncovered
+    std::vector<std::uint32_t> entry_slot;  // [E] the entry's slot in table
+    std::vector<std::int32_t> entry_genre;  // [E]
+    std::vector<double> entry_cw;    // [E] (1 - alpha) * w_d
+    std::vector<double> entry_lp;    // [E] lam * p_g
+    std::vector<double> entry_w;     // [E] w_d
+    std::vector<std::int32_t> stamp;  // [G * D] user stamp of the (g, d) key
+    std::vector<std::int32_t> local;  // [G * D] local entry of the (g, d) key
+    std::vector<std::int32_t> used_genres;
+    std::vector<std::uint8_t> genre_used;  // [G]
+    std::vector<double> W;           // [G] summed weight in the list
+    std::vector<double> den;         // [G]
+    std::vector<std::int32_t> item;  // [C] item id per candidate
+};
+
+// ItemKeys gives every item a fixed-width list of global table keys key = g * D + d + 1
+// (0 = padding), built once per batch, so a user's candidate lists are plain copies. Enabled
+// when the key space fits 16 bits and the catalogue's distinct keys are no more than a user's
+// C * width candidate entries (else per-user compaction does fewer logs).
+struct ItemKeys {
+    bool enabled = false;
+    std::size_t n_slots = 0;             // G * D + 1
+    std::vector<std::uint16_t> keys;     // [n_items * width]
+    std::vector<std::int32_t> key_genre;  // [n_slots]
+    std::vector<double> key_w;           // [n_slots]
+    std::vector<std::uint16_t> present;  // keys used by some item, ascending
+};
+
+// build_item_keys fills `out` for items (width = max(1, max_nnz)) when the conditions hold.
+inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out) {
+    const std::int64_t width = std::max<std::int32_t>(1, items.max_nnz);
+    const std::int64_t slots = static_cast<std::int64_t>(items.n_genres) * items.n_weights + 1;
+    if (slots > 65535) return;
+    std::vector<std::uint8_t> seen(static_cast<std::size_t>(slots), 0);
+    out.keys.assign(static_cast<std::size_t>(items.n_items * width), 0);
+    out.key_genre.assign(static_cast<std::size_t>(slots), 0);
+    out.key_w.assign(static_cast<std::size_t>(slots), 0.0);
+    for (std::int64_t i = 0; i < items.n_items; ++i) {
+        std::int64_t j = 0;
+        for (std::int64_t e = items.indptr[i]; e < items.indptr[i + 1]; ++e, ++j) {
+            const std::int64_t key = static_cast<std::int64_t>(items.genre[e]) * items.n_weights + items.wclass[e] + 1;
+            out.keys[static_cast<std::size_t>(i * width + j)] = static_cast<std::uint16_t>(key);
+            out.key_genre[static_cast<std::size_t>(key)] = items.genre[e];
+            out.key_w[static_cast<std::size_t>(key)] = items.weights[items.wclass[e]];
+            seen[static_cast<std::size_t>(key)] = 1;
+        }
+    }
+    out.present.clear();
+    for (std::int64_t key = 1; key < slots; ++key)
+        if (seen[static_cast<std::size_t>(key)]) out.present.push_back(static_cast<std::uint16_t>(key));
+    if (static_cast<std::int64_t>(out.present.size()) > C * width) return;
+    out.n_slots = static_cast<std::size_t>(slots);
+    out.enabled = true;
+}
+
+// scan_best returns the first index c (in order) maximising a[c] + sum of the width table
+// entries of c, or -1 when every value is -inf or below. Assumes width == W (compile time).
+template <int W, class I>
+inline std::int64_t scan_best(const double* a, const I* idx, const double* t, std::int64_t C,
+                              double& best_out) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c = 0; c < C; ++c) {
+        const I* ix = idx + c * W;
+        double kl = t[ix[0]];
+        if constexpr (W > 1) kl += t[ix[1]];
+        if constexpr (W > 2) kl += t[ix[2]];
+        if constexpr (W > 3) kl += t[ix[3]];
+        const double v = a[c] + kl;
+        if (v > best) {
+            best = v;
+            bi = c;
+        }
+    }
+    best_out = best;
+    return bi;
+}
+
+// scan_best_dyn is scan_best for any width.
+template <class I>
+inline std::int64_t scan_best_dyn(const double* a, const I* idx, const double* t, std::int64_t C,
+                                  int width, double& best_out) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c = 0; c < C; ++c) {
+        const I* ix = idx + c * width;
+        double kl = t[ix[0]];
+        for (int j = 1; j < width; ++j) kl += t[ix[j]];
+        const double v = a[c] + kl;
+        if (v > best) {
+            best = v;
+            bi = c;
+        }
+    }
+    best_out = best;
+    return bi;
+}
+
+template <class I>
+inline std::int64_t scan_dispatch(const double* a, const I* idx, const double* t, std::int64_t C,
+                                  int width) {
+    double b;
+    switch (width) {
+        case 1: return scan_best<1>(a, idx, t, C, b);
+        case 2: return scan_best<2>(a, idx, t, C, b);
+        case 3: return scan_best<3>(a, idx, t, C, b);
+        case 4: return scan_best<4>(a, idx, t, C, b);
+        default: return scan_best_dyn(a, idx, t, C, width, b);
+    }
+}
+
+// scan_alpha0 is the alpha == 0 step while `uncovered` categories with p_g > 0 are missing:
+// only candidates whose cov sum equals `uncovered` have a finite objective.
+template <class I>
+inline std::int64_t scan_alpha0(const double* a, const I* idx, const double* t, const double* cov,
+                                std::int64_t C, int width, double uncovered) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c = 0; c < C; ++c) {
+        const I* ix = idx + c * width;
+        double kl = t[ix[0]];
+        double nc = cov[ix[0]];
+        for (int j = 1; j < width; ++j) {
+            kl += t[ix[j]];
+            nc += cov[ix[j]];
+        }
+        const double v = nc == uncovered ? a[c] + kl : kNegInf;
+        if (v > best) {
+            best = v;
+            bi = c;
+        }
+    }
+    return bi;
+}
+
+// topk_small_row writes the k best of row[0..n) (value desc, index asc) for small k through a
+// sorted insertion buffer; returns false if the row holds a NaN. Assumes 1 <= k <= n.
+template <class S>
+inline bool topk_small_row(const S* row, std::int64_t n, std::int64_t k, S* vals, std::int64_t* ids) {
+    // Buffer sorted best first; an element enters iff it beats the k-th (strictly greater:
+    // a later index with an equal value ranks lower).
+    std::int64_t filled = 0;
+    auto insert = [&](S x, std::int64_t i) {
+        std::int64_t pos = filled < k ? filled : k - 1;
+        while (pos > 0 && vals[pos - 1] < x) {
+            vals[pos] = vals[pos - 1];
+            ids[pos] = ids[pos - 1];
+            --pos;
+        }
+        vals[pos] = x;
+        ids[pos] = i;
+        if (filled < k) ++filled;
+    };
+    std::int64_t i = 0;
+    for (; i < k; ++i) {
+        const S x = row[i];
+        if (x != x) return false;
+        // equal values keep index order: insert after equals
+        std::int64_t pos = filled;
+        while (pos > 0 && vals[pos - 1] < x) {
+            vals[pos] = vals[pos - 1];
+            ids[pos] = ids[pos - 1];
+            --pos;
+        }
+        vals[pos] = x;
+        ids[pos] = i;
+        ++filled;
+    }
+    S thr = vals[k - 1];
+    for (; i + kTopkBlock <= n; i += kTopkBlock) {
+        int hit = 0;
+        for (int j = 0; j < kTopkBlock; ++j) {
+            const S x = row[i + j];
+            hit |= (x > thr) | (x != x);
+        }
+        if (!hit) continue;
+        for (int j = 0; j < kTopkBlock; ++j) {
+            const S x = row[i + j];
+            if (x != x) return false;
+            if (x > thr) {
+                insert(x, i + j);
+                thr = vals[k - 1];
+            }
+        }
+    }
+    for (; i < n; ++i) {
+        const S x = row[i];
+        if (x != x) return false;
+        if (x > thr) {
+            insert(x, i);
+            thr = vals[k - 1];
+        }
+    }
+    return true;
+}
+
+// topk_large_row writes the k best of row[0..n) for larger k: a threshold from a strided
+// sample, a branch-free filter of the indices at or above it, then an exact selection among
+// those (falls back to all indices when fewer than k pass). Returns false on NaN.
+template <class S>
+inline bool topk_large_row(const S* row, std::int64_t n, std::int64_t k, S* vals, std::int64_t* ids,
+                           std::vector<std::int64_t>& buf, std::vector<S>& sample) {
+    auto better = [row](std::int64_t x, std::int64_t y) {
+        return row[x] > row[y] || (row[x] == row[y] && x < y);
+    };
+    buf.resize(static_cast<std::size_t>(n));
+    std::int64_t cnt = n;
+    bool have = false;
+    if (n >= 4 * k && n >= 1024) {
+        // Sample ~1/8 of the row (at least 512 elements); take the rank that keeps about 1.5x
+        // the expected share of k plus a margin, so a second pass is rarely needed.
+        const std::int64_t stride = std::max<std::int64_t>(1, std::min<std::int64_t>(8, n / 512));
+        sample.clear();
+        for (std::int64_t i = 0; i < n; i += stride) {
+            if (row[i] != row[i]) return false;
+            sample.push_back(row[i]);
+        }
+        const std::int64_t m = static_cast<std::int64_t>(sample.size());
+        std::int64_t r = (k * m) / n;
+        r = r + r / 2 + 16;
+        if (r < m) {
+            std::nth_element(sample.begin(), sample.begin() + r, sample.end(), [](S x, S y) { return x > y; });
+            const S thr = sample[static_cast<std::size_t>(r)];
+            std::int64_t c = 0;
+            int nan = 0;
+            std::int64_t* b = buf.data();
+            for (std::int64_t i = 0; i < n; ++i) {
+                const S x = row[i];
+                b[c] = i;
+                c += (x >= thr);
+                nan |= (x != x);
+            }
+            if (nan) return false;
+            if (c >= k) {
+                cnt = c;
+                have = true;
+            }
+        }
+    }
+    if (!have) {
+        for (std::int64_t i = 0; i < n; ++i) {
+            if (row[i] != row[i]) return false;
+            buf[static_cast<std::size_t>(i)] = i;
+        }
+        cnt = n;
+    }
+    auto first = buf.begin();
+    if (cnt > k) std::nth_element(first, first + (k - 1), first + cnt, better);
+    std::sort(first, first + k, better);
+    for (std::int64_t j = 0; j < k; ++j) {
+        ids[j] = buf[static_cast<std::size_t>(j)];
+        vals[j] = row[ids[j]];
+    }
+    return true;
+}
+
+}  // namespace detail
+
+// topk //////////////////////////////////////////////////////////////////////////////////////
+
+// topk writes, for each of the U rows of scores [U, N] (row-major), its k largest values in
+// descending order to vals [U, k] and their column indices to ids [U, k]; equal values keep the
+// lower index first. Returns -1, or the lowest row holding a NaN (outputs then unspecified).
+// Assumes 1 <= k <= N.
+template <class S>
+std::int64_t topk(const S* scores, std::int64_t U, std::int64_t N, std::int64_t k, S* vals,
+                  std::int64_t* ids, int num_threads) {
+    const std::size_t chunks = (static_cast<std::size_t>(U) + kTopkGrain - 1) / kTopkGrain;
+    std::vector<std::int64_t> bad(chunks, -1);
+    parallel_for(static_cast<std::size_t>(U), num_threads, kTopkGrain, [&](std::size_t b, std::size_t e) {
+        std::vector<std::int64_t> buf;
+        std::vector<S> sample;
+        for (std::size_t u = b; u < e; ++u) {
+            const S* row = scores + static_cast<std::int64_t>(u) * N;
+            S* v = vals + static_cast<std::int64_t>(u) * k;
+            std::int64_t* ix = ids + static_cast<std::int64_t>(u) * k;
+            const bool ok = k <= kTopkHeapMaxK ? detail::topk_small_row(row, N, k, v, ix)
+                                               : detail::topk_large_row(row, N, k, v, ix, buf, sample);
+            if (!ok) {
+                bad[b / kTopkGrain] = static_cast<std::int64_t>(u);
+                return;
+            }
+        }
+    });
+    for (std::int64_t r : bad)
+        if (r >= 0) return r;
+    return -1;
+}
+
+// calibrated ////////////////////////////////////////////////////////////////////////////////
+
+// calibrated_user reranks one user: scores s[C] (S = float or double), candidate item ids
+// cand[C] (nullptr: candidate c is item c), target p[G]; writes k candidate positions (not
+// item ids) in list order to out[k], and if obj/miscal are non-null the final objective F(L)
+// and KL(p || q~(L)). Returns the first bad input of this row (status ok otherwise).
+template <class S>
+RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C, const ItemDist& items,
+                            const double* p, const RerankParams& prm, std::int64_t* out, double* obj,
+                            double* miscal, detail::Scratch& sc, std::int32_t user_stamp,
+                            const detail::ItemKeys* keys) {
+    using detail::kNegInf;
+    const std::int64_t k = prm.k;
+    const double lam = prm.lam, alpha = prm.alpha;
+    const std::int32_t G = items.n_genres, D = items.n_weights;
+    RerankError err;
+
+    // Score terms; count finite candidates; reject NaN and +inf.
+    sc.a.resize(static_cast<std::size_t>(C));
+    sc.picked.assign(static_cast<std::size_t>(C), 0);
+    sc.item.resize(static_cast<std::size_t>(C));
+    double* a = sc.a.data();
+    std::int64_t n_finite = 0;
+    const double one_m_lam = 1.0 - lam;
+    for (std::int64_t c = 0; c < C; ++c) {
+        const double x = static_cast<double>(s[c]);
+        if (x != x || x == std::numeric_limits<double>::infinity()) {
+            err.status = x != x ? RerankStatus::nan_score : RerankStatus::posinf_score;
+            err.row = 0;  // the caller fills the row
+            err.col = c;
+            return err;
+        }
+        const bool fin = x != kNegInf;
+        n_finite += fin;
+        a[c] = fin ? (lam < 1.0 ? one_m_lam * x : 0.0) : kNegInf;
+    }
+    for (std::int64_t c = 0; c < C; ++c) {
+        const std::int64_t it = cand ? cand[c] : c;
+        if (it < 0 || it >= items.n_items) {
+            err.status = RerankStatus::bad_candidate;
+            err.col = c;
+            err.value = it;
+            return err;
+        }
+        sc.item[static_cast<std::size_t>(c)] = static_cast<std::int32_t>(it);
+    }
+
+    auto finish = [&](void) {
+        if (!obj && !miscal) return;
+        // Final objective and miscalibration, from the list's summed weights.
+        std::vector<double>& Wf = sc.W;
+        Wf.assign(static_cast<std::size_t>(G), 0.0);
+        double ssum = 0.0;
+        bool any_neg_inf = false;
+        for (std::int64_t j = 0; j < k; ++j) {
+            const std::int64_t c = out[j];
+            const double x = static_cast<double>(s[c]);
+            if (x == kNegInf) any_neg_inf = true;
+            ssum += x;
+            const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
+            for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e)
+                Wf[static_cast<std::size_t>(items.genre[e])] += items.weights[items.wclass[e]];
+        }
+        double kl = 0.0;
+        for (std::int32_t g = 0; g < G; ++g) {
+            const double pg = p[g];
+            if (!(pg > 0.0)) continue;
+            const double qt = (1.0 - alpha) * (Wf[static_cast<std::size_t>(g)] / static_cast<double>(k)) + alpha * pg;
+            kl += qt > 0.0 ? pg * (std::log(pg) - std::log(qt)) : std::numeric_limits<double>::infinity();
+        }
+        if (miscal) *miscal = kl;
+        if (obj) {
+            const double st = lam < 1.0 ? (any_neg_inf ? kNegInf : one_m_lam * ssum) : 0.0;
+            *obj = lam > 0.0 ? st - lam * kl : st;
+        }
+    };
+
+    if (lam == 0.0) {
+        // Plain top-k by score; -inf candidates last in index order.
+        if (k <= kTopkHeapMaxK) {
+            std::vector<double>& v = sc.den;
+            v.resize(static_cast<std::size_t>(k));
+            detail::topk_small_row(a, C, k, v.data(), out);
+        } else {
+            std::vector<std::int64_t> buf;
+            std::vector<double> sample;
+            std::vector<double>& v = sc.den;
+            v.resize(static_cast<std::size_t>(k));
+            detail::topk_large_row(a, C, k, v.data(), out, buf, sample);
+        }
+        finish();
+        return err;
+    }
+
+    // The user's table entries: one per (genre with p_g > 0, distinct weight) that can occur,
+    // each with its slot in T; candidates hold fixed-width lists of slots (0 = the zero slot).
+    const std::int32_t width = std::max<std::int32_t>(1, items.max_nnz);
+    sc.genre_used.assign(static_cast<std::size_t>(G), 0);
+    sc.used_genres.clear();
+    sc.entry_slot.clear();
+    sc.entry_genre.clear();
+    sc.entry_cw.clear();
+    sc.entry_lp.clear();
+    sc.entry_w.clear();
+    auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
+        sc.entry_slot.push_back(slot);
+        sc.entry_genre.push_back(g);
+        sc.entry_w.push_back(w);
+        sc.entry_cw.push_back((1.0 - alpha) * w);
+        sc.entry_lp.push_back(lam * p[g]);
+        if (!sc.genre_used[static_cast<std::size_t>(g)]) {
+            sc.genre_used[static_cast<std::size_t>(g)] = 1;
+            sc.used_genres.push_back(g);
+        }
+    };
+    const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(width);
+    std::size_t n_slots;  // table size including the zero slot
+    bool use16;
+    if (keys && keys->enabled) {
+        // Global slots: key = g * D + d + 1 for every (g, d) in the catalogue; slots of genres
+        // with p_g = 0 stay 0 in T, which is exactly their contribution.
+        for (std::uint16_t key : keys->present) {
+            const std::int32_t g = keys->key_genre[key];
+            if (p[g] > 0.0) add_entry(key, g, keys->key_w[key]);
+        }
+        n_slots = keys->n_slots;
+        use16 = true;
+        sc.idx16.resize(n_idx);
+        std::uint16_t* ix = sc.idx16.data();
+        const std::uint16_t* ik = keys->keys.data();
+        for (std::int64_t c = 0; c < C; ++c) {
+            const std::uint16_t* src = ik + static_cast<std::int64_t>(sc.item[static_cast<std::size_t>(c)]) * width;
+            for (std::int32_t j = 0; j < width; ++j) ix[c * width + j] = src[j];
+        }
+    } else {
+        // Per-user slots (any number of distinct weights): compact the (g, d) keys in use.
+        const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
+        if (sc.stamp.size() < GD) {
+            sc.stamp.assign(GD, -1);
+            sc.local.assign(GD, 0);
+        }
+        sc.idx.resize(n_idx);
+        std::uint32_t* idx = sc.idx.data();
+        std::uint32_t next = 1;
+        for (std::int64_t c = 0; c < C; ++c) {
+            const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
+            std::uint32_t* ix = idx + c * width;
+            std::int32_t j = 0;
+            for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
+                const std::int32_t g = items.genre[e];
+                if (!(p[g] > 0.0)) continue;  // p_g = 0 adds nothing to KL whatever q~ is
+                const std::size_t key = static_cast<std::size_t>(g) * static_cast<std::size_t>(D) +
+                                        static_cast<std::size_t>(items.wclass[e]);
+                if (sc.stamp[key] != user_stamp) {
+                    sc.stamp[key] = user_stamp;
+                    sc.local[key] = static_cast<std::int32_t>(next);
+                    add_entry(next, g, items.weights[items.wclass[e]]);
+                    ++next;
+                }
+                ix[j++] = static_cast<std::uint32_t>(sc.local[key]);
+            }
+            for (; j < width; ++j) ix[j] = 0;
+        }
+        n_slots = next;
+        use16 = n_slots <= 65536;
+        if (use16) {
+            sc.idx16.resize(n_idx);
+            for (std::size_t i = 0; i < n_idx; ++i) sc.idx16[i] = static_cast<std::uint16_t>(idx[i]);
+        }
+    }
+    std::uint32_t* idx = sc.idx.data();
+    const std::size_t n_entries = sc.entry_slot.size();
+    const std::size_t E1 = n_slots;
+    sc.table.assign(E1, 0.0);
+    double* T = sc.table.data();
+
+    // alpha == 0: categories with p_g > 0 still absent from the list make KL infinite.
+    const bool alpha0 = alpha == 0.0;
+    double uncovered = 0.0;
+    if (alpha0) {
+        sc.cov.assign(E1, 0.0);
+        for (std::int32_t g = 0; g < G; ++g) uncovered += p[g] > 0.0 ? 1.0 : 0.0;
+    }
+
+    sc.W.assign(static_cast<std::size_t>(G), 0.0);
+    sc.den.assign(static_cast<std::size_t>(G), 0.0);
+    double* Wg = sc.W.data();
+    double* den = sc.den.data();
+    std::int64_t finite_left = n_finite;
+    bool phase2 = false;
+
+    for (std::int64_t t = 0; t < k; ++t) {
+        if (!phase2 && finite_left == 0) {
+            // Only -inf candidates remain: the KL term alone decides among them.
+            phase2 = true;
+            for (std::int64_t c = 0; c < C; ++c)
+                if (!sc.picked[static_cast<std::size_t>(c)]) a[c] = 0.0;
+        }
+        const double t1 = static_cast<double>(t + 1);
+        for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
+        const bool a0 = alpha0 && uncovered > 0.0;
+        for (std::size_t e = 0; e < n_entries; ++e) {
+            const std::uint32_t slot = sc.entry_slot[e];
+            const double o = den[sc.entry_genre[e]];
+            if (a0 && o == 0.0) {
+                // uncovered genre: the entry carries lam p_g ln(w / (t+1)); cov marks it
+                T[slot] = sc.entry_lp[e] * std::log(sc.entry_w[e] / t1);
+                sc.cov[slot] = 1.0;
+            } else {
+                // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
+                const double r = sc.entry_cw[e] / o;
+                T[slot] = sc.entry_lp[e] * (r < 1e300 ? std::log(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
+                if (alpha0) sc.cov[slot] = 0.0;
+            }
+        }
+        std::int64_t bi;
+        if (a0) {
+            bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, uncovered)
+                       : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, uncovered);
+        } else {
+            bi = use16 ? detail::scan_dispatch(a, sc.idx16.data(), T, C, width)
+                       : detail::scan_dispatch(a, idx, T, C, width);
+        }
+        if (bi < 0) {
+            // every available value is -inf (alpha == 0): the lowest unpicked index wins
+            for (std::int64_t c = 0; c < C; ++c) {
+                if (!sc.picked[static_cast<std::size_t>(c)] && (phase2 || a[c] != kNegInf)) {
+                    bi = c;
+                    break;
+                }
+            }
+        }
+        out[t] = bi;
+        sc.picked[static_cast<std::size_t>(bi)] = 1;
+        a[bi] = kNegInf;
+        if (!phase2) --finite_left;
+        const std::int64_t it = sc.item[static_cast<std::size_t>(bi)];
+        for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
+            const std::int32_t g = items.genre[e];
+            if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
+            Wg[g] += items.weights[items.wclass[e]];
+        }
+    }
+    finish();
+    return err;
+}
+
+// calibrated_batch reranks U users: scores [U, C], cand [U, C] or nullptr, target [U, G], all
+// row-major; writes out [U, k] (candidate positions, or item ids when cand is given) and the
+// optional obj [U] / miscal [U]. Returns the first bad input by (row, col), status ok if none.
+// Every user's outputs depend only on that user's inputs, so any num_threads gives the same.
+template <class S>
+RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int64_t U, std::int64_t C,
+                             const ItemDist& items, const double* target, const RerankParams& prm,
+                             std::int64_t* out, double* obj, double* miscal, int num_threads) {
+    const std::size_t chunks = (static_cast<std::size_t>(U) + kRerankGrain - 1) / kRerankGrain;
+    std::vector<RerankError> errs(chunks);
+    const std::int64_t G = items.n_genres;
+    detail::ItemKeys keys;
+    if (prm.lam > 0.0) detail::build_item_keys(items, C, keys);
+    parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
+        detail::Scratch sc;
+        for (std::size_t uu = b; uu < e; ++uu) {
+            const std::int64_t u = static_cast<std::int64_t>(uu);
+            const std::int64_t* cu = cand ? cand + u * C : nullptr;
+            std::int64_t* ou = out + u * prm.k;
+            RerankError er = calibrated_user(scores + u * C, cu, C, items, target + u * G, prm, ou,
+                                             obj ? obj + u : nullptr, miscal ? miscal + u : nullptr, sc,
+                                             static_cast<std::int32_t>(uu - b), &keys);
+            if (er.status != RerankStatus::ok) {
+                er.row = u;
+                errs[b / kRerankGrain] = er;
+                return;
+            }
+            if (cu)
+                for (std::int64_t j = 0; j < prm.k; ++j) ou[j] = cu[ou[j]];
+        }
+    });
+    for (const RerankError& er : errs)
+        if (er.status != RerankStatus::ok) return er;
+    return RerankError{};
+}
+
+}  // namespace embtab

@@ -1,0 +1,526 @@
+"""Calibrated top-k reranking (Steck, "Calibrated Recommendations", RecSys 2018) and fast top-k.
+
+The greedy, for each user independently, chooses k of the C candidates one at a time, adding at
+each step the unpicked candidate c that maximises
+
+.. math::
+
+    F(L \\cup c) = (1-\\lambda) \\sum_{i \\in L \\cup c} s_i
+                  - \\lambda \\, \\mathrm{KL}(p \\,\\|\\, \\tilde q(L \\cup c)),
+
+with natural logs, where ``p`` is the user's target distribution over G categories (genres, or
+popularity bins), ``q(L)`` the mean of the list items' category distributions,
+``q~ = (1-alpha) q + alpha p`` and ``KL(p || r) = sum_{g: p_g > 0} p_g ln(p_g / r_g)``
+(categories with ``p_g = 0`` contribute 0). Ties go to the lower candidate index; ``lam = 0``
+gives plain top-k by score. The work runs in C++ (``embtab._core``) with the GIL released,
+users split over ``num_threads`` threads; the output does not depend on the thread count.
+
+Also here: :func:`topk` (the usual first stage), :func:`genre_distribution`,
+:func:`user_distribution`, :func:`popularity_bins` and :func:`miscalibration`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from embtab import _core
+
+__all__ = [
+    "RerankResult",
+    "calibrated",
+    "topk",
+    "genre_distribution",
+    "user_distribution",
+    "popularity_bins",
+    "miscalibration",
+]
+
+#: Absolute tolerance on the row sums of ``item_dist`` and ``target``.
+SUM_TOL = 1e-6
+
+
+class RerankResult(NamedTuple):
+    """What :func:`calibrated` returns with ``return_objective=True``.
+
+    Attributes
+    ----------
+    lists : ndarray of int64, shape [U, k]
+        Item ids (candidate positions when ``candidates`` is None) in list order.
+    objective : ndarray of float64, shape [U]
+        ``(1-lam) * sum(scores of the list) - lam * KL(p || q~(list))`` of the final list
+        (the score term is dropped when ``lam == 1``; it is -inf when a -inf score was picked).
+    miscalibration : ndarray of float64, shape [U]
+        ``KL(p || q~(list))`` of the final list (natural log, the ``alpha`` given).
+    """
+
+    lists: np.ndarray
+    objective: np.ndarray
+    miscalibration: np.ndarray
+
+
+# validation ###################################################################################
+
+
+def _shape(a) -> str:
+    return str(tuple(np.shape(a)))
+
+
+def _is_sparse(x) -> bool:
+    # scipy is optional: only look for it when the object could be one of its matrices.
+    mod = type(x).__module__
+    if not mod.startswith("scipy"):
+        return False
+    import scipy.sparse as sp
+
+    return sp.issparse(x)
+
+
+def _check_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _check_real(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_scores(scores) -> np.ndarray:
+    if not isinstance(scores, np.ndarray):
+        raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
+    if scores.dtype not in (np.float32, np.float64):
+        raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D [U, C], got shape {_shape(scores)}")
+    return np.ascontiguousarray(scores)
+
+
+def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) -> None:
+    """Raise ValueError naming the first row of `a` with NaN, inf, a negative or a bad sum."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row = int(np.nonzero(bad.any(axis=1))[0][0])
+        kind = "NaN" if np.isnan(a[row]).any() else "inf"
+        raise ValueError(f"{name} row {row} holds {kind}")
+    neg = a < 0
+    if neg.any():
+        row = int(np.nonzero(neg.any(axis=1))[0][0])
+        raise ValueError(f"{name} row {row} holds a negative value; distributions must be >= 0")
+    sums = a.sum(axis=1)
+    ok = np.abs(sums - 1.0) <= SUM_TOL
+    if allow_zero_rows:
+        ok |= sums == 0.0
+    if not ok.all():
+        row = int(np.nonzero(~ok)[0][0])
+        want = "1 (or 0 for no history)" if allow_zero_rows else "1"
+        raise ValueError(f"{name} row {row} sums to {float(sums[row])!r}, not {want} (tolerance {SUM_TOL})")
+
+
+def _check_target(target, U: int) -> np.ndarray:
+    if not isinstance(target, np.ndarray):
+        raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
+    if target.dtype.kind != "f":
+        raise TypeError(f"target must have a float dtype, got {target.dtype}")
+    if target.ndim != 2 or target.shape[0] != U:
+        raise ValueError(f"target must be 2-D [U, G] with U = {U} (the rows of scores), got shape {_shape(target)}")
+    t = np.ascontiguousarray(target, dtype=np.float64)
+    _check_distribution_rows(t, "target", allow_zero_rows=True)
+    return t
+
+
+def _item_csr(item_dist, G: int):
+    """Validate item_dist ([n_items, G] dense or scipy CSR) and return its CSR arrays:
+    (indptr int64, genre int32, wclass int32, distinct weights float64)."""
+    if _is_sparse(item_dist):
+        if item_dist.format != "csr":
+            raise TypeError(f"item_dist must be dense or scipy CSR, got scipy {item_dist.format.upper()}")
+        if item_dist.ndim != 2 or item_dist.shape[1] != G:
+            raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
+                             f"got shape {_shape(item_dist)}")
+        if item_dist.dtype.kind != "f":
+            raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
+        m = item_dist.copy()
+        m.sum_duplicates()
+        data = np.asarray(m.data, dtype=np.float64)
+        good = np.isfinite(data) & (data >= 0)
+        if not good.all():
+            row = int(np.searchsorted(m.indptr, np.nonzero(~good)[0][0], side="right") - 1)
+            raise ValueError(f"item_dist row {row} holds NaN, inf or a negative value")
+        sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
+        ok = np.abs(sums - 1.0) <= SUM_TOL
+        if not ok.all():
+            row = int(np.nonzero(~ok)[0][0])
+            raise ValueError(f"item_dist row {row} sums to {float(sums[row])!r}, not 1 (tolerance {SUM_TOL})")
+        m.eliminate_zeros()
+        indptr = np.asarray(m.indptr, dtype=np.int64)
+        genre = np.asarray(m.indices, dtype=np.int32)
+        vals = np.asarray(m.data, dtype=np.float64)
+    else:
+        if not isinstance(item_dist, np.ndarray):
+            raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
+        if item_dist.dtype.kind != "f":
+            raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
+        if item_dist.ndim != 2 or item_dist.shape[1] != G:
+            raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
+                             f"got shape {_shape(item_dist)}")
+        d = np.asarray(item_dist, dtype=np.float64)
+        _check_distribution_rows(d, "item_dist", allow_zero_rows=False)
+        rows, cols = np.nonzero(d)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d.shape[0]))]).astype(np.int64)
+        genre = cols.astype(np.int32)
+        vals = d[rows, cols]
+    weights, wclass = np.unique(vals, return_inverse=True)
+    return indptr, genre, np.ascontiguousarray(wclass.astype(np.int32).ravel()), np.ascontiguousarray(weights)
+
+
+def _check_threads(num_threads) -> int:
+    n = _check_int(num_threads, "num_threads")
+    if n < 0:
+        raise ValueError(f"num_threads must be >= 0 (0 = all hardware threads), got {n}")
+    return n
+
+
+# public API ###################################################################################
+
+
+def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=None, num_threads=0,
+               return_objective=False):
+    """Rerank each user's candidates greedily toward the user's category mix (Steck 2018).
+
+    Chooses k of the C candidates per user, one at a time, adding the candidate that maximises
+    ``(1-lam) * sum_{i in L} s_i - lam * KL(p || q~(L))`` (natural log), where ``p = target[u]``,
+    ``q(L)`` is the mean of the list items' rows of ``item_dist`` and
+    ``q~ = (1-alpha) * q + alpha * p``; ``KL(p || r) = sum over g with p_g > 0 of
+    p_g ln(p_g / r_g)``. Ties go to the lower candidate index; ``lam = 0`` is plain top-k by
+    score (ties to the lower index).
+
+    Parameters
+    ----------
+    scores : ndarray of float32 or float64, shape [U, C]
+        Candidate scores. ``-inf`` means "never pick": such a candidate is picked only once
+        every finite-score candidate of its row is in the list (k larger than the finite
+        count); among them the greedy uses the KL term alone (their score term is dropped), so
+        with ``lam = 0`` they follow in candidate order. NaN or +inf raise ``ValueError``.
+        float32 scores are widened to float64 (exactly) inside the loop; all arithmetic is in
+        float64.
+    item_dist : ndarray of float, shape [n_items, G], or scipy.sparse CSR matrix
+        Category distribution of each item; rows are >= 0 and sum to 1 (within 1e-6). Items
+        usually have 1-3 categories; only the nonzeros are used.
+    target : ndarray of float, shape [U, G]
+        The user's target distribution p (rows >= 0 summing to 1). An all-zero row (a user
+        without history) is allowed: its KL term is 0 and the list is top-k by score.
+    k : int
+        List length, ``1 <= k <= C``.
+    lam : float, default 0.5
+        Trade-off in [0, 1]: 0 = scores only, 1 = calibration only.
+    alpha : float, default 0.01
+        Smoothing in [0, 1). With ``alpha = 0`` the KL is +inf while a category with
+        ``p_g > 0`` is missing from the list; a candidate that makes it finite wins, and if
+        none does every value is -inf and the lowest unpicked index wins. (An alpha so small
+        that ``alpha * p_g`` underflows, below ~1e-300, is not meaningful; there the result
+        may differ from a literal evaluation by floating-point underflow.)
+    candidates : ndarray of int64, shape [U, C], optional
+        Item ids (rows of ``item_dist``) of the candidates. Default: candidate j is item j.
+        Ids are never cast: another dtype raises ``TypeError``. Duplicate ids within a row are
+        allowed and are separate candidates: the same item can then appear twice in a list
+        (deduplicate first if that is not wanted).
+    num_threads : int, default 0
+        Threads to split users over (0 = all hardware threads). The output is identical for
+        any value.
+    return_objective : bool, default False
+        Also return the final objective and miscalibration per user.
+
+    Returns
+    -------
+    ndarray of int64, shape [U, k], or RerankResult
+        Item ids (candidate positions when ``candidates`` is None) in list order; with
+        ``return_objective=True`` a :class:`RerankResult` ``(lists, objective,
+        miscalibration)``.
+
+    Raises
+    ------
+    TypeError
+        Wrong dtype or type of an argument.
+    ValueError
+        Bad shapes, NaN (naming the row), +inf scores, k outside [1, C], lam outside [0, 1],
+        alpha outside [0, 1), negative distributions or rows not summing to 1, candidate ids
+        outside ``[0, n_items)``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> item_dist = rerank.genre_distribution([[0], [0], [0], [1]], n_genres=2)
+    >>> scores = np.array([[0.9, 0.8, 0.7, 0.5]])
+    >>> target = np.array([[0.5, 0.5]])
+    >>> rerank.calibrated(scores, item_dist, target, k=2, lam=0.0)
+    array([[0, 1]])
+    >>> rerank.calibrated(scores, item_dist, target, k=2, lam=0.5)
+    array([[0, 3]])
+    """
+    s = _check_scores(scores)
+    U, C = s.shape
+    k = _check_int(k, "k")
+    if not 1 <= k <= C:
+        raise ValueError(f"k must be in [1, C] with C = {C} (scores has shape {_shape(s)}), got {k}")
+    lam = _check_real(lam, "lam")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    alpha = _check_real(alpha, "alpha")
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    num_threads = _check_threads(num_threads)
+    t = _check_target(target, U)
+    indptr, genre, wclass, weights = _item_csr(item_dist, t.shape[1])
+    cand = None
+    if candidates is not None:
+        if not isinstance(candidates, np.ndarray):
+            raise TypeError(f"candidates must be a numpy.ndarray of int64, got {type(candidates).__name__}")
+        if candidates.dtype != np.int64:
+            raise TypeError(f"candidates must have dtype int64, got {candidates.dtype} (ids are never cast)")
+        if candidates.shape != s.shape:
+            raise ValueError(f"candidates must have the shape of scores {_shape(s)}, got shape {_shape(candidates)}")
+        cand = np.ascontiguousarray(candidates)
+    out = _core.rerank_calibrated(s, cand, indptr, genre, wclass, weights, t, k, lam, alpha, num_threads,
+                                  bool(return_objective))
+    if return_objective:
+        return RerankResult(*out)
+    return out
+
+
+def topk(scores, k, num_threads=0):
+    """Row-wise top-k: the k largest scores of each row, sorted descending.
+
+    Parameters
+    ----------
+    scores : ndarray of float32 or float64, shape [U, N]
+        Scores; NaN raises ``ValueError`` naming the row, ±inf are ordered as usual.
+    k : int
+        ``1 <= k <= N``.
+    num_threads : int, default 0
+        Threads to split rows over (0 = all hardware threads); the output does not depend on it.
+
+    Returns
+    -------
+    values : ndarray, shape [U, k], dtype of scores
+        The k largest scores of each row in descending order.
+    indices : ndarray of int64, shape [U, k]
+        Their columns; equal values keep the lower column first.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> values, indices = rerank.topk(np.array([[0.1, 0.9, 0.5, 0.9]]), 2)
+    >>> values
+    array([[0.9, 0.9]])
+    >>> indices
+    array([[1, 3]])
+    """
+    s = _check_scores(scores)
+    k = _check_int(k, "k")
+    if not 1 <= k <= s.shape[1]:
+        raise ValueError(f"k must be in [1, N] with N = {s.shape[1]} (scores has shape {_shape(s)}), got {k}")
+    return _core.topk(s, k, _check_threads(num_threads))
+
+
+def genre_distribution(item_genres, n_genres=None):
+    """Item category distributions, each item's weight split evenly over its genres.
+
+    Parameters
+    ----------
+    item_genres : sequence of sequences of int, or ndarray of shape [n_items, G]
+        Either each item's genre ids, or a 0/1 (bool or int) indicator matrix such as the 19
+        genre columns of MovieLens ``u.item``.
+    n_genres : int, optional
+        G for the list form (default: largest id + 1). Ignored for a matrix.
+
+    Returns
+    -------
+    ndarray of float64, shape [n_items, G]
+        Row i is 1/m on each of item i's m genres.
+
+    Raises
+    ------
+    ValueError
+        An item without genres (its row could not sum to 1), a negative genre id, or an id
+        ``>= n_genres``.
+
+    Example
+    -------
+    >>> from embtab import rerank
+    >>> rerank.genre_distribution([[0], [1, 2]], n_genres=3)
+    array([[1. , 0. , 0. ],
+           [0. , 0.5, 0.5]])
+    """
+    if isinstance(item_genres, np.ndarray) and item_genres.ndim == 2:
+        ind = item_genres != 0
+        counts = ind.sum(axis=1)
+        if (counts == 0).any():
+            raise ValueError(f"item_genres row {int(np.nonzero(counts == 0)[0][0])} has no genre")
+        return ind / counts[:, None].astype(np.float64)
+    lists = [np.unique(np.asarray(g, dtype=np.int64)) for g in item_genres]
+    top = max((int(g.max()) for g in lists if g.size), default=-1)
+    G = top + 1 if n_genres is None else _check_int(n_genres, "n_genres")
+    out = np.zeros((len(lists), G), dtype=np.float64)
+    for i, g in enumerate(lists):
+        if g.size == 0:
+            raise ValueError(f"item_genres[{i}] has no genre")
+        if g[0] < 0 or g[-1] >= G:
+            raise ValueError(f"item_genres[{i}] holds genre id outside [0, {G}): {g.tolist()}")
+        out[i, g] = 1.0 / g.size
+    return out
+
+
+def user_distribution(histories, item_dist):
+    """Each user's category distribution p(g|u), the weighted mean of their history items' rows.
+
+    ``p(g|u) = sum_i w_ui item_dist[i, g] / sum_i w_ui`` (Steck 2018, eq. 1), with ``w_ui`` the
+    stored values of the user's history row (1 for a plain interaction).
+
+    Parameters
+    ----------
+    histories : scipy.sparse CSR matrix [U, n_items], or sequence of int arrays
+        User-item interactions (stored values are the weights w_ui, >= 0), or each user's
+        item ids (weight 1 each; repeats count repeatedly).
+    item_dist : ndarray [n_items, G] or scipy CSR
+        Item category distributions, e.g. from :func:`genre_distribution`.
+
+    Returns
+    -------
+    ndarray of float64, shape [U, G]
+        Rows sum to 1; a user with an empty history gets an all-zero row (accepted by
+        :func:`calibrated` as "no target").
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> item_dist = rerank.genre_distribution([[0], [1], [0, 1]], n_genres=2)
+    >>> rerank.user_distribution([np.array([0, 2]), np.array([], dtype=np.int64)], item_dist)
+    array([[0.75, 0.25],
+           [0.  , 0.  ]])
+    """
+    if _is_sparse(item_dist):
+        dense = np.asarray(item_dist.toarray(), dtype=np.float64)
+    else:
+        dense = np.asarray(item_dist, dtype=np.float64)
+    if dense.ndim != 2:
+        raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {_shape(dense)}")
+    n_items = dense.shape[0]
+    if _is_sparse(histories):
+        h = histories.tocsr()
+        if h.shape[1] != n_items:
+            raise ValueError(f"histories must be [U, n_items] with n_items = {n_items}, got shape {_shape(h)}")
+        num = np.asarray(h @ dense, dtype=np.float64)
+        den = np.asarray(h.sum(axis=1), dtype=np.float64).ravel()
+    else:
+        rows = [np.asarray(r) for r in histories]
+        for u, r in enumerate(rows):
+            if r.size and r.dtype.kind not in "iu":
+                raise TypeError(f"histories[{u}] must hold integer item ids, got dtype {r.dtype}")
+            if r.size and (r.min() < 0 or r.max() >= n_items):
+                raise ValueError(f"histories[{u}] holds an item id outside [0, {n_items})")
+        num = np.stack([dense[r.astype(np.int64)].sum(axis=0) if r.size else np.zeros(dense.shape[1])
+                        for r in rows]) if rows else np.zeros((0, dense.shape[1]))
+        den = np.array([float(r.size) for r in rows])
+    out = np.zeros_like(num)
+    nz = den > 0
+    out[nz] = num[nz] / den[nz, None]
+    return out
+
+
+def popularity_bins(item_counts, bins=(0.2, 0.8)):
+    """Head / mid / tail one-hot distributions for popularity calibration.
+
+    Items are sorted by count, most popular first (ties by lower id); an item falls in bin j
+    when the share of all interactions held by the items before it is at least ``bins[j-1]``
+    and below ``bins[j]``. With the default ``(0.2, 0.8)`` this is Abdollahpouri et al.'s split
+    (UMAP 2021): the head holds the most popular items accounting for the first 20% of
+    interactions, the tail the least popular ones accounting for the last 20%. Use the result as
+    ``item_dist`` (and :func:`user_distribution` of it as ``target``) to calibrate popularity
+    shares instead of genres.
+
+    Parameters
+    ----------
+    item_counts : array_like of int or float, shape [n_items]
+        Interactions per item (>= 0).
+    bins : sequence of float
+        Increasing cut points in (0, 1).
+
+    Returns
+    -------
+    ndarray of float64, shape [n_items, len(bins) + 1]
+        One-hot rows: column 0 = head, last column = tail.
+
+    Example
+    -------
+    >>> from embtab import rerank
+    >>> rerank.popularity_bins([50, 30, 10, 6, 4]).argmax(axis=1)
+    array([0, 1, 2, 2, 2])
+    """
+    c = np.asarray(item_counts, dtype=np.float64)
+    if c.ndim != 1:
+        raise ValueError(f"item_counts must be 1-D [n_items], got shape {_shape(c)}")
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ValueError("item_counts must be finite and >= 0")
+    b = np.asarray(bins, dtype=np.float64)
+    if b.ndim != 1 or b.size == 0 or (np.diff(b) <= 0).any() or b[0] <= 0 or b[-1] >= 1:
+        raise ValueError(f"bins must be increasing cut points in (0, 1), got {tuple(np.ravel(bins))}")
+    order = np.argsort(-c, kind="stable")
+    total = c.sum()
+    before = np.concatenate([[0.0], np.cumsum(c[order])[:-1]]) / (total if total > 0 else 1.0)
+    which = np.searchsorted(b, before, side="right")
+    out = np.zeros((c.size, b.size + 1), dtype=np.float64)
+    out[order, which] = 1.0
+    return out
+
+
+def miscalibration(lists, item_dist, target, alpha=0.01):
+    """Per-user miscalibration ``sum_g p_g ln(p_g / q~_g)`` of given lists.
+
+    ``q`` is the mean of the list items' rows of ``item_dist``, ``q~ = (1-alpha) q + alpha p``,
+    natural log, genres with ``p_g = 0`` contribute 0 (DESIGN.md's miscalibration@k is the mean
+    of this over users).
+
+    Parameters
+    ----------
+    lists : ndarray of int, shape [U, k]
+        Item ids (rows of ``item_dist``).
+    item_dist : ndarray [n_items, G] or scipy CSR
+    target : ndarray of float, shape [U, G]
+    alpha : float, default 0.01
+
+    Returns
+    -------
+    ndarray of float64, shape [U]
+        +inf where ``alpha = 0`` and a category with ``p_g > 0`` is missing from the list.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> item_dist = np.eye(2)
+    >>> rerank.miscalibration(np.array([[0, 1]]), item_dist, np.array([[0.5, 0.5]]))
+    array([0.])
+    """
+    lists = np.asarray(lists)
+    if lists.ndim != 2 or lists.dtype.kind not in "iu":
+        raise ValueError(f"lists must be a 2-D integer array [U, k], got shape {_shape(lists)} dtype {lists.dtype}")
+    p = np.asarray(target, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != lists.shape[0]:
+        raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {_shape(p)}")
+    U, k = lists.shape
+    if _is_sparse(item_dist):
+        q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
+    else:
+        q = np.asarray(item_dist, dtype=np.float64)[lists].mean(axis=1)
+    qt = (1.0 - alpha) * q + alpha * p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(qt)), 0.0)
+    return terms.sum(axis=1)

@@ -1,0 +1,407 @@
+"""embtab.rerank: the calibrated greedy against a slow reference, top-k, helpers, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import rerank_reference as ref
+from embtab import rerank
+
+sp = pytest.importorskip("scipy.sparse")
+
+
+# helpers ######################################################################################
+
+
+def random_instance(rng, U=4, C=30, G=6, n_items=40, k=5, max_genres=3):
+    genres = [rng.choice(G, size=rng.integers(1, max_genres + 1), replace=False) for _ in range(n_items)]
+    item_dist = rerank.genre_distribution([g.tolist() for g in genres], n_genres=G)
+    scores = rng.normal(size=(U, C))
+    cand = np.stack([rng.choice(n_items, size=C, replace=False) for _ in range(U)]).astype(np.int64)
+    raw = rng.random((U, G)) * (rng.random((U, G)) < 0.7)
+    raw[raw.sum(axis=1) == 0, 0] = 1.0
+    target = raw / raw.sum(axis=1, keepdims=True)
+    return scores, item_dist, target, cand, k
+
+
+def lexsort_topk(scores, k):
+    """Top-k indices by score descending, ties to the lower index."""
+    U, C = scores.shape
+    cols = np.broadcast_to(np.arange(C), scores.shape)
+    order = np.lexsort((cols, -scores), axis=1) if False else np.stack(
+        [np.lexsort((np.arange(C), -row)) for row in scores])
+    return order[:, :k]
+
+
+@st.composite
+def instances(draw):
+    G = draw(st.integers(1, 5))
+    n_items = draw(st.integers(1, 12))
+    item_genres = [draw(st.lists(st.integers(0, G - 1), min_size=1, max_size=3, unique=True))
+                   for _ in range(n_items)]
+    U = draw(st.integers(1, 3))
+    C = draw(st.integers(1, 10))
+    k = draw(st.integers(1, C))
+    use_cand = draw(st.booleans())
+    score_el = st.floats(-5, 5, allow_nan=False, width=64)
+    scores = np.array([[draw(st.one_of(score_el, st.just(-np.inf))) if draw(st.integers(0, 9)) == 0
+                        else draw(score_el) for _ in range(C)] for _ in range(U)], dtype=np.float64)
+    if use_cand:
+        cand = np.array([[draw(st.integers(0, n_items - 1)) for _ in range(C)] for _ in range(U)], dtype=np.int64)
+    else:
+        assume(C <= n_items)
+        cand = None
+    tgt = np.array([[draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 2.0, 3.7])) for _ in range(G)]
+                    for _ in range(U)])
+    sums = tgt.sum(axis=1, keepdims=True)
+    target = np.divide(tgt, sums, out=np.zeros_like(tgt), where=sums > 0)
+    lam = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 1)))
+    # alpha is 0 or >= 1e-12: for alpha * p_g near the smallest double (~1e-308) the literal
+    # reference underflows to q~_g = 0 where the incremental form does not (documented).
+    alpha = draw(st.one_of(st.sampled_from([0.0, 0.01, 0.5]), st.floats(1e-12, 0.99)))
+    f32 = draw(st.booleans())
+    csr = draw(st.booleans())
+    item_dist = rerank.genre_distribution(item_genres, n_genres=G)
+    if draw(st.booleans()):
+        # uneven weights: many distinct values (exercises the per-user table compaction)
+        raw = item_dist * np.array([[draw(st.integers(1, 9)) for _ in range(G)] for _ in range(n_items)])
+        item_dist = raw / raw.sum(axis=1, keepdims=True)
+    return dict(scores=scores.astype(np.float32) if f32 else scores,
+                item_dist=item_dist, target=target, k=k, lam=lam,
+                alpha=alpha, candidates=cand, csr=csr)
+
+
+# calibrated against the reference #############################################################
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(instances())
+def test_matches_reference(inst):
+    scores = inst["scores"]
+    lists_ref, gap = ref.greedy(scores.astype(np.float64), inst["item_dist"].tolist(), inst["target"], inst["k"],
+                                inst["lam"], inst["alpha"], inst["candidates"])
+    assume(gap > 1e-9)  # inputs without (near-)ties
+    dist = sp.csr_matrix(inst["item_dist"]) if inst["csr"] else inst["item_dist"]
+    got = rerank.calibrated(scores, dist, inst["target"], inst["k"], lam=inst["lam"], alpha=inst["alpha"],
+                            candidates=inst["candidates"], num_threads=1)
+    assert got.dtype == np.int64
+    assert got.tolist() == lists_ref
+
+
+def test_matches_reference_medium():
+    rng = np.random.default_rng(7)
+    for lam in (0.1, 0.5, 0.9, 0.99):
+        scores, item_dist, target, cand, k = random_instance(rng, U=3, C=40, G=8, n_items=60, k=10)
+        want, gap = ref.greedy(scores, item_dist.tolist(), target, k, lam, 0.01, cand)
+        assert gap > 1e-9
+        got = rerank.calibrated(scores, item_dist, target, k, lam=lam, candidates=cand)
+        assert got.tolist() == want
+
+
+def test_objective_and_miscalibration_returned():
+    rng = np.random.default_rng(3)
+    scores, item_dist, target, cand, k = random_instance(rng)
+    res = rerank.calibrated(scores, item_dist, target, k, lam=0.3, alpha=0.05, candidates=cand,
+                            return_objective=True)
+    lists, obj, mis = res
+    assert lists.shape == (4, k) and obj.shape == (4,) and mis.shape == (4,)
+    np.testing.assert_allclose(mis, rerank.miscalibration(lists, item_dist, target, alpha=0.05), rtol=1e-12)
+    for u in range(4):
+        pos = [int(np.nonzero(cand[u] == i)[0][0]) for i in lists[u]]
+        want = ref.objective(lists[u].tolist(), scores[u, pos].tolist(), item_dist.tolist(), target[u].tolist(),
+                             0.3, 0.05)
+        assert obj[u] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert np.array_equal(res.lists, rerank.calibrated(scores, item_dist, target, k, lam=0.3, alpha=0.05,
+                                                       candidates=cand))
+
+
+def test_lam0_is_topk():
+    rng = np.random.default_rng(11)
+    scores = rng.integers(0, 20, size=(50, 60)).astype(np.float64)  # many ties
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    item_dist = rerank.genre_distribution([[i % 4] for i in range(60)], n_genres=4)
+    target = np.full((50, 4), 0.25)
+    for k in (1, 10, 60):
+        got = rerank.calibrated(scores, item_dist, target, k, lam=0.0)
+        assert np.array_equal(got, lexsort_topk(scores, k))
+    got = rerank.calibrated(scores.astype(np.float32), item_dist, target, 7, lam=0.0)
+    assert np.array_equal(got, lexsort_topk(scores, 7))
+
+
+def test_steck_70_30():
+    # 20 candidates: the 14 best are genre A (0), the rest genre B (1); history is 70% A.
+    # Scores differ by little (0.99..0.97), as for candidates of similar predicted relevance: the
+    # KL term then decides the genre mix. (With a steep score slope, e.g. 1.0..0.9, the greedy
+    # stops at 8 A + 2 B: the last B would cost more score than the KL it saves; the reference
+    # agrees.)
+    item_dist = rerank.genre_distribution([[0]] * 14 + [[1]] * 6, n_genres=2)
+    scores = np.linspace(0.99, 0.97, 20)[None, :]
+    target = np.array([[0.7, 0.3]])
+    plain = rerank.calibrated(scores, item_dist, target, 10, lam=0.0)
+    assert (plain[0] < 14).all()  # all A
+    cal = rerank.calibrated(scores, item_dist, target, 10, lam=0.5)
+    n_a = int((cal[0] < 14).sum())
+    assert n_a == 7, cal  # 7 A and 3 B
+    want, _ = ref.greedy(scores, item_dist.tolist(), target, 10, 0.5, 0.01)
+    assert cal.tolist() == want
+    mis = rerank.miscalibration(cal, item_dist, target)
+    assert mis[0] < rerank.miscalibration(plain, item_dist, target)[0]
+
+
+def test_greedy_never_beats_brute_force():
+    # The figure for the docs (how often the greedy is optimal) comes from
+    # embtab.benchmarks.rerank.greedy_optimality; here only the invariant is checked.
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        scores, item_dist, target, _, k = random_instance(rng, U=1, C=7, G=3, n_items=7, k=3)
+        lst, obj, _ = rerank.calibrated(scores, item_dist, target, k, lam=0.5, return_objective=True)
+        best = ref.brute_force_best(scores[0].tolist(), item_dist.tolist(), target[0].tolist(), k, 0.5, 0.01)
+        assert obj[0] <= best + 1e-12
+
+
+def test_thread_count_invariance():
+    rng = np.random.default_rng(1)
+    scores, item_dist, target, cand, k = random_instance(rng, U=700, C=80, G=10, n_items=300, k=12)
+    base = rerank.calibrated(scores, item_dist, target, k, candidates=cand, num_threads=1)
+    for nt in (2, 3, 8, 0):
+        assert np.array_equal(base, rerank.calibrated(scores, item_dist, target, k, candidates=cand,
+                                                      num_threads=nt))
+    v1, i1 = rerank.topk(scores, 20, num_threads=1)
+    for nt in (2, 5):
+        v, i = rerank.topk(scores, 20, num_threads=nt)
+        assert np.array_equal(v1, v) and np.array_equal(i1, i)
+
+
+def test_float32_equals_float64_of_same_values():
+    rng = np.random.default_rng(2)
+    scores, item_dist, target, cand, k = random_instance(rng, U=50)
+    s32 = scores.astype(np.float32)
+    a = rerank.calibrated(s32, item_dist, target, k, candidates=cand)
+    b = rerank.calibrated(s32.astype(np.float64), item_dist, target, k, candidates=cand)
+    assert np.array_equal(a, b)
+
+
+def test_uneven_weights_match_reference():
+    # Item weights with many distinct values: the per-user table path (more keys than C * width).
+    rng = np.random.default_rng(12)
+    scores, item_dist, target, cand, k = random_instance(rng, U=3, C=12, G=6, n_items=40, k=6)
+    item_dist = item_dist * rng.integers(1, 50, size=item_dist.shape)
+    item_dist /= item_dist.sum(axis=1, keepdims=True)
+    want, gap = ref.greedy(scores, item_dist.tolist(), target, k, 0.5, 0.01, cand)
+    assert gap > 1e-9
+    assert rerank.calibrated(scores, item_dist, target, k, candidates=cand).tolist() == want
+
+
+def test_dense_equals_csr():
+    rng = np.random.default_rng(4)
+    scores, item_dist, target, cand, k = random_instance(rng, U=30)
+    a = rerank.calibrated(scores, item_dist, target, k, candidates=cand)
+    b = rerank.calibrated(scores, sp.csr_matrix(item_dist), target, k, candidates=cand)
+    assert np.array_equal(a, b)
+
+
+def test_neg_inf_picked_last():
+    item_dist = np.eye(2)
+    scores = np.array([[-np.inf, 0.5, -np.inf, 0.1]])
+    cand = np.array([[0, 0, 1, 0]], dtype=np.int64)
+    target = np.array([[0.5, 0.5]])
+    # Two finite candidates come first whatever the KL says; then -inf ones by the KL alone:
+    # the list holds genre 0 twice, so the genre-1 candidate (position 2) beats position 0.
+    res = rerank.calibrated(scores, item_dist, target, 3, lam=0.9, candidates=cand, return_objective=True)
+    assert res.lists.tolist() == [[0, 0, 1]]
+    assert res.objective[0] == -np.inf
+    pos = rerank.calibrated(scores, item_dist[[0, 0, 1, 0]], target, 4, lam=0.9)
+    assert pos.tolist() == [[1, 3, 2, 0]]
+    assert rerank.calibrated(scores, item_dist[[0, 0, 1, 0]], target, 4, lam=0.0).tolist() == [[1, 3, 0, 2]]
+
+
+def test_duplicate_candidates_are_separate():
+    # Duplicates are allowed: each position is its own candidate, so an item can repeat.
+    item_dist = np.eye(2)
+    scores = np.array([[0.9, 0.8, 0.1]])
+    cand = np.array([[0, 0, 1]], dtype=np.int64)
+    assert rerank.calibrated(scores, item_dist, np.array([[1.0, 0.0]]), 2, lam=0.5, candidates=cand).tolist() \
+        == [[0, 0]]
+
+
+def test_zero_target_row_is_topk():
+    rng = np.random.default_rng(9)
+    scores, item_dist, target, cand, k = random_instance(rng, U=3)
+    target[1] = 0.0
+    got = rerank.calibrated(scores, item_dist, target, k, lam=0.7, candidates=cand)
+    assert got[1].tolist() == cand[1][lexsort_topk(scores[1:2], k)[0]].tolist()
+
+
+def test_alpha0_covers_all_genres_first():
+    # alpha = 0: KL is +inf until both target genres are in the list, so the 2-list must hold one of each.
+    item_dist = np.eye(2)[[0, 0, 0, 1]]
+    scores = np.array([[0.9, 0.8, 0.7, 0.1]])
+    got = rerank.calibrated(scores, item_dist, np.array([[0.9, 0.1]]), 2, lam=0.01, alpha=0.0)
+    assert sorted(got[0].tolist()) == [0, 3]
+
+
+# topk #########################################################################################
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,k", [(1, 1), (10, 10), (100, 7), (1682, 10), (3000, 64), (3000, 65), (5000, 500),
+                                 (700, 300)])
+def test_topk_matches_lexsort(dtype, N, k):
+    rng = np.random.default_rng(N + k)
+    scores = rng.normal(size=(20, N)).astype(dtype)
+    scores[3] = np.round(scores[3])  # ties
+    scores[4, ::3] = -np.inf
+    scores[5] = 1.0  # all equal
+    vals, idx = rerank.topk(scores, k)
+    want = lexsort_topk(scores.astype(np.float64), k)
+    assert vals.dtype == dtype and idx.dtype == np.int64
+    assert np.array_equal(idx, want)
+    assert np.array_equal(vals, np.take_along_axis(scores, want, axis=1))
+
+
+def test_topk_sorted_input_large_k():
+    scores = np.tile(np.arange(4000, dtype=np.float64), (3, 1))
+    scores[1] = scores[1][::-1].copy()
+    _, idx = rerank.topk(scores, 500)
+    assert np.array_equal(idx, lexsort_topk(scores, 500))
+
+
+# helpers ######################################################################################
+
+
+def test_genre_distribution_forms_agree():
+    lists = [[0], [1, 2], [0, 1, 2]]
+    a = rerank.genre_distribution(lists, n_genres=4)
+    ind = np.zeros((3, 4), dtype=bool)
+    for i, g in enumerate(lists):
+        ind[i, g] = True
+    assert np.array_equal(a, rerank.genre_distribution(ind))
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)
+    assert a[2, 0] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no genre"):
+        rerank.genre_distribution([[0], []])
+    with pytest.raises(ValueError, match="outside"):
+        rerank.genre_distribution([[5]], n_genres=3)
+
+
+def test_user_distribution_csr_and_lists():
+    item_dist = rerank.genre_distribution([[0], [1], [0, 1]], n_genres=2)
+    hist = sp.csr_matrix(np.array([[1, 0, 1], [0, 2, 0], [0, 0, 0]], dtype=np.float64))
+    want = np.array([[0.75, 0.25], [0.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(rerank.user_distribution(hist, item_dist), want)
+    lists = [np.array([0, 2]), np.array([1]), np.array([], dtype=np.int64)]
+    np.testing.assert_allclose(rerank.user_distribution(lists, item_dist), want)
+
+
+def test_popularity_bins_calibrate_tail():
+    counts = np.array([100, 80, 60, 5, 4, 3, 2, 1, 1, 1])
+    bins = rerank.popularity_bins(counts)
+    assert bins.shape == (10, 3) and np.array_equal(bins.sum(axis=1), np.ones(10))
+    assert bins[0, 0] == 1 and bins[-1, 2] == 1
+    # A user whose history is half tail gets tail items into a list that scores put all in the head.
+    scores = -np.arange(10, dtype=np.float64)[None, :]
+    target = np.array([[0.5, 0.0, 0.5]])
+    got = rerank.calibrated(scores, bins, target, 4, lam=0.5)
+    assert bins[got[0]].argmax(axis=1).tolist().count(2) >= 1
+
+
+def test_miscalibration_hand_worked():
+    # list = one genre-0 item and one genre-1 item: q = (0.5, 0.5); p = (0.8, 0.2)
+    # q~ = 0.99 q + 0.01 p = (0.503, 0.497); KL = 0.8 ln(0.8/0.503) + 0.2 ln(0.2/0.497)
+    got = rerank.miscalibration(np.array([[0, 1]]), np.eye(2), np.array([[0.8, 0.2]]))
+    assert got[0] == pytest.approx(0.8 * math.log(0.8 / 0.503) + 0.2 * math.log(0.2 / 0.497))
+
+
+# bad input ####################################################################################
+
+
+def _ok():
+    item_dist = np.eye(3)[[0, 1, 2, 0]]
+    scores = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    target = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    return dict(scores=scores, item_dist=item_dist, target=target, k=2)
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(scores=np.zeros(3)), ValueError, r"scores must be 2-D \[U, C\], got shape \(3,\)"),
+    (dict(scores=np.zeros((2, 4), dtype=np.int64)), TypeError, "scores must have dtype float32 or float64"),
+    (dict(scores=[[0.1, 0.2]]), TypeError, "scores must be a numpy.ndarray"),
+    (dict(k=0), ValueError, r"k must be in \[1, C\]"),
+    (dict(k=5), ValueError, r"k must be in \[1, C\] with C = 4"),
+    (dict(k=2.0), TypeError, "k must be an int"),
+    (dict(lam=1.5), ValueError, r"lam must be in \[0, 1\]"),
+    (dict(lam=-0.1), ValueError, r"lam must be in \[0, 1\]"),
+    (dict(lam=float("nan")), ValueError, r"lam must be in \[0, 1\]"),
+    (dict(alpha=1.0), ValueError, r"alpha must be in \[0, 1\)"),
+    (dict(alpha=-0.01), ValueError, r"alpha must be in \[0, 1\)"),
+    (dict(target=np.array([[0.5, 0.5, 0.0]])), ValueError, r"target must be 2-D \[U, G\] with U = 2.*\(1, 3\)"),
+    (dict(target=np.array([[0.5, 0.5, 0.0], [0.2, np.nan, 0.5]])), ValueError, "target row 1 holds NaN"),
+    (dict(target=np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.5]])), ValueError, "target row 1 sums to"),
+    (dict(target=np.array([[1.5, -0.5, 0.0], [0.2, 0.3, 0.5]])), ValueError, "target row 0 holds a negative"),
+    (dict(target=np.array([[1, 0, 0], [0, 0, 1]])), TypeError, "target must have a float dtype"),
+    (dict(item_dist=np.eye(3)[[0, 1, 2, 0]][:, :2]), ValueError, r"item_dist must be \[n_items, G\] with G = 3"),
+    (dict(item_dist=np.eye(3)[[0, 1, 2, 0]] * 0.5), ValueError, "item_dist row 0 sums to 0.5"),
+    (dict(item_dist=np.array([[1.5, -0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])), ValueError,
+     "item_dist row 0 holds a negative"),
+    (dict(item_dist=np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]), TypeError, "item_dist must have a float dtype"),
+    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, 2, 3]], dtype=np.int32)), TypeError,
+     "candidates must have dtype int64, got int32"),
+    (dict(candidates=np.array([[0, 1, 2, 3]], dtype=np.int64)), ValueError,
+     r"candidates must have the shape of scores \(2, 4\), got shape \(1, 4\)"),
+    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, 4, 3]], dtype=np.int64)), ValueError,
+     r"candidates row 1 holds item id 4 \(at candidates\[1, 2\]\)"),
+    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, -1, 3]], dtype=np.int64)), ValueError,
+     "candidates row 1 holds item id -1"),
+    (dict(scores=np.array([[0.4, 0.3, 0.2, 0.1], [0.1, np.nan, 0.3, 0.4]])), ValueError, "scores row 1 holds NaN"),
+    (dict(scores=np.array([[0.4, np.inf, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])), ValueError,
+     r"scores row 0 holds \+inf"),
+    (dict(num_threads=-1), ValueError, "num_threads must be >= 0"),
+])
+def test_bad_input(change, exc, match):
+    args = _ok()
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        rerank.calibrated(**args)
+
+
+def test_bad_input_nan_in_lam0_path_and_first_row_reported():
+    args = _ok()
+    args["scores"] = np.full((300, 4), 0.5)
+    args["scores"][250, 2] = np.nan
+    args["scores"][120, 1] = np.nan
+    args["target"] = np.tile([0.2, 0.3, 0.5], (300, 1))
+    for lam in (0.0, 0.5):
+        with pytest.raises(ValueError, match="scores row 120 holds NaN"):
+            rerank.calibrated(**args, lam=lam, num_threads=2)
+
+
+def test_bad_input_csr():
+    item_dist = sp.csr_matrix(np.eye(3)[[0, 1, 2, 0]] * 0.9)
+    with pytest.raises(ValueError, match="item_dist row 0 sums to"):
+        rerank.calibrated(np.zeros((1, 4)), item_dist, np.array([[1.0, 0, 0]]), 2)
+    with pytest.raises(TypeError, match="CSR"):
+        rerank.calibrated(np.zeros((1, 4)), sp.coo_matrix(np.eye(3)[[0, 1, 2, 0]]), np.array([[1.0, 0, 0]]), 2)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((np.zeros(5), 1), ValueError, r"scores must be 2-D \[U, C\], got shape \(5,\)"),
+    ((np.zeros((2, 5), dtype=np.int32), 1), TypeError, "float32 or float64"),
+    ((np.zeros((2, 5)), 6), ValueError, r"k must be in \[1, N\] with N = 5"),
+    ((np.zeros((2, 5)), 0), ValueError, r"k must be in \[1, N\]"),
+    ((np.array([[0.0, 1.0], [np.nan, 0.0]]), 1), ValueError, "scores row 1 holds NaN"),
+])
+def test_topk_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        rerank.topk(*args)
+
+
+def test_topk_nan_large_k():
+    s = np.zeros((3, 5000))
+    s[2, 4000] = np.nan
+    with pytest.raises(ValueError, match="scores row 2 holds NaN"):
+        rerank.topk(s, 500)
