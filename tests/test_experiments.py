@@ -1,0 +1,152 @@
+"""Experiments E1-E3 on tiny data: results schema, JSON, aggregation, plots, generated text."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+from embtab import experiments as ex
+from embtab.train import recommend
+
+TINY = "synthetic:n_users=120,n_items=160,interactions_per_user=12,n_genres=6"
+FAST = {"epochs": 3, "batch_size": 256}
+METRICS = ("recall@10", "ndcg@10", "arp@10", "tail_share@10", "coverage@10", "gini@10",
+           "entropy@10", "miscalibration@10", "decile_recall@10")
+
+
+@pytest.fixture(scope="module")
+def session():
+    return ex._Session(TINY, FAST, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dims(session):
+    return ex.run_dims(TINY, seeds=2, dims=(1, 2, 8), progress=False, session=session)
+
+
+@pytest.fixture(scope="module")
+def collisions(session):
+    return ex.run_collisions(TINY, seeds=1, rows_per_id=(1 / 16, 1.0), dim=8, progress=False,
+                             session=session)
+
+
+@pytest.fixture(scope="module")
+def calibration(session):
+    return ex.run_calibration(TINY, seeds=1, lams=(0.0, 0.5, 0.99), candidates=(20, 50),
+                              dim=8, progress=False, session=session)
+
+
+def test_dims_schema(dims):
+    assert dims["experiment"] == "dims"
+    assert set(dims["dataset"]) >= {"name", "users", "items", "interactions", "top1pct_share"}
+    assert dims["dataset"]["users"] == 120
+    mf = [r for r in dims["rows"] if r["model"] == "mf"]
+    assert sorted((r["dim"], r["seed"]) for r in mf) == [(d, s) for d in (1, 2, 8) for s in (0, 1)]
+    assert {r["model"] for r in dims["rows"]} == {"mf", "most_popular", "random"}
+    for r in dims["rows"]:
+        assert set(METRICS) <= set(r)
+        assert len(r["decile_recall@10"]) == 10
+    for r in mf:
+        assert r["table"] == "cuckoo" and r["collision_share"] == 0.0
+
+
+def test_results_json_roundtrip_writes_null_for_nan(dims, tmp_path):
+    res = copy.deepcopy(dims)
+    res["rows"][0]["decile_recall@10"][3] = float("nan")
+    path = ex.save_results(res, tmp_path / "r.json")
+    text = path.read_text()
+    assert "NaN" not in text
+    back = ex.load_results(path)
+    assert back["rows"][0]["decile_recall@10"][3] is None
+    assert back["rows"][1]["recall@10"] == pytest.approx(res["rows"][1]["recall@10"])
+    json.loads(text)
+
+
+def test_summarize_mean_and_sd(dims):
+    summ = ex.summarize(dims)
+    row = next(r for r in summ if r.get("dim") == 2)
+    vals = [r["recall@10"] for r in dims["rows"] if r.get("dim") == 2]
+    assert row["n"] == 2
+    assert row["recall@10"] == pytest.approx(np.mean(vals))
+    assert row["recall@10:sd"] == pytest.approx(np.std(vals, ddof=1))
+    assert len(row["decile_recall@10"]) == 10
+
+
+def test_collisions_measured_beside_theory(collisions):
+    rows = {(r["table"], r["rows_per_id"]): r for r in collisions["rows"] if r["model"] == "mf"}
+    assert rows[("cuckoo", 1.0)]["collision_share"] == 0.0
+    for rpi in (1 / 16, 1.0):
+        r = rows[("hashed", rpi)]
+        assert r["table_rows"] == round(rpi * 160)
+        assert r["collision_theory"] == pytest.approx(1 - math.exp(-1 / rpi))
+        assert abs(r["collision_share"] - r["collision_theory"]) < 0.1
+
+
+def test_calibration_lambda0_is_the_models_list_and_calibrates(session, calibration):
+    rows = [r for r in calibration["rows"] if r["model"] == "mf+calibrated"]
+    assert sorted({(r["lam"], r["candidates"]) for r in rows}) == [
+        (lam, c) for lam in (0.0, 0.5, 0.99) for c in (20, 50)]
+    by = {(r["lam"], r["candidates"]): r for r in rows}
+    for c in (20, 50):
+        assert by[(0.99, c)]["miscalibration@10"] < by[(0.0, c)]["miscalibration@10"]
+    # lam = 0 reranks nothing: the same lists as the model's own top-10
+    train, _ = session.split(0)
+    model = session.model(session.config(dim=8, table="cuckoo", seed=0), "")
+    from embtab.train import score_matrix
+
+    lists = ex.calibrated_lists(score_matrix(model, train).numpy(), train,
+                                ex._item_dist(session.data), 50, [0.0])[0.0]
+    np.testing.assert_array_equal(lists, recommend(model, train, 10))
+
+
+def test_plots_and_report(dims, collisions, calibration, tmp_path):
+    plots = {}
+    for res in (dims, collisions, calibration):
+        paths = ex.plot_results(res, tmp_path)
+        assert paths
+        for p in paths:
+            assert p.exists() and 0 < p.stat().st_size < 200_000
+        plots[res["experiment"]] = [p.name for p in paths]
+    md = ex.render_report([dims, collisions, calibration], plots)
+    for heading in ("## E1", "## E2", "## E3", "What it shows", "most-popular", "random"):
+        assert heading in md
+    assert "dims.png" in md and "calibration.png" in md
+
+
+def _fake_dims(arps):
+    rows = []
+    for d, arp in zip((2, 4, 8), arps):
+        rows.append({"model": "mf", "seed": 0, "dim": d, "table": "cuckoo", "recall@10": 0.1,
+                     "arp@10": arp, "coverage@10": 0.1 * d, "tail_share@10": 0.1,
+                     "decile_recall@10": [0.1] * 10})
+    return {"experiment": "dims", "rows": rows}
+
+
+@pytest.mark.parametrize("arps, word", [((0.3, 0.2, 0.1), "arp@10 falls"),
+                                        ((0.1, 0.2, 0.3), "arp@10 rises")])
+def test_findings_follow_the_numbers(arps, word):
+    text = " ".join(ex._dims_text(ex.summarize(_fake_dims(arps))))
+    assert word in text
+
+
+def test_calibration_text_says_when_target_is_missed():
+    base = {"model": "mf+calibrated", "seed": 0, "candidates": 100, "recall@10": 0.1,
+            "arp@10": 0.1, "coverage@10": 0.1, "decile_recall@10": [0.1] * 10}
+    rows = [{**base, "lam": 0.0, "ndcg@10": 0.2, "miscalibration@10": 1.0},
+            {**base, "lam": 0.5, "ndcg@10": 0.1, "miscalibration@10": 0.9}]
+    summ = ex.summarize({"rows": rows})
+    text = " ".join(ex._calibration_text(summ, {"candidates": [100]}))
+    assert "NOT met" in text
+
+
+def test_run_experiments_writes_everything(tmp_path, session):
+    paths = ex.run_experiments(["dims"], tmp_path / "out", dataset=session.data, seeds=1,
+                               progress=False, train_overrides=FAST,
+                               kwargs={"dims": {"dims": (2, 4)}})
+    assert paths["report"].exists() and paths["results"].exists()
+    combined = ex.load_results(paths["results"])
+    assert isinstance(combined, list) and combined[0]["experiment"] == "dims"
+    assert (tmp_path / "out" / "dims.json").exists()
+    assert all(p.exists() for p in paths["plots"])
