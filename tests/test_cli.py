@@ -42,7 +42,7 @@ def test_experiment_bad_dataset(tmp_path, capsys):
 def test_demo(tmp_path, capsys, monkeypatch):
     real = ex.run_demo
 
-    def tiny_demo(out, progress, seeds):
+    def tiny_demo(out, progress, seeds, dataset):
         # the demo's code path on tiny data: same experiments, same files
         s = ex._Session(TINY, {"epochs": 2, "batch_size": 256}, progress=False)
         return ex.run_experiments(

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="quick E1 + E2 + E3 on synthetic data; writes a report")
     d.add_argument("--out", default="embtab-demo", help="output folder (default: embtab-demo)")
     d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    d.add_argument("--dataset", default="synthetic",
+                   help="data set spec as for 'experiment' (default: synthetic)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("experiment", help="run one experiment (E1-E4)")
@@ -72,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args) -> int:
     from embtab.experiments import run_demo
 
-    paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds)
+    paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds, dataset=args.dataset)
     print(f"report: {paths['report']}")
     print(f"results: {paths['results']}")
     return 0
