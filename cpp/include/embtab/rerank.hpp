@@ -39,8 +39,13 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "embtab/parallel.hpp"
 
@@ -52,10 +57,10 @@ namespace embtab {
 inline constexpr std::size_t kRerankGrain = 64;
 // kTopkGrain: score rows per parallel_for chunk in topk.
 inline constexpr std::size_t kTopkGrain = 16;
-// kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a sampled threshold above.
+// kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a radix select above.
 inline constexpr int kTopkHeapMaxK = 64;
 // kTopkBlock: elements per block in the threshold scan (one branch per block).
-inline constexpr int kTopkBlock = 16;
+inline constexpr int kTopkBlock = 64;
 
 // inputs ////////////////////////////////////////////////////////////////////////////////////
 
@@ -240,13 +245,48 @@ inline std::int64_t scan_alpha0(const double* a, const I* idx, const double* t, 
     return bi;
 }
 
+// block_hit says whether any of p[0..kTopkBlock) is > thr or NaN. SSE2 (the x86-64 baseline)
+// where available; the scalar loop elsewhere (compilers keep it scalar under -ftrapping-math).
+inline bool block_hit(const float* p, float thr) {
+#if defined(__SSE2__)
+    const __m128 t = _mm_set1_ps(thr);
+    __m128 acc = _mm_setzero_ps();
+    for (int j = 0; j < kTopkBlock; j += 4) {
+        const __m128 x = _mm_loadu_ps(p + j);
+        acc = _mm_or_ps(acc, _mm_or_ps(_mm_cmpgt_ps(x, t), _mm_cmpunord_ps(x, x)));
+    }
+    return _mm_movemask_ps(acc) != 0;
+#else
+    int hit = 0;
+    for (int j = 0; j < kTopkBlock; ++j) hit |= (p[j] > thr) | (p[j] != p[j]);
+    return hit != 0;
+#endif
+}
+inline bool block_hit(const double* p, double thr) {
+#if defined(__SSE2__)
+    const __m128d t = _mm_set1_pd(thr);
+    __m128d acc = _mm_setzero_pd();
+    for (int j = 0; j < kTopkBlock; j += 2) {
+        const __m128d x = _mm_loadu_pd(p + j);
+        acc = _mm_or_pd(acc, _mm_or_pd(_mm_cmpgt_pd(x, t), _mm_cmpunord_pd(x, x)));
+    }
+    return _mm_movemask_pd(acc) != 0;
+#else
+    int hit = 0;
+    for (int j = 0; j < kTopkBlock; ++j) hit |= (p[j] > thr) | (p[j] != p[j]);
+    return hit != 0;
+#endif
+}
+
 // topk_small_row writes the k best of row[0..n) (value desc, index asc) for small k through a
-// sorted insertion buffer; returns false if the row holds a NaN. Assumes 1 <= k <= n.
+// sorted insertion buffer; returns false if the row holds a NaN. Assumes 1 <= k <= n. The scan
+// starts from thr0, the k-th largest of a strided sample: the k-th largest of any subset is at
+// most that of the row, so every element of the top k is >= thr0 and blocks entirely below it
+// are skipped with one branch per block.
 template <class S>
 inline bool topk_small_row(const S* row, std::int64_t n, std::int64_t k, S* vals, std::int64_t* ids) {
-    // Buffer sorted best first; an element enters iff it beats the k-th (strictly greater:
-    // a later index with an equal value ranks lower).
     std::int64_t filled = 0;
+    // insert x (index i, larger than every index already in) after any equal values
     auto insert = [&](S x, std::int64_t i) {
         std::int64_t pos = filled < k ? filled : k - 1;
         while (pos > 0 && vals[pos - 1] < x) {
@@ -258,29 +298,29 @@ inline bool topk_small_row(const S* row, std::int64_t n, std::int64_t k, S* vals
         ids[pos] = i;
         if (filled < k) ++filled;
     };
+    S thr = -std::numeric_limits<S>::infinity();
+    const std::int64_t want = 16 * k;  // sample size: about 16 sampled elements per slot
+    if (n >= 4 * want) {
+        const std::int64_t stride = n / want;
+        for (std::int64_t i = 0; i < n; i += stride) {
+            const S x = row[i];
+            if (x != x) return false;
+            if (filled < k || x > vals[k - 1]) insert(x, i);
+        }
+        thr = vals[k - 1];
+        filled = 0;
+    }
     std::int64_t i = 0;
-    for (; i < k; ++i) {
+    // phase 1: buffer not full; take every x >= thr (thr0)
+    for (; i < n && filled < k; ++i) {
         const S x = row[i];
         if (x != x) return false;
-        // equal values keep index order: insert after equals
-        std::int64_t pos = filled;
-        while (pos > 0 && vals[pos - 1] < x) {
-            vals[pos] = vals[pos - 1];
-            ids[pos] = ids[pos - 1];
-            --pos;
-        }
-        vals[pos] = x;
-        ids[pos] = i;
-        ++filled;
+        if (x >= thr) insert(x, i);
     }
-    S thr = vals[k - 1];
+    thr = vals[k - 1];
+    // phase 2: full; take x > k-th (a later index with an equal value ranks lower)
     for (; i + kTopkBlock <= n; i += kTopkBlock) {
-        int hit = 0;
-        for (int j = 0; j < kTopkBlock; ++j) {
-            const S x = row[i + j];
-            hit |= (x > thr) | (x != x);
-        }
-        if (!hit) continue;
+        if (!block_hit(row + i, thr)) continue;
         for (int j = 0; j < kTopkBlock; ++j) {
             const S x = row[i + j];
             if (x != x) return false;
@@ -301,62 +341,125 @@ inline bool topk_small_row(const S* row, std::int64_t n, std::int64_t k, S* vals
     return true;
 }
 
-// topk_large_row writes the k best of row[0..n) for larger k: a threshold from a strided
-// sample, a branch-free filter of the indices at or above it, then an exact selection among
-// those (falls back to all indices when fewer than k pass). Returns false on NaN.
+// desc_key maps a score to an unsigned integer that sorts ascending as the score sorts
+// descending (-0.0 and +0.0 map alike, as they compare equal); assumes x is not NaN.
+inline std::uint32_t desc_key(float x) {
+    std::uint32_t b;
+    if (x == 0.0f) x = 0.0f;
+    std::memcpy(&b, &x, sizeof b);
+    const std::uint32_t asc = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ~asc;
+}
+inline std::uint64_t desc_key(double x) {
+    std::uint64_t b;
+    if (x == 0.0) x = 0.0;
+    std::memcpy(&b, &x, sizeof b);
+    const std::uint64_t asc = (b & 0x8000000000000000ull) ? ~b : (b | 0x8000000000000000ull);
+    return ~asc;
+}
+
 template <class S>
-inline bool topk_large_row(const S* row, std::int64_t n, std::int64_t k, S* vals, std::int64_t* ids,
-                           std::vector<std::int64_t>& buf, std::vector<S>& sample) {
-    auto better = [row](std::int64_t x, std::int64_t y) {
-        return row[x] > row[y] || (row[x] == row[y] && x < y);
-    };
-    buf.resize(static_cast<std::size_t>(n));
-    std::int64_t cnt = n;
-    bool have = false;
-    if (n >= 4 * k && n >= 1024) {
-        // Sample ~1/8 of the row (at least 512 elements); take the rank that keeps about 1.5x
-        // the expected share of k plus a margin, so a second pass is rarely needed.
-        const std::int64_t stride = std::max<std::int64_t>(1, std::min<std::int64_t>(8, n / 512));
-        sample.clear();
-        for (std::int64_t i = 0; i < n; i += stride) {
-            if (row[i] != row[i]) return false;
-            sample.push_back(row[i]);
-        }
-        const std::int64_t m = static_cast<std::int64_t>(sample.size());
-        std::int64_t r = (k * m) / n;
-        r = r + r / 2 + 16;
-        if (r < m) {
-            std::nth_element(sample.begin(), sample.begin() + r, sample.end(), [](S x, S y) { return x > y; });
-            const S thr = sample[static_cast<std::size_t>(r)];
-            std::int64_t c = 0;
-            int nan = 0;
-            std::int64_t* b = buf.data();
-            for (std::int64_t i = 0; i < n; ++i) {
-                const S x = row[i];
-                b[c] = i;
-                c += (x >= thr);
-                nan |= (x != x);
-            }
-            if (nan) return false;
-            if (c >= k) {
-                cnt = c;
-                have = true;
-            }
-        }
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+    using type = std::uint32_t;
+};
+template <>
+struct KeyOf<double> {
+    using type = std::uint64_t;
+};
+
+// TopkBuffers is one thread's scratch for topk_radix_row.
+template <class S>
+struct TopkBuffers {
+    using UK = typename KeyOf<S>::type;
+    std::vector<UK> keys, k1, k2;
+    std::vector<std::uint32_t> i1, i2;
+};
+
+// topk_radix_row writes the k best of row[0..n) (value desc, index asc): each score becomes
+// an integer key that sorts ascending as the score sorts descending; a histogram of the top 11
+// key bits (and, when the boundary bucket is large, of the next 11) selects every element that
+// can be in the top k, in index order; a stable LSD radix sort of those by key then keeps
+// equal scores in index order. Branch-free apart from the bucket search. Returns false on NaN.
+// Assumes 1 <= k <= n < 2^32.
+template <class S>
+inline bool topk_radix_row(const S* row, std::int64_t n, std::int64_t k, S* vals, std::int64_t* ids,
+                           TopkBuffers<S>& tb) {
+    using UK = typename KeyOf<S>::type;
+    constexpr int kBits = static_cast<int>(sizeof(UK) * 8);
+    constexpr int kHi = 11;
+    constexpr std::size_t kBins = std::size_t{1} << kHi;
+    tb.keys.resize(static_cast<std::size_t>(n));
+    UK* key = tb.keys.data();
+    std::uint32_t hist[kBins];
+    std::memset(hist, 0, sizeof hist);
+    int nan = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const S x = row[i];
+        nan |= (x != x);
+        const UK kk = desc_key(x == x ? x : S(0));
+        key[i] = kk;
+        ++hist[kk >> (kBits - kHi)];
     }
-    if (!have) {
+    if (nan) return false;
+    // the boundary bucket b1: fewer than k elements lie in buckets below it
+    std::int64_t before = 0;
+    std::size_t b1 = 0;
+    while (before + hist[b1] < static_cast<std::uint64_t>(k)) before += hist[b1++];
+    UK limit = static_cast<UK>((static_cast<UK>(b1) + 1) << (kBits - kHi)) - 1;  // keep key <= limit
+    if (b1 + 1 == kBins) limit = ~UK{0};
+    if (hist[b1] > static_cast<std::uint32_t>(2 * (k - before) + 64)) {
+        // refine inside b1 on the next 11 bits
+        std::memset(hist, 0, sizeof hist);
+        const UK top = static_cast<UK>(b1);
         for (std::int64_t i = 0; i < n; ++i) {
-            if (row[i] != row[i]) return false;
-            buf[static_cast<std::size_t>(i)] = i;
+            const UK kk = key[i];
+            hist[(kk >> (kBits - 2 * kHi)) & (kBins - 1)] += (kk >> (kBits - kHi)) == top;
         }
-        cnt = n;
+        std::size_t b2 = 0;
+        while (before + hist[b2] < static_cast<std::uint64_t>(k)) before += hist[b2++];
+        limit = static_cast<UK>((((static_cast<UK>(b1) << kHi) | static_cast<UK>(b2)) + 1) << (kBits - 2 * kHi)) - 1;
+        if (b1 + 1 == kBins && b2 + 1 == kBins) limit = ~UK{0};
     }
-    auto first = buf.begin();
-    if (cnt > k) std::nth_element(first, first + (k - 1), first + cnt, better);
-    std::sort(first, first + k, better);
+    // collect, in index order, every element with key <= limit (at least k of them)
+    tb.k1.resize(static_cast<std::size_t>(n));
+    tb.i1.resize(static_cast<std::size_t>(n));
+    UK* ka = tb.k1.data();
+    std::uint32_t* ia = tb.i1.data();
+    std::int64_t m = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        ka[m] = key[i];
+        ia[m] = static_cast<std::uint32_t>(i);
+        m += key[i] <= limit;
+    }
+    // stable LSD radix sort by key, 8 bits a pass, skipping passes where every digit is equal
+    tb.k2.resize(static_cast<std::size_t>(m));
+    tb.i2.resize(static_cast<std::size_t>(m));
+    UK* kb = tb.k2.data();
+    std::uint32_t* ib = tb.i2.data();
+    for (int shift = 0; shift < kBits; shift += 8) {
+        std::uint32_t cnt[256];
+        std::memset(cnt, 0, sizeof cnt);
+        for (std::int64_t i = 0; i < m; ++i) ++cnt[(ka[i] >> shift) & 0xff];
+        if (cnt[(ka[0] >> shift) & 0xff] == static_cast<std::uint64_t>(m)) continue;
+        std::uint32_t pos = 0;
+        for (int d = 0; d < 256; ++d) {
+            const std::uint32_t c = cnt[d];
+            cnt[d] = pos;
+            pos += c;
+        }
+        for (std::int64_t i = 0; i < m; ++i) {
+            const std::uint32_t dst = cnt[(ka[i] >> shift) & 0xff]++;
+            kb[dst] = ka[i];
+            ib[dst] = ia[i];
+        }
+        std::swap(ka, kb);
+        std::swap(ia, ib);
+    }
     for (std::int64_t j = 0; j < k; ++j) {
-        ids[j] = buf[static_cast<std::size_t>(j)];
-        vals[j] = row[ids[j]];
+        ids[j] = ia[j];
+        vals[j] = row[ia[j]];
     }
     return true;
 }
@@ -375,14 +478,13 @@ std::int64_t topk(const S* scores, std::int64_t U, std::int64_t N, std::int64_t 
     const std::size_t chunks = (static_cast<std::size_t>(U) + kTopkGrain - 1) / kTopkGrain;
     std::vector<std::int64_t> bad(chunks, -1);
     parallel_for(static_cast<std::size_t>(U), num_threads, kTopkGrain, [&](std::size_t b, std::size_t e) {
-        std::vector<std::int64_t> buf;
-        std::vector<S> sample;
+        detail::TopkBuffers<S> tb;
         for (std::size_t u = b; u < e; ++u) {
             const S* row = scores + static_cast<std::int64_t>(u) * N;
             S* v = vals + static_cast<std::int64_t>(u) * k;
             std::int64_t* ix = ids + static_cast<std::int64_t>(u) * k;
             const bool ok = k <= kTopkHeapMaxK ? detail::topk_small_row(row, N, k, v, ix)
-                                               : detail::topk_large_row(row, N, k, v, ix, buf, sample);
+                                               : detail::topk_radix_row(row, N, k, v, ix, tb);
             if (!ok) {
                 bad[b / kTopkGrain] = static_cast<std::int64_t>(u);
                 return;
@@ -478,11 +580,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             v.resize(static_cast<std::size_t>(k));
             detail::topk_small_row(a, C, k, v.data(), out);
         } else {
-            std::vector<std::int64_t> buf;
-            std::vector<double> sample;
+            detail::TopkBuffers<double> tb;
             std::vector<double>& v = sc.den;
             v.resize(static_cast<std::size_t>(k));
-            detail::topk_large_row(a, C, k, v.data(), out, buf, sample);
+            detail::topk_radix_row(a, C, k, v.data(), out, tb);
         }
         finish();
         return err;
