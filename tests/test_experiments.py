@@ -150,3 +150,20 @@ def test_run_experiments_writes_everything(tmp_path, session):
     assert isinstance(combined, list) and combined[0]["experiment"] == "dims"
     assert (tmp_path / "out" / "dims.json").exists()
     assert all(p.exists() for p in paths["plots"])
+
+
+def test_heldout_miscalibration_is_zero_when_test_mirrors_train():
+    from embtab.data import Interactions, RowSets
+
+    # user 0: train items 0 (genre 0) and 1 (genre 1); test items 2 (genre 0) and 3 (genre 1)
+    genres = RowSets.from_lists([[0], [1], [0], [1]], n_cols=2)
+    full = Interactions(name="t", user_ids=np.array([1], np.uint64),
+                        item_ids=np.array([10, 11, 12, 13], np.uint64),
+                        users=np.zeros(4, np.int64), items=np.arange(4), item_genres=genres)
+    train = full.subset(np.array([True, True, False, False]))
+    test = full.subset(np.array([False, False, True, True]))
+    assert ex.heldout_miscalibration(train, test) == pytest.approx(0.0, abs=1e-12)
+    skew = full.subset(np.array([False, False, True, False]))
+    # p = (.5, .5), q = (1, 0): q~ = (.995, .005) -> .5 ln(.5/.995) + .5 ln(.5/.005)
+    expect = 0.5 * math.log(0.5 / 0.995) + 0.5 * math.log(0.5 / 0.005)
+    assert ex.heldout_miscalibration(train, skew) == pytest.approx(expect)
