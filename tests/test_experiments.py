@@ -167,3 +167,17 @@ def test_heldout_miscalibration_is_zero_when_test_mirrors_train():
     # p = (.5, .5), q = (1, 0): q~ = (.995, .005) -> .5 ln(.5/.995) + .5 ln(.5/.005)
     expect = 0.5 * math.log(0.5 / 0.995) + 0.5 * math.log(0.5 / 0.005)
     assert ex.heldout_miscalibration(train, skew) == pytest.approx(expect)
+
+
+def test_minority_share(session):
+    train, _ = session.split(0)
+    w = train.genre_weights()
+    # a list made of the user's own training items in proportion would match; a list of one
+    # genre's items has minority share 0 for users whose main genre it is.
+    sets = train.user_items()
+    top = np.stack([np.resize(sets[u], 10) for u in range(train.n_users)])
+    lst, hist = ex.minority_share(top, train)
+    assert 0 <= hist < 1 and 0 <= lst < 1
+    only0 = np.flatnonzero((w[:, 0] == 1.0))[:10]
+    lst0, _ = ex.minority_share(np.tile(only0, (train.n_users, 1)), train)
+    assert lst0 > 0.5   # most users' main genre is not genre 0 -> the list is "all minority"
