@@ -78,3 +78,26 @@ def test_bench_missing_module_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "embtab.benchmarks.table", None)
     assert cli.main(["bench", "table"]) == 2
     assert "embtab.benchmarks.table is not part of this installation" in capsys.readouterr().err
+
+
+def test_experiment_rerank_speed_wraps_the_benchmark(tmp_path, capsys, monkeypatch):
+    fake = types.ModuleType("embtab.benchmarks.rerank")
+    raw = {"config": {"U": 100, "n_items": 50, "C": 20, "quick": True},
+           "embtab": {"1": {"us_per_user": 2.0, "users_per_s": 5e5}},
+           "numpy_b": {"us_per_user": 20.0, "users": 100, "identical": True},
+           "numpy_a": {"us_per_user": 200.0, "users": 10, "identical": True},
+           "python": {"us_per_user": 4000.0, "users": 2, "identical": True}}
+    fake.run = lambda quick: raw
+    fake.format_markdown = lambda r: "| embtab | 2.0 |"
+    monkeypatch.setitem(sys.modules, "embtab.benchmarks.rerank", fake)
+    import embtab.benchmarks
+
+    monkeypatch.setattr(embtab.benchmarks, "rerank", fake, raising=False)
+    out = tmp_path / "e4"
+    assert cli.main(["experiment", "rerank-speed", "--quick", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "rerank-speed.json").read_text())
+    assert res["experiment"] == "rerank-speed"
+    impls = {r["impl"]: r for r in res["rows"]}
+    assert impls["plain Python"]["us_per_user"] == 4000.0
+    assert impls["embtab C++ (1 thread)"]["users_per_s"] == 5e5
+    assert "| embtab | 2.0 |" in (out / "report.md").read_text()

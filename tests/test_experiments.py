@@ -178,6 +178,6 @@ def test_minority_share(session):
     top = np.stack([np.resize(sets[u], 10) for u in range(train.n_users)])
     lst, hist = ex.minority_share(top, train)
     assert 0 <= hist < 1 and 0 <= lst < 1
-    only0 = np.flatnonzero((w[:, 0] == 1.0))[:10]
+    only0 = np.flatnonzero(w[:, 0] == 1.0)[:10]
     lst0, _ = ex.minority_share(np.tile(only0, (train.n_users, 1)), train)
     assert lst0 > 0.5   # most users' main genre is not genre 0 -> the list is "all minority"

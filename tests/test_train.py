@@ -6,8 +6,15 @@ import torch
 
 from embtab.data import power_law, train_test_split
 from embtab.metrics import evaluate
-from embtab.train import (TrainConfig, collision_share, fit, most_popular, random_topk,
-                          recommend, score_matrix)
+from embtab.train import (
+    TrainConfig,
+    collision_share,
+    fit,
+    most_popular,
+    random_topk,
+    recommend,
+    score_matrix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +108,8 @@ def test_cuckoo_has_no_collisions(easy):
     assert collision_share(model, train)["collision_share"] == 0.0
 
 
-@pytest.mark.parametrize("bad", [dict(dim=0), dict(table="dense"), dict(rows_per_id=0.0),
-                                 dict(optimizer="sgd"), dict(lr=0.0), dict(batch_size=0)])
+@pytest.mark.parametrize("bad", [{"dim": 0}, {"table": "dense"}, {"rows_per_id": 0.0},
+                                 {"optimizer": "sgd"}, {"lr": 0.0}, {"batch_size": 0}])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)

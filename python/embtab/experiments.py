@@ -48,8 +48,15 @@ import numpy as np
 
 from embtab import metrics
 from embtab.data import Interactions, load_dataset, train_test_split
-from embtab.train import (TrainConfig, collision_share, fit, most_popular, random_topk,
-                          recommend, score_matrix)
+from embtab.train import (
+    TrainConfig,
+    collision_share,
+    fit,
+    most_popular,
+    random_topk,
+    recommend,
+    score_matrix,
+)
 
 __all__ = [
     "CANDIDATES",
@@ -57,13 +64,17 @@ __all__ = [
     "EXPERIMENTS",
     "LAMBDAS",
     "ROWS_PER_ID",
+    "calibrated_lists",
+    "heldout_miscalibration",
     "load_results",
+    "minority_share",
     "plot_results",
     "render_report",
     "run_calibration",
     "run_collisions",
     "run_demo",
     "run_dims",
+    "run_experiments",
     "run_rerank_speed",
     "save_results",
     "summarize",
@@ -480,7 +491,7 @@ def summarize(results: dict) -> list:
         agg["n"] = len(rows)
         names = [k for k, v in rows[0].items()
                  if k not in _KEYS and k not in ("seed", "impl") and
-                 (isinstance(v, (int, float)) or isinstance(v, list) or v is None)]
+                 (isinstance(v, (int, float, list)) or v is None)]
         for name in names:
             m, sd = _mean_sd([r.get(name) for r in rows])
             agg[name], agg[name + ":sd"] = m, sd
@@ -815,8 +826,8 @@ def render_report(results_list: Sequence[dict], plots: dict | None = None,
             lines += _table(rows, [("model", _model_label), ("d", lambda r: str(r.get("dim", "")))])
             text = _dims_text(summ)
         elif name == "collisions":
-            lines += ["## E2 — hash collisions (hashed item table vs cuckoo, d = "
-                      f"{res['config']['dim']})", "", _dataset_line(res), ""]
+            lines += [("## E2 — hash collisions (hashed item table vs cuckoo, d = "
+                      f"{res['config']['dim']})"), "", _dataset_line(res), ""]
             rows = [r for r in summ if r["model"] != "mf"] + [
                 r for r in summ if r.get("table") == "cuckoo"] + sorted(
                 [r for r in summ if r.get("table") == "hashed"], key=lambda r: -r["rows_per_id"])
@@ -830,8 +841,8 @@ def render_report(results_list: Sequence[dict], plots: dict | None = None,
                         lambda r: _fmt(_tail_recall(r)) if "decile_recall@10" in r else "")])
             text = _collisions_text(summ)
         elif name == "calibration":
-            lines += [f"## E3 — calibrated reranking (d = {res['config']['dim']}, α = "
-                      f"{res['config']['alpha']}, scores {res['config']['score_scaling']})", "",
+            lines += [(f"## E3 — calibrated reranking (d = {res['config']['dim']}, α = "
+                      f"{res['config']['alpha']}, scores {res['config']['score_scaling']})"), "",
                       _dataset_line(res), ""]
             rows = [r for r in summ if r["model"] != "mf+calibrated"] + sorted(
                 [r for r in summ if r["model"] == "mf+calibrated"],

@@ -170,7 +170,7 @@ def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int) -> nn.Mod
     init = EmbeddingInit("normal", 0.0, config.init_std)
     seed = (config.seed * 1_000_003 + salt) % (1 << 63)
     if kind == "hashed":
-        m = max(1, int(round(config.rows_per_id * n_ids)))
+        m = max(1, round(config.rows_per_id * n_ids))
         return HashedEmbedding(m, config.dim, init=init, seed=seed)
     return CuckooEmbedding(max(1, n_ids), config.dim, init=init, seed=seed)
 
