@@ -97,7 +97,7 @@ def test_calibration_lambda0_is_the_models_list_and_calibrates(session, calibrat
     from embtab.train import score_matrix
 
     lists = ex.calibrated_lists(score_matrix(model, train).numpy(), train,
-                                ex._item_dist(session.data), 50, [0.0])[0.0]
+                                ex.categories(train)[0], 50, [0.0])[0.0]
     np.testing.assert_array_equal(lists, recommend(model, train, 10))
 
 
@@ -181,3 +181,28 @@ def test_minority_share(session):
     only0 = np.flatnonzero(w[:, 0] == 1.0)[:10]
     lst0, _ = ex.minority_share(np.tile(only0, (train.n_users, 1)), train)
     assert lst0 > 0.5   # most users' main genre is not genre 0 -> the list is "all minority"
+
+
+def test_calibration_without_genres_uses_popularity_bins(tmp_path):
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 60, 900)
+    items = rng.zipf(1.3, 900) % 90
+    path = tmp_path / "inter.txt"
+    path.write_text("\n".join(f"{u} {i}" for u, i in zip(users, items)))
+    res = ex.run_calibration(f"interactions:{path}", seeds=1, lams=(0.0, 0.9),
+                             candidates=(20,), dim=4, train_overrides=FAST, progress=False,
+                             chunk=25)
+    assert res["config"]["categories"].startswith("popularity bins")
+    rows = {r["lam"]: r for r in res["rows"] if r["model"] == "mf+calibrated"}
+    assert math.isfinite(rows[0.0]["miscalibration@10"])
+    assert rows[0.9]["miscalibration@10"] <= rows[0.0]["miscalibration@10"]
+
+
+def test_calibration_chunking_does_not_change_lists(session):
+    a = ex.run_calibration(TINY, seeds=1, lams=(0.5,), candidates=(20,), dim=8,
+                           progress=False, session=session)
+    b = ex.run_calibration(TINY, seeds=1, lams=(0.5,), candidates=(20,), dim=8,
+                           progress=False, session=session, chunk=7)
+    pick = [{k: v for k, v in r.items() if k != "decile_recall@10"} for r in a["rows"]]
+    pick_b = [{k: v for k, v in r.items() if k != "decile_recall@10"} for r in b["rows"]]
+    assert pick == pick_b

@@ -119,3 +119,10 @@ def test_adagrad_trains(easy):
     _, train, _ = easy
     model = fit(train, TrainConfig(dim=8, epochs=3, optimizer="adagrad", lr=0.1), quiet=True)
     assert model.history[-1] < model.history[0]
+
+
+def test_baselines_do_not_depend_on_chunking(easy):
+    _, train, _ = easy
+    np.testing.assert_array_equal(most_popular(train, 10), most_popular(train, 10, chunk=7))
+    np.testing.assert_array_equal(random_topk(train, 10, seed=4),
+                                  random_topk(train, 10, seed=4, chunk=7))

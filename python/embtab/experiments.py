@@ -65,6 +65,7 @@ __all__ = [
     "LAMBDAS",
     "ROWS_PER_ID",
     "calibrated_lists",
+    "categories",
     "heldout_miscalibration",
     "load_results",
     "minority_share",
@@ -129,16 +130,16 @@ def _session(dataset, train_overrides, progress, session):
     return session if session is not None else _Session(dataset, train_overrides, progress)
 
 
-def _evaluate(top: np.ndarray, train: Interactions, test: Interactions) -> dict:
-    return metrics.evaluate(top, train, test, train.item_genres, k=K)
+def _evaluate(top: np.ndarray, train: Interactions, test: Interactions, cats=None) -> dict:
+    return metrics.evaluate(top, train, test, train.item_genres if cats is None else cats, k=K)
 
 
-def _baseline_rows(s: _Session, seed: int) -> list:
+def _baseline_rows(s: _Session, seed: int, cats=None) -> list:
     train, test = s.split(seed)
     rows = []
     for name, top in (("most_popular", most_popular(train, K)),
                       ("random", random_topk(train, K, seed=seed))):
-        rows.append({"model": name, "seed": seed, **_evaluate(top, train, test)})
+        rows.append({"model": name, "seed": seed, **_evaluate(top, train, test, cats)})
     return rows
 
 
@@ -267,6 +268,21 @@ def _item_dist(data: Interactions) -> np.ndarray:
     return w
 
 
+def categories(train: Interactions) -> tuple:
+    """The categories E3 calibrates to: ``(item_dist [I, G], kind)``, rows summing to 1.
+
+    Genres when the data set has any (items without a genre get a "none" category);
+    otherwise head / mid / tail popularity bins of the training counts
+    (:func:`embtab.rerank.popularity_bins`, Abdollahpouri et al.'s 20/60/20 split of
+    interactions), ``kind = "popularity bins"``.
+    """
+    if train.n_genres > 0 and train.item_genres.indices.size > 0:
+        return _item_dist(train), "genres"
+    from embtab import rerank
+
+    return rerank.popularity_bins(train.item_counts()), "popularity bins (head/mid/tail)"
+
+
 def _minmax(values: np.ndarray) -> np.ndarray:
     """Scale each row's finite values to [0, 1]; -inf stays -inf (never picked first)."""
     fin = np.isfinite(values)
@@ -277,98 +293,117 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return out.astype(np.float64)
 
 
-def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarray,
-                     candidates: int, lams: Sequence[float], k: int = K) -> dict:
-    """For each λ, calibrated top-k lists [U, k] (dense item ids) from masked scores [U, I].
+def _user_mix(data: Interactions, item_dist: np.ndarray) -> np.ndarray:
+    """Each user's mean category distribution over their items of ``data``, [U, G] (0 rows
+    for users without items)."""
+    m = np.zeros((data.n_users, item_dist.shape[1]))
+    np.add.at(m, data.users, item_dist[data.items])
+    tot = m.sum(axis=1, keepdims=True)
+    return np.divide(m, tot, out=np.zeros_like(m), where=tot > 0)
 
+
+def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarray,
+                     candidates: int, lams: Sequence[float], k: int = K, *,
+                     users=None) -> dict:
+    """For each λ, calibrated top-k lists [n, k] (dense item ids) from masked scores [n, I].
+
+    ``scores`` rows are the users ``users`` (default: all users of ``train``, in order).
     Candidates are the top-``candidates`` items by score; their scores are min-max scaled per
-    user; the target is each user's training genre distribution.
+    user; the target p is each user's training category distribution under ``item_dist``.
     """
     from embtab import rerank
 
+    rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
     C = min(int(candidates), scores.shape[1])
     values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
     scaled = _minmax(values.astype(np.float64))
-    hist = train.user_items()
-    target = rerank.user_distribution([hist[u] for u in range(train.n_users)], item_dist)
+    target = _user_mix(train, item_dist)[rows]
     return {float(lam): rerank.calibrated(scaled, item_dist, target, k, lam=float(lam),
                                           alpha=ALPHA, candidates=cand)
             for lam in lams}
 
 
-def heldout_miscalibration(train: Interactions, test: Interactions, alpha: float = ALPHA) -> float:
+def heldout_miscalibration(train: Interactions, test: Interactions,
+                           item_dist: np.ndarray | None = None, alpha: float = ALPHA) -> float:
     """Mean KL(p‖q̃) of the users' own held-out items: p from train, q from the test set.
 
     The same formula as ``miscalibration@k`` with the user's test items in place of the list
-    (users with both train and test items). A reference point: how calibrated real next
-    consumption is, given the noise of a short list drawn from the user's mix.
+    (users with both train and test items); categories ``item_dist`` [I, G] (default: genre
+    weights). A reference point: how calibrated real next consumption is, given the noise of
+    a short list drawn from the user's mix.
     """
-    w = train.genre_weights()
-
-    def mix(d):
-        m = np.zeros((d.n_users, w.shape[1]))
-        np.add.at(m, d.users, w[d.items])
-        return m
-
-    p, q = mix(train), mix(test)
+    w = train.genre_weights() if item_dist is None else item_dist
+    p, q = _user_mix(train, w), _user_mix(test, w)
     ok = (p.sum(1) > 0) & (q.sum(1) > 0)
-    p = p[ok] / p[ok].sum(1, keepdims=True)
-    q = q[ok] / q[ok].sum(1, keepdims=True)
+    p, q = p[ok], q[ok]
     qt = (1 - alpha) * q + alpha * p
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = np.where(p > 0, p * np.log(p / qt), 0.0).sum(1)
     return float(kl.mean()) if kl.size else float("nan")
 
 
-def minority_share(top: np.ndarray, train: Interactions) -> tuple:
-    """Genre mass outside each user's main genre: ``(in the lists, in the histories)``.
+def minority_share(top: np.ndarray, train: Interactions,
+                   item_dist: np.ndarray | None = None) -> tuple:
+    """Category mass outside each user's main category: ``(in the lists, in the histories)``.
 
-    For user u, the main genre is the argmax of p(g|u) (training mix); the list's share is
-    ``1 − q(main|u)`` with q the list's genre mix, the history's ``1 − p(main|u)``. Both are
-    means over users with a genre-carrying history. A calibrated list's share approaches the
-    history's (a 70/30 user gets ~30% minority genre instead of ~0%).
+    For user u, the main category is the argmax of p(g|u) (training mix); the list's share is
+    ``1 − q(main|u)`` with q the list's category mix, the history's ``1 − p(main|u)``. Both
+    are means over users with a category-carrying history and list. A calibrated list's share
+    approaches the history's (a 70/30 user gets ~30% minority genre instead of ~0%).
+    ``item_dist`` [I, G] defaults to the genre weights.
     """
-    w = train.genre_weights()
-    p = np.zeros((train.n_users, w.shape[1]))
-    np.add.at(p, train.users, w[train.items])
+    w = train.genre_weights() if item_dist is None else item_dist
+    p = _user_mix(train, w)
     q = w[top].sum(axis=1)
     ok = (p.sum(1) > 0) & (q.sum(1) > 0)
-    p, q = p[ok] / p[ok].sum(1, keepdims=True), q[ok] / q[ok].sum(1, keepdims=True)
+    if not ok.any():
+        return float("nan"), float("nan")
+    p, q = p[ok], q[ok] / q[ok].sum(1, keepdims=True)
     main = p.argmax(1)
     rows = np.arange(main.size)
-    if not main.size:
-        return float("nan"), float("nan")
     return float((1 - q[rows, main]).mean()), float((1 - p[rows, main]).mean())
 
 
 def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
                     lams: Sequence[float] = LAMBDAS, candidates: Sequence[int] = CANDIDATES,
                     dim: int = FIXED_DIM, train_overrides: dict | None = None,
-                    progress: bool = True, session: _Session | None = None) -> dict:
+                    progress: bool = True, session: _Session | None = None,
+                    chunk: int = 4096) -> dict:
     """E3: calibrated reranking (Steck 2018) of the d=``dim`` cuckoo model's top-C candidates.
 
     One row per (λ, C, seed) with ``model = "mf+calibrated"`` (λ = 0 is the plain top-k of
-    the candidates, i.e. the model's own list). Arguments as :func:`run_dims`.
+    the candidates, i.e. the model's own list). Categories are the genres, or popularity bins
+    when the data set has no categories (:func:`categories`); ``miscalibration@10`` of every
+    row of this experiment (baselines included) is measured on the same categories. Users are
+    scored ``chunk`` at a time. Other arguments as :func:`run_dims`.
     """
     t0 = time.perf_counter()
     s = _session(dataset, train_overrides, progress, session)
     seeds = _seeds(seeds)
-    item_dist = _item_dist(s.data)
     rows, heldout = [], []
     bar = _bar(len(seeds) * len(candidates), "E3 calibration", progress)
     for seed in seeds:
         train, test = s.split(seed)
-        rows += _baseline_rows(s, seed)
-        heldout.append(heldout_miscalibration(train, test))
+        item_dist, kind = categories(train)
+        cats = item_dist > 0
+        rows += _baseline_rows(s, seed, cats)
+        heldout.append(heldout_miscalibration(train, test, item_dist))
         cfg = s.config(dim=int(dim), table="cuckoo", seed=seed)
         model = s.model(cfg, f"E3 d={dim} seed={seed}")
-        scores = score_matrix(model, train).numpy()
         for C in candidates:
-            for lam, top in calibrated_lists(scores, train, item_dist, C, lams).items():
-                minority, minority_hist = minority_share(top, train)
+            lists: dict = {}
+            for start in range(0, train.n_users, chunk):
+                users = np.arange(start, min(start + chunk, train.n_users))
+                scores = score_matrix(model, train, users).numpy()
+                for lam, top in calibrated_lists(scores, train, item_dist, C, lams,
+                                                 users=users).items():
+                    lists.setdefault(lam, []).append(top)
+            for lam, parts in lists.items():
+                top = np.concatenate(parts)
+                minority, minority_hist = minority_share(top, train, item_dist)
                 rows.append({"model": "mf+calibrated", "seed": seed, "dim": int(dim),
                              "table": "cuckoo", "lam": lam, "candidates": int(C),
-                             **_evaluate(top, train, test),
+                             **_evaluate(top, train, test, cats),
                              "minority_share@10": minority,
                              "minority_share_history": minority_hist})
             _tick(bar)
@@ -376,6 +411,7 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     return _result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
                                       "candidates": [int(c) for c in candidates], "alpha": ALPHA,
                                       "score_scaling": "per-user min-max over the C candidates",
+                                      "categories": kind,
                                       "heldout_miscalibration": float(np.mean(heldout)),
                                       "seeds": seeds}, rows, t0)
 
@@ -743,19 +779,32 @@ def _collisions_text(summ) -> list:
         f"Measured collision share goes from {hi['collision_share']:.3f} at m/n={hi['rows_per_id']:g} "
         f"(theory {hi['collision_theory']:.3f}) to {lo['collision_share']:.3f} at "
         f"m/n={lo['rows_per_id']:g} (theory {lo['collision_theory']:.3f}).")
-    rec = "falls" if lo["recall@10"] < hi["recall@10"] else "does not fall"
+    seq = [cuckoo["recall@10"]] + [r["recall@10"] for r in reversed(hashed)]
+    if all(b < a for a, b in zip(seq, seq[1:])):
+        rec = "falls at every step"
+    elif lo["recall@10"] < cuckoo["recall@10"]:
+        rec = "falls overall (not at every step)"
+    else:
+        rec = "does not fall"
     out.append(
-        f"recall@10 {rec} as m/n shrinks: cuckoo {cuckoo['recall@10']:.4f}, hashed "
+        f"recall@10 {rec} from the cuckoo table down the m/n sweep: cuckoo "
+        f"{cuckoo['recall@10']:.4f}, hashed "
         + ", ".join(f"m/n={r['rows_per_id']:g}: {r['recall@10']:.4f}" for r in reversed(hashed)) + ".")
     t_c, t_lo, t_hi = _tail_recall(cuckoo), _tail_recall(lo), _tail_recall(hi)
     h_c = np.nanmean(np.asarray(cuckoo["decile_recall@10"], dtype=float)[:2])
     h_lo = np.nanmean(np.asarray(lo["decile_recall@10"], dtype=float)[:2])
     if all(map(math.isfinite, (t_c, t_lo, h_c, h_lo))) and t_c > 0 and h_c > 0:
+        if t_lo >= t_c:
+            verdict = "tail recall does not fall at all, so the tail is not the part hit hardest"
+        elif t_lo / t_c < h_lo / h_c:
+            verdict = "the tail is hit harder than the head"
+        else:
+            verdict = "the head is hit as hard as the tail or harder"
         out.append(
             f"Tail recall (mean of deciles 5–9): cuckoo {t_c:.4f}, m/n={hi['rows_per_id']:g} "
             f"{t_hi:.4f}, m/n={lo['rows_per_id']:g} {t_lo:.4f} ({t_lo / t_c:.0%} of cuckoo); head "
-            f"recall (deciles 0–1) at m/n={lo['rows_per_id']:g} is {h_lo / h_c:.0%} of cuckoo's, so "
-            f"the {'tail is hit harder' if t_lo / t_c < h_lo / h_c else 'head is hit as hard or harder'}.")
+            f"recall (deciles 0–1) at m/n={lo['rows_per_id']:g} is {h_lo / h_c:.0%} of cuckoo's: "
+            f"{verdict}.")
     direction = ("raise" if lo["arp@10"] > cuckoo["arp@10"] else "lower")
     out.append(f"Collisions {direction} arp@10 here: cuckoo {cuckoo['arp@10']:.4f} vs "
                f"{lo['arp@10']:.4f} at m/n={lo['rows_per_id']:g} "
@@ -782,7 +831,7 @@ def _calibration_text(summ, config) -> list:
             f"{r0['coverage@10']:.4f} → {r5['coverage@10']:.4f}.")
         if "minority_share@10" in r0:
             out.append(
-                f"Genre mass outside each user's main genre: {r0['minority_share@10']:.1%} of the "
+                f"Category mass outside each user's main category: {r0['minority_share@10']:.1%} of the "
                 f"list at λ=0, {r5['minority_share@10']:.1%} at λ=0.5, against "
                 f"{r0['minority_share_history']:.1%} in the users' histories.")
         rows = sorted([r for r in summ if r.get("candidates") == C and "lam" in r],
@@ -842,7 +891,8 @@ def render_report(results_list: Sequence[dict], plots: dict | None = None,
             text = _collisions_text(summ)
         elif name == "calibration":
             lines += [(f"## E3 — calibrated reranking (d = {res['config']['dim']}, α = "
-                      f"{res['config']['alpha']}, scores {res['config']['score_scaling']})"), "",
+                       f"{res['config']['alpha']}, scores {res['config']['score_scaling']}, "
+                       f"categories: {res['config'].get('categories', 'genres')})"), "",
                       _dataset_line(res), ""]
             rows = [r for r in summ if r["model"] != "mf+calibrated"] + sorted(
                 [r for r in summ if r["model"] == "mf+calibrated"],

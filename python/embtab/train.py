@@ -332,25 +332,37 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
-def most_popular(train: Interactions, k: int = 10) -> np.ndarray:
+def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.ndarray:
     """Most-popular baseline: the k most-interacted items each user has not trained on, [U, k].
 
-    Ties by lower item index.
+    Ties by lower item index. Users are scored ``chunk`` at a time.
     """
     counts = train.item_counts().astype(np.float64)
     # a score that orders by count, ties by lower index
-    base = counts - np.arange(train.n_items) / (train.n_items + 1.0)
-    scores = torch.from_numpy(np.tile(base, (train.n_users, 1)))
-    _mask_rows(scores, train, np.arange(train.n_users))
-    return _topk(scores, k)
+    base = torch.from_numpy(counts - np.arange(train.n_items) / (train.n_items + 1.0))
+    out = [np.zeros((0, min(k, train.n_items)), dtype=np.int64)]
+    for start in range(0, train.n_users, chunk):
+        rows = np.arange(start, min(start + chunk, train.n_users))
+        scores = base.repeat(len(rows), 1)
+        _mask_rows(scores, train, rows)
+        out.append(_topk(scores, k))
+    return np.concatenate(out)
 
 
-def random_topk(train: Interactions, k: int = 10, seed: int = 0) -> np.ndarray:
-    """Random baseline: k uniformly random untrained items per user, seeded, [U, k]."""
+def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
+                chunk: int = 4096) -> np.ndarray:
+    """Random baseline: k uniformly random untrained items per user, seeded, [U, k].
+
+    The result does not depend on ``chunk`` (users scored at a time).
+    """
     rng = np.random.default_rng(seed)
-    scores = torch.from_numpy(rng.random((train.n_users, train.n_items)))
-    _mask_rows(scores, train, np.arange(train.n_users))
-    return _topk(scores, k)
+    out = [np.zeros((0, min(k, train.n_items)), dtype=np.int64)]
+    for start in range(0, train.n_users, chunk):
+        rows = np.arange(start, min(start + chunk, train.n_users))
+        scores = torch.from_numpy(rng.random((len(rows), train.n_items)))
+        _mask_rows(scores, train, rows)
+        out.append(_topk(scores, k))
+    return np.concatenate(out)
 
 
 def collision_share(model: MFModel, data: Interactions) -> dict:
