@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 from embtab import experiments as ex
 from embtab.train import recommend
@@ -206,3 +207,13 @@ def test_calibration_chunking_does_not_change_lists(session):
     pick = [{k: v for k, v in r.items() if k != "decile_recall@10"} for r in a["rows"]]
     pick_b = [{k: v for k, v in r.items() if k != "decile_recall@10"} for r in b["rows"]]
     assert pick == pick_b
+
+
+@pytest.mark.data
+def test_movielens_smoke():
+    path = shared_data("ml-100k")
+    res = ex.run_dims(f"movielens:{path}", seeds=1, dims=(4,), train_overrides={"epochs": 1},
+                      progress=False)
+    assert res["dataset"]["users"] == 943 and res["dataset"]["items"] == 1682
+    mf = next(r for r in res["rows"] if r["model"] == "mf")
+    assert 0 <= mf["recall@10"] <= 1 and math.isfinite(mf["miscalibration@10"])
