@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import shared_data
 
+from conftest import shared_data
 from embtab import experiments as ex
 from embtab.train import recommend
 
