@@ -1,0 +1,903 @@
+"""Drop-in ``torch.nn`` embedding modules that take raw 64-bit IDs.
+
+``CuckooEmbedding`` / ``CuckooEmbeddingBag`` give every raw ID its own row (no collisions, no
+offline remapping pass) through an :class:`embtab.CuckooTable`, and grow, admit and evict IDs by
+policy. ``HashedEmbedding`` / ``HashedEmbeddingBag`` are the hashing-trick baseline
+(row = ``mix64(id, seed) % m``) with the same signatures, so an experiment swaps one class for
+the other at equal memory.
+
+Conventions shared by all four modules
+--------------------------------------
+* ``weight`` has shape ``[num_embeddings + 1, embedding_dim]``. The last row,
+  ``weight[num_embeddings]``, is the *zero row*: ``padding_id``, not-yet-admitted IDs and (in
+  ``eval()`` mode) unknown IDs read it; it is passed to torch as ``padding_idx``, so it stays
+  zero and gets no gradient, and in bags it is left out of the reduction (as
+  ``nn.EmbeddingBag(padding_idx=...)`` does).
+* A new ID's initial vector is a function of ``(seed, ID)`` only (see :class:`EmbeddingInit`),
+  not of batch order or of the row it lands in.
+* The ID -> row remap runs on CPU in C++ with the GIL released, on NumPy views of the ID
+  tensor; ``weight`` may live on another device.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from enum import Enum, unique
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch import Tensor, nn
+
+import embtab
+from embtab import _core
+
+__all__ = [
+    "OnFull",
+    "EmbeddingInit",
+    "CuckooEmbedding",
+    "CuckooEmbeddingBag",
+    "HashedEmbedding",
+    "HashedEmbeddingBag",
+]
+
+_U64 = 1 << 64
+
+
+# configuration ///////////////////////////////////////////////////////////////////////////////
+
+
+@unique
+class OnFull(str, Enum):
+    """What a :class:`CuckooEmbedding` does when a batch brings more new IDs than free rows.
+
+    GROW
+        Enlarge ``weight`` (by ``growth_factor``) and keep every row and its optimizer state:
+        training continues exactly as if the table had been large enough from the start.
+    EVICT_LRU
+        Free the rows of the least recently used IDs (ties: lowest row); the new IDs take them,
+        freshly initialised from ``(seed, new ID)`` with reset optimizer state.
+    EVICT_LFU
+        As ``EVICT_LRU`` but the victims are the IDs looked up least often since they got
+        their row (ties: lowest row).
+    ERROR
+        Raise :class:`embtab.TableFullError`; nothing changes.
+    """
+
+    GROW = "grow"
+    EVICT_LRU = "evict_lru"
+    EVICT_LFU = "evict_lfu"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class EmbeddingInit:
+    """Per-ID initial distribution of embedding rows.
+
+    The vector of an ID is drawn by a counter-based generator keyed by ``mix64(id, seed)``
+    (``embtab/ops.hpp``: Box-Muller on 53-bit uniforms for ``"normal"``), so it depends on
+    ``(seed, id)`` only.
+
+    Parameters
+    ----------
+    kind : {"normal", "uniform", "zeros"}
+        ``"normal"``: N(a, b^2) (mean ``a``, std ``b``; the default N(0, 1) is
+        ``nn.Embedding``'s); ``"uniform"``: U[a, b); ``"zeros"``: all zeros.
+    a, b : float
+        Distribution parameters, see ``kind``.
+
+    Example::
+
+        >>> EmbeddingInit("normal", 0.0, 0.01)
+        EmbeddingInit(kind='normal', a=0.0, b=0.01)
+    """
+
+    kind: str = "normal"
+    a: float = 0.0
+    b: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("normal", "uniform", "zeros"):
+            raise ValueError(f"init.kind must be 'normal', 'uniform' or 'zeros', got {self.kind!r}")
+        if not (math.isfinite(self.a) and math.isfinite(self.b)):
+            raise ValueError(f"init.a and init.b must be finite, got a={self.a}, b={self.b}")
+        if self.kind == "normal" and self.b < 0:
+            raise ValueError(f"init.b (std) must be >= 0 for kind='normal', got {self.b}")
+        if self.kind == "uniform" and not self.a <= self.b:
+            raise ValueError(f"init needs a <= b for kind='uniform', got a={self.a}, b={self.b}")
+
+
+def _check_init(init) -> EmbeddingInit:
+    if init is None:
+        return EmbeddingInit()
+    if isinstance(init, str):
+        return EmbeddingInit(init)
+    if isinstance(init, EmbeddingInit):
+        return init
+    raise TypeError(f"init must be None, 'normal', 'uniform', 'zeros' or an EmbeddingInit, "
+                    f"got {type(init).__name__}")
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def _id_as_int64(name: str, value) -> Optional[int]:
+    """A raw ID (any int in [-2^63, 2^64)) as its int64 bit pattern, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int (a raw ID) or None, got {type(value).__name__}")
+    v = int(value)
+    if not -(1 << 63) <= v < _U64:
+        raise ValueError(f"{name} must fit in 64 bits, got {v}")
+    return v - _U64 if v >= (1 << 63) else v
+
+
+def init_vectors(ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
+
+    Row ``i`` depends on ``(seed, ids[i])`` only.
+    """
+    n = len(ids)
+    if init.kind == "zeros":
+        return torch.zeros(n, dim, dtype=dtype)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    out = torch.empty(n, dim, dtype=work)
+    if n:
+        _core.init_vectors(np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
+                           out.numpy(), seed % _U64, init.kind, float(init.a), float(init.b))
+    return out if work == dtype else out.to(dtype)
+
+
+def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
+    """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape)."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
+    dt = input.dtype
+    if dt.is_floating_point or dt.is_complex or dt == torch.bool:
+        raise TypeError(f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
+                        f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}")
+    t = input.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if dt == torch.uint64:
+        t = t.view(torch.int64)
+    elif dt != torch.int64:
+        t = t.to(torch.int64)
+    flat = t.reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat.numpy(), tuple(input.shape)
+
+
+def _check_bag_args(input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool,
+                    weight: Tensor) -> Optional[Tensor]:
+    """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
+    if input.dim() == 2:
+        if offsets is not None:
+            raise ValueError(f"offsets must be None when input is 2-D (fixed-length bags), "
+                             f"got input shape {tuple(input.shape)} and offsets shape "
+                             f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}")
+        off = None
+    elif input.dim() == 1:
+        if offsets is None:
+            raise ValueError(f"offsets is required when input is 1-D (shape {tuple(input.shape)})")
+        if not isinstance(offsets, Tensor):
+            raise TypeError(f"offsets must be a torch.Tensor, got {type(offsets).__name__}")
+        if offsets.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"offsets must have dtype int64 or int32, got {offsets.dtype}")
+        if offsets.dim() != 1:
+            raise ValueError(f"offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        off = offsets.detach().cpu().to(torch.int64)
+        n = input.shape[0]
+        if off.numel() == 0 or (include_last_offset and off.numel() < 1):
+            raise ValueError(f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}")
+        o = off.numpy()
+        if o[0] != 0:
+            raise ValueError(f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})")
+        if np.any(np.diff(o) < 0):
+            bad = int(np.flatnonzero(np.diff(o) < 0)[0])
+            raise ValueError(f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
+                             f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})")
+        if o[-1] > n:
+            raise ValueError(f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))")
+        if include_last_offset and o[-1] != n:
+            raise ValueError(f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
+                             f"in input ({n}), got {int(o[-1])}")
+    else:
+        raise ValueError(f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
+                         f"got shape {tuple(input.shape)}")
+    if per_sample_weights is not None:
+        if not isinstance(per_sample_weights, Tensor):
+            raise TypeError(f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}")
+        if mode != "sum":
+            raise ValueError(f"per_sample_weights is only supported with mode='sum', got mode={mode!r}")
+        if tuple(per_sample_weights.shape) != tuple(input.shape):
+            raise ValueError(f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
+                             f"got {tuple(per_sample_weights.shape)}")
+        if per_sample_weights.dtype != weight.dtype:
+            raise TypeError(f"per_sample_weights must have the weight's dtype {weight.dtype}, "
+                            f"got {per_sample_weights.dtype}")
+    return off
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
+    return mode
+
+
+# optimizer state bookkeeping ////////////////////////////////////////////////////////////////
+#
+# A grown weight keeps its Parameter object (``param.data = bigger``), so optimizers still hold
+# it. Before every optimizer step, a global pre-hook lets each module with pending work bring
+# that optimizer's per-row state (any state tensor shaped like the weight: SGD momentum_buffer,
+# Adagrad sum, Adam/AdamW/SparseAdam exp_avg/exp_avg_sq/max_exp_avg_sq, RMSprop square_avg, ...)
+# to the new number of rows and reset the rows handed to new IDs since the last step.
+
+_PENDING: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
+
+
+def _optimizer_step_pre_hook(optimizer, args, kwargs):
+    for module in list(_PENDING):
+        module._sync_optimizer(optimizer)
+
+
+register_optimizer_step_pre_hook(_optimizer_step_pre_hook)
+
+
+def _state_fill(key: str, group: dict) -> float:
+    """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
+    if key == "sum":
+        return float(group.get("initial_accumulator_value", 0.0))
+    return 0.0
+
+
+# collisionless modules //////////////////////////////////////////////////////////////////////
+
+
+class _CuckooBase(nn.Module):
+    """Shared machinery of CuckooEmbedding and CuckooEmbeddingBag (see their docstrings)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
+                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
+                 device=None, dtype=None, *, on_full: Union[str, OnFull] = "grow", growth_factor: float = 2.0,
+                 min_count: int = 1, admission_eps: float = 1e-5, admission_delta: float = 0.01,
+                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 1):
+        super().__init__()
+        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
+        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        self.padding_id = padding_id
+        self._padding_i64 = _id_as_int64("padding_id", padding_id)
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
+        self.max_norm = max_norm
+        self.norm_type = float(norm_type)
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.sparse = bool(sparse)
+        if _weight is not None:
+            raise ValueError("_weight is not supported: rows are handed to IDs as they are first seen; "
+                             "use init=... or CuckooEmbedding.from_pretrained(ids, embeddings)")
+        try:
+            self.on_full = OnFull(on_full)
+        except ValueError:
+            raise ValueError(f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}") from None
+        if not (isinstance(growth_factor, (int, float)) and growth_factor > 1.0):
+            raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
+        self.growth_factor = float(growth_factor)
+        self.min_count = _check_int("min_count", min_count, 1)
+        if not 0 < admission_eps < 1:
+            raise ValueError(f"admission_eps must be in (0, 1), got {admission_eps}")
+        if not 0 < admission_delta < 1:
+            raise ValueError(f"admission_delta must be in (0, 1), got {admission_delta}")
+        self.admission_eps = float(admission_eps)
+        self.admission_delta = float(admission_delta)
+        self.init = _check_init(init)
+        self.seed = _check_int("seed", seed, 0) % _U64
+        self.num_threads = _check_int("num_threads", num_threads, 0)
+
+        R = self.num_embeddings
+        self.weight = nn.Parameter(torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
+                                   requires_grad=not _freeze)
+        # The ID -> row map: row r holds ID row_ids[r] (int64 bit pattern) iff row_live[r].
+        self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64))
+        self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool))
+        self.register_buffer("num_rows", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("num_admissions", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("num_evictions", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("num_growths", torch.zeros((), dtype=torch.int64))
+        if self.on_full == OnFull.EVICT_LRU:
+            self.register_buffer("row_last_step", torch.zeros(R, dtype=torch.int64))
+        elif self.on_full == OnFull.EVICT_LFU:
+            self.register_buffer("row_count", torch.zeros(R, dtype=torch.int64))
+        if self.min_count > 1:
+            width = math.ceil(math.e / self.admission_eps)
+            depth = math.ceil(math.log(1.0 / self.admission_delta))
+            self.register_buffer("admission_sketch", torch.zeros(depth, width, dtype=torch.int64))
+        self._pending_rows: list = []
+        self._table = self._new_table()
+
+    # table plumbing ---------------------------------------------------------------------------
+
+    def _table_kwargs(self) -> dict:
+        return dict(max_size=self.num_embeddings if self.on_full == OnFull.ERROR else None,
+                    seed=self.seed, num_threads=self.num_threads)
+
+    def _new_table(self):
+        t = embtab.CuckooTable(self.num_embeddings, **self._table_kwargs())
+        return t
+
+    def _rebuild_table(self):
+        live = torch.nonzero(self.row_live).reshape(-1).numpy().astype(np.int64)
+        keys = self.row_ids.numpy()[live]
+        self._table = embtab.CuckooTable.from_items(keys, live, num_rows=int(self.num_rows),
+                                                    capacity=self.num_embeddings, **self._table_kwargs())
+
+    def _cpu_buffer_names(self):
+        return [n for n in self._buffers if n != "weight"]
+
+    def _apply(self, fn, recurse=True):
+        # The ID map and counters stay on CPU (the remap reads them as NumPy views) whatever
+        # .to()/.cuda()/.half() does to the weight.
+        keep = {n: b for n, b in self._buffers.items() if b is not None}
+        out = super()._apply(fn, recurse)
+        self._buffers.update(keep)
+        return out
+
+    # introspection ----------------------------------------------------------------------------
+
+    @property
+    def num_ids(self) -> int:
+        """Number of live IDs (IDs that own a row)."""
+        return len(self._table)
+
+    def stats(self) -> dict:
+        """Counters a user needs: live IDs, rows, steps, admissions, evictions, growths."""
+        return {
+            "num_ids": self.num_ids,
+            "num_embeddings": self.num_embeddings,
+            "num_rows": int(self.num_rows),
+            "num_steps": int(self.num_steps),
+            "num_admissions": int(self.num_admissions),
+            "num_evictions": int(self.num_evictions),
+            "num_growths": int(self.num_growths),
+        }
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """Rows of raw IDs (same shape, int64), ``-1`` for IDs without a row; changes nothing."""
+        flat, shape = _as_id_array(ids, "ids")
+        rows = self._table.lookup(flat, num_threads=self.num_threads)
+        return torch.from_numpy(rows).reshape(shape)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, on_full={self.on_full.value!r}"
+        if self.padding_id is not None:
+            s += f", padding_id={self.padding_id}"
+        if self.min_count > 1:
+            s += f", min_count={self.min_count}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.sparse:
+            s += ", sparse=True"
+        return s
+
+    # remap ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _remap(self, ids: np.ndarray) -> np.ndarray:
+        """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
+
+        Every argument check has happened before; on an exception nothing has changed.
+        """
+        R = self.num_embeddings
+        rows = self._table.lookup(ids, num_threads=self.num_threads)
+        pad = None if self._padding_i64 is None else ids == self._padding_i64
+        absent = rows < 0
+        if pad is not None:
+            absent &= ~pad
+        if self.training:
+            if absent.any():
+                cand = ids[absent]
+                counted = None
+                if self.min_count > 1:
+                    sketch = self.admission_sketch.numpy()
+                    _core.cms_add(cand, sketch, self.seed, 1)
+                    counted = cand
+                    est = _core.cms_query(cand, sketch, self.seed, self.num_threads)
+                    ok = est >= self.min_count
+                    admit_pos = np.flatnonzero(absent)[ok]
+                    cand = cand[ok]
+                else:
+                    admit_pos = np.flatnonzero(absent)
+                if cand.size:
+                    try:
+                        uniq, first, inv = np.unique(cand, return_index=True, return_inverse=True)
+                        order = np.argsort(first, kind="stable")
+                        new_rows = self._insert(uniq[order], rows[rows >= 0])
+                    except BaseException:
+                        if counted is not None:
+                            _core.cms_add(counted, self.admission_sketch.numpy(), self.seed, -1)
+                        raise
+                    rows_u = np.empty_like(new_rows)
+                    rows_u[order] = new_rows
+                    rows[admit_pos] = rows_u[inv.reshape(-1)]
+                R = self.num_embeddings
+            used = rows[rows >= 0]
+            self.num_steps += 1
+            if self.on_full == OnFull.EVICT_LRU:
+                self.row_last_step.numpy()[used] = int(self.num_steps)
+            elif self.on_full == OnFull.EVICT_LFU:
+                self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
+        rows[rows < 0] = R
+        if pad is not None:
+            rows[pad] = R
+        return rows
+
+    def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
+        """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
+        k = len(new_ids)
+        live = len(self._table)
+        R = self.num_embeddings
+        victims = None
+        if self.on_full != OnFull.ERROR and live + k > R:
+            if self.on_full == OnFull.GROW:
+                new_R = R
+                while live + k > new_R:
+                    new_R = max(new_R + 1, math.ceil(new_R * self.growth_factor))
+                self._grow(new_R)
+            else:
+                victims = self._pick_victims(live + k - R, batch_rows)
+        if victims is not None:
+            self._table.erase(self.row_ids.numpy()[victims])
+            self.row_live.numpy()[victims] = False
+            self.num_evictions += len(victims)
+        rows = self._table.lookup_or_insert(new_ids, num_threads=self.num_threads)
+        self.row_ids.numpy()[rows] = new_ids
+        self.row_live.numpy()[rows] = True
+        self.num_rows.fill_(int(self._table.num_rows))
+        self.num_admissions += k
+        rows_t = torch.from_numpy(rows)
+        vecs = init_vectors(new_ids, self.embedding_dim, self.seed, self.init, self.weight.dtype)
+        dev = self.weight.device
+        self.weight.data.index_copy_(0, rows_t.to(dev), vecs.to(dev))
+        if self.on_full == OnFull.EVICT_LRU:
+            self.row_last_step.numpy()[rows] = 0
+        elif self.on_full == OnFull.EVICT_LFU:
+            self.row_count.numpy()[rows] = 0
+        self._pending_rows.append(rows)
+        _PENDING.add(self)
+        return rows
+
+    def _pick_victims(self, k: int, batch_rows: np.ndarray) -> np.ndarray:
+        """The k live rows with the lowest (score, row) that the current batch does not use."""
+        R = self.num_embeddings
+        score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy().copy()
+        big = np.iinfo(np.int64).max
+        score[~self.row_live.numpy()] = big
+        score[batch_rows] = big
+        evictable = int(np.count_nonzero(score != big))
+        if evictable < k:
+            raise ValueError(f"the batch brings {k + evictable} more IDs than free rows but only "
+                             f"{evictable} rows can be evicted (rows in use by the batch stay): "
+                             f"raise num_embeddings (now {R}) or use smaller batches")
+        kth = np.partition(score, k - 1)[k - 1]
+        below = np.flatnonzero(score < kth)
+        equal = np.flatnonzero(score == kth)[: k - len(below)]
+        return np.concatenate([below, equal]).astype(np.int64)
+
+    def _resize_rows(self, new_R: int, keep_values: bool = True):
+        """Resize weight (same Parameter object), its grad and per-row buffers to new_R rows."""
+        R = self.num_embeddings
+        keep = min(R, new_R)
+        w = self.weight
+        new_w = torch.zeros(new_R + 1, self.embedding_dim, dtype=w.dtype, device=w.device)
+        if keep_values:
+            new_w[:keep] = w.data[:keep]
+        w.data = new_w
+        g = w.grad
+        if g is not None:
+            if g.is_sparse:
+                g = g.coalesce()
+                idx, val = g.indices(), g.values()
+                m = idx[0] < keep
+                w.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape)
+            else:
+                new_g = torch.zeros_like(new_w)
+                new_g[:keep] = g[:keep]
+                w.grad = new_g
+        for name in ("row_ids", "row_live", "row_last_step", "row_count"):
+            b = self._buffers.get(name)
+            if b is not None:
+                nb = torch.zeros(new_R, dtype=b.dtype)
+                nb[:keep] = b[:keep]
+                self._buffers[name] = nb
+        self.num_embeddings = new_R
+
+    def _grow(self, new_R: int):
+        self._resize_rows(new_R)
+        self._table.reserve(new_R)
+        self.num_growths += 1
+        _PENDING.add(self)
+
+    def _sync_optimizer(self, optimizer):
+        """Fit `optimizer`'s per-row state of weight to its size; reset rows given to new IDs."""
+        p = self.weight
+        holder = None
+        for g in optimizer.param_groups:
+            if any(q is p for q in g["params"]):
+                holder = g
+                break
+        if holder is None:
+            return
+        st = optimizer.state.get(p)
+        rows = None
+        if self._pending_rows:
+            rows = torch.from_numpy(np.concatenate(self._pending_rows)).to(p.device)
+        if st:
+            W = p.shape[0]
+            for key, v in list(st.items()):
+                if not isinstance(v, Tensor) or v.dim() != p.dim() or v.shape[1:] != p.shape[1:]:
+                    continue
+                fill = _state_fill(key, holder)
+                if v.shape[0] != W:
+                    nv = torch.full((W, *p.shape[1:]), fill, dtype=v.dtype, device=v.device)
+                    keep = min(v.shape[0], W) - 1
+                    nv[:keep] = v[:keep]
+                    st[key] = v = nv
+                if rows is not None and rows.numel():
+                    v.index_fill_(0, rows.to(v.device), fill)
+        self._pending_rows.clear()
+        _PENDING.discard(self)
+
+    # state ------------------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        w = state_dict.get(prefix + "weight")
+        if isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] - 1 != self.num_embeddings and w.shape[0] > 1:
+            self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._pending_rows.clear()
+        self._rebuild_table()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pending_rows"] = list(self._pending_rows)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self._pending_rows or self.num_growths.item() > 0:
+            _PENDING.add(self)
+
+    def _load_pretrained(self, ids: Tensor, embeddings: Tensor):
+        flat, _ = _as_id_array(ids, "ids")
+        if embeddings.dim() != 2 or embeddings.shape != (len(flat), self.embedding_dim):
+            raise ValueError(f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
+                             f"got {tuple(embeddings.shape)}")
+        if len(np.unique(flat)) != len(flat):
+            raise ValueError("ids must be distinct")
+        was = self.training
+        self.train()
+        rows = self._remap(flat)
+        self.train(was)
+        with torch.no_grad():
+            self.weight[torch.from_numpy(rows).to(self.weight.device)] = embeddings.to(self.weight)
+        self._pending_rows.clear()
+        _PENDING.discard(self)
+
+
+class CuckooEmbedding(_CuckooBase):
+    r"""Collisionless ``nn.Embedding`` over raw 64-bit IDs.
+
+    Swap ``nn.Embedding(n, d)`` fed with dense indices for ``CuckooEmbedding(n, d)`` fed with
+    raw IDs: every distinct ID gets its own row the first time it is seen in training mode.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Initial number of ID rows (``weight`` has one more: the zero row).
+    embedding_dim : int
+        Size of each vector ``d``.
+    padding_id : int, optional
+        A raw ID that always reads the zero vector and gets no gradient.
+    max_norm, norm_type, scale_grad_by_freq, sparse, device, dtype
+        As in ``nn.Embedding``.
+    _weight : None
+        Not supported (rows are assigned as IDs arrive); see :meth:`from_pretrained`.
+    _freeze : bool
+        ``weight.requires_grad = not _freeze``.
+    on_full : {"grow", "evict_lru", "evict_lfu", "error"} or OnFull
+        Capacity policy when a batch brings more new IDs than free rows (see :class:`OnFull`).
+    growth_factor : float
+        Row multiplier for ``on_full="grow"``.
+    min_count : int
+        Admission threshold: an ID gets a row from its ``min_count``-th sighting (counted by
+        occurrence, all occurrences of a batch counted before the decision); before that it
+        reads the zero vector and trains nothing. Sightings are counted in a count-min sketch
+        of width ``ceil(e / admission_eps)`` and depth ``ceil(ln(1 / admission_delta))``
+        (int64 counters, a ``[depth, width]`` buffer): a count is never under-estimated, and
+        over-estimated by at most ``admission_eps * N`` (N = sightings of not-yet-admitted
+        IDs so far) with probability ``>= 1 - admission_delta``; so an ID may be admitted
+        early, never late. An evicted ID keeps its count and is re-admitted at once.
+    admission_eps, admission_delta : float
+        Sketch error parameters (defaults 1e-5 and 0.01: 271,829 x 5 counters, 10.9 MB).
+    init : str or EmbeddingInit
+        Distribution of a new ID's vector; default N(0, 1) like ``nn.Embedding``.
+    seed : int
+        Seeds per-ID initialisation, the sketch and the table's hashing.
+    num_threads : int
+        Threads for the remap (0 = all cores).
+
+    Shape
+    -----
+    - input: int64 ``(*)`` raw IDs (uint64 is read bitwise, smaller integer dtypes are widened;
+      floats are refused)
+    - output: ``(*, embedding_dim)``
+
+    Notes
+    -----
+    * In training mode the forward pass inserts new IDs; in ``eval()`` mode it changes nothing
+      and unknown IDs read the zero vector.
+    * The growth and eviction policies keep optimizer state consistent through a global
+      ``torch.optim`` step pre-hook: before each step, an optimizer holding ``weight`` gets its
+      per-row state tensors padded (fresh rows: 0, Adagrad's ``sum``: its
+      ``initial_accumulator_value``) and the rows handed to new IDs since the last step reset.
+      Equality with a pre-sized table holds for every row in ``[0, num_rows)`` and for the
+      loss, for any optimizer whose per-row state is elementwise (SGD with momentum, Adagrad,
+      Adam, AdamW, SparseAdam, RMSprop), weight decay included (a new ID's row and state are
+      fresh in both runs). Growth between a forward and its backward is not supported (grow
+      before, e.g. by a larger ``num_embeddings``).
+    * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
+      counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
+      saved size. Save and load the optimizer's state dict beside it, as usual.
+
+    Example::
+
+        >>> import torch, embtab.nn
+        >>> emb = embtab.nn.CuckooEmbedding(1000, 16)
+        >>> ids = torch.tensor([[2**63 + 5, 17], [17, 99]])      # raw IDs, any 64-bit values
+        >>> emb(ids).shape
+        torch.Size([2, 2, 16])
+        >>> emb.num_ids
+        3
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        ids, shape = _as_id_array(input, "input")
+        rows = self._remap(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+    @classmethod
+    def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
+        """A module whose IDs ``ids`` (distinct, ``[n]``) start with ``embeddings`` ``[n, d]``.
+
+        Rows are handed out in the order of ``ids``; other keyword arguments as the
+        constructor's. Example::
+
+            >>> emb = CuckooEmbedding.from_pretrained(torch.tensor([7, 9]), torch.eye(2))
+            >>> emb(torch.tensor([9])).tolist()
+            [[0.0, 1.0]]
+        """
+        m = cls(max(1, ids.numel()), embeddings.shape[1], _freeze=freeze, dtype=embeddings.dtype, **kwargs)
+        m._load_pretrained(ids, embeddings)
+        return m
+
+
+class CuckooEmbeddingBag(_CuckooBase):
+    r"""Collisionless ``nn.EmbeddingBag`` over raw 64-bit IDs.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq, sparse
+        As in :class:`CuckooEmbedding` (``scale_grad_by_freq`` is not supported with ``mode="max"``,
+        as in torch).
+    mode : {"sum", "mean", "max"}
+        Reduction over each bag.
+    include_last_offset : bool
+        ``offsets`` has one extra element equal to the number of IDs (CSR style).
+    padding_id : int, optional
+        A raw ID left out of every bag's reduction (also for ``"mean"``'s count, as
+        ``nn.EmbeddingBag(padding_idx=...)`` does); not-yet-admitted IDs (``min_count``) and,
+        in ``eval()`` mode, unknown IDs are left out the same way.
+    on_full, growth_factor, min_count, admission_eps, admission_delta, init, seed, num_threads
+        As in :class:`CuckooEmbedding`.
+
+    Shape
+    -----
+    - input: int64 ``(B, N)`` fixed-length bags (``offsets`` None) or ``(n,)`` with ``offsets``
+      int64 ``(B,)`` (``(B + 1,)`` with ``include_last_offset``), non-decreasing, from 0
+    - per_sample_weights: same shape as input, weight's dtype, ``mode="sum"`` only
+    - output: ``(B, embedding_dim)``
+
+    Example::
+
+        >>> bag = embtab.nn.CuckooEmbeddingBag(1000, 8, mode="mean")
+        >>> ids = torch.tensor([11, 2**40, 11, 7])
+        >>> bag(ids, offsets=torch.tensor([0, 3])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
+                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
+                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
+                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
+        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
+                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+        self.mode = _check_mode(mode)
+        self.include_last_offset = bool(include_last_offset)
+
+    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
+                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        ids, shape = _as_id_array(input, "input")
+        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
+                              self.weight)
+        rows = self._remap(ids)
+        dev = self.weight.device
+        idx = torch.from_numpy(rows).reshape(shape).to(dev)
+        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
+                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
+                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode!r}"
+
+
+# hashing-trick baseline /////////////////////////////////////////////////////////////////////
+
+
+class _HashedBase(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
+                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
+                 device=None, dtype=None, *, init: Union[None, str, EmbeddingInit] = None, seed: int = 0,
+                 num_threads: int = 1):
+        super().__init__()
+        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
+        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        self.padding_id = padding_id
+        self._padding_i64 = _id_as_int64("padding_id", padding_id)
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
+        self.max_norm = max_norm
+        self.norm_type = float(norm_type)
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.sparse = bool(sparse)
+        self.init = _check_init(init)
+        self.seed = _check_int("seed", seed, 0) % _U64
+        self.num_threads = _check_int("num_threads", num_threads, 0)
+        m, d = self.num_embeddings, self.embedding_dim
+        if _weight is not None:
+            if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
+                raise ValueError(f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}")
+            w = torch.zeros(m + 1, d, dtype=_weight.dtype, device=_weight.device)
+            w[:m] = _weight.detach()[:m]
+        else:
+            w = torch.zeros(m + 1, d, device=device, dtype=dtype)
+            # Row r starts as the init vector of "ID" r: a function of (seed, r).
+            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(w.device)
+        self.weight = nn.Parameter(w, requires_grad=not _freeze)
+
+    def rows_of(self, ids: Tensor) -> Tensor:
+        """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
+        ``padding_id`` maps to the zero row ``num_embeddings``."""
+        flat, shape = _as_id_array(ids, "ids")
+        return torch.from_numpy(self._rows(flat)).reshape(shape)
+
+    def _rows(self, flat: np.ndarray) -> np.ndarray:
+        rows = _core.hashed_rows(flat, self.num_embeddings, self.seed, self.num_threads)
+        if self._padding_i64 is not None:
+            rows[flat == self._padding_i64] = self.num_embeddings
+        return rows
+
+    def collision_report(self, ids: Tensor) -> dict:
+        """How much the hashing trick collides on a sample of raw IDs.
+
+        Returns a dict: ``distinct_ids`` (n), ``rows_used``, ``colliding_id_share`` (share of
+        distinct IDs that share their row with another distinct ID of the sample),
+        ``colliding_lookup_share`` (share of the lookups, duplicates counted, that hit such a
+        shared row) and ``expected_colliding_id_share`` = 1 - (1 - 1/m)^(n-1) for uniform
+        hashing. ``padding_id`` is left out.
+        """
+        flat, _ = _as_id_array(ids, "ids")
+        if self._padding_i64 is not None:
+            flat = flat[flat != self._padding_i64]
+        uniq, counts = np.unique(flat, return_counts=True)
+        n, m = len(uniq), self.num_embeddings
+        if n == 0:
+            return {"distinct_ids": 0, "rows_used": 0, "colliding_id_share": 0.0,
+                    "colliding_lookup_share": 0.0, "expected_colliding_id_share": 0.0}
+        rows = _core.hashed_rows(uniq, m, self.seed, self.num_threads)
+        per_row = np.bincount(rows, minlength=m)
+        shared = per_row[rows] > 1
+        return {
+            "distinct_ids": int(n),
+            "rows_used": int(np.count_nonzero(per_row)),
+            "colliding_id_share": float(shared.mean()),
+            "colliding_lookup_share": float(counts[shared].sum() / counts.sum()),
+            "expected_colliding_id_share": float(1.0 - (1.0 - 1.0 / m) ** (n - 1)),
+        }
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_id is not None:
+            s += f", padding_id={self.padding_id}"
+        return s
+
+
+class HashedEmbedding(_HashedBase):
+    r"""Hashing-trick ``nn.Embedding`` over raw IDs: row = ``mix64(id, seed) % num_embeddings``.
+
+    The baseline for :class:`CuckooEmbedding`, with the same signature and the same
+    ``weight`` shape ``[num_embeddings + 1, embedding_dim]`` (the last row is the zero row
+    read by ``padding_id``), so the two compare at equal memory. Distinct IDs may share a row;
+    :meth:`collision_report` measures how many do. Row ``r`` starts as the init vector of
+    ``(seed, r)`` (default N(0, 1)).
+
+    Shape
+    -----
+    - input: int64 ``(*)`` raw IDs; output ``(*, embedding_dim)``
+
+    Example::
+
+        >>> emb = embtab.nn.HashedEmbedding(1000, 16)
+        >>> emb(torch.tensor([3, 2**62])).shape
+        torch.Size([2, 16])
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        ids, shape = _as_id_array(input, "input")
+        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(self.weight.device)
+        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+
+class HashedEmbeddingBag(_HashedBase):
+    r"""Hashing-trick ``nn.EmbeddingBag`` over raw IDs (see :class:`HashedEmbedding`).
+
+    Arguments and shapes as :class:`CuckooEmbeddingBag`.
+
+    Example::
+
+        >>> bag = embtab.nn.HashedEmbeddingBag(1000, 8, mode="sum")
+        >>> bag(torch.tensor([[1, 2], [3, 4]])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
+                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
+                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
+                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
+        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
+                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+        self.mode = _check_mode(mode)
+        self.include_last_offset = bool(include_last_offset)
+
+    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
+                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        ids, shape = _as_id_array(input, "input")
+        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
+                              self.weight)
+        dev = self.weight.device
+        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(dev)
+        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
+                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
+                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode!r}"
