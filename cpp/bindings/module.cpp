@@ -10,6 +10,11 @@ void bind_ops(py::module_& m);
 PYBIND11_MODULE(_core, m) {
     m.doc() = "embtab's compiled core (private; use the embtab package)";
     m.attr("__version__") = EMBTAB_VERSION;
+#ifdef EMBTAB_SANITIZED
+    m.attr("_sanitized") = true;
+#else
+    m.attr("_sanitized") = false;
+#endif
     bind_table(m);
     bind_rerank(m);
     bind_ops(m);

@@ -140,9 +140,7 @@ class CuckooTable {
         const bool may_fill = config_.max_size != 0 && size_ + n > config_.max_size;
         if (!may_fill && (n <= kParallelGrain || resolve_threads(num_threads) == 1)) {
             // One fused pass: probe, and insert at once on a miss. Cannot exceed max_size.
-            std::vector<std::size_t> all(n);
-            for (std::size_t i = 0; i < n; ++i) all[i] = i;
-            insert_misses(keys, all, rows_out);
+            insert_misses(keys, n, [](std::size_t j) { return j; }, rows_out);
             count_lookups(n, 0);
             return;
         }
@@ -156,7 +154,7 @@ class CuckooTable {
             const std::uint64_t fresh = count_distinct(keys, misses);
             if (size_ + fresh > config_.max_size) throw_full(fresh);
         }
-        insert_misses(keys, misses, rows_out);
+        insert_misses(keys, misses.size(), [&](std::size_t j) { return misses[j]; }, rows_out);
     }
 
     // erase removes each present key and returns its row to the free pool; returns the number
@@ -583,15 +581,15 @@ class CuckooTable {
         return static_cast<std::int64_t>(next_row_++);
     }
 
-    // insert_misses inserts keys[misses[j]] in order (re-probing each, as an earlier miss of
-    // the batch may have been the same key), prefetching ahead. Writer lock held.
-    void insert_misses(const std::uint64_t* keys, const std::vector<std::size_t>& misses, std::int64_t* rows_out) {
-        const std::size_t m = misses.size();
+    // insert_misses looks up, inserting if absent, keys[index(j)] for j in [0, m) in order
+    // (an earlier key of the batch may have been the same), prefetching ahead. Writer lock held.
+    template <class Index>
+    void insert_misses(const std::uint64_t* keys, std::size_t m, Index&& index, std::int64_t* rows_out) {
         BucketPair ring[kPrefetchDistance];
         std::uint64_t ring_count = 0;  // bucket count the ring was hashed for
         auto fill = [&](std::size_t j) {
             BucketPair& bp = ring[j & (kPrefetchDistance - 1)];
-            bp = buckets_of(keys[misses[j]], buckets_.count);
+            bp = buckets_of(keys[index(j)], buckets_.count);
             prefetch(buckets_.data[bp.first]);
             prefetch(buckets_.data[bp.second]);
         };
@@ -604,10 +602,10 @@ class CuckooTable {
             if (ring_count != buckets_.count) refill(j);
             const BucketPair bp = ring[j & (kPrefetchDistance - 1)];
             if (j + kPrefetchDistance < m) fill(j + kPrefetchDistance);
-            const std::uint64_t key = keys[misses[j]];
-            std::int64_t row = find_in(buckets_, key, bp);
-            if (row == kNoRow) row = insert_new(key, bp);
-            rows_out[misses[j]] = row;
+            const std::size_t i = index(j);
+            std::int64_t row = find_in(buckets_, keys[i], bp);
+            if (row == kNoRow) row = insert_new(keys[i], bp);
+            rows_out[i] = row;
         }
     }
 

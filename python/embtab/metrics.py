@@ -1,0 +1,591 @@
+"""Accuracy, popularity-bias and calibration metrics of top-k lists (DESIGN.md definitions).
+
+Inputs, shared by every function:
+
+``topk`` : int array [U, >=k]
+    Row ``u`` is user ``u``'s ranked list of dense item indices, best first; only the first ``k``
+    columns count. Entries lie in ``[0, I)`` and are distinct within a row (``ValueError``
+    otherwise). Excluding a user's training items is the recommender's job, not the metrics'.
+``train``, ``test`` : per-user item sets, any of
+    a :class:`embtab.data.RowSets` [U, I]; an :class:`embtab.data.Interactions` (its
+    ``user_items()``); a ``tuple`` ``(indptr, indices)`` in CSR form; or a ``list`` of U integer
+    arrays. Row ``u`` must be user ``u`` of ``topk``.
+``item_genres`` : an item's genres, either a :class:`~embtab.data.RowSets` [I, G] or a dense
+    0/1 (bool) membership array [I, G]. An item's genre weight is split evenly over its genres:
+    ``w(i, g) = 1/|genres(i)|``.
+
+Definitions (pop(i) = share of training users who interacted with item i):
+
+* ``recall@k`` = |top-k ∩ test| / min(k, |test|), averaged over users with a test item.
+* ``ndcg@k`` = DCG/IDCG with binary gains, DCG = Σ_{j<k} [top-k_j ∈ test] / log2(j + 2),
+  IDCG = Σ_{j < min(k, |test|)} 1 / log2(j + 2); averaged over users with a test item.
+* ``arp@k`` = mean over users of the mean pop(i) of their top-k.
+* head/tail: the head is the ``ceil(I/5)`` (20%) most popular items by training count, ties
+  broken by lower item index; the rest is the tail. ``tail_share@k`` = share of all U·k
+  recommended slots that hold tail items.
+* ``coverage@k`` = distinct recommended items / I.
+* ``gini@k`` = Gini coefficient of the exposure counts c_i of all I items (never-shown items count
+  as 0): with c sorted ascending, G = Σ_{i=1..I} (2i − I − 1) c_(i) / (I Σ c) (0 = uniform,
+  (I−1)/I = one item gets every slot).
+* ``entropy@k`` = −Σ_i e_i ln e_i / ln I with e_i = c_i / Σ c (1 = uniform exposure).
+* ``miscalibration@k`` = mean over users of KL(p‖q̃) = Σ_g p(g|u) ln(p(g|u) / q̃(g|u)),
+  q̃ = (1 − α) q + α p, α = 0.01; p(g|u) = Σ_{i ∈ train_u} w(i,g) / Σ_{i ∈ train_u} Σ_g w(i,g)
+  (the mean genre distribution of the user's training items), q likewise from the top-k.
+* ``decile_recall@k``: recall@k restricted to test items in each training-popularity decile.
+
+Example::
+
+    >>> import numpy as np
+    >>> from embtab.metrics import evaluate
+    >>> topk = np.array([[0, 1], [2, 0]])
+    >>> train = [np.array([3]), np.array([1])]
+    >>> test = [np.array([1]), np.array([3])]
+    >>> genres = np.eye(4, 2, dtype=bool) | np.eye(4, 2, k=-2, dtype=bool)
+    >>> r = evaluate(topk, train, test, genres, k=2)
+    >>> r["recall@2"], r["coverage@2"]
+    (0.5, 0.75)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embtab.data import Interactions, RowSets
+
+__all__ = [
+    "arp_at_k",
+    "as_row_sets",
+    "coverage_at_k",
+    "decile_recall_at_k",
+    "entropy_at_k",
+    "evaluate",
+    "exposure_counts",
+    "gini_at_k",
+    "head_items",
+    "item_counts",
+    "item_popularity",
+    "miscalibration_at_k",
+    "ndcg_at_k",
+    "popularity_deciles",
+    "recall_at_k",
+    "tail_share_at_k",
+]
+
+ALPHA = 0.01
+HEAD_FRACTION = 0.2
+
+
+# inputs /////////////////////////////////////////////////////////////////////////////////////
+
+
+def as_row_sets(sets, n_items: int | None = None) -> RowSets:
+    """Normalise per-user item sets to a :class:`~embtab.data.RowSets` [U, I].
+
+    Parameters
+    ----------
+    sets : RowSets, Interactions, tuple (indptr, indices) or list of int arrays
+    n_items : int, optional
+        Needed for the tuple and list forms (else the largest index + 1 is assumed).
+
+    Example::
+
+        >>> as_row_sets([[3, 1], []], n_items=4).indices.tolist()
+        [1, 3]
+    """
+    if isinstance(sets, RowSets):
+        if n_items is not None and sets.n_cols != n_items:
+            raise ValueError(f"item sets span {sets.n_cols} items; expected {n_items}")
+        return sets
+    if isinstance(sets, Interactions):
+        return as_row_sets(sets.user_items(), n_items)
+    if isinstance(sets, tuple) and len(sets) == 2:
+        indptr = np.asarray(sets[0], dtype=np.int64)
+        indices = np.asarray(sets[1], dtype=np.int64)
+        if n_items is None:
+            n_items = int(indices.max()) + 1 if indices.size else 0
+        rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+        return RowSets.from_pairs(rows, indices, indptr.size - 1, n_items)
+    if isinstance(sets, (list, np.ndarray)) and not isinstance(sets, tuple):
+        if n_items is None:
+            n_items = max((int(np.max(s)) + 1 for s in sets if len(s)), default=0)
+        return RowSets.from_lists(list(sets), n_items)
+    raise TypeError("item sets must be a RowSets, an Interactions, a tuple (indptr, indices) or "
+                    f"a list of arrays; got {type(sets).__name__}")
+
+
+def _genre_sets(item_genres, n_items: int) -> RowSets:
+    if isinstance(item_genres, RowSets):
+        g = item_genres
+    else:
+        a = np.asarray(item_genres)
+        if a.ndim != 2:
+            raise ValueError(f"item_genres must be a RowSets or a [I, G] array; got shape "
+                             f"{a.shape}")
+        r, c = np.nonzero(a)
+        g = RowSets.from_pairs(r, c, a.shape[0], a.shape[1])
+    if g.n_rows != n_items:
+        raise ValueError(f"item_genres has {g.n_rows} items; expected {n_items}")
+    return g
+
+
+def _n_genre_rows(item_genres) -> int:
+    if isinstance(item_genres, RowSets):
+        return item_genres.n_rows
+    return int(np.asarray(item_genres).shape[0])
+
+
+def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
+    """Validate and cut a top-k array to int64 [U, k]."""
+    a = np.asarray(topk)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"topk must be an integer array; got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[1] < k or k < 1:
+        raise ValueError(f"topk must have shape [U, >= k] with k >= 1; got shape {a.shape} "
+                         f"for k={k}")
+    if n_users is not None and a.shape[0] != n_users:
+        raise ValueError(f"topk has {a.shape[0]} rows; the item sets have {n_users} users")
+    a = a[:, :k].astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() >= n_items):
+        raise ValueError(f"topk entries must lie in [0, {n_items}); got [{a.min()}, {a.max()}]")
+    if k > 1:
+        s = np.sort(a, axis=1)
+        dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        if dup.size:
+            raise ValueError(f"topk row {dup[0]} repeats an item: {a[dup[0]].tolist()}")
+    return a
+
+
+def _hits(top: np.ndarray, sets: RowSets) -> np.ndarray:
+    """Bool [U, k]: is top[u, j] in sets[u]."""
+    n = max(sets.n_cols, 1)
+    keys = sets.row_ids() * n + sets.indices                 # sorted: rows, then items
+    q = np.arange(top.shape[0], dtype=np.int64)[:, None] * n + top
+    if keys.size == 0:
+        return np.zeros(top.shape, dtype=bool)
+    pos = np.searchsorted(keys, q).clip(max=keys.size - 1)
+    return keys[pos] == q
+
+
+# popularity /////////////////////////////////////////////////////////////////////////////////
+
+
+def item_counts(train, n_items: int | None = None) -> np.ndarray:
+    """Training count per item (number of distinct training users), int64 [I]."""
+    s = as_row_sets(train, n_items)
+    return np.bincount(s.indices, minlength=s.n_cols).astype(np.int64)
+
+
+def item_popularity(train, n_users: int | None = None,
+                    n_items: int | None = None) -> np.ndarray:
+    """pop(i) = share of training users who interacted with item i, float64 [I].
+
+    Parameters
+    ----------
+    train : per-user item sets [U, I] (see the module docstring)
+    n_users : int, optional
+        Denominator; defaults to U, the number of rows of ``train``.
+    n_items : int, optional
+
+    Example::
+
+        >>> item_popularity([[0, 1], [1]], n_items=3).tolist()   # 1/2, 2/2, 0/2
+        [0.5, 1.0, 0.0]
+    """
+    s = as_row_sets(train, n_items)
+    n = s.n_rows if n_users is None else int(n_users)
+    if n <= 0:
+        raise ValueError(f"n_users must be positive; got {n}")
+    return item_counts(s) / n
+
+
+def _popularity_rank(train_counts) -> np.ndarray:
+    """Rank of each item, 0 = most popular; ties by lower item index first."""
+    c = np.asarray(train_counts)
+    if c.ndim != 1:
+        raise ValueError(f"train_counts must be 1-D [I]; got shape {c.shape}")
+    order = np.lexsort((np.arange(c.size), -c.astype(np.float64)))
+    rank = np.empty(c.size, dtype=np.int64)
+    rank[order] = np.arange(c.size)
+    return rank
+
+
+def head_items(train_counts, fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """Head mask, bool [I]: the ``ceil(fraction * I)`` most popular items.
+
+    Items are ranked by training count (descending), ties broken by lower item index; the head is
+    the first ``ceil(I/5)`` of that ranking for ``fraction=0.2`` (computed in integers), the tail
+    is the rest.
+
+    Example::
+
+        >>> head_items([5, 9, 5, 0, 1]).tolist()   # ceil(5/5) = 1 item: item 1 (count 9)
+        [False, True, False, False, False]
+        >>> head_items([3, 3, 3, 3, 3, 3]).tolist()  # ceil(6/5) = 2; all tie: lowest indices
+        [True, True, False, False, False, False]
+    """
+    rank = _popularity_rank(train_counts)
+    n = rank.size
+    if fraction == HEAD_FRACTION:
+        n_head = (n + 4) // 5
+    else:
+        n_head = int(np.ceil(round(fraction * n, 9)))
+    return rank < n_head
+
+
+def popularity_deciles(train_counts) -> np.ndarray:
+    """Training-popularity decile of each item, int64 [I] in 0..9; 0 = most popular.
+
+    Items are ranked as in :func:`head_items` (count descending, ties by lower index first); the
+    item of rank r (0-based) is in decile ``floor(10 r / I)``, so decile sizes differ by at most
+    one (with I < 10 some deciles are empty).
+
+    Example::
+
+        >>> popularity_deciles([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+        ...                     19]).tolist()
+        [9, 9, 8, 8, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
+    """
+    rank = _popularity_rank(train_counts)
+    return rank * 10 // max(rank.size, 1)
+
+
+def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
+    """Times each item is shown in the top-k lists, int64 [I] (never shown: 0)."""
+    top = _topk(topk, k, n_items)
+    return np.bincount(top.ravel(), minlength=n_items).astype(np.int64)
+
+
+# accuracy ///////////////////////////////////////////////////////////////////////////////////
+
+
+def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
+                per_user: bool = False):
+    """recall@k = |top-k ∩ test_u| / min(k, |test_u|), averaged over users with a test item.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    test : per-user item sets [U, I]
+    k : int
+    n_items : int, optional
+        Needed only for the tuple/list forms of ``test``.
+    per_user : bool
+        Return float64 [U] instead (NaN for users without a test item).
+
+    Returns
+    -------
+    float (NaN when no user has a test item), or ndarray [U]
+
+    Example::
+
+        >>> recall_at_k([[0, 1, 2]], [[2, 5]], k=3, n_items=6)   # 1 hit / min(3, 2)
+        0.5
+    """
+    s = as_row_sets(test, n_items)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    n_test = s.lengths()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = _hits(top, s).sum(axis=1) / np.minimum(k, n_test)
+    r[n_test == 0] = np.nan
+    return r if per_user else _nanmean(r)
+
+
+def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
+              per_user: bool = False):
+    """ndcg@k with binary gains, averaged over users with a test item.
+
+    DCG = Σ_{j<k} [topk[u, j] ∈ test_u] / log2(j + 2); IDCG = Σ_{j < min(k, |test_u|)}
+    1 / log2(j + 2); ndcg = DCG / IDCG. Arguments as in :func:`recall_at_k`.
+
+    Example::
+
+        >>> round(ndcg_at_k([[0, 1]], [[1]], k=2, n_items=2), 4)   # (1/log2 3) / 1
+        0.6309
+    """
+    s = as_row_sets(test, n_items)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    dcg = _hits(top, s) @ disc
+    n_test = s.lengths()
+    idcg = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(k, n_test)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = dcg / idcg
+    r[n_test == 0] = np.nan
+    return r if per_user else _nanmean(r)
+
+
+def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
+    """Recall@k restricted to the test items of each training-popularity decile: 10 floats.
+
+    Deciles come from :func:`popularity_deciles` (index 0 = the 10% most popular items by
+    training count, ties by lower item index). For decile d and user u with
+    ``T = test_u ∩ decile_d`` non-empty: ``|top-k ∩ T| / min(k, |T|)``; entry d is the mean over
+    those users, NaN when no user has a test item in decile d.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    test : per-user item sets [U, I]
+    train_counts : int [I]
+        Training count per item (:func:`item_counts`).
+    k : int
+
+    Returns
+    -------
+    list of 10 floats
+
+    Example::
+
+        >>> counts = list(range(20, 0, -1))   # item 0 most popular; deciles of 2 items
+        >>> r = decile_recall_at_k([[0, 19]], [[0, 1, 19]], counts, k=2)
+        >>> r[0], r[9]      # decile 0: test {0, 1}, hit 0 -> 1/2; decile 9: test {19}, hit 19
+        (0.5, 1.0)
+    """
+    counts = np.asarray(train_counts)
+    s = as_row_sets(test, counts.size)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    dec = popularity_deciles(counts)
+    U = s.n_rows
+    n_ud = np.bincount(s.row_ids() * 10 + dec[s.indices], minlength=U * 10).reshape(U, 10)
+    hit = _hits(top, s)
+    rows = np.broadcast_to(np.arange(U)[:, None], top.shape)
+    h_ud = np.bincount((rows * 10 + dec[top])[hit], minlength=U * 10).reshape(U, 10)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = h_ud / np.minimum(k, n_ud)
+    r[n_ud == 0] = np.nan
+    return [_nanmean(r[:, d]) for d in range(10)]
+
+
+# popularity bias and diversity //////////////////////////////////////////////////////////////
+
+
+def arp_at_k(topk, popularity, k: int = 10) -> float:
+    """arp@k = mean over users of the mean pop(i) of their top-k.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    popularity : float [I]
+        pop(i) from :func:`item_popularity`.
+
+    Example::
+
+        >>> arp_at_k([[0, 1], [1, 2]], [0.5, 1.0, 0.0], k=2)   # mean(0.75, 0.5)
+        0.625
+    """
+    pop = np.asarray(popularity, dtype=np.float64)
+    top = _topk(topk, k, pop.size)
+    return _mean(pop[top].mean(axis=1))
+
+
+def tail_share_at_k(topk, is_head, k: int = 10) -> float:
+    """tail_share@k = share of all recommended slots (U·k) that hold tail items.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    is_head : bool [I]
+        From :func:`head_items`.
+
+    Example::
+
+        >>> tail_share_at_k([[0, 1], [0, 2]], [True, False, False], k=2)   # 2 of 4 slots
+        0.5
+    """
+    head = np.asarray(is_head, dtype=bool)
+    top = _topk(topk, k, head.size)
+    return _mean(~head[top])
+
+
+def coverage_at_k(topk, n_items: int, k: int = 10) -> float:
+    """coverage@k = distinct recommended items / all items (I = ``n_items``).
+
+    Example::
+
+        >>> coverage_at_k([[0, 1], [1, 0]], 4, k=2)   # {0, 1} of 4
+        0.5
+    """
+    return float(np.count_nonzero(exposure_counts(topk, n_items, k)) / n_items)
+
+
+def gini_at_k(topk, n_items: int, k: int = 10) -> float:
+    """gini@k = Gini coefficient of the exposure counts of all ``n_items`` items.
+
+    Never-shown items count as 0. With counts c sorted ascending,
+    G = Σ_{i=1..I} (2i − I − 1) c_(i) / (I · Σ c), which equals
+    Σ_i Σ_j |c_i − c_j| / (2 I² mean(c)): 0 for uniform exposure, (I − 1)/I when one item takes
+    every slot.
+
+    Example::
+
+        >>> gini_at_k([[0], [0]], 2, k=1)   # counts [0, 2]: (-1*0 + 1*2) / (2*2) = 0.5
+        0.5
+    """
+    c = np.sort(exposure_counts(topk, n_items, k)).astype(np.float64)
+    total = c.sum()
+    if total == 0:
+        return float("nan")
+    i = np.arange(1, n_items + 1, dtype=np.float64)
+    return float(((2 * i - n_items - 1) * c).sum() / (n_items * total))
+
+
+def entropy_at_k(topk, n_items: int, k: int = 10) -> float:
+    """entropy@k = Shannon entropy of the exposure distribution / ln(n_items).
+
+    e_i = c_i / Σ c over all items; H = −Σ_{e_i > 0} e_i ln e_i; returns H / ln I (1 for uniform
+    exposure over all items, 0 when one item takes every slot; 1.0 when I = 1).
+
+    Example::
+
+        >>> entropy_at_k([[0], [1]], 4, k=1)   # e = (1/2, 1/2, 0, 0): ln 2 / ln 4
+        0.5
+    """
+    c = exposure_counts(topk, n_items, k).astype(np.float64)
+    total = c.sum()
+    if total == 0:
+        return float("nan")
+    if n_items == 1:
+        return 1.0
+    e = c[c > 0] / total
+    return float(-(e * np.log(e)).sum() / np.log(n_items))
+
+
+# calibration ////////////////////////////////////////////////////////////////////////////////
+
+
+def _genre_mix(rows, items, weights_of_item: RowSets, n_rows: int):
+    """Σ over (row, item) pairs of the item's even-split genre weights: float64 [n_rows, G]."""
+    g = weights_of_item
+    lengths = g.lengths()
+    per = lengths[items]
+    start = g.indptr[items]
+    flat = np.repeat(start - np.cumsum(per) + per, per) + np.arange(per.sum())
+    genre = g.indices[flat]
+    w = 1.0 / np.repeat(per, per)
+    r = np.repeat(rows, per)
+    G = g.n_cols
+    return np.bincount(r * G + genre, weights=w, minlength=n_rows * G).reshape(n_rows, G)
+
+
+def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = ALPHA, *,
+                        per_user: bool = False):
+    """miscalibration@k = mean over users of KL(p‖q̃) = Σ_g p(g|u) ln(p(g|u) / q̃(g|u)).
+
+    ``w(i, g) = 1/|genres(i)|`` for each genre g of item i (an item's weight split evenly over
+    its genres). p(g|u) = Σ_{i ∈ train_u} w(i,g) / Σ_{i ∈ train_u} Σ_g' w(i,g') (the mean genre
+    distribution of the user's genre-bearing training items); q(g|u) likewise over the top-k;
+    q̃ = (1 − α) q + α p. Terms with p(g|u) = 0 are 0. Users without a genre-bearing training item
+    are skipped (NaN per user); a list without a genre-bearing item has q = 0, so its KL is
+    ln(1/α).
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    train : per-user item sets [U, I]
+    item_genres : RowSets [I, G] or 0/1 array [I, G]
+    k : int
+    alpha : float
+        Smoothing, 0.01 by DESIGN.md.
+    per_user : bool
+        Return float64 [U] instead.
+
+    Example::
+
+        >>> genres = [[1, 0], [0, 1], [1, 1]]       # item 2 counts 1/2 to each genre
+        >>> m = miscalibration_at_k([[0, 2]], [[0, 1]], genres, k=2)
+        >>> round(m, 6)   # p = (.5, .5), q = (.75, .25): .5 ln(.5/.7475) + .5 ln(.5/.2525)
+        0.140535
+    """
+    g = _genre_sets(item_genres, _n_genre_rows(item_genres))
+    s = as_row_sets(train, g.n_rows)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    U = s.n_rows
+    p = _genre_mix(s.row_ids(), s.indices, g, U)
+    q = _genre_mix(np.repeat(np.arange(U), k), top.ravel(), g, U)
+    p_mass = p.sum(axis=1, keepdims=True)
+    q_mass = q.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = p / p_mass
+        q = np.where(q_mass > 0, q / np.where(q_mass > 0, q_mass, 1.0), 0.0)
+        qt = (1.0 - alpha) * q + alpha * p
+        terms = np.where(p > 0, p * np.log(p / qt), 0.0)
+    kl = terms.sum(axis=1)
+    kl[p_mass[:, 0] == 0] = np.nan
+    return kl if per_user else _nanmean(kl)
+
+
+# all at once ////////////////////////////////////////////////////////////////////////////////
+
+
+def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
+             n_items: int | None = None) -> dict:
+    """All metrics at k, keyed as results.json stores them.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+        Dense item indices, best first (training items already excluded by the caller).
+    train, test : per-user item sets [U, I]
+        Same users (rows) and items as ``topk``. pop(i), head/tail and deciles come from
+        ``train`` with U = its number of rows.
+    item_genres : RowSets [I, G] or 0/1 array [I, G], optional
+        Without it ``miscalibration@k`` is left out.
+    k : int
+    n_items : int, optional
+        Needed only when neither ``train`` nor ``item_genres`` tells I.
+
+    Returns
+    -------
+    dict
+        ``{"recall@k", "ndcg@k", "arp@k", "tail_share@k", "coverage@k", "gini@k",
+        "entropy@k", "miscalibration@k", "decile_recall@k"}`` with ``k`` spelled out (e.g.
+        ``"arp@10"``); floats, except ``decile_recall@k``, a list of 10 floats (NaN for a decile
+        without test items).
+
+    Example::
+
+        >>> from embtab.data import power_law, train_test_split
+        >>> d = power_law(n_users=100, n_items=200, interactions_per_user=10, seed=0)
+        >>> train, test = train_test_split(d, seed=0)
+        >>> pop_order = np.argsort(-train.item_counts(), kind="stable")
+        >>> topk = np.tile(pop_order[:10], (d.n_users, 1))      # most-popular baseline
+        >>> r = evaluate(topk, train, test, d.item_genres, k=10)
+        >>> r["coverage@10"], len(r["decile_recall@10"])
+        (0.05, 10)
+    """
+    if n_items is None:
+        if isinstance(train, (RowSets, Interactions)):
+            n_items = as_row_sets(train).n_cols
+        elif item_genres is not None:
+            n_items = _n_genre_rows(item_genres)
+    tr = as_row_sets(train, n_items)
+    te = as_row_sets(test, tr.n_cols)
+    if te.n_rows != tr.n_rows:
+        raise ValueError(f"train has {tr.n_rows} users, test {te.n_rows}")
+    I = tr.n_cols
+    top = _topk(topk, k, I, tr.n_rows)
+    counts = item_counts(tr)
+    out = {
+        f"recall@{k}": recall_at_k(top, te, k),
+        f"ndcg@{k}": ndcg_at_k(top, te, k),
+        f"arp@{k}": arp_at_k(top, counts / tr.n_rows, k),
+        f"tail_share@{k}": tail_share_at_k(top, head_items(counts), k),
+        f"coverage@{k}": coverage_at_k(top, I, k),
+        f"gini@{k}": gini_at_k(top, I, k),
+        f"entropy@{k}": entropy_at_k(top, I, k),
+    }
+    if item_genres is not None:
+        out[f"miscalibration@{k}"] = miscalibration_at_k(top, tr, item_genres, k)
+    out[f"decile_recall@{k}"] = decile_recall_at_k(top, te, counts, k)
+    return out
+
+
+def _mean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _nanmean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    ok = ~np.isnan(x)
+    return float(x[ok].mean()) if ok.any() else float("nan")
