@@ -505,18 +505,22 @@ class _CuckooBase(nn.Module):
         new_w = torch.zeros(new_R + 1, self.embedding_dim, dtype=w.dtype, device=w.device)
         if keep_values:
             new_w[:keep] = w.data[:keep]
-        w.data = new_w
+        new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
         g = w.grad
         if g is not None:
             if g.is_sparse:
                 g = g.coalesce()
                 idx, val = g.indices(), g.values()
                 m = idx[0] < keep
-                w.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape)
+                new_p.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape, check_invariants=True)
             else:
                 new_g = torch.zeros_like(new_w)
                 new_g[:keep] = g[:keep]
-                w.grad = new_g
+                new_p.grad = new_g
+        # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
+        # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
+        # still expects the old shape while an old graph (e.g. last step's loss) is alive.
+        torch.utils.swap_tensors(w, new_p)
         for name in ("row_ids", "row_live", "row_last_step", "row_count"):
             b = self._buffers.get(name)
             if b is not None:
@@ -740,6 +744,8 @@ class CuckooEmbeddingBag(_CuckooBase):
         super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
                          sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
         self.mode = _check_mode(mode)
+        if self.mode == "max" and self.sparse:
+            raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
@@ -886,6 +892,8 @@ class HashedEmbeddingBag(_HashedBase):
         super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
                          sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
         self.mode = _check_mode(mode)
+        if self.mode == "max" and self.sparse:
+            raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
