@@ -1,0 +1,264 @@
+"""embtab.distributed against the single-process modules, on 1-3 gloo ranks over loopback.
+
+Workers are started by ``torch.multiprocessing`` (fork: a spawned interpreter re-imports torch
+for seconds per rank on this machine) and rendezvous through a ``file://`` store under tmp_path.
+Every worker recomputes the single-process reference itself (the data is a function of the seed)
+and asserts on the IDs it owns; a failing assertion comes back through ``start_processes``.
+"""
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp
+
+import embtab.nn
+from embtab.distributed import ShardedCommError, ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+DIM = 4
+SEED = 7
+# A small pool of raw IDs, extremes and big unsigned ones included (int64 bit patterns).
+POOL = np.array([0, 1, 2, 3, 17, 99, 12345, -1, -(2**63), 2**63 - 1, -5, 2**40 + 3,
+                 31, 64, 1000003, -77, 555, 8, 9, 10], dtype=np.int64)
+PAD = 17
+
+
+def _start(fn, world_size, *args):
+    tmp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=True, start_method="fork")
+
+
+def _init(rank, world_size, store, timeout_s=30.0):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+
+
+def _global_batch(step, bag):
+    """The global batch of a step: (ids, targets); a rank takes its np.array_split chunk."""
+    rng = np.random.default_rng([SEED, step])
+    if bag:
+        ids = POOL[rng.integers(0, len(POOL), size=(7, 3))]
+    else:
+        ids = POOL[rng.integers(0, len(POOL), size=(9, 2))]
+    tgt = torch.from_numpy(rng.standard_normal((ids.shape[0],) + ((DIM,) if bag else (2, DIM)))).float()
+    return torch.from_numpy(ids), tgt
+
+
+def _loss(out, tgt):
+    return ((out - tgt) ** 2).sum() + (out ** 3).sum() * 0.01  # a sum over elements: splits over ranks
+
+
+def _make(bag, sharded, **kw):
+    common = dict(seed=SEED, num_embeddings=4, embedding_dim=DIM)
+    if bag:
+        common.update(mode="mean", padding_id=PAD, min_count=2)
+        cls = ShardedCuckooEmbeddingBag if sharded else embtab.nn.CuckooEmbeddingBag
+    else:
+        cls = ShardedCuckooEmbedding if sharded else embtab.nn.CuckooEmbedding
+    m = cls(**common, **kw)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    return m, opt
+
+
+def _train(m, opt, steps, bag, rank=None, world_size=None, check_ref_outputs=None):
+    for step in steps:
+        ids, tgt = _global_batch(step, bag)
+        if rank is not None:
+            part = np.array_split(np.arange(ids.shape[0]), world_size)[rank]
+            ids, tgt = ids[part], tgt[part]
+        opt.zero_grad()
+        out = m(ids)
+        if check_ref_outputs is not None:
+            torch.testing.assert_close(out, check_ref_outputs[step][torch.from_numpy(part)])
+        _loss(out, tgt).backward()
+        opt.step()
+
+
+def _reference(bag, steps):
+    """Single-process module trained on the global batches; outputs per step."""
+    m, opt = _make(bag, sharded=False)
+    outs = {}
+    for step in steps:
+        ids, tgt = _global_batch(step, bag)
+        opt.zero_grad()
+        out = m(ids)
+        outs[step] = out.detach().clone()
+        _loss(out, tgt).backward()
+        opt.step()
+    return m, opt, outs
+
+
+def _assert_same_per_id(sharded, sopt, ref, ropt):
+    """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
+    momentum, compared by ID (rows differ)."""
+    ref_ids, ref_rows = ref._table.items()
+    ref_ids = ref_ids.view(np.int64)
+    mine = sharded.owner_of(torch.from_numpy(ref_ids)).numpy() == sharded.rank
+    sh_ids, _ = sharded.shard._table.items()
+    assert sorted(sh_ids.view(np.int64).tolist()) == sorted(ref_ids[mine].tolist())
+    rows = sharded.shard.lookup(torch.from_numpy(ref_ids[mine]))
+    rr = torch.from_numpy(ref_rows[mine])
+    torch.testing.assert_close(sharded.weight.detach()[rows], ref.weight.detach()[rr])
+    sm = sopt.state[sharded.weight]["momentum_buffer"]
+    rm = ropt.state[ref.weight]["momentum_buffer"]
+    torch.testing.assert_close(sm[rows], rm[rr])
+
+
+# forward / backward equality /////////////////////////////////////////////////////////////////
+
+
+def _w_equal(rank, world_size, store, bag):
+    _init(rank, world_size, store)
+    steps = range(5)
+    ref, ropt, outs = _reference(bag, steps)
+    m, opt = _make(bag, sharded=True)
+    _train(m, opt, steps, bag, rank, world_size, check_ref_outputs=outs)
+    _assert_same_per_id(m, opt, ref, ropt)
+    # Every occurrence of an ID reaches its owner: the shards together hold every ID once.
+    n = torch.tensor([m.num_ids])
+    dist.all_reduce(n)
+    assert int(n) == ref.num_ids
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "bag"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_matches_single_process(tmp_path, world_size, bag):
+    _start(_w_equal, world_size, str(tmp_path / "store"), bag)
+
+
+def _w_eval_and_empty(rank, world_size, store):
+    _init(rank, world_size, store)
+    m, _ = _make(False, sharded=True)
+    # Rank 1 brings no IDs: the collectives still line up.
+    ids = torch.tensor([3, 99, -1]) if rank == 0 else torch.zeros(0, dtype=torch.int64)
+    out = m(ids)
+    assert out.shape == (ids.numel(), DIM)
+    m.eval()
+    out2 = m(torch.tensor([3, 424242]) if rank == 0 else torch.zeros(0, dtype=torch.int64))
+    if rank == 0:
+        torch.testing.assert_close(out2[0], out[0].detach())
+        assert torch.count_nonzero(out2[1]) == 0  # unknown in eval: the zero vector, not inserted
+    assert m.shard.lookup(torch.tensor([424242])).item() == -1
+    dist.destroy_process_group()
+
+
+def test_empty_rank_and_eval_mode(tmp_path):
+    _start(_w_eval_and_empty, 2, str(tmp_path / "store"))
+
+
+# checkpoint and resharding ///////////////////////////////////////////////////////////////////
+
+
+def _w_save(rank, world_size, store, ckpt, bag, steps):
+    _init(rank, world_size, store)
+    m, opt = _make(bag, sharded=True)
+    _train(m, opt, range(steps), bag, rank, world_size)
+    path = m.save(ckpt, opt)
+    assert os.path.basename(path) == f"shard-{rank:05d}-of-{world_size:05d}.embtab"
+    dist.destroy_process_group()
+
+
+def _w_resume(rank, world_size, store, ckpt, bag, done, total):
+    _init(rank, world_size, store)
+    ref, ropt, outs = _reference(bag, range(total))
+    m, opt = _make(bag, sharded=True)
+    m.load(ckpt, opt)
+    _train(m, opt, range(done, total), bag, rank, world_size, check_ref_outputs=outs)
+    _assert_same_per_id(m, opt, ref, ropt)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "bag"])
+def test_save_2_ranks_resume_on_3_and_1(tmp_path, bag):
+    ckpt = tmp_path / "ckpt"
+    _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), bag, 3)
+    assert sorted(os.listdir(ckpt)) == ["manifest.json", "shard-00000-of-00002.embtab",
+                                        "shard-00001-of-00002.embtab"]
+    _start(_w_resume, 3, str(tmp_path / "s2"), str(ckpt), bag, 3, 5)
+    _start(_w_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, 3, 5)
+
+
+def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign):
+    _init(rank, world_size, store)
+    m, opt = _make(False, sharded=True)
+    with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
+        m.load(os.path.dirname(missing), opt)
+    with pytest.raises(ValueError, match=r"shard file .*" + os.path.basename(corrupt).replace(".", r"\.")
+                       + r" is corrupt \(checksum mismatch\)"):
+        m.load(os.path.dirname(corrupt), opt)
+    with pytest.raises(ValueError, match="does not belong to this checkpoint"):
+        m.load(foreign, opt)
+    assert m.num_ids == 0  # nothing half-loaded
+    dist.destroy_process_group()
+
+
+def test_missing_corrupt_and_foreign_shard_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), False, 2)
+    name = "shard-00001-of-00002.embtab"
+    miss, bad, foreign, other = (tmp_path / d for d in ("missing", "corrupt", "foreign", "other"))
+    for d in (miss, bad, foreign):
+        shutil.copytree(ckpt, d)
+    os.unlink(miss / name)
+    data = bytearray((bad / name).read_bytes())
+    data[-10] ^= 0x40
+    (bad / name).write_bytes(bytes(data))
+    # A shard from another (valid) checkpoint beside this manifest.
+    _start(_w_save, 2, str(tmp_path / "s2"), str(other), False, 3)
+    shutil.copy(other / name, foreign / name)
+    _start(_w_bad_checkpoint, 1, str(tmp_path / "s3"), str(miss / name), str(bad / name), str(foreign))
+
+
+# fault behaviour //////////////////////////////////////////////////////////////////////////////
+
+
+def _w_fault(rank, world_size, store, ckpt, result):
+    _init(rank, world_size, store, timeout_s=10.0)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(2), False, rank, world_size)
+    m.save(ckpt, opt)
+    if rank == 1:
+        os._exit(3)  # dies mid-run, before the next step's collectives
+    t0 = time.monotonic()
+    try:
+        _train(m, opt, range(2, 3), False, rank, world_size)
+        outcome = {"type": None}
+    except Exception as e:  # noqa: BLE001 - the test inspects what came out
+        outcome = {"type": type(e).__name__, "msg": str(e)}
+    outcome["elapsed"] = time.monotonic() - t0
+    with open(result, "w") as f:
+        json.dump(outcome, f)
+    os._exit(0)
+
+
+def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_path):
+    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_w_fault, args=(r, 2, str(tmp_path / "s1"), ckpt, result)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung instead of failing"
+    assert procs[1].exitcode == 3
+    with open(result) as f:
+        outcome = json.load(f)
+    assert outcome["type"] == "ShardedCommError", outcome
+    assert "rank 0 of 2" in outcome["msg"]
+    assert outcome["elapsed"] < 20.0
+    # Restart from the last checkpoint (on one rank): nothing it held is lost.
+    _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
