@@ -32,6 +32,10 @@ POOL = np.array([0, 1, 2, 3, 17, 99, 12345, -1, -(2**63), 2**63 - 1, -5, 2**40 +
                  31, 64, 1000003, -77, 555, 8, 9, 10], dtype=np.int64)
 PAD = 17
 
+# The first optimizer built in a process imports torch's compiler stack (seconds); do it once
+# here, so that forked workers inherit it instead of each paying for it.
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
 
 def _start(fn, world_size, *args):
     tmp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=True, start_method="fork")
