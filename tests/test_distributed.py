@@ -266,3 +266,42 @@ def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_p
     assert outcome["elapsed"] < 20.0
     # Restart from the last checkpoint (on one rank): nothing it held is lost.
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
+
+
+def _w_stall(rank, world_size, store, result):
+    _init(rank, world_size, store, timeout_s=2.0)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(1), False, rank, world_size)
+    if rank == 1:
+        time.sleep(8.0)  # alive but out of step: never joins the next collective
+        os._exit(0)
+    t0 = time.monotonic()
+    try:
+        _train(m, opt, range(1, 2), False, rank, world_size)
+        outcome = {"type": None}
+    except Exception as e:  # noqa: BLE001 - the test inspects what came out
+        outcome = {"type": type(e).__name__, "msg": str(e)}
+    outcome["elapsed"] = time.monotonic() - t0
+    with open(result, "w") as f:
+        json.dump(outcome, f)
+    os._exit(0)
+
+
+def test_stalled_rank_fails_survivor_after_timeout(tmp_path):
+    result = str(tmp_path / "result.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_w_stall, args=(r, 2, str(tmp_path / "s1"), result)) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[0].join(30)
+    alive = procs[0].is_alive()
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    assert not alive, "the survivor hung past its timeout"
+    with open(result) as f:
+        outcome = json.load(f)
+    assert outcome["type"] == "ShardedCommError", outcome
+    assert "all_to_all of ID counts" in outcome["msg"]
+    assert 1.0 < outcome["elapsed"] < 20.0
