@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from embtab import _core
 from embtab._hashing import mix64
-from embtab.nn import CuckooEmbedding, _as_id_array, _check_bag_args, _check_mode, _state_fill
+from embtab.nn import CuckooEmbedding, OnFull, _as_id_array, _check_bag_args, _check_mode, _state_fill
 
 __all__ = [
     "ShardedCuckooEmbedding",
@@ -186,6 +186,10 @@ class _ShardedBase(nn.Module):
         per_shard = max(1, -(-int(num_embeddings) // self.world_size))
         self.shard = CuckooEmbedding(per_shard, embedding_dim, **local_kwargs)
         self.embedding_dim = self.shard.embedding_dim
+        # Send each distinct ID once per step unless the owner must see every occurrence:
+        # admission counts sightings, LFU counts lookups, scale_grad_by_freq counts the batch.
+        self.dedup = (self.shard.min_count == 1 and self.shard.on_full != OnFull.EVICT_LFU
+                      and not self.shard.scale_grad_by_freq)
         self.traffic = {"steps": 0, "id_bytes": 0, "count_bytes": 0, "vector_bytes": 0, "grad_bytes": 0,
                         "min_id_bytes": 0, "min_vector_bytes": 0, "remote_ids": 0, "remote_distinct_ids": 0}
         backend = dist.get_backend(process_group)
@@ -220,6 +224,10 @@ class _ShardedBase(nn.Module):
         """Vectors of the flat int64 ``ids`` in input order, ``[n, d]`` (``[n, d + 1]`` with a
         last column 1.0 where the ID has a row, 0.0 where it reads the zero row)."""
         g, ws, r = self.process_group, self.world_size, self.rank
+        expand = None
+        if self.dedup and len(ids):
+            ids, expand = np.unique(ids, return_inverse=True)
+            expand = expand.reshape(-1)
         owner = _core.hashed_rows(ids, ws, self.shard_seed, 1)
         order = np.argsort(owner, kind="stable")
         send_counts = np.bincount(owner, minlength=ws).astype(np.int64)
@@ -240,7 +248,10 @@ class _ShardedBase(nn.Module):
         if self._comm_on_cpu:
             vecs = vecs.cpu()
         out_sorted = _AllToAll.apply(vecs, recv, send, g, self.traffic)
-        inv = torch.from_numpy(np.argsort(order, kind="stable")).to(out_sorted.device)
+        inv = np.argsort(order, kind="stable")
+        if expand is not None:
+            inv = inv[expand]
+        inv = torch.from_numpy(inv).to(out_sorted.device)
         out = out_sorted.index_select(0, inv).to(dev)
 
         t = self.traffic
@@ -250,9 +261,9 @@ class _ShardedBase(nn.Module):
         t["count_bytes"] += (ws - 1) * 8
         t["id_bytes"] += remote * 8
         t["vector_bytes"] += (sum(recv) - recv[r]) * row
-        t["remote_ids"] += remote
         rem = ids[owner != r]
         distinct = len(np.unique(rem)) if rem.size else 0
+        t["remote_ids"] += remote if expand is None else int(np.count_nonzero((owner != r)[expand]))
         t["remote_distinct_ids"] += distinct
         t["min_id_bytes"] += distinct * 8
         t["min_vector_bytes"] += distinct * self.embedding_dim * vecs.element_size()
@@ -463,6 +474,9 @@ class ShardedCuckooEmbedding(_ShardedBase):
       through each training-mode output (e.g. ``loss.backward()`` on every rank each step).
     * A dead or stalled peer makes the others raise :class:`ShardedCommError` within the
       process group's timeout (``init_process_group(timeout=...)``).
+    * Each rank sends each distinct ID of its batch once (and gets one vector back, and sends
+      one summed gradient), unless the owner must see every occurrence: with ``min_count > 1``,
+      ``on_full="evict_lfu"`` or ``scale_grad_by_freq`` every occurrence travels (``dedup``).
     * ``traffic`` counts this rank's bytes sent to other ranks (IDs, counts, vectors, gradients)
       and the minimum: distinct remote IDs plus their vectors.
 
