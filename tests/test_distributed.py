@@ -48,14 +48,20 @@ def _init(rank, world_size, store, timeout_s=30.0):
 
 
 def _global_batch(step, bag):
-    """The global batch of a step: (ids, targets); a rank takes its np.array_split chunk."""
+    """The global batch of a step: (ids, targets, per-sample weights or None); a rank takes its
+    np.array_split chunk. ``bag``: False (embedding), "mean" or "sum" (bags)."""
     rng = np.random.default_rng([SEED, step])
     if bag:
         ids = POOL[rng.integers(0, len(POOL), size=(7, 3))]
     else:
         ids = POOL[rng.integers(0, len(POOL), size=(9, 2))]
     tgt = torch.from_numpy(rng.standard_normal((ids.shape[0],) + ((DIM,) if bag else (2, DIM)))).float()
-    return torch.from_numpy(ids), tgt
+    psw = torch.from_numpy(rng.random(ids.shape)).float() if bag == "sum" else None
+    return torch.from_numpy(ids), tgt, psw
+
+
+def _forward(m, ids, psw):
+    return m(ids) if psw is None else m(ids, per_sample_weights=psw)
 
 
 def _loss(out, tgt):
@@ -64,8 +70,11 @@ def _loss(out, tgt):
 
 def _make(bag, sharded, **kw):
     common = dict(seed=SEED, num_embeddings=4, embedding_dim=DIM)
-    if bag:
+    if bag == "mean":  # every occurrence travels (admission counts them)
         common.update(mode="mean", padding_id=PAD, min_count=2)
+    elif bag == "sum":  # distinct IDs travel once per rank and step
+        common.update(mode="sum", padding_id=PAD)
+    if bag:
         cls = ShardedCuckooEmbeddingBag if sharded else embtab.nn.CuckooEmbeddingBag
     else:
         cls = ShardedCuckooEmbedding if sharded else embtab.nn.CuckooEmbedding
@@ -76,12 +85,13 @@ def _make(bag, sharded, **kw):
 
 def _train(m, opt, steps, bag, rank=None, world_size=None, check_ref_outputs=None):
     for step in steps:
-        ids, tgt = _global_batch(step, bag)
+        ids, tgt, psw = _global_batch(step, bag)
         if rank is not None:
             part = np.array_split(np.arange(ids.shape[0]), world_size)[rank]
             ids, tgt = ids[part], tgt[part]
+            psw = None if psw is None else psw[part]
         opt.zero_grad()
-        out = m(ids)
+        out = _forward(m, ids, psw)
         if check_ref_outputs is not None:
             torch.testing.assert_close(out, check_ref_outputs[step][torch.from_numpy(part)])
         _loss(out, tgt).backward()
@@ -93,9 +103,9 @@ def _reference(bag, steps):
     m, opt = _make(bag, sharded=False)
     outs = {}
     for step in steps:
-        ids, tgt = _global_batch(step, bag)
+        ids, tgt, psw = _global_batch(step, bag)
         opt.zero_grad()
-        out = m(ids)
+        out = _forward(m, ids, psw)
         outs[step] = out.detach().clone()
         _loss(out, tgt).backward()
         opt.step()
@@ -126,6 +136,7 @@ def _w_equal(rank, world_size, store, bag):
     steps = range(5)
     ref, ropt, outs = _reference(bag, steps)
     m, opt = _make(bag, sharded=True)
+    assert m.dedup == (bag != "mean")
     _train(m, opt, steps, bag, rank, world_size, check_ref_outputs=outs)
     _assert_same_per_id(m, opt, ref, ropt)
     # Every occurrence of an ID reaches its owner: the shards together hold every ID once.
@@ -135,7 +146,7 @@ def _w_equal(rank, world_size, store, bag):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "bag"])
+@pytest.mark.parametrize("bag", [False, "mean", "sum"], ids=["embedding", "bag_mean", "bag_sum"])
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_matches_single_process(tmp_path, world_size, bag):
     _start(_w_equal, world_size, str(tmp_path / "store"), bag)
@@ -161,6 +172,32 @@ def test_empty_rank_and_eval_mode(tmp_path):
     _start(_w_eval_and_empty, 2, str(tmp_path / "store"))
 
 
+def _w_evict(rank, world_size, store):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(12, DIM, seed=SEED, on_full="evict_lru")  # 6 rows per shard
+    # The shard behaves as a standalone module fed, each step, what the shard receives: each
+    # source rank's distinct IDs that this rank owns, sources in rank order.
+    ref = embtab.nn.CuckooEmbedding(6, DIM, seed=SEED, on_full="evict_lru")
+    rng = np.random.default_rng(SEED)
+    for _ in range(8):
+        ids = torch.from_numpy(POOL[rng.integers(0, len(POOL), size=6)])
+        parts = [ids[torch.from_numpy(p)] for p in np.array_split(np.arange(6), world_size)]
+        m(parts[rank])
+        got = [np.unique(p.numpy()) for p in parts]
+        ref(torch.from_numpy(np.concatenate([g[m.owner_of(torch.from_numpy(g)).numpy() == rank] for g in got])))
+    assert m.shard.num_embeddings == 6  # evicted, never grew
+    assert m.stats()["num_evictions"] == ref.stats()["num_evictions"]
+    assert sorted(m.shard._table.items()[0].tolist()) == sorted(ref._table.items()[0].tolist())
+    ev = torch.tensor([ref.stats()["num_evictions"]])
+    dist.all_reduce(ev)
+    assert int(ev) > 0
+    dist.destroy_process_group()
+
+
+def test_eviction_per_shard(tmp_path):
+    _start(_w_evict, 2, str(tmp_path / "store"))
+
+
 # checkpoint and resharding ///////////////////////////////////////////////////////////////////
 
 
@@ -183,7 +220,7 @@ def _w_resume(rank, world_size, store, ckpt, bag, done, total):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "bag"])
+@pytest.mark.parametrize("bag", [False, "mean"], ids=["embedding", "bag_mean"])
 def test_save_2_ranks_resume_on_3_and_1(tmp_path, bag):
     ckpt = tmp_path / "ckpt"
     _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), bag, 3)
