@@ -298,7 +298,7 @@ def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_p
     assert procs[1].exitcode == 3
     with open(result) as f:
         outcome = json.load(f)
-    assert outcome["type"] == "ShardedCommError", outcome
+    assert outcome["type"] == ShardedCommError.__name__, outcome
     assert "rank 0 of 2" in outcome["msg"]
     assert outcome["elapsed"] < 20.0
     # Restart from the last checkpoint (on one rank): nothing it held is lost.
@@ -339,6 +339,6 @@ def test_stalled_rank_fails_survivor_after_timeout(tmp_path):
     assert not alive, "the survivor hung past its timeout"
     with open(result) as f:
         outcome = json.load(f)
-    assert outcome["type"] == "ShardedCommError", outcome
+    assert outcome["type"] == ShardedCommError.__name__, outcome
     assert "all_to_all of ID counts" in outcome["msg"]
     assert 1.0 < outcome["elapsed"] < 20.0

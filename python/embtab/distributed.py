@@ -49,12 +49,19 @@ from torch import Tensor, nn
 
 from embtab import _core
 from embtab._hashing import mix64
-from embtab.nn import CuckooEmbedding, OnFull, _as_id_array, _check_bag_args, _check_mode, _state_fill
+from embtab.nn import (
+    CuckooEmbedding,
+    OnFull,
+    _as_id_array,
+    _check_bag_args,
+    _check_mode,
+    _state_fill,
+)
 
 __all__ = [
+    "ShardedCommError",
     "ShardedCuckooEmbedding",
     "ShardedCuckooEmbeddingBag",
-    "ShardedCommError",
     "owner_of",
     "sharded_parameter_names",
 ]

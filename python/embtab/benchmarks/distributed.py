@@ -30,7 +30,7 @@ import torch
 
 from embtab.benchmarks.table import _machine, zipf_stream
 
-__all__ = ["run", "format_markdown"]
+__all__ = ["format_markdown", "run"]
 
 
 def _workload(n_ids: int, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -96,8 +96,9 @@ def _rank(rank: int, world_size: int, store: str, out_dir: str, stream: np.ndarr
 def run(world_size: int = 2, n_ids: int = 10**6, batch: int = 2**15, dim: int = 32, iters: int = 20,
         repeats: int = 5, seed: int = 0, quick: bool = False) -> dict:
     """Run the benchmark; returns JSON-serialisable raw results (see the module docstring)."""
-    import embtab
     import torch.multiprocessing as tmp
+
+    import embtab
 
     if quick:
         n_ids, batch, iters, repeats = 10**4, 2**10, 3, 2
@@ -107,7 +108,10 @@ def run(world_size: int = 2, n_ids: int = 10**6, batch: int = 2**15, dim: int = 
     with tempfile.TemporaryDirectory() as d:
         tmp.start_processes(_rank, args=(world_size, os.path.join(d, "store"), d, stream, all_ids, dim, iters,
                                          repeats), nprocs=world_size, join=True, start_method="fork")
-        ranks = [json.load(open(os.path.join(d, f"rank{r}.json"))) for r in range(world_size)]
+        ranks = []
+        for r in range(world_size):
+            with open(os.path.join(d, f"rank{r}.json")) as f:
+                ranks.append(json.load(f))
     if not np.isclose(ranks[0]["checksum"], single["checksum"], rtol=1e-6):
         raise AssertionError(f"sharded outputs' checksum {ranks[0]['checksum']} differs from the single "
                              f"process's {single['checksum']}")
