@@ -9,6 +9,7 @@ and asserts on the IDs it owns; a failing assertion comes back through ``start_p
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from datetime import timedelta
@@ -205,8 +206,10 @@ def _w_save(rank, world_size, store, ckpt, bag, steps):
     _init(rank, world_size, store)
     m, opt = _make(bag, sharded=True)
     _train(m, opt, range(steps), bag, rank, world_size)
-    path = m.save(ckpt, opt)
-    assert os.path.basename(path) == f"shard-{rank:05d}-of-{world_size:05d}.embtab"
+    first = m.save(ckpt, opt)
+    path = m.save(ckpt, opt)  # a second save replaces the first, then deletes its files
+    assert re.fullmatch(rf"shard-{rank:05d}-of-{world_size:05d}\.[0-9a-f]{{12}}\.embtab", os.path.basename(path))
+    assert first != path
     dist.destroy_process_group()
 
 
@@ -224,13 +227,17 @@ def _w_resume(rank, world_size, store, ckpt, bag, done, total):
 def test_save_2_ranks_resume_on_3_and_1(tmp_path, bag):
     ckpt = tmp_path / "ckpt"
     _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), bag, 3)
-    assert sorted(os.listdir(ckpt)) == ["manifest.json", "shard-00000-of-00002.embtab",
-                                        "shard-00001-of-00002.embtab"]
+    assert sorted(os.listdir(ckpt)) == ["manifest.json"] + _listed(ckpt)
     _start(_w_resume, 3, str(tmp_path / "s2"), str(ckpt), bag, 3, 5)
     _start(_w_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, 3, 5)
 
 
-def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign):
+def _listed(ckpt):
+    with open(os.path.join(ckpt, "manifest.json")) as f:
+        return [e["file"] for e in json.load(f)["shards"]]
+
+
+def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign, interrupted):
     _init(rank, world_size, store)
     m, opt = _make(False, sharded=True)
     with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
@@ -241,24 +248,28 @@ def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign):
     with pytest.raises(ValueError, match="does not belong to this checkpoint"):
         m.load(foreign, opt)
     assert m.num_ids == 0  # nothing half-loaded
+    m.load(interrupted, opt)  # stray shard files of an unfinished later save are ignored
+    assert m.num_ids > 0
     dist.destroy_process_group()
 
 
 def test_missing_corrupt_and_foreign_shard_refused(tmp_path):
     ckpt = tmp_path / "ckpt"
     _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), False, 2)
-    name = "shard-00001-of-00002.embtab"
-    miss, bad, foreign, other = (tmp_path / d for d in ("missing", "corrupt", "foreign", "other"))
-    for d in (miss, bad, foreign):
+    name = _listed(ckpt)[1]
+    miss, bad, foreign, other, stray = (tmp_path / d for d in ("missing", "corrupt", "foreign", "other", "stray"))
+    for d in (miss, bad, foreign, stray):
         shutil.copytree(ckpt, d)
+    (stray / "shard-00000-of-00002.0123456789ab.embtab").write_bytes(b"half-written")
     os.unlink(miss / name)
     data = bytearray((bad / name).read_bytes())
     data[-10] ^= 0x40
     (bad / name).write_bytes(bytes(data))
     # A shard from another (valid) checkpoint beside this manifest.
     _start(_w_save, 2, str(tmp_path / "s2"), str(other), False, 3)
-    shutil.copy(other / name, foreign / name)
-    _start(_w_bad_checkpoint, 1, str(tmp_path / "s3"), str(miss / name), str(bad / name), str(foreign))
+    shutil.copy(other / _listed(other)[1], foreign / name)
+    _start(_w_bad_checkpoint, 1, str(tmp_path / "s3"), str(miss / name), str(bad / name), str(foreign),
+           str(stray))
 
 
 # fault behaviour //////////////////////////////////////////////////////////////////////////////

@@ -150,8 +150,12 @@ def _atomic_write(path: str, data: bytes) -> None:
         os.close(dfd)
 
 
-def _shard_name(rank: int, world_size: int) -> str:
-    return f"shard-{rank:05d}-of-{world_size:05d}.embtab"
+def _shard_name(rank: int, world_size: int, token: str) -> str:
+    return f"shard-{rank:05d}-of-{world_size:05d}.{token}.embtab"
+
+
+def _is_shard_file(name: str) -> bool:
+    return name.startswith("shard-") and name.endswith(".embtab")
 
 
 def _read_shard(path: str, expect_sha: str) -> dict:
@@ -281,24 +285,31 @@ class _ShardedBase(nn.Module):
     def save(self, directory, optimizer: Optional[torch.optim.Optimizer] = None) -> str:
         """Write this rank's shard to ``directory`` (a collective: every rank calls it).
 
-        Each rank writes ``shard-RRRRR-of-WWWWW.embtab`` (magic, SHA-256 of the payload, payload:
-        the shard's IDs with their vectors, eviction/admission state, counters and, with
+        Each rank writes ``shard-RRRRR-of-WWWWW.TOKEN.embtab`` (TOKEN: drawn by rank 0 for this
+        save; the file holds a magic number, the SHA-256 of the payload, and the payload: the
+        shard's IDs with their vectors, eviction/admission state, counters and, with
         ``optimizer``, the per-row optimizer state of ``shard.weight`` by ID) to a temporary file
-        that is fsynced and renamed over the old one; then rank 0 writes ``manifest.json``
-        (world size, shard seed, every shard's checksum) the same way. A checkpoint is complete
-        when its manifest is. ``directory`` must be visible to every rank (shared storage across
-        machines). Returns the path of this rank's shard file.
+        that is fsynced and renamed; then rank 0 writes ``manifest.json`` (world size, shard
+        seed, every shard's file and checksum) the same way, and only then deletes the shard
+        files of earlier saves. A save interrupted at any point therefore leaves the previous
+        checkpoint (manifest and shards) whole. ``directory`` must be visible to every rank
+        (shared storage across machines). Returns the path of this rank's shard file.
         """
         directory = os.fspath(directory)
         if self.rank == 0:
             os.makedirs(directory, exist_ok=True)
-        _collective("barrier before save", self.process_group, lambda: dist.barrier(group=self.process_group))
+        token = [os.urandom(6).hex() if self.rank == 0 else None]
+        _collective("broadcast of the save token", self.process_group,
+                    lambda: dist.broadcast_object_list(token, src=dist.get_global_rank(self.process_group, 0)
+                                                       if self.process_group is not None else 0,
+                                                       group=self.process_group))
+        token = token[0]
         payload = self._shard_payload(optimizer)
         buf = io.BytesIO()
         torch.save(payload, buf)
         data = buf.getvalue()
         digest = hashlib.sha256(data).digest()
-        path = os.path.join(directory, _shard_name(self.rank, self.world_size))
+        path = os.path.join(directory, _shard_name(self.rank, self.world_size, token))
         _atomic_write(path, _MAGIC + digest + data)
         shas = [None] * self.world_size
         _collective("all_gather of shard checksums", self.process_group,
@@ -307,9 +318,13 @@ class _ShardedBase(nn.Module):
             manifest = {"format_version": _FORMAT_VERSION, "world_size": self.world_size,
                         "shard_seed": str(self.shard_seed), "seed": str(self.shard.seed),
                         "embedding_dim": self.embedding_dim,
-                        "shards": [{"file": _shard_name(i, self.world_size), "sha256": s}
+                        "shards": [{"file": _shard_name(i, self.world_size, token), "sha256": s}
                                    for i, s in enumerate(shas)]}
             _atomic_write(os.path.join(directory, _MANIFEST), json.dumps(manifest, indent=1).encode())
+            keep = {e["file"] for e in manifest["shards"]}
+            for name in os.listdir(directory):
+                if _is_shard_file(name) and name not in keep:
+                    os.unlink(os.path.join(directory, name))
         _collective("barrier after save", self.process_group, lambda: dist.barrier(group=self.process_group))
         return path
 
@@ -379,9 +394,21 @@ class _ShardedBase(nn.Module):
                              f"embedding_dim={manifest['embedding_dim']}; this module has "
                              f"shard_seed={self.shard_seed}, embedding_dim={self.embedding_dim}")
         parts = []
-        for i, entry in enumerate(shards):
-            parts.append(_read_shard(os.path.join(directory, entry["file"]), entry["sha256"]))
+        for entry in shards:
+            parts.append(self._restrict(_read_shard(os.path.join(directory, entry["file"]), entry["sha256"])))
         self._load_parts(parts, old_ws, optimizer)
+
+    def _restrict(self, p: dict) -> dict:
+        """Shard payload ``p`` cut down to the IDs this rank owns (memory: one shard at a time)."""
+        mine = torch.from_numpy(_core.hashed_rows(p["ids"].numpy(), self.world_size, self.shard_seed, 1)
+                                == self.rank)
+        for k in ("ids", "vectors", "row_last_step", "row_count"):
+            if k in p:
+                p[k] = p[k][mine]
+        o = p.get("optimizer")
+        if o is not None:
+            o["per_row"] = {k: v[mine] for k, v in o["per_row"].items()}
+        return p
 
     @torch.no_grad()
     def _load_parts(self, parts: list, old_ws: int, optimizer) -> None:
