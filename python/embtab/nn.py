@@ -274,7 +274,7 @@ class _CuckooBase(nn.Module):
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
                  device=None, dtype=None, *, on_full: Union[str, OnFull] = "grow", growth_factor: float = 2.0,
                  min_count: int = 1, admission_eps: float = 1e-5, admission_delta: float = 0.01,
-                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 1):
+                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 0):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -396,10 +396,13 @@ class _CuckooBase(nn.Module):
     # remap ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _remap(self, ids: np.ndarray) -> np.ndarray:
+    def _remap(self, ids: np.ndarray) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
-        Every argument check has happened before; on an exception nothing has changed.
+        Returns the rows and whether any of them is the zero row (torch's ``padding_idx`` is
+        passed only then: with no entry equal to it the results are the same and the sparse
+        backward skips a masking pass). Every argument check has happened before; on an
+        exception nothing has changed.
         """
         R = self.num_embeddings
         rows = self._table.lookup(ids, num_threads=self.num_threads)
@@ -440,10 +443,13 @@ class _CuckooBase(nn.Module):
                 self.row_last_step.numpy()[used] = int(self.num_steps)
             elif self.on_full == OnFull.EVICT_LFU:
                 self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
-        rows[rows < 0] = R
+        zero = rows < 0
         if pad is not None:
-            rows[pad] = R
-        return rows
+            zero |= pad
+        has_zero = bool(zero.any())
+        if has_zero:
+            rows[zero] = R
+        return rows, has_zero
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
@@ -596,7 +602,7 @@ class _CuckooBase(nn.Module):
             raise ValueError("ids must be distinct")
         was = self.training
         self.train()
-        rows = self._remap(flat)
+        rows, _ = self._remap(flat)
         self.train(was)
         with torch.no_grad():
             self.weight[torch.from_numpy(rows).to(self.weight.device)] = embeddings.to(self.weight)
@@ -644,7 +650,8 @@ class CuckooEmbedding(_CuckooBase):
     seed : int
         Seeds per-ID initialisation, the sketch and the table's hashing.
     num_threads : int
-        Threads for the remap (0 = all cores).
+        Threads for the remap (0 = all hardware threads, as CuckooTable; batches of up to
+        16,384 IDs run on the calling thread).
 
     Shape
     -----
@@ -682,10 +689,10 @@ class CuckooEmbedding(_CuckooBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        rows = self._remap(ids)
+        rows, has_zero = self._remap(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        return F.embedding(idx, self.weight, self.num_embeddings if has_zero else None, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
 
     @classmethod
     def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
@@ -753,12 +760,13 @@ class CuckooEmbeddingBag(_CuckooBase):
         ids, shape = _as_id_array(input, "input")
         off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
                               self.weight)
-        rows = self._remap(ids)
+        rows, has_zero = self._remap(ids)
         dev = self.weight.device
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
         return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+                               per_sample_weights, self.include_last_offset,
+                               self.num_embeddings if has_zero else None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -772,7 +780,7 @@ class _HashedBase(nn.Module):
                  max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
                  device=None, dtype=None, *, init: Union[None, str, EmbeddingInit] = None, seed: int = 0,
-                 num_threads: int = 1):
+                 num_threads: int = 0):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -806,10 +814,18 @@ class _HashedBase(nn.Module):
         return torch.from_numpy(self._rows(flat)).reshape(shape)
 
     def _rows(self, flat: np.ndarray) -> np.ndarray:
+        return self._rows_flag(flat)[0]
+
+    def _rows_flag(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        """Rows and the padding_idx to pass torch (None when no entry reads the zero row)."""
         rows = _core.hashed_rows(flat, self.num_embeddings, self.seed, self.num_threads)
+        pad_idx = None
         if self._padding_i64 is not None:
-            rows[flat == self._padding_i64] = self.num_embeddings
-        return rows
+            pad = flat == self._padding_i64
+            if pad.any():
+                rows[pad] = self.num_embeddings
+                pad_idx = self.num_embeddings
+        return rows, pad_idx
 
     def collision_report(self, ids: Tensor) -> dict:
         """How much the hashing trick collides on a sample of raw IDs.
@@ -868,8 +884,9 @@ class HashedEmbedding(_HashedBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        return F.embedding(idx, self.weight, pad_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
 
 
@@ -902,10 +919,11 @@ class HashedEmbeddingBag(_HashedBase):
         off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
                               self.weight)
         dev = self.weight.device
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(dev)
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(dev)
         return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+                               per_sample_weights, self.include_last_offset, pad_idx)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
