@@ -256,6 +256,19 @@ def _optimizer_step_pre_hook(optimizer, args, kwargs):
 register_optimizer_step_pre_hook(_optimizer_step_pre_hook)
 
 
+def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
+    """Gradient `g` of a smaller weight (its last row is the old zero row) as one of `shape`."""
+    keep = min(g.shape[0], shape[0]) - 1
+    if g.is_sparse:
+        g = g.coalesce()
+        idx, val = g.indices(), g.values()
+        m = idx[0] < keep
+        return torch.sparse_coo_tensor(idx[:, m], val[m], shape, check_invariants=True)
+    out = torch.zeros(shape, dtype=g.dtype, device=g.device)
+    out[:keep] = g[:keep]
+    return out
+
+
 def _state_fill(key: str, group: dict) -> float:
     """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
     if key == "sum":
@@ -512,17 +525,8 @@ class _CuckooBase(nn.Module):
         if keep_values:
             new_w[:keep] = w.data[:keep]
         new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
-        g = w.grad
-        if g is not None:
-            if g.is_sparse:
-                g = g.coalesce()
-                idx, val = g.indices(), g.values()
-                m = idx[0] < keep
-                new_p.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape, check_invariants=True)
-            else:
-                new_g = torch.zeros_like(new_w)
-                new_g[:keep] = g[:keep]
-                new_p.grad = new_g
+        if w.grad is not None:
+            new_p.grad = _pad_rows(w.grad, new_w.shape)
         # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
         # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
         # still expects the old shape while an old graph (e.g. last step's loss) is alive.
@@ -670,8 +674,11 @@ class CuckooEmbedding(_CuckooBase):
       Equality with a pre-sized table holds for every row in ``[0, num_rows)`` and for the
       loss, for any optimizer whose per-row state is elementwise (SGD with momentum, Adagrad,
       Adam, AdamW, SparseAdam, RMSprop), weight decay included (a new ID's row and state are
-      fresh in both runs). Growth between a forward and its backward is not supported (grow
-      before, e.g. by a larger ``num_embeddings``).
+      fresh in both runs). An existing ``weight.grad`` is padded on growth (gradient
+      accumulation over several steps works), but a graph built *before* a growth cannot be
+      backpropagated after it: torch raises ``RuntimeError`` ("AccumulateGrad node that was
+      poisoned by swap_tensors"); no gradient is lost silently. Pre-size ``num_embeddings`` for
+      several forwards per backward.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
       saved size. Save and load the optimizer's state dict beside it, as usual.
