@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Criteo-layout file (default: the sample)")
     ap.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic Criteo-like rows instead")
-    ap.add_argument("--rows", type=int, default=4096, help="embedding rows of each table (equal memory)")
+    ap.add_argument("--rows", type=int, default=4096, help="embedding rows of each table (equal memory); at least the distinct IDs of one batch")
     ap.add_argument("--dim", type=int, default=8)
     ap.add_argument("--min-count", type=int, default=2, help="CuckooEmbedding admission threshold")
     ap.add_argument("--epochs", type=int, default=3)
