@@ -367,6 +367,14 @@ def test_growth_is_invisible(name, bag):
         assert torch.equal(a, b)
 
 
+def test_backward_through_graph_from_before_growth_raises():
+    emb = CuckooEmbedding(2, 3)
+    a = emb(torch.tensor([1, 2]))
+    b = emb(torch.tensor([3]))  # grows after `a` was built
+    with pytest.raises(RuntimeError, match="swap_tensors"):
+        (a.sum() + b.sum()).backward()
+
+
 def test_growth_pads_accumulated_grad():
     emb = CuckooEmbedding(2, 3)
     emb(torch.tensor([1, 2])).sum().backward()

@@ -256,6 +256,19 @@ def _optimizer_step_pre_hook(optimizer, args, kwargs):
 register_optimizer_step_pre_hook(_optimizer_step_pre_hook)
 
 
+def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
+    """Gradient `g` of a smaller weight (its last row is the old zero row) as one of `shape`."""
+    keep = min(g.shape[0], shape[0]) - 1
+    if g.is_sparse:
+        g = g.coalesce()
+        idx, val = g.indices(), g.values()
+        m = idx[0] < keep
+        return torch.sparse_coo_tensor(idx[:, m], val[m], shape, check_invariants=True)
+    out = torch.zeros(shape, dtype=g.dtype, device=g.device)
+    out[:keep] = g[:keep]
+    return out
+
+
 def _state_fill(key: str, group: dict) -> float:
     """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
     if key == "sum":
@@ -274,7 +287,7 @@ class _CuckooBase(nn.Module):
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
                  device=None, dtype=None, *, on_full: Union[str, OnFull] = "grow", growth_factor: float = 2.0,
                  min_count: int = 1, admission_eps: float = 1e-5, admission_delta: float = 0.01,
-                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 1):
+                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 0):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -396,10 +409,13 @@ class _CuckooBase(nn.Module):
     # remap ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _remap(self, ids: np.ndarray) -> np.ndarray:
+    def _remap(self, ids: np.ndarray) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
-        Every argument check has happened before; on an exception nothing has changed.
+        Returns the rows and whether any of them is the zero row (torch's ``padding_idx`` is
+        passed only then: with no entry equal to it the results are the same and the sparse
+        backward skips a masking pass). Every argument check has happened before; on an
+        exception nothing has changed.
         """
         R = self.num_embeddings
         rows = self._table.lookup(ids, num_threads=self.num_threads)
@@ -440,10 +456,13 @@ class _CuckooBase(nn.Module):
                 self.row_last_step.numpy()[used] = int(self.num_steps)
             elif self.on_full == OnFull.EVICT_LFU:
                 self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
-        rows[rows < 0] = R
+        zero = rows < 0
         if pad is not None:
-            rows[pad] = R
-        return rows
+            zero |= pad
+        has_zero = bool(zero.any())
+        if has_zero:
+            rows[zero] = R
+        return rows, has_zero
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
@@ -506,17 +525,8 @@ class _CuckooBase(nn.Module):
         if keep_values:
             new_w[:keep] = w.data[:keep]
         new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
-        g = w.grad
-        if g is not None:
-            if g.is_sparse:
-                g = g.coalesce()
-                idx, val = g.indices(), g.values()
-                m = idx[0] < keep
-                new_p.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape, check_invariants=True)
-            else:
-                new_g = torch.zeros_like(new_w)
-                new_g[:keep] = g[:keep]
-                new_p.grad = new_g
+        if w.grad is not None:
+            new_p.grad = _pad_rows(w.grad, new_w.shape)
         # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
         # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
         # still expects the old shape while an old graph (e.g. last step's loss) is alive.
@@ -596,7 +606,7 @@ class _CuckooBase(nn.Module):
             raise ValueError("ids must be distinct")
         was = self.training
         self.train()
-        rows = self._remap(flat)
+        rows, _ = self._remap(flat)
         self.train(was)
         with torch.no_grad():
             self.weight[torch.from_numpy(rows).to(self.weight.device)] = embeddings.to(self.weight)
@@ -644,7 +654,8 @@ class CuckooEmbedding(_CuckooBase):
     seed : int
         Seeds per-ID initialisation, the sketch and the table's hashing.
     num_threads : int
-        Threads for the remap (0 = all cores).
+        Threads for the remap (0 = all hardware threads, as CuckooTable; batches of up to
+        16,384 IDs run on the calling thread).
 
     Shape
     -----
@@ -663,8 +674,11 @@ class CuckooEmbedding(_CuckooBase):
       Equality with a pre-sized table holds for every row in ``[0, num_rows)`` and for the
       loss, for any optimizer whose per-row state is elementwise (SGD with momentum, Adagrad,
       Adam, AdamW, SparseAdam, RMSprop), weight decay included (a new ID's row and state are
-      fresh in both runs). Growth between a forward and its backward is not supported (grow
-      before, e.g. by a larger ``num_embeddings``).
+      fresh in both runs). An existing ``weight.grad`` is padded on growth (gradient
+      accumulation over several steps works), but a graph built *before* a growth cannot be
+      backpropagated after it: torch raises ``RuntimeError`` ("AccumulateGrad node that was
+      poisoned by swap_tensors"); no gradient is lost silently. Pre-size ``num_embeddings`` for
+      several forwards per backward.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
       saved size. Save and load the optimizer's state dict beside it, as usual.
@@ -682,10 +696,10 @@ class CuckooEmbedding(_CuckooBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        rows = self._remap(ids)
+        rows, has_zero = self._remap(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        return F.embedding(idx, self.weight, self.num_embeddings if has_zero else None, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
 
     @classmethod
     def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
@@ -753,12 +767,13 @@ class CuckooEmbeddingBag(_CuckooBase):
         ids, shape = _as_id_array(input, "input")
         off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
                               self.weight)
-        rows = self._remap(ids)
+        rows, has_zero = self._remap(ids)
         dev = self.weight.device
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
         return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+                               per_sample_weights, self.include_last_offset,
+                               self.num_embeddings if has_zero else None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -772,7 +787,7 @@ class _HashedBase(nn.Module):
                  max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
                  device=None, dtype=None, *, init: Union[None, str, EmbeddingInit] = None, seed: int = 0,
-                 num_threads: int = 1):
+                 num_threads: int = 0):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -806,10 +821,18 @@ class _HashedBase(nn.Module):
         return torch.from_numpy(self._rows(flat)).reshape(shape)
 
     def _rows(self, flat: np.ndarray) -> np.ndarray:
+        return self._rows_flag(flat)[0]
+
+    def _rows_flag(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        """Rows and the padding_idx to pass torch (None when no entry reads the zero row)."""
         rows = _core.hashed_rows(flat, self.num_embeddings, self.seed, self.num_threads)
+        pad_idx = None
         if self._padding_i64 is not None:
-            rows[flat == self._padding_i64] = self.num_embeddings
-        return rows
+            pad = flat == self._padding_i64
+            if pad.any():
+                rows[pad] = self.num_embeddings
+                pad_idx = self.num_embeddings
+        return rows, pad_idx
 
     def collision_report(self, ids: Tensor) -> dict:
         """How much the hashing trick collides on a sample of raw IDs.
@@ -868,8 +891,9 @@ class HashedEmbedding(_HashedBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        return F.embedding(idx, self.weight, pad_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
 
 
@@ -902,10 +926,11 @@ class HashedEmbeddingBag(_HashedBase):
         off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
                               self.weight)
         dev = self.weight.device
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(dev)
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(dev)
         return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+                               per_sample_weights, self.include_last_offset, pad_idx)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
