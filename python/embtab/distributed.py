@@ -17,8 +17,8 @@ One forward on every rank (all ranks call it, in the same order, as with any col
 and backward sends the gradients the reverse way (one ``all_to_all``), where they accumulate
 into the owner's ``shard.weight``, so a plain local optimizer over ``module.parameters()``
 updates the owner's rows. Collectives are ``all_to_all_single`` with uneven splits, which the
-gloo backend supports on CPU tensors (checked with torch 2.13); with NCCL the messages live on
-the weight's device.
+gloo backend supports on CPU tensors (checked with torch 2.13); with another backend (NCCL) the
+messages live on the weight's device (that path is untested so far).
 
 Since a new ID's vector depends on ``(seed, ID)`` only and every occurrence of an ID reaches its
 owner in one batch, ``W`` ranks each feeding their part of a global batch compute the same
@@ -242,12 +242,13 @@ class _ShardedBase(nn.Module):
         owner = _core.hashed_rows(ids, ws, self.shard_seed, 1)
         order = np.argsort(owner, kind="stable")
         send_counts = np.bincount(owner, minlength=ws).astype(np.int64)
-        counts_t = torch.from_numpy(send_counts)
-        recv_counts_t = torch.empty(ws, dtype=torch.int64)
+        cdev = torch.device("cpu") if self._comm_on_cpu else self.shard.weight.device
+        counts_t = torch.from_numpy(send_counts).to(cdev)
+        recv_counts_t = torch.empty(ws, dtype=torch.int64, device=cdev)
         _collective("all_to_all of ID counts", g, lambda: dist.all_to_all_single(recv_counts_t, counts_t, group=g))
         send, recv = send_counts.tolist(), recv_counts_t.tolist()
-        send_ids = torch.from_numpy(ids[order])
-        recv_ids = torch.empty(sum(recv), dtype=torch.int64)
+        send_ids = torch.from_numpy(ids[order]).to(cdev)
+        recv_ids = torch.empty(sum(recv), dtype=torch.int64, device=cdev)
         _collective("all_to_all of IDs", g,
                     lambda: dist.all_to_all_single(recv_ids, send_ids, recv, send, group=g))
 
