@@ -199,6 +199,40 @@ def test_eviction_per_shard(tmp_path):
     _start(_w_evict, 2, str(tmp_path / "store"))
 
 
+def _w_ddp(rank, world_size, store):
+    _init(rank, world_size, store)
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from embtab.distributed import sharded_parameter_names
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ShardedCuckooEmbeddingBag(8, DIM, mode="sum", seed=SEED), nn.Linear(DIM, 1))
+    assert sharded_parameter_names(model) == ["0.shard.weight"] + [
+        f"0.shard.{n}" for n, _ in model[0].shard.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, sharded_parameter_names(model))
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    rng = np.random.default_rng([SEED, rank])
+    for _ in range(3):
+        opt.zero_grad()
+        ddp(torch.from_numpy(POOL[rng.integers(0, len(POOL), size=(4, 3))])).sum().backward()
+        opt.step()
+    # The dense part is averaged by DDP (identical on every rank); the shards differ.
+    w = [torch.zeros(DIM + 1) for _ in range(world_size)]
+    dist.all_gather(w, torch.cat([model[1].weight.detach().reshape(-1), model[1].bias.detach()]))
+    for x in w[1:]:
+        torch.testing.assert_close(x, w[0])
+    ids = [None] * world_size
+    dist.all_gather_object(ids, sorted(model[0].shard._table.items()[0].tolist()))
+    assert not set(ids[0]) & set(ids[1])
+    dist.destroy_process_group()
+
+
+def test_whole_model_ddp_ignoring_the_sharded_table(tmp_path):
+    _start(_w_ddp, 2, str(tmp_path / "store"))
+
+
 # checkpoint and resharding ///////////////////////////////////////////////////////////////////
 
 
