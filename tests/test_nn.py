@@ -241,16 +241,13 @@ def test_gradcheck_bag_float64(mode):
     bag(x, offsets)
     w = bag.weight.detach()[:-1].clone().requires_grad_(True)
     zero = bag.weight.detach()[-1:]
+
+    def f(w, *p):
+        return torch.func.functional_call(bag, {"weight": torch.cat([w, zero])}, (x, offsets, *p))
+
     if mode == "sum":
-        psw.requires_grad_(True)
-        f = lambda w, p: torch.func.functional_call(  # noqa: E731
-            bag, {"weight": torch.cat([w, zero])}, (x, offsets, p)
-        )
-        assert torch.autograd.gradcheck(f, (w, psw))
+        assert torch.autograd.gradcheck(f, (w, psw.requires_grad_(True)))
     else:
-        f = lambda w: torch.func.functional_call(
-            bag, {"weight": torch.cat([w, zero])}, (x, offsets)
-        )
         assert torch.autograd.gradcheck(f, (w,))
 
 
