@@ -767,7 +767,7 @@ class CuckooEmbedding(_CuckooBase):
 
         >>> import torch, embtab.nn
         >>> emb = embtab.nn.CuckooEmbedding(1000, 16)
-        >>> ids = torch.tensor([[2**63 + 5, 17], [17, 99]])      # raw IDs, any 64-bit values
+        >>> ids = torch.tensor([[-2**63 + 5, 17], [17, 99]])     # raw IDs, any int64 bit pattern
         >>> emb(ids).shape
         torch.Size([2, 2, 16])
         >>> emb.num_ids
