@@ -676,3 +676,24 @@ def test_signatures_mirror_torch():
             for p in inspect.signature(theirs.__init__).parameters
         ]
         assert p_ours[: len(p_theirs)][:7] == p_theirs[:7], ours.__name__
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_on_device_map_on_cpu(device):
+    emb = CuckooEmbedding(2, 3, sparse=True, on_full="grow").to(device)
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=0.1)
+    for ids in ([1, 2], [3, 4, 5], [1, 6, 7, 8, 9]):  # grows twice
+        out = emb(torch.tensor(ids, device=device))
+        assert out.device.type == device
+        opt.zero_grad()
+        out.sum().backward()
+        opt.step()
+    assert emb.weight.device.type == device and emb.num_growths.item() >= 2
+    assert all(b.device.type == "cpu" for b in emb.buffers())
+    assert opt.state[emb.weight]["exp_avg"].shape == emb.weight.shape
+    bag = CuckooEmbeddingBag(4, 2, mode="sum").to(device)
+    x, off = torch.tensor([5, 6, 7], device=device), torch.tensor([0, 1], device=device)
+    assert bag(x, off).shape == (2, 2)
