@@ -11,7 +11,9 @@ from embtab.benchmarks import module
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="100,000 rows: a smoke run, not the figures")
+    ap.add_argument(
+        "--quick", action="store_true", help="100,000 rows: a smoke run, not the figures"
+    )
     ap.add_argument("--out", help="write the raw results here as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=5)

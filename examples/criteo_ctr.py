@@ -34,8 +34,13 @@ import embtab.nn as enn
 
 N_FIELDS = 26
 MISSING = -1  # the padding ID (2**64 - 1 as uint64): no real ID has all 64 bits set
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo-sample" / \
-    "criteo_kaggle_train_head1000.txt"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "criteo-sample"
+    / "criteo_kaggle_train_head1000.txt"
+)
 
 
 def read_criteo(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +50,9 @@ def read_criteo(path: Path) -> tuple[np.ndarray, np.ndarray]:
         for line_no, line in enumerate(f, 1):
             cols = line.rstrip("\n").split("\t")
             if len(cols) != 40:
-                raise ValueError(f"{path}:{line_no}: expected 40 tab-separated columns, got {len(cols)}")
+                raise ValueError(
+                    f"{path}:{line_no}: expected 40 tab-separated columns, got {len(cols)}"
+                )
             labels.append(float(cols[0]))
             ids.append([(f << 32) | int(v, 16) if v else MISSING for f, v in enumerate(cols[14:])])
     return np.array(labels, dtype=np.float32), np.array(ids, dtype=np.int64)
@@ -85,7 +92,9 @@ class FM(nn.Module):
 
 def make_model(kind: str, rows: int, dim: int, min_count: int, seed: int) -> FM:
     if kind == "cuckoo":
-        kw = dict(on_full="evict_lru", min_count=min_count, padding_id=MISSING, seed=seed, sparse=True)
+        kw = dict(
+            on_full="evict_lru", min_count=min_count, padding_id=MISSING, seed=seed, sparse=True
+        )
         linear = enn.CuckooEmbeddingBag(rows, 1, mode="sum", init="zeros", **kw)
         factors = enn.CuckooEmbedding(rows, dim, init=enn.EmbeddingInit("normal", 0.0, 0.01), **kw)
     else:
@@ -105,7 +114,7 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
         j = i
         while j + 1 < len(s) and s[j + 1] == s[i]:
             j += 1
-        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     pos = labels == 1
     n_pos, n_neg = pos.sum(), (~pos).sum()
@@ -118,7 +127,10 @@ def train_eval(kind, labels, ids, args) -> dict:
     torch.manual_seed(args.seed)
     model = make_model(kind, args.rows, args.dim, args.min_count, args.seed)
     sparse_params = [model.linear.weight, model.factors.weight]
-    opts = [torch.optim.SparseAdam(sparse_params, lr=args.lr), torch.optim.Adam([model.bias], lr=args.lr)]
+    opts = [
+        torch.optim.SparseAdam(sparse_params, lr=args.lr),
+        torch.optim.Adam([model.bias], lr=args.lr),
+    ]
     n_train = int(len(labels) * 0.8)
     x, y = torch.from_numpy(ids), torch.from_numpy(labels)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -126,7 +138,7 @@ def train_eval(kind, labels, ids, args) -> dict:
     with tqdm(total=steps, desc=kind, disable=args.no_progress, file=sys.stderr) as bar:
         for _ in range(args.epochs):
             for s in range(0, n_train, args.batch):
-                loss = loss_fn(model(x[s: s + args.batch]), y[s: s + args.batch])
+                loss = loss_fn(model(x[s : s + args.batch]), y[s : s + args.batch])
                 for o in opts:
                     o.zero_grad()
                 loss.backward()
@@ -142,8 +154,13 @@ def train_eval(kind, labels, ids, args) -> dict:
     logloss = float(-np.mean(yt * np.log(p + eps) + (1 - yt) * np.log(1 - p + eps)))
     out = {"model": kind, "rows": args.rows, "logloss": logloss, "auc": auc(yt, p)}
     if kind == "cuckoo":
-        out.update({f"factors_{k}": v for k, v in model.factors.stats().items()
-                    if k in ("num_ids", "num_admissions", "num_evictions")})
+        out.update(
+            {
+                f"factors_{k}": v
+                for k, v in model.factors.stats().items()
+                if k in ("num_ids", "num_admissions", "num_evictions")
+            }
+        )
     else:
         out.update(model.factors.collision_report(x[:n_train]))
     return out
@@ -151,9 +168,18 @@ def train_eval(kind, labels, ids, args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Criteo-layout file (default: the sample)")
-    ap.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic Criteo-like rows instead")
-    ap.add_argument("--rows", type=int, default=4096, help="embedding rows of each table (equal memory); at least the distinct IDs of one batch")
+    ap.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="Criteo-layout file (default: the sample)"
+    )
+    ap.add_argument(
+        "--synthetic", type=int, metavar="N", help="use N synthetic Criteo-like rows instead"
+    )
+    ap.add_argument(
+        "--rows",
+        type=int,
+        default=4096,
+        help="embedding rows of each table (equal memory); at least the distinct IDs of one batch",
+    )
     ap.add_argument("--dim", type=int, default=8)
     ap.add_argument("--min-count", type=int, default=2, help="CuckooEmbedding admission threshold")
     ap.add_argument("--epochs", type=int, default=3)
@@ -167,24 +193,32 @@ def main(argv=None) -> int:
         source = f"synthetic ({args.synthetic:,} rows)"
     else:
         if not args.data.is_file():
-            print(f"error: {args.data} not found; pass --data PATH or --synthetic N", file=sys.stderr)
+            print(
+                f"error: {args.data} not found; pass --data PATH or --synthetic N", file=sys.stderr
+            )
             return 2
         labels, ids = read_criteo(args.data)
         source = str(args.data)
     distinct = len(np.unique(ids[ids != MISSING]))
-    print(f"data: {source}; {len(labels):,} rows, {distinct:,} distinct IDs over 26 fields, CTR {labels.mean():.3f}")
+    print(
+        f"data: {source}; {len(labels):,} rows, {distinct:,} distinct IDs over 26 fields, CTR {labels.mean():.3f}"
+    )
     print(f"both models: {args.rows:,} rows x {args.dim} factors (+1 linear); train 80%, test 20%")
     print("| model | logloss | AUC | notes |")
     print("|---|---:|---:|---|")
     for kind in ("cuckoo", "hashed"):
         r = train_eval(kind, labels, ids, args)
         if kind == "cuckoo":
-            note = (f"{r['factors_num_ids']:,} live IDs, {r['factors_num_admissions']:,} admitted, "
-                    f"{r['factors_num_evictions']:,} evicted (min_count={args.min_count}, LRU)")
+            note = (
+                f"{r['factors_num_ids']:,} live IDs, {r['factors_num_admissions']:,} admitted, "
+                f"{r['factors_num_evictions']:,} evicted (min_count={args.min_count}, LRU)"
+            )
             name = "CuckooEmbedding(Bag)"
         else:
-            note = (f"{r['colliding_id_share']:.1%} of distinct IDs share a row; "
-                    f"{r['colliding_lookup_share']:.1%} of lookups hit a shared row")
+            note = (
+                f"{r['colliding_id_share']:.1%} of distinct IDs share a row; "
+                f"{r['colliding_lookup_share']:.1%} of lookups hit a shared row"
+            )
             name = "HashedEmbedding(Bag)"
         print(f"| {name} | {r['logloss']:.4f} | {r['auc']:.4f} | {note} |")
     return 0

@@ -73,7 +73,12 @@ def test_init_distribution_matches_nn_embedding_default():
     assert abs(v.mean().item()) < 0.02 and abs(v.std().item() - 1.0) < 0.02
     u = init_vectors(np.arange(20000, dtype=np.int64), 4, 3, EmbeddingInit("uniform", -0.5, 0.25))
     assert u.min() >= -0.5 and u.max() < 0.25 and abs(u.mean().item() + 0.125) < 0.01
-    assert torch.count_nonzero(init_vectors(np.arange(3, dtype=np.int64), 4, 0, EmbeddingInit("zeros"))) == 0
+    assert (
+        torch.count_nonzero(
+            init_vectors(np.arange(3, dtype=np.int64), 4, 0, EmbeddingInit("zeros"))
+        )
+        == 0
+    )
 
 
 def test_init_config_validation():
@@ -170,7 +175,9 @@ def bag_case(include_last_offset, seed=0):
     return x, offsets
 
 
-@pytest.mark.parametrize("mode,psw", [("sum", False), ("sum", True), ("mean", False), ("max", False)])
+@pytest.mark.parametrize(
+    "mode,psw", [("sum", False), ("sum", True), ("mean", False), ("max", False)]
+)
 @pytest.mark.parametrize("include_last_offset", [False, True])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_bag_matches_nn_embedding_bag(mode, include_last_offset, psw, sparse):
@@ -179,15 +186,23 @@ def test_bag_matches_nn_embedding_bag(mode, include_last_offset, psw, sparse):
             CuckooEmbeddingBag(4, 3, mode=mode, sparse=True)
         return
     x, offsets = bag_case(include_last_offset)
-    bag = CuckooEmbeddingBag(4, 3, mode=mode, include_last_offset=include_last_offset, padding_id=42,
-                             sparse=sparse, seed=3)
+    bag = CuckooEmbeddingBag(
+        4,
+        3,
+        mode=mode,
+        include_last_offset=include_last_offset,
+        padding_id=42,
+        sparse=sparse,
+        seed=3,
+    )
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) if psw else None
     out = bag(x, offsets, per_sample_weights=w)
     R = bag.num_embeddings
     rows = bag.lookup(x)
     rows[x == 42] = R
-    ref = nn.EmbeddingBag(R + 1, 3, mode=mode, include_last_offset=include_last_offset, padding_idx=R,
-                          sparse=sparse)
+    ref = nn.EmbeddingBag(
+        R + 1, 3, mode=mode, include_last_offset=include_last_offset, padding_idx=R, sparse=sparse
+    )
     with torch.no_grad():
         ref.weight.copy_(bag.weight)
     expect = ref(rows, offsets, per_sample_weights=w)
@@ -218,17 +233,21 @@ def test_bag_2d_input_matches(mode):
 def test_gradcheck_bag_float64(mode):
     bag = CuckooEmbeddingBag(8, 3, mode=mode, dtype=torch.float64)
     x, offsets = torch.tensor([5, 6, 7, 5, 8]), torch.tensor([0, 2])
-    psw = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) if mode == "sum" else None
+    psw = (
+        torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        if mode == "sum"
+        else None
+    )
     bag(x, offsets)
     w = bag.weight.detach()[:-1].clone().requires_grad_(True)
     zero = bag.weight.detach()[-1:]
+
+    def f(w, *p):
+        return torch.func.functional_call(bag, {"weight": torch.cat([w, zero])}, (x, offsets, *p))
+
     if mode == "sum":
-        psw.requires_grad_(True)
-        f = lambda w, p: torch.func.functional_call(  # noqa: E731
-            bag, {"weight": torch.cat([w, zero])}, (x, offsets, p))
-        assert torch.autograd.gradcheck(f, (w, psw))
+        assert torch.autograd.gradcheck(f, (w, psw.requires_grad_(True)))
     else:
-        f = lambda w: torch.func.functional_call(bag, {"weight": torch.cat([w, zero])}, (x, offsets))  # noqa: E731
         assert torch.autograd.gradcheck(f, (w,))
 
 
@@ -248,10 +267,16 @@ def bad_bag_calls():
         (ValueError, "offsets must be 1-D", lambda b: b(x, torch.tensor([[0, 1]]))),
         (TypeError, "offsets must have dtype", lambda b: b(x, torch.tensor([0.0, 1.0]))),
         (ValueError, "offsets must be None", lambda b: b(x.reshape(2, 2), torch.tensor([0, 1]))),
-        (ValueError, r"per_sample_weights must have the shape of input \(4,\), got \(3,\)",
-         lambda b: b(x, torch.tensor([0, 2]), torch.ones(3))),
-        (TypeError, "per_sample_weights must have the weight's dtype",
-         lambda b: b(x, torch.tensor([0, 2]), torch.ones(4, dtype=torch.float64))),
+        (
+            ValueError,
+            r"per_sample_weights must have the shape of input \(4,\), got \(3,\)",
+            lambda b: b(x, torch.tensor([0, 2]), torch.ones(3)),
+        ),
+        (
+            TypeError,
+            "per_sample_weights must have the weight's dtype",
+            lambda b: b(x, torch.tensor([0, 2]), torch.ones(4, dtype=torch.float64)),
+        ),
         (ValueError, "input must be 1-D", lambda b: b(x.reshape(1, 2, 2))),
     ]
 
@@ -325,7 +350,9 @@ def batch(step):
     return x, y
 
 
-def train_run(name, num_embeddings, steps, bag=False, emb=None, opts=None, head=None, start=0, **kw):
+def train_run(
+    name, num_embeddings, steps, bag=False, emb=None, opts=None, head=None, start=0, **kw
+):
     sparse = name.startswith("sparse")
     if emb is None:
         torch.manual_seed(0)
@@ -354,8 +381,18 @@ def train_run(name, num_embeddings, steps, bag=False, emb=None, opts=None, head=
 
 # torch's sparse Adagrad builds sparse tensors without opting in or out of invariant checks.
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled:UserWarning")
-@pytest.mark.parametrize("name", ["sgd_momentum", "sgd_momentum_wd", "adagrad", "adam", "adamw",
-                                  "sparse_adam", "sparse_adagrad"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sgd_momentum",
+        "sgd_momentum_wd",
+        "adagrad",
+        "adam",
+        "adamw",
+        "sparse_adam",
+        "sparse_adagrad",
+    ],
+)
 @pytest.mark.parametrize("bag", [False, True])
 def test_growth_is_invisible(name, bag):
     grown, *_, la, wa = train_run(name, 8, 14, bag=bag, growth_factor=2.0)
@@ -427,7 +464,9 @@ def test_lfu_eviction_picks_least_frequent():
     assert rows_before == [0, 1, 2]
     adam_step(emb, opt, [13, 10])
     assert emb.lookup(torch.tensor([11, 13])).tolist() == [-1, 1]
-    assert torch.count_nonzero(opt.state[emb.weight]["momentum_buffer"][1]) == 2  # fresh: one step's grad
+    assert (
+        torch.count_nonzero(opt.state[emb.weight]["momentum_buffer"][1]) == 2
+    )  # fresh: one step's grad
     mb = opt.state[emb.weight]["momentum_buffer"][1]
     assert torch.allclose(mb, emb.weight.grad[1])
 
@@ -506,15 +545,18 @@ def test_eval_mode_changes_nothing_and_reads_zero_for_unknown():
 # state round trips ///////////////////////////////////////////////////////////////////////
 
 
-@pytest.mark.parametrize("kw", [dict(on_full="grow"), dict(on_full="evict_lru", min_count=2),
-                                dict(on_full="evict_lfu")])
+@pytest.mark.parametrize(
+    "kw", [dict(on_full="grow"), dict(on_full="evict_lru", min_count=2), dict(on_full="evict_lfu")]
+)
 @pytest.mark.parametrize("bag", [False, True])
 def test_state_dict_resume_equals_uninterrupted(kw, bag):
     n0 = 8 if kw["on_full"] == "grow" else 20
     _, _, _, la, wa = train_run("adam", n0, 12, bag=bag, **kw)
     emb, head, opts, lb1, _ = train_run("adam", n0, 6, bag=bag, **kw)
     buf = io.BytesIO()
-    torch.save({"emb": emb.state_dict(), "head": head.state_dict(), "opt": opts[0].state_dict()}, buf)
+    torch.save(
+        {"emb": emb.state_dict(), "head": head.state_dict(), "opt": opts[0].state_dict()}, buf
+    )
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
     torch.manual_seed(123)
@@ -568,7 +610,10 @@ def test_hashed_embedding_rows_and_values():
     emb = HashedEmbedding(10, 3, seed=4, padding_id=-1)
     x = torch.tensor([[5, -1], [2**62, 5]])
     rows = emb.rows_of(x)
-    assert rows.tolist() == [[hashed_row(5, 10, 4), 10], [hashed_row(2**62, 10, 4), hashed_row(5, 10, 4)]]
+    assert rows.tolist() == [
+        [hashed_row(5, 10, 4), 10],
+        [hashed_row(2**62, 10, 4), hashed_row(5, 10, 4)],
+    ]
     out = emb(x)
     ref = nn.Embedding(11, 3, padding_idx=10)
     with torch.no_grad():
@@ -619,8 +664,36 @@ def test_cuckoo_never_collides_where_hashed_does():
 def test_signatures_mirror_torch():
     import inspect
 
-    for ours, theirs in ((CuckooEmbedding, nn.Embedding), (HashedEmbedding, nn.Embedding),
-                         (CuckooEmbeddingBag, nn.EmbeddingBag), (HashedEmbeddingBag, nn.EmbeddingBag)):
+    for ours, theirs in (
+        (CuckooEmbedding, nn.Embedding),
+        (HashedEmbedding, nn.Embedding),
+        (CuckooEmbeddingBag, nn.EmbeddingBag),
+        (HashedEmbeddingBag, nn.EmbeddingBag),
+    ):
         p_ours = list(inspect.signature(ours.__init__).parameters)
-        p_theirs = [p.replace("padding_idx", "padding_id") for p in inspect.signature(theirs.__init__).parameters]
+        p_theirs = [
+            p.replace("padding_idx", "padding_id")
+            for p in inspect.signature(theirs.__init__).parameters
+        ]
         assert p_ours[: len(p_theirs)][:7] == p_theirs[:7], ours.__name__
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_on_device_map_on_cpu(device):
+    emb = CuckooEmbedding(2, 3, sparse=True, on_full="grow").to(device)
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=0.1)
+    for ids in ([1, 2], [3, 4, 5], [1, 6, 7, 8, 9]):  # grows twice
+        out = emb(torch.tensor(ids, device=device))
+        assert out.device.type == device
+        opt.zero_grad()
+        out.sum().backward()
+        opt.step()
+    assert emb.weight.device.type == device and emb.num_growths.item() >= 2
+    assert all(b.device.type == "cpu" for b in emb.buffers())
+    assert opt.state[emb.weight]["exp_avg"].shape == emb.weight.shape
+    bag = CuckooEmbeddingBag(4, 2, mode="sum").to(device)
+    x, off = torch.tensor([5, 6, 7], device=device), torch.tensor([0, 1], device=device)
+    assert bag(x, off).shape == (2, 2)

@@ -59,8 +59,11 @@ batches = st.lists(st.lists(st.integers(-3, 12), min_size=1, max_size=6), min_si
 
 
 @settings(max_examples=60, deadline=None)
-@given(batches=batches, policy=st.sampled_from(["grow", "evict_lru", "evict_lfu"]),
-       min_count=st.integers(1, 3))
+@given(
+    batches=batches,
+    policy=st.sampled_from(["grow", "evict_lru", "evict_lfu"]),
+    min_count=st.integers(1, 3),
+)
 def test_id_map_invariants(batches, policy, min_count):
     """After any sequence of batches: one distinct row per live ID, buffers mirror the table,
     the size bound holds, and every batch's IDs read their own rows (or the zero row)."""

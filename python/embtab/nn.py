@@ -30,8 +30,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
 from embtab import _core
@@ -118,8 +118,10 @@ def _check_init(init) -> EmbeddingInit:
         return EmbeddingInit(init)
     if isinstance(init, EmbeddingInit):
         return init
-    raise TypeError(f"init must be None, 'normal', 'uniform', 'zeros' or an EmbeddingInit, "
-                    f"got {type(init).__name__}")
+    raise TypeError(
+        f"init must be None, 'normal', 'uniform', 'zeros' or an EmbeddingInit, "
+        f"got {type(init).__name__}"
+    )
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -142,8 +144,9 @@ def _id_as_int64(name: str, value) -> Optional[int]:
     return v - _U64 if v >= (1 << 63) else v
 
 
-def init_vectors(ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit,
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+def init_vectors(
+    ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
 
     Row ``i`` depends on ``(seed, ids[i])`` only.
@@ -154,8 +157,14 @@ def init_vectors(ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit,
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     out = torch.empty(n, dim, dtype=work)
     if n:
-        _core.init_vectors(np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
-                           out.numpy(), seed % _U64, init.kind, float(init.a), float(init.b))
+        _core.init_vectors(
+            np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
+            out.numpy(),
+            seed % _U64,
+            init.kind,
+            float(init.a),
+            float(init.b),
+        )
     return out if work == dtype else out.to(dtype)
 
 
@@ -165,8 +174,10 @@ def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
     dt = input.dtype
     if dt.is_floating_point or dt.is_complex or dt == torch.bool:
-        raise TypeError(f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
-                        f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}")
+        raise TypeError(
+            f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
+            f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
+        )
     t = input.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -180,14 +191,17 @@ def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
     return flat.numpy(), tuple(input.shape)
 
 
-def _check_bag_args(input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool,
-                    weight: Tensor) -> Optional[Tensor]:
+def _check_bag_args(
+    input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool, weight: Tensor
+) -> Optional[Tensor]:
     """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
     if input.dim() == 2:
         if offsets is not None:
-            raise ValueError(f"offsets must be None when input is 2-D (fixed-length bags), "
-                             f"got input shape {tuple(input.shape)} and offsets shape "
-                             f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}")
+            raise ValueError(
+                f"offsets must be None when input is 2-D (fixed-length bags), "
+                f"got input shape {tuple(input.shape)} and offsets shape "
+                f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}"
+            )
         off = None
     elif input.dim() == 1:
         if offsets is None:
@@ -201,33 +215,53 @@ def _check_bag_args(input: Tensor, offsets, per_sample_weights, mode: str, inclu
         off = offsets.detach().cpu().to(torch.int64)
         n = input.shape[0]
         if off.numel() == 0 or (include_last_offset and off.numel() < 1):
-            raise ValueError(f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}")
+            raise ValueError(
+                f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
+            )
         o = off.numpy()
         if o[0] != 0:
-            raise ValueError(f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})")
+            raise ValueError(
+                f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
+            )
         if np.any(np.diff(o) < 0):
             bad = int(np.flatnonzero(np.diff(o) < 0)[0])
-            raise ValueError(f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
-                             f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})")
+            raise ValueError(
+                f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
+                f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
+            )
         if o[-1] > n:
-            raise ValueError(f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))")
+            raise ValueError(
+                f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
+            )
         if include_last_offset and o[-1] != n:
-            raise ValueError(f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
-                             f"in input ({n}), got {int(o[-1])}")
+            raise ValueError(
+                f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
+                f"in input ({n}), got {int(o[-1])}"
+            )
     else:
-        raise ValueError(f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
-                         f"got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
+            f"got shape {tuple(input.shape)}"
+        )
     if per_sample_weights is not None:
         if not isinstance(per_sample_weights, Tensor):
-            raise TypeError(f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}")
+            raise TypeError(
+                f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}"
+            )
         if mode != "sum":
-            raise ValueError(f"per_sample_weights is only supported with mode='sum', got mode={mode!r}")
+            raise ValueError(
+                f"per_sample_weights is only supported with mode='sum', got mode={mode!r}"
+            )
         if tuple(per_sample_weights.shape) != tuple(input.shape):
-            raise ValueError(f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
-                             f"got {tuple(per_sample_weights.shape)}")
+            raise ValueError(
+                f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
+            )
         if per_sample_weights.dtype != weight.dtype:
-            raise TypeError(f"per_sample_weights must have the weight's dtype {weight.dtype}, "
-                            f"got {per_sample_weights.dtype}")
+            raise TypeError(
+                f"per_sample_weights must have the weight's dtype {weight.dtype}, "
+                f"got {per_sample_weights.dtype}"
+            )
     return off
 
 
@@ -282,12 +316,29 @@ def _state_fill(key: str, group: dict) -> float:
 class _CuckooBase(nn.Module):
     """Shared machinery of CuckooEmbedding and CuckooEmbeddingBag (see their docstrings)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
-                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
-                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, on_full: Union[str, OnFull] = "grow", growth_factor: float = 2.0,
-                 min_count: int = 1, admission_eps: float = 1e-5, admission_delta: float = 0.01,
-                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 0):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        on_full: Union[str, OnFull] = "grow",
+        growth_factor: float = 2.0,
+        min_count: int = 1,
+        admission_eps: float = 1e-5,
+        admission_delta: float = 0.01,
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -300,12 +351,16 @@ class _CuckooBase(nn.Module):
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.sparse = bool(sparse)
         if _weight is not None:
-            raise ValueError("_weight is not supported: rows are handed to IDs as they are first seen; "
-                             "use init=... or CuckooEmbedding.from_pretrained(ids, embeddings)")
+            raise ValueError(
+                "_weight is not supported: rows are handed to IDs as they are first seen; "
+                "use init=... or CuckooEmbedding.from_pretrained(ids, embeddings)"
+            )
         try:
             self.on_full = OnFull(on_full)
         except ValueError:
-            raise ValueError(f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}") from None
+            raise ValueError(
+                f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}"
+            ) from None
         if not (isinstance(growth_factor, (int, float)) and growth_factor > 1.0):
             raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
         self.growth_factor = float(growth_factor)
@@ -321,8 +376,10 @@ class _CuckooBase(nn.Module):
         self.num_threads = _check_int("num_threads", num_threads, 0)
 
         R = self.num_embeddings
-        self.weight = nn.Parameter(torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
-                                   requires_grad=not _freeze)
+        self.weight = nn.Parameter(
+            torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
+            requires_grad=not _freeze,
+        )
         # The ID -> row map: row r holds ID row_ids[r] (int64 bit pattern) iff row_live[r].
         self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64))
         self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool))
@@ -345,8 +402,11 @@ class _CuckooBase(nn.Module):
     # table plumbing ---------------------------------------------------------------------------
 
     def _table_kwargs(self) -> dict:
-        return dict(max_size=self.num_embeddings if self.on_full == OnFull.ERROR else None,
-                    seed=self.seed, num_threads=self.num_threads)
+        return dict(
+            max_size=self.num_embeddings if self.on_full == OnFull.ERROR else None,
+            seed=self.seed,
+            num_threads=self.num_threads,
+        )
 
     def _new_table(self):
         t = embtab.CuckooTable(self.num_embeddings, **self._table_kwargs())
@@ -355,8 +415,13 @@ class _CuckooBase(nn.Module):
     def _rebuild_table(self):
         live = torch.nonzero(self.row_live).reshape(-1).numpy().astype(np.int64)
         keys = self.row_ids.numpy()[live]
-        self._table = embtab.CuckooTable.from_items(keys, live, num_rows=int(self.num_rows),
-                                                    capacity=self.num_embeddings, **self._table_kwargs())
+        self._table = embtab.CuckooTable.from_items(
+            keys,
+            live,
+            num_rows=int(self.num_rows),
+            capacity=self.num_embeddings,
+            **self._table_kwargs(),
+        )
 
     def _cpu_buffer_names(self):
         return [n for n in self._buffers if n != "weight"]
@@ -502,15 +567,21 @@ class _CuckooBase(nn.Module):
     def _pick_victims(self, k: int, batch_rows: np.ndarray) -> np.ndarray:
         """The k live rows with the lowest (score, row) that the current batch does not use."""
         R = self.num_embeddings
-        score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy().copy()
+        score = (
+            (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count)
+            .numpy()
+            .copy()
+        )
         big = np.iinfo(np.int64).max
         score[~self.row_live.numpy()] = big
         score[batch_rows] = big
         evictable = int(np.count_nonzero(score != big))
         if evictable < k:
-            raise ValueError(f"the batch brings {k + evictable} more IDs than free rows but only "
-                             f"{evictable} rows can be evicted (rows in use by the batch stay): "
-                             f"raise num_embeddings (now {R}) or use smaller batches")
+            raise ValueError(
+                f"the batch brings {k + evictable} more IDs than free rows but only "
+                f"{evictable} rows can be evicted (rows in use by the batch stay): "
+                f"raise num_embeddings (now {R}) or use smaller batches"
+            )
         kth = np.partition(score, k - 1)[k - 1]
         below = np.flatnonzero(score < kth)
         equal = np.flatnonzero(score == kth)[: k - len(below)]
@@ -577,13 +648,20 @@ class _CuckooBase(nn.Module):
 
     # state ------------------------------------------------------------------------------------
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         w = state_dict.get(prefix + "weight")
-        if isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] - 1 != self.num_embeddings and w.shape[0] > 1:
+        if (
+            isinstance(w, Tensor)
+            and w.dim() == 2
+            and w.shape[0] - 1 != self.num_embeddings
+            and w.shape[0] > 1
+        ):
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         self._pending_rows.clear()
         self._rebuild_table()
 
@@ -600,8 +678,10 @@ class _CuckooBase(nn.Module):
     def _load_pretrained(self, ids: Tensor, embeddings: Tensor):
         flat, _ = _as_id_array(ids, "ids")
         if embeddings.dim() != 2 or embeddings.shape != (len(flat), self.embedding_dim):
-            raise ValueError(f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
+                f"got {tuple(embeddings.shape)}"
+            )
         if len(np.unique(flat)) != len(flat):
             raise ValueError("ids must be distinct")
         was = self.training
@@ -687,7 +767,7 @@ class CuckooEmbedding(_CuckooBase):
 
         >>> import torch, embtab.nn
         >>> emb = embtab.nn.CuckooEmbedding(1000, 16)
-        >>> ids = torch.tensor([[2**63 + 5, 17], [17, 99]])      # raw IDs, any 64-bit values
+        >>> ids = torch.tensor([[-2**63 + 5, 17], [17, 99]])     # raw IDs, any int64 bit pattern
         >>> emb(ids).shape
         torch.Size([2, 2, 16])
         >>> emb.num_ids
@@ -698,8 +778,15 @@ class CuckooEmbedding(_CuckooBase):
         ids, shape = _as_id_array(input, "input")
         rows, has_zero = self._remap(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings if has_zero else None, self.max_norm,
-                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return F.embedding(
+            idx,
+            self.weight,
+            self.num_embeddings if has_zero else None,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
 
     @classmethod
     def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
@@ -712,7 +799,13 @@ class CuckooEmbedding(_CuckooBase):
             >>> emb(torch.tensor([9])).tolist()
             [[0.0, 1.0]]
         """
-        m = cls(max(1, ids.numel()), embeddings.shape[1], _freeze=freeze, dtype=embeddings.dtype, **kwargs)
+        m = cls(
+            max(1, ids.numel()),
+            embeddings.shape[1],
+            _freeze=freeze,
+            dtype=embeddings.dtype,
+            **kwargs,
+        )
         m._load_pretrained(ids, embeddings)
         return m
 
@@ -751,29 +844,67 @@ class CuckooEmbeddingBag(_CuckooBase):
         torch.Size([2, 8])
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
-                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
-                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
-                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
-        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
-                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_id: Optional[int] = None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_id,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            kwargs.pop("_freeze", False),
+            device,
+            dtype,
+            **kwargs,
+        )
         self.mode = _check_mode(mode)
         if self.mode == "max" and self.sparse:
             raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
-    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
-                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                              self.weight)
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+        )
         rows, has_zero = self._remap(ids)
         dev = self.weight.device
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
-                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset,
-                               self.num_embeddings if has_zero else None)
+        return F.embedding_bag(
+            idx,
+            self.weight,
+            None if off is None else off.to(dev),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            self.num_embeddings if has_zero else None,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -783,11 +914,24 @@ class CuckooEmbeddingBag(_CuckooBase):
 
 
 class _HashedBase(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
-                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
-                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, init: Union[None, str, EmbeddingInit] = None, seed: int = 0,
-                 num_threads: int = 0):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -805,13 +949,17 @@ class _HashedBase(nn.Module):
         m, d = self.num_embeddings, self.embedding_dim
         if _weight is not None:
             if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
-                raise ValueError(f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}")
+                raise ValueError(
+                    f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}"
+                )
             w = torch.zeros(m + 1, d, dtype=_weight.dtype, device=_weight.device)
             w[:m] = _weight.detach()[:m]
         else:
             w = torch.zeros(m + 1, d, device=device, dtype=dtype)
             # Row r starts as the init vector of "ID" r: a function of (seed, r).
-            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(w.device)
+            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(
+                w.device
+            )
         self.weight = nn.Parameter(w, requires_grad=not _freeze)
 
     def rows_of(self, ids: Tensor) -> Tensor:
@@ -849,8 +997,13 @@ class _HashedBase(nn.Module):
         uniq, counts = np.unique(flat, return_counts=True)
         n, m = len(uniq), self.num_embeddings
         if n == 0:
-            return {"distinct_ids": 0, "rows_used": 0, "colliding_id_share": 0.0,
-                    "colliding_lookup_share": 0.0, "expected_colliding_id_share": 0.0}
+            return {
+                "distinct_ids": 0,
+                "rows_used": 0,
+                "colliding_id_share": 0.0,
+                "colliding_lookup_share": 0.0,
+                "expected_colliding_id_share": 0.0,
+            }
         rows = _core.hashed_rows(uniq, m, self.seed, self.num_threads)
         per_row = np.bincount(rows, minlength=m)
         shared = per_row[rows] > 1
@@ -893,8 +1046,15 @@ class HashedEmbedding(_HashedBase):
         ids, shape = _as_id_array(input, "input")
         rows, pad_idx = self._rows_flag(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, pad_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        return F.embedding(
+            idx,
+            self.weight,
+            pad_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
 
 
 class HashedEmbeddingBag(_HashedBase):
@@ -909,28 +1069,67 @@ class HashedEmbeddingBag(_HashedBase):
         torch.Size([2, 8])
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
-                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
-                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
-                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
-        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
-                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_id: Optional[int] = None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_id,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            kwargs.pop("_freeze", False),
+            device,
+            dtype,
+            **kwargs,
+        )
         self.mode = _check_mode(mode)
         if self.mode == "max" and self.sparse:
             raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
-    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
-                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                              self.weight)
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+        )
         dev = self.weight.device
         rows, pad_idx = self._rows_flag(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
-                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, pad_idx)
+        return F.embedding_bag(
+            idx,
+            self.weight,
+            None if off is None else off.to(dev),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            pad_idx,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"

@@ -69,12 +69,14 @@ def _pass(step: Callable[[int], float], n_batches: int) -> float:
     return (time.perf_counter() - t0) / n_batches
 
 
-def _interleaved(impls: Dict[str, Callable[[int], float]], n_batches: int, repeats: int) -> Dict[str, float]:
+def _interleaved(
+    impls: Dict[str, Callable[[int], float]], n_batches: int, repeats: int
+) -> Dict[str, float]:
     """Median seconds per step of each impl, passes interleaved (rotating order)."""
     names = list(impls)
     times: Dict[str, List[float]] = {k: [] for k in names}
     for r in range(repeats):
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             times[k].append(_pass(impls[k], n_batches))
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -136,11 +138,15 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     for b in range(n_batches):  # first sightings: inserts + per-ID init
         _sgd_step(cuckoo, cuckoo_opt, raw[b])
     first_pass = (time.perf_counter() - t0) / n_batches
-    emb_times = _interleaved({
-        "nn.Embedding": lambda b: _sgd_step(ref, ref_opt, dense[b]),
-        "CuckooEmbedding": lambda b: _sgd_step(cuckoo, cuckoo_opt, raw[b]),
-        "HashedEmbedding": lambda b: _sgd_step(hashed, hashed_opt, raw[b]),
-    }, n_batches, repeats)
+    emb_times = _interleaved(
+        {
+            "nn.Embedding": lambda b: _sgd_step(ref, ref_opt, dense[b]),
+            "CuckooEmbedding": lambda b: _sgd_step(cuckoo, cuckoo_opt, raw[b]),
+            "HashedEmbedding": lambda b: _sgd_step(hashed, hashed_opt, raw[b]),
+        },
+        n_batches,
+        repeats,
+    )
     results["embedding"] = {
         "seconds_per_step": emb_times,
         "ratio_cuckoo_vs_nn": emb_times["CuckooEmbedding"] / emb_times["nn.Embedding"],
@@ -164,8 +170,9 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
         for b in range(n_batches):
             rows, _ = cuckoo._remap(ids_np[b])
         remap_times["module remap"].append((time.perf_counter() - t0) / n_batches)
-    results["remap"] = {"seconds_per_batch": {k: float(np.median(v)) for k, v in remap_times.items()}}
-    del ref, ref_opt, cuckoo, cuckoo_opt, hashed, hashed_opt, table
+    results["remap"] = {
+        "seconds_per_batch": {k: float(np.median(v)) for k, v in remap_times.items()}
+    }
     gc.collect()
 
     # bag --------------------------------------------------------------------------------------
@@ -176,28 +183,33 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     cbag_opt = torch.optim.SGD(cbag.parameters(), lr=lr)
     for b in range(n_batches):
         _sgd_step(cbag, cbag_opt, raw[b], offsets)
-    bag_times = _interleaved({
-        "nn.EmbeddingBag": lambda b: _sgd_step(ref_bag, ref_bag_opt, dense[b], offsets),
-        "CuckooEmbeddingBag": lambda b: _sgd_step(cbag, cbag_opt, raw[b], offsets),
-    }, n_batches, repeats)
+    bag_times = _interleaved(
+        {
+            "nn.EmbeddingBag": lambda b: _sgd_step(ref_bag, ref_bag_opt, dense[b], offsets),
+            "CuckooEmbeddingBag": lambda b: _sgd_step(cbag, cbag_opt, raw[b], offsets),
+        },
+        n_batches,
+        repeats,
+    )
     results["bag"] = {
         "seconds_per_step": bag_times,
         "ratio_cuckoo_vs_nn": bag_times["CuckooEmbeddingBag"] / bag_times["nn.EmbeddingBag"],
     }
-    del ref_bag, ref_bag_opt, cbag, cbag_opt
     gc.collect()
 
     # growth -------------------------------------------------------------------------------------
     half = n // 2
     fill = torch.from_numpy(keys[:half])
-    new_batch = torch.from_numpy(np.concatenate([keys[half: half + batch // 2], keys[: batch - batch // 2]]))
+    new_batch = torch.from_numpy(
+        np.concatenate([keys[half : half + batch // 2], keys[: batch - batch // 2]])
+    )
     grow_t, sized_t = [], []
-    for _ in range(3 if quick else 3):
+    for _ in range(3):
         for initial, sink in ((half, grow_t), (n, sized_t)):
             m = CuckooEmbedding(initial, dim, sparse=True, seed=seed)
             opt = torch.optim.SparseAdam(m.parameters(), lr=lr)
             for s in range(0, half, batch):
-                _sgd_step(m, opt, fill[s: s + batch])  # fills n/2 rows, allocates Adam state
+                _sgd_step(m, opt, fill[s : s + batch])  # fills n/2 rows, allocates Adam state
             gc.collect()
             t0 = time.perf_counter()
             _sgd_step(m, opt, new_batch)
@@ -238,8 +250,10 @@ def format_markdown(results: dict) -> str:
     for k, v in e["seconds_per_step"].items():
         lines.append(f"| {k} | {ms(v)} | {v / e['seconds_per_step']['nn.Embedding']:.2f}x |")
     for k, v in bg["seconds_per_step"].items():
-        lines.append(f"| {k} (sum, bags of {results['bag_size']}) | {ms(v)} | "
-                     f"{v / bg['seconds_per_step']['nn.EmbeddingBag']:.2f}x |")
+        lines.append(
+            f"| {k} (sum, bags of {results['bag_size']}) | {ms(v)} | "
+            f"{v / bg['seconds_per_step']['nn.EmbeddingBag']:.2f}x |"
+        )
     lines += [
         "",
         f"CuckooEmbedding's first pass (every ID's first sighting: insert + per-ID init): "
