@@ -56,6 +56,11 @@ namespace embtab {
 
 // kRerankGrain: users per parallel_for chunk (chunk bounds do not depend on the thread count).
 inline constexpr std::size_t kRerankGrain = 64;
+// kSortedChunk: candidates per chunk in the bounded scan of score-sorted rows.
+inline constexpr std::int64_t kSortedChunk = 32;
+// kBoundSlack: relative slack on the table-sum bound, covering the rounding of the candidate's
+// own sum (at most width - 1 additions of non-negative terms).
+inline constexpr double kBoundSlack = 1e-12;
 // kTopkGrain: score rows per parallel_for chunk in topk.
 inline constexpr std::size_t kTopkGrain = 16;
 // kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a radix select above.
@@ -108,6 +113,9 @@ using Idx32 = std::uint32_t;
 struct Scratch {
     std::vector<double> a;           // [C] working score term (1-lam) s_c; -inf = unavailable
     std::vector<double> v;           // [C] candidate values of one step
+    std::vector<double> a_orig;      // [C] score terms before any pick
+    std::vector<double> gmax;        // [G] largest table entry per genre this step
+    std::vector<double> top;         // the width largest of gmax
     std::vector<std::uint8_t> picked;  // [C]
     std::vector<std::uint32_t> idx;  // [C * width] table indices (0 = the zero entry)
     std::vector<std::uint16_t> idx16;
@@ -251,6 +259,28 @@ inline std::int64_t scan_best(const double* a, const I* idx, int stride, int wid
         default: scan_values<0>(a, idx, stride, width, t, C, v); break;
     }
     return argmax_first(v, C);
+}
+
+// scan_best_sorted is scan_best for rows whose score terms are non-increasing (a_orig, the
+// score terms before any pick): chunks of kSortedChunk candidates are scanned in order, and the
+// scan stops before a chunk whose first candidate cannot beat the best so far even with the
+// largest possible table sum `bound` (the later ones have no larger score term). Same result as
+// scan_best: a stopped-at candidate's value is <= a_orig + bound < best, strictly.
+template <class I>
+inline std::int64_t scan_best_sorted(const double* a, const double* a_orig, const I* idx, int stride, int width,
+                                     const double* t, std::int64_t C, double* v, double bound) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
+        if (a_orig[c0] + bound < best) break;
+        const std::int64_t n = std::min<std::int64_t>(kSortedChunk, C - c0);
+        const std::int64_t j = scan_best(a + c0, idx + c0 * stride, stride, width, t, n, v + c0);
+        if (j >= 0 && v[c0 + j] > best) {
+            best = v[c0 + j];
+            bi = c0 + j;
+        }
+    }
+    return bi;
 }
 
 // scan_alpha0 is the alpha == 0 step while `uncovered` categories with p_g > 0 are missing:
@@ -548,6 +578,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     // Score terms; count finite candidates; reject NaN and +inf.
     sc.a.resize(static_cast<std::size_t>(C));
     sc.v.resize(static_cast<std::size_t>(C));
+    sc.a_orig.resize(static_cast<std::size_t>(C));
     sc.picked.assign(static_cast<std::size_t>(C), 0);
     sc.item.resize(static_cast<std::size_t>(C));
     double* a = sc.a.data();
@@ -558,12 +589,18 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
     std::int64_t* item = sc.item.data();
+    bool sorted = true;
+    double prev = kPosInf;
+    double* a_orig = sc.a_orig.data();
     for (std::int64_t c = 0; c < C; ++c) {
         const double x = static_cast<double>(s[c]);
         bad_score |= (x != x) | (x == kPosInf);
+        sorted &= x <= prev;
+        prev = x;
         const bool fin = x != kNegInf;
         n_finite += fin;
         a[c] = fin ? one_m_lam * x : kNegInf;
+        a_orig[c] = a[c];
         const std::int64_t it = cand ? cand[c] : c;
         bad_item |= static_cast<std::uint64_t>(it) >= n_items;
         item[c] = it;
@@ -728,6 +765,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
 
     sc.W.assign(static_cast<std::size_t>(G), 0.0);
     sc.den.assign(static_cast<std::size_t>(G), 0.0);
+    sc.gmax.assign(static_cast<std::size_t>(G), 0.0);
     double* Wg = sc.W.data();
     double* den = sc.den.data();
     std::int64_t finite_left = n_finite;
@@ -762,6 +800,27 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         if (a0) {
             bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, stride, uncovered)
                        : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, stride, uncovered);
+        } else if (sorted && !phase2 && C > kSortedChunk) {
+            // Bound on any candidate's table sum: its genres are distinct, so at most the sum of
+            // the `width` largest per-genre maxima (entries are >= 0).
+            double* gmax = sc.gmax.data();
+            for (std::int32_t g : sc.used_genres) gmax[g] = 0.0;
+            for (std::size_t e = 0; e < n_entries; ++e) {
+                const std::int32_t g = sc.entry_genre[e];
+                const double x = T[sc.entry_slot[e]];
+                gmax[g] = x > gmax[g] ? x : gmax[g];
+            }
+            sc.top.assign(static_cast<std::size_t>(width), 0.0);
+            for (std::int32_t g : sc.used_genres) {
+                double x = gmax[g];
+                for (auto& y : sc.top)
+                    if (x > y) std::swap(x, y);
+            }
+            double bound = 0.0;
+            for (double y : sc.top) bound += y;
+            bound = bound * (1.0 + kBoundSlack);
+            bi = use16 ? detail::scan_best_sorted(a, a_orig, sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
+                       : detail::scan_best_sorted(a, a_orig, idx, stride, width, T, C, sc.v.data(), bound);
         } else {
             bi = use16 ? detail::scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
                        : detail::scan_best(a, idx, stride, width, T, C, sc.v.data());
