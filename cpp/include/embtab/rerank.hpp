@@ -114,7 +114,8 @@ struct Scratch {
     std::vector<double> a;           // [C] working score term (1-lam) s_c; -inf = unavailable
     std::vector<double> v;           // [C] candidate values of one step
     std::vector<double> a_orig;      // [C] score terms before any pick
-    std::vector<double> gmax;        // [G] largest table entry per genre this step
+    std::vector<std::uint32_t> genre_max_slot;  // [G] slot of the genre's largest-weight entry
+    std::vector<double> genre_max_w;   // [G] that weight
     std::vector<double> top;         // the width largest of gmax
     std::vector<std::uint8_t> picked;  // [C]
     std::vector<std::uint32_t> idx;  // [C * width] table indices (0 = the zero entry)
@@ -678,7 +679,13 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     sc.entry_cw.clear();
     sc.entry_lp.clear();
     sc.entry_w.clear();
+    sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
+    sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
     auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
+        if (w > sc.genre_max_w[static_cast<std::size_t>(g)]) {
+            sc.genre_max_w[static_cast<std::size_t>(g)] = w;
+            sc.genre_max_slot[static_cast<std::size_t>(g)] = slot;
+        }
         sc.entry_slot.push_back(slot);
         sc.entry_genre.push_back(g);
         sc.entry_w.push_back(w);
@@ -765,7 +772,6 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
 
     sc.W.assign(static_cast<std::size_t>(G), 0.0);
     sc.den.assign(static_cast<std::size_t>(G), 0.0);
-    sc.gmax.assign(static_cast<std::size_t>(G), 0.0);
     double* Wg = sc.W.data();
     double* den = sc.den.data();
     std::int64_t finite_left = n_finite;
@@ -803,21 +809,19 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         } else if (sorted && !phase2 && C > kSortedChunk) {
             // Bound on any candidate's table sum: its genres are distinct, so at most the sum of
             // the `width` largest per-genre maxima (entries are >= 0).
-            double* gmax = sc.gmax.data();
-            for (std::int32_t g : sc.used_genres) gmax[g] = 0.0;
-            for (std::size_t e = 0; e < n_entries; ++e) {
-                const std::int32_t g = sc.entry_genre[e];
-                const double x = T[sc.entry_slot[e]];
-                gmax[g] = x > gmax[g] ? x : gmax[g];
-            }
+            // A genre's largest entry is its largest-weight one (entries grow with w).
             sc.top.assign(static_cast<std::size_t>(width), 0.0);
+            double* top = sc.top.data();
             for (std::int32_t g : sc.used_genres) {
-                double x = gmax[g];
-                for (auto& y : sc.top)
-                    if (x > y) std::swap(x, y);
+                double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                for (std::int32_t j = 0; j < width; ++j) {  // branch-free insertion, largest first
+                    const double hi = x > top[j] ? x : top[j];
+                    x = x > top[j] ? top[j] : x;
+                    top[j] = hi;
+                }
             }
             double bound = 0.0;
-            for (double y : sc.top) bound += y;
+            for (std::int32_t j = 0; j < width; ++j) bound += top[j];
             bound = bound * (1.0 + kBoundSlack);
             bi = use16 ? detail::scan_best_sorted(a, a_orig, sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
                        : detail::scan_best_sorted(a, a_orig, idx, stride, width, T, C, sc.v.data(), bound);
@@ -847,6 +851,55 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     }
     finish();
     return err;
+}
+
+// work floor ////////////////////////////////////////////////////////////////////////////////
+
+// work_floor runs only the arithmetic every greedy step needs, for a benchmark's reference:
+// per user and step, n_entries logs into a table and a full scan of C candidates with `width`
+// packed 16-bit slots each (then the argmax), on synthetic slots; no input checks, set-up or
+// bookkeeping. logs_only skips the scan. Returns a checksum so nothing is optimised away.
+inline double work_floor(std::int64_t U, std::int64_t C, std::int64_t k, int width, int n_entries, bool logs_only,
+                         int num_threads) {
+    const std::size_t chunks = (static_cast<std::size_t>(U) + kRerankGrain - 1) / kRerankGrain;
+    std::vector<double> sums(chunks, 0.0);
+    parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
+        std::vector<std::uint16_t> idx(static_cast<std::size_t>(C) * 4, 0);
+        std::vector<double> a(static_cast<std::size_t>(C)), v(static_cast<std::size_t>(C));
+        std::vector<double> T(static_cast<std::size_t>(n_entries) + 1, 0.0);
+        std::uint64_t x = 0x9e3779b97f4a7c15ull * (b + 1);
+        for (std::int64_t c = 0; c < C; ++c) {
+            for (int j = 0; j < width; ++j) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                idx[static_cast<std::size_t>(c * 4 + j)] = static_cast<std::uint16_t>(1 + x % static_cast<std::uint64_t>(n_entries));
+            }
+            a[static_cast<std::size_t>(c)] = static_cast<double>(x % 1000) * 1e-3;
+        }
+        double acc = 0.0;
+        for (std::size_t u = b; u < e; ++u) {
+            for (std::int64_t t = 0; t < k; ++t) {
+                const double o = 0.01 * static_cast<double>(t + 1) + static_cast<double>(u % 7) * 1e-3;
+                for (int i = 1; i <= n_entries; ++i) T[static_cast<std::size_t>(i)] = 0.1 * std::log(1.0 + static_cast<double>(i) / o);
+                if (logs_only) {
+                    acc += T[1];
+                    continue;
+                }
+                std::int64_t bi;
+                switch (width) {
+                    case 1: detail::scan_values_packed<1>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    case 2: detail::scan_values_packed<2>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    case 3: detail::scan_values_packed<3>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    default: detail::scan_values_packed<4>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                }
+                bi = detail::argmax_first(v.data(), C);
+                acc += static_cast<double>(bi);
+            }
+        }
+        sums[b / kRerankGrain] = acc;
+    });
+    double total = 0.0;
+    for (double x : sums) total += x;
+    return total;
 }
 
 // calibrated_batch reranks U users: scores [U, C], cand [U, C] or nullptr, target [U, G], all
