@@ -914,7 +914,9 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
     std::vector<RerankError> errs(chunks);
     const std::int64_t G = items.n_genres;
     detail::ItemKeys keys;
-    if (prm.lam > 0.0) detail::build_item_keys(items, C, keys);
+    // The per-item key table costs O(n_items) per call: worth it when the batch touches at
+    // least as many candidate slots as there are items (else per-user compaction).
+    if (prm.lam > 0.0 && U * C >= items.n_items) detail::build_item_keys(items, C, keys);
     parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
         detail::Scratch sc;
         for (std::size_t uu = b; uu < e; ++uu) {
