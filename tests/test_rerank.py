@@ -103,6 +103,42 @@ def test_matches_reference_medium():
         assert got.tolist() == want
 
 
+def _sort_rows(scores, cand):
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return (np.ascontiguousarray(np.take_along_axis(scores, order, axis=1)),
+            np.ascontiguousarray(np.take_along_axis(cand, order, axis=1)))
+
+
+def test_score_sorted_rows_match_reference():
+    # Rows sorted by score take the bounded scan (C > 32): same lists as the reference.
+    rng = np.random.default_rng(21)
+    for lam, alpha in ((0.5, 0.01), (0.9, 0.01), (0.2, 0.3), (0.99, 0.001)):
+        scores, item_dist, target, cand, k = random_instance(rng, U=2, C=70, G=8, n_items=90, k=8)
+        scores, cand = _sort_rows(scores, cand)
+        want, gap = ref.greedy(scores, item_dist.tolist(), target, k, lam, alpha, cand)
+        assert gap > 1e-9
+        got = rerank.calibrated(scores, item_dist, target, k, lam=lam, alpha=alpha, candidates=cand)
+        assert got.tolist() == want
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
+def test_score_sorted_equals_shuffled(scale):
+    # The bounded scan (sorted rows) and the full scan (shuffled rows) give the same item lists,
+    # whether scores or the KL term dominate.
+    rng = np.random.default_rng(int(scale * 100))
+    scores, item_dist, target, cand, k = random_instance(rng, U=300, C=200, G=12, n_items=400, k=15)
+    scores = scores * scale
+    scores[::7, -20:] = -np.inf  # -inf tails (k stays below the finite count)
+    s_sorted, c_sorted = _sort_rows(scores, cand)
+    perm = np.argsort(rng.random(scores.shape), axis=1)
+    s_shuf = np.ascontiguousarray(np.take_along_axis(s_sorted, perm, axis=1))
+    c_shuf = np.ascontiguousarray(np.take_along_axis(c_sorted, perm, axis=1))
+    for lam in (0.3, 0.7):
+        a = rerank.calibrated(s_sorted, item_dist, target, k, lam=lam, candidates=c_sorted)
+        b = rerank.calibrated(s_shuf, item_dist, target, k, lam=lam, candidates=c_shuf)
+        assert np.array_equal(a, b)
+
+
 def test_objective_and_miscalibration_returned():
     rng = np.random.default_rng(3)
     scores, item_dist, target, cand, k = random_instance(rng)
@@ -405,3 +441,32 @@ def test_topk_nan_large_k():
     s[2, 4000] = np.nan
     with pytest.raises(ValueError, match="scores row 2 holds NaN"):
         rerank.topk(s, 500)
+
+
+@st.composite
+def sorted_instances(draw):
+    """Rows sorted by score with C > 32 (the bounded scan), one user, small k."""
+    G = draw(st.integers(1, 6))
+    n_items = draw(st.integers(33, 60))
+    item_genres = [draw(st.lists(st.integers(0, G - 1), min_size=1, max_size=3, unique=True))
+                   for _ in range(n_items)]
+    C = draw(st.integers(33, n_items))
+    k = draw(st.integers(1, 6))
+    spread = draw(st.sampled_from([0.01, 0.3, 3.0]))
+    scores = np.sort(np.array(draw(st.lists(st.floats(-1, 1), min_size=C, max_size=C))) * spread)[::-1][None, :]
+    tgt = np.array([[draw(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0])) for _ in range(G)]])
+    assume(tgt.sum() > 0)
+    return dict(scores=np.ascontiguousarray(scores), item_dist=rerank.genre_distribution(item_genres, n_genres=G),
+                target=tgt / tgt.sum(), k=k, lam=draw(st.floats(0.01, 0.99)),
+                alpha=draw(st.sampled_from([0.01, 0.1])))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(sorted_instances())
+def test_sorted_rows_match_reference(inst):
+    want, gap = ref.greedy(inst["scores"], inst["item_dist"].tolist(), inst["target"], inst["k"], inst["lam"],
+                           inst["alpha"])
+    assume(gap > 1e-9)
+    got = rerank.calibrated(inst["scores"], inst["item_dist"], inst["target"], inst["k"], lam=inst["lam"],
+                            alpha=inst["alpha"])
+    assert got.tolist() == want

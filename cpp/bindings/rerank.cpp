@@ -186,6 +186,21 @@ void bind_rerank(py::module_& m) {
         "Private: calibrated greedy rerank over a CSR item distribution (see embtab.rerank.calibrated).");
 
     m.def(
+        "_rerank_work_floor",
+        [](std::int64_t U, std::int64_t C, std::int64_t k, int width, int n_entries, bool logs_only,
+           int num_threads) {
+            check_threads(num_threads);
+            if (U < 0 || C < 1 || k < 1 || width < 1 || width > 4 || n_entries < 1 || n_entries > 65535)
+                throw py::value_error("_rerank_work_floor: need U >= 0, C >= 1, k >= 1, 1 <= width <= 4, "
+                                      "1 <= n_entries <= 65535");
+            py::gil_scoped_release release;
+            return embtab::work_floor(U, C, k, width, n_entries, logs_only, num_threads);
+        },
+        py::arg("U"), py::arg("C"), py::arg("k"), py::arg("width"), py::arg("n_entries"), py::arg("logs_only"),
+        py::arg("num_threads") = 1,
+        "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
+
+    m.def(
         "topk",
         [](const py::object& scores_obj, std::int64_t k, int num_threads) -> py::tuple {
             check_threads(num_threads);

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -55,6 +56,11 @@ namespace embtab {
 
 // kRerankGrain: users per parallel_for chunk (chunk bounds do not depend on the thread count).
 inline constexpr std::size_t kRerankGrain = 64;
+// kSortedChunk: candidates per chunk in the bounded scan of score-sorted rows.
+inline constexpr std::int64_t kSortedChunk = 32;
+// kBoundSlack: relative slack on the table-sum bound, covering the rounding of the candidate's
+// own sum (at most width - 1 additions of non-negative terms).
+inline constexpr double kBoundSlack = 1e-12;
 // kTopkGrain: score rows per parallel_for chunk in topk.
 inline constexpr std::size_t kTopkGrain = 16;
 // kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a radix select above.
@@ -106,6 +112,11 @@ using Idx32 = std::uint32_t;
 // Scratch holds one thread's per-user work arrays; sized once per chunk, reused per user.
 struct Scratch {
     std::vector<double> a;           // [C] working score term (1-lam) s_c; -inf = unavailable
+    std::vector<double> v;           // [C] candidate values of one step
+    std::vector<double> a_orig;      // [C] score terms before any pick
+    std::vector<std::uint32_t> genre_max_slot;  // [G] slot of the genre's largest-weight entry
+    std::vector<double> genre_max_w;   // [G] that weight
+    std::vector<double> top;         // the width largest of gmax
     std::vector<std::uint8_t> picked;  // [C]
     std::vector<std::uint32_t> idx;  // [C * width] table indices (0 = the zero entry)
     std::vector<std::uint16_t> idx16;
@@ -122,7 +133,7 @@ struct Scratch {
     std::vector<std::uint8_t> genre_used;  // [G]
     std::vector<double> W;           // [G] summed weight in the list
     std::vector<double> den;         // [G]
-    std::vector<std::int32_t> item;  // [C] item id per candidate
+    std::vector<std::int64_t> item;  // [C] item id per candidate
 };
 
 // ItemKeys gives every item a fixed-width list of global table keys key = g * D + d + 1
@@ -132,7 +143,8 @@ struct Scratch {
 struct ItemKeys {
     bool enabled = false;
     std::size_t n_slots = 0;             // G * D + 1
-    std::vector<std::uint16_t> keys;     // [n_items * width]
+    int stride = 0;                      // width rounded up to 4 (packed loads), or width if > 4
+    std::vector<std::uint16_t> keys;     // [n_items * stride]
     std::vector<std::int32_t> key_genre;  // [n_slots]
     std::vector<double> key_w;           // [n_slots]
     std::vector<std::uint16_t> present;  // keys used by some item, ascending
@@ -141,17 +153,19 @@ struct ItemKeys {
 // build_item_keys fills `out` for items (width = max(1, max_nnz)) when the conditions hold.
 inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out) {
     const std::int64_t width = std::max<std::int32_t>(1, items.max_nnz);
+    const std::int64_t stride = width <= 4 ? 4 : width;
     const std::int64_t slots = static_cast<std::int64_t>(items.n_genres) * items.n_weights + 1;
     if (slots > 65535) return;
+    out.stride = static_cast<int>(stride);
     std::vector<std::uint8_t> seen(static_cast<std::size_t>(slots), 0);
-    out.keys.assign(static_cast<std::size_t>(items.n_items * width), 0);
+    out.keys.assign(static_cast<std::size_t>(items.n_items * stride), 0);
     out.key_genre.assign(static_cast<std::size_t>(slots), 0);
     out.key_w.assign(static_cast<std::size_t>(slots), 0.0);
     for (std::int64_t i = 0; i < items.n_items; ++i) {
         std::int64_t j = 0;
         for (std::int64_t e = items.indptr[i]; e < items.indptr[i + 1]; ++e, ++j) {
             const std::int64_t key = static_cast<std::int64_t>(items.genre[e]) * items.n_weights + items.wclass[e] + 1;
-            out.keys[static_cast<std::size_t>(i * width + j)] = static_cast<std::uint16_t>(key);
+            out.keys[static_cast<std::size_t>(i * stride + j)] = static_cast<std::uint16_t>(key);
             out.key_genre[static_cast<std::size_t>(key)] = items.genre[e];
             out.key_w[static_cast<std::size_t>(key)] = items.weights[items.wclass[e]];
             seen[static_cast<std::size_t>(key)] = 1;
@@ -165,71 +179,120 @@ inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out
     out.enabled = true;
 }
 
-// scan_best returns the first index c (in order) maximising a[c] + sum of the width table
-// entries of c, or -1 when every value is -inf or below. Assumes width == W (compile time).
+// argmax_first returns the first c with v[c] equal to the largest value of v[0..C), or -1
+// when that value is -inf (or C == 0). NaN never wins. Four independent running maxima keep the
+// loop free of a long dependency chain; the second loop stops at the first match.
+inline std::int64_t argmax_first(const double* v, std::int64_t C) {
+    double m0 = kNegInf, m1 = kNegInf, m2 = kNegInf, m3 = kNegInf;
+    std::int64_t c = 0;
+    for (; c + 4 <= C; c += 4) {
+        m0 = v[c] > m0 ? v[c] : m0;
+        m1 = v[c + 1] > m1 ? v[c + 1] : m1;
+        m2 = v[c + 2] > m2 ? v[c + 2] : m2;
+        m3 = v[c + 3] > m3 ? v[c + 3] : m3;
+    }
+    for (; c < C; ++c) m0 = v[c] > m0 ? v[c] : m0;
+    m0 = m1 > m0 ? m1 : m0;
+    m2 = m3 > m2 ? m3 : m2;
+    const double m = m2 > m0 ? m2 : m0;
+    if (!(m > kNegInf)) return -1;
+    for (c = 0; c < C; ++c)
+        if (v[c] == m) return c;
+    return -1;
+}
+
+// scan_values writes v[c] = a[c] + (sum of candidate c's W table entries, in slot order) for
+// every candidate; candidate c's slots are idx[c * stride + 0 .. W). W == 0: runtime width.
 template <int W, class I>
-inline std::int64_t scan_best(const double* a, const I* idx, const double* t, std::int64_t C,
-                              double& best_out) {
-    double best = kNegInf;
-    std::int64_t bi = -1;
+inline void scan_values(const double* a, const I* idx, int stride, int width, const double* t, std::int64_t C,
+                        double* v) {
     for (std::int64_t c = 0; c < C; ++c) {
-        const I* ix = idx + c * W;
+        const I* ix = idx + c * stride;
         double kl = t[ix[0]];
-        if constexpr (W > 1) kl += t[ix[1]];
-        if constexpr (W > 2) kl += t[ix[2]];
-        if constexpr (W > 3) kl += t[ix[3]];
-        const double v = a[c] + kl;
-        if (v > best) {
-            best = v;
-            bi = c;
+        if constexpr (W == 0) {
+            for (int j = 1; j < width; ++j) kl += t[ix[j]];
+        } else {
+            if constexpr (W > 1) kl += t[ix[1]];
+            if constexpr (W > 2) kl += t[ix[2]];
+            if constexpr (W > 3) kl += t[ix[3]];
         }
+        v[c] = a[c] + kl;
     }
-    best_out = best;
-    return bi;
 }
 
-// scan_best_dyn is scan_best for any width.
-template <class I>
-inline std::int64_t scan_best_dyn(const double* a, const I* idx, const double* t, std::int64_t C,
-                                  int width, double& best_out) {
-    double best = kNegInf;
-    std::int64_t bi = -1;
+// scan_values_packed is scan_values for 16-bit slots at stride 4: one 8-byte load per candidate.
+template <int W>
+inline void scan_values_packed(const double* a, const std::uint16_t* idx, const double* t, std::int64_t C,
+                               double* v) {
+    static_assert(W >= 1 && W <= 4, "packed slots hold up to 4 entries");
     for (std::int64_t c = 0; c < C; ++c) {
-        const I* ix = idx + c * width;
-        double kl = t[ix[0]];
-        for (int j = 1; j < width; ++j) kl += t[ix[j]];
-        const double v = a[c] + kl;
-        if (v > best) {
-            best = v;
-            bi = c;
-        }
+        std::uint64_t q;
+        std::memcpy(&q, idx + c * 4, sizeof q);
+        double kl = t[q & 0xffffu];
+        if constexpr (W > 1) kl += t[(q >> 16) & 0xffffu];
+        if constexpr (W > 2) kl += t[(q >> 32) & 0xffffu];
+        if constexpr (W > 3) kl += t[q >> 48];
+        v[c] = a[c] + kl;
     }
-    best_out = best;
-    return bi;
 }
 
+// scan_best returns the first candidate maximising a[c] + its table sum (-1 if all are -inf);
+// v [C] is scratch.
 template <class I>
-inline std::int64_t scan_dispatch(const double* a, const I* idx, const double* t, std::int64_t C,
-                                  int width) {
-    double b;
+inline std::int64_t scan_best(const double* a, const I* idx, int stride, int width, const double* t,
+                              std::int64_t C, double* v) {
+    if constexpr (std::is_same_v<I, std::uint16_t>) {
+        if (stride == 4) {
+            switch (width) {
+                case 1: scan_values_packed<1>(a, idx, t, C, v); break;
+                case 2: scan_values_packed<2>(a, idx, t, C, v); break;
+                case 3: scan_values_packed<3>(a, idx, t, C, v); break;
+                default: scan_values_packed<4>(a, idx, t, C, v); break;
+            }
+            return argmax_first(v, C);
+        }
+    }
     switch (width) {
-        case 1: return scan_best<1>(a, idx, t, C, b);
-        case 2: return scan_best<2>(a, idx, t, C, b);
-        case 3: return scan_best<3>(a, idx, t, C, b);
-        case 4: return scan_best<4>(a, idx, t, C, b);
-        default: return scan_best_dyn(a, idx, t, C, width, b);
+        case 1: scan_values<1>(a, idx, stride, width, t, C, v); break;
+        case 2: scan_values<2>(a, idx, stride, width, t, C, v); break;
+        case 3: scan_values<3>(a, idx, stride, width, t, C, v); break;
+        case 4: scan_values<4>(a, idx, stride, width, t, C, v); break;
+        default: scan_values<0>(a, idx, stride, width, t, C, v); break;
     }
+    return argmax_first(v, C);
+}
+
+// scan_best_sorted is scan_best for rows whose score terms are non-increasing (a_orig, the
+// score terms before any pick): chunks of kSortedChunk candidates are scanned in order, and the
+// scan stops before a chunk whose first candidate cannot beat the best so far even with the
+// largest possible table sum `bound` (the later ones have no larger score term). Same result as
+// scan_best: a stopped-at candidate's value is <= a_orig + bound < best, strictly.
+template <class I>
+inline std::int64_t scan_best_sorted(const double* a, const double* a_orig, const I* idx, int stride, int width,
+                                     const double* t, std::int64_t C, double* v, double bound) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
+        if (a_orig[c0] + bound < best) break;
+        const std::int64_t n = std::min<std::int64_t>(kSortedChunk, C - c0);
+        const std::int64_t j = scan_best(a + c0, idx + c0 * stride, stride, width, t, n, v + c0);
+        if (j >= 0 && v[c0 + j] > best) {
+            best = v[c0 + j];
+            bi = c0 + j;
+        }
+    }
+    return bi;
 }
 
 // scan_alpha0 is the alpha == 0 step while `uncovered` categories with p_g > 0 are missing:
 // only candidates whose cov sum equals `uncovered` have a finite objective.
 template <class I>
 inline std::int64_t scan_alpha0(const double* a, const I* idx, const double* t, const double* cov,
-                                std::int64_t C, int width, double uncovered) {
+                                std::int64_t C, int width, int stride, double uncovered) {
     double best = kNegInf;
     std::int64_t bi = -1;
     for (std::int64_t c = 0; c < C; ++c) {
-        const I* ix = idx + c * width;
+        const I* ix = idx + c * stride;
         double kl = t[ix[0]];
         double nc = cov[ix[0]];
         for (int j = 1; j < width; ++j) {
@@ -515,32 +578,49 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
 
     // Score terms; count finite candidates; reject NaN and +inf.
     sc.a.resize(static_cast<std::size_t>(C));
+    sc.v.resize(static_cast<std::size_t>(C));
+    sc.a_orig.resize(static_cast<std::size_t>(C));
     sc.picked.assign(static_cast<std::size_t>(C), 0);
     sc.item.resize(static_cast<std::size_t>(C));
     double* a = sc.a.data();
     std::int64_t n_finite = 0;
-    const double one_m_lam = 1.0 - lam;
+    const double one_m_lam = lam < 1.0 ? 1.0 - lam : 0.0;
+    // Branch-free checks over the row; the slow loops below only name the culprit.
+    bool bad_score = false, bad_item = false;
+    constexpr double kPosInf = std::numeric_limits<double>::infinity();
+    const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
+    std::int64_t* item = sc.item.data();
+    bool sorted = true;
+    double prev = kPosInf;
+    double* a_orig = sc.a_orig.data();
     for (std::int64_t c = 0; c < C; ++c) {
         const double x = static_cast<double>(s[c]);
-        if (x != x || x == std::numeric_limits<double>::infinity()) {
-            err.status = x != x ? RerankStatus::nan_score : RerankStatus::posinf_score;
-            err.row = 0;  // the caller fills the row
-            err.col = c;
-            return err;
-        }
+        bad_score |= (x != x) | (x == kPosInf);
+        sorted &= x <= prev;
+        prev = x;
         const bool fin = x != kNegInf;
         n_finite += fin;
-        a[c] = fin ? (lam < 1.0 ? one_m_lam * x : 0.0) : kNegInf;
-    }
-    for (std::int64_t c = 0; c < C; ++c) {
+        a[c] = fin ? one_m_lam * x : kNegInf;
+        a_orig[c] = a[c];
         const std::int64_t it = cand ? cand[c] : c;
-        if (it < 0 || it >= items.n_items) {
-            err.status = RerankStatus::bad_candidate;
+        bad_item |= static_cast<std::uint64_t>(it) >= n_items;
+        item[c] = it;
+    }
+    if (bad_score || bad_item) {
+        for (std::int64_t c = 0; c < C; ++c) {
+            const double x = static_cast<double>(s[c]);
+            const std::int64_t it = cand ? cand[c] : c;
+            if (x != x || x == kPosInf) {
+                err.status = x != x ? RerankStatus::nan_score : RerankStatus::posinf_score;
+            } else if (it < 0 || it >= items.n_items) {
+                err.status = RerankStatus::bad_candidate;
+                err.value = it;
+            } else {
+                continue;
+            }
             err.col = c;
-            err.value = it;
             return err;
         }
-        sc.item[static_cast<std::size_t>(c)] = static_cast<std::int32_t>(it);
     }
 
     auto finish = [&](void) {
@@ -599,7 +679,13 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     sc.entry_cw.clear();
     sc.entry_lp.clear();
     sc.entry_w.clear();
+    sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
+    sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
     auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
+        if (w > sc.genre_max_w[static_cast<std::size_t>(g)]) {
+            sc.genre_max_w[static_cast<std::size_t>(g)] = w;
+            sc.genre_max_slot[static_cast<std::size_t>(g)] = slot;
+        }
         sc.entry_slot.push_back(slot);
         sc.entry_genre.push_back(g);
         sc.entry_w.push_back(w);
@@ -610,7 +696,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             sc.used_genres.push_back(g);
         }
     };
-    const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(width);
+    const int stride = width <= 4 ? 4 : width;
+    const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(stride);
     std::size_t n_slots;  // table size including the zero slot
     bool use16;
     if (keys && keys->enabled) {
@@ -625,9 +712,13 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.idx16.resize(n_idx);
         std::uint16_t* ix = sc.idx16.data();
         const std::uint16_t* ik = keys->keys.data();
-        for (std::int64_t c = 0; c < C; ++c) {
-            const std::uint16_t* src = ik + static_cast<std::int64_t>(sc.item[static_cast<std::size_t>(c)]) * width;
-            for (std::int32_t j = 0; j < width; ++j) ix[c * width + j] = src[j];
+        if (stride == 4) {
+            for (std::int64_t c = 0; c < C; ++c)
+                std::memcpy(ix + c * 4, ik + sc.item[static_cast<std::size_t>(c)] * 4, 4 * sizeof(std::uint16_t));
+        } else {
+            for (std::int64_t c = 0; c < C; ++c)
+                std::memcpy(ix + c * stride, ik + sc.item[static_cast<std::size_t>(c)] * stride,
+                            static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
         }
     } else {
         // Per-user slots (any number of distinct weights): compact the (g, d) keys in use.
@@ -641,7 +732,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         std::uint32_t next = 1;
         for (std::int64_t c = 0; c < C; ++c) {
             const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
-            std::uint32_t* ix = idx + c * width;
+            std::uint32_t* ix = idx + c * stride;
             std::int32_t j = 0;
             for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
                 const std::int32_t g = items.genre[e];
@@ -656,7 +747,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 }
                 ix[j++] = static_cast<std::uint32_t>(sc.local[key]);
             }
-            for (; j < width; ++j) ix[j] = 0;
+            for (; j < stride; ++j) ix[j] = 0;
         }
         n_slots = next;
         use16 = n_slots <= 65536;
@@ -696,8 +787,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         const double t1 = static_cast<double>(t + 1);
         for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
         const bool a0 = alpha0 && uncovered > 0.0;
-        for (std::size_t e = 0; e < n_entries; ++e) {
-            const std::uint32_t slot = sc.entry_slot[e];
+        // refresh computes entry e (table slot `slot`) at this step.
+        auto refresh = [&](std::size_t e, std::uint32_t slot) {
             const double o = den[sc.entry_genre[e]];
             if (a0 && o == 0.0) {
                 // uncovered genre: the entry carries lam p_g ln(w / (t+1)); cov marks it
@@ -709,14 +800,34 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 T[slot] = sc.entry_lp[e] * (r < 1e300 ? std::log(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
                 if (alpha0) sc.cov[slot] = 0.0;
             }
-        }
+        };
         std::int64_t bi;
+        for (std::size_t e = 0; e < n_entries; ++e) refresh(e, sc.entry_slot[e]);
         if (a0) {
-            bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, uncovered)
-                       : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, uncovered);
+            bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, stride, uncovered)
+                       : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, stride, uncovered);
+        } else if (sorted && !phase2 && C > kSortedChunk) {
+            // Bound on any candidate's table sum: its genres are distinct, so at most the sum of
+            // the `width` largest per-genre maxima (entries are >= 0).
+            // A genre's largest entry is its largest-weight one (entries grow with w).
+            sc.top.assign(static_cast<std::size_t>(width), 0.0);
+            double* top = sc.top.data();
+            for (std::int32_t g : sc.used_genres) {
+                double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                for (std::int32_t j = 0; j < width; ++j) {  // branch-free insertion, largest first
+                    const double hi = x > top[j] ? x : top[j];
+                    x = x > top[j] ? top[j] : x;
+                    top[j] = hi;
+                }
+            }
+            double bound = 0.0;
+            for (std::int32_t j = 0; j < width; ++j) bound += top[j];
+            bound = bound * (1.0 + kBoundSlack);
+            bi = use16 ? detail::scan_best_sorted(a, a_orig, sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
+                       : detail::scan_best_sorted(a, a_orig, idx, stride, width, T, C, sc.v.data(), bound);
         } else {
-            bi = use16 ? detail::scan_dispatch(a, sc.idx16.data(), T, C, width)
-                       : detail::scan_dispatch(a, idx, T, C, width);
+            bi = use16 ? detail::scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
+                       : detail::scan_best(a, idx, stride, width, T, C, sc.v.data());
         }
         if (bi < 0) {
             // every available value is -inf (alpha == 0): the lowest unpicked index wins
@@ -742,6 +853,55 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     return err;
 }
 
+// work floor ////////////////////////////////////////////////////////////////////////////////
+
+// work_floor runs only the arithmetic every greedy step needs, for a benchmark's reference:
+// per user and step, n_entries logs into a table and a full scan of C candidates with `width`
+// packed 16-bit slots each (then the argmax), on synthetic slots; no input checks, set-up or
+// bookkeeping. logs_only skips the scan. Returns a checksum so nothing is optimised away.
+inline double work_floor(std::int64_t U, std::int64_t C, std::int64_t k, int width, int n_entries, bool logs_only,
+                         int num_threads) {
+    const std::size_t chunks = (static_cast<std::size_t>(U) + kRerankGrain - 1) / kRerankGrain;
+    std::vector<double> sums(chunks, 0.0);
+    parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
+        std::vector<std::uint16_t> idx(static_cast<std::size_t>(C) * 4, 0);
+        std::vector<double> a(static_cast<std::size_t>(C)), v(static_cast<std::size_t>(C));
+        std::vector<double> T(static_cast<std::size_t>(n_entries) + 1, 0.0);
+        std::uint64_t x = 0x9e3779b97f4a7c15ull * (b + 1);
+        for (std::int64_t c = 0; c < C; ++c) {
+            for (int j = 0; j < width; ++j) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                idx[static_cast<std::size_t>(c * 4 + j)] = static_cast<std::uint16_t>(1 + x % static_cast<std::uint64_t>(n_entries));
+            }
+            a[static_cast<std::size_t>(c)] = static_cast<double>(x % 1000) * 1e-3;
+        }
+        double acc = 0.0;
+        for (std::size_t u = b; u < e; ++u) {
+            for (std::int64_t t = 0; t < k; ++t) {
+                const double o = 0.01 * static_cast<double>(t + 1) + static_cast<double>(u % 7) * 1e-3;
+                for (int i = 1; i <= n_entries; ++i) T[static_cast<std::size_t>(i)] = 0.1 * std::log(1.0 + static_cast<double>(i) / o);
+                if (logs_only) {
+                    acc += T[1];
+                    continue;
+                }
+                std::int64_t bi;
+                switch (width) {
+                    case 1: detail::scan_values_packed<1>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    case 2: detail::scan_values_packed<2>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    case 3: detail::scan_values_packed<3>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                    default: detail::scan_values_packed<4>(a.data(), idx.data(), T.data(), C, v.data()); break;
+                }
+                bi = detail::argmax_first(v.data(), C);
+                acc += static_cast<double>(bi);
+            }
+        }
+        sums[b / kRerankGrain] = acc;
+    });
+    double total = 0.0;
+    for (double x : sums) total += x;
+    return total;
+}
+
 // calibrated_batch reranks U users: scores [U, C], cand [U, C] or nullptr, target [U, G], all
 // row-major; writes out [U, k] (candidate positions, or item ids when cand is given) and the
 // optional obj [U] / miscal [U]. Returns the first bad input by (row, col), status ok if none.
@@ -754,7 +914,9 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
     std::vector<RerankError> errs(chunks);
     const std::int64_t G = items.n_genres;
     detail::ItemKeys keys;
-    if (prm.lam > 0.0) detail::build_item_keys(items, C, keys);
+    // The per-item key table costs O(n_items) per call: worth it when the batch touches at
+    // least as many candidate slots as there are items (else per-user compaction).
+    if (prm.lam > 0.0 && U * C >= items.n_items) detail::build_item_keys(items, C, keys);
     parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
         detail::Scratch sc;
         for (std::size_t uu = b; uu < e; ++uu) {
