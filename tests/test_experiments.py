@@ -217,3 +217,23 @@ def test_movielens_smoke():
     assert res["dataset"]["users"] == 943 and res["dataset"]["items"] == 1682
     mf = next(r for r in res["rows"] if r["model"] == "mf")
     assert 0 <= mf["recall@10"] <= 1 and math.isfinite(mf["miscalibration@10"])
+
+
+@pytest.mark.parametrize("scaling", sorted(ex.SCORE_SCALINGS))
+def test_every_score_scaling_keeps_the_models_order_at_lambda0(session, scaling):
+    from embtab.train import score_matrix
+
+    train, _ = session.split(0)
+    model = session.model(session.config(dim=8, table="cuckoo", seed=0), "")
+    dist = ex.categories(train)[0]
+    out = ex.calibrated_lists(score_matrix(model, train).numpy(), train, dist, 30, [0.0, 0.9],
+                              score_scaling=scaling)
+    np.testing.assert_array_equal(out[0.0], recommend(model, train, 10))
+    assert out[0.9].shape == (train.n_users, 10)
+
+
+def test_unknown_score_scaling(session):
+    train, _ = session.split(0)
+    with pytest.raises(ValueError, match="score_scaling"):
+        ex.calibrated_lists(np.zeros((train.n_users, train.n_items)), train,
+                            ex.categories(train)[0], 20, [0.0], score_scaling="softmax")

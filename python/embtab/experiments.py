@@ -64,6 +64,7 @@ __all__ = [
     "EXPERIMENTS",
     "LAMBDAS",
     "ROWS_PER_ID",
+    "SCORE_SCALINGS",
     "calibrated_lists",
     "categories",
     "heldout_miscalibration",
@@ -302,21 +303,35 @@ def _user_mix(data: Interactions, item_dist: np.ndarray) -> np.ndarray:
     return np.divide(m, tot, out=np.zeros_like(m), where=tot > 0)
 
 
+#: How E3 puts candidate scores on the scale of the KL term (per user, over its C candidates).
+SCORE_SCALINGS = {
+    "minmax": ("per-user min-max over the C candidates", _minmax),
+    "raw": ("raw dot products", lambda v: v),
+    "sigmoid": ("sigmoid of the dot products", lambda v: 1.0 / (1.0 + np.exp(-v))),
+    "rank": ("1 - rank/C", lambda v: np.where(np.isfinite(v), 1.0 - np.arange(v.shape[1])
+                                              / v.shape[1], -np.inf)),
+}
+
+
 def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarray,
                      candidates: int, lams: Sequence[float], k: int = K, *,
-                     users=None) -> dict:
+                     users=None, score_scaling: str = "minmax") -> dict:
     """For each λ, calibrated top-k lists [n, k] (dense item ids) from masked scores [n, I].
 
     ``scores`` rows are the users ``users`` (default: all users of ``train``, in order).
     Candidates are the top-``candidates`` items by score; their scores are min-max scaled per
-    user; the target p is each user's training category distribution under ``item_dist``.
+    user (``score_scaling``, a key of :data:`SCORE_SCALINGS`); the target p is each user's
+    training category distribution under ``item_dist``.
     """
     from embtab import rerank
 
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
     C = min(int(candidates), scores.shape[1])
     values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
-    scaled = _minmax(values.astype(np.float64))
+    if score_scaling not in SCORE_SCALINGS:
+        raise ValueError(f"score_scaling must be one of {sorted(SCORE_SCALINGS)}, "
+                         f"got {score_scaling!r}")
+    scaled = SCORE_SCALINGS[score_scaling][1](values.astype(np.float64))
     target = _user_mix(train, item_dist)[rows]
     return {float(lam): rerank.calibrated(scaled, item_dist, target, k, lam=float(lam),
                                           alpha=ALPHA, candidates=cand)
@@ -368,14 +383,15 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
                     lams: Sequence[float] = LAMBDAS, candidates: Sequence[int] = CANDIDATES,
                     dim: int = FIXED_DIM, train_overrides: dict | None = None,
                     progress: bool = True, session: _Session | None = None,
-                    chunk: int = 4096) -> dict:
+                    chunk: int = 4096, score_scaling: str = "minmax") -> dict:
     """E3: calibrated reranking (Steck 2018) of the d=``dim`` cuckoo model's top-C candidates.
 
     One row per (λ, C, seed) with ``model = "mf+calibrated"`` (λ = 0 is the plain top-k of
     the candidates, i.e. the model's own list). Categories are the genres, or popularity bins
     when the data set has no categories (:func:`categories`); ``miscalibration@10`` of every
     row of this experiment (baselines included) is measured on the same categories. Users are
-    scored ``chunk`` at a time. Other arguments as :func:`run_dims`.
+    scored ``chunk`` at a time. ``score_scaling`` (a key of :data:`SCORE_SCALINGS`) sets how
+    the candidates' scores are scaled before reranking. Other arguments as :func:`run_dims`.
     """
     t0 = time.perf_counter()
     s = _session(dataset, train_overrides, progress, session)
@@ -396,7 +412,8 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
                 users = np.arange(start, min(start + chunk, train.n_users))
                 scores = score_matrix(model, train, users).numpy()
                 for lam, top in calibrated_lists(scores, train, item_dist, C, lams,
-                                                 users=users).items():
+                                                 users=users,
+                                                 score_scaling=score_scaling).items():
                     lists.setdefault(lam, []).append(top)
             for lam, parts in lists.items():
                 top = np.concatenate(parts)
@@ -410,7 +427,7 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     _close(bar)
     return _result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
                                       "candidates": [int(c) for c in candidates], "alpha": ALPHA,
-                                      "score_scaling": "per-user min-max over the C candidates",
+                                      "score_scaling": SCORE_SCALINGS[score_scaling][0],
                                       "categories": kind,
                                       "heldout_miscalibration": float(np.mean(heldout)),
                                       "seeds": seeds}, rows, t0)
