@@ -28,7 +28,11 @@ def mix64(x: int, seed: int) -> int:
 
 def mix64_array(ids: np.ndarray, seed: int) -> np.ndarray:
     """Vectorised :func:`mix64` over an int64 or uint64 array; returns uint64."""
-    x = np.asarray(ids).view(np.uint64) if np.asarray(ids).dtype == np.int64 else np.asarray(ids, np.uint64)
+    x = (
+        np.asarray(ids).view(np.uint64)
+        if np.asarray(ids).dtype == np.int64
+        else np.asarray(ids, np.uint64)
+    )
     with np.errstate(over="ignore"):
         x = x + np.uint64((_GOLDEN * (seed + 1)) & _MASK)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(_M1)

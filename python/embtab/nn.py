@@ -30,8 +30,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
 from embtab import _core
@@ -118,8 +118,10 @@ def _check_init(init) -> EmbeddingInit:
         return EmbeddingInit(init)
     if isinstance(init, EmbeddingInit):
         return init
-    raise TypeError(f"init must be None, 'normal', 'uniform', 'zeros' or an EmbeddingInit, "
-                    f"got {type(init).__name__}")
+    raise TypeError(
+        f"init must be None, 'normal', 'uniform', 'zeros' or an EmbeddingInit, "
+        f"got {type(init).__name__}"
+    )
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -142,8 +144,9 @@ def _id_as_int64(name: str, value) -> Optional[int]:
     return v - _U64 if v >= (1 << 63) else v
 
 
-def init_vectors(ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit,
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+def init_vectors(
+    ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
 
     Row ``i`` depends on ``(seed, ids[i])`` only.
@@ -154,8 +157,14 @@ def init_vectors(ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit,
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     out = torch.empty(n, dim, dtype=work)
     if n:
-        _core.init_vectors(np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
-                           out.numpy(), seed % _U64, init.kind, float(init.a), float(init.b))
+        _core.init_vectors(
+            np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
+            out.numpy(),
+            seed % _U64,
+            init.kind,
+            float(init.a),
+            float(init.b),
+        )
     return out if work == dtype else out.to(dtype)
 
 
@@ -165,8 +174,10 @@ def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
     dt = input.dtype
     if dt.is_floating_point or dt.is_complex or dt == torch.bool:
-        raise TypeError(f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
-                        f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}")
+        raise TypeError(
+            f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
+            f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
+        )
     t = input.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -180,14 +191,17 @@ def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
     return flat.numpy(), tuple(input.shape)
 
 
-def _check_bag_args(input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool,
-                    weight: Tensor) -> Optional[Tensor]:
+def _check_bag_args(
+    input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool, weight: Tensor
+) -> Optional[Tensor]:
     """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
     if input.dim() == 2:
         if offsets is not None:
-            raise ValueError(f"offsets must be None when input is 2-D (fixed-length bags), "
-                             f"got input shape {tuple(input.shape)} and offsets shape "
-                             f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}")
+            raise ValueError(
+                f"offsets must be None when input is 2-D (fixed-length bags), "
+                f"got input shape {tuple(input.shape)} and offsets shape "
+                f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}"
+            )
         off = None
     elif input.dim() == 1:
         if offsets is None:
@@ -201,33 +215,53 @@ def _check_bag_args(input: Tensor, offsets, per_sample_weights, mode: str, inclu
         off = offsets.detach().cpu().to(torch.int64)
         n = input.shape[0]
         if off.numel() == 0 or (include_last_offset and off.numel() < 1):
-            raise ValueError(f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}")
+            raise ValueError(
+                f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
+            )
         o = off.numpy()
         if o[0] != 0:
-            raise ValueError(f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})")
+            raise ValueError(
+                f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
+            )
         if np.any(np.diff(o) < 0):
             bad = int(np.flatnonzero(np.diff(o) < 0)[0])
-            raise ValueError(f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
-                             f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})")
+            raise ValueError(
+                f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
+                f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
+            )
         if o[-1] > n:
-            raise ValueError(f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))")
+            raise ValueError(
+                f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
+            )
         if include_last_offset and o[-1] != n:
-            raise ValueError(f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
-                             f"in input ({n}), got {int(o[-1])}")
+            raise ValueError(
+                f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
+                f"in input ({n}), got {int(o[-1])}"
+            )
     else:
-        raise ValueError(f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
-                         f"got shape {tuple(input.shape)}")
+        raise ValueError(
+            f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
+            f"got shape {tuple(input.shape)}"
+        )
     if per_sample_weights is not None:
         if not isinstance(per_sample_weights, Tensor):
-            raise TypeError(f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}")
+            raise TypeError(
+                f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}"
+            )
         if mode != "sum":
-            raise ValueError(f"per_sample_weights is only supported with mode='sum', got mode={mode!r}")
+            raise ValueError(
+                f"per_sample_weights is only supported with mode='sum', got mode={mode!r}"
+            )
         if tuple(per_sample_weights.shape) != tuple(input.shape):
-            raise ValueError(f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
-                             f"got {tuple(per_sample_weights.shape)}")
+            raise ValueError(
+                f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
+            )
         if per_sample_weights.dtype != weight.dtype:
-            raise TypeError(f"per_sample_weights must have the weight's dtype {weight.dtype}, "
-                            f"got {per_sample_weights.dtype}")
+            raise TypeError(
+                f"per_sample_weights must have the weight's dtype {weight.dtype}, "
+                f"got {per_sample_weights.dtype}"
+            )
     return off
 
 
@@ -256,6 +290,19 @@ def _optimizer_step_pre_hook(optimizer, args, kwargs):
 register_optimizer_step_pre_hook(_optimizer_step_pre_hook)
 
 
+def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
+    """Gradient `g` of a smaller weight (its last row is the old zero row) as one of `shape`."""
+    keep = min(g.shape[0], shape[0]) - 1
+    if g.is_sparse:
+        g = g.coalesce()
+        idx, val = g.indices(), g.values()
+        m = idx[0] < keep
+        return torch.sparse_coo_tensor(idx[:, m], val[m], shape, check_invariants=True)
+    out = torch.zeros(shape, dtype=g.dtype, device=g.device)
+    out[:keep] = g[:keep]
+    return out
+
+
 def _state_fill(key: str, group: dict) -> float:
     """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
     if key == "sum":
@@ -269,12 +316,29 @@ def _state_fill(key: str, group: dict) -> float:
 class _CuckooBase(nn.Module):
     """Shared machinery of CuckooEmbedding and CuckooEmbeddingBag (see their docstrings)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
-                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
-                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, on_full: Union[str, OnFull] = "grow", growth_factor: float = 2.0,
-                 min_count: int = 1, admission_eps: float = 1e-5, admission_delta: float = 0.01,
-                 init: Union[None, str, EmbeddingInit] = None, seed: int = 0, num_threads: int = 1):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        on_full: Union[str, OnFull] = "grow",
+        growth_factor: float = 2.0,
+        min_count: int = 1,
+        admission_eps: float = 1e-5,
+        admission_delta: float = 0.01,
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -287,12 +351,16 @@ class _CuckooBase(nn.Module):
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.sparse = bool(sparse)
         if _weight is not None:
-            raise ValueError("_weight is not supported: rows are handed to IDs as they are first seen; "
-                             "use init=... or CuckooEmbedding.from_pretrained(ids, embeddings)")
+            raise ValueError(
+                "_weight is not supported: rows are handed to IDs as they are first seen; "
+                "use init=... or CuckooEmbedding.from_pretrained(ids, embeddings)"
+            )
         try:
             self.on_full = OnFull(on_full)
         except ValueError:
-            raise ValueError(f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}") from None
+            raise ValueError(
+                f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}"
+            ) from None
         if not (isinstance(growth_factor, (int, float)) and growth_factor > 1.0):
             raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
         self.growth_factor = float(growth_factor)
@@ -308,8 +376,10 @@ class _CuckooBase(nn.Module):
         self.num_threads = _check_int("num_threads", num_threads, 0)
 
         R = self.num_embeddings
-        self.weight = nn.Parameter(torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
-                                   requires_grad=not _freeze)
+        self.weight = nn.Parameter(
+            torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
+            requires_grad=not _freeze,
+        )
         # The ID -> row map: row r holds ID row_ids[r] (int64 bit pattern) iff row_live[r].
         self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64))
         self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool))
@@ -332,8 +402,11 @@ class _CuckooBase(nn.Module):
     # table plumbing ---------------------------------------------------------------------------
 
     def _table_kwargs(self) -> dict:
-        return dict(max_size=self.num_embeddings if self.on_full == OnFull.ERROR else None,
-                    seed=self.seed, num_threads=self.num_threads)
+        return dict(
+            max_size=self.num_embeddings if self.on_full == OnFull.ERROR else None,
+            seed=self.seed,
+            num_threads=self.num_threads,
+        )
 
     def _new_table(self):
         t = embtab.CuckooTable(self.num_embeddings, **self._table_kwargs())
@@ -342,8 +415,13 @@ class _CuckooBase(nn.Module):
     def _rebuild_table(self):
         live = torch.nonzero(self.row_live).reshape(-1).numpy().astype(np.int64)
         keys = self.row_ids.numpy()[live]
-        self._table = embtab.CuckooTable.from_items(keys, live, num_rows=int(self.num_rows),
-                                                    capacity=self.num_embeddings, **self._table_kwargs())
+        self._table = embtab.CuckooTable.from_items(
+            keys,
+            live,
+            num_rows=int(self.num_rows),
+            capacity=self.num_embeddings,
+            **self._table_kwargs(),
+        )
 
     def _cpu_buffer_names(self):
         return [n for n in self._buffers if n != "weight"]
@@ -396,10 +474,13 @@ class _CuckooBase(nn.Module):
     # remap ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _remap(self, ids: np.ndarray) -> np.ndarray:
+    def _remap(self, ids: np.ndarray) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
-        Every argument check has happened before; on an exception nothing has changed.
+        Returns the rows and whether any of them is the zero row (torch's ``padding_idx`` is
+        passed only then: with no entry equal to it the results are the same and the sparse
+        backward skips a masking pass). Every argument check has happened before; on an
+        exception nothing has changed.
         """
         R = self.num_embeddings
         rows = self._table.lookup(ids, num_threads=self.num_threads)
@@ -440,10 +521,13 @@ class _CuckooBase(nn.Module):
                 self.row_last_step.numpy()[used] = int(self.num_steps)
             elif self.on_full == OnFull.EVICT_LFU:
                 self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
-        rows[rows < 0] = R
+        zero = rows < 0
         if pad is not None:
-            rows[pad] = R
-        return rows
+            zero |= pad
+        has_zero = bool(zero.any())
+        if has_zero:
+            rows[zero] = R
+        return rows, has_zero
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
@@ -483,15 +567,21 @@ class _CuckooBase(nn.Module):
     def _pick_victims(self, k: int, batch_rows: np.ndarray) -> np.ndarray:
         """The k live rows with the lowest (score, row) that the current batch does not use."""
         R = self.num_embeddings
-        score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy().copy()
+        score = (
+            (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count)
+            .numpy()
+            .copy()
+        )
         big = np.iinfo(np.int64).max
         score[~self.row_live.numpy()] = big
         score[batch_rows] = big
         evictable = int(np.count_nonzero(score != big))
         if evictable < k:
-            raise ValueError(f"the batch brings {k + evictable} more IDs than free rows but only "
-                             f"{evictable} rows can be evicted (rows in use by the batch stay): "
-                             f"raise num_embeddings (now {R}) or use smaller batches")
+            raise ValueError(
+                f"the batch brings {k + evictable} more IDs than free rows but only "
+                f"{evictable} rows can be evicted (rows in use by the batch stay): "
+                f"raise num_embeddings (now {R}) or use smaller batches"
+            )
         kth = np.partition(score, k - 1)[k - 1]
         below = np.flatnonzero(score < kth)
         equal = np.flatnonzero(score == kth)[: k - len(below)]
@@ -505,18 +595,13 @@ class _CuckooBase(nn.Module):
         new_w = torch.zeros(new_R + 1, self.embedding_dim, dtype=w.dtype, device=w.device)
         if keep_values:
             new_w[:keep] = w.data[:keep]
-        w.data = new_w
-        g = w.grad
-        if g is not None:
-            if g.is_sparse:
-                g = g.coalesce()
-                idx, val = g.indices(), g.values()
-                m = idx[0] < keep
-                w.grad = torch.sparse_coo_tensor(idx[:, m], val[m], new_w.shape)
-            else:
-                new_g = torch.zeros_like(new_w)
-                new_g[:keep] = g[:keep]
-                w.grad = new_g
+        new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
+        if w.grad is not None:
+            new_p.grad = _pad_rows(w.grad, new_w.shape)
+        # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
+        # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
+        # still expects the old shape while an old graph (e.g. last step's loss) is alive.
+        torch.utils.swap_tensors(w, new_p)
         for name in ("row_ids", "row_live", "row_last_step", "row_count"):
             b = self._buffers.get(name)
             if b is not None:
@@ -563,13 +648,20 @@ class _CuckooBase(nn.Module):
 
     # state ------------------------------------------------------------------------------------
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         w = state_dict.get(prefix + "weight")
-        if isinstance(w, Tensor) and w.dim() == 2 and w.shape[0] - 1 != self.num_embeddings and w.shape[0] > 1:
+        if (
+            isinstance(w, Tensor)
+            and w.dim() == 2
+            and w.shape[0] - 1 != self.num_embeddings
+            and w.shape[0] > 1
+        ):
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         self._pending_rows.clear()
         self._rebuild_table()
 
@@ -586,13 +678,15 @@ class _CuckooBase(nn.Module):
     def _load_pretrained(self, ids: Tensor, embeddings: Tensor):
         flat, _ = _as_id_array(ids, "ids")
         if embeddings.dim() != 2 or embeddings.shape != (len(flat), self.embedding_dim):
-            raise ValueError(f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
+                f"got {tuple(embeddings.shape)}"
+            )
         if len(np.unique(flat)) != len(flat):
             raise ValueError("ids must be distinct")
         was = self.training
         self.train()
-        rows = self._remap(flat)
+        rows, _ = self._remap(flat)
         self.train(was)
         with torch.no_grad():
             self.weight[torch.from_numpy(rows).to(self.weight.device)] = embeddings.to(self.weight)
@@ -640,7 +734,8 @@ class CuckooEmbedding(_CuckooBase):
     seed : int
         Seeds per-ID initialisation, the sketch and the table's hashing.
     num_threads : int
-        Threads for the remap (0 = all cores).
+        Threads for the remap (0 = all hardware threads, as CuckooTable; batches of up to
+        16,384 IDs run on the calling thread).
 
     Shape
     -----
@@ -659,8 +754,11 @@ class CuckooEmbedding(_CuckooBase):
       Equality with a pre-sized table holds for every row in ``[0, num_rows)`` and for the
       loss, for any optimizer whose per-row state is elementwise (SGD with momentum, Adagrad,
       Adam, AdamW, SparseAdam, RMSprop), weight decay included (a new ID's row and state are
-      fresh in both runs). Growth between a forward and its backward is not supported (grow
-      before, e.g. by a larger ``num_embeddings``).
+      fresh in both runs). An existing ``weight.grad`` is padded on growth (gradient
+      accumulation over several steps works), but a graph built *before* a growth cannot be
+      backpropagated after it: torch raises ``RuntimeError`` ("AccumulateGrad node that was
+      poisoned by swap_tensors"); no gradient is lost silently. Pre-size ``num_embeddings`` for
+      several forwards per backward.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
       saved size. Save and load the optimizer's state dict beside it, as usual.
@@ -669,7 +767,7 @@ class CuckooEmbedding(_CuckooBase):
 
         >>> import torch, embtab.nn
         >>> emb = embtab.nn.CuckooEmbedding(1000, 16)
-        >>> ids = torch.tensor([[2**63 + 5, 17], [17, 99]])      # raw IDs, any 64-bit values
+        >>> ids = torch.tensor([[-2**63 + 5, 17], [17, 99]])     # raw IDs, any int64 bit pattern
         >>> emb(ids).shape
         torch.Size([2, 2, 16])
         >>> emb.num_ids
@@ -678,10 +776,17 @@ class CuckooEmbedding(_CuckooBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        rows = self._remap(ids)
+        rows, has_zero = self._remap(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        return F.embedding(
+            idx,
+            self.weight,
+            self.num_embeddings if has_zero else None,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
 
     @classmethod
     def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
@@ -694,7 +799,13 @@ class CuckooEmbedding(_CuckooBase):
             >>> emb(torch.tensor([9])).tolist()
             [[0.0, 1.0]]
         """
-        m = cls(max(1, ids.numel()), embeddings.shape[1], _freeze=freeze, dtype=embeddings.dtype, **kwargs)
+        m = cls(
+            max(1, ids.numel()),
+            embeddings.shape[1],
+            _freeze=freeze,
+            dtype=embeddings.dtype,
+            **kwargs,
+        )
         m._load_pretrained(ids, embeddings)
         return m
 
@@ -733,26 +844,67 @@ class CuckooEmbeddingBag(_CuckooBase):
         torch.Size([2, 8])
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
-                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
-                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
-                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
-        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
-                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_id: Optional[int] = None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_id,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            kwargs.pop("_freeze", False),
+            device,
+            dtype,
+            **kwargs,
+        )
         self.mode = _check_mode(mode)
+        if self.mode == "max" and self.sparse:
+            raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
-    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
-                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                              self.weight)
-        rows = self._remap(ids)
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+        )
+        rows, has_zero = self._remap(ids)
         dev = self.weight.device
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
-                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+        return F.embedding_bag(
+            idx,
+            self.weight,
+            None if off is None else off.to(dev),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            self.num_embeddings if has_zero else None,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -762,11 +914,24 @@ class CuckooEmbeddingBag(_CuckooBase):
 
 
 class _HashedBase(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
-                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
-                 sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, init: Union[None, str, EmbeddingInit] = None, seed: int = 0,
-                 num_threads: int = 1):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+    ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
         self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
@@ -784,13 +949,17 @@ class _HashedBase(nn.Module):
         m, d = self.num_embeddings, self.embedding_dim
         if _weight is not None:
             if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
-                raise ValueError(f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}")
+                raise ValueError(
+                    f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}"
+                )
             w = torch.zeros(m + 1, d, dtype=_weight.dtype, device=_weight.device)
             w[:m] = _weight.detach()[:m]
         else:
             w = torch.zeros(m + 1, d, device=device, dtype=dtype)
             # Row r starts as the init vector of "ID" r: a function of (seed, r).
-            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(w.device)
+            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(
+                w.device
+            )
         self.weight = nn.Parameter(w, requires_grad=not _freeze)
 
     def rows_of(self, ids: Tensor) -> Tensor:
@@ -800,10 +969,18 @@ class _HashedBase(nn.Module):
         return torch.from_numpy(self._rows(flat)).reshape(shape)
 
     def _rows(self, flat: np.ndarray) -> np.ndarray:
+        return self._rows_flag(flat)[0]
+
+    def _rows_flag(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        """Rows and the padding_idx to pass torch (None when no entry reads the zero row)."""
         rows = _core.hashed_rows(flat, self.num_embeddings, self.seed, self.num_threads)
+        pad_idx = None
         if self._padding_i64 is not None:
-            rows[flat == self._padding_i64] = self.num_embeddings
-        return rows
+            pad = flat == self._padding_i64
+            if pad.any():
+                rows[pad] = self.num_embeddings
+                pad_idx = self.num_embeddings
+        return rows, pad_idx
 
     def collision_report(self, ids: Tensor) -> dict:
         """How much the hashing trick collides on a sample of raw IDs.
@@ -820,8 +997,13 @@ class _HashedBase(nn.Module):
         uniq, counts = np.unique(flat, return_counts=True)
         n, m = len(uniq), self.num_embeddings
         if n == 0:
-            return {"distinct_ids": 0, "rows_used": 0, "colliding_id_share": 0.0,
-                    "colliding_lookup_share": 0.0, "expected_colliding_id_share": 0.0}
+            return {
+                "distinct_ids": 0,
+                "rows_used": 0,
+                "colliding_id_share": 0.0,
+                "colliding_lookup_share": 0.0,
+                "expected_colliding_id_share": 0.0,
+            }
         rows = _core.hashed_rows(uniq, m, self.seed, self.num_threads)
         per_row = np.bincount(rows, minlength=m)
         shared = per_row[rows] > 1
@@ -862,9 +1044,17 @@ class HashedEmbedding(_HashedBase):
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(self.weight.device)
-        return F.embedding(idx, self.weight, self.num_embeddings, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, self.sparse)
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        return F.embedding(
+            idx,
+            self.weight,
+            pad_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
 
 
 class HashedEmbeddingBag(_HashedBase):
@@ -879,25 +1069,67 @@ class HashedEmbeddingBag(_HashedBase):
         torch.Size([2, 8])
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
-                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
-                 sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
-                 padding_id: Optional[int] = None, device=None, dtype=None, **kwargs):
-        super().__init__(num_embeddings, embedding_dim, padding_id, max_norm, norm_type, scale_grad_by_freq,
-                         sparse, _weight, kwargs.pop("_freeze", False), device, dtype, **kwargs)
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_id: Optional[int] = None,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_id,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            kwargs.pop("_freeze", False),
+            device,
+            dtype,
+            **kwargs,
+        )
         self.mode = _check_mode(mode)
+        if self.mode == "max" and self.sparse:
+            raise ValueError("mode='max' does not support sparse=True (as in torch)")
         self.include_last_offset = bool(include_last_offset)
 
-    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
-                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
         ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                              self.weight)
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+        )
         dev = self.weight.device
-        idx = torch.from_numpy(self._rows(ids)).reshape(shape).to(dev)
-        return F.embedding_bag(idx, self.weight, None if off is None else off.to(dev), self.max_norm,
-                               self.norm_type, self.scale_grad_by_freq, self.mode, self.sparse,
-                               per_sample_weights, self.include_last_offset, self.num_embeddings)
+        rows, pad_idx = self._rows_flag(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(dev)
+        return F.embedding_bag(
+            idx,
+            self.weight,
+            None if off is None else off.to(dev),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            pad_idx,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"

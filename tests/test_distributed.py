@@ -1,0 +1,389 @@
+"""embtab.distributed against the single-process modules, on 1-3 gloo ranks over loopback.
+
+Workers are started by ``torch.multiprocessing`` (fork: a spawned interpreter re-imports torch
+for seconds per rank on this machine) and rendezvous through a ``file://`` store under tmp_path.
+Every worker recomputes the single-process reference itself (the data is a function of the seed)
+and asserts on the IDs it owns; a failing assertion comes back through ``start_processes``.
+"""
+
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as tmp
+
+import embtab.nn
+from embtab.distributed import ShardedCommError, ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+DIM = 4
+SEED = 7
+# A small pool of raw IDs, extremes and big unsigned ones included (int64 bit patterns).
+POOL = np.array([0, 1, 2, 3, 17, 99, 12345, -1, -(2**63), 2**63 - 1, -5, 2**40 + 3,
+                 31, 64, 1000003, -77, 555, 8, 9, 10], dtype=np.int64)
+PAD = 17
+
+# The first optimizer built in a process imports torch's compiler stack (seconds); do it once
+# here, so that forked workers inherit it instead of each paying for it.
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def _start(fn, world_size, *args):
+    tmp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=True, start_method="fork")
+
+
+def _init(rank, world_size, store, timeout_s=30.0):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+
+
+def _global_batch(step, bag):
+    """The global batch of a step: (ids, targets, per-sample weights or None); a rank takes its
+    np.array_split chunk. ``bag``: False (embedding), "mean" or "sum" (bags)."""
+    rng = np.random.default_rng([SEED, step])
+    if bag:
+        ids = POOL[rng.integers(0, len(POOL), size=(7, 3))]
+    else:
+        ids = POOL[rng.integers(0, len(POOL), size=(9, 2))]
+    tgt = torch.from_numpy(rng.standard_normal((ids.shape[0],) + ((DIM,) if bag else (2, DIM)))).float()
+    psw = torch.from_numpy(rng.random(ids.shape)).float() if bag == "sum" else None
+    return torch.from_numpy(ids), tgt, psw
+
+
+def _forward(m, ids, psw):
+    return m(ids) if psw is None else m(ids, per_sample_weights=psw)
+
+
+def _loss(out, tgt):
+    return ((out - tgt) ** 2).sum() + (out ** 3).sum() * 0.01  # a sum over elements: splits over ranks
+
+
+def _make(bag, sharded, **kw):
+    common = dict(seed=SEED, num_embeddings=4, embedding_dim=DIM)
+    if bag == "mean":  # every occurrence travels (admission counts them)
+        common.update(mode="mean", padding_id=PAD, min_count=2)
+    elif bag == "sum":  # distinct IDs travel once per rank and step
+        common.update(mode="sum", padding_id=PAD)
+    if bag:
+        cls = ShardedCuckooEmbeddingBag if sharded else embtab.nn.CuckooEmbeddingBag
+    else:
+        cls = ShardedCuckooEmbedding if sharded else embtab.nn.CuckooEmbedding
+    m = cls(**common, **kw)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    return m, opt
+
+
+def _train(m, opt, steps, bag, rank=None, world_size=None, check_ref_outputs=None):
+    for step in steps:
+        ids, tgt, psw = _global_batch(step, bag)
+        if rank is not None:
+            part = np.array_split(np.arange(ids.shape[0]), world_size)[rank]
+            ids, tgt = ids[part], tgt[part]
+            psw = None if psw is None else psw[part]
+        opt.zero_grad()
+        out = _forward(m, ids, psw)
+        if check_ref_outputs is not None:
+            torch.testing.assert_close(out, check_ref_outputs[step][torch.from_numpy(part)])
+        _loss(out, tgt).backward()
+        opt.step()
+
+
+def _reference(bag, steps):
+    """Single-process module trained on the global batches; outputs per step."""
+    m, opt = _make(bag, sharded=False)
+    outs = {}
+    for step in steps:
+        ids, tgt, psw = _global_batch(step, bag)
+        opt.zero_grad()
+        out = _forward(m, ids, psw)
+        outs[step] = out.detach().clone()
+        _loss(out, tgt).backward()
+        opt.step()
+    return m, opt, outs
+
+
+def _assert_same_per_id(sharded, sopt, ref, ropt):
+    """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
+    momentum, compared by ID (rows differ)."""
+    ref_ids, ref_rows = ref._table.items()
+    ref_ids = ref_ids.view(np.int64)
+    mine = sharded.owner_of(torch.from_numpy(ref_ids)).numpy() == sharded.rank
+    sh_ids, _ = sharded.shard._table.items()
+    assert sorted(sh_ids.view(np.int64).tolist()) == sorted(ref_ids[mine].tolist())
+    rows = sharded.shard.lookup(torch.from_numpy(ref_ids[mine]))
+    rr = torch.from_numpy(ref_rows[mine])
+    torch.testing.assert_close(sharded.weight.detach()[rows], ref.weight.detach()[rr])
+    sm = sopt.state[sharded.weight]["momentum_buffer"]
+    rm = ropt.state[ref.weight]["momentum_buffer"]
+    torch.testing.assert_close(sm[rows], rm[rr])
+
+
+# forward / backward equality /////////////////////////////////////////////////////////////////
+
+
+def _w_equal(rank, world_size, store, bag):
+    _init(rank, world_size, store)
+    steps = range(5)
+    ref, ropt, outs = _reference(bag, steps)
+    m, opt = _make(bag, sharded=True)
+    assert m.dedup == (bag != "mean")
+    _train(m, opt, steps, bag, rank, world_size, check_ref_outputs=outs)
+    _assert_same_per_id(m, opt, ref, ropt)
+    # Every occurrence of an ID reaches its owner: the shards together hold every ID once.
+    n = torch.tensor([m.num_ids])
+    dist.all_reduce(n)
+    assert int(n) == ref.num_ids
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag", [False, "mean", "sum"], ids=["embedding", "bag_mean", "bag_sum"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_matches_single_process(tmp_path, world_size, bag):
+    _start(_w_equal, world_size, str(tmp_path / "store"), bag)
+
+
+def _w_eval_and_empty(rank, world_size, store):
+    _init(rank, world_size, store)
+    m, _ = _make(False, sharded=True)
+    # Rank 1 brings no IDs: the collectives still line up.
+    ids = torch.tensor([3, 99, -1]) if rank == 0 else torch.zeros(0, dtype=torch.int64)
+    out = m(ids)
+    assert out.shape == (ids.numel(), DIM)
+    m.eval()
+    out2 = m(torch.tensor([3, 424242]) if rank == 0 else torch.zeros(0, dtype=torch.int64))
+    if rank == 0:
+        torch.testing.assert_close(out2[0], out[0].detach())
+        assert torch.count_nonzero(out2[1]) == 0  # unknown in eval: the zero vector, not inserted
+    assert m.shard.lookup(torch.tensor([424242])).item() == -1
+    dist.destroy_process_group()
+
+
+def test_empty_rank_and_eval_mode(tmp_path):
+    _start(_w_eval_and_empty, 2, str(tmp_path / "store"))
+
+
+def _w_evict(rank, world_size, store):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(12, DIM, seed=SEED, on_full="evict_lru")  # 6 rows per shard
+    # The shard behaves as a standalone module fed, each step, what the shard receives: each
+    # source rank's distinct IDs that this rank owns, sources in rank order.
+    ref = embtab.nn.CuckooEmbedding(6, DIM, seed=SEED, on_full="evict_lru")
+    rng = np.random.default_rng(SEED)
+    for _ in range(8):
+        ids = torch.from_numpy(POOL[rng.integers(0, len(POOL), size=6)])
+        parts = [ids[torch.from_numpy(p)] for p in np.array_split(np.arange(6), world_size)]
+        m(parts[rank])
+        got = [np.unique(p.numpy()) for p in parts]
+        ref(torch.from_numpy(np.concatenate([g[m.owner_of(torch.from_numpy(g)).numpy() == rank] for g in got])))
+    assert m.shard.num_embeddings == 6  # evicted, never grew
+    assert m.stats()["num_evictions"] == ref.stats()["num_evictions"]
+    assert sorted(m.shard._table.items()[0].tolist()) == sorted(ref._table.items()[0].tolist())
+    ev = torch.tensor([ref.stats()["num_evictions"]])
+    dist.all_reduce(ev)
+    assert int(ev) > 0
+    dist.destroy_process_group()
+
+
+def test_eviction_per_shard(tmp_path):
+    _start(_w_evict, 2, str(tmp_path / "store"))
+
+
+def _w_ddp(rank, world_size, store):
+    _init(rank, world_size, store)
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from embtab.distributed import sharded_parameter_names
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ShardedCuckooEmbeddingBag(8, DIM, mode="sum", seed=SEED), nn.Linear(DIM, 1))
+    assert sharded_parameter_names(model) == ["0.shard.weight"] + [
+        f"0.shard.{n}" for n, _ in model[0].shard.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, sharded_parameter_names(model))
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    rng = np.random.default_rng([SEED, rank])
+    for _ in range(3):
+        opt.zero_grad()
+        ddp(torch.from_numpy(POOL[rng.integers(0, len(POOL), size=(4, 3))])).sum().backward()
+        opt.step()
+    # The dense part is averaged by DDP (identical on every rank); the shards differ.
+    w = [torch.zeros(DIM + 1) for _ in range(world_size)]
+    dist.all_gather(w, torch.cat([model[1].weight.detach().reshape(-1), model[1].bias.detach()]))
+    for x in w[1:]:
+        torch.testing.assert_close(x, w[0])
+    ids = [None] * world_size
+    dist.all_gather_object(ids, sorted(model[0].shard._table.items()[0].tolist()))
+    assert not set(ids[0]) & set(ids[1])
+    dist.destroy_process_group()
+
+
+def test_whole_model_ddp_ignoring_the_sharded_table(tmp_path):
+    _start(_w_ddp, 2, str(tmp_path / "store"))
+
+
+# checkpoint and resharding ///////////////////////////////////////////////////////////////////
+
+
+def _w_save(rank, world_size, store, ckpt, bag, steps):
+    _init(rank, world_size, store)
+    m, opt = _make(bag, sharded=True)
+    _train(m, opt, range(steps), bag, rank, world_size)
+    first = m.save(ckpt, opt)
+    path = m.save(ckpt, opt)  # a second save replaces the first, then deletes its files
+    assert re.fullmatch(rf"shard-{rank:05d}-of-{world_size:05d}\.[0-9a-f]{{12}}\.embtab", os.path.basename(path))
+    assert first != path
+    dist.destroy_process_group()
+
+
+def _w_resume(rank, world_size, store, ckpt, bag, done, total):
+    _init(rank, world_size, store)
+    ref, ropt, outs = _reference(bag, range(total))
+    m, opt = _make(bag, sharded=True)
+    m.load(ckpt, opt)
+    _train(m, opt, range(done, total), bag, rank, world_size, check_ref_outputs=outs)
+    _assert_same_per_id(m, opt, ref, ropt)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag", [False, "mean"], ids=["embedding", "bag_mean"])
+def test_save_2_ranks_resume_on_3_and_1(tmp_path, bag):
+    ckpt = tmp_path / "ckpt"
+    _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), bag, 3)
+    assert sorted(os.listdir(ckpt)) == ["manifest.json"] + _listed(ckpt)
+    _start(_w_resume, 3, str(tmp_path / "s2"), str(ckpt), bag, 3, 5)
+    _start(_w_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, 3, 5)
+
+
+def _listed(ckpt):
+    with open(os.path.join(ckpt, "manifest.json")) as f:
+        return [e["file"] for e in json.load(f)["shards"]]
+
+
+def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign, interrupted):
+    _init(rank, world_size, store)
+    m, opt = _make(False, sharded=True)
+    with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
+        m.load(os.path.dirname(missing), opt)
+    with pytest.raises(ValueError, match=r"shard file .*" + os.path.basename(corrupt).replace(".", r"\.")
+                       + r" is corrupt \(checksum mismatch\)"):
+        m.load(os.path.dirname(corrupt), opt)
+    with pytest.raises(ValueError, match="does not belong to this checkpoint"):
+        m.load(foreign, opt)
+    assert m.num_ids == 0  # nothing half-loaded
+    m.load(interrupted, opt)  # stray shard files of an unfinished later save are ignored
+    assert m.num_ids > 0
+    dist.destroy_process_group()
+
+
+def test_missing_corrupt_and_foreign_shard_refused(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), False, 2)
+    name = _listed(ckpt)[1]
+    miss, bad, foreign, other, stray = (tmp_path / d for d in ("missing", "corrupt", "foreign", "other", "stray"))
+    for d in (miss, bad, foreign, stray):
+        shutil.copytree(ckpt, d)
+    (stray / "shard-00000-of-00002.0123456789ab.embtab").write_bytes(b"half-written")
+    os.unlink(miss / name)
+    data = bytearray((bad / name).read_bytes())
+    data[-10] ^= 0x40
+    (bad / name).write_bytes(bytes(data))
+    # A shard from another (valid) checkpoint beside this manifest.
+    _start(_w_save, 2, str(tmp_path / "s2"), str(other), False, 3)
+    shutil.copy(other / _listed(other)[1], foreign / name)
+    _start(_w_bad_checkpoint, 1, str(tmp_path / "s3"), str(miss / name), str(bad / name), str(foreign),
+           str(stray))
+
+
+# fault behaviour //////////////////////////////////////////////////////////////////////////////
+
+
+def _w_fault(rank, world_size, store, ckpt, result):
+    _init(rank, world_size, store, timeout_s=10.0)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(2), False, rank, world_size)
+    m.save(ckpt, opt)
+    if rank == 1:
+        os._exit(3)  # dies mid-run, before the next step's collectives
+    t0 = time.monotonic()
+    try:
+        _train(m, opt, range(2, 3), False, rank, world_size)
+        outcome = {"type": None}
+    except Exception as e:  # noqa: BLE001 - the test inspects what came out
+        outcome = {"type": type(e).__name__, "msg": str(e)}
+    outcome["elapsed"] = time.monotonic() - t0
+    with open(result, "w") as f:
+        json.dump(outcome, f)
+    os._exit(0)
+
+
+def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_path):
+    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_w_fault, args=(r, 2, str(tmp_path / "s1"), ckpt, result)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung instead of failing"
+    assert procs[1].exitcode == 3
+    with open(result) as f:
+        outcome = json.load(f)
+    assert outcome["type"] == ShardedCommError.__name__, outcome
+    assert "rank 0 of 2" in outcome["msg"]
+    assert outcome["elapsed"] < 20.0
+    # Restart from the last checkpoint (on one rank): nothing it held is lost.
+    _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
+
+
+def _w_stall(rank, world_size, store, result):
+    _init(rank, world_size, store, timeout_s=2.0)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(1), False, rank, world_size)
+    if rank == 1:
+        time.sleep(8.0)  # alive but out of step: never joins the next collective
+        os._exit(0)
+    t0 = time.monotonic()
+    try:
+        _train(m, opt, range(1, 2), False, rank, world_size)
+        outcome = {"type": None}
+    except Exception as e:  # noqa: BLE001 - the test inspects what came out
+        outcome = {"type": type(e).__name__, "msg": str(e)}
+    outcome["elapsed"] = time.monotonic() - t0
+    with open(result, "w") as f:
+        json.dump(outcome, f)
+    os._exit(0)
+
+
+def test_stalled_rank_fails_survivor_after_timeout(tmp_path):
+    result = str(tmp_path / "result.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_w_stall, args=(r, 2, str(tmp_path / "s1"), result)) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[0].join(30)
+    alive = procs[0].is_alive()
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join()
+    assert not alive, "the survivor hung past its timeout"
+    with open(result) as f:
+        outcome = json.load(f)
+    assert outcome["type"] == ShardedCommError.__name__, outcome
+    assert "all_to_all of ID counts" in outcome["msg"]
+    assert 1.0 < outcome["elapsed"] < 20.0

@@ -1,0 +1,699 @@
+"""embtab.nn against nn.Embedding / nn.EmbeddingBag, and the grow / evict / admit policies."""
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import embtab
+from embtab import _core
+from embtab._hashing import hashed_row, mix64, mix64_array
+from embtab.nn import (
+    CuckooEmbedding,
+    CuckooEmbeddingBag,
+    EmbeddingInit,
+    HashedEmbedding,
+    HashedEmbeddingBag,
+    OnFull,
+    init_vectors,
+)
+
+BIG = [0, 1, -1, 2**63 - 1, -(2**63), 12345678901234567, -987654321]
+
+
+def raw_ids(n, seed=0):
+    """n distinct raw 64-bit IDs (int64 bit patterns), seeded."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(-(2**63), 2**63 - 1, size=3 * n, dtype=np.int64))[:n]
+    return torch.from_numpy(rng.permutation(ids))
+
+
+def table_state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def assert_state_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# hashing and init /////////////////////////////////////////////////////////////////////////
+
+
+def test_mix64_mirror_agrees_with_core():
+    ids = np.array(BIG + list(range(100)), dtype=np.int64)
+    for seed in (0, 1, 2**64 - 1):
+        for m in (1, 7, 2**20, 2**63 + 5):
+            rows = _core.hashed_rows(ids, m, seed)
+            assert rows.tolist() == [hashed_row(int(x), m, seed) for x in ids]
+        assert mix64_array(ids, seed).tolist() == [mix64(int(x), seed) for x in ids]
+
+
+def test_init_depends_on_seed_and_id_only():
+    a = CuckooEmbedding(16, 5, seed=7)
+    b = CuckooEmbedding(16, 5, seed=7)
+    ids = raw_ids(10)
+    out_a = a(ids)
+    out_b = b(ids.flip(0))  # other order, other rows
+    assert not torch.equal(a.lookup(ids), b.lookup(ids))
+    assert torch.equal(out_a, out_b.flip(0))
+    assert torch.equal(out_a, init_vectors(ids.numpy(), 5, 7, EmbeddingInit()))
+    c = CuckooEmbedding(16, 5, seed=8)
+    assert not torch.allclose(c(ids), out_a)
+
+
+def test_init_distribution_matches_nn_embedding_default():
+    v = init_vectors(np.arange(20000, dtype=np.int64), 7, 3, EmbeddingInit()).double()
+    assert abs(v.mean().item()) < 0.02 and abs(v.std().item() - 1.0) < 0.02
+    u = init_vectors(np.arange(20000, dtype=np.int64), 4, 3, EmbeddingInit("uniform", -0.5, 0.25))
+    assert u.min() >= -0.5 and u.max() < 0.25 and abs(u.mean().item() + 0.125) < 0.01
+    assert (
+        torch.count_nonzero(
+            init_vectors(np.arange(3, dtype=np.int64), 4, 0, EmbeddingInit("zeros"))
+        )
+        == 0
+    )
+
+
+def test_init_config_validation():
+    with pytest.raises(ValueError, match="init.kind"):
+        EmbeddingInit("xavier")
+    with pytest.raises(ValueError, match="a <= b"):
+        EmbeddingInit("uniform", 1.0, 0.0)
+    with pytest.raises(TypeError, match="init"):
+        CuckooEmbedding(4, 2, init=3)
+    with pytest.raises(ValueError, match="on_full"):
+        CuckooEmbedding(4, 2, on_full="evict_fifo")
+    with pytest.raises(ValueError, match="num_embeddings"):
+        CuckooEmbedding(0, 2)
+    with pytest.raises(ValueError, match="growth_factor"):
+        CuckooEmbedding(4, 2, growth_factor=1.0)
+    with pytest.raises(ValueError, match="_weight"):
+        CuckooEmbedding(4, 2, _weight=torch.zeros(4, 2))
+    assert CuckooEmbedding(4, 2, on_full=OnFull.EVICT_LFU).on_full is OnFull.EVICT_LFU
+
+
+# values and gradients against nn.Embedding ////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("shape", [(), (6,), (3, 4), (2, 2, 3)])
+def test_embedding_matches_nn_embedding(sparse, shape):
+    if sparse and shape == ():
+        pytest.skip("torch's sparse embedding backward fails on 0-d input (nn.Embedding too)")
+    torch.manual_seed(0)
+    ids = raw_ids(8, seed=1)
+    x = ids[torch.randint(0, 8, shape)]
+    x = torch.where(torch.rand(shape) < 0.2, torch.tensor(BIG[2]), x)  # some padding
+    emb = CuckooEmbedding(4, 3, padding_id=-1, sparse=sparse)
+    out = emb(x)
+    rows = emb.lookup(x)
+    R = emb.num_embeddings
+    rows = torch.where(x == -1, torch.tensor(R), rows)
+    ref = nn.Embedding(R + 1, 3, padding_idx=R, sparse=sparse)
+    with torch.no_grad():
+        ref.weight.copy_(emb.weight)
+    expect = ref(rows)
+    assert out.shape == (*shape, 3)
+    assert torch.equal(out, expect)
+    g = torch.randn(out.shape)
+    (out * g).sum().backward()
+    (expect * g).sum().backward()
+    ga, gb = emb.weight.grad, ref.weight.grad
+    if sparse:
+        ga, gb = ga.to_dense(), gb.to_dense()
+    assert torch.equal(ga, gb)
+    assert torch.count_nonzero(ga[R]) == 0
+    if x.numel() and (x == -1).any():
+        assert torch.count_nonzero(out[x == -1]) == 0
+
+
+def test_embedding_max_norm_and_scale_grad_match():
+    ids = raw_ids(5, seed=2)
+    x = ids[torch.tensor([0, 1, 1, 2, 4, 4, 4])]
+    emb = CuckooEmbedding(8, 4, max_norm=0.5, scale_grad_by_freq=True)
+    emb(x)  # insert
+    ref = nn.Embedding(9, 4, padding_idx=8, max_norm=0.5, scale_grad_by_freq=True)
+    with torch.no_grad():
+        ref.weight.copy_(emb.weight)
+    out, expect = emb(x), ref(emb.lookup(x))
+    assert torch.allclose(out, expect)
+    out.sum().backward()
+    expect.sum().backward()
+    assert torch.allclose(emb.weight.grad, ref.weight.grad)
+    assert torch.allclose(emb.weight, ref.weight)
+
+
+def test_gradcheck_embedding_float64():
+    emb = CuckooEmbedding(6, 3, dtype=torch.float64, padding_id=5)
+    x = torch.tensor([[10, 11, 5], [11, 12, 13]])
+    emb(x)
+    # The zero row is a constant (torch's padding_idx: read, never differentiated): check the rest.
+    w = emb.weight.detach()[:-1].clone().requires_grad_(True)
+    zero = emb.weight.detach()[-1:]
+    f = lambda w: torch.func.functional_call(emb, {"weight": torch.cat([w, zero])}, (x,))  # noqa: E731
+    assert torch.autograd.gradcheck(f, (w,))
+
+
+# bags against nn.EmbeddingBag //////////////////////////////////////////////////////////////
+
+
+def bag_case(include_last_offset, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = raw_ids(6, seed=seed)
+    x = ids[torch.randint(0, 6, (11,), generator=g)]
+    x[3] = 42  # padding
+    offsets = torch.tensor([0, 2, 2, 7])  # bag 1 is empty
+    if include_last_offset:
+        offsets = torch.cat([offsets, torch.tensor([11])])
+    return x, offsets
+
+
+@pytest.mark.parametrize(
+    "mode,psw", [("sum", False), ("sum", True), ("mean", False), ("max", False)]
+)
+@pytest.mark.parametrize("include_last_offset", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bag_matches_nn_embedding_bag(mode, include_last_offset, psw, sparse):
+    if sparse and mode == "max":
+        with pytest.raises(ValueError, match="sparse"):
+            CuckooEmbeddingBag(4, 3, mode=mode, sparse=True)
+        return
+    x, offsets = bag_case(include_last_offset)
+    bag = CuckooEmbeddingBag(
+        4,
+        3,
+        mode=mode,
+        include_last_offset=include_last_offset,
+        padding_id=42,
+        sparse=sparse,
+        seed=3,
+    )
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) if psw else None
+    out = bag(x, offsets, per_sample_weights=w)
+    R = bag.num_embeddings
+    rows = bag.lookup(x)
+    rows[x == 42] = R
+    ref = nn.EmbeddingBag(
+        R + 1, 3, mode=mode, include_last_offset=include_last_offset, padding_idx=R, sparse=sparse
+    )
+    with torch.no_grad():
+        ref.weight.copy_(bag.weight)
+    expect = ref(rows, offsets, per_sample_weights=w)
+    assert torch.equal(out, expect)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * go).sum().backward()
+    (expect * go).sum().backward()
+    ga, gb = bag.weight.grad, ref.weight.grad
+    if sparse:
+        ga, gb = ga.to_dense(), gb.to_dense()
+    assert torch.equal(ga, gb)
+    assert torch.count_nonzero(ga[R]) == 0
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_bag_2d_input_matches(mode):
+    ids = raw_ids(5, seed=4)
+    x = ids[torch.tensor([[0, 1, 2], [2, 3, 4], [4, 4, 0]])]
+    bag = CuckooEmbeddingBag(8, 2, mode=mode)
+    out = bag(x)
+    ref = nn.EmbeddingBag(9, 2, mode=mode, padding_idx=8)
+    with torch.no_grad():
+        ref.weight.copy_(bag.weight)
+    assert torch.equal(out, ref(bag.lookup(x)))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_gradcheck_bag_float64(mode):
+    bag = CuckooEmbeddingBag(8, 3, mode=mode, dtype=torch.float64)
+    x, offsets = torch.tensor([5, 6, 7, 5, 8]), torch.tensor([0, 2])
+    psw = (
+        torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        if mode == "sum"
+        else None
+    )
+    bag(x, offsets)
+    w = bag.weight.detach()[:-1].clone().requires_grad_(True)
+    zero = bag.weight.detach()[-1:]
+
+    def f(w, *p):
+        return torch.func.functional_call(bag, {"weight": torch.cat([w, zero])}, (x, offsets, *p))
+
+    if mode == "sum":
+        assert torch.autograd.gradcheck(f, (w, psw.requires_grad_(True)))
+    else:
+        assert torch.autograd.gradcheck(f, (w,))
+
+
+# bad input leaves the table unchanged ///////////////////////////////////////////////////
+
+
+def bad_bag_calls():
+    x = torch.tensor([100, 101, 102, 103])
+    return [
+        (TypeError, "input must hold integer IDs", lambda b: b(x.double(), torch.tensor([0, 2]))),
+        (TypeError, "input must hold integer IDs", lambda b: b(x.bool(), torch.tensor([0, 2]))),
+        (TypeError, "torch.Tensor", lambda b: b([1, 2], torch.tensor([0]))),
+        (ValueError, "offsets is required", lambda b: b(x)),
+        (ValueError, r"offsets\[0\] must be 0", lambda b: b(x, torch.tensor([1, 2]))),
+        (ValueError, "non-decreasing", lambda b: b(x, torch.tensor([0, 3, 1]))),
+        (ValueError, "exceeds", lambda b: b(x, torch.tensor([0, 5]))),
+        (ValueError, "offsets must be 1-D", lambda b: b(x, torch.tensor([[0, 1]]))),
+        (TypeError, "offsets must have dtype", lambda b: b(x, torch.tensor([0.0, 1.0]))),
+        (ValueError, "offsets must be None", lambda b: b(x.reshape(2, 2), torch.tensor([0, 1]))),
+        (
+            ValueError,
+            r"per_sample_weights must have the shape of input \(4,\), got \(3,\)",
+            lambda b: b(x, torch.tensor([0, 2]), torch.ones(3)),
+        ),
+        (
+            TypeError,
+            "per_sample_weights must have the weight's dtype",
+            lambda b: b(x, torch.tensor([0, 2]), torch.ones(4, dtype=torch.float64)),
+        ),
+        (ValueError, "input must be 1-D", lambda b: b(x.reshape(1, 2, 2))),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_bag_calls())))
+def test_bad_bag_input_raises_and_changes_nothing(case):
+    exc, match, call = bad_bag_calls()[case]
+    bag = CuckooEmbeddingBag(8, 2, mode="sum", min_count=1)
+    bag(torch.tensor([7, 8]), torch.tensor([0]))
+    before = table_state(bag)
+    with pytest.raises(exc, match=match):
+        call(bag)
+    assert_state_equal(before, table_state(bag))
+    assert bag.num_ids == 2
+
+
+def test_per_sample_weights_need_sum_mode():
+    bag = CuckooEmbeddingBag(8, 2, mode="mean")
+    with pytest.raises(ValueError, match="per_sample_weights is only supported with mode='sum'"):
+        bag(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(2))
+    assert bag.num_ids == 0
+
+
+def test_float_ids_refused_by_embedding():
+    emb = CuckooEmbedding(4, 2)
+    with pytest.raises(TypeError, match=r"dtype torch.float32 with shape \(2,\)"):
+        emb(torch.tensor([1.0, 2.0]))
+    assert emb.num_ids == 0
+
+
+def test_integer_dtypes_are_read_by_value():
+    emb = CuckooEmbedding(8, 2)
+    a = emb(torch.tensor([3, 2**40], dtype=torch.int64))
+    b = emb(torch.tensor([3], dtype=torch.int32))
+    assert torch.equal(a[0], b[0]) and emb.num_ids == 2
+    c = emb(torch.tensor([2**64 - 1], dtype=torch.uint64))
+    d = emb(torch.tensor([-1]))
+    assert torch.equal(c, d) and emb.num_ids == 3
+
+
+# growth is invisible ///////////////////////////////////////////////////////////////////////
+
+UNIVERSE = raw_ids(60, seed=11)
+
+
+def make_opts(name, emb, head):
+    e, h = list(emb.parameters()), list(head.parameters())
+    if name == "sgd_momentum":
+        return [torch.optim.SGD(e + h, lr=0.1, momentum=0.9)]
+    if name == "sgd_momentum_wd":
+        return [torch.optim.SGD(e + h, lr=0.1, momentum=0.9, weight_decay=0.01)]
+    if name == "adagrad":
+        return [torch.optim.Adagrad(e + h, lr=0.1, initial_accumulator_value=0.1)]
+    if name == "adam":
+        return [torch.optim.Adam(e + h, lr=0.05)]
+    if name == "adamw":
+        return [torch.optim.AdamW(e + h, lr=0.05, weight_decay=0.1)]
+    if name == "sparse_adam":
+        return [torch.optim.SparseAdam(e, lr=0.05), torch.optim.Adam(h, lr=0.05)]
+    if name == "sparse_adagrad":
+        return [torch.optim.Adagrad(e + h, lr=0.1, initial_accumulator_value=0.05)]
+    raise AssertionError(name)
+
+
+def batch(step):
+    """Batch of step: IDs from a universe that widens from 5 to 60 IDs (distinct IDs 8 -> 60)."""
+    g = torch.Generator().manual_seed(100 + step)
+    width = min(60, 6 + 5 * step)
+    x = UNIVERSE[torch.randint(0, width, (24,), generator=g)]
+    y = (torch.rand(24, generator=g) < 0.5).float()
+    return x, y
+
+
+def train_run(
+    name, num_embeddings, steps, bag=False, emb=None, opts=None, head=None, start=0, **kw
+):
+    sparse = name.startswith("sparse")
+    if emb is None:
+        torch.manual_seed(0)
+        cls = CuckooEmbeddingBag if bag else CuckooEmbedding
+        emb = cls(num_embeddings, 4, sparse=sparse, seed=5, **kw)
+        head = nn.Linear(4, 1)
+        opts = make_opts(name, emb, head)
+    losses, weights = [], []
+    for step in range(start, start + steps):
+        x, y = batch(step)
+        if bag:
+            out = emb(x, torch.arange(0, 24, 2))
+            y = y[::2]
+        else:
+            out = emb(x)
+        loss = F.binary_cross_entropy_with_logits(head(out).squeeze(-1), y)
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        for o in opts:
+            o.step()
+        losses.append(loss.item())
+        weights.append(emb.weight.detach()[: int(emb.num_rows)].clone())
+    return emb, head, opts, losses, weights
+
+
+# torch's sparse Adagrad builds sparse tensors without opting in or out of invariant checks.
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled:UserWarning")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sgd_momentum",
+        "sgd_momentum_wd",
+        "adagrad",
+        "adam",
+        "adamw",
+        "sparse_adam",
+        "sparse_adagrad",
+    ],
+)
+@pytest.mark.parametrize("bag", [False, True])
+def test_growth_is_invisible(name, bag):
+    grown, *_, la, wa = train_run(name, 8, 14, bag=bag, growth_factor=2.0)
+    sized, *_, lb, wb = train_run(name, 64, 14, bag=bag)
+    assert grown.num_growths.item() == 3 and grown.num_embeddings == 64
+    assert sized.num_growths.item() == 0 and grown.num_ids == sized.num_ids > 32
+    assert la == lb
+    for a, b in zip(wa, wb):
+        assert torch.equal(a, b)
+
+
+def test_backward_through_graph_from_before_growth_raises():
+    emb = CuckooEmbedding(2, 3)
+    a = emb(torch.tensor([1, 2]))
+    b = emb(torch.tensor([3]))  # grows after `a` was built
+    with pytest.raises(RuntimeError, match="swap_tensors"):
+        (a.sum() + b.sum()).backward()
+
+
+def test_growth_pads_accumulated_grad():
+    emb = CuckooEmbedding(2, 3)
+    emb(torch.tensor([1, 2])).sum().backward()
+    emb(torch.tensor([3])).sum().backward()  # grows before its backward
+    assert emb.weight.grad.shape == emb.weight.shape == (5, 3)
+    assert torch.equal(emb.weight.grad[:3], torch.ones(3, 3))
+
+
+# eviction resets row and optimizer state /////////////////////////////////////////////////
+
+
+def adam_step(emb, opt, ids):
+    out = emb(torch.tensor(ids))
+    opt.zero_grad()
+    (out**2).sum().backward()
+    grad = emb.weight.grad.clone()
+    opt.step()
+    return out.detach(), grad
+
+
+def test_lru_eviction_resets_row_and_adam_state():
+    emb = CuckooEmbedding(3, 4, on_full="evict_lru", seed=9)
+    opt = torch.optim.Adam(emb.parameters(), lr=0.1)
+    betas = opt.param_groups[0]["betas"]
+    adam_step(emb, opt, [1, 2, 3])  # rows: 1 -> 0, 2 -> 1, 3 -> 2
+    adam_step(emb, opt, [1, 2, 3])
+    adam_step(emb, opt, [2, 3])  # last use: ID 1 at step 2, IDs 2 and 3 at step 3
+    st = opt.state[emb.weight]
+    assert torch.count_nonzero(st["exp_avg"][0]) == 4
+    out, grad = adam_step(emb, opt, [4])  # evicts ID 1 (least recent), ID 4 takes row 0
+    assert emb.stats()["num_evictions"] == 1 and emb.num_ids == 3
+    assert emb.lookup(torch.tensor([1, 4])).tolist() == [-1, 0]
+    assert torch.equal(out[0], init_vectors(np.array([4]), 4, 9, EmbeddingInit())[0])
+    # Fresh moments: one Adam update from zero state, not the stale moments of ID 1.
+    assert torch.allclose(st["exp_avg"][0], (1 - betas[0]) * grad[0])
+    assert torch.allclose(st["exp_avg_sq"][0], (1 - betas[1]) * grad[0] ** 2)
+    # ID 1 returns: LRU victim is ID 2 or 3 (both last used at step 3) -> lowest row, ID 2.
+    out, _ = adam_step(emb, opt, [1])
+    assert emb.lookup(torch.tensor([1, 2])).tolist() == [1, -1]
+    fresh = CuckooEmbedding(3, 4, seed=9)
+    assert torch.equal(out[0], fresh(torch.tensor([1]))[0])
+
+
+def test_lfu_eviction_picks_least_frequent():
+    emb = CuckooEmbedding(3, 2, on_full="evict_lfu")
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1, momentum=0.9)
+    for ids in ([10, 11, 12], [10, 10, 12], [11, 12]):
+        adam_step(emb, opt, ids)  # counts: 10 -> 3, 11 -> 2, 12 -> 3
+    rows_before = emb.lookup(torch.tensor([10, 11, 12])).tolist()
+    assert rows_before == [0, 1, 2]
+    adam_step(emb, opt, [13, 10])
+    assert emb.lookup(torch.tensor([11, 13])).tolist() == [-1, 1]
+    assert (
+        torch.count_nonzero(opt.state[emb.weight]["momentum_buffer"][1]) == 2
+    )  # fresh: one step's grad
+    mb = opt.state[emb.weight]["momentum_buffer"][1]
+    assert torch.allclose(mb, emb.weight.grad[1])
+
+
+def test_eviction_batch_larger_than_table_raises_and_changes_nothing():
+    emb = CuckooEmbedding(2, 2, on_full="evict_lru")
+    emb(torch.tensor([1, 2]))
+    before = table_state(emb)
+    with pytest.raises(ValueError, match="num_embeddings"):
+        emb(torch.tensor([1, 3, 4]))
+    assert_state_equal(before, table_state(emb))
+
+
+def test_on_full_error_raises_table_full_and_changes_nothing():
+    emb = CuckooEmbedding(3, 2, on_full="error", min_count=2)
+    emb(torch.tensor([1, 1, 2, 2, 3, 3]))
+    assert emb.num_ids == 3
+    before = table_state(emb)
+    with pytest.raises(embtab.TableFullError):
+        emb(torch.tensor([4, 4, 5]))
+    assert_state_equal(before, table_state(emb))  # the admission sketch included
+    assert emb(torch.tensor([1])).shape == (1, 2)
+
+
+# admission /////////////////////////////////////////////////////////////////////////////
+
+
+def test_admission_from_the_cth_sighting():
+    emb = CuckooEmbedding(8, 3, min_count=3, seed=2)
+    out = emb(torch.tensor([7, 7]))  # 2 sightings: not admitted
+    assert emb.num_ids == 0 and torch.count_nonzero(out) == 0
+    out.sum().backward()
+    assert torch.count_nonzero(emb.weight.grad) == 0
+    emb.weight.grad = None
+    out = emb(torch.tensor([7, 9]))  # 7: 3rd sighting -> admitted; 9: first
+    assert emb.num_ids == 1 and emb.stats()["num_admissions"] == 1
+    assert torch.equal(out[0], init_vectors(np.array([7]), 3, 2, EmbeddingInit())[0])
+    assert torch.count_nonzero(out[1]) == 0
+    out.sum().backward()
+    assert torch.count_nonzero(emb.weight.grad[emb.lookup(torch.tensor([7]))]) == 3
+    assert torch.count_nonzero(emb.weight.grad) == 3
+
+
+def test_admission_bag_leaves_unadmitted_ids_out_of_mean():
+    bag = CuckooEmbeddingBag(8, 2, mode="mean", min_count=2)
+    bag(torch.tensor([1, 1]), torch.tensor([0]))  # ID 1 admitted
+    out = bag(torch.tensor([1, 5]), torch.tensor([0]))  # ID 5 not yet: left out of the mean
+    assert torch.equal(out[0], bag.weight[bag.lookup(torch.tensor([1]))[0]])
+
+
+def test_count_min_never_undercounts_and_error_within_bound():
+    rng = np.random.default_rng(0)
+    ids = rng.zipf(1.3, size=20000).astype(np.int64)
+    eps, delta = 0.01, 0.01
+    width, depth = int(np.ceil(np.e / eps)), int(np.ceil(np.log(1 / delta)))
+    sk = np.zeros((depth, width), dtype=np.int64)
+    _core.cms_add(ids, sk, 3)
+    uniq, true = np.unique(ids, return_counts=True)
+    est = _core.cms_query(uniq, sk, 3)
+    assert np.all(est >= true)
+    assert np.mean(est - true > eps * len(ids)) <= delta
+    _core.cms_add(ids, sk, 3, -1)
+    assert not sk.any()
+
+
+def test_eval_mode_changes_nothing_and_reads_zero_for_unknown():
+    emb = CuckooEmbedding(4, 2, min_count=2)
+    emb(torch.tensor([1, 1]))
+    emb.eval()
+    before = table_state(emb)
+    out = emb(torch.tensor([1, 2, 2, 2]))
+    assert torch.count_nonzero(out[1:]) == 0 and torch.count_nonzero(out[0]) == 2
+    assert_state_equal(before, table_state(emb))
+
+
+# state round trips ///////////////////////////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(on_full="grow"), dict(on_full="evict_lru", min_count=2), dict(on_full="evict_lfu")]
+)
+@pytest.mark.parametrize("bag", [False, True])
+def test_state_dict_resume_equals_uninterrupted(kw, bag):
+    n0 = 8 if kw["on_full"] == "grow" else 20
+    _, _, _, la, wa = train_run("adam", n0, 12, bag=bag, **kw)
+    emb, head, opts, lb1, _ = train_run("adam", n0, 6, bag=bag, **kw)
+    buf = io.BytesIO()
+    torch.save(
+        {"emb": emb.state_dict(), "head": head.state_dict(), "opt": opts[0].state_dict()}, buf
+    )
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    torch.manual_seed(123)
+    cls = CuckooEmbeddingBag if bag else CuckooEmbedding
+    emb2 = cls(4, 4, seed=5, **kw)
+    head2 = nn.Linear(4, 1)
+    emb2.load_state_dict(saved["emb"])
+    head2.load_state_dict(saved["head"])
+    opts2 = make_opts("adam", emb2, head2)
+    opts2[0].load_state_dict(saved["opt"])
+    assert emb2.num_ids == emb.num_ids and emb2.stats() == emb.stats()
+    assert torch.equal(emb2.lookup(UNIVERSE), emb.lookup(UNIVERSE))
+    *_, lb2, wb2 = train_run("adam", None, 6, bag=bag, emb=emb2, opts=opts2, head=head2, start=6)
+    assert lb1 + lb2 == la
+    assert torch.equal(wb2[-1], wa[-1])
+
+
+def test_pickle_and_torch_save_module_round_trip(tmp_path):
+    emb = CuckooEmbedding(8, 3, on_full="evict_lru", min_count=2, padding_id=0)
+    x = raw_ids(6, seed=3).repeat(2)
+    emb(x)
+    emb.eval()
+    clone = pickle.loads(pickle.dumps(emb))
+    torch.save(emb, tmp_path / "emb.pt")
+    loaded = torch.load(tmp_path / "emb.pt", weights_only=False)
+    deep = copy.deepcopy(emb)
+    for other in (clone, loaded, deep):
+        assert other.stats() == emb.stats()
+        assert_state_equal(table_state(other), table_state(emb))
+        assert torch.equal(other(x[:3]), emb(x[:3]))
+
+
+def test_dtype_conversion_keeps_id_map_on_cpu():
+    emb = CuckooEmbedding(4, 3)
+    emb(torch.tensor([5, 6]))
+    emb.double()
+    assert emb.weight.dtype == torch.float64 and emb.row_ids.dtype == torch.int64
+    assert emb(torch.tensor([7])).dtype == torch.float64
+
+
+def test_from_pretrained():
+    emb = CuckooEmbedding.from_pretrained(torch.tensor([7, 2**62]), torch.eye(2))
+    assert emb(torch.tensor([2**62, 7])).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert not emb.weight.requires_grad
+
+
+# hashing-trick baseline //////////////////////////////////////////////////////////////////
+
+
+def test_hashed_embedding_rows_and_values():
+    emb = HashedEmbedding(10, 3, seed=4, padding_id=-1)
+    x = torch.tensor([[5, -1], [2**62, 5]])
+    rows = emb.rows_of(x)
+    assert rows.tolist() == [
+        [hashed_row(5, 10, 4), 10],
+        [hashed_row(2**62, 10, 4), hashed_row(5, 10, 4)],
+    ]
+    out = emb(x)
+    ref = nn.Embedding(11, 3, padding_idx=10)
+    with torch.no_grad():
+        ref.weight.copy_(emb.weight)
+    assert torch.equal(out, ref(rows))
+    assert torch.count_nonzero(out[0, 1]) == 0
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_hashed_bag_matches(mode):
+    x, offsets = bag_case(False)
+    bag = HashedEmbeddingBag(5, 3, mode=mode, padding_id=42)
+    ref = nn.EmbeddingBag(6, 3, mode=mode, padding_idx=5)
+    with torch.no_grad():
+        ref.weight.copy_(bag.weight)
+    assert torch.equal(bag(x, offsets), ref(bag.rows_of(x), offsets))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        bag(x, torch.tensor([0, 3, 1]))
+
+
+def test_collision_report_hand_worked():
+    m = 4
+    # Find four small IDs whose rows are a, a, b, c (one collision pair) with the Python mirror.
+    rows = {i: hashed_row(i, m, 0) for i in range(50)}
+    a_ids = [i for i in rows if rows[i] == rows[0]][:2]
+    others = []
+    for i in rows:
+        if rows[i] != rows[0] and all(rows[i] != rows[j] for j in others):
+            others.append(i)
+    ids = a_ids + others[:2]
+    # IDs a0, a1 share a row; lookups: a0 x3, a1 x1, b x2, c x2 -> 4 of 8 hit a shared row.
+    x = torch.tensor([ids[0]] * 3 + [ids[1]] + [ids[2]] * 2 + [ids[3]] * 2)
+    rep = HashedEmbedding(m, 2).collision_report(x)
+    assert rep["distinct_ids"] == 4 and rep["rows_used"] == 3
+    assert rep["colliding_id_share"] == 0.5 and rep["colliding_lookup_share"] == 0.5
+    assert rep["expected_colliding_id_share"] == pytest.approx(1 - 0.75**3)
+
+
+def test_cuckoo_never_collides_where_hashed_does():
+    x = raw_ids(2000, seed=5)
+    rep = HashedEmbedding(2000, 2).collision_report(x)
+    assert rep["colliding_id_share"] == pytest.approx(1 - np.exp(-1), abs=0.05)
+    emb = CuckooEmbedding(2000, 2)
+    emb(x)
+    assert len(np.unique(emb.lookup(x).numpy())) == 2000
+
+
+def test_signatures_mirror_torch():
+    import inspect
+
+    for ours, theirs in (
+        (CuckooEmbedding, nn.Embedding),
+        (HashedEmbedding, nn.Embedding),
+        (CuckooEmbeddingBag, nn.EmbeddingBag),
+        (HashedEmbeddingBag, nn.EmbeddingBag),
+    ):
+        p_ours = list(inspect.signature(ours.__init__).parameters)
+        p_theirs = [
+            p.replace("padding_idx", "padding_id")
+            for p in inspect.signature(theirs.__init__).parameters
+        ]
+        assert p_ours[: len(p_theirs)][:7] == p_theirs[:7], ours.__name__
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_on_device_map_on_cpu(device):
+    emb = CuckooEmbedding(2, 3, sparse=True, on_full="grow").to(device)
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=0.1)
+    for ids in ([1, 2], [3, 4, 5], [1, 6, 7, 8, 9]):  # grows twice
+        out = emb(torch.tensor(ids, device=device))
+        assert out.device.type == device
+        opt.zero_grad()
+        out.sum().backward()
+        opt.step()
+    assert emb.weight.device.type == device and emb.num_growths.item() >= 2
+    assert all(b.device.type == "cpu" for b in emb.buffers())
+    assert opt.state[emb.weight]["exp_avg"].shape == emb.weight.shape
+    bag = CuckooEmbeddingBag(4, 2, mode="sum").to(device)
+    x, off = torch.tensor([5, 6, 7], device=device), torch.tensor([0, 1], device=device)
+    assert bag(x, off).shape == (2, 2)
