@@ -83,3 +83,17 @@ def test_model_truth(tiny):
     p = t.prob([0, 1, 2])
     assert p.shape == (3, tiny.n_items) and np.allclose(p.sum(1), 1)
     assert np.allclose(t.pair_prob([1, 2], [5, 7]), [p[1, 5], p[2, 7]])
+
+
+def test_cli_experiment_feedback(tmp_path, capsys):
+    from embtab.cli import main
+
+    out = tmp_path / "e5"
+    rc = main(["experiment", "feedback", "--quiet", "--seeds", "1", "--out", str(out),
+               "--dataset", "synthetic:n_users=30,n_items=50,n_genres=4,interactions_per_user=5"])
+    assert rc == 0
+    capsys.readouterr()
+    res = json.loads((out / "feedback.json").read_text())
+    assert res["experiment"] == "feedback" and {"round", "arm"} <= set(res["rows"][0])
+    assert (out / "feedback.png").exists()
+    assert "## E5" in (out / "report.md").read_text()
