@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-_EXPERIMENTS = ("dims", "collisions", "calibration", "rerank-speed")
+_EXPERIMENTS = ("dims", "collisions", "calibration", "rerank-speed", "feedback")
 _BENCHES = ("table", "module", "rerank")
 
 #: what --quick changes for the training experiments (default seeds: 3 -> 1)
@@ -45,14 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"embtab {_version()}")
     sub = p.add_subparsers(dest="command", metavar="{demo,experiment,bench}")
 
-    d = sub.add_parser("demo", help="quick E1 + E2 + E3 on synthetic data; writes a report")
+    d = sub.add_parser("demo", help="quick E1 + E2 + E3 + E5 on synthetic data; writes a report")
     d.add_argument("--out", default="embtab-demo", help="output folder (default: embtab-demo)")
     d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     d.add_argument("--dataset", default="synthetic",
                    help="data set spec as for 'experiment' (default: synthetic)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("experiment", help="run one experiment (E1-E4)")
+    e = sub.add_parser("experiment", help="run one experiment (E1-E5)")
     e.add_argument("name", choices=_EXPERIMENTS)
     e.add_argument("--dataset", default="synthetic",
                    help="synthetic[:key=value,...] | movielens:PATH | "

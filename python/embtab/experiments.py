@@ -77,6 +77,7 @@ __all__ = [
     "run_demo",
     "run_dims",
     "run_experiments",
+    "run_feedback",
     "run_rerank_speed",
     "save_results",
     "summarize",
@@ -465,8 +466,15 @@ def run_rerank_speed(quick: bool = True, progress: bool = True) -> dict:
             "rows": rows, "benchmark": raw, "markdown": bench.format_markdown(raw)}
 
 
+def run_feedback(dataset="synthetic", seeds=1, **kw) -> dict:
+    """E5 feedback loop: :func:`embtab.feedback.run_feedback` (imported lazily)."""
+    from embtab import feedback
+
+    return feedback.run_feedback(dataset, seeds, **kw)
+
+
 EXPERIMENTS = {"dims": run_dims, "collisions": run_collisions, "calibration": run_calibration,
-               "rerank-speed": run_rerank_speed}
+               "rerank-speed": run_rerank_speed, "feedback": run_feedback}
 
 
 # results I/O ////////////////////////////////////////////////////////////////////////////////
@@ -704,6 +712,10 @@ def plot_results(results: dict, out_dir, prefix: str = "") -> list:
                 plot_deciles(results, out / f"{prefix}collisions_deciles.png")]
     if name == "calibration":
         return [plot_calibration(results, out / f"{prefix}calibration.png")]
+    if name == "feedback":
+        from embtab.feedback import plot_feedback
+
+        return [plot_feedback(results, out / f"{prefix}feedback.png")]
     return []
 
 
@@ -884,6 +896,11 @@ def render_report(results_list: Sequence[dict], plots: dict | None = None,
     lines = [f"# {title}", ""]
     for res in results_list:
         name = res["experiment"]
+        if name == "feedback":
+            from embtab.feedback import render_section
+
+            lines += render_section(res, plots.get(name, []))
+            continue
         summ = summarize(res) if name != "rerank-speed" else None
         if name == "dims":
             lines += ["## E1 — embedding dimension (cuckoo tables)", "", _dataset_line(res), ""]
@@ -978,13 +995,17 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
 
 def run_demo(out_dir="embtab-demo", *, progress: bool = True, seeds=3,
              dataset: str = "synthetic") -> dict:
-    """``embtab demo``: E1 + E2 + E3 on the default synthetic data (2-3 minutes on 2 cores).
+    """``embtab demo``: E1 + E2 + E3 + E5 on the default synthetic data (minutes on 2 cores).
+
+    E5 (the feedback loop) runs on its own smaller default data set
+    (:data:`embtab.feedback.DEFAULT_DATASET`) when ``dataset`` is ``"synthetic"``.
 
     Uses the default :class:`embtab.train.TrainConfig` (10 epochs) and 3 seeds; E3 with both
     candidate counts. See :func:`run_experiments` for what is written.
     """
     what = ("synthetic power-law data" if dataset.startswith("synthetic")
             else f"`{dataset}`")
-    return run_experiments(["dims", "collisions", "calibration"], out_dir, dataset=dataset,
+    return run_experiments(["dims", "collisions", "calibration", "feedback"], out_dir,
+                           dataset=dataset,
                            seeds=seeds, progress=progress,
                            title=f"embtab demo: popularity bias on {what}")
