@@ -31,11 +31,8 @@ def random_instance(rng, U=4, C=30, G=6, n_items=40, k=5, max_genres=3):
 
 def lexsort_topk(scores, k):
     """Top-k indices by score descending, ties to the lower index."""
-    U, C = scores.shape
-    cols = np.broadcast_to(np.arange(C), scores.shape)
-    order = np.lexsort((cols, -scores), axis=1) if False else np.stack(
-        [np.lexsort((np.arange(C), -row)) for row in scores])
-    return order[:, :k]
+    C = scores.shape[1]
+    return np.stack([np.lexsort((np.arange(C), -row)) for row in scores])[:, :k]
 
 
 @st.composite
@@ -71,9 +68,9 @@ def instances(draw):
         # uneven weights: many distinct values (exercises the per-user table compaction)
         raw = item_dist * np.array([[draw(st.integers(1, 9)) for _ in range(G)] for _ in range(n_items)])
         item_dist = raw / raw.sum(axis=1, keepdims=True)
-    return dict(scores=scores.astype(np.float32) if f32 else scores,
-                item_dist=item_dist, target=target, k=k, lam=lam,
-                alpha=alpha, candidates=cand, csr=csr)
+    return {"scores": scores.astype(np.float32) if f32 else scores,
+                "item_dist": item_dist, "target": target, "k": k, "lam": lam,
+                "alpha": alpha, "candidates": cand, "csr": csr}
 
 
 # calibrated against the reference #############################################################
@@ -195,7 +192,7 @@ def test_greedy_never_beats_brute_force():
     rng = np.random.default_rng(5)
     for _ in range(30):
         scores, item_dist, target, _, k = random_instance(rng, U=1, C=7, G=3, n_items=7, k=3)
-        lst, obj, _ = rerank.calibrated(scores, item_dist, target, k, lam=0.5, return_objective=True)
+        _, obj, _ = rerank.calibrated(scores, item_dist, target, k, lam=0.5, return_objective=True)
         best = ref.brute_force_best(scores[0].tolist(), item_dist.tolist(), target[0].tolist(), k, 0.5, 0.01)
         assert obj[0] <= best + 1e-12
 
@@ -360,43 +357,43 @@ def _ok():
     item_dist = np.eye(3)[[0, 1, 2, 0]]
     scores = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])
     target = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
-    return dict(scores=scores, item_dist=item_dist, target=target, k=2)
+    return {"scores": scores, "item_dist": item_dist, "target": target, "k": 2}
 
 
 @pytest.mark.parametrize("change,exc,match", [
-    (dict(scores=np.zeros(3)), ValueError, r"scores must be 2-D \[U, C\], got shape \(3,\)"),
-    (dict(scores=np.zeros((2, 4), dtype=np.int64)), TypeError, "scores must have dtype float32 or float64"),
-    (dict(scores=[[0.1, 0.2]]), TypeError, "scores must be a numpy.ndarray"),
-    (dict(k=0), ValueError, r"k must be in \[1, C\]"),
-    (dict(k=5), ValueError, r"k must be in \[1, C\] with C = 4"),
-    (dict(k=2.0), TypeError, "k must be an int"),
-    (dict(lam=1.5), ValueError, r"lam must be in \[0, 1\]"),
-    (dict(lam=-0.1), ValueError, r"lam must be in \[0, 1\]"),
-    (dict(lam=float("nan")), ValueError, r"lam must be in \[0, 1\]"),
-    (dict(alpha=1.0), ValueError, r"alpha must be in \[0, 1\)"),
-    (dict(alpha=-0.01), ValueError, r"alpha must be in \[0, 1\)"),
-    (dict(target=np.array([[0.5, 0.5, 0.0]])), ValueError, r"target must be 2-D \[U, G\] with U = 2.*\(1, 3\)"),
-    (dict(target=np.array([[0.5, 0.5, 0.0], [0.2, np.nan, 0.5]])), ValueError, "target row 1 holds NaN"),
-    (dict(target=np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.5]])), ValueError, "target row 1 sums to"),
-    (dict(target=np.array([[1.5, -0.5, 0.0], [0.2, 0.3, 0.5]])), ValueError, "target row 0 holds a negative"),
-    (dict(target=np.array([[1, 0, 0], [0, 0, 1]])), TypeError, "target must have a float dtype"),
-    (dict(item_dist=np.eye(3)[[0, 1, 2, 0]][:, :2]), ValueError, r"item_dist must be \[n_items, G\] with G = 3"),
-    (dict(item_dist=np.eye(3)[[0, 1, 2, 0]] * 0.5), ValueError, "item_dist row 0 sums to 0.5"),
-    (dict(item_dist=np.array([[1.5, -0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])), ValueError,
+    ({"scores": np.zeros(3)}, ValueError, r"scores must be 2-D \[U, C\], got shape \(3,\)"),
+    ({"scores": np.zeros((2, 4), dtype=np.int64)}, TypeError, "scores must have dtype float32 or float64"),
+    ({"scores": [[0.1, 0.2]]}, TypeError, "scores must be a numpy.ndarray"),
+    ({"k": 0}, ValueError, r"k must be in \[1, C\]"),
+    ({"k": 5}, ValueError, r"k must be in \[1, C\] with C = 4"),
+    ({"k": 2.0}, TypeError, "k must be an int"),
+    ({"lam": 1.5}, ValueError, r"lam must be in \[0, 1\]"),
+    ({"lam": -0.1}, ValueError, r"lam must be in \[0, 1\]"),
+    ({"lam": float("nan")}, ValueError, r"lam must be in \[0, 1\]"),
+    ({"alpha": 1.0}, ValueError, r"alpha must be in \[0, 1\)"),
+    ({"alpha": -0.01}, ValueError, r"alpha must be in \[0, 1\)"),
+    ({"target": np.array([[0.5, 0.5, 0.0]])}, ValueError, r"target must be 2-D \[U, G\] with U = 2.*\(1, 3\)"),
+    ({"target": np.array([[0.5, 0.5, 0.0], [0.2, np.nan, 0.5]])}, ValueError, "target row 1 holds NaN"),
+    ({"target": np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.5]])}, ValueError, "target row 1 sums to"),
+    ({"target": np.array([[1.5, -0.5, 0.0], [0.2, 0.3, 0.5]])}, ValueError, "target row 0 holds a negative"),
+    ({"target": np.array([[1, 0, 0], [0, 0, 1]])}, TypeError, "target must have a float dtype"),
+    ({"item_dist": np.eye(3)[[0, 1, 2, 0]][:, :2]}, ValueError, r"item_dist must be \[n_items, G\] with G = 3"),
+    ({"item_dist": np.eye(3)[[0, 1, 2, 0]] * 0.5}, ValueError, "item_dist row 0 sums to 0.5"),
+    ({"item_dist": np.array([[1.5, -0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])}, ValueError,
      "item_dist row 0 holds a negative"),
-    (dict(item_dist=np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]), TypeError, "item_dist must have a float dtype"),
-    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, 2, 3]], dtype=np.int32)), TypeError,
+    ({"item_dist": np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]}, TypeError, "item_dist must have a float dtype"),
+    ({"candidates": np.array([[0, 1, 2, 3], [0, 1, 2, 3]], dtype=np.int32)}, TypeError,
      "candidates must have dtype int64, got int32"),
-    (dict(candidates=np.array([[0, 1, 2, 3]], dtype=np.int64)), ValueError,
+    ({"candidates": np.array([[0, 1, 2, 3]], dtype=np.int64)}, ValueError,
      r"candidates must have the shape of scores \(2, 4\), got shape \(1, 4\)"),
-    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, 4, 3]], dtype=np.int64)), ValueError,
+    ({"candidates": np.array([[0, 1, 2, 3], [0, 1, 4, 3]], dtype=np.int64)}, ValueError,
      r"candidates row 1 holds item id 4 \(at candidates\[1, 2\]\)"),
-    (dict(candidates=np.array([[0, 1, 2, 3], [0, 1, -1, 3]], dtype=np.int64)), ValueError,
+    ({"candidates": np.array([[0, 1, 2, 3], [0, 1, -1, 3]], dtype=np.int64)}, ValueError,
      "candidates row 1 holds item id -1"),
-    (dict(scores=np.array([[0.4, 0.3, 0.2, 0.1], [0.1, np.nan, 0.3, 0.4]])), ValueError, "scores row 1 holds NaN"),
-    (dict(scores=np.array([[0.4, np.inf, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])), ValueError,
+    ({"scores": np.array([[0.4, 0.3, 0.2, 0.1], [0.1, np.nan, 0.3, 0.4]])}, ValueError, "scores row 1 holds NaN"),
+    ({"scores": np.array([[0.4, np.inf, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])}, ValueError,
      r"scores row 0 holds \+inf"),
-    (dict(num_threads=-1), ValueError, "num_threads must be >= 0"),
+    ({"num_threads": -1}, ValueError, "num_threads must be >= 0"),
 ])
 def test_bad_input(change, exc, match):
     args = _ok()
@@ -456,9 +453,9 @@ def sorted_instances(draw):
     scores = np.sort(np.array(draw(st.lists(st.floats(-1, 1), min_size=C, max_size=C))) * spread)[::-1][None, :]
     tgt = np.array([[draw(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0])) for _ in range(G)]])
     assume(tgt.sum() > 0)
-    return dict(scores=np.ascontiguousarray(scores), item_dist=rerank.genre_distribution(item_genres, n_genres=G),
-                target=tgt / tgt.sum(), k=k, lam=draw(st.floats(0.01, 0.99)),
-                alpha=draw(st.sampled_from([0.01, 0.1])))
+    return {"scores": np.ascontiguousarray(scores), "item_dist": rerank.genre_distribution(item_genres, n_genres=G),
+                "target": tgt / tgt.sum(), "k": k, "lam": draw(st.floats(0.01, 0.99)),
+                "alpha": draw(st.sampled_from([0.01, 0.1]))}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])

@@ -16,10 +16,15 @@
 //
 // Item weights take few distinct values (1, 1/2, 1/3 for items with 1-3 categories), so each
 // step fills a small table T[e] = lam p_g ln(1 + (1-alpha) w_d / o_g), one entry per
-// (category g with p_g > 0, distinct weight w_d) that this user's candidates use, and each
-// candidate holds a fixed-width list of table indices (padding points at T[0] = 0). The
-// candidate loop is then gathers and adds without branches. Scores are read as double
-// (float32 widens exactly); there is no fast-math and no float32 arithmetic.
+// (category g with p_g > 0, distinct weight w_d), and each candidate holds a fixed-width list
+// of table slots (padding points at T[0] = 0; up to 4 slots pack into one 8-byte load). The
+// slots are precomputed per item once per batch (ItemKeys), so a user's set-up is a copy. Each
+// step computes every candidate's value (gathers and adds, no branches), then the first
+// maximum. When a row's scores are non-increasing (a first-stage top-C returns them so), the
+// scan goes in chunks and stops once no later candidate can reach the best even with the
+// largest possible table sum (T >= 0; the bound is exact up to a 1e-12 relative slack that
+// covers rounding). Scores are read as double (float32 widens exactly); there is no fast-math
+// and no float32 arithmetic, and the result does not depend on which scan ran.
 //
 // Special values (the contract the Python layer documents):
 //   * lam == 0: plain top-k by score, ties to the lower candidate index.

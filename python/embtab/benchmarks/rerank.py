@@ -23,6 +23,7 @@ import platform
 import statistics
 import subprocess
 import time
+from functools import partial
 from itertools import combinations
 
 import numpy as np
@@ -59,8 +60,8 @@ def make_workload(U=10_000, C=500, G=20, n_items=5_000, k=10, history=50, seed=0
     order = np.argsort(-scores, axis=1, kind="stable")
     scores = np.take_along_axis(scores, order, axis=1)
     cand = np.take_along_axis(cand, order, axis=1)
-    return dict(scores=np.ascontiguousarray(scores), candidates=np.ascontiguousarray(cand), item_dist=item_dist,
-                target=target, k=k, G=G, n_items=n_items)
+    return {"scores": np.ascontiguousarray(scores), "candidates": np.ascontiguousarray(cand), "item_dist": item_dist,
+                "target": target, "k": k, "G": G, "n_items": n_items}
 
 
 # reference implementations ####################################################################
@@ -211,8 +212,8 @@ def greedy_optimality(n_instances=300, C=8, k=4, G=4, lam=0.5, alpha=0.01, seed=
             optimal += 1
             gap = 0.0
         gaps.append(gap)
-    return dict(n_instances=n_instances, C=C, k=k, G=G, lam=lam, alpha=alpha, optimal_share=optimal / n_instances,
-                worst_gap=max(gaps), mean_gap=float(np.mean(gaps)))
+    return {"n_instances": n_instances, "C": C, "k": k, "G": G, "lam": lam, "alpha": alpha, "optimal_share": optimal / n_instances,
+                "worst_gap": max(gaps), "mean_gap": float(np.mean(gaps))}
 
 
 # timing #######################################################################################
@@ -231,13 +232,13 @@ def _time(fn, repeats):
 def _machine():
     model = platform.processor() or "unknown"
     try:
-        txt = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        txt = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
         for line in txt.splitlines():
             if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return dict(cpu=model, cores=os.cpu_count(), python=platform.python_version(), numpy=np.__version__)
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def _core_args(wl):
@@ -264,9 +265,9 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     users_py = 2 if quick else 5
     wl = make_workload(U=U, C=C, G=G, k=k, seed=seed)
     s, cand, dist, tgt = wl["scores"], wl["candidates"], wl["item_dist"], wl["target"]
-    res = dict(machine=_machine(), config=dict(U=U, C=C, G=G, k=k, lam=lam, alpha=0.01, n_items=wl["n_items"],
-                                               genres_per_item="1-3", repeats=reps, users_numpy_a=users_a,
-                                               users_python=users_py, quick=quick, seed=seed))
+    res = {"machine": _machine(), "config": {"U": U, "C": C, "G": G, "k": k, "lam": lam, "alpha": 0.01, "n_items": wl["n_items"],
+                                               "genres_per_item": "1-3", "repeats": reps, "users_numpy_a": users_a,
+                                               "users_python": users_py, "quick": quick, "seed": seed}}
     # embtab, threads
     emb = {}
     lists = None
@@ -276,7 +277,7 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
         if lists is None:
             lists = out
         assert np.array_equal(out, lists), "embtab output differs across thread counts"
-        emb[str(nt)] = dict(seconds=med, all=ts, us_per_user=med / U * 1e6, users_per_s=U / med)
+        emb[str(nt)] = {"seconds": med, "all": ts, "us_per_user": med / U * 1e6, "users_per_s": U / med}
     res["embtab"] = emb
     # the same rows with candidates shuffled (full scan: no score-order bound)
     rng = np.random.default_rng(seed + 7)
@@ -284,23 +285,23 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     s_sh = np.ascontiguousarray(np.take_along_axis(s, perm, axis=1))
     c_sh = np.ascontiguousarray(np.take_along_axis(cand, perm, axis=1))
     med, ts, out = _time(lambda: rr.calibrated(s_sh, dist, tgt, k, lam=lam, candidates=c_sh, num_threads=1), reps)
-    res["embtab_shuffled"] = dict(seconds=med, all=ts, us_per_user=med / U * 1e6, users_per_s=U / med,
-                                  identical=bool(np.array_equal(out, lists)))
+    res["embtab_shuffled"] = {"seconds": med, "all": ts, "us_per_user": med / U * 1e6, "users_per_s": U / med,
+                                  "identical": bool(np.array_equal(out, lists))}
     # numpy (b) on all users
     med_b, ts_b, out_b = _time(lambda: rerank_numpy_b(s, cand, dist, tgt, k, lam), max(1, reps // 2))
-    res["numpy_b"] = dict(seconds=med_b, all=ts_b, us_per_user=med_b / U * 1e6, users=U,
-                          identical=bool(np.array_equal(out_b, lists)))
+    res["numpy_b"] = {"seconds": med_b, "all": ts_b, "us_per_user": med_b / U * 1e6, "users": U,
+                          "identical": bool(np.array_equal(out_b, lists))}
     # numpy (a) on a subset of users
     sub = slice(0, users_a)
     med_a, ts_a, out_a = _time(lambda: rerank_numpy_a(s[sub], cand[sub], dist, tgt[sub], k, lam), 1)
-    res["numpy_a"] = dict(seconds=med_a, all=ts_a, us_per_user=med_a / users_a * 1e6, users=users_a,
-                          identical=bool(np.array_equal(out_a, lists[sub])))
+    res["numpy_a"] = {"seconds": med_a, "all": ts_a, "us_per_user": med_a / users_a * 1e6, "users": users_a,
+                          "identical": bool(np.array_equal(out_a, lists[sub]))}
     # plain Python on a few users
     subp = slice(0, users_py)
     dl = [list(map(float, row)) for row in dist]
-    med_p, ts_p, out_p = _time(lambda: rerank_python(s[subp], cand[subp], dl, tgt[subp], k, lam), 1)
-    res["python"] = dict(seconds=med_p, us_per_user=med_p / users_py * 1e6, users=users_py,
-                         identical=bool(np.array_equal(out_p, lists[subp])))
+    med_p, _, out_p = _time(lambda: rerank_python(s[subp], cand[subp], dl, tgt[subp], k, lam), 1)
+    res["python"] = {"seconds": med_p, "us_per_user": med_p / users_py * 1e6, "users": users_py,
+                         "identical": bool(np.array_equal(out_p, lists[subp]))}
     # per-user latency: one core call per user (CSR prebuilt, no Python validation)
     indptr, genre, wclass, weights = _core_args(wl)
     n_lat = 300 if quick else 2000
@@ -311,12 +312,12 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
         _core.rerank_calibrated(su, cu, indptr, genre, wclass, weights, tu, k, lam, 0.01, 1, False)
         lat.append(time.perf_counter() - t0)
     lat = np.array(lat) * 1e6
-    res["latency_us"] = dict(users=n_lat, p50=float(np.percentile(lat, 50)), p99=float(np.percentile(lat, 99)),
-                             note="one _core call per user (item CSR prebuilt), 1 thread; includes the pybind11 "
-                                  "call and the per-call O(n_items) bounds check of the item CSR")
+    res["latency_us"] = {"users": n_lat, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                             "note": "one _core call per user (item CSR prebuilt), 1 thread; includes the pybind11 "
+                                  "call and the per-call O(n_items) bounds check of the item CSR"}
     # floors: one pass over the score matrix; the C++ kernel's own count of work
     med_pass, _, _ = _time(lambda: s.max(axis=1), reps)
-    res["score_pass"] = dict(seconds=med_pass, note="numpy max over the [U, C] float64 score matrix")
+    res["score_pass"] = {"seconds": med_pass, "note": "numpy max over the [U, C] float64 score matrix"}
     nnz = (dist > 0).sum(axis=1)[cand]  # genres per candidate
     width = int((dist > 0).sum(axis=1).max())
     present = np.unique(np.nonzero(dist)[1] * 1000 + np.unique(dist[dist > 0], return_inverse=True)[1])
@@ -325,31 +326,45 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     n_entries = int(present.size)
     med_full, _, _ = _time(lambda: _core._rerank_work_floor(U, C, k, width, n_entries, False, 1), reps)
     med_logs, _, _ = _time(lambda: _core._rerank_work_floor(U, C, k, width, n_entries, True, 1), reps)
-    res["floor"] = dict(full_scan_seconds=med_full, logs_only_seconds=med_logs, n_entries=n_entries,
-                        note="C++ kernel with only the per-step logs (n_entries per step) and a full scan of "
-                             "k*C*width packed table gathers + argmax, 1 thread, no set-up")
-    res["work"] = dict(gathers=int(k * nnz.sum()), padded_gathers=int(k * U * C * width), logs=logs,
-                       mean_genres_per_candidate=float(nnz.mean()), width=width)
+    res["floor"] = {"full_scan_seconds": med_full, "logs_only_seconds": med_logs, "n_entries": n_entries,
+                        "note": "C++ kernel with only the per-step logs (n_entries per step) and a full scan of "
+                             "k*C*width packed table gathers + argmax, 1 thread, no set-up"}
+    res["work"] = {"gathers": int(k * nnz.sum()), "padded_gathers": int(k * U * C * width), "logs": logs,
+                       "mean_genres_per_candidate": float(nnz.mean()), "width": width}
     # scaling sweeps (1 thread)
     sweep_u = []
     for uu in ([500, 1000, 2000] if quick else [1250, 2500, 5000, 10_000]):
         med, _, _ = _time(lambda uu=uu: rr.calibrated(s[:uu], dist, tgt[:uu], k, lam=lam, candidates=cand[:uu],
                                                       num_threads=1), reps)
-        sweep_u.append(dict(U=uu, C=C, seconds=med, ns_per_user_candidate=med / (uu * C) * 1e9))
+        sweep_u.append({"U": uu, "C": C, "seconds": med, "ns_per_user_candidate": med / (uu * C) * 1e9})
     sweep_c = []
     for cc in ([100, 250, 500] if quick else [125, 250, 500, 1000]):
         wl2 = wl if cc == C else make_workload(U=min(U, 5000), C=cc, G=G, k=k, seed=seed + 1)
         uu = min(U, 5000)
         s2, c2, t2 = wl2["scores"][:uu], wl2["candidates"][:uu], wl2["target"][:uu]
-        med, _, _ = _time(lambda: rr.calibrated(s2, wl2["item_dist"], t2, k, lam=lam, candidates=c2, num_threads=1),
-                          reps)
-        sweep_c.append(dict(U=uu, C=cc, seconds=med, ns_per_user_candidate=med / (uu * cc) * 1e9))
+        med, _, _ = _time(partial(rr.calibrated, s2, wl2["item_dist"], t2, k, lam=lam, candidates=c2,
+                                  num_threads=1), reps)
+        perm = np.argsort(np.random.default_rng(seed + cc).random(s2.shape), axis=1)
+        s2s = np.ascontiguousarray(np.take_along_axis(s2, perm, axis=1))
+        c2s = np.ascontiguousarray(np.take_along_axis(c2, perm, axis=1))
+        med_sh, _, _ = _time(partial(rr.calibrated, s2s, wl2["item_dist"], t2, k, lam=lam, candidates=c2s,
+                                     num_threads=1), reps)
+        sweep_c.append({"U": uu, "C": cc, "seconds": med, "ns_per_user_candidate": med / (uu * cc) * 1e9,
+                            "shuffled_seconds": med_sh, "shuffled_ns_per_user_candidate": med_sh / (uu * cc) * 1e9})
     res["sweep_users"] = sweep_u
     res["sweep_candidates"] = sweep_c
     # top-k (first stage)
     res["topk"] = bench_topk(quick=quick, num_threads=num_threads, seed=seed)
     res["optimality"] = greedy_optimality(n_instances=100 if quick else 500, seed=seed)
     return res
+
+
+def _np_topk(scores, k):
+    """np.argpartition + sort: the k largest per row, descending."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
 def bench_topk(quick=False, num_threads=(1, 2), seed=0):
@@ -368,23 +383,17 @@ def bench_topk(quick=False, num_threads=(1, 2), seed=0):
             if k > N:
                 continue
 
-            def np_topk():
-                part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                vals = np.take_along_axis(scores, part, axis=1)
-                order = np.argsort(-vals, axis=1, kind="stable")
-                return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
-
-            t_np, _, (vn, _) = _time(np_topk, reps)
-            row = dict(U=U, N=N, k=k, dtype="float32", numpy_argpartition_sort=t_np, embtab={}, torch={})
+            t_np, _, (vn, _) = _time(partial(_np_topk, scores, k), reps)
+            row = {"U": U, "N": N, "k": k, "dtype": "float32", "numpy_argpartition_sort": t_np, "embtab": {}, "torch": {}}
             for nt in num_threads:
-                t_e, _, (ve, _) = _time(lambda nt=nt: rr.topk(scores, k, num_threads=nt), reps)
+                t_e, _, (ve, _) = _time(partial(rr.topk, scores, k, num_threads=nt), reps)
                 row["embtab"][str(nt)] = t_e
                 row["values_match_numpy"] = bool(np.array_equal(ve, vn))
                 if torch is not None:
                     prev = torch.get_num_threads()
                     torch.set_num_threads(nt)
                     ts = torch.from_numpy(scores)
-                    t_t, _, _ = _time(lambda: torch.topk(ts, k, dim=1, largest=True, sorted=True), reps)
+                    t_t, _, _ = _time(partial(torch.topk, ts, k, dim=1, largest=True, sorted=True), reps)
                     torch.set_num_threads(prev)
                     row["torch"][str(nt)] = t_t
             rows.append(row)
@@ -444,12 +453,14 @@ def format_markdown(results) -> str:
                      f"most of the scan) and {r['embtab_shuffled']['seconds'] / fl['full_scan_seconds']:.2f}× it "
                      f"on shuffled rows; {e1['seconds'] / fl['logs_only_seconds']:.1f}× the logs alone.")
     lines.append("")
-    lines.append("Scaling (1 thread):")
+    lines.append("Scaling (1 thread; rows in score order, and the same rows shuffled, which scans every candidate):")
     lines.append("")
-    lines.append("| U | C | seconds | ns per user·candidate |")
-    lines.append("|---:|---:|---:|---:|")
+    lines.append("| U | C | seconds | ns per user·candidate | shuffled: seconds | shuffled: ns per user·candidate |")
+    lines.append("|---:|---:|---:|---:|---:|---:|")
     for sw in r["sweep_users"] + r["sweep_candidates"]:
-        lines.append(f"| {sw['U']:,} | {sw['C']} | {sw['seconds']:.4f} | {sw['ns_per_user_candidate']:.2f} |")
+        sh = (f"{sw['shuffled_seconds']:.4f} | {sw['shuffled_ns_per_user_candidate']:.2f}"
+              if "shuffled_seconds" in sw else "- | -")
+        lines.append(f"| {sw['U']:,} | {sw['C']} | {sw['seconds']:.4f} | {sw['ns_per_user_candidate']:.2f} | {sh} |")
     lines.append("")
     lines.append("Top-k (first stage), float32 scores, times in ms:")
     lines.append("")
