@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from embtab import metrics
 from embtab.data import RowSets, power_law, train_test_split
 from embtab.metrics import (
     arp_at_k,
@@ -342,3 +343,14 @@ def test_decile_recall_matches_slow_reference(world):
             if sd:
                 vals.append(len(set(t[:k].tolist()) & sd) / min(k, len(sd)))
         np.testing.assert_allclose(got[d], np.mean(vals) if vals else math.nan, equal_nan=True)
+
+
+def test_miscalibration_reexport_agrees_with_miscalibration_at_k():
+    # 3 items with one genre each (A, A, B). The user trained on items 0 and 2, so p = (1/2, 1/2);
+    # the list [0, 1] is all A, so q = (1, 0) and q~ = (0.99 + 0.005, 0.005):
+    # KL = 0.5 ln(0.5 / 0.995) + 0.5 ln(0.5 / 0.005).
+    genres = np.array([[1, 0], [1, 0], [0, 1]])
+    expected = 0.5 * np.log(0.5 / 0.995) + 0.5 * np.log(0.5 / 0.005)
+    per_user = metrics.miscalibration(np.array([[0, 1]]), genres.astype(float), np.array([[0.5, 0.5]]))
+    assert per_user == pytest.approx([expected])
+    assert metrics.miscalibration_at_k([[0, 1]], [[0, 2]], genres, k=2) == pytest.approx(expected)

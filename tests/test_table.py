@@ -536,3 +536,30 @@ def test_stats_and_memory():
     assert s["bytes_per_key"] == pytest.approx(s["memory_bytes"] / 10_000)
     assert set(s) >= {"grows", "displacements", "lookups", "second_bucket_probes", "max_bfs_path"}
     assert embtab.CuckooTable is CuckooTable
+
+
+def test_parallel_batches_from_two_python_threads_at_once():
+    """Both threads' batches are split across threads (one on the shared pool, the other on
+    helpers of its own while the pool is busy); every result must still be exact."""
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 2**63, 100_000, dtype=np.int64)
+    t = CuckooTable(num_threads=2)
+    expected = t.lookup_or_insert(keys)
+    errors = []
+
+    def worker(seed):
+        r = np.random.default_rng(seed)
+        try:
+            for _ in range(20):
+                idx = r.integers(0, len(keys), 60_000)
+                np.testing.assert_array_equal(t.lookup(keys[idx]), expected[idx])
+                assert t.contains(keys[idx]).all()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors

@@ -64,6 +64,7 @@ __all__ = [
     "head_items",
     "item_counts",
     "item_popularity",
+    "miscalibration",
     "miscalibration_at_k",
     "ndcg_at_k",
     "popularity_deciles",
@@ -589,3 +590,16 @@ def _nanmean(x) -> float:
     x = np.asarray(x, dtype=np.float64)
     ok = ~np.isnan(x)
     return float(x[ok].mean()) if ok.any() else float("nan")
+
+
+def miscalibration(lists, item_dist, target, alpha: float = ALPHA):
+    """Per-user miscalibration of given lists: Σ_g p(g|u) ln(p(g|u) / q̃(g|u)).
+
+    The same quantity the calibrated reranker minimises; see
+    :func:`embtab.rerank.miscalibration` (this is that function, re-exported so that the
+    metrics module names every metric). ``miscalibration_at_k`` is its mean over users with
+    p from training items, as DESIGN.md defines miscalibration@k.
+    """
+    from embtab.rerank import miscalibration as _miscalibration
+
+    return _miscalibration(lists, item_dist, target, alpha=alpha)

@@ -1,12 +1,17 @@
-// embtab/parallel.hpp: the one parallel loop embtab uses.
+// embtab/parallel.hpp: the one parallel loop embtab uses, on a persistent thread pool.
 #pragma once
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <cstdint>
 #include <cstddef>
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace embtab {
@@ -18,13 +23,130 @@ inline int resolve_threads(int num_threads) noexcept {
     return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
+namespace detail {
+
+// ChunkJob: one parallel_for call. Lives on the caller's stack; the pool guarantees that no
+// worker touches it after the caller returns (see ThreadPool::run).
+struct ChunkJob {
+    std::size_t n = 0, grain = 1, chunks = 0;
+    void* ctx = nullptr;
+    void (*call)(void* ctx, std::size_t begin, std::size_t end) = nullptr;
+    int max_helpers = 0;  // workers allowed to join (guarded by the pool's mutex)
+    int taken = 0;        // workers that joined (guarded by the pool's mutex)
+    int active = 0;       // workers still running chunks (guarded by the pool's mutex)
+    std::atomic<std::size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+
+    // run_chunks claims chunks until none are left; records the first exception.
+    void run_chunks() noexcept {
+        for (;;) {
+            if (failed.load(std::memory_order_relaxed)) return;
+            const std::size_t c = next.fetch_add(1, std::memory_order_relaxed);
+            if (c >= chunks) return;
+            try {
+                call(ctx, c * grain, std::min(n, (c + 1) * grain));
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                if (!error) error = std::current_exception();
+                failed.store(true, std::memory_order_relaxed);
+                return;
+            }
+        }
+    }
+};
+
+// ThreadPool: hardware_concurrency - 1 workers that sleep until a job is posted. One job
+// runs at a time (busy_); a caller that finds the pool busy (another Python thread's batch)
+// falls back to threads of its own. Never destroyed: workers sleep through process exit. After
+// fork() the child builds a fresh pool (pid check) and never touches the parent's copy.
+class ThreadPool {
+  public:
+    explicit ThreadPool(int workers) : pid_(::getpid()), workers_(workers) {
+        for (int i = 0; i < workers; ++i) std::thread([this] { loop(); }).detach();
+    }
+
+    int workers() const noexcept { return workers_; }
+    pid_t pid() const noexcept { return pid_; }
+
+    // try_run runs job on the caller and up to job.max_helpers workers and returns true, or
+    // returns false at once (job untouched) if another job holds the pool.
+    bool try_run(ChunkJob& job) {
+        if (!busy_.try_lock()) return false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            job_ = &job;
+            ++generation_;
+        }
+        wake_.notify_all();
+        job.run_chunks();
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            job_ = nullptr;  // no worker joins from now on
+            done_.wait(lock, [&] { return job.active == 0; });
+        }
+        busy_.unlock();
+        return true;
+    }
+
+  private:
+    void loop() {
+        std::uint64_t seen = 0;
+        for (;;) {
+            ChunkJob* job = nullptr;
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return generation_ != seen; });
+                seen = generation_;
+                job = job_;
+                if (job == nullptr || job->taken >= job->max_helpers) continue;
+                ++job->taken;
+                ++job->active;
+            }
+            job->run_chunks();
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                --job->active;
+            }
+            done_.notify_all();
+        }
+    }
+
+    const pid_t pid_;
+    const int workers_;
+    std::mutex busy_;
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    std::uint64_t generation_ = 0;
+    ChunkJob* job_ = nullptr;
+};
+
+// pool returns this process's pool, creating it on first use (and anew in a forked child).
+inline ThreadPool* pool() {
+    static std::atomic<ThreadPool*> current{nullptr};
+    static std::mutex create_mutex;
+    ThreadPool* p = current.load(std::memory_order_acquire);
+    if (p != nullptr && p->pid() == ::getpid()) return p;
+    std::lock_guard<std::mutex> lock(create_mutex);
+    p = current.load(std::memory_order_acquire);
+    if (p == nullptr || p->pid() != ::getpid()) {
+        p = new ThreadPool(std::max(1, resolve_threads(0) - 1));  // intentionally never freed
+        current.store(p, std::memory_order_release);
+    }
+    return p;
+}
+
+}  // namespace detail
+
 // parallel_for runs fn(begin, end) over [0, n) in chunks of `grain` items on up to
 // num_threads threads (0 = hardware concurrency). Work is handed out through an atomic
 // counter; the chunk boundaries do not depend on the thread count, so a fn that writes only
 // its own chunk's outputs gives identical results for any thread count. Runs serially on the
-// calling thread when one thread is asked for or n <= grain. The first exception thrown by
-// any chunk is captured and rethrown on the calling thread after every worker has joined;
-// the remaining chunks are skipped. Assumes grain > 0.
+// calling thread when one thread is asked for or n <= grain. Uses the persistent pool when it
+// is free, else threads of its own. The first exception thrown by any chunk is rethrown on the
+// calling thread after every helper has stopped; the remaining chunks are skipped.
+// Assumes grain > 0.
 template <class Fn>
 void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
     if (n == 0) return;
@@ -35,31 +157,23 @@ void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
         for (std::size_t c = 0; c < chunks; ++c) fn(c * grain, std::min(n, (c + 1) * grain));
         return;
     }
-    std::atomic<std::size_t> next{0};
-    std::atomic<bool> failed{false};
-    std::exception_ptr first_error;
-    std::mutex error_mutex;
-    auto worker = [&]() {
-        for (;;) {
-            if (failed.load(std::memory_order_relaxed)) return;
-            std::size_t c = next.fetch_add(1, std::memory_order_relaxed);
-            if (c >= chunks) return;
-            try {
-                fn(c * grain, std::min(n, (c + 1) * grain));
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(error_mutex);
-                if (!first_error) first_error = std::current_exception();
-                failed.store(true, std::memory_order_relaxed);
-                return;
-            }
-        }
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<std::size_t>(threads - 1));
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
-    if (first_error) std::rethrow_exception(first_error);
+    using F = std::remove_reference_t<Fn>;
+    detail::ChunkJob job;
+    job.n = n;
+    job.grain = grain;
+    job.chunks = chunks;
+    job.ctx = const_cast<void*>(static_cast<const void*>(&fn));
+    job.call = [](void* ctx, std::size_t b, std::size_t e) { (*static_cast<F*>(ctx))(b, e); };
+    detail::ThreadPool* p = detail::pool();
+    job.max_helpers = std::min(threads - 1, p->workers());
+    if (!p->try_run(job)) {
+        std::vector<std::thread> helpers;
+        helpers.reserve(static_cast<std::size_t>(threads - 1));
+        for (int t = 1; t < threads; ++t) helpers.emplace_back([&job] { job.run_chunks(); });
+        job.run_chunks();
+        for (auto& th : helpers) th.join();
+    }
+    if (job.error) std::rethrow_exception(job.error);
 }
 
 }  // namespace embtab

@@ -474,7 +474,7 @@ inline bool topk_radix_row(const S* row, std::int64_t n, std::int64_t k, S* vals
     // the boundary bucket b1: fewer than k elements lie in buckets below it
     std::int64_t before = 0;
     std::size_t b1 = 0;
-    while (before + hist[b1] < static_cast<std::uint64_t>(k)) before += hist[b1++];
+    while (before + static_cast<std::int64_t>(hist[b1]) < k) before += hist[b1++];
     UK limit = static_cast<UK>((static_cast<UK>(b1) + 1) << (kBits - kHi)) - 1;  // keep key <= limit
     if (b1 + 1 == kBins) limit = ~UK{0};
     if (hist[b1] > static_cast<std::uint32_t>(2 * (k - before) + 64)) {
@@ -486,7 +486,7 @@ inline bool topk_radix_row(const S* row, std::int64_t n, std::int64_t k, S* vals
             hist[(kk >> (kBits - 2 * kHi)) & (kBins - 1)] += (kk >> (kBits - kHi)) == top;
         }
         std::size_t b2 = 0;
-        while (before + hist[b2] < static_cast<std::uint64_t>(k)) before += hist[b2++];
+        while (before + static_cast<std::int64_t>(hist[b2]) < k) before += hist[b2++];
         limit = static_cast<UK>((((static_cast<UK>(b1) << kHi) | static_cast<UK>(b2)) + 1) << (kBits - 2 * kHi)) - 1;
         if (b1 + 1 == kBins && b2 + 1 == kBins) limit = ~UK{0};
     }
