@@ -265,6 +265,40 @@ def _check_bag_args(
     return off
 
 
+def _init_bag(module, mode: str, include_last_offset: bool) -> None:
+    """Sets a bag module's ``mode`` and ``include_last_offset``; raises ValueError for an
+    unknown mode or for mode='max' with sparse=True (as torch does). Assumes ``module.sparse``."""
+    module.mode = _check_mode(mode)
+    if module.mode == "max" and module.sparse:
+        raise ValueError("mode='max' does not support sparse=True (as in torch)")
+    module.include_last_offset = bool(include_last_offset)
+
+
+def _bag_forward(module, input: Tensor, offsets, per_sample_weights, remap) -> Tensor:
+    """The forward shared by the bag modules: checks the bag arguments, maps the IDs to rows with
+    ``remap(ids) -> (rows, padding_idx or None)`` on CPU, and reduces with F.embedding_bag."""
+    ids, shape = _as_id_array(input, "input")
+    off = _check_bag_args(
+        input, offsets, per_sample_weights, module.mode, module.include_last_offset, module.weight
+    )
+    rows, padding_idx = remap(ids)
+    dev = module.weight.device
+    idx = torch.from_numpy(rows).reshape(shape).to(dev)
+    return F.embedding_bag(
+        idx,
+        module.weight,
+        None if off is None else off.to(dev),
+        module.max_norm,
+        module.norm_type,
+        module.scale_grad_by_freq,
+        module.mode,
+        module.sparse,
+        per_sample_weights,
+        module.include_last_offset,
+        padding_idx,
+    )
+
+
 def _check_mode(mode: str) -> str:
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
@@ -874,10 +908,7 @@ class CuckooEmbeddingBag(_CuckooBase):
             dtype,
             **kwargs,
         )
-        self.mode = _check_mode(mode)
-        if self.mode == "max" and self.sparse:
-            raise ValueError("mode='max' does not support sparse=True (as in torch)")
-        self.include_last_offset = bool(include_last_offset)
+        _init_bag(self, mode, include_last_offset)
 
     def forward(
         self,
@@ -885,26 +916,11 @@ class CuckooEmbeddingBag(_CuckooBase):
         offsets: Optional[Tensor] = None,
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(
-            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
-        )
-        rows, has_zero = self._remap(ids)
-        dev = self.weight.device
-        idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        return F.embedding_bag(
-            idx,
-            self.weight,
-            None if off is None else off.to(dev),
-            self.max_norm,
-            self.norm_type,
-            self.scale_grad_by_freq,
-            self.mode,
-            self.sparse,
-            per_sample_weights,
-            self.include_last_offset,
-            self.num_embeddings if has_zero else None,
-        )
+        def remap(ids):
+            rows, has_zero = self._remap(ids)
+            return rows, (self.num_embeddings if has_zero else None)
+
+        return _bag_forward(self, input, offsets, per_sample_weights, remap)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -1099,10 +1115,7 @@ class HashedEmbeddingBag(_HashedBase):
             dtype,
             **kwargs,
         )
-        self.mode = _check_mode(mode)
-        if self.mode == "max" and self.sparse:
-            raise ValueError("mode='max' does not support sparse=True (as in torch)")
-        self.include_last_offset = bool(include_last_offset)
+        _init_bag(self, mode, include_last_offset)
 
     def forward(
         self,
@@ -1110,26 +1123,7 @@ class HashedEmbeddingBag(_HashedBase):
         offsets: Optional[Tensor] = None,
         per_sample_weights: Optional[Tensor] = None,
     ) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(
-            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
-        )
-        dev = self.weight.device
-        rows, pad_idx = self._rows_flag(ids)
-        idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        return F.embedding_bag(
-            idx,
-            self.weight,
-            None if off is None else off.to(dev),
-            self.max_norm,
-            self.norm_type,
-            self.scale_grad_by_freq,
-            self.mode,
-            self.sparse,
-            per_sample_weights,
-            self.include_last_offset,
-            pad_idx,
-        )
+        return _bag_forward(self, input, offsets, per_sample_weights, self._rows_flag)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
