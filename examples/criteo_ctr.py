@@ -92,13 +92,13 @@ class FM(nn.Module):
 
 def make_model(kind: str, rows: int, dim: int, min_count: int, seed: int) -> FM:
     if kind == "cuckoo":
-        kw = dict(
-            on_full="evict_lru", min_count=min_count, padding_id=MISSING, seed=seed, sparse=True
-        )
+        kw = {
+            "on_full": "evict_lru", "min_count": min_count, "padding_id": MISSING, "seed": seed, "sparse": True
+        }
         linear = enn.CuckooEmbeddingBag(rows, 1, mode="sum", init="zeros", **kw)
         factors = enn.CuckooEmbedding(rows, dim, init=enn.EmbeddingInit("normal", 0.0, 0.01), **kw)
     else:
-        kw = dict(padding_id=MISSING, seed=seed, sparse=True)
+        kw = {"padding_id": MISSING, "seed": seed, "sparse": True}
         linear = enn.HashedEmbeddingBag(rows, 1, mode="sum", init="zeros", **kw)
         factors = enn.HashedEmbedding(rows, dim, init=enn.EmbeddingInit("normal", 0.0, 0.01), **kw)
     return FM(linear, factors)

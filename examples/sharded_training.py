@@ -82,6 +82,9 @@ def main():
         if rank == 0:
             torch.save({"tower": model.tower.module.state_dict(), "step": start + args.steps},
                        os.path.join(args.ckpt, "dense.pt"))
+    # Release DDP before the process group: DDP's reducer holds the group, and if its destructor
+    # drops the last reference, gloo's teardown can deadlock on the GIL (pytorch/pytorch#56297).
+    del model, opt
     dist.destroy_process_group()
 
 

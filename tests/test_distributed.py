@@ -6,6 +6,7 @@ Every worker recomputes the single-process reference itself (the data is a funct
 and asserts on the IDs it owns; a failing assertion comes back through ``start_processes``.
 """
 
+import gc
 import json
 import multiprocessing
 import os
@@ -38,8 +39,26 @@ PAD = 17
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
+# A worker that hangs (in a collective, or in torch's own teardown) fails its test after this
+# long instead of holding up the whole suite; a normal start takes 1-3 s.
+START_TIMEOUT_S = 120.0
+
+
 def _start(fn, world_size, *args):
-    tmp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=True, start_method="fork")
+    ctx = tmp.start_processes(fn, args=(world_size, *args), nprocs=world_size, join=False,
+                              start_method="fork")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):  # raises a rank's error
+            if time.monotonic() >= deadline:
+                hung = [r for r, p in enumerate(ctx.processes) if p.is_alive()]
+                pytest.fail(f"{fn.__name__}: rank(s) {hung} of {world_size} still running after "
+                            f"{START_TIMEOUT_S:.0f} s (hung)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join()
 
 
 def _init(rank, world_size, store, timeout_s=30.0):
@@ -70,7 +89,7 @@ def _loss(out, tgt):
 
 
 def _make(bag, sharded, **kw):
-    common = dict(seed=SEED, num_embeddings=4, embedding_dim=DIM)
+    common = {"seed": SEED, "num_embeddings": 4, "embedding_dim": DIM}
     if bag == "mean":  # every occurrence travels (admission counts them)
         common.update(mode="mean", padding_id=PAD, min_count=2)
     elif bag == "sum":  # distinct IDs travel once per rank and step
@@ -226,6 +245,11 @@ def _w_ddp(rank, world_size, store):
     ids = [None] * world_size
     dist.all_gather_object(ids, sorted(model[0].shard._table.items()[0].tolist()))
     assert not set(ids[0]) & set(ids[1])
+    # DDP's reducer holds the process group, and its destructor (bound without releasing the GIL)
+    # can deadlock with gloo's worker threads if it drops the last reference
+    # (pytorch/pytorch#56297): release DDP first, so that destroy_process_group drops the last one.
+    del ddp, opt
+    gc.collect()
     dist.destroy_process_group()
 
 
