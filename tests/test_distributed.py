@@ -6,7 +6,6 @@ Every worker recomputes the single-process reference itself (the data is a funct
 and asserts on the IDs it owns; a failing assertion comes back through ``start_processes``.
 """
 
-import gc
 import json
 import multiprocessing
 import os
@@ -249,7 +248,6 @@ def _w_ddp(rank, world_size, store):
     # can deadlock with gloo's worker threads if it drops the last reference
     # (pytorch/pytorch#56297): release DDP first, so that destroy_process_group drops the last one.
     del ddp, opt
-    gc.collect()
     dist.destroy_process_group()
 
 
