@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import rerank_reference as ref
-from embtab import rerank
+from embtab import _core, rerank
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -467,3 +467,39 @@ def test_sorted_rows_match_reference(inst):
     got = rerank.calibrated(inst["scores"], inst["item_dist"], inst["target"], inst["k"], lam=inst["lam"],
                             alpha=inst["alpha"])
     assert got.tolist() == want
+
+
+# vlog: the table's log ##########################################################################
+
+
+def _ulps(got, want):
+    return np.abs(got - want) / np.spacing(np.abs(want))
+
+
+@pytest.mark.parametrize("name,x", [
+    ("1 + [0, 1)", 1.0 + np.random.default_rng(1).random(200_000)),
+    ("1 + 10^[-16, 3]", 1.0 + 10.0 ** np.random.default_rng(2).uniform(-16, 3, 200_000)),
+    ("log-uniform over the normal range", np.exp(np.random.default_rng(3).uniform(-700, 709, 200_000))),
+    ("around sqrt(2)/2 and sqrt(2)", np.random.default_rng(4).uniform(0.70, 1.42, 200_000)),
+])
+def test_vlog_within_one_ulp_of_math_log(name, x):
+    # The oracle is the C library's log via math.log (itself within 1 ulp of the true value).
+    got = _core._vlog(x)
+    want = np.array([math.log(v) for v in x.tolist()])
+    nonzero = want != 0.0
+    assert np.array_equal(got[~nonzero], want[~nonzero])
+    assert _ulps(got[nonzero], want[nonzero]).max() <= 1.0, name
+
+
+def test_vlog_edges_and_batch_independence():
+    edges = np.array([1.0, 2.0, 0.5, math.sqrt(2.0), math.sqrt(0.5), np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0),
+                      1e300, 1e-300, np.finfo(np.float64).tiny, np.finfo(np.float64).max, math.e])
+    got = _core._vlog(edges)
+    assert got[0] == 0.0 and got[1] == math.log(2.0)
+    assert _ulps(got[1:], np.array([math.log(v) for v in edges[1:]])).max() <= 1.0
+    # the same bits whatever the batch length and a value's lane
+    x = 1.0 + np.random.default_rng(5).random(37)
+    full = _core._vlog(x)
+    for n in range(1, 10):
+        for j in range(0, x.size - n + 1, 5):
+            assert np.array_equal(_core._vlog(x[j:j + n]), full[j:j + n])

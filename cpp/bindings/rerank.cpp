@@ -201,6 +201,19 @@ void bind_rerank(py::module_& m) {
         "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
 
     m.def(
+        "_vlog",
+        [](py::array_t<double, py::array::c_style | py::array::forcecast> x) {
+            py::array_t<double> y(x.size());
+            const double* xp = x.data();
+            double* yp = y.mutable_data();
+            const std::size_t n = static_cast<std::size_t>(x.size());
+            py::gil_scoped_release release;
+            embtab::vlog_batch(xp, yp, n);
+            return y;
+        },
+        py::arg("x"), "Private: embtab's vectorised log (finite normal x > 0), for tests against the C library's.");
+
+    m.def(
         "topk",
         [](const py::object& scores_obj, std::int64_t k, int num_threads) -> py::tuple {
             check_threads(num_threads);

@@ -24,7 +24,10 @@
 // scan goes in chunks and stops once no later candidate can reach the best even with the
 // largest possible table sum (T >= 0; the bound is exact up to a 1e-12 relative slack that
 // covers rounding). Scores are read as double (float32 widens exactly); there is no fast-math
-// and no float32 arithmetic, and the result does not depend on which scan ran.
+// and no float32 arithmetic, and the result does not depend on which scan ran. The table's logs
+// ln(1 + r) are embtab's vlog (vlog.hpp: fdlibm's algorithm, within 1 ulp of the C library's,
+// four at a time, the same bits on every x86-64 CPU); the rare overflow and alpha == 0 forms
+// use std::log.
 //
 // Special values (the contract the Python layer documents):
 //   * lam == 0: plain top-k by score, ties to the lower candidate index.
@@ -54,6 +57,7 @@
 #endif
 
 #include "embtab/parallel.hpp"
+#include "embtab/vlog.hpp"
 
 namespace embtab {
 
@@ -132,6 +136,7 @@ struct Scratch {
     std::vector<double> entry_cw;    // [E] (1 - alpha) * w_d
     std::vector<double> entry_lp;    // [E] lam * p_g
     std::vector<double> entry_w;     // [E] w_d
+    std::vector<double> ratio;       // [E] (1 - alpha) w_d / o_g of one step
     std::vector<std::int32_t> stamp;  // [G * D] user stamp of the (g, d) key
     std::vector<std::int32_t> local;  // [G * D] local entry of the (g, d) key
     std::vector<std::int32_t> used_genres;
@@ -802,12 +807,30 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             } else {
                 // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
                 const double r = sc.entry_cw[e] / o;
-                T[slot] = sc.entry_lp[e] * (r < 1e300 ? std::log(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
+                T[slot] = sc.entry_lp[e] * (r < 1e300 ? vlog(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
                 if (alpha0) sc.cov[slot] = 0.0;
             }
         };
         std::int64_t bi;
-        for (std::size_t e = 0; e < n_entries; ++e) refresh(e, sc.entry_slot[e]);
+        {
+            // the usual case in one batch of logs (the same bits as refresh, entry by entry)
+            sc.ratio.resize(n_entries);
+            double* arg = sc.ratio.data();
+            bool special = false;
+            for (std::size_t e = 0; e < n_entries; ++e) {
+                const double r = sc.entry_cw[e] / den[sc.entry_genre[e]];
+                arg[e] = 1.0 + r;
+                special |= !(r < 1e300);  // also an uncovered genre's o == 0 when alpha == 0
+            }
+            if (special) {
+                for (std::size_t e = 0; e < n_entries; ++e) refresh(e, sc.entry_slot[e]);
+            } else {
+                vlog_batch(arg, arg, n_entries);
+                for (std::size_t e = 0; e < n_entries; ++e) T[sc.entry_slot[e]] = sc.entry_lp[e] * arg[e];
+                if (alpha0)
+                    for (std::size_t e = 0; e < n_entries; ++e) sc.cov[sc.entry_slot[e]] = 0.0;
+            }
+        }
         if (a0) {
             bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, stride, uncovered)
                        : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, stride, uncovered);
@@ -884,7 +907,9 @@ inline double work_floor(std::int64_t U, std::int64_t C, std::int64_t k, int wid
         for (std::size_t u = b; u < e; ++u) {
             for (std::int64_t t = 0; t < k; ++t) {
                 const double o = 0.01 * static_cast<double>(t + 1) + static_cast<double>(u % 7) * 1e-3;
-                for (int i = 1; i <= n_entries; ++i) T[static_cast<std::size_t>(i)] = 0.1 * std::log(1.0 + static_cast<double>(i) / o);
+                for (int i = 1; i <= n_entries; ++i) T[static_cast<std::size_t>(i)] = 1.0 + static_cast<double>(i) / o;
+                vlog_batch(T.data() + 1, T.data() + 1, static_cast<std::size_t>(n_entries));
+                for (int i = 1; i <= n_entries; ++i) T[static_cast<std::size_t>(i)] *= 0.1;
                 if (logs_only) {
                     acc += T[1];
                     continue;
