@@ -841,12 +841,11 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             sc.top.assign(static_cast<std::size_t>(width), 0.0);
             double* top = sc.top.data();
             for (std::int32_t g : sc.used_genres) {
-                double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
-                for (std::int32_t j = 0; j < width; ++j) {  // branch-free insertion, largest first
-                    const double hi = x > top[j] ? x : top[j];
-                    x = x > top[j] ? top[j] : x;
-                    top[j] = hi;
-                }
+                const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                if (!(x > top[width - 1])) continue;  // the usual case once top fills
+                std::int32_t j = width - 1;  // insertion, largest first
+                for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
+                top[j] = x;
             }
             double bound = 0.0;
             for (std::int32_t j = 0; j < width; ++j) bound += top[j];
