@@ -838,17 +838,31 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             // Bound on any candidate's table sum: its genres are distinct, so at most the sum of
             // the `width` largest per-genre maxima (entries are >= 0).
             // A genre's largest entry is its largest-weight one (entries grow with w).
-            sc.top.assign(static_cast<std::size_t>(width), 0.0);
-            double* top = sc.top.data();
-            for (std::int32_t g : sc.used_genres) {
-                const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
-                if (!(x > top[width - 1])) continue;  // the usual case once top fills
-                std::int32_t j = width - 1;  // insertion, largest first
-                for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
-                top[j] = x;
-            }
             double bound = 0.0;
-            for (std::int32_t j = 0; j < width; ++j) bound += top[j];
+            if (width <= 4) {
+                // the 4 largest in registers, branch-free (t0 >= t1 >= t2 >= t3)
+                double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+                for (std::int32_t g : sc.used_genres) {
+                    const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                    t3 = std::max(t3, std::min(x, t2));
+                    t2 = std::max(t2, std::min(x, t1));
+                    t1 = std::max(t1, std::min(x, t0));
+                    t0 = std::max(t0, x);
+                }
+                const double tt[4] = {t0, t1, t2, t3};
+                for (std::int32_t j = 0; j < width; ++j) bound += tt[j];
+            } else {
+                sc.top.assign(static_cast<std::size_t>(width), 0.0);
+                double* top = sc.top.data();
+                for (std::int32_t g : sc.used_genres) {
+                    const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                    if (!(x > top[width - 1])) continue;
+                    std::int32_t j = width - 1;  // insertion, largest first
+                    for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
+                    top[j] = x;
+                }
+                for (std::int32_t j = 0; j < width; ++j) bound += top[j];
+            }
             bound = bound * (1.0 + kBoundSlack);
             bi = use16 ? detail::scan_best_sorted(a, a_orig, sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
                        : detail::scan_best_sorted(a, a_orig, idx, stride, width, T, C, sc.v.data(), bound);
