@@ -247,9 +247,10 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
     Cost per user is about ``k * (C * genres_per_item)`` table gathers plus ``k`` logs per
     (category with ``p_g > 0``, distinct item weight). Rows whose scores are in non-increasing
     order (as :func:`topk` returns them) take a bounded scan that stops once no later candidate
-    can reach the best; the lists are the same either way. Everything is float64 with exact
-    ``log`` calls: lists equal a plain evaluation of the objective except where two candidates'
-    values differ only by rounding (a tie to ~1e-15).
+    can reach the best; the lists are the same either way. Everything is float64, with no
+    fast-math; the logs are embtab's vectorised log (fdlibm's algorithm, within 1 ulp of the C
+    library's, the same bits on every x86-64 CPU). Lists equal a plain evaluation of the
+    objective except where two candidates' values differ only by rounding (a tie to ~1e-15).
 
     Raises
     ------
