@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -33,6 +34,7 @@
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <stdlib.h>
@@ -422,6 +424,8 @@ class CuckooTable {
         std::unique_ptr<Bucket[], FreeDeleter> data;
         Buckets() = default;
         explicit Buckets(std::uint64_t n) : count(n), data(allocate_buckets(n)) { reset(); }
+        // Uninitialised: the caller writes every slot (split() does).
+        Buckets(std::uint64_t n, std::nullptr_t) : count(n), data(allocate_buckets(n)) {}
         void reset() {
             for (std::uint64_t b = 0; b < count; ++b) {
                 for (std::size_t s = 0; s < kSlotsPerBucket; ++s) {
@@ -750,7 +754,13 @@ class CuckooTable {
 
     // rehash builds a table of `count` buckets holding every entry of bs, in one pass with
     // prefetching; if some entry finds no place, retries with a grown count. Rows never change.
+    // When count is a whole multiple of bs.count (the default growth factor 2 is), split()
+    // does it in one sequential pass instead.
     Buckets rehash(const Buckets& bs, std::uint64_t count) {
+        if (count % bs.count == 0 && count / bs.count <= kMaxSplit) {
+            Buckets fresh;
+            if (split(bs, count / bs.count, fresh)) return fresh;  // else the general pass below
+        }
         for (;;) {
             Buckets fresh(count);
             bool ok = true;
@@ -782,6 +792,50 @@ class CuckooTable {
             if (ok) return fresh;
             count = grown_count(count);
         }
+    }
+
+    // split fills `out` with bs re-placed into m * bs.count buckets. fastrange keeps order: for
+    // a whole m, fastrange(h, m * n) / m == fastrange(h, n), so a key's buckets in the new table
+    // are children m*b .. m*b+m-1 of its buckets in the old one, and the keys of old bucket b
+    // (at most kSlotsPerBucket) always fit its m children. One sequential read of bs and one
+    // sequential write of `out`, no probing. The rare key whose old bucket was the b1+1 stand-in
+    // for a coinciding second bucket is placed afterwards by place(). Returns false (out
+    // unusable) only if such a key finds no place.
+    static constexpr std::uint64_t kMaxSplit = 16;
+    bool split(const Buckets& bs, std::uint64_t m, Buckets& out) {
+        const std::uint64_t count = bs.count * m;
+        out = Buckets(count, nullptr);
+        std::vector<std::pair<std::uint64_t, std::int64_t>> late;
+        for (std::uint64_t b = 0; b < bs.count; ++b) {
+            const Bucket& bk = bs.data[b];
+            Bucket* ch = &out.data[m * b];
+            std::size_t fill[kMaxSplit] = {};
+            for (std::size_t s = 0; s < kSlotsPerBucket; ++s) {
+                if (bk.rows[s] == kNoRow) continue;
+                const BucketPair bp = buckets_of(bk.keys[s], count);
+                std::uint64_t c;
+                if (bp.first / m == b) {
+                    c = bp.first - m * b;
+                } else if (bp.second / m == b) {
+                    c = bp.second - m * b;
+                } else {
+                    late.emplace_back(bk.keys[s], bk.rows[s]);
+                    continue;
+                }
+                ch[c].keys[fill[c]] = bk.keys[s];
+                ch[c].rows[fill[c]] = bk.rows[s];
+                ++fill[c];
+            }
+            for (std::uint64_t c = 0; c < m; ++c) {
+                for (std::size_t s = fill[c]; s < kSlotsPerBucket; ++s) {
+                    ch[c].keys[s] = 0;
+                    ch[c].rows[s] = kNoRow;
+                }
+            }
+        }
+        for (const auto& [key, row] : late)
+            if (!place(out, key, row, nullptr)) return false;
+        return true;
     }
 
     void grow_to(std::uint64_t count, bool forced_by_failure) {
