@@ -21,9 +21,12 @@ inline constexpr std::size_t kMaxBfsPathLen = 5;
 // kMaxBfsPathLen - 1 displacements from two start buckets (2·(1+4+16+64+256) = 682).
 inline constexpr std::size_t kBfsQueueSize = 1024;
 
-// How many keys ahead a batched operation hashes and prefetches, so that many cache misses are
-// in flight at once.
-inline constexpr std::size_t kPrefetchDistance = 16;
+// How many keys ahead a batched lookup hashes and prefetches, so that many cache misses are in
+// flight at once. 32 beat 16 by 1.1-1.3x on uniform lookups of a 10^7-key table (bench/README.md).
+inline constexpr std::size_t kPrefetchDistance = 32;
+
+// The same for inserting batches (lookup_or_insert), whose inserts write the buckets they read.
+inline constexpr std::size_t kInsertPrefetchDistance = 16;
 
 // Keys per work item of a parallel batch; batches at most this long run on the calling thread.
 inline constexpr std::size_t kParallelGrain = 1 << 14;
@@ -49,6 +52,7 @@ inline constexpr std::uint32_t kFormatVersion = 1;
 static_assert(kSlotsPerBucket * 2 * sizeof(std::uint64_t) == kCacheLine,
               "a bucket (keys + rows) must fill exactly one cache line");
 static_assert((kPrefetchDistance & (kPrefetchDistance - 1)) == 0, "prefetch distance must be a power of 2");
+static_assert((kInsertPrefetchDistance & (kInsertPrefetchDistance - 1)) == 0, "prefetch distance must be a power of 2");
 static_assert(kBfsQueueSize >= 2 * (1 + 4 + 16 + 64 + 256), "BFS queue must hold every reachable bucket");
 
 }  // namespace embtab

@@ -589,23 +589,23 @@ class CuckooTable {
     // (an earlier key of the batch may have been the same), prefetching ahead. Writer lock held.
     template <class Index>
     void insert_misses(const std::uint64_t* keys, std::size_t m, Index&& index, std::int64_t* rows_out) {
-        BucketPair ring[kPrefetchDistance];
+        BucketPair ring[kInsertPrefetchDistance];
         std::uint64_t ring_count = 0;  // bucket count the ring was hashed for
         auto fill = [&](std::size_t j) {
-            BucketPair& bp = ring[j & (kPrefetchDistance - 1)];
+            BucketPair& bp = ring[j & (kInsertPrefetchDistance - 1)];
             bp = buckets_of(keys[index(j)], buckets_.count);
             prefetch(buckets_.data[bp.first]);
             prefetch(buckets_.data[bp.second]);
         };
         auto refill = [&](std::size_t from) {
             ring_count = buckets_.count;
-            for (std::size_t j = from; j < std::min(m, from + kPrefetchDistance); ++j) fill(j);
+            for (std::size_t j = from; j < std::min(m, from + kInsertPrefetchDistance); ++j) fill(j);
         };
         refill(0);
         for (std::size_t j = 0; j < m; ++j) {
             if (ring_count != buckets_.count) refill(j);
-            const BucketPair bp = ring[j & (kPrefetchDistance - 1)];
-            if (j + kPrefetchDistance < m) fill(j + kPrefetchDistance);
+            const BucketPair bp = ring[j & (kInsertPrefetchDistance - 1)];
+            if (j + kInsertPrefetchDistance < m) fill(j + kInsertPrefetchDistance);
             const std::size_t i = index(j);
             std::int64_t row = find_in(buckets_, keys[i], bp);
             if (row == kNoRow) row = insert_new(keys[i], bp);
