@@ -11,7 +11,8 @@
 // table's seed. An insert into two full buckets searches a displacement path breadth-first
 // (at most kMaxBfsPathLen moves, fixed-size queue, as in libcuckoo / Li et al. EuroSys 2014)
 // and grows the table by growth_factor when none exists or the load factor would pass
-// max_load_factor.
+// max_load_factor. Growth by a whole factor (the default 2) splits each old bucket into its
+// children in one sequential pass (split()); other factors re-place every key (rehash()).
 //
 // Concurrency contract: every public member function is safe to call concurrently with every
 // other. Readers (lookup, contains, items, serialize, size, stats, ...) share a reader lock;
