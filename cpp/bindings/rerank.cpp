@@ -202,16 +202,24 @@ void bind_rerank(py::module_& m) {
 
     m.def(
         "_vlog",
-        [](py::array_t<double, py::array::c_style | py::array::forcecast> x) {
+        [](py::array_t<double, py::array::c_style | py::array::forcecast> x, bool baseline) {
             py::array_t<double> y(x.size());
             const double* xp = x.data();
             double* yp = y.mutable_data();
             const std::size_t n = static_cast<std::size_t>(x.size());
             py::gil_scoped_release release;
+#if defined(EMBTAB_VLOG_VECTOR)
+            if (baseline) {
+                embtab::detail::vlog_batch_base(xp, yp, n);
+                return y;
+            }
+#endif
             embtab::vlog_batch(xp, yp, n);
             return y;
         },
-        py::arg("x"), "Private: embtab's vectorised log (finite normal x > 0), for tests against the C library's.");
+        py::arg("x"), py::arg("baseline") = false,
+        "Private: embtab's vectorised log (finite normal x > 0), for tests against the C library's; "
+        "baseline=True forces the code compiled for the baseline ISA (no AVX2 dispatch).");
 
     m.def(
         "topk",

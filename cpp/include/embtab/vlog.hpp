@@ -4,13 +4,17 @@
 // (e_log.c: x = 2^k (1 + f) with sqrt(2)/2 <= 1 + f < sqrt(2); s = f / (2 + f); a degree-14
 // minimax polynomial in s; error below 1 ulp), evaluated four lanes at a time with GCC/Clang
 // vector extensions. Every lane is a fixed sequence of IEEE additions, multiplications and one
-// division, with no table, no FMA and no data-dependent branch, so the result is the same bits
-// on every x86-64 CPU, with or without AVX2, and for any batch length. It is not the C
-// library's log (which may differ in the last bit) but is as accurate; the reranker uses it for
-// every log that decides a pick, so its lists do not depend on which code path ran.
+// division, with no table, no FMA (CMakeLists.txt builds with -ffp-contract=off) and no
+// data-dependent branch, so the result is the same bits on every x86-64 CPU, with or without
+// AVX2, and for any batch length (tests/test_rerank.py checks both code paths). It is not the C
+// library's log (the two differ in the last bit for a few percent of inputs) but is as
+// accurate. The reranker computes its table's ln(1 + r) terms with it in every code path (its
+// rare overflow and alpha == 0 forms use std::log, also in every path), so its lists do not
+// depend on which path ran.
 //
-// Why: the calibrated greedy spends about half its time in one log per (genre, weight) table
-// entry per step; glibc's scalar log costs ~5 ns there, this ~1 ns (4 lanes, AVX2).
+// Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
+// benchmark; one batch through this form per step made the reranker ~10% faster than calling
+// std::log entry by entry (part of the 1.26x in bench/README.md, "Reranking").
 //
 // Domain: callers pass finite x >= 1 (x = 1 + ratio, ratio >= 0) or any finite normal x > 0;
 // zero, negative, subnormal, inf and NaN inputs are outside the contract (vlog_batch does not
@@ -65,9 +69,14 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
     const VlogD hfsq = 0.5 * f * f;
     const VlogD r1 = dk * ln2_hi - ((hfsq - (s * (hfsq + R) + dk * ln2_lo)) - f);
     const VlogD r2 = dk * ln2_hi - ((s * (f - R) - dk * ln2_lo) - f);
-    const VlogI mi = reinterpret_cast<const VlogI&>(m);
+    VlogI mi;
+    std::memcpy(&mi, &m, sizeof mi);
     const VlogI sel = (mi - 0x6147a) | (0x6b851 - mi);  // fdlibm's i | j > 0
-    const VlogD r = sel > 0 ? r1 : r2;
+    const VlogI take1 = sel > 0;                         // all ones where r1 applies
+    VlogI b1, b2;
+    std::memcpy(&b1, &r1, sizeof b1);
+    std::memcpy(&b2, &r2, sizeof b2);
+    const VlogI r = (b1 & take1) | (b2 & ~take1);  // a bitwise select: no vector ?: needed
     std::memcpy(out, &r, sizeof r);
 }
 
