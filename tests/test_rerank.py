@@ -238,6 +238,48 @@ def test_dense_equals_csr():
     assert np.array_equal(a, b)
 
 
+def test_item_distribution_equals_raw_matrix():
+    rng = np.random.default_rng(12)
+    scores, item_dist, target, cand, k = random_instance(rng, U=30)
+    want = rerank.calibrated(scores, item_dist, target, k, candidates=cand, return_objective=True)
+    for raw in (item_dist, sp.csr_matrix(item_dist)):
+        items = rerank.ItemDistribution(raw)
+        assert (items.n_items, items.n_genres, items.nnz) == (40, 6, int((item_dist > 0).sum()))
+        got = rerank.calibrated(scores, items, target, k, candidates=cand, return_objective=True)
+        assert np.array_equal(got.lists, want.lists)
+        assert np.array_equal(got.objective, want.objective)
+        assert np.array_equal(got.miscalibration, want.miscalibration)
+    assert repr(items) == f"ItemDistribution(n_items=40, n_genres=6, nnz={items.nnz})"
+    assert np.array_equal(rerank.calibrated(scores, rerank.ItemDistribution(items), target, k, candidates=cand),
+                          want.lists)
+
+
+def test_item_distribution_keeps_its_own_copy():
+    rng = np.random.default_rng(13)
+    scores, item_dist, target, cand, k = random_instance(rng, U=10)
+    items = rerank.ItemDistribution(item_dist)
+    want = rerank.calibrated(scores, items, target, k, candidates=cand)
+    item_dist[:] = np.roll(item_dist, 1, axis=1)  # the caller's matrix changes afterwards
+    assert np.array_equal(rerank.calibrated(scores, items, target, k, candidates=cand), want)
+    assert not any(a.flags.writeable for a in items._csr)
+
+
+def test_item_distribution_bad_input():
+    good = rerank.genre_distribution([[0], [1]], n_genres=2)
+    with pytest.raises(TypeError, match="item_dist must be a numpy.ndarray or a scipy CSR"):
+        rerank.ItemDistribution(good.tolist())
+    with pytest.raises(ValueError, match=r"item_dist must be 2-D \[n_items, G\], got shape \(2,\)"):
+        rerank.ItemDistribution(np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="item_dist row 1"):
+        rerank.ItemDistribution(np.array([[1.0, 0.0], [0.7, 0.7]]))
+    items = rerank.ItemDistribution(good)
+    with pytest.raises(ValueError, match=r"item_dist has G = 2 categories but target has shape \(1, 3\)"):
+        rerank.calibrated(np.array([[1.0, 0.5]]), items, np.array([[0.2, 0.3, 0.5]]), k=1)
+    with pytest.raises(ValueError, match="candidate"):
+        rerank.calibrated(np.array([[1.0, 0.5]]), items, np.array([[0.5, 0.5]]), k=1,
+                          candidates=np.array([[0, 2]]))
+
+
 def test_neg_inf_picked_last():
     item_dist = np.eye(2)
     scores = np.array([[-np.inf, 0.5, -np.inf, 0.1]])

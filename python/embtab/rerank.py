@@ -15,8 +15,9 @@ popularity bins), ``q(L)`` the mean of the list items' category distributions,
 gives plain top-k by score. The work runs in C++ (``embtab._core``) with the GIL released,
 users split over ``num_threads`` threads; the output does not depend on the thread count.
 
-Also here: :func:`topk` (the usual first stage), :func:`genre_distribution`,
-:func:`user_distribution`, :func:`popularity_bins` and :func:`miscalibration`.
+Also here: :func:`topk` (the usual first stage), :class:`ItemDistribution` (a catalogue checked
+once, for many calls), :func:`genre_distribution`, :func:`user_distribution`,
+:func:`popularity_bins` and :func:`miscalibration`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from embtab import _core
 
 __all__ = [
+    "ItemDistribution",
     "RerankResult",
     "calibrated",
     "genre_distribution",
@@ -188,6 +190,71 @@ def _check_threads(num_threads) -> int:
 # public API ###################################################################################
 
 
+class ItemDistribution:
+    """Item category distributions, checked and converted once, for many :func:`calibrated` calls.
+
+    :func:`calibrated` checks a raw ``item_dist`` on every call (every entry of a dense matrix:
+    ``O(n_items * G)``) and converts it to the sparse form its C++ core reads. When one catalogue
+    serves many calls (one request at a time in serving, or many small batches), build this once
+    and pass it as ``item_dist``: a call then costs the reranking and an ``O(nnz)`` bounds check.
+    The lists are the same as with the raw matrix.
+
+    Parameters
+    ----------
+    item_dist : ndarray of float, shape [n_items, G], or scipy.sparse CSR matrix
+        As for :func:`calibrated`: rows >= 0 summing to 1 (within 1e-6). The object keeps its
+        own read-only copy; later changes to ``item_dist`` do not reach it.
+
+    Attributes
+    ----------
+    n_items : int
+    n_genres : int
+        G, the number of categories (the columns ``target`` must have).
+    nnz : int
+        Stored (item, category) weights.
+
+    Raises
+    ------
+    TypeError
+        Not a float ndarray or scipy CSR matrix.
+    ValueError
+        Not 2-D, NaN, inf or negative entries, rows not summing to 1.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> items = rerank.ItemDistribution(rerank.genre_distribution([[0], [0], [0], [1]], n_genres=2))
+    >>> items
+    ItemDistribution(n_items=4, n_genres=2, nnz=4)
+    >>> rerank.calibrated(np.array([[0.9, 0.8, 0.7, 0.5]]), items, np.array([[0.5, 0.5]]), k=2)
+    array([[0, 3]])
+    """
+
+    __slots__ = ("_csr", "n_genres", "n_items", "nnz")
+
+    def __init__(self, item_dist):
+        if isinstance(item_dist, ItemDistribution):
+            self._csr = item_dist._csr
+            self.n_items, self.n_genres, self.nnz = item_dist.n_items, item_dist.n_genres, item_dist.nnz
+            return
+        if not (_is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
+            raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
+        if len(item_dist.shape) != 2:
+            raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {_shape(item_dist)}")
+        csr = _item_csr(item_dist, int(item_dist.shape[1]))
+        for a in csr:
+            a.setflags(write=False)
+        self._csr = csr
+        self.n_items = int(item_dist.shape[0])
+        self.n_genres = int(item_dist.shape[1])
+        self.nnz = int(csr[1].size)
+
+    def __repr__(self) -> str:
+        return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
+
+
+
 def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=None, num_threads=0,
                return_objective=False):
     """Rerank each user's candidates greedily toward the user's category mix (Steck 2018).
@@ -208,9 +275,10 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
         with ``lam = 0`` they follow in candidate order. NaN or +inf raise ``ValueError``.
         float32 scores are widened to float64 (exactly) inside the loop; all arithmetic is in
         float64.
-    item_dist : ndarray of float, shape [n_items, G], or scipy.sparse CSR matrix
+    item_dist : ndarray of float, shape [n_items, G], scipy.sparse CSR matrix, or ItemDistribution
         Category distribution of each item; rows are >= 0 and sum to 1 (within 1e-6). Items
-        usually have 1-3 categories; only the nonzeros are used.
+        usually have 1-3 categories; only the nonzeros are used. A raw matrix is checked on
+        every call; an :class:`ItemDistribution` was checked once, when it was built.
     target : ndarray of float, shape [U, G]
         The user's target distribution p (rows >= 0 summing to 1). An all-zero row (a user
         without history) is allowed: its KL term is 0 and the list is top-k by score.
@@ -286,7 +354,12 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     num_threads = _check_threads(num_threads)
     t = _check_target(target, U)
-    indptr, genre, wclass, weights = _item_csr(item_dist, t.shape[1])
+    if isinstance(item_dist, ItemDistribution):
+        if item_dist.n_genres != t.shape[1]:
+            raise ValueError(f"item_dist has G = {item_dist.n_genres} categories but target has shape {_shape(t)}")
+        indptr, genre, wclass, weights = item_dist._csr
+    else:
+        indptr, genre, wclass, weights = _item_csr(item_dist, t.shape[1])
     cand = None
     if candidates is not None:
         if not isinstance(candidates, np.ndarray):

@@ -315,6 +315,25 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     res["latency_us"] = {"users": n_lat, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                              "note": "one _core call per user (item CSR prebuilt), 1 thread; includes the pybind11 "
                                   "call and the per-call O(n_items) bounds check of the item CSR"}
+    # per-user latency through the public API: the raw dense matrix, scipy CSR, ItemDistribution
+    n_api = 100 if quick else 500
+    api = {}
+    try:
+        import scipy.sparse as sps
+        forms = [("dense ndarray", dist), ("scipy CSR", sps.csr_matrix(dist))]
+    except ImportError:  # scipy is optional
+        forms = [("dense ndarray", dist)]
+    forms.append(("ItemDistribution", rr.ItemDistribution(dist)))
+    for name, d in forms:
+        lat_api = []
+        for u in range(n_api):
+            su, cu, tu = s[u:u + 1], cand[u:u + 1], tgt[u:u + 1]
+            t0 = time.perf_counter()
+            rr.calibrated(su, d, tu, k, lam=lam, candidates=cu, num_threads=1)
+            lat_api.append(time.perf_counter() - t0)
+        lat_api = np.array(lat_api) * 1e6
+        api[name] = {"p50": float(np.percentile(lat_api, 50)), "p99": float(np.percentile(lat_api, 99))}
+    res["latency_api_us"] = {"users": n_api, "forms": api}
     # floors: one pass over the score matrix; the C++ kernel's own count of work
     med_pass, _, _ = _time(lambda: s.max(axis=1), reps)
     res["score_pass"] = {"seconds": med_pass, "note": "numpy max over the [U, C] float64 score matrix"}
@@ -438,6 +457,12 @@ def format_markdown(results) -> str:
     lines.append(f"Per-user latency ({lat['users']} single-user calls to the core, 1 thread, incl. the call and "
                  f"its O(n_items) item-CSR check): "
                  f"p50 {lat['p50']:.1f} µs, p99 {lat['p99']:.1f} µs.")
+    if "latency_api_us" in r:
+        la = r["latency_api_us"]
+        forms = "; ".join(f"item_dist as {name}: p50 {v['p50']:.1f} µs, p99 {v['p99']:.1f} µs"
+                          for name, v in la["forms"].items())
+        lines.append(f"Per-user latency through `rerank.calibrated` ({la['users']} single-user calls, 1 thread, "
+                     f"all checks included): {forms}.")
     sp = r["score_pass"]["seconds"]
     lines.append(f"One NumPy pass over the [U, C] float64 score matrix: {sp * 1e3:.1f} ms "
                  f"(embtab 1 thread is {e1['seconds'] / sp:.1f}× that). Work: {r['work']['gathers']:,} table "
