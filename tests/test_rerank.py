@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -262,6 +263,19 @@ def test_item_distribution_keeps_its_own_copy():
     item_dist[:] = np.roll(item_dist, 1, axis=1)  # the caller's matrix changes afterwards
     assert np.array_equal(rerank.calibrated(scores, items, target, k, candidates=cand), want)
     assert not any(a.flags.writeable for a in items._csr)
+
+
+def test_item_distribution_and_arrays_survive_pickling():
+    # Unpickled arrays carry equal but distinct dtype objects; the core must take them.
+    rng = np.random.default_rng(14)
+    scores, item_dist, target, cand, k = random_instance(rng, U=8)
+    want = rerank.calibrated(scores, item_dist, target, k, candidates=cand)
+    items = pickle.loads(pickle.dumps(rerank.ItemDistribution(item_dist)))
+    assert repr(items) == repr(rerank.ItemDistribution(item_dist))
+    assert not any(a.flags.writeable for a in items._csr)
+    s2, c2, t2 = (pickle.loads(pickle.dumps(a)) for a in (scores, cand, target))
+    assert np.array_equal(rerank.calibrated(s2, items, t2, k, candidates=c2), want)
+    assert np.array_equal(rerank.topk(s2, k)[1], rerank.topk(scores, k)[1])
 
 
 def test_item_distribution_bad_input():

@@ -20,6 +20,13 @@ using embtab_py::shape_str;
 
 namespace {
 
+// has_dtype says whether a's dtype is T's (numpy's equivalence, not object identity: an
+// unpickled array carries an equal but distinct dtype object).
+template <class T>
+bool has_dtype(const py::array& a) {
+    return py::isinstance<py::array_t<T>>(a);
+}
+
 // require_array checks that obj is a C-contiguous ndarray of dtype T with `ndim` dims.
 template <class T>
 py::array require_array(const py::handle& obj, const char* name, int ndim) {
@@ -28,7 +35,7 @@ py::array require_array(const py::handle& obj, const char* name, int ndim) {
                              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
     }
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>())) {
+    if (!has_dtype<T>(a)) {
         throw py::type_error(std::string(name) + " must have dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
                              ", got " + dtype_str(a));
     }
@@ -41,8 +48,8 @@ py::array require_array(const py::handle& obj, const char* name, int ndim) {
     return a;
 }
 
-bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+bool is_f32(const py::array& a) { return has_dtype<float>(a); }
+bool is_f64(const py::array& a) { return has_dtype<double>(a); }
 
 py::array require_scores(const py::handle& obj) {
     if (!py::isinstance<py::array>(obj)) {

@@ -197,7 +197,9 @@ class ItemDistribution:
     ``O(n_items * G)``) and converts it to the sparse form its C++ core reads. When one catalogue
     serves many calls (one request at a time in serving, or many small batches), build this once
     and pass it as ``item_dist``: a call then costs the reranking and an ``O(nnz)`` bounds check.
-    The lists are the same as with the raw matrix.
+    The lists are the same as with the raw matrix. It pickles (for worker processes). Only
+    :func:`calibrated` takes it; :func:`user_distribution` and :func:`miscalibration` take the
+    raw matrix.
 
     Parameters
     ----------
@@ -252,6 +254,21 @@ class ItemDistribution:
 
     def __repr__(self) -> str:
         return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
+
+    def __reduce__(self):
+        # Pickles (for worker processes) come back with read-only arrays, like the original.
+        return (_item_distribution_from_state, (tuple(np.array(a) for a in self._csr), self.n_items, self.n_genres))
+
+
+def _item_distribution_from_state(csr, n_items, n_genres) -> ItemDistribution:
+    """Rebuild an unpickled :class:`ItemDistribution` (the C++ core re-checks every index per call)."""
+    obj = ItemDistribution.__new__(ItemDistribution)
+    arrays = tuple(np.array(a, dtype=dt) for a, dt in zip(csr, (np.int64, np.int32, np.int32, np.float64)))
+    for a in arrays:
+        a.setflags(write=False)
+    obj._csr = arrays
+    obj.n_items, obj.n_genres, obj.nnz = int(n_items), int(n_genres), int(arrays[1].size)
+    return obj
 
 
 

@@ -4,13 +4,14 @@
 // (e_log.c: x = 2^k (1 + f) with sqrt(2)/2 <= 1 + f < sqrt(2); s = f / (2 + f); a degree-14
 // minimax polynomial in s; error below 1 ulp), evaluated four lanes at a time with GCC/Clang
 // vector extensions. Every lane is a fixed sequence of IEEE additions, multiplications and one
-// division, with no table, no FMA (CMakeLists.txt builds with -ffp-contract=off) and no
-// data-dependent branch, so the result is the same bits on every x86-64 CPU, with or without
-// AVX2, and for any batch length (tests/test_rerank.py checks both code paths). It is not the C
-// library's log (the two differ in the last bit for a few percent of inputs) but is as
-// accurate. The reranker computes its table's ln(1 + r) terms with it in every code path (its
-// rare overflow and alpha == 0 forms use std::log, also in every path), so its lists do not
-// depend on which path ran.
+// division, with no table, no FMA and no data-dependent branch, so the result is the same bits
+// on every x86-64 CPU, with or without AVX2, and for any batch length (tests/test_rerank.py
+// checks both code paths). "No FMA" needs the compiler not to fuse a * b + c: CMakeLists.txt
+// builds with -ffp-contract=off (GCC's default, -ffp-contract=fast, with FMA enabled, e.g. by
+// -march=native, would change the last bits). It is not the C library's log (the two differ in
+// the last bit for a few percent of inputs) but is as accurate. The reranker computes its
+// table's ln(1 + r) terms with it in every code path (its rare overflow and alpha == 0 forms
+// use std::log, also in every path), so its lists do not depend on which path ran.
 //
 // Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
 // benchmark; one batch through this form per step made the reranker ~10% faster than calling
