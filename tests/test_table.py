@@ -279,6 +279,7 @@ def test_results_identical_for_any_thread_count():
         (np.array([1.0, 2.0]), TypeError, "dtype int64 or uint64, got float64"),
         (np.array([1, 2], dtype=np.int32), TypeError, "got int32"),
         (np.array([True]), TypeError, "got bool"),
+        (np.arange(3, dtype=np.dtype(np.int64).newbyteorder()), TypeError, "not in this machine's byte order"),
         ([1, 2, 3], TypeError, "numpy.ndarray"),
         (None, TypeError, "numpy.ndarray"),
         (np.zeros((2, 3), dtype=np.int64), ValueError, r"1-D, got shape \(2, 3\)"),

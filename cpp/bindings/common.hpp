@@ -31,6 +31,17 @@ inline std::string shape_str(const py::array& a) {
 
 inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// native_order says whether a's elements are in this machine's byte order (a '>i8' array on a
+// little-endian machine is not, and reading it as int64 would silently swap its bytes).
+inline bool native_order(const py::array& a) {
+    const char b = a.dtype().byteorder();
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return b != '<';
+#else
+    return b != '>';
+#endif
+}
+
 // IdView is a read-only view of a validated ID array. It borrows the array's buffer;
 // `owner` keeps the array alive for as long as the view is used.
 struct IdView {
@@ -48,9 +59,10 @@ inline IdView as_ids(const py::handle& obj, const char* name) {
     }
     py::array a = py::reinterpret_borrow<py::array>(obj);
     const auto dt = a.dtype();
-    const bool ok = dt.kind() != 'b' && (dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 8;
+    const bool ok = dt.kind() != 'b' && (dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 8 && native_order(a);
     if (!ok) {
         throw py::type_error(std::string(name) + " must have dtype int64 or uint64, got " + dtype_str(a) +
+                             (native_order(a) ? "" : ", not in this machine's byte order") +
                              " (IDs are never cast implicitly)");
     }
     if (a.ndim() != 1) {

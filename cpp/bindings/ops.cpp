@@ -83,6 +83,10 @@ void bind_ops(py::module_& m) {
                 throw py::value_error("kind must be 'normal' or 'uniform', got '" + kind + "'");
             }
             const auto dt = out.dtype();
+            if (!embtab_py::native_order(out)) {
+                throw py::type_error("out must have dtype float32 or float64 in native byte order, got " +
+                                     embtab_py::dtype_str(out));
+            }
             if (dt.kind() == 'f' && dt.itemsize() == 4) {
                 init_into<float>(ids, out, seed, k, a, b, threads);
             } else if (dt.kind() == 'f' && dt.itemsize() == 8) {
