@@ -255,6 +255,17 @@ def test_item_distribution_equals_raw_matrix():
                           want.lists)
 
 
+def test_item_distribution_in_the_helpers():
+    rng = np.random.default_rng(15)
+    scores, item_dist, target, cand, k = random_instance(rng, U=6)
+    items = rerank.ItemDistribution(sp.csr_matrix(item_dist))
+    assert np.array_equal(items.toarray(), item_dist)
+    hist = [rng.integers(0, 40, 7) for _ in range(6)]
+    assert np.array_equal(rerank.user_distribution(hist, items), rerank.user_distribution(hist, item_dist))
+    lists = rerank.calibrated(scores, items, target, k, candidates=cand)
+    assert np.array_equal(rerank.miscalibration(lists, items, target), rerank.miscalibration(lists, item_dist, target))
+
+
 def test_item_distribution_keeps_its_own_copy():
     rng = np.random.default_rng(13)
     scores, item_dist, target, cand, k = random_instance(rng, U=10)

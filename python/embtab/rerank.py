@@ -197,9 +197,8 @@ class ItemDistribution:
     ``O(n_items * G)``) and converts it to the sparse form its C++ core reads. When one catalogue
     serves many calls (one request at a time in serving, or many small batches), build this once
     and pass it as ``item_dist``: a call then costs the reranking and an ``O(nnz)`` bounds check.
-    The lists are the same as with the raw matrix. It pickles (for worker processes). Only
-    :func:`calibrated` takes it; :func:`user_distribution` and :func:`miscalibration` take the
-    raw matrix.
+    The lists are the same as with the raw matrix. It pickles (for worker processes), and
+    :func:`user_distribution` and :func:`miscalibration` take it too (through :meth:`toarray`).
 
     Parameters
     ----------
@@ -254,6 +253,14 @@ class ItemDistribution:
 
     def __repr__(self) -> str:
         return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
+
+    def toarray(self) -> np.ndarray:
+        """The distributions as a dense float64 array [n_items, G] (the stored weights, exactly)."""
+        indptr, genre, wclass, weights = self._csr
+        out = np.zeros((self.n_items, self.n_genres), dtype=np.float64)
+        rows = np.repeat(np.arange(self.n_items), np.diff(indptr))
+        out[rows, genre] = weights[wclass]
+        return out
 
     def __reduce__(self):
         # Pickles (for worker processes) come back with read-only arrays, like the original.
@@ -488,7 +495,7 @@ def user_distribution(histories, item_dist):
     histories : scipy.sparse CSR matrix [U, n_items], or sequence of int arrays
         User-item interactions (stored values are the weights w_ui, >= 0), or each user's
         item ids (weight 1 each; repeats count repeatedly).
-    item_dist : ndarray [n_items, G] or scipy CSR
+    item_dist : ndarray [n_items, G], scipy CSR, or ItemDistribution
         Item category distributions, e.g. from :func:`genre_distribution`.
 
     Returns
@@ -506,7 +513,7 @@ def user_distribution(histories, item_dist):
     array([[0.75, 0.25],
            [0.  , 0.  ]])
     """
-    if _is_sparse(item_dist):
+    if isinstance(item_dist, ItemDistribution) or _is_sparse(item_dist):
         dense = np.asarray(item_dist.toarray(), dtype=np.float64)
     else:
         dense = np.asarray(item_dist, dtype=np.float64)
@@ -592,7 +599,7 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
     ----------
     lists : ndarray of int, shape [U, k]
         Item ids (rows of ``item_dist``).
-    item_dist : ndarray [n_items, G] or scipy CSR
+    item_dist : ndarray [n_items, G], scipy CSR, or ItemDistribution
     target : ndarray of float, shape [U, G]
     alpha : float, default 0.01
 
@@ -616,6 +623,8 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
     if p.ndim != 2 or p.shape[0] != lists.shape[0]:
         raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {_shape(p)}")
     U, k = lists.shape
+    if isinstance(item_dist, ItemDistribution):
+        item_dist = item_dist.toarray()
     if _is_sparse(item_dist):
         q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
     else:
