@@ -136,7 +136,7 @@ struct Scratch {
     std::vector<double> entry_cw;    // [E] (1 - alpha) * w_d
     std::vector<double> entry_lp;    // [E] lam * p_g
     std::vector<double> entry_w;     // [E] w_d
-    std::vector<double> ratio;       // [E] (1 - alpha) w_d / o_g of one step
+    std::vector<double> ratio;       // [E] 1 + (1 - alpha) w_d / o_g of one step, then its log
     std::vector<std::int32_t> stamp;  // [G * D] user stamp of the (g, d) key
     std::vector<std::int32_t> local;  // [G * D] local entry of the (g, d) key
     std::vector<std::int32_t> used_genres;

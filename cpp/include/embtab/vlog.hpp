@@ -14,8 +14,8 @@
 // use std::log, also in every path), so its lists do not depend on which path ran.
 //
 // Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
-// benchmark; one batch through this form per step made the reranker ~10% faster than calling
-// std::log entry by entry (part of the 1.26x in bench/README.md, "Reranking").
+// benchmark; one batch of them through this form per step, instead of std::log entry by entry,
+// is one of the two changes behind the 1.21-1.26x in bench/README.md ("Reranking").
 //
 // Domain: callers pass finite x >= 1 (x = 1 + ratio, ratio >= 0) or any finite normal x > 0;
 // zero, negative, subnormal, inf and NaN inputs are outside the contract (vlog_batch does not
