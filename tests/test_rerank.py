@@ -573,3 +573,61 @@ def test_vlog_edges_and_batch_independence():
     for n in range(1, 10):
         for j in range(0, x.size - n + 1, 5):
             assert np.array_equal(_core._vlog(x[j:j + n]), full[j:j + n])
+
+
+def _isa_cases():
+    rng = np.random.default_rng(31)
+    cases = []
+    for G, sort in ((7, True), (7, False), (20, True), (3, False)):
+        scores, item_dist, target, cand, k = random_instance(rng, U=150, C=90, G=G, n_items=200, k=12)
+        scores[::5, -10:] = -np.inf
+        if sort:
+            scores, cand = _sort_rows(scores, cand)
+        cases.append((scores, item_dist, target, cand, k))
+    return cases
+
+
+@pytest.mark.parametrize("f32", [False, True])
+def test_baseline_isa_same_bits(f32):
+    # The row pass, the table's ratios and logs and the scans dispatch to AVX2 code where the CPU
+    # has it; the baseline-ISA code must give the same lists and the same objective bits.
+    for scores, item_dist, target, cand, k in _isa_cases():
+        s = scores.astype(np.float32) if f32 else scores
+        for lam, alpha in ((0.5, 0.01), (0.9, 0.2)):
+            kw = dict(lam=lam, alpha=alpha, candidates=cand, return_objective=True)
+            fast = rerank.calibrated(s, item_dist, target, k, **kw)
+            _core._set_baseline_isa(True)
+            try:
+                base = rerank.calibrated(s, item_dist, target, k, **kw)
+            finally:
+                _core._set_baseline_isa(False)
+            assert np.array_equal(fast.lists, base.lists)
+            assert np.array_equal(fast.objective, base.objective)
+            assert np.array_equal(fast.miscalibration, base.miscalibration)
+
+
+def test_tiny_target_mass_takes_the_overflow_form():
+    # A target mass so small that r = (1 - alpha) w / (alpha p_g (t+1)) passes 1e300: the table
+    # entry takes ln(cw) - ln(o) instead of ln(1 + r). Lists still match the reference.
+    rng = np.random.default_rng(41)
+    scores, item_dist, target, cand, k = random_instance(rng, U=40, C=60, G=6, n_items=80, k=8)
+    target[:, 5] = 0.0
+    target[::2, 5] = 1e-305
+    target /= target.sum(axis=1, keepdims=True)
+    want, gap = ref.greedy(scores, item_dist.tolist(), target, k, 0.5, 0.01, cand)
+    assert gap > 1e-9
+    got = rerank.calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=cand)
+    assert got.tolist() == want
+
+
+@pytest.mark.parametrize("n_items", [2, 10])  # batch-wide (keyed) table; per-user table
+def test_overflow_form_keeps_a_tiny_mass_gain(n_items):
+    # Items 0 = {genre 1} and 1 = {genre 2}, equal scores, p_1 = 0 and p_2 = 1e-305: in the
+    # incremental form item 1 gains lam p_2 ln(cw / o) ~ 1e-303 > 0 and item 0 gains nothing, so
+    # item 1 is first (a literal KL sum rounds the two equal; 0 from the overflow form would tie).
+    genres = [[1], [2]] + [[0]] * (n_items - 2)
+    item_dist = rerank.genre_distribution(genres, n_genres=3)
+    target = np.array([[1.0 - 1e-305, 0.0, 1e-305]])
+    got = rerank.calibrated(np.zeros((1, 2)), item_dist, target, 1, lam=0.5, alpha=0.01,
+                            candidates=np.array([[0, 1]]))
+    assert got.tolist() == [[1]]

@@ -208,6 +208,11 @@ void bind_rerank(py::module_& m) {
         "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
 
     m.def(
+        "_set_baseline_isa",
+        [](bool on) { embtab::detail::force_baseline_isa().store(on); },
+        py::arg("on"),
+        "Private test hook: make the reranker and vlog take their baseline-ISA code (not AVX2).");
+    m.def(
         "_vlog",
         [](py::array_t<double, py::array::c_style | py::array::forcecast> x, bool baseline) {
             py::array_t<double> y(x.size());

@@ -144,49 +144,186 @@ struct Scratch {
     std::vector<double> W;           // [G] summed weight in the list
     std::vector<double> den;         // [G]
     std::vector<std::int64_t> item;  // [C] item id per candidate
+    std::vector<std::uint32_t> bound_slots;  // T slots of each genre's largest entry (the scan bound)
+    std::vector<double> lp;          // [G] keyed: lam * p_g
+    std::vector<double> cwd;         // [D] keyed: (1 - alpha) * w_d
 };
 
-// ItemKeys gives every item a fixed-width list of global table keys key = g * D + d + 1
-// (0 = padding), built once per batch, so a user's candidate lists are plain copies. Enabled
-// when the key space fits 16 bits and the catalogue's distinct keys are no more than a user's
-// C * width candidate entries (else per-user compaction does fewer logs).
+// ItemKeys gives every item a fixed-width list of global table keys key = d * G4 + g + 1
+// (category g, distinct weight d, G4 = G rounded up to 4; 0 = padding), built once per batch, so a user's candidate
+// lists are plain copies and a step's table is one dense block T[1 .. D*G] (weight-major:
+// the D*G ratios and logs are contiguous, with no per-user entry list). Enabled when alpha > 0,
+// lam > 0, the key space fits 16 bits, the catalogue's distinct keys are no more than a user's
+// C * width candidate entries, and the dense block is not much larger than the keys in use
+// (else per-user compaction does fewer logs).
 struct ItemKeys {
     bool enabled = false;
-    std::size_t n_slots = 0;             // G * D + 1
+    std::size_t n_slots = 0;             // D * G4 + 1
+    std::int64_t G4 = 0;                 // G rounded up to a multiple of 4
     int stride = 0;                      // width rounded up to 4 (packed loads), or width if > 4
     std::vector<std::uint16_t> keys;     // [n_items * stride]
-    std::vector<std::int32_t> key_genre;  // [n_slots]
-    std::vector<double> key_w;           // [n_slots]
-    std::vector<std::uint16_t> present;  // keys used by some item, ascending
+    std::vector<std::uint16_t> genre_max_key;  // [G] key of the genre's largest weight in use (0: none)
 };
 
 // build_item_keys fills `out` for items (width = max(1, max_nnz)) when the conditions hold.
 inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out) {
     const std::int64_t width = std::max<std::int32_t>(1, items.max_nnz);
     const std::int64_t stride = width <= 4 ? 4 : width;
-    const std::int64_t slots = static_cast<std::int64_t>(items.n_genres) * items.n_weights + 1;
+    const std::int64_t G = items.n_genres;
+    const std::int64_t G4 = (G + 3) / 4 * 4;
+    const std::int64_t slots = G4 * items.n_weights + 1;
     if (slots > 65535) return;
+    out.G4 = G4;
     out.stride = static_cast<int>(stride);
     std::vector<std::uint8_t> seen(static_cast<std::size_t>(slots), 0);
     out.keys.assign(static_cast<std::size_t>(items.n_items * stride), 0);
-    out.key_genre.assign(static_cast<std::size_t>(slots), 0);
-    out.key_w.assign(static_cast<std::size_t>(slots), 0.0);
+    out.genre_max_key.assign(static_cast<std::size_t>(G), 0);
+    std::vector<double> gmax(static_cast<std::size_t>(G), 0.0);
+    std::int64_t present = 0;
     for (std::int64_t i = 0; i < items.n_items; ++i) {
         std::int64_t j = 0;
         for (std::int64_t e = items.indptr[i]; e < items.indptr[i + 1]; ++e, ++j) {
-            const std::int64_t key = static_cast<std::int64_t>(items.genre[e]) * items.n_weights + items.wclass[e] + 1;
+            const std::int64_t g = items.genre[e];
+            const std::int64_t key = static_cast<std::int64_t>(items.wclass[e]) * G4 + g + 1;
             out.keys[static_cast<std::size_t>(i * stride + j)] = static_cast<std::uint16_t>(key);
-            out.key_genre[static_cast<std::size_t>(key)] = items.genre[e];
-            out.key_w[static_cast<std::size_t>(key)] = items.weights[items.wclass[e]];
+            const double w = items.weights[items.wclass[e]];
+            if (w > gmax[static_cast<std::size_t>(g)]) {
+                gmax[static_cast<std::size_t>(g)] = w;
+                out.genre_max_key[static_cast<std::size_t>(g)] = static_cast<std::uint16_t>(key);
+            }
+            present += !seen[static_cast<std::size_t>(key)];
             seen[static_cast<std::size_t>(key)] = 1;
         }
     }
-    out.present.clear();
-    for (std::int64_t key = 1; key < slots; ++key)
-        if (seen[static_cast<std::size_t>(key)]) out.present.push_back(static_cast<std::uint16_t>(key));
-    if (static_cast<std::int64_t>(out.present.size()) > C * width) return;
+    if (present > C * width || slots - 1 > 2 * present + 64) return;
     out.n_slots = static_cast<std::size_t>(slots);
     out.enabled = true;
+}
+
+// RowScan is what score_pass learns about one row.
+struct RowScan {
+    bool bad_score = false;  // a NaN or +inf score
+    bool bad_item = false;   // a candidate id outside [0, n_items)
+    bool sorted = true;      // scores non-increasing
+    std::int64_t n_finite = 0;
+};
+
+// score_pass_scalar is score_pass over c in [c0, C), given the score before c0 (`prev`).
+template <class S>
+inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t c0, std::int64_t C, double oml,
+                              std::uint64_t n_items, double prev, double* a, double* a_orig, std::int64_t* item,
+                              RowScan& r) {
+    constexpr double kPosInf = std::numeric_limits<double>::infinity();
+    for (std::int64_t c = c0; c < C; ++c) {
+        const double x = static_cast<double>(s[c]);
+        r.bad_score |= (x != x) | (x == kPosInf);
+        r.sorted &= x <= prev;
+        prev = x;
+        const bool fin = x != kNegInf;
+        r.n_finite += fin;
+        a[c] = fin ? oml * x : kNegInf;
+        a_orig[c] = a[c];
+        const std::int64_t it = cand ? cand[c] : c;
+        r.bad_item |= static_cast<std::uint64_t>(it) >= n_items;
+        item[c] = it;
+    }
+}
+
+#if defined(EMBTAB_VLOG_VECTOR)
+// score_pass_loop is score_pass four candidates at a time (the same results: comparisons,
+// one multiplication and bitwise selects).
+template <class S>
+__attribute__((always_inline)) inline void score_pass_loop(const S* s, const std::int64_t* cand, std::int64_t C,
+                                                           double oml, std::uint64_t n_items, double* a,
+                                                           double* a_orig, std::int64_t* item, RowScan& r) {
+    constexpr double kPosInf = std::numeric_limits<double>::infinity();
+    if (C < 5) {
+        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, a_orig, item, r);
+        return;
+    }
+    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, a_orig, item, r);
+    auto load = [&](std::int64_t c, VlogD& x) {
+        if constexpr (std::is_same_v<S, float>) {
+            typedef float F4 __attribute__((vector_size(16)));
+            F4 xf;
+            std::memcpy(&xf, s + c, sizeof xf);
+            x = __builtin_convertvector(xf, VlogD);
+        } else {
+            std::memcpy(&x, s + c, sizeof x);
+        }
+    };
+    const VlogD ninf = {kNegInf, kNegInf, kNegInf, kNegInf};
+    VlogI ninf_bits;
+    std::memcpy(&ninf_bits, &ninf, sizeof ninf_bits);
+    VlogI bad = {0, 0, 0, 0}, unsorted = {0, 0, 0, 0}, nfin = {0, 0, 0, 0};
+    VlogU bad_it = {0, 0, 0, 0};
+    const VlogU lim = {n_items, n_items, n_items, n_items};
+    std::int64_t c = 1;
+    for (; c + 4 <= C; c += 4) {
+        VlogD x, xp;
+        load(c, x);
+        load(c - 1, xp);
+        bad |= (x != x) | (x == kPosInf);
+        unsorted |= ~(x <= xp);
+        const VlogI fin = x != kNegInf;
+        nfin -= fin;
+        const VlogD y = oml * x;
+        VlogI yb;
+        std::memcpy(&yb, &y, sizeof yb);
+        const VlogI av = (yb & fin) | (ninf_bits & ~fin);
+        std::memcpy(a + c, &av, sizeof av);
+        std::memcpy(a_orig + c, &av, sizeof av);
+        VlogI it;
+        if (cand) {
+            std::memcpy(&it, cand + c, sizeof it);
+        } else {
+            it = VlogI{c, c + 1, c + 2, c + 3};
+        }
+        VlogU itu;
+        std::memcpy(&itu, &it, sizeof itu);
+        bad_it |= itu >= lim;
+        std::memcpy(item + c, &it, sizeof it);
+    }
+    r.bad_score |= (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
+    r.sorted &= (unsorted[0] | unsorted[1] | unsorted[2] | unsorted[3]) == 0;
+    r.bad_item |= (bad_it[0] | bad_it[1] | bad_it[2] | bad_it[3]) != 0;
+    r.n_finite += nfin[0] + nfin[1] + nfin[2] + nfin[3];
+    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, a_orig, item, r);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+template <class S>
+__attribute__((target("avx2"))) inline void score_pass_avx2(const S* s, const std::int64_t* cand, std::int64_t C,
+                                                            double oml, std::uint64_t n_items, double* a,
+                                                            double* a_orig, std::int64_t* item, RowScan& r) {
+    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, r);
+}
+#endif
+template <class S>
+inline void score_pass_base(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
+                            double* a, double* a_orig, std::int64_t* item, RowScan& r) {
+    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, r);
+}
+#endif
+
+// score_pass reads one row: a[c] = a_orig[c] = (1 - lam) s_c (-inf for -inf scores), item[c]
+// = cand[c] (or c), and what RowScan records.
+template <class S>
+inline RowScan score_pass(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
+                          double* a, double* a_orig, std::int64_t* item) {
+    RowScan r;
+#if defined(EMBTAB_VLOG_VECTOR)
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2()) {
+        score_pass_avx2(s, cand, C, oml, n_items, a, a_orig, item, r);
+        return r;
+    }
+#endif
+    score_pass_base(s, cand, C, oml, n_items, a, a_orig, item, r);
+#else
+    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, a_orig, item, r);
+#endif
+    return r;
 }
 
 // argmax_first returns the first c with v[c] equal to the largest value of v[0..C), or -1
@@ -272,6 +409,54 @@ inline std::int64_t scan_best(const double* a, const I* idx, int stride, int wid
     return argmax_first(v, C);
 }
 
+// scan_sorted_packed is scan_best_sorted for 16-bit slots at stride 4: each chunk's values
+// and their maximum in one pass; the first position of that maximum is looked up only when
+// it beats the best so far (the same choice as argmax_first per chunk).
+template <int W>
+inline std::int64_t scan_sorted_packed(const double* a, const double* a_orig, const std::uint16_t* idx,
+                                       const double* t, std::int64_t C, double* v, double bound) {
+    double best = kNegInf;
+    std::int64_t bi = -1;
+    for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
+        if (a_orig[c0] + bound < best) break;
+        const std::int64_t c1 = std::min<std::int64_t>(c0 + kSortedChunk, C);
+        double m0 = kNegInf, m1 = kNegInf, m2 = kNegInf, m3 = kNegInf;
+        auto value = [&](std::int64_t c) {
+            std::uint64_t q;
+            std::memcpy(&q, idx + c * 4, sizeof q);
+            double kl = t[q & 0xffffu];
+            if constexpr (W > 1) kl += t[(q >> 16) & 0xffffu];
+            if constexpr (W > 2) kl += t[(q >> 32) & 0xffffu];
+            if constexpr (W > 3) kl += t[q >> 48];
+            const double x = a[c] + kl;
+            v[c] = x;
+            return x;
+        };
+        std::int64_t c = c0;
+        for (; c + 4 <= c1; c += 4) {
+            const double x0 = value(c), x1 = value(c + 1), x2 = value(c + 2), x3 = value(c + 3);
+            m0 = x0 > m0 ? x0 : m0;
+            m1 = x1 > m1 ? x1 : m1;
+            m2 = x2 > m2 ? x2 : m2;
+            m3 = x3 > m3 ? x3 : m3;
+        }
+        for (; c < c1; ++c) {
+            const double x = value(c);
+            m0 = x > m0 ? x : m0;
+        }
+        m0 = m1 > m0 ? m1 : m0;
+        m2 = m3 > m2 ? m3 : m2;
+        const double m = m2 > m0 ? m2 : m0;
+        if (m > best) {
+            for (c = c0; v[c] != m; ++c) {
+            }
+            best = m;
+            bi = c;
+        }
+    }
+    return bi;
+}
+
 // scan_best_sorted is scan_best for rows whose score terms are non-increasing (a_orig, the
 // score terms before any pick): chunks of kSortedChunk candidates are scanned in order, and the
 // scan stops before a chunk whose first candidate cannot beat the best so far even with the
@@ -282,6 +467,16 @@ inline std::int64_t scan_best_sorted(const double* a, const double* a_orig, cons
                                      const double* t, std::int64_t C, double* v, double bound) {
     double best = kNegInf;
     std::int64_t bi = -1;
+    if constexpr (std::is_same_v<I, std::uint16_t>) {
+        if (stride == 4) {
+            switch (width) {
+                case 1: return scan_sorted_packed<1>(a, a_orig, idx, t, C, v, bound);
+                case 2: return scan_sorted_packed<2>(a, a_orig, idx, t, C, v, bound);
+                case 3: return scan_sorted_packed<3>(a, a_orig, idx, t, C, v, bound);
+                default: return scan_sorted_packed<4>(a, a_orig, idx, t, C, v, bound);
+            }
+        }
+    }
     for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
         if (a_orig[c0] + bound < best) break;
         const std::int64_t n = std::min<std::int64_t>(kSortedChunk, C - c0);
@@ -593,29 +788,15 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     sc.picked.assign(static_cast<std::size_t>(C), 0);
     sc.item.resize(static_cast<std::size_t>(C));
     double* a = sc.a.data();
-    std::int64_t n_finite = 0;
     const double one_m_lam = lam < 1.0 ? 1.0 - lam : 0.0;
     // Branch-free checks over the row; the slow loops below only name the culprit.
-    bool bad_score = false, bad_item = false;
-    constexpr double kPosInf = std::numeric_limits<double>::infinity();
     const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
     std::int64_t* item = sc.item.data();
-    bool sorted = true;
-    double prev = kPosInf;
     double* a_orig = sc.a_orig.data();
-    for (std::int64_t c = 0; c < C; ++c) {
-        const double x = static_cast<double>(s[c]);
-        bad_score |= (x != x) | (x == kPosInf);
-        sorted &= x <= prev;
-        prev = x;
-        const bool fin = x != kNegInf;
-        n_finite += fin;
-        a[c] = fin ? one_m_lam * x : kNegInf;
-        a_orig[c] = a[c];
-        const std::int64_t it = cand ? cand[c] : c;
-        bad_item |= static_cast<std::uint64_t>(it) >= n_items;
-        item[c] = it;
-    }
+    constexpr double kPosInf = std::numeric_limits<double>::infinity();
+    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a, a_orig, item);
+    const bool bad_score = rs.bad_score, bad_item = rs.bad_item, sorted = rs.sorted;
+    const std::int64_t n_finite = rs.n_finite;
     if (bad_score || bad_item) {
         for (std::int64_t c = 0; c < C; ++c) {
             const double x = static_cast<double>(s[c]);
@@ -689,8 +870,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     sc.entry_cw.clear();
     sc.entry_lp.clear();
     sc.entry_w.clear();
-    sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
-    sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
+    sc.bound_slots.clear();
     auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
         if (w > sc.genre_max_w[static_cast<std::size_t>(g)]) {
             sc.genre_max_w[static_cast<std::size_t>(g)] = w;
@@ -710,13 +890,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(stride);
     std::size_t n_slots;  // table size including the zero slot
     bool use16;
-    if (keys && keys->enabled) {
-        // Global slots: key = g * D + d + 1 for every (g, d) in the catalogue; slots of genres
-        // with p_g = 0 stay 0 in T, which is exactly their contribution.
-        for (std::uint16_t key : keys->present) {
-            const std::int32_t g = keys->key_genre[key];
-            if (p[g] > 0.0) add_entry(key, g, keys->key_w[key]);
-        }
+    const bool keyed = keys && keys->enabled;
+    if (keyed) {
+        // Global slots key = d * G + g + 1: every step computes the whole dense block (slots of
+        // genres with p_g = 0 come out 0, exactly their contribution); no per-user entries.
         n_slots = keys->n_slots;
         use16 = true;
         sc.idx16.resize(n_idx);
@@ -730,8 +907,17 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 std::memcpy(ix + c * stride, ik + sc.item[static_cast<std::size_t>(c)] * stride,
                             static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
         }
+        for (std::int32_t g = 0; g < G; ++g)
+            if (keys->genre_max_key[static_cast<std::size_t>(g)]) sc.bound_slots.push_back(keys->genre_max_key[static_cast<std::size_t>(g)]);
+        // lp and (per step) den padded to G4 with lam p = 0, o = 1
+        sc.lp.assign(static_cast<std::size_t>(keys->G4), 0.0);
+        for (std::int32_t g = 0; g < G; ++g) sc.lp[static_cast<std::size_t>(g)] = lam * p[g];
+        sc.cwd.resize(static_cast<std::size_t>(D));
+        for (std::int32_t d = 0; d < D; ++d) sc.cwd[static_cast<std::size_t>(d)] = (1.0 - alpha) * items.weights[d];
     } else {
         // Per-user slots (any number of distinct weights): compact the (g, d) keys in use.
+        sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
+        sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
         const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
         if (sc.stamp.size() < GD) {
             sc.stamp.assign(GD, -1);
@@ -765,6 +951,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             sc.idx16.resize(n_idx);
             for (std::size_t i = 0; i < n_idx; ++i) sc.idx16[i] = static_cast<std::uint16_t>(idx[i]);
         }
+        for (std::int32_t g : sc.used_genres) sc.bound_slots.push_back(sc.genre_max_slot[static_cast<std::size_t>(g)]);
     }
     std::uint32_t* idx = sc.idx.data();
     const std::size_t n_entries = sc.entry_slot.size();
@@ -781,7 +968,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     }
 
     sc.W.assign(static_cast<std::size_t>(G), 0.0);
-    sc.den.assign(static_cast<std::size_t>(G), 0.0);
+    sc.den.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 1.0);
     double* Wg = sc.W.data();
     double* den = sc.den.data();
     std::int64_t finite_left = n_finite;
@@ -795,7 +982,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 if (!sc.picked[static_cast<std::size_t>(c)]) a[c] = 0.0;
         }
         const double t1 = static_cast<double>(t + 1);
-        for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
+        if (!keyed)
+            for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
         const bool a0 = alpha0 && uncovered > 0.0;
         // refresh computes entry e (table slot `slot`) at this step.
         auto refresh = [&](std::size_t e, std::uint32_t slot) {
@@ -812,7 +1000,24 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             }
         };
         std::int64_t bi;
-        {
+        if (keyed) {
+            // The dense block T[1 + d * G4 + g] = lam p_g ln(1 + (1 - alpha) w_d / o_g) in one
+            // vector pass; the same bits as the per-entry forms below. A genre with p_g = 0 (and
+            // the padding) gets o = 1, any finite value: its slots are lam * 0 * finite = 0.
+            const double* lp = sc.lp.data();
+            const std::size_t G4 = static_cast<std::size_t>(keys->G4);
+            for (std::int32_t g = 0; g < G; ++g) den[g] = p[g] > 0.0 ? (1.0 - alpha) * Wg[g] + alpha * p[g] * t1 : 1.0;
+            if (!ratio_log_block(sc.cwd.data(), static_cast<std::size_t>(D), den, lp, G4, T + 1)) {
+                for (std::int32_t d = 0; d < D; ++d) {
+                    const double cw = sc.cwd[static_cast<std::size_t>(d)];
+                    double* td = T + 1 + static_cast<std::size_t>(d) * G4;
+                    for (std::int32_t g = 0; g < G; ++g) {
+                        const double r = cw / den[g];
+                        td[g] = lp[g] * (r < 1e300 ? vlog(1.0 + r) : std::log(cw) - std::log(den[g]));
+                    }
+                }
+            }
+        } else {
             // the usual case in one batch of logs (the same bits as refresh, entry by entry)
             sc.ratio.resize(n_entries);
             double* arg = sc.ratio.data();
@@ -842,8 +1047,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             if (width <= 4) {
                 // the 4 largest in registers, branch-free (t0 >= t1 >= t2 >= t3)
                 double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
-                for (std::int32_t g : sc.used_genres) {
-                    const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                for (std::uint32_t slot : sc.bound_slots) {
+                    const double x = T[slot];
                     t3 = std::max(t3, std::min(x, t2));
                     t2 = std::max(t2, std::min(x, t1));
                     t1 = std::max(t1, std::min(x, t0));
@@ -854,8 +1059,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             } else {
                 sc.top.assign(static_cast<std::size_t>(width), 0.0);
                 double* top = sc.top.data();
-                for (std::int32_t g : sc.used_genres) {
-                    const double x = T[sc.genre_max_slot[static_cast<std::size_t>(g)]];
+                for (std::uint32_t slot : sc.bound_slots) {
+                    const double x = T[slot];
                     if (!(x > top[width - 1])) continue;
                     std::int32_t j = width - 1;  // insertion, largest first
                     for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
@@ -959,13 +1164,24 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
     detail::ItemKeys keys;
     // The per-item key table costs O(n_items) per call: worth it when the batch touches at
     // least as many candidate slots as there are items (else per-user compaction).
-    if (prm.lam > 0.0 && U * C >= items.n_items) detail::build_item_keys(items, C, keys);
+    if (prm.lam > 0.0 && prm.alpha > 0.0 && U * C >= items.n_items) detail::build_item_keys(items, C, keys);
     parallel_for(static_cast<std::size_t>(U), num_threads, kRerankGrain, [&](std::size_t b, std::size_t e) {
         detail::Scratch sc;
         for (std::size_t uu = b; uu < e; ++uu) {
             const std::int64_t u = static_cast<std::int64_t>(uu);
             const std::int64_t* cu = cand ? cand + u * C : nullptr;
             std::int64_t* ou = out + u * prm.k;
+            if (uu + 1 < e) {
+                // the next user's rows, fetched while this one computes (a row is read once)
+                const char* ns = reinterpret_cast<const char*>(scores + (u + 1) * C);
+                for (std::size_t off = 0; off < static_cast<std::size_t>(C) * sizeof(S); off += 64)
+                    __builtin_prefetch(ns + off, 0, 1);
+                if (cand) {
+                    const char* nc = reinterpret_cast<const char*>(cand + (u + 1) * C);
+                    for (std::size_t off = 0; off < static_cast<std::size_t>(C) * sizeof(std::int64_t); off += 64)
+                        __builtin_prefetch(nc + off, 0, 1);
+                }
+            }
             RerankError er = calibrated_user(scores + u * C, cu, C, items, target + u * G, prm, ou,
                                              obj ? obj + u : nullptr, miscal ? miscal + u : nullptr, sc,
                                              static_cast<std::int32_t>(uu - b), &keys);

@@ -23,6 +23,7 @@
 // std::log.
 #pragma once
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +31,23 @@
 
 namespace embtab {
 namespace detail {
+
+// force_baseline_isa makes every AVX2 dispatch below (and the reranker's) take its baseline-ISA
+// code: a test hook (_core._set_baseline_isa) that checks both give the same bits.
+inline std::atomic<bool>& force_baseline_isa() {
+    static std::atomic<bool> flag{false};
+    return flag;
+}
+
+// use_avx2 says whether to dispatch to AVX2 code: the CPU has it and no test forced baseline.
+inline bool use_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    return avx2 && !force_baseline_isa().load(std::memory_order_relaxed);
+#else
+    return false;
+#endif
+}
 
 #if defined(__GNUC__) || defined(__clang__)
 #define EMBTAB_VLOG_VECTOR 1
@@ -39,7 +57,7 @@ typedef std::int64_t VlogI __attribute__((vector_size(32)));
 
 // vlog4 is fdlibm's __ieee754_log on four lanes, both of its final forms computed and one
 // selected per lane (its |f| < 2^-20 shortcut is left out: the general form is as accurate).
-__attribute__((always_inline)) inline void vlog4(const double* in, double* out) {
+__attribute__((always_inline)) inline void vlog4v(const VlogD& x, VlogD& y) {
     constexpr double ln2_hi = 6.93147180369123816490e-01;  // 3fe62e42 fee00000
     constexpr double ln2_lo = 1.90821492927058770002e-10;  // 3dea39ef 35793c76
     constexpr double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
@@ -47,7 +65,7 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
                      Lg5 = 1.818357216161805012e-01, Lg6 = 1.531383769920937332e-01,
                      Lg7 = 1.479819860511658591e-01;
     VlogU ux;
-    std::memcpy(&ux, in, sizeof ux);
+    std::memcpy(&ux, &x, sizeof ux);
     const VlogU hx = ux >> 32;  // the high word (sign clear: x > 0)
     const VlogU m = hx & 0x000fffffu;
     const VlogU i = (m + 0x95f64u) & 0x100000u;  // 1 << 20 when the mantissa is >= sqrt(2)
@@ -78,7 +96,37 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
     std::memcpy(&b1, &r1, sizeof b1);
     std::memcpy(&b2, &r2, sizeof b2);
     const VlogI r = (b1 & take1) | (b2 & ~take1);  // a bitwise select: no vector ?: needed
-    std::memcpy(out, &r, sizeof r);
+    std::memcpy(&y, &r, sizeof y);
+}
+
+__attribute__((always_inline)) inline void vlog4(const double* in, double* out) {
+    VlogD x;
+    std::memcpy(&x, in, sizeof x);
+    VlogD y;
+    vlog4v(x, y);
+    std::memcpy(out, &y, sizeof y);
+}
+
+// ratio_log_loop: see ratio_log_block.
+__attribute__((always_inline)) inline bool ratio_log_loop(const double* cw, std::size_t D, const double* o,
+                                                          const double* lp, std::size_t G4, double* T) {
+    VlogI ok = {-1, -1, -1, -1};
+    for (std::size_t d = 0; d < D; ++d) {
+        const VlogD c = {cw[d], cw[d], cw[d], cw[d]};
+        double* td = T + d * G4;
+        for (std::size_t g = 0; g < G4; g += 4) {
+            VlogD ov, lv;
+            std::memcpy(&ov, o + g, sizeof ov);
+            std::memcpy(&lv, lp + g, sizeof lv);
+            const VlogD r = c / ov;
+            ok &= (r < 1e300);
+            VlogD y;
+            vlog4v(1.0 + r, y);
+            y = lv * y;
+            std::memcpy(td + g, &y, sizeof y);
+        }
+    }
+    return (ok[0] & ok[1] & ok[2] & ok[3]) != 0;
 }
 
 // vlog_loop writes y[j] = log(x[j]) for j < n (x and y may be the same array).
@@ -94,11 +142,19 @@ __attribute__((always_inline)) inline void vlog_loop(const double* x, double* y,
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) inline bool ratio_log_avx2(const double* cw, std::size_t D, const double* o,
+                                                           const double* lp, std::size_t G4, double* T) {
+    return ratio_log_loop(cw, D, o, lp, G4, T);
+}
 __attribute__((target("avx2"))) inline void vlog_batch_avx2(const double* x, double* y, std::size_t n) {
     vlog_loop(x, y, n);
 }
 #endif
 inline void vlog_batch_base(const double* x, double* y, std::size_t n) { vlog_loop(x, y, n); }
+inline bool ratio_log_base(const double* cw, std::size_t D, const double* o, const double* lp, std::size_t G4,
+                           double* T) {
+    return ratio_log_loop(cw, D, o, lp, G4, T);
+}
 #endif
 
 }  // namespace detail
@@ -107,8 +163,7 @@ inline void vlog_batch_base(const double* x, double* y, std::size_t n) { vlog_lo
 inline void vlog_batch(const double* x, double* y, std::size_t n) {
 #if defined(EMBTAB_VLOG_VECTOR)
 #if defined(__x86_64__) || defined(__i386__)
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    if (avx2) {
+    if (detail::use_avx2()) {
         detail::vlog_batch_avx2(x, y, n);
         return;
     }
@@ -116,6 +171,29 @@ inline void vlog_batch(const double* x, double* y, std::size_t n) {
     detail::vlog_batch_base(x, y, n);
 #else
     for (std::size_t j = 0; j < n; ++j) y[j] = std::log(x[j]);
+#endif
+}
+
+// ratio_log_block writes T[d * G4 + g] = lp[g] * log(1 + cw[d] / o[g]) for d < D, g < G4
+// (G4 a multiple of 4; o > 0 and lp finite), each entry the same bits as
+// lp[g] * vlog(1.0 + cw[d] / o[g]). Returns false when some ratio cw[d] / o[g] is not below
+// 1e300 (T is then unspecified: the caller takes its overflow form).
+inline bool ratio_log_block(const double* cw, std::size_t D, const double* o, const double* lp, std::size_t G4,
+                            double* T) {
+#if defined(EMBTAB_VLOG_VECTOR)
+#if defined(__x86_64__) || defined(__i386__)
+    if (detail::use_avx2()) return detail::ratio_log_avx2(cw, D, o, lp, G4, T);
+#endif
+    return detail::ratio_log_base(cw, D, o, lp, G4, T);
+#else
+    bool ok = true;
+    for (std::size_t d = 0; d < D; ++d)
+        for (std::size_t g = 0; g < G4; ++g) {
+            const double r = cw[d] / o[g];
+            ok &= r < 1e300;
+            T[d * G4 + g] = lp[g] * std::log(1.0 + r);
+        }
+    return ok;
 #endif
 }
 
