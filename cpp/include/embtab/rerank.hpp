@@ -145,7 +145,9 @@ struct Scratch {
     std::vector<double> den;         // [G]
     std::vector<std::int64_t> item;  // [C] item id per candidate
     std::vector<std::uint32_t> bound_slots;  // T slots of each genre's largest entry (the scan bound)
-    std::vector<double> lp;          // [G] keyed: lam * p_g
+    std::vector<double> lp;          // [G4] keyed: lam * p_g (0 in the padding)
+    std::vector<double> p4;          // [G4] keyed: p_g
+    std::vector<double> ap;          // [G4] keyed: alpha * p_g
     std::vector<double> cwd;         // [D] keyed: (1 - alpha) * w_d
 };
 
@@ -911,7 +913,13 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             if (keys->genre_max_key[static_cast<std::size_t>(g)]) sc.bound_slots.push_back(keys->genre_max_key[static_cast<std::size_t>(g)]);
         // lp and (per step) den padded to G4 with lam p = 0, o = 1
         sc.lp.assign(static_cast<std::size_t>(keys->G4), 0.0);
-        for (std::int32_t g = 0; g < G; ++g) sc.lp[static_cast<std::size_t>(g)] = lam * p[g];
+        sc.p4.assign(static_cast<std::size_t>(keys->G4), 0.0);
+        sc.ap.assign(static_cast<std::size_t>(keys->G4), 0.0);
+        for (std::int32_t g = 0; g < G; ++g) {
+            sc.lp[static_cast<std::size_t>(g)] = lam * p[g];
+            sc.p4[static_cast<std::size_t>(g)] = p[g];
+            sc.ap[static_cast<std::size_t>(g)] = alpha * p[g];
+        }
         sc.cwd.resize(static_cast<std::size_t>(D));
         for (std::int32_t d = 0; d < D; ++d) sc.cwd[static_cast<std::size_t>(d)] = (1.0 - alpha) * items.weights[d];
     } else {
@@ -967,7 +975,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         for (std::int32_t g = 0; g < G; ++g) uncovered += p[g] > 0.0 ? 1.0 : 0.0;
     }
 
-    sc.W.assign(static_cast<std::size_t>(G), 0.0);
+    sc.W.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 0.0);
     sc.den.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 1.0);
     double* Wg = sc.W.data();
     double* den = sc.den.data();
@@ -1006,8 +1014,9 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             // the padding) gets o = 1, any finite value: its slots are lam * 0 * finite = 0.
             const double* lp = sc.lp.data();
             const std::size_t G4 = static_cast<std::size_t>(keys->G4);
-            for (std::int32_t g = 0; g < G; ++g) den[g] = p[g] > 0.0 ? (1.0 - alpha) * Wg[g] + alpha * p[g] * t1 : 1.0;
-            if (!ratio_log_block(sc.cwd.data(), static_cast<std::size_t>(D), den, lp, G4, T + 1)) {
+            if (!ratio_log_block(sc.cwd.data(), static_cast<std::size_t>(D), Wg, sc.p4.data(), sc.ap.data(),
+                                 1.0 - alpha, t1, lp, G4, T + 1)) {
+                for (std::int32_t g = 0; g < G; ++g) den[g] = p[g] > 0.0 ? (1.0 - alpha) * Wg[g] + alpha * p[g] * t1 : 1.0;
                 for (std::int32_t d = 0; d < D; ++d) {
                     const double cw = sc.cwd[static_cast<std::size_t>(d)];
                     double* td = T + 1 + static_cast<std::size_t>(d) * G4;

@@ -108,22 +108,34 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
 }
 
 // ratio_log_loop: see ratio_log_block.
-__attribute__((always_inline)) inline bool ratio_log_loop(const double* cw, std::size_t D, const double* o,
+__attribute__((always_inline)) inline bool ratio_log_loop(const double* cw, std::size_t D, const double* W,
+                                                          const double* p, const double* ap, double oma, double t1,
                                                           const double* lp, std::size_t G4, double* T) {
     VlogI ok = {-1, -1, -1, -1};
-    for (std::size_t d = 0; d < D; ++d) {
-        const VlogD c = {cw[d], cw[d], cw[d], cw[d]};
-        double* td = T + d * G4;
-        for (std::size_t g = 0; g < G4; g += 4) {
-            VlogD ov, lv;
-            std::memcpy(&ov, o + g, sizeof ov);
-            std::memcpy(&lv, lp + g, sizeof lv);
+    const VlogD one = {1.0, 1.0, 1.0, 1.0};
+    VlogI one_bits;
+    std::memcpy(&one_bits, &one, sizeof one_bits);
+    for (std::size_t g = 0; g < G4; g += 4) {
+        VlogD wv, pv, av, lv;
+        std::memcpy(&wv, W + g, sizeof wv);
+        std::memcpy(&pv, p + g, sizeof pv);
+        std::memcpy(&av, ap + g, sizeof av);
+        std::memcpy(&lv, lp + g, sizeof lv);
+        const VlogD o = oma * wv + av * t1;
+        const VlogI pos = pv > 0.0;
+        VlogI ob;
+        std::memcpy(&ob, &o, sizeof ob);
+        ob = (ob & pos) | (one_bits & ~pos);
+        VlogD ov;
+        std::memcpy(&ov, &ob, sizeof ov);
+        for (std::size_t d = 0; d < D; ++d) {
+            const VlogD c = {cw[d], cw[d], cw[d], cw[d]};
             const VlogD r = c / ov;
             ok &= (r < 1e300);
             VlogD y;
             vlog4v(1.0 + r, y);
             y = lv * y;
-            std::memcpy(td + g, &y, sizeof y);
+            std::memcpy(T + d * G4 + g, &y, sizeof y);
         }
     }
     return (ok[0] & ok[1] & ok[2] & ok[3]) != 0;
@@ -142,18 +154,19 @@ __attribute__((always_inline)) inline void vlog_loop(const double* x, double* y,
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) inline bool ratio_log_avx2(const double* cw, std::size_t D, const double* o,
+__attribute__((target("avx2"))) inline bool ratio_log_avx2(const double* cw, std::size_t D, const double* W,
+                                                           const double* p, const double* ap, double oma, double t1,
                                                            const double* lp, std::size_t G4, double* T) {
-    return ratio_log_loop(cw, D, o, lp, G4, T);
+    return ratio_log_loop(cw, D, W, p, ap, oma, t1, lp, G4, T);
 }
 __attribute__((target("avx2"))) inline void vlog_batch_avx2(const double* x, double* y, std::size_t n) {
     vlog_loop(x, y, n);
 }
 #endif
 inline void vlog_batch_base(const double* x, double* y, std::size_t n) { vlog_loop(x, y, n); }
-inline bool ratio_log_base(const double* cw, std::size_t D, const double* o, const double* lp, std::size_t G4,
-                           double* T) {
-    return ratio_log_loop(cw, D, o, lp, G4, T);
+inline bool ratio_log_base(const double* cw, std::size_t D, const double* W, const double* p, const double* ap,
+                           double oma, double t1, const double* lp, std::size_t G4, double* T) {
+    return ratio_log_loop(cw, D, W, p, ap, oma, t1, lp, G4, T);
 }
 #endif
 
@@ -174,25 +187,26 @@ inline void vlog_batch(const double* x, double* y, std::size_t n) {
 #endif
 }
 
-// ratio_log_block writes T[d * G4 + g] = lp[g] * log(1 + cw[d] / o[g]) for d < D, g < G4
-// (G4 a multiple of 4; o > 0 and lp finite), each entry the same bits as
-// lp[g] * vlog(1.0 + cw[d] / o[g]). Returns false when some ratio cw[d] / o[g] is not below
-// 1e300 (T is then unspecified: the caller takes its overflow form).
-inline bool ratio_log_block(const double* cw, std::size_t D, const double* o, const double* lp, std::size_t G4,
-                            double* T) {
+// ratio_log_block writes T[d * G4 + g] = lp[g] * log(1 + cw[d] / o_g), with
+// o_g = oma * W[g] + ap[g] * t1 where p[g] > 0 and o_g = 1 elsewhere, for d < D, g < G4 (G4 a
+// multiple of 4; lp finite); each entry the same bits as lp[g] * vlog(1.0 + cw[d] / o_g).
+// Returns false when some ratio cw[d] / o_g is not below 1e300 (T is then unspecified: the
+// caller takes its overflow form).
+inline bool ratio_log_block(const double* cw, std::size_t D, const double* W, const double* p, const double* ap,
+                            double oma, double t1, const double* lp, std::size_t G4, double* T) {
 #if defined(EMBTAB_VLOG_VECTOR)
-#if defined(__x86_64__) || defined(__i386__)
-    if (detail::use_avx2()) return detail::ratio_log_avx2(cw, D, o, lp, G4, T);
-#endif
-    return detail::ratio_log_base(cw, D, o, lp, G4, T);
+    if (detail::use_avx2()) return detail::ratio_log_avx2(cw, D, W, p, ap, oma, t1, lp, G4, T);
+    return detail::ratio_log_base(cw, D, W, p, ap, oma, t1, lp, G4, T);
 #else
     bool ok = true;
-    for (std::size_t d = 0; d < D; ++d)
-        for (std::size_t g = 0; g < G4; ++g) {
-            const double r = cw[d] / o[g];
+    for (std::size_t g = 0; g < G4; ++g) {
+        const double o = p[g] > 0.0 ? oma * W[g] + ap[g] * t1 : 1.0;
+        for (std::size_t d = 0; d < D; ++d) {
+            const double r = cw[d] / o;
             ok &= r < 1e300;
             T[d * G4 + g] = lp[g] * std::log(1.0 + r);
         }
+    }
     return ok;
 #endif
 }
