@@ -214,7 +214,7 @@ struct RowScan {
 template <class S>
 inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t c0, std::int64_t C, double oml,
                               std::uint64_t n_items, double prev, double* a, double* a_orig, std::int64_t* item,
-                              RowScan& r) {
+                              const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     for (std::int64_t c = c0; c < C; ++c) {
         const double x = static_cast<double>(s[c]);
@@ -228,6 +228,7 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
         const std::int64_t it = cand ? cand[c] : c;
         r.bad_item |= static_cast<std::uint64_t>(it) >= n_items;
         item[c] = it;
+        if (ix) std::memcpy(ix + c * 4, ik + (static_cast<std::uint64_t>(it) < n_items ? it : 0) * 4, 8);
     }
 }
 
@@ -237,13 +238,14 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
 template <class S>
 __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std::int64_t* cand, std::int64_t C,
                                                            double oml, std::uint64_t n_items, double* a,
-                                                           double* a_orig, std::int64_t* item, RowScan& r) {
+                                                           double* a_orig, std::int64_t* item,
+                                                           const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     if (C < 5) {
-        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, a_orig, item, r);
+        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, a_orig, item, ik, ix, r);
         return;
     }
-    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, a_orig, item, r);
+    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, a_orig, item, ik, ix, r);
     auto load = [&](std::int64_t c, VlogD& x) {
         if constexpr (std::is_same_v<S, float>) {
             typedef float F4 __attribute__((vector_size(16)));
@@ -283,47 +285,57 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
         }
         VlogU itu;
         std::memcpy(&itu, &it, sizeof itu);
-        bad_it |= itu >= lim;
+        const VlogU out = itu >= lim;
+        bad_it |= out;
         std::memcpy(item + c, &it, sizeof it);
+        if (ix) {
+            const VlogU safe = itu & ~out;  // a bad id reads item 0's slots (the row is refused)
+            for (int j = 0; j < 4; ++j) std::memcpy(ix + (c + j) * 4, ik + safe[j] * 4, 8);
+        }
     }
     r.bad_score |= (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
     r.sorted &= (unsorted[0] | unsorted[1] | unsorted[2] | unsorted[3]) == 0;
     r.bad_item |= (bad_it[0] | bad_it[1] | bad_it[2] | bad_it[3]) != 0;
     r.n_finite += nfin[0] + nfin[1] + nfin[2] + nfin[3];
-    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, a_orig, item, r);
+    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, a_orig, item, ik, ix, r);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 template <class S>
 __attribute__((target("avx2"))) inline void score_pass_avx2(const S* s, const std::int64_t* cand, std::int64_t C,
                                                             double oml, std::uint64_t n_items, double* a,
-                                                            double* a_orig, std::int64_t* item, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, r);
+                                                            double* a_orig, std::int64_t* item,
+                                                            const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
+    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
 }
 #endif
 template <class S>
 inline void score_pass_base(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                            double* a, double* a_orig, std::int64_t* item, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, r);
+                            double* a, double* a_orig, std::int64_t* item, const std::uint16_t* ik,
+                            std::uint16_t* ix, RowScan& r) {
+    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
 }
 #endif
 
 // score_pass reads one row: a[c] = a_orig[c] = (1 - lam) s_c (-inf for -inf scores), item[c]
-// = cand[c] (or c), and what RowScan records.
+// = cand[c] (or c), and what RowScan records; with ix, also the item's 4 slots ik[item * 4 ..]
+// to ix[c * 4 ..] (stride-4 keyed tables).
 template <class S>
 inline RowScan score_pass(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                          double* a, double* a_orig, std::int64_t* item) {
+                          double* a, double* a_orig, std::int64_t* item, const std::uint16_t* ik = nullptr,
+                          std::uint16_t* ix = nullptr) {
     RowScan r;
 #if defined(EMBTAB_VLOG_VECTOR)
 #if defined(__x86_64__) || defined(__i386__)
     if (use_avx2()) {
-        score_pass_avx2(s, cand, C, oml, n_items, a, a_orig, item, r);
+        score_pass_avx2(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
         return r;
     }
 #endif
-    score_pass_base(s, cand, C, oml, n_items, a, a_orig, item, r);
+    score_pass_base(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
 #else
-    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, a_orig, item, r);
+    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, a_orig, item, ik, ix,
+                      r);
 #endif
     return r;
 }
@@ -796,7 +808,11 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     std::int64_t* item = sc.item.data();
     double* a_orig = sc.a_orig.data();
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
-    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a, a_orig, item);
+    const bool keyed4 = keys && keys->enabled && keys->stride == 4;
+    if (keyed4) sc.idx16.resize(static_cast<std::size_t>(C) * 4);
+    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a, a_orig, item,
+                                                  keyed4 ? keys->keys.data() : nullptr,
+                                                  keyed4 ? sc.idx16.data() : nullptr);
     const bool bad_score = rs.bad_score, bad_item = rs.bad_item, sorted = rs.sorted;
     const std::int64_t n_finite = rs.n_finite;
     if (bad_score || bad_item) {
@@ -901,10 +917,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.idx16.resize(n_idx);
         std::uint16_t* ix = sc.idx16.data();
         const std::uint16_t* ik = keys->keys.data();
-        if (stride == 4) {
-            for (std::int64_t c = 0; c < C; ++c)
-                std::memcpy(ix + c * 4, ik + sc.item[static_cast<std::size_t>(c)] * 4, 4 * sizeof(std::uint16_t));
-        } else {
+        if (stride != 4) {  // stride 4: filled by the row pass
             for (std::int64_t c = 0; c < C; ++c)
                 std::memcpy(ix + c * stride, ik + sc.item[static_cast<std::size_t>(c)] * stride,
                             static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
