@@ -631,3 +631,43 @@ def test_overflow_form_keeps_a_tiny_mass_gain(n_items):
     got = rerank.calibrated(np.zeros((1, 2)), item_dist, target, 1, lam=0.5, alpha=0.01,
                             candidates=np.array([[0, 1]]))
     assert got.tolist() == [[1]]
+
+
+def _weighted_catalogue(rng, n_items, G, patterns):
+    """Items whose category weights follow one of `patterns` (tuples of weights summing to 1)."""
+    dist = np.zeros((n_items, G))
+    for i in range(n_items):
+        w = patterns[rng.integers(len(patterns))]
+        dist[i, rng.choice(G, size=len(w), replace=False)] = w
+    return dist
+
+
+@pytest.mark.parametrize("kind", ["few patterns", "many patterns", "5 categories"])
+def test_sorted_scan_bound_by_weight_pattern(kind):
+    # Score-sorted rows stop scanning once no later candidate can win; the bound goes by the
+    # catalogue's weight patterns when there are few (here mixed weights such as 0.7/0.3), and
+    # by per-category maxima otherwise. Same lists as the reference and as shuffled rows.
+    rng = np.random.default_rng({"few patterns": 51, "many patterns": 52, "5 categories": 53}[kind])
+    G, n_items = 9, 300
+    if kind == "few patterns":
+        pats = [(1.0,), (0.7, 0.3), (0.5, 0.5), (0.5, 0.25, 0.25), (0.4, 0.3, 0.3)]
+    elif kind == "many patterns":
+        pats = [tuple(np.round(r / r.sum(), 6)) for r in rng.integers(1, 9, size=(40, 3)).astype(float)]
+    else:
+        pats = [(0.2,) * 5, (1.0,), (0.5, 0.5)]
+    item_dist = _weighted_catalogue(rng, n_items, G, pats)
+    item_dist /= item_dist.sum(axis=1, keepdims=True)
+    U, C, k = 40, 120, 10
+    scores = rng.normal(size=(U, C)) * 0.3
+    cand = np.stack([rng.choice(n_items, size=C, replace=False) for _ in range(U)]).astype(np.int64)
+    raw = rng.random((U, G)) * (rng.random((U, G)) < 0.8)
+    raw[raw.sum(axis=1) == 0, 0] = 1.0
+    target = raw / raw.sum(axis=1, keepdims=True)
+    s_sorted, c_sorted = _sort_rows(scores, cand)
+    for lam in (0.3, 0.7):
+        want, gap = ref.greedy(s_sorted, item_dist.tolist(), target, k, lam, 0.01, c_sorted)
+        assert gap > 1e-9
+        got = rerank.calibrated(s_sorted, item_dist, target, k, lam=lam, candidates=c_sorted)
+        assert got.tolist() == want
+        shuffled = rerank.calibrated(scores, item_dist, target, k, lam=lam, candidates=cand)
+        assert np.array_equal(shuffled, got)

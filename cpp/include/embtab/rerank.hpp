@@ -165,7 +165,18 @@ struct ItemKeys {
     int stride = 0;                      // width rounded up to 4 (packed loads), or width if > 4
     std::vector<std::uint16_t> keys;     // [n_items * stride]
     std::vector<std::uint16_t> genre_max_key;  // [G] key of the genre's largest weight in use (0: none)
+    // The scan bound by weight pattern (when there are at most kMaxPatterns patterns): an item's
+    // pattern is how many of its categories carry each distinct weight. class_top[d] is the most
+    // categories any item has with weight class d (<= 4); pattern j is pat_mult[j * D + d].
+    bool patterns = false;
+    std::vector<std::int32_t> class_top;  // [D]
+    std::vector<std::uint8_t> pat_mult;   // [n_patterns * D]
+    std::vector<std::uint64_t> in_use;    // [D * G4] all ones where key d * G4 + g + 1 is in use, else 0
+    std::int32_t n_patterns = 0;
 };
+
+// kMaxPatterns: most distinct weight patterns for which the scan bound goes by pattern.
+inline constexpr std::int32_t kMaxPatterns = 16;
 
 // build_item_keys fills `out` for items (width = max(1, max_nnz)) when the conditions hold.
 inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out) {
@@ -200,6 +211,160 @@ inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out
     if (present > C * width || slots - 1 > 2 * present + 64) return;
     out.n_slots = static_cast<std::size_t>(slots);
     out.enabled = true;
+    // weight patterns
+    const std::int64_t D = items.n_weights;
+    std::vector<std::uint8_t> mult(static_cast<std::size_t>(D));
+    out.pat_mult.clear();
+    out.n_patterns = 0;
+    out.class_top.assign(static_cast<std::size_t>(D), 0);
+    for (std::int64_t i = 0; i < items.n_items; ++i) {
+        std::fill(mult.begin(), mult.end(), 0);
+        bool over = false;
+        for (std::int64_t e = items.indptr[i]; e < items.indptr[i + 1]; ++e) {
+            std::uint8_t& m = mult[static_cast<std::size_t>(items.wclass[e])];
+            over |= m == 4;
+            m = static_cast<std::uint8_t>(m + (m < 4));
+        }
+        if (over) return;  // more than 4 categories with one weight: keep the per-genre bound
+        bool seen_p = false;
+        for (std::int32_t j = 0; j < out.n_patterns && !seen_p; ++j)
+            seen_p = std::equal(mult.begin(), mult.end(), out.pat_mult.begin() + j * D);
+        if (seen_p) continue;
+        if (out.n_patterns == kMaxPatterns) return;
+        out.pat_mult.insert(out.pat_mult.end(), mult.begin(), mult.end());
+        ++out.n_patterns;
+        for (std::int64_t d = 0; d < D; ++d)
+            out.class_top[static_cast<std::size_t>(d)] =
+                std::max<std::int32_t>(out.class_top[static_cast<std::size_t>(d)], mult[static_cast<std::size_t>(d)]);
+    }
+    out.in_use.assign(static_cast<std::size_t>(D * G4), 0);
+    for (std::int64_t key = 1; key < slots; ++key)
+        if (seen[static_cast<std::size_t>(key)]) out.in_use[static_cast<std::size_t>(key - 1)] = ~std::uint64_t{0};
+    out.patterns = true;
+}
+
+#if defined(EMBTAB_VLOG_VECTOR)
+// class_tops_loop: see class_tops. Lane-wise top-m networks over each class's row of T (entries
+// of keys not in use masked to 0), then the m largest of the 4 lanes' lists; max/min by compare
+// and bitwise select (exact, the same on every ISA). Entries are finite and >= 0.
+__attribute__((always_inline)) inline void class_tops_loop(const double* T1, const std::uint64_t* in_use,
+                                                           const std::int32_t* class_top, std::size_t D,
+                                                           std::size_t G4, double* top) {
+    // z = max(x, y) or min(x, y) (z may alias neither)
+    auto vsel = [](const VlogD& x, const VlogD& y, const VlogI& take_x, VlogD& z) {
+        VlogI xb, yb;
+        std::memcpy(&xb, &x, sizeof xb);
+        std::memcpy(&yb, &y, sizeof yb);
+        const VlogI r = (xb & take_x) | (yb & ~take_x);
+        std::memcpy(&z, &r, sizeof z);
+    };
+    auto vmax = [&](VlogD& acc, const VlogD& x) {  // acc = max(acc, x)
+        VlogD z;
+        vsel(x, acc, x > acc, z);
+        acc = z;
+    };
+    auto vmin = [&](const VlogD& x, const VlogD& y, VlogD& z) { vsel(x, y, x < y, z); };
+    for (std::size_t d = 0; d < D; ++d) {
+        const std::int32_t m = class_top[d];
+        double* td = top + 4 * d;
+        td[0] = td[1] = td[2] = td[3] = 0.0;
+        if (m == 0) continue;
+        VlogD v0 = {0.0, 0.0, 0.0, 0.0}, v1 = v0, v2 = v0, v3 = v0;
+        for (std::size_t g = 0; g < G4; g += 4) {
+            VlogI xb, mk;
+            std::memcpy(&xb, T1 + d * G4 + g, sizeof xb);
+            std::memcpy(&mk, in_use + d * G4 + g, sizeof mk);
+            xb &= mk;
+            VlogD x;
+            std::memcpy(&x, &xb, sizeof x);
+            VlogD lo;
+            if (m > 3) {
+                vmin(x, v2, lo);
+                vmax(v3, lo);
+            }
+            if (m > 2) {
+                vmin(x, v1, lo);
+                vmax(v2, lo);
+            }
+            if (m > 1) {
+                vmin(x, v0, lo);
+                vmax(v1, lo);
+            }
+            vmax(v0, x);
+        }
+        // the m largest of the lanes' lists, largest first
+        double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+        const VlogD* lists[4] = {&v0, &v1, &v2, &v3};
+        for (std::int32_t j = 0; j < m; ++j) {
+            for (int l = 0; l < 4; ++l) {
+                const double x = (*lists[j])[l];
+                t3 = std::max(t3, std::min(x, t2));
+                t2 = std::max(t2, std::min(x, t1));
+                t1 = std::max(t1, std::min(x, t0));
+                t0 = std::max(t0, x);
+            }
+        }
+        td[0] = t0;
+        td[1] = t0 + t1;
+        td[2] = td[1] + t2;
+        td[3] = td[2] + t3;
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) inline void class_tops_avx2(const double* T1, const std::uint64_t* in_use,
+                                                            const std::int32_t* class_top, std::size_t D,
+                                                            std::size_t G4, double* top) {
+    class_tops_loop(T1, in_use, class_top, D, G4, top);
+}
+#endif
+inline void class_tops_base(const double* T1, const std::uint64_t* in_use, const std::int32_t* class_top,
+                            std::size_t D, std::size_t G4, double* top) {
+    class_tops_loop(T1, in_use, class_top, D, G4, top);
+}
+#endif
+
+// class_tops writes top[4 * d + j] = the sum of the j + 1 largest entries of class d among the
+// keys in use (0 where fewer), for the j < class_top[d] that pattern_bound reads.
+inline void class_tops(const ItemKeys& keys, std::size_t D, const double* T, double* top) {
+    const std::size_t G4 = static_cast<std::size_t>(keys.G4);
+#if defined(EMBTAB_VLOG_VECTOR)
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2()) {
+        class_tops_avx2(T + 1, keys.in_use.data(), keys.class_top.data(), D, G4, top);
+        return;
+    }
+#endif
+    class_tops_base(T + 1, keys.in_use.data(), keys.class_top.data(), D, G4, top);
+#else
+    for (std::size_t d = 0; d < D; ++d) {
+        double t[4] = {0.0, 0.0, 0.0, 0.0};
+        for (std::size_t g = 0; g < G4; ++g) {
+            double x = keys.in_use[d * G4 + g] ? T[1 + d * G4 + g] : 0.0;
+            for (int j = 0; j < 4; ++j)
+                if (x > t[j]) std::swap(x, t[j]);
+        }
+        top[4 * d] = t[0];
+        for (int j = 1; j < 4; ++j) top[4 * d + j] = top[4 * d + j - 1] + t[j];
+    }
+#endif
+}
+
+// pattern_bound is the largest table sum any item can have, by weight pattern: for each weight
+// class d, the sum of its class_top[d] largest entries among the class's keys in use; then the
+// largest pattern total. An upper bound on any candidate's sum: its categories are distinct, so
+// its m entries of class d are at most the m largest of that class (entries are >= 0).
+inline double pattern_bound(const ItemKeys& keys, std::int32_t D, const double* T, double* top) {
+    class_tops(keys, static_cast<std::size_t>(D), T, top);
+    double best = 0.0;
+    for (std::int32_t j = 0; j < keys.n_patterns; ++j) {
+        const std::uint8_t* pm = keys.pat_mult.data() + j * D;
+        double sum = 0.0;
+        for (std::int32_t d = 0; d < D; ++d)
+            if (pm[d]) sum += top[4 * d + pm[d] - 1];
+        best = std::max(best, sum);
+    }
+    return best;
 }
 
 // RowScan is what score_pass learns about one row.
@@ -1066,7 +1231,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             // the `width` largest per-genre maxima (entries are >= 0).
             // A genre's largest entry is its largest-weight one (entries grow with w).
             double bound = 0.0;
-            if (width <= 4) {
+            if (keyed && keys->patterns) {
+                sc.top.resize(static_cast<std::size_t>(4 * D));
+                bound = detail::pattern_bound(*keys, D, T, sc.top.data());
+            } else if (width <= 4) {
                 // the 4 largest in registers, branch-free (t0 >= t1 >= t2 >= t3)
                 double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
                 for (std::uint32_t slot : sc.bound_slots) {
