@@ -122,7 +122,7 @@ using Idx32 = std::uint32_t;
 struct Scratch {
     std::vector<double> a;           // [C] working score term (1-lam) s_c; -inf = unavailable
     std::vector<double> v;           // [C] candidate values of one step
-    std::vector<double> a_orig;      // [C] score terms before any pick
+    std::vector<double> a_head;      // [C / kSortedChunk] score terms of each chunk's first candidate
     std::vector<std::uint32_t> genre_max_slot;  // [G] slot of the genre's largest-weight entry
     std::vector<double> genre_max_w;   // [G] that weight
     std::vector<double> top;         // the width largest of gmax
@@ -143,7 +143,6 @@ struct Scratch {
     std::vector<std::uint8_t> genre_used;  // [G]
     std::vector<double> W;           // [G] summed weight in the list
     std::vector<double> den;         // [G]
-    std::vector<std::int64_t> item;  // [C] item id per candidate
     std::vector<std::uint32_t> bound_slots;  // T slots of each genre's largest entry (the scan bound)
     std::vector<double> lp;          // [G4] keyed: lam * p_g (0 in the padding)
     std::vector<double> p4;          // [G4] keyed: p_g
@@ -378,7 +377,7 @@ struct RowScan {
 // score_pass_scalar is score_pass over c in [c0, C), given the score before c0 (`prev`).
 template <class S>
 inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t c0, std::int64_t C, double oml,
-                              std::uint64_t n_items, double prev, double* a, double* a_orig, std::int64_t* item,
+                              std::uint64_t n_items, double prev, double* a,
                               const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     for (std::int64_t c = c0; c < C; ++c) {
@@ -389,10 +388,8 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
         const bool fin = x != kNegInf;
         r.n_finite += fin;
         a[c] = fin ? oml * x : kNegInf;
-        a_orig[c] = a[c];
         const std::int64_t it = cand ? cand[c] : c;
         r.bad_item |= static_cast<std::uint64_t>(it) >= n_items;
-        item[c] = it;
         if (ix) std::memcpy(ix + c * 4, ik + (static_cast<std::uint64_t>(it) < n_items ? it : 0) * 4, 8);
     }
 }
@@ -403,14 +400,13 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
 template <class S>
 __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std::int64_t* cand, std::int64_t C,
                                                            double oml, std::uint64_t n_items, double* a,
-                                                           double* a_orig, std::int64_t* item,
                                                            const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     if (C < 5) {
-        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, a_orig, item, ik, ix, r);
+        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, ik, ix, r);
         return;
     }
-    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, a_orig, item, ik, ix, r);
+    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, ik, ix, r);
     auto load = [&](std::int64_t c, VlogD& x) {
         if constexpr (std::is_same_v<S, float>) {
             typedef float F4 __attribute__((vector_size(16)));
@@ -441,7 +437,6 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
         std::memcpy(&yb, &y, sizeof yb);
         const VlogI av = (yb & fin) | (ninf_bits & ~fin);
         std::memcpy(a + c, &av, sizeof av);
-        std::memcpy(a_orig + c, &av, sizeof av);
         VlogI it;
         if (cand) {
             std::memcpy(&it, cand + c, sizeof it);
@@ -452,7 +447,6 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
         std::memcpy(&itu, &it, sizeof itu);
         const VlogU out = itu >= lim;
         bad_it |= out;
-        std::memcpy(item + c, &it, sizeof it);
         if (ix) {
             const VlogU safe = itu & ~out;  // a bad id reads item 0's slots (the row is refused)
             for (int j = 0; j < 4; ++j) std::memcpy(ix + (c + j) * 4, ik + safe[j] * 4, 8);
@@ -462,44 +456,43 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
     r.sorted &= (unsorted[0] | unsorted[1] | unsorted[2] | unsorted[3]) == 0;
     r.bad_item |= (bad_it[0] | bad_it[1] | bad_it[2] | bad_it[3]) != 0;
     r.n_finite += nfin[0] + nfin[1] + nfin[2] + nfin[3];
-    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, a_orig, item, ik, ix, r);
+    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, ik, ix, r);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 template <class S>
 __attribute__((target("avx2"))) inline void score_pass_avx2(const S* s, const std::int64_t* cand, std::int64_t C,
                                                             double oml, std::uint64_t n_items, double* a,
-                                                            double* a_orig, std::int64_t* item,
                                                             const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
+    score_pass_loop(s, cand, C, oml, n_items, a, ik, ix, r);
 }
 #endif
 template <class S>
 inline void score_pass_base(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                            double* a, double* a_orig, std::int64_t* item, const std::uint16_t* ik,
+                            double* a, const std::uint16_t* ik,
                             std::uint16_t* ix, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
+    score_pass_loop(s, cand, C, oml, n_items, a, ik, ix, r);
 }
 #endif
 
-// score_pass reads one row: a[c] = a_orig[c] = (1 - lam) s_c (-inf for -inf scores), item[c]
-// = cand[c] (or c), and what RowScan records; with ix, also the item's 4 slots ik[item * 4 ..]
-// to ix[c * 4 ..] (stride-4 keyed tables).
+// score_pass reads one row: a[c] = (1 - lam) s_c (-inf for -inf scores) and what RowScan
+// records; with ix, also candidate c's item's 4 slots ik[item * 4 ..] to ix[c * 4 ..]
+// (stride-4 keyed tables).
 template <class S>
 inline RowScan score_pass(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                          double* a, double* a_orig, std::int64_t* item, const std::uint16_t* ik = nullptr,
+                          double* a, const std::uint16_t* ik = nullptr,
                           std::uint16_t* ix = nullptr) {
     RowScan r;
 #if defined(EMBTAB_VLOG_VECTOR)
 #if defined(__x86_64__) || defined(__i386__)
     if (use_avx2()) {
-        score_pass_avx2(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
+        score_pass_avx2(s, cand, C, oml, n_items, a, ik, ix, r);
         return r;
     }
 #endif
-    score_pass_base(s, cand, C, oml, n_items, a, a_orig, item, ik, ix, r);
+    score_pass_base(s, cand, C, oml, n_items, a, ik, ix, r);
 #else
-    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, a_orig, item, ik, ix,
+    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, ik, ix,
                       r);
 #endif
     return r;
@@ -592,12 +585,12 @@ inline std::int64_t scan_best(const double* a, const I* idx, int stride, int wid
 // and their maximum in one pass; the first position of that maximum is looked up only when
 // it beats the best so far (the same choice as argmax_first per chunk).
 template <int W>
-inline std::int64_t scan_sorted_packed(const double* a, const double* a_orig, const std::uint16_t* idx,
+inline std::int64_t scan_sorted_packed(const double* a, const double* a_head, const std::uint16_t* idx,
                                        const double* t, std::int64_t C, double* v, double bound) {
     double best = kNegInf;
     std::int64_t bi = -1;
     for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
-        if (a_orig[c0] + bound < best) break;
+        if (a_head[c0 / kSortedChunk] + bound < best) break;
         const std::int64_t c1 = std::min<std::int64_t>(c0 + kSortedChunk, C);
         double m0 = kNegInf, m1 = kNegInf, m2 = kNegInf, m3 = kNegInf;
         auto value = [&](std::int64_t c) {
@@ -636,28 +629,28 @@ inline std::int64_t scan_sorted_packed(const double* a, const double* a_orig, co
     return bi;
 }
 
-// scan_best_sorted is scan_best for rows whose score terms are non-increasing (a_orig, the
-// score terms before any pick): chunks of kSortedChunk candidates are scanned in order, and the
+// scan_best_sorted is scan_best for rows whose score terms are non-increasing (a_head[j], the
+// score term of candidate j * kSortedChunk before any pick): chunks of kSortedChunk candidates are scanned in order, and the
 // scan stops before a chunk whose first candidate cannot beat the best so far even with the
 // largest possible table sum `bound` (the later ones have no larger score term). Same result as
-// scan_best: a stopped-at candidate's value is <= a_orig + bound < best, strictly.
+// scan_best: a stopped-at candidate's value is <= a_head + bound < best, strictly.
 template <class I>
-inline std::int64_t scan_best_sorted(const double* a, const double* a_orig, const I* idx, int stride, int width,
+inline std::int64_t scan_best_sorted(const double* a, const double* a_head, const I* idx, int stride, int width,
                                      const double* t, std::int64_t C, double* v, double bound) {
     double best = kNegInf;
     std::int64_t bi = -1;
     if constexpr (std::is_same_v<I, std::uint16_t>) {
         if (stride == 4) {
             switch (width) {
-                case 1: return scan_sorted_packed<1>(a, a_orig, idx, t, C, v, bound);
-                case 2: return scan_sorted_packed<2>(a, a_orig, idx, t, C, v, bound);
-                case 3: return scan_sorted_packed<3>(a, a_orig, idx, t, C, v, bound);
-                default: return scan_sorted_packed<4>(a, a_orig, idx, t, C, v, bound);
+                case 1: return scan_sorted_packed<1>(a, a_head, idx, t, C, v, bound);
+                case 2: return scan_sorted_packed<2>(a, a_head, idx, t, C, v, bound);
+                case 3: return scan_sorted_packed<3>(a, a_head, idx, t, C, v, bound);
+                default: return scan_sorted_packed<4>(a, a_head, idx, t, C, v, bound);
             }
         }
     }
     for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
-        if (a_orig[c0] + bound < best) break;
+        if (a_head[c0 / kSortedChunk] + bound < best) break;
         const std::int64_t n = std::min<std::int64_t>(kSortedChunk, C - c0);
         const std::int64_t j = scan_best(a + c0, idx + c0 * stride, stride, width, t, n, v + c0);
         if (j >= 0 && v[c0 + j] > best) {
@@ -963,23 +956,27 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     // Score terms; count finite candidates; reject NaN and +inf.
     sc.a.resize(static_cast<std::size_t>(C));
     sc.v.resize(static_cast<std::size_t>(C));
-    sc.a_orig.resize(static_cast<std::size_t>(C));
+
     sc.picked.assign(static_cast<std::size_t>(C), 0);
-    sc.item.resize(static_cast<std::size_t>(C));
+
     double* a = sc.a.data();
     const double one_m_lam = lam < 1.0 ? 1.0 - lam : 0.0;
     // Branch-free checks over the row; the slow loops below only name the culprit.
     const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
-    std::int64_t* item = sc.item.data();
-    double* a_orig = sc.a_orig.data();
+    auto item_of = [cand](std::int64_t c) { return cand ? cand[c] : c; };
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     const bool keyed4 = keys && keys->enabled && keys->stride == 4;
     if (keyed4) sc.idx16.resize(static_cast<std::size_t>(C) * 4);
-    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a, a_orig, item,
+    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a,
                                                   keyed4 ? keys->keys.data() : nullptr,
                                                   keyed4 ? sc.idx16.data() : nullptr);
     const bool bad_score = rs.bad_score, bad_item = rs.bad_item, sorted = rs.sorted;
     const std::int64_t n_finite = rs.n_finite;
+    if (sorted) {
+        // each chunk's first score term before any pick (the sorted scan's stopping test)
+        sc.a_head.resize(static_cast<std::size_t>((C + kSortedChunk - 1) / kSortedChunk));
+        for (std::size_t j = 0; j < sc.a_head.size(); ++j) sc.a_head[j] = a[static_cast<std::int64_t>(j) * kSortedChunk];
+    }
     if (bad_score || bad_item) {
         for (std::int64_t c = 0; c < C; ++c) {
             const double x = static_cast<double>(s[c]);
@@ -1009,7 +1006,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             const double x = static_cast<double>(s[c]);
             if (x == kNegInf) any_neg_inf = true;
             ssum += x;
-            const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
+            const std::int64_t it = item_of(c);
             for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e)
                 Wf[static_cast<std::size_t>(items.genre[e])] += items.weights[items.wclass[e]];
         }
@@ -1084,7 +1081,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         const std::uint16_t* ik = keys->keys.data();
         if (stride != 4) {  // stride 4: filled by the row pass
             for (std::int64_t c = 0; c < C; ++c)
-                std::memcpy(ix + c * stride, ik + sc.item[static_cast<std::size_t>(c)] * stride,
+                std::memcpy(ix + c * stride, ik + item_of(c) * stride,
                             static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
         }
         for (std::int32_t g = 0; g < G; ++g)
@@ -1113,7 +1110,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         std::uint32_t* idx = sc.idx.data();
         std::uint32_t next = 1;
         for (std::int64_t c = 0; c < C; ++c) {
-            const std::int64_t it = sc.item[static_cast<std::size_t>(c)];
+            const std::int64_t it = item_of(c);
             std::uint32_t* ix = idx + c * stride;
             std::int32_t j = 0;
             for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
@@ -1259,8 +1256,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 for (std::int32_t j = 0; j < width; ++j) bound += top[j];
             }
             bound = bound * (1.0 + kBoundSlack);
-            bi = use16 ? detail::scan_best_sorted(a, a_orig, sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
-                       : detail::scan_best_sorted(a, a_orig, idx, stride, width, T, C, sc.v.data(), bound);
+            bi = use16 ? detail::scan_best_sorted(a, sc.a_head.data(), sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
+                       : detail::scan_best_sorted(a, sc.a_head.data(), idx, stride, width, T, C, sc.v.data(), bound);
         } else {
             bi = use16 ? detail::scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
                        : detail::scan_best(a, idx, stride, width, T, C, sc.v.data());
@@ -1278,7 +1275,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.picked[static_cast<std::size_t>(bi)] = 1;
         a[bi] = kNegInf;
         if (!phase2) --finite_left;
-        const std::int64_t it = sc.item[static_cast<std::size_t>(bi)];
+        const std::int64_t it = item_of(bi);
         for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
             const std::int32_t g = items.genre[e];
             if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
