@@ -564,9 +564,16 @@ def test_vlog_edges_and_batch_independence():
     got = _core._vlog(edges)
     assert got[0] == 0.0 and got[1] == math.log(2.0)
     assert _ulps(got[1:], np.array([math.log(v) for v in edges[1:]])).max() <= 1.0
-    # the same bits from the baseline-ISA code as from the AVX2 code the CPU may dispatch to
+    # the same bits from the baseline-ISA code as from the AVX2 or AVX-512 code the CPU may
+    # dispatch to
     x = np.exp(np.random.default_rng(6).uniform(-700, 709, 100_003))
-    assert np.array_equal(_core._vlog(x, baseline=True), _core._vlog(x))
+    best = _core._vlog(x)
+    assert np.array_equal(_core._vlog(x, baseline=True), best)
+    _core._set_isa_limit("avx2")
+    try:
+        assert np.array_equal(_core._vlog(x), best)
+    finally:
+        _core._set_isa_limit("auto")
     # the same bits whatever the batch length and a value's lane
     x = 1.0 + np.random.default_rng(5).random(37)
     full = _core._vlog(x)
@@ -587,23 +594,30 @@ def _isa_cases():
     return cases
 
 
+@pytest.mark.parametrize("level", ["baseline", "avx2"])
 @pytest.mark.parametrize("f32", [False, True])
-def test_baseline_isa_same_bits(f32):
-    # The row pass, the table's ratios and logs and the scans dispatch to AVX2 code where the CPU
-    # has it; the baseline-ISA code must give the same lists and the same objective bits.
+def test_every_isa_same_bits(level, f32):
+    # The row pass, the table's ratios and logs and the bound dispatch to AVX-512 or AVX2 code
+    # where the CPU has it; capped at AVX2 or at the baseline ISA the reranker must give the same
+    # lists and the same objective bits. (A level the CPU lacks runs the next one down.)
     for scores, item_dist, target, cand, k in _isa_cases():
         s = scores.astype(np.float32) if f32 else scores
         for lam, alpha in ((0.5, 0.01), (0.9, 0.2)):
             kw = dict(lam=lam, alpha=alpha, candidates=cand, return_objective=True)
             fast = rerank.calibrated(s, item_dist, target, k, **kw)
-            _core._set_baseline_isa(True)
+            _core._set_isa_limit(level)
             try:
-                base = rerank.calibrated(s, item_dist, target, k, **kw)
+                capped = rerank.calibrated(s, item_dist, target, k, **kw)
             finally:
-                _core._set_baseline_isa(False)
-            assert np.array_equal(fast.lists, base.lists)
-            assert np.array_equal(fast.objective, base.objective)
-            assert np.array_equal(fast.miscalibration, base.miscalibration)
+                _core._set_isa_limit("auto")
+            assert np.array_equal(fast.lists, capped.lists)
+            assert np.array_equal(fast.objective, capped.objective)
+            assert np.array_equal(fast.miscalibration, capped.miscalibration)
+
+
+def test_isa_limit_hook_checks_its_argument():
+    with pytest.raises(ValueError, match="level"):
+        _core._set_isa_limit("sse9")
 
 
 def test_tiny_target_mass_takes_the_overflow_form():
@@ -671,3 +685,29 @@ def test_sorted_scan_bound_by_weight_pattern(kind):
         assert got.tolist() == want
         shuffled = rerank.calibrated(scores, item_dist, target, k, lam=lam, candidates=cand)
         assert np.array_equal(shuffled, got)
+
+
+@pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
+def test_ratio_log_block_bits(level):
+    # The keyed table block, 8 or 4 lanes at a time, against the same formula entry by entry:
+    # o_g = oma W_g + ap_g t1 (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d / o_g).
+    rng = np.random.default_rng(61)
+    G4, D = 28, 3  # 3 blocks of 8 and one of 4 on AVX-512
+    W = rng.random(G4) * rng.integers(0, 3, G4)
+    p = rng.random(G4) * (rng.random(G4) < 0.8)
+    ap, lp, cw = 0.01 * p, 0.5 * p, 0.99 * np.array([1.0, 0.5, 1.0 / 3.0])
+    oma, t1 = 0.99, 4.0
+    o = np.where(p > 0, oma * W + ap * t1, 1.0)
+    want = lp[None, :] * _core._vlog(1.0 + cw[:, None] / o[None, :]).reshape(D, G4)
+    _core._set_isa_limit(level)
+    try:
+        got, ok = _core._ratio_log_block(cw, W, p, ap, oma, t1, lp)
+        p2 = p.copy()
+        p2[5], ap2 = 1e-305, ap.copy()
+        ap2[5], W2 = 1e-307, W.copy()
+        W2[5] = 0.0
+        _, ok2 = _core._ratio_log_block(cw, W2, p2, ap2, oma, t1, lp)
+    finally:
+        _core._set_isa_limit("auto")
+    assert ok and np.array_equal(got, want)
+    assert not ok2  # a ratio past 1e300 is reported

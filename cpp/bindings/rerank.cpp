@@ -208,10 +208,39 @@ void bind_rerank(py::module_& m) {
         "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
 
     m.def(
-        "_set_baseline_isa",
-        [](bool on) { embtab::detail::force_baseline_isa().store(on); },
-        py::arg("on"),
-        "Private test hook: make the reranker and vlog take their baseline-ISA code (not AVX2).");
+        "_set_isa_limit",
+        [](const std::string& level) {
+            int v;
+            if (level == "auto") v = 0;
+            else if (level == "baseline") v = 1;
+            else if (level == "avx2") v = 2;
+            else throw py::value_error("_set_isa_limit: level must be 'auto', 'baseline' or 'avx2', got '" + level + "'");
+            embtab::detail::isa_limit().store(v);
+        },
+        py::arg("level"),
+        "Private test hook: cap the SIMD code the reranker and vlog dispatch to ('auto': the best the CPU has).");
+    m.def(
+        "_ratio_log_block",
+        [](py::array_t<double, py::array::c_style | py::array::forcecast> cw,
+           py::array_t<double, py::array::c_style | py::array::forcecast> W,
+           py::array_t<double, py::array::c_style | py::array::forcecast> p,
+           py::array_t<double, py::array::c_style | py::array::forcecast> ap, double oma, double t1,
+           py::array_t<double, py::array::c_style | py::array::forcecast> lp) {
+            const std::size_t D = static_cast<std::size_t>(cw.size()), G4 = static_cast<std::size_t>(W.size());
+            if (G4 % 4 != 0 || p.size() != W.size() || ap.size() != W.size() || lp.size() != W.size())
+                throw py::value_error("_ratio_log_block: W, p, ap, lp need one equal length, a multiple of 4");
+            py::array_t<double> T({D, G4});
+            bool ok;
+            {
+                py::gil_scoped_release release;
+                ok = embtab::ratio_log_block(cw.data(), D, W.data(), p.data(), ap.data(), oma, t1, lp.data(), G4,
+                                             T.mutable_data());
+            }
+            return py::make_tuple(T, ok);
+        },
+        py::arg("cw"), py::arg("W"), py::arg("p"), py::arg("ap"), py::arg("oma"), py::arg("t1"), py::arg("lp"),
+        "Private test hook: the reranker's table block T[d, g] = lp[g] * vlog(1 + cw[d] / o_g) and whether "
+        "every ratio was below 1e300.");
     m.def(
         "_vlog",
         [](py::array_t<double, py::array::c_style | py::array::forcecast> x, bool baseline) {

@@ -32,18 +32,29 @@
 namespace embtab {
 namespace detail {
 
-// force_baseline_isa makes every AVX2 dispatch below (and the reranker's) take its baseline-ISA
-// code: a test hook (_core._set_baseline_isa) that checks both give the same bits.
-inline std::atomic<bool>& force_baseline_isa() {
-    static std::atomic<bool> flag{false};
-    return flag;
+// isa_limit caps the dispatch below (and the reranker's): 0 = the best the CPU has, 1 = the
+// baseline ISA, 2 = at most AVX2. A test hook (_core._set_isa_limit) that checks every level
+// gives the same bits.
+inline std::atomic<int>& isa_limit() {
+    static std::atomic<int> level{0};
+    return level;
+}
+
+// use_avx512 says whether to dispatch to AVX-512 code (8 lanes; the same bits as 4).
+inline bool use_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    return avx512 && isa_limit().load(std::memory_order_relaxed) == 0;
+#else
+    return false;
+#endif
 }
 
 // use_avx2 says whether to dispatch to AVX2 code: the CPU has it and no test forced baseline.
 inline bool use_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
     static const bool avx2 = __builtin_cpu_supports("avx2");
-    return avx2 && !force_baseline_isa().load(std::memory_order_relaxed);
+    return avx2 && isa_limit().load(std::memory_order_relaxed) != 1;
 #else
     return false;
 #endif
@@ -54,10 +65,14 @@ inline bool use_avx2() {
 typedef double VlogD __attribute__((vector_size(32)));
 typedef std::uint64_t VlogU __attribute__((vector_size(32)));
 typedef std::int64_t VlogI __attribute__((vector_size(32)));
+typedef double VlogD8 __attribute__((vector_size(64)));
+typedef std::uint64_t VlogU8 __attribute__((vector_size(64)));
+typedef std::int64_t VlogI8 __attribute__((vector_size(64)));
 
-// vlog4 is fdlibm's __ieee754_log on four lanes, both of its final forms computed and one
+// vlogv is fdlibm's __ieee754_log on 4 or 8 lanes, both of its final forms computed and one
 // selected per lane (its |f| < 2^-20 shortcut is left out: the general form is as accurate).
-__attribute__((always_inline)) inline void vlog4v(const VlogD& x, VlogD& y) {
+template <class VlogD, class VlogU, class VlogI>
+__attribute__((always_inline)) inline void vlogv(const VlogD& x, VlogD& y) {
     constexpr double ln2_hi = 6.93147180369123816490e-01;  // 3fe62e42 fee00000
     constexpr double ln2_lo = 1.90821492927058770002e-10;  // 3dea39ef 35793c76
     constexpr double Lg1 = 6.666666666666735130e-01, Lg2 = 3.999999999940941908e-01,
@@ -99,6 +114,8 @@ __attribute__((always_inline)) inline void vlog4v(const VlogD& x, VlogD& y) {
     std::memcpy(&y, &r, sizeof y);
 }
 
+__attribute__((always_inline)) inline void vlog4v(const VlogD& x, VlogD& y) { vlogv<VlogD, VlogU, VlogI>(x, y); }
+
 __attribute__((always_inline)) inline void vlog4(const double* in, double* out) {
     VlogD x;
     std::memcpy(&x, in, sizeof x);
@@ -107,38 +124,52 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
     std::memcpy(out, &y, sizeof y);
 }
 
-// ratio_log_loop: see ratio_log_block.
-__attribute__((always_inline)) inline bool ratio_log_loop(const double* cw, std::size_t D, const double* W,
-                                                          const double* p, const double* ap, double oma, double t1,
-                                                          const double* lp, std::size_t G4, double* T) {
-    VlogI ok = {-1, -1, -1, -1};
-    const VlogD one = {1.0, 1.0, 1.0, 1.0};
-    VlogI one_bits;
+// ratio_log_lanes does ratio_log_block's blocks of L = sizeof(VD) / 8 genres from g while they
+// fit below G4; returns the first genre not done and clears `ok` if some ratio is >= 1e300.
+template <class VD, class VU, class VI>
+__attribute__((always_inline)) inline std::size_t ratio_log_lanes(const double* cw, std::size_t D, const double* W,
+                                                                  const double* p, const double* ap, double oma,
+                                                                  double t1, const double* lp, std::size_t g,
+                                                                  std::size_t G4, double* T, bool& ok_out) {
+    constexpr std::size_t L = sizeof(VD) / sizeof(double);
+    VI ok = VI{} - 1;
+    VD one = VD{} + 1.0;
+    VI one_bits;
     std::memcpy(&one_bits, &one, sizeof one_bits);
-    for (std::size_t g = 0; g < G4; g += 4) {
-        VlogD wv, pv, av, lv;
+    for (; g + L <= G4; g += L) {
+        VD wv, pv, av, lv;
         std::memcpy(&wv, W + g, sizeof wv);
         std::memcpy(&pv, p + g, sizeof pv);
         std::memcpy(&av, ap + g, sizeof av);
         std::memcpy(&lv, lp + g, sizeof lv);
-        const VlogD o = oma * wv + av * t1;
-        const VlogI pos = pv > 0.0;
-        VlogI ob;
+        const VD o = oma * wv + av * t1;
+        const VI pos = pv > 0.0;
+        VI ob;
         std::memcpy(&ob, &o, sizeof ob);
         ob = (ob & pos) | (one_bits & ~pos);
-        VlogD ov;
+        VD ov;
         std::memcpy(&ov, &ob, sizeof ov);
         for (std::size_t d = 0; d < D; ++d) {
-            const VlogD c = {cw[d], cw[d], cw[d], cw[d]};
-            const VlogD r = c / ov;
+            const VD c = VD{} + cw[d];
+            const VD r = c / ov;
             ok &= (r < 1e300);
-            VlogD y;
-            vlog4v(1.0 + r, y);
+            VD y;
+            vlogv<VD, VU, VI>(1.0 + r, y);
             y = lv * y;
             std::memcpy(T + d * G4 + g, &y, sizeof y);
         }
     }
-    return (ok[0] & ok[1] & ok[2] & ok[3]) != 0;
+    for (std::size_t l = 0; l < L; ++l) ok_out &= ok[l] != 0;
+    return g;
+}
+
+// ratio_log_loop: see ratio_log_block (4 lanes).
+__attribute__((always_inline)) inline bool ratio_log_loop(const double* cw, std::size_t D, const double* W,
+                                                          const double* p, const double* ap, double oma, double t1,
+                                                          const double* lp, std::size_t G4, double* T) {
+    bool ok = true;
+    ratio_log_lanes<VlogD, VlogU, VlogI>(cw, D, W, p, ap, oma, t1, lp, 0, G4, T, ok);
+    return ok;
 }
 
 // vlog_loop writes y[j] = log(x[j]) for j < n (x and y may be the same array).
@@ -154,6 +185,26 @@ __attribute__((always_inline)) inline void vlog_loop(const double* x, double* y,
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+// AVX-512: 8 lanes, then a 4-lane tail (G4 is a multiple of 4); the same IEEE operations per lane.
+__attribute__((target("avx512f"))) inline bool ratio_log_avx512(const double* cw, std::size_t D, const double* W,
+                                                                const double* p, const double* ap, double oma,
+                                                                double t1, const double* lp, std::size_t G4,
+                                                                double* T) {
+    bool ok = true;
+    const std::size_t g = ratio_log_lanes<VlogD8, VlogU8, VlogI8>(cw, D, W, p, ap, oma, t1, lp, 0, G4, T, ok);
+    ratio_log_lanes<VlogD, VlogU, VlogI>(cw, D, W, p, ap, oma, t1, lp, g, G4, T, ok);
+    return ok;
+}
+__attribute__((target("avx512f"))) inline void vlog_batch_avx512(const double* x, double* y, std::size_t n) {
+    std::size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        VlogD8 v, r;
+        std::memcpy(&v, x + j, sizeof v);
+        vlogv<VlogD8, VlogU8, VlogI8>(v, r);
+        std::memcpy(y + j, &r, sizeof r);
+    }
+    vlog_loop(x + j, y + j, n - j);
+}
 __attribute__((target("avx2"))) inline bool ratio_log_avx2(const double* cw, std::size_t D, const double* W,
                                                            const double* p, const double* ap, double oma, double t1,
                                                            const double* lp, std::size_t G4, double* T) {
@@ -176,6 +227,10 @@ inline bool ratio_log_base(const double* cw, std::size_t D, const double* W, con
 inline void vlog_batch(const double* x, double* y, std::size_t n) {
 #if defined(EMBTAB_VLOG_VECTOR)
 #if defined(__x86_64__) || defined(__i386__)
+    if (detail::use_avx512()) {
+        detail::vlog_batch_avx512(x, y, n);
+        return;
+    }
     if (detail::use_avx2()) {
         detail::vlog_batch_avx2(x, y, n);
         return;
@@ -195,7 +250,10 @@ inline void vlog_batch(const double* x, double* y, std::size_t n) {
 inline bool ratio_log_block(const double* cw, std::size_t D, const double* W, const double* p, const double* ap,
                             double oma, double t1, const double* lp, std::size_t G4, double* T) {
 #if defined(EMBTAB_VLOG_VECTOR)
+#if defined(__x86_64__) || defined(__i386__)
+    if (detail::use_avx512()) return detail::ratio_log_avx512(cw, D, W, p, ap, oma, t1, lp, G4, T);
     if (detail::use_avx2()) return detail::ratio_log_avx2(cw, D, W, p, ap, oma, t1, lp, G4, T);
+#endif
     return detail::ratio_log_base(cw, D, W, p, ap, oma, t1, lp, G4, T);
 #else
     bool ok = true;
