@@ -291,15 +291,15 @@ __attribute__((always_inline)) inline void class_tops_loop(const double* T1, con
             }
             vmax(v0, x);
         }
-        // the m largest of the lanes' lists, largest first
+        // the m largest of the lanes' lists, largest first (an m-deep network per value)
         double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
         const VlogD* lists[4] = {&v0, &v1, &v2, &v3};
         for (std::int32_t j = 0; j < m; ++j) {
             for (int l = 0; l < 4; ++l) {
                 const double x = (*lists[j])[l];
-                t3 = std::max(t3, std::min(x, t2));
-                t2 = std::max(t2, std::min(x, t1));
-                t1 = std::max(t1, std::min(x, t0));
+                if (m > 3) t3 = std::max(t3, std::min(x, t2));
+                if (m > 2) t2 = std::max(t2, std::min(x, t1));
+                if (m > 1) t1 = std::max(t1, std::min(x, t0));
                 t0 = std::max(t0, x);
             }
         }
