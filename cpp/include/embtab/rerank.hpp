@@ -395,67 +395,78 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
 }
 
 #if defined(EMBTAB_VLOG_VECTOR)
-// score_pass_loop is score_pass four candidates at a time (the same results: comparisons,
-// one multiplication and bitwise selects).
-template <class S>
+typedef float VecF4 __attribute__((vector_size(16)));
+typedef float VecF8 __attribute__((vector_size(32)));
+
+// load_widened reads sizeof(VD) / 8 scores from p into x as doubles (float widens exactly).
+template <class S, class VD>
+__attribute__((always_inline)) inline void load_widened(const S* p, VD& x) {
+    if constexpr (std::is_same_v<S, float>) {
+        using FV = std::conditional_t<sizeof(VD) == 64, VecF8, VecF4>;
+        FV xf;
+        std::memcpy(&xf, p, sizeof xf);
+        x = __builtin_convertvector(xf, VD);
+    } else {
+        std::memcpy(&x, p, sizeof x);
+    }
+}
+
+// score_pass_loop is score_pass L candidates at a time (VD holds L doubles; the same results:
+// comparisons, one multiplication and bitwise selects).
+template <class S, class VD, class VU, class VI>
 __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std::int64_t* cand, std::int64_t C,
                                                            double oml, std::uint64_t n_items, double* a,
                                                            const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
+    constexpr int L = static_cast<int>(sizeof(VD) / sizeof(double));
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
-    if (C < 5) {
+    if (C < L + 1) {
         score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, ik, ix, r);
         return;
     }
     score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, ik, ix, r);
-    auto load = [&](std::int64_t c, VlogD& x) {
-        if constexpr (std::is_same_v<S, float>) {
-            typedef float F4 __attribute__((vector_size(16)));
-            F4 xf;
-            std::memcpy(&xf, s + c, sizeof xf);
-            x = __builtin_convertvector(xf, VlogD);
-        } else {
-            std::memcpy(&x, s + c, sizeof x);
-        }
-    };
-    const VlogD ninf = {kNegInf, kNegInf, kNegInf, kNegInf};
-    VlogI ninf_bits;
+    auto load = [&](std::int64_t c, VD& x) { load_widened<S, VD>(s + c, x); };
+    const VD ninf = VD{} + kNegInf;
+    VI ninf_bits;
     std::memcpy(&ninf_bits, &ninf, sizeof ninf_bits);
-    VlogI bad = {0, 0, 0, 0}, unsorted = {0, 0, 0, 0}, nfin = {0, 0, 0, 0};
-    VlogU bad_it = {0, 0, 0, 0};
-    const VlogU lim = {n_items, n_items, n_items, n_items};
+    VI bad = VI{}, unsorted = VI{}, nfin = VI{}, iota = VI{};
+    for (int l = 0; l < L; ++l) iota[l] = l;
+    VU bad_it = VU{};
+    const VU lim = VU{} + n_items;
     std::int64_t c = 1;
-    for (; c + 4 <= C; c += 4) {
-        VlogD x, xp;
+    for (; c + L <= C; c += L) {
+        VD x, xp;
         load(c, x);
         load(c - 1, xp);
         bad |= (x != x) | (x == kPosInf);
         unsorted |= ~(x <= xp);
-        const VlogI fin = x != kNegInf;
+        const VI fin = x != kNegInf;
         nfin -= fin;
-        const VlogD y = oml * x;
-        VlogI yb;
+        const VD y = oml * x;
+        VI yb;
         std::memcpy(&yb, &y, sizeof yb);
-        const VlogI av = (yb & fin) | (ninf_bits & ~fin);
+        const VI av = (yb & fin) | (ninf_bits & ~fin);
         std::memcpy(a + c, &av, sizeof av);
-        VlogI it;
+        VI it;
         if (cand) {
             std::memcpy(&it, cand + c, sizeof it);
         } else {
-            it = VlogI{c, c + 1, c + 2, c + 3};
+            it = iota + c;
         }
-        VlogU itu;
+        VU itu;
         std::memcpy(&itu, &it, sizeof itu);
-        const VlogU out = itu >= lim;
+        const VU out = itu >= lim;
         bad_it |= out;
         if (ix) {
-            const VlogU safe = itu & ~out;  // a bad id reads item 0's slots (the row is refused)
-            for (int j = 0; j < 4; ++j) std::memcpy(ix + (c + j) * 4, ik + safe[j] * 4, 8);
+            const VU safe = itu & ~out;  // a bad id reads item 0's slots (the row is refused)
+            for (int j = 0; j < L; ++j) std::memcpy(ix + (c + j) * 4, ik + safe[j] * 4, 8);
         }
     }
-    r.bad_score |= (bad[0] | bad[1] | bad[2] | bad[3]) != 0;
-    r.sorted &= (unsorted[0] | unsorted[1] | unsorted[2] | unsorted[3]) == 0;
-    r.bad_item |= (bad_it[0] | bad_it[1] | bad_it[2] | bad_it[3]) != 0;
-    r.n_finite += nfin[0] + nfin[1] + nfin[2] + nfin[3];
+    for (int l = 0; l < L; ++l) {
+        r.bad_score |= bad[l] != 0;
+        r.sorted &= unsorted[l] == 0;
+        r.bad_item |= bad_it[l] != 0;
+        r.n_finite += nfin[l];
+    }
     score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, ik, ix, r);
 }
 
@@ -464,14 +475,13 @@ template <class S>
 __attribute__((target("avx2"))) inline void score_pass_avx2(const S* s, const std::int64_t* cand, std::int64_t C,
                                                             double oml, std::uint64_t n_items, double* a,
                                                             const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, ik, ix, r);
+    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, ik, ix, r);
 }
 #endif
 template <class S>
 inline void score_pass_base(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                            double* a, const std::uint16_t* ik,
-                            std::uint16_t* ix, RowScan& r) {
-    score_pass_loop(s, cand, C, oml, n_items, a, ik, ix, r);
+                            double* a, const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
+    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, ik, ix, r);
 }
 #endif
 

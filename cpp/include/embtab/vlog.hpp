@@ -43,7 +43,8 @@ inline std::atomic<int>& isa_limit() {
 // use_avx512 says whether to dispatch to AVX-512 code (8 lanes; the same bits as 4).
 inline bool use_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
-    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                               __builtin_cpu_supports("avx512vl");
     return avx512 && isa_limit().load(std::memory_order_relaxed) == 0;
 #else
     return false;
@@ -186,7 +187,7 @@ __attribute__((always_inline)) inline void vlog_loop(const double* x, double* y,
 
 #if defined(__x86_64__) || defined(__i386__)
 // AVX-512: 8 lanes, then a 4-lane tail (G4 is a multiple of 4); the same IEEE operations per lane.
-__attribute__((target("avx512f"))) inline bool ratio_log_avx512(const double* cw, std::size_t D, const double* W,
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline bool ratio_log_avx512(const double* cw, std::size_t D, const double* W,
                                                                 const double* p, const double* ap, double oma,
                                                                 double t1, const double* lp, std::size_t G4,
                                                                 double* T) {
@@ -195,7 +196,7 @@ __attribute__((target("avx512f"))) inline bool ratio_log_avx512(const double* cw
     ratio_log_lanes<VlogD, VlogU, VlogI>(cw, D, W, p, ap, oma, t1, lp, g, G4, T, ok);
     return ok;
 }
-__attribute__((target("avx512f"))) inline void vlog_batch_avx512(const double* x, double* y, std::size_t n) {
+__attribute__((target("avx512f,avx512dq,avx512vl"))) inline void vlog_batch_avx512(const double* x, double* y, std::size_t n) {
     std::size_t j = 0;
     for (; j + 8 <= n; j += 8) {
         VlogD8 v, r;
