@@ -711,3 +711,26 @@ def test_ratio_log_block_bits(level):
         _core._set_isa_limit("auto")
     assert ok and np.array_equal(got, want)
     assert not ok2  # a ratio past 1e300 is reported
+
+
+@pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
+def test_class_tops_against_sorting(level):
+    # The pattern bound's per-class sums of the m largest entries in use, against np.sort;
+    # duplicates, zeros and unused keys (masked out) included.
+    rng = np.random.default_rng(71)
+    D, G4 = 5, 24
+    T1 = rng.random((D, G4)) * (rng.random((D, G4)) < 0.7)
+    T1[1, :6] = 0.5  # ties
+    in_use = rng.random((D, G4)) < 0.8
+    in_use[4] = False  # a class with no keys in use
+    class_top = np.array([1, 2, 3, 4, 2], dtype=np.int32)
+    _core._set_isa_limit(level)
+    try:
+        got = _core._class_tops(T1, in_use, class_top)
+    finally:
+        _core._set_isa_limit("auto")
+    for d in range(D):
+        vals = np.sort(np.where(in_use[d], T1[d], 0.0))[::-1]
+        want = np.cumsum(vals[:4])
+        m = class_top[d]
+        assert np.array_equal(got[d, :m], want[:m]), (d, got[d], want)

@@ -242,6 +242,27 @@ void bind_rerank(py::module_& m) {
         "Private test hook: the reranker's table block T[d, g] = lp[g] * vlog(1 + cw[d] / o_g) and whether "
         "every ratio was below 1e300.");
     m.def(
+        "_class_tops",
+        [](py::array_t<double, py::array::c_style | py::array::forcecast> T1,
+           py::array_t<bool, py::array::c_style | py::array::forcecast> in_use,
+           py::array_t<std::int32_t, py::array::c_style | py::array::forcecast> class_top) {
+            if (T1.ndim() != 2 || in_use.ndim() != 2 || T1.shape(0) != in_use.shape(0) ||
+                T1.shape(1) != in_use.shape(1) || T1.shape(1) % 4 != 0 || class_top.ndim() != 1 ||
+                class_top.shape(0) != T1.shape(0))
+                throw py::value_error("_class_tops: T1 and in_use [D, G4] (G4 a multiple of 4), class_top [D]");
+            const std::size_t D = static_cast<std::size_t>(T1.shape(0)), G4 = static_cast<std::size_t>(T1.shape(1));
+            std::vector<std::uint64_t> mask(D * G4);
+            for (std::size_t i = 0; i < D * G4; ++i) mask[i] = in_use.data()[i] ? ~std::uint64_t{0} : 0;
+            for (std::size_t d = 0; d < D; ++d)
+                if (class_top.data()[d] < 0 || class_top.data()[d] > 4)
+                    throw py::value_error("_class_tops: class_top entries must be in [0, 4]");
+            py::array_t<double> top({D, std::size_t{4}});
+            embtab::detail::class_tops_block(T1.data(), mask.data(), class_top.data(), D, G4, top.mutable_data());
+            return top;
+        },
+        py::arg("T1"), py::arg("in_use"), py::arg("class_top"),
+        "Private test hook: the pattern bound's per-class sums of the largest entries.");
+    m.def(
         "_vlog",
         [](py::array_t<double, py::array::c_style | py::array::forcecast> x, bool baseline) {
             py::array_t<double> y(x.size());

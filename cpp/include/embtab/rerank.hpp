@@ -55,6 +55,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define EMBTAB_X86_INTRIN 1
+#endif
 
 #include "embtab/parallel.hpp"
 #include "embtab/vlog.hpp"
@@ -310,11 +314,58 @@ __attribute__((always_inline)) inline void class_tops_loop(const double* T1, con
     }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(EMBTAB_X86_INTRIN)
+// class_tops_avx2 is class_tops_loop with native max/min, and the lanes merged in registers:
+// each lane inserts its partner's list (halves swapped, then neighbours swapped), so every lane
+// ends with the m largest of all four.
 __attribute__((target("avx2"))) inline void class_tops_avx2(const double* T1, const std::uint64_t* in_use,
                                                             const std::int32_t* class_top, std::size_t D,
                                                             std::size_t G4, double* top) {
-    class_tops_loop(T1, in_use, class_top, D, G4, top);
+#define EMBTAB_TOPM_INSERT(x)                                              \
+    do {                                                                   \
+        const __m256d x_ = (x);                                            \
+        if (m > 3) v3 = _mm256_max_pd(v3, _mm256_min_pd(x_, v2));          \
+        if (m > 2) v2 = _mm256_max_pd(v2, _mm256_min_pd(x_, v1));          \
+        if (m > 1) v1 = _mm256_max_pd(v1, _mm256_min_pd(x_, v0));          \
+        v0 = _mm256_max_pd(v0, x_);                                        \
+    } while (0)
+    for (std::size_t d = 0; d < D; ++d) {
+        const std::int32_t m = class_top[d];
+        double* td = top + 4 * d;
+        td[0] = td[1] = td[2] = td[3] = 0.0;
+        if (m == 0) continue;
+        __m256d v0 = _mm256_setzero_pd(), v1 = v0, v2 = v0, v3 = v0;
+        for (std::size_t g = 0; g < G4; g += 4) {
+            const __m256d mk = _mm256_castsi256_pd(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in_use + d * G4 + g)));
+            EMBTAB_TOPM_INSERT(_mm256_and_pd(_mm256_loadu_pd(T1 + d * G4 + g), mk));
+        }
+        for (int round = 0; round < 2; ++round) {
+            __m256d u0, u1, u2, u3;
+            if (round == 0) {
+                u0 = _mm256_permute4x64_pd(v0, 0x4e);
+                u1 = _mm256_permute4x64_pd(v1, 0x4e);
+                u2 = _mm256_permute4x64_pd(v2, 0x4e);
+                u3 = _mm256_permute4x64_pd(v3, 0x4e);
+            } else {
+                u0 = _mm256_permute_pd(v0, 0x5);
+                u1 = _mm256_permute_pd(v1, 0x5);
+                u2 = _mm256_permute_pd(v2, 0x5);
+                u3 = _mm256_permute_pd(v3, 0x5);
+            }
+            EMBTAB_TOPM_INSERT(u0);
+            if (m > 1) EMBTAB_TOPM_INSERT(u1);
+            if (m > 2) EMBTAB_TOPM_INSERT(u2);
+            if (m > 3) EMBTAB_TOPM_INSERT(u3);
+        }
+        const double t0 = _mm256_cvtsd_f64(v0), t1 = _mm256_cvtsd_f64(v1), t2 = _mm256_cvtsd_f64(v2),
+                     t3 = _mm256_cvtsd_f64(v3);
+        td[0] = t0;
+        td[1] = t0 + t1;
+        td[2] = td[1] + t2;
+        td[3] = td[2] + t3;
+    }
+#undef EMBTAB_TOPM_INSERT
 }
 #endif
 inline void class_tops_base(const double* T1, const std::uint64_t* in_use, const std::int32_t* class_top,
@@ -323,30 +374,37 @@ inline void class_tops_base(const double* T1, const std::uint64_t* in_use, const
 }
 #endif
 
-// class_tops writes top[4 * d + j] = the sum of the j + 1 largest entries of class d among the
-// keys in use (0 where fewer), for the j < class_top[d] that pattern_bound reads.
-inline void class_tops(const ItemKeys& keys, std::size_t D, const double* T, double* top) {
-    const std::size_t G4 = static_cast<std::size_t>(keys.G4);
+// class_tops_block writes top[4 * d + j] = the sum of the j + 1 largest entries of row d of
+// T1 [D, G4] among the keys in use (in_use all ones; 0 where fewer), for j < class_top[d] (the
+// sums pattern_bound reads; the others are unspecified). Entries are finite and >= 0.
+inline void class_tops_block(const double* T1, const std::uint64_t* in_use, const std::int32_t* class_top,
+                             std::size_t D, std::size_t G4, double* top) {
 #if defined(EMBTAB_VLOG_VECTOR)
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(EMBTAB_X86_INTRIN)
     if (use_avx2()) {
-        class_tops_avx2(T + 1, keys.in_use.data(), keys.class_top.data(), D, G4, top);
+        class_tops_avx2(T1, in_use, class_top, D, G4, top);
         return;
     }
 #endif
-    class_tops_base(T + 1, keys.in_use.data(), keys.class_top.data(), D, G4, top);
+    class_tops_base(T1, in_use, class_top, D, G4, top);
 #else
     for (std::size_t d = 0; d < D; ++d) {
         double t[4] = {0.0, 0.0, 0.0, 0.0};
         for (std::size_t g = 0; g < G4; ++g) {
-            double x = keys.in_use[d * G4 + g] ? T[1 + d * G4 + g] : 0.0;
+            double x = in_use[d * G4 + g] ? T1[d * G4 + g] : 0.0;
             for (int j = 0; j < 4; ++j)
                 if (x > t[j]) std::swap(x, t[j]);
         }
         top[4 * d] = t[0];
         for (int j = 1; j < 4; ++j) top[4 * d + j] = top[4 * d + j - 1] + t[j];
     }
+    (void)class_top;
 #endif
+}
+
+// class_tops is class_tops_block on a keyed table T (T[1 + d * G4 + g]).
+inline void class_tops(const ItemKeys& keys, std::size_t D, const double* T, double* top) {
+    class_tops_block(T + 1, keys.in_use.data(), keys.class_top.data(), D, static_cast<std::size_t>(keys.G4), top);
 }
 
 // pattern_bound is the largest table sum any item can have, by weight pattern: for each weight
