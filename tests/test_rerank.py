@@ -690,7 +690,7 @@ def test_sorted_scan_bound_by_weight_pattern(kind):
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
 def test_ratio_log_block_bits(level):
     # The keyed table block, 8 or 4 lanes at a time, against the same formula entry by entry:
-    # o_g = oma W_g + ap_g t1 (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d / o_g).
+    # o_g = oma W_g + ap_g t1 (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d * (1 / o_g)).
     rng = np.random.default_rng(61)
     G4, D = 28, 3  # 3 blocks of 8 and one of 4 on AVX-512
     W = rng.random(G4) * rng.integers(0, 3, G4)
@@ -698,7 +698,7 @@ def test_ratio_log_block_bits(level):
     ap, lp, cw = 0.01 * p, 0.5 * p, 0.99 * np.array([1.0, 0.5, 1.0 / 3.0])
     oma, t1 = 0.99, 4.0
     o = np.where(p > 0, oma * W + ap * t1, 1.0)
-    want = lp[None, :] * _core._vlog(1.0 + cw[:, None] / o[None, :]).reshape(D, G4)
+    want = lp[None, :] * _core._vlog(1.0 + cw[:, None] * (1.0 / o)[None, :]).reshape(D, G4)
     _core._set_isa_limit(level)
     try:
         got, ok = _core._ratio_log_block(cw, W, p, ap, oma, t1, lp)

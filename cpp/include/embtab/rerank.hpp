@@ -15,19 +15,24 @@
 //     F(L + c) = const_t + (1-lam) s_c + sum_{g in c} lam p_g ln(1 + (1-alpha) w_cg / o_g).
 //
 // Item weights take few distinct values (1, 1/2, 1/3 for items with 1-3 categories), so each
-// step fills a small table T[e] = lam p_g ln(1 + (1-alpha) w_d / o_g), one entry per
-// (category g with p_g > 0, distinct weight w_d), and each candidate holds a fixed-width list
-// of table slots (padding points at T[0] = 0; up to 4 slots pack into one 8-byte load). The
-// slots are precomputed per item once per batch (ItemKeys), so a user's set-up is a copy. Each
-// step computes every candidate's value (gathers and adds, no branches), then the first
-// maximum. When a row's scores are non-increasing (a first-stage top-C returns them so), the
-// scan goes in chunks and stops once no later candidate can reach the best even with the
-// largest possible table sum (T >= 0; the bound is exact up to a 1e-12 relative slack that
-// covers rounding). Scores are read as double (float32 widens exactly); there is no fast-math
-// and no float32 arithmetic, and the result does not depend on which scan ran. The table's logs
-// ln(1 + r) are embtab's vlog (vlog.hpp: fdlibm's algorithm, within 1 ulp of the C library's,
-// four at a time, the same bits on every x86-64 CPU); the rare overflow and alpha == 0 forms
-// use std::log.
+// step fills a small table T[e] = lam p_g ln(1 + r), r = (1-alpha) w_d * (1 / o_g) (one
+// division per category; within 2 ulp of the exact ratio), one entry per (category g, distinct
+// weight w_d), and each candidate holds a fixed-width list of table slots (padding points at
+// T[0] = 0; up to 4 slots pack into one 8-byte load). In a batch the slots are precomputed per
+// item (ItemKeys) and T is one dense weight-major block whose ratios and logs are one vector
+// pass (ratio_log_block); a single call with few users compacts the keys per user instead.
+// Each step computes the candidates' values (gathers and adds), then the first maximum. When a
+// row's scores are non-increasing (a first-stage top-C returns them so), the scan goes in
+// chunks and stops once no later candidate can reach the best even with the largest possible
+// table sum: by weight pattern (pattern_bound: an item with m categories of weight w_d adds at
+// most the m largest entries of that weight) or, failing that, by the largest entries per
+// category (T >= 0; either bound is exact up to a 1e-12 relative slack that covers rounding).
+// Scores are read as double (float32 widens exactly); there is no fast-math and no float32
+// arithmetic, and the result does not depend on which scan ran. The table's logs ln(1 + r) are
+// embtab's vlog (vlog.hpp: fdlibm's algorithm, within 1 ulp of the C library's); the vector
+// code runs 8 lanes (AVX-512), 4 (AVX2) or the baseline ISA, chosen at run time, with the same
+// bits on every path (tests cap the dispatch to check it); the rare overflow and alpha == 0
+// forms use std::log.
 //
 // Special values (the contract the Python layer documents):
 //   * lam == 0: plain top-k by score, ties to the lower candidate index.
@@ -147,6 +152,7 @@ struct Scratch {
     std::vector<std::uint8_t> genre_used;  // [G]
     std::vector<double> W;           // [G] summed weight in the list
     std::vector<double> den;         // [G]
+    std::vector<double> inv;         // [G] 1 / den (per-user tables)
     std::vector<std::uint32_t> bound_slots;  // T slots of each genre's largest entry (the scan bound)
     std::vector<double> lp;          // [G4] keyed: lam * p_g (0 in the padding)
     std::vector<double> p4;          // [G4] keyed: p_g
@@ -1222,6 +1228,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     sc.den.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 1.0);
     double* Wg = sc.W.data();
     double* den = sc.den.data();
+    sc.inv.assign(static_cast<std::size_t>(G), 1.0);
+    double* inv = sc.inv.data();
     std::int64_t finite_left = n_finite;
     bool phase2 = false;
 
@@ -1234,7 +1242,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         }
         const double t1 = static_cast<double>(t + 1);
         if (!keyed)
-            for (std::int32_t g : sc.used_genres) den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
+            for (std::int32_t g : sc.used_genres) {
+                den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
+                inv[g] = 1.0 / den[g];
+            }
         const bool a0 = alpha0 && uncovered > 0.0;
         // refresh computes entry e (table slot `slot`) at this step.
         auto refresh = [&](std::size_t e, std::uint32_t slot) {
@@ -1245,7 +1256,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 sc.cov[slot] = 1.0;
             } else {
                 // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
-                const double r = sc.entry_cw[e] / o;
+                const double r = sc.entry_cw[e] * (1.0 / o);
                 T[slot] = sc.entry_lp[e] * (r < 1e300 ? vlog(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
                 if (alpha0) sc.cov[slot] = 0.0;
             }
@@ -1264,7 +1275,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                     const double cw = sc.cwd[static_cast<std::size_t>(d)];
                     double* td = T + 1 + static_cast<std::size_t>(d) * G4;
                     for (std::int32_t g = 0; g < G; ++g) {
-                        const double r = cw / den[g];
+                        const double r = cw * (1.0 / den[g]);
                         td[g] = lp[g] * (r < 1e300 ? vlog(1.0 + r) : std::log(cw) - std::log(den[g]));
                     }
                 }
@@ -1275,7 +1286,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             double* arg = sc.ratio.data();
             bool special = false;
             for (std::size_t e = 0; e < n_entries; ++e) {
-                const double r = sc.entry_cw[e] / den[sc.entry_genre[e]];
+                const double r = sc.entry_cw[e] * inv[sc.entry_genre[e]];
                 arg[e] = 1.0 + r;
                 special |= !(r < 1e300);  // also an uncovered genre's o == 0 when alpha == 0
             }

@@ -150,9 +150,10 @@ __attribute__((always_inline)) inline std::size_t ratio_log_lanes(const double* 
         ob = (ob & pos) | (one_bits & ~pos);
         VD ov;
         std::memcpy(&ov, &ob, sizeof ov);
+        const VD inv = 1.0 / ov;  // one division per genre; r = cw * (1 / o) for every weight
         for (std::size_t d = 0; d < D; ++d) {
             const VD c = VD{} + cw[d];
-            const VD r = c / ov;
+            const VD r = c * inv;
             ok &= (r < 1e300);
             VD y;
             vlogv<VD, VU, VI>(1.0 + r, y);
@@ -243,11 +244,12 @@ inline void vlog_batch(const double* x, double* y, std::size_t n) {
 #endif
 }
 
-// ratio_log_block writes T[d * G4 + g] = lp[g] * log(1 + cw[d] / o_g), with
+// ratio_log_block writes T[d * G4 + g] = lp[g] * log(1 + r), r = cw[d] * (1 / o_g), with
 // o_g = oma * W[g] + ap[g] * t1 where p[g] > 0 and o_g = 1 elsewhere, for d < D, g < G4 (G4 a
-// multiple of 4; lp finite); each entry the same bits as lp[g] * vlog(1.0 + cw[d] / o_g).
-// Returns false when some ratio cw[d] / o_g is not below 1e300 (T is then unspecified: the
-// caller takes its overflow form).
+// multiple of 4; lp finite); each entry the same bits as lp[g] * vlog(1.0 + cw[d] * (1.0 / o_g)).
+// (One division per genre, not per entry: r is within 2 ulp of the exact cw / o.) Returns
+// false when some r is not below 1e300 (T is then unspecified: the caller takes its overflow
+// form).
 inline bool ratio_log_block(const double* cw, std::size_t D, const double* W, const double* p, const double* ap,
                             double oma, double t1, const double* lp, std::size_t G4, double* T) {
 #if defined(EMBTAB_VLOG_VECTOR)
@@ -261,7 +263,7 @@ inline bool ratio_log_block(const double* cw, std::size_t D, const double* W, co
     for (std::size_t g = 0; g < G4; ++g) {
         const double o = p[g] > 0.0 ? oma * W[g] + ap[g] * t1 : 1.0;
         for (std::size_t d = 0; d < D; ++d) {
-            const double r = cw[d] / o;
+            const double r = cw[d] * (1.0 / o);
             ok &= r < 1e300;
             T[d * G4 + g] = lp[g] * std::log(1.0 + r);
         }
