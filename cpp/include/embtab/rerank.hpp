@@ -1158,8 +1158,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 std::memcpy(ix + c * stride, ik + item_of(c) * stride,
                             static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
         }
-        for (std::int32_t g = 0; g < G; ++g)
-            if (keys->genre_max_key[static_cast<std::size_t>(g)]) sc.bound_slots.push_back(keys->genre_max_key[static_cast<std::size_t>(g)]);
+        if (!keys->patterns)  // else the bound goes by weight pattern
+            for (std::int32_t g = 0; g < G; ++g)
+                if (keys->genre_max_key[static_cast<std::size_t>(g)])
+                    sc.bound_slots.push_back(keys->genre_max_key[static_cast<std::size_t>(g)]);
         // lp and (per step) den padded to G4 with lam p = 0, o = 1
         sc.lp.assign(static_cast<std::size_t>(keys->G4), 0.0);
         sc.p4.assign(static_cast<std::size_t>(keys->G4), 0.0);
