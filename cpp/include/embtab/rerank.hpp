@@ -73,7 +73,7 @@ namespace embtab {
 // config ////////////////////////////////////////////////////////////////////////////////////
 
 // kRerankGrain: users per parallel_for chunk (chunk bounds do not depend on the thread count).
-inline constexpr std::size_t kRerankGrain = 64;
+inline constexpr std::size_t kRerankGrain = 16;
 // kSortedChunk: candidates per chunk in the bounded scan of score-sorted rows.
 inline constexpr std::int64_t kSortedChunk = 32;
 // kBoundSlack: relative slack on the table-sum bound, covering the rounding of the candidate's
