@@ -268,22 +268,16 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     res = {"machine": _machine(), "config": {"U": U, "C": C, "G": G, "k": k, "lam": lam, "alpha": 0.01, "n_items": wl["n_items"],
                                                "genres_per_item": "1-3", "repeats": reps, "users_numpy_a": users_a,
                                                "users_python": users_py, "quick": quick, "seed": seed}}
-    # embtab, threads: the thread counts take turns, round after round, so that each sees the
-    # same machine (a co-tenant's burst on one core otherwise lands on one count's runs only)
+    # embtab, threads
     emb = {}
     lists = None
-    times = {nt: [] for nt in num_threads}
-    for _ in range(2 * reps - 1):
-        for nt in num_threads:
-            _, ts, out = _time(lambda nt=nt: rr.calibrated(s, dist, tgt, k, lam=lam, candidates=cand, num_threads=nt),
-                               1)
-            if lists is None:
-                lists = out
-            assert np.array_equal(out, lists), "embtab output differs across thread counts"
-            times[nt] += ts
     for nt in num_threads:
-        med = statistics.median(times[nt])
-        emb[str(nt)] = {"seconds": med, "all": times[nt], "us_per_user": med / U * 1e6, "users_per_s": U / med}
+        med, ts, out = _time(lambda nt=nt: rr.calibrated(s, dist, tgt, k, lam=lam, candidates=cand, num_threads=nt),
+                             reps)
+        if lists is None:
+            lists = out
+        assert np.array_equal(out, lists), "embtab output differs across thread counts"
+        emb[str(nt)] = {"seconds": med, "all": ts, "us_per_user": med / U * 1e6, "users_per_s": U / med}
     res["embtab"] = emb
     # the same rows with candidates shuffled (full scan: no score-order bound)
     rng = np.random.default_rng(seed + 7)
@@ -436,8 +430,7 @@ def format_markdown(results) -> str:
     lines = []
     lines.append(f"Workload: U={cfg['U']:,} users, C={cfg['C']} candidates, G={cfg['G']} genres "
                  f"({cfg['genres_per_item']} per item), k={cfg['k']}, lam={cfg['lam']}, alpha={cfg['alpha']}; "
-                 f"median of {cfg['repeats']} runs ({2 * cfg['repeats'] - 1} for embtab, its thread counts taking "
-                 f"turns). Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores).")
+                 f"median of {cfg['repeats']} runs. Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores).")
     lines.append("")
     lines.append("| implementation | users timed | µs / user | users / s | time ÷ embtab 1 thread | same lists |")
     lines.append("|---|---:|---:|---:|---:|---|")
