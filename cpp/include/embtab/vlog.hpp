@@ -2,11 +2,12 @@
 //
 // What it computes: log(x) for finite normal x > 0, by the classic fdlibm / FreeBSD algorithm
 // (e_log.c: x = 2^k (1 + f) with sqrt(2)/2 <= 1 + f < sqrt(2); s = f / (2 + f); a degree-14
-// minimax polynomial in s; error below 1 ulp), evaluated four lanes at a time with GCC/Clang
-// vector extensions. Every lane is a fixed sequence of IEEE additions, multiplications and one
-// division, with no table, no FMA and no data-dependent branch, so the result is the same bits
-// on every x86-64 CPU, with or without AVX2, and for any batch length (tests/test_rerank.py
-// checks both code paths). "No FMA" needs the compiler not to fuse a * b + c: CMakeLists.txt
+// minimax polynomial in s; error below 1 ulp), evaluated 4 or 8 lanes at a time with GCC/Clang
+// vector extensions, dispatched at run time to AVX-512 (8 lanes), AVX2 (4) or the baseline ISA.
+// Every lane is a fixed sequence of IEEE additions, multiplications and one division, with no
+// table, no FMA and no data-dependent branch, so the result is the same bits on every x86-64
+// CPU, on every dispatch path and for any batch length (tests/test_rerank.py caps the dispatch
+// with _core._set_isa_limit and checks every level). "No FMA" needs the compiler not to fuse a * b + c: CMakeLists.txt
 // builds with -ffp-contract=off (GCC's default, -ffp-contract=fast, with FMA enabled, e.g. by
 // -march=native, would change the last bits). It is not the C library's log (the two differ in
 // the last bit for a few percent of inputs) but is as accurate. The reranker computes its
@@ -14,8 +15,8 @@
 // use std::log, also in every path), so its lists do not depend on which path ran.
 //
 // Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
-// benchmark; one batch of them through this form per step, instead of std::log entry by entry,
-// is one of the two changes behind the 1.21-1.26x in bench/README.md ("Reranking").
+// benchmark; ratio_log_block computes them, with their ratios, in one vector pass per step
+// (bench/README.md, "Reranking", lists what each change gained).
 //
 // Domain: callers pass finite x >= 1 (x = 1 + ratio, ratio >= 0) or any finite normal x > 0;
 // zero, negative, subnormal, inf and NaN inputs are outside the contract (vlog_batch does not
