@@ -207,6 +207,11 @@ void bind_rerank(py::module_& m) {
         py::arg("num_threads") = 1,
         "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
 
+#if defined(EMBTAB_VLOG_VECTOR)
+    m.attr("_vector_code") = true;
+#else
+    m.attr("_vector_code") = false;  // the scalar forms (EMBTAB_NO_VECTOR or no vector extensions)
+#endif
     m.def(
         "_set_isa_limit",
         [](const std::string& level) {

@@ -62,7 +62,9 @@ inline bool use_avx2() {
 #endif
 }
 
-#if defined(__GNUC__) || defined(__clang__)
+// EMBTAB_NO_VECTOR (a build-time define) takes the plain scalar forms below, as compilers without
+// GCC/Clang vector extensions do; it exists to test those forms.
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(EMBTAB_NO_VECTOR)
 #define EMBTAB_VLOG_VECTOR 1
 typedef double VlogD __attribute__((vector_size(32)));
 typedef std::uint64_t VlogU __attribute__((vector_size(32)));
