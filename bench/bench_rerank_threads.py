@@ -40,7 +40,8 @@ def main(argv=None):
     for rep in (1, 4):
         S, Cd, Tg = (np.ascontiguousarray(np.tile(x, (rep, 1))) for x in (s, cand, tgt))
         for block, nt in enumerate((1, 2, 1, 2) if rep == 1 else (1, 2)):
-            ts = _block(lambda: _core.rerank_calibrated(S, Cd, *csr, Tg, 10, 0.5, 0.01, nt, False), args.calls)
+            ts = _block(lambda S=S, Cd=Cd, Tg=Tg, nt=nt: _core.rerank_calibrated(S, Cd, *csr, Tg, 10, 0.5, 0.01, nt, False),
+                        args.calls)
             meds.setdefault((S.shape[0], nt), []).append(float(np.median(ts)))
             print(f"| {S.shape[0]:,} | {nt} | {block + 1} | {ts.min():.2f} | {np.median(ts):.2f} | {ts.max():.2f} |")
     print()

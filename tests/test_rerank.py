@@ -603,7 +603,7 @@ def test_every_isa_same_bits(level, f32):
     for scores, item_dist, target, cand, k in _isa_cases():
         s = scores.astype(np.float32) if f32 else scores
         for lam, alpha in ((0.5, 0.01), (0.9, 0.2)):
-            kw = dict(lam=lam, alpha=alpha, candidates=cand, return_objective=True)
+            kw = {"lam": lam, "alpha": alpha, "candidates": cand, "return_objective": True}
             fast = rerank.calibrated(s, item_dist, target, k, **kw)
             _core._set_isa_limit(level)
             try:
