@@ -158,9 +158,35 @@ struct Scratch {
     std::vector<double> p4;          // [G4] keyed: p_g
     std::vector<double> ap;          // [G4] keyed: alpha * p_g
     std::vector<double> cwd;         // [D] keyed: (1 - alpha) * w_d
-    const char* pf[2] = {nullptr, nullptr};  // the next user's rows (batch), a slice per step
-    std::size_t pf_bytes[2] = {0, 0};        // their sizes (> 0)
+    // RowPrefetch: in a batch, the cache lines of the next user's rows still to prefetch
+    // (next .. end, line numbers) and how many per greedy step; n rows in use (see prefetch_step).
+    std::uintptr_t pf_next[3] = {0, 0, 0}, pf_end[3] = {0, 0, 0}, pf_step[3] = {0, 0, 0};
+    int pf_n = 0;
 };
+
+// prefetch_plan adds the lines holding p[0 .. bytes) (bytes > 0) to sc's prefetch plan, `steps`
+// slices of them (one per greedy step; steps >= 1).
+inline void prefetch_plan(Scratch& sc, const void* p, std::size_t bytes, std::int64_t steps) {
+    if (bytes == 0) return;
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+    const int r = sc.pf_n++;
+    sc.pf_next[r] = a >> 6;
+    sc.pf_end[r] = ((a + bytes - 1) >> 6) + 1;
+    sc.pf_step[r] = (sc.pf_end[r] - sc.pf_next[r] + static_cast<std::uintptr_t>(steps) - 1) /
+                    static_cast<std::uintptr_t>(steps);
+}
+
+// prefetch_step prefetches the plan's next slice of every row. The batch spreads the next
+// user's rows over the current user's k steps: the whole rows at once (128 lines in the
+// benchmark) were partly lost, and that user's first pass then waited on memory (2.69 -> 2.31
+// us/user when spread).
+inline void prefetch_step(Scratch& sc) {
+    for (int r = 0; r < sc.pf_n; ++r) {
+        const std::uintptr_t hi = std::min(sc.pf_next[r] + sc.pf_step[r], sc.pf_end[r]);
+        for (std::uintptr_t l = sc.pf_next[r]; l < hi; ++l) __builtin_prefetch(reinterpret_cast<const char*>(l << 6), 0, 3);
+        sc.pf_next[r] = hi;
+    }
+}
 
 // ItemKeys gives every item a fixed-width list of global table keys key = d * G4 + g + 1
 // (category g, distinct weight d, G4 = G rounded up to 4; 0 = padding), built once per batch, so a user's candidate
@@ -176,6 +202,8 @@ struct ItemKeys {
     int stride = 0;                      // width rounded up to 4 (packed loads), or width if > 4
     std::vector<std::uint16_t> keys;     // [n_items * stride]
     std::vector<std::uint16_t> genre_max_key;  // [G] key of the genre's largest weight in use (0: none)
+    std::vector<std::int32_t> key_genre;  // [n_slots] the key's category g (key 0: 0)
+    std::vector<double> key_weight;       // [n_slots] its weight w_d (key 0: 0)
     // The scan bound by weight pattern (when there are at most kMaxPatterns patterns): an item's
     // pattern is how many of its categories carry each distinct weight. class_top[d] is the most
     // categories any item has with weight class d (<= 4); pattern j is pat_mult[j * D + d].
@@ -221,6 +249,12 @@ inline void build_item_keys(const ItemDist& items, std::int64_t C, ItemKeys& out
     }
     if (present > C * width || slots - 1 > 2 * present + 64) return;
     out.n_slots = static_cast<std::size_t>(slots);
+    out.key_genre.assign(static_cast<std::size_t>(slots), 0);
+    out.key_weight.assign(static_cast<std::size_t>(slots), 0.0);
+    for (std::int64_t key = 1; key < slots; ++key) {
+        out.key_genre[static_cast<std::size_t>(key)] = static_cast<std::int32_t>((key - 1) % G4);
+        out.key_weight[static_cast<std::size_t>(key)] = items.weights[(key - 1) / G4];
+    }
     out.enabled = true;
     // weight patterns
     const std::int64_t D = items.n_weights;
@@ -430,18 +464,6 @@ inline double pattern_bound(const ItemKeys& keys, std::int32_t D, const double* 
         best = std::max(best, sum);
     }
     return best;
-}
-
-// prefetch_slice prefetches the j-th of n equal slices of the cache lines holding p[0 .. bytes)
-// (bytes > 0). The batch spreads the next user's rows over the current user's k steps: the
-// whole rows at once (128 lines in the benchmark) were partly lost, and that user's first pass
-// then waited on memory (2.69 -> 2.31 us/user when spread).
-inline void prefetch_slice(const char* p, std::size_t bytes, std::int64_t j, std::int64_t n) {
-    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) >> 6;
-    const std::uintptr_t lines = ((reinterpret_cast<std::uintptr_t>(p) + bytes - 1) >> 6) - first + 1;
-    const std::uintptr_t lo = lines * static_cast<std::uintptr_t>(j) / static_cast<std::uintptr_t>(n);
-    const std::uintptr_t hi = lines * static_cast<std::uintptr_t>(j + 1) / static_cast<std::uintptr_t>(n);
-    for (std::uintptr_t l = lo; l < hi; ++l) __builtin_prefetch(reinterpret_cast<const char*>((first + l) << 6), 0, 3);
 }
 
 // RowScan is what score_pass learns about one row.
@@ -1250,8 +1272,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     bool phase2 = false;
 
     for (std::int64_t t = 0; t < k; ++t) {
-        for (int r = 0; r < 2; ++r)
-            if (sc.pf[r]) detail::prefetch_slice(sc.pf[r], sc.pf_bytes[r], t, k);
+        detail::prefetch_step(sc);
         if (!phase2 && finite_left == 0) {
             // Only -inf candidates remain: the KL term alone decides among them.
             phase2 = true;
@@ -1372,11 +1393,19 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.picked[static_cast<std::size_t>(bi)] = 1;
         a[bi] = kNegInf;
         if (!phase2) --finite_left;
-        const std::int64_t it = item_of(bi);
-        for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
-            const std::int32_t g = items.genre[e];
-            if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
-            Wg[g] += items.weights[items.wclass[e]];
+        if (keyed) {
+            // the pick's categories from its slots (in L1; the same additions in the same order
+            // as the CSR row, whose order the slots keep; keyed implies alpha > 0)
+            const std::uint16_t* ix = sc.idx16.data() + bi * stride;
+            for (std::int32_t j = 0; j < width && ix[j]; ++j)
+                Wg[keys->key_genre[ix[j]]] += keys->key_weight[ix[j]];
+        } else {
+            const std::int64_t it = item_of(bi);
+            for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
+                const std::int32_t g = items.genre[e];
+                if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
+                Wg[g] += items.weights[items.wclass[e]];
+            }
         }
     }
     finish();
@@ -1455,14 +1484,11 @@ RerankError calibrated_batch(const S* scores, const std::int64_t* cand, std::int
             const std::int64_t u = static_cast<std::int64_t>(uu);
             const std::int64_t* cu = cand ? cand + u * C : nullptr;
             std::int64_t* ou = out + u * prm.k;
-            if (u + 1 < U) {
-                // the next user's rows, fetched a slice per step while this one computes
-                sc.pf[0] = reinterpret_cast<const char*>(scores + (u + 1) * C);
-                sc.pf_bytes[0] = static_cast<std::size_t>(C) * sizeof(S);
-                sc.pf[1] = cand ? reinterpret_cast<const char*>(cand + (u + 1) * C) : nullptr;
-                sc.pf_bytes[1] = static_cast<std::size_t>(C) * sizeof(std::int64_t);
-            } else {
-                sc.pf[0] = sc.pf[1] = nullptr;
+            sc.pf_n = 0;
+            if (u + 1 < U) {  // the next user's rows, fetched a slice per step while this one computes
+                detail::prefetch_plan(sc, scores + (u + 1) * C, static_cast<std::size_t>(C) * sizeof(S), prm.k);
+                if (cand) detail::prefetch_plan(sc, cand + (u + 1) * C, static_cast<std::size_t>(C) * sizeof(std::int64_t), prm.k);
+                detail::prefetch_plan(sc, target + (u + 1) * G, static_cast<std::size_t>(G) * sizeof(double), 1);
             }
             RerankError er = calibrated_user(scores + u * C, cu, C, items, target + u * G, prm, ou,
                                              obj ? obj + u : nullptr, miscal ? miscal + u : nullptr, sc,
