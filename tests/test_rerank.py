@@ -688,14 +688,17 @@ def test_sorted_scan_bound_by_weight_pattern(kind):
 
 
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
-def test_ratio_log_block_bits(level):
-    # The keyed table block, 8 or 4 lanes at a time, against the same formula entry by entry:
-    # o_g = oma W_g + ap_g t1 (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d * (1 / o_g)).
-    rng = np.random.default_rng(61)
-    G4, D = 28, 3  # 3 blocks of 8 and one of 4 on AVX-512
+@pytest.mark.parametrize(("G4", "D"), [(28, 3), (20, 3), (4, 1), (8, 2), (12, 5), (96, 3)])
+def test_ratio_log_block_bits(level, G4, D):
+    # The keyed table block against the same formula entry by entry: o_g = oma W_g + ap_g t1
+    # (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d * (1 / o_g)). On AVX-512 the shapes
+    # cover all logs side by side with and without a 4-genre tail (D * ceil(G4 / 8) <= 12) and
+    # blocks of 8 then 4 (96 genres); AVX2 and the baseline run 4 lanes.
+    rng = np.random.default_rng(61 + G4 + D)
     W = rng.random(G4) * rng.integers(0, 3, G4)
     p = rng.random(G4) * (rng.random(G4) < 0.8)
-    ap, lp, cw = 0.01 * p, 0.5 * p, 0.99 * np.array([1.0, 0.5, 1.0 / 3.0])
+    ap, lp = 0.01 * p, 0.5 * p
+    cw = 0.99 / np.arange(1, D + 1)
     oma, t1 = 0.99, 4.0
     o = np.where(p > 0, oma * W + ap * t1, 1.0)
     want = lp[None, :] * _core._vlog(1.0 + cw[:, None] * (1.0 / o)[None, :]).reshape(D, G4)
@@ -703,14 +706,14 @@ def test_ratio_log_block_bits(level):
     try:
         got, ok = _core._ratio_log_block(cw, W, p, ap, oma, t1, lp)
         p2 = p.copy()
-        p2[5], ap2 = 1e-305, ap.copy()
-        ap2[5], W2 = 1e-307, W.copy()
-        W2[5] = 0.0
+        p2[G4 - 1], ap2 = 1e-305, ap.copy()
+        ap2[G4 - 1], W2 = 1e-307, W.copy()
+        W2[G4 - 1] = 0.0
         _, ok2 = _core._ratio_log_block(cw, W2, p2, ap2, oma, t1, lp)
     finally:
         _core._set_isa_limit("auto")
     assert ok and np.array_equal(got, want)
-    assert not ok2  # a ratio past 1e300 is reported
+    assert not ok2  # a ratio past 1e300 is reported (here in the last genre, a tail lane)
 
 
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
