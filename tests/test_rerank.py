@@ -737,3 +737,26 @@ def test_class_tops_against_sorting(level):
         want = np.cumsum(vals[:4])
         m = class_top[d]
         assert np.array_equal(got[d, :m], want[:m]), (d, got[d], want)
+
+
+@pytest.mark.parametrize("C", [24, 80])
+def test_keyed_sorted_rows_with_neg_inf_tails(C):
+    # A batch large enough for the per-item key table, rows in score order (the scan copies each
+    # chunk's slots as it reaches it) ending in -inf scores, some with fewer finite candidates
+    # than k (then every slot is needed): the reference's lists.
+    rng = np.random.default_rng(81 + C)
+    G, n_items, U, k = 7, 200, 30, 12
+    genres = [rng.choice(G, size=rng.integers(1, 4), replace=False).tolist() for _ in range(n_items)]
+    item_dist = rerank.genre_distribution(genres, n_genres=G)
+    raw = rng.random((U, G)) * (rng.random((U, G)) < 0.8)
+    raw[raw.sum(axis=1) == 0, 0] = 1.0
+    target = raw / raw.sum(axis=1, keepdims=True)
+    scores = -np.sort(-rng.normal(size=(U, C)), axis=1)
+    n_finite = rng.integers(C - 20, C + 1, size=U)
+    n_finite[:5] = rng.integers(1, k, size=5)
+    for u in range(U):
+        scores[u, max(n_finite[u], 0):] = -np.inf
+    cand = np.stack([rng.choice(n_items, size=C, replace=False) for _ in range(U)]).astype(np.int64)
+    want, _ = ref.greedy(scores, item_dist.tolist(), target, k, 0.5, 0.01, cand)
+    got = rerank.calibrated(scores, item_dist, target, k, lam=0.5, candidates=cand)
+    assert got.tolist() == want

@@ -477,8 +477,7 @@ struct RowScan {
 // score_pass_scalar is score_pass over c in [c0, C), given the score before c0 (`prev`).
 template <class S>
 inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t c0, std::int64_t C, double oml,
-                              std::uint64_t n_items, double prev, double* a,
-                              const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
+                              std::uint64_t n_items, double prev, double* a, RowScan& r) {
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     for (std::int64_t c = c0; c < C; ++c) {
         const double x = static_cast<double>(s[c]);
@@ -490,7 +489,6 @@ inline void score_pass_scalar(const S* s, const std::int64_t* cand, std::int64_t
         a[c] = fin ? oml * x : kNegInf;
         const std::int64_t it = cand ? cand[c] : c;
         r.bad_item |= static_cast<std::uint64_t>(it) >= n_items;
-        if (ix) std::memcpy(ix + c * 4, ik + (static_cast<std::uint64_t>(it) < n_items ? it : 0) * 4, 8);
     }
 }
 
@@ -515,15 +513,14 @@ __attribute__((always_inline)) inline void load_widened(const S* p, VD& x) {
 // comparisons, one multiplication and bitwise selects).
 template <class S, class VD, class VU, class VI>
 __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std::int64_t* cand, std::int64_t C,
-                                                           double oml, std::uint64_t n_items, double* a,
-                                                           const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
+                                                           double oml, std::uint64_t n_items, double* a, RowScan& r) {
     constexpr int L = static_cast<int>(sizeof(VD) / sizeof(double));
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
     if (C < L + 1) {
-        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, ik, ix, r);
+        score_pass_scalar(s, cand, 0, C, oml, n_items, kPosInf, a, r);
         return;
     }
-    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, ik, ix, r);
+    score_pass_scalar(s, cand, 0, 1, oml, n_items, kPosInf, a, r);
     auto load = [&](std::int64_t c, VD& x) { load_widened<S, VD>(s + c, x); };
     const VD ninf = VD{} + kNegInf;
     VI ninf_bits;
@@ -554,12 +551,7 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
         }
         VU itu;
         std::memcpy(&itu, &it, sizeof itu);
-        const VU out = itu >= lim;
-        bad_it |= out;
-        if (ix) {
-            const VU safe = itu & ~out;  // a bad id reads item 0's slots (the row is refused)
-            for (int j = 0; j < L; ++j) std::memcpy(ix + (c + j) * 4, ik + safe[j] * 4, 8);
-        }
+        bad_it |= (VU)(itu >= lim);
     }
     for (int l = 0; l < L; ++l) {
         r.bad_score |= bad[l] != 0;
@@ -567,43 +559,40 @@ __attribute__((always_inline)) inline void score_pass_loop(const S* s, const std
         r.bad_item |= bad_it[l] != 0;
         r.n_finite += nfin[l];
     }
-    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, ik, ix, r);
+    score_pass_scalar(s, cand, c, C, oml, n_items, static_cast<double>(s[c - 1]), a, r);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 template <class S>
 __attribute__((target("avx2"))) inline void score_pass_avx2(const S* s, const std::int64_t* cand, std::int64_t C,
                                                             double oml, std::uint64_t n_items, double* a,
-                                                            const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
-    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, ik, ix, r);
+                                                            RowScan& r) {
+    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, r);
 }
 #endif
 template <class S>
 inline void score_pass_base(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                            double* a, const std::uint16_t* ik, std::uint16_t* ix, RowScan& r) {
-    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, ik, ix, r);
+                            double* a, RowScan& r) {
+    score_pass_loop<S, VlogD, VlogU, VlogI>(s, cand, C, oml, n_items, a, r);
 }
 #endif
 
 // score_pass reads one row: a[c] = (1 - lam) s_c (-inf for -inf scores) and what RowScan
-// records; with ix, also candidate c's item's 4 slots ik[item * 4 ..] to ix[c * 4 ..]
-// (stride-4 keyed tables).
+// records (keyed slot lists are copied later, as the scan needs them: LazySlots).
 template <class S>
 inline RowScan score_pass(const S* s, const std::int64_t* cand, std::int64_t C, double oml, std::uint64_t n_items,
-                          double* a, const std::uint16_t* ik = nullptr,
-                          std::uint16_t* ix = nullptr) {
+                          double* a) {
     RowScan r;
 #if defined(EMBTAB_VLOG_VECTOR)
 #if defined(__x86_64__) || defined(__i386__)
     if (use_avx2()) {
-        score_pass_avx2(s, cand, C, oml, n_items, a, ik, ix, r);
+        score_pass_avx2(s, cand, C, oml, n_items, a, r);
         return r;
     }
 #endif
-    score_pass_base(s, cand, C, oml, n_items, a, ik, ix, r);
+    score_pass_base(s, cand, C, oml, n_items, a, r);
 #else
-    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, ik, ix,
-                      r);
+    score_pass_scalar(s, cand, 0, C, oml, n_items, std::numeric_limits<double>::infinity(), a, r);
 #endif
     return r;
 }
@@ -691,17 +680,34 @@ inline std::int64_t scan_best(const double* a, const I* idx, int stride, int wid
     return argmax_first(v, C);
 }
 
+// LazySlots fills keyed stride-4 slot lists on demand: ix[c * 4 ..] = ik[item(c) * 4 ..] for
+// c < filled. A score-sorted row's scan reaches only its first few chunks (1.7 of 16 per step
+// in the benchmark), so the rest of its slots are never copied.
+struct LazySlots {
+    const std::int64_t* cand = nullptr;  // nullptr: candidate c is item c
+    const std::uint16_t* ik = nullptr;   // ItemKeys::keys (stride 4)
+    std::uint16_t* ix = nullptr;         // [C * 4]
+    std::int64_t filled = 0;
+    void fill_to(std::int64_t c1) {
+        for (std::int64_t c = filled; c < c1; ++c)
+            std::memcpy(ix + c * 4, ik + (cand ? cand[c] : c) * 4, 4 * sizeof(std::uint16_t));
+        if (c1 > filled) filled = c1;
+    }
+};
+
 // scan_sorted_packed is scan_best_sorted for 16-bit slots at stride 4: each chunk's values
 // and their maximum in one pass; the first position of that maximum is looked up only when
 // it beats the best so far (the same choice as argmax_first per chunk).
 template <int W>
 inline std::int64_t scan_sorted_packed(const double* a, const double* a_head, const std::uint16_t* idx,
-                                       const double* t, std::int64_t C, double* v, double bound) {
+                                       const double* t, std::int64_t C, double* v, double bound,
+                                       LazySlots* lazy) {
     double best = kNegInf;
     std::int64_t bi = -1;
     for (std::int64_t c0 = 0; c0 < C; c0 += kSortedChunk) {
         if (a_head[c0 / kSortedChunk] + bound < best) break;
         const std::int64_t c1 = std::min<std::int64_t>(c0 + kSortedChunk, C);
+        if (lazy && c1 > lazy->filled) lazy->fill_to(c1);
         double m0 = kNegInf, m1 = kNegInf, m2 = kNegInf, m3 = kNegInf;
         auto value = [&](std::int64_t c) {
             std::uint64_t q;
@@ -743,19 +749,21 @@ inline std::int64_t scan_sorted_packed(const double* a, const double* a_head, co
 // score term of candidate j * kSortedChunk before any pick): chunks of kSortedChunk candidates are scanned in order, and the
 // scan stops before a chunk whose first candidate cannot beat the best so far even with the
 // largest possible table sum `bound` (the later ones have no larger score term). Same result as
-// scan_best: a stopped-at candidate's value is <= a_head + bound < best, strictly.
+// scan_best: a stopped-at candidate's value is <= a_head + bound < best, strictly. `lazy`
+// (16-bit slots at stride 4 only) fills idx chunk by chunk as the scan reaches it.
 template <class I>
 inline std::int64_t scan_best_sorted(const double* a, const double* a_head, const I* idx, int stride, int width,
-                                     const double* t, std::int64_t C, double* v, double bound) {
+                                     const double* t, std::int64_t C, double* v, double bound,
+                                     LazySlots* lazy = nullptr) {
     double best = kNegInf;
     std::int64_t bi = -1;
     if constexpr (std::is_same_v<I, std::uint16_t>) {
         if (stride == 4) {
             switch (width) {
-                case 1: return scan_sorted_packed<1>(a, a_head, idx, t, C, v, bound);
-                case 2: return scan_sorted_packed<2>(a, a_head, idx, t, C, v, bound);
-                case 3: return scan_sorted_packed<3>(a, a_head, idx, t, C, v, bound);
-                default: return scan_sorted_packed<4>(a, a_head, idx, t, C, v, bound);
+                case 1: return scan_sorted_packed<1>(a, a_head, idx, t, C, v, bound, lazy);
+                case 2: return scan_sorted_packed<2>(a, a_head, idx, t, C, v, bound, lazy);
+                case 3: return scan_sorted_packed<3>(a, a_head, idx, t, C, v, bound, lazy);
+                default: return scan_sorted_packed<4>(a, a_head, idx, t, C, v, bound, lazy);
             }
         }
     }
@@ -1075,11 +1083,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
     auto item_of = [cand](std::int64_t c) { return cand ? cand[c] : c; };
     constexpr double kPosInf = std::numeric_limits<double>::infinity();
-    const bool keyed4 = keys && keys->enabled && keys->stride == 4;
-    if (keyed4) sc.idx16.resize(static_cast<std::size_t>(C) * 4);
-    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a,
-                                                  keyed4 ? keys->keys.data() : nullptr,
-                                                  keyed4 ? sc.idx16.data() : nullptr);
+    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a);
     const bool bad_score = rs.bad_score, bad_item = rs.bad_item, sorted = rs.sorted;
     const std::int64_t n_finite = rs.n_finite;
     if (sorted) {
@@ -1180,6 +1184,7 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
     const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(stride);
     std::size_t n_slots;  // table size including the zero slot
     bool use16;
+    detail::LazySlots lazy;  // keyed stride-4 slots (lazy.ix set); else unused
     const bool keyed = keys && keys->enabled;
     if (keyed) {
         // Global slots key = d * G + g + 1: every step computes the whole dense block (slots of
@@ -1189,7 +1194,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.idx16.resize(n_idx);
         std::uint16_t* ix = sc.idx16.data();
         const std::uint16_t* ik = keys->keys.data();
-        if (stride != 4) {  // stride 4: filled by the row pass
+        if (stride == 4) {
+            // filled as the sorted scan reaches each chunk, or all at once before any other scan
+            lazy = detail::LazySlots{cand, ik, ix, 0};
+        } else {
             for (std::int64_t c = 0; c < C; ++c)
                 std::memcpy(ix + c * stride, ik + item_of(c) * stride,
                             static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
@@ -1374,9 +1382,11 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 for (std::int32_t j = 0; j < width; ++j) bound += top[j];
             }
             bound = bound * (1.0 + kBoundSlack);
-            bi = use16 ? detail::scan_best_sorted(a, sc.a_head.data(), sc.idx16.data(), stride, width, T, C, sc.v.data(), bound)
+            bi = use16 ? detail::scan_best_sorted(a, sc.a_head.data(), sc.idx16.data(), stride, width, T, C, sc.v.data(), bound,
+                                                  lazy.ix ? &lazy : nullptr)
                        : detail::scan_best_sorted(a, sc.a_head.data(), idx, stride, width, T, C, sc.v.data(), bound);
         } else {
+            if (lazy.ix) lazy.fill_to(C);
             bi = use16 ? detail::scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
                        : detail::scan_best(a, idx, stride, width, T, C, sc.v.data());
         }
