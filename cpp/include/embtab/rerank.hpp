@@ -19,8 +19,10 @@
 // division per category; within 2 ulp of the exact ratio), one entry per (category g, distinct
 // weight w_d), and each candidate holds a fixed-width list of table slots (padding points at
 // T[0] = 0; up to 4 slots pack into one 8-byte load). In a batch the slots are precomputed per
-// item (ItemKeys) and T is one dense weight-major block whose ratios and logs are one vector
-// pass (ratio_log_block); a single call with few users compacts the keys per user instead.
+// item (ItemKeys; a candidate's are copied when the scan first reaches it) and T is one dense
+// weight-major block whose ratios and logs are one vector pass (ratio_log_block); a single
+// call with few users compacts the keys per user instead. A batch also prefetches the next
+// user's rows, a slice per step.
 // Each step computes the candidates' values (gathers and adds), then the first maximum. When a
 // row's scores are non-increasing (a first-stage top-C returns them so), the scan goes in
 // chunks and stops once no later candidate can reach the best even with the largest possible
@@ -164,8 +166,8 @@ struct Scratch {
     int pf_n = 0;
 };
 
-// prefetch_plan adds the lines holding p[0 .. bytes) (bytes > 0) to sc's prefetch plan, `steps`
-// slices of them (one per greedy step; steps >= 1).
+// prefetch_plan adds the lines holding p[0 .. bytes) to sc's prefetch plan (nothing when bytes
+// is 0), in `steps` slices (one per greedy step; steps >= 1).
 inline void prefetch_plan(Scratch& sc, const void* p, std::size_t bytes, std::int64_t steps) {
     if (bytes == 0) return;
     const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);

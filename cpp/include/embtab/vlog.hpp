@@ -15,8 +15,10 @@
 // use std::log, also in every path), so its lists do not depend on which path ran.
 //
 // Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
-// benchmark; ratio_log_block computes them, with their ratios, in one vector pass per step
-// (bench/README.md, "Reranking", lists what each change gained).
+// benchmark; ratio_log_block computes them, with their ratios, in one vector pass per step,
+// on AVX-512 with all of the step's logs side by side (vlog_lockstep: the step waits on its
+// table, and one log's latency is about 100 cycles against 24 per log of throughput).
+// bench/README.md, "Reranking", lists what each change gained.
 //
 // Domain: callers pass finite x >= 1 (x = 1 + ratio, ratio >= 0) or any finite normal x > 0;
 // zero, negative, subnormal, inf and NaN inputs are outside the contract (vlog_batch does not
