@@ -264,7 +264,7 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     """
     U = 2_000 if quick else 10_000
     C, G, k, lam = 500, 20, 10, 0.5
-    reps = 3 if quick else 5
+    reps = 3 if quick else 7
     users_a = 50 if quick else 200
     users_py = 2 if quick else 5
     wl = make_workload(U=U, C=C, G=G, k=k, seed=seed)
@@ -394,7 +394,7 @@ def bench_topk(quick=False, num_threads=(1, 2), seed=0):
     """embtab.rerank.topk against np.argpartition + sort and torch.topk (same thread counts)."""
     rng = np.random.default_rng(seed)
     U = 2_000 if quick else 10_000
-    reps = 3 if quick else 5
+    reps = 3 if quick else 7
     try:
         import torch
     except ImportError:  # torch is a dependency, but keep the benchmark usable without it
