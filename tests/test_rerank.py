@@ -688,7 +688,7 @@ def test_sorted_scan_bound_by_weight_pattern(kind):
 
 
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
-@pytest.mark.parametrize(("G4", "D"), [(28, 3), (20, 3), (4, 1), (8, 2), (12, 5), (96, 3)])
+@pytest.mark.parametrize(("G4", "D"), [(28, 3), (20, 3), (4, 1), (8, 2), (12, 5), (12, 2), (96, 3)])
 def test_ratio_log_block_bits(level, G4, D):
     # The keyed table block against the same formula entry by entry: o_g = oma W_g + ap_g t1
     # (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d * (1 / o_g)). On AVX-512 the shapes
