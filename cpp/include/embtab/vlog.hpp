@@ -124,8 +124,11 @@ __attribute__((always_inline)) inline void vlog_finish(const VlogD& f, const Vlo
     const VlogD hfsq = 0.5 * f * f;
     const VlogD r1 = dk * ln2_hi - ((hfsq - (s * (hfsq + R) + dk * ln2_lo)) - f);
     const VlogD r2 = dk * ln2_hi - ((s * (f - R) - dk * ln2_lo) - f);
-    const VlogI sel = (mi - 0x6147a) | (0x6b851 - mi);  // fdlibm's i | j > 0
-    const VlogI take1 = sel > 0;                         // all ones where r1 applies
+    // fdlibm's (i | j) > 0 with i = m - 0x6147a, j = 0x6b851 - m: 0x6147a <= m <= 0x6b851, one
+    // unsigned compare (all ones where r1 applies)
+    VlogU mu;
+    std::memcpy(&mu, &mi, sizeof mu);
+    const VlogI take1 = (mu - 0x6147au) <= 0xa3d7u;
     VlogI b1, b2;
     std::memcpy(&b1, &r1, sizeof b1);
     std::memcpy(&b2, &r2, sizeof b2);
