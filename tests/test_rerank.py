@@ -716,6 +716,14 @@ def test_ratio_log_block_bits(level, G4, D):
     assert not ok2  # a ratio past 1e300 is reported (here in the last genre, a tail lane)
 
 
+def test_ratio_log_block_no_classes():
+    # No weight classes: nothing to write, for any number of genres (a review found the AVX-512
+    # side-by-side path writing past its 12-vector buffers here).
+    z = np.zeros(4000)
+    got, ok = _core._ratio_log_block(np.empty(0), z, z, z, 0.99, 1.0, z)
+    assert got.shape == (0, 4000) and ok
+
+
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
 def test_class_tops_against_sorting(level):
     # The pattern bound's per-class sums of the m largest entries in use, against np.sort;

@@ -334,7 +334,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) inline bool ratio_log_avx51
                                                                 const double* p, const double* ap, double oma,
                                                                 double t1, const double* lp, std::size_t G4,
                                                                 double* T) {
-    if (lockstep_vectors(D, G4) <= kLockstepMax) return ratio_log_lockstep(cw, D, W, p, ap, oma, t1, lp, G4, T);
+    // (D >= 1 keeps the full blocks within kLockstepMax too; D == 0 writes nothing either way)
+    if (D > 0 && lockstep_vectors(D, G4) <= kLockstepMax)
+        return ratio_log_lockstep(cw, D, W, p, ap, oma, t1, lp, G4, T);
     bool ok = true;
     const std::size_t g = ratio_log_lanes<VlogD8, VlogU8, VlogI8>(cw, D, W, p, ap, oma, t1, lp, 0, G4, T, ok);
     ratio_log_lanes<VlogD, VlogU, VlogI>(cw, D, W, p, ap, oma, t1, lp, g, G4, T, ok);
