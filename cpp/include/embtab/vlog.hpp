@@ -319,9 +319,11 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline bool 
             _mm512_storeu_pd(T + d * G4 + b * 8, (__m512d)((VD)lpv[b] * x[d * nf + b]));
     for (std::size_t j = 0; j < nt; ++j) {
         const __m512d y = (__m512d)((VD)lpv[nf] * x[D * nf + j]);
-        _mm512_mask_storeu_pd(T + 2 * j * G4 + gt, 0x0f, y);
-        // lanes 4-7 hold class 2j + 1: a base 4 entries back puts them at its genres gt..gt+3
-        if (2 * j + 1 < D) _mm512_mask_storeu_pd(T + (2 * j + 1) * G4 + gt - 4, 0xf0, y);
+        // lanes 0-3 hold class 2j, lanes 4-7 class 2j + 1; plain 4-lane stores (the scans' loads
+        // that follow wait on a masked store until it leaves the store buffer)
+        _mm256_storeu_pd(T + 2 * j * G4 + gt, _mm512_maskz_extractf64x4_pd(static_cast<__mmask8>(0xf), y, 0));
+        if (2 * j + 1 < D)
+            _mm256_storeu_pd(T + (2 * j + 1) * G4 + gt, _mm512_maskz_extractf64x4_pd(static_cast<__mmask8>(0xf), y, 1));
     }
     bool all = true;
     for (std::size_t l = 0; l < 8; ++l) all &= ok[l] != 0;
