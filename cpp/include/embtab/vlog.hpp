@@ -171,6 +171,24 @@ __attribute__((always_inline)) inline void vlog4(const double* in, double* out) 
     std::memcpy(out, &y, sizeof y);
 }
 
+// ratio_inverse sets inv = 1 / o_g for the lanes' genres, o_g = oma W_g + ap_g t1 where
+// p_g > 0, else 1.
+template <class VD, class VI>
+__attribute__((always_inline)) inline void ratio_inverse(const VD& wv, const VD& pv, const VD& av, double oma,
+                                                         double t1, VD& inv) {
+    const VD one = VD{} + 1.0;
+    VI one_bits;
+    std::memcpy(&one_bits, &one, sizeof one_bits);
+    const VD o = oma * wv + av * t1;
+    const VI pos = pv > 0.0;
+    VI ob;
+    std::memcpy(&ob, &o, sizeof ob);
+    ob = (ob & pos) | (one_bits & ~pos);
+    VD ov;
+    std::memcpy(&ov, &ob, sizeof ov);
+    inv = 1.0 / ov;
+}
+
 // ratio_log_lanes does ratio_log_block's blocks of L = sizeof(VD) / 8 genres from g while they
 // fit below G4; returns the first genre not done and clears `ok` if some ratio is >= 1e300.
 template <class VD, class VU, class VI>
@@ -180,23 +198,14 @@ __attribute__((always_inline)) inline std::size_t ratio_log_lanes(const double* 
                                                                   std::size_t G4, double* T, bool& ok_out) {
     constexpr std::size_t L = sizeof(VD) / sizeof(double);
     VI ok = VI{} - 1;
-    VD one = VD{} + 1.0;
-    VI one_bits;
-    std::memcpy(&one_bits, &one, sizeof one_bits);
     for (; g + L <= G4; g += L) {
         VD wv, pv, av, lv;
         std::memcpy(&wv, W + g, sizeof wv);
         std::memcpy(&pv, p + g, sizeof pv);
         std::memcpy(&av, ap + g, sizeof av);
         std::memcpy(&lv, lp + g, sizeof lv);
-        const VD o = oma * wv + av * t1;
-        const VI pos = pv > 0.0;
-        VI ob;
-        std::memcpy(&ob, &o, sizeof ob);
-        ob = (ob & pos) | (one_bits & ~pos);
-        VD ov;
-        std::memcpy(&ov, &ob, sizeof ov);
-        const VD inv = 1.0 / ov;  // one division per genre; r = cw * (1 / o) for every weight
+        VD inv;  // one division per genre; r = cw * (1 / o) for every weight
+        ratio_inverse<VD, VI>(wv, pv, av, oma, t1, inv);
         for (std::size_t d = 0; d < D; ++d) {
             const VD c = VD{} + cw[d];
             const VD r = c * inv;
@@ -248,22 +257,6 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline VlogD
     return (VlogD8)_mm512_maskz_broadcast_f64x4(static_cast<__mmask8>(0xff), _mm256_loadu_pd(q));
 }
 
-// lockstep_inverse is 1 / o_g for 8 genres, o_g = oma W_g + ap_g t1 where p_g > 0, else 1.
-__attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline VlogD8 lockstep_inverse(
-        const VlogD8& wv, const VlogD8& pv, const VlogD8& av, double oma, double t1) {
-    const VlogD8 one = VlogD8{} + 1.0;
-    VlogI8 one_bits;
-    std::memcpy(&one_bits, &one, sizeof one_bits);
-    const VlogD8 o = oma * wv + av * t1;
-    const VlogI8 pos = pv > 0.0;
-    VlogI8 ob;
-    std::memcpy(&ob, &o, sizeof ob);
-    ob = (ob & pos) | (one_bits & ~pos);
-    VlogD8 ov;
-    std::memcpy(&ov, &ob, sizeof ov);
-    return 1.0 / ov;
-}
-
 // ratio_log_lockstep is ratio_log_block on 8 lanes (AVX-512) with all of its logs side by side
 // (vlog_lockstep). A 4-genre tail (G4 % 8 == 4) is loaded into both halves of a vector, so
 // classes d and d + 1 share one (lanes 0-3 and 4-7, stored with lane masks): 8 vectors instead
@@ -285,8 +278,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline bool 
     for (std::size_t b = 0; b < nf; ++b) {
         const std::size_t g = b * 8;
         lpv[b] = _mm512_loadu_pd(lp + g);
-        const VD inv = lockstep_inverse((VD)_mm512_loadu_pd(W + g), (VD)_mm512_loadu_pd(p + g),
-                                        (VD)_mm512_loadu_pd(ap + g), oma, t1);
+        VD inv;
+        ratio_inverse<VD, VI>((VD)_mm512_loadu_pd(W + g), (VD)_mm512_loadu_pd(p + g), (VD)_mm512_loadu_pd(ap + g),
+                              oma, t1, inv);
         for (std::size_t d = 0; d < D; ++d) {
             const VD r = (VD{} + cw[d]) * inv;
             ok &= (r < 1e300);
@@ -296,7 +290,8 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline bool 
     if (nt) {
         // the tail's 4 genres in both halves
         lpv[nf] = (__m512d)lockstep_twice(lp + gt);
-        const VD inv = lockstep_inverse(lockstep_twice(W + gt), lockstep_twice(p + gt), lockstep_twice(ap + gt), oma, t1);
+        VD inv;
+        ratio_inverse<VD, VI>(lockstep_twice(W + gt), lockstep_twice(p + gt), lockstep_twice(ap + gt), oma, t1, inv);
         for (std::size_t j = 0; j < nt; ++j) {
             const double c0 = cw[2 * j], c1 = cw[std::min(2 * j + 1, D - 1)];
             const VD c = {c0, c0, c0, c0, c1, c1, c1, c1};
