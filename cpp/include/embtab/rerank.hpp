@@ -160,7 +160,7 @@ struct Scratch {
     std::vector<double> p4;          // [G4] keyed: p_g
     std::vector<double> ap;          // [G4] keyed: alpha * p_g
     std::vector<double> cwd;         // [D] keyed: (1 - alpha) * w_d
-    // RowPrefetch: in a batch, the cache lines of the next user's rows still to prefetch
+    // The prefetch plan: in a batch, the cache lines of the next user's rows still to prefetch
     // (next .. end, line numbers) and how many per greedy step; n rows in use (see prefetch_step).
     std::uintptr_t pf_next[3] = {0, 0, 0}, pf_end[3] = {0, 0, 0}, pf_step[3] = {0, 0, 0};
     int pf_n = 0;
@@ -179,9 +179,9 @@ inline void prefetch_plan(Scratch& sc, const void* p, std::size_t bytes, std::in
 }
 
 // prefetch_step prefetches the plan's next slice of every row. The batch spreads the next
-// user's rows over the current user's k steps: the whole rows at once (128 lines in the
-// benchmark) were partly lost, and that user's first pass then waited on memory (2.69 -> 2.31
-// us/user when spread).
+// user's rows over the current user's k steps: with the whole rows issued at once (128 lines in
+// the benchmark), that user's first pass still waited on memory (2.69 -> 2.31 us/user when
+// spread).
 inline void prefetch_step(Scratch& sc) {
     for (int r = 0; r < sc.pf_n; ++r) {
         const std::uintptr_t hi = std::min(sc.pf_next[r] + sc.pf_step[r], sc.pf_end[r]);

@@ -259,8 +259,8 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline VlogD
 
 // ratio_log_lockstep is ratio_log_block on 8 lanes (AVX-512) with all of its logs side by side
 // (vlog_lockstep). A 4-genre tail (G4 % 8 == 4) is loaded into both halves of a vector, so
-// classes d and d + 1 share one (lanes 0-3 and 4-7, stored with lane masks): 8 vectors instead
-// of 9 for 3 classes of 20 genres. The same operations per entry as ratio_log_lanes. Assumes
+// classes d and d + 1 share one (lanes 0-3 and 4-7, stored as two 4-lane halves): 8 vectors
+// instead of 9 for 3 classes of 20 genres. The same operations per entry as ratio_log_lanes. Assumes
 // lockstep_vectors(D, G4) <= kLockstepMax.
 __attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline bool ratio_log_lockstep(
         const double* cw, std::size_t D, const double* W, const double* p, const double* ap, double oma, double t1,
