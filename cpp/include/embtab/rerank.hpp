@@ -640,20 +640,25 @@ inline void scan_values(const double* a, const I* idx, int stride, int width, co
     }
 }
 
-// scan_values_packed is scan_values for 16-bit slots at stride 4: one 8-byte load per candidate.
+// packed_sum is the sum of candidate c's W table entries (in slot order) for 16-bit slots at
+// stride 4: one 8-byte load of the 4 slots.
+template <int W>
+__attribute__((always_inline)) inline double packed_sum(const std::uint16_t* idx, std::int64_t c, const double* t) {
+    static_assert(W >= 1 && W <= 4, "packed slots hold up to 4 entries");
+    std::uint64_t q;
+    std::memcpy(&q, idx + c * 4, sizeof q);
+    double kl = t[q & 0xffffu];
+    if constexpr (W > 1) kl += t[(q >> 16) & 0xffffu];
+    if constexpr (W > 2) kl += t[(q >> 32) & 0xffffu];
+    if constexpr (W > 3) kl += t[q >> 48];
+    return kl;
+}
+
+// scan_values_packed is scan_values for 16-bit slots at stride 4.
 template <int W>
 inline void scan_values_packed(const double* a, const std::uint16_t* idx, const double* t, std::int64_t C,
                                double* v) {
-    static_assert(W >= 1 && W <= 4, "packed slots hold up to 4 entries");
-    for (std::int64_t c = 0; c < C; ++c) {
-        std::uint64_t q;
-        std::memcpy(&q, idx + c * 4, sizeof q);
-        double kl = t[q & 0xffffu];
-        if constexpr (W > 1) kl += t[(q >> 16) & 0xffffu];
-        if constexpr (W > 2) kl += t[(q >> 32) & 0xffffu];
-        if constexpr (W > 3) kl += t[q >> 48];
-        v[c] = a[c] + kl;
-    }
+    for (std::int64_t c = 0; c < C; ++c) v[c] = a[c] + packed_sum<W>(idx, c, t);
 }
 
 // scan_best returns the first candidate maximising a[c] + its table sum (-1 if all are -inf);
@@ -740,13 +745,7 @@ inline std::int64_t scan_sorted_packed(const double* a, const double* a_head, co
         if (lazy && c1 > lazy->filled) lazy->fill_to(c1);
         double m0 = kNegInf, m1 = kNegInf, m2 = kNegInf, m3 = kNegInf;
         auto value = [&](std::int64_t c) {
-            std::uint64_t q;
-            std::memcpy(&q, idx + c * 4, sizeof q);
-            double kl = t[q & 0xffffu];
-            if constexpr (W > 1) kl += t[(q >> 16) & 0xffffu];
-            if constexpr (W > 2) kl += t[(q >> 32) & 0xffffu];
-            if constexpr (W > 3) kl += t[q >> 48];
-            const double x = a[c] + kl;
+            const double x = a[c] + packed_sum<W>(idx, c, t);
             v[c] = x;
             return x;
         };
