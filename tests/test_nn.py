@@ -97,6 +97,50 @@ def test_init_config_validation():
     with pytest.raises(ValueError, match="_weight"):
         CuckooEmbedding(4, 2, _weight=torch.zeros(4, 2))
     assert CuckooEmbedding(4, 2, on_full=OnFull.EVICT_LFU).on_full is OnFull.EVICT_LFU
+    with pytest.raises(ValueError, match="growth_factor"):
+        CuckooEmbedding(4, 2, growth_factor=float("inf"))
+
+
+ALL_MODULES = [CuckooEmbedding, CuckooEmbeddingBag, HashedEmbedding, HashedEmbeddingBag]
+
+
+@pytest.mark.parametrize("cls", ALL_MODULES)
+def test_num_threads_checked_at_construction(cls):
+    with pytest.raises(ValueError, match=r"num_threads must be <= 2147483647, got 2147483648"):
+        cls(4, 2, num_threads=2**31)
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        cls(4, 2, num_threads=-1)
+    with pytest.raises(TypeError, match="num_threads must be an int"):
+        cls(4, 2, num_threads=2.0)
+
+
+@pytest.mark.parametrize("cls", [CuckooEmbeddingBag, HashedEmbeddingBag])
+def test_bag_max_with_scale_grad_by_freq_refused_at_construction(cls):
+    with pytest.raises(ValueError, match="mode='max' does not support scale_grad_by_freq"):
+        cls(4, 2, mode="max", scale_grad_by_freq=True)
+    with pytest.raises(ValueError, match="mode='max' does not support sparse"):
+        cls(4, 2, mode="max", sparse=True)
+
+
+def test_init_bounds_that_overflow_are_refused():
+    # b - a = 2e308 overflows float64: every draw would be inf.
+    with pytest.raises(ValueError, match="overflows float64: the width b - a"):
+        EmbeddingInit("uniform", -1e308, 1e308)
+    with pytest.raises(ValueError, match="overflows float64"):
+        EmbeddingInit("normal", 0.0, 1e308)
+    # Finite in float64 but not in the weight's dtype: refused at construction, not at insert.
+    init = EmbeddingInit("uniform", -1e300, 1e300)
+    for cls in ALL_MODULES:
+        with pytest.raises(ValueError, match="beyond the largest finite torch.float32"):
+            cls(4, 2, init=init)
+    with pytest.raises(ValueError, match="beyond the largest finite torch.float16"):
+        CuckooEmbedding(4, 2, init=EmbeddingInit("normal", 0.0, 1e4), dtype=torch.float16)
+    with pytest.raises(ValueError, match="beyond the largest finite torch.float32"):
+        init_vectors(np.arange(2), 3, 0, init)
+    w = init_vectors(np.arange(1000), 4, 0, EmbeddingInit("uniform", -1e300, 1e300), torch.float64)
+    assert torch.isfinite(w).all() and w.abs().max() > 1e299
+    big = CuckooEmbedding(4, 2, init=EmbeddingInit("normal", 0.0, 3e37))  # 8.58 * 3e37 < 3.4e38
+    assert torch.isfinite(big(raw_ids(200))).all()
 
 
 # values and gradients against nn.Embedding ////////////////////////////////////////////////
@@ -475,9 +519,15 @@ def test_eviction_batch_larger_than_table_raises_and_changes_nothing():
     emb = CuckooEmbedding(2, 2, on_full="evict_lru")
     emb(torch.tensor([1, 2]))
     before = table_state(emb)
-    with pytest.raises(ValueError, match="num_embeddings"):
+    # 2 new IDs (3, 4), no free row; row of ID 1 is used by the batch: 1 evictable.
+    with pytest.raises(ValueError, match=r"brings 2 new IDs, 2 more than the 0 free rows, but only "
+                       r"1 rows can be evicted .*num_embeddings \(now 2\)"):
         emb(torch.tensor([1, 3, 4]))
     assert_state_equal(before, table_state(emb))
+    big = CuckooEmbedding(4, 2, on_full="evict_lfu")
+    big(torch.arange(3))
+    with pytest.raises(ValueError, match=r"brings 10 new IDs, 9 more than the 1 free rows, but only 3"):
+        big(torch.arange(100, 110))
 
 
 def test_on_full_error_raises_table_full_and_changes_nothing():
@@ -603,13 +653,34 @@ def test_from_pretrained():
     assert not emb.weight.requires_grad
 
 
+def test_from_pretrained_never_writes_the_zero_row():
+    vecs = torch.arange(1.0, 7.0).reshape(3, 2)
+    with pytest.raises(ValueError, match="ids contains padding_id=9"):
+        CuckooEmbedding.from_pretrained(torch.tensor([7, 9, 11]), vecs, padding_id=9)
+    # min_count > 1: the pretrained IDs own their rows at once; the zero row stays zero.
+    for cls, kw in ((CuckooEmbedding, {}), (CuckooEmbeddingBag, {"mode": "sum"})):
+        emb = cls.from_pretrained(torch.tensor([7, 9, 11]), vecs, min_count=3, padding_id=5, **kw)
+        assert emb.num_ids == 3 and emb.lookup(torch.tensor([7, 9, 11])).tolist() == [0, 1, 2]
+        assert torch.count_nonzero(emb.weight[emb.num_embeddings]) == 0
+        x = torch.tensor([[9, 5, 123]])  # pretrained, padding, unknown (not yet admitted)
+        out = emb(x) if cls is CuckooEmbedding else emb(x)[:, None]
+        want = torch.tensor([[[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]]])
+        assert torch.equal(out, want if cls is CuckooEmbedding else want.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match=r"embeddings must have shape \(2, d >= 1\)"):
+        CuckooEmbedding.from_pretrained(torch.tensor([1, 2]), torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="embeddings must be a floating-point"):
+        CuckooEmbedding.from_pretrained(torch.tensor([1, 2]), torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="ids must be distinct"):
+        CuckooEmbedding.from_pretrained(torch.tensor([1, 1]), torch.zeros(2, 2))
+
+
 # hashing-trick baseline //////////////////////////////////////////////////////////////////
 
 
 def test_hashed_embedding_rows_and_values():
     emb = HashedEmbedding(10, 3, seed=4, padding_id=-1)
     x = torch.tensor([[5, -1], [2**62, 5]])
-    rows = emb.rows_of(x)
+    rows = emb.lookup(x)
     assert rows.tolist() == [
         [hashed_row(5, 10, 4), 10],
         [hashed_row(2**62, 10, 4), hashed_row(5, 10, 4)],
@@ -622,6 +693,15 @@ def test_hashed_embedding_rows_and_values():
     assert torch.count_nonzero(out[0, 1]) == 0
 
 
+def test_rows_of_is_a_deprecated_alias_of_lookup():
+    x = torch.tensor([[5, -1], [2**62, 5]])
+    for m in (HashedEmbedding(10, 3, padding_id=-1), HashedEmbeddingBag(10, 3, padding_id=-1)):
+        with pytest.warns(DeprecationWarning, match="rows_of is deprecated; use lookup"):
+            rows = m.rows_of(x)
+        assert torch.equal(rows, m.lookup(x))
+    assert hasattr(CuckooEmbedding, "lookup") and not hasattr(CuckooEmbedding, "rows_of")
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_hashed_bag_matches(mode):
     x, offsets = bag_case(False)
@@ -629,7 +709,7 @@ def test_hashed_bag_matches(mode):
     ref = nn.EmbeddingBag(6, 3, mode=mode, padding_idx=5)
     with torch.no_grad():
         ref.weight.copy_(bag.weight)
-    assert torch.equal(bag(x, offsets), ref(bag.rows_of(x), offsets))
+    assert torch.equal(bag(x, offsets), ref(bag.lookup(x), offsets))
     with pytest.raises(ValueError, match="non-decreasing"):
         bag(x, torch.tensor([0, 3, 1]))
 

@@ -49,14 +49,11 @@ from torch import Tensor, nn
 
 from embtab import _core
 from embtab._hashing import mix64
-from embtab.nn import (
-    CuckooEmbedding,
-    OnFull,
-    _as_id_array,
-    _check_bag_args,
-    _check_mode,
-    _state_fill,
-)
+from embtab._modules import as_id_array as _as_id_array
+from embtab._modules import check_bag_args as _check_bag_args
+from embtab._modules import check_bag_config as _check_bag_config
+from embtab._modules import state_fill as _state_fill
+from embtab.nn import CuckooEmbedding, OnFull
 
 __all__ = [
     "ShardedCommError",
@@ -558,9 +555,8 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
                  sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
                  padding_id: Optional[int] = None, device=None, dtype=None, *, process_group=None,
                  shard_seed: Optional[int] = None, **kwargs):
-        self_mode = _check_mode(mode)
-        if scale_grad_by_freq and self_mode == "max":
-            raise ValueError("scale_grad_by_freq is not supported with mode='max'")
+        # sparse applies to the owner's CuckooEmbedding, not to the local reduction: max is fine.
+        self_mode = _check_bag_config(mode, False, bool(scale_grad_by_freq))
         local = dict(padding_id=padding_id, max_norm=max_norm, norm_type=norm_type,
                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight,
                      _freeze=kwargs.pop("_freeze", False), device=device, dtype=dtype, **kwargs)

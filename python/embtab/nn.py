@@ -22,10 +22,11 @@ Conventions shared by all four modules
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from enum import Enum, unique
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -35,6 +36,13 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
 from embtab import _core
+from embtab._modules import (
+    state_fill as _state_fill,
+    U64 as _U64,
+    as_id_array as _as_id_array,
+    check_bag_args as _check_bag_args,
+    check_bag_config as _check_bag_config,
+)
 
 __all__ = [
     "OnFull",
@@ -45,7 +53,10 @@ __all__ = [
     "HashedEmbeddingBag",
 ]
 
-_U64 = 1 << 64
+# Largest |z| of the Box-Muller normal draw: sqrt(-2 ln 2^-53) (ops.hpp's smallest u1).
+_MAX_ABS_Z = math.sqrt(-2.0 * math.log(2.0**-53))
+# Thread counts are C ints in the core.
+_MAX_THREADS = (1 << 31) - 1
 
 
 # configuration ///////////////////////////////////////////////////////////////////////////////
@@ -109,6 +120,30 @@ class EmbeddingInit:
             raise ValueError(f"init.b (std) must be >= 0 for kind='normal', got {self.b}")
         if self.kind == "uniform" and not self.a <= self.b:
             raise ValueError(f"init needs a <= b for kind='uniform', got a={self.a}, b={self.b}")
+        if not math.isfinite(self.max_abs()):
+            raise ValueError(
+                f"init a={self.a}, b={self.b} ({self.kind!r}) overflows float64: "
+                + ("the width b - a" if self.kind == "uniform" else "|a| + 8.58 * b")
+                + " must be finite"
+            )
+
+    def max_abs(self) -> float:
+        """The largest magnitude a vector entry can take (normal: ``|a| + b * 8.57``, the
+        largest ``|z|`` of the 53-bit Box-Muller draw); ``inf`` when the computation overflows."""
+        if self.kind == "zeros":
+            return 0.0
+        if self.kind == "uniform":
+            return max(abs(self.a), abs(self.b)) if math.isfinite(self.b - self.a) else math.inf
+        return abs(self.a) + self.b * _MAX_ABS_Z
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        """Raise ValueError when vectors drawn from this distribution overflow ``dtype``."""
+        top = torch.finfo(dtype).max
+        if self.max_abs() > top:
+            raise ValueError(
+                f"init a={self.a}, b={self.b} ({self.kind!r}) draws values up to "
+                f"{self.max_abs():.4g}, beyond the largest finite {dtype} ({top:.4g})"
+            )
 
 
 def _check_init(init) -> EmbeddingInit:
@@ -124,11 +159,13 @@ def _check_init(init) -> EmbeddingInit:
     )
 
 
-def _check_int(name: str, value, lo: int) -> int:
+def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
     return int(value)
 
 
@@ -149,8 +186,10 @@ def init_vectors(
 ) -> Tensor:
     """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
 
-    Row ``i`` depends on ``(seed, ids[i])`` only.
+    Row ``i`` depends on ``(seed, ids[i])`` only. Raises ValueError when ``init`` draws values
+    that ``dtype`` cannot hold.
     """
+    init.check_dtype(dtype)
     n = len(ids)
     if init.kind == "zeros":
         return torch.zeros(n, dim, dtype=dtype)
@@ -166,143 +205,6 @@ def init_vectors(
             float(init.b),
         )
     return out if work == dtype else out.to(dtype)
-
-
-def _as_id_array(input, name: str = "input") -> tuple[np.ndarray, tuple]:
-    """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape)."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
-    dt = input.dtype
-    if dt.is_floating_point or dt.is_complex or dt == torch.bool:
-        raise TypeError(
-            f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
-            f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
-        )
-    t = input.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if dt == torch.uint64:
-        t = t.view(torch.int64)
-    elif dt != torch.int64:
-        t = t.to(torch.int64)
-    flat = t.reshape(-1)
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
-    return flat.numpy(), tuple(input.shape)
-
-
-def _check_bag_args(
-    input: Tensor, offsets, per_sample_weights, mode: str, include_last_offset: bool, weight: Tensor
-) -> Optional[Tensor]:
-    """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
-    if input.dim() == 2:
-        if offsets is not None:
-            raise ValueError(
-                f"offsets must be None when input is 2-D (fixed-length bags), "
-                f"got input shape {tuple(input.shape)} and offsets shape "
-                f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}"
-            )
-        off = None
-    elif input.dim() == 1:
-        if offsets is None:
-            raise ValueError(f"offsets is required when input is 1-D (shape {tuple(input.shape)})")
-        if not isinstance(offsets, Tensor):
-            raise TypeError(f"offsets must be a torch.Tensor, got {type(offsets).__name__}")
-        if offsets.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"offsets must have dtype int64 or int32, got {offsets.dtype}")
-        if offsets.dim() != 1:
-            raise ValueError(f"offsets must be 1-D, got shape {tuple(offsets.shape)}")
-        off = offsets.detach().cpu().to(torch.int64)
-        n = input.shape[0]
-        if off.numel() == 0 or (include_last_offset and off.numel() < 1):
-            raise ValueError(
-                f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
-            )
-        o = off.numpy()
-        if o[0] != 0:
-            raise ValueError(
-                f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
-            )
-        if np.any(np.diff(o) < 0):
-            bad = int(np.flatnonzero(np.diff(o) < 0)[0])
-            raise ValueError(
-                f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
-                f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
-            )
-        if o[-1] > n:
-            raise ValueError(
-                f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
-            )
-        if include_last_offset and o[-1] != n:
-            raise ValueError(
-                f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
-                f"in input ({n}), got {int(o[-1])}"
-            )
-    else:
-        raise ValueError(
-            f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
-            f"got shape {tuple(input.shape)}"
-        )
-    if per_sample_weights is not None:
-        if not isinstance(per_sample_weights, Tensor):
-            raise TypeError(
-                f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}"
-            )
-        if mode != "sum":
-            raise ValueError(
-                f"per_sample_weights is only supported with mode='sum', got mode={mode!r}"
-            )
-        if tuple(per_sample_weights.shape) != tuple(input.shape):
-            raise ValueError(
-                f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
-                f"got {tuple(per_sample_weights.shape)}"
-            )
-        if per_sample_weights.dtype != weight.dtype:
-            raise TypeError(
-                f"per_sample_weights must have the weight's dtype {weight.dtype}, "
-                f"got {per_sample_weights.dtype}"
-            )
-    return off
-
-
-def _init_bag(module, mode: str, include_last_offset: bool) -> None:
-    """Sets a bag module's ``mode`` and ``include_last_offset``; raises ValueError for an
-    unknown mode or for mode='max' with sparse=True (as torch does). Assumes ``module.sparse``."""
-    module.mode = _check_mode(mode)
-    if module.mode == "max" and module.sparse:
-        raise ValueError("mode='max' does not support sparse=True (as in torch)")
-    module.include_last_offset = bool(include_last_offset)
-
-
-def _bag_forward(module, input: Tensor, offsets, per_sample_weights, remap) -> Tensor:
-    """The forward shared by the bag modules: checks the bag arguments, maps the IDs to rows with
-    ``remap(ids) -> (rows, padding_idx or None)`` on CPU, and reduces with F.embedding_bag."""
-    ids, shape = _as_id_array(input, "input")
-    off = _check_bag_args(
-        input, offsets, per_sample_weights, module.mode, module.include_last_offset, module.weight
-    )
-    rows, padding_idx = remap(ids)
-    dev = module.weight.device
-    idx = torch.from_numpy(rows).reshape(shape).to(dev)
-    return F.embedding_bag(
-        idx,
-        module.weight,
-        None if off is None else off.to(dev),
-        module.max_norm,
-        module.norm_type,
-        module.scale_grad_by_freq,
-        module.mode,
-        module.sparse,
-        per_sample_weights,
-        module.include_last_offset,
-        padding_idx,
-    )
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in ("sum", "mean", "max"):
-        raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
-    return mode
 
 
 # optimizer state bookkeeping ////////////////////////////////////////////////////////////////
@@ -335,13 +237,6 @@ def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
     out = torch.zeros(shape, dtype=g.dtype, device=g.device)
     out[:keep] = g[:keep]
     return out
-
-
-def _state_fill(key: str, group: dict) -> float:
-    """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
-    if key == "sum":
-        return float(group.get("initial_accumulator_value", 0.0))
-    return 0.0
 
 
 # collisionless modules //////////////////////////////////////////////////////////////////////
@@ -395,7 +290,11 @@ class _CuckooBase(nn.Module):
             raise ValueError(
                 f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}"
             ) from None
-        if not (isinstance(growth_factor, (int, float)) and growth_factor > 1.0):
+        if not (
+            isinstance(growth_factor, (int, float))
+            and growth_factor > 1.0
+            and math.isfinite(growth_factor)
+        ):
             raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
         self.growth_factor = float(growth_factor)
         self.min_count = _check_int("min_count", min_count, 1)
@@ -407,13 +306,14 @@ class _CuckooBase(nn.Module):
         self.admission_delta = float(admission_delta)
         self.init = _check_init(init)
         self.seed = _check_int("seed", seed, 0) % _U64
-        self.num_threads = _check_int("num_threads", num_threads, 0)
+        self.num_threads = _check_int("num_threads", num_threads, 0, _MAX_THREADS)
 
         R = self.num_embeddings
         self.weight = nn.Parameter(
             torch.zeros(R + 1, self.embedding_dim, device=device, dtype=dtype),
             requires_grad=not _freeze,
         )
+        self.init.check_dtype(self.weight.dtype)
         # The ID -> row map: row r holds ID row_ids[r] (int64 bit pattern) iff row_live[r].
         self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64))
         self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool))
@@ -576,7 +476,7 @@ class _CuckooBase(nn.Module):
                     new_R = max(new_R + 1, math.ceil(new_R * self.growth_factor))
                 self._grow(new_R)
             else:
-                victims = self._pick_victims(live + k - R, batch_rows)
+                victims = self._pick_victims(k, R - live, batch_rows)
         if victims is not None:
             self._table.erase(self.row_ids.numpy()[victims])
             self.row_live.numpy()[victims] = False
@@ -598,9 +498,11 @@ class _CuckooBase(nn.Module):
         _PENDING.add(self)
         return rows
 
-    def _pick_victims(self, k: int, batch_rows: np.ndarray) -> np.ndarray:
-        """The k live rows with the lowest (score, row) that the current batch does not use."""
+    def _pick_victims(self, new: int, free: int, batch_rows: np.ndarray) -> np.ndarray:
+        """The ``new - free`` live rows with the lowest (score, row) that the current batch does
+        not use; ValueError (nothing changed) when fewer can be evicted."""
         R = self.num_embeddings
+        k = new - free
         score = (
             (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count)
             .numpy()
@@ -612,7 +514,7 @@ class _CuckooBase(nn.Module):
         evictable = int(np.count_nonzero(score != big))
         if evictable < k:
             raise ValueError(
-                f"the batch brings {k + evictable} more IDs than free rows but only "
+                f"the batch brings {new} new IDs, {k} more than the {free} free rows, but only "
                 f"{evictable} rows can be evicted (rows in use by the batch stay): "
                 f"raise num_embeddings (now {R}) or use smaller batches"
             )
@@ -709,26 +611,164 @@ class _CuckooBase(nn.Module):
         if self._pending_rows or self.num_growths.item() > 0:
             _PENDING.add(self)
 
-    def _load_pretrained(self, ids: Tensor, embeddings: Tensor):
+    @classmethod
+    def from_pretrained(
+        cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs
+    ) -> "_CuckooBase":
+        """A module whose IDs ``ids`` (distinct, ``[n]``) start with ``embeddings`` ``[n, d]``.
+
+        Rows are handed out in the order of ``ids``; other keyword arguments as the
+        constructor's. The given IDs own their rows at once, whatever ``min_count`` (admission
+        applies to IDs seen later). ``padding_id`` must not be among ``ids``: it always reads
+        the zero row, which no vector may be written into (ValueError). Example::
+
+            >>> emb = CuckooEmbedding.from_pretrained(torch.tensor([7, 9]), torch.eye(2))
+            >>> emb(torch.tensor([9])).tolist()
+            [[0.0, 1.0]]
+        """
         flat, _ = _as_id_array(ids, "ids")
-        if embeddings.dim() != 2 or embeddings.shape != (len(flat), self.embedding_dim):
-            raise ValueError(
-                f"embeddings must have shape ({len(flat)}, {self.embedding_dim}) to match ids, "
-                f"got {tuple(embeddings.shape)}"
+        if not isinstance(embeddings, Tensor) or not embeddings.dtype.is_floating_point:
+            raise TypeError(
+                f"embeddings must be a floating-point torch.Tensor, got "
+                f"{getattr(embeddings, 'dtype', type(embeddings).__name__)}"
             )
+        if embeddings.dim() != 2 or embeddings.shape[0] != len(flat) or embeddings.shape[1] < 1:
+            raise ValueError(
+                f"embeddings must have shape ({len(flat)}, d >= 1) to match ids of shape "
+                f"{tuple(ids.shape)}, got {tuple(embeddings.shape)}"
+            )
+        m = cls(
+            max(1, len(flat)),
+            embeddings.shape[1],
+            _freeze=freeze,
+            dtype=embeddings.dtype,
+            **kwargs,
+        )
+        m._load_pretrained(flat, embeddings)
+        return m
+
+    @torch.no_grad()
+    def _load_pretrained(self, flat: np.ndarray, embeddings: Tensor) -> None:
+        """Insert the distinct IDs ``flat`` (bypassing admission) with ``embeddings``."""
         if len(np.unique(flat)) != len(flat):
-            raise ValueError("ids must be distinct")
-        was = self.training
-        self.train()
-        rows, _ = self._remap(flat)
-        self.train(was)
-        with torch.no_grad():
+            raise ValueError(f"ids must be distinct, got {len(flat) - len(np.unique(flat))} repeats")
+        if self._padding_i64 is not None and np.any(flat == self._padding_i64):
+            raise ValueError(
+                f"ids contains padding_id={self.padding_id}: the padding ID always reads the zero "
+                f"row, which from_pretrained never writes; leave it out of ids"
+            )
+        if len(flat):
+            rows = self._insert(flat, np.empty(0, dtype=np.int64))
             self.weight[torch.from_numpy(rows).to(self.weight.device)] = embeddings.to(self.weight)
         self._pending_rows.clear()
         _PENDING.discard(self)
 
+    # forward plumbing (see _Embedding, _Bag) --------------------------------------------------
 
-class CuckooEmbedding(_CuckooBase):
+    def _rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+        rows, has_zero = self._remap(ids)
+        return rows, (self.num_embeddings if has_zero else None)
+
+    def _track(self, out: Tensor) -> Tensor:
+        return out
+
+
+# the torch-facing forms (shared by the collisionless and the hashed modules) ///////////////////
+#
+# A base (_CuckooBase, _HashedBase) supplies ``_rows_for(flat int64 IDs) -> (rows, padding_idx
+# or None)`` and ``_track(output)``; these mixins give it the signature and forward of
+# ``nn.Embedding`` or ``nn.EmbeddingBag``.
+
+
+class _Embedding:
+    def forward(self, input: Tensor) -> Tensor:
+        """Vectors of raw IDs ``input`` (any shape): ``(*input.shape, embedding_dim)``."""
+        ids, shape = _as_id_array(input, "input")
+        rows, padding_idx = self._rows_for(ids)
+        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        out = F.embedding(
+            idx,
+            self.weight,
+            padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+        return self._track(out)
+
+
+class _Bag:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        include_last_offset: bool = False,
+        padding_id: Optional[int] = None,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs,
+    ) -> None:
+        mode = _check_bag_config(mode, bool(sparse), bool(scale_grad_by_freq))
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            padding_id,
+            max_norm,
+            norm_type,
+            scale_grad_by_freq,
+            sparse,
+            _weight,
+            device=device,
+            dtype=dtype,
+            **kwargs,
+        )
+        self.mode = mode
+        self.include_last_offset = bool(include_last_offset)
+
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        """One reduced vector per bag: ``(B, embedding_dim)`` (see the class's Shape section).
+
+        Every argument is checked before any ID is remapped, so a bad call changes nothing.
+        """
+        ids, shape = _as_id_array(input, "input")
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+        )
+        rows, padding_idx = self._rows_for(ids)
+        dev = self.weight.device
+        idx = torch.from_numpy(rows).reshape(shape).to(dev)
+        out = F.embedding_bag(
+            idx,
+            self.weight,
+            None if off is None else off.to(dev),
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.mode,
+            self.sparse,
+            per_sample_weights,
+            self.include_last_offset,
+            padding_idx,
+        )
+        return self._track(out)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.mode!r}"
+
+
+class CuckooEmbedding(_Embedding, _CuckooBase):
     r"""Collisionless ``nn.Embedding`` over raw 64-bit IDs.
 
     Swap ``nn.Embedding(n, d)`` fed with dense indices for ``CuckooEmbedding(n, d)`` fed with
@@ -808,43 +848,7 @@ class CuckooEmbedding(_CuckooBase):
         3
     """
 
-    def forward(self, input: Tensor) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
-        rows, has_zero = self._remap(ids)
-        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(
-            idx,
-            self.weight,
-            self.num_embeddings if has_zero else None,
-            self.max_norm,
-            self.norm_type,
-            self.scale_grad_by_freq,
-            self.sparse,
-        )
-
-    @classmethod
-    def from_pretrained(cls, ids: Tensor, embeddings: Tensor, freeze: bool = True, **kwargs):
-        """A module whose IDs ``ids`` (distinct, ``[n]``) start with ``embeddings`` ``[n, d]``.
-
-        Rows are handed out in the order of ``ids``; other keyword arguments as the
-        constructor's. Example::
-
-            >>> emb = CuckooEmbedding.from_pretrained(torch.tensor([7, 9]), torch.eye(2))
-            >>> emb(torch.tensor([9])).tolist()
-            [[0.0, 1.0]]
-        """
-        m = cls(
-            max(1, ids.numel()),
-            embeddings.shape[1],
-            _freeze=freeze,
-            dtype=embeddings.dtype,
-            **kwargs,
-        )
-        m._load_pretrained(ids, embeddings)
-        return m
-
-
-class CuckooEmbeddingBag(_CuckooBase):
+class CuckooEmbeddingBag(_Bag, _CuckooBase):
     r"""Collisionless ``nn.EmbeddingBag`` over raw 64-bit IDs.
 
     Parameters
@@ -878,52 +882,6 @@ class CuckooEmbeddingBag(_CuckooBase):
         torch.Size([2, 8])
     """
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_id: Optional[int] = None,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ):
-        super().__init__(
-            num_embeddings,
-            embedding_dim,
-            padding_id,
-            max_norm,
-            norm_type,
-            scale_grad_by_freq,
-            sparse,
-            _weight,
-            kwargs.pop("_freeze", False),
-            device,
-            dtype,
-            **kwargs,
-        )
-        _init_bag(self, mode, include_last_offset)
-
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        def remap(ids):
-            rows, has_zero = self._remap(ids)
-            return rows, (self.num_embeddings if has_zero else None)
-
-        return _bag_forward(self, input, offsets, per_sample_weights, remap)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", mode={self.mode!r}"
 
 
 # hashing-trick baseline /////////////////////////////////////////////////////////////////////
@@ -961,7 +919,7 @@ class _HashedBase(nn.Module):
         self.sparse = bool(sparse)
         self.init = _check_init(init)
         self.seed = _check_int("seed", seed, 0) % _U64
-        self.num_threads = _check_int("num_threads", num_threads, 0)
+        self.num_threads = _check_int("num_threads", num_threads, 0, _MAX_THREADS)
         m, d = self.num_embeddings, self.embedding_dim
         if _weight is not None:
             if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
@@ -978,16 +936,26 @@ class _HashedBase(nn.Module):
             )
         self.weight = nn.Parameter(w, requires_grad=not _freeze)
 
-    def rows_of(self, ids: Tensor) -> Tensor:
+    def lookup(self, ids: Tensor) -> Tensor:
         """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
-        ``padding_id`` maps to the zero row ``num_embeddings``."""
+        ``padding_id`` maps to the zero row ``num_embeddings``. Changes nothing (the name and
+        contract of :meth:`CuckooEmbedding.lookup`, where every ID has a row)."""
         flat, shape = _as_id_array(ids, "ids")
-        return torch.from_numpy(self._rows(flat)).reshape(shape)
+        return torch.from_numpy(self._rows_for(flat)[0]).reshape(shape)
 
-    def _rows(self, flat: np.ndarray) -> np.ndarray:
-        return self._rows_flag(flat)[0]
+    def rows_of(self, ids: Tensor) -> Tensor:
+        """Deprecated alias of :meth:`lookup` (warns ``DeprecationWarning``)."""
+        warnings.warn(
+            f"{type(self).__name__}.rows_of is deprecated; use lookup (the same rows)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.lookup(ids)
 
-    def _rows_flag(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
+    def _track(self, out: Tensor) -> Tensor:
+        return out
+
+    def _rows_for(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
         """Rows and the padding_idx to pass torch (None when no entry reads the zero row)."""
         rows = _core.hashed_rows(flat, self.num_embeddings, self.seed, self.num_threads)
         pad_idx = None
@@ -1038,7 +1006,7 @@ class _HashedBase(nn.Module):
         return s
 
 
-class HashedEmbedding(_HashedBase):
+class HashedEmbedding(_Embedding, _HashedBase):
     r"""Hashing-trick ``nn.Embedding`` over raw IDs: row = ``mix64(id, seed) % num_embeddings``.
 
     The baseline for :class:`CuckooEmbedding`, with the same signature and the same
@@ -1058,22 +1026,9 @@ class HashedEmbedding(_HashedBase):
         torch.Size([2, 16])
     """
 
-    def forward(self, input: Tensor) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
-        rows, pad_idx = self._rows_flag(ids)
-        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
-        return F.embedding(
-            idx,
-            self.weight,
-            pad_idx,
-            self.max_norm,
-            self.norm_type,
-            self.scale_grad_by_freq,
-            self.sparse,
-        )
 
 
-class HashedEmbeddingBag(_HashedBase):
+class HashedEmbeddingBag(_Bag, _HashedBase):
     r"""Hashing-trick ``nn.EmbeddingBag`` over raw IDs (see :class:`HashedEmbedding`).
 
     Arguments and shapes as :class:`CuckooEmbeddingBag`.
@@ -1084,46 +1039,3 @@ class HashedEmbeddingBag(_HashedBase):
         >>> bag(torch.tensor([[1, 2], [3, 4]])).shape
         torch.Size([2, 8])
     """
-
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        mode: str = "mean",
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        include_last_offset: bool = False,
-        padding_id: Optional[int] = None,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ):
-        super().__init__(
-            num_embeddings,
-            embedding_dim,
-            padding_id,
-            max_norm,
-            norm_type,
-            scale_grad_by_freq,
-            sparse,
-            _weight,
-            kwargs.pop("_freeze", False),
-            device,
-            dtype,
-            **kwargs,
-        )
-        _init_bag(self, mode, include_last_offset)
-
-    def forward(
-        self,
-        input: Tensor,
-        offsets: Optional[Tensor] = None,
-        per_sample_weights: Optional[Tensor] = None,
-    ) -> Tensor:
-        return _bag_forward(self, input, offsets, per_sample_weights, self._rows_flag)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", mode={self.mode!r}"

@@ -1,0 +1,152 @@
+"""Helpers shared by the embedding modules (``embtab.nn``) and their sharded form
+(``embtab.distributed``): ID tensors, bag arguments, and the per-row optimizer state rules.
+
+Core layer; imports nothing from the research or tools layers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+U64 = 1 << 64
+
+# ID tensors //////////////////////////////////////////////////////////////////////////////////
+
+
+def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
+    """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape).
+
+    Integer dtypes are widened (uint64 is read bitwise); float, complex and bool tensors and
+    non-tensors raise ``TypeError`` naming ``name``, its dtype and shape.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
+    dt = input.dtype
+    if dt.is_floating_point or dt.is_complex or dt == torch.bool:
+        raise TypeError(
+            f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
+            f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
+        )
+    t = input.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if dt == torch.uint64:
+        t = t.view(torch.int64)
+    elif dt != torch.int64:
+        t = t.to(torch.int64)
+    flat = t.reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return flat.numpy(), tuple(input.shape)
+
+
+# bags ////////////////////////////////////////////////////////////////////////////////////////
+
+
+def check_bag_config(mode: object, sparse: bool, scale_grad_by_freq: bool) -> str:
+    """The reduction ``mode`` of a bag module, checked with the options torch refuses beside it.
+
+    Raises ValueError for a mode other than 'sum', 'mean', 'max', and for mode='max' with
+    ``sparse=True`` or ``scale_grad_by_freq=True`` (torch raises those only at the first
+    backward or forward; refusing at construction keeps a forward from inserting IDs first).
+    """
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
+    if mode == "max" and sparse:
+        raise ValueError("mode='max' does not support sparse=True (as in torch)")
+    if mode == "max" and scale_grad_by_freq:
+        raise ValueError("mode='max' does not support scale_grad_by_freq=True (as in torch)")
+    return str(mode)
+
+
+def check_bag_args(
+    input: Tensor,
+    offsets: Optional[Tensor],
+    per_sample_weights: Optional[Tensor],
+    mode: str,
+    include_last_offset: bool,
+    weight: Tensor,
+) -> Optional[Tensor]:
+    """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
+    if input.dim() == 2:
+        if offsets is not None:
+            raise ValueError(
+                f"offsets must be None when input is 2-D (fixed-length bags), "
+                f"got input shape {tuple(input.shape)} and offsets shape "
+                f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}"
+            )
+        off = None
+    elif input.dim() == 1:
+        if offsets is None:
+            raise ValueError(f"offsets is required when input is 1-D (shape {tuple(input.shape)})")
+        if not isinstance(offsets, Tensor):
+            raise TypeError(f"offsets must be a torch.Tensor, got {type(offsets).__name__}")
+        if offsets.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"offsets must have dtype int64 or int32, got {offsets.dtype}")
+        if offsets.dim() != 1:
+            raise ValueError(f"offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        off = offsets.detach().cpu().to(torch.int64)
+        n = input.shape[0]
+        if off.numel() == 0:
+            raise ValueError(
+                f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
+            )
+        o = off.numpy()
+        if o[0] != 0:
+            raise ValueError(
+                f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
+            )
+        if np.any(np.diff(o) < 0):
+            bad = int(np.flatnonzero(np.diff(o) < 0)[0])
+            raise ValueError(
+                f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
+                f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
+            )
+        if o[-1] > n:
+            raise ValueError(
+                f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
+            )
+        if include_last_offset and o[-1] != n:
+            raise ValueError(
+                f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
+                f"in input ({n}), got {int(o[-1])}"
+            )
+    else:
+        raise ValueError(
+            f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "
+            f"got shape {tuple(input.shape)}"
+        )
+    if per_sample_weights is not None:
+        if not isinstance(per_sample_weights, Tensor):
+            raise TypeError(
+                f"per_sample_weights must be a torch.Tensor, got {type(per_sample_weights).__name__}"
+            )
+        if mode != "sum":
+            raise ValueError(
+                f"per_sample_weights is only supported with mode='sum', got mode={mode!r}"
+            )
+        if tuple(per_sample_weights.shape) != tuple(input.shape):
+            raise ValueError(
+                f"per_sample_weights must have the shape of input {tuple(input.shape)}, "
+                f"got {tuple(per_sample_weights.shape)}"
+            )
+        if per_sample_weights.dtype != weight.dtype:
+            raise TypeError(
+                f"per_sample_weights must have the weight's dtype {weight.dtype}, "
+                f"got {per_sample_weights.dtype}"
+            )
+    return off
+
+
+# optimizer state ////////////////////////////////////////////////////////////////////////////
+
+
+def state_fill(key: str, group: dict) -> float:
+    """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
+    if key == "sum":
+        return float(group.get("initial_accumulator_value", 0.0))
+    return 0.0
