@@ -380,3 +380,34 @@ def test_split_keeps_a_train_item_for_every_user(sizes, fraction, seed):
         if fraction > 0:
             assert np.all(n_te[n >= 2] >= 1)
         assert np.all(n_te[n == 1] == 0)
+
+
+# the truth protocol /////////////////////////////////////////////////////////////////////////
+
+
+def test_ground_truth_implements_the_truth_protocol(small):
+    from embtab.data import GroundTruth, Truth
+
+    t = small.truth
+    assert isinstance(t, GroundTruth) and isinstance(t, Truth)
+    p = t.prob([0, 3])
+    assert p.shape == (2, small.n_items) and np.allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(t.pair_prob([0, 3], [5, 9]), [p[0, 5], p[1, 9]])
+    # an object without pair_prob is not a Truth
+    assert not isinstance(object(), Truth)
+
+
+def test_rowsets_split_weights():
+    # row 0 {0, 2}: 1/2 each; row 1 {}: zeros; row 2 {1}: 1
+    w = RowSets.from_lists([[2, 0], [], [1]], n_cols=3).split_weights()
+    np.testing.assert_array_equal(w, [[0.5, 0.0, 0.5], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def test_data_package_keeps_its_import_paths():
+    import embtab.data as d
+    from embtab.data import containers, loaders, split, synthetic, truth
+
+    assert d.power_law is synthetic.power_law and d.Interactions is containers.Interactions
+    assert d.load_dataset is loaders.load_dataset and d.train_test_split is split.train_test_split
+    assert d.GroundTruth is truth.GroundTruth
+    assert sorted(d.__all__) == sorted(n for n in d.__all__ if hasattr(d, n))

@@ -83,6 +83,11 @@ def test_model_truth(tiny):
     p = t.prob([0, 1, 2])
     assert p.shape == (3, tiny.n_items) and np.allclose(p.sum(1), 1)
     assert np.allclose(t.pair_prob([1, 2], [5, 7]), [p[1, 5], p[2, 7]])
+    # the same protocol as the planted truth: code written for one takes the other
+    from embtab.data import Truth
+
+    assert isinstance(t, Truth) and isinstance(tiny.truth, Truth)
+    assert (t.n_users, t.n_items) == (tiny.truth.n_users, tiny.truth.n_items)
 
 
 def test_cli_experiment_feedback(tmp_path, capsys):

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from embtab import metrics
-from embtab.data import Interactions, load_dataset
+from embtab.data import Interactions, Truth, load_dataset
 from embtab.train import (
     TrainConfig,
     build_model,
@@ -109,10 +109,11 @@ METRICS = ("arp@10", "arp_current@10", "gini@10", "coverage@10", "tail_share@10"
 # ground truth for real data /////////////////////////////////////////////////////////////////
 
 
-class ModelTruth:
+class ModelTruth(Truth):
     """p(i|u) = softmax_i(<e_u, e_i>) of an MF model fitted on the full data (real-data truth).
 
-    Duck-types :class:`embtab.data.GroundTruth`'s ``prob(users)`` and ``pair_prob``.
+    Implements the :class:`embtab.data.Truth` protocol, as the planted
+    :class:`embtab.data.GroundTruth` does.
     """
 
     def __init__(self, data: Interactions, epochs: int = 10, seed: int = 0):
