@@ -461,6 +461,8 @@ def _ok():
     ({"scores": np.array([[0.4, np.inf, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])}, ValueError,
      r"scores row 0 holds \+inf"),
     ({"num_threads": -1}, ValueError, "num_threads must be >= 0"),
+    ({"num_threads": 2**31}, ValueError, r"num_threads must be < 2\*\*31"),
+    ({"num_threads": 1.0}, TypeError, "num_threads must be an int"),
 ])
 def test_bad_input(change, exc, match):
     args = _ok()
@@ -494,6 +496,7 @@ def test_bad_input_csr():
     ((np.zeros((2, 5)), 6), ValueError, r"k must be in \[1, N\] with N = 5"),
     ((np.zeros((2, 5)), 0), ValueError, r"k must be in \[1, N\]"),
     ((np.array([[0.0, 1.0], [np.nan, 0.0]]), 1), ValueError, "scores row 1 holds NaN"),
+    ((np.zeros((2, 5)), 1, 2**31), ValueError, r"num_threads must be < 2\*\*31"),
 ])
 def test_topk_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):

@@ -308,11 +308,28 @@ def test_bad_ids_raise_and_change_nothing(bad, exc, match):
         (dict(max_size=0), ValueError, "max_size"),
         (dict(seed=2**64), ValueError, "seed"),
         (dict(num_threads=-1), ValueError, "num_threads"),
+        (dict(num_threads=2**31), ValueError, r"num_threads must be < 2\*\*31"),
+        (dict(growth_factor=float("inf")), ValueError, "growth_factor"),
+        (dict(growth_factor=float("nan")), ValueError, "growth_factor"),
+        (dict(max_load_factor=float("nan")), ValueError, "max_load_factor"),
+        (dict(capacity=2**64), ValueError, "capacity"),
+        (dict(max_size=2**64), ValueError, "max_size"),
     ],
 )
 def test_bad_config(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         CuckooTable(**kwargs)
+
+
+def test_thread_count_beyond_int_is_a_value_error_naming_it():
+    t = CuckooTable()
+    t.lookup_or_insert(u64([1, 2]))
+    for op in (t.lookup_or_insert, t.lookup, t.contains):
+        with pytest.raises(ValueError, match=r"num_threads must be < 2\*\*31, got 2147483648"):
+            op(u64([3]), num_threads=2**31)
+    with pytest.raises(ValueError, match="num_threads"):
+        CuckooTable.from_bytes(t.to_bytes(), num_threads=2**40)
+    assert t.items()[0].tolist() == [1, 2]
 
 
 def test_from_items_rejects_inconsistent_maps():
@@ -403,6 +420,12 @@ def test_foreign_and_missing_files(tmp_path):
         CuckooTable.load(tmp_path / "absent.bin")
     with pytest.raises(TypeError):
         CuckooTable.from_bytes("not bytes")
+    # A path with a NUL byte would name a shorter path to the C library: refused, nothing written.
+    with pytest.raises(ValueError, match="NUL byte"):
+        small_table().save(str(tmp_path / "a") + "\0b")
+    with pytest.raises(ValueError, match="NUL byte"):
+        CuckooTable.load(str(tmp_path / "a") + "\0b")
+    assert not (tmp_path / "a").exists()
 
 
 def test_failed_save_leaves_old_file_intact(tmp_path):

@@ -78,6 +78,14 @@ inline IdView as_ids(const py::handle& obj, const char* name) {
     return v;
 }
 
+// check_path refuses a path holding a NUL byte (the C library would read a shorter path):
+// ValueError naming the argument, as Python's open() does.
+inline void check_path(const std::string& path, const char* name) {
+    if (path.find('\0') != std::string::npos) {
+        throw py::value_error(std::string(name) + " must not contain a NUL byte");
+    }
+}
+
 // check_threads validates a num_threads argument (0 = all hardware threads).
 inline int check_threads(int num_threads) {
     if (num_threads < 0) {

@@ -3,6 +3,7 @@
 
 namespace py = pybind11;
 
+void bind_io(py::module_& m);
 void bind_table(py::module_& m);
 void bind_rerank(py::module_& m);
 void bind_ops(py::module_& m);
@@ -15,6 +16,7 @@ PYBIND11_MODULE(_core, m) {
 #else
     m.attr("_sanitized") = false;
 #endif
+    bind_io(m);
     bind_table(m);
     bind_rerank(m);
     bind_ops(m);

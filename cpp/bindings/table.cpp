@@ -66,9 +66,6 @@ void bind_table(py::module_& m) {
             py::object cls = py::module_::import("embtab._errors").attr("TableFullError");
             py::object exc = cls(e.what(), e.capacity, e.load_factor);
             PyErr_SetObject(cls.ptr(), exc.ptr());
-        } catch (const embtab::IoError& e) {
-            py::object exc = py::module_::import("builtins").attr("OSError")(e.error, e.what());
-            PyErr_SetObject(PyExc_OSError, exc.ptr());
         }
     });
 
@@ -186,12 +183,14 @@ void bind_table(py::module_& m) {
                     })
         .def("save",
              [](const CuckooTable& t, const std::string& path) {
+                 embtab_py::check_path(path, "path");
                  py::gil_scoped_release release;
                  embtab::atomic_write_file(path, t.serialize());
              },
              py::arg("path"))
         .def_static("load",
                     [](const std::string& path) {
+                        embtab_py::check_path(path, "path");
                         py::gil_scoped_release release;
                         const std::string data = embtab::read_file(path);
                         try {

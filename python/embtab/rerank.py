@@ -22,12 +22,12 @@ once, for many calls), :func:`genre_distribution`, :func:`user_distribution`,
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from embtab import _core
+from embtab._checks import check_int, check_real, check_threads, is_sparse, shape_str
 
 __all__ = [
     "ItemDistribution",
@@ -66,39 +66,13 @@ class RerankResult(NamedTuple):
 # validation ###################################################################################
 
 
-def _shape(a) -> str:
-    return str(tuple(np.shape(a)))
-
-
-def _is_sparse(x) -> bool:
-    # scipy is optional: only look for it when the object could be one of its matrices.
-    mod = type(x).__module__
-    if not mod.startswith("scipy"):
-        return False
-    import scipy.sparse as sp
-
-    return sp.issparse(x)
-
-
-def _check_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
-
-
-def _check_real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
 def _check_scores(scores) -> np.ndarray:
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
     if scores.dtype not in (np.float32, np.float64):
         raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
     if scores.ndim != 2:
-        raise ValueError(f"scores must be 2-D [U, C], got shape {_shape(scores)}")
+        raise ValueError(f"scores must be 2-D [U, C], got shape {shape_str(scores)}")
     return np.ascontiguousarray(scores)
 
 
@@ -129,7 +103,7 @@ def _check_target(target, U: int) -> np.ndarray:
     if target.dtype.kind != "f":
         raise TypeError(f"target must have a float dtype, got {target.dtype}")
     if target.ndim != 2 or target.shape[0] != U:
-        raise ValueError(f"target must be 2-D [U, G] with U = {U} (the rows of scores), got shape {_shape(target)}")
+        raise ValueError(f"target must be 2-D [U, G] with U = {U} (the rows of scores), got shape {shape_str(target)}")
     t = np.ascontiguousarray(target, dtype=np.float64)
     _check_distribution_rows(t, "target", allow_zero_rows=True)
     return t
@@ -138,12 +112,12 @@ def _check_target(target, U: int) -> np.ndarray:
 def _item_csr(item_dist, G: int):
     """Validate item_dist ([n_items, G] dense or scipy CSR) and return its CSR arrays:
     (indptr int64, genre int32, wclass int32, distinct weights float64)."""
-    if _is_sparse(item_dist):
+    if is_sparse(item_dist):
         if item_dist.format != "csr":
             raise TypeError(f"item_dist must be dense or scipy CSR, got scipy {item_dist.format.upper()}")
         if item_dist.ndim != 2 or item_dist.shape[1] != G:
             raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
-                             f"got shape {_shape(item_dist)}")
+                             f"got shape {shape_str(item_dist)}")
         if item_dist.dtype.kind != "f":
             raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
         m = item_dist.copy()
@@ -169,7 +143,7 @@ def _item_csr(item_dist, G: int):
             raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
         if item_dist.ndim != 2 or item_dist.shape[1] != G:
             raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
-                             f"got shape {_shape(item_dist)}")
+                             f"got shape {shape_str(item_dist)}")
         d = np.asarray(item_dist, dtype=np.float64)
         _check_distribution_rows(d, "item_dist", allow_zero_rows=False)
         # flatnonzero of a bool mask, then divmod: ~6x faster than np.nonzero on the float matrix
@@ -180,13 +154,6 @@ def _item_csr(item_dist, G: int):
         vals = d.ravel()[flat]
     weights, wclass = np.unique(vals, return_inverse=True)
     return indptr, genre, np.ascontiguousarray(wclass.astype(np.int32).ravel()), np.ascontiguousarray(weights)
-
-
-def _check_threads(num_threads) -> int:
-    n = _check_int(num_threads, "num_threads")
-    if n < 0:
-        raise ValueError(f"num_threads must be >= 0 (0 = all hardware threads), got {n}")
-    return n
 
 
 # public API ###################################################################################
@@ -241,10 +208,10 @@ class ItemDistribution:
             self._csr = item_dist._csr
             self.n_items, self.n_genres, self.nnz = item_dist.n_items, item_dist.n_genres, item_dist.nnz
             return
-        if not (_is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
+        if not (is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
             raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
         if len(item_dist.shape) != 2:
-            raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {_shape(item_dist)}")
+            raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(item_dist)}")
         csr = _item_csr(item_dist, int(item_dist.shape[1]))
         for a in csr:
             a.setflags(write=False)
@@ -369,20 +336,16 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
     """
     s = _check_scores(scores)
     U, C = s.shape
-    k = _check_int(k, "k")
+    k = check_int(k, "k")
     if not 1 <= k <= C:
-        raise ValueError(f"k must be in [1, C] with C = {C} (scores has shape {_shape(s)}), got {k}")
-    lam = _check_real(lam, "lam")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
-    alpha = _check_real(alpha, "alpha")
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    num_threads = _check_threads(num_threads)
+        raise ValueError(f"k must be in [1, C] with C = {C} (scores has shape {shape_str(s)}), got {k}")
+    lam = check_real(lam, "lam", min=0.0, max=1.0)
+    alpha = check_real(alpha, "alpha", min=0.0, max=1.0, max_open=True)
+    num_threads = check_threads(num_threads)
     t = _check_target(target, U)
     if isinstance(item_dist, ItemDistribution):
         if item_dist.n_genres != t.shape[1]:
-            raise ValueError(f"item_dist has G = {item_dist.n_genres} categories but target has shape {_shape(t)}")
+            raise ValueError(f"item_dist has G = {item_dist.n_genres} categories but target has shape {shape_str(t)}")
         indptr, genre, wclass, weights = item_dist._csr
     else:
         indptr, genre, wclass, weights = _item_csr(item_dist, t.shape[1])
@@ -393,7 +356,7 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
         if candidates.dtype != np.int64:
             raise TypeError(f"candidates must have dtype int64, got {candidates.dtype} (ids are never cast)")
         if candidates.shape != s.shape:
-            raise ValueError(f"candidates must have the shape of scores {_shape(s)}, got shape {_shape(candidates)}")
+            raise ValueError(f"candidates must have the shape of scores {shape_str(s)}, got shape {shape_str(candidates)}")
         cand = np.ascontiguousarray(candidates)
     out = _core.rerank_calibrated(s, cand, indptr, genre, wclass, weights, t, k, lam, alpha, num_threads,
                                   bool(return_objective))
@@ -432,10 +395,10 @@ def topk(scores, k, num_threads=0):
     array([[1, 3]])
     """
     s = _check_scores(scores)
-    k = _check_int(k, "k")
+    k = check_int(k, "k")
     if not 1 <= k <= s.shape[1]:
-        raise ValueError(f"k must be in [1, N] with N = {s.shape[1]} (scores has shape {_shape(s)}), got {k}")
-    return _core.topk(s, k, _check_threads(num_threads))
+        raise ValueError(f"k must be in [1, N] with N = {s.shape[1]} (scores has shape {shape_str(s)}), got {k}")
+    return _core.topk(s, k, check_threads(num_threads))
 
 
 def genre_distribution(item_genres, n_genres=None):
@@ -475,7 +438,7 @@ def genre_distribution(item_genres, n_genres=None):
         return ind / counts[:, None].astype(np.float64)
     lists = [np.unique(np.asarray(g, dtype=np.int64)) for g in item_genres]
     top = max((int(g.max()) for g in lists if g.size), default=-1)
-    G = top + 1 if n_genres is None else _check_int(n_genres, "n_genres")
+    G = top + 1 if n_genres is None else check_int(n_genres, "n_genres")
     out = np.zeros((len(lists), G), dtype=np.float64)
     for i, g in enumerate(lists):
         if g.size == 0:
@@ -515,17 +478,17 @@ def user_distribution(histories, item_dist):
     array([[0.75, 0.25],
            [0.  , 0.  ]])
     """
-    if isinstance(item_dist, ItemDistribution) or _is_sparse(item_dist):
+    if isinstance(item_dist, ItemDistribution) or is_sparse(item_dist):
         dense = np.asarray(item_dist.toarray(), dtype=np.float64)
     else:
         dense = np.asarray(item_dist, dtype=np.float64)
     if dense.ndim != 2:
-        raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {_shape(dense)}")
+        raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(dense)}")
     n_items = dense.shape[0]
-    if _is_sparse(histories):
+    if is_sparse(histories):
         h = histories.tocsr()
         if h.shape[1] != n_items:
-            raise ValueError(f"histories must be [U, n_items] with n_items = {n_items}, got shape {_shape(h)}")
+            raise ValueError(f"histories must be [U, n_items] with n_items = {n_items}, got shape {shape_str(h)}")
         num = np.asarray(h @ dense, dtype=np.float64)
         den = np.asarray(h.sum(axis=1), dtype=np.float64).ravel()
     else:
@@ -575,7 +538,7 @@ def popularity_bins(item_counts, bins=(0.2, 0.8)):
     """
     c = np.asarray(item_counts, dtype=np.float64)
     if c.ndim != 1:
-        raise ValueError(f"item_counts must be 1-D [n_items], got shape {_shape(c)}")
+        raise ValueError(f"item_counts must be 1-D [n_items], got shape {shape_str(c)}")
     if not np.isfinite(c).all() or (c < 0).any():
         raise ValueError("item_counts must be finite and >= 0")
     b = np.asarray(bins, dtype=np.float64)
@@ -620,14 +583,14 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
     """
     lists = np.asarray(lists)
     if lists.ndim != 2 or lists.dtype.kind not in "iu":
-        raise ValueError(f"lists must be a 2-D integer array [U, k], got shape {_shape(lists)} dtype {lists.dtype}")
+        raise ValueError(f"lists must be a 2-D integer array [U, k], got shape {shape_str(lists)} dtype {lists.dtype}")
     p = np.asarray(target, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != lists.shape[0]:
-        raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {_shape(p)}")
+        raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {shape_str(p)}")
     U, k = lists.shape
     if isinstance(item_dist, ItemDistribution):
         item_dist = item_dist.toarray()
-    if _is_sparse(item_dist):
+    if is_sparse(item_dist):
         q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
     else:
         q = np.asarray(item_dist, dtype=np.float64)[lists].mean(axis=1)

@@ -8,27 +8,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from embtab import _core
+from embtab._checks import U64, check_bytes, check_int, check_real, check_seed, check_threads
 from embtab._errors import TableFullError
 
 __all__ = ["CuckooTable", "TableFullError"]
-
-
-def _check_threads(num_threads: Optional[int], default: int) -> int:
-    if num_threads is None:
-        return default
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)):
-        raise TypeError(f"num_threads must be an int, got {type(num_threads).__name__}")
-    if num_threads < 0:
-        raise ValueError(f"num_threads must be >= 0 (0 = all hardware threads), got {num_threads}")
-    return int(num_threads)
-
-
-def _check_count(value, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class CuckooTable:
@@ -96,19 +79,15 @@ class CuckooTable:
         seed: int = 0,
         num_threads: int = 0,
     ):
-        capacity = _check_count(capacity, "capacity")
+        capacity = check_int(capacity, "capacity", min=0, max=U64 - 1)
         if max_size is not None:
-            max_size = _check_count(max_size, "max_size", 1)
-        seed = _check_count(seed, "seed")
-        if seed >= 2**64:
-            raise ValueError(f"seed must be < 2**64, got {seed}")
-        for name, value in (("growth_factor", growth_factor), ("max_load_factor", max_load_factor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-        self._num_threads = _check_threads(num_threads, 0)
-        self._t = _core._CuckooTable(
-            capacity, float(growth_factor), float(max_load_factor), max_size or 0, seed
-        )
+            max_size = check_int(max_size, "max_size", min=1, max=U64 - 1)
+        seed = check_seed(seed)
+        # The ranges are checked by the C++ core (TableConfig::validate), after these types.
+        growth_factor = check_real(growth_factor, "growth_factor")
+        max_load_factor = check_real(max_load_factor, "max_load_factor")
+        self._num_threads = check_threads(num_threads, default=0)
+        self._t = _core._CuckooTable(capacity, growth_factor, max_load_factor, max_size or 0, seed)
 
     @classmethod
     def _wrap(cls, core, num_threads: int = 0) -> "CuckooTable":
@@ -137,15 +116,15 @@ class CuckooTable:
         TableFullError
             If ``max_size`` would be exceeded; the table is then left exactly as it was.
         """
-        return self._t.lookup_or_insert(ids, _check_threads(num_threads, self._num_threads))
+        return self._t.lookup_or_insert(ids, check_threads(num_threads, default=self._num_threads))
 
     def lookup(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
         """Rows of ``ids`` (int64, shape (n,)), ``-1`` where an ID is absent. Never inserts."""
-        return self._t.lookup(ids, _check_threads(num_threads, self._num_threads))
+        return self._t.lookup(ids, check_threads(num_threads, default=self._num_threads))
 
     def contains(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
         """Boolean array, shape (n,): whether each ID is in the table."""
-        return self._t.contains(ids, _check_threads(num_threads, self._num_threads))
+        return self._t.contains(ids, check_threads(num_threads, default=self._num_threads))
 
     def erase(self, ids: np.ndarray) -> int:
         """Remove ``ids``; their rows become free for new IDs (lowest first).
@@ -158,7 +137,7 @@ class CuckooTable:
 
     def reserve(self, n: int) -> None:
         """Grow now so that ``n`` IDs fit without passing ``max_load_factor``."""
-        self._t.reserve(_check_count(n, "n"))
+        self._t.reserve(check_int(n, "n", min=0, max=U64 - 1))
 
     def clear(self) -> None:
         """Remove every ID (the next new ID gets row 0). Keeps the capacity."""
@@ -235,7 +214,7 @@ class CuckooTable:
         if num_rows is None:
             num_rows = int(rows.max()) + 1 if rows.size else 0
         table = cls(**kwargs)
-        table._t.assign(keys, rows, _check_count(num_rows, "num_rows"))
+        table._t.assign(keys, rows, check_int(num_rows, "num_rows", min=0, max=U64 - 1))
         return table
 
     def save(self, path: "os.PathLike[str] | str") -> None:
@@ -261,7 +240,7 @@ class CuckooTable:
             If the file cannot be read.
         """
         return cls._wrap(_core._CuckooTable.load(os.fsdecode(os.fspath(path))),
-                         _check_threads(num_threads, 0))
+                         check_threads(num_threads, default=0))
 
     def to_bytes(self) -> bytes:
         """The table in :meth:`save`'s file format."""
@@ -270,9 +249,8 @@ class CuckooTable:
     @classmethod
     def from_bytes(cls, data: bytes, num_threads: int = 0) -> "CuckooTable":
         """Inverse of :meth:`to_bytes`; raises ``ValueError`` on corrupt input."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes, got {type(data).__name__}")
-        return cls._wrap(_core._CuckooTable.from_bytes(bytes(data)), _check_threads(num_threads, 0))
+        data = check_bytes(data)
+        return cls._wrap(_core._CuckooTable.from_bytes(data), check_threads(num_threads, default=0))
 
     def __reduce__(self):
         return (_restore, (self.to_bytes(), self._num_threads))

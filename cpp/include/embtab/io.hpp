@@ -11,13 +11,18 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace embtab {
 
-// IoError: the operating system refused a read or write; carries errno's text and the path.
+// IoError: the operating system refused a read or write. what() is the failed step with the
+// file it touched and errno's text; `error` is errno and `path` the caller's path (the file
+// being written or read, not a temporary).
 struct IoError : std::runtime_error {
-    IoError(const std::string& what, int err) : std::runtime_error(what + ": " + std::strerror(err)), error(err) {}
+    IoError(const std::string& what, int err, std::string path_)
+        : std::runtime_error(what + ": " + std::strerror(err)), error(err), path(std::move(path_)) {}
     int error;
+    std::string path;
 };
 
 // atomic_write_file replaces `path` with `data` so that a crash or an error at any point
@@ -28,12 +33,15 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
     std::random_device rd;
     const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) throw IoError("cannot create " + tmp, errno);
+    if (fd < 0) {
+        const int err = errno;
+        throw IoError("cannot create " + tmp, err, path);
+    }
     auto fail = [&](const std::string& what) {
         const int err = errno;
         ::close(fd);
         ::unlink(tmp.c_str());
-        throw IoError(what + " " + tmp, err);
+        throw IoError(what + " " + tmp, err, path);
     };
     std::size_t done = 0;
     while (done < data.size()) {
@@ -48,12 +56,12 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
     if (::close(fd) != 0) {
         const int err = errno;
         ::unlink(tmp.c_str());
-        throw IoError("cannot close " + tmp, err);
+        throw IoError("cannot close " + tmp, err, path);
     }
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         const int err = errno;
         ::unlink(tmp.c_str());
-        throw IoError("cannot rename " + tmp + " to " + path, err);
+        throw IoError("cannot rename " + tmp + " to " + path, err, path);
     }
     const auto slash = path.find_last_of('/');
     const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
@@ -67,7 +75,10 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
 // read_file returns the whole content of `path`; throws IoError if it cannot be read.
 inline std::string read_file(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IoError("cannot open " + path, errno);
+    if (fd < 0) {
+        const int err = errno;
+        throw IoError("cannot open " + path, err, path);
+    }
     std::string out;
     char buf[1 << 16];
     for (;;) {
@@ -76,7 +87,7 @@ inline std::string read_file(const std::string& path) {
             if (errno == EINTR) continue;
             const int err = errno;
             ::close(fd);
-            throw IoError("cannot read " + path, err);
+            throw IoError("cannot read " + path, err, path);
         }
         if (r == 0) break;
         out.append(buf, static_cast<std::size_t>(r));
