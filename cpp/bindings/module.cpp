@@ -7,6 +7,7 @@ void bind_io(py::module_& m);
 void bind_table(py::module_& m);
 void bind_rerank(py::module_& m);
 void bind_ops(py::module_& m);
+void bind_optim(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "embtab's compiled core (private; use the embtab package)";
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
     bind_table(m);
     bind_rerank(m);
     bind_ops(m);
+    bind_optim(m);
 }

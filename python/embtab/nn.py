@@ -43,6 +43,7 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
+from embtab.optim import FusedOptimizer
 
 __all__ = [
     "OnFull",
@@ -226,6 +227,18 @@ def _optimizer_step_pre_hook(optimizer, args, kwargs):
 register_optimizer_step_pre_hook(_optimizer_step_pre_hook)
 
 
+def _attach_optimizer(module, optimizer) -> None:
+    """Sets ``module.optimizer`` and registers its state buffers (see :mod:`embtab.optim`)."""
+    if optimizer is not None and not isinstance(optimizer, FusedOptimizer):
+        raise TypeError(
+            f"optimizer must be None or an embtab.optim optimizer (SGD, Adagrad, RowWiseAdagrad, "
+            f"Adam), got {type(optimizer).__name__}; torch optimizers go over model.parameters()"
+        )
+    module.optimizer = optimizer
+    if optimizer is not None:
+        optimizer.attach(module)
+
+
 def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
     """Gradient `g` of a smaller weight (its last row is the old zero row) as one of `shape`."""
     keep = min(g.shape[0], shape[0]) - 1
@@ -267,6 +280,7 @@ class _CuckooBase(nn.Module):
         init: Union[None, str, EmbeddingInit] = None,
         seed: int = 0,
         num_threads: int = 0,
+        optimizer: Optional[FusedOptimizer] = None,
     ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
@@ -332,6 +346,7 @@ class _CuckooBase(nn.Module):
             self.register_buffer("admission_sketch", torch.zeros(depth, width, dtype=torch.int64))
         self._pending_rows: list = []
         self._table = self._new_table()
+        _attach_optimizer(self, optimizer)
 
     # table plumbing ---------------------------------------------------------------------------
 
@@ -494,6 +509,8 @@ class _CuckooBase(nn.Module):
             self.row_last_step.numpy()[rows] = 0
         elif self.on_full == OnFull.EVICT_LFU:
             self.row_count.numpy()[rows] = 0
+        if self.optimizer is not None:
+            self.optimizer.reset_rows(self, rows)
         self._pending_rows.append(rows)
         _PENDING.add(self)
         return rows
@@ -544,6 +561,8 @@ class _CuckooBase(nn.Module):
                 nb = torch.zeros(new_R, dtype=b.dtype)
                 nb[:keep] = b[:keep]
                 self._buffers[name] = nb
+        if self.optimizer is not None:
+            self.optimizer.resize_state(self, new_R)
         self.num_embeddings = new_R
 
     def _grow(self, new_R: int):
@@ -686,6 +705,8 @@ class _Embedding:
         ids, shape = _as_id_array(input, "input")
         rows, padding_idx = self._rows_for(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        if self.optimizer is not None:
+            return self._track(self.optimizer.lookup(self, idx, None, None, padding_idx, bag=False))
         out = F.embedding(
             idx,
             self.weight,
@@ -749,6 +770,9 @@ class _Bag:
         rows, padding_idx = self._rows_for(ids)
         dev = self.weight.device
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
+        if self.optimizer is not None:
+            out = self.optimizer.lookup(self, idx, off, per_sample_weights, padding_idx, bag=True)
+            return self._track(out)
         out = F.embedding_bag(
             idx,
             self.weight,
@@ -810,6 +834,10 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
     num_threads : int
         Threads for the remap (0 = all hardware threads, as CuckooTable; batches of up to
         16,384 IDs run on the calling thread).
+    optimizer : embtab.optim.FusedOptimizer, optional
+        A fused sparse optimizer (:mod:`embtab.optim`) applied in backward to the rows the
+        batch touched, in place; ``weight`` then gets no ``.grad``, so an outer torch optimizer
+        over ``model.parameters()`` leaves it alone. Its state lives in buffers ``opt_*``.
 
     Shape
     -----
@@ -864,7 +892,8 @@ class CuckooEmbeddingBag(_Bag, _CuckooBase):
         A raw ID left out of every bag's reduction (also for ``"mean"``'s count, as
         ``nn.EmbeddingBag(padding_idx=...)`` does); not-yet-admitted IDs (``min_count``) and,
         in ``eval()`` mode, unknown IDs are left out the same way.
-    on_full, growth_factor, min_count, admission_eps, admission_delta, init, seed, num_threads
+    on_full, growth_factor, min_count, admission_eps, admission_delta, init, seed, num_threads,
+    optimizer
         As in :class:`CuckooEmbedding`.
 
     Shape
@@ -905,6 +934,7 @@ class _HashedBase(nn.Module):
         init: Union[None, str, EmbeddingInit] = None,
         seed: int = 0,
         num_threads: int = 0,
+        optimizer: Optional[FusedOptimizer] = None,
     ):
         super().__init__()
         self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
@@ -935,6 +965,7 @@ class _HashedBase(nn.Module):
                 w.device
             )
         self.weight = nn.Parameter(w, requires_grad=not _freeze)
+        _attach_optimizer(self, optimizer)
 
     def lookup(self, ids: Tensor) -> Tensor:
         """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
@@ -1012,7 +1043,8 @@ class HashedEmbedding(_Embedding, _HashedBase):
     The baseline for :class:`CuckooEmbedding`, with the same signature and the same
     ``weight`` shape ``[num_embeddings + 1, embedding_dim]`` (the last row is the zero row
     read by ``padding_id``), so the two compare at equal memory. Distinct IDs may share a row;
-    :meth:`collision_report` measures how many do. Row ``r`` starts as the init vector of
+    :meth:`collision_report` measures how many do. ``optimizer=`` takes a fused optimizer as
+    :class:`CuckooEmbedding`'s does. Row ``r`` starts as the init vector of
     ``(seed, r)`` (default N(0, 1)).
 
     Shape

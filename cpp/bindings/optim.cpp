@@ -1,0 +1,183 @@
+// cpp/bindings/optim.cpp: Python binding of embtab/optim.hpp (private helper of embtab.optim).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common.hpp"
+#include "embtab/optim.hpp"
+
+namespace py = pybind11;
+using embtab_py::check_threads;
+using embtab_py::dtype_str;
+using embtab_py::shape_str;
+
+namespace {
+
+// float_kind returns 4 or 8 for a native-order float32 / float64 array, else 0.
+int float_kind(const py::array& a) {
+    if (!embtab_py::native_order(a) || a.dtype().kind() != 'f') return 0;
+    const auto s = a.dtype().itemsize();
+    return s == 4 || s == 8 ? static_cast<int>(s) : 0;
+}
+
+// as_float_array checks `obj` is a C-contiguous ndarray of the weight's dtype (itemsize `fk`)
+// with `ndim` dimensions, writeable if asked; throws TypeError / ValueError naming `name`.
+py::array as_float_array(const py::handle& obj, const char* name, int fk, int ndim, bool writeable) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (float_kind(a) != fk) {
+        throw py::type_error(std::string(name) + " must have the weight's dtype " + (fk == 4 ? "float32" : "float64") +
+                             ", got " + dtype_str(a));
+    }
+    if (a.ndim() != ndim) {
+        throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
+    }
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (writeable && !a.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+    return a;
+}
+
+// as_i64 checks `obj` is a 1-D C-contiguous native int64 ndarray.
+py::array as_i64(const py::handle& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray of int64, got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!embtab_py::native_order(a) || a.dtype().kind() != 'i' || a.dtype().itemsize() != 8) {
+        throw py::type_error(std::string(name) + " must have dtype int64, got " + dtype_str(a));
+    }
+    if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D, got shape " + shape_str(a));
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    return a;
+}
+
+embtab::OptimKind parse_kind(const std::string& kind) {
+    if (kind == "sgd") return embtab::OptimKind::kSGD;
+    if (kind == "adagrad") return embtab::OptimKind::kAdagrad;
+    if (kind == "rowwise_adagrad") return embtab::OptimKind::kRowWiseAdagrad;
+    if (kind == "adam") return embtab::OptimKind::kAdam;
+    throw py::value_error("kind must be 'sgd', 'adagrad', 'rowwise_adagrad' or 'adam', got '" + kind + "'");
+}
+
+template <class T>
+std::size_t run(py::array& w, const py::array& rows, const py::array& grad, const py::object& offsets,
+                const py::object& psw, bool mean, bool by_freq, std::int64_t skip_row, py::object& s1, py::object& s2,
+                const embtab::OptimStep& p, int threads) {
+    embtab::BatchGrad<T> bg;
+    bg.grad = static_cast<const T*>(grad.data());
+    bg.num_bags = static_cast<std::size_t>(grad.shape(0));
+    bg.offsets = offsets.is_none() ? nullptr : static_cast<const std::int64_t*>(py::array(offsets).data());
+    bg.psw = psw.is_none() ? nullptr : static_cast<const T*>(py::array(psw).data());
+    bg.mean = mean;
+    bg.by_freq = by_freq;
+    T* wp = static_cast<T*>(w.mutable_data());
+    T* s1p = s1.is_none() ? nullptr : static_cast<T*>(py::array(s1).mutable_data());
+    T* s2p = s2.is_none() ? nullptr : static_cast<T*>(py::array(s2).mutable_data());
+    const auto* rp = static_cast<const std::int64_t*>(rows.data());
+    const auto n = static_cast<std::size_t>(rows.shape(0));
+    const auto R = static_cast<std::size_t>(w.shape(0));
+    const auto d = static_cast<std::size_t>(w.shape(1));
+    py::gil_scoped_release release;
+    return embtab::fused_step<T>(wp, R, d, rp, n, skip_row, bg, s1p, s2p, p, threads);
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+    m.def(
+        "fused_step",
+        [](const py::handle& weight_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+           const py::handle& offsets_obj, const py::handle& psw_obj, bool mean, bool scale_grad_by_freq,
+           std::int64_t skip_row, const py::handle& state1_obj, const py::handle& state2_obj, const std::string& kind,
+           double lr, double eps, double momentum, bool nesterov, double weight_decay, double beta1, double beta2,
+           int num_threads) {
+            if (!py::isinstance<py::array>(weight_obj)) throw py::type_error("weight must be a numpy.ndarray");
+            const int fk = float_kind(py::reinterpret_borrow<py::array>(weight_obj));
+            if (fk == 0) {
+                throw py::type_error("weight must have dtype float32 or float64, got " +
+                                     dtype_str(py::reinterpret_borrow<py::array>(weight_obj)));
+            }
+            py::array w = as_float_array(weight_obj, "weight", fk, 2, true);
+            const auto R = w.shape(0), d = w.shape(1);
+            py::array rows = as_i64(rows_obj, "rows");
+            const auto n = rows.shape(0);
+            py::array grad = as_float_array(grad_obj, "grad", fk, 2, false);
+            if (grad.shape(1) != d) {
+                throw py::value_error("grad must have " + std::to_string(d) + " columns (the weight's), got shape " +
+                                      shape_str(grad));
+            }
+            py::object offsets = py::none();
+            if (!offsets_obj.is_none()) {
+                py::array off = as_i64(offsets_obj, "offsets");
+                if (off.shape(0) != grad.shape(0) + 1) {
+                    throw py::value_error("offsets must have grad.shape[0] + 1 = " + std::to_string(grad.shape(0) + 1) +
+                                          " entries (CSR), got shape " + shape_str(off));
+                }
+                const auto* o = static_cast<const std::int64_t*>(off.data());
+                if (o[0] != 0 || o[off.shape(0) - 1] != n) {
+                    throw py::value_error("offsets must start at 0 and end at len(rows) = " + std::to_string(n));
+                }
+                for (py::ssize_t b = 0; b + 1 < off.shape(0); ++b) {
+                    if (o[b + 1] < o[b]) throw py::value_error("offsets must be non-decreasing");
+                }
+                offsets = off;
+            } else if (grad.shape(0) != n) {
+                throw py::value_error("without offsets grad must have one row per entry of rows (" + std::to_string(n) +
+                                      "), got shape " + shape_str(grad));
+            }
+            if (mean && offsets.is_none()) throw py::value_error("mean=True needs offsets");
+            py::object psw = py::none();
+            if (!psw_obj.is_none()) {
+                py::array ps = as_float_array(psw_obj, "per_sample_weights", fk, 1, false);
+                if (ps.shape(0) != n) {
+                    throw py::value_error("per_sample_weights must have shape (" + std::to_string(n) + ",), got " +
+                                          shape_str(ps));
+                }
+                psw = ps;
+            }
+            embtab::OptimStep p;
+            p.kind = parse_kind(kind);
+            p.lr = lr;
+            p.eps = eps;
+            p.momentum = momentum;
+            p.nesterov = nesterov;
+            p.weight_decay = weight_decay;
+            p.beta1 = beta1;
+            p.beta2 = beta2;
+            const bool need1 = p.kind != embtab::OptimKind::kSGD || momentum != 0.0;
+            const bool need2 = p.kind == embtab::OptimKind::kAdam;
+            py::object s1 = py::none(), s2 = py::none();
+            if (need1) {
+                const bool rowwise = p.kind == embtab::OptimKind::kRowWiseAdagrad;
+                py::array a = as_float_array(state1_obj, "state1", fk, rowwise ? 1 : 2, true);
+                if (a.shape(0) != R || (!rowwise && a.shape(1) != d)) {
+                    throw py::value_error(std::string("state1 must have shape ") + (rowwise ? "(" : "(") +
+                                          std::to_string(R) + (rowwise ? ",)" : ", " + std::to_string(d) + ")") +
+                                          ", got " + shape_str(a));
+                }
+                s1 = a;
+            }
+            if (need2) {
+                py::array a = as_float_array(state2_obj, "state2", fk, 2, true);
+                if (a.shape(0) != R || a.shape(1) != d) {
+                    throw py::value_error("state2 must have shape (" + std::to_string(R) + ", " + std::to_string(d) +
+                                          "), got " + shape_str(a));
+                }
+                s2 = a;
+            }
+            const int threads = check_threads(num_threads);
+            if (fk == 4) return run<float>(w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p, threads);
+            return run<double>(w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p, threads);
+        },
+        py::arg("weight"), py::arg("rows"), py::arg("grad"), py::arg("offsets"), py::arg("per_sample_weights"),
+        py::arg("mean"), py::arg("scale_grad_by_freq"), py::arg("skip_row"), py::arg("state1"), py::arg("state2"),
+        py::arg("kind"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("momentum") = 0.0, py::arg("nesterov") = false,
+        py::arg("weight_decay") = 0.0, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("num_threads") = 1,
+        "one fused optimizer step on the distinct rows of `rows` (in place); returns how many rows it updated");
+}

@@ -1,0 +1,537 @@
+"""Fused sparse optimizers, applied inside the embedding modules' backward.
+
+Pass one of :class:`SGD`, :class:`Adagrad`, :class:`RowWiseAdagrad` or :class:`Adam` to an
+:mod:`embtab.nn` module as ``optimizer=``. In backward the module sums the gradient of each
+distinct row the batch touched (in C++, without a sort: each row's occurrences are grouped by
+counting) and applies one optimizer step to those rows in place, multi-threaded by rows with
+the GIL released; the result is the same bits for any thread count.
+
+The module's ``weight`` then never gets a ``.grad``: an outer ``torch.optim`` optimizer over
+``model.parameters()`` skips it (torch optimizers skip parameters whose ``grad`` is None), so
+the natural loop updates every parameter exactly once::
+
+    >>> import torch, embtab.nn, embtab.optim
+    >>> opt = embtab.optim.Adagrad(lr=0.1)
+    >>> emb = embtab.nn.CuckooEmbeddingBag(1000, 8, mode="sum", optimizer=opt)
+    >>> head = torch.nn.Linear(8, 1)
+    >>> dense = torch.optim.SGD(head.parameters(), lr=0.1)   # or over all parameters: same result
+    >>> ids = torch.tensor([[2**40, 7], [7, 3]])
+    >>> loss = head(emb(ids)).square().mean()
+    >>> loss.backward()              # emb's touched rows are updated here
+    >>> dense.step()
+    >>> emb.weight.grad is None
+    True
+
+Semantics (``g`` = a touched row's summed gradient; untouched rows and their state are left
+alone, the "lazy" semantics of sparse optimizers):
+
+* :class:`SGD`: ``torch.optim.SGD`` (``dampening=0``) applied to the touched rows only: with
+  ``momentum`` or ``weight_decay`` an untouched row neither moves nor decays (torch's dense SGD
+  would move it by its momentum). Without either it equals ``torch.optim.SGD`` exactly.
+* :class:`Adagrad`: ``torch.optim.Adagrad`` on a sparse gradient (``lr_decay`` counts this
+  module's steps).
+* :class:`RowWiseAdagrad`: FBGEMM's ``EXACT_ROWWISE_ADAGRAD``: one accumulator per row adds the
+  mean over the row of ``g**2``; ``w -= lr * g / (sqrt(acc) + eps)``.
+* :class:`Adam`: ``torch.optim.SparseAdam`` (bias correction by this module's step count).
+
+State lives in the module as buffers (so in ``state_dict``): ``opt_step`` (int64, the number of
+fused steps) and, per optimizer, ``opt_momentum_buffer``, ``opt_sum``, ``opt_row_sum`` or
+``opt_exp_avg`` + ``opt_exp_avg_sq``, with the weight's dtype and one row per weight row. They
+grow with the weight, and a row handed to a new ID (growth, eviction) starts from fresh state.
+Hyperparameters live in the optimizer object, a ``torch.optim.Optimizer`` with one parameter
+group and no parameters: set ``opt.lr = x`` between steps, or drive ``param_groups[0]["lr"]``
+with a ``torch.optim.lr_scheduler`` (its ``step()`` is a no-op: the update happened in
+backward; call it before the scheduler's as usual). One optimizer object may serve several
+modules; each keeps its own state.
+
+Notes
+-----
+* Every backward applies a step: backpropagating the same graph twice steps twice, and there is
+  no gradient accumulation over several forwards. Backward must come before the module's next
+  forward that grows or evicts (as for the unfused modules).
+* The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from embtab import _core
+
+__all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
+
+_MODE_MAX = 2  # torch.embedding_bag's code for mode="max"
+
+
+def _check_float(name: str, value, lo: float, lo_open: bool = False, hi: Optional[float] = None):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi)
+    if bad:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'})"
+        raise ValueError(f"{name} must be finite and in {rng}, got {value}")
+    return v
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of the fused optimizers: hyperparameters in ``param_groups[0]``, state in the module.
+
+    Subclasses set ``kind`` (the C++ rule) and describe their per-row state in :meth:`_states`.
+    The methods without an underscore below other than :attr:`lr` and :meth:`step` are the hooks
+    the :mod:`embtab.nn` modules call; users do not call them.
+    """
+
+    kind = ""
+
+    def __init__(self, defaults: dict):
+        super().__init__([{"params": []}], defaults)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (``param_groups[0]["lr"]``)."""
+        return float(self.param_groups[0]["lr"])
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self.param_groups[0]["lr"] = _check_float("lr", value, 0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """No-op (the rows were updated in backward); returns ``closure()`` if given.
+
+        Calling it keeps the usual ``optimizer.step(); scheduler.step()`` order that
+        ``torch.optim.lr_scheduler`` checks for."""
+        if closure is not None:
+            with torch.enable_grad():
+                return closure()
+        return None
+
+    def state_bytes_per_row(self, embedding_dim: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of optimizer state per weight row (the step counter aside)."""
+        size = torch.empty((), dtype=dtype).element_size()
+        return sum((embedding_dim if per_elem else 1) * size for _, per_elem, _ in self._states())
+
+    def _states(self) -> list:
+        """[(name, per_element, fill)]: the module buffers ``opt_<name>`` this optimizer keeps."""
+        raise NotImplementedError
+
+    def _resolved(self, step: int) -> dict:
+        """Keyword arguments of ``_core.fused_step`` for the module's step number ``step``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        g = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return (
+            f"embtab.optim.{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in g.items())})"
+        )
+
+    # module hooks ----------------------------------------------------------------------------
+
+    def attach(self, module) -> None:
+        """Register this optimizer's state buffers on ``module`` (weight on CPU, float32/64)."""
+        w = module.weight
+        if w.device.type != "cpu":
+            raise ValueError(
+                f"a fused optimizer needs the weight on the CPU, got device {w.device}"
+            )
+        if w.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"a fused optimizer needs a float32 or float64 weight, got {w.dtype}")
+        module.register_buffer("opt_step", torch.zeros((), dtype=torch.int64))
+        for name, per_elem, fill in self._states():
+            shape = tuple(w.shape) if per_elem else (w.shape[0],)
+            module.register_buffer("opt_" + name, torch.full(shape, fill, dtype=w.dtype))
+
+    def resize_state(self, module, new_rows: int) -> None:
+        """Resize the state buffers to ``new_rows + 1`` rows; rows past the old ID rows (the
+        old zero row included) start fresh."""
+        for name, _, fill in self._states():
+            b = module._buffers["opt_" + name]
+            keep = min(b.shape[0] - 1, new_rows)
+            nb = torch.full((new_rows + 1, *b.shape[1:]), fill, dtype=b.dtype)
+            nb[:keep] = b[:keep]
+            module._buffers["opt_" + name] = nb
+
+    def reset_rows(self, module, rows: np.ndarray) -> None:
+        """Give ``rows`` (handed to new IDs) fresh state."""
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        for name, _, fill in self._states():
+            module._buffers["opt_" + name].index_fill_(0, idx, fill)
+
+    def lookup(
+        self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool
+    ) -> Tensor:
+        """The forward of ``module`` on rows ``idx``: ``F.embedding_bag`` (``bag``) or
+        ``F.embedding`` with the module's settings, whose backward applies the fused step."""
+        w = module.weight
+        if w.device.type != "cpu":
+            raise ValueError(
+                f"a fused optimizer needs the weight on the CPU, got device {w.device}"
+            )
+        needs = torch.is_grad_enabled() and (
+            w.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad)
+        )
+        if not needs:
+            return _plain(module, idx, offsets, per_sample_weights, padding_idx, bag)
+        return _FusedLookup.apply(w, per_sample_weights, module, idx, offsets, padding_idx, bag)
+
+
+def _plain(module, idx, offsets, psw, padding_idx, bag):
+    if bag:
+        return F.embedding_bag(
+            idx,
+            module.weight,
+            offsets,
+            module.max_norm,
+            module.norm_type,
+            module.scale_grad_by_freq,
+            module.mode,
+            False,
+            psw,
+            module.include_last_offset,
+            padding_idx,
+        )
+    return F.embedding(
+        idx,
+        module.weight,
+        padding_idx,
+        module.max_norm,
+        module.norm_type,
+        module.scale_grad_by_freq,
+        False,
+    )
+
+
+def _csr(idx: Tensor, offsets: Optional[Tensor], include_last_offset: bool) -> np.ndarray:
+    """Bag boundaries of a bag input as CSR offsets (num_bags + 1 entries, int64)."""
+    if idx.dim() == 2:
+        B, N = idx.shape
+        return np.arange(B + 1, dtype=np.int64) * N
+    o = offsets.numpy()
+    if include_last_offset:
+        return np.ascontiguousarray(o, dtype=np.int64)
+    return np.concatenate([o, np.array([idx.shape[0]], dtype=np.int64)])
+
+
+class _FusedLookup(torch.autograd.Function):
+    """Embedding lookup whose backward applies the module's fused optimizer step in place and
+    returns no gradient for the weight."""
+
+    @staticmethod
+    def forward(ctx, weight, psw, module, idx, offsets, padding_idx, bag):
+        ctx.module, ctx.idx, ctx.offsets, ctx.padding_idx, ctx.bag = (
+            module,
+            idx,
+            offsets,
+            padding_idx,
+            bag,
+        )
+        ctx.max_indices = None
+        if bag and module.mode == "max":
+            flat = idx.reshape(-1)
+            off = (
+                offsets
+                if idx.dim() == 1
+                else torch.arange(0, flat.numel(), max(idx.shape[1], 1))[: idx.shape[0]]
+            )
+            out, _, _, ctx.max_indices = torch.embedding_bag(
+                weight,
+                flat,
+                off,
+                False,
+                _MODE_MAX,
+                False,
+                None,
+                module.include_last_offset and idx.dim() == 1,
+                -1 if padding_idx is None else padding_idx,
+            )
+        else:
+            out = _plain(module, idx, offsets, psw, padding_idx, bag)
+        ctx.save_for_backward(psw)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        module, idx, bag = ctx.module, ctx.idx, ctx.bag
+        (psw,) = ctx.saved_tensors
+        w = module.weight.detach()
+        grad_out = grad_out.contiguous().to(w.dtype)
+        flat = idx.reshape(-1)
+        csr = _csr(idx, ctx.offsets, module.include_last_offset) if bag else None
+        grad_psw = None
+        if ctx.needs_input_grad[1]:
+            bag_of = torch.repeat_interleave(
+                torch.arange(len(csr) - 1), torch.from_numpy(np.diff(csr))
+            )
+            live = flat != module.num_embeddings
+            grad_psw = (grad_out[bag_of] * w[flat]).sum(1) * live
+            grad_psw = grad_psw.reshape(idx.shape).to(psw.dtype)
+        if ctx.needs_input_grad[0]:
+            opt = module.optimizer
+            if ctx.max_indices is not None:
+                counts = np.add.reduceat(
+                    np.append(flat.numpy() != module.num_embeddings, False), csr[:-1]
+                ) * (np.diff(csr) > 0)
+                rows, g = _max_row_grads(ctx.max_indices, grad_out, counts > 0)
+                kw = dict(rows=rows, grad=g, offsets=None, per_sample_weights=None, mean=False)
+            else:
+                kw = dict(
+                    rows=flat.numpy(),
+                    grad=grad_out.reshape(-1, w.shape[1]),
+                    offsets=csr,
+                    per_sample_weights=None
+                    if psw is None
+                    else psw.detach().reshape(-1).contiguous().numpy(),
+                    mean=bag and module.mode == "mean",
+                )
+            step = int(module.opt_step) + 1
+            names = [n for n, _, _ in opt._states()]
+            states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
+            g = kw.pop("grad")
+            _core.fused_step(
+                w.numpy(),
+                grad=g.numpy() if isinstance(g, Tensor) else g,
+                scale_grad_by_freq=bool(module.scale_grad_by_freq),
+                skip_row=module.num_embeddings,
+                state1=states[0],
+                state2=states[1],
+                kind=opt.kind,
+                num_threads=module.num_threads,
+                **kw,
+                **opt._resolved(step),
+            )
+            module.opt_step.fill_(step)
+        return None, grad_psw, None, None, None, None, None
+
+
+def _max_row_grads(max_indices: Tensor, grad_out: Tensor, live_bags: np.ndarray):
+    """Summed gradient of each row that won a (bag, dimension) maximum in a bag with at least
+    one entry that is not the zero row (torch reports row 0 for the others): (rows, grad [n, d])."""
+    d = grad_out.shape[1]
+    mi = max_indices.reshape(-1)
+    ok = torch.from_numpy(np.repeat(live_bags, d))
+    cols = torch.arange(d).repeat(max_indices.shape[0])[ok]
+    rows, inv = torch.unique(mi[ok], return_inverse=True)
+    g = torch.zeros(rows.numel(), d, dtype=grad_out.dtype)
+    g.index_put_((inv, cols), grad_out.reshape(-1)[ok], accumulate=True)
+    return rows.numpy(), g.numpy()
+
+
+# the optimizers ////////////////////////////////////////////////////////////////////////////
+
+
+class SGD(FusedOptimizer):
+    r"""Fused SGD with optional momentum, Nesterov momentum and weight decay.
+
+    Per touched row (``g`` its summed gradient): ``g' = g + weight_decay * w``; with momentum
+    ``b = momentum * b + g'`` and ``g' = g' + momentum * b`` (Nesterov) or ``g' = b``; then
+    ``w -= lr * g'``: ``torch.optim.SGD`` (``dampening=0``) restricted to the rows the batch
+    touched. State: ``opt_momentum_buffer`` (per element) when ``momentum > 0``, else none.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (>= 0).
+    momentum : float
+        Momentum factor in [0, 1).
+    nesterov : bool
+        Nesterov momentum (needs ``momentum > 0``).
+    weight_decay : float
+        L2 penalty (>= 0), applied to touched rows only.
+
+    Example::
+
+        >>> opt = embtab.optim.SGD(lr=0.1, momentum=0.9)
+        >>> emb = embtab.nn.CuckooEmbedding(100, 4, optimizer=opt)
+        >>> emb(torch.tensor([5, 6])).sum().backward()
+        >>> emb.opt_momentum_buffer.shape
+        torch.Size([101, 4])
+    """
+
+    kind = "sgd"
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        lr = _check_float("lr", lr, 0.0)
+        momentum = _check_float("momentum", momentum, 0.0, hi=1.0)
+        weight_decay = _check_float("weight_decay", weight_decay, 0.0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        super().__init__(
+            dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        )
+
+    def _states(self):
+        return [("momentum_buffer", True, 0.0)] if self.param_groups[0]["momentum"] > 0 else []
+
+    def _resolved(self, step):
+        g = self.param_groups[0]
+        return dict(
+            lr=g["lr"],
+            momentum=g["momentum"],
+            nesterov=g["nesterov"],
+            weight_decay=g["weight_decay"],
+        )
+
+
+class Adagrad(FusedOptimizer):
+    r"""Fused Adagrad with the semantics of ``torch.optim.Adagrad`` on a sparse gradient.
+
+    Per touched row: ``s += g**2``; ``w -= clr * g / (sqrt(s) + eps)`` with
+    ``clr = lr / (1 + (t - 1) * lr_decay)``, ``t`` the module's fused step count. State:
+    ``opt_sum`` (per element, starting at ``initial_accumulator_value``).
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (>= 0).
+    lr_decay : float
+        Learning-rate decay per step (>= 0).
+    initial_accumulator_value : float
+        Starting value of every accumulator (>= 0), also for rows handed to new IDs.
+    eps : float
+        Added to the denominator (> 0).
+
+    Example::
+
+        >>> opt = embtab.optim.Adagrad(lr=0.5)
+        >>> emb = embtab.nn.HashedEmbeddingBag(100, 4, mode="sum", optimizer=opt)
+        >>> emb(torch.tensor([[1, 2]])).sum().backward()
+        >>> int((emb.opt_sum != 0).any(1).sum())      # two rows touched
+        2
+    """
+
+    kind = "adagrad"
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        lr_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+    ):
+        super().__init__(
+            dict(
+                lr=_check_float("lr", lr, 0.0),
+                lr_decay=_check_float("lr_decay", lr_decay, 0.0),
+                initial_accumulator_value=_check_float(
+                    "initial_accumulator_value", initial_accumulator_value, 0.0
+                ),
+                eps=_check_float("eps", eps, 0.0, lo_open=True),
+            )
+        )
+
+    def _states(self):
+        return [("sum", True, self.param_groups[0]["initial_accumulator_value"])]
+
+    def _resolved(self, step):
+        g = self.param_groups[0]
+        return dict(lr=g["lr"] / (1 + (step - 1) * g["lr_decay"]), eps=g["eps"])
+
+
+class RowWiseAdagrad(FusedOptimizer):
+    r"""Fused row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``): one accumulator per row.
+
+    Per touched row (``d`` = embedding_dim): ``s += sum_j g_j**2 / d``;
+    ``w -= lr / (sqrt(s) + eps) * g``. State: ``opt_row_sum`` (one value per row: 4 bytes for
+    a float32 weight, 8 for float64), starting at ``initial_accumulator_value``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (>= 0).
+    eps : float
+        Added to the denominator (> 0; FBGEMM's default 1e-8).
+    initial_accumulator_value : float
+        Starting value of every row's accumulator (>= 0).
+
+    Example::
+
+        >>> opt = embtab.optim.RowWiseAdagrad(lr=0.1)
+        >>> emb = embtab.nn.CuckooEmbeddingBag(100, 4, mode="sum", optimizer=opt)
+        >>> emb(torch.tensor([[1, 2]])).sum().backward()
+        >>> emb.opt_row_sum.shape
+        torch.Size([101])
+    """
+
+    kind = "rowwise_adagrad"
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
+        super().__init__(
+            dict(
+                lr=_check_float("lr", lr, 0.0),
+                eps=_check_float("eps", eps, 0.0, lo_open=True),
+                initial_accumulator_value=_check_float(
+                    "initial_accumulator_value", initial_accumulator_value, 0.0
+                ),
+            )
+        )
+
+    def _states(self):
+        return [("row_sum", False, self.param_groups[0]["initial_accumulator_value"])]
+
+    def _resolved(self, step):
+        g = self.param_groups[0]
+        return dict(lr=g["lr"], eps=g["eps"])
+
+
+class Adam(FusedOptimizer):
+    r"""Fused lazy Adam with the semantics of ``torch.optim.SparseAdam``.
+
+    Per touched row: ``m += (g - m)(1 - beta1)``; ``v += (g**2 - v)(1 - beta2)``;
+    ``w -= lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)``, ``t`` the module's
+    fused step count. State: ``opt_exp_avg`` and ``opt_exp_avg_sq`` (per element).
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (>= 0).
+    betas : (float, float)
+        Decay rates in [0, 1).
+    eps : float
+        Added to the denominator (> 0).
+
+    Example::
+
+        >>> emb = embtab.nn.CuckooEmbedding(100, 4, optimizer=embtab.optim.Adam(lr=1e-3))
+        >>> emb(torch.tensor([7])).sum().backward()
+        >>> int(emb.opt_step)
+        1
+    """
+
+    kind = "adam"
+
+    def __init__(self, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        b1 = _check_float("betas[0]", betas[0], 0.0, hi=1.0)
+        b2 = _check_float("betas[1]", betas[1], 0.0, hi=1.0)
+        super().__init__(
+            dict(
+                lr=_check_float("lr", lr, 0.0),
+                betas=(b1, b2),
+                eps=_check_float("eps", eps, 0.0, lo_open=True),
+            )
+        )
+
+    def _states(self):
+        return [("exp_avg", True, 0.0), ("exp_avg_sq", True, 0.0)]
+
+    def _resolved(self, step):
+        g = self.param_groups[0]
+        b1, b2 = g["betas"]
+        alpha = g["lr"] * math.sqrt(1 - b2**step) / (1 - b1**step)
+        return dict(lr=alpha, eps=g["eps"], beta1=b1, beta2=b2)

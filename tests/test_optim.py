@@ -1,0 +1,530 @@
+"""Fused optimizers (embtab.optim) against the unfused path: the same module + a torch optimizer."""
+
+import numpy as np
+import pytest
+import torch
+
+import embtab.optim as eo
+from embtab import _core
+from embtab.nn import CuckooEmbedding, CuckooEmbeddingBag, HashedEmbedding, HashedEmbeddingBag
+
+pytestmark = pytest.mark.filterwarnings(
+    # torch's sparse Adagrad / SparseAdam build sparse tensors without opting in or out of checks.
+    "ignore:Sparse invariant checks are implicitly disabled:UserWarning"
+)
+
+D = 6
+STEPS = 6
+
+# name -> (fused optimizer, torch optimizer over params, torch needs sparse grads)
+OPTS = {
+    "sgd": (lambda: eo.SGD(lr=0.3), lambda p: torch.optim.SGD(p, lr=0.3), False),
+    "adagrad": (
+        lambda: eo.Adagrad(lr=0.2, lr_decay=0.01, initial_accumulator_value=0.1),
+        lambda p: torch.optim.Adagrad(p, lr=0.2, lr_decay=0.01, initial_accumulator_value=0.1),
+        False,
+    ),
+    "adam": (
+        lambda: eo.Adam(lr=0.05, betas=(0.8, 0.9)),
+        lambda p: torch.optim.SparseAdam(p, lr=0.05, betas=(0.8, 0.9)),
+        True,
+    ),
+}
+
+# name -> (module class, constructor kwargs, input kind)
+SCENARIOS = {
+    "grow": (CuckooEmbeddingBag, dict(num_embeddings=4, mode="sum"), "bag2d"),
+    "evict_lru": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=16, mode="sum", on_full="evict_lru"),
+        "bag2d",
+    ),
+    "evict_lfu": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=16, mode="sum", on_full="evict_lfu"),
+        "bag2d",
+    ),
+    "min_count": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="sum", min_count=2), "bag2d"),
+    "padding_mean": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=8, mode="mean", padding_id=3),
+        "bag1d",
+    ),
+    "psw": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="sum", padding_id=3), "psw"),
+    "last_offset": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=8, mode="sum", include_last_offset=True),
+        "bag1d",
+    ),
+    "max": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="max", padding_id=3), "bag1d"),
+    # Reference: the sum over dim 1 of CuckooEmbedding (nn.Embedding's scale_grad_by_freq
+    # divides by the row's count in the batch; torch 2.13's nn.EmbeddingBag uses other counts).
+    "freq": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=8, mode="sum", scale_grad_by_freq=True),
+        "bag2d",
+    ),
+    "embedding": (CuckooEmbedding, dict(num_embeddings=8, padding_id=3), "emb"),
+    "embedding_freq": (CuckooEmbedding, dict(num_embeddings=8, scale_grad_by_freq=True), "emb"),
+    "hashed_bag": (HashedEmbeddingBag, dict(num_embeddings=11, mode="mean", padding_id=3), "bag2d"),
+    "hashed_emb": (HashedEmbedding, dict(num_embeddings=11), "emb"),
+    "float64": (
+        CuckooEmbeddingBag,
+        dict(num_embeddings=8, mode="sum", dtype=torch.float64),
+        "bag2d",
+    ),
+}
+
+
+def make_batches(kind, steps=STEPS, seed=0, n_ids=40, dtype=torch.float32):
+    """Seeded batches: (input, offsets, per_sample_weights, target) per step."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        ids = torch.randint(0, n_ids, (5, 3), generator=g)
+        target = torch.randn(5, D, generator=g, dtype=dtype)
+        if kind == "bag2d":
+            out.append((ids, None, None, target))
+        elif kind == "emb":
+            out.append((ids, None, None, torch.randn(5, 3, D, generator=g, dtype=dtype)))
+        else:
+            flat = ids.reshape(-1)
+            offsets = torch.tensor([0, 2, 2, 7, 12])  # bag 1 is empty
+            psw = torch.rand(flat.shape, generator=g, dtype=dtype) if kind == "psw" else None
+            out.append((flat, offsets, psw, target))
+    return out
+
+
+def forward(module, batch, last_offset=False):
+    ids, offsets, psw, target = batch
+    if psw is not None:
+        psw = psw.clone().requires_grad_(True)
+    if offsets is not None and last_offset:
+        offsets = torch.cat([offsets, torch.tensor([ids.numel()])])
+    if isinstance(module, (CuckooEmbedding, HashedEmbedding)) or (offsets is None and psw is None):
+        out = module(ids)
+    else:
+        out = module(ids, offsets, psw)
+    loss = (out * target).sum() + 0.5 * out.square().sum()
+    return loss, psw
+
+
+class _BagSum(torch.nn.Module):
+    def __init__(self, emb):
+        super().__init__()
+        self.emb = emb
+
+    def forward(self, ids):
+        return self.emb(ids).sum(1)
+
+
+def run_pair(opt_name, scen_name, steps=STEPS):
+    make_fused, make_torch, torch_sparse = OPTS[opt_name]
+    cls, kw, kind = SCENARIOS[scen_name]
+    dtype = kw.get("dtype", torch.float32)
+    batches = make_batches(kind, steps, dtype=dtype)
+    fused = cls(embedding_dim=D, optimizer=make_fused(), **kw)
+    # torch has no sparse gradient for mode="max" nor with scale_grad_by_freq: dense there.
+    dense = kw.get("mode") == "max" or kw.get("scale_grad_by_freq", False)
+    if scen_name == "freq":
+        ref = CuckooEmbedding(
+            embedding_dim=D, sparse=False, num_embeddings=8, scale_grad_by_freq=True
+        )
+        ref_call = ref
+        ref = _BagSum(ref)
+    else:
+        ref = cls(embedding_dim=D, sparse=not dense, **kw)
+        ref_call = ref
+    topt = make_torch(list(ref.parameters()))
+    last = kw.get("include_last_offset", False)
+    for batch in batches:
+        lf, pf = forward(fused, batch, last)
+        lf.backward()
+        topt.zero_grad()
+        lr, pr = forward(ref, batch, last)
+        lr.backward()
+        if dense and torch_sparse:
+            ref_call.weight.grad = ref_call.weight.grad.to_sparse(1)
+        topt.step()
+        torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-5)
+        if pf is not None:
+            torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-5, atol=1e-5)
+        assert fused.weight.grad is None
+        yield fused, ref_call
+
+
+@pytest.mark.parametrize("scen", list(SCENARIOS))
+@pytest.mark.parametrize("opt", list(OPTS))
+def test_fused_equals_unfused(opt, scen):
+    n = 0
+    for fused, ref in run_pair(opt, scen):
+        assert fused.weight.shape == ref.weight.shape
+        tol = 1e-12 if fused.weight.dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(fused.weight.detach(), ref.weight.detach(), rtol=tol, atol=tol)
+        n += 1
+    assert n == STEPS
+    if scen == "grow":
+        assert fused.num_growths.item() >= 2
+    if scen.startswith("evict"):
+        assert fused.num_evictions.item() > 0
+    if scen == "min_count":
+        assert 0 < fused.num_ids < 40
+
+
+def _touched_rows(module, batch):
+    ids = batch[0].reshape(-1)
+    rows = module.lookup(ids).reshape(-1)
+    rows = rows[rows >= 0]
+    if module.padding_id is not None:
+        rows = rows[ids[module.lookup(ids).reshape(-1) >= 0] != module.padding_id]
+    return torch.unique(rows)
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        dict(momentum=0.9),
+        dict(momentum=0.5, nesterov=True),
+        dict(weight_decay=0.1),
+        dict(momentum=0.9, weight_decay=0.05),
+    ],
+)
+def test_sgd_momentum_is_torch_sgd_restricted_to_touched_rows(hyper):
+    # Reference: for each batch, torch.optim.SGD steps a parameter made of the touched rows
+    # only, starting from those rows' momentum buffers (the lazy semantics).
+    batches = make_batches("bag2d", seed=3)
+    fused = CuckooEmbeddingBag(64, D, mode="sum", optimizer=eo.SGD(lr=0.1, **hyper))
+    ref = CuckooEmbeddingBag(64, D, mode="sum")
+    buf = torch.zeros_like(ref.weight)
+    for batch in batches:
+        forward(fused, batch)[0].backward()
+        ref.zero_grad()
+        forward(ref, batch)[0].backward()
+        rows = _touched_rows(ref, batch)
+        p = torch.nn.Parameter(ref.weight.detach()[rows].clone())
+        p.grad = ref.weight.grad[rows]
+        o = torch.optim.SGD([p], lr=0.1, **hyper)
+        if hyper.get("momentum", 0) > 0:
+            o.state[p]["momentum_buffer"] = buf[rows].clone()
+        o.step()
+        with torch.no_grad():
+            ref.weight[rows] = p
+            if hyper.get("momentum", 0) > 0:
+                buf[rows] = o.state[p]["momentum_buffer"]
+        torch.testing.assert_close(fused.weight.detach(), ref.weight.detach(), rtol=1e-5, atol=1e-6)
+    if hyper.get("momentum", 0) > 0:
+        torch.testing.assert_close(fused.opt_momentum_buffer, buf.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "scen", ["grow", "evict_lru", "padding_mean", "psw", "embedding", "hashed_bag"]
+)
+def test_rowwise_adagrad_matches_its_definition(scen):
+    # EXACT_ROWWISE_ADAGRAD: acc[r] += mean_j g[r, j]^2; w[r] -= lr * g[r] / (sqrt(acc[r]) + eps)
+    # for each touched row r, g the row's summed gradient (from the unfused module's dense grad).
+    lr, eps, init = 0.2, 1e-8, 0.05
+    cls, kw, kind = SCENARIOS[scen]
+    batches = make_batches(kind)
+    fused = cls(
+        embedding_dim=D,
+        optimizer=eo.RowWiseAdagrad(lr=lr, eps=eps, initial_accumulator_value=init),
+        **kw,
+    )
+    ref = cls(embedding_dim=D, **kw)
+    acc = torch.full((ref.weight.shape[0],), init)
+    for batch in batches:
+        forward(fused, batch)[0].backward()
+        ref.zero_grad()
+        forward(ref, batch)[0].backward()
+        if acc.shape[0] != ref.weight.shape[0]:  # grown: new rows start fresh
+            acc = torch.cat([acc[:-1], torch.full((ref.weight.shape[0] - acc.shape[0] + 1,), init)])
+        new = np.concatenate(ref._pending_rows) if getattr(ref, "_pending_rows", None) else []
+        acc[torch.as_tensor(new, dtype=torch.int64)] = init  # rows handed to new IDs
+        if hasattr(ref, "_pending_rows"):
+            ref._pending_rows.clear()
+        rows = (
+            _touched_rows(ref, batch)
+            if isinstance(ref, (CuckooEmbedding, CuckooEmbeddingBag))
+            else (torch.unique(ref.lookup(batch[0]).reshape(-1)))
+        )
+        rows = rows[rows != ref.num_embeddings]
+        g = ref.weight.grad[rows]
+        acc[rows] += (g * g).mean(1)
+        with torch.no_grad():
+            ref.weight[rows] -= lr * g / (acc[rows].sqrt() + eps)[:, None]
+        torch.testing.assert_close(fused.weight.detach(), ref.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused.opt_row_sum, acc, rtol=1e-5, atol=1e-7)
+    assert fused.opt_row_sum.shape == (fused.weight.shape[0],)
+
+
+def test_rowwise_adagrad_hand_worked():
+    # One row, d = 2, g = (3, 4): acc = 0 + (9 + 16) / 2 = 12.5; w -= 0.5 * g / (sqrt(12.5) + 0)
+    emb = HashedEmbedding(1, 2, init="zeros", optimizer=eo.RowWiseAdagrad(lr=0.5, eps=1e-30))
+    (emb(torch.tensor([9])) * torch.tensor([[3.0, 4.0]])).sum().backward()
+    assert emb.opt_row_sum[0].item() == pytest.approx(12.5)
+    expect = -0.5 * torch.tensor([3.0, 4.0]) / np.sqrt(12.5)
+    torch.testing.assert_close(emb.weight.detach()[0], expect)
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adagrad", "rowwise", "adam"])
+def test_growth_is_invisible_to_fused_state(opt):
+    make = {
+        "sgd_momentum": lambda: eo.SGD(lr=0.1, momentum=0.9),
+        "adagrad": lambda: eo.Adagrad(lr=0.1),
+        "rowwise": lambda: eo.RowWiseAdagrad(lr=0.1),
+        "adam": lambda: eo.Adam(lr=0.01),
+    }[opt]
+    batches = make_batches("bag2d")
+    grown = CuckooEmbeddingBag(4, D, mode="sum", optimizer=make())
+    sized = CuckooEmbeddingBag(64, D, mode="sum", optimizer=make())
+    for batch in batches:
+        forward(grown, batch)[0].backward()
+        forward(sized, batch)[0].backward()
+    assert grown.num_growths.item() >= 2
+    n = int(grown.num_rows)
+    assert torch.equal(grown.weight.detach()[:n], sized.weight.detach()[:n])
+    for name, b in grown.named_buffers():
+        if name.startswith("opt_") and name != "opt_step":
+            assert torch.equal(b[:n], getattr(sized, name)[:n])
+
+
+def test_evicted_rows_get_fresh_state():
+    emb = CuckooEmbedding(
+        2, 3, on_full="evict_lru", optimizer=eo.Adagrad(lr=0.1, initial_accumulator_value=0.5)
+    )
+    emb(torch.tensor([10, 11])).sum().backward()
+    assert torch.all(emb.opt_sum[:2] > 0.5)
+    emb(torch.tensor([12])).sum()  # forward only: evicts ID 10 (least recently used, lowest row)
+    assert emb.num_evictions.item() == 1
+    row = emb.lookup(torch.tensor([12])).item()
+    assert torch.all(emb.opt_sum[row] == 0.5) and torch.all(emb.opt_sum[1 - row] > 0.5)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "rowwise", "adam"])
+def test_thread_count_gives_identical_bits(opt):
+    make = {
+        "sgd": lambda: eo.SGD(lr=0.1, momentum=0.9),
+        "rowwise": lambda: eo.RowWiseAdagrad(lr=0.1),
+        "adam": lambda: eo.Adam(lr=0.01),
+    }[opt]
+    g = torch.Generator().manual_seed(5)
+    # Zipf-like IDs: many repeats, > kOptimGrain distinct rows so that several chunks run.
+    batches = [
+        (torch.randint(0, 5000, (4096,), generator=g) ** 2 // 5000, torch.arange(0, 4096, 8))
+        for _ in range(3)
+    ]
+    weights = []
+    for threads in (1, 2, 3):
+        emb = CuckooEmbeddingBag(8192, 16, mode="sum", num_threads=threads, optimizer=make())
+        for ids, off in batches:
+            out = emb(ids, off)
+            (out * torch.linspace(-1, 1, 16)).sum().backward()
+        weights.append(emb.weight.detach().clone())
+    assert len(torch.unique(emb.lookup(batches[0][0]))) > 1000
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.parametrize(
+    "outer",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.1),
+    ],
+)
+def test_outer_optimizer_does_not_update_weight_twice(outer):
+    torch.manual_seed(0)
+    emb = CuckooEmbeddingBag(16, 4, mode="sum", optimizer=eo.SGD(lr=0.1))
+    head = torch.nn.Linear(4, 1)
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    opt = outer(model.parameters())  # the natural way: every parameter, the table's included
+    for step in range(3):
+        opt.zero_grad()
+        ids = torch.tensor([[1, 2], [3, 1]]) + step
+        out = emb(ids)
+        # the fused step is exactly lr * the gradient of the touched rows; nothing else moves
+        expect = emb.weight.detach().clone()
+        g = head.weight.detach().reshape(-1)
+        for i in ids.reshape(-1).tolist():
+            expect[emb.lookup(torch.tensor([i])).item()] -= 0.1 * g
+        head(out).sum().backward()
+        assert emb.weight.grad is None
+        torch.testing.assert_close(emb.weight.detach(), expect)
+        after = emb.weight.detach().clone()
+        h = head.weight.detach().clone()
+        opt.step()
+        assert torch.equal(emb.weight.detach(), after)  # the outer step left the table alone
+        assert not torch.equal(head.weight.detach(), h)
+
+
+def test_learning_rate_setter_and_scheduler():
+    batches = make_batches("bag2d")
+    fused_opt = eo.Adagrad(lr=0.5)
+    fused = CuckooEmbeddingBag(64, D, mode="sum", optimizer=fused_opt)
+    ref = CuckooEmbeddingBag(64, D, mode="sum", sparse=True)
+    topt = torch.optim.Adagrad(ref.parameters(), lr=0.5)
+    s_f = torch.optim.lr_scheduler.StepLR(fused_opt, step_size=2, gamma=0.5)
+    s_r = torch.optim.lr_scheduler.StepLR(topt, step_size=2, gamma=0.5)
+    for i, batch in enumerate(batches):
+        if i == 4:
+            fused_opt.lr = 0.01
+            topt.param_groups[0]["lr"] = 0.01
+        forward(fused, batch)[0].backward()
+        fused_opt.step()
+        s_f.step()
+        topt.zero_grad()
+        forward(ref, batch)[0].backward()
+        topt.step()
+        s_r.step()
+        torch.testing.assert_close(fused.weight.detach(), ref.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert fused_opt.lr == topt.param_groups[0]["lr"] != 0.5
+
+
+def test_state_dict_round_trip_continues_training(tmp_path):
+    batches = make_batches("bag2d", steps=8)
+    a = CuckooEmbeddingBag(4, D, mode="sum", optimizer=eo.Adam(lr=0.01))
+    for batch in batches[:4]:
+        forward(a, batch)[0].backward()
+    torch.save(a.state_dict(), tmp_path / "m.pt")
+    assert {"opt_step", "opt_exp_avg", "opt_exp_avg_sq"} <= set(a.state_dict())
+    b = CuckooEmbeddingBag(4, D, mode="sum", optimizer=eo.Adam(lr=0.01))
+    b.load_state_dict(torch.load(tmp_path / "m.pt"))
+    assert int(b.opt_step) == 4 and b.opt_exp_avg.shape == b.weight.shape
+    for batch in batches[4:]:
+        forward(a, batch)[0].backward()
+        forward(b, batch)[0].backward()
+    assert torch.equal(a.weight.detach(), b.weight.detach())
+    assert torch.equal(a.opt_exp_avg_sq, b.opt_exp_avg_sq)
+
+
+def test_eval_and_no_grad_do_not_step():
+    emb = CuckooEmbedding(8, 3, optimizer=eo.SGD(lr=1.0))
+    emb(torch.tensor([1, 2]))
+    w = emb.weight.detach().clone()
+    with torch.no_grad():
+        emb(torch.tensor([1, 2])).sum()
+    emb.eval()
+    out = emb(torch.tensor([1, 2]))
+    assert out.grad_fn is not None and int(emb.opt_step) == 0
+    assert torch.equal(emb.weight.detach(), w)
+
+
+def test_state_bytes_per_row():
+    assert eo.SGD().state_bytes_per_row(64) == 0
+    assert eo.SGD(momentum=0.9).state_bytes_per_row(64) == 256
+    assert eo.Adagrad().state_bytes_per_row(64) == 256
+    assert eo.RowWiseAdagrad().state_bytes_per_row(64) == 4
+    assert eo.Adam().state_bytes_per_row(64) == 512
+    assert eo.RowWiseAdagrad().state_bytes_per_row(64, torch.float64) == 8
+
+
+# bad input ////////////////////////////////////////////////////////////////////////////////
+
+
+def test_module_refuses_a_torch_optimizer():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(TypeError, match="optimizer must be None or an embtab.optim"):
+        CuckooEmbedding(8, 3, optimizer=torch.optim.SGD([p], lr=0.1))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: eo.SGD(lr=-1), "lr must be"),
+        (lambda: eo.SGD(lr=float("nan")), "lr must be"),
+        (lambda: eo.SGD(momentum=1.0), "momentum must be"),
+        (lambda: eo.SGD(nesterov=True), "nesterov=True needs momentum"),
+        (lambda: eo.Adagrad(eps=0), "eps must be"),
+        (
+            lambda: eo.RowWiseAdagrad(initial_accumulator_value=-1),
+            "initial_accumulator_value must be",
+        ),
+        (lambda: eo.Adam(betas=(0.9, 1.0)), r"betas\[1\] must be"),
+    ],
+)
+def test_bad_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_types():
+    with pytest.raises(TypeError, match="lr must be a number"):
+        eo.SGD(lr="0.1")
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        eo.Adam(betas=0.9)
+    with pytest.raises(TypeError, match="float32 or float64 weight"):
+        CuckooEmbedding(8, 3, dtype=torch.float16, optimizer=eo.SGD())
+    opt = eo.SGD()
+    with pytest.raises(ValueError, match="lr must be"):
+        opt.lr = -0.5
+    assert opt.lr == 0.01
+
+
+def _step_args(**over):
+    w = np.zeros((5, 3), np.float32)
+    kw = dict(
+        weight=w,
+        rows=np.array([0, 1, 1], np.int64),
+        grad=np.ones((3, 3), np.float32),
+        offsets=None,
+        per_sample_weights=None,
+        mean=False,
+        scale_grad_by_freq=False,
+        skip_row=4,
+        state1=np.zeros((5, 3), np.float32),
+        state2=None,
+        kind="adagrad",
+        lr=0.1,
+        eps=1e-10,
+    )
+    kw.update(over)
+    return kw
+
+
+@pytest.mark.parametrize(
+    "over, exc, match",
+    [
+        (
+            dict(grad=np.ones((3, 3), np.float64)),
+            TypeError,
+            "grad must have the weight's dtype float32",
+        ),
+        (
+            dict(grad=np.ones((2, 3), np.float32)),
+            ValueError,
+            r"one row per entry of rows \(3\), got shape \(2, 3\)",
+        ),
+        (dict(rows=np.array([0, 1, 5], np.int64)), IndexError, r"rows\[2\] = 5 is outside"),
+        (dict(rows=np.array([0, 1, 1], np.int32)), TypeError, "rows must have dtype int64"),
+        (dict(state1=np.zeros((4, 3), np.float32)), ValueError, r"state1 must have shape \(5, 3\)"),
+        (dict(state1=None), TypeError, "state1 must be a numpy.ndarray"),
+        (dict(kind="lamb"), ValueError, "kind must be"),
+        (
+            dict(offsets=np.array([0, 2], np.int64)),
+            ValueError,
+            r"offsets must have grad.shape\[0\] \+ 1 = 4",
+        ),
+        (dict(num_threads=-1), ValueError, "num_threads must be >= 0"),
+        (
+            dict(weight=np.zeros((5, 3), np.float16)),
+            TypeError,
+            "weight must have dtype float32 or float64",
+        ),
+    ],
+)
+def test_core_bad_input_leaves_state_unchanged(over, exc, match):
+    kw = _step_args(**over)
+    before = kw["weight"].copy()
+    with pytest.raises(exc, match=match):
+        _core.fused_step(**kw)
+    assert np.array_equal(kw["weight"], before)
+    if isinstance(kw["state1"], np.ndarray):
+        assert not kw["state1"].any()
+
+
+def test_core_step_counts_distinct_rows_and_skips_zero_row():
+    kw = _step_args(rows=np.array([0, 4, 1, 0], np.int64), grad=np.ones((4, 3), np.float32))
+    assert _core.fused_step(**kw) == 2
+    s = kw["state1"]
+    assert np.array_equal(s[:, 0], [4.0, 1.0, 0.0, 0.0, 0.0])  # row 0 twice: (1 + 1)^2 = 4
+    assert not kw["weight"][4].any()
