@@ -53,23 +53,31 @@ import numpy as np
 from embtab.data import Interactions, RowSets
 
 __all__ = [
+    "USER_GROUPS",
     "arp_at_k",
     "as_row_sets",
     "coverage_at_k",
     "decile_recall_at_k",
+    "delta_gap_at_k",
+    "distinct_lists_at_k",
     "entropy_at_k",
     "evaluate",
+    "excess_arp_at_k",
     "exposure_counts",
     "gini_at_k",
     "head_items",
     "item_counts",
     "item_popularity",
     "miscalibration",
+    "merit_exposure_at_k",
     "miscalibration_at_k",
     "ndcg_at_k",
+    "oracle_topk",
     "popularity_deciles",
     "recall_at_k",
     "tail_share_at_k",
+    "truth_metrics",
+    "user_groups",
 ]
 
 ALPHA = 0.01
@@ -513,6 +521,237 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     kl = terms.sum(axis=1)
     kl[p_mass[:, 0] == 0] = np.nan
     return kl if per_user else _nanmean(kl)
+
+
+# against the truth //////////////////////////////////////////////////////////////////////////
+
+#: User groups by the popularity of their training profile (Abdollahpouri et al. 2021).
+USER_GROUPS = ("niche", "diverse", "blockbuster")
+GROUP_FRACTION = 0.2
+
+
+def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
+                chunk: int = 1024) -> np.ndarray:
+    """The oracle's lists: top-k items by true p(i|u), training items excluded, int64 [U, k].
+
+    Parameters
+    ----------
+    truth : object with ``prob(users) -> [n, I]`` (a planted truth of :mod:`embtab.data`)
+    train : per-user item sets [U, I] (see the module docstring)
+    k : int
+    n_items : int, optional
+        Needed only for the tuple/list forms of ``train``.
+    chunk : int
+        Users scored at a time.
+
+    Ties go to the lower item index.
+
+    Example::
+
+        >>> class T:
+        ...     def prob(self, users):
+        ...         return np.array([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1]])[users]
+        >>> oracle_topk(T(), [[1], []], k=2, n_items=3).tolist()   # user 0 has item 1
+        [[2, 0], [0, 1]]
+    """
+    s = as_row_sets(train, n_items)
+    U, I = s.n_rows, s.n_cols
+    if not 1 <= k <= I:
+        raise ValueError(f"k must be in [1, {I}]; got {k}")
+    out = np.empty((U, k), dtype=np.int64)
+    for start in range(0, U, chunk):
+        rows = np.arange(start, min(start + chunk, U))
+        p = np.array(truth.prob(rows), dtype=np.float64)
+        if p.shape != (rows.size, I):
+            raise ValueError(f"truth.prob returned shape {p.shape}; expected {(rows.size, I)}")
+        sub = s.take_rows(rows)
+        p[sub.row_ids(), sub.indices] = -np.inf
+        order = np.argsort(-p, axis=1, kind="stable")
+        out[rows] = order[:, :k]
+    return out
+
+
+def excess_arp_at_k(topk, oracle, popularity, k: int = 10) -> float:
+    """excess_arp@k = arp@k of ``topk`` minus arp@k of the oracle's lists, same users.
+
+    Positive: the lists are more popular than the accuracy-optimal lists.
+
+    Parameters
+    ----------
+    topk, oracle : int [U, >=k]
+        The evaluated lists and :func:`oracle_topk` for the same users.
+    popularity : float [I]
+        pop(i), as for :func:`arp_at_k`.
+
+    Example::
+
+        >>> excess_arp_at_k([[0, 1]], [[1, 2]], [0.5, 1.0, 0.0], k=2)   # 0.75 - 0.5
+        0.25
+    """
+    return arp_at_k(topk, popularity, k) - arp_at_k(oracle, popularity, k)
+
+
+def user_groups(train, fraction: float = GROUP_FRACTION, *,
+                n_items: int | None = None) -> np.ndarray:
+    """Each user's popularity group from their training profile, int64 [U] into USER_GROUPS.
+
+    Users are ranked by the share of head items (:func:`head_items` of the training counts)
+    in their training profile, ties by lower user index; the lowest ``round(fraction * U)``
+    are ``niche`` (0), the highest ``round(fraction * U)`` are ``blockbuster`` (2), the rest
+    ``diverse`` (1). Users without training items count as share 0. ``n_items`` as for
+    :func:`oracle_topk`.
+
+    Example::
+
+        >>> user_groups([[0], [3], [0, 1], [2, 3], [1]], n_items=4).tolist()
+        [2, 0, 1, 1, 1]
+    """
+    if not 0 <= fraction <= 0.5:
+        raise ValueError(f"fraction must be in [0, 0.5]; got {fraction}")
+    s = as_row_sets(train, n_items)
+    U = s.n_rows
+    head = head_items(item_counts(s))
+    n = s.lengths()
+    hits = np.bincount(s.row_ids(), weights=head[s.indices].astype(np.float64), minlength=U)
+    share = np.divide(hits, n, out=np.zeros(U), where=n > 0)
+    order = np.lexsort((np.arange(U), share))
+    m = int(round(fraction * U))
+    g = np.ones(U, dtype=np.int64)
+    g[order[:m]] = 0
+    if m:
+        g[order[U - m:]] = 2
+    return g
+
+
+def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = None) -> dict:
+    """ΔGAP@k per user group: relative change of mean item popularity, profile -> list.
+
+    For the users of a group, GAP_p = mean over users of the mean pop(i) of their training
+    profile, GAP_r the same over their top-k; ΔGAP = (GAP_r − GAP_p) / GAP_p (Abdollahpouri et
+    al. 2019). 0: lists as popular as the profiles; > 0: more popular.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    train : per-user item sets [U, I]
+    groups : int [U]
+        Group of each user, index into :data:`USER_GROUPS` (:func:`user_groups`).
+    k : int
+    n_items : int, optional
+        Needed only for the tuple/list forms of ``train``.
+
+    Returns
+    -------
+    dict
+        ``{"niche": float, "diverse": float, "blockbuster": float}`` (NaN for an empty group
+        or one whose profiles have popularity 0).
+
+    Example::
+
+        >>> # pop = (1, .5, 0) from 2 users; user 0 (niche) trained on item 0 gets item 2:
+        >>> # (0 - 1) / 1 = -1; user 1 (blockbuster) trained on 0, 1 (.75) gets item 0 (1): +1/3
+        >>> r = delta_gap_at_k([[2], [0]], [[0], [0, 1]], [0, 2], k=1, n_items=3)
+        >>> r["niche"], round(r["blockbuster"], 4)
+        (-1.0, 0.3333)
+    """
+    s = as_row_sets(train, n_items)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    g = np.asarray(groups, dtype=np.int64)
+    if g.shape != (s.n_rows,):
+        raise ValueError(f"groups must have shape ({s.n_rows},); got {g.shape}")
+    pop = item_popularity(s)
+    n = s.lengths()
+    prof = np.divide(np.bincount(s.row_ids(), weights=pop[s.indices], minlength=s.n_rows), n,
+                     out=np.full(s.n_rows, np.nan), where=n > 0)
+    rec = pop[top].mean(axis=1)
+    out = {}
+    for j, name in enumerate(USER_GROUPS):
+        ok = (g == j) & np.isfinite(prof)
+        gp = prof[ok].mean() if ok.any() else np.nan
+        out[name] = float((rec[ok].mean() - gp) / gp) if ok.any() and gp > 0 else float("nan")
+    return out
+
+
+def distinct_lists_at_k(topk, k: int = 10) -> float:
+    """distinct_lists@k = number of distinct top-k item sets / number of users.
+
+    Lists are compared as sets (order ignored). 1: every user gets their own list; 1/U:
+    everyone gets the same list.
+
+    Example::
+
+        >>> distinct_lists_at_k([[0, 1], [1, 0], [2, 0]], k=2)   # {0,1} twice, {0,2}
+        0.6666666666666666
+    """
+    a = np.asarray(topk)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"topk must have shape [U >= 1, >= k]; got {a.shape}")
+    top = _topk(a, k, int(a.max()) + 1)
+    return float(np.unique(np.sort(top, axis=1), axis=0).shape[0] / top.shape[0])
+
+
+def merit_exposure_at_k(topk, relevance, k: int = 10) -> tuple:
+    """Exposure of the top-merit decile against its share of true relevance.
+
+    ``relevance`` [I] is each item's total true relevance (for a planted truth, Σ_u p(i|u)).
+    The top-merit decile D holds the ``ceil(I/10)`` items of highest relevance (ties by lower
+    index). Returns ``(exposure share, relevance share)``: the share of all list slots that
+    show an item of D, and Σ_{i∈D} relevance(i) / Σ_i relevance(i). Exposure above the
+    relevance share means D is over-exposed relative to its merit.
+
+    Example::
+
+        >>> # I = 10, D = {item 0}; relevance share 5/14; exposure: 1 of 4 slots
+        >>> merit_exposure_at_k([[0, 1], [2, 3]], [5, 1, 1, 1, 1, 1, 1, 1, 1, 1], k=2)
+        (0.25, 0.35714285714285715)
+    """
+    rel = np.asarray(relevance, dtype=np.float64)
+    if rel.ndim != 1 or rel.size == 0 or not np.all(np.isfinite(rel)) or np.any(rel < 0):
+        raise ValueError(f"relevance must be a 1-D array of finite values >= 0; got shape "
+                         f"{rel.shape}")
+    top = _topk(topk, k, rel.size)
+    n_top = (rel.size + 9) // 10
+    order = np.lexsort((np.arange(rel.size), -rel))
+    in_d = np.zeros(rel.size, dtype=bool)
+    in_d[order[:n_top]] = True
+    total = rel.sum()
+    share = float(rel[in_d].sum() / total) if total > 0 else float("nan")
+    return float(in_d[top].mean()), share
+
+
+def truth_metrics(topk, train, oracle, relevance, groups, k: int = 10, *,
+                  n_items: int | None = None) -> dict:
+    """The truth-referenced metrics of one set of lists, keyed as results.json stores them.
+
+    ``{"excess_arp@k", "delta_gap@k:niche", "delta_gap@k:diverse", "delta_gap@k:blockbuster",
+    "distinct_lists@k", "merit_exposure@k", "merit_relevance"}``. Without an oracle (real
+    data: ``oracle`` and ``relevance`` None) only the ΔGAP and distinct-list keys.
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    train : per-user item sets [U, I]
+    oracle : int [U, >=k] or None
+        :func:`oracle_topk` for the same users.
+    relevance : float [I] or None
+        Total true relevance per item (:func:`merit_exposure_at_k`).
+    groups : int [U]
+        :func:`user_groups` of ``train``.
+    k : int
+    n_items : int, optional
+    """
+    s = as_row_sets(train, n_items)
+    out = {}
+    if oracle is not None:
+        out[f"excess_arp@{k}"] = excess_arp_at_k(topk, oracle, item_popularity(s), k)
+    for name, v in delta_gap_at_k(topk, s, groups, k).items():
+        out[f"delta_gap@{k}:{name}"] = v
+    out[f"distinct_lists@{k}"] = distinct_lists_at_k(topk, k)
+    if relevance is not None:
+        exp, rel = merit_exposure_at_k(topk, relevance, k)
+        out[f"merit_exposure@{k}"] = exp
+        out["merit_relevance"] = rel
+    return out
 
 
 # all at once ////////////////////////////////////////////////////////////////////////////////

@@ -8,13 +8,17 @@ genres (categories) as a :class:`RowSets`, and, for synthetic data, the planted
 
 Modules: :mod:`~embtab.data.containers` (:class:`RowSets`, :class:`Interactions`),
 :mod:`~embtab.data.truth` (the :class:`Truth` protocol, :class:`GroundTruth`),
-:mod:`~embtab.data.synthetic` (:func:`power_law`), :mod:`~embtab.data.loaders` and
+:mod:`~embtab.data.synthetic` (:func:`power_law`), :mod:`~embtab.data.generator_v2`
+(:func:`power_law_v2`, :class:`LatentTruth`: a truth of chosen rank with merit, exposure bias and
+user groups; ``docs/experiments.md``), :mod:`~embtab.data.loaders` and
 :mod:`~embtab.data.split` (:func:`train_test_split`). Import from ``embtab.data``.
 
 Sources, also reachable through :func:`load_dataset` spec strings (what the CLI passes):
 
 =====================================  ============================================
-``synthetic[:key=value,...]``          :func:`power_law` (keys are its arguments)
+``synthetic[:key=value,...]``          :func:`power_law` (keys are its arguments), or
+                                       :func:`power_law_v2` when a key is one of its
+                                       own (``rank``, ``merit``, ``exposure``, ...)
 ``movielens:PATH``                     :func:`load_movielens` (MovieLens-100K layout)
 ``interactions:PATH[,categories=P]``   :func:`load_interactions` (``user item [weight]``)
 =====================================  ============================================
@@ -30,6 +34,7 @@ Example::
 """
 
 from embtab.data.containers import Interactions, RowSets
+from embtab.data.generator_v2 import LatentTruth, power_law_v2
 from embtab.data.loaders import MOVIELENS_GENRES, load_dataset, load_interactions, load_movielens
 from embtab.data.split import train_test_split
 from embtab.data.synthetic import power_law
@@ -39,11 +44,13 @@ __all__ = [
     "MOVIELENS_GENRES",
     "GroundTruth",
     "Interactions",
+    "LatentTruth",
     "RowSets",
     "Truth",
     "load_dataset",
     "load_interactions",
     "load_movielens",
     "power_law",
+    "power_law_v2",
     "train_test_split",
 ]

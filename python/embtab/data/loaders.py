@@ -20,6 +20,7 @@ import numpy as np
 
 from embtab._research import U64_MAX
 from embtab.data.containers import Interactions
+from embtab.data.generator_v2 import V2_KEYS, power_law_v2
 from embtab.data.synthetic import power_law
 
 __all__ = ["MOVIELENS_GENRES", "load_dataset", "load_interactions", "load_movielens"]
@@ -286,7 +287,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     """Load a data set from a CLI spec string.
 
     ``"synthetic"`` or ``"synthetic:n_users=5000,n_items=8000,zipf_s=1.2"`` (keyword arguments of
-    :func:`power_law`; ``seed`` comes from this function unless given), ``"movielens:PATH"``,
+    :func:`power_law`; ``seed`` comes from this function unless given; a spec naming a key of
+    :data:`~embtab.data.generator_v2.V2_KEYS`, e.g. ``"synthetic:rank=8,merit=0"``, is generated
+    by :func:`~embtab.data.generator_v2.power_law_v2` instead), ``"movielens:PATH"``,
     ``"interactions:PATH"`` or ``"interactions:PATH,categories=PATH"``.
 
     Example::
@@ -302,8 +305,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
             if not eq:
                 raise ValueError(f"dataset spec {spec!r}: expected key=value, found {item!r}")
             kwargs[k.strip()] = _literal(v.strip())
+        generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
         try:
-            return power_law(**kwargs)
+            return generate(**kwargs)
         except TypeError as e:
             raise ValueError(f"dataset spec {spec!r}: {e}") from None
     if kind == "movielens" and arg:

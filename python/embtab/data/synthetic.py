@@ -129,7 +129,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     users, items = _sample_without_replacement(rng, truth, item_genres, n_u)
     order = np.arange(users.size) - np.repeat(np.cumsum(n_u) - n_u, n_u)
 
-    return Interactions(name=name, user_ids=_random_ids(rng, U), item_ids=_random_ids(rng, I),
+    return Interactions(name=name, user_ids=random_ids(rng, U), item_ids=random_ids(rng, I),
                         users=users, items=items, timestamps=order, item_genres=item_genres,
                         genre_names=tuple(f"g{g:02d}" for g in range(G)), truth=truth)
 
@@ -148,7 +148,8 @@ def _weighted_sets(rng, log_weights, sizes):
     return rank < sizes[:, None]
 
 
-def _random_ids(rng, n):
+def random_ids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` distinct uniformly random raw 64-bit IDs, uint64 [n], drawn from ``rng``."""
     ids = rng.integers(0, U64_MAX, size=n, dtype=np.uint64, endpoint=True)
     while np.unique(ids).size != n:  # pragma: no cover  (probability ~ n^2 / 2^65)
         ids = rng.integers(0, U64_MAX, size=n, dtype=np.uint64, endpoint=True)
