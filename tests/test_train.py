@@ -126,3 +126,34 @@ def test_baselines_do_not_depend_on_chunking(easy):
     np.testing.assert_array_equal(most_popular(train, 10), most_popular(train, 10, chunk=7))
     np.testing.assert_array_equal(random_topk(train, 10, seed=4),
                                   random_topk(train, 10, seed=4, chunk=7))
+
+
+def test_softmax_loss_learns_the_planted_genres(easy):
+    data, train, test = easy
+    model = fit(train, TrainConfig(dim=16, epochs=15, batch_size=512, lr=0.02, seed=1,
+                                   loss="softmax"), quiet=True)
+    top = recommend(model, train, k=10)
+    r_mf = evaluate(top, train, test, data.item_genres)["recall@10"]
+    r_pop = evaluate(most_popular(train, k=10), train, test, data.item_genres)["recall@10"]
+    assert r_mf > 2 * r_pop
+    assert genre_agreement(top, data) > 0.9
+    # the loss is the catalogue cross-entropy: it starts near ln(I) and falls
+    assert model.history[0] == pytest.approx(np.log(data.n_items), rel=0.05)
+    assert model.history[-1] < 0.9 * model.history[0]
+    again = fit(train, TrainConfig(dim=16, epochs=1, batch_size=512, seed=1, loss="softmax"),
+                quiet=True)
+    assert again.history[0] == pytest.approx(model.history[0])      # seeded
+
+
+def test_unknown_loss_and_on_epoch_leaves_training_alone(easy):
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="hinge")
+    _, train, _ = easy
+    # scoring the model between epochs (as tuning does) does not change what is learned
+    cfg = TrainConfig(dim=4, epochs=3, seed=3)
+    plain = fit(train, cfg, quiet=True)
+    seen = []
+    hooked = fit(train, cfg, quiet=True,
+                 on_epoch=lambda e, m: seen.append(recommend(m, train, k=5)))
+    assert len(seen) == 3 and hooked.history == plain.history
+    np.testing.assert_array_equal(recommend(hooked, train, k=10), recommend(plain, train, k=10))

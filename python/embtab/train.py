@@ -14,9 +14,12 @@ see experiment E1). Both tables are ``embtab.nn`` modules fed the **raw 64-bit I
 Training minimises the BPR loss ``-log sigmoid(s(u, i) - s(u, j))`` over the training pairs
 ``(u, i)`` with one negative ``j`` drawn uniformly from the catalogue per pair (no rejection),
 plus ``l2 * (|e_u|^2 + |e_i|^2 + |e_j|^2)`` averaged over the batch, with Adam (default) or
-Adagrad, in shuffled minibatches. All randomness comes from ``seed`` (``torch.manual_seed``
-for nothing but the module init, a ``numpy.random.Generator`` for shuffling and negatives),
-so a run is reproducible.
+Adagrad, in shuffled minibatches. ``loss="softmax"`` minimises instead the multinomial
+negative log-likelihood ``-s(u, i) + log Σ_j exp s(u, j)`` over the full catalogue, plus
+``l2 * (|e_u|^2 + |e_i|^2)`` averaged over the batch (Liang et al.'s multinomial likelihood
+for implicit feedback, here on dot-product MF). All randomness comes from ``seed``
+(``torch.manual_seed`` for nothing but the module init, a ``numpy.random.Generator`` for
+shuffling and negatives), so a run is reproducible.
 
 Evaluation scores the full catalogue (user vectors @ item vectors for all items), masks each
 user's training items to ``-inf`` and takes the top k (:func:`recommend`). The sanity
@@ -36,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,7 +63,7 @@ __all__ = [
 
 _TABLES = ("cuckoo", "hashed")
 _OPTIMIZERS = ("adam", "adagrad")
-_LOSSES = ("bpr",)
+_LOSSES = ("bpr", "softmax")
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,10 @@ class TrainConfig:
         Hashed tables only: rows m per distinct ID n (m/n > 0). Ignored for cuckoo.
     hash_users : bool
         Hashed tables only: hash the users too (default: users collisionless).
-    loss : {"bpr"}
-        Pairwise BPR with uniform sampled negatives.
+    loss : {"bpr", "softmax"}
+        ``"bpr"``: pairwise BPR with uniform sampled negatives. ``"softmax"``: the multinomial
+        likelihood over the whole catalogue, ``-log softmax_i(s(u, ·))`` per training pair
+        (every item is a negative; no sampling).
     optimizer : {"adam", "adagrad"}
     lr : float
         Learning rate.
@@ -192,8 +198,9 @@ def build_model(data: Interactions, config: TrainConfig) -> MFModel:
 
 
 def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool = False,
-        desc: str | None = None, num_threads: int | None = 1) -> MFModel:
-    """Train a dot-product MF model with BPR on the interactions of ``train``.
+        desc: str | None = None, num_threads: int | None = 1,
+        on_epoch: Callable[[int, MFModel], None] | None = None) -> MFModel:
+    """Train a dot-product MF model (BPR or the softmax likelihood) on the interactions of ``train``.
 
     Parameters
     ----------
@@ -208,6 +215,9 @@ def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool =
         torch intra-op threads during training (restored afterwards); ``None`` keeps torch's
         setting. The default 1 is fastest for these small batches, and much faster than several
         threads on a shared, busy machine.
+    on_epoch : callable, optional
+        Called as ``on_epoch(epoch, model)`` after each epoch (``epoch`` = 1, 2, ...), with the
+        model in ``eval()`` mode (e.g. to score a validation split); training then resumes.
 
     Returns
     -------
@@ -219,12 +229,13 @@ def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool =
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _fit(train, config, quiet, desc)
+        return _fit(train, config, quiet, desc, on_epoch)
     finally:
         torch.set_num_threads(saved)
 
 
-def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None) -> MFModel:
+def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None,
+         on_epoch=None) -> MFModel:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(train, config)
@@ -236,6 +247,9 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
     raw_u = train.raw_users.view(np.int64)
     raw_i = train.raw_items.view(np.int64)
     catalogue = train.item_ids.view(np.int64)
+    all_items = torch.from_numpy(catalogue)
+    pos_index = torch.from_numpy(train.items)
+    softmax = config.loss == "softmax"
     n = train.n_interactions
     bs = config.batch_size
     n_batches = (n + bs - 1) // bs
@@ -246,19 +260,29 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
 
         bar = tqdm(total=config.epochs * n_batches, desc=desc or f"train d={config.dim}",
                    leave=False, unit="batch")
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         order = rng.permutation(n)
-        neg = rng.integers(0, catalogue.size, size=n)
+        if not softmax:
+            neg = rng.integers(0, catalogue.size, size=n)
         total = 0.0
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs]
             u = model.users(torch.from_numpy(raw_u[idx]))
-            p = model.items(torch.from_numpy(raw_i[idx]))
-            q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-            diff = (u * (p - q)).sum(-1)
-            loss = -torch.nn.functional.logsigmoid(diff).mean()
-            if config.l2:
-                loss = loss + config.l2 * ((u * u).sum() + (p * p).sum() + (q * q).sum()) / len(idx)
+            if softmax:
+                items = model.items(all_items)                          # [I, d]
+                target = pos_index[torch.from_numpy(idx)]
+                loss = torch.nn.functional.cross_entropy(u @ items.T, target)
+                if config.l2:
+                    p = items[target]
+                    loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()) / len(idx)
+            else:
+                p = model.items(torch.from_numpy(raw_i[idx]))
+                q = model.items(torch.from_numpy(catalogue[neg[idx]]))
+                diff = (u * (p - q)).sum(-1)
+                loss = -torch.nn.functional.logsigmoid(diff).mean()
+                if config.l2:
+                    loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()
+                                               + (q * q).sum()) / len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -268,6 +292,10 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
         model.history.append(total / max(n, 1))
         if bar is not None:
             bar.set_postfix(loss=f"{model.history[-1]:.4f}")
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch + 1, model)
+            model.train()
     if bar is not None:
         bar.close()
     model.eval()
