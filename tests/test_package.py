@@ -111,3 +111,20 @@ def test_atomic_write_replaces_the_file_and_reports_the_path(tmp_path):
         _core.atomic_write(path, "not bytes")
     assert sorted(os.listdir(tmp_path)) == ["d", "f.bin"]
     assert (tmp_path / "f.bin").read_bytes() == b"new" * 1000
+
+
+def test_core_entry_points_refuse_thread_counts_beyond_int_with_a_value_error():
+    # pybind's int conversion answered 2**31 with "incompatible function arguments".
+    from embtab import _core
+
+    ids = np.arange(3, dtype=np.int64)
+    calls = [
+        lambda n: _core.hashed_rows(ids, 5, 0, n),
+        lambda n: _core.topk(np.zeros((1, 3)), 1, n),
+        lambda n: _core._CuckooTable(0, 2.0, 0.9, 0, 0).lookup(ids, n),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"num_threads must be < 2\*\*31, got 2147483648"):
+            call(2**31)
+        with pytest.raises(ValueError, match="num_threads must be >= 0"):
+            call(-1)

@@ -417,6 +417,36 @@ def test_miscalibration_hand_worked():
     assert got[0] == pytest.approx(0.8 * math.log(0.8 / 0.503) + 0.2 * math.log(0.2 / 0.497))
 
 
+def test_helpers_refuse_ids_and_weights_they_would_misread():
+    # genre ids: 1.7 was truncated to genre 1; integral floats are still ids
+    with pytest.raises(ValueError, match=r"item_genres\[1\] holds a non-integer genre id 1.7"):
+        rerank.genre_distribution([[0], [1.7]])
+    with pytest.raises(ValueError, match="non-integer genre id nan"):
+        rerank.genre_distribution([[float("nan")]], n_genres=2)
+    with pytest.raises(TypeError, match=r"item_genres\[0\] must hold integer genre ids"):
+        rerank.genre_distribution([["a"]])
+    assert np.array_equal(rerank.genre_distribution([[1.0]], n_genres=2), [[0.0, 1.0]])
+    # the indicator matrix: NaN and -1 counted as genres
+    with pytest.raises(ValueError, match=r"item_genres\[0, 1\] is nan"):
+        rerank.genre_distribution(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match=r"item_genres\[1, 0\] is -1"):
+        rerank.genre_distribution(np.array([[1, 0], [-1, 1]]))
+    # negative sparse history weights gave a distribution with negative entries
+    item_dist = np.eye(2)
+    with pytest.raises(ValueError, match=r"histories row 1 holds the weight -1.0"):
+        rerank.user_distribution(sp.csr_matrix(np.array([[1.0, 0.0], [-1.0, 2.0]])), item_dist)
+    with pytest.raises(ValueError, match="histories row 0 holds the weight nan"):
+        rerank.user_distribution(sp.csr_matrix(np.array([[np.nan, 1.0]])), item_dist)
+    # list id -1 was read as the last item; an id past the end raised a bare IndexError
+    target = np.array([[0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"lists\[0, 1\] holds item id -1, outside \[0, n_items\) with n_items = 2"):
+        rerank.miscalibration(np.array([[0, -1]]), item_dist, target)
+    with pytest.raises(ValueError, match=r"lists\[0, 0\] holds item id 2"):
+        rerank.miscalibration(np.array([[2, 0]]), sp.csr_matrix(item_dist), target)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\)"):
+        rerank.miscalibration(np.array([[0, 1]]), item_dist, target, alpha=1.0)
+
+
 # bad input ####################################################################################
 
 
@@ -771,3 +801,58 @@ def test_keyed_sorted_rows_with_neg_inf_tails(C):
     want, _ = ref.greedy(scores, item_dist.tolist(), target, k, 0.5, 0.01, cand)
     got = rerank.calibrated(scores, item_dist, target, k, lam=0.5, candidates=cand)
     assert got.tolist() == want
+
+
+# memory that does not grow with the number of distinct weights ###############################
+
+
+def _dirichlet_items(rng, n_items, G, per_item=3):
+    rows = np.repeat(np.arange(n_items), per_item)
+    cols = np.concatenate([rng.choice(G, size=per_item, replace=False) for _ in range(n_items)])
+    vals = rng.dirichlet(np.ones(per_item), size=n_items).ravel()
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n_items, G))
+
+
+def test_real_valued_weights_beyond_the_dense_key_map_match_reference():
+    # Dirichlet weights: nearly every stored weight is its own distinct value, so G * D (300 x
+    # ~1200) is above the dense key map's limit and the per-user keys go through the hash map.
+    rng = np.random.default_rng(19)
+    U, C, G, n_items, k = 2, 40, 300, 400, 8
+    items = _dirichlet_items(rng, n_items, G)
+    assert G * np.unique(items.data).size > 2**16
+    dense = items.toarray()
+    scores = rng.normal(size=(U, C))
+    cand = np.stack([rng.choice(n_items, size=C, replace=False) for _ in range(U)]).astype(np.int64)
+    target = rerank.user_distribution([rng.choice(n_items, size=30) for _ in range(U)], dense)
+    for alpha in (0.01, 0.0):
+        want, gap = ref.greedy(scores, dense.tolist(), target, k, 0.7, alpha, cand)
+        assert gap > 1e-9
+        got = rerank.calibrated(scores, items, target, k, lam=0.7, alpha=alpha, candidates=cand, num_threads=1)
+        assert got.tolist() == want
+
+
+def test_many_distinct_weights_take_little_memory():
+    # 8,000 items x 8,000 categories with 3 Dirichlet weights each: the per-user key map was
+    # dense, G x D x 8 bytes = 1.5 GB per call (MemoryError under this 1 GiB address-space limit).
+    script = """
+import resource, numpy as np, scipy.sparse as sp
+from embtab import rerank
+rng = np.random.default_rng(3)
+n, G = 8000, 8000
+rows = np.repeat(np.arange(n), 3)
+cols = np.concatenate([rng.choice(G, size=3, replace=False) for _ in range(n)])
+items = sp.csr_matrix((rng.dirichlet(np.ones(3), size=n).ravel(), (rows, cols)), shape=(n, G))
+target = rerank.user_distribution([np.arange(0, 200)], items)
+scores = rng.normal(size=(1, 300))
+cand = rng.choice(n, size=(1, 300), replace=False).astype(np.int64)
+with open("/proc/self/status") as f:
+    vm = int(next(l for l in f if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))
+print(rerank.calibrated(scores, items, target, 10, candidates=cand, num_threads=1).shape)
+"""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "(1, 10)"

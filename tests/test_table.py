@@ -587,3 +587,90 @@ def test_parallel_batches_from_two_python_threads_at_once():
     for th in threads:
         th.join()
     assert not errors, errors
+
+
+# --- sizes beyond the machine, files claiming them, refused threads ------------------------
+
+
+def _checksum64(data: bytes) -> int:
+    """The file checksum (CuckooTable::checksum64 in table.hpp), for crafting valid files."""
+    from embtab._hashing import mix64
+
+    m = 2**64 - 1
+    h = 0x6A09E667F3BCC909 ^ len(data)
+    i = 0
+    while i + 8 <= len(data):
+        h = mix64(h ^ int.from_bytes(data[i:i + 8], "little"), i) & m
+        i += 8
+    tail = int.from_bytes(data[i:] + bytes(8 - (len(data) - i)), "little")
+    return mix64(h ^ tail, len(data)) & m
+
+
+def test_sizes_that_overflow_or_exceed_memory_are_memory_errors():
+    # The bucket byte count of 2**59 IDs at load 0.5 wrapped to a tiny buffer and the table
+    # wrote past it (segfault); every size is now checked before anything is allocated.
+    with pytest.raises(MemoryError, match="cannot make room for 576460752303423488 IDs"):
+        CuckooTable(2**59, max_load_factor=0.5)
+    with pytest.raises(MemoryError, match="cannot make room for 18446744073709551615 IDs"):
+        CuckooTable(2**64 - 1)
+    with pytest.raises(MemoryError, match="more than this machine's memory"):
+        CuckooTable(2**50)
+    t = CuckooTable(max_load_factor=0.5)
+    t.lookup_or_insert(u64([3, 4, 5]))
+    before = (t.items()[0].tolist(), t.capacity, t.num_rows)
+    for n in (2**59, 2**50, 2**64 - 1):
+        with pytest.raises(MemoryError, match="cannot"):
+            t.reserve(n)
+    assert (t.items()[0].tolist(), t.capacity, t.num_rows) == before
+    assert_valid(t)
+    with pytest.raises(MemoryError, match="row bookkeeping"):
+        CuckooTable.from_items(u64([1]), np.array([0]), num_rows=2**40)
+    with pytest.raises(MemoryError, match="row bookkeeping"):
+        CuckooTable.from_items(u64([1]), np.array([0]), num_rows=2**64 - 1)
+
+
+def test_file_claiming_more_rows_than_memory_is_refused(tmp_path):
+    import struct
+
+    assert _checksum64(small_table().to_bytes()[:-8]) == int.from_bytes(small_table().to_bytes()[-8:], "little")
+    data = bytearray(CuckooTable().to_bytes()[:-8])
+    struct.pack_into("<Q", data, 56, 2**33)  # num_rows: the largest the format calls plausible
+    data += struct.pack("<Q", _checksum64(bytes(data)))
+    (tmp_path / "big.bin").write_bytes(bytes(data))
+    with pytest.raises(MemoryError, match="row bookkeeping"):
+        CuckooTable.load(tmp_path / "big.bin")
+    with pytest.raises(MemoryError, match="row bookkeeping"):
+        CuckooTable.from_bytes(bytes(data))
+
+
+def test_refused_thread_starts_fall_back_to_fewer_threads():
+    # Two Python threads run large batches with num_threads=400 at once, so one of them finds
+    # the pool busy and starts threads of its own, under an address-space limit that leaves
+    # room for a few thread stacks only. A refused start used to call std::terminate.
+    script = textwrap.dedent(
+        """
+        import resource, threading, numpy as np, embtab
+        keys = np.arange(400_000, dtype=np.int64) * 7919
+        t = embtab.CuckooTable()
+        want = t.lookup_or_insert(keys)
+        out, errors = [], []
+        def work():
+            try:
+                for _ in range(10):
+                    out.append(np.array_equal(t.lookup(keys, num_threads=400), want))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(repr(e))
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        with open("/proc/self/status") as f:
+            vm = int(next(l for l in f if l.startswith("VmSize")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        print(len(out), all(out), errors)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["20", "True", "[]"], res.stdout + res.stderr[-2000:]

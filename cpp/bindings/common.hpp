@@ -86,13 +86,17 @@ inline void check_path(const std::string& path, const char* name) {
     }
 }
 
-// check_threads validates a num_threads argument (0 = all hardware threads).
-inline int check_threads(int num_threads) {
+// check_threads validates a num_threads argument (0 = all hardware threads) and returns it as
+// the int the core takes: ValueError naming num_threads when it is negative or >= 2**31.
+inline int check_threads(std::int64_t num_threads) {
     if (num_threads < 0) {
         throw py::value_error("num_threads must be >= 0 (0 = all hardware threads), got " +
                               std::to_string(num_threads));
     }
-    return num_threads;
+    if (num_threads > 2147483647) {
+        throw py::value_error("num_threads must be < 2**31, got " + std::to_string(num_threads));
+    }
+    return static_cast<int>(num_threads);
 }
 
 }  // namespace embtab_py

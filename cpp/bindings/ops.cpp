@@ -44,7 +44,7 @@ void init_into(const embtab_py::IdView& ids, py::array& out, std::uint64_t seed,
 void bind_ops(py::module_& m) {
     m.def(
         "hashed_rows",
-        [](const py::handle& ids_obj, std::uint64_t m_rows, std::uint64_t seed, int num_threads) {
+        [](const py::handle& ids_obj, std::uint64_t m_rows, std::uint64_t seed, std::int64_t num_threads) {
             auto ids = as_ids(ids_obj, "ids");
             if (m_rows == 0) throw py::value_error("num_embeddings (m) must be > 0, got 0");
             const int threads = check_threads(num_threads);
@@ -62,7 +62,7 @@ void bind_ops(py::module_& m) {
     m.def(
         "init_vectors",
         [](const py::handle& ids_obj, const py::handle& out_obj, std::uint64_t seed, const std::string& kind,
-           double a, double b, int num_threads) {
+           double a, double b, std::int64_t num_threads) {
             auto ids = as_ids(ids_obj, "ids");
             const int threads = check_threads(num_threads);
             if (!py::isinstance<py::array>(out_obj)) throw py::type_error("out must be a numpy.ndarray");
@@ -101,7 +101,7 @@ void bind_ops(py::module_& m) {
 
     m.def(
         "cms_query",
-        [](const py::handle& ids_obj, const py::handle& sketch_obj, std::uint64_t seed, int num_threads) {
+        [](const py::handle& ids_obj, const py::handle& sketch_obj, std::uint64_t seed, std::int64_t num_threads) {
             auto ids = as_ids(ids_obj, "ids");
             auto sk = as_sketch(sketch_obj);
             const int threads = check_threads(num_threads);

@@ -129,9 +129,9 @@ void bind_rerank(py::module_& m) {
         "rerank_calibrated",
         [](const py::object& scores_obj, const py::object& candidates, const py::object& indptr_obj,
            const py::object& genre_obj, const py::object& wclass_obj, const py::object& weights_obj,
-           const py::object& target_obj, std::int64_t k, double lam, double alpha, int num_threads,
+           const py::object& target_obj, std::int64_t k, double lam, double alpha, std::int64_t num_threads,
            bool with_objective) -> py::object {
-            check_threads(num_threads);
+            const int nt = check_threads(num_threads);
             py::array scores = require_scores(scores_obj);
             const std::int64_t U = scores.shape(0), C = scores.shape(1);
             if (!candidates.is_none()) {
@@ -184,8 +184,8 @@ void bind_rerank(py::module_& m) {
             prm.lam = lam;
             prm.alpha = alpha;
             if (is_f32(scores))
-                return run_calibrated<float>(scores, candidates, items, target, prm, num_threads, with_objective);
-            return run_calibrated<double>(scores, candidates, items, target, prm, num_threads, with_objective);
+                return run_calibrated<float>(scores, candidates, items, target, prm, nt, with_objective);
+            return run_calibrated<double>(scores, candidates, items, target, prm, nt, with_objective);
         },
         py::arg("scores"), py::arg("candidates"), py::arg("indptr"), py::arg("genre"), py::arg("wclass"),
         py::arg("weights"), py::arg("target"), py::arg("k"), py::arg("lam"), py::arg("alpha"),
@@ -195,13 +195,13 @@ void bind_rerank(py::module_& m) {
     m.def(
         "_rerank_work_floor",
         [](std::int64_t U, std::int64_t C, std::int64_t k, int width, int n_entries, bool logs_only,
-           int num_threads) {
-            check_threads(num_threads);
+           std::int64_t num_threads) {
+            const int nt = check_threads(num_threads);
             if (U < 0 || C < 1 || k < 1 || width < 1 || width > 4 || n_entries < 1 || n_entries > 65535)
                 throw py::value_error("_rerank_work_floor: need U >= 0, C >= 1, k >= 1, 1 <= width <= 4, "
                                       "1 <= n_entries <= 65535");
             py::gil_scoped_release release;
-            return embtab::work_floor(U, C, k, width, n_entries, logs_only, num_threads);
+            return embtab::work_floor(U, C, k, width, n_entries, logs_only, nt);
         },
         py::arg("U"), py::arg("C"), py::arg("k"), py::arg("width"), py::arg("n_entries"), py::arg("logs_only"),
         py::arg("num_threads") = 1,
@@ -290,14 +290,14 @@ void bind_rerank(py::module_& m) {
 
     m.def(
         "topk",
-        [](const py::object& scores_obj, std::int64_t k, int num_threads) -> py::tuple {
-            check_threads(num_threads);
+        [](const py::object& scores_obj, std::int64_t k, std::int64_t num_threads) -> py::tuple {
+            const int nt = check_threads(num_threads);
             py::array scores = require_scores(scores_obj);
             const std::int64_t N = scores.shape(1);
             if (k <= 0 || k > N)
                 throw py::value_error("k must be in [1, N] with N = " + std::to_string(N) + ", got " + std::to_string(k));
-            if (is_f32(scores)) return run_topk<float>(scores, k, num_threads);
-            return run_topk<double>(scores, k, num_threads);
+            if (is_f32(scores)) return run_topk<float>(scores, k, nt);
+            return run_topk<double>(scores, k, nt);
         },
         py::arg("scores"), py::arg("k"), py::arg("num_threads") = 0,
         "Private: row-wise top-k (see embtab.rerank.topk).");

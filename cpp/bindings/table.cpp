@@ -82,35 +82,35 @@ void bind_table(py::module_& m) {
              py::arg("capacity"), py::arg("growth_factor"), py::arg("max_load_factor"), py::arg("max_size"),
              py::arg("seed"))
         .def("lookup",
-             [](const CuckooTable& t, const py::object& ids, int num_threads) {
+             [](const CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
                  auto v = as_ids(ids, "ids");
-                 check_threads(num_threads);
+                 const int nt = check_threads(num_threads);
                  auto out = rows_array(v.size);
                  std::int64_t* o = out.mutable_data();
                  py::gil_scoped_release release;
-                 t.lookup(v.data, v.size, o, num_threads);
+                 t.lookup(v.data, v.size, o, nt);
                  return out;
              },
              py::arg("ids"), py::arg("num_threads"))
         .def("lookup_or_insert",
-             [](CuckooTable& t, const py::object& ids, int num_threads) {
+             [](CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
                  auto v = as_ids(ids, "ids");
-                 check_threads(num_threads);
+                 const int nt = check_threads(num_threads);
                  auto out = rows_array(v.size);
                  std::int64_t* o = out.mutable_data();
                  py::gil_scoped_release release;
-                 t.lookup_or_insert(v.data, v.size, o, num_threads);
+                 t.lookup_or_insert(v.data, v.size, o, nt);
                  return out;
              },
              py::arg("ids"), py::arg("num_threads"))
         .def("contains",
-             [](const CuckooTable& t, const py::object& ids, int num_threads) {
+             [](const CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
                  auto v = as_ids(ids, "ids");
-                 check_threads(num_threads);
+                 const int nt = check_threads(num_threads);
                  py::array_t<bool> out(static_cast<py::ssize_t>(v.size));
                  auto* o = reinterpret_cast<std::uint8_t*>(out.mutable_data());
                  py::gil_scoped_release release;
-                 t.contains(v.data, v.size, o, num_threads);
+                 t.contains(v.data, v.size, o, nt);
                  return out;
              },
              py::arg("ids"), py::arg("num_threads"))

@@ -313,6 +313,12 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
     library's, the same bits on every x86-64 CPU). Lists equal a plain evaluation of the
     objective except where two candidates' values differ only by rounding (a tie to ~1e-15).
 
+    Memory: per thread, ``O(C * m + G)`` for a user's work arrays (m the most categories of
+    an item) plus, for a batch, ``O(n_items * m)`` once, whatever the number D of distinct
+    item weights: with real-valued weights (D near the number of nonzeros) the user's
+    (category, weight) table keys go through a hash map of ``O(C * m)`` slots instead of dense
+    ``G * D`` arrays (used while ``G * D <= 65536``); the lists are the same either way.
+
     Raises
     ------
     TypeError
@@ -420,8 +426,11 @@ def genre_distribution(item_genres, n_genres=None):
     Raises
     ------
     ValueError
-        An item without genres (its row could not sum to 1), a negative genre id, or an id
-        ``>= n_genres``.
+        An item without genres (its row could not sum to 1), a negative or non-integer genre
+        id (``1.7``), an id ``>= n_genres``, or an indicator matrix holding NaN, inf or a
+        negative value.
+    TypeError
+        Genre ids or an indicator matrix that are not numbers.
 
     Example
     -------
@@ -431,14 +440,26 @@ def genre_distribution(item_genres, n_genres=None):
            [0. , 0.5, 0.5]])
     """
     if isinstance(item_genres, np.ndarray) and item_genres.ndim == 2:
+        if item_genres.dtype.kind not in "biuf":
+            raise TypeError(f"item_genres must be a numeric indicator matrix, got dtype {item_genres.dtype}")
+        if item_genres.dtype.kind == "f":
+            bad = ~(np.isfinite(item_genres) & (item_genres >= 0))
+            if bad.any():
+                r, c = (int(x[0]) for x in np.nonzero(bad))
+                raise ValueError(f"item_genres[{r}, {c}] is {float(item_genres[r, c])!r}; an indicator matrix holds "
+                                 f"finite values >= 0 (nonzero = the item has the genre)")
+        elif item_genres.dtype.kind == "i" and (item_genres < 0).any():
+            r, c = (int(x[0]) for x in np.nonzero(item_genres < 0))
+            raise ValueError(f"item_genres[{r}, {c}] is {int(item_genres[r, c])}; an indicator matrix holds "
+                             f"values >= 0 (nonzero = the item has the genre)")
         ind = item_genres != 0
         counts = ind.sum(axis=1)
         if (counts == 0).any():
             raise ValueError(f"item_genres row {int(np.nonzero(counts == 0)[0][0])} has no genre")
         return ind / counts[:, None].astype(np.float64)
-    lists = [np.unique(np.asarray(g, dtype=np.int64)) for g in item_genres]
+    lists = [_genre_ids(g, i) for i, g in enumerate(item_genres)]
     top = max((int(g.max()) for g in lists if g.size), default=-1)
-    G = top + 1 if n_genres is None else check_int(n_genres, "n_genres")
+    G = top + 1 if n_genres is None else check_int(n_genres, "n_genres", min=1)
     out = np.zeros((len(lists), G), dtype=np.float64)
     for i, g in enumerate(lists):
         if g.size == 0:
@@ -447,6 +468,22 @@ def genre_distribution(item_genres, n_genres=None):
             raise ValueError(f"item_genres[{i}] holds genre id outside [0, {G}): {g.tolist()}")
         out[i, g] = 1.0 / g.size
     return out
+
+
+def _genre_ids(g, i: int) -> np.ndarray:
+    """item_genres[i] as sorted distinct int64 genre ids; integral floats pass, others refused."""
+    a = np.asarray(g)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.ndim != 1:
+        raise ValueError(f"item_genres[{i}] must be a flat sequence of genre ids, got shape {shape_str(a)}")
+    if a.dtype.kind == "f":
+        if not (np.isfinite(a) & (a == np.round(a))).all():
+            bad = a[~(np.isfinite(a) & (a == np.round(a)))][0]
+            raise ValueError(f"item_genres[{i}] holds a non-integer genre id {float(bad)!r}")
+    elif a.dtype.kind not in "iu":
+        raise TypeError(f"item_genres[{i}] must hold integer genre ids, got dtype {a.dtype}")
+    return np.unique(a.astype(np.int64))
 
 
 def user_distribution(histories, item_dist):
@@ -469,6 +506,14 @@ def user_distribution(histories, item_dist):
         Rows sum to 1; a user with an empty history gets an all-zero row (accepted by
         :func:`calibrated` as "no target").
 
+    Raises
+    ------
+    ValueError
+        A negative, NaN or infinite history weight (naming the row), an item id outside
+        ``[0, n_items)``, or shapes that do not match.
+    TypeError
+        History rows that are not integer item ids.
+
     Example
     -------
     >>> import numpy as np
@@ -489,6 +534,11 @@ def user_distribution(histories, item_dist):
         h = histories.tocsr()
         if h.shape[1] != n_items:
             raise ValueError(f"histories must be [U, n_items] with n_items = {n_items}, got shape {shape_str(h)}")
+        w = np.asarray(h.data, dtype=np.float64)
+        if not (np.isfinite(w) & (w >= 0)).all():
+            j = int(np.nonzero(~(np.isfinite(w) & (w >= 0)))[0][0])
+            row = int(np.searchsorted(h.indptr, j, side="right") - 1)
+            raise ValueError(f"histories row {row} holds the weight {float(w[j])!r}; weights must be finite and >= 0")
         num = np.asarray(h @ dense, dtype=np.float64)
         den = np.asarray(h.sum(axis=1), dtype=np.float64).ravel()
     else:
@@ -573,6 +623,12 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
     ndarray of float64, shape [U]
         +inf where ``alpha = 0`` and a category with ``p_g > 0`` is missing from the list.
 
+    Raises
+    ------
+    ValueError
+        An item id outside ``[0, n_items)`` (naming its position; ``-1`` is not "the last
+        item"), ``alpha`` outside ``[0, 1)``, or shapes that do not match.
+
     Example
     -------
     >>> import numpy as np
@@ -588,8 +644,15 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
     if p.ndim != 2 or p.shape[0] != lists.shape[0]:
         raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {shape_str(p)}")
     U, k = lists.shape
+    alpha = check_real(alpha, "alpha", min=0.0, max=1.0, max_open=True)
     if isinstance(item_dist, ItemDistribution):
         item_dist = item_dist.toarray()
+    n_items = int(np.shape(item_dist)[0])
+    bad = (lists < 0) | (lists >= n_items)
+    if bad.any():
+        u, j = (int(x[0]) for x in np.nonzero(bad))
+        raise ValueError(f"lists[{u}, {j}] holds item id {int(lists[u, j])}, outside [0, n_items) with "
+                         f"n_items = {n_items} (the rows of item_dist)")
     if is_sparse(item_dist):
         q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
     else:

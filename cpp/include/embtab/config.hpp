@@ -42,6 +42,10 @@ inline constexpr double kDefaultGrowthFactor = 2.0;
 // Smallest bucket count; the two candidate buckets of a key are always distinct.
 inline constexpr std::uint64_t kMinBuckets = 2;
 
+// Largest bucket count: its byte count (x 64) and slot count (x 4) fit in 63 bits, so no size
+// derived from it overflows. (Far beyond any machine: allocation is refused long before.)
+inline constexpr std::uint64_t kMaxBuckets = std::uint64_t{1} << 56;
+
 // Marks an empty slot (rows are never negative) and an absent key in lookup results.
 inline constexpr std::int64_t kNoRow = -1;
 
@@ -53,6 +57,7 @@ static_assert(kSlotsPerBucket * 2 * sizeof(std::uint64_t) == kCacheLine,
               "a bucket (keys + rows) must fill exactly one cache line");
 static_assert((kPrefetchDistance & (kPrefetchDistance - 1)) == 0, "prefetch distance must be a power of 2");
 static_assert((kInsertPrefetchDistance & (kInsertPrefetchDistance - 1)) == 0, "prefetch distance must be a power of 2");
+static_assert(kMaxBuckets <= (std::uint64_t{1} << 63) / kCacheLine, "the largest index must have a representable size");
 static_assert(kBfsQueueSize >= 2 * (1 + 4 + 16 + 64 + 256), "BFS queue must hold every reachable bucket");
 
 }  // namespace embtab

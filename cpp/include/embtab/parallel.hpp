@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstddef>
 #include <exception>
+#include <system_error>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -16,11 +17,16 @@
 
 namespace embtab {
 
-// resolve_threads turns a user's num_threads (0 = all hardware threads) into a count >= 1.
+// kMaxThreads: most threads one parallel_for uses, whatever num_threads asks (results do not
+// depend on the count; this bounds what a huge num_threads can make the process start).
+inline constexpr int kMaxThreads = 1024;
+
+// resolve_threads turns a user's num_threads (0 = all hardware threads) into a count in
+// [1, kMaxThreads].
 inline int resolve_threads(int num_threads) noexcept {
-    if (num_threads > 0) return num_threads;
+    if (num_threads > 0) return std::min(num_threads, kMaxThreads);
     unsigned hw = std::thread::hardware_concurrency();
-    return hw == 0 ? 1 : static_cast<int>(hw);
+    return hw == 0 ? 1 : static_cast<int>(std::min<unsigned>(hw, kMaxThreads));
 }
 
 namespace detail {
@@ -57,14 +63,23 @@ struct ChunkJob {
     }
 };
 
-// ThreadPool: hardware_concurrency - 1 workers that sleep until a job is posted. One job
+// ThreadPool: up to hardware_concurrency - 1 workers that sleep until a job is posted. One job
 // runs at a time (busy_); a caller that finds the pool busy (another Python thread's batch)
 // falls back to threads of its own. Never destroyed: workers sleep through process exit. After
 // fork() the child builds a fresh pool (pid check) and never touches the parent's copy.
+// A worker the system refuses to start (std::system_error: thread or memory limits) is not
+// counted; the pool runs with the workers it has, possibly none (callers then work alone).
 class ThreadPool {
   public:
-    explicit ThreadPool(int workers) : pid_(::getpid()), workers_(workers) {
-        for (int i = 0; i < workers; ++i) std::thread([this] { loop(); }).detach();
+    explicit ThreadPool(int workers) : pid_(::getpid()) {
+        for (int i = 0; i < workers; ++i) {
+            try {
+                std::thread([this] { loop(); }).detach();
+            } catch (const std::system_error&) {
+                break;
+            }
+            ++workers_;
+        }
     }
 
     int workers() const noexcept { return workers_; }
@@ -114,7 +129,7 @@ class ThreadPool {
     }
 
     const pid_t pid_;
-    const int workers_;
+    int workers_ = 0;  // set by the constructor only
     std::mutex busy_;
     std::mutex mutex_;
     std::condition_variable wake_, done_;
@@ -144,7 +159,8 @@ inline ThreadPool* pool() {
 // counter; the chunk boundaries do not depend on the thread count, so a fn that writes only
 // its own chunk's outputs gives identical results for any thread count. Runs serially on the
 // calling thread when one thread is asked for or n <= grain. Uses the persistent pool when it
-// is free, else threads of its own. The first exception thrown by any chunk is rethrown on the
+// is free, else threads of its own; a thread the system refuses to start (std::system_error)
+// is done without, down to the calling thread alone, with the same results. The first exception thrown by any chunk is rethrown on the
 // calling thread after every helper has stopped; the remaining chunks are skipped.
 // Assumes grain > 0.
 template <class Fn>
@@ -169,7 +185,13 @@ void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
     if (!p->try_run(job)) {
         std::vector<std::thread> helpers;
         helpers.reserve(static_cast<std::size_t>(threads - 1));
-        for (int t = 1; t < threads; ++t) helpers.emplace_back([&job] { job.run_chunks(); });
+        for (int t = 1; t < threads; ++t) {
+            try {
+                helpers.emplace_back([&job] { job.run_chunks(); });
+            } catch (const std::system_error&) {
+                break;  // the chunks are claimed through job.next: fewer threads do them all
+            }
+        }
         job.run_chunks();
         for (auto& th : helpers) th.join();
     }

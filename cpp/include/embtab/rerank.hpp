@@ -67,6 +67,7 @@
 #define EMBTAB_X86_INTRIN 1
 #endif
 
+#include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
 #include "embtab/vlog.hpp"
 
@@ -81,6 +82,10 @@ inline constexpr std::int64_t kSortedChunk = 32;
 // kBoundSlack: relative slack on the table-sum bound, covering the rounding of the candidate's
 // own sum (at most width - 1 additions of non-negative terms).
 inline constexpr double kBoundSlack = 1e-12;
+// kDenseKeyMax: most (category, distinct weight) pairs G * D for which a user's table keys are
+// mapped through dense [G * D] arrays (8 bytes each per thread); above it, a hash table of
+// O(C * width) slots, whose memory does not depend on D.
+inline constexpr std::size_t kDenseKeyMax = std::size_t{1} << 16;
 // kTopkGrain: score rows per parallel_for chunk in topk.
 inline constexpr std::size_t kTopkGrain = 16;
 // kTopkHeapMaxK: topk keeps a sorted insertion buffer up to this k, a radix select above.
@@ -148,8 +153,12 @@ struct Scratch {
     std::vector<double> entry_lp;    // [E] lam * p_g
     std::vector<double> entry_w;     // [E] w_d
     std::vector<double> ratio;       // [E] 1 + (1 - alpha) w_d / o_g of one step, then its log
-    std::vector<std::int32_t> stamp;  // [G * D] user stamp of the (g, d) key
-    std::vector<std::int32_t> local;  // [G * D] local entry of the (g, d) key
+    // The (g, d) key -> local slot map of the per-user tables: dense [G * D] arrays when G * D
+    // is at most kDenseKeyMax, else a hash table of 2 * C * width (or more) slots, so that
+    // memory does not grow with D. A slot belongs to the current user when its stamp matches.
+    std::vector<std::int32_t> stamp;  // [G * D] or [hash slots] user stamp of the slot
+    std::vector<std::int32_t> local;  // the same: local entry of the slot's key
+    std::vector<std::uint64_t> hkey;  // [hash slots] the slot's key (hash form only)
     std::vector<std::int32_t> used_genres;
     std::vector<std::uint8_t> genre_used;  // [G]
     std::vector<double> W;           // [G] summed weight in the list
@@ -1249,10 +1258,33 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
         sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
         const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
-        if (sc.stamp.size() < GD) {
-            sc.stamp.assign(GD, -1);
-            sc.local.assign(GD, 0);
+        const bool dense = GD <= kDenseKeyMax;
+        std::size_t hmask = 0;
+        if (dense) {
+            if (sc.stamp.size() < GD) {
+                sc.stamp.assign(GD, -1);
+                sc.local.assign(GD, 0);
+            }
+        } else {
+            std::size_t cap = 16;
+            while (cap < 2 * n_idx) cap *= 2;
+            if (sc.hkey.size() < cap) {
+                sc.hkey.assign(cap, 0);
+                sc.stamp.assign(cap, -1);
+                sc.local.assign(cap, 0);
+            }
+            hmask = sc.hkey.size() - 1;
         }
+        // slot_of gives the map slot of key: dense, its index; else its hash slot, claimed for
+        // this user (stamp set, local 0) if the key is new (linear probing; the table is at
+        // most half full: a user has at most C * width keys).
+        auto slot_of = [&](std::size_t key) -> std::size_t {
+            if (dense) return key;
+            std::size_t h = static_cast<std::size_t>(mix64(key, 0)) & hmask;
+            while (sc.stamp[h] == user_stamp && sc.hkey[h] != key) h = (h + 1) & hmask;
+            if (sc.stamp[h] != user_stamp) sc.hkey[h] = key;
+            return h;
+        };
         sc.idx.resize(n_idx);
         std::uint32_t* idx = sc.idx.data();
         std::uint32_t next = 1;
@@ -1263,8 +1295,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
                 const std::int32_t g = items.genre[e];
                 if (!(p[g] > 0.0)) continue;  // p_g = 0 adds nothing to KL whatever q~ is
-                const std::size_t key = static_cast<std::size_t>(g) * static_cast<std::size_t>(D) +
-                                        static_cast<std::size_t>(items.wclass[e]);
+                const std::size_t key = slot_of(static_cast<std::size_t>(g) * static_cast<std::size_t>(D) +
+                                                static_cast<std::size_t>(items.wclass[e]));
                 if (sc.stamp[key] != user_stamp) {
                     sc.stamp[key] = user_stamp;
                     sc.local[key] = static_cast<std::int32_t>(next);

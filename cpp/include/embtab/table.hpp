@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
+#include "embtab/alloc.hpp"
 #include "embtab/config.hpp"
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
@@ -98,7 +99,8 @@ struct TableTestAccess;
 class CuckooTable {
   public:
     // The constructor reserves room for `capacity` IDs under max_load_factor.
-    // Throws std::invalid_argument on a bad config.
+    // Throws std::invalid_argument on a bad config, AllocError if the index for `capacity` IDs
+    // overflows or is more than the machine's memory.
     explicit CuckooTable(std::uint64_t capacity = 0, TableConfig config = {}) : config_(config) {
         config_.validate();
         buckets_ = Buckets(buckets_for(capacity));
@@ -189,13 +191,16 @@ class CuckooTable {
     // assign rebuilds the table to hold exactly the given (key, row) pairs, with num_rows rows
     // handed out (every row in [0, num_rows) not in `rows` is free). Throws
     // std::invalid_argument, changing nothing, if a key or a row repeats, a row is negative or
-    // >= num_rows, or max_size is exceeded. Writer.
+    // >= num_rows, or max_size is exceeded; AllocError if num_rows rows' bookkeeping (9 bytes
+    // each) is more than the machine's memory. Writer.
     void assign(const std::uint64_t* keys, const std::int64_t* rows, std::size_t n, std::uint64_t num_rows) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         if (config_.max_size != 0 && n > config_.max_size) {
             throw std::invalid_argument("cannot hold " + std::to_string(n) + " IDs: max_size is " +
                                         std::to_string(config_.max_size));
         }
+        // used[] and the free list: 9 bytes per row handed out
+        checked_bytes(num_rows, 9, "the row bookkeeping for num_rows rows");
         std::vector<std::uint8_t> used(num_rows, 0);
         for (std::size_t i = 0; i < n; ++i) {
             if (rows[i] < 0 || static_cast<std::uint64_t>(rows[i]) >= num_rows) {
@@ -225,7 +230,8 @@ class CuckooTable {
 
     // capacity /////////////////////////////////////////////////////////////////////////////
 
-    // reserve grows the table so that n IDs fit without passing max_load_factor. Writer.
+    // reserve grows the table so that n IDs fit without passing max_load_factor; throws
+    // AllocError (table unchanged) if that index is more than the machine can hold. Writer.
     void reserve(std::uint64_t n) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         const std::uint64_t want = buckets_for(n);
@@ -405,14 +411,18 @@ class CuckooTable {
 
     // allocate_buckets returns uninitialised storage for n buckets, cache-line aligned; arrays
     // of 2 MiB or more are 2 MiB aligned and advised to use transparent huge pages, which
-    // spares most random probes a TLB miss. Throws std::bad_alloc.
+    // spares most random probes a TLB miss. Throws AllocError (a std::bad_alloc) if n buckets
+    // are more than the machine has or the system refuses them.
     static Bucket* allocate_buckets(std::uint64_t n) {
         constexpr std::size_t kHuge = std::size_t{1} << 21;
-        const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(Bucket);
+        const std::size_t bytes = checked_bytes(n, sizeof(Bucket), "the table index");
         const std::size_t align = bytes >= kHuge ? kHuge : kCacheLine;
         const std::size_t rounded = (bytes + align - 1) / align * align;
         void* p = nullptr;
-        if (::posix_memalign(&p, align, rounded) != 0) throw std::bad_alloc();
+        if (::posix_memalign(&p, align, rounded) != 0) {
+            throw AllocError("cannot allocate the table index: " + std::to_string(n) + " buckets (" +
+                             std::to_string(bytes) + " bytes) refused by the system");
+        }
 #ifdef MADV_HUGEPAGE
         if (align == kHuge) ::madvise(p, rounded, MADV_HUGEPAGE);
 #endif
@@ -466,16 +476,24 @@ class CuckooTable {
         return {b1, b2};
     }
 
-    // buckets_for is the bucket count that holds n keys under max_load_factor.
-    std::uint64_t buckets_for(std::uint64_t n) const noexcept {
-        const double slots = std::ceil(static_cast<double>(n) / config_.max_load_factor);
-        const auto b = static_cast<std::uint64_t>(std::ceil(slots / kSlotsPerBucket));
-        return std::max(b, kMinBuckets);
+    // buckets_for is the bucket count that holds n keys under max_load_factor. Throws
+    // AllocError if that is more than kMaxBuckets.
+    std::uint64_t buckets_for(std::uint64_t n) const {
+        const double b = std::ceil(std::ceil(static_cast<double>(n) / config_.max_load_factor) / kSlotsPerBucket);
+        if (!(b <= static_cast<double>(kMaxBuckets))) {
+            throw AllocError("cannot make room for " + std::to_string(n) + " IDs: at max_load_factor " +
+                             std::to_string(config_.max_load_factor) + " the index would need more than 2**56 buckets");
+        }
+        return std::max(static_cast<std::uint64_t>(b), kMinBuckets);
     }
 
-    std::uint64_t grown_count(std::uint64_t count) const noexcept {
-        const auto g = static_cast<std::uint64_t>(std::ceil(static_cast<double>(count) * config_.growth_factor));
-        return std::max(g, count + 1);
+    // grown_count is the bucket count after one growth from `count`, at most kMaxBuckets.
+    // Throws AllocError if count is kMaxBuckets already.
+    std::uint64_t grown_count(std::uint64_t count) const {
+        if (count >= kMaxBuckets) throw AllocError("cannot grow the table index past 2**56 buckets");
+        const double g = std::ceil(static_cast<double>(count) * config_.growth_factor);
+        if (!(g < static_cast<double>(kMaxBuckets))) return kMaxBuckets;
+        return std::max(static_cast<std::uint64_t>(g), count + 1);
     }
 
     static void prefetch(const Bucket& b) noexcept { __builtin_prefetch(&b, 0, 1); }
