@@ -9,21 +9,17 @@ Usage: PYTHONPATH=python python bench/bench_rerank_threads.py [--calls 30] [--se
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from embtab import _core
 from embtab.benchmarks import rerank
+from embtab.benchmarks._harness import machine_line, time_calls
 
 
 def _block(fn, calls):
-    ts = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return np.array(ts) * 1e3
+    """Milliseconds of each of `calls` calls (no garbage collection between them)."""
+    return np.array(time_calls(fn, calls, collect=False).times) * 1e3
 
 
 def main(argv=None):
@@ -34,6 +30,8 @@ def main(argv=None):
     wl = rerank.make_workload(U=10_000, seed=args.seed)
     csr = rerank._core_args(wl)
     s, cand, tgt = wl["scores"], wl["candidates"], wl["target"]
+    print(f"Machine: {machine_line()}.")
+    print()
     print("| users | threads | block | min ms | median ms | max ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     meds = {}

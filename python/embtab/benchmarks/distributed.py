@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from embtab.benchmarks.table import _machine, zipf_stream
+from embtab.benchmarks._harness import machine, machine_line, zipf_stream
 
 __all__ = ["format_markdown", "run"]
 
@@ -124,7 +124,7 @@ def run(world_size: int = 2, n_ids: int = 10**6, batch: int = 2**15, dim: int = 
         "benchmark": "distributed",
         "embtab": embtab.__version__,
         "torch": torch.__version__,
-        "machine": _machine(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "world_size": world_size, "n_ids": n_ids, "batch": batch, "dim": dim, "iters": iters,
         "repeats": repeats, "zipf_s": 1.1,
@@ -146,8 +146,7 @@ def format_markdown(r: dict) -> str:
     return "\n".join([
         f"Sharded tables: global batch {r['batch']:,} IDs per step, Zipf({r['zipf_s']}) over {r['n_ids']:,} "
         f"distinct 64-bit IDs, d={r['dim']}, float32, forward + backward (sparse grads), median of "
-        f"{r['repeats']} runs of {r['iters']} steps; {m['cpu']}, {m['cores']} cores, embtab {r['embtab']}, "
-        f"torch {r['torch']} (gloo over loopback), {r['date']}.",
+        f"{r['repeats']} runs of {r['iters']} steps; {machine_line(m)}; gloo over loopback.",
         "",
         "| setup | ms / step | M IDs/s | vs single process |",
         "|---|---:|---:|---:|",

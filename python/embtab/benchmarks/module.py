@@ -31,23 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from embtab.benchmarks._harness import machine, machine_line, time_calls, zipf_ranks
+
 __all__ = ["run", "format_markdown"]
-
-
-def _zipf_ranks(n: int, size: int, s: float, rng: np.random.Generator) -> np.ndarray:
-    weights = np.arange(1, n + 1, dtype=np.float64) ** -s
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n - 1).astype(np.int64)
-
-
-def _machine() -> dict:
-    from embtab.benchmarks.table import _machine as table_machine
-
-    m = table_machine()
-    m["torch"] = torch.__version__
-    m["torch_threads"] = torch.get_num_threads()
-    return m
 
 
 def _sgd_step(module: nn.Module, opt: torch.optim.Optimizer, *args) -> float:
@@ -60,13 +46,16 @@ def _sgd_step(module: nn.Module, opt: torch.optim.Optimizer, *args) -> float:
 
 
 def _pass(step: Callable[[int], float], n_batches: int) -> float:
-    gc.collect()
-    t0 = time.perf_counter()
-    for b in range(n_batches):
-        loss = step(b)
-        if not np.isfinite(loss):
-            raise AssertionError(f"benchmark step {b} gave a non-finite loss {loss}")
-    return (time.perf_counter() - t0) / n_batches
+    """Seconds per step of one timed pass over the batches; every step's loss must be finite."""
+    def all_batches() -> List[float]:
+        return [step(b) for b in range(n_batches)]
+
+    def check(losses: List[float]) -> None:
+        for b, loss in enumerate(losses):
+            if not np.isfinite(loss):
+                raise AssertionError(f"benchmark step {b} gave a non-finite loss {loss}")
+
+    return time_calls(all_batches, 1, check=check).median / n_batches
 
 
 def _interleaved(
@@ -106,7 +95,7 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     rng = np.random.default_rng(seed)
     keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
     rng.shuffle(keys)
-    ranks = [_zipf_ranks(n, batch, 1.1, rng) for _ in range(n_batches)]
+    ranks = [zipf_ranks(n, batch, 1.1, rng) for _ in range(n_batches)]
     dense = [torch.from_numpy(r) for r in ranks]
     raw = [torch.from_numpy(keys[r]) for r in ranks]
     offsets = torch.arange(0, batch, bag_size)
@@ -114,7 +103,7 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     results: Dict[str, object] = {
         "benchmark": "module",
         "embtab": embtab.__version__,
-        "machine": _machine(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "num_embeddings": n,
         "embedding_dim": dim,
@@ -134,10 +123,8 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     cuckoo_opt = torch.optim.SGD(cuckoo.parameters(), lr=lr)
     hashed = HashedEmbedding(n, dim, sparse=True, seed=seed)
     hashed_opt = torch.optim.SGD(hashed.parameters(), lr=lr)
-    t0 = time.perf_counter()
-    for b in range(n_batches):  # first sightings: inserts + per-ID init
-        _sgd_step(cuckoo, cuckoo_opt, raw[b])
-    first_pass = (time.perf_counter() - t0) / n_batches
+    # first sightings: inserts + per-ID init
+    first_pass = _pass(lambda b: _sgd_step(cuckoo, cuckoo_opt, raw[b]), n_batches)
     emb_times = _interleaved(
         {
             "nn.Embedding": lambda b: _sgd_step(ref, ref_opt, dense[b]),
@@ -159,17 +146,16 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     table = cuckoo._table
     ids_np = [r.numpy() for r in raw]
     remap_times = {"CuckooTable.lookup": [], "module remap": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in range(n_batches):
-            rows = table.lookup(ids_np[b])
-        remap_times["CuckooTable.lookup"].append((time.perf_counter() - t0) / n_batches)
-        if (rows < 0).any():
+
+    def all_found(rows_per_batch) -> None:
+        if any((r < 0).any() for r in rows_per_batch):
             raise AssertionError("a warmed-up ID is missing from the table")
-        t0 = time.perf_counter()
-        for b in range(n_batches):
-            rows, _ = cuckoo._remap(ids_np[b])
-        remap_times["module remap"].append((time.perf_counter() - t0) / n_batches)
+
+    for _ in range(repeats):
+        t = time_calls(lambda: [table.lookup(x) for x in ids_np], 1, check=all_found)
+        remap_times["CuckooTable.lookup"].append(t.median / n_batches)
+        t = time_calls(lambda: [cuckoo._remap(x)[0] for x in ids_np], 1, check=all_found)
+        remap_times["module remap"].append(t.median / n_batches)
     results["remap"] = {
         "seconds_per_batch": {k: float(np.median(v)) for k, v in remap_times.items()}
     }
@@ -210,10 +196,7 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
             opt = torch.optim.SparseAdam(m.parameters(), lr=lr)
             for s in range(0, half, batch):
                 _sgd_step(m, opt, fill[s : s + batch])  # fills n/2 rows, allocates Adam state
-            gc.collect()
-            t0 = time.perf_counter()
-            _sgd_step(m, opt, new_batch)
-            sink.append(time.perf_counter() - t0)
+            sink.append(time_calls(lambda: _sgd_step(m, opt, new_batch), 1).median)
             expect_growths = 1 if initial == half else 0
             if int(m.num_growths) != expect_growths or m.num_ids != half + batch // 2:
                 raise AssertionError("growth benchmark did not grow as planned")
@@ -237,8 +220,7 @@ def format_markdown(results: dict) -> str:
     e, bg, rm, g = results["embedding"], results["bag"], results["remap"], results["growth"]
     ms = lambda s: f"{s * 1e3:.1f}"  # noqa: E731
     lines = [
-        f"Machine: {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['torch_threads']} torch threads); "
-        f"embtab {results['embtab']}; {results['date']}.",
+        f"Machine: {machine_line(m)}; {m.get('torch_threads')} torch threads.",
         f"Table {results['num_embeddings']:,} x {results['embedding_dim']} float32; batches of "
         f"{results['batch']:,} Zipf({results['zipf_s']}) raw IDs (~{results['distinct_ids_per_batch']:,.0f} "
         f"distinct per batch); step = forward + sum + backward (sparse) + SGD; median of "

@@ -18,10 +18,6 @@ Implementations:
 from __future__ import annotations
 
 import math
-import os
-import platform
-import statistics
-import subprocess
 import time
 from functools import partial
 from itertools import combinations
@@ -30,6 +26,7 @@ import numpy as np
 
 from embtab import _core
 from embtab import rerank as rr
+from embtab.benchmarks._harness import machine, machine_line, time_calls
 
 # workload #####################################################################################
 
@@ -221,28 +218,10 @@ def greedy_optimality(n_instances=300, C=8, k=4, G=4, lam=0.5, alpha=0.01, seed=
 
 def _time(fn, repeats, warmup=1):
     """Median seconds of `repeats` calls of fn after `warmup` untimed ones (the first calls in a
-    fresh process ran up to 35% slow here, while the memory of the workload's set-up settles)."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), ts, out
-
-
-def _machine():
-    model = platform.processor() or "unknown"
-    try:
-        txt = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in txt.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__}
+    fresh process ran up to 35% slow here, while the memory of the workload's set-up settles);
+    returns (median, all times, last output)."""
+    t = time_calls(fn, repeats, warmup=warmup, keep_output=True, collect=False)
+    return t.median, t.times, t.output
 
 
 def _core_args(wl):
@@ -272,7 +251,7 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     users_py = 2 if quick else 5
     wl = make_workload(U=U, C=C, G=G, k=k, seed=seed)
     s, cand, dist, tgt = wl["scores"], wl["candidates"], wl["item_dist"], wl["target"]
-    res = {"machine": _machine(), "config": {"U": U, "C": C, "G": G, "k": k, "lam": lam, "alpha": 0.01, "n_items": wl["n_items"],
+    res = {"machine": machine(), "config": {"U": U, "C": C, "G": G, "k": k, "lam": lam, "alpha": 0.01, "n_items": wl["n_items"],
                                                "genres_per_item": "1-3", "repeats": reps, "repeats_main": reps_main, "users_numpy_a": users_a,
                                                "users_python": users_py, "quick": quick, "seed": seed}}
     # embtab, threads
@@ -385,7 +364,7 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     return res
 
 
-def _np_topk(scores, k):
+def numpy_topk(scores, k):
     """np.argpartition + sort: the k largest per row, descending."""
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(scores, part, axis=1)
@@ -409,7 +388,7 @@ def bench_topk(quick=False, num_threads=(1, 2), seed=0):
             if k > N:
                 continue
 
-            t_np, _, (vn, _) = _time(partial(_np_topk, scores, k), reps)
+            t_np, _, (vn, _) = _time(partial(numpy_topk, scores, k), reps)
             row = {"U": U, "N": N, "k": k, "dtype": "float32", "numpy_argpartition_sort": t_np, "embtab": {}, "torch": {}}
             for nt in num_threads:
                 t_e, _, (ve, _) = _time(partial(rr.topk, scores, k, num_threads=nt), reps)
@@ -438,7 +417,7 @@ def format_markdown(results) -> str:
     lines.append(f"Workload: U={cfg['U']:,} users, C={cfg['C']} candidates, G={cfg['G']} genres "
                  f"({cfg['genres_per_item']} per item), k={cfg['k']}, lam={cfg['lam']}, alpha={cfg['alpha']}; "
                  f"median of {cfg.get('repeats_main', cfg['repeats'])} timed runs after an untimed warm-up run "
-                 f"(NumPy (b): {max(1, cfg['repeats'] // 2)}; plain Python: 1; the rest: {cfg['repeats']}). Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores).")
+                 f"(NumPy (b): {max(1, cfg['repeats'] // 2)}; plain Python: 1; the rest: {cfg['repeats']}). Machine: {machine_line(r['machine'])}.")
     lines.append("")
     lines.append("| implementation | users timed | µs / user | users / s | time ÷ embtab 1 thread | same lists |")
     lines.append("|---|---:|---:|---:|---:|---|")

@@ -17,37 +17,15 @@ Run it with ``embtab bench table`` or ``python bench/bench_table.py``.
 
 from __future__ import annotations
 
-import gc
-import platform
 import time
 from typing import Callable, Dict, List
 
 import numpy as np
 
 from embtab import CuckooTable
+from embtab.benchmarks._harness import machine, machine_line, time_calls, zipf_stream
 
 __all__ = ["run", "format_markdown", "zipf_stream"]
-
-
-def zipf_stream(keys: np.ndarray, n: int, s: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` draws from ``keys`` with P(keys[r]) proportional to (r+1)**-s (inverse CDF)."""
-    weights = np.arange(1, len(keys) + 1, dtype=np.float64) ** -s
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    ranks = np.searchsorted(cdf, rng.random(n), side="right")
-    return keys[np.minimum(ranks, len(keys) - 1)]
-
-
-def _median_time(fn: Callable[[], object], repeats: int, check: Callable[[object], None]) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        check(out)
-        del out  # free it before the next run (two 10^7-key tables alive would skew that run)
-    return float(np.median(times))
 
 
 def _expect_len(n: int) -> Callable[[object], None]:
@@ -57,20 +35,8 @@ def _expect_len(n: int) -> Callable[[object], None]:
     return check
 
 
-def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
+def _median_time(fn: Callable[[], object], repeats: int, check: Callable[[object], None]) -> float:
+    return time_calls(fn, repeats, check=check).median
 
 
 def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
@@ -97,7 +63,7 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:
     results: Dict[str, object] = {
         "benchmark": "table",
         "embtab": embtab.__version__,
-        "machine": _machine(),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "n_keys": n_keys,
         "zipf_s": 1.1,
@@ -223,8 +189,7 @@ def format_markdown(results: dict) -> str:
     m = results["machine"]
     out = [
         f"Table benchmark: {results['n_keys']:,} distinct random 64-bit keys, Zipf({results['zipf_s']}) "
-        f"streams, median of {results['repeats']}; {m['cpu']}, {m['cores']} cores, "
-        f"embtab {results['embtab']}, {results['date']}.",
+        f"streams, median of {results['repeats']}; {machine_line(m)}.",
         "",
         "| operation | implementation | batch | threads | stream / setting | M keys/s |",
         "|---|---|---:|---:|---|---:|",

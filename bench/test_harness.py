@@ -1,0 +1,70 @@
+"""The benchmark harness and registry (plain tests; skipped under --benchmark-only)."""
+
+import numpy as np
+import pytest
+
+from embtab.benchmarks import REGISTRY, Benchmark
+from embtab.benchmarks._harness import isa_level, machine, machine_line, time_calls, zipf_ranks, zipf_stream
+
+
+def test_registry_names_every_benchmark_module():
+    assert sorted(REGISTRY) == ["distributed", "module", "rerank", "table"]
+    for name, b in REGISTRY.items():
+        assert isinstance(b, Benchmark) and b.name == name
+        mod = b.load()
+        assert callable(mod.run) and callable(mod.format_markdown), name
+
+
+def test_registry_entry_runs_its_module(monkeypatch):
+    calls = []
+    mod = REGISTRY["table"].load()
+    monkeypatch.setattr(mod, "run", lambda quick=False, **kw: calls.append((quick, kw)) or {"ok": 1})
+    assert REGISTRY["table"](quick=True, seed=3) == {"ok": 1}
+    assert calls == [(True, {"seed": 3})]
+
+
+def test_zipf_ranks_follow_the_power_law():
+    r = zipf_ranks(1000, 200_000, 1.1, np.random.default_rng(0))
+    assert r.dtype == np.int64 and r.min() >= 0 and r.max() < 1000
+    counts = np.bincount(r, minlength=1000)
+    # P(rank 0) / P(rank 9) = 10 ** 1.1 ~ 12.6
+    assert 10 < counts[0] / counts[9] < 15.5
+
+
+def test_zipf_stream_draws_keys_by_rank():
+    keys = np.arange(50, dtype=np.int64) * 3 + 1
+    a = zipf_stream(keys, 1000, 1.1, np.random.default_rng(5))
+    b = keys[zipf_ranks(50, 1000, 1.1, np.random.default_rng(5))]
+    assert np.array_equal(a, b)
+
+
+def test_time_calls_checks_every_output_and_keeps_the_last_only_when_asked():
+    seen = []
+    outs = iter(range(10))
+    t = time_calls(lambda: next(outs), 3, warmup=2, check=seen.append)
+    assert seen == [2, 3, 4] and len(t.times) == 3 and t.output is None
+    assert t.median == sorted(t.times)[1]
+    assert time_calls(lambda: 7, 1, keep_output=True).output == 7
+
+    def bad(out):
+        raise AssertionError("wrong result")
+
+    with pytest.raises(AssertionError, match="wrong result"):
+        time_calls(lambda: 1, 2, check=bad)
+    with pytest.raises(ValueError, match="repeats"):
+        time_calls(lambda: 1, 0)
+
+
+def test_isa_level_follows_the_dispatch_rules():
+    assert isa_level({"avx2", "avx512f", "avx512dq", "avx512vl"}, True) == "AVX-512 (F/DQ/VL)"
+    assert isa_level({"avx2", "avx512f"}, True) == "AVX2"
+    assert isa_level({"sse2"}, True) == "baseline"
+    assert isa_level({"avx2"}, False) == "scalar build"
+
+
+def test_machine_line_names_cpu_isa_and_versions():
+    m = machine()
+    line = machine_line(m)
+    for key in ("cpu", "isa", "numpy", "python", "embtab"):
+        assert str(m[key]) in line, key
+    assert machine_line({"cpu": "c", "cores": 2}).startswith("c, 2 cores; ISA level ?")

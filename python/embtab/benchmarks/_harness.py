@@ -1,0 +1,241 @@
+"""What every embtab benchmark shares: the machine description, the timer and the Zipf sampler.
+
+The benchmark modules (``embtab.benchmarks.table``, ``module``, ``rerank``, ``distributed``), the
+scripts in ``bench/`` and the pytest-benchmark suites in ``bench/test_*.py`` all take these from
+here, so that every figure names its machine the same way and every workload draws its IDs the
+same way.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, List, NamedTuple, Optional
+
+import numpy as np
+
+__all__ = ["Timing", "machine", "machine_line", "time_calls", "zipf_ranks", "zipf_stream"]
+
+# the x86 feature flags that decide which of embtab's code paths run (docs: README, "Binary wheels")
+_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw")
+
+
+def _lscpu() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {k.strip(): v.strip() for k, v in
+            (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_level(flags: set, vector_code: bool) -> str:
+    """The ISA level embtab's run-time dispatch picks on a CPU with these /proc/cpuinfo flags.
+
+    Parameters
+    ----------
+    flags : set of str
+        CPU feature flags as /proc/cpuinfo spells them.
+    vector_code : bool
+        ``embtab._core._vector_code``: False for a build with only the scalar forms.
+
+    Returns
+    -------
+    str
+        ``"AVX-512 (F/DQ/VL)"``, ``"AVX2"``, ``"baseline"`` (SSE2 on x86-64, or a non-x86 CPU) or
+        ``"scalar build"``.
+    """
+    if not vector_code:
+        return "scalar build"
+    if {"avx512f", "avx512dq", "avx512vl"} <= flags:
+        return "AVX-512 (F/DQ/VL)"
+    if "avx2" in flags:
+        return "AVX2"
+    return "baseline"
+
+
+def _commit() -> Optional[str]:
+    """The git commit of the embtab source tree this module was imported from, if it is one."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine() -> dict:
+    """Describe this machine and software for a benchmark's results (JSON-serialisable).
+
+    Returns
+    -------
+    dict
+        ``cpu`` (lscpu's model name), ``cores``, ``hypervisor`` (or None), ``cpu_flags`` (the
+        x86 features that decide embtab's code paths), ``isa`` (the level embtab's dispatch
+        picks, see :func:`isa_level`), ``python``, ``numpy``, ``torch`` (None without torch),
+        ``embtab``, ``commit`` (None outside a git checkout) and ``date`` (UTC).
+    """
+    from embtab import _core
+
+    info = _lscpu()
+    flags = _cpu_flags()
+    try:
+        import torch
+
+        torch_version: Optional[str] = torch.__version__
+        torch_threads: Optional[int] = torch.get_num_threads()
+    except ImportError:  # torch is a dependency; keep the description usable without it
+        torch_version, torch_threads = None, None
+    return {
+        "cpu": info.get("Model name") or platform.processor() or platform.machine(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "hypervisor": info.get("Hypervisor vendor"),
+        "cpu_flags": [f for f in _FLAGS if f in flags],
+        "isa": isa_level(flags, bool(_core._vector_code)),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch_version,
+        "torch_threads": torch_threads,
+        "embtab": _core.__version__,
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine_line(m: Optional[dict] = None) -> str:
+    """One line naming the machine, ISA level, versions, commit and date (for reports).
+
+    Parameters
+    ----------
+    m : dict, optional
+        A :func:`machine` description (default: this machine now).
+    """
+    m = machine() if m is None else m
+    g = lambda k: m.get(k) or "?"  # noqa: E731  (older results files lack some fields)
+    where = f"{g('cpu')}, {g('cores')} cores" + (f", {m['hypervisor']}" if m.get("hypervisor") else "")
+    soft = f"Python {g('python')}, NumPy {g('numpy')}" + (f", torch {m['torch']}" if m.get("torch") else "")
+    at = f"embtab {g('embtab')}" + (f" at {m['commit']}" if m.get("commit") else "")
+    return f"{where}; ISA level {g('isa')}; {soft}; {at}; {g('date')}"
+
+
+class Timing(NamedTuple):
+    """Result of :func:`time_calls`: the median and every call's seconds, and the last output."""
+
+    median: float
+    times: List[float]
+    output: Any
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 0,
+               check: Optional[Callable[[Any], None]] = None, keep_output: bool = False,
+               collect: bool = True) -> Timing:
+    """Time ``repeats`` calls of ``fn`` (wall clock, ``time.perf_counter``).
+
+    Parameters
+    ----------
+    fn : callable
+        The timed call; its workload must be built before (nothing is generated here).
+    repeats : int
+        Timed calls (>= 1); the median is reported.
+    warmup : int
+        Untimed calls first (the first calls in a fresh process can run slow while memory
+        settles).
+    check : callable, optional
+        Called with each timed call's output, outside the timed region; raises if the output
+        is wrong, so that no benchmark can time a call whose work was skipped.
+    keep_output : bool
+        Keep the last output in the result; otherwise each output is released before the next
+        call (two large tables alive at once would skew the next timing).
+    collect : bool
+        Run the garbage collector before each timed call.
+
+    Returns
+    -------
+    Timing
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    out = None
+    for _ in range(repeats):
+        if not keep_output:
+            out = None
+        if collect:
+            gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        if check is not None:
+            check(out)
+    return Timing(float(np.median(times)), times, out if keep_output else None)
+
+
+def zipf_ranks(n: int, size: int, s: float, rng: np.random.Generator) -> np.ndarray:
+    """``size`` ranks in ``[0, n)`` with P(r) proportional to (r + 1) ** -s (inverse CDF).
+
+    Parameters
+    ----------
+    n : int
+        Number of distinct ranks.
+    size : int
+        Number of draws.
+    s : float
+        Zipf exponent (1.1 in every embtab benchmark).
+    rng : numpy.random.Generator
+        Source of the uniform draws (one ``rng.random(size)`` call).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 array of shape ``(size,)``.
+    """
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -s
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    ranks = np.searchsorted(cdf, rng.random(size), side="right")
+    return np.minimum(ranks, n - 1).astype(np.int64)
+
+
+def zipf_stream(keys: np.ndarray, n: int, s: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws from ``keys`` with P(keys[r]) proportional to (r + 1) ** -s.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        The distinct keys, most popular first.
+    n : int
+        Number of draws.
+    s : float
+        Zipf exponent.
+    rng : numpy.random.Generator
+        Source of the uniform draws.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``, the dtype of ``keys``.
+    """
+    return keys[zipf_ranks(len(keys), n, s, rng)]
