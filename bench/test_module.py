@@ -5,7 +5,8 @@ table of 2**18 x 64 float32 rows and batches of 16,384 Zipf(1.1) draws over 2**1
 64-bit IDs. The torch references get the same batches pre-remapped to dense indices (the ID's
 Zipf rank); embtab's modules are timed in steady state (every batch seen once before). Each round
 steps through the next of 4 prepared batches; every loss is checked finite and the ID maps are
-checked to hold exactly the batches' distinct IDs.
+checked to hold exactly the batches' distinct IDs. ``CuckooEmbedding`` also runs with the fused
+SGD of :mod:`embtab.optim` (the step applied inside backward, no ``torch.optim`` pass).
 """
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from embtab.benchmarks._harness import zipf_ranks
+import embtab.optim
 from embtab.nn import CuckooEmbedding, CuckooEmbeddingBag, HashedEmbedding
 
 N_BATCHES = 4
@@ -35,16 +37,20 @@ def workload(full):
 
 
 def _stepper(module, batches, *extra):
-    """A function doing one SGD step on the next batch (round robin); returns the losses seen."""
-    opt = torch.optim.SGD(module.parameters(), lr=0.01)
+    """A function doing one SGD step on the next batch (round robin); returns the losses seen.
+    A module built with a fused optimizer (``optimizer=``) steps inside its backward."""
+    fused = getattr(module, "optimizer", None) is not None
+    opt = None if fused else torch.optim.SGD(module.parameters(), lr=0.01)
     losses = []
 
     def step():
         b = batches[len(losses) % len(batches)]
         loss = module(b, *extra).sum()
-        opt.zero_grad()
+        if opt is not None:
+            opt.zero_grad()
         loss.backward()
-        opt.step()
+        if opt is not None:
+            opt.step()
         losses.append(loss.item())
         return losses
 
@@ -77,6 +83,13 @@ def test_step_cuckoo_embedding(benchmark, workload):
     m = _run(benchmark, _group(workload, "embedding"),
              CuckooEmbedding(workload["n"], workload["dim"], sparse=True, seed=0), workload["raw"], warm=True)
     assert m.num_ids == workload["distinct"]
+
+
+def test_step_cuckoo_embedding_fused_sgd(benchmark, workload):
+    m = _run(benchmark, _group(workload, "embedding"),
+             CuckooEmbedding(workload["n"], workload["dim"], sparse=True, seed=0,
+                             optimizer=embtab.optim.SGD(lr=0.01)), workload["raw"], warm=True)
+    assert m.num_ids == workload["distinct"] and m.weight.grad is None
 
 
 def test_step_hashed_embedding(benchmark, workload):

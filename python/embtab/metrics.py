@@ -16,9 +16,9 @@ Inputs, shared by every function:
 
 Definitions (pop(i) = share of training users who interacted with item i):
 
-* ``recall@k`` = |top-k ∩ test| / min(k, |test|), averaged over users with a test item.
+* ``recall@k`` = ``|top-k ∩ test| / min(k, |test|)``, averaged over users with a test item.
 * ``ndcg@k`` = DCG/IDCG with binary gains, DCG = Σ_{j<k} [top-k_j ∈ test] / log2(j + 2),
-  IDCG = Σ_{j < min(k, |test|)} 1 / log2(j + 2); averaged over users with a test item.
+  ``IDCG = Σ_{j < min(k, |test|)} 1 / log2(j + 2)``; averaged over users with a test item.
 * ``arp@k`` = mean over users of the mean pop(i) of their top-k.
 * head/tail: the head is the ``ceil(I/5)`` (20%) most popular items by training count, ties
   broken by lower item index; the rest is the tail. ``tail_share@k`` = share of all U·k
@@ -269,7 +269,7 @@ def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
 
 def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
                 per_user: bool = False):
-    """recall@k = |top-k ∩ test_u| / min(k, |test_u|), averaged over users with a test item.
+    """recall@k = ``|top-k ∩ test_u| / min(k, |test_u|)``, averaged over users with a test item.
 
     Parameters
     ----------
@@ -303,8 +303,8 @@ def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
               per_user: bool = False):
     """ndcg@k with binary gains, averaged over users with a test item.
 
-    DCG = Σ_{j<k} [topk[u, j] ∈ test_u] / log2(j + 2); IDCG = Σ_{j < min(k, |test_u|)}
-    1 / log2(j + 2); ndcg = DCG / IDCG. Arguments as in :func:`recall_at_k`.
+    DCG = Σ_{j<k} [topk[u, j] ∈ test_u] / log2(j + 2); ``IDCG = Σ_{j < min(k, |test_u|)}
+    1 / log2(j + 2)``; ndcg = DCG / IDCG. Arguments as in :func:`recall_at_k`.
 
     Example::
 
@@ -422,7 +422,7 @@ def gini_at_k(topk, n_items: int, k: int = 10) -> float:
 
     Never-shown items count as 0. With counts c sorted ascending,
     G = Σ_{i=1..I} (2i − I − 1) c_(i) / (I · Σ c), which equals
-    Σ_i Σ_j |c_i − c_j| / (2 I² mean(c)): 0 for uniform exposure, (I − 1)/I when one item takes
+    ``Σ_i Σ_j |c_i − c_j| / (2 I² mean(c))``: 0 for uniform exposure, (I − 1)/I when one item takes
     every slot.
 
     Example::

@@ -381,7 +381,7 @@ class Interactions:
         return np.bincount(self.items, minlength=self.n_items).astype(np.int64)
 
     def genre_weights(self) -> np.ndarray:
-        """Item genre distribution, float64 [I, G]: weight 1/|genres(i)| on each genre of i.
+        """Item genre distribution, float64 [I, G]: weight ``1/|genres(i)|`` on each genre of i.
 
         Rows of items without a genre are all zero.
         """

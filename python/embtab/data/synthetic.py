@@ -37,7 +37,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     3. **Preference** (see :class:`GroundTruth`): ``p(i|u) = Σ_g mix_u(g) ·
        popularity(i)**beta · w(i,g) / Z_g``, ``w(i,g) = 1/|genres(i)|`` for ``g ∈ genres(i)``.
     4. **Interactions.** Each user consumes ``n_u`` distinct items sampled without replacement
-       from p(·|u) (successive sampling: the first ``n_u`` distinct items of an i.i.d. stream);
+       from ``p(·|u)`` (successive sampling: the first ``n_u`` distinct items of an i.i.d. stream);
        ``timestamps`` record that order (0, 1, ...).
     5. **IDs.** Users and items get distinct uniformly random 64-bit raw IDs (uint64).
 
