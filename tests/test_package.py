@@ -128,3 +128,13 @@ def test_core_entry_points_refuse_thread_counts_beyond_int_with_a_value_error():
             call(2**31)
         with pytest.raises(ValueError, match="num_threads must be >= 0"):
             call(-1)
+
+
+def test_test_hooks_live_in_the_testing_submodule_only():
+    from embtab import _core
+
+    private = {n for n in dir(_core) if n.startswith("_") and not n.startswith("__")}
+    assert private == {"_CuckooTable", "_sanitized", "_testing", "_vector_code"}
+    assert not [n for n in dir(_core._CuckooTable) if n.startswith("_") and not n.startswith("__")]
+    assert {"set_isa_limit", "vlog", "ratio_log_block", "class_tops", "rerank_work_floor",
+            "table_check_invariants", "table_candidate_buckets"} <= set(dir(_core._testing))

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import rerank_reference as ref
-from embtab import _core, rerank
+from embtab import rerank
+from embtab._core import _testing
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -584,7 +585,7 @@ def _ulps(got, want):
 ])
 def test_vlog_within_one_ulp_of_math_log(name, x):
     # The oracle is the C library's log via math.log (itself within 1 ulp of the true value).
-    got = _core._vlog(x)
+    got = _testing.vlog(x)
     want = np.array([math.log(v) for v in x.tolist()])
     nonzero = want != 0.0
     assert np.array_equal(got[~nonzero], want[~nonzero])
@@ -594,25 +595,25 @@ def test_vlog_within_one_ulp_of_math_log(name, x):
 def test_vlog_edges_and_batch_independence():
     edges = np.array([1.0, 2.0, 0.5, math.sqrt(2.0), math.sqrt(0.5), np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0),
                       1e300, 1e-300, np.finfo(np.float64).tiny, np.finfo(np.float64).max, math.e])
-    got = _core._vlog(edges)
+    got = _testing.vlog(edges)
     assert got[0] == 0.0 and got[1] == math.log(2.0)
     assert _ulps(got[1:], np.array([math.log(v) for v in edges[1:]])).max() <= 1.0
     # the same bits from the baseline-ISA code as from the AVX2 or AVX-512 code the CPU may
     # dispatch to
     x = np.exp(np.random.default_rng(6).uniform(-700, 709, 100_003))
-    best = _core._vlog(x)
-    assert np.array_equal(_core._vlog(x, baseline=True), best)
-    _core._set_isa_limit("avx2")
+    best = _testing.vlog(x)
+    assert np.array_equal(_testing.vlog(x, baseline=True), best)
+    _testing.set_isa_limit("avx2")
     try:
-        assert np.array_equal(_core._vlog(x), best)
+        assert np.array_equal(_testing.vlog(x), best)
     finally:
-        _core._set_isa_limit("auto")
+        _testing.set_isa_limit("auto")
     # the same bits whatever the batch length and a value's lane
     x = 1.0 + np.random.default_rng(5).random(37)
-    full = _core._vlog(x)
+    full = _testing.vlog(x)
     for n in range(1, 10):
         for j in range(0, x.size - n + 1, 5):
-            assert np.array_equal(_core._vlog(x[j:j + n]), full[j:j + n])
+            assert np.array_equal(_testing.vlog(x[j:j + n]), full[j:j + n])
 
 
 def _isa_cases():
@@ -638,11 +639,11 @@ def test_every_isa_same_bits(level, f32):
         for lam, alpha in ((0.5, 0.01), (0.9, 0.2)):
             kw = {"lam": lam, "alpha": alpha, "candidates": cand, "return_objective": True}
             fast = rerank.calibrated(s, item_dist, target, k, **kw)
-            _core._set_isa_limit(level)
+            _testing.set_isa_limit(level)
             try:
                 capped = rerank.calibrated(s, item_dist, target, k, **kw)
             finally:
-                _core._set_isa_limit("auto")
+                _testing.set_isa_limit("auto")
             assert np.array_equal(fast.lists, capped.lists)
             assert np.array_equal(fast.objective, capped.objective)
             assert np.array_equal(fast.miscalibration, capped.miscalibration)
@@ -650,7 +651,7 @@ def test_every_isa_same_bits(level, f32):
 
 def test_isa_limit_hook_checks_its_argument():
     with pytest.raises(ValueError, match="level"):
-        _core._set_isa_limit("sse9")
+        _testing.set_isa_limit("sse9")
 
 
 def test_tiny_target_mass_takes_the_overflow_form():
@@ -734,17 +735,17 @@ def test_ratio_log_block_bits(level, G4, D):
     cw = 0.99 / np.arange(1, D + 1)
     oma, t1 = 0.99, 4.0
     o = np.where(p > 0, oma * W + ap * t1, 1.0)
-    want = lp[None, :] * _core._vlog(1.0 + cw[:, None] * (1.0 / o)[None, :]).reshape(D, G4)
-    _core._set_isa_limit(level)
+    want = lp[None, :] * _testing.vlog(1.0 + cw[:, None] * (1.0 / o)[None, :]).reshape(D, G4)
+    _testing.set_isa_limit(level)
     try:
-        got, ok = _core._ratio_log_block(cw, W, p, ap, oma, t1, lp)
+        got, ok = _testing.ratio_log_block(cw, W, p, ap, oma, t1, lp)
         p2 = p.copy()
         p2[G4 - 1], ap2 = 1e-305, ap.copy()
         ap2[G4 - 1], W2 = 1e-307, W.copy()
         W2[G4 - 1] = 0.0
-        _, ok2 = _core._ratio_log_block(cw, W2, p2, ap2, oma, t1, lp)
+        _, ok2 = _testing.ratio_log_block(cw, W2, p2, ap2, oma, t1, lp)
     finally:
-        _core._set_isa_limit("auto")
+        _testing.set_isa_limit("auto")
     assert ok and np.array_equal(got, want)
     assert not ok2  # a ratio past 1e300 is reported (here in the last genre, a tail lane)
 
@@ -753,7 +754,7 @@ def test_ratio_log_block_no_classes():
     # No weight classes: nothing to write, for any number of genres (a review found the AVX-512
     # side-by-side path writing past its 12-vector buffers here).
     z = np.zeros(4000)
-    got, ok = _core._ratio_log_block(np.empty(0), z, z, z, 0.99, 1.0, z)
+    got, ok = _testing.ratio_log_block(np.empty(0), z, z, z, 0.99, 1.0, z)
     assert got.shape == (0, 4000) and ok
 
 
@@ -768,11 +769,11 @@ def test_class_tops_against_sorting(level):
     in_use = rng.random((D, G4)) < 0.8
     in_use[4] = False  # a class with no keys in use
     class_top = np.array([1, 2, 3, 4, 2], dtype=np.int32)
-    _core._set_isa_limit(level)
+    _testing.set_isa_limit(level)
     try:
-        got = _core._class_tops(T1, in_use, class_top)
+        got = _testing.class_tops(T1, in_use, class_top)
     finally:
-        _core._set_isa_limit("auto")
+        _testing.set_isa_limit("auto")
     for d in range(D):
         vals = np.sort(np.where(in_use[d], T1[d], 0.0))[::-1]
         want = np.cumsum(vals[:4])

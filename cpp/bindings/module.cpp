@@ -7,6 +7,7 @@ void bind_io(py::module_& m);
 void bind_table(py::module_& m);
 void bind_rerank(py::module_& m);
 void bind_ops(py::module_& m);
+void bind_testing(py::module_& m);
 void bind_optim(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
@@ -21,5 +22,6 @@ PYBIND11_MODULE(_core, m) {
     bind_table(m);
     bind_rerank(m);
     bind_ops(m);
+    bind_testing(m);
     bind_optim(m);
 }

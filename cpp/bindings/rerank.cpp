@@ -192,102 +192,11 @@ void bind_rerank(py::module_& m) {
         py::arg("num_threads") = 0, py::arg("with_objective") = false,
         "Private: calibrated greedy rerank over a CSR item distribution (see embtab.rerank.calibrated).");
 
-    m.def(
-        "_rerank_work_floor",
-        [](std::int64_t U, std::int64_t C, std::int64_t k, int width, int n_entries, bool logs_only,
-           std::int64_t num_threads) {
-            const int nt = check_threads(num_threads);
-            if (U < 0 || C < 1 || k < 1 || width < 1 || width > 4 || n_entries < 1 || n_entries > 65535)
-                throw py::value_error("_rerank_work_floor: need U >= 0, C >= 1, k >= 1, 1 <= width <= 4, "
-                                      "1 <= n_entries <= 65535");
-            py::gil_scoped_release release;
-            return embtab::work_floor(U, C, k, width, n_entries, logs_only, nt);
-        },
-        py::arg("U"), py::arg("C"), py::arg("k"), py::arg("width"), py::arg("n_entries"), py::arg("logs_only"),
-        py::arg("num_threads") = 1,
-        "Private benchmark reference: the logs and table gathers of the greedy without anything else.");
-
 #if defined(EMBTAB_VLOG_VECTOR)
     m.attr("_vector_code") = true;
 #else
     m.attr("_vector_code") = false;  // the scalar forms (EMBTAB_NO_VECTOR or no vector extensions)
 #endif
-    m.def(
-        "_set_isa_limit",
-        [](const std::string& level) {
-            int v;
-            if (level == "auto") v = 0;
-            else if (level == "baseline") v = 1;
-            else if (level == "avx2") v = 2;
-            else throw py::value_error("_set_isa_limit: level must be 'auto', 'baseline' or 'avx2', got '" + level + "'");
-            embtab::detail::isa_limit().store(v);
-        },
-        py::arg("level"),
-        "Private test hook: cap the SIMD code the reranker and vlog dispatch to ('auto': the best the CPU has).");
-    m.def(
-        "_ratio_log_block",
-        [](py::array_t<double, py::array::c_style | py::array::forcecast> cw,
-           py::array_t<double, py::array::c_style | py::array::forcecast> W,
-           py::array_t<double, py::array::c_style | py::array::forcecast> p,
-           py::array_t<double, py::array::c_style | py::array::forcecast> ap, double oma, double t1,
-           py::array_t<double, py::array::c_style | py::array::forcecast> lp) {
-            const std::size_t D = static_cast<std::size_t>(cw.size()), G4 = static_cast<std::size_t>(W.size());
-            if (G4 % 4 != 0 || p.size() != W.size() || ap.size() != W.size() || lp.size() != W.size())
-                throw py::value_error("_ratio_log_block: W, p, ap, lp need one equal length, a multiple of 4");
-            py::array_t<double> T({D, G4});
-            bool ok;
-            {
-                py::gil_scoped_release release;
-                ok = embtab::ratio_log_block(cw.data(), D, W.data(), p.data(), ap.data(), oma, t1, lp.data(), G4,
-                                             T.mutable_data());
-            }
-            return py::make_tuple(T, ok);
-        },
-        py::arg("cw"), py::arg("W"), py::arg("p"), py::arg("ap"), py::arg("oma"), py::arg("t1"), py::arg("lp"),
-        "Private test hook: the reranker's table block T[d, g] = lp[g] * vlog(1 + cw[d] / o_g) and whether "
-        "every ratio was below 1e300.");
-    m.def(
-        "_class_tops",
-        [](py::array_t<double, py::array::c_style | py::array::forcecast> T1,
-           py::array_t<bool, py::array::c_style | py::array::forcecast> in_use,
-           py::array_t<std::int32_t, py::array::c_style | py::array::forcecast> class_top) {
-            if (T1.ndim() != 2 || in_use.ndim() != 2 || T1.shape(0) != in_use.shape(0) ||
-                T1.shape(1) != in_use.shape(1) || T1.shape(1) % 4 != 0 || class_top.ndim() != 1 ||
-                class_top.shape(0) != T1.shape(0))
-                throw py::value_error("_class_tops: T1 and in_use [D, G4] (G4 a multiple of 4), class_top [D]");
-            const std::size_t D = static_cast<std::size_t>(T1.shape(0)), G4 = static_cast<std::size_t>(T1.shape(1));
-            std::vector<std::uint64_t> mask(D * G4);
-            for (std::size_t i = 0; i < D * G4; ++i) mask[i] = in_use.data()[i] ? ~std::uint64_t{0} : 0;
-            for (std::size_t d = 0; d < D; ++d)
-                if (class_top.data()[d] < 0 || class_top.data()[d] > 4)
-                    throw py::value_error("_class_tops: class_top entries must be in [0, 4]");
-            py::array_t<double> top({D, std::size_t{4}});
-            embtab::detail::class_tops_block(T1.data(), mask.data(), class_top.data(), D, G4, top.mutable_data());
-            return top;
-        },
-        py::arg("T1"), py::arg("in_use"), py::arg("class_top"),
-        "Private test hook: the pattern bound's per-class sums of the largest entries.");
-    m.def(
-        "_vlog",
-        [](py::array_t<double, py::array::c_style | py::array::forcecast> x, bool baseline) {
-            py::array_t<double> y(x.size());
-            const double* xp = x.data();
-            double* yp = y.mutable_data();
-            const std::size_t n = static_cast<std::size_t>(x.size());
-            py::gil_scoped_release release;
-#if defined(EMBTAB_VLOG_VECTOR)
-            if (baseline) {
-                embtab::detail::vlog_batch_base(xp, yp, n);
-                return y;
-            }
-#endif
-            embtab::vlog_batch(xp, yp, n);
-            return y;
-        },
-        py::arg("x"), py::arg("baseline") = false,
-        "Private: embtab's vectorised log (finite normal x > 0), for tests against the C library's; "
-        "baseline=True forces the code compiled for the baseline ISA (no AVX2 dispatch).");
-
     m.def(
         "topk",
         [](const py::object& scores_obj, std::int64_t k, std::int64_t num_threads) -> py::tuple {

@@ -199,19 +199,5 @@ void bind_table(py::module_& m) {
                             throw std::invalid_argument(path + ": " + e.what());
                         }
                     },
-                    py::arg("path"))
-        .def("_candidate_buckets",
-             [](const CuckooTable& t, const py::object& ids) {
-                 auto v = as_ids(ids, "ids");
-                 py::array_t<std::uint64_t> b1(static_cast<py::ssize_t>(v.size)), b2(static_cast<py::ssize_t>(v.size));
-                 auto* p1 = b1.mutable_data();
-                 auto* p2 = b2.mutable_data();
-                 for (std::size_t i = 0; i < v.size; ++i) {
-                     const auto bp = embtab::TableTestAccess::candidate_buckets(t, v.data[i]);
-                     p1[i] = bp.first;
-                     p2[i] = bp.second;
-                 }
-                 return py::make_tuple(b1, b2);
-             })
-        .def("_check_invariants", [](const CuckooTable& t) { return embtab::TableTestAccess::check_invariants(t); });
+                    py::arg("path"));
 }

@@ -329,8 +329,8 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     keys_g = present // 1000
     logs = int(k * (tgt[:, keys_g] > 0).sum())
     n_entries = int(present.size)
-    med_full, _, _ = _time(lambda: _core._rerank_work_floor(U, C, k, width, n_entries, False, 1), reps)
-    med_logs, _, _ = _time(lambda: _core._rerank_work_floor(U, C, k, width, n_entries, True, 1), reps)
+    med_full, _, _ = _time(lambda: _core._testing.rerank_work_floor(U, C, k, width, n_entries, False, 1), reps)
+    med_logs, _, _ = _time(lambda: _core._testing.rerank_work_floor(U, C, k, width, n_entries, True, 1), reps)
     res["floor"] = {"full_scan_seconds": med_full, "logs_only_seconds": med_logs, "n_entries": n_entries,
                         "note": "C++ kernel with only the per-step logs (n_entries per step) and a full scan of "
                              "k*C*width packed table gathers + argmax, 1 thread, no set-up"}
