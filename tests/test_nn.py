@@ -777,3 +777,273 @@ def test_weight_on_device_map_on_cpu(device):
     bag = CuckooEmbeddingBag(4, 2, mode="sum").to(device)
     x, off = torch.tensor([5, 6, 7], device=device), torch.tensor([0, 1], device=device)
     assert bag(x, off).shape == (2, 2)
+
+
+# optimizer state through growth and eviction, every torch.optim optimizer ////////////////////
+#
+# Reference: an nn.Embedding with one row per *ID lifetime* (an ID evicted and re-admitted gets a
+# new row), all zero until the lifetime starts, when it is set to the ID's init vector. A row
+# that was never used holds exactly the state a pre-sized table gives a row no ID has touched;
+# embtab must give the rows it grows into or hands to new IDs that same state. The loss is a sum
+# over lookups, so each row's trajectory depends on its own gradients and the shared step count.
+
+OPTIMIZERS = {
+    "SGD": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    "SGD_nesterov": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "Adagrad": (torch.optim.Adagrad, dict(lr=0.1, initial_accumulator_value=0.3, lr_decay=0.01)),
+    "Adam": (torch.optim.Adam, dict(lr=0.05, weight_decay=0.01)),
+    "Adam_amsgrad": (torch.optim.Adam, dict(lr=0.05, amsgrad=True)),
+    "AdamW": (torch.optim.AdamW, dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+    "SparseAdam": (torch.optim.SparseAdam, dict(lr=0.05)),
+    "Adamax": (torch.optim.Adamax, dict(lr=0.05, weight_decay=0.01)),
+    "Adadelta": (torch.optim.Adadelta, dict(lr=0.5, weight_decay=0.01)),
+    "NAdam": (torch.optim.NAdam, dict(lr=0.05, weight_decay=0.01)),
+    "NAdam_decoupled": (torch.optim.NAdam, dict(lr=0.05, decoupled_weight_decay=True)),
+    "RAdam": (torch.optim.RAdam, dict(lr=0.05)),
+    "RMSprop": (torch.optim.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
+    "Rprop": (torch.optim.Rprop, dict(lr=0.02, step_sizes=(1e-4, 0.3))),
+    "ASGD": (torch.optim.ASGD, dict(lr=0.05, t0=2)),
+}
+REFUSED = {"Adafactor": torch.optim.Adafactor, "LBFGS": torch.optim.LBFGS, "Muon": torch.optim.Muon}
+
+
+def test_every_torch_optimizer_is_covered():
+    classes = {c for c in vars(torch.optim).values()
+               if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)} - {torch.optim.Optimizer}
+    assert classes == {c for c, _ in OPTIMIZERS.values()} | set(REFUSED.values())
+
+
+def _lifetime_run(name, policy, steps=10):
+    """Train a CuckooEmbedding (4 rows, growing or evicting) and its lifetime reference; return
+    (module, optimizer, reference weight, ID -> reference row)."""
+    cls, kw = OPTIMIZERS[name]
+    sparse = cls is torch.optim.SparseAdam
+    emb = CuckooEmbedding(4, 3, sparse=sparse, on_full=policy, seed=2)
+    L = 64
+    ref = nn.Embedding(L + 1, 3, padding_idx=L, sparse=sparse)
+    with torch.no_grad():
+        ref.weight.zero_()
+    opt, ropt = cls(emb.parameters(), **kw), cls(ref.parameters(), **kw)
+    life, nxt = {}, 0
+    g = torch.Generator().manual_seed(7)
+    for step in range(steps):
+        x = torch.randint(0, 5 + step, (3,), generator=g) * 1000 + 1
+        tgt = torch.randn(3, 3, generator=g)
+        out = emb(x)
+        live = set(emb._table.items()[0].tolist())
+        life = {i: r for i, r in life.items() if i in live}
+        for i in x.unique().tolist():
+            if i not in life:  # a new lifetime starts at the ID's init vector
+                life[i], nxt = nxt, nxt + 1
+                with torch.no_grad():
+                    ref.weight[life[i]] = init_vectors(np.array([i]), 3, 2, EmbeddingInit())[0]
+        rout = ref(torch.tensor([life[i] for i in x.tolist()]))
+        assert torch.equal(out, rout), (name, step)
+        for o, y in ((opt, out), (ropt, rout)):
+            o.zero_grad()
+            ((y - tgt) ** 2 + 0.1 * y**3).sum().backward()
+            o.step()
+    assert nxt < L
+    return emb, opt, ref.weight.detach(), life
+
+
+# torch's sparse Adagrad / SparseAdam build sparse tensors without opting in or out of checks.
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled:UserWarning")
+@pytest.mark.parametrize("policy", ["grow", "evict_lru", "evict_lfu"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizer_state_through_growth_and_eviction_matches_reference(name, policy):
+    emb, opt, ref_w, life = _lifetime_run(name, policy)
+    if policy == "grow":
+        assert emb.num_growths.item() >= 2
+    else:
+        assert emb.stats()["num_evictions"] >= 4 and emb.num_embeddings == 4
+    ids = torch.tensor(sorted(life))
+    rows = emb.lookup(ids)
+    assert (rows >= 0).all()
+    assert torch.equal(emb.weight.detach()[rows], ref_w[torch.tensor([life[i] for i in ids.tolist()])])
+    assert torch.count_nonzero(emb.weight.detach()[emb.num_embeddings]) == 0
+
+
+@pytest.mark.parametrize("policy", ["grow", "evict_lru"])
+@pytest.mark.parametrize("name", ["Adafactor", "Muon"])
+def test_optimizer_mixing_rows_refused_when_rows_change(name, policy):
+    cls = REFUSED[name]
+    emb = CuckooEmbedding(2, 4, on_full=policy)
+    opt = cls(emb.parameters(), lr=0.01)
+
+    def step(ids):
+        opt.zero_grad()
+        emb(torch.tensor(ids)).pow(2).sum().backward()
+        opt.step()
+
+    step([1, 2])  # fills the table; no growth or eviction yet: trains as nn.Embedding would
+    step([1, 2])
+    w_before = emb.weight.detach().clone()
+    state_before = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                    for k, v in opt.state[emb.weight].items()} if opt.state[emb.weight] else {}
+    with pytest.raises(ValueError, match=f"growing or evicting rows .* cannot be done for {cls.__name__}"):
+        step([3])  # grows or evicts: the optimizer's state cannot follow
+    # The step was not applied: ID 2 (row 1, kept by both policies) did not move.
+    assert emb.lookup(torch.tensor([2])).item() == 1
+    assert torch.equal(emb.weight.detach()[1], w_before[1])
+    for k, v in state_before.items():
+        got = opt.state[emb.weight][k]
+        assert torch.equal(got, v) if isinstance(v, torch.Tensor) else got == v, k
+
+
+def test_lbfgs_refused_with_a_module_that_may_grow_or_evict():
+    def closure(emb, opt, ids):
+        def f():
+            opt.zero_grad()
+            loss = emb(torch.tensor(ids)).pow(2).sum()
+            loss.backward()
+            return loss
+        return f
+
+    for policy in ("grow", "evict_lfu"):
+        emb = CuckooEmbedding(2, 4, on_full=policy)
+        opt = torch.optim.LBFGS(emb.parameters(), lr=0.1)
+        with pytest.raises(ValueError, match=f"LBFGS runs the forward inside step.*{policy}"):
+            opt.step(closure(emb, opt, [1, 2, 3]))
+        assert emb.num_ids == 0
+    emb = CuckooEmbedding(4, 4, on_full="error")
+    opt = torch.optim.LBFGS(emb.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.step(closure(emb, opt, [1, 2, 3]))
+    assert emb.num_ids == 3
+
+
+def test_unknown_optimizer_refused_only_when_its_state_must_change():
+    class MySGD(torch.optim.SGD):
+        pass
+
+    emb = CuckooEmbedding(2, 2)
+    opt = MySGD(emb.parameters(), lr=0.1, momentum=0.9)
+    emb(torch.tensor([1, 2])).sum().backward()
+    opt.step()  # no growth: fine
+    emb(torch.tensor([3])).sum().backward()  # grows
+    with pytest.raises(ValueError, match="per-row optimizer state of MySGD, which embtab does not know"):
+        opt.step()
+
+
+# eviction and graphs not yet backpropagated ////////////////////////////////////////////////
+
+
+def test_eviction_never_takes_a_row_a_pending_graph_reads():
+    emb = CuckooEmbedding(3, 2, on_full="evict_lru")
+    a = emb(torch.tensor([1, 2, 3]))  # its graph reads rows 0, 1, 2
+    before = table_state(emb)
+    with pytest.raises(ValueError, match="not yet backpropagated"):
+        emb(torch.tensor([4]))  # every row is read by `a`: nothing may be evicted
+    assert_state_equal(before, table_state(emb))
+    a.sum().backward()  # now the rows are free
+    emb(torch.tensor([4]))
+    assert emb.lookup(torch.tensor([1, 4])).tolist() == [-1, 0]
+
+    # A pending graph keeps its rows; the eviction takes another, and each gradient reaches
+    # the ID that produced it.
+    emb = CuckooEmbedding(3, 2, on_full="evict_lfu")
+    emb(torch.tensor([1, 2, 2])).sum().backward()
+    emb(torch.tensor([3, 3, 3]))  # ID 3 fills the last row; counts 1:1, 2:2, 3:3
+    b = emb(torch.tensor([1]))  # pending: row of ID 1 (least frequent) is pinned
+    emb.weight.grad = None
+    c = emb(torch.tensor([4]))  # evicts ID 2, not ID 1
+    assert emb.lookup(torch.tensor([1, 2, 4])).tolist() == [0, -1, 1]
+    (b.sum() + 2 * c.sum()).backward()
+    assert emb.weight.grad[:3].tolist() == [[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]]
+
+
+def test_a_freed_graph_releases_its_rows():
+    import gc
+
+    emb = CuckooEmbeddingBag(2, 2, mode="sum", on_full="evict_lru")
+    loss = emb(torch.tensor([[1, 2]])).sum()
+    del loss
+    gc.collect()
+    emb(torch.tensor([[3]]))  # may evict: the graph that read rows 0 and 1 is gone
+    assert emb.stats()["num_evictions"] == 1
+    with torch.no_grad():
+        emb(torch.tensor([[1]]))  # no graph, nothing pinned
+    emb.eval()
+    emb(torch.tensor([[5]]))
+    assert emb._graph_rows == {}
+
+
+# load_state_dict validates before it changes anything ////////////////////////////////////////
+
+
+def _tampered_state_dicts(sd):
+    """(what, state dict) pairs that must be refused; ``sd`` is a valid state dict."""
+    def edit(**kw):
+        out = {k: v.clone() for k, v in sd.items()}
+        for k, v in kw.items():
+            if v is None:
+                del out[k]
+            else:
+                out[k] = v(out[k]) if callable(v) else v
+        return out
+
+    R = sd["row_ids"].numel()
+    live = torch.nonzero(sd["row_live"]).reshape(-1)
+    dup = sd["row_ids"].clone()
+    dup[live[1]] = dup[live[0]]
+    zero_row = sd["weight"].clone()
+    zero_row[-1] = 1.0
+    return [
+        ("weight", edit(weight=torch.zeros(R + 1, 5))),  # another embedding_dim
+        ("weight", edit(weight=torch.zeros(R + 3, 3))),  # rows disagree with the ID map
+        ("weight", edit(weight=zero_row)),
+        ("weight", edit(weight=lambda w: w.to(torch.int64))),
+        ("row_ids", edit(row_ids=dup)),  # a duplicate ID
+        ("row_ids", edit(row_ids=lambda t: t.to(torch.int32))),
+        ("row_live", edit(row_live=lambda t: t.to(torch.int64))),
+        ("row_last_step", edit(row_last_step=lambda t: t[:-1])),
+        ("num_rows", edit(num_rows=torch.tensor(R + 1))),
+        ("num_rows", edit(num_rows=torch.tensor(int(live[-1])))),  # a live row beyond num_rows
+        ("num_evictions", edit(num_evictions=torch.tensor(-1))),
+        ("num_steps", edit(num_steps=torch.tensor([1, 2]))),
+        ("admission_sketch", edit(admission_sketch=lambda t: t[:, :-1])),
+        ("row_ids", edit(row_ids=None)),  # a missing key
+        ("unexpected", edit(row_count=torch.zeros(R, dtype=torch.int64))),  # another policy's
+        ("padding_id", edit(row_ids=lambda t: torch.where(torch.arange(R) == live[0], 99, t))),
+    ]
+
+
+def test_failed_load_state_dict_changes_nothing():
+    kw = dict(on_full="evict_lru", min_count=2, padding_id=99, seed=3)
+    src = CuckooEmbedding(6, 3, **kw)
+    src(raw_ids(5, seed=1).repeat(2))
+    src(raw_ids(4, seed=2).repeat(2))  # evicts 3
+    sd = src.state_dict()
+    dst = CuckooEmbedding(4, 3, **kw)
+    own = raw_ids(4, seed=3).repeat(2)
+    dst(own)
+    for what, bad in _tampered_state_dicts(sd):
+        before = table_state(dst)
+        items = [a.copy() for a in dst._table.items()]
+        rows = dst.lookup(own)
+        with pytest.raises(ValueError, match="load_state_dict|unexpected keys"):
+            dst.load_state_dict(bad)
+        assert_state_equal(before, table_state(dst))
+        assert dst.num_embeddings == 4 and dst.weight.shape == (5, 3), what
+        assert all(np.array_equal(a, b) for a, b in zip(items, dst._table.items())), what
+        assert torch.equal(dst.lookup(own), rows), what
+    dst.load_state_dict(sd)  # the untampered one loads
+    assert dst.stats() == src.stats()
+    assert torch.equal(dst.lookup(raw_ids(4, seed=2)), src.lookup(raw_ids(4, seed=2)))
+
+
+def test_load_state_dict_messages_name_the_key():
+    src = CuckooEmbedding(4, 3)
+    src(torch.tensor([1, 2, 3]))
+    sd = table_state(src)
+    sd["row_ids"][1] = 1
+    with pytest.raises(ValueError, match=r"row_ids gives ID 1 several live rows \[0, 1\]"):
+        CuckooEmbedding(4, 3).load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"weight must have shape \(R \+ 1, 2\).*got \(5, 3\)"):
+        CuckooEmbedding(4, 2).load_state_dict(src.state_dict())
+    # strict=False: keys of other modules are ignored as torch does, this module's still checked.
+    m = nn.ModuleDict({"a": CuckooEmbedding(4, 3)})
+    m.load_state_dict({"a." + k: v for k, v in src.state_dict().items()} | {"b.x": torch.ones(1)},
+                      strict=False)
+    assert m["a"].num_ids == 3

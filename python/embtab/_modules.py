@@ -143,10 +143,75 @@ def check_bag_args(
 
 
 # optimizer state ////////////////////////////////////////////////////////////////////////////
+#
+# A module that grows its weight or hands rows to new IDs must bring each optimizer's state of
+# that weight along: pad the per-row state tensors to the new number of rows and give the rows
+# handed to new IDs the value a never-used row of a pre-sized table holds ("fresh"). That needs
+# to know, per optimizer class, which state is per row and what its fresh value is; a state
+# that mixes rows (Adafactor's factored moments and whole-matrix norms, L-BFGS's curvature pairs,
+# Muon's orthogonalised update) cannot be padded or reset row by row.
+
+FreshValue = Callable[[dict], float]
 
 
-def state_fill(key: str, group: dict) -> float:
-    """Value of a fresh row of optimizer state `key` (Adagrad's sum starts at its accumulator)."""
-    if key == "sum":
-        return float(group.get("initial_accumulator_value", 0.0))
+def _zero(group: dict) -> float:
     return 0.0
+
+
+def _adagrad_sum(group: dict) -> float:
+    return float(group["initial_accumulator_value"])
+
+
+def _rprop_step_size(group: dict) -> float:
+    # A row whose gradient stays 0 keeps lr, clamped to step_sizes at every step.
+    lo, hi = group["step_sizes"]
+    return float(min(max(float(group["lr"]), lo), hi))
+
+
+def _rows(*keys: str) -> dict:
+    return {k: _zero for k in keys}
+
+
+#: Per-row state of each optimizer class (exact type): state key -> its fresh value, a function
+#: of the parameter group. Scalar state (``step``, NAdam's ``mu_product``, ASGD's ``eta``/``mu``)
+#: is shared by all rows and left alone.
+ROW_STATE: dict = {
+    torch.optim.SGD: _rows("momentum_buffer"),
+    torch.optim.Adagrad: {"sum": _adagrad_sum},
+    torch.optim.Adam: _rows("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    torch.optim.AdamW: _rows("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    torch.optim.SparseAdam: _rows("exp_avg", "exp_avg_sq"),
+    torch.optim.Adamax: _rows("exp_avg", "exp_inf"),
+    torch.optim.Adadelta: _rows("square_avg", "acc_delta"),
+    torch.optim.NAdam: _rows("exp_avg", "exp_avg_sq"),
+    torch.optim.RAdam: _rows("exp_avg", "exp_avg_sq"),
+    torch.optim.RMSprop: _rows("square_avg", "momentum_buffer", "grad_avg"),
+    torch.optim.Rprop: {"prev": _zero, "step_size": _rprop_step_size},
+    torch.optim.ASGD: _rows("ax"),
+}
+
+#: Optimizers whose state or step mixes rows, with the reason.
+MIXES_ROWS: dict = {
+    torch.optim.Adafactor: "its factored second moment (row_var x col_var) and its step size "
+    "(the weight's RMS over all rows) couple every row, so a grown table or a row handed to "
+    "a new ID changes the other rows' updates",
+    torch.optim.LBFGS: "its curvature pairs span the whole flattened parameter",
+}
+if hasattr(torch.optim, "Muon"):
+    MIXES_ROWS[torch.optim.Muon] = "its update orthogonalises the whole weight matrix"
+
+
+def row_state(optimizer: object, what: str) -> dict:
+    """``ROW_STATE`` entry of ``optimizer``'s class; ValueError naming the class and ``what``
+    needed it when embtab does not know that optimizer's per-row state."""
+    rules = ROW_STATE.get(type(optimizer))
+    if rules is not None:
+        return rules
+    name = type(optimizer).__name__
+    why = MIXES_ROWS.get(type(optimizer))
+    known = ", ".join(sorted(c.__name__ for c in ROW_STATE))
+    if why is not None:
+        raise ValueError(f"{what} cannot be done for {name}: {why}. Use on_full='error' (or a "
+                         f"pre-sized table) with {name}, or one of: {known}")
+    raise ValueError(f"{what} needs the per-row optimizer state of {name}, which embtab does not "
+                     f"know (only these optimizer classes, exactly: {known})")

@@ -52,7 +52,7 @@ from embtab._hashing import mix64
 from embtab._modules import as_id_array as _as_id_array
 from embtab._modules import check_bag_args as _check_bag_args
 from embtab._modules import check_bag_config as _check_bag_config
-from embtab._modules import state_fill as _state_fill
+from embtab._modules import row_state as _row_state
 from embtab.nn import CuckooEmbedding, OnFull
 
 __all__ = [
@@ -347,10 +347,11 @@ class _ShardedBase(nn.Module):
                 raise ValueError("optimizer does not hold this sharded module's weight (shard.weight)")
             # Bring pending growth/new rows into the optimizer state first.
             s._sync_optimizer(optimizer)
+            rules = _row_state(optimizer, "saving the optimizer state of a sharded module")
             st = optimizer.state.get(s.weight, {})
             per_row, other = {}, {}
             for k, v in st.items():
-                if isinstance(v, Tensor) and v.shape == s.weight.shape:
+                if k in rules and isinstance(v, Tensor) and v.shape == s.weight.shape:
                     per_row[k] = v[live.to(v.device)].cpu()
                 else:
                     other[k] = v.cpu() if isinstance(v, Tensor) else v
@@ -461,10 +462,12 @@ class _ShardedBase(nn.Module):
             for p in parts:
                 if p.get("optimizer") is not None:
                     keys.update(p["optimizer"]["per_row"])
+            rules = _row_state(optimizer, "loading the optimizer state of a sharded module")
             for k in sorted(keys):
-                v = torch.full((R + 1, d), _state_fill(k, grp), dtype=s.weight.dtype)
+                fill = rules[k](grp) if k in rules else 0.0
+                v = torch.full((R + 1, d), fill, dtype=s.weight.dtype)
                 got = [p["optimizer"]["per_row"][k][m] if p.get("optimizer") and k in p["optimizer"]["per_row"]
-                       else torch.full((int(m.sum()), d), _state_fill(k, grp), dtype=s.weight.dtype)
+                       else torch.full((int(m.sum()), d), fill, dtype=s.weight.dtype)
                        for p, m in zip(parts, keep_l)]
                 v[:n] = torch.cat(got)
                 st[k] = v.to(s.weight.device)

@@ -37,7 +37,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import embtab
 from embtab import _core
 from embtab._modules import (
-    state_fill as _state_fill,
+    ROW_STATE,
+    row_state,
     U64 as _U64,
     as_id_array as _as_id_array,
     check_bag_args as _check_bag_args,
@@ -210,16 +211,29 @@ def init_vectors(
 
 # optimizer state bookkeeping ////////////////////////////////////////////////////////////////
 #
-# A grown weight keeps its Parameter object (``param.data = bigger``), so optimizers still hold
-# it. Before every optimizer step, a global pre-hook lets each module with pending work bring
-# that optimizer's per-row state (any state tensor shaped like the weight: SGD momentum_buffer,
-# Adagrad sum, Adam/AdamW/SparseAdam exp_avg/exp_avg_sq/max_exp_avg_sq, RMSprop square_avg, ...)
-# to the new number of rows and reset the rows handed to new IDs since the last step.
+# A grown weight keeps its Parameter object (torch.utils.swap_tensors), so optimizers still
+# hold it. Before every optimizer step, a global pre-hook lets each module with pending work
+# bring that optimizer's per-row state (the keys of ``_modules.ROW_STATE`` for its class) to the
+# new number of rows and give the rows handed to new IDs since the last step their fresh values.
+# An optimizer whose class is not in ROW_STATE is refused when its state would have to change.
+# L-BFGS runs the forward inside step() (its closure), after the pre-hook: a growing or evicting
+# module is refused with it at the first step.
 
 _PENDING: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
+_MODULES: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
 
 
 def _optimizer_step_pre_hook(optimizer, args, kwargs):
+    if type(optimizer) is torch.optim.LBFGS:
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for module in list(_MODULES):
+            if module.on_full != OnFull.ERROR and id(module.weight) in held:
+                raise ValueError(
+                    f"LBFGS runs the forward inside step(), where a module with "
+                    f"on_full={module.on_full.value!r} may grow or evict rows that LBFGS's "
+                    f"flat state cannot follow; use on_full='error' with a large enough "
+                    f"num_embeddings with LBFGS"
+                )
     for module in list(_PENDING):
         module._sync_optimizer(optimizer)
 
@@ -344,9 +358,13 @@ class _CuckooBase(nn.Module):
             width = math.ceil(math.e / self.admission_eps)
             depth = math.ceil(math.log(1.0 / self.admission_delta))
             self.register_buffer("admission_sketch", torch.zeros(depth, width, dtype=torch.int64))
-        self._pending_rows: list = []
+        self._pending_rows: list = []  # rows handed to new IDs since the last optimizer step
+        self._pending_reused = False  # whether some of them were taken from evicted IDs
+        self._pending_grown = False  # whether weight grew since the last optimizer step
+        self._graph_rows: dict = {}  # rows read by graphs not yet backpropagated (eviction)
         self._table = self._new_table()
         _attach_optimizer(self, optimizer)
+        _MODULES.add(self)
 
     # table plumbing ---------------------------------------------------------------------------
 
@@ -358,22 +376,7 @@ class _CuckooBase(nn.Module):
         )
 
     def _new_table(self):
-        t = embtab.CuckooTable(self.num_embeddings, **self._table_kwargs())
-        return t
-
-    def _rebuild_table(self):
-        live = torch.nonzero(self.row_live).reshape(-1).numpy().astype(np.int64)
-        keys = self.row_ids.numpy()[live]
-        self._table = embtab.CuckooTable.from_items(
-            keys,
-            live,
-            num_rows=int(self.num_rows),
-            capacity=self.num_embeddings,
-            **self._table_kwargs(),
-        )
-
-    def _cpu_buffer_names(self):
-        return [n for n in self._buffers if n != "weight"]
+        return embtab.CuckooTable(self.num_embeddings, **self._table_kwargs())
 
     def _apply(self, fn, recurse=True):
         # The ID map and counters stay on CPU (the remap reads them as NumPy views) whatever
@@ -496,6 +499,7 @@ class _CuckooBase(nn.Module):
             self._table.erase(self.row_ids.numpy()[victims])
             self.row_live.numpy()[victims] = False
             self.num_evictions += len(victims)
+            self._pending_reused = True
         rows = self._table.lookup_or_insert(new_ids, num_threads=self.num_threads)
         self.row_ids.numpy()[rows] = new_ids
         self.row_live.numpy()[rows] = True
@@ -528,12 +532,15 @@ class _CuckooBase(nn.Module):
         big = np.iinfo(np.int64).max
         score[~self.row_live.numpy()] = big
         score[batch_rows] = big
+        for pinned in list(self._graph_rows.values()):
+            score[pinned[pinned < R]] = big
         evictable = int(np.count_nonzero(score != big))
         if evictable < k:
             raise ValueError(
                 f"the batch brings {new} new IDs, {k} more than the {free} free rows, but only "
-                f"{evictable} rows can be evicted (rows in use by the batch stay): "
-                f"raise num_embeddings (now {R}) or use smaller batches"
+                f"{evictable} rows can be evicted (rows read by this batch, or by an earlier "
+                f"forward not yet backpropagated, stay): raise num_embeddings (now {R}), use "
+                f"smaller batches or run backward first"
             )
         kth = np.partition(score, k - 1)[k - 1]
         below = np.flatnonzero(score < kth)
@@ -569,28 +576,33 @@ class _CuckooBase(nn.Module):
         self._resize_rows(new_R)
         self._table.reserve(new_R)
         self.num_growths += 1
+        self._pending_grown = True
         _PENDING.add(self)
 
-    def _sync_optimizer(self, optimizer):
-        """Fit `optimizer`'s per-row state of weight to its size; reset rows given to new IDs."""
+    def _sync_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fit ``optimizer``'s per-row state of weight to its size; give the rows handed to new
+        IDs since the last step their fresh values (``_modules.ROW_STATE``). Raises ValueError,
+        changing nothing, for an optimizer whose per-row state embtab does not know when its
+        state has to change (a growth or an eviction since its last step)."""
         p = self.weight
-        holder = None
-        for g in optimizer.param_groups:
-            if any(q is p for q in g["params"]):
-                holder = g
-                break
+        holder = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
         if holder is None:
             return
+        if (self._pending_grown or self._pending_reused) and any(optimizer.state.values()):
+            rules = row_state(optimizer, "growing or evicting rows of an embtab module")
+        else:
+            rules = ROW_STATE.get(type(optimizer), {})
         st = optimizer.state.get(p)
-        rows = None
-        if self._pending_rows:
-            rows = torch.from_numpy(np.concatenate(self._pending_rows)).to(p.device)
         if st:
             W = p.shape[0]
-            for key, v in list(st.items()):
+            rows = None
+            if self._pending_rows:
+                rows = torch.from_numpy(np.concatenate(self._pending_rows)).to(p.device)
+            for key, fresh in rules.items():
+                v = st.get(key)
                 if not isinstance(v, Tensor) or v.dim() != p.dim() or v.shape[1:] != p.shape[1:]:
                     continue
-                fill = _state_fill(key, holder)
+                fill = fresh(holder)
                 if v.shape[0] != W:
                     nv = torch.full((W, *p.shape[1:]), fill, dtype=v.dtype, device=v.device)
                     keep = min(v.shape[0], W) - 1
@@ -599,6 +611,7 @@ class _CuckooBase(nn.Module):
                 if rows is not None and rows.numel():
                     v.index_fill_(0, rows.to(v.device), fill)
         self._pending_rows.clear()
+        self._pending_reused = self._pending_grown = False
         _PENDING.discard(self)
 
     # state ------------------------------------------------------------------------------------
@@ -606,27 +619,122 @@ class _CuckooBase(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        w = state_dict.get(prefix + "weight")
-        if (
-            isinstance(w, Tensor)
-            and w.dim() == 2
-            and w.shape[0] - 1 != self.num_embeddings
-            and w.shape[0] > 1
-        ):
+        own = [n for n, _ in self.named_parameters(recurse=False)] + [
+            n for n, b in self._buffers.items() if b is not None and n not in self._non_persistent_buffers_set
+        ]
+        present = [n for n in own if prefix + n in state_dict]
+        if not present:  # nothing of this module here: torch reports the missing keys
+            return super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                error_msgs,
+            )
+        # Validate everything and build the new table before changing anything.
+        table = self._validated_table(state_dict, prefix, own, strict)
+        w = state_dict[prefix + "weight"]
+        if w.shape[0] - 1 != self.num_embeddings:
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if local_metadata.get("assign_to_params_buffers", False):
+            # The remap writes the ID map in place: never into the caller's tensors.
+            for n in list(self._buffers):
+                if self._buffers[n] is not None:
+                    self._buffers[n] = self._buffers[n].detach().cpu().clone()
+        self._table = table
         self._pending_rows.clear()
-        self._rebuild_table()
+        self._pending_reused = self._pending_grown = False
+        self._graph_rows.clear()
+
+    def _validated_table(self, sd: dict, prefix: str, own: list, strict: bool):
+        """The CuckooTable of state dict ``sd``, after checking every entry of this module
+        (keys, types, dtypes, shapes, counters, the ID map against the weight); ValueError
+        naming the key otherwise. Changes nothing."""
+        def bad(key: str, what: str):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {prefix}{key} {what}")
+
+        for n in own:
+            if prefix + n not in sd:
+                bad(n, "is missing (a partial state dict would leave the ID map and the weight "
+                       "inconsistent)")
+            if not isinstance(sd[prefix + n], Tensor):
+                bad(n, f"must be a torch.Tensor, got {type(sd[prefix + n]).__name__}")
+        if strict:
+            extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in own
+                           and "." not in k[len(prefix):])
+            if extra:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra} "
+                                 f"(another on_full or min_count?); nothing was loaded")
+        w = sd[prefix + "weight"]
+        d = self.embedding_dim
+        if w.dim() != 2 or w.shape[1] != d or w.shape[0] < 2:
+            bad("weight", f"must have shape (R + 1, {d}) with R >= 1, got {tuple(w.shape)}")
+        if not w.dtype.is_floating_point:
+            bad("weight", f"must be floating point, got {w.dtype}")
+        R = int(w.shape[0]) - 1
+        if torch.count_nonzero(w[R]) != 0:
+            bad("weight", f"row {R} (the zero row read by padding and unknown IDs) must be zero")
+        dtypes = {"row_ids": torch.int64, "row_live": torch.bool}
+        for n in own:
+            if n == "weight":
+                continue
+            t = sd[prefix + n]
+            if n.startswith("opt_") and n != "opt_step":  # fused optimizer state: one row per weight row
+                cur = self._buffers[n]
+                if t.dtype != cur.dtype or tuple(t.shape) != (R + 1, *cur.shape[1:]):
+                    bad(n, f"must have dtype {cur.dtype} and shape {(R + 1, *cur.shape[1:])} to "
+                           f"match weight {tuple(w.shape)}, got {t.dtype} {tuple(t.shape)}")
+                continue
+            want = dtypes.get(n, torch.int64)
+            if t.dtype != want:
+                bad(n, f"must have dtype {want}, got {t.dtype}")
+            if n in ("row_ids", "row_live", "row_last_step", "row_count"):
+                if tuple(t.shape) != (R,):
+                    bad(n, f"must have shape ({R},) to match weight {tuple(w.shape)}, "
+                           f"got {tuple(t.shape)}")
+            elif n == "admission_sketch":
+                if t.shape != self.admission_sketch.shape:
+                    bad(n, f"must have shape {tuple(self.admission_sketch.shape)} (admission_eps="
+                           f"{self.admission_eps}, admission_delta={self.admission_delta}), got "
+                           f"{tuple(t.shape)}")
+            elif t.dim() != 0:
+                bad(n, f"must be a 0-d tensor, got shape {tuple(t.shape)}")
+            if n != "row_live" and n != "row_ids" and bool((t < 0).any()):
+                bad(n, "must not be negative")
+        num_rows = int(sd[prefix + "num_rows"])
+        if num_rows > R:
+            bad("num_rows", f"= {num_rows} exceeds the weight's {R} rows")
+        live = torch.nonzero(sd[prefix + "row_live"].cpu()).reshape(-1).numpy().astype(np.int64)
+        if len(live) and live[-1] >= num_rows:
+            bad("row_live", f"marks row {int(live[-1])} live, beyond num_rows = {num_rows}")
+        keys = sd[prefix + "row_ids"].cpu().numpy()[live]
+        uniq, counts = np.unique(keys, return_counts=True)
+        if len(uniq) != len(keys):
+            dup = int(uniq[counts > 1][0])
+            rows = live[keys == dup].tolist()
+            bad("row_ids", f"gives ID {dup} several live rows {rows[:4]}")
+        if self._padding_i64 is not None and np.any(keys == self._padding_i64):
+            bad("row_ids", f"gives padding_id={self.padding_id} a row (it reads the zero row)")
+        return embtab.CuckooTable.from_items(
+            keys,
+            live,
+            num_rows=num_rows,
+            capacity=R,
+            **{**self._table_kwargs(), "max_size": R if self.on_full == OnFull.ERROR else None},
+        )
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_pending_rows"] = list(self._pending_rows)
+        state["_graph_rows"] = {}  # graphs do not travel with the module
         return state
 
     def __setstate__(self, state):
+        state.setdefault("_pending_reused", False)
+        state.setdefault("_pending_grown", False)
+        state.setdefault("_graph_rows", {})
         super().__setstate__(state)
+        _MODULES.add(self)
         if self._pending_rows or self.num_growths.item() > 0:
             _PENDING.add(self)
 
@@ -688,14 +796,46 @@ class _CuckooBase(nn.Module):
         rows, has_zero = self._remap(ids)
         return rows, (self.num_embeddings if has_zero else None)
 
-    def _track(self, out: Tensor) -> Tensor:
+    def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
+        """``out``, pinning the rows it read against eviction until a backward passes through
+        it or its graph is freed (evicting policies, training outputs that need a gradient)."""
+        if not (self.on_full in (OnFull.EVICT_LRU, OnFull.EVICT_LFU) and out.requires_grad):
+            return out
+        pin = _Pin()
+        key = id(pin)
+        self._graph_rows[key] = np.unique(rows[rows < self.num_embeddings])
+        weakref.finalize(pin, self._graph_rows.pop, key, None)
+        # The node that produced `out` holds the pin: freed with the graph, or released by
+        # the node's first backward.
+        out.grad_fn.register_prehook(_Unpin(pin, self._graph_rows))
         return out
+
+
+class _Pin:
+    """One forward's claim on its rows; the claim ends when the pin object is freed."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Unpin:
+    """Pre-hook of a forward's output node: at its first backward, the forward's rows are free."""
+
+    __slots__ = ("pin", "graph_rows")
+
+    def __init__(self, pin: _Pin, graph_rows: dict):
+        self.pin, self.graph_rows = pin, graph_rows
+
+    def __call__(self, grad_outputs):
+        if self.pin is not None:
+            self.graph_rows.pop(id(self.pin), None)
+            self.pin = None
+        return None
 
 
 # the torch-facing forms (shared by the collisionless and the hashed modules) ///////////////////
 #
 # A base (_CuckooBase, _HashedBase) supplies ``_rows_for(flat int64 IDs) -> (rows, padding_idx
-# or None)`` and ``_track(output)``; these mixins give it the signature and forward of
+# or None)`` and ``_track(output, rows)``; these mixins give it the signature and forward of
 # ``nn.Embedding`` or ``nn.EmbeddingBag``.
 
 
@@ -706,7 +846,9 @@ class _Embedding:
         rows, padding_idx = self._rows_for(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
         if self.optimizer is not None:
-            return self._track(self.optimizer.lookup(self, idx, None, None, padding_idx, bag=False))
+            return self._track(
+                self.optimizer.lookup(self, idx, None, None, padding_idx, bag=False), rows
+            )
         out = F.embedding(
             idx,
             self.weight,
@@ -716,7 +858,7 @@ class _Embedding:
             self.scale_grad_by_freq,
             self.sparse,
         )
-        return self._track(out)
+        return self._track(out, rows)
 
 
 class _Bag:
@@ -772,7 +914,7 @@ class _Bag:
         idx = torch.from_numpy(rows).reshape(shape).to(dev)
         if self.optimizer is not None:
             out = self.optimizer.lookup(self, idx, off, per_sample_weights, padding_idx, bag=True)
-            return self._track(out)
+            return self._track(out, rows)
         out = F.embedding_bag(
             idx,
             self.weight,
@@ -786,7 +928,7 @@ class _Bag:
             self.include_last_offset,
             padding_idx,
         )
-        return self._track(out)
+        return self._track(out, rows)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -851,19 +993,30 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       and unknown IDs read the zero vector.
     * The growth and eviction policies keep optimizer state consistent through a global
       ``torch.optim`` step pre-hook: before each step, an optimizer holding ``weight`` gets its
-      per-row state tensors padded (fresh rows: 0, Adagrad's ``sum``: its
-      ``initial_accumulator_value``) and the rows handed to new IDs since the last step reset.
-      Equality with a pre-sized table holds for every row in ``[0, num_rows)`` and for the
-      loss, for any optimizer whose per-row state is elementwise (SGD with momentum, Adagrad,
-      Adam, AdamW, SparseAdam, RMSprop), weight decay included (a new ID's row and state are
-      fresh in both runs). An existing ``weight.grad`` is padded on growth (gradient
-      accumulation over several steps works), but a graph built *before* a growth cannot be
-      backpropagated after it: torch raises ``RuntimeError`` ("AccumulateGrad node that was
-      poisoned by swap_tensors"); no gradient is lost silently. Pre-size ``num_embeddings`` for
-      several forwards per backward.
+      per-row state tensors padded and the rows handed to new IDs since the last step given
+      the state a never-used row of a pre-sized table has (0; Adagrad's ``sum``:
+      ``initial_accumulator_value``; Rprop's ``step_size``: ``lr`` clamped to ``step_sizes``).
+      This is known for SGD, Adagrad, Adam, AdamW, SparseAdam, Adamax, Adadelta, NAdam, RAdam,
+      RMSprop, Rprop and ASGD (tested for each, through growth and both evictions, bit for bit
+      against an ``nn.Embedding`` with one row per ID lifetime), weight decay included; scalar
+      state (``step``) is shared by all rows. Adafactor and Muon couple rows (whole-matrix
+      norms and factors) and another optimizer class's state is unknown: the step after a
+      growth or an eviction raises ValueError and changes nothing. L-BFGS runs the forward
+      inside ``step``; with ``on_full`` other than ``"error"`` its first step raises ValueError.
+    * An existing ``weight.grad`` is padded on growth (gradient accumulation over several steps
+      works), but a graph built *before* a growth cannot be backpropagated after it: torch
+      raises ``RuntimeError`` ("AccumulateGrad node that was poisoned by swap_tensors"); no
+      gradient is lost silently. Pre-size ``num_embeddings`` for several forwards per backward.
+    * Eviction never takes a row read by the current batch or by an earlier training-mode
+      output whose graph has not been backpropagated yet (the row stays pinned until the first
+      backward through that output, or until its graph is freed); when too few rows remain, the
+      forward raises ValueError and changes nothing. A graph backpropagated a second time
+      (``retain_graph=True``) after its rows were evicted trains their new owners.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
-      saved size. Save and load the optimizer's state dict beside it, as usual.
+      saved size. It first checks every entry (keys, dtypes, shapes, counters, one live row per
+      ID, ``padding_id`` without a row, a zero last row) and raises ValueError naming the key,
+      changing nothing, if one is wrong. Save and load the optimizer's state dict beside it.
 
     Example::
 
@@ -983,7 +1136,7 @@ class _HashedBase(nn.Module):
         )
         return self.lookup(ids)
 
-    def _track(self, out: Tensor) -> Tensor:
+    def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
         return out
 
     def _rows_for(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
