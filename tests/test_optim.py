@@ -308,7 +308,7 @@ def test_thread_count_gives_identical_bits(opt):
         "adam": lambda: eo.Adam(lr=0.01),
     }[opt]
     g = torch.Generator().manual_seed(5)
-    # Zipf-like IDs: many repeats, > kOptimGrain distinct rows so that several chunks run.
+    # Zipf-like IDs: many repeats, > 1000 distinct rows over every partition, several chunks.
     batches = [
         (torch.randint(0, 5000, (4096,), generator=g) ** 2 // 5000, torch.arange(0, 4096, 8))
         for _ in range(3)
@@ -528,3 +528,45 @@ def test_core_step_counts_distinct_rows_and_skips_zero_row():
     s = kw["state1"]
     assert np.array_equal(s[:, 0], [4.0, 1.0, 0.0, 0.0, 0.0])  # row 0 twice: (1 + 1)^2 = 4
     assert not kw["weight"][4].any()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adagrad", "rowwise_adagrad"])
+def test_kernel_matches_fbgemm_when_importable(kind):
+    # FBGEMM's CPU TBE (fbgemm-gpu-cpu, an optional benchmark dependency) fuses the same three
+    # optimizers; the C++ step on the same indices and output gradient gives the same rows.
+    tbe_mod = pytest.importorskip("fbgemm_gpu.split_table_batched_embeddings_ops_training")
+    common = pytest.importorskip("fbgemm_gpu.split_table_batched_embeddings_ops_common")
+    cfg = pytest.importorskip("fbgemm_gpu.split_embedding_configs")
+    n, d, lr, eps = 50, 8, 0.1, 1e-8
+    opt = {
+        "sgd": cfg.EmbOptimType.EXACT_SGD,
+        "adagrad": cfg.EmbOptimType.EXACT_ADAGRAD,
+        "rowwise_adagrad": cfg.EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    }[kind]
+    tbe = tbe_mod.SplitTableBatchedEmbeddingBagsCodegen(
+        [(n, d, common.EmbeddingLocation.HOST, tbe_mod.ComputeDevice.CPU)],
+        optimizer=opt,
+        learning_rate=lr,
+        eps=eps,
+        pooling_mode=common.PoolingMode.SUM,
+        weights_precision=cfg.SparseType.FP32,
+        device="cpu",
+    )
+    w = tbe.split_embedding_weights()[0].detach().clone().numpy()
+    w = np.vstack([w, np.zeros((1, d), np.float32)])  # + an unused zero row, as the modules have
+    state = {
+        "sgd": None,
+        "adagrad": np.zeros((n + 1, d), np.float32),
+        "rowwise_adagrad": np.zeros(n + 1, np.float32),
+    }[kind]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        idx = torch.randint(0, n, (40,), generator=g)
+        csr = torch.arange(0, 41, 5)
+        target = torch.randn(8, d, generator=g)
+        (tbe(idx, csr) * target).sum().backward()
+        _core.fused_step(
+            w, idx.numpy(), target.numpy(), csr.numpy(), None, False, False, n, state, None,
+            kind, lr, eps,
+        )
+    np.testing.assert_allclose(w[:n], tbe.split_embedding_weights()[0].detach().numpy(), rtol=1e-5, atol=1e-6)

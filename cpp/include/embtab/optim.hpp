@@ -3,16 +3,12 @@
 //
 // One call (fused_step) takes a batch's rows (one per ID occurrence), the gradient of the
 // lookup's output (per bag for the bag modules, per occurrence otherwise), and applies one
-// optimizer step in place to each distinct row touched, with that row's summed gradient:
-//
-//   1. plan (serial, O(n)): the distinct rows in order of first occurrence and, for each, its
-//      occurrences in ascending order (a CSR built by counting, with a marker array indexed by
-//      row: no sort);
-//   2. step (parallel over distinct rows, fixed chunks of kOptimGrain rows): sum the row's
-//      gradient over its occurrences in ascending order, then update the row and its state.
-// Each row's arithmetic depends on its own occurrences only and runs in a fixed order, so the
-// result is the same bits for any thread count (and any vector width: only IEEE +, -, *, / and
-// sqrt, no contraction, see CMakeLists.txt).
+// optimizer step in place to each distinct row touched, with that row's summed gradient. The
+// distinct rows and each one's occurrences are found by counting (partitions by row, then a
+// marker array indexed by row), never by a sort; all phases run in parallel (see fused_step).
+// Each row's gradient is summed over its occurrences in ascending order and its update depends
+// on that row only, so the result is the same bits for any thread count (and any vector width:
+// only IEEE +, -, *, / and sqrt, no contraction, see CMakeLists.txt).
 //
 // The optimizers (g = the row's summed gradient; all state starts at 0 unless stated):
 //   SGD            g' = g + wd·w;  with momentum m: b = m·b + g', g' = nesterov ? g' + m·b : b;
@@ -31,6 +27,7 @@
 // thread-safe with any other call that reads or writes the same weight or state.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -45,9 +42,6 @@
 #include "embtab/parallel.hpp"
 
 namespace embtab {
-
-// kOptimGrain is the number of distinct rows a parallel chunk of fused_step updates.
-inline constexpr std::size_t kOptimGrain = 256;
 
 // OptimKind selects the update rule of fused_step.
 enum class OptimKind : int { kSGD = 0, kAdagrad = 1, kRowWiseAdagrad = 2, kAdam = 3 };
@@ -78,61 +72,6 @@ struct BatchGrad {
     bool mean = false;
     bool by_freq = false;
 };
-
-// RowPlan: the distinct rows of a batch and each one's occurrences.
-struct RowPlan {
-    std::vector<std::int64_t> rows;   // distinct rows, in order of first occurrence
-    std::vector<std::int64_t> start;  // rows.size() + 1 offsets into occ
-    std::vector<std::int64_t> occ;    // occurrence indices, grouped by row, ascending in a group
-};
-
-// plan ///////////////////////////////////////////////////////////////////////////////////////
-
-// build_plan fills `plan` for rows[0, n), leaving out occurrences equal to skip_row (the zero
-// row; -1 for none). Throws std::out_of_range naming the first row outside [0, num_rows) and
-// std::invalid_argument when n >= 2^31; nothing else. Uses a per-thread marker array of
-// num_rows entries that it leaves all -1 on return.
-inline void build_plan(const std::int64_t* rows, std::size_t n, std::int64_t skip_row, std::size_t num_rows,
-                       RowPlan& plan) {
-    if (n >= (std::size_t{1} << 31)) throw std::invalid_argument("more than 2^31 - 1 occurrences in one batch");
-    for (std::size_t i = 0; i < n; ++i) {
-        if (rows[i] < 0 || static_cast<std::uint64_t>(rows[i]) >= num_rows) {
-            throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
-                                    " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
-        }
-    }
-    thread_local std::vector<std::int32_t> mark;
-    if (mark.size() < num_rows) mark.assign(num_rows, -1);
-    plan.rows.clear();
-    std::vector<std::int32_t> slot(n);
-    std::vector<std::int64_t> count;
-    for (std::size_t i = 0; i < n; ++i) {
-        const std::int64_t r = rows[i];
-        if (r == skip_row) {
-            slot[i] = -1;
-            continue;
-        }
-        std::int32_t u = mark[static_cast<std::size_t>(r)];
-        if (u < 0) {
-            u = static_cast<std::int32_t>(plan.rows.size());
-            mark[static_cast<std::size_t>(r)] = u;
-            plan.rows.push_back(r);
-            count.push_back(0);
-        }
-        ++count[static_cast<std::size_t>(u)];
-        slot[i] = u;
-    }
-    for (std::int64_t r : plan.rows) mark[static_cast<std::size_t>(r)] = -1;
-    const std::size_t nu = plan.rows.size();
-    plan.start.assign(nu + 1, 0);
-    for (std::size_t u = 0; u < nu; ++u) plan.start[u + 1] = plan.start[u] + count[u];
-    plan.occ.resize(static_cast<std::size_t>(plan.start[nu]));
-    for (std::size_t u = 0; u < nu; ++u) count[u] = plan.start[u];
-    for (std::size_t i = 0; i < n; ++i) {
-        if (slot[i] >= 0) plan.occ[static_cast<std::size_t>(count[static_cast<std::size_t>(slot[i])]++)] =
-                              static_cast<std::int64_t>(i);
-    }
-}
 
 // row updates ////////////////////////////////////////////////////////////////////////////////
 
@@ -211,67 +150,213 @@ inline void update_row(const OptimStep& p, T* __restrict w, T* __restrict g, T* 
 }
 
 // fused step /////////////////////////////////////////////////////////////////////////////////
+//
+// Rows are split into kOptimParts partitions by row % kOptimParts, so partitions never share a
+// row and run in parallel with no synchronisation:
+//   A. (parallel over fixed chunks of kOptimChunk occurrences) check each row is in range and
+//      count the chunk's occurrences per partition;
+//   B. (parallel over the same chunks) scatter occurrence indices into their partition's list,
+//      in ascending order (a stable counting sort by partition; no comparison sort);
+//   C. (parallel over partitions) find the partition's distinct rows with a marker array
+//      indexed by row, group each row's occurrences (counting, ascending), then sum and update
+//      row by row.
+// A row's sum runs over its occurrences in ascending order whatever the chunking, so the bits do
+// not depend on the thread count nor on kOptimParts.
+
+// kOptimParts is the number of row partitions of fused_step (a power of 2; enough that two
+// threads balance a Zipf batch whose hottest rows land in a few partitions).
+inline constexpr std::size_t kOptimParts = 64;
+
+// kOptimChunk is the number of occurrences a parallel chunk of phases A and B handles.
+inline constexpr std::size_t kOptimChunk = 8192;
+
+// kOptimPrefetch is how many distinct rows ahead phase C prefetches a row's weight and state
+// (their cache misses otherwise wait behind the long sum of the row before).
+inline constexpr std::size_t kOptimPrefetch = 4;
+
+static_assert((kOptimParts & (kOptimParts - 1)) == 0, "kOptimParts must be a power of 2");
+
+// prefetch_row asks for the cache lines of x[0, len) to be written soon.
+template <class T>
+inline void prefetch_row(const T* x, std::size_t len) noexcept {
+    const char* c = reinterpret_cast<const char*>(x);
+    for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 1, 3);
+}
+
+// StepScratch holds fused_step's work arrays between calls on one thread.
+template <class T>
+struct StepScratch {
+    std::vector<std::uint32_t> hist, occ, bag_of;
+    std::vector<std::size_t> first_bad, pos, part_start;
+    std::vector<T> bag_scale;
+    std::vector<std::int32_t> mark;  // indexed by row; all -1 between calls
+};
 
 // fused_step applies one step of `p` to every distinct row of rows[0, n) except skip_row:
 // weight is [num_rows, d]; s1/s2 are the state ([num_rows, d], or [num_rows] for s1 of
 // kRowWiseAdagrad; null where the optimizer keeps none: s2 except for kAdam, s1 for SGD
 // without momentum). Assumes the caller checked buffer sizes and `bg`'s invariants. Throws
-// what build_plan throws, before anything is written. Returns the number of distinct rows
-// updated.
+// std::out_of_range naming the first row outside [0, num_rows) and std::invalid_argument when
+// n >= 2^31, before anything is written. Returns the number of distinct rows updated. Uses a
+// marker array of num_rows int32 kept per calling thread (all -1 between calls).
 template <class T>
 inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, const std::int64_t* rows,
                               std::size_t n, std::int64_t skip_row, const BatchGrad<T>& bg, T* s1, T* s2,
                               const OptimStep& p, int num_threads) {
-    RowPlan plan;
-    build_plan(rows, n, skip_row, num_rows, plan);
-    std::vector<std::int64_t> bag_of;
-    std::vector<T> occ_scale;
-    if (bg.offsets != nullptr) {
-        bag_of.resize(n);
-        for (std::size_t b = 0; b < bg.num_bags; ++b)
-            for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) bag_of[static_cast<std::size_t>(i)] = b;
-    }
-    if (bg.mean) {
-        // occ_scale[i] = 1 / (non-skipped occurrences of bag(i)), as the mean's backward.
-        std::vector<std::int64_t> cnt(bg.offsets != nullptr ? bg.num_bags : n, 0);
-        for (std::size_t i = 0; i < n; ++i)
-            if (rows[i] != skip_row) ++cnt[bg.offsets != nullptr ? static_cast<std::size_t>(bag_of[i]) : i];
-        occ_scale.resize(n);
-        for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t b = bg.offsets != nullptr ? static_cast<std::size_t>(bag_of[i]) : i;
-            occ_scale[i] = cnt[b] ? T(1) / static_cast<T>(cnt[b]) : T(0);
+    if (n >= (std::size_t{1} << 31)) throw std::invalid_argument("more than 2^31 - 1 occurrences in one batch");
+    constexpr std::size_t P = kOptimParts;
+    const std::size_t chunks = (n + kOptimChunk - 1) / kOptimChunk;
+    // A: range check and per-(chunk, partition) counts.
+    // Scratch kept per calling thread, so a step allocates (and page-faults) only when it
+    // needs more than the thread's previous steps did. The marker array is all -1 between calls.
+    // (Workers reach it through the references below: a thread_local named inside the lambdas
+    // would be each worker's own.)
+    thread_local StepScratch<T> tls;
+    std::vector<std::uint32_t>&hist = tls.hist, &occ = tls.occ, &bag_of = tls.bag_of;
+    std::vector<std::size_t>&first_bad = tls.first_bad, &pos = tls.pos, &part_start = tls.part_start;
+    std::vector<T>& bag_scale = tls.bag_scale;
+    std::vector<std::int32_t>& mark = tls.mark;
+    hist.assign(chunks * P, 0);
+    first_bad.assign(chunks, n);
+    parallel_for(chunks, num_threads, 1, [&](std::size_t cb, std::size_t ce) {
+        for (std::size_t c = cb; c < ce; ++c) {
+            std::uint32_t* h = hist.data() + c * P;
+            for (std::size_t i = c * kOptimChunk, e = std::min(n, (c + 1) * kOptimChunk); i < e; ++i) {
+                const std::int64_t r = rows[i];
+                if (r == skip_row) continue;
+                if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
+                    if (first_bad[c] == n) first_bad[c] = i;
+                    continue;
+                }
+                ++h[static_cast<std::size_t>(r) & (P - 1)];
+            }
+        }
+    });
+    for (std::size_t c = 0; c < chunks; ++c) {
+        if (first_bad[c] != n) {
+            const std::size_t i = first_bad[c];
+            throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                                    " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
         }
     }
-    const std::int64_t* bags = bg.offsets != nullptr ? bag_of.data() : nullptr;
-    const T* mscale = bg.mean ? occ_scale.data() : nullptr;
-    const std::size_t nu = plan.rows.size();
+    // Partition-major offsets: part_start[q] .. part_start[q + 1] hold partition q's occurrences.
+    pos.resize(chunks * P);
+    part_start.assign(P + 1, 0);
+    std::size_t total = 0;
+    for (std::size_t q = 0; q < P; ++q) {
+        part_start[q] = total;
+        for (std::size_t c = 0; c < chunks; ++c) {
+            pos[c * P + q] = total;
+            total += hist[c * P + q];
+        }
+    }
+    part_start[P] = total;
+    // B: stable scatter of occurrence indices by partition.
+    occ.resize(total);
+    parallel_for(chunks, num_threads, 1, [&](std::size_t cb, std::size_t ce) {
+        for (std::size_t c = cb; c < ce; ++c) {
+            std::size_t* at = pos.data() + c * P;
+            for (std::size_t i = c * kOptimChunk, e = std::min(n, (c + 1) * kOptimChunk); i < e; ++i) {
+                const std::int64_t r = rows[i];
+                if (r != skip_row) occ[at[static_cast<std::size_t>(r) & (P - 1)]++] = static_cast<std::uint32_t>(i);
+            }
+        }
+    });
+    // Bag of each occurrence and the mean's 1 / (non-skipped entries of the bag).
+    if (bg.offsets != nullptr) {
+        bag_of.resize(n);
+        if (bg.mean) bag_scale.resize(bg.num_bags);
+        parallel_for(bg.num_bags, num_threads, 1024, [&](std::size_t b0, std::size_t b1) {
+            for (std::size_t b = b0; b < b1; ++b) {
+                std::size_t live = 0;
+                for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) {
+                    bag_of[static_cast<std::size_t>(i)] = static_cast<std::uint32_t>(b);
+                    live += rows[i] != skip_row;
+                }
+                if (bg.mean) bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
+            }
+        });
+    }
+    if (mark.size() < num_rows) mark.assign(num_rows, -1);
+    std::int32_t* mk = mark.data();
     const std::size_t w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
-    parallel_for(nu, num_threads, kOptimGrain, [&](std::size_t b, std::size_t e) {
+    std::vector<std::size_t> distinct(P, 0);
+    // C: per partition, distinct rows, their occurrences, sum and update. Only an allocation
+    // failure can throw here; the marker array is then reset whole.
+    try {
+    parallel_for(P, num_threads, 1, [&](std::size_t q0, std::size_t q1) {
         std::vector<T> buf(2 * d);
         T* acc = buf.data();
         T* tmp = acc + d;
-        for (std::size_t u = b; u < e; ++u) {
-            for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
-            for (std::int64_t k = plan.start[u]; k < plan.start[u + 1]; ++k) {
-                const std::size_t i = static_cast<std::size_t>(plan.occ[static_cast<std::size_t>(k)]);
-                const T* gr = bg.grad + (bags != nullptr ? static_cast<std::size_t>(bags[i]) : i) * d;
-                if (bg.psw == nullptr && mscale == nullptr) {
-                    for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j];
-                } else {
-                    T c = bg.psw != nullptr ? bg.psw[i] : T(1);
-                    if (mscale != nullptr) c = c * mscale[i];
-                    for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j] * c;
+        std::vector<std::int64_t> urows;
+        std::vector<std::uint32_t> start, grouped;
+        for (std::size_t q = q0; q < q1; ++q) {
+            const std::uint32_t* po = occ.data() + part_start[q];
+            const std::size_t m = part_start[q + 1] - part_start[q];
+            urows.clear();
+            start.clear();
+            for (std::size_t k = 0; k < m; ++k) {
+                const std::size_t r = static_cast<std::size_t>(rows[po[k]]);
+                if (mk[r] < 0) {
+                    mk[r] = static_cast<std::int32_t>(urows.size());
+                    urows.push_back(static_cast<std::int64_t>(r));
+                    start.push_back(0);
                 }
+                ++start[static_cast<std::size_t>(mk[r])];
             }
-            if (bg.by_freq) {
-                const T c = static_cast<T>(plan.start[u + 1] - plan.start[u]);
-                for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] / c;
+            const std::size_t nu = urows.size();
+            std::uint32_t sum = 0;
+            for (std::size_t u = 0; u < nu; ++u) {  // counts -> exclusive offsets
+                const std::uint32_t c = start[u];
+                start[u] = sum;
+                sum += c;
             }
-            const std::size_t r = static_cast<std::size_t>(plan.rows[u]);
-            update_row<T>(p, weight + r * d, acc, s1 != nullptr ? s1 + r * w1 : nullptr,
-                          s2 != nullptr ? s2 + r * d : nullptr, tmp, d);
+            start.push_back(sum);
+            grouped.resize(m);
+            for (std::size_t k = 0; k < m; ++k) {
+                const std::size_t u = static_cast<std::size_t>(mk[static_cast<std::size_t>(rows[po[k]])]);
+                grouped[start[u]++] = po[k];
+            }
+            for (std::size_t u = nu; u-- > 0;) start[u + 1] = start[u];  // shift back to offsets
+            start[0] = 0;
+            for (std::size_t u = 0; u < nu; ++u) {
+                if (u + kOptimPrefetch < nu) {
+                    const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
+                    prefetch_row(weight + rn * d, d);
+                    if (s1 != nullptr) prefetch_row(s1 + rn * w1, w1);
+                    if (s2 != nullptr) prefetch_row(s2 + rn * d, d);
+                }
+                for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
+                for (std::uint32_t k = start[u]; k < start[u + 1]; ++k) {
+                    const std::size_t i = grouped[k];
+                    const std::size_t gi = bg.offsets != nullptr ? bag_of[i] : i;
+                    const T* gr = bg.grad + gi * d;
+                    if (bg.psw == nullptr && !bg.mean) {
+                        for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j];
+                    } else {
+                        T c = bg.psw != nullptr ? bg.psw[i] : T(1);
+                        if (bg.mean) c = c * bag_scale[gi];
+                        for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j] * c;
+                    }
+                }
+                if (bg.by_freq) {
+                    const T c = static_cast<T>(start[u + 1] - start[u]);
+                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] / c;
+                }
+                const std::size_t r = static_cast<std::size_t>(urows[u]);
+                update_row<T>(p, weight + r * d, acc, s1 != nullptr ? s1 + r * w1 : nullptr,
+                              s2 != nullptr ? s2 + r * d : nullptr, tmp, d);
+                mk[r] = -1;
+            }
+            distinct[q] = nu;
         }
     });
+    } catch (...) {
+        mark.assign(mark.size(), -1);
+        throw;
+    }
+    std::size_t nu = 0;
+    for (std::size_t q = 0; q < P; ++q) nu += distinct[q];
     return nu;
 }
 
