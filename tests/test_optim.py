@@ -566,7 +566,20 @@ def test_kernel_matches_fbgemm_when_importable(kind):
         target = torch.randn(8, d, generator=g)
         (tbe(idx, csr) * target).sum().backward()
         _core.fused_step(
-            w, idx.numpy(), target.numpy(), csr.numpy(), None, False, False, n, state, None,
-            kind, lr, eps,
+            w,
+            idx.numpy(),
+            target.numpy(),
+            csr.numpy(),
+            None,
+            False,
+            False,
+            n,
+            state,
+            None,
+            kind,
+            lr,
+            eps,
         )
-    np.testing.assert_allclose(w[:n], tbe.split_embedding_weights()[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        w[:n], tbe.split_embedding_weights()[0].detach().numpy(), rtol=1e-5, atol=1e-6
+    )

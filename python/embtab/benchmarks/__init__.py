@@ -70,5 +70,7 @@ REGISTRY: Dict[str, Benchmark] = {
                   "calibrated reranking vs NumPy and plain Python; top-k vs NumPy and torch"),
         Benchmark("distributed", "embtab.benchmarks.distributed",
                   "ShardedCuckooEmbedding on 2 gloo ranks vs one process"),
+        Benchmark("optim", "embtab.benchmarks.optim",
+                  "fused sparse optimizers vs nn.EmbeddingBag + torch optimizers and FBGEMM TBE"),
     )
 }

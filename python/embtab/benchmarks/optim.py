@@ -1,0 +1,335 @@
+"""Benchmark of the fused sparse optimizers (:mod:`embtab.optim`) against torch's and FBGEMM's.
+
+Run it with ``embtab bench optim`` or ``python bench/bench_optim.py [--quick] [--threads N]``.
+
+Workload (issue 16): a table of 1,000,000 x 64 float32 rows; batches of 65,536 IDs drawn
+Zipf(1.1) over 1,000,000 distinct random 64-bit IDs, in bags of 8 (8,192 bags), sum pooling; a
+step is forward, ``sum()`` loss, backward and the optimizer step. embtab's modules read the raw
+64-bit IDs (the ID -> row remap is inside the timer); ``nn.EmbeddingBag`` and FBGEMM read the
+same batches as dense indices (the ID's Zipf rank). For each optimizer the implementations are
+timed side by side in one process, passes interleaved in rotating order; a figure is the median
+over ``repeats`` passes of ``n_batches`` steps (every batch seen once before: steady state).
+
+- SGD: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.SGD``; ``CuckooEmbeddingBag(sparse=True)``
+  + ``torch.optim.SGD``; ``CuckooEmbeddingBag(optimizer=embtab.optim.SGD)``; FBGEMM EXACT_SGD.
+- Adagrad: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.Adagrad``; fused; FBGEMM EXACT_ADAGRAD.
+- RowWiseAdagrad: fused; FBGEMM EXACT_ROWWISE_ADAGRAD (torch has none).
+- Adam: ``nn.EmbeddingBag(sparse=True)`` + ``torch.optim.SparseAdam``; fused (FBGEMM's CPU
+  build has no Adam).
+- threads: the fused RowWiseAdagrad step (whole step; and the C++ step alone, on a captured
+  batch) with 1 and with 2 threads (embtab's num_threads and torch's threads both set).
+
+FBGEMM (``fbgemm-gpu-cpu``, 1.8.x for torch 2.13) is optional: when it does not import, its rows
+are skipped with the reason. Tables are built one optimizer at a time (the machine has little
+free memory).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import embtab.optim as eo
+from embtab import _core
+from embtab.benchmarks._harness import machine, machine_line, zipf_ranks
+from embtab.nn import CuckooEmbeddingBag
+
+__all__ = ["run", "format_markdown"]
+
+LR = 0.01
+
+
+def load_fbgemm():
+    """(module namespace dict, None) or (None, reason)."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+            EmbeddingLocation,
+            PoolingMode,
+        )
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except Exception as e:  # ImportError, or an ABI mismatch with this torch
+        return None, f"fbgemm_gpu does not import ({type(e).__name__}: {e})"
+    return {
+        "version": getattr(fbgemm_gpu, "__version__", "?"),
+        "EmbOptimType": EmbOptimType,
+        "SparseType": SparseType,
+        "EmbeddingLocation": EmbeddingLocation,
+        "PoolingMode": PoolingMode,
+        "ComputeDevice": ComputeDevice,
+        "TBE": SplitTableBatchedEmbeddingBagsCodegen,
+    }, None
+
+
+def fbgemm_tbe(fb: dict, n: int, dim: int, optim: str, eps: float):
+    opt = {
+        "sgd": fb["EmbOptimType"].EXACT_SGD,
+        "adagrad": fb["EmbOptimType"].EXACT_ADAGRAD,
+        "rowwise_adagrad": fb["EmbOptimType"].EXACT_ROWWISE_ADAGRAD,
+    }[optim]
+    spec = [(n, dim, fb["EmbeddingLocation"].HOST, fb["ComputeDevice"].CPU)]
+    return fb["TBE"](
+        spec,
+        optimizer=opt,
+        learning_rate=LR,
+        eps=eps,
+        pooling_mode=fb["PoolingMode"].SUM,
+        weights_precision=fb["SparseType"].FP32,
+        device="cpu",
+    )
+
+
+def _check(loss: torch.Tensor) -> float:
+    v = loss.item()
+    if not np.isfinite(v):
+        raise AssertionError(f"a benchmark step gave a non-finite loss {v}")
+    return v
+
+
+def torch_step(module, opt, ids, offsets):
+    opt.zero_grad()
+    loss = module(ids, offsets).sum()
+    loss.backward()
+    opt.step()
+    return _check(loss)
+
+
+def fused_step(module, ids, offsets):
+    loss = module(ids, offsets).sum()
+    loss.backward()  # the rows are updated here
+    return _check(loss)
+
+
+def fbgemm_step(tbe, ids, offsets_csr):
+    loss = tbe(ids, offsets_csr).sum()
+    loss.backward()  # FBGEMM's fused update
+    return _check(loss)
+
+
+def interleaved(impls: dict, n_batches: int, repeats: int) -> dict:
+    """Median seconds per step of each impl (one warm-up pass each first)."""
+    names = list(impls)
+    for k in names:
+        for b in range(n_batches):
+            impls[k](b)
+    times = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            gc.collect()
+            t0 = time.perf_counter()
+            for b in range(n_batches):
+                impls[k](b)
+            times[k].append((time.perf_counter() - t0) / n_batches)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def run(quick: bool = False, seed: int = 0, repeats: int = 5, threads: int = 0) -> dict:
+    """Run the benchmark; returns JSON-serialisable raw results.
+
+    Parameters
+    ----------
+    quick : bool
+        100,000 x 64 rows and batches of 8,192 (a smoke run, not the figures).
+    seed : int
+        Seed of the workload.
+    repeats : int
+        Timed passes per implementation (the median is reported).
+    threads : int
+        Threads of every implementation: torch's (``torch.set_num_threads``, which FBGEMM and
+        ``nn.EmbeddingBag`` use) and embtab's ``num_threads``; 0 keeps torch's default and
+        embtab's (all hardware threads). The 1-vs-2-thread comparison always runs both.
+    """
+    saved_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return _run(quick, seed, repeats, threads)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
+    n = 10**5 if quick else 10**6
+    dim, bag = 64, 8
+    batch = 2**13 if quick else 2**16
+    n_batches = 3 if quick else 8
+    repeats = 2 if quick else repeats
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
+    rng.shuffle(keys)
+    ranks = [zipf_ranks(n, batch, 1.1, rng) for _ in range(n_batches)]
+    dense = [torch.from_numpy(r) for r in ranks]
+    raw = [torch.from_numpy(keys[r]) for r in ranks]
+    offsets = torch.arange(0, batch, bag)
+    csr = torch.arange(0, batch + 1, bag)
+    fb, fb_reason = load_fbgemm()
+    res = {
+        "benchmark": "optim",
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "num_embeddings": n,
+        "embedding_dim": dim,
+        "batch": batch,
+        "bag_size": bag,
+        "n_batches": n_batches,
+        "repeats": repeats,
+        "zipf_s": 1.1,
+        "distinct_ids_per_batch": float(np.mean([len(np.unique(r)) for r in ranks])),
+        "fbgemm": fb["version"] if fb else None,
+        "fbgemm_skipped": fb_reason,
+        "seconds_per_step": {},
+        "state_bytes_per_row": {},
+    }
+
+    def fused(opt):
+        torch.manual_seed(seed)
+        return CuckooEmbeddingBag(n, dim, mode="sum", seed=seed, optimizer=opt, num_threads=threads)
+
+    groups = {
+        "sgd": (eo.SGD(lr=LR), lambda p: torch.optim.SGD(p, lr=LR), 1e-8),
+        "adagrad": (
+            eo.Adagrad(lr=LR, eps=1e-8),
+            lambda p: torch.optim.Adagrad(p, lr=LR, eps=1e-8),
+            1e-8,
+        ),
+        "rowwise_adagrad": (eo.RowWiseAdagrad(lr=LR, eps=1e-8), None, 1e-8),
+        "adam": (eo.Adam(lr=LR), lambda p: torch.optim.SparseAdam(p, lr=LR), 1e-8),
+    }
+    for name, (opt, torch_opt, eps) in groups.items():
+        impls = {}
+        keep = []
+        if torch_opt is not None:
+            torch.manual_seed(seed)
+            ref = nn.EmbeddingBag(n, dim, mode="sum", sparse=True)
+            ref_opt = torch_opt(ref.parameters())
+            keep += [ref, ref_opt]
+            impls["nn.EmbeddingBag(sparse) + torch"] = lambda b, m=ref, o=ref_opt: torch_step(
+                m, o, dense[b], offsets
+            )
+        if name == "sgd":
+            cb = CuckooEmbeddingBag(n, dim, mode="sum", sparse=True, seed=seed, num_threads=threads)
+            cb_opt = torch_opt(cb.parameters())
+            keep += [cb, cb_opt]
+            impls["CuckooEmbeddingBag(sparse) + torch"] = lambda b, m=cb, o=cb_opt: torch_step(
+                m, o, raw[b], offsets
+            )
+        fm = fused(opt)
+        keep.append(fm)
+        impls["embtab fused"] = lambda b, m=fm: fused_step(m, raw[b], offsets)
+        if fb is not None and name != "adam":
+            tbe = fbgemm_tbe(fb, n, dim, name, eps)
+            keep.append(tbe)
+            impls["FBGEMM TBE fused"] = lambda b, t=tbe: fbgemm_step(t, dense[b], csr)
+        res["seconds_per_step"][name] = interleaved(impls, n_batches, repeats)
+        res["state_bytes_per_row"][name] = opt.state_bytes_per_row(dim)
+        del impls, keep
+        gc.collect()
+
+    # threads: the fused RowWiseAdagrad step with 1 and 2 threads ---------------------------------
+    fm = fused(eo.RowWiseAdagrad(lr=LR, eps=1e-8))
+    torch_threads = torch.get_num_threads()
+
+    def with_threads(t):
+        def step(b):
+            fm.num_threads = t
+            torch.set_num_threads(t)
+            return fused_step(fm, raw[b], offsets)
+
+        return step
+
+    try:
+        res["threads_step"] = interleaved(
+            {1: with_threads(1), 2: with_threads(2)}, n_batches, repeats
+        )
+    finally:
+        torch.set_num_threads(torch_threads)
+    # the C++ step alone on one captured batch (what backward calls), 1 vs 2 threads
+    rows = fm.lookup(raw[0]).numpy()
+    grad = np.ones((batch // bag, dim), np.float32)
+    w = fm.weight.detach().numpy()
+    s1 = fm.opt_row_sum.numpy()
+    kernel = {}
+    for t in (1, 2, 1, 2, 1, 2):
+        reps = []
+        for _ in range(max(repeats, 5)):
+            t0 = time.perf_counter()
+            _core.fused_step(
+                w,
+                rows,
+                grad,
+                csr.numpy(),
+                None,
+                False,
+                False,
+                n,
+                s1,
+                None,
+                "rowwise_adagrad",
+                1e-6,
+                1e-8,
+                num_threads=t,
+            )
+            reps.append(time.perf_counter() - t0)
+        kernel.setdefault(t, []).append(float(np.median(reps)))
+    res["threads_kernel"] = {t: float(np.median(v)) for t, v in kernel.items()}
+    del fm
+    gc.collect()
+    return res
+
+
+def format_markdown(r: dict) -> str:
+    m = r["machine"]
+    out = [
+        f"Machine: {machine_line(m)}; {r['threads']} threads for every implementation; "
+        f"FBGEMM {r['fbgemm'] or 'skipped: ' + str(r['fbgemm_skipped'])}.",
+        f"Table {r['num_embeddings']:,} x {r['embedding_dim']} float32; batches of {r['batch']:,} "
+        f"Zipf({r['zipf_s']}) IDs (~{r['distinct_ids_per_batch']:,.0f} distinct) in bags of "
+        f"{r['bag_size']}, sum pooling; step = forward + sum + backward + optimizer; median of "
+        f"{r['repeats']} passes over {r['n_batches']} batches, interleaved.",
+        "",
+        "| optimizer | implementation | ms / step | state bytes / row |",
+        "|---|---|---:|---:|",
+    ]
+    torch_state = {"sgd": 0, "adagrad": 4 * r["embedding_dim"], "adam": 8 * r["embedding_dim"]}
+    fb_state = {"sgd": 0, "adagrad": 4 * r["embedding_dim"], "rowwise_adagrad": 4}
+    for name, times in r["seconds_per_step"].items():
+        for impl, s in times.items():
+            if impl == "embtab fused":
+                b = r["state_bytes_per_row"][name]
+            elif impl.startswith("FBGEMM"):
+                b = fb_state[name]
+            else:
+                b = torch_state[name]
+            out.append(f"| {name} | {impl} | {s * 1e3:.1f} | {b} |")
+    out.append("")
+    for name, times in r["seconds_per_step"].items():
+        f = times["embtab fused"]
+        if "FBGEMM TBE fused" in times:
+            ratio = f / times["FBGEMM TBE fused"]
+            out.append(
+                f"- {name}: fused / FBGEMM = {ratio:.2f}x (target <= 0.8x: "
+                f"{'met' if ratio <= 0.8 else 'missed'})"
+            )
+        if name == "adam":
+            ratio = f / times["nn.EmbeddingBag(sparse) + torch"]
+            out.append(
+                f"- adam: fused / nn.EmbeddingBag + SparseAdam = {ratio:.2f}x (target <= "
+                f"0.5x: {'met' if ratio <= 0.5 else 'missed'})"
+            )
+    ts = {int(k): v for k, v in r["threads_step"].items()}
+    tk = {int(k): v for k, v in r["threads_kernel"].items()}
+    sp = ts[1] / ts[2]
+    out.append(
+        f"- threads, fused RowWiseAdagrad step: 1 thread {ts[1] * 1e3:.1f} ms, 2 threads "
+        f"{ts[2] * 1e3:.1f} ms: {sp:.2f}x (target >= 1.6x: {'met' if sp >= 1.6 else 'missed'}); "
+        f"the C++ step alone: {tk[1] * 1e3:.2f} ms vs {tk[2] * 1e3:.2f} ms ({tk[1] / tk[2]:.2f}x)"
+    )
+    return "\n".join(out)
