@@ -11,6 +11,7 @@
 
 #include "common.hpp"
 #include "embtab/rerank.hpp"
+#include "embtab/rerank/work_floor.hpp"
 #include "embtab/table.hpp"
 
 namespace py = pybind11;

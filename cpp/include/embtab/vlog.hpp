@@ -7,7 +7,7 @@
 // Every lane is a fixed sequence of IEEE additions, multiplications and one division, with no
 // table, no FMA and no data-dependent branch, so the result is the same bits on every x86-64
 // CPU, on every dispatch path and for any batch length (tests/test_rerank.py caps the dispatch
-// with _core._set_isa_limit and checks every level). "No FMA" needs the compiler not to fuse a * b + c: CMakeLists.txt
+// with _core._testing.set_isa_limit and checks every level). "No FMA" needs the compiler not to fuse a * b + c: CMakeLists.txt
 // builds with -ffp-contract=off (GCC's default, -ffp-contract=fast, with FMA enabled, e.g. by
 // -march=native, would change the last bits). It is not the C library's log (the two differ in
 // the last bit for a few percent of inputs) but is as accurate. The reranker computes its
@@ -33,41 +33,10 @@
 #include <cstdint>
 #include <cstring>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
+#include "embtab/cpu.hpp"
 
 namespace embtab {
 namespace detail {
-
-// isa_limit caps the dispatch below (and the reranker's): 0 = the best the CPU has, 1 = the
-// baseline ISA, 2 = at most AVX2. A test hook (_core._set_isa_limit) that checks every level
-// gives the same bits.
-inline std::atomic<int>& isa_limit() {
-    static std::atomic<int> level{0};
-    return level;
-}
-
-// use_avx512 says whether to dispatch to AVX-512 code (8 lanes; the same bits as 4).
-inline bool use_avx512() {
-#if defined(__x86_64__) || defined(__i386__)
-    static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                               __builtin_cpu_supports("avx512vl");
-    return avx512 && isa_limit().load(std::memory_order_relaxed) == 0;
-#else
-    return false;
-#endif
-}
-
-// use_avx2 says whether to dispatch to AVX2 code: the CPU has it and no test forced baseline.
-inline bool use_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-    static const bool avx2 = __builtin_cpu_supports("avx2");
-    return avx2 && isa_limit().load(std::memory_order_relaxed) != 1;
-#else
-    return false;
-#endif
-}
 
 // EMBTAB_NO_VECTOR (a build-time define) takes the plain scalar forms below, as compilers without
 // GCC/Clang vector extensions do; it exists to test those forms.
