@@ -93,46 +93,79 @@ inline void prefetch_step(Scratch& sc) {
 }  // namespace detail
 
 // calibrated ////////////////////////////////////////////////////////////////////////////////
+//
+// One user's greedy runs in named phases over a UserGreedy (the user's inputs, the thread's
+// scratch and the state that the steps share):
+//   read_row      score terms, sortedness, finite count; the first bad input, if any
+//   by_score      lam == 0: plain top-k by score
+//   keyed_slots / user_slots
+//                 each candidate's fixed-width list of table slots (a batch's per-item keys,
+//                 or the user's own (category, weight) entries)
+//   then per step: fill_table (T at this step's list mass), choose (the best candidate by the
+//   scan that applies), take (the pick's categories join the list)
+//   final_objective
+//                 F(L) and KL(p || q~(L)) of the finished list.
 
-// calibrated_user reranks one user: scores s[C] (S = float or double), candidate item ids
-// cand[C] (nullptr: candidate c is item c), target p[G]; writes k candidate positions (not
-// item ids) in list order to out[k], and if obj/miscal are non-null the final objective F(L)
-// and KL(p || q~(L)). Returns the first bad input of this row (status ok otherwise).
+namespace detail {
+
 template <class S>
-RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C, const ItemDist& items,
-                            const double* p, const RerankParams& prm, std::int64_t* out, double* obj,
-                            double* miscal, detail::Scratch& sc, std::int32_t user_stamp,
-                            const detail::ItemKeys* keys) {
-    using detail::kNegInf;
-    const std::int64_t k = prm.k;
-    const double lam = prm.lam, alpha = prm.alpha;
-    const std::int32_t G = items.n_genres, D = items.n_weights;
-    RerankError err;
+struct UserGreedy {
+    UserGreedy(const S* s_, const std::int64_t* cand_, std::int64_t C_, const ItemDist& items_, const double* p_,
+               const RerankParams& prm_, Scratch& sc_, const ItemKeys* keys_)
+        : s(s_), cand(cand_), C(C_), items(items_), p(p_), prm(prm_), sc(sc_), keys(keys_) {}
 
-    // Score terms; count finite candidates; reject NaN and +inf.
-    sc.a.resize(static_cast<std::size_t>(C));
-    sc.v.resize(static_cast<std::size_t>(C));
+    // inputs
+    const S* s;
+    const std::int64_t* cand;
+    std::int64_t C;
+    const ItemDist& items;
+    const double* p;
+    const RerankParams& prm;
+    Scratch& sc;
+    const ItemKeys* keys;
+    // derived
+    double lam = prm.lam, alpha = prm.alpha;
+    double one_m_lam = prm.lam < 1.0 ? 1.0 - prm.lam : 0.0;
+    std::int32_t G = items.n_genres, D = items.n_weights;
+    std::int32_t width = std::max<std::int32_t>(1, items.max_nnz);
+    int stride = width <= 4 ? 4 : width;
+    std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(stride);
+    bool keyed = keys && keys->enabled;
+    bool alpha0 = prm.alpha == 0.0;
+    // state
+    double* a = nullptr;             // sc.a: score terms, -inf once picked
+    bool sorted = false;
+    std::int64_t finite_left = 0;    // finite-score candidates not yet picked
+    bool phase2 = false;             // only -inf candidates remain
+    std::size_t n_slots = 0;         // table size including the zero slot
+    bool use16 = false;              // slots held as 16 bits (sc.idx16), else 32 (sc.idx)
+    LazySlots lazy;                  // keyed stride-4 slots (lazy.ix set); else unused
+    double uncovered = 0.0;          // alpha == 0: categories with p_g > 0 not in the list
 
-    sc.picked.assign(static_cast<std::size_t>(C), 0);
+    std::int64_t item_of(std::int64_t c) const { return cand ? cand[c] : c; }
 
-    double* a = sc.a.data();
-    const double one_m_lam = lam < 1.0 ? 1.0 - lam : 0.0;
-    // Branch-free checks over the row; the slow loops below only name the culprit.
-    const std::uint64_t n_items = static_cast<std::uint64_t>(items.n_items);
-    auto item_of = [cand](std::int64_t c) { return cand ? cand[c] : c; };
-    constexpr double kPosInf = std::numeric_limits<double>::infinity();
-    const detail::RowScan rs = detail::score_pass(s, cand, C, one_m_lam, n_items, a);
-    const bool bad_score = rs.bad_score, bad_item = rs.bad_item, sorted = rs.sorted;
-    const std::int64_t n_finite = rs.n_finite;
-    if (sorted) {
-        // each chunk's first score term before any pick (the sorted scan's stopping test)
-        sc.a_head.resize(static_cast<std::size_t>((C + kSortedChunk - 1) / kSortedChunk));
-        for (std::size_t j = 0; j < sc.a_head.size(); ++j) sc.a_head[j] = a[static_cast<std::int64_t>(j) * kSortedChunk];
-    }
-    if (bad_score || bad_item) {
+    // read_row fills the score terms a[c] = (1 - lam) s_c and, for a score-sorted row, each
+    // chunk's first term; returns the row's first bad input (status ok otherwise).
+    RerankError read_row() {
+        RerankError err;
+        sc.a.resize(static_cast<std::size_t>(C));
+        sc.v.resize(static_cast<std::size_t>(C));
+        sc.picked.assign(static_cast<std::size_t>(C), 0);
+        a = sc.a.data();
+        // Branch-free checks over the row; the slow loop below only names the culprit.
+        const RowScan rs = score_pass(s, cand, C, one_m_lam, static_cast<std::uint64_t>(items.n_items), a);
+        sorted = rs.sorted;
+        finite_left = rs.n_finite;
+        if (sorted) {
+            // each chunk's first score term before any pick (the sorted scan's stopping test)
+            sc.a_head.resize(static_cast<std::size_t>((C + kSortedChunk - 1) / kSortedChunk));
+            for (std::size_t j = 0; j < sc.a_head.size(); ++j) sc.a_head[j] = a[static_cast<std::int64_t>(j) * kSortedChunk];
+        }
+        if (!rs.bad_score && !rs.bad_item) return err;
+        constexpr double kPosInf = std::numeric_limits<double>::infinity();
         for (std::int64_t c = 0; c < C; ++c) {
             const double x = static_cast<double>(s[c]);
-            const std::int64_t it = cand ? cand[c] : c;
+            const std::int64_t it = item_of(c);
             if (x != x || x == kPosInf) {
                 err.status = x != x ? RerankStatus::nan_score : RerankStatus::posinf_score;
             } else if (it < 0 || it >= items.n_items) {
@@ -144,11 +177,27 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             err.col = c;
             return err;
         }
+        return err;
     }
 
-    auto finish = [&](void) {
+    // by_score writes the plain top-k by score (lam == 0); -inf candidates last in index order.
+    void by_score(std::int64_t* out) {
+        const std::int64_t k = prm.k;
+        std::vector<double>& v = sc.den;
+        v.resize(static_cast<std::size_t>(k));
+        if (k <= kTopkHeapMaxK) {
+            topk_small_row(a, C, k, v.data(), out);
+        } else {
+            TopkBuffers<double> tb;
+            topk_radix_row(a, C, k, v.data(), out, tb);
+        }
+    }
+
+    // final_objective writes F(L) and KL(p || q~(L)) of the list out[0..k) (either may be null),
+    // from the list's summed weights.
+    void final_objective(const std::int64_t* out, double* obj, double* miscal) {
         if (!obj && !miscal) return;
-        // Final objective and miscalibration, from the list's summed weights.
+        const std::int64_t k = prm.k;
         std::vector<double>& Wf = sc.W;
         Wf.assign(static_cast<std::size_t>(G), 0.0);
         double ssum = 0.0;
@@ -174,36 +223,11 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             const double st = lam < 1.0 ? (any_neg_inf ? kNegInf : one_m_lam * ssum) : 0.0;
             *obj = lam > 0.0 ? st - lam * kl : st;
         }
-    };
-
-    if (lam == 0.0) {
-        // Plain top-k by score; -inf candidates last in index order.
-        if (k <= kTopkHeapMaxK) {
-            std::vector<double>& v = sc.den;
-            v.resize(static_cast<std::size_t>(k));
-            detail::topk_small_row(a, C, k, v.data(), out);
-        } else {
-            detail::TopkBuffers<double> tb;
-            std::vector<double>& v = sc.den;
-            v.resize(static_cast<std::size_t>(k));
-            detail::topk_radix_row(a, C, k, v.data(), out, tb);
-        }
-        finish();
-        return err;
     }
 
-    // The user's table entries: one per (genre with p_g > 0, distinct weight) that can occur,
-    // each with its slot in T; candidates hold fixed-width lists of slots (0 = the zero slot).
-    const std::int32_t width = std::max<std::int32_t>(1, items.max_nnz);
-    sc.genre_used.assign(static_cast<std::size_t>(G), 0);
-    sc.used_genres.clear();
-    sc.entry_slot.clear();
-    sc.entry_genre.clear();
-    sc.entry_cw.clear();
-    sc.entry_lp.clear();
-    sc.entry_w.clear();
-    sc.bound_slots.clear();
-    auto add_entry = [&](std::uint32_t slot, std::int32_t g, double w) {
+    // add_entry appends the user's table entry (slot, category g, weight w) and notes g's
+    // largest-weight slot (the scan bound reads it).
+    void add_entry(std::uint32_t slot, std::int32_t g, double w) {
         if (w > sc.genre_max_w[static_cast<std::size_t>(g)]) {
             sc.genre_max_w[static_cast<std::size_t>(g)] = w;
             sc.genre_max_slot[static_cast<std::size_t>(g)] = slot;
@@ -217,16 +241,12 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             sc.genre_used[static_cast<std::size_t>(g)] = 1;
             sc.used_genres.push_back(g);
         }
-    };
-    const int stride = width <= 4 ? 4 : width;
-    const std::size_t n_idx = static_cast<std::size_t>(C) * static_cast<std::size_t>(stride);
-    std::size_t n_slots;  // table size including the zero slot
-    bool use16;
-    detail::LazySlots lazy;  // keyed stride-4 slots (lazy.ix set); else unused
-    const bool keyed = keys && keys->enabled;
-    if (keyed) {
-        // Global slots key = d * G + g + 1: every step computes the whole dense block (slots of
-        // genres with p_g = 0 come out 0, exactly their contribution); no per-user entries.
+    }
+
+    // keyed_slots: global slots key = d * G4 + g + 1 from the batch's ItemKeys. Every step
+    // computes the whole dense block (slots of genres with p_g = 0 come out 0, exactly their
+    // contribution); no per-user entries.
+    void keyed_slots() {
         n_slots = keys->n_slots;
         use16 = true;
         sc.idx16.resize(n_idx);
@@ -234,11 +254,10 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         const std::uint16_t* ik = keys->keys.data();
         if (stride == 4) {
             // filled as the sorted scan reaches each chunk, or all at once before any other scan
-            lazy = detail::LazySlots{cand, ik, ix, 0};
+            lazy = LazySlots{cand, ik, ix, 0};
         } else {
             for (std::int64_t c = 0; c < C; ++c)
-                std::memcpy(ix + c * stride, ik + item_of(c) * stride,
-                            static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
+                std::memcpy(ix + c * stride, ik + item_of(c) * stride, static_cast<std::size_t>(stride) * sizeof(std::uint16_t));
         }
         if (!keys->patterns)  // else the bound goes by weight pattern
             for (std::int32_t g = 0; g < G; ++g)
@@ -255,8 +274,12 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         }
         sc.cwd.resize(static_cast<std::size_t>(D));
         for (std::int32_t d = 0; d < D; ++d) sc.cwd[static_cast<std::size_t>(d)] = (1.0 - alpha) * items.weights[d];
-    } else {
-        // Per-user slots (any number of distinct weights): compact the (g, d) keys in use.
+    }
+
+    // user_slots: per-user slots (any number of distinct weights), compacting the (g, d) keys
+    // in use in order of first occurrence. The key -> slot map is dense [G * D] while G * D <=
+    // kDenseKeyMax, else a hash table of at least 2 * C * stride slots (memory independent of D).
+    void user_slots(std::int32_t user_stamp) {
         sc.genre_max_slot.assign(static_cast<std::size_t>(G), 0);
         sc.genre_max_w.assign(static_cast<std::size_t>(G), 0.0);
         const std::size_t GD = static_cast<std::size_t>(G) * static_cast<std::size_t>(D);
@@ -278,8 +301,8 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
             hmask = sc.hkey.size() - 1;
         }
         // slot_of gives the map slot of key: dense, its index; else its hash slot, claimed for
-        // this user (stamp set, local 0) if the key is new (linear probing; the table is at
-        // most half full: a user has at most C * width keys).
+        // this user (the key stored) if the key is new (linear probing; the table is at most
+        // half full: a user has at most C * width keys).
         auto slot_of = [&](std::size_t key) -> std::size_t {
             if (dense) return key;
             std::size_t h = static_cast<std::size_t>(mix64(key, 0)) & hmask;
@@ -317,31 +340,189 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
         }
         for (std::int32_t g : sc.used_genres) sc.bound_slots.push_back(sc.genre_max_slot[static_cast<std::size_t>(g)]);
     }
-    std::uint32_t* idx = sc.idx.data();
-    const std::size_t n_entries = sc.entry_slot.size();
-    const std::size_t E1 = n_slots;
-    sc.table.assign(E1, 0.0);
-    double* T = sc.table.data();
 
-    // alpha == 0: categories with p_g > 0 still absent from the list make KL infinite.
-    const bool alpha0 = alpha == 0.0;
-    double uncovered = 0.0;
-    if (alpha0) {
-        sc.cov.assign(E1, 0.0);
-        for (std::int32_t g = 0; g < G; ++g) uncovered += p[g] > 0.0 ? 1.0 : 0.0;
+    // slots builds every candidate's slot list and sizes the per-step arrays.
+    void slots(std::int32_t user_stamp) {
+        sc.genre_used.assign(static_cast<std::size_t>(G), 0);
+        sc.used_genres.clear();
+        sc.entry_slot.clear();
+        sc.entry_genre.clear();
+        sc.entry_cw.clear();
+        sc.entry_lp.clear();
+        sc.entry_w.clear();
+        sc.bound_slots.clear();
+        if (keyed) {
+            keyed_slots();
+        } else {
+            user_slots(user_stamp);
+        }
+        sc.table.assign(n_slots, 0.0);
+        // alpha == 0: categories with p_g > 0 still absent from the list make KL infinite.
+        if (alpha0) {
+            sc.cov.assign(n_slots, 0.0);
+            for (std::int32_t g = 0; g < G; ++g) uncovered += p[g] > 0.0 ? 1.0 : 0.0;
+        }
+        sc.W.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 0.0);
+        sc.den.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 1.0);
+        sc.inv.assign(static_cast<std::size_t>(G), 1.0);
     }
 
-    sc.W.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 0.0);
-    sc.den.assign(static_cast<std::size_t>(keyed ? keys->G4 : G), 1.0);
-    double* Wg = sc.W.data();
-    double* den = sc.den.data();
-    sc.inv.assign(static_cast<std::size_t>(G), 1.0);
-    double* inv = sc.inv.data();
-    std::int64_t finite_left = n_finite;
-    bool phase2 = false;
+    // refresh computes the user's entry e (table slot `slot`) at step t (t1 = t + 1): the ratio
+    // form, the overflow form ln(cw) - ln(o), or, for a category still uncovered with alpha
+    // == 0, lam p_g ln(w / (t+1)) marked in cov.
+    void refresh(std::size_t e, std::uint32_t slot, double t1, bool a0) {
+        double* T = sc.table.data();
+        const double o = sc.den[static_cast<std::size_t>(sc.entry_genre[e])];
+        if (a0 && o == 0.0) {
+            T[slot] = sc.entry_lp[e] * std::log(sc.entry_w[e] / t1);
+            sc.cov[slot] = 1.0;
+        } else {
+            // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
+            const double r = sc.entry_cw[e] * (1.0 / o);
+            T[slot] = sc.entry_lp[e] * (r < 1e300 ? vlog(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
+            if (alpha0) sc.cov[slot] = 0.0;
+        }
+    }
 
-    for (std::int64_t t = 0; t < k; ++t) {
-        detail::prefetch_step(sc);
+    // keyed_table fills the dense block T[1 + d * G4 + g] = lam p_g ln(1 + (1 - alpha) w_d / o_g)
+    // in one vector pass; the same bits as the per-entry forms. A genre with p_g = 0 (and the
+    // padding) gets o = 1, any finite value: its slots are lam * 0 * finite = 0.
+    void keyed_table(double t1) {
+        double* T = sc.table.data();
+        double* Wg = sc.W.data();
+        double* den = sc.den.data();
+        const double* lp = sc.lp.data();
+        const std::size_t G4 = static_cast<std::size_t>(keys->G4);
+        if (ratio_log_block(sc.cwd.data(), static_cast<std::size_t>(D), Wg, sc.p4.data(), sc.ap.data(), 1.0 - alpha, t1,
+                            lp, G4, T + 1))
+            return;
+        for (std::int32_t g = 0; g < G; ++g) den[g] = p[g] > 0.0 ? (1.0 - alpha) * Wg[g] + alpha * p[g] * t1 : 1.0;
+        for (std::int32_t d = 0; d < D; ++d) {
+            const double cw = sc.cwd[static_cast<std::size_t>(d)];
+            double* td = T + 1 + static_cast<std::size_t>(d) * G4;
+            for (std::int32_t g = 0; g < G; ++g) {
+                const double r = cw * (1.0 / den[g]);
+                td[g] = lp[g] * (r < 1e300 ? vlog(1.0 + r) : std::log(cw) - std::log(den[g]));
+            }
+        }
+    }
+
+    // entry_table fills the user's entries: the usual case in one batch of logs (the same bits
+    // as refresh, entry by entry), refresh itself when some ratio needs a special form.
+    void entry_table(double t1, bool a0) {
+        double* T = sc.table.data();
+        double* Wg = sc.W.data();
+        double* den = sc.den.data();
+        double* inv = sc.inv.data();
+        for (std::int32_t g : sc.used_genres) {
+            den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
+            inv[g] = 1.0 / den[g];
+        }
+        const std::size_t n_entries = sc.entry_slot.size();
+        sc.ratio.resize(n_entries);
+        double* arg = sc.ratio.data();
+        bool special = false;
+        for (std::size_t e = 0; e < n_entries; ++e) {
+            const double r = sc.entry_cw[e] * inv[sc.entry_genre[e]];
+            arg[e] = 1.0 + r;
+            special |= !(r < 1e300);  // also an uncovered genre's o == 0 when alpha == 0
+        }
+        if (special) {
+            for (std::size_t e = 0; e < n_entries; ++e) refresh(e, sc.entry_slot[e], t1, a0);
+            return;
+        }
+        vlog_batch(arg, arg, n_entries);
+        for (std::size_t e = 0; e < n_entries; ++e) T[sc.entry_slot[e]] = sc.entry_lp[e] * arg[e];
+        if (alpha0)
+            for (std::size_t e = 0; e < n_entries; ++e) sc.cov[sc.entry_slot[e]] = 0.0;
+    }
+
+    // scan_bound is an upper bound on any candidate's table sum at this step (with the 1e-12
+    // relative slack): by weight pattern, or the sum of the `width` largest per-genre maxima (a
+    // candidate's genres are distinct; entries are >= 0 and a genre's largest is its
+    // largest-weight one).
+    double scan_bound() {
+        const double* T = sc.table.data();
+        double bound = 0.0;
+        if (keyed && keys->patterns) {
+            sc.top.resize(static_cast<std::size_t>(4 * D));
+            bound = pattern_bound(*keys, D, T, sc.top.data());
+        } else if (width <= 4) {
+            // the 4 largest in registers, branch-free (t0 >= t1 >= t2 >= t3)
+            double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
+            for (std::uint32_t slot : sc.bound_slots) {
+                const double x = T[slot];
+                t3 = std::max(t3, std::min(x, t2));
+                t2 = std::max(t2, std::min(x, t1));
+                t1 = std::max(t1, std::min(x, t0));
+                t0 = std::max(t0, x);
+            }
+            const double tt[4] = {t0, t1, t2, t3};
+            for (std::int32_t j = 0; j < width; ++j) bound += tt[j];
+        } else {
+            sc.top.assign(static_cast<std::size_t>(width), 0.0);
+            double* top = sc.top.data();
+            for (std::uint32_t slot : sc.bound_slots) {
+                const double x = T[slot];
+                if (!(x > top[width - 1])) continue;
+                std::int32_t j = width - 1;  // insertion, largest first
+                for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
+                top[j] = x;
+            }
+            for (std::int32_t j = 0; j < width; ++j) bound += top[j];
+        }
+        return bound * (1.0 + kBoundSlack);
+    }
+
+    // choose returns this step's pick: the alpha == 0 scan while categories are uncovered, the
+    // bounded scan of a score-sorted row, else the full scan; if every value is -inf (alpha ==
+    // 0), the lowest unpicked index.
+    std::int64_t choose(bool a0) {
+        const double* T = sc.table.data();
+        std::uint32_t* idx = sc.idx.data();
+        std::int64_t bi;
+        if (a0) {
+            bi = use16 ? scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, stride, uncovered)
+                       : scan_alpha0(a, idx, T, sc.cov.data(), C, width, stride, uncovered);
+        } else if (sorted && !phase2 && C > kSortedChunk) {
+            const double bound = scan_bound();
+            bi = use16 ? scan_best_sorted(a, sc.a_head.data(), sc.idx16.data(), stride, width, T, C, sc.v.data(), bound,
+                                          lazy.ix ? &lazy : nullptr)
+                       : scan_best_sorted(a, sc.a_head.data(), idx, stride, width, T, C, sc.v.data(), bound);
+        } else {
+            if (lazy.ix) lazy.fill_to(C);
+            bi = use16 ? scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
+                       : scan_best(a, idx, stride, width, T, C, sc.v.data());
+        }
+        if (bi >= 0) return bi;
+        for (std::int64_t c = 0; c < C; ++c)
+            if (!sc.picked[static_cast<std::size_t>(c)] && (phase2 || a[c] != kNegInf)) return c;
+        return bi;
+    }
+
+    // take adds candidate bi to the list: marks it, and adds its categories' weights to W (for
+    // a keyed user from its slots, in L1, in the CSR row's order, which the slots keep).
+    void take(std::int64_t bi) {
+        double* Wg = sc.W.data();
+        sc.picked[static_cast<std::size_t>(bi)] = 1;
+        a[bi] = kNegInf;
+        if (!phase2) --finite_left;
+        if (keyed) {  // keyed implies alpha > 0
+            const std::uint16_t* ix = sc.idx16.data() + bi * stride;
+            for (std::int32_t j = 0; j < width && ix[j]; ++j) Wg[keys->key_genre[ix[j]]] += keys->key_weight[ix[j]];
+            return;
+        }
+        const std::int64_t it = item_of(bi);
+        for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
+            const std::int32_t g = items.genre[e];
+            if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
+            Wg[g] += items.weights[items.wclass[e]];
+        }
+    }
+
+    // step runs greedy step t and returns its pick.
+    std::int64_t step(std::int64_t t) {
+        prefetch_step(sc);
         if (!phase2 && finite_left == 0) {
             // Only -inf candidates remain: the KL term alone decides among them.
             phase2 = true;
@@ -349,140 +530,43 @@ RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C
                 if (!sc.picked[static_cast<std::size_t>(c)]) a[c] = 0.0;
         }
         const double t1 = static_cast<double>(t + 1);
-        if (!keyed)
-            for (std::int32_t g : sc.used_genres) {
-                den[g] = (1.0 - alpha) * Wg[g] + alpha * p[g] * t1;
-                inv[g] = 1.0 / den[g];
-            }
         const bool a0 = alpha0 && uncovered > 0.0;
-        // refresh computes entry e (table slot `slot`) at this step.
-        auto refresh = [&](std::size_t e, std::uint32_t slot) {
-            const double o = den[sc.entry_genre[e]];
-            if (a0 && o == 0.0) {
-                // uncovered genre: the entry carries lam p_g ln(w / (t+1)); cov marks it
-                T[slot] = sc.entry_lp[e] * std::log(sc.entry_w[e] / t1);
-                sc.cov[slot] = 1.0;
-            } else {
-                // ln((o + cw) / o); the ratio form unless cw / o would overflow (tiny alpha p_g)
-                const double r = sc.entry_cw[e] * (1.0 / o);
-                T[slot] = sc.entry_lp[e] * (r < 1e300 ? vlog(1.0 + r) : std::log(sc.entry_cw[e]) - std::log(o));
-                if (alpha0) sc.cov[slot] = 0.0;
-            }
-        };
-        std::int64_t bi;
         if (keyed) {
-            // The dense block T[1 + d * G4 + g] = lam p_g ln(1 + (1 - alpha) w_d / o_g) in one
-            // vector pass; the same bits as the per-entry forms below. A genre with p_g = 0 (and
-            // the padding) gets o = 1, any finite value: its slots are lam * 0 * finite = 0.
-            const double* lp = sc.lp.data();
-            const std::size_t G4 = static_cast<std::size_t>(keys->G4);
-            if (!ratio_log_block(sc.cwd.data(), static_cast<std::size_t>(D), Wg, sc.p4.data(), sc.ap.data(),
-                                 1.0 - alpha, t1, lp, G4, T + 1)) {
-                for (std::int32_t g = 0; g < G; ++g) den[g] = p[g] > 0.0 ? (1.0 - alpha) * Wg[g] + alpha * p[g] * t1 : 1.0;
-                for (std::int32_t d = 0; d < D; ++d) {
-                    const double cw = sc.cwd[static_cast<std::size_t>(d)];
-                    double* td = T + 1 + static_cast<std::size_t>(d) * G4;
-                    for (std::int32_t g = 0; g < G; ++g) {
-                        const double r = cw * (1.0 / den[g]);
-                        td[g] = lp[g] * (r < 1e300 ? vlog(1.0 + r) : std::log(cw) - std::log(den[g]));
-                    }
-                }
-            }
+            keyed_table(t1);
         } else {
-            // the usual case in one batch of logs (the same bits as refresh, entry by entry)
-            sc.ratio.resize(n_entries);
-            double* arg = sc.ratio.data();
-            bool special = false;
-            for (std::size_t e = 0; e < n_entries; ++e) {
-                const double r = sc.entry_cw[e] * inv[sc.entry_genre[e]];
-                arg[e] = 1.0 + r;
-                special |= !(r < 1e300);  // also an uncovered genre's o == 0 when alpha == 0
-            }
-            if (special) {
-                for (std::size_t e = 0; e < n_entries; ++e) refresh(e, sc.entry_slot[e]);
-            } else {
-                vlog_batch(arg, arg, n_entries);
-                for (std::size_t e = 0; e < n_entries; ++e) T[sc.entry_slot[e]] = sc.entry_lp[e] * arg[e];
-                if (alpha0)
-                    for (std::size_t e = 0; e < n_entries; ++e) sc.cov[sc.entry_slot[e]] = 0.0;
-            }
+            entry_table(t1, a0);
         }
-        if (a0) {
-            bi = use16 ? detail::scan_alpha0(a, sc.idx16.data(), T, sc.cov.data(), C, width, stride, uncovered)
-                       : detail::scan_alpha0(a, idx, T, sc.cov.data(), C, width, stride, uncovered);
-        } else if (sorted && !phase2 && C > kSortedChunk) {
-            // Bound on any candidate's table sum: its genres are distinct, so at most the sum of
-            // the `width` largest per-genre maxima (entries are >= 0).
-            // A genre's largest entry is its largest-weight one (entries grow with w).
-            double bound = 0.0;
-            if (keyed && keys->patterns) {
-                sc.top.resize(static_cast<std::size_t>(4 * D));
-                bound = detail::pattern_bound(*keys, D, T, sc.top.data());
-            } else if (width <= 4) {
-                // the 4 largest in registers, branch-free (t0 >= t1 >= t2 >= t3)
-                double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
-                for (std::uint32_t slot : sc.bound_slots) {
-                    const double x = T[slot];
-                    t3 = std::max(t3, std::min(x, t2));
-                    t2 = std::max(t2, std::min(x, t1));
-                    t1 = std::max(t1, std::min(x, t0));
-                    t0 = std::max(t0, x);
-                }
-                const double tt[4] = {t0, t1, t2, t3};
-                for (std::int32_t j = 0; j < width; ++j) bound += tt[j];
-            } else {
-                sc.top.assign(static_cast<std::size_t>(width), 0.0);
-                double* top = sc.top.data();
-                for (std::uint32_t slot : sc.bound_slots) {
-                    const double x = T[slot];
-                    if (!(x > top[width - 1])) continue;
-                    std::int32_t j = width - 1;  // insertion, largest first
-                    for (; j > 0 && top[j - 1] < x; --j) top[j] = top[j - 1];
-                    top[j] = x;
-                }
-                for (std::int32_t j = 0; j < width; ++j) bound += top[j];
-            }
-            bound = bound * (1.0 + kBoundSlack);
-            bi = use16 ? detail::scan_best_sorted(a, sc.a_head.data(), sc.idx16.data(), stride, width, T, C, sc.v.data(), bound,
-                                                  lazy.ix ? &lazy : nullptr)
-                       : detail::scan_best_sorted(a, sc.a_head.data(), idx, stride, width, T, C, sc.v.data(), bound);
-        } else {
-            if (lazy.ix) lazy.fill_to(C);
-            bi = use16 ? detail::scan_best(a, sc.idx16.data(), stride, width, T, C, sc.v.data())
-                       : detail::scan_best(a, idx, stride, width, T, C, sc.v.data());
-        }
-        if (bi < 0) {
-            // every available value is -inf (alpha == 0): the lowest unpicked index wins
-            for (std::int64_t c = 0; c < C; ++c) {
-                if (!sc.picked[static_cast<std::size_t>(c)] && (phase2 || a[c] != kNegInf)) {
-                    bi = c;
-                    break;
-                }
-            }
-        }
-        out[t] = bi;
-        sc.picked[static_cast<std::size_t>(bi)] = 1;
-        a[bi] = kNegInf;
-        if (!phase2) --finite_left;
-        if (keyed) {
-            // the pick's categories from its slots (in L1; the same additions in the same order
-            // as the CSR row, whose order the slots keep; keyed implies alpha > 0)
-            const std::uint16_t* ix = sc.idx16.data() + bi * stride;
-            for (std::int32_t j = 0; j < width && ix[j]; ++j)
-                Wg[keys->key_genre[ix[j]]] += keys->key_weight[ix[j]];
-        } else {
-            const std::int64_t it = item_of(bi);
-            for (std::int64_t e = items.indptr[it]; e < items.indptr[it + 1]; ++e) {
-                const std::int32_t g = items.genre[e];
-                if (alpha0 && Wg[g] == 0.0 && p[g] > 0.0) uncovered -= 1.0;
-                Wg[g] += items.weights[items.wclass[e]];
-            }
-        }
+        const std::int64_t bi = choose(a0);
+        take(bi);
+        return bi;
     }
-    finish();
+};
+
+}  // namespace detail
+
+// calibrated_user reranks one user: scores s[C] (S = float or double), candidate item ids
+// cand[C] (nullptr: candidate c is item c), target p[G]; writes k candidate positions (not
+// item ids) in list order to out[k], and if obj/miscal are non-null the final objective F(L)
+// and KL(p || q~(L)). Returns the first bad input of this row (status ok otherwise).
+// user_stamp distinguishes the users sharing sc (distinct within a chunk); keys: the batch's
+// per-item keys, or nullptr.
+template <class S>
+RerankError calibrated_user(const S* s, const std::int64_t* cand, std::int64_t C, const ItemDist& items,
+                            const double* p, const RerankParams& prm, std::int64_t* out, double* obj,
+                            double* miscal, detail::Scratch& sc, std::int32_t user_stamp,
+                            const detail::ItemKeys* keys) {
+    detail::UserGreedy<S> ug(s, cand, C, items, p, prm, sc, keys);
+    const RerankError err = ug.read_row();
+    if (err.status != RerankStatus::ok) return err;
+    if (prm.lam == 0.0) {
+        ug.by_score(out);
+    } else {
+        ug.slots(user_stamp);
+        for (std::int64_t t = 0; t < prm.k; ++t) out[t] = ug.step(t);
+    }
+    ug.final_objective(out, obj, miscal);
     return err;
 }
-
 
 // batch /////////////////////////////////////////////////////////////////////////////////////
 
