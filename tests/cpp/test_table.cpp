@@ -1,0 +1,125 @@
+// C++ unit tests of embtab::CuckooTable (header-only core): random batches of inserts, lookups
+// and erases against std::unordered_map, with the table's invariants checked after each batch
+// (TableTestAccess), growth under every growth factor, the file format's round trip and its
+// refusal of a flipped bit, and sizes beyond the machine refused with AllocError.
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <unordered_map>
+#include <vector>
+
+#include "check.hpp"
+#include "embtab/table.hpp"
+
+using embtab::CuckooTable;
+using embtab::TableTestAccess;
+
+namespace {
+
+void against_a_map(double growth_factor, std::uint64_t seed, int threads) {
+    embtab::TableConfig cfg;
+    cfg.growth_factor = growth_factor;
+    cfg.seed = seed;
+    CuckooTable t(0, cfg);
+    std::unordered_map<std::uint64_t, std::int64_t> want;
+    std::vector<std::int64_t> free_rows;  // rows erase returned, handed out lowest first
+    std::int64_t next_row = 0;
+    std::mt19937_64 rng(seed + 1);
+    for (int batch = 0; batch < 60; ++batch) {
+        const std::size_t n = 1 + rng() % 3000;
+        std::vector<std::uint64_t> keys(n);
+        for (auto& k : keys) k = rng() % 20000 + (rng() % 2 ? 0 : ~std::uint64_t{0} - 20000);
+        if (batch % 3 == 2) {
+            const std::uint64_t removed = t.erase(keys.data(), n);
+            std::uint64_t expect = 0;
+            for (auto k : keys) {
+                auto it = want.find(k);
+                if (it == want.end()) continue;
+                free_rows.push_back(it->second);
+                want.erase(it);
+                ++expect;
+            }
+            CHECK(removed == expect);
+        } else {
+            std::vector<std::int64_t> rows(n);
+            t.lookup_or_insert(keys.data(), n, rows.data(), threads);
+            for (std::size_t i = 0; i < n; ++i) {
+                auto it = want.find(keys[i]);
+                if (it == want.end()) {
+                    std::int64_t r;
+                    if (!free_rows.empty()) {
+                        auto lo = std::min_element(free_rows.begin(), free_rows.end());
+                        r = *lo;
+                        free_rows.erase(lo);
+                    } else {
+                        r = next_row++;
+                    }
+                    it = want.emplace(keys[i], r).first;
+                }
+                CHECK(rows[i] == it->second);
+            }
+        }
+        CHECK(TableTestAccess::check_invariants(t).empty());
+        CHECK(t.size() == want.size());
+    }
+    std::vector<std::uint64_t> probe;
+    for (const auto& kv : want) probe.push_back(kv.first);
+    probe.push_back(123456789);  // absent
+    std::vector<std::int64_t> rows(probe.size());
+    t.lookup(probe.data(), probe.size(), rows.data(), threads);
+    for (std::size_t i = 0; i + 1 < probe.size(); ++i) CHECK(rows[i] == want[probe[i]]);
+    CHECK(rows.back() == embtab::kNoRow || want.count(123456789));
+}
+
+void file_round_trip() {
+    CuckooTable t;
+    std::vector<std::uint64_t> keys(5000);
+    for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = i * 0x9E3779B97F4A7C15ULL;
+    std::vector<std::int64_t> rows(keys.size());
+    t.lookup_or_insert(keys.data(), keys.size(), rows.data(), 1);
+    t.erase(keys.data() + 10, 100);
+    const std::string bytes = t.serialize();
+    auto back = CuckooTable::deserialize(bytes.data(), bytes.size());
+    CHECK(back->serialize() == bytes);
+    CHECK(TableTestAccess::check_invariants(*back).empty());
+    std::string flipped = bytes;
+    flipped[bytes.size() / 2] ^= 0x10;
+    bool refused = false;
+    try {
+        CuckooTable::deserialize(flipped.data(), flipped.size());
+    } catch (const std::invalid_argument&) {
+        refused = true;
+    }
+    CHECK(refused);
+}
+
+void huge_sizes_refused() {
+    embtab::TableConfig cfg;
+    cfg.max_load_factor = 0.5;
+    bool refused = false;
+    try {
+        CuckooTable t(std::uint64_t{1} << 59, cfg);
+    } catch (const embtab::AllocError&) {
+        refused = true;
+    }
+    CHECK(refused);
+    CuckooTable t(0, cfg);
+    refused = false;
+    try {
+        t.reserve(std::uint64_t{1} << 50);
+    } catch (const std::bad_alloc&) {
+        refused = true;
+    }
+    CHECK(refused);
+    CHECK(TableTestAccess::check_invariants(t).empty());
+}
+
+}  // namespace
+
+int main() {
+    for (double g : {2.0, 1.5, 1.1, 3.0, 16.0}) against_a_map(g, 7, 1);
+    against_a_map(2.0, 11, 4);
+    file_round_trip();
+    huge_sizes_refused();
+    return embtab_test::failures();
+}
