@@ -583,3 +583,12 @@ def test_kernel_matches_fbgemm_when_importable(kind):
     np.testing.assert_allclose(
         w[:n], tbe.split_embedding_weights()[0].detach().numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_sharded_modules_refuse_a_fused_optimizer(bag):
+    from embtab.distributed import ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
+
+    cls = ShardedCuckooEmbeddingBag if bag else ShardedCuckooEmbedding
+    with pytest.raises(ValueError, match="not supported by the sharded modules"):
+        cls(8, 4, optimizer=eo.SGD())  # refused before the process group is even looked at

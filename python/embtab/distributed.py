@@ -183,6 +183,9 @@ class _ShardedBase(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, process_group=None,
                  shard_seed: Optional[int] = None, local_kwargs: dict):
         super().__init__()
+        if local_kwargs.get("optimizer") is not None:  # the shard checkpoints keep no fused state
+            raise ValueError("optimizer= (embtab.optim) is not supported by the sharded modules "
+                             "yet: train them with a torch optimizer over module.parameters()")
         if not dist.is_initialized():
             raise RuntimeError("embtab.distributed: torch.distributed is not initialised; call "
                                "torch.distributed.init_process_group(...) before building a sharded module")
