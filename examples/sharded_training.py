@@ -31,7 +31,7 @@ class CTRModel(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         # Raw 64-bit feature IDs, one bag of features per example, sharded by ID over the ranks.
-        self.features = ShardedCuckooEmbeddingBag(100_000, dim, mode="sum", seed=0)
+        self.features = ShardedCuckooEmbeddingBag(100_000, dim, mode="sum", seed=0, name="features")
         # The dense tower is replicated and averaged by DDP (the sharded table must not be).
         self.tower = DDP(nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Linear(32, 1)))
 
@@ -62,7 +62,7 @@ def main():
     model = CTRModel(args.dim)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.05)
     start = 0
-    if args.ckpt and os.path.exists(os.path.join(args.ckpt, "manifest.json")):
+    if args.ckpt and os.path.exists(os.path.join(args.ckpt, model.features.name + ".manifest.json")):
         model.features.load(args.ckpt, opt)
         dense = torch.load(os.path.join(args.ckpt, "dense.pt"), weights_only=True)
         model.tower.module.load_state_dict(dense["tower"])

@@ -264,7 +264,8 @@ def _w_save(rank, world_size, store, ckpt, bag, steps):
     _train(m, opt, range(steps), bag, rank, world_size)
     first = m.save(ckpt, opt)
     path = m.save(ckpt, opt)  # a second save replaces the first, then deletes its files
-    assert re.fullmatch(rf"shard-{rank:05d}-of-{world_size:05d}\.[0-9a-f]{{12}}\.embtab", os.path.basename(path))
+    assert re.fullmatch(rf"{re.escape(m.name)}\.shard-{rank:05d}-of-{world_size:05d}\.[0-9a-f]{{12}}\.embtab",
+                        os.path.basename(path))
     assert first != path
     dist.destroy_process_group()
 
@@ -283,23 +284,27 @@ def _w_resume(rank, world_size, store, ckpt, bag, done, total):
 def test_save_2_ranks_resume_on_3_and_1(tmp_path, bag):
     ckpt = tmp_path / "ckpt"
     _start(_w_save, 2, str(tmp_path / "s1"), str(ckpt), bag, 3)
-    assert sorted(os.listdir(ckpt)) == ["manifest.json"] + _listed(ckpt)
+    assert sorted(os.listdir(ckpt)) == sorted([_manifest(ckpt)] + _listed(ckpt))
     _start(_w_resume, 3, str(tmp_path / "s2"), str(ckpt), bag, 3, 5)
     _start(_w_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, 3, 5)
 
 
+def _manifest(ckpt):
+    (name,) = [f for f in os.listdir(ckpt) if f.endswith(".manifest.json")]
+    return name
+
+
 def _listed(ckpt):
-    with open(os.path.join(ckpt, "manifest.json")) as f:
+    with open(os.path.join(ckpt, _manifest(ckpt))) as f:
         return [e["file"] for e in json.load(f)["shards"]]
 
 
 def _w_bad_checkpoint(rank, world_size, store, missing, corrupt, foreign, interrupted):
     _init(rank, world_size, store)
     m, opt = _make(False, sharded=True)
-    with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(missing) + r" is missing \(listed in the checkpoint manifest\)"):
         m.load(os.path.dirname(missing), opt)
-    with pytest.raises(ValueError, match=r"shard file .*" + os.path.basename(corrupt).replace(".", r"\.")
-                       + r" is corrupt \(checksum mismatch\)"):
+    with pytest.raises(ValueError, match=re.escape(corrupt) + r" is corrupt \(checksum mismatch\)"):
         m.load(os.path.dirname(corrupt), opt)
     with pytest.raises(ValueError, match="does not belong to this checkpoint"):
         m.load(foreign, opt)
@@ -316,7 +321,7 @@ def test_missing_corrupt_and_foreign_shard_refused(tmp_path):
     miss, bad, foreign, other, stray = (tmp_path / d for d in ("missing", "corrupt", "foreign", "other", "stray"))
     for d in (miss, bad, foreign, stray):
         shutil.copytree(ckpt, d)
-    (stray / "shard-00000-of-00002.0123456789ab.embtab").write_bytes(b"half-written")
+    (stray / (name.split(".shard-")[0] + ".shard-00000-of-00002.0123456789ab.embtab")).write_bytes(b"half-written")
     os.unlink(miss / name)
     data = bytearray((bad / name).read_bytes())
     data[-10] ^= 0x40
@@ -407,5 +412,173 @@ def test_stalled_rank_fails_survivor_after_timeout(tmp_path):
     with open(result) as f:
         outcome = json.load(f)
     assert outcome["type"] == ShardedCommError.__name__, outcome
-    assert "all_to_all of ID counts" in outcome["msg"]
+    assert "all_to_all of the forward header" in outcome["msg"]
     assert 1.0 < outcome["elapsed"] < 20.0
+
+
+# ranks that disagree //////////////////////////////////////////////////////////////////////////
+
+
+def _w_mismatch(rank, world_size, store):
+    _init(rank, world_size, store)
+    ids = torch.tensor([1, 2, 3, 99])
+
+    def refused(field, m, call=lambda m: m(ids)):
+        with pytest.raises(ShardedCommError, match=field):
+            call(m)
+
+    # Configurations that differ: every rank raises, naming the field; the group stays usable.
+    refused("embedding_dim=5 where this rank has embedding_dim=4|embedding_dim=4 where this rank has embedding_dim=5",
+            ShardedCuckooEmbedding(8, DIM + rank, seed=SEED))
+    refused("dtype", ShardedCuckooEmbedding(8, DIM, seed=SEED, dtype=torch.float64 if rank else None))
+    refused("padding_id", ShardedCuckooEmbedding(8, DIM, seed=SEED, padding_id=5 if rank else None))
+    refused("kind", ShardedCuckooEmbeddingBag(8, DIM, seed=SEED, mode="sum") if rank
+            else ShardedCuckooEmbedding(8, DIM, seed=SEED),
+            lambda m: m(ids[None]) if rank else m(ids))
+    # A rank that skips backward and goes on to the next forward.
+    m = ShardedCuckooEmbedding(8, DIM, seed=SEED)
+    out = m(ids)
+    if rank == 0:
+        refused("rank 1 is in forward while this rank is in backward", m, lambda m: out.sum().backward())
+    else:
+        refused("rank 0 is in backward while this rank is in forward .*skipped backward", m)
+    # Two modules called in another order on the two ranks.
+    a, b = ShardedCuckooEmbedding(8, DIM, seed=SEED), ShardedCuckooEmbedding(8, DIM, seed=SEED)
+    refused("sharded module #", a if rank == 0 else b)
+    # And the group still works.
+    out = a(ids)
+    out.sum().backward()
+    assert out.shape == (4, DIM)
+    dist.destroy_process_group()
+
+
+def test_ranks_that_disagree_raise_on_every_rank(tmp_path):
+    _start(_w_mismatch, 2, str(tmp_path / "store"))
+
+
+# checkpoints of several modules, tampered manifests, failed saves ///////////////////////////
+
+
+def _w_save_two(rank, world_size, store, ckpt, out):
+    _init(rank, world_size, store)
+    users, uopt = _make(False, sharded=True, name="users")
+    items = ShardedCuckooEmbedding(4, DIM, seed=SEED + 1, name="items")
+    iopt = torch.optim.SGD(items.parameters(), lr=0.05, momentum=0.9)
+    _train(users, uopt, range(2), False, rank, world_size)
+    _train(items, iopt, range(2, 4), False, rank, world_size)
+    users.save(ckpt, uopt)
+    items.save(ckpt, iopt)
+    users.save(ckpt, uopt)  # a second save of users leaves items' files alone
+    clash, _ = _make(False, sharded=True, name="items")
+    with pytest.raises(ValueError, match="another sharded module of this process saved"):
+        clash.save(ckpt)
+    got = [None] * world_size
+    dist.all_gather_object(got, {k: (sorted(m.shard._table.items()[0].view(np.int64).tolist()),
+                                     float(m.weight.detach()[: m.shard.num_embeddings].sum()))
+                                 for k, m in (("users", users), ("items", items))})
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(got, f)
+    dist.destroy_process_group()
+
+
+def _rewrite_manifest(path, edit, keep_checksum=False):
+    from embtab.distributed import _manifest_checksum  # the test rewrites a manifest as a tamperer would
+
+    with open(path) as f:
+        m = json.load(f)
+    edit(m)
+    if not keep_checksum:
+        m["checksum"] = _manifest_checksum(m)
+    with open(path, "w") as f:
+        json.dump(m, f)
+
+
+def _w_load_two(rank, world_size, store, ckpt, saved, bad_dirs):
+    _init(rank, world_size, store)
+    with open(saved) as f:
+        saved = json.load(f)
+    users, uopt = _make(False, sharded=True, name="users")
+    items = ShardedCuckooEmbedding(4, DIM, seed=SEED + 1, name="items")
+    for what, d in bad_dirs:
+        with pytest.raises(ValueError, match=what):
+            users.load(d, uopt)
+        assert users.num_ids == 0, what  # nothing half-loaded
+    other_seed, _ = _make(False, sharded=True, name="users", shard_seed=123)
+    with pytest.raises(ValueError, match="configured otherwise: shard_seed='[0-9]+' \\(this module: '123'\\)"):
+        other_seed.load(ckpt)
+    users.load(ckpt, uopt)
+    items.load(ckpt)
+    for k, m in (("users", users), ("items", items)):
+        ids = sorted(i for s in saved for i in s[k][0])
+        assert sorted(m.shard._table.items()[0].view(np.int64).tolist()) == ids, k
+        total = sum(s[k][1] for s in saved)
+        assert abs(float(m.weight.detach()[: m.shard.num_embeddings].sum()) - total) < 1e-4, k
+    dist.destroy_process_group()
+
+
+def test_two_modules_in_one_directory_and_tampered_manifests_refused(tmp_path):
+    ckpt, saved = tmp_path / "ckpt", str(tmp_path / "saved.json")
+    _start(_w_save_two, 2, str(tmp_path / "s1"), str(ckpt), saved)
+    files = os.listdir(ckpt)
+    assert sorted(f for f in files if f.endswith(".json")) == ["items.manifest.json", "users.manifest.json"]
+    assert len(files) == 6
+    bad = []
+
+    def variant(tag, what, edit=None, keep_checksum=False, files_edit=None):
+        d = tmp_path / tag
+        shutil.copytree(ckpt, d)
+        if edit is not None:
+            _rewrite_manifest(d / "users.manifest.json", edit, keep_checksum)
+        if files_edit is not None:
+            files_edit(d)
+        bad.append((what.replace("{d}", re.escape(str(d))), str(d)))
+
+    man = r"{d}/users\.manifest\.json "
+    variant("partial", man + "lists 1 shards for world_size 2", lambda m: m["shards"].pop())
+    variant("partial1", man + "has an invalid entry for shard 0",
+            lambda m: (m["shards"].pop(), m.update(world_size=1)))
+    variant("nokey", man + "lacks a valid 'token'", lambda m: m.pop("token"))
+    variant("nullfile", man + "has an invalid entry for shard 1", lambda m: m["shards"][1].update(file=None))
+    variant("checksum", man + r"is corrupt \(checksum mismatch\)",
+            lambda m: m["shards"][0].update(num_ids=0), keep_checksum=True)
+    variant("count", r"{d}/users\.shard-00000-of-00002\.[0-9a-f]+\.embtab must hold 1 int64 ids",
+            lambda m: m["shards"][0].update(num_ids=1))
+    variant("garbage", man + r"is not a checkpoint manifest",
+            files_edit=lambda d: (d / "users.manifest.json").write_bytes(b"\x00garbage"))
+    variant("another", man + "belongs to module 'items', not 'users'",
+            files_edit=lambda d: shutil.copy(d / "items.manifest.json", d / "users.manifest.json"))
+    _start(_w_load_two, 1, str(tmp_path / "s2"), str(ckpt), saved, bad)
+
+
+def _w_failed_save(rank, world_size, store, ckpt, fail_rank, fail_what):
+    import embtab.distributed as D
+
+    _init(rank, world_size, store)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(2), False, rank, world_size)
+    m.save(ckpt, opt)
+    before = {f: (ckpt + "/" + f, open(os.path.join(ckpt, f), "rb").read()) for f in os.listdir(ckpt)}
+    real = D._core.atomic_write
+
+    def failing(path, data):
+        if rank == fail_rank and fail_what in os.path.basename(path):
+            raise OSError(28, "No space left on device", path)
+        return real(path, data)
+
+    D._core.atomic_write = failing
+    _train(m, opt, range(2, 3), False, rank, world_size)
+    with pytest.raises(OSError if rank == fail_rank else ShardedCommError, match="No space left"):
+        m.save(ckpt, opt)
+    D._core.atomic_write = real
+    dist.barrier()
+    assert {f: open(os.path.join(ckpt, f), "rb").read() for f in os.listdir(ckpt)} == \
+        {f: v for f, (_, v) in before.items()}  # the old checkpoint, and only it
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail_rank, fail_what", [(1, ".shard-"), (0, ".manifest.json")])
+def test_failed_save_keeps_the_old_checkpoint(tmp_path, fail_rank, fail_what):
+    ckpt = str(tmp_path / "ckpt")
+    _start(_w_failed_save, 2, str(tmp_path / "s1"), ckpt, fail_rank, fail_what)
+    _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)

@@ -106,12 +106,24 @@ ALL_MODULES = [CuckooEmbedding, CuckooEmbeddingBag, HashedEmbedding, HashedEmbed
 
 @pytest.mark.parametrize("cls", ALL_MODULES)
 def test_num_threads_checked_at_construction(cls):
-    with pytest.raises(ValueError, match=r"num_threads must be <= 2147483647, got 2147483648"):
+    with pytest.raises(ValueError, match=r"num_threads must be < 2\*\*31, got 2147483648"):
         cls(4, 2, num_threads=2**31)
     with pytest.raises(ValueError, match="num_threads must be >= 0"):
         cls(4, 2, num_threads=-1)
     with pytest.raises(TypeError, match="num_threads must be an int"):
         cls(4, 2, num_threads=2.0)
+
+
+@pytest.mark.parametrize("cls", ALL_MODULES)
+def test_sizes_too_large_to_allocate_refused_naming_the_arguments(cls):
+    with pytest.raises(ValueError, match=r"num_embeddings, embedding_dim ask for a buffer of shape "
+                       r"\(4611686018427387905, 4\)"):
+        cls(2**62, 4)
+    with pytest.raises(ValueError, match="num_embeddings, embedding_dim"):
+        cls(2**40, 2**40)
+    if cls in (CuckooEmbedding, CuckooEmbeddingBag):
+        with pytest.raises(ValueError, match="admission_eps, admission_delta ask for a buffer"):
+            cls(4, 2, min_count=2, admission_eps=1e-300)
 
 
 @pytest.mark.parametrize("cls", [CuckooEmbeddingBag, HashedEmbeddingBag])

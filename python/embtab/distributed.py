@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
-import tempfile
-from typing import Optional
+import re
+import weakref
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -67,8 +69,24 @@ _U64 = 1 << 64
 # Default shard_seed = mix64(seed, _SHARD_SALT): never the seed the tables bucket IDs by.
 _SHARD_SALT = 0x5348415244  # "SHARD"
 _MAGIC = b"EMBTSHD1"
-_FORMAT_VERSION = 1
-_MANIFEST = "manifest.json"
+_FORMAT_VERSION = 2
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+# Every call of a sharded module that talks to its peers (forward, backward, save, load) starts
+# with one all_to_all of a fixed-size int64 header: the call (phase, module index, sequence
+# number), this rank's element count for the peer, and the module's configuration. Equal shapes
+# on every rank, so the exchange itself cannot mismatch; each rank then compares the headers it
+# received with its own and raises ShardedCommError naming the first field that differs,
+# instead of running a mismatched collective (which gloo answers by aborting the process).
+_PHASES = {1: "forward", 2: "backward", 3: "save", 4: "load"}
+_HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embedding_dim", "dtype",
+           "kind", "mode", "shard_seed", "seed", "dedup", "min_count", "on_full", "padding_id",
+           "max_norm", "scale_grad_by_freq")
+_HEADER_MAGIC = 0x454D4254  # "EMBT"
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+_MODULE_COUNTER = itertools.count()
+# (real directory, name) -> the module that last saved there in this process.
+_SAVED_BY: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
 
 class ShardedCommError(RuntimeError):
@@ -108,8 +126,9 @@ class _AllToAll(torch.autograd.Function):
     """``all_to_all_single`` of rows whose backward is the reverse ``all_to_all_single``."""
 
     @staticmethod
-    def forward(ctx, x, in_splits, out_splits, group, traffic):
+    def forward(ctx, x, in_splits, out_splits, group, traffic, module, seq):
         ctx.in_splits, ctx.out_splits, ctx.group, ctx.traffic = in_splits, out_splits, group, traffic
+        ctx.module, ctx.seq = module, seq
         y = x.new_empty((sum(out_splits), *x.shape[1:]))
         _collective("all_to_all of vectors (forward)", group,
                     lambda: dist.all_to_all_single(y, x.contiguous(), out_splits, in_splits, group=group))
@@ -117,6 +136,9 @@ class _AllToAll(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        # The gradients go back the way the vectors came: check that every peer is in the
+        # backward of the same forward, with the row counts that forward exchanged.
+        ctx.module._handshake(2, ctx.seq, list(ctx.out_splits), expect=list(ctx.in_splits))
         gx = gy.new_empty((sum(ctx.in_splits), *gy.shape[1:]))
         _collective("all_to_all of gradients (backward)", ctx.group,
                     lambda: dist.all_to_all_single(gx, gy.contiguous(), ctx.in_splits, ctx.out_splits,
@@ -124,56 +146,116 @@ class _AllToAll(torch.autograd.Function):
         r = dist.get_rank(ctx.group)
         row = gy[0].numel() * gy.element_size() if gy.shape[0] else 0
         ctx.traffic["grad_bytes"] += (sum(ctx.out_splits) - ctx.out_splits[r]) * row
-        return gx, None, None, None, None
+        ctx.traffic["count_bytes"] += (len(ctx.out_splits) - 1) * 8 * len(_HEADER)
+        return gx, None, None, None, None, None, None
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
+def _shard_name(name: str, rank: int, world_size: int, token: str) -> str:
+    return f"{name}.shard-{rank:05d}-of-{world_size:05d}.{token}.embtab"
+
+
+def _manifest_name(name: str) -> str:
+    return f"{name}.manifest.json"
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _refuse(path: str, what: str):
+    raise ValueError(f"embtab.distributed: {path} {what}")
+
+
+def _read_manifest(path: str) -> dict:
+    """The manifest at ``path``, its checksum and structure verified (ValueError naming
+    ``path``; FileNotFoundError when it does not exist)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embtab.distributed: checkpoint manifest {path} is missing")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        m = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        _refuse(path, f"is not a checkpoint manifest (not JSON: {e})")
+    if not isinstance(m, dict) or not isinstance(m.get("checksum"), str):
+        _refuse(path, "is not a checkpoint manifest (no checksum)")
+    if m["checksum"] != _manifest_checksum(m):
+        _refuse(path, "is corrupt (checksum mismatch)")
+    if m.get("format_version") != _FORMAT_VERSION:
+        _refuse(path, f"has format_version {m.get('format_version')!r}, expected {_FORMAT_VERSION}")
+    for key, typ in (("name", str), ("token", str), ("world_size", int), ("fingerprint", dict),
+                     ("shards", list)):
+        if not isinstance(m.get(key), typ) or isinstance(m.get(key), bool):
+            _refuse(path, f"lacks a valid {key!r} (got {m.get(key)!r})")
+    ws = m["world_size"]
+    if ws < 1 or len(m["shards"]) != ws:
+        _refuse(path, f"lists {len(m['shards'])} shards for world_size {ws}")
+    for i, e in enumerate(m["shards"]):
+        want = _shard_name(m["name"], i, ws, m["token"])
+        if (not isinstance(e, dict) or e.get("rank") != i or e.get("file") != want
+                or not isinstance(e.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", e["sha256"])
+                or not isinstance(e.get("num_ids"), int) or e["num_ids"] < 0):
+            _refuse(path, f"has an invalid entry for shard {i} (expected rank {i}, file {want!r}, "
+                          f"a sha256 and num_ids): {e!r}")
+    return m
 
 
-def _shard_name(rank: int, world_size: int, token: str) -> str:
-    return f"shard-{rank:05d}-of-{world_size:05d}.{token}.embtab"
-
-
-def _is_shard_file(name: str) -> bool:
-    return name.startswith("shard-") and name.endswith(".embtab")
-
-
-def _read_shard(path: str, expect_sha: str) -> dict:
-    """Payload of a shard file; FileNotFoundError / ValueError naming ``path``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"embtab.distributed: shard file {path} is missing (listed in {_MANIFEST})")
+def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: int) -> dict:
+    """Payload of the shard file ``path`` listed by ``entry`` of ``manifest``, cross-checked
+    against it (checksum, rank, world size, name, token, ID count, ownership, shapes);
+    ValueError naming ``path`` otherwise."""
+    if not os.path.isfile(path):
+        _refuse(path, "is missing (listed in the checkpoint manifest)")
     with open(path, "rb") as f:
         data = f.read()
     head = len(_MAGIC) + 32
     if len(data) < head or data[: len(_MAGIC)] != _MAGIC:
-        raise ValueError(f"embtab.distributed: {path} is not an embtab shard file (bad magic or truncated)")
+        _refuse(path, "is not an embtab shard file (bad magic or truncated)")
     digest, payload = data[len(_MAGIC):head], data[head:]
     if hashlib.sha256(payload).digest() != digest:
-        raise ValueError(f"embtab.distributed: shard file {path} is corrupt (checksum mismatch)")
-    if digest.hex() != expect_sha:
-        raise ValueError(f"embtab.distributed: shard file {path} does not belong to this checkpoint "
-                         f"(its checksum differs from the one in {_MANIFEST}; a later save was interrupted?)")
-    obj = torch.load(io.BytesIO(payload), weights_only=True)
-    if obj.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"embtab.distributed: {path} has format_version {obj.get('format_version')}, "
-                         f"expected {_FORMAT_VERSION}")
+        _refuse(path, "is corrupt (checksum mismatch)")
+    if digest.hex() != entry["sha256"]:
+        _refuse(path, "does not belong to this checkpoint (its checksum differs from the one in "
+                      "the manifest; a later save was interrupted?)")
+    try:
+        obj = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        _refuse(path, f"cannot be read ({type(e).__name__}: {e})")
+    ws = manifest["world_size"]
+    for key, want in (("format_version", _FORMAT_VERSION), ("rank", entry["rank"]), ("world_size", ws),
+                      ("name", manifest["name"]), ("token", manifest["token"])):
+        if not isinstance(obj, dict) or obj.get(key) != want:
+            _refuse(path, f"has {key}={obj.get(key) if isinstance(obj, dict) else None!r}, the "
+                          f"manifest says {want!r}")
+    ids, vecs = obj.get("ids"), obj.get("vectors")
+    n = entry["num_ids"]
+    if not (isinstance(ids, Tensor) and ids.dtype == torch.int64 and tuple(ids.shape) == (n,)):
+        _refuse(path, f"must hold {n} int64 ids, got {getattr(ids, 'dtype', ids)} "
+                      f"{tuple(getattr(ids, 'shape', ()))}")
+    if not (isinstance(vecs, Tensor) and tuple(vecs.shape) == (n, dim) and vecs.dtype.is_floating_point):
+        _refuse(path, f"must hold vectors of shape ({n}, {dim}), got {tuple(getattr(vecs, 'shape', ()))}")
+    c = obj.get("counters")
+    names = ("num_steps", "num_admissions", "num_evictions", "num_growths")
+    if not (isinstance(c, dict) and all(isinstance(c.get(k), int) and c[k] >= 0 for k in names)):
+        _refuse(path, f"lacks valid counters {names}")
+    if "admission_sketch" in obj and not (isinstance(obj["admission_sketch"], Tensor)
+                                          and obj["admission_sketch"].dtype == torch.int64
+                                          and obj["admission_sketch"].dim() == 2):
+        _refuse(path, "has an admission_sketch that is not a 2-D int64 tensor")
+    for k in ("row_last_step", "row_count"):
+        if k in obj and not (isinstance(obj[k], Tensor) and tuple(obj[k].shape) == (n,)):
+            _refuse(path, f"has {k} of another length than its {n} ids")
+    opt = obj.get("optimizer")
+    if opt is not None:
+        for k, v in opt.get("per_row", {}).items():
+            if not (isinstance(v, Tensor) and tuple(v.shape) == (n, dim)):
+                _refuse(path, f"has optimizer state {k!r} of shape "
+                              f"{tuple(getattr(v, 'shape', ()))}, expected ({n}, {dim})")
+    if len(np.unique(ids.numpy())) != n:
+        _refuse(path, "lists an ID twice")
+    if n and np.any(_core.hashed_rows(ids.numpy(), ws, shard_seed, 1) != entry["rank"]):
+        _refuse(path, f"holds IDs that rank {entry['rank']} of {ws} does not own")
     return obj
 
 
@@ -181,11 +263,13 @@ class _ShardedBase(nn.Module):
     _local_cls = CuckooEmbedding
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, process_group=None,
-                 shard_seed: Optional[int] = None, local_kwargs: dict):
+                 shard_seed: Optional[int] = None, name: Optional[str] = None, local_kwargs: dict):
         super().__init__()
         if local_kwargs.get("optimizer") is not None:  # the shard checkpoints keep no fused state
             raise ValueError("optimizer= (embtab.optim) is not supported by the sharded modules "
                              "yet: train them with a torch optimizer over module.parameters()")
+        if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
+            raise ValueError(f"name must be 1-100 characters from [A-Za-z0-9_.-], got {name!r}")
         if not dist.is_initialized():
             raise RuntimeError("embtab.distributed: torch.distributed is not initialised; call "
                                "torch.distributed.init_process_group(...) before building a sharded module")
@@ -205,6 +289,92 @@ class _ShardedBase(nn.Module):
                         "min_id_bytes": 0, "min_vector_bytes": 0, "remote_ids": 0, "remote_distinct_ids": 0}
         backend = dist.get_backend(process_group)
         self._comm_on_cpu = backend == "gloo"
+        # Sharded modules are numbered in construction order: every rank builds them in the
+        # same order, so the index identifies a module across ranks.
+        self.module_index = next(_MODULE_COUNTER)
+        self._seq = 0
+        self._name = name
+
+    # identity ---------------------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """The settings every rank's module must share (compared at every call, recorded in
+        checkpoints)."""
+        s = self.shard
+        return {"kind": type(self).__name__, "embedding_dim": self.embedding_dim,
+                "dtype": str(s.weight.dtype).replace("torch.", ""), "mode": getattr(self, "mode", None),
+                "shard_seed": str(self.shard_seed), "seed": str(s.seed), "dedup": self.dedup,
+                "min_count": s.min_count, "on_full": s.on_full.value, "padding_id": s.padding_id,
+                "max_norm": s.max_norm, "scale_grad_by_freq": s.scale_grad_by_freq}
+
+    @property
+    def name(self) -> str:
+        """The module's checkpoint name: the ``name`` given, else one derived from
+        :meth:`config` (two modules saved to one directory need distinct names)."""
+        if self._name is not None:
+            return self._name
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
+        return f"{type(self).__name__}-d{self.embedding_dim}-{digest[:12]}"
+
+    def _header(self, phase: int, seq: int) -> list:
+        c, s = self.config(), self.shard
+        dt = s.weight.dtype
+        pad = s._padding_i64
+        values = {"magic": _HEADER_MAGIC, "phase": phase, "module_index": self.module_index, "seq": seq,
+                  "count": 0, "world_size": self.world_size, "embedding_dim": self.embedding_dim,
+                  "dtype": _DTYPES.index(dt) if dt in _DTYPES else 99,
+                  "kind": 1 if c["kind"].endswith("Bag") else 0,
+                  "mode": ("sum", "mean", "max").index(c["mode"]) + 1 if c["mode"] else 0,
+                  "shard_seed": self.shard_seed - _U64 if self.shard_seed >= 1 << 63 else self.shard_seed,
+                  "seed": s.seed - _U64 if s.seed >= 1 << 63 else s.seed, "dedup": int(self.dedup),
+                  "min_count": min(s.min_count, (1 << 62)), "on_full": list(OnFull).index(s.on_full),
+                  "padding_id": 0 if pad is None else pad,
+                  "max_norm": -1 if s.max_norm is None else int(np.float64(s.max_norm).view(np.int64)),
+                  "scale_grad_by_freq": int(s.scale_grad_by_freq)}
+        if pad is not None:
+            values["scale_grad_by_freq"] |= 2
+        return [values[k] for k in _HEADER]
+
+    def _handshake(self, phase: int, seq: int, counts: Optional[list] = None,
+                   expect: Optional[list] = None) -> list:
+        """All-to-all of the call header (see ``_HEADER``); returns the counts the peers send
+        this rank. ShardedCommError, on every rank, when a peer is in another call (phase,
+        module, sequence number), has another configuration, or (``expect``) sends other counts."""
+        g, ws = self.process_group, self.world_size
+        mine = self._header(phase, seq)
+        send = torch.tensor([mine] * ws, dtype=torch.int64)
+        if counts is not None:
+            send[:, _HEADER.index("count")] = torch.tensor(counts, dtype=torch.int64)
+        cdev = torch.device("cpu") if self._comm_on_cpu else self.shard.weight.device
+        send = send.to(cdev)
+        recv = torch.empty_like(send)
+        _collective(f"all_to_all of the {_PHASES[phase]} header", g,
+                    lambda: dist.all_to_all_single(recv, send, group=g))
+        recv = recv.cpu().tolist()
+        for peer, theirs in enumerate(recv):
+            for i, field in enumerate(_HEADER):
+                if field == "count" or theirs[i] == mine[i]:
+                    continue
+                if field in ("magic",):
+                    what = "is not in a call of an embtab sharded module"
+                elif field == "phase":
+                    what = (f"is in {_PHASES.get(theirs[i], 'an unknown call')} while this rank is in "
+                            f"{_PHASES[phase]} (a rank skipped backward, or called the module out of step)")
+                elif field in ("module_index", "seq"):
+                    what = (f"is in {_PHASES[phase]} of {'sharded module #' if field == 'module_index' else 'call #'}"
+                            f"{theirs[i]} while this rank is in #{mine[i]} (ranks call the modules, or "
+                            f"their backwards, in another order)")
+                else:
+                    what = (f"has {field}={theirs[i]} where this rank has {field}={mine[i]} (the modules "
+                            f"are configured differently on the two ranks)")
+                raise ShardedCommError(f"embtab.distributed: rank {peer} {what}; detected by rank "
+                                       f"{self.rank} of {ws} in {_PHASES[phase]} of {type(self).__name__} "
+                                       f"#{self.module_index}")
+        got = [row[_HEADER.index("count")] for row in recv]
+        if expect is not None and got != list(expect):
+            raise ShardedCommError(f"embtab.distributed: in backward, rank {self.rank} expects gradient "
+                                   f"rows {list(expect)} from ranks 0..{ws - 1} but they announce {got}")
+        return got
 
     # introspection ----------------------------------------------------------------------------
 
@@ -241,12 +411,11 @@ class _ShardedBase(nn.Module):
             expand = expand.reshape(-1)
         owner = _core.hashed_rows(ids, ws, self.shard_seed, 1)
         order = np.argsort(owner, kind="stable")
-        send_counts = np.bincount(owner, minlength=ws).astype(np.int64)
+        send = np.bincount(owner, minlength=ws).astype(np.int64).tolist()
+        seq = self._seq + 1
+        recv = self._handshake(1, seq, send)
+        self._seq = seq  # a refused call is not counted: the ranks stay in step
         cdev = torch.device("cpu") if self._comm_on_cpu else self.shard.weight.device
-        counts_t = torch.from_numpy(send_counts).to(cdev)
-        recv_counts_t = torch.empty(ws, dtype=torch.int64, device=cdev)
-        _collective("all_to_all of ID counts", g, lambda: dist.all_to_all_single(recv_counts_t, counts_t, group=g))
-        send, recv = send_counts.tolist(), recv_counts_t.tolist()
         send_ids = torch.from_numpy(ids[order]).to(cdev)
         recv_ids = torch.empty(sum(recv), dtype=torch.int64, device=cdev)
         _collective("all_to_all of IDs", g,
@@ -259,7 +428,7 @@ class _ShardedBase(nn.Module):
         dev = vecs.device
         if self._comm_on_cpu:
             vecs = vecs.cpu()
-        out_sorted = _AllToAll.apply(vecs, recv, send, g, self.traffic)
+        out_sorted = _AllToAll.apply(vecs, recv, send, g, self.traffic, self, seq)
         inv = np.argsort(order, kind="stable")
         if expand is not None:
             inv = inv[expand]
@@ -270,7 +439,7 @@ class _ShardedBase(nn.Module):
         remote = len(ids) - send[r]
         row = vecs.shape[1] * vecs.element_size()
         t["steps"] += 1
-        t["count_bytes"] += (ws - 1) * 8
+        t["count_bytes"] += (ws - 1) * 8 * len(_HEADER)
         t["id_bytes"] += remote * 8
         t["vector_bytes"] += (sum(recv) - recv[r]) * row
         rem = ids[owner != r]
@@ -283,20 +452,57 @@ class _ShardedBase(nn.Module):
 
     # checkpoint -------------------------------------------------------------------------------
 
-    def save(self, directory, optimizer: Optional[torch.optim.Optimizer] = None) -> str:
+    def _agree(self, what: str, error: Optional[str]) -> None:
+        """Every rank's outcome of a local step (None: success); ``error`` re-raised on its own
+        rank, another rank's as ShardedCommError naming it. A collective."""
+        errs = [None] * self.world_size
+        _collective(f"all_gather of the {what} outcome", self.process_group,
+                    lambda: dist.all_gather_object(errs, error, group=self.process_group))
+        bad = [(r, e) for r, e in enumerate(errs) if e is not None]
+        if bad and error is None:
+            r, e = bad[0]
+            raise ShardedCommError(f"embtab.distributed: {what} failed on rank {r} of {self.world_size}: {e}")
+
+    def save(self, directory: Union[str, "os.PathLike[str]"],
+             optimizer: Optional[torch.optim.Optimizer] = None) -> str:
         """Write this rank's shard to ``directory`` (a collective: every rank calls it).
 
-        Each rank writes ``shard-RRRRR-of-WWWWW.TOKEN.embtab`` (TOKEN: drawn by rank 0 for this
-        save; the file holds a magic number, the SHA-256 of the payload, and the payload: the
-        shard's IDs with their vectors, eviction/admission state, counters and, with
-        ``optimizer``, the per-row optimizer state of ``shard.weight`` by ID) to a temporary file
-        that is fsynced and renamed; then rank 0 writes ``manifest.json`` (world size, shard
-        seed, every shard's file and checksum) the same way, and only then deletes the shard
-        files of earlier saves. A save interrupted at any point therefore leaves the previous
-        checkpoint (manifest and shards) whole. ``directory`` must be visible to every rank
-        (shared storage across machines). Returns the path of this rank's shard file.
+        Files are named after the module (:attr:`name`), so several modules share a directory.
+        Each rank writes ``NAME.shard-RRRRR-of-WWWWW.TOKEN.embtab`` (TOKEN: drawn by rank 0 for
+        this save; the file holds a magic number, the SHA-256 of the payload, and the payload:
+        the shard's IDs with their vectors, eviction/admission state, counters and, with
+        ``optimizer``, the per-row optimizer state of ``shard.weight`` by ID) atomically
+        (``_core.atomic_write``: temporary file, fsync, rename); once every rank has written,
+        rank 0 writes ``NAME.manifest.json`` (name, configuration, world size, token, every
+        shard's file, SHA-256 and ID count, and the manifest's own SHA-256) the same way, and
+        only then deletes the shard files of this module's earlier saves. If any rank fails at
+        any point, every rank deletes the files of this save and raises (the failing rank its
+        own error, the others :class:`ShardedCommError`): the previous checkpoint stays whole.
+        ``directory`` must be visible to every rank (shared storage across machines). Returns
+        the path of this rank's shard file.
+
+        Raises
+        ------
+        ValueError
+            Another module of this process saved to ``directory`` under the same name, or
+            ``optimizer`` does not hold ``shard.weight`` or keeps state embtab cannot split by ID.
         """
         directory = os.fspath(directory)
+        name = self.name
+        key = (os.path.realpath(directory), name)
+        other = _SAVED_BY.get(key)
+        if other is not None and other is not self:
+            raise ValueError(f"embtab.distributed: another sharded module of this process saved to "
+                             f"{directory} under the name {name!r}; give each module its own name=")
+        self._handshake(3, 0)
+        err, payload = None, None
+        try:
+            payload = self._shard_payload(optimizer)
+        except ValueError as e:
+            err = e
+        self._agree("save (payload)", None if err is None else str(err))
+        if err is not None:
+            raise err
         if self.rank == 0:
             os.makedirs(directory, exist_ok=True)
         token = [os.urandom(6).hex() if self.rank == 0 else None]
@@ -305,27 +511,54 @@ class _ShardedBase(nn.Module):
                                                        if self.process_group is not None else 0,
                                                        group=self.process_group))
         token = token[0]
-        payload = self._shard_payload(optimizer)
+        payload.update(name=name, token=token)
         buf = io.BytesIO()
         torch.save(payload, buf)
         data = buf.getvalue()
         digest = hashlib.sha256(data).digest()
-        path = os.path.join(directory, _shard_name(self.rank, self.world_size, token))
-        _atomic_write(path, _MAGIC + digest + data)
-        shas = [None] * self.world_size
-        _collective("all_gather of shard checksums", self.process_group,
-                    lambda: dist.all_gather_object(shas, digest.hex(), group=self.process_group))
+        path = os.path.join(directory, _shard_name(name, self.rank, self.world_size, token))
+        written = []
+        try:
+            try:
+                _core.atomic_write(path, _MAGIC + digest + data)
+                written.append(path)
+                err = None
+            except OSError as e:
+                err = e
+            self._agree("save (shard files)", None if err is None else f"{type(err).__name__}: {err}")
+            if err is not None:
+                raise err
+            info = [None] * self.world_size
+            _collective("all_gather of shard checksums", self.process_group,
+                        lambda: dist.all_gather_object(info, (digest.hex(), int(payload["ids"].numel())),
+                                                       group=self.process_group))
+            err = None
+            if self.rank == 0:
+                manifest = {"format_version": _FORMAT_VERSION, "name": name, "token": token,
+                            "world_size": self.world_size, "fingerprint": self.config(),
+                            "shard_seed": str(self.shard_seed), "embedding_dim": self.embedding_dim,
+                            "shards": [{"rank": i, "file": _shard_name(name, i, self.world_size, token),
+                                        "sha256": sha, "num_ids": n} for i, (sha, n) in enumerate(info)]}
+                manifest["checksum"] = _manifest_checksum(manifest)
+                try:
+                    _core.atomic_write(os.path.join(directory, _manifest_name(name)),
+                                       json.dumps(manifest, indent=1).encode())
+                except OSError as e:
+                    err = e
+            self._agree("save (manifest)", None if err is None else f"{type(err).__name__}: {err}")
+            if err is not None:
+                raise err
+        except BaseException:
+            for f in written:  # this save's files; the previous checkpoint is untouched
+                if os.path.exists(f):
+                    os.unlink(f)
+            raise
         if self.rank == 0:
-            manifest = {"format_version": _FORMAT_VERSION, "world_size": self.world_size,
-                        "shard_seed": str(self.shard_seed), "seed": str(self.shard.seed),
-                        "embedding_dim": self.embedding_dim,
-                        "shards": [{"file": _shard_name(i, self.world_size, token), "sha256": s}
-                                   for i, s in enumerate(shas)]}
-            _atomic_write(os.path.join(directory, _MANIFEST), json.dumps(manifest, indent=1).encode())
-            keep = {e["file"] for e in manifest["shards"]}
-            for name in os.listdir(directory):
-                if _is_shard_file(name) and name not in keep:
-                    os.unlink(os.path.join(directory, name))
+            prefix = name + ".shard-"
+            for f in os.listdir(directory):
+                if f.startswith(prefix) and f.endswith(".embtab") and f".{token}." not in f:
+                    os.unlink(os.path.join(directory, f))
+        _SAVED_BY[key] = self
         _collective("barrier after save", self.process_group, lambda: dist.barrier(group=self.process_group))
         return path
 
@@ -361,44 +594,66 @@ class _ShardedBase(nn.Module):
             p["optimizer"] = {"per_row": per_row, "other": other}
         return p
 
-    def load(self, directory, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Load a checkpoint written by :meth:`save` with any world size (resharding).
+    def load(self, directory: Union[str, "os.PathLike[str]"],
+             optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Load this module's checkpoint (``NAME.manifest.json``, see :meth:`save`) from
+        ``directory``, written with any world size (resharding). A collective.
 
-        Every rank reads every shard file of the checkpoint (verifying each checksum against the
-        file and the manifest) and keeps the IDs it owns under the current world size, with
-        their vectors, eviction state and, with ``optimizer``, per-row optimizer state (other
-        optimizer state, e.g. Adam's ``step``, is taken from the first shard that has it). With
-        the same world size the counters and admission sketch come back exactly; with another,
-        the admission sketch is the sum of the saved ones (counts are then never
-        under-estimated) and the admission/eviction/growth counters restart.
+        Every rank reads every shard file of the checkpoint and checks it against the manifest
+        (checksum, rank, world size, name, save token, ID count, that the rank owned each ID)
+        and the manifest against this module (name and configuration), then keeps the IDs it
+        owns under the current world size, with their vectors, eviction state and, with
+        ``optimizer``, per-row optimizer state (other optimizer state, e.g. Adam's ``step``, is
+        taken from the first shard that has it). Nothing changes on any rank unless every rank
+        validated everything. With the same world size the counters and admission sketch come
+        back exactly; with another, the admission sketch is the sum of the saved ones (counts
+        are then never under-estimated) and the admission/eviction/growth counters restart.
 
         Raises
         ------
         FileNotFoundError
-            The manifest or a shard file is missing (the message names it).
+            There is no manifest of this module in ``directory`` (the message names it).
         ValueError
-            A file is corrupt, truncated, from another checkpoint, or the checkpoint was made
-            with another ``shard_seed``/``embedding_dim``.
+            The manifest or a shard file is corrupt, truncated, inconsistent (a missing or
+            unlisted shard, a missing key, a wrong type), from another save, or the checkpoint
+            belongs to another module (other name or configuration); the message names the file.
+        ShardedCommError
+            Another rank failed to load (its error is quoted); nothing was loaded.
         """
         directory = os.fspath(directory)
-        mpath = os.path.join(directory, _MANIFEST)
-        if not os.path.exists(mpath):
-            raise FileNotFoundError(f"embtab.distributed: checkpoint manifest {mpath} is missing")
+        self._handshake(4, 0)
+        err, parts, old_ws = None, None, None
         try:
-            with open(mpath, "rb") as f:
-                manifest = json.loads(f.read().decode())
-            old_ws = int(manifest["world_size"])
-            shards = manifest["shards"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"embtab.distributed: checkpoint manifest {mpath} is corrupt: {e}") from None
-        if int(manifest["shard_seed"]) != self.shard_seed or int(manifest["embedding_dim"]) != self.embedding_dim:
-            raise ValueError(f"embtab.distributed: checkpoint {directory} has shard_seed={manifest['shard_seed']}, "
-                             f"embedding_dim={manifest['embedding_dim']}; this module has "
-                             f"shard_seed={self.shard_seed}, embedding_dim={self.embedding_dim}")
-        parts = []
-        for entry in shards:
-            parts.append(self._restrict(_read_shard(os.path.join(directory, entry["file"]), entry["sha256"])))
+            parts, old_ws = self._read_checkpoint(directory, optimizer)
+        except (ValueError, OSError) as e:
+            err = e
+        self._agree("load", None if err is None else f"{type(err).__name__}: {err}")
+        if err is not None:
+            raise err
         self._load_parts(parts, old_ws, optimizer)
+
+    def _read_checkpoint(self, directory: str, optimizer) -> tuple:
+        """Validated shard payloads (cut to this rank's IDs) and the saved world size."""
+        mpath = os.path.join(directory, _manifest_name(self.name))
+        if not os.path.isfile(mpath) and os.path.isfile(os.path.join(directory, "manifest.json")):
+            raise FileNotFoundError(f"embtab.distributed: checkpoint manifest {mpath} is missing; "
+                                    f"{directory} holds a manifest.json of an earlier embtab format")
+        m = _read_manifest(mpath)
+        if m["name"] != self.name:
+            _refuse(mpath, f"belongs to module {m['name']!r}, not {self.name!r}")
+        mine = self.config()
+        diff = {k: (m["fingerprint"].get(k), v) for k, v in mine.items() if m["fingerprint"].get(k) != v}
+        if diff:
+            _refuse(mpath, "was saved by a module configured otherwise: "
+                    + ", ".join(f"{k}={a!r} (this module: {b!r})" for k, (a, b) in diff.items()))
+        if optimizer is not None and not any(q is self.shard.weight for g in optimizer.param_groups
+                                             for q in g["params"]):
+            raise ValueError("optimizer does not hold this sharded module's weight (shard.weight)")
+        parts = []
+        for entry in m["shards"]:
+            path = os.path.join(directory, entry["file"])
+            parts.append(self._restrict(_read_shard(path, entry, m, self.shard_seed, self.embedding_dim)))
+        return parts, m["world_size"]
 
     def _restrict(self, p: dict) -> dict:
         """Shard payload ``p`` cut down to the IDs this rank owns (memory: one shard at a time)."""
@@ -496,6 +751,11 @@ class ShardedCuckooEmbedding(_ShardedBase):
     shard_seed : int, optional
         Seed of the owner hash; default ``mix64(seed, 0x5348415244)``. Every rank must use the
         same, and a checkpoint can only be loaded with the one it was saved with.
+    name : str, optional
+        The module's checkpoint name (``[A-Za-z0-9_.-]``, up to 100 characters): its files in
+        a checkpoint directory are ``NAME.manifest.json`` and ``NAME.shard-*``. Default: derived
+        from the configuration; give distinct names to modules that share a configuration and
+        a directory.
     **kwargs
         ``on_full``, ``growth_factor``, ``min_count``, ``admission_eps``, ``admission_delta``,
         ``init``, ``seed``, ``num_threads``: as the single-process module, applied per shard.
@@ -512,6 +772,17 @@ class ShardedCuckooEmbedding(_ShardedBase):
       through each training-mode output (e.g. ``loss.backward()`` on every rank each step).
     * A dead or stalled peer makes the others raise :class:`ShardedCommError` within the
       process group's timeout (``init_process_group(timeout=...)``).
+    * Every forward, backward, save and load starts with a small all-to-all of a fixed-size
+      header (the call, the module's construction index and call number, and its
+      configuration: ``embedding_dim``, dtype, kind and mode, ``shard_seed``, ``seed``,
+      ``padding_id``, ``min_count``, ``on_full``, ...). Ranks whose modules differ, or that are
+      in different calls (a rank that skipped backward and went on to the next forward, or
+      ran its backwards in another order), raise :class:`ShardedCommError` naming the field
+      and the peer, on every rank, before any mismatched collective runs. What stays gloo's:
+      a peer that calls a collective that is not a sharded module's (its own all_reduce, DDP)
+      while the others are in a sharded call makes gloo's transfers mismatch, which gloo may
+      answer by aborting the process (``EnforceNotMet``) or by the timeout; a peer that
+      exits or stops is noticed as above.
     * Each rank sends each distinct ID of its batch once (and gets one vector back, and sends
       one summed gradient), unless the owner must see every occurrence: with ``min_count > 1``,
       ``on_full="evict_lfu"`` or ``scale_grad_by_freq`` every occurrence travels (``dedup``).
@@ -528,12 +799,13 @@ class ShardedCuckooEmbedding(_ShardedBase):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
                  max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, process_group=None, shard_seed: Optional[int] = None, **kwargs):
+                 device=None, dtype=None, *, process_group=None, shard_seed: Optional[int] = None,
+                 name: Optional[str] = None, **kwargs) -> None:
         local = dict(padding_id=padding_id, max_norm=max_norm, norm_type=norm_type,
                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight, _freeze=_freeze,
                      device=device, dtype=dtype, **kwargs)
         super().__init__(num_embeddings, embedding_dim, process_group=process_group, shard_seed=shard_seed,
-                         local_kwargs=local)
+                         name=name, local_kwargs=local)
 
     def forward(self, input: Tensor) -> Tensor:
         ids, shape = _as_id_array(input, "input")
@@ -560,14 +832,14 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
                  norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
                  sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
                  padding_id: Optional[int] = None, device=None, dtype=None, *, process_group=None,
-                 shard_seed: Optional[int] = None, **kwargs):
+                 shard_seed: Optional[int] = None, name: Optional[str] = None, **kwargs) -> None:
         # sparse applies to the owner's CuckooEmbedding, not to the local reduction: max is fine.
         self_mode = _check_bag_config(mode, False, bool(scale_grad_by_freq))
         local = dict(padding_id=padding_id, max_norm=max_norm, norm_type=norm_type,
                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight,
                      _freeze=kwargs.pop("_freeze", False), device=device, dtype=dtype, **kwargs)
         super().__init__(num_embeddings, embedding_dim, process_group=process_group, shard_seed=shard_seed,
-                         local_kwargs=local)
+                         name=name, local_kwargs=local)
         self.mode = self_mode
         self.include_last_offset = bool(include_last_offset)
 

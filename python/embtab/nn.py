@@ -36,6 +36,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
 from embtab import _core
+from embtab._checks import check_int, check_real, check_threads, raw_id
 from embtab._modules import (
     ROW_STATE,
     row_state,
@@ -57,8 +58,6 @@ __all__ = [
 
 # Largest |z| of the Box-Muller normal draw: sqrt(-2 ln 2^-53) (ops.hpp's smallest u1).
 _MAX_ABS_Z = math.sqrt(-2.0 * math.log(2.0**-53))
-# Thread counts are C ints in the core.
-_MAX_THREADS = (1 << 31) - 1
 
 
 # configuration ///////////////////////////////////////////////////////////////////////////////
@@ -161,26 +160,41 @@ def _check_init(init) -> EmbeddingInit:
     )
 
 
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {value}")
-    return int(value)
+# The largest tensor a module allocates from its arguments, in bytes (beyond it the sizes are
+# a mistake, not a machine too small: refused before anything is allocated).
+_MAX_ALLOC_BYTES = 1 << 56
 
 
-def _id_as_int64(name: str, value) -> Optional[int]:
-    """A raw ID (any int in [-2^63, 2^64)) as its int64 bit pattern, or None."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int (a raw ID) or None, got {type(value).__name__}")
-    v = int(value)
-    if not -(1 << 63) <= v < _U64:
-        raise ValueError(f"{name} must fit in 64 bits, got {v}")
-    return v - _U64 if v >= (1 << 63) else v
+def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
+    total = itemsize
+    for n in shape:
+        total *= int(n)
+    if total > _MAX_ALLOC_BYTES:
+        raise ValueError(
+            f"{names} ask for a buffer of shape {tuple(int(n) for n in shape)} "
+            f"({total:.3g} bytes, more than 2**56)"
+        )
+
+
+def _init_common(
+    m: nn.Module, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+    scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+) -> None:
+    """Check and set the arguments every embtab.nn module shares (the nn.Embedding ones, init,
+    seed, num_threads); refuse a weight too large to allocate, naming the arguments."""
+    m.num_embeddings = check_int(num_embeddings, "num_embeddings", min=1)
+    m.embedding_dim = check_int(embedding_dim, "embedding_dim", min=1)
+    m.padding_id = padding_id
+    m._padding_i64 = None if padding_id is None else raw_id(padding_id, "padding_id")
+    m.max_norm = None if max_norm is None else check_real(max_norm, "max_norm", min=0, min_open=True)
+    m.norm_type = check_real(norm_type, "norm_type", finite=False)
+    m.scale_grad_by_freq = bool(scale_grad_by_freq)
+    m.sparse = bool(sparse)
+    m.init = _check_init(init)
+    m.seed = check_int(seed, "seed", min=0) % _U64
+    m.num_threads = check_threads(num_threads)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim), itemsize)
 
 
 def init_vectors(
@@ -297,16 +311,10 @@ class _CuckooBase(nn.Module):
         optimizer: Optional[FusedOptimizer] = None,
     ):
         super().__init__()
-        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        self.padding_id = padding_id
-        self._padding_i64 = _id_as_int64("padding_id", padding_id)
-        if max_norm is not None and not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
-        self.max_norm = max_norm
-        self.norm_type = float(norm_type)
-        self.scale_grad_by_freq = bool(scale_grad_by_freq)
-        self.sparse = bool(sparse)
+        _init_common(
+            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+        )
         if _weight is not None:
             raise ValueError(
                 "_weight is not supported: rows are handed to IDs as they are first seen; "
@@ -318,23 +326,12 @@ class _CuckooBase(nn.Module):
             raise ValueError(
                 f"on_full must be one of {[p.value for p in OnFull]}, got {on_full!r}"
             ) from None
-        if not (
-            isinstance(growth_factor, (int, float))
-            and growth_factor > 1.0
-            and math.isfinite(growth_factor)
-        ):
-            raise ValueError(f"growth_factor must be a number > 1, got {growth_factor!r}")
-        self.growth_factor = float(growth_factor)
-        self.min_count = _check_int("min_count", min_count, 1)
-        if not 0 < admission_eps < 1:
-            raise ValueError(f"admission_eps must be in (0, 1), got {admission_eps}")
-        if not 0 < admission_delta < 1:
-            raise ValueError(f"admission_delta must be in (0, 1), got {admission_delta}")
+        self.growth_factor = check_real(growth_factor, "growth_factor", min=1.0, min_open=True)
+        self.min_count = check_int(min_count, "min_count", min=1)
+        check_real(admission_eps, "admission_eps", min=0, max=1, min_open=True, max_open=True)
+        check_real(admission_delta, "admission_delta", min=0, max=1, min_open=True, max_open=True)
         self.admission_eps = float(admission_eps)
         self.admission_delta = float(admission_delta)
-        self.init = _check_init(init)
-        self.seed = _check_int("seed", seed, 0) % _U64
-        self.num_threads = _check_int("num_threads", num_threads, 0, _MAX_THREADS)
 
         R = self.num_embeddings
         self.weight = nn.Parameter(
@@ -357,6 +354,7 @@ class _CuckooBase(nn.Module):
         if self.min_count > 1:
             width = math.ceil(math.e / self.admission_eps)
             depth = math.ceil(math.log(1.0 / self.admission_delta))
+            _check_alloc("admission_eps, admission_delta", (depth, width), 8)
             self.register_buffer("admission_sketch", torch.zeros(depth, width, dtype=torch.int64))
         self._pending_rows: list = []  # rows handed to new IDs since the last optimizer step
         self._pending_reused = False  # whether some of them were taken from evicted IDs
@@ -1090,19 +1088,10 @@ class _HashedBase(nn.Module):
         optimizer: Optional[FusedOptimizer] = None,
     ):
         super().__init__()
-        self.num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        self.padding_id = padding_id
-        self._padding_i64 = _id_as_int64("padding_id", padding_id)
-        if max_norm is not None and not max_norm > 0:
-            raise ValueError(f"max_norm must be > 0 or None, got {max_norm}")
-        self.max_norm = max_norm
-        self.norm_type = float(norm_type)
-        self.scale_grad_by_freq = bool(scale_grad_by_freq)
-        self.sparse = bool(sparse)
-        self.init = _check_init(init)
-        self.seed = _check_int("seed", seed, 0) % _U64
-        self.num_threads = _check_int("num_threads", num_threads, 0, _MAX_THREADS)
+        _init_common(
+            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+        )
         m, d = self.num_embeddings, self.embedding_dim
         if _weight is not None:
             if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
