@@ -44,7 +44,7 @@ def test_demo(tmp_path, capsys, monkeypatch):
 
     def tiny_demo(out, progress, seeds, dataset):
         # the demo's code path on tiny data: same experiments, same files
-        s = ex._Session(TINY, {"epochs": 2, "batch_size": 256}, progress=False)
+        s = ex.Session(TINY, {"epochs": 2, "batch_size": 256}, progress=False)
         return ex.run_experiments(
             ["dims", "collisions", "calibration"], out, dataset=s.data, seeds=seeds,
             progress=progress, train_overrides={"epochs": 2, "batch_size": 256},
@@ -101,3 +101,80 @@ def test_experiment_rerank_speed_wraps_the_benchmark(tmp_path, capsys, monkeypat
     assert impls["plain Python"]["us_per_user"] == 4000.0
     assert impls["embtab C++ (1 thread)"]["users_per_s"] == 5e5
     assert "| embtab | 2.0 |" in (out / "report.md").read_text()
+
+
+# user mistakes: one line on stderr, exit status 2, nothing half-written ////////////////////
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seeds", "0"], "embtab demo: error: argument --seeds: must be >= 1"),
+    (["demo", "--seeds", "-1"], "embtab demo: error: argument --seeds: must be >= 1"),
+    (["experiment", "dims", "--seeds", "x"], "expected a whole number >= 1, got 'x'"),
+    (["experiment", "nosuch"], "invalid choice: 'nosuch'"),
+    (["bench"], "the following arguments are required: name"),
+])
+def test_bad_arguments_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _bad_inputs(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("1 2\n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\n")
+    small = "synthetic:n_users=20,n_items=30,interactions_per_user=3"
+    return [
+        (["--dataset", f"interactions:{folder}"], f"{folder}: is a folder; expected a file"),
+        (["--dataset", f"interactions:{tmp_path / 'missing'}"], "missing: no such file"),
+        (["--dataset", f"interactions:{tmp_path / 'binary'}"], "not utf-8 text"),
+        (["--dataset", f"interactions:{afile},categories={folder}"], "is a folder"),
+        (["--dataset", f"interactions:{afile}"], "has 1 item; the experiments recommend k = 10"),
+        (["--dataset", f"movielens:{folder}"], "u.data: no such file"),
+        (["--dataset", "movielens:"], "unknown dataset spec 'movielens:'"),
+        (["--dataset", "synthetic:n_users=abc"], "n_users must be an integer; got 'abc'"),
+        (["--dataset", "synthetic:n_users=2.5"], "n_users must be an integer; got 2.5"),
+        (["--dataset", "synthetic:zipf_s=nan"], "zipf_s must be a finite number; got nan"),
+        (["--dataset", "synthetic:zipf_s=inf"], "zipf_s must be a finite number"),
+        (["--dataset", "synthetic:foo=1"], "unexpected keyword argument 'foo'"),
+        (["--dataset", "synthetic:n_users"], "expected key=value, found 'n_users'"),
+        (["--dataset", "synthetic:n_items=5,n_genres=2"], "has 5 items"),
+        (["--dataset", small, "--out", str(afile)], "exists and is not a folder"),
+        (["--dataset", small, "--out", str(afile / "sub")], "Not a directory"),
+    ]
+
+
+@pytest.mark.parametrize("command", [["demo"], ["experiment", "dims"], ["experiment", "feedback"]])
+def test_bad_inputs_are_one_line_errors(command, tmp_path, capsys):
+    for extra, message in _bad_inputs(tmp_path):
+        argv = command + ["--quiet"] + (extra if "--out" in extra else
+                                        extra + ["--out", str(tmp_path / "out")])
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("embtab " + command[0]) and message in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_bench_out_must_be_a_file(tmp_path, capsys, monkeypatch):
+    fake = types.ModuleType("embtab.benchmarks.module")
+    fake.run = lambda quick: pytest.fail("ran before checking --out")
+    fake.format_markdown = lambda r: ""
+    monkeypatch.setitem(sys.modules, "embtab.benchmarks.module", fake)
+    assert cli.main(["bench", "module", "--out", str(tmp_path)]) == 2
+    assert "is a folder; expected a file name" in capsys.readouterr().err
+
+
+def test_cli_and_docs_agree_on_what_demo_runs():
+    import pathlib
+
+    labels = [e.label for e in ex.REGISTRY.values() if e.in_demo]
+    assert labels == ["E1", "E2", "E3", "E5"]
+    said = " + ".join(labels)                                  # "E1 + E2 + E3 + E5"
+    assert said in cli.__doc__ and said in ex.run_demo.__doc__
+    readme = " ".join((pathlib.Path(__file__).parent.parent / "README.md").read_text().split())
+    assert f"`embtab demo` runs {said}" in readme

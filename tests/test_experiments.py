@@ -19,7 +19,7 @@ METRICS = ("recall@10", "ndcg@10", "arp@10", "tail_share@10", "coverage@10", "gi
 
 @pytest.fixture(scope="module")
 def session():
-    return ex._Session(TINY, FAST, progress=False)
+    return ex.Session(TINY, FAST, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _fake_dims(arps):
 @pytest.mark.parametrize("arps, word", [((0.3, 0.2, 0.1), "arp@10 falls"),
                                         ((0.1, 0.2, 0.3), "arp@10 rises")])
 def test_findings_follow_the_numbers(arps, word):
-    text = " ".join(ex._dims_text(ex.summarize(_fake_dims(arps))))
+    text = " ".join(ex.dims.findings(ex.summarize(_fake_dims(arps))))
     assert word in text
 
 
@@ -138,7 +138,7 @@ def test_calibration_text_says_when_target_is_missed():
     rows = [{**base, "lam": 0.0, "ndcg@10": 0.2, "miscalibration@10": 1.0},
             {**base, "lam": 0.5, "ndcg@10": 0.1, "miscalibration@10": 0.9}]
     summ = ex.summarize({"rows": rows})
-    text = " ".join(ex._calibration_text(summ, {"candidates": [100]}))
+    text = " ".join(ex.calibration.findings(summ, {"candidates": [100]}))
     assert "NOT met" in text
 
 
@@ -237,3 +237,62 @@ def test_unknown_score_scaling(session):
     with pytest.raises(ValueError, match="score_scaling"):
         ex.calibrated_lists(np.zeros((train.n_users, train.n_items)), train,
                             ex.categories(train)[0], 20, [0.0], score_scaling="softmax")
+
+
+# the registry ///////////////////////////////////////////////////////////////////////////////
+
+
+def test_registry_drives_the_cli_the_report_and_the_demo():
+    from embtab import cli
+
+    names = list(ex.REGISTRY)
+    assert names[:3] == ["dims", "collisions", "calibration"] and "feedback" in names
+    assert ex.demo_names() == ["dims", "collisions", "calibration", "feedback"]
+    reg = cli._registry()                         # the tools layer adds E4
+    assert [e.label for e in reg.values()] == ["E1", "E2", "E3", "E4", "E5"]
+    assert set(ex.EXPERIMENTS) == set(reg) and ex.EXPERIMENTS["dims"] is ex.run_dims
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; choose from dims"):
+        ex.run_experiments(["nope"], "unused")
+
+
+def test_the_documented_example_experiment_is_one_file_and_one_entry(tmp_path):
+    # docs/experiments.md shows a complete new experiment; run exactly that code
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "experiments.md").read_text()
+    code = re.search(r"## Adding an experiment.*?```python\n(.*?)```", doc, re.S).group(1)
+    try:
+        exec(compile(code, "docs/experiments.md", "exec"), {"__name__": "head_share"})
+        assert ex.REGISTRY["head-share"].label == "E6"
+        paths = ex.run_experiments(["head-share"], tmp_path, dataset=TINY, seeds=1,
+                                   progress=False, train_overrides=FAST,
+                                   kwargs={"head-share": {"dims": (4,)}})
+        report = paths["report"].read_text()
+        assert "## E6 — tail share per dimension" in report and "| mf | 4 |" in report
+        assert ex.load_results(tmp_path / "head-share.json")["experiment"] == "head-share"
+    finally:
+        ex.REGISTRY.pop("head-share", None)
+
+
+def test_seeds_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="seeds must name at least one seed"):
+        ex.run_experiments(["dims"], tmp_path / "out", dataset=TINY, seeds=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fewer_than_k_items_is_a_clear_error():
+    tiny = "synthetic:n_users=20,n_items=6,n_genres=2,interactions_per_user=3"
+    with pytest.raises(ValueError, match="has 6 items; .* need at least 10"):
+        ex.run_dims(tiny, seeds=1, dims=(2,), progress=False)
+    with pytest.raises(ValueError, match="has 6 items"):
+        ex.run_feedback(tiny, seeds=1, rounds=1, arms=("random",), progress=False)
+
+
+def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib -> ImportError
+    with pytest.raises(ImportError, match=r"embtab\[experiments\]"):
+        ex.run_experiments(["dims"], tmp_path / "out", dataset=TINY, seeds=1, progress=False)
+    assert not (tmp_path / "out").exists()                    # nothing ran

@@ -354,3 +354,57 @@ def test_miscalibration_reexport_agrees_with_miscalibration_at_k():
     per_user = metrics.miscalibration(np.array([[0, 1]]), genres.astype(float), np.array([[0.5, 0.5]]))
     assert per_user == pytest.approx([expected])
     assert metrics.miscalibration_at_k([[0, 1]], [[0, 2]], genres, k=2) == pytest.approx(expected)
+
+
+# one definition of the calibration gap //////////////////////////////////////////////////////
+
+
+def _dyadic_world(rng, U=60, I=40, G=6, k=10):
+    """Every item has 1, 2 or 4 genres (weights 1, 1/2, 1/4: sums are exact), so the metric's
+    renormalised list mix and the reranker's mean of k rows are the same numbers."""
+    genres = np.zeros((I, G), bool)
+    for i in range(I):
+        genres[i, rng.choice(G, size=rng.choice([1, 2, 4]), replace=False)] = True
+    train = [rng.choice(I, size=rng.integers(1, 12), replace=False) for _ in range(U)]
+    topk = np.array([rng.choice(I, size=k, replace=False) for _ in range(U)])
+    return genres, train, topk
+
+
+def test_miscalibration_at_k_is_bit_identical_to_the_rerankers_miscalibration():
+    from embtab import rerank
+    from embtab._research import category_mix
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        genres, train, topk = _dyadic_world(rng)
+        sets = RowSets.from_lists(train, n_cols=genres.shape[0])
+        gsets = RowSets.from_pairs(*np.nonzero(genres), *genres.shape)
+        per = miscalibration_at_k(topk, sets, genres, k=10, per_user=True)
+        target = category_mix((sets.row_ids(), sets.indices), gsets, sets.n_rows)
+        ours = rerank.miscalibration(topk, gsets.split_weights(), target)
+        np.testing.assert_array_equal(per, ours)          # the same bits, not just close
+        np.testing.assert_array_equal(metrics.miscalibration(topk, gsets.split_weights(),
+                                                             target), ours)
+
+
+def test_category_mix_pairs_form_is_the_same_bits_for_sparse_and_dense_categories():
+    from embtab._research import category_mix
+
+    rng = np.random.default_rng(9)
+    genres = rng.random((50, 7)) < 0.35                     # 1/3-weights and genre-less items
+    gsets = RowSets.from_pairs(*np.nonzero(genres), *genres.shape)
+    users = np.repeat(np.arange(30), 6)
+    items = rng.integers(0, 50, size=users.size)
+    a = category_mix((users, items), gsets, 30)
+    b = category_mix((users, items), gsets.split_weights(), 30)
+    np.testing.assert_array_equal(a, b)
+    # a plain per-pair accumulation, row by row, in pair order
+    w = gsets.split_weights()
+    m = np.zeros((30, 7))
+    np.add.at(m, users, w[items])
+    tot = m.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(a, np.divide(m, tot, out=np.zeros_like(m), where=tot > 0))
+    dense = np.zeros((30, 50), bool)
+    dense[users, items] = True
+    assert np.allclose(category_mix(dense, w), category_mix(
+        np.nonzero(dense), w, 30), rtol=1e-14, atol=0)

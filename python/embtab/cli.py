@@ -1,12 +1,22 @@
 """The ``embtab`` command: ``demo``, ``experiment``, ``bench``.
 
+``embtab demo`` runs the experiments the registry marks for the demo (E1 dims, E2 collisions,
+E3 calibration and E5 feedback; :func:`embtab.experiments.run_demo`); ``embtab experiment NAME``
+runs one registered experiment (E1-E5; E4 ``rerank-speed`` is registered here, because it times
+the tools layer's benchmark); ``embtab bench NAME`` runs one benchmark of
+:mod:`embtab.benchmarks`.
+
 Examples::
 
-    embtab demo --out embtab-demo                     # E1 + E2 + E3 on synthetic data
+    embtab demo --out embtab-demo                     # E1 + E2 + E3 + E5 on synthetic data
     embtab experiment dims --dataset movielens:../shared/data/ml-100k --seeds 3 --out runs/e1
     embtab experiment calibration --quick --out runs/e3
     embtab bench rerank --quick --out rerank.json
     embtab --version
+
+A mistake in the arguments or the inputs (a bad data set spec, a missing or unreadable file, an
+output path that cannot be written, too few seeds or items) ends with a one-line
+``embtab ...: error`` on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +29,11 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-_EXPERIMENTS = ("dims", "collisions", "calibration", "rerank-speed", "feedback")
-_BENCHES = ("table", "module", "rerank")
-
 #: what --quick changes for the training experiments (default seeds: 3 -> 1)
 QUICK_SEEDS = 1
+
+#: the errors a user's input can cause (reported in one line, exit status 2)
+USER_ERRORS = (ValueError, OSError)
 
 
 def _version() -> str:
@@ -37,27 +47,74 @@ def _version() -> str:
         return version("embtab")
 
 
+def _rerank_benchmark():
+    from embtab.benchmarks import rerank
+
+    return rerank
+
+
+def _registry() -> dict:
+    """The experiment registry with the tools layer's E4 (``rerank-speed``) registered."""
+    from embtab.experiments import REGISTRY, register, rerank_speed
+
+    if "rerank-speed" not in REGISTRY:
+        register(rerank_speed.entry(_rerank_benchmark))
+    return REGISTRY
+
+
+def _benchmarks() -> tuple:
+    """Benchmark names: ``embtab.benchmarks.REGISTRY`` when the package provides one."""
+    try:
+        from embtab.benchmarks import REGISTRY
+
+        return tuple(REGISTRY)
+    except ImportError:
+        return ("table", "module", "rerank")
+
+
+def _seeds(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (seeds 0..N-1), got {n}")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``embtab demo: error: ...``, exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    registry = _registry()
+    p = _Parser(
         prog="embtab",
         description="Collisionless embedding tables, calibrated reranking and popularity-bias "
                     "experiments.")
     p.add_argument("--version", action="version", version=f"embtab {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="{demo,experiment,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,experiment,bench}",
+                           parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="quick E1 + E2 + E3 + E5 on synthetic data; writes a report")
+    demo = [e for e in registry.values() if e.in_demo]
+    d = sub.add_parser("demo", help=f"quick {' + '.join(e.label for e in demo)} on synthetic "
+                                    "data; writes a report")
     d.add_argument("--out", default="embtab-demo", help="output folder (default: embtab-demo)")
-    d.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    d.add_argument("--seeds", type=_seeds, default=3, help="number of seeds (default 3)")
     d.add_argument("--dataset", default="synthetic",
                    help="data set spec as for 'experiment' (default: synthetic)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    e = sub.add_parser("experiment", help="run one experiment (E1-E5)")
-    e.add_argument("name", choices=_EXPERIMENTS)
+    e = sub.add_parser("experiment", help="run one experiment ("
+                       + ", ".join(f"{x.label} {x.name}" for x in registry.values()) + ")")
+    e.add_argument("name", choices=list(registry))
     e.add_argument("--dataset", default="synthetic",
                    help="synthetic[:key=value,...] | movielens:PATH | "
                         "interactions:PATH[,categories=PATH] (default: synthetic)")
-    e.add_argument("--seeds", type=int, default=None,
+    e.add_argument("--seeds", type=_seeds, default=None,
                    help="number of seeds 0..N-1 (default 3, or 1 with --quick)")
     e.add_argument("--quick", action="store_true",
                    help="fewer seeds (1) and, for rerank-speed, a smaller benchmark")
@@ -65,15 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     b = sub.add_parser("bench", help="performance comparisons (embtab.benchmarks.<name>)")
-    b.add_argument("name", choices=_BENCHES)
+    b.add_argument("name", choices=_benchmarks())
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     b.add_argument("--out", default=None, help="write the raw results JSON to this file")
     return p
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output folder that is a file or cannot be created, before any work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _demo(args) -> int:
     from embtab.experiments import run_demo
 
+    _check_out_dir(Path(args.out))
     paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds, dataset=args.dataset)
     print(f"report: {paths['report']}")
     print(f"results: {paths['results']}")
@@ -84,14 +149,13 @@ def _experiment(args) -> int:
     from embtab.experiments import run_experiments
 
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
-    if seeds < 1:
-        raise SystemExit("embtab experiment: --seeds must be >= 1")
-    out = args.out or f"embtab-{args.name}"
+    out = Path(args.out or f"embtab-{args.name}")
+    _check_out_dir(out)
     paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
                             quick=args.quick, progress=not args.quiet,
                             title=f"embtab experiment {args.name}")
     print(f"report: {paths['report']}")
-    print(f"results: {Path(out) / (args.name + '.json')}")
+    print(f"results: {out / (args.name + '.json')}")
     return 0
 
 
@@ -109,33 +173,48 @@ def _bench(args) -> int:
         print(f"embtab bench {args.name}: {modname} has no run()/format_markdown()",
               file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out_file(out)
     results = mod.run(quick=args.quick)
     print(mod.format_markdown(results))
-    if args.out:
-        from embtab.experiments import _jsonable
+    if out is not None:
+        from embtab.experiments import jsonable
 
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+        out.write_text(json.dumps(jsonable(results), indent=1) + "\n")
         print(f"raw results: {out}")
     return 0
+
+
+def _check_out_file(out: Path) -> None:
+    """Refuse an output file that is a folder or whose folder cannot be created."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; expected a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def main(argv=None) -> int:
     """Entry point of the ``embtab`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command == "experiment":
-        try:
-            return _experiment(args)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"embtab experiment {args.name}: {e}", file=sys.stderr)
-            return 2
-    if args.command == "bench":
-        return _bench(args)
-    _parser().print_help()
-    return 1
+    commands = {"demo": _demo, "experiment": _experiment, "bench": _bench}
+    if args.command not in commands:
+        _parser().print_help()
+        return 1
+    where = f"embtab {args.command}" + (f" {args.name}" if hasattr(args, "name") else "")
+    try:
+        return commands[args.command](args)
+    except USER_ERRORS as e:
+        print(f"{where}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ImportError as e:       # an optional dependency (matplotlib: the experiments extra)
+        print(f"{where}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

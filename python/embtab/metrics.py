@@ -1,4 +1,4 @@
-"""Accuracy, popularity-bias and calibration metrics of top-k lists (DESIGN.md definitions).
+"""Accuracy, popularity-bias and calibration metrics of top-k lists (docs/metrics.md definitions).
 
 Inputs, shared by every function:
 
@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from embtab import rerank
+from embtab._research import ALPHA, category_mix, mean, nanmean
 from embtab.data import Interactions, RowSets
 
 __all__ = [
@@ -80,7 +82,6 @@ __all__ = [
     "user_groups",
 ]
 
-ALPHA = 0.01
 HEAD_FRACTION = 0.2
 
 
@@ -296,7 +297,7 @@ def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
     with np.errstate(invalid="ignore", divide="ignore"):
         r = _hits(top, s).sum(axis=1) / np.minimum(k, n_test)
     r[n_test == 0] = np.nan
-    return r if per_user else _nanmean(r)
+    return r if per_user else nanmean(r)
 
 
 def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
@@ -320,7 +321,7 @@ def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
     with np.errstate(invalid="ignore", divide="ignore"):
         r = dcg / idcg
     r[n_test == 0] = np.nan
-    return r if per_user else _nanmean(r)
+    return r if per_user else nanmean(r)
 
 
 def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
@@ -362,7 +363,7 @@ def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = h_ud / np.minimum(k, n_ud)
     r[n_ud == 0] = np.nan
-    return [_nanmean(r[:, d]) for d in range(10)]
+    return [nanmean(r[:, d]) for d in range(10)]
 
 
 # popularity bias and diversity //////////////////////////////////////////////////////////////
@@ -384,7 +385,7 @@ def arp_at_k(topk, popularity, k: int = 10) -> float:
     """
     pop = np.asarray(popularity, dtype=np.float64)
     top = _topk(topk, k, pop.size)
-    return _mean(pop[top].mean(axis=1))
+    return mean(pop[top].mean(axis=1))
 
 
 def tail_share_at_k(topk, is_head, k: int = 10) -> float:
@@ -403,7 +404,7 @@ def tail_share_at_k(topk, is_head, k: int = 10) -> float:
     """
     head = np.asarray(is_head, dtype=bool)
     top = _topk(topk, k, head.size)
-    return _mean(~head[top])
+    return mean(~head[top])
 
 
 def coverage_at_k(topk, n_items: int, k: int = 10) -> float:
@@ -462,20 +463,6 @@ def entropy_at_k(topk, n_items: int, k: int = 10) -> float:
 # calibration ////////////////////////////////////////////////////////////////////////////////
 
 
-def _genre_mix(rows, items, weights_of_item: RowSets, n_rows: int):
-    """Σ over (row, item) pairs of the item's even-split genre weights: float64 [n_rows, G]."""
-    g = weights_of_item
-    lengths = g.lengths()
-    per = lengths[items]
-    start = g.indptr[items]
-    flat = np.repeat(start - np.cumsum(per) + per, per) + np.arange(per.sum())
-    genre = g.indices[flat]
-    w = 1.0 / np.repeat(per, per)
-    r = np.repeat(rows, per)
-    G = g.n_cols
-    return np.bincount(r * G + genre, weights=w, minlength=n_rows * G).reshape(n_rows, G)
-
-
 def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = ALPHA, *,
                         per_user: bool = False):
     """miscalibration@k = mean over users of KL(p‖q̃) = Σ_g p(g|u) ln(p(g|u) / q̃(g|u)).
@@ -494,7 +481,7 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     item_genres : RowSets [I, G] or 0/1 array [I, G]
     k : int
     alpha : float
-        Smoothing, 0.01 by DESIGN.md.
+        Smoothing, 0.01 (docs/metrics.md).
     per_user : bool
         Return float64 [U] instead.
 
@@ -509,18 +496,11 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     s = as_row_sets(train, g.n_rows)
     top = _topk(topk, k, s.n_cols, s.n_rows)
     U = s.n_rows
-    p = _genre_mix(s.row_ids(), s.indices, g, U)
-    q = _genre_mix(np.repeat(np.arange(U), k), top.ravel(), g, U)
-    p_mass = p.sum(axis=1, keepdims=True)
-    q_mass = q.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = p / p_mass
-        q = np.where(q_mass > 0, q / np.where(q_mass > 0, q_mass, 1.0), 0.0)
-        qt = (1.0 - alpha) * q + alpha * p
-        terms = np.where(p > 0, p * np.log(p / qt), 0.0)
-    kl = terms.sum(axis=1)
-    kl[p_mass[:, 0] == 0] = np.nan
-    return kl if per_user else _nanmean(kl)
+    p = category_mix((s.row_ids(), s.indices), g, U)
+    q = category_mix((np.repeat(np.arange(U), k), top.ravel()), g, U)
+    kl = rerank.smoothed_kl(p, q, alpha)
+    kl[p.sum(axis=1) == 0] = np.nan
+    return kl if per_user else nanmean(kl)
 
 
 # against the truth //////////////////////////////////////////////////////////////////////////
@@ -820,25 +800,12 @@ def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
     return out
 
 
-def _mean(x) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    return float(x.mean()) if x.size else float("nan")
-
-
-def _nanmean(x) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    ok = ~np.isnan(x)
-    return float(x[ok].mean()) if ok.any() else float("nan")
-
-
 def miscalibration(lists, item_dist, target, alpha: float = ALPHA):
     """Per-user miscalibration of given lists: Σ_g p(g|u) ln(p(g|u) / q̃(g|u)).
 
     The same quantity the calibrated reranker minimises; see
     :func:`embtab.rerank.miscalibration` (this is that function, re-exported so that the
     metrics module names every metric). ``miscalibration_at_k`` is its mean over users with
-    p from training items, as DESIGN.md defines miscalibration@k.
+    p from training items, as docs/metrics.md defines miscalibration@k.
     """
-    from embtab.rerank import miscalibration as _miscalibration
-
-    return _miscalibration(lists, item_dist, target, alpha=alpha)
+    return rerank.miscalibration(lists, item_dist, target, alpha=alpha)

@@ -36,6 +36,7 @@ __all__ = [
     "genre_distribution",
     "miscalibration",
     "popularity_bins",
+    "smoothed_kl",
     "topk",
     "user_distribution",
 ]
@@ -603,12 +604,44 @@ def popularity_bins(item_counts, bins=(0.2, 0.8)):
     return out
 
 
+def smoothed_kl(p, q, alpha=0.01):
+    """Steck's smoothed KL per row: ``sum_g p_g ln(p_g / q~_g)``, ``q~ = (1-alpha) q + alpha p``.
+
+    The one definition of the calibration gap (docs/metrics.md): the metrics, the experiments and
+    :func:`miscalibration` call it. Natural log; categories with ``p_g = 0`` contribute 0; +inf
+    where ``q~_g = 0 < p_g`` (only with ``alpha = 0``).
+
+    Parameters
+    ----------
+    p, q : ndarray of float, shape [..., G]
+        Target and list distributions (rows need not be normalised).
+    alpha : float, default 0.01
+
+    Returns
+    -------
+    ndarray of float64, shape [...]
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> round(float(rerank.smoothed_kl(np.array([0.5, 0.5]), np.array([1.0, 0.0]), alpha=0.5)), 6)
+    0.143841
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    qt = (1.0 - alpha) * q + alpha * p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / qt), 0.0)
+    return terms.sum(axis=-1)
+
+
 def miscalibration(lists, item_dist, target, alpha=0.01):
     """Per-user miscalibration ``sum_g p_g ln(p_g / q~_g)`` of given lists.
 
     ``q`` is the mean of the list items' rows of ``item_dist``, ``q~ = (1-alpha) q + alpha p``,
-    natural log, genres with ``p_g = 0`` contribute 0 (DESIGN.md's miscalibration@k is the mean
-    of this over users).
+    natural log, genres with ``p_g = 0`` contribute 0 (:func:`smoothed_kl`; ``miscalibration@k`` of
+    docs/metrics.md is the mean of this over users).
 
     Parameters
     ----------
@@ -657,7 +690,4 @@ def miscalibration(lists, item_dist, target, alpha=0.01):
         q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
     else:
         q = np.asarray(item_dist, dtype=np.float64)[lists].mean(axis=1)
-    qt = (1.0 - alpha) * q + alpha * p
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * (np.log(p) - np.log(qt)), 0.0)
-    return terms.sum(axis=1)
+    return smoothed_kl(p, q, alpha)

@@ -46,10 +46,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from embtab.data import Interactions
+from embtab._research import topk_indices
+from embtab.data import Interactions, Truth
 
 __all__ = [
     "MFModel",
+    "ModelTruth",
     "TrainConfig",
     "collision_share",
     "fit",
@@ -341,11 +343,6 @@ def score_matrix(model: MFModel, train: Interactions, users=None, *,
     return scores
 
 
-def _topk(scores: torch.Tensor, k: int) -> np.ndarray:
-    k = min(k, scores.shape[1])
-    return torch.topk(scores, k, dim=1, sorted=True).indices.numpy().astype(np.int64)
-
-
 @torch.no_grad()
 def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 4096,
               exclude_train: bool = True) -> np.ndarray:
@@ -356,7 +353,7 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
     out = []
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
-        out.append(_topk(score_matrix(model, train, rows, exclude_train=exclude_train), k))
+        out.append(topk_indices(score_matrix(model, train, rows, exclude_train=exclude_train), k))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -373,7 +370,7 @@ def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.n
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = base.repeat(len(rows), 1)
         _mask_rows(scores, train, rows)
-        out.append(_topk(scores, k))
+        out.append(topk_indices(scores, k))
     return np.concatenate(out)
 
 
@@ -389,7 +386,7 @@ def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = torch.from_numpy(rng.random((len(rows), train.n_items)))
         _mask_rows(scores, train, rows)
-        out.append(_topk(scores, k))
+        out.append(topk_indices(scores, k))
     return np.concatenate(out)
 
 
@@ -414,3 +411,39 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
     shared = float((counts[counts > 1]).sum() / max(n, 1))
     return {"collision_share": shared, "collision_theory": 0.0,
             "rows": int(tab.num_embeddings), "ids": n}
+
+
+# a fitted truth ////////////////////////////////////////////////////////////////////////////
+
+
+class ModelTruth(Truth):
+    """p(i|u) = softmax_i(<e_u, e_i>) of an MF model fitted on the full data (real-data truth).
+
+    A d = 32 cuckoo MF trained with BPR for ``epochs`` epochs on ``data``. Implements the
+    :class:`embtab.data.Truth` protocol, as the generator's planted
+    :class:`embtab.data.GroundTruth` does, so code written for the truth takes either.
+    """
+
+    def __init__(self, data: Interactions, epochs: int = 10, seed: int = 0):
+        model = fit(data, TrainConfig(dim=32, epochs=epochs, seed=seed), quiet=True)
+        self._u = user_vectors(model, data).double().numpy()
+        self._i = item_vectors(model, data).double().numpy()
+
+    @property
+    def n_users(self) -> int:
+        return self._u.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self._i.shape[0]
+
+    def prob(self, users=None) -> np.ndarray:
+        u = self._u if users is None else self._u[np.asarray(users, np.int64)]
+        s = u @ self._i.T
+        s -= s.max(axis=1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def pair_prob(self, users, items) -> np.ndarray:
+        users = np.asarray(users, np.int64)
+        return self.prob(users)[np.arange(users.size), np.asarray(items, np.int64)]

@@ -40,6 +40,8 @@ def _read_lines(path: Path, encoding="utf-8"):
         text = path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder; expected a file") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not {encoding} text ({e})") from None
     return text.splitlines()

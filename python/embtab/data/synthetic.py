@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,6 +77,14 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         >>> sorted(d.summary())
         ['interactions', 'items', 'name', 'top1pct_share', 'users']
     """
+    for what, v in (("n_users", n_users), ("n_items", n_items), ("n_genres", n_genres),
+                    ("interactions_per_user", interactions_per_user)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{what} must be an integer; got {v!r}")
+    for what, v in (("zipf_s", zipf_s), ("beta", beta), ("mix_concentration", mix_concentration),
+                    ("activity_sigma", activity_sigma)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{what} must be a finite number; got {v!r}")
     if n_users < 1 or n_items < 1 or n_genres < 1:
         raise ValueError(f"sizes must be positive; got n_users={n_users}, n_items={n_items}, "
                          f"n_genres={n_genres}")
@@ -85,6 +94,9 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         raise ValueError(f"interactions_per_user must be >= 1; got {interactions_per_user}")
     if zipf_s <= 0:
         raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
+    if mix_concentration <= 0 or activity_sigma < 0:
+        raise ValueError(f"mix_concentration must be > 0 and activity_sigma >= 0; got "
+                         f"{mix_concentration} and {activity_sigma}")
     gpi = _probs3(genres_per_item, "genres_per_item")
     ipu = _probs3(interests_per_user, "interests_per_user")
     rng = np.random.default_rng(seed)

@@ -1,0 +1,307 @@
+"""E3 ``calibration``: calibrated reranking (Steck 2018) of the d = 32 cuckoo model's candidates.
+
+The d = 32 cuckoo model's scores, top-C candidates (training items excluded), each user's scores
+min-max scaled to [0, 1] over the candidates (so the score term and the KL term are on comparable
+scales, as with Steck's predicted probabilities), then :func:`embtab.rerank.calibrated` to k = 10
+with λ ∈ {0, 0.1, ..., 0.9, 0.99}, α = 0.01, target p = the user's training genre distribution,
+item distribution = :func:`item_distribution`. docs/experiments.md states what is expected.
+
+:func:`calibrated_lists` and :func:`item_distribution` are also the calibrated arm of E5
+(:mod:`embtab.experiments.feedback`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embtab import rerank
+from embtab._research import ALPHA, K, category_mix, mean
+from embtab.data import Interactions
+from embtab.experiments.collisions import FIXED_DIM
+from embtab.experiments.plots import pyplot, save_figure
+from embtab.experiments.registry import Experiment, register
+from embtab.experiments.report import dataset_line, finish_section, model_label, table
+from embtab.experiments.results import find, summarize
+from embtab.experiments.session import (
+    Progress,
+    Session,
+    baseline_rows,
+    evaluate_lists,
+    make_result,
+    seed_list,
+    session_for,
+)
+from embtab.train import score_matrix
+
+__all__ = ["CANDIDATES", "LAMBDAS", "SCORE_SCALINGS", "calibrated_lists", "categories",
+           "findings", "heldout_miscalibration", "item_distribution", "minmax",
+           "minority_share", "plot", "plot_calibration", "run_calibration", "section",
+           "user_mix"]
+
+LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
+CANDIDATES = (100, 500)
+
+
+def item_distribution(data: Interactions) -> np.ndarray:
+    """Genre distribution [I, G'] with rows summing to 1; genre-less items get an extra column."""
+    w = data.genre_weights()
+    empty = w.sum(axis=1) == 0
+    if empty.any():
+        w = np.concatenate([w, empty[:, None].astype(np.float64)], axis=1)
+    return w
+
+
+def categories(train: Interactions) -> tuple:
+    """The categories E3 calibrates to: ``(item_dist [I, G], kind)``, rows summing to 1.
+
+    Genres when the data set has any (items without a genre get a "none" category);
+    otherwise head / mid / tail popularity bins of the training counts
+    (:func:`embtab.rerank.popularity_bins`, Abdollahpouri et al.'s 20/60/20 split of
+    interactions), ``kind = "popularity bins"``.
+    """
+    if train.n_genres > 0 and train.item_genres.indices.size > 0:
+        return item_distribution(train), "genres"
+    return rerank.popularity_bins(train.item_counts()), "popularity bins (head/mid/tail)"
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Scale each row's finite values to [0, 1]; -inf stays -inf (never picked first)."""
+    fin = np.isfinite(values)
+    lo = np.where(fin, values, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(fin, values, -np.inf).max(axis=1, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.where(fin, (values - np.where(np.isfinite(lo), lo, 0.0)) / span, -np.inf)
+    return out.astype(np.float64)
+
+
+def user_mix(data: Interactions, item_dist: np.ndarray) -> np.ndarray:
+    """Each user's mean category distribution over their items of ``data``, [U, G] (0 rows
+    for users without items)."""
+    return category_mix((data.users, data.items), item_dist, data.n_users)
+
+
+#: How E3 puts candidate scores on the scale of the KL term (per user, over its C candidates).
+SCORE_SCALINGS = {
+    "minmax": ("per-user min-max over the C candidates", minmax),
+    "raw": ("raw dot products", lambda v: v),
+    "sigmoid": ("sigmoid of the dot products", lambda v: 1.0 / (1.0 + np.exp(-v))),
+    "rank": ("1 - rank/C", lambda v: np.where(np.isfinite(v), 1.0 - np.arange(v.shape[1])
+                                              / v.shape[1], -np.inf)),
+}
+
+
+def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarray,
+                     candidates: int, lams: Sequence[float], k: int = K, *,
+                     users=None, score_scaling: str = "minmax") -> dict:
+    """For each λ, calibrated top-k lists [n, k] (dense item ids) from masked scores [n, I].
+
+    ``scores`` rows are the users ``users`` (default: all users of ``train``, in order).
+    Candidates are the top-``candidates`` items by score; their scores are min-max scaled per
+    user (``score_scaling``, a key of :data:`SCORE_SCALINGS`); the target p is each user's
+    training category distribution under ``item_dist``.
+    """
+    rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    C = min(int(candidates), scores.shape[1])
+    values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
+    if score_scaling not in SCORE_SCALINGS:
+        raise ValueError(f"score_scaling must be one of {sorted(SCORE_SCALINGS)}, "
+                         f"got {score_scaling!r}")
+    scaled = SCORE_SCALINGS[score_scaling][1](values.astype(np.float64))
+    target = user_mix(train, item_dist)[rows]
+    return {float(lam): rerank.calibrated(scaled, item_dist, target, k, lam=float(lam),
+                                          alpha=ALPHA, candidates=cand)
+            for lam in lams}
+
+
+def heldout_miscalibration(train: Interactions, test: Interactions,
+                           item_dist: np.ndarray | None = None, alpha: float = ALPHA) -> float:
+    """Mean KL(p‖q̃) of the users' own held-out items: p from train, q from the test set.
+
+    The same formula as ``miscalibration@k`` with the user's test items in place of the list
+    (users with both train and test items); categories ``item_dist`` [I, G] (default: genre
+    weights). A reference point: how calibrated real next consumption is, given the noise of
+    a short list drawn from the user's mix.
+    """
+    w = train.genre_weights() if item_dist is None else item_dist
+    p, q = user_mix(train, w), user_mix(test, w)
+    ok = (p.sum(1) > 0) & (q.sum(1) > 0)
+    p, q = p[ok], q[ok]
+    return mean(rerank.smoothed_kl(p, q, alpha))
+
+
+def minority_share(top: np.ndarray, train: Interactions,
+                   item_dist: np.ndarray | None = None) -> tuple:
+    """Category mass outside each user's main category: ``(in the lists, in the histories)``.
+
+    For user u, the main category is the argmax of p(g|u) (training mix); the list's share is
+    ``1 − q(main|u)`` with q the list's category mix, the history's ``1 − p(main|u)``. Both
+    are means over users with a category-carrying history and list. A calibrated list's share
+    approaches the history's (a 70/30 user gets ~30% minority genre instead of ~0%).
+    ``item_dist`` [I, G] defaults to the genre weights.
+    """
+    w = train.genre_weights() if item_dist is None else item_dist
+    p = user_mix(train, w)
+    q = w[top].sum(axis=1)
+    ok = (p.sum(1) > 0) & (q.sum(1) > 0)
+    if not ok.any():
+        return float("nan"), float("nan")
+    p, q = p[ok], q[ok] / q[ok].sum(1, keepdims=True)
+    main = p.argmax(1)
+    rows = np.arange(main.size)
+    return float((1 - q[rows, main]).mean()), float((1 - p[rows, main]).mean())
+
+
+def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
+                    lams: Sequence[float] = LAMBDAS, candidates: Sequence[int] = CANDIDATES,
+                    dim: int = FIXED_DIM, train_overrides: dict | None = None,
+                    progress: bool = True, session: Session | None = None,
+                    chunk: int = 4096, score_scaling: str = "minmax") -> dict:
+    """E3: calibrated reranking (Steck 2018) of the d=``dim`` cuckoo model's top-C candidates.
+
+    One row per (λ, C, seed) with ``model = "mf+calibrated"`` (λ = 0 is the plain top-k of
+    the candidates, i.e. the model's own list). Categories are the genres, or popularity bins
+    when the data set has no categories (:func:`categories`); ``miscalibration@10`` of every
+    row of this experiment (baselines included) is measured on the same categories. Users are
+    scored ``chunk`` at a time. ``score_scaling`` (a key of :data:`SCORE_SCALINGS`) sets how
+    the candidates' scores are scaled before reranking. Other arguments as :func:`run_dims`.
+    """
+    t0 = time.perf_counter()
+    s = session_for(dataset, train_overrides, progress, session)
+    seeds = seed_list(seeds)
+    rows, heldout = [], []
+    bar = Progress(len(seeds) * len(candidates), "E3 calibration", progress)
+    for seed in seeds:
+        train, test = s.split(seed)
+        item_dist, kind = categories(train)
+        cats = item_dist > 0
+        rows += baseline_rows(s, seed, cats)
+        heldout.append(heldout_miscalibration(train, test, item_dist))
+        cfg = s.config(dim=int(dim), table="cuckoo", seed=seed)
+        model = s.model(cfg, f"E3 d={dim} seed={seed}")
+        for C in candidates:
+            lists: dict = {}
+            for start in range(0, train.n_users, chunk):
+                users = np.arange(start, min(start + chunk, train.n_users))
+                scores = score_matrix(model, train, users).numpy()
+                for lam, top in calibrated_lists(scores, train, item_dist, C, lams,
+                                                 users=users,
+                                                 score_scaling=score_scaling).items():
+                    lists.setdefault(lam, []).append(top)
+            for lam, parts in lists.items():
+                top = np.concatenate(parts)
+                minority, minority_hist = minority_share(top, train, item_dist)
+                rows.append({"model": "mf+calibrated", "seed": seed, "dim": int(dim),
+                             "table": "cuckoo", "lam": lam, "candidates": int(C),
+                             **evaluate_lists(top, train, test, cats),
+                             "minority_share@10": minority,
+                             "minority_share_history": minority_hist})
+            bar.tick()
+    bar.close()
+    return make_result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
+                                      "candidates": [int(c) for c in candidates], "alpha": ALPHA,
+                                      "score_scaling": SCORE_SCALINGS[score_scaling][0],
+                                      "categories": kind,
+                                      "heldout_miscalibration": float(np.mean(heldout)),
+                                      "seeds": seeds}, rows, t0)
+
+
+def plot_calibration(results: dict, path) -> Path:
+    """Miscalibration@10 vs ndcg@10 over λ (E3), one curve per candidate count C."""
+    plt = pyplot()
+    summ = summarize(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for j, C in enumerate(results["config"]["candidates"]):
+        rows = sorted([r for r in summ if r.get("candidates") == C], key=lambda r: r["lam"])
+        axes[0].plot([r["miscalibration@10"] for r in rows], [r["ndcg@10"] for r in rows],
+                     marker="o", color=f"C{j}", label=f"C={C}")
+        for r in rows:
+            if r["lam"] in (0.0, 0.5, 0.9, 0.99):
+                axes[0].annotate(f"λ={r['lam']:g}", (r["miscalibration@10"], r["ndcg@10"]),
+                                 fontsize=6, xytext=(3, 3), textcoords="offset points")
+        lam = [r["lam"] for r in rows]
+        axes[1].plot(lam, [r["miscalibration@10"] for r in rows], marker="o", color=f"C{j}",
+                     label=f"miscalibration, C={C}")
+        axes[1].plot(lam, [r["arp@10"] * 10 for r in rows], marker="x", linestyle=":",
+                     color=f"C{j}", label=f"10·arp, C={C}")
+    axes[0].set_xlabel("miscalibration@10 (KL, lower = better calibrated)")
+    axes[0].set_ylabel("ndcg@10")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("λ")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"E3 calibrated reranking — {results['dataset']['name']}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def findings(summ, config) -> list:
+    """The "what it shows" sentences from E3's summary rows (computed, never fixed claims)."""
+    out = []
+    for C in config["candidates"]:
+        r0 = find(summ, candidates=C, lam=0.0)
+        r5 = find(summ, candidates=C, lam=0.5)
+        if r0 is None or r5 is None:
+            continue
+        mis = r5["miscalibration@10"] / max(r0["miscalibration@10"], 1e-12)
+        nd = 1 - r5["ndcg@10"] / max(r0["ndcg@10"], 1e-12)
+        ok = mis <= 0.5 and nd <= 0.10
+        out.append(
+            f"C={C}: at λ=0.5 miscalibration@10 is {r5['miscalibration@10']:.4f} vs "
+            f"{r0['miscalibration@10']:.4f} at λ=0 ({mis:.0%} of it) while ndcg@10 changes by "
+            f"{-nd:+.1%} ({r0['ndcg@10']:.4f} → {r5['ndcg@10']:.4f}); the target "
+            f"(≤ 50% miscalibration, ≤ 10% ndcg loss) is {'met' if ok else 'NOT met'}. "
+            f"arp@10 goes {r0['arp@10']:.4f} → {r5['arp@10']:.4f}, coverage@10 "
+            f"{r0['coverage@10']:.4f} → {r5['coverage@10']:.4f}.")
+        if "minority_share@10" in r0:
+            out.append(
+                f"Category mass outside each user's main category: {r0['minority_share@10']:.1%} of the "
+                f"list at λ=0, {r5['minority_share@10']:.1%} at λ=0.5, against "
+                f"{r0['minority_share_history']:.1%} in the users' histories.")
+        rows = sorted([r for r in summ if r.get("candidates") == C and "lam" in r],
+                      key=lambda r: r["lam"])
+        half = next((r for r in rows if r["miscalibration@10"] <= 0.5 * r0["miscalibration@10"]),
+                    None)
+        if half is None:
+            out.append(f"No λ up to {rows[-1]['lam']:g} halves miscalibration@10 at C={C}.")
+        else:
+            loss = 1 - half["ndcg@10"] / max(r0["ndcg@10"], 1e-12)
+            out.append(f"The smallest λ that halves miscalibration@10 at C={C} is λ={half['lam']:g}, "
+                       f"with ndcg@10 changing by {-loss:+.1%}.")
+    return out
+
+
+def plot(results: dict, out_dir, prefix: str = "") -> list:
+    """E3's plot: miscalibration vs ndcg over λ."""
+    return [plot_calibration(results, Path(out_dir) / f"{prefix}calibration.png")]
+
+
+def section(results: dict, plots=()) -> list:
+    """E3's report section (Markdown lines)."""
+    summ = summarize(results)
+    cfg = results["config"]
+    lines = [(f"## E3 — calibrated reranking (d = {cfg['dim']}, α = {cfg['alpha']}, scores "
+              f"{cfg['score_scaling']}, categories: {cfg.get('categories', 'genres')})"), "",
+             dataset_line(results), ""]
+    rows = [r for r in summ if r["model"] != "mf+calibrated"] + sorted(
+        [r for r in summ if r["model"] == "mf+calibrated"],
+        key=lambda r: (r["candidates"], r["lam"]))
+    lines += table(rows, [("model", model_label),
+                          ("C", lambda r: str(r.get("candidates", ""))),
+                          ("λ", lambda r: f"{r['lam']:g}" if "lam" in r else "")],
+                   metrics_=("recall@10", "ndcg@10", "miscalibration@10", "minority_share@10",
+                             "arp@10", "coverage@10", "tail_share@10"))
+    text = findings(summ, cfg)
+    ref = cfg.get("heldout_miscalibration")
+    if ref is not None and math.isfinite(ref):
+        text.append(f"For reference, the users' own held-out test items have a "
+                    f"miscalibration of {ref:.4f} against their training mix (mean over "
+                    "seeds): real consumption is not perfectly calibrated either.")
+    return finish_section(lines, text, results, plots)
+
+
+register(Experiment("calibration", "E3", "calibrated reranking (Steck) over λ and C",
+                    run_calibration, section, plot, in_demo=True))

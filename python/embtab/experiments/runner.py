@@ -1,0 +1,100 @@
+"""Running experiments by name: results JSON, plots and the report, all read from the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from embtab.experiments.plots import pyplot
+from embtab.experiments.registry import REGISTRY, get
+from embtab.experiments.report import render_report
+from embtab.experiments.results import save_results
+from embtab.experiments.session import Session, seed_list
+
+__all__ = ["EXPERIMENTS", "plot_results", "run_demo", "run_experiments"]
+
+
+class _RunFunctions(Mapping):
+    """name -> the experiment's run function, a live view of the registry."""
+
+    def __getitem__(self, name: str):
+        return REGISTRY[name].run
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+#: name -> run function of every registered experiment (a read-only view of ``REGISTRY``).
+EXPERIMENTS: Mapping = _RunFunctions()
+
+
+def plot_results(results: dict, out_dir, prefix: str = "") -> list:
+    """All plots of one experiment's results into ``out_dir`` (its registry entry's ``plot``);
+    returns the paths (none for an experiment without plots or not registered)."""
+    entry = REGISTRY.get(results["experiment"])
+    if entry is None or entry.plot is None:
+        return []
+    return entry.plot(results, out_dir, prefix)
+
+
+def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic", seeds=3,
+                    quick: bool = False, progress: bool = True,
+                    train_overrides: dict | None = None, title: str = "embtab experiments",
+                    kwargs: dict | None = None) -> dict:
+    """Run experiments sharing one data set and model cache; write JSON, plots and report.
+
+    Writes ``out_dir/<name>.json`` per experiment, ``out_dir/results.json`` (a list of the
+    per-experiment objects), PNG plots and ``out_dir/report.md``. Returns
+    ``{"report", "results", "plots"}`` paths. Names and seeds are checked before anything runs
+    (``ValueError``), and so is matplotlib (``ImportError`` naming the ``experiments`` extra).
+    ``kwargs`` maps a name to extra keyword arguments of its run function.
+    """
+    entries = [get(n) for n in names]
+    kwargs = kwargs or {}
+    needs_data = [e for e in entries if e.needs_data]
+    if needs_data:
+        seed_list(seeds)
+    if any(e.plot is not None for e in entries):
+        pyplot()            # a missing matplotlib fails here, before minutes of training
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s = Session(dataset, train_overrides, progress) if needs_data else None
+    results, plots = [], {}
+    for entry in entries:
+        name = entry.name
+        if entry.needs_data:
+            res = entry.run(dataset, seeds, progress=progress, session=s, **kwargs.get(name, {}))
+        else:
+            res = entry.run(quick=quick, progress=progress, **kwargs.get(name, {}))
+        save_results(res, out / f"{name}.json")
+        plots[name] = [p.name for p in plot_results(res, out)]
+        results.append(res)
+    save_results(results, out / "results.json")
+    report = out / "report.md"
+    report.write_text(render_report(results, plots, title=title))
+    return {"report": report, "results": out / "results.json",
+            "plots": [out / p for ps in plots.values() for p in ps]}
+
+
+def demo_names() -> list:
+    """The experiments ``embtab demo`` runs: the registry's ``in_demo`` entries, in order."""
+    return [e.name for e in REGISTRY.values() if e.in_demo]
+
+
+def run_demo(out_dir="embtab-demo", *, progress: bool = True, seeds=3,
+             dataset: str = "synthetic") -> dict:
+    """``embtab demo``: the registry's demo experiments (E1 + E2 + E3 + E5) on ``dataset``.
+
+    Minutes on 2 cores with the default synthetic data. E5 (the feedback loop) runs on its own
+    smaller default data set (:data:`embtab.experiments.feedback.DEFAULT_DATASET`) when
+    ``dataset`` is ``"synthetic"``. Uses the default :class:`embtab.train.TrainConfig`
+    (10 epochs) and 3 seeds; E3 with both candidate counts. See :func:`run_experiments` for
+    what is written.
+    """
+    what = ("synthetic power-law data" if dataset.startswith("synthetic")
+            else f"`{dataset}`")
+    return run_experiments(demo_names(), out_dir, dataset=dataset, seeds=seeds,
+                           progress=progress, title=f"embtab demo: popularity bias on {what}")

@@ -1,0 +1,133 @@
+"""What the training experiments share: the data set, its splits, the model cache and the rows.
+
+Protocol (docs/experiments.md): the data set is loaded once (synthetic data from seed 0); seed
+``s`` draws the per-user random 80/20 train/test split and the model's initialisation, hashing,
+shuffling and negatives. Baselines (most-popular, random) get rows for every seed of every
+experiment.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from embtab import metrics
+from embtab._research import K
+from embtab.data import Interactions, load_dataset, train_test_split
+from embtab.train import TrainConfig, fit, most_popular, random_topk
+
+__all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "evaluate_lists",
+           "make_result", "seed_list", "session_for"]
+
+
+class Session:
+    """Caches the data set, splits and trained models across experiments of one run.
+
+    Parameters
+    ----------
+    dataset : str or Interactions
+        A :func:`embtab.data.load_dataset` spec (loaded with seed 0), or a data set.
+    train_overrides : dict or None
+        :class:`embtab.train.TrainConfig` fields for every model.
+    progress : bool
+        Progress bars while training.
+    """
+
+    def __init__(self, dataset: str | Interactions, train_overrides: dict | None, progress: bool):
+        self.data = load_dataset(dataset, seed=0) if isinstance(dataset, str) else dataset
+        check_enough_items(self.data)
+        self.spec = dataset if isinstance(dataset, str) else self.data.name
+        self.overrides = dict(train_overrides or {})
+        self.progress = progress
+        self._splits: dict = {}
+        self._models: dict = {}
+
+    def split(self, seed: int):
+        """``(train, test)``: the 80/20 random split of ``seed`` (cached)."""
+        if seed not in self._splits:
+            self._splits[seed] = train_test_split(self.data, test_fraction=0.2, seed=seed)
+        return self._splits[seed]
+
+    def config(self, **kw) -> TrainConfig:
+        """The run's training overrides with ``kw`` on top."""
+        return TrainConfig(**{**self.overrides, **kw})
+
+    def model(self, cfg: TrainConfig, desc: str):
+        """The model trained with ``cfg`` on the split of ``cfg.seed`` (cached)."""
+        key = tuple(sorted(cfg.to_dict().items()))
+        if key not in self._models:
+            train, _ = self.split(cfg.seed)
+            self._models[key] = fit(train, cfg, quiet=not self.progress, desc=desc)
+        return self._models[key]
+
+    def base_config(self) -> dict:
+        """The training configuration results record (without the swept fields)."""
+        cfg = TrainConfig(**self.overrides).to_dict()
+        for k in ("dim", "table", "rows_per_id", "seed"):
+            cfg.pop(k)
+        return cfg
+
+
+def check_enough_items(data: Interactions, k: int = K) -> None:
+    """``ValueError`` when ``data`` has fewer than ``k`` items: top-k lists need k of them."""
+    if data.n_items < k:
+        raise ValueError(f"data set {data.name!r} has {data.n_items} item"
+                         f"{'s' if data.n_items != 1 else ''}; the experiments recommend "
+                         f"k = {k} items per user, so they need at least {k}")
+
+
+def session_for(dataset, train_overrides, progress, session) -> Session:
+    """``session`` when given (shared by several experiments), else a new one."""
+    return session if session is not None else Session(dataset, train_overrides, progress)
+
+
+def evaluate_lists(top: np.ndarray, train: Interactions, test: Interactions, cats=None) -> dict:
+    """:func:`embtab.metrics.evaluate` at k = 10 with the data set's genres (or ``cats``)."""
+    return metrics.evaluate(top, train, test, train.item_genres if cats is None else cats, k=K)
+
+
+def baseline_rows(s: Session, seed: int, cats=None) -> list:
+    """The most-popular and random rows of ``seed``."""
+    train, test = s.split(seed)
+    rows = []
+    for name, top in (("most_popular", most_popular(train, K)),
+                      ("random", random_topk(train, K, seed=seed))):
+        rows.append({"model": name, "seed": seed, **evaluate_lists(top, train, test, cats)})
+    return rows
+
+
+def seed_list(seeds) -> list:
+    """``n`` means seeds ``0..n-1``; a sequence is taken as given. ``ValueError`` when empty."""
+    out = list(range(seeds)) if isinstance(seeds, int) else [int(x) for x in seeds]
+    if not out:
+        raise ValueError(f"seeds must name at least one seed (a count >= 1 or a list); got "
+                         f"{seeds!r}")
+    return out
+
+
+def make_result(name: str, s: Session, config: dict, rows: list, t0: float) -> dict:
+    """The results.json object of a training experiment (docs/results-schema.md)."""
+    return {"experiment": name, "dataset": {**s.data.summary(), "spec": s.spec},
+            "config": {**config, "k": K, "train": s.base_config(),
+                       "seconds": round(time.perf_counter() - t0, 2)},
+            "rows": rows}
+
+
+class Progress:
+    """A tqdm bar when ``progress`` is true, else nothing; ``tick()`` and ``close()`` either way."""
+
+    def __init__(self, total: int, desc: str, progress: bool, unit: str = "run"):
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit)
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
