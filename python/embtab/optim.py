@@ -347,6 +347,7 @@ class SGD(FusedOptimizer):
 
     Example::
 
+        >>> import torch, embtab.nn, embtab.optim
         >>> opt = embtab.optim.SGD(lr=0.1, momentum=0.9)
         >>> emb = embtab.nn.CuckooEmbedding(100, 4, optimizer=opt)
         >>> emb(torch.tensor([5, 6])).sum().backward()
@@ -407,6 +408,7 @@ class Adagrad(FusedOptimizer):
 
     Example::
 
+        >>> import torch, embtab.nn, embtab.optim
         >>> opt = embtab.optim.Adagrad(lr=0.5)
         >>> emb = embtab.nn.HashedEmbeddingBag(100, 4, mode="sum", optimizer=opt)
         >>> emb(torch.tensor([[1, 2]])).sum().backward()
@@ -460,6 +462,7 @@ class RowWiseAdagrad(FusedOptimizer):
 
     Example::
 
+        >>> import torch, embtab.nn, embtab.optim
         >>> opt = embtab.optim.RowWiseAdagrad(lr=0.1)
         >>> emb = embtab.nn.CuckooEmbeddingBag(100, 4, mode="sum", optimizer=opt)
         >>> emb(torch.tensor([[1, 2]])).sum().backward()
@@ -506,6 +509,7 @@ class Adam(FusedOptimizer):
 
     Example::
 
+        >>> import torch, embtab.nn, embtab.optim
         >>> emb = embtab.nn.CuckooEmbedding(100, 4, optimizer=embtab.optim.Adam(lr=1e-3))
         >>> emb(torch.tensor([7])).sum().backward()
         >>> int(emb.opt_step)
