@@ -178,3 +178,16 @@ def test_cli_and_docs_agree_on_what_demo_runs():
     assert said in cli.__doc__ and said in ex.run_demo.__doc__
     readme = " ".join((pathlib.Path(__file__).parent.parent / "README.md").read_text().split())
     assert f"`embtab demo` runs {said}" in readme
+
+
+def test_bench_names_come_from_the_benchmark_registry(tmp_path, capsys, monkeypatch):
+    from embtab.benchmarks import REGISTRY
+
+    name = "distributed"                               # in the registry, not in a fixed list
+    assert name in REGISTRY
+    fake = types.ModuleType(REGISTRY[name].module)
+    fake.run = lambda quick: {"quick": quick}
+    fake.format_markdown = lambda r: "| distributed |"
+    monkeypatch.setitem(sys.modules, REGISTRY[name].module, fake)
+    assert cli.main(["bench", name, "--quick"]) == 0
+    assert "| distributed |" in capsys.readouterr().out

@@ -4,7 +4,7 @@
 E3 calibration and E5 feedback; :func:`embtab.experiments.run_demo`); ``embtab experiment NAME``
 runs one registered experiment (E1-E5; E4 ``rerank-speed`` is registered here, because it times
 the tools layer's benchmark); ``embtab bench NAME`` runs one benchmark of
-:mod:`embtab.benchmarks`.
+``embtab.benchmarks.REGISTRY``.
 
 Examples::
 
@@ -22,7 +22,6 @@ output path that cannot be written, too few seeds or items) ends with a one-line
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -48,9 +47,7 @@ def _version() -> str:
 
 
 def _rerank_benchmark():
-    from embtab.benchmarks import rerank
-
-    return rerank
+    return _benchmarks()["rerank"].load()
 
 
 def _registry() -> dict:
@@ -62,14 +59,11 @@ def _registry() -> dict:
     return REGISTRY
 
 
-def _benchmarks() -> tuple:
-    """Benchmark names: ``embtab.benchmarks.REGISTRY`` when the package provides one."""
-    try:
-        from embtab.benchmarks import REGISTRY
+def _benchmarks() -> dict:
+    """``embtab.benchmarks.REGISTRY``: benchmark name -> entry (imports no benchmark module)."""
+    from embtab.benchmarks import REGISTRY
 
-        return tuple(REGISTRY)
-    except ImportError:
-        return ("table", "module", "rerank")
+    return REGISTRY
 
 
 def _seeds(text: str) -> int:
@@ -121,8 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="output folder (default: embtab-<name>)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    b = sub.add_parser("bench", help="performance comparisons (embtab.benchmarks.<name>)")
-    b.add_argument("name", choices=_benchmarks())
+    benches = _benchmarks()
+    b = sub.add_parser("bench", help="performance comparisons: " + "; ".join(
+        f"{n}: {e.summary}" for n, e in benches.items()))
+    b.add_argument("name", choices=list(benches))
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     b.add_argument("--out", default=None, help="write the raw results JSON to this file")
     return p
@@ -160,17 +156,17 @@ def _experiment(args) -> int:
 
 
 def _bench(args) -> int:
-    modname = f"embtab.benchmarks.{args.name}"
+    entry = _benchmarks()[args.name]
     try:
-        mod = importlib.import_module(modname)
+        mod = entry.load()
     except ModuleNotFoundError as e:
-        if e.name is not None and (e.name == modname or modname.startswith(e.name + ".")):
-            print(f"embtab bench {args.name}: {modname} is not part of this installation "
+        if e.name is not None and (e.name == entry.module or entry.module.startswith(e.name + ".")):
+            print(f"embtab bench {args.name}: {entry.module} is not part of this installation "
                   "(not written yet, or installed without it)", file=sys.stderr)
             return 2
         raise
     if not (hasattr(mod, "run") and hasattr(mod, "format_markdown")):
-        print(f"embtab bench {args.name}: {modname} has no run()/format_markdown()",
+        print(f"embtab bench {args.name}: {entry.module} has no run()/format_markdown()",
               file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
