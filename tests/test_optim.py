@@ -592,3 +592,15 @@ def test_sharded_modules_refuse_a_fused_optimizer(bag):
     cls = ShardedCuckooEmbeddingBag if bag else ShardedCuckooEmbedding
     with pytest.raises(ValueError, match="not supported by the sharded modules"):
         cls(8, 4, optimizer=eo.SGD())  # refused before the process group is even looked at
+
+
+def test_backward_of_a_lookup_from_before_a_growth_raises_without_a_wrong_update():
+    emb = CuckooEmbeddingBag(2, 3, mode="sum", padding_id=0, optimizer=eo.SGD(lr=1.0))
+    a = emb(torch.tensor([[1, 0]]))  # ID 1 -> row 0; the padding reads the zero row 2
+    b = emb(torch.tensor([[3, 4]]))  # grows to 4 rows: row 2 now belongs to ID 4
+    w = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="grew"):
+        (a.sum() + b.sum()).backward()
+    # a's lookup stepped nothing: ID 1's row is as it was (b's lookup, built after the growth,
+    # may have stepped rows 1 and 2 before a's raised)
+    assert torch.equal(emb.weight.detach()[0], w[0])

@@ -47,8 +47,9 @@ modules; each keeps its own state.
 Notes
 -----
 * Every backward applies a step: backpropagating the same graph twice steps twice, and there is
-  no gradient accumulation over several forwards. Backward must come before the module's next
-  forward that grows or evicts (as for the unfused modules).
+  no gradient accumulation over several forwards. A lookup made before the module grew cannot
+  be backpropagated after it (``RuntimeError``, as for the unfused modules; the lookups of the
+  same graph made after the growth may already have stepped when it is raised).
 * The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
 """
 
@@ -233,6 +234,7 @@ class _FusedLookup(torch.autograd.Function):
             bag,
         )
         ctx.max_indices = None
+        ctx.zero_row = module.num_embeddings
         if bag and module.mode == "max":
             flat = idx.reshape(-1)
             off = (
@@ -259,6 +261,13 @@ class _FusedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         module, idx, bag = ctx.module, ctx.idx, ctx.bag
+        if module.num_embeddings != ctx.zero_row:
+            # The rows of this graph may now belong to other IDs (the old zero row does).
+            raise RuntimeError(
+                f"embtab.optim: the module grew ({ctx.zero_row} -> {module.num_embeddings} rows) "
+                "between this forward and its backward; a graph built before a growth cannot be "
+                "backpropagated (pre-size num_embeddings for several forwards per backward)"
+            )
         (psw,) = ctx.saved_tensors
         w = module.weight.detach()
         grad_out = grad_out.contiguous().to(w.dtype)
