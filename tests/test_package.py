@@ -138,3 +138,54 @@ def test_test_hooks_live_in_the_testing_submodule_only():
     assert not [n for n in dir(_core._CuckooTable) if n.startswith("_") and not n.startswith(("__", "_pybind11"))]
     assert {"set_isa_limit", "vlog", "ratio_log_block", "class_tops", "rerank_work_floor",
             "table_check_invariants", "table_candidate_buckets"} <= set(dir(_core._testing))
+
+
+def _signature_params(doc: str) -> list:
+    """Parameter names from the first line of a pybind11 docstring ('f(a: int, b: x = 1) -> y')."""
+    import re
+
+    head = doc.split("\n")[0]
+    inside = head[head.index("(") + 1:head.rindex(") ->")]
+    names, depth, cur = [], 0, ""
+    for ch in inside + ",":
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            names.append(re.match(r"\s*(\w+)", cur).group(1))
+            cur = ""
+        else:
+            cur += ch
+    return [n for n in names if n not in ("self", "arg0")]
+
+
+def test_core_stubs_match_the_compiled_module():
+    # python/embtab/_core.pyi names every entry point of _core with its parameters, and ships
+    # beside py.typed in the package directory (the wheel packs python/embtab whole).
+    import ast
+    import pathlib
+
+    from embtab import _core
+
+    pkg = pathlib.Path(embtab.__file__).parent
+    assert (pkg / "py.typed").is_file()
+    tree = ast.parse((pkg / "_core.pyi").read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    runtime = {n for n in dir(_core) if not n.startswith("__") and callable(getattr(_core, n))
+               and not isinstance(getattr(_core, n), type)}
+    assert set(funcs) == runtime
+    for name, node in funcs.items():
+        stub = [a.arg for a in node.args.posonlyargs + node.args.args]
+        assert stub == _signature_params(getattr(_core, name).__doc__), name
+    assert set(classes) == {"_CuckooTable"}
+    methods = {n.name: n for n in classes["_CuckooTable"].body if isinstance(n, ast.FunctionDef)}
+    public = {n for n in vars(_core._CuckooTable) if not n.startswith("_")} | {"__init__"}
+    assert set(methods) == public
+    for name, node in methods.items():
+        member = getattr(_core._CuckooTable, name)
+        if isinstance(member, property):
+            continue
+        stub = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg != "self"]
+        assert stub == [p for p in _signature_params(member.__doc__) if p != "self"], name

@@ -138,10 +138,13 @@ void bind_table(py::module_& m) {
                  t.assign(k.data, rp, k.size, num_rows);
              },
              py::arg("keys"), py::arg("rows"), py::arg("num_rows"))
-        .def("reserve", [](CuckooTable& t, std::uint64_t n) {
-            py::gil_scoped_release release;
-            t.reserve(n);
-        })
+        .def(
+            "reserve",
+            [](CuckooTable& t, std::uint64_t n) {
+                py::gil_scoped_release release;
+                t.reserve(n);
+            },
+            py::arg("n"))
         .def("clear", [](CuckooTable& t) {
             py::gil_scoped_release release;
             t.clear();
@@ -180,7 +183,8 @@ void bind_table(py::module_& m) {
                         std::string_view sv(b);
                         py::gil_scoped_release release;
                         return CuckooTable::deserialize(sv.data(), sv.size());
-                    })
+                    },
+                    py::arg("data"))
         .def("save",
              [](const CuckooTable& t, const std::string& path) {
                  embtab_py::check_path(path, "path");

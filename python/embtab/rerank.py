@@ -22,9 +22,10 @@ once, for many calls), :func:`genre_distribution`, :func:`user_distribution`,
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from embtab import _core
 from embtab._checks import check_int, check_real, check_threads, is_sparse, shape_str
@@ -43,6 +44,10 @@ __all__ = [
 
 #: Absolute tolerance on the row sums of ``item_dist`` and ``target``.
 SUM_TOL = 1e-6
+
+#: What ``item_dist`` may be: a dense [n_items, G] float array, a scipy.sparse CSR matrix, or an
+#: :class:`ItemDistribution` (checked once).
+ItemDistributionLike = Union[np.ndarray, "ItemDistribution", Any]
 
 
 class RerankResult(NamedTuple):
@@ -67,7 +72,7 @@ class RerankResult(NamedTuple):
 # validation ###################################################################################
 
 
-def _check_scores(scores) -> np.ndarray:
+def _check_scores(scores: Any) -> np.ndarray:
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
     if scores.dtype not in (np.float32, np.float64):
@@ -98,7 +103,7 @@ def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) ->
         raise ValueError(f"{name} row {row} sums to {float(sums[row])!r}, not {want} (tolerance {SUM_TOL})")
 
 
-def _check_target(target, U: int) -> np.ndarray:
+def _check_target(target: Any, U: int) -> np.ndarray:
     if not isinstance(target, np.ndarray):
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     if target.dtype.kind != "f":
@@ -110,7 +115,7 @@ def _check_target(target, U: int) -> np.ndarray:
     return t
 
 
-def _item_csr(item_dist, G: int):
+def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate item_dist ([n_items, G] dense or scipy CSR) and return its CSR arrays:
     (indptr int64, genre int32, wclass int32, distinct weights float64)."""
     if is_sparse(item_dist):
@@ -204,7 +209,7 @@ class ItemDistribution:
 
     __slots__ = ("_csr", "n_genres", "n_items", "nnz")
 
-    def __init__(self, item_dist):
+    def __init__(self, item_dist: "ItemDistributionLike") -> None:
         if isinstance(item_dist, ItemDistribution):
             self._csr = item_dist._csr
             self.n_items, self.n_genres, self.nnz = item_dist.n_items, item_dist.n_genres, item_dist.nnz
@@ -224,7 +229,7 @@ class ItemDistribution:
     def __repr__(self) -> str:
         return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
 
-    def toarray(self) -> np.ndarray:
+    def toarray(self) -> npt.NDArray[np.float64]:
         """The distributions as a dense float64 array [n_items, G] (the stored weights, exactly)."""
         indptr, genre, wclass, weights = self._csr
         out = np.zeros((self.n_items, self.n_genres), dtype=np.float64)
@@ -232,12 +237,12 @@ class ItemDistribution:
         out[rows, genre] = weights[wclass]
         return out
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         # Pickles (for worker processes) come back with read-only arrays, like the original.
         return (_item_distribution_from_state, (tuple(np.array(a) for a in self._csr), self.n_items, self.n_genres))
 
 
-def _item_distribution_from_state(csr, n_items, n_genres) -> ItemDistribution:
+def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> ItemDistribution:
     """Rebuild an unpickled :class:`ItemDistribution` (the C++ core re-checks every index per call)."""
     obj = ItemDistribution.__new__(ItemDistribution)
     arrays = tuple(np.array(a, dtype=dt) for a, dt in zip(csr, (np.int64, np.int32, np.int32, np.float64)))
@@ -249,8 +254,17 @@ def _item_distribution_from_state(csr, n_items, n_genres) -> ItemDistribution:
 
 
 
-def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=None, num_threads=0,
-               return_objective=False):
+def calibrated(
+    scores: np.ndarray,
+    item_dist: ItemDistributionLike,
+    target: np.ndarray,
+    k: int,
+    lam: float = 0.5,
+    alpha: float = 0.01,
+    candidates: Optional[np.ndarray] = None,
+    num_threads: int = 0,
+    return_objective: bool = False,
+) -> Union[npt.NDArray[np.int64], RerankResult]:
     """Rerank each user's candidates greedily toward the user's category mix (Steck 2018).
 
     Chooses k of the C candidates per user, one at a time, adding the candidate that maximises
@@ -372,7 +386,7 @@ def calibrated(scores, item_dist, target, k, lam=0.5, alpha=0.01, candidates=Non
     return out
 
 
-def topk(scores, k, num_threads=0):
+def topk(scores: np.ndarray, k: int, num_threads: int = 0) -> Tuple[np.ndarray, npt.NDArray[np.int64]]:
     """Row-wise top-k: the k largest scores of each row, sorted descending.
 
     Parameters
@@ -408,7 +422,9 @@ def topk(scores, k, num_threads=0):
     return _core.topk(s, k, check_threads(num_threads))
 
 
-def genre_distribution(item_genres, n_genres=None):
+def genre_distribution(
+    item_genres: Union[Sequence[Sequence[int]], np.ndarray], n_genres: Optional[int] = None
+) -> npt.NDArray[np.float64]:
     """Item category distributions, each item's weight split evenly over its genres.
 
     Parameters
@@ -471,7 +487,7 @@ def genre_distribution(item_genres, n_genres=None):
     return out
 
 
-def _genre_ids(g, i: int) -> np.ndarray:
+def _genre_ids(g: Any, i: int) -> np.ndarray:
     """item_genres[i] as sorted distinct int64 genre ids; integral floats pass, others refused."""
     a = np.asarray(g)
     if a.size == 0:
@@ -487,7 +503,9 @@ def _genre_ids(g, i: int) -> np.ndarray:
     return np.unique(a.astype(np.int64))
 
 
-def user_distribution(histories, item_dist):
+def user_distribution(
+    histories: Union[Any, Sequence[npt.ArrayLike]], item_dist: ItemDistributionLike
+) -> npt.NDArray[np.float64]:
     """Each user's category distribution p(g|u), the weighted mean of their history items' rows.
 
     ``p(g|u) = sum_i w_ui item_dist[i, g] / sum_i w_ui`` (Steck 2018, eq. 1), with ``w_ui`` the
@@ -558,7 +576,7 @@ def user_distribution(histories, item_dist):
     return out
 
 
-def popularity_bins(item_counts, bins=(0.2, 0.8)):
+def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.8)) -> npt.NDArray[np.float64]:
     """Head / mid / tail one-hot distributions for popularity calibration.
 
     Items are sorted by count, most popular first (ties by lower id); an item falls in bin j
@@ -636,7 +654,9 @@ def smoothed_kl(p, q, alpha=0.01):
     return terms.sum(axis=-1)
 
 
-def miscalibration(lists, item_dist, target, alpha=0.01):
+def miscalibration(
+    lists: npt.ArrayLike, item_dist: ItemDistributionLike, target: npt.ArrayLike, alpha: float = 0.01
+) -> npt.NDArray[np.float64]:
     """Per-user miscalibration ``sum_g p_g ln(p_g / q~_g)`` of given lists.
 
     ``q`` is the mean of the list items' rows of ``item_dist``, ``q~ = (1-alpha) q + alpha p``,

@@ -78,7 +78,7 @@ class CuckooTable:
         max_load_factor: float = 0.95,
         seed: int = 0,
         num_threads: int = 0,
-    ):
+    ) -> None:
         capacity = check_int(capacity, "capacity", min=0, max=U64 - 1)
         if max_size is not None:
             max_size = check_int(max_size, "max_size", min=1, max=U64 - 1)
@@ -252,7 +252,7 @@ class CuckooTable:
         data = check_bytes(data)
         return cls._wrap(_core._CuckooTable.from_bytes(data), check_threads(num_threads, default=0))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return (_restore, (self.to_bytes(), self._num_threads))
 
     def __repr__(self) -> str:
