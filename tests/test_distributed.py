@@ -449,10 +449,14 @@ def _w_mismatch(rank, world_size, store):
     out = a(ids)
     out.sum().backward()
     assert out.shape == (4, DIM)
+    # A save into a path rank 0 cannot create: every rank raises, none waits for the others.
+    with pytest.raises(FileExistsError if rank == 0 else ShardedCommError, match="File exists"):
+        a.save(store + ".file")
     dist.destroy_process_group()
 
 
 def test_ranks_that_disagree_raise_on_every_rank(tmp_path):
+    (tmp_path / "store.file").write_bytes(b"not a directory")
     _start(_w_mismatch, 2, str(tmp_path / "store"))
 
 
@@ -582,3 +586,13 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, fail_rank, fail_what):
     ckpt = str(tmp_path / "ckpt")
     _start(_w_failed_save, 2, str(tmp_path / "s1"), ckpt, fail_rank, fail_what)
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
+
+
+def test_owner_of_checks_its_arguments():
+    from embtab.distributed import owner_of
+
+    assert owner_of(torch.tensor([[1, 2]]), 3, 5).shape == (1, 2)
+    with pytest.raises(ValueError, match="world_size must be >= 1, got 0"):
+        owner_of(torch.tensor([1]), 0, 5)
+    with pytest.raises(TypeError, match="shard_seed must be an int, got float"):
+        owner_of(torch.tensor([1]), 2, 1.5)

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embtab import _core
+from embtab._checks import check_int
 from embtab._hashing import mix64
 from embtab._modules import as_id_array as _as_id_array
 from embtab._modules import check_bag_args as _check_bag_args
@@ -97,10 +98,12 @@ class ShardedCommError(RuntimeError):
 def owner_of(ids: Tensor, world_size: int, shard_seed: int) -> Tensor:
     """Owning rank of each raw ID (same shape, int64): ``mix64(id, shard_seed) % world_size``."""
     flat, shape = _as_id_array(ids, "ids")
-    return torch.from_numpy(_core.hashed_rows(flat, int(world_size), int(shard_seed) % _U64, 1)).reshape(shape)
+    ws = check_int(world_size, "world_size", min=1)
+    seed = check_int(shard_seed, "shard_seed") % _U64
+    return torch.from_numpy(_core.hashed_rows(flat, ws, seed, 1)).reshape(shape)
 
 
-def sharded_parameter_names(model: nn.Module) -> list:
+def sharded_parameter_names(model: nn.Module) -> list[str]:
     """Names of the parameters and buffers of every sharded module inside ``model`` (for DDP's
     ``_set_params_and_buffers_to_ignore_for_model``)."""
     names = []
@@ -262,7 +265,7 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
 class _ShardedBase(nn.Module):
     _local_cls = CuckooEmbedding
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, process_group=None,
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, process_group: Optional[dist.ProcessGroup] = None,
                  shard_seed: Optional[int] = None, name: Optional[str] = None, local_kwargs: dict):
         super().__init__()
         if local_kwargs.get("optimizer") is not None:  # the shard checkpoints keep no fused state
@@ -276,8 +279,9 @@ class _ShardedBase(nn.Module):
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
-        seed = int(local_kwargs.get("seed", 0)) % _U64
-        self.shard_seed = (mix64(seed, _SHARD_SALT) if shard_seed is None else int(shard_seed)) % _U64
+        seed = check_int(local_kwargs.get("seed", 0), "seed", min=0) % _U64
+        self.shard_seed = (mix64(seed, _SHARD_SALT) if shard_seed is None
+                           else check_int(shard_seed, "shard_seed")) % _U64
         per_shard = max(1, -(-int(num_embeddings) // self.world_size))
         self.shard = CuckooEmbedding(per_shard, embedding_dim, **local_kwargs)
         self.embedding_dim = self.shard.embedding_dim
@@ -361,9 +365,9 @@ class _ShardedBase(nn.Module):
                     what = (f"is in {_PHASES.get(theirs[i], 'an unknown call')} while this rank is in "
                             f"{_PHASES[phase]} (a rank skipped backward, or called the module out of step)")
                 elif field in ("module_index", "seq"):
-                    what = (f"is in {_PHASES[phase]} of {'sharded module #' if field == 'module_index' else 'call #'}"
-                            f"{theirs[i]} while this rank is in #{mine[i]} (ranks call the modules, or "
-                            f"their backwards, in another order)")
+                    which = "sharded module #" if field == "module_index" else "call #"
+                    what = (f"is in {_PHASES[phase]} of {which}{theirs[i]} while this rank is in "
+                            f"#{mine[i]} (ranks call the modules, or their backwards, in another order)")
                 else:
                     what = (f"has {field}={theirs[i]} where this rank has {field}={mine[i]} (the modules "
                             f"are configured differently on the two ranks)")
@@ -388,7 +392,7 @@ class _ShardedBase(nn.Module):
         """Live IDs on this rank's shard."""
         return self.shard.num_ids
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         """This shard's :meth:`embtab.nn.CuckooEmbedding.stats` plus ``rank`` and ``world_size``."""
         return {**self.shard.stats(), "rank": self.rank, "world_size": self.world_size}
 
@@ -503,8 +507,15 @@ class _ShardedBase(nn.Module):
         self._agree("save (payload)", None if err is None else str(err))
         if err is not None:
             raise err
+        err = None
         if self.rank == 0:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as e:
+                err = e
+        self._agree("save (directory)", None if err is None else f"{type(err).__name__}: {err}")
+        if err is not None:
+            raise err
         token = [os.urandom(6).hex() if self.rank == 0 else None]
         _collective("broadcast of the save token", self.process_group,
                     lambda: dist.broadcast_object_list(token, src=dist.get_global_rank(self.process_group, 0)
@@ -801,7 +812,8 @@ class ShardedCuckooEmbedding(_ShardedBase):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_id: Optional[int] = None,
                  max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                  sparse: bool = False, _weight: Optional[Tensor] = None, _freeze: bool = False,
-                 device=None, dtype=None, *, process_group=None, shard_seed: Optional[int] = None,
+                 device: Union[None, str, torch.device] = None, dtype: Optional[torch.dtype] = None, *,
+                 process_group: Optional[dist.ProcessGroup] = None, shard_seed: Optional[int] = None,
                  name: Optional[str] = None, **kwargs) -> None:
         local = dict(padding_id=padding_id, max_norm=max_norm, norm_type=norm_type,
                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight, _freeze=_freeze,
@@ -833,7 +845,8 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
     def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
                  norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
                  sparse: bool = False, _weight: Optional[Tensor] = None, include_last_offset: bool = False,
-                 padding_id: Optional[int] = None, device=None, dtype=None, *, process_group=None,
+                 padding_id: Optional[int] = None, device: Union[None, str, torch.device] = None,
+                 dtype: Optional[torch.dtype] = None, *, process_group: Optional[dist.ProcessGroup] = None,
                  shard_seed: Optional[int] = None, name: Optional[str] = None, **kwargs) -> None:
         # sparse applies to the owner's CuckooEmbedding, not to the local reduction: max is fine.
         self_mode = _check_bag_config(mode, False, bool(scale_grad_by_freq))

@@ -297,8 +297,8 @@ class _CuckooBase(nn.Module):
         sparse: bool = False,
         _weight: Optional[Tensor] = None,
         _freeze: bool = False,
-        device=None,
-        dtype=None,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
         *,
         on_full: Union[str, OnFull] = "grow",
         growth_factor: float = 2.0,
@@ -309,7 +309,7 @@ class _CuckooBase(nn.Module):
         seed: int = 0,
         num_threads: int = 0,
         optimizer: Optional[FusedOptimizer] = None,
-    ):
+    ) -> None:
         super().__init__()
         _init_common(
             self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
@@ -391,7 +391,7 @@ class _CuckooBase(nn.Module):
         """Number of live IDs (IDs that own a row)."""
         return len(self._table)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         """Counters a user needs: live IDs, rows, steps, admissions, evictions, growths."""
         return {
             "num_ids": self.num_ids,
@@ -1079,14 +1079,14 @@ class _HashedBase(nn.Module):
         sparse: bool = False,
         _weight: Optional[Tensor] = None,
         _freeze: bool = False,
-        device=None,
-        dtype=None,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
         *,
         init: Union[None, str, EmbeddingInit] = None,
         seed: int = 0,
         num_threads: int = 0,
         optimizer: Optional[FusedOptimizer] = None,
-    ):
+    ) -> None:
         super().__init__()
         _init_common(
             self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
