@@ -644,6 +644,8 @@ def test_file_claiming_more_rows_than_memory_is_refused(tmp_path):
         CuckooTable.from_bytes(bytes(data))
 
 
+@pytest.mark.skipif(embtab._core._sanitized, reason="AddressSanitizer reserves terabytes of "
+                    "address space for its shadow memory, so no RLIMIT_AS leaves it room to run")
 def test_refused_thread_starts_fall_back_to_fewer_threads():
     # Two Python threads run large batches with num_threads=400 at once, so one of them finds
     # the pool busy and starts threads of its own, under an address-space limit that leaves
