@@ -51,6 +51,8 @@ Notes
   be backpropagated after it (``RuntimeError``, as for the unfused modules; the lookups of the
   same graph made after the growth may already have stepped when it is raised).
 * The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
+* ``scale_grad_by_freq=True`` divides a row's summed gradient by its number of occurrences in
+  the batch, as ``nn.Embedding`` does (torch 2.13's ``nn.EmbeddingBag`` divides by other counts).
 """
 
 from __future__ import annotations
