@@ -191,3 +191,36 @@ def test_bench_names_come_from_the_benchmark_registry(tmp_path, capsys, monkeypa
     monkeypatch.setitem(sys.modules, REGISTRY[name].module, fake)
     assert cli.main(["bench", name, "--quick"]) == 0
     assert "| distributed |" in capsys.readouterr().out
+
+
+def test_experiment_dims_against_the_truth_with_intervals(tmp_path, capsys):
+    # the E1 v2 command of docs/experiments.md, on tiny generator-v2 data
+    out = tmp_path / "e1"
+    spec = "synthetic:rank=3,n_users=60,n_items=80,n_genres=4,interactions_per_user=8"
+    rc = cli.main(["experiment", "dims", "--dataset", spec, "--seeds", "2", "--quick",
+                   "--quiet", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "dims.json").read_text())
+    assert res["config"]["oracle"] is True and res["config"]["seeds"] == [0, 1]
+    assert {r["model"] for r in res["rows"]} == {"oracle", "most_popular", "random", "mf"}
+    assert all("excess_arp@10" in r and "dim" in r for r in res["rows"] if r["model"] == "mf")
+    entry = next(e for e in res["summary"] if e.get("model") == "mf" and e["dim"] == 2)
+    assert set(entry["excess_arp@10"]) == {"mean", "sd", "ci95_low", "ci95_high", "n"}
+    assert (out / "dims_truth.png").exists() and "95% CI" in (out / "report.md").read_text()
+
+
+def test_tune_and_loss_reach_the_experiment_or_are_refused(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def fake_run(names, out, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(ex, "run_experiments", fake_run)
+    rc = cli.main(["experiment", "dims", "--tune", "--quick", "--loss", "softmax", "--quiet",
+                   "--out", str(tmp_path / "a")])
+    assert rc == 2 and seen["kwargs"] == {"dims": {"tune": True, "quick": True,
+                                                   "loss": "softmax"}}
+    rc = cli.main(["experiment", "collisions", "--tune", "--quiet",
+                   "--out", str(tmp_path / "b")])
+    assert rc == 2 and "--tune does not apply to collisions" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import shared_data
 from embtab import experiments as ex
+from embtab.experiments.intervals import summary_with_intervals as summarize_with_intervals
 from embtab.train import recommend
 
 TINY = "synthetic:n_users=120,n_items=160,interactions_per_user=12,n_genres=6"
@@ -45,7 +46,7 @@ def test_dims_schema(dims):
     assert dims["dataset"]["users"] == 120
     mf = [r for r in dims["rows"] if r["model"] == "mf"]
     assert sorted((r["dim"], r["seed"]) for r in mf) == [(d, s) for d in (1, 2, 8) for s in (0, 1)]
-    assert {r["model"] for r in dims["rows"]} == {"mf", "most_popular", "random"}
+    assert {r["model"] for r in dims["rows"]} == {"mf", "most_popular", "oracle", "random"}
     for r in dims["rows"]:
         assert set(METRICS) <= set(r)
         assert len(r["decile_recall@10"]) == 10
@@ -116,19 +117,24 @@ def test_plots_and_report(dims, collisions, calibration, tmp_path):
     assert "dims.png" in md and "calibration.png" in md
 
 
-def _fake_dims(arps):
+def _fake_dims(arps_by_seed):
     rows = []
-    for d, arp in zip((2, 4, 8), arps):
-        rows.append({"model": "mf", "seed": 0, "dim": d, "table": "cuckoo", "recall@10": 0.1,
-                     "arp@10": arp, "coverage@10": 0.1 * d, "tail_share@10": 0.1,
-                     "decile_recall@10": [0.1] * 10})
-    return {"experiment": "dims", "rows": rows}
+    for seed, arps in enumerate(arps_by_seed):
+        for d, arp in zip((2, 4, 8), arps):
+            rows.append({"model": "mf", "seed": seed, "dim": d, "table": "cuckoo",
+                         "recall@10": 0.1, "arp@10": arp, "delta_gap@10:diverse": arp - 0.2})
+    res = {"experiment": "dims", "rows": rows, "config": {"oracle": False}}
+    res["summary"] = summarize_with_intervals(rows, ex.dims.SUMMARY_KEYS)
+    res["contrasts"] = ex.dims.contrasts(rows)
+    return res
 
 
-@pytest.mark.parametrize("arps, word", [((0.3, 0.2, 0.1), "arp@10 falls"),
-                                        ((0.1, 0.2, 0.3), "arp@10 rises")])
-def test_findings_follow_the_numbers(arps, word):
-    text = " ".join(ex.dims.findings(ex.summarize(_fake_dims(arps))))
+@pytest.mark.parametrize("arps, word", [
+    ([(0.3, 0.2, 0.1), (0.31, 0.2, 0.11), (0.29, 0.21, 0.1)], "arp@10 falls"),
+    ([(0.1, 0.2, 0.3), (0.11, 0.2, 0.31), (0.1, 0.21, 0.29)], "arp@10 rises"),
+    ([(0.3, 0.2, 0.1), (0.1, 0.2, 0.3), (0.2, 0.2, 0.2)], "arp@10: no clear direction")])
+def test_findings_follow_the_intervals(arps, word):
+    text = " ".join(ex.dims.findings(_fake_dims(arps)))
     assert word in text
 
 
@@ -246,10 +252,11 @@ def test_registry_drives_the_cli_the_report_and_the_demo():
     from embtab import cli
 
     names = list(ex.REGISTRY)
-    assert names[:3] == ["dims", "collisions", "calibration"] and "feedback" in names
+    assert names[:4] == ["dims", "dims-grid", "collisions", "calibration"]
+    assert "feedback" in names
     assert ex.demo_names() == ["dims", "collisions", "calibration", "feedback"]
     reg = cli._registry()                         # the tools layer adds E4
-    assert [e.label for e in reg.values()] == ["E1", "E2", "E3", "E4", "E5"]
+    assert [e.label for e in reg.values()] == ["E1", "E1", "E2", "E3", "E4", "E5"]
     assert set(ex.EXPERIMENTS) == set(reg) and ex.EXPERIMENTS["dims"] is ex.run_dims
     with pytest.raises(ValueError, match="unknown experiment 'nope'; choose from dims"):
         ex.run_experiments(["nope"], "unused")

@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="fewer seeds (1) and, for rerank-speed, a smaller benchmark")
     e.add_argument("--out", default=None, help="output folder (default: embtab-<name>)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--tune", action="store_true",
+                   help="experiments that train per d (dims, dims-grid): pick lr, L2 and epochs "
+                        "per (d, seed) on a validation split (a smaller grid with --quick)")
+    e.add_argument("--loss", choices=("bpr", "softmax"), default=None,
+                   help="experiments that train per d (dims, dims-grid): the training loss "
+                        "(default bpr)")
 
     benches = _benchmarks()
     b = sub.add_parser("bench", help="performance comparisons: " + "; ".join(
@@ -145,14 +151,39 @@ def _experiment(args) -> int:
     from embtab.experiments import run_experiments
 
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
+    extra = _training_options(args)
     out = Path(args.out or f"embtab-{args.name}")
     _check_out_dir(out)
     paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
                             quick=args.quick, progress=not args.quiet,
-                            title=f"embtab experiment {args.name}")
+                            title=f"embtab experiment {args.name}",
+                            kwargs={args.name: extra} if extra else None)
     print(f"report: {paths['report']}")
     print(f"results: {out / (args.name + '.json')}")
     return 0
+
+
+def _training_options(args) -> dict:
+    """``--tune`` / ``--loss`` as keyword arguments of the experiment's run function.
+
+    ``ValueError`` when the experiment's run function takes no ``tune`` / ``loss``.
+    """
+    extra = {}
+    if args.tune:
+        extra["tune"] = True
+        if args.quick:
+            extra["quick"] = True
+    if args.loss is not None:
+        extra["loss"] = args.loss
+    if extra:
+        import inspect
+
+        params = inspect.signature(_registry()[args.name].run).parameters
+        missing = [k for k in extra if k not in params]
+        if missing:
+            raise ValueError(f"--{missing[0]} does not apply to {args.name} (only to "
+                             "experiments that train per dimension: dims, dims-grid)")
+    return extra
 
 
 def _bench(args) -> int:

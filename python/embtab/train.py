@@ -202,7 +202,7 @@ def build_model(data: Interactions, config: TrainConfig) -> MFModel:
 def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool = False,
         desc: str | None = None, num_threads: int | None = 1,
         on_epoch: Callable[[int, MFModel], None] | None = None) -> MFModel:
-    """Train a dot-product MF model (BPR or the softmax likelihood) on the interactions of ``train``.
+    """Train a dot-product MF model (BPR or the softmax likelihood) on the pairs of ``train``.
 
     Parameters
     ----------

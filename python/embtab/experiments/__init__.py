@@ -8,13 +8,17 @@ experiments and shows how to add one.
 =======================  ===========================================================
 module                   what
 =======================  ===========================================================
-``dims``                 E1: embedding dimension sweep, collisionless tables
+``dims``                 E1: embedding dimension sweep, collisionless tables, against the truth
+``dims_grid``            E1 over the truth's rank and the Zipf exponent (generator v2)
 ``collisions``           E2: hashed item tables at m/n ∈ {1/16, 1/4, 1/2, 1} vs cuckoo
 ``calibration``          E3: calibrated reranking over λ and C (also E5's calibrated arm)
 ``rerank_speed``         E4: the reranker's speed (a benchmark: the tools layer registers it)
 ``feedback``             E5: the feedback loop (recommend, accept, retrain), by arm
 ``session``              the data set, splits, model cache and baseline rows experiments share
 ``results``              results JSON (docs/results-schema.md) and the mean ± sd summary
+``intervals``            mean, sd and 95% intervals over seeds; sentences that need them
+``truth``                the oracle, relevance and user groups of a split (truth metrics)
+``tuning``               lr, L2 and epochs picked on a validation split
 ``plots``, ``report``    what every plot and report section shares
 ``runner``               :func:`run_experiments`, :func:`run_demo`, :func:`plot_results`
 =======================  ===========================================================
@@ -41,7 +45,7 @@ Example::
     >>> res = run_dims("synthetic:n_users=60,n_items=80,interactions_per_user=8", seeds=1,
     ...                dims=(2, 4), train_overrides={"epochs": 1}, progress=False)
     >>> res["experiment"], sorted({r["model"] for r in res["rows"]})
-    ('dims', ['mf', 'most_popular', 'random'])
+    ('dims', ['mf', 'most_popular', 'oracle', 'random'])
 """
 
 from embtab._research import ALPHA, K
@@ -49,6 +53,7 @@ from embtab.experiments.registry import REGISTRY, Experiment, register
 
 # the experiments register themselves in label order: one import line per experiment
 from embtab.experiments import dims  # noqa: I001  (E1)
+from embtab.experiments import dims_grid  # (E1 over rank x Zipf, generator v2)
 from embtab.experiments import collisions  # (E2)
 from embtab.experiments import calibration  # (E3)
 from embtab.experiments import rerank_speed  # (E4: registered by the tools layer)

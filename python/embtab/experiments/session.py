@@ -87,13 +87,15 @@ def evaluate_lists(top: np.ndarray, train: Interactions, test: Interactions, cat
     return metrics.evaluate(top, train, test, train.item_genres if cats is None else cats, k=K)
 
 
-def baseline_rows(s: Session, seed: int, cats=None) -> list:
-    """The most-popular and random rows of ``seed``."""
+def baseline_rows(s: Session, seed: int, cats=None, extra=None) -> list:
+    """The most-popular and random rows of ``seed``; ``extra(top)``, when given, adds keys to
+    each row from its lists (e.g. :meth:`embtab.experiments.truth.TruthReference.metrics`)."""
     train, test = s.split(seed)
     rows = []
     for name, top in (("most_popular", most_popular(train, K)),
                       ("random", random_topk(train, K, seed=seed))):
-        rows.append({"model": name, "seed": seed, **evaluate_lists(top, train, test, cats)})
+        rows.append({"model": name, "seed": seed, **evaluate_lists(top, train, test, cats),
+                     **(extra(top) if extra is not None else {})})
     return rows
 
 

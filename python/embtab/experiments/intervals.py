@@ -1,0 +1,167 @@
+"""Uncertainty over seeds: mean, sd and a Student-t 95% interval per metric, and sentences that
+state a direction only when the interval excludes zero (docs/experiments.md, "Intervals and
+sentences").
+
+A results object's ``rows`` hold one row per (configuration, seed). :func:`summary_with_intervals`
+groups them by configuration and returns, per numeric metric, ``{"mean", "sd", "ci95_low",
+"ci95_high", "n"}``. The interval is mean ± t_{0.975, n−1} · sd / √n (Student t; no interval
+for n < 2). A per-seed difference (``excess_arp@10`` is a row's arp@10 minus the oracle's on
+the same split) gets a paired interval this way.
+
+:func:`direction_sentence` turns one such entry into a sentence: it names a direction only
+when the interval lies entirely above or below zero, and otherwise says there is no clear
+direction.
+
+Example::
+
+    >>> rows = [{"model": "mf", "dim": 2, "seed": s, "x": v} for s, v in enumerate([1., 2., 3.])]
+    >>> s = summary_with_intervals(rows, keys=("model", "dim"))[0]
+    >>> s["model"], s["dim"], s["n"], s["x"]["mean"], round(s["x"]["ci95_high"], 3)
+    ('mf', 2, 3, 2.0, 4.484)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["direction_sentence", "interval", "student_t_975", "summary_with_intervals"]
+
+# t_{0.975, df} for df = 1..30 (the 97.5% quantile of Student's t)
+_T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
+         2.364624252, 2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830,
+         2.160368656, 2.144786688, 2.131449546, 2.119905299, 2.109815578, 2.100922040,
+         2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
+         2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456)
+_Z975 = 1.959963984540054
+
+
+def student_t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (df >= 1).
+
+    Exact to 9 digits for df <= 30 (table); above, the Cornish-Fisher expansion in 1/df
+    (error below 1e-6).
+
+    Example::
+
+        >>> round(student_t_975(4), 4)
+        2.7764
+    """
+    if isinstance(df, bool) or int(df) != df or df < 1:
+        raise ValueError(f"df must be an integer >= 1; got {df!r}")
+    df = int(df)
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def interval(values) -> dict:
+    """``{"mean", "sd", "ci95_low", "ci95_high", "n"}`` of the finite entries of ``values``.
+
+    sd has ddof = 1; the interval is mean ± t_{0.975, n−1} · sd / √n. With n = 1 the sd and the
+    interval are NaN; with n = 0 everything is NaN.
+
+    Example::
+
+        >>> r = interval([1.0, 2.0, None, float("nan"), 3.0])
+        >>> r["n"], r["mean"], r["sd"], round(r["ci95_low"], 4)
+        (3, 2.0, 1.0, -0.4841)
+    """
+    a = np.array([np.nan if v is None else v for v in values], dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    n = int(a.size)
+    nan = float("nan")
+    if n == 0:
+        return {"mean": nan, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 0}
+    mean = float(a.mean())
+    if n == 1:
+        return {"mean": mean, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 1}
+    sd = float(a.std(ddof=1))
+    half = student_t_975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+
+
+def summary_with_intervals(rows: Sequence[dict], keys: Sequence[str],
+                           skip: Sequence[str] = ("seed",)) -> list:
+    """Per configuration, an :func:`interval` of every numeric (scalar) metric over its rows.
+
+    Rows with equal values of ``keys`` (missing keys count as ``None``) form one configuration;
+    configurations keep the order in which they first appear. Each output dict holds the
+    configuration's ``keys`` (those present), ``n`` (rows) and, for each metric ``m`` that is a
+    number (or ``None``) in the rows, ``m: {"mean", "sd", "ci95_low", "ci95_high", "n"}``.
+    Lists and strings are not summarised; ``skip`` names other keys to leave out.
+    """
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry = {k: v for k, v in zip(keys, key) if v is not None}
+        entry["n"] = len(members)
+        names: list = []
+        for r in members:
+            for m, v in r.items():
+                if m in keys or m in skip or m in names or isinstance(v, bool):
+                    continue
+                if v is None or isinstance(v, (int, float, np.integer, np.floating)):
+                    names.append(m)
+        for m in names:
+            entry[m] = interval([r.get(m) for r in members])
+        out.append(entry)
+    return out
+
+
+def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *,
+                       metric: str = "", digits: int = 4) -> str:
+    """A sentence on the sign of a quantity, or "no clear direction" when its interval holds 0.
+
+    Parameters
+    ----------
+    stat : dict
+        An :func:`interval` entry (``mean``, ``ci95_low``, ``ci95_high``, ``n``).
+    subject : str
+        What the quantity belongs to, starting the sentence ("At d = 2, the lists").
+    positive, negative : str
+        The predicate when the interval lies above / below 0 ("are more popular than the
+        oracle's").
+    metric : str
+        Name of the quantity, quoted with its numbers.
+
+    Returns
+    -------
+    str
+        ``"{subject} {positive|negative} ({metric} = mean, 95% CI [low, high], n seeds)."``,
+        or ``"{subject}: no clear direction ({metric} = mean, 95% CI [low, high] includes 0,
+        n seeds)."`` (with "no interval" when n < 2).
+
+    Example::
+
+        >>> s = {"mean": 0.02, "ci95_low": 0.01, "ci95_high": 0.03, "n": 5}
+        >>> direction_sentence(s, "The lists", "are up", "are down", metric="m")
+        'The lists are up (m = 0.0200, 95% CI [0.0100, 0.0300], 5 seeds).'
+        >>> direction_sentence({**s, "ci95_low": -0.01}, "The lists", "are up", "are down")
+        'The lists: no clear direction (0.0200, 95% CI [-0.0100, 0.0300] includes 0, 5 seeds).'
+    """
+    mean, lo, hi, n = stat.get("mean"), stat.get("ci95_low"), stat.get("ci95_high"), \
+        stat.get("n", 0)
+    name = f"{metric} = " if metric else ""
+    f = f"{{:.{digits}f}}".format
+    if mean is None or not math.isfinite(mean):
+        return f"{subject}: no clear direction ({metric or 'value'} undefined)."
+    ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    if not ok:
+        return (f"{subject}: no clear direction ({name}{f(mean)}, no interval from {n} "
+                f"seed{'s' if n != 1 else ''}).")
+    ci = f"95% CI [{f(lo)}, {f(hi)}]"
+    if lo > 0:
+        return f"{subject} {positive} ({name}{f(mean)}, {ci}, {n} seeds)."
+    if hi < 0:
+        return f"{subject} {negative} ({name}{f(mean)}, {ci}, {n} seeds)."
+    return f"{subject}: no clear direction ({name}{f(mean)}, {ci} includes 0, {n} seeds)."

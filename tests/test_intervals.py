@@ -1,0 +1,65 @@
+"""Intervals over seeds and the sentences generated from them."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from embtab.experiments.intervals import (
+    direction_sentence,
+    interval,
+    student_t_975,
+    summary_with_intervals,
+)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4, 9, 29, 30, 31, 45, 100, 1000])
+def test_student_t_matches_scipy(df):
+    assert student_t_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-6)
+
+
+def test_student_t_rejects_bad_df():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="df"):
+            student_t_975(bad)
+
+
+def test_interval_hand_worked_and_against_scipy():
+    # values 1, 2, 3: mean 2, sd 1, half-width t(2) * 1 / sqrt(3) = 4.302653 / 1.732051
+    r = interval([1.0, 2.0, 3.0])
+    assert (r["n"], r["mean"], r["sd"]) == (3, 2.0, 1.0)
+    assert r["ci95_high"] == pytest.approx(2 + 4.302652730 / math.sqrt(3))
+    x = np.random.default_rng(0).normal(size=7)
+    lo, hi = stats.t.interval(0.95, 6, loc=x.mean(), scale=stats.sem(x))
+    r = interval(x)
+    assert (r["ci95_low"], r["ci95_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    one = interval([5.0, None, float("nan")])
+    assert one["n"] == 1 and one["mean"] == 5.0 and math.isnan(one["ci95_low"])
+    assert interval([])["n"] == 0
+
+
+def test_summary_groups_rows_and_skips_non_numbers():
+    rows = [{"model": "mf", "dim": 2, "seed": s, "x": float(s), "tag": "a", "l": [1, 2]}
+            for s in range(3)]
+    rows += [{"model": "oracle", "seed": s, "x": 1.0} for s in range(2)]
+    out = summary_with_intervals(rows, keys=("model", "dim"))
+    assert [(e["model"], e.get("dim"), e["n"]) for e in out] == [("mf", 2, 3), ("oracle", None, 2)]
+    assert set(out[0]) == {"model", "dim", "n", "x"}
+    assert out[0]["x"]["mean"] == 1.0 and out[1]["x"]["sd"] == 0.0
+
+
+def test_direction_sentence_states_a_direction_only_outside_zero():
+    up = {"mean": 0.02, "ci95_low": 0.005, "ci95_high": 0.035, "n": 5}
+    down = {"mean": -0.02, "ci95_low": -0.035, "ci95_high": -0.005, "n": 5}
+    across = {"mean": 0.02, "ci95_low": -0.001, "ci95_high": 0.041, "n": 5}
+    args = ("The lists", "are more popular", "are less popular")
+    assert direction_sentence(up, *args, metric="m").startswith("The lists are more popular (m")
+    assert direction_sentence(down, *args, metric="m").startswith("The lists are less popular")
+    s = direction_sentence(across, *args, metric="m")
+    assert "no clear direction" in s and "more popular" not in s and "includes 0" in s
+    single = {"mean": 0.02, "ci95_low": float("nan"), "ci95_high": float("nan"), "n": 1}
+    assert "no clear direction" in direction_sentence(single, *args)
+    # generated from real intervals: three clearly positive values, then three around 0
+    assert "more popular" in direction_sentence(interval([0.1, 0.11, 0.12]), *args)
+    assert "no clear direction" in direction_sentence(interval([0.1, -0.1, 0.02]), *args)
