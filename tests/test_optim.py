@@ -604,3 +604,27 @@ def test_backward_of_a_lookup_from_before_a_growth_raises_without_a_wrong_update
     # a's lookup stepped nothing: ID 1's row is as it was (b's lookup, built after the growth,
     # may have stepped rows 1 and 2 before a's raised)
     assert torch.equal(emb.weight.detach()[0], w[0])
+
+
+def test_bench_format_reports_every_target():
+    from embtab.benchmarks import optim as bench
+
+    sec = {
+        "sgd": {"nn.EmbeddingBag(sparse) + torch": 0.02, "embtab fused": 0.01, "FBGEMM TBE fused": 0.02},
+        "adagrad": {"embtab fused": 0.02, "FBGEMM TBE fused": 0.02},
+        "rowwise_adagrad": {"embtab fused": 0.01, "FBGEMM TBE fused": 0.02},
+        "adam": {"nn.EmbeddingBag(sparse) + torch": 0.1, "embtab fused": 0.02},
+    }
+    r = {
+        "machine": {"cpu": "X", "cores": 2, "isa": "AVX2"}, "threads": 1, "fbgemm": "1.8.0",
+        "fbgemm_skipped": None, "num_embeddings": 10, "embedding_dim": 64, "batch": 16,
+        "zipf_s": 1.1, "distinct_ids_per_batch": 5.0, "bag_size": 8, "repeats": 1, "n_batches": 1,
+        "seconds_per_step": sec,
+        "state_bytes_per_row": {"sgd": 0, "adagrad": 256, "rowwise_adagrad": 4, "adam": 512},
+        "threads_step": {"1": 0.02, "2": 0.01}, "threads_kernel": {"1": 0.002, "2": 0.0015},
+    }
+    text = bench.format_markdown(r)
+    assert "sgd: fused / FBGEMM = 0.50x (target <= 0.8x: met)" in text
+    assert "adagrad: fused / FBGEMM = 1.00x (target <= 0.8x: missed)" in text
+    assert "adam: fused / nn.EmbeddingBag + SparseAdam = 0.20x (target <= 0.5x: met)" in text
+    assert "2.00x (target >= 1.6x: met)" in text and "| rowwise_adagrad | embtab fused | 10.0 | 4 |" in text
