@@ -8,7 +8,7 @@ from embtab.benchmarks._harness import isa_level, machine, machine_line, time_ca
 
 
 def test_registry_names_every_benchmark_module():
-    assert sorted(REGISTRY) == ["distributed", "module", "rerank", "table"]
+    assert {"table", "module", "rerank", "distributed"} <= set(REGISTRY)
     for name, b in REGISTRY.items():
         assert isinstance(b, Benchmark) and b.name == name
         mod = b.load()
