@@ -303,3 +303,14 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"embtab\[experiments\]"):
         ex.run_experiments(["dims"], tmp_path / "out", dataset=TINY, seeds=1, progress=False)
     assert not (tmp_path / "out").exists()                    # nothing ran
+
+
+def test_save_results_replaces_the_file_and_a_refused_save_keeps_it(tmp_path):
+    path = ex.save_results({"experiment": "dims", "rows": [1]}, tmp_path / "r.json")
+    before = path.read_text()
+    with pytest.raises(TypeError):                      # not JSON-serialisable: refused first
+        ex.save_results({"experiment": "dims", "rows": [object()]}, path)
+    assert path.read_text() == before
+    ex.save_results({"experiment": "dims", "rows": [2]}, path)
+    assert ex.load_results(path)["rows"] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]      # no temporary left

@@ -60,10 +60,10 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def collect_modules(root: Path) -> dict:
-    """``{module name: path}`` of every .py file under ``root`` (plus compiled ``_core``)."""
+    """``{module name: path}`` of every .py file under ``root``, plus the compiled ``_core``
+    (a module whether or not it is built in this tree)."""
     mods = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
-    if any(root.glob("_core*.so")) or any(root.glob("_core*.pyd")):
-        mods[f"{root.name}._core"] = None
+    mods[f"{root.name}._core"] = None
     return mods
 
 
@@ -170,6 +170,24 @@ def find_cycles(edges: dict) -> list:
     return out
 
 
+def cycle_path(edges: dict, comp: list) -> list:
+    """A shortest import cycle through the first module of a strongly connected component."""
+    start, members = comp[0], set(comp)
+    prev, queue = {start: None}, [start]
+    for v in queue:
+        for w in sorted(edges.get(v, ())):
+            if w == start:
+                path = [v]
+                while prev[path[-1]] is not None:
+                    path.append(prev[path[-1]])
+                return [start] + path[::-1][1:] + [start] if len(path) > 1 or v != start \
+                    else [start, start]
+            if w in members and w not in prev:
+                prev[w] = v
+                queue.append(w)
+    return comp
+
+
 def layer_of(module: str) -> int | None:
     parts = module.split(".")
     key = parts[1] if len(parts) > 1 else ""
@@ -207,7 +225,9 @@ def test_every_module_has_a_layer(graph):
 def test_no_import_cycle(graph):
     edges, _ = graph
     cycles = find_cycles(edges)
-    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, "import cycles:\n" + "\n".join(
+        " -> ".join(cycle_path(edges, c)) + f"   (modules on cycles: {', '.join(c)})"
+        for c in cycles)
 
 
 def test_imports_only_go_down_the_layers(graph):
@@ -244,6 +264,8 @@ def test_checker_finds_a_cycle_through_a_function_level_import(tmp_path):
     })
     edges, _ = build_graph(root)
     assert find_cycles(edges) == [["embtab.metrics", "embtab.train"]]
+    assert cycle_path(edges, ["embtab.metrics", "embtab.train"]) == [
+        "embtab.metrics", "embtab.train", "embtab.metrics"]
 
 
 def test_checker_finds_a_cycle_through_a_package_init(tmp_path):

@@ -146,11 +146,12 @@ def minority_share(top: np.ndarray, train: Interactions,
     """
     w = train.genre_weights() if item_dist is None else item_dist
     p = user_mix(train, w)
-    q = w[top].sum(axis=1)
+    U, k = top.shape
+    q = category_mix((np.repeat(np.arange(U), k), top.ravel()), w, U)
     ok = (p.sum(1) > 0) & (q.sum(1) > 0)
     if not ok.any():
         return float("nan"), float("nan")
-    p, q = p[ok], q[ok] / q[ok].sum(1, keepdims=True)
+    p, q = p[ok], q[ok]
     main = p.argmax(1)
     rows = np.arange(main.size)
     return float((1 - q[rows, main]).mean()), float((1 - p[rows, main]).mean())

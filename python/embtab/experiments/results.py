@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embtab import _core
+
 __all__ = ["KEYS", "find", "group_key", "jsonable", "load_results", "mean_sd", "save_results",
            "summarize"]
 
@@ -31,10 +33,15 @@ def jsonable(x):
 
 
 def save_results(results, path) -> Path:
-    """Write a results dict (or a list of them) as JSON; NaN/inf become ``null``."""
+    """Write a results dict (or a list of them) as JSON; NaN/inf become ``null``.
+
+    The file is replaced atomically (``embtab._core.atomic_write``): a failed save leaves the
+    old file as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n"
+    _core.atomic_write(str(path), text.encode("utf-8"))
     return path
 
 
