@@ -17,8 +17,8 @@ U64 = 1 << 64
 # ID tensors //////////////////////////////////////////////////////////////////////////////////
 
 
-def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
-    """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape).
+def id_tensor(input: object, name: str = "input") -> Tensor:
+    """Validate an ID tensor; return it as int64 on its device (traceable: no NumPy).
 
     Integer dtypes are widened (uint64 is read bitwise); float, complex and bool tensors and
     non-tensors raise ``TypeError`` naming ``name``, its dtype and shape.
@@ -32,12 +32,20 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
             f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
         )
     t = input.detach()
+    if dt == torch.uint64:
+        return t.view(torch.int64)
+    return t if dt == torch.int64 else t.to(torch.int64)
+
+
+def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
+    """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape).
+
+    Integer dtypes are widened (uint64 is read bitwise); float, complex and bool tensors and
+    non-tensors raise ``TypeError`` naming ``name``, its dtype and shape.
+    """
+    t = id_tensor(input, name)
     if t.device.type != "cpu":
         t = t.cpu()
-    if dt == torch.uint64:
-        t = t.view(torch.int64)
-    elif dt != torch.int64:
-        t = t.to(torch.int64)
     flat = t.reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
@@ -70,8 +78,13 @@ def check_bag_args(
     mode: str,
     include_last_offset: bool,
     weight: Tensor,
+    check_values: bool = True,
 ) -> Optional[Tensor]:
-    """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None."""
+    """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None.
+
+    ``check_values=False`` checks types and shapes only (no read of the offsets' values), so
+    it traces under ``torch.compile``/``torch.export`` without a graph break.
+    """
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError(
@@ -95,26 +108,27 @@ def check_bag_args(
             raise ValueError(
                 f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
             )
-        o = off.numpy()
-        if o[0] != 0:
-            raise ValueError(
-                f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
-            )
-        if np.any(np.diff(o) < 0):
-            bad = int(np.flatnonzero(np.diff(o) < 0)[0])
-            raise ValueError(
-                f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
-                f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
-            )
-        if o[-1] > n:
-            raise ValueError(
-                f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
-            )
-        if include_last_offset and o[-1] != n:
-            raise ValueError(
-                f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
-                f"in input ({n}), got {int(o[-1])}"
-            )
+        if check_values:
+            o = off.numpy()
+            if o[0] != 0:
+                raise ValueError(
+                    f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
+                )
+            if np.any(np.diff(o) < 0):
+                bad = int(np.flatnonzero(np.diff(o) < 0)[0])
+                raise ValueError(
+                    f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
+                    f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
+                )
+            if o[-1] > n:
+                raise ValueError(
+                    f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
+                )
+            if include_last_offset and o[-1] != n:
+                raise ValueError(
+                    f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
+                    f"in input ({n}), got {int(o[-1])}"
+                )
     else:
         raise ValueError(
             f"input must be 1-D (with offsets) or 2-D (fixed-length bags), "

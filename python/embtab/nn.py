@@ -17,6 +17,12 @@ Conventions shared by all four modules
   not of batch order or of the row it lands in.
 * The ID -> row remap runs on CPU in C++ with the GIL released, on NumPy views of the ID
   tensor; ``weight`` may live on another device.
+* In ``eval()`` mode every module traces with no graph break (``torch.compile(...,
+  fullgraph=True)``, ``torch.export``): the hashed modules through the custom operator
+  ``embtab::hashed_rows``, the cuckoo modules through a frozen snapshot of their ID map
+  (sorted ID and row buffers, looked up with ``torch.searchsorted``) that ``.eval()`` brings up
+  to date. In training mode the cuckoo modules' forward inserts IDs into the native table and
+  breaks the graph. See docs/site/guide/modules.md, "Compile and export".
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
-from embtab import _core
+from embtab import _core, _ops
 from embtab._checks import check_int, check_real, check_threads, raw_id
 from embtab._modules import (
     ROW_STATE,
     row_state,
     U64 as _U64,
     as_id_array as _as_id_array,
+    id_tensor as _id_tensor,
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
@@ -361,6 +368,7 @@ class _CuckooBase(nn.Module):
         self._pending_grown = False  # whether weight grew since the last optimizer step
         self._graph_rows: dict = {}  # rows read by graphs not yet backpropagated (eviction)
         self._table = self._new_table()
+        self._refresh_snapshot()
         _attach_optimizer(self, optimizer)
         _MODULES.add(self)
 
@@ -383,6 +391,45 @@ class _CuckooBase(nn.Module):
         out = super()._apply(fn, recurse)
         self._buffers.update(keep)
         return out
+
+    # frozen map for torch.compile / torch.export (see _ops.sorted_rows) ----------------------
+    #
+    # Non-persistent buffers ``_snap_keys`` (live IDs, sorted) and ``_snap_rows`` (their rows)
+    # mirror row_ids/row_live. Every change of the map calls _table_changed: in eval mode the
+    # snapshot is rebuilt at once, in training mode it is marked stale and rebuilt by
+    # ``train(False)``, so a traced eval-mode forward always reads a current map.
+
+    def _refresh_snapshot(self) -> None:
+        keys, rows = _ops.snapshot(self.row_ids, self.row_live, self.num_embeddings)
+        self.register_buffer("_snap_keys", keys, persistent=False)
+        self.register_buffer("_snap_rows", rows, persistent=False)
+        self._snap_dirty = False
+
+    def _table_changed(self) -> None:
+        self._snap_dirty = True
+        if not self.training:
+            self._refresh_snapshot()
+
+    def train(self, mode: bool = True):
+        out = super().train(mode)
+        if not mode and self._snap_dirty:
+            self._refresh_snapshot()
+        return out
+
+    def _traceable(self) -> bool:
+        """Whether the forward has a traceable form: eval mode (training inserts IDs)."""
+        return not self.training
+
+    def _traced_rows(self, ids: Tensor) -> tuple[Tensor, Optional[int]]:
+        """Rows of int64 ``ids`` in the frozen map (unknown IDs and padding_id: the zero row)
+        and the padding_idx to pass torch; torch ops only (eval mode, under tracing)."""
+        if self._snap_dirty:
+            raise RuntimeError(
+                f"{type(self).__name__}: the ID map changed while training=False was set "
+                f"directly; call .eval() so the traced forward reads the current map"
+            )
+        R = self.num_embeddings
+        return _ops.sorted_rows(ids, self._snap_keys, self._snap_rows, R), R
 
     # introspection ----------------------------------------------------------------------------
 
@@ -515,6 +562,7 @@ class _CuckooBase(nn.Module):
             self.optimizer.reset_rows(self, rows)
         self._pending_rows.append(rows)
         _PENDING.add(self)
+        self._table_changed()
         return rows
 
     def _pick_victims(self, new: int, free: int, batch_rows: np.ndarray) -> np.ndarray:
@@ -569,6 +617,7 @@ class _CuckooBase(nn.Module):
         if self.optimizer is not None:
             self.optimizer.resize_state(self, new_R)
         self.num_embeddings = new_R
+        self._table_changed()
 
     def _grow(self, new_R: int):
         self._resize_rows(new_R)
@@ -643,6 +692,7 @@ class _CuckooBase(nn.Module):
         self._pending_rows.clear()
         self._pending_reused = self._pending_grown = False
         self._graph_rows.clear()
+        self._table_changed()
 
     def _validated_table(self, sd: dict, prefix: str, own: list, strict: bool):
         """The CuckooTable of state dict ``sd``, after checking every entry of this module
@@ -732,6 +782,8 @@ class _CuckooBase(nn.Module):
         state.setdefault("_pending_grown", False)
         state.setdefault("_graph_rows", {})
         super().__setstate__(state)
+        if "_snap_keys" not in self._buffers:
+            self._refresh_snapshot()
         _MODULES.add(self)
         if self._pending_rows or self.num_growths.item() > 0:
             _PENDING.add(self)
@@ -840,6 +892,12 @@ class _Unpin:
 class _Embedding:
     def forward(self, input: Tensor) -> Tensor:
         """Vectors of raw IDs ``input`` (any shape): ``(*input.shape, embedding_dim)``."""
+        if self._traceable() and _ops.is_compiling():
+            idx, padding_idx = self._traced_rows(_id_tensor(input, "input"))
+            return F.embedding(
+                idx.to(self.weight.device), self.weight, padding_idx, self.max_norm,
+                self.norm_type, self.scale_grad_by_freq, self.sparse,
+            )
         ids, shape = _as_id_array(input, "input")
         rows, padding_idx = self._rows_for(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
@@ -902,15 +960,26 @@ class _Bag:
         """One reduced vector per bag: ``(B, embedding_dim)`` (see the class's Shape section).
 
         Every argument is checked before any ID is remapped, so a bad call changes nothing.
+        Traced in eval mode (``torch.compile``/``torch.export``), the offsets' values are not
+        checked (reading them would break the graph).
         """
-        ids, shape = _as_id_array(input, "input")
+        traced = self._traceable() and _ops.is_compiling()
+        if traced:
+            ids_t = _id_tensor(input, "input")
+        else:
+            ids, shape = _as_id_array(input, "input")
         off = _check_bag_args(
-            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight,
+            check_values=not traced,
         )
-        rows, padding_idx = self._rows_for(ids)
         dev = self.weight.device
-        idx = torch.from_numpy(rows).reshape(shape).to(dev)
-        if self.optimizer is not None:
+        if traced:
+            idx, padding_idx = self._traced_rows(ids_t)
+            idx, rows = idx.to(dev), None
+        else:
+            rows, padding_idx = self._rows_for(ids)
+            idx = torch.from_numpy(rows).reshape(shape).to(dev)
+        if self.optimizer is not None and rows is not None:
             out = self.optimizer.lookup(self, idx, off, per_sample_weights, padding_idx, bag=True)
             return self._track(out, rows)
         out = F.embedding_bag(
@@ -926,7 +995,7 @@ class _Bag:
             self.include_last_offset,
             padding_idx,
         )
-        return self._track(out, rows)
+        return out if rows is None else self._track(out, rows)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
@@ -1127,6 +1196,20 @@ class _HashedBase(nn.Module):
 
     def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
         return out
+
+    def _traceable(self) -> bool:
+        """Whether the forward has a traceable form: always, except a fused optimizer's
+        training forward (its update runs in an eager backward hook)."""
+        return not self.training or self.optimizer is None
+
+    def _traced_rows(self, ids: Tensor) -> tuple[Tensor, Optional[int]]:
+        """Rows of int64 ``ids`` through the ``embtab::hashed_rows`` operator (padding_id: the
+        zero row) and the padding_idx to pass torch; under tracing."""
+        m = self.num_embeddings
+        rows = _ops.hashed_rows(ids, m, _ops.signed_seed(self.seed), self.num_threads)
+        if self._padding_i64 is None:
+            return rows, None
+        return torch.where(ids == self._padding_i64, m, rows), m
 
     def _rows_for(self, flat: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
         """Rows and the padding_idx to pass torch (None when no entry reads the zero row)."""
