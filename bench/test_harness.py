@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from embtab.benchmarks import REGISTRY, Benchmark
-from embtab.benchmarks._harness import isa_level, machine, machine_line, time_calls, zipf_ranks, zipf_stream
+from embtab.benchmarks._harness import (
+    interleaved, isa_level, machine, machine_line, time_calls, zipf_ranks, zipf_stream)
 
 
 def test_registry_names_every_benchmark_module():
@@ -68,3 +69,20 @@ def test_machine_line_names_cpu_isa_and_versions():
     for key in ("cpu", "isa", "numpy", "python", "embtab"):
         assert str(m[key]) in line, key
     assert machine_line({"cpu": "c", "cores": 2}).startswith("c, 2 cores; ISA level ?")
+
+
+def test_interleaved_rotates_the_order_and_checks_each_pass():
+    calls = []
+    impls = {"a": lambda b: calls.append(("a", b)) or 1.0, "b": lambda b: calls.append(("b", b)) or 2.0}
+    out = interleaved(impls, 2, 2, warmup=True, check=lambda losses: None)
+    assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
+    # warm-up a, b; repeat 0: a then b; repeat 1: b then a
+    assert [name for name, b in calls if b == 0] == ["a", "b", "a", "b", "b", "a"]
+    assert len(calls) == 2 * 2 * 3
+
+    def finite(losses):
+        if not all(x == 1.0 for x in losses):
+            raise AssertionError("bad loss")
+
+    with pytest.raises(AssertionError, match="bad loss"):
+        interleaved({"x": lambda b: float("nan")}, 1, 1, check=finite)

@@ -15,11 +15,11 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["Timing", "machine", "machine_line", "time_calls", "zipf_ranks", "zipf_stream"]
+__all__ = ["Timing", "interleaved", "machine", "machine_line", "time_calls", "zipf_ranks", "zipf_stream"]
 
 # the x86 feature flags that decide which of embtab's code paths run (docs: README, "Binary wheels")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw")
@@ -191,6 +191,47 @@ def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 0,
         if check is not None:
             check(out)
     return Timing(float(np.median(times)), times, out if keep_output else None)
+
+
+def interleaved(impls: Dict[str, Callable[[int], Any]], n_batches: int, repeats: int, *,
+                warmup: bool = False, check: Optional[Callable[[List[Any]], None]] = None
+                ) -> Dict[str, float]:
+    """Median seconds per step of each implementation, their timed passes interleaved.
+
+    Each pass calls one implementation on batches ``0 .. n_batches - 1`` and is timed with
+    :func:`time_calls`; the order of the implementations rotates from one repeat to the next, so
+    that a slow spell on a shared machine falls on all of them alike.
+
+    Parameters
+    ----------
+    impls : dict of str to callable
+        Name -> ``step(batch_index)``.
+    n_batches : int
+        Steps per pass.
+    repeats : int
+        Timed passes per implementation (the median is reported).
+    warmup : bool
+        One untimed pass of each implementation first.
+    check : callable, optional
+        Called with the list of one pass's step outputs; raises if they are wrong.
+
+    Returns
+    -------
+    dict of str to float
+        Name -> median seconds per step.
+    """
+    names = list(impls)
+    if warmup:
+        for k in names:
+            for b in range(n_batches):
+                impls[k](b)
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            step = impls[k]
+            t = time_calls(lambda step=step: [step(b) for b in range(n_batches)], 1, check=check)
+            times[k].append(t.median / n_batches)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def zipf_ranks(n: int, size: int, s: float, rng: np.random.Generator) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embtab.benchmarks._harness import machine, machine_line, time_calls, zipf_ranks
+from embtab.benchmarks._harness import interleaved, machine, machine_line, time_calls, zipf_ranks
 
 __all__ = ["run", "format_markdown"]
 
@@ -45,29 +45,22 @@ def _sgd_step(module: nn.Module, opt: torch.optim.Optimizer, *args) -> float:
     return loss.item()
 
 
+def _finite(losses: List[float]) -> None:
+    for b, loss in enumerate(losses):
+        if not np.isfinite(loss):
+            raise AssertionError(f"benchmark step {b} gave a non-finite loss {loss}")
+
+
 def _pass(step: Callable[[int], float], n_batches: int) -> float:
     """Seconds per step of one timed pass over the batches; every step's loss must be finite."""
-    def all_batches() -> List[float]:
-        return [step(b) for b in range(n_batches)]
-
-    def check(losses: List[float]) -> None:
-        for b, loss in enumerate(losses):
-            if not np.isfinite(loss):
-                raise AssertionError(f"benchmark step {b} gave a non-finite loss {loss}")
-
-    return time_calls(all_batches, 1, check=check).median / n_batches
+    return time_calls(lambda: [step(b) for b in range(n_batches)], 1, check=_finite).median / n_batches
 
 
 def _interleaved(
     impls: Dict[str, Callable[[int], float]], n_batches: int, repeats: int
 ) -> Dict[str, float]:
     """Median seconds per step of each impl, passes interleaved (rotating order)."""
-    names = list(impls)
-    times: Dict[str, List[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            times[k].append(_pass(impls[k], n_batches))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return interleaved(impls, n_batches, repeats, check=_finite)
 
 
 def run(quick: bool = False, seed: int = 0, repeats: int = 5) -> dict:

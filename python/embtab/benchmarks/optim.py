@@ -35,7 +35,7 @@ from torch import nn
 
 import embtab.optim as eo
 from embtab import _core
-from embtab.benchmarks._harness import machine, machine_line, zipf_ranks
+from embtab.benchmarks._harness import interleaved, machine, machine_line, zipf_ranks
 from embtab.nn import CuckooEmbeddingBag
 
 __all__ = ["run", "format_markdown"]
@@ -112,23 +112,6 @@ def fbgemm_step(tbe, ids, offsets_csr):
     loss = tbe(ids, offsets_csr).sum()
     loss.backward()  # FBGEMM's fused update
     return _check(loss)
-
-
-def interleaved(impls: dict, n_batches: int, repeats: int) -> dict:
-    """Median seconds per step of each impl (one warm-up pass each first)."""
-    names = list(impls)
-    for k in names:
-        for b in range(n_batches):
-            impls[k](b)
-    times = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            gc.collect()
-            t0 = time.perf_counter()
-            for b in range(n_batches):
-                impls[k](b)
-            times[k].append((time.perf_counter() - t0) / n_batches)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def run(quick: bool = False, seed: int = 0, repeats: int = 5, threads: int = 0) -> dict:
@@ -228,7 +211,7 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
             tbe = fbgemm_tbe(fb, n, dim, name, eps)
             keep.append(tbe)
             impls["FBGEMM TBE fused"] = lambda b, t=tbe: fbgemm_step(t, dense[b], csr)
-        res["seconds_per_step"][name] = interleaved(impls, n_batches, repeats)
+        res["seconds_per_step"][name] = interleaved(impls, n_batches, repeats, warmup=True)
         res["state_bytes_per_row"][name] = opt.state_bytes_per_row(dim)
         del impls, keep
         gc.collect()
@@ -247,7 +230,7 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
 
     try:
         res["threads_step"] = interleaved(
-            {1: with_threads(1), 2: with_threads(2)}, n_batches, repeats
+            {1: with_threads(1), 2: with_threads(2)}, n_batches, repeats, warmup=True
         )
     finally:
         torch.set_num_threads(torch_threads)
