@@ -256,6 +256,20 @@ def test_item_distribution_equals_raw_matrix():
                           want.lists)
 
 
+def test_item_distribution_csr_is_the_matrix():
+    # Item i holds category[j] with weight weights[weight_class[j]] for j in indptr[i]:indptr[i+1].
+    rng = np.random.default_rng(13)
+    _, item_dist, _, _, _ = random_instance(rng, U=3)
+    indptr, category, weight_class, weights = rerank.ItemDistribution(item_dist).csr
+    rebuilt = np.zeros_like(item_dist)
+    for i in range(item_dist.shape[0]):
+        for j in range(indptr[i], indptr[i + 1]):
+            rebuilt[i, category[j]] = weights[weight_class[j]]
+    assert np.array_equal(rebuilt, item_dist)
+    with pytest.raises(ValueError):
+        indptr[0] = 1  # read-only: the core re-reads these arrays on every call
+
+
 def test_item_distribution_in_the_helpers():
     rng = np.random.default_rng(15)
     scores, item_dist, target, cand, k = random_instance(rng, U=6)

@@ -229,6 +229,15 @@ class ItemDistribution:
     def __repr__(self) -> str:
         return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
 
+    @property
+    def csr(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The packed, read-only form the C++ core reads: ``(indptr, category, weight_class,
+        weights)`` with ``indptr`` int64 [n_items + 1], ``category`` and ``weight_class`` int32
+        [nnz] and ``weights`` float64 [number of distinct weights]; item ``i`` holds category
+        ``category[j]`` with weight ``weights[weight_class[j]]`` for ``j`` in
+        ``indptr[i]:indptr[i + 1]``."""
+        return self._csr
+
     def toarray(self) -> npt.NDArray[np.float64]:
         """The distributions as a dense float64 array [n_items, G] (the stored weights, exactly)."""
         indptr, genre, wclass, weights = self._csr

@@ -225,7 +225,7 @@ def _time(fn, repeats, warmup=1):
 
 
 def _core_args(wl):
-    indptr, genre, wclass, weights = rr._item_csr(wl["item_dist"], wl["G"])
+    indptr, genre, wclass, weights = rr.ItemDistribution(wl["item_dist"]).csr
     return indptr, genre, wclass, weights
 
 
