@@ -256,7 +256,7 @@ def test_registry_drives_the_cli_the_report_and_the_demo():
     assert "feedback" in names
     assert ex.demo_names() == ["dims", "collisions", "calibration", "feedback"]
     reg = cli._registry()                         # the tools layer adds E4
-    assert [e.label for e in reg.values()] == ["E1", "E1", "E2", "E3", "E4", "E5"]
+    assert [e.label for e in reg.values()] == ["E1", "E1", "E2", "E3", "E4", "E5", "E6"]
     assert set(ex.EXPERIMENTS) == set(reg) and ex.EXPERIMENTS["dims"] is ex.run_dims
     with pytest.raises(ValueError, match="unknown experiment 'nope'; choose from dims"):
         ex.run_experiments(["nope"], "unused")
@@ -314,3 +314,100 @@ def test_save_results_replaces_the_file_and_a_refused_save_keeps_it(tmp_path):
     ex.save_results({"experiment": "dims", "rows": [2]}, path)
     assert ex.load_results(path)["rows"] == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]      # no temporary left
+
+
+# posthoc: popularity calibration of a low-d vs a high-d model at equal exposure ////////////
+
+POSTHOC_DATA = "synthetic:rank=4,n_users=120,n_items=160,interactions_per_user=12"
+
+
+@pytest.fixture(scope="module")
+def posthoc_session():
+    return ex.Session(POSTHOC_DATA, FAST, progress=False)
+
+
+@pytest.fixture(scope="module")
+def posthoc(posthoc_session):
+    from embtab.experiments.posthoc import run_posthoc
+
+    return run_posthoc(POSTHOC_DATA, seeds=2, low_dim=2, high_dim=16, lams=(0.0, 0.5, 0.99),
+                       candidates=50, progress=False, session=posthoc_session)
+
+
+def test_posthoc_schema(posthoc):
+    assert posthoc["experiment"] == "posthoc"
+    rows = [r for r in posthoc["rows"] if r["model"] == "mf+popcal"]
+    assert sorted({(r["seed"], r["dim"], r["lam"]) for r in rows}) == [
+        (s, d, lam) for s in (0, 1) for d in (2, 16) for lam in (0.0, 0.5, 0.99)]
+    for r in rows:
+        for m in ("recall@10", "ndcg@10", "arp@10", "excess_arp@10"):
+            assert math.isfinite(r[m])
+    assert {r["model"] for r in posthoc["rows"]} == {"oracle", "most_popular", "random",
+                                                    "mf+popcal"}
+    e = next(e for e in posthoc["summary"] if e.get("dim") == 2 and e.get("lam") == 0.5)
+    assert e["n"] == 2 and set(e["recall@10"]) == {"mean", "sd", "ci95_low", "ci95_high", "n"}
+    c = posthoc["contrasts"]
+    assert c["exposure"] == "excess_arp@10" and len(c["lam_matched"]) == 2
+    for k in ("gap_before", "gap_after", "equal_exposure:recall@10", "equal_exposure:ndcg@10",
+              "high_cost:recall@10", "high_cost:ndcg@10"):
+        assert c[k]["n"] == 2
+    # the matched lambda is the smallest one at or below the high-d model's exposure
+    by = {(r["seed"], r["dim"], r["lam"]): r for r in rows}
+    for seed, star in zip((0, 1), c["lam_matched"]):
+        target = by[(seed, 16, 0.0)]["excess_arp@10"]
+        below = [lam for lam in (0.0, 0.5, 0.99) if by[(seed, 2, lam)]["excess_arp@10"] <= target]
+        assert star == (below[0] if below else 0.99)
+
+
+def test_posthoc_lambda0_rows_are_the_plain_models_lists(posthoc_session, posthoc):
+    from embtab import rerank
+    from embtab.experiments.posthoc import popcal_lists
+
+    train, test = posthoc_session.split(1)
+    for d in (2, 16):
+        model = posthoc_session.model(posthoc_session.config(dim=d, table="cuckoo", seed=1), "")
+        bins = rerank.popularity_bins(train.item_counts())
+        lists = popcal_lists(model, train, bins, 50, [0.0, 0.99], chunk=37)
+        plain = recommend(model, train, 10)
+        np.testing.assert_array_equal(lists[0.0], plain)
+        row = next(r for r in posthoc["rows"] if r["model"] == "mf+popcal" and r["seed"] == 1
+                   and r["dim"] == d and r["lam"] == 0.0)
+        assert row["recall@10"] == ex.session.evaluate_lists(plain, train, test)["recall@10"]
+        assert not np.array_equal(lists[0.99], plain)
+
+
+def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(posthoc):
+    from embtab.experiments.posthoc import findings
+
+    res = copy.deepcopy(posthoc)
+    c = res["contrasts"]
+    for k in ("gap_before", "gap_after", "equal_exposure:recall@10", "equal_exposure:ndcg@10",
+              "high_cost:recall@10", "high_cost:ndcg@10"):
+        c[k] = {"mean": 0.01, "sd": 0.01, "ci95_low": -0.005, "ci95_high": 0.02, "n": 5}
+    text = " ".join(findings(res))
+    assert text.count("no clear direction") == 6
+    for claim in ("more accurate", "less accurate", "costs it", "raises its", "more popular",
+                  "less popular"):
+        assert claim not in text
+    c["equal_exposure:ndcg@10"] = {"mean": 0.01, "sd": 0.01, "ci95_low": 0.002,
+                                   "ci95_high": 0.02, "n": 5}
+    text = " ".join(findings(res))
+    assert text.count("no clear direction") == 5
+    assert "is more accurate than the calibrated d = 2 model" in text
+
+
+def test_posthoc_checks_its_arguments():
+    from embtab.experiments.posthoc import run_posthoc
+
+    with pytest.raises(ValueError, match="low_dim must be smaller"):
+        run_posthoc(POSTHOC_DATA, seeds=1, low_dim=16, high_dim=16, progress=False)
+    with pytest.raises(ValueError, match="lams must"):
+        run_posthoc(POSTHOC_DATA, seeds=1, lams=(0.5, 1.0), progress=False)
+
+
+def test_posthoc_report_and_plot(posthoc, tmp_path):
+    paths = ex.plot_results(posthoc, tmp_path)
+    assert [p.name for p in paths] == ["posthoc.png"] and paths[0].stat().st_size > 0
+    text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
+    assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
+    assert "posthoc.png" in text and "At that exposure the d = 16 model" in text

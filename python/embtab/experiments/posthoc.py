@@ -1,0 +1,266 @@
+"""``posthoc``: can popularity calibration patch a low-d model after the fact?
+
+A low-d and a high-d collisionless (cuckoo) model are trained as in E1 (``dims``). Each model's
+top-C candidates are reranked by :func:`embtab.rerank.calibrated` toward the user's own
+head / mid / tail mix (:func:`embtab.rerank.popularity_bins` of the training counts) for each
+λ in ``lams`` (λ = 0 is the model's own list). Per seed, the low-d model's *matched* λ is the
+smallest λ whose exposure (``excess_arp@10``, or ``arp@10`` without a truth) is at most the
+high-d model's plain (λ = 0) exposure (the largest λ when none is). The contrasts, each with a
+95% interval over seeds (:mod:`~embtab.experiments.intervals`), are the accuracy of the high-d
+model at λ = 0 minus that of the low-d model at its matched λ (equal exposure), and the reverse
+question: the high-d model's accuracy at λ = 0 minus at the same matched λ (what calibration
+costs a model that has the capacity). docs/experiments.md states the protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embtab import rerank
+from embtab._research import K
+from embtab.data import Interactions
+from embtab.experiments.calibration import calibrated_lists
+from embtab.experiments.dims import fmt_ci
+from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.plots import pyplot, save_figure
+from embtab.experiments.registry import Experiment, register
+from embtab.experiments.report import dataset_line, finish_section, model_label
+from embtab.experiments.session import (
+    Progress,
+    Session,
+    baseline_rows,
+    evaluate_lists,
+    make_result,
+    seed_list,
+    session_for,
+)
+from embtab.experiments.truth import TruthReference, total_relevance
+from embtab.train import score_matrix
+
+__all__ = ["LAMBDAS", "contrasts", "findings", "plot", "popcal_lists", "run_posthoc", "section"]
+
+#: The calibration weights each model is reranked with.
+LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+#: The accuracy metrics compared at equal exposure.
+ACCURACY = ("recall@10", "ndcg@10")
+
+
+def popcal_lists(model, train: Interactions, item_dist: np.ndarray, candidates: int,
+                 lams: Sequence[float], chunk: int = 4096) -> dict:
+    """λ -> calibrated top-10 lists [U, 10] of ``model``'s top-``candidates`` items.
+
+    Scores ``chunk`` users at a time (training items masked) and reranks them with
+    :func:`embtab.experiments.calibration.calibrated_lists` over the categories ``item_dist``.
+    """
+    lists: dict = {}
+    for start in range(0, train.n_users, chunk):
+        users = np.arange(start, min(start + chunk, train.n_users))
+        scores = score_matrix(model, train, users).numpy()
+        for lam, top in calibrated_lists(scores, train, item_dist, candidates, lams,
+                                         users=users).items():
+            lists.setdefault(lam, []).append(top)
+    return {lam: np.concatenate(parts) for lam, parts in lists.items()}
+
+
+def run_posthoc(dataset: str | Interactions = "synthetic:rank=16", seeds=3, *,
+                low_dim: int = 4, high_dim: int = 64, lams: Sequence[float] = LAMBDAS,
+                candidates: int = 100, train_overrides: dict | None = None,
+                progress: bool = True, session: Session | None = None) -> dict:
+    """Popularity-calibrated reranking of a low-d and a high-d cuckoo model, per seed and λ.
+
+    Parameters
+    ----------
+    dataset : str or Interactions
+        A :func:`embtab.data.load_dataset` spec, or a data set (a planted truth gives
+        ``excess_arp@10``; without one exposure is ``arp@10``).
+    seeds : int or sequence of int
+    low_dim, high_dim : int
+        The two embedding dimensions (``low_dim < high_dim``).
+    lams : sequence of float
+        Calibration weights in [0, 1]; must contain 0 (the plain lists).
+    candidates : int
+        C, the candidates reranked per user.
+    train_overrides, progress, session
+        As :func:`embtab.experiments.run_dims`.
+
+    Returns
+    -------
+    dict
+        results.json object (``experiment = "posthoc"``): ``rows`` (oracle and baselines per
+        seed; ``model = "mf+popcal"`` rows per (dim, λ, seed)), ``summary`` (per model, dim
+        and λ) and ``contrasts`` (:func:`contrasts`).
+    """
+    if int(low_dim) >= int(high_dim):
+        raise ValueError(f"low_dim must be smaller than high_dim; got {low_dim} and {high_dim}")
+    lams = [float(x) for x in lams]
+    if 0.0 not in lams or any(not 0.0 <= x <= 1.0 for x in lams):
+        raise ValueError(f"lams must lie in [0, 1] and contain 0; got {lams}")
+    t0 = time.perf_counter()
+    s = session_for(dataset, train_overrides, progress, session)
+    seeds = seed_list(seeds)
+    relevance = total_relevance(s.data.truth) if s.data.truth is not None else None
+    rows = []
+    bar = Progress(len(seeds) * 2, "posthoc", progress)
+    for seed in seeds:
+        train, test = s.split(seed)
+        ref = TruthReference(s.data, train, relevance)
+        if ref.oracle is not None:
+            rows.append({"model": "oracle", "seed": seed,
+                         **evaluate_lists(ref.oracle, train, test), **ref.metrics(ref.oracle)})
+        rows += baseline_rows(s, seed, extra=ref.metrics)
+        item_dist = rerank.popularity_bins(train.item_counts())
+        for d in (int(low_dim), int(high_dim)):
+            model = s.model(s.config(dim=d, table="cuckoo", seed=seed), f"posthoc d={d} "
+                            f"seed={seed}")
+            for lam, top in popcal_lists(model, train, item_dist, candidates, lams).items():
+                rows.append({"model": "mf+popcal", "seed": seed, "dim": d, "table": "cuckoo",
+                             "lam": lam, "candidates": int(candidates),
+                             **evaluate_lists(top, train, test), **ref.metrics(top)})
+            bar.tick()
+    bar.close()
+    res = make_result("posthoc", s, {"low_dim": int(low_dim), "high_dim": int(high_dim),
+                                     "lams": lams, "candidates": int(candidates),
+                                     "categories": "popularity bins (head/mid/tail)",
+                                     "oracle": s.data.truth is not None, "seeds": seeds},
+                      rows, t0)
+    res["summary"] = summary_with_intervals(rows, ("model", "dim", "lam"),
+                                            skip=("seed", "candidates"))
+    res["contrasts"] = contrasts(rows, int(low_dim), int(high_dim))
+    return res
+
+
+def contrasts(rows, low_dim: int, high_dim: int) -> dict:
+    """Per-seed comparisons at equal exposure, each an :func:`interval` over seeds.
+
+    ``exposure``: the metric matched (``excess_arp@10`` when rows have it, else ``arp@10``);
+    ``lam_matched``: per seed, the smallest λ at which the low-d model's exposure is at most
+    the high-d model's at λ = 0 (the largest λ when none is); ``gap_before`` / ``gap_after``:
+    exposure(low, 0) − exposure(high, 0) and exposure(low, λ*) − exposure(high, 0);
+    ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) for m in recall@10, ndcg@10;
+    ``high_cost:<m>``: m(high, 0) − m(high, λ*). Empty when a seed lacks either model.
+    """
+    mf = [r for r in rows if r.get("model") == "mf+popcal"]
+    exp = "excess_arp@10" if any("excess_arp@10" in r for r in mf) else "arp@10"
+    by = {(r["seed"], r["dim"], r["lam"]): r for r in mf}
+    seeds = sorted({r["seed"] for r in mf})
+    out: dict = {"exposure": exp, "lam_matched": [], "gap_before": [], "gap_after": []}
+    acc = {f"{kind}:{m}": [] for kind in ("equal_exposure", "high_cost") for m in ACCURACY}
+    for seed in seeds:
+        lams = sorted(lam for (s_, d, lam) in by if s_ == seed and d == low_dim)
+        hi0, lo0 = by.get((seed, high_dim, 0.0)), by.get((seed, low_dim, 0.0))
+        if hi0 is None or lo0 is None:
+            return {}
+        target = hi0[exp]
+        star = next((lam for lam in lams if by[(seed, low_dim, lam)][exp] <= target), lams[-1])
+        lo, hi = by[(seed, low_dim, star)], by.get((seed, high_dim, star))
+        out["lam_matched"].append(star)
+        out["gap_before"].append(lo0[exp] - target)
+        out["gap_after"].append(lo[exp] - target)
+        for m in ACCURACY:
+            acc[f"equal_exposure:{m}"].append(hi0[m] - lo[m])
+            acc[f"high_cost:{m}"].append(hi0[m] - hi[m] if hi is not None else None)
+    out["gap_before"] = interval(out["gap_before"])
+    out["gap_after"] = interval(out["gap_after"])
+    out.update({k: interval(v) for k, v in acc.items()})
+    return out
+
+
+def findings(results: dict) -> list:
+    """The report's sentences, each stating a direction only when its 95% interval excludes 0."""
+    c = results.get("contrasts") or {}
+    if not c:
+        return []
+    cfg = results["config"]
+    lo, hi, exp = cfg["low_dim"], cfg["high_dim"], c["exposure"]
+    lams = ", ".join(f"{x:g}" for x in c["lam_matched"])
+    out = [direction_sentence(c["gap_before"], f"Before calibration, the d = {lo} lists",
+                              f"are more popular than the d = {hi} lists",
+                              f"are less popular than the d = {hi} lists",
+                              metric=f"{exp}(d={lo}) − {exp}(d={hi})"),
+           direction_sentence(c["gap_after"], f"At the matched λ (per seed: {lams}), the "
+                              f"d = {lo} lists", f"are still more popular than the d = {hi} "
+                              "lists", f"are less popular than the d = {hi} lists",
+                              metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)")]
+    for m in ACCURACY:
+        out.append(direction_sentence(
+            c[f"equal_exposure:{m}"], f"At that exposure the d = {hi} model",
+            f"is more accurate than the calibrated d = {lo} model",
+            f"is less accurate than the calibrated d = {lo} model",
+            metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
+    for m in ACCURACY:
+        out.append(direction_sentence(
+            c[f"high_cost:{m}"], f"Calibrating the d = {hi} model at the same λ",
+            f"costs it {m}", f"raises its {m}",
+            metric=f"{m}(d={hi}, λ=0) − {m}(d={hi}, λ*)"))
+    return out
+
+
+def plot_posthoc(results: dict, path) -> Path:
+    """Accuracy against exposure over λ, one curve per model (mean ± 95% interval)."""
+    plt = pyplot()
+    summ = results["summary"]
+    exp = (results.get("contrasts") or {}).get("exposure") or (
+        "excess_arp@10" if results["config"].get("oracle") else "arp@10")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, m in zip(axes, ACCURACY):
+        for j, d in enumerate((results["config"]["low_dim"], results["config"]["high_dim"])):
+            es = sorted([e for e in summ if e.get("model") == "mf+popcal" and e["dim"] == d],
+                        key=lambda e: e["lam"])
+            x = np.array([e[exp]["mean"] for e in es])
+            y = np.array([e[m]["mean"] for e in es])
+            err = [[e[m]["mean"] - e[m]["ci95_low"] for e in es],
+                   [e[m]["ci95_high"] - e[m]["mean"] for e in es]]
+            err = np.nan_to_num(np.array(err, dtype=float))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{j}", label=f"d = {d}")
+            for e in es:
+                ax.annotate(f"λ={e['lam']:g}", (e[exp]["mean"], e[m]["mean"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        oracle = next((e for e in summ if e.get("model") == "oracle"), None)
+        if oracle is not None:
+            ax.plot([oracle[exp]["mean"]], [oracle[m]["mean"]], "k*", label="oracle")
+        ax.set_xlabel(exp + (" (0 = oracle)" if exp.startswith("excess") else ""))
+        ax.set_ylabel(m)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"posthoc: popularity calibration, low vs high d — "
+                 f"{results['dataset'].get('spec')} ({len(results['config']['seeds'])} seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot(results: dict, out_dir, prefix: str = "") -> list:
+    """The posthoc plot: accuracy against exposure, one curve per model."""
+    return [plot_posthoc(results, Path(out_dir) / f"{prefix}posthoc.png")]
+
+
+#: The columns of the report's table.
+TABLE_METRICS = ("recall@10", "ndcg@10", "arp@10", "excess_arp@10", "miscalibration@10",
+                 "coverage@10")
+
+
+def section(results: dict, plots=()) -> list:
+    """The report section: mean [95% CI] per (model, d, λ), the plot and the sentences."""
+    cfg, summ = results["config"], results["summary"]
+    lines = [f"## posthoc — popularity calibration of d = {cfg['low_dim']} vs d = "
+             f"{cfg['high_dim']} (C = {cfg['candidates']}, categories: {cfg['categories']})",
+             "", dataset_line(results), "",
+             "Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
+    order = [e for e in summ if e.get("model") != "mf+popcal"] + sorted(
+        [e for e in summ if e.get("model") == "mf+popcal"], key=lambda e: (e["dim"], e["lam"]))
+    cols = [m for m in TABLE_METRICS if any(m in e for e in summ)]
+    head = ["model", "d", "λ"] + cols
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in order:
+        lam = f"{e['lam']:g}" if "lam" in e else ""
+        lines.append("| " + " | ".join([model_label(e), str(e.get("dim", "")), lam]
+                                       + [fmt_ci(e.get(m)) for m in cols]) + " |")
+    return finish_section(lines, findings(results), results, plots)
+
+
+register(Experiment("posthoc", "E6", "popularity calibration of a low-d vs a high-d model at "
+                    "equal exposure", run_posthoc, section, plot))
