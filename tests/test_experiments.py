@@ -357,6 +357,9 @@ def test_posthoc_schema(posthoc):
         target = by[(seed, 16, 0.0)]["excess_arp@10"]
         below = [lam for lam in (0.0, 0.5, 0.99) if by[(seed, 2, lam)]["excess_arp@10"] <= target]
         assert star == (below[0] if below else 0.99)
+    assert c["reached"] == [any(by[(s, 2, lam)]["excess_arp@10"]
+                                <= by[(s, 16, 0.0)]["excess_arp@10"] for lam in (0.0, 0.5, 0.99))
+                            for s in (0, 1)]
 
 
 def test_posthoc_lambda0_rows_are_the_plain_models_lists(posthoc_session, posthoc):
@@ -410,4 +413,4 @@ def test_posthoc_report_and_plot(posthoc, tmp_path):
     assert [p.name for p in paths] == ["posthoc.png"] and paths[0].stat().st_size > 0
     text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
     assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
-    assert "posthoc.png" in text and "At that exposure the d = 16 model" in text
+    assert "posthoc.png" in text and "At the matched λ the d = 16 model" in text

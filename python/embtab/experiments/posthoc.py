@@ -139,7 +139,8 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
 
     ``exposure``: the metric matched (``excess_arp@10`` when rows have it, else ``arp@10``);
     ``lam_matched``: per seed, the smallest λ at which the low-d model's exposure is at most
-    the high-d model's at λ = 0 (the largest λ when none is); ``gap_before`` / ``gap_after``:
+    the high-d model's at λ = 0 (the largest λ when none is); ``reached``: per seed, whether
+    such a λ exists; ``gap_before`` / ``gap_after``:
     exposure(low, 0) − exposure(high, 0) and exposure(low, λ*) − exposure(high, 0);
     ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) for m in recall@10, ndcg@10;
     ``high_cost:<m>``: m(high, 0) − m(high, λ*). Empty when a seed lacks either model.
@@ -148,7 +149,8 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     exp = "excess_arp@10" if any("excess_arp@10" in r for r in mf) else "arp@10"
     by = {(r["seed"], r["dim"], r["lam"]): r for r in mf}
     seeds = sorted({r["seed"] for r in mf})
-    out: dict = {"exposure": exp, "lam_matched": [], "gap_before": [], "gap_after": []}
+    out: dict = {"exposure": exp, "lam_matched": [], "reached": [], "gap_before": [],
+                 "gap_after": []}
     acc = {f"{kind}:{m}": [] for kind in ("equal_exposure", "high_cost") for m in ACCURACY}
     for seed in seeds:
         lams = sorted(lam for (s_, d, lam) in by if s_ == seed and d == low_dim)
@@ -156,7 +158,9 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
         if hi0 is None or lo0 is None:
             return {}
         target = hi0[exp]
-        star = next((lam for lam in lams if by[(seed, low_dim, lam)][exp] <= target), lams[-1])
+        star = next((lam for lam in lams if by[(seed, low_dim, lam)][exp] <= target), None)
+        out["reached"].append(star is not None)
+        star = lams[-1] if star is None else star
         lo, hi = by[(seed, low_dim, star)], by.get((seed, high_dim, star))
         out["lam_matched"].append(star)
         out["gap_before"].append(lo0[exp] - target)
@@ -178,6 +182,9 @@ def findings(results: dict) -> list:
     cfg = results["config"]
     lo, hi, exp = cfg["low_dim"], cfg["high_dim"], c["exposure"]
     lams = ", ".join(f"{x:g}" for x in c["lam_matched"])
+    reached = c.get("reached", [])
+    lams += (f"; the high-d exposure reached on {sum(reached)} of {len(reached)} seeds, "
+             f"the others at the largest λ")
     out = [direction_sentence(c["gap_before"], f"Before calibration, the d = {lo} lists",
                               f"are more popular than the d = {hi} lists",
                               f"are less popular than the d = {hi} lists",
@@ -188,7 +195,7 @@ def findings(results: dict) -> list:
                               metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)")]
     for m in ACCURACY:
         out.append(direction_sentence(
-            c[f"equal_exposure:{m}"], f"At that exposure the d = {hi} model",
+            c[f"equal_exposure:{m}"], f"At the matched λ the d = {hi} model",
             f"is more accurate than the calibrated d = {lo} model",
             f"is less accurate than the calibrated d = {lo} model",
             metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
