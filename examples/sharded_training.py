@@ -23,7 +23,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from embtab._hashing import mix64_array
 from embtab.distributed import ShardedCuckooEmbeddingBag
 
 
@@ -43,7 +42,9 @@ def batch(step: int, rank: int, size: int = 256, fields: int = 8):
     """This rank's share of a synthetic click log: `fields` hashed categorical IDs per example."""
     rng = np.random.default_rng([step, rank])
     ranks = np.minimum(rng.zipf(1.2, size=(size, fields)), 10**6).astype(np.uint64)
-    ids = mix64_array(ranks, 12345).view(np.int64)  # raw 64-bit IDs, as a feature hasher makes them
+    # Raw 64-bit IDs scattered over the whole range, as a feature hasher makes them (multiplying
+    # by an odd constant modulo 2**64 is a bijection, so distinct ranks stay distinct IDs).
+    ids = (ranks * np.uint64(0x9E3779B97F4A7C15)).view(np.int64)
     label = torch.from_numpy((ids[:, 0] % 3 == 0).astype(np.float32))
     return torch.from_numpy(ids.reshape(-1)), torch.arange(0, size * fields, fields), label
 
