@@ -414,3 +414,27 @@ def test_posthoc_report_and_plot(posthoc, tmp_path):
     text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
     assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
     assert "posthoc.png" in text and "At the matched λ the d = 16 model" in text
+
+
+def test_calibration_minority_share_against_history_with_intervals():
+    from embtab.experiments.calibration import minority_contrasts, minority_findings
+
+    rows = [{"model": "mf+calibrated", "seed": s, "lam": lam, "candidates": 50,
+             "minority_share@10": m, "minority_share_history": 0.3}
+            for s, (m0, m1) in enumerate([(0.10, 0.29), (0.12, 0.33), (0.08, 0.27)])
+            for lam, m in ((0.0, m0), (0.9, m1))]
+    ms = minority_contrasts(rows)
+    assert [(m["candidates"], m["lam"]) for m in ms] == [(50, 0.0), (50, 0.9)]
+    assert ms[0]["difference"]["mean"] == pytest.approx(-0.2)
+    assert ms[0]["difference"]["n"] == 3
+    text = minority_findings({"minority": ms})
+    assert "is below their history's (crowded out)" in text[0]
+    assert "no clear direction" in text[1] and "crowded out" not in text[1]
+
+
+def test_calibration_results_carry_intervals(calibration):
+    e = next(e for e in calibration["summary"]
+             if e.get("model") == "mf+calibrated" and e["lam"] == 0.5 and e["candidates"] == 20)
+    assert set(e["ndcg@10"]) == {"mean", "sd", "ci95_low", "ci95_high", "n"}
+    assert {(m["candidates"], m["lam"]) for m in calibration["minority"]} == {
+        (c, lam) for c in (20, 50) for lam in (0.0, 0.5, 0.99)}

@@ -23,6 +23,7 @@ from embtab import rerank
 from embtab._research import ALPHA, K, category_mix, mean
 from embtab.data import Interactions
 from embtab.experiments.collisions import FIXED_DIM
+from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label, table
@@ -203,12 +204,45 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
                              "minority_share_history": minority_hist})
             bar.tick()
     bar.close()
-    return make_result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
-                                      "candidates": [int(c) for c in candidates], "alpha": ALPHA,
-                                      "score_scaling": SCORE_SCALINGS[score_scaling][0],
-                                      "categories": kind,
-                                      "heldout_miscalibration": float(np.mean(heldout)),
-                                      "seeds": seeds}, rows, t0)
+    res = make_result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
+                                         "candidates": [int(c) for c in candidates],
+                                         "alpha": ALPHA,
+                                         "score_scaling": SCORE_SCALINGS[score_scaling][0],
+                                         "categories": kind,
+                                         "heldout_miscalibration": float(np.mean(heldout)),
+                                         "seeds": seeds}, rows, t0)
+    res["summary"] = summary_with_intervals(rows, ("model", "lam", "candidates"),
+                                            skip=("seed", "dim"))
+    res["minority"] = minority_contrasts(rows)
+    return res
+
+
+def minority_contrasts(rows) -> list:
+    """Per (C, λ): the list's minority share minus the history's, an :func:`interval` over
+    seeds (paired: same users and split), as ``{"candidates", "lam", "difference"}``."""
+    cal = [r for r in rows if r.get("model") == "mf+calibrated"
+           and r.get("minority_share@10") is not None]
+    keys = sorted({(r["candidates"], r["lam"]) for r in cal})
+    return [{"candidates": c, "lam": lam, "difference": interval(
+        [r["minority_share@10"] - r["minority_share_history"] for r in cal
+         if r["candidates"] == c and r["lam"] == lam])} for c, lam in keys]
+
+
+def minority_findings(results: dict) -> list:
+    """Steck's crowding-out, from :func:`minority_contrasts`: at λ = 0 and at the largest λ,
+    whether the lists hold less or more minority-category mass than the users' histories,
+    a direction only when the 95% interval excludes 0."""
+    out = []
+    ms = results.get("minority") or []
+    for C in sorted({m["candidates"] for m in ms}):
+        mine = sorted([m for m in ms if m["candidates"] == C], key=lambda m: m["lam"])
+        for m in ([mine[0], mine[-1]] if len(mine) > 1 else mine):
+            out.append(direction_sentence(
+                m["difference"], f"C={C}, λ={m['lam']:g}: the lists' share outside each "
+                "user's main category", "is above their history's",
+                "is below their history's (crowded out)",
+                metric="minority_share@10 − minority_share_history"))
+    return out
 
 
 def plot_calibration(results: dict, path) -> Path:
@@ -295,7 +329,7 @@ def section(results: dict, plots=()) -> list:
                           ("λ", lambda r: f"{r['lam']:g}" if "lam" in r else "")],
                    metrics_=("recall@10", "ndcg@10", "miscalibration@10", "minority_share@10",
                              "arp@10", "coverage@10", "tail_share@10"))
-    text = findings(summ, cfg)
+    text = findings(summ, cfg) + minority_findings(results)
     ref = cfg.get("heldout_miscalibration")
     if ref is not None and math.isfinite(ref):
         text.append(f"For reference, the users' own held-out test items have a "
