@@ -58,7 +58,7 @@ from embtab.experiments import collisions  # (E2)
 from embtab.experiments import calibration  # (E3)
 from embtab.experiments import rerank_speed  # (E4: registered by the tools layer)
 from embtab.experiments import feedback  # (E5)
-from embtab.experiments import posthoc  # (E6: popularity calibration at equal exposure)
+from embtab.experiments import posthoc  # (E1, post hoc: popularity calibration at equal exposure)
 
 from embtab.experiments.calibration import (
     CANDIDATES,

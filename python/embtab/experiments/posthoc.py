@@ -269,5 +269,5 @@ def section(results: dict, plots=()) -> list:
     return finish_section(lines, findings(results), results, plots)
 
 
-register(Experiment("posthoc", "E6", "popularity calibration of a low-d vs a high-d model at "
+register(Experiment("posthoc", "E1", "popularity calibration of a low-d vs a high-d model at "
                     "equal exposure", run_posthoc, section, plot))

@@ -10,7 +10,7 @@ Example::
 
     >>> from embtab.experiments import REGISTRY
     >>> [(e.label, e.name) for e in REGISTRY.values()][:3]
-    [('E1', 'dims'), ('E1', 'dims-grid'), ('E2', 'collisions')]
+    [('E1', 'dims'), ('E1', 'dims-grid'), ('E1', 'posthoc')]
 """
 
 from __future__ import annotations
