@@ -871,3 +871,44 @@ print(rerank.calibrated(scores, items, target, 10, candidates=cand, num_threads=
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "(1, 10)"
+
+
+def test_dense_item_dist_passed_again_reuses_its_check_and_sees_changes():
+    # A serving loop passes the same dense matrix on every call: the second call reuses the
+    # first check, and an in-place change is seen (the reuse compares against a private copy).
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(21)
+    scores, item_dist, target, cand, k = random_instance(rng, U=20, G=5)
+    dense = np.array(item_dist, dtype=np.float64, order="C")  # a copy: item_dist stays as it is
+
+    def fresh(d):  # the same call on an array the reuse has never seen
+        return rerank.calibrated(scores, d.copy(order="F"), target, k, lam=0.9, candidates=cand)
+
+    first = rerank.calibrated(scores, dense, target, k, lam=0.9, candidates=cand)
+    assert np.array_equal(first, fresh(dense))
+    assert rerank._DENSE_REUSE.get(dense) is not None                  # kept for the next call
+    assert rerank._DENSE_REUSE.get(dense.copy()) is None                # an equal other array: no
+    assert np.array_equal(rerank.calibrated(scores, dense, target, k, lam=0.9, candidates=cand), first)
+    # every item becomes category 0 only: the lists must follow the new matrix
+    dense[:] = 0.0
+    dense[:, 0] = 1.0
+    assert rerank._DENSE_REUSE.get(dense) is None                       # changed: checked again
+    changed = rerank.calibrated(scores, dense, target, k, lam=0.9, candidates=cand)
+    assert np.array_equal(changed, fresh(dense))
+    assert not np.array_equal(changed, first)
+    # an in-place change that breaks the matrix is refused, as on a first call
+    dense[3, 0] = np.nan
+    with pytest.raises(ValueError, match="item_dist row 3"):
+        rerank.calibrated(scores, dense, target, k, lam=0.9, candidates=cand)
+    # -0.0 differs from 0.0 bit for bit: checked again, same lists (the values are equal)
+    ok = np.array(item_dist, dtype=np.float64, order="C")
+    want = rerank.calibrated(scores, ok, target, k, lam=0.9, candidates=cand)
+    ok[ok == 0] = -0.0
+    assert np.array_equal(rerank.calibrated(scores, ok, target, k, lam=0.9, candidates=cand), want)
+    # the reuse holds no strong reference: a dropped matrix is freed
+    ref_ = weakref.ref(ok)
+    del ok
+    gc.collect()
+    assert ref_() is None
