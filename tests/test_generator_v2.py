@@ -153,3 +153,16 @@ def test_argument_errors_name_the_argument(kw, what):
     args = {**SMALL, **kw}
     with pytest.raises(ValueError, match=what):
         power_law_v2(**args)
+
+
+@pytest.mark.parametrize("kw, exc, what", [
+    ({"n_users": 2.5}, TypeError, "n_users must be an integer"),    # was truncated to 2
+    ({"interactions_per_user": 1.5}, TypeError, "interactions_per_user"),
+    ({"zipf_s": float("nan")}, ValueError, "zipf_s must be a finite number"),
+    ({"zipf_s": float("inf")}, ValueError, "zipf_s must be a finite number"),
+])
+def test_sizes_and_zipf_checked_as_in_the_v1_generator(kw, exc, what):
+    with pytest.raises(exc, match=what):
+        power_law_v2(**{**SMALL, **kw})
+    with pytest.raises(exc, match=what):  # the same check, the same message
+        power_law(**{**{"n_users": 20, "n_items": 30, "n_genres": 4}, **kw})

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embtab.data.containers import Interactions, RowSets
-from embtab.data.synthetic import random_ids
+from embtab.data.synthetic import check_generator_args, random_ids
 from embtab.data.truth import Truth
 
 __all__ = ["DEFAULT_RANK", "GROUPS", "MAINSTREAM_WEIGHT", "V2_KEYS", "LatentTruth", "power_law_v2"]
@@ -215,20 +215,12 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         >>> int(np.linalg.matrix_rank(d.truth.prob()))
         4
     """
+    check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s)
     U, I, G = int(n_users), int(n_items), int(n_genres)
     crowding = _flag(crowding, "crowding")
     beta = (0.0 if crowding else 1.0) if beta is None else float(beta)
     taste_sigma = (0.5 if crowding else 1.0) if taste_sigma is None else float(taste_sigma)
     r = (G if crowding else DEFAULT_RANK) if rank is None else int(rank)
-    if U < 1 or I < 1 or G < 1:
-        raise ValueError(f"sizes must be positive; got n_users={n_users}, n_items={n_items}, "
-                         f"n_genres={n_genres}")
-    if I < G:
-        raise ValueError(f"n_items ({n_items}) must be >= n_genres ({n_genres})")
-    if interactions_per_user < 1:
-        raise ValueError(f"interactions_per_user must be >= 1; got {interactions_per_user}")
-    if not zipf_s > 0:
-        raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
     if not 0.0 <= merit <= 1.0:
         raise ValueError(f"merit must be in [0, 1]; got {merit}")
     if not (exposure >= 0 and math.isfinite(exposure)):

@@ -15,6 +15,30 @@ from embtab.data.truth import GroundTruth
 __all__ = ["power_law"]
 
 
+def check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s,
+                         **reals) -> None:
+    """The checks every synthetic generator makes of its common arguments: the sizes are
+    integers >= 1 with ``n_items >= n_genres``, ``zipf_s`` is a finite number > 0, and each of
+    ``reals`` (name=value) is a finite number. Raises ``TypeError`` (a size that is not an
+    integer) or ``ValueError`` (out of range), naming the argument."""
+    for what, v in (("n_users", n_users), ("n_items", n_items), ("n_genres", n_genres),
+                    ("interactions_per_user", interactions_per_user)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{what} must be an integer; got {v!r}")
+    for what, v in (("zipf_s", zipf_s), *reals.items()):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{what} must be a finite number; got {v!r}")
+    if n_users < 1 or n_items < 1 or n_genres < 1:
+        raise ValueError(f"sizes must be positive; got n_users={n_users}, n_items={n_items}, "
+                         f"n_genres={n_genres}")
+    if n_items < n_genres:
+        raise ValueError(f"n_items ({n_items}) must be >= n_genres ({n_genres})")
+    if interactions_per_user < 1:
+        raise ValueError(f"interactions_per_user must be >= 1; got {interactions_per_user}")
+    if zipf_s <= 0:
+        raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
+
+
 def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
               interactions_per_user: int = 50, zipf_s: float = 1.1, beta: float = 1.0, *,
               genres_per_item: Sequence[float] = (0.55, 0.3, 0.15),
@@ -77,23 +101,9 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         >>> sorted(d.summary())
         ['interactions', 'items', 'name', 'top1pct_share', 'users']
     """
-    for what, v in (("n_users", n_users), ("n_items", n_items), ("n_genres", n_genres),
-                    ("interactions_per_user", interactions_per_user)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{what} must be an integer; got {v!r}")
-    for what, v in (("zipf_s", zipf_s), ("beta", beta), ("mix_concentration", mix_concentration),
-                    ("activity_sigma", activity_sigma)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{what} must be a finite number; got {v!r}")
-    if n_users < 1 or n_items < 1 or n_genres < 1:
-        raise ValueError(f"sizes must be positive; got n_users={n_users}, n_items={n_items}, "
-                         f"n_genres={n_genres}")
-    if n_items < n_genres:
-        raise ValueError(f"n_items ({n_items}) must be >= n_genres ({n_genres})")
-    if interactions_per_user < 1:
-        raise ValueError(f"interactions_per_user must be >= 1; got {interactions_per_user}")
-    if zipf_s <= 0:
-        raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
+    check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s,
+                         beta=beta, mix_concentration=mix_concentration,
+                         activity_sigma=activity_sigma)
     if mix_concentration <= 0 or activity_sigma < 0:
         raise ValueError(f"mix_concentration must be > 0 and activity_sigma >= 0; got "
                          f"{mix_concentration} and {activity_sigma}")
