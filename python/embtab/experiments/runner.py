@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     per-experiment objects), PNG plots and ``out_dir/report.md``. Returns
     ``{"report", "results", "plots"}`` paths. Names and seeds are checked before anything runs
     (``ValueError``), and so is matplotlib (``ImportError`` naming the ``experiments`` extra).
-    ``kwargs`` maps a name to extra keyword arguments of its run function.
+    ``kwargs`` maps a name to extra keyword arguments of its run function. ``quick`` reaches
+    every experiment whose run function takes a ``quick`` argument (its smaller quick mode).
     """
     entries = [get(n) for n in names]
     kwargs = kwargs or {}
@@ -66,7 +68,10 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     for entry in entries:
         name = entry.name
         if entry.needs_data:
-            res = entry.run(dataset, seeds, progress=progress, session=s, **kwargs.get(name, {}))
+            extra = dict(kwargs.get(name, {}))
+            if quick and "quick" in inspect.signature(entry.run).parameters:
+                extra.setdefault("quick", True)
+            res = entry.run(dataset, seeds, progress=progress, session=s, **extra)
         else:
             res = entry.run(quick=quick, progress=progress, **kwargs.get(name, {}))
         save_results(res, out / f"{name}.json")
