@@ -63,3 +63,26 @@ def test_direction_sentence_states_a_direction_only_outside_zero():
     # generated from real intervals: three clearly positive values, then three around 0
     assert "more popular" in direction_sentence(interval([0.1, 0.11, 0.12]), *args)
     assert "no clear direction" in direction_sentence(interval([0.1, -0.1, 0.02]), *args)
+
+
+def test_ci95_half_width_and_report_cells_match_interval():
+    from embtab.experiments.intervals import ci95_half_width
+    from embtab.experiments.report import ci_cell
+    from embtab.experiments.results import mean_sd
+
+    values = [0.21, 0.25, 0.19, 0.3, 0.22]
+    ref = interval(values)
+    m, sd = mean_sd(values)
+    half = ci95_half_width(sd, len(values))
+    assert half == pytest.approx(ref["ci95_high"] - ref["mean"], rel=1e-12)
+    assert ci_cell(m, sd, len(values)) == (f"{ref['mean']:.4f} [{ref['ci95_low']:.4f}, "
+                                           f"{ref['ci95_high']:.4f}]")
+    # one seed: no interval, the mean alone; a missing mean is a dash
+    assert ci_cell(0.5, 0.0, 1) == "0.5000"
+    assert math.isnan(ci95_half_width(0.1, 1))
+    assert ci_cell(float("nan"), 0.1, 3) == "–"
+    # per column (arrays of deciles)
+    np.testing.assert_allclose(ci95_half_width(np.array([1.0, 2.0]), 3),
+                               [stats.t.ppf(0.975, 2) / math.sqrt(3) * x for x in (1, 2)])
+    with pytest.raises(ValueError, match="n must be an integer"):
+        ci95_half_width(0.1, 2.5)

@@ -133,7 +133,7 @@ def run_dims(dataset: str | Interactions = "synthetic", seeds=3, *, dims: Sequen
 
 
 def plot_dims(results: dict, path) -> Path:
-    """Metric vs embedding dimension (E1), mean ± sd over seeds, baselines dashed."""
+    """Metric vs embedding dimension (E1), mean and 95% interval over seeds, baselines dashed."""
     plt = pyplot()
     summ = summarize(results)
     rows = sorted([r for r in summ if r["model"] == "mf"], key=lambda r: r["dim"])
@@ -161,8 +161,8 @@ def plot(results: dict, out_dir, prefix: str = "") -> list:
 
 
 def section(results: dict, plots=()) -> list:
-    """E1's report section (Markdown lines): mean ± sd of the accuracy and bias metrics, then
-    mean [95% CI] of the truth-referenced ones, plots and the interval-based findings."""
+    """E1's report section (Markdown lines): mean [95% CI] of the accuracy and bias metrics,
+    then of the truth-referenced ones, plots and the interval-based findings."""
     summ = summarize(results)
     cfg = results["config"]
     lines = ["## E1 — embedding dimension (cuckoo tables)", "", dataset_line(results), ""]

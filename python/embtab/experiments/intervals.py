@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["direction_sentence", "interval", "student_t_975", "summary_with_intervals"]
+__all__ = ["ci95_half_width", "direction_sentence", "interval", "student_t_975",
+           "summary_with_intervals"]
 
 # t_{0.975, df} for df = 1..30 (the 97.5% quantile of Student's t)
 _T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
@@ -60,6 +61,24 @@ def student_t_975(df: int) -> float:
     g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
     g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def ci95_half_width(sd, n):
+    """Half the width of the 95% interval, t_{0.975, n−1} · sd / √n; NaN for n < 2.
+
+    A float for a scalar ``sd``; an array for an array (per column). ``n`` is the number of values it came from. Used where
+    only a mean and sd survive (the :func:`embtab.experiments.results.summarize` rows).
+
+    Example::
+
+        >>> round(ci95_half_width(1.0, 3), 4)
+        2.4841
+    """
+    if isinstance(n, bool) or int(n) != n:
+        raise ValueError(f"n must be an integer; got {n!r}")
+    sd = np.asarray(sd, dtype=np.float64)
+    half = np.full_like(sd, np.nan) if n < 2 else student_t_975(int(n) - 1) * sd / math.sqrt(n)
+    return float(half) if half.ndim == 0 else half
 
 
 def interval(values) -> dict:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from embtab._research import fmt
+from embtab.experiments.intervals import ci95_half_width
 from embtab.experiments.registry import REGISTRY
 
-__all__ = ["TABLE_METRICS", "dataset_line", "finish_section", "model_label", "render_report",
-           "table"]
+__all__ = ["TABLE_METRICS", "ci_cell", "dataset_line", "finish_section", "model_label",
+           "render_report", "table"]
 
 #: The metric columns of the E1 and E2 tables.
 TABLE_METRICS = ("recall@10", "ndcg@10", "arp@10", "tail_share@10", "coverage@10", "gini@10",
@@ -17,16 +19,28 @@ TABLE_METRICS = ("recall@10", "ndcg@10", "arp@10", "tail_share@10", "coverage@10
 
 
 def table(rows, first_cols, metrics_=TABLE_METRICS, extra=None) -> list:
-    """A Markdown table: ``first_cols`` (name, cell function) pairs, then mean ± sd of
-    ``metrics_``, then ``extra`` columns."""
+    """A Markdown table: ``first_cols`` (name, cell function) pairs, then each of ``metrics_``
+    as ``mean [95% interval]`` over the row's ``n`` seeds (:func:`ci_cell`), then ``extra``
+    columns. ``rows`` are :func:`embtab.experiments.results.summarize` rows."""
     head = [c for c, _ in first_cols] + list(metrics_) + [c for c, _ in (extra or [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f(r) for _, f in first_cols]
-        cells += [fmt(r.get(m), r.get(m + ":sd")) for m in metrics_]
+        cells += [ci_cell(r.get(m), r.get(m + ":sd"), r.get("n", 1)) for m in metrics_]
         cells += [f(r) for _, f in (extra or [])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def ci_cell(mean, sd, n, digits: int = 4) -> str:
+    """``mean [low, high]``, the Student-t 95% interval from ``sd`` over ``n`` seeds; the mean
+    alone for one seed (no interval) and "–" when it is missing."""
+    half = ci95_half_width(sd, n) if sd is not None and isinstance(sd, float) else float("nan")
+    if not (isinstance(half, float) and math.isfinite(half)):
+        return fmt(mean, digits=digits)
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
 def model_label(r):
@@ -40,7 +54,8 @@ def dataset_line(results) -> str:
     return (f"Dataset **{d['name']}** (`{d.get('spec', d['name'])}`): {d['users']:,} users, "
             f"{d['items']:,} items, {d['interactions']:,} interactions, top-1% items hold "
             f"{d['top1pct_share']:.1%} of interactions. Seeds {results['config'].get('seeds')}; "
-            f"80/20 random split per user; k = 10; training: {results['config'].get('train')}.")
+            f"80/20 random split per user; k = 10; training: {results['config'].get('train')}. "
+            "Table cells: mean [95% Student-t interval over seeds].")
 
 
 def finish_section(lines: list, text: Sequence[str], results: dict, plots: Sequence) -> list:
@@ -57,7 +72,7 @@ def finish_section(lines: list, text: Sequence[str], results: dict, plots: Seque
 
 def render_report(results_list: Sequence[dict], plots: dict | None = None,
                   title: str = "embtab experiments") -> str:
-    """A Markdown report: per experiment, a mean ± sd table, plots and generated findings.
+    """A Markdown report: per experiment, a table of means with 95% intervals, plots and generated findings.
 
     Each results object is rendered by its registry entry's ``section``; results of an
     experiment that is not registered are left out. ``plots`` maps an experiment name to plot
