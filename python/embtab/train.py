@@ -5,11 +5,23 @@ The model scores a (user, item) pair by the dot product of their embeddings, ``s
 see experiment E1). Both tables are ``embtab.nn`` modules fed the **raw 64-bit IDs** of
 :class:`embtab.data.Interactions`:
 
-* ``table="cuckoo"``: :class:`embtab.nn.CuckooEmbedding`, one row per ID (collisionless);
-* ``table="hashed"``: :class:`embtab.nn.HashedEmbedding` for the items with
-  ``m = max(1, round(rows_per_id * n_items))`` rows, row = ``mix64(id, seed) % m``; users stay
-  collisionless unless ``hash_users=True`` (then users get ``round(rows_per_id * n_users)``
-  rows). Keeping users collisionless isolates the effect of item collisions (E2).
+* ``table="cuckoo"``: :class:`embtab.nn.CuckooEmbedding`, one row per ID (collisionless). By
+  default every ID is inserted up front and the table holds them all. With ``on_full=
+  "evict_lru"`` / ``"evict_lfu"`` it holds at most ``max(1, round(rows_per_id * n))`` rows and
+  evicts by that policy; with ``min_count > 1`` an ID gets a row from its ``min_count``-th
+  sighting in training (frequency admission through a count-min sketch of ``admission_eps``,
+  ``admission_delta``). Such a table starts empty and fills as training sees IDs (every
+  training lookup is a sighting: positives, and for BPR the sampled negatives); an ID without
+  a row reads the zero vector.
+* ``table="hashed"``: :class:`embtab.nn.HashedEmbedding` with
+  ``m = max(1, round(rows_per_id * n))`` rows, row = ``mix64(id, seed) % m``.
+
+``n`` is the number of distinct IDs of the table (items, or users). The item table takes the
+design above; the user table is a plain collisionless cuckoo table unless ``hash_users=True``,
+which gives the users the same design (kind, ``rows_per_id`` and policies, with ``n`` the
+number of users). Keeping users collisionless isolates the effect of item collisions (E2).
+:func:`table_design` names a design; the budget experiment (docs/experiments.md) compares them
+at equal bytes.
 
 Training minimises the BPR loss ``-log sigmoid(s(u, i) - s(u, j))`` over the training pairs
 ``(u, i)`` with one negative ``j`` drawn uniformly from the catalogue per pair (no rejection),
@@ -60,10 +72,12 @@ __all__ = [
     "random_topk",
     "recommend",
     "score_matrix",
+    "table_design",
     "user_vectors",
 ]
 
 _TABLES = ("cuckoo", "hashed")
+_ON_FULL = ("grow", "evict_lru", "evict_lfu")
 _OPTIMIZERS = ("adam", "adagrad")
 _LOSSES = ("bpr", "softmax")
 
@@ -77,11 +91,26 @@ class TrainConfig:
     dim : int
         Embedding dimension d (>= 1).
     table : {"cuckoo", "hashed"}
-        Item (and user) table kind, see the module docstring.
+        Item (and with ``hash_users`` user) table kind, see the module docstring.
     rows_per_id : float
-        Hashed tables only: rows m per distinct ID n (m/n > 0). Ignored for cuckoo.
+        Rows m per distinct ID n (m/n > 0): the rows of a hashed table, the row cap of a cuckoo
+        table with an eviction policy. A cuckoo table with ``on_full="grow"`` holds every ID,
+        so it needs the default 1.
     hash_users : bool
-        Hashed tables only: hash the users too (default: users collisionless).
+        The user table takes the item table's design (kind, ``rows_per_id``, policies)
+        instead of a plain collisionless cuckoo table (named for the hashed kind; it applies
+        to every kind).
+    on_full : {"grow", "evict_lru", "evict_lfu"}
+        Cuckoo tables only: what a table does when it is full (:class:`embtab.nn.OnFull`).
+        ``"grow"`` (default) holds every ID; the eviction policies cap the table at
+        ``rows_per_id * n`` rows.
+    min_count : int
+        Cuckoo tables only: an ID gets a row from its ``min_count``-th sighting (>= 1; 1 = at
+        once, the default).
+    admission_eps, admission_delta : float
+        Cuckoo tables with ``min_count > 1`` only: the count-min sketch's error and failure
+        probability (:class:`embtab.nn.CuckooEmbedding`); its size, and so its bytes, is
+        ``ceil(e / admission_eps) * ceil(ln(1 / admission_delta))`` int64 counters.
     loss : {"bpr", "softmax"}
         ``"bpr"``: pairwise BPR with uniform sampled negatives. ``"softmax"``: the multinomial
         likelihood over the whole catalogue, ``-log softmax_i(s(u, ·))`` per training pair
@@ -106,6 +135,10 @@ class TrainConfig:
     table: str = "cuckoo"
     rows_per_id: float = 1.0
     hash_users: bool = False
+    on_full: str = "grow"
+    min_count: int = 1
+    admission_eps: float = 1e-5
+    admission_delta: float = 0.01
     loss: str = "bpr"
     optimizer: str = "adam"
     lr: float = 0.02
@@ -122,6 +155,29 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.table must be one of {_TABLES}, got {self.table!r}")
         if not (self.rows_per_id > 0 and math.isfinite(self.rows_per_id)):
             raise ValueError(f"TrainConfig.rows_per_id must be > 0, got {self.rows_per_id!r}")
+        if not isinstance(self.hash_users, bool):
+            raise ValueError(f"TrainConfig.hash_users must be a bool, got {self.hash_users!r}")
+        if self.on_full not in _ON_FULL:
+            raise ValueError(f"TrainConfig.on_full must be one of {_ON_FULL}, "
+                             f"got {self.on_full!r}")
+        if (isinstance(self.min_count, bool) or not isinstance(self.min_count, int)
+                or self.min_count < 1):
+            raise ValueError(f"TrainConfig.min_count must be an int >= 1, "
+                             f"got {self.min_count!r}")
+        for name in ("admission_eps", "admission_delta"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ValueError(f"TrainConfig.{name} must be in (0, 1), got {v!r}")
+        if self.table != "cuckoo":
+            for name, default in (("on_full", "grow"), ("min_count", 1)):
+                if getattr(self, name) != default:
+                    raise ValueError(f"TrainConfig.{name} applies to table='cuckoo' only, "
+                                     f"got {name}={getattr(self, name)!r} with "
+                                     f"table={self.table!r}")
+        elif self.on_full == "grow" and self.rows_per_id != 1.0:
+            raise ValueError(f"TrainConfig.rows_per_id caps a cuckoo table only with an "
+                             f"eviction policy (on_full='evict_lru' or 'evict_lfu'); with "
+                             f"on_full='grow' it must be 1, got {self.rows_per_id!r}")
         if self.loss not in _LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {_LOSSES}, got {self.loss!r}")
         if self.optimizer not in _OPTIMIZERS:
@@ -172,30 +228,80 @@ class MFModel(nn.Module):
         return (self.users(raw_users) * self.items(raw_items)).sum(-1)
 
 
+def table_design(config: TrainConfig) -> str:
+    """A short name of the item table's design, e.g. ``"cuckoo"``, ``"hashed m/n=0.25"``,
+    ``"cuckoo evict_lru m/n=0.5 min_count=2"``; ``"+users"`` when the users share it."""
+    parts = [config.table]
+    if config.table != "cuckoo" or config.on_full != "grow":
+        if config.table == "cuckoo":
+            parts.append(config.on_full)
+        parts.append(f"m/n={config.rows_per_id:g}")
+    if config.min_count > 1:
+        parts.append(f"min_count={config.min_count}")
+    name = " ".join(parts)
+    return name + " +users" if config.hash_users and name != "cuckoo" else name
+
+
+def _fills_up_front(config: TrainConfig) -> bool:
+    """Whether a cuckoo table of ``config`` gets every ID inserted before training (it holds
+    them all: grows on demand, admits at once)."""
+    return config.on_full == "grow" and config.min_count == 1
+
+
 def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int) -> nn.Module:
+    """The table of ``n_ids`` distinct IDs: ``kind`` "plain" (collisionless cuckoo, every ID)
+    or ``config.table``'s design (module docstring)."""
     from embtab.nn import CuckooEmbedding, EmbeddingInit, HashedEmbedding
 
     init = EmbeddingInit("normal", 0.0, config.init_std)
     seed = (config.seed * 1_000_003 + salt) % (1 << 63)
-    if kind == "hashed":
-        m = max(1, round(config.rows_per_id * n_ids))
-        return HashedEmbedding(m, config.dim, init=init, seed=seed)
-    return CuckooEmbedding(max(1, n_ids), config.dim, init=init, seed=seed)
+    if kind == "plain":
+        return CuckooEmbedding(max(1, n_ids), config.dim, init=init, seed=seed)
+    rows = max(1, round(config.rows_per_id * n_ids))
+    if config.table == "hashed":
+        return HashedEmbedding(rows, config.dim, init=init, seed=seed)
+    return CuckooEmbedding(rows, config.dim, init=init, seed=seed, on_full=config.on_full,
+                           min_count=config.min_count, admission_eps=config.admission_eps,
+                           admission_delta=config.admission_delta)
+
+
+def _check_cap(config: TrainConfig, data: Interactions) -> None:
+    """ValueError when a capped table is smaller than the distinct IDs one batch reads (an
+    evicting table keeps the rows of the batch in flight, so such a batch cannot be served)."""
+    if config.table != "cuckoo" or config.on_full == "grow":
+        return
+    bs = config.batch_size
+    need_items = data.n_items if config.loss == "softmax" else min(2 * bs, data.n_items)
+    tables = [("item", data.n_items, need_items)]
+    if config.hash_users:
+        tables.append(("user", data.n_users, min(bs, data.n_users)))
+    for what, n, need in tables:
+        cap = max(1, round(config.rows_per_id * n))
+        if cap < need:
+            raise ValueError(
+                f"TrainConfig.rows_per_id={config.rows_per_id!r} caps the {what} table at {cap} "
+                f"rows, fewer than the {need} distinct {what} IDs one batch may read "
+                f"(batch_size={bs}, loss={config.loss!r}); raise rows_per_id or lower "
+                f"batch_size")
 
 
 def build_model(data: Interactions, config: TrainConfig) -> MFModel:
     """An untrained :class:`MFModel` for the catalogue of ``data``.
 
-    Cuckoo tables get every user and item ID inserted up front (in dense-index order), so a
-    catalogue item without training interactions still has its own (initial) vector.
+    Cuckoo tables that hold every ID (``on_full="grow"``, ``min_count=1``) get every user and
+    item ID inserted up front (in dense-index order), so a catalogue item without training
+    interactions still has its own (initial) vector; capped or admitting tables start empty.
     """
-    item_kind = config.table
-    user_kind = "hashed" if (config.table == "hashed" and config.hash_users) else "cuckoo"
+    user_kind = "design" if config.hash_users else "plain"
+    _check_cap(config, data)
     users = _make_table(user_kind, data.n_users, config, salt=1)
-    items = _make_table(item_kind, data.n_items, config, salt=2)
+    items = _make_table("design", data.n_items, config, salt=2)
+    up_front = config.table == "cuckoo" and _fills_up_front(config)
     with torch.no_grad():
-        users(_ids(data.user_ids))
-        items(_ids(data.item_ids))
+        if user_kind == "plain" or up_front:
+            users(_ids(data.user_ids))
+        if up_front:
+            items(_ids(data.item_ids))
     return MFModel(users, items, config)
 
 
@@ -407,6 +513,7 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
         return {"collision_share": rep["colliding_id_share"],
                 "collision_theory": float(1.0 - math.exp(-n / m)), "rows": int(m), "ids": n}
     rows = tab.lookup(ids).numpy()
+    rows = rows[rows >= 0]  # IDs without a row (not admitted, evicted) share nothing
     _, counts = np.unique(rows, return_counts=True)
     shared = float((counts[counts > 1]).sum() / max(n, 1))
     return {"collision_share": shared, "collision_theory": 0.0,

@@ -1,0 +1,123 @@
+"""The table designs of embtab.train (TrainConfig's table, rows_per_id, hash_users, on_full,
+min_count): each builds the modules it names, trains, and bad configurations are refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from embtab.data import power_law, train_test_split
+from embtab.nn import CuckooEmbedding, HashedEmbedding, OnFull
+from embtab.train import (
+    TrainConfig,
+    build_model,
+    collision_share,
+    fit,
+    recommend,
+    table_design,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = power_law(n_users=60, n_items=90, interactions_per_user=8, seed=0)
+    train, _ = train_test_split(data, seed=0)
+    return train
+
+
+# (config fields, user module, user rows, item module, item rows, item on_full) for 60 users
+# and 90 items; rows = max(1, round(rows_per_id * n)).
+DESIGNS = [
+    ({}, CuckooEmbedding, 60, CuckooEmbedding, 90, OnFull.GROW),
+    ({"table": "hashed", "rows_per_id": 0.25}, CuckooEmbedding, 60, HashedEmbedding, 22, None),
+    ({"table": "hashed", "rows_per_id": 0.25, "hash_users": True},
+     HashedEmbedding, 15, HashedEmbedding, 22, None),
+    ({"on_full": "evict_lru", "rows_per_id": 0.5}, CuckooEmbedding, 60, CuckooEmbedding, 45,
+     OnFull.EVICT_LRU),
+    ({"on_full": "evict_lfu", "rows_per_id": 0.5, "hash_users": True},
+     CuckooEmbedding, 30, CuckooEmbedding, 45, OnFull.EVICT_LFU),
+    ({"min_count": 2, "admission_eps": 0.01, "admission_delta": 0.5},
+     CuckooEmbedding, 60, CuckooEmbedding, 90, OnFull.GROW),
+]
+
+
+@pytest.mark.parametrize("fields,ucls,urows,icls,irows,policy", DESIGNS,
+                         ids=[table_design(TrainConfig(**d[0])) for d in DESIGNS])
+def test_each_design_builds_its_modules(tiny, fields, ucls, urows, icls, irows, policy):
+    cfg = TrainConfig(dim=4, epochs=1, batch_size=16, **fields)
+    model = build_model(tiny, cfg)
+    assert type(model.users) is ucls and type(model.items) is icls
+    assert model.users.num_embeddings == urows and model.items.num_embeddings == irows
+    if policy is not None:
+        assert model.items.on_full == policy
+        assert model.items.min_count == cfg.min_count
+    # tables that hold every ID are filled up front; capped or admitting ones start empty
+    if icls is CuckooEmbedding:
+        assert model.items.num_ids == (90 if cfg.on_full == "grow" and cfg.min_count == 1 else 0)
+    trained = fit(tiny, cfg, quiet=True)
+    top = recommend(trained, tiny, 10)
+    assert top.shape == (tiny.n_users, 10)
+    if icls is CuckooEmbedding:
+        assert trained.items.num_ids <= irows
+        assert collision_share(trained, tiny)["collision_share"] == 0.0
+
+
+def test_admission_gives_rows_only_from_the_min_count_th_sighting(tiny):
+    # one epoch in one batch: every item is seen once as a positive or a negative at most a few
+    # times; with min_count far above any item's sightings nothing is admitted and every
+    # item reads the zero vector
+    cfg = TrainConfig(dim=4, epochs=1, batch_size=10_000, min_count=10_000,
+                      admission_eps=0.01, admission_delta=0.5)
+    model = fit(tiny, cfg, quiet=True)
+    assert model.items.num_ids == 0 and model.users.num_ids == tiny.n_users
+    from embtab.train import item_vectors
+    assert torch.count_nonzero(item_vectors(model, tiny)) == 0
+
+
+def test_defaults_keep_todays_model(tiny):
+    # the defaults build what E1-E3 always trained: collisionless users and items, all IDs
+    # inserted up front in dense order (row r = dense index r)
+    model = build_model(tiny, TrainConfig(dim=4))
+    np.testing.assert_array_equal(model.items.row_ids.numpy(),
+                                  tiny.item_ids.view(np.int64))
+    np.testing.assert_array_equal(model.users.row_ids.numpy(),
+                                  tiny.user_ids.view(np.int64))
+
+
+def test_a_cap_below_one_batch_is_refused_before_training(tiny):
+    # BPR reads up to 2 * batch_size distinct items per batch (positives and negatives): 45
+    # rows cannot serve a batch of 32 pairs; the softmax loss reads the whole catalogue
+    for cfg in (TrainConfig(on_full="evict_lru", rows_per_id=0.5, batch_size=32),
+                TrainConfig(on_full="evict_lfu", rows_per_id=0.9, batch_size=8,
+                            loss="softmax")):
+        with pytest.raises(ValueError, match="rows_per_id.*item table at"):
+            build_model(tiny, cfg)
+    # a batch of 20 pairs: 40 item rows of 45 are enough
+    build_model(tiny, TrainConfig(on_full="evict_lru", rows_per_id=0.5, batch_size=20))
+
+
+def test_design_names():
+    assert table_design(TrainConfig()) == "cuckoo"
+    assert table_design(TrainConfig(hash_users=True)) == "cuckoo"
+    assert table_design(TrainConfig(table="hashed", rows_per_id=0.25)) == "hashed m/n=0.25"
+    assert (table_design(TrainConfig(table="hashed", rows_per_id=0.25, hash_users=True))
+            == "hashed m/n=0.25 +users")
+    assert (table_design(TrainConfig(on_full="evict_lfu", rows_per_id=0.5, min_count=2))
+            == "cuckoo evict_lfu m/n=0.5 min_count=2")
+
+
+@pytest.mark.parametrize("fields,name", [
+    ({"table": "lsh"}, "table"),
+    ({"on_full": "error"}, "on_full"),
+    ({"on_full": "evict_lru", "table": "hashed"}, "on_full"),
+    ({"min_count": 2, "table": "hashed"}, "min_count"),
+    ({"min_count": 0}, "min_count"),
+    ({"min_count": 2.5}, "min_count"),
+    ({"admission_eps": 0.0}, "admission_eps"),
+    ({"admission_delta": 1.0}, "admission_delta"),
+    ({"rows_per_id": 0.5}, "rows_per_id"),          # a cap needs an eviction policy
+    ({"rows_per_id": 0.0, "table": "hashed"}, "rows_per_id"),
+    ({"hash_users": 1}, "hash_users"),
+])
+def test_bad_design_names_the_field(fields, name):
+    with pytest.raises(ValueError, match=f"TrainConfig.{name}"):
+        TrainConfig(**fields)
