@@ -31,6 +31,10 @@ Definitions (pop(i) = share of training users who interacted with item i):
 * ``miscalibration@k`` = mean over users of KL(p‖q̃) = Σ_g p(g|u) ln(p(g|u) / q̃(g|u)),
   q̃ = (1 − α) q + α p, α = 0.01; p(g|u) = Σ_{i ∈ train_u} w(i,g) / Σ_{i ∈ train_u} Σ_g w(i,g)
   (the mean genre distribution of the user's training items), q likewise from the top-k.
+* ``consumed_utility@k`` (with budget c) = mean over users of the expected number of list items
+  the user consumes when they scan the list top-down, examine rank r with probability
+  1/log2(r + 1), consume an examined item with probability its relevance, and stop after c
+  consumptions (exact, :func:`embtab.rerank.expected_consumption`).
 * ``decile_recall@k``: recall@k restricted to test items in each training-popularity decile.
 
 Example::
@@ -58,6 +62,7 @@ __all__ = [
     "USER_GROUPS",
     "arp_at_k",
     "as_row_sets",
+    "consumed_utility_at_k",
     "coverage_at_k",
     "decile_recall_at_k",
     "delta_gap_at_k",
@@ -297,6 +302,66 @@ def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
     with np.errstate(invalid="ignore", divide="ignore"):
         r = _hits(top, s).sum(axis=1) / np.minimum(k, n_test)
     r[n_test == 0] = np.nan
+    return r if per_user else nanmean(r)
+
+
+def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
+                          intent_weights: np.ndarray | None = None,
+                          n_items: int | None = None, per_user: bool = False):
+    """consumed_utility@k with budget ``c``: expected items consumed under limited attention.
+
+    The user scans the top-k from rank 1, examines rank r with probability
+    ``e_r = 1/log2(r + 1)`` (:func:`embtab.rerank.examination_probability`), consumes an
+    examined item with probability ``rel(u, i)``, and stops after ``c`` consumptions; the value
+    is the exact expectation (:func:`embtab.rerank.expected_consumption`), in [0, min(c, k)].
+
+    Parameters
+    ----------
+    topk : int [U, >=k]
+    relevance : per-user item sets [U, I], or ndarray of float [U, I] or [U, Z, I]
+        Item sets (e.g. the held-out test items): ``rel = 1`` for the user's items, 0 for the
+        rest; the mean is then over users with at least one item, as recall@k. A float array
+        gives ``rel`` in [0, 1] directly (per intent z when 3-D, with ``intent_weights``); the
+        mean is over all users.
+    c : int
+        Consumption budget, >= 1.
+    k : int
+    intent_weights : ndarray [U, Z], optional
+        With a 3-D ``relevance``: the probability that the user is in intent z.
+    n_items : int, optional
+        Needed only for the tuple/list forms of item sets.
+    per_user : bool
+        Return float64 [U] instead (NaN for users without an item in item-set form).
+
+    Returns
+    -------
+    float, or ndarray [U]
+
+    Example::
+
+        >>> consumed_utility_at_k([[0, 1, 2]], [[0, 1]], c=1, k=3, n_items=3)  # 1 (rank 1)
+        1.0
+        >>> round(consumed_utility_at_k([[2, 0, 1]], [[0, 1]], c=1, k=3, n_items=3), 4)
+        0.8155
+    """
+    e = rerank.examination_probability(k)
+    if isinstance(relevance, np.ndarray) and relevance.dtype.kind == "f":
+        if relevance.ndim not in (2, 3):
+            raise ValueError(f"relevance must be [U, I] or [U, Z, I]; got shape {relevance.shape}")
+        top = _topk(topk, k, relevance.shape[-1], relevance.shape[0])
+        if relevance.ndim == 2:
+            acc = np.take_along_axis(relevance, top, axis=1) * e
+        else:
+            idx = np.broadcast_to(top[:, None, :], relevance.shape[:2] + (k,))
+            acc = np.take_along_axis(relevance, idx, axis=2) * e
+        r = rerank.expected_consumption(acc, c, intent_weights)
+        return r if per_user else mean(r)
+    if intent_weights is not None:
+        raise ValueError("intent_weights needs relevance as a float array [U, Z, I]")
+    s = as_row_sets(relevance, n_items)
+    top = _topk(topk, k, s.n_cols, s.n_rows)
+    r = rerank.expected_consumption(_hits(top, s) * e, c)
+    r[s.lengths() == 0] = np.nan
     return r if per_user else nanmean(r)
 
 

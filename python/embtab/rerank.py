@@ -15,6 +15,12 @@ popularity bins), ``q(L)`` the mean of the list items' category distributions,
 gives plain top-k by score. The work runs in C++ (``embtab._core``) with the GIL released,
 users split over ``num_threads`` threads; the output does not depend on the thread count.
 
+Limited attention (arXiv 2307.15142): :func:`expected_consumption` is the exact expected number
+of items a user consumes from a list when they scan it top-down with position bias and stop after
+``c`` consumptions; :func:`limited_attention` reranks candidates greedily to maximise it, with
+the user's intents (categories) as the uncertainty that makes diversity pay
+(docs/metrics.md, "Consumed utility under limited attention").
+
 Also here: :func:`topk` (the usual first stage), :class:`ItemDistribution` (a catalogue checked
 once, for many calls), :func:`genre_distribution`, :func:`user_distribution`,
 :func:`popularity_bins` and :func:`miscalibration`.
@@ -30,13 +36,17 @@ import numpy as np
 import numpy.typing as npt
 
 from embtab import _core
-from embtab._checks import check_int, check_real, check_threads, is_sparse, shape_str
+from embtab._checks import check_int, check_ndarray, check_real, check_threads, is_sparse, shape_str
 
 __all__ = [
     "ItemDistribution",
     "RerankResult",
     "calibrated",
+    "examination_probability",
+    "expected_consumption",
     "genre_distribution",
+    "intent_relevance",
+    "limited_attention",
     "miscalibration",
     "popularity_bins",
     "smoothed_kl",
@@ -784,3 +794,285 @@ def miscalibration(
     else:
         q = np.asarray(item_dist, dtype=np.float64)[lists].mean(axis=1)
     return smoothed_kl(p, q, alpha)
+
+
+# limited attention ############################################################################
+
+
+def examination_probability(k: int) -> npt.NDArray[np.float64]:
+    """Position bias ``e_r = 1 / log2(r + 1)`` of ranks ``r = 1..k``, float64 [k].
+
+    The probability that a user who is still scanning looks at the item at rank r (the DCG
+    discount; rank 1 is always examined).
+
+    Example
+    -------
+    >>> from embtab import rerank
+    >>> rerank.examination_probability(3).round(4)
+    array([1.    , 0.6309, 0.5   ])
+    """
+    k = check_int(k, "k", min=0)
+    return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+
+
+def _check_probabilities(a: Any, name: str) -> np.ndarray:
+    a = check_ndarray(a, name, kinds="f")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} must be [U, n] or [U, Z, n] (Z intents), got shape {shape_str(a)}")
+    a = np.asarray(a, dtype=np.float64)
+    bad = ~((a >= 0) & (a <= 1))
+    if bad.any():
+        where = tuple(int(x[0]) for x in np.nonzero(bad))
+        raise ValueError(f"{name} must hold probabilities in [0, 1]; {name}{list(where)} = "
+                         f"{a[where]!r}")
+    return a
+
+
+def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndarray:
+    """``probs`` as [U, Z, n] with the checked weights [U, Z] (Z = 1, weight 1 when 2-D)."""
+    U = probs.shape[0]
+    if probs.ndim == 2:
+        if intent_weights is not None:
+            raise ValueError(f"intent_weights needs {name} of shape [U, Z, n]; {name} has shape "
+                             f"{shape_str(probs)}")
+        return np.ones((U, 1))
+    if intent_weights is None:
+        raise ValueError(f"{name} has shape {shape_str(probs)} (intents): intent_weights [U, Z] "
+                         "is required")
+    w = check_ndarray(intent_weights, "intent_weights", kinds="f", ndim=2)
+    if w.shape != probs.shape[:2]:
+        raise ValueError(f"intent_weights must have shape {shape_str(probs.shape[:2])} (U, Z of "
+                         f"{name}), got {shape_str(w)}")
+    w = np.asarray(w, dtype=np.float64)
+    _check_distribution_rows(w, "intent_weights", allow_zero_rows=False)
+    return w
+
+
+def _consume_step(state: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """One rank of the consumption chain: ``state`` [..., c] = P(j consumed so far, still
+    scanning), ``a`` [...] = P(the item here is consumed | still scanning)."""
+    a = a[..., None]
+    nxt = state * (1.0 - a)
+    nxt[..., 1:] += state[..., :-1] * a
+    return nxt
+
+
+def expected_consumption(accept: np.ndarray, c: int,
+                         intent_weights: Optional[np.ndarray] = None) -> npt.NDArray[np.float64]:
+    """Exact expected number of consumed items per user under limited attention, float64 [U].
+
+    The user scans the list top-down. At rank r, if they have consumed fewer than ``c`` items
+    so far, they consume the item with probability ``accept[u, r]`` (examination times
+    relevance, independently of the other ranks); after the c-th consumption they stop. With
+    intents, the user is in intent z with probability ``intent_weights[u, z]`` for the whole
+    scan and ``accept[u, z, r]`` applies. The expectation is a dynamic programme over ranks
+    with states "j items consumed so far" (j < c), ``O(U * Z * k * c)``; no sampling.
+
+    Parameters
+    ----------
+    accept : ndarray of float, shape [U, k] or [U, Z, k]
+        Consumption probability of the item at each rank given the user is still scanning,
+        in [0, 1] (e.g. ``examination_probability(k) * relevance``).
+    c : int
+        The consumption budget, >= 1 (``c >= k``: no budget, the sum of ``accept``).
+    intent_weights : ndarray of float, shape [U, Z], optional
+        Rows >= 0 summing to 1; required with a 3-D ``accept``, refused with a 2-D one.
+
+    Returns
+    -------
+    ndarray of float64, shape [U]
+        ``sum_z w_z sum_r P_z(fewer than c consumed before r) * accept[u, z, r]``, in [0, min(c, k)].
+
+    Raises
+    ------
+    TypeError
+        ``accept`` or ``intent_weights`` not a float ndarray, ``c`` not an int.
+    ValueError
+        Bad shapes, values outside [0, 1], ``c < 1``, weight rows not summing to 1.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> rerank.expected_consumption(np.array([[0.5, 0.5]]), c=1)   # 0.5 + 0.5 * 0.5
+    array([0.75])
+    """
+    a = _check_probabilities(accept, "accept")
+    c = check_int(c, "c", min=1)
+    w = _check_intents(intent_weights, a, "accept")
+    a3 = a if a.ndim == 3 else a[:, None, :]
+    U, Z, k = a3.shape
+    state = np.zeros((U, Z, c))
+    state[..., 0] = 1.0
+    total = np.zeros((U, Z))
+    for r in range(k):
+        total += state.sum(axis=-1) * a3[..., r]
+        state = _consume_step(state, a3[..., r])
+    return (w * total).sum(axis=1)
+
+
+def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarray,
+                     candidates: Optional[np.ndarray] = None) -> npt.NDArray[np.float64]:
+    """Per-intent consumption probabilities of candidates from marginal scores, [U, G, C].
+
+    The intents are the categories: a user is in intent g with probability ``target[u, g]``
+    (their category mix), and an item of category g can only be consumed in intent g. If
+    ``scores[u, j]`` in [0, 1] is the user's marginal probability of consuming candidate j
+    when examined, consistency (``sum_g target_g * rel_g = scores`` for a one-category item)
+    gives ``rel[u, g, j] = min(1, scores[u, j] * item_dist[item, g] / target[u, g])``, and 0
+    where ``target[u, g] = 0``. Non-finite scores (masked candidates) get 0.
+
+    Parameters
+    ----------
+    scores : ndarray of float, shape [U, C]
+        Marginal consumption probabilities in [0, 1] (e.g. per-user min-max scaled scores),
+        or -inf for a candidate never to pick.
+    item_dist : ndarray of float, shape [n_items, G]
+        Category distribution of each item (rows summing to 1).
+    target : ndarray of float, shape [U, G]
+        The users' intent (category) weights, rows summing to 1.
+    candidates : ndarray of int64, shape [U, C], optional
+        Item ids of the candidates (default: candidate j is item j).
+
+    Returns
+    -------
+    ndarray of float64, shape [U, G, C]
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> rel = rerank.intent_relevance(np.array([[0.6, 0.3]]), np.eye(2), np.array([[0.7, 0.3]]))
+    >>> rel.round(3)
+    array([[[0.857, 0.   ],
+            [0.   , 1.   ]]])
+    """
+    s = _check_scores(scores)
+    U, C = s.shape
+    fin = np.isfinite(s)
+    if (s[fin] < 0).any() or (s[fin] > 1).any() or np.isposinf(s).any():
+        raise ValueError(f"scores must lie in [0, 1] (or be -inf), got values in "
+                         f"[{np.nanmin(s[fin]) if fin.any() else 0}, {np.nanmax(s)}]")
+    d = check_ndarray(item_dist, "item_dist", kinds="f", ndim=2)
+    t = _check_target(target, U)
+    if t.shape[1] != d.shape[1]:
+        raise ValueError(f"item_dist has G = {d.shape[1]} categories but target has shape "
+                         f"{shape_str(t)}")
+    if candidates is None:
+        if C != d.shape[0]:
+            raise ValueError(f"without candidates, scores needs one column per item_dist row "
+                             f"({d.shape[0]}), got shape {shape_str(s)}")
+        cand = np.broadcast_to(np.arange(C), (U, C))
+    else:
+        cand = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
+        if cand.shape != s.shape:
+            raise ValueError(f"candidates must have the shape of scores {shape_str(s)}, got "
+                             f"shape {shape_str(cand)}")
+        if ((cand < 0) | (cand >= d.shape[0])).any():
+            raise ValueError(f"candidates must be item ids in [0, {d.shape[0]})")
+    w = np.asarray(d, dtype=np.float64)[cand]                                  # [U, C, G]
+    marg = np.where(fin, s, 0.0)[..., None] * w
+    tt = np.asarray(t, dtype=np.float64)[:, None, :]
+    rel = np.divide(marg, tt, out=np.zeros_like(marg), where=tt > 0)
+    return np.minimum(1.0, rel).transpose(0, 2, 1).copy()
+
+
+def limited_attention(relevance: np.ndarray, k: int, c: int, *,
+                      intent_weights: Optional[np.ndarray] = None,
+                      candidates: Optional[np.ndarray] = None,
+                      examination: Optional[np.ndarray] = None,
+                      return_objective: bool = False):
+    """Rerank candidates to maximise expected consumption under limited attention (greedy).
+
+    Fills ranks r = 1..k in order. At rank r it adds the unpicked candidate j with the largest
+    gain ``sum_z w_z * P_z(fewer than c consumed before r) * e_r * relevance[u, z, j]`` (the
+    expected consumption it adds at r, given the list so far), then updates each intent's
+    consumption chain as :func:`expected_consumption` does. The list's
+    :func:`expected_consumption` is the sum of the gains. Ties go to the lower candidate index;
+    once no candidate adds anything (every intent is out of budget, or all remaining
+    relevances are 0) the rest is filled by marginal relevance ``sum_z w_z relevance[u, z, j]``,
+    then by candidate index. With one intent the greedy is top-k by relevance; with several,
+    an intent that the list already serves is worth less further down (its budget may be
+    spent), which is what diversifies the list (arXiv 2307.15142).
+
+    Parameters
+    ----------
+    relevance : ndarray of float, shape [U, C] or [U, Z, C]
+        Probability that the user consumes candidate j when they examine it (in intent z),
+        in [0, 1] (e.g. from :func:`intent_relevance`).
+    k : int
+        List length, ``1 <= k <= C``.
+    c : int
+        The consumption budget, >= 1.
+    intent_weights : ndarray of float, shape [U, Z], optional
+        Required with a 3-D ``relevance`` (rows summing to 1).
+    candidates : ndarray of int64, shape [U, C], optional
+        Item ids of the candidates; the lists hold these (candidate positions otherwise).
+    examination : ndarray of float, shape [k], optional
+        Examination probability per rank in [0, 1]; default :func:`examination_probability`.
+    return_objective : bool, default False
+        Also return the expected consumption of each list.
+
+    Returns
+    -------
+    ndarray of int64, shape [U, k], or (lists, objective [U])
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`expected_consumption`; also ``k`` outside [1, C], a bad ``examination`` or
+        ``candidates`` (not int64, wrong shape).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from embtab import rerank
+    >>> rel = np.array([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])   # items 0, 1: intent 0; 2: intent 1
+    >>> w = np.array([[0.7, 0.3]])
+    >>> rerank.limited_attention(rel, k=2, c=1, intent_weights=w, examination=np.ones(2))
+    array([[0, 2]])
+    """
+    rel = _check_probabilities(relevance, "relevance")
+    w = _check_intents(intent_weights, rel, "relevance")
+    r3 = rel if rel.ndim == 3 else rel[:, None, :]
+    U, Z, C = r3.shape
+    k = check_int(k, "k")
+    if not 1 <= k <= C:
+        raise ValueError(f"k must be in [1, C] with C = {C} (relevance has shape "
+                         f"{shape_str(rel)}), got {k}")
+    c = check_int(c, "c", min=1)
+    if examination is None:
+        e = examination_probability(k)
+    else:
+        e = check_ndarray(examination, "examination", kinds="f", ndim=1)
+        if e.shape != (k,):
+            raise ValueError(f"examination must have shape ({k},), got {shape_str(e)}")
+        e = _check_probabilities(e[None, :], "examination")[0]
+    if candidates is not None:
+        candidates = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
+        if candidates.shape != (U, C):
+            raise ValueError(f"candidates must have shape {shape_str((U, C))}, got "
+                             f"{shape_str(candidates)}")
+    marginal = np.einsum("uz,uzc->uc", w, r3)
+    state = np.zeros((U, Z, c))
+    state[..., 0] = 1.0
+    picked = np.zeros((U, C), dtype=bool)
+    out = np.empty((U, k), dtype=np.int64)
+    objective = np.zeros(U)
+    rows = np.arange(U)
+    for r in range(k):
+        alive = w * state.sum(axis=-1)                                         # [U, Z]
+        gain = e[r] * np.einsum("uz,uzc->uc", alive, r3)
+        gain[picked] = -np.inf
+        best = gain.max(axis=1)
+        fallback = np.where(picked, -np.inf, marginal)
+        key = np.where((best > 0)[:, None], gain, fallback)
+        j = key.argmax(axis=1)
+        out[:, r] = j
+        picked[rows, j] = True
+        objective += np.maximum(best, 0.0) * (best > 0)
+        state = _consume_step(state, e[r] * r3[rows, :, j])
+    lists = out if candidates is None else candidates[rows[:, None], out]
+    if return_objective:
+        return lists, objective
+    return lists
