@@ -148,6 +148,22 @@ def test_calibration_text_says_when_target_is_missed():
     assert "NOT met" in text
 
 
+@pytest.mark.parametrize("mis, ndcg, verdict", [
+    ((0.30, 0.32, 0.28), (0.195, 0.196, 0.194), "met with both intervals"),
+    ((0.80, 0.82, 0.78), (0.195, 0.196, 0.194), "missed"),
+    ((0.20, 0.90, 0.45), (0.195, 0.196, 0.194), "not decided")])
+def test_calibration_tradeoff_is_judged_on_paired_intervals(mis, ndcg, verdict):
+    base = {"model": "mf+calibrated", "candidates": 100}
+    rows = []
+    for seed, (m, n) in enumerate(zip(mis, ndcg)):
+        rows += [{**base, "seed": seed, "lam": 0.0, "ndcg@10": 0.2, "miscalibration@10": 1.0},
+                 {**base, "seed": seed, "lam": 0.5, "ndcg@10": n, "miscalibration@10": m}]
+    text = " ".join(ex.calibration.tradeoff_findings({"rows": rows}))
+    assert verdict in text and "paired over 3 seeds" in text
+    # one seed: no interval, no sentence
+    assert ex.calibration.tradeoff_findings({"rows": rows[:2]}) == []
+
+
 def test_run_experiments_writes_everything(tmp_path, session):
     paths = ex.run_experiments(["dims"], tmp_path / "out", dataset=session.data, seeds=1,
                                progress=False, train_overrides=FAST,

@@ -47,7 +47,7 @@ from embtab.train import score_matrix
 __all__ = ["CANDIDATES", "LAMBDAS", "SCORE_SCALINGS", "calibrated_lists", "categories",
            "findings", "heldout_miscalibration", "item_distribution", "minmax",
            "minority_share", "plot", "plot_calibration", "run_calibration", "section",
-           "user_mix"]
+           "tradeoff_findings", "user_mix"]
 
 LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
 CANDIDATES = (100, 500)
@@ -250,6 +250,35 @@ def minority_findings(results: dict) -> list:
     return out
 
 
+def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
+    """Steck's trade-off at ``lam`` per C, paired per seed against λ = 0: the miscalibration
+    ratio and the relative ndcg@10 change, each with its 95% interval over seeds, and whether
+    the target (≤ 50% of the miscalibration for ≤ 10% ndcg@10 loss) is met, missed, or not
+    decided by the intervals."""
+    rows = [r for r in results["rows"] if r.get("model") == "mf+calibrated"]
+    by = {(r["candidates"], r["lam"], r["seed"]): r for r in rows}
+    out = []
+    for C in sorted({r["candidates"] for r in rows}):
+        seeds = sorted(s for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by)
+        if len(seeds) < 2:
+            continue
+        ratio = interval([by[(C, lam, s)]["miscalibration@10"]
+                          / max(by[(C, 0.0, s)]["miscalibration@10"], 1e-12) for s in seeds])
+        change = interval([by[(C, lam, s)]["ndcg@10"] / max(by[(C, 0.0, s)]["ndcg@10"], 1e-12)
+                           - 1 for s in seeds])
+        met = ratio["ci95_high"] <= 0.5 and change["ci95_low"] >= -0.10
+        missed = ratio["ci95_low"] > 0.5 or change["ci95_high"] < -0.10
+        verdict = ("met with both intervals inside it" if met else
+                   "missed (an interval lies outside it)" if missed else
+                   "not decided by the intervals")
+        out.append(
+            f"C={C}, paired over {len(seeds)} seeds: at λ={lam:g} miscalibration@10 is "
+            f"{ratio['mean']:.0%} [{ratio['ci95_low']:.0%}, {ratio['ci95_high']:.0%}] of λ=0's "
+            f"and ndcg@10 changes by {change['mean']:+.1%} [{change['ci95_low']:+.1%}, "
+            f"{change['ci95_high']:+.1%}]; the target (≤ 50%, ≥ −10%) is {verdict}.")
+    return out
+
+
 def _half(row: dict, metric: str) -> float:
     """The 95% interval's half width of a summary row's metric (0 with one seed: no bar)."""
     h = float(ci95_half_width(row[metric + ":sd"], row["n"]))
@@ -303,7 +332,7 @@ def findings(summ, config) -> list:
         out.append(
             f"C={C}: at λ=0.5 miscalibration@10 is {r5['miscalibration@10']:.4f} vs "
             f"{r0['miscalibration@10']:.4f} at λ=0 ({mis:.0%} of it) while ndcg@10 changes by "
-            f"{-nd:+.1%} ({r0['ndcg@10']:.4f} → {r5['ndcg@10']:.4f}); the target "
+            f"{-nd:+.1%} ({r0['ndcg@10']:.4f} → {r5['ndcg@10']:.4f}); on the means the target "
             f"(≤ 50% miscalibration, ≤ 10% ndcg loss) is {'met' if ok else 'NOT met'}. "
             f"arp@10 goes {r0['arp@10']:.4f} → {r5['arp@10']:.4f}, coverage@10 "
             f"{r0['coverage@10']:.4f} → {r5['coverage@10']:.4f}.")
@@ -345,7 +374,7 @@ def section(results: dict, plots=()) -> list:
                           ("λ", lambda r: f"{r['lam']:g}" if "lam" in r else "")],
                    metrics_=("recall@10", "ndcg@10", "miscalibration@10", "minority_share@10",
                              "arp@10", "coverage@10", "tail_share@10"))
-    text = findings(summ, cfg) + minority_findings(results)
+    text = findings(summ, cfg) + tradeoff_findings(results) + minority_findings(results)
     ref = cfg.get("heldout_miscalibration")
     r0 = next((r for r in summ if r.get("model") == "mf+calibrated" and r.get("lam") == 0.0),
               None)
