@@ -271,6 +271,10 @@ class _ShardedBase(nn.Module):
         if local_kwargs.get("optimizer") is not None:  # the shard checkpoints keep no fused state
             raise ValueError("optimizer= (embtab.optim) is not supported by the sharded modules "
                              "yet: train them with a torch optimizer over module.parameters()")
+        if local_kwargs.get("expire_after") is not None:  # the header and checkpoints omit it
+            raise ValueError("expire_after is not supported by the sharded modules: use "
+                             "on_full='evict_lru' with a row cap, or the single-process "
+                             "embtab.nn.CuckooEmbedding(Bag)")
         if name is not None and not (isinstance(name, str) and _NAME_RE.fullmatch(name)):
             raise ValueError(f"name must be 1-100 characters from [A-Za-z0-9_.-], got {name!r}")
         if not dist.is_initialized():
@@ -770,6 +774,8 @@ class ShardedCuckooEmbedding(_ShardedBase):
     **kwargs
         ``on_full``, ``growth_factor``, ``min_count``, ``admission_eps``, ``admission_delta``,
         ``init``, ``seed``, ``num_threads``: as the single-process module, applied per shard.
+        ``expire_after`` (time-based expiry) and ``optimizer`` (fused) are refused with
+        ValueError.
 
     Shape
     -----

@@ -171,6 +171,9 @@ def _check_init(init) -> EmbeddingInit:
 # a mistake, not a machine too small: refused before anything is allocated).
 _MAX_ALLOC_BYTES = 1 << 56
 
+# Largest expire_after: steps are counted in int64.
+_MAX_EXPIRE_AFTER = (1 << 63) - 1
+
 
 def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
     total = itemsize
@@ -316,11 +319,16 @@ class _CuckooBase(nn.Module):
         seed: int = 0,
         num_threads: int = 0,
         optimizer: Optional[FusedOptimizer] = None,
+        expire_after: Optional[int] = None,
     ) -> None:
         super().__init__()
         _init_common(
             self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
             scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+        )
+        self.expire_after = (
+            None if expire_after is None
+            else check_int(expire_after, "expire_after", min=1, max=_MAX_EXPIRE_AFTER)
         )
         if _weight is not None:
             raise ValueError(
@@ -354,10 +362,13 @@ class _CuckooBase(nn.Module):
         self.register_buffer("num_admissions", torch.zeros((), dtype=torch.int64))
         self.register_buffer("num_evictions", torch.zeros((), dtype=torch.int64))
         self.register_buffer("num_growths", torch.zeros((), dtype=torch.int64))
-        if self.on_full == OnFull.EVICT_LRU:
+        if self.on_full == OnFull.EVICT_LRU or self.expire_after is not None:
+            # The step (num_steps) of each row's last lookup: LRU's recency, expiry's clock.
             self.register_buffer("row_last_step", torch.zeros(R, dtype=torch.int64))
-        elif self.on_full == OnFull.EVICT_LFU:
+        if self.on_full == OnFull.EVICT_LFU:
             self.register_buffer("row_count", torch.zeros(R, dtype=torch.int64))
+        if self.expire_after is not None:
+            self.register_buffer("num_expired", torch.zeros((), dtype=torch.int64))
         if self.min_count > 1:
             width = math.ceil(math.e / self.admission_eps)
             depth = math.ceil(math.log(1.0 / self.admission_delta))
@@ -439,7 +450,9 @@ class _CuckooBase(nn.Module):
         return len(self._table)
 
     def stats(self) -> dict[str, int]:
-        """Counters a user needs: live IDs, rows, steps, admissions, evictions, growths."""
+        """Counters a user needs: live IDs, rows, steps, admissions, evictions, growths and
+        expirations (``num_expired``: 0 without ``expire_after``)."""
+        expired = self._buffers.get("num_expired")
         return {
             "num_ids": self.num_ids,
             "num_embeddings": self.num_embeddings,
@@ -448,6 +461,7 @@ class _CuckooBase(nn.Module):
             "num_admissions": int(self.num_admissions),
             "num_evictions": int(self.num_evictions),
             "num_growths": int(self.num_growths),
+            "num_expired": 0 if expired is None else int(expired),
         }
 
     def lookup(self, ids: Tensor) -> Tensor:
@@ -462,6 +476,8 @@ class _CuckooBase(nn.Module):
             s += f", padding_id={self.padding_id}"
         if self.min_count > 1:
             s += f", min_count={self.min_count}"
+        if self.expire_after is not None:
+            s += f", expire_after={self.expire_after}"
         if self.max_norm is not None:
             s += f", max_norm={self.max_norm}"
         if self.sparse:
@@ -514,10 +530,12 @@ class _CuckooBase(nn.Module):
                 R = self.num_embeddings
             used = rows[rows >= 0]
             self.num_steps += 1
-            if self.on_full == OnFull.EVICT_LRU:
+            if "row_last_step" in self._buffers:
                 self.row_last_step.numpy()[used] = int(self.num_steps)
-            elif self.on_full == OnFull.EVICT_LFU:
+            if self.on_full == OnFull.EVICT_LFU:
                 self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
+            if self.expire_after is not None:
+                self._expire()
         zero = rows < 0
         if pad is not None:
             zero |= pad
@@ -545,7 +563,10 @@ class _CuckooBase(nn.Module):
             self.row_live.numpy()[victims] = False
             self.num_evictions += len(victims)
             self._pending_reused = True
+        handed_out = self._table.num_rows
         rows = self._table.lookup_or_insert(new_ids, num_threads=self.num_threads)
+        if len(rows) and int(rows.min()) < handed_out:  # rows freed by eviction or expiry
+            self._pending_reused = True
         self.row_ids.numpy()[rows] = new_ids
         self.row_live.numpy()[rows] = True
         self.num_rows.fill_(int(self._table.num_rows))
@@ -554,9 +575,9 @@ class _CuckooBase(nn.Module):
         vecs = init_vectors(new_ids, self.embedding_dim, self.seed, self.init, self.weight.dtype)
         dev = self.weight.device
         self.weight.data.index_copy_(0, rows_t.to(dev), vecs.to(dev))
-        if self.on_full == OnFull.EVICT_LRU:
+        if "row_last_step" in self._buffers:
             self.row_last_step.numpy()[rows] = 0
-        elif self.on_full == OnFull.EVICT_LFU:
+        if self.on_full == OnFull.EVICT_LFU:
             self.row_count.numpy()[rows] = 0
         if self.optimizer is not None:
             self.optimizer.reset_rows(self, rows)
@@ -592,6 +613,26 @@ class _CuckooBase(nn.Module):
         below = np.flatnonzero(score < kth)
         equal = np.flatnonzero(score == kth)[: k - len(below)]
         return np.concatenate([below, equal]).astype(np.int64)
+
+    def _expire(self) -> None:
+        """Free the rows of the live IDs last looked up ``expire_after`` or more steps ago
+        (``num_steps - row_last_step >= expire_after``), except rows pinned by a graph not yet
+        backpropagated (they expire at the first step after their release). The freed rows go
+        back to the table's free list; a new ID that takes one gets a fresh vector and fresh
+        optimizer state in :meth:`_insert`, exactly as after an eviction."""
+        cutoff = int(self.num_steps) - self.expire_after
+        if cutoff < 0:
+            return
+        stale = self.row_live.numpy() & (self.row_last_step.numpy() <= cutoff)
+        R = self.num_embeddings
+        for pinned in list(self._graph_rows.values()):
+            stale[pinned[pinned < R]] = False
+        rows = np.flatnonzero(stale)
+        if rows.size:
+            self._table.erase(self.row_ids.numpy()[rows])
+            self.row_live.numpy()[rows] = False
+            self.num_expired += len(rows)
+            self._table_changed()
 
     def _resize_rows(self, new_R: int, keep_values: bool = True):
         """Resize weight (same Parameter object), its grad and per-row buffers to new_R rows."""
@@ -712,7 +753,7 @@ class _CuckooBase(nn.Module):
                            and "." not in k[len(prefix):])
             if extra:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra} "
-                                 f"(another on_full or min_count?); nothing was loaded")
+                                 f"(another on_full, min_count or expire_after?); nothing was loaded")
         w = sd[prefix + "weight"]
         d = self.embedding_dim
         if w.dim() != 2 or w.shape[1] != d or w.shape[0] < 2:
@@ -753,6 +794,18 @@ class _CuckooBase(nn.Module):
         if num_rows > R:
             bad("num_rows", f"= {num_rows} exceeds the weight's {R} rows")
         live = torch.nonzero(sd[prefix + "row_live"].cpu()).reshape(-1).numpy().astype(np.int64)
+        if "row_last_step" in own:
+            steps = int(sd[prefix + "num_steps"])
+            last = int(sd[prefix + "row_last_step"].max()) if R else 0
+            if last > steps:
+                bad("row_last_step", f"holds step {last}, beyond num_steps = {steps}")
+        if "num_expired" in own:
+            counts = {n: int(sd[prefix + n]) for n in ("num_admissions", "num_evictions", "num_expired")}
+            if counts["num_admissions"] != counts["num_evictions"] + counts["num_expired"] + len(live):
+                bad("num_expired", f"= {counts['num_expired']} disagrees with the other counters: "
+                                   f"num_admissions ({counts['num_admissions']}) must equal "
+                                   f"num_evictions ({counts['num_evictions']}) + num_expired + the "
+                                   f"{len(live)} live rows")
         if len(live) and live[-1] >= num_rows:
             bad("row_live", f"marks row {int(live[-1])} live, beyond num_rows = {num_rows}")
         keys = sd[prefix + "row_ids"].cpu().numpy()[live]
@@ -781,6 +834,7 @@ class _CuckooBase(nn.Module):
         state.setdefault("_pending_reused", False)
         state.setdefault("_pending_grown", False)
         state.setdefault("_graph_rows", {})
+        state.setdefault("expire_after", None)
         super().__setstate__(state)
         if "_snap_keys" not in self._buffers:
             self._refresh_snapshot()
@@ -849,7 +903,8 @@ class _CuckooBase(nn.Module):
     def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
         """``out``, pinning the rows it read against eviction until a backward passes through
         it or its graph is freed (evicting policies, training outputs that need a gradient)."""
-        if not (self.on_full in (OnFull.EVICT_LRU, OnFull.EVICT_LFU) and out.requires_grad):
+        frees = self.on_full in (OnFull.EVICT_LRU, OnFull.EVICT_LFU) or self.expire_after is not None
+        if not (frees and out.requires_grad):
             return out
         pin = _Pin()
         key = id(pin)
@@ -1047,6 +1102,25 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
         A fused sparse optimizer (:mod:`embtab.optim`) applied in backward to the rows the
         batch touched, in place; ``weight`` then gets no ``.grad``, so an outer torch optimizer
         over ``model.parameters()`` leaves it alone. Its state lives in buffers ``opt_*``.
+    expire_after : int, optional
+        Time-based expiry (Monolith's feature expiry, arXiv 2209.07663): an ID not looked up
+        for ``expire_after`` consecutive training steps gives its row back. A *step* is one
+        training-mode forward call: the module's ``num_steps`` counter, which also dates
+        LRU's recency (``eval()`` forwards are not steps, ``torch.no_grad()`` training
+        forwards are). An ID looked up at step ``L`` (an occurrence that reads its row, not
+        ``padding_id`` or a not-yet-admitted sighting) is expired at the end of step
+        ``L + expire_after`` if not looked up again by then, so it is live during steps
+        ``L .. L + expire_after`` and a lookup at step ``L + expire_after + 1`` or later starts
+        a new lifetime: a fresh vector from ``(seed, ID)`` and fresh optimizer state, exactly
+        as a row taken by eviction (see Notes). A row read by a graph not yet backpropagated
+        expires at the end of the first step after its release. IDs given by
+        :meth:`from_pretrained` count as looked up at step 0. Expiry composes with every
+        ``on_full`` (the rows freed by expiry are taken before the table grows or evicts)
+        and with ``min_count`` (an expired ID keeps its sketch count and is re-admitted at its
+        next sighting). Counted in ``stats()["num_expired"]``; the last-seen steps are the
+        buffer ``row_last_step`` (in ``state_dict``, shared with ``on_full="evict_lru"``).
+        Must be an int in ``[1, 2**63 - 1]``; ``None`` (default) never expires. Not supported
+        by :mod:`embtab.distributed`.
 
     Shape
     -----
@@ -1058,7 +1132,7 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
     -----
     * In training mode the forward pass inserts new IDs; in ``eval()`` mode it changes nothing
       and unknown IDs read the zero vector.
-    * The growth and eviction policies keep optimizer state consistent through a global
+    * The growth, eviction and expiry policies keep optimizer state consistent through a global
       ``torch.optim`` step pre-hook: before each step, an optimizer holding ``weight`` gets its
       per-row state tensors padded and the rows handed to new IDs since the last step given
       the state a never-used row of a pre-sized table has (0; Adagrad's ``sum``:
@@ -1080,7 +1154,7 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       forward raises ValueError and changes nothing. A graph backpropagated a second time
       (``retain_graph=True``) after its rows were evicted trains their new owners.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
-      counters and the eviction/admission state; ``load_state_dict`` resizes ``weight`` to the
+      counters and the eviction/admission/expiry state; ``load_state_dict`` resizes ``weight`` to the
       saved size. It first checks every entry (keys, dtypes, shapes, counters, one live row per
       ID, ``padding_id`` without a row, a zero last row) and raises ValueError naming the key,
       changing nothing, if one is wrong. Save and load the optimizer's state dict beside it.
@@ -1113,8 +1187,9 @@ class CuckooEmbeddingBag(_Bag, _CuckooBase):
         ``nn.EmbeddingBag(padding_idx=...)`` does); not-yet-admitted IDs (``min_count``) and,
         in ``eval()`` mode, unknown IDs are left out the same way.
     on_full, growth_factor, min_count, admission_eps, admission_delta, init, seed, num_threads,
-    optimizer
-        As in :class:`CuckooEmbedding`.
+    optimizer, expire_after
+        As in :class:`CuckooEmbedding` (a step is one training-mode forward, whatever the
+        number of bags).
 
     Shape
     -----
