@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                        + ", ".join(f"{x.label} {x.name}" for x in registry.values()) + ")")
     e.add_argument("name", choices=list(registry))
     e.add_argument("--dataset", default="synthetic",
-                   help="synthetic[:key=value,...] | movielens:PATH | "
+                   help="synthetic[:key=value,...] | stream[:key=value,...] | movielens:PATH | "
                         "interactions:PATH[,categories=PATH] (default: synthetic)")
     e.add_argument("--seeds", type=_seeds, default=None,
                    help="number of seeds 0..N-1 (default 3, or 1 with --quick)")

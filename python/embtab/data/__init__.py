@@ -10,7 +10,9 @@ Modules: :mod:`~embtab.data.containers` (:class:`RowSets`, :class:`Interactions`
 :mod:`~embtab.data.truth` (the :class:`Truth` protocol, :class:`GroundTruth`),
 :mod:`~embtab.data.synthetic` (:func:`power_law`), :mod:`~embtab.data.generator_v2`
 (:func:`power_law_v2`, :class:`LatentTruth`: a truth of chosen rank with merit, exposure bias and
-user groups; ``docs/experiments.md``), :mod:`~embtab.data.loaders` and
+user groups; ``docs/experiments.md``), :mod:`~embtab.data.stream` (:func:`power_law_stream`,
+:func:`time_windows`: items born and fading, users joining, over time windows),
+:mod:`~embtab.data.loaders` and
 :mod:`~embtab.data.split` (:func:`train_test_split`). Import from ``embtab.data``.
 
 Sources, also reachable through :func:`load_dataset` spec strings (what the CLI passes):
@@ -19,6 +21,7 @@ Sources, also reachable through :func:`load_dataset` spec strings (what the CLI 
 ``synthetic[:key=value,...]``          :func:`power_law` (keys are its arguments), or
                                        :func:`power_law_v2` when a key is one of its
                                        own (``rank``, ``merit``, ``exposure``, ...)
+``stream[:key=value,...]``             :func:`power_law_stream` (a time-ordered stream)
 ``movielens:PATH``                     :func:`load_movielens` (MovieLens-100K layout)
 ``interactions:PATH[,categories=P]``   :func:`load_interactions` (``user item [weight]``)
 =====================================  ============================================
@@ -37,6 +40,7 @@ from embtab.data.containers import Interactions, RowSets
 from embtab.data.generator_v2 import LatentTruth, power_law_v2
 from embtab.data.loaders import MOVIELENS_GENRES, load_dataset, load_interactions, load_movielens
 from embtab.data.split import train_test_split
+from embtab.data.stream import StreamTruth, WindowTruth, power_law_stream, time_windows
 from embtab.data.synthetic import power_law
 from embtab.data.truth import GroundTruth, Truth
 
@@ -46,11 +50,15 @@ __all__ = [
     "Interactions",
     "LatentTruth",
     "RowSets",
+    "StreamTruth",
     "Truth",
+    "WindowTruth",
     "load_dataset",
     "load_interactions",
     "load_movielens",
     "power_law",
+    "power_law_stream",
     "power_law_v2",
+    "time_windows",
     "train_test_split",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from embtab._research import U64_MAX
 from embtab.data.containers import Interactions
 from embtab.data.generator_v2 import V2_KEYS, power_law_v2
+from embtab.data.stream import power_law_stream
 from embtab.data.synthetic import power_law
 
 __all__ = ["MOVIELENS_GENRES", "load_dataset", "load_interactions", "load_movielens"]
@@ -291,7 +292,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     ``"synthetic"`` or ``"synthetic:n_users=5000,n_items=8000,zipf_s=1.2"`` (keyword arguments of
     :func:`power_law`; ``seed`` comes from this function unless given; a spec naming a key of
     :data:`~embtab.data.generator_v2.V2_KEYS`, e.g. ``"synthetic:rank=8,merit=0"``, is generated
-    by :func:`~embtab.data.generator_v2.power_law_v2` instead), ``"movielens:PATH"``,
+    by :func:`~embtab.data.generator_v2.power_law_v2` instead), ``"stream"`` or
+    ``"stream:n_windows=6,half_life=1.5,rank=8"`` (keyword arguments of
+    :func:`~embtab.data.stream.power_law_stream`, the time-ordered stream), ``"movielens:PATH"``,
     ``"interactions:PATH"`` or ``"interactions:PATH,categories=PATH"``.
 
     Example::
@@ -300,14 +303,17 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         30
     """
     kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
+    if kind in ("synthetic", "stream"):
         kwargs: dict = {"seed": seed}
         for item in filter(None, arg.split(",")):
             k, eq, v = item.partition("=")
             if not eq:
                 raise ValueError(f"dataset spec {spec!r}: expected key=value, found {item!r}")
             kwargs[k.strip()] = _literal(v.strip())
-        generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
+        if kind == "stream":
+            generate = power_law_stream
+        else:
+            generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
         try:
             return generate(**kwargs)
         except TypeError as e:
@@ -318,7 +324,8 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         path, _, cats = arg.partition(",categories=")
         return load_interactions(path, categories=cats or None)
     raise ValueError(f"unknown dataset spec {spec!r}; expected 'synthetic[:key=value,...]', "
-                     "'movielens:PATH' or 'interactions:PATH[,categories=PATH]'")
+                     "'stream[:key=value,...]', 'movielens:PATH' or "
+                     "'interactions:PATH[,categories=PATH]'")
 
 
 def _literal(v: str):

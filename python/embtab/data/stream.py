@@ -1,0 +1,343 @@
+"""A time-ordered stream: items are born and fade, users join (docs/experiments.md, "Stream").
+
+:func:`power_law_stream` puts the generator-v2 truth (:class:`~embtab.data.LatentTruth`: users'
+taste p(i|u) of a chosen rank, merit, exposure bias, user groups) on a time line of
+``n_windows`` windows, so that the IDs a model must hold keep changing, as in Monolith's
+production setting:
+
+* **Items are born.** A share ``item_birth_share`` of the items (a uniformly random set,
+  independent of popularity: a new item may be a head item) is born in a window drawn
+  uniformly from 1 .. W−1; the others are born in window 0. No item is consumed before its
+  birth.
+* **Items fade.** An item born in window b has vitality
+  ``v_w(i) = 2 ** (-(w - b) / half_life)`` in window w >= b, 0 before (``half_life`` = inf:
+  no fading). The truth at window w is ``p_w(i|u) ∝ p(i|u) · v_w(i)`` (:meth:`StreamTruth.at`).
+* **Users join.** A share ``user_join_share`` of the users joins in a window drawn uniformly
+  from 1 .. W−1; the others are there from window 0. A user stays active once joined.
+* **Consumption.** User u has a rate λ_u (log-normal with mean ``interactions_per_window`` and
+  log-sd ``activity_sigma``); in each window w from their join on they consume
+  ``Poisson(λ_u)`` distinct items they have not consumed before, without replacement from
+  ``c_w(i|u) ∝ p(i|u) · exposure(i) · v_w(i)`` (successive sampling by Gumbel keys, as
+  :func:`~embtab.data.power_law_v2`). ``timestamps`` hold the window index w.
+
+:func:`time_windows` cuts any data set with timestamps into equal-width time windows (what
+``embtab experiment stream`` does with ``movielens:PATH`` and ``interactions:PATH`` files that
+carry a timestamp column); on a stream from :func:`power_law_stream` with as many windows it
+returns the generator's windows exactly. Data without timestamps is refused (a ``ValueError``
+naming the data set): file order is not a time order (``Interactions`` keeps its pairs sorted
+by user and item), so no window could be trusted.
+
+Example::
+
+    >>> d = power_law_stream(n_users=100, n_items=150, n_windows=4, seed=0)
+    >>> w = time_windows(d)
+    >>> bool((w == d.timestamps).all()), int(w.max())
+    (True, 3)
+    >>> born_late = d.truth.item_birth > 0
+    >>> bool((d.timestamps >= d.truth.item_birth[d.items]).all())   # none consumed unborn
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from embtab.data.containers import Interactions
+from embtab.data.generator_v2 import LatentTruth, power_law_v2
+from embtab.data.truth import Truth
+
+__all__ = ["STREAM_KEYS", "StreamTruth", "WindowTruth", "power_law_stream", "time_windows"]
+
+#: The arguments of :func:`power_law_stream` that are its own (the rest go to
+#: :func:`~embtab.data.power_law_v2`).
+STREAM_KEYS = frozenset({"n_windows", "interactions_per_window", "item_birth_share",
+                         "half_life", "user_join_share"})
+
+
+@dataclass(frozen=True, eq=False)
+class StreamTruth(Truth):
+    """The truth of :func:`power_law_stream`: a v2 taste with item life cycles and user joins.
+
+    As a :class:`~embtab.data.Truth` it is the time-free taste p(i|u) of ``base``;
+    :meth:`at` gives the truth of one window, p_w(i|u) ∝ p(i|u) · v_w(i).
+
+    Attributes
+    ----------
+    base : LatentTruth
+        The users' taste (generator v2).
+    item_birth : ndarray of int64, shape [I]
+        Window in which each item is born.
+    user_join : ndarray of int64, shape [U]
+        Window in which each user joins.
+    half_life : float
+        Windows after which an item's vitality halves (``inf``: no fading).
+    n_windows : int
+    params : dict
+        The generator's own arguments (those of :data:`STREAM_KEYS`).
+    """
+
+    base: LatentTruth
+    item_birth: np.ndarray
+    user_join: np.ndarray
+    half_life: float
+    n_windows: int
+    params: dict
+
+    @property
+    def n_users(self) -> int:
+        return self.base.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.base.n_items
+
+    def prob(self, users=None) -> np.ndarray:
+        """The time-free taste p(i|u), float64 [len(users), I] (all users when ``None``)."""
+        return self.base.prob(users)
+
+    def pair_prob(self, users, items) -> np.ndarray:
+        """The time-free taste p(i|u) of parallel users and items, float64 [n]."""
+        return self.base.pair_prob(users, items)
+
+    def vitality(self, window: int) -> np.ndarray:
+        """v_w(i), float64 [I]: 0 before the item's birth, ``2**(-(w - birth) / half_life)``
+        from it on (1 for every born item when ``half_life`` is inf)."""
+        w = _window(window, self.n_windows)
+        age = w - self.item_birth
+        with np.errstate(over="ignore"):
+            v = np.exp2(-age / self.half_life) if math.isfinite(self.half_life) \
+                else np.ones(self.n_items)
+        return np.where(age >= 0, v, 0.0)
+
+    def alive(self, window: int) -> np.ndarray:
+        """Items born by ``window``, bool [I]."""
+        return self.item_birth <= _window(window, self.n_windows)
+
+    def at(self, window: int, users=None, items=None) -> WindowTruth:
+        """The truth of ``window``: p_w(i|u) ∝ p(i|u) · v_w(i), over the items where ``items``
+        (bool [I], default all) is true; rows follow ``users`` (default all users)."""
+        users = np.arange(self.n_users) if users is None else np.asarray(users, np.int64)
+        weight = self.vitality(window)
+        if items is not None:
+            items = np.asarray(items, dtype=bool)
+            if items.shape != (self.n_items,):
+                raise ValueError(f"items must be a bool mask of shape ({self.n_items},); got "
+                                 f"{items.shape}")
+            weight = weight * items
+        return WindowTruth(self.base, users, weight)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowTruth(Truth):
+    """p_w(i|u) ∝ p(i|u) · weight(i) for the users ``users`` (row r is user ``users[r]``).
+
+    A row whose support is empty (no item of positive weight the user likes) is all zeros.
+    """
+
+    base: LatentTruth
+    users: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return int(self.users.size)
+
+    @property
+    def n_items(self) -> int:
+        return self.base.n_items
+
+    def prob(self, users=None) -> np.ndarray:
+        rows = self.users if users is None else self.users[np.asarray(users, np.int64)]
+        p = self.base.prob(rows) * self.weight[None, :]
+        s = p.sum(axis=1, keepdims=True)
+        return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
+
+    def pair_prob(self, users, items) -> np.ndarray:
+        users = np.asarray(users, np.int64)
+        return self.prob(users)[np.arange(users.size), np.asarray(items, np.int64)]
+
+
+def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int = 8,
+                     interactions_per_window: float = 8.0, item_birth_share: float = 0.5,
+                     half_life: float = 2.0, user_join_share: float = 0.5,
+                     activity_sigma: float = 0.5, seed: int = 0, name: str = "stream",
+                     **v2) -> Interactions:
+    """A seeded time-ordered stream on a generator-v2 truth (see the module docstring).
+
+    Parameters
+    ----------
+    n_users, n_items : int
+        All users and items over the whole stream (those born or joining later included).
+    n_windows : int
+        W >= 1 time windows; ``timestamps`` hold the window index 0 .. W−1.
+    interactions_per_window : float > 0
+        Mean items an active user consumes per window.
+    item_birth_share : float in [0, 1)
+        Share of items born after window 0 (exactly ``round(share · I)`` items, born uniformly
+        over windows 1 .. W−1); > 0 needs W >= 2.
+    half_life : float > 0 or inf
+        Windows after which an item's vitality halves; inf: items never fade.
+    user_join_share : float in [0, 1)
+        Share of users joining after window 0 (``round(share · U)``, uniformly over 1 .. W−1).
+    activity_sigma : float >= 0
+        Log-sd of the users' rates.
+    seed : int
+        Seeds the taste (passed to :func:`~embtab.data.power_law_v2`) and the time line.
+    name : str
+    **v2
+        Other arguments of :func:`~embtab.data.power_law_v2` (``rank``, ``merit``,
+        ``exposure``, ``zipf_s``, ``n_genres``, ...): the taste and the exposure bias.
+
+    Returns
+    -------
+    Interactions
+        ``truth`` is a :class:`StreamTruth`; the raw IDs and genres are those of the v2 data
+        set with the same arguments and seed.
+
+    Raises
+    ------
+    ValueError
+        An argument out of range, naming it.
+
+    Example::
+
+        >>> d = power_law_stream(n_users=200, n_items=300, n_windows=4, item_birth_share=0.5,
+        ...                      seed=1)
+        >>> int((d.truth.item_birth > 0).sum())            # round(0.5 * 300) items born late
+        150
+    """
+    W = _count(n_windows, "n_windows")
+    for what, v, hi in (("item_birth_share", item_birth_share, 1.0),
+                        ("user_join_share", user_join_share, 1.0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < hi:
+            raise ValueError(f"{what} must be a number in [0, 1); got {v!r}")
+        if v > 0 and W < 2:
+            raise ValueError(f"{what} > 0 needs n_windows >= 2 (something must happen after "
+                             f"window 0); got n_windows={W}")
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) \
+            or not half_life > 0 or math.isnan(half_life):
+        raise ValueError(f"half_life must be a number > 0 (inf: no fading); got {half_life!r}")
+    if isinstance(interactions_per_window, bool) or \
+            not isinstance(interactions_per_window, (int, float)) or \
+            not (interactions_per_window > 0 and math.isfinite(interactions_per_window)):
+        raise ValueError("interactions_per_window must be a finite number > 0; got "
+                         f"{interactions_per_window!r}")
+    if not (activity_sigma >= 0 and math.isfinite(activity_sigma)):
+        raise ValueError(f"activity_sigma must be a finite number >= 0; got {activity_sigma!r}")
+    for key in ("interactions_per_user", "crowding"):
+        if key in v2:
+            raise ValueError(f"power_law_stream takes no {key} (use interactions_per_window; "
+                             "the crowding setting has no time line)")
+    base = power_law_v2(n_users, n_items, interactions_per_user=max(
+        1, round(interactions_per_window)), activity_sigma=activity_sigma, seed=seed, **v2)
+    truth = base.truth
+    U, I = truth.n_users, truth.n_items
+    rng = np.random.default_rng([int(seed), 0x5EA])
+
+    item_birth = np.zeros(I, dtype=np.int64)
+    late = rng.permutation(I)[: int(round(item_birth_share * I))]
+    item_birth[late] = rng.integers(1, max(W, 2), size=late.size)
+    user_join = np.zeros(U, dtype=np.int64)
+    late = rng.permutation(U)[: int(round(user_join_share * U))]
+    user_join[late] = rng.integers(1, max(W, 2), size=late.size)
+    stream = StreamTruth(base=truth, item_birth=item_birth, user_join=user_join,
+                         half_life=float(half_life), n_windows=W,
+                         params=dict(n_windows=W, interactions_per_window=
+                                     float(interactions_per_window),
+                                     item_birth_share=float(item_birth_share),
+                                     half_life=float(half_life),
+                                     user_join_share=float(user_join_share),
+                                     activity_sigma=float(activity_sigma), seed=seed))
+
+    mu = math.log(interactions_per_window) - activity_sigma**2 / 2
+    rate = rng.lognormal(mu, activity_sigma, size=U)
+    consumed = np.zeros((U, I), dtype=bool)
+    users, items, times = [], [], []
+    for w in range(W):
+        weight = truth.exposure * stream.vitality(w)
+        active = np.flatnonzero(user_join <= w)
+        n_w = rng.poisson(rate[active])
+        for s in range(0, active.size, 1024):
+            rows = active[s:s + 1024]
+            c = truth.prob(rows) * weight[None, :]
+            c[consumed[rows]] = 0.0
+            n = np.minimum(n_w[s:s + 1024], np.count_nonzero(c > 0, axis=1))
+            with np.errstate(divide="ignore"):
+                keys = np.log(c) + rng.gumbel(size=c.shape)
+            kmax = max(int(n.max(initial=0)), 1)
+            top = np.argpartition(-keys, kmax - 1, axis=1)[:, :kmax]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1),
+                                                     axis=1, kind="stable"), axis=1)
+            take = np.arange(kmax)[None, :] < n[:, None]
+            u, i = np.repeat(rows, n), top[take]
+            consumed[u, i] = True
+            users.append(u)
+            items.append(i)
+            times.append(np.full(u.size, w, dtype=np.int64))
+    return Interactions(name=name, user_ids=base.user_ids, item_ids=base.item_ids,
+                        users=np.concatenate(users), items=np.concatenate(items),
+                        timestamps=np.concatenate(times), item_genres=base.item_genres,
+                        genre_names=base.genre_names, truth=stream)
+
+
+def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray:
+    """The time window of each interaction, int64 [N] in 0 .. n_windows−1.
+
+    Equal-width windows over the timestamps: with t0, t1 the first and last timestamp and
+    span = t1 − t0 + 1, an interaction at t is in window ``floor((t − t0) · n / span)`` (exact
+    integer arithmetic). On a :func:`power_law_stream` data set with ``n_windows`` equal to its
+    own (the default there), this is its window index.
+
+    Parameters
+    ----------
+    data : Interactions
+        Must have ``timestamps``.
+    n_windows : int, optional
+        Default: the stream's own count for :func:`power_law_stream` data; required otherwise.
+
+    Raises
+    ------
+    ValueError
+        ``data`` has no timestamps (message names the data set: file order is not a time
+        order), or ``n_windows`` is missing or < 1.
+
+    Example::
+
+        >>> d = Interactions.from_raw([1, 1, 2, 2], [5, 6, 5, 7], timestamps=[0, 99, 50, 100])
+        >>> time_windows(d, 2).tolist()        # span 101: windows [0, 50] and [51, 100]
+        [0, 1, 0, 1]
+    """
+    if data.timestamps is None:
+        raise ValueError(f"data set {data.name!r} has no timestamps, so it has no time line: "
+                         "give the interactions file a 4th column (user item weight "
+                         "timestamp), or use a 'stream:...' data set (file order is not used "
+                         "as time: it is lost when the pairs are sorted)")
+    if n_windows is None:
+        if not isinstance(data.truth, StreamTruth):
+            raise ValueError(f"n_windows is required for data set {data.name!r} (only a "
+                             "'stream:' data set knows its own window count)")
+        n_windows = data.truth.n_windows
+    n = _count(n_windows, "n_windows")
+    t = data.timestamps
+    if t.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0, t1 = int(t.min()), int(t.max())
+    span = t1 - t0 + 1
+    # the first timestamp of window j is t0 + ceil(j * span / n) (Python ints: no overflow)
+    edges = np.array([t0 + -(-j * span // n) for j in range(1, n)], dtype=np.int64)
+    return np.searchsorted(edges, t, side="right").astype(np.int64)
+
+
+def _count(v, what) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{what} must be an integer >= 1; got {v!r}")
+    return int(v)
+
+
+def _window(w, n_windows) -> int:
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 0 <= w < n_windows:
+        raise ValueError(f"window must be an integer in [0, {n_windows}); got {w!r}")
+    return int(w)

@@ -1,0 +1,153 @@
+"""The time-ordered stream generator and time windows (embtab.data.stream)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from embtab.data import (
+    Interactions,
+    StreamTruth,
+    load_dataset,
+    load_interactions,
+    power_law_stream,
+    time_windows,
+)
+
+
+def tiny(**kw):
+    args = dict(n_users=150, n_items=200, n_windows=4, seed=0)
+    return power_law_stream(**{**args, **kw})
+
+
+# the generator ///////////////////////////////////////////////////////////////////////////////
+
+
+def test_item_birth_share_sets_the_late_items_and_none_is_consumed_unborn():
+    for share in (0.0, 0.3, 0.6):
+        d = tiny(item_birth_share=share)
+        birth = d.truth.item_birth
+        assert int((birth > 0).sum()) == round(share * d.n_items)
+        assert birth.min() >= 0 and birth.max() <= 3
+        assert np.all(d.timestamps >= birth[d.items])
+    # share of the alive items born after window 0 grows over windows and ends at the knob
+    d = tiny(item_birth_share=0.6, n_windows=5)
+    late = [float((d.truth.item_birth[d.truth.alive(w)] > 0).mean()) for w in range(5)]
+    assert late[0] == 0.0
+    assert all(b > a for a, b in zip(late, late[1:]))
+    assert late[-1] == pytest.approx(round(0.6 * d.n_items) / d.n_items)
+
+
+def test_late_items_are_consumed_after_their_birth():
+    d = tiny(item_birth_share=0.5, n_windows=4, interactions_per_window=10)
+    birth = d.truth.item_birth
+    late_hits = birth[d.items] > 0
+    assert late_hits.any()                       # new items do get consumed
+    # every window after 0 holds some item born in that very window
+    for w in range(1, 4):
+        assert np.any(birth[d.items[d.timestamps == w]] == w)
+
+
+def test_half_life_makes_a_faded_item_lose_its_interaction_rate():
+    """Interactions per active user on the items born in window 0, in the last window: with a
+    half-life of 1 window they fall far below the no-fading stream (same seed, same taste)."""
+    rate = {}
+    for hl in (1.0, math.inf):
+        d = power_law_stream(n_users=300, n_items=400, n_windows=5, item_birth_share=0.5,
+                             half_life=hl, user_join_share=0.0, seed=3)
+        old = d.truth.item_birth[d.items] == 0
+        rate[hl] = [old[d.timestamps == w].sum() / d.n_users for w in range(5)]
+    assert rate[1.0][0] == rate[math.inf][0]                 # window 0: nothing has faded
+    assert rate[1.0][-1] < 0.5 * rate[math.inf][-1]
+    assert all(b < a for a, b in zip(rate[1.0], rate[1.0][1:]))
+
+
+def test_vitality_halves_every_half_life_and_is_zero_before_birth():
+    d = tiny(item_birth_share=0.5, half_life=2.0)
+    t = d.truth
+    b = t.item_birth
+    for w in range(4):
+        v = t.vitality(w)
+        np.testing.assert_allclose(v[b <= w], 2.0 ** (-(w - b[b <= w]) / 2.0))
+        assert np.all(v[b > w] == 0)
+    assert np.all(tiny(half_life=math.inf).truth.vitality(3)[b <= 3] == 1.0)
+
+
+def test_user_join_share_and_no_user_acts_before_joining():
+    for share in (0.0, 0.4):
+        d = tiny(user_join_share=share)
+        join = d.truth.user_join
+        assert int((join > 0).sum()) == round(share * d.n_users)
+        assert np.all(d.timestamps >= join[d.users])
+    d = tiny(user_join_share=0.4)
+    active = [np.unique(d.users[d.timestamps == w]).size for w in range(4)]
+    assert active[-1] > active[0]                # users keep arriving
+
+
+def test_window_truth_is_the_taste_times_vitality_over_the_given_items():
+    d = tiny(item_birth_share=0.5)
+    t = d.truth
+    known = np.zeros(d.n_items, bool)
+    known[::2] = True
+    wt = t.at(2, users=[3, 7], items=known)
+    p = wt.prob()
+    expect = t.prob([3, 7]) * (t.vitality(2) * known)[None, :]
+    np.testing.assert_allclose(p, expect / expect.sum(axis=1, keepdims=True))
+    assert np.all(p[:, ~t.alive(2)] == 0)
+    np.testing.assert_allclose(wt.pair_prob([1], [int(np.argmax(p[1]))]), [p[1].max()])
+    with pytest.raises(ValueError, match="items must be a bool mask of shape"):
+        t.at(1, items=known[:5])
+    with pytest.raises(ValueError, match="window must be an integer in"):
+        t.vitality(4)
+
+
+def test_v2_knobs_pass_through_and_the_spec_reaches_the_generator():
+    d = load_dataset("stream:n_users=60,n_items=90,n_windows=3,rank=3,half_life=1.5")
+    assert isinstance(d.truth, StreamTruth)
+    assert int(np.linalg.matrix_rank(d.truth.prob())) == 3
+    assert d.truth.half_life == 1.5 and d.truth.n_windows == 3
+    assert np.array_equal(time_windows(d), d.timestamps)
+    again = load_dataset("stream:n_users=60,n_items=90,n_windows=3,rank=3,half_life=1.5")
+    assert np.array_equal(again.items, d.items)                  # seeded
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(item_birth_share=1.0), "item_birth_share"),
+    (dict(item_birth_share=-0.1), "item_birth_share"),
+    (dict(user_join_share=1.5), "user_join_share"),
+    (dict(half_life=0.0), "half_life"),
+    (dict(half_life=float("nan")), "half_life"),
+    (dict(n_windows=0), "n_windows"),
+    (dict(n_windows=1), "n_windows >= 2"),
+    (dict(interactions_per_window=0), "interactions_per_window"),
+    (dict(interactions_per_user=5), "interactions_per_user"),
+    (dict(crowding=True), "crowding"),
+])
+def test_bad_generator_arguments_are_refused_by_name(kw, what):
+    with pytest.raises(ValueError, match=what):
+        tiny(**kw)
+
+
+# time windows ////////////////////////////////////////////////////////////////////////////////
+
+
+def test_time_windows_are_equal_width_over_the_time_span():
+    d = Interactions.from_raw([1, 1, 2, 2, 3], [5, 6, 5, 7, 6], timestamps=[0, 99, 50, 100, 51])
+    # span 101 cut in 2: window 0 = [0, 50], window 1 = [51, 100]; pairs sorted by (user, item)
+    assert d.timestamps.tolist() == [0, 99, 50, 100, 51]
+    assert time_windows(d, 2).tolist() == [0, 1, 0, 1, 1]
+    assert time_windows(d, 1).tolist() == [0] * 5
+    big = Interactions.from_raw([1, 2, 3], [1, 1, 1], timestamps=[2**62, 2**62 + 10, 2**63 - 1])
+    assert time_windows(big, 3).tolist() == [0, 0, 2]             # no int64 overflow
+
+
+def test_time_windows_refuse_data_without_timestamps_naming_it(tmp_path):
+    p = tmp_path / "clicks.txt"
+    p.write_text("1 10 1.0\n2 10 1.0\n2 11 1.0\n")
+    d = load_interactions(p)
+    with pytest.raises(ValueError, match="'clicks' has no timestamps"):
+        time_windows(d, 3)
+    with pytest.raises(ValueError, match="n_windows is required"):
+        time_windows(Interactions.from_raw([1], [2], timestamps=[5]))
+    with pytest.raises(ValueError, match="n_windows must be an integer >= 1"):
+        time_windows(Interactions.from_raw([1], [2], timestamps=[5]), 0)
