@@ -121,3 +121,26 @@ def test_design_names():
 def test_bad_design_names_the_field(fields, name):
     with pytest.raises(ValueError, match=f"TrainConfig.{name}"):
         TrainConfig(**fields)
+
+
+def test_model_bytes_count_weights_index_and_adams_state(tiny):
+    # hashed users+items at d = 4: weights (15 + 1 + 22 + 1) rows x 4 float32 = 624 bytes, no
+    # index; Adam keeps exp_avg and exp_avg_sq of each weight plus a float32 step: 2 * 624 + 8
+    from embtab.train import expected_optimizer_bytes, model_bytes
+
+    cfg = TrainConfig(dim=4, epochs=1, table="hashed", rows_per_id=0.25, hash_users=True)
+    before = model_bytes(build_model(tiny, cfg))
+    assert before == {"weights": 624, "index": 0, "optimizer": 1256, "total": 1880}
+    after = fit(tiny, cfg, quiet=True)
+    assert after.optimizer_bytes == 1256 == expected_optimizer_bytes(after)
+    assert model_bytes(after) == before
+    # collisionless: the index holds the cuckoo table and the ID map (row IDs, live flags)
+    cuckoo = build_model(tiny, TrainConfig(dim=4))
+    got = model_bytes(cuckoo)
+    assert got["weights"] == (61 + 91) * 4 * 4
+    native = (cuckoo.users._table.stats()["memory_bytes"]
+              + cuckoo.items._table.stats()["memory_bytes"])
+    assert got["index"] >= native + (60 + 90) * (8 + 1)
+    # Adagrad keeps one tensor per weight
+    ada = fit(tiny, TrainConfig(dim=4, epochs=1, optimizer="adagrad"), quiet=True)
+    assert ada.optimizer_bytes == got["weights"] + 8

@@ -66,12 +66,15 @@ __all__ = [
     "ModelTruth",
     "TrainConfig",
     "collision_share",
+    "expected_optimizer_bytes",
     "fit",
     "item_vectors",
+    "model_bytes",
     "most_popular",
     "random_topk",
     "recommend",
     "score_matrix",
+    "table_bytes",
     "table_design",
     "user_vectors",
 ]
@@ -406,8 +409,58 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             model.train()
     if bar is not None:
         bar.close()
+    model.optimizer_bytes = _state_bytes(opt)
     model.eval()
     return model
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors an optimizer keeps in its state (Adam: ``exp_avg``, ``exp_avg_sq``
+    and ``step`` per parameter; Adagrad: ``sum`` and ``step``)."""
+    return int(sum(v.nbytes for st in opt.state.values() for v in st.values()
+                   if isinstance(v, torch.Tensor)))
+
+
+def expected_optimizer_bytes(model: MFModel) -> int:
+    """Bytes of the state :func:`fit`'s optimizer keeps for ``model`` once it has stepped: per
+    trainable parameter, Adam keeps two tensors of its shape and dtype (``exp_avg``,
+    ``exp_avg_sq``) and Adagrad one (``sum``), each beside a float32 ``step`` scalar. Dense
+    state, zero row included, whatever rows a batch touched (torch's ``Adam``/``Adagrad`` on
+    dense gradients)."""
+    per = 2 if model.config.optimizer == "adam" else 1
+    return int(sum(per * p.nbytes + 4 for p in model.parameters() if p.requires_grad))
+
+
+def table_bytes(table: nn.Module) -> dict:
+    """``{"weights", "index", "optimizer"}`` bytes of one ``embtab.nn`` table: its parameters;
+    its ID map (the persistent buffers: row IDs, live flags, policy counters, admission sketch,
+    plus the native cuckoo index); the state of a fused optimizer attached to it (0 for the
+    tables :func:`fit` builds: its optimizer is the outer ``torch.optim`` one)."""
+    if hasattr(table, "memory_bytes"):
+        return dict(table.memory_bytes())
+    weights = sum(p.nbytes for p in table.parameters())
+    index = sum(b.nbytes for b in table.state_dict(keep_vars=True).values()
+                if isinstance(b, torch.Tensor)) - weights
+    native = getattr(table, "_table", None)
+    if native is not None:
+        index += native.stats()["memory_bytes"]
+    return {"weights": int(weights), "index": int(index), "optimizer": 0}
+
+
+def model_bytes(model: MFModel) -> dict:
+    """Memory of a model: ``{"weights", "index", "optimizer", "total"}`` bytes.
+
+    ``weights`` and ``index`` sum :func:`table_bytes` of the user and item tables;
+    ``optimizer`` adds to theirs the outer optimizer's state as :func:`fit` keeps it (torch's
+    dense Adam: two float32 values per weight), measured after training
+    (``model.optimizer_bytes``) or, for an untrained model, :func:`expected_optimizer_bytes`.
+    """
+    parts = [table_bytes(model.users), table_bytes(model.items)]
+    out = {k: int(sum(p[k] for p in parts)) for k in ("weights", "index", "optimizer")}
+    outer = getattr(model, "optimizer_bytes", None)
+    out["optimizer"] += expected_optimizer_bytes(model) if outer is None else int(outer)
+    out["total"] = out["weights"] + out["index"] + out["optimizer"]
+    return out
 
 
 # scoring ////////////////////////////////////////////////////////////////////////////////////

@@ -11,6 +11,7 @@ module                   what
 ``dims``                 E1: embedding dimension sweep, collisionless tables, against the truth
 ``dims_grid``            E1 over the truth's rank and the Zipf exponent (generator v2)
 ``collisions``           E2: hashed item tables at m/n ∈ {1/16, 1/4, 1/2, 1} vs cuckoo
+``budget``               E2 at equal memory: table designs per byte budget; the row-sharing mechanism
 ``calibration``          E3: calibrated reranking over λ and C (also E5's calibrated arm)
 ``rerank_speed``         E4: the reranker's speed (a benchmark: the tools layer registers it)
 ``feedback``             E5: the feedback loop (recommend, accept, retrain), by arm
@@ -59,6 +60,7 @@ from embtab.experiments import calibration  # (E3)
 from embtab.experiments import rerank_speed  # (E4: registered by the tools layer)
 from embtab.experiments import feedback  # (E5)
 from embtab.experiments import posthoc  # (E1, post hoc: popularity calibration at equal exposure)
+from embtab.experiments import budget  # (E2 at equal memory: table designs, the mechanism)
 
 from embtab.experiments.calibration import (
     CANDIDATES,
