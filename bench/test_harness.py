@@ -86,3 +86,27 @@ def test_interleaved_rotates_the_order_and_checks_each_pass():
 
     with pytest.raises(AssertionError, match="bad loss"):
         interleaved({"x": lambda b: float("nan")}, 1, 1, check=finite)
+
+
+def test_isa_cap_lowers_dispatch_and_is_reported():
+    from embtab import rerank as rr
+    from embtab.benchmarks._harness import isa_cap
+
+    assert isa_level({"avx2", "avx512f", "avx512dq", "avx512vl"}, True, "avx2") == "AVX2 (capped)"
+    assert isa_level({"avx2", "avx512f", "avx512dq", "avx512vl"}, True, "baseline") == \
+        "baseline (capped)"
+    assert isa_level({"avx2"}, True, "avx2") == "AVX2"          # nothing to cap
+    assert isa_level({"sse4_2"}, True, "avx2") == "baseline"
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 40))
+    dist = rng.dirichlet(np.ones(5), size=40)
+    target = rng.dirichlet(np.ones(5), size=50)
+    ref = rr.calibrated(scores, dist, target, 10, lam=0.5)
+    before = machine()["isa"]
+    with isa_cap("baseline"):
+        assert "capped" in machine()["isa"] or machine()["isa"] in ("baseline", "scalar build")
+        capped = rr.calibrated(scores, dist, target, 10, lam=0.5)
+    assert machine()["isa"] == before
+    np.testing.assert_array_equal(capped, ref)        # every ISA level returns the same lists
+    with pytest.raises(ValueError, match="isa must be one of"):
+        isa_cap("avx512")

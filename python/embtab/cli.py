@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=list(benches))
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     b.add_argument("--out", default=None, help="write the raw results JSON to this file")
+    b.add_argument("--isa", choices=("auto", "avx2", "baseline"), default="auto",
+                   help="cap the SIMD level embtab dispatches to (time an AVX2-only or SSE2 CPU "
+                        "on this one; the results name the capped level); default auto")
     return p
 
 
@@ -203,7 +206,10 @@ def _bench(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out_file(out)
-    results = mod.run(quick=args.quick)
+    from embtab.benchmarks._harness import isa_cap
+
+    with isa_cap(args.isa):
+        results = mod.run(quick=args.quick)
     print(mod.format_markdown(results))
     if out is not None:
         from embtab.experiments import jsonable

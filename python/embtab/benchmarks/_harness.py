@@ -19,10 +19,48 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["Timing", "interleaved", "machine", "machine_line", "time_calls", "zipf_ranks", "zipf_stream"]
+__all__ = ["ISA_CAPS", "Timing", "interleaved", "isa_cap", "machine", "machine_line", "time_calls",
+           "zipf_ranks", "zipf_stream"]
 
 # the x86 feature flags that decide which of embtab's code paths run (docs: README, "Binary wheels")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw")
+
+
+#: the levels :func:`isa_cap` accepts, lowest last ("auto": what the CPU has)
+ISA_CAPS = ("auto", "avx2", "baseline")
+_isa_cap = "auto"
+
+
+class isa_cap:
+    """Cap the SIMD code embtab dispatches to, for timing a lower ISA level on this CPU.
+
+    A context manager: ``with isa_cap("avx2"): ...`` runs the reranker and the vectorised logs
+    as on an AVX2-only CPU (``"baseline"``: SSE2), and :func:`machine` reports the capped level;
+    on exit the cap returns to what it was. Only the dispatching kernels are capped: code the
+    compiler vectorised for the build's target is not, so a capped run approximates, and does not
+    replace, a run on a CPU without AVX-512.
+    """
+
+    def __init__(self, level: str = "auto"):
+        if level not in ISA_CAPS:
+            raise ValueError(f"isa must be one of {ISA_CAPS}; got {level!r}")
+        self.level = level
+
+    def __enter__(self) -> "isa_cap":
+        global _isa_cap
+        from embtab import _core
+
+        self._prev = _isa_cap
+        _core._testing.set_isa_limit(self.level)
+        _isa_cap = self.level
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _isa_cap
+        from embtab import _core
+
+        _core._testing.set_isa_limit(self._prev)
+        _isa_cap = self._prev
 
 
 def _lscpu() -> dict:
@@ -46,7 +84,7 @@ def _cpu_flags() -> set:
     return set()
 
 
-def isa_level(flags: set, vector_code: bool) -> str:
+def isa_level(flags: set, vector_code: bool, cap: str = "auto") -> str:
     """The ISA level embtab's run-time dispatch picks on a CPU with these /proc/cpuinfo flags.
 
     Parameters
@@ -55,20 +93,23 @@ def isa_level(flags: set, vector_code: bool) -> str:
         CPU feature flags as /proc/cpuinfo spells them.
     vector_code : bool
         ``embtab._core._vector_code``: False for a build with only the scalar forms.
+    cap : {"auto", "avx2", "baseline"}
+        The :class:`isa_cap` in force; a level below the CPU's is reported as "(capped)".
 
     Returns
     -------
     str
-        ``"AVX-512 (F/DQ/VL)"``, ``"AVX2"``, ``"baseline"`` (SSE2 on x86-64, or a non-x86 CPU) or
+        ``"AVX-512 (F/DQ/VL)"``, ``"AVX2"``, ``"baseline"`` (SSE2 on x86-64, or a non-x86 CPU),
+        either of the last two with " (capped)" when :class:`isa_cap` lowered it, or
         ``"scalar build"``.
     """
     if not vector_code:
         return "scalar build"
-    if {"avx512f", "avx512dq", "avx512vl"} <= flags:
+    if {"avx512f", "avx512dq", "avx512vl"} <= flags and cap == "auto":
         return "AVX-512 (F/DQ/VL)"
-    if "avx2" in flags:
-        return "AVX2"
-    return "baseline"
+    if "avx2" in flags and cap in ("auto", "avx2"):
+        return "AVX2" if cap == "auto" or "avx512f" not in flags else "AVX2 (capped)"
+    return "baseline" if cap == "auto" or "avx2" not in flags else "baseline (capped)"
 
 
 def _commit() -> Optional[str]:
@@ -112,7 +153,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "hypervisor": info.get("Hypervisor vendor"),
         "cpu_flags": [f for f in _FLAGS if f in flags],
-        "isa": isa_level(flags, bool(_core._vector_code)),
+        "isa": isa_level(flags, bool(_core._vector_code), _isa_cap),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch_version,
