@@ -64,6 +64,7 @@ from embtab.data import Interactions, Truth
 __all__ = [
     "MFModel",
     "ModelTruth",
+    "OnlineTrainer",
     "TrainConfig",
     "collision_share",
     "expected_optimizer_bytes",
@@ -607,3 +608,124 @@ class ModelTruth(Truth):
     def pair_prob(self, users, items) -> np.ndarray:
         users = np.asarray(users, np.int64)
         return self.prob(users)[np.arange(users.size), np.asarray(items, np.int64)]
+
+
+# online training over time windows (embtab experiment stream) //////////////////////////////
+
+
+class OnlineTrainer:
+    """BPR training of an :class:`MFModel` over a stream of time windows, one pass each.
+
+    The tables are given (empty, or as the caller built them) and grow, evict or collide by
+    their own policy as IDs arrive; one optimizer (``config.optimizer``, ``config.lr``) lives
+    across windows. :meth:`train_window` makes exactly one pass over a window's pairs in
+    shuffled minibatches of ``config.batch_size``: per pair the loss of :func:`fit`'s BPR
+    objective (one negative drawn uniformly from ``negatives``, plus ``config.l2``), with the
+    batch's positive and negative items looked up in **one** call of the item table, so a
+    policy that counts steps (LRU, expiry) advances one step per batch. ``config.epochs`` and
+    ``config.table`` are not used; ``config.loss`` must be ``"bpr"``.
+
+    Parameters
+    ----------
+    users, items : nn.Module
+        ``embtab.nn`` embedding modules of the same ``embedding_dim`` (raw int64 IDs).
+    config : TrainConfig
+        ``seed`` seeds the shuffling and the negatives.
+
+    Attributes
+    ----------
+    model : MFModel
+        In ``eval()`` mode between windows.
+    pairs_per_window : list of int
+        Pairs trained by each call of :meth:`train_window`, in order.
+
+    Example::
+
+        >>> from embtab.data import power_law_stream, time_windows
+        >>> from embtab.nn import CuckooEmbedding
+        >>> d = power_law_stream(n_users=50, n_items=80, n_windows=3, seed=0)
+        >>> w = time_windows(d)
+        >>> t = OnlineTrainer(CuckooEmbedding(16, 8), CuckooEmbedding(16, 8),
+        ...                   TrainConfig(dim=8, batch_size=64))
+        >>> for k in range(3):
+        ...     _ = t.train_window(d.subset(w == k), d.item_ids[np.unique(d.items[w <= k])])
+        >>> t.pairs_per_window == [int((w == k).sum()) for k in range(3)]
+        True
+    """
+
+    def __init__(self, users: nn.Module, items: nn.Module, config: TrainConfig):
+        if config.loss != "bpr":
+            raise ValueError(f"OnlineTrainer trains BPR only; got config.loss={config.loss!r}")
+        if users.embedding_dim != items.embedding_dim:
+            raise ValueError(f"users and items must have the same embedding_dim; got "
+                             f"{users.embedding_dim} and {items.embedding_dim}")
+        self.model = MFModel(users, items, config)
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.Adagrad
+        self.optimizer = cls(params, lr=config.lr)
+        self.pairs_per_window: list[int] = []
+        self.model.eval()
+
+    @classmethod
+    def empty(cls, config: TrainConfig, user_rows: int, item_rows: int) -> OnlineTrainer:
+        """A trainer over empty tables: users a growing collisionless table of ``user_rows``
+        rows; items ``config``'s design (:func:`table_design`) sized for ``item_rows`` IDs
+        (``rows_per_id * item_rows`` rows: a hashed table's rows, a capped table's cap, a
+        growing table's start). No ID is inserted before training."""
+        return cls(_make_table("plain", user_rows, config, salt=1),
+                   _make_table("design", item_rows, config, salt=2), config)
+
+    def train_window(self, window: Interactions, negatives: np.ndarray, *,
+                     num_threads: int | None = 1) -> float:
+        """One pass over the pairs of ``window``; returns their mean loss (NaN when empty).
+
+        Parameters
+        ----------
+        window : Interactions
+            The window's pairs (raw IDs from its ``user_ids`` / ``item_ids``).
+        negatives : array_like of uint64 or int64, shape [n >= 1]
+            Raw item IDs the negatives are drawn from (uniformly, with replacement).
+        num_threads : int or None
+            torch intra-op threads during the pass (restored afterwards), as in :func:`fit`.
+        """
+        neg_pool = np.ascontiguousarray(negatives)
+        if neg_pool.dtype not in (np.uint64, np.int64) or neg_pool.ndim != 1 or not neg_pool.size:
+            raise ValueError(f"negatives must be a non-empty 1-D array of raw uint64/int64 IDs; "
+                             f"got dtype {neg_pool.dtype}, shape {neg_pool.shape}")
+        neg_pool = neg_pool.view(np.int64)
+        saved = torch.get_num_threads()
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        try:
+            return self._pass(window, neg_pool)
+        finally:
+            torch.set_num_threads(saved)
+
+    def _pass(self, window: Interactions, neg_pool: np.ndarray) -> float:
+        cfg, model = self.config, self.model
+        raw_u = window.raw_users.view(np.int64)
+        raw_i = window.raw_items.view(np.int64)
+        n, bs = window.n_interactions, cfg.batch_size
+        order = self.rng.permutation(n)
+        neg = neg_pool[self.rng.integers(0, neg_pool.size, size=n)]
+        total = 0.0
+        model.train()
+        try:
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                u = model.users(torch.from_numpy(raw_u[idx]))
+                pq = model.items(torch.from_numpy(np.concatenate([raw_i[idx], neg[idx]])))
+                p, q = pq[:idx.size], pq[idx.size:]
+                loss = -torch.nn.functional.logsigmoid((u * (p - q)).sum(-1)).mean()
+                if cfg.l2:
+                    loss = loss + cfg.l2 * ((u * u).sum() + (pq * pq).sum()) / idx.size
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * idx.size
+        finally:
+            model.eval()
+        self.pairs_per_window.append(int(n))
+        return total / n if n else float("nan")

@@ -12,6 +12,7 @@ module                   what
 ``dims_grid``            E1 over the truth's rank and the Zipf exponent (generator v2)
 ``collisions``           E2: hashed item tables at m/n ∈ {1/16, 1/4, 1/2, 1} vs cuckoo
 ``budget``               E2 at equal memory: table designs per byte budget; the row-sharing mechanism
+``stream``               E2 on a stream: table designs trained online as IDs keep arriving
 ``calibration``          E3: calibrated reranking over λ and C (also E5's calibrated arm)
 ``rerank_speed``         E4: the reranker's speed (a benchmark: the tools layer registers it)
 ``feedback``             E5: the feedback loop (recommend, accept, retrain), by arm
@@ -56,6 +57,7 @@ from embtab.experiments.registry import REGISTRY, Experiment, register
 from embtab.experiments import dims  # noqa: I001  (E1)
 from embtab.experiments import dims_grid  # (E1 over rank x Zipf, generator v2)
 from embtab.experiments import collisions  # (E2)
+from embtab.experiments import stream  # (E2 on a stream: IDs keep arriving)
 from embtab.experiments import calibration  # (E3)
 from embtab.experiments import rerank_speed  # (E4: registered by the tools layer)
 from embtab.experiments import feedback  # (E5)
