@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum, unique
 from typing import Callable, Optional, Union
 
@@ -61,6 +62,10 @@ __all__ = [
     "CuckooEmbeddingBag",
     "HashedEmbedding",
     "HashedEmbeddingBag",
+    "EmbeddingBagConfig",
+    "KeyedJaggedIds",
+    "CuckooEmbeddingBagCollection",
+    "HashedEmbeddingBagCollection",
 ]
 
 # Largest |z| of the Box-Muller normal draw: sqrt(-2 ln 2^-53) (ops.hpp's smallest u1).
@@ -1371,3 +1376,584 @@ class HashedEmbeddingBag(_Bag, _HashedBase):
         >>> bag(torch.tensor([[1, 2], [3, 4]])).shape
         torch.Size([2, 8])
     """
+
+
+# batched tables //////////////////////////////////////////////////////////////////////////////
+#
+# A collection holds one bag module per table (``embedding_bags[name]``, a CuckooEmbeddingBag or
+# HashedEmbeddingBag built with include_last_offset=True) and routes named features to them.
+# The features that share a table are concatenated into one bag lookup, so each table remaps,
+# pools and (with a fused optimizer) steps once per forward/backward, whatever the number of
+# features reading it.
+
+_RESERVED_TABLE_OPTIONS = (
+    "num_embeddings", "embedding_dim", "mode", "include_last_offset", "optimizer", "num_threads",
+    "device", "dtype", "_weight",
+)
+
+
+@dataclass(frozen=True)
+class EmbeddingBagConfig:
+    """One table of an embedding-bag collection and the features that read it.
+
+    The fields and their meaning follow TorchRec's ``EmbeddingBagConfig`` (``num_embeddings``,
+    ``embedding_dim``, ``name``, ``feature_names``, ``pooling``), so a TorchRec table list
+    translates one for one; embtab's per-table module options go in ``options``.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Rows of the table (initial rows for a cuckoo table, which grows by ``on_full``).
+    embedding_dim : int
+        Vector size ``d`` of the table; every feature that reads it is pooled to ``d``.
+    name : str
+        Table name: the key in ``collection.embedding_bags`` and in the state dict
+        (``embedding_bags.<name>.weight``). Non-empty, without ``"."``.
+    feature_names : sequence of str
+        The features that read this table (at least one; each feature reads exactly one table
+        of a collection). Several features sharing one table share its rows: an ID seen under
+        either feature has one vector.
+    pooling : {"sum", "mean", "max"}
+        Reduction over each bag (case-insensitive, so TorchRec's ``PoolingType.SUM.value``
+        works); the table module's ``mode``.
+    options : mapping, optional
+        Further keyword arguments of the table's module: for :class:`CuckooEmbeddingBag`
+        ``padding_id``, ``on_full``, ``growth_factor``, ``min_count``, ``init``, ``seed``,
+        ``max_norm``, ``sparse``, ...; for :class:`HashedEmbeddingBag` ``padding_id``,
+        ``init``, ``seed``, ``max_norm``, ``sparse``, ... The collection sets ``mode``,
+        ``include_last_offset``, ``optimizer``, ``num_threads``, ``device`` and ``dtype``
+        itself (ValueError if given here). The mapping is copied: changing it later changes
+        nothing. Tables with the same ``seed`` start an ID with the same vector; give tables
+        distinct seeds for independent starts.
+
+    Example::
+
+        >>> EmbeddingBagConfig(num_embeddings=1000, embedding_dim=16, name="t_user",
+        ...                    feature_names=["user"], options={"seed": 1})
+        EmbeddingBagConfig(num_embeddings=1000, embedding_dim=16, name='t_user', feature_names=('user',), pooling='sum', options={'seed': 1})
+    """
+
+    num_embeddings: int
+    embedding_dim: int
+    name: str
+    feature_names: tuple
+    pooling: str = "sum"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        check_int(self.num_embeddings, "num_embeddings", min=1)
+        check_int(self.embedding_dim, "embedding_dim", min=1)
+        if not isinstance(self.name, str) or not self.name or "." in self.name:
+            raise ValueError(f"name must be a non-empty str without '.', got {self.name!r}")
+        names = self.feature_names
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise TypeError(
+                f"table {self.name!r}: feature_names must be a list or tuple of str, "
+                f"got {type(names).__name__}"
+            )
+        names = tuple(names)
+        if not names or not all(isinstance(f, str) and f for f in names):
+            raise ValueError(
+                f"table {self.name!r}: feature_names must hold at least one non-empty str, "
+                f"got {names!r}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"table {self.name!r}: feature_names repeats a name: {names!r}")
+        set_(self, "feature_names", names)
+        pooling = getattr(self.pooling, "value", self.pooling)
+        if not isinstance(pooling, str) or pooling.lower() not in ("sum", "mean", "max"):
+            raise ValueError(
+                f"table {self.name!r}: pooling must be 'sum', 'mean' or 'max', got {self.pooling!r}"
+            )
+        set_(self, "pooling", pooling.lower())
+        if not isinstance(self.options, Mapping):
+            raise TypeError(
+                f"table {self.name!r}: options must be a mapping, got {type(self.options).__name__}"
+            )
+        reserved = sorted(set(self.options) & set(_RESERVED_TABLE_OPTIONS))
+        if reserved:
+            raise ValueError(
+                f"table {self.name!r}: options {reserved} are set by the collection (pooling= "
+                f"gives the mode; optimizer, num_threads, device, dtype are collection arguments)"
+            )
+        set_(self, "options", dict(self.options))
+
+
+class KeyedJaggedIds:
+    """Raw IDs of several features in one jagged buffer (TorchRec's ``KeyedJaggedTensor`` layout).
+
+    Parameters
+    ----------
+    keys : sequence of str
+        Feature names, ``F`` of them.
+    values : Tensor
+        int64 ``(n,)`` raw IDs, feature-major: all bags of ``keys[0]``, then those of
+        ``keys[1]``, ...
+    lengths : Tensor
+        int64 or int32 ``(F * B,)``: the length of each bag, in the order of ``values``
+        (``B`` bags per feature); ``lengths.sum() == n``.
+    weights : Tensor, optional
+        ``(n,)`` per-ID weights (``per_sample_weights`` of the ``"sum"`` tables), or None.
+
+    The accessors ``keys()``, ``values()``, ``lengths()``, ``weights_or_none()`` are those of
+    TorchRec's ``KeyedJaggedTensor``; a collection's forward takes either (duck-typed).
+
+    Example::
+
+        >>> kj = KeyedJaggedIds(["a", "b"], torch.tensor([5, 6, 7]), torch.tensor([2, 0, 1, 0]))
+        >>> ids, off = kj.to_dict()[0]["a"]
+        >>> ids.tolist(), off.tolist()
+        ([5, 6], [0, 2, 2])
+    """
+
+    def __init__(self, keys, values: Tensor, lengths: Tensor, weights: Optional[Tensor] = None):
+        if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+            raise TypeError(f"keys must be a list or tuple of str, got {type(keys).__name__}")
+        self._keys = [str(k) for k in keys]
+        if len(set(self._keys)) != len(self._keys):
+            raise ValueError(f"keys repeats a feature name: {self._keys}")
+        self._values, self._lengths, self._weights = values, lengths, weights
+
+    def keys(self) -> list:
+        """The feature names."""
+        return list(self._keys)
+
+    def values(self) -> Tensor:
+        """All IDs, feature-major."""
+        return self._values
+
+    def lengths(self) -> Tensor:
+        """Bag lengths ``(F * B,)``."""
+        return self._lengths
+
+    def weights_or_none(self) -> Optional[Tensor]:
+        """Per-ID weights or None."""
+        return self._weights
+
+    def to_dict(self) -> tuple[dict, Optional[dict]]:
+        """``({feature: (ids, offsets)}, {feature: weights} or None)``: each feature's IDs and
+        CSR offsets ``(B + 1,)`` (use ``include_last_offset=True`` collections, or drop the last
+        offset). Raises TypeError/ValueError naming ``values``, ``lengths`` or ``weights``."""
+        return _jagged_to_dict(self._keys, self._values, self._lengths, self._weights)
+
+
+def _jagged_to_dict(keys, values, lengths, weights):
+    F_ = len(keys)
+    _id_tensor(values, "values")
+    if values.dim() != 1:
+        raise ValueError(f"values must be 1-D, got shape {tuple(values.shape)}")
+    if not isinstance(lengths, Tensor) or lengths.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"lengths must be an int64 or int32 torch.Tensor, got "
+            f"{getattr(lengths, 'dtype', type(lengths).__name__)}"
+        )
+    if lengths.dim() != 1 or F_ == 0 or lengths.numel() % F_:
+        raise ValueError(
+            f"lengths must be 1-D with a multiple of len(keys) = {F_} entries, got shape "
+            f"{tuple(lengths.shape)}"
+        )
+    ln = lengths.detach().cpu().to(torch.int64)
+    if bool((ln < 0).any()):
+        raise ValueError("lengths must not be negative")
+    if int(ln.sum()) != values.numel():
+        raise ValueError(
+            f"lengths sum to {int(ln.sum())}, but values has {values.numel()} IDs (shape "
+            f"{tuple(values.shape)})"
+        )
+    if weights is not None:
+        if not isinstance(weights, Tensor) or tuple(weights.shape) != tuple(values.shape):
+            raise ValueError(
+                f"weights must be a torch.Tensor of the shape of values {tuple(values.shape)}, got "
+                f"{tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__}"
+            )
+    B = ln.numel() // F_
+    per_key = ln.reshape(F_, B)
+    totals = per_key.sum(1).tolist()
+    vals = torch.split(values, totals)
+    wts = torch.split(weights, totals) if weights is not None else None
+    feats = {}
+    for i, k in enumerate(keys):
+        off = torch.zeros(B + 1, dtype=torch.int64)
+        torch.cumsum(per_key[i], 0, out=off[1:])
+        feats[k] = (vals[i], off)
+    return feats, (None if wts is None else dict(zip(keys, wts)))
+
+
+def _own_state_names(m: nn.Module) -> list:
+    """Names of ``m``'s own parameters and persistent buffers (its state dict entries)."""
+    return [n for n, _ in m.named_parameters(recurse=False)] + [
+        n for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set
+    ]
+
+
+class _BagCollection(nn.Module):
+    """Shared machinery of the collections (see :class:`CuckooEmbeddingBagCollection`)."""
+
+    _bag_class: type = nn.Module
+
+    def __init__(
+        self,
+        tables,
+        optimizer: Optional[FusedOptimizer] = None,
+        *,
+        include_last_offset: bool = False,
+        num_threads: int = 0,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(tables, EmbeddingBagConfig) or not isinstance(tables, (list, tuple)):
+            raise TypeError(
+                f"tables must be a list or tuple of EmbeddingBagConfig, got {type(tables).__name__}"
+            )
+        if not tables:
+            raise ValueError("tables must hold at least one EmbeddingBagConfig")
+        for i, c in enumerate(tables):
+            if not isinstance(c, EmbeddingBagConfig):
+                raise TypeError(f"tables[{i}] must be an EmbeddingBagConfig, got {type(c).__name__}")
+        seen_t, owner = set(), {}
+        for c in tables:
+            if c.name in seen_t:
+                raise ValueError(f"tables: two tables are named {c.name!r}")
+            seen_t.add(c.name)
+            for f in c.feature_names:
+                if f in owner:
+                    raise ValueError(
+                        f"tables: feature {f!r} is read by tables {owner[f]!r} and {c.name!r}; "
+                        f"a feature reads one table (share a table by listing several features "
+                        f"in its feature_names)"
+                    )
+                owner[f] = c.name
+        if optimizer is not None and not isinstance(optimizer, FusedOptimizer):
+            raise TypeError(
+                f"optimizer must be None or an embtab.optim optimizer, got "
+                f"{type(optimizer).__name__}; torch optimizers go over model.parameters()"
+            )
+        self.include_last_offset = bool(include_last_offset)
+        self.num_threads = check_threads(num_threads)
+        self.optimizer = optimizer
+        self.tables = tuple(tables)
+        bags = nn.ModuleDict()
+        for c in self.tables:
+            try:
+                bag = self._bag_class(
+                    c.num_embeddings, c.embedding_dim, mode=c.pooling, include_last_offset=True,
+                    optimizer=optimizer, num_threads=self.num_threads, device=device,
+                    dtype=dtype, **c.options,
+                )
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"table {c.name!r}: {e}") from None
+            try:
+                bags[c.name] = bag
+            except KeyError:
+                raise ValueError(
+                    f"table name {c.name!r} is taken by an nn.ModuleDict attribute; rename it"
+                ) from None
+        self.embedding_bags = bags
+        #: Output order: tables in the order given, each table's features in its order.
+        self.feature_names = [f for c in self.tables for f in c.feature_names]
+        self._table_of = owner
+        self._dim_of = {f: c.embedding_dim for c in self.tables for f in c.feature_names}
+
+    @property
+    def feature_dims(self) -> list:
+        """Pooled width of each feature, in :attr:`feature_names` order (the column blocks of
+        ``forward(..., concat=True)``)."""
+        return [self._dim_of[f] for f in self.feature_names]
+
+    def extra_repr(self) -> str:
+        return (
+            f"features={len(self.feature_names)}, tables={len(self.tables)}"
+            + (f", optimizer={self.optimizer!r}" if self.optimizer is not None else "")
+        )
+
+    # input ------------------------------------------------------------------------------------
+
+    def _inputs(self, features, per_sample_weights) -> tuple[dict, dict, int]:
+        """Check every feature's input; return ({feature: (flat int64 IDs, CSR offsets)},
+        {feature: flat weights}, B). Nothing is remapped here."""
+        if not isinstance(features, Mapping) and all(
+            callable(getattr(features, a, None)) for a in ("keys", "values", "lengths")
+        ):
+            w = getattr(features, "weights_or_none", None)
+            if per_sample_weights is not None:
+                raise ValueError(
+                    "per_sample_weights must be None with a jagged input (its weights carry them)"
+                )
+            features, per_sample_weights = _jagged_to_dict(
+                list(features.keys()), features.values(), features.lengths(),
+                w() if callable(w) else None,
+            )
+            last = True
+        else:
+            last = self.include_last_offset
+        if not isinstance(features, Mapping):
+            raise TypeError(
+                f"features must be a dict {{feature: (ids, offsets) or 2-D ids}} or a "
+                f"KeyedJaggedIds, got {type(features).__name__}"
+            )
+        unknown = [k for k in features if k not in self._table_of]
+        if unknown:
+            raise ValueError(
+                f"features: unknown feature(s) {unknown} (this collection reads "
+                f"{self.feature_names})"
+            )
+        missing = [f for f in self.feature_names if f not in features]
+        if missing:
+            raise ValueError(f"features: missing feature(s) {missing}")
+        psw = {} if per_sample_weights is None else per_sample_weights
+        if not isinstance(psw, Mapping):
+            raise TypeError(
+                f"per_sample_weights must be None or a dict {{feature: weights}}, got "
+                f"{type(psw).__name__}"
+            )
+        unknown = [k for k in psw if k not in self._table_of]
+        if unknown:
+            raise ValueError(f"per_sample_weights: unknown feature(s) {unknown}")
+        out, weights, B, B_from = {}, {}, None, None
+        for f in self.feature_names:
+            x = features[f]
+            if isinstance(x, (tuple, list)) and len(x) != 2:
+                raise ValueError(
+                    f"features[{f!r}] must be ids (2-D) or a pair (ids, offsets), got a "
+                    f"{type(x).__name__} of {len(x)}"
+                )
+            ids, offsets = (tuple(x) if isinstance(x, (tuple, list)) else (x, None))
+            bag = self.embedding_bags[self._table_of[f]]
+            try:
+                flat, _ = _as_id_array(ids, "ids")
+                off = _check_bag_args(
+                    ids, offsets, psw.get(f), bag.mode, last, bag.weight
+                )
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"features[{f!r}]: {e}") from None
+            if off is None:
+                n_bags, width = ids.shape
+                csr = torch.arange(n_bags + 1, dtype=torch.int64) * width
+            elif last:
+                csr, n_bags = off, off.numel() - 1
+            else:
+                csr = torch.cat([off, torch.tensor([flat.size], dtype=torch.int64)])
+                n_bags = off.numel()
+            if B is None:
+                B, B_from = n_bags, f
+            elif n_bags != B:
+                raise ValueError(
+                    f"features[{f!r}] has {n_bags} bags but features[{B_from!r}] has {B}: every "
+                    f"feature needs the same batch size"
+                )
+            out[f] = (torch.from_numpy(flat), csr)
+            if f in psw:
+                weights[f] = psw[f].reshape(-1)
+        return out, weights, B
+
+    # forward ----------------------------------------------------------------------------------
+
+    def forward(self, features, per_sample_weights=None, concat: bool = False):
+        """Pooled vectors of every feature, looked up in one call.
+
+        Parameters
+        ----------
+        features : dict or KeyedJaggedIds
+            ``{feature: (ids, offsets)}`` with 1-D int64 ``ids`` and ``offsets`` as
+            ``nn.EmbeddingBag`` takes them (``(B,)``, or ``(B + 1,)`` with the collection's
+            ``include_last_offset=True``), or ``{feature: ids}`` with 2-D ``(B, N)`` ids
+            (fixed-length bags); every feature of the collection, each with the same ``B``.
+            Or one jagged input: a :class:`KeyedJaggedIds` (or TorchRec ``KeyedJaggedTensor``).
+        per_sample_weights : dict, optional
+            ``{feature: weights}`` shaped like that feature's ids, for features of ``"sum"``
+            tables; features left out weigh 1. With a jagged input, its weights instead.
+        concat : bool
+            Return one tensor ``(B, sum(feature_dims))`` instead of a dict: the features'
+            vectors side by side in :attr:`feature_names` order (feature ``i`` in columns
+            ``sum(feature_dims[:i])`` to ``sum(feature_dims[:i + 1])``), TorchRec's
+            ``KeyedTensor.values()`` layout.
+
+        Returns
+        -------
+        dict of Tensor or Tensor
+            ``{feature: (B, embedding_dim of its table)}`` in :attr:`feature_names` order, or
+            the concatenation (``concat=True``).
+
+        Every feature's input is checked before any ID is remapped: an unknown or missing
+        feature, a wrong dtype or shape raises TypeError/ValueError naming the feature and the
+        argument, and changes nothing.
+        """
+        inputs, weights, B = self._inputs(features, per_sample_weights)
+        pooled = {}
+        for c in self.tables:
+            bag = self.embedding_bags[c.name]
+            names = c.feature_names
+            if len(names) == 1:
+                ids, csr = inputs[names[0]]
+                psw = weights.get(names[0])
+            else:
+                parts = [inputs[f] for f in names]
+                ids = torch.cat([p[0] for p in parts])
+                starts = np.cumsum([0] + [p[0].numel() for p in parts[:-1]])
+                csr = torch.cat(
+                    [parts[0][1]] + [p[1][1:] + int(s) for p, s in zip(parts[1:], starts[1:])]
+                )
+                psw = None
+                if any(f in weights for f in names):
+                    psw = torch.cat([
+                        weights[f] if f in weights
+                        else torch.ones(p[0].numel(), dtype=bag.weight.dtype)
+                        for f, p in zip(names, parts)
+                    ])
+            out = bag(ids, csr, psw)
+            if len(names) == 1:
+                pooled[names[0]] = out
+            else:
+                pooled.update(zip(names, out.split(B)))
+        if concat:
+            return torch.cat([pooled[f] for f in self.feature_names], dim=1)
+        return {f: pooled[f] for f in self.feature_names}
+
+    # state ------------------------------------------------------------------------------------
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Check every table's entries before any table changes (each table's own load then
+        # checks its entries again and loads them).
+        expected = set()
+        for name, bag in self.embedding_bags.items():
+            p = f"{prefix}embedding_bags.{name}."
+            own = _own_state_names(bag)
+            expected.update(p + n for n in own)
+            if not strict and not any(p + n in state_dict for n in own):
+                continue
+            self._check_table_state(bag, state_dict, p, own, strict)
+        if strict:
+            extra = sorted(k for k in state_dict if k.startswith(prefix) and k not in expected)
+            if extra:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: unexpected keys {extra} (other "
+                    f"tables or options?); nothing was loaded"
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
+        raise NotImplementedError
+
+
+class CuckooEmbeddingBagCollection(_BagCollection):
+    r"""Several named features, each pooled from its own collisionless table (or a shared one),
+    looked up in one call: TorchRec's ``EmbeddingBagCollection`` over raw 64-bit IDs.
+
+    Each table is a :class:`CuckooEmbeddingBag` (``embedding_bags[name]``) configured by an
+    :class:`EmbeddingBagConfig`; a feature reads one table, and the features that share a table
+    are looked up together (one remap, one pooling call and one fused optimizer step per table).
+
+    Parameters
+    ----------
+    tables : list of EmbeddingBagConfig
+        The tables (distinct names) and the features each one serves (a feature in one table).
+    optimizer : embtab.optim.FusedOptimizer, optional
+        A fused optimizer applied to every table in backward (each table keeps its own state,
+        ``embedding_bags.<name>.opt_*`` in the state dict, and its own step count). Without one,
+        train with any torch optimizer over ``parameters()`` (``sparse=True`` in a table's
+        options gives it sparse gradients).
+    include_last_offset : bool
+        Offsets of the dict input have ``B + 1`` entries, the last one the number of IDs.
+    num_threads : int
+        Threads of every table's remap and fused step (0 = all hardware threads).
+    device, dtype
+        Of every table's weight.
+
+    Attributes
+    ----------
+    embedding_bags : nn.ModuleDict
+        Table name -> :class:`CuckooEmbeddingBag`.
+    feature_names : list of str
+        The output order: tables in the order given, each table's features in its order.
+    feature_dims : list of int
+        The width of each feature's vector, in ``feature_names`` order.
+
+    Notes
+    -----
+    * ``state_dict`` keys are ``embedding_bags.<table>.<entry>`` (TorchRec's names for the
+      weights: ``embedding_bags.<table>.weight``). ``load_state_dict`` checks every table's
+      entries (as :class:`CuckooEmbedding` does), and unexpected keys under ``strict=True``,
+      before any table changes: one bad entry raises ValueError naming the key and loads
+      nothing.
+    * Every feature's input is checked before any ID is remapped (see :meth:`forward`). A
+      failure inside one table's remap (``on_full="error"`` full, too few evictable rows) is
+      raised after the tables before it in ``tables`` have inserted their new IDs.
+
+    Example::
+
+        >>> import torch, embtab.nn, embtab.optim
+        >>> from embtab.nn import EmbeddingBagConfig
+        >>> ebc = embtab.nn.CuckooEmbeddingBagCollection(
+        ...     [EmbeddingBagConfig(num_embeddings=100, embedding_dim=8, name="t_item",
+        ...                         feature_names=["item", "last_item"]),       # one shared table
+        ...      EmbeddingBagConfig(num_embeddings=50, embedding_dim=4, name="t_user",
+        ...                         feature_names=["user"], pooling="mean")],
+        ...     optimizer=embtab.optim.RowWiseAdagrad(lr=0.1))
+        >>> out = ebc({"item": (torch.tensor([2**40, 7, 9]), torch.tensor([0, 2])),
+        ...            "last_item": torch.tensor([[7], [11]]),                  # 2-D: fixed bags
+        ...            "user": (torch.tensor([-5, 3]), torch.tensor([0, 1]))})
+        >>> {f: tuple(v.shape) for f, v in out.items()}
+        {'item': (2, 8), 'last_item': (2, 8), 'user': (2, 4)}
+        >>> sum(v.sum() for v in out.values()).backward()   # one fused step per table
+        >>> ebc.embedding_bags["t_item"].num_ids, int(ebc.embedding_bags["t_item"].opt_step)
+        (4, 1)
+    """
+
+    _bag_class = CuckooEmbeddingBag
+
+    def stats(self) -> dict:
+        """``{table: CuckooEmbeddingBag.stats()}``."""
+        return {name: bag.stats() for name, bag in self.embedding_bags.items()}
+
+    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
+        bag._validated_table(sd, prefix, own, strict)
+
+
+class HashedEmbeddingBagCollection(_BagCollection):
+    r"""Several named features pooled from hashing-trick tables, looked up in one call.
+
+    :class:`CuckooEmbeddingBagCollection` with :class:`HashedEmbeddingBag` tables (row =
+    ``mix64(id, seed) % num_embeddings``): same arguments, input, output and state-dict layout.
+
+    Example::
+
+        >>> ebc = embtab.nn.HashedEmbeddingBagCollection(
+        ...     [EmbeddingBagConfig(num_embeddings=64, embedding_dim=4, name="t",
+        ...                         feature_names=["a", "b"])])
+        >>> ebc({"a": torch.tensor([[1, 2]]), "b": torch.tensor([[3]])}, concat=True).shape
+        torch.Size([1, 8])
+    """
+
+    _bag_class = HashedEmbeddingBag
+
+    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
+        for n in own:
+            key = prefix + n
+            if key not in sd:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key} is missing")
+            t, cur = sd[key], getattr(bag, n)
+            if not isinstance(t, Tensor):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {key} must be a torch.Tensor, got "
+                    f"{type(t).__name__}"
+                )
+            if tuple(t.shape) != tuple(cur.shape) or t.dtype.is_floating_point != (
+                cur.dtype.is_floating_point
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {key} must have shape "
+                    f"{tuple(cur.shape)} and a {'floating' if cur.dtype.is_floating_point else 'integer'}"
+                    f" dtype, got {t.dtype} {tuple(t.shape)}"
+                )
+        w = sd[prefix + "weight"]
+        if torch.count_nonzero(w[-1]) != 0:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: {prefix}weight row {w.shape[0] - 1} (the "
+                f"zero row read by padding_id) must be zero"
+            )

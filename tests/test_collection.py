@@ -1,0 +1,457 @@
+"""Embedding-bag collections against a dict of independent bag modules (values, gradients,
+fused optimizer steps), shared tables, the jagged input, state dicts and bad input."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import embtab.optim as eo
+from embtab.nn import (
+    CuckooEmbeddingBag,
+    CuckooEmbeddingBagCollection,
+    EmbeddingBagConfig,
+    HashedEmbeddingBag,
+    HashedEmbeddingBagCollection,
+    KeyedJaggedIds,
+)
+
+B = 5
+KINDS = {
+    "cuckoo": (CuckooEmbeddingBagCollection, CuckooEmbeddingBag),
+    "hashed": (HashedEmbeddingBagCollection, HashedEmbeddingBag),
+}
+
+
+def configs(kind):
+    """Three tables: sum (grows from 4 rows), mean with a padding ID, sum with weights."""
+    grow = {"seed": 1} if kind == "hashed" else {"seed": 1, "on_full": "grow"}
+    return [
+        EmbeddingBagConfig(num_embeddings=4, embedding_dim=4, name="t_a", feature_names=["a"],
+                           options=grow),
+        EmbeddingBagConfig(num_embeddings=16, embedding_dim=3, name="t_b", feature_names=["b"],
+                           pooling="mean", options={"seed": 2, "padding_id": 5}),
+        EmbeddingBagConfig(num_embeddings=16, embedding_dim=2, name="t_c", feature_names=["c"],
+                           options={"seed": 3}),
+    ]
+
+
+def reference(kind, cfgs, optimizer=None, **kw):
+    """{table: an independent bag module with the table's settings}."""
+    bag = KINDS[kind][1]
+    return {
+        c.name: bag(c.num_embeddings, c.embedding_dim, mode=c.pooling, optimizer=optimizer,
+                    **kw, **c.options)
+        for c in cfgs
+    }
+
+
+def batches(steps, seed=0, n_ids=30):
+    """Seeded batches: {feature: (ids, offsets)}, per_sample_weights of "c", targets."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        feats = {}
+        for f in "abc":
+            lengths = torch.randint(0, 4, (B,), generator=g)
+            ids = torch.randint(0, n_ids, (int(lengths.sum()),), generator=g) * 7919 - 2**62
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+            feats[f] = (ids, offsets)
+        a, b = feats["a"][0], feats["b"][0]
+        feats["b"] = (torch.where(torch.arange(b.numel()) % 3 == 0, 5, b), feats["b"][1])
+        psw = {"c": torch.rand(feats["c"][0].shape, generator=g)}
+        targets = {f: torch.randn(B, d, generator=g) for f, d in zip("abc", (4, 3, 2))}
+        out.append((feats, psw, targets))
+    return out
+
+
+def loss_of(outs, targets):
+    return sum((outs[f] * targets[f]).sum() + 0.5 * outs[f].square().sum() for f in targets)
+
+
+def ref_forward(refs, cfgs, feats, psw):
+    outs = {}
+    for c in cfgs:
+        (f,) = c.feature_names
+        ids, off = feats[f]
+        outs[f] = refs[c.name](ids, off, psw.get(f))
+    return outs
+
+
+def assert_tables_equal(coll, refs, names=("weight",)):
+    for t, ref in refs.items():
+        bag = coll.embedding_bags[t]
+        for n in names:
+            torch.testing.assert_close(getattr(bag, n), getattr(ref, n), rtol=0, atol=0, msg=t + n)
+
+
+# values and gradients ///////////////////////////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_equals_independent_modules_with_a_torch_optimizer(kind):
+    cfgs = configs(kind)
+    coll = KINDS[kind][0](cfgs)
+    refs = reference(kind, cfgs)
+    opt_c = torch.optim.SGD(coll.parameters(), lr=0.05)
+    opt_r = torch.optim.SGD([p for r in refs.values() for p in r.parameters()], lr=0.05)
+    for feats, psw, targets in batches(6):
+        outs = coll(feats, psw)
+        assert list(outs) == ["a", "b", "c"]
+        ref_outs = ref_forward(refs, cfgs, feats, psw)
+        for f in outs:
+            assert torch.equal(outs[f], ref_outs[f]), f
+        opt_c.zero_grad()
+        opt_r.zero_grad()
+        loss_of(outs, targets).backward()
+        loss_of(ref_outs, targets).backward()
+        for t, ref in refs.items():
+            assert torch.equal(coll.embedding_bags[t].weight.grad, ref.weight.grad), t
+        opt_c.step()
+        opt_r.step()
+        assert_tables_equal(coll, refs)
+    if kind == "cuckoo":
+        assert coll.stats()["t_a"]["num_growths"] > 0  # the growth path was exercised
+
+
+OPTS = {
+    "sgd": lambda: eo.SGD(lr=0.1, momentum=0.5),
+    "adagrad": lambda: eo.Adagrad(lr=0.2, initial_accumulator_value=0.1),
+    "rowwise_adagrad": lambda: eo.RowWiseAdagrad(lr=0.2),
+    "adam": lambda: eo.Adam(lr=0.05),
+}
+
+
+@pytest.mark.parametrize("opt", list(OPTS))
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fused_optimizer_equals_independent_modules_step_for_step(kind, opt):
+    cfgs = configs(kind)
+    coll = KINDS[kind][0](cfgs, optimizer=OPTS[opt]())
+    refs = reference(kind, cfgs, optimizer=OPTS[opt]())
+    state = [n for n in coll.embedding_bags["t_a"].state_dict() if n.startswith("opt_")]
+    assert "opt_step" in state and len(state) >= (1 if opt == "sgd" else 2)
+    for feats, psw, targets in batches(6, seed=1):
+        outs = coll(feats, psw)
+        ref_outs = ref_forward(refs, cfgs, feats, psw)
+        for f in outs:
+            assert torch.equal(outs[f], ref_outs[f]), f
+        loss_of(outs, targets).backward()
+        loss_of(ref_outs, targets).backward()
+        assert all(b.weight.grad is None for b in coll.embedding_bags.values())
+        assert_tables_equal(coll, refs, ["weight"] + state)
+    assert int(coll.embedding_bags["t_b"].opt_step) == 6
+
+
+def test_concat_is_the_dict_side_by_side():
+    coll = CuckooEmbeddingBagCollection(configs("cuckoo"))
+    feats, psw, _ = batches(1)[0]
+    d = coll(feats, psw)
+    c = coll(feats, psw, concat=True)
+    assert coll.feature_names == ["a", "b", "c"] and coll.feature_dims == [4, 3, 2]
+    assert torch.equal(c, torch.cat([d["a"], d["b"], d["c"]], 1))
+    assert torch.equal(c[:, 4:7], d["b"])
+
+
+def jagged(feats, keys, weights=None):
+    values = torch.cat([feats[k][0] for k in keys])
+    lengths = torch.cat(
+        [torch.diff(feats[k][1], append=torch.tensor([feats[k][0].numel()])) for k in keys]
+    )
+    w = None if weights is None else torch.cat([weights[k] for k in keys])
+    return KeyedJaggedIds(keys, values, lengths, w)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_jagged_input_equals_dict_input(kind):
+    cfgs = configs(kind)
+    coll = KINDS[kind][0](cfgs)
+    twin = copy.deepcopy(coll)
+    feats, _, _ = batches(1, seed=3)[0]
+    got = coll(jagged(feats, ["b", "a", "c"]))  # any key order
+    want = twin(feats)
+    for f in want:
+        assert torch.equal(got[f], want[f]), f
+    # weights go to every feature: all tables must pool by "sum"
+    feats, psw, _ = batches(1, seed=4)[0]
+    ones = {f: torch.ones(feats[f][0].shape) for f in "ab"}
+    with pytest.raises(ValueError, match=r"features\['b'\].*mode='sum'"):
+        coll(jagged(feats, ["a", "b", "c"], {**ones, **psw}))
+    cfgs = shared_cfgs(kind)
+    coll = KINDS[kind][0](cfgs)
+    twin = copy.deepcopy(coll)
+    got = coll(jagged(feats, ["c", "a", "b"], {**ones, **psw}))
+    want = twin(feats, psw)
+    for f in want:
+        assert torch.equal(got[f], want[f]), f
+
+
+def test_include_last_offset_and_fixed_length_bags():
+    cfgs = configs("hashed")
+    coll = HashedEmbeddingBagCollection(cfgs, include_last_offset=True)
+    refs = reference("hashed", cfgs)
+    feats, _, _ = batches(1, seed=4)[0]
+    csr = {f: (ids, torch.cat([off, torch.tensor([ids.numel()])])) for f, (ids, off) in feats.items()}
+    csr["c"] = torch.arange(2 * B).reshape(B, 2)  # 2-D: B bags of 2
+    outs = coll(csr)
+    ref = refs["t_c"](torch.arange(2 * B).reshape(B, 2))
+    assert torch.equal(outs["c"], ref)
+    assert torch.equal(outs["a"], refs["t_a"](*feats["a"]))
+
+
+# shared tables ///////////////////////////////////////////////////////////////////////////////
+
+
+def shared_cfgs(kind):
+    opts = {"seed": 4} if kind == "hashed" else {"seed": 4, "on_full": "evict_lru"}
+    return [
+        EmbeddingBagConfig(num_embeddings=24, embedding_dim=3, name="shared",
+                           feature_names=["a", "b"], options=opts),
+        EmbeddingBagConfig(num_embeddings=16, embedding_dim=2, name="t_c", feature_names=["c"],
+                           options={"seed": 3}),
+    ]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_shared_table_equals_one_module_read_per_feature(kind):
+    """A table shared by "a" and "b": the same vector for an ID under either feature, and per
+    ID the gradient of one module looked up once per feature (rows may differ, IDs may not)."""
+    cfgs = shared_cfgs(kind)
+    coll = KINDS[kind][0](cfgs)
+    assert list(coll.embedding_bags) == ["shared", "t_c"]
+    refs = reference(kind, cfgs)
+    opt_c = torch.optim.Adagrad(coll.parameters(), lr=0.1)
+    opt_r = torch.optim.Adagrad([p for r in refs.values() for p in r.parameters()], lr=0.1)
+    mine, ref = coll.embedding_bags["shared"], refs["shared"]
+    for feats, psw, targets in batches(5, seed=5):
+        targets["b"] = targets["b"][:, :3]
+        targets["a"] = targets["a"][:, :3]
+        outs = coll(feats, psw)
+        ref_outs = {f: ref(*feats[f]) for f in "ab"}
+        ref_outs["c"] = refs["t_c"](*feats["c"], psw["c"])
+        for f in outs:
+            assert torch.equal(outs[f], ref_outs[f]), f
+        opt_c.zero_grad()
+        opt_r.zero_grad()
+        loss_of(outs, targets).backward()
+        loss_of(ref_outs, targets).backward()
+        ids = torch.unique(torch.cat([feats["a"][0], feats["b"][0]]))
+        ids = ids[ids != 5] if kind == "cuckoo" else ids
+        rm, rr = mine.lookup(ids), ref.lookup(ids)
+        torch.testing.assert_close(mine.weight.grad[rm], ref.weight.grad[rr], rtol=1e-6, atol=1e-6)
+        opt_c.step()
+        opt_r.step()
+        torch.testing.assert_close(mine.weight[rm], ref.weight[rr], rtol=1e-6, atol=1e-6)
+
+
+def test_shared_table_fused_steps_once_per_backward():
+    """With a fused optimizer a shared table steps once per backward: the same as one module
+    fed both features' bags in one call (a's bags, then b's)."""
+    cfgs = shared_cfgs("cuckoo")
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.Adagrad(lr=0.3))
+    ref = reference("cuckoo", cfgs[:1], optimizer=eo.Adagrad(lr=0.3))["shared"]
+    for feats, _, targets in batches(5, seed=6):
+        (ia, oa), (ib, ob) = feats["a"], feats["b"]
+        outs = coll(feats, {})
+        ref_out = ref(torch.cat([ia, ib]), torch.cat([oa, ob + ia.numel()]))
+        assert torch.equal(torch.cat([outs["a"], outs["b"]]), ref_out)
+        (outs["a"].sum() * 2 + outs["b"].square().sum() + outs["c"].sum()).backward()
+        (ref_out[:B].sum() * 2 + ref_out[B:].square().sum()).backward()
+        mine = coll.embedding_bags["shared"]
+        for n in ("weight", "opt_sum", "row_ids", "row_live", "opt_step"):
+            assert torch.equal(getattr(mine, n), getattr(ref, n)), n
+    assert int(mine.opt_step) == 5
+
+
+# state dicts ///////////////////////////////////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_state_dict_round_trip_continues_training(kind, tmp_path):
+    cfgs = configs(kind)
+    a = KINDS[kind][0](cfgs, optimizer=eo.RowWiseAdagrad(lr=0.2))
+    data = batches(6, seed=7)
+    for feats, psw, targets in data[:3]:
+        loss_of(a(feats, psw), targets).backward()
+    torch.save(a.state_dict(), tmp_path / "c.pt")
+    assert "embedding_bags.t_a.weight" in a.state_dict()
+    assert "embedding_bags.t_b.opt_row_sum" in a.state_dict()
+    b = KINDS[kind][0](cfgs, optimizer=eo.RowWiseAdagrad(lr=0.2))
+    b.load_state_dict(torch.load(tmp_path / "c.pt"))
+    for feats, psw, targets in data[3:]:
+        outs_a, outs_b = a(feats, psw), b(feats, psw)
+        for f in outs_a:
+            assert torch.equal(outs_a[f], outs_b[f])
+        loss_of(outs_a, targets).backward()
+        loss_of(outs_b, targets).backward()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def _snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _corruptions(kind):
+    def dup_id(sd):  # second table: two live rows for one ID
+        sd["embedding_bags.t_b.row_ids"][1] = sd["embedding_bags.t_b.row_ids"][0]
+
+    def bad_opt(sd):
+        sd["embedding_bags.t_c.opt_sum"] = sd["embedding_bags.t_c.opt_sum"][:-1]
+
+    def bad_weight(sd):
+        sd["embedding_bags.t_c.weight"] = sd["embedding_bags.t_c.weight"][:, :1]
+
+    def missing(sd):
+        del sd["embedding_bags.t_c.weight"]
+
+    def extra(sd):
+        sd["embedding_bags.t_z.weight"] = torch.zeros(2, 2)
+
+    out = {
+        "bad_opt": (bad_opt, "t_c.opt_sum"),
+        "bad_weight": (bad_weight, "t_c.weight"),
+        "missing": (missing, "t_c.weight"),
+        "extra": (extra, "t_z.weight"),
+    }
+    if kind == "cuckoo":
+        out["dup_id"] = (dup_id, "t_b.row_ids")
+    return out
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_bad_state_dict_loads_nothing(kind):
+    cfgs = configs(kind)
+    src = KINDS[kind][0](cfgs, optimizer=eo.Adagrad(lr=0.2))
+    for feats, psw, targets in batches(2, seed=8):
+        loss_of(src(feats, psw), targets).backward()
+    dst = KINDS[kind][0](cfgs, optimizer=eo.Adagrad(lr=0.2))
+    for feats, psw, targets in batches(1, seed=9):
+        loss_of(dst(feats, psw), targets).backward()
+    before = _snapshot(dst)
+    for name, (corrupt, key) in _corruptions(kind).items():
+        sd = _snapshot(src)
+        corrupt(sd)
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            dst.load_state_dict(sd)
+        after = dst.state_dict()
+        for k in before:  # t_a, loaded first if anything were, is unchanged too
+            assert torch.equal(before[k], after[k]), (name, k)
+    dst.load_state_dict(_snapshot(src))  # a good one loads
+    assert torch.equal(dst.embedding_bags["t_a"].weight, src.embedding_bags["t_a"].weight)
+
+
+# bad input /////////////////////////////////////////////////////////////////////////////////
+
+
+def _bad_inputs():
+    def edit(f, value):
+        def go(feats):
+            feats[f] = value(feats[f])
+            return feats
+        return go
+
+    return {
+        "unknown": (lambda fs: {**fs, "zz": fs["a"]}, ValueError, r"unknown feature.*'zz'"),
+        "missing": (lambda fs: {k: v for k, v in fs.items() if k != "b"}, ValueError,
+                    r"missing feature.*'b'"),
+        "float_ids": (edit("b", lambda x: (x[0].float(), x[1])), TypeError,
+                      r"features\['b'\].*ids.*float32"),
+        "3d_ids": (edit("c", lambda x: x[0].reshape(1, 1, -1)), ValueError,
+                   r"features\['c'\].*input must be 1-D"),
+        "offsets_dtype": (edit("a", lambda x: (x[0], x[1].float())), TypeError,
+                          r"features\['a'\].*offsets"),
+        "offsets_past_end": (edit("a", lambda x: (x[0], x[1] + 100)), ValueError,
+                             r"features\['a'\].*offsets"),
+        "batch_size": (edit("c", lambda x: (x[0], x[1][:-1])), ValueError,
+                       r"features\['c'\] has 4 bags"),
+        "triple": (edit("a", lambda x: (x[0], x[1], None)), ValueError,
+                   r"features\['a'\].*pair"),
+        "not_a_dict": (lambda fs: list(fs.values()), TypeError, "features must be a dict"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_bad_input_names_the_feature_and_changes_nothing(kind, case):
+    coll = KINDS[kind][0](configs(kind), optimizer=eo.SGD(lr=0.1))
+    feats, psw, _ = batches(2, seed=10)[0]
+    coll(feats, psw)
+    before = _snapshot(coll)
+    make, exc, match = _bad_inputs()[case]
+    new_feats, _, _ = batches(2, seed=11)[1]  # new IDs the failed call must not insert
+    with pytest.raises(exc, match=match):
+        coll(make(dict(new_feats)), psw if case != "batch_size" else None)
+    after = coll.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_bad_per_sample_weights_name_the_feature():
+    coll = CuckooEmbeddingBagCollection(configs("cuckoo"))
+    feats, psw, _ = batches(1)[0]
+    with pytest.raises(ValueError, match=r"features\['b'\].*per_sample_weights.*mode='sum'"):
+        coll(feats, {"b": torch.ones(feats["b"][0].shape)})
+    with pytest.raises(TypeError, match=r"features\['c'\].*per_sample_weights.*float32"):
+        coll(feats, {"c": psw["c"].double()})
+    with pytest.raises(ValueError, match=r"per_sample_weights: unknown feature.*'q'"):
+        coll(feats, {"q": psw["c"]})
+    assert all(b.num_ids == 0 for b in coll.embedding_bags.values())
+
+
+def test_bad_jagged_input():
+    coll = CuckooEmbeddingBagCollection(configs("cuckoo"))
+    vals = torch.arange(6)
+    with pytest.raises(ValueError, match="lengths sum to 5"):
+        coll(KeyedJaggedIds(["a", "b", "c"], vals, torch.tensor([1, 1, 1, 1, 1, 0])))
+    with pytest.raises(ValueError, match="multiple of len"):
+        coll(KeyedJaggedIds(["a", "b", "c"], vals, torch.tensor([1, 1, 1, 1, 2])))
+    with pytest.raises(ValueError, match="missing feature"):
+        coll(KeyedJaggedIds(["a", "b"], vals, torch.tensor([1, 1, 2, 2])))
+    with pytest.raises(TypeError, match="lengths"):
+        coll(KeyedJaggedIds(["a", "b", "c"], vals, torch.ones(3)))
+    assert all(b.num_ids == 0 for b in coll.embedding_bags.values())
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: EmbeddingBagConfig(10, 4, "t", "a"), TypeError, "feature_names must be a list"),
+        (lambda: EmbeddingBagConfig(10, 4, "t", []), ValueError, "at least one"),
+        (lambda: EmbeddingBagConfig(10, 4, "t.x", ["a"]), ValueError, "without '.'"),
+        (lambda: EmbeddingBagConfig(10, 4, "t", ["a"], pooling="prod"), ValueError, "pooling"),
+        (lambda: EmbeddingBagConfig(0, 4, "t", ["a"]), ValueError, "num_embeddings"),
+        (lambda: EmbeddingBagConfig(10, 4, "t", ["a"], options={"mode": "sum"}), ValueError,
+         "set by the collection"),
+        (lambda: CuckooEmbeddingBagCollection([]), ValueError, "at least one"),
+        (lambda: CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(10, 4, "t", ["a"]), EmbeddingBagConfig(10, 4, "t", ["b"])]),
+         ValueError, "two tables are named 't'"),
+        (lambda: CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(10, 4, "t", ["a"]), EmbeddingBagConfig(10, 4, "u", ["a"])]),
+         ValueError, "feature 'a' is read by tables 't' and 'u'"),
+        (lambda: HashedEmbeddingBagCollection(
+            [EmbeddingBagConfig(10, 4, "t", ["a"], options={"on_full": "grow"})]),
+         TypeError, "table 't'.*on_full"),
+        (lambda: CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(10, 4, "t", ["a"], options={"on_full": "spill"})]),
+         ValueError, "table 't'.*on_full"),
+        (lambda: CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(10, 4, "t", ["a"])], optimizer=torch.optim.SGD),
+         TypeError, "optimizer"),
+    ],
+)
+def test_bad_configuration(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_config_copies_the_callers_options():
+    opts = {"seed": 3}
+    names = ["a"]
+    c = EmbeddingBagConfig(10, 4, "t", names, pooling="SUM", options=opts)
+    opts["seed"] = 4
+    names.append("b")
+    assert c.options == {"seed": 3} and c.feature_names == ("a",) and c.pooling == "sum"
