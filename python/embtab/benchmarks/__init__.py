@@ -72,5 +72,7 @@ REGISTRY: Dict[str, Benchmark] = {
                   "ShardedCuckooEmbedding on 2 gloo ranks vs one process"),
         Benchmark("optim", "embtab.benchmarks.optim",
                   "fused sparse optimizers vs nn.EmbeddingBag + torch optimizers and FBGEMM TBE"),
+        Benchmark("collection", "embtab.benchmarks.collection",
+                  "26-table embedding-bag collection vs FBGEMM TBE and a dict of nn.EmbeddingBag"),
     )
 }
