@@ -1,11 +1,14 @@
 """A factorization-machine CTR model over Criteo's 26 categorical fields, two ways at equal memory.
 
-The same FM (bias + linear term + pairwise factor interactions) is trained with
-``embtab.nn.CuckooEmbedding(Bag)`` (one row per ID; at the memory budget it admits an ID from
-its ``--min-count``-th sighting and evicts the least recently used) and with
-``embtab.nn.HashedEmbedding(Bag)`` (the hashing trick: row = hash(id) mod m). Both get the same
-number of rows (``--rows``), so they use the same memory; the script prints logloss and AUC on
-held-out rows.
+The 26 fields are the 26 features of one embedding-bag collection, each with its own table of
+``--rows`` rows, looked up in one call and trained by one fused optimizer
+(``embtab.optim.Adam``, the lazy Adam of ``torch.optim.SparseAdam``, applied inside backward).
+The same FM (bias + linear term + pairwise factor interactions; a table row holds an ID's linear
+weight in column 0 and its factors after it) is trained with
+``embtab.nn.CuckooEmbeddingBagCollection`` (one row per ID; at the memory budget a table admits an
+ID from its ``--min-count``-th sighting and evicts the least recently used) and with
+``embtab.nn.HashedEmbeddingBagCollection`` (the hashing trick: row = hash(id) mod m). Both get the
+same tables, so they use the same memory; the script prints logloss and AUC on held-out rows.
 
 Data: by default ``../shared/data/criteo-sample/criteo_kaggle_train_head1000.txt`` beside the
 checkout (the Criteo layout: label, I1..I13, C1..C26, tab-separated; never copy it into the
@@ -31,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 import embtab.nn as enn
+import embtab.optim as eo
 
 N_FIELDS = 26
 MISSING = -1  # the padding ID (2**64 - 1 as uint64): no real ID has all 64 bits set
@@ -78,30 +82,36 @@ def synthetic_criteo(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FM(nn.Module):
-    """Factorization machine: b + sum_i w_i + 0.5 * sum_k ((sum_i v_ik)^2 - sum_i v_ik^2)."""
+    """Factorization machine: b + sum_i w_i + 0.5 * sum_k ((sum_i v_ik)^2 - sum_i v_ik^2).
 
-    def __init__(self, linear: nn.Module, factors: nn.Module):
+    ``emb`` is a collection with one feature per field (``C1`` .. ``C26``) whose vectors are
+    ``[w_i, v_i1, .., v_ik]``."""
+
+    def __init__(self, emb: nn.Module):
         super().__init__()
-        self.linear, self.factors, self.bias = linear, factors, nn.Parameter(torch.zeros(1))
+        self.emb, self.bias = emb, nn.Parameter(torch.zeros(1))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids [B, 26] -> logits [B]
-        v = self.factors(ids)  # [B, 26, k]
+        # each field as 2-D (B, 1) bags: one ID per sample; concat=True gives (B, 26 * (k + 1))
+        out = self.emb({f"C{f + 1}": ids[:, f : f + 1] for f in range(N_FIELDS)}, concat=True)
+        out = out.view(ids.shape[0], N_FIELDS, -1)
+        w, v = out[:, :, 0], out[:, :, 1:]
         pair = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(1)
-        return self.bias + self.linear(ids).squeeze(1) + pair
+        return self.bias + w.sum(1) + pair
 
 
-def make_model(kind: str, rows: int, dim: int, min_count: int, seed: int) -> FM:
+def make_model(kind: str, rows: int, dim: int, min_count: int, seed: int, lr: float) -> FM:
+    """The FM over a collection of 26 tables (``t1`` .. ``t26``) of ``rows`` x ``dim + 1``."""
+    kw = {"padding_id": MISSING, "init": enn.EmbeddingInit("normal", 0.0, 0.01)}
     if kind == "cuckoo":
-        kw = {
-            "on_full": "evict_lru", "min_count": min_count, "padding_id": MISSING, "seed": seed, "sparse": True
-        }
-        linear = enn.CuckooEmbeddingBag(rows, 1, mode="sum", init="zeros", **kw)
-        factors = enn.CuckooEmbedding(rows, dim, init=enn.EmbeddingInit("normal", 0.0, 0.01), **kw)
-    else:
-        kw = {"padding_id": MISSING, "seed": seed, "sparse": True}
-        linear = enn.HashedEmbeddingBag(rows, 1, mode="sum", init="zeros", **kw)
-        factors = enn.HashedEmbedding(rows, dim, init=enn.EmbeddingInit("normal", 0.0, 0.01), **kw)
-    return FM(linear, factors)
+        kw.update(on_full="evict_lru", min_count=min_count)
+    tables = [
+        enn.EmbeddingBagConfig(num_embeddings=rows, embedding_dim=dim + 1, name=f"t{f + 1}",
+                               feature_names=[f"C{f + 1}"], options={**kw, "seed": seed * 100 + f})
+        for f in range(N_FIELDS)
+    ]
+    cls = enn.CuckooEmbeddingBagCollection if kind == "cuckoo" else enn.HashedEmbeddingBagCollection
+    return FM(cls(tables, optimizer=eo.Adam(lr=lr)))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -125,12 +135,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def train_eval(kind, labels, ids, args) -> dict:
     torch.manual_seed(args.seed)
-    model = make_model(kind, args.rows, args.dim, args.min_count, args.seed)
-    sparse_params = [model.linear.weight, model.factors.weight]
-    opts = [
-        torch.optim.SparseAdam(sparse_params, lr=args.lr),
-        torch.optim.Adam([model.bias], lr=args.lr),
-    ]
+    model = make_model(kind, args.rows, args.dim, args.min_count, args.seed, args.lr)
+    # the tables step inside backward (fused Adam); only the bias is left to torch
+    opts = [torch.optim.Adam([model.bias], lr=args.lr)]
     n_train = int(len(labels) * 0.8)
     x, y = torch.from_numpy(ids), torch.from_numpy(labels)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -153,16 +160,17 @@ def train_eval(kind, labels, ids, args) -> dict:
     eps = 1e-7
     logloss = float(-np.mean(yt * np.log(p + eps) + (1 - yt) * np.log(1 - p + eps)))
     out = {"model": kind, "rows": args.rows, "logloss": logloss, "auc": auc(yt, p)}
+    bags = list(model.emb.embedding_bags.values())
     if kind == "cuckoo":
-        out.update(
-            {
-                f"factors_{k}": v
-                for k, v in model.factors.stats().items()
-                if k in ("num_ids", "num_admissions", "num_evictions")
-            }
-        )
+        for k in ("num_ids", "num_admissions", "num_evictions"):
+            out[k] = sum(b.stats()[k] for b in bags)
     else:
-        out.update(model.factors.collision_report(x[:n_train]))
+        reps = [b.collision_report(x[:n_train, f]) for f, b in enumerate(bags)]
+        ids_, looks = [r["distinct_ids"] for r in reps], (x[:n_train] != MISSING).sum(0)
+        out["colliding_id_share"] = sum(r["colliding_id_share"] * n for r, n in zip(reps, ids_)) / max(sum(ids_), 1)
+        out["colliding_lookup_share"] = sum(
+            r["colliding_lookup_share"] * int(n) for r, n in zip(reps, looks)
+        ) / max(int(looks.sum()), 1)
     return out
 
 
@@ -177,8 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--rows",
         type=int,
-        default=4096,
-        help="embedding rows of each table (equal memory); at least the distinct IDs of one batch",
+        default=512,
+        help="rows of each field's table (equal memory); at least the distinct IDs of one batch",
     )
     ap.add_argument("--dim", type=int, default=8)
     ap.add_argument("--min-count", type=int, default=2, help="CuckooEmbedding admission threshold")
@@ -203,23 +211,26 @@ def main(argv=None) -> int:
     print(
         f"data: {source}; {len(labels):,} rows, {distinct:,} distinct IDs over 26 fields, CTR {labels.mean():.3f}"
     )
-    print(f"both models: {args.rows:,} rows x {args.dim} factors (+1 linear); train 80%, test 20%")
+    print(
+        f"both models: 26 tables of {args.rows:,} rows x {args.dim} factors (+1 linear); "
+        f"train 80%, test 20%"
+    )
     print("| model | logloss | AUC | notes |")
     print("|---|---:|---:|---|")
     for kind in ("cuckoo", "hashed"):
         r = train_eval(kind, labels, ids, args)
         if kind == "cuckoo":
             note = (
-                f"{r['factors_num_ids']:,} live IDs, {r['factors_num_admissions']:,} admitted, "
-                f"{r['factors_num_evictions']:,} evicted (min_count={args.min_count}, LRU)"
+                f"{r['num_ids']:,} live IDs, {r['num_admissions']:,} admitted, "
+                f"{r['num_evictions']:,} evicted (min_count={args.min_count}, LRU)"
             )
-            name = "CuckooEmbedding(Bag)"
+            name = "CuckooEmbeddingBagCollection"
         else:
             note = (
                 f"{r['colliding_id_share']:.1%} of distinct IDs share a row; "
                 f"{r['colliding_lookup_share']:.1%} of lookups hit a shared row"
             )
-            name = "HashedEmbedding(Bag)"
+            name = "HashedEmbeddingBagCollection"
         print(f"| {name} | {r['logloss']:.4f} | {r['auc']:.4f} | {note} |")
     return 0
 

@@ -31,7 +31,7 @@ def test_example_synthetic_runs(capsys):
     ex = load_example()
     assert ex.main(["--synthetic", "3000", "--rows", "8192", "--epochs", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "CuckooEmbedding(Bag)" in out and "HashedEmbedding(Bag)" in out
+    assert "CuckooEmbeddingBagCollection" in out and "HashedEmbeddingBagCollection" in out
 
 
 @pytest.mark.data
