@@ -79,11 +79,17 @@ def ref_forward(refs, cfgs, feats, psw):
     return outs
 
 
+def close(a, b, msg=""):
+    """Equal to float tolerance: the collection pools every feature in one native pass, whose
+    sums may round differently from torch's embedding_bag kernel (it fuses multiply-adds)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=msg)
+
+
 def assert_tables_equal(coll, refs, names=("weight",)):
     for t, ref in refs.items():
         bag = coll.embedding_bags[t]
         for n in names:
-            torch.testing.assert_close(getattr(bag, n), getattr(ref, n), rtol=0, atol=0, msg=t + n)
+            close(getattr(bag, n), getattr(ref, n), msg=t + n)
 
 
 # values and gradients ///////////////////////////////////////////////////////////////////////
@@ -101,7 +107,7 @@ def test_equals_independent_modules_with_a_torch_optimizer(kind):
         assert list(outs) == ["a", "b", "c"]
         ref_outs = ref_forward(refs, cfgs, feats, psw)
         for f in outs:
-            assert torch.equal(outs[f], ref_outs[f]), f
+            assert torch.equal(outs[f], ref_outs[f]), f  # the per-table path: the same calls
         opt_c.zero_grad()
         opt_r.zero_grad()
         loss_of(outs, targets).backward()
@@ -135,7 +141,7 @@ def test_fused_optimizer_equals_independent_modules_step_for_step(kind, opt):
         outs = coll(feats, psw)
         ref_outs = ref_forward(refs, cfgs, feats, psw)
         for f in outs:
-            assert torch.equal(outs[f], ref_outs[f]), f
+            close(outs[f], ref_outs[f], f)
         loss_of(outs, targets).backward()
         loss_of(ref_outs, targets).backward()
         assert all(b.weight.grad is None for b in coll.embedding_bags.values())
@@ -171,7 +177,7 @@ def test_jagged_input_equals_dict_input(kind):
     got = coll(jagged(feats, ["b", "a", "c"]))  # any key order
     want = twin(feats)
     for f in want:
-        assert torch.equal(got[f], want[f]), f
+        close(got[f], want[f], f)
     # weights go to every feature: all tables must pool by "sum"
     feats, psw, _ = batches(1, seed=4)[0]
     ones = {f: torch.ones(feats[f][0].shape) for f in "ab"}
@@ -183,7 +189,7 @@ def test_jagged_input_equals_dict_input(kind):
     got = coll(jagged(feats, ["c", "a", "b"], {**ones, **psw}))
     want = twin(feats, psw)
     for f in want:
-        assert torch.equal(got[f], want[f]), f
+        close(got[f], want[f], f)
 
 
 def test_include_last_offset_and_fixed_length_bags():
@@ -254,12 +260,14 @@ def test_shared_table_fused_steps_once_per_backward():
         (ia, oa), (ib, ob) = feats["a"], feats["b"]
         outs = coll(feats, {})
         ref_out = ref(torch.cat([ia, ib]), torch.cat([oa, ob + ia.numel()]))
-        assert torch.equal(torch.cat([outs["a"], outs["b"]]), ref_out)
+        close(torch.cat([outs["a"], outs["b"]]), ref_out)
         (outs["a"].sum() * 2 + outs["b"].square().sum() + outs["c"].sum()).backward()
         (ref_out[:B].sum() * 2 + ref_out[B:].square().sum()).backward()
         mine = coll.embedding_bags["shared"]
-        for n in ("weight", "opt_sum", "row_ids", "row_live", "opt_step"):
+        for n in ("row_ids", "row_live", "opt_step"):
             assert torch.equal(getattr(mine, n), getattr(ref, n)), n
+        for n in ("weight", "opt_sum"):
+            close(getattr(mine, n), getattr(ref, n), n)
     assert int(mine.opt_step) == 5
 
 
@@ -455,3 +463,70 @@ def test_config_copies_the_callers_options():
     opts["seed"] = 4
     names.append("b")
     assert c.options == {"seed": 3} and c.feature_names == ("a",) and c.pooling == "sum"
+
+
+# the native pooling pass ////////////////////////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_native_pass_equals_per_table_path(kind):
+    """Eval mode under no_grad pools in one native call: the values of per-table modules
+    holding the same state."""
+    cfgs = configs(kind)
+    coll = KINDS[kind][0](cfgs, optimizer=eo.SGD(lr=0.1))
+    refs = reference(kind, cfgs)
+    for feats, psw, targets in batches(3, seed=12):
+        loss_of(coll(feats, psw), targets).backward()
+    for t, r in refs.items():
+        r.load_state_dict({k: v for k, v in coll.embedding_bags[t].state_dict().items()
+                           if not k.startswith("opt_")})
+    feats, psw, _ = batches(1, seed=13)[0]
+    coll.eval()
+    for r in refs.values():
+        r.eval()
+    with torch.no_grad():
+        got = coll(feats, psw)
+        want = ref_forward(refs, cfgs, feats, psw)
+    for f in want:
+        close(got[f], want[f], f)
+    assert not got["a"].requires_grad
+
+
+def test_native_pass_is_the_same_bits_for_any_thread_count():
+    cfgs = configs("cuckoo")
+    feats, psw, targets = batches(1, seed=14)[0]
+    outs = []
+    for threads in (1, 2, 3):
+        coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.Adagrad(lr=0.1),
+                                            num_threads=threads)
+        loss_of(coll(feats, psw), targets).backward()
+        outs.append((coll(feats, psw, concat=True).detach(),
+                     coll.embedding_bags["t_a"].opt_sum.clone()))
+    for o, s in outs[1:]:
+        assert torch.equal(o, outs[0][0]) and torch.equal(s, outs[0][1])
+
+
+def test_native_backward_after_a_growth_raises_and_steps_nothing():
+    cfgs = configs("cuckoo")
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.SGD(lr=0.1))
+    feats, psw, targets = batches(2, seed=15)[0]
+    loss = loss_of(coll(feats, psw), targets)
+    coll({**feats, "a": (torch.arange(40), torch.arange(0, 40, 8))}, psw)  # t_a grows
+    before = _snapshot(coll)
+    with pytest.raises(RuntimeError, match="table 't_a' grew"):
+        loss.backward()
+    after = coll.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_native_pass_pins_rows_against_eviction():
+    cfgs = [EmbeddingBagConfig(num_embeddings=4, embedding_dim=2, name="t", feature_names=["a"],
+                               options={"on_full": "evict_lru"})]
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.SGD(lr=0.1))
+    out = coll({"a": torch.arange(4).reshape(4, 1)})
+    with pytest.raises(ValueError, match="can be evicted"):
+        coll({"a": torch.arange(4, 8).reshape(4, 1)})
+    out["a"].sum().backward()  # the first graph's rows are free now
+    coll({"a": torch.arange(4, 8).reshape(4, 1)})
+    assert coll.stats()["t"]["num_evictions"] == 4

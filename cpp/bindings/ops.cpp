@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common.hpp"
 #include "embtab/ops.hpp"
@@ -37,6 +39,66 @@ void init_into(const embtab_py::IdView& ids, py::array& out, std::uint64_t seed,
     const std::size_t dim = static_cast<std::size_t>(out.shape(1));
     py::gil_scoped_release release;
     embtab::init_vectors<T>(ids.data, ids.size, seed, kind, a, b, dst, dim, threads);
+}
+
+
+// float_size is 4 or 8 for a native-order float32/float64 array, else 0.
+int float_size(const py::array& a) {
+    if (!embtab_py::native_order(a) || a.dtype().kind() != 'f') return 0;
+    const auto s = a.dtype().itemsize();
+    return s == 4 || s == 8 ? static_cast<int>(s) : 0;
+}
+
+// checked_array returns obj as an ndarray that is C-contiguous with `ndim` dimensions; throws
+// TypeError / ValueError naming `name`.
+py::array checked_array(const py::handle& obj, const std::string& name, int ndim) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.ndim() != ndim) throw py::value_error(name + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
+    return a;
+}
+
+// pool_run converts the checked feature tuples and runs pool_bags without the GIL; throws
+// IndexError naming the first feature and entry whose row is out of range.
+template <class T>
+void pool_run(const py::list& feats, py::array& out, int threads) {
+    const std::size_t nf = feats.size();
+    std::vector<embtab::PoolFeature<T>> pf(nf);
+    T* base = static_cast<T*>(out.mutable_data());
+    const auto ld = static_cast<std::size_t>(out.shape(1));
+    for (std::size_t f = 0; f < nf; ++f) {
+        auto t = feats[f].cast<py::tuple>();
+        auto w = py::reinterpret_borrow<py::array>(t[0]);
+        auto rows = py::reinterpret_borrow<py::array>(t[1]);
+        auto off = py::reinterpret_borrow<py::array>(t[2]);
+        embtab::PoolFeature<T>& p = pf[f];
+        p.weight = static_cast<const T*>(w.data());
+        p.num_rows = static_cast<std::size_t>(w.shape(0));
+        p.d = static_cast<std::size_t>(w.shape(1));
+        p.rows = static_cast<const std::int64_t*>(rows.data());
+        p.offsets = static_cast<const std::int64_t*>(off.data());
+        p.num_bags = static_cast<std::size_t>(off.shape(0)) - 1;
+        p.psw = t[3].is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(t[3]).data());
+        p.mean = t[4].cast<bool>();
+        p.skip_row = t[5].cast<std::int64_t>();
+        p.out = base + t[6].cast<std::size_t>();
+        p.ld = ld;
+    }
+    embtab::PoolBad bad;
+    {
+        py::gil_scoped_release release;
+        bad = embtab::pool_bags<T>(pf.data(), nf, threads);
+    }
+    if (bad.feature != static_cast<std::size_t>(-1)) {
+        const auto& p = pf[bad.feature];
+        throw py::index_error("features[" + std::to_string(bad.feature) + "]: rows[" + std::to_string(bad.entry) +
+                              "] = " + std::to_string(p.rows[bad.entry]) + " is outside [0, " +
+                              std::to_string(p.num_rows) + ")");
+    }
 }
 
 }  // namespace
@@ -133,4 +195,66 @@ void bind_ops(py::module_& m) {
         },
         py::arg("ids"), py::arg("sketch"), py::arg("seed"), py::arg("delta") = 1,
         "add delta to the count of every ids[i] (serial, in place)");
+
+    m.def(
+        "pool_bags",
+        [](const py::list& feats, const py::handle& out_obj, std::int64_t num_threads) {
+            const int threads = check_threads(num_threads);
+            py::array out = checked_array(out_obj, "out", 2);
+            const int fk = float_size(out);
+            if (fk == 0) throw py::type_error("out must have dtype float32 or float64, got " + embtab_py::dtype_str(out));
+            if (!out.writeable()) throw py::value_error("out must be writeable");
+            const auto B = static_cast<std::size_t>(out.shape(0));
+            const auto width = static_cast<std::size_t>(out.shape(1));
+            for (std::size_t f = 0; f < feats.size(); ++f) {
+                const std::string at = "features[" + std::to_string(f) + "]";
+                if (!py::isinstance<py::tuple>(feats[f]) || py::len(feats[f]) != 7) {
+                    throw py::type_error(at + " must be a tuple (weight, rows, offsets, psw, mean, skip_row, col)");
+                }
+                auto t = feats[f].cast<py::tuple>();
+                py::array w = checked_array(t[0], at + ".weight", 2);
+                if (float_size(w) != fk) throw py::type_error(at + ".weight must have out's dtype, got " + embtab_py::dtype_str(w));
+                py::array rows = checked_array(t[1], at + ".rows", 1);
+                py::array off = checked_array(t[2], at + ".offsets", 1);
+                for (const auto& [a, nm] : {std::pair<py::array*, const char*>{&rows, ".rows"}, {&off, ".offsets"}}) {
+                    if (!embtab_py::native_order(*a) || a->dtype().kind() != 'i' || a->dtype().itemsize() != 8) {
+                        throw py::type_error(at + nm + " must have dtype int64, got " + embtab_py::dtype_str(*a));
+                    }
+                }
+                if (static_cast<std::size_t>(off.shape(0)) != B + 1) {
+                    throw py::value_error(at + ".offsets must have out.shape[0] + 1 = " + std::to_string(B + 1) +
+                                          " entries, got shape " + shape_str(off));
+                }
+                const auto* o = static_cast<const std::int64_t*>(off.data());
+                const auto n = static_cast<std::int64_t>(rows.shape(0));
+                if (o[0] < 0 || o[B] > n) {
+                    throw py::value_error(at + ".offsets must lie in [0, " + std::to_string(n) + "], got " +
+                                          std::to_string(o[0]) + " .. " + std::to_string(o[B]));
+                }
+                for (std::size_t b = 0; b < B; ++b) {
+                    if (o[b + 1] < o[b]) throw py::value_error(at + ".offsets must be non-decreasing");
+                }
+                if (!t[3].is_none()) {
+                    py::array psw = checked_array(t[3], at + ".psw", 1);
+                    if (float_size(psw) != fk || psw.shape(0) != rows.shape(0)) {
+                        throw py::value_error(at + ".psw must have out's dtype and rows' shape, got " +
+                                              embtab_py::dtype_str(psw) + " " + shape_str(psw));
+                    }
+                }
+                const auto col = t[6].cast<std::int64_t>();
+                if (col < 0 || static_cast<std::size_t>(col) + static_cast<std::size_t>(w.shape(1)) > width) {
+                    throw py::value_error(at + ".col = " + std::to_string(col) + " puts its " +
+                                          std::to_string(w.shape(1)) + " columns outside out's " + std::to_string(width));
+                }
+            }
+            if (fk == 4) {
+                pool_run<float>(feats, out, threads);
+            } else {
+                pool_run<double>(feats, out, threads);
+            }
+        },
+        py::arg("features"), py::arg("out"), py::arg("num_threads") = 1,
+        "pool each feature's bags (sum or mean of weight rows, skip_row left out) into out[:, col:col + d]; "
+        "features: list of (weight [R, d], rows int64 [n], offsets int64 [B + 1], psw [n] or None, mean, "
+        "skip_row, col)");
 }

@@ -53,7 +53,7 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
-from embtab.optim import FusedOptimizer
+from embtab.optim import FusedOptimizer, fused_update
 
 __all__ = [
     "OnFull",
@@ -1781,35 +1781,89 @@ class _BagCollection(nn.Module):
         argument, and changes nothing.
         """
         inputs, weights, B = self._inputs(features, per_sample_weights)
+        groups = [self._table_input(c, inputs, weights, B) for c in self.tables]
+        if self._native_ok(weights):
+            out = self._native_forward(groups, B)
+            if concat:
+                return out
+            cols = np.cumsum([0] + self.feature_dims)
+            return {f: out[:, cols[i] : cols[i + 1]] for i, f in enumerate(self.feature_names)}
         pooled = {}
-        for c in self.tables:
-            bag = self.embedding_bags[c.name]
-            names = c.feature_names
-            if len(names) == 1:
-                ids, csr = inputs[names[0]]
-                psw = weights.get(names[0])
+        for c, (ids, csr, psw) in zip(self.tables, groups):
+            out = self.embedding_bags[c.name](ids, csr, psw)
+            if len(c.feature_names) == 1:
+                pooled[c.feature_names[0]] = out
             else:
-                parts = [inputs[f] for f in names]
-                ids = torch.cat([p[0] for p in parts])
-                starts = np.cumsum([0] + [p[0].numel() for p in parts[:-1]])
-                csr = torch.cat(
-                    [parts[0][1]] + [p[1][1:] + int(s) for p, s in zip(parts[1:], starts[1:])]
-                )
-                psw = None
-                if any(f in weights for f in names):
-                    psw = torch.cat([
-                        weights[f] if f in weights
-                        else torch.ones(p[0].numel(), dtype=bag.weight.dtype)
-                        for f, p in zip(names, parts)
-                    ])
-            out = bag(ids, csr, psw)
-            if len(names) == 1:
-                pooled[names[0]] = out
-            else:
-                pooled.update(zip(names, out.split(B)))
+                pooled.update(zip(c.feature_names, out.split(B)))
         if concat:
             return torch.cat([pooled[f] for f in self.feature_names], dim=1)
         return {f: pooled[f] for f in self.feature_names}
+
+    def _table_input(self, c: EmbeddingBagConfig, inputs: dict, weights: dict, B: int):
+        """(IDs, CSR offsets, per-sample weights or None) of table ``c``: its features' bags
+        one after the other (feature order of ``c.feature_names``)."""
+        names = c.feature_names
+        if len(names) == 1:
+            ids, csr = inputs[names[0]]
+            return ids, csr, weights.get(names[0])
+        parts = [inputs[f] for f in names]
+        ids = torch.cat([p[0] for p in parts])
+        starts = np.cumsum([0] + [p[0].numel() for p in parts[:-1]])
+        csr = torch.cat(
+            [parts[0][1]] + [p[1][1:] + int(s) for p, s in zip(parts[1:], starts[1:])]
+        )
+        psw = None
+        if any(f in weights for f in names):
+            dtype = self.embedding_bags[c.name].weight.dtype
+            psw = torch.cat([
+                weights[f] if f in weights else torch.ones(p[0].numel(), dtype=dtype)
+                for f, p in zip(names, parts)
+            ])
+        return ids, csr, psw
+
+    # one native pooling pass ---------------------------------------------------------------
+    #
+    # When every table pools by sum or mean without max_norm, on CPU weights of one float dtype,
+    # and a gradient (if one is needed) goes to a fused optimizer, the forward remaps each
+    # table (the table module's own remap: insertion, admission, eviction, growth), then pools
+    # every feature into one (B, sum of dims) output in one _core.pool_bags call; backward
+    # applies each table's fused step (embtab.optim.fused_update). Other settings take the
+    # per-table path (each table module's forward), with the same results.
+
+    def _native_ok(self, weights: dict) -> bool:
+        if _ops.is_compiling():
+            return False
+        bags = list(self.embedding_bags.values())
+        w0 = bags[0].weight
+        if w0.dtype not in (torch.float32, torch.float64):
+            return False
+        for bag in bags:
+            w = bag.weight
+            if (bag.mode == "max" or bag.max_norm is not None or w.device.type != "cpu"
+                    or w.dtype != w0.dtype):
+                return False
+        if not torch.is_grad_enabled():
+            return True
+        if any(p.requires_grad for p in weights.values()):
+            return False
+        return all(bag.optimizer is not None or not bag.weight.requires_grad for bag in bags)
+
+    def _native_forward(self, groups: list, B: int) -> Tensor:
+        plan = []
+        col = 0
+        for c, (ids, csr, psw) in zip(self.tables, groups):
+            bag = self.embedding_bags[c.name]
+            rows, _ = bag._rows_for(ids.numpy())
+            psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
+            plan.append((c, bag, rows, np.ascontiguousarray(csr.numpy()), psw_np, col))
+            col += c.embedding_dim * len(c.feature_names)
+        weights = [bag.weight for _, bag, *_ in plan]
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            out = _CollectionLookup.apply(self, plan, B, col, *weights)
+            for _, bag, rows, *_ in plan:
+                bag._track(out, rows)
+            return out
+        return _pool(plan, B, col, self.num_threads)
 
     # state ------------------------------------------------------------------------------------
 
@@ -1957,3 +2011,51 @@ class HashedEmbeddingBagCollection(_BagCollection):
                 f"{type(self).__name__}.load_state_dict: {prefix}weight row {w.shape[0] - 1} (the "
                 f"zero row read by padding_id) must be zero"
             )
+
+
+def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
+    """The ``(B, width)`` pooled output of a collection's native plan (see
+    ``_BagCollection._native_forward``): one ``_core.pool_bags`` call over every feature."""
+    feats = []
+    for c, bag, rows, csr, psw, col in plan:
+        w = bag.weight.detach().numpy()
+        mean = bag.mode == "mean"
+        for k in range(len(c.feature_names)):
+            off = csr[k * B : (k + 1) * B + 1]
+            feats.append((w, rows, off, psw, mean, bag.num_embeddings, col + k * c.embedding_dim))
+    dtype = plan[0][1].weight.dtype
+    out = torch.empty(B, width, dtype=dtype)
+    _core.pool_bags(feats, out.numpy(), num_threads)
+    return out
+
+
+class _CollectionLookup(torch.autograd.Function):
+    """A collection's pooled output ``(B, width)``; backward applies each table's fused
+    optimizer step in place (embtab.optim.fused_update) and returns no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, coll, plan, B, width, *weights):
+        ctx.plan, ctx.B = plan, B
+        ctx.zero_rows = [bag.num_embeddings for _, bag, *_ in plan]
+        return _pool(plan, B, width, coll.num_threads)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan, B = ctx.plan, ctx.B
+        for (c, bag, *_), zero in zip(plan, ctx.zero_rows):
+            if bag.num_embeddings != zero:
+                raise RuntimeError(
+                    f"table {c.name!r} grew ({zero} -> {bag.num_embeddings} rows) between this "
+                    f"forward and its backward; a graph built before a growth cannot be "
+                    f"backpropagated (pre-size num_embeddings); no table was stepped"
+                )
+        for c, bag, rows, csr, psw, col in plan:
+            if bag.optimizer is None or not bag.weight.requires_grad:
+                continue
+            d, k = c.embedding_dim, len(c.feature_names)
+            g = grad_out[:, col : col + d * k]
+            if k > 1:  # the features' bags one after the other, as in csr
+                g = torch.cat(g.split(d, dim=1))
+            g = g.contiguous().to(bag.weight.dtype)
+            fused_update(bag, rows, g.numpy(), csr, psw, bag.mode == "mean")
+        return (None,) * (4 + len(plan))

@@ -284,41 +284,58 @@ class _FusedLookup(torch.autograd.Function):
             grad_psw = (grad_out[bag_of] * w[flat]).sum(1) * live
             grad_psw = grad_psw.reshape(idx.shape).to(psw.dtype)
         if ctx.needs_input_grad[0]:
-            opt = module.optimizer
             if ctx.max_indices is not None:
                 counts = np.add.reduceat(
                     np.append(flat.numpy() != module.num_embeddings, False), csr[:-1]
                 ) * (np.diff(csr) > 0)
                 rows, g = _max_row_grads(ctx.max_indices, grad_out, counts > 0)
-                kw = dict(rows=rows, grad=g, offsets=None, per_sample_weights=None, mean=False)
+                fused_update(module, rows, g, None, None, False)
             else:
-                kw = dict(
-                    rows=flat.numpy(),
-                    grad=grad_out.reshape(-1, w.shape[1]),
-                    offsets=csr,
-                    per_sample_weights=None
-                    if psw is None
-                    else psw.detach().reshape(-1).contiguous().numpy(),
-                    mean=bag and module.mode == "mean",
+                fused_update(
+                    module,
+                    flat.numpy(),
+                    grad_out.reshape(-1, w.shape[1]).numpy(),
+                    csr,
+                    None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
+                    bag and module.mode == "mean",
                 )
-            step = int(module.opt_step) + 1
-            names = [n for n, _, _ in opt._states()]
-            states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
-            g = kw.pop("grad")
-            _core.fused_step(
-                w.numpy(),
-                grad=g.numpy() if isinstance(g, Tensor) else g,
-                scale_grad_by_freq=bool(module.scale_grad_by_freq),
-                skip_row=module.num_embeddings,
-                state1=states[0],
-                state2=states[1],
-                kind=opt.kind,
-                num_threads=module.num_threads,
-                **kw,
-                **opt._resolved(step),
-            )
-            module.opt_step.fill_(step)
         return None, grad_psw, None, None, None, None, None
+
+
+def fused_update(
+    module,
+    rows: np.ndarray,
+    grad: np.ndarray,
+    offsets: Optional[np.ndarray],
+    per_sample_weights: Optional[np.ndarray],
+    mean: bool,
+) -> None:
+    """Apply one step of ``module.optimizer`` to ``module.weight`` in place and count it in
+    ``module.opt_step``: the rows ``rows`` (int64 ``[n]``) with gradient ``grad`` of each bag
+    (``[num_bags, d]`` with CSR ``offsets`` ``[num_bags + 1]`` over ``rows``, per entry scaled by
+    ``per_sample_weights`` and, with ``mean``, by 1 / the bag's entries other than the zero row)
+    or of each entry (``offsets`` None: ``[n, d]``). The zero row ``module.num_embeddings`` is
+    skipped. Raises what ``_core.fused_step`` raises (before anything is written)."""
+    opt = module.optimizer
+    step = int(module.opt_step) + 1
+    names = [n for n, _, _ in opt._states()]
+    states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
+    _core.fused_step(
+        module.weight.detach().numpy(),
+        rows=rows,
+        grad=grad,
+        offsets=offsets,
+        per_sample_weights=per_sample_weights,
+        mean=mean,
+        scale_grad_by_freq=bool(module.scale_grad_by_freq),
+        skip_row=module.num_embeddings,
+        state1=states[0],
+        state2=states[1],
+        kind=opt.kind,
+        num_threads=module.num_threads,
+        **opt._resolved(step),
+    )
+    module.opt_step.fill_(step)
 
 
 def _max_row_grads(max_indices: Tensor, grad_out: Tensor, live_bags: np.ndarray):

@@ -2,17 +2,22 @@
 //
 // - hashed_rows: the hashing-trick baseline, row = mix64(id, seed) mod m;
 // - init_vectors: a new ID's initial embedding as a function of (seed, ID) only;
-// - count-min sketch update/query for admission by occurrence count.
+// - count-min sketch update/query for admission by occurrence count;
+// - pool_bags: the sum/mean pooling of many tables' bags into one output (the collections).
 //
 // Concurrency: every function here writes only its own outputs (and, for cms_add, the sketch
 // it is given). hashed_rows, init_vectors and cms_query are safe to call concurrently on the
 // same inputs; WARNING: cms_add is not thread-safe with any other call on the same sketch.
+// pool_bags only reads the weights: safe to call concurrently with other readers of them, not
+// with a fused step or a growth of the same tables.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
@@ -116,6 +121,108 @@ inline void cms_add(const std::uint64_t* ids, std::size_t n, std::int64_t* sketc
                     std::size_t width, std::uint64_t seed, std::int64_t delta) noexcept {
     for (std::size_t i = 0; i < n; ++i)
         for (std::size_t r = 0; r < depth; ++r) sketch[r * width + cms_col(ids[i], seed, r, width)] += delta;
+}
+
+// pooling ////////////////////////////////////////////////////////////////////////////////////
+
+// kPoolGrain is the number of bags a parallel chunk of pool_bags handles.
+inline constexpr std::size_t kPoolGrain = 512;
+
+// kPoolPrefetch is how many entries ahead pool_bags asks for a weight row (a bag's rows are
+// random reads of a large table: without it each one waits for its cache miss).
+inline constexpr std::int64_t kPoolPrefetch = 8;
+
+// PoolFeature is one feature's bags for pool_bags: bag b is rows[offsets[b], offsets[b + 1])
+// of weight ([num_rows, d], row-major); its vector goes to out + b * ld (ld >= d).
+template <class T>
+struct PoolFeature {
+    const T* weight = nullptr;
+    std::size_t num_rows = 0;
+    std::size_t d = 0;
+    const std::int64_t* rows = nullptr;
+    const std::int64_t* offsets = nullptr;  // num_bags + 1 entries, non-decreasing
+    std::size_t num_bags = 0;
+    const T* psw = nullptr;  // per entry of rows (indexed like rows), or null
+    bool mean = false;
+    std::int64_t skip_row = -1;  // entries reading this row are left out (and out of mean's count)
+    T* out = nullptr;
+    std::size_t ld = 0;
+};
+
+// prefetch_read_row asks for the cache lines of weight row r of `p` (ignored when r is out of
+// range).
+template <class T>
+inline void prefetch_read_row(const PoolFeature<T>& p, std::int64_t r) noexcept {
+    if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) return;
+    const char* c = reinterpret_cast<const char*>(p.weight + static_cast<std::size_t>(r) * p.d);
+    for (std::size_t b = 0; b < p.d * sizeof(T); b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
+// pool_bags writes, for every feature and bag, the sum over the bag's entries (in entry order,
+// in T, starting from 0) of psw[i] * weight[rows[i]] (or weight[rows[i]] without psw), entries
+// reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
+// embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split by feature
+// and chunk of kPoolGrain bags, each chunk writing only its own bags, so the result is the same
+// bits for any thread count. Assumes the caller checked each feature's offsets (from 0 or more,
+// non-decreasing, the last within rows). Never throws but for what parallel_for rethrows
+// (nothing here throws). Returns the first entry (lowest feature, then entry) whose row is
+// outside [0, num_rows), feature = SIZE_MAX when every row is in range; after a bad entry some
+// bags may be left unwritten.
+
+// PoolBad locates an out-of-range row for pool_bags' caller to report.
+struct PoolBad {
+    std::size_t feature = static_cast<std::size_t>(-1);
+    std::size_t entry = 0;
+};
+
+template <class T>
+inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int num_threads) {
+    std::vector<std::size_t> first_chunk(n_feats + 1, 0);
+    for (std::size_t f = 0; f < n_feats; ++f)
+        first_chunk[f + 1] = first_chunk[f] + (feats[f].num_bags + kPoolGrain - 1) / kPoolGrain;
+    const std::size_t chunks = first_chunk[n_feats];
+    std::vector<PoolBad> bad(chunks);
+    parallel_for(chunks, num_threads, 1, [&](std::size_t c0, std::size_t c1) {
+        for (std::size_t c = c0; c < c1; ++c) {
+            std::size_t f = 0;
+            while (first_chunk[f + 1] <= c) ++f;
+            const PoolFeature<T>& p = feats[f];
+            const std::size_t b0 = (c - first_chunk[f]) * kPoolGrain;
+            const std::size_t b1 = std::min(p.num_bags, b0 + kPoolGrain);
+            const std::int64_t ahead_end = p.offsets[b1];
+            for (std::int64_t i = p.offsets[b0]; i < std::min(ahead_end, p.offsets[b0] + kPoolPrefetch); ++i)
+                prefetch_read_row(p, p.rows[i]);
+            for (std::size_t b = b0; b < b1; ++b) {
+                T* o = p.out + b * p.ld;
+                for (std::size_t j = 0; j < p.d; ++j) o[j] = T(0);
+                std::size_t kept = 0;
+                for (std::int64_t i = p.offsets[b]; i < p.offsets[b + 1]; ++i) {
+                    if (i + kPoolPrefetch < ahead_end) prefetch_read_row(p, p.rows[i + kPoolPrefetch]);
+                    const std::int64_t r = p.rows[i];
+                    if (r == p.skip_row) continue;
+                    if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) {
+                        bad[c] = PoolBad{f, static_cast<std::size_t>(i)};
+                        return;
+                    }
+                    const T* w = p.weight + static_cast<std::size_t>(r) * p.d;
+                    if (p.psw != nullptr) {
+                        const T s = p.psw[i];
+                        for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] + s * w[j];
+                    } else {
+                        for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] + w[j];
+                    }
+                    ++kept;
+                }
+                if (p.mean && kept > 0) {
+                    const T scale = T(1) / static_cast<T>(kept);
+                    for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] * scale;
+                }
+            }
+        }
+    });
+    for (const PoolBad& x : bad)
+        if (x.feature != static_cast<std::size_t>(-1)) return x;
+    return PoolBad{};
 }
 
 }  // namespace embtab
