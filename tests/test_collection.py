@@ -530,3 +530,22 @@ def test_native_pass_pins_rows_against_eviction():
     out["a"].sum().backward()  # the first graph's rows are free now
     coll({"a": torch.arange(4, 8).reshape(4, 1)})
     assert coll.stats()["t"]["num_evictions"] == 4
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_a_table_whose_features_miss_the_loss_takes_no_step(opt):
+    """As with independent modules: an output left out of the loss steps nothing (momentum
+    and Adam's moments would otherwise move its rows); a shared table steps when one of its
+    features is used."""
+    cfgs = shared_cfgs("cuckoo")
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=OPTS[opt]())
+    feats, psw, _ = batches(1, seed=16)[0]
+    coll(feats, psw)["c"].sum().backward()  # backward ones: every table has seen the IDs
+    outs = coll(feats, psw)
+    before = _snapshot(coll)
+    outs["a"].sum().backward()  # "b" and "c" unused; "a" reads the shared table
+    after = coll.state_dict()
+    assert int(after["embedding_bags.shared.opt_step"]) == 1
+    for k in before:
+        if k.startswith("embedding_bags.t_c."):
+            assert torch.equal(before[k], after[k]), k

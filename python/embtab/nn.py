@@ -1783,11 +1783,8 @@ class _BagCollection(nn.Module):
         inputs, weights, B = self._inputs(features, per_sample_weights)
         groups = [self._table_input(c, inputs, weights, B) for c in self.tables]
         if self._native_ok(weights):
-            out = self._native_forward(groups, B)
-            if concat:
-                return out
-            cols = np.cumsum([0] + self.feature_dims)
-            return {f: out[:, cols[i] : cols[i + 1]] for i, f in enumerate(self.feature_names)}
+            outs = self._native_forward(groups, B, split=not concat)
+            return outs[0] if concat else dict(zip(self.feature_names, outs))
         pooled = {}
         for c, (ids, csr, psw) in zip(self.tables, groups):
             out = self.embedding_bags[c.name](ids, csr, psw)
@@ -1848,7 +1845,8 @@ class _BagCollection(nn.Module):
             return False
         return all(bag.optimizer is not None or not bag.weight.requires_grad for bag in bags)
 
-    def _native_forward(self, groups: list, B: int) -> Tensor:
+    def _native_forward(self, groups: list, B: int, split: bool) -> tuple:
+        """The pooled output: ``(out,)``, or one column block per feature with ``split``."""
         plan = []
         col = 0
         for c, (ids, csr, psw) in zip(self.tables, groups):
@@ -1858,12 +1856,13 @@ class _BagCollection(nn.Module):
             plan.append((c, bag, rows, np.ascontiguousarray(csr.numpy()), psw_np, col))
             col += c.embedding_dim * len(c.feature_names)
         weights = [bag.weight for _, bag, *_ in plan]
+        dims = self.feature_dims if split else [col]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
-            out = _CollectionLookup.apply(self, plan, B, col, *weights)
+            outs = _CollectionLookup.apply(self, plan, B, col, dims, *weights)
             for _, bag, rows, *_ in plan:
-                bag._track(out, rows)
-            return out
-        return _pool(plan, B, col, self.num_threads)
+                bag._track(outs[0], rows)
+            return outs
+        return _pool(plan, B, col, self.num_threads).split(dims, dim=1)
 
     # state ------------------------------------------------------------------------------------
 
@@ -1935,6 +1934,11 @@ class CuckooEmbeddingBagCollection(_BagCollection):
       entries (as :class:`CuckooEmbedding` does), and unexpected keys under ``strict=True``,
       before any table changes: one bad entry raises ValueError naming the key and loads
       nothing.
+    * Each table remaps its IDs with its module's own remap; then, for ``"sum"``/``"mean"``
+      tables without ``max_norm`` whose gradient goes to the fused optimizer (or when none is
+      needed), every feature is pooled in one native call into the ``(B, sum of dims)`` output
+      and backward applies every table's fused step from one autograd node. Otherwise each
+      table module runs its own forward (the same results to float tolerance).
     * Every feature's input is checked before any ID is remapped (see :meth:`forward`). A
       failure inside one table's remap (``on_full="error"`` full, too few evictable rows) is
       raised after the tables before it in ``tables`` have inserted their new IDs.
@@ -2030,17 +2034,20 @@ def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
 
 
 class _CollectionLookup(torch.autograd.Function):
-    """A collection's pooled output ``(B, width)``; backward applies each table's fused
-    optimizer step in place (embtab.optim.fused_update) and returns no weight gradient."""
+    """A collection's pooled output ``(B, width)`` as column blocks of widths ``dims`` (one
+    block, or one per feature); backward applies each table's fused optimizer step in place
+    (embtab.optim.fused_update) and returns no weight gradient. A table none of whose blocks
+    reached the loss takes no step (as a table module whose output is unused)."""
 
     @staticmethod
-    def forward(ctx, coll, plan, B, width, *weights):
-        ctx.plan, ctx.B = plan, B
+    def forward(ctx, coll, plan, B, width, dims, *weights):
+        ctx.plan, ctx.B, ctx.dims = plan, B, dims
         ctx.zero_rows = [bag.num_embeddings for _, bag, *_ in plan]
-        return _pool(plan, B, width, coll.num_threads)
+        ctx.set_materialize_grads(False)
+        return tuple(_pool(plan, B, width, coll.num_threads).split(dims, dim=1))
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, *grads):
         plan, B = ctx.plan, ctx.B
         for (c, bag, *_), zero in zip(plan, ctx.zero_rows):
             if bag.num_embeddings != zero:
@@ -2049,13 +2056,23 @@ class _CollectionLookup(torch.autograd.Function):
                     f"forward and its backward; a graph built before a growth cannot be "
                     f"backpropagated (pre-size num_embeddings); no table was stepped"
                 )
-        for c, bag, rows, csr, psw, col in plan:
+        if len(grads) == 1:  # one block: every table's columns of it
+            g = grads[0]
+            blocks = [None if g is None else g[:, col : col + c.embedding_dim * len(c.feature_names)]
+                      for c, _, _, _, _, col in plan]
+            blocks = [None if b is None else list(b.split(c.embedding_dim, dim=1))
+                      for b, (c, *_) in zip(blocks, plan)]
+        else:  # one block per feature, in plan order
+            it = iter(grads)
+            blocks = [[next(it) for _ in c.feature_names] for c, *_ in plan]
+        for (c, bag, rows, csr, psw, col), gs in zip(plan, blocks):
+            if gs is None or all(g is None for g in gs):
+                continue
             if bag.optimizer is None or not bag.weight.requires_grad:
                 continue
-            d, k = c.embedding_dim, len(c.feature_names)
-            g = grad_out[:, col : col + d * k]
-            if k > 1:  # the features' bags one after the other, as in csr
-                g = torch.cat(g.split(d, dim=1))
-            g = g.contiguous().to(bag.weight.dtype)
+            gs = [torch.zeros(B, c.embedding_dim, dtype=bag.weight.dtype) if g is None else g
+                  for g in gs]
+            # the features' bags one after the other, as in csr
+            g = (gs[0] if len(gs) == 1 else torch.cat(gs)).contiguous().to(bag.weight.dtype)
             fused_update(bag, rows, g.numpy(), csr, psw, bag.mode == "mean")
-        return (None,) * (4 + len(plan))
+        return (None,) * (5 + len(plan))
