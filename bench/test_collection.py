@@ -41,7 +41,7 @@ def _run(benchmark, w, step):
 
 
 def test_step_embtab_collection(benchmark, workload):
-    coll = bc.make_collection(workload["sizes"], 16, bc._fused("rowwise_adagrad"), 0)
+    coll = bc.make_collection(workload["sizes"], 16, bc.fused_optimizer("rowwise_adagrad"), 0)
     _run(benchmark, workload, lambda b: bc.collection_step(coll, workload["raw"][b]))
     assert [bag.num_ids for bag in coll.embedding_bags.values()] == workload["distinct"]
     assert all(bag.weight.grad is None for bag in coll.embedding_bags.values())
@@ -62,7 +62,7 @@ def test_step_fbgemm_tbe(benchmark, workload):
         fb, reason = load_fbgemm()
     if fb is None:
         pytest.skip(reason)
-    tbe = bc._fbgemm_tbe(fb, workload["sizes"], 16, "rowwise_adagrad")
+    tbe = bc.fbgemm_tbe(fb, workload["sizes"], 16, "rowwise_adagrad")
     _run(benchmark, workload, lambda b: bc.tbe_step(tbe, workload["tbe_indices"][b],
                                                     workload["tbe_offsets"]))
 

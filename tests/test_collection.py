@@ -549,3 +549,19 @@ def test_a_table_whose_features_miss_the_loss_takes_no_step(opt):
     for k in before:
         if k.startswith("embedding_bags.t_c."):
             assert torch.equal(before[k], after[k]), k
+
+
+def test_float64_tables_equal_independent_modules():
+    cfgs = configs("cuckoo")
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.Adagrad(lr=0.2), dtype=torch.float64)
+    refs = reference("cuckoo", cfgs, optimizer=eo.Adagrad(lr=0.2), dtype=torch.float64)
+    for feats, psw, targets in batches(3, seed=17):
+        psw = {f: w.double() for f, w in psw.items()}
+        targets = {f: t.double() for f, t in targets.items()}
+        outs = coll(feats, psw, concat=True)
+        assert outs.dtype == torch.float64
+        ref_outs = ref_forward(refs, cfgs, feats, psw)
+        close(outs, torch.cat([ref_outs[f] for f in "abc"], 1))
+        loss_of(dict(zip("abc", outs.split([4, 3, 2], 1))), targets).backward()
+        loss_of(ref_outs, targets).backward()
+        assert_tables_equal(coll, refs, ["weight", "opt_sum"])

@@ -60,18 +60,21 @@ def _check(loss: torch.Tensor) -> float:
     return v
 
 
-def _fused(name: str):
+def fused_optimizer(name: str):
+    """The fused optimizer of the benchmark: ``"rowwise_adagrad"`` or ``"sgd"`` (lr 0.01)."""
     return {"rowwise_adagrad": lambda: eo.RowWiseAdagrad(lr=LR, eps=EPS),
             "sgd": lambda: eo.SGD(lr=LR)}[name]()
 
 
 def _torch_opt(name: str, params):
+    """The torch optimizer of the dict of nn.EmbeddingBag (Adagrad for row-wise Adagrad)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=LR)
     return torch.optim.Adagrad(params, lr=LR, eps=EPS)
 
 
-def _fbgemm_tbe(fb: dict, sizes: list, dim: int, name: str):
+def fbgemm_tbe(fb: dict, sizes: list, dim: int, name: str):
+    """FBGEMM's CPU TBE over tables of ``sizes`` x ``dim`` with optimizer ``name`` fused."""
     opt = {"sgd": fb["EmbOptimType"].EXACT_SGD,
            "rowwise_adagrad": fb["EmbOptimType"].EXACT_ROWWISE_ADAGRAD}[name]
     spec = [(n, dim, fb["EmbeddingLocation"].HOST, fb["ComputeDevice"].CPU) for n in sizes]
@@ -111,12 +114,14 @@ def make_collection(sizes: list, dim: int, optimizer, threads: int):
 
 
 def collection_step(coll, feats) -> float:
+    """One step of the collection on ``{feature: (raw ids, offsets)}``; returns the loss."""
     loss = coll(feats, concat=True).sum()
     loss.backward()  # every table's fused step runs here
     return _check(loss)
 
 
 def dict_step(bags: list, opt, dense: list, offsets) -> float:
+    """One step of the dict of ``nn.EmbeddingBag`` (dense indices) and its optimizer."""
     opt.zero_grad()
     loss = torch.cat([bag(x, offsets) for bag, x in zip(bags, dense)], 1).sum()
     loss.backward()
@@ -125,6 +130,7 @@ def dict_step(bags: list, opt, dense: list, offsets) -> float:
 
 
 def tbe_step(tbe, indices, offsets) -> float:
+    """One step of FBGEMM's TBE on the jagged dense indices; returns the loss."""
     loss = tbe(indices, offsets).sum()
     loss.backward()  # FBGEMM's fused update
     return _check(loss)
@@ -182,11 +188,11 @@ def _run(quick: bool, seed: int, repeats: int, threads: int, batch: int) -> dict
     }
     for name in ("rowwise_adagrad", "sgd"):
         impls, keep = {}, []
-        coll = make_collection(sizes, dim, _fused(name), threads)
+        coll = make_collection(sizes, dim, fused_optimizer(name), threads)
         keep.append(coll)
         impls["embtab collection"] = lambda b, c=coll: collection_step(c, w["raw"][b])
         if fb is not None:
-            tbe = _fbgemm_tbe(fb, sizes, dim, name)
+            tbe = fbgemm_tbe(fb, sizes, dim, name)
             keep.append(tbe)
             impls["FBGEMM TBE"] = lambda b, t=tbe: tbe_step(t, w["tbe_indices"][b],
                                                             w["tbe_offsets"])
