@@ -23,6 +23,21 @@ number of users). Keeping users collisionless isolates the effect of item collis
 :func:`table_design` names a design; the budget experiment (docs/experiments.md) compares them
 at equal bytes.
 
+**Multi-persona users** (``personas=K > 1``, AMP-CF: Barkan et al., "Attentive Multi-Persona
+Collaborative Filtering", arXiv 2010.07042): user u has K persona vectors p_u1..p_uK of
+dimension ``dim`` (the items' dimension), and the score attends over them conditioned on the
+candidate item:
+
+    s(u, i) = Σ_k a_k(u, i) <p_uk, q_i>,    a_k(u, i) = softmax_k(<p_uk, q_i> / τ),
+
+τ = ``persona_temperature`` (AMP-CF builds the item-conditioned user vector Σ_k a_k p_uk and
+dots it with q_i, which is the same number). The K persona vectors live in **one user table
+with K·dim columns** (row = user ID; columns k·dim .. (k+1)·dim − 1 are persona k), so a user is
+one lookup, every table design above applies unchanged, and the table's bytes are K times the
+single-vector table's at equal ``dim``. An equal-parameter comparison therefore gives the
+persona model ``dim = d / K`` (docs/experiments.md, "personas"). ``personas=1`` is the
+single-vector model, bit for bit (the same code path).
+
 Training minimises the BPR loss ``-log sigmoid(s(u, i) - s(u, j))`` over the training pairs
 ``(u, i)`` with one negative ``j`` drawn uniformly from the catalogue per pair (no rejection),
 plus ``l2 * (|e_u|^2 + |e_i|^2 + |e_j|^2)`` averaged over the batch, with Adam (default) or
@@ -72,6 +87,7 @@ __all__ = [
     "item_vectors",
     "model_bytes",
     "most_popular",
+    "persona_scores",
     "random_topk",
     "recommend",
     "score_matrix",
@@ -130,6 +146,11 @@ class TrainConfig:
         Initial vectors ~ N(0, init_std^2), a function of (seed, ID).
     seed : int
         Seeds the tables' hashing and init, the shuffling and the negatives.
+    personas : int
+        K >= 1 persona vectors per user, scored by candidate-conditioned attention (module
+        docstring); 1 = the single-vector model. The user table then has K·dim columns.
+    persona_temperature : float
+        τ > 0 of the persona attention softmax (ignored with one persona).
 
     The defaults learn the default synthetic data set (2,000 x 3,000, ~100K interactions) in a
     few seconds on 2 cores, well above the most-popular baseline.
@@ -151,6 +172,8 @@ class TrainConfig:
     batch_size: int = 4096
     init_std: float = 0.1
     seed: int = 0
+    personas: int = 1
+    persona_temperature: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
@@ -198,6 +221,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.init_std must be >= 0, got {self.init_std!r}")
         if self.seed < 0:
             raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed!r}")
+        if (isinstance(self.personas, bool) or not isinstance(self.personas, int)
+                or self.personas < 1):
+            raise ValueError(f"TrainConfig.personas must be an int >= 1, got {self.personas!r}")
+        if not (self.persona_temperature > 0 and math.isfinite(self.persona_temperature)):
+            raise ValueError(f"TrainConfig.persona_temperature must be > 0, "
+                             f"got {self.persona_temperature!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,17 +237,62 @@ def _ids(raw: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.uint64).view(np.int64))
 
 
+def persona_scores(user: torch.Tensor, items: torch.Tensor, personas: int,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Attention scores of users against items (AMP-CF, arXiv 2010.07042).
+
+    ``s(u, i) = Σ_k softmax_k(<p_uk, q_i> / τ) <p_uk, q_i>`` with user rows holding the K
+    persona vectors side by side.
+
+    Parameters
+    ----------
+    user : Tensor [n, K·d]
+        User rows (persona k = columns k·d .. (k+1)·d − 1).
+    items : Tensor [n, d] or [m, d]
+        Items paired with the users (``[n, d]``, ``pairs``), or a catalogue ``[m, d]`` scored
+        against every user; which one is decided by ``items.dim()``: 2-D items with the same
+        row count as ``user`` are ambiguous, so pass ``[n, 1, d]`` for pairs.
+    personas : int
+        K.
+    temperature : float
+        τ > 0.
+
+    Returns
+    -------
+    Tensor [n] for paired ``[n, 1, d]`` items, [n, m] for a catalogue ``[m, d]``.
+
+    Example::
+
+        >>> import torch
+        >>> from embtab.train import persona_scores
+        >>> u = torch.tensor([[1.0, 0.0, 0.0, 1.0]])          # personas (1, 0) and (0, 1)
+        >>> q = torch.tensor([[2.0, 0.0]])                    # dots 2 and 0
+        >>> float(persona_scores(u, q, 2)[0, 0])              # (2 e^2 + 0) / (e^2 + e^0)
+        1.761594...
+    """
+    n = user.shape[0]
+    p = user.reshape(n, personas, -1)                                   # [n, K, d]
+    if items.dim() == 3:                                                # pairs [n, 1, d]
+        dots = (p * items).sum(-1)                                      # [n, K]
+        return (torch.softmax(dots / temperature, dim=1) * dots).sum(1)
+    dots = (p.reshape(n * personas, -1) @ items.T).reshape(n, personas, -1)   # [n, K, m]
+    return (torch.softmax(dots / temperature, dim=1) * dots).sum(1)
+
+
 class MFModel(nn.Module):
     """Dot-product matrix factorisation over two embtab tables taking raw IDs.
 
     Parameters
     ----------
     users, items : nn.Module
-        ``embtab.nn`` embedding modules (raw int64 IDs ``(*)`` -> ``(*, d)``), same ``d``.
+        ``embtab.nn`` embedding modules (raw int64 IDs ``(*)`` -> ``(*, K·d)`` and
+        ``(*, d)``), K = ``config.personas``.
     config : TrainConfig
-        Kept for reports.
+        Kept for reports; ``personas`` and ``persona_temperature`` set the scoring.
 
-    ``forward(raw_users, raw_items)`` returns the scores ``[n]`` of parallel ID tensors.
+    ``forward(raw_users, raw_items)`` returns the scores ``[n]`` of parallel ID tensors
+    (the dot product, or :func:`persona_scores` with several personas); :meth:`score`
+    scores given user rows against given item rows.
     """
 
     def __init__(self, users: nn.Module, items: nn.Module, config: TrainConfig):
@@ -228,8 +302,23 @@ class MFModel(nn.Module):
         self.config = config
         self.history: list[float] = []
 
+    @property
+    def personas(self) -> int:
+        return self.config.personas
+
     def forward(self, raw_users: torch.Tensor, raw_items: torch.Tensor) -> torch.Tensor:
-        return (self.users(raw_users) * self.items(raw_items)).sum(-1)
+        if self.personas == 1:
+            return (self.users(raw_users) * self.items(raw_items)).sum(-1)
+        return self.score(self.users(raw_users), self.items(raw_items), pairs=True)
+
+    def score(self, user: torch.Tensor, items: torch.Tensor, *, pairs: bool = False
+              ) -> torch.Tensor:
+        """Scores of user rows ``[n, K·d]`` against item rows: ``[n, d]`` paired (``pairs``)
+        -> ``[n]``, or a catalogue ``[m, d]`` -> ``[n, m]``."""
+        if self.personas == 1:
+            return (user * items).sum(-1) if pairs else user @ items.T
+        q = items[:, None, :] if pairs else items
+        return persona_scores(user, q, self.personas, self.config.persona_temperature)
 
 
 def table_design(config: TrainConfig) -> str:
@@ -252,19 +341,21 @@ def _fills_up_front(config: TrainConfig) -> bool:
     return config.on_full == "grow" and config.min_count == 1
 
 
-def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int) -> nn.Module:
+def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int,
+                width: int | None = None) -> nn.Module:
     """The table of ``n_ids`` distinct IDs: ``kind`` "plain" (collisionless cuckoo, every ID)
     or ``config.table``'s design (module docstring)."""
     from embtab.nn import CuckooEmbedding, EmbeddingInit, HashedEmbedding
 
     init = EmbeddingInit("normal", 0.0, config.init_std)
     seed = (config.seed * 1_000_003 + salt) % (1 << 63)
+    dim = config.dim if width is None else width
     if kind == "plain":
-        return CuckooEmbedding(max(1, n_ids), config.dim, init=init, seed=seed)
+        return CuckooEmbedding(max(1, n_ids), dim, init=init, seed=seed)
     rows = max(1, round(config.rows_per_id * n_ids))
     if config.table == "hashed":
-        return HashedEmbedding(rows, config.dim, init=init, seed=seed)
-    return CuckooEmbedding(rows, config.dim, init=init, seed=seed, on_full=config.on_full,
+        return HashedEmbedding(rows, dim, init=init, seed=seed)
+    return CuckooEmbedding(rows, dim, init=init, seed=seed, on_full=config.on_full,
                            min_count=config.min_count, admission_eps=config.admission_eps,
                            admission_delta=config.admission_delta)
 
@@ -298,7 +389,8 @@ def build_model(data: Interactions, config: TrainConfig) -> MFModel:
     """
     user_kind = "design" if config.hash_users else "plain"
     _check_cap(config, data)
-    users = _make_table(user_kind, data.n_users, config, salt=1)
+    users = _make_table(user_kind, data.n_users, config, salt=1,
+                        width=config.dim * config.personas)
     items = _make_table("design", data.n_items, config, salt=2)
     up_front = config.table == "cuckoo" and _fills_up_front(config)
     with torch.no_grad():
@@ -383,14 +475,17 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             if softmax:
                 items = model.items(all_items)                          # [I, d]
                 target = pos_index[torch.from_numpy(idx)]
-                loss = torch.nn.functional.cross_entropy(u @ items.T, target)
+                loss = torch.nn.functional.cross_entropy(model.score(u, items), target)
                 if config.l2:
                     p = items[target]
                     loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()) / len(idx)
             else:
                 p = model.items(torch.from_numpy(raw_i[idx]))
                 q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-                diff = (u * (p - q)).sum(-1)
+                if config.personas == 1:
+                    diff = (u * (p - q)).sum(-1)
+                else:
+                    diff = model.score(u, p, pairs=True) - model.score(u, q, pairs=True)
                 loss = -torch.nn.functional.logsigmoid(diff).mean()
                 if config.l2:
                     loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()
@@ -469,7 +564,8 @@ def model_bytes(model: MFModel) -> dict:
 
 @torch.no_grad()
 def user_vectors(model: MFModel, data: Interactions) -> torch.Tensor:
-    """Embeddings of all users of ``data`` in dense order, float32 [U, d]."""
+    """Embeddings of all users of ``data`` in dense order, float32 [U, K·d] (K personas side
+    by side; [U, d] for the single-vector model)."""
     return model.users(_ids(data.user_ids)).detach()
 
 
@@ -497,7 +593,7 @@ def score_matrix(model: MFModel, train: Interactions, users=None, *,
     """
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
     uv = user_vectors(model, train)[torch.from_numpy(rows)]
-    scores = uv @ item_vectors(model, train).T
+    scores = model.score(uv, item_vectors(model, train))
     if exclude_train:
         _mask_rows(scores, train, rows)
     return scores
