@@ -274,7 +274,7 @@ def test_registry_drives_the_cli_the_report_and_the_demo():
     assert ex.demo_names() == ["dims", "collisions", "calibration", "feedback"]
     reg = cli._registry()                         # the tools layer adds E4
     assert [e.label for e in reg.values()] == ["E1", "E1", "E1", "E2", "E2", "E2", "E3", "E4",
-                                               "E5"]
+                                               "E5", "E6"]
     assert set(ex.EXPERIMENTS) == set(reg) and ex.EXPERIMENTS["dims"] is ex.run_dims
     with pytest.raises(ValueError, match="unknown experiment 'nope'; choose from dims"):
         ex.run_experiments(["nope"], "unused")

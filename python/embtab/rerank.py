@@ -841,7 +841,7 @@ def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndar
                          "is required")
     w = check_ndarray(intent_weights, "intent_weights", kinds="f", ndim=2)
     if w.shape != probs.shape[:2]:
-        raise ValueError(f"intent_weights must have shape {shape_str(probs.shape[:2])} (U, Z of "
+        raise ValueError(f"intent_weights must have shape {tuple(probs.shape[:2])} (U, Z of "
                          f"{name}), got {shape_str(w)}")
     w = np.asarray(w, dtype=np.float64)
     _check_distribution_rows(w, "intent_weights", allow_zero_rows=False)
@@ -1051,7 +1051,7 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
     if candidates is not None:
         candidates = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
         if candidates.shape != (U, C):
-            raise ValueError(f"candidates must have shape {shape_str((U, C))}, got "
+            raise ValueError(f"candidates must have shape {(U, C)}, got "
                              f"{shape_str(candidates)}")
     marginal = np.einsum("uz,uzc->uc", w, r3)
     state = np.zeros((U, Z, c))

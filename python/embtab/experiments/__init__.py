@@ -63,6 +63,7 @@ from embtab.experiments import rerank_speed  # (E4: registered by the tools laye
 from embtab.experiments import feedback  # (E5)
 from embtab.experiments import posthoc  # (E1, post hoc: popularity calibration at equal exposure)
 from embtab.experiments import budget  # (E2 at equal memory: table designs, the mechanism)
+from embtab.experiments import personas  # (E6: multi-persona users, limited attention)
 
 from embtab.experiments.calibration import (
     CANDIDATES,
