@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from embtab import metrics, rerank
 from embtab.data import load_dataset, power_law, train_test_split
 from embtab.experiments import REGISTRY
@@ -45,7 +46,7 @@ def test_rows_summary_and_contrasts(e6):
     s = {e["arm"]: e for e in e6["summary"]}
     assert s["single"]["n"] == 2 and set(s["single"]["ndcg@10"]) >= {"mean", "ci95_low"}
     kinds = {c["kind"] for c in e6["contrasts"]}
-    assert kinds == {"minority_gap", "vs_single", "attention_vs_steck"}
+    assert kinds == {"minority_gap", "vs_single", "vs_oracle", "attention_vs_steck"}
     # a paired contrast is the mean of the per-seed differences
     c = next(c for c in e6["contrasts"] if c["kind"] == "attention_vs_steck"
              and c["arm"] == "single" and c["metric"] == "consumed_utility@10")
@@ -126,3 +127,14 @@ def test_attention_lists_are_candidates_and_reach_the_minority():
 def test_run_checks_dim_against_personas():
     with pytest.raises(ValueError, match="divisible"):
         run_personas(SPEC, seeds=1, dim=6, personas=(4,), tune=False, progress=False)
+
+
+@pytest.mark.data
+def test_movielens_without_oracle():
+    res = run_personas(f"movielens:{shared_data('ml-100k')}", seeds=1, dim=4, personas=(2,),
+                       tune=False, train_overrides={"epochs": 1}, progress=False)
+    arms = {r["arm"] for r in res["rows"]}
+    assert "oracle" not in arms and "personas-2+attention" in arms
+    for r in res["rows"]:
+        assert "excess_arp@10" not in r
+        assert 0 <= r["consumed_utility@10"] <= 2 and math.isfinite(r["minority_share@10"])

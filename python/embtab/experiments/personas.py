@@ -241,7 +241,8 @@ def contrasts(rows) -> list:
     """The paired per-seed differences the report's sentences rest on, each an
     :func:`interval`: every arm's minority share minus its history's (``minority_gap``); each
     arm against ``single`` on minority share, ndcg@10 and consumed utility; and the
-    limited-attention reranker against Steck's on consumed utility and ndcg@10, per model."""
+    limited-attention reranker against Steck's on consumed utility and ndcg@10, per model;
+    with an oracle, every arm's consumed utility against the oracle's (``vs_oracle``)."""
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     out = []
     for arm in arms:
@@ -254,6 +255,11 @@ def contrasts(rows) -> list:
         for m in ("minority_share@10", "ndcg@10", "consumed_utility@10"):
             out.append({"kind": "vs_single", "arm": arm, "metric": m,
                         "difference": _paired(rows, arm, "single", m)})
+    if "oracle" in arms:
+        for arm in arms:
+            if arm != "oracle":
+                out.append({"kind": "vs_oracle", "arm": arm, "metric": "consumed_utility@10",
+                            "difference": _paired(rows, arm, "oracle", "consumed_utility@10")})
     for base in [a for a in arms if f"{a}+attention" in arms and f"{a}+steck" in arms]:
         for m in ("consumed_utility@10", "ndcg@10", "minority_share@10"):
             out.append({"kind": "attention_vs_steck", "arm": base, "metric": m,
@@ -281,6 +287,12 @@ def findings(results: dict) -> list:
                 e["difference"], f"Without reranking, `{e['arm']}` against `single`: "
                 f"{e['metric']}", "is higher", "is lower", metric="difference"))
     for e in c:
+        if e["kind"] == "vs_oracle" and e["arm"] in ("single", "single+steck",
+                                                     "single+attention"):
+            out.append(direction_sentence(
+                e["difference"], f"Consumed utility (c = {budget}) of `{e['arm']}` against the "
+                "accuracy-optimal oracle's", "is higher", "is lower", metric="difference"))
+    for e in c:
         if e["kind"] == "attention_vs_steck":
             out.append(direction_sentence(
                 e["difference"], f"On the `{e['arm']}` candidates, the limited-attention "
@@ -295,7 +307,8 @@ _PANELS = (("minority_share@10", "minority share@10 (history: dashed)"),
 
 
 def plot_personas(results: dict, path) -> Path:
-    """Bars with 95% intervals per arm: minority share, consumed utility, ndcg, excess arp."""
+    """Bars with 95% intervals per arm: minority share, consumed utility, ndcg, excess arp;
+    the oracle's mean dotted, the users' history's minority share dashed."""
     plt = pyplot()
     summ = [r for r in results["summary"] if r["arm"] != "oracle"]
     panels = [(m, t) for m, t in _PANELS if any(
@@ -317,10 +330,14 @@ def plot_personas(results: dict, path) -> Path:
             hist = summ[0].get("minority_share_history", {}).get("mean")
             if hist is not None:
                 ax.axhline(hist, color="k", linestyle="--", linewidth=1)
+        oracle = next((r for r in results["summary"] if r["arm"] == "oracle"), None)
+        if oracle is not None and m in ("consumed_utility@10", "ndcg@10", "minority_share@10"):
+            ax.axhline(oracle[m]["mean"], color="gray", linestyle=":", linewidth=1)
         ax.set_xticks(x)
         ax.set_xticklabels([r["arm"] for r in summ], rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"E6 personas and limited attention — {results['dataset']['name']}",
+    fig.suptitle(f"E6 personas and limited attention — {results['dataset']['name']} "
+                 "(dotted: oracle)",
                  fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
