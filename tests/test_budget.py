@@ -209,3 +209,15 @@ def test_cli_budget_quick(tmp_path, capsys):
     assert res["config"]["tuned"] and res["dataset"]["spec"] == TINY
     assert (out / "report.md").exists() and (out / "budget_1.png").exists()
     assert str(out / "report.md") in capsys.readouterr().out
+
+
+def test_two_rows_per_item_in_one_table():
+    # double hashing: item 0 in rows {0, 1}, item 1 in {1, 2}, item 2 in {3, 3} (one row,
+    # counted once), item 3 in {2, 4}; head: item 1 only
+    rows = np.array([[0, 1], [1, 2], [3, 3], [2, 4]])
+    head = np.array([False, True, False, False])
+    # 0 shares row 1 with head 1; 3 shares row 2 with head 1; 2 shares nothing; 1 has no other
+    assert bx.shares_with_head([rows], head).tolist() == [True, False, False, True]
+    pop = np.array([0.1, 0.6, 0.9, 0.3])
+    # 0's partners: {1}; 1's: {0, 3}; 2 alone; 3's: {1}
+    assert bx.largest_partner(rows, pop).tolist() == [0.6, 0.3, 0.0, 0.6]

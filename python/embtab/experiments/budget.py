@@ -210,16 +210,34 @@ def common_batch(plans: Sequence[tuple]) -> list:
 
 
 def item_row_sets(model: MFModel, data: Interactions) -> list:
-    """The rows of each item of ``data`` (dense order) in each sub-table of the item table: a
-    list of int64 arrays [I], one per sub-table (one for a hashed table); rows < 0 (an item
-    without a row) share nothing. Empty for a collisionless table."""
+    """Where each item of ``data`` (dense order) lives in its item table: a list with one int64
+    array per physical table, ``[I]`` (one row per item) or ``[I, c]`` (c rows per item in
+    that table); rows < 0 (an item without a row) share nothing. A hashed table gives one
+    ``[I]`` array, a quotient-remainder module two (quotient, remainder), a double-hashed
+    module one ``[I, 2]``; a collisionless table none."""
     tab = model.items
     ids = torch.from_numpy(np.ascontiguousarray(data.item_ids, dtype=np.uint64).view(np.int64))
-    if hasattr(tab, "row_sets"):
-        return [np.asarray(r, dtype=np.int64) for r in tab.row_sets(ids)]
-    if hasattr(tab, "collision_report"):
-        return [tab.lookup(ids).numpy().astype(np.int64)]
-    return []
+    if not (hasattr(tab, "collision_report") or hasattr(tab, "seed2")
+            or hasattr(tab, "quotient")):
+        return []
+    rows = tab.lookup(ids).numpy().astype(np.int64)
+    if rows.ndim == 1:
+        return [rows]
+    if hasattr(tab, "quotient"):
+        return [rows[:, 0], rows[:, 1]]
+    return [rows]
+
+
+def _pairs(rows: np.ndarray) -> tuple:
+    """The distinct (item, row) pairs of a ``[I]`` or ``[I, c]`` row array, rows >= 0 only."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[:, None] if rows.ndim == 1 else rows
+    items = np.repeat(np.arange(rows.shape[0]), rows.shape[1])
+    r = rows.ravel()
+    keep = r >= 0
+    items, r = items[keep], r[keep]
+    key = np.unique(items * (int(r.max(initial=0)) + 1) + r)
+    return key // (int(r.max(initial=0)) + 1), key % (int(r.max(initial=0)) + 1)
 
 
 def shares_with_head(row_sets: Sequence[np.ndarray], is_head: np.ndarray) -> np.ndarray:
@@ -237,39 +255,37 @@ def shares_with_head(row_sets: Sequence[np.ndarray], is_head: np.ndarray) -> np.
     is_head = np.asarray(is_head, dtype=bool)
     out = np.zeros(is_head.size, dtype=bool)
     for rows in row_sets:
-        rows = np.asarray(rows, dtype=np.int64)
-        ok = rows >= 0
-        heads = np.bincount(rows[ok], weights=is_head[ok].astype(np.float64),
-                            minlength=int(rows.max(initial=-1)) + 1)
-        others = np.zeros(is_head.size)
-        others[ok] = heads[rows[ok]] - is_head[ok]
-        out |= others > 0.5
+        items, r = _pairs(rows)
+        if r.size == 0:
+            continue
+        heads = np.bincount(r, weights=is_head[items].astype(np.float64))
+        others = heads[r] - is_head[items]
+        out[items[others > 0.5]] = True
     return out
 
 
 def largest_partner(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per item, the largest ``values`` of another item in its row (0 when alone or rowless).
+    """Per item, the largest ``values`` of another item holding one of its rows (0 when it
+    shares none); ``rows`` ``[I]`` or ``[I, c]`` as in :func:`item_row_sets`.
 
     Example::
 
         >>> largest_partner(np.array([0, 0, 0, 1, -1]), np.array([.5, .2, .1, .9, .3])).tolist()
         [0.2, 0.5, 0.5, 0.0, 0.0]
     """
-    rows = np.asarray(rows, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
-    out = np.zeros(rows.size)
-    idx = np.flatnonzero(rows >= 0)
-    if idx.size == 0:
+    items, r = _pairs(rows)
+    out = np.zeros(values.size)
+    if r.size == 0:
         return out
-    order = idx[np.lexsort((-values[idx], rows[idx]))]   # by row, largest value first
-    r = rows[order]
-    first = np.r_[True, r[1:] != r[:-1]]
+    order = np.lexsort((-values[items], r))      # by row, largest value first
+    r_o, v_o = r[order], values[items[order]]
+    first = np.r_[True, r_o[1:] != r_o[:-1]]
     starts = np.flatnonzero(first)
-    size = np.diff(np.r_[starts, r.size])
-    top1 = np.repeat(values[order[starts]], size)
-    top2 = np.repeat(np.where(size > 1, values[order[np.minimum(starts + 1, r.size - 1)]], 0.0),
-                     size)
-    out[order] = np.where(first, top2, top1)
+    size = np.diff(np.r_[starts, r_o.size])
+    top1 = np.repeat(v_o[starts], size)
+    top2 = np.repeat(np.where(size > 1, v_o[np.minimum(starts + 1, r_o.size - 1)], 0.0), size)
+    np.maximum.at(out, items[order], np.where(first, top2, top1))
     return out
 
 
