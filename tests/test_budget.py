@@ -221,3 +221,11 @@ def test_two_rows_per_item_in_one_table():
     pop = np.array([0.1, 0.6, 0.9, 0.3])
     # 0's partners: {1}; 1's: {0, 3}; 2 alone; 3's: {1}
     assert bx.largest_partner(rows, pop).tolist() == [0.6, 0.3, 0.0, 0.6]
+
+
+def test_expiry_design_expires_after_one_epoch_of_batches():
+    plans = [(1.0, "cuckoo-expire", TrainConfig(on_full="evict_lru", rows_per_id=0.5,
+                                                expire_after=1, batch_size=100)),
+             (1.0, "cuckoo", TrainConfig(batch_size=100))]
+    out = bx.with_expiry(plans, 1001)
+    assert out[0][2].expire_after == 11 and out[1][2].expire_after is None

@@ -37,6 +37,8 @@ DESIGNS = [
      CuckooEmbedding, 30, CuckooEmbedding, 45, OnFull.EVICT_LFU),
     ({"min_count": 2, "admission_eps": 0.01, "admission_delta": 0.5},
      CuckooEmbedding, 60, CuckooEmbedding, 90, OnFull.GROW),
+    ({"on_full": "evict_lru", "rows_per_id": 0.5, "hash_users": True, "expire_after": 3},
+     CuckooEmbedding, 30, CuckooEmbedding, 45, OnFull.EVICT_LRU),
 ]
 
 
@@ -71,6 +73,16 @@ def test_admission_gives_rows_only_from_the_min_count_th_sighting(tiny):
     assert model.items.num_ids == 0 and model.users.num_ids == tiny.n_users
     from embtab.train import item_vectors
     assert torch.count_nonzero(item_vectors(model, tiny)) == 0
+
+
+def test_expiry_gives_rows_back(tiny):
+    # items are looked up twice per batch (positives, negatives): with batches of 8 pairs an
+    # item unseen for 2 item steps (one batch) loses its row, so many rows expire
+    cfg = TrainConfig(dim=4, epochs=2, batch_size=8, expire_after=2)
+    model = fit(tiny, cfg, quiet=True)
+    assert model.items.stats()["num_expired"] > 0
+    assert model.items.expire_after == 2 and model.users.expire_after is None
+    assert table_design(cfg) == "cuckoo expire_after=2"
 
 
 def test_defaults_keep_todays_model(tiny):
@@ -117,6 +129,9 @@ def test_design_names():
     ({"rows_per_id": 0.5}, "rows_per_id"),          # a cap needs an eviction policy
     ({"rows_per_id": 0.0, "table": "hashed"}, "rows_per_id"),
     ({"hash_users": 1}, "hash_users"),
+    ({"expire_after": 0}, "expire_after"),
+    ({"expire_after": 2.0}, "expire_after"),
+    ({"expire_after": 5, "table": "hashed"}, "expire_after"),
 ])
 def test_bad_design_names_the_field(fields, name):
     with pytest.raises(ValueError, match=f"TrainConfig.{name}"):

@@ -10,9 +10,10 @@ see experiment E1). Both tables are ``embtab.nn`` modules fed the **raw 64-bit I
   "evict_lru"`` / ``"evict_lfu"`` it holds at most ``max(1, round(rows_per_id * n))`` rows and
   evicts by that policy; with ``min_count > 1`` an ID gets a row from its ``min_count``-th
   sighting in training (frequency admission through a count-min sketch of ``admission_eps``,
-  ``admission_delta``). Such a table starts empty and fills as training sees IDs (every
-  training lookup is a sighting: positives, and for BPR the sampled negatives); an ID without
-  a row reads the zero vector.
+  ``admission_delta``); with ``expire_after`` an ID not looked up for that many training
+  steps gives its row back (Monolith's expiry). A capped or admitting table starts empty and
+  fills as training sees IDs (every training lookup is a sighting: positives, and for BPR the
+  sampled negatives); an ID without a row reads the zero vector.
 * ``table="hashed"``: :class:`embtab.nn.HashedEmbedding` with
   ``m = max(1, round(rows_per_id * n))`` rows, row = ``mix64(id, seed) % m``.
 
@@ -131,6 +132,11 @@ class TrainConfig:
         Cuckoo tables with ``min_count > 1`` only: the count-min sketch's error and failure
         probability (:class:`embtab.nn.CuckooEmbedding`); its size, and so its bytes, is
         ``ceil(e / admission_eps) * ceil(ln(1 / admission_delta))`` int64 counters.
+    expire_after : int or None
+        Cuckoo tables only: an ID not looked up for ``expire_after`` training steps of its
+        table gives its row back (:class:`embtab.nn.CuckooEmbedding`; a step is one
+        training-mode forward of the table: one per batch for users, two for items under BPR,
+        positives and negatives). ``None`` (default): never.
     loss : {"bpr", "softmax"}
         ``"bpr"``: pairwise BPR with uniform sampled negatives. ``"softmax"``: the multinomial
         likelihood over the whole catalogue, ``-log softmax_i(s(u, ·))`` per training pair
@@ -164,6 +170,7 @@ class TrainConfig:
     min_count: int = 1
     admission_eps: float = 1e-5
     admission_delta: float = 0.01
+    expire_after: int | None = None
     loss: str = "bpr"
     optimizer: str = "adam"
     lr: float = 0.02
@@ -195,8 +202,13 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < 1):
                 raise ValueError(f"TrainConfig.{name} must be in (0, 1), got {v!r}")
+        if self.expire_after is not None and (isinstance(self.expire_after, bool) or not
+                                              isinstance(self.expire_after, int)
+                                              or self.expire_after < 1):
+            raise ValueError(f"TrainConfig.expire_after must be None or an int >= 1, "
+                             f"got {self.expire_after!r}")
         if self.table != "cuckoo":
-            for name, default in (("on_full", "grow"), ("min_count", 1)):
+            for name, default in (("on_full", "grow"), ("min_count", 1), ("expire_after", None)):
                 if getattr(self, name) != default:
                     raise ValueError(f"TrainConfig.{name} applies to table='cuckoo' only, "
                                      f"got {name}={getattr(self, name)!r} with "
@@ -331,6 +343,8 @@ def table_design(config: TrainConfig) -> str:
         parts.append(f"m/n={config.rows_per_id:g}")
     if config.min_count > 1:
         parts.append(f"min_count={config.min_count}")
+    if config.expire_after is not None:
+        parts.append(f"expire_after={config.expire_after}")
     name = " ".join(parts)
     return name + " +users" if config.hash_users and name != "cuckoo" else name
 
@@ -357,7 +371,8 @@ def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int,
         return HashedEmbedding(rows, dim, init=init, seed=seed)
     return CuckooEmbedding(rows, dim, init=init, seed=seed, on_full=config.on_full,
                            min_count=config.min_count, admission_eps=config.admission_eps,
-                           admission_delta=config.admission_delta)
+                           admission_delta=config.admission_delta,
+                           expire_after=config.expire_after)
 
 
 def _check_cap(config: TrainConfig, data: Interactions) -> None:

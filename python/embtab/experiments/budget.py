@@ -69,7 +69,7 @@ from embtab.train import (
 )
 
 __all__ = ["BUDGETS", "DESIGNS", "QUICK_BUDGETS", "QUICK_DATASET", "QUICK_DESIGNS",
-           "REFERENCE_DIM", "common_batch", "design_config", "findings", "item_row_sets", "largest_partner",
+           "REFERENCE_DIM", "common_batch", "design_config", "with_expiry", "findings", "item_row_sets", "largest_partner",
            "matched_difference",
            "mechanism_rows", "plot", "reference_bytes", "run_budget", "section",
            "shares_with_head"]
@@ -103,6 +103,9 @@ DESIGNS = {
                      f"cuckoo tables capped at m/n rows, a row from an ID's "
                      f"{ADMISSION_MIN_COUNT}nd sighting (count-min sketch of one row of n "
                      f"counters), LRU eviction"),
+    "cuckoo-expire": ({"on_full": "evict_lru", "hash_users": True, "expire_after": 1},
+                      "cuckoo tables capped at m/n rows, an ID unseen for one epoch's batches "
+                      "of table steps expiring (Monolith), LRU eviction when full"),
 }
 #: Designs of quick runs (no capped design: its small batches would slow every design of
 #: its budget, see :func:`common_batch`).
@@ -204,6 +207,18 @@ def common_batch(plans: Sequence[tuple]) -> list:
         smallest[b] = min(smallest.get(b, cfg.batch_size), cfg.batch_size)
     return [(b, d, TrainConfig(**{**cfg.to_dict(), "batch_size": smallest[b]}))
             for b, d, cfg in plans]
+
+
+def with_expiry(plans: Sequence[tuple], n_pairs: int) -> list:
+    """Plans whose config expires IDs (``expire_after`` set) get ``expire_after`` = the
+    batches of one epoch over ``n_pairs`` training pairs at their batch size."""
+    out = []
+    for b, d, cfg in plans:
+        if cfg.expire_after is not None:
+            steps = max(1, math.ceil(n_pairs / cfg.batch_size))
+            cfg = TrainConfig(**{**cfg.to_dict(), "expire_after": steps})
+        out.append((b, d, cfg))
+    return out
 
 
 # the mechanism //////////////////////////////////////////////////////////////////////////////
@@ -471,7 +486,7 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
                          **evaluate_lists(truth.oracle, train, test),
                          **truth.metrics(truth.oracle)})
         rows += baseline_rows(s, seed, extra=truth.metrics)
-        for b, d, planned in plans:
+        for b, d, planned in with_expiry(plans, train.n_interactions):
             cfg = TrainConfig(**{**planned.to_dict(), "seed": seed})
             extra = {}
             if tune:
