@@ -70,7 +70,7 @@ from embtab.train import (
 
 __all__ = ["BUDGETS", "DESIGNS", "QUICK_BUDGETS", "QUICK_DATASET", "QUICK_DESIGNS",
            "REFERENCE_DIM", "common_batch", "design_config", "with_expiry", "findings", "item_row_sets", "largest_partner",
-           "matched_difference",
+           "matched_difference", "merge_runs",
            "mechanism_rows", "plot", "reference_bytes", "run_budget", "section",
            "shares_with_head"]
 
@@ -517,6 +517,36 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
     res["summary"] = summary_with_intervals(rows, SUMMARY_KEYS, skip=SETTINGS)
     res["contrasts"] = contrasts(rows)
     return res
+
+
+def merge_runs(parts: Sequence[dict]) -> dict:
+    """One results object from runs of the same configuration on disjoint seeds (e.g. one
+    process per seed): rows concatenated, ``summary`` and ``contrasts`` recomputed over all
+    seeds, ``config.seeds`` joined and ``config.seconds`` the longest part's. ``ValueError``
+    when the parts differ in anything but their seeds, rows and time."""
+    if not parts:
+        raise ValueError("parts must hold at least one results object")
+
+    def same(r):
+        c = {k: v for k, v in r["config"].items() if k not in ("seeds", "seconds")}
+        return r["experiment"], r["dataset"], c, r.get("skipped")
+
+    first = same(parts[0])
+    seeds: list = []
+    for p in parts:
+        if same(p) != first:
+            raise ValueError("parts differ in more than their seeds (experiment, dataset, "
+                             "config or skipped designs)")
+        if set(p["config"]["seeds"]) & set(seeds):
+            raise ValueError(f"parts share seeds {sorted(set(p['config']['seeds']) & set(seeds))}")
+        seeds += list(p["config"]["seeds"])
+    rows = [r for p in parts for r in p["rows"]]
+    out = {**parts[0], "rows": rows,
+           "config": {**parts[0]["config"], "seeds": seeds,
+                      "seconds": max(p["config"]["seconds"] for p in parts)}}
+    out["summary"] = summary_with_intervals(rows, SUMMARY_KEYS, skip=SETTINGS)
+    out["contrasts"] = contrasts(rows)
+    return out
 
 
 # contrasts and sentences ////////////////////////////////////////////////////////////////////
