@@ -229,3 +229,19 @@ def test_expiry_design_expires_after_one_epoch_of_batches():
              (1.0, "cuckoo", TrainConfig(batch_size=100))]
     out = bx.with_expiry(plans, 1001)
     assert out[0][2].expire_after == 11 and out[1][2].expire_after is None
+
+
+def test_merge_runs_equals_one_run_over_both_seeds():
+    kw = dict(budgets=(1.0,), designs=("cuckoo", "hashed"), tune=False,
+              train_overrides={"epochs": 1}, progress=False)
+    both = bx.run_budget(TINY, seeds=[0, 1], **kw)
+    merged = bx.merge_runs([bx.run_budget(TINY, seeds=[0], **kw),
+                            bx.run_budget(TINY, seeds=[1], **kw)])
+    assert merged["config"]["seeds"] == [0, 1]
+    assert merged["rows"] == both["rows"]
+    assert merged["summary"] == both["summary"] and merged["contrasts"] == both["contrasts"]
+    with pytest.raises(ValueError, match="share seeds"):
+        bx.merge_runs([both, both])
+    other = bx.run_budget(TINY, seeds=[2], **{**kw, "budgets": (0.5,)})
+    with pytest.raises(ValueError, match="differ in more than their seeds"):
+        bx.merge_runs([both, other])
