@@ -44,6 +44,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import embtab
 from embtab import _core, _ops
 from embtab._checks import check_int, check_real, check_threads, raw_id
+from embtab._hashing import mix64
 from embtab._modules import (
     ROW_STATE,
     row_state,
@@ -62,6 +63,10 @@ __all__ = [
     "CuckooEmbeddingBag",
     "HashedEmbedding",
     "HashedEmbeddingBag",
+    "QREmbedding",
+    "QREmbeddingBag",
+    "DoubleHashedEmbedding",
+    "DoubleHashedEmbeddingBag",
     "EmbeddingBagConfig",
     "KeyedJaggedIds",
     "CuckooEmbeddingBagCollection",
@@ -193,10 +198,11 @@ def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
 
 def _init_common(
     m: nn.Module, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
-    scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+    scale_grad_by_freq, sparse, init, seed, num_threads, dtype, alloc: bool = True,
 ) -> None:
     """Check and set the arguments every embtab.nn module shares (the nn.Embedding ones, init,
-    seed, num_threads); refuse a weight too large to allocate, naming the arguments."""
+    seed, num_threads); with ``alloc``, refuse a ``[num_embeddings + 1, embedding_dim]``
+    weight too large to allocate, naming the arguments."""
     m.num_embeddings = check_int(num_embeddings, "num_embeddings", min=1)
     m.embedding_dim = check_int(embedding_dim, "embedding_dim", min=1)
     m.padding_id = padding_id
@@ -208,8 +214,86 @@ def _init_common(
     m.init = _check_init(init)
     m.seed = check_int(seed, "seed", min=0) % _U64
     m.num_threads = check_threads(num_threads)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim), itemsize)
+    if alloc:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim), itemsize)
+
+
+def _hashed_weight(
+    m: int, d: int, seed: int, init: EmbeddingInit, _weight: Optional[Tensor], device, dtype,
+    freeze: bool,
+) -> nn.Parameter:
+    """The weight of a hashed table of ``m`` rows: ``[m + 1, d]``, the last row zero; row ``r``
+    starts as ``_weight[r]`` or else as the init vector of "ID" ``r`` under ``seed`` (a function
+    of ``(seed, r)``). ``_weight`` may be ``[m, d]`` or ``[m + 1, d]`` (its last row ignored)."""
+    if _weight is not None:
+        if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
+            raise ValueError(
+                f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}"
+            )
+        w = torch.zeros(m + 1, d, dtype=_weight.dtype, device=_weight.device)
+        w[:m] = _weight.detach()[:m]
+    else:
+        w = torch.zeros(m + 1, d, device=device, dtype=dtype)
+        w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, seed, init, w.dtype).to(w.device)
+    return nn.Parameter(w, requires_grad=not freeze)
+
+
+def _memory_bytes(module: nn.Module, index: int) -> dict:
+    """Bytes of ``module``'s tensors by role (see :meth:`CuckooEmbedding.memory_bytes`)."""
+    def nbytes(t: Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    weights = sum(nbytes(p) for p in module.parameters())
+    opt = book = 0
+    for name, b in module.named_buffers():
+        if name.rsplit(".", 1)[-1].startswith("opt_"):
+            opt += nbytes(b)
+        else:
+            book += nbytes(b)
+    index = int(index)
+    return {"weights": weights, "index": index, "optimizer_state": opt, "bookkeeping": book,
+            "total": weights + index + opt + book}
+
+
+def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -> None:
+    """Check every entry of a fixed-shape module (hashed, quotient-remainder, double-hashed; its
+    tables included) in state dict ``sd`` before torch copies any, so a load is all or nothing:
+    each key present, a tensor of the module's shape, floating point where the module's is
+    (another float dtype is cast, as torch does) and of the same dtype otherwise, every
+    ``weight``'s last row zero, and (``strict``) no unknown key under ``prefix``. ValueError
+    naming the key. A state dict with none of the module's keys is left to torch (it reports
+    them missing, or ignores them with ``strict=False``)."""
+    own = module.state_dict(keep_vars=True)
+    if not any(prefix + k in sd for k in own):
+        return
+
+    def bad(key: str, what: str):
+        raise ValueError(f"{type(module).__name__}.load_state_dict: {prefix}{key} {what}")
+
+    for k, cur in own.items():
+        if prefix + k not in sd:
+            bad(k, "is missing (a partial state dict would mix two states); nothing was loaded")
+        t = sd[prefix + k]
+        if not isinstance(t, Tensor):
+            bad(k, f"must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(cur.shape):
+            bad(k, f"must have shape {tuple(cur.shape)}, got {tuple(t.shape)}")
+        if cur.dtype.is_floating_point:
+            if not t.dtype.is_floating_point:
+                bad(k, f"must be floating point, got {t.dtype}")
+        elif t.dtype != cur.dtype:
+            bad(k, f"must have dtype {cur.dtype}, got {t.dtype}")
+        leaf = k.rsplit(".", 1)[-1]
+        if leaf == "weight" and torch.count_nonzero(t[-1]) != 0:
+            bad(k, f"row {t.shape[0] - 1} (the zero row read by padding) must be zero")
+        if leaf == "opt_step" and int(t) < 0:
+            bad(k, "must not be negative")
+    if strict:
+        extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in own)
+        if extra:
+            raise ValueError(f"{type(module).__name__}.load_state_dict: unexpected keys {extra}; "
+                             f"nothing was loaded")
 
 
 def init_vectors(
@@ -468,6 +552,25 @@ class _CuckooBase(nn.Module):
             "num_growths": int(self.num_growths),
             "num_expired": 0 if expired is None else int(expired),
         }
+
+    def memory_bytes(self) -> dict:
+        """Bytes the module holds now, by role (the budget a design is compared at).
+
+        Returns a dict of ints: ``weights`` (the parameters: ``weight``, zero row included),
+        ``index`` (the cuckoo table's buckets and free-row heap, its stats' ``memory_bytes``;
+        0 for the hashing modules), ``optimizer_state`` (the fused optimizer's ``opt_*``
+        buffers; an outer ``torch.optim`` optimizer's state is not the module's and is not
+        counted: Adam over ``weight`` adds two weights' worth), ``bookkeeping`` (every other
+        buffer: the ID map ``row_ids``/``row_live``, policy state ``row_last_step``/
+        ``row_count``, the admission sketch, counters and the eval snapshot) and ``total``
+        (their sum). Sizes are ``numel * element_size``.
+
+        Example::
+
+            >>> embtab.nn.HashedEmbedding(100, 16).memory_bytes()["weights"]    # 101 rows
+            6464
+        """
+        return _memory_bytes(self, self._table.stats()["memory_bytes"])
 
     def lookup(self, ids: Tensor) -> Tensor:
         """Rows of raw IDs (same shape, int64), ``-1`` for IDs without a row; changes nothing."""
@@ -1241,22 +1344,20 @@ class _HashedBase(nn.Module):
             self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
             scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
         )
-        m, d = self.num_embeddings, self.embedding_dim
-        if _weight is not None:
-            if tuple(_weight.shape) not in ((m, d), (m + 1, d)):
-                raise ValueError(
-                    f"_weight must have shape ({m}, {d}) or ({m + 1}, {d}), got {tuple(_weight.shape)}"
-                )
-            w = torch.zeros(m + 1, d, dtype=_weight.dtype, device=_weight.device)
-            w[:m] = _weight.detach()[:m]
-        else:
-            w = torch.zeros(m + 1, d, device=device, dtype=dtype)
-            # Row r starts as the init vector of "ID" r: a function of (seed, r).
-            w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, self.seed, self.init, w.dtype).to(
-                w.device
-            )
-        self.weight = nn.Parameter(w, requires_grad=not _freeze)
+        self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
+                                     self.init, _weight, device, dtype, _freeze)
         _attach_optimizer(self, optimizer)
+
+    def memory_bytes(self) -> dict:
+        """Bytes held by the module; see :meth:`CuckooEmbedding.memory_bytes` (``index`` is 0:
+        rows are computed by hashing)."""
+        return _memory_bytes(self, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        _check_plain_state(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def lookup(self, ids: Tensor) -> Tensor:
         """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
@@ -1374,6 +1475,399 @@ class HashedEmbeddingBag(_Bag, _HashedBase):
 
         >>> bag = embtab.nn.HashedEmbeddingBag(1000, 8, mode="sum")
         >>> bag(torch.tensor([[1, 2], [3, 4]])).shape
+        torch.Size([2, 8])
+    """
+
+
+# compressed embeddings: quotient-remainder and double hashing ///////////////////////////////
+#
+# A composed module gives each raw ID rows in one or two tables (each a weight of ``rows + 1``
+# rows whose last one is zero), gathers them with ``F.embedding`` (or a fused optimizer's
+# lookup, which steps each table in backward) and combines them into one vector per ID. Bags
+# reduce those per-occurrence vectors with ``F.embedding_bag`` over the ``[n + 1, d]`` matrix
+# of the vectors (the last one zero, read by padding), so modes, offsets, per_sample_weights
+# and padding behave exactly as in ``nn.EmbeddingBag``.
+
+# Seed of the second hash of the double-hashed modules: mix64(seed, _DOUBLE_SALT).
+_DOUBLE_SALT = 0x444F55424C45  # "DOUBLE"
+# Largest num_embeddings of a quotient-remainder module: its virtual rows q * m < 2**63.
+_MAX_VIRTUAL_ROWS = 1 << 62
+_OPERATIONS = ("mult", "add", "concat")
+
+
+class _Table(nn.Module):
+    """One table of a composed module: ``weight`` ``[num_embeddings + 1, embedding_dim]`` (the
+    last row zero), the ``nn.Embedding`` options it is gathered with (copied from its owner at
+    construction) and, with a fused optimizer, that optimizer's state (``opt_*`` buffers)."""
+
+    def __init__(self, owner: nn.Module, rows: int, dim: int, seed: int, _freeze: bool,
+                 device, dtype, optimizer: Optional[FusedOptimizer]) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = rows, dim
+        for name in ("max_norm", "norm_type", "scale_grad_by_freq", "sparse", "num_threads"):
+            setattr(self, name, getattr(owner, name))
+        self.weight = _hashed_weight(rows, dim, seed, owner.init, None, device, dtype, _freeze)
+        _attach_optimizer(self, optimizer)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+def _gather(table: nn.Module, idx: Tensor, fused: bool) -> Tensor:
+    """Rows ``idx`` (any shape, int64) of ``table`` as ``(*idx.shape, dim)``; the zero row is
+    torch's ``padding_idx`` (no gradient). ``fused``: through the table's fused optimizer."""
+    idx = idx.to(table.weight.device)
+    if fused:
+        return table.optimizer.lookup(table, idx, None, None, table.num_embeddings, bag=False)
+    return F.embedding(idx, table.weight, table.num_embeddings, table.max_norm, table.norm_type,
+                       table.scale_grad_by_freq, table.sparse)
+
+
+class _ComposedBase(nn.Module):
+    """Shared machinery of the quotient-remainder and double-hashed modules. A subclass sets
+    up its tables and supplies ``_gathers(ids) -> [(table, rows)]`` (rows of int64 ``ids``,
+    the padding ID at the table's zero row) and ``_combine(parts) -> vectors``."""
+
+    def _tables(self) -> list:
+        return [m for m in self.modules() if isinstance(m, _Table)] or [self]
+
+    def _gathers(self, ids: Tensor) -> list:
+        raise NotImplementedError
+
+    def _combine(self, parts: list) -> Tensor:
+        raise NotImplementedError
+
+    def _pad(self, ids: Tensor, rows: Tensor, zero_row: int) -> Tensor:
+        if self._padding_i64 is None:
+            return rows
+        return torch.where(ids == self._padding_i64, zero_row, rows)
+
+    def _vectors(self, ids: Tensor) -> Tensor:
+        """One vector per int64 ID: ``(*ids.shape, embedding_dim)``."""
+        fused = self.optimizer is not None and (self.training or not _ops.is_compiling())
+        return self._combine([_gather(t, rows, fused) for t, rows in self._gathers(ids)])
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """The two rows of each raw ID: int64 ``(*ids.shape, 2)`` (see the class docstring for
+        which tables); ``padding_id`` reads the zero rows. Changes nothing."""
+        t = _id_tensor(ids, "ids")
+        return torch.stack([r.reshape(t.shape) for r in self._rows(t)], -1)
+
+    def memory_bytes(self) -> dict:
+        """Bytes held by the module; see :meth:`CuckooEmbedding.memory_bytes` (``index`` is 0:
+        rows are computed by hashing)."""
+        return _memory_bytes(self, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        _check_plain_state(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class _ComposedEmbedding:
+    def forward(self, input: Tensor) -> Tensor:
+        """Vectors of raw IDs ``input`` (any shape): ``(*input.shape, embedding_dim)``."""
+        return self._vectors(_id_tensor(input, "input"))
+
+
+class _ComposedBag(_Bag):
+    def forward(
+        self,
+        input: Tensor,
+        offsets: Optional[Tensor] = None,
+        per_sample_weights: Optional[Tensor] = None,
+    ) -> Tensor:
+        """One reduced vector per bag: ``(B, embedding_dim)`` (see the class's Shape section).
+
+        Every argument is checked before anything is computed. Traced (``torch.compile``,
+        ``torch.export``), the offsets' values are not checked."""
+        ids = _id_tensor(input, "input")
+        off = _check_bag_args(
+            input, offsets, per_sample_weights, self.mode, self.include_last_offset,
+            self._tables()[0].weight, check_values=not _ops.is_compiling(),
+        )
+        flat = ids.reshape(-1)
+        vecs = self._vectors(flat)
+        n = flat.shape[0]
+        dev = vecs.device
+        table = torch.cat([vecs, vecs.new_zeros(1, vecs.shape[1])])
+        idx = torch.arange(n, dtype=torch.int64, device=dev)
+        if self._padding_i64 is not None:
+            idx = torch.where(flat.to(dev) == self._padding_i64, n, idx)
+        return F.embedding_bag(
+            idx.reshape(input.shape), table, None if off is None else off.to(dev), None, 2.0,
+            False, self.mode, False, per_sample_weights, self.include_last_offset, n,
+        )
+
+
+class _QRBase(_ComposedBase):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        num_collisions: int,
+        operation: str = "mult",
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+        optimizer: Optional[FusedOptimizer] = None,
+    ) -> None:
+        super().__init__()
+        _init_common(
+            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+            scale_grad_by_freq, sparse, init, seed, num_threads, dtype, alloc=False,
+        )
+        n, d = self.num_embeddings, self.embedding_dim
+        if n > _MAX_VIRTUAL_ROWS:
+            raise ValueError(f"num_embeddings must be <= 2**62 (the virtual rows), got {n}")
+        m = check_int(num_collisions, "num_collisions", min=1)
+        if m > n:
+            raise ValueError(
+                f"num_collisions must be <= num_embeddings ({n}), got {m}: the remainder table "
+                f"has num_collisions rows and the quotient table ceil(num_embeddings / "
+                f"num_collisions)"
+            )
+        if not isinstance(operation, str) or operation not in _OPERATIONS:
+            raise ValueError(f"operation must be 'mult', 'add' or 'concat', got {operation!r}")
+        if operation == "concat" and d % 2:
+            raise ValueError(
+                f"operation='concat' needs an even embedding_dim (each table holds half), got {d}"
+            )
+        if _weight is not None:
+            raise ValueError(
+                "_weight is not supported by the quotient-remainder modules (two tables); "
+                "load a state_dict instead"
+            )
+        self.num_collisions, self.operation = m, operation
+        self.num_quotients = -(-n // m)
+        dt = d // 2 if operation == "concat" else d
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        _check_alloc("num_embeddings, num_collisions, embedding_dim",
+                     (self.num_quotients + m + 2, dt), itemsize)
+        self.quotient = _Table(self, self.num_quotients, dt, self.seed, _freeze, device, dtype,
+                               optimizer)
+        self.remainder = _Table(self, m, dt, (self.seed + 1) % _U64, _freeze, device, dtype,
+                                optimizer)
+        self.optimizer = optimizer
+
+    def _rows(self, ids: Tensor) -> list:
+        m, q = self.num_collisions, self.num_quotients
+        v = _ops.hashed_rows(ids, q * m, _ops.signed_seed(self.seed), self.num_threads)
+        return [self._pad(ids, v // m, q), self._pad(ids, v % m, m)]
+
+    def _gathers(self, ids: Tensor) -> list:
+        rq, rr = self._rows(ids)
+        return [(self.quotient, rq), (self.remainder, rr)]
+
+    def _combine(self, parts: list) -> Tensor:
+        a, b = parts
+        if self.operation == "mult":
+            return a * b
+        if self.operation == "add":
+            return a + b
+        return torch.cat([a, b], -1)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.num_embeddings}, {self.embedding_dim}, num_collisions={self.num_collisions}, "
+             f"operation={self.operation!r}")
+        if self.padding_id is not None:
+            s += f", padding_id={self.padding_id}"
+        return s
+
+
+class QREmbedding(_ComposedEmbedding, _QRBase):
+    r"""Quotient-remainder ``nn.Embedding`` over raw 64-bit IDs (Shi et al., KDD 2020).
+
+    H.-J. M. Shi, D. Mudigere, M. Naumov, J. Yang, "Compositional Embeddings Using
+    Complementary Partitions for Memory-Efficient Recommendation Systems", KDD 2020
+    (arXiv 1909.02107). A table of ``num_embeddings`` (virtual) rows is replaced by a quotient
+    table of ``q = ceil(num_embeddings / num_collisions)`` rows and a remainder table of
+    ``m = num_collisions`` rows; each ID's vector combines one row of each.
+
+    Rows: the ID's virtual row is ``v = mix64(id, seed) % (q * m)`` (the hashing trick's row in
+    a table of ``q * m`` rows); its quotient row is ``v // m`` and its remainder row ``v % m``
+    (equivalently ``(mix64(id, seed) // m) % q`` and ``mix64(id, seed) % m``). Two IDs share
+    both rows exactly when they share the virtual row (the complementary partitions), so the
+    module is as collision-free as a hashed table of ``q * m`` rows while it stores ``q + m``.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Virtual rows ``n`` (at most 2**62): the hashed table this module compresses.
+    embedding_dim : int
+        Size ``d`` of each vector.
+    padding_id, max_norm, norm_type, scale_grad_by_freq, sparse, device, dtype
+        As :class:`HashedEmbedding`; ``max_norm`` renormalises each table's gathered rows, and
+        ``scale_grad_by_freq`` scales each table row's gradient by the inverse of its count in
+        the batch (``F.embedding``'s rules, per table).
+    _weight : None
+        Not supported (two tables; load a ``state_dict``).
+    _freeze : bool
+        ``requires_grad = not _freeze`` for both tables.
+    num_collisions : int
+        ``m``, keyword-only and required: the remainder table's rows, in ``[1, num_embeddings]``
+        (the paper's number of collisions per quotient row). ``m = sqrt(n)`` gives the
+        smallest tables.
+    operation : {"mult", "add", "concat"}
+        How the two rows combine: elementwise product (the paper's default), sum, or
+        concatenation (each table then holds ``d / 2`` columns; ``d`` must be even).
+    init : str or EmbeddingInit
+        Distribution of the tables' rows: quotient row ``i`` starts as the init vector of "ID"
+        ``i`` under ``seed``, remainder row ``j`` as that of "ID" ``j`` under ``seed + 1``
+        (default N(0, 1) for both, as ``nn.Embedding``; so an ID's ``"mult"`` vector starts
+        with entries of variance 1 and its ``"add"`` vector with variance 2).
+    seed : int
+        Seeds the hash and the initialisation.
+    num_threads : int
+        Threads for hashing (0 = all hardware threads).
+    optimizer : embtab.optim.FusedOptimizer, optional
+        A fused optimizer applied in backward to each table's touched rows (one step per
+        table per backward; each table keeps its state, ``quotient.opt_*`` and
+        ``remainder.opt_*``); the tables then get no ``.grad``.
+
+    Attributes
+    ----------
+    quotient, remainder : module
+        The tables; their ``weight`` has shape ``[q + 1, d']`` and ``[m + 1, d']`` (``d' = d``,
+        or ``d / 2`` for concat), the last row zero (read by ``padding_id``, no gradient).
+    num_quotients : int
+        ``q``.
+
+    Shape
+    -----
+    - input: int64 ``(*)`` raw IDs (uint64 read bitwise, smaller integer dtypes widened,
+      floats refused); output ``(*, embedding_dim)``
+
+    Example::
+
+        >>> qr = embtab.nn.QREmbedding(10**6, 16, num_collisions=1000)
+        >>> qr(torch.tensor([3, 2**62])).shape
+        torch.Size([2, 16])
+        >>> qr.memory_bytes()["weights"]           # (1001 + 1001) rows * 16 * 4 bytes
+        128128
+    """
+
+
+class QREmbeddingBag(_ComposedBag, _QRBase):
+    r"""Quotient-remainder ``nn.EmbeddingBag`` over raw IDs (see :class:`QREmbedding`).
+
+    Each ID's vector is combined from its two rows, then each bag reduces its IDs' vectors by
+    ``mode`` exactly as ``nn.EmbeddingBag`` reduces rows (``per_sample_weights`` with
+    ``"sum"``, ``padding_id`` left out of the reduction and of ``"mean"``'s count, empty bags
+    zero). Arguments and shapes as :class:`HashedEmbeddingBag` plus ``num_collisions`` and
+    ``operation``.
+
+    Example::
+
+        >>> bag = embtab.nn.QREmbeddingBag(10**6, 8, mode="sum", num_collisions=1000)
+        >>> bag(torch.tensor([[1, 2], [3, 4]])).shape
+        torch.Size([2, 8])
+    """
+
+
+class _DoubleHashedBase(_ComposedBase):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_id: Optional[int] = None,
+        max_norm: Optional[float] = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Optional[Tensor] = None,
+        _freeze: bool = False,
+        device: Union[None, str, torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        init: Union[None, str, EmbeddingInit] = None,
+        seed: int = 0,
+        num_threads: int = 0,
+        optimizer: Optional[FusedOptimizer] = None,
+    ) -> None:
+        super().__init__()
+        _init_common(
+            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+        )
+        self.seed2 = mix64(self.seed, _DOUBLE_SALT)
+        self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
+                                     self.init, _weight, device, dtype, _freeze)
+        _attach_optimizer(self, optimizer)
+
+    def _rows(self, ids: Tensor) -> list:
+        m = self.num_embeddings
+        return [
+            self._pad(ids, _ops.hashed_rows(ids, m, _ops.signed_seed(s), self.num_threads), m)
+            for s in (self.seed, self.seed2)
+        ]
+
+    def _gathers(self, ids: Tensor) -> list:
+        return [(self, torch.stack(self._rows(ids), -1))]  # one gather: one fused step
+
+    def _combine(self, parts: list) -> Tensor:
+        return parts[0].sum(-2)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_id is not None:
+            s += f", padding_id={self.padding_id}"
+        return s
+
+
+class DoubleHashedEmbedding(_ComposedEmbedding, _DoubleHashedBase):
+    r"""Double-hashing ``nn.Embedding`` over raw IDs: each ID's vector is the sum of two rows of
+    one table, chosen by two independent hashes.
+
+    Row ``r1 = mix64(id, seed) % m`` and row ``r2 = mix64(id, seed2) % m`` with
+    ``seed2 = mix64(seed, 0x444F55424C45)`` (``m = num_embeddings``); the vector is
+    ``weight[r1] + weight[r2]`` (when ``r1 == r2``, probability ``1/m``, that row counts
+    twice). Two IDs get the same vector only if they share both rows (probability about
+    ``2/m**2``), where a hashed table of ``m`` rows makes them share with probability ``1/m``
+    (Zhang et al., "Model Size Reduction Using Frequency Based Double Hashing for Recommender
+    Systems", RecSys 2020; Svenstrup et al., "Hash Embeddings", NeurIPS 2017).
+
+    The signature and ``weight`` (``[m + 1, d]``, last row zero, row ``r`` starting as the init
+    vector of ``(seed, r)``) are :class:`HashedEmbedding`'s, ``_weight`` included, so the two
+    compare at equal memory; an ID's initial vector is the sum of two init vectors (variance 2
+    for the default N(0, 1)). ``optimizer=`` takes a fused optimizer as
+    :class:`HashedEmbedding`'s does (one step per backward over both rows of every ID).
+
+    Shape
+    -----
+    - input: int64 ``(*)`` raw IDs; output ``(*, embedding_dim)``
+
+    Example::
+
+        >>> emb = embtab.nn.DoubleHashedEmbedding(1000, 16)
+        >>> emb(torch.tensor([3, 2**62])).shape
+        torch.Size([2, 16])
+        >>> emb.lookup(torch.tensor([3])).shape    # the two rows of each ID
+        torch.Size([1, 2])
+    """
+
+
+class DoubleHashedEmbeddingBag(_ComposedBag, _DoubleHashedBase):
+    r"""Double-hashing ``nn.EmbeddingBag`` over raw IDs (see :class:`DoubleHashedEmbedding`).
+
+    Each ID's vector is the sum of its two rows; bags reduce those vectors by ``mode`` as
+    ``nn.EmbeddingBag`` reduces rows. Arguments and shapes as :class:`HashedEmbeddingBag`.
+
+    Example::
+
+        >>> bag = embtab.nn.DoubleHashedEmbeddingBag(1000, 8, mode="max")
+        >>> bag(torch.tensor([7, 8, 9]), offsets=torch.tensor([0, 1])).shape
         torch.Size([2, 8])
     """
 
