@@ -245,15 +245,17 @@ def _memory_bytes(module: nn.Module, index: int) -> dict:
         return t.numel() * t.element_size()
 
     weights = sum(nbytes(p) for p in module.parameters())
-    opt = book = 0
-    for name, b in module.named_buffers():
+    params = {n for n, _ in module.named_parameters()}
+    opt = 0
+    index = int(index)
+    for name, b in module.state_dict(keep_vars=True).items():  # persistent buffers only
+        if name in params:
+            continue
         if name.rsplit(".", 1)[-1].startswith("opt_"):
             opt += nbytes(b)
         else:
-            book += nbytes(b)
-    index = int(index)
-    return {"weights": weights, "index": index, "optimizer_state": opt, "bookkeeping": book,
-            "total": weights + index + opt + book}
+            index += nbytes(b)
+    return {"weights": weights, "index": index, "optimizer": opt, "total": weights + index + opt}
 
 
 def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -> None:
@@ -557,13 +559,15 @@ class _CuckooBase(nn.Module):
         """Bytes the module holds now, by role (the budget a design is compared at).
 
         Returns a dict of ints: ``weights`` (the parameters: ``weight``, zero row included),
-        ``index`` (the cuckoo table's buckets and free-row heap, its stats' ``memory_bytes``;
-        0 for the hashing modules), ``optimizer_state`` (the fused optimizer's ``opt_*``
-        buffers; an outer ``torch.optim`` optimizer's state is not the module's and is not
-        counted: Adam over ``weight`` adds two weights' worth), ``bookkeeping`` (every other
-        buffer: the ID map ``row_ids``/``row_live``, policy state ``row_last_step``/
-        ``row_count``, the admission sketch, counters and the eval snapshot) and ``total``
-        (their sum). Sizes are ``numel * element_size``.
+        ``index`` (what maps IDs to rows: the cuckoo table's buckets and free-row heap, its
+        stats' ``memory_bytes``, plus every buffer that is not optimizer state: the ID map
+        ``row_ids``/``row_live``, policy state ``row_last_step``/``row_count``, the
+        admission sketch and the counters; 0 for the hashing modules, which have none; the
+        eval-mode snapshot that ``torch.compile``/``torch.export`` read is scratch, rebuilt by
+        ``eval()``, and not counted), ``optimizer`` (the fused optimizer's ``opt_*`` buffers; an outer
+        ``torch.optim`` optimizer's state is not the module's and is not counted: Adam over
+        ``weight`` adds two weights' worth) and ``total`` (their sum). Sizes are
+        ``numel * element_size``.
 
         Example::
 
