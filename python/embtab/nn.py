@@ -368,6 +368,21 @@ def _attach_optimizer(module, optimizer) -> None:
         optimizer.attach(module)
 
 
+def _sparse_state_resized(v: Tensor, rows: int, fresh: Optional[Tensor]) -> Tensor:
+    """Sparse per-row optimizer state ``v`` (torch's SGD keeps its momentum sparse for sparse
+    gradients) with ``rows`` rows: the old ID rows kept (the old zero row dropped), the rows
+    ``fresh`` (handed to new IDs) removed. A row absent from a sparse state is 0, the fresh
+    value of every sparse state torch keeps."""
+    idx, val = v._indices(), v._values()  # as stored: the kept entries keep their order
+    keep = idx[0] < min(v.shape[0], rows) - 1
+    if fresh is not None and fresh.numel():
+        keep &= ~torch.isin(idx[0], fresh.to(idx.device))
+    out = torch.sparse_coo_tensor(
+        idx[:, keep], val[keep], (rows, *v.shape[1:]), check_invariants=True
+    )
+    return out.coalesce() if v.is_coalesced() else out
+
+
 def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
     """Gradient `g` of a smaller weight (its last row is the old zero row) as one of `shape`."""
     keep = min(g.shape[0], shape[0]) - 1
@@ -803,6 +818,9 @@ class _CuckooBase(nn.Module):
                 if not isinstance(v, Tensor) or v.dim() != p.dim() or v.shape[1:] != p.shape[1:]:
                     continue
                 fill = fresh(holder)
+                if v.is_sparse:  # SGD's momentum of sparse gradients (fresh value 0)
+                    st[key] = _sparse_state_resized(v, W, rows)
+                    continue
                 if v.shape[0] != W:
                     nv = torch.full((W, *p.shape[1:]), fill, dtype=v.dtype, device=v.device)
                     keep = min(v.shape[0], W) - 1
