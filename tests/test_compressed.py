@@ -429,3 +429,33 @@ def test_cuckoo_memory_bytes_hand_computed(kw):
         book += R * 8 + 8 + emb.admission_sketch.numel() * 8
     assert mb["index"] == st["memory_bytes"] + book
     assert mb["total"] == sum(v for k, v in mb.items() if k != "total")
+
+
+# compile ////////////////////////////////////////////////////////////////////////////////////////
+
+
+@pytest.mark.parametrize("kind", ["qr_emb", "qr_bag", "double_emb", "double_bag"])
+def test_compile_fullgraph_equals_eager(kind):
+    torch._dynamo.reset()
+    mod = (EMB if kind.endswith("emb") else BAG)[
+        "qr_mult" if kind.startswith("qr") else "double"](padding_id=PAD, seed=3)
+    if kind.endswith("bag"):
+        mod.mode = "max"
+    args = (IDS, torch.tensor([0, 4, 4])) if kind.endswith("bag") else (IDS.reshape(3, 4),)
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    for train in (False, True):  # eval, and training: no fused optimizer, nothing mutates
+        mod.train(train)
+        eager = mod(*args)
+        got = compiled(*args)
+        assert torch.equal(got, eager)
+    (g,) = torch.autograd.grad(got.sum(), [next(mod.parameters())])
+    (e,) = torch.autograd.grad(eager.sum(), [next(mod.parameters())])
+    assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("kind", ["qr_mult", "double"])
+def test_export_eval_equals_eager(kind):
+    mod = BAG[kind](mode="sum", padding_id=PAD, seed=3).eval()
+    args = (IDS, torch.tensor([0, 4, 4]), torch.rand(len(IDS)))
+    ep = torch.export.export(mod, args)
+    assert torch.equal(ep.module()(*args), mod(*args))

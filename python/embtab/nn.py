@@ -4,11 +4,14 @@
 offline remapping pass) through an :class:`embtab.CuckooTable`, and grow, admit and evict IDs by
 policy. ``HashedEmbedding`` / ``HashedEmbeddingBag`` are the hashing-trick baseline
 (row = ``mix64(id, seed) % m``) with the same signatures, so an experiment swaps one class for
-the other at equal memory.
+the other at equal memory. ``QREmbedding(Bag)`` (the quotient-remainder trick) and
+``DoubleHashedEmbedding(Bag)`` (the sum of two hashed rows) are compressed baselines from the
+literature with the same signatures; every module reports its bytes with ``memory_bytes()``.
 
-Conventions shared by all four modules
---------------------------------------
-* ``weight`` has shape ``[num_embeddings + 1, embedding_dim]``. The last row,
+Conventions shared by the modules
+---------------------------------
+* ``weight`` has shape ``[num_embeddings + 1, embedding_dim]`` (the quotient-remainder modules:
+  each of their two tables, ``quotient.weight`` and ``remainder.weight``). The last row,
   ``weight[num_embeddings]``, is the *zero row*: ``padding_id``, not-yet-admitted IDs and (in
   ``eval()`` mode) unknown IDs read it; it is passed to torch as ``padding_idx``, so it stays
   zero and gets no gradient, and in bags it is left out of the reduction (as
@@ -18,8 +21,9 @@ Conventions shared by all four modules
 * The ID -> row remap runs on CPU in C++ with the GIL released, on NumPy views of the ID
   tensor; ``weight`` may live on another device.
 * In ``eval()`` mode every module traces with no graph break (``torch.compile(...,
-  fullgraph=True)``, ``torch.export``): the hashed modules through the custom operator
-  ``embtab::hashed_rows``, the cuckoo modules through a frozen snapshot of their ID map
+  fullgraph=True)``, ``torch.export``): the hashed, quotient-remainder and double-hashed
+  modules through the custom operator ``embtab::hashed_rows`` (also in training mode without
+  a fused optimizer), the cuckoo modules through a frozen snapshot of their ID map
   (sorted ID and row buffers, looked up with ``torch.searchsorted``) that ``.eval()`` brings up
   to date. In training mode the cuckoo modules' forward inserts IDs into the native table and
   breaks the graph. See docs/site/guide/modules.md, "Compile and export".
