@@ -459,3 +459,17 @@ def test_export_eval_equals_eager(kind):
     args = (IDS, torch.tensor([0, 4, 4]), torch.rand(len(IDS)))
     ep = torch.export.export(mod, args)
     assert torch.equal(ep.module()(*args), mod(*args))
+
+
+def test_collection_memory_bytes_sums_its_tables():
+    from embtab.nn import CuckooEmbeddingBagCollection, EmbeddingBagConfig
+
+    ebc = CuckooEmbeddingBagCollection(
+        [EmbeddingBagConfig(num_embeddings=8, embedding_dim=4, name="a", feature_names=["x"]),
+         EmbeddingBagConfig(num_embeddings=4, embedding_dim=2, name="b", feature_names=["y"])],
+        optimizer=eo.RowWiseAdagrad(),
+    )
+    a, b = ebc.embedding_bags["a"].memory_bytes(), ebc.embedding_bags["b"].memory_bytes()
+    assert a["weights"] == 9 * 4 * 4 and b["weights"] == 5 * 2 * 4
+    assert ebc.memory_bytes() == {k: a[k] + b[k] for k in a}
+    assert ebc.memory_bytes()["optimizer"] == 9 * 4 + 8 + 5 * 4 + 8

@@ -2182,6 +2182,13 @@ class _BagCollection(nn.Module):
         ``forward(..., concat=True)``)."""
         return [self._dim_of[f] for f in self.feature_names]
 
+    def memory_bytes(self) -> dict:
+        """Bytes held by the collection: the sum over its tables of
+        :meth:`CuckooEmbedding.memory_bytes` (``weights``, ``index``, ``optimizer``, ``total``);
+        ``module.embedding_bags[name].memory_bytes()`` gives one table's."""
+        parts = [bag.memory_bytes() for bag in self.embedding_bags.values()]
+        return {k: sum(p[k] for p in parts) for k in ("weights", "index", "optimizer", "total")}
+
     def extra_repr(self) -> str:
         return (
             f"features={len(self.feature_names)}, tables={len(self.tables)}"
