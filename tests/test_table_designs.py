@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from embtab.data import power_law, train_test_split
-from embtab.nn import CuckooEmbedding, HashedEmbedding, OnFull
+from embtab.nn import (
+    CuckooEmbedding,
+    DoubleHashedEmbedding,
+    HashedEmbedding,
+    OnFull,
+    QREmbedding,
+)
 from embtab.train import (
     TrainConfig,
     build_model,
@@ -39,6 +45,10 @@ DESIGNS = [
      CuckooEmbedding, 60, CuckooEmbedding, 90, OnFull.GROW),
     ({"on_full": "evict_lru", "rows_per_id": 0.5, "hash_users": True, "expire_after": 3},
      CuckooEmbedding, 30, CuckooEmbedding, 45, OnFull.EVICT_LRU),
+    ({"table": "double_hashed", "rows_per_id": 0.25, "hash_users": True},
+     DoubleHashedEmbedding, 15, DoubleHashedEmbedding, 22, None),
+    # QR: num_embeddings = the virtual rows V, num_collisions = ceil(sqrt(V))
+    ({"table": "qr", "rows_per_id": 2.0}, CuckooEmbedding, 60, QREmbedding, 180, None),
 ]
 
 
@@ -73,6 +83,17 @@ def test_admission_gives_rows_only_from_the_min_count_th_sighting(tiny):
     assert model.items.num_ids == 0 and model.users.num_ids == tiny.n_users
     from embtab.train import item_vectors
     assert torch.count_nonzero(item_vectors(model, tiny)) == 0
+
+
+def test_qr_tables_are_the_smallest_for_their_virtual_rows(tiny):
+    # V = 180 virtual rows: num_collisions = ceil(sqrt(180)) = 14 remainder rows and
+    # ceil(180 / 14) = 13 quotient rows; weights (13 + 1 + 14 + 1) x 4 float32
+    from embtab.train import model_bytes
+
+    model = build_model(tiny, TrainConfig(dim=4, table="qr", rows_per_id=2.0))
+    assert model.items.num_collisions == 14 and model.items.num_quotients == 13
+    users = model_bytes(build_model(tiny, TrainConfig(dim=4)))["weights"] - 91 * 16
+    assert model_bytes(model)["weights"] == users + (13 + 1 + 14 + 1) * 16
 
 
 def test_expiry_gives_rows_back(tiny):

@@ -16,6 +16,12 @@ see experiment E1). Both tables are ``embtab.nn`` modules fed the **raw 64-bit I
   sampled negatives); an ID without a row reads the zero vector.
 * ``table="hashed"``: :class:`embtab.nn.HashedEmbedding` with
   ``m = max(1, round(rows_per_id * n))`` rows, row = ``mix64(id, seed) % m``.
+* ``table="double_hashed"``: :class:`embtab.nn.DoubleHashedEmbedding`, ``m`` rows as above,
+  each ID the sum of two rows chosen by two hashes.
+* ``table="qr"``: :class:`embtab.nn.QREmbedding` (quotient-remainder, Shi et al. 2020) over
+  ``V = max(1, round(rows_per_id * n))`` virtual rows with ``num_collisions = ceil(sqrt(V))``
+  (the smallest tables: ``ceil(V / num_collisions) + num_collisions`` rows stored), the two
+  rows multiplied elementwise.
 
 ``n`` is the number of distinct IDs of the table (items, or users). The item table takes the
 design above; the user table is a plain collisionless cuckoo table unless ``hash_users=True``,
@@ -97,7 +103,7 @@ __all__ = [
     "user_vectors",
 ]
 
-_TABLES = ("cuckoo", "hashed")
+_TABLES = ("cuckoo", "hashed", "qr", "double_hashed")
 _ON_FULL = ("grow", "evict_lru", "evict_lfu")
 _OPTIMIZERS = ("adam", "adagrad")
 _LOSSES = ("bpr", "softmax")
@@ -111,11 +117,12 @@ class TrainConfig:
     ----------
     dim : int
         Embedding dimension d (>= 1).
-    table : {"cuckoo", "hashed"}
+    table : {"cuckoo", "hashed", "qr", "double_hashed"}
         Item (and with ``hash_users`` user) table kind, see the module docstring.
     rows_per_id : float
-        Rows m per distinct ID n (m/n > 0): the rows of a hashed table, the row cap of a cuckoo
-        table with an eviction policy. A cuckoo table with ``on_full="grow"`` holds every ID,
+        Rows m per distinct ID n (m/n > 0): the rows of a hashed or double-hashed table, the
+        virtual rows of a quotient-remainder table, the row cap of a cuckoo table with an
+        eviction policy. A cuckoo table with ``on_full="grow"`` holds every ID,
         so it needs the default 1.
     hash_users : bool
         The user table takes the item table's design (kind, ``rows_per_id``, policies)
@@ -369,6 +376,15 @@ def _make_table(kind: str, n_ids: int, config: TrainConfig, salt: int,
     rows = max(1, round(config.rows_per_id * n_ids))
     if config.table == "hashed":
         return HashedEmbedding(rows, dim, init=init, seed=seed)
+    if config.table == "qr":
+        from embtab.nn import QREmbedding
+
+        return QREmbedding(rows, dim, num_collisions=math.isqrt(rows - 1) + 1, init=init,
+                           seed=seed)
+    if config.table == "double_hashed":
+        from embtab.nn import DoubleHashedEmbedding
+
+        return DoubleHashedEmbedding(rows, dim, init=init, seed=seed)
     return CuckooEmbedding(rows, dim, init=init, seed=seed, on_full=config.on_full,
                            min_count=config.min_count, admission_eps=config.admission_eps,
                            admission_delta=config.admission_delta,

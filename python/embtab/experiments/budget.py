@@ -94,6 +94,11 @@ DESIGNS = {
                      "hashing trick on the items (m rows that fit), users collisionless"),
     "hashed": ({"table": "hashed", "hash_users": True},
                "hashing trick on users and items, m/n rows each"),
+    "qr": ({"table": "qr", "hash_users": True},
+           "quotient-remainder tables (Shi et al. 2020) for users and items, V virtual rows, "
+           "ceil(V / sqrt V) + sqrt V stored"),
+    "double-hashed": ({"table": "double_hashed", "hash_users": True},
+                      "double hashing for users and items: each ID the sum of two of m rows"),
     "cuckoo-lru": ({"on_full": "evict_lru", "hash_users": True},
                    "cuckoo tables capped at m/n rows, least recently used evicted"),
     "cuckoo-lfu": ({"on_full": "evict_lfu", "hash_users": True},
@@ -181,7 +186,9 @@ def design_config(design: str, data: Interactions, budget_bytes: float,
             return None, "its ID index and one dimension exceed the budget"
         return cfg_for(d), None
     if "on_full" not in fields:
-        m = _largest(fits, 1, 64 * n_items)
+        # QR's stored rows grow as 2 sqrt(V): its virtual rows V may reach n^2 and beyond
+        hi = 64 * n_items if fields.get("table") != "qr" else 64 * n_items * n_items
+        m = _largest(fits, 1, hi)
         if m is None:
             return None, "one row per table exceeds the budget"
         return cfg_for(m), None
