@@ -51,7 +51,7 @@ def test_online_training_passes_over_each_window_exactly_once():
     d = tiny(interactions_per_window=5)
     w = time_windows(d)
     users = _Recorder(CuckooEmbedding(8, 4))
-    t = OnlineTrainer(users, CuckooEmbedding(8, 4), TrainConfig(dim=4, batch_size=16))
+    t = OnlineTrainer(users, CuckooEmbedding(8, 4), TrainConfig(dim=4, batch_size=64))
     for k in range(4):
         users.seen.clear()
         part = d.subset(w == k)
@@ -222,13 +222,13 @@ def test_cli_experiment_stream_quick(tmp_path, capsys):
 
 def test_stream_on_movielens_100k():
     path = shared_data("ml-100k")
-    res = run_stream(f"movielens:{path}", seeds=1, n_windows=3,
+    res = run_stream(f"movielens:{path}", seeds=1, n_windows=2,
                      designs=("hashed", "cuckoo-grow"), progress=False)
     assert res["dataset"]["interactions"] == 100_000
     assert res["config"]["window_interactions"] == np.bincount(
-        time_windows(load_dataset(f"movielens:{path}"), 3)).tolist()
+        time_windows(load_dataset(f"movielens:{path}"), 2)).tolist()
     mf = [r for r in res["rows"] if r["model"] == "mf"]
-    assert {r["window"] for r in mf} == {1, 2}
+    assert {r["window"] for r in mf} == {1} and len(mf) == 2
     assert all(0.0 <= r["recall@10"] <= 1.0 for r in mf)
 
 
