@@ -184,29 +184,23 @@ def _masked_top(scores: np.ndarray, ev: _Eval) -> np.ndarray:
 
 
 #: Each design as the :class:`embtab.train.TrainConfig` fields of its item table
-#: (``cuckoo-expire``: the growing table, given ``expire_after``).
+#: (``expire_after=None`` is replaced by the run's ``expire_after``).
 DESIGN_FIELDS = {
     "hashed": {"table": "hashed"},
     "cuckoo-grow": {"table": "cuckoo", "on_full": "grow"},
     "cuckoo-lru": {"table": "cuckoo", "on_full": "evict_lru"},
     "cuckoo-lfu": {"table": "cuckoo", "on_full": "evict_lfu"},
-    "cuckoo-expire": {"table": "cuckoo", "on_full": "grow"},
+    "cuckoo-expire": {"table": "cuckoo", "on_full": "grow", "expire_after": None},
 }
 
 
 def _trainer(design: str, cfg: TrainConfig, start_rows: int, user_rows: int,
              expire_after: int) -> OnlineTrainer:
     """A trainer over the empty tables of ``design`` (:meth:`OnlineTrainer.empty`)."""
-    t = OnlineTrainer.empty(TrainConfig(**{**cfg.to_dict(), **DESIGN_FIELDS[design]}),
-                            user_rows, start_rows)
-    if design == "cuckoo-expire":
-        from embtab.nn import CuckooEmbedding
-
-        grow = t.model.items            # same rows, init and seed, plus expiry
-        t = OnlineTrainer(t.model.users, CuckooEmbedding(
-            grow.num_embeddings, grow.embedding_dim, init=grow.init, seed=grow.seed,
-            expire_after=expire_after), t.config)
-    return t
+    fields = {k: (expire_after if k == "expire_after" else v)
+              for k, v in DESIGN_FIELDS[design].items()}
+    return OnlineTrainer.empty(TrainConfig(**{**cfg.to_dict(), **fields}), user_rows,
+                               start_rows)
 
 
 def item_table_bytes(trainer: OnlineTrainer) -> dict:
