@@ -15,12 +15,8 @@ from embtab import metrics, rerank
 from embtab.data import load_dataset, power_law, train_test_split
 from embtab.experiments import REGISTRY
 from embtab.experiments.feedback import accept_probability
-from embtab.experiments.personas import (
-    attention_lists,
-    consumed_utility,
-    findings,
-    run_personas,
-)
+from embtab.experiments.attention import attention_lists, consumed_utility
+from embtab.experiments.personas import findings, run_personas
 
 SPEC = "synthetic:crowding=1,n_users=120,n_items=200,interactions_per_user=15"
 

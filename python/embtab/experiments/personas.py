@@ -13,14 +13,12 @@ better than Steck's calibration? docs/experiments.md ("E6") states the protocol;
   (:func:`embtab.experiments.tuning.tune`) and reused for every seed;
 * arms: each model's own top-10, the same candidates reranked by Steck's calibration
   (:func:`embtab.experiments.calibration.calibrated_lists`, λ = 0.5, C = 100), and by the
-  limited-attention reranker (:func:`attention_lists`, budget c); the oracle (top-10 of the
+  limited-attention reranker (:func:`embtab.experiments.attention.attention_lists`, budget
+  c); the oracle (top-10 of the
   truth) when there is one;
 * metrics: E3's (recall, ndcg, miscalibration, ``minority_share@10`` against the history), the
   truth metrics (``excess_arp@10`` ...), and ``consumed_utility@10`` with budget c
-  (:func:`consumed_utility`, docs/metrics.md).
-
-:func:`attention_lists` and :func:`consumed_utility` are also what the feedback loop uses for
-its limited-attention arm and its consumption measure.
+  (:func:`embtab.experiments.attention.consumed_utility`, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -31,17 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embtab import metrics, rerank
 from embtab._research import K, topk_indices
 from embtab.data import Interactions
-from embtab.experiments.calibration import (
-    calibrated_lists,
-    categories,
-    minmax,
-    minority_share,
-    user_mix,
-)
-from embtab.experiments.feedback import accept_probability
+from embtab.experiments.attention import attention_lists, consumed_utility
+from embtab.experiments.calibration import calibrated_lists, categories, minority_share
 from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
@@ -52,8 +43,8 @@ from embtab.experiments.truth import TruthReference, total_relevance
 from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
 from embtab.train import score_matrix
 
-__all__ = ["DEFAULT_DATASET", "QUICK_DATASET", "attention_lists", "consumed_utility",
-           "contrasts", "findings", "plot", "plot_personas", "run_personas", "section"]
+__all__ = ["DEFAULT_DATASET", "QUICK_DATASET", "contrasts", "findings", "plot",
+           "plot_personas", "run_personas", "section"]
 
 #: The data set of ``dataset="synthetic"``: generator v2's 70/30 crowding-out setting.
 DEFAULT_DATASET = "synthetic:crowding=1,n_users=1000,n_items=1500,interactions_per_user=30"
@@ -62,71 +53,6 @@ QUICK_DATASET = "synthetic:crowding=1,n_users=500,n_items=750,interactions_per_u
 
 METRICS = ("recall@10", "ndcg@10", "miscalibration@10", "minority_share@10", "excess_arp@10",
            "consumed_utility@10")
-
-
-def attention_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarray,
-                    candidates: int, budget: int, k: int = K, *, users=None) -> np.ndarray:
-    """Limited-attention reranking of the top-``candidates`` items by score, [n, k] item ids.
-
-    ``scores`` [n, I] are the users' masked scores (rows = ``users``, default all users of
-    ``train``). Candidates are the top-C by score, their scores min-max scaled per user (as
-    E3) to marginal consumption probabilities s; the intents are the categories of
-    ``item_dist``, weighted by the user's training category mix, and
-    ``rel_g = min(1, s · w(i, g) / π_g)`` (:func:`embtab.rerank.intent_relevance`); the lists
-    maximise expected consumption with budget ``budget`` greedily
-    (:func:`embtab.rerank.limited_attention`). A user without a category mix gets uniform
-    intent weights.
-    """
-    rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
-    C = min(int(candidates), scores.shape[1])
-    values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
-    scaled = minmax(values.astype(np.float64))
-    target = user_mix(train, item_dist)[rows]
-    empty = target.sum(axis=1) == 0
-    target[empty] = 1.0 / target.shape[1]
-    rel = rerank.intent_relevance(scaled, item_dist, target, cand)
-    return rerank.limited_attention(rel, k, int(budget), intent_weights=target,
-                                     candidates=cand)
-
-
-def consumed_utility(top: np.ndarray, budget: int, *, truth=None,
-                     test: Interactions | None = None, k: int = K) -> float:
-    """``consumed_utility@k`` with budget ``budget`` of lists ``top`` [U, >=k] (docs/metrics.md).
-
-    With a ``truth`` whose preference is a factor mix (``user_factors`` θ [U, r],
-    ``factor_item_prob`` φ [r, I], generator v2), the intents are the factors, weighted by θ,
-    and the per-rank consumption probability in intent z is
-    :func:`embtab.experiments.feedback.accept_probability` of φ_z (reference: φ_z's k-th
-    largest item probability). Another truth: one intent, ``accept_probability`` of p(i|u)
-    with the user's k-th largest p as reference. Without a truth: the held-out ``test`` items
-    are the relevant ones (:func:`embtab.metrics.consumed_utility_at_k`).
-    """
-    top = np.asarray(top, dtype=np.int64)[:, :k]
-    U = top.shape[0]
-    if truth is not None and U != truth.n_users:
-        raise ValueError(f"top has {U} rows; the truth has {truth.n_users} users (row u is "
-                         "user u)")
-    if truth is None:
-        if test is None:
-            raise ValueError("consumed_utility needs a truth or the held-out test items")
-        return metrics.consumed_utility_at_k(top, test, budget, k)
-    if hasattr(truth, "user_factors") and hasattr(truth, "factor_item_prob"):
-        phi = np.asarray(truth.factor_item_prob, dtype=np.float64)
-        theta = np.asarray(truth.user_factors, dtype=np.float64)
-        kk = min(k, phi.shape[1])
-        ref = -np.partition(-phi, kk - 1, axis=1)[:, kk - 1]                 # [Z]
-        acc = np.stack([accept_probability(phi[z][top], np.full(U, ref[z]))
-                        for z in range(phi.shape[0])], axis=1)               # [U, Z, k]
-        return float(rerank.expected_consumption(acc, budget, theta).mean())
-    out = np.empty(U)
-    for s in range(0, U, 1024):
-        rows = np.arange(s, min(s + 1024, U))
-        p = truth.prob(rows)
-        kk = min(k, p.shape[1])
-        ref = -np.partition(-p, kk - 1, axis=1)[:, kk - 1]
-        acc = accept_probability(np.take_along_axis(p, top[rows], axis=1), ref)
-        out[rows] = rerank.expected_consumption(acc, budget)
-    return float(out.mean())
 
 
 def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int = 32,
