@@ -180,3 +180,20 @@ def test_model_bytes_count_weights_index_and_adams_state(tiny):
     # Adagrad keeps one tensor per weight
     ada = fit(tiny, TrainConfig(dim=4, epochs=1, optimizer="adagrad"), quiet=True)
     assert ada.optimizer_bytes == got["weights"] + 8
+
+
+def test_collision_share_of_two_row_tables(tiny):
+    # double hashing over 2 rows: 90 items on the 4 distinct (unordered or not) pairs of rows
+    # (0,0), (0,1), (1,0), (1,1): every item shares its pair with another one
+    from embtab.train import collision_share
+
+    m = build_model(tiny, TrainConfig(dim=4, table="double_hashed", rows_per_id=2 / 90))
+    got = collision_share(m, tiny)
+    assert got["collision_share"] == 1.0 and got["rows"] == 2
+    # QR over V = 90 * 8 virtual rows: shared pairs are exactly shared virtual rows
+    qr = build_model(tiny, TrainConfig(dim=4, table="qr", rows_per_id=8.0))
+    pairs = qr.items.lookup(torch.from_numpy(tiny.item_ids.view(np.int64))).numpy()
+    _, inv, counts = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
+    expect = float((counts[inv.ravel()] > 1).mean())
+    assert collision_share(qr, tiny)["collision_share"] == pytest.approx(expect)
+    assert collision_share(qr, tiny)["rows"] == qr.items.num_quotients + qr.items.num_collisions

@@ -683,7 +683,10 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
     Returns ``{"collision_share", "collision_theory", "rows", "ids"}``: the share of distinct
     item IDs that share their row with another item ID, and the uniform-hashing expectation
     ``1 - exp(-n/m)`` (n IDs, m rows; exact: ``1 - (1 - 1/m)^(n-1)``). A cuckoo table has
-    share 0 by construction (checked: distinct IDs hold distinct rows).
+    share 0 by construction (checked: distinct IDs hold distinct rows). A table that gives
+    each ID two rows (quotient-remainder, double hashing) counts the IDs whose pair of rows is
+    another ID's (the same vector); ``collision_theory`` is then 0 and ``rows`` the rows
+    stored.
     """
     n = data.n_items
     ids = _ids(data.item_ids)
@@ -694,6 +697,11 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
         return {"collision_share": rep["colliding_id_share"],
                 "collision_theory": float(1.0 - math.exp(-n / m)), "rows": int(m), "ids": n}
     rows = tab.lookup(ids).numpy()
+    if rows.ndim == 2:  # two rows per ID: the same vector means the same pair
+        _, counts = np.unique(rows, axis=0, return_counts=True)
+        stored = sum(int(p.shape[0]) - 1 for p in tab.parameters())
+        return {"collision_share": float(counts[counts > 1].sum() / max(n, 1)),
+                "collision_theory": 0.0, "rows": stored, "ids": n}
     rows = rows[rows >= 0]  # IDs without a row (not admitted, evicted) share nothing
     _, counts = np.unique(rows, return_counts=True)
     shared = float((counts[counts > 1]).sum() / max(n, 1))
