@@ -1,20 +1,27 @@
-"""E5 feedback loop: mechanics of a tiny seeded loop, results/plots/report plumbing."""
+"""E5 feedback loop: controls, drift, matched-pair homogenisation, results/plots/report, CLI."""
 
 import json
 
 import numpy as np
 import pytest
 
-from embtab.data import power_law
+from embtab.data import GroundTruth, power_law, power_law_v2
 from embtab.feedback import (
     ARMS,
+    Arm,
+    DriftingTruth,
     FeedbackLoop,
     ModelTruth,
     accept_probability,
+    contrasts,
+    equal_bytes_rows_per_id,
+    matched_pairs,
     plot_feedback,
     render_section,
     run_feedback,
 )
+
+TINY_SPEC = "synthetic:n_users=30,n_items=50,n_genres=4,interactions_per_user=5,rank=4"
 
 
 @pytest.fixture(scope="module")
@@ -22,37 +29,216 @@ def tiny():
     return power_law(n_users=40, n_items=60, n_genres=4, interactions_per_user=6, seed=2)
 
 
+@pytest.fixture(scope="module")
+def tiny_v2():
+    return power_law_v2(n_users=40, n_items=60, n_genres=4, interactions_per_user=6, rank=4,
+                        seed=2)
+
+
+def _loop(data, arms, **kw):
+    kw = {"seed": 0, "rounds": 3, "epochs_first": 2, "epochs_per_round": 1, "candidates": 30,
+          **kw}
+    return FeedbackLoop(data, data.truth, arms=arms, **kw)
+
+
 def test_loop_mechanics(tiny):
-    loop = FeedbackLoop(tiny, tiny.truth, arms=tuple(ARMS), seed=0, epochs_first=2,
-                        epochs_per_round=1, candidates=30, jaccard_pairs=200)
-    before = {a: loop.data[a].n_interactions for a in loop.arms}
+    loop = _loop(tiny, tuple(ARMS))
+    before = {a: loop.data[a].n_interactions for a in ARMS}
     for _ in range(3):
-        prev = {a: loop.consumed[a].copy() for a in loop.arms}
+        prev = {a: loop.consumed[a].copy() for a in ARMS}
         rows = loop.step()
         for row in rows:
             a = row["arm"]
             added = int(loop.consumed[a].sum() - prev[a].sum())
-            # data grows by exactly the accepted items (none were consumed before)
+            # consumption grows by exactly the accepted items (none were consumed before)
             assert added == round(row["accepted"] * tiny.n_users)
-            if ARMS[a].get("feedback", True):
+            if ARMS[a].data == "feedback":
                 assert loop.data[a].n_interactions == before[a] + added
-                assert np.array_equal(loop.consumed[a][loop.data[a].users, loop.data[a].items],
-                                      np.ones(loop.data[a].n_interactions, bool))
+                assert loop.consumed[a][loop.data[a].users, loop.data[a].items].all()
                 assert loop.consumed[a].sum() == loop.data[a].n_interactions
-            else:
-                assert loop.data[a].n_interactions == before[a]
+            elif ARMS[a].data == "frozen":
+                assert loop.data[a].n_interactions == tiny.n_interactions
             before[a] = loop.data[a].n_interactions
         byarm = {r["arm"]: r for r in rows}
-        assert byarm["oracle"]["utility_ratio"] == 1.0
+        assert byarm["oracle"]["utility_ratio"] == 1.0 and byarm["oracle"]["homogenisation"] == 0
         assert byarm["oracle"]["accepted"] > 0
         for r in rows:
             assert 0 <= r["gini@10"] <= 1 and 0 < r["coverage@10"] <= 1
             assert r["drift"] >= 0 and 0 <= r["jaccard"] <= 1
-    # organic interactions are all still there
+            assert r["homogenisation"] == r["jaccard"] - byarm["oracle"]["jaccard"]
     org = tiny.users * tiny.n_items + tiny.items
-    for a in loop.arms:
+    for a in ARMS:
         d = loop.data[a]
         assert np.isin(org, d.users * d.n_items + d.items).all()
+
+
+def test_frozen_control_trains_once_with_the_feedback_arms_total_epochs(tiny):
+    arms = ("cuckoo-d64", "cuckoo-d64-frozen", "oracle")
+    loop = _loop(tiny, arms, rounds=4, epochs_first=3, epochs_per_round=2)
+    for _ in range(4):
+        loop.step()
+    # the feedback arm: 3 epochs in round 1, then 2 per round -> 3 + 3 * 2 = 9 by round 4
+    assert loop.models["cuckoo-d64"].trainings == [3, 2, 2, 2]
+    assert loop.models["cuckoo-d64-frozen"].trainings == [9]
+    assert loop.frozen_epochs == sum(loop.models["cuckoo-d64"].trainings)
+
+
+def test_exogenous_control_gets_the_feedback_arms_volume_from_the_truth():
+    # user u likes only items 3u..3u+5 of 20 (a truth with holes), so every exogenous draw
+    # must land there and never where p(i|u) = 0
+    U, I = 3, 20
+    mix = np.eye(U)
+    g = np.zeros((U, I))
+    for u in range(U):
+        g[u, 3 * u:3 * u + 6] = 1.0
+    g /= g.sum(axis=1, keepdims=True)
+    base = power_law(n_users=U, n_items=I, n_genres=U, interactions_per_user=1, seed=0)
+    truth = GroundTruth(user_mix=mix, genre_item_prob=g, popularity=np.ones(I), zipf_s=1.0,
+                        beta=0.0)
+    from embtab.data import Interactions
+
+    data = Interactions(name="holes", user_ids=base.user_ids, item_ids=base.item_ids,
+                        users=np.arange(U), items=3 * np.arange(U), item_genres=base.item_genres,
+                        genre_names=base.genre_names, truth=truth)
+    loop = FeedbackLoop(data, truth, arms=("cuckoo-d64", "cuckoo-d64-exo", "oracle"),
+                        rounds=3, epochs_first=1, epochs_per_round=1, k=3)
+    for _ in range(3):
+        n_before = loop.data["cuckoo-d64-exo"].n_interactions
+        loop.step()
+        got = loop.exo_added["cuckoo-d64-exo"]
+        # the matched arm's count per user, capped only by the items u likes at all
+        assert (got <= loop.last_accepted["cuckoo-d64"]).all()
+        assert loop.data["cuckoo-d64-exo"].n_interactions == n_before + got.sum()
+    d = loop.data["cuckoo-d64-exo"]
+    assert (truth.pair_prob(d.users, d.items) > 0).all()
+    pairs = d.users * I + d.items
+    assert np.unique(pairs).size == pairs.size
+
+
+def test_exogenous_volume_equals_the_feedback_arms_per_user(tiny_v2):
+    loop = _loop(tiny_v2, ("cuckoo-d64", "cuckoo-d64-exo", "oracle"))
+    for _ in range(3):
+        n_before = loop.data["cuckoo-d64-exo"].n_interactions
+        loop.step()
+        # plenty of unconsumed items with p > 0: the same count per user, not only in total
+        assert np.array_equal(loop.exo_added["cuckoo-d64-exo"], loop.last_accepted["cuckoo-d64"])
+        assert loop.data["cuckoo-d64-exo"].n_interactions == \
+            n_before + loop.last_accepted["cuckoo-d64"].sum()
+    # its users' accepted items are consumed, but never enter its training data
+    d = loop.data["cuckoo-d64-exo"]
+    in_data = np.zeros_like(loop.consumed["cuckoo-d64-exo"])
+    in_data[d.users, d.items] = True
+    loop_items = loop.consumed["cuckoo-d64-exo"] & ~loop.organic_dense
+    assert loop_items.any() and not (loop_items & in_data).any()
+
+
+def test_exogenous_arm_needs_an_earlier_match(tiny):
+    with pytest.raises(ValueError, match="must be an earlier arm"):
+        FeedbackLoop(tiny, tiny.truth, arms=("cuckoo-d64-exo", "cuckoo-d64"))
+    with pytest.raises(ValueError, match="needs match"):
+        Arm("x", data="exogenous")
+    with pytest.raises(ValueError, match="unknown arm"):
+        FeedbackLoop(tiny, tiny.truth, arms=("nope",))
+
+
+def test_no_drift_leaves_preferences_bit_identical(tiny_v2):
+    p0 = tiny_v2.truth.prob().copy()
+    loop = _loop(tiny_v2, ("cuckoo-d8", "oracle"), eta=0.0)
+    for _ in range(3):
+        rows = loop.step()
+    assert all(r["pref_shift"] == 0.0 for r in rows)
+    for t in loop.truths.values():
+        assert not t.moved
+        assert np.array_equal(t.prob(), p0)
+        assert np.array_equal(t.theta, tiny_v2.truth.user_factors)
+    assert np.array_equal(tiny_v2.truth.prob(), p0)
+
+
+def test_drift_moves_toward_consumed_items_and_stays_normalised(tiny_v2):
+    truth = tiny_v2.truth
+    t = DriftingTruth(truth)
+    # user 0 accepts two items: θ_0 moves by η toward the mean factor profile of the two
+    items = np.array([5, 9])
+    psi = truth.factor_item_prob[:, items] / truth.factor_item_prob[:, items].sum(axis=0)
+    want = 0.8 * truth.user_factors[0] + 0.2 * psi.mean(axis=1)
+    t.drift([0, 0], items, 0.2)
+    assert np.allclose(t.theta[0], want / want.sum())
+    assert np.array_equal(t.theta[1:], truth.user_factors[1:])      # others do not move
+    assert np.allclose(t.theta.sum(axis=1), 1) and (t.theta >= 0).all()
+    p = t.prob()
+    assert np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
+    assert np.allclose(t.pair_prob([0, 3], [9, 2]), [p[0, 9], p[3, 2]])
+    # toward what was consumed: p_t of the consumed items rises for user 0
+    assert (p[0, items] > truth.prob([0])[0, items]).all()
+    # a hand case: θ = (1, 0), an item wholly of factor 1 -> θ = (1 - η, η)
+    g = GroundTruth(user_mix=np.array([[1.0, 0.0]]),
+                    genre_item_prob=np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]),
+                    popularity=np.ones(3), zipf_s=1.0, beta=0.0)
+    h = DriftingTruth(g)
+    h.drift([0], [2], 0.25)
+    assert np.allclose(h.theta, [[0.75, 0.25]])
+    assert np.allclose(h.prob(), [[0.375, 0.375, 0.25]])
+    with pytest.raises(ValueError, match="eta must be in"):
+        h.drift([0], [2], 1.5)
+
+
+def test_drift_on_the_fitted_truth(tiny):
+    mt = ModelTruth(tiny, epochs=1)
+    t = DriftingTruth(mt)
+    u0, i0 = mt.vectors
+    t.drift([1], [4], 0.5)
+    assert np.allclose(t.theta[1], 0.5 * u0[1] + 0.5 * i0[4])
+    assert np.allclose(t.prob().sum(axis=1), 1)
+    assert t.prob()[1, 4] > mt.prob([1])[0, 4]
+
+
+def test_eta_needs_a_driftable_truth(tiny):
+    class Flat:
+        n_users, n_items = tiny.n_users, tiny.n_items
+
+        def prob(self, users=None):
+            n = self.n_users if users is None else len(users)
+            return np.full((n, self.n_items), 1 / self.n_items)
+
+        def pair_prob(self, users, items):
+            return np.full(len(users), 1 / self.n_items)
+
+    with pytest.raises(ValueError, match="eta > 0 needs a mixture or softmax truth"):
+        FeedbackLoop(tiny, Flat(), arms=("random",), eta=0.1)
+    FeedbackLoop(tiny, Flat(), arms=("random",), eta=0.0)
+
+
+def test_matched_pairs_and_jaccard_by_hand():
+    # users 0, 1 like genre 0 (0.9 / 0.8); users 2, 3 genre 1; user 4 is closest to user 3
+    mix = np.array([[0.9, 0.1], [0.8, 0.2], [0.0, 1.0], [0.1, 0.9], [0.2, 0.8]])
+    g = GroundTruth(user_mix=mix, genre_item_prob=np.eye(2), popularity=np.ones(2),
+                    zipf_s=1.0, beta=0.0)
+    pairs = matched_pairs(g)
+    # nearest by cosine: 0->1, 1->0, 2->3, 3->4 (cos 0.999 vs 0.994 for 3->2), 4->3
+    assert pairs.tolist() == [[0, 1], [2, 3], [3, 4]]
+    from embtab.experiments.feedback import _jaccard
+
+    c = np.zeros((5, 4), bool)
+    c[0, [0, 1]] = c[1, [1, 2]] = True          # {0,1} vs {1,2}: 1/3
+    c[2, [3]] = c[3, [3]] = True                # {3} vs {3}: 1
+    # pair (3, 4): {3} vs {}: 0
+    assert _jaccard(c, pairs) == pytest.approx((1 / 3 + 1 + 0) / 3)
+
+
+def test_equal_bytes_hashed_table(tiny):
+    from embtab.train import TrainConfig, build_model, table_bytes
+
+    for dim in (4, 64):
+        r = equal_bytes_rows_per_id(tiny, dim)
+        c = table_bytes(build_model(tiny, TrainConfig(dim=dim)).items)
+        h = table_bytes(build_model(tiny, TrainConfig(dim=dim, table="hashed",
+                                                      rows_per_id=r)).items)
+        # the hashed weights take the cuckoo weights + ID map, to rounding and one spare row
+        assert h["index"] == 0 and r > 1.0
+        assert abs(h["weights"] - (c["weights"] + c["index"])) <= 4 * dim * 1.5
+    loop = _loop(tiny, ("hashed-d64",))
+    assert loop.models["hashed-d64"].model.items.num_embeddings == round(
+        loop.rows_per_id["hashed-d64"] * tiny.n_items)
 
 
 def test_acceptance_probability_and_seeding(tiny):
@@ -60,22 +246,41 @@ def test_acceptance_probability_and_seeding(tiny):
     a = accept_probability(pref, np.array([0.1]))
     assert np.allclose(a, [[1.0, 1 / np.log2(3), 0.5 / 2.0]])
     kw = {"rounds": 2, "arms": ("oracle", "random", "hashed-d8"), "epochs_first": 1,
-          "epochs_per_round": 1, "jaccard_pairs": 100, "progress": False}
+          "epochs_per_round": 1, "etas": (0.0,), "progress": False, "seeds": 1}
     r1, r2 = run_feedback(tiny, **kw), run_feedback(tiny, **kw)
-    assert r1["rows"] == r2["rows"]
+    assert json.dumps(r1["rows"]) == json.dumps(r2["rows"])      # NaN-aware: same bits
     assert {(r["round"], r["arm"]) for r in r1["rows"]} == {
         (t, a) for t in range(3) for a in kw["arms"]}
 
 
-def test_outputs(tiny, tmp_path):
-    res = run_feedback(tiny, rounds=2, arms=("cuckoo-d64", "cuckoo-d64+cal", "oracle", "random"),
-                       epochs_first=1, epochs_per_round=1, candidates=20, jaccard_pairs=100,
-                       progress=False)
+def test_outputs(tiny_v2, tmp_path):
+    res = run_feedback(tiny_v2, seeds=2, rounds=2, arms=(
+        "cuckoo-d64", "cuckoo-d64+steck", "cuckoo-d64-frozen", "oracle", "random"),
+        etas=(0.0, 0.2), epochs_first=1, epochs_per_round=1, candidates=20, progress=False)
     json.dumps(res, allow_nan=True)
+    rows = res["rows"]
+    assert {"arm", "round", "seed", "eta", "homogenisation", "utility_gini",
+            "drift:niche"} <= set(rows[-1])
+    assert len(rows) == 2 * 2 * 3 * 5
+    s = next(e for e in res["summary"] if e["arm"] == "cuckoo-d64" and e["round"] == 2
+             and e["eta"] == 0.2)
+    assert s["n"] == 2 and {"mean", "sd", "ci95_low", "ci95_high"} <= set(s["homogenisation"])
+    c = [x for x in res["contrasts"] if x["arm"] == "cuckoo-d64+steck"
+         and x["metric"] == "homogenisation"]
+    assert {x["eta"] for x in c} == {0.0, 0.2}
+    got = next(x for x in c if x["eta"] == 0.0 and x["versus"] == "cuckoo-d64")["difference"]
+    per_seed = [next(r["homogenisation"] for r in rows if r["arm"] == a and r["round"] == 2
+                     and r["eta"] == 0.0 and r["seed"] == s) for a in ("cuckoo-d64+steck",
+                                                                      "cuckoo-d64")
+                for s in (0, 1)]
+    assert got["mean"] == pytest.approx(np.mean([per_seed[0] - per_seed[2],
+                                                 per_seed[1] - per_seed[3]]))
+    assert contrasts(rows) == res["contrasts"]
     p = plot_feedback(res, tmp_path / "e5.png")
     assert p.exists() and p.stat().st_size > 0
     text = "\n".join(render_section(res, [p.name]))
-    assert "E5" in text and "cuckoo-d64+cal" in text
+    assert "## E5" in text and "cuckoo-d64+steck" in text and "ideal" in text
+    assert "η = 0.2" in text
 
 
 def test_model_truth(tiny):
@@ -83,22 +288,23 @@ def test_model_truth(tiny):
     p = t.prob([0, 1, 2])
     assert p.shape == (3, tiny.n_items) and np.allclose(p.sum(1), 1)
     assert np.allclose(t.pair_prob([1, 2], [5, 7]), [p[1, 5], p[2, 7]])
-    # the same protocol as the planted truth: code written for one takes the other
     from embtab.data import Truth
 
     assert isinstance(t, Truth) and isinstance(tiny.truth, Truth)
     assert (t.n_users, t.n_items) == (tiny.truth.n_users, tiny.truth.n_items)
 
 
-def test_cli_experiment_feedback(tmp_path, capsys):
+def test_cli_experiment_feedback_quick(tmp_path, capsys):
     from embtab.cli import main
 
     out = tmp_path / "e5"
-    rc = main(["experiment", "feedback", "--quiet", "--seeds", "1", "--out", str(out),
-               "--dataset", "synthetic:n_users=30,n_items=50,n_genres=4,interactions_per_user=5"])
+    rc = main(["experiment", "feedback", "--quick", "--quiet", "--seeds", "2", "--out", str(out),
+               "--dataset", TINY_SPEC])
     assert rc == 0
     capsys.readouterr()
     res = json.loads((out / "feedback.json").read_text())
-    assert res["experiment"] == "feedback" and {"round", "arm"} <= set(res["rows"][0])
+    assert res["experiment"] == "feedback" and res["config"]["quick"]
+    assert res["config"]["rounds"] == 5 and {"round", "arm", "eta"} <= set(res["rows"][0])
+    assert {"ci95_low", "ci95_high"} <= set(res["summary"][0]["jaccard"])
     assert (out / "feedback.png").exists()
     assert "## E5" in (out / "report.md").read_text()

@@ -6,19 +6,28 @@ keeps the import path ``embtab.feedback`` and re-exports its public names.
 
 from embtab.experiments.feedback import (
     ARMS,
+    BASE_ARM,
     DEFAULT_DATASET,
+    DEFAULT_ETAS,
     METRICS,
-    MINORITY,
+    QUICK,
+    RERANKERS,
+    Arm,
+    DriftingTruth,
     FeedbackLoop,
     ModelTruth,
     accept_probability,
+    contrasts,
+    equal_bytes_rows_per_id,
     feedback_table,
     feedback_text,
+    matched_pairs,
     plot_feedback,
     render_section,
     run_feedback,
 )
 
-__all__ = ["ARMS", "DEFAULT_DATASET", "METRICS", "MINORITY", "FeedbackLoop", "ModelTruth",
-           "accept_probability", "feedback_table", "feedback_text", "plot_feedback",
-           "render_section", "run_feedback"]
+__all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
+           "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
+           "accept_probability", "contrasts", "equal_bytes_rows_per_id", "feedback_table",
+           "feedback_text", "matched_pairs", "plot_feedback", "render_section", "run_feedback"]

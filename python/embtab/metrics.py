@@ -71,6 +71,7 @@ __all__ = [
     "evaluate",
     "excess_arp_at_k",
     "exposure_counts",
+    "gini",
     "gini_at_k",
     "head_items",
     "item_counts",
@@ -496,12 +497,29 @@ def gini_at_k(topk, n_items: int, k: int = 10) -> float:
         >>> gini_at_k([[0], [0]], 2, k=1)   # counts [0, 2]: (-1*0 + 1*2) / (2*2) = 0.5
         0.5
     """
-    c = np.sort(exposure_counts(topk, n_items, k)).astype(np.float64)
-    total = c.sum()
-    if total == 0:
+    return gini(exposure_counts(topk, n_items, k))
+
+
+def gini(values) -> float:
+    """Gini coefficient of non-negative ``values`` [n]: 0 when all are equal, (n − 1)/n when one
+    holds everything; NaN when they sum to 0 or are empty.
+
+    With v sorted ascending, G = Σ_{i=1..n} (2i − n − 1) v_(i) / (n · Σ v) (the formula of
+    :func:`gini_at_k`, which applies it to exposure counts; E5 to utility across users).
+
+    Example::
+
+        >>> gini([0.0, 0.0, 3.0])   # (-2*0 + 0*0 + 2*3) / (3*3)
+        0.6666666666666666
+    """
+    c = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    n, total = c.size, c.sum()
+    if n == 0 or total == 0:
         return float("nan")
-    i = np.arange(1, n_items + 1, dtype=np.float64)
-    return float(((2 * i - n_items - 1) * c).sum() / (n_items * total))
+    if c[0] < 0 or not np.isfinite(total):
+        raise ValueError(f"values must be finite and >= 0; got min {c[0]}, sum {total}")
+    i = np.arange(1, n + 1, dtype=np.float64)
+    return float(((2 * i - n - 1) * c).sum() / (n * total))
 
 
 def entropy_at_k(topk, n_items: int, k: int = 10) -> float:

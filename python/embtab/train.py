@@ -726,6 +726,12 @@ class ModelTruth(Truth):
         self._i = item_vectors(model, data).double().numpy()
 
     @property
+    def vectors(self) -> tuple:
+        """Copies of the fitted ``(user vectors [U, 32], item vectors [I, 32])``, float64, so
+        p(i|u) = softmax_i(user_vectors[u] @ item_vectors.T)."""
+        return self._u.copy(), self._i.copy()
+
+    @property
     def n_users(self) -> int:
         return self._u.shape[0]
 

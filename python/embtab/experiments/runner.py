@@ -94,12 +94,13 @@ def run_demo(out_dir="embtab-demo", *, progress: bool = True, seeds=3,
     """``embtab demo``: the registry's demo experiments (E1 + E2 + E3 + E5) on ``dataset``.
 
     Minutes on 2 cores with the default synthetic data. E5 (the feedback loop) runs on its own
-    smaller default data set (:data:`embtab.experiments.feedback.DEFAULT_DATASET`) when
-    ``dataset`` is ``"synthetic"``. Uses the default :class:`embtab.train.TrainConfig`
-    (10 epochs) and 3 seeds; E3 with both candidate counts. See :func:`run_experiments` for
-    what is written.
+    quick mode (``run_feedback(quick=True)``: 5 rounds, and its own small data set
+    ``QUICK["dataset"]`` when ``dataset`` is ``"synthetic"``). Uses the default
+    :class:`embtab.train.TrainConfig` (10 epochs) and 3 seeds; E3 with both candidate counts.
+    See :func:`run_experiments` for what is written.
     """
     what = ("synthetic power-law data" if dataset.startswith("synthetic")
             else f"`{dataset}`")
     return run_experiments(demo_names(), out_dir, dataset=dataset, seeds=seeds,
-                           progress=progress, title=f"embtab demo: popularity bias on {what}")
+                           progress=progress, title=f"embtab demo: popularity bias on {what}",
+                           kwargs={"feedback": {"quick": True}})
