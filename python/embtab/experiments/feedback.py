@@ -61,7 +61,9 @@ design (:data:`ARMS`) is one factor at a time around the base arm ``cuckoo-d64``
 interactions (a full 2 × 2 × 3 × 2 factorial would be 24 MF arms per seed and η):
 ``cuckoo-d8`` (low d), ``hashed-d64`` (the item table hashed into as many bytes as the cuckoo
 table at the same d: only collisions change), ``cuckoo-d64+steck`` (Steck's calibrated rerank,
-λ = 0.5, as E3), ``cuckoo-d64+la`` (the limited-attention rerank), the interactions ``hashed-d8`` (low d × hashing, equal bytes at d = 8) and
+λ = 0.5, as E3), ``cuckoo-d64+la`` (the limited-attention rerank), ``cuckoo-d64-p3`` (three AMP-CF persona
+vectors per user, :mod:`embtab.train`, item dimension unchanged, so the user table has three
+times the bytes), the interactions ``hashed-d8`` (low d × hashing, equal bytes at d = 8) and
 ``cuckoo-d8+steck`` (low d × calibration); the controls ``cuckoo-d64-frozen`` and
 ``cuckoo-d64-exo``; the references ``oracle`` (the ideal system: top-k of the current p_t) and
 ``random``.
@@ -171,7 +173,7 @@ class Arm:
     rerank : str
         A key of :data:`RERANKERS` (``"none"``, ``"steck"``, ``"la"``).
     personas : int
-        Vectors per user (1 = the single-vector model).
+        Persona vectors per user (``TrainConfig.personas``; 1 = the single-vector model).
     data : {"feedback", "frozen", "exogenous"}
         What the arm trains on (module docstring).
     match : str
@@ -198,9 +200,6 @@ class Arm:
                              f"{self.rerank!r}")
         if self.data == "exogenous" and not self.match:
             raise ValueError(f"Arm {self.name!r}: an exogenous arm needs match=<arm name>")
-        if self.personas != 1:
-            raise ValueError(f"Arm {self.name!r}: personas={self.personas} is not supported by "
-                             "embtab.train yet")
 
 
 def _steck(scores, data, k, candidates):
@@ -236,6 +235,7 @@ ARMS = {a.name: a for a in (
     Arm("hashed-d64", table="hashed"),
     Arm("cuckoo-d64+steck", rerank="steck"),
     Arm("cuckoo-d64+la", rerank="la"),
+    Arm("cuckoo-d64-p3", personas=3),
     Arm("hashed-d8", dim=8, table="hashed"),
     Arm("cuckoo-d8+steck", dim=8, rerank="steck"),
     Arm("cuckoo-d64-frozen", data="frozen"),
@@ -247,7 +247,8 @@ ARMS = {a.name: a for a in (
 #: The factor each non-base arm changes, for the report.
 _CHANGES = {"cuckoo-d8": "low d (8)", "hashed-d64": "hashed items, equal bytes",
             "cuckoo-d64+steck": "Steck's calibration",
-            "cuckoo-d64+la": "limited-attention reranking", "hashed-d8": "low d × hashed",
+            "cuckoo-d64+la": "limited-attention reranking",
+            "cuckoo-d64-p3": "three personas per user", "hashed-d8": "low d × hashed",
             "cuckoo-d8+steck": "low d × calibration", "cuckoo-d64-frozen": "frozen (no loop)",
             "cuckoo-d64-exo": "exogenous data (no loop)"}
 
@@ -476,7 +477,11 @@ class _MFArm:
                 u = model.users(torch.from_numpy(raw_u[idx]))
                 p = model.items(torch.from_numpy(raw_i[idx]))
                 q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-                loss = -torch.nn.functional.logsigmoid((u * (p - q)).sum(-1)).mean()
+                if cfg.personas == 1:
+                    diff = (u * (p - q)).sum(-1)
+                else:
+                    diff = model.score(u, p, pairs=True) - model.score(u, q, pairs=True)
+                loss = -torch.nn.functional.logsigmoid(diff).mean()
                 if cfg.l2:
                     loss = loss + cfg.l2 * ((u * u).sum() + (p * p).sum()
                                             + (q * q).sum()) / len(idx)
@@ -556,7 +561,8 @@ class FeedbackLoop:
         for a in self.arms:
             if a.kind != "mf":
                 continue
-            kw = {**overrides, "dim": a.dim, "table": a.table, "seed": self.seed}
+            kw = {**overrides, "dim": a.dim, "table": a.table, "personas": a.personas,
+                  "seed": self.seed}
             if a.table == "hashed":
                 kw["rows_per_id"] = equal_bytes_rows_per_id(data, a.dim, self.seed)
                 self.rows_per_id[a.name] = kw["rows_per_id"]
@@ -783,7 +789,7 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *, roun
     if bar is not None:
         bar.close()
     base = TrainConfig(**dict(train_overrides or {})).to_dict()
-    for key in ("dim", "table", "rows_per_id", "seed", "epochs"):
+    for key in ("dim", "table", "rows_per_id", "personas", "seed", "epochs"):
         base.pop(key)
     summary = summary_with_intervals(rows, keys=("eta", "arm", "round"),
                                      skip=("seed", "n_interactions"))
@@ -883,7 +889,7 @@ def _ci(stat: dict, digits: int = 3) -> str:
 
 
 _STYLE = {BASE_ARM: "C1", "cuckoo-d8": "C0", "hashed-d64": "C4", "cuckoo-d64+steck": "C2",
-          "cuckoo-d64+la": "C6",
+          "cuckoo-d64+la": "C6", "cuckoo-d64-p3": "C7",
           "hashed-d8": "C9", "cuckoo-d8+steck": "C8", "cuckoo-d64-frozen": "C3",
           "cuckoo-d64-exo": "C5", "oracle": "k", "random": "0.6"}
 _PANELS = (("homogenisation", "Jaccard − ideal (matched pairs)"),
