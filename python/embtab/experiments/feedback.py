@@ -1003,13 +1003,21 @@ def feedback_text(results: dict) -> list:
                     {**d, "mean": -_num(d["mean"]), "ci95_low": -_num(d["ci95_high"]),
                      "ci95_high": -_num(d["ci95_low"])},
                     f"With η = {eta:g}, the loop itself ({base} minus the {what} control)",
-                    "homogenises consumption", "diversifies consumption",
+                    "makes matched users consume more alike",
+                    "makes matched users consume less alike",
                     metric="Δ(Jaccard − ideal)"))
             else:
                 out.append(direction_sentence(
                     d, f"With η = {eta:g}, {what} (**{arm}** minus {base})",
-                    "compounds homogenisation faster", "slows homogenisation",
+                    "makes matched users consume more alike",
+                    "makes matched users consume less alike",
                     metric="Δ(Jaccard − ideal)"))
+        below = [a for a in arms if a not in ("oracle", "random")
+                 and _num(_stat(results, eta, a, T, "homogenisation").get("ci95_high")) < 0]
+        if below and len(below) == len([a for a in arms if a not in ("oracle", "random")]):
+            out.append(f"At η = {eta:g} every model arm stays below the ideal system's similarity "
+                       "(each interval of Jaccard − ideal lies below 0), so \"more alike\" here "
+                       "means closer to the ideal, not homogenisation beyond it.")
     e0 = etas[0]
     if base in arms:
         per = _stat(results, e0, base, T, "utility_ratio")
