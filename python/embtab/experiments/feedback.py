@@ -134,7 +134,8 @@ from embtab.train import ModelTruth, TrainConfig, build_model, score_matrix, tab
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
            "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
-           "accept_probability", "contrasts", "equal_bytes_rows_per_id", "feedback_table",
+           "accept_probability", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
+           "feedback_table",
            "feedback_text", "matched_pairs", "plot", "plot_feedback", "render_section",
            "run_feedback"]
 
@@ -972,6 +973,28 @@ def group_table(results: dict) -> list:
     return lines
 
 
+def contrast_table(results: dict, metrics_: Sequence[str] = (
+        "homogenisation", "utility_cum_ratio", "utility_gini", "drift")) -> list:
+    """Markdown table: per η, each arm minus the base arm at round T (paired by seed),
+    mean [95% CI]; ``*`` marks an interval that excludes 0."""
+    cfg = results["config"]
+    base = cfg.get("base_arm", BASE_ARM)
+    lines = ["| η | arm − " + base + " | " + " | ".join(f"Δ {m}" for m in metrics_) + " |",
+             "|---|---|" + "---|" * len(metrics_)]
+    for eta in cfg["etas"]:
+        for arm in cfg["arms"]:
+            if arm in (base, "oracle", "random"):
+                continue
+            cells = []
+            for m in metrics_:
+                d = _contrast(results, eta, arm, base, m)
+                lo, hi = _num(d.get("ci95_low")), _num(d.get("ci95_high"))
+                star = "*" if (lo > 0 or hi < 0) else ""
+                cells.append(_ci(d) + star)
+            lines.append(f"| {eta:g} | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def feedback_text(results: dict) -> list:
     """The report's sentences, each stating a direction only where its interval excludes 0."""
     cfg = results["config"]
@@ -1071,6 +1094,9 @@ def render_section(results: dict, plots: Sequence = ()) -> list:
               f"matched by true-preference similarity, minus the ideal (oracle) system's. "
               f"Cells: round {cfg['rounds']}, mean [95% CI] over seeds."), ""]
     lines += feedback_table(results)
+    lines += ["", f"Each arm minus {cfg.get('base_arm', BASE_ARM)} at round {cfg['rounds']}, "
+              "paired by seed (`*`: the interval excludes 0):", ""]
+    lines += contrast_table(results)
     lines += ["", "Drift of the consumed genre mix per user group (round "
               f"{cfg['rounds']}):", ""]
     lines += group_table(results)
