@@ -308,3 +308,15 @@ def test_cli_experiment_feedback_quick(tmp_path, capsys):
     assert {"ci95_low", "ci95_high"} <= set(res["summary"][0]["jaccard"])
     assert (out / "feedback.png").exists()
     assert "## E5" in (out / "report.md").read_text()
+
+
+def test_quick_keeps_explicit_settings(tiny):
+    kw = {"seeds": 1, "arms": ("oracle", "random"), "etas": (0.0,), "progress": False}
+    # an explicit rounds=10 or epochs survives quick (only the unset ones take QUICK's values)
+    r = run_feedback(tiny, quick=True, rounds=10, epochs_first=10, **kw)
+    assert (r["config"]["rounds"], r["config"]["epochs_first"],
+            r["config"]["epochs_per_round"]) == (10, 10, 1)
+    assert max(x["round"] for x in r["rows"]) == 10
+    r = run_feedback(tiny, rounds=3, **kw)
+    assert (r["config"]["rounds"], r["config"]["epochs_first"],
+            r["config"]["frozen_epochs"]) == (3, 10, 14)

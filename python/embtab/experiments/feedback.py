@@ -708,9 +708,10 @@ def _truth_of(data: Interactions, truth_epochs: int):
             f"model-fitted: softmax of a d=32 cuckoo MF, BPR {truth_epochs} epochs, full data")
 
 
-def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *, rounds: int = 10,
-                 arms: Sequence = tuple(ARMS), etas: Sequence[float] = DEFAULT_ETAS,
-                 epochs_first: int = 10, epochs_per_round: int = 2, candidates: int = 100,
+def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
+                 rounds: int | None = None, arms: Sequence = tuple(ARMS),
+                 etas: Sequence[float] = DEFAULT_ETAS, epochs_first: int | None = None,
+                 epochs_per_round: int | None = None, candidates: int = 100,
                  truth_epochs: int = 10, train_overrides: dict | None = None,
                  quick: bool = False, progress: bool = True, session=None) -> dict:
     """E5: the feedback loop for every η, seed and arm, ``rounds`` rounds; a results dict.
@@ -723,14 +724,16 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *, roun
         ``quick`` the smaller ``QUICK["dataset"]``) or a data set.
     seeds : int or sequence
         A count (0..N−1) or a list.
-    rounds : int
+    rounds : int, optional
+        10 (5 with ``quick``).
     arms : sequence of str or Arm
         Names of :data:`ARMS` or :class:`Arm` objects; an exogenous arm after the arm it
         matches. Homogenisation and utility ratios need the ``oracle`` arm.
     etas : sequence of float in [0, 1]
         Drift rates; each gets its own loops (same seeds, same random numbers).
-    epochs_first, epochs_per_round : int
-        The warm-start schedule (the frozen arm trains once for their total by round T).
+    epochs_first, epochs_per_round : int, optional
+        The warm-start schedule, 10 and 2 (5 and 1 with ``quick``); the frozen arm trains once
+        for their total by round T.
     candidates : int
         Candidates of the calibrated rerank.
     truth_epochs : int
@@ -749,11 +752,12 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *, roun
         ``summary`` and ``contrasts`` (docs/results-schema.md).
     """
     t0 = time.perf_counter()
-    if quick:
-        rounds = QUICK["rounds"] if rounds == 10 else rounds
-        epochs_first = QUICK["epochs_first"] if epochs_first == 10 else epochs_first
-        epochs_per_round = QUICK["epochs_per_round"] if epochs_per_round == 2 \
-            else epochs_per_round
+    full = {"rounds": 10, "epochs_first": 10, "epochs_per_round": 2}
+    pick = QUICK if quick else full
+    rounds = pick["rounds"] if rounds is None else int(rounds)
+    epochs_first = pick["epochs_first"] if epochs_first is None else int(epochs_first)
+    epochs_per_round = pick["epochs_per_round"] if epochs_per_round is None \
+        else int(epochs_per_round)
     if isinstance(dataset, str):
         spec = (QUICK["dataset"] if quick else DEFAULT_DATASET) if dataset == "synthetic" \
             else dataset
