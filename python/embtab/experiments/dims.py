@@ -43,13 +43,13 @@ from embtab.experiments.results import summarize
 from embtab.experiments.session import (
     Progress,
     Session,
-    baseline_rows,
     evaluate_lists,
     make_result,
+    reference_rows,
     seed_list,
     session_for,
 )
-from embtab.experiments.truth import TruthReference, total_relevance
+from embtab.experiments.truth import total_relevance
 from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
 from embtab.train import recommend
 
@@ -100,12 +100,8 @@ def run_dims(dataset: str | Interactions = "synthetic", seeds=3, *, dims: Sequen
     rows = []
     bar = Progress(len(seeds) * len(dims), "E1 dims", progress)
     for seed in seeds:
-        train, test = s.split(seed)
-        ref = TruthReference(s.data, train, relevance)
-        if ref.oracle is not None:
-            rows.append({"model": "oracle", "seed": seed,
-                         **evaluate_lists(ref.oracle, train, test), **ref.metrics(ref.oracle)})
-        rows += baseline_rows(s, seed, extra=ref.metrics)
+        train, test, ref, first = reference_rows(s, seed, relevance)
+        rows += first
         for d in dims:
             cfg = s.config(dim=int(d), table="cuckoo", seed=seed, loss=loss)
             extra = {}

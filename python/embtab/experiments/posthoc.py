@@ -32,13 +32,13 @@ from embtab.experiments.report import dataset_line, finish_section, model_label
 from embtab.experiments.session import (
     Progress,
     Session,
-    baseline_rows,
     evaluate_lists,
     make_result,
+    reference_rows,
     seed_list,
     session_for,
 )
-from embtab.experiments.truth import TruthReference, total_relevance
+from embtab.experiments.truth import total_relevance
 from embtab.train import score_matrix
 
 __all__ = ["LAMBDAS", "contrasts", "findings", "plot", "popcal_lists", "run_posthoc", "section"]
@@ -107,12 +107,8 @@ def run_posthoc(dataset: str | Interactions = "synthetic:rank=16", seeds=3, *,
     rows = []
     bar = Progress(len(seeds) * 2, "posthoc", progress)
     for seed in seeds:
-        train, test = s.split(seed)
-        ref = TruthReference(s.data, train, relevance)
-        if ref.oracle is not None:
-            rows.append({"model": "oracle", "seed": seed,
-                         **evaluate_lists(ref.oracle, train, test), **ref.metrics(ref.oracle)})
-        rows += baseline_rows(s, seed, extra=ref.metrics)
+        train, test, ref, first = reference_rows(s, seed, relevance)
+        rows += first
         item_dist = rerank.popularity_bins(train.item_counts())
         for d in (int(low_dim), int(high_dim)):
             model = s.model(s.config(dim=d, table="cuckoo", seed=seed), f"posthoc d={d} "

@@ -15,10 +15,11 @@ import numpy as np
 from embtab import metrics
 from embtab._research import K
 from embtab.data import Interactions, load_dataset, train_test_split
+from embtab.experiments.truth import TruthReference
 from embtab.train import TrainConfig, fit, most_popular, random_topk
 
 __all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "evaluate_lists",
-           "make_result", "seed_list", "session_for"]
+           "make_result", "reference_rows", "seed_list", "session_for"]
 
 
 class Session:
@@ -97,6 +98,24 @@ def baseline_rows(s: Session, seed: int, cats=None, extra=None) -> list:
         rows.append({"model": name, "seed": seed, **evaluate_lists(top, train, test, cats),
                      **(extra(top) if extra is not None else {})})
     return rows
+
+
+def reference_rows(s: Session, seed: int, relevance=None) -> tuple:
+    """What a truth-referenced experiment starts each seed with: ``(train, test, ref, rows)``.
+
+    ``train, test`` is the seed's split, ``ref`` its :class:`~embtab.experiments.truth.
+    TruthReference` (``relevance`` as that class takes it), and ``rows`` the oracle's row (when
+    the data set has a truth) and the baselines' (:func:`baseline_rows`), each with the split's
+    list metrics and ``ref.metrics``.
+    """
+    train, test = s.split(seed)
+    ref = TruthReference(s.data, train, relevance)
+    rows = []
+    if ref.oracle is not None:
+        rows.append({"model": "oracle", "seed": seed,
+                     **evaluate_lists(ref.oracle, train, test), **ref.metrics(ref.oracle)})
+    rows += baseline_rows(s, seed, extra=ref.metrics)
+    return train, test, ref, rows
 
 
 def seed_list(seeds) -> list:
