@@ -49,13 +49,13 @@ from embtab.experiments.report import dataset_line, finish_section
 from embtab.experiments.session import (
     Progress,
     Session,
-    baseline_rows,
     evaluate_lists,
     make_result,
+    reference_rows,
     seed_list,
     session_for,
 )
-from embtab.experiments.truth import TruthReference, total_relevance
+from embtab.experiments.truth import total_relevance
 from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
 from embtab.train import (
     MFModel,
@@ -498,13 +498,8 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
     rows = []
     bar = Progress(len(seeds) * len(plans), "E2 budget", progress)
     for seed in seeds:
-        train, test = s.split(seed)
-        truth = TruthReference(s.data, train, relevance)
-        if truth.oracle is not None:
-            rows.append({"model": "oracle", "seed": seed,
-                         **evaluate_lists(truth.oracle, train, test),
-                         **truth.metrics(truth.oracle)})
-        rows += baseline_rows(s, seed, extra=truth.metrics)
+        train, test, truth, first = reference_rows(s, seed, relevance)
+        rows += first
         for b, d, planned in with_expiry(plans, train.n_interactions):
             cfg = TrainConfig(**{**planned.to_dict(), "seed": seed})
             extra = {}
