@@ -88,6 +88,7 @@ __all__ = [
     "ModelTruth",
     "OnlineTrainer",
     "TrainConfig",
+    "bpr_loss",
     "collision_share",
     "expected_optimizer_bytes",
     "fit",
@@ -469,6 +470,25 @@ def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool =
         torch.set_num_threads(saved)
 
 
+def bpr_loss(model: MFModel, u: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+             personas: int, l2: float) -> torch.Tensor:
+    """BPR loss of one batch: −mean log σ(s(u, p) − s(u, q)) plus ``l2`` times the squared norms
+    of the batch's user, positive and negative vectors over the batch size.
+
+    ``u`` [B, personas·d] are user rows, ``p`` and ``q`` [B, d] the positive and sampled negative
+    item rows; with ``personas > 1`` the score is :meth:`MFModel.score` (persona attention),
+    else the dot product. Used by :func:`fit` and by E5's warm-started arms.
+    """
+    if personas == 1:
+        diff = (u * (p - q)).sum(-1)
+    else:
+        diff = model.score(u, p, pairs=True) - model.score(u, q, pairs=True)
+    loss = -torch.nn.functional.logsigmoid(diff).mean()
+    if l2:
+        loss = loss + l2 * ((u * u).sum() + (p * p).sum() + (q * q).sum()) / len(u)
+    return loss
+
+
 def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None,
          on_epoch=None) -> MFModel:
     torch.manual_seed(config.seed)
@@ -513,14 +533,7 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             else:
                 p = model.items(torch.from_numpy(raw_i[idx]))
                 q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-                if config.personas == 1:
-                    diff = (u * (p - q)).sum(-1)
-                else:
-                    diff = model.score(u, p, pairs=True) - model.score(u, q, pairs=True)
-                loss = -torch.nn.functional.logsigmoid(diff).mean()
-                if config.l2:
-                    loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()
-                                               + (q * q).sum()) / len(idx)
+                loss = bpr_loss(model, u, p, q, config.personas, config.l2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -130,7 +130,14 @@ from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.session import check_enough_items, seed_list
 from embtab.rerank import smoothed_kl
-from embtab.train import ModelTruth, TrainConfig, build_model, score_matrix, table_bytes
+from embtab.train import (
+    ModelTruth,
+    TrainConfig,
+    bpr_loss,
+    build_model,
+    score_matrix,
+    table_bytes,
+)
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
            "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
@@ -478,14 +485,7 @@ class _MFArm:
                 u = model.users(torch.from_numpy(raw_u[idx]))
                 p = model.items(torch.from_numpy(raw_i[idx]))
                 q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-                if cfg.personas == 1:
-                    diff = (u * (p - q)).sum(-1)
-                else:
-                    diff = model.score(u, p, pairs=True) - model.score(u, q, pairs=True)
-                loss = -torch.nn.functional.logsigmoid(diff).mean()
-                if cfg.l2:
-                    loss = loss + cfg.l2 * ((u * u).sum() + (p * p).sum()
-                                            + (q * q).sum()) / len(idx)
+                loss = bpr_loss(model, u, p, q, cfg.personas, cfg.l2)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
