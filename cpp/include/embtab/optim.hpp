@@ -17,7 +17,8 @@
 //                  clr = lr / (1 + (t - 1)·lr_decay) is resolved by the caller; s starts at
 //                  initial_accumulator_value)
 //   RowWiseAdagrad s_row += mean_j(g_j²); w -= lr / (sqrt(s_row) + eps) · g
-//                  (FBGEMM EXACT_ROWWISE_ADAGRAD; one state value per row)
+//                  (FBGEMM EXACT_ROWWISE_ADAGRAD; one state value per row; the sum of squares
+//                  is taken in sum_squares' fixed order)
 //   Adam           m += (g - m)(1 - β1); v += (g² - v)(1 - β2); w -= α · m / (sqrt(v) + eps)
 //                  (torch.optim.SparseAdam; α = lr·sqrt(1 - β2^t)/(1 - β1^t) resolved by the caller)
 // Rows not touched by the batch, their state included, are left alone ("lazy" semantics): SGD
@@ -93,11 +94,30 @@ inline void sqrt_inplace(double* x, std::size_t n) noexcept {
     for (; j < n; ++j) x[j] = std::sqrt(x[j]);
 }
 
+// kSumLanes is the number of partial sums of sum_squares.
+inline constexpr std::size_t kSumLanes = 16;
+
+// sum_squares returns sum_j g[j]^2 in one fixed order: kSumLanes partial sums (lane l adds the
+// j = l mod kSumLanes in ascending j), then a pairwise tree (lane l += lane l + h for h = 8, 4,
+// 2, 1). The lanes are independent, so this vectorises at every ISA level with the same bits,
+// where one running sum would be a chain of d dependent additions.
+template <class T>
+inline T sum_squares(const T* __restrict g, std::size_t d) noexcept {
+    T part[kSumLanes] = {};
+    std::size_t j = 0;
+    for (; j + kSumLanes <= d; j += kSumLanes)
+        for (std::size_t l = 0; l < kSumLanes; ++l) part[l] = part[l] + g[j + l] * g[j + l];
+    for (std::size_t l = 0; j + l < d; ++l) part[l] = part[l] + g[j + l] * g[j + l];
+    for (std::size_t h = kSumLanes / 2; h > 0; h /= 2)
+        for (std::size_t l = 0; l < h; ++l) part[l] = part[l] + part[l + h];
+    return part[0];
+}
+
 // update_row applies one step of `p` to the row w[0, d) with summed gradient g (overwritten)
 // and its state (s1, s2: that row's slices; s1 is one value for kRowWiseAdagrad). tmp holds d
 // elements of scratch. Never throws.
 template <class T>
-inline void update_row(const OptimStep& p, T* __restrict w, T* __restrict g, T* __restrict s1, T* __restrict s2,
+inline void update_row_body(const OptimStep& p, T* __restrict w, T* __restrict g, T* __restrict s1, T* __restrict s2,
                        T* __restrict tmp, std::size_t d) noexcept {
     const T lr = static_cast<T>(p.lr);
     const T eps = static_cast<T>(p.eps);
@@ -128,9 +148,7 @@ inline void update_row(const OptimStep& p, T* __restrict w, T* __restrict g, T* 
             return;
         }
         case OptimKind::kRowWiseAdagrad: {
-            T sq = 0;
-            for (std::size_t j = 0; j < d; ++j) sq += g[j] * g[j];
-            s1[0] = s1[0] + sq / static_cast<T>(d);
+            s1[0] = s1[0] + sum_squares(g, d) / static_cast<T>(d);
             const T mult = lr / (std::sqrt(s1[0]) + eps);
             for (std::size_t j = 0; j < d; ++j) w[j] = w[j] - mult * g[j];
             return;
@@ -147,6 +165,15 @@ inline void update_row(const OptimStep& p, T* __restrict w, T* __restrict g, T* 
             return;
         }
     }
+}
+
+// update_row applies one step of `p` to one row (see update_row_body). A call, not inlined
+// into the row loop of step_partitions on purpose: inlined, its switch over the optimizers made
+// that loop 20-30% slower (bench/README.md, "Fused optimizers").
+template <class T>
+__attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T* __restrict g, T* __restrict s1,
+                                          T* __restrict s2, T* __restrict tmp, std::size_t d) noexcept {
+    update_row_body<T>(p, w, g, s1, s2, tmp, d);
 }
 
 // fused step /////////////////////////////////////////////////////////////////////////////////
@@ -181,6 +208,122 @@ template <class T>
 inline void prefetch_row(const T* x, std::size_t len) noexcept {
     const char* c = reinterpret_cast<const char*>(x);
     for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 1, 3);
+}
+
+// prefetch_read asks for the cache lines of x[0, len) to be read soon.
+template <class T>
+inline void prefetch_read(const T* x, std::size_t len) noexcept {
+    const char* c = reinterpret_cast<const char*>(x);
+    for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
+// StepJob: what phase C of fused_step reads and writes (see fused_step).
+template <class T>
+struct StepJob {
+    T* weight = nullptr;
+    std::size_t d = 0;
+    const std::int64_t* rows = nullptr;
+    const BatchGrad<T>* bg = nullptr;
+    T* s1 = nullptr;
+    T* s2 = nullptr;
+    const OptimStep* p = nullptr;
+    const std::uint32_t* occ = nullptr;         // occurrence indices, partition-major
+    const std::size_t* part_start = nullptr;    // kOptimParts + 1 offsets into occ
+    const std::uint32_t* bag_of = nullptr;      // bag of each occurrence (with offsets)
+    const T* bag_scale = nullptr;               // 1 / live entries of each bag (mean)
+    std::int32_t* mark = nullptr;               // partition-major marker array, all -1
+    std::size_t mark_stride = 0;                // entries per partition in mark
+    std::size_t w1 = 0;                         // state1 elements per row
+    std::size_t* distinct = nullptr;            // out: distinct rows per partition
+};
+
+// kGradPrefetch is how many occurrences ahead phase C prefetches the gradient row it will add.
+inline constexpr std::size_t kGradPrefetch = 8;
+
+// step_partitions runs phase C of fused_step on partitions [q0, q1): for each, its distinct
+// rows in order of first occurrence (a marker array indexed by row), each row's occurrences
+// grouped in ascending order (counting), then per row the summed gradient and the update.
+// Only std::bad_alloc can throw.
+template <class T>
+void step_partitions(const StepJob<T>& J, std::size_t q0, std::size_t q1) {
+    constexpr std::size_t P = kOptimParts;
+    constexpr unsigned shift = __builtin_ctzll(P);
+    const std::size_t d = J.d, w1 = J.w1;
+    const BatchGrad<T>& bg = *J.bg;
+    const std::int64_t* rows = J.rows;
+    const bool plain = bg.psw == nullptr && !bg.mean;
+    std::vector<T> buf(2 * d);
+    T* acc = buf.data();
+    T* tmp = acc + d;
+    std::vector<std::int64_t> urows;
+    std::vector<std::uint32_t> start, grouped;
+    for (std::size_t q = q0; q < q1; ++q) {
+        std::int32_t* mk = J.mark + q * J.mark_stride;  // indexed by row >> shift
+        const std::uint32_t* po = J.occ + J.part_start[q];
+        const std::size_t m = J.part_start[q + 1] - J.part_start[q];
+        urows.clear();
+        start.clear();
+        for (std::size_t k = 0; k < m; ++k) {
+            const std::size_t r = static_cast<std::size_t>(rows[po[k]]);
+            std::int32_t& slot = mk[r >> shift];
+            if (slot < 0) {
+                slot = static_cast<std::int32_t>(urows.size());
+                urows.push_back(static_cast<std::int64_t>(r));
+                start.push_back(0);
+            }
+            ++start[static_cast<std::size_t>(slot)];
+        }
+        const std::size_t nu = urows.size();
+        std::uint32_t sum = 0;
+        for (std::size_t u = 0; u < nu; ++u) {  // counts -> exclusive offsets
+            const std::uint32_t c = start[u];
+            start[u] = sum;
+            sum += c;
+        }
+        start.push_back(sum);
+        grouped.resize(m);
+        for (std::size_t k = 0; k < m; ++k) {
+            const std::size_t u = static_cast<std::size_t>(mk[static_cast<std::size_t>(rows[po[k]]) >> shift]);
+            grouped[start[u]++] = po[k];
+        }
+        for (std::size_t u = nu; u-- > 0;) start[u + 1] = start[u];  // shift back to offsets
+        start[0] = 0;
+        // grouped is now read front to back: prefetch each gradient row kGradPrefetch ahead.
+        auto grad_row = [&](std::size_t k) -> std::size_t {
+            const std::size_t i = grouped[k];
+            return J.bag_of != nullptr ? J.bag_of[i] : i;
+        };
+        for (std::size_t u = 0; u < nu; ++u) {
+            if (u + kOptimPrefetch < nu) {
+                const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
+                prefetch_row(J.weight + rn * d, d);
+                if (J.s1 != nullptr) prefetch_row(J.s1 + rn * w1, w1);
+                if (J.s2 != nullptr) prefetch_row(J.s2 + rn * d, d);
+            }
+            for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
+            for (std::uint32_t k = start[u]; k < start[u + 1]; ++k) {
+                if (k + kGradPrefetch < m) prefetch_read(bg.grad + grad_row(k + kGradPrefetch) * d, d);
+                const std::size_t gi = grad_row(k);
+                const T* __restrict gr = bg.grad + gi * d;
+                if (plain) {
+                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] + gr[j];
+                } else {
+                    T c = bg.psw != nullptr ? bg.psw[grouped[k]] : T(1);
+                    if (bg.mean) c = c * J.bag_scale[gi];
+                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] + gr[j] * c;
+                }
+            }
+            if (bg.by_freq) {
+                const T c = static_cast<T>(start[u + 1] - start[u]);
+                for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] / c;
+            }
+            const std::size_t r = static_cast<std::size_t>(urows[u]);
+            update_row<T>(*J.p, J.weight + r * d, acc, J.s1 != nullptr ? J.s1 + r * w1 : nullptr,
+                          J.s2 != nullptr ? J.s2 + r * d : nullptr, tmp, d);
+            mk[r >> shift] = -1;
+        }
+        J.distinct[q] = nu;
+    }
 }
 
 // StepScratch holds fused_step's work arrays between calls on one thread.
@@ -277,80 +420,32 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
             }
         });
     }
-    if (mark.size() < num_rows) mark.assign(num_rows, -1);
-    std::int32_t* mk = mark.data();
-    const std::size_t w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
+    // The marker array is laid out partition-major (row r at (r % P) * stride + r / P): a partition's rows share one
+    // contiguous slice of num_rows / kOptimParts entries, which stays in cache while the
+    // partition is processed, instead of one cache line per row spread over 4 bytes x num_rows.
+    const std::size_t stride = (num_rows + P - 1) / P;
+    if (mark.size() < stride * P) mark.assign(stride * P, -1);
+    StepJob<T> job;
+    job.weight = weight;
+    job.d = d;
+    job.rows = rows;
+    job.bg = &bg;
+    job.s1 = s1;
+    job.s2 = s2;
+    job.p = &p;
+    job.occ = occ.data();
+    job.part_start = part_start.data();
+    job.bag_of = bg.offsets != nullptr ? bag_of.data() : nullptr;
+    job.bag_scale = bg.offsets != nullptr && bg.mean ? bag_scale.data() : nullptr;
+    job.mark = mark.data();
+    job.mark_stride = stride;
+    job.w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
     std::vector<std::size_t> distinct(P, 0);
+    job.distinct = distinct.data();
     // C: per partition, distinct rows, their occurrences, sum and update. Only an allocation
     // failure can throw here; the marker array is then reset whole.
     try {
-    parallel_for(P, num_threads, 1, [&](std::size_t q0, std::size_t q1) {
-        std::vector<T> buf(2 * d);
-        T* acc = buf.data();
-        T* tmp = acc + d;
-        std::vector<std::int64_t> urows;
-        std::vector<std::uint32_t> start, grouped;
-        for (std::size_t q = q0; q < q1; ++q) {
-            const std::uint32_t* po = occ.data() + part_start[q];
-            const std::size_t m = part_start[q + 1] - part_start[q];
-            urows.clear();
-            start.clear();
-            for (std::size_t k = 0; k < m; ++k) {
-                const std::size_t r = static_cast<std::size_t>(rows[po[k]]);
-                if (mk[r] < 0) {
-                    mk[r] = static_cast<std::int32_t>(urows.size());
-                    urows.push_back(static_cast<std::int64_t>(r));
-                    start.push_back(0);
-                }
-                ++start[static_cast<std::size_t>(mk[r])];
-            }
-            const std::size_t nu = urows.size();
-            std::uint32_t sum = 0;
-            for (std::size_t u = 0; u < nu; ++u) {  // counts -> exclusive offsets
-                const std::uint32_t c = start[u];
-                start[u] = sum;
-                sum += c;
-            }
-            start.push_back(sum);
-            grouped.resize(m);
-            for (std::size_t k = 0; k < m; ++k) {
-                const std::size_t u = static_cast<std::size_t>(mk[static_cast<std::size_t>(rows[po[k]])]);
-                grouped[start[u]++] = po[k];
-            }
-            for (std::size_t u = nu; u-- > 0;) start[u + 1] = start[u];  // shift back to offsets
-            start[0] = 0;
-            for (std::size_t u = 0; u < nu; ++u) {
-                if (u + kOptimPrefetch < nu) {
-                    const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
-                    prefetch_row(weight + rn * d, d);
-                    if (s1 != nullptr) prefetch_row(s1 + rn * w1, w1);
-                    if (s2 != nullptr) prefetch_row(s2 + rn * d, d);
-                }
-                for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
-                for (std::uint32_t k = start[u]; k < start[u + 1]; ++k) {
-                    const std::size_t i = grouped[k];
-                    const std::size_t gi = bg.offsets != nullptr ? bag_of[i] : i;
-                    const T* gr = bg.grad + gi * d;
-                    if (bg.psw == nullptr && !bg.mean) {
-                        for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j];
-                    } else {
-                        T c = bg.psw != nullptr ? bg.psw[i] : T(1);
-                        if (bg.mean) c = c * bag_scale[gi];
-                        for (std::size_t j = 0; j < d; ++j) acc[j] += gr[j] * c;
-                    }
-                }
-                if (bg.by_freq) {
-                    const T c = static_cast<T>(start[u + 1] - start[u]);
-                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] / c;
-                }
-                const std::size_t r = static_cast<std::size_t>(urows[u]);
-                update_row<T>(p, weight + r * d, acc, s1 != nullptr ? s1 + r * w1 : nullptr,
-                              s2 != nullptr ? s2 + r * d : nullptr, tmp, d);
-                mk[r] = -1;
-            }
-            distinct[q] = nu;
-        }
-    });
+        parallel_for(P, num_threads, 1, [&](std::size_t q0, std::size_t q1) { step_partitions<T>(job, q0, q1); });
     } catch (...) {
         mark.assign(mark.size(), -1);
         throw;
