@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from embtab import _core
+
 U64 = 1 << 64
 
 # ID tensors //////////////////////////////////////////////////////////////////////////////////
@@ -35,6 +37,22 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
     if dt == torch.uint64:
         return t.view(torch.int64)
     return t if dt == torch.int64 else t.to(torch.int64)
+
+
+@torch.compiler.disable  # NumPy and a native table: eager always (dynamo cannot build the table)
+def first_occurrence(ids: np.ndarray, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of the int64 array ``ids`` in order of first occurrence, and each
+    entry's index into them: ``(distinct [k], inverse [n])``, ``distinct[inverse] == ids``.
+
+    Found by inserting ``ids`` into a scratch cuckoo table (a hash pass, O(n)), whose rows are
+    handed out in order of first occurrence: 4-5x faster than ``np.unique`` with
+    ``return_index`` and ``return_inverse`` plus the ``argsort`` that restores the order
+    (measured on 65,536 Zipf IDs in bench/README.md, "New IDs").
+    """
+    scratch = _core._CuckooTable(len(ids), 2.0, 0.95, 0, 0)
+    inverse = scratch.lookup_or_insert(ids, num_threads=num_threads)
+    distinct, _ = scratch.items()
+    return distinct.view(np.int64), inverse
 
 
 def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:

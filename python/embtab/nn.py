@@ -54,6 +54,7 @@ from embtab._modules import (
     row_state,
     U64 as _U64,
     as_id_array as _as_id_array,
+    first_occurrence as _first_occurrence,
     id_tensor as _id_tensor,
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
@@ -77,8 +78,8 @@ __all__ = [
     "HashedEmbeddingBagCollection",
 ]
 
-# Largest |z| of the Box-Muller normal draw: sqrt(-2 ln 2^-53) (ops.hpp's smallest u1).
-_MAX_ABS_Z = math.sqrt(-2.0 * math.log(2.0**-53))
+# Largest |z| of the polar-method normal draw: sqrt(-2 ln 2^-104) (ops.hpp's smallest s).
+_MAX_ABS_Z = math.sqrt(-2.0 * math.log(2.0**-104))
 
 
 # configuration ///////////////////////////////////////////////////////////////////////////////
@@ -112,7 +113,7 @@ class EmbeddingInit:
     """Per-ID initial distribution of embedding rows.
 
     The vector of an ID is drawn by a counter-based generator keyed by ``mix64(id, seed)``
-    (``embtab/ops.hpp``: Box-Muller on 53-bit uniforms for ``"normal"``), so it depends on
+    (``embtab/ops.hpp``: Marsaglia's polar method on 53-bit uniforms for ``"normal"``), so it depends on
     ``(seed, id)`` only.
 
     Parameters
@@ -145,13 +146,13 @@ class EmbeddingInit:
         if not math.isfinite(self.max_abs()):
             raise ValueError(
                 f"init a={self.a}, b={self.b} ({self.kind!r}) overflows float64: "
-                + ("the width b - a" if self.kind == "uniform" else "|a| + 8.58 * b")
+                + ("the width b - a" if self.kind == "uniform" else "|a| + 12.01 * b")
                 + " must be finite"
             )
 
     def max_abs(self) -> float:
-        """The largest magnitude a vector entry can take (normal: ``|a| + b * 8.57``, the
-        largest ``|z|`` of the 53-bit Box-Muller draw); ``inf`` when the computation overflows."""
+        """The largest magnitude a vector entry can take (normal: ``|a| + b * 12.01``, the
+        largest ``|z|`` of the polar-method draw on 53-bit uniforms); ``inf`` when the computation overflows."""
         if self.kind == "zeros":
             return 0.0
         if self.kind == "uniform":
@@ -303,12 +304,17 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
 
 
 def init_vectors(
-    ids: np.ndarray, dim: int, seed: int, init: EmbeddingInit, dtype: torch.dtype = torch.float32
+    ids: np.ndarray,
+    dim: int,
+    seed: int,
+    init: EmbeddingInit,
+    dtype: torch.dtype = torch.float32,
+    num_threads: int = 1,
 ) -> Tensor:
     """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
 
-    Row ``i`` depends on ``(seed, ids[i])`` only. Raises ValueError when ``init`` draws values
-    that ``dtype`` cannot hold.
+    Row ``i`` depends on ``(seed, ids[i])`` only, whatever ``num_threads`` (0 = all hardware
+    threads). Raises ValueError when ``init`` draws values that ``dtype`` cannot hold.
     """
     init.check_dtype(dtype)
     n = len(ids)
@@ -324,6 +330,7 @@ def init_vectors(
             init.kind,
             float(init.a),
             float(init.b),
+            num_threads=num_threads,
         )
     return out if work == dtype else out.to(dtype)
 
@@ -648,16 +655,13 @@ class _CuckooBase(nn.Module):
                     admit_pos = np.flatnonzero(absent)
                 if cand.size:
                     try:
-                        uniq, first, inv = np.unique(cand, return_index=True, return_inverse=True)
-                        order = np.argsort(first, kind="stable")
-                        new_rows = self._insert(uniq[order], rows[rows >= 0])
+                        new_ids, inv = _first_occurrence(cand, self.num_threads)
+                        new_rows = self._insert(new_ids, rows[rows >= 0])
                     except BaseException:
                         if counted is not None:
                             _core.cms_add(counted, self.admission_sketch.numpy(), self.seed, -1)
                         raise
-                    rows_u = np.empty_like(new_rows)
-                    rows_u[order] = new_rows
-                    rows[admit_pos] = rows_u[inv.reshape(-1)]
+                    rows[admit_pos] = new_rows[inv]
                 R = self.num_embeddings
             used = rows[rows >= 0]
             self.num_steps += 1
@@ -703,7 +707,9 @@ class _CuckooBase(nn.Module):
         self.num_rows.fill_(int(self._table.num_rows))
         self.num_admissions += k
         rows_t = torch.from_numpy(rows)
-        vecs = init_vectors(new_ids, self.embedding_dim, self.seed, self.init, self.weight.dtype)
+        vecs = init_vectors(
+            new_ids, self.embedding_dim, self.seed, self.init, self.weight.dtype, self.num_threads
+        )
         dev = self.weight.device
         self.weight.data.index_copy_(0, rows_t.to(dev), vecs.to(dev))
         if "row_last_step" in self._buffers:

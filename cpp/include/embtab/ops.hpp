@@ -21,6 +21,7 @@
 
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
+#include "embtab/vlog.hpp"
 
 namespace embtab {
 
@@ -47,15 +48,24 @@ inline void hashed_rows(const std::uint64_t* ids, std::size_t n, std::uint64_t m
 // InitKind selects the distribution of init_vectors.
 enum class InitKind : int { kNormal = 0, kUniform = 1 };
 
+// NormalScratch holds init_one's per-thread work arrays for kNormal (dim / 2 pairs).
+struct NormalScratch {
+    std::vector<double> u, v, s, log_s;
+};
+
 // init_one fills out[0, dim) with the initial vector of one ID. The generator is counter
 // based: key = mix64(id, seed) and the j-th 64-bit draw is mix64(j, key), so the vector
-// depends on (seed, id) only. kNormal: Box-Muller on draw pairs (2k, 2k+1),
-// u1 = ((h >> 11) + 1)·2^-53 in (0, 1], u2 = (h >> 11)·2^-53 in [0, 1),
-// z = sqrt(-2 ln u1)·(cos, sin)(2π u2), out = a + b·z (mean a, std b). kUniform: out = a +
-// (b - a)·u with u = (mix64(j, key) >> 11)·2^-53. Computed in double, stored as T.
+// depends on (seed, id) only. kNormal: Marsaglia's polar method on draw pairs (2t, 2t + 1),
+// t = 0, 1, ...: u, v = (h >> 11)·2^-52 - 1 (exact, in [-1, 1)), s = u² + v², the pair
+// rejected unless 0 < s < 1 (a fraction 1 - π/4 is); the k-th accepted pair gives entries 2k
+// and 2k + 1: z = (u, v)·sqrt(-2 ln s / s), out = a + b·z (mean a, std b), |z| <=
+// sqrt(-2 ln 2^-104) < 12.01. ln is vlog_batch (the same bits on every ISA level), called once
+// per ID on all its pairs; no sin or cos, which made the earlier Box-Muller form 3-4x slower.
+// kUniform: out = a + (b - a)·u with u = (mix64(j, key) >> 11)·2^-53. Computed in double,
+// stored as T.
 template <class T>
 inline void init_one(std::uint64_t id, std::uint64_t seed, InitKind kind, double a, double b, T* out,
-                     std::size_t dim) noexcept {
+                     std::size_t dim, NormalScratch& scratch) {
     const std::uint64_t key = mix64(id, seed);
     if (kind == InitKind::kUniform) {
         for (std::size_t j = 0; j < dim; ++j) {
@@ -64,24 +74,44 @@ inline void init_one(std::uint64_t id, std::uint64_t seed, InitKind kind, double
         }
         return;
     }
-    constexpr double kTwoPi = 6.283185307179586476925286766559;
-    for (std::size_t j = 0; j < dim; j += 2) {
-        const double u1 = static_cast<double>((mix64(j, key) >> 11) + 1) * kUnitScale;
-        const double u2 = static_cast<double>(mix64(j + 1, key) >> 11) * kUnitScale;
-        const double r = std::sqrt(-2.0 * std::log(u1));
-        const double t = kTwoPi * u2;
-        out[j] = static_cast<T>(a + b * r * std::cos(t));
-        if (j + 1 < dim) out[j + 1] = static_cast<T>(a + b * r * std::sin(t));
+    constexpr double kHalfScale = 2.0 * kUnitScale;  // 2^-52
+    const std::size_t pairs = (dim + 1) / 2;
+    scratch.u.resize(pairs);
+    scratch.v.resize(pairs);
+    scratch.s.resize(pairs);
+    scratch.log_s.resize(pairs);
+    double* U = scratch.u.data();
+    double* V = scratch.v.data();
+    double* S = scratch.s.data();
+    std::size_t got = 0;
+    for (std::uint64_t t = 0; got < pairs; ++t) {
+        const double u = static_cast<double>(mix64(2 * t, key) >> 11) * kHalfScale - 1.0;
+        const double v = static_cast<double>(mix64(2 * t + 1, key) >> 11) * kHalfScale - 1.0;
+        const double s = u * u + v * v;
+        // Branch-free: a rejected pair is overwritten by the next (a branch here is
+        // mispredicted on a fifth of the pairs).
+        U[got] = u;
+        V[got] = v;
+        S[got] = s;
+        got += static_cast<std::size_t>((s > 0.0) & (s < 1.0));
+    }
+    double* L = scratch.log_s.data();
+    vlog_batch(S, L, pairs);
+    for (std::size_t k = 0; k < pairs; ++k) {
+        const double f = std::sqrt(-2.0 * L[k] / S[k]);
+        out[2 * k] = static_cast<T>(a + b * (U[k] * f));
+        if (2 * k + 1 < dim) out[2 * k + 1] = static_cast<T>(a + b * (V[k] * f));
     }
 }
 
 // init_vectors fills the row-major [n, dim] buffer `out` with init_one of each ids[i].
-// Assumes `out` holds n·dim elements; never throws.
+// Assumes `out` holds n·dim elements; throws only std::bad_alloc.
 template <class T>
 inline void init_vectors(const std::uint64_t* ids, std::size_t n, std::uint64_t seed, InitKind kind, double a,
                          double b, T* out, std::size_t dim, int num_threads) {
     parallel_for(n, num_threads, 256, [&](std::size_t s, std::size_t e) {
-        for (std::size_t i = s; i < e; ++i) init_one(ids[i], seed, kind, a, b, out + i * dim, dim);
+        NormalScratch scratch;
+        for (std::size_t i = s; i < e; ++i) init_one(ids[i], seed, kind, a, b, out + i * dim, dim, scratch);
     });
 }
 
