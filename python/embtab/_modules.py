@@ -70,6 +70,27 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
     return flat.numpy(), tuple(input.shape)
 
 
+# growth //////////////////////////////////////////////////////////////////////////////////////
+
+def grown_rows(old: Tensor, rows: int, keep: int, fill: float = 0.0) -> Tensor:
+    """A new tensor of ``rows`` rows shaped like ``old`` otherwise, on its device:
+    ``old[:keep]`` copied, every other row set to ``fill``. Each row is written once (not zeroed
+    first and then copied over).
+
+    The memory is ``torch.empty``'s (4 KiB pages). Transparent huge pages (NumPy-backed memory,
+    which NumPy advises to use them) made the growth of a 1,000,000 x 64 weight 3-4x faster
+    when the kernel had huge pages ready, and 4-5x slower when it had to find them first,
+    which on the virtual machine of bench/README.md ("New IDs") was the first growth of every
+    process; so they are not used.
+    """
+    new = torch.empty((rows, *old.shape[1:]), dtype=old.dtype, device=old.device)
+    keep = min(keep, rows, old.shape[0])
+    if keep:
+        new[:keep] = old[:keep]
+    new[keep:] = fill
+    return new
+
+
 # bags ////////////////////////////////////////////////////////////////////////////////////////
 
 

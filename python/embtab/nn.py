@@ -55,6 +55,7 @@ from embtab._modules import (
     U64 as _U64,
     as_id_array as _as_id_array,
     first_occurrence as _first_occurrence,
+    grown_rows as _grown_rows,
     id_tensor as _id_tensor,
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
@@ -776,9 +777,7 @@ class _CuckooBase(nn.Module):
         R = self.num_embeddings
         keep = min(R, new_R)
         w = self.weight
-        new_w = torch.zeros(new_R + 1, self.embedding_dim, dtype=w.dtype, device=w.device)
-        if keep_values:
-            new_w[:keep] = w.data[:keep]
+        new_w = _grown_rows(w.data, new_R + 1, keep if keep_values else 0)
         new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
         if w.grad is not None:
             new_p.grad = _pad_rows(w.grad, new_w.shape)

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from embtab import _core
+from embtab._modules import grown_rows
 
 __all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
 
@@ -157,9 +158,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for name, _, fill in self._states():
             b = module._buffers["opt_" + name]
             keep = min(b.shape[0] - 1, new_rows)
-            nb = torch.full((new_rows + 1, *b.shape[1:]), fill, dtype=b.dtype)
-            nb[:keep] = b[:keep]
-            module._buffers["opt_" + name] = nb
+            module._buffers["opt_" + name] = grown_rows(b, new_rows + 1, keep, fill)
 
     def reset_rows(self, module, rows: np.ndarray) -> None:
         """Give ``rows`` (handed to new IDs) fresh state."""
