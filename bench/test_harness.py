@@ -110,3 +110,17 @@ def test_isa_cap_lowers_dispatch_and_is_reported():
     np.testing.assert_array_equal(capped, ref)        # every ISA level returns the same lists
     with pytest.raises(ValueError, match="isa must be one of"):
         isa_cap("avx512")
+
+
+def test_newids_quick_run_reports_every_part():
+    # The new-ID benchmark at smoke size: every measured part is a positive time and the
+    # report names them (its figures come from bench_newids.py, not from here).
+    bench = REGISTRY["newids"]
+    r = bench(quick=True, repeats=1)
+    for part in ("find_new_ids_s", "init_vectors_s", "rest_of_insert_s", "first_pass_s",
+                 "steady_pass_s"):
+        assert r["first"][part] > 0, part
+    assert r["growth"]["growth_step_s"] > 0 and r["growth"]["resize_s"] > 0
+    assert r["build"]["seconds"] > 0 and r["build"]["grows"] > 0
+    md = bench.format_markdown(r)
+    assert "**Build**" in md and "**First sighting**" in md and "**Growth**" in md

@@ -225,13 +225,19 @@ def test_rows_stable_across_growth_with_any_growth_factor():
         assert_valid(t)
 
 
-def test_holds_at_least_090_load_before_growing():
+@pytest.mark.parametrize("max_load", [None, 0.95])
+def test_fills_to_max_load_factor_before_growing(max_load):
+    # The displacement search must carry the table to its max_load_factor (the default 0.9,
+    # and the tighter settings) with no insert failing first.
     rng = np.random.default_rng(2)
-    t = CuckooTable(num_threads=1)
+    kw = {} if max_load is None else {"max_load_factor": max_load}
+    t = CuckooTable(num_threads=1, **kw)
     t.lookup_or_insert(rng.integers(0, 2**63, 200_000, dtype=np.int64))
     s = t.stats()
     assert s["grows"] > 0
-    assert s["load_factor_at_last_grow"] >= 0.9
+    limit = t.config["max_load_factor"]
+    assert limit == (0.9 if max_load is None else max_load)
+    assert limit - 0.001 <= s["load_factor_at_last_grow"] <= limit
     assert s["grows_on_failed_insert"] == 0
 
 

@@ -31,8 +31,11 @@ inline constexpr std::size_t kInsertPrefetchDistance = 16;
 // Keys per work item of a parallel batch; batches at most this long run on the calling thread.
 inline constexpr std::size_t kParallelGrain = 1 << 14;
 
-// Default load factor at which the table grows, and the accepted range for it.
-inline constexpr double kDefaultMaxLoadFactor = 0.95;
+// Default load factor at which the table grows, and the accepted range for it. 0.9, not 0.95:
+// the inserts between 0.9 and 0.95 load need displacement searches (a few random bucket reads
+// each) and made a 10^7-ID build from empty 1.7-2x slower (bench/README.md, "New IDs"), for
+// 17.8 instead of 16.8 index bytes per key at growth.
+inline constexpr double kDefaultMaxLoadFactor = 0.9;
 inline constexpr double kMinMaxLoadFactor = 0.5;
 inline constexpr double kMaxMaxLoadFactor = 0.98;
 

@@ -74,5 +74,7 @@ REGISTRY: Dict[str, Benchmark] = {
                   "fused sparse optimizers vs nn.EmbeddingBag + torch optimizers and FBGEMM TBE"),
         Benchmark("collection", "embtab.benchmarks.collection",
                   "26-table embedding-bag collection vs FBGEMM TBE and a dict of nn.EmbeddingBag"),
+        Benchmark("newids", "embtab.benchmarks.newids",
+                  "new-ID path: table build, a module's first sighting and growth, by part"),
     )
 }
