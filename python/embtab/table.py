@@ -47,7 +47,8 @@ class CuckooTable:
         The table grows before its load factor (live IDs / slots) passes this, in [0.5, 0.98].
         Higher packs more IDs per byte (16 bytes per slot: 17.8 bytes per ID at growth with
         0.9, 16.8 with 0.95) but slows inserts near the limit (displacement searches): a
-        10^7-ID build from empty ran 1.7-2x faster at 0.9 than at 0.95 (bench/README.md).
+        10^7-ID build from empty ran 1.2-1.5x faster at 0.9 than at 0.95 in the median
+        (bench/README.md, "New IDs").
     seed : int, default 0
         Hash seed (0 <= seed < 2**64).
     num_threads : int, default 0
