@@ -530,6 +530,82 @@ def test_core_step_counts_distinct_rows_and_skips_zero_row():
     assert not kw["weight"][4].any()
 
 
+# several tables in one native call (_core.fused_steps) ////////////////////////////////////////
+
+_KINDS = {  # kind -> (state1 per row is a vector, state2 needed, resolved hyperparameters)
+    "sgd": (True, False, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "adagrad": (True, False, dict(lr=0.1, eps=1e-8)),
+    "rowwise_adagrad": (False, False, dict(lr=0.1, eps=1e-8)),
+    "adam": (True, True, dict(lr=0.01, eps=1e-8, beta1=0.9, beta2=0.999)),
+}
+
+
+def _job_args(rng, kind, num_rows, d, n, bags, dtype):
+    vec, two, hyper = _KINDS[kind]
+    kw = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999)
+    kw.update(hyper)
+    rows = rng.integers(0, num_rows + 1, n).astype(np.int64)  # num_rows: the skipped zero row
+    offsets = np.sort(rng.integers(0, n + 1, bags - 1))
+    offsets = np.concatenate([[0], offsets, [n]]).astype(np.int64)
+    return [
+        rng.standard_normal((num_rows + 1, d)).astype(dtype), rows,
+        rng.standard_normal((bags, d)).astype(dtype), offsets,
+        rng.random(n).astype(dtype), bool(rng.integers(2)), False, num_rows,
+        np.abs(rng.standard_normal((num_rows + 1, d) if vec else (num_rows + 1,))).astype(dtype),
+        np.zeros((num_rows + 1, d), dtype) if two else None, kind, kw["lr"], kw["eps"],
+        kw["momentum"], kw["nesterov"], kw["weight_decay"], kw["beta1"], kw["beta2"],
+    ]
+
+
+def _copy_job(job):
+    return [a.copy() if isinstance(a, np.ndarray) else a for a in job]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_steps_equals_one_fused_step_per_table(threads):
+    # Oracle: the same jobs run one by one through fused_step; every weight and state must be
+    # the same bits, whatever the thread count (jobs of every optimizer, dtype and size).
+    rng = np.random.default_rng(7)
+    jobs = [_job_args(rng, kind, int(rng.integers(5, 300)), int(rng.integers(1, 20)),
+                      int(rng.integers(0, 2000)), int(rng.integers(1, 50)), dtype)
+            for kind in _KINDS for dtype in (np.float32, np.float64)]
+    ref = [_copy_job(j) for j in jobs]
+    total = 0
+    for j in ref:
+        total += _core.fused_step(*j, num_threads=1)
+    assert _core.fused_steps([tuple(j) for j in jobs], num_threads=threads) == total
+    for j, r in zip(jobs, ref):
+        for a, b in zip(j, r):
+            if isinstance(a, np.ndarray):
+                assert np.array_equal(a, b)
+
+
+def test_fused_steps_bad_job_changes_nothing():
+    rng = np.random.default_rng(8)
+    jobs = [_job_args(rng, "adagrad", 50, 4, 300, 20, np.float32) for _ in range(3)]
+    before = [_copy_job(j) for j in jobs]
+    bad = _copy_job(jobs[2])
+    bad[1] = bad[1].copy()
+    bad[1][17] = 51  # past the zero row (50)
+    jobs_bad = [tuple(jobs[0]), tuple(jobs[1]), tuple(bad)]
+    with pytest.raises(IndexError, match=r"job 2: rows\[17\] = 51 is outside"):
+        _core.fused_steps(jobs_bad, num_threads=2)
+    shared = [tuple(jobs[0]), tuple([jobs[0][0]] + list(jobs[1][1:]))]  # job 1 on job 0's weight
+    with pytest.raises(ValueError, match="jobs 0 and 1 share a weight or state array"):
+        _core.fused_steps(shared, num_threads=2)
+    with pytest.raises(TypeError, match=r"jobs\[1\] must be a tuple of fused_step's first 18"):
+        _core.fused_steps([tuple(jobs[0]), tuple(jobs[1][:5])])
+    with pytest.raises(TypeError, match="grad must have the weight's dtype"):
+        wrong = list(jobs[1])
+        wrong[2] = wrong[2].astype(np.float64)
+        _core.fused_steps([tuple(jobs[0]), tuple(wrong)])
+    for j, b in zip(jobs, before):
+        for x, y in zip(j, b):
+            if isinstance(x, np.ndarray):
+                assert np.array_equal(x, y)
+    assert _core.fused_steps([], num_threads=2) == 0
+
+
 @pytest.mark.parametrize("kind", ["sgd", "adagrad", "rowwise_adagrad"])
 def test_kernel_matches_fbgemm_when_importable(kind):
     # FBGEMM's CPU TBE (fbgemm-gpu-cpu, an optional benchmark dependency) fuses the same three

@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <vector>
 #include <string>
 
 #include "common.hpp"
@@ -65,10 +68,23 @@ embtab::OptimKind parse_kind(const std::string& kind) {
     throw py::value_error("kind must be 'sgd', 'adagrad', 'rowwise_adagrad' or 'adam', got '" + kind + "'");
 }
 
+// PreparedStep is one checked fused_step call: the arrays it reads and writes, kept alive, and
+// `run`, which applies the step with the GIL released (it touches no Python object).
+struct PreparedStep {
+    std::vector<py::object> keep;
+    const void* weight = nullptr;
+    const void* state1 = nullptr;
+    const void* state2 = nullptr;
+    const std::int64_t* rows = nullptr;
+    std::size_t n = 0, num_rows = 0;
+    std::int64_t skip_row = 0;
+    std::function<std::size_t(int)> run;
+};
+
 template <class T>
-std::size_t run(py::array& w, const py::array& rows, const py::array& grad, const py::object& offsets,
-                const py::object& psw, bool mean, bool by_freq, std::int64_t skip_row, py::object& s1, py::object& s2,
-                const embtab::OptimStep& p, int threads) {
+void bind_run(PreparedStep& ps, py::array& w, const py::array& rows, const py::array& grad, const py::object& offsets,
+              const py::object& psw, bool mean, bool by_freq, std::int64_t skip_row, py::object& s1, py::object& s2,
+              const embtab::OptimStep& p) {
     embtab::BatchGrad<T> bg;
     bg.grad = static_cast<const T*>(grad.data());
     bg.num_bags = static_cast<std::size_t>(grad.shape(0));
@@ -83,8 +99,118 @@ std::size_t run(py::array& w, const py::array& rows, const py::array& grad, cons
     const auto n = static_cast<std::size_t>(rows.shape(0));
     const auto R = static_cast<std::size_t>(w.shape(0));
     const auto d = static_cast<std::size_t>(w.shape(1));
-    py::gil_scoped_release release;
-    return embtab::fused_step<T>(wp, R, d, rp, n, skip_row, bg, s1p, s2p, p, threads);
+    ps.weight = wp;
+    ps.state1 = s1p;
+    ps.state2 = s2p;
+    ps.rows = rp;
+    ps.n = n;
+    ps.num_rows = R;
+    ps.skip_row = skip_row;
+    ps.run = [=](int threads) { return embtab::fused_step<T>(wp, R, d, rp, n, skip_row, bg, s1p, s2p, p, threads); };
+    ps.keep = {w, rows, grad, offsets, psw, s1, s2};
+}
+
+// prepare_step checks one fused_step call's arguments (TypeError / ValueError naming the
+// argument) and binds them; nothing is written.
+PreparedStep prepare_step(const py::handle& weight_obj, const py::handle& rows_obj, const py::handle& grad_obj,
+                          const py::handle& offsets_obj, const py::handle& psw_obj, bool mean, bool scale_grad_by_freq,
+                          std::int64_t skip_row, const py::handle& state1_obj, const py::handle& state2_obj,
+                          const std::string& kind, double lr, double eps, double momentum, bool nesterov,
+                          double weight_decay, double beta1, double beta2) {
+    if (!py::isinstance<py::array>(weight_obj)) throw py::type_error("weight must be a numpy.ndarray");
+    const int fk = float_kind(py::reinterpret_borrow<py::array>(weight_obj));
+    if (fk == 0) {
+        throw py::type_error("weight must have dtype float32 or float64, got " +
+                             dtype_str(py::reinterpret_borrow<py::array>(weight_obj)));
+    }
+    py::array w = as_float_array(weight_obj, "weight", fk, 2, true);
+    const auto R = w.shape(0), d = w.shape(1);
+    py::array rows = as_i64(rows_obj, "rows");
+    const auto n = rows.shape(0);
+    py::array grad = as_float_array(grad_obj, "grad", fk, 2, false);
+    if (grad.shape(1) != d) {
+        throw py::value_error("grad must have " + std::to_string(d) + " columns (the weight's), got shape " +
+                              shape_str(grad));
+    }
+    py::object offsets = py::none();
+    if (!offsets_obj.is_none()) {
+        py::array off = as_i64(offsets_obj, "offsets");
+        if (off.shape(0) != grad.shape(0) + 1) {
+            throw py::value_error("offsets must have grad.shape[0] + 1 = " + std::to_string(grad.shape(0) + 1) +
+                                  " entries (CSR), got shape " + shape_str(off));
+        }
+        const auto* o = static_cast<const std::int64_t*>(off.data());
+        if (o[0] != 0 || o[off.shape(0) - 1] != n) {
+            throw py::value_error("offsets must start at 0 and end at len(rows) = " + std::to_string(n));
+        }
+        for (py::ssize_t b = 0; b + 1 < off.shape(0); ++b) {
+            if (o[b + 1] < o[b]) throw py::value_error("offsets must be non-decreasing");
+        }
+        offsets = off;
+    } else if (grad.shape(0) != n) {
+        throw py::value_error("without offsets grad must have one row per entry of rows (" + std::to_string(n) +
+                              "), got shape " + shape_str(grad));
+    }
+    if (mean && offsets.is_none()) throw py::value_error("mean=True needs offsets");
+    py::object psw = py::none();
+    if (!psw_obj.is_none()) {
+        py::array ps = as_float_array(psw_obj, "per_sample_weights", fk, 1, false);
+        if (ps.shape(0) != n) {
+            throw py::value_error("per_sample_weights must have shape (" + std::to_string(n) + ",), got " +
+                                  shape_str(ps));
+        }
+        psw = ps;
+    }
+    embtab::OptimStep p;
+    p.kind = parse_kind(kind);
+    p.lr = lr;
+    p.eps = eps;
+    p.momentum = momentum;
+    p.nesterov = nesterov;
+    p.weight_decay = weight_decay;
+    p.beta1 = beta1;
+    p.beta2 = beta2;
+    const bool need1 = p.kind != embtab::OptimKind::kSGD || momentum != 0.0;
+    const bool need2 = p.kind == embtab::OptimKind::kAdam;
+    py::object s1 = py::none(), s2 = py::none();
+    if (need1) {
+        const bool rowwise = p.kind == embtab::OptimKind::kRowWiseAdagrad;
+        py::array a = as_float_array(state1_obj, "state1", fk, rowwise ? 1 : 2, true);
+        if (a.shape(0) != R || (!rowwise && a.shape(1) != d)) {
+            throw py::value_error(std::string("state1 must have shape ") + "(" + std::to_string(R) +
+                                  (rowwise ? ",)" : ", " + std::to_string(d) + ")") + ", got " + shape_str(a));
+        }
+        s1 = a;
+    }
+    if (need2) {
+        py::array a = as_float_array(state2_obj, "state2", fk, 2, true);
+        if (a.shape(0) != R || a.shape(1) != d) {
+            throw py::value_error("state2 must have shape (" + std::to_string(R) + ", " + std::to_string(d) +
+                                  "), got " + shape_str(a));
+        }
+        s2 = a;
+    }
+    PreparedStep ps;
+    if (fk == 4) {
+        bind_run<float>(ps, w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p);
+    } else {
+        bind_run<double>(ps, w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p);
+    }
+    return ps;
+}
+
+// check_rows throws std::out_of_range naming job `j` and the first entry of its rows outside
+// [0, num_rows) that is not skip_row (fused_steps checks every job before running any).
+void check_rows(const PreparedStep& ps, std::size_t j) {
+    for (std::size_t i = 0; i < ps.n; ++i) {
+        const std::int64_t r = ps.rows[i];
+        if (r == ps.skip_row) continue;
+        if (r < 0 || static_cast<std::uint64_t>(r) >= ps.num_rows) {
+            throw std::out_of_range("job " + std::to_string(j) + ": rows[" + std::to_string(i) + "] = " +
+                                    std::to_string(r) + " is outside the weight's rows [0, " +
+                                    std::to_string(ps.num_rows) + ")");
+        }
+    }
 }
 
 }  // namespace
@@ -97,87 +223,74 @@ void bind_optim(py::module_& m) {
            std::int64_t skip_row, const py::handle& state1_obj, const py::handle& state2_obj, const std::string& kind,
            double lr, double eps, double momentum, bool nesterov, double weight_decay, double beta1, double beta2,
            int num_threads) {
-            if (!py::isinstance<py::array>(weight_obj)) throw py::type_error("weight must be a numpy.ndarray");
-            const int fk = float_kind(py::reinterpret_borrow<py::array>(weight_obj));
-            if (fk == 0) {
-                throw py::type_error("weight must have dtype float32 or float64, got " +
-                                     dtype_str(py::reinterpret_borrow<py::array>(weight_obj)));
-            }
-            py::array w = as_float_array(weight_obj, "weight", fk, 2, true);
-            const auto R = w.shape(0), d = w.shape(1);
-            py::array rows = as_i64(rows_obj, "rows");
-            const auto n = rows.shape(0);
-            py::array grad = as_float_array(grad_obj, "grad", fk, 2, false);
-            if (grad.shape(1) != d) {
-                throw py::value_error("grad must have " + std::to_string(d) + " columns (the weight's), got shape " +
-                                      shape_str(grad));
-            }
-            py::object offsets = py::none();
-            if (!offsets_obj.is_none()) {
-                py::array off = as_i64(offsets_obj, "offsets");
-                if (off.shape(0) != grad.shape(0) + 1) {
-                    throw py::value_error("offsets must have grad.shape[0] + 1 = " + std::to_string(grad.shape(0) + 1) +
-                                          " entries (CSR), got shape " + shape_str(off));
-                }
-                const auto* o = static_cast<const std::int64_t*>(off.data());
-                if (o[0] != 0 || o[off.shape(0) - 1] != n) {
-                    throw py::value_error("offsets must start at 0 and end at len(rows) = " + std::to_string(n));
-                }
-                for (py::ssize_t b = 0; b + 1 < off.shape(0); ++b) {
-                    if (o[b + 1] < o[b]) throw py::value_error("offsets must be non-decreasing");
-                }
-                offsets = off;
-            } else if (grad.shape(0) != n) {
-                throw py::value_error("without offsets grad must have one row per entry of rows (" + std::to_string(n) +
-                                      "), got shape " + shape_str(grad));
-            }
-            if (mean && offsets.is_none()) throw py::value_error("mean=True needs offsets");
-            py::object psw = py::none();
-            if (!psw_obj.is_none()) {
-                py::array ps = as_float_array(psw_obj, "per_sample_weights", fk, 1, false);
-                if (ps.shape(0) != n) {
-                    throw py::value_error("per_sample_weights must have shape (" + std::to_string(n) + ",), got " +
-                                          shape_str(ps));
-                }
-                psw = ps;
-            }
-            embtab::OptimStep p;
-            p.kind = parse_kind(kind);
-            p.lr = lr;
-            p.eps = eps;
-            p.momentum = momentum;
-            p.nesterov = nesterov;
-            p.weight_decay = weight_decay;
-            p.beta1 = beta1;
-            p.beta2 = beta2;
-            const bool need1 = p.kind != embtab::OptimKind::kSGD || momentum != 0.0;
-            const bool need2 = p.kind == embtab::OptimKind::kAdam;
-            py::object s1 = py::none(), s2 = py::none();
-            if (need1) {
-                const bool rowwise = p.kind == embtab::OptimKind::kRowWiseAdagrad;
-                py::array a = as_float_array(state1_obj, "state1", fk, rowwise ? 1 : 2, true);
-                if (a.shape(0) != R || (!rowwise && a.shape(1) != d)) {
-                    throw py::value_error(std::string("state1 must have shape ") + (rowwise ? "(" : "(") +
-                                          std::to_string(R) + (rowwise ? ",)" : ", " + std::to_string(d) + ")") +
-                                          ", got " + shape_str(a));
-                }
-                s1 = a;
-            }
-            if (need2) {
-                py::array a = as_float_array(state2_obj, "state2", fk, 2, true);
-                if (a.shape(0) != R || a.shape(1) != d) {
-                    throw py::value_error("state2 must have shape (" + std::to_string(R) + ", " + std::to_string(d) +
-                                          "), got " + shape_str(a));
-                }
-                s2 = a;
-            }
+            PreparedStep ps = prepare_step(weight_obj, rows_obj, grad_obj, offsets_obj, psw_obj, mean,
+                                           scale_grad_by_freq, skip_row, state1_obj, state2_obj, kind, lr, eps,
+                                           momentum, nesterov, weight_decay, beta1, beta2);
             const int threads = check_threads(num_threads);
-            if (fk == 4) return run<float>(w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p, threads);
-            return run<double>(w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p, threads);
+            std::size_t updated;
+            {
+                py::gil_scoped_release release;
+                updated = ps.run(threads);
+            }
+            return updated;
         },
         py::arg("weight"), py::arg("rows"), py::arg("grad"), py::arg("offsets"), py::arg("per_sample_weights"),
         py::arg("mean"), py::arg("scale_grad_by_freq"), py::arg("skip_row"), py::arg("state1"), py::arg("state2"),
         py::arg("kind"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("momentum") = 0.0, py::arg("nesterov") = false,
         py::arg("weight_decay") = 0.0, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("num_threads") = 1,
         "one fused optimizer step on the distinct rows of `rows` (in place); returns how many rows it updated");
+
+    m.def(
+        "fused_steps",
+        [](const py::sequence& jobs, int num_threads) {
+            // Every job is checked (arguments, then row ranges) before any runs, so a bad job
+            // changes nothing; no two jobs may share a weight or state array (they run at once).
+            std::vector<PreparedStep> prepared;
+            prepared.reserve(static_cast<std::size_t>(py::len(jobs)));
+            for (std::size_t j = 0; j < static_cast<std::size_t>(py::len(jobs)); ++j) {
+                py::object job = jobs[j];
+                if (!py::isinstance<py::tuple>(job) || py::len(job) != 18) {
+                    throw py::type_error("jobs[" + std::to_string(j) +
+                                         "] must be a tuple of fused_step's first 18 arguments, got " +
+                                         py::str(py::type::of(job).attr("__name__")).cast<std::string>());
+                }
+                py::tuple t = job;
+                prepared.push_back(prepare_step(
+                    t[0], t[1], t[2], t[3], t[4], t[5].cast<bool>(), t[6].cast<bool>(), t[7].cast<std::int64_t>(),
+                    t[8], t[9], t[10].cast<std::string>(), t[11].cast<double>(), t[12].cast<double>(),
+                    t[13].cast<double>(), t[14].cast<bool>(), t[15].cast<double>(), t[16].cast<double>(),
+                    t[17].cast<double>()));
+            }
+            for (std::size_t j = 0; j < prepared.size(); ++j) {
+                for (std::size_t k = 0; k < j; ++k) {
+                    const void* a[3] = {prepared[j].weight, prepared[j].state1, prepared[j].state2};
+                    const void* b[3] = {prepared[k].weight, prepared[k].state1, prepared[k].state2};
+                    for (const void* x : a) {
+                        for (const void* y : b) {
+                            if (x != nullptr && x == y) {
+                                throw py::value_error("jobs " + std::to_string(k) + " and " + std::to_string(j) +
+                                                      " share a weight or state array; give each table one job");
+                            }
+                        }
+                    }
+                }
+                check_rows(prepared[j], j);
+            }
+            const int threads = check_threads(num_threads);
+            std::size_t updated = 0;
+            {
+                py::gil_scoped_release release;
+                std::vector<std::size_t> per(prepared.size(), 0);
+                // One job per task: each table's step runs on one thread, tables side by side.
+                embtab::parallel_for(prepared.size(), threads, 1, [&](std::size_t b, std::size_t e) {
+                    for (std::size_t j = b; j < e; ++j) per[j] = prepared[j].run(1);
+                });
+                for (std::size_t x : per) updated += x;
+            }
+            return updated;
+        },
+        py::arg("jobs"), py::arg("num_threads") = 1,
+        "one fused optimizer step per job (a tuple of fused_step's first 18 arguments), the jobs "
+        "side by side on num_threads threads, each on one; every job is checked before any runs; "
+        "returns how many rows were updated in all");
 }

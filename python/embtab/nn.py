@@ -60,7 +60,7 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
-from embtab.optim import FusedOptimizer, fused_update
+from embtab.optim import FusedOptimizer, fused_update_many
 
 __all__ = [
     "OnFull",
@@ -2573,7 +2573,7 @@ class _CollectionLookup(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, coll, plan, B, width, dims, *weights):
-        ctx.plan, ctx.B, ctx.dims = plan, B, dims
+        ctx.plan, ctx.B, ctx.dims, ctx.num_threads = plan, B, dims, coll.num_threads
         ctx.zero_rows = [bag.num_embeddings for _, bag, *_ in plan]
         ctx.set_materialize_grads(False)
         return tuple(_pool(plan, B, width, coll.num_threads).split(dims, dim=1))
@@ -2597,6 +2597,7 @@ class _CollectionLookup(torch.autograd.Function):
         else:  # one block per feature, in plan order
             it = iter(grads)
             blocks = [[next(it) for _ in c.feature_names] for c, *_ in plan]
+        updates = []
         for (c, bag, rows, csr, psw, col), gs in zip(plan, blocks):
             if gs is None or all(g is None for g in gs):
                 continue
@@ -2606,5 +2607,7 @@ class _CollectionLookup(torch.autograd.Function):
                   for g in gs]
             # the features' bags one after the other, as in csr
             g = (gs[0] if len(gs) == 1 else torch.cat(gs)).contiguous().to(bag.weight.dtype)
-            fused_update(bag, rows, g.numpy(), csr, psw, bag.mode == "mean")
+            updates.append((bag, rows, g.numpy(), csr, psw, bag.mode == "mean"))
+        # every table's step in one native call, tables side by side on the collection's threads
+        fused_update_many(updates, ctx.num_threads)
         return (None,) * (5 + len(plan))

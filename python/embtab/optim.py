@@ -301,6 +301,36 @@ class _FusedLookup(torch.autograd.Function):
         return None, grad_psw, None, None, None, None, None
 
 
+def _job(module, rows, grad, offsets, per_sample_weights, mean: bool) -> tuple:
+    """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer."""
+    opt = module.optimizer
+    names = [n for n, _, _ in opt._states()]
+    states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
+    kw = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999)
+    kw.update(opt._resolved(int(module.opt_step) + 1))
+    return (
+        module.weight.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
+        bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,
+        kw["lr"], kw["eps"], kw["momentum"], kw["nesterov"], kw["weight_decay"], kw["beta1"],
+        kw["beta2"],
+    )
+
+
+def fused_update_many(updates: list, num_threads: int) -> None:
+    """One step of each module's fused optimizer, all in one native call (``_core.fused_steps``):
+    ``updates`` is a list of ``(module, rows, grad, offsets, per_sample_weights, mean)`` as
+    :func:`fused_update` takes them, one per module (a module may appear once). The modules'
+    steps run side by side on ``num_threads`` threads, each on one thread; every update is
+    checked before any runs, so a bad one changes nothing. Each module's ``opt_step`` counts
+    its step."""
+    if not updates:
+        return
+    jobs = [_job(*u) for u in updates]
+    _core.fused_steps(jobs, num_threads=num_threads)
+    for u in updates:
+        u[0].opt_step.add_(1)
+
+
 def fused_update(
     module,
     rows: np.ndarray,
