@@ -277,6 +277,27 @@ def test_results_identical_for_any_thread_count():
         np.testing.assert_array_equal(r[3][0], results[0][3][0])
 
 
+def test_parallel_growth_gives_the_same_table():
+    # Growths of more than kSplitGrain (2^15) buckets split on the batch's threads; the index
+    # must come out the same whatever the count: same rows, same bucket layout (the later
+    # inserts then take the same displacement searches), invariants intact.
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 2**63, 400_000, dtype=np.int64)
+    tables = []
+    for threads in (1, 2, 3):
+        t = CuckooTable(num_threads=threads)
+        for i in range(0, len(keys), 65_536):
+            t.lookup_or_insert(keys[i : i + 65_536])
+        assert t.stats()["grows"] >= 5 and t.capacity >= 4 * 2**15
+        assert_valid(t)
+        tables.append(t)
+    layout = ("displacements", "bfs_searches", "max_bfs_path", "rehashed_keys", "grows")
+    for t in tables[1:]:
+        assert t.to_bytes() == tables[0].to_bytes()
+        np.testing.assert_array_equal(t.lookup(keys), tables[0].lookup(keys))
+        assert [t.stats()[k] for k in layout] == [tables[0].stats()[k] for k in layout]
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@
 // (at most kMaxBfsPathLen moves, fixed-size queue, as in libcuckoo / Li et al. EuroSys 2014)
 // and grows the table by growth_factor when none exists or the load factor would pass
 // max_load_factor. Growth by a whole factor (the default 2) splits each old bucket into its
-// children in one sequential pass (split()); other factors re-place every key (rehash()).
+// children in one sequential pass (split(), in chunks on the inserting batch's threads);
+// other factors re-place every key (rehash()).
 //
 // Concurrency contract: every public member function is safe to call concurrently with every
 // other. Readers (lookup, contains, items, serialize, size, stats, ...) share a reader lock;
@@ -142,6 +143,12 @@ class CuckooTable {
     // batch partly applied; every key inserted before it stays valid.
     void lookup_or_insert(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
+        // A growth during this batch splits the index on the batch's threads.
+        struct GrowThreads {
+            int& slot;
+            ~GrowThreads() { slot = 1; }
+        } grow_threads{grow_threads_};
+        grow_threads_ = resolve_threads(num_threads);
         const bool may_fill = config_.max_size != 0 && size_ + n > config_.max_size;
         if (!may_fill && (n <= kParallelGrain || resolve_threads(num_threads) == 1)) {
             // One fused pass: probe, and insert at once on a miss. Cannot exceed max_size.
@@ -817,15 +824,31 @@ class CuckooTable {
     // a whole m, fastrange(h, m * n) / m == fastrange(h, n), so a key's buckets in the new table
     // are children m*b .. m*b+m-1 of its buckets in the old one, and the keys of old bucket b
     // (at most kSlotsPerBucket) always fit its m children. One sequential read of bs and one
-    // sequential write of `out`, no probing. The rare key whose old bucket was the b1+1 stand-in
-    // for a coinciding second bucket is placed afterwards by place(). Returns false (out
-    // unusable) only if such a key finds no place.
+    // sequential write of `out`, no probing; chunks of kSplitGrain old buckets run in parallel
+    // on grow_threads_ threads (they write disjoint children, and fault in their own part of
+    // `out`), with the same result for any thread count. The rare key whose old bucket was the
+    // b1+1 stand-in for a coinciding second bucket is placed afterwards by place(), in bucket
+    // order. Returns false (out unusable) only if such a key finds no place.
     static constexpr std::uint64_t kMaxSplit = 16;
+    static constexpr std::uint64_t kSplitGrain = std::uint64_t{1} << 15;
     bool split(const Buckets& bs, std::uint64_t m, Buckets& out) {
         const std::uint64_t count = bs.count * m;
         out = Buckets(count, nullptr);
-        std::vector<std::pair<std::uint64_t, std::int64_t>> late;
-        for (std::uint64_t b = 0; b < bs.count; ++b) {
+        const std::size_t chunks = static_cast<std::size_t>((bs.count + kSplitGrain - 1) / kSplitGrain);
+        std::vector<std::vector<std::pair<std::uint64_t, std::int64_t>>> late(chunks);
+        parallel_for(static_cast<std::size_t>(bs.count), grow_threads_, kSplitGrain, [&](std::size_t b0, std::size_t b1) {
+            split_range(bs, m, count, b0, b1, out, late[b0 / kSplitGrain]);
+        });
+        for (const auto& chunk : late)
+            for (const auto& [key, row] : chunk)
+                if (!place(out, key, row, nullptr)) return false;
+        return true;
+    }
+
+    // split_range does split's pass for old buckets [b0, b1), collecting the late keys.
+    void split_range(const Buckets& bs, std::uint64_t m, std::uint64_t count, std::uint64_t b0, std::uint64_t b1,
+                     Buckets& out, std::vector<std::pair<std::uint64_t, std::int64_t>>& late) const {
+        for (std::uint64_t b = b0; b < b1; ++b) {
             const Bucket& bk = bs.data[b];
             Bucket* ch = &out.data[m * b];
             std::size_t fill[kMaxSplit] = {};
@@ -852,9 +875,6 @@ class CuckooTable {
                 }
             }
         }
-        for (const auto& [key, row] : late)
-            if (!place(out, key, row, nullptr)) return false;
-        return true;
     }
 
     void grow_to(std::uint64_t count, bool forced_by_failure) {
@@ -867,6 +887,7 @@ class CuckooTable {
     }
 
     TableConfig config_;
+    int grow_threads_ = 1;  // threads of a growth's split: the inserting batch's (writer lock)
     Buckets buckets_;
     std::uint64_t size_ = 0;
     std::uint64_t next_row_ = 0;
