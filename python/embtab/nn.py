@@ -637,11 +637,13 @@ class _CuckooBase(nn.Module):
         R = self.num_embeddings
         rows = self._table.lookup(ids, num_threads=self.num_threads)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
-        absent = rows < 0
-        if pad is not None:
-            absent &= ~pad
+        # One pass finds the rows without an ID; a steady batch (every ID known, no padding)
+        # then needs no other pass over the batch.
+        neg = rows < 0
+        any_neg = bool(neg.any())
+        absent = neg if pad is None else neg & ~pad
         if self.training:
-            if absent.any():
+            if any_neg and absent.any():
                 cand = ids[absent]
                 counted = None
                 if self.min_count > 1:
@@ -664,18 +666,20 @@ class _CuckooBase(nn.Module):
                         raise
                     rows[admit_pos] = new_rows[inv]
                 R = self.num_embeddings
-            used = rows[rows >= 0]
+                neg = rows < 0
+                any_neg = bool(neg.any())
             self.num_steps += 1
-            if "row_last_step" in self._buffers:
-                self.row_last_step.numpy()[used] = int(self.num_steps)
-            if self.on_full == OnFull.EVICT_LFU:
-                self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
+            lfu = self.on_full == OnFull.EVICT_LFU
+            if lfu or "row_last_step" in self._buffers:
+                used = rows[~neg] if any_neg else rows
+                if "row_last_step" in self._buffers:
+                    self.row_last_step.numpy()[used] = int(self.num_steps)
+                if lfu:
+                    self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
             if self.expire_after is not None:
                 self._expire()
-        zero = rows < 0
-        if pad is not None:
-            zero |= pad
-        has_zero = bool(zero.any())
+        zero = neg if pad is None else neg | pad
+        has_zero = any_neg or (pad is not None and bool(pad.any()))
         if has_zero:
             rows[zero] = R
         return rows, has_zero
