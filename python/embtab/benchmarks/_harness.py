@@ -14,13 +14,14 @@ import os
 import platform
 import subprocess
 import time
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
 __all__ = ["ISA_CAPS", "Timing", "interleaved", "isa_cap", "machine", "machine_line", "time_calls",
-           "zipf_ranks", "zipf_stream"]
+           "torch_threads", "zipf_ranks", "zipf_stream"]
 
 # the x86 feature flags that decide which of embtab's code paths run (docs: README, "Binary wheels")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw")
@@ -186,6 +187,21 @@ class Timing(NamedTuple):
     median: float
     times: List[float]
     output: Any
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``torch.set_num_threads(threads)`` (``threads`` > 0; 0 leaves torch's
+    setting alone), and restore torch's previous setting after it."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 0,

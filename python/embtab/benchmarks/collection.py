@@ -36,7 +36,13 @@ import torch
 from torch import nn
 
 import embtab.optim as eo
-from embtab.benchmarks._harness import interleaved, machine, machine_line, zipf_ranks
+from embtab.benchmarks._harness import (
+    interleaved,
+    machine,
+    machine_line,
+    torch_threads,
+    zipf_ranks,
+)
 from embtab.benchmarks.optim import load_fbgemm
 from embtab.nn import CuckooEmbeddingBagCollection, EmbeddingBagConfig
 
@@ -154,13 +160,8 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5, threads: int = 0,
     batch : int
         Samples per batch (0: 8,192, quick 512).
     """
-    saved = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(quick, seed, repeats, threads, batch)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _run(quick: bool, seed: int, repeats: int, threads: int, batch: int) -> dict:

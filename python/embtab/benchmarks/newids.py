@@ -35,7 +35,7 @@ import torch
 import embtab
 import embtab.nn as enn
 import embtab.optim as eo
-from embtab.benchmarks._harness import machine, machine_line, zipf_ranks
+from embtab.benchmarks._harness import machine, machine_line, torch_threads, zipf_ranks
 
 __all__ = ["run", "format_markdown"]
 
@@ -210,13 +210,8 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 3, threads: int = 1) 
         ``num_threads`` of the table and the module, and torch's threads (0: all hardware
         threads and torch's default).
     """
-    saved = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(quick, seed, repeats, threads)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:

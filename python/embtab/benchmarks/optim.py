@@ -35,7 +35,7 @@ from torch import nn
 
 import embtab.optim as eo
 from embtab import _core
-from embtab.benchmarks._harness import interleaved, machine, machine_line, zipf_ranks
+from embtab.benchmarks._harness import interleaved, machine, machine_line, torch_threads, zipf_ranks
 from embtab.nn import CuckooEmbeddingBag
 
 __all__ = ["run", "format_markdown"]
@@ -130,13 +130,8 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5, threads: int = 0) 
         ``nn.EmbeddingBag`` use) and embtab's ``num_threads``; 0 keeps torch's default and
         embtab's (all hardware threads). The 1-vs-2-thread comparison always runs both.
     """
-    saved_threads = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(quick, seed, repeats, threads)
-    finally:
-        torch.set_num_threads(saved_threads)
 
 
 def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
