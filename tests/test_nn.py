@@ -68,6 +68,23 @@ def test_init_depends_on_seed_and_id_only():
     assert not torch.allclose(c(ids), out_a)
 
 
+def test_init_vectors_in_place_equals_a_new_tensor():
+    ids = np.array([5, -3, 2**62, 7], dtype=np.int64)
+    for init in (EmbeddingInit(), EmbeddingInit("uniform", -1.0, 2.0), EmbeddingInit("zeros")):
+        for dtype in (torch.float32, torch.float64):
+            w = torch.full((9, 3), 7.0, dtype=dtype)
+            got = init_vectors(ids, 3, 11, init, dtype, 2, out=w[2:6])
+            assert got.data_ptr() == w[2:6].data_ptr()
+            assert torch.equal(w[2:6], init_vectors(ids, 3, 11, init, dtype))
+            assert (w[:2] == 7).all() and (w[6:] == 7).all()  # nothing outside the slice
+    with pytest.raises(ValueError, match=r"out must be .* shape \(4, 3\)"):
+        init_vectors(ids, 3, 0, EmbeddingInit(), torch.float32, out=torch.empty(3, 3))
+    with pytest.raises(ValueError, match="dtype torch.float32"):
+        init_vectors(ids, 3, 0, EmbeddingInit(), torch.float32, out=torch.empty(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        init_vectors(ids, 3, 0, EmbeddingInit(), torch.float32, out=torch.empty(3, 4).t())
+
+
 def test_init_distribution_matches_nn_embedding_default():
     v = init_vectors(np.arange(20000, dtype=np.int64), 7, 3, EmbeddingInit()).double()
     assert abs(v.mean().item()) < 0.02 and abs(v.std().item() - 1.0) < 0.02

@@ -311,18 +311,32 @@ def init_vectors(
     init: EmbeddingInit,
     dtype: torch.dtype = torch.float32,
     num_threads: int = 1,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """Initial vectors of raw IDs: a CPU tensor ``[len(ids), dim]`` of ``dtype``.
 
     Row ``i`` depends on ``(seed, ids[i])`` only, whatever ``num_threads`` (0 = all hardware
     threads). Raises ValueError when ``init`` draws values that ``dtype`` cannot hold.
+    ``out``: a contiguous CPU float32/float64 tensor ``[len(ids), dim]`` of ``dtype`` to fill in
+    place (and return) instead of a new one, e.g. a slice of rows of a weight.
     """
     init.check_dtype(dtype)
     n = len(ids)
-    if init.kind == "zeros":
+    if out is not None:
+        if (out.dtype != dtype or dtype not in (torch.float32, torch.float64)
+                or tuple(out.shape) != (n, dim) or out.device.type != "cpu"
+                or not out.is_contiguous()):
+            raise ValueError(
+                f"out must be a contiguous CPU float32/float64 tensor of shape ({n}, {dim}) and "
+                f"dtype {dtype}, got {out.dtype} {tuple(out.shape)} on {out.device}"
+            )
+        if init.kind == "zeros":
+            return out.zero_()
+    elif init.kind == "zeros":
         return torch.zeros(n, dim, dtype=dtype)
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    out = torch.empty(n, dim, dtype=work)
+    if out is None:
+        out = torch.empty(n, dim, dtype=work)
     if n:
         _core.init_vectors(
             np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
@@ -711,12 +725,25 @@ class _CuckooBase(nn.Module):
         self.row_live.numpy()[rows] = True
         self.num_rows.fill_(int(self._table.num_rows))
         self.num_admissions += k
-        rows_t = torch.from_numpy(rows)
-        vecs = init_vectors(
-            new_ids, self.embedding_dim, self.seed, self.init, self.weight.dtype, self.num_threads
-        )
-        dev = self.weight.device
-        self.weight.data.index_copy_(0, rows_t.to(dev), vecs.to(dev))
+        w = self.weight.data
+        if (
+            k
+            and w.device.type == "cpu"
+            and w.dtype in (torch.float32, torch.float64)
+            and int(rows[-1]) - int(rows[0]) == k - 1
+            and bool(np.all(np.diff(rows) == 1))
+        ):
+            # Consecutive rows (a table that hands out fresh rows): drawn in place, with no
+            # temporary [k, dim] tensor to fault in and copy.
+            r0 = int(rows[0])
+            init_vectors(new_ids, self.embedding_dim, self.seed, self.init, w.dtype,
+                         self.num_threads, out=w[r0 : r0 + k])
+        else:
+            vecs = init_vectors(
+                new_ids, self.embedding_dim, self.seed, self.init, w.dtype, self.num_threads
+            )
+            dev = w.device
+            w.index_copy_(0, torch.from_numpy(rows).to(dev), vecs.to(dev))
         if "row_last_step" in self._buffers:
             self.row_last_step.numpy()[rows] = 0
         if self.on_full == OnFull.EVICT_LFU:

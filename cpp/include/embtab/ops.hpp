@@ -19,6 +19,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
 #include "embtab/vlog.hpp"
@@ -97,11 +101,21 @@ inline void init_one(std::uint64_t id, std::uint64_t seed, InitKind kind, double
     }
     double* L = scratch.log_s.data();
     vlog_batch(S, L, pairs);
-    for (std::size_t k = 0; k < pairs; ++k) {
-        const double f = std::sqrt(-2.0 * L[k] / S[k]);
-        out[2 * k] = static_cast<T>(a + b * (U[k] * f));
-        if (2 * k + 1 < dim) out[2 * k + 1] = static_cast<T>(a + b * (V[k] * f));
+    // f = sqrt(-2 ln s / s) in separate passes, so that the division and the square root run
+    // two lanes at a time (std::sqrt in a loop does not vectorise; _mm_sqrt_pd is the same
+    // correctly rounded result).
+    for (std::size_t k = 0; k < pairs; ++k) L[k] = -2.0 * L[k] / S[k];
+    std::size_t k = 0;
+#if defined(__SSE2__)
+    for (; k + 2 <= pairs; k += 2) _mm_storeu_pd(L + k, _mm_sqrt_pd(_mm_loadu_pd(L + k)));
+#endif
+    for (; k < pairs; ++k) L[k] = std::sqrt(L[k]);
+    const std::size_t full = dim / 2;
+    for (std::size_t q = 0; q < full; ++q) {
+        out[2 * q] = static_cast<T>(a + b * (U[q] * L[q]));
+        out[2 * q + 1] = static_cast<T>(a + b * (V[q] * L[q]));
     }
+    if (dim % 2 == 1) out[dim - 1] = static_cast<T>(a + b * (U[full] * L[full]));
 }
 
 // init_vectors fills the row-major [n, dim] buffer `out` with init_one of each ids[i].
