@@ -298,6 +298,41 @@ def test_parallel_growth_gives_the_same_table():
         assert [t.stats()[k] for k in layout] == [tables[0].stats()[k] for k in layout]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_lookup_many_equals_one_lookup_per_table(threads):
+    # Oracle: each table's own lookup. Tables of every size (empty too), present and absent
+    # IDs, batches of 0 to 70,000 IDs; fewer and more tables than threads (both code paths).
+    rng = np.random.default_rng(9)
+    for n_tables in (1, 3, 11):
+        tables, batches = [], []
+        for _ in range(n_tables):
+            t = CuckooTable(num_threads=1)
+            keys = rng.integers(0, 2**63, int(rng.integers(0, 30_000)), dtype=np.int64)
+            t.lookup_or_insert(keys)
+            probe = np.concatenate([keys, rng.integers(0, 2**63, 100, dtype=np.int64)])
+            batches.append(rng.choice(probe, int(rng.integers(0, 70_000))) if len(probe) else probe)
+            tables.append(t)
+        got = CuckooTable.lookup_many(tables, batches, num_threads=threads)
+        assert len(got) == n_tables
+        for t, b, g in zip(tables, batches, got):
+            np.testing.assert_array_equal(g, t.lookup(b))
+
+
+def test_lookup_many_refuses_bad_input_before_any_lookup():
+    t = CuckooTable()
+    t.lookup_or_insert(np.arange(5, dtype=np.int64))
+    ok = np.arange(3, dtype=np.int64)
+    with pytest.raises(ValueError, match="same length, got 2 and 1"):
+        CuckooTable.lookup_many([t, t], [ok])
+    with pytest.raises(TypeError, match=r"tables\[1\] must be an embtab.CuckooTable, got dict"):
+        CuckooTable.lookup_many([t, {}], [ok, ok])
+    with pytest.raises(TypeError, match=r"ids\[1\] must have dtype int64 or uint64, got float64"):
+        CuckooTable.lookup_many([t, t], [ok, ok.astype(np.float64)])
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        CuckooTable.lookup_many([t], [ok], num_threads=-1)
+    assert CuckooTable.lookup_many([], []) == []
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

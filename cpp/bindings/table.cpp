@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "common.hpp"
@@ -204,4 +205,47 @@ void bind_table(py::module_& m) {
                         }
                     },
                     py::arg("path"));
+
+    m.def(
+        "lookup_many",
+        [](const py::sequence& tables, const py::sequence& ids, std::int64_t num_threads) {
+            // Every argument is checked before any lookup; the lookups only read the tables.
+            const std::size_t k = static_cast<std::size_t>(py::len(tables));
+            if (static_cast<std::size_t>(py::len(ids)) != k) {
+                throw py::value_error("tables and ids must have the same length, got " + std::to_string(k) +
+                                      " and " + std::to_string(py::len(ids)));
+            }
+            std::vector<const CuckooTable*> ts;
+            std::vector<embtab_py::IdView> vs;
+            std::vector<std::int64_t*> os;
+            py::list outs;
+            for (std::size_t j = 0; j < k; ++j) {
+                py::object t = tables[j];
+                if (!py::isinstance<CuckooTable>(t)) {
+                    throw py::type_error("tables[" + std::to_string(j) + "] must be a _CuckooTable, got " +
+                                         py::str(py::type::of(t).attr("__name__")).cast<std::string>());
+                }
+                ts.push_back(t.cast<const CuckooTable*>());
+                const std::string name = "ids[" + std::to_string(j) + "]";
+                vs.push_back(as_ids(ids[j], name.c_str()));
+                auto out = rows_array(vs.back().size);
+                os.push_back(out.mutable_data());
+                outs.append(out);
+            }
+            const int nt = check_threads(num_threads);
+            py::gil_scoped_release release;
+            if (k >= static_cast<std::size_t>(embtab::resolve_threads(nt))) {
+                // At least one table per thread: tables side by side, each on one thread.
+                embtab::parallel_for(k, nt, 1, [&](std::size_t b, std::size_t e) {
+                    for (std::size_t j = b; j < e; ++j) ts[j]->lookup(vs[j].data, vs[j].size, os[j], 1);
+                });
+            } else {
+                for (std::size_t j = 0; j < k; ++j) ts[j]->lookup(vs[j].data, vs[j].size, os[j], nt);
+            }
+            return outs;
+        },
+        py::arg("tables"), py::arg("ids"), py::arg("num_threads") = 1,
+        "rows of ids[j] in tables[j] for every j (-1 where absent), in one call: the tables side "
+        "by side on num_threads threads when there are at least as many tables as threads, "
+        "else one after another on all of them; results identical for any num_threads");
 }

@@ -5,7 +5,7 @@ layout); the stubs say which NumPy arrays each entry point takes and returns.
 """
 
 import types
-from typing import Optional, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -67,6 +67,10 @@ def fused_step(weight: npt.NDArray[np.floating], rows: npt.NDArray[np.int64], gr
                state2: Optional[npt.NDArray[np.floating]], kind: str, lr: float, eps: float = 0.0,
                momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, beta1: float = 0.9,
                beta2: float = 0.999, num_threads: int = 1) -> int: ...
+#: jobs: tuples of fused_step's first 18 arguments (weight ... beta2), one per table.
+def fused_steps(jobs: Sequence[Tuple[Any, ...]], num_threads: int = 1) -> int: ...
+def lookup_many(tables: Sequence[_CuckooTable], ids: Sequence[_Ids],
+                num_threads: int = 1) -> List[npt.NDArray[np.int64]]: ...
 
 def rerank_calibrated(
     scores: npt.NDArray[Union[np.float32, np.float64]],

@@ -640,16 +640,19 @@ class _CuckooBase(nn.Module):
     # remap ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _remap(self, ids: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _remap(self, ids: np.ndarray, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
         Returns the rows and whether any of them is the zero row (torch's ``padding_idx`` is
         passed only then: with no entry equal to it the results are the same and the sparse
-        backward skips a masking pass). Every argument check has happened before; on an
-        exception nothing has changed.
+        backward skips a masking pass). ``rows``: the table's lookup of ``ids`` if the caller
+        did it just before (a collection's one native lookup of all its tables); it is
+        completed in place. Every argument check has happened before; on an exception nothing
+        has changed.
         """
         R = self.num_embeddings
-        rows = self._table.lookup(ids, num_threads=self.num_threads)
+        if rows is None:
+            rows = self._table.lookup(ids, num_threads=self.num_threads)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
         # One pass finds the rows without an ID; a steady batch (every ID known, no padding)
         # then needs no other pass over the batch.
@@ -1066,8 +1069,10 @@ class _CuckooBase(nn.Module):
 
     # forward plumbing (see _Embedding, _Bag) --------------------------------------------------
 
-    def _rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, Optional[int]]:
-        rows, has_zero = self._remap(ids)
+    def _rows_for(
+        self, ids: np.ndarray, rows: Optional[np.ndarray] = None
+    ) -> tuple[np.ndarray, Optional[int]]:
+        rows, has_zero = self._remap(ids, rows)
         return rows, (self.num_embeddings if has_zero else None)
 
     def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
@@ -2412,9 +2417,17 @@ class _BagCollection(nn.Module):
         """The pooled output: ``(out,)``, or one column block per feature with ``split``."""
         plan = []
         col = 0
-        for c, (ids, csr, psw) in zip(self.tables, groups):
-            bag = self.embedding_bags[c.name]
-            rows, _ = bag._rows_for(ids.numpy())
+        bags = [self.embedding_bags[c.name] for c in self.tables]
+        looked_up = [None] * len(bags)
+        if all(isinstance(b, _CuckooBase) for b in bags):
+            # every table's lookup in one native call, the tables side by side on the threads
+            looked_up = embtab.CuckooTable.lookup_many(
+                [b._table for b in bags], [g[0].numpy() for g in groups], self.num_threads
+            )
+        for c, (ids, csr, psw), bag, found in zip(self.tables, groups, bags, looked_up):
+            rows, _ = bag._rows_for(ids.numpy()) if found is None else bag._rows_for(
+                ids.numpy(), found
+            )
             psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
             plan.append((c, bag, rows, np.ascontiguousarray(csr.numpy()), psw_np, col))
             col += c.embedding_dim * len(c.feature_names)

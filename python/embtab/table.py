@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -125,6 +125,29 @@ class CuckooTable:
     def lookup(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
         """Rows of ``ids`` (int64, shape (n,)), ``-1`` where an ID is absent. Never inserts."""
         return self._t.lookup(ids, check_threads(num_threads, default=self._num_threads))
+
+    @staticmethod
+    def lookup_many(
+        tables: Sequence["CuckooTable"], ids: Sequence[np.ndarray], num_threads: int = 0
+    ) -> list:
+        """``[tables[j].lookup(ids[j]) for j]`` in one native call: a list of int64 row arrays,
+        ``-1`` where an ID is absent. Never inserts.
+
+        With at least as many tables as threads the tables are looked up side by side, each on
+        one thread (what many small per-feature batches need); otherwise one after another on
+        all ``num_threads`` (0 = all hardware threads). The results do not depend on it. Every
+        argument is checked before any lookup: TypeError/ValueError naming ``tables[j]`` or
+        ``ids[j]``.
+        """
+        tables, ids = list(tables), list(ids)
+        for j, t in enumerate(tables):
+            if not isinstance(t, CuckooTable):
+                raise TypeError(
+                    f"tables[{j}] must be an embtab.CuckooTable, got {type(t).__name__}"
+                )
+        return _core.lookup_many(
+            [t._t for t in tables], ids, check_threads(num_threads, default=0)
+        )
 
     def contains(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
         """Boolean array, shape (n,): whether each ID is in the table."""
