@@ -530,6 +530,36 @@ def test_core_step_counts_distinct_rows_and_skips_zero_row():
     assert not kw["weight"][4].any()
 
 
+def test_core_reads_strided_gradients_in_place():
+    # A column slice of a wider gradient and a row broadcast over all bags (row stride 0) must
+    # give the same bits as the packed copy; rows that are not contiguous are refused.
+    rng = np.random.default_rng(10)
+    rows = rng.integers(0, 40, 300).astype(np.int64)
+    offsets = np.arange(0, 301, 3, dtype=np.int64)  # 100 bags of 3
+    wide = rng.standard_normal((100, 11)).astype(np.float32)
+    one = rng.standard_normal(4).astype(np.float32)
+    for grad in (wide[:, 3:7], np.broadcast_to(one, (100, 4))):
+        outs = []
+        for g in (grad, np.ascontiguousarray(grad)):
+            w = np.ones((41, 4), np.float32)
+            s = np.zeros(41, np.float32)
+            _core.fused_step(w, rows, g, offsets, None, False, False, 40, s, None,
+                             "rowwise_adagrad", 0.1, 1e-8)
+            outs.append((w, s))
+        assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    w = np.ones((41, 4), np.float32)
+    with pytest.raises(ValueError, match="grad's rows must be contiguous"):
+        _core.fused_step(w, rows, wide[:, ::2][:, :4], offsets, None, False, False, 40,
+                         np.zeros(41, np.float32), None, "rowwise_adagrad", 0.1, 1e-8)
+    assert (w == 1).all()
+    g = torch.ones(5, 3).expand(2, 5, 3)[0]  # broadcast rows: read as one row, no copy of 5
+    arr = eo.grad_rows(torch.ones(1, 3).expand(5, 3), 3)
+    assert arr.strides == (0, 4) and arr.shape == (5, 3)
+    assert eo.grad_rows(torch.arange(12.0).reshape(2, 6)[:, 2:5], 3).strides == (24, 4)
+    assert eo.grad_rows(torch.zeros(()).expand(4, 3), 3).strides == (0, 4)
+    assert np.array_equal(eo.grad_rows(g, 3), np.ones((5, 3), np.float32))
+
+
 # several tables in one native call (_core.fused_steps) ////////////////////////////////////////
 
 _KINDS = {  # kind -> (state1 per row is a vector, state2 needed, resolved hyperparameters)

@@ -45,6 +45,28 @@ py::array as_float_array(const py::handle& obj, const char* name, int fk, int nd
     return a;
 }
 
+// as_grad_array checks `obj` is a 2-D ndarray of the weight's dtype (itemsize `fk`) whose rows
+// are contiguous (column stride one element) and whose row stride is a non-negative multiple of
+// the element size: packed, a column slice of a wider array, or 0 (one row broadcast over all).
+py::array as_grad_array(const py::handle& obj, int fk) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error("grad must be a numpy.ndarray, got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (float_kind(a) != fk) {
+        throw py::type_error(std::string("grad must have the weight's dtype ") + (fk == 4 ? "float32" : "float64") +
+                             ", got " + dtype_str(a));
+    }
+    if (a.ndim() != 2) throw py::value_error("grad must be 2-D, got shape " + shape_str(a));
+    const auto rs = a.strides(0), cs = a.strides(1);
+    if ((a.shape(1) > 1 && cs != fk) || rs < 0 || rs % fk != 0) {
+        throw py::value_error("grad's rows must be contiguous with a non-negative row stride (got strides (" +
+                              std::to_string(rs) + ", " + std::to_string(cs) + ")); use numpy.ascontiguousarray");
+    }
+    return a;
+}
+
 // as_i64 checks `obj` is a 1-D C-contiguous native int64 ndarray.
 py::array as_i64(const py::handle& obj, const char* name) {
     if (!py::isinstance<py::array>(obj)) {
@@ -88,6 +110,7 @@ void bind_run(PreparedStep& ps, py::array& w, const py::array& rows, const py::a
     embtab::BatchGrad<T> bg;
     bg.grad = static_cast<const T*>(grad.data());
     bg.num_bags = static_cast<std::size_t>(grad.shape(0));
+    bg.ld = static_cast<std::size_t>(grad.strides(0)) / sizeof(T);
     bg.offsets = offsets.is_none() ? nullptr : static_cast<const std::int64_t*>(py::array(offsets).data());
     bg.psw = psw.is_none() ? nullptr : static_cast<const T*>(py::array(psw).data());
     bg.mean = mean;
@@ -127,7 +150,7 @@ PreparedStep prepare_step(const py::handle& weight_obj, const py::handle& rows_o
     const auto R = w.shape(0), d = w.shape(1);
     py::array rows = as_i64(rows_obj, "rows");
     const auto n = rows.shape(0);
-    py::array grad = as_float_array(grad_obj, "grad", fk, 2, false);
+    py::array grad = as_grad_array(grad_obj, fk);
     if (grad.shape(1) != d) {
         throw py::value_error("grad must have " + std::to_string(d) + " columns (the weight's), got shape " +
                               shape_str(grad));

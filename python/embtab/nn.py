@@ -60,7 +60,7 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
-from embtab.optim import FusedOptimizer, fused_update_many
+from embtab.optim import FusedOptimizer, fused_update_many, grad_rows
 
 __all__ = [
     "OnFull",
@@ -2650,8 +2650,8 @@ class _CollectionLookup(torch.autograd.Function):
             gs = [torch.zeros(B, c.embedding_dim, dtype=bag.weight.dtype) if g is None else g
                   for g in gs]
             # the features' bags one after the other, as in csr
-            g = (gs[0] if len(gs) == 1 else torch.cat(gs)).contiguous().to(bag.weight.dtype)
-            updates.append((bag, rows, g.numpy(), csr, psw, bag.mode == "mean"))
+            g = (gs[0] if len(gs) == 1 else torch.cat(gs)).to(bag.weight.dtype)
+            updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw, bag.mode == "mean"))
         # every table's step in one native call, tables side by side on the collection's threads
         fused_update_many(updates, ctx.num_threads)
         return (None,) * (5 + len(plan))

@@ -271,7 +271,7 @@ class _FusedLookup(torch.autograd.Function):
             )
         (psw,) = ctx.saved_tensors
         w = module.weight.detach()
-        grad_out = grad_out.contiguous().to(w.dtype)
+        grad_out = grad_out.to(w.dtype)
         flat = idx.reshape(-1)
         csr = _csr(idx, ctx.offsets, module.include_last_offset) if bag else None
         grad_psw = None
@@ -287,18 +287,31 @@ class _FusedLookup(torch.autograd.Function):
                 counts = np.add.reduceat(
                     np.append(flat.numpy() != module.num_embeddings, False), csr[:-1]
                 ) * (np.diff(csr) > 0)
-                rows, g = _max_row_grads(ctx.max_indices, grad_out, counts > 0)
+                rows, g = _max_row_grads(ctx.max_indices, grad_out.contiguous(), counts > 0)
                 fused_update(module, rows, g, None, None, False)
             else:
                 fused_update(
                     module,
                     flat.numpy(),
-                    grad_out.reshape(-1, w.shape[1]).numpy(),
+                    grad_rows(grad_out, w.shape[1]),
                     csr,
                     None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
                     bag and module.mode == "mean",
                 )
         return None, grad_psw, None, None, None, None, None
+
+
+def grad_rows(grad: Tensor, d: int) -> np.ndarray:
+    """``grad`` as the ``[rows, d]`` NumPy array the C++ step reads, copied only when its rows
+    are not contiguous: a column slice of a wider gradient is read in place (its row stride),
+    and a gradient broadcast over the rows (a ``sum()`` loss's, row stride 0) as one row."""
+    g = grad if grad.dim() == 2 else grad.reshape(-1, d)
+    if g.shape[1] > 1 and g.stride(1) != 1 or g.stride(0) < 0:
+        if g.shape[0] and g.stride(0) == 0:
+            g = g[:1].contiguous().expand(g.shape[0], d)  # one row for all
+        else:
+            g = g.contiguous()
+    return g.detach().numpy()
 
 
 def _job(module, rows, grad, offsets, per_sample_weights, mean: bool) -> tuple:

@@ -59,7 +59,9 @@ struct OptimStep {
 };
 
 // BatchGrad describes where an occurrence's gradient comes from. Occurrence i reads gradient
-// row bag(i) of `grad` ([num_bags, dim], row-major), where bag(i) is i without offsets and the b
+// row bag(i) of `grad` (num_bags rows of dim contiguous elements, row r at grad + r * ld: ld = dim
+// when packed, larger for a column slice of a wider gradient, 0 when every row is the same
+// one, as for the broadcast gradient of a sum), where bag(i) is i without offsets and the b
 // with offsets[b] <= i < offsets[b + 1] with them (CSR, num_bags + 1 entries, offsets[0] = 0,
 // non-decreasing, offsets[num_bags] = n). The occurrence's gradient is that row times
 // psw[i] (when psw is set) times 1 / (occurrences of bag(i) that are not skip_row) when mean.
@@ -68,6 +70,7 @@ template <class T>
 struct BatchGrad {
     const T* grad = nullptr;
     std::size_t num_bags = 0;
+    std::size_t ld = 0;  // elements from one gradient row to the next (d when packed; 0: one row for all)
     const std::int64_t* offsets = nullptr;
     const T* psw = nullptr;
     bool mean = false;
@@ -302,9 +305,9 @@ void step_partitions(const StepJob<T>& J, std::size_t q0, std::size_t q1) {
             }
             for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
             for (std::uint32_t k = start[u]; k < start[u + 1]; ++k) {
-                if (k + kGradPrefetch < m) prefetch_read(bg.grad + grad_row(k + kGradPrefetch) * d, d);
+                if (k + kGradPrefetch < m) prefetch_read(bg.grad + grad_row(k + kGradPrefetch) * bg.ld, d);
                 const std::size_t gi = grad_row(k);
-                const T* __restrict gr = bg.grad + gi * d;
+                const T* __restrict gr = bg.grad + gi * bg.ld;
                 if (plain) {
                     for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] + gr[j];
                 } else {
