@@ -1,0 +1,61 @@
+// bench/parts/fused_step.cpp: the C++ fused step alone (embtab/optim.hpp), outside Python, on
+// the batches bench/parts/parts.py writes (rows.bin: 8 batches of 65,536 int64 rows, the module's
+// rows of Zipf(1.1) IDs over 1,000,000, first-occurrence order). Prints the median and min of
+// 400 calls. Usage: fused_step ROWS_FILE {sgd|rw|adagrad|adam} THREADS
+// Compile against another commit's cpp/include to compare the step across commits (before
+// commit 5481923, BatchGrad has no `ld`: drop that line).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "embtab/optim.hpp"
+
+int main(int argc, char** argv) {
+    if (argc < 4) {
+        std::fprintf(stderr, "usage: %s ROWS_FILE {sgd|rw|adagrad|adam} THREADS\n", argv[0]);
+        return 2;
+    }
+    const char* kind = argv[2];
+    const int threads = std::atoi(argv[3]);
+    const std::size_t n = 1000000, d = 64, batch = 65536, bag = 8;
+    std::vector<std::int64_t> rows(8 * batch);
+    FILE* f = std::fopen(argv[1], "rb");
+    if (f == nullptr || std::fread(rows.data(), 8, rows.size(), f) != rows.size()) {
+        std::fprintf(stderr, "cannot read %s\n", argv[1]);
+        return 2;
+    }
+    std::fclose(f);
+    std::vector<float> w((n + 1) * d), s1((n + 1) * d, 0.0f), s2((n + 1) * d, 0.0f);
+    std::mt19937 g(1);
+    std::normal_distribution<float> nd;
+    for (auto& x : w) x = nd(g);
+    std::vector<float> grad(batch / bag * d, 1e-3f);
+    std::vector<std::int64_t> off(batch / bag + 1);
+    for (std::size_t b = 0; b <= batch / bag; ++b) off[b] = static_cast<std::int64_t>(b * bag);
+    embtab::BatchGrad<float> bg;
+    bg.grad = grad.data();
+    bg.num_bags = batch / bag;
+    bg.ld = d;
+    bg.offsets = off.data();
+    embtab::OptimStep p;
+    p.lr = 1e-3;
+    p.eps = 1e-8;
+    if (!std::strcmp(kind, "rw")) p.kind = embtab::OptimKind::kRowWiseAdagrad;
+    if (!std::strcmp(kind, "adagrad")) p.kind = embtab::OptimKind::kAdagrad;
+    if (!std::strcmp(kind, "adam")) p.kind = embtab::OptimKind::kAdam;
+    std::vector<double> ts;
+    for (int rep = 0; rep < 400; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        embtab::fused_step<float>(w.data(), n, d, rows.data() + (rep % 8) * batch, batch, static_cast<std::int64_t>(n),
+                                  bg, p.kind == embtab::OptimKind::kSGD ? nullptr : s1.data(),
+                                  p.kind == embtab::OptimKind::kAdam ? s2.data() : nullptr, p, threads);
+        ts.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(ts.begin(), ts.end());
+    std::printf("%s threads=%d median %.3f ms min %.3f ms\n", kind, threads, ts[ts.size() / 2], ts[0]);
+    return 0;
+}
