@@ -358,26 +358,9 @@ def fused_update(
     ``per_sample_weights`` and, with ``mean``, by 1 / the bag's entries other than the zero row)
     or of each entry (``offsets`` None: ``[n, d]``). The zero row ``module.num_embeddings`` is
     skipped. Raises what ``_core.fused_step`` raises (before anything is written)."""
-    opt = module.optimizer
-    step = int(module.opt_step) + 1
-    names = [n for n, _, _ in opt._states()]
-    states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
-    _core.fused_step(
-        module.weight.detach().numpy(),
-        rows=rows,
-        grad=grad,
-        offsets=offsets,
-        per_sample_weights=per_sample_weights,
-        mean=mean,
-        scale_grad_by_freq=bool(module.scale_grad_by_freq),
-        skip_row=module.num_embeddings,
-        state1=states[0],
-        state2=states[1],
-        kind=opt.kind,
-        num_threads=module.num_threads,
-        **opt._resolved(step),
-    )
-    module.opt_step.fill_(step)
+    job = _job(module, rows, grad, offsets, per_sample_weights, mean)
+    _core.fused_step(*job, num_threads=module.num_threads)
+    module.opt_step.add_(1)
 
 
 def _max_row_grads(max_indices: Tensor, grad_out: Tensor, live_bags: np.ndarray):
