@@ -11,11 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import embtab
+import embtab.optim as eo
 from embtab import _core
 from embtab._hashing import hashed_row, mix64, mix64_array
 from embtab.nn import (
     CuckooEmbedding,
     CuckooEmbeddingBag,
+    CuckooEmbeddingBagCollection,
+    EmbeddingBagConfig,
     EmbeddingInit,
     HashedEmbedding,
     HashedEmbeddingBag,
@@ -1076,3 +1079,114 @@ def test_load_state_dict_messages_name_the_key():
     m.load_state_dict({"a." + k: v for k, v in src.state_dict().items()} | {"b.x": torch.ones(1)},
                       strict=False)
     assert m["a"].num_ids == 3
+
+
+# load_state_dict(strict=False), optimizer state values, degenerate inputs -------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: HashedEmbeddingBag(10, 3, mode="sum"),
+    lambda: CuckooEmbeddingBag(4, 3, mode="sum"),
+    lambda: CuckooEmbeddingBagCollection(
+        [EmbeddingBagConfig(num_embeddings=4, embedding_dim=3, name="t", feature_names=["f"])]),
+])
+def test_strict_false_ignores_unknown_keys_as_torch_does(make):
+    src, dst = make(), make()
+    with torch.no_grad():
+        for p in src.parameters():
+            p[:-1].uniform_(-1, 1)
+    sd = {**src.state_dict(), "extra": torch.zeros(1)}
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra'\].*nothing was loaded"):
+        dst.load_state_dict(sd)
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
+    res = dst.load_state_dict(sd, strict=False)
+    assert res.unexpected_keys == ["extra"] and res.missing_keys == []
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
+
+
+def test_strict_false_loads_a_fused_checkpoint_into_a_plain_module():
+    src = CuckooEmbeddingBag(4, 3, mode="sum", optimizer=eo.Adam(lr=0.1))
+    src(torch.tensor([[1, 2]])).sum().backward()
+    dst = CuckooEmbeddingBag(4, 3, mode="sum")
+    res = dst.load_state_dict(src.state_dict(), strict=False)
+    assert sorted(res.unexpected_keys) == ["opt_exp_avg", "opt_exp_avg_sq", "opt_step"]
+    assert torch.equal(dst.weight, src.weight) and dst.num_ids == 2
+    # a nested module: torch's strict=False reaches it through torch's own load_state_dict
+    outer = nn.ModuleDict({"a": CuckooEmbeddingBag(4, 3, mode="sum")})
+    res = outer.load_state_dict({"a." + k: v for k, v in src.state_dict().items()}, strict=False)
+    assert len(res.unexpected_keys) == 3 and outer["a"].num_ids == 2
+
+
+def test_collection_strict_false_skips_a_table_with_no_keys():
+    cfg = [EmbeddingBagConfig(num_embeddings=4, embedding_dim=3, name=n, feature_names=[n])
+           for n in ("a", "b")]
+    src, dst = CuckooEmbeddingBagCollection(cfg), CuckooEmbeddingBagCollection(cfg)
+    src({"a": torch.tensor([[1, 2]]), "b": torch.tensor([[3]])})
+    dst({"a": torch.tensor([[7]]), "b": torch.tensor([[8, 9]])})
+    b_before = {k: v.clone() for k, v in dst.embedding_bags["b"].state_dict().items()}
+    only_a = {k: v for k, v in src.state_dict().items() if k.startswith("embedding_bags.a.")}
+    with pytest.raises(ValueError, match="embedding_bags.b.weight is missing"):
+        dst.load_state_dict(only_a)
+    res = dst.load_state_dict(only_a, strict=False)
+    assert res.missing_keys and all(k.startswith("embedding_bags.b.") for k in res.missing_keys)
+    assert dst.embedding_bags["a"].num_ids == 2
+    assert all(torch.equal(v, dst.embedding_bags["b"].state_dict()[k]) for k, v in b_before.items())
+
+
+@pytest.mark.parametrize("opt, key", [(lambda: eo.Adam(lr=0.1), "opt_exp_avg_sq"),
+                                      (lambda: eo.Adagrad(lr=0.1), "opt_sum"),
+                                      (lambda: eo.RowWiseAdagrad(lr=0.1), "opt_row_sum"),
+                                      (lambda: eo.Adam(lr=0.1), "opt_exp_avg")])
+@pytest.mark.parametrize("cls", [CuckooEmbedding, HashedEmbedding])
+def test_corrupt_optimizer_state_is_refused(cls, opt, key):
+    src = cls(4, 3, optimizer=opt())
+    src(torch.tensor([1, 2])).sum().backward()
+    dst = cls(4, 3, optimizer=opt())
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    bads = [("NaN or infinite", float("nan")), ("NaN or infinite", float("inf"))]
+    if key != "opt_exp_avg":  # a first moment may be negative; a sum of squares may not
+        bads.append(("negative", -1.0))
+    for what, value in bads:
+        sd = {k: v.clone() for k, v in src.state_dict().items()}
+        sd[key].view(-1)[0] = value
+        with pytest.raises(ValueError, match=f"{key} holds {what}"):
+            dst.load_state_dict(sd)
+        assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
+    if key == "opt_exp_avg":
+        sd = {k: v.clone() for k, v in src.state_dict().items()}
+        sd[key].view(-1)[0] = -1.0
+        dst.load_state_dict(sd)  # a negative first moment is a valid state
+
+
+def test_float32_checkpoint_loads_into_a_float64_fused_module():
+    src = CuckooEmbedding(4, 3, optimizer=eo.Adam(lr=0.1))
+    src(torch.tensor([1, 2])).sum().backward()
+    dst = CuckooEmbedding(4, 3, optimizer=eo.Adam(lr=0.1), dtype=torch.float64)
+    dst.load_state_dict(src.state_dict())
+    assert dst.opt_exp_avg.dtype == torch.float64
+    torch.testing.assert_close(dst.opt_exp_avg, src.opt_exp_avg.double())
+
+
+@pytest.mark.parametrize("cls", [CuckooEmbeddingBag, HashedEmbeddingBag])
+def test_2d_input_without_ids_is_refused_and_changes_nothing(cls):
+    m = cls(4, 3, mode="sum")
+    m(torch.tensor([[1, 2]]))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for shape in [(3, 0), (0, 0)]:
+        with pytest.raises(ValueError, match=rf"input of shape \({shape[0]}, 0\) has bags of no IDs"):
+            m(torch.zeros(shape, dtype=torch.long))
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert m(torch.zeros((0, 2), dtype=torch.long)).shape == (0, 3)  # no bags: as torch
+
+
+def test_meta_tensors_are_refused_by_name():
+    m = CuckooEmbeddingBag(4, 3, mode="sum")
+    with pytest.raises(ValueError, match="input is on the meta device"):
+        m(torch.tensor([5], device="meta"), torch.tensor([0]))
+    with pytest.raises(ValueError, match="offsets is on the meta device"):
+        m(torch.tensor([5]), torch.tensor([0], device="meta"))
+    sd = {k: v.to("meta") if k == "weight" else v for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="weight is on the meta device"):
+        CuckooEmbeddingBag(4, 3, mode="sum").load_state_dict(sd)
+    assert m.stats()["num_steps"] == 0

@@ -57,6 +57,9 @@ SCENARIOS = {
         "bag1d",
     ),
     "max": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="max", padding_id=3), "bag1d"),
+    # max_norm renormalises the rows read before pooling, in place, in every mode.
+    "max_norm_max": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="max", max_norm=0.5), "bag1d"),
+    "max_norm_sum": (CuckooEmbeddingBag, dict(num_embeddings=8, mode="sum", max_norm=0.5), "bag2d"),
     # Reference: the sum over dim 1 of CuckooEmbedding (nn.Embedding's scale_grad_by_freq
     # divides by the row's count in the batch; torch 2.13's nn.EmbeddingBag uses other counts).
     "freq": (

@@ -912,3 +912,19 @@ def test_dense_item_dist_passed_again_reuses_its_check_and_sees_changes():
     del ok
     gc.collect()
     assert ref_() is None
+
+
+def test_miscalibration_checks_its_inputs_as_calibrated_does():
+    d = np.eye(2)
+    ok = np.array([[0.5, 0.5]])
+    assert rerank.miscalibration(np.array([[0, 1]]), d, ok)[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="target row 0 holds a negative value"):
+        rerank.miscalibration(np.array([[0, 1]]), d, np.array([[1.5, -0.5]]))
+    with pytest.raises(ValueError, match="target"):
+        rerank.miscalibration(np.array([[0, 1]]), d, np.array([[0.7, 0.7]]))  # sums to 1.4
+    with pytest.raises(ValueError, match=r"item_dist must be \[n_items, G\] with G = 3"):
+        rerank.miscalibration(np.array([[0, 1]]), d, np.array([[0.5, 0.3, 0.2]]))
+    with pytest.raises(ValueError, match="k >= 1"):
+        rerank.miscalibration(np.zeros((1, 0), np.int64), d, ok)
+    with pytest.raises(TypeError, match="integer item ids"):
+        rerank.miscalibration(np.array([[0.0, 1.0]]), d, ok)

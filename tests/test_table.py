@@ -739,3 +739,8 @@ def test_refused_thread_starts_fall_back_to_fewer_threads():
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["20", "True", "[]"], res.stdout + res.stderr[-2000:]
+
+
+def test_from_items_accepts_empty_lists():
+    t = embtab.CuckooTable.from_items(np.zeros(0, np.int64), [])  # a list: was float64
+    assert len(t) == 0 and t.lookup(np.array([1], np.int64))[0] == -1

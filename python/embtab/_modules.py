@@ -62,6 +62,8 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
     non-tensors raise ``TypeError`` naming ``name``, its dtype and shape.
     """
     t = id_tensor(input, name)
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (it holds no IDs), shape {tuple(t.shape)}")
     if t.device.type != "cpu":
         t = t.cpu()
     flat = t.reshape(-1)
@@ -131,6 +133,12 @@ def check_bag_args(
                 f"got input shape {tuple(input.shape)} and offsets shape "
                 f"{tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__}"
             )
+        if input.shape[1] == 0:
+            raise ValueError(
+                f"input of shape {tuple(input.shape)} has bags of no IDs: 2-D input needs at "
+                f"least one ID per bag (torch's EmbeddingBag refuses it too); give 1-D input "
+                f"with offsets for empty bags"
+            )
         off = None
     elif input.dim() == 1:
         if offsets is None:
@@ -141,6 +149,9 @@ def check_bag_args(
             raise TypeError(f"offsets must have dtype int64 or int32, got {offsets.dtype}")
         if offsets.dim() != 1:
             raise ValueError(f"offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        if offsets.device.type == "meta":
+            raise ValueError(f"offsets is on the meta device (it holds no values), shape "
+                             f"{tuple(offsets.shape)}")
         off = offsets.detach().cpu().to(torch.int64)
         n = input.shape[0]
         if off.numel() == 0:

@@ -31,6 +31,7 @@ Conventions shared by the modules
 
 from __future__ import annotations
 
+import contextvars
 import math
 import warnings
 import weakref
@@ -60,7 +61,7 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
-from embtab.optim import FusedOptimizer, fused_update_many, grad_rows
+from embtab.optim import NONNEGATIVE_STATES, FusedOptimizer, fused_update_many, grad_rows
 
 __all__ = [
     "OnFull",
@@ -264,14 +265,62 @@ def _memory_bytes(module: nn.Module, index: int) -> dict:
     return {"weights": weights, "index": index, "optimizer": opt, "total": weights + index + opt}
 
 
-def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -> None:
+# The ``strict`` of the load_state_dict call in progress on an embtab module (None: the call
+# came through a module of another library, whose flag torch does not pass down: torch calls
+# every module's _load_from_state_dict with strict=True and applies the caller's flag at the end).
+_LOAD_STRICT: contextvars.ContextVar = contextvars.ContextVar("embtab_load_strict", default=None)
+
+
+class _AtomicLoad(nn.Module):
+    """Base of embtab's modules: ``load_state_dict`` all or nothing (see its docstring)."""
+
+    _unexpected_hint = ""  # appended to the unexpected-keys message: what may differ
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's ``load_state_dict``, all or nothing: every entry is checked before any is
+        copied (ValueError naming the key; the module is then unchanged). With ``strict``
+        (default), a key the module does not have is refused too, before anything is loaded;
+        with ``strict=False`` such keys are ignored, as torch does, while each table's own
+        entries must still all be present and valid (a partial table would mix two states)."""
+        if strict:
+            expected = set(self.state_dict(keep_vars=True))
+            extra = sorted(k for k in state_dict if k not in expected)
+            if extra:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra}"
+                                 f"{self._unexpected_hint}; nothing was loaded")
+        token = _LOAD_STRICT.set(bool(strict))  # torch does not pass it down
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        finally:
+            _LOAD_STRICT.reset(token)
+
+
+def _caller_strict(strict: bool) -> bool:
+    """The ``strict`` of the load_state_dict call in progress (see ``_AtomicLoad``)."""
+    user = _LOAD_STRICT.get()
+    return strict if user is None else user
+
+
+def _check_opt_values(bad: Callable, name: str, t: Tensor) -> None:
+    """A fused optimizer's state entry ``opt_<name>`` (not ``opt_step``) in a state dict: finite,
+    and not negative for the accumulators of squares (``sum``, ``row_sum``, ``exp_avg_sq``), whose
+    square root the step takes. ``bad(key, what)`` raises."""
+    if not t.dtype.is_floating_point:
+        bad(name, f"must be floating point, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        bad(name, "holds NaN or infinite values")
+    if name[len("opt_"):] in NONNEGATIVE_STATES and bool((t < 0).any()):
+        bad(name, "holds negative values (an accumulator of squares)")
+
+
+def _check_plain_state(module: nn.Module, sd: dict, prefix: str) -> None:
     """Check every entry of a fixed-shape module (hashed, quotient-remainder, double-hashed; its
     tables included) in state dict ``sd`` before torch copies any, so a load is all or nothing:
     each key present, a tensor of the module's shape, floating point where the module's is
     (another float dtype is cast, as torch does) and of the same dtype otherwise, every
-    ``weight``'s last row zero, and (``strict``) no unknown key under ``prefix``. ValueError
-    naming the key. A state dict with none of the module's keys is left to torch (it reports
-    them missing, or ignores them with ``strict=False``)."""
+    ``weight``'s last row zero. ValueError naming the key (unknown keys: see ``_AtomicLoad``).
+    A state dict with none of the module's keys is left to torch (it reports them missing, or
+    ignores them with ``strict=False``)."""
     own = module.state_dict(keep_vars=True)
     if not any(prefix + k in sd for k in own):
         return
@@ -285,6 +334,8 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         t = sd[prefix + k]
         if not isinstance(t, Tensor):
             bad(k, f"must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type == "meta":
+            bad(k, "is on the meta device (it holds no values)")
         if tuple(t.shape) != tuple(cur.shape):
             bad(k, f"must have shape {tuple(cur.shape)}, got {tuple(t.shape)}")
         if cur.dtype.is_floating_point:
@@ -297,11 +348,8 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
             bad(k, f"row {t.shape[0] - 1} (the zero row read by padding) must be zero")
         if leaf == "opt_step" and int(t) < 0:
             bad(k, "must not be negative")
-    if strict:
-        extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in own)
-        if extra:
-            raise ValueError(f"{type(module).__name__}.load_state_dict: unexpected keys {extra}; "
-                             f"nothing was loaded")
+        elif leaf.startswith("opt_") and leaf != "opt_step":
+            _check_opt_values(lambda _, what: bad(k, what), leaf, t)
 
 
 def init_vectors(
@@ -425,8 +473,10 @@ def _pad_rows(g: Tensor, shape: torch.Size) -> Tensor:
 # collisionless modules //////////////////////////////////////////////////////////////////////
 
 
-class _CuckooBase(nn.Module):
+class _CuckooBase(_AtomicLoad):
     """Shared machinery of CuckooEmbedding and CuckooEmbeddingBag (see their docstrings)."""
+
+    _unexpected_hint = " (another on_full, min_count or expire_after?)"
 
     def __init__(
         self,
@@ -890,7 +940,7 @@ class _CuckooBase(nn.Module):
                 error_msgs,
             )
         # Validate everything and build the new table before changing anything.
-        table = self._validated_table(state_dict, prefix, own, strict)
+        table = self._validated_table(state_dict, prefix, own)
         w = state_dict[prefix + "weight"]
         if w.shape[0] - 1 != self.num_embeddings:
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
@@ -908,7 +958,7 @@ class _CuckooBase(nn.Module):
         self._graph_rows.clear()
         self._table_changed()
 
-    def _validated_table(self, sd: dict, prefix: str, own: list, strict: bool):
+    def _validated_table(self, sd: dict, prefix: str, own: list):
         """The CuckooTable of state dict ``sd``, after checking every entry of this module
         (keys, types, dtypes, shapes, counters, the ID map against the weight); ValueError
         naming the key otherwise. Changes nothing."""
@@ -921,12 +971,8 @@ class _CuckooBase(nn.Module):
                        "inconsistent)")
             if not isinstance(sd[prefix + n], Tensor):
                 bad(n, f"must be a torch.Tensor, got {type(sd[prefix + n]).__name__}")
-        if strict:
-            extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in own
-                           and "." not in k[len(prefix):])
-            if extra:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra} "
-                                 f"(another on_full, min_count or expire_after?); nothing was loaded")
+            if sd[prefix + n].device.type == "meta":
+                bad(n, "is on the meta device (it holds no values)")
         w = sd[prefix + "weight"]
         d = self.embedding_dim
         if w.dim() != 2 or w.shape[1] != d or w.shape[0] < 2:
@@ -943,9 +989,10 @@ class _CuckooBase(nn.Module):
             t = sd[prefix + n]
             if n.startswith("opt_") and n != "opt_step":  # fused optimizer state: one row per weight row
                 cur = self._buffers[n]
-                if t.dtype != cur.dtype or tuple(t.shape) != (R + 1, *cur.shape[1:]):
-                    bad(n, f"must have dtype {cur.dtype} and shape {(R + 1, *cur.shape[1:])} to "
-                           f"match weight {tuple(w.shape)}, got {t.dtype} {tuple(t.shape)}")
+                if tuple(t.shape) != (R + 1, *cur.shape[1:]):
+                    bad(n, f"must have shape {(R + 1, *cur.shape[1:])} to match weight "
+                           f"{tuple(w.shape)}, got {tuple(t.shape)}")
+                _check_opt_values(bad, n, t)  # another float dtype is cast, as weight is
                 continue
             want = dtypes.get(n, torch.int64)
             if t.dtype != want:
@@ -1386,7 +1433,7 @@ class CuckooEmbeddingBag(_Bag, _CuckooBase):
 # hashing-trick baseline /////////////////////////////////////////////////////////////////////
 
 
-class _HashedBase(nn.Module):
+class _HashedBase(_AtomicLoad):
     def __init__(
         self,
         num_embeddings: int,
@@ -1422,7 +1469,7 @@ class _HashedBase(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix, strict)
+        _check_plain_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -1590,7 +1637,7 @@ def _gather(table: nn.Module, idx: Tensor, fused: bool) -> Tensor:
                        table.scale_grad_by_freq, table.sparse)
 
 
-class _ComposedBase(nn.Module):
+class _ComposedBase(_AtomicLoad):
     """Shared machinery of the quotient-remainder and double-hashed modules. A subclass sets
     up its tables and supplies ``_gathers(ids) -> [(table, rows)]`` (rows of int64 ``ids``,
     the padding ID at the table's zero row) and ``_combine(parts) -> vectors``."""
@@ -1627,7 +1674,7 @@ class _ComposedBase(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix, strict)
+        _check_plain_state(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -2148,8 +2195,10 @@ def _own_state_names(m: nn.Module) -> list:
     ]
 
 
-class _BagCollection(nn.Module):
+class _BagCollection(_AtomicLoad):
     """Shared machinery of the collections (see :class:`CuckooEmbeddingBagCollection`)."""
+
+    _unexpected_hint = " (other tables or options?)"
 
     _bag_class: type = nn.Module
 
@@ -2447,26 +2496,17 @@ class _BagCollection(nn.Module):
     ):
         # Check every table's entries before any table changes (each table's own load then
         # checks its entries again and loads them).
-        expected = set()
         for name, bag in self.embedding_bags.items():
             p = f"{prefix}embedding_bags.{name}."
             own = _own_state_names(bag)
-            expected.update(p + n for n in own)
-            if not strict and not any(p + n in state_dict for n in own):
-                continue
-            self._check_table_state(bag, state_dict, p, own, strict)
-        if strict:
-            extra = sorted(k for k in state_dict if k.startswith(prefix) and k not in expected)
-            if extra:
-                raise ValueError(
-                    f"{type(self).__name__}.load_state_dict: unexpected keys {extra} (other "
-                    f"tables or options?); nothing was loaded"
-                )
+            if not _caller_strict(strict) and not any(p + n in state_dict for n in own):
+                continue  # strict=False and none of this table's keys: left as it is
+            self._check_table_state(bag, state_dict, p, own)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
+    def _check_table_state(self, bag, sd, prefix, own) -> None:
         raise NotImplementedError
 
 
@@ -2545,8 +2585,8 @@ class CuckooEmbeddingBagCollection(_BagCollection):
         """``{table: CuckooEmbeddingBag.stats()}``."""
         return {name: bag.stats() for name, bag in self.embedding_bags.items()}
 
-    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
-        bag._validated_table(sd, prefix, own, strict)
+    def _check_table_state(self, bag, sd, prefix, own) -> None:
+        bag._validated_table(sd, prefix, own)
 
 
 class HashedEmbeddingBagCollection(_BagCollection):
@@ -2566,7 +2606,7 @@ class HashedEmbeddingBagCollection(_BagCollection):
 
     _bag_class = HashedEmbeddingBag
 
-    def _check_table_state(self, bag, sd, prefix, own, strict) -> None:
+    def _check_table_state(self, bag, sd, prefix, own) -> None:
         for n in own:
             key = prefix + n
             if key not in sd:

@@ -73,6 +73,11 @@ __all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
 _MODE_MAX = 2  # torch.embedding_bag's code for mode="max"
 
 
+# The optimizer states that accumulate squares (the step takes their square root): a state dict
+# holding a negative value for one of them is refused on load.
+NONNEGATIVE_STATES = frozenset({"sum", "row_sum", "exp_avg_sq"})
+
+
 def _check_float(name: str, value, lo: float, lo_open: bool = False, hi: Optional[float] = None):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -238,6 +243,8 @@ class _FusedLookup(torch.autograd.Function):
         ctx.zero_row = module.num_embeddings
         if bag and module.mode == "max":
             flat = idx.reshape(-1)
+            if module.max_norm is not None:  # as F.embedding_bag does before pooling
+                torch.embedding_renorm_(weight, flat, module.max_norm, module.norm_type)
             off = (
                 offsets
                 if idx.dim() == 1

@@ -761,9 +761,12 @@ def miscalibration(
 
     Raises
     ------
+    TypeError
+        ``lists`` not of integers.
     ValueError
         An item id outside ``[0, n_items)`` (naming its position; ``-1`` is not "the last
-        item"), ``alpha`` outside ``[0, 1)``, or shapes that do not match.
+        item"), ``alpha`` outside ``[0, 1)``, a ``target`` row that is negative, not finite or
+        sums neither to 1 nor to 0, ``k = 0``, or shapes that do not match.
 
     Example
     -------
@@ -774,15 +777,22 @@ def miscalibration(
     array([0.])
     """
     lists = np.asarray(lists)
-    if lists.ndim != 2 or lists.dtype.kind not in "iu":
-        raise ValueError(f"lists must be a 2-D integer array [U, k], got shape {shape_str(lists)} dtype {lists.dtype}")
+    if lists.dtype.kind not in "iu" and lists.size:
+        raise TypeError(f"lists must hold integer item ids, got dtype {lists.dtype} with shape {shape_str(lists)}")
+    if lists.ndim != 2 or lists.shape[1] == 0:
+        raise ValueError(f"lists must be a 2-D integer array [U, k] with k >= 1, got shape {shape_str(lists)}")
+    lists = lists.astype(np.int64, copy=False)
     p = np.asarray(target, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != lists.shape[0]:
         raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {shape_str(p)}")
+    _check_distribution_rows(p, "target", allow_zero_rows=True)
     U, k = lists.shape
     alpha = check_real(alpha, "alpha", min=0.0, max=1.0, max_open=True)
     if isinstance(item_dist, ItemDistribution):
         item_dist = item_dist.toarray()
+    if len(np.shape(item_dist)) != 2 or np.shape(item_dist)[1] != p.shape[1]:
+        raise ValueError(f"item_dist must be [n_items, G] with G = {p.shape[1]} (the columns of target), "
+                         f"got shape {shape_str(item_dist)}")
     n_items = int(np.shape(item_dist)[0])
     bad = (lists < 0) | (lists >= n_items)
     if bad.any():

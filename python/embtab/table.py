@@ -237,7 +237,8 @@ class CuckooTable:
         **kwargs
             Constructor arguments (``max_size``, ``growth_factor``, ``seed``, ...).
         """
-        rows = np.asarray(rows) if not isinstance(rows, np.ndarray) else rows
+        if not isinstance(rows, np.ndarray):  # a list: an empty one would be float64
+            rows = np.asarray(rows) if len(rows) else np.zeros(0, np.int64)
         if num_rows is None:
             num_rows = int(rows.max()) + 1 if rows.size else 0
         table = cls(**kwargs)
