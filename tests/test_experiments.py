@@ -138,6 +138,31 @@ def test_findings_follow_the_intervals(arps, word):
     assert word in text
 
 
+def _fake_collisions(recalls, arps):
+    """E2 rows: per seed, (cuckoo, hashed at m/n=1/4) recall@10 and arp@10."""
+    rows = []
+    for seed, ((rc, rh), (ac, ah)) in enumerate(zip(recalls, arps)):
+        for table, rpi, rec, arp, share in (("cuckoo", 1.0, rc, ac, 0.0),
+                                            ("hashed", 0.25, rh, ah, 0.98)):
+            rows.append({"model": "mf", "seed": seed, "dim": 8, "table": table,
+                         "rows_per_id": rpi, "collision_share": share,
+                         "collision_theory": share, "recall@10": rec, "arp@10": arp,
+                         "coverage@10": 0.5, "decile_recall@10": [rec] * 10})
+    return {"experiment": "collisions", "rows": rows}
+
+
+@pytest.mark.parametrize("recalls, word", [
+    ([(0.5, 0.3), (0.52, 0.31), (0.49, 0.3)], "recall@10 is below the cuckoo table's"),
+    ([(0.3, 0.5), (0.31, 0.52), (0.3, 0.49)], "recall@10 is above the cuckoo table's"),
+    ([(0.5, 0.3), (0.3, 0.5), (0.4, 0.4)], "recall@10: no clear direction")])
+def test_collisions_findings_follow_paired_intervals(recalls, word):
+    arps = [(0.2, 0.2 + 0.01 * (-1) ** s) for s in range(3)]  # means differ, interval holds 0
+    text = " ".join(ex.collisions.findings(_fake_collisions(recalls, arps)))
+    assert word in text
+    assert "collisions: no clear direction (hashed − cuckoo arp@10" in text
+    assert "raise arp@10" not in text and "lower arp@10" not in text
+
+
 def test_calibration_text_says_when_target_is_missed():
     base = {"model": "mf+calibrated", "seed": 0, "candidates": 100, "recall@10": 0.1,
             "arp@10": 0.1, "coverage@10": 0.1, "decile_recall@10": [0.1] * 10}

@@ -6,7 +6,6 @@ expected.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from embtab.experiments.plots import (
     pyplot,
     save_figure,
 )
+from embtab.experiments.intervals import direction_sentence, interval
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label, table
 from embtab.experiments.results import find, summarize
@@ -36,7 +36,7 @@ from embtab.experiments.session import (
 )
 from embtab.train import collision_share, recommend
 
-__all__ = ["FIXED_DIM", "ROWS_PER_ID", "findings", "plot", "plot_collisions", "run_collisions",
+__all__ = ["FIXED_DIM", "ROWS_PER_ID", "contrasts", "findings", "plot", "plot_collisions", "run_collisions",
            "section", "tail_recall"]
 
 ROWS_PER_ID = (1 / 16, 1 / 4, 1 / 2, 1.0)
@@ -117,48 +117,76 @@ def tail_recall(row) -> float:
     return float(d.mean()) if d.size else float("nan")
 
 
-def findings(summ) -> list:
-    """The "what it shows" sentences from E2's summary rows (computed, never fixed claims)."""
+def _paired(rows, m_a: float, metric) -> dict:
+    """Per seed, ``metric`` of the hashed table at m/n = ``m_a`` minus the cuckoo table's, as an
+    :func:`interval` (``metric`` a key of the rows or a function of a row)."""
+    get = metric if callable(metric) else (lambda r: r.get(metric))
+    ref = {r["seed"]: get(r) for r in rows if r.get("model") == "mf" and r.get("table") == "cuckoo"}
+    diffs = []
+    for r in rows:
+        if r.get("table") == "hashed" and r["rows_per_id"] == m_a and r["seed"] in ref:
+            a, b = get(r), ref[r["seed"]]
+            if a is not None and b is not None:
+                diffs.append(a - b)
+    return interval(diffs)
+
+
+def _head_recall(row) -> float:
+    """Mean recall over the two most popular deciles (0–1) with test items."""
+    d = np.asarray(row["decile_recall@10"], dtype=np.float64)[:2]
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if d.size else float("nan")
+
+
+def contrasts(results: dict) -> list:
+    """The paired per-seed differences E2's sentences rest on: each hashed table minus the
+    cuckoo table (same seed, same split) on recall@10, arp@10, coverage@10, tail recall (deciles
+    5–9) and head recall (deciles 0–1), each an :func:`interval`."""
+    rows = results["rows"]
+    out = []
+    for m in sorted({r["rows_per_id"] for r in rows if r.get("table") == "hashed"}):
+        for name, metric in (("recall@10", "recall@10"), ("arp@10", "arp@10"),
+                             ("coverage@10", "coverage@10"), ("tail_recall", tail_recall),
+                             ("head_recall", _head_recall)):
+            out.append({"rows_per_id": m, "metric": name, "difference": _paired(rows, m, metric)})
+    return out
+
+
+def findings(results: dict) -> list:
+    """The "what it shows" sentences of E2, each from the numbers: the measured collision share
+    against theory, and each direction from a paired per-seed interval of hashed minus cuckoo
+    (a direction only where the interval excludes 0; docs/experiments.md, "Intervals")."""
+    summ = summarize(results)
     hashed = sorted([r for r in summ if r.get("table") == "hashed"], key=lambda r: r["rows_per_id"])
     cuckoo = find(summ, model="mf", table="cuckoo")
     if not hashed or cuckoo is None:
         return []
     lo, hi = hashed[0], hashed[-1]
-    out = []
-    out.append(
+    out = [
         f"Measured collision share goes from {hi['collision_share']:.3f} at m/n={hi['rows_per_id']:g} "
         f"(theory {hi['collision_theory']:.3f}) to {lo['collision_share']:.3f} at "
-        f"m/n={lo['rows_per_id']:g} (theory {lo['collision_theory']:.3f}).")
-    seq = [cuckoo["recall@10"]] + [r["recall@10"] for r in reversed(hashed)]
-    if all(b < a for a, b in zip(seq, seq[1:])):
-        rec = "falls at every step"
-    elif lo["recall@10"] < cuckoo["recall@10"]:
-        rec = "falls overall (not at every step)"
-    else:
-        rec = "does not fall"
-    out.append(
-        f"recall@10 {rec} from the cuckoo table down the m/n sweep: cuckoo "
-        f"{cuckoo['recall@10']:.4f}, hashed "
-        + ", ".join(f"m/n={r['rows_per_id']:g}: {r['recall@10']:.4f}" for r in reversed(hashed)) + ".")
-    t_c, t_lo, t_hi = tail_recall(cuckoo), tail_recall(lo), tail_recall(hi)
-    h_c = np.nanmean(np.asarray(cuckoo["decile_recall@10"], dtype=float)[:2])
-    h_lo = np.nanmean(np.asarray(lo["decile_recall@10"], dtype=float)[:2])
-    if all(map(math.isfinite, (t_c, t_lo, h_c, h_lo))) and t_c > 0 and h_c > 0:
-        if t_lo >= t_c:
-            verdict = "tail recall does not fall at all, so the tail is not the part hit hardest"
-        elif t_lo / t_c < h_lo / h_c:
-            verdict = "the tail is hit harder than the head"
-        else:
-            verdict = "the head is hit as hard as the tail or harder"
-        out.append(
-            f"Tail recall (mean of deciles 5–9): cuckoo {t_c:.4f}, m/n={hi['rows_per_id']:g} "
-            f"{t_hi:.4f}, m/n={lo['rows_per_id']:g} {t_lo:.4f} ({t_lo / t_c:.0%} of cuckoo); head "
-            f"recall (deciles 0–1) at m/n={lo['rows_per_id']:g} is {h_lo / h_c:.0%} of cuckoo's: "
-            f"{verdict}.")
-    direction = ("raise" if lo["arp@10"] > cuckoo["arp@10"] else "lower")
-    out.append(f"Collisions {direction} arp@10 here: cuckoo {cuckoo['arp@10']:.4f} vs "
-               f"{lo['arp@10']:.4f} at m/n={lo['rows_per_id']:g} "
-               f"(coverage@10 {cuckoo['coverage@10']:.4f} vs {lo['coverage@10']:.4f}).")
+        f"m/n={lo['rows_per_id']:g} (theory {lo['collision_theory']:.3f})."]
+    c = {(x["rows_per_id"], x["metric"]): x["difference"] for x in contrasts(results)}
+    for r in reversed(hashed):
+        m = r["rows_per_id"]
+        out.append(direction_sentence(
+            c[(m, "recall@10")], f"At m/n={m:g}, the hashed table's recall@10",
+            "is above the cuckoo table's", "is below the cuckoo table's",
+            metric="hashed − cuckoo"))
+    m = lo["rows_per_id"]
+    out.append(direction_sentence(
+        c[(m, "arp@10")], f"At m/n={m:g}, collisions", "raise arp@10 (more popular lists)",
+        "lower arp@10 (less popular lists)", metric="hashed − cuckoo arp@10"))
+    out.append(direction_sentence(
+        c[(m, "coverage@10")], f"At m/n={m:g}, collisions", "raise coverage@10",
+        "lower coverage@10", metric="hashed − cuckoo coverage@10"))
+    tail, head = c[(m, "tail_recall")], c[(m, "head_recall")]
+    out.append(direction_sentence(
+        tail, f"At m/n={m:g}, tail recall (deciles 5–9)", "is above the cuckoo table's",
+        "falls below the cuckoo table's", metric="hashed − cuckoo"))
+    out.append(direction_sentence(
+        head, f"At m/n={m:g}, head recall (deciles 0–1)", "is above the cuckoo table's",
+        "falls below the cuckoo table's", metric="hashed − cuckoo"))
     return out
 
 
@@ -185,7 +213,7 @@ def section(results: dict, plots=()) -> list:
                            if "collision_share" in r else ""))],
         extra=[("tail recall (deciles 5–9)",
                 lambda r: fmt(tail_recall(r)) if "decile_recall@10" in r else "")])
-    return finish_section(lines, findings(summ), results, plots)
+    return finish_section(lines, findings(results), results, plots)
 
 
 register(Experiment("collisions", "E2", "hash collisions: hashed item tables vs cuckoo",
