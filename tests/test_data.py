@@ -411,3 +411,72 @@ def test_data_package_keeps_its_import_paths():
     assert d.load_dataset is loaders.load_dataset and d.train_test_split is split.train_test_split
     assert d.GroundTruth is truth.GroundTruth
     assert sorted(d.__all__) == sorted(n for n in d.__all__ if hasattr(d, n))
+
+
+def _write_ml1m(folder):
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n"
+                                        "2::10::4::978301968\n2::30::4.5::978300275\n")
+    (folder / "movies.dat").write_bytes(
+        ("10::Toy Story (1995)::Animation|Children's|Comedy\n"
+         "20::Jumanji (1995)::Adventure|Children's|Fantasy\n"
+         "30::Caf\xe9 (1995)::(no genres listed)\n40::Never rated::Drama\n").encode("latin-1"))
+
+
+def test_load_movielens_1m_layout(tmp_path):
+    folder = tmp_path / "ml-1m"
+    _write_ml1m(folder)
+    for p in (folder, folder / "ratings.dat"):
+        d = load_movielens(p)
+        assert (d.name, d.n_users, d.n_items, d.n_interactions) == ("ml-1m", 2, 3, 4)
+        assert d.genre_names == ("Adventure", "Animation", "Children's", "Comedy", "Drama",
+                                 "Fantasy")
+        assert [[d.genre_names[g] for g in d.item_genres[i]] for i in range(3)] == [
+            ["Animation", "Children's", "Comedy"], ["Adventure", "Children's", "Fantasy"], []]
+        assert d.weights.tolist() == [5.0, 3.0, 4.0, 4.5]
+        assert d.timestamps.tolist() == [978300760, 978302109, 978301968, 978300275]
+    assert load_dataset(f"movielens:{folder}").n_interactions == 4
+    (folder / "movies.dat").unlink()  # no genre file: no genres
+    assert load_movielens(folder).n_genres == 0
+    (folder / "ratings.dat").write_text("1::10::5::978300760\n1::20::3\n")
+    with pytest.raises(ValueError, match=r"ratings.dat, line 2: expected 4 '::'-separated"):
+        load_movielens(folder)
+
+
+def test_load_movielens_csv_layout(tmp_path):
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
+                                        "1,3,4.0,964981247\n2,1,3.5,964982224\n")
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation|Comedy\n"
+        '3,"Grumpier Old Men, The (1995)",Comedy|Romance\n', encoding="utf-8")
+    d = load_movielens(folder)
+    assert (d.name, d.n_users, d.n_items, d.n_interactions) == ("ml-latest-small", 2, 2, 3)
+    assert d.genre_names == ("Adventure", "Animation", "Comedy", "Romance")
+    assert [d.item_genres[i].tolist() for i in range(2)] == [[0, 1, 2], [2, 3]]
+    assert d.weights.tolist() == [4.0, 4.0, 3.5]
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,9\n1,x,4.0,9\n")
+    with pytest.raises(ValueError, match=r"ratings.csv, line 3: item 'x' is not"):
+        load_movielens(folder)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_movielens(tmp_path / "nope")
+    with pytest.raises(ValueError, match="not a MovieLens ratings file"):
+        load_movielens(folder / "movies.csv")
+
+
+def test_load_movielens_reads_in_chunks(tmp_path, monkeypatch):
+    import embtab.data.loaders as L
+
+    monkeypatch.setattr(L, "_CHUNK_LINES", 3)  # 10 lines: 4 chunks, one blank line
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    lines = [f"{u}::{u * 7 % 5}::{u % 5 + 1}::{1000 + u}" for u in range(9)]
+    lines.insert(4, "")
+    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
+    d = load_movielens(folder)
+    assert d.n_interactions == 9 and sorted(d.timestamps.tolist()) == list(range(1000, 1009))
+    lines[8] = "8::3::oops::1008"  # line 9, in the third chunk
+    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"ratings.dat, line 9: rating 'oops'"):
+        load_movielens(folder)

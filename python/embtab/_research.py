@@ -9,6 +9,7 @@ rather than restating it.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -20,19 +21,42 @@ U64_MAX = 2**64 - 1
 def as_u64(x, what) -> np.ndarray:
     """Raw IDs as uint64 (int64 values reinterpreted as their bit pattern).
 
-    Raises ``TypeError`` naming ``what`` when ``x`` does not hold integers.
+    An integer array converts bit for bit (signed values as int64). A list (or object array)
+    of Python ints converts exactly whatever its values, also where NumPy alone would turn a
+    mix of values >= 2^63 (or negative) and small ones into float64: a negative int reads as
+    its two's complement, like int64, so ``-1`` and ``2**64 - 1`` are the same ID.
+
+    Raises ``TypeError`` naming ``what`` when ``x`` does not hold integers, and ``ValueError``
+    naming ``what`` and the value when an integer lies outside [-2^63, 2^64).
     """
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TypeError(f"{what} must be integer IDs (uint64 or int64); got {e}") from None
     if a.dtype == np.uint64:
         return a
     if a.dtype.kind in "iu":
         return a.astype(np.int64).view(np.uint64)
-    if a.dtype == object or a.size == 0:
-        try:
-            return np.asarray([int(v) & U64_MAX for v in a.ravel()],
-                              dtype=np.uint64).reshape(a.shape)
-        except (TypeError, ValueError):
-            pass
+    if a.size == 0:
+        return np.zeros(a.shape, dtype=np.uint64)
+    if a.dtype == object or (a.dtype.kind == "f" and not isinstance(x, np.ndarray)):
+        # Python ints that no single NumPy integer type holds: convert one by one, exactly
+        vals = (a if a.dtype == object else np.asarray(x, dtype=object)).ravel()
+        out = np.empty(vals.size, dtype=np.uint64)
+        for n, v in enumerate(vals):
+            if isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{what} must be integer IDs (uint64 or int64); got {v!r} at "
+                                f"position {n}")
+            try:
+                iv = operator.index(v)
+            except TypeError:
+                raise TypeError(f"{what} must be integer IDs (uint64 or int64); got {v!r} "
+                                f"({type(v).__name__}) at position {n}") from None
+            if not -(2**63) <= iv <= U64_MAX:
+                raise ValueError(f"{what}: ID {iv} at position {n} is outside [-2^63, 2^64) "
+                                 "(a negative ID is read as int64, bit for bit)")
+            out[n] = iv & U64_MAX
+        return out.reshape(a.shape)
     raise TypeError(f"{what} must be integer IDs (uint64 or int64); got dtype {a.dtype}")
 
 
@@ -73,16 +97,31 @@ def fmt(m, sd=None, digits: int = 4) -> str:
     return s
 
 
-def topk_indices(scores, k: int) -> np.ndarray:
-    """Column indices of each row's ``min(k, n_cols)`` largest scores, best first, int64.
+#: The list entry of a slot without a candidate: lists may be shorter than k, padded with -1.
+PAD = -1
 
-    ``scores`` is a 2-D torch tensor or NumPy array; ``torch.topk`` orders the row, so ties and
-    ``-inf`` entries are ordered as it orders them (the models' and baselines' lists).
+
+def topk_indices(scores, k: int) -> np.ndarray:
+    """Column indices of each row's k largest scores, best first, int64 [n_rows, k].
+
+    ``scores`` is a 2-D torch tensor or NumPy array; ``torch.topk`` orders the row, so ties are
+    ordered as it orders them (the models' and baselines' lists). A score of ``-inf`` marks an
+    excluded item (a training item, an unborn item): it is never listed. A row with fewer than
+    k listable items (or a catalogue of fewer than k items) gives a **shorter list, padded with
+    -1** (:data:`PAD`) after its last item; docs/metrics.md defines the metrics on such lists.
     """
     t = scores if isinstance(scores, torch.Tensor) else torch.from_numpy(
         np.ascontiguousarray(scores))
-    k = min(k, t.shape[1])
-    return torch.topk(t, k, dim=1, sorted=True).indices.numpy().astype(np.int64)
+    if t.ndim != 2:
+        raise ValueError(f"scores must be 2-D [n_rows, n_cols]; got shape {tuple(t.shape)}")
+    out = np.full((t.shape[0], k), PAD, dtype=np.int64)
+    kk = min(k, t.shape[1])
+    if kk > 0:
+        values, idx = torch.topk(t, kk, dim=1, sorted=True)
+        idx = idx.numpy().astype(np.int64)
+        idx[torch.isneginf(values).numpy()] = PAD
+        out[:, :kk] = idx
+    return out
 
 
 # a user's category mix //////////////////////////////////////////////////////////////////////

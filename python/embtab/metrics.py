@@ -4,8 +4,12 @@ Inputs, shared by every function:
 
 ``topk`` : int array [U, >=k]
     Row ``u`` is user ``u``'s ranked list of dense item indices, best first; only the first ``k``
-    columns count. Entries lie in ``[0, I)`` and are distinct within a row (``ValueError``
-    otherwise). Excluding a user's training items is the recommender's job, not the metrics'.
+    columns count. **Lists may be shorter than k, padded with -1**: a slot without a candidate
+    (the user has fewer than k items left to recommend) holds -1, after the list's last item.
+    Item entries lie in ``[0, I)`` and are distinct within a row; a -1 before an item is refused
+    too (``ValueError``). Excluding a user's training items is the recommender's job, not the
+    metrics'. Padding is never an item: the metrics below count only the real items (the
+    definitions say how; docs/metrics.md, "Short lists").
 ``train``, ``test`` : per-user item sets, any of
     a :class:`embtab.data.RowSets` [U, I]; an :class:`embtab.data.Interactions` (its
     ``user_items()``); a ``tuple`` ``(indptr, indices)`` in CSR form; or a ``list`` of U integer
@@ -19,10 +23,11 @@ Definitions (pop(i) = share of training users who interacted with item i):
 * ``recall@k`` = ``|top-k ∩ test| / min(k, |test|)``, averaged over users with a test item.
 * ``ndcg@k`` = DCG/IDCG with binary gains, DCG = Σ_{j<k} [top-k_j ∈ test] / log2(j + 2),
   ``IDCG = Σ_{j < min(k, |test|)} 1 / log2(j + 2)``; averaged over users with a test item.
-* ``arp@k`` = mean over users of the mean pop(i) of their top-k.
+* ``arp@k`` = mean over users of the mean pop(i) of their top-k (users with an empty list are
+  left out).
 * head/tail: the head is the ``ceil(I/5)`` (20%) most popular items by training count, ties
-  broken by lower item index; the rest is the tail. ``tail_share@k`` = share of all U·k
-  recommended slots that hold tail items.
+  broken by lower item index; the rest is the tail. ``tail_share@k`` = share of all
+  recommended items (U·k slots when no list is short) that are tail items.
 * ``coverage@k`` = distinct recommended items / I.
 * ``gini@k`` = Gini coefficient of the exposure counts c_i of all I items (never-shown items count
   as 0): with c sorted ascending, G = Σ_{i=1..I} (2i − I − 1) c_(i) / (I Σ c) (0 = uniform,
@@ -30,7 +35,8 @@ Definitions (pop(i) = share of training users who interacted with item i):
 * ``entropy@k`` = −Σ_i e_i ln e_i / ln I with e_i = c_i / Σ c (1 = uniform exposure).
 * ``miscalibration@k`` = mean over users of KL(p‖q̃) = Σ_g p(g|u) ln(p(g|u) / q̃(g|u)),
   q̃ = (1 − α) q + α p, α = 0.01; p(g|u) = Σ_{i ∈ train_u} w(i,g) / Σ_{i ∈ train_u} Σ_g w(i,g)
-  (the mean genre distribution of the user's training items), q likewise from the top-k.
+  (the mean genre distribution of the user's training items), q likewise from the top-k
+  (users with an empty list are left out).
 * ``consumed_utility@k`` (with budget c) = mean over users of the expected number of list items
   the user consumes when they scan the list top-down, examine rank r with probability
   1/log2(r + 1), consume an examined item with probability its relevance, and stop after c
@@ -76,6 +82,7 @@ __all__ = [
     "head_items",
     "item_counts",
     "item_popularity",
+    "list_lengths",
     "miscalibration",
     "merit_exposure_at_k",
     "miscalibration_at_k",
@@ -151,7 +158,7 @@ def _n_genre_rows(item_genres) -> int:
 
 
 def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
-    """Validate and cut a top-k array to int64 [U, k]."""
+    """Validate and cut a top-k array to int64 [U, k] (-1 = padding after the last item)."""
     a = np.asarray(topk)
     if a.dtype.kind not in "iu":
         raise TypeError(f"topk must be an integer array; got dtype {a.dtype}")
@@ -161,25 +168,53 @@ def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
     if n_users is not None and a.shape[0] != n_users:
         raise ValueError(f"topk has {a.shape[0]} rows; the item sets have {n_users} users")
     a = a[:, :k].astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() >= n_items):
-        raise ValueError(f"topk entries must lie in [0, {n_items}); got [{a.min()}, {a.max()}]")
+    if a.size and (a.min() < -1 or a.max() >= n_items):
+        raise ValueError(f"topk entries must lie in [0, {n_items}) or be -1 (padding); got "
+                         f"[{a.min()}, {a.max()}]")
     if k > 1:
+        bad = np.flatnonzero(((a[:, :-1] < 0) & (a[:, 1:] >= 0)).any(axis=1))
+        if bad.size:
+            raise ValueError(f"topk row {bad[0]} has padding (-1) before an item: "
+                             f"{a[bad[0]].tolist()}; pad a short list after its last item")
         s = np.sort(a, axis=1)
-        dup = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+        dup = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))
         if dup.size:
             raise ValueError(f"topk row {dup[0]} repeats an item: {a[dup[0]].tolist()}")
     return a
 
 
 def _hits(top: np.ndarray, sets: RowSets) -> np.ndarray:
-    """Bool [U, k]: is top[u, j] in sets[u]."""
+    """Bool [U, k]: is top[u, j] in sets[u] (padding, -1, never is)."""
     n = max(sets.n_cols, 1)
     keys = sets.row_ids() * n + sets.indices                 # sorted: rows, then items
     q = np.arange(top.shape[0], dtype=np.int64)[:, None] * n + top
     if keys.size == 0:
         return np.zeros(top.shape, dtype=bool)
     pos = np.searchsorted(keys, q).clip(max=keys.size - 1)
-    return keys[pos] == q
+    return (keys[pos] == q) & (top >= 0)
+
+
+def _per_user_mean(values: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Float64 [U]: each row's mean of ``values`` [U, k] over its real items (NaN: empty list)."""
+    real = top >= 0
+    n = real.sum(axis=1)
+    tot = np.where(real, values, 0.0).sum(axis=1)
+    return np.divide(tot, n, out=np.full(top.shape[0], np.nan), where=n > 0)
+
+
+def list_lengths(topk, k: int = 10) -> np.ndarray:
+    """Items in each list (its first k slots less the -1 padding), int64 [U].
+
+    Example::
+
+        >>> list_lengths([[3, 1, -1], [-1, -1, -1]], k=3).tolist()
+        [2, 0]
+    """
+    a = np.asarray(topk)
+    if a.ndim != 2:
+        raise ValueError(f"topk must have shape [U, >= k]; got shape {a.shape}")
+    n_items = max(int(a.max()) + 1, 1) if a.size else 1
+    return (_topk(a, k, n_items) >= 0).sum(axis=1).astype(np.int64)
 
 
 # popularity /////////////////////////////////////////////////////////////////////////////////
@@ -266,9 +301,10 @@ def popularity_deciles(train_counts) -> np.ndarray:
 
 
 def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
-    """Times each item is shown in the top-k lists, int64 [I] (never shown: 0)."""
+    """Times each item is shown in the top-k lists, int64 [I] (never shown: 0; padding, -1,
+    is not an item and counts nowhere)."""
     top = _topk(topk, k, n_items)
-    return np.bincount(top.ravel(), minlength=n_items).astype(np.int64)
+    return np.bincount(top[top >= 0], minlength=n_items).astype(np.int64)
 
 
 # accuracy ///////////////////////////////////////////////////////////////////////////////////
@@ -277,6 +313,9 @@ def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
 def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
                 per_user: bool = False):
     """recall@k = ``|top-k ∩ test_u| / min(k, |test_u|)``, averaged over users with a test item.
+
+    Only real items can hit: a short list's -1 padding is no hit, and the denominator stays
+    ``min(k, |test_u|)``; a user with a test item and an empty list has recall 0.
 
     Parameters
     ----------
@@ -315,6 +354,7 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
     ``e_r = 1/log2(r + 1)`` (:func:`embtab.rerank.examination_probability`), consumes an
     examined item with probability ``rel(u, i)``, and stops after ``c`` consumptions; the value
     is the exact expectation (:func:`embtab.rerank.expected_consumption`), in [0, min(c, k)].
+    A short list's -1 padding holds nothing to consume (an empty list: 0).
 
     Parameters
     ----------
@@ -350,11 +390,13 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
         if relevance.ndim not in (2, 3):
             raise ValueError(f"relevance must be [U, I] or [U, Z, I]; got shape {relevance.shape}")
         top = _topk(topk, k, relevance.shape[-1], relevance.shape[0])
+        e = e * (top >= 0)                                   # padding: nothing to consume
+        safe = np.maximum(top, 0)
         if relevance.ndim == 2:
-            acc = np.take_along_axis(relevance, top, axis=1) * e
+            acc = np.take_along_axis(relevance, safe, axis=1) * e
         else:
-            idx = np.broadcast_to(top[:, None, :], relevance.shape[:2] + (k,))
-            acc = np.take_along_axis(relevance, idx, axis=2) * e
+            idx = np.broadcast_to(safe[:, None, :], relevance.shape[:2] + (k,))
+            acc = np.take_along_axis(relevance, idx, axis=2) * e[:, None, :]
         r = rerank.expected_consumption(acc, c, intent_weights)
         return r if per_user else mean(r)
     if intent_weights is not None:
@@ -371,7 +413,8 @@ def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
     """ndcg@k with binary gains, averaged over users with a test item.
 
     DCG = Σ_{j<k} [topk[u, j] ∈ test_u] / log2(j + 2); ``IDCG = Σ_{j < min(k, |test_u|)}
-    1 / log2(j + 2)``; ndcg = DCG / IDCG. Arguments as in :func:`recall_at_k`.
+    1 / log2(j + 2)``; ndcg = DCG / IDCG. Arguments as in :func:`recall_at_k`; -1 padding is
+    no hit (a user with a test item and an empty list has ndcg 0).
 
     Example::
 
@@ -425,7 +468,8 @@ def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
     n_ud = np.bincount(s.row_ids() * 10 + dec[s.indices], minlength=U * 10).reshape(U, 10)
     hit = _hits(top, s)
     rows = np.broadcast_to(np.arange(U)[:, None], top.shape)
-    h_ud = np.bincount((rows * 10 + dec[top])[hit], minlength=U * 10).reshape(U, 10)
+    h_ud = np.bincount((rows * 10 + dec[np.maximum(top, 0)])[hit],
+                       minlength=U * 10).reshape(U, 10)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = h_ud / np.minimum(k, n_ud)
     r[n_ud == 0] = np.nan
@@ -437,6 +481,9 @@ def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
 
 def arp_at_k(topk, popularity, k: int = 10) -> float:
     """arp@k = mean over users of the mean pop(i) of their top-k.
+
+    A short list's mean is over its real items (padding, -1, is not an item); users with an
+    empty list are left out; NaN when every list is empty (or there are no users).
 
     Parameters
     ----------
@@ -451,11 +498,14 @@ def arp_at_k(topk, popularity, k: int = 10) -> float:
     """
     pop = np.asarray(popularity, dtype=np.float64)
     top = _topk(topk, k, pop.size)
-    return mean(pop[top].mean(axis=1))
+    return nanmean(_per_user_mean(pop[np.maximum(top, 0)], top))
 
 
 def tail_share_at_k(topk, is_head, k: int = 10) -> float:
-    """tail_share@k = share of all recommended slots (U·k) that hold tail items.
+    """tail_share@k = share of all recommended items (U·k slots) that are tail items.
+
+    Only real items count (a short list's -1 padding is no slot); NaN when no list holds an
+    item.
 
     Parameters
     ----------
@@ -470,11 +520,12 @@ def tail_share_at_k(topk, is_head, k: int = 10) -> float:
     """
     head = np.asarray(is_head, dtype=bool)
     top = _topk(topk, k, head.size)
-    return mean(~head[top])
+    return mean(~head[top[top >= 0]])
 
 
 def coverage_at_k(topk, n_items: int, k: int = 10) -> float:
-    """coverage@k = distinct recommended items / all items (I = ``n_items``).
+    """coverage@k = distinct recommended items / all items (I = ``n_items``); padding (-1) is
+    no item, so 0.0 when every list is empty.
 
     Example::
 
@@ -487,7 +538,8 @@ def coverage_at_k(topk, n_items: int, k: int = 10) -> float:
 def gini_at_k(topk, n_items: int, k: int = 10) -> float:
     """gini@k = Gini coefficient of the exposure counts of all ``n_items`` items.
 
-    Never-shown items count as 0. With counts c sorted ascending,
+    Never-shown items count as 0; padding (-1) is shown nowhere (NaN when no list holds an
+    item). With counts c sorted ascending,
     G = Σ_{i=1..I} (2i − I − 1) c_(i) / (I · Σ c), which equals
     ``Σ_i Σ_j |c_i − c_j| / (2 I² mean(c))``: 0 for uniform exposure, (I − 1)/I when one item takes
     every slot.
@@ -526,7 +578,8 @@ def entropy_at_k(topk, n_items: int, k: int = 10) -> float:
     """entropy@k = Shannon entropy of the exposure distribution / ln(n_items).
 
     e_i = c_i / Σ c over all items; H = −Σ_{e_i > 0} e_i ln e_i; returns H / ln I (1 for uniform
-    exposure over all items, 0 when one item takes every slot; 1.0 when I = 1).
+    exposure over all items, 0 when one item takes every slot; 1.0 when I = 1). Padding (-1)
+    is not exposure; NaN when no list holds an item.
 
     Example::
 
@@ -555,7 +608,8 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     distribution of the user's genre-bearing training items); q(g|u) likewise over the top-k;
     q̃ = (1 − α) q + α p. Terms with p(g|u) = 0 are 0. Users without a genre-bearing training item
     are skipped (NaN per user); a list without a genre-bearing item has q = 0, so its KL is
-    ln(1/α).
+    ln(1/α). A short list's q is over its real items (padding, -1, carries no genre); users
+    with an empty list are skipped (NaN per user).
 
     Parameters
     ----------
@@ -580,9 +634,10 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     top = _topk(topk, k, s.n_cols, s.n_rows)
     U = s.n_rows
     p = category_mix((s.row_ids(), s.indices), g, U)
-    q = category_mix((np.repeat(np.arange(U), k), top.ravel()), g, U)
+    real = top >= 0
+    q = category_mix((np.nonzero(real)[0], top[real]), g, U)
     kl = rerank.smoothed_kl(p, q, alpha)
-    kl[p.sum(axis=1) == 0] = np.nan
+    kl[(p.sum(axis=1) == 0) | ~real.any(axis=1)] = np.nan
     return kl if per_user else nanmean(kl)
 
 
@@ -594,8 +649,11 @@ GROUP_FRACTION = 0.2
 
 
 def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
-                chunk: int = 1024) -> np.ndarray:
+                chunk: int = 1024, candidates=None) -> np.ndarray:
     """The oracle's lists: top-k items by true p(i|u), training items excluded, int64 [U, k].
+
+    A user with fewer than k listable items (untrained, among ``candidates``) gets a shorter
+    list, padded with -1 (the module docstring); k itself must be in [1, I].
 
     Parameters
     ----------
@@ -606,6 +664,9 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
         Needed only for the tuple/list forms of ``train``.
     chunk : int
         Users scored at a time.
+    candidates : bool [I], optional
+        The items that may be listed (default all); the others are excluded like training
+        items (e.g. a stream's items not yet seen).
 
     Ties go to the lower item index.
 
@@ -621,7 +682,12 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
     U, I = s.n_rows, s.n_cols
     if not 1 <= k <= I:
         raise ValueError(f"k must be in [1, {I}]; got {k}")
-    out = np.empty((U, k), dtype=np.int64)
+    cand = None
+    if candidates is not None:
+        cand = np.asarray(candidates, dtype=bool)
+        if cand.shape != (I,):
+            raise ValueError(f"candidates must be a bool mask of shape ({I},); got {cand.shape}")
+    out = np.full((U, k), -1, dtype=np.int64)
     for start in range(0, U, chunk):
         rows = np.arange(start, min(start + chunk, U))
         p = np.array(truth.prob(rows), dtype=np.float64)
@@ -629,15 +695,19 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
             raise ValueError(f"truth.prob returned shape {p.shape}; expected {(rows.size, I)}")
         sub = s.take_rows(rows)
         p[sub.row_ids(), sub.indices] = -np.inf
-        order = np.argsort(-p, axis=1, kind="stable")
-        out[rows] = order[:, :k]
+        if cand is not None:
+            p[:, ~cand] = -np.inf
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        order[np.isneginf(np.take_along_axis(p, order, axis=1))] = -1
+        out[rows] = order
     return out
 
 
 def excess_arp_at_k(topk, oracle, popularity, k: int = 10) -> float:
     """excess_arp@k = arp@k of ``topk`` minus arp@k of the oracle's lists, same users.
 
-    Positive: the lists are more popular than the accuracy-optimal lists.
+    Positive: the lists are more popular than the accuracy-optimal lists. Each arp@k is over
+    its own non-empty lists (:func:`arp_at_k`).
 
     Parameters
     ----------
@@ -691,7 +761,8 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
 
     For the users of a group, GAP_p = mean over users of the mean pop(i) of their training
     profile, GAP_r the same over their top-k; ΔGAP = (GAP_r − GAP_p) / GAP_p (Abdollahpouri et
-    al. 2019). 0: lists as popular as the profiles; > 0: more popular.
+    al. 2019). 0: lists as popular as the profiles; > 0: more popular. A short list's mean is
+    over its real items; users with an empty list are left out of both GAPs.
 
     Parameters
     ----------
@@ -726,10 +797,10 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
     n = s.lengths()
     prof = np.divide(np.bincount(s.row_ids(), weights=pop[s.indices], minlength=s.n_rows), n,
                      out=np.full(s.n_rows, np.nan), where=n > 0)
-    rec = pop[top].mean(axis=1)
+    rec = _per_user_mean(pop[np.maximum(top, 0)], top)
     out = {}
     for j, name in enumerate(USER_GROUPS):
-        ok = (g == j) & np.isfinite(prof)
+        ok = (g == j) & np.isfinite(prof) & np.isfinite(rec)
         gp = prof[ok].mean() if ok.any() else np.nan
         out[name] = float((rec[ok].mean() - gp) / gp) if ok.any() and gp > 0 else float("nan")
     return out
@@ -738,8 +809,9 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
 def distinct_lists_at_k(topk, k: int = 10) -> float:
     """distinct_lists@k = number of distinct top-k item sets / number of users.
 
-    Lists are compared as sets (order ignored). 1: every user gets their own list; 1/U:
-    everyone gets the same list.
+    Lists are compared as sets of their real items (order and -1 padding ignored; empty
+    lists are all the same set). 1: every user gets their own list; 1/U: everyone gets the
+    same list. NaN when there are no users (as the other per-user metrics).
 
     Example::
 
@@ -747,9 +819,11 @@ def distinct_lists_at_k(topk, k: int = 10) -> float:
         0.6666666666666666
     """
     a = np.asarray(topk)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise ValueError(f"topk must have shape [U >= 1, >= k]; got {a.shape}")
-    top = _topk(a, k, int(a.max()) + 1)
+    if a.ndim != 2:
+        raise ValueError(f"topk must have shape [U, >= k]; got {a.shape}")
+    top = _topk(a, k, max(int(a.max()) + 1, 1) if a.size else 1)
+    if top.shape[0] == 0:
+        return float("nan")
     return float(np.unique(np.sort(top, axis=1), axis=0).shape[0] / top.shape[0])
 
 
@@ -760,7 +834,8 @@ def merit_exposure_at_k(topk, relevance, k: int = 10) -> tuple:
     The top-merit decile D holds the ``ceil(I/10)`` items of highest relevance (ties by lower
     index). Returns ``(exposure share, relevance share)``: the share of all list slots that
     show an item of D, and Σ_{i∈D} relevance(i) / Σ_i relevance(i). Exposure above the
-    relevance share means D is over-exposed relative to its merit.
+    relevance share means D is over-exposed relative to its merit. Only real items are slots
+    (padding, -1, is none); the exposure share is NaN when no list holds an item.
 
     Example::
 
@@ -779,7 +854,7 @@ def merit_exposure_at_k(topk, relevance, k: int = 10) -> tuple:
     in_d[order[:n_top]] = True
     total = rel.sum()
     share = float(rel[in_d].sum() / total) if total > 0 else float("nan")
-    return float(in_d[top].mean()), share
+    return mean(in_d[top[top >= 0]]), share
 
 
 def truth_metrics(topk, train, oracle, relevance, groups, k: int = 10, *,

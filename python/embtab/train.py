@@ -57,7 +57,8 @@ shuffling and negatives), so a run is reproducible.
 
 Evaluation scores the full catalogue (user vectors @ item vectors for all items), masks each
 user's training items to ``-inf`` and takes the top k (:func:`recommend`). The sanity
-baselines :func:`most_popular` and :func:`random_topk` obey the same contract.
+baselines :func:`most_popular` and :func:`random_topk` obey the same contract. A user with fewer
+than k untrained items gets a shorter list, padded with -1 (docs/metrics.md).
 
 Example::
 
@@ -90,6 +91,7 @@ __all__ = [
     "TrainConfig",
     "bpr_loss",
     "collision_share",
+    "drop_excluded",
     "expected_optimizer_bytes",
     "fit",
     "item_vectors",
@@ -648,7 +650,9 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
               exclude_train: bool = True) -> np.ndarray:
     """Top-k dense item indices per user, int64 [U, k], best first, training items excluded.
 
-    Scores the full catalogue in chunks of ``chunk`` users.
+    Scores the full catalogue in chunks of ``chunk`` users. A user with fewer than k items
+    left to recommend gets a shorter list, padded with -1 (:func:`embtab._research.
+    topk_indices`; docs/metrics.md).
     """
     out = []
     for start in range(0, train.n_users, chunk):
@@ -660,12 +664,13 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
 def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.ndarray:
     """Most-popular baseline: the k most-interacted items each user has not trained on, [U, k].
 
-    Ties by lower item index. Users are scored ``chunk`` at a time.
+    Ties by lower item index. Users are scored ``chunk`` at a time. Lists of users with fewer
+    than k untrained items are padded with -1.
     """
     counts = train.item_counts().astype(np.float64)
     # a score that orders by count, ties by lower index
     base = torch.from_numpy(counts - np.arange(train.n_items) / (train.n_items + 1.0))
-    out = [np.zeros((0, min(k, train.n_items)), dtype=np.int64)]
+    out = [np.zeros((0, k), dtype=np.int64)]
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = base.repeat(len(rows), 1)
@@ -678,16 +683,44 @@ def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
                 chunk: int = 4096) -> np.ndarray:
     """Random baseline: k uniformly random untrained items per user, seeded, [U, k].
 
-    The result does not depend on ``chunk`` (users scored at a time).
+    The result does not depend on ``chunk`` (users scored at a time). Lists of users with fewer
+    than k untrained items are padded with -1.
     """
     rng = np.random.default_rng(seed)
-    out = [np.zeros((0, min(k, train.n_items)), dtype=np.int64)]
+    out = [np.zeros((0, k), dtype=np.int64)]
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = torch.from_numpy(rng.random((len(rows), train.n_items)))
         _mask_rows(scores, train, rows)
         out.append(topk_indices(scores, k))
     return np.concatenate(out)
+
+
+def drop_excluded(top, scores) -> np.ndarray:
+    """``top`` [n, k] without the items whose score is ``-inf``, int64 [n, k].
+
+    A reranker that fills k slots from fewer than k listable candidates (the top-C of masked
+    scores hold ``-inf`` items) lists excluded items; this removes them (and any -1), moves the
+    rest up in their order and pads each row with -1, the short-list form of
+    :func:`recommend` (docs/metrics.md, "Short lists"). ``scores`` [n, I] are the masked scores
+    the lists were made from (NumPy or torch).
+
+    Example::
+
+        >>> drop_excluded([[1, 2, 0]], np.array([[0.5, -np.inf, 0.1]])).tolist()  # 1 excluded
+        [[2, 0, -1]]
+    """
+    top = np.asarray(top, dtype=np.int64)
+    s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    if top.ndim != 2 or s.ndim != 2 or top.shape[0] != s.shape[0]:
+        raise ValueError(f"top [n, k] and scores [n, I] must have the same rows; got "
+                         f"{top.shape} and {s.shape}")
+    keep = top >= 0
+    keep[keep] = ~np.isneginf(s[np.nonzero(keep)[0], top[keep]])
+    order = np.argsort(~keep, axis=1, kind="stable")          # kept entries first, in order
+    out = np.take_along_axis(top, order, axis=1)
+    out[~np.take_along_axis(keep, order, axis=1)] = -1
+    return out
 
 
 def collision_share(model: MFModel, data: Interactions) -> dict:

@@ -326,7 +326,19 @@ class Interactions:
         if isinstance(item_genres, RowSets):
             genres = item_genres
         elif item_genres:
-            pairs = [(k, g) for k, gs in item_genres.items() for g in gs]
+            pairs = []
+            for k, gs in item_genres.items():
+                if isinstance(gs, (str, bytes)) or not hasattr(gs, "__iter__"):
+                    raise TypeError(f"item_genres[{k!r}] must be a list of genre indices; "
+                                    f"got {gs!r}")
+                for g in gs:
+                    if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)) \
+                            or g < 0 or (genre_names is not None and g >= n_genres):
+                        need = (f"in [0, {n_genres}) (one per genre name)"
+                                if genre_names is not None else ">= 0")
+                        raise ValueError(f"item_genres[{k!r}]: genre index {g!r} is not an "
+                                         f"integer {need}")
+                    pairs.append((k, int(g)))
             gi = as_u64([p[0] for p in pairs], "item_genres keys")
             gg = np.asarray([p[1] for p in pairs], dtype=np.int64)
             pos = np.searchsorted(item_ids, gi).clip(0, max(item_ids.size - 1, 0))

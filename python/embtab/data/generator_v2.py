@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embtab.data.containers import Interactions, RowSets
-from embtab.data.synthetic import check_generator_args, random_ids
+from embtab.data.synthetic import check_generator_args, check_seed, random_ids
 from embtab.data.truth import Truth
 
 __all__ = ["DEFAULT_RANK", "GROUPS", "MAINSTREAM_WEIGHT", "V2_KEYS", "LatentTruth", "power_law_v2"]
@@ -167,9 +167,11 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     zipf_s : float
         Zipf exponent of popularity (and of the independent merit draw), > 0.
     rank : int, optional
-        r, the number of latent factors = the rank of the true preference matrix (>= 1; with
-        r >= 2 one of them is the mainstream factor). Default :data:`DEFAULT_RANK`;
-        ``crowding=True`` needs r = n_genres (its default there).
+        r, the number of latent factors = the rank of the true preference matrix: an integer
+        in [1, min(n_users, n_items)] (with r >= 2 one of them is the mainstream factor).
+        Default :data:`DEFAULT_RANK`, or min(n_users, n_items) when that is smaller;
+        ``crowding=True`` needs r = n_genres (its default there)
+        and n_genres >= 2.
     merit : float in [0, 1]
         ρ: how far merit (what the preference follows) follows popularity. 1: merit is
         popularity; 0: merit is independent of popularity.
@@ -195,7 +197,7 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         Steck's crowding-out setting (module docstring).
     crowding_split : float in (0.5, 1)
         The majority genre's weight of a crowding user (0.7: 70/30).
-    seed : int
+    seed : int >= 0
     name : str
 
     Returns
@@ -216,11 +218,17 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         4
     """
     check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s)
+    seed = check_seed(seed)
     U, I, G = int(n_users), int(n_items), int(n_genres)
     crowding = _flag(crowding, "crowding")
+    if rank is not None and (isinstance(rank, (bool, np.bool_))
+                             or not isinstance(rank, (int, np.integer))):
+        raise TypeError(f"rank must be an integer; got {rank!r}")
     beta = (0.0 if crowding else 1.0) if beta is None else float(beta)
     taste_sigma = (0.5 if crowding else 1.0) if taste_sigma is None else float(taste_sigma)
-    r = (G if crowding else DEFAULT_RANK) if rank is None else int(rank)
+    # The default rank is capped by the matrix's size (a 10 x 12 matrix has rank <= 10); a
+    # rank given explicitly is not, and is refused below when it is out of reach.
+    r = (G if crowding else min(DEFAULT_RANK, U, I)) if rank is None else int(rank)
     if not 0.0 <= merit <= 1.0:
         raise ValueError(f"merit must be in [0, 1]; got {merit}")
     if not (exposure >= 0 and math.isfinite(exposure)):
@@ -240,6 +248,9 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         raise ValueError("interests_per_user must be 3 probabilities (for 1, 2, 3) summing "
                          f"to 1; got {interests_per_user}")
     if crowding:
+        if G < 2:
+            raise ValueError("crowding=True needs n_genres >= 2 (every user has two interest "
+                             f"genres, a majority and a minority one); got n_genres={G}")
         if r != G:
             raise ValueError(f"crowding=True has rank = n_genres = {G}; got rank={rank}")
         r = G
@@ -252,6 +263,11 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         genre_leak = 0.0
     if r < 1:
         raise ValueError(f"rank must be >= 1; got {rank}")
+    if r > min(U, I):
+        how = (f"rank={r}" if rank is not None else
+               f"crowding=True sets rank = n_genres = {r}")
+        raise ValueError(f"rank must be <= min(n_users, n_items) = {min(U, I)} (a {U} x {I} "
+                         f"preference matrix has no higher rank); {how}")
     niche_share = 0.2 if niche_share is None else float(niche_share)
     blockbuster_share = 0.2 if blockbuster_share is None else float(blockbuster_share)
     if not (0 <= niche_share <= 1 and 0 <= blockbuster_share <= 1

@@ -1,10 +1,11 @@
-"""Loaders: MovieLens-100K, generic ``user item [weight]`` files, and CLI spec strings.
+"""Loaders: MovieLens (100K, 1M, 10M, 20M and later), generic ``user item [weight]`` files, and
+CLI spec strings.
 
 Sources reachable through :func:`load_dataset` spec strings (what the CLI passes):
 
 =====================================  ============================================
 ``synthetic[:key=value,...]``          :func:`embtab.data.power_law`
-``movielens:PATH``                     :func:`load_movielens` (MovieLens-100K layout)
+``movielens:PATH``                     :func:`load_movielens` (any MovieLens layout)
 ``interactions:PATH[,categories=P]``   :func:`load_interactions` (``user item [weight]``)
 =====================================  ============================================
 """
@@ -58,6 +59,21 @@ def _split_lines(lines, sep):
     return [rows[n] for n in keep], [n + 1 for n in keep]
 
 
+def _guess_sep(lines):
+    """``","`` when a non-comment line among the first 1,000 holds a comma, else ``None``
+    (whitespace); ``#`` comment lines do not count."""
+    text = (ln for ln in lines if not ln.lstrip().startswith("#"))
+    return "," if any("," in ln for ln in itertools.islice(text, 1000)) else None
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
 def _is_int(tok: str) -> bool:
     try:
         int(tok)
@@ -107,12 +123,14 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
                       name: str | None = None) -> Interactions:
     """Load a generic ``user item [weight [timestamp]]`` file.
 
-    Format: one interaction per line, fields separated by whitespace, or by commas when the file
-    contains a comma. Blank lines and lines starting with ``#`` are skipped. The first line is a
-    header (and skipped) when its first field is not an integer. User and item IDs are integers in
-    ``[-2^63, 2^64)`` (negative ones are stored as their uint64 bit pattern); ``weight`` is a
-    finite float, ``timestamp`` an integer. Every line has the same number of fields (2, 3 or 4).
-    Repeated (user, item) pairs are merged: weights summed, latest timestamp kept.
+    Format: one interaction per line, fields separated by whitespace, or by commas when a line
+    that is not a comment contains a comma. Blank lines and lines starting with ``#`` are
+    skipped. The first line is a header (and skipped) when none of its fields is a number; a
+    first line with a number in it is data, and a bad field there is reported as on any line.
+    User and item IDs are integers in ``[-2^63, 2^64)`` (negative ones are stored as their
+    uint64 bit pattern); ``weight`` is a finite float, ``timestamp`` an integer. Every line
+    has the same number of fields (2, 3 or 4). Repeated (user, item) pairs are merged: weights
+    summed, latest timestamp kept.
 
     The optional ``categories`` file has lines ``item category`` (same separator rules; the
     category is the rest of the line after the first separator, so it may contain spaces in a
@@ -148,15 +166,27 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     """
     path = Path(path)
     lines = _read_lines(path)
-    sep = "," if any("," in ln for ln in lines[:1000]) else None
+    sep = _guess_sep(lines)
     rows, numbers = _split_lines(lines, sep)
-    if rows and not (_is_int(rows[0][0]) and len(rows[0]) > 1 and _is_int(rows[0][1])):
-        if _is_int(rows[0][0]):
-            pass  # a data line with a bad item field: reported below
-        else:
-            rows, numbers = rows[1:], numbers[1:]
+    header = None
+    if rows and not any(map(_is_number, rows[0])):
+        header = (numbers[0], (sep or " ").join(rows[0]))
+        rows, numbers = rows[1:], numbers[1:]
     if not rows:
-        raise ValueError(f"{path}: no interactions (expected lines 'user item [weight]')")
+        raise ValueError(f"{path}: no interactions (expected lines 'user item [weight]')"
+                         + (f"; line {header[0]}, {header[1]!r}, was read as a header"
+                            if header else ""))
+    try:
+        return _interactions_from_rows(path, rows, numbers, categories, name)
+    except ValueError as e:
+        if header is None or not str(e).startswith(f"{path}, line {numbers[0]}:"):
+            raise
+        # the first data line is bad too: say which line was taken for a header
+        raise ValueError(f"{e} (line {header[0]}, {header[1]!r}, has no number and was read "
+                         "as a header)") from None
+
+
+def _interactions_from_rows(path, rows, numbers, categories, name):
     widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     ncol = int(widths[0])
     if ncol not in (2, 3, 4):
@@ -182,7 +212,7 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
 
 def _load_categories(path: Path):
     lines = _read_lines(path)
-    sep = "," if any("," in ln for ln in lines[:1000]) else None
+    sep = _guess_sep(lines)
     items, cats, numbers = [], [], []
     for n, ln in enumerate(lines, 1):
         s = ln.strip()
@@ -194,7 +224,7 @@ def _load_categories(path: Path):
         items.append(parts[0].strip())
         cats.append(parts[1].strip())
         numbers.append(n)
-    if items and not _is_int(items[0]):
+    if items and not _is_number(items[0]):
         items, cats, numbers = items[1:], cats[1:], numbers[1:]   # header line
     raw = _parse_column(items, "id", path, numbers, "item") if items else np.zeros(0, np.uint64)
     names, gidx = np.unique(np.asarray(cats, dtype=str), return_inverse=True)
@@ -204,19 +234,134 @@ def _load_categories(path: Path):
     return mapping, tuple(str(x) for x in names)
 
 
-def load_movielens(path: PathLike, *, name: str = "ml-100k") -> Interactions:
-    """Load MovieLens-100K: ``u.data`` ratings with genres from ``u.item``.
+#: MovieLens layouts, by the ratings file that marks each: (file, layout, field separator).
+_MOVIELENS_LAYOUTS = (("u.data", "100k", None), ("ratings.dat", "dat", "::"),
+                      ("ratings.csv", "csv", ","))
 
-    ``u.data`` holds tab-separated ``user item rating timestamp`` lines; ``u.item`` holds
-    pipe-separated lines (latin-1) whose last 19 fields are 0/1 genre flags; genre names come from
-    ``u.genre`` (``name|index``) when present, else :data:`MOVIELENS_GENRES`. Ratings become
-    ``weights`` (every rating counts as an interaction); timestamps are kept. Items listed in
-    ``u.item`` but never rated are dropped; ``u.item`` is optional (no genres without it).
+#: Lines of a ratings file parsed at a time (bounds the memory of a 25M-line file).
+_CHUNK_LINES = 1 << 19
+
+
+def _movielens_ratings_file(path: Path) -> tuple:
+    """(layout, separator, ratings file) of a MovieLens folder or ratings file."""
+    layouts = {f: (lay, sep) for f, lay, sep in _MOVIELENS_LAYOUTS}
+    if path.is_file():
+        if path.name not in layouts:
+            raise ValueError(f"{path}: not a MovieLens ratings file (expected u.data, ratings.dat "
+                             "or ratings.csv, or the folder holding one)")
+        return (*layouts[path.name], path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    for f, lay, sep in _MOVIELENS_LAYOUTS:
+        if (path / f).is_file():
+            return lay, sep, path / f
+    raise FileNotFoundError(f"{path / 'u.data'}: no such file (nor ratings.dat or ratings.csv in "
+                            f"{path}: not a MovieLens folder)")
+
+
+def _read_ratings(data_file: Path, sep, encoding: str):
+    """The user, item, rating and timestamp columns of a file of ``user item rating timestamp``
+    lines (fields split by ``sep``, whitespace when None), read a chunk of lines at a time.
+    Blank lines are skipped, and so is a first line none of whose fields is a number (a
+    header). ValueError naming the file and line for anything else."""
+    what = {None: "tab-separated", "::": "'::'-separated", ",": "comma-separated"}[sep]
+    cols: tuple = ([], [], [], [])
+    first = True
+    try:
+        with open(data_file, encoding=encoding) as f:
+            done = 0
+            while True:
+                lines = list(itertools.islice(f, _CHUNK_LINES))
+                if not lines:
+                    break
+                rows, numbers = [], []
+                for n, ln in enumerate(lines, done + 1):
+                    text = ln.strip()
+                    if not text:
+                        continue
+                    fields = text.split(sep) if sep else text.split()
+                    if first and not any(_is_number(x.strip()) for x in fields):
+                        first = False
+                        continue  # a header: no field is a number
+                    first = False
+                    rows.append(fields)
+                    numbers.append(n)
+                done += len(lines)
+                if not rows:
+                    continue
+                widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+                bad = np.flatnonzero(widths != 4)
+                if bad.size:
+                    b = int(bad[0])
+                    raise ValueError(f"{data_file}, line {numbers[b]}: expected 4 {what} fields "
+                                     f"'user item rating timestamp', found {widths[b]}")
+                flat = [x.strip() for x in itertools.chain.from_iterable(rows)]
+                for c, (k, kind) in enumerate((("user", "id"), ("item", "id"),
+                                               ("rating", "float"), ("timestamp", "int"))):
+                    cols[c].append(_parse_column(flat[c::4], kind, data_file, numbers, k))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{data_file}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{data_file}: not {encoding} text ({e})") from None
+    if not cols[0]:
+        raise ValueError(f"{data_file}: no ratings")
+    return tuple(np.concatenate(parts) for parts in cols)
+
+
+def _movies_genres(movies_file: Path, layout: str) -> tuple:
+    """``({item: [genre index]}, genre names)`` from MovieLens-1M/10M ``movies.dat``
+    (``id::title::A|B``, latin-1) or MovieLens-20M/25M/32M/latest ``movies.csv``
+    (``movieId,title,genres`` with a header and quoted titles, UTF-8). Genre names are sorted;
+    ``(no genres listed)`` gives the item no genre."""
+    import csv
+
+    lines = _read_lines(movies_file, "latin-1" if layout == "dat" else "utf-8")
+    if layout == "dat":
+        rows = [(n, ln.split("::")) for n, ln in enumerate(lines, 1) if ln.strip()]
+        form = "id::title::genres"
+    else:
+        rows = [(n, r) for n, r in enumerate(csv.reader(lines), 1) if r]
+        form = "movieId,title,genres"
+        if rows and not _is_int(rows[0][1][0].strip()):
+            rows = rows[1:]  # the header
+    items, tags = [], []
+    for n, parts in rows:
+        if len(parts) < 3 or not _is_int(parts[0].strip()):
+            raise ValueError(f"{movies_file}, line {n}: expected '{form}', found {len(parts)} "
+                             "fields")
+        items.append(int(parts[0]))
+        tags.append({g.strip() for g in parts[-1].split("|")} - {"", "(no genres listed)"})
+    names = tuple(sorted(set().union(*tags)))
+    index = {g: i for i, g in enumerate(names)}
+    return {i: sorted(index[g] for g in t) for i, t in zip(items, tags)}, names
+
+
+def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
+    """Load a MovieLens download: 100K, 1M, 10M, 20M, 25M, 32M, latest or latest-small.
+
+    The layout is found from the ratings file in the folder (or given as ``path``):
+
+    - ``u.data`` (100K): tab-separated ``user item rating timestamp`` lines; genres from
+      ``u.item`` (pipe-separated lines, latin-1, ``id|title|release date|video release
+      date|IMDb URL`` followed by one 0/1 flag per genre), names from ``u.genre``
+      (``name|index``, indices 0..G-1) when present, else :data:`MOVIELENS_GENRES` (19). The
+      flag count of every ``u.item`` line must equal the number of genres.
+    - ``ratings.dat`` (1M, 10M): ``user::item::rating::timestamp``; genres from ``movies.dat``
+      (``id::title::Genre1|Genre2``, latin-1).
+    - ``ratings.csv`` (20M and later, latest, latest-small): ``userId,movieId,rating,timestamp``
+      with a header; genres from ``movies.csv`` (``movieId,title,genres``, quoted titles, UTF-8).
+
+    In the last two, genre names are the sorted names that occur, and ``(no genres listed)``
+    gives an item no genre. Ratings become ``weights`` (every rating counts as an
+    interaction); timestamps are kept. Items listed in the genre file but never rated are
+    dropped; the genre file is optional (no genres without it).
 
     Parameters
     ----------
     path : str or Path
-        The directory holding ``u.data`` (or the ``u.data`` file itself).
+        The folder of the download, or its ratings file.
+    name : str, optional
+        The data set's name (default ``"ml-100k"`` for the 100K layout, else the folder's name).
 
     Returns
     -------
@@ -225,6 +370,8 @@ def load_movielens(path: PathLike, *, name: str = "ml-100k") -> Interactions:
 
     Raises
     ------
+    FileNotFoundError
+        No ratings file.
     ValueError
         Malformed input, naming the file and line.
 
@@ -234,23 +381,16 @@ def load_movielens(path: PathLike, *, name: str = "ml-100k") -> Interactions:
         >>> d.n_users, d.n_items, d.n_interactions, d.n_genres   # doctest: +SKIP
         (943, 1682, 100000, 19)
     """
-    path = Path(path)
-    folder = path.parent if path.is_file() else path
-    data_file = path if path.is_file() else folder / "u.data"
-    rows, numbers = _split_lines(_read_lines(data_file, "latin-1"), None)
-    if not rows:
-        raise ValueError(f"{data_file}: no ratings")
-    widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    bad = np.flatnonzero(widths != 4)
-    if bad.size:
-        b = int(bad[0])
-        raise ValueError(f"{data_file}, line {numbers[b]}: expected 4 tab-separated fields "
-                         f"'user item rating timestamp', found {widths[b]}")
-    flat = list(itertools.chain.from_iterable(rows))
-    ru = _parse_column(flat[0::4], "id", data_file, numbers, "user")
-    ri = _parse_column(flat[1::4], "id", data_file, numbers, "item")
-    w = _parse_column(flat[2::4], "float", data_file, numbers, "rating")
-    t = _parse_column(flat[3::4], "int", data_file, numbers, "timestamp")
+    layout, sep, data_file = _movielens_ratings_file(Path(path))
+    folder = data_file.parent
+    if name is None:
+        name = "ml-100k" if layout == "100k" else folder.resolve().name
+    ru, ri, w, t = _read_ratings(data_file, sep, "latin-1" if layout != "csv" else "utf-8")
+    if layout != "100k":
+        movies = folder / ("movies.dat" if layout == "dat" else "movies.csv")
+        genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())
+        return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
+                                     genre_names=names if genres is not None else None)
 
     names = MOVIELENS_GENRES
     genre_file = folder / "u.genre"
@@ -263,20 +403,31 @@ def load_movielens(path: PathLike, *, name: str = "ml-100k") -> Interactions:
             if len(parts) != 2 or not _is_int(parts[1]):
                 raise ValueError(f"{genre_file}, line {n}: expected 'name|index', found {ln!r}")
             pairs.append((int(parts[1]), parts[0]))
-        names = tuple(nm for _, nm in sorted(pairs))
+        pairs.sort()
+        if [i for i, _ in pairs] != list(range(len(pairs))):
+            raise ValueError(f"{genre_file}: genre indices must be 0, 1, ..., {len(pairs) - 1} "
+                             f"once each; found {[i for i, _ in pairs]}")
+        names = tuple(nm for _, nm in pairs)
+        where = f"{genre_file} lists"
+    else:
+        where = f"MovieLens-100K has (no {genre_file.name} in {folder})"
     genres = None
     item_file = folder / "u.item"
     if item_file.is_file():
         G = len(names)
         ids, flags = [], []
+        lead = "id|title|release date|video release date|IMDb URL"
         for n, ln in enumerate(_read_lines(item_file, "latin-1"), 1):
             if not ln.strip():
                 continue
-            parts = ln.split("|")
-            if len(parts) < G + 2 or not _is_int(parts[0]):
-                raise ValueError(f"{item_file}, line {n}: expected 'id|title|...' followed by "
-                                 f"{G} genre flags, found {len(parts)} fields")
-            tail = parts[-G:]
+            parts = ln.rstrip("\r\n").split("|")
+            if len(parts) < 6 or not _is_int(parts[0]):
+                raise ValueError(f"{item_file}, line {n}: expected '{lead}' followed by {G} "
+                                 f"genre flags, found {len(parts)} fields")
+            tail = parts[5:]
+            if len(tail) != G:
+                raise ValueError(f"{item_file}, line {n}: {len(tail)} genre flags after "
+                                 f"'{lead}', but {where} {G} genres; the counts must match")
             if any(f not in ("0", "1") for f in tail):
                 raise ValueError(f"{item_file}, line {n}: genre flags must be 0 or 1")
             ids.append(int(parts[0]))
@@ -316,7 +467,7 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
             generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
         try:
             return generate(**kwargs)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"dataset spec {spec!r}: {e}") from None
     if kind == "movielens" and arg:
         return load_movielens(arg)

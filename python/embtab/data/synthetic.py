@@ -39,6 +39,16 @@ def check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf
         raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int: an integer >= 0 (what ``numpy.random.default_rng`` takes); else
+    ``TypeError`` (not an integer) or ``ValueError`` (negative), naming ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer >= 0; got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an integer >= 0; got {seed}")
+    return int(seed)
+
+
 def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
               interactions_per_user: int = 50, zipf_s: float = 1.1, beta: float = 1.0, *,
               genres_per_item: Sequence[float] = (0.55, 0.3, 0.15),
@@ -107,6 +117,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     if mix_concentration <= 0 or activity_sigma < 0:
         raise ValueError(f"mix_concentration must be > 0 and activity_sigma >= 0; got "
                          f"{mix_concentration} and {activity_sigma}")
+    seed = check_seed(seed)
     gpi = _probs3(genres_per_item, "genres_per_item")
     ipu = _probs3(interests_per_user, "interests_per_user")
     rng = np.random.default_rng(seed)

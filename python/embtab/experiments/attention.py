@@ -16,6 +16,7 @@ from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.calibration import minmax, user_mix
 from embtab.experiments.feedback import accept_probability
+from embtab.train import drop_excluded
 
 __all__ = ["attention_lists", "consumed_utility"]
 
@@ -31,7 +32,7 @@ def attention_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarr
     ``rel_g = min(1, s · w(i, g) / π_g)`` (:func:`embtab.rerank.intent_relevance`); the lists
     maximise expected consumption with budget ``budget`` greedily
     (:func:`embtab.rerank.limited_attention`). A user without a category mix gets uniform
-    intent weights.
+    intent weights. Items scored ``-inf`` are never listed (short lists padded with -1).
     """
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
     C = min(int(candidates), scores.shape[1])
@@ -41,8 +42,8 @@ def attention_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndarr
     empty = target.sum(axis=1) == 0
     target[empty] = 1.0 / target.shape[1]
     rel = rerank.intent_relevance(scaled, item_dist, target, cand)
-    return rerank.limited_attention(rel, k, int(budget), intent_weights=target,
-                                     candidates=cand)
+    return drop_excluded(rerank.limited_attention(rel, k, int(budget), intent_weights=target,
+                                                  candidates=cand), scores)
 
 
 def consumed_utility(top: np.ndarray, budget: int, *, truth=None,
@@ -55,7 +56,8 @@ def consumed_utility(top: np.ndarray, budget: int, *, truth=None,
     :func:`embtab.experiments.feedback.accept_probability` of φ_z (reference: φ_z's k-th
     largest item probability). Another truth: one intent, ``accept_probability`` of p(i|u)
     with the user's k-th largest p as reference. Without a truth: the held-out ``test`` items
-    are the relevant ones (:func:`embtab.metrics.consumed_utility_at_k`).
+    are the relevant ones (:func:`embtab.metrics.consumed_utility_at_k`). A -1 slot (a short
+    list's padding) consumes nothing.
     """
     top = np.asarray(top, dtype=np.int64)[:, :k]
     U = top.shape[0]
@@ -66,12 +68,13 @@ def consumed_utility(top: np.ndarray, budget: int, *, truth=None,
         if test is None:
             raise ValueError("consumed_utility needs a truth or the held-out test items")
         return metrics.consumed_utility_at_k(top, test, budget, k)
+    real = top >= 0  # -1 pads a short list: nothing there to consume
     if hasattr(truth, "user_factors") and hasattr(truth, "factor_item_prob"):
         phi = np.asarray(truth.factor_item_prob, dtype=np.float64)
         theta = np.asarray(truth.user_factors, dtype=np.float64)
         kk = min(k, phi.shape[1])
         ref = -np.partition(-phi, kk - 1, axis=1)[:, kk - 1]                 # [Z]
-        acc = np.stack([accept_probability(phi[z][top], np.full(U, ref[z]))
+        acc = np.stack([accept_probability(phi[z][top], np.full(U, ref[z])) * real
                         for z in range(phi.shape[0])], axis=1)               # [U, Z, k]
         return float(rerank.expected_consumption(acc, budget, theta).mean())
     out = np.empty(U)
@@ -80,6 +83,6 @@ def consumed_utility(top: np.ndarray, budget: int, *, truth=None,
         p = truth.prob(rows)
         kk = min(k, p.shape[1])
         ref = -np.partition(-p, kk - 1, axis=1)[:, kk - 1]
-        acc = accept_probability(np.take_along_axis(p, top[rows], axis=1), ref)
+        acc = accept_probability(np.take_along_axis(p, top[rows], axis=1), ref) * real[rows]
         out[rows] = rerank.expected_consumption(acc, budget)
     return float(out.mean())

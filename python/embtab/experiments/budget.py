@@ -580,6 +580,12 @@ def _value(row: dict, metric: str):
     return row.get(metric)
 
 
+def _finite_mean(values) -> float:
+    """Mean of the finite entries of ``values`` (``None`` skipped); NaN when there are none."""
+    a = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return sum(a) / len(a) if a else float("nan")
+
+
 def contrasts(rows) -> list:
     """Per budget and criterion, the best design against the runner-up, paired by seed.
 
@@ -602,9 +608,11 @@ def contrasts(rows) -> list:
         for metric, sign in (("recall@10", 1.0), ("ndcg@10", 1.0), (f"|{pop}|", -1.0)):
             per = {d: {r["seed"]: _value(r, metric) for r in at if r["design"] == d}
                    for d in names}
-            means = {d: np.nanmean([v for v in per[d].values() if v is not None] or [np.nan])
-                     for d in names}
-            ranked = sorted(names, key=lambda d: -sign * means[d])
+            means = {d: _finite_mean(per[d].values()) for d in names}
+            # designs without a finite value rank last (their mean is undefined)
+            ranked = sorted(names, key=lambda d: (not math.isfinite(means[d]),
+                                                  -sign * means[d] if math.isfinite(means[d])
+                                                  else 0.0))
             best, second = ranked[0], ranked[1]
             diffs = [per[best][s] - per[second][s] for s in per[best]
                      if s in per[second] and per[best][s] is not None
@@ -626,8 +634,13 @@ def findings(results: dict) -> list:
                 f"({metric} smaller)") if lower else metric
         subject = (f"At budget {c['budget']:g}×, {c['best']} against {c['runner_up']} "
                    f"({metric})")
+        if d["n"] == 0 or not math.isfinite(d["mean"]):
+            out.append(f"{subject}: the difference is undefined (no seed has a finite value "
+                       "for both designs).")
+            continue
         if d["n"] < 2 or not math.isfinite(d.get("ci95_low", float("nan"))):
-            out.append(f"{subject}: {d['mean']:+.4f} on one seed, no interval.")
+            seeds = "one seed" if d["n"] == 1 else f"{d['n']} seeds"
+            out.append(f"{subject}: {d['mean']:+.4f} on {seeds}, no interval.")
             continue
         separated = d["ci95_low"] > 0 or d["ci95_high"] < 0
         verdict = (f"{c['best']} wins on {what}" if separated

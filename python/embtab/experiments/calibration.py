@@ -42,7 +42,7 @@ from embtab.experiments.session import (
     seed_list,
     session_for,
 )
-from embtab.train import score_matrix
+from embtab.train import drop_excluded, score_matrix
 
 __all__ = ["CANDIDATES", "LAMBDAS", "SCORE_SCALINGS", "calibrated_lists", "categories",
            "findings", "heldout_miscalibration", "item_distribution", "minmax",
@@ -109,7 +109,8 @@ def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndar
     ``scores`` rows are the users ``users`` (default: all users of ``train``, in order).
     Candidates are the top-``candidates`` items by score; their scores are min-max scaled per
     user (``score_scaling``, a key of :data:`SCORE_SCALINGS`); the target p is each user's
-    training category distribution under ``item_dist``.
+    training category distribution under ``item_dist``. Items scored ``-inf`` (excluded) are
+    never listed: a user with fewer than k others gets a short list padded with -1.
     """
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
     C = min(int(candidates), scores.shape[1])
@@ -119,8 +120,11 @@ def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndar
                          f"got {score_scaling!r}")
     scaled = SCORE_SCALINGS[score_scaling][1](values.astype(np.float64))
     target = user_mix(train, item_dist)[rows]
-    return {float(lam): rerank.calibrated(scaled, item_dist, target, k, lam=float(lam),
-                                          alpha=ALPHA, candidates=cand)
+    # a user with fewer than k listable items gets a short list (-1 padding), never an
+    # excluded (-inf) item in the free slots
+    return {float(lam): drop_excluded(rerank.calibrated(scaled, item_dist, target, k,
+                                                        lam=float(lam), alpha=ALPHA,
+                                                        candidates=cand), scores)
             for lam in lams}
 
 
@@ -250,6 +254,19 @@ def minority_findings(results: dict) -> list:
     return out
 
 
+def _num(v, spec: str) -> str:
+    """``v`` formatted with ``spec``, or ``"undefined"`` when it is missing or not finite."""
+    return format(v, spec) if v is not None and math.isfinite(v) else "undefined"
+
+
+def _ratio(new, base) -> float:
+    """``new / base``; NaN (undefined) when ``base`` is 0 or either value is not finite."""
+    if new is None or base is None or not (math.isfinite(new) and math.isfinite(base)) \
+            or base == 0:
+        return float("nan")
+    return new / base
+
+
 def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
     """Steck's trade-off at ``lam`` per C, paired per seed against λ = 0: the miscalibration
     ratio and the relative ndcg@10 change, each with its 95% interval over seeds, and whether
@@ -262,10 +279,21 @@ def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
         seeds = sorted(s for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by)
         if len(seeds) < 2:
             continue
-        ratio = interval([by[(C, lam, s)]["miscalibration@10"]
-                          / max(by[(C, 0.0, s)]["miscalibration@10"], 1e-12) for s in seeds])
-        change = interval([by[(C, lam, s)]["ndcg@10"] / max(by[(C, 0.0, s)]["ndcg@10"], 1e-12)
-                           - 1 for s in seeds])
+        ratios = [_ratio(by[(C, lam, s)]["miscalibration@10"],
+                         by[(C, 0.0, s)]["miscalibration@10"]) for s in seeds]
+        changes = [_ratio(by[(C, lam, s)]["ndcg@10"], by[(C, 0.0, s)]["ndcg@10"]) - 1
+                   for s in seeds]
+        bad = sum(not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(ratios, changes))
+        if bad:
+            out.append(f"C={C}: at λ={lam:g} the miscalibration@10 ratio or the relative "
+                       f"ndcg@10 change against λ=0 is undefined on {bad} of {len(seeds)} "
+                       "seeds (λ=0's value is 0 or not finite there), so the trade-off "
+                       "target is not assessed.")
+            continue
+        ratio, change = interval(ratios), interval(changes)
+        if not all(math.isfinite(x[k]) for x in (ratio, change) for k in ("ci95_low",
+                                                                         "ci95_high")):
+            continue
         met = ratio["ci95_high"] <= 0.5 and change["ci95_low"] >= -0.10
         missed = ratio["ci95_low"] > 0.5 or change["ci95_high"] < -0.10
         verdict = ("met with both intervals inside it" if met else
@@ -326,31 +354,48 @@ def findings(summ, config) -> list:
         r5 = find(summ, candidates=C, lam=0.5)
         if r0 is None or r5 is None:
             continue
-        mis = r5["miscalibration@10"] / max(r0["miscalibration@10"], 1e-12)
-        nd = 1 - r5["ndcg@10"] / max(r0["ndcg@10"], 1e-12)
-        ok = mis <= 0.5 and nd <= 0.10
+        mis = _ratio(r5["miscalibration@10"], r0["miscalibration@10"])
+        change = _ratio(r5["ndcg@10"], r0["ndcg@10"]) - 1
+        if math.isfinite(mis) and math.isfinite(change):
+            verdict = "met" if mis <= 0.5 and change >= -0.10 else "NOT met"
+        else:
+            verdict = "undecided (a change relative to λ=0 is undefined)"
+        share = f"{mis:.0%} of it" if math.isfinite(mis) else "its share of λ=0's is undefined"
+        moved = (f"ndcg@10 changes by {change:+.1%}" if math.isfinite(change)
+                 else "the relative change of ndcg@10 is undefined")
         out.append(
-            f"C={C}: at λ=0.5 miscalibration@10 is {r5['miscalibration@10']:.4f} vs "
-            f"{r0['miscalibration@10']:.4f} at λ=0 ({mis:.0%} of it) while ndcg@10 changes by "
-            f"{-nd:+.1%} ({r0['ndcg@10']:.4f} → {r5['ndcg@10']:.4f}); on the means the target "
-            f"(≤ 50% miscalibration, ≤ 10% ndcg loss) is {'met' if ok else 'NOT met'}. "
-            f"arp@10 goes {r0['arp@10']:.4f} → {r5['arp@10']:.4f}, coverage@10 "
-            f"{r0['coverage@10']:.4f} → {r5['coverage@10']:.4f}.")
+            f"C={C}: at λ=0.5 miscalibration@10 is {_num(r5['miscalibration@10'], '.4f')} vs "
+            f"{_num(r0['miscalibration@10'], '.4f')} at λ=0 ({share}) while {moved} "
+            f"({_num(r0['ndcg@10'], '.4f')} → {_num(r5['ndcg@10'], '.4f')}); on the means the "
+            f"target (≤ 50% miscalibration, ≤ 10% ndcg loss) is {verdict}. "
+            f"arp@10 goes {_num(r0['arp@10'], '.4f')} → {_num(r5['arp@10'], '.4f')}, "
+            f"coverage@10 {_num(r0['coverage@10'], '.4f')} → "
+            f"{_num(r5['coverage@10'], '.4f')}.")
         if "minority_share@10" in r0:
             out.append(
-                f"Category mass outside each user's main category: {r0['minority_share@10']:.1%} of the "
-                f"list at λ=0, {r5['minority_share@10']:.1%} at λ=0.5, against "
-                f"{r0['minority_share_history']:.1%} in the users' histories.")
+                "Category mass outside each user's main category: "
+                f"{_num(r0['minority_share@10'], '.1%')} of the list at λ=0, "
+                f"{_num(r5['minority_share@10'], '.1%')} at λ=0.5, against "
+                f"{_num(r0['minority_share_history'], '.1%')} in the users' histories.")
         rows = sorted([r for r in summ if r.get("candidates") == C and "lam" in r],
                       key=lambda r: r["lam"])
-        half = next((r for r in rows if r["miscalibration@10"] <= 0.5 * r0["miscalibration@10"]),
-                    None)
+        base = r0["miscalibration@10"]
+        if not (base is not None and math.isfinite(base) and base > 0):
+            out.append(f"miscalibration@10 at λ=0 is {_num(base, '.4f')} at C={C}, so no λ is "
+                       "said to halve it.")
+            continue
+        half = next((r for r in rows if r["miscalibration@10"] is not None
+                     and math.isfinite(r["miscalibration@10"])
+                     and r["miscalibration@10"] <= 0.5 * base), None)
         if half is None:
             out.append(f"No λ up to {rows[-1]['lam']:g} halves miscalibration@10 at C={C}.")
         else:
-            loss = 1 - half["ndcg@10"] / max(r0["ndcg@10"], 1e-12)
-            out.append(f"The smallest λ that halves miscalibration@10 at C={C} is λ={half['lam']:g}, "
-                       f"with ndcg@10 changing by {-loss:+.1%}.")
+            ch = _ratio(half["ndcg@10"], r0["ndcg@10"]) - 1
+            moved = (f"with ndcg@10 changing by {ch:+.1%}" if math.isfinite(ch) else
+                     f"with a relative ndcg@10 change that is undefined (ndcg@10 is "
+                     f"{_num(r0['ndcg@10'], '.4f')} at λ=0)")
+            out.append(f"The smallest λ that halves miscalibration@10 at C={C} is "
+                       f"λ={half['lam']:g}, {moved}.")
     return out
 
 
@@ -381,7 +426,8 @@ def section(results: dict, plots=()) -> list:
     if ref is not None and math.isfinite(ref) and r0 is not None:
         text.append(f"For reference, the users' own held-out test items have a "
                     f"miscalibration of {ref:.4f} against their training mix (mean over "
-                    f"seeds), against {r0['miscalibration@10']:.4f} for the λ = 0 lists.")
+                    f"seeds), against {_num(r0['miscalibration@10'], '.4f')} for the λ = 0 "
+                    "lists.")
     return finish_section(lines, text, results, plots)
 
 

@@ -135,6 +135,7 @@ from embtab.train import (
     TrainConfig,
     bpr_loss,
     build_model,
+    drop_excluded,
     score_matrix,
     table_bytes,
 )
@@ -221,7 +222,8 @@ def _limited_attention(scores, data, k, candidates):
     item_dist = item_distribution(data)
     target = user_mix(data, item_dist)
     rel = rerank.intent_relevance(minmax(values.astype(np.float64)), item_dist, target, cand)
-    return rerank.limited_attention(rel, k, LA_BUDGET, intent_weights=target, candidates=cand)
+    return drop_excluded(rerank.limited_attention(rel, k, LA_BUDGET, intent_weights=target,
+                                                  candidates=cand), scores)
 
 
 #: reranker name -> ``f(masked scores [U, I], current data, k, candidates) -> lists [U, k]``
@@ -653,9 +655,10 @@ class FeedbackLoop:
             ref = _kth_largest(P, self.k) if truth.moved else self.ref0
             top = self._lists(a, mask, P)
             kk = top.shape[1]
-            pref = P[np.arange(U)[:, None], top]
-            # a slot may be padding (user consumed everything): never accept a masked item
-            fresh = ~mask[np.arange(U)[:, None], top]
+            real = top >= 0  # a list is short (-1 padding) when a user has < k candidates
+            pref = np.where(real, P[np.arange(U)[:, None], top], 0.0)
+            # never accept padding, nor a masked item
+            fresh = real & ~mask[np.arange(U)[:, None], top]
             acc = (draws[:, :kk] < accept_probability(pref, ref)) & fresh
             util = (pref * acc).sum(axis=1)
             self.utility_cum[a.name] += util
@@ -761,9 +764,18 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     if isinstance(dataset, str):
         spec = (QUICK["dataset"] if quick else DEFAULT_DATASET) if dataset == "synthetic" \
             else dataset
-        data = load_dataset(spec, seed=0)
+        data = None if spec.partition(":")[0] == "stream" else load_dataset(spec, seed=0)
     else:
         data, spec = dataset, dataset.name
+    from embtab.data import StreamTruth
+
+    if data is None or isinstance(data.truth, StreamTruth):   # before any work
+        raise ValueError(f"the feedback experiment (E5) does not support stream data: {spec!r} "
+                         "is a time-ordered stream (a StreamTruth, whose items are born and fade "
+                         "over windows), while the loop has no time line and its drift "
+                         "(eta > 0) needs a mixture or softmax truth; use a synthetic:, "
+                         "movielens: or interactions: data set (the `stream` experiment runs "
+                         "stream data)")
     check_enough_items(data)
     etas = [float(e) for e in etas]
     if not etas or any(not 0.0 <= e <= 1.0 for e in etas):

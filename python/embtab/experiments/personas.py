@@ -41,7 +41,7 @@ from embtab.experiments.results import summarize
 from embtab.experiments.session import Progress, Session, evaluate_lists, make_result, seed_list
 from embtab.experiments.truth import TruthReference, total_relevance
 from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
-from embtab.train import score_matrix
+from embtab.train import drop_excluded, score_matrix
 
 __all__ = ["DEFAULT_DATASET", "QUICK_DATASET", "contrasts", "findings", "plot",
            "plot_personas", "run_personas", "section"]
@@ -114,8 +114,12 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
         cats = item_dist > 0
         ref = TruthReference(s.data, train, relevance)
 
+        # a short list's -1 padding maps to an extra item without categories (no mass)
+        dist_pad = np.vstack([item_dist, np.zeros((1, item_dist.shape[1]))])
+
         def evaluate(arm, top, extra):
-            minority, hist = minority_share(top, train, item_dist)
+            minority, hist = minority_share(np.where(top < 0, train.n_items, top), train,
+                                            dist_pad)
             return {"arm": arm, "model": arm, "seed": seed, **extra,
                     **evaluate_lists(top, train, test, cats),
                     "minority_share@10": minority, "minority_share_history": hist,
@@ -139,9 +143,9 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
             extra = {"personas": kk, "dim": dim // kk}
             rows.append(evaluate(name, topk_indices(scores, K), extra))
             cal = calibrated_lists(scores, train, item_dist, candidates, [lam])[float(lam)]
-            rows.append(evaluate(f"{name}+steck", cal, extra))
+            rows.append(evaluate(f"{name}+steck", drop_excluded(cal, scores), extra))
             att = attention_lists(scores, train, item_dist, candidates, budget)
-            rows.append(evaluate(f"{name}+attention", att, extra))
+            rows.append(evaluate(f"{name}+attention", drop_excluded(att, scores), extra))
             bar.tick()
     bar.close()
     res = make_result("personas", s, {

@@ -39,7 +39,7 @@ from embtab.experiments.session import (
     session_for,
 )
 from embtab.experiments.truth import total_relevance
-from embtab.train import score_matrix
+from embtab.train import drop_excluded, score_matrix
 
 __all__ = ["LAMBDAS", "contrasts", "findings", "plot", "popcal_lists", "run_posthoc", "section"]
 
@@ -56,6 +56,8 @@ def popcal_lists(model, train: Interactions, item_dist: np.ndarray, candidates: 
 
     Scores ``chunk`` users at a time (training items masked) and reranks them with
     :func:`embtab.experiments.calibration.calibrated_lists` over the categories ``item_dist``.
+    A user with fewer than 10 untrained items gets a shorter list, padded with -1
+    (:func:`embtab.train.drop_excluded`).
     """
     lists: dict = {}
     for start in range(0, train.n_users, chunk):
@@ -63,7 +65,7 @@ def popcal_lists(model, train: Interactions, item_dist: np.ndarray, candidates: 
         scores = score_matrix(model, train, users).numpy()
         for lam, top in calibrated_lists(scores, train, item_dist, candidates, lams,
                                          users=users).items():
-            lists.setdefault(lam, []).append(top)
+            lists.setdefault(lam, []).append(drop_excluded(top, scores))
     return {lam: np.concatenate(parts) for lam, parts in lists.items()}
 
 

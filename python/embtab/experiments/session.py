@@ -18,8 +18,8 @@ from embtab.data import Interactions, load_dataset, train_test_split
 from embtab.experiments.truth import TruthReference
 from embtab.train import TrainConfig, fit, most_popular, random_topk
 
-__all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "evaluate_lists",
-           "make_result", "reference_rows", "seed_list", "session_for"]
+__all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "check_has_test_items",
+           "evaluate_lists", "make_result", "reference_rows", "seed_list", "session_for"]
 
 
 class Session:
@@ -38,6 +38,7 @@ class Session:
     def __init__(self, dataset: str | Interactions, train_overrides: dict | None, progress: bool):
         self.data = load_dataset(dataset, seed=0) if isinstance(dataset, str) else dataset
         check_enough_items(self.data)
+        check_has_test_items(self.data, dataset if isinstance(dataset, str) else None)
         self.spec = dataset if isinstance(dataset, str) else self.data.name
         self.overrides = dict(train_overrides or {})
         self.progress = progress
@@ -76,6 +77,23 @@ def check_enough_items(data: Interactions, k: int = K) -> None:
         raise ValueError(f"data set {data.name!r} has {data.n_items} item"
                          f"{'s' if data.n_items != 1 else ''}; the experiments recommend "
                          f"k = {k} items per user, so they need at least {k}")
+
+
+def check_has_test_items(data: Interactions, spec: str | None = None) -> None:
+    """``ValueError`` when the per-user 80/20 split leaves no user with a test item.
+
+    The split (:func:`embtab.data.train_test_split`) sends at least one interaction of every
+    user with two or more to test and none of a user with one, so the experiments have
+    something to evaluate exactly when some user has two or more interactions.
+    """
+    n = np.bincount(data.users, minlength=data.n_users)
+    if data.n_interactions == 0 or int(n.max()) < 2:
+        what = f"data set {data.name!r}" + (f" (spec {spec!r})" if spec else "")
+        raise ValueError(
+            f"{what} has no user with 2 or more interactions ({data.n_users} users, "
+            f"{data.n_interactions} interactions): the per-user train/test split keeps a "
+            "user's only interaction in training, so no user gets a test item and there is "
+            "nothing to evaluate")
 
 
 def session_for(dataset, train_overrides, progress, session) -> Session:

@@ -23,6 +23,13 @@ the truth at window w + 1 (:meth:`embtab.data.StreamTruth.at`) over the same can
 ``excess_arp@10`` is measured against it; on real data the reference is the users' own
 profiles (``delta_gap@10:all``). Per row also the item table's collision shares
 (:func:`collision_shares`), rows in use and bytes (:func:`item_table_bytes`).
+
+An **empty window** (equal-width windows over real timestamps: a gap, an outlying timestamp)
+is skipped: nothing is trained on it and it is not evaluated; the next non-empty window is
+evaluated after training on every non-empty window before it. ``config`` records
+``empty_windows`` and ``evaluated_windows`` and the report names the empty ones; fewer than 2
+non-empty windows is a ``ValueError`` up front. A user with fewer than 10 candidates gets a
+shorter list, padded with -1 (docs/metrics.md, "Short lists").
 """
 
 from __future__ import annotations
@@ -141,9 +148,13 @@ class _Eval:
 
 
 def _evals(data: Interactions, win: np.ndarray, n_windows: int) -> list:
+    """The evaluations of the non-empty windows 1 .. n_windows − 1 (an empty one is skipped)."""
     truth = data.truth if isinstance(data.truth, StreamTruth) else None
+    sizes = np.bincount(win, minlength=n_windows)
     out = []
     for w in range(1, n_windows):
+        if sizes[w] == 0 or sizes[:w].sum() == 0:      # nothing to test, or nothing trained
+            continue
         history = data.subset(win < w)
         users = np.flatnonzero(np.bincount(history.users, minlength=data.n_users) > 0)
         known = np.bincount(history.items, minlength=data.n_items) > 0
@@ -156,7 +167,7 @@ def _evals(data: Interactions, win: np.ndarray, n_windows: int) -> list:
                    metrics.user_groups(train_rows))
         if truth is not None and users.size:
             wt = truth.at(w, users=users, items=known)
-            ev.oracle = metrics.oracle_topk(wt, train_rows, K)
+            ev.oracle = metrics.oracle_topk(wt, train_rows, K, candidates=known)
             ev.relevance = total_relevance(wt)
         out.append(ev)
     return out
@@ -172,7 +183,8 @@ def _list_metrics(top: np.ndarray, ev: _Eval, data: Interactions) -> dict:
 
 
 def _masked_top(scores: np.ndarray, ev: _Eval) -> np.ndarray:
-    """Top-10 of ``scores`` [len(users), I] over the known items, history masked."""
+    """Top-10 of ``scores`` [len(users), I] over the known items, history masked; a user with
+    fewer than 10 candidates gets a shorter list, padded with -1 (docs/metrics.md)."""
     s = np.array(scores, dtype=np.float64)
     s[:, ~ev.known] = -np.inf
     sub = ev.train_rows
@@ -311,6 +323,13 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     if W < 2:
         raise ValueError(f"the stream needs n_windows >= 2 (train on one, test on the next); "
                          f"got {W}")
+    counts = np.bincount(win, minlength=W)
+    empty = [int(w) for w in np.flatnonzero(counts == 0)]
+    if W - len(empty) < 2:
+        raise ValueError(f"data set {spec!r} cut into {W} equal-width time windows has "
+                         f"{W - len(empty)} non-empty window(s) (interactions per window: "
+                         f"{counts.tolist()}); the stream needs at least 2 (train on one, test "
+                         "on a later one): use fewer windows, or drop outlying timestamps")
     first = win == 0
     n0 = int(np.unique(data.items[first]).size)
     if start_rows is not None and (isinstance(start_rows, bool) or not isinstance(
@@ -326,8 +345,8 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
                          f"{2 * cfg0.batch_size} items a batch may read, which a capped table "
                          "must hold; lower batch_size or raise start_rows")
     user_rows = int(np.unique(data.users[first]).size)
-    sizes = np.bincount(win, minlength=W)[:W - 1]
-    steps = np.ceil(sizes / cfg0.batch_size)
+    sizes = counts[:W - 1]
+    steps = np.ceil(sizes[sizes > 0] / cfg0.batch_size)      # the trained (non-empty) windows
     expire_after = max(1, int(round(expire_windows * float(steps.mean()))))
     evals = _evals(data, win, W)
     windows = [data.subset(win == w) for w in range(W - 1)]
@@ -350,8 +369,12 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         for design in designs:
             cfg = TrainConfig(**{**cfg0.to_dict(), "seed": seed})
             trainer = _trainer(design, cfg, rows0, user_rows, expire_after)
-            for w, ev in enumerate(evals):
-                loss = trainer.train_window(windows[w], negatives[w])
+            trained, loss = 0, float("nan")  # windows < trained are done; empty ones skipped
+            for ev in evals:
+                for w in range(trained, ev.window):
+                    if sizes[w]:
+                        loss = trainer.train_window(windows[w], negatives[w])
+                trained = ev.window
                 scores = score_matrix(trainer.model, ev.history, ev.users,
                                       exclude_train=False).numpy()
                 top = _masked_top(scores, ev)
@@ -367,7 +390,8 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
               "start_rows": rows0, "start_rows_default": start_rows is None,
               "window0_items": n0, "expire_windows": float(expire_windows),
               "expire_after": expire_after, "batch_size": cfg0.batch_size,
-              "window_interactions": np.bincount(win, minlength=W).tolist(),
+              "window_interactions": counts.tolist(), "empty_windows": empty,
+              "evaluated_windows": [ev.window for ev in evals],
               "negatives": "uniform over the distinct items of the trained window",
               "users_table": "collisionless cuckoo, grows", "oracle": bool(
                   isinstance(data.truth, StreamTruth)), "k": K,
@@ -395,7 +419,8 @@ def contrasts(rows, designs) -> dict:
     For m in recall@10 and the excess metric (:func:`excess_metric`): per window the interval
     of m(cuckoo-grow) − m(hashed) over seeds, and ``drift``, the interval of that difference
     at the last window minus at the first (> 0 for recall: the hashed table falls further
-    behind over the stream). Empty when either design is missing.
+    behind over the stream); ``drift`` is None when only one window is evaluated (nothing to
+    compare it with). Empty when either design is missing.
     """
     if REFERENCE not in designs or FIXED not in designs:
         return {}
@@ -410,7 +435,7 @@ def contrasts(rows, designs) -> dict:
         drift = [_sub(b, a) for a, b in zip(diff[windows[0]], diff[windows[-1]])]
         out["metrics"][m] = {"per_window": [{"window": w, "difference": interval(diff[w])}
                                             for w in windows],
-                             "drift": interval(drift)}
+                             "drift": interval(drift) if len(windows) > 1 else None}
     return out
 
 
@@ -428,28 +453,34 @@ def findings(results: dict) -> list:
     mr, me = c["metrics"][rec], c["metrics"][exc]
     last = {m: c["metrics"][m]["per_window"][-1]["difference"] for m in (rec, exc)}
     first = {m: c["metrics"][m]["per_window"][0]["difference"] for m in (rec, exc)}
-    return [
-        direction_sentence(first[rec], f"At window {w0}, the growing cuckoo table",
-                           "is more accurate than the fixed hashed table",
-                           "is less accurate than the fixed hashed table",
-                           metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"),
-        direction_sentence(last[rec], f"At window {w1}, the growing cuckoo table",
-                           "is more accurate than the fixed hashed table",
-                           "is less accurate than the fixed hashed table",
-                           metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"),
-        direction_sentence(mr["drift"], f"From window {w0} to {w1}, the fixed hashed table",
-                           "degrades relative to the growing cuckoo table (the recall gap "
-                           "widens)", "catches up with the growing cuckoo table (the recall "
-                           "gap narrows)", metric=f"gap(window {w1}) − gap(window {w0})"),
-        direction_sentence(last[exc], f"At window {w1}, the growing cuckoo table's lists",
-                           "are more popular than the hashed table's",
-                           "are less popular than the hashed table's",
-                           metric=f"{exc}(cuckoo-grow) − {exc}(hashed)"),
-        direction_sentence(me["drift"], f"From window {w0} to {w1}, the hashed table's "
-                           "lists", "become less popular relative to the growing table's",
-                           "become more popular relative to the growing table's",
-                           metric=f"{exc} gap(window {w1}) − gap(window {w0})"),
-    ]
+    two = w0 != w1                  # one evaluated window: no first-vs-last, no drift
+    out = []
+    if two:
+        out.append(direction_sentence(first[rec], f"At window {w0}, the growing cuckoo table",
+                                      "is more accurate than the fixed hashed table",
+                                      "is less accurate than the fixed hashed table",
+                                      metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"))
+    out.append(direction_sentence(last[rec], f"At window {w1}, the growing cuckoo table",
+                                  "is more accurate than the fixed hashed table",
+                                  "is less accurate than the fixed hashed table",
+                                  metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"))
+    if two and mr["drift"] is not None:
+        out.append(direction_sentence(
+            mr["drift"], f"From window {w0} to {w1}, the fixed hashed table",
+            "degrades relative to the growing cuckoo table (the recall gap widens)",
+            "catches up with the growing cuckoo table (the recall gap narrows)",
+            metric=f"gap(window {w1}) − gap(window {w0})"))
+    out.append(direction_sentence(last[exc], f"At window {w1}, the growing cuckoo table's lists",
+                                  "are more popular than the hashed table's",
+                                  "are less popular than the hashed table's",
+                                  metric=f"{exc}(cuckoo-grow) − {exc}(hashed)"))
+    if two and me["drift"] is not None:
+        out.append(direction_sentence(
+            me["drift"], f"From window {w0} to {w1}, the hashed table's lists",
+            "become less popular relative to the growing table's",
+            "become more popular relative to the growing table's",
+            metric=f"{exc} gap(window {w1}) − gap(window {w0})"))
+    return out
 
 
 # plots and report ///////////////////////////////////////////////////////////////////////////////
@@ -522,7 +553,8 @@ def section(results: dict, plots=()) -> list:
              f"negatives {cfg['negatives']}), then evaluation on window w + 1 (users with "
              f"history, candidates = items seen before, history masked). Every design starts "
              f"with {cfg['start_rows']:,} item rows; `cuckoo-expire` frees an item's row after "
-             f"{cfg['expire_after']} steps without a lookup. Seeds {cfg['seeds']}; k = 10.", "",
+             f"{cfg['expire_after']} steps without a lookup. Seeds {cfg['seeds']}; k = 10."
+             + _empty_sentence(cfg), "",
              "Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
     cols = [f"recall@{K}", exc, "collision_lookup_share", "collision_id_share",
             "no_row_lookup_share", "rows_in_use", "bytes"]
@@ -538,6 +570,20 @@ def section(results: dict, plots=()) -> list:
         lines.append("| " + " | ".join(
             [name, str(e["window"])] + [_cell(e.get(m), m) for m in cols]) + " |")
     return finish_section(lines, findings(results), results, plots)
+
+
+def _empty_sentence(cfg: dict) -> str:
+    """The report's note on the empty windows of the time line ("" when there are none)."""
+    empty = cfg.get("empty_windows") or []
+    if not empty:
+        return ""
+    names = ", ".join(map(str, empty))
+    return (f" Window{'s' if len(empty) > 1 else ''} {names} "
+            f"{'hold' if len(empty) > 1 else 'holds'} no interactions: nothing is trained on "
+            f"{'them' if len(empty) > 1 else 'it'} and {'they are' if len(empty) > 1 else 'it is'}"
+            f" not evaluated (evaluated windows: "
+            f"{', '.join(map(str, cfg.get('evaluated_windows', [])))}; each after training on "
+            "every non-empty earlier window).")
 
 
 def _cell(stat, metric) -> str:

@@ -1,0 +1,313 @@
+"""Bad or unusual input to the data layer and the experiments: exact conversion or a clear error.
+
+Each test here failed before its fix (a crash deep inside, a NaN sentence, or silently wrong
+data) and names the reviewer's finding it covers.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from embtab._research import U64_MAX, as_u64
+from embtab.data import Interactions, load_dataset, load_interactions, load_movielens
+from embtab.data.generator_v2 import power_law_v2
+from embtab.data.synthetic import power_law
+from embtab.experiments import budget as bx
+from embtab.experiments import calibration as cx
+from embtab.experiments.feedback import run_feedback
+from embtab.experiments.session import Session
+
+# 1. raw IDs: Python ints of any range convert exactly //////////////////////////////////////////
+
+
+@pytest.mark.parametrize("ids, expect", [
+    ([2**64 - 5, 7], [2**64 - 5, 7]),                 # NumPy alone: float64
+    ([-5, 2**64 - 5], [2**64 - 5, 2**64 - 5]),        # NumPy alone: float64
+    ([-1, 2**63], [U64_MAX, 2**63]),
+    ([2**63 + 1, 3, -(2**63)], [2**63 + 1, 3, 2**63]),
+    ([[2**64 - 1, 0], [-2, 5]], [[U64_MAX, 0], [U64_MAX - 1, 5]]),
+])
+def test_as_u64_converts_python_ints_exactly(ids, expect):
+    out = as_u64(ids, "ids")
+    assert out.dtype == np.uint64
+    assert out.tolist() == expect
+    # negative ints read as int64, bit for bit
+    neg = [v for v in np.ravel(np.asarray(ids, dtype=object)) if v < 0]
+    if neg:
+        assert as_u64(neg, "ids").tolist() == np.asarray(neg, np.int64).view(np.uint64).tolist()
+
+
+@pytest.mark.parametrize("ids, exc, msg", [
+    ([2**64, 1], ValueError, r"raw_items: ID 18446744073709551616 at position 0 is outside"),
+    ([1, -(2**63) - 1], ValueError, r"raw_items: ID -9223372036854775809 at position 1"),
+    ([1.5, 2**64 - 1], TypeError, r"raw_items must be integer IDs .*1\.5 \(float\)"),
+    ([2**64 - 1, "7"], TypeError, r"raw_items must be integer IDs .*got dtype <U"),
+    ([2**64 - 1, None], TypeError, r"raw_items must be integer IDs .*None \(NoneType\) at "
+                                   r"position 1"),
+    (np.array([1.0, 2.0]), TypeError, r"raw_items must be integer IDs .*float64"),
+])
+def test_as_u64_refuses_out_of_range_and_non_integers(ids, exc, msg):
+    with pytest.raises(exc, match=msg):
+        as_u64(ids, "raw_items")
+
+
+def test_from_raw_with_large_and_negative_ids():
+    d = Interactions.from_raw([1, 1], [2**64 - 5, 7])
+    assert d.item_ids.tolist() == [7, 2**64 - 5]
+    assert sorted(d.raw_items.tolist()) == [7, 2**64 - 5] and d.n_interactions == 2
+    # genre keys mixing a negative ID and small ones (what the categories loader passes)
+    d = Interactions.from_raw([1, 1, 2], [-5, 7, -5], item_genres={-5: [0], 7: [1]},
+                              genre_names=("A", "B"))
+    assert d.item_ids.tolist() == [7, 2**64 - 5]
+    assert [d.item_genres[i].tolist() for i in range(2)] == [[1], [0]]
+    # the same genres keyed by the uint64 pattern
+    e = Interactions.from_raw([1, 1, 2], [-5, 7, -5], item_genres={2**64 - 5: [0], 7: [1]},
+                              genre_names=("A", "B"))
+    assert e.item_genres.indices.tolist() == d.item_genres.indices.tolist()
+    with pytest.raises(ValueError, match="raw_items: ID 18446744073709551616"):
+        Interactions.from_raw([1], [2**64])
+
+
+@pytest.mark.parametrize("genres, exc, msg", [
+    ({3: [1.5]}, ValueError, r"item_genres\[3\]: genre index 1\.5 is not an integer"),
+    ({3: [-1]}, ValueError, r"item_genres\[3\]: genre index -1"),
+    ({3: [2]}, ValueError, r"item_genres\[3\]: genre index 2 .*\[0, 2\)"),
+    ({3: 1}, TypeError, r"item_genres\[3\] must be a list of genre indices"),
+])
+def test_from_raw_checks_genre_indices(genres, exc, msg):
+    with pytest.raises(exc, match=msg):
+        Interactions.from_raw([1, 2], [3, 4], item_genres=genres, genre_names=("a", "b"))
+
+
+def test_categories_file_with_negative_and_large_item_ids(tmp_path):
+    items = tmp_path / "neg_items.txt"
+    items.write_text(f"1 -5\n1 7\n2 -5\n2 8\n3 {2**64 - 2}\n")
+    cats = tmp_path / "neg_cats.txt"
+    cats.write_text(f"-5 A\n7 B\n{2**64 - 2} A\n")
+    d = load_interactions(items, categories=cats)
+    assert d.item_ids.tolist() == [7, 8, 2**64 - 5, 2**64 - 2]
+    assert d.genre_names == ("A", "B")
+    assert [d.item_genres[i].tolist() for i in range(4)] == [[1], [], [0], [0]]
+    assert load_dataset(f"interactions:{items},categories={cats}").n_items == 4
+
+
+# 2. data without test items; sentences of undefined values /////////////////////////////////////
+
+
+def test_session_refuses_data_without_a_test_item(tmp_path):
+    p = tmp_path / "one_each.txt"
+    p.write_text("".join(f"{u} {u % 30}\n" for u in range(200)))
+    with pytest.raises(ValueError, match=r"'interactions:.*one_each.txt'.* no user with 2 or "
+                                         r"more interactions .*no user gets a test item"):
+        Session(f"interactions:{p}", None, False)
+    d = load_interactions(p)
+    with pytest.raises(ValueError, match=r"data set 'one_each' has no user with 2"):
+        Session(d, None, False)
+    # one user with two interactions is enough
+    p.write_text("".join(f"{u} {u % 30}\n" for u in range(200)) + "0 29\n")
+    assert Session(f"interactions:{p}", None, False).split(0)[1].n_interactions == 1
+
+
+def _cal_row(C, lam, seed, ndcg, mis):
+    return {"model": "mf+calibrated", "seed": seed, "candidates": C, "lam": lam,
+            "ndcg@10": ndcg, "miscalibration@10": mis, "arp@10": 0.1, "coverage@10": 0.2,
+            "recall@10": ndcg}
+
+
+def test_calibration_sentences_say_undefined_not_nan():
+    nan = float("nan")
+    summ = [_cal_row(100, 0.0, 0, nan, nan), _cal_row(100, 0.5, 0, nan, nan)]
+    text = " ".join(cx.findings(summ, {"candidates": [100]}))
+    assert "nan" not in text.lower()
+    assert "relative change of ndcg@10 is undefined (undefined → undefined)" in text
+    assert "target (≤ 50% miscalibration, ≤ 10% ndcg loss) is undecided" in text
+    assert "miscalibration@10 at λ=0 is undefined at C=100, so no λ is said to halve it" in text
+
+
+def test_calibration_relative_change_from_zero_is_undefined():
+    # ndcg@10 = 0 at λ=0: the old max(·, 1e-12) gave a change of +1e+11 %
+    summ = [_cal_row(100, 0.0, 0, 0.0, 0.4), _cal_row(100, 0.5, 0, 0.02, 0.1)]
+    text = " ".join(cx.findings(summ, {"candidates": [100]}))
+    assert "the relative change of ndcg@10 is undefined (0.0000 → 0.0200)" in text
+    assert "(25% of it)" in text
+    assert "is undecided" in text
+    assert "λ=0.5, with a relative ndcg@10 change that is undefined (ndcg@10 is 0.0000" in text
+    assert "changes by" not in text and "nan" not in text.lower()
+    # per seed (paired): the trade-off is not assessed when a seed's base is 0
+    rows = [_cal_row(100, 0.0, s, 0.0 if s == 1 else 0.2, 0.4) for s in range(3)] + \
+        [_cal_row(100, 0.5, s, 0.19, 0.1) for s in range(3)]
+    out = cx.tradeoff_findings({"rows": rows})
+    assert out == ["C=100: at λ=0.5 the miscalibration@10 ratio or the relative ndcg@10 change "
+                   "against λ=0 is undefined on 1 of 3 seeds (λ=0's value is 0 or not finite "
+                   "there), so the trade-off target is not assessed."]
+    # all defined: numbers as before
+    rows[1] = _cal_row(100, 0.0, 1, 0.2, 0.4)
+    (sentence,) = cx.tradeoff_findings({"rows": rows})
+    assert "paired over 3 seeds: at λ=0.5 miscalibration@10 is 25% [25%, 25%]" in sentence
+    assert "ndcg@10 changes by -5.0% [-5.0%, -5.0%]" in sentence
+
+
+def test_budget_sentences_without_finite_values():
+    nan = float("nan")
+    rows = [{"model": "mf", "budget": 1.0, "design": d, "seed": 0, "recall@10": nan,
+             "ndcg@10": nan, "excess_arp@10": nan} for d in ("cuckoo", "hashed")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # was: RuntimeWarning "Mean of empty slice"
+        cs = bx.contrasts(rows)
+    assert [c["difference"]["n"] for c in cs] == [0, 0, 0]
+    text = bx.findings({"contrasts": cs})
+    assert len(text) == 3
+    for t in text:
+        assert "nan" not in t.lower()
+        assert t.endswith("the difference is undefined (no seed has a finite value for both "
+                          "designs).")
+    # one design finite, the other not: the finite one ranks first, the difference undefined
+    rows[0]["recall@10"] = 0.3
+    c = bx.contrasts(rows)[0]
+    assert (c["best"], c["runner_up"], c["difference"]["n"]) == ("cuckoo", "hashed", 0)
+    # one seed still says "on one seed"
+    rows[1]["recall@10"] = 0.1
+    (t,) = [x for x in bx.findings({"contrasts": bx.contrasts(rows)}) if "recall" in x]
+    assert t.endswith("(recall@10): +0.2000 on one seed, no interval.")
+
+
+# 3. MovieLens: u.item flags must match u.genre ///////////////////////////////////////////////
+
+
+def _movielens(folder, flags_per_item, genres):
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t10\t5\t881250949\n2\t10\t3\t881250950\n"
+                                   "2\t20\t4\t881250951\n")
+    lines = [f"{i}|T{i}|01-Jan-1995||http://x|" + "|".join(f) for i, f in
+             zip((10, 20), flags_per_item)]
+    (folder / "u.item").write_text("\n".join(lines) + "\n")
+    if genres is not None:
+        (folder / "u.genre").write_text("".join(f"{g}|{n}\n" for n, g in enumerate(genres))
+                                        + "\n")
+    return folder
+
+
+def test_movielens_flag_count_must_match_u_genre(tmp_path):
+    # 4 flags, 3 genres: the loader took the last 3 flags (genre of item 10 shifted)
+    f = _movielens(tmp_path / "a", [["0", "1", "0", "1"], ["1", "0", "0", "0"]],
+                   ["Action", "Comedy", "Drama"])
+    with pytest.raises(ValueError, match=r"u\.item, line 1: 4 genre flags after "
+                                         r"'id\|title\|.*IMDb URL', but .*u\.genre lists 3 genres"):
+        load_movielens(f)
+    # without u.genre: the 19 MovieLens genres
+    f = _movielens(tmp_path / "b", [["1", "0", "0"], ["0", "1", "0"]], None)
+    with pytest.raises(ValueError, match=r"u\.item, line 1: 3 genre flags .*MovieLens-100K has "
+                                         r"\(no u\.genre in .*\) 19 genres"):
+        load_movielens(f)
+    # matching counts load as before
+    f = _movielens(tmp_path / "c", [["0", "1", "1"], ["1", "0", "0"]],
+                   ["Action", "Comedy", "Drama"])
+    d = load_movielens(f)
+    assert d.genre_names == ("Action", "Comedy", "Drama")
+    assert [d.item_genres[i].tolist() for i in range(2)] == [[1, 2], [0]]
+
+
+def test_movielens_genre_indices_must_be_0_to_g(tmp_path):
+    f = _movielens(tmp_path / "a", [["0", "1"], ["1", "0"]], ["A", "B"])
+    (f / "u.genre").write_text("A|0\nB|2\n")
+    with pytest.raises(ValueError, match=r"u\.genre: genre indices must be 0, 1, \.\.\., 1 "
+                                         r"once each; found \[0, 2\]"):
+        load_movielens(f)
+
+
+# 4. separator and header of interaction files /////////////////////////////////////////////////
+
+
+def test_comment_with_a_comma_does_not_switch_the_separator(tmp_path):
+    p = tmp_path / "ws.txt"
+    p.write_text("# user, item\n1 10\n1 11\n2 10\n")
+    d = load_interactions(p)
+    assert (d.n_users, d.n_items, d.n_interactions) == (2, 2, 3)
+    c = tmp_path / "cats.txt"
+    c.write_text("# item, category\n10 Science fiction\n11 Drama\n")
+    d = load_interactions(p, categories=c)
+    assert d.genre_names == ("Drama", "Science fiction")
+
+
+def test_a_bad_first_data_line_is_reported_not_taken_as_header(tmp_path):
+    p = tmp_path / "e3.txt"
+    p.write_text("1e3 10\n")
+    with pytest.raises(ValueError, match=r"e3\.txt, line 1: user '1e3' is not an integer ID"):
+        load_interactions(p)
+    p.write_text("1 x10\n2 10\n")
+    with pytest.raises(ValueError, match=r"line 1: item 'x10' is not an integer ID"):
+        load_interactions(p)
+    # a first line without a number is a header; when the next line is bad too, say so
+    p.write_text("u1 i1\nu1 i2\n")
+    with pytest.raises(ValueError, match=r"line 2: user 'u1' is not an integer ID .*\(line 1, "
+                                         r"'u1 i1', has no number and was read as a header\)"):
+        load_interactions(p)
+    p.write_text("user item\n")
+    with pytest.raises(ValueError, match=r"no interactions .*line 1, 'user item', was read as "
+                                         r"a header"):
+        load_interactions(p)
+    # real headers still work
+    p.write_text("user,item,weight\n1,100,2.0\n2,100,1.0\n")
+    assert load_interactions(p).weights.tolist() == [2.0, 1.0]
+    c = tmp_path / "c.txt"
+    c.write_text("1e2 A\n")
+    with pytest.raises(ValueError, match=r"c\.txt, line 1: item '1e2' is not an integer ID"):
+        load_interactions(p, categories=c)
+
+
+# 5. generator arguments ///////////////////////////////////////////////////////////////////////
+
+SMALL = dict(n_users=60, n_items=80, n_genres=4, interactions_per_user=8)
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("synthetic:crowding=1,n_genres=1", r"crowding=True needs n_genres >= 2"),
+    ("synthetic:rank=2.5", r"rank must be an integer; got 2\.5"),
+    ("synthetic:n_items=100,rank=200", r"rank must be <= min\(n_users, n_items\) = 100 "
+                                       r".*rank=200"),
+    ("synthetic:n_users=12,n_items=60,n_genres=18,crowding=1",
+     r"rank must be <= min\(n_users, n_items\) = 12 .*crowding=True sets rank = n_genres = 18"),
+    ("synthetic:seed=-1", r"seed must be an integer >= 0; got -1"),
+    ("synthetic:rank=4,seed=-1", r"seed must be an integer >= 0; got -1"),
+    ("stream:seed=-1", r"seed must be an integer >= 0; got -1"),
+    ("synthetic:seed=1.5", r"seed must be an integer >= 0; got 1\.5"),
+])
+def test_generator_spec_errors_name_the_key_and_the_spec(spec, msg):
+    with pytest.raises(ValueError, match=r"dataset spec '" + spec.replace(".", r"\.")
+                       + "': " + msg):
+        load_dataset(spec)
+
+
+def test_generator_arguments_checked_in_python_too():
+    with pytest.raises(TypeError, match=r"rank must be an integer; got 2\.5"):
+        power_law_v2(**SMALL, rank=2.5)                 # was truncated to 2
+    # the default rank (16) is capped by the matrix's size; a rank given is not
+    assert power_law_v2(**{**SMALL, "n_users": 12}, merit=0.5).truth.rank == 12
+    with pytest.raises(ValueError, match=r"<= min\(n_users, n_items\) = 12 .*rank=13"):
+        power_law_v2(**{**SMALL, "n_users": 12}, merit=0.5, rank=13)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0; got -3"):
+        power_law(**SMALL, seed=-3)
+    with pytest.raises(ValueError, match="crowding=True needs n_genres >= 2"):
+        power_law_v2(**{**SMALL, "n_genres": 1}, crowding=True)
+    d = power_law_v2(**SMALL, rank=min(SMALL["n_users"], SMALL["n_items"]), seed=1)
+    assert d.truth.rank == 60
+
+
+# 6. the feedback experiment and stream data ///////////////////////////////////////////////////
+
+
+def test_feedback_refuses_stream_data_up_front():
+    with pytest.raises(ValueError, match=r"the feedback experiment \(E5\) does not support "
+                                         r"stream data: 'stream:n_users=40,n_items=60'"):
+        run_feedback("stream:n_users=40,n_items=60", seeds=1, rounds=1, progress=False)
+    d = load_dataset("stream:n_users=40,n_items=60,n_windows=2")
+    with pytest.raises(ValueError, match="does not support stream data"):
+        run_feedback(d, seeds=1, rounds=1, progress=False)
+
+
+def test_calibration_number_helpers():
+    # what the sentences above are built with
+    assert cx._num(float("nan"), ".4f") == "undefined" and cx._num(0.5, ".0%") == "50%"
+    assert math.isnan(cx._ratio(1.0, 0.0)) and cx._ratio(1.0, 4.0) == 0.25
