@@ -1,7 +1,8 @@
 // bench/parts/fused_step.cpp: the C++ fused step alone (embtab/optim.hpp), outside Python, on
 // the batches bench/parts/parts.py writes (rows.bin: 8 batches of 65,536 int64 rows, the module's
 // rows of Zipf(1.1) IDs over 1,000,000, first-occurrence order). Prints the median and min of
-// 400 calls. Usage: fused_step ROWS_FILE {sgd|rw|adagrad|adam} THREADS
+// 400 calls. Usage: fused_step ROWS_FILE {sgd|rw|adagrad|adam} THREADS [bcast]
+// (bcast: one gradient row for every bag, as a sum() loss gives; default one row per bag)
 // Compile against another commit's cpp/include to compare the step across commits (before
 // commit 5481923, BatchGrad has no `ld`: drop that line).
 #include <algorithm>
@@ -39,7 +40,7 @@ int main(int argc, char** argv) {
     embtab::BatchGrad<float> bg;
     bg.grad = grad.data();
     bg.num_bags = batch / bag;
-    bg.ld = d;
+    bg.ld = argc > 4 && !std::strcmp(argv[4], "bcast") ? 0 : d;  // bcast: a sum() loss's gradient
     bg.offsets = off.data();
     embtab::OptimStep p;
     p.lr = 1e-3;
