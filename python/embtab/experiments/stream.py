@@ -454,16 +454,11 @@ def findings(results: dict) -> list:
     last = {m: c["metrics"][m]["per_window"][-1]["difference"] for m in (rec, exc)}
     first = {m: c["metrics"][m]["per_window"][0]["difference"] for m in (rec, exc)}
     two = w0 != w1                  # one evaluated window: no first-vs-last, no drift
-    out = []
-    if two:
-        out.append(direction_sentence(first[rec], f"At window {w0}, the growing cuckoo table",
-                                      "is more accurate than the fixed hashed table",
-                                      "is less accurate than the fixed hashed table",
-                                      metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"))
-    out.append(direction_sentence(last[rec], f"At window {w1}, the growing cuckoo table",
-                                  "is more accurate than the fixed hashed table",
-                                  "is less accurate than the fixed hashed table",
-                                  metric=f"{rec}(cuckoo-grow) − {rec}(hashed)"))
+    out = [direction_sentence(stat, f"At window {w}, the growing cuckoo table",
+                              "is more accurate than the fixed hashed table",
+                              "is less accurate than the fixed hashed table",
+                              metric=f"{rec}(cuckoo-grow) − {rec}(hashed)")
+           for w, stat in ([(w0, first[rec])] if two else []) + [(w1, last[rec])]]
     if two and mr["drift"] is not None:
         out.append(direction_sentence(
             mr["drift"], f"From window {w0} to {w1}, the fixed hashed table",
