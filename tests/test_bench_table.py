@@ -26,9 +26,18 @@ def test_format_markdown_reports_targets(monkeypatch):
         ("lookup", "np.take (random-access limit)", 65536, 1, "u", 6e7),
         ("lookup", "np.unique + np.searchsorted", 65536, 1, "zipf", 1e7),
         ("lookup", "dict", 65536, 1, "zipf", 3e6),
+        ("lookup", "embtab", 2**20, 1, "zipf", 4e7),
+        ("lookup", "embtab", 2**20, 1, "uniform", 4e7),
+        ("lookup", "embtab", 2**20, 2, "zipf", 7e7),
+        ("lookup", "embtab", 2**20, 2, "uniform", 7e7),
+        ("lookup", "np.take (random-access limit)", 2**20, 1, "u", 6e7),
+        ("lookup", "np.unique + np.searchsorted", 2**20, 1, "zipf", 1e7),
+        ("lookup", "dict", 65536, 1, "zipf", 4e6),  # timed at 65,536 beside the big batch
     ]:
         rows.append(dict(op=op, impl=impl, batch=batch, threads=threads, stream=stream,
                          keys_per_s=rate, seconds=batch / rate))
+        if impl == "dict":
+            rows[-1]["for_batch"] = 2**20 if rate == 4e6 else 65536
     results = dict(n_keys=10, zipf_s=1.1, repeats=1, embtab="x", date="d",
                    machine=dict(cpu="c", cores=2), rows=rows,
                    memory=dict(load_factor_at_growth=0.95, bytes_per_key_at_growth=16.8,
@@ -36,5 +45,6 @@ def test_format_markdown_reports_targets(monkeypatch):
     md = bench.format_markdown(results)
     assert "| lookup (uniform hits) / np.take, batch 65,536 (target ≥ 0.5×) | 0.67× | yes |" in md
     assert "| 2 threads / 1 thread, Zipf lookups, batch 65,536 (target ≥ 1.6×) | 1.75× | yes |" in md
-    assert "13.33×" in md  # Zipf lookups / dict
+    assert "| lookup (Zipf) / dict, batch 65,536 (target ≥ 10×) | 13.33× |" in md
+    assert "| lookup (Zipf) / dict, batch 1,048,576 (target ≥ 10×) | 10.00× |" in md  # its own dict
     assert "20.00 M/s | yes" in md

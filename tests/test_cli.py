@@ -145,6 +145,8 @@ def _bad_inputs(tmp_path):
         (["--dataset", "synthetic:n_items=5,n_genres=2"], "has 5 items"),
         (["--dataset", small, "--out", str(afile)], "exists and is not a folder"),
         (["--dataset", small, "--out", str(afile / "sub")], "Not a directory"),
+        (["--dataset", small, "--out", ""], "--out is empty; name an output folder"),
+        (["--dataset", small, "--frobnicate", "3"], "unrecognized arguments: --frobnicate 3"),
     ]
 
 
@@ -167,6 +169,14 @@ def test_bench_out_must_be_a_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "embtab.benchmarks.module", fake)
     assert cli.main(["bench", "module", "--out", str(tmp_path)]) == 2
     assert "is a folder; expected a file name" in capsys.readouterr().err
+    assert cli.main(["bench", "module", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+
+
+def test_training_options_name_the_experiments_that_take_them(capsys):
+    assert cli.main(["experiment", "collisions", "--tune"]) == 2
+    err = capsys.readouterr().err
+    assert "--tune does not apply to collisions (only to dims, dims-grid, budget, personas)" in err
 
 
 def test_cli_and_docs_agree_on_what_demo_runs():

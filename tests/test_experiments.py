@@ -481,3 +481,10 @@ def test_calibration_results_carry_intervals(calibration):
     assert set(e["ndcg@10"]) == {"mean", "sd", "ci95_low", "ci95_high", "n"}
     assert {(m["candidates"], m["lam"]) for m in calibration["minority"]} == {
         (c, lam) for c in (20, 50) for lam in (0.0, 0.5, 0.99)}
+
+
+def test_config_train_holds_only_the_fields_every_run_shares(session):
+    res = ex.run_dims(TINY, seeds=1, dims=(2,), loss="softmax", progress=False, session=session)
+    assert res["config"]["loss"] == "softmax" and "loss" not in res["config"]["train"]
+    assert {r["loss"] for r in res["rows"] if r["model"] == "mf"} == {"softmax"}
+    assert "lr" in res["config"]["train"]          # not tuned: lr is shared

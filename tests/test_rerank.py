@@ -928,3 +928,17 @@ def test_miscalibration_checks_its_inputs_as_calibrated_does():
         rerank.miscalibration(np.zeros((1, 0), np.int64), d, ok)
     with pytest.raises(TypeError, match="integer item ids"):
         rerank.miscalibration(np.array([[0.0, 1.0]]), d, ok)
+
+
+def test_a_budget_beyond_k_is_no_budget_and_allocates_nothing_more():
+    rng = np.random.default_rng(0)
+    accept = rng.random((4, 2, 6))
+    w = rng.dirichlet(np.ones(2), size=4)
+    unbounded = (w * accept.sum(axis=2)).sum(axis=1)   # c >= k: every consumption counts
+    for c in (6, 7, 2**31, 2**63):
+        np.testing.assert_allclose(rerank.expected_consumption(accept, c, intent_weights=w),
+                                   unbounded, rtol=1e-12)
+    rel = rng.random((4, 2, 9))
+    small = rerank.limited_attention(rel, 3, 3, intent_weights=w)
+    for c in (4, 2**31, 2**63):
+        np.testing.assert_array_equal(rerank.limited_attention(rel, 3, c, intent_weights=w), small)

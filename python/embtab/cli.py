@@ -94,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                            parser_class=_Parser)
 
     demo = [e for e in registry.values() if e.in_demo]
-    d = sub.add_parser("demo", help=f"quick {' + '.join(e.label for e in demo)} on synthetic "
-                                    "data; writes a report")
+    d = sub.add_parser("demo", help=f"quick {' + '.join(e.label for e in demo)} (on synthetic "
+                                    "data unless --dataset names other data); writes a report")
     d.add_argument("--out", default="embtab-demo", help="output folder (default: embtab-demo)")
     d.add_argument("--seeds", type=_seeds, default=3, help="number of seeds (default 3)")
     d.add_argument("--dataset", default="synthetic",
@@ -115,11 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="output folder (default: embtab-<name>)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--tune", action="store_true",
-                   help="experiments that train per d (dims, dims-grid): pick lr, L2 and epochs "
-                        "per (d, seed) on a validation split (a smaller grid with --quick)")
+                   help=f"experiments that take it ({', '.join(_taking(registry, 'tune'))}): "
+                        "pick lr, L2 and epochs per configuration and seed on a validation "
+                        "split (a smaller grid with --quick)")
     e.add_argument("--loss", choices=("bpr", "softmax"), default=None,
-                   help="experiments that train per d (dims, dims-grid): the training loss "
-                        "(default bpr)")
+                   help=f"experiments that take it ({', '.join(_taking(registry, 'loss'))}): "
+                        "the training loss (default bpr)")
 
     benches = _benchmarks()
     b = sub.add_parser("bench", help="performance comparisons: " + "; ".join(
@@ -133,17 +134,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse an output folder that is a file or cannot be created, before any work."""
+def _check_out_dir(out: str) -> Path:
+    """The output folder ``out``, created; refused (before any work) when empty, a file, or
+    impossible to create."""
+    if not str(out).strip():
+        raise ValueError("--out is empty; name an output folder")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _demo(args) -> int:
     from embtab.experiments import run_demo
 
-    _check_out_dir(Path(args.out))
+    _check_out_dir(args.out)
     paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds, dataset=args.dataset)
     print(f"report: {paths['report']}")
     print(f"results: {paths['results']}")
@@ -155,8 +161,7 @@ def _experiment(args) -> int:
 
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
     extra = _training_options(args)
-    out = Path(args.out or f"embtab-{args.name}")
-    _check_out_dir(out)
+    out = _check_out_dir(f"embtab-{args.name}" if args.out is None else args.out)
     paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
                             quick=args.quick, progress=not args.quiet,
                             title=f"embtab experiment {args.name}",
@@ -181,12 +186,20 @@ def _training_options(args) -> dict:
     if extra:
         import inspect
 
-        params = inspect.signature(_registry()[args.name].run).parameters
+        registry = _registry()
+        params = inspect.signature(registry[args.name].run).parameters
         missing = [k for k in extra if k not in params]
         if missing:
             raise ValueError(f"--{missing[0]} does not apply to {args.name} (only to "
-                             "experiments that train per dimension: dims, dims-grid)")
+                             f"{', '.join(_taking(registry, missing[0]))})")
     return extra
+
+
+def _taking(registry: dict, option: str) -> list:
+    """The experiments whose run function takes keyword ``option`` (``tune``, ``loss``)."""
+    import inspect
+
+    return [n for n, e in registry.items() if option in inspect.signature(e.run).parameters]
 
 
 def _bench(args) -> int:
@@ -203,8 +216,11 @@ def _bench(args) -> int:
         print(f"embtab bench {args.name}: {entry.module} has no run()/format_markdown()",
               file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else None
-    if out is not None:
+    out = None
+    if args.out is not None:
+        if not args.out.strip():
+            raise ValueError("--out is empty; name a file for the raw results")
+        out = Path(args.out)
         _check_out_file(out)
     from embtab.benchmarks._harness import isa_cap
 
@@ -228,7 +244,14 @@ def _check_out_file(out: Path) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``embtab`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by its command, as every other mistake in the arguments
+        where = " ".join(["embtab", args.command or ""] + ([args.name] if getattr(args, "name", None)
+                                                           else [])).strip()
+        print(f"{where}: unrecognized arguments: {' '.join(unknown)} (see embtab "
+              f"{args.command or ''} --help)".replace("  ", " "), file=sys.stderr)
+        return 2
     commands = {"demo": _demo, "experiment": _experiment, "bench": _bench}
     if args.command not in commands:
         _parser().print_help()

@@ -120,8 +120,9 @@ def _check_target(target: Any, U: int) -> np.ndarray:
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     if target.dtype.kind != "f":
         raise TypeError(f"target must have a float dtype, got {target.dtype}")
-    if target.ndim != 2 or target.shape[0] != U:
-        raise ValueError(f"target must be 2-D [U, G] with U = {U} (the rows of scores), got shape {shape_str(target)}")
+    if target.ndim != 2 or target.shape[0] != U or target.shape[1] == 0:
+        raise ValueError(f"target must be 2-D [U, G] with U = {U} (the rows of scores) and G >= 1 "
+                         f"categories, got shape {shape_str(target)}")
     t = np.ascontiguousarray(target, dtype=np.float64)
     _check_distribution_rows(t, "target", allow_zero_rows=True)
     return t
@@ -912,6 +913,7 @@ def expected_consumption(accept: np.ndarray, c: int,
     w = _check_intents(intent_weights, a, "accept")
     a3 = a if a.ndim == 3 else a[:, None, :]
     U, Z, k = a3.shape
+    c = min(c, max(k, 1))  # at most k consumptions: a larger budget never binds
     state = np.zeros((U, Z, c))
     state[..., 0] = 1.0
     total = np.zeros((U, Z))
@@ -1064,6 +1066,7 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
             raise ValueError(f"candidates must have shape {(U, C)}, got "
                              f"{shape_str(candidates)}")
     marginal = np.einsum("uz,uzc->uc", w, r3)
+    c = min(c, k)  # at most k consumptions: a larger budget never binds
     state = np.zeros((U, Z, c))
     state[..., 0] = 1.0
     picked = np.zeros((U, C), dtype=bool)

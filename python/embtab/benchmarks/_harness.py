@@ -114,16 +114,23 @@ def isa_level(flags: set, vector_code: bool, cap: str = "auto") -> str:
 
 
 def _commit() -> Optional[str]:
-    """The git commit of the embtab source tree this module was imported from, if it is one."""
+    """The git commit of the embtab source tree this module was imported from, if it is one,
+    with ``-dirty`` when tracked files differ from it (the figures are then not that commit's)."""
     root = Path(__file__).resolve().parents[3]
     if not (root / ".git").exists():
         return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    head = out.stdout.strip()
+    if not head:
+        return None
+    return head + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def machine() -> dict:

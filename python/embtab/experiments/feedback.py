@@ -597,6 +597,8 @@ class FeedbackLoop:
         for a in self.arms:
             row = {"eta": self.eta, "arm": a.name, "round": 0, "seed": self.seed,
                    "n_interactions": self.organic.n_interactions, "accepted": 0.0,
+                   # no round yet: the per-round utilities are undefined (null in the JSON)
+                   "utility": float("nan"), "utility_per_item": float("nan"),
                    **self.state_row(a.name)}
             rows.append(row)
         self._relative(rows)
@@ -1078,7 +1080,7 @@ def feedback_text(results: dict) -> list:
             hi = etas[-1]
             out.append(direction_sentence(
                 _contrast(results, hi, base, "eta=0", "homogenisation"),
-                f"Drift η = {hi:g} against η = 0, for {base},",
+                f"For {base}, drift η = {hi:g} against η = 0",
                 "increases homogenisation", "decreases homogenisation",
                 metric="Δ(Jaccard − ideal)"))
             out.append(direction_sentence(

@@ -145,10 +145,20 @@ def seed_list(seeds) -> list:
     return out
 
 
+#: The training fields a tuned experiment picks per (configuration, seed): its rows hold them.
+TUNED_FIELDS = ("lr", "l2", "epochs")
+
+
 def make_result(name: str, s: Session, config: dict, rows: list, t0: float) -> dict:
-    """The results.json object of a training experiment (docs/results-schema.md)."""
+    """The results.json object of a training experiment (docs/results-schema.md).
+
+    ``config.train`` holds only the training fields shared by every run: a field the
+    experiment sets itself (in ``config``, e.g. ``loss``) is recorded there instead, and with
+    ``config["tuned"]`` the tuned fields (:data:`TUNED_FIELDS`) are per row."""
+    train = {k: v for k, v in s.base_config().items()
+             if k not in config and not (config.get("tuned") and k in TUNED_FIELDS)}
     return {"experiment": name, "dataset": {**s.data.summary(), "spec": s.spec},
-            "config": {**config, "k": K, "train": s.base_config(),
+            "config": {**config, "k": K, "train": train,
                        "seconds": round(time.perf_counter() - t0, 2)},
             "rows": rows}
 
