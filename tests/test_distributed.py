@@ -460,6 +460,50 @@ def test_ranks_that_disagree_raise_on_every_rank(tmp_path):
     _start(_w_mismatch, 2, str(tmp_path / "store"))
 
 
+def _w_one_shard_fails(rank, world_size, store, ckpt):
+    from embtab import TableFullError
+    from embtab.distributed import owner_of
+
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(2, DIM, on_full="error", shard_seed=0, seed=SEED)
+    a = torch.arange(40)
+    own = owner_of(a, world_size, 0)
+    ids = a[own == 0][:5] if rank == 1 else a[own == 1][:1]   # overfills rank 0's shard only
+    for _ in range(2):  # the user catches and carries on: the group stays in step
+        if rank == 0:
+            before = m.shard.num_ids
+            with pytest.raises(TableFullError):
+                m(ids).sum().backward()
+            assert m.shard.num_ids == before                        # the failing shard: unchanged
+        else:
+            with pytest.raises(ShardedCommError, match="shard lookup failed on rank 0"):
+                m(ids).sum().backward()
+    out = m(a[own == 1][:1] if rank == 0 else a[own == 0][:1])  # a call that fits works
+    out.sum().backward()
+    assert out.shape == (1, DIM)
+    # A load with an optimizer embtab cannot reshard, or another type than the one saved,
+    # changes nothing on any rank.
+    src = ShardedCuckooEmbedding(4, DIM, seed=SEED, name="m")
+    opt = torch.optim.Adam(src.parameters(), lr=0.1)
+    src(torch.tensor([1, 2, 3, 99]) + 10 * rank).sum().backward()
+    opt.step()
+    src.save(ckpt, opt)
+    for bad, match in ((torch.optim.LBFGS, "cannot be done for LBFGS"),
+                       (torch.optim.SGD, "holds the state of optimizer torch.optim.adam.Adam")):
+        dst = ShardedCuckooEmbedding(4, DIM, seed=SEED, name="m")
+        with pytest.raises((ValueError, ShardedCommError), match=match):
+            dst.load(ckpt, bad(dst.parameters(), lr=0.1))
+        assert dst.num_ids == 0
+    dst = ShardedCuckooEmbedding(4, DIM, seed=SEED, name="m")
+    dst.load(ckpt, torch.optim.Adam(dst.parameters(), lr=0.1))
+    assert dst.num_ids == src.num_ids
+    dist.destroy_process_group()
+
+
+def test_a_failing_shard_raises_on_every_rank_and_a_bad_optimizer_loads_nothing(tmp_path):
+    _start(_w_one_shard_fails, 2, str(tmp_path / "store"), str(tmp_path / "ckpt"))
+
+
 # checkpoints of several modules, tampered manifests, failed saves ///////////////////////////
 
 

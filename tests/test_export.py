@@ -5,6 +5,7 @@ carries the ID -> row map, and the ``embtab::hashed_rows`` operator passes opche
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -123,6 +124,37 @@ def test_train_mode_compile_without_fullgraph_equals_eager():
     assert a.num_ids == b.num_ids and torch.equal(a.row_ids, b.row_ids)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_train_mode_compile_keeps_growing(fused):
+    """Once a compiled forward has recompiled, torch.compile's guards hold weak references to
+    the weight, so growth cannot swap it: it replaces its data instead, and training equals
+    eager through every growth."""
+    import embtab.optim as eo
+
+    torch._dynamo.reset()
+
+    def make():
+        kw = dict(optimizer=eo.SGD(lr=0.1)) if fused else {}
+        m = enn.CuckooEmbedding(2, 3, seed=1, **kw)
+        return m, (None if fused else torch.optim.SGD(m.parameters(), lr=0.1))
+
+    (m, opt), (ref, ref_opt) = make(), make()
+    fn = torch.compile(m, backend="eager")
+    with warnings.catch_warnings():
+        # dynamo, resuming after the fused lookup's graph break, reads .grad of its output
+        # (a non-leaf) and torch warns about that; nothing of embtab's
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf")
+        for ids in ([1, 2], [3, 4, 5], [6, 7, 8, 9, 10], list(range(11, 40))):
+            for f, o in ((fn, opt), (ref, ref_opt)):
+                if o is not None:
+                    o.zero_grad()
+                f(torch.tensor(ids)).sum().backward()
+                if o is not None:
+                    o.step()
+    assert m.num_growths.item() >= 3 and m.num_ids == 39
+    assert torch.equal(m.weight, ref.weight)
+
+
 @pytest.mark.parametrize("seed", [0, 12345, -1, -(2**63)])
 def test_hashed_rows_opcheck(seed):
     ids = torch.tensor([[0, 1, -5], [2**62, -(2**63), 7]])
@@ -161,3 +193,16 @@ def test_traced_forward_refuses_a_stale_map():
     emb.eval()
     fn = torch.compile(emb, fullgraph=True, backend="eager")
     assert torch.equal(fn(torch.tensor([1, 2])), emb(torch.tensor([1, 2])))
+
+
+@pytest.mark.parametrize("make", [lambda: enn.CuckooEmbedding(8, 4),
+                                  lambda: enn.HashedEmbedding(8, 4),
+                                  lambda: enn.CuckooEmbeddingBag(8, 4, mode="sum")])
+def test_jit_trace_is_refused_rather_than_baking_the_rows(make):
+    m = make()
+    m(torch.tensor([[1, 2], [3, 4]]))
+    m.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: jit.trace is deprecated
+        with pytest.raises(RuntimeError, match="torch.jit.trace cannot follow"):
+            torch.jit.trace(m, (torch.tensor([[1, 2], [3, 4]]),))

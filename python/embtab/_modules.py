@@ -61,6 +61,11 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
     Integer dtypes are widened (uint64 is read bitwise); float, complex and bool tensors and
     non-tensors raise ``TypeError`` naming ``name``, its dtype and shape.
     """
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"torch.jit.trace cannot follow embtab's ID -> row map: {name} is read through "
+            "NumPy here, so the trace would record this call's rows as constants and return "
+            "them for any input; trace with torch.compile or torch.export (eval mode) instead")
     t = id_tensor(input, name)
     if t.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (it holds no IDs), shape {tuple(t.shape)}")

@@ -429,10 +429,31 @@ class _ShardedBase(nn.Module):
         _collective("all_to_all of IDs", g,
                     lambda: dist.all_to_all_single(recv_ids, send_ids, recv, send, group=g))
 
-        vecs = self.shard(recv_ids)
-        if with_valid:
-            valid = (self.shard.lookup(recv_ids) >= 0).to(vecs.dtype).to(vecs.device)
-            vecs = torch.cat([vecs, valid[:, None]], dim=1)
+        # Every rank learns whether every shard's lookup worked before the vectors move: a
+        # shard that fails (a full table with on_full="error", an eviction with too few free
+        # rows) raises its own error on its rank and ShardedCommError on the others, instead of
+        # leaving them inside an all_to_all the failing rank never joins (gloo aborts the
+        # process). The failing shard changes nothing; the others keep the rows they handed to
+        # the batch's new IDs (docs/site/guide/sharding.md, "Errors").
+        caught = None
+        try:
+            vecs = self.shard(recv_ids)
+            if with_valid:
+                valid = (self.shard.lookup(recv_ids) >= 0).to(vecs.dtype).to(vecs.device)
+                vecs = torch.cat([vecs, valid[:, None]], dim=1)
+        except Exception as e:  # noqa: BLE001 - re-raised below, once the ranks agree
+            caught = e
+        failed = torch.zeros(ws, dtype=torch.int32, device=cdev)  # a small all_reduce, no pickle
+        failed[r] = caught is not None
+        _collective("all_reduce of the shard lookups' outcome", g,
+                    lambda: dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=g))
+        if caught is not None:
+            raise caught
+        if failed.any():
+            bad = int(torch.nonzero(failed)[0])
+            raise ShardedCommError(
+                f"embtab.distributed: the shard lookup failed on rank {bad} of {ws} (its error is "
+                "raised there); this rank's shard kept the rows it handed to new IDs")
         dev = vecs.device
         if self._comm_on_cpu:
             vecs = vecs.cpu()
@@ -606,7 +627,8 @@ class _ShardedBase(nn.Module):
                     per_row[k] = v[live.to(v.device)].cpu()
                 else:
                     other[k] = v.cpu() if isinstance(v, Tensor) else v
-            p["optimizer"] = {"per_row": per_row, "other": other}
+            p["optimizer"] = {"per_row": per_row, "other": other,
+                              "type": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"}
         return p
 
     def load(self, directory: Union[str, "os.PathLike[str]"],
@@ -629,9 +651,11 @@ class _ShardedBase(nn.Module):
         FileNotFoundError
             There is no manifest of this module in ``directory`` (the message names it).
         ValueError
-            The manifest or a shard file is corrupt, truncated, inconsistent (a missing or
-            unlisted shard, a missing key, a wrong type), from another save, or the checkpoint
-            belongs to another module (other name or configuration); the message names the file.
+            The manifest or a shard file is corrupt, truncated, inconsistent (a missing shard,
+            a missing key, a wrong type), from another save, or the checkpoint belongs to
+            another module (other name or configuration); the message names the file. Also
+            ``optimizer`` of another type than the one saved, or one whose per-row state embtab
+            cannot reshard. Files the manifest does not list are ignored.
         ShardedCommError
             Another rank failed to load (its error is quoted); nothing was loaded.
         """
@@ -664,10 +688,22 @@ class _ShardedBase(nn.Module):
         if optimizer is not None and not any(q is self.shard.weight for g in optimizer.param_groups
                                              for q in g["params"]):
             raise ValueError("optimizer does not hold this sharded module's weight (shard.weight)")
+        rules = None if optimizer is None else _row_state(
+            optimizer, "loading the optimizer state of a sharded module")  # before any change
         parts = []
         for entry in m["shards"]:
             path = os.path.join(directory, entry["file"])
             parts.append(self._restrict(_read_shard(path, entry, m, self.shard_seed, self.embedding_dim)))
+            saved = (parts[-1].get("optimizer") or {}).get("type")
+            mine_type = None if optimizer is None else \
+                f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
+            if saved is not None and mine_type is not None and saved != mine_type:
+                _refuse(path, f"holds the state of optimizer {saved}, not of the {mine_type} given "
+                              "(load with the optimizer type that was saved, or without one)")
+            unknown = set((parts[-1].get("optimizer") or {}).get("per_row", {})) - set(rules or ())
+            if optimizer is not None and unknown:
+                _refuse(path, f"holds per-row optimizer state {sorted(unknown)} that "
+                              f"{type(optimizer).__name__} does not keep")
         return parts, m["world_size"]
 
     def _restrict(self, p: dict) -> dict:

@@ -868,7 +868,19 @@ class _CuckooBase(_AtomicLoad):
         # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
         # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
         # still expects the old shape while an old graph (e.g. last step's loss) is alive.
-        torch.utils.swap_tensors(w, new_p)
+        try:
+            torch.utils.swap_tensors(w, new_p)
+        except RuntimeError as e:
+            if "weakref" not in str(e):
+                raise
+            # A weak reference pins the Parameter (torch.compile's guards hold some once a
+            # compiled forward has recompiled), and swap_tensors refuses before changing
+            # anything: keep the object and replace its data. The one cost is the one above,
+            # a graph from before the growth that is still alive cannot be backpropagated
+            # (the fused path says so; torch's check of the gradient's shape does otherwise).
+            grad = new_p.grad
+            w.data = new_w
+            w.grad = grad
         for name in ("row_ids", "row_live", "row_last_step", "row_count"):
             b = self._buffers.get(name)
             if b is not None:

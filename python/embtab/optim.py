@@ -171,6 +171,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         for name, _, fill in self._states():
             module._buffers["opt_" + name].index_fill_(0, idx, fill)
 
+    # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
+    # here rather than trace an autograd Function that holds a module)
+    @torch.compiler.disable
     def lookup(
         self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool
     ) -> Tensor:
