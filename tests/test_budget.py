@@ -260,3 +260,24 @@ def test_capped_designs_stay_within_budget_after_training():
     assert mf
     for r in mf:
         assert r["bytes_total"] <= r["budget_bytes"], r["design"]
+
+
+def test_budget_winner_follows_the_sign_of_the_paired_interval():
+    from embtab.experiments import budget as bx
+
+    # A's unpaired mean is the higher (one huge value on a seed B lacks), yet B beats A on
+    # every seed both have: B wins, whatever the means of unpaired seeds
+    vals = {"A": [0.5, 0.5, 0.5, 2.0], "B": [0.55, 0.56, 0.55, float("nan")]}
+    rows = [{"model": "mf", "budget": 1.0, "design": d, "seed": s, "recall@10": v,
+             "ndcg@10": v, "excess_arp@10": 0.0} for d, vs in vals.items()
+            for s, v in enumerate(vs)]
+    (c,) = [c for c in bx.contrasts(rows) if c["metric"] == "recall@10"]
+    assert (c["best"], c["runner_up"]) == ("B", "A") and c["difference"]["ci95_low"] > 0
+    (t,) = [t for t in bx.findings({"contrasts": [c]})]
+    assert t.endswith("so B wins on recall@10.")
+    # and were the pair reversed, the sentence would name the runner-up, never a loser
+    flipped = {**c, "best": "A", "runner_up": "B",
+               "difference": {k: (-v if k in ("mean",) else v) for k, v in c["difference"].items()}}
+    d = c["difference"]
+    flipped["difference"].update(ci95_low=-d["ci95_high"], ci95_high=-d["ci95_low"])
+    assert bx.findings({"contrasts": [flipped]})[0].endswith("so B wins on recall@10.")

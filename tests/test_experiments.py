@@ -163,14 +163,20 @@ def test_collisions_findings_follow_paired_intervals(recalls, word):
     assert "raise arp@10" not in text and "lower arp@10" not in text
 
 
-def test_calibration_text_says_when_target_is_missed():
-    base = {"model": "mf+calibrated", "seed": 0, "candidates": 100, "recall@10": 0.1,
-            "arp@10": 0.1, "coverage@10": 0.1, "decile_recall@10": [0.1] * 10}
-    rows = [{**base, "lam": 0.0, "ndcg@10": 0.2, "miscalibration@10": 1.0},
-            {**base, "lam": 0.5, "ndcg@10": 0.1, "miscalibration@10": 0.9}]
-    summ = ex.summarize({"rows": rows})
-    text = " ".join(ex.calibration.findings(summ, {"candidates": [100]}))
-    assert "NOT met" in text
+@pytest.mark.parametrize("mis, says", [
+    ((0.30, 0.32, 0.28), "The smallest λ shown to halve miscalibration@10 at C=100 is λ=0.5"),
+    ((0.20, 0.90, 0.30), "No λ up to 0.5 is shown to halve miscalibration@10 at C=100"),
+    ((0.30,), "No λ up to 0.5 is shown to halve")])   # one seed: no interval, no claim
+def test_calibration_halves_only_on_a_paired_interval(mis, says):
+    base = {"model": "mf+calibrated", "candidates": 100, "recall@10": 0.1, "arp@10": 0.1,
+            "coverage@10": 0.1, "decile_recall@10": [0.1] * 10}
+    rows = []
+    for seed, m in enumerate(mis):
+        rows += [{**base, "seed": seed, "lam": 0.0, "ndcg@10": 0.2, "miscalibration@10": 1.0},
+                 {**base, "seed": seed, "lam": 0.5, "ndcg@10": 0.19, "miscalibration@10": m}]
+    text = " ".join(ex.calibration.findings({"rows": rows, "config": {"candidates": [100]}}))
+    assert says in text
+    assert " met" not in text  # the target's verdict is tradeoff_findings', on intervals
 
 
 @pytest.mark.parametrize("mis, ndcg, verdict", [
@@ -391,9 +397,10 @@ def test_posthoc_schema(posthoc):
     assert e["n"] == 2 and set(e["recall@10"]) == {"mean", "sd", "ci95_low", "ci95_high", "n"}
     c = posthoc["contrasts"]
     assert c["exposure"] == "excess_arp@10" and len(c["lam_matched"]) == 2
-    for k in ("gap_before", "gap_after", "equal_exposure:recall@10", "equal_exposure:ndcg@10",
-              "high_cost:recall@10", "high_cost:ndcg@10"):
+    for k in ("gap_before", "gap_after", "high_cost:recall@10", "high_cost:ndcg@10"):
         assert c[k]["n"] == 2
+    for k in ("equal_exposure:recall@10", "equal_exposure:ndcg@10"):  # matched seeds only
+        assert c[k]["n"] == sum(c["reached"])
     # the matched lambda is the smallest one at or below the high-d model's exposure
     by = {(r["seed"], r["dim"], r["lam"]): r for r in rows}
     for seed, star in zip((0, 1), c["lam_matched"]):
@@ -427,6 +434,7 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
 
     res = copy.deepcopy(posthoc)
     c = res["contrasts"]
+    c["reached"] = [True] * len(c["reached"])
     for k in ("gap_before", "gap_after", "equal_exposure:recall@10", "equal_exposure:ndcg@10",
               "high_cost:recall@10", "high_cost:ndcg@10"):
         c[k] = {"mean": 0.01, "sd": 0.01, "ci95_low": -0.005, "ci95_high": 0.02, "n": 5}
@@ -439,7 +447,11 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
                                    "ci95_high": 0.02, "n": 5}
     text = " ".join(findings(res))
     assert text.count("no clear direction") == 5
-    assert "is more accurate than the calibrated d = 2 model" in text
+    assert "is more accurate than the d = 2 model at λ*" in text
+    c["reached"] = [False] * len(c["reached"])  # no seed matched: no equal-exposure claim
+    text = " ".join(findings(res))
+    assert "No seed reached the d = 16 exposure, so ndcg@10 is not compared" in text
+    assert "more accurate" not in text
 
 
 def test_posthoc_checks_its_arguments():
@@ -456,7 +468,7 @@ def test_posthoc_report_and_plot(posthoc, tmp_path):
     assert [p.name for p in paths] == ["posthoc.png"] and paths[0].stat().st_size > 0
     text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
     assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
-    assert "posthoc.png" in text and "At the matched λ the d = 16 model" in text
+    assert "posthoc.png" in text and ("At equal exposure" in text or "No seed reached" in text)
 
 
 def test_calibration_minority_share_against_history_with_intervals():

@@ -166,7 +166,7 @@ def test_contrasts_state_a_direction_only_when_the_interval_excludes_zero():
     res = {"contrasts": contrasts(rows, ("hashed", "cuckoo-grow"))}
     assert set(res["contrasts"]["metrics"]) == {"recall@10", "delta_gap@10:all"}
     text = findings(res)
-    assert "degrades relative to the growing cuckoo table" in text[2]
+    assert "loses ground to the growing cuckoo table (cuckoo − hashed recall rises)" in text[2]
     assert "no clear direction" in text[4]
     assert contrasts(rows, ("hashed",)) == {}
 

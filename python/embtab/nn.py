@@ -32,6 +32,7 @@ Conventions shared by the modules
 from __future__ import annotations
 
 import contextvars
+import gc
 import math
 import warnings
 import weakref
@@ -873,11 +874,23 @@ class _CuckooBase(_AtomicLoad):
         except RuntimeError as e:
             if "weakref" not in str(e):
                 raise
-            # A weak reference pins the Parameter (torch.compile's guards hold some once a
+            swapped = False
+        else:
+            swapped = True
+        if not swapped:
+            gc.collect()  # weak references (and old graphs) held by dead cycles go first
+            try:
+                torch.utils.swap_tensors(w, new_p)
+                swapped = True
+            except RuntimeError:
+                pass
+        if not swapped:
+            # A live weak reference pins the Parameter (torch.compile's guards hold some once a
             # compiled forward has recompiled), and swap_tensors refuses before changing
             # anything: keep the object and replace its data. The one cost is the one above,
             # a graph from before the growth that is still alive cannot be backpropagated
-            # (the fused path says so; torch's check of the gradient's shape does otherwise).
+            # (the fused path says so; torch's check of the gradient's shape does otherwise);
+            # the collection above freed the graphs nothing holds any more.
             grad = new_p.grad
             w.data = new_w
             w.grad = grad

@@ -586,6 +586,10 @@ def _finite_mean(values) -> float:
     return sum(a) / len(a) if a else float("nan")
 
 
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def contrasts(rows) -> list:
     """Per budget and criterion, the best design against the runner-up, paired by seed.
 
@@ -608,7 +612,12 @@ def contrasts(rows) -> list:
         for metric, sign in (("recall@10", 1.0), ("ndcg@10", 1.0), (f"|{pop}|", -1.0)):
             per = {d: {r["seed"]: _value(r, metric) for r in at if r["design"] == d}
                    for d in names}
-            means = {d: _finite_mean(per[d].values()) for d in names}
+            # rank on the seeds where every design has a value (the pairs the difference is
+            # taken over), or each design's own finite seeds when no seed has them all
+            common = [s for s in set.intersection(*(set(per[d]) for d in names))
+                      if all(_finite(per[d][s]) for d in names)]
+            means = {d: _finite_mean([per[d][s] for s in common] if common
+                                     else per[d].values()) for d in names}
             # designs without a finite value rank last (their mean is undefined)
             ranked = sorted(names, key=lambda d: (not math.isfinite(means[d]),
                                                   -sign * means[d] if math.isfinite(means[d])
@@ -642,9 +651,12 @@ def findings(results: dict) -> list:
             seeds = "one seed" if d["n"] == 1 else f"{d['n']} seeds"
             out.append(f"{subject}: {d['mean']:+.4f} on {seeds}, no interval.")
             continue
-        separated = d["ci95_low"] > 0 or d["ci95_high"] < 0
-        verdict = (f"{c['best']} wins on {what}" if separated
-                   else f"{c['best']} and {c['runner_up']} are not separated on {what}")
+        # best − runner-up: above 0 is better for accuracy, below 0 for a distance
+        better = d["ci95_high"] < 0 if lower else d["ci95_low"] > 0
+        worse = d["ci95_low"] > 0 if lower else d["ci95_high"] < 0
+        verdict = (f"{c['best']} wins on {what}" if better else
+                   f"{c['runner_up']} wins on {what}" if worse else
+                   f"{c['best']} and {c['runner_up']} are not separated on {what}")
         out.append(f"{subject}: difference {d['mean']:+.4f} [{d['ci95_low']:+.4f}, "
                    f"{d['ci95_high']:+.4f}], so {verdict}.")
     for e in results.get("summary", []):

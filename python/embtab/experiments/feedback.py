@@ -1064,14 +1064,13 @@ def feedback_text(results: dict) -> list:
         per = _stat(results, e0, base, T, "utility_ratio")
         cum = _stat(results, e0, base, T, "utility_cum_ratio")
         out.append(f"Utility relative to the ideal system at η = {e0:g}: {base}'s users get "
-                   f"{_ci(per)} of the oracle's utility in round {T} alone, but {_ci(cum)} of it "
-                   f"summed over rounds 1..{T}.")
+                   f"{_ci(per)} of the oracle's utility in round {T} alone, and {_ci(cum)} of "
+                   f"it summed over rounds 1..{T}.")
         if per.get("ci95_low") is not None and math.isfinite(_num(per.get("ci95_low"))) \
                 and per["ci95_low"] > 1 and _num(cum.get("ci95_high")) < 1:
-            out.append("The per-round ratio exceeds 1 because the oracle is greedy: its users "
-                       "consume their best items first and have less left to accept later, "
-                       "while the model's users still hold theirs; the cumulative ratio, below "
-                       "1, is the comparison that counts.")
+            out.append(f"The round-{T} ratio lies above 1 and the cumulative one below 1 (both "
+                       "intervals): the oracle's users got more earlier, and less is left for "
+                       "them to accept in the last round.")
         g = _stat(results, e0, base, T, "utility_gini")
         go = _stat(results, e0, "oracle", T, "utility_gini")
         out.append(f"Utility is spread across users with Gini {_ci(g)} for {base} and {_ci(go)} "

@@ -163,8 +163,8 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
         out["lam_matched"].append(star)
         out["gap_before"].append(lo0[exp] - target)
         out["gap_after"].append(lo[exp] - target)
-        for m in ACCURACY:
-            acc[f"equal_exposure:{m}"].append(hi0[m] - lo[m])
+        for m in ACCURACY:  # equal exposure only where the match was reached
+            acc[f"equal_exposure:{m}"].append(hi0[m] - lo[m] if out["reached"][-1] else None)
             acc[f"high_cost:{m}"].append(hi0[m] - hi[m] if hi is not None else None)
     out["gap_before"] = interval(out["gap_before"])
     out["gap_after"] = interval(out["gap_after"])
@@ -181,8 +181,12 @@ def findings(results: dict) -> list:
     lo, hi, exp = cfg["low_dim"], cfg["high_dim"], c["exposure"]
     lams = ", ".join(f"{x:g}" for x in c["lam_matched"])
     reached = c.get("reached", [])
-    lams += (f"; the high-d exposure reached on {sum(reached)} of {len(reached)} seeds, "
-             f"the others at the largest λ")
+    lams += f"; the high-d exposure reached on {sum(reached)} of {len(reached)} seeds"
+    if sum(reached) < len(reached):
+        lams += ", the others at the largest λ"
+    none_needed = bool(c["lam_matched"]) and all(x == 0 for x in c["lam_matched"])
+    cal = f"the d = {lo} model at λ*" + (" (λ* = 0: no calibration needed)" if none_needed
+                                         else "")
     out = [direction_sentence(c["gap_before"], f"Before calibration, the d = {lo} lists",
                               f"are more popular than the d = {hi} lists",
                               f"are less popular than the d = {hi} lists",
@@ -192,11 +196,14 @@ def findings(results: dict) -> list:
                               "lists", f"are less popular than the d = {hi} lists",
                               metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)")]
     for m in ACCURACY:
+        if not any(reached):
+            out.append(f"No seed reached the d = {hi} exposure, so {m} is not compared at equal "
+                       "exposure.")
+            continue
         out.append(direction_sentence(
-            c[f"equal_exposure:{m}"], f"At the matched λ the d = {hi} model",
-            f"is more accurate than the calibrated d = {lo} model",
-            f"is less accurate than the calibrated d = {lo} model",
-            metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
+            c[f"equal_exposure:{m}"], f"At equal exposure (the {sum(reached)} matched seeds) "
+            f"the d = {hi} model", f"is more accurate than {cal}",
+            f"is less accurate than {cal}", metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
     for m in ACCURACY:
         out.append(direction_sentence(
             c[f"high_cost:{m}"], f"Calibrating the d = {hi} model at the same λ",

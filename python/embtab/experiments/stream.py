@@ -430,8 +430,9 @@ def contrasts(rows, designs) -> dict:
     out: dict = {"reference": REFERENCE, "fixed": FIXED, "first_window": windows[0],
                  "last_window": windows[-1], "metrics": {}}
     for m in (f"recall@{K}", excess_metric(rows)):
-        diff = {w: [_sub(mf[(REFERENCE, w, s)].get(m), mf[(FIXED, w, s)].get(m))
-                    for s in seeds] for w in windows}
+        diff = {w: [_sub((mf.get((REFERENCE, w, s)) or {}).get(m),
+                         (mf.get((FIXED, w, s)) or {}).get(m))
+                    for s in seeds] for w in windows}   # a missing row pairs nothing
         drift = [_sub(b, a) for a, b in zip(diff[windows[0]], diff[windows[-1]])]
         out["metrics"][m] = {"per_window": [{"window": w, "difference": interval(diff[w])}
                                             for w in windows],
@@ -462,8 +463,8 @@ def findings(results: dict) -> list:
     if two and mr["drift"] is not None:
         out.append(direction_sentence(
             mr["drift"], f"From window {w0} to {w1}, the fixed hashed table",
-            "degrades relative to the growing cuckoo table (the recall gap widens)",
-            "catches up with the growing cuckoo table (the recall gap narrows)",
+            "loses ground to the growing cuckoo table (cuckoo − hashed recall rises)",
+            "gains ground on the growing cuckoo table (cuckoo − hashed recall falls)",
             metric=f"gap(window {w1}) − gap(window {w0})"))
     out.append(direction_sentence(last[exc], f"At window {w1}, the growing cuckoo table's lists",
                                   "are more popular than the hashed table's",
