@@ -66,20 +66,21 @@ def _guess_sep(lines):
     return "," if any("," in ln for ln in itertools.islice(text, 1000)) else None
 
 
-def _is_number(tok: str) -> bool:
+def _parses(tok: str, conv) -> bool:
+    """Whether ``conv(tok)`` (``int`` or ``float``) reads ``tok``."""
     try:
-        float(tok)
+        conv(tok)
         return True
     except ValueError:
         return False
+
+
+def _is_number(tok: str) -> bool:
+    return _parses(tok, float)
 
 
 def _is_int(tok: str) -> bool:
-    try:
-        int(tok)
-        return True
-    except ValueError:
-        return False
+    return _parses(tok, int)
 
 
 def _parse_column(tokens, kind, path, numbers, what):
