@@ -461,8 +461,8 @@ def test_load_movielens_csv_layout(tmp_path):
         load_movielens(folder)
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_movielens(tmp_path / "nope")
-    with pytest.raises(ValueError, match="not a MovieLens ratings file"):
-        load_movielens(folder / "movies.csv")
+    with pytest.raises(ValueError, match=r"movies.csv, line 2: expected 4 comma-separated"):
+        load_movielens(folder / "movies.csv")  # read as ratings: its layout, by its first line
 
 
 def test_load_movielens_reads_in_chunks(tmp_path, monkeypatch):
@@ -480,3 +480,18 @@ def test_load_movielens_reads_in_chunks(tmp_path, monkeypatch):
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"ratings.dat, line 9: rating 'oops'"):
         load_movielens(folder)
+
+
+def test_load_movielens_other_ratings_files_bom_and_comments(tmp_path):
+    folder = tmp_path / "ml"
+    _write_fake_movielens(folder)
+    (folder / "u1.base").write_text("# a split\n1\t10\t5\t881250949\n2\t20\t3\t881250950\n")
+    d = load_movielens(folder / "u1.base")
+    assert d.n_interactions == 2 and d.n_genres == 19 and d.name == "ml-100k"
+    csv = tmp_path / "latest"
+    csv.mkdir()
+    (csv / "ratings.csv").write_bytes("\ufeff1,1,4.0,9\n2,1,3.5,10\n".encode("utf-8"))  # BOM
+    (csv / "movies.csv").write_bytes("\ufeff1,Toy Story (1995),Comedy\n".encode("utf-8"))
+    d = load_movielens(csv)
+    assert d.n_interactions == 2 and d.genre_names == ("Comedy",)
+    assert d.item_genres[0].tolist() == [0]

@@ -1190,3 +1190,43 @@ def test_meta_tensors_are_refused_by_name():
     with pytest.raises(ValueError, match="weight is on the meta device"):
         CuckooEmbeddingBag(4, 3, mode="sum").load_state_dict(sd)
     assert m.stats()["num_steps"] == 0
+
+
+@pytest.mark.parametrize("make", [lambda: HashedEmbedding(8, 4), lambda: CuckooEmbedding(8, 4)])
+def test_a_nested_module_reads_the_parents_strict(make):
+    src, dst = nn.Sequential(make()), nn.Sequential(make())
+    src[0](torch.tensor([1, 2]))
+    with torch.no_grad():
+        src[0].weight[:-1].uniform_(-1, 1)
+    sd = {**src.state_dict(), "0.bogus": torch.zeros(1)}
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(ValueError, match=r"unexpected keys \['0.bogus'\].*nothing was loaded"):
+        dst.load_state_dict(sd)                        # through torch's own load_state_dict
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
+    res = dst.load_state_dict(sd, strict=False)
+    assert res.unexpected_keys == ["0.bogus"]
+    assert torch.equal(dst[0].weight, src[0].weight)
+
+
+def test_collection_under_a_parent_with_strict_false_skips_a_missing_table():
+    cfg = [EmbeddingBagConfig(num_embeddings=4, embedding_dim=3, name=n, feature_names=[n])
+           for n in ("a", "b")]
+    src = nn.ModuleDict({"c": CuckooEmbeddingBagCollection(cfg)})
+    dst = nn.ModuleDict({"c": CuckooEmbeddingBagCollection(cfg)})
+    src["c"]({"a": torch.tensor([[1, 2]]), "b": torch.tensor([[3]])})
+    only_a = {k: v for k, v in src.state_dict().items() if k.startswith("c.embedding_bags.a.")}
+    res = dst.load_state_dict(only_a, strict=False)
+    assert res.missing_keys and dst["c"].embedding_bags["a"].num_ids == 2
+    with pytest.raises(ValueError, match="embedding_bags.b.weight is missing"):
+        dst.load_state_dict(only_a)
+
+
+def test_assigned_optimizer_state_of_another_float_dtype_is_cast():
+    src = CuckooEmbedding(4, 3, optimizer=eo.Adagrad(lr=0.1))
+    src(torch.tensor([1, 2])).sum().backward()
+    sd = src.state_dict()
+    sd["opt_sum"] = sd["opt_sum"].double()
+    dst = CuckooEmbedding(4, 3, optimizer=eo.Adagrad(lr=0.1))
+    dst.load_state_dict(sd, assign=True)
+    assert dst.opt_sum.dtype == torch.float32 and sd["opt_sum"].dtype == torch.float64
+    dst(torch.tensor([1, 3])).sum().backward()  # was: TypeError, state of another dtype

@@ -386,3 +386,12 @@ def test_stream_lists_of_few_candidates_are_short_and_match_the_oracle():
                      progress=False)
     w1 = [r for r in res["rows"] if r["window"] == 1]
     assert w1 and all(r["excess_arp@10"] == pytest.approx(0.0, abs=1e-12) for r in w1)
+
+
+def test_e3_runs_when_lists_are_short():
+    from embtab.experiments.calibration import run_calibration
+
+    res = run_calibration(SMALL, seeds=1, lams=(0.0, 0.5), candidates=(100,), dim=4,
+                          train_overrides={"epochs": 1}, progress=False)
+    cal = [r for r in res["rows"] if r["model"] == "mf+calibrated"]
+    assert len(cal) == 2 and all(0.0 <= r["minority_share@10"] <= 1.0 for r in cal)

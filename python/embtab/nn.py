@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import math
+import sys
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -284,11 +285,8 @@ class _AtomicLoad(nn.Module):
         with ``strict=False`` such keys are ignored, as torch does, while each table's own
         entries must still all be present and valid (a partial table would mix two states)."""
         if strict:
-            expected = set(self.state_dict(keep_vars=True))
-            extra = sorted(k for k in state_dict if k not in expected)
-            if extra:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra}"
-                                 f"{self._unexpected_hint}; nothing was loaded")
+            _refuse_unknown_keys(self, state_dict, "", set(self.state_dict(keep_vars=True)),
+                                 self._unexpected_hint)
         token = _LOAD_STRICT.set(bool(strict))  # torch does not pass it down
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -297,9 +295,29 @@ class _AtomicLoad(nn.Module):
 
 
 def _caller_strict(strict: bool) -> bool:
-    """The ``strict`` of the load_state_dict call in progress (see ``_AtomicLoad``)."""
+    """The ``strict`` of the load_state_dict call in progress (see ``_AtomicLoad``): an embtab
+    module's own call sets it; through a module of another library, the flag of torch's
+    ``Module.load_state_dict`` frame up the stack (torch passes ``strict=True`` down to every
+    ``_load_from_state_dict`` whatever its caller said); ``strict`` when neither is found."""
     user = _LOAD_STRICT.get()
-    return strict if user is None else user
+    if user is not None:
+        return user
+    code = nn.Module.load_state_dict.__code__
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code is code:
+            return bool(f.f_locals.get("strict", strict))
+        f = f.f_back
+    return strict
+
+
+def _refuse_unknown_keys(module: nn.Module, sd: dict, prefix: str, known, hint: str = "") -> None:
+    """ValueError naming the keys of ``sd`` under ``prefix`` that ``module`` does not have
+    (``known``: the names below the prefix it has), before anything is loaded."""
+    extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in known)
+    if extra:
+        raise ValueError(f"{type(module).__name__}.load_state_dict: unexpected keys {extra}"
+                         f"{hint}; nothing was loaded")
 
 
 def _check_opt_values(bad: Callable, name: str, t: Tensor) -> None:
@@ -314,12 +332,13 @@ def _check_opt_values(bad: Callable, name: str, t: Tensor) -> None:
         bad(name, "holds negative values (an accumulator of squares)")
 
 
-def _check_plain_state(module: nn.Module, sd: dict, prefix: str) -> None:
+def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -> None:
     """Check every entry of a fixed-shape module (hashed, quotient-remainder, double-hashed; its
     tables included) in state dict ``sd`` before torch copies any, so a load is all or nothing:
     each key present, a tensor of the module's shape, floating point where the module's is
     (another float dtype is cast, as torch does) and of the same dtype otherwise, every
-    ``weight``'s last row zero. ValueError naming the key (unknown keys: see ``_AtomicLoad``).
+    ``weight``'s last row zero, and (the caller's ``strict``) no unknown key under ``prefix``.
+    ValueError naming the key.
     A state dict with none of the module's keys is left to torch (it reports them missing, or
     ignores them with ``strict=False``)."""
     own = module.state_dict(keep_vars=True)
@@ -351,6 +370,8 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str) -> None:
             bad(k, "must not be negative")
         elif leaf.startswith("opt_") and leaf != "opt_step":
             _check_opt_values(lambda _, what: bad(k, what), leaf, t)
+    if _caller_strict(strict):
+        _refuse_unknown_keys(module, sd, prefix, own)
 
 
 def init_vectors(
@@ -882,15 +903,16 @@ class _CuckooBase(_AtomicLoad):
             try:
                 torch.utils.swap_tensors(w, new_p)
                 swapped = True
-            except RuntimeError:
-                pass
+            except RuntimeError as e:
+                if "weakref" not in str(e):
+                    raise
         if not swapped:
             # A live weak reference pins the Parameter (torch.compile's guards hold some once a
             # compiled forward has recompiled), and swap_tensors refuses before changing
-            # anything: keep the object and replace its data. The one cost is the one above,
-            # a graph from before the growth that is still alive cannot be backpropagated
-            # (the fused path says so; torch's check of the gradient's shape does otherwise);
-            # the collection above freed the graphs nothing holds any more.
+            # anything: keep the object and replace its data. The cost is the one above: while
+            # a graph from before the growth is alive (the collection above freed those nothing
+            # holds), its gradient accumulator keeps the old shape, and a backward through it,
+            # or through a new graph sharing that accumulator, fails torch's shape check.
             grad = new_p.grad
             w.data = new_w
             w.grad = grad
@@ -965,7 +987,7 @@ class _CuckooBase(_AtomicLoad):
                 error_msgs,
             )
         # Validate everything and build the new table before changing anything.
-        table = self._validated_table(state_dict, prefix, own)
+        table = self._validated_table(state_dict, prefix, own, strict)
         w = state_dict[prefix + "weight"]
         if w.shape[0] - 1 != self.num_embeddings:
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
@@ -975,15 +997,18 @@ class _CuckooBase(_AtomicLoad):
         if local_metadata.get("assign_to_params_buffers", False):
             # The remap writes the ID map in place: never into the caller's tensors.
             for n in list(self._buffers):
-                if self._buffers[n] is not None:
-                    self._buffers[n] = self._buffers[n].detach().cpu().clone()
+                b = self._buffers[n]
+                if b is not None:
+                    # optimizer state of another float dtype is cast, as copying would
+                    dt = self.weight.dtype if n.startswith("opt_") and n != "opt_step" else b.dtype
+                    self._buffers[n] = b.detach().cpu().to(dt).clone()
         self._table = table
         self._pending_rows.clear()
         self._pending_reused = self._pending_grown = False
         self._graph_rows.clear()
         self._table_changed()
 
-    def _validated_table(self, sd: dict, prefix: str, own: list):
+    def _validated_table(self, sd: dict, prefix: str, own: list, strict: bool = True):
         """The CuckooTable of state dict ``sd``, after checking every entry of this module
         (keys, types, dtypes, shapes, counters, the ID map against the weight); ValueError
         naming the key otherwise. Changes nothing."""
@@ -998,6 +1023,10 @@ class _CuckooBase(_AtomicLoad):
                 bad(n, f"must be a torch.Tensor, got {type(sd[prefix + n]).__name__}")
             if sd[prefix + n].device.type == "meta":
                 bad(n, "is on the meta device (it holds no values)")
+        if _caller_strict(strict):  # keys of modules nested below this one are theirs
+            _refuse_unknown_keys(self, {k: v for k, v in sd.items()
+                                        if "." not in k[len(prefix):]}, prefix, own,
+                                 self._unexpected_hint)
         w = sd[prefix + "weight"]
         d = self.embedding_dim
         if w.dim() != 2 or w.shape[1] != d or w.shape[0] < 2:
@@ -1494,7 +1523,7 @@ class _HashedBase(_AtomicLoad):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix)
+        _check_plain_state(self, state_dict, prefix, strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -1699,7 +1728,7 @@ class _ComposedBase(_AtomicLoad):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix)
+        _check_plain_state(self, state_dict, prefix, strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -2521,12 +2550,17 @@ class _BagCollection(_AtomicLoad):
     ):
         # Check every table's entries before any table changes (each table's own load then
         # checks its entries again and loads them).
+        caller_strict = _caller_strict(strict)  # torch's own check below keeps `strict`
+        known = set()
         for name, bag in self.embedding_bags.items():
             p = f"{prefix}embedding_bags.{name}."
             own = _own_state_names(bag)
-            if not _caller_strict(strict) and not any(p + n in state_dict for n in own):
+            known.update(f"embedding_bags.{name}.{n}" for n in own)
+            if not caller_strict and not any(p + n in state_dict for n in own):
                 continue  # strict=False and none of this table's keys: left as it is
             self._check_table_state(bag, state_dict, p, own)
+        if caller_strict:
+            _refuse_unknown_keys(self, state_dict, prefix, known, self._unexpected_hint)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -247,10 +247,14 @@ def _movielens_ratings_file(path: Path) -> tuple:
     """(layout, separator, ratings file) of a MovieLens folder or ratings file."""
     layouts = {f: (lay, sep) for f, lay, sep in _MOVIELENS_LAYOUTS}
     if path.is_file():
-        if path.name not in layouts:
-            raise ValueError(f"{path}: not a MovieLens ratings file (expected u.data, ratings.dat "
-                             "or ratings.csv, or the folder holding one)")
-        return (*layouts[path.name], path)
+        if path.name in layouts:
+            return (*layouts[path.name], path)
+        # another ratings file (100K's u1.base .. ub.test): the layout its first line shows
+        with open(path, encoding="latin-1") as f:
+            first = next((ln for ln in f if ln.strip() and not ln.startswith("#")), "")
+        if "::" in first:
+            return "dat", "::", path
+        return ("csv", ",", path) if "," in first else ("100k", None, path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     for f, lay, sep in _MOVIELENS_LAYOUTS:
@@ -263,8 +267,8 @@ def _movielens_ratings_file(path: Path) -> tuple:
 def _read_ratings(data_file: Path, sep, encoding: str):
     """The user, item, rating and timestamp columns of a file of ``user item rating timestamp``
     lines (fields split by ``sep``, whitespace when None), read a chunk of lines at a time.
-    Blank lines are skipped, and so is a first line none of whose fields is a number (a
-    header). ValueError naming the file and line for anything else."""
+    Blank and ``#`` lines are skipped, and so is a first line none of whose fields is a number
+    (a header). ValueError naming the file and line for anything else."""
     what = {None: "tab-separated", "::": "'::'-separated", ",": "comma-separated"}[sep]
     cols: tuple = ([], [], [], [])
     first = True
@@ -278,7 +282,7 @@ def _read_ratings(data_file: Path, sep, encoding: str):
                 rows, numbers = [], []
                 for n, ln in enumerate(lines, done + 1):
                     text = ln.strip()
-                    if not text:
+                    if not text or text.startswith("#"):
                         continue
                     fields = text.split(sep) if sep else text.split()
                     if first and not any(_is_number(x.strip()) for x in fields):
@@ -316,7 +320,7 @@ def _movies_genres(movies_file: Path, layout: str) -> tuple:
     ``(no genres listed)`` gives the item no genre."""
     import csv
 
-    lines = _read_lines(movies_file, "latin-1" if layout == "dat" else "utf-8")
+    lines = _read_lines(movies_file, "latin-1" if layout == "dat" else "utf-8-sig")
     if layout == "dat":
         rows = [(n, ln.split("::")) for n, ln in enumerate(lines, 1) if ln.strip()]
         form = "id::title::genres"
@@ -360,7 +364,9 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     Parameters
     ----------
     path : str or Path
-        The folder of the download, or its ratings file.
+        The folder of the download, or a ratings file: one of the names above, or another
+        (100K's ``u1.base`` .. ``ub.test``) whose layout its first line shows (``::``: 1M/10M,
+        a comma: CSV, else tab-separated 100K); genres come from the same folder.
     name : str, optional
         The data set's name (default ``"ml-100k"`` for the 100K layout, else the folder's name).
 
@@ -386,7 +392,7 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     folder = data_file.parent
     if name is None:
         name = "ml-100k" if layout == "100k" else folder.resolve().name
-    ru, ri, w, t = _read_ratings(data_file, sep, "latin-1" if layout != "csv" else "utf-8")
+    ru, ri, w, t = _read_ratings(data_file, sep, "latin-1" if layout != "csv" else "utf-8-sig")
     if layout != "100k":
         movies = folder / ("movies.dat" if layout == "dat" else "movies.csv")
         genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())

@@ -156,8 +156,9 @@ def minority_share(top: np.ndarray, train: Interactions,
     """
     w = train.genre_weights() if item_dist is None else item_dist
     p = user_mix(train, w)
-    U, k = top.shape
-    q = category_mix((np.repeat(np.arange(U), k), top.ravel()), w, U)
+    U = top.shape[0]
+    real = top >= 0  # a short list's -1 padding is no item
+    q = category_mix((np.nonzero(real)[0], top[real]), w, U)
     ok = (p.sum(1) > 0) & (q.sum(1) > 0)
     if not ok.any():
         return float("nan"), float("nan")
