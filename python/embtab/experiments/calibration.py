@@ -25,6 +25,7 @@ from embtab.data import Interactions
 from embtab.experiments.collisions import FIXED_DIM
 from embtab.experiments.intervals import (
     ci95_half_width,
+    ci_text,
     direction_sentence,
     interval,
     summary_with_intervals,
@@ -358,11 +359,10 @@ def _paired_ratio(results: dict, C, lam: float, metric: str) -> dict:
 
 def _ci_pct(x: dict, sign: str = "") -> str:
     """``mean [low, high]`` of an :func:`interval` in percent (``"no interval"`` for n < 2)."""
-    if not math.isfinite(x["mean"]):
-        return "undefined"
-    if not (math.isfinite(x["ci95_low"]) and math.isfinite(x["ci95_high"])):
-        return f"{x['mean']:{sign}.0%} (no interval from {x['n']} seed{'s' if x['n'] != 1 else ''})"
-    return f"{x['mean']:{sign}.0%} [{x['ci95_low']:{sign}.0%}, {x['ci95_high']:{sign}.0%}]"
+    text = ci_text(x, f"{sign}.0%", missing="undefined")
+    if text != "undefined" and "[" not in text:
+        text += f" (no interval from {x['n']} seed{'s' if x['n'] != 1 else ''})"
+    return text
 
 
 def findings(results: dict) -> list:

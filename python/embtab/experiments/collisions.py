@@ -6,14 +6,13 @@ expected.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from embtab._research import K, fmt
+from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.plots import (
     draw_baselines,
@@ -22,7 +21,7 @@ from embtab.experiments.plots import (
     pyplot,
     save_figure,
 )
-from embtab.experiments.intervals import direction_sentence, interval
+from embtab.experiments.intervals import ci_text, direction_sentence, interval
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label, table
 from embtab.experiments.results import find, summarize
@@ -226,11 +225,9 @@ def _tail_cell(results: dict, summary_row: dict) -> str:
     if "decile_recall@10" not in summary_row:
         return ""
     key = tuple(summary_row.get(k) for k in ("model", "table", "rows_per_id"))
-    x = interval([tail_recall(r) for r in results["rows"]
-                  if tuple(r.get(k) for k in ("model", "table", "rows_per_id")) == key])
-    if not (math.isfinite(x["ci95_low"]) and math.isfinite(x["ci95_high"])):
-        return fmt(x["mean"])
-    return f"{fmt(x['mean'])} [{fmt(x['ci95_low'])}, {fmt(x['ci95_high'])}]"
+    return ci_text(interval([tail_recall(r) for r in results["rows"]
+                             if tuple(r.get(k) for k in ("model", "table", "rows_per_id")) == key]),
+                   ".4f")
 
 
 register(Experiment("collisions", "E2", "hash collisions: hashed item tables vs cuckoo",

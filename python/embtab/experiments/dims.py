@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from embtab import metrics
 from embtab._research import K
 from embtab.data import Interactions
-from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import (
     draw_baselines,
     errorbar,
@@ -244,13 +243,10 @@ def findings(results: dict) -> list:
 
 def fmt_ci(stat, digits: int = 3) -> str:
     """``mean [low, high]`` of an interval entry, ``*`` when it excludes 0; "–" when missing."""
-    if not stat or stat.get("mean") is None or not math.isfinite(stat["mean"]):
-        return "–"
-    lo, hi = stat.get("ci95_low"), stat.get("ci95_high")
-    if lo is None or not math.isfinite(lo):
-        return f"{stat['mean']:.{digits}f}"
-    mark = "*" if lo > 0 or hi < 0 else ""
-    return f"{stat['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]{mark}"
+    text = ci_text(stat, f".{digits}f")
+    lo, hi = (stat or {}).get("ci95_low"), (stat or {}).get("ci95_high")
+    excludes0 = "[" in text and (lo > 0 or hi < 0)
+    return text + ("*" if excludes0 else "")
 
 
 def _ci_errorbar(ax, entries, metric, **kw):

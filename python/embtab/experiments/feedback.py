@@ -122,10 +122,10 @@ import numpy as np
 import torch
 
 from embtab import metrics, rerank
-from embtab._research import ALPHA, K, category_mix, fmt, topk_indices
+from embtab._research import ALPHA, K, category_mix, topk_indices
 from embtab.data import GroundTruth, Interactions, LatentTruth, Truth, load_dataset
 from embtab.experiments.calibration import calibrated_lists, item_distribution, minmax, user_mix
-from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.session import check_enough_items, seed_list
@@ -899,12 +899,7 @@ def _contrast(results: dict, eta, arm, versus, metric) -> dict:
 
 
 def _ci(stat: dict, digits: int = 3) -> str:
-    m, lo, hi = stat.get("mean"), stat.get("ci95_low"), stat.get("ci95_high")
-    if m is None or not math.isfinite(m):
-        return "–"
-    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
-        return fmt(m, digits=digits)
-    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return ci_text(stat, f".{digits}f")
 
 
 _STYLE = {BASE_ARM: "C1", "cuckoo-d8": "C0", "hashed-d64": "C4", "cuckoo-d64+steck": "C2",

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ci95_half_width", "direction_sentence", "interval", "student_t_975",
+__all__ = ["ci95_half_width", "ci_text", "direction_sentence", "interval", "student_t_975",
            "summary_with_intervals"]
 
 # t_{0.975, df} for df = 1..30 (the 97.5% quantile of Student's t)
@@ -135,6 +135,24 @@ def summary_with_intervals(rows: Sequence[dict], keys: Sequence[str],
             entry[m] = interval([r.get(m) for r in members])
         out.append(entry)
     return out
+
+
+def ci_text(stat, spec: str = ".3f", missing: str = "–") -> str:
+    """An :func:`interval` entry as ``mean [low, high]`` (each formatted with ``spec``), the mean
+    alone when there is no interval (n < 2), ``missing`` when the mean is missing or not finite.
+
+    Example::
+
+        >>> ci_text({"mean": 0.5, "ci95_low": 0.25, "ci95_high": 0.75, "n": 3}, ".2f")
+        '0.50 [0.25, 0.75]'
+    """
+    m = (stat or {}).get("mean")
+    if m is None or not math.isfinite(m):
+        return missing
+    lo, hi = stat.get("ci95_low"), stat.get("ci95_high")
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return format(m, spec)
+    return f"{format(m, spec)} [{format(lo, spec)}, {format(hi, spec)}]"
 
 
 def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *,
