@@ -31,7 +31,6 @@ Conventions shared by the modules
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import math
 import sys
@@ -267,12 +266,6 @@ def _memory_bytes(module: nn.Module, index: int) -> dict:
     return {"weights": weights, "index": index, "optimizer": opt, "total": weights + index + opt}
 
 
-# The ``strict`` of the load_state_dict call in progress on an embtab module (None: the call
-# came through a module of another library, whose flag torch does not pass down: torch calls
-# every module's _load_from_state_dict with strict=True and applies the caller's flag at the end).
-_LOAD_STRICT: contextvars.ContextVar = contextvars.ContextVar("embtab_load_strict", default=None)
-
-
 class _AtomicLoad(nn.Module):
     """Base of embtab's modules: ``load_state_dict`` all or nothing (see its docstring)."""
 
@@ -287,21 +280,14 @@ class _AtomicLoad(nn.Module):
         if strict:
             _refuse_unknown_keys(self, state_dict, "", set(self.state_dict(keep_vars=True)),
                                  self._unexpected_hint)
-        token = _LOAD_STRICT.set(bool(strict))  # torch does not pass it down
-        try:
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        finally:
-            _LOAD_STRICT.reset(token)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _caller_strict(strict: bool) -> bool:
-    """The ``strict`` of the load_state_dict call in progress (see ``_AtomicLoad``): an embtab
-    module's own call sets it; through a module of another library, the flag of torch's
-    ``Module.load_state_dict`` frame up the stack (torch passes ``strict=True`` down to every
-    ``_load_from_state_dict`` whatever its caller said); ``strict`` when neither is found."""
-    user = _LOAD_STRICT.get()
-    if user is not None:
-        return user
+    """The ``strict`` of the load_state_dict call in progress: torch passes ``strict=True`` down
+    to every ``_load_from_state_dict`` whatever its caller said, so it is read from torch's
+    ``Module.load_state_dict`` frame up the stack (there whether the call was made on an embtab
+    module or on a parent); ``strict`` when there is none."""
     code = nn.Module.load_state_dict.__code__
     f = sys._getframe(1)
     while f is not None:
