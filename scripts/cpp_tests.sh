@@ -11,5 +11,5 @@ build=${BUILD_DIR:-build/cpp-tests}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} -DEMBTAB_BUILD_TESTS=ON \
   -DPython_EXECUTABLE="$(command -v "$py")" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" "$@" >/dev/null
-cmake --build "$build" -j "${JOBS:-2}" --target cpp_test_table cpp_test_vlog cpp_test_topk
+cmake --build "$build" -j "${JOBS:-2}" --target cpp_test_table cpp_test_vlog cpp_test_topk cpp_test_optim
 ctest --test-dir "$build" --output-on-failure

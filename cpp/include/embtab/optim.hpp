@@ -181,30 +181,35 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 
 // fused step /////////////////////////////////////////////////////////////////////////////////
 //
-// Rows are split into kOptimParts partitions by row % kOptimParts, so partitions never share a
-// row and run in parallel with no synchronisation:
-//   A. (parallel over fixed chunks of kOptimChunk occurrences) check each row is in range and
-//      count the chunk's occurrences per partition;
-//   B. (parallel over the same chunks) scatter occurrence indices into their partition's list,
-//      in ascending order (a stable counting sort by partition; no comparison sort);
-//   C. (parallel over partitions) find the partition's distinct rows with a marker array
-//      indexed by row, group each row's occurrences (counting, ascending), then sum and update
-//      row by row.
-// A row's sum runs over its occurrences in ascending order whatever the chunking, so the bits do
-// not depend on the thread count nor on kOptimParts.
+// Three phases, no sort and no hash set (bench/README.md, "Fused optimizers", gives the timings
+// that chose this layout over the partitioned counting sort before it):
+//   1. (one thread) walk the occurrences in ascending order: check each row is in range and give
+//      each distinct row a slot, in order of first occurrence, through a marker array indexed by
+//      row (`mark`, all -1 between calls);
+//   2. (one thread) add each occurrence's gradient into its slot's row of an accumulator
+//      [slots, d], occurrences in ascending order: the first one as 0 + g (the bits of adding
+//      to a zeroed row, without zeroing it), each later one as acc + g;
+//   3. (parallel over chunks of slots) apply each slot's update to its row.
+// Phases 1 and 2 run on one thread: split over two threads (by columns of the accumulator, by
+// ranges of slots, or by rows owned per thread, each thread walking the whole batch), they ran
+// no faster on the benchmark machine (bench/README.md, "Fused optimizers").
+// Every element of a row's summed gradient is added over the row's occurrences in ascending
+// order, starting from 0, whatever the split, so the bits do not depend on the thread count.
 
-// kOptimParts is the number of row partitions of fused_step (a power of 2; enough that two
-// threads balance a Zipf batch whose hottest rows land in a few partitions).
-inline constexpr std::size_t kOptimParts = 64;
+// kOptimPrefetch is how many slots ahead phase 3 prefetches a row's weight and state.
+inline constexpr std::size_t kOptimPrefetch = 8;
 
-// kOptimChunk is the number of occurrences a parallel chunk of phases A and B handles.
-inline constexpr std::size_t kOptimChunk = 8192;
+// kAccPrefetch is how many occurrences ahead phase 2 prefetches the accumulator row it will add to.
+inline constexpr std::size_t kAccPrefetch = 16;
 
-// kOptimPrefetch is how many distinct rows ahead phase C prefetches a row's weight and state
-// (their cache misses otherwise wait behind the long sum of the row before).
-inline constexpr std::size_t kOptimPrefetch = 4;
+// kChunksPerThread is how many chunks of phase 3 each thread gets on average (more than one,
+// so that a thread slowed by the machine hands work to the others).
+inline constexpr std::size_t kChunksPerThread = 4;
 
-static_assert((kOptimParts & (kOptimParts - 1)) == 0, "kOptimParts must be a power of 2");
+// kNoSlot marks a skipped occurrence (skip_row) in phase 1's slot array; kFirst marks a
+// slot's first occurrence (slots are below 2^31).
+inline constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
+inline constexpr std::uint32_t kFirst = 0x80000000u;
 
 // prefetch_row asks for the cache lines of x[0, len) to be written soon.
 template <class T>
@@ -213,130 +218,45 @@ inline void prefetch_row(const T* x, std::size_t len) noexcept {
     for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 1, 3);
 }
 
-// prefetch_read asks for the cache lines of x[0, len) to be read soon.
-template <class T>
-inline void prefetch_read(const T* x, std::size_t len) noexcept {
-    const char* c = reinterpret_cast<const char*>(x);
-    for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 0, 3);
-}
-
-// StepJob: what phase C of fused_step reads and writes (see fused_step).
-template <class T>
-struct StepJob {
-    T* weight = nullptr;
-    std::size_t d = 0;
-    const std::int64_t* rows = nullptr;
-    const BatchGrad<T>* bg = nullptr;
-    T* s1 = nullptr;
-    T* s2 = nullptr;
-    const OptimStep* p = nullptr;
-    const std::uint32_t* occ = nullptr;         // occurrence indices, partition-major
-    const std::size_t* part_start = nullptr;    // kOptimParts + 1 offsets into occ
-    const std::uint32_t* bag_of = nullptr;      // bag of each occurrence (with offsets)
-    const T* bag_scale = nullptr;               // 1 / live entries of each bag (mean)
-    std::int32_t* mark = nullptr;               // partition-major marker array, all -1
-    std::size_t mark_stride = 0;                // entries per partition in mark
-    std::size_t w1 = 0;                         // state1 elements per row
-    std::size_t* distinct = nullptr;            // out: distinct rows per partition
-};
-
-// kGradPrefetch is how many occurrences ahead phase C prefetches the gradient row it will add.
-inline constexpr std::size_t kGradPrefetch = 8;
-
-// step_partitions runs phase C of fused_step on partitions [q0, q1): for each, its distinct
-// rows in order of first occurrence (a marker array indexed by row), each row's occurrences
-// grouped in ascending order (counting), then per row the summed gradient and the update.
-// Only std::bad_alloc can throw.
-template <class T>
-void step_partitions(const StepJob<T>& J, std::size_t q0, std::size_t q1) {
-    constexpr std::size_t P = kOptimParts;
-    constexpr unsigned shift = __builtin_ctzll(P);
-    const std::size_t d = J.d, w1 = J.w1;
-    const BatchGrad<T>& bg = *J.bg;
-    const std::int64_t* rows = J.rows;
-    const bool plain = bg.psw == nullptr && !bg.mean;
-    std::vector<T> buf(2 * d);
-    T* acc = buf.data();
-    T* tmp = acc + d;
-    std::vector<std::int64_t> urows;
-    std::vector<std::uint32_t> start, grouped;
-    for (std::size_t q = q0; q < q1; ++q) {
-        std::int32_t* mk = J.mark + q * J.mark_stride;  // indexed by row >> shift
-        const std::uint32_t* po = J.occ + J.part_start[q];
-        const std::size_t m = J.part_start[q + 1] - J.part_start[q];
-        urows.clear();
-        start.clear();
-        for (std::size_t k = 0; k < m; ++k) {
-            const std::size_t r = static_cast<std::size_t>(rows[po[k]]);
-            std::int32_t& slot = mk[r >> shift];
-            if (slot < 0) {
-                slot = static_cast<std::int32_t>(urows.size());
-                urows.push_back(static_cast<std::int64_t>(r));
-                start.push_back(0);
-            }
-            ++start[static_cast<std::size_t>(slot)];
-        }
-        const std::size_t nu = urows.size();
-        std::uint32_t sum = 0;
-        for (std::size_t u = 0; u < nu; ++u) {  // counts -> exclusive offsets
-            const std::uint32_t c = start[u];
-            start[u] = sum;
-            sum += c;
-        }
-        start.push_back(sum);
-        grouped.resize(m);
-        for (std::size_t k = 0; k < m; ++k) {
-            const std::size_t u = static_cast<std::size_t>(mk[static_cast<std::size_t>(rows[po[k]]) >> shift]);
-            grouped[start[u]++] = po[k];
-        }
-        for (std::size_t u = nu; u-- > 0;) start[u + 1] = start[u];  // shift back to offsets
-        start[0] = 0;
-        // grouped is now read front to back: prefetch each gradient row kGradPrefetch ahead.
-        auto grad_row = [&](std::size_t k) -> std::size_t {
-            const std::size_t i = grouped[k];
-            return J.bag_of != nullptr ? J.bag_of[i] : i;
-        };
-        for (std::size_t u = 0; u < nu; ++u) {
-            if (u + kOptimPrefetch < nu) {
-                const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
-                prefetch_row(J.weight + rn * d, d);
-                if (J.s1 != nullptr) prefetch_row(J.s1 + rn * w1, w1);
-                if (J.s2 != nullptr) prefetch_row(J.s2 + rn * d, d);
-            }
-            for (std::size_t j = 0; j < d; ++j) acc[j] = 0;
-            for (std::uint32_t k = start[u]; k < start[u + 1]; ++k) {
-                if (k + kGradPrefetch < m) prefetch_read(bg.grad + grad_row(k + kGradPrefetch) * bg.ld, d);
-                const std::size_t gi = grad_row(k);
-                const T* __restrict gr = bg.grad + gi * bg.ld;
-                if (plain) {
-                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] + gr[j];
-                } else {
-                    T c = bg.psw != nullptr ? bg.psw[grouped[k]] : T(1);
-                    if (bg.mean) c = c * J.bag_scale[gi];
-                    for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] + gr[j] * c;
-                }
-            }
-            if (bg.by_freq) {
-                const T c = static_cast<T>(start[u + 1] - start[u]);
-                for (std::size_t j = 0; j < d; ++j) acc[j] = acc[j] / c;
-            }
-            const std::size_t r = static_cast<std::size_t>(urows[u]);
-            update_row<T>(*J.p, J.weight + r * d, acc, J.s1 != nullptr ? J.s1 + r * w1 : nullptr,
-                          J.s2 != nullptr ? J.s2 + r * d : nullptr, tmp, d);
-            mk[r >> shift] = -1;
-        }
-        J.distinct[q] = nu;
-    }
-}
-
-// StepScratch holds fused_step's work arrays between calls on one thread.
+// StepScratch holds fused_step's work arrays between calls on one thread, so that a step
+// allocates (and page-faults) only when it needs more than the thread's previous steps did.
 template <class T>
 struct StepScratch {
-    std::vector<std::uint32_t> hist, occ, bag_of;
-    std::vector<std::size_t> first_bad, pos, part_start;
-    std::vector<T> bag_scale;
-    std::vector<std::int32_t> mark;  // indexed by row; all -1 between calls
+    std::vector<std::int32_t> mark;              // indexed by row; all -1 between calls
+    std::vector<std::uint32_t> slot;             // slot of each occurrence (kNoSlot: skipped)
+    std::vector<std::int64_t> urows;             // the distinct rows, in order of first occurrence
+    std::vector<std::uint32_t> count;            // occurrences of each slot (by_freq only)
+    std::vector<T> bag_scale;                    // mean: 1 / live entries of each bag
+    std::vector<T> acc;                          // [slots, d] summed gradients
+    std::vector<T> tmp;                          // phase 3: one row of scratch per chunk
 };
+
+// update_slots runs phase 3 of fused_step on slots [u0, u1): divides each slot's summed
+// gradient acc[u] by count[u] (when count is set: scale_grad_by_freq), applies the update to row
+// urows[u] and resets its marker. tmp holds d elements.
+template <class T>
+void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
+                                            const std::int64_t* urows, T* acc, const std::uint32_t* count,
+                                            std::int32_t* mark, std::size_t u0, std::size_t u1, T* tmp) noexcept {
+    const std::size_t w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
+    for (std::size_t u = u0; u < u1; ++u) {
+        if (u + kOptimPrefetch < u1) {
+            const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
+            prefetch_row(weight + rn * d, d);
+            if (s1 != nullptr) prefetch_row(s1 + rn * w1, w1);
+            if (s2 != nullptr) prefetch_row(s2 + rn * d, d);
+        }
+        T* a = acc + u * d;
+        if (count != nullptr) {
+            const T c = static_cast<T>(count[u]);
+            for (std::size_t j = 0; j < d; ++j) a[j] = a[j] / c;
+        }
+        const std::size_t r = static_cast<std::size_t>(urows[u]);
+        update_row<T>(p, weight + r * d, a, s1 != nullptr ? s1 + r * w1 : nullptr, s2 != nullptr ? s2 + r * d : nullptr,
+                      tmp, d);
+        mark[r] = -1;
+    }
+}
 
 // fused_step applies one step of `p` to every distinct row of rows[0, n) except skip_row:
 // weight is [num_rows, d]; s1/s2 are the state ([num_rows, d], or [num_rows] for s1 of
@@ -350,111 +270,116 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
                               std::size_t n, std::int64_t skip_row, const BatchGrad<T>& bg, T* s1, T* s2,
                               const OptimStep& p, int num_threads) {
     if (n >= (std::size_t{1} << 31)) throw std::invalid_argument("more than 2^31 - 1 occurrences in one batch");
-    constexpr std::size_t P = kOptimParts;
-    const std::size_t chunks = (n + kOptimChunk - 1) / kOptimChunk;
-    // A: range check and per-(chunk, partition) counts.
-    // Scratch kept per calling thread, so a step allocates (and page-faults) only when it
-    // needs more than the thread's previous steps did. The marker array is all -1 between calls.
-    // (Workers reach it through the references below: a thread_local named inside the lambdas
-    // would be each worker's own.)
     thread_local StepScratch<T> tls;
-    std::vector<std::uint32_t>&hist = tls.hist, &occ = tls.occ, &bag_of = tls.bag_of;
-    std::vector<std::size_t>&first_bad = tls.first_bad, &pos = tls.pos, &part_start = tls.part_start;
-    std::vector<T>& bag_scale = tls.bag_scale;
-    std::vector<std::int32_t>& mark = tls.mark;
-    hist.assign(chunks * P, 0);
-    first_bad.assign(chunks, n);
-    parallel_for(chunks, num_threads, 1, [&](std::size_t cb, std::size_t ce) {
-        for (std::size_t c = cb; c < ce; ++c) {
-            std::uint32_t* h = hist.data() + c * P;
-            for (std::size_t i = c * kOptimChunk, e = std::min(n, (c + 1) * kOptimChunk); i < e; ++i) {
-                const std::int64_t r = rows[i];
-                if (r == skip_row) continue;
-                if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
-                    if (first_bad[c] == n) first_bad[c] = i;
-                    continue;
-                }
-                ++h[static_cast<std::size_t>(r) & (P - 1)];
-            }
+    const bool bags = bg.offsets != nullptr;
+    const std::size_t nb = bags ? bg.num_bags : n;
+    const bool mean = bags && bg.mean;
+    // Everything phases 1 and 2 write is allocated first, and the loops below use raw pointers
+    // (the workers of phase 3 reach this thread's scratch through them; a thread_local named
+    // inside a lambda would be each worker's own).
+    if (tls.mark.size() < num_rows) tls.mark.assign(num_rows, -1);
+    if (tls.slot.size() < n) tls.slot.resize(n);
+    if (tls.urows.size() < n) tls.urows.resize(n);
+    if (bg.by_freq && tls.count.size() < n) tls.count.resize(n);
+    if (mean && tls.bag_scale.size() < nb) tls.bag_scale.resize(nb);
+    std::int32_t* const mark = tls.mark.data();
+    std::uint32_t* const slot = tls.slot.data();
+    std::int64_t* const urows = tls.urows.data();
+    std::uint32_t* const count = bg.by_freq ? tls.count.data() : nullptr;
+    T* const bag_scale = mean ? tls.bag_scale.data() : nullptr;
+    std::size_t nu = 0;
+    auto reset_marks = [&]() noexcept {
+        for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
+    };
+    // 1: slots in order of first occurrence (and each slot's count for by_freq).
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::int64_t r = rows[i];
+        if (r == skip_row) {
+            slot[i] = kNoSlot;
+            continue;
         }
-    });
-    for (std::size_t c = 0; c < chunks; ++c) {
-        if (first_bad[c] != n) {
-            const std::size_t i = first_bad[c];
-            throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+        if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
+            reset_marks();
+            throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(r) +
                                     " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
         }
+        std::int32_t& m = mark[static_cast<std::size_t>(r)];
+        if (m < 0) {
+            m = static_cast<std::int32_t>(nu);
+            urows[nu++] = r;
+            slot[i] = static_cast<std::uint32_t>(m) | kFirst;
+            if (count != nullptr) count[m] = 0;
+        } else {
+            slot[i] = static_cast<std::uint32_t>(m);
+        }
+        if (count != nullptr) ++count[m];
     }
-    // Partition-major offsets: part_start[q] .. part_start[q + 1] hold partition q's occurrences.
-    pos.resize(chunks * P);
-    part_start.assign(P + 1, 0);
-    std::size_t total = 0;
-    for (std::size_t q = 0; q < P; ++q) {
-        part_start[q] = total;
-        for (std::size_t c = 0; c < chunks; ++c) {
-            pos[c * P + q] = total;
-            total += hist[c * P + q];
+    if (mean) {  // 1 / the bag's entries other than skip_row
+        for (std::size_t b = 0; b < nb; ++b) {
+            std::size_t live = 0;
+            for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) live += slot[static_cast<std::size_t>(i)] != kNoSlot;
+            bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
         }
     }
-    part_start[P] = total;
-    // B: stable scatter of occurrence indices by partition.
-    occ.resize(total);
-    parallel_for(chunks, num_threads, 1, [&](std::size_t cb, std::size_t ce) {
-        for (std::size_t c = cb; c < ce; ++c) {
-            std::size_t* at = pos.data() + c * P;
-            for (std::size_t i = c * kOptimChunk, e = std::min(n, (c + 1) * kOptimChunk); i < e; ++i) {
-                const std::int64_t r = rows[i];
-                if (r != skip_row) occ[at[static_cast<std::size_t>(r) & (P - 1)]++] = static_cast<std::uint32_t>(i);
-            }
-        }
-    });
-    // Bag of each occurrence and the mean's 1 / (non-skipped entries of the bag).
-    if (bg.offsets != nullptr) {
-        bag_of.resize(n);
-        if (bg.mean) bag_scale.resize(bg.num_bags);
-        parallel_for(bg.num_bags, num_threads, 1024, [&](std::size_t b0, std::size_t b1) {
-            for (std::size_t b = b0; b < b1; ++b) {
-                std::size_t live = 0;
-                for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) {
-                    bag_of[static_cast<std::size_t>(i)] = static_cast<std::uint32_t>(b);
-                    live += rows[i] != skip_row;
-                }
-                if (bg.mean) bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
-            }
-        });
-    }
-    // The marker array is laid out partition-major (row r at (r % P) * stride + r / P): a partition's rows share one
-    // contiguous slice of num_rows / kOptimParts entries, which stays in cache while the
-    // partition is processed, instead of one cache line per row spread over 4 bytes x num_rows.
-    const std::size_t stride = (num_rows + P - 1) / P;
-    if (mark.size() < stride * P) mark.assign(stride * P, -1);
-    StepJob<T> job;
-    job.weight = weight;
-    job.d = d;
-    job.rows = rows;
-    job.bg = &bg;
-    job.s1 = s1;
-    job.s2 = s2;
-    job.p = &p;
-    job.occ = occ.data();
-    job.part_start = part_start.data();
-    job.bag_of = bg.offsets != nullptr ? bag_of.data() : nullptr;
-    job.bag_scale = bg.offsets != nullptr && bg.mean ? bag_scale.data() : nullptr;
-    job.mark = mark.data();
-    job.mark_stride = stride;
-    job.w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
-    std::vector<std::size_t> distinct(P, 0);
-    job.distinct = distinct.data();
-    // C: per partition, distinct rows, their occurrences, sum and update. Only an allocation
-    // failure can throw here; the marker array is then reset whole.
+    const int threads = resolve_threads(num_threads);
+    const std::size_t chunks =
+        threads <= 1 || nu < 2 ? 1 : std::min<std::size_t>(nu, kChunksPerThread * static_cast<std::size_t>(threads));
     try {
-        parallel_for(P, num_threads, 1, [&](std::size_t q0, std::size_t q1) { step_partitions<T>(job, q0, q1); });
+        if (tls.acc.size() < nu * d) tls.acc.resize(nu * d);
+        if (tls.tmp.size() < chunks * d) tls.tmp.resize(chunks * d);  // one row of scratch per chunk
     } catch (...) {
-        mark.assign(mark.size(), -1);
+        reset_marks();
         throw;
     }
-    std::size_t nu = 0;
-    for (std::size_t q = 0; q < P; ++q) nu += distinct[q];
+    T* const acc = tls.acc.data();
+    T* const tmp = tls.tmp.data();
+    // 2: acc[slot] = 0 + the first occurrence's gradient, then += each later one's, in
+    // ascending order (the same bits as adding to a zeroed row, without zeroing it first).
+    const bool plain = bg.psw == nullptr && !mean;
+    for (std::size_t b = 0; b < nb; ++b) {
+        const std::size_t i0 = bags ? static_cast<std::size_t>(bg.offsets[b]) : b;
+        const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b + 1]) : b + 1;
+        const T* __restrict g = bg.grad + b * bg.ld;
+        if (plain) {
+            for (std::size_t i = i0; i < i1; ++i) {
+                if (i + kAccPrefetch < n) {
+                    const std::uint32_t un = slot[i + kAccPrefetch];
+                    if (un != kNoSlot) prefetch_row(acc + static_cast<std::size_t>(un & ~kFirst) * d, d);
+                }
+                const std::uint32_t u = slot[i];
+                if (u == kNoSlot) continue;
+                T* __restrict a = acc + static_cast<std::size_t>(u & ~kFirst) * d;
+                if (u & kFirst) {
+                    for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j];
+                } else {
+                    for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j];
+                }
+            }
+        } else {
+            for (std::size_t i = i0; i < i1; ++i) {
+                const std::uint32_t u = slot[i];
+                if (u == kNoSlot) continue;
+                T* __restrict a = acc + static_cast<std::size_t>(u & ~kFirst) * d;
+                T c = bg.psw != nullptr ? bg.psw[i] : T(1);
+                if (mean) c = c * bag_scale[b];
+                if (u & kFirst) {
+                    for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j] * c;
+                } else {
+                    for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j] * c;
+                }
+            }
+        }
+    }
+    // 3: the updates, in chunks of slots.
+    if (chunks == 1) {
+        update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, 0, nu, tmp);
+    } else {
+        parallel_for(chunks, threads, 1, [&](std::size_t c0, std::size_t c1) {
+            for (std::size_t c = c0; c < c1; ++c)
+                update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, nu * c / chunks, nu * (c + 1) / chunks,
+                                tmp + c * d);
+        });
+    }
     return nu;
 }
 
