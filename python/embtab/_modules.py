@@ -169,8 +169,8 @@ def check_bag_args(
                 raise ValueError(
                     f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
                 )
-            if np.any(np.diff(o) < 0):
-                bad = int(np.flatnonzero(np.diff(o) < 0)[0])
+            if (o[1:] < o[:-1]).any():
+                bad = int(np.flatnonzero(o[1:] < o[:-1])[0])
                 raise ValueError(
                     f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
                     f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"

@@ -172,9 +172,19 @@ inline void cms_add(const std::uint64_t* ids, std::size_t n, std::int64_t* sketc
 // kPoolGrain is the number of bags a parallel chunk of pool_bags handles.
 inline constexpr std::size_t kPoolGrain = 512;
 
-// kPoolPrefetch is how many entries ahead pool_bags asks for a weight row (a bag's rows are
-// random reads of a large table: without it each one waits for its cache miss).
-inline constexpr std::int64_t kPoolPrefetch = 8;
+// pool_bags asks for a weight row this many entries ahead (a bag's rows are random reads of a
+// large table: without it each one waits for its cache miss): about kPoolPrefetchBytes of rows
+// in flight, at least kPoolPrefetchMin and at most kPoolPrefetchMax rows (bench/README.md,
+// "Fused optimizers": 8 rows ahead left the collection's short rows waiting on memory).
+inline constexpr std::size_t kPoolPrefetchBytes = 2048;
+inline constexpr std::int64_t kPoolPrefetchMin = 8;
+inline constexpr std::int64_t kPoolPrefetchMax = 32;
+
+// pool_prefetch is how many entries ahead pool_bags prefetches rows of `row_bytes` bytes.
+inline std::int64_t pool_prefetch(std::size_t row_bytes) noexcept {
+    const std::int64_t k = static_cast<std::int64_t>(kPoolPrefetchBytes / std::max<std::size_t>(row_bytes, 1));
+    return std::clamp(k, kPoolPrefetchMin, kPoolPrefetchMax);
+}
 
 // PoolFeature is one feature's bags for pool_bags: bag b is rows[offsets[b], offsets[b + 1])
 // of weight ([num_rows, d], row-major); its vector goes to out + b * ld (ld >= d).
@@ -234,14 +244,15 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
             const std::size_t b0 = (c - first_chunk[f]) * kPoolGrain;
             const std::size_t b1 = std::min(p.num_bags, b0 + kPoolGrain);
             const std::int64_t ahead_end = p.offsets[b1];
-            for (std::int64_t i = p.offsets[b0]; i < std::min(ahead_end, p.offsets[b0] + kPoolPrefetch); ++i)
+            const std::int64_t ahead = pool_prefetch(p.d * sizeof(T));
+            for (std::int64_t i = p.offsets[b0]; i < std::min(ahead_end, p.offsets[b0] + ahead); ++i)
                 prefetch_read_row(p, p.rows[i]);
             for (std::size_t b = b0; b < b1; ++b) {
                 T* o = p.out + b * p.ld;
                 for (std::size_t j = 0; j < p.d; ++j) o[j] = T(0);
                 std::size_t kept = 0;
                 for (std::int64_t i = p.offsets[b]; i < p.offsets[b + 1]; ++i) {
-                    if (i + kPoolPrefetch < ahead_end) prefetch_read_row(p, p.rows[i + kPoolPrefetch]);
+                    if (i + ahead < ahead_end) prefetch_read_row(p, p.rows[i + ahead]);
                     const std::int64_t r = p.rows[i];
                     if (r == p.skip_row) continue;
                     if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) {

@@ -196,8 +196,12 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 // Every element of a row's summed gradient is added over the row's occurrences in ascending
 // order, starting from 0, whatever the split, so the bits do not depend on the thread count.
 
-// kOptimPrefetch is how many slots ahead phase 3 prefetches a row's weight and state.
-inline constexpr std::size_t kOptimPrefetch = 8;
+// Phase 3 prefetches a row's weight and state this many slots ahead: about kOptimPrefetchBytes
+// of weight rows in flight, at least kOptimPrefetchMin and at most kOptimPrefetchMax rows (a
+// fixed 8 rows left short rows, d = 16 in the collection benchmark, waiting on memory).
+inline constexpr std::size_t kOptimPrefetchBytes = 2048;
+inline constexpr std::size_t kOptimPrefetchMin = 8;
+inline constexpr std::size_t kOptimPrefetchMax = 32;
 
 // kAccPrefetch is how many occurrences ahead phase 2 prefetches the accumulator row it will add to.
 inline constexpr std::size_t kAccPrefetch = 16;
@@ -239,9 +243,11 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
                                             const std::int64_t* urows, T* acc, const std::uint32_t* count,
                                             std::int32_t* mark, std::size_t u0, std::size_t u1, T* tmp) noexcept {
     const std::size_t w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
+    const std::size_t ahead =
+        std::clamp(kOptimPrefetchBytes / std::max<std::size_t>(d * sizeof(T), 1), kOptimPrefetchMin, kOptimPrefetchMax);
     for (std::size_t u = u0; u < u1; ++u) {
-        if (u + kOptimPrefetch < u1) {
-            const std::size_t rn = static_cast<std::size_t>(urows[u + kOptimPrefetch]);
+        if (u + ahead < u1) {
+            const std::size_t rn = static_cast<std::size_t>(urows[u + ahead]);
             prefetch_row(weight + rn * d, d);
             if (s1 != nullptr) prefetch_row(s1 + rn * w1, w1);
             if (s2 != nullptr) prefetch_row(s2 + rn * d, d);
