@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embtab import _core
+from embtab._core import _testing
 from embtab.nn import CuckooEmbedding
 
 
@@ -113,6 +114,50 @@ def test_pool_bags_pools_and_refuses_bad_buffers():
     for feat, exc, match in bad:
         with pytest.raises(exc, match=match):
             _core.pool_bags([feat], out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_bags_same_bits_at_every_isa_level(dtype):
+    """pool_bags dispatches to AVX-512 or AVX2 forms where the CPU has them; capped at AVX2 or
+    at the baseline ISA it must give the same bits, for widths below, at and across its column
+    block (32 float32 / 16 float64 columns), with weights, mean, skipped rows and empty bags;
+    and match a NumPy reference to float tolerance."""
+    rng = np.random.default_rng(5)
+    B = 700
+    feats, want_cols, col = [], [], 0
+    for k, d in enumerate((1, 7, 16, 32, 33, 64, 100)):
+        w = rng.standard_normal((40 + k, d)).astype(dtype)
+        lens = rng.integers(0, 6, B)
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        rows = rng.integers(0, len(w), int(off[-1])).astype(np.int64)
+        skip = len(w) - 1
+        psw = rng.random(len(rows)).astype(dtype) if k % 2 else None
+        mean = k % 3 == 0
+        feats.append((w, rows, off, psw, mean, skip, col))
+        ref = np.zeros((B, d))
+        for b in range(B):
+            r = rows[off[b]:off[b + 1]]
+            x = w[r].astype(np.float64)
+            if psw is not None:
+                x = x * psw[off[b]:off[b + 1], None]
+            x = x[r != skip]
+            if len(x):
+                ref[b] = x.mean(0) if mean else x.sum(0)
+        want_cols.append(ref)
+        col += d
+    want = np.concatenate(want_cols, axis=1)
+    outs = []
+    for level in ("auto", "avx2", "baseline"):
+        out = np.full((B, col), np.nan, dtype)
+        _testing.set_isa_limit(level)
+        try:
+            _core.pool_bags(feats, out, 2)
+        finally:
+            _testing.set_isa_limit("auto")
+        outs.append(out)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(outs[0], want, rtol=tol, atol=tol)
+    assert all(np.array_equal(o, outs[0]) for o in outs[1:])
 
 
 def test_pool_bags_matches_numpy_and_any_thread_count():

@@ -23,6 +23,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "embtab/cpu.hpp"
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
 #include "embtab/vlog.hpp"
@@ -203,32 +204,130 @@ struct PoolFeature {
     std::size_t ld = 0;
 };
 
-// prefetch_read_row asks for the cache lines of weight row r of `p` (ignored when r is out of
-// range).
-template <class T>
-inline void prefetch_read_row(const PoolFeature<T>& p, std::int64_t r) noexcept {
-    if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) return;
-    const char* c = reinterpret_cast<const char*>(p.weight + static_cast<std::size_t>(r) * p.d);
-    for (std::size_t b = 0; b < p.d * sizeof(T); b += 64) __builtin_prefetch(c + b, 0, 3);
-}
-
-// pool_bags writes, for every feature and bag, the sum over the bag's entries (in entry order,
-// in T, starting from 0) of psw[i] * weight[rows[i]] (or weight[rows[i]] without psw), entries
-// reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
-// embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split by feature
-// and chunk of kPoolGrain bags, each chunk writing only its own bags, so the result is the same
-// bits for any thread count. Assumes the caller checked each feature's offsets (from 0 or more,
-// non-decreasing, the last within rows). Never throws but for what parallel_for rethrows
-// (nothing here throws). Returns the first entry (lowest feature, then entry) whose row is
-// outside [0, num_rows), feature = SIZE_MAX when every row is in range; after a bad entry some
-// bags may be left unwritten.
-
 // PoolBad locates an out-of-range row for pool_bags' caller to report.
 struct PoolBad {
     std::size_t feature = static_cast<std::size_t>(-1);
     std::size_t entry = 0;
 };
 
+// kPoolBlock is how many columns of a bag pool_chunk sums at a time, in a local array the
+// compiler keeps in vector registers (128 bytes: 8 SSE2, 4 AVX2 or 2 AVX-512 registers).
+template <class T>
+inline constexpr std::size_t kPoolBlock = 128 / sizeof(T);
+
+// pool_block adds the entries [e0, e1) of rows into acc[0, jn) for columns [j0, j0 + jn) of
+// weight (d columns; JN: jn when known at compile time, 0 otherwise), in entry order from 0,
+// times psw[i] when psw is set; skip_row entries left out. The rows were range-checked.
+template <class T, std::size_t JN>
+__attribute__((always_inline)) inline void pool_block(const T* __restrict weight, std::size_t d,
+                                                      const std::int64_t* __restrict rows, const T* __restrict psw,
+                                                      std::int64_t skip_row, std::int64_t e0, std::int64_t e1,
+                                                      std::size_t j0, std::size_t jn, T* __restrict acc) noexcept {
+    const std::size_t n_cols = JN != 0 ? JN : jn;
+    for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0);
+    if (psw != nullptr) {
+        for (std::int64_t i = e0; i < e1; ++i) {
+            const std::int64_t r = rows[i];
+            if (r == skip_row) continue;
+            const T* __restrict w = weight + static_cast<std::size_t>(r) * d + j0;
+            const T s = psw[i];
+            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + s * w[j];
+        }
+    } else {
+        for (std::int64_t i = e0; i < e1; ++i) {
+            const std::int64_t r = rows[i];
+            if (r == skip_row) continue;
+            const T* __restrict w = weight + static_cast<std::size_t>(r) * d + j0;
+            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + w[j];
+        }
+    }
+}
+
+// pool_chunk runs pool_bags on bags [b0, b1) of feature f: each bag's columns in blocks of
+// kPoolBlock. Every entry is range-checked when its row is prefetched, `ahead` entries before it
+// is read, so an entry is always checked before it is summed. Returns false (bad set) at an
+// out-of-range row; the bags before it may then be written. Inlined into its ISA-level forms
+// below (pool_chunk_base, pool_chunk_avx2, pool_chunk_avx512).
+template <class T>
+__attribute__((always_inline)) inline bool pool_chunk(const PoolFeature<T>& p, std::size_t f, std::size_t b0,
+                                                      std::size_t b1, PoolBad& bad) noexcept {
+    constexpr std::size_t B = kPoolBlock<T>;
+    const std::int64_t e_begin = p.offsets[b0], e_end = p.offsets[b1];
+    const std::int64_t ahead = pool_prefetch(p.d * sizeof(T));
+    // check_and_prefetch: entries [i0, i1) in range (skip_row aside), their rows prefetched
+    auto check_and_prefetch = [&](std::int64_t i0, std::int64_t i1) noexcept {
+        for (std::int64_t i = i0; i < i1; ++i) {
+            const std::int64_t r = p.rows[i];
+            if (r == p.skip_row) continue;
+            if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) {
+                bad = PoolBad{f, static_cast<std::size_t>(i)};
+                return false;
+            }
+            const char* c = reinterpret_cast<const char*>(p.weight + static_cast<std::size_t>(r) * p.d);
+            for (std::size_t k = 0; k < p.d * sizeof(T); k += 64) __builtin_prefetch(c + k, 0, 3);
+        }
+        return true;
+    };
+    if (!check_and_prefetch(e_begin, std::min(e_end, e_begin + ahead))) return false;
+    alignas(64) T acc[B];
+    for (std::size_t b = b0; b < b1; ++b) {
+        const std::int64_t e0 = p.offsets[b], e1 = p.offsets[b + 1];
+        if (!check_and_prefetch(e0 + ahead, std::min(e_end, e1 + ahead))) return false;
+        T scale = T(1);
+        if (p.mean) {
+            std::size_t kept = 0;
+            for (std::int64_t i = e0; i < e1; ++i) kept += p.rows[i] != p.skip_row;
+            scale = kept > 0 ? T(1) / static_cast<T>(kept) : T(1);
+        }
+        T* __restrict o = p.out + b * p.ld;
+        for (std::size_t j0 = 0; j0 < p.d; j0 += B) {
+            const std::size_t jn = std::min(B, p.d - j0);
+            if (jn == B) {
+                pool_block<T, B>(p.weight, p.d, p.rows, p.psw, p.skip_row, e0, e1, j0, B, acc);
+            } else {
+                pool_block<T, 0>(p.weight, p.d, p.rows, p.psw, p.skip_row, e0, e1, j0, jn, acc);
+            }
+            if (jn == B) {
+                for (std::size_t j = 0; j < B; ++j) o[j0 + j] = acc[j] * scale;
+            } else {
+                for (std::size_t j = 0; j < jn; ++j) o[j0 + j] = acc[j] * scale;
+            }
+        }
+    }
+    return true;
+}
+
+template <class T>
+__attribute__((noinline)) bool pool_chunk_base(const PoolFeature<T>& p, std::size_t f, std::size_t b0, std::size_t b1,
+                                               PoolBad& bad) noexcept {
+    return pool_chunk<T>(p, f, b0, b1, bad);
+}
+
+#if defined(EMBTAB_X86_INTRIN)
+template <class T>
+__attribute__((target("avx2"))) bool pool_chunk_avx2(const PoolFeature<T>& p, std::size_t f, std::size_t b0,
+                                                     std::size_t b1, PoolBad& bad) noexcept {
+    return pool_chunk<T>(p, f, b0, b1, bad);
+}
+
+template <class T>
+__attribute__((target("avx512f,avx512dq,avx512vl"))) bool pool_chunk_avx512(const PoolFeature<T>& p, std::size_t f,
+                                                                          std::size_t b0, std::size_t b1,
+                                                                          PoolBad& bad) noexcept {
+    return pool_chunk<T>(p, f, b0, b1, bad);
+}
+#endif
+
+// pool_bags writes, for every feature and bag, the sum over the bag's entries (in entry order,
+// in T, starting from 0) of psw[i] * weight[rows[i]] (or weight[rows[i]] without psw), entries
+// reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
+// embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split by feature
+// and chunk of kPoolGrain bags, each chunk writing only its own bags, so the result is the same
+// bits for any thread count and ISA level (only IEEE + and *, no contraction). Assumes the
+// caller checked each feature's offsets (from 0 or more, non-decreasing, the last within rows).
+// Never throws but for what parallel_for rethrows (nothing here throws). Returns the first
+// entry (lowest feature, then entry) whose row is outside [0, num_rows), feature = SIZE_MAX
+// when every row is in range; after a bad entry some bags may be left unwritten.
 template <class T>
 inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int num_threads) {
     std::vector<std::size_t> first_chunk(n_feats + 1, 0);
@@ -236,6 +335,11 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
         first_chunk[f + 1] = first_chunk[f] + (feats[f].num_bags + kPoolGrain - 1) / kPoolGrain;
     const std::size_t chunks = first_chunk[n_feats];
     std::vector<PoolBad> bad(chunks);
+#if defined(EMBTAB_X86_INTRIN)
+    const int level = detail::use_avx512() ? 2 : detail::use_avx2() ? 1 : 0;
+#else
+    const int level = 0;
+#endif
     parallel_for(chunks, num_threads, 1, [&](std::size_t c0, std::size_t c1) {
         for (std::size_t c = c0; c < c1; ++c) {
             std::size_t f = 0;
@@ -243,36 +347,17 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
             const PoolFeature<T>& p = feats[f];
             const std::size_t b0 = (c - first_chunk[f]) * kPoolGrain;
             const std::size_t b1 = std::min(p.num_bags, b0 + kPoolGrain);
-            const std::int64_t ahead_end = p.offsets[b1];
-            const std::int64_t ahead = pool_prefetch(p.d * sizeof(T));
-            for (std::int64_t i = p.offsets[b0]; i < std::min(ahead_end, p.offsets[b0] + ahead); ++i)
-                prefetch_read_row(p, p.rows[i]);
-            for (std::size_t b = b0; b < b1; ++b) {
-                T* o = p.out + b * p.ld;
-                for (std::size_t j = 0; j < p.d; ++j) o[j] = T(0);
-                std::size_t kept = 0;
-                for (std::int64_t i = p.offsets[b]; i < p.offsets[b + 1]; ++i) {
-                    if (i + ahead < ahead_end) prefetch_read_row(p, p.rows[i + ahead]);
-                    const std::int64_t r = p.rows[i];
-                    if (r == p.skip_row) continue;
-                    if (r < 0 || static_cast<std::size_t>(r) >= p.num_rows) {
-                        bad[c] = PoolBad{f, static_cast<std::size_t>(i)};
-                        return;
-                    }
-                    const T* w = p.weight + static_cast<std::size_t>(r) * p.d;
-                    if (p.psw != nullptr) {
-                        const T s = p.psw[i];
-                        for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] + s * w[j];
-                    } else {
-                        for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] + w[j];
-                    }
-                    ++kept;
-                }
-                if (p.mean && kept > 0) {
-                    const T scale = T(1) / static_cast<T>(kept);
-                    for (std::size_t j = 0; j < p.d; ++j) o[j] = o[j] * scale;
-                }
+#if defined(EMBTAB_X86_INTRIN)
+            if (level == 2) {
+                pool_chunk_avx512<T>(p, f, b0, b1, bad[c]);
+                continue;
             }
+            if (level == 1) {
+                pool_chunk_avx2<T>(p, f, b0, b1, bad[c]);
+                continue;
+            }
+#endif
+            pool_chunk_base<T>(p, f, b0, b1, bad[c]);
         }
     });
     for (const PoolBad& x : bad)

@@ -222,6 +222,15 @@ inline void prefetch_row(const T* x, std::size_t len) noexcept {
     for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 1, 3);
 }
 
+// kKeepScratchBytes: an accumulator larger than this is freed at the end of its call.
+inline constexpr std::size_t kKeepScratchBytes = std::size_t{64} << 20;
+
+// throw_row_range throws std::out_of_range naming rows[i], outside [0, num_rows).
+[[noreturn]] inline void throw_row_range(const std::int64_t* rows, std::size_t i, std::size_t num_rows) {
+    throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                            " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
+}
+
 // StepScratch holds fused_step's work arrays between calls on one thread, so that a step
 // allocates (and page-faults) only when it needs more than the thread's previous steps did.
 template <class T>
@@ -282,8 +291,16 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
     const bool mean = bags && bg.mean;
     // Everything phases 1 and 2 write is allocated first, and the loops below use raw pointers
     // (the workers of phase 3 reach this thread's scratch through them; a thread_local named
-    // inside a lambda would be each worker's own).
-    if (tls.mark.size() < num_rows) tls.mark.assign(num_rows, -1);
+    // inside a lambda would be each worker's own). A marker array that must grow is allocated
+    // after a check of the rows, so that a bad row is reported as such, not as a failed
+    // allocation of a num_rows-sized array.
+    if (tls.mark.size() < num_rows) {
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t r = rows[i];
+            if (r != skip_row && (r < 0 || static_cast<std::uint64_t>(r) >= num_rows)) throw_row_range(rows, i, num_rows);
+        }
+        tls.mark.assign(num_rows, -1);
+    }
     if (tls.slot.size() < n) tls.slot.resize(n);
     if (tls.urows.size() < n) tls.urows.resize(n);
     if (bg.by_freq && tls.count.size() < n) tls.count.resize(n);
@@ -306,8 +323,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         }
         if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
             reset_marks();
-            throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(r) +
-                                    " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
+            throw_row_range(rows, i, num_rows);
         }
         std::int32_t& m = mark[static_cast<std::size_t>(r)];
         if (m < 0) {
@@ -380,12 +396,20 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
     if (chunks == 1) {
         update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, 0, nu, tmp);
     } else {
-        parallel_for(chunks, threads, 1, [&](std::size_t c0, std::size_t c1) {
-            for (std::size_t c = c0; c < c1; ++c)
-                update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, nu * c / chunks, nu * (c + 1) / chunks,
-                                tmp + c * d);
-        });
+        try {
+            parallel_for(chunks, threads, 1, [&](std::size_t c0, std::size_t c1) {
+                for (std::size_t c = c0; c < c1; ++c)
+                    update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, nu * c / chunks,
+                                    nu * (c + 1) / chunks, tmp + c * d);
+            });
+        } catch (...) {  // the pool could not be set up: no chunk ran; reset every marker
+            reset_marks();
+            throw;
+        }
     }
+    // A large accumulator is not kept for the next call (a thread that stepped one huge batch
+    // would otherwise hold it for good).
+    if (tls.acc.capacity() * sizeof(T) > kKeepScratchBytes) std::vector<T>().swap(tls.acc);
     return nu;
 }
 

@@ -67,7 +67,7 @@ struct ChunkJob {
 // runs at a time (busy_); a caller that finds the pool busy (another Python thread's batch)
 // falls back to threads of its own. Never destroyed: workers sleep through process exit. After
 // fork() the child builds a fresh pool (pid check) and never touches the parent's copy.
-// A worker the system refuses to start (std::system_error: thread or memory limits) is not
+// A worker the system refuses to start (std::system_error or std::bad_alloc: thread or memory limits) is not
 // counted; the pool runs with the workers it has, possibly none (callers then work alone).
 class ThreadPool {
   public:
@@ -75,7 +75,7 @@ class ThreadPool {
         for (int i = 0; i < workers; ++i) {
             try {
                 std::thread([this] { loop(); }).detach();
-            } catch (const std::system_error&) {
+            } catch (...) {  // std::system_error, or std::bad_alloc for the thread's state
                 break;
             }
             ++workers_;
@@ -188,8 +188,8 @@ void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
         for (int t = 1; t < threads; ++t) {
             try {
                 helpers.emplace_back([&job] { job.run_chunks(); });
-            } catch (const std::system_error&) {
-                break;  // the chunks are claimed through job.next: fewer threads do them all
+            } catch (...) {  // std::system_error or std::bad_alloc: the chunks are claimed
+                break;       // through job.next, so fewer threads do them all
             }
         }
         job.run_chunks();
