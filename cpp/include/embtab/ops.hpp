@@ -282,14 +282,15 @@ __attribute__((always_inline)) inline bool pool_chunk(const PoolFeature<T>& p, s
         T* __restrict o = p.out + b * p.ld;
         for (std::size_t j0 = 0; j0 < p.d; j0 += B) {
             const std::size_t jn = std::min(B, p.d - j0);
+            // widths known at compile time (a full block, half of one) keep acc in registers
             if (jn == B) {
                 pool_block<T, B>(p.weight, p.d, p.rows, p.psw, p.skip_row, e0, e1, j0, B, acc);
+                for (std::size_t j = 0; j < B; ++j) o[j0 + j] = acc[j] * scale;
+            } else if (jn == B / 2) {
+                pool_block<T, B / 2>(p.weight, p.d, p.rows, p.psw, p.skip_row, e0, e1, j0, B / 2, acc);
+                for (std::size_t j = 0; j < B / 2; ++j) o[j0 + j] = acc[j] * scale;
             } else {
                 pool_block<T, 0>(p.weight, p.d, p.rows, p.psw, p.skip_row, e0, e1, j0, jn, acc);
-            }
-            if (jn == B) {
-                for (std::size_t j = 0; j < B; ++j) o[j0 + j] = acc[j] * scale;
-            } else {
                 for (std::size_t j = 0; j < jn; ++j) o[j0 + j] = acc[j] * scale;
             }
         }
