@@ -731,8 +731,11 @@ def test_bench_format_reports_every_target():
         "seconds_per_step": sec,
         "state_bytes_per_row": {"sgd": 0, "adagrad": 256, "rowwise_adagrad": 4, "adam": 512},
         "threads_step": {"1": 0.02, "2": 0.01}, "threads_kernel": {"1": 0.002, "2": 0.0015},
+        "breakdown": {"remap_lookup_only": 4e-4, "forward": 1.2e-3, "backward": 1.6e-3},
     }
     text = bench.format_markdown(r)
+    assert ("remap lookup 0.40 ms, forward (remap included) 1.20 ms, backward (the C++ step "
+            "included) 1.60 ms") in text
     assert "sgd: fused / FBGEMM = 0.50x (target <= 0.8x: met)" in text
     assert "adagrad: fused / FBGEMM = 1.00x (target <= 0.8x: missed)" in text
     assert "adam: fused / nn.EmbeddingBag + SparseAdam = 0.20x (target <= 0.5x: met)" in text

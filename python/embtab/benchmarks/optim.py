@@ -260,9 +260,35 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
             reps.append(time.perf_counter() - t0)
         kernel.setdefault(t, []).append(float(np.median(reps)))
     res["threads_kernel"] = {t: float(np.median(v)) for t, v in kernel.items()}
+    fm.num_threads = threads
+    res["breakdown"] = _breakdown(fm, raw, offsets, repeats)
     del fm
     gc.collect()
     return res
+
+
+def _breakdown(fm, raw: list, offsets, repeats: int) -> dict:
+    """Median seconds of one fused step's parts over the (seen) batches: the remap alone (the
+    table's lookup of the raw IDs), the forward (remap + pooling + autograd record) and the
+    backward (the C++ step + its Python and autograd work)."""
+    fwd, bwd, remap = [], [], []
+    for i in range(max(repeats, 5) * len(raw)):
+        ids = raw[i % len(raw)]
+        t0 = time.perf_counter()
+        fm._table.lookup(ids.numpy(), num_threads=fm.num_threads)
+        t1 = time.perf_counter()
+        out = fm(ids, offsets)
+        t2 = time.perf_counter()
+        loss = out.sum()
+        t3 = time.perf_counter()
+        loss.backward()
+        t4 = time.perf_counter()
+        _check(loss)
+        remap.append(t1 - t0)
+        fwd.append(t2 - t1)
+        bwd.append(t4 - t3)
+    return {"remap_lookup_only": float(np.median(remap)), "forward": float(np.median(fwd)),
+            "backward": float(np.median(bwd))}
 
 
 def format_markdown(r: dict) -> str:
@@ -312,4 +338,12 @@ def format_markdown(r: dict) -> str:
         f"{ts[2] * 1e3:.1f} ms: {sp:.2f}x (target >= 1.6x: {'met' if sp >= 1.6 else 'missed'}); "
         f"the C++ step alone: {tk[1] * 1e3:.2f} ms vs {tk[2] * 1e3:.2f} ms ({tk[1] / tk[2]:.2f}x)"
     )
+    if "breakdown" in r:
+        b = r["breakdown"]
+        out.append(
+            f"- one fused RowWiseAdagrad step's parts ({r['threads']} threads): remap lookup "
+            f"{b['remap_lookup_only'] * 1e3:.2f} ms, forward (remap included) "
+            f"{b['forward'] * 1e3:.2f} ms, backward (the C++ step included) "
+            f"{b['backward'] * 1e3:.2f} ms"
+        )
     return "\n".join(out)
