@@ -324,11 +324,14 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) bool pool_chunk_avx512(cons
 // reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
 // embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split by feature
 // and chunk of kPoolGrain bags, each chunk writing only its own bags, so the result is the same
-// bits for any thread count and ISA level (only IEEE + and *, no contraction). Assumes the
-// caller checked each feature's offsets (from 0 or more, non-decreasing, the last within rows).
-// Never throws but for what parallel_for rethrows (nothing here throws). Returns the first
-// entry (lowest feature, then entry) whose row is outside [0, num_rows), feature = SIZE_MAX
-// when every row is in range; after a bad entry some bags may be left unwritten.
+// bits for any thread count and ISA level, NaN sign and payload excepted (which of two NaNs an
+// addition returns depends on operand order, which the vector forms differ in). Only IEEE + and
+// * are used: the same bits need -ffp-contract=off, which CMakeLists.txt sets (the
+// target("avx512f") form could otherwise fuse them). Assumes the caller checked each feature's
+// offsets (from 0 or more, non-decreasing, the last within rows). Never throws but for what
+// parallel_for rethrows (nothing here throws). Returns the first entry (lowest feature, then
+// entry) whose row is outside [0, num_rows), feature = SIZE_MAX when every row is in range;
+// after a bad entry some bags may be left unwritten.
 template <class T>
 inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int num_threads) {
     std::vector<std::size_t> first_chunk(n_feats + 1, 0);
