@@ -298,21 +298,23 @@ __attribute__((always_inline)) inline bool pool_chunk(const PoolFeature<T>& p, s
     return true;
 }
 
+// The three forms are noipa: no clone of them (GCC's .isra/.constprop copies are local symbols,
+// which a stripped wheel drops, so .ci/check_isa.py could not name their code).
 template <class T>
-__attribute__((noinline)) bool pool_chunk_base(const PoolFeature<T>& p, std::size_t f, std::size_t b0, std::size_t b1,
+__attribute__((noipa)) bool pool_chunk_base(const PoolFeature<T>& p, std::size_t f, std::size_t b0, std::size_t b1,
                                                PoolBad& bad) noexcept {
     return pool_chunk<T>(p, f, b0, b1, bad);
 }
 
 #if defined(EMBTAB_X86_INTRIN)
 template <class T>
-__attribute__((target("avx2"))) bool pool_chunk_avx2(const PoolFeature<T>& p, std::size_t f, std::size_t b0,
+__attribute__((target("avx2"), noipa)) bool pool_chunk_avx2(const PoolFeature<T>& p, std::size_t f, std::size_t b0,
                                                      std::size_t b1, PoolBad& bad) noexcept {
     return pool_chunk<T>(p, f, b0, b1, bad);
 }
 
 template <class T>
-__attribute__((target("avx512f,avx512dq,avx512vl"))) bool pool_chunk_avx512(const PoolFeature<T>& p, std::size_t f,
+__attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx512(const PoolFeature<T>& p, std::size_t f,
                                                                           std::size_t b0, std::size_t b1,
                                                                           PoolBad& bad) noexcept {
     return pool_chunk<T>(p, f, b0, b1, bad);
