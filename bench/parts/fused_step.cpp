@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "embtab/optim.hpp"
+#include "issue16.hpp"
 
 int main(int argc, char** argv) {
     if (argc < 4) {
@@ -22,14 +23,8 @@ int main(int argc, char** argv) {
     }
     const char* kind = argv[2];
     const int threads = std::atoi(argv[3]);
-    const std::size_t n = 1000000, d = 64, batch = 65536, bag = 8;
-    std::vector<std::int64_t> rows(8 * batch);
-    FILE* f = std::fopen(argv[1], "rb");
-    if (f == nullptr || std::fread(rows.data(), 8, rows.size(), f) != rows.size()) {
-        std::fprintf(stderr, "cannot read %s\n", argv[1]);
-        return 2;
-    }
-    std::fclose(f);
+    const std::size_t n = issue16::kRows, d = issue16::kDim, batch = issue16::kBatch, bag = issue16::kBag;
+    const std::vector<std::int64_t> rows = issue16::read_rows(argv[1]);
     std::vector<float> w((n + 1) * d), s1((n + 1) * d, 0.0f), s2((n + 1) * d, 0.0f);
     std::mt19937 g(1);
     std::normal_distribution<float> nd;
