@@ -198,7 +198,7 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 
 // Phase 3 prefetches a row's weight and state this many slots ahead: about kOptimPrefetchBytes
 // of weight rows in flight, at least kOptimPrefetchMin and at most kOptimPrefetchMax rows (a
-// fixed 8 rows left short rows, d = 16 in the collection benchmark, waiting on memory).
+// fixed 8 rows would keep only 512 bytes in flight for the 64-byte rows of d = 16 float32).
 inline constexpr std::size_t kOptimPrefetchBytes = 2048;
 inline constexpr std::size_t kOptimPrefetchMin = 8;
 inline constexpr std::size_t kOptimPrefetchMax = 32;
