@@ -26,6 +26,7 @@
 #include "embtab/cpu.hpp"
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
+#include "embtab/prefetch.hpp"
 #include "embtab/vlog.hpp"
 
 namespace embtab {
@@ -173,20 +174,6 @@ inline void cms_add(const std::uint64_t* ids, std::size_t n, std::int64_t* sketc
 // kPoolGrain is the number of bags a parallel chunk of pool_bags handles.
 inline constexpr std::size_t kPoolGrain = 512;
 
-// pool_bags asks for a weight row this many entries ahead (a bag's rows are random reads of a
-// large table: without it each one waits for its cache miss): about kPoolPrefetchBytes of rows
-// in flight, at least kPoolPrefetchMin and at most kPoolPrefetchMax rows (a fixed 8 rows would
-// keep only 512 bytes in flight for the 64-byte rows of d = 16 float32).
-inline constexpr std::size_t kPoolPrefetchBytes = 2048;
-inline constexpr std::int64_t kPoolPrefetchMin = 8;
-inline constexpr std::int64_t kPoolPrefetchMax = 32;
-
-// pool_prefetch is how many entries ahead pool_bags prefetches rows of `row_bytes` bytes.
-inline std::int64_t pool_prefetch(std::size_t row_bytes) noexcept {
-    const std::int64_t k = static_cast<std::int64_t>(kPoolPrefetchBytes / std::max<std::size_t>(row_bytes, 1));
-    return std::clamp(k, kPoolPrefetchMin, kPoolPrefetchMax);
-}
-
 // PoolFeature is one feature's bags for pool_bags: bag b is rows[offsets[b], offsets[b + 1])
 // of weight ([num_rows, d], row-major); its vector goes to out + b * ld (ld >= d).
 template <class T>
@@ -253,7 +240,7 @@ __attribute__((always_inline)) inline bool pool_chunk(const PoolFeature<T>& p, s
                                                       std::size_t b1, PoolBad& bad) noexcept {
     constexpr std::size_t B = kPoolBlock<T>;
     const std::int64_t e_begin = p.offsets[b0], e_end = p.offsets[b1];
-    const std::int64_t ahead = pool_prefetch(p.d * sizeof(T));
+    const auto ahead = static_cast<std::int64_t>(rows_ahead(p.d * sizeof(T)));  // prefetch.hpp
     // check_and_prefetch: entries [i0, i1) in range (skip_row aside), their rows prefetched
     auto check_and_prefetch = [&](std::int64_t i0, std::int64_t i1) noexcept {
         for (std::int64_t i = i0; i < i1; ++i) {
@@ -263,8 +250,7 @@ __attribute__((always_inline)) inline bool pool_chunk(const PoolFeature<T>& p, s
                 bad = PoolBad{f, static_cast<std::size_t>(i)};
                 return false;
             }
-            const char* c = reinterpret_cast<const char*>(p.weight + static_cast<std::size_t>(r) * p.d);
-            for (std::size_t k = 0; k < p.d * sizeof(T); k += 64) __builtin_prefetch(c + k, 0, 3);
+            prefetch_row_read(p.weight + static_cast<std::size_t>(r) * p.d, p.d);
         }
         return true;
     };

@@ -41,6 +41,7 @@
 #endif
 
 #include "embtab/parallel.hpp"
+#include "embtab/prefetch.hpp"
 
 namespace embtab {
 
@@ -196,12 +197,7 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 // Every element of a row's summed gradient is added over the row's occurrences in ascending
 // order, starting from 0, whatever the split, so the bits do not depend on the thread count.
 
-// Phase 3 prefetches a row's weight and state this many slots ahead: about kOptimPrefetchBytes
-// of weight rows in flight, at least kOptimPrefetchMin and at most kOptimPrefetchMax rows (a
-// fixed 8 rows would keep only 512 bytes in flight for the 64-byte rows of d = 16 float32).
-inline constexpr std::size_t kOptimPrefetchBytes = 2048;
-inline constexpr std::size_t kOptimPrefetchMin = 8;
-inline constexpr std::size_t kOptimPrefetchMax = 32;
+// Phase 3 prefetches a row's weight and state rows_ahead(row bytes) slots ahead (prefetch.hpp).
 
 // kAccPrefetch is how many occurrences ahead phase 2 prefetches the accumulator row it will add to.
 inline constexpr std::size_t kAccPrefetch = 16;
@@ -214,13 +210,6 @@ inline constexpr std::size_t kChunksPerThread = 4;
 // slot's first occurrence (slots are below 2^31).
 inline constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
 inline constexpr std::uint32_t kFirst = 0x80000000u;
-
-// prefetch_row asks for the cache lines of x[0, len) to be written soon.
-template <class T>
-inline void prefetch_row(const T* x, std::size_t len) noexcept {
-    const char* c = reinterpret_cast<const char*>(x);
-    for (std::size_t b = 0; b < len * sizeof(T); b += 64) __builtin_prefetch(c + b, 1, 3);
-}
 
 // kKeepScratchBytes: an accumulator larger than this is freed at the end of its call.
 inline constexpr std::size_t kKeepScratchBytes = std::size_t{64} << 20;
@@ -252,8 +241,7 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
                                             const std::int64_t* urows, T* acc, const std::uint32_t* count,
                                             std::int32_t* mark, std::size_t u0, std::size_t u1, T* tmp) noexcept {
     const std::size_t w1 = p.kind == OptimKind::kRowWiseAdagrad ? 1 : d;
-    const std::size_t ahead =
-        std::clamp(kOptimPrefetchBytes / std::max<std::size_t>(d * sizeof(T), 1), kOptimPrefetchMin, kOptimPrefetchMax);
+    const std::size_t ahead = rows_ahead(d * sizeof(T));
     for (std::size_t u = u0; u < u1; ++u) {
         if (u + ahead < u1) {
             const std::size_t rn = static_cast<std::size_t>(urows[u + ahead]);
