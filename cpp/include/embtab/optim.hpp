@@ -4,8 +4,9 @@
 // One call (fused_step) takes a batch's rows (one per ID occurrence), the gradient of the
 // lookup's output (per bag for the bag modules, per occurrence otherwise), and applies one
 // optimizer step in place to each distinct row touched, with that row's summed gradient. The
-// distinct rows and each one's occurrences are found by counting (partitions by row, then a
-// marker array indexed by row), never by a sort; all phases run in parallel (see fused_step).
+// distinct rows and each one's occurrences are found by counting (parts owning blocks of rows,
+// then a marker array indexed by row), never by a sort; with several threads every pass runs
+// in parallel (see "fused step" below).
 // Each row's gradient is summed over its occurrences in ascending order and its update depends
 // on that row only, so the result is the same bits for any thread count (and any vector width:
 // only IEEE +, -, *, / and sqrt, no contraction, see CMakeLists.txt).
@@ -29,9 +30,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -182,31 +185,50 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 
 // fused step /////////////////////////////////////////////////////////////////////////////////
 //
-// Three phases, no sort and no hash set (bench/README.md, "Fused optimizers", gives the timings
-// that chose this layout over the partitioned counting sort before it):
-//   1. (one thread) walk the occurrences in ascending order: check each row is in range and give
-//      each distinct row a slot, in order of first occurrence, through a marker array indexed by
-//      row (`mark`, all -1 between calls);
-//   2. (one thread) add each occurrence's gradient into its slot's row of an accumulator
-//      [slots, d], occurrences in ascending order: the first one as 0 + g (the bits of adding
-//      to a zeroed row, without zeroing it), each later one as acc + g;
-//   3. (parallel over chunks of slots) apply each slot's update to its row.
-// Phases 1 and 2 run on one thread: split over two threads (by columns of the accumulator, by
-// ranges of slots, or by rows owned per thread, each thread walking the whole batch), they ran
-// no faster on the benchmark machine (bench/README.md, "Fused optimizers").
-// Every element of a row's summed gradient is added over the row's occurrences in ascending
-// order, starting from 0, whatever the split, so the bits do not depend on the thread count.
+// No sort and no hash set (bench/README.md, "Fused optimizers", gives the timings that chose
+// this layout). The distinct rows are split into parts by owner (part_of: blocks of 16 rows,
+// spread by a hash), and each part runs three passes over its own occurrences, in ascending
+// order:
+//   1. give each distinct row a slot, in order of first occurrence, through a marker array
+//      indexed by row (`mark`, all -1 between calls);
+//   2. add each occurrence's gradient into its slot's row of an accumulator: the first one as
+//      0 + g (the bits of adding to a zeroed row, without zeroing it), each later one as acc + g;
+//   3. apply each slot's update to its row and reset the row's marker.
+// A part touches only its own rows (their markers, weights and state) and its own slots, so the
+// parts run side by side with no lock; a row's occurrences are all in one part, summed in
+// ascending order from 0 whatever the number of parts, so the bits do not depend on the thread
+// count. With one thread (or a small batch) there is one part, and its passes walk the batch
+// directly. With more, phase 0 first checks every row and lists each part's occurrences (a
+// stable counting sort by part of each of a few ranges of the batch, the ranges in parallel),
+// then the threads claim the parts, largest first.
 
-// Phase 3 prefetches a row's weight and state rows_ahead(row bytes) slots ahead (prefetch.hpp).
-
-// kAccPrefetch is how many occurrences ahead phase 2 prefetches the accumulator row it will add to.
+// kAccPrefetch is how many occurrences ahead pass 2 prefetches the accumulator row it will add to.
 inline constexpr std::size_t kAccPrefetch = 16;
 
-// kChunksPerThread is how many chunks of phase 3 each thread gets on average (more than one,
-// so that a thread slowed by the machine hands work to the others).
-inline constexpr std::size_t kChunksPerThread = 4;
+// kPartsPerThread is how many parts each thread gets on average (more than one, so that a thread
+// slowed by the machine, or a part holding the hottest rows, hands work to the others).
+inline constexpr std::size_t kPartsPerThread = 8;
 
-// kNoSlot marks a skipped occurrence (skip_row) in phase 1's slot array; kFirst marks a
+// kRangesPerThread is how many ranges of the batch phase 0 lists per thread.
+inline constexpr std::size_t kRangesPerThread = 2;
+
+// kMaxParts bounds the parts (a part number fits in a byte; kSkipPart marks a skipped occurrence).
+inline constexpr std::size_t kMaxParts = 255;
+inline constexpr std::uint8_t kSkipPart = 0xFF;
+
+// kPartBlockShift: rows are owned in blocks of 2^4 = 16, so that the markers (int32) and the
+// row-wise Adagrad state (one float32 per row) of rows owned by different threads never share a
+// 64-byte cache line.
+inline constexpr unsigned kPartBlockShift = 4;
+
+// kPartMinOccurrences: a batch with fewer occurrences runs as one part on the calling thread.
+inline constexpr std::size_t kPartMinOccurrences = 4096;
+
+// kPartMaxAccBytes: a split batch's accumulator has room for every occurrence of its parts
+// (allocated, not touched); a batch whose room would pass this runs as one part instead.
+inline constexpr std::size_t kPartMaxAccBytes = std::size_t{1} << 30;
+
+// kNoSlot marks a skipped occurrence (skip_row) in pass 1's slot array; kFirst marks a
 // slot's first occurrence (slots are below 2^31).
 inline constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
 inline constexpr std::uint32_t kFirst = 0x80000000u;
@@ -214,26 +236,60 @@ inline constexpr std::uint32_t kFirst = 0x80000000u;
 // kKeepScratchBytes: an accumulator larger than this is freed at the end of its call.
 inline constexpr std::size_t kKeepScratchBytes = std::size_t{64} << 20;
 
+// part_of returns the part, in [0, parts), that owns row r.
+inline std::size_t part_of(std::int64_t r, std::size_t parts) noexcept {
+    const std::uint64_t h = (static_cast<std::uint64_t>(r) >> kPartBlockShift) * 0x9E3779B97F4A7C15ull;
+    return static_cast<std::size_t>(((h >> 32) * parts) >> 32);
+}
+
 // throw_row_range throws std::out_of_range naming rows[i], outside [0, num_rows).
 [[noreturn]] inline void throw_row_range(const std::int64_t* rows, std::size_t i, std::size_t num_rows) {
     throw std::out_of_range("rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
                             " is outside the weight's rows [0, " + std::to_string(num_rows) + ")");
 }
 
+// ScratchArray is an array whose elements are left uninitialised (a std::vector would write
+// every element of the accumulator when it grows, faulting in pages no slot may use).
+template <class T>
+struct ScratchArray {
+    std::unique_ptr<T[]> data;
+    std::size_t size = 0;
+    // reserve makes room for n elements (the contents are lost when it grows).
+    T* reserve(std::size_t n) {
+        if (n > size) {
+            data.reset();
+            size = 0;
+            data.reset(new T[n]);
+            size = n;
+        }
+        return data.get();
+    }
+    void release() noexcept {
+        data.reset();
+        size = 0;
+    }
+};
+
 // StepScratch holds fused_step's work arrays between calls on one thread, so that a step
 // allocates (and page-faults) only when it needs more than the thread's previous steps did.
 template <class T>
 struct StepScratch {
     std::vector<std::int32_t> mark;              // indexed by row; all -1 between calls
-    std::vector<std::uint32_t> slot;             // slot of each occurrence (kNoSlot: skipped)
-    std::vector<std::int64_t> urows;             // the distinct rows, in order of first occurrence
-    std::vector<std::uint32_t> count;            // occurrences of each slot (by_freq only)
-    std::vector<T> bag_scale;                    // mean: 1 / live entries of each bag
-    std::vector<T> acc;                          // [slots, d] summed gradients
-    std::vector<T> tmp;                          // phase 3: one row of scratch per chunk
+    ScratchArray<std::uint32_t> slot;            // slot of each listed occurrence (kNoSlot: skipped)
+    ScratchArray<std::int64_t> urows;            // each slot's row
+    ScratchArray<std::uint32_t> count;           // occurrences of each slot (by_freq only)
+    ScratchArray<T> bag_scale;                   // mean: 1 / live entries of each bag
+    ScratchArray<T> acc;                         // [slots, d] summed gradients
+    ScratchArray<T> tmp;                         // pass 3: one row of scratch per part
+    ScratchArray<std::uint8_t> own;              // phase 0: part of each occurrence
+    ScratchArray<std::uint32_t> occ;             // phase 0: occurrences listed by part
+    ScratchArray<std::uint32_t> occ_bag;         // phase 0: the bag of each listed occurrence
+    std::vector<std::size_t> part_at;            // phase 0: where each range lists each part (see fused_step)
+    std::vector<std::size_t> part_slots;         // slots of each part
+    std::vector<std::size_t> range_bad;          // phase 0: each range's first bad row (n: none)
 };
 
-// update_slots runs phase 3 of fused_step on slots [u0, u1): divides each slot's summed
+// update_slots runs pass 3 of fused_step on slots [u0, u1): divides each slot's summed
 // gradient acc[u] by count[u] (when count is set: scale_grad_by_freq), applies the update to row
 // urows[u] and resets its marker. tmp holds d elements.
 template <class T>
@@ -261,6 +317,109 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
     }
 }
 
+// StepPart is what the passes of one part read and write. Listed occurrences k in [k0, k1) are
+// occurrence occ[k] of bag occ_bag[k] (occ null: occurrence k itself, its bag found by walking
+// the offsets); the part's slots are base, base + 1, ... (slot, acc, urows and count are indexed
+// by k and by slot, both from the part's own range).
+template <class T>
+struct StepPart {
+    const std::int64_t* rows;
+    std::int64_t skip_row;
+    const BatchGrad<T>* bg;
+    const T* bag_scale;  // mean only
+    const std::uint32_t* occ;
+    const std::uint32_t* occ_bag;
+    std::int32_t* mark;
+    std::uint32_t* slot;
+    std::int64_t* urows;
+    std::uint32_t* count;  // by_freq only
+    T* acc;
+    std::size_t d;
+};
+
+// add_occurrence is pass 2 for one occurrence: slot word u (kFirst set on the slot's first one)
+// gets bag b's gradient row times c (plain: times nothing).
+template <class T, bool kPlain>
+inline void add_occurrence(const StepPart<T>& P, std::uint32_t u, std::size_t b, T c) noexcept {
+    const std::size_t d = P.d;
+    T* __restrict a = P.acc + static_cast<std::size_t>(u & ~kFirst) * d;
+    const T* __restrict g = P.bg->grad + b * P.bg->ld;
+    if (kPlain) {
+        if (u & kFirst) {
+            for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j];
+        } else {
+            for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j];
+        }
+    } else {
+        if (u & kFirst) {
+            for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j] * c;
+        } else {
+            for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j] * c;
+        }
+    }
+}
+
+// slot_of is pass 1 for one occurrence of row r (not skip_row): its slot word (see kFirst),
+// a new slot base + nu (and nu + 1) when r has none yet.
+template <class T>
+inline std::uint32_t slot_of(const StepPart<T>& P, std::int64_t r, std::size_t base, std::size_t& nu) noexcept {
+    std::int32_t& m = P.mark[static_cast<std::size_t>(r)];
+    if (m >= 0) {
+        if (P.count != nullptr) ++P.count[static_cast<std::size_t>(m)];
+        return static_cast<std::uint32_t>(m);
+    }
+    const std::size_t u = base + nu++;
+    m = static_cast<std::int32_t>(u);
+    P.urows[u] = r;
+    if (P.count != nullptr) P.count[u] = 1;
+    return static_cast<std::uint32_t>(u) | kFirst;
+}
+
+// run_listed_part runs passes 1 and 2 of part q over its occurrences in each of the `ranges`
+// ranges in ascending order (range c's: occ[i0 + at[c][q], i0 + at[c][q + 1]), with i0 the
+// range's first occurrence from range_of); its slots, and its entries of P.slot, start at base.
+// Returns its number of slots.
+template <class T, class RangeOf>
+std::size_t run_listed_part(const StepPart<T>& P, std::size_t q, std::size_t parts, std::size_t ranges,
+                            const std::size_t* at, const RangeOf& range_of, std::size_t base) noexcept {
+    std::size_t nu = 0, k = base;
+    std::size_t b0, b1, i0;
+    for (std::size_t c = 0; c < ranges; ++c) {
+        range_of(c, b0, b1, i0);
+        const std::uint32_t* const o = P.occ + i0;
+        const std::size_t e0 = at[c * (parts + 1) + q], e1 = at[c * (parts + 1) + q + 1];
+        for (std::size_t e = e0; e < e1; ++e, ++k) {
+            if (e + 2 * kAccPrefetch < e1) __builtin_prefetch(P.mark + P.rows[o[e + 2 * kAccPrefetch]], 1, 3);
+            P.slot[k] = slot_of(P, P.rows[o[e]], base, nu);
+        }
+    }
+    const BatchGrad<T>& bg = *P.bg;
+    const bool bags = bg.offsets != nullptr;
+    const bool plain = bg.psw == nullptr && P.bag_scale == nullptr;
+    const std::size_t kend = k;
+    k = base;
+    for (std::size_t c = 0; c < ranges; ++c) {
+        range_of(c, b0, b1, i0);
+        const std::uint32_t* const o = P.occ + i0;
+        const std::uint32_t* const ob = bags ? P.occ_bag + i0 : nullptr;
+        const std::size_t e0 = at[c * (parts + 1) + q], e1 = at[c * (parts + 1) + q + 1];
+        for (std::size_t e = e0; e < e1; ++e, ++k) {
+            if (k + kAccPrefetch < kend)
+                prefetch_row(P.acc + static_cast<std::size_t>(P.slot[k + kAccPrefetch] & ~kFirst) * P.d, P.d);
+            const std::size_t i = o[e];
+            const std::size_t b = bags ? ob[e] : i;
+            if (plain) {
+                add_occurrence<T, true>(P, P.slot[k], b, T(1));
+            } else {
+                T c2 = bg.psw != nullptr ? bg.psw[i] : T(1);
+                if (P.bag_scale != nullptr) c2 = c2 * P.bag_scale[b];
+                add_occurrence<T, false>(P, P.slot[k], b, c2);
+            }
+        }
+    }
+    return nu;
+}
+
 // fused_step applies one step of `p` to every distinct row of rows[0, n) except skip_row:
 // weight is [num_rows, d]; s1/s2 are the state ([num_rows, d], or [num_rows] for s1 of
 // kRowWiseAdagrad; null where the optimizer keeps none: s2 except for kAdam, s1 for SGD
@@ -277,127 +436,192 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
     const bool bags = bg.offsets != nullptr;
     const std::size_t nb = bags ? bg.num_bags : n;
     const bool mean = bags && bg.mean;
-    // Everything phases 1 and 2 write is allocated first, and the loops below use raw pointers
-    // (the workers of phase 3 reach this thread's scratch through them; a thread_local named
-    // inside a lambda would be each worker's own). A marker array that must grow is allocated
-    // after a check of the rows, so that a bad row is reported as such, not as a failed
-    // allocation of a num_rows-sized array.
-    if (tls.mark.size() < num_rows) {
+    const int threads = resolve_threads(num_threads);
+    std::size_t parts = 1;
+    if (threads > 1 && n >= kPartMinOccurrences && d > 0 && n * d <= kPartMaxAccBytes / sizeof(T))
+        parts = std::min<std::size_t>(kMaxParts, kPartsPerThread * static_cast<std::size_t>(threads));
+    // Every row is checked before the marker array grows (so that a bad row is reported as such,
+    // not as a failed allocation of a num_rows-sized array) and, for a split batch, before any
+    // marker is set. Everything the passes write is allocated before any marker is set, and the
+    // passes use raw pointers (the workers reach this thread's scratch through them; a
+    // thread_local named inside a lambda would be each worker's own).
+    auto check_rows = [&]() {
         for (std::size_t i = 0; i < n; ++i) {
             const std::int64_t r = rows[i];
             if (r != skip_row && (r < 0 || static_cast<std::uint64_t>(r) >= num_rows)) throw_row_range(rows, i, num_rows);
         }
+    };
+    if (tls.mark.size() < num_rows) {
+        check_rows();
         tls.mark.assign(num_rows, -1);
     }
-    if (tls.slot.size() < n) tls.slot.resize(n);
-    if (tls.urows.size() < n) tls.urows.resize(n);
-    if (bg.by_freq && tls.count.size() < n) tls.count.resize(n);
-    if (mean && tls.bag_scale.size() < nb) tls.bag_scale.resize(nb);
     std::int32_t* const mark = tls.mark.data();
-    std::uint32_t* const slot = tls.slot.data();
-    std::int64_t* const urows = tls.urows.data();
-    std::uint32_t* const count = bg.by_freq ? tls.count.data() : nullptr;
-    T* const bag_scale = mean ? tls.bag_scale.data() : nullptr;
-    std::size_t nu = 0;
-    auto reset_marks = [&]() noexcept {
-        for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
-    };
-    // 1: slots in order of first occurrence (and each slot's count for by_freq).
-    for (std::size_t i = 0; i < n; ++i) {
-        const std::int64_t r = rows[i];
-        if (r == skip_row) {
-            slot[i] = kNoSlot;
-            continue;
-        }
-        if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
-            reset_marks();
-            throw_row_range(rows, i, num_rows);
-        }
-        std::int32_t& m = mark[static_cast<std::size_t>(r)];
-        if (m < 0) {
-            m = static_cast<std::int32_t>(nu);
-            urows[nu++] = r;
-            slot[i] = static_cast<std::uint32_t>(m) | kFirst;
-            if (count != nullptr) count[m] = 0;
-        } else {
-            slot[i] = static_cast<std::uint32_t>(m);
-        }
-        if (count != nullptr) ++count[m];
-    }
+    std::uint32_t* const slot = tls.slot.reserve(n);
+    std::int64_t* const urows = tls.urows.reserve(n);
+    std::uint32_t* const count = bg.by_freq ? tls.count.reserve(n) : nullptr;
+    T* const bag_scale = mean ? tls.bag_scale.reserve(nb) : nullptr;
+    T* const tmp = tls.tmp.reserve(parts * d);  // one row of scratch per part
     if (mean) {  // 1 / the bag's entries other than skip_row
         for (std::size_t b = 0; b < nb; ++b) {
             std::size_t live = 0;
-            for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) live += slot[static_cast<std::size_t>(i)] != kNoSlot;
+            for (std::int64_t i = bg.offsets[b]; i < bg.offsets[b + 1]; ++i) live += rows[i] != skip_row;
             bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
         }
     }
-    const int threads = resolve_threads(num_threads);
-    const std::size_t chunks =
-        threads <= 1 || nu < 2 ? 1 : std::min<std::size_t>(nu, kChunksPerThread * static_cast<std::size_t>(threads));
-    try {
-        if (tls.acc.size() < nu * d) tls.acc.resize(nu * d);
-        if (tls.tmp.size() < chunks * d) tls.tmp.resize(chunks * d);  // one row of scratch per chunk
-    } catch (...) {
-        reset_marks();
-        throw;
-    }
-    T* const acc = tls.acc.data();
-    T* const tmp = tls.tmp.data();
-    // 2: acc[slot] = 0 + the first occurrence's gradient, then += each later one's, in
-    // ascending order (the same bits as adding to a zeroed row, without zeroing it first).
-    const bool plain = bg.psw == nullptr && !mean;
-    for (std::size_t b = 0; b < nb; ++b) {
-        const std::size_t i0 = bags ? static_cast<std::size_t>(bg.offsets[b]) : b;
-        const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b + 1]) : b + 1;
-        const T* __restrict g = bg.grad + b * bg.ld;
-        if (plain) {
+    StepPart<T> P{rows, skip_row, &bg, bag_scale, nullptr, nullptr, mark, slot, urows, count, nullptr, d};
+    std::size_t nu = 0;
+    if (parts == 1) {
+        // 1: slots in order of first occurrence, rows checked as they come.
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t r = rows[i];
+            if (r == skip_row) {
+                slot[i] = kNoSlot;
+                continue;
+            }
+            if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
+                for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
+                throw_row_range(rows, i, num_rows);
+            }
+            slot[i] = slot_of(P, r, 0, nu);
+        }
+        try {
+            P.acc = tls.acc.reserve(nu * d);
+        } catch (...) {
+            for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
+            throw;
+        }
+        // 2: the sums, bag by bag.
+        const bool plain = bg.psw == nullptr && !mean;
+        for (std::size_t b = 0; b < nb; ++b) {
+            const std::size_t i0 = bags ? static_cast<std::size_t>(bg.offsets[b]) : b;
+            const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b + 1]) : b + 1;
             for (std::size_t i = i0; i < i1; ++i) {
                 if (i + kAccPrefetch < n) {
                     const std::uint32_t un = slot[i + kAccPrefetch];
-                    if (un != kNoSlot) prefetch_row(acc + static_cast<std::size_t>(un & ~kFirst) * d, d);
+                    if (un != kNoSlot) prefetch_row(P.acc + static_cast<std::size_t>(un & ~kFirst) * d, d);
                 }
                 const std::uint32_t u = slot[i];
                 if (u == kNoSlot) continue;
-                T* __restrict a = acc + static_cast<std::size_t>(u & ~kFirst) * d;
-                if (u & kFirst) {
-                    for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j];
+                if (plain) {
+                    add_occurrence<T, true>(P, u, b, T(1));
                 } else {
-                    for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j];
-                }
-            }
-        } else {
-            for (std::size_t i = i0; i < i1; ++i) {
-                const std::uint32_t u = slot[i];
-                if (u == kNoSlot) continue;
-                T* __restrict a = acc + static_cast<std::size_t>(u & ~kFirst) * d;
-                T c = bg.psw != nullptr ? bg.psw[i] : T(1);
-                if (mean) c = c * bag_scale[b];
-                if (u & kFirst) {
-                    for (std::size_t j = 0; j < d; ++j) a[j] = T(0) + g[j] * c;
-                } else {
-                    for (std::size_t j = 0; j < d; ++j) a[j] = a[j] + g[j] * c;
+                    T c = bg.psw != nullptr ? bg.psw[i] : T(1);
+                    if (mean) c = c * bag_scale[b];
+                    add_occurrence<T, false>(P, u, b, c);
                 }
             }
         }
-    }
-    // 3: the updates, in chunks of slots.
-    if (chunks == 1) {
-        update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, 0, nu, tmp);
+        // 3: the updates.
+        update_slots<T>(p, weight, d, s1, s2, urows, P.acc, count, mark, 0, nu, tmp);
     } else {
-        try {
-            parallel_for(chunks, threads, 1, [&](std::size_t c0, std::size_t c1) {
-                for (std::size_t c = c0; c < c1; ++c)
-                    update_slots<T>(p, weight, d, s1, s2, urows, acc, count, mark, nu * c / chunks,
-                                    nu * (c + 1) / chunks, tmp + c * d);
-            });
-        } catch (...) {  // the pool could not be set up: no chunk ran; reset every marker
-            reset_marks();
-            throw;
-        }
+        // A split batch runs as one parallel job of ranges + parts tasks, claimed in order:
+        //   task c < ranges (phase 0, range c): check the rows of the c-th range of bags and
+        //     list its occurrences by part, in ascending order (a stable counting sort of the
+        //     range, in place in occ[range]); a bad row is recorded, not thrown;
+        //   task ranges + t: wait until every range is listed (the task that lists the last one
+        //     then orders the parts), then run passes 1-3 of the part with the t-th most
+        //     occurrences (ties: the lower part first) over its occurrences in each range, ranges
+        //     in ascending order (the largest parts first, so that no thread is left with a large
+        //     one at the end).
+        // Every range task is claimed before any part task, by a thread that runs it at once, so
+        // the wait ends, whatever the number of threads that join (one included).
+        const std::size_t ranges = std::min<std::size_t>(kRangesPerThread * static_cast<std::size_t>(threads), parts);
+        std::uint8_t* const own = tls.own.reserve(n);
+        std::uint32_t* const occ = tls.occ.reserve(n);
+        std::uint32_t* const occ_bag = bags ? tls.occ_bag.reserve(n) : nullptr;
+        P.acc = tls.acc.reserve(n * d);  // room for a slot per occurrence; only used slots are touched
+        // range c's listed occurrences of part q: occ[first of range c + at[c][q], ... + at[c][q + 1])
+        tls.part_at.assign(ranges * (parts + 1), 0);
+        tls.part_slots.assign(parts, 0);
+        tls.range_bad.assign(ranges, n);
+        std::size_t* const at = tls.part_at.data();
+        std::size_t* const part_slots = tls.part_slots.data();
+        std::size_t* const range_bad = tls.range_bad.data();
+        P.occ = occ;
+        P.occ_bag = occ_bag;
+        auto range_of = [&](std::size_t c, std::size_t& b0, std::size_t& b1, std::size_t& i0) {
+            b0 = nb * c / ranges;
+            b1 = nb * (c + 1) / ranges;
+            i0 = bags ? static_cast<std::size_t>(bg.offsets[b0]) : b0;
+        };
+        std::atomic<std::size_t> listed{0};
+        std::atomic<bool> ready{false};
+        std::size_t size[kMaxParts], base[kMaxParts], order[kMaxParts];
+        auto list_range = [&](std::size_t c) noexcept {
+            std::size_t b0, b1, i0;
+            range_of(c, b0, b1, i0);
+            const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b1]) : b1;
+            std::size_t* const cnt = at + c * (parts + 1);
+            for (std::size_t i = i0; i < i1; ++i) {
+                const std::int64_t r = rows[i];
+                if (r == skip_row) {
+                    own[i] = kSkipPart;
+                    continue;
+                }
+                if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
+                    range_bad[c] = i;
+                    break;
+                }
+                const std::size_t q = part_of(r, parts);
+                own[i] = static_cast<std::uint8_t>(q);
+                ++cnt[q + 1];
+            }
+            if (range_bad[c] == n) {
+                for (std::size_t q = 0; q < parts; ++q) cnt[q + 1] += cnt[q];
+                std::size_t fill[kMaxParts];
+                std::copy(cnt, cnt + parts, fill);
+                for (std::size_t b = b0; b < b1; ++b) {
+                    const std::size_t j0 = bags ? static_cast<std::size_t>(bg.offsets[b]) : b;
+                    const std::size_t j1 = bags ? static_cast<std::size_t>(bg.offsets[b + 1]) : b + 1;
+                    for (std::size_t i = j0; i < j1; ++i) {
+                        const std::uint8_t q = own[i];
+                        if (q == kSkipPart) continue;
+                        const std::size_t k = i0 + fill[q]++;
+                        occ[k] = static_cast<std::uint32_t>(i);
+                        if (occ_bag != nullptr) occ_bag[k] = static_cast<std::uint32_t>(b);
+                    }
+                }
+            }
+            if (listed.fetch_add(1, std::memory_order_acq_rel) + 1 < ranges) return;
+            // the last range listed: every part's occurrences, its slot base (room for all its
+            // occurrences, after those of the parts before it) and the order the parts are run in
+            std::size_t total = 0;
+            for (std::size_t q = 0; q < parts; ++q) {
+                std::size_t m = 0;
+                for (std::size_t c2 = 0; c2 < ranges; ++c2) m += at[c2 * (parts + 1) + q + 1] - at[c2 * (parts + 1) + q];
+                size[q] = m;
+                base[q] = total;
+                total += m;
+                order[q] = q;
+            }
+            std::stable_sort(order, order + parts, [&](std::size_t x, std::size_t y) { return size[x] > size[y]; });
+            ready.store(true, std::memory_order_release);
+        };
+        auto run_part = [&](std::size_t t) noexcept {
+            while (!ready.load(std::memory_order_acquire)) spin_pause();
+            for (std::size_t c = 0; c < ranges; ++c)
+                if (range_bad[c] != n) return;  // a bad row: nothing is written
+            const std::size_t q = order[t];
+            const std::size_t m = run_listed_part<T>(P, q, parts, ranges, at, range_of, base[q]);
+            part_slots[q] = m;
+            update_slots<T>(p, weight, d, s1, s2, urows, P.acc, count, mark, base[q], base[q] + m, tmp + q * d);
+        };
+        parallel_for(ranges + parts, threads, 1, [&](std::size_t t0, std::size_t t1) {
+            for (std::size_t t = t0; t < t1; ++t) {
+                if (t < ranges) {
+                    list_range(t);
+                } else {
+                    run_part(t - ranges);
+                }
+            }
+        });
+        for (std::size_t c = 0; c < ranges; ++c)
+            if (range_bad[c] != n) throw_row_range(rows, range_bad[c], num_rows);
+        for (std::size_t q = 0; q < parts; ++q) nu += part_slots[q];
     }
     // A large accumulator is not kept for the next call (a thread that stepped one huge batch
     // would otherwise hold it for good).
-    if (tls.acc.capacity() * sizeof(T) > kKeepScratchBytes) std::vector<T>().swap(tls.acc);
+    if (tls.acc.size * sizeof(T) > kKeepScratchBytes) tls.acc.release();
     return nu;
 }
 

@@ -29,6 +29,17 @@ inline int resolve_threads(int num_threads) noexcept {
     return hw == 0 ? 1 : static_cast<int>(std::min<unsigned>(hw, kMaxThreads));
 }
 
+// spin_pause tells the CPU that the calling thread is in a spin-wait loop.
+inline void spin_pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#else
+    std::this_thread::yield();
+#endif
+}
+
 namespace detail {
 
 // ChunkJob: one parallel_for call. Lives on the caller's stack; the pool guarantees that no
