@@ -171,8 +171,17 @@ inline void cms_add(const std::uint64_t* ids, std::size_t n, std::int64_t* sketc
 
 // pooling ////////////////////////////////////////////////////////////////////////////////////
 
-// kPoolGrain is the number of bags a parallel chunk of pool_bags handles.
-inline constexpr std::size_t kPoolGrain = 512;
+// A chunk of pool_bags covers pool_grain(out_bytes) bags, out_bytes being the bytes one bag
+// writes over all features: about kPoolChunkBytes of output per chunk (a collection's
+// features write side by side into one output row, so a chunk fills its rows while they are
+// in cache), at least kPoolGrainMin and at most kPoolGrainMax bags.
+inline constexpr std::size_t kPoolChunkBytes = std::size_t{128} << 10;
+inline constexpr std::size_t kPoolGrainMin = 32;
+inline constexpr std::size_t kPoolGrainMax = 512;
+
+inline std::size_t pool_grain(std::size_t out_bytes) noexcept {
+    return std::clamp(kPoolChunkBytes / std::max<std::size_t>(out_bytes, 1), kPoolGrainMin, kPoolGrainMax);
+}
 
 // PoolFeature is one feature's bags for pool_bags: bag b is rows[offsets[b], offsets[b + 1])
 // of weight ([num_rows, d], row-major); its vector goes to out + b * ld (ld >= d).
@@ -310,22 +319,27 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx5
 // pool_bags writes, for every feature and bag, the sum over the bag's entries (in entry order,
 // in T, starting from 0) of psw[i] * weight[rows[i]] (or weight[rows[i]] without psw), entries
 // reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
-// embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split by feature
-// and chunk of kPoolGrain bags, each chunk writing only its own bags, so the result is the same
-// bits for any thread count and ISA level, NaN sign and payload excepted (which of two NaNs an
-// addition returns depends on operand order, which the vector forms differ in). Only IEEE + and
-// * are used: the same bits need -ffp-contract=off, which CMakeLists.txt sets (the
-// target("avx512f") form could otherwise fuse them). Assumes the caller checked each feature's
-// offsets (from 0 or more, non-decreasing, the last within rows). Never throws but for what
-// parallel_for rethrows (nothing here throws). Returns the first entry (lowest feature, then
-// entry) whose row is outside [0, num_rows), feature = SIZE_MAX when every row is in range;
-// after a bad entry some bags may be left unwritten.
+// embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split into chunks
+// of bags, each chunk pooling its bags of every feature in turn (features sharing one output
+// row, as a collection's do, then fill that row while it is in cache; see pool_grain) and
+// writing only its own bags, so the result is the same bits for any thread count and ISA level,
+// NaN sign and payload excepted (which of two NaNs an addition returns depends on operand
+// order, which the vector forms differ in). Only IEEE + and * are used: the same bits need
+// -ffp-contract=off, which CMakeLists.txt sets (the target("avx512f") form could otherwise fuse
+// them). Assumes the caller checked each feature's offsets (from 0 or more, non-decreasing, the
+// last within rows). Never throws but for what parallel_for rethrows (nothing here throws).
+// Returns the first entry (lowest feature, then entry) whose row is outside [0, num_rows),
+// feature = SIZE_MAX when every row is in range; after a bad entry some bags may be left
+// unwritten.
 template <class T>
 inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int num_threads) {
-    std::vector<std::size_t> first_chunk(n_feats + 1, 0);
-    for (std::size_t f = 0; f < n_feats; ++f)
-        first_chunk[f + 1] = first_chunk[f] + (feats[f].num_bags + kPoolGrain - 1) / kPoolGrain;
-    const std::size_t chunks = first_chunk[n_feats];
+    std::size_t max_bags = 0, out_bytes = 0;
+    for (std::size_t f = 0; f < n_feats; ++f) {
+        max_bags = std::max(max_bags, feats[f].num_bags);
+        out_bytes += feats[f].d * sizeof(T);
+    }
+    const std::size_t grain = pool_grain(out_bytes);
+    const std::size_t chunks = (max_bags + grain - 1) / grain;
     std::vector<PoolBad> bad(chunks);
 #if defined(EMBTAB_X86_INTRIN)
     const int level = detail::use_avx512() ? 2 : detail::use_avx2() ? 1 : 0;
@@ -334,27 +348,31 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
 #endif
     parallel_for(chunks, num_threads, 1, [&](std::size_t c0, std::size_t c1) {
         for (std::size_t c = c0; c < c1; ++c) {
-            std::size_t f = 0;
-            while (first_chunk[f + 1] <= c) ++f;
-            const PoolFeature<T>& p = feats[f];
-            const std::size_t b0 = (c - first_chunk[f]) * kPoolGrain;
-            const std::size_t b1 = std::min(p.num_bags, b0 + kPoolGrain);
+            const std::size_t b0 = c * grain;
+            for (std::size_t f = 0; f < n_feats; ++f) {
+                const PoolFeature<T>& p = feats[f];
+                if (b0 >= p.num_bags) continue;
+                const std::size_t b1 = std::min(p.num_bags, b0 + grain);
+                bool ok;
 #if defined(EMBTAB_X86_INTRIN)
-            if (level == 2) {
-                pool_chunk_avx512<T>(p, f, b0, b1, bad[c]);
-                continue;
-            }
-            if (level == 1) {
-                pool_chunk_avx2<T>(p, f, b0, b1, bad[c]);
-                continue;
-            }
+                if (level == 2) {
+                    ok = pool_chunk_avx512<T>(p, f, b0, b1, bad[c]);
+                } else if (level == 1) {
+                    ok = pool_chunk_avx2<T>(p, f, b0, b1, bad[c]);
+                } else {
+                    ok = pool_chunk_base<T>(p, f, b0, b1, bad[c]);
+                }
+#else
+                ok = pool_chunk_base<T>(p, f, b0, b1, bad[c]);
 #endif
-            pool_chunk_base<T>(p, f, b0, b1, bad[c]);
+                if (!ok) break;  // the chunk's first bad entry, in its lowest bad feature
+            }
         }
     });
+    PoolBad first;
     for (const PoolBad& x : bad)
-        if (x.feature != static_cast<std::size_t>(-1)) return x;
-    return PoolBad{};
+        if (x.feature < first.feature || (x.feature == first.feature && x.entry < first.entry)) first = x;
+    return first;
 }
 
 }  // namespace embtab
