@@ -200,7 +200,8 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 // count. With one thread (or a small batch) there is one part, and its passes walk the batch
 // directly. With more, phase 0 first checks every row and lists each part's occurrences (a
 // stable counting sort by part of each of a few ranges of the batch, the ranges in parallel),
-// then the threads claim the parts, largest first.
+// then the threads claim the parts, largest first, each walking its list once with passes 1
+// and 2 merged.
 
 // kAccPrefetch is how many occurrences ahead pass 2 prefetches the accumulator row it will add to.
 inline constexpr std::size_t kAccPrefetch = 16;
@@ -275,7 +276,7 @@ struct ScratchArray {
 template <class T>
 struct StepScratch {
     std::vector<std::int32_t> mark;              // indexed by row; all -1 between calls
-    ScratchArray<std::uint32_t> slot;            // slot of each listed occurrence (kNoSlot: skipped)
+    ScratchArray<std::uint32_t> slot;            // one part: slot of each occurrence (kNoSlot: skipped)
     ScratchArray<std::int64_t> urows;            // each slot's row
     ScratchArray<std::uint32_t> count;           // occurrences of each slot (by_freq only)
     ScratchArray<T> bag_scale;                   // mean: 1 / live entries of each bag
@@ -317,10 +318,10 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
     }
 }
 
-// StepPart is what the passes of one part read and write. Listed occurrences k in [k0, k1) are
-// occurrence occ[k] of bag occ_bag[k] (occ null: occurrence k itself, its bag found by walking
-// the offsets); the part's slots are base, base + 1, ... (slot, acc, urows and count are indexed
-// by k and by slot, both from the part's own range).
+// StepPart is what the passes of one part read and write: with one part, pass 1 writes each
+// occurrence's slot word to slot[i] and pass 2 reads it; a listed part (occ set) walks its
+// occurrences occ[...] of bags occ_bag[...] once, both passes merged (run_listed_part). Slots
+// index acc, urows and count.
 template <class T>
 struct StepPart {
     const std::int64_t* rows;
@@ -375,45 +376,41 @@ inline std::uint32_t slot_of(const StepPart<T>& P, std::int64_t r, std::size_t b
     return static_cast<std::uint32_t>(u) | kFirst;
 }
 
-// run_listed_part runs passes 1 and 2 of part q over its occurrences in each of the `ranges`
-// ranges in ascending order (range c's: occ[i0 + at[c][q], i0 + at[c][q + 1]), with i0 the
-// range's first occurrence from range_of); its slots, and its entries of P.slot, start at base.
-// Returns its number of slots.
+// run_listed_part runs passes 1 and 2 of part q, merged into one walk, over its occurrences in
+// each of the `ranges` ranges in ascending order (range c's: occ[i0 + at[c][q], i0 + at[c][q +
+// 1]), with i0 the range's first occurrence from range_of); its slots start at base. Returns
+// its number of slots.
 template <class T, class RangeOf>
 std::size_t run_listed_part(const StepPart<T>& P, std::size_t q, std::size_t parts, std::size_t ranges,
                             const std::size_t* at, const RangeOf& range_of, std::size_t base) noexcept {
-    std::size_t nu = 0, k = base;
-    std::size_t b0, b1, i0;
-    for (std::size_t c = 0; c < ranges; ++c) {
-        range_of(c, b0, b1, i0);
-        const std::uint32_t* const o = P.occ + i0;
-        const std::size_t e0 = at[c * (parts + 1) + q], e1 = at[c * (parts + 1) + q + 1];
-        for (std::size_t e = e0; e < e1; ++e, ++k) {
-            if (e + 2 * kAccPrefetch < e1) __builtin_prefetch(P.mark + P.rows[o[e + 2 * kAccPrefetch]], 1, 3);
-            P.slot[k] = slot_of(P, P.rows[o[e]], base, nu);
-        }
-    }
     const BatchGrad<T>& bg = *P.bg;
     const bool bags = bg.offsets != nullptr;
     const bool plain = bg.psw == nullptr && P.bag_scale == nullptr;
-    const std::size_t kend = k;
-    k = base;
+    const std::size_t d = P.d;
+    std::size_t nu = 0;
+    std::size_t b0, b1, i0;
     for (std::size_t c = 0; c < ranges; ++c) {
         range_of(c, b0, b1, i0);
         const std::uint32_t* const o = P.occ + i0;
         const std::uint32_t* const ob = bags ? P.occ_bag + i0 : nullptr;
         const std::size_t e0 = at[c * (parts + 1) + q], e1 = at[c * (parts + 1) + q + 1];
-        for (std::size_t e = e0; e < e1; ++e, ++k) {
-            if (k + kAccPrefetch < kend)
-                prefetch_row(P.acc + static_cast<std::size_t>(P.slot[k + kAccPrefetch] & ~kFirst) * P.d, P.d);
+        for (std::size_t e = e0; e < e1; ++e) {
+            // the marker 2 * kAccPrefetch occurrences on, then, once it has arrived, the
+            // accumulator row kAccPrefetch on (a row not seen yet takes the next new slot)
+            if (e + 2 * kAccPrefetch < e1) __builtin_prefetch(P.mark + P.rows[o[e + 2 * kAccPrefetch]], 1, 3);
+            if (e + kAccPrefetch < e1) {
+                const std::int32_t m = P.mark[static_cast<std::size_t>(P.rows[o[e + kAccPrefetch]])];
+                prefetch_row(P.acc + (m >= 0 ? static_cast<std::size_t>(m) : base + nu) * d, d);
+            }
             const std::size_t i = o[e];
             const std::size_t b = bags ? ob[e] : i;
+            const std::uint32_t u = slot_of(P, P.rows[i], base, nu);
             if (plain) {
-                add_occurrence<T, true>(P, P.slot[k], b, T(1));
+                add_occurrence<T, true>(P, u, b, T(1));
             } else {
                 T c2 = bg.psw != nullptr ? bg.psw[i] : T(1);
                 if (P.bag_scale != nullptr) c2 = c2 * P.bag_scale[b];
-                add_occurrence<T, false>(P, P.slot[k], b, c2);
+                add_occurrence<T, false>(P, u, b, c2);
             }
         }
     }
@@ -456,7 +453,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         tls.mark.assign(num_rows, -1);
     }
     std::int32_t* const mark = tls.mark.data();
-    std::uint32_t* const slot = tls.slot.reserve(n);
+    std::uint32_t* const slot = parts == 1 ? tls.slot.reserve(n) : nullptr;  // pass 1's output, one part only
     std::int64_t* const urows = tls.urows.reserve(n);
     std::uint32_t* const count = bg.by_freq ? tls.count.reserve(n) : nullptr;
     T* const bag_scale = mean ? tls.bag_scale.reserve(nb) : nullptr;
