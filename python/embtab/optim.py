@@ -2,10 +2,11 @@
 
 Pass one of :class:`SGD`, :class:`Adagrad`, :class:`RowWiseAdagrad` or :class:`Adam` to an
 :mod:`embtab.nn` module as ``optimizer=``. In backward the module sums the gradient of each
-distinct row the batch touched (in C++, without a sort: one pass finds the distinct rows
-through a marker array indexed by row, one pass adds each occurrence's gradient into its
-row's sum) and applies one optimizer step to those rows in place, the updates multi-threaded
-by rows, with the GIL released; the result is the same bits for any thread count.
+distinct row the batch touched (in C++, without a sort: a marker array indexed by row finds
+the distinct rows, and each occurrence's gradient is added into its row's sum) and applies one
+optimizer step to those rows in place, with the GIL released. With several threads the rows
+are split among them by owner, so every pass runs in parallel; the result is the same bits for
+any thread count.
 
 The module's ``weight`` then never gets a ``.grad``: an outer ``torch.optim`` optimizer over
 ``model.parameters()`` skips it (torch optimizers skip parameters whose ``grad`` is None), so
