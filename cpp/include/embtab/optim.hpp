@@ -187,21 +187,22 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 //
 // No sort and no hash set (bench/README.md, "Fused optimizers", gives the timings that chose
 // this layout). The distinct rows are split into parts by owner (part_of: blocks of 16 rows,
-// spread by a hash), and each part runs three passes over its own occurrences, in ascending
-// order:
-//   1. give each distinct row a slot, in order of first occurrence, through a marker array
-//      indexed by row (`mark`, all -1 between calls);
-//   2. add each occurrence's gradient into its slot's row of an accumulator: the first one as
+// spread by a hash), and each part walks its own occurrences once, in ascending order:
+//   1. it gives each distinct row a slot, in order of first occurrence, through a marker array
+//      indexed by row (`mark`, all -1 between calls), and
+//   2. adds the occurrence's gradient into its slot's row of an accumulator: the first one as
 //      0 + g (the bits of adding to a zeroed row, without zeroing it), each later one as acc + g;
-//   3. apply each slot's update to its row and reset the row's marker.
+// then 3. applies each slot's update to its row and resets the row's marker.
 // A part touches only its own rows (their markers, weights and state) and its own slots, so the
 // parts run side by side with no lock; a row's occurrences are all in one part, summed in
 // ascending order from 0 whatever the number of parts, so the bits do not depend on the thread
-// count. With one thread (or a small batch) there is one part, and its passes walk the batch
-// directly. With more, phase 0 first checks every row and lists each part's occurrences (a
-// stable counting sort by part of each of a few ranges of the batch, the ranges in parallel),
-// then the threads claim the parts, largest first, each walking its list once with passes 1
-// and 2 merged.
+// count. With one thread (or a small batch) there is one part, which walks the batch bag by bag.
+// With more, phase 0 first checks every row and lists each part's occurrences (a stable
+// counting sort by part of each of a few ranges of the batch, the ranges in parallel), then the
+// threads claim the parts, largest first, each walking its list.
+// Walking the occurrences once (passes 1 and 2 merged, the marker prefetched 2 * kAccPrefetch
+// occurrences ahead and the accumulator row kAccPrefetch ahead) ran 10-15% faster at one thread
+// than a marker pass followed by a summing pass (bench/README.md).
 
 // kAccPrefetch is how many occurrences ahead pass 2 prefetches the accumulator row it will add to.
 inline constexpr std::size_t kAccPrefetch = 16;
@@ -226,12 +227,11 @@ inline constexpr unsigned kPartBlockShift = 4;
 inline constexpr std::size_t kPartMinOccurrences = 4096;
 
 // kPartMaxAccBytes: a split batch's accumulator has room for every occurrence of its parts
-// (allocated, not touched); a batch whose room would pass this runs as one part instead.
+// (allocated, not touched); a batch whose room would pass this runs as one part instead (whose
+// room is the fewer of occurrences and rows: never more than the weight).
 inline constexpr std::size_t kPartMaxAccBytes = std::size_t{1} << 30;
 
-// kNoSlot marks a skipped occurrence (skip_row) in pass 1's slot array; kFirst marks a
-// slot's first occurrence (slots are below 2^31).
-inline constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
+// kFirst marks a slot word as its slot's first occurrence (slots are below 2^31).
 inline constexpr std::uint32_t kFirst = 0x80000000u;
 
 // kKeepScratchBytes: an accumulator larger than this is freed at the end of its call.
@@ -276,7 +276,6 @@ struct ScratchArray {
 template <class T>
 struct StepScratch {
     std::vector<std::int32_t> mark;              // indexed by row; all -1 between calls
-    ScratchArray<std::uint32_t> slot;            // one part: slot of each occurrence (kNoSlot: skipped)
     ScratchArray<std::int64_t> urows;            // each slot's row
     ScratchArray<std::uint32_t> count;           // occurrences of each slot (by_freq only)
     ScratchArray<T> bag_scale;                   // mean: 1 / live entries of each bag
@@ -318,10 +317,9 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
     }
 }
 
-// StepPart is what the passes of one part read and write: with one part, pass 1 writes each
-// occurrence's slot word to slot[i] and pass 2 reads it; a listed part (occ set) walks its
-// occurrences occ[...] of bags occ_bag[...] once, both passes merged (run_listed_part). Slots
-// index acc, urows and count.
+// StepPart is what the passes of one part read and write: a listed part (occ set) walks its
+// occurrences occ[...] of bags occ_bag[...] (run_listed_part); slots index acc, urows and
+// count.
 template <class T>
 struct StepPart {
     const std::int64_t* rows;
@@ -331,7 +329,6 @@ struct StepPart {
     const std::uint32_t* occ;
     const std::uint32_t* occ_bag;
     std::int32_t* mark;
-    std::uint32_t* slot;
     std::int64_t* urows;
     std::uint32_t* count;  // by_freq only
     T* acc;
@@ -453,7 +450,6 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         tls.mark.assign(num_rows, -1);
     }
     std::int32_t* const mark = tls.mark.data();
-    std::uint32_t* const slot = parts == 1 ? tls.slot.reserve(n) : nullptr;  // pass 1's output, one part only
     std::int64_t* const urows = tls.urows.reserve(n);
     std::uint32_t* const count = bg.by_freq ? tls.count.reserve(n) : nullptr;
     T* const bag_scale = mean ? tls.bag_scale.reserve(nb) : nullptr;
@@ -465,40 +461,35 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
             bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
         }
     }
-    StepPart<T> P{rows, skip_row, &bg, bag_scale, nullptr, nullptr, mark, slot, urows, count, nullptr, d};
+    StepPart<T> P{rows, skip_row, &bg, bag_scale, nullptr, nullptr, mark, urows, count, nullptr, d};
     std::size_t nu = 0;
     if (parts == 1) {
-        // 1: slots in order of first occurrence, rows checked as they come.
-        for (std::size_t i = 0; i < n; ++i) {
-            const std::int64_t r = rows[i];
-            if (r == skip_row) {
-                slot[i] = kNoSlot;
-                continue;
-            }
-            if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
-                for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
-                throw_row_range(rows, i, num_rows);
-            }
-            slot[i] = slot_of(P, r, 0, nu);
-        }
-        try {
-            P.acc = tls.acc.reserve(nu * d);
-        } catch (...) {
-            for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
-            throw;
-        }
-        // 2: the sums, bag by bag.
+        // passes 1 and 2 merged, bag by bag, rows checked as they come; the accumulator has room
+        // for a slot per occurrence or per row, whichever is fewer (only used slots are touched)
+        P.acc = tls.acc.reserve(std::min(n, num_rows) * d);
         const bool plain = bg.psw == nullptr && !mean;
         for (std::size_t b = 0; b < nb; ++b) {
             const std::size_t i0 = bags ? static_cast<std::size_t>(bg.offsets[b]) : b;
             const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b + 1]) : b + 1;
             for (std::size_t i = i0; i < i1; ++i) {
-                if (i + kAccPrefetch < n) {
-                    const std::uint32_t un = slot[i + kAccPrefetch];
-                    if (un != kNoSlot) prefetch_row(P.acc + static_cast<std::size_t>(un & ~kFirst) * d, d);
+                if (i + 2 * kAccPrefetch < n) {
+                    const std::int64_t rn = rows[i + 2 * kAccPrefetch];
+                    if (rn >= 0 && static_cast<std::uint64_t>(rn) < num_rows) __builtin_prefetch(mark + rn, 1, 3);
                 }
-                const std::uint32_t u = slot[i];
-                if (u == kNoSlot) continue;
+                if (i + kAccPrefetch < n) {
+                    const std::int64_t rn = rows[i + kAccPrefetch];
+                    if (rn >= 0 && static_cast<std::uint64_t>(rn) < num_rows) {
+                        const std::int32_t m = mark[static_cast<std::size_t>(rn)];
+                        prefetch_row(P.acc + (m >= 0 ? static_cast<std::size_t>(m) : nu) * d, d);
+                    }
+                }
+                const std::int64_t r = rows[i];
+                if (r == skip_row) continue;
+                if (r < 0 || static_cast<std::uint64_t>(r) >= num_rows) {
+                    for (std::size_t u = 0; u < nu; ++u) mark[static_cast<std::size_t>(urows[u])] = -1;
+                    throw_row_range(rows, i, num_rows);
+                }
+                const std::uint32_t u = slot_of(P, r, 0, nu);
                 if (plain) {
                     add_occurrence<T, true>(P, u, b, T(1));
                 } else {
@@ -508,7 +499,6 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
                 }
             }
         }
-        // 3: the updates.
         update_slots<T>(p, weight, d, s1, s2, urows, P.acc, count, mark, 0, nu, tmp);
     } else {
         // A split batch runs as one parallel job of ranges + parts tasks, claimed in order:
