@@ -116,6 +116,28 @@ def test_pool_bags_pools_and_refuses_bad_buffers():
             _core.pool_bags([feat], out)
 
 
+@pytest.mark.parametrize("B", [3000, 30])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pool_bags_reports_the_first_bad_entry(B, threads):
+    """Oracle: the first out-of-range entry by lowest feature, then lowest entry (a brute-force
+    scan), whatever the threads and however the bags and features are split among tasks
+    (B = 3000: several chunks of bags; B = 30: one chunk, the features split among tasks)."""
+    rng = np.random.default_rng(B + threads)
+    w = rng.standard_normal((10, 4)).astype(np.float32)
+    off = np.arange(B + 1, dtype=np.int64)
+    for trial in range(20):
+        rows = [rng.integers(0, 10, B).astype(np.int64) for _ in range(5)]
+        for f in rng.choice(5, size=int(rng.integers(1, 4)), replace=False):
+            for i in rng.choice(B, size=int(rng.integers(1, 3)), replace=False):
+                rows[f][i] = 10 + int(rng.integers(0, 5))
+        want_f = min(f for f in range(5) if (rows[f] >= 10).any())
+        want_i = int(np.flatnonzero(rows[want_f] >= 10)[0])
+        feats = [(w, rows[f], off, None, False, -1, 4 * f) for f in range(5)]
+        out = np.zeros((B, 20), np.float32)
+        with pytest.raises(IndexError, match=rf"features\[{want_f}\]: rows\[{want_i}\] = "):
+            _core.pool_bags(feats, out, threads)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pool_bags_same_bits_at_every_isa_level(dtype):
     """pool_bags dispatches to AVX-512 or AVX2 forms where the CPU has them; capped at AVX2 or
@@ -160,11 +182,12 @@ def test_pool_bags_same_bits_at_every_isa_level(dtype):
     assert all(o.tobytes() == outs[0].tobytes() for o in outs[1:])  # bits: -0.0 is not +0.0
 
 
-def test_pool_bags_matches_numpy_and_any_thread_count():
-    """Two features of two tables over 3 chunks of bags (sum with weights, mean with a skipped
-    row): a NumPy reference to float tolerance, and the same bits for 1, 2 and 3 threads."""
+@pytest.mark.parametrize("B", [1200, 40])
+def test_pool_bags_matches_numpy_and_any_thread_count(B):
+    """Two features of two tables (sum with weights, mean with a skipped row) over 3 chunks of
+    bags, or over one chunk (B = 40: fewer chunks than threads, so the features are split among
+    tasks too): a NumPy reference to float tolerance, and the same bits for 1, 2 and 3 threads."""
     rng = np.random.default_rng(1)
-    B = 1200
     tabs = [rng.standard_normal((50, 3)).astype(np.float32),
             rng.standard_normal((7, 5)).astype(np.float32)]
     lens = [rng.integers(0, 4, B) for _ in tabs]

@@ -179,6 +179,9 @@ inline constexpr std::size_t kPoolChunkBytes = std::size_t{128} << 10;
 inline constexpr std::size_t kPoolGrainMin = 32;
 inline constexpr std::size_t kPoolGrainMax = 512;
 
+// kPoolTasksPerThread: tasks per thread pool_bags aims at when it splits features into groups.
+inline constexpr std::size_t kPoolTasksPerThread = 4;
+
 inline std::size_t pool_grain(std::size_t out_bytes) noexcept {
     return std::clamp(kPoolChunkBytes / std::max<std::size_t>(out_bytes, 1), kPoolGrainMin, kPoolGrainMax);
 }
@@ -321,8 +324,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx5
 // reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
 // embedding_bag scales by the reciprocal), and 0 for a bag with none. Work is split into chunks
 // of bags, each chunk pooling its bags of every feature in turn (features sharing one output
-// row, as a collection's do, then fill that row while it is in cache; see pool_grain) and
-// writing only its own bags, so the result is the same bits for any thread count and ISA level,
+// row, as a collection's do, then fill that row while it is in cache; see pool_grain), or of
+// each group of features when there are fewer chunks than threads, each task writing only its
+// own bags, so the result is the same bits for any thread count and ISA level,
 // NaN sign and payload excepted (which of two NaNs an addition returns depends on operand
 // order, which the vector forms differ in). Only IEEE + and * are used: the same bits need
 // -ffp-contract=off, which CMakeLists.txt sets (the target("avx512f") form could otherwise fuse
@@ -340,32 +344,38 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
     }
     const std::size_t grain = pool_grain(out_bytes);
     const std::size_t chunks = (max_bags + grain - 1) / grain;
-    std::vector<PoolBad> bad(chunks);
+    // Fewer chunks than threads (a small batch): each chunk's features are also split into
+    // groups, one task per chunk and group, so that the threads still have work.
+    const auto threads = static_cast<std::size_t>(resolve_threads(num_threads));
+    std::size_t groups = 1;
+    if (chunks > 0 && chunks < threads) groups = std::min(n_feats, kPoolTasksPerThread * ((threads + chunks - 1) / chunks));
+    std::vector<PoolBad> bad(chunks * groups);
 #if defined(EMBTAB_X86_INTRIN)
     const int level = detail::use_avx512() ? 2 : detail::use_avx2() ? 1 : 0;
 #else
     const int level = 0;
 #endif
-    parallel_for(chunks, num_threads, 1, [&](std::size_t c0, std::size_t c1) {
-        for (std::size_t c = c0; c < c1; ++c) {
+    parallel_for(chunks * groups, num_threads, 1, [&](std::size_t t0, std::size_t t1) {
+        for (std::size_t t = t0; t < t1; ++t) {
+            const std::size_t c = t / groups, g = t % groups;
             const std::size_t b0 = c * grain;
-            for (std::size_t f = 0; f < n_feats; ++f) {
+            for (std::size_t f = n_feats * g / groups; f < n_feats * (g + 1) / groups; ++f) {
                 const PoolFeature<T>& p = feats[f];
                 if (b0 >= p.num_bags) continue;
                 const std::size_t b1 = std::min(p.num_bags, b0 + grain);
                 bool ok;
 #if defined(EMBTAB_X86_INTRIN)
                 if (level == 2) {
-                    ok = pool_chunk_avx512<T>(p, f, b0, b1, bad[c]);
+                    ok = pool_chunk_avx512<T>(p, f, b0, b1, bad[t]);
                 } else if (level == 1) {
-                    ok = pool_chunk_avx2<T>(p, f, b0, b1, bad[c]);
+                    ok = pool_chunk_avx2<T>(p, f, b0, b1, bad[t]);
                 } else {
-                    ok = pool_chunk_base<T>(p, f, b0, b1, bad[c]);
+                    ok = pool_chunk_base<T>(p, f, b0, b1, bad[t]);
                 }
 #else
-                ok = pool_chunk_base<T>(p, f, b0, b1, bad[c]);
+                ok = pool_chunk_base<T>(p, f, b0, b1, bad[t]);
 #endif
-                if (!ok) break;  // the chunk's first bad entry, in its lowest bad feature
+                if (!ok) break;  // the task's first bad entry, in its lowest bad feature
             }
         }
     });

@@ -35,8 +35,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -218,9 +220,10 @@ inline constexpr std::size_t kRangesPerThread = 2;
 inline constexpr std::size_t kMaxParts = 255;
 inline constexpr std::uint8_t kSkipPart = 0xFF;
 
-// kPartBlockShift: rows are owned in blocks of 2^4 = 16, so that the markers (int32) and the
-// row-wise Adagrad state (one float32 per row) of rows owned by different threads never share a
-// 64-byte cache line.
+// kPartBlockShift: rows are owned in blocks of 2^4 = 16, so that the markers (int32, in a
+// cache-line-aligned array) of rows owned by different parts never share a 64-byte cache line,
+// nor do their weight and state rows (row-wise Adagrad's one value per row included) when the
+// caller's arrays are cache-line aligned, as torch's and NumPy's large arrays are.
 inline constexpr unsigned kPartBlockShift = 4;
 
 // kPartMinOccurrences: a batch with fewer occurrences runs as one part on the calling thread.
@@ -250,17 +253,23 @@ inline std::size_t part_of(std::int64_t r, std::size_t parts) noexcept {
 }
 
 // ScratchArray is an array whose elements are left uninitialised (a std::vector would write
-// every element of the accumulator when it grows, faulting in pages no slot may use).
+// every element of the accumulator when it grows, faulting in pages no slot may use), aligned
+// to a cache line: an accumulator row of 64 bytes then spans one line, not two, and a block
+// of 16 markers is one line that no other part writes (malloc aligns to 16 bytes only).
 template <class T>
 struct ScratchArray {
-    std::unique_ptr<T[]> data;
+    static constexpr std::align_val_t kAlign{64};
+    struct Free {
+        void operator()(T* p) const noexcept { ::operator delete[](p, kAlign); }
+    };
+    std::unique_ptr<T[], Free> data;
     std::size_t size = 0;
     // reserve makes room for n elements (the contents are lost when it grows).
     T* reserve(std::size_t n) {
         if (n > size) {
             data.reset();
             size = 0;
-            data.reset(new T[n]);
+            data.reset(static_cast<T*>(::operator new[](n * sizeof(T), kAlign)));
             size = n;
         }
         return data.get();
@@ -275,7 +284,7 @@ struct ScratchArray {
 // allocates (and page-faults) only when it needs more than the thread's previous steps did.
 template <class T>
 struct StepScratch {
-    std::vector<std::int32_t> mark;              // indexed by row; all -1 between calls
+    ScratchArray<std::int32_t> mark;             // indexed by row; all -1 between calls
     ScratchArray<std::int64_t> urows;            // each slot's row
     ScratchArray<std::uint32_t> count;           // occurrences of each slot (by_freq only)
     ScratchArray<T> bag_scale;                   // mean: 1 / live entries of each bag
@@ -432,7 +441,8 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
     const bool mean = bags && bg.mean;
     const int threads = resolve_threads(num_threads);
     std::size_t parts = 1;
-    if (threads > 1 && n >= kPartMinOccurrences && d > 0 && n * d <= kPartMaxAccBytes / sizeof(T))
+    if (threads > 1 && n >= kPartMinOccurrences && d > 0 && n * d <= kPartMaxAccBytes / sizeof(T) &&
+        nb < (std::size_t{1} << 32))
         parts = std::min<std::size_t>(kMaxParts, kPartsPerThread * static_cast<std::size_t>(threads));
     // Every row is checked before the marker array grows (so that a bad row is reported as such,
     // not as a failed allocation of a num_rows-sized array) and, for a split batch, before any
@@ -445,11 +455,11 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
             if (r != skip_row && (r < 0 || static_cast<std::uint64_t>(r) >= num_rows)) throw_row_range(rows, i, num_rows);
         }
     };
-    if (tls.mark.size() < num_rows) {
+    if (tls.mark.size < num_rows) {
         check_rows();
-        tls.mark.assign(num_rows, -1);
+        std::fill_n(tls.mark.reserve(num_rows), num_rows, -1);
     }
-    std::int32_t* const mark = tls.mark.data();
+    std::int32_t* const mark = tls.mark.data.get();
     std::int64_t* const urows = tls.urows.reserve(n);
     std::uint32_t* const count = bg.by_freq ? tls.count.reserve(n) : nullptr;
     T* const bag_scale = mean ? tls.bag_scale.reserve(nb) : nullptr;
@@ -516,7 +526,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         std::uint8_t* const own = tls.own.reserve(n);
         std::uint32_t* const occ = tls.occ.reserve(n);
         std::uint32_t* const occ_bag = bags ? tls.occ_bag.reserve(n) : nullptr;
-        P.acc = tls.acc.reserve(n * d);  // room for a slot per occurrence; only used slots are touched
+        StepScratch<T>* const scratch = &tls;  // this thread's, for the task that sizes acc
         // range c's listed occurrences of part q: occ[first of range c + at[c][q], ... + at[c][q + 1])
         tls.part_at.assign(ranges * (parts + 1), 0);
         tls.part_slots.assign(parts, 0);
@@ -533,12 +543,13 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         };
         std::atomic<std::size_t> listed{0};
         std::atomic<bool> ready{false};
+        bool acc_failed = false;  // written before `ready`, read after it
         std::size_t size[kMaxParts], base[kMaxParts], order[kMaxParts];
         auto list_range = [&](std::size_t c) noexcept {
             std::size_t b0, b1, i0;
             range_of(c, b0, b1, i0);
             const std::size_t i1 = bags ? static_cast<std::size_t>(bg.offsets[b1]) : b1;
-            std::size_t* const cnt = at + c * (parts + 1);
+            std::size_t cnt[kMaxParts + 1] = {};  // counted here, copied to at[c] once (ranges run side by side)
             for (std::size_t i = i0; i < i1; ++i) {
                 const std::int64_t r = rows[i];
                 if (r == skip_row) {
@@ -555,6 +566,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
             }
             if (range_bad[c] == n) {
                 for (std::size_t q = 0; q < parts; ++q) cnt[q + 1] += cnt[q];
+                std::copy(cnt, cnt + parts + 1, at + c * (parts + 1));
                 std::size_t fill[kMaxParts];
                 std::copy(cnt, cnt + parts, fill);
                 for (std::size_t b = b0; b < b1; ++b) {
@@ -570,22 +582,37 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
                 }
             }
             if (listed.fetch_add(1, std::memory_order_acq_rel) + 1 < ranges) return;
-            // the last range listed: every part's occurrences, its slot base (room for all its
-            // occurrences, after those of the parts before it) and the order the parts are run in
-            std::size_t total = 0;
-            for (std::size_t q = 0; q < parts; ++q) {
-                std::size_t m = 0;
-                for (std::size_t c2 = 0; c2 < ranges; ++c2) m += at[c2 * (parts + 1) + q + 1] - at[c2 * (parts + 1) + q];
-                size[q] = m;
-                base[q] = total;
-                total += m;
-                order[q] = q;
+            // The last range listed: unless a row was bad, every part's occurrences, its slot base
+            // (room for the fewer of its occurrences and the rows, after the parts before it), the
+            // accumulator (a failed allocation is recorded and thrown after the job) and the order
+            // the parts are run in.
+            bool bad_row = false;
+            for (std::size_t c2 = 0; c2 < ranges; ++c2) bad_row = bad_row || range_bad[c2] != n;
+            if (!bad_row) {
+                std::size_t total = 0;
+                for (std::size_t q = 0; q < parts; ++q) {
+                    std::size_t m = 0;
+                    for (std::size_t c2 = 0; c2 < ranges; ++c2) m += at[c2 * (parts + 1) + q + 1] - at[c2 * (parts + 1) + q];
+                    size[q] = m;
+                    base[q] = total;
+                    total += std::min(m, num_rows);
+                    order[q] = q;
+                }
+                std::stable_sort(order, order + parts, [&](std::size_t x, std::size_t y) { return size[x] > size[y]; });
+                try {
+                    P.acc = scratch->acc.reserve(total * d);  // only used slots are touched
+                } catch (...) {
+                    acc_failed = true;
+                }
             }
-            std::stable_sort(order, order + parts, [&](std::size_t x, std::size_t y) { return size[x] > size[y]; });
             ready.store(true, std::memory_order_release);
         };
         auto run_part = [&](std::size_t t) noexcept {
-            while (!ready.load(std::memory_order_acquire)) spin_pause();
+            for (unsigned spins = 1; !ready.load(std::memory_order_acquire); ++spins) {
+                spin_pause();
+                if (spins % 4096 == 0) std::this_thread::yield();  // the lister may be descheduled
+            }
+            if (acc_failed) return;  // nothing is written
             for (std::size_t c = 0; c < ranges; ++c)
                 if (range_bad[c] != n) return;  // a bad row: nothing is written
             const std::size_t q = order[t];
@@ -604,6 +631,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
         });
         for (std::size_t c = 0; c < ranges; ++c)
             if (range_bad[c] != n) throw_row_range(rows, range_bad[c], num_rows);
+        if (acc_failed) throw std::bad_alloc();
         for (std::size_t q = 0; q < parts; ++q) nu += part_slots[q];
     }
     // A large accumulator is not kept for the next call (a thread that stepped one huge batch
