@@ -203,7 +203,7 @@ __attribute__((noinline)) void update_row(const OptimStep& p, T* __restrict w, T
 // counting sort by part of each of a few ranges of the batch, the ranges in parallel), then the
 // threads claim the parts, largest first, each walking its list.
 // Walking the occurrences once (passes 1 and 2 merged, the marker prefetched 2 * kAccPrefetch
-// occurrences ahead and the accumulator row kAccPrefetch ahead) ran 10-15% faster at one thread
+// occurrences ahead and the accumulator row kAccPrefetch ahead) ran 8-14% faster at one thread
 // than a marker pass followed by a summing pass (bench/README.md).
 
 // kAccPrefetch is how many occurrences ahead pass 2 prefetches the accumulator row it will add to.
@@ -229,9 +229,10 @@ inline constexpr unsigned kPartBlockShift = 4;
 // kPartMinOccurrences: a batch with fewer occurrences runs as one part on the calling thread.
 inline constexpr std::size_t kPartMinOccurrences = 4096;
 
-// kPartMaxAccBytes: a split batch's accumulator has room for every occurrence of its parts
-// (allocated, not touched); a batch whose room would pass this runs as one part instead (whose
-// room is the fewer of occurrences and rows: never more than the weight).
+// kPartMaxAccBytes: a split batch's accumulator has room for the fewer of each part's
+// occurrences and the rows (allocated, not touched), up to n * d elements; a batch whose n * d
+// elements would pass this runs as one part instead (whose room is the fewer of occurrences and
+// rows: never more than the weight).
 inline constexpr std::size_t kPartMaxAccBytes = std::size_t{1} << 30;
 
 // kFirst marks a slot word as its slot's first occurrence (slots are below 2^31).
