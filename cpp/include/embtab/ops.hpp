@@ -319,6 +319,21 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx5
 }
 #endif
 
+// pool_stage returns this thread's staging buffer for pool_bags, with room for `grain` bags of
+// each of the n features, or null (pool straight into the output) if it cannot be had.
+template <class T>
+T* pool_stage(std::size_t grain, const PoolFeature<T>* feats, std::size_t n) noexcept {
+    thread_local std::vector<T> stage;
+    std::size_t width = 0;
+    for (std::size_t f = 0; f < n; ++f) width += feats[f].d;
+    try {
+        if (stage.size() < grain * width) stage.resize(grain * width);
+    } catch (...) {
+        return nullptr;
+    }
+    return stage.data();
+}
+
 // pool_bags writes, for every feature and bag, the sum over the bag's entries (in entry order,
 // in T, starting from 0) of psw[i] * weight[rows[i]] (or weight[rows[i]] without psw), entries
 // reading skip_row left out; with `mean`, the sum times 1 / (entries kept) (torch's CPU
@@ -355,27 +370,52 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
 #else
     const int level = 0;
 #endif
+    auto pool_one = [&](const PoolFeature<T>& p, std::size_t f, std::size_t b0, std::size_t b1, PoolBad& bad_t) {
+#if defined(EMBTAB_X86_INTRIN)
+        if (level == 2) return pool_chunk_avx512<T>(p, f, b0, b1, bad_t);
+        if (level == 1) return pool_chunk_avx2<T>(p, f, b0, b1, bad_t);
+#endif
+        return pool_chunk_base<T>(p, f, b0, b1, bad_t);
+    };
     parallel_for(chunks * groups, num_threads, 1, [&](std::size_t t0, std::size_t t1) {
         for (std::size_t t = t0; t < t1; ++t) {
             const std::size_t c = t / groups, g = t % groups;
             const std::size_t b0 = c * grain;
-            for (std::size_t f = n_feats * g / groups; f < n_feats * (g + 1) / groups; ++f) {
+            const std::size_t f0 = n_feats * g / groups, f1 = n_feats * (g + 1) / groups;
+            // A task of several features pools each one's bags into its own contiguous block of
+            // a staging buffer, then copies them into the output bag by bag: the output's rows
+            // are then written in order, where pooling straight into a row shared by several
+            // features writes each feature's slice of every row in turn (bench/README.md,
+            // "Batched tables"). The same sums, copied.
+            T* stage = f1 - f0 > 1 ? pool_stage<T>(grain, feats + f0, f1 - f0) : nullptr;
+            std::size_t at = 0;  // the feature's block in stage
+            bool ok = true;
+            for (std::size_t f = f0; f < f1 && ok; ++f) {
                 const PoolFeature<T>& p = feats[f];
                 if (b0 >= p.num_bags) continue;
                 const std::size_t b1 = std::min(p.num_bags, b0 + grain);
-                bool ok;
-#if defined(EMBTAB_X86_INTRIN)
-                if (level == 2) {
-                    ok = pool_chunk_avx512<T>(p, f, b0, b1, bad[t]);
-                } else if (level == 1) {
-                    ok = pool_chunk_avx2<T>(p, f, b0, b1, bad[t]);
-                } else {
-                    ok = pool_chunk_base<T>(p, f, b0, b1, bad[t]);
+                if (stage == nullptr) {
+                    ok = pool_one(p, f, b0, b1, bad[t]);
+                    continue;
                 }
-#else
-                ok = pool_chunk_base<T>(p, f, b0, b1, bad[t]);
-#endif
-                if (!ok) break;  // the task's first bad entry, in its lowest bad feature
+                PoolFeature<T> q = p;  // bags b0.. of p, written to stage + at, d apart
+                q.offsets = p.offsets + b0;
+                q.num_bags = b1 - b0;
+                q.out = stage + at;
+                q.ld = p.d;
+                ok = pool_one(q, f, 0, b1 - b0, bad[t]);
+                at += grain * p.d;
+            }
+            if (stage == nullptr || !ok) continue;  // after a bad entry nothing more is written
+            const std::size_t b1max = std::min(max_bags, b0 + grain);
+            for (std::size_t b = b0; b < b1max; ++b) {
+                std::size_t a = 0;
+                for (std::size_t f = f0; f < f1; ++f) {
+                    const PoolFeature<T>& p = feats[f];
+                    if (b0 >= p.num_bags) continue;
+                    if (b < p.num_bags) std::copy_n(stage + a + (b - b0) * p.d, p.d, p.out + b * p.ld);
+                    a += grain * p.d;
+                }
             }
         }
     });
