@@ -333,7 +333,6 @@ void update_slots(const OptimStep& p, T* weight, std::size_t d, T* s1, T* s2,
 template <class T>
 struct StepPart {
     const std::int64_t* rows;
-    std::int64_t skip_row;
     const BatchGrad<T>* bg;
     const T* bag_scale;  // mean only
     const std::uint32_t* occ;
@@ -472,7 +471,7 @@ inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, co
             bag_scale[b] = live ? T(1) / static_cast<T>(live) : T(0);
         }
     }
-    StepPart<T> P{rows, skip_row, &bg, bag_scale, nullptr, nullptr, mark, urows, count, nullptr, d};
+    StepPart<T> P{rows, &bg, bag_scale, nullptr, nullptr, mark, urows, count, nullptr, d};
     std::size_t nu = 0;
     if (parts == 1) {
         // passes 1 and 2 merged, bag by bag, rows checked as they come; the accumulator has room
