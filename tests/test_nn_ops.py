@@ -210,3 +210,39 @@ def test_pool_bags_matches_numpy_and_any_thread_count(B):
         outs.append(out)
     np.testing.assert_allclose(outs[0], want, rtol=1e-5, atol=1e-6)
     assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("misalign", [0, 1])
+def test_pool_bags_large_output_streamed_or_not(dtype, misalign):
+    """An output over 4 MiB is copied out of the staging buffer with non-temporal stores where
+    its rows are 16-byte aligned (ops.hpp, copy_row): the same values as a NumPy reference and
+    the same bits for 1 and 2 threads, for row widths the fixed-size copies cover (16 to 256
+    bytes), one they do not (24 bytes, plain copy) and 16-byte multiples beyond them, with the
+    output aligned or shifted by one element (then only the slices that land 16-byte aligned
+    are streamed)."""
+    rng = np.random.default_rng(11)
+    B = 9000
+    dims = (4, 16, 6, 32, 2, 80) if dtype == np.float32 else (2, 8, 3, 16, 1, 40)
+    feats, refs, col = [], [], 0
+    for k, d in enumerate(dims):
+        w = rng.standard_normal((300 + k, d)).astype(dtype)
+        lens = rng.integers(0, 3, B)
+        off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        rows = rng.integers(0, len(w), int(off[-1])).astype(np.int64)
+        feats.append((w, rows, off, None, False, -1, col))
+        ref = np.zeros((B, d))
+        np.add.at(ref, np.repeat(np.arange(B), lens), w[rows].astype(np.float64))
+        refs.append(ref)
+        col += d
+    want = np.concatenate(refs, axis=1)
+    assert want.size * np.dtype(dtype).itemsize > 4 << 20  # past kPoolStreamBytes
+    outs = []
+    for threads in (1, 2):
+        buf = np.full(B * col + misalign, np.nan, dtype)
+        out = buf[misalign:].reshape(B, col)
+        _core.pool_bags(feats, out, threads)
+        outs.append(out)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(outs[0], want, rtol=tol, atol=tol)
+    assert outs[1].tobytes() == outs[0].tobytes()

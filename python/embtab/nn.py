@@ -712,11 +712,15 @@ class _CuckooBase(_AtomicLoad):
         if rows is None:
             rows = self._table.lookup(ids, num_threads=self.num_threads)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
-        # One pass finds the rows without an ID; a steady batch (every ID known, no padding)
-        # then needs no other pass over the batch.
-        neg = rows < 0
-        any_neg = bool(neg.any())
-        absent = neg if pad is None else neg & ~pad
+        # One pass finds whether any row has no ID (a reduction, with no mask built); a steady
+        # batch (every ID known, no padding) then needs no other pass over the batch.
+        if pad is None and (rows.size == 0 or int(rows.min()) >= 0):
+            neg = absent = None
+            any_neg = False
+        else:
+            neg = rows < 0
+            any_neg = bool(neg.any())
+            absent = neg if pad is None else neg & ~pad
         if self.training:
             if any_neg and absent.any():
                 cand = ids[absent]
@@ -753,10 +757,9 @@ class _CuckooBase(_AtomicLoad):
                     self.row_count.numpy()[:] += np.bincount(used, minlength=R)[:R]
             if self.expire_after is not None:
                 self._expire()
-        zero = neg if pad is None else neg | pad
         has_zero = any_neg or (pad is not None and bool(pad.any()))
         if has_zero:
-            rows[zero] = R
+            rows[neg if pad is None else neg | pad] = R
         return rows, has_zero
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
@@ -2390,9 +2393,12 @@ class _BagCollection(_AtomicLoad):
                 csr = torch.arange(n_bags + 1, dtype=torch.int64) * width
             elif last:
                 csr, n_bags = off, off.numel() - 1
-            else:
-                csr = torch.cat([off, torch.tensor([flat.size], dtype=torch.int64)])
+            else:  # offsets and the end of the last bag
                 n_bags = off.numel()
+                c = np.empty(n_bags + 1, dtype=np.int64)
+                c[:n_bags] = off.numpy()
+                c[n_bags] = flat.size
+                csr = torch.from_numpy(c)
             if B is None:
                 B, B_from = n_bags, f
             elif n_bags != B:

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -319,6 +320,58 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx5
 }
 #endif
 
+// copy_row copies a row of d values from the staging buffer into pool_bags' output. The common
+// widths (16 to 256 bytes) copy with a fixed size, which compiles to a few vector moves: a
+// 26-feature step of 8,192 bags copies 213k rows of 64 bytes, and a call into the C library's
+// memmove for each was most of the copy's time. With `stream` (an output larger than the
+// caches, see kPoolStreamBytes) and the row 16-byte aligned, the row is written with
+// non-temporal stores, which skip reading each output line before writing it: the rows of a
+// task are copied in output order, so every line is written whole (bench/README.md, "Batched
+// tables"). The values are the same either way.
+template <std::size_t N>
+inline void stream_bytes(const char* src, char* dst) noexcept {
+#if defined(__SSE2__)
+    for (std::size_t k = 0; k < N; k += 16)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + k), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
+#else
+    std::memcpy(dst, src, N);
+#endif
+}
+
+template <class T>
+inline void copy_row(const T* src, std::size_t d, T* dst, bool stream) noexcept {
+    const std::size_t n = d * sizeof(T);
+    const char* s = reinterpret_cast<const char*>(src);
+    char* o = reinterpret_cast<char*>(dst);
+    if (stream && (reinterpret_cast<std::uintptr_t>(dst) & 15) == 0) {
+        switch (n) {
+            case 16: stream_bytes<16>(s, o); return;
+            case 32: stream_bytes<32>(s, o); return;
+            case 64: stream_bytes<64>(s, o); return;
+            case 128: stream_bytes<128>(s, o); return;
+            case 256: stream_bytes<256>(s, o); return;
+            default:
+                if (n % 16 == 0) {
+                    for (std::size_t k = 0; k < n; k += 16) stream_bytes<16>(s + k, o + k);
+                    return;
+                }
+        }
+    }
+    switch (n) {
+        case 16: std::memcpy(o, s, 16); return;
+        case 32: std::memcpy(o, s, 32); return;
+        case 64: std::memcpy(o, s, 64); return;
+        case 128: std::memcpy(o, s, 128); return;
+        case 256: std::memcpy(o, s, 256); return;
+        default: std::copy_n(src, d, dst);
+    }
+}
+
+// An output of more than kPoolStreamBytes is copied out of the staging buffer with
+// non-temporal stores (copy_row): it would not stay in a core's L2 (1-2 MiB on current x86
+// servers) anyway, while a smaller output is left in cache for the layer that reads it next.
+inline constexpr std::size_t kPoolStreamBytes = std::size_t{4} << 20;
+
 // pool_stage returns this thread's staging buffer for pool_bags, with room for `grain` bags of
 // each of the n features, or null (pool straight into the output) if it cannot be had.
 template <class T>
@@ -358,6 +411,7 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
         out_bytes += feats[f].d * sizeof(T);
     }
     const std::size_t grain = pool_grain(out_bytes);
+    const bool stream = max_bags * out_bytes > kPoolStreamBytes;
     const std::size_t chunks = (max_bags + grain - 1) / grain;
     // Fewer chunks than threads (a small batch): each chunk's features are also split into
     // groups, one task per chunk and group, so that the threads still have work.
@@ -413,10 +467,13 @@ inline PoolBad pool_bags(const PoolFeature<T>* feats, std::size_t n_feats, int n
                 for (std::size_t f = f0; f < f1; ++f) {
                     const PoolFeature<T>& p = feats[f];
                     if (b0 >= p.num_bags) continue;
-                    if (b < p.num_bags) std::copy_n(stage + a + (b - b0) * p.d, p.d, p.out + b * p.ld);
+                    if (b < p.num_bags) copy_row(stage + a + (b - b0) * p.d, p.d, p.out + b * p.ld, stream);
                     a += grain * p.d;
                 }
             }
+#if defined(__SSE2__)
+            if (stream) _mm_sfence();  // the streamed rows are visible before the task ends
+#endif
         }
     });
     PoolBad first;
