@@ -122,5 +122,9 @@ def test_newids_quick_run_reports_every_part():
         assert r["first"][part] > 0, part
     assert r["growth"]["growth_step_s"] > 0 and r["growth"]["resize_s"] > 0
     assert r["build"]["seconds"] > 0 and r["build"]["grows"] > 0
+    cp = r["cold_pages"]
+    assert cp["table_idle_s"] > 0 and cp["table_again_s"] > 0 and cp["small_pages_idle_s"] > 0
+    assert cp["index_bytes"] >= 10**6 * 16  # a reserved index of at least 16 bytes per key
     md = bench.format_markdown(r)
     assert "**Build**" in md and "**First sighting**" in md and "**Growth**" in md
+    assert "**Cold pages**" in md

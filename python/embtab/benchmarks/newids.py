@@ -10,7 +10,9 @@ Three measurements, each with its parts timed inside the same calls:
   default max_load_factor and at 0.95, the time spent in the calls that grew the table against
   the others, and the same inserts into a table reserved up front (no growth). Beside it, the memory floor of this machine: seconds to write a
   freshly allocated array of the final index's size (page faults included) and to write it
-  again (no faults).
+  again (no faults); and the cost of cold pages: a table's reserved index (transparent huge
+  pages) created after 3 s with nothing allocated, at once again, and a 4 KiB-page array of
+  the same size after the same idle (``--quick``: 0.2 s).
 - ``first``: a ``CuckooEmbeddingBag(1,000,000, 64, optimizer=RowWiseAdagrad)`` (raw IDs; 65,536
   Zipf(1.1) IDs per batch in bags of 8, sum pooling): the first training pass over 8 batches
   (every ID new to the module) against a steady pass over the same batches, with the first
@@ -76,6 +78,33 @@ def _memory_floor(nbytes: int) -> dict:
     again = time.perf_counter() - t0
     del a
     return {"first_touch_s": first, "rewrite_s": again}
+
+
+def _cold_pages(n_keys: int, idle_s: float) -> dict:
+    """Where a process's first build loses its time: seconds to create a table reserved for
+    n_keys (its index allocated with transparent huge pages, as every index of 2 MiB or more
+    is, and written once) after idle_s seconds with nothing allocated, then at once again
+    (reusing the memory just freed), and to write a torch array of the same size (4 KiB
+    pages) after the same idle. On a virtual machine whose kernel hands memory left free for a
+    while back to the host, the first is the first build's page-fault cost."""
+    time.sleep(idle_s)
+    t0 = time.perf_counter()
+    t = embtab.CuckooTable(n_keys)
+    idle = time.perf_counter() - t0
+    nbytes = t.stats()["memory_bytes"]
+    del t
+    t0 = time.perf_counter()
+    t = embtab.CuckooTable(n_keys)
+    again = time.perf_counter() - t0
+    del t
+    time.sleep(idle_s)
+    t0 = time.perf_counter()
+    a = torch.empty(nbytes // 8, dtype=torch.float64)
+    a.fill_(1.0)
+    small = time.perf_counter() - t0
+    del a
+    return {"index_bytes": float(nbytes), "table_idle_s": idle, "table_again_s": again,
+            "small_pages_idle_s": small}
 
 
 def _build(keys: np.ndarray, batch: int, threads: int, reserve: bool, max_load: float) -> dict:
@@ -226,6 +255,8 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
     reserved = [_build(keys, 2**16, threads, True, default_load) for _ in range(repeats)]
     reserved_095 = [_build(keys, 2**16, threads, True, 0.95) for _ in range(repeats)]
     floor = [_memory_floor(builds[0]["index_bytes"]) for _ in range(repeats)]
+    idle_s = 0.2 if quick else 3.0
+    cold = [_cold_pages(n_keys, idle_s) for _ in range(repeats)]
     ids = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.2), dtype=np.int64))
     rng.shuffle(ids)
     ranks = [zipf_ranks(n, batch, 1.1, rng) for _ in range(8)]
@@ -250,6 +281,8 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
         "build_reserved": _median_dicts(reserved),
         "build_reserved_095": _median_dicts(reserved_095),
         "memory_floor": _median_dicts(floor),
+        "cold_pages": _median_dicts(cold),
+        "cold_idle_s": idle_s,
         "first": _median_dicts(first),
         "growth": _median_dicts(growth),
     }
@@ -260,6 +293,10 @@ def format_markdown(r: dict) -> str:
     runs = ", ".join(f"{x / 1e6:.2f}" for x in r["build_rates"])
     runs95 = ", ".join(f"{x / 1e6:.2f}" for x in r["build_095_rates"])
     mb = b["index_bytes"] / 2**20
+    cp = r["cold_pages"]
+    idle = f"{r['cold_idle_s']:g}"
+    cold_x = cp["table_idle_s"] / cp["table_again_s"]
+    cold_small = cp["table_idle_s"] / cp["small_pages_idle_s"]
     rate = r["n_keys"] / b["seconds"] / 1e6
     out = [
         f"Machine: {machine_line(r['machine'])}; num_threads {r['threads']}; median of "
@@ -277,6 +314,14 @@ def format_markdown(r: dict) -> str:
         f"(the final index's size) takes {fl['first_touch_s'] * 1e3:.0f} ms, "
         f"{fl['rewrite_s'] * 1e3:.0f} ms to write it again: the page faults of first touch cost "
         f"{(fl['first_touch_s'] - fl['rewrite_s']) * 1e3:.0f} ms per {mb:.0f} MiB here.",
+        "",
+        f"**Cold pages**: creating a table reserved for {r['n_keys']:,} keys (a "
+        f"{cp['index_bytes'] / 2**20:.0f} MiB index on transparent huge pages, written once) "
+        f"took {cp['table_idle_s'] * 1e3:.0f} ms after {idle} s with nothing allocated and "
+        f"{cp['table_again_s'] * 1e3:.0f} ms at once again; writing a torch array of the same "
+        f"size (4 KiB pages) after the same idle took {cp['small_pages_idle_s'] * 1e3:.0f} ms. "
+        f"Huge pages that sat free cost {cold_x:.1f}x huge pages just freed, and "
+        f"{cold_small:.1f}x 4 KiB pages after the same idle.",
         "",
         f"**First sighting**: `CuckooEmbeddingBag({r['module_rows']:,}, {r['embedding_dim']}, "
         f"optimizer=RowWiseAdagrad)`, 8 batches of {r['batch']:,} Zipf(1.1) raw IDs "
