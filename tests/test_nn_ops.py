@@ -216,14 +216,16 @@ def test_pool_bags_matches_numpy_and_any_thread_count(B):
 @pytest.mark.parametrize("misalign", [0, 1])
 def test_pool_bags_large_output_streamed_or_not(dtype, misalign):
     """An output over 4 MiB is copied out of the staging buffer with non-temporal stores where
-    its rows are 16-byte aligned (ops.hpp, copy_row): the same values as a NumPy reference and
-    the same bits for 1 and 2 threads, for row widths the fixed-size copies cover (16 to 256
-    bytes), one they do not (24 bytes, plain copy) and 16-byte multiples beyond them, with the
-    output aligned or shifted by one element (then only the slices that land 16-byte aligned
-    are streamed)."""
+    a row's slice is 16-byte aligned (ops.hpp, copy_row): the same values as a NumPy reference
+    and the same bits for 1 and 2 threads. The slices are 16, 32, 64, 128 and 256 bytes wide
+    (each fixed-size copy), 80 bytes (the loop of 16-byte pieces) and 24, 12 or 8 bytes (plain
+    copies); the row stride is not a multiple of 16 bytes, so from row to row each slice is
+    aligned or not, with the output aligned or shifted by one element."""
     rng = np.random.default_rng(11)
     B = 9000
-    dims = (4, 16, 6, 32, 2, 80) if dtype == np.float32 else (2, 8, 3, 16, 1, 40)
+    # float32: 16, 32, 64, 128, 256, 12, 80, 24, 8 bytes; 155 columns (620-byte rows)
+    # float64: 16, 32, 64, 128, 256, 24, 80, 8, 8 bytes; 77 columns (616-byte rows)
+    dims = (4, 8, 16, 32, 64, 3, 20, 6, 2) if dtype == np.float32 else (2, 4, 8, 16, 32, 3, 10, 1, 1)
     feats, refs, col = [], [], 0
     for k, d in enumerate(dims):
         w = rng.standard_normal((300 + k, d)).astype(dtype)

@@ -55,10 +55,95 @@ inline void hashed_rows(const std::uint64_t* ids, std::size_t n, std::uint64_t m
 // InitKind selects the distribution of init_vectors.
 enum class InitKind : int { kNormal = 0, kUniform = 1 };
 
-// NormalScratch holds init_one's per-thread work arrays for kNormal (dim / 2 pairs).
+// NormalScratch holds init_one's per-thread work arrays for kNormal: the accepted pairs (u, v,
+// s, then log s; dim / 2 of each, plus one) and a block of candidate pairs (cu, cv, cs).
 struct NormalScratch {
-    std::vector<double> u, v, s, log_s;
+    std::vector<double> u, v, s, log_s, cu, cv, cs;
 };
+
+// kNormalHalfScale is 2^-52: (h >> 11)·2^-52 - 1 is uniform on [-1, 1), exact.
+inline constexpr double kNormalHalfScale = 2.0 * kUnitScale;
+
+// normal_candidates writes candidate pairs t0 .. t0 + k - 1 of the polar method for `key` (see
+// init_one): cu[i], cv[i] from draws 2t and 2t + 1, and cs[i] = cu[i]² + cv[i]². No branch and
+// no dependence between pairs (the baseline form; normal_block_avx512 is its AVX-512 form, with
+// the compaction of init_one folded in). The same IEEE operations in every form, so the same
+// bits at every ISA level.
+__attribute__((always_inline)) inline void normal_candidates(std::uint64_t key, std::uint64_t t0, std::size_t k,
+                                                             double* __restrict cu, double* __restrict cv,
+                                                             double* __restrict cs) noexcept {
+    for (std::size_t i = 0; i < k; ++i) {
+        const std::uint64_t t = t0 + i;
+        const double u = static_cast<double>(mix64(2 * t, key) >> 11) * kNormalHalfScale - 1.0;
+        const double v = static_cast<double>(mix64(2 * t + 1, key) >> 11) * kNormalHalfScale - 1.0;
+        cu[i] = u;
+        cv[i] = v;
+        cs[i] = u * u + v * v;
+    }
+}
+
+// noipa for the reason given at pool_chunk_base.
+__attribute__((noipa)) inline void normal_candidates_base(std::uint64_t key, std::uint64_t t0, std::size_t k,
+                                                          double* cu, double* cv, double* cs) noexcept {
+    normal_candidates(key, t0, k, cu, cv, cs);
+}
+
+#if defined(EMBTAB_X86_INTRIN)
+// mix64_x8 is mix64 on 8 lanes, `add` holding 0x9E3779B97F4A7C15 * (seed + 1) and m1, m2 the
+// multipliers (see hash.hpp).
+__attribute__((target("avx512f,avx512dq,avx512vl"), always_inline)) inline __m512i mix64_x8(__m512i x, __m512i add,
+                                                                                          __m512i m1, __m512i m2) noexcept {
+    x = _mm512_add_epi64(x, add);
+    x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 30)), m1);
+    x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64(x, 27)), m2);
+    return _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
+}
+
+// normal_block_avx512 draws candidate pairs t0 .. t0 + k - 1 (k a multiple of 8) as
+// normal_candidates does, 8 at a time, and appends the accepted ones (0 < s < 1) to U, V, S at
+// `got` with compress stores, stopping after the 8 in which got reaches `pairs`; returns the new
+// got, which may pass pairs by up to 7 (U, V, S have room for pairs + 8; the caller keeps the
+// first `pairs`). The same operations as normal_candidates lane by lane (mix64's multiplies are
+// exact modulo 2^64, the conversion of h >> 11 < 2^53 is exact, no contraction), so the pairs
+// kept are the same bits as the other forms'.
+__attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) inline std::size_t normal_block_avx512(
+    std::uint64_t key, std::uint64_t t0, std::size_t k, double* U, double* V, double* S, std::size_t got,
+    std::size_t pairs) noexcept {
+    const __m512i add = _mm512_set1_epi64(static_cast<long long>(0x9E3779B97F4A7C15ULL * (key + 1)));
+    const __m512i m1 = _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ULL));
+    const __m512i m2 = _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBULL));
+    const __m512d scale = _mm512_set1_pd(kNormalHalfScale);
+    const __m512d one = _mm512_set1_pd(1.0);
+    const __m512d zero = _mm512_setzero_pd();
+    const __m512i lanes = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);  // 2t for t = t0 + lane
+    for (std::size_t i = 0; i < k && got < pairs; i += 8) {
+        const __m512i x0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(2 * (t0 + i))), lanes);
+        const __m512i x1 = _mm512_add_epi64(x0, _mm512_set1_epi64(1));
+        const __m512d u = _mm512_sub_pd(_mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(mix64_x8(x0, add, m1, m2), 11)), scale), one);
+        const __m512d v = _mm512_sub_pd(_mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(mix64_x8(x1, add, m1, m2), 11)), scale), one);
+        const __m512d s = _mm512_add_pd(_mm512_mul_pd(u, u), _mm512_mul_pd(v, v));
+        const __mmask8 ok = _mm512_cmp_pd_mask(s, zero, _CMP_GT_OQ) & _mm512_cmp_pd_mask(s, one, _CMP_LT_OQ);
+        _mm512_mask_compressstoreu_pd(U + got, ok, u);
+        _mm512_mask_compressstoreu_pd(V + got, ok, v);
+        _mm512_mask_compressstoreu_pd(S + got, ok, s);
+        got += static_cast<std::size_t>(__builtin_popcount(static_cast<unsigned>(ok)));
+    }
+    return got;
+}
+
+// polar_factors_avx512 sets L[k] = sqrt(-2 L[k] / S[k]) for k < n, 8 lanes at a time (the
+// division and square root correctly rounded, as in the baseline loop of init_one).
+__attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) inline void polar_factors_avx512(double* L, const double* S,
+                                                                                             std::size_t n) noexcept {
+    const __m512d m2 = _mm512_set1_pd(-2.0);
+    for (std::size_t k = 0; k < n; k += 8) {
+        const __mmask8 m = n - k >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << (n - k)) - 1);
+        const __m512d l = _mm512_maskz_loadu_pd(m, L + k);
+        const __m512d sv = _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), m, S + k);
+        _mm512_mask_storeu_pd(L + k, m, _mm512_sqrt_pd(_mm512_div_pd(_mm512_mul_pd(m2, l), sv)));
+    }
+}
+#endif
 
 // init_one fills out[0, dim) with the initial vector of one ID. The generator is counter
 // based: key = mix64(id, seed) and the j-th 64-bit draw is mix64(j, key), so the vector
@@ -68,6 +153,13 @@ struct NormalScratch {
 // and 2k + 1: z = (u, v)·sqrt(-2 ln s / s), out = a + b·z (mean a, std b), |z| <=
 // sqrt(-2 ln 2^-104) < 12.01. ln is vlog_batch (the same bits on every ISA level), called once
 // per ID on all its pairs; no sin or cos, which made the earlier Box-Muller form 3-4x slower.
+// The candidate pairs are drawn in blocks, the first one large enough for nearly every ID, and
+// the accepted ones kept in order: on AVX-512, 8 at a time with compress stores
+// (normal_block_avx512, and the factors sqrt(-2 ln s / s) 8 at a time: polar_factors_avx512);
+// otherwise normal_candidates, then a branch-free compaction. The pairs kept, and so the
+// values, are the same whatever the form and the block sizes (tests/test_nn.py checks every
+// ISA level against a NumPy reference of this definition). 86,000 x 64 float32 vectors took
+// 15-16 ms instead of 25 on one thread of an AVX-512 machine (bench/README.md, "New IDs").
 // kUniform: out = a + (b - a)·u with u = (mix64(j, key) >> 11)·2^-53. Computed in double,
 // stored as T.
 template <class T>
@@ -81,38 +173,71 @@ inline void init_one(std::uint64_t id, std::uint64_t seed, InitKind kind, double
         }
         return;
     }
-    constexpr double kHalfScale = 2.0 * kUnitScale;  // 2^-52
     const std::size_t pairs = (dim + 1) / 2;
-    scratch.u.resize(pairs);
-    scratch.v.resize(pairs);
-    scratch.s.resize(pairs);
+    // first block: about 4/3 of the pairs needed (1 / (π/4) = 1.27 on average) and 8 more,
+    // rounded up to 8, enough for nearly every ID; the rare ID that needs more draws blocks of
+    // kLaterBlock
+    const std::size_t first = (pairs + pairs / 3 + 8 + 7) / 8 * 8;
+    constexpr std::size_t kLaterBlock = 16;
+    scratch.u.resize(pairs + 8);
+    scratch.v.resize(pairs + 8);
+    scratch.s.resize(pairs + 8);
     scratch.log_s.resize(pairs);
+    const std::size_t room = std::max(first, kLaterBlock);
+    if (scratch.cu.size() < room) {
+        scratch.cu.resize(room);
+        scratch.cv.resize(room);
+        scratch.cs.resize(room);
+    }
     double* U = scratch.u.data();
     double* V = scratch.v.data();
     double* S = scratch.s.data();
+    double* cu = scratch.cu.data();
+    double* cv = scratch.cv.data();
+    double* cs = scratch.cs.data();
+#if defined(EMBTAB_X86_INTRIN)
+    const bool avx512 = detail::use_avx512();
+#endif
     std::size_t got = 0;
-    for (std::uint64_t t = 0; got < pairs; ++t) {
-        const double u = static_cast<double>(mix64(2 * t, key) >> 11) * kHalfScale - 1.0;
-        const double v = static_cast<double>(mix64(2 * t + 1, key) >> 11) * kHalfScale - 1.0;
-        const double s = u * u + v * v;
+    for (std::uint64_t t = 0; got < pairs;) {
+        const std::size_t k = t == 0 ? first : kLaterBlock;
+#if defined(EMBTAB_X86_INTRIN)
+        if (avx512) {
+            got = std::min(pairs, normal_block_avx512(key, t, k, U, V, S, got, pairs));
+            t += k;
+            continue;
+        }
+#endif
+        // (an AVX2 form would not vectorise: AVX2 has no 64-bit multiply nor 64-bit conversion)
+        normal_candidates_base(key, t, k, cu, cv, cs);
         // Branch-free: a rejected pair is overwritten by the next (a branch here is
         // mispredicted on a fifth of the pairs).
-        U[got] = u;
-        V[got] = v;
-        S[got] = s;
-        got += static_cast<std::size_t>((s > 0.0) & (s < 1.0));
+        for (std::size_t i = 0; i < k && got < pairs; ++i) {
+            U[got] = cu[i];
+            V[got] = cv[i];
+            S[got] = cs[i];
+            got += static_cast<std::size_t>((cs[i] > 0.0) & (cs[i] < 1.0));
+        }
+        t += k;
     }
     double* L = scratch.log_s.data();
     vlog_batch(S, L, pairs);
     // f = sqrt(-2 ln s / s) in separate passes, so that the division and the square root run
     // two lanes at a time (std::sqrt in a loop does not vectorise; _mm_sqrt_pd is the same
     // correctly rounded result).
-    for (std::size_t k = 0; k < pairs; ++k) L[k] = -2.0 * L[k] / S[k];
-    std::size_t k = 0;
-#if defined(__SSE2__)
-    for (; k + 2 <= pairs; k += 2) _mm_storeu_pd(L + k, _mm_sqrt_pd(_mm_loadu_pd(L + k)));
+#if defined(EMBTAB_X86_INTRIN)
+    if (avx512) {
+        polar_factors_avx512(L, S, pairs);
+    } else
 #endif
-    for (; k < pairs; ++k) L[k] = std::sqrt(L[k]);
+    {
+        for (std::size_t k = 0; k < pairs; ++k) L[k] = -2.0 * L[k] / S[k];
+        std::size_t k = 0;
+#if defined(__SSE2__)
+        for (; k + 2 <= pairs; k += 2) _mm_storeu_pd(L + k, _mm_sqrt_pd(_mm_loadu_pd(L + k)));
+#endif
+        for (; k < pairs; ++k) L[k] = std::sqrt(L[k]);
+    }
     const std::size_t full = dim / 2;
     for (std::size_t q = 0; q < full; ++q) {
         out[2 * q] = static_cast<T>(a + b * (U[q] * L[q]));
@@ -325,9 +450,11 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) bool pool_chunk_avx5
 // 26-feature step of 8,192 bags copies 213k rows of 64 bytes, and a call into the C library's
 // memmove for each was most of the copy's time. With `stream` (an output larger than the
 // caches, see kPoolStreamBytes) and the row 16-byte aligned, the row is written with
-// non-temporal stores, which skip reading each output line before writing it: the rows of a
-// task are copied in output order, so every line is written whole (bench/README.md, "Batched
-// tables"). The values are the same either way.
+// non-temporal stores, which skip reading each output line before writing it. The rows of a
+// task are copied in output order, so a line is written whole when its slices are streamed
+// (a collection's 64-byte slices of float32 d = 16 fill whole lines); a line shared with a
+// plain-copied slice, or with another task's bags, is only slower, as stores stay coherent
+// (bench/README.md, "Batched tables"). The values are the same either way.
 template <std::size_t N>
 inline void stream_bytes(const char* src, char* dst) noexcept {
 #if defined(__SSE2__)
