@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 import embtab.nn
+import embtab.optim as eo
 from embtab.distributed import ShardedCommError, ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -255,6 +256,160 @@ def test_whole_model_ddp_ignoring_the_sharded_table(tmp_path):
     _start(_w_ddp, 2, str(tmp_path / "store"))
 
 
+# fused optimizers (embtab.optim) //////////////////////////////////////////////////////////////
+
+# name -> a fresh fused optimizer (each module gets its own object).
+FUSED = {
+    "sgd_momentum": lambda: eo.SGD(lr=0.05, momentum=0.9, weight_decay=0.01),
+    "adagrad": lambda: eo.Adagrad(lr=0.1, initial_accumulator_value=0.1),
+    "rowwise_adagrad": lambda: eo.RowWiseAdagrad(lr=0.1),
+    "adam": lambda: eo.Adam(lr=0.05),
+}
+
+
+def _fused_reference(bag, kind, steps):
+    """Single-process module with the fused optimizer ``kind``, trained on the global batches;
+    outputs per step."""
+    m, _ = _make(bag, sharded=False, optimizer=FUSED[kind]())
+    outs = {}
+    for step in steps:
+        ids, tgt, psw = _global_batch(step, bag)
+        out = _forward(m, ids, psw)
+        outs[step] = out.detach().clone()
+        _loss(out, tgt).backward()  # the fused step
+    return m, outs
+
+
+def _assert_fused_same_per_id(sharded, ref):
+    """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
+    fused optimizer state by ID, and the same step count."""
+    ref_ids, ref_rows = ref._table.items()
+    ref_ids = ref_ids.view(np.int64)
+    mine = sharded.owner_of(torch.from_numpy(ref_ids)).numpy() == sharded.rank
+    sh_ids, _ = sharded.shard._table.items()
+    assert sorted(sh_ids.view(np.int64).tolist()) == sorted(ref_ids[mine].tolist())
+    rows = sharded.shard.lookup(torch.from_numpy(ref_ids[mine]))
+    rr = torch.from_numpy(ref_rows[mine])
+    torch.testing.assert_close(sharded.weight.detach()[rows], ref.weight.detach()[rr])
+    names = [n for n, _, _ in ref.optimizer._states()]
+    assert names == [n for n, _, _ in sharded.shard.optimizer._states()]
+    for n in names:
+        torch.testing.assert_close(sharded.shard._buffers["opt_" + n][rows], ref._buffers["opt_" + n][rr])
+    assert int(sharded.shard.opt_step) == int(ref.opt_step)
+
+
+def _w_fused_equal(rank, world_size, store, bag, kind):
+    _init(rank, world_size, store)
+    steps = range(5)
+    ref, outs = _fused_reference(bag, kind, steps)
+    m, _ = _make(bag, sharded=True, optimizer=FUSED[kind]())
+    _train(m, m.shard.optimizer, steps, bag, rank, world_size, check_ref_outputs=outs)
+    assert m.weight.grad is None  # the fused step updated the shard; no gradient is left
+    _assert_fused_same_per_id(m, ref)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size, bag, kind", [
+    (2, False, "sgd_momentum"), (3, False, "adam"), (2, "mean", "adagrad"),
+    (3, "mean", "rowwise_adagrad"), (2, "sum", "adam"), (3, "sum", "sgd_momentum"),
+], ids=lambda v: str(v))
+def test_fused_optimizer_matches_single_process(tmp_path, world_size, bag, kind):
+    """Each shard trains with its own fused optimizer (optimizer= at construction): outputs,
+    vectors and optimizer state per ID, and the step count, equal the single-process module's
+    with the same optimizer fed the global batch, through growth ("mean": admission and
+    padding too), on 2 and 3 ranks."""
+    _start(_w_fused_equal, world_size, str(tmp_path / "store"), bag, kind)
+
+
+def _w_fused_save(rank, world_size, store, ckpt, bag, kind, steps):
+    _init(rank, world_size, store)
+    m, _ = _make(bag, sharded=True, optimizer=FUSED[kind](), name="fused")
+    _train(m, m.shard.optimizer, range(steps), bag, rank, world_size)
+    torch_opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="fused optimizer"):
+        m.save(ckpt, torch_opt)  # the fused state is the module's own: refused on every rank
+    m.save(ckpt)
+    dist.destroy_process_group()
+
+
+def _w_fused_resume(rank, world_size, store, ckpt, bag, kind, done, total):
+    _init(rank, world_size, store)
+    other = "adam" if kind != "adam" else "adagrad"
+    wrong, _ = _make(bag, sharded=True, optimizer=FUSED[other](), name="fused")
+    with pytest.raises(ValueError, match="optimizer="):  # the manifest names the saved optimizer
+        wrong.load(ckpt)
+    plain, _ = _make(bag, sharded=True, name="fused")
+    with pytest.raises(ValueError, match="optimizer="):
+        plain.load(ckpt)
+    ref, outs = _fused_reference(bag, kind, range(total))
+    m, _ = _make(bag, sharded=True, optimizer=FUSED[kind](), name="fused")
+    m.load(ckpt)
+    _train(m, m.shard.optimizer, range(done, total), bag, rank, world_size, check_ref_outputs=outs)
+    _assert_fused_same_per_id(m, ref)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag, kind", [("sum", "adam"), (False, "rowwise_adagrad")],
+                         ids=["bag_sum-adam", "embedding-rowwise_adagrad"])
+def test_fused_state_saved_on_2_ranks_resumes_on_3_and_1(tmp_path, bag, kind):
+    """The fused optimizer's state travels with the checkpoint by ID and is resharded: saved on
+    2 ranks after 3 steps, resumed on 3 and on 1, the next 2 steps equal the single-process
+    module's (Adam's bias correction included: the step count is restored). A module with
+    another or no fused optimizer is refused the checkpoint, and save(dir, torch_optimizer) is
+    refused for a fused module."""
+    ckpt = tmp_path / "ckpt"
+    _start(_w_fused_save, 2, str(tmp_path / "s1"), str(ckpt), bag, kind, 3)
+    _start(_w_fused_resume, 3, str(tmp_path / "s2"), str(ckpt), bag, kind, 3, 5)
+    _start(_w_fused_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, kind, 3, 5)
+
+
+def _tamper_fused(ckpt, edit):
+    """Rewrite the one shard file of a 1-rank checkpoint with edit(payload) applied, as a tamperer
+    would (a valid file checksum, and the manifest updated to match)."""
+    import hashlib
+    import io
+
+    from embtab.distributed import _MAGIC
+
+    (shard,) = [f for f in os.listdir(ckpt) if f.endswith(".embtab")]
+    with open(ckpt / shard, "rb") as f:
+        data = f.read()
+    payload = torch.load(io.BytesIO(data[len(_MAGIC) + 32:]), weights_only=True)
+    edit(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    digest = hashlib.sha256(body).digest()
+    with open(ckpt / shard, "wb") as f:
+        f.write(_MAGIC + digest + body)
+    _rewrite_manifest(ckpt / _manifest(ckpt), lambda m: m["shards"][0].update(sha256=digest.hex()))
+
+
+def _w_fused_bad_state(rank, world_size, store, ckpt, expect):
+    _init(rank, world_size, store)
+    m, _ = _make("sum", sharded=True, optimizer=FUSED["adam"](), name="fused")
+    with pytest.raises(ValueError, match=expect):
+        m.load(ckpt)
+    assert m.num_ids == 0 and int(m.shard.opt_step) == 0  # nothing was loaded
+    dist.destroy_process_group()
+
+
+def test_corrupt_fused_state_is_refused_and_loads_nothing(tmp_path):
+    """A shard file whose fused state is negative where it accumulates squares, not finite, of
+    the wrong length, or missing is refused by load, which then changes nothing."""
+    edits = {
+        "negative": lambda p: p["fused"]["per_row"]["exp_avg_sq"].neg_().sub_(1.0),
+        "not finite": lambda p: p["fused"]["per_row"]["exp_avg"].fill_(float("nan")),
+        "of shape": lambda p: p["fused"]["per_row"].update(exp_avg=p["fused"]["per_row"]["exp_avg"][:-1]),
+        "lacks the fused optimizer state": lambda p: p.pop("fused"),
+    }
+    for i, (expect, edit) in enumerate(edits.items()):
+        ckpt = tmp_path / f"ckpt{i}"
+        _start(_w_fused_save, 1, str(tmp_path / f"s{i}"), str(ckpt), "sum", "adam", 2)
+        _tamper_fused(ckpt, edit)
+        _start(_w_fused_bad_state, 1, str(tmp_path / f"t{i}"), str(ckpt), expect)
+
+
 # checkpoint and resharding ///////////////////////////////////////////////////////////////////
 
 
@@ -432,6 +587,8 @@ def _w_mismatch(rank, world_size, store):
             ShardedCuckooEmbedding(8, DIM + rank, seed=SEED))
     refused("dtype", ShardedCuckooEmbedding(8, DIM, seed=SEED, dtype=torch.float64 if rank else None))
     refused("padding_id", ShardedCuckooEmbedding(8, DIM, seed=SEED, padding_id=5 if rank else None))
+    refused("optimizer", ShardedCuckooEmbedding(8, DIM, seed=SEED,
+                                                optimizer=eo.Adam() if rank else eo.Adagrad()))
     refused("kind", ShardedCuckooEmbeddingBag(8, DIM, seed=SEED, mode="sum") if rank
             else ShardedCuckooEmbedding(8, DIM, seed=SEED),
             lambda m: m(ids[None]) if rank else m(ids))

@@ -694,15 +694,6 @@ def test_kernel_matches_fbgemm_when_importable(kind):
     )
 
 
-@pytest.mark.parametrize("bag", [False, True])
-def test_sharded_modules_refuse_a_fused_optimizer(bag):
-    from embtab.distributed import ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
-
-    cls = ShardedCuckooEmbeddingBag if bag else ShardedCuckooEmbedding
-    with pytest.raises(ValueError, match="not supported by the sharded modules"):
-        cls(8, 4, optimizer=eo.SGD())  # refused before the process group is even looked at
-
-
 def test_backward_of_a_lookup_from_before_a_growth_raises_without_a_wrong_update():
     emb = CuckooEmbeddingBag(2, 3, mode="sum", padding_id=0, optimizer=eo.SGD(lr=1.0))
     a = emb(torch.tensor([[1, 0]]))  # ID 1 -> row 0; the padding reads the zero row 2

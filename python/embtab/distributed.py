@@ -16,7 +16,9 @@ One forward on every rank (all ranks call it, in the same order, as with any col
 
 and backward sends the gradients the reverse way (one ``all_to_all``), where they accumulate
 into the owner's ``shard.weight``, so a plain local optimizer over ``module.parameters()``
-updates the owner's rows. Collectives are ``all_to_all_single`` with uneven splits, which the
+updates the owner's rows. With ``optimizer=`` (an :mod:`embtab.optim` fused optimizer, one
+object per module on each rank) the owner's shard instead sums each row's gradients and steps
+in place in that backward; its state is saved and resharded by ID with the checkpoint. Collectives are ``all_to_all_single`` with uneven splits, which the
 gloo backend supports on CPU tensors (checked with torch 2.13); with another backend (NCCL) the
 messages live on the weight's device (that path is untested so far).
 
@@ -57,6 +59,7 @@ from embtab._modules import check_bag_args as _check_bag_args
 from embtab._modules import check_bag_config as _check_bag_config
 from embtab._modules import row_state as _row_state
 from embtab.nn import CuckooEmbedding, OnFull
+from embtab.optim import NONNEGATIVE_STATES
 
 __all__ = [
     "ShardedCommError",
@@ -82,10 +85,15 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _PHASES = {1: "forward", 2: "backward", 3: "save", 4: "load"}
 _HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embedding_dim", "dtype",
            "kind", "mode", "shard_seed", "seed", "dedup", "min_count", "on_full", "padding_id",
-           "max_norm", "scale_grad_by_freq")
+           "max_norm", "scale_grad_by_freq", "optimizer")
+# The fused optimizers (embtab.optim) a shard may train with, numbered for the header.
+_FUSED_KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 _HEADER_MAGIC = 0x454D4254  # "EMBT"
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _MODULE_COUNTER = itertools.count()
+_FUSED_AND_TORCH = ("this sharded module trains with a fused optimizer (optimizer= at construction), "
+                    "whose state is saved and loaded with the module: pass no optimizer to save() "
+                    "and load()")
 # (real directory, name) -> the module that last saved there in this process.
 _SAVED_BY: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
@@ -249,6 +257,22 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
     for k in ("row_last_step", "row_count"):
         if k in obj and not (isinstance(obj[k], Tensor) and tuple(obj[k].shape) == (n,)):
             _refuse(path, f"has {k} of another length than its {n} ids")
+    fused = obj.get("fused")
+    if fused is not None:
+        if not (isinstance(fused, dict) and isinstance(fused.get("type"), str)
+                and isinstance(fused.get("step"), int) and not isinstance(fused.get("step"), bool)
+                and fused["step"] >= 0 and isinstance(fused.get("per_row"), dict)):
+            _refuse(path, "has fused optimizer state without a valid type, step and per_row")
+        for k, v in fused["per_row"].items():
+            if not (isinstance(k, str) and isinstance(v, Tensor) and v.dtype.is_floating_point
+                    and tuple(v.shape) in ((n, dim), (n,))):
+                _refuse(path, f"has fused optimizer state {k!r} of shape "
+                              f"{tuple(getattr(v, 'shape', ()))}, expected ({n}, {dim}) or ({n},)")
+            if not bool(torch.isfinite(v).all()):
+                _refuse(path, f"has fused optimizer state {k!r} that is not finite")
+            if k in NONNEGATIVE_STATES and bool((v < 0).any()):
+                _refuse(path, f"has fused optimizer state {k!r} with negative values (an "
+                              f"accumulator of squares)")
     opt = obj.get("optimizer")
     if opt is not None:
         for k, v in opt.get("per_row", {}).items():
@@ -268,9 +292,6 @@ class _ShardedBase(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, process_group: Optional[dist.ProcessGroup] = None,
                  shard_seed: Optional[int] = None, name: Optional[str] = None, local_kwargs: dict):
         super().__init__()
-        if local_kwargs.get("optimizer") is not None:  # the shard checkpoints keep no fused state
-            raise ValueError("optimizer= (embtab.optim) is not supported by the sharded modules "
-                             "yet: train them with a torch optimizer over module.parameters()")
         if local_kwargs.get("expire_after") is not None:  # the header and checkpoints omit it
             raise ValueError("expire_after is not supported by the sharded modules: use "
                              "on_full='evict_lru' with a row cap, or the single-process "
@@ -313,7 +334,18 @@ class _ShardedBase(nn.Module):
                 "dtype": str(s.weight.dtype).replace("torch.", ""), "mode": getattr(self, "mode", None),
                 "shard_seed": str(self.shard_seed), "seed": str(s.seed), "dedup": self.dedup,
                 "min_count": s.min_count, "on_full": s.on_full.value, "padding_id": s.padding_id,
-                "max_norm": s.max_norm, "scale_grad_by_freq": s.scale_grad_by_freq}
+                "max_norm": s.max_norm, "scale_grad_by_freq": s.scale_grad_by_freq,
+                "optimizer": self._fused_signature()}
+
+    def _fused_signature(self) -> Optional[str]:
+        """The shard's fused optimizer (``optimizer=``) and the state it keeps, e.g.
+        ``"SGD(momentum_buffer)"``; None without one. Part of :meth:`config`: ranks and
+        checkpoints must agree on it (its hyperparameters, which a scheduler may change, are
+        each rank's own)."""
+        opt = self.shard.optimizer
+        if opt is None:
+            return None
+        return f"{type(opt).__name__}({','.join(n for n, _, _ in opt._states())})"
 
     @property
     def name(self) -> str:
@@ -321,7 +353,10 @@ class _ShardedBase(nn.Module):
         :meth:`config` (two modules saved to one directory need distinct names)."""
         if self._name is not None:
             return self._name
-        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
+        cfg = self.config()
+        if cfg["optimizer"] is None:  # the names modules without one had before it was recorded
+            del cfg["optimizer"]
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
         return f"{type(self).__name__}-d{self.embedding_dim}-{digest[:12]}"
 
     def _header(self, phase: int, seq: int) -> list:
@@ -338,7 +373,9 @@ class _ShardedBase(nn.Module):
                   "min_count": min(s.min_count, (1 << 62)), "on_full": list(OnFull).index(s.on_full),
                   "padding_id": 0 if pad is None else pad,
                   "max_norm": -1 if s.max_norm is None else int(np.float64(s.max_norm).view(np.int64)),
-                  "scale_grad_by_freq": int(s.scale_grad_by_freq)}
+                  "scale_grad_by_freq": int(s.scale_grad_by_freq),
+                  "optimizer": (0 if s.optimizer is None else
+                                1 + _FUSED_KINDS.index(s.optimizer.kind) + 8 * len(s.optimizer._states()))}
         if pad is not None:
             values["scale_grad_by_freq"] |= 2
         return [values[k] for k in _HEADER]
@@ -500,7 +537,9 @@ class _ShardedBase(nn.Module):
         Each rank writes ``NAME.shard-RRRRR-of-WWWWW.TOKEN.embtab`` (TOKEN: drawn by rank 0 for
         this save; the file holds a magic number, the SHA-256 of the payload, and the payload:
         the shard's IDs with their vectors, eviction/admission state, counters and, with
-        ``optimizer``, the per-row optimizer state of ``shard.weight`` by ID) atomically
+        ``optimizer``, the per-row optimizer state of ``shard.weight`` by ID; a module built
+        with a fused ``optimizer=`` saves its fused state by ID instead, and takes no
+        ``optimizer`` here) atomically
         (``_core.atomic_write``: temporary file, fsync, rename); once every rank has written,
         rank 0 writes ``NAME.manifest.json`` (name, configuration, world size, token, every
         shard's file, SHA-256 and ID count, and the manifest's own SHA-256) the same way, and
@@ -514,7 +553,8 @@ class _ShardedBase(nn.Module):
         ------
         ValueError
             Another module of this process saved to ``directory`` under the same name, or
-            ``optimizer`` does not hold ``shard.weight`` or keeps state embtab cannot split by ID.
+            ``optimizer`` does not hold ``shard.weight`` or keeps state embtab cannot split by ID,
+            or is given to a module that trains with a fused optimizer.
         """
         directory = os.fspath(directory)
         name = self.name
@@ -611,6 +651,14 @@ class _ShardedBase(nn.Module):
                 p[name] = s._buffers[name][live].clone()
         if "admission_sketch" in s._buffers:
             p["admission_sketch"] = s.admission_sketch.clone()
+        if s.optimizer is not None:
+            if optimizer is not None:
+                raise ValueError(_FUSED_AND_TORCH)
+            # the fused state by ID: the step count (the same on every rank: each backward
+            # steps every shard once) and each state buffer's rows of the live IDs
+            p["fused"] = {"type": self._fused_signature(), "step": int(s.opt_step),
+                          "per_row": {n: s._buffers["opt_" + n][live].clone()
+                                      for n, _, _ in s.optimizer._states()}}
         if optimizer is not None:
             for grp in optimizer.param_groups:
                 if any(q is s.weight for q in grp["params"]):
@@ -641,7 +689,9 @@ class _ShardedBase(nn.Module):
         and the manifest against this module (name and configuration), then keeps the IDs it
         owns under the current world size, with their vectors, eviction state and, with
         ``optimizer``, per-row optimizer state (other optimizer state, e.g. Adam's ``step``, is
-        taken from the first shard that has it). Nothing changes on any rank unless every rank
+        taken from the first shard that has it); a module built with a fused ``optimizer=``
+        gets its fused state back by ID (its step count from the shards, which must agree)
+        and takes no ``optimizer`` here. Nothing changes on any rank unless every rank
         validated everything. With the same world size the counters and admission sketch come
         back exactly; with another, the admission sketch is the sum of the saved ones (counts
         are then never under-estimated) and the admission/eviction/growth counters restart.
@@ -655,7 +705,9 @@ class _ShardedBase(nn.Module):
             a missing key, a wrong type), from another save, or the checkpoint belongs to
             another module (other name or configuration); the message names the file. Also
             ``optimizer`` of another type than the one saved, or one whose per-row state embtab
-            cannot reshard. Files the manifest does not list are ignored.
+            cannot reshard; a checkpoint of another fused optimizer (or none) than this
+            module's, or corrupt fused state (not finite, negative sums of squares, wrong
+            shapes). Files the manifest does not list are ignored.
         ShardedCommError
             Another rank failed to load (its error is quoted); nothing was loaded.
         """
@@ -685,11 +737,14 @@ class _ShardedBase(nn.Module):
         if diff:
             _refuse(mpath, "was saved by a module configured otherwise: "
                     + ", ".join(f"{k}={a!r} (this module: {b!r})" for k, (a, b) in diff.items()))
+        if optimizer is not None and self.shard.optimizer is not None:
+            raise ValueError(_FUSED_AND_TORCH)
         if optimizer is not None and not any(q is self.shard.weight for g in optimizer.param_groups
                                              for q in g["params"]):
             raise ValueError("optimizer does not hold this sharded module's weight (shard.weight)")
         rules = None if optimizer is None else _row_state(
             optimizer, "loading the optimizer state of a sharded module")  # before any change
+        fused = self.shard.optimizer
         parts = []
         for entry in m["shards"]:
             path = os.path.join(directory, entry["file"])
@@ -704,6 +759,18 @@ class _ShardedBase(nn.Module):
             if optimizer is not None and unknown:
                 _refuse(path, f"holds per-row optimizer state {sorted(unknown)} that "
                               f"{type(optimizer).__name__} does not keep")
+            if fused is not None:  # the fingerprint matched: the same optimizer and state names
+                got = parts[-1].get("fused")
+                want = {n: per_elem for n, per_elem, _ in fused._states()}
+                if got is None or got["type"] != self._fused_signature() or set(got["per_row"]) != set(want):
+                    _refuse(path, f"lacks the fused optimizer state of {self._fused_signature()}")
+                for k, per_elem in want.items():
+                    if (got["per_row"][k].dim() == 2) != per_elem:
+                        _refuse(path, f"has fused optimizer state {k!r} of shape "
+                                      f"{tuple(got['per_row'][k].shape)}")
+        if fused is not None and len({p["fused"]["step"] for p in parts}) != 1:
+            _refuse(mpath, "lists shards whose fused optimizer step counts differ "
+                           f"({sorted({p['fused']['step'] for p in parts})})")
         return parts, m["world_size"]
 
     def _restrict(self, p: dict) -> dict:
@@ -716,6 +783,9 @@ class _ShardedBase(nn.Module):
         o = p.get("optimizer")
         if o is not None:
             o["per_row"] = {k: v[mine] for k, v in o["per_row"].items()}
+        f = p.get("fused")
+        if f is not None:
+            f["per_row"] = {k: v[mine] for k, v in f["per_row"].items()}
         return p
 
     @torch.no_grad()
@@ -755,6 +825,12 @@ class _ShardedBase(nn.Module):
                 sd["admission_sketch"] = sk[self.rank].clone() if same else torch.stack(sk).sum(0)
             else:
                 sd["admission_sketch"] = torch.zeros_like(s.admission_sketch)
+        if s.optimizer is not None:  # validated in _read_checkpoint: every shard has it
+            sd["opt_step"] = torch.tensor(parts[0]["fused"]["step"], dtype=torch.int64)
+            for k, per_elem, fill in s.optimizer._states():
+                b = torch.full((R + 1, d) if per_elem else (R + 1,), fill, dtype=s.weight.dtype)
+                b[:n] = torch.cat([p["fused"]["per_row"][k][m] for p, m in zip(parts, keep_l)]).to(b.dtype)
+                sd["opt_" + k] = b
         s.load_state_dict(sd)
         if optimizer is not None:
             grp = next((g for g in optimizer.param_groups if any(q is s.weight for q in g["params"])), None)
@@ -810,8 +886,10 @@ class ShardedCuckooEmbedding(_ShardedBase):
     **kwargs
         ``on_full``, ``growth_factor``, ``min_count``, ``admission_eps``, ``admission_delta``,
         ``init``, ``seed``, ``num_threads``: as the single-process module, applied per shard.
-        ``expire_after`` (time-based expiry) and ``optimizer`` (fused) are refused with
-        ValueError.
+        ``optimizer`` (an :mod:`embtab.optim` fused optimizer, a new object per module on
+        every rank, the same kind everywhere): each shard steps its own rows in backward, and
+        its state is saved and resharded with the checkpoint (``save``/``load`` then take no
+        ``optimizer``). ``expire_after`` (time-based expiry) is refused with ValueError.
 
     Shape
     -----
