@@ -132,9 +132,9 @@ def _reference(bag, steps):
     return m, opt, outs
 
 
-def _assert_same_per_id(sharded, sopt, ref, ropt):
-    """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
-    momentum, compared by ID (rows differ)."""
+def _same_ids_and_vectors(sharded, ref):
+    """Assert that the shard holds exactly the reference's IDs that this rank owns, with equal
+    vectors; return (the shard's rows, the reference's rows) of those IDs (rows differ)."""
     ref_ids, ref_rows = ref._table.items()
     ref_ids = ref_ids.view(np.int64)
     mine = sharded.owner_of(torch.from_numpy(ref_ids)).numpy() == sharded.rank
@@ -143,6 +143,13 @@ def _assert_same_per_id(sharded, sopt, ref, ropt):
     rows = sharded.shard.lookup(torch.from_numpy(ref_ids[mine]))
     rr = torch.from_numpy(ref_rows[mine])
     torch.testing.assert_close(sharded.weight.detach()[rows], ref.weight.detach()[rr])
+    return rows, rr
+
+
+def _assert_same_per_id(sharded, sopt, ref, ropt):
+    """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
+    momentum, compared by ID."""
+    rows, rr = _same_ids_and_vectors(sharded, ref)
     sm = sopt.state[sharded.weight]["momentum_buffer"]
     rm = ropt.state[ref.weight]["momentum_buffer"]
     torch.testing.assert_close(sm[rows], rm[rr])
@@ -283,14 +290,7 @@ def _fused_reference(bag, kind, steps):
 def _assert_fused_same_per_id(sharded, ref):
     """The shard holds exactly the reference's IDs that this rank owns, with equal vectors and
     fused optimizer state by ID, and the same step count."""
-    ref_ids, ref_rows = ref._table.items()
-    ref_ids = ref_ids.view(np.int64)
-    mine = sharded.owner_of(torch.from_numpy(ref_ids)).numpy() == sharded.rank
-    sh_ids, _ = sharded.shard._table.items()
-    assert sorted(sh_ids.view(np.int64).tolist()) == sorted(ref_ids[mine].tolist())
-    rows = sharded.shard.lookup(torch.from_numpy(ref_ids[mine]))
-    rr = torch.from_numpy(ref_rows[mine])
-    torch.testing.assert_close(sharded.weight.detach()[rows], ref.weight.detach()[rr])
+    rows, rr = _same_ids_and_vectors(sharded, ref)
     names = [n for n, _, _ in ref.optimizer._states()]
     assert names == [n for n, _, _ in sharded.shard.optimizer._states()]
     for n in names:
