@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
 
+import embtab.distributed
 import embtab.nn
 import embtab.optim as eo
 from embtab.distributed import ShardedCommError, ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag
@@ -319,6 +320,33 @@ def test_fused_optimizer_matches_single_process(tmp_path, world_size, bag, kind)
     with the same optimizer fed the global batch, through growth ("mean": admission and
     padding too), on 2 and 3 ranks."""
     _start(_w_fused_equal, world_size, str(tmp_path / "store"), bag, kind)
+
+
+def _w_fused_empty_shard(rank, world_size, store, bag):
+    """Rank 0 feeds every step's batch, made of IDs rank 0 owns; rank 1 passes an empty tensor,
+    so its shard receives no ID and backpropagates an empty gradient: it still counts the step,
+    and the shards equal one process fed the same batches."""
+    _init(rank, world_size, store)
+    owner = embtab.distributed.owner_of(torch.from_numpy(POOL), world_size,
+                                        _make(bag, sharded=True, optimizer=FUSED["adam"]())[0].shard_seed)
+    pool = POOL[owner.numpy() == 0]
+    rng = np.random.default_rng(3)
+    batches = [torch.from_numpy(pool[rng.integers(0, len(pool), size=(5, 2))]) for _ in range(4)]
+    ref, _ = _make(bag, sharded=False, optimizer=FUSED["adam"]())
+    m, _ = _make(bag, sharded=True, optimizer=FUSED["adam"]())
+    for ids in batches:
+        _forward(ref, ids, None).square().sum().backward()
+        mine = ids if rank == 0 else ids[:0]
+        _forward(m, mine, None).square().sum().backward()
+    assert m.num_ids == (0 if rank else ref.num_ids)
+    assert int(m.shard.opt_step) == int(ref.opt_step) == len(batches)
+    _assert_fused_same_per_id(m, ref)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("bag", [False, "sum"], ids=["embedding", "bag_sum"])
+def test_fused_step_counted_on_a_shard_that_receives_no_ids(tmp_path, bag):
+    _start(_w_fused_empty_shard, 2, str(tmp_path / "store"), bag)
 
 
 def _w_fused_save(rank, world_size, store, ckpt, bag, kind, steps):

@@ -694,6 +694,47 @@ def test_kernel_matches_fbgemm_when_importable(kind):
     )
 
 
+def test_sharded_bag_refuses_max_with_a_fused_optimizer():
+    from embtab.distributed import ShardedCuckooEmbeddingBag
+
+    with pytest.raises(ValueError, match="mode='max' with a fused optimizer"):
+        ShardedCuckooEmbeddingBag(8, 4, mode="max", optimizer=eo.Adam())  # before the group is looked at
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_an_empty_batch_counts_a_fused_step_and_changes_no_row(bag):
+    """A backward with no IDs (a shard of a sharded module can get none) is a step: opt_step
+    counts it (Adam's bias correction stays in step with the other ranks), no row moves."""
+    cls = CuckooEmbeddingBag if bag else CuckooEmbedding
+    m = cls(4, 3, optimizer=eo.Adam(lr=0.1), **({"mode": "sum"} if bag else {}))
+    m(torch.tensor([[1, 2]]) if bag else torch.tensor([1, 2])).sum().backward()
+    w = m.weight.detach().clone()
+    empty = torch.empty(0, dtype=torch.int64)
+    out = m(empty, torch.zeros(1, dtype=torch.int64)) if bag else m(empty)
+    out.sum().backward()
+    assert int(m.opt_step) == 2
+    assert torch.equal(m.weight.detach(), w)
+
+
+def test_sgd_momentum_is_fixed_at_construction_for_its_state():
+    """A scheduler that cycles momentum (OneCycleLR) works on an SGD built with momentum > 0;
+    on one built with momentum=0 (no momentum buffer) the step says why it cannot."""
+    emb = CuckooEmbedding(4, 3, optimizer=eo.SGD(lr=0.1, momentum=0.9))
+    sched = torch.optim.lr_scheduler.OneCycleLR(emb.optimizer, max_lr=0.1, total_steps=10)
+    for _ in range(3):
+        emb(torch.tensor([1, 2])).sum().backward()
+        emb.optimizer.step()
+        sched.step()
+    assert emb.optimizer.param_groups[0]["momentum"] != 0.9 and emb.opt_momentum_buffer.abs().sum() > 0
+    emb = CuckooEmbedding(4, 3, optimizer=eo.SGD(lr=0.1))
+    torch.optim.lr_scheduler.OneCycleLR(emb.optimizer, max_lr=0.1, total_steps=10)
+    out = emb(torch.tensor([1, 2]))
+    w = emb.weight.detach().clone()
+    with pytest.raises(ValueError, match="built with momentum=0"):
+        out.sum().backward()
+    assert torch.equal(emb.weight.detach(), w) and int(emb.opt_step) == 0  # no step ran
+
+
 def test_backward_of_a_lookup_from_before_a_growth_raises_without_a_wrong_update():
     emb = CuckooEmbeddingBag(2, 3, mode="sum", padding_id=0, optimizer=eo.SGD(lr=1.0))
     a = emb(torch.tensor([[1, 0]]))  # ID 1 -> row 0; the padding reads the zero row 2

@@ -60,7 +60,8 @@ py::array as_grad_array(const py::handle& obj, int fk) {
     }
     if (a.ndim() != 2) throw py::value_error("grad must be 2-D, got shape " + shape_str(a));
     const auto rs = a.strides(0), cs = a.strides(1);
-    if ((a.shape(1) > 1 && cs != fk) || rs < 0 || rs % fk != 0) {
+    // (no rows: nothing is read, whatever the strides; NumPy gives an empty array strides 0)
+    if (a.shape(0) > 0 && ((a.shape(1) > 1 && cs != fk) || rs < 0 || rs % fk != 0)) {
         throw py::value_error("grad's rows must be contiguous with a non-negative row stride (got strides (" +
                               std::to_string(rs) + ", " + std::to_string(cs) + ")); use numpy.ascontiguousarray");
     }

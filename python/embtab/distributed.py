@@ -85,8 +85,11 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _PHASES = {1: "forward", 2: "backward", 3: "save", 4: "load"}
 _HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embedding_dim", "dtype",
            "kind", "mode", "shard_seed", "seed", "dedup", "min_count", "on_full", "padding_id",
-           "max_norm", "scale_grad_by_freq", "optimizer")
-# The fused optimizers (embtab.optim) a shard may train with, numbered for the header.
+           "max_norm", "scale_grad_by_freq")
+# The fused optimizers (embtab.optim) a shard may train with, numbered for the header: "kind"
+# holds 1 for a bag module, 0 otherwise, plus 2 x the optimizer's code (0: none), so that the
+# header keeps its size (a rank of an earlier embtab still exchanges headers with this one and
+# sees a "kind" mismatch, not a gloo abort, when a fused optimizer is used).
 _FUSED_KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 _HEADER_MAGIC = 0x454D4254  # "EMBT"
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -261,7 +264,7 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
     if fused is not None:
         if not (isinstance(fused, dict) and isinstance(fused.get("type"), str)
                 and isinstance(fused.get("step"), int) and not isinstance(fused.get("step"), bool)
-                and fused["step"] >= 0 and isinstance(fused.get("per_row"), dict)):
+                and 0 <= fused["step"] < 1 << 62 and isinstance(fused.get("per_row"), dict)):
             _refuse(path, "has fused optimizer state without a valid type, step and per_row")
         for k, v in fused["per_row"].items():
             if not (isinstance(k, str) and isinstance(v, Tensor) and v.dtype.is_floating_point
@@ -337,6 +340,12 @@ class _ShardedBase(nn.Module):
                 "max_norm": s.max_norm, "scale_grad_by_freq": s.scale_grad_by_freq,
                 "optimizer": self._fused_signature()}
 
+    def _fused_code(self) -> int:
+        """The shard's fused optimizer as a number for the header (0: none; kind and state
+        count otherwise)."""
+        opt = self.shard.optimizer
+        return 0 if opt is None else 1 + _FUSED_KINDS.index(opt.kind) + 8 * len(opt._states())
+
     def _fused_signature(self) -> Optional[str]:
         """The shard's fused optimizer (``optimizer=``) and the state it keeps, e.g.
         ``"SGD(momentum_buffer)"``; None without one. Part of :meth:`config`: ranks and
@@ -366,16 +375,14 @@ class _ShardedBase(nn.Module):
         values = {"magic": _HEADER_MAGIC, "phase": phase, "module_index": self.module_index, "seq": seq,
                   "count": 0, "world_size": self.world_size, "embedding_dim": self.embedding_dim,
                   "dtype": _DTYPES.index(dt) if dt in _DTYPES else 99,
-                  "kind": 1 if c["kind"].endswith("Bag") else 0,
+                  "kind": (1 if c["kind"].endswith("Bag") else 0) + 2 * self._fused_code(),
                   "mode": ("sum", "mean", "max").index(c["mode"]) + 1 if c["mode"] else 0,
                   "shard_seed": self.shard_seed - _U64 if self.shard_seed >= 1 << 63 else self.shard_seed,
                   "seed": s.seed - _U64 if s.seed >= 1 << 63 else s.seed, "dedup": int(self.dedup),
                   "min_count": min(s.min_count, (1 << 62)), "on_full": list(OnFull).index(s.on_full),
                   "padding_id": 0 if pad is None else pad,
                   "max_norm": -1 if s.max_norm is None else int(np.float64(s.max_norm).view(np.int64)),
-                  "scale_grad_by_freq": int(s.scale_grad_by_freq),
-                  "optimizer": (0 if s.optimizer is None else
-                                1 + _FUSED_KINDS.index(s.optimizer.kind) + 8 * len(s.optimizer._states()))}
+                  "scale_grad_by_freq": int(s.scale_grad_by_freq)}
         if pad is not None:
             values["scale_grad_by_freq"] |= 2
         return [values[k] for k in _HEADER]
@@ -409,6 +416,9 @@ class _ShardedBase(nn.Module):
                     which = "sharded module #" if field == "module_index" else "call #"
                     what = (f"is in {_PHASES[phase]} of {which}{theirs[i]} while this rank is in "
                             f"#{mine[i]} (ranks call the modules, or their backwards, in another order)")
+                elif field == "kind" and theirs[i] >> 1 != mine[i] >> 1:
+                    what = (f"has fused optimizer={theirs[i] >> 1} where this rank has optimizer="
+                            f"{mine[i] >> 1} (0: none; the modules' optimizer= differ on the two ranks)")
                 else:
                     what = (f"has {field}={theirs[i]} where this rank has {field}={mine[i]} (the modules "
                             f"are configured differently on the two ranks)")
@@ -765,9 +775,12 @@ class _ShardedBase(nn.Module):
                 if got is None or got["type"] != self._fused_signature() or set(got["per_row"]) != set(want):
                     _refuse(path, f"lacks the fused optimizer state of {self._fused_signature()}")
                 for k, per_elem in want.items():
-                    if (got["per_row"][k].dim() == 2) != per_elem:
-                        _refuse(path, f"has fused optimizer state {k!r} of shape "
-                                      f"{tuple(got['per_row'][k].shape)}")
+                    v = got["per_row"][k]
+                    if (v.dim() == 2) != per_elem:
+                        _refuse(path, f"has fused optimizer state {k!r} of shape {tuple(v.shape)}")
+                    if v.dtype != self.shard.weight.dtype:  # checked as saved, loaded as is
+                        _refuse(path, f"has fused optimizer state {k!r} of dtype {v.dtype}, not the "
+                                      f"weight's {self.shard.weight.dtype}")
         if fused is not None and len({p["fused"]["step"] for p in parts}) != 1:
             _refuse(mpath, "lists shards whose fused optimizer step counts differ "
                            f"({sorted({p['fused']['step'] for p in parts})})")
@@ -889,7 +902,8 @@ class ShardedCuckooEmbedding(_ShardedBase):
         ``optimizer`` (an :mod:`embtab.optim` fused optimizer, a new object per module on
         every rank, the same kind everywhere): each shard steps its own rows in backward, and
         its state is saved and resharded with the checkpoint (``save``/``load`` then take no
-        ``optimizer``). ``expire_after`` (time-based expiry) is refused with ValueError.
+        ``optimizer``); not with the bag module's ``mode="max"`` (ValueError).
+        ``expire_after`` (time-based expiry) is refused with ValueError.
 
     Shape
     -----
@@ -970,6 +984,14 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
                  shard_seed: Optional[int] = None, name: Optional[str] = None, **kwargs) -> None:
         # sparse applies to the owner's CuckooEmbedding, not to the local reduction: max is fine.
         self_mode = _check_bag_config(mode, False, bool(scale_grad_by_freq))
+        if self_mode == "max" and kwargs.get("optimizer") is not None:
+            # The owner steps every row it looked up, a zero gradient for rows that won no
+            # maximum, where the single-process module steps only the winners: with momentum,
+            # weight decay or Adam the losers would move.
+            raise ValueError("mode='max' with a fused optimizer is not supported by "
+                             "ShardedCuckooEmbeddingBag (the owners cannot tell which rows won a "
+                             "maximum); use mode='sum' or 'mean', or a torch optimizer over "
+                             "module.parameters()")
         local = dict(padding_id=padding_id, max_norm=max_norm, norm_type=norm_type,
                      scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=_weight,
                      _freeze=kwargs.pop("_freeze", False), device=device, dtype=dtype, **kwargs)

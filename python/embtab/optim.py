@@ -436,15 +436,24 @@ class SGD(FusedOptimizer):
             raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        self._momentum_state = momentum > 0
         super().__init__(
             dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         )
 
     def _states(self):
-        return [("momentum_buffer", True, 0.0)] if self.param_groups[0]["momentum"] > 0 else []
+        # fixed at construction: the modules' buffers do not come and go with a scheduled
+        # momentum
+        return [("momentum_buffer", True, 0.0)] if self._momentum_state else []
 
     def _resolved(self, step):
         g = self.param_groups[0]
+        if g["momentum"] > 0 and not self._momentum_state:
+            raise ValueError(
+                f"momentum is {g['momentum']} but this SGD was built with momentum=0, so its "
+                f"modules keep no momentum buffer (a scheduler that cycles momentum, such as "
+                f"OneCycleLR, sets it): build embtab.optim.SGD with momentum > 0 to change it later"
+            )
         return dict(
             lr=g["lr"],
             momentum=g["momentum"],
