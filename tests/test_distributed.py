@@ -424,12 +424,16 @@ def _w_fused_bad_state(rank, world_size, store, ckpt, expect):
 
 def test_corrupt_fused_state_is_refused_and_loads_nothing(tmp_path):
     """A shard file whose fused state is negative where it accumulates squares, not finite, of
-    the wrong length, or missing is refused by load, which then changes nothing."""
+    the wrong length, missing, of another dtype than the weight (float64 values past float32's
+    range) or whose step count would overflow is refused by load, which then changes nothing."""
     edits = {
         "negative": lambda p: p["fused"]["per_row"]["exp_avg_sq"].neg_().sub_(1.0),
         "not finite": lambda p: p["fused"]["per_row"]["exp_avg"].fill_(float("nan")),
         "of shape": lambda p: p["fused"]["per_row"].update(exp_avg=p["fused"]["per_row"]["exp_avg"][:-1]),
         "lacks the fused optimizer state": lambda p: p.pop("fused"),
+        "of dtype torch.float64": lambda p: p["fused"]["per_row"].update(
+            exp_avg=p["fused"]["per_row"]["exp_avg"].double().fill_(1e300)),
+        "without a valid type, step": lambda p: p["fused"].update(step=1 << 62),
     }
     for i, (expect, edit) in enumerate(edits.items()):
         ckpt = tmp_path / f"ckpt{i}"

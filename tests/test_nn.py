@@ -1153,6 +1153,11 @@ def test_corrupt_optimizer_state_is_refused(cls, opt, key):
         with pytest.raises(ValueError, match=f"{key} holds {what}"):
             dst.load_state_dict(sd)
         assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd["opt_step"].fill_(1 << 62)  # counting on (and Adam's bias correction) would overflow
+    with pytest.raises(ValueError, match="opt_step"):
+        dst.load_state_dict(sd)
+    assert all(torch.equal(v, dst.state_dict()[k]) for k, v in before.items())
     if key == "opt_exp_avg":
         sd = {k: v.clone() for k, v in src.state_dict().items()}
         sd[key].view(-1)[0] = -1.0

@@ -709,8 +709,9 @@ def test_an_empty_batch_counts_a_fused_step_and_changes_no_row(bag):
     m = cls(4, 3, optimizer=eo.Adam(lr=0.1), **({"mode": "sum"} if bag else {}))
     m(torch.tensor([[1, 2]]) if bag else torch.tensor([1, 2])).sum().backward()
     w = m.weight.detach().clone()
-    empty = torch.empty(0, dtype=torch.int64)
-    out = m(empty, torch.zeros(1, dtype=torch.int64)) if bag else m(empty)
+    # no ID at all (no bag, for the bag module): a gradient of 0 rows
+    out = m(torch.empty(0, 2, dtype=torch.int64)) if bag else m(torch.empty(0, dtype=torch.int64))
+    assert out.shape == (0, 3)
     out.sum().backward()
     assert int(m.opt_step) == 2
     assert torch.equal(m.weight.detach(), w)
@@ -733,6 +734,30 @@ def test_sgd_momentum_is_fixed_at_construction_for_its_state():
     with pytest.raises(ValueError, match="built with momentum=0"):
         out.sum().backward()
     assert torch.equal(emb.weight.detach(), w) and int(emb.opt_step) == 0  # no step ran
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_module_with_fused_sgd_survives_deepcopy_pickle_and_torch_save(momentum):
+    """SGD's construction-time choice of a momentum buffer travels with copies of the module
+    (torch.optim.Optimizer's own pickling keeps only defaults, state and param_groups), and the
+    copies train as the original does; loading another momentum into the optimizer keeps it."""
+    import copy
+    import io
+    import pickle
+
+    emb = CuckooEmbedding(4, 3, optimizer=eo.SGD(lr=0.1, momentum=momentum))
+    emb(torch.tensor([1, 2])).sum().backward()
+    buf = io.BytesIO()
+    torch.save(emb, buf)
+    copies = [copy.deepcopy(emb), pickle.loads(pickle.dumps(emb)),
+              torch.load(io.BytesIO(buf.getvalue()), weights_only=False)]
+    emb(torch.tensor([2, 3])).sum().backward()
+    for c in copies:
+        c(torch.tensor([2, 3])).sum().backward()
+        assert torch.equal(c.weight, emb.weight) and int(c.opt_step) == 2
+    opt = eo.SGD(lr=0.1, momentum=momentum)
+    opt.load_state_dict(eo.SGD(lr=0.1, momentum=0.9 - momentum).state_dict())
+    assert [n for n, _, _ in opt._states()] == (["momentum_buffer"] if momentum else [])
 
 
 def test_backward_of_a_lookup_from_before_a_growth_raises_without_a_wrong_update():

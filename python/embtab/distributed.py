@@ -91,6 +91,15 @@ _HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embe
 # header keeps its size (a rank of an earlier embtab still exchanges headers with this one and
 # sees a "kind" mismatch, not a gloo abort, when a fused optimizer is used).
 _FUSED_KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+
+
+def _fused_name(code: int) -> str:
+    """A header's fused optimizer code as words: "none", or the kind and its state count."""
+    if code == 0:
+        return "none"
+    kind, states = (code - 1) % 8, (code - 1) // 8
+    name = _FUSED_KINDS[kind] if kind < len(_FUSED_KINDS) else f"unknown kind {kind}"
+    return f"{name} ({states} state buffer{'s' if states != 1 else ''})"
 _HEADER_MAGIC = 0x454D4254  # "EMBT"
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _MODULE_COUNTER = itertools.count()
@@ -417,8 +426,9 @@ class _ShardedBase(nn.Module):
                     what = (f"is in {_PHASES[phase]} of {which}{theirs[i]} while this rank is in "
                             f"#{mine[i]} (ranks call the modules, or their backwards, in another order)")
                 elif field == "kind" and theirs[i] >> 1 != mine[i] >> 1:
-                    what = (f"has fused optimizer={theirs[i] >> 1} where this rank has optimizer="
-                            f"{mine[i] >> 1} (0: none; the modules' optimizer= differ on the two ranks)")
+                    what = (f"has optimizer={_fused_name(theirs[i] >> 1)} where this rank has "
+                            f"optimizer={_fused_name(mine[i] >> 1)} (the modules' fused optimizers "
+                            f"differ on the two ranks)")
                 else:
                     what = (f"has {field}={theirs[i]} where this rank has {field}={mine[i]} (the modules "
                             f"are configured differently on the two ranks)")

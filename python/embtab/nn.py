@@ -306,6 +306,11 @@ def _refuse_unknown_keys(module: nn.Module, sd: dict, prefix: str, known, hint: 
                          f"{hint}; nothing was loaded")
 
 
+# A fused optimizer's step count is below this (so that counting on, and Adam's bias
+# correction, cannot overflow int64).
+_MAX_OPT_STEP = 1 << 62
+
+
 def _check_opt_values(bad: Callable, name: str, t: Tensor) -> None:
     """A fused optimizer's state entry ``opt_<name>`` (not ``opt_step``) in a state dict: finite,
     and not negative for the accumulators of squares (``sum``, ``row_sum``, ``exp_avg_sq``), whose
@@ -352,8 +357,8 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         leaf = k.rsplit(".", 1)[-1]
         if leaf == "weight" and torch.count_nonzero(t[-1]) != 0:
             bad(k, f"row {t.shape[0] - 1} (the zero row read by padding) must be zero")
-        if leaf == "opt_step" and int(t) < 0:
-            bad(k, "must not be negative")
+        if leaf == "opt_step" and not 0 <= int(t) < _MAX_OPT_STEP:
+            bad(k, f"must be in [0, 2**62), got {int(t)}")
         elif leaf.startswith("opt_") and leaf != "opt_step":
             _check_opt_values(lambda _, what: bad(k, what), leaf, t)
     if _caller_strict(strict):
@@ -1053,6 +1058,8 @@ class _CuckooBase(_AtomicLoad):
                 bad(n, f"must be a 0-d tensor, got shape {tuple(t.shape)}")
             if n != "row_live" and n != "row_ids" and bool((t < 0).any()):
                 bad(n, "must not be negative")
+            if n == "opt_step" and int(t) >= _MAX_OPT_STEP:
+                bad(n, f"must be below 2**62 (a step count), got {int(t)}")
         num_rows = int(sd[prefix + "num_rows"])
         if num_rows > R:
             bad("num_rows", f"= {num_rows} exceeds the weight's {R} rows")

@@ -441,6 +441,19 @@ class SGD(FusedOptimizer):
             dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         )
 
+    # torch.optim.Optimizer's pickling keeps defaults, state and param_groups only: the
+    # construction-time choice of a momentum buffer travels too (deepcopy, pickle, torch.save of
+    # a module), and is not reset by load_state_dict (which calls __setstate__ as well).
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_momentum_state"] = self._momentum_state
+        return state
+
+    def __setstate__(self, state):
+        if "_momentum_state" not in state and "_momentum_state" not in self.__dict__:
+            state = {**state, "_momentum_state": state["param_groups"][0]["momentum"] > 0}
+        super().__setstate__(state)
+
     def _states(self):
         # fixed at construction: the modules' buffers do not come and go with a scheduled
         # momentum
