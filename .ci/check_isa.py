@@ -9,7 +9,9 @@ run time (``__builtin_cpu_supports``), and that code lives only in functions dec
 attribute, so its instructions cannot leak into baseline code). This script disassembles the
 library (objdump), finds every function holding an instruction above SSE2 (any VEX/EVEX-encoded
 instruction, a ymm/zmm/mask register, or an SSE3/SSSE3/SSE4/POPCNT/BMI/... mnemonic), and fails
-unless each such function is one of the target-attributed functions named in the C++ sources.
+unless each such function is one of the target-attributed functions named in the C++ sources,
+or is defined in a namespace that the sources compile under ``#pragma GCC target`` (optim.hpp's
+fused_avx2 / fused_avx512).
 It also fails if it finds no vector code at all (the check would then prove nothing).
 
 ``tzcnt`` is reported but allowed: GCC emits ``rep bsf`` for ``__builtin_ctz`` in generic code
@@ -53,6 +55,37 @@ def target_functions(src: Path) -> dict:
             if decl:
                 found[decl.group(1)] = m.group(1)
     return found
+
+
+def target_namespaces(src: Path) -> dict:
+    """Namespaces compiled under ``#pragma GCC target("...")`` -> their target string: a
+    ``namespace NAME {`` that follows the pragma (other pragmas between them allowed), as
+    optim.hpp compiles optim_impl.inc once per ISA level (every function and lambda defined in
+    the namespace then carries the target, as an attribute would give it)."""
+    found = {}
+    for f in sorted(src.rglob("*.[ch]pp")):
+        for m in re.finditer(r'#pragma GCC target\("([^"]+)"\)\s*(?:#pragma[^\n]*\n\s*)*namespace (\w+)',
+                             f.read_text()):
+            found[m.group(2)] = m.group(1)
+    return found
+
+
+def own_namespace(func: str) -> str:
+    """The namespace path of the function itself (not of its template arguments or return type):
+    ``unsigned long embtab::fused_avx2::run_listed_part<...>(...)`` -> ``embtab::fused_avx2``;
+    a lambda is its enclosing function's."""
+    depth, out = 0, []
+    for ch in func:
+        if ch in "<(":
+            if ch == "(" and depth == 0:
+                break
+            depth += 1
+        elif ch in ">)":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    name = "".join(out).split(" ")[-1]
+    return name.rsplit("::", 1)[0] if "::" in name else ""
 
 
 def above_baseline(mnemonic: str, operands: str) -> bool:
@@ -112,14 +145,22 @@ def main(argv) -> int:
     if not targets:
         print(f"check_isa: no target-attributed functions found under {src}", file=sys.stderr)
         return 1
+    spaces = target_namespaces(src)
     hits, tz = scan(so)
-    bad = {f: m for f, m in hits.items() if base_name(f) not in targets}
+
+    def target_of(f: str):
+        ns = own_namespace(f).rsplit("::", 1)[-1]
+        return spaces.get(ns) or targets.get(base_name(f))
+
+    bad = {f: m for f, m in hits.items() if target_of(f) is None}
     print(f"check_isa: {so.name}: {len(hits)} functions hold instructions above SSE2, all of them "
           f"target-attributed: {'no' if bad else 'yes'}")
     for f, m in sorted(hits.items(), key=lambda kv: base_name(kv[0])):
         b = base_name(f)
         kinds = sorted(m, key=m.get, reverse=True)
-        print(f"  {b:28s} target({targets.get(b, 'NONE')!r}): {sum(m.values())} instructions, "
+        ns = own_namespace(f).rsplit("::", 1)[-1]
+        b = f"{ns}::{b}" if ns in spaces else b
+        print(f"  {b:28s} target({target_of(f) or 'NONE'!r}): {sum(m.values())} instructions, "
               f"e.g. {' '.join(kinds[:6])}")
     if tz:
         print(f"  tzcnt (rep bsf; runs as bsf without BMI1) in {len(tz)} functions: "

@@ -797,3 +797,46 @@ def test_bench_format_reports_every_target():
     assert "adagrad: fused / FBGEMM = 1.00x (target <= 0.8x: missed)" in text
     assert "adam: fused / nn.EmbeddingBag + SparseAdam = 0.20x (target <= 0.5x: met)" in text
     assert "2.00x (target >= 1.6x: met)" in text and "| rowwise_adagrad | embtab fused | 10.0 | 4 |" in text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["sgd", "adagrad", "rowwise_adagrad", "adam"])
+def test_core_step_same_bits_at_every_isa_level_and_thread_count(kind, dtype):
+    """The fused step is compiled once per ISA level (optim_impl.inc: baseline, AVX2, AVX-512)
+    and dispatched at run time; capped at AVX2 or at the baseline it gives the same bits, at 1
+    and 3 threads, for bags with weights and mean, scale_grad_by_freq and skipped rows, with
+    dims that are not multiples of a vector (and d = 64), over a split batch (>= 4,096
+    occurrences) and a small one; and the result is a step (weights moved)."""
+    from embtab._core import _testing
+
+    rng = np.random.default_rng(3)
+    for n, d, R in ((6000, 64, 700), (300, 13, 50), (5000, 5, 3000)):
+        rows = rng.integers(0, R + 1, n).astype(np.int64)  # row R: the zero row, skipped
+        lens = rng.integers(0, 5, n)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        offsets = offsets[offsets <= n]
+        offsets[-1] = n
+        nb = len(offsets) - 1
+        w0 = rng.standard_normal((R + 1, d)).astype(dtype)
+        w0[R] = 0
+        rowwise = kind == "rowwise_adagrad"
+        s10 = np.abs(rng.standard_normal((R + 1,) if rowwise else (R + 1, d))).astype(dtype)
+        s20 = np.abs(rng.standard_normal((R + 1, d))).astype(dtype) if kind == "adam" else None
+        grad = rng.standard_normal((nb, d)).astype(dtype)
+        psw = rng.random(n).astype(dtype)
+        got = []
+        for level in ("auto", "avx2", "baseline"):
+            for threads in (1, 3):
+                w, s1 = w0.copy(), s10.copy()
+                s2 = None if s20 is None else s20.copy()
+                _testing.set_isa_limit(level)
+                try:
+                    _core.fused_step(w, rows, grad, offsets, psw, True, kind != "rowwise_adagrad",
+                                     R, s1, s2, kind, 0.05, 1e-8, momentum=0.9 if kind == "sgd" else 0.0,
+                                     weight_decay=0.01 if kind == "sgd" else 0.0,
+                                     num_threads=threads)
+                finally:
+                    _testing.set_isa_limit("auto")
+                got.append(w.tobytes() + s1.tobytes() + (b"" if s2 is None else s2.tobytes()))
+        assert all(g == got[0] for g in got[1:]), (n, d)
+        assert got[0][: w0.nbytes] != w0.tobytes()

@@ -59,7 +59,7 @@ std::size_t oracle(const Case<T>& c, std::vector<T>& w, T* s1, T* s2) {
         if (bg.by_freq)
             for (auto& x : g) x = x / static_cast<T>(count[r]);
         const std::size_t u = static_cast<std::size_t>(r);
-        embtab::update_row_body<T>(c.p, w.data() + u * c.d, g.data(), s1 ? s1 + u * w1 : nullptr,
+        embtab::fused_base::update_row_body<T>(c.p, w.data() + u * c.d, g.data(), s1 ? s1 + u * w1 : nullptr,
                                        s2 ? s2 + u * c.d : nullptr, tmp.data(), c.d);
     }
     return sum.size();
