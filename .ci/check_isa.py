@@ -58,33 +58,43 @@ def target_functions(src: Path) -> dict:
 
 
 def target_namespaces(src: Path) -> dict:
-    """Namespaces compiled under ``#pragma GCC target("...")`` -> their target string: a
-    ``namespace NAME {`` that follows the pragma (other pragmas between them allowed), as
-    optim.hpp compiles optim_impl.inc once per ISA level (every function and lambda defined in
-    the namespace then carries the target, as an attribute would give it)."""
+    """Namespaces of ``embtab`` compiled under ``#pragma GCC target("...")`` -> their target
+    string: a ``namespace NAME {`` that directly follows the target pragma (only
+    ``#pragma GCC optimize`` lines between them), as optim.hpp compiles optim_impl.inc once per
+    ISA level; every function, lambda and member function defined in the namespace then carries
+    the target, as an attribute would give it."""
     found = {}
+    pattern = (r'#pragma GCC target\("([^"]+)"\)\s*\n(?:\s*#pragma GCC optimize[^\n]*\n)*'
+               r'\s*namespace (\w+)\s*\{')
     for f in sorted(src.rglob("*.[ch]pp")):
-        for m in re.finditer(r'#pragma GCC target\("([^"]+)"\)\s*(?:#pragma[^\n]*\n\s*)*namespace (\w+)',
-                             f.read_text()):
+        for m in re.finditer(pattern, f.read_text()):
             found[m.group(2)] = m.group(1)
     return found
 
 
-def own_namespace(func: str) -> str:
-    """The namespace path of the function itself (not of its template arguments or return type):
-    ``unsigned long embtab::fused_avx2::run_listed_part<...>(...)`` -> ``embtab::fused_avx2``;
-    a lambda is its enclosing function's."""
-    depth, out = 0, []
-    for ch in func:
+def scope_of(func: str) -> str:
+    """The scope (namespace and class path) of the function itself, not of its return type,
+    template arguments or parameters: ``unsigned long embtab::fused_avx2::run_listed_part<...>(...)``
+    -> ``embtab::fused_avx2``; ``embtab::fused_avx2::ScratchArray<float>::reserve(...)`` ->
+    ``embtab::fused_avx2::ScratchArray``; a lambda's is its enclosing function's; an operator's
+    (``operator<``, a conversion ``operator T``) is the scope written before ``operator``."""
+    depth, out, k = 0, [], 0
+    while k < len(func):
+        if depth == 0 and func.startswith("operator", k) and (k == 0 or not (func[k - 1].isalnum() or func[k - 1] == "_")):
+            break  # the scope is what precedes the operator's name
+        ch = func[k]
         if ch in "<(":
             if ch == "(" and depth == 0:
                 break
             depth += 1
         elif ch in ">)":
-            depth -= 1
+            depth = max(0, depth - 1)
         elif depth == 0:
             out.append(ch)
-    name = "".join(out).split(" ")[-1]
+        k += 1
+    name = "".join(out).rstrip(":").split(" ")[-1]
+    if k < len(func) and func.startswith("operator", k):
+        return name  # "embtab::Foo::" before "operator": the scope itself
     return name.rsplit("::", 1)[0] if "::" in name else ""
 
 
@@ -148,9 +158,16 @@ def main(argv) -> int:
     spaces = target_namespaces(src)
     hits, tz = scan(so)
 
+    def space_of(f: str):
+        scope = scope_of(f)
+        for ns in spaces:
+            if scope == f"embtab::{ns}" or scope.startswith(f"embtab::{ns}::"):
+                return ns
+        return None
+
     def target_of(f: str):
-        ns = own_namespace(f).rsplit("::", 1)[-1]
-        return spaces.get(ns) or targets.get(base_name(f))
+        ns = space_of(f)
+        return spaces[ns] if ns else targets.get(base_name(f))
 
     bad = {f: m for f, m in hits.items() if target_of(f) is None}
     print(f"check_isa: {so.name}: {len(hits)} functions hold instructions above SSE2, all of them "
@@ -158,8 +175,8 @@ def main(argv) -> int:
     for f, m in sorted(hits.items(), key=lambda kv: base_name(kv[0])):
         b = base_name(f)
         kinds = sorted(m, key=m.get, reverse=True)
-        ns = own_namespace(f).rsplit("::", 1)[-1]
-        b = f"{ns}::{b}" if ns in spaces else b
+        ns = space_of(f)
+        b = f"{ns}::{b}" if ns else b
         print(f"  {b:28s} target({target_of(f) or 'NONE'!r}): {sum(m.values())} instructions, "
               f"e.g. {' '.join(kinds[:6])}")
     if tz:

@@ -89,12 +89,13 @@ struct BatchGrad {
 // on the level; the wider vectors made the step alone 15-20% faster at one thread
 // (bench/README.md, "Fused optimizers"). GCC's interprocedural clones are off in the vector
 // regions: a clone is a local symbol, which a stripped wheel drops, and .ci/check_isa.py could
-// then not tell which function its instructions belong to.
+// then not tell which function its instructions belong to. Clang has no `#pragma GCC target`:
+// built with it, the step is the baseline form only.
 namespace fused_base {
 #include "embtab/optim_impl.inc"
 }  // namespace fused_base
 
-#if defined(EMBTAB_X86_INTRIN)
+#if defined(EMBTAB_X86_INTRIN) && !defined(__clang__)  // clang has no #pragma GCC target
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #pragma GCC optimize("no-ipa-cp", "no-ipa-cp-clone", "no-ipa-sra", "no-partial-inlining", "no-reorder-blocks-and-partition")
@@ -119,7 +120,7 @@ template <class T>
 inline std::size_t fused_step(T* weight, std::size_t num_rows, std::size_t d, const std::int64_t* rows,
                               std::size_t n, std::int64_t skip_row, const BatchGrad<T>& bg, T* s1, T* s2,
                               const OptimStep& p, int num_threads) {
-#if defined(EMBTAB_X86_INTRIN)
+#if defined(EMBTAB_X86_INTRIN) && !defined(__clang__)
     if (detail::use_avx512())
         return fused_avx512::fused_step<T>(weight, num_rows, d, rows, n, skip_row, bg, s1, s2, p, num_threads);
     if (detail::use_avx2())
