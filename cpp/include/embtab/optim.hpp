@@ -6,7 +6,8 @@
 // optimizer step in place to each distinct row touched, with that row's summed gradient. The
 // distinct rows and each one's occurrences are found by counting (parts owning blocks of rows,
 // then a marker array indexed by row), never by a sort; with several threads every pass runs
-// in parallel (see "fused step" below).
+// in parallel (see "fused step" in optim_impl.inc, the body, compiled once per ISA level at the
+// end of this file).
 // Each row's gradient is summed over its occurrences in ascending order and its update depends
 // on that row only, so the result is the same bits for any thread count (and any vector width:
 // only IEEE +, -, *, / and sqrt, no contraction, see CMakeLists.txt).
