@@ -87,11 +87,12 @@ struct BatchGrad {
 
 // The step, once per ISA level (see optim_impl.inc). The code and the arithmetic are the same in
 // each (IEEE +, -, *, / and sqrt only, no contraction: CMakeLists.txt), so the bits do not depend
-// on the level; with the wider vectors the step alone took about a quarter less time at one thread
-// (bench/README.md, "Fused optimizers", "The step at the CPU's ISA level"). GCC's interprocedural clones are off in the vector
-// regions: a clone is a local symbol, which a stripped wheel drops, and .ci/check_isa.py could
-// then not tell which function its instructions belong to. Clang has no `#pragma GCC target`:
-// built with it, the step is the baseline form only.
+// on the level; with the wider vectors the step alone took about a quarter less time at one
+// thread (bench/README.md, "Fused optimizers", "The step at the CPU's ISA level"). GCC's
+// interprocedural clones are off in the vector regions: a clone is a local symbol, which a
+// stripped wheel drops, and .ci/check_isa.py could then not tell which function its
+// instructions belong to. Clang has no `#pragma GCC target`: built with it, the step is the
+// baseline form only.
 namespace fused_base {
 #include "embtab/optim_impl.inc"
 }  // namespace fused_base
