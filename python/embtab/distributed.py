@@ -18,9 +18,10 @@ and backward sends the gradients the reverse way (one ``all_to_all``), where the
 into the owner's ``shard.weight``, so a plain local optimizer over ``module.parameters()``
 updates the owner's rows. With ``optimizer=`` (an :mod:`embtab.optim` fused optimizer, one
 object per module on each rank) the owner's shard instead sums each row's gradients and steps
-in place in that backward; its state is saved and resharded by ID with the checkpoint. Collectives are ``all_to_all_single`` with uneven splits, which the
-gloo backend supports on CPU tensors (checked with torch 2.13); with another backend (NCCL) the
-messages live on the weight's device (that path is untested so far).
+in place in that backward; its state is saved and resharded by ID with the checkpoint.
+Collectives are ``all_to_all_single`` with uneven splits, which the gloo backend supports on
+CPU tensors (checked with torch 2.13); with another backend (NCCL) the messages live on the
+weight's device (that path is untested so far).
 
 Since a new ID's vector depends on ``(seed, ID)`` only and every occurrence of an ID reaches its
 owner in one batch, ``W`` ranks each feeding their part of a global batch compute the same
@@ -58,7 +59,7 @@ from embtab._modules import as_id_array as _as_id_array
 from embtab._modules import check_bag_args as _check_bag_args
 from embtab._modules import check_bag_config as _check_bag_config
 from embtab._modules import row_state as _row_state
-from embtab.nn import CuckooEmbedding, OnFull
+from embtab.nn import _MAX_OPT_STEP, CuckooEmbedding, OnFull
 from embtab.optim import NONNEGATIVE_STATES
 
 __all__ = [
@@ -92,14 +93,6 @@ _HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embe
 # sees a "kind" mismatch, not a gloo abort, when a fused optimizer is used).
 _FUSED_KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
-
-def _fused_name(code: int) -> str:
-    """A header's fused optimizer code as words: "none", or the kind and its state count."""
-    if code == 0:
-        return "none"
-    kind, states = (code - 1) % 8, (code - 1) // 8
-    name = _FUSED_KINDS[kind] if kind < len(_FUSED_KINDS) else f"unknown kind {kind}"
-    return f"{name} ({states} state buffer{'s' if states != 1 else ''})"
 _HEADER_MAGIC = 0x454D4254  # "EMBT"
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 _MODULE_COUNTER = itertools.count()
@@ -108,6 +101,15 @@ _FUSED_AND_TORCH = ("this sharded module trains with a fused optimizer (optimize
                     "and load()")
 # (real directory, name) -> the module that last saved there in this process.
 _SAVED_BY: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+
+
+def _fused_name(code: int) -> str:
+    """A header's fused optimizer code as words: "none", or the kind and its state count."""
+    if code == 0:
+        return "none"
+    kind, states = (code - 1) % 8, (code - 1) // 8
+    name = _FUSED_KINDS[kind] if kind < len(_FUSED_KINDS) else f"unknown kind {kind}"
+    return f"{name} ({states} state buffer{'s' if states != 1 else ''})"
 
 
 class ShardedCommError(RuntimeError):
@@ -273,7 +275,7 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
     if fused is not None:
         if not (isinstance(fused, dict) and isinstance(fused.get("type"), str)
                 and isinstance(fused.get("step"), int) and not isinstance(fused.get("step"), bool)
-                and 0 <= fused["step"] < 1 << 62 and isinstance(fused.get("per_row"), dict)):
+                and 0 <= fused["step"] < _MAX_OPT_STEP and isinstance(fused.get("per_row"), dict)):
             _refuse(path, "has fused optimizer state without a valid type, step and per_row")
         for k, v in fused["per_row"].items():
             if not (isinstance(k, str) and isinstance(v, Tensor) and v.dtype.is_floating_point

@@ -158,8 +158,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"), noipa)) inline void polar_fa
 // (normal_block_avx512, and the factors sqrt(-2 ln s / s) 8 at a time: polar_factors_avx512);
 // otherwise normal_candidates, then a branch-free compaction. The pairs kept, and so the
 // values, are the same whatever the form and the block sizes (tests/test_nn.py checks every
-// ISA level against a NumPy reference of this definition). 86,000 x 64 float32 vectors took
-// 15-16 ms instead of 25 on one thread of an AVX-512 machine (bench/README.md, "New IDs").
+// ISA level against a NumPy reference of this definition). In bench_newids' first pass the
+// initial vectors of 85,984 IDs x 64 float32 took 15.5 ms instead of 25 on one thread of an
+// AVX-512 machine (bench/README.md, "New IDs", "Initial vectors 8 at a time").
 // kUniform: out = a + (b - a)·u with u = (mix64(j, key) >> 11)·2^-53. Computed in double,
 // stored as T.
 template <class T>
