@@ -59,8 +59,8 @@ from embtab._modules import as_id_array as _as_id_array
 from embtab._modules import check_bag_args as _check_bag_args
 from embtab._modules import check_bag_config as _check_bag_config
 from embtab._modules import row_state as _row_state
-from embtab.nn import _MAX_OPT_STEP, CuckooEmbedding, OnFull
-from embtab.optim import NONNEGATIVE_STATES
+from embtab.nn import CuckooEmbedding, OnFull
+from embtab.optim import MAX_OPT_STEP, NONNEGATIVE_STATES
 
 __all__ = [
     "ShardedCommError",
@@ -275,7 +275,7 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
     if fused is not None:
         if not (isinstance(fused, dict) and isinstance(fused.get("type"), str)
                 and isinstance(fused.get("step"), int) and not isinstance(fused.get("step"), bool)
-                and 0 <= fused["step"] < _MAX_OPT_STEP and isinstance(fused.get("per_row"), dict)):
+                and 0 <= fused["step"] < MAX_OPT_STEP and isinstance(fused.get("per_row"), dict)):
             _refuse(path, "has fused optimizer state without a valid type, step and per_row")
         for k, v in fused["per_row"].items():
             if not (isinstance(k, str) and isinstance(v, Tensor) and v.dtype.is_floating_point

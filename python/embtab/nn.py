@@ -62,7 +62,13 @@ from embtab._modules import (
     check_bag_args as _check_bag_args,
     check_bag_config as _check_bag_config,
 )
-from embtab.optim import NONNEGATIVE_STATES, FusedOptimizer, fused_update_many, grad_rows
+from embtab.optim import (
+    MAX_OPT_STEP,
+    NONNEGATIVE_STATES,
+    FusedOptimizer,
+    fused_update_many,
+    grad_rows,
+)
 
 __all__ = [
     "OnFull",
@@ -306,11 +312,6 @@ def _refuse_unknown_keys(module: nn.Module, sd: dict, prefix: str, known, hint: 
                          f"{hint}; nothing was loaded")
 
 
-# A fused optimizer's step count is below this (so that counting on, and Adam's bias
-# correction, cannot overflow int64).
-_MAX_OPT_STEP = 1 << 62
-
-
 def _check_opt_values(bad: Callable, name: str, t: Tensor) -> None:
     """A fused optimizer's state entry ``opt_<name>`` (not ``opt_step``) in a state dict: finite,
     and not negative for the accumulators of squares (``sum``, ``row_sum``, ``exp_avg_sq``), whose
@@ -357,7 +358,7 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         leaf = k.rsplit(".", 1)[-1]
         if leaf == "weight" and torch.count_nonzero(t[-1]) != 0:
             bad(k, f"row {t.shape[0] - 1} (the zero row read by padding) must be zero")
-        if leaf == "opt_step" and not 0 <= int(t) < _MAX_OPT_STEP:
+        if leaf == "opt_step" and not 0 <= int(t) < MAX_OPT_STEP:
             bad(k, f"must be in [0, 2**62), got {int(t)}")
         elif leaf.startswith("opt_") and leaf != "opt_step":
             _check_opt_values(lambda _, what: bad(k, what), leaf, t)
@@ -1058,7 +1059,7 @@ class _CuckooBase(_AtomicLoad):
                 bad(n, f"must be a 0-d tensor, got shape {tuple(t.shape)}")
             if n != "row_live" and n != "row_ids" and bool((t < 0).any()):
                 bad(n, "must not be negative")
-            if n == "opt_step" and int(t) >= _MAX_OPT_STEP:
+            if n == "opt_step" and int(t) >= MAX_OPT_STEP:
                 bad(n, f"must be below 2**62 (a step count), got {int(t)}")
         num_rows = int(sd[prefix + "num_rows"])
         if num_rows > R:

@@ -79,6 +79,10 @@ _MODE_MAX = 2  # torch.embedding_bag's code for mode="max"
 # holding a negative value for one of them is refused on load.
 NONNEGATIVE_STATES = frozenset({"sum", "row_sum", "exp_avg_sq"})
 
+# A module's fused step count (opt_step) stays below this: a state dict or checkpoint holding
+# more is refused on load, so that counting on, and Adam's bias correction, cannot overflow.
+MAX_OPT_STEP = 1 << 62
+
 
 def _check_float(name: str, value, lo: float, lo_open: bool = False, hi: Optional[float] = None):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
