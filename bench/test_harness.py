@@ -68,6 +68,7 @@ def test_machine_line_names_cpu_isa_and_versions():
     line = machine_line(m)
     for key in ("cpu", "isa", "numpy", "python", "embtab"):
         assert str(m[key]) in line, key
+    assert f"thread pool {m['thread_pool']}" in line
     assert machine_line({"cpu": "c", "cores": 2}).startswith("c, 2 cores; ISA level ?")
 
 

@@ -137,7 +137,7 @@ def test_test_hooks_live_in_the_testing_submodule_only():
     assert private == {"_CuckooTable", "_sanitized", "_testing", "_vector_code"}
     assert not [n for n in dir(_core._CuckooTable) if n.startswith("_") and not n.startswith(("__", "_pybind11"))]
     assert {"set_isa_limit", "vlog", "ratio_log_block", "class_tops", "rerank_work_floor",
-            "table_check_invariants", "table_candidate_buckets"} <= set(dir(_core._testing))
+            "table_check_invariants", "table_candidate_buckets", "parallel_team_sizes"} <= set(dir(_core._testing))
 
 
 def _signature_params(doc: str) -> list:
@@ -153,7 +153,8 @@ def _signature_params(doc: str) -> list:
         elif ch in ")]":
             depth -= 1
         if ch == "," and depth == 0:
-            names.append(re.match(r"\s*(\w+)", cur).group(1))
+            if cur.strip():  # "f()": no parameter
+                names.append(re.match(r"\s*(\w+)", cur).group(1))
             cur = ""
         else:
             cur += ch

@@ -8,10 +8,13 @@ RowWiseAdagrad; 8 batches of 65,536 Zipf(1.1) raw IDs in bags of 8; forward, ``s
 backward) timed as median ms per step over 10 passes, for each of:
 
 - embtab 1 thread, torch 1 thread;
-- embtab 2 threads, torch 2 threads;
-- embtab 2 threads, torch 1 thread;
-- embtab 2 threads, torch 2 threads, ``OMP_WAIT_POLICY=PASSIVE`` (torch's OpenMP workers sleep
-  at once after each parallel op instead of spinning for a while).
+- embtab 2 threads, torch 2 threads (embtab's loops on torch's OpenMP team: the default,
+  ``embtab.set_thread_pool("openmp")``);
+- embtab 2 threads, torch 2 threads, ``EMBTAB_THREAD_POOL=embtab`` (embtab's own pool beside
+  torch's OpenMP workers, as up to commit 7a3826b);
+- embtab 2 threads, torch 1 thread (embtab's own pool: torch's thread count is below embtab's);
+- embtab 2 threads, torch 2 threads, ``EMBTAB_THREAD_POOL=embtab`` and ``OMP_WAIT_POLICY=PASSIVE``
+  (torch's OpenMP workers sleep at once after each parallel op instead of spinning for a while).
 
 bench_optim.py interleaves its 1- and 2-thread passes in one process, switching torch's thread
 count between passes, which mixes the states of torch's OpenMP pool; here each setting starts a
@@ -29,9 +32,11 @@ import numpy as np
 
 SETTINGS = [
     ("embtab 1, torch 1", 1, 1, {}),
-    ("embtab 2, torch 2", 2, 2, {}),
-    ("embtab 2, torch 1", 2, 1, {}),
-    ("embtab 2, torch 2, OMP_WAIT_POLICY=PASSIVE", 2, 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("embtab 2, torch 2 (OpenMP team)", 2, 2, {"EMBTAB_THREAD_POOL": "openmp"}),
+    ("embtab 2, torch 2, EMBTAB_THREAD_POOL=embtab", 2, 2, {"EMBTAB_THREAD_POOL": "embtab"}),
+    ("embtab 2, torch 1", 2, 1, {"EMBTAB_THREAD_POOL": "openmp"}),
+    ("embtab 2, torch 2, EMBTAB_THREAD_POOL=embtab, OMP_WAIT_POLICY=PASSIVE", 2, 2,
+     {"EMBTAB_THREAD_POOL": "embtab", "OMP_WAIT_POLICY": "PASSIVE"}),
 ]
 
 

@@ -105,6 +105,34 @@ void pool_run(const py::list& feats, py::array& out, int threads) {
 
 void bind_ops(py::module_& m) {
     m.def(
+        "set_thread_pool",
+        [](const std::string& kind) {
+            embtab::ThreadPoolKind k;
+            if (kind == "openmp") k = embtab::ThreadPoolKind::kOpenMP;
+            else if (kind == "embtab") k = embtab::ThreadPoolKind::kEmbtab;
+            else throw py::value_error("pool must be 'openmp' or 'embtab', got '" + kind + "'");
+            const auto prev = embtab::set_thread_pool(k);
+            if (k == embtab::ThreadPoolKind::kOpenMP) embtab::detail::find_openmp();
+            return std::string(prev == embtab::ThreadPoolKind::kOpenMP ? "openmp" : "embtab");
+        },
+        py::arg("pool"), "set what runs the core's parallel loops; returns the previous setting");
+    m.def(
+        "thread_pool",
+        []() {
+            return std::string(embtab::thread_pool_setting() == embtab::ThreadPoolKind::kOpenMP ? "openmp"
+                                                                                             : "embtab");
+        },
+        "the setting of set_thread_pool");
+    m.def(
+        "find_openmp", []() { return embtab::detail::find_openmp(); },
+        "look libgomp's entry points up in the process (torch loads it); whether found");
+    m.def(
+        "openmp_team_active",
+        [](std::int64_t num_threads) { return embtab::openmp_team_active(check_threads(num_threads)); },
+        py::arg("num_threads"),
+        "whether a loop on num_threads threads started now on this thread would run on its OpenMP team "
+        "(looks libgomp up first)");
+    m.def(
         "hashed_rows",
         [](const py::handle& ids_obj, std::uint64_t m_rows, std::uint64_t seed, std::int64_t num_threads) {
             auto ids = as_ids(ids_obj, "ids");

@@ -4,12 +4,16 @@
 // them. Each checks its arguments as the production bindings do, so a wrong call raises.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <dlfcn.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "common.hpp"
+#include "embtab/parallel.hpp"
 #include "embtab/rerank.hpp"
 #include "embtab/rerank/work_floor.hpp"
 #include "embtab/table.hpp"
@@ -115,6 +119,28 @@ void bind_testing(py::module_& m) {
         "embtab's vectorised log (finite normal x > 0), for tests against the C library's; "
         "baseline=True forces the code compiled for the baseline ISA (no AVX2 dispatch).");
 
+
+    // parallel loop /////////////////////////////////////////////////////////////////////////
+
+    t.def(
+        "parallel_team_sizes",
+        [](std::int64_t n, std::int64_t num_threads) {
+            const int threads = check_threads(num_threads);
+            if (n < 0) throw py::value_error("parallel_team_sizes: n must be >= 0");
+            // omp_get_num_threads seen by each of n one-item chunks: the team's size inside an
+            // OpenMP region, 1 outside (and 0 when libgomp is not loaded).
+            auto* sz = reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
+            std::vector<int> seen(static_cast<std::size_t>(n));
+            {
+                py::gil_scoped_release release;
+                embtab::parallel_for(static_cast<std::size_t>(n), threads, 1, [&](std::size_t b, std::size_t e) {
+                    for (std::size_t i = b; i < e; ++i) seen[i] = sz == nullptr ? 0 : sz();
+                });
+            }
+            return seen;
+        },
+        py::arg("n"), py::arg("num_threads"),
+        "omp_get_num_threads() as seen by each chunk of an n-chunk parallel_for (0 without libgomp).");
 
     // table ////////////////////////////////////////////////////////////////////////////////
 

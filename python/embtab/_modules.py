@@ -14,6 +14,10 @@ from torch import Tensor
 
 from embtab import _core
 
+# torch has loaded GNU OpenMP by now: embtab's parallel loops can run on its team
+# (embtab.set_thread_pool).
+_core.find_openmp()
+
 U64 = 1 << 64
 
 # ID tensors //////////////////////////////////////////////////////////////////////////////////

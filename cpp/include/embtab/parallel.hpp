@@ -1,6 +1,9 @@
-// embtab/parallel.hpp: the one parallel loop embtab uses, on a persistent thread pool.
+// embtab/parallel.hpp: the one parallel loop embtab uses, on a persistent thread pool, or on
+// the calling thread's OpenMP team when the process has GNU OpenMP loaded (see "OpenMP team").
 #pragma once
 
+#include <dlfcn.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -39,6 +42,9 @@ inline void spin_pause() noexcept {
     std::this_thread::yield();
 #endif
 }
+
+// ThreadPoolKind: what runs parallel_for's loops (set_thread_pool, at the end of this file).
+enum class ThreadPoolKind : int { kOpenMP = 0, kEmbtab = 1 };
 
 namespace detail {
 
@@ -148,6 +154,78 @@ class ThreadPool {
     ChunkJob* job_ = nullptr;
 };
 
+// OpenMP team ///////////////////////////////////////////////////////////////////////////////
+//
+// torch's CPU builds run their parallel ops on GNU OpenMP (libgomp), whose workers keep
+// spinning for a while after each op. On a machine with as many busy threads as cores those
+// spinning workers hold the cores embtab's own workers need right after (torch's `sum()` and
+// autograd ops come just before a fused step), and a 2-thread step then gains little over one
+// (docs/site/guide/modules.md, "embtab's threads beside torch's"). So, when the process has libgomp loaded, parallel_for runs its chunks on
+// the calling thread's OpenMP team (GOMP_parallel, the entry point GCC emits for
+// `#pragma omp parallel`, looked up at run time: embtab does not link OpenMP): the workers that
+// are spinning pick the chunks up at once, and no second set of threads competes with them.
+// The chunks and their results are the same as on embtab's pool. The team is used only when
+//   - the pool setting is kOpenMP (the default; set_thread_pool),
+//   - this process is not the child of a fork() made after embtab first looked libgomp up
+//     (libgomp is not fork-safe: a child's team may wait for workers that exist only in the
+//     parent, GCC bug 60035),
+//   - the caller is not inside an OpenMP parallel region, and
+//   - the caller's OpenMP thread count (omp_get_max_threads: torch.set_num_threads sets it)
+//     allows as many threads as the loop would use; with fewer (torch told to use 1 thread,
+//     as in a DataLoader worker) embtab's own pool runs the loop.
+
+struct OpenMPEntry {
+    using Parallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+    using IntFn = int (*)();
+    std::atomic<int> kind{static_cast<int>(ThreadPoolKind::kOpenMP)};
+    std::atomic<Parallel> parallel{nullptr};
+    std::atomic<IntFn> max_threads{nullptr};
+    std::atomic<IntFn> in_parallel{nullptr};
+    std::atomic<bool> forked{false};  // set in the child of a fork() made after the first lookup
+    std::mutex lookup_mutex;
+};
+
+inline OpenMPEntry& openmp_entry() {
+    static OpenMPEntry e;  // never destroyed before the pools that use it
+    return e;
+}
+
+// find_openmp looks up libgomp's entry points among the objects loaded in the process (as a
+// symbol lookup in the global scope: torch loads its libgomp there); returns whether found.
+// Idempotent and cheap once found.
+inline bool find_openmp() {
+    OpenMPEntry& e = openmp_entry();
+    if (e.parallel.load(std::memory_order_acquire) != nullptr) return true;
+    std::lock_guard<std::mutex> lock(e.lookup_mutex);
+    if (e.parallel.load(std::memory_order_acquire) != nullptr) return true;
+    // From the first lookup on, found or not (embtab imported before torch), a forked child
+    // never uses the team: the parent may have run OpenMP regions by the time it forks.
+    static std::once_flag atfork_once;
+    std::call_once(atfork_once, [] {
+        ::pthread_atfork(nullptr, nullptr, [] { openmp_entry().forked.store(true, std::memory_order_relaxed); });
+    });
+    void* par = ::dlsym(RTLD_DEFAULT, "GOMP_parallel");
+    void* mx = ::dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+    void* inp = ::dlsym(RTLD_DEFAULT, "omp_in_parallel");
+    if (par == nullptr || mx == nullptr || inp == nullptr) return false;
+    e.max_threads.store(reinterpret_cast<OpenMPEntry::IntFn>(mx), std::memory_order_relaxed);
+    e.in_parallel.store(reinterpret_cast<OpenMPEntry::IntFn>(inp), std::memory_order_relaxed);
+    e.parallel.store(reinterpret_cast<OpenMPEntry::Parallel>(par), std::memory_order_release);
+    return true;
+}
+
+// openmp_team_for returns GOMP_parallel when a loop of `threads` threads may run on the calling
+// thread's OpenMP team (the conditions above), else nullptr.
+inline OpenMPEntry::Parallel openmp_team_for(int threads) noexcept {
+    OpenMPEntry& e = openmp_entry();
+    if (e.kind.load(std::memory_order_relaxed) != static_cast<int>(ThreadPoolKind::kOpenMP)) return nullptr;
+    const auto par = e.parallel.load(std::memory_order_acquire);
+    if (par == nullptr || e.forked.load(std::memory_order_relaxed)) return nullptr;
+    if (e.in_parallel.load(std::memory_order_relaxed)() != 0) return nullptr;
+    if (e.max_threads.load(std::memory_order_relaxed)() < threads) return nullptr;
+    return par;
+}
+
 // pool returns this process's pool, creating it on first use (and anew in a forked child).
 inline ThreadPool* pool() {
     static std::atomic<ThreadPool*> current{nullptr};
@@ -191,6 +269,13 @@ void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
     job.chunks = chunks;
     job.ctx = const_cast<void*>(static_cast<const void*>(&fn));
     job.call = [](void* ctx, std::size_t b, std::size_t e) { (*static_cast<F*>(ctx))(b, e); };
+    if (const auto team = detail::openmp_team_for(threads)) {
+        // Every team thread claims chunks as a pool worker would; run_chunks catches.
+        team([](void* j) { static_cast<detail::ChunkJob*>(j)->run_chunks(); }, &job,
+             static_cast<unsigned>(threads), 0u);
+        if (job.error) std::rethrow_exception(job.error);
+        return;
+    }
     detail::ThreadPool* p = detail::pool();
     job.max_helpers = std::min(threads - 1, p->workers());
     if (!p->try_run(job)) {
@@ -207,6 +292,24 @@ void parallel_for(std::size_t n, int num_threads, std::size_t grain, Fn&& fn) {
         for (auto& th : helpers) th.join();
     }
     if (job.error) std::rethrow_exception(job.error);
+}
+
+// set_thread_pool chooses what runs parallel_for's loops: kOpenMP (the default) the calling
+// thread's OpenMP team when libgomp is loaded (and the other conditions of "OpenMP team"
+// hold), else embtab's pool; kEmbtab always embtab's pool. Returns the previous setting.
+inline ThreadPoolKind set_thread_pool(ThreadPoolKind kind) noexcept {
+    return static_cast<ThreadPoolKind>(detail::openmp_entry().kind.exchange(static_cast<int>(kind)));
+}
+
+inline ThreadPoolKind thread_pool_setting() noexcept {
+    return static_cast<ThreadPoolKind>(detail::openmp_entry().kind.load());
+}
+
+// openmp_team_active says whether a loop of `threads` threads started now on this thread would
+// run on an OpenMP team (after looking libgomp up, if it was not found yet).
+inline bool openmp_team_active(int threads) {
+    detail::find_openmp();
+    return detail::openmp_team_for(resolve_threads(threads)) != nullptr;
 }
 
 }  // namespace embtab

@@ -142,8 +142,10 @@ def machine() -> dict:
         ``cpu`` (lscpu's model name), ``cores``, ``hypervisor`` (or None), ``cpu_flags`` (the
         x86 features that decide embtab's code paths), ``isa`` (the level embtab's dispatch
         picks, see :func:`isa_level`), ``python``, ``numpy``, ``torch`` (None without torch),
-        ``embtab``, ``commit`` (None outside a git checkout) and ``date`` (UTC).
+        ``embtab``, ``thread_pool`` (:func:`embtab.thread_pool`), ``commit`` (None outside a git
+        checkout) and ``date`` (UTC).
     """
+    import embtab
     from embtab import _core
 
     info = _lscpu()
@@ -167,6 +169,7 @@ def machine() -> dict:
         "torch": torch_version,
         "torch_threads": torch_threads,
         "embtab": _core.__version__,
+        "thread_pool": embtab.thread_pool(),
         "commit": _commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -185,7 +188,8 @@ def machine_line(m: Optional[dict] = None) -> str:
     where = f"{g('cpu')}, {g('cores')} cores" + (f", {m['hypervisor']}" if m.get("hypervisor") else "")
     soft = f"Python {g('python')}, NumPy {g('numpy')}" + (f", torch {m['torch']}" if m.get("torch") else "")
     at = f"embtab {g('embtab')}" + (f" at {m['commit']}" if m.get("commit") else "")
-    return f"{where}; ISA level {g('isa')}; {soft}; {at}; {g('date')}"
+    pool = f"; thread pool {m['thread_pool']}" if m.get("thread_pool") else ""
+    return f"{where}; ISA level {g('isa')}; {soft}; {at}{pool}; {g('date')}"
 
 
 class Timing(NamedTuple):
