@@ -565,3 +565,41 @@ def test_float64_tables_equal_independent_modules():
         loss_of(dict(zip("abc", outs.split([4, 3, 2], 1))), targets).backward()
         loss_of(ref_outs, targets).backward()
         assert_tables_equal(coll, refs, ["weight", "opt_sum"])
+
+
+def test_double_converts_the_fused_state_and_trains_as_a_float64_collection():
+    cfgs = configs("cuckoo")
+    conv = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.Adagrad(lr=0.2)).double()
+    born = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.Adagrad(lr=0.2), dtype=torch.float64)
+    for c in cfgs:
+        assert conv.embedding_bags[c.name].opt_sum.dtype == torch.float64
+    for feats, psw, targets in batches(3, seed=17):
+        psw = {f: w.double() for f, w in psw.items()}
+        targets = {f: t.double() for f, t in targets.items()}
+        for coll in (conv, born):
+            loss_of(coll(feats, psw), targets).backward()
+    for c in cfgs:
+        a, b = conv.embedding_bags[c.name], born.embedding_bags[c.name]
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.opt_sum, b.opt_sum)
+
+
+@pytest.mark.parametrize("opt", [None, "adagrad"])
+@pytest.mark.parametrize("shared", [False, True], ids=["own_tables", "shared_table"])
+def test_a_batch_of_no_bags_gives_empty_outputs(opt, shared):
+    if shared:
+        cfgs = [EmbeddingBagConfig(num_embeddings=4, embedding_dim=2, name="t", feature_names=["f", "g"])]
+    else:
+        cfgs = [EmbeddingBagConfig(num_embeddings=4, embedding_dim=2, name="t", feature_names=["f"]),
+                EmbeddingBagConfig(num_embeddings=4, embedding_dim=3, name="u", feature_names=["g"])]
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=None if opt is None else eo.Adagrad(lr=0.1))
+    empty = torch.zeros(0, dtype=torch.int64)
+    dims = {"f": 2, "g": 2 if shared else 3}
+    for feats in ({"f": (empty, empty), "g": (empty, empty)},
+                  {"f": torch.zeros(0, 2, dtype=torch.int64), "g": torch.zeros(0, 2, dtype=torch.int64)},
+                  KeyedJaggedIds(["f", "g"], empty, torch.zeros(0, dtype=torch.int64))):
+        out = coll(feats)
+        assert {f: tuple(v.shape) for f, v in out.items()} == {f: (0, d) for f, d in dims.items()}
+        assert tuple(coll(feats, concat=True).shape) == (0, sum(dims.values()))
+        if opt is not None:
+            sum(v.sum() for v in out.values()).backward()
+    assert all(b.num_ids == 0 for b in coll.embedding_bags.values())

@@ -200,6 +200,27 @@ def test_empty_rank_and_eval_mode(tmp_path):
     _start(_w_eval_and_empty, 2, str(tmp_path / "store"))
 
 
+def _w_bag_no_bags(rank, world_size, store):
+    """A rank with no bags passes empty 1-D ids and offsets, as nn.EmbeddingBag takes them; the
+    collectives still line up and the shards equal one process fed rank 0's bags."""
+    _init(rank, world_size, store)
+    ref, _ = _make("sum", sharded=False, optimizer=FUSED["adagrad"]())
+    m, _ = _make("sum", sharded=True, optimizer=FUSED["adagrad"]())
+    ids, offsets = torch.from_numpy(POOL[[3, 5, 9, 3, 11]]), torch.tensor([0, 2, 2])
+    empty = torch.zeros(0, dtype=torch.int64)
+    for _ in range(2):
+        ref(ids, offsets).square().sum().backward()
+        out = m(ids, offsets) if rank == 0 else m(empty, empty)
+        assert out.shape == ((3, DIM) if rank == 0 else (0, DIM))
+        out.square().sum().backward()
+    _assert_fused_same_per_id(m, ref)
+    dist.destroy_process_group()
+
+
+def test_a_rank_with_no_bags_passes_empty_ids_and_offsets(tmp_path):
+    _start(_w_bag_no_bags, 2, str(tmp_path / "store"))
+
+
 def _w_evict(rank, world_size, store):
     _init(rank, world_size, store)
     m = ShardedCuckooEmbedding(12, DIM, seed=SEED, on_full="evict_lru")  # 6 rows per shard

@@ -152,6 +152,13 @@ def test_bag_max_with_scale_grad_by_freq_refused_at_construction(cls):
         cls(4, 2, mode="max", scale_grad_by_freq=True)
     with pytest.raises(ValueError, match="mode='max' does not support sparse"):
         cls(4, 2, mode="max", sparse=True)
+    # torch's embedding_bag refuses sparse + scale_grad_by_freq at the first backward only
+    with pytest.raises(RuntimeError, match="scale_grad_by_freq not supported with sparse"):
+        torch.nn.EmbeddingBag(4, 2, mode="sum", sparse=True, scale_grad_by_freq=True)(
+            torch.tensor([1, 1]), torch.tensor([0])).sum().backward()
+    for mode in ("sum", "mean"):
+        with pytest.raises(ValueError, match="sparse=True does not support scale_grad_by_freq=True"):
+            cls(4, 2, mode=mode, sparse=True, scale_grad_by_freq=True)
 
 
 def test_init_bounds_that_overflow_are_refused():
@@ -1235,3 +1242,62 @@ def test_assigned_optimizer_state_of_another_float_dtype_is_cast():
     dst.load_state_dict(sd, assign=True)
     assert dst.opt_sum.dtype == torch.float32 and sd["opt_sum"].dtype == torch.float64
     dst(torch.tensor([1, 3])).sum().backward()  # was: TypeError, state of another dtype
+
+
+@pytest.mark.parametrize("cls", [CuckooEmbedding, CuckooEmbeddingBag])
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adagrad", "rowwise", "adam"])
+def test_dtype_conversion_converts_the_fused_state_with_the_weight(cls, opt):
+    import embtab.optim as eo
+
+    make = {"sgd_momentum": lambda: eo.SGD(lr=0.1, momentum=0.9), "adagrad": lambda: eo.Adagrad(lr=0.1),
+            "rowwise": lambda: eo.RowWiseAdagrad(lr=0.1), "adam": lambda: eo.Adam(lr=0.1)}[opt]
+    kw = {"mode": "sum"} if cls is CuckooEmbeddingBag else {}
+    conv = cls(4, 3, seed=2, optimizer=make(), **kw)
+    born = cls(4, 3, seed=2, optimizer=make(), dtype=torch.float64, **kw)
+    x = torch.tensor([[5, 6], [6, 9]])
+    conv(x).sum().backward()  # a float32 step first: its state is converted, not reset
+    born.load_state_dict({k: v.double() if v.is_floating_point() else v
+                          for k, v in conv.state_dict().items()})
+    conv.double()
+    states = [n for n in conv._buffers if n.startswith("opt_") and n != "opt_step"]
+    assert states and all(conv._buffers[n].dtype == torch.float64 for n in states)
+    assert conv.opt_step.dtype == torch.int64 and conv.row_ids.dtype == torch.int64
+    for _ in range(2):
+        for m in (conv, born):
+            m(x * 3).pow(2).sum().backward()
+    for name, b in born.state_dict().items():
+        assert torch.equal(conv.state_dict()[name], b), name
+
+
+@pytest.mark.parametrize("cls", [CuckooEmbeddingBag, HashedEmbeddingBag])
+def test_no_bags_gives_an_empty_output_as_torch_does(cls):
+    m = cls(4, 2, mode="sum")
+    empty = torch.zeros(0, dtype=torch.int64)
+    ref = torch.nn.EmbeddingBag(4, 2, mode="sum")(empty, empty)
+    assert m(empty, empty).shape == ref.shape == (0, 2)
+    before = m.state_dict()
+    # torch drops IDs given with no bag; embtab refuses them, changing nothing
+    with pytest.raises(ValueError, match=r"offsets is empty \(no bags\) but input holds 2 IDs"):
+        m(torch.tensor([1, 2]), empty)
+    last = cls(4, 2, mode="sum", include_last_offset=True)
+    with pytest.raises(ValueError, match="with include_last_offset=True, offsets must hold at least one"):
+        last(empty, empty)
+    assert last(empty, torch.tensor([0])).shape == (0, 2)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("growth_factor", [1e12, 1e300])
+def test_a_growth_too_large_to_allocate_raises_memoryerror_and_changes_nothing(growth_factor):
+    m = CuckooEmbeddingBag(2, 4, mode="sum", growth_factor=growth_factor, seed=1)
+    m(torch.tensor([[1]]))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(MemoryError, match=r"growing from 2 to .* rows \(growth_factor=.*\) failed, "
+                                          r"nothing changed"):
+        m(torch.tensor([[5], [6], [7]]))
+    after = m.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert m.num_ids == 1 and m.stats()["num_growths"] == 0
+    assert m(torch.tensor([[5]])).shape == (1, 4)  # a batch that fits still trains

@@ -108,9 +108,10 @@ def grown_rows(old: Tensor, rows: int, keep: int, fill: float = 0.0) -> Tensor:
 def check_bag_config(mode: object, sparse: bool, scale_grad_by_freq: bool) -> str:
     """The reduction ``mode`` of a bag module, checked with the options torch refuses beside it.
 
-    Raises ValueError for a mode other than 'sum', 'mean', 'max', and for mode='max' with
-    ``sparse=True`` or ``scale_grad_by_freq=True`` (torch raises those only at the first
-    backward or forward; refusing at construction keeps a forward from inserting IDs first).
+    Raises ValueError for a mode other than 'sum', 'mean', 'max', for mode='max' with
+    ``sparse=True`` or ``scale_grad_by_freq=True``, and for ``sparse=True`` with
+    ``scale_grad_by_freq=True`` (torch raises those only at the first backward or forward;
+    refusing at construction keeps a forward from inserting IDs first).
     """
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
@@ -118,6 +119,12 @@ def check_bag_config(mode: object, sparse: bool, scale_grad_by_freq: bool) -> st
         raise ValueError("mode='max' does not support sparse=True (as in torch)")
     if mode == "max" and scale_grad_by_freq:
         raise ValueError("mode='max' does not support scale_grad_by_freq=True (as in torch)")
+    if sparse and scale_grad_by_freq:
+        raise ValueError(
+            "sparse=True does not support scale_grad_by_freq=True in a bag module (torch's "
+            "embedding_bag backward refuses it); use sparse=False (a fused optimizer needs no "
+            "sparse gradient)"
+        )
     return str(mode)
 
 
@@ -164,10 +171,18 @@ def check_bag_args(
         off = offsets.detach().cpu().to(torch.int64)
         n = input.shape[0]
         if off.numel() == 0:
-            raise ValueError(
-                f"offsets must hold at least one offset, got shape {tuple(offsets.shape)}"
-            )
-        if check_values:
+            # No bags: torch's EmbeddingBag returns (0, d), and ignores any IDs given.
+            if include_last_offset:
+                raise ValueError(
+                    f"with include_last_offset=True, offsets must hold at least one offset "
+                    f"(the last is the number of IDs), got shape {tuple(offsets.shape)}"
+                )
+            if n != 0:
+                raise ValueError(
+                    f"offsets is empty (no bags) but input holds {n} IDs (shape ({n},)); "
+                    f"give offsets[0] = 0 for one bag of them"
+                )
+        elif check_values:
             o = off.numpy()
             if o[0] != 0:
                 raise ValueError(

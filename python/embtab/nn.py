@@ -594,7 +594,10 @@ class _CuckooBase(_AtomicLoad):
     def _apply(self, fn, recurse=True):
         # The ID map and counters stay on CPU (the remap reads them as NumPy views) whatever
         # .to()/.cuda()/.half() does to the weight.
-        keep = {n: b for n, b in self._buffers.items() if b is not None}
+        # The fused optimizer's per-row state (opt_<state>) follows the weight (its dtype must
+        # be the weight's); its step count stays with the map.
+        keep = {n: b for n, b in self._buffers.items()
+                if b is not None and (n == "opt_step" or not n.startswith("opt_"))}
         out = super()._apply(fn, recurse)
         self._buffers.update(keep)
         return out
@@ -923,8 +926,17 @@ class _CuckooBase(_AtomicLoad):
         self._table_changed()
 
     def _grow(self, new_R: int):
-        self._resize_rows(new_R)
-        self._table.reserve(new_R)
+        # The index first: if either allocation fails, the map and the weight are as they were
+        # (the index keeps any room it made, and its IDs and rows).
+        try:
+            self._table.reserve(new_R)
+            self._resize_rows(new_R)
+        except (MemoryError, RuntimeError, TypeError, OverflowError, ValueError) as e:
+            raise MemoryError(
+                f"{type(self).__name__}: growing from {self.num_embeddings} to "
+                f"{new_R if new_R < 10**18 else format(float(new_R), '.3g')} rows "
+                f"(growth_factor={self.growth_factor}) failed, nothing changed: {e}"
+            ) from e
         self.num_growths += 1
         self._pending_grown = True
         _PENDING.add(self)
@@ -2462,7 +2474,7 @@ class _BagCollection(_AtomicLoad):
             if len(c.feature_names) == 1:
                 pooled[c.feature_names[0]] = out
             else:
-                pooled.update(zip(c.feature_names, out.split(B)))
+                pooled.update(zip(c.feature_names, out.split([B] * len(c.feature_names))))
         if concat:
             return torch.cat([pooled[f] for f in self.feature_names], dim=1)
         return {f: pooled[f] for f in self.feature_names}
