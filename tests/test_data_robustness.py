@@ -314,3 +314,41 @@ def test_calibration_number_helpers():
     # what the sentences above are built with
     assert cx._num(float("nan"), ".4f") == "undefined" and cx._num(0.5, ".0%") == "50%"
     assert math.isnan(cx._ratio(1.0, 0.0)) and cx._ratio(1.0, 4.0) == 0.25
+
+
+# 6. extreme generator settings: a valid data set whose truth is finite ////////////////////////
+
+
+@pytest.mark.parametrize("spec", [
+    "synthetic:n_users=50,n_items=50,zipf_s=500",           # popularity**beta underflowed: 0/0
+    "synthetic:n_users=50,n_items=500,beta=300",
+    "synthetic:n_users=50,n_items=500,beta=-300",           # overflowed: inf/inf
+    "synthetic:n_users=50,n_items=50,mix_concentration=1e-9",   # Gamma draws all 0: IndexError
+    "synthetic:n_users=50,n_items=50,rank=4,zipf_s=500",    # v2: NaN truth, 0 interactions
+    "synthetic:n_users=50,n_items=500,rank=4,beta=500",
+    "synthetic:n_users=50,n_items=50,rank=4,mix_concentration=1e-9",
+    "stream:n_users=50,n_items=50,zipf_s=500",
+])
+def test_extreme_generator_settings_give_finite_truth_and_data(spec):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        d = load_dataset(spec)
+    p = d.truth.prob()
+    assert np.all(np.isfinite(p))
+    assert np.allclose(p.sum(axis=1), 1.0)
+    # every user consumed items, and only items they can like
+    assert np.array_equal(np.unique(d.users), np.arange(d.n_users))
+    assert np.all(d.truth.pair_prob(d.users, d.items) > 0)
+
+
+def test_movielens_comma_u_data_names_the_line_taken_for_a_header(tmp_path):
+    """A comma-separated u.data: its first line has no tab-separated number, so it was skipped
+    as a header and the error blamed line 2 alone (finding: u.data with another separator)."""
+    (tmp_path / "u.data").write_text("196,242,3,881250949\n186,302,3,891717742\n")
+    with pytest.raises(ValueError, match=r"line 2: expected 4 tab-separated fields .* \(line 1, "
+                                         r"'196,242,3,881250949', has no tab-separated field"):
+        load_movielens(tmp_path)
+    (tmp_path / "u.data").write_text("196,242,3,881250949\n")
+    with pytest.raises(ValueError, match=r"no ratings \(line 1, '196,242,3,881250949', was "
+                                         "read as a header\\)"):
+        load_movielens(tmp_path)

@@ -500,3 +500,27 @@ def test_config_train_holds_only_the_fields_every_run_shares(session):
     assert res["config"]["loss"] == "softmax" and "loss" not in res["config"]["train"]
     assert {r["loss"] for r in res["rows"] if r["model"] == "mf"} == {"softmax"}
     assert "lr" in res["config"]["train"]          # not tuned: lr is shared
+
+
+def test_dims_grid_checks_every_cell_before_training(monkeypatch):
+    """A grid cell the base data set cannot hold (rank 64 > 40 items) fails before any cell
+    trains, not after the cells before it (finding: the default ranks on a small base)."""
+    from embtab.experiments import dims_grid
+
+    trained = []
+    monkeypatch.setattr(dims_grid, "run_dims", lambda spec, *a, **kw: trained.append(spec))
+    with pytest.raises(ValueError, match=r"rank must be <= min\(n_users, n_items\) = 40"):
+        dims_grid.run_dims_grid("synthetic:n_users=50,n_items=40,n_genres=4,"
+                                "interactions_per_user=6", seeds=1, ranks=(4, 64),
+                                zipfs=(1.1,), dims=(2,), progress=False)
+    assert trained == []
+
+
+def test_dims_grid_sentence_names_its_difference():
+    from embtab.experiments import dims_grid
+
+    res = dims_grid.run_dims_grid("synthetic:n_users=40,n_items=50,n_genres=4,"
+                                  "interactions_per_user=6", seeds=2, ranks=(2,), zipfs=(1.1,),
+                                  dims=(2, 4), train_overrides={"epochs": 1}, progress=False)
+    text = "\n".join(dims_grid.section(res))
+    assert "excess_arp@10(d=2) − excess_arp@10(d=4) = " in text

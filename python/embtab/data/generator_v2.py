@@ -58,7 +58,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embtab.data.containers import Interactions, RowSets
-from embtab.data.synthetic import check_generator_args, check_seed, random_ids
+from embtab.data.synthetic import (
+    check_generator_args,
+    check_seed,
+    dirichlet_rows,
+    genre_weights,
+    random_ids,
+)
 from embtab.data.truth import Truth
 
 __all__ = ["DEFAULT_RANK", "GROUPS", "MAINSTREAM_WEIGHT", "V2_KEYS", "LatentTruth", "power_law_v2"]
@@ -282,9 +288,13 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     rng = np.random.default_rng(seed)
 
     # 1. items: popularity, merit, one main genre each
-    popularity = (rng.permutation(I) + 1.0) ** -float(zipf_s)
-    indep = (rng.permutation(I) + 1.0) ** -float(zipf_s)
+    rank1, rank2 = rng.permutation(I) + 1.0, rng.permutation(I) + 1.0
+    popularity = rank1 ** -float(zipf_s)
+    indep = rank2 ** -float(zipf_s)
     item_merit = popularity ** float(merit) * indep ** (1.0 - float(merit))
+    # log(merit**beta), so that a steep Zipf exponent or a large beta cannot underflow a factor
+    log_merit_beta = -float(zipf_s) * float(beta) * (float(merit) * np.log(rank1)
+                                                      + (1.0 - float(merit)) * np.log(rank2))
     prevalence = (np.arange(G) + 1.0) ** -0.5
     genre = rng.choice(G, size=I, p=prevalence / prevalence.sum())
     genre[rng.permutation(I)[:G]] = np.arange(G)                    # every genre gets an item
@@ -300,11 +310,10 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         home = np.concatenate([first, rest]).astype(np.int64)
     affinity = np.full((n_taste, G), genre_leak / G)
     affinity[np.arange(n_taste), home] += 1.0 - genre_leak
-    noise = np.exp(taste_sigma * rng.standard_normal((n_taste, I))) if taste_sigma > 0 else 1.0
-    phi = (item_merit ** float(beta))[None, :] * affinity[:, genre] * noise
+    log_noise = taste_sigma * rng.standard_normal((n_taste, I)) if taste_sigma > 0 else 0.0
+    phi = genre_weights(log_merit_beta[None, :] + log_noise, affinity[:, genre])
     if has_main:
-        phi = np.concatenate([(item_merit ** float(beta))[None, :], phi], axis=0)
-    phi /= phi.sum(axis=1, keepdims=True)
+        phi = np.concatenate([genre_weights(log_merit_beta, np.ones((1, I))), phi], axis=0)
     factor_genre = np.concatenate([[-1], home]) if has_main else home
 
     # 3. users: group, mainstream weight, taste mix
@@ -321,8 +330,7 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         logw = np.log(prevalence[home])
         keys = logw[None, :] + rng.gumbel(size=(U, n_taste))
         chosen = np.argsort(np.argsort(-keys, axis=1), axis=1) < n_int[:, None]
-        gam = rng.gamma(float(mix_concentration), size=(U, n_taste)) * chosen
-        taste = gam / gam.sum(axis=1, keepdims=True)
+        taste = dirichlet_rows(rng, float(mix_concentration), chosen)
     theta = np.concatenate([eta[:, None], (1.0 - eta)[:, None] * taste], axis=1) if has_main \
         else taste
     expo = popularity ** float(exposure)

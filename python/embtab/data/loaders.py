@@ -272,6 +272,7 @@ def _read_ratings(data_file: Path, sep, encoding: str):
     what = {None: "tab-separated", "::": "'::'-separated", ",": "comma-separated"}[sep]
     cols: tuple = ([], [], [], [])
     first = True
+    header = None   # (line number, text) of a first line skipped as a header
     try:
         with open(data_file, encoding=encoding) as f:
             done = 0
@@ -287,6 +288,7 @@ def _read_ratings(data_file: Path, sep, encoding: str):
                     fields = text.split(sep) if sep else text.split()
                     if first and not any(_is_number(x.strip()) for x in fields):
                         first = False
+                        header = (n, text)
                         continue  # a header: no field is a number
                     first = False
                     rows.append(fields)
@@ -308,8 +310,17 @@ def _read_ratings(data_file: Path, sep, encoding: str):
         raise FileNotFoundError(f"{data_file}: no such file") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{data_file}: not {encoding} text ({e})") from None
+    except ValueError as e:
+        if header is None or cols[0]:
+            raise
+        # nothing was read after the line taken for a header: say so (e.g. a comma-separated
+        # u.data, whose first line has no tab-separated number)
+        raise ValueError(f"{e} (line {header[0]}, {header[1]!r}, has no {what} field that "
+                         "is a number, so it was read as a header)") from None
     if not cols[0]:
-        raise ValueError(f"{data_file}: no ratings")
+        raise ValueError(f"{data_file}: no ratings"
+                         + (f" (line {header[0]}, {header[1]!r}, was read as a header)"
+                            if header else ""))
     return tuple(np.concatenate(parts) for parts in cols)
 
 

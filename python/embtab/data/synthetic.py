@@ -135,20 +135,19 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     rows, cols = np.nonzero(item_pick)
     item_genres = RowSets.from_pairs(rows, cols, I, G)
     w = item_genres.split_weights()                                 # [I, G]
-    gip = (popularity ** float(beta))[None, :] * w.T                # [G, I]
-    gip /= gip.sum(axis=1, keepdims=True)
+    gip = genre_weights(-float(zipf_s) * float(beta) * np.log(rank.astype(np.float64)), w.T)
 
     # users: interest genres and planted mix
     n_interests = np.minimum(rng.choice(3, size=U, p=ipu) + 1, G)
     user_pick = _weighted_sets(rng, prevalence, n_interests)        # bool [U, G]
-    gam = rng.gamma(float(mix_concentration), size=(U, G)) * user_pick
-    user_mix = gam / gam.sum(axis=1, keepdims=True)
+    user_mix = dirichlet_rows(rng, float(mix_concentration), user_pick)
     truth = GroundTruth(user_mix=user_mix, genre_item_prob=gip, popularity=popularity,
                         zipf_s=float(zipf_s), beta=float(beta))
 
-    # activity, capped by each user's support (items of their interest genres)
-    user_sets, user_inv = np.unique(user_pick, axis=0, return_inverse=True)
-    item_sets, item_count = np.unique(item_pick, axis=0, return_counts=True)
+    # activity, capped by each user's support (the items with p(i|u) > 0: those of the genres
+    # in their mix, less any whose weight underflows to 0 under a steep Zipf exponent)
+    user_sets, user_inv = np.unique(user_mix > 0, axis=0, return_inverse=True)
+    item_sets, item_count = np.unique(gip.T > 0, axis=0, return_counts=True)
     overlap = (user_sets.astype(np.float64) @ item_sets.T.astype(np.float64)) > 0
     support = (overlap @ item_count).astype(np.int64)[user_inv.ravel()]
     if activity_sigma > 0:
@@ -165,6 +164,40 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     return Interactions(name=name, user_ids=random_ids(rng, U), item_ids=random_ids(rng, I),
                         users=users, items=items, timestamps=order, item_genres=item_genres,
                         genre_names=tuple(f"g{g:02d}" for g in range(G)), truth=truth)
+
+
+def genre_weights(log_weight, affinity):
+    """Rows ∝ ``exp(log_weight) * affinity`` normalised to sum 1, float64 [R, I].
+
+    ``log_weight`` [I] (or [R, I]) is an item's log weight (e.g. ``beta * log popularity``)
+    and ``affinity`` [R, I] >= 0 each row's share of the item (every row has a positive entry).
+    Computed in log space, each row scaled by its largest weight, so that a steep Zipf exponent
+    or a large ``beta`` (weights below 1e-308) neither empties a row (0/0) nor overflows.
+    """
+    logw = np.where(affinity > 0, np.asarray(log_weight, np.float64), -np.inf)
+    out = np.exp(logw - logw.max(axis=1, keepdims=True)) * affinity
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def dirichlet_rows(rng, concentration: float, support) -> np.ndarray:
+    """Per row of the bool mask ``support`` [n, m], a ``Dirichlet(concentration)`` draw over
+    its true columns (zeros elsewhere), float64 [n, m]; every row of ``support`` needs a true
+    column.
+
+    Drawn as normalised Gamma variates. With a tiny concentration every Gamma draw of a row can
+    underflow to 0 (the limit of the Dirichlet there puts all mass on one column); such a row
+    gets all its mass on one of its columns, picked uniformly (these extra draws are made only
+    then, so other rows and other settings draw exactly as before).
+    """
+    gam = rng.gamma(concentration, size=support.shape) * support
+    total = gam.sum(axis=1, keepdims=True)
+    empty = np.flatnonzero(total[:, 0] == 0)
+    if empty.size:
+        keys = np.where(support[empty], rng.random((empty.size, support.shape[1])), -1.0)
+        gam[empty] = 0.0
+        gam[empty, np.argmax(keys, axis=1)] = 1.0
+        total[empty] = 1.0
+    return gam / total
 
 
 def _probs3(p, what):

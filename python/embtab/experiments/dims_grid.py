@@ -26,6 +26,7 @@ from embtab.experiments.dims import DIMS, fmt_ci, run_dims
 from embtab.experiments.intervals import direction_sentence
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
+from embtab.experiments.session import Session, seed_list
 
 __all__ = ["GRID_BASE", "GRID_RANKS", "GRID_ZIPFS", "grid_table", "run_dims_grid", "section"]
 
@@ -68,19 +69,24 @@ def run_dims_grid(dataset: str = GRID_BASE, seeds=5, *, ranks: Sequence[int] = G
     if not ranks or not zipfs:
         raise ValueError(f"ranks and zipfs must be non-empty; got {ranks!r}, {zipfs!r}")
     t0 = time.perf_counter()
+    seed_list(seeds)
     sep = "," if ":" in base else ":"
+    # every cell's data set is generated (and checked) before any training, so that a cell the
+    # base cannot hold (e.g. a rank above min(n_users, n_items)) fails at once, not after the
+    # cells before it have trained; each session is dropped once its cell has run
+    cells_todo = [(r, z, Session(f"{base}{sep}rank={int(r)},zipf_s={float(z)!r}",
+                                 train_overrides, progress)) for r in ranks for z in zipfs]
     rows, summary, cells = [], [], []
-    for r in ranks:
-        for z in zipfs:
-            spec = f"{base}{sep}rank={int(r)},zipf_s={float(z)!r}"
-            res = run_dims(spec, seeds, dims=dims, loss=loss, tune=tune, quick=quick,
-                           train_overrides=train_overrides, progress=progress)
-            tag = {"rank": int(r), "zipf_s": float(z)}
-            rows += [{**tag, **row} for row in res["rows"]]
-            summary += [{**tag, **e} for e in res["summary"]]
-            cells.append({**tag, "dataset": res["dataset"], "contrasts": res["contrasts"],
-                          "seconds": res["config"]["seconds"]})
-            config = res["config"]
+    while cells_todo:
+        r, z, s = cells_todo.pop(0)
+        res = run_dims(s.spec, seeds, dims=dims, loss=loss, tune=tune, quick=quick,
+                       train_overrides=train_overrides, progress=progress, session=s)
+        tag = {"rank": int(r), "zipf_s": float(z)}
+        rows += [{**tag, **row} for row in res["rows"]]
+        summary += [{**tag, **e} for e in res["summary"]]
+        cells.append({**tag, "dataset": res["dataset"], "contrasts": res["contrasts"],
+                      "seconds": res["config"]["seconds"]})
+        config = res["config"]
     return {"experiment": "dims-grid",
             "dataset": {"name": "synthetic v2 grid", "spec": base, "users": None,
                         "items": None, "interactions": None, "top1pct_share": None},
@@ -124,7 +130,7 @@ def section(results: dict, plots=()) -> list:
             text.append(direction_sentence(
                 con["difference"], f"r = {c['rank']}, s = {c['zipf_s']:g}: from d = "
                 f"{con['d_low']} to d = {con['d_high']}, excess popularity", "falls", "rises",
-                metric="difference"))
+                metric=f"{con['metric']}(d={con['d_low']}) − {con['metric']}(d={con['d_high']})"))
     return finish_section(lines, text, results, plots)
 
 
