@@ -744,3 +744,77 @@ def test_refused_thread_starts_fall_back_to_fewer_threads():
 def test_from_items_accepts_empty_lists():
     t = embtab.CuckooTable.from_items(np.zeros(0, np.int64), [])  # a list: was float64
     assert len(t) == 0 and t.lookup(np.array([1], np.int64))[0] == -1
+
+
+# IDs chosen to collide: the inverse of mix64 (embtab._hashing.mix64 is the oracle) gives IDs
+# whose hashes share their low 32 bits and all but the lowest 4 of their high 32: the two
+# buckets (fastrange of the hash and of its halves swapped) are the same at every index size
+# up to 2**28 buckets.
+
+_M64 = (1 << 64) - 1
+
+
+def _unxorshift(y: int, s: int) -> int:
+    x = y
+    for _ in range(64 // s + 1):
+        x = y ^ (x >> s)
+    return x & _M64
+
+
+def _inv_mix64(h: int, seed: int = 0) -> int:
+    x = _unxorshift(h, 31)
+    x = (x * pow(0x94D049BB133111EB, -1, 1 << 64)) & _M64
+    x = _unxorshift(x, 27)
+    x = (x * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & _M64
+    x = _unxorshift(x, 30)
+    return (x - 0x9E3779B97F4A7C15 * (seed + 1)) & _M64
+
+
+def _colliding_ids(n: int, seed: int = 0) -> np.ndarray:
+    from embtab._hashing import mix64
+
+    ids = [_inv_mix64(((0x12345670 + i) << 32) | 0x9ABCDEF0, seed) for i in range(n)]
+    assert all(mix64(k, seed) == ((0x12345670 + i) << 32) | 0x9ABCDEF0 for i, k in enumerate(ids))
+    return np.array(ids, dtype=np.uint64)
+
+
+def _state(t: CuckooTable):
+    keys, rows = t.items()
+    s = t.stats()
+    return sorted(zip(keys.tolist(), rows.tolist())), s["num_rows"], s["free_rows"], len(t)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ids_chosen_to_collide_are_refused_and_the_batch_undone(threads):
+    bad = _colliding_ids(9)  # 2 buckets of 4 slots hold 8 of them, never 9
+    t = CuckooTable(seed=0, num_threads=threads)
+    rng = np.random.default_rng(4)
+    t.lookup_or_insert(rng.integers(0, 1 << 63, 3000, dtype=np.uint64))
+    t.erase(np.ascontiguousarray(t.items()[0][:500:7]))  # free rows, taken first by the next new IDs
+    twin = CuckooTable.from_bytes(t.to_bytes())
+    before = _state(t)
+    # new IDs (free rows and fresh rows), then the colliding ones; large enough for the
+    # parallel lookup path at 2 threads
+    batch = np.concatenate([rng.integers(0, 1 << 63, 20_000, dtype=np.uint64), bad])
+    memory = []
+    for _ in range(5):
+        with pytest.raises(ValueError, match=r"cannot be placed: both of its buckets stay full .* "
+                                             r"give the table a seed of your own"):
+            t.lookup_or_insert(batch)
+        assert _state(t) == before
+        assert _testing.table_check_invariants(t._t) == ""
+        memory.append(t.stats()["memory_bytes"])
+    # the index keeps the room it made for the 20,000 new IDs, and never grows for the nine
+    assert memory == memory[:1] * 5 and memory[0] <= 4 * 20_000 * 16 / 0.9
+    fresh = rng.integers(0, 1 << 63, 100, dtype=np.uint64)
+    np.testing.assert_array_equal(t.lookup_or_insert(fresh), twin.lookup_or_insert(fresh))
+    # eight fit; with another seed all nine are ordinary IDs
+    t.lookup_or_insert(bad[:8])
+    other = CuckooTable(seed=12345)
+    np.testing.assert_array_equal(other.lookup_or_insert(bad), np.arange(9))
+
+
+def test_a_file_holding_ids_chosen_to_collide_is_refused():
+    bad = _colliding_ids(9)
+    with pytest.raises(ValueError, match="cannot be placed"):
+        CuckooTable.from_items(bad, np.arange(9), seed=0)

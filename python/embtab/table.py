@@ -50,7 +50,10 @@ class CuckooTable:
         10^7-ID build from empty ran 1.2-1.5x faster at 0.9 than at 0.95 in the median
         (bench/README.md, "New IDs").
     seed : int, default 0
-        Hash seed (0 <= seed < 2**64).
+        Hash seed (0 <= seed < 2**64). The mixer is invertible, so whoever knows the seed can
+        choose IDs that share both buckets at every size; nine of them cannot all be placed,
+        and the batch that brings them raises ``ValueError`` (undone; the table does not grow
+        for them). Give a table fed with IDs from outside a seed of your own.
     num_threads : int, default 0
         Threads for batch operations (0 = all hardware threads). Batches of up to 16,384 IDs
         run on the calling thread. Results are identical for any thread count.
@@ -59,7 +62,11 @@ class CuckooTable:
     -----
     Thread safety: every method may be called from several Python threads at once. Lookups
     share a reader lock; inserts, erases and the like take the writer lock for the whole batch,
-    so a batch is applied atomically. The GIL is released while a batch runs.
+    so a batch is applied atomically. A ``lookup_or_insert`` that fails (``TableFullError``,
+    ``MemoryError`` in a growth, ``ValueError`` for IDs chosen to collide) leaves the same IDs,
+    rows and free rows as before the call. The GIL is released while a batch runs. After
+    ``os.fork()`` while another thread of the parent was writing to a table, the child must not
+    use that table (its lock is held by a thread the child does not have).
 
     Examples
     --------

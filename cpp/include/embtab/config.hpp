@@ -17,6 +17,11 @@ inline constexpr std::size_t kCacheLine = 64;
 // with 4-slot buckets it lets the table fill past 0.95 before an insert fails.
 inline constexpr std::size_t kMaxBfsPathLen = 5;
 
+// kMinPlaceableCheckBuckets: in an index of at least this many buckets, an ID that finds no
+// place under half of max_load_factor is refused as one of a set chosen to collide
+// (CuckooTable::check_placeable); smaller indexes grow for it.
+inline constexpr std::uint64_t kMinPlaceableCheckBuckets = 64;
+
 // Fixed BFS queue size: an insert never allocates. Enough for every bucket reachable within
 // kMaxBfsPathLen - 1 displacements from two start buckets (2·(1+4+16+64+256) = 682).
 inline constexpr std::size_t kBfsQueueSize = 1024;

@@ -139,10 +139,25 @@ class CuckooTable {
     // lookup_or_insert writes each key's row to rows_out, giving new keys rows in order of
     // first occurrence. If max_size would be exceeded, throws TableFullError and changes nothing.
     // Writer. Hits are found in parallel; misses are inserted serially in batch order, so the
-    // result is identical for any num_threads. Only std::bad_alloc during growth can leave a
-    // batch partly applied; every key inserted before it stays valid.
+    // result is identical for any num_threads. Any other failure (std::bad_alloc in a growth;
+    // std::invalid_argument for an ID that cannot be placed, see insert_new) undoes the batch
+    // before it propagates: the same IDs, rows, free rows and num_rows as before the call (the
+    // index may keep a growth's room); rows_out is then unspecified.
     void lookup_or_insert(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
+        const std::uint64_t next_row_before = next_row_;
+        const std::uint64_t size_before = size_;
+        reused_rows_.clear();
+        try {
+            lookup_or_insert_locked(keys, n, rows_out, num_threads);
+        } catch (...) {
+            undo_inserts(next_row_before, size_before);
+            throw;
+        }
+    }
+
+  private:
+    void lookup_or_insert_locked(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) {
         // A growth during this batch splits the index on the batch's threads.
         struct GrowThreads {
             int& slot;
@@ -168,6 +183,33 @@ class CuckooTable {
         }
         insert_misses(keys, misses.size(), [&](std::size_t j) { return misses[j]; }, rows_out);
     }
+
+    // undo_inserts removes every entry whose row this call handed out (a row >= next_row_before,
+    // or one taken from the free rows: reused_rows_) and gives those rows back, so that the
+    // table holds what it held before. One pass over the index: the failure path only.
+    void undo_inserts(std::uint64_t next_row_before, std::uint64_t size_before) noexcept {
+        std::sort(reused_rows_.begin(), reused_rows_.end());
+        auto taken = [&](std::int64_t r) {
+            return static_cast<std::uint64_t>(r) >= next_row_before ||
+                   std::binary_search(reused_rows_.begin(), reused_rows_.end(), r);
+        };
+        for (std::uint64_t b = 0; b < buckets_.count && size_ > size_before; ++b) {
+            Bucket& bk = buckets_.data[b];
+            for (std::size_t s = 0; s < kSlotsPerBucket; ++s) {
+                if (bk.rows[s] != kNoRow && taken(bk.rows[s])) {
+                    bk.rows[s] = kNoRow;
+                    bk.keys[s] = 0;
+                    --size_;
+                }
+            }
+        }
+        next_row_ = next_row_before;
+        // Each was popped from free_rows_ in this call: its vector has the room (pop keeps it).
+        for (std::int64_t r : reused_rows_) free_rows_.push(r);
+        reused_rows_.clear();
+    }
+
+  public:
 
     // erase removes each present key and returns its row to the free pool; returns the number
     // of keys removed (a key repeated in the batch counts once). Writer.
@@ -223,7 +265,10 @@ class CuckooTable {
             if (find_in(fresh, keys[i], bp) != kNoRow) {
                 throw std::invalid_argument("ID " + std::to_string(keys[i]) + " is given twice");
             }
-            while (!place(fresh, keys[i], rows[i], nullptr)) fresh = rehash(fresh, grown_count(fresh.count));
+            while (!place(fresh, keys[i], rows[i], nullptr)) {
+                check_placeable(keys[i], i, fresh);
+                fresh = rehash(fresh, grown_count(fresh.count));
+            }
         }
         std::vector<std::int64_t> free_list;
         for (std::uint64_t r = 0; r < num_rows; ++r) {
@@ -605,6 +650,7 @@ class CuckooTable {
     std::int64_t take_row() {
         if (!free_rows_.empty()) {
             const std::int64_t r = free_rows_.top();
+            reused_rows_.push_back(r);  // first: if it throws, nothing is taken
             free_rows_.pop();
             return r;
         }
@@ -648,12 +694,30 @@ class CuckooTable {
         }
         const std::int64_t row = take_row();
         while (!place(buckets_, key, row, &bp)) {
+            check_placeable(key, size_, buckets_);
             grow_to(grown_count(buckets_.count), true);
             bp = buckets_of(key, buckets_.count);
         }
         ++size_;
         ++stats_inserts_;
         return row;
+    }
+
+    // check_placeable is called when `key` finds no place in bs, before growing for it. Random
+    // IDs essentially never do that below half of max_load_factor (a search of up to
+    // kMaxBfsPathLen moves finds room); IDs chosen so that more than 2 * kSlotsPerBucket of them
+    // share both buckets, which they can only be by someone who knows the seed, do it at every
+    // size, and growing for them would not end before memory does. So, in an index of at least
+    // kMinPlaceableCheckBuckets buckets under that load, throws std::invalid_argument instead.
+    // `live`: the entries bs holds.
+    void check_placeable(std::uint64_t key, std::uint64_t live, const Buckets& bs) const {
+        const double load = static_cast<double>(live) / static_cast<double>(bs.count * kSlotsPerBucket);
+        if (bs.count < kMinPlaceableCheckBuckets || load >= 0.5 * config_.max_load_factor) return;
+        throw std::invalid_argument(
+            "ID " + std::to_string(key) + " cannot be placed: both of its buckets stay full of IDs that "
+            "share them at every size (load factor " + std::to_string(load) + "); "
+            "IDs like these are chosen against a known seed: give the table a seed of your own "
+            "(seed=...); nothing of this batch was inserted");
     }
 
     // place puts (key, row) into bs: a free slot of its first, else second bucket, else at the
@@ -892,6 +956,7 @@ class CuckooTable {
     std::uint64_t size_ = 0;
     std::uint64_t next_row_ = 0;
     FreeRows free_rows_;
+    std::vector<std::int64_t> reused_rows_;  // rows a lookup_or_insert took from free_rows_
     mutable std::shared_mutex mutex_;
 
     mutable std::atomic<std::uint64_t> stats_lookups_{0}, stats_second_{0};
