@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from conftest import shared_data
 from embtab import experiments as ex
@@ -177,6 +178,14 @@ def test_calibration_halves_only_on_a_paired_interval(mis, says):
     text = " ".join(ex.calibration.findings({"rows": rows, "config": {"candidates": [100]}}))
     assert says in text
     assert " met" not in text  # the target's verdict is tradeoff_findings', on intervals
+    # the means carry their 95% intervals over seeds (none from one seed, and it says so)
+    x = np.array(mis)
+    if len(mis) > 1:
+        half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+        assert (f"at λ=0.5 miscalibration@10 is {x.mean():.4f} [{x.mean() - half:.4f}, "
+                f"{x.mean() + half:.4f}] against 1.0000 [1.0000, 1.0000] at λ=0") in text
+    else:
+        assert "(none from 1 seed): at λ=0.5 miscalibration@10 is 0.3000 against 1.0000" in text
 
 
 @pytest.mark.parametrize("mis, ndcg, verdict", [

@@ -357,6 +357,14 @@ def _paired_ratio(results: dict, C, lam: float, metric: str) -> dict:
                      for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by])
 
 
+def _ci_over_seeds(results: dict, C, lam: float, metric: str, spec: str) -> str:
+    """``mean [low, high]`` over seeds of the calibrated lists' ``metric`` at (C, ``lam``): the
+    95% interval of :func:`interval` ("undefined" when no seed has a finite value)."""
+    vals = [r.get(metric) for r in results["rows"] if r.get("model") == "mf+calibrated"
+            and r.get("candidates") == C and r.get("lam") == lam]
+    return ci_text(interval(vals), spec, missing="undefined")
+
+
 def _ci_pct(x: dict, sign: str = "") -> str:
     """``mean [low, high]`` of an :func:`interval` in percent (``"no interval"`` for n < 2)."""
     text = ci_text(x, f"{sign}.0%", missing="undefined")
@@ -377,19 +385,23 @@ def findings(results: dict) -> list:
         r5 = find(summ, candidates=C, lam=0.5)
         if r0 is None or r5 is None:
             continue
+        def ci(lam, metric, spec=".4f"):
+            return _ci_over_seeds(results, C, lam, metric, spec)
+
+        n = r0["n"]
         out.append(
-            f"C={C}, means over {r0['n']} seed{'s' if r0['n'] != 1 else ''}: at λ=0.5 "
-            f"miscalibration@10 is {_num(r5['miscalibration@10'], '.4f')} against "
-            f"{_num(r0['miscalibration@10'], '.4f')} at λ=0, ndcg@10 "
-            f"{_num(r0['ndcg@10'], '.4f')} → {_num(r5['ndcg@10'], '.4f')}, arp@10 "
-            f"{_num(r0['arp@10'], '.4f')} → {_num(r5['arp@10'], '.4f')}, coverage@10 "
-            f"{_num(r0['coverage@10'], '.4f')} → {_num(r5['coverage@10'], '.4f')}.")
+            f"C={C}, means over {n} seed{'s' if n != 1 else ''} with their 95% intervals"
+            f"{'' if n >= 2 else ' (none from 1 seed)'}: at λ=0.5 miscalibration@10 is "
+            f"{ci(0.5, 'miscalibration@10')} against {ci(0.0, 'miscalibration@10')} at λ=0, "
+            f"ndcg@10 {ci(0.0, 'ndcg@10')} → {ci(0.5, 'ndcg@10')}, arp@10 "
+            f"{ci(0.0, 'arp@10')} → {ci(0.5, 'arp@10')}, coverage@10 "
+            f"{ci(0.0, 'coverage@10')} → {ci(0.5, 'coverage@10')}.")
         if "minority_share@10" in r0:
             out.append(
-                "Category mass outside each user's main category: "
-                f"{_num(r0['minority_share@10'], '.1%')} of the list at λ=0, "
-                f"{_num(r5['minority_share@10'], '.1%')} at λ=0.5, against "
-                f"{_num(r0['minority_share_history'], '.1%')} in the users' histories.")
+                "Category mass outside each user's main category (means over seeds, 95% "
+                f"intervals): {ci(0.0, 'minority_share@10', '.1%')} of the list at λ=0, "
+                f"{ci(0.5, 'minority_share@10', '.1%')} at λ=0.5, against "
+                f"{ci(0.0, 'minority_share_history', '.1%')} in the users' histories.")
         lams = sorted({r["lam"] for r in summ if r.get("candidates") == C and "lam" in r
                        and r["lam"] > 0})
         if not lams:
