@@ -25,8 +25,8 @@ import torch
 
 import embtab
 import embtab.optim as eo
-from embtab.benchmarks._harness import machine_line, zipf_ranks
-from embtab.benchmarks.optim import fused_step
+from embtab.benchmarks._harness import machine_line
+from embtab.benchmarks.optim import fused_step, workload
 from embtab.nn import CuckooEmbeddingBag
 
 SETTINGS = [("embtab 1 thread", 1, "openmp"), ("embtab 2 threads, own pool", 2, "embtab"),
@@ -39,12 +39,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     print(f"Machine: {machine_line()}")
-    n, dim, batch = 10**6, 64, 2**16
-    rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
-    rng.shuffle(keys)
-    raw = [torch.from_numpy(keys[zipf_ranks(n, batch, 1.1, rng)]) for _ in range(8)]
-    offsets = torch.arange(0, batch, 8)
+    n, dim = 10**6, 64
+    _, raw, offsets = workload(n)
     modules = {t: CuckooEmbeddingBag(n, dim, mode="sum", seed=0, num_threads=t,
                                      optimizer=eo.RowWiseAdagrad(lr=0.01, eps=1e-8)) for t in (1, 2)}
     for m in modules.values():  # every batch seen once: steady state

@@ -44,17 +44,12 @@ def child(embtab_threads: int, torch_threads: int) -> None:
     import torch
 
     import embtab.optim as eo
-    from embtab.benchmarks._harness import zipf_ranks
-    from embtab.benchmarks.optim import fused_step
+    from embtab.benchmarks.optim import fused_step, workload
     from embtab.nn import CuckooEmbeddingBag
 
     torch.set_num_threads(torch_threads)
-    n, dim, batch = 10**6, 64, 2**16
-    rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
-    rng.shuffle(keys)
-    raw = [torch.from_numpy(keys[zipf_ranks(n, batch, 1.1, rng)]) for _ in range(8)]
-    offsets = torch.arange(0, batch, 8)
+    n, dim = 10**6, 64
+    _, raw, offsets = workload(n)
     m = CuckooEmbeddingBag(n, dim, mode="sum", seed=0, num_threads=embtab_threads,
                            optimizer=eo.RowWiseAdagrad(lr=0.01, eps=1e-8))
     for b in range(8):  # every batch seen once: steady state

@@ -38,7 +38,7 @@ from embtab import _core
 from embtab.benchmarks._harness import interleaved, machine, machine_line, torch_threads, zipf_ranks
 from embtab.nn import CuckooEmbeddingBag
 
-__all__ = ["run", "format_markdown"]
+__all__ = ["run", "format_markdown", "workload"]
 
 LR = 0.01
 
@@ -136,19 +136,26 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 5, threads: int = 0) 
         return _run(quick, seed, repeats, threads)
 
 
+def workload(n: int = 10**6, batch: int = 2**16, n_batches: int = 8, bag: int = 8,
+             seed: int = 0) -> tuple:
+    """Issue 16's batches: ``n`` distinct random int64 raw IDs, ``n_batches`` batches of
+    ``batch`` Zipf(1.1) draws over them in bags of ``bag``. Returns ``(ranks, raw, offsets)``:
+    each batch's dense indices (NumPy), the same as raw-ID tensors, and the bag offsets."""
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
+    rng.shuffle(keys)
+    ranks = [zipf_ranks(n, batch, 1.1, rng) for _ in range(n_batches)]
+    return ranks, [torch.from_numpy(keys[r]) for r in ranks], torch.arange(0, batch, bag)
+
+
 def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
     n = 10**5 if quick else 10**6
     dim, bag = 64, 8
     batch = 2**13 if quick else 2**16
     n_batches = 3 if quick else 8
     repeats = 2 if quick else repeats
-    rng = np.random.default_rng(seed)
-    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, int(n * 1.01), dtype=np.int64))[:n]
-    rng.shuffle(keys)
-    ranks = [zipf_ranks(n, batch, 1.1, rng) for _ in range(n_batches)]
+    ranks, raw, offsets = workload(n, batch, n_batches, bag, seed)
     dense = [torch.from_numpy(r) for r in ranks]
-    raw = [torch.from_numpy(keys[r]) for r in ranks]
-    offsets = torch.arange(0, batch, bag)
     csr = torch.arange(0, batch + 1, bag)
     fb, fb_reason = load_fbgemm()
     res = {
