@@ -143,3 +143,42 @@ def test_embtab_thread_pool_environment_variable(value, ok):
     else:
         assert r.returncode != 0
         assert "EMBTAB_THREAD_POOL must be 'openmp' or 'embtab', got 'gomp'" in r.stderr
+
+
+def _run_py(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_gomp
+def test_the_team_is_looked_up_when_the_torch_modules_are_imported():
+    code = ("import torch, embtab; from embtab import _core; torch.set_num_threads(2); "
+            "a = set(_core._testing.parallel_team_sizes(64, 2)); import embtab.nn; "
+            "print(a, set(_core._testing.parallel_team_sizes(64, 2)))")
+    r = _run_py(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["{1}", "{2}"]
+
+
+@needs_gomp
+def test_a_child_forked_under_embtabs_pool_that_switches_to_openmp_does_not_hang():
+    # EMBTAB_THREAD_POOL=embtab: the fork guard is installed all the same (when the module loads)
+    code = """if True:
+        import os, sys, numpy as np, torch, embtab, embtab.nn
+        from embtab import _core
+        torch.set_num_threads(2)
+        torch.ones(1 << 20).sum()
+        embtab.set_thread_pool("openmp")
+        assert set(_core._testing.parallel_team_sizes(64, 2)) == {2}  # the parent's team ran
+        embtab.set_thread_pool("embtab")
+        pid = os.fork()
+        if pid == 0:
+            embtab.set_thread_pool("openmp")
+            ok = not _core.openmp_team_active(2)
+            rows = embtab.CuckooTable(num_threads=2).lookup_or_insert(np.arange(100_000))
+            os._exit(0 if ok and int(rows.max()) == 99_999 else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """
+    r = _run_py(code, EMBTAB_THREAD_POOL="embtab")
+    assert r.returncode == 0, (r.returncode, r.stderr)

@@ -104,6 +104,7 @@ void pool_run(const py::list& feats, py::array& out, int threads) {
 }  // namespace
 
 void bind_ops(py::module_& m) {
+    embtab::detail::install_fork_guard();  // before anything can fork: see parallel.hpp
     m.def(
         "set_thread_pool",
         [](const std::string& kind) {

@@ -26,14 +26,18 @@ def set_thread_pool(pool: str) -> str:
     them, so the results are the same bits with either setting.
 
     ``"openmp"`` (the default): when GNU OpenMP is loaded in the process (torch's CPU builds
-    load it and run their parallel ops on it), a loop runs on the calling thread's OpenMP
-    team, the threads torch's own ops run on. torch's workers keep spinning for a while after
+    load it and run their parallel ops on it) and embtab's torch modules are imported
+    (``embtab.nn``, ``embtab.optim``, ...; or this function is called with ``"openmp"``), a
+    loop runs on the calling thread's OpenMP team, the threads torch's own ops run on. torch's workers keep spinning for a while after
     each op; with a second pool of threads beside them, the two compete for the cores (see the
     modules guide, "embtab's threads beside torch's"). embtab's own pool runs the loop instead
     when OpenMP is not loaded, in the child of a ``fork()`` made after OpenMP was found (GNU
     OpenMP is not fork-safe), inside an OpenMP parallel region, or when the loop would use
     more threads than the calling thread's OpenMP thread count (``torch.get_num_threads()``
-    after ``torch.set_num_threads``; a ``DataLoader`` worker has 1).
+    after ``torch.set_num_threads``; a ``DataLoader`` worker has 1). A process forked from one
+    that ran torch's parallel ops before it imported embtab can hang on its first
+    multi-threaded embtab call once it imports the torch modules, as torch's own parallel ops
+    would there: give such a child ``torch.set_num_threads(1)`` or ``"embtab"``.
 
     ``"embtab"``: always embtab's own pool.
 
@@ -61,8 +65,7 @@ def thread_pool() -> str:
 def _pool_from_environment() -> None:
     pool = _os.environ.get("EMBTAB_THREAD_POOL", "").strip().lower()
     if pool == "":
-        _core.find_openmp()
-        return
+        return  # OpenMP is looked up when the torch modules are imported (embtab._modules)
     if pool not in _POOLS:
         raise ValueError(
             f"environment variable EMBTAB_THREAD_POOL must be 'openmp' or 'embtab', got {pool!r}"

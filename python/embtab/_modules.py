@@ -6,6 +6,7 @@ Core layer; imports nothing from the research or tools layers.
 
 from __future__ import annotations
 
+import secrets
 from typing import Callable, Optional
 
 import numpy as np
@@ -19,6 +20,9 @@ from embtab import _core
 _core.find_openmp()
 
 U64 = 1 << 64
+
+# The seed of first_occurrence's scratch tables (see there).
+_SCRATCH_SEED = secrets.randbits(64)
 
 # ID tensors //////////////////////////////////////////////////////////////////////////////////
 
@@ -51,9 +55,11 @@ def first_occurrence(ids: np.ndarray, num_threads: int = 1) -> tuple[np.ndarray,
     Found by inserting ``ids`` into a scratch cuckoo table (a hash pass, O(n)), whose rows are
     handed out in order of first occurrence: 4-5x faster than ``np.unique`` with
     ``return_index`` and ``return_inverse`` plus the ``argsort`` that restores the order
-    (measured on 65,536 Zipf IDs in bench/README.md, "New IDs").
+    (measured on 65,536 Zipf IDs in bench/README.md, "New IDs"). The scratch table's seed is
+    drawn at random per process: the result does not depend on it, and IDs chosen to collide
+    against a known seed (CuckooTable's docstring) cannot be chosen against it.
     """
-    scratch = _core._CuckooTable(len(ids), 2.0, 0.95, 0, 0)
+    scratch = _core._CuckooTable(len(ids), 2.0, 0.95, 0, _SCRATCH_SEED)
     inverse = scratch.lookup_or_insert(ids, num_threads=num_threads)
     distinct, _ = scratch.items()
     return distinct.view(np.int64), inverse

@@ -166,9 +166,9 @@ class ThreadPool {
 // are spinning pick the chunks up at once, and no second set of threads competes with them.
 // The chunks and their results are the same as on embtab's pool. The team is used only when
 //   - the pool setting is kOpenMP (the default; set_thread_pool),
-//   - this process is not the child of a fork() made after embtab first looked libgomp up
-//     (libgomp is not fork-safe: a child's team may wait for workers that exist only in the
-//     parent, GCC bug 60035),
+//   - this process is not the child of a fork() made after the guard was installed (when
+//     embtab's module was loaded; libgomp is not fork-safe: a child's team may wait for
+//     workers that exist only in the parent, GCC bug 60035),
 //   - the caller is not inside an OpenMP parallel region, and
 //   - the caller's OpenMP thread count (omp_get_max_threads: torch.set_num_threads sets it)
 //     allows as many threads as the loop would use; with fewer (torch told to use 1 thread,
@@ -190,6 +190,16 @@ inline OpenMPEntry& openmp_entry() {
     return e;
 }
 
+// install_fork_guard makes the child of every later fork() use embtab's own pool (the parent
+// may have run OpenMP regions by the time it forks). Idempotent; the module calls it when it
+// is loaded, and find_openmp before any lookup.
+inline void install_fork_guard() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        ::pthread_atfork(nullptr, nullptr, [] { openmp_entry().forked.store(true, std::memory_order_relaxed); });
+    });
+}
+
 // find_openmp looks up libgomp's entry points among the objects loaded in the process (as a
 // symbol lookup in the global scope: torch loads its libgomp there); returns whether found.
 // Idempotent and cheap once found.
@@ -198,12 +208,7 @@ inline bool find_openmp() {
     if (e.parallel.load(std::memory_order_acquire) != nullptr) return true;
     std::lock_guard<std::mutex> lock(e.lookup_mutex);
     if (e.parallel.load(std::memory_order_acquire) != nullptr) return true;
-    // From the first lookup on, found or not (embtab imported before torch), a forked child
-    // never uses the team: the parent may have run OpenMP regions by the time it forks.
-    static std::once_flag atfork_once;
-    std::call_once(atfork_once, [] {
-        ::pthread_atfork(nullptr, nullptr, [] { openmp_entry().forked.store(true, std::memory_order_relaxed); });
-    });
+    install_fork_guard();
     void* par = ::dlsym(RTLD_DEFAULT, "GOMP_parallel");
     void* mx = ::dlsym(RTLD_DEFAULT, "omp_get_max_threads");
     void* inp = ::dlsym(RTLD_DEFAULT, "omp_in_parallel");
