@@ -1301,3 +1301,76 @@ def test_a_growth_too_large_to_allocate_raises_memoryerror_and_changes_nothing(g
         assert torch.equal(after[k], v), k
     assert m.num_ids == 1 and m.stats()["num_growths"] == 0
     assert m(torch.tensor([[5]])).shape == (1, 4)  # a batch that fits still trains
+
+
+def test_half_and_back_keeps_the_fused_state_unrounded():
+    import embtab.optim as eo
+
+    m = CuckooEmbedding(8, 4, seed=2, optimizer=eo.Adagrad(lr=0.1))
+    x = torch.tensor([1, 2, 3])
+    for _ in range(3):
+        (m(x) * 300).sum().backward()
+    state = m.opt_sum.clone()
+    assert state.max() > 65504  # beyond float16's range
+    m.half()
+    assert m.weight.dtype == torch.float16 and torch.equal(m.opt_sum, state)
+    m.float()
+    assert torch.equal(m.opt_sum, state)
+    (m(x) * 300).sum().backward()  # trains on
+    assert torch.isfinite(m.opt_sum).all()
+
+
+@pytest.mark.parametrize("opt", ["adam", "adagrad"])
+def test_a_growth_whose_optimizer_state_cannot_be_allocated_changes_nothing(opt, monkeypatch):
+    import embtab.optim as eo
+
+    make = {"adam": lambda: eo.Adam(lr=0.1), "adagrad": lambda: eo.Adagrad(lr=0.1)}[opt]
+    m = CuckooEmbeddingBag(4, 3, mode="sum", seed=1, optimizer=make())
+    m(torch.tensor([[1, 2], [3, 4]])).sum().backward()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    weight = m.weight
+
+    def fail(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(eo, "grown_rows", fail)  # the optimizer state's allocation fails
+    with pytest.raises(MemoryError, match=r"growing from 4 to 8 rows .* failed, nothing changed"):
+        m(torch.tensor([[5, 6], [7, 8]]))
+    monkeypatch.undo()
+    assert m.weight is weight and m.num_embeddings == 4
+    after = m.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    m(torch.tensor([[5, 6], [7, 8]])).sum().backward()  # the growth goes through now
+    assert m.num_embeddings == 8 and m.num_ids == 8
+
+
+@pytest.mark.parametrize("on_full", ["grow", "evict_lru", "evict_lfu"])
+def test_ids_chosen_against_seed_0_are_refused_by_seed_0_only_and_change_nothing(on_full):
+    import embtab.optim as eo
+    from test_table import _colliding_ids
+
+    bad = torch.from_numpy(_colliding_ids(9).view(np.int64))
+    own = CuckooEmbedding(4, 2, seed=12345, on_full=on_full if on_full == "grow" else "grow")
+    assert own(bad).shape == (9, 2) and own.num_ids == 9  # an ordinary batch under its seed
+    # seed 0, full: the batch needs a growth or evictions before its insert fails
+    make = lambda: CuckooEmbedding(12, 2, seed=0, on_full=on_full,  # noqa: E731
+                                   optimizer=eo.Adam(lr=0.1))
+    m, twin = make(), make()
+    for mod in (m, twin):
+        mod(torch.arange(100, 112)).sum().backward()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    stats = m.stats()
+    with pytest.raises(ValueError, match="give the table a seed of your own"):
+        m(bad)
+    after = m.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert m.stats() == stats
+    x = torch.tensor([100, 5, 6, 7, 103])  # new IDs evict or grow as in a module that never failed
+    for mod in (m, twin):
+        mod(x).sum().backward()
+    for k, v in twin.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k

@@ -594,12 +594,17 @@ class _CuckooBase(_AtomicLoad):
     def _apply(self, fn, recurse=True):
         # The ID map and counters stay on CPU (the remap reads them as NumPy views) whatever
         # .to()/.cuda()/.half() does to the weight.
-        # The fused optimizer's per-row state (opt_<state>) follows the weight (its dtype must
-        # be the weight's); its step count stays with the map.
-        keep = {n: b for n, b in self._buffers.items()
-                if b is not None and (n == "opt_step" or not n.startswith("opt_"))}
+        keep = {n: b for n, b in self._buffers.items() if b is not None}
         out = super()._apply(fn, recurse)
         self._buffers.update(keep)
+        # The fused optimizer's per-row state (opt_<state>, on the CPU like the map) takes the
+        # weight's dtype when that is one the fused step runs in (float32, float64): it must
+        # be the weight's there. Another dtype (.half()) leaves it as it was, unrounded, for a
+        # conversion back.
+        if self.optimizer is not None and self.weight.dtype in (torch.float32, torch.float64):
+            for n, b in list(self._buffers.items()):
+                if n.startswith("opt_") and n != "opt_step" and b.dtype != self.weight.dtype:
+                    self._buffers[n] = b.to(self.weight.dtype)
         return out
 
     # frozen map for torch.compile / torch.export (see _ops.sorted_rows) ----------------------
@@ -777,21 +782,28 @@ class _CuckooBase(_AtomicLoad):
         live = len(self._table)
         R = self.num_embeddings
         victims = None
+        undo = {"grown": self._pending_grown, "reused": self._pending_reused}
         if self.on_full != OnFull.ERROR and live + k > R:
             if self.on_full == OnFull.GROW:
                 new_R = R
                 while live + k > new_R:
                     new_R = max(new_R + 1, math.ceil(new_R * self.growth_factor))
                 self._grow(new_R)
+                undo["grown_from"] = R
             else:
                 victims = self._pick_victims(k, R - live, batch_rows)
         if victims is not None:
-            self._table.erase(self.row_ids.numpy()[victims])
+            undo["victims"] = (victims, self.row_ids.numpy()[victims].copy())
+            self._table.erase(undo["victims"][1])
             self.row_live.numpy()[victims] = False
             self.num_evictions += len(victims)
             self._pending_reused = True
         handed_out = self._table.num_rows
-        rows = self._table.lookup_or_insert(new_ids, num_threads=self.num_threads)
+        try:
+            rows = self._table.lookup_or_insert(new_ids, num_threads=self.num_threads)
+        except BaseException:  # the table undid the batch; undo the room made for it
+            self._undo_room(undo)
+            raise
         if len(rows) and int(rows.min()) < handed_out:  # rows freed by eviction or expiry
             self._pending_reused = True
         self.row_ids.numpy()[rows] = new_ids
@@ -827,6 +839,22 @@ class _CuckooBase(_AtomicLoad):
         _PENDING.add(self)
         self._table_changed()
         return rows
+
+    def _undo_room(self, undo: dict) -> None:
+        """Undo what :meth:`_insert` did to make room before its insert failed: give the evicted
+        IDs their rows back (the table rebuilt from its pairs: the failure path only), or
+        shrink a growth back, so that the module is as it was."""
+        if "victims" in undo:
+            victims, ids = undo["victims"]
+            keys, rows = self._table.items()
+            self._table.assign(np.concatenate([keys.view(np.int64), ids]),
+                               np.concatenate([rows, victims]), self._table.num_rows)
+            self.row_live.numpy()[victims] = True
+            self.num_evictions -= len(victims)
+        if "grown_from" in undo:
+            self._resize_rows(undo["grown_from"])
+            self.num_growths -= 1
+        self._pending_grown, self._pending_reused = undo["grown"], undo["reused"]
 
     def _pick_victims(self, new: int, free: int, batch_rows: np.ndarray) -> np.ndarray:
         """The ``new - free`` live rows with the lowest (score, row) that the current batch does
@@ -881,10 +909,21 @@ class _CuckooBase(_AtomicLoad):
         R = self.num_embeddings
         keep = min(R, new_R)
         w = self.weight
+        # Every new tensor is allocated before the module changes: a failed allocation (the
+        # optimizer state is the largest part for Adam) leaves it as it was.
         new_w = _grown_rows(w.data, new_R + 1, keep if keep_values else 0)
         new_p = nn.Parameter(new_w, requires_grad=w.requires_grad)
         if w.grad is not None:
             new_p.grad = _pad_rows(w.grad, new_w.shape)
+        new_buffers = {}
+        for name in ("row_ids", "row_live", "row_last_step", "row_count"):
+            b = self._buffers.get(name)
+            if b is not None:
+                nb = torch.zeros(new_R, dtype=b.dtype)
+                nb[:keep] = b[:keep]
+                new_buffers[name] = nb
+        if self.optimizer is not None:
+            new_buffers.update(self.optimizer.resized_state(self, new_R))
         # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
         # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
         # still expects the old shape while an old graph (e.g. last step's loss) is alive.
@@ -914,14 +953,7 @@ class _CuckooBase(_AtomicLoad):
             grad = new_p.grad
             w.data = new_w
             w.grad = grad
-        for name in ("row_ids", "row_live", "row_last_step", "row_count"):
-            b = self._buffers.get(name)
-            if b is not None:
-                nb = torch.zeros(new_R, dtype=b.dtype)
-                nb[:keep] = b[:keep]
-                self._buffers[name] = nb
-        if self.optimizer is not None:
-            self.optimizer.resize_state(self, new_R)
+        self._buffers.update(new_buffers)
         self.num_embeddings = new_R
         self._table_changed()
 

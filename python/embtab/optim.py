@@ -163,13 +163,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             shape = tuple(w.shape) if per_elem else (w.shape[0],)
             module.register_buffer("opt_" + name, torch.full(shape, fill, dtype=w.dtype))
 
-    def resize_state(self, module, new_rows: int) -> None:
-        """Resize the state buffers to ``new_rows + 1`` rows; rows past the old ID rows (the
-        old zero row included) start fresh."""
+    def resized_state(self, module, new_rows: int) -> dict:
+        """The state buffers resized to ``new_rows + 1`` rows, as new tensors (``module`` is not
+        changed): ``{buffer name: tensor}``; rows past the old ID rows (the old zero row
+        included) start fresh."""
+        out = {}
         for name, _, fill in self._states():
             b = module._buffers["opt_" + name]
             keep = min(b.shape[0] - 1, new_rows)
-            module._buffers["opt_" + name] = grown_rows(b, new_rows + 1, keep, fill)
+            out["opt_" + name] = grown_rows(b, new_rows + 1, keep, fill)
+        return out
 
     def reset_rows(self, module, rows: np.ndarray) -> None:
         """Give ``rows`` (handed to new IDs) fresh state."""

@@ -249,8 +249,15 @@ class CuckooTable:
         if num_rows is None:
             num_rows = int(rows.max()) + 1 if rows.size else 0
         table = cls(**kwargs)
-        table._t.assign(keys, rows, check_int(num_rows, "num_rows", min=0, max=U64 - 1))
+        table.assign(keys, rows, num_rows)
         return table
+
+    def assign(self, keys: np.ndarray, rows: np.ndarray, num_rows: int) -> None:
+        """Make this table hold exactly the given ``(key, row)`` pairs, with ``num_rows`` rows
+        handed out (those of them no key holds are free, handed out lowest first); its
+        configuration stays. Checked as :meth:`from_items` checks them: on an error
+        (``ValueError``) the table is as it was."""
+        self._t.assign(keys, rows, check_int(num_rows, "num_rows", min=0, max=U64 - 1))
 
     def save(self, path: "os.PathLike[str] | str") -> None:
         """Write the table to ``path`` atomically.
