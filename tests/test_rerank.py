@@ -736,12 +736,15 @@ def test_sorted_scan_bound_by_weight_pattern(kind):
 
 
 @pytest.mark.parametrize("level", ["auto", "avx2", "baseline"])
-@pytest.mark.parametrize(("G4", "D"), [(28, 3), (20, 3), (4, 1), (8, 2), (12, 5), (12, 2), (96, 3)])
+@pytest.mark.parametrize(("G4", "D"), [(28, 3), (20, 3), (4, 1), (8, 2), (12, 5), (12, 2), (96, 3), (16, 4),
+                                       (4, 17)])
 def test_ratio_log_block_bits(level, G4, D):
     # The keyed table block against the same formula entry by entry: o_g = oma W_g + ap_g t1
     # (1 where p_g = 0), T[d, g] = lp_g * vlog(1 + cw_d * (1 / o_g)). On AVX-512 the shapes
     # cover all logs side by side with and without a 4-genre tail (D * ceil(G4 / 8) <= 12) and
-    # blocks of 8 then 4 (96 genres); AVX2 and the baseline run 4 lanes.
+    # blocks of 8 then 4 (96 genres). AVX2 runs 4 lanes with up to 16 vectors side by side:
+    # 15 (20 x 3), exactly 16 (16 x 4), 16 then 1 (4 x 17, 1 genre block), 16 then 5 (28 x 3)
+    # and many sets of 16 (96 x 3); the baseline runs 4 lanes one vector at a time.
     rng = np.random.default_rng(61 + G4 + D)
     W = rng.random(G4) * rng.integers(0, 3, G4)
     p = rng.random(G4) * (rng.random(G4) < 0.8)

@@ -16,8 +16,9 @@
 //
 // Why: a greedy step computes one log per (genre, weight) table entry, 60 per step in the
 // benchmark; ratio_log_block computes them, with their ratios, in one vector pass per step,
-// on AVX-512 with all of the step's logs side by side (vlog_lockstep: the step waits on its
-// table, and one log's latency is about 100 cycles against 24 per log of throughput).
+// with the step's logs side by side (vlog_lockstep: the step waits on its table, and one log's
+// latency is about 100 cycles against 24 per log of throughput): all of them on AVX-512, up to
+// 16 vectors of 4 at a time on AVX2.
 // bench/README.md, "Reranking", lists what each change gained.
 //
 // Domain: callers pass finite x >= 1 (x = 1 + ratio, ratio >= 0) or any finite normal x > 0;
@@ -318,10 +319,71 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) inline void vlog_batch_avx5
     }
     vlog_loop(x + j, y + j, n - j);
 }
+// kLockstep4Max: most 4-lane vectors ratio_log_avx2 takes side by side. 16 vectors' state does not
+// fit AVX2's 16 registers; the spills cost less than the latency they hide (bench/README.md,
+// "Reranking on an AVX2-only CPU").
+inline constexpr std::size_t kLockstep4Max = 16;
+
+// vlog4_lockstep replaces x[j] by log(x[j]) for j < m <= kLockstep4Max, all side by side.
+__attribute__((target("avx2"), always_inline)) inline void vlog4_lockstep(VlogD* x, std::size_t m) {
+    switch (m) {  // a case per count: the chains must be unrolled
+#define EMBTAB_LOCKSTEP4_CASE(M) \
+    case M: vlog_lockstep<M, VlogD, VlogU, VlogI>(x); break;
+        EMBTAB_LOCKSTEP4_CASE(1) EMBTAB_LOCKSTEP4_CASE(2) EMBTAB_LOCKSTEP4_CASE(3) EMBTAB_LOCKSTEP4_CASE(4)
+        EMBTAB_LOCKSTEP4_CASE(5) EMBTAB_LOCKSTEP4_CASE(6) EMBTAB_LOCKSTEP4_CASE(7) EMBTAB_LOCKSTEP4_CASE(8)
+        EMBTAB_LOCKSTEP4_CASE(9) EMBTAB_LOCKSTEP4_CASE(10) EMBTAB_LOCKSTEP4_CASE(11) EMBTAB_LOCKSTEP4_CASE(12)
+        EMBTAB_LOCKSTEP4_CASE(13) EMBTAB_LOCKSTEP4_CASE(14) EMBTAB_LOCKSTEP4_CASE(15) EMBTAB_LOCKSTEP4_CASE(16)
+#undef EMBTAB_LOCKSTEP4_CASE
+        default: break;
+    }
+}
+
+// vlog4_lockstep_store writes dst[j] = lpv[j] * log(x[j]) for j < m; returns 0.
+__attribute__((target("avx2"), always_inline)) inline std::size_t vlog4_lockstep_store(VlogD* x, const VlogD* lpv,
+                                                                                      double* const* dst,
+                                                                                      std::size_t m) {
+    vlog4_lockstep(x, m);
+    for (std::size_t j = 0; j < m; ++j) {
+        const VlogD y = lpv[j] * x[j];
+        std::memcpy(dst[j], &y, sizeof y);
+    }
+    return 0;
+}
+
+// AVX2: ratio_log_block on 4 lanes with the logs side by side, kLockstep4Max vectors at a time
+// (for 3 classes of 20 genres: all 15 at once). Block by block of 4 genres (one division each),
+// class by class within a block, as ratio_log_lanes: the same operations per entry.
 __attribute__((target("avx2"))) inline bool ratio_log_avx2(const double* cw, std::size_t D, const double* W,
                                                            const double* p, const double* ap, double oma, double t1,
                                                            const double* lp, std::size_t G4, double* T) {
-    return ratio_log_loop(cw, D, W, p, ap, oma, t1, lp, G4, T);
+    using VD = VlogD;
+    using VI = VlogI;
+    VD x[kLockstep4Max];
+    double* dst[kLockstep4Max];  // where x[j] goes, times lpv[j]
+    VD lpv[kLockstep4Max];
+    std::size_t m = 0;
+    VI ok = VI{} - 1;
+    for (std::size_t g = 0; g + 4 <= G4; g += 4) {
+        VD wv, pv, av, lv;
+        std::memcpy(&wv, W + g, sizeof wv);
+        std::memcpy(&pv, p + g, sizeof pv);
+        std::memcpy(&av, ap + g, sizeof av);
+        std::memcpy(&lv, lp + g, sizeof lv);
+        VD inv;
+        ratio_inverse<VD, VI>(wv, pv, av, oma, t1, inv);
+        for (std::size_t d = 0; d < D; ++d) {
+            const VD r = (VD{} + cw[d]) * inv;
+            ok &= (r < 1e300);
+            x[m] = 1.0 + r;
+            lpv[m] = lv;
+            dst[m] = T + d * G4 + g;
+            if (++m == kLockstep4Max) m = vlog4_lockstep_store(x, lpv, dst, m);
+        }
+    }
+    if (m) vlog4_lockstep_store(x, lpv, dst, m);
+    bool all = true;
+    for (std::size_t l = 0; l < 4; ++l) all &= ok[l] != 0;
+    return all;
 }
 __attribute__((target("avx2"))) inline void vlog_batch_avx2(const double* x, double* y, std::size_t n) {
     vlog_loop(x, y, n);

@@ -254,16 +254,32 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
     res = {"machine": machine(), "config": {"U": U, "C": C, "G": G, "k": k, "lam": lam, "alpha": 0.01, "n_items": wl["n_items"],
                                                "genres_per_item": "1-3", "repeats": reps, "repeats_main": reps_main, "users_numpy_a": users_a,
                                                "users_python": users_py, "quick": quick, "seed": seed}}
-    # embtab, threads
+    # embtab, threads: the thread counts take turns (one timed call each per round, the order
+    # rotating), so that a slow spell of a shared host falls on every count alike; the ratio
+    # between two counts is also taken round by round (bench/README.md, "Reranking on an
+    # AVX2-only CPU": on a host whose speed flipped between two levels, blocks of 15 calls per
+    # count moved the 2-thread ratio from 1.65x to 1.9x)
     emb = {}
     lists = None
+    calls = {nt: (lambda nt=nt: rr.calibrated(s, dist, tgt, k, lam=lam, candidates=cand, num_threads=nt))
+             for nt in num_threads}
+    times = {nt: [] for nt in num_threads}
     for nt in num_threads:
-        med, ts, out = _time(lambda nt=nt: rr.calibrated(s, dist, tgt, k, lam=lam, candidates=cand, num_threads=nt),
-                             reps_main)
+        out = calls[nt]()  # the untimed warm-up call, and the lists every count must return
         if lists is None:
             lists = out
         assert np.array_equal(out, lists), "embtab output differs across thread counts"
-        emb[str(nt)] = {"seconds": med, "all": ts, "us_per_user": med / U * 1e6, "users_per_s": U / med}
+    order = list(num_threads)
+    for r in range(reps_main):
+        for nt in order[r % len(order):] + order[:r % len(order)]:
+            times[nt].append(time_calls(calls[nt], 1, collect=False).median)
+    for nt in num_threads:
+        med = float(np.median(times[nt]))
+        emb[str(nt)] = {"seconds": med, "all": times[nt], "us_per_user": med / U * 1e6, "users_per_s": U / med}
+    if 1 in times:
+        for nt in num_threads:
+            if nt != 1:
+                emb[str(nt)]["speedup_by_round"] = float(np.median(np.array(times[1]) / np.array(times[nt])))
     res["embtab"] = emb
     # the same rows with candidates shuffled (full scan: no score-order bound)
     rng = np.random.default_rng(seed + 7)
@@ -446,8 +462,11 @@ def format_markdown(results) -> str:
             r["embtab_shuffled"]["identical"])
     lines.append("")
     if "2" in r["embtab"] and e1:
+        by_round = r["embtab"]["2"].get("speedup_by_round")
+        rounds = (f"; the median of the {cfg.get('repeats_main', cfg['repeats'])} rounds' own ratios "
+                  f"(the counts took turns) is {by_round:.2f}×" if by_round is not None else "")
         lines.append(f"2 threads vs 1: 1 thread's time ÷ 2 threads' = "
-                     f"{e1['seconds'] / r['embtab']['2']['seconds']:.2f}× (above 1: faster).")
+                     f"{e1['seconds'] / r['embtab']['2']['seconds']:.2f}× (medians; above 1: faster){rounds}.")
     lat = r["latency_us"]
     lines.append(f"Per-user latency ({lat['users']} single-user calls to the core, 1 thread, incl. the call and "
                  f"its O(n_items) item-CSR check): "
