@@ -1,5 +1,7 @@
 """Generator v2: each knob changes what it claims (docs/experiments.md, "Generator v2")."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,34 @@ def test_exposure_zero_leaves_consumption_unbiased():
     np.testing.assert_array_equal(d1.truth.prob(), t.prob())
     assert np.isin(d1.items, head).mean() > 3 * observed0
     assert _spearman(d1.item_counts(), t.popularity) > 0.3
+
+
+def test_consumption_follows_its_definition_and_survives_an_extreme_exposure():
+    # c(i|u) = p(i|u) popularity(i)**gamma / sum over items, against the definition computed
+    # directly where nothing underflows ...
+    d = power_law_v2(**SMALL, exposure=1.5, seed=8)
+    t = d.truth
+    ranks = np.argsort(np.argsort(-t.popularity)) + 1.0
+    np.testing.assert_allclose(t.log_exposure, -1.5 * 1.1 * np.log(ranks), rtol=1e-12)
+    want = t.prob() * t.popularity[None, :] ** 1.5
+    np.testing.assert_allclose(t.consumption_prob(), want / want.sum(axis=1, keepdims=True),
+                               rtol=1e-9, atol=1e-300)
+    # ... and where popularity**gamma underflows to 0 for most items (gamma * s * ln rank >
+    # 745 past rank 3): every user still consumes (a review found users silently dropped,
+    # with a RuntimeWarning), what they consume is what they like, and the head dominates
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the RuntimeWarning of a 0 / 0 row
+        x = power_law_v2(**SMALL, exposure=300.0, seed=8)
+    tx = x.truth
+    assert (tx.exposure == 0).sum() > 0.9 * tx.n_items
+    assert np.isfinite(tx.log_exposure).all()
+    assert np.unique(x.users).size == tx.n_users
+    assert (tx.pair_prob(x.users, x.items) > 0).all()
+    c = tx.consumption_prob()
+    assert np.isfinite(c).all()
+    np.testing.assert_allclose(c.sum(axis=1), 1.0)
+    top = np.argsort(-tx.popularity)[:20]
+    assert np.isin(x.items, top).mean() > np.isin(d.items, top).mean()
 
 
 def test_niche_share_plants_user_groups_by_popularity_propensity():

@@ -1,6 +1,7 @@
 """The time-ordered stream generator and time windows (embtab.data.stream)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -99,6 +100,20 @@ def test_window_truth_is_the_taste_times_vitality_over_the_given_items():
         t.at(1, items=known[:5])
     with pytest.raises(ValueError, match="window must be an integer in"):
         t.vitality(4)
+
+
+def test_an_extreme_exposure_leaves_every_joined_user_in_the_stream():
+    # popularity**gamma underflows to 0 for most items here; the stream weighs items in logs,
+    # so users keep consuming what they like, none twice and none unborn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the RuntimeWarning of a 0 / 0 row
+        d = tiny(exposure=300.0, user_join_share=0.0, interactions_per_window=6)
+    t = d.truth
+    assert (t.base.exposure == 0).sum() > 0.9 * d.n_items
+    assert np.unique(d.users).size == d.n_users
+    assert (t.pair_prob(d.users, d.items) > 0).all()
+    assert np.unique(d.users * d.n_items + d.items).size == d.users.size
+    assert (d.timestamps >= t.item_birth[d.items]).all()
 
 
 def test_v2_knobs_pass_through_and_the_spec_reaches_the_generator():

@@ -103,7 +103,9 @@ class LatentTruth(Truth):
     merit : ndarray of float64, shape [I]
         What the preference follows (``popularity**ρ · indep**(1 - ρ)``).
     exposure : ndarray of float64, shape [I]
-        ``popularity**γ``: the logging weight of each item (all ones when γ = 0).
+        ``popularity**γ``: the logging weight of each item (all ones when γ = 0). For an
+        extreme γ (γ · zipf_s · ln rank(i) > 745) it underflows to 0 in the tail; consumption
+        is computed from ``log_exposure``, which does not.
     user_group : ndarray of int64, shape [U]
         Planted popularity propensity: index into :data:`GROUPS`.
     factor_genre : ndarray of int64, shape [r]
@@ -111,6 +113,9 @@ class LatentTruth(Truth):
     has_mainstream : bool
     params : dict
         The generator's arguments.
+    log_exposure : ndarray of float64, shape [I], optional
+        ln exposure(i) = −γ · zipf_s · ln rank(i), computed from the ranks (finite for every
+        γ); ``None`` (the default) takes ``log(exposure)``.
     """
 
     user_factors: np.ndarray
@@ -122,6 +127,12 @@ class LatentTruth(Truth):
     factor_genre: np.ndarray
     has_mainstream: bool
     params: dict = field(default_factory=dict)
+    log_exposure: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_exposure is None:
+            with np.errstate(divide="ignore"):
+                object.__setattr__(self, "log_exposure", np.log(self.exposure))
 
     @property
     def n_users(self) -> int:
@@ -147,9 +158,17 @@ class LatentTruth(Truth):
         items = np.asarray(items, dtype=np.int64)
         return np.einsum("nk,kn->n", self.user_factors[users], self.factor_item_prob[:, items])
 
+    def log_consumption_weight(self, users=None) -> np.ndarray:
+        """ln(p(i|u) · exposure(i)), float64 [len(users), I] (−inf where p(i|u) = 0): the
+        unnormalised log of :meth:`consumption_prob`, summed in logs so that no extreme
+        exposure underflows a user's whole row."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.prob(users)) + self.log_exposure[None, :]
+
     def consumption_prob(self, users=None) -> np.ndarray:
         """What users consume, c(i|u) ∝ p(i|u) · exposure(i), float64 [len(users), I]."""
-        c = self.prob(users) * self.exposure[None, :]
+        lw = self.log_consumption_weight(users)
+        c = np.exp(lw - lw.max(axis=1, keepdims=True))
         return c / c.sum(axis=1, keepdims=True)
 
 
@@ -334,8 +353,10 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     theta = np.concatenate([eta[:, None], (1.0 - eta)[:, None] * taste], axis=1) if has_main \
         else taste
     expo = popularity ** float(exposure)
+    log_expo = -float(exposure) * float(zipf_s) * np.log(rank1)  # ln expo, with no underflow
     truth = LatentTruth(user_factors=theta, factor_item_prob=phi, popularity=popularity,
-                        merit=item_merit, exposure=expo, user_group=group.astype(np.int64),
+                        merit=item_merit, exposure=expo, log_exposure=log_expo,
+                        user_group=group.astype(np.int64),
                         factor_genre=factor_genre.astype(np.int64), has_mainstream=has_main,
                         params=dict(n_users=U, n_items=I, n_genres=G,
                                     interactions_per_user=interactions_per_user,
@@ -357,12 +378,13 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     users, items, order = [], [], []
     for s in range(0, U, 1024):
         rows = np.arange(s, min(s + 1024, U))
-        c = truth.consumption_prob(rows)
-        support = np.count_nonzero(c > 0, axis=1)
+        # Gumbel keys on ln(p · exposure) (the row's normaliser does not change the order), so
+        # an extreme exposure cannot underflow a user's row to nothing
+        lw = truth.log_consumption_weight(rows)
+        support = np.count_nonzero(lw > -np.inf, axis=1)
         n = np.minimum(n_u[rows], support)
         n_u[rows] = n
-        with np.errstate(divide="ignore"):
-            keys = np.log(c) + rng.gumbel(size=c.shape)
+        keys = lw + rng.gumbel(size=lw.shape)
         top = np.argsort(-keys, axis=1, kind="stable")
         take = np.arange(I)[None, :] < n[:, None]
         users.append(np.repeat(rows, n))

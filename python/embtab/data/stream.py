@@ -257,16 +257,18 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     consumed = np.zeros((U, I), dtype=bool)
     users, items, times = [], [], []
     for w in range(W):
-        weight = truth.exposure * stream.vitality(w)
+        with np.errstate(divide="ignore"):
+            log_vit = np.log(stream.vitality(w))
         active = np.flatnonzero(user_join <= w)
         n_w = rng.poisson(rate[active])
         for s in range(0, active.size, 1024):
             rows = active[s:s + 1024]
-            c = truth.prob(rows) * weight[None, :]
-            c[consumed[rows]] = 0.0
-            n = np.minimum(n_w[s:s + 1024], np.count_nonzero(c > 0, axis=1))
-            with np.errstate(divide="ignore"):
-                keys = np.log(c) + rng.gumbel(size=c.shape)
+            # ln(p · exposure · vitality), summed in logs (an extreme exposure cannot underflow
+            # a row); items already consumed get -inf
+            lw = truth.log_consumption_weight(rows) + log_vit[None, :]
+            lw[consumed[rows]] = -np.inf
+            n = np.minimum(n_w[s:s + 1024], np.count_nonzero(lw > -np.inf, axis=1))
+            keys = lw + rng.gumbel(size=lw.shape)
             kmax = max(int(n.max(initial=0)), 1)
             top = np.argpartition(-keys, kmax - 1, axis=1)[:, :kmax]
             top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1),
