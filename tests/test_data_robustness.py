@@ -352,3 +352,125 @@ def test_movielens_comma_u_data_names_the_line_taken_for_a_header(tmp_path):
     with pytest.raises(ValueError, match=r"no ratings \(line 1, '196,242,3,881250949', was "
                                          "read as a header\\)"):
         load_movielens(tmp_path)
+
+
+# 7. power_law's sampler: rare items are finished by Gumbel keys, with the same law //////////
+
+
+def _successive_inclusion(p, n):
+    """Exact P(item in a sample of n drawn one by one without replacement from p)."""
+    from itertools import permutations
+    inc = np.zeros(p.size)
+    for seq in permutations(range(p.size), n):
+        pr, left = 1.0, 1.0
+        for i in seq:
+            pr *= p[i] / left
+            left -= p[i]
+        inc[list(seq)] += pr
+    return inc, p  # (inclusion, law of the first pick)
+
+
+@pytest.mark.parametrize("max_rounds", [0, 30])   # 0: every user by Gumbel keys; 30: the stream
+def test_power_law_sampler_draws_successively_without_replacement(max_rounds):
+    from embtab.data import synthetic as syn
+    d = power_law(n_users=4000, n_items=6, n_genres=1, interactions_per_user=3, zipf_s=1.5,
+                  activity_sigma=0.0, seed=3)
+    t = d.truth
+    n_u = np.full(t.n_users, 3, dtype=np.int64)
+    users, items = syn._sample_without_replacement(np.random.default_rng(5), t, d.item_genres,
+                                                   n_u, max_rounds=max_rounds)
+    assert np.array_equal(np.bincount(users, minlength=t.n_users), n_u)
+    assert np.unique(users * 6 + items).size == users.size
+    inc, first = _successive_inclusion(t.prob([0])[0], 3)
+    got_inc = np.bincount(items, minlength=6) / t.n_users
+    got_first = np.bincount(items[::3], minlength=6) / t.n_users   # consumption order kept
+    np.testing.assert_allclose(got_inc, inc, atol=0.035)
+    np.testing.assert_allclose(got_first, first, atol=0.035)
+
+
+@pytest.mark.timeout(60)   # a hang guard (it takes well under a second), not a timing target
+def test_power_law_with_a_steep_zipf_exponent_generates():
+    # 30 rounds of i.i.d. draws chasing items of tiny p(i|u) took 57 s at zipf_s=3 (the
+    # default size) and 58 s here; rounds that grow past the budget now go to Gumbel keys
+    d = power_law(n_users=200, n_items=300, n_genres=6, interactions_per_user=200,
+                  zipf_s=50.0, seed=1)
+    assert np.all(d.truth.pair_prob(d.users, d.items) > 0)
+    assert np.unique(d.users * d.n_items + d.items).size == d.users.size
+    # each user took min(their activity, their support): the support is every item of p > 0
+    support = np.count_nonzero(d.truth.prob() > 0, axis=1)
+    assert np.all(np.bincount(d.users, minlength=d.n_users) <= support)
+    assert np.bincount(d.users, minlength=d.n_users).min() >= min(5, support.min())
+
+
+# 8. generator arguments a review found accepted and then failing ////////////////////////////
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(beta=float("inf")), r"beta must be a finite number; got inf"),
+    (dict(taste_sigma=float("inf")), r"taste_sigma must be a finite number; got inf"),
+    (dict(mix_concentration=float("inf")), r"mix_concentration must be a finite number"),
+    (dict(activity_sigma=float("nan")), r"activity_sigma must be a finite number"),
+    (dict(exposure=1e308), r"exposure=1e\+308 is too large for zipf_s=1\.1 and n_items=80"),
+    (dict(exposure=1e300, zipf_s=1e10), r"exposure=1e\+300 is too large"),
+    (dict(zipf_s=1e308), r"beta=1\.0 is too large for zipf_s=1e\+308"),
+    (dict(beta=1e308), r"beta=1e\+308 is too large"),
+    (dict(taste_sigma=1e308), r"taste_sigma=1e\+308 is too large"),
+    (dict(merit="abc"), r"merit must be a finite number; got 'abc'"),
+])
+def test_v2_refuses_what_would_give_a_nan_truth_naming_the_argument(kw, msg):
+    # each of these gave a NaN truth and an empty data set, or a raw numpy error
+    with pytest.raises(ValueError, match=msg):
+        power_law_v2(**SMALL, **kw)
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("synthetic:merit=abc", r"merit must be a finite number; got 'abc'"),
+    ("synthetic:rank=4,beta=abc", r"beta must be a finite number; got 'abc'"),
+    ("synthetic:exposure=abc", r"exposure must be a finite number; got 'abc'"),
+    ("stream:activity_sigma=abc", r"activity_sigma must be a finite number >= 0; got 'abc'"),
+])
+def test_spec_values_that_are_not_numbers_are_named(spec, msg):
+    with pytest.raises(ValueError, match=r"dataset spec '.*': " + msg):
+        load_dataset(spec)
+
+
+def test_v1_refuses_a_beta_whose_log_weights_overflow():
+    for beta in (1e308, -1e308):   # a broadcasting crash, and a NaN truth with no data
+        with pytest.raises(ValueError, match=r"beta=.* is too large for zipf_s=1\.1"):
+            power_law(**SMALL, beta=beta)
+
+
+def test_user_group_shares_summing_to_one_in_decimal_are_accepted():
+    # 1 - 0.07 - 0.93 is -1.1e-16 in floats: numpy refused the group probabilities
+    d = power_law_v2(**SMALL, niche_share=0.07, blockbuster_share=0.93, seed=2)
+    assert set(np.unique(d.truth.user_group)) <= {0, 2}
+
+
+def test_stream_takes_numpy_numbers():
+    from embtab.data import power_law_stream
+    a = power_law_stream(n_users=60, n_items=80, n_windows=3, interactions_per_window=4,
+                         item_birth_share=0.5, half_life=2.0, seed=1)
+    b = power_law_stream(n_users=60, n_items=80, n_windows=3,
+                         interactions_per_window=np.int64(4), item_birth_share=np.float32(0.5),
+                         half_life=np.float64(2.0), seed=1)
+    assert np.array_equal(a.items, b.items) and np.array_equal(a.timestamps, b.timestamps)
+
+
+def test_stream_with_a_tiny_half_life_keeps_every_window():
+    # 2**(-age / half_life) underflowed to 0: from window 2 on nobody consumed anything, and
+    # at(w).prob() was all zeros although, with every item of one age, p_w = p exactly
+    from embtab.data import power_law_stream
+    kw = dict(n_users=80, n_items=120, n_genres=6, n_windows=4, user_join_share=0.0, seed=2)
+    d = power_law_stream(**kw, item_birth_share=0.0, half_life=0.001)
+    assert np.all(np.bincount(d.timestamps, minlength=4) > 0)
+    np.testing.assert_allclose(d.truth.at(3).prob(), d.truth.prob(), rtol=1e-12)
+    # with births, every window still has consumption, of born items the users like, and
+    # every user's window truth is a distribution
+    e = power_law_stream(**kw, item_birth_share=0.5, half_life=0.001)
+    t = e.truth
+    assert np.all(t.pair_prob(e.users, e.items) > 0)
+    for w in range(4):
+        sel = e.timestamps == w
+        assert sel.any()
+        assert np.all(t.item_birth[e.items[sel]] <= w)
+        np.testing.assert_allclose(t.at(w).prob().sum(axis=1), 1.0)

@@ -60,6 +60,7 @@ import numpy as np
 from embtab.data.containers import Interactions, RowSets
 from embtab.data.synthetic import (
     check_generator_args,
+    check_log_scale,
     check_seed,
     dirichlet_rows,
     genre_weights,
@@ -242,7 +243,12 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         >>> int(np.linalg.matrix_rank(d.truth.prob()))
         4
     """
-    check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s)
+    reals = dict(merit=merit, exposure=exposure, beta=beta, taste_sigma=taste_sigma,
+                 genre_leak=genre_leak, mix_concentration=mix_concentration,
+                 activity_sigma=activity_sigma, crowding_split=crowding_split,
+                 niche_share=niche_share, blockbuster_share=blockbuster_share)
+    check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf_s,
+                         **{k: v for k, v in reals.items() if v is not None})
     seed = check_seed(seed)
     U, I, G = int(n_users), int(n_items), int(n_genres)
     crowding = _flag(crowding, "crowding")
@@ -260,8 +266,13 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         raise ValueError(f"exposure must be a finite number >= 0; got {exposure}")
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0; got {beta}")
+    # the log weights: -zipf_s·beta·ln rank (merit), -zipf_s·exposure·ln rank (exposure)
+    check_log_scale(I, zipf_s, beta=beta, exposure=exposure)
     if not taste_sigma >= 0:
         raise ValueError(f"taste_sigma must be >= 0; got {taste_sigma}")
+    if not math.isfinite(taste_sigma * 64.0):  # the log-normal noise of the factors
+        raise ValueError(f"taste_sigma={taste_sigma!r} is too large: the factors' log noise "
+                         "would overflow float64")
     if not 0.0 <= genre_leak <= 1.0:
         raise ValueError(f"genre_leak must be in [0, 1]; got {genre_leak}")
     if not mix_concentration > 0:
@@ -336,8 +347,8 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     factor_genre = np.concatenate([[-1], home]) if has_main else home
 
     # 3. users: group, mainstream weight, taste mix
-    group = rng.choice(3, size=U, p=[niche_share, 1.0 - niche_share - blockbuster_share,
-                                     blockbuster_share])
+    group = rng.choice(3, size=U, p=[niche_share, max(0.0, 1.0 - niche_share - blockbuster_share),
+                                     blockbuster_share])  # (max: shares summing to 1 in floats)
     eta = np.asarray(MAINSTREAM_WEIGHT)[group] if has_main else np.zeros(U)
     if crowding:
         pick = np.argsort(-(np.log(prevalence)[None, :] + rng.gumbel(size=(U, G))), axis=1)

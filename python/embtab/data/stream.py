@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,16 @@ class StreamTruth(Truth):
                 else np.ones(self.n_items)
         return np.where(age >= 0, v, 0.0)
 
+    def log_vitality(self, window: int) -> np.ndarray:
+        """ln v_w(i), float64 [I]: −inf before the item's birth, ``−(w − birth) · ln 2 /
+        half_life`` from it on, computed directly (v_w itself underflows to 0 for a tiny
+        ``half_life``, while the ratios between items of one window stay finite)."""
+        w = _window(window, self.n_windows)
+        age = w - self.item_birth
+        lv = -age * (math.log(2.0) / self.half_life) if math.isfinite(self.half_life) \
+            else np.zeros(self.n_items)
+        return np.where(age >= 0, lv, -np.inf)
+
     def alive(self, window: int) -> np.ndarray:
         """Items born by ``window``, bool [I]."""
         return self.item_birth <= _window(window, self.n_windows)
@@ -121,13 +132,15 @@ class StreamTruth(Truth):
         (bool [I], default all) is true; rows follow ``users`` (default all users)."""
         users = np.arange(self.n_users) if users is None else np.asarray(users, np.int64)
         weight = self.vitality(window)
+        log_weight = self.log_vitality(window)
         if items is not None:
             items = np.asarray(items, dtype=bool)
             if items.shape != (self.n_items,):
                 raise ValueError(f"items must be a bool mask of shape ({self.n_items},); got "
                                  f"{items.shape}")
             weight = weight * items
-        return WindowTruth(self.base, users, weight)
+            log_weight = np.where(items, log_weight, -np.inf)
+        return WindowTruth(self.base, users, weight, log_weight)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,6 +153,7 @@ class WindowTruth(Truth):
     base: LatentTruth
     users: np.ndarray
     weight: np.ndarray
+    log_weight: np.ndarray | None = None  # ln weight, finite where weight underflowed
 
     @property
     def n_users(self) -> int:
@@ -151,7 +165,13 @@ class WindowTruth(Truth):
 
     def prob(self, users=None) -> np.ndarray:
         rows = self.users if users is None else self.users[np.asarray(users, np.int64)]
-        p = self.base.prob(rows) * self.weight[None, :]
+        if self.log_weight is None:
+            p = self.base.prob(rows) * self.weight[None, :]
+        else:  # in logs, each row scaled by its largest term: no underflowed weight empties it
+            with np.errstate(divide="ignore"):
+                z = np.log(self.base.prob(rows)) + self.log_weight[None, :]
+            top = z.max(axis=1, keepdims=True)
+            p = np.exp(z - np.where(np.isfinite(top), top, 0.0))
         s = p.sum(axis=1, keepdims=True)
         return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
 
@@ -212,20 +232,21 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     W = _count(n_windows, "n_windows")
     for what, v, hi in (("item_birth_share", item_birth_share, 1.0),
                         ("user_join_share", user_join_share, 1.0)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < hi:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < hi:
             raise ValueError(f"{what} must be a number in [0, 1); got {v!r}")
         if v > 0 and W < 2:
             raise ValueError(f"{what} > 0 needs n_windows >= 2 (something must happen after "
                              f"window 0); got n_windows={W}")
-    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) \
+    if isinstance(half_life, bool) or not isinstance(half_life, numbers.Real) \
             or not half_life > 0 or math.isnan(half_life):
         raise ValueError(f"half_life must be a number > 0 (inf: no fading); got {half_life!r}")
     if isinstance(interactions_per_window, bool) or \
-            not isinstance(interactions_per_window, (int, float)) or \
+            not isinstance(interactions_per_window, numbers.Real) or \
             not (interactions_per_window > 0 and math.isfinite(interactions_per_window)):
         raise ValueError("interactions_per_window must be a finite number > 0; got "
                          f"{interactions_per_window!r}")
-    if not (activity_sigma >= 0 and math.isfinite(activity_sigma)):
+    if isinstance(activity_sigma, bool) or not isinstance(activity_sigma, numbers.Real) or \
+            not (activity_sigma >= 0 and math.isfinite(activity_sigma)):
         raise ValueError(f"activity_sigma must be a finite number >= 0; got {activity_sigma!r}")
     for key in ("interactions_per_user", "crowding"):
         if key in v2:
@@ -257,8 +278,7 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     consumed = np.zeros((U, I), dtype=bool)
     users, items, times = [], [], []
     for w in range(W):
-        with np.errstate(divide="ignore"):
-            log_vit = np.log(stream.vitality(w))
+        log_vit = stream.log_vitality(w)
         active = np.flatnonzero(user_join <= w)
         n_w = rng.poisson(rate[active])
         for s in range(0, active.size, 1024):

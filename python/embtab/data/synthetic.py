@@ -39,6 +39,17 @@ def check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf
         raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
 
 
+def check_log_scale(n_items, zipf_s, **factors) -> None:
+    """Refuse a factor f (name=value) for which the log weights ``-zipf_s · f · ln rank`` (rank
+    up to ``n_items``) overflow float64: ValueError naming it. The generators weigh items in
+    logs so that nothing underflows; an overflow there would turn a row into NaN instead."""
+    lr = math.log(max(int(n_items), 2))
+    for what, v in factors.items():
+        if not math.isfinite(float(zipf_s) * abs(float(v)) * lr):
+            raise ValueError(f"{what}={v!r} is too large for zipf_s={zipf_s!r} and n_items="
+                             f"{n_items}: the log weights zipf_s·{what}·ln(rank) overflow float64")
+
+
 def check_seed(seed) -> int:
     """``seed`` as an int: an integer >= 0 (what ``numpy.random.default_rng`` takes); else
     ``TypeError`` (not an integer) or ``ValueError`` (negative), naming ``seed``."""
@@ -72,8 +83,9 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     3. **Preference** (see :class:`GroundTruth`): ``p(i|u) = Σ_g mix_u(g) ·
        popularity(i)**beta · w(i,g) / Z_g``, ``w(i,g) = 1/|genres(i)|`` for ``g ∈ genres(i)``.
     4. **Interactions.** Each user consumes ``n_u`` distinct items sampled without replacement
-       from ``p(·|u)`` (successive sampling: the first ``n_u`` distinct items of an i.i.d. stream);
-       ``timestamps`` record that order (0, 1, ...).
+       from ``p(·|u)`` (successive sampling: the first ``n_u`` distinct items of an i.i.d. stream;
+       a user whose last items are rare draws, under a steep ``zipf_s``, gets them by Gumbel keys
+       over the items not yet taken, the same law); ``timestamps`` record that order (0, 1, ...).
     5. **IDs.** Users and items get distinct uniformly random 64-bit raw IDs (uint64).
 
     Parameters
@@ -117,6 +129,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     if mix_concentration <= 0 or activity_sigma < 0:
         raise ValueError(f"mix_concentration must be > 0 and activity_sigma >= 0; got "
                          f"{mix_concentration} and {activity_sigma}")
+    check_log_scale(n_items, zipf_s, beta=beta)  # item weights: -zipf_s·beta·ln rank
     seed = check_seed(seed)
     gpi = _probs3(genres_per_item, "genres_per_item")
     ipu = _probs3(interests_per_user, "interests_per_user")
@@ -222,7 +235,19 @@ def random_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     return ids
 
 
-def _sample_without_replacement(rng, truth, item_genres, n_u, max_rounds=30):
+#: Most rounds of i.i.d. draws before the users still short of items are finished by Gumbel
+#: keys (the default power_law() needs 7).
+_STREAM_ROUNDS = 30
+#: A round after the first that would draw more than this many times all users' items goes to
+#: the Gumbel-key finish instead: the missing items then have tiny p(i|u), and the rounds grow
+#: (each draws twice as many per missing item). The rounds of power_law's defaults draw 0.7x
+#: and less after the first, so their data are as before.
+_STREAM_BUDGET = 3.0
+#: Users per block of the Gumbel-key finish.
+_FALLBACK_BLOCK = 256
+
+
+def _sample_without_replacement(rng, truth, item_genres, n_u, max_rounds=_STREAM_ROUNDS):
     """Per user u, the first n_u[u] distinct items of an i.i.d. stream from p(.|u).
 
     Returns (users, items) int64 [sum n_u], sorted by user, in consumption order within a user.
@@ -246,6 +271,8 @@ def _sample_without_replacement(rng, truth, item_genres, n_u, max_rounds=30):
         if todo.size == 0:
             break
         draws = (n_u[todo] - have[todo]) * (2 << min(r, 8)) + 8
+        if r > 0 and draws.sum() > _STREAM_BUDGET * n_u.sum():
+            break  # the missing items are rare draws: finish by Gumbel keys (below)
         du = np.repeat(todo, draws)
         pos = np.searchsorted(u_key, du + rng.random(du.size), side="right")
         g = np.minimum(pos - du * G, G - 1)
@@ -255,16 +282,25 @@ def _sample_without_replacement(rng, truth, item_genres, n_u, max_rounds=30):
         acc_u, acc_i, have = _first_distinct(np.concatenate([acc_u, du]),
                                              np.concatenate([acc_i, di]), n_u, I)
     todo = np.flatnonzero(have < n_u)
-    if todo.size:  # pragma: no cover  (only for users who want nearly all of their support)
+    if todo.size:
+        # Users the stream has not served by now want nearly all of their support, some of it
+        # at tiny p(i|u) that i.i.d. draws almost never reach (a steep zipf_s: each further
+        # round cost more than the last, 57 s at zipf_s = 3 with 30 rounds). Their remaining
+        # items are drawn by Gumbel keys over the items not yet taken: successive sampling
+        # without replacement, the same law as the rest of the stream.
         extra_u, extra_i = [acc_u], [acc_i]
-        for u in todo:
-            mine = acc_i[acc_u == u]
+        start = np.cumsum(have) - have
+        for b in range(0, todo.size, _FALLBACK_BLOCK):
+            rows = todo[b:b + _FALLBACK_BLOCK]
             with np.errstate(divide="ignore"):
-                keys = np.log(truth.prob([u])[0]) + rng.gumbel(size=I)
-            keys[mine] = -np.inf
-            pick = np.argsort(-keys)[: n_u[u] - mine.size]
-            extra_u.append(np.full(pick.size, u, np.int64))
-            extra_i.append(pick.astype(np.int64))
+                keys = np.log(truth.prob(rows)) + rng.gumbel(size=(rows.size, I))
+            for j, u in enumerate(rows):
+                keys[j, acc_i[start[u]:start[u] + have[u]]] = -np.inf
+            want = n_u[rows] - have[rows]
+            top = np.argsort(-keys, axis=1, kind="stable")[:, : int(want.max())]
+            take = np.arange(top.shape[1])[None, :] < want[:, None]
+            extra_u.append(np.repeat(rows, want))
+            extra_i.append(top[take].astype(np.int64))
         acc_u, acc_i, have = _first_distinct(np.concatenate(extra_u), np.concatenate(extra_i),
                                              n_u, I)
     return acc_u, acc_i
