@@ -474,3 +474,47 @@ def test_stream_with_a_tiny_half_life_keeps_every_window():
         assert sel.any()
         assert np.all(t.item_birth[e.items[sel]] <= w)
         np.testing.assert_allclose(t.at(w).prob().sum(axis=1), 1.0)
+
+
+def test_v2_refuses_identical_taste_factors():
+    # no noise and no home genre: every taste factor was the same row, rank 4 came out as 1
+    with pytest.raises(ValueError, match=r"taste_sigma=0 with genre_leak=1 makes every taste"):
+        power_law_v2(**SMALL, rank=4, taste_sigma=0.0, genre_leak=1.0)
+    d = power_law_v2(**SMALL, rank=1, taste_sigma=0.0, genre_leak=1.0)   # one factor: fine
+    assert np.linalg.matrix_rank(d.truth.prob()) == 1
+
+
+def test_split_refuses_a_test_count_that_is_not_an_integer():
+    from embtab.data import train_test_split
+    d = power_law(**SMALL, seed=0)
+    with pytest.raises(TypeError, match=r"n_test must be an integer >= 0; got nan"):
+        train_test_split(d, n_test=float("nan"))      # every user got 0 test items
+    with pytest.raises(TypeError, match=r"n_test must be an integer >= 0; got 2\.7"):
+        train_test_split(d, n_test=2.7)
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0; got -1"):
+        train_test_split(d, seed=-1)
+    with pytest.raises(ValueError, match=r"test_fraction must be a number in \[0, 1\); got nan"):
+        train_test_split(d, test_fraction=float("nan"))
+    # a huge count leaves each user one train item (it overflowed int64 before)
+    tr, te = train_test_split(d, n_test=10**30)
+    n = np.bincount(d.users, minlength=d.n_users)
+    assert np.array_equal(np.bincount(tr.users, minlength=d.n_users), np.minimum(n, 1))
+
+
+def test_activity_beyond_int64_or_float64_is_capped_or_refused():
+    # casts of huge draws wrapped (RuntimeWarning, users clipped to 5) or raised OverflowError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = power_law_v2(**{**SMALL, "interactions_per_user": 2**62}, activity_sigma=0.0)
+        assert np.array_equal(np.bincount(d.users, minlength=d.n_users),
+                              np.count_nonzero(d.truth.prob() > 0, axis=1))   # all of support
+        e = power_law(**{**SMALL, "interactions_per_user": 10**30}, activity_sigma=0.0)
+        assert np.unique(e.users).size == e.n_users
+    for gen in (power_law, power_law_v2):
+        with pytest.raises(ValueError, match=r"activity_sigma=1e\+200 is too large"):
+            gen(**SMALL, activity_sigma=1e200)
+    from embtab.data import power_law_stream
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = power_law_stream(n_users=60, n_items=80, n_windows=3, interactions_per_window=1e19)
+    assert np.unique(s.users * 80 + s.items).size == s.users.size   # nothing consumed twice

@@ -62,6 +62,7 @@ from embtab.data.synthetic import (
     check_generator_args,
     check_log_scale,
     check_seed,
+    lognormal_mu,
     dirichlet_rows,
     genre_weights,
     random_ids,
@@ -195,6 +196,11 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     rank : int, optional
         r, the number of latent factors = the rank of the true preference matrix: an integer
         in [1, min(n_users, n_items)] (with r >= 2 one of them is the mainstream factor).
+        The numerical rank of ``prob()`` reaches r when the users' mixes span the factors and
+        the factors' item rows differ: with few users per factor (each user draws 1-3
+        interests, so a factor can go unchosen), very steep merit (``zipf_s · beta`` large,
+        each factor's mass on its genre's top item) or home genres with fewer items than
+        factors it can be lower; :attr:`LatentTruth.rank` is r, the number of factors.
         Default :data:`DEFAULT_RANK`, or min(n_users, n_items) when that is smaller;
         ``crowding=True`` needs r = n_genres (its default there)
         and n_genres >= 2.
@@ -315,6 +321,10 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     if taste_sigma == 0 and n_taste > G:
         raise ValueError(f"taste_sigma=0 allows at most n_genres ({G}) taste factors; got "
                          f"{n_taste} (rank={r})")
+    if taste_sigma == 0 and genre_leak == 1.0 and n_taste > 1:
+        raise ValueError(f"taste_sigma=0 with genre_leak=1 makes every taste factor the same "
+                         f"(no noise, no home genre): rank={r} needs taste_sigma > 0 or "
+                         "genre_leak < 1")
     rng = np.random.default_rng(seed)
 
     # 1. items: popularity, merit, one main genre each
@@ -381,10 +391,12 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
 
     # 4. activity and consumption (Gumbel keys: successive sampling without replacement)
     if activity_sigma > 0:
-        mu = math.log(interactions_per_user) - activity_sigma**2 / 2
-        n_u = np.rint(rng.lognormal(mu, activity_sigma, size=U)).astype(np.int64)
+        mu = lognormal_mu(interactions_per_user, activity_sigma)
+        # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
+        # takes more than I items anyway)
+        n_u = np.rint(np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)).astype(np.int64)
     else:
-        n_u = np.full(U, int(interactions_per_user), dtype=np.int64)
+        n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
     n_u = np.clip(n_u, min(5, int(interactions_per_user)), None)
     users, items, order = [], [], []
     for s in range(0, U, 1024):

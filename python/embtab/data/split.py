@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from embtab.data.containers import Interactions
+from embtab.data.synthetic import check_seed
 
 __all__ = ["train_test_split"]
 
@@ -45,10 +48,16 @@ def train_test_split(data: Interactions, test_fraction: float = 0.2, seed: int =
         >>> te.n_interactions == d.n_users
         True
     """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1); got {test_fraction}")
-    if n_test is not None and n_test < 0:
-        raise ValueError(f"n_test must be >= 0; got {n_test}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) \
+            or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be a number in [0, 1); got {test_fraction!r}")
+    if n_test is not None:
+        if isinstance(n_test, bool) or not isinstance(n_test, numbers.Integral):
+            raise TypeError(f"n_test must be an integer >= 0; got {n_test!r}")
+        if n_test < 0:
+            raise ValueError(f"n_test must be >= 0; got {n_test}")
+        n_test = min(int(n_test), np.iinfo(np.int64).max)
+    seed = check_seed(seed)
     if by_time and data.timestamps is None:
         raise ValueError(f"by_time=True needs timestamps; data set {data.name!r} has none")
     rng = np.random.default_rng(seed)

@@ -48,6 +48,7 @@ import numpy as np
 
 from embtab.data.containers import Interactions
 from embtab.data.generator_v2 import LatentTruth, power_law_v2
+from embtab.data.synthetic import lognormal_mu
 from embtab.data.truth import Truth
 
 __all__ = ["STREAM_KEYS", "StreamTruth", "WindowTruth", "power_law_stream", "time_windows"]
@@ -273,8 +274,8 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
                                      user_join_share=float(user_join_share),
                                      activity_sigma=float(activity_sigma), seed=seed))
 
-    mu = math.log(interactions_per_window) - activity_sigma**2 / 2
-    rate = rng.lognormal(mu, activity_sigma, size=U)
+    mu = lognormal_mu(interactions_per_window, activity_sigma)
+    rate = np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)  # none consumes > I items
     consumed = np.zeros((U, I), dtype=bool)
     users, items, times = [], [], []
     for w in range(W):

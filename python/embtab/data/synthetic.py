@@ -50,6 +50,15 @@ def check_log_scale(n_items, zipf_s, **factors) -> None:
                              f"{n_items}: the log weights zipf_s·{what}·ln(rank) overflow float64")
 
 
+def lognormal_mu(mean: float, sigma: float) -> float:
+    """μ of a log-normal with this mean and log-sd ``sigma`` (μ = ln mean − σ²/2); ValueError
+    naming ``activity_sigma`` when σ² overflows float64."""
+    if not math.isfinite(float(sigma) * float(sigma)):
+        raise ValueError(f"activity_sigma={sigma!r} is too large: the log-normal's sigma**2 "
+                         "overflows float64")
+    return math.log(mean) - float(sigma) ** 2 / 2
+
+
 def check_seed(seed) -> int:
     """``seed`` as an int: an integer >= 0 (what ``numpy.random.default_rng`` takes); else
     ``TypeError`` (not an integer) or ``ValueError`` (negative), naming ``seed``."""
@@ -164,10 +173,12 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     overlap = (user_sets.astype(np.float64) @ item_sets.T.astype(np.float64)) > 0
     support = (overlap @ item_count).astype(np.int64)[user_inv.ravel()]
     if activity_sigma > 0:
-        mu = math.log(interactions_per_user) - activity_sigma**2 / 2
-        n_u = np.rint(rng.lognormal(mu, activity_sigma, size=U)).astype(np.int64)
+        mu = lognormal_mu(interactions_per_user, activity_sigma)
+        # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
+        # takes more than I items anyway)
+        n_u = np.rint(np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)).astype(np.int64)
     else:
-        n_u = np.full(U, int(interactions_per_user), dtype=np.int64)
+        n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
     n_u = np.clip(n_u, min(5, int(interactions_per_user)), None)
     n_u = np.minimum(n_u, support)
 
