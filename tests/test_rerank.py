@@ -945,3 +945,31 @@ def test_a_budget_beyond_k_is_no_budget_and_allocates_nothing_more():
     small = rerank.limited_attention(rel, 3, 3, intent_weights=w)
     for c in (4, 2**31, 2**63):
         np.testing.assert_array_equal(rerank.limited_attention(rel, 3, c, intent_weights=w), small)
+
+
+def test_a_forged_pickled_item_distribution_is_refused():
+    # the C++ core checks indices only; a state with a NaN or zero weight gave NaN tables and
+    # lists with no error (a review found it through the pickle hook)
+    from embtab.rerank import _item_distribution_from_state
+    items = rerank.ItemDistribution(np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+    back = pickle.loads(pickle.dumps(items))
+    assert np.array_equal(back.toarray(), items.toarray())
+    indptr, genre, wclass, weights = (np.array(a) for a in items.csr)
+    for bad in (np.nan, 0.0, -0.5, np.inf):
+        w = weights.copy()
+        w[0] = bad
+        with pytest.raises(ValueError, match="not a valid pickled ItemDistribution"):
+            _item_distribution_from_state((indptr, genre, wclass, w), 2, 3)
+    w = weights * 1.5                                           # rows no longer sum to 1
+    with pytest.raises(ValueError, match="not a valid pickled ItemDistribution"):
+        _item_distribution_from_state((indptr, genre, wclass, w), 2, 3)
+    with pytest.raises(ValueError, match="not a valid pickled ItemDistribution"):   # empty item
+        _item_distribution_from_state((np.array([0, 2, 2, 3]), genre, wclass, weights), 3, 3)
+    with pytest.raises(ValueError, match="not a valid pickled ItemDistribution"):   # genre >= G
+        _item_distribution_from_state((indptr, genre, wclass, weights), 2, 2)
+
+
+def test_minus_inf_in_a_distribution_is_named_as_such():
+    with pytest.raises(ValueError, match=r"target row 0 holds -inf"):
+        rerank.calibrated(np.array([[0.3, 0.2]]), np.array([[1.0, 0.0], [0.0, 1.0]]),
+                          np.array([[-np.inf, 1.0]]), 1)

@@ -99,7 +99,7 @@ def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) ->
     bad = ~np.isfinite(a)
     if bad.any():
         row = int(np.nonzero(bad.any(axis=1))[0][0])
-        kind = "NaN" if np.isnan(a[row]).any() else "inf"
+        kind = "NaN" if np.isnan(a[row]).any() else ("-inf" if np.isneginf(a[row]).any() else "inf")
         raise ValueError(f"{name} row {row} holds {kind}")
     neg = a < 0
     if neg.any():
@@ -327,6 +327,21 @@ def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> It
     """Rebuild an unpickled :class:`ItemDistribution` (the C++ core re-checks every index per call)."""
     obj = ItemDistribution.__new__(ItemDistribution)
     arrays = tuple(np.array(a, dtype=dt) for a, dt in zip(csr, (np.int64, np.int32, np.int32, np.float64)))
+    indptr, genre, wclass, weights = arrays
+    # The C++ core checks the indices; the values are checked here, as the constructor does
+    # (a state with a NaN or zero weight would give NaN tables and lists with no error).
+    n_items, n_genres = int(n_items), int(n_genres)
+    ok = (indptr.ndim == 1 and indptr.size == n_items + 1 and indptr[0] == 0 and indptr[-1] == genre.size
+          and genre.shape == wclass.shape and weights.ndim == 1 and np.all(np.diff(indptr) > 0)
+          and np.all((genre >= 0) & (genre < n_genres)) and np.all((wclass >= 0) & (wclass < weights.size))
+          and np.all(np.isfinite(weights) & (weights > 0)))
+    if ok:
+        # every item holds a category (as the constructor requires: its row sums to 1)
+        sums = np.add.reduceat(weights[wclass], indptr[:-1]) if n_items else np.zeros(0)
+        ok = bool(np.all(np.abs(sums - 1.0) <= SUM_TOL))
+    if not ok:
+        raise ValueError("not a valid pickled ItemDistribution: its arrays are not the CSR of "
+                         f"{n_items} distributions over {n_genres} categories")
     for a in arrays:
         a.setflags(write=False)
     obj._csr = arrays
