@@ -14,3 +14,10 @@ def shared_data(name: str) -> Path:
         pytest.skip(f"{path} is absent: the test needs ../shared/data/{name} beside the checkout "
                     "(its licence forbids shipping it with embtab)")
     return path
+
+
+def same_json(a, b) -> bool:
+    """a == b as results compare: NaN equals NaN (an interval that is not defined, such as one
+    over seeds that all agree, is NaN in both)."""
+    import json
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

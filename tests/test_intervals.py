@@ -86,3 +86,18 @@ def test_ci95_half_width_and_report_cells_match_interval():
                                [stats.t.ppf(0.975, 2) / math.sqrt(3) * x for x in (1, 2)])
     with pytest.raises(ValueError, match="n must be an integer"):
         ci95_half_width(0.1, 2.5)
+
+
+def test_a_value_the_same_on_every_seed_gets_no_interval_and_no_direction():
+    # two seeds that agree exactly gave [x, x], and a sentence named a direction from it (a
+    # review found "consume less alike ... 95% CI [-0.0263, -0.0263]" from a metric that was
+    # 1/38 and 0 on both seeds); rounding noise counts as agreeing
+    from embtab.experiments.intervals import direction_sentence, interval
+    for vals in ([-0.0263, -0.0263], [0.0, 0.0, 0.0], [-0.0623, -0.0623 + 2e-17]):
+        r = interval(vals)
+        assert r["n"] == len(vals) and r["sd"] == 0.0
+        assert math.isnan(r["ci95_low"]) and math.isnan(r["ci95_high"])
+        text = direction_sentence(r, "The lists", "are up", "are down")
+        assert "no clear direction" in text and "no spread" in text
+    r = interval([0.1, 0.1000001])   # a real spread, however small, keeps its interval
+    assert r["sd"] > 0 and r["ci95_low"] < 0.1 < r["ci95_high"]

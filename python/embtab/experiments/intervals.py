@@ -85,7 +85,10 @@ def interval(values) -> dict:
     """``{"mean", "sd", "ci95_low", "ci95_high", "n"}`` of the finite entries of ``values``.
 
     sd has ddof = 1; the interval is mean ± t_{0.975, n−1} · sd / √n. With n = 1 the sd and the
-    interval are NaN; with n = 0 everything is NaN.
+    interval are NaN; with n = 0 everything is NaN. When every value is the same (sd 0, or below
+    1e-12 of the largest |value|: rounding), sd is 0 and the interval NaN: a quantity that does
+    not vary with the seed (a discrete metric that coincides, windows the seed does not move)
+    gives no spread to measure a difference against, and no direction is stated from it.
 
     Example::
 
@@ -103,6 +106,8 @@ def interval(values) -> dict:
     if n == 1:
         return {"mean": mean, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 1}
     sd = float(a.std(ddof=1))
+    if sd <= 1e-12 * float(np.abs(a).max()):   # the same value on every seed
+        return {"mean": mean, "sd": 0.0, "ci95_low": nan, "ci95_high": nan, "n": n}
     half = student_t_975(n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
 
@@ -194,6 +199,9 @@ def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *
         return f"{subject}: no clear direction ({metric or 'value'} undefined)."
     ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
     if not ok:
+        if n and n > 1 and stat.get("sd") == 0.0:
+            return (f"{subject}: no clear direction ({name}{f(mean)} on every one of {n} seeds: "
+                    "no spread to form an interval).")
         return (f"{subject}: no clear direction ({name}{f(mean)}, no interval from {n} "
                 f"seed{'s' if n != 1 else ''}).")
     ci = f"95% CI [{f(lo)}, {f(hi)}]"
