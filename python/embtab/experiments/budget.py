@@ -43,7 +43,7 @@ from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.dims import fmt_ci
 from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
-from embtab.experiments.plots import pyplot, save_figure
+from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section
 from embtab.experiments.session import (
@@ -746,11 +746,11 @@ def plot_mechanism(results: dict, path) -> Path:
         for j, g in enumerate(("tail", "head")):
             es = [e for e in mech if e["group"] == g and metric in e]
             xs = np.arange(len(es)) + 0.15 * (j - 0.5)
-            ys = [e[metric]["mean"] for e in es]
-            err = [[0.0 if not math.isfinite(e[metric]["ci95_low"]) else
-                    e[metric]["mean"] - e[metric]["ci95_low"] for e in es],
-                   [0.0 if not math.isfinite(e[metric]["ci95_high"]) else
-                    e[metric]["ci95_high"] - e[metric]["mean"] for e in es]]
+            ys = [num(e[metric]["mean"]) for e in es]
+            err = [[0.0 if not math.isfinite(num(e[metric]["ci95_low"])) else
+                    num(e[metric]["mean"]) - num(e[metric]["ci95_low"]) for e in es],
+                   [0.0 if not math.isfinite(num(e[metric]["ci95_high"])) else
+                    num(e[metric]["ci95_high"]) - num(e[metric]["mean"]) for e in es]]
             ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=g, color=f"C{j}")
             labels = [f"{e['design']}\n{e['budget']:g}×" for e in es]
         ax.axhline(0.0, color="gray", linewidth=1)

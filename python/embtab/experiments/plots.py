@@ -34,6 +34,12 @@ def pyplot():
     return plt
 
 
+def num(v) -> float:
+    """A results number as a float: NaN for ``None`` (a results file stores NaN as null,
+    docs/results-schema.md), so that plots read saved results as they read fresh ones."""
+    return float("nan") if v is None else float(v)
+
+
 def save_figure(fig, path) -> Path:
     """Save ``fig`` as a PNG at ``path`` (parents created), close it, return the path."""
     path = Path(path)

@@ -26,7 +26,7 @@ from embtab.data import Interactions
 from embtab.experiments.calibration import calibrated_lists
 from embtab.experiments.dims import fmt_ci
 from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
-from embtab.experiments.plots import pyplot, save_figure
+from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label
 from embtab.experiments.session import (
@@ -223,18 +223,18 @@ def plot_posthoc(results: dict, path) -> Path:
         for j, d in enumerate((results["config"]["low_dim"], results["config"]["high_dim"])):
             es = sorted([e for e in summ if e.get("model") == "mf+popcal" and e["dim"] == d],
                         key=lambda e: e["lam"])
-            x = np.array([e[exp]["mean"] for e in es])
-            y = np.array([e[m]["mean"] for e in es])
-            err = [[e[m]["mean"] - e[m]["ci95_low"] for e in es],
-                   [e[m]["ci95_high"] - e[m]["mean"] for e in es]]
+            x = np.array([num(e[exp]["mean"]) for e in es])
+            y = np.array([num(e[m]["mean"]) for e in es])
+            err = [[num(e[m]["mean"]) - num(e[m]["ci95_low"]) for e in es],
+                   [num(e[m]["ci95_high"]) - num(e[m]["mean"]) for e in es]]
             err = np.nan_to_num(np.array(err, dtype=float))
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{j}", label=f"d = {d}")
             for e in es:
-                ax.annotate(f"λ={e['lam']:g}", (e[exp]["mean"], e[m]["mean"]), fontsize=6,
+                ax.annotate(f"λ={e['lam']:g}", (num(e[exp]["mean"]), num(e[m]["mean"])), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         oracle = next((e for e in summ if e.get("model") == "oracle"), None)
         if oracle is not None:
-            ax.plot([oracle[exp]["mean"]], [oracle[m]["mean"]], "k*", label="oracle")
+            ax.plot([num(oracle[exp]["mean"])], [num(oracle[m]["mean"])], "k*", label="oracle")
         ax.set_xlabel(exp + (" (0 = oracle)" if exp.startswith("excess") else ""))
         ax.set_ylabel(m)
         ax.legend(fontsize=7)
