@@ -166,3 +166,15 @@ def test_time_windows_refuse_data_without_timestamps_naming_it(tmp_path):
         time_windows(Interactions.from_raw([1], [2], timestamps=[5]))
     with pytest.raises(ValueError, match="n_windows must be an integer >= 1"):
         time_windows(Interactions.from_raw([1], [2], timestamps=[5]), 0)
+
+
+def test_time_windows_of_a_stream_keep_its_own_indices_when_edge_windows_are_empty():
+    # nearly every user joins late, so window 0 holds nothing: equal-width windows over the
+    # timestamps present relabelled windows 1-3 as 0-2 and reported an empty "window 3"
+    d = tiny(n_users=30, n_items=40, user_join_share=0.99, seed=0)
+    assert np.bincount(d.timestamps, minlength=4)[0] == 0
+    assert np.array_equal(time_windows(d), d.timestamps)
+    # a subset keeps them too, and any other count still makes equal-width windows
+    tr = d.subset(d.timestamps >= 2)
+    assert np.array_equal(time_windows(tr), tr.timestamps)
+    assert set(time_windows(d, 2).tolist()) == {0, 1}

@@ -312,7 +312,9 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
     Equal-width windows over the timestamps: with t0, t1 the first and last timestamp and
     span = t1 − t0 + 1, an interaction at t is in window ``floor((t − t0) · n / span)`` (exact
     integer arithmetic). On a :func:`power_law_stream` data set with ``n_windows`` equal to its
-    own (the default there), this is its window index.
+    own (the default there), it is the generator's window index, the timestamp itself, also
+    when the first or last windows hold no interaction (equal-width windows over the
+    timestamps present would have shifted them).
 
     Parameters
     ----------
@@ -347,6 +349,9 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
     t = data.timestamps
     if t.size == 0:
         return np.zeros(0, dtype=np.int64)
+    if isinstance(data.truth, StreamTruth) and n == data.truth.n_windows \
+            and int(t.min()) >= 0 and int(t.max()) < n:
+        return t.astype(np.int64)   # the stream's own windows (see above)
     t0, t1 = int(t.min()), int(t.max())
     span = t1 - t0 + 1
     # the first timestamp of window j is t0 + ceil(j * span / n) (Python ints: no overflow)
