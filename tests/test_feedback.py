@@ -322,3 +322,13 @@ def test_quick_keeps_explicit_settings(tiny):
     r = run_feedback(tiny, rounds=3, **kw)
     assert (r["config"]["rounds"], r["config"]["epochs_first"],
             r["config"]["frozen_epochs"]) == (3, 10, 14)
+
+
+def test_sentences_say_undefined_where_a_number_is_missing():
+    # a table cell shows "–"; a sentence said "users get – of the oracle's utility" (a review)
+    from embtab.experiments.feedback import _ci, _ci_said
+    assert _ci({"mean": None}) == "–"
+    assert _ci_said({"mean": None}) == "undefined"
+    assert _ci_said({"mean": float("nan")}) == "undefined"
+    assert _ci_said({"mean": 0.5, "ci95_low": 0.25, "ci95_high": 0.75, "n": 3}) == \
+        "0.500 [0.250, 0.750]"

@@ -899,7 +899,13 @@ def _contrast(results: dict, eta, arm, versus, metric) -> dict:
 
 
 def _ci(stat: dict, digits: int = 3) -> str:
+    """A table cell: ``mean [low, high]``, "–" when missing."""
     return ci_text(stat, f".{digits}f")
+
+
+def _ci_said(stat: dict, digits: int = 3) -> str:
+    """The same in a sentence: "undefined" when missing (as the other experiments write it)."""
+    return ci_text(stat, f".{digits}f", missing="undefined")
 
 
 _STYLE = {BASE_ARM: "C1", "cuckoo-d8": "C0", "hashed-d64": "C4", "cuckoo-d64+steck": "C2",
@@ -1036,8 +1042,8 @@ def feedback_text(results: dict) -> list:
             d = _contrast(results, eta, arm, base, "homogenisation")
             if arm.endswith(("-frozen", "-exo")):
                 out.append(direction_sentence(
-                    {**d, "mean": -_num(d["mean"]), "ci95_low": -_num(d["ci95_high"]),
-                     "ci95_high": -_num(d["ci95_low"])},
+                    {**d, "mean": 0.0 - _num(d["mean"]), "ci95_low": 0.0 - _num(d["ci95_high"]),
+                     "ci95_high": 0.0 - _num(d["ci95_low"])},  # (0.0 - x: no -0.0)
                     f"With η = {eta:g}, the loop itself ({base} minus the {what} control)",
                     "makes matched users consume more alike",
                     "makes matched users consume less alike",
@@ -1059,7 +1065,7 @@ def feedback_text(results: dict) -> list:
         per = _stat(results, e0, base, T, "utility_ratio")
         cum = _stat(results, e0, base, T, "utility_cum_ratio")
         out.append(f"Utility relative to the ideal system at η = {e0:g}: {base}'s users get "
-                   f"{_ci(per)} of the oracle's utility in round {T} alone, and {_ci(cum)} of "
+                   f"{_ci_said(per)} of the oracle's utility in round {T} alone, and {_ci_said(cum)} of "
                    f"it summed over rounds 1..{T}.")
         if per.get("ci95_low") is not None and math.isfinite(_num(per.get("ci95_low"))) \
                 and per["ci95_low"] > 1 and _num(cum.get("ci95_high")) < 1:
@@ -1068,7 +1074,7 @@ def feedback_text(results: dict) -> list:
                        "them to accept in the last round.")
         g = _stat(results, e0, base, T, "utility_gini")
         go = _stat(results, e0, "oracle", T, "utility_gini")
-        out.append(f"Utility is spread across users with Gini {_ci(g)} for {base} and {_ci(go)} "
+        out.append(f"Utility is spread across users with Gini {_ci_said(g)} for {base} and {_ci_said(go)} "
                    f"for the oracle.")
         if len(etas) > 1:
             hi = etas[-1]
@@ -1083,12 +1089,12 @@ def feedback_text(results: dict) -> list:
                 "makes matched users' consumption more alike",
                 "makes matched users' consumption less alike", metric="Δ Jaccard"))
             out.append(f"By round {T} at η = {hi:g}, {base}'s users' preferences have moved by a "
-                       f"total variation of {_ci(_stat(results, hi, base, T, 'pref_shift'))} "
-                       f"(the oracle's: {_ci(_stat(results, hi, 'oracle', T, 'pref_shift'))}).")
+                       f"total variation of {_ci_said(_stat(results, hi, base, T, 'pref_shift'))} "
+                       f"(the oracle's: {_ci_said(_stat(results, hi, 'oracle', T, 'pref_shift'))}).")
         for eta in etas:
             gd = {g: _stat(results, eta, base, T, f"drift:{g}") for g in GROUPS}
             out.append(f"Genre-mix drift of {base}'s users by round {T} at η = {eta:g}: "
-                       + ", ".join(f"{g} {_ci(s, 4)}" for g, s in gd.items()) + ".")
+                       + ", ".join(f"{g} {_ci_said(s, 4)}" for g, s in gd.items()) + ".")
     return out
 
 
