@@ -108,6 +108,24 @@ def test_tuned_rows_report_the_chosen_values():
     assert "Chosen (lr, l2, epochs)" in "\n".join(section(res))
 
 
+def test_tuning_without_validation_items_keeps_the_config_and_says_so(tmp_path):
+    # every user has 2 interactions: after the test split, 1 train item each, and the
+    # validation split of that holds nothing; max() over NaN scores picked the first grid
+    # point and the report said "tuned" (a review found it)
+    lines = [f"{u} {10 + (3 * u + j) % 23} 1" for u in range(1, 41) for j in (0, 1)]
+    (tmp_path / "two.txt").write_text("\n".join(lines) + "\n")
+    spec = f"interactions:{tmp_path / 'two.txt'}"
+    data = load_dataset(spec)
+    train, _ = train_test_split(data, seed=0)
+    given = TrainConfig(dim=4, lr=0.07, l2=0.003, epochs=2)
+    chosen, info = tune(train, given, {"lr": (0.01,), "l2": (0.1,), "epochs": (1,)})
+    assert chosen == given and info["tuned"] is False and math.isnan(info["val_ndcg@10"])
+    res = run_dims(spec, seeds=1, dims=(4,), tune=True, quick=True, progress=False)
+    mf = [r for r in res["rows"] if r["model"] == "mf"]
+    assert mf and all(r["tuned"] is False for r in mf)
+    assert "found no validation items to score" in "\n".join(section(res))
+
+
 def test_on_epoch_tuning_needs_eval_mode():
     seen = []
     fit(load_dataset(SPEC), TrainConfig(dim=2, epochs=3), quiet=True,

@@ -56,7 +56,8 @@ from embtab.experiments.session import (
     session_for,
 )
 from embtab.experiments.truth import total_relevance
-from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
+from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, untuned_note
+from embtab.experiments.tuning import tune as tune_config
 from embtab.train import (
     MFModel,
     TrainConfig,
@@ -506,6 +507,7 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
             if tune:
                 cfg, info = tune_config(train, cfg, grid, val_seed=seed + 1_000_003)
                 extra["val_ndcg@10"] = info["val_ndcg@10"]
+                extra["tuned"] = info["tuned"]
             model = s.model(cfg, f"E2 budget={b:g} {d} seed={seed}")
             used = model_bytes(model)
             top = recommend(model, train, K)
@@ -785,7 +787,8 @@ def section(results: dict, plots=()) -> list:
              f"Budgets are fractions of the reference (d = {REFERENCE_DIM} cuckoo tables for "
              f"all IDs: {cfg['reference_bytes']:,} bytes = weights + index + Adam state). "
              + ("lr, l2, epochs tuned per (budget, design, seed) over "
-                f"{cfg['tuning_grid']}." if cfg.get("tuned") else "Training as above.")
+                f"{cfg['tuning_grid']}" + untuned_note(results["rows"]) + "."
+                if cfg.get("tuned") else "Training as above.")
              + " Cells: mean [95% CI] over seeds; * = the interval excludes 0.", ""]
     byd = {(r["budget"], r["design"]): r for r in results["rows"] if r["model"] == "mf"}
     cols = ["recall@10", "ndcg@10", pop, "tail_share@10", "delta_gap@10:niche"]

@@ -49,7 +49,8 @@ from embtab.experiments.session import (
     session_for,
 )
 from embtab.experiments.truth import total_relevance
-from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
+from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, untuned_note
+from embtab.experiments.tuning import tune as tune_config
 from embtab.train import recommend
 
 __all__ = ["DIMS", "contrasts", "findings", "interval_table", "plot", "plot_dims", "plot_truth",
@@ -107,6 +108,7 @@ def run_dims(dataset: str | Interactions = "synthetic", seeds=3, *, dims: Sequen
             if tune:
                 cfg, info = tune_config(train, cfg, grid, val_seed=seed + 1_000_003)
                 extra["val_ndcg@10"] = info["val_ndcg@10"]
+                extra["tuned"] = info["tuned"]
             model = s.model(cfg, f"E1 d={d} seed={seed}")
             top = recommend(model, train, K)
             rows.append({"model": "mf", "seed": seed, "dim": int(d), "table": "cuckoo",
@@ -167,7 +169,8 @@ def section(results: dict, plots=()) -> list:
     if "summary" in results:
         lines += ["", f"Loss {cfg.get('loss', 'bpr')}; " + (
             f"lr, l2, epochs tuned per (d, seed) on a validation split over "
-            f"{cfg['tuning_grid']}" if cfg.get("tuned") else "training as above")
+            f"{cfg['tuning_grid']}" + untuned_note(results["rows"]) if cfg.get("tuned")
+            else "training as above")
             + ". Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
         lines += interval_table(results)
         if cfg.get("tuned"):

@@ -136,7 +136,8 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
                 if kk not in configs:
                     chosen, info = tune_config(train, cfg, grid, val_seed=seed + 1_000_003)
                     configs[kk] = {f: getattr(chosen, f) for f in ("lr", "l2", "epochs")}
-                    tuning[name] = {**configs[kk], "val_ndcg@10": info["val_ndcg@10"]}
+                    tuning[name] = {**configs[kk], "val_ndcg@10": info["val_ndcg@10"],
+                                    "tuned": info["tuned"]}
                 cfg = s.config(**{**cfg.to_dict(), **configs[kk]})
             model = s.model(cfg, f"E6 {name} seed={seed}")
             scores = score_matrix(model, train).numpy()
@@ -288,6 +289,8 @@ def section(results: dict, plots=()) -> list:
     if cfg.get("tuning"):
         lines += ["Tuned on the first seed's validation split: " + "; ".join(
             f"{a}: lr {t['lr']:g}, L2 {t['l2']:g}, {t['epochs']} epochs"
+            + ("" if t.get("tuned", True) else " (not tuned: the validation split held no "
+               "items, so the given values)")
             for a, t in cfg["tuning"].items()) + ".", ""]
     lines += table(summ, [("arm", lambda r: r["model"])],
                    metrics_=METRICS + ("minority_share_history",))

@@ -9,6 +9,8 @@ split by the caller.
 
 from __future__ import annotations
 
+import math
+
 from embtab import metrics
 from embtab._research import K
 from embtab.data import Interactions, train_test_split
@@ -47,8 +49,10 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
     -------
     (TrainConfig, dict)
         ``config`` with the chosen lr, l2 and epochs, and ``{"val_ndcg@10": its score,
-        "grid": [(lr, l2, epochs, score), ...]}``. Ties keep the smaller lr, then the smaller
-        l2, then fewer epochs.
+        "grid": [(lr, l2, epochs, score), ...], "tuned": True}``. Ties keep the smaller lr,
+        then the smaller l2, then fewer epochs. When no grid point can be scored (the
+        validation split holds no items: every user has too few), ``config`` comes back
+        unchanged with ``"tuned": False`` and a NaN score, and the reports say so.
     """
     for key in ("lr", "l2", "epochs"):
         if not grid.get(key):
@@ -68,7 +72,21 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
                                    metrics.ndcg_at_k(top, val, K)))
 
             fit(fit_part, cfg, quiet=True, on_epoch=score)
-    best = max(scores, key=lambda s: (s[3], -s[0], -s[1], -s[2]))
+    scored = [s for s in scores if math.isfinite(s[3])]
+    if not scored:   # no validation items: max() over NaN would pick the first grid point
+        return config, {"val_ndcg@10": float("nan"), "grid": scores, "tuned": False}
+    best = max(scored, key=lambda s: (s[3], -s[0], -s[1], -s[2]))
     chosen = TrainConfig(**{**config.to_dict(), "lr": best[0], "l2": best[1],
                             "epochs": best[2]})
-    return chosen, {"val_ndcg@10": best[3], "grid": scores}
+    return chosen, {"val_ndcg@10": best[3], "grid": scores, "tuned": True}
+
+
+def untuned_note(rows) -> str:
+    """A report's note on tuned rows whose validation split held no items (``tuned`` False:
+    they kept the given lr, l2 and epochs); "" when there are none."""
+    tuned = [r for r in rows if "tuned" in r]
+    k = sum(1 for r in tuned if not r["tuned"])
+    if not k:
+        return ""
+    return (f" {k} of {len(tuned)} tuned models found no validation items to score (each user "
+            "has too few interactions) and kept the given lr, l2 and epochs")
