@@ -262,3 +262,12 @@ def test_expire_design_gives_back_the_rows_of_items_no_longer_looked_up():
     grow = _trainer("cuckoo-grow", TrainConfig(dim=4, batch_size=8), 16, 8, expire_after=2)
     assert grow.model.items.init == t.model.items.init
     assert grow.model.items.seed == t.model.items.seed
+
+
+def test_a_first_window_with_one_item_runs_with_its_default_start_rows():
+    # nearly every item is born late: window 0 held one item, start_rows defaulted to 1 and
+    # the run was refused with advice (lower batch_size, raise start_rows) the CLI cannot take
+    res = run_stream("stream:n_users=30,n_items=40,n_windows=3,item_birth_share=0.975",
+                     seeds=1, quick=True, progress=False)
+    assert res["config"]["start_rows"] == 2 and res["config"]["start_rows_default"]
+    assert res["rows"]

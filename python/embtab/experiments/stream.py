@@ -281,7 +281,7 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     designs : sequence of str
         A subset of :data:`DESIGNS`.
     start_rows : int, optional
-        Item rows every design starts with (default: the distinct items of window 0).
+        Item rows every design starts with (default: the distinct items of window 0, at least 2).
     expire_windows : float > 0
         ``cuckoo-expire``: ``expire_after`` = round(expire_windows × mean optimizer steps per
         trained window).
@@ -335,7 +335,9 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     if start_rows is not None and (isinstance(start_rows, bool) or not isinstance(
             start_rows, (int, np.integer)) or start_rows < 1):
         raise ValueError(f"start_rows must be an integer >= 1; got {start_rows!r}")
-    rows0 = int(start_rows) if start_rows is not None else max(n0, 1)
+    # (by default at least 2: a batch of 1 reads 2 rows, which a capped table must hold; a
+    # first window with a single item was refused with advice the CLI cannot follow)
+    rows0 = int(start_rows) if start_rows is not None else max(n0, 2)
     if batch_size is None:
         batch_size = max(1, min(BATCH_SIZE, rows0 // 2))
     cfg0 = TrainConfig(**{**(train_overrides or {}), "dim": int(dim),
