@@ -549,3 +549,16 @@ def test_saved_results_plot_as_fresh_ones_do(tmp_path, name):
     files = ex.plot_results(back, tmp_path / "again")
     assert files and all(Path(f).stat().st_size > 0 for f in files)
     assert paths["report"]
+
+
+def test_calibration_caps_candidates_at_the_catalogue_and_says_so():
+    # a catalogue of 80 items: C = 100 and C = 500 were both 80 in fact, and were reported as
+    # two candidate counts with the same sentences
+    spec = "synthetic:n_users=60,n_items=80,interactions_per_user=8"
+    res = ex.run_calibration(spec, seeds=1, candidates=(50, 100, 500), lams=(0.0, 0.5),
+                             progress=False, train_overrides={"epochs": 1})
+    assert res["config"]["candidates"] == [50, 80]
+    assert res["config"]["candidates_asked"] == [50, 100, 500]
+    assert {r["candidates"] for r in res["rows"] if r["model"] == "mf+calibrated"} == {50, 80}
+    text = " ".join(ex.calibration.findings(res))
+    assert "C=500" not in text and "C=100" not in text

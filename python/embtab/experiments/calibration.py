@@ -187,6 +187,9 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     s = session_for(dataset, train_overrides, progress, session)
     seeds = seed_list(seeds)
     rows, heldout = [], []
+    # C is at most the catalogue: a C above it is the catalogue, run and reported once as such
+    asked = [int(c) for c in candidates]
+    candidates = list(dict.fromkeys(min(c, s.data.n_items) for c in asked))
     bar = Progress(len(seeds) * len(candidates), "E3 calibration", progress)
     for seed in seeds:
         train, test = s.split(seed)
@@ -217,6 +220,8 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     bar.close()
     res = make_result("calibration", s, {"dim": int(dim), "lams": [float(x) for x in lams],
                                          "candidates": [int(c) for c in candidates],
+                                         **({"candidates_asked": asked}
+                                            if asked != candidates else {}),
                                          "alpha": ALPHA,
                                          "score_scaling": SCORE_SCALINGS[score_scaling][0],
                                          "categories": kind,
