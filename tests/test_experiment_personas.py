@@ -60,6 +60,9 @@ def test_section_plot_and_registry(e6, tmp_path):
     assert paths[0].exists() and paths[0].stat().st_size > 0
     text = "\n".join(entry.section(e6, [p.name for p in paths]))
     assert "## E6" in text and "| single+attention |" in text
+    # the table's columns: every metric the rows have (excess_arp@10 with the oracle here)
+    assert "| arm | recall@10 | ndcg@10 | miscalibration@10 | minority_share@10 | excess_arp@10 |" \
+        in text
     # a sentence states a direction only where its interval excludes 0
     sentences = findings(e6)
     assert sentences and all(x in text for x in sentences)

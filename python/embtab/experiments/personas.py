@@ -23,6 +23,7 @@ better than Steck's calibration? docs/experiments.md ("E6") states the protocol;
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -267,9 +268,9 @@ def plot_personas(results: dict, path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels([r["arm"] for r in summ], rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"E6 personas and limited attention — {results['dataset']['name']} "
-                 "(dotted: oracle)",
-                 fontsize=10)
+    has_oracle = any(r["arm"] == "oracle" for r in results["summary"])
+    fig.suptitle(f"E6 personas and limited attention — {results['dataset']['name']}"
+                 + (" (dotted: oracle)" if has_oracle else ""), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -292,8 +293,10 @@ def section(results: dict, plots=()) -> list:
             + ("" if t.get("tuned", True) else " (not tuned: the validation split held no "
                "items, so the given values)")
             for a, t in cfg["tuning"].items()) + ".", ""]
-    lines += table(summ, [("arm", lambda r: r["model"])],
-                   metrics_=METRICS + ("minority_share_history",))
+    # (a column no row has, such as excess_arp@10 without an oracle, is left out)
+    shown = tuple(m for m in METRICS + ("minority_share_history",)
+                  if any(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for r in summ))
+    lines += table(summ, [("arm", lambda r: r["model"])], metrics_=shown)
     return finish_section(lines, findings(results), results, plots)
 
 
