@@ -62,9 +62,9 @@ from embtab.data.synthetic import (
     check_generator_args,
     check_log_scale,
     check_seed,
-    lognormal_mu,
     dirichlet_rows,
     genre_weights,
+    lognormal_mu,
     random_ids,
 )
 from embtab.data.truth import Truth
