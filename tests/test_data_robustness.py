@@ -145,11 +145,17 @@ def test_calibration_relative_change_from_zero_is_undefined():
     assert out == ["C=100: at λ=0.5 the miscalibration@10 ratio or the relative ndcg@10 change "
                    "against λ=0 is undefined on 1 of 3 seeds (λ=0's value is 0 or not finite "
                    "there), so the trade-off target is not assessed."]
-    # all defined: numbers as before
+    # all defined but the same on every seed: no spread, no interval, no verdict
     rows[1] = _cal_row(100, 0.0, 1, 0.2, 0.4)
     (sentence,) = cx.tradeoff_findings({"rows": rows})
-    assert "paired over 3 seeds: at λ=0.5 miscalibration@10 is 25% [25%, 25%]" in sentence
-    assert "ndcg@10 changes by -5.0% [-5.0%, -5.0%]" in sentence
+    assert sentence == ("C=100, paired over 3 seeds: at λ=0.5 miscalibration@10 is 25% of "
+                        "λ=0's and ndcg@10 changes by -5.0%; one of them is the same on every "
+                        "seed, which gives no interval, so the trade-off target is not assessed.")
+    # with a spread: the intervals and a verdict
+    rows[4] = _cal_row(100, 0.5, 1, 0.18, 0.12)
+    (sentence,) = cx.tradeoff_findings({"rows": rows})
+    assert "paired over 3 seeds: at λ=0.5 miscalibration@10 is 27% [" in sentence
+    assert "the target (≤ 50%, ≥ −10%) is" in sentence
 
 
 def test_budget_sentences_without_finite_values():
