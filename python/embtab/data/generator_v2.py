@@ -63,6 +63,7 @@ from embtab.data.synthetic import (
     check_log_scale,
     check_seed,
     dirichlet_rows,
+    exp_rows,
     genre_weights,
     lognormal_mu,
     random_ids,
@@ -169,9 +170,7 @@ class LatentTruth(Truth):
 
     def consumption_prob(self, users=None) -> np.ndarray:
         """What users consume, c(i|u) ∝ p(i|u) · exposure(i), float64 [len(users), I]."""
-        lw = self.log_consumption_weight(users)
-        c = np.exp(lw - lw.max(axis=1, keepdims=True))
-        return c / c.sum(axis=1, keepdims=True)
+        return exp_rows(self.log_consumption_weight(users))
 
 
 def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,

@@ -48,7 +48,7 @@ import numpy as np
 
 from embtab.data.containers import Interactions
 from embtab.data.generator_v2 import LatentTruth, power_law_v2
-from embtab.data.synthetic import lognormal_mu
+from embtab.data.synthetic import exp_rows, lognormal_mu
 from embtab.data.truth import Truth
 
 __all__ = ["STREAM_KEYS", "StreamTruth", "WindowTruth", "power_law_stream", "time_windows"]
@@ -166,13 +166,10 @@ class WindowTruth(Truth):
 
     def prob(self, users=None) -> np.ndarray:
         rows = self.users if users is None else self.users[np.asarray(users, np.int64)]
-        if self.log_weight is None:
-            p = self.base.prob(rows) * self.weight[None, :]
-        else:  # in logs, each row scaled by its largest term: no underflowed weight empties it
+        if self.log_weight is not None:  # in logs: no underflowed weight empties a row
             with np.errstate(divide="ignore"):
-                z = np.log(self.base.prob(rows)) + self.log_weight[None, :]
-            top = z.max(axis=1, keepdims=True)
-            p = np.exp(z - np.where(np.isfinite(top), top, 0.0))
+                return exp_rows(np.log(self.base.prob(rows)) + self.log_weight[None, :])
+        p = self.base.prob(rows) * self.weight[None, :]
         s = p.sum(axis=1, keepdims=True)
         return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
 

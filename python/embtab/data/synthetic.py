@@ -203,6 +203,17 @@ def genre_weights(log_weight, affinity):
     return out / out.sum(axis=1, keepdims=True)
 
 
+def exp_rows(z) -> np.ndarray:
+    """Rows ∝ ``exp(z)`` normalised to sum 1, float64 [R, I], from log weights ``z`` [R, I]
+    (−inf: weight 0). Each row is scaled by its largest term before the exponential, so no row
+    underflows to 0/0; a row that is −inf throughout comes back all zeros."""
+    z = np.asarray(z, dtype=np.float64)
+    top = z.max(axis=1, keepdims=True)
+    p = np.exp(z - np.where(np.isfinite(top), top, 0.0))
+    s = p.sum(axis=1, keepdims=True)
+    return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
+
+
 def dirichlet_rows(rng, concentration: float, support) -> np.ndarray:
     """Per row of the bool mask ``support`` [n, m], a ``Dirichlet(concentration)`` draw over
     its true columns (zeros elsewhere), float64 [n, m]; every row of ``support`` needs a true

@@ -126,7 +126,7 @@ from embtab._research import ALPHA, K, category_mix, topk_indices
 from embtab.data import GroundTruth, Interactions, LatentTruth, Truth, load_dataset
 from embtab.experiments.calibration import calibrated_lists, item_distribution, minmax, user_mix
 from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
-from embtab.experiments.plots import pyplot, save_figure
+from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.session import check_enough_items, seed_list
 from embtab.rerank import smoothed_kl
@@ -849,7 +849,7 @@ def contrasts(rows: Sequence[dict], base: str = BASE_ARM,
         for s in seeds:
             x, y = last.get((e1, a1, s)), last.get((e2, a2, s))
             if x is not None and y is not None:
-                vals.append(_num(x.get(m)) - _num(y.get(m)))
+                vals.append(num(x.get(m)) - num(y.get(m)))
         return interval(vals)
 
     out = []
@@ -868,10 +868,6 @@ def contrasts(rows: Sequence[dict], base: str = BASE_ARM,
                 out.append({"eta": hi, "arm": a, "versus": "eta=0", "metric": m,
                             "difference": diff(hi, a, 0.0, a, m)})
     return out
-
-
-def _num(v) -> float:
-    return float("nan") if v is None else float(v)
 
 
 # aggregation, plots, report /////////////////////////////////////////////////////////////////
@@ -938,9 +934,9 @@ def plot_feedback(results: dict, path):
                 if not pts:
                     continue
                 x = np.array([p[0] for p in pts])
-                mean = np.array([_num(p[1]["mean"]) for p in pts])
-                lo = np.array([_num(p[1]["ci95_low"]) for p in pts])
-                hi = np.array([_num(p[1]["ci95_high"]) for p in pts])
+                mean = np.array([num(p[1]["mean"]) for p in pts])
+                lo = np.array([num(p[1]["ci95_low"]) for p in pts])
+                hi = np.array([num(p[1]["ci95_high"]) for p in pts])
                 ok = np.isfinite(mean)
                 if not ok.any():
                     continue
@@ -1007,7 +1003,7 @@ def contrast_table(results: dict, metrics_: Sequence[str] = (
             cells = []
             for m in metrics_:
                 d = _contrast(results, eta, arm, base, m)
-                lo, hi = _num(d.get("ci95_low")), _num(d.get("ci95_high"))
+                lo, hi = num(d.get("ci95_low")), num(d.get("ci95_high"))
                 star = "*" if (lo > 0 or hi < 0) else ""
                 cells.append(_ci(d) + star)
             lines.append(f"| {eta:g} | {arm} | " + " | ".join(cells) + " |")
@@ -1042,8 +1038,8 @@ def feedback_text(results: dict) -> list:
             d = _contrast(results, eta, arm, base, "homogenisation")
             if arm.endswith(("-frozen", "-exo")):
                 out.append(direction_sentence(
-                    {**d, "mean": 0.0 - _num(d["mean"]), "ci95_low": 0.0 - _num(d["ci95_high"]),
-                     "ci95_high": 0.0 - _num(d["ci95_low"])},  # (0.0 - x: no -0.0)
+                    {**d, "mean": 0.0 - num(d["mean"]), "ci95_low": 0.0 - num(d["ci95_high"]),
+                     "ci95_high": 0.0 - num(d["ci95_low"])},  # (0.0 - x: no -0.0)
                     f"With η = {eta:g}, the loop itself ({base} minus the {what} control)",
                     "makes matched users consume more alike",
                     "makes matched users consume less alike",
@@ -1055,7 +1051,7 @@ def feedback_text(results: dict) -> list:
                     "makes matched users consume less alike",
                     metric="Δ(Jaccard − ideal)"))
         below = [a for a in arms if a not in ("oracle", "random")
-                 and _num(_stat(results, eta, a, T, "homogenisation").get("ci95_high")) < 0]
+                 and num(_stat(results, eta, a, T, "homogenisation").get("ci95_high")) < 0]
         if below and len(below) == len([a for a in arms if a not in ("oracle", "random")]):
             out.append(f"At η = {eta:g} every model arm stays below the ideal system's similarity "
                        "(each interval of Jaccard − ideal lies below 0), so \"more alike\" here "
@@ -1067,8 +1063,8 @@ def feedback_text(results: dict) -> list:
         out.append(f"Utility relative to the ideal system at η = {e0:g}: {base}'s users get "
                    f"{_ci_said(per)} of the oracle's utility in round {T} alone, and {_ci_said(cum)} of "
                    f"it summed over rounds 1..{T}.")
-        if per.get("ci95_low") is not None and math.isfinite(_num(per.get("ci95_low"))) \
-                and per["ci95_low"] > 1 and _num(cum.get("ci95_high")) < 1:
+        if per.get("ci95_low") is not None and math.isfinite(num(per.get("ci95_low"))) \
+                and per["ci95_low"] > 1 and num(cum.get("ci95_high")) < 1:
             out.append(f"The round-{T} ratio lies above 1 and the cumulative one below 1 (both "
                        "intervals): the oracle's users got more earlier, and less is left for "
                        "them to accept in the last round.")
