@@ -818,3 +818,107 @@ def test_a_file_holding_ids_chosen_to_collide_is_refused():
     bad = _colliding_ids(9)
     with pytest.raises(ValueError, match="cannot be placed"):
         CuckooTable.from_items(bad, np.arange(9), seed=0)
+
+
+def _expected_prepared(t):
+    """prepared_bytes a bulk batch leaves: the next growth's index when it is 8 MiB or more."""
+    nxt = 2 * t.stats()["num_buckets"] * 64
+    return nxt if nxt >= 8 << 20 else 0
+
+
+def test_bulk_loading_prepares_the_next_index_and_changes_no_result():
+    # Batches of mostly new IDs at >= 2 threads take the one-pass insert and prepare the next
+    # growth's index on a background thread (table.hpp, "Bulk loading"). Against a 1-thread
+    # table fed the same batches: the same bytes after every batch, and prepared memory only
+    # while bulk loading.
+    rng = np.random.default_rng(11)
+    fresh = rng.integers(0, 2**63, 900_000, dtype=np.int64)
+    one, two = CuckooTable(num_threads=1), CuckooTable(num_threads=2)
+    seen = []
+
+    def feed(batch, **kw):
+        a, b = one.lookup_or_insert(batch), two.lookup_or_insert(batch, **kw)
+        np.testing.assert_array_equal(a, b)
+        assert one.to_bytes() == two.to_bytes()
+        assert one.stats()["prepared_bytes"] == 0
+        seen.append(two.stats()["prepared_bytes"])
+        return two.stats()["prepared_bytes"]
+
+    for i in range(0, 500_000, 40_000):  # bulk: every batch new, growths on the way
+        assert feed(fresh[i : i + 40_000]) == _expected_prepared(two)
+    assert max(seen) > 0 and two.stats()["grows"] >= 8
+    assert feed(fresh[:40_000]) == 0           # mostly known IDs: given back
+    # the batch after a known one probes in parallel first, and is bulk itself
+    assert feed(fresh[500_000:540_000]) == _expected_prepared(two) > 0
+    assert feed(fresh[540_000:580_000]) == _expected_prepared(two) > 0
+    assert feed(fresh[580_000:620_000], num_threads=1) == 0  # one thread: given back
+    feed(fresh[620_000:660_000])
+    feed(fresh[660_000:700_000])
+    assert two.stats()["prepared_bytes"] > 0
+    two.reserve(len(two) + 1)                  # no growth: kept
+    assert two.stats()["prepared_bytes"] > 0
+    two.reserve(3 * len(two))                  # a growth of another size: given back
+    one.reserve(3 * len(one))
+    assert two.stats()["prepared_bytes"] == 0 and one.to_bytes() == two.to_bytes()
+    feed(fresh[700_000:740_000])
+    assert two.stats()["prepared_bytes"] > 0
+    for t in (one, two):
+        t.clear()
+        assert t.stats()["prepared_bytes"] == 0
+    for i in range(0, 300_000, 50_000):        # after clear: the same table again
+        feed(fresh[i : i + 50_000])
+    np.testing.assert_array_equal(two.lookup(fresh[:300_000]), np.arange(300_000))
+    assert_valid(two)
+    two.assign(fresh[:10], np.arange(10), 10)
+    assert two.stats()["prepared_bytes"] == 0
+    assert_valid(two)
+
+
+def test_bulk_loading_with_another_growth_factor_and_a_cap():
+    rng = np.random.default_rng(12)
+    keys = rng.integers(0, 2**63, 600_000, dtype=np.int64)
+    for kw in (dict(growth_factor=1.5), dict(growth_factor=4.0), dict(max_load_factor=0.95)):
+        one, two = CuckooTable(num_threads=1, **kw), CuckooTable(num_threads=2, **kw)
+        for i in range(0, len(keys), 60_000):
+            np.testing.assert_array_equal(one.lookup_or_insert(keys[i : i + 60_000]),
+                                          two.lookup_or_insert(keys[i : i + 60_000]))
+        assert one.to_bytes() == two.to_bytes(), kw
+        assert_valid(two)
+    # A cap the index already holds: nothing to prepare.
+    capped = CuckooTable(max_size=400_000, num_threads=2)
+    capped.reserve(400_000)
+    for i in range(0, 400_000, 50_000):
+        capped.lookup_or_insert(keys[i : i + 50_000])
+        assert capped.stats()["prepared_bytes"] == 0
+    with pytest.raises(TableFullError):
+        capped.lookup_or_insert(keys[400_000:450_000])
+    assert len(capped) == 400_000 and capped.stats()["prepared_bytes"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(120)
+def test_a_child_forked_while_the_next_index_is_prepared_grows_and_exits():
+    # The background thread that faults in the prepared index does not exist in a forked
+    # child: the child must neither wait for it nor lose the array's memory to it.
+    rng = np.random.default_rng(13)
+    keys = rng.integers(0, 2**63, 700_000, dtype=np.int64)
+    t = CuckooTable(num_threads=2)
+    for i in range(0, 400_000, 50_000):
+        t.lookup_or_insert(keys[i : i + 50_000])
+    assert t.stats()["prepared_bytes"] > 0
+    pid = os.fork()
+    if pid == 0:  # the child: grow through the prepared size, then check every row
+        code = 1
+        try:
+            for i in range(400_000, 700_000, 50_000):
+                t.lookup_or_insert(keys[i : i + 50_000])
+            ok = np.array_equal(t.lookup(keys), np.arange(len(keys))) and t.stats()["grows"] > 0
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    for i in range(400_000, 700_000, 50_000):
+        t.lookup_or_insert(keys[i : i + 50_000])
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_array_equal(t.lookup(keys), np.arange(len(keys)))
+    assert_valid(t)

@@ -1,7 +1,8 @@
 // C++ unit tests of embtab::CuckooTable (header-only core): random batches of inserts, lookups
 // and erases against std::unordered_map, with the table's invariants checked after each batch
 // (TableTestAccess), growth under every growth factor, the file format's round trip and its
-// refusal of a flipped bit, and sizes beyond the machine refused with AllocError.
+// refusal of a flipped bit, sizes beyond the machine refused with AllocError, and bulk loading
+// (the next index prepared on a background thread) giving the same table as one thread.
 #include <cstdint>
 #include <random>
 #include <stdexcept>
@@ -114,6 +115,30 @@ void huge_sizes_refused() {
     CHECK(TableTestAccess::check_invariants(t).empty());
 }
 
+// bulk_loading_same_table: batches of new IDs at 2 threads (the one-pass insert, the next
+// growth's index prepared in the background) serialize to the same bytes as at 1 thread after
+// every batch; prepared memory is there only while the batches are new.
+void bulk_loading_same_table() {
+    std::mt19937_64 g(5);
+    std::vector<std::uint64_t> keys(600000);
+    for (auto& k : keys) k = g();
+    CuckooTable one, two;
+    std::vector<std::int64_t> r1(50000), r2(50000);
+    bool prepared = false;
+    for (std::size_t i = 0; i < keys.size(); i += 50000) {
+        one.lookup_or_insert(keys.data() + i, 50000, r1.data(), 1);
+        two.lookup_or_insert(keys.data() + i, 50000, r2.data(), 2);
+        CHECK(r1 == r2);
+        CHECK(one.serialize() == two.serialize());
+        CHECK(one.stats().prepared_bytes == 0);
+        prepared = prepared || two.stats().prepared_bytes > 0;
+    }
+    CHECK(prepared);
+    two.lookup_or_insert(keys.data(), 50000, r2.data(), 2);  // known IDs: given back
+    CHECK(two.stats().prepared_bytes == 0);
+    CHECK(TableTestAccess::check_invariants(two).empty());
+}
+
 }  // namespace
 
 int main() {
@@ -121,5 +146,6 @@ int main() {
     against_a_map(2.0, 11, 4);
     file_round_trip();
     huge_sizes_refused();
+    bulk_loading_same_table();
     return embtab_test::failures();
 }

@@ -15,6 +15,18 @@
 // children in one sequential pass (split(), in chunks on the inserting batch's threads);
 // other factors re-place every key (rehash()).
 //
+// Bulk loading: while batches of more than kParallelGrain IDs are mostly new (at least half of
+// the batch inserted), a batch allowed two or more threads takes the one-pass insert (probing
+// first in parallel would only find misses), and the table prepares the index of its next
+// growth on a background thread: it allocates that array and faults its pages in while the
+// inserting thread goes on, so that the growth, when it comes, finds its memory ready. The
+// first batch that is not bulk (or allows one thread), clear(), assign(), a growth by reserve()
+// and the destructor give a prepared array back. Preparing is a hint: it never changes a result, and
+// it is skipped when it cannot be had (no memory, no thread, more than half the free RAM).
+// While it lasts, the table holds the next index beside the current one (stats:
+// prepared_bytes), up to three times the index alone. See docs/site/guide/tables.md,
+// "Bulk loading".
+//
 // Concurrency contract: every public member function is safe to call concurrently with every
 // other. Readers (lookup, contains, items, serialize, size, stats, ...) share a reader lock;
 // mutators (lookup_or_insert, erase, reserve, clear, assign) hold the writer lock for the whole
@@ -23,6 +35,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -36,11 +49,14 @@
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
 
 #include "embtab/alloc.hpp"
 #include "embtab/config.hpp"
@@ -83,6 +99,7 @@ struct TableStats {
     std::uint64_t size = 0, capacity = 0, num_buckets = 0, num_rows = 0, free_rows = 0;
     double load_factor = 0.0;
     std::uint64_t memory_bytes = 0;       // buckets + free-row heap
+    std::uint64_t prepared_bytes = 0;     // the next growth's index, prepared while bulk loading
     std::uint64_t lookups = 0;            // keys looked up (lookup, contains, lookup_or_insert)
     std::uint64_t second_bucket_probes = 0;  // lookups that had to read the second bucket
     std::uint64_t inserts = 0, erases = 0;
@@ -106,6 +123,8 @@ class CuckooTable {
         config_.validate();
         buckets_ = Buckets(buckets_for(capacity));
     }
+
+    ~CuckooTable() { drop_prepared(); }
 
     CuckooTable(const CuckooTable&) = delete;
     CuckooTable& operator=(const CuckooTable&) = delete;
@@ -165,23 +184,32 @@ class CuckooTable {
         } grow_threads{grow_threads_};
         grow_threads_ = resolve_threads(num_threads);
         const bool may_fill = config_.max_size != 0 && size_ + n > config_.max_size;
-        if (!may_fill && (n <= kParallelGrain || resolve_threads(num_threads) == 1)) {
+        const int threads = resolve_threads(num_threads);
+        const std::uint64_t size_at_start = size_;
+        if (!may_fill && (n <= kParallelGrain || threads == 1 || bulk_)) {
             // One fused pass: probe, and insert at once on a miss. Cannot exceed max_size.
             insert_misses(keys, n, [](std::size_t j) { return j; }, rows_out);
             count_lookups(n, 0);
-            return;
+        } else {
+            lookup_unlocked(keys, n, rows_out, num_threads);
+            std::vector<std::size_t> misses;
+            for (std::size_t i = 0; i < n; ++i) {
+                if (rows_out[i] == kNoRow) misses.push_back(i);
+            }
+            if (config_.max_size != 0 && size_ + misses.size() > config_.max_size) {
+                const std::uint64_t fresh = count_distinct(keys, misses);
+                if (size_ + fresh > config_.max_size) throw_full(fresh);
+            }
+            if (!misses.empty()) insert_misses(keys, misses.size(), [&](std::size_t j) { return misses[j]; }, rows_out);
         }
-        lookup_unlocked(keys, n, rows_out, num_threads);
-        std::vector<std::size_t> misses;
-        for (std::size_t i = 0; i < n; ++i) {
-            if (rows_out[i] == kNoRow) misses.push_back(i);
+        // Bulk loading (see the top of this file): this batch decides the next one's path and
+        // whether the next growth's index is prepared now.
+        bulk_ = n > kParallelGrain && 2 * (size_ - size_at_start) >= n;
+        if (bulk_ && threads >= 2) {
+            prepare_next();
+        } else {
+            drop_prepared();
         }
-        if (misses.empty()) return;
-        if (config_.max_size != 0 && size_ + misses.size() > config_.max_size) {
-            const std::uint64_t fresh = count_distinct(keys, misses);
-            if (size_ + fresh > config_.max_size) throw_full(fresh);
-        }
-        insert_misses(keys, misses.size(), [&](std::size_t j) { return misses[j]; }, rows_out);
     }
 
     // undo_inserts removes every entry whose row this call handed out (a row >= next_row_before,
@@ -259,6 +287,7 @@ class CuckooTable {
             if (used[rows[i]]) throw std::invalid_argument("row " + std::to_string(rows[i]) + " is given twice");
             used[rows[i]] = 1;
         }
+        drop_prepared();
         Buckets fresh(std::max(buckets_for(n), buckets_.count));
         for (std::size_t i = 0; i < n; ++i) {
             const BucketPair bp = buckets_of(keys[i], fresh.count);
@@ -293,6 +322,8 @@ class CuckooTable {
     // clear removes every ID; the next ID gets row 0. Keeps the capacity. Writer.
     void clear() {
         std::unique_lock<std::shared_mutex> lock(mutex_);
+        drop_prepared();
+        bulk_ = false;
         buckets_.reset();
         size_ = 0;
         next_row_ = 0;
@@ -326,6 +357,7 @@ class CuckooTable {
         s.free_rows = free_rows_.size();
         s.load_factor = static_cast<double>(size_) / static_cast<double>(s.capacity);
         s.memory_bytes = buckets_.count * sizeof(Bucket) + free_rows_.size() * sizeof(std::int64_t);
+        s.prepared_bytes = prepared_ ? prepared_->count * sizeof(Bucket) : 0;
         s.lookups = stats_lookups_.load();
         s.second_bucket_probes = stats_second_.load();
         s.inserts = stats_inserts_;
@@ -852,7 +884,12 @@ class CuckooTable {
             if (split(bs, count / bs.count, fresh)) return fresh;  // else the general pass below
         }
         for (;;) {
-            Buckets fresh(count);
+            Buckets fresh = take_prepared(count);
+            if (fresh.data) {
+                fresh.reset();
+            } else {
+                fresh = Buckets(count);
+            }
             bool ok = true;
             struct Pending {
                 std::uint64_t key;
@@ -897,7 +934,8 @@ class CuckooTable {
     static constexpr std::uint64_t kSplitGrain = std::uint64_t{1} << 15;
     bool split(const Buckets& bs, std::uint64_t m, Buckets& out) {
         const std::uint64_t count = bs.count * m;
-        out = Buckets(count, nullptr);
+        out = take_prepared(count);
+        if (!out.data) out = Buckets(count, nullptr);
         const std::size_t chunks = static_cast<std::size_t>((bs.count + kSplitGrain - 1) / kSplitGrain);
         std::vector<std::vector<std::pair<std::uint64_t, std::int64_t>>> late(chunks);
         parallel_for(static_cast<std::size_t>(bs.count), grow_threads_, kSplitGrain, [&](std::size_t b0, std::size_t b1) {
@@ -941,9 +979,99 @@ class CuckooTable {
         }
     }
 
+    // the prepared index (bulk loading; see the top of this file) ////////////////////////
+
+    // Prepared: an index array being faulted in by a detached background thread, which holds
+    // a reference until it stops. `stop` asks it to stop after its current chunk; `done` says
+    // it no longer touches `data`. `pid` is the process that started it: in a child forked
+    // meanwhile the thread does not exist, so nothing is waited for there.
+    struct Prepared {
+        std::uint64_t count = 0;
+        Bucket* data = nullptr;
+        std::atomic<bool> stop{false}, done{false};
+        pid_t pid = 0;
+        ~Prepared() { std::free(data); }
+    };
+    // Arrays smaller than this fault in quickly enough not to be prepared.
+    static constexpr std::size_t kPrepareMinBytes = std::size_t{8} << 20;
+
+    // prepare_next starts preparing the index of the next growth, unless it is prepared or
+    // being prepared already, is small, or cannot be had (max_size already held, more than half
+    // of the free RAM, no memory, no thread): a hint that never throws.
+    void prepare_next() noexcept {
+        try {
+            if (config_.max_size != 0 && buckets_for(config_.max_size) <= buckets_.count) return;
+            const std::uint64_t next = grown_count(buckets_.count);
+            if (prepared_ && prepared_->count == next) return;
+            drop_prepared();
+            const std::size_t bytes = checked_bytes(next, sizeof(Bucket), "the prepared index");
+            if (bytes < kPrepareMinBytes) return;
+            struct sysinfo si;
+            if (::sysinfo(&si) != 0 || bytes > static_cast<std::uint64_t>(si.freeram) * (si.mem_unit ? si.mem_unit : 1) / 2) return;
+            auto p = std::make_shared<Prepared>();
+            p->count = next;
+            p->data = allocate_buckets(next);
+            p->pid = ::getpid();
+            std::thread([p, bytes]() noexcept { fault_in(*p, bytes); }).detach();
+            prepared_ = std::move(p);
+        } catch (...) {  // AllocError, std::bad_alloc, std::system_error: not prepared
+        }
+    }
+
+    // fault_in faults in the pages of p.data (bytes long) in 2 MiB chunks, stopping early when
+    // asked: MADV_POPULATE_WRITE (Linux 5.14) where the kernel has it, else one write per page.
+    // A populate that fails otherwise (ENOMEM: the memory is not there) stops it: a write would
+    // then bring the OOM killer rather than an error, and the growth reports AllocError instead.
+    static void fault_in(Prepared& p, std::size_t bytes) noexcept {
+        constexpr std::size_t kChunk = std::size_t{1} << 21;
+        char* c = reinterpret_cast<char*>(p.data);
+        bool populate = true;
+        for (std::size_t o = 0; o < bytes && !p.stop.load(std::memory_order_relaxed); o += kChunk) {
+            const std::size_t len = std::min(kChunk, bytes - o);
+#ifdef MADV_POPULATE_WRITE
+            if (populate) {
+                if (::madvise(c + o, len, MADV_POPULATE_WRITE) == 0) continue;
+                if (errno != EINVAL) break;
+            }
+#endif
+            populate = false;
+            for (std::size_t q = 0; q < len; q += 4096) reinterpret_cast<volatile char*>(c + o)[q] = 0;
+        }
+        p.done.store(true, std::memory_order_release);
+    }
+
+    // take_prepared hands over the prepared array if it has `count` buckets (uninitialised),
+    // after its thread has stopped; else an empty Buckets.
+    Buckets take_prepared(std::uint64_t count) noexcept {
+        Buckets out;
+        if (!prepared_ || prepared_->count != count) return out;
+        prepared_->stop.store(true, std::memory_order_relaxed);
+        if (prepared_->pid == ::getpid()) {
+            while (!prepared_->done.load(std::memory_order_acquire)) std::this_thread::yield();
+        }
+        out.count = count;
+        out.data.reset(prepared_->data);
+        prepared_->data = nullptr;
+        prepared_.reset();
+        return out;
+    }
+
+    // drop_prepared gives the prepared array back: its thread frees it when it stops (at once
+    // in a forked child, where that thread does not exist).
+    void drop_prepared() noexcept {
+        if (!prepared_) return;
+        prepared_->stop.store(true, std::memory_order_relaxed);
+        if (prepared_->pid != ::getpid()) {
+            std::free(prepared_->data);
+            prepared_->data = nullptr;
+        }
+        prepared_.reset();
+    }
+
     void grow_to(std::uint64_t count, bool forced_by_failure) {
         const double lf = static_cast<double>(size_) / static_cast<double>(buckets_.count * kSlotsPerBucket);
         buckets_ = rehash(buckets_, count);
+        drop_prepared();  // used by rehash, or sized for another growth
         ++stats_grows_;
         stats_grows_failed_ += forced_by_failure;
         stats_lf_at_grow_ = lf;
@@ -951,6 +1079,8 @@ class CuckooTable {
     }
 
     TableConfig config_;
+    std::shared_ptr<Prepared> prepared_;  // the next growth's index while bulk loading
+    bool bulk_ = false;                   // the last batch was bulk (see the top of this file)
     int grow_threads_ = 1;  // threads of a growth's split: the inserting batch's (writer lock)
     Buckets buckets_;
     std::uint64_t size_ = 0;
