@@ -821,9 +821,11 @@ def test_a_file_holding_ids_chosen_to_collide_is_refused():
 
 
 def _expected_prepared(t):
-    """prepared_bytes a bulk batch leaves: the next growth's index when it is 8 MiB or more."""
-    nxt = 2 * t.stats()["num_buckets"] * 64
-    return nxt if nxt >= 8 << 20 else 0
+    """prepared_bytes a bulk batch leaves: the next growth's index, when it is 8 MiB or more
+    and the load has passed 0.7 of max_load_factor (0.9 here)."""
+    st = t.stats()
+    nxt = 2 * st["num_buckets"] * 64
+    return nxt if nxt >= 8 << 20 and st["size"] >= 0.7 * 0.9 * st["capacity"] else 0
 
 
 def test_bulk_loading_prepares_the_next_index_and_changes_no_result():
@@ -832,7 +834,7 @@ def test_bulk_loading_prepares_the_next_index_and_changes_no_result():
     # table fed the same batches: the same bytes after every batch, and prepared memory only
     # while bulk loading.
     rng = np.random.default_rng(11)
-    fresh = rng.integers(0, 2**63, 900_000, dtype=np.int64)
+    fresh = iter(np.array_split(rng.integers(0, 2**63, 2_000_000, dtype=np.int64), 100))
     one, two = CuckooTable(num_threads=1), CuckooTable(num_threads=2)
     seen = []
 
@@ -842,34 +844,39 @@ def test_bulk_loading_prepares_the_next_index_and_changes_no_result():
         assert one.to_bytes() == two.to_bytes()
         assert one.stats()["prepared_bytes"] == 0
         seen.append(two.stats()["prepared_bytes"])
-        return two.stats()["prepared_bytes"]
+        return seen[-1]
 
-    for i in range(0, 500_000, 40_000):  # bulk: every batch new, growths on the way
-        assert feed(fresh[i : i + 40_000]) == _expected_prepared(two)
-    assert max(seen) > 0 and two.stats()["grows"] >= 8
-    assert feed(fresh[:40_000]) == 0           # mostly known IDs: given back
-    # the batch after a known one probes in parallel first, and is bulk itself
-    assert feed(fresh[500_000:540_000]) == _expected_prepared(two) > 0
-    assert feed(fresh[540_000:580_000]) == _expected_prepared(two) > 0
-    assert feed(fresh[580_000:620_000], num_threads=1) == 0  # one thread: given back
-    feed(fresh[620_000:660_000])
-    feed(fresh[660_000:700_000])
-    assert two.stats()["prepared_bytes"] > 0
+    def bulk_until_prepared():
+        for _ in range(40):
+            if feed(next(fresh)) > 0:
+                return
+            assert seen[-1] == _expected_prepared(two)
+        raise AssertionError("nothing was prepared in 40 bulk batches")
+
+    bulk_until_prepared()                      # every batch new, growths on the way
+    assert seen[-1] == _expected_prepared(two) > 0
+    bulk_until_prepared()
+    assert seen.count(0) > 0 and two.stats()["grows"] >= 8
+    known = two.items()[0][:20_000].astype(np.int64)
+    assert feed(known) == 0                    # mostly known IDs: given back
+    bulk_until_prepared()                      # probed in parallel first, bulk itself
+    assert feed(next(fresh), num_threads=1) == 0  # one thread: given back
+    bulk_until_prepared()
     two.reserve(len(two) + 1)                  # no growth: kept
     assert two.stats()["prepared_bytes"] > 0
     two.reserve(3 * len(two))                  # a growth of another size: given back
     one.reserve(3 * len(one))
     assert two.stats()["prepared_bytes"] == 0 and one.to_bytes() == two.to_bytes()
-    feed(fresh[700_000:740_000])
-    assert two.stats()["prepared_bytes"] > 0
+    bulk_until_prepared()
     for t in (one, two):
         t.clear()
         assert t.stats()["prepared_bytes"] == 0
-    for i in range(0, 300_000, 50_000):        # after clear: the same table again
-        feed(fresh[i : i + 50_000])
-    np.testing.assert_array_equal(two.lookup(fresh[:300_000]), np.arange(300_000))
+    ids = np.concatenate([next(fresh) for _ in range(15)])
+    for batch in np.array_split(ids, 15):      # after clear: the same table again
+        assert feed(batch) == _expected_prepared(two)
+    np.testing.assert_array_equal(two.lookup(ids), np.arange(len(ids)))
     assert_valid(two)
-    two.assign(fresh[:10], np.arange(10), 10)
+    two.assign(ids[:10], np.arange(10), 10)
     assert two.stats()["prepared_bytes"] == 0
     assert_valid(two)
 

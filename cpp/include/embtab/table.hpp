@@ -17,15 +17,15 @@
 //
 // Bulk loading: while batches of more than kParallelGrain IDs are mostly new (at least half of
 // the batch inserted), a batch allowed two or more threads takes the one-pass insert (probing
-// first in parallel would only find misses), and the table prepares the index of its next
-// growth on a background thread: it allocates that array and faults its pages in while the
-// inserting thread goes on, so that the growth, when it comes, finds its memory ready. The
-// first batch that is not bulk (or allows one thread), clear(), assign(), a growth by reserve()
-// and the destructor give a prepared array back. Preparing is a hint: it never changes a result, and
-// it is skipped when it cannot be had (no memory, no thread, more than half the free RAM).
-// While it lasts, the table holds the next index beside the current one (stats:
-// prepared_bytes), up to three times the index alone. See docs/site/guide/tables.md,
-// "Bulk loading".
+// first in parallel would only find misses), and, once the load has passed kPrepareAtLoad of
+// max_load_factor, the table prepares the index of its next growth on a background thread: it
+// allocates that array and faults its pages in while the inserting thread goes on, so that the
+// growth, when it comes, finds its memory ready. The first batch that is not bulk (or allows
+// one thread), clear(), assign(), a growth by reserve() and the destructor give a prepared array
+// back. Preparing is a hint: it never changes a result, and it is skipped when it cannot be had
+// (no memory, no thread, more than half the free RAM). While it lasts, the table holds the next
+// index beside the current one (stats: prepared_bytes), up to three times the index alone. See
+// docs/site/guide/tables.md, "Bulk loading".
 //
 // Concurrency contract: every public member function is safe to call concurrently with every
 // other. Readers (lookup, contains, items, serialize, size, stats, ...) share a reader lock;
@@ -994,15 +994,25 @@ class CuckooTable {
     };
     // Arrays smaller than this fault in quickly enough not to be prepared.
     static constexpr std::size_t kPrepareMinBytes = std::size_t{8} << 20;
+    // Preparing starts once the load passes this fraction of max_load_factor (a growth leaves
+    // it at half): late enough that a load that stops soon after a growth holds no second
+    // index, early enough that faulting it in overlaps the inserts before the growth (measured:
+    // bench/README.md, "Bulk loading").
+    static constexpr double kPrepareAtLoad = 0.7;
 
     // prepare_next starts preparing the index of the next growth, unless it is prepared or
-    // being prepared already, is small, or cannot be had (max_size already held, more than half
-    // of the free RAM, no memory, no thread): a hint that never throws.
+    // being prepared already, the load is under kPrepareAtLoad of the limit, it is small, or it
+    // cannot be had (max_size already held, more than half of the free RAM, no memory, no
+    // thread): a hint that never throws.
     void prepare_next() noexcept {
         try {
             if (config_.max_size != 0 && buckets_for(config_.max_size) <= buckets_.count) return;
             const std::uint64_t next = grown_count(buckets_.count);
             if (prepared_ && prepared_->count == next) return;
+            if (static_cast<double>(size_) <
+                kPrepareAtLoad * config_.max_load_factor * static_cast<double>(buckets_.count * kSlotsPerBucket)) {
+                return;
+            }
             drop_prepared();
             const std::size_t bytes = checked_bytes(next, sizeof(Bucket), "the prepared index");
             if (bytes < kPrepareMinBytes) return;
