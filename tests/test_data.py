@@ -487,8 +487,9 @@ def test_load_movielens_other_ratings_files_bom_and_comments(tmp_path):
     _write_fake_movielens(folder)
     (folder / "u1.base").write_text("# a split\n1\t10\t5\t881250949\n2\t20\t3\t881250950\n")
     d = load_movielens(folder / "u1.base")
-    # a folder in the 100K layout that is not the published data is named by its folder
-    assert d.n_interactions == 2 and d.n_genres == 19 and d.name == "ml"
+    # a folder in the 100K layout that is not the published data is named by its folder, and
+    # a split of it by the folder and the file
+    assert d.n_interactions == 2 and d.n_genres == 19 and d.name == "ml/u1.base"
     csv = tmp_path / "latest"
     csv.mkdir()
     (csv / "ratings.csv").write_bytes("\ufeff1,1,4.0,9\n2,1,3.5,10\n".encode("utf-8"))  # BOM

@@ -524,3 +524,84 @@ def test_activity_beyond_int64_or_float64_is_capped_or_refused():
         warnings.simplefilter("error")
         s = power_law_stream(n_users=60, n_items=80, n_windows=3, interactions_per_window=1e19)
     assert np.unique(s.users * 80 + s.items).size == s.users.size   # nothing consumed twice
+
+
+# --- loaders on files no test named (a review of other layouts, 2026-12-03) -----------------
+
+def _write(tmp_path, name, text, encoding="utf-8"):
+    p = tmp_path / name
+    p.write_bytes(text.encode(encoding))
+    return p
+
+
+def test_a_header_of_known_names_picks_the_columns_by_name(tmp_path):
+    # before: a header was skipped and the columns taken by position, so 'rating,item,user'
+    # read ratings as users
+    d = load_interactions(_write(tmp_path, "a.csv", "rating,item_id,userId,timestamp\n"
+                                 "5,100,1,77\n3,101,2,78\n4,100,2,79\n"))
+    assert as_u64(d.user_ids, "u").tolist() == [1, 2] and as_u64(d.item_ids, "i").tolist() == [100, 101]
+    assert sorted(zip(d.users.tolist(), d.items.tolist(), d.weights.tolist())) == [
+        (0, 0, 5.0), (1, 0, 4.0), (1, 1, 3.0)]
+    assert sorted(d.timestamps.tolist()) == [77, 78, 79]
+    # a timestamp without a weight, by name
+    d = load_interactions(_write(tmp_path, "b.csv", "Item,User,Time\n100,1,5\n100,2,6\n"))
+    assert d.weights is None and sorted(d.timestamps.tolist()) == [5, 6] and d.n_users == 2
+    # names it does not know: by position, as before
+    d = load_interactions(_write(tmp_path, "c.csv", "who,what,how much\n1,100,2\n"))
+    assert d.weights.tolist() == [2.0] and as_u64(d.item_ids, "i").tolist() == [100]
+
+
+@pytest.mark.parametrize("text,match", [
+    (",user,item,rating\n0,196,242,3\n1,186,302,3\n", r"a.csv, line 1: header field 1 has no name.*index=False"),
+    ("user,user,item\n1,2,3\n", r"a.csv, line 1: the header names two user columns"),
+    ("user,item,rating\n1,100\n", r"a.csv, line 2: expected 3 fields like the header, found 2"),
+])
+def test_a_header_that_would_shift_the_columns_is_refused(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_interactions(_write(tmp_path, "a.csv", text))
+
+
+def test_an_empty_field_between_tabs_is_refused_not_shifted(tmp_path):
+    # before: '1<TAB>100<TAB><TAB>881250949' became 3 fields, the timestamp read as the weight
+    with pytest.raises(ValueError, match=r"a.tsv, line 1: field 3 is empty \(two tabs"):
+        load_interactions(_write(tmp_path, "a.tsv", "1\t100\t\t881250949\n2\t100\t3\t881250950\n"))
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    _write(folder, "u.data", "1\t10\t5\t881250949\n2\t10\t\t881250950\n")
+    with pytest.raises(ValueError, match=r"u.data, line 2: field 3 is empty"):
+        load_movielens(folder)
+    # tabs with spaces around them, and a trailing tab, are whitespace as before
+    d = load_interactions(_write(tmp_path, "b.tsv", "1 \t 100\t\n2\t100\n"))
+    assert d.n_users == 2 and d.n_items == 1
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path):
+    d = load_interactions(_write(tmp_path, "a.csv", "\ufeffuser,item\n1,100\n2,100\n"))
+    assert d.n_users == 2 and d.n_interactions == 2
+    d = load_interactions(_write(tmp_path, "b.csv", "\ufeff1,100\n2,100\n"))
+    assert as_u64(d.user_ids, "u").tolist() == [1, 2]
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    _write(folder, "u.data", "\ufeff196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    d = load_movielens(folder)
+    assert as_u64(d.user_ids, "u").tolist() == [186, 196] and d.n_interactions == 2
+
+
+def test_movielens_100k_item_file_whitespace_and_missing(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    _write(folder, "u.data", "1\t10\t5\t881250949\n2\t20\t3\t881250950\n")
+    # no u.item: no genres and no genre names, as in the other layouts
+    d = load_movielens(folder)
+    assert d.n_genres == 0 and d.n_interactions == 2
+    flags = ["0"] * 19
+    flags[3] = "1"
+    _write(folder, "u.item", "10|A|||u|" + "|".join(flags) + " \r\n20|B|||u|" + "|".join(flags) + "\n",
+           "latin-1")
+    d = load_movielens(folder)   # trailing whitespace after the last flag
+    assert d.n_genres == 19 and [g.tolist() for g in d.item_genres] == [[3], [3]]
+    flags[5] = "x"
+    _write(folder, "u.item", "10|A|||u|" + "|".join(flags) + "\n", "latin-1")
+    with pytest.raises(ValueError, match=r"u.item, line 1: genre flags must be 0 or 1; flag 6 "
+                                         r"\(Comedy\) is 'x'"):
+        load_movielens(folder)

@@ -43,6 +43,42 @@ def test_example_reads_criteo_sample():
     assert ids.dtype == np.int64 and np.all((ids == -1) | (ids >> 32 < 26))
 
 
+def _criteo_line(label="1", c2="a"):
+    cats = ["68fd1e64", c2] + [""] * 24
+    return "\t".join([label] + ["1"] * 13 + cats) + "\n"
+
+
+def test_example_reads_criteo_variants_or_names_the_fault(tmp_path):
+    import gzip
+
+    read = load_example().read_criteo
+    rows = _criteo_line() + _criteo_line("0", "ff")
+    header = "\t".join(["label"] + [f"I{k}" for k in range(1, 14)] +
+                       [f"C{k}" for k in range(1, 27)]) + "\n"
+    (tmp_path / "h.txt").write_text(header + rows + "\n")      # a header, a trailing blank line
+    with gzip.open(tmp_path / "g.gz", "wt") as f:
+        f.write(rows)
+    for name in ("h.txt", "g.gz"):
+        labels, ids = read(tmp_path / name)
+        assert labels.tolist() == [1.0, 0.0]
+        assert ids[:, 0].tolist() == [0x68FD1E64] * 2 and ids[:, 1].tolist() == [(1 << 32) | 0xA, (1 << 32) | 0xFF]
+        assert (ids[:, 2:] == -1).all()
+    assert read(tmp_path / "h.txt", max_rows=1)[0].tolist() == [1.0]
+    bad = {
+        "wide.txt": (_criteo_line(c2="100000000"), r"wide.txt:1: C2 '100000000' is not a 32-bit value"),
+        "hex.txt": (rows + _criteo_line(c2="zz"), r"hex.txt:3: C2 'zz' is not a hexadecimal"),
+        "label.txt": (rows + _criteo_line(label="n/a"), r"label.txt:3: label 'n/a' is not 0 or 1"),
+        "empty.txt": ("", r"empty.txt: no rows"),
+        "onlyhead.txt": (header, r"onlyhead.txt: no rows .*line 1, label 'label', was read as a header"),
+    }
+    for name, (text, match) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read(tmp_path / name)
+    # the script itself: a one-line error and exit status 2, not a crash inside the model
+    assert load_example().main(["--data", str(tmp_path / "empty.txt"), "--no-progress"]) == 2
+
+
 @pytest.mark.slow
 def test_module_benchmark_quick_runs():
     from embtab.benchmarks import module

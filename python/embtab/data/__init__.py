@@ -22,7 +22,7 @@ Sources, also reachable through :func:`load_dataset` spec strings (what the CLI 
                                        :func:`power_law_v2` when a key is one of its
                                        own (``rank``, ``merit``, ``exposure``, ...)
 ``stream[:key=value,...]``             :func:`power_law_stream` (a time-ordered stream)
-``movielens:PATH``                     :func:`load_movielens` (MovieLens-100K layout)
+``movielens:PATH``                     :func:`load_movielens` (any MovieLens layout)
 ``interactions:PATH[,categories=P]``   :func:`load_interactions` (``user item [weight]``)
 =====================================  ============================================
 

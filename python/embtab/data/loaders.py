@@ -25,7 +25,8 @@ from embtab.data.generator_v2 import V2_KEYS, power_law_v2
 from embtab.data.stream import power_law_stream
 from embtab.data.synthetic import power_law
 
-__all__ = ["MOVIELENS_GENRES", "load_dataset", "load_interactions", "load_movielens"]
+__all__ = ["HEADER_NAMES", "MOVIELENS_GENRES", "load_dataset", "load_interactions",
+           "load_movielens"]
 
 PathLike = Union[str, Path]
 
@@ -37,9 +38,21 @@ MOVIELENS_GENRES: tuple[str, ...] = (
 )
 
 
+#: A UTF-8 byte-order mark as the first characters of a file read as UTF-8 or as latin-1.
+_BOMS = ("\ufeff", "\xef\xbb\xbf")
+
+
+def _strip_bom(text: str) -> str:
+    for bom in _BOMS:
+        if text.startswith(bom):
+            return text[len(bom):]
+    return text
+
+
 def _read_lines(path: Path, encoding="utf-8"):
+    """The lines of a text file, without a leading UTF-8 byte-order mark."""
     try:
-        text = path.read_text(encoding=encoding)
+        text = _strip_bom(path.read_text(encoding=encoding))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -49,10 +62,25 @@ def _read_lines(path: Path, encoding="utf-8"):
     return text.splitlines()
 
 
-def _split_lines(lines, sep):
-    """Return (rows of fields, 1-based line numbers) skipping blank and '#' comment lines."""
+def _check_tabs(path, n, text):
+    """Refuse a whitespace-separated line with an empty field between two tabs (``text``
+    stripped): splitting on whitespace would shift the fields after it silently."""
+    if "\t" in text and any(not f.strip() for f in text.split("\t")):
+        k = next(i for i, f in enumerate(text.split("\t"), 1) if not f.strip())
+        raise ValueError(f"{path}, line {n}: field {k} is empty (two tabs in a row); every "
+                         "field needs a value")
+
+
+def _split_lines(lines, sep, path=None):
+    """Return (rows of fields, 1-based line numbers) skipping blank and '#' comment lines.
+    Whitespace-separated lines (``sep`` None) with an empty field between tabs are refused."""
     if sep is None:
         rows = [ln.split() for ln in lines]
+        for n, ln in enumerate(lines, 1):
+            if "\t" in ln:
+                text = ln.strip()
+                if text and not text.startswith("#"):
+                    _check_tabs(path, n, text)
     else:
         rows = [[f.strip() for f in ln.split(sep)] if ln.strip() else [] for ln in lines]
     keep = [n for n, r in enumerate(rows) if r and not r[0].startswith("#")]
@@ -126,11 +154,17 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
 
     Format: one interaction per line, fields separated by whitespace, or by commas when a line
     that is not a comment contains a comma. Blank lines and lines starting with ``#`` are
-    skipped. The first line is a header (and skipped) when none of its fields is a number; a
-    first line with a number in it is data, and a bad field there is reported as on any line.
+    skipped, and so is a UTF-8 byte-order mark. The first line is a header when none of its
+    fields is a number; a first line with a number in it is data, and a bad field there is
+    reported as on any line. A header whose every name is one of :data:`HEADER_NAMES` (``user``,
+    ``item_id``, ``rating``, ``timestamp``, ...; any order, a user and an item column among them)
+    picks the columns by name; any other header is skipped and the columns are taken by position.
+    A header field with no name (pandas' index column) is refused, and so is an empty field
+    between two tabs.
     User and item IDs are integers in ``[-2^63, 2^64)`` (negative ones are stored as their
     uint64 bit pattern); ``weight`` is a finite float, ``timestamp`` an integer. Every line
-    has the same number of fields (2, 3 or 4). Repeated (user, item) pairs are merged: weights
+    has the same number of fields (2, 3 or 4; with a header of known names, 2 to 4 of them).
+    Repeated (user, item) pairs are merged: weights
     summed, latest timestamp kept.
 
     The optional ``categories`` file has lines ``item category`` (same separator rules; the
@@ -168,17 +202,20 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     path = Path(path)
     lines = _read_lines(path)
     sep = _guess_sep(lines)
-    rows, numbers = _split_lines(lines, sep)
+    rows, numbers = _split_lines(lines, sep, path)
     header = None
     if rows and not any(map(_is_number, rows[0])):
         header = (numbers[0], (sep or " ").join(rows[0]))
+        roles = _header_roles(path, numbers[0], rows[0])
         rows, numbers = rows[1:], numbers[1:]
+    else:
+        roles = None
     if not rows:
         raise ValueError(f"{path}: no interactions (expected lines 'user item [weight]')"
                          + (f"; line {header[0]}, {header[1]!r}, was read as a header"
                             if header else ""))
     try:
-        return _interactions_from_rows(path, rows, numbers, categories, name)
+        return _interactions_from_rows(path, rows, numbers, categories, name, roles)
     except ValueError as e:
         if header is None or not str(e).startswith(f"{path}, line {numbers[0]}:"):
             raise
@@ -187,9 +224,46 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
                          "as a header)") from None
 
 
-def _interactions_from_rows(path, rows, numbers, categories, name):
+#: Header names recognised by load_interactions, per column (compared lowercased, without
+#: spaces, '_' and '-'): a header made only of these names picks the columns by name.
+HEADER_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "userid", "uid", "users", "customer", "customerid", "visitorid"),
+    "item": ("item", "itemid", "iid", "items", "movie", "movieid", "product", "productid"),
+    "weight": ("weight", "rating", "ratings", "score", "count", "value", "clicks"),
+    "timestamp": ("timestamp", "time", "ts", "unixtime", "unixtimestamp"),
+}
+
+
+def _header_roles(path, n, names):
+    """``{column: position}`` from a header line (line ``n``) whose every field is one of
+    :data:`HEADER_NAMES` and which names a user and an item column; None when some name is
+    not (the columns are then taken by position). A header field with no name is refused:
+    it is a column of row numbers, as pandas' ``to_csv`` writes by default, and would shift
+    every column."""
+    for i, x in enumerate(names, 1):
+        if not x.strip():
+            raise ValueError(f"{path}, line {n}: header field {i} has no name (a column of row "
+                             "numbers, as pandas' to_csv writes by default? write the file "
+                             "with index=False, or drop that column)")
+    roles: dict = {}
+    for i, x in enumerate(names):
+        key = "".join(c for c in x.lower() if c not in " _-")
+        role = next((r for r, known in HEADER_NAMES.items() if key in known), None)
+        if role is None:
+            return None
+        if role in roles:
+            raise ValueError(f"{path}, line {n}: the header names two {role} columns, "
+                             f"{names[roles[role]]!r} and {x!r}")
+        roles[role] = i
+    return roles if {"user", "item"} <= roles.keys() else None
+
+
+def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
     widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     ncol = int(widths[0])
+    if roles is not None and ncol != len(roles):
+        raise ValueError(f"{path}, line {numbers[0]}: expected {len(roles)} fields like the "
+                         f"header, found {ncol}")
     if ncol not in (2, 3, 4):
         raise ValueError(f"{path}, line {numbers[0]}: expected 2 to 4 fields "
                          f"'user item [weight [timestamp]]', found {ncol}")
@@ -199,11 +273,14 @@ def _interactions_from_rows(path, rows, numbers, categories, name):
         raise ValueError(f"{path}, line {numbers[b]}: expected {ncol} fields like line "
                          f"{numbers[0]}, found {widths[b]}")
     flat = list(itertools.chain.from_iterable(rows))
-    cols = [flat[c::ncol] for c in range(ncol)]
-    ru = _parse_column(cols[0], "id", path, numbers, "user")
-    ri = _parse_column(cols[1], "id", path, numbers, "item")
-    w = _parse_column(cols[2], "float", path, numbers, "weight") if ncol >= 3 else None
-    t = _parse_column(cols[3], "int", path, numbers, "timestamp") if ncol >= 4 else None
+    if roles is None:
+        roles = dict(zip(("user", "item", "weight", "timestamp"), range(ncol)))
+    cols = {role: flat[c::ncol] for role, c in roles.items()}
+    ru = _parse_column(cols["user"], "id", path, numbers, "user")
+    ri = _parse_column(cols["item"], "id", path, numbers, "item")
+    w = _parse_column(cols["weight"], "float", path, numbers, "weight") if "weight" in cols else None
+    t = (_parse_column(cols["timestamp"], "int", path, numbers, "timestamp")
+         if "timestamp" in cols else None)
     genres, genre_names = (None, None)
     if categories is not None:
         genres, genre_names = _load_categories(Path(categories))
@@ -251,7 +328,7 @@ def _movielens_ratings_file(path: Path) -> tuple:
             return (*layouts[path.name], path)
         # another ratings file (100K's u1.base .. ub.test): the layout its first line shows
         with open(path, encoding="latin-1") as f:
-            first = next((ln for ln in f if ln.strip() and not ln.startswith("#")), "")
+            first = next((ln for ln in map(_strip_bom, f) if ln.strip() and not ln.startswith("#")), "")
         if "::" in first:
             return "dat", "::", path
         return ("csv", ",", path) if "," in first else ("100k", None, path)
@@ -282,9 +359,11 @@ def _read_ratings(data_file: Path, sep, encoding: str):
                     break
                 rows, numbers = [], []
                 for n, ln in enumerate(lines, done + 1):
-                    text = ln.strip()
+                    text = (_strip_bom(ln) if n == 1 else ln).strip()
                     if not text or text.startswith("#"):
                         continue
+                    if sep is None and "\t" in text:
+                        _check_tabs(data_file, n, text)
                     fields = text.split(sep) if sep else text.split()
                     if first and not any(_is_number(x.strip()) for x in fields):
                         first = False
@@ -370,7 +449,8 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     In the last two, genre names are the sorted names that occur, and ``(no genres listed)``
     gives an item no genre. Ratings become ``weights`` (every rating counts as an
     interaction); timestamps are kept. Items listed in the genre file but never rated are
-    dropped; the genre file is optional (no genres without it).
+    dropped; the genre file is optional (no genres, and no genre names, without it). A UTF-8
+    byte-order mark is skipped; an empty field between two tabs is refused.
 
     Parameters
     ----------
@@ -380,7 +460,8 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
         a comma: CSV, else tab-separated 100K); genres come from the same folder.
     name : str, optional
         The data set's name (default ``"ml-100k"`` for the 100K layout holding the published
-        data's 100,000 ratings of 943 users on 1,682 items, else the folder's name).
+        data's 100,000 ratings of 943 users on 1,682 items, else the folder's name; for a
+        ratings file of another name, such as ``u1.base``, ``"FOLDER/u1.base"``).
 
     Returns
     -------
@@ -409,6 +490,8 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
         full = (layout == "100k" and len(ru) == 100_000 and len(np.unique(ru)) == 943
                 and len(np.unique(ri)) == 1682)
         name = "ml-100k" if full else folder.resolve().name
+        if data_file.name not in {f for f, _, _ in _MOVIELENS_LAYOUTS}:
+            name = f"{name}/{data_file.name}"   # a split such as u1.base, not the whole data set
     if layout != "100k":
         movies = folder / ("movies.dat" if layout == "dat" else "movies.csv")
         genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())
@@ -447,17 +530,21 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
             if len(parts) < 6 or not _is_int(parts[0]):
                 raise ValueError(f"{item_file}, line {n}: expected '{lead}' followed by {G} "
                                  f"genre flags, found {len(parts)} fields")
-            tail = parts[5:]
+            tail = [f.strip() for f in parts[5:]]
             if len(tail) != G:
                 raise ValueError(f"{item_file}, line {n}: {len(tail)} genre flags after "
                                  f"'{lead}', but {where} {G} genres; the counts must match")
-            if any(f not in ("0", "1") for f in tail):
-                raise ValueError(f"{item_file}, line {n}: genre flags must be 0 or 1")
+            bad = next((k for k, f in enumerate(tail) if f not in ("0", "1")), None)
+            if bad is not None:
+                raise ValueError(f"{item_file}, line {n}: genre flags must be 0 or 1; flag "
+                                 f"{bad + 1} ({names[bad]}) is {parts[5 + bad]!r}")
             ids.append(int(parts[0]))
             flags.append([f == "1" for f in tail])
         fl = np.asarray(flags, dtype=bool).reshape(-1, G)
         genres = {i: np.flatnonzero(f).tolist() for i, f in zip(ids, fl)}
-    return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres, genre_names=names)
+    # without u.item no item has a genre: no genre names either, as in the other layouts
+    return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
+                                 genre_names=names if genres is not None else None)
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
