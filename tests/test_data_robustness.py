@@ -605,3 +605,19 @@ def test_movielens_100k_item_file_whitespace_and_missing(tmp_path):
     with pytest.raises(ValueError, match=r"u.item, line 1: genre flags must be 0 or 1; flag 6 "
                                          r"\(Comedy\) is 'x'"):
         load_movielens(folder)
+
+
+def test_rated_items_missing_from_the_genre_file_are_warned_about(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    _write(folder, "u.data", "1\t10\t5\t881250949\n2\t20\t3\t881250950\n2\t30\t3\t881250951\n")
+    _write(folder, "u.item", "10|A|||u|" + "|".join(["0"] * 18 + ["1"]) + "\n", "latin-1")
+    with pytest.warns(UserWarning, match=r"u.item: 2 of the 3 rated items have no line there"):
+        d = load_movielens(folder)
+    assert [g.tolist() for g in d.item_genres] == [[18], [], []]
+    csv = tmp_path / "latest"
+    csv.mkdir()
+    _write(csv, "ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,9\n2,2,3.5,10\n")
+    _write(csv, "movies.csv", "movieId,title,genres\n1,Toy Story (1995),Comedy\n")
+    with pytest.warns(UserWarning, match=r"movies.csv: 1 of the 2 rated items have no line"):
+        load_movielens(csv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -495,6 +496,8 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     if layout != "100k":
         movies = folder / ("movies.dat" if layout == "dat" else "movies.csv")
         genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())
+        if genres is not None:
+            _warn_unlisted(ri, genres, movies)
         return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
                                      genre_names=names if genres is not None else None)
 
@@ -542,9 +545,20 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
             flags.append([f == "1" for f in tail])
         fl = np.asarray(flags, dtype=bool).reshape(-1, G)
         genres = {i: np.flatnonzero(f).tolist() for i, f in zip(ids, fl)}
+        _warn_unlisted(ri, genres, item_file)
     # without u.item no item has a genre: no genre names either, as in the other layouts
     return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
                                  genre_names=names if genres is not None else None)
+
+
+def _warn_unlisted(items: np.ndarray, genres: dict, genre_file: Path) -> None:
+    """Warn when rated items have no line in the genre file (a cut or partial file): they
+    get no genre, which calibration and the genre metrics then read as such."""
+    rated = set(np.unique(items).tolist())
+    missing = len(rated - {int(k) & U64_MAX for k in genres})
+    if missing:
+        warnings.warn(f"{genre_file}: {missing} of the {len(rated)} rated items have no line "
+                      "there, so they have no genre", stacklevel=3)
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
