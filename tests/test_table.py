@@ -867,18 +867,50 @@ def test_bulk_loading_prepares_the_next_index_and_changes_no_result():
     two.reserve(3 * len(two))                  # a growth of another size: given back
     one.reserve(3 * len(one))
     assert two.stats()["prepared_bytes"] == 0 and one.to_bytes() == two.to_bytes()
-    bulk_until_prepared()
+    for _ in range(3):                         # sized by reserve, not grown by inserts
+        assert feed(next(fresh)) == 0
     for t in (one, two):
         t.clear()
         assert t.stats()["prepared_bytes"] == 0
     ids = np.concatenate([next(fresh) for _ in range(15)])
     for batch in np.array_split(ids, 15):      # after clear: the same table again
-        assert feed(batch) == _expected_prepared(two)
+        assert feed(batch) == 0
     np.testing.assert_array_equal(two.lookup(ids), np.arange(len(ids)))
     assert_valid(two)
     two.assign(ids[:10], np.arange(10), 10)
     assert two.stats()["prepared_bytes"] == 0
     assert_valid(two)
+
+
+def test_a_table_sized_up_front_prepares_only_after_its_inserts_grow_it():
+    # A table sized by its capacity (as the torch modules size theirs) or by reserve() does
+    # not prepare a next index until its inserts make it grow.
+    rng = np.random.default_rng(14)
+    keys = rng.integers(0, 2**63, 1_600_000, dtype=np.int64)
+    t = CuckooTable(400_000, num_threads=2)
+    seen = []
+    for i in range(0, len(keys), 50_000):
+        grows = t.stats()["grows"]
+        t.lookup_or_insert(keys[i : i + 50_000])
+        seen.append((grows, t.stats()["prepared_bytes"]))
+    assert all(p == 0 for g, p in seen if g == 0)   # before the first growth by inserts
+    assert seen[-1][0] >= 1 and max(p for _, p in seen) > 0
+    np.testing.assert_array_equal(t.lookup(keys), np.arange(len(keys)))
+
+
+def test_a_failed_batch_gives_the_prepared_index_back():
+    rng = np.random.default_rng(15)
+    keys = rng.integers(0, 2**63, 800_000, dtype=np.int64)
+    t = CuckooTable(max_size=500_000, num_threads=2)
+    i = 0
+    while t.stats()["prepared_bytes"] == 0:
+        t.lookup_or_insert(keys[i : i + 20_000])
+        i += 20_000
+        assert i < 500_000, "nothing was prepared"
+    before = t.to_bytes()
+    with pytest.raises(TableFullError):
+        t.lookup_or_insert(keys[i : i + 400_000])
+    assert t.stats()["prepared_bytes"] == 0 and t.to_bytes() == before
 
 
 def test_bulk_loading_with_another_growth_factor_and_a_cap():

@@ -214,8 +214,9 @@ class CuckooTable:
         Gauges: ``size``, ``capacity``, ``num_buckets``, ``num_rows``, ``free_rows``,
         ``load_factor``, ``memory_bytes`` (index + free-row heap), ``bytes_per_key`` and
         ``prepared_bytes`` (the next growth's index, prepared on a background thread while
-        batches are mostly new IDs, the load is past 0.7 of ``max_load_factor`` and
-        ``num_threads`` allows two or more; see the tables guide, "Bulk loading").
+        batches are mostly new IDs, the load is past 0.7 of ``max_load_factor``, the last
+        growth came from inserts and ``num_threads`` allows two or more; see the tables guide,
+        "Bulk loading").
         Counters since construction or load: ``lookups``, ``second_bucket_probes`` (lookups that
         read the second bucket), ``inserts``, ``erases``, ``displacements`` (keys moved to make
         room), ``bfs_searches`` (inserts that found both buckets full), ``max_bfs_path``,

@@ -20,11 +20,14 @@
 // first in parallel would only find misses), and, once the load has passed kPrepareAtLoad of
 // max_load_factor, the table prepares the index of its next growth on a background thread: it
 // allocates that array and faults its pages in while the inserting thread goes on, so that the
-// growth, when it comes, finds its memory ready. The first batch that is not bulk (or allows
-// one thread), clear(), assign(), a growth by reserve() and the destructor give a prepared array
-// back. Preparing is a hint: it never changes a result, and it is skipped when it cannot be had
-// (no memory, no thread, more than half the free RAM). While it lasts, the table holds the next
-// index beside the current one (stats: prepared_bytes), up to three times the index alone. See
+// growth, when it comes, finds its memory ready. Only a table whose last growth came from its
+// inserts prepares (not one sized by its capacity or reserve(), as the torch modules size
+// theirs). The first batch that is not bulk (or allows one thread), a batch that fails,
+// clear(), assign(), a growth by reserve() and the destructor give a prepared array back (after
+// the thread's current 2 MiB chunk). Preparing is a hint: it never changes a result, and it is
+// skipped when it cannot be had (no memory, no thread, more than half of the free RAM or of the
+// cgroup's memory left). While it lasts, the table holds the next index beside the current one
+// (stats: prepared_bytes): (1 + growth_factor) times the index alone. See
 // docs/site/guide/tables.md, "Bulk loading".
 //
 // Concurrency contract: every public member function is safe to call concurrently with every
@@ -39,6 +42,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -54,9 +58,9 @@
 #include <vector>
 
 #include <stdlib.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
-#include <unistd.h>
 
 #include "embtab/alloc.hpp"
 #include "embtab/config.hpp"
@@ -171,6 +175,8 @@ class CuckooTable {
             lookup_or_insert_locked(keys, n, rows_out, num_threads);
         } catch (...) {
             undo_inserts(next_row_before, size_before);
+            bulk_ = false;
+            drop_prepared();
             throw;
         }
     }
@@ -288,6 +294,7 @@ class CuckooTable {
             used[rows[i]] = 1;
         }
         drop_prepared();
+        grown_by_inserts_ = false;
         Buckets fresh(std::max(buckets_for(n), buckets_.count));
         for (std::size_t i = 0; i < n; ++i) {
             const BucketPair bp = buckets_of(keys[i], fresh.count);
@@ -316,14 +323,17 @@ class CuckooTable {
     void reserve(std::uint64_t n) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         const std::uint64_t want = buckets_for(n);
-        if (want > buckets_.count) grow_to(want, false);
+        if (want > buckets_.count) {
+            grow_to(want, false);
+            grown_by_inserts_ = false;
+        }
     }
 
     // clear removes every ID; the next ID gets row 0. Keeps the capacity. Writer.
     void clear() {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         drop_prepared();
-        bulk_ = false;
+        bulk_ = grown_by_inserts_ = false;
         buckets_.reset();
         size_ = 0;
         next_row_ = 0;
@@ -722,12 +732,14 @@ class CuckooTable {
     std::int64_t insert_new(std::uint64_t key, BucketPair bp) {
         if (static_cast<double>(size_ + 1) > config_.max_load_factor * static_cast<double>(buckets_.count * kSlotsPerBucket)) {
             grow_to(grown_count(buckets_.count), false);
+            grown_by_inserts_ = true;
             bp = buckets_of(key, buckets_.count);
         }
         const std::int64_t row = take_row();
         while (!place(buckets_, key, row, &bp)) {
             check_placeable(key, size_, buckets_);
             grow_to(grown_count(buckets_.count), true);
+            grown_by_inserts_ = true;
             bp = buckets_of(key, buckets_.count);
         }
         ++size_;
@@ -983,15 +995,38 @@ class CuckooTable {
 
     // Prepared: an index array being faulted in by a detached background thread, which holds
     // a reference until it stops. `stop` asks it to stop after its current chunk; `done` says
-    // it no longer touches `data`. `pid` is the process that started it: in a child forked
-    // meanwhile the thread does not exist, so nothing is waited for there.
+    // it no longer touches `data`. `generation` is fork_generation() when it started: in a
+    // child forked since, the thread does not exist, so nothing is waited for there (a pid
+    // would not do: pids are reused, and a pid namespace's first process is 1 in each).
     struct Prepared {
         std::uint64_t count = 0;
         Bucket* data = nullptr;
         std::atomic<bool> stop{false}, done{false};
-        pid_t pid = 0;
+        std::uint64_t generation = 0;
         ~Prepared() { std::free(data); }
     };
+
+    // fork_generation counts the fork()s this process descends from since the first call
+    // (a pthread_atfork child handler, installed by that call, adds one in each child).
+    static std::uint64_t fork_generation() noexcept {
+        static std::atomic<std::uint64_t> generation{0};
+        static const bool installed = [] {
+            ::pthread_atfork(nullptr, nullptr, [] { generation.fetch_add(1, std::memory_order_relaxed); });
+            return true;
+        }();
+        (void)installed;
+        return generation.load(std::memory_order_relaxed);
+    }
+
+    // stop_prepared asks the thread to stop and waits until it no longer touches the array
+    // (at most its current 2 MiB chunk), unless this process is a child forked since it
+    // started. The array is then the table's alone.
+    void stop_prepared() noexcept {
+        prepared_->stop.store(true, std::memory_order_relaxed);
+        if (prepared_->generation == fork_generation()) {
+            while (!prepared_->done.load(std::memory_order_acquire)) std::this_thread::yield();
+        }
+    }
     // Arrays smaller than this fault in quickly enough not to be prepared.
     static constexpr std::size_t kPrepareMinBytes = std::size_t{8} << 20;
     // Preparing starts once the load passes this fraction of max_load_factor (a growth leaves
@@ -1006,6 +1041,7 @@ class CuckooTable {
     // thread): a hint that never throws.
     void prepare_next() noexcept {
         try {
+            if (!grown_by_inserts_) return;
             if (config_.max_size != 0 && buckets_for(config_.max_size) <= buckets_.count) return;
             const std::uint64_t next = grown_count(buckets_.count);
             if (prepared_ && prepared_->count == next) return;
@@ -1016,12 +1052,11 @@ class CuckooTable {
             drop_prepared();
             const std::size_t bytes = checked_bytes(next, sizeof(Bucket), "the prepared index");
             if (bytes < kPrepareMinBytes) return;
-            struct sysinfo si;
-            if (::sysinfo(&si) != 0 || bytes > static_cast<std::uint64_t>(si.freeram) * (si.mem_unit ? si.mem_unit : 1) / 2) return;
+            if (bytes > available_memory_bytes() / 2) return;
             auto p = std::make_shared<Prepared>();
             p->count = next;
             p->data = allocate_buckets(next);
-            p->pid = ::getpid();
+            p->generation = fork_generation();
             std::thread([p, bytes]() noexcept { fault_in(*p, bytes); }).detach();
             prepared_ = std::move(p);
         } catch (...) {  // AllocError, std::bad_alloc, std::system_error: not prepared
@@ -1055,10 +1090,7 @@ class CuckooTable {
     Buckets take_prepared(std::uint64_t count) noexcept {
         Buckets out;
         if (!prepared_ || prepared_->count != count) return out;
-        prepared_->stop.store(true, std::memory_order_relaxed);
-        if (prepared_->pid == ::getpid()) {
-            while (!prepared_->done.load(std::memory_order_acquire)) std::this_thread::yield();
-        }
+        stop_prepared();
         out.count = count;
         out.data.reset(prepared_->data);
         prepared_->data = nullptr;
@@ -1066,20 +1098,74 @@ class CuckooTable {
         return out;
     }
 
-    // drop_prepared gives the prepared array back: its thread frees it when it stops (at once
-    // in a forked child, where that thread does not exist).
+    // drop_prepared gives the prepared array back to the system, once its thread has stopped.
     void drop_prepared() noexcept {
         if (!prepared_) return;
-        prepared_->stop.store(true, std::memory_order_relaxed);
-        if (prepared_->pid != ::getpid()) {
-            std::free(prepared_->data);
-            prepared_->data = nullptr;
-        }
+        stop_prepared();
+        std::free(prepared_->data);
+        prepared_->data = nullptr;
         prepared_.reset();
+    }
+
+    // available_memory_bytes is the free RAM, or less when this process's memory cgroup (v2:
+    // memory.max - memory.current; v1: memory.limit_in_bytes - memory.usage_in_bytes), or one
+    // above it, has less left; UINT64_MAX when the system does not say. May throw
+    // std::bad_alloc (prepare_next catches it).
+    static std::uint64_t available_memory_bytes() {
+        std::uint64_t avail = std::numeric_limits<std::uint64_t>::max();
+        struct sysinfo si;
+        if (::sysinfo(&si) == 0) avail = static_cast<std::uint64_t>(si.freeram) * (si.mem_unit ? si.mem_unit : 1);
+        std::FILE* f = std::fopen("/proc/self/cgroup", "r");
+        if (f == nullptr) return avail;
+        std::string v2, v1;  // the cgroup paths, "" when not listed ("/" is listed as "")
+        bool has_v2 = false, has_v1 = false;
+        char buf[4096];
+        while (std::fgets(buf, sizeof buf, f)) {  // "ID:CONTROLLERS:PATH"
+            std::string line(buf);
+            while (!line.empty() && line.back() == '\n') line.pop_back();
+            const auto a = line.find(':'), b = line.find(':', a == std::string::npos ? a : a + 1);
+            if (a == std::string::npos || b == std::string::npos) continue;
+            const std::string ctrl = "," + line.substr(a + 1, b - a - 1) + ",";
+            std::string path = line.substr(b + 1);
+            while (!path.empty() && path.back() == '/') path.pop_back();
+            if (line.compare(0, a, "0") == 0 && ctrl == ",,") {
+                v2 = path;
+                has_v2 = true;
+            } else if (ctrl.find(",memory,") != std::string::npos) {
+                v1 = path;
+                has_v1 = true;
+            }
+        }
+        std::fclose(f);
+        auto read_u64 = [](const std::string& path, std::uint64_t& out) {
+            std::FILE* g = std::fopen(path.c_str(), "r");
+            if (g == nullptr) return false;
+            unsigned long long v = 0;
+            const bool ok = std::fscanf(g, "%llu", &v) == 1;  // "max" (no limit) reads as no number
+            std::fclose(g);
+            out = v;
+            return ok;
+        };
+        auto walk = [&](std::string dir, const std::string& root, const char* max_file, const char* cur_file) {
+            for (;;) {  // this cgroup, then each one above it
+                std::uint64_t max = 0, current = 0;
+                const std::string base = root + dir;
+                if (read_u64(base + max_file, max) && read_u64(base + cur_file, current)) {
+                    avail = std::min(avail, max > current ? max - current : 0);
+                }
+                if (dir.empty()) break;
+                const auto up = dir.rfind('/');
+                dir.erase(up == std::string::npos ? 0 : up);
+            }
+        };
+        if (has_v2) walk(v2, "/sys/fs/cgroup", "/memory.max", "/memory.current");
+        if (has_v1) walk(v1, "/sys/fs/cgroup/memory", "/memory.limit_in_bytes", "/memory.usage_in_bytes");
+        return avail;
     }
 
     void grow_to(std::uint64_t count, bool forced_by_failure) {
         const double lf = static_cast<double>(size_) / static_cast<double>(buckets_.count * kSlotsPerBucket);
+        if (prepared_ && prepared_->count != count) drop_prepared();  // not for this growth: first
         buckets_ = rehash(buckets_, count);
         drop_prepared();  // used by rehash, or sized for another growth
         ++stats_grows_;
@@ -1091,6 +1177,7 @@ class CuckooTable {
     TableConfig config_;
     std::shared_ptr<Prepared> prepared_;  // the next growth's index while bulk loading
     bool bulk_ = false;                   // the last batch was bulk (see the top of this file)
+    bool grown_by_inserts_ = false;       // the last growth came from inserts, not reserve()
     int grow_threads_ = 1;  // threads of a growth's split: the inserting batch's (writer lock)
     Buckets buckets_;
     std::uint64_t size_ = 0;
