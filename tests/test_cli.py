@@ -37,6 +37,11 @@ def test_experiment_bad_dataset(tmp_path, capsys):
                    "--out", str(tmp_path / "x")])
     assert rc == 2
     assert "unknown dataset spec" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()   # the folder this call created is not left behind
+    (tmp_path / "y").mkdir()               # one that was there stays
+    assert cli.main(["experiment", "dims", "--dataset", "nonsense:1", "--quiet",
+                     "--out", str(tmp_path / "y")]) == 2
+    assert (tmp_path / "y").is_dir()
 
 
 def test_demo(tmp_path, capsys, monkeypatch):

@@ -22,6 +22,7 @@ output path that cannot be written, too few seeds or items) ends with a one-line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -146,11 +147,25 @@ def _check_out_dir(out: str) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _out_dir(out: str):
+    """:func:`_check_out_dir`, and the folder removed again if this call created it and the
+    work under it fails before writing anything (a bad ``--dataset``, say)."""
+    created = not Path(out).exists()
+    path = _check_out_dir(out)
+    try:
+        yield path
+    except BaseException:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
+
+
 def _demo(args) -> int:
     from embtab.experiments import run_demo
 
-    _check_out_dir(args.out)
-    paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds, dataset=args.dataset)
+    with _out_dir(args.out):
+        paths = run_demo(args.out, progress=not args.quiet, seeds=args.seeds, dataset=args.dataset)
     print(f"report: {paths['report']}")
     print(f"results: {paths['results']}")
     return 0
@@ -161,11 +176,11 @@ def _experiment(args) -> int:
 
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
     extra = _training_options(args)
-    out = _check_out_dir(f"embtab-{args.name}" if args.out is None else args.out)
-    paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
-                            quick=args.quick, progress=not args.quiet,
-                            title=f"embtab experiment {args.name}",
-                            kwargs={args.name: extra} if extra else None)
+    with _out_dir(f"embtab-{args.name}" if args.out is None else args.out) as out:
+        paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
+                                quick=args.quick, progress=not args.quiet,
+                                title=f"embtab experiment {args.name}",
+                                kwargs={args.name: extra} if extra else None)
     print(f"report: {paths['report']}")
     print(f"results: {out / (args.name + '.json')}")
     return 0
