@@ -66,23 +66,22 @@ def read_criteo(path: Path, max_rows: int | None = None) -> tuple[np.ndarray, np
     that does not fit the layout is a ValueError naming the file, line and field. At most
     ``max_rows`` rows are read (about 210 bytes each once parsed).
     """
-    labels = np.empty(0, np.float32)
-    ids = np.empty((0, N_FIELDS), np.int64)
+    label_parts, id_parts = [], []  # arrays of up to 65,536 rows, joined once at the end
     lab_chunk, id_chunk = [], []
+    n_rows = 0
     header = None
 
     def flush():
-        nonlocal labels, ids
         if lab_chunk:
-            labels = np.concatenate([labels, np.asarray(lab_chunk, np.float32)])
-            ids = np.concatenate([ids, np.asarray(id_chunk, np.int64)])
+            label_parts.append(np.asarray(lab_chunk, np.float32))
+            id_parts.append(np.asarray(id_chunk, np.int64).reshape(-1, N_FIELDS))
             lab_chunk.clear()
             id_chunk.clear()
 
     try:
         with _open_text(path) as f:
             for line_no, line in enumerate(f, 1):
-                if max_rows is not None and len(labels) + len(lab_chunk) >= max_rows:
+                if max_rows is not None and n_rows >= max_rows:
                     break
                 text = line.rstrip("\r\n")
                 if not text.strip():
@@ -113,6 +112,7 @@ def read_criteo(path: Path, max_rows: int | None = None) -> tuple[np.ndarray, np
                     row.append((f_ << 32) | x)
                 lab_chunk.append(float(cols[0]))
                 id_chunk.append(row)
+                n_rows += 1
                 if len(lab_chunk) == 65_536:
                     flush()
     except UnicodeDecodeError as e:
@@ -120,10 +120,10 @@ def read_criteo(path: Path, max_rows: int | None = None) -> tuple[np.ndarray, np
     except (OSError, EOFError) as e:  # a corrupt or truncated gzip file
         raise ValueError(f"{path}: cannot be read ({e})") from None
     flush()
-    if len(labels) == 0:
+    if n_rows == 0:
         raise ValueError(f"{path}: no rows (expected lines 'label I1..I13 C1..C26')"
                          + (f"; line 1, label {header!r}, was read as a header" if header else ""))
-    return labels, ids
+    return np.concatenate(label_parts), np.concatenate(id_parts)
 
 
 def _is_number(tok: str) -> bool:
