@@ -2,12 +2,16 @@
 
 Usage (from the repository root, the package built or installed):
     python bench/parts/parts.py [--include cpp/include] [--skip-cpp]
+    python bench/parts/parts.py --ab OTHER/cpp/include [--include cpp/include]
 
 - C++ harnesses (compiled here with g++ against ``--include``, default this checkout's
   cpp/include): the fused step alone on the issue-16 batches (``fused_step.cpp``, every
   optimizer at 1 and 2 threads), the pooling of one such batch (``pool_bags.cpp``) and a
   10^7-key table build (``table_build.cpp``, load factor 0.9
   and 0.95, 1 and 2 threads). Point ``--include`` at another commit's cpp/include to compare.
+- ``--ab OTHER``: only the fused step of two builds side by side in one process
+  (``fused_ab.cpp``; A = OTHER's cpp/include, B = ``--include``), 1 and 2 threads taking turns,
+  for every optimizer with one gradient row per bag and with one row for all bags.
 - Python: initial vectors of 20,000 x 64 IDs (1 and 2 threads); a batch's new IDs by
   ``first_occurrence`` against ``np.unique`` + ``argsort``; the steady remap of 65,536 IDs; and the
   26-table collection step with its lookups and fused steps in one native call each against one
@@ -79,6 +83,28 @@ def cpp_parts(include: str, rng) -> None:
             for t in (1, 2):
                 out = subprocess.run([os.path.join(tmp, "table_build"), lf, str(t)],
                                      check=True, capture_output=True, text=True).stdout
+                print("  " + out.strip())
+
+
+def fused_ab(include_a: str, include_b: str, rng) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = os.path.join(tmp, "rows.bin")
+        issue16_rows(rng).tofile(rows_file)
+        libs = []
+        for tag, inc in (("A", include_a), ("B", include_b)):
+            lib = os.path.join(tmp, f"{tag}.so")
+            subprocess.run(["g++", "-O3", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared",
+                            "-fvisibility=hidden", "-I", inc, str(HERE / "fused_ab_lib.cpp"), "-o", lib,
+                            "-lpthread"], check=True)
+            libs.append(lib)
+        exe = os.path.join(tmp, "fused_ab")
+        subprocess.run(["g++", "-O3", "-std=c++17", "-I", str(HERE), str(HERE / "fused_ab.cpp"), "-o", exe,
+                        "-ldl"], check=True)
+        print(f"\nFused step, A = {include_a}, B = {include_b} (median of 800 calls each):")
+        for kind in ("sgd", "adagrad", "rw", "adam"):
+            for grad in ("rows", "bcast"):
+                out = subprocess.run([exe, rows_file, kind, grad, *libs], check=True, capture_output=True,
+                                     text=True).stdout
                 print("  " + out.strip())
 
 
@@ -155,10 +181,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--include", default=str(HERE.parents[1] / "cpp" / "include"))
     ap.add_argument("--skip-cpp", action="store_true", help="the Python parts only")
+    ap.add_argument("--ab", metavar="OTHER_INCLUDE",
+                    help="only the fused step of OTHER_INCLUDE's build against --include's")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(machine_line())
     rng = np.random.default_rng(0)
+    if args.ab:
+        fused_ab(args.ab, args.include, rng)
+        sys.exit(0)
     if not args.skip_cpp:
         cpp_parts(args.include, rng)
     python_parts(rng)
