@@ -6,7 +6,14 @@ import torch
 
 import embtab.optim as eo
 from embtab import _core
-from embtab.nn import CuckooEmbedding, CuckooEmbeddingBag, HashedEmbedding, HashedEmbeddingBag
+from embtab.nn import (
+    CuckooEmbedding,
+    CuckooEmbeddingBag,
+    CuckooEmbeddingBagCollection,
+    EmbeddingBagConfig,
+    HashedEmbedding,
+    HashedEmbeddingBag,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's sparse Adagrad / SparseAdam build sparse tensors without opting in or out of checks.
@@ -841,3 +848,39 @@ def test_core_step_same_bits_at_every_isa_level_and_thread_count(kind, dtype):
                 got.append(w.tobytes() + s1.tobytes() + (b"" if s2 is None else s2.tobytes()))
         assert all(g == got[0] for g in got[1:]), (n, d)
         assert got[0][: w0.nbytes] != w0.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["bag", "embedding", "hashed", "collection"])
+def test_converted_weight_refused_before_the_forward_changes_anything(kind, dtype):
+    """A fused module converted by .half()/.bfloat16() after construction cannot step: a
+    training forward raises TypeError naming the dtype before any ID is inserted (it used to
+    run, insert its IDs, and fail in backward inside Tensor.numpy() or the native step); a
+    forward without gradient still runs (inference)."""
+    make = {
+        "bag": lambda: CuckooEmbeddingBag(100, 4, mode="sum", optimizer=eo.Adam()),
+        "embedding": lambda: CuckooEmbedding(100, 4, optimizer=eo.Adam()),
+        "hashed": lambda: HashedEmbedding(100, 4, optimizer=eo.Adam()),
+        "collection": lambda: CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(num_embeddings=100, embedding_dim=4, name="t", feature_names=["a"])],
+            optimizer=eo.Adam(),
+        ),
+    }[kind]
+    m = make().to(dtype)
+    ids = torch.tensor([1, 2, 3])
+    call = {
+        "bag": lambda: m(ids, torch.tensor([0])),
+        "collection": lambda: m({"a": (ids, torch.tensor([0]))})["a"],
+    }.get(kind, lambda: m(ids))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(TypeError, match=f"float32 or float64 weight, got {dtype}"):
+        call()
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        out = call()
+    assert out.dtype == dtype and out.shape[-1] == 4
+    m.float()  # converted back, it trains
+    call().sum().backward()
+    table = m.embedding_bags["t"] if kind == "collection" else m
+    assert int(table.opt_step) == 1

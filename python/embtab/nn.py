@@ -1271,6 +1271,8 @@ class _Embedding:
                 self.norm_type, self.scale_grad_by_freq, self.sparse,
             )
         ids, shape = _as_id_array(input, "input")
+        if self.optimizer is not None:
+            self.optimizer.check_weight(self)  # before the remap changes anything
         rows, padding_idx = self._rows_for(ids)
         idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
         if self.optimizer is not None:
@@ -1349,6 +1351,8 @@ class _Bag:
             idx, padding_idx = self._traced_rows(ids_t)
             idx, rows = idx.to(dev), None
         else:
+            if self.optimizer is not None:
+                self.optimizer.check_weight(self, per_sample_weights)  # before the remap
             rows, padding_idx = self._rows_for(ids)
             idx = torch.from_numpy(rows).reshape(shape).to(dev)
         if self.optimizer is not None and rows is not None:
@@ -2565,6 +2569,9 @@ class _BagCollection(_AtomicLoad):
         plan = []
         col = 0
         bags = [self.embedding_bags[c.name] for c in self.tables]
+        for bag, (_, _, psw) in zip(bags, groups):  # before any table's remap changes it
+            if bag.optimizer is not None:
+                bag.optimizer.check_weight(bag, psw)
         looked_up = [None] * len(bags)
         if all(isinstance(b, _CuckooBase) for b in bags):
             # every table's lookup in one native call, the tables side by side on the threads

@@ -53,6 +53,8 @@ Notes
   be backpropagated after it (``RuntimeError``, as for the unfused modules; the lookups of the
   same graph made after the growth may already have stepped when it is raised).
 * The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
+  A module converted afterwards by ``.half()`` or ``.bfloat16()`` still runs forwards without
+  gradient (inference); a training forward then raises TypeError before it changes anything.
 * ``scale_grad_by_freq=True`` divides a row's summed gradient by its number of occurrences in
   the batch, as ``nn.Embedding`` does (torch 2.13's ``nn.EmbeddingBag`` divides by other counts).
 """
@@ -180,14 +182,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         for name, _, fill in self._states():
             module._buffers["opt_" + name].index_fill_(0, idx, fill)
 
-    # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
-    # here rather than trace an autograd Function that holds a module)
-    @torch.compiler.disable
-    def lookup(
-        self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool
-    ) -> Tensor:
-        """The forward of ``module`` on rows ``idx``: ``F.embedding_bag`` (``bag``) or
-        ``F.embedding`` with the module's settings, whose backward applies the fused step."""
+    def check_weight(self, module, per_sample_weights: Optional[Tensor] = None) -> bool:
+        """Whether a forward of ``module`` now records a fused step for its backward; raises
+        first if that step could not run, so that a module's forward calls it before it changes
+        anything (an ID inserted, a counter moved).
+
+        The weight must be on the CPU (ValueError otherwise, whatever the forward). A forward
+        that records a step (gradient enabled, and the weight or ``per_sample_weights``
+        requiring it) also needs a float32 or float64 weight: a module converted by ``.half()``
+        or ``.bfloat16()`` runs forwards without gradient (inference) and raises TypeError in
+        training."""
         w = module.weight
         if w.device.type != "cpu":
             raise ValueError(
@@ -196,8 +200,26 @@ class FusedOptimizer(torch.optim.Optimizer):
         needs = torch.is_grad_enabled() and (
             w.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad)
         )
-        if not needs:
+        if needs and w.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"a fused optimizer steps a float32 or float64 weight, got {w.dtype} (the module "
+                f"was converted after construction, e.g. by .half() or .bfloat16()): convert it "
+                f"back with .float() to train, or run the forward under torch.no_grad()"
+            )
+        return needs
+
+    # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
+    # here rather than trace an autograd Function that holds a module)
+    @torch.compiler.disable
+    def lookup(
+        self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool
+    ) -> Tensor:
+        """The forward of ``module`` on rows ``idx``: ``F.embedding_bag`` (``bag``) or
+        ``F.embedding`` with the module's settings, whose backward applies the fused step
+        (checked by :meth:`check_weight` first)."""
+        if not self.check_weight(module, per_sample_weights):
             return _plain(module, idx, offsets, per_sample_weights, padding_idx, bag)
+        w = module.weight
         return _FusedLookup.apply(w, per_sample_weights, module, idx, offsets, padding_idx, bag)
 
 
