@@ -190,6 +190,25 @@ def test_calibration_halves_only_on_a_paired_interval(mis, says):
         assert "(none from 1 seed): at λ=0.5 miscalibration@10 is 0.3000 against 1.0000" in text
 
 
+def test_calibration_ndcg_change_is_not_taken_from_a_subset_of_seeds():
+    """A seed whose ndcg@10 at λ=0 is 0 has no relative change: the sentence gives the paired
+    absolute change over every seed and says why (it gave the other seed's relative change
+    alone, which could move against the means printed beside it)."""
+    base = {"model": "mf+calibrated", "candidates": 100, "recall@10": 0.1, "arp@10": 0.1,
+            "coverage@10": 0.1, "decile_recall@10": [0.1] * 10}
+    rows = []
+    for seed, (n0, n5, m) in enumerate([(0.0, 0.004, 0.42), (0.005, 0.0043, 0.43)]):
+        rows += [{**base, "seed": seed, "lam": 0.0, "ndcg@10": n0, "miscalibration@10": 1.0},
+                 {**base, "seed": seed, "lam": 0.5, "ndcg@10": n5, "miscalibration@10": m}]
+    text = " ".join(ex.calibration.findings({"rows": rows, "config": {"candidates": [100]}}))
+    assert "The smallest λ shown to halve miscalibration@10 at C=100 is λ=0.5" in text
+    assert "-14%" not in text  # seed 1's relative change (0.0043 / 0.005 - 1) alone
+    diff = np.array([0.004, 0.0043 - 0.005])
+    assert (f"ndcg@10 changes by {diff.mean():+.4f} [" in text
+            and "in absolute terms, paired over 2 seeds (its relative change is undefined on "
+                "1 of 2 seeds" in text)
+
+
 @pytest.mark.parametrize("mis, ndcg, verdict", [
     ((0.30, 0.32, 0.28), (0.195, 0.196, 0.194), "met with both intervals"),
     ((0.80, 0.82, 0.78), (0.195, 0.196, 0.194), "missed"),

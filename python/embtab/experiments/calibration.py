@@ -367,6 +367,31 @@ def _paired_ratio(results: dict, C, lam: float, metric: str) -> dict:
                      for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by])
 
 
+def _paired_diff(results: dict, C, lam: float, metric: str) -> dict:
+    """Per seed, ``metric`` at (C, ``lam``) minus its value at (C, λ = 0), as an
+    :func:`interval` (defined wherever both values are finite, unlike the ratio)."""
+    by = {(r["candidates"], r["lam"], r["seed"]): r for r in results["rows"]
+          if r.get("model") == "mf+calibrated"}
+    return interval([by[(C, lam, s)][metric] - by[(C, 0.0, s)][metric]
+                     for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by
+                     and by[(C, lam, s)][metric] is not None and by[(C, 0.0, s)][metric] is not None])
+
+
+def _n_paired(results: dict, C, lam: float) -> int:
+    """The number of seeds with calibrated rows at both (C, ``lam``) and (C, λ = 0)."""
+    keys = {(r["candidates"], r["lam"], r["seed"]) for r in results["rows"]
+            if r.get("model") == "mf+calibrated"}
+    return sum(1 for (c, la, s) in keys if c == C and la == 0.0 and (C, lam, s) in keys)
+
+
+def _over(n: int, paired: int, base: str) -> str:
+    """``"n seeds"``, or ``"n of paired seeds (...)"`` when a ratio to λ = 0's ``base`` left some
+    out (``base`` is 0 or not finite on them)."""
+    if n == paired:
+        return f"{n} seed{'s' if n != 1 else ''}"
+    return f"{n} of {paired} seeds (λ=0's {base} is 0 or not finite on the others)"
+
+
 def _ci_over_seeds(results: dict, C, lam: float, metric: str, spec: str) -> str:
     """``mean [low, high]`` over seeds of the calibrated lists' ``metric`` at (C, ``lam``): the
     95% interval of :func:`interval` ("undefined" when no seed has a finite value)."""
@@ -423,14 +448,26 @@ def findings(results: dict) -> list:
             last = ratios[lams[-1]]
             out.append(f"No λ up to {lams[-1]:g} is shown to halve miscalibration@10 at C={C} "
                        f"(no paired ratio to λ=0's has its 95% interval at or below 50%; at "
-                       f"λ={lams[-1]:g} it is {_ci_pct(last)}).")
+                       f"λ={lams[-1]:g} it is {_ci_pct(last)}, over "
+                       f"{_over(last['n'], _n_paired(results, C, lams[-1]), 'miscalibration@10')}).")
         else:
+            paired = _n_paired(results, C, half)
             ndcg = _paired_ratio(results, C, half, "ndcg@10")
-            change = {k: (v - 1 if k != "n" and k != "sd" else v) for k, v in ndcg.items()}
+            if ndcg["n"] == paired:
+                change = {k: (v - 1 if k != "n" and k != "sd" else v) for k, v in ndcg.items()}
+                ndcg_text = f"ndcg@10 changes by {_ci_pct(change, '+')}"
+            else:
+                # a relative change over the seeds where it is defined could move against the
+                # means beside it: the paired difference is defined on every seed
+                diff = _paired_diff(results, C, half, "ndcg@10")
+                ndcg_text = (f"ndcg@10 changes by {ci_text(diff, '+.4f', missing='undefined')} "
+                             f"in absolute terms, paired over {diff['n']} seeds (its relative "
+                             f"change is undefined on {paired - ndcg['n']} of {paired} seeds, "
+                             f"whose ndcg@10 at λ=0 is 0 or not finite)")
             out.append(f"The smallest λ shown to halve miscalibration@10 at C={C} is "
                        f"λ={half:g} (its ratio to λ=0's: {_ci_pct(ratios[half])}, paired over "
-                       f"{ratios[half]['n']} seeds), where ndcg@10 changes by "
-                       f"{_ci_pct(change, '+')}.")
+                       f"{_over(ratios[half]['n'], paired, 'miscalibration@10')}), where "
+                       f"{ndcg_text}.")
     return out
 
 
