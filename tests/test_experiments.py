@@ -581,3 +581,28 @@ def test_calibration_caps_candidates_at_the_catalogue_and_says_so():
     assert {r["candidates"] for r in res["rows"] if r["model"] == "mf+calibrated"} == {50, 80}
     text = " ".join(ex.calibration.findings(res))
     assert "C=500" not in text and "C=100" not in text
+
+
+@pytest.mark.parametrize("seeds, error, match", [
+    ("10", TypeError, "seeds must be an int .* got str"),      # was seeds [1, 0]
+    ([1.7, 2.2], TypeError, r"seeds\[0\] must be an int, got float"),  # was [1, 2]
+    (True, TypeError, "got bool"),                              # was [0]
+    (2.5, TypeError, "got float"),
+    ([0, 0], ValueError, "seeds must be distinct, got seed 0 more than once"),
+    (0, ValueError, "at least one seed"),
+    (-3, ValueError, "at least one seed"),
+    ([], ValueError, "at least one seed"),
+])
+def test_seed_list_refuses_what_it_used_to_bend(seeds, error, match):
+    from embtab.experiments.session import seed_list
+
+    with pytest.raises(error, match=match):
+        seed_list(seeds)
+
+
+def test_seed_list_reads_counts_and_sequences():
+    from embtab.experiments.session import seed_list
+
+    assert seed_list(3) == [0, 1, 2] and seed_list(np.int64(2)) == [0, 1]
+    assert seed_list([5, 7]) == [5, 7] and seed_list(range(1, 3)) == [1, 2]
+    assert seed_list(np.array([4, 9])) == [4, 9] and seed_list((2**32 + 5,)) == [2**32 + 5]

@@ -8,11 +8,14 @@ experiment.
 
 from __future__ import annotations
 
+import numbers
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from embtab import metrics
+from embtab._checks import check_int
 from embtab._research import K
 from embtab.data import Interactions, load_dataset, train_test_split
 from embtab.experiments.truth import TruthReference
@@ -137,11 +140,28 @@ def reference_rows(s: Session, seed: int, relevance=None) -> tuple:
 
 
 def seed_list(seeds) -> list:
-    """``n`` means seeds ``0..n-1``; a sequence is taken as given. ``ValueError`` when empty."""
-    out = list(range(seeds)) if isinstance(seeds, int) else [int(x) for x in seeds]
+    """The seeds an experiment runs: an int ``n`` means seeds ``0..n-1``; a sequence of ints
+    (list, tuple, range, NumPy array) is taken as given.
+
+    Raises TypeError for anything else (a string such as ``"10"``, a float, a bool, a sequence
+    holding a non-int) and ValueError for no seed or a repeated one (two runs of one seed are
+    not independent: their spread would read as agreement), each naming ``seeds``.
+    """
+    if isinstance(seeds, (bool, np.bool_, str, bytes)) or not isinstance(
+            seeds, (numbers.Integral, Sequence, np.ndarray)):
+        raise TypeError(f"seeds must be an int (a count) or a sequence of ints, got "
+                        f"{type(seeds).__name__} {seeds!r}")
+    if isinstance(seeds, numbers.Integral):
+        out = list(range(check_int(seeds, "seeds")))
+    else:
+        items = seeds.ravel().tolist() if isinstance(seeds, np.ndarray) else seeds
+        out = [check_int(x, f"seeds[{i}]") for i, x in enumerate(items)]
     if not out:
         raise ValueError(f"seeds must name at least one seed (a count >= 1 or a list); got "
                          f"{seeds!r}")
+    if len(set(out)) != len(out):
+        dup = next(x for x in out if out.count(x) > 1)
+        raise ValueError(f"seeds must be distinct, got seed {dup} more than once in {out}")
     return out
 
 
