@@ -136,7 +136,9 @@ def test_calibration_relative_change_from_zero_is_undefined():
         [_cal_row(100, 0.5, s, 0.02, 0.1 + 0.001 * s) for s in range(3)]
     text = " ".join(cx.findings(_cal_results(rows)))
     assert "The smallest λ shown to halve miscalibration@10 at C=100 is λ=0.5" in text
-    assert "where ndcg@10 changes by undefined" in text
+    # the relative change is undefined on every seed: the paired absolute change is given
+    assert ("where ndcg@10 changes by +0.0200 in absolute terms, paired over 3 seeds (its "
+            "relative change is undefined on 3 of 3 seeds") in text
     assert "nan" not in text.lower()
     # per seed (paired): the trade-off is not assessed when a seed's base is 0
     rows = [_cal_row(100, 0.0, s, 0.0 if s == 1 else 0.2, 0.4) for s in range(3)] + \

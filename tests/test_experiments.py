@@ -606,3 +606,43 @@ def test_seed_list_reads_counts_and_sequences():
     assert seed_list(3) == [0, 1, 2] and seed_list(np.int64(2)) == [0, 1]
     assert seed_list([5, 7]) == [5, 7] and seed_list(range(1, 3)) == [1, 2]
     assert seed_list(np.array([4, 9])) == [4, 9] and seed_list((2**32 + 5,)) == [2**32 + 5]
+
+
+STREAM3 = "stream:n_users=30,n_items=25,n_genres=3,n_windows=3"
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ex.run_dims(TINY, 1, dims=(2.5,)), TypeError, r"dims\[0\] must be an int, got float"),
+    (lambda: ex.run_dims(TINY, 1, dims=()), ValueError, "dims must hold at least one value"),
+    (lambda: ex.run_dims(TINY, 1, dims=(4, 4)), ValueError, "dims must hold distinct values"),
+    (lambda: ex.run_calibration(TINY, 1, candidates=(5,)), ValueError,
+     r"candidates\[0\] must be >= k = 10"),
+    (lambda: ex.run_calibration(TINY, 1, candidates=(50.5,)), TypeError, r"candidates\[0\]"),
+    (lambda: ex.run_calibration(TINY, 1, chunk=0), ValueError, "chunk must be >= 1"),
+    (lambda: ex.run_calibration(TINY, 1, lams=()), ValueError, "lams must hold at least one"),
+    (lambda: ex.run_calibration(TINY, 1, lams=(0.0, 1.5)), ValueError, r"lams\[1\] must be"),
+    (lambda: ex.run_collisions(TINY, 1, rows_per_id=()), ValueError, "rows_per_id must hold"),
+    (lambda: ex.run_collisions(TINY, 1, rows_per_id=(0.0,)), ValueError, "rows_per_id must be > 0"),
+    (lambda: ex.personas.run_personas(TINY, 1, personas=(0,)), ValueError, r"personas\[0\] must be >= 1"),
+    (lambda: ex.personas.run_personas(TINY, 1, budget=100), ValueError, "budget must be <= 10"),
+    (lambda: ex.posthoc.run_posthoc(TINY, 1, candidates=9), ValueError, "candidates must be >= k = 10"),
+    (lambda: ex.run_feedback(TINY, 1, arms=()), ValueError, "arms must hold at least one arm"),
+    (lambda: ex.run_feedback(TINY, 1, candidates=5), ValueError, "candidates must be >= k"),
+    (lambda: ex.budget.run_budget(TINY, 1, designs=()), ValueError, "designs must hold at least one"),
+    (lambda: ex.stream.run_stream(STREAM3, 1, n_windows=6), ValueError,
+     "n_windows must be None or the stream's own 3"),
+])
+def test_experiment_arguments_are_checked_by_name(call, error, match):
+    """Sweeps and sizes are checked before anything trains: a float dim was truncated, an empty
+    sweep wrote empty tables, a C under k failed inside with "k must be in [1, C]", chunk=0
+    failed in range(), personas=(0,) with ZeroDivisionError, and a stream re-cut into other
+    windows than its generator's paired a window with another window's truth."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_calibration_without_lambda_zero_says_so(session):
+    r = ex.run_calibration(TINY, seeds=1, lams=(0.5,), candidates=(20,), dim=8, progress=False,
+                           session=session)
+    text = " ".join(ex.calibration.findings(r))
+    assert "no λ is compared with the model's own list, which is λ=0" in text

@@ -477,6 +477,8 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
     budgets = tuple(float(b) for b in (budgets if budgets is not None
                                        else (QUICK_BUDGETS if quick else BUDGETS)))
     designs = tuple(designs if designs is not None else (QUICK_DESIGNS if quick else DESIGNS))
+    if not designs:
+        raise ValueError(f"designs must hold at least one design of {list(DESIGNS)}, got ()")
     for d in designs:
         if d not in DESIGNS:
             raise ValueError(f"designs: unknown design {d!r}; choose from {list(DESIGNS)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from embtab import rerank
+from embtab._checks import check_int
 from embtab._research import ALPHA, K, category_mix, mean
 from embtab.data import Interactions
 from embtab.experiments.collisions import FIXED_DIM
@@ -40,6 +41,8 @@ from embtab.experiments.session import (
     baseline_rows,
     evaluate_lists,
     make_result,
+    check_candidates,
+    real_sweep,
     seed_list,
     session_for,
 )
@@ -184,11 +187,18 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     the candidates' scores are scaled before reranking. Other arguments as :func:`run_dims`.
     """
     t0 = time.perf_counter()
-    s = session_for(dataset, train_overrides, progress, session)
+    lams = real_sweep(lams, "lams", low=0.0, high=1.0)
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (Sequence, np.ndarray)) \
+            or len(candidates) == 0:
+        raise ValueError(f"candidates must be a non-empty sequence of ints >= k = 10, got "
+                         f"{candidates!r}")
+    asked = [check_candidates(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+    chunk = check_int(chunk, "chunk", min=1)
+    dim = check_int(dim, "dim", min=1)
     seeds = seed_list(seeds)
+    s = session_for(dataset, train_overrides, progress, session)
     rows, heldout = [], []
     # C is at most the catalogue: a C above it is the catalogue, run and reported once as such
-    asked = [int(c) for c in candidates]
     candidates = list(dict.fromkeys(min(c, s.data.n_items) for c in asked))
     bar = Progress(len(seeds) * len(candidates), "E3 calibration", progress)
     for seed in seeds:
@@ -418,25 +428,30 @@ def findings(results: dict) -> list:
     for C in results["config"]["candidates"]:
         r0 = find(summ, candidates=C, lam=0.0)
         r5 = find(summ, candidates=C, lam=0.5)
-        if r0 is None or r5 is None:
+        if r0 is None:
+            run = ", ".join(f"{x:g}" for x in results["config"].get("lams", []))
+            out.append(f"C={C}: no λ is compared with the model's own list, which is λ=0: the "
+                       f"run's λ values ({run}) do not include 0.")
             continue
+
         def ci(lam, metric, spec=".4f"):
             return _ci_over_seeds(results, C, lam, metric, spec)
 
         n = r0["n"]
-        out.append(
-            f"C={C}, means over {n} seed{'s' if n != 1 else ''} with their 95% intervals"
-            f"{'' if n >= 2 else ' (none from 1 seed)'}: at λ=0.5 miscalibration@10 is "
-            f"{ci(0.5, 'miscalibration@10')} against {ci(0.0, 'miscalibration@10')} at λ=0, "
-            f"ndcg@10 {ci(0.0, 'ndcg@10')} → {ci(0.5, 'ndcg@10')}, arp@10 "
-            f"{ci(0.0, 'arp@10')} → {ci(0.5, 'arp@10')}, coverage@10 "
-            f"{ci(0.0, 'coverage@10')} → {ci(0.5, 'coverage@10')}.")
-        if "minority_share@10" in r0:
+        if r5 is not None:
             out.append(
-                "Category mass outside each user's main category (means over seeds, 95% "
-                f"intervals): {ci(0.0, 'minority_share@10', '.1%')} of the list at λ=0, "
-                f"{ci(0.5, 'minority_share@10', '.1%')} at λ=0.5, against "
-                f"{ci(0.0, 'minority_share_history', '.1%')} in the users' histories.")
+                f"C={C}, means over {n} seed{'s' if n != 1 else ''} with their 95% intervals"
+                f"{'' if n >= 2 else ' (none from 1 seed)'}: at λ=0.5 miscalibration@10 is "
+                f"{ci(0.5, 'miscalibration@10')} against {ci(0.0, 'miscalibration@10')} at λ=0, "
+                f"ndcg@10 {ci(0.0, 'ndcg@10')} → {ci(0.5, 'ndcg@10')}, arp@10 "
+                f"{ci(0.0, 'arp@10')} → {ci(0.5, 'arp@10')}, coverage@10 "
+                f"{ci(0.0, 'coverage@10')} → {ci(0.5, 'coverage@10')}.")
+            if "minority_share@10" in r0:
+                out.append(
+                    "Category mass outside each user's main category (means over seeds, 95% "
+                    f"intervals): {ci(0.0, 'minority_share@10', '.1%')} of the list at λ=0, "
+                    f"{ci(0.5, 'minority_share@10', '.1%')} at λ=0.5, against "
+                    f"{ci(0.0, 'minority_share_history', '.1%')} in the users' histories.")
         lams = sorted({r["lam"] for r in summ if r.get("candidates") == C and "lam" in r
                        and r["lam"] > 0})
         if not lams:

@@ -31,6 +31,7 @@ from embtab.experiments.session import (
     baseline_rows,
     evaluate_lists,
     make_result,
+    real_sweep,
     seed_list,
     session_for,
 )
@@ -56,8 +57,11 @@ def run_collisions(dataset: str | Interactions = "synthetic", seeds=3, *,
     :func:`run_dims`.
     """
     t0 = time.perf_counter()
-    s = session_for(dataset, train_overrides, progress, session)
+    rows_per_id = real_sweep(rows_per_id, "rows_per_id", low=0.0)
+    if 0.0 in rows_per_id:
+        raise ValueError(f"rows_per_id must be > 0 (a hashed table needs a row), got {rows_per_id}")
     seeds = seed_list(seeds)
+    s = session_for(dataset, train_overrides, progress, session)
     rows = []
     bar = Progress(len(seeds) * (len(rows_per_id) + 1), "E2 collisions", progress)
     for seed in seeds:

@@ -45,6 +45,7 @@ from embtab.experiments.session import (
     evaluate_lists,
     make_result,
     reference_rows,
+    int_sweep,
     seed_list,
     session_for,
 )
@@ -93,8 +94,9 @@ def run_dims(dataset: str | Interactions = "synthetic", seeds=3, *, dims: Sequen
         ci95_high) and ``contrasts`` (:func:`contrasts`).
     """
     t0 = time.perf_counter()
-    s = session_for(dataset, train_overrides, progress, session)
+    dims = int_sweep(dims, "dims")
     seeds = seed_list(seeds)
+    s = session_for(dataset, train_overrides, progress, session)
     grid = QUICK_TUNING_GRID if quick else TUNING_GRID
     relevance = total_relevance(s.data.truth) if s.data.truth is not None else None
     rows = []

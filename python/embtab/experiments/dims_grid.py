@@ -26,7 +26,7 @@ from embtab.experiments.dims import DIMS, fmt_ci, run_dims
 from embtab.experiments.intervals import direction_sentence
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
-from embtab.experiments.session import Session, seed_list
+from embtab.experiments.session import Session, int_sweep, real_sweep, seed_list
 
 __all__ = ["GRID_BASE", "GRID_RANKS", "GRID_ZIPFS", "grid_table", "run_dims_grid", "section"]
 
@@ -70,6 +70,8 @@ def run_dims_grid(dataset: str = GRID_BASE, seeds=5, *, ranks: Sequence[int] = G
         raise ValueError(f"ranks and zipfs must be non-empty; got {ranks!r}, {zipfs!r}")
     t0 = time.perf_counter()
     seed_list(seeds)
+    ranks, zipfs = int_sweep(ranks, "ranks"), real_sweep(zipfs, "zipfs", low=0.0)
+    dims = int_sweep(dims, "dims")
     sep = "," if ":" in base else ":"
     # every cell's data set is generated (and checked) before any training, so that a cell the
     # base cannot hold (e.g. a rank above min(n_users, n_items)) fails at once, not after the

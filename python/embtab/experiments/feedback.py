@@ -128,7 +128,7 @@ from embtab.experiments.calibration import calibrated_lists, item_distribution, 
 from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
-from embtab.experiments.session import check_enough_items, seed_list
+from embtab.experiments.session import check_candidates, check_enough_items, seed_list
 from embtab.rerank import smoothed_kl
 from embtab.train import (
     ModelTruth,
@@ -495,6 +495,9 @@ class _MFArm:
 
 
 def _resolve_arms(arms) -> tuple:
+    if len(arms) == 0:
+        raise ValueError(f"arms must hold at least one arm of {tuple(ARMS)} (or an Arm), got "
+                         f"{arms!r}")
     out = []
     for a in arms:
         if isinstance(a, Arm):
@@ -757,6 +760,7 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         ``summary`` and ``contrasts`` (docs/results-schema.md).
     """
     t0 = time.perf_counter()
+    candidates = check_candidates(candidates)
     full = {"rounds": 10, "epochs_first": 10, "epochs_per_round": 2}
     pick = QUICK if quick else full
     rounds = pick["rounds"] if rounds is None else int(rounds)

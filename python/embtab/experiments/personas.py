@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embtab._checks import check_int
 from embtab._research import K, topk_indices
 from embtab.data import Interactions
 from embtab.experiments.attention import attention_lists, consumed_utility
@@ -39,7 +40,15 @@ from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, table
 from embtab.experiments.results import summarize
-from embtab.experiments.session import Progress, Session, evaluate_lists, make_result, seed_list
+from embtab.experiments.session import (
+    Progress,
+    Session,
+    check_candidates,
+    evaluate_lists,
+    int_sweep,
+    make_result,
+    seed_list,
+)
 from embtab.experiments.truth import TruthReference, total_relevance
 from embtab.experiments.tuning import QUICK_TUNING_GRID, TUNING_GRID, tune as tune_config
 from embtab.train import drop_excluded, score_matrix
@@ -91,6 +100,11 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
         asked for.
     """
     t0 = time.perf_counter()
+    personas = int_sweep(personas, "personas")
+    candidates = check_candidates(candidates)
+    budget = check_int(budget, "budget", min=1, max=K)
+    dim = check_int(dim, "dim", min=1)
+    seed_list(seeds)
     ks = [1] + [int(x) for x in personas if int(x) != 1]
     for kk in ks:
         if dim % kk:

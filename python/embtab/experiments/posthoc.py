@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embtab import rerank
+from embtab._checks import check_int
 from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.calibration import calibrated_lists
@@ -35,6 +36,8 @@ from embtab.experiments.session import (
     evaluate_lists,
     make_result,
     reference_rows,
+    check_candidates,
+    real_sweep,
     seed_list,
     session_for,
 )
@@ -103,8 +106,11 @@ def run_posthoc(dataset: str | Interactions = "synthetic:rank=16", seeds=3, *,
     if 0.0 not in lams or any(not 0.0 <= x <= 1.0 for x in lams):
         raise ValueError(f"lams must lie in [0, 1] and contain 0; got {lams}")
     t0 = time.perf_counter()
-    s = session_for(dataset, train_overrides, progress, session)
+    lams = real_sweep(lams, "lams", low=0.0, high=1.0)
+    candidates = check_candidates(candidates)
+    low_dim, high_dim = check_int(low_dim, "low_dim", min=1), check_int(high_dim, "high_dim", min=1)
     seeds = seed_list(seeds)
+    s = session_for(dataset, train_overrides, progress, session)
     relevance = total_relevance(s.data.truth) if s.data.truth is not None else None
     rows = []
     bar = Progress(len(seeds) * 2, "posthoc", progress)

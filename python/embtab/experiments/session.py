@@ -8,6 +8,7 @@ experiment.
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from collections.abc import Sequence
@@ -163,6 +164,58 @@ def seed_list(seeds) -> list:
         dup = next(x for x in out if out.count(x) > 1)
         raise ValueError(f"seeds must be distinct, got seed {dup} more than once in {out}")
     return out
+
+
+def int_sweep(values, name: str, *, min: int = 1) -> list:
+    """The values of an experiment's integer sweep (``dims``, ``candidates``, ...): a non-empty
+    sequence of distinct ints ``>= min``, checked before anything runs. TypeError names
+    ``name[i]`` for a value that is not an int (a float was truncated before: ``dims=(2.5,)``
+    trained d = 2), ValueError for an empty sweep (it wrote empty tables), a value under
+    ``min`` or a repeated one."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__} {values!r}")
+    items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+    out = [check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(items)]
+    if not out:
+        raise ValueError(f"{name} must hold at least one value, got {values!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must hold distinct values, got {out}")
+    return out
+
+
+def real_sweep(values, name: str, *, low: float | None = None, high: float | None = None) -> list:
+    """The values of an experiment's real sweep (``lams``, ``rows_per_id``, ...): a non-empty
+    sequence of distinct finite reals in ``[low, high]`` (either bound optional), checked
+    before anything runs (TypeError/ValueError naming ``name[i]`` or ``name``)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__} "
+                        f"{values!r}")
+    items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+    out = []
+    for i, v in enumerate(items):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name}[{i}] must be a number, got {type(v).__name__}")
+        x = float(v)
+        if not math.isfinite(x) or (low is not None and x < low) or (high is not None and x > high):
+            rng = f"[{'-inf' if low is None else format(low, 'g')}, " \
+                  f"{'inf' if high is None else format(high, 'g')}]"
+            raise ValueError(f"{name}[{i}] must be finite and in {rng}, got {v!r}")
+        out.append(x)
+    if not out:
+        raise ValueError(f"{name} must hold at least one value, got {values!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must hold distinct values, got {out}")
+    return out
+
+
+def check_candidates(value, name: str = "candidates") -> int:
+    """A candidate count C: an int >= k (each list holds k items taken from C candidates;
+    a C above the catalogue is the catalogue, as the experiments report)."""
+    c = check_int(value, name)
+    if c < K:
+        raise ValueError(f"{name} must be >= k = {K} (a list holds k items taken from its C "
+                         f"candidates), got {c}")
+    return c
 
 
 #: The training fields a tuned experiment picks per (configuration, seed): its rows hold them.

@@ -316,6 +316,13 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
                          "timestamps are each user's consumption order); use a 'stream:...' "
                          "data set, or real data with timestamps")
     check_enough_items(data)
+    if isinstance(data.truth, StreamTruth) and n_windows is not None \
+            and n_windows != data.truth.n_windows:
+        # the oracle reads the truth of each generated window: another cut would pair a window
+        # of interactions with the truth of another
+        raise ValueError(f"n_windows must be None or the stream's own {data.truth.n_windows} "
+                         f"for a synthetic stream (its truth is per generated window); got "
+                         f"{n_windows!r}")
     if n_windows is None and not isinstance(data.truth, StreamTruth):
         n_windows = QUICK_REAL_WINDOWS if quick else REAL_WINDOWS
     win = time_windows(data, n_windows)
