@@ -145,7 +145,7 @@ def _bad_inputs(tmp_path):
         (["--dataset", "synthetic:n_users=2.5"], "n_users must be an integer; got 2.5"),
         (["--dataset", "synthetic:zipf_s=nan"], "zipf_s must be a finite number; got nan"),
         (["--dataset", "synthetic:zipf_s=inf"], "zipf_s must be a finite number"),
-        (["--dataset", "synthetic:foo=1"], "unexpected keyword argument 'foo'"),
+        (["--dataset", "synthetic:foo=1"], "unknown key foo; synthetic data sets take "),
         (["--dataset", "synthetic:n_users"], "expected key=value, found 'n_users'"),
         (["--dataset", "synthetic:n_items=5,n_genres=2"], "has 5 items"),
         (["--dataset", small, "--out", str(afile)], "exists and is not a folder"),

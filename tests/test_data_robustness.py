@@ -623,3 +623,31 @@ def test_rated_items_missing_from_the_genre_file_are_warned_about(tmp_path):
     _write(csv, "movies.csv", "movieId,title,genres\n1,Toy Story (1995),Comedy\n")
     with pytest.warns(UserWarning, match=r"movies.csv: 1 of the 2 rated items have no line"):
         load_movielens(csv)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("synthetic:n_users=50,n_items=20,n_users=7", "key 'n_users' is given more than once"),
+    ("stream:n_users=30,n_items=25,n_windows=3,n_windows=4", "key 'n_windows' is given more"),
+    ("synthetic:n_user=5", "unknown key n_user; synthetic data sets take .*n_users"),
+    ("stream:n_users=30,n_items=20,foo=1", "unknown key foo; stream data sets take .*rank"),
+    ("synthetic:n_users=30,n_items=20,name=", "name must be a non-empty string"),
+    ("synthetic:n_users=30,n_items=20,rank=4,name=", "name must be a non-empty string"),
+    ("stream:n_users=30,n_items=25,n_windows=3,name=", "name must be a non-empty string"),
+])
+def test_dataset_spec_refuses_repeats_unknown_keys_and_empty_names(spec, match):
+    """A repeated key took its last value silently (7 users where 50 were asked first), an
+    unknown key failed as "power_law() got an unexpected keyword argument" without the valid
+    keys, and an empty name titled the report "Dataset ****"."""
+    with pytest.raises(ValueError, match=match):
+        load_dataset(spec)
+    # a stream passes the keys it does not own on to power_law_v2: those are known
+    assert load_dataset("stream:n_users=30,n_items=25,n_windows=3,rank=4").n_users == 30
+
+
+def test_generator_names_are_strings():
+    from embtab.data import power_law, power_law_v2
+
+    with pytest.raises(TypeError, match="name must be a string; got int"):
+        power_law(n_users=20, n_items=20, name=5)
+    with pytest.raises(TypeError, match="name must be a string; got NoneType"):
+        power_law_v2(n_users=20, n_items=20, name=None)

@@ -60,6 +60,7 @@ import numpy as np
 from embtab.data.containers import Interactions, RowSets
 from embtab.data.synthetic import (
     check_generator_args,
+    check_name,
     check_log_scale,
     check_seed,
     dirichlet_rows,
@@ -265,6 +266,7 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     # The default rank is capped by the matrix's size (a 10 x 12 matrix has rank <= 10); a
     # rank given explicitly is not, and is refused below when it is out of reach.
     r = (G if crowding else min(DEFAULT_RANK, U, I)) if rank is None else int(rank)
+    check_name(name)
     if not 0.0 <= merit <= 1.0:
         raise ValueError(f"merit must be in [0, 1]; got {merit}")
     if not (exposure >= 0 and math.isfinite(exposure)):

@@ -12,6 +12,7 @@ Sources reachable through :func:`load_dataset` spec strings (what the CLI passes
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import warnings
@@ -580,15 +581,30 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     kind, _, arg = spec.partition(":")
     if kind in ("synthetic", "stream"):
         kwargs: dict = {"seed": seed}
+        given: set = set()
         for item in filter(None, arg.split(",")):
             k, eq, v = item.partition("=")
             if not eq:
                 raise ValueError(f"dataset spec {spec!r}: expected key=value, found {item!r}")
-            kwargs[k.strip()] = _literal(v.strip())
+            k = k.strip()
+            if k in given:  # the last value won silently
+                raise ValueError(f"dataset spec {spec!r}: key {k!r} is given more than once")
+            given.add(k)
+            kwargs[k] = _literal(v.strip())
         if kind == "stream":
+            # its own arguments; the rest go to power_law_v2 (**v2)
             generate = power_law_stream
+            known = (set(inspect.signature(power_law_stream).parameters) - {"v2"}) | set(
+                inspect.signature(power_law_v2).parameters)
         else:
             generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
+            known = set(inspect.signature(power_law).parameters) | set(
+                inspect.signature(power_law_v2).parameters)
+        unknown = sorted(given - known)
+        if unknown:
+            raise ValueError(f"dataset spec {spec!r}: unknown key{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(unknown)}; {kind} data sets take "
+                             f"{', '.join(sorted(known))}")
         try:
             return generate(**kwargs)
         except (TypeError, ValueError) as e:

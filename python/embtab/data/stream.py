@@ -48,7 +48,7 @@ import numpy as np
 
 from embtab.data.containers import Interactions
 from embtab.data.generator_v2 import LatentTruth, power_law_v2
-from embtab.data.synthetic import exp_rows, lognormal_mu
+from embtab.data.synthetic import check_name, exp_rows, lognormal_mu
 from embtab.data.truth import Truth
 
 __all__ = ["STREAM_KEYS", "StreamTruth", "WindowTruth", "power_law_stream", "time_windows"]
@@ -228,6 +228,7 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
         150
     """
     W = _count(n_windows, "n_windows")
+    check_name(name)
     for what, v, hi in (("item_birth_share", item_birth_share, 1.0),
                         ("user_join_share", user_join_share, 1.0)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < hi:

@@ -39,6 +39,16 @@ def check_generator_args(n_users, n_items, n_genres, interactions_per_user, zipf
         raise ValueError(f"zipf_s must be > 0; got {zipf_s}")
 
 
+def check_name(name) -> str:
+    """A data set's ``name`` (it titles the reports): a non-empty string; TypeError or
+    ValueError naming ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string; got {type(name).__name__} {name!r}")
+    if not name.strip():
+        raise ValueError(f"name must be a non-empty string; got {name!r}")
+    return name
+
+
 def check_log_scale(n_items, zipf_s, **factors) -> None:
     """Refuse a factor f (name=value) for which the log weights ``-zipf_s · f · ln rank`` (rank
     up to ``n_items``) overflow float64: ValueError naming it. The generators weigh items in
@@ -138,6 +148,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     if mix_concentration <= 0 or activity_sigma < 0:
         raise ValueError(f"mix_concentration must be > 0 and activity_sigma >= 0; got "
                          f"{mix_concentration} and {activity_sigma}")
+    check_name(name)
     check_log_scale(n_items, zipf_s, beta=beta)  # item weights: -zipf_s·beta·ln rank
     seed = check_seed(seed)
     gpi = _probs3(genres_per_item, "genres_per_item")
