@@ -81,6 +81,10 @@ def test_ci95_half_width_and_report_cells_match_interval():
     assert ci_cell(0.5, 0.0, 1) == "0.5000"
     assert math.isnan(ci95_half_width(0.1, 1))
     assert ci_cell(float("nan"), 0.1, 3) == "–"
+    # the same value on every seed: no interval, as interval() and the sentences say
+    m, sd = mean_sd([1.0, 1.0, 1.0])
+    assert math.isnan(interval([1.0, 1.0, 1.0])["ci95_low"])
+    assert ci_cell(m, sd, 3) == "1.0000 (no spread)" and ci_cell(0.0, 0.0, 3) == "0.0000 (no spread)"
     # per column (arrays of deciles)
     np.testing.assert_allclose(ci95_half_width(np.array([1.0, 2.0]), 3),
                                [stats.t.ppf(0.975, 2) / math.sqrt(3) * x for x in (1, 2)])

@@ -34,12 +34,17 @@ def table(rows, first_cols, metrics_=TABLE_METRICS, extra=None) -> list:
 
 def ci_cell(mean, sd, n, digits: int = 4) -> str:
     """``mean [low, high]``, the Student-t 95% interval from ``sd`` over ``n`` seeds; the mean
-    alone for one seed (no interval) and "–" when it is missing."""
+    alone for one seed (no interval), ``mean (no spread)`` when every seed gave the same value
+    (sd 0 up to rounding: :func:`~embtab.experiments.intervals.interval` gives no interval
+    then, and the sentences say so; a ``[x, x]`` here would read as a measured agreement), and
+    "–" when the mean is missing."""
     half = ci95_half_width(sd, n) if sd is not None and isinstance(sd, float) else float("nan")
     if not (isinstance(half, float) and math.isfinite(half)):
         return fmt(mean, digits=digits)
     if mean is None or not math.isfinite(mean):
         return "–"
+    if sd <= 1e-12 * abs(mean):
+        return f"{mean:.{digits}f} (no spread)"
     return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
