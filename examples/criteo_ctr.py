@@ -217,7 +217,8 @@ def train_eval(kind, labels, ids, args) -> dict:
     with tqdm(total=steps, desc=kind, disable=args.no_progress, file=sys.stderr) as bar:
         for _ in range(args.epochs):
             for s in range(0, n_train, args.batch):
-                loss = loss_fn(model(x[s : s + args.batch]), y[s : s + args.batch])
+                e = min(s + args.batch, n_train)  # the last batch stops at the test rows
+                loss = loss_fn(model(x[s:e]), y[s:e])
                 for o in opts:
                     o.zero_grad()
                 loss.backward()
@@ -246,30 +247,56 @@ def train_eval(kind, labels, ids, args) -> dict:
     return out
 
 
+def _at_least(low: int):
+    """An argparse type: an int >= ``low`` (argparse then names the flag in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="Criteo-layout file (default: the sample)"
     )
     ap.add_argument(
-        "--synthetic", type=int, metavar="N", help="use N synthetic Criteo-like rows instead"
+        "--synthetic", type=_at_least(1), metavar="N",
+        help="use N synthetic Criteo-like rows instead",
     )
-    ap.add_argument("--max-rows", type=int, metavar="N", help="read at most N rows of --data")
+    ap.add_argument("--max-rows", type=_at_least(1), metavar="N",
+                    help="read at most N rows of --data")
     ap.add_argument(
         "--rows",
-        type=int,
+        type=_at_least(1),
         default=512,
         help="rows of each field's table (equal memory); at least the distinct IDs of one batch",
     )
-    ap.add_argument("--dim", type=int, default=8)
-    ap.add_argument("--min-count", type=int, default=2, help="CuckooEmbedding admission threshold")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--dim", type=_at_least(1), default=8)
+    ap.add_argument("--min-count", type=_at_least(1), default=2,
+                    help="CuckooEmbedding admission threshold")
+    ap.add_argument("--epochs", type=_at_least(1), default=3)
+    ap.add_argument("--batch", type=_at_least(1), default=256)
+    ap.add_argument("--lr", type=_positive_float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.synthetic:
+    if args.synthetic is not None:
         labels, ids = synthetic_criteo(args.synthetic, args.seed)
         source = f"synthetic ({args.synthetic:,} rows)"
     else:
@@ -299,7 +326,11 @@ def main(argv=None) -> int:
     print("| model | logloss | AUC | notes |")
     print("|---|---:|---:|---|")
     for kind in ("cuckoo", "hashed"):
-        r = train_eval(kind, labels, ids, args)
+        try:
+            r = train_eval(kind, labels, ids, args)
+        except ValueError as e:  # e.g. --rows below the distinct IDs of one batch
+            print(f"error: {kind}: {e}", file=sys.stderr)
+            return 2
         if kind == "cuckoo":
             note = (
                 f"{r['num_ids']:,} live IDs, {r['num_admissions']:,} admitted, "

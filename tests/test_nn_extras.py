@@ -90,3 +90,48 @@ def test_module_benchmark_quick_runs():
     for part in ("embedding", "bag"):
         assert all(v > 0 for v in res[part]["seconds_per_step"].values())
     assert "| CuckooEmbedding |" in module.format_markdown(res)
+
+
+def test_example_never_trains_on_its_test_rows(monkeypatch):
+    """The training loop's last batch stopped at the batch size, not at the 80% split: with
+    1,000 rows and batches of 256 it trained on rows 768-1023, every test row included, and
+    on labels shuffled at random it reported an AUC of 0.92-0.99."""
+    ex = load_example()
+    labels, ids = ex.synthetic_criteo(1000, 0)
+    seen = []
+    make = ex.make_model
+
+    def recording(*a, **k):
+        model = make(*a, **k)
+        forward = model.forward
+
+        def fwd(x):
+            if model.training:
+                seen.append(len(x))
+            return forward(x)
+
+        model.forward = fwd
+        return model
+
+    monkeypatch.setattr(ex, "make_model", recording)
+    args = ex.argparse.Namespace(seed=0, rows=4096, dim=4, min_count=1, lr=0.01, epochs=1,
+                                 batch=256, no_progress=True)
+    ex.train_eval("hashed", labels, ids, args)
+    assert sum(seen) == 800 and seen[-1] == 800 - 3 * 256
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--synthetic", "0"),
+                                         ("--synthetic", "-5"), ("--rows", "0"),
+                                         ("--min-count", "0"), ("--lr", "nan")])
+def test_example_refuses_bad_flags_in_one_line(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_example().main([flag, value, "--no-progress"])
+    assert e.value.code == 2
+    assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_example_too_few_rows_is_one_line(capsys):
+    ex = load_example()
+    assert ex.main(["--synthetic", "2000", "--rows", "10", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cuckoo: ") and "Traceback" not in err
