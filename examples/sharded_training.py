@@ -49,13 +49,36 @@ def batch(step: int, rank: int, size: int = 256, fields: int = 8):
     return torch.from_numpy(ids.reshape(-1)), torch.arange(0, size * fields, fields), label
 
 
+def _at_least(low: int):
+    """An argparse type: an int >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--dim", type=int, default=16)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Run it under torchrun, e.g. torchrun --nproc-per-node 2 "
+               "examples/sharded_training.py --steps 50 --ckpt /tmp/embtab-ckpt",
+    )
+    ap.add_argument("--steps", type=_at_least(0), default=50)
+    ap.add_argument("--dim", type=_at_least(1), default=16)
     ap.add_argument("--ckpt", help="checkpoint directory (shared by all ranks)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a dead peer fails the others")
     args = ap.parse_args()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        ap.error("run it under torchrun (RANK and WORLD_SIZE are not set), e.g. "
+                 "torchrun --nproc-per-node 2 examples/sharded_training.py")
+    if args.ckpt and os.path.exists(args.ckpt) and not os.path.isdir(args.ckpt):
+        # refused before training, not after the last step
+        ap.error(f"--ckpt {args.ckpt} exists and is not a directory")
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))  # env:// from torchrun
     rank = dist.get_rank()
