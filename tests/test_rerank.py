@@ -973,3 +973,12 @@ def test_minus_inf_in_a_distribution_is_named_as_such():
     with pytest.raises(ValueError, match=r"target row 0 holds -inf"):
         rerank.calibrated(np.array([[0.3, 0.2]]), np.array([[1.0, 0.0], [0.0, 1.0]]),
                           np.array([[-np.inf, 1.0]]), 1)
+
+
+@pytest.mark.parametrize("threads", [(0,), (), (1, 2.0), (True,)])
+def test_rerank_benchmark_refuses_bad_thread_counts_before_running(threads):
+    """--threads 0 ran part of the benchmark, then failed in torch.set_num_threads."""
+    from embtab.benchmarks import rerank as rb
+
+    with pytest.raises(ValueError, match="num_threads must be a non-empty sequence of ints >= 1"):
+        rb.run(quick=True, num_threads=threads)

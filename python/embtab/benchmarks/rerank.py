@@ -18,6 +18,7 @@ Implementations:
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from functools import partial
 from itertools import combinations
@@ -240,7 +241,15 @@ def run(quick: bool = False, num_threads=(1, 2), seed=0) -> dict:
         Thread counts for embtab.
     seed : int
         Workload seed.
+
+    Raises ValueError, before anything runs, when ``num_threads`` is empty or holds a count
+    under 1 (0 failed half-way through, in ``torch.set_num_threads``).
     """
+    num_threads = tuple(num_threads)
+    if not num_threads or any(isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 1
+                              for t in num_threads):
+        raise ValueError(f"num_threads must be a non-empty sequence of ints >= 1, got "
+                         f"{num_threads!r}")
     U = 2_000 if quick else 10_000
     C, G, k, lam = 500, 20, 10, 0.5
     reps = 3 if quick else 7
