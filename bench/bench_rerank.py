@@ -10,24 +10,14 @@ import argparse
 import json
 
 from embtab.benchmarks import rerank
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an int >= 1 (0 failed half-way through the run, in torch)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+from embtab.cli import int_at_least
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (smoke run)")
     ap.add_argument("--out", default=None, help="write the raw results as JSON here")
-    ap.add_argument("--threads", type=_positive, nargs="+", default=[1, 2],
+    ap.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2],
                     help="embtab thread counts (each >= 1)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import embtab.nn as enn
 import embtab.optim as eo
+from embtab.cli import int_at_least
 
 N_FIELDS = 26
 MISSING = -1  # the padding ID (2**64 - 1 as uint64): no real ID has all 64 bits set
@@ -247,19 +248,6 @@ def train_eval(kind, labels, ids, args) -> dict:
     return out
 
 
-def _at_least(low: int):
-    """An argparse type: an int >= ``low`` (argparse then names the flag in its one-line error)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
-        return v
-    return parse
-
-
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -276,22 +264,22 @@ def main(argv=None) -> int:
         "--data", type=Path, default=DEFAULT_DATA, help="Criteo-layout file (default: the sample)"
     )
     ap.add_argument(
-        "--synthetic", type=_at_least(1), metavar="N",
+        "--synthetic", type=int_at_least(1), metavar="N",
         help="use N synthetic Criteo-like rows instead",
     )
-    ap.add_argument("--max-rows", type=_at_least(1), metavar="N",
+    ap.add_argument("--max-rows", type=int_at_least(1), metavar="N",
                     help="read at most N rows of --data")
     ap.add_argument(
         "--rows",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=512,
         help="rows of each field's table (equal memory); at least the distinct IDs of one batch",
     )
-    ap.add_argument("--dim", type=_at_least(1), default=8)
-    ap.add_argument("--min-count", type=_at_least(1), default=2,
+    ap.add_argument("--dim", type=int_at_least(1), default=8)
+    ap.add_argument("--min-count", type=int_at_least(1), default=2,
                     help="CuckooEmbedding admission threshold")
-    ap.add_argument("--epochs", type=_at_least(1), default=3)
-    ap.add_argument("--batch", type=_at_least(1), default=256)
+    ap.add_argument("--epochs", type=int_at_least(1), default=3)
+    ap.add_argument("--batch", type=int_at_least(1), default=256)
     ap.add_argument("--lr", type=_positive_float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from embtab.cli import int_at_least
 from embtab.distributed import ShardedCuckooEmbeddingBag
 
 
@@ -49,27 +50,14 @@ def batch(step: int, rank: int, size: int = 256, fields: int = 8):
     return torch.from_numpy(ids.reshape(-1)), torch.arange(0, size * fields, fields), label
 
 
-def _at_least(low: int):
-    """An argparse type: an int >= ``low``."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
-        return v
-    return parse
-
-
 def main():
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Run it under torchrun, e.g. torchrun --nproc-per-node 2 "
                "examples/sharded_training.py --steps 50 --ckpt /tmp/embtab-ckpt",
     )
-    ap.add_argument("--steps", type=_at_least(0), default=50)
-    ap.add_argument("--dim", type=_at_least(1), default=16)
+    ap.add_argument("--steps", type=int_at_least(0), default=50)
+    ap.add_argument("--dim", type=int_at_least(1), default=16)
     ap.add_argument("--ckpt", help="checkpoint directory (shared by all ranks)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a dead peer fails the others")
     args = ap.parse_args()

@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["int_at_least", "main"]
 
 #: what --quick changes for the training experiments (default seeds: 3 -> 1)
 QUICK_SEEDS = 1
@@ -67,14 +67,34 @@ def _benchmarks() -> dict:
     return REGISTRY
 
 
-def _seeds(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (seeds 0..N-1), got {n}")
-    return n
+def int_at_least(low: int, hint: str = ""):
+    """An argparse ``type``: the flag's text as an int ``>= low``, else argparse's one-line
+    error naming the flag ("argument --batch: must be >= 1, got 0"; ``hint`` is added in
+    brackets). Used by the CLI, the bench scripts and the examples.
+
+    Example::
+
+        >>> import argparse
+        >>> ap = argparse.ArgumentParser()
+        >>> _ = ap.add_argument("--batch", type=int_at_least(1))
+        >>> ap.parse_args(["--batch", "8"]).batch
+        8
+    """
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {low}, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(
+                f"must be >= {low}{f' ({hint})' if hint else ''}, got {n}")
+        return n
+
+    return parse
+
+
+_seeds = int_at_least(1, "seeds 0..N-1")
 
 
 class _Parser(argparse.ArgumentParser):
