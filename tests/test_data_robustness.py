@@ -651,3 +651,17 @@ def test_generator_names_are_strings():
         power_law(n_users=20, n_items=20, name=5)
     with pytest.raises(TypeError, match="name must be a string; got NoneType"):
         power_law_v2(n_users=20, n_items=20, name=None)
+
+
+def test_split_by_time_orders_the_extreme_timestamps():
+    """by_time sorted on -timestamps: -INT64_MIN overflows to INT64_MIN, so the earliest possible
+    stamp went to the test set as the latest."""
+    from embtab.data import train_test_split
+
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    for ts, latest in (([lo, 5, 10], 10), ([lo, hi, 0], hi), ([5, lo, lo + 1], 5)):
+        d = Interactions(name="t", user_ids=np.arange(1, dtype=np.int64),
+                         item_ids=np.arange(3, dtype=np.int64), users=np.zeros(3, np.int64),
+                         items=np.arange(3), timestamps=np.array(ts, dtype=np.int64))
+        _, te = train_test_split(d, n_test=1, by_time=True)
+        assert te.timestamps.tolist() == [latest]

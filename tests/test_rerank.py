@@ -982,3 +982,24 @@ def test_rerank_benchmark_refuses_bad_thread_counts_before_running(threads):
 
     with pytest.raises(ValueError, match="num_threads must be a non-empty sequence of ints >= 1"):
         rb.run(quick=True, num_threads=threads)
+
+
+def test_items_without_a_category_do_not_count_in_either_distribution():
+    """A zero row of item_dist (an item with no category) counted in the list's mean and in the
+    history's weight: q did not sum to 1 and miscalibration differed from miscalibration@k's
+    (docs/metrics.md: q over the items that carry a genre); user_distribution's row summed to
+    0.5."""
+    from embtab import metrics
+    from embtab.data import RowSets
+
+    genres = RowSets.from_lists([[0], [1], []], n_cols=2)      # item 2 has no genre
+    w = genres.split_weights()
+    top, p = np.array([[0, 2]]), np.array([[0.5, 0.5]])
+    want = 0.5 * np.log(0.5 / (0.99 + 0.005)) + 0.5 * np.log(0.5 / 0.005)   # q = (1, 0)
+    assert rerank.miscalibration(top, w, p)[0] == pytest.approx(want, rel=1e-12)
+    assert metrics.miscalibration_at_k(top, [np.array([0, 1])], genres, k=2) == \
+        pytest.approx(want, rel=1e-12)
+    # a list of genre-less items only: q = 0, the KL of alpha * p alone
+    assert rerank.miscalibration(np.array([[2, 2]]), w, p)[0] == pytest.approx(np.log(100))
+    np.testing.assert_array_equal(rerank.user_distribution([np.array([0, 2])], w), [[1.0, 0.0]])
+    np.testing.assert_array_equal(rerank.user_distribution([np.array([2])], w), [[0.0, 0.0]])

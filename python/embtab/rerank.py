@@ -396,7 +396,9 @@ def calibrated(
     alpha : float, default 0.01
         Smoothing in [0, 1). With ``alpha = 0`` the KL is +inf while a category with
         ``p_g > 0`` is missing from the list; a candidate that makes it finite wins, and if
-        none does every value is -inf and the lowest unpicked index wins. (An alpha so small
+        none does every value is -inf and the lowest unpicked index among the candidates with
+        a finite score wins (a ``-inf`` score is still picked only after every finite one;
+        among ``-inf`` scores, the lowest index). (An alpha so small
         that ``alpha * p_g`` underflows, below ~1e-300, is not meaningful; there the result
         may differ from a literal evaluation by floating-point underflow.)
     candidates : ndarray of int64, shape [U, C], optional
@@ -607,8 +609,10 @@ def user_distribution(
 ) -> npt.NDArray[np.float64]:
     """Each user's category distribution p(g|u), the weighted mean of their history items' rows.
 
-    ``p(g|u) = sum_i w_ui item_dist[i, g] / sum_i w_ui`` (Steck 2018, eq. 1), with ``w_ui`` the
-    stored values of the user's history row (1 for a plain interaction).
+    ``p(g|u) = sum_i w_ui item_dist[i, g] / sum_i w_ui sum_g' item_dist[i, g']`` (Steck 2018,
+    eq. 1, where every row of ``item_dist`` sums to 1), with ``w_ui`` the stored values of the
+    user's history row (1 for a plain interaction); an item with no category (a zero row) does
+    not count.
 
     Parameters
     ----------
@@ -621,8 +625,8 @@ def user_distribution(
     Returns
     -------
     ndarray of float64, shape [U, G]
-        Rows sum to 1; a user with an empty history gets an all-zero row (accepted by
-        :func:`calibrated` as "no target").
+        Rows sum to 1; a user with an empty history, or one of items without a category only,
+        gets an all-zero row (accepted by :func:`calibrated` as "no target").
 
     Raises
     ------
@@ -658,7 +662,6 @@ def user_distribution(
             row = int(np.searchsorted(h.indptr, j, side="right") - 1)
             raise ValueError(f"histories row {row} holds the weight {float(w[j])!r}; weights must be finite and >= 0")
         num = np.asarray(h @ dense, dtype=np.float64)
-        den = np.asarray(h.sum(axis=1), dtype=np.float64).ravel()
     else:
         rows = [np.asarray(r) for r in histories]
         for u, r in enumerate(rows):
@@ -668,11 +671,10 @@ def user_distribution(
                 raise ValueError(f"histories[{u}] holds an item id outside [0, {n_items})")
         num = np.stack([dense[r.astype(np.int64)].sum(axis=0) if r.size else np.zeros(dense.shape[1])
                         for r in rows]) if rows else np.zeros((0, dense.shape[1]))
-        den = np.array([float(r.size) for r in rows])
-    out = np.zeros_like(num)
-    nz = den > 0
-    out[nz] = num[nz] / den[nz, None]
-    return out
+    # normalised by the history's category mass, not its weight: an item with no category (a
+    # zero row of item_dist) does not count, and the rows sum to 1 (docs/metrics.md's p(g|u))
+    tot = num.sum(axis=1, keepdims=True)
+    return np.divide(num, tot, out=np.zeros_like(num), where=tot > 0)
 
 
 def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.8)) -> npt.NDArray[np.float64]:
@@ -758,7 +760,10 @@ def miscalibration(
 ) -> npt.NDArray[np.float64]:
     """Per-user miscalibration ``sum_g p_g ln(p_g / q~_g)`` of given lists.
 
-    ``q`` is the mean of the list items' rows of ``item_dist``, ``q~ = (1-alpha) q + alpha p``,
+    ``q`` is the mean of the list items' rows of ``item_dist`` over the items that carry category
+    mass (``q_g = sum_i item_dist[i, g] / sum_i sum_g' item_dist[i, g']``: a zero row, an item
+    with no category, does not count; a list of such items only has ``q = 0``),
+    ``q~ = (1-alpha) q + alpha p``,
     natural log, genres with ``p_g = 0`` contribute 0 (:func:`smoothed_kl`; ``miscalibration@k`` of
     docs/metrics.md is the mean of this over users).
 
@@ -816,9 +821,14 @@ def miscalibration(
         raise ValueError(f"lists[{u}, {j}] holds item id {int(lists[u, j])}, outside [0, n_items) with "
                          f"n_items = {n_items} (the rows of item_dist)")
     if is_sparse(item_dist):
-        q = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).mean(axis=1)
+        m = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).sum(axis=1)
     else:
-        q = np.asarray(item_dist, dtype=np.float64)[lists].mean(axis=1)
+        m = np.asarray(item_dist, dtype=np.float64)[lists].sum(axis=1)
+    # q: the mean over the list items that carry category mass (an item with no category, a
+    # zero row, does not count), as miscalibration@k defines it (docs/metrics.md); a list with
+    # no such item has q = 0
+    tot = m.sum(axis=1, keepdims=True)
+    q = np.divide(m, tot, out=np.zeros_like(m), where=tot > 0)
     return smoothed_kl(p, q, alpha)
 
 

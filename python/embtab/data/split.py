@@ -71,7 +71,9 @@ def train_test_split(data: Interactions, test_fraction: float = 0.2, seed: int =
         t = np.zeros_like(n)
     tie = rng.random(data.n_interactions)
     if by_time:
-        order = np.lexsort((tie, -data.timestamps, data.users))
+        # latest first: ~t (= -t - 1) reverses the order without -t's overflow at INT64_MIN,
+        # which sent the earliest possible stamp to the test set as the latest
+        order = np.lexsort((tie, ~data.timestamps, data.users))
     else:
         order = np.lexsort((tie, data.users))
     rank = np.empty(data.n_interactions, dtype=np.int64)
