@@ -33,19 +33,6 @@ static StepFn load(const char* path) {
     return reinterpret_cast<StepFn>(f);
 }
 
-// Floats is an array of n floats set to v, aligned to 64 bytes as torch's and NumPy's large
-// arrays are.
-struct Floats {
-    float* p;
-    Floats(std::size_t n, float v) : p(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64))) {
-        if (p == nullptr) std::exit(2);
-        std::fill_n(p, n, v);
-    }
-    ~Floats() { std::free(p); }
-    Floats(const Floats&) = delete;
-    Floats& operator=(const Floats&) = delete;
-};
-
 int main(int argc, char** argv) {
     if (argc != 6) {
         std::fprintf(stderr, "usage: %s ROWS_FILE {sgd|adagrad|rw|adam} {rows|bcast} A.so B.so\n", argv[0]);
@@ -60,13 +47,10 @@ int main(int argc, char** argv) {
     const std::size_t n = issue16::kRows, d = issue16::kDim, batch = issue16::kBatch, bag = issue16::kBag;
     const std::vector<std::int64_t> rows = issue16::read_rows(argv[1]);
     const StepFn step[2] = {load(argv[4]), load(argv[5])};
-    Floats w((n + 1) * d, 0.0f), s1((n + 1) * d, 0.0f), s2((n + 1) * d, 0.0f);
-    std::mt19937 g(1);
-    std::normal_distribution<float> nd;
-    for (std::size_t i = 0; i < (n + 1) * d; ++i) w.p[i] = nd(g);
-    std::vector<float> grad(batch / bag * d, 1e-3f);
-    std::vector<std::int64_t> off(batch / bag + 1);
-    for (std::size_t b = 0; b <= batch / bag; ++b) off[b] = static_cast<std::int64_t>(b * bag);
+    issue16::StepArrays a;
+    issue16::Floats &w = a.w, &s1 = a.s1, &s2 = a.s2;
+    std::vector<float>& grad = a.grad;
+    std::vector<std::int64_t>& off = a.off;
     std::vector<double> ts[2][2];
     for (int call = 0; call < 3200; ++call) {
         const int setting = (call / 8) % 4, lib = setting / 2, threads = 1 + setting % 2;

@@ -16,20 +16,6 @@
 #include "embtab/optim.hpp"
 #include "issue16.hpp"
 
-// AlignedFloats is an array of n floats set to v, aligned to 64 bytes.
-struct AlignedFloats {
-    float* p;
-    AlignedFloats(std::size_t n, float v)
-        : p(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64))) {
-        if (p == nullptr) std::exit(2);
-        std::fill_n(p, n, v);
-    }
-    ~AlignedFloats() { std::free(p); }
-    AlignedFloats(const AlignedFloats&) = delete;
-    AlignedFloats& operator=(const AlignedFloats&) = delete;
-    float* data() { return p; }
-};
-
 int main(int argc, char** argv) {
     if (argc < 4) {
         std::fprintf(stderr, "usage: %s ROWS_FILE {sgd|rw|adagrad|adam} THREADS\n", argv[0]);
@@ -39,16 +25,12 @@ int main(int argc, char** argv) {
     const int threads = std::atoi(argv[3]);
     const std::size_t n = issue16::kRows, d = issue16::kDim, batch = issue16::kBatch, bag = issue16::kBag;
     const std::vector<std::int64_t> rows = issue16::read_rows(argv[1]);
-    // 64-byte aligned, as torch's and NumPy's large arrays are: std::vector's memory (malloc's,
-    // 16-byte aligned) splits every row over one more cache line and lets rows of two threads'
-    // parts share a line, which made the 2-thread step look slower than the modules' is
-    AlignedFloats w((n + 1) * d, 0.0f), s1((n + 1) * d, 0.0f), s2((n + 1) * d, 0.0f);
-    std::mt19937 g(1);
-    std::normal_distribution<float> nd;
-    for (std::size_t i = 0; i < (n + 1) * d; ++i) w.data()[i] = nd(g);
-    std::vector<float> grad(batch / bag * d, 1e-3f);
-    std::vector<std::int64_t> off(batch / bag + 1);
-    for (std::size_t b = 0; b <= batch / bag; ++b) off[b] = static_cast<std::int64_t>(b * bag);
+    // 64-byte aligned (issue16::Floats): with std::vector the 2-thread step looked slower than
+    // the modules' is
+    issue16::StepArrays a;
+    issue16::Floats &w = a.w, &s1 = a.s1, &s2 = a.s2;
+    std::vector<float>& grad = a.grad;
+    std::vector<std::int64_t>& off = a.off;
     embtab::BatchGrad<float> bg;
     bg.grad = grad.data();
     bg.num_bags = batch / bag;
@@ -63,9 +45,9 @@ int main(int argc, char** argv) {
     std::vector<double> ts;
     for (int rep = 0; rep < 400; ++rep) {
         const auto t0 = std::chrono::steady_clock::now();
-        embtab::fused_step<float>(w.data(), n, d, rows.data() + (rep % 8) * batch, batch, static_cast<std::int64_t>(n),
-                                  bg, p.kind == embtab::OptimKind::kSGD ? nullptr : s1.data(),
-                                  p.kind == embtab::OptimKind::kAdam ? s2.data() : nullptr, p, threads);
+        embtab::fused_step<float>(w.p, n, d, rows.data() + (rep % 8) * batch, batch, static_cast<std::int64_t>(n),
+                                  bg, p.kind == embtab::OptimKind::kSGD ? nullptr : s1.p,
+                                  p.kind == embtab::OptimKind::kAdam ? s2.p : nullptr, p, threads);
         ts.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(ts.begin(), ts.end());

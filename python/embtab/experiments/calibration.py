@@ -42,6 +42,7 @@ from embtab.experiments.session import (
     evaluate_lists,
     make_result,
     check_candidates,
+    int_sweep,
     real_sweep,
     seed_list,
     session_for,
@@ -188,11 +189,8 @@ def run_calibration(dataset: str | Interactions = "synthetic", seeds=3, *,
     """
     t0 = time.perf_counter()
     lams = real_sweep(lams, "lams", low=0.0, high=1.0)
-    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (Sequence, np.ndarray)) \
-            or len(candidates) == 0:
-        raise ValueError(f"candidates must be a non-empty sequence of ints >= k = 10, got "
-                         f"{candidates!r}")
-    asked = [check_candidates(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+    asked = [check_candidates(c, f"candidates[{i}]")
+             for i, c in enumerate(int_sweep(candidates, "candidates"))]
     chunk = check_int(chunk, "chunk", min=1)
     dim = check_int(dim, "dim", min=1)
     seeds = seed_list(seeds)
@@ -368,30 +366,25 @@ def plot_calibration(results: dict, path) -> Path:
     return save_figure(fig, path)
 
 
+def _pairs(results: dict, C, lam: float) -> list:
+    """Per seed with calibrated rows at both, the rows ``(at (C, lam), at (C, λ = 0))``."""
+    by = {(r["candidates"], r["lam"], r["seed"]): r for r in results["rows"]
+          if r.get("model") == "mf+calibrated"}
+    return [(by[(C, lam, s)], by[(C, 0.0, s)])
+            for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by]
+
+
 def _paired_ratio(results: dict, C, lam: float, metric: str) -> dict:
     """Per seed, ``metric`` at (C, ``lam``) over its value at (C, λ = 0), as an
     :func:`interval` (seeds where the ratio is undefined are left out of it)."""
-    by = {(r["candidates"], r["lam"], r["seed"]): r for r in results["rows"]
-          if r.get("model") == "mf+calibrated"}
-    return interval([_ratio(by[(C, lam, s)][metric], by[(C, 0.0, s)][metric])
-                     for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by])
+    return interval([_ratio(a[metric], b[metric]) for a, b in _pairs(results, C, lam)])
 
 
 def _paired_diff(results: dict, C, lam: float, metric: str) -> dict:
     """Per seed, ``metric`` at (C, ``lam``) minus its value at (C, λ = 0), as an
     :func:`interval` (defined wherever both values are finite, unlike the ratio)."""
-    by = {(r["candidates"], r["lam"], r["seed"]): r for r in results["rows"]
-          if r.get("model") == "mf+calibrated"}
-    return interval([by[(C, lam, s)][metric] - by[(C, 0.0, s)][metric]
-                     for (c, la, s) in by if c == C and la == 0.0 and (C, lam, s) in by
-                     and by[(C, lam, s)][metric] is not None and by[(C, 0.0, s)][metric] is not None])
-
-
-def _n_paired(results: dict, C, lam: float) -> int:
-    """The number of seeds with calibrated rows at both (C, ``lam``) and (C, λ = 0)."""
-    keys = {(r["candidates"], r["lam"], r["seed"]) for r in results["rows"]
-            if r.get("model") == "mf+calibrated"}
-    return sum(1 for (c, la, s) in keys if c == C and la == 0.0 and (C, lam, s) in keys)
+    return interval([a[metric] - b[metric] for a, b in _pairs(results, C, lam)
+                     if a[metric] is not None and b[metric] is not None])
 
 
 def _over(n: int, paired: int, base: str) -> str:
@@ -464,9 +457,9 @@ def findings(results: dict) -> list:
             out.append(f"No λ up to {lams[-1]:g} is shown to halve miscalibration@10 at C={C} "
                        f"(no paired ratio to λ=0's has its 95% interval at or below 50%; at "
                        f"λ={lams[-1]:g} it is {_ci_pct(last)}, over "
-                       f"{_over(last['n'], _n_paired(results, C, lams[-1]), 'miscalibration@10')}).")
+                       f"{_over(last['n'], len(_pairs(results, C, lams[-1])), 'miscalibration@10')}).")
         else:
-            paired = _n_paired(results, C, half)
+            paired = len(_pairs(results, C, half))
             ndcg = _paired_ratio(results, C, half, "ndcg@10")
             if ndcg["n"] == paired:
                 change = {k: (v - 1 if k != "n" and k != "sd" else v) for k, v in ndcg.items()}

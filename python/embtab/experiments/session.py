@@ -148,15 +148,11 @@ def seed_list(seeds) -> list:
     holding a non-int) and ValueError for no seed or a repeated one (two runs of one seed are
     not independent: their spread would read as agreement), each naming ``seeds``.
     """
-    if isinstance(seeds, (bool, np.bool_, str, bytes)) or not isinstance(
-            seeds, (numbers.Integral, Sequence, np.ndarray)):
-        raise TypeError(f"seeds must be an int (a count) or a sequence of ints, got "
-                        f"{type(seeds).__name__} {seeds!r}")
-    if isinstance(seeds, numbers.Integral):
-        out = list(range(check_int(seeds, "seeds")))
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, (bool, np.bool_)):
+        out = list(range(int(seeds)))
     else:
-        items = seeds.ravel().tolist() if isinstance(seeds, np.ndarray) else seeds
-        out = [check_int(x, f"seeds[{i}]") for i, x in enumerate(items)]
+        out = [check_int(x, f"seeds[{i}]") for i, x in
+               enumerate(_sequence(seeds, "seeds", "an int (a count) or a sequence of ints"))]
     if not out:
         raise ValueError(f"seeds must name at least one seed (a count >= 1 or a list); got "
                          f"{seeds!r}")
@@ -166,15 +162,21 @@ def seed_list(seeds) -> list:
     return out
 
 
+def _sequence(values, name: str, what: str) -> list:
+    """``values`` (a list, tuple, range or NumPy array, not a string) as a list; TypeError
+    naming ``name`` otherwise (``what`` says what was expected)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be {what}, got {type(values).__name__} {values!r}")
+    return values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+
+
 def int_sweep(values, name: str, *, min: int = 1) -> list:
     """The values of an experiment's integer sweep (``dims``, ``candidates``, ...): a non-empty
     sequence of distinct ints ``>= min``, checked before anything runs. TypeError names
     ``name[i]`` for a value that is not an int (a float was truncated before: ``dims=(2.5,)``
     trained d = 2), ValueError for an empty sweep (it wrote empty tables), a value under
     ``min`` or a repeated one."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__} {values!r}")
-    items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+    items = _sequence(values, name, "a sequence of ints")
     out = [check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(items)]
     if not out:
         raise ValueError(f"{name} must hold at least one value, got {values!r}")
@@ -187,12 +189,8 @@ def real_sweep(values, name: str, *, low: float | None = None, high: float | Non
     """The values of an experiment's real sweep (``lams``, ``rows_per_id``, ...): a non-empty
     sequence of distinct finite reals in ``[low, high]`` (either bound optional), checked
     before anything runs (TypeError/ValueError naming ``name[i]`` or ``name``)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__} "
-                        f"{values!r}")
-    items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
     out = []
-    for i, v in enumerate(items):
+    for i, v in enumerate(_sequence(values, name, "a sequence of numbers")):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise TypeError(f"{name}[{i}] must be a number, got {type(v).__name__}")
         x = float(v)
