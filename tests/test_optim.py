@@ -631,8 +631,13 @@ def test_fused_steps_bad_job_changes_nothing():
     with pytest.raises(IndexError, match=r"job 2: rows\[17\] = 51 is outside"):
         _core.fused_steps(jobs_bad, num_threads=2)
     shared = [tuple(jobs[0]), tuple([jobs[0][0]] + list(jobs[1][1:]))]  # job 1 on job 0's weight
-    with pytest.raises(ValueError, match="jobs 0 and 1 share a weight or state array"):
+    with pytest.raises(ValueError, match="jobs 0 and 1 share memory that one of them writes"):
         _core.fused_steps(shared, num_threads=2)
+    # job 1 reads (as its gradient) a slice of the weight job 0 writes, while job 0 runs
+    reads = list(jobs[1])
+    reads[2] = jobs[0][0][1 : 1 + len(reads[2]), : reads[2].shape[1]]
+    with pytest.raises(ValueError, match="jobs 0 and 1 share memory that one of them writes"):
+        _core.fused_steps([tuple(jobs[0]), tuple(reads)], num_threads=2)
     with pytest.raises(TypeError, match=r"jobs\[1\] must be a tuple of fused_step's first 18"):
         _core.fused_steps([tuple(jobs[0]), tuple(jobs[1][:5])])
     with pytest.raises(TypeError, match="grad must have the weight's dtype"):
@@ -644,6 +649,53 @@ def test_fused_steps_bad_job_changes_nothing():
             if isinstance(x, np.ndarray):
                 assert np.array_equal(x, y)
     assert _core.fused_steps([], num_threads=2) == 0
+
+
+@pytest.mark.parametrize("name", ["lr", "eps", "momentum", "weight_decay", "beta1", "beta2"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_fused_step_refuses_non_finite_hyperparameters(name, value):
+    rng = np.random.default_rng(9)
+    job = _job_args(rng, "adam", 30, 4, 100, 10, np.float32)
+    before = _copy_job(job)
+    at = {"lr": 11, "eps": 12, "momentum": 13, "weight_decay": 15, "beta1": 16, "beta2": 17}[name]
+    job[at] = value
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        _core.fused_step(*job, num_threads=1)
+    for x, y in zip(job, before):
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y)
+
+
+def test_fused_step_refuses_arrays_sharing_the_written_memory():
+    # Oracle: the step writes weight, state1 and state2 in place; an alias of any of them among
+    # its arrays would make the update read what it has just written. Each is refused with the
+    # two names and nothing written; disjoint slices of one buffer are fine.
+    rng = np.random.default_rng(10)
+    job = _job_args(rng, "adam", 30, 4, 100, 10, np.float32)
+    w, s1, s2 = job[0], job[8], job[9]
+    cases = {
+        ("state1", "weight"): {8: w},
+        ("state2", "state1"): {9: s1},
+        ("weight", "grad"): {2: w[:10]},
+        ("weight", "per_sample_weights"): {4: w.reshape(-1)[:100]},
+        ("state2", "grad"): {2: s2[5:15]},
+    }
+    for (a, b), change in cases.items():
+        bad = list(job)
+        for k, v in change.items():
+            bad[k] = v
+        before = [x.copy() if isinstance(x, np.ndarray) else x for x in bad]
+        names = f"({a} shares memory with {b}|{b} shares memory with {a})"
+        with pytest.raises(ValueError, match=names):
+            _core.fused_step(*bad, num_threads=1)
+        for x, y in zip(bad, before):
+            if isinstance(x, np.ndarray):
+                assert np.array_equal(x, y)
+    # state1 and state2 as the two halves of one buffer: apart, so accepted
+    both = np.zeros((2, 31, 4), np.float32)
+    ok = list(job)
+    ok[8], ok[9] = both[0], both[1]
+    _core.fused_step(*ok, num_threads=1)
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adagrad", "rowwise_adagrad"])

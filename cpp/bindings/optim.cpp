@@ -2,6 +2,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -91,17 +93,63 @@ embtab::OptimKind parse_kind(const std::string& kind) {
     throw py::value_error("kind must be 'sgd', 'adagrad', 'rowwise_adagrad' or 'adam', got '" + kind + "'");
 }
 
+// Span is the bytes [lo, hi) an array's elements lie in (empty for an array with no elements).
+struct Span {
+    std::uintptr_t lo = 0, hi = 0;
+    bool overlaps(const Span& o) const noexcept { return lo < hi && o.lo < o.hi && lo < o.hi && o.lo < hi; }
+};
+
+Span span_of(const py::array& a) {
+    if (a.size() == 0) return {};
+    auto lo = reinterpret_cast<std::uintptr_t>(a.data()), hi = lo;
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+        const auto step = a.strides(k) * (a.shape(k) - 1);
+        if (step < 0) lo -= static_cast<std::uintptr_t>(-step);
+        else hi += static_cast<std::uintptr_t>(step);
+    }
+    return {lo, hi + static_cast<std::uintptr_t>(a.itemsize())};
+}
+
+// check_apart throws ValueError when an array the step writes (weight, state1, state2) shares
+// memory with another array of the call: the update would read what it has just written (or
+// two states would be one), which no order of the updates makes right.
+void check_apart(const std::vector<std::pair<const char*, py::object>>& written,
+                 const std::vector<std::pair<const char*, py::object>>& read) {
+    for (std::size_t i = 0; i < written.size(); ++i) {
+        if (written[i].second.is_none()) continue;
+        const Span a = span_of(py::reinterpret_borrow<py::array>(written[i].second));
+        auto refuse = [&](const char* other) {
+            throw py::value_error(std::string(written[i].first) + " shares memory with " + other +
+                                  "; the step writes it in place, so each must be an array of its own");
+        };
+        for (std::size_t j = i + 1; j < written.size(); ++j) {
+            if (!written[j].second.is_none() &&
+                a.overlaps(span_of(py::reinterpret_borrow<py::array>(written[j].second))))
+                refuse(written[j].first);
+        }
+        for (const auto& [name, obj] : read) {
+            if (!obj.is_none() && a.overlaps(span_of(py::reinterpret_borrow<py::array>(obj)))) refuse(name);
+        }
+    }
+}
+
+// check_hyper throws ValueError naming a hyperparameter that is not a finite number (a NaN or
+// infinite lr would write NaN into every row the step touches).
+void check_hyper(std::initializer_list<std::pair<const char*, double>> values) {
+    for (const auto& [name, v] : values) {
+        if (!std::isfinite(v)) throw py::value_error(std::string(name) + " must be finite, got " + std::to_string(v));
+    }
+}
+
 // PreparedStep is one checked fused_step call: the arrays it reads and writes, kept alive, and
 // `run`, which applies the step with the GIL released (it touches no Python object).
 struct PreparedStep {
     std::vector<py::object> keep;
-    const void* weight = nullptr;
-    const void* state1 = nullptr;
-    const void* state2 = nullptr;
     const std::int64_t* rows = nullptr;
     std::size_t n = 0, num_rows = 0;
     std::int64_t skip_row = 0;
     std::function<std::size_t(int)> run;
+    std::vector<Span> writes, reads;  // the memory the step writes, and what else it reads
 };
 
 template <class T>
@@ -123,15 +171,19 @@ void bind_run(PreparedStep& ps, py::array& w, const py::array& rows, const py::a
     const auto n = static_cast<std::size_t>(rows.shape(0));
     const auto R = static_cast<std::size_t>(w.shape(0));
     const auto d = static_cast<std::size_t>(w.shape(1));
-    ps.weight = wp;
-    ps.state1 = s1p;
-    ps.state2 = s2p;
     ps.rows = rp;
     ps.n = n;
     ps.num_rows = R;
     ps.skip_row = skip_row;
     ps.run = [=](int threads) { return embtab::fused_step<T>(wp, R, d, rp, n, skip_row, bg, s1p, s2p, p, threads); };
     ps.keep = {w, rows, grad, offsets, psw, s1, s2};
+    for (const py::object* o : {&s1, &s2})
+        if (!o->is_none()) ps.writes.push_back(span_of(py::reinterpret_borrow<py::array>(*o)));
+    ps.writes.push_back(span_of(w));
+    for (const py::object* o : {&offsets, &psw})
+        if (!o->is_none()) ps.reads.push_back(span_of(py::reinterpret_borrow<py::array>(*o)));
+    ps.reads.push_back(span_of(rows));
+    ps.reads.push_back(span_of(grad));
 }
 
 // prepare_step checks one fused_step call's arguments (TypeError / ValueError naming the
@@ -187,6 +239,8 @@ PreparedStep prepare_step(const py::handle& weight_obj, const py::handle& rows_o
     }
     embtab::OptimStep p;
     p.kind = parse_kind(kind);
+    check_hyper({{"lr", lr}, {"eps", eps}, {"momentum", momentum}, {"weight_decay", weight_decay},
+                 {"beta1", beta1}, {"beta2", beta2}});
     p.lr = lr;
     p.eps = eps;
     p.momentum = momentum;
@@ -214,6 +268,8 @@ PreparedStep prepare_step(const py::handle& weight_obj, const py::handle& rows_o
         }
         s2 = a;
     }
+    check_apart({{"weight", w}, {"state1", s1}, {"state2", s2}},
+                {{"rows", rows}, {"grad", grad}, {"offsets", offsets}, {"per_sample_weights", psw}});
     PreparedStep ps;
     if (fk == 4) {
         bind_run<float>(ps, w, rows, grad, offsets, psw, mean, scale_grad_by_freq, skip_row, s1, s2, p);
@@ -287,15 +343,20 @@ void bind_optim(py::module_& m) {
             }
             for (std::size_t j = 0; j < prepared.size(); ++j) {
                 for (std::size_t k = 0; k < j; ++k) {
-                    const void* a[3] = {prepared[j].weight, prepared[j].state1, prepared[j].state2};
-                    const void* b[3] = {prepared[k].weight, prepared[k].state1, prepared[k].state2};
-                    for (const void* x : a) {
-                        for (const void* y : b) {
-                            if (x != nullptr && x == y) {
-                                throw py::value_error("jobs " + std::to_string(k) + " and " + std::to_string(j) +
-                                                      " share a weight or state array; give each table one job");
-                            }
+                    // the jobs run at once: what one writes, no other may read or write
+                    auto clash = [](const PreparedStep& x, const PreparedStep& y) {
+                        for (const Span& a : x.writes) {
+                            for (const Span& b : y.writes)
+                                if (a.overlaps(b)) return true;
+                            for (const Span& b : y.reads)
+                                if (a.overlaps(b)) return true;
                         }
+                        return false;
+                    };
+                    if (clash(prepared[j], prepared[k]) || clash(prepared[k], prepared[j])) {
+                        throw py::value_error("jobs " + std::to_string(k) + " and " + std::to_string(j) +
+                                              " share memory that one of them writes (a weight or state array); "
+                                              "give each table one job");
                     }
                 }
                 check_rows(prepared[j], j);
