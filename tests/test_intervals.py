@@ -92,6 +92,31 @@ def test_ci95_half_width_and_report_cells_match_interval():
         ci95_half_width(0.1, 2.5)
 
 
+@pytest.mark.parametrize("values", [
+    [0.1, 0.3, float("nan"), float("nan")],
+    [4.6, float("nan"), float("nan"), float("nan")],   # printed "(no spread)" over 4 seeds
+    [0.2, 0.25, 0.3, float("nan"), 0.21],
+])
+def test_table_cells_count_only_the_seeds_a_metric_is_defined_on(values):
+    # Oracle: interval() over the finite values (what the JSON summary records); the table
+    # cell must show that interval, or the mean alone for one value, and say how many of the
+    # configuration's seeds it comes from.
+    from embtab.experiments.report import table
+    from embtab.experiments.results import seeds_of, summarize
+
+    rows = [{"model": "mf", "dim": 8, "seed": s, "m": v} for s, v in enumerate(values)]
+    (row,) = summarize({"rows": rows})
+    finite = [v for v in values if math.isfinite(v)]
+    assert row["n"] == len(values) and seeds_of(row, "m") == len(finite)
+    ref = interval(finite)
+    cell = table([row], [("model", lambda r: r["model"])], metrics_=("m",))[2].split("|")[2].strip()
+    tail = f" ({len(finite)} of {len(values)} seeds)"
+    if len(finite) >= 2:
+        assert cell == f"{ref['mean']:.4f} [{ref['ci95_low']:.4f}, {ref['ci95_high']:.4f}]" + tail
+    else:
+        assert cell == f"{ref['mean']:.4f}" + tail and "spread" not in cell
+
+
 def test_a_value_the_same_on_every_seed_gets_no_interval_and_no_direction():
     # two seeds that agree exactly gave [x, x], and a sentence named a direction from it (a
     # review found "consume less alike ... 95% CI [-0.0263, -0.0263]" from a metric that was

@@ -107,8 +107,11 @@ def test_persona_model_trains_and_scores(tiny, loss):
 
 
 def test_persona_config_is_checked():
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="personas"):
+            TrainConfig(personas=bad)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError, match="personas"):
             TrainConfig(personas=bad)
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="persona_temperature"):

@@ -84,6 +84,8 @@ def test_online_training_learns_and_refuses_bad_input():
                       TrainConfig(dim=8, loss="softmax"))
     with pytest.raises(ValueError, match="same embedding_dim"):
         OnlineTrainer(CuckooEmbedding(8, 8), CuckooEmbedding(8, 4), TrainConfig(dim=8))
+    with pytest.raises(ValueError, match="single-vector model"):  # failed later, in scoring
+        OnlineTrainer.empty(TrainConfig(dim=8, personas=2), 10, 10)
 
 
 # collision shares ////////////////////////////////////////////////////////////////////////////

@@ -154,6 +154,27 @@ def test_time_windows_are_equal_width_over_the_time_span():
     assert time_windows(d, 1).tolist() == [0] * 5
     big = Interactions.from_raw([1, 2, 3], [1, 1, 1], timestamps=[2**62, 2**62 + 10, 2**63 - 1])
     assert time_windows(big, 3).tolist() == [0, 0, 2]             # no int64 overflow
+    top = Interactions.from_raw([1, 2], [1, 1], timestamps=[2**63 - 2, 2**63 - 1])
+    assert time_windows(top, 5).tolist() == [0, 2]   # span 2 < 5 windows: starts past INT64_MAX
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_time_windows_match_the_formula_anywhere_in_int64(seed):
+    # Oracle: floor((t - t0) * n / span) in Python ints, on spans short and long, at the top
+    # and bottom of int64 (a span shorter than n near INT64_MAX overflowed the edges).
+    rng = np.random.default_rng(seed)
+    lo, hi = -(2**63), 2**63 - 1
+    for _ in range(40):
+        span = int(rng.choice([1, 2, 3, 7, 1000, 2**40, 2**63, 2**64 - 1]))
+        t0 = int(rng.choice([lo, hi - span + 1, 0, -span // 2]))
+        t0 = min(max(t0, lo), hi - span + 1)
+        k = int(rng.integers(1, 30))
+        ts = [t0, t0 + span - 1] + [t0 + int(x) for x in rng.integers(0, span, k, dtype=np.uint64)]
+        n = int(rng.integers(1, 12))
+        d = Interactions.from_raw(np.zeros(len(ts), np.int64), np.arange(len(ts)), timestamps=ts)
+        got = time_windows(d, n).tolist()
+        want = [(t - t0) * n // span for t in ts]
+        assert got == want, (ts, n)
 
 
 def test_time_windows_refuse_data_without_timestamps_naming_it(tmp_path):

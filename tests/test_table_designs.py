@@ -197,3 +197,18 @@ def test_collision_share_of_two_row_tables(tiny):
     expect = float((counts[inv.ravel()] > 1).mean())
     assert collision_share(qr, tiny)["collision_share"] == pytest.approx(expect)
     assert collision_share(qr, tiny)["rows"] == qr.items.num_quotients + qr.items.num_collisions
+
+
+@pytest.mark.parametrize("rows_per_id", [0.05, 0.2, 0.5])
+def test_double_hashed_collision_share_counts_ids_with_the_same_vector(tiny, rows_per_id):
+    # Oracle: the share of item IDs whose vector (the sum of their two rows) equals another
+    # item ID's, from the vectors themselves (a random init gives distinct sums to distinct
+    # unordered pairs). Ordered pairs missed (a, b) vs (b, a): about half the share.
+    from embtab.train import collision_share
+
+    m = build_model(tiny, TrainConfig(dim=8, table="double_hashed", rows_per_id=rows_per_id))
+    with torch.no_grad():
+        vec = m.items(torch.from_numpy(tiny.item_ids.view(np.int64))).numpy()
+    _, inv, counts = np.unique(vec, axis=0, return_inverse=True, return_counts=True)
+    expect = float((counts[inv.ravel()] > 1).mean())
+    assert collision_share(m, tiny)["collision_share"] == pytest.approx(expect)

@@ -145,6 +145,38 @@ def test_softmax_loss_learns_the_planted_genres(easy):
     assert again.history[0] == pytest.approx(model.history[0])      # seeded
 
 
+@pytest.mark.parametrize("field,value,error", [
+    ("lr", float("inf"), ValueError),        # trained to NaN vectors, silently
+    ("lr", 0.0, ValueError),
+    ("lr", "0.1", TypeError),
+    ("l2", float("inf"), ValueError),        # trained to an inf loss, silently
+    ("l2", float("nan"), ValueError),
+    ("init_std", float("inf"), ValueError),
+    ("epochs", 2.5, TypeError),              # failed inside fit, naming no field
+    ("epochs", "3", TypeError),
+    ("epochs", -1, ValueError),
+    ("batch_size", 2.5, TypeError),
+    ("batch_size", 0, ValueError),
+    ("seed", 1.5, TypeError),
+    ("seed", 2**64, ValueError),             # overflowed inside the tables
+    ("seed", -1, ValueError),
+    ("dim", 2.0, TypeError),
+    ("dim", 0, ValueError),
+    ("min_count", 0, ValueError),
+    ("admission_eps", 1.0, ValueError),
+    ("rows_per_id", float("nan"), ValueError),
+    ("hash_users", 1, TypeError),
+])
+def test_config_refuses_a_bad_field_by_name(field, value, error):
+    with pytest.raises(error, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_config_takes_whole_numbers_of_any_integer_type():
+    cfg = TrainConfig(dim=np.int64(4), epochs=np.int32(0), seed=2**64 - 1)
+    assert cfg.dim == 4 and cfg.epochs == 0
+
+
 def test_unknown_loss_and_on_epoch_leaves_training_alone(easy):
     with pytest.raises(ValueError, match="loss"):
         TrainConfig(loss="hinge")

@@ -81,6 +81,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embtab._checks import check_int, check_real, check_seed
 from embtab._research import topk_indices
 from embtab.data import Interactions, Truth
 
@@ -193,30 +194,31 @@ class TrainConfig:
     persona_temperature: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"TrainConfig.dim must be an int >= 1, got {self.dim!r}")
-        if self.table not in _TABLES:
-            raise ValueError(f"TrainConfig.table must be one of {_TABLES}, got {self.table!r}")
-        if not (self.rows_per_id > 0 and math.isfinite(self.rows_per_id)):
-            raise ValueError(f"TrainConfig.rows_per_id must be > 0, got {self.rows_per_id!r}")
-        if not isinstance(self.hash_users, bool):
-            raise ValueError(f"TrainConfig.hash_users must be a bool, got {self.hash_users!r}")
-        if self.on_full not in _ON_FULL:
-            raise ValueError(f"TrainConfig.on_full must be one of {_ON_FULL}, "
-                             f"got {self.on_full!r}")
-        if (isinstance(self.min_count, bool) or not isinstance(self.min_count, int)
-                or self.min_count < 1):
-            raise ValueError(f"TrainConfig.min_count must be an int >= 1, "
-                             f"got {self.min_count!r}")
-        for name in ("admission_eps", "admission_delta"):
+        # Types and ranges by field name: TypeError for a wrong type (a string, a float where
+        # a whole number belongs), ValueError for a value out of range, each naming the field.
+        def whole(name, lo, none_ok=False):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0 < v < 1):
-                raise ValueError(f"TrainConfig.{name} must be in (0, 1), got {v!r}")
-        if self.expire_after is not None and (isinstance(self.expire_after, bool) or not
-                                              isinstance(self.expire_after, int)
-                                              or self.expire_after < 1):
-            raise ValueError(f"TrainConfig.expire_after must be None or an int >= 1, "
-                             f"got {self.expire_after!r}")
+            if not (none_ok and v is None):
+                check_int(v, f"TrainConfig.{name}", min=lo)
+
+        def real(name, **bounds):
+            check_real(getattr(self, name), f"TrainConfig.{name}", **bounds)
+
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(f"TrainConfig.{name} must be one of {options}, "
+                                 f"got {getattr(self, name)!r}")
+
+        whole("dim", 1)
+        choice("table", _TABLES)
+        real("rows_per_id", min=0.0, min_open=True)
+        if not isinstance(self.hash_users, bool):
+            raise TypeError(f"TrainConfig.hash_users must be a bool, got {self.hash_users!r}")
+        choice("on_full", _ON_FULL)
+        whole("min_count", 1)
+        for name in ("admission_eps", "admission_delta"):
+            real(name, min=0.0, max=1.0, min_open=True, max_open=True)
+        whole("expire_after", 1, none_ok=True)
         if self.table != "cuckoo":
             for name, default in (("on_full", "grow"), ("min_count", 1), ("expire_after", None)):
                 if getattr(self, name) != default:
@@ -227,28 +229,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rows_per_id caps a cuckoo table only with an "
                              f"eviction policy (on_full='evict_lru' or 'evict_lfu'); with "
                              f"on_full='grow' it must be 1, got {self.rows_per_id!r}")
-        if self.loss not in _LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {_LOSSES}, got {self.loss!r}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer must be one of {_OPTIMIZERS}, "
-                             f"got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
-        if not self.l2 >= 0:
-            raise ValueError(f"TrainConfig.l2 must be >= 0, got {self.l2!r}")
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"TrainConfig needs epochs >= 0 and batch_size >= 1, got "
-                             f"epochs={self.epochs!r}, batch_size={self.batch_size!r}")
-        if not self.init_std >= 0:
-            raise ValueError(f"TrainConfig.init_std must be >= 0, got {self.init_std!r}")
-        if self.seed < 0:
-            raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed!r}")
-        if (isinstance(self.personas, bool) or not isinstance(self.personas, int)
-                or self.personas < 1):
-            raise ValueError(f"TrainConfig.personas must be an int >= 1, got {self.personas!r}")
-        if not (self.persona_temperature > 0 and math.isfinite(self.persona_temperature)):
-            raise ValueError(f"TrainConfig.persona_temperature must be > 0, "
-                             f"got {self.persona_temperature!r}")
+        choice("loss", _LOSSES)
+        choice("optimizer", _OPTIMIZERS)
+        real("lr", min=0.0, min_open=True)
+        real("l2", min=0.0)
+        whole("epochs", 0)
+        whole("batch_size", 1)
+        real("init_std", min=0.0)
+        check_seed(self.seed, "TrainConfig.seed")
+        whole("personas", 1)
+        real("persona_temperature", min=0.0, min_open=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -731,8 +721,8 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
     ``1 - exp(-n/m)`` (n IDs, m rows; exact: ``1 - (1 - 1/m)^(n-1)``). A cuckoo table has
     share 0 by construction (checked: distinct IDs hold distinct rows). A table that gives
     each ID two rows (quotient-remainder, double hashing) counts the IDs whose pair of rows is
-    another ID's (the same vector); ``collision_theory`` is then 0 and ``rows`` the rows
-    stored.
+    another ID's (the same vector: for double hashing, whose two rows of one table are summed,
+    the pair in either order); ``collision_theory`` is then 0 and ``rows`` the rows stored.
     """
     n = data.n_items
     ids = _ids(data.item_ids)
@@ -744,6 +734,11 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
                 "collision_theory": float(1.0 - math.exp(-n / m)), "rows": int(m), "ids": n}
     rows = tab.lookup(ids).numpy()
     if rows.ndim == 2:  # two rows per ID: the same vector means the same pair
+        from embtab.nn import DoubleHashedEmbedding
+
+        if isinstance(tab, DoubleHashedEmbedding):
+            # both rows are of one table and summed: (a, b) and (b, a) give the same vector
+            rows = np.sort(rows, axis=1)
         _, counts = np.unique(rows, axis=0, return_counts=True)
         stored = sum(int(p.shape[0]) - 1 for p in tab.parameters())
         return {"collision_share": float(counts[counts > 1].sum() / max(n, 1)),
@@ -810,7 +805,7 @@ class OnlineTrainer:
     objective (one negative drawn uniformly from ``negatives``, plus ``config.l2``), with the
     batch's positive and negative items looked up in **one** call of the item table, so a
     policy that counts steps (LRU, expiry) advances one step per batch. ``config.epochs`` and
-    ``config.table`` are not used; ``config.loss`` must be ``"bpr"``.
+    ``config.table`` are not used; ``config.loss`` must be ``"bpr"`` and ``config.personas`` 1.
 
     Parameters
     ----------
@@ -843,6 +838,9 @@ class OnlineTrainer:
     def __init__(self, users: nn.Module, items: nn.Module, config: TrainConfig):
         if config.loss != "bpr":
             raise ValueError(f"OnlineTrainer trains BPR only; got config.loss={config.loss!r}")
+        if config.personas != 1:
+            raise ValueError(f"OnlineTrainer trains the single-vector model (personas=1); got "
+                             f"config.personas={config.personas!r}")
         if users.embedding_dim != items.embedding_dim:
             raise ValueError(f"users and items must have the same embedding_dim; got "
                              f"{users.embedding_dim} and {items.embedding_dim}")

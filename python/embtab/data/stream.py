@@ -352,9 +352,12 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
         return t.astype(np.int64)   # the stream's own windows (see above)
     t0, t1 = int(t.min()), int(t.max())
     span = t1 - t0 + 1
-    # the first timestamp of window j is t0 + ceil(j * span / n) (Python ints: no overflow)
-    edges = np.array([t0 + -(-j * span // n) for j in range(1, n)], dtype=np.int64)
-    return np.searchsorted(edges, t, side="right").astype(np.int64)
+    # Window j starts at offset ceil(j * span / n) from t0 (Python ints). Offsets t - t0 are
+    # in [0, span) and the starts in [0, span] (span <= 2**64, a start < 2**64): both fit in
+    # uint64, where a start past INT64_MAX (span < n near the top of the range) does too.
+    starts = np.array([-(-j * span // n) for j in range(1, n)], dtype=np.uint64)
+    offsets = t.astype(np.int64).view(np.uint64) - np.uint64(t0 % (1 << 64))
+    return np.searchsorted(starts, offsets, side="right").astype(np.int64)
 
 
 def _count(v, what) -> int:

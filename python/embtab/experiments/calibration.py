@@ -34,7 +34,7 @@ from embtab.experiments.intervals import (
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label, table
-from embtab.experiments.results import find, summarize
+from embtab.experiments.results import find, seeds_of, summarize
 from embtab.experiments.session import (
     Progress,
     Session,
@@ -329,7 +329,7 @@ def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
 
 def _half(row: dict, metric: str) -> float:
     """The 95% interval's half width of a summary row's metric (0 with one seed: no bar)."""
-    h = float(ci95_half_width(row[metric + ":sd"], row["n"]))
+    h = float(ci95_half_width(row[metric + ":sd"], seeds_of(row, metric)))
     return h if math.isfinite(h) else 0.0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from embtab.experiments.intervals import ci95_half_width
-from embtab.experiments.results import find, summarize
+from embtab.experiments.results import find, seeds_of, summarize
 
 __all__ = ["draw_baselines", "errorbar", "plot_deciles", "pyplot", "save_figure"]
 
@@ -61,7 +61,7 @@ def draw_baselines(ax, summary, metric):
 def errorbar(ax, x, summary_rows, metric, **kw):
     """``metric`` of summary rows at ``x``: the mean with its 95% interval over seeds."""
     y = [r[metric] for r in summary_rows]
-    e = [ci95_half_width(r[metric + ":sd"], r["n"]) for r in summary_rows]
+    e = [ci95_half_width(r[metric + ":sd"], seeds_of(r, metric)) for r in summary_rows]
     ax.errorbar(x, y, yerr=e, marker="o", capsize=3, **kw)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from embtab._research import fmt
 from embtab.experiments.intervals import ci95_half_width
 from embtab.experiments.registry import REGISTRY
+from embtab.experiments.results import seeds_of
 
 __all__ = ["TABLE_METRICS", "ci_cell", "dataset_line", "finish_section", "model_label",
            "render_report", "table"]
@@ -26,26 +27,29 @@ def table(rows, first_cols, metrics_=TABLE_METRICS, extra=None) -> list:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f(r) for _, f in first_cols]
-        cells += [ci_cell(r.get(m), r.get(m + ":sd"), r.get("n", 1)) for m in metrics_]
+        cells += [ci_cell(r.get(m), r.get(m + ":sd"), seeds_of(r, m), of=r["n"])
+                  for m in metrics_]
         cells += [f(r) for _, f in (extra or [])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def ci_cell(mean, sd, n, digits: int = 4) -> str:
+def ci_cell(mean, sd, n, digits: int = 4, of: int | None = None) -> str:
     """``mean [low, high]``, the Student-t 95% interval from ``sd`` over ``n`` seeds; the mean
     alone for one seed (no interval), ``mean (no spread)`` when every seed gave the same value
     (sd 0 up to rounding: :func:`~embtab.experiments.intervals.interval` gives no interval
     then, and the sentences say so; a ``[x, x]`` here would read as a measured agreement), and
-    "–" when the mean is missing."""
-    half = ci95_half_width(sd, n) if sd is not None and isinstance(sd, float) else float("nan")
-    if not (isinstance(half, float) and math.isfinite(half)):
-        return fmt(mean, digits=digits)
+    "–" when the mean is missing. With ``of`` (the configuration's seeds) greater than ``n``
+    (the metric was undefined on some), the cell ends with "(n of `of` seeds)"."""
     if mean is None or not math.isfinite(mean):
         return "–"
+    part = "" if of is None or n >= of else f" ({n} of {of} seeds)"
+    half = ci95_half_width(sd, n) if sd is not None and isinstance(sd, float) else float("nan")
+    if not (isinstance(half, float) and math.isfinite(half)):
+        return fmt(mean, digits=digits) + part
     if sd <= 1e-12 * abs(mean):
-        return f"{mean:.{digits}f} (no spread)"
-    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+        return f"{mean:.{digits}f} (no spread)" + part
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]" + part
 
 
 def model_label(r):

@@ -11,7 +11,7 @@ import numpy as np
 
 from embtab import _core
 
-__all__ = ["KEYS", "find", "group_key", "jsonable", "load_results", "mean_sd", "save_results",
+__all__ = ["KEYS", "find", "group_key", "jsonable", "load_results", "mean_sd", "save_results", "seeds_of",
            "summarize"]
 
 
@@ -78,7 +78,8 @@ def summarize(results: dict) -> list:
 
     Each dict has the configuration keys (``model``, ``table``, ``dim``, ``rows_per_id``,
     ``lam``, ``candidates``), ``n`` seeds, and for each metric ``m`` the pair ``m`` (mean) and
-    ``m:sd``; ``decile_recall@10`` becomes arrays. Extra per-row numbers (``collision_share``,
+    ``m:sd``, and ``m:n`` the seeds where ``m`` is defined (:func:`seeds_of`);
+    ``decile_recall@10`` becomes arrays. Extra per-row numbers (``collision_share``,
     ``collision_theory``) are averaged too.
     """
     groups: dict = {}
@@ -92,10 +93,20 @@ def summarize(results: dict) -> list:
                  if k not in KEYS and k not in ("seed", "impl") and
                  (isinstance(v, (int, float, list)) or v is None)]
         for name in names:
-            m, sd = mean_sd([r.get(name) for r in rows])
+            values = [r.get(name) for r in rows]
+            m, sd = mean_sd(values)
             agg[name], agg[name + ":sd"] = m, sd
+            if np.ndim(m) == 0:  # the seeds the metric is defined on (NaN on the others)
+                agg[name + ":n"] = int(sum(v is not None and math.isfinite(v) for v in values))
         out.append(agg)
     return out
+
+
+def seeds_of(row: dict, metric: str) -> int:
+    """How many seeds a :func:`summarize` row's ``metric`` mean and sd come from: its ``n``,
+    less the seeds where the metric is undefined (NaN, e.g. miscalibration of users with no
+    category); intervals use this count, not the row's ``n``."""
+    return int(row.get(metric + ":n", row["n"]))
 
 
 def find(summary, **kw):
