@@ -646,3 +646,34 @@ def test_calibration_without_lambda_zero_says_so(session):
                            session=session)
     text = " ".join(ex.calibration.findings(r))
     assert "no λ is compared with the model's own list, which is λ=0" in text
+
+
+def test_runner_overrides_reach_experiments_that_load_their_own_data(tmp_path, monkeypatch):
+    # dims-grid, feedback and personas (on "synthetic", which it resolves itself) load their
+    # own data sets, so the runner's shared session is not theirs; its training overrides
+    # were dropped and the defaults (10 epochs, batch 4096, lr 0.02) trained instead.
+    import json
+
+    import embtab.experiments.personas as personas
+
+    spec = "synthetic:n_users=40,n_items=50,interactions_per_user=6"
+    want = {"epochs": 1, "batch_size": 64, "lr": 0.05}
+    monkeypatch.setattr(personas, "QUICK_DATASET",
+                        "synthetic:crowding=1,n_users=40,n_items=60,n_genres=4,"
+                        "interactions_per_user=6")
+    runs = [
+        ("dims-grid", spec, False, {"ranks": [2], "zipfs": [1.1], "dims": [2]}),
+        ("feedback", spec + ",rank=2", False,
+         {"rounds": 1, "etas": [0.0], "epochs_first": 1, "arms": ["cuckoo-d64", "oracle"],
+          "candidates": 20}),
+        ("personas", "synthetic", True,
+         {"dim": 4, "personas": [1, 2], "candidates": 20, "tune": False}),
+    ]
+    for name, dataset, quick, kw in runs:
+        out = tmp_path / name
+        ex.run_experiments([name], out, dataset=dataset, seeds=1, progress=False, quick=quick,
+                           train_overrides=want, kwargs={name: kw})
+        train = json.loads((out / f"{name}.json").read_text())["config"]["train"]
+        # (feedback's epochs are its epochs_first / epochs_per_round, not a train field)
+        keys = [k for k in want if not (name == "feedback" and k == "epochs")]
+        assert {k: train.get(k) for k in keys} == {k: want[k] for k in keys}, name

@@ -51,6 +51,7 @@ from embtab.experiments.session import (
     Session,
     evaluate_lists,
     make_result,
+    overrides_of,
     reference_rows,
     seed_list,
     session_for,
@@ -469,9 +470,8 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
     """
     t0 = time.perf_counter()
     if quick and isinstance(dataset, str) and dataset == "synthetic":
-        overrides = session.overrides if session is not None else train_overrides
+        train_overrides = overrides_of(train_overrides, session)
         dataset, session = QUICK_DATASET, None
-        train_overrides = overrides
     s = session_for(dataset, train_overrides, progress, session)
     seeds = seed_list(seeds)
     budgets = tuple(float(b) for b in (budgets if budgets is not None

@@ -26,7 +26,7 @@ from embtab.experiments.dims import DIMS, fmt_ci, run_dims
 from embtab.experiments.intervals import direction_sentence
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
-from embtab.experiments.session import Session, int_sweep, real_sweep, seed_list
+from embtab.experiments.session import Session, int_sweep, overrides_of, real_sweep, seed_list
 
 __all__ = ["GRID_BASE", "GRID_RANKS", "GRID_ZIPFS", "grid_table", "run_dims_grid", "section"]
 
@@ -51,8 +51,9 @@ def run_dims_grid(dataset: str = GRID_BASE, seeds=5, *, ranks: Sequence[int] = G
         ``"synthetic"`` means :data:`GRID_BASE`).
     seeds, dims, loss, tune, quick, train_overrides, progress
         As :func:`~embtab.experiments.dims.run_dims`, for every cell.
-    session : ignored
-        Each cell loads its own data set (the runner's shared data set does not apply).
+    session : Session, optional
+        Each cell loads its own data set (the runner's shared data set does not apply); only
+        the session's training overrides are used, when ``train_overrides`` is not given.
 
     Returns
     -------
@@ -69,6 +70,7 @@ def run_dims_grid(dataset: str = GRID_BASE, seeds=5, *, ranks: Sequence[int] = G
     if not ranks or not zipfs:
         raise ValueError(f"ranks and zipfs must be non-empty; got {ranks!r}, {zipfs!r}")
     t0 = time.perf_counter()
+    train_overrides = overrides_of(train_overrides, session)
     seed_list(seeds)
     ranks, zipfs = int_sweep(ranks, "ranks"), real_sweep(zipfs, "zipfs", low=0.0)
     dims = int_sweep(dims, "dims")

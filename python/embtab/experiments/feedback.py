@@ -128,7 +128,12 @@ from embtab.experiments.calibration import calibrated_lists, item_distribution, 
 from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
-from embtab.experiments.session import check_candidates, check_enough_items, seed_list
+from embtab.experiments.session import (
+    check_candidates,
+    check_enough_items,
+    overrides_of,
+    seed_list,
+)
 from embtab.rerank import smoothed_kl
 from embtab.train import (
     ModelTruth,
@@ -767,6 +772,7 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     epochs_first = pick["epochs_first"] if epochs_first is None else int(epochs_first)
     epochs_per_round = pick["epochs_per_round"] if epochs_per_round is None \
         else int(epochs_per_round)
+    train_overrides = overrides_of(train_overrides, session)
     if isinstance(dataset, str):
         spec = (QUICK["dataset"] if quick else DEFAULT_DATASET) if dataset == "synthetic" \
             else dataset

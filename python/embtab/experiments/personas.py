@@ -47,6 +47,7 @@ from embtab.experiments.session import (
     evaluate_lists,
     int_sweep,
     make_result,
+    overrides_of,
     seed_list,
 )
 from embtab.experiments.truth import TruthReference, total_relevance
@@ -100,6 +101,7 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
         asked for.
     """
     t0 = time.perf_counter()
+    train_overrides = overrides_of(train_overrides, session)
     personas = int_sweep(personas, "personas")
     candidates = check_candidates(candidates)
     budget = check_int(budget, "budget", min=1, max=K)

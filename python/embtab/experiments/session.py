@@ -23,7 +23,8 @@ from embtab.experiments.truth import TruthReference
 from embtab.train import TrainConfig, fit, most_popular, random_topk
 
 __all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "check_has_test_items",
-           "evaluate_lists", "make_result", "reference_rows", "seed_list", "session_for"]
+           "evaluate_lists", "make_result", "overrides_of", "reference_rows", "seed_list",
+           "session_for"]
 
 
 class Session:
@@ -103,6 +104,15 @@ def check_has_test_items(data: Interactions, spec: str | None = None) -> None:
 def session_for(dataset, train_overrides, progress, session) -> Session:
     """``session`` when given (shared by several experiments), else a new one."""
     return session if session is not None else Session(dataset, train_overrides, progress)
+
+
+def overrides_of(train_overrides, session) -> dict | None:
+    """The training overrides of a run: ``train_overrides`` when given, else those of the
+    shared ``session`` (the runner passes its overrides to every experiment through the
+    session, also to one that loads its own data sets)."""
+    if train_overrides is None and session is not None:
+        return dict(session.overrides)
+    return train_overrides
 
 
 def evaluate_lists(top: np.ndarray, train: Interactions, test: Interactions, cats=None) -> dict:
