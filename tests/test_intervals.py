@@ -130,3 +130,15 @@ def test_a_value_the_same_on_every_seed_gets_no_interval_and_no_direction():
         assert "no clear direction" in text and "no spread" in text
     r = interval([0.1, 0.1000001])   # a real spread, however small, keeps its interval
     assert r["sd"] > 0 and r["ci95_low"] < 0.1 < r["ci95_high"]
+
+
+def test_e3_percent_text_tells_no_spread_from_too_few_seeds():
+    # interval() of equal values has no bounds, as of a single value; the E3 sentence must
+    # not say "no interval from 2 seeds" of two seeds that agree exactly
+    from embtab.experiments.calibration import _ci_pct
+
+    same = _ci_pct(interval([1.0, 1.0]))
+    assert "no spread" in same and "no interval" not in same
+    one = _ci_pct(interval([1.0]))
+    assert "no interval from 1 seed" in one and "spread" not in one
+    assert "[" in _ci_pct(interval([0.5, 0.6, 0.7]))

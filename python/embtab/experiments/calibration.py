@@ -404,10 +404,14 @@ def _ci_over_seeds(results: dict, C, lam: float, metric: str, spec: str) -> str:
 
 
 def _ci_pct(x: dict, sign: str = "") -> str:
-    """``mean [low, high]`` of an :func:`interval` in percent (``"no interval"`` for n < 2)."""
+    """``mean [low, high]`` of an :func:`interval` in percent; "no interval" for n < 2, "no
+    spread" for a value the same on every seed."""
     text = ci_text(x, f"{sign}.0%", missing="undefined")
     if text != "undefined" and "[" not in text:
-        text += f" (no interval from {x['n']} seed{'s' if x['n'] != 1 else ''})"
+        if x["n"] >= 2 and x.get("sd") == 0.0:  # interval() gives none to a constant
+            text += f" (the same on all {x['n']} seeds: no spread)"
+        else:
+            text += f" (no interval from {x['n']} seed{'s' if x['n'] != 1 else ''})"
     return text
 
 
