@@ -585,6 +585,68 @@ def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_p
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
 
 
+def _w_killed_in_save(rank, world_size, store, ckpt, kill_rank, kill_at):
+    import embtab.distributed as D
+
+    _init(rank, world_size, store, timeout_s=10.0)
+    m, opt = _make(False, sharded=True)
+    _train(m, opt, range(2), False, rank, world_size)
+    m.save(ckpt, opt)
+    _train(m, opt, range(2, 3), False, rank, world_size)
+    if rank == kill_rank:
+        if kill_at == "after manifest":  # preempted right after the manifest's rename
+            real = D._core.atomic_write
+
+            def write_then_die(path, data):
+                real(path, data)
+                if path.endswith(".manifest.json"):
+                    os._exit(3)
+
+            D._core.atomic_write = write_then_die
+        else:  # killed when it reaches an agreement step of the save
+            agree = D._ShardedBase._agree
+
+            def die_at(self, what, error):
+                if what == kill_at:
+                    os._exit(3)
+                return agree(self, what, error)
+
+            D._ShardedBase._agree = die_at
+    try:
+        m.save(ckpt, opt)
+    except ShardedCommError:
+        pass
+    os._exit(0)
+
+
+@pytest.mark.parametrize("kill_rank, kill_at, done", [
+    (1, "save (shard files)", 2),   # before the manifest: the old checkpoint
+    (1, "save (manifest)", 3),      # rank 0 renamed the new manifest: the new one, complete
+    (0, "after manifest", 3),
+])
+def test_rank_killed_during_save_leaves_a_whole_checkpoint(tmp_path, kill_rank, kill_at, done):
+    # A survivor used to delete its new shard once the save failed, also after rank 0 had put
+    # the manifest naming it in place: neither checkpoint could then be loaded. Oracle: the
+    # directory loads, as the old save (2 steps) or the new one (3), and training on from it
+    # matches the single-process reference.
+    ckpt = str(tmp_path / "ckpt")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_w_killed_in_save,
+                         args=(r, 2, str(tmp_path / "s1"), ckpt, kill_rank, kill_at))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a rank hung instead of failing"
+    assert procs[kill_rank].exitcode == 3
+    assert set(_listed(ckpt)) <= set(os.listdir(ckpt))
+    _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, done, 4)
+
+
 def _w_stall(rank, world_size, store, result):
     _init(rank, world_size, store, timeout_s=2.0)
     m, opt = _make(False, sharded=True)

@@ -192,6 +192,16 @@ def _refuse(path: str, what: str):
     raise ValueError(f"embtab.distributed: {path} {what}")
 
 
+def _manifest_token(path: str) -> Optional[str]:
+    """The save token of the manifest at ``path``, or None when there is none to read."""
+    try:
+        with open(path, "rb") as f:
+            token = json.loads(f.read()).get("token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) else None
+
+
 def _read_manifest(path: str) -> dict:
     """The manifest at ``path``, its checksum and structure verified (ValueError naming
     ``path``; FileNotFoundError when it does not exist)."""
@@ -549,7 +559,9 @@ class _ShardedBase(nn.Module):
         bad = [(r, e) for r, e in enumerate(errs) if e is not None]
         if bad and error is None:
             r, e = bad[0]
-            raise ShardedCommError(f"embtab.distributed: {what} failed on rank {r} of {self.world_size}: {e}")
+            exc = ShardedCommError(f"embtab.distributed: {what} failed on rank {r} of {self.world_size}: {e}")
+            exc.agreed = True  # every rank knows of the failure (not a lost peer)
+            raise exc
 
     def save(self, directory: Union[str, "os.PathLike[str]"],
              optimizer: Optional[torch.optim.Optimizer] = None) -> str:
@@ -565,9 +577,13 @@ class _ShardedBase(nn.Module):
         (``_core.atomic_write``: temporary file, fsync, rename); once every rank has written,
         rank 0 writes ``NAME.manifest.json`` (name, configuration, world size, token, every
         shard's file, SHA-256 and ID count, and the manifest's own SHA-256) the same way, and
-        only then deletes the shard files of this module's earlier saves. If any rank fails at
-        any point, every rank deletes the files of this save and raises (the failing rank its
-        own error, the others :class:`ShardedCommError`): the previous checkpoint stays whole.
+        only then deletes the shard files of this module's earlier saves. If a rank fails
+        before the manifest is in place, every rank deletes the files of this save and raises
+        (the failing rank its own error, the others :class:`ShardedCommError`): the previous
+        checkpoint stays whole. If a rank is lost (killed, or the process group fails) once
+        the manifest may have been written, the ranks keep their new shard files and raise:
+        the manifest then names either this save, whose shards are all in place, or the
+        previous one, which is whole; files no manifest names are deleted by the next save.
         ``directory`` must be visible to every rank (shared storage across machines). Returns
         the path of this rank's shard file.
 
@@ -616,6 +632,15 @@ class _ShardedBase(nn.Module):
         digest = hashlib.sha256(data).digest()
         path = os.path.join(directory, _shard_name(name, self.rank, self.world_size, token))
         written = []
+        # Whether this rank may delete its new shard on a failure: true until the manifest may
+        # name it. Rank 0 writes the manifest only after every rank has joined the all_gather
+        # of checksums, so a rank that fails before joining it may; after that, only a failure
+        # every rank agreed on before the manifest's rename (rank 0's write failing), or rank 0
+        # knowing it never renamed the manifest. A shard kept by a failed save is either in
+        # the new checkpoint (the manifest names it) or named by no manifest, and then removed
+        # by the module's next save.
+        deletable = True
+        renamed = False
         try:
             try:
                 _core.atomic_write(path, _MAGIC + digest + data)
@@ -626,6 +651,7 @@ class _ShardedBase(nn.Module):
             self._agree("save (shard files)", None if err is None else f"{type(err).__name__}: {err}")
             if err is not None:
                 raise err
+            deletable = False
             info = [None] * self.world_size
             _collective("all_gather of shard checksums", self.process_group,
                         lambda: dist.all_gather_object(info, (digest.hex(), int(payload["ids"].numel())),
@@ -638,18 +664,27 @@ class _ShardedBase(nn.Module):
                             "shards": [{"rank": i, "file": _shard_name(name, i, self.world_size, token),
                                         "sha256": sha, "num_ids": n} for i, (sha, n) in enumerate(info)]}
                 manifest["checksum"] = _manifest_checksum(manifest)
+                mpath = os.path.join(directory, _manifest_name(name))
                 try:
-                    _core.atomic_write(os.path.join(directory, _manifest_name(name)),
-                                       json.dumps(manifest, indent=1).encode())
+                    _core.atomic_write(mpath, json.dumps(manifest, indent=1).encode())
+                    renamed = True
                 except OSError as e:
-                    err = e
-            self._agree("save (manifest)", None if err is None else f"{type(err).__name__}: {err}")
+                    # an error after the rename (syncing the directory) leaves it in place
+                    renamed = _manifest_token(mpath) == token
+                    err = None if renamed else e
+            try:
+                self._agree("save (manifest)", None if err is None else f"{type(err).__name__}: {err}")
+            except ShardedCommError as e:
+                deletable = getattr(e, "agreed", False)  # rank 0 said its write failed
+                raise
             if err is not None:
+                deletable = True  # this is rank 0, and its manifest write failed
                 raise err
         except BaseException:
-            for f in written:  # this save's files; the previous checkpoint is untouched
-                if os.path.exists(f):
-                    os.unlink(f)
+            if deletable or (self.rank == 0 and not renamed):
+                for f in written:  # this save's files; the previous checkpoint is untouched
+                    if os.path.exists(f):
+                        os.unlink(f)
             raise
         if self.rank == 0:
             prefix = name + ".shard-"
