@@ -1374,3 +1374,30 @@ def test_ids_chosen_against_seed_0_are_refused_by_seed_0_only_and_change_nothing
         mod(x).sum().backward()
     for k, v in twin.state_dict().items():
         assert torch.equal(m.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("policy", [dict(on_full="evict_lru"), dict(on_full="evict_lfu"),
+                                    dict(on_full="grow", expire_after=1)],
+                         ids=["lru", "lfu", "expiry"])
+def test_accumulated_gradient_of_an_evicted_id_does_not_reach_the_new_id(policy, sparse):
+    # Gradient accumulation over micro-batches with a torch optimizer: ID 10 trains row 0, is
+    # evicted (or expires), and ID 20 takes row 0 before the step. Oracle: one nn.Embedding
+    # row per ID lifetime: ID 20 gets its init minus its own gradient only (3 per entry),
+    # while the rows of IDs still live keep theirs. 10's gradient used to be added to 20's.
+    from embtab.nn import init_vectors
+
+    m = CuckooEmbedding(2, 2, seed=0, num_threads=1, sparse=sparse, **policy)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    m(torch.tensor([10])).sum().backward()
+    m(torch.tensor([11])).sum().mul(5).backward()
+    # 10 is the least recent and least frequent (tie: lowest row), or has expired: 20 takes
+    # its row 0; 11 is in the batch and stays
+    (m(torch.tensor([20, 11])) * torch.tensor([[3.0], [5.0]])).sum().backward()
+    opt.step()
+    assert int(m.lookup(torch.tensor([10]))[0]) == -1
+    init = init_vectors(np.array([20, 11]), 2, 0, m.init)
+    for i, want in ((20, init[0] - 3.0), (11, init[1] - 10.0)):
+        row = int(m.lookup(torch.tensor([i]))[0])
+        assert row >= 0
+        torch.testing.assert_close(m.weight.detach()[row], want, rtol=0, atol=1e-6)

@@ -806,6 +806,7 @@ class _CuckooBase(_AtomicLoad):
             raise
         if len(rows) and int(rows.min()) < handed_out:  # rows freed by eviction or expiry
             self._pending_reused = True
+            self._clear_grad_rows(rows[rows < handed_out])
         self.row_ids.numpy()[rows] = new_ids
         self.row_live.numpy()[rows] = True
         self.num_rows.fill_(int(self._table.num_rows))
@@ -839,6 +840,25 @@ class _CuckooBase(_AtomicLoad):
         _PENDING.add(self)
         self._table_changed()
         return rows
+
+    def _clear_grad_rows(self, rows: np.ndarray) -> None:
+        """Drop what ``weight.grad`` holds for ``rows``, handed to new IDs: the gradient their
+        evicted or expired IDs accumulated (backward without a step yet, as in gradient
+        accumulation) is not the new IDs' (dense: zeroed; sparse: its entries removed)."""
+        g = self.weight.grad
+        if g is None or len(rows) == 0:
+            return
+        idx = torch.from_numpy(rows).to(g.device)
+        with torch.no_grad():
+            if g.is_sparse:
+                g = g.coalesce()
+                keep = ~torch.isin(g.indices()[0], idx)
+                self.weight.grad = torch.sparse_coo_tensor(
+                    g.indices()[:, keep], g.values()[keep], g.shape, is_coalesced=True,
+                    check_invariants=False,  # a subset of a valid tensor's entries
+                )
+            else:
+                g.index_fill_(0, idx, 0)
 
     def _undo_room(self, undo: dict) -> None:
         """Undo what :meth:`_insert` did to make room before its insert failed: give the evicted
@@ -1466,7 +1486,9 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       growth or an eviction raises ValueError and changes nothing. L-BFGS runs the forward
       inside ``step``; with ``on_full`` other than ``"error"`` its first step raises ValueError.
     * An existing ``weight.grad`` is padded on growth (gradient accumulation over several steps
-      works), but a graph built *before* a growth cannot be backpropagated after it: torch
+      works), and its rows are cleared when they are handed to new IDs (eviction, expiry): a
+      new ID never receives its row's earlier owner's gradient. A graph built *before* a growth
+      cannot be backpropagated after it: torch
       raises ``RuntimeError`` ("AccumulateGrad node that was poisoned by swap_tensors"); no
       gradient is lost silently. Pre-size ``num_embeddings`` for several forwards per backward.
     * Eviction never takes a row read by the current batch or by an earlier training-mode
