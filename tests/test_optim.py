@@ -936,3 +936,28 @@ def test_converted_weight_refused_before_the_forward_changes_anything(kind, dtyp
     call().sum().backward()
     table = m.embedding_bags["t"] if kind == "collection" else m
     assert int(table.opt_step) == 1
+
+
+@pytest.mark.parametrize("cls", ["CuckooEmbeddingBag", "HashedEmbeddingBag"])
+def test_psw_gradients_of_two_lookups_in_one_graph_read_the_rows_as_looked_up(cls):
+    # A module read twice in one loss (e.g. one item table for a weighted history bag and the
+    # target): autograd runs the second lookup's backward first, whose fused step changes the
+    # rows before the first lookup's per_sample_weights gradient read them. Oracle: the same
+    # module without a fused optimizer (plain autograd, rows as at forward time).
+    import embtab.nn as enn
+
+    make = getattr(enn, cls)
+    fused = make(10, 3, mode="sum", optimizer=eo.SGD(lr=1.0), num_threads=1, seed=3)
+    plain = make(10, 3, mode="sum", num_threads=1, seed=3)
+    ids = torch.tensor([5, 6, 7, 5])
+    off = torch.tensor([0, 2])
+    grads = []
+    for m in (fused, plain):
+        p1 = torch.tensor([1.0, 0.5, 2.0, 1.5], requires_grad=True)
+        p2 = torch.tensor([0.3, 1.0, 1.0, 0.7], requires_grad=True)
+        w = torch.tensor([[1.0, -2.0, 0.5], [0.2, 0.1, 3.0]])
+        loss = (m(ids, off, p1) * w).sum() + (m(ids, off, p2) * 2 * w).sum()
+        loss.backward()
+        grads.append((p1.grad.clone(), p2.grad.clone()))
+    for got, want in zip(grads[0], grads[1]):
+        torch.testing.assert_close(got, want)

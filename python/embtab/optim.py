@@ -297,6 +297,12 @@ class _FusedLookup(torch.autograd.Function):
             )
         else:
             out = _plain(module, idx, offsets, psw, padding_idx, bag)
+        # The gradient of per_sample_weights reads the rows as this forward read them: another
+        # lookup of the module in the same graph may step them first (autograd runs the later
+        # lookup's backward first), so they are kept now when that gradient will be asked for.
+        ctx.rows_read = (
+            weight.detach()[idx.reshape(-1)] if psw is not None and psw.requires_grad else None
+        )
         ctx.save_for_backward(psw)
         return out
 
@@ -321,7 +327,8 @@ class _FusedLookup(torch.autograd.Function):
                 torch.arange(len(csr) - 1), torch.from_numpy(np.diff(csr))
             )
             live = flat != module.num_embeddings
-            grad_psw = (grad_out[bag_of] * w[flat]).sum(1) * live
+            read = ctx.rows_read if ctx.rows_read is not None else w[flat]
+            grad_psw = (grad_out[bag_of] * read).sum(1) * live
             grad_psw = grad_psw.reshape(idx.shape).to(psw.dtype)
         if ctx.needs_input_grad[0]:
             if ctx.max_indices is not None:
