@@ -603,3 +603,35 @@ def test_a_batch_of_no_bags_gives_empty_outputs(opt, shared):
         if opt is not None:
             sum(v.sum() for v in out.values()).backward()
     assert all(b.num_ids == 0 for b in coll.embedding_bags.values())
+
+
+@pytest.mark.parametrize("bad", ["negative opt_sum", "nan opt_sum", "int32 opt_step",
+                                 "huge opt_step"])
+def test_hashed_collection_load_refuses_a_bad_second_table_before_loading_the_first(bad):
+    # Oracle: the docs' "one bad entry ... loads nothing": every table of the target is as it
+    # was. The table's own checks (optimizer state values, opt_step's dtype and range) ran
+    # only when that table loaded, after the tables before it had been copied.
+    def make():
+        return HashedEmbeddingBagCollection(
+            [EmbeddingBagConfig(8, 2, "t1", ["a"], "sum", {"seed": 1}),
+             EmbeddingBagConfig(8, 2, "t2", ["b"], "sum", {"seed": 2})],
+            optimizer=eo.Adagrad(lr=0.1), num_threads=1)
+
+    src = make()
+    src({"a": torch.tensor([[1, 2]]), "b": torch.tensor([[3]])}, concat=True).sum().backward()
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    key = "embedding_bags.t2.opt_sum" if "opt_sum" in bad else "embedding_bags.t2.opt_step"
+    if bad == "negative opt_sum":
+        sd[key][0, 0] = -1.0
+    elif bad == "nan opt_sum":
+        sd[key][0, 0] = float("nan")
+    elif bad == "int32 opt_step":
+        sd[key] = sd[key].to(torch.int32)
+    else:
+        sd[key] = torch.tensor(2**62)
+    tgt = make()
+    before = {k: v.clone() for k, v in tgt.state_dict().items()}
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        tgt.load_state_dict(sd)
+    after = tgt.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -2763,6 +2763,9 @@ class HashedEmbeddingBagCollection(_BagCollection):
                 f"{type(self).__name__}.load_state_dict: {prefix}weight row {w.shape[0] - 1} (the "
                 f"zero row read by padding_id) must be zero"
             )
+        # and everything the table's own load checks (dtypes, optimizer state values), so that
+        # no table is copied before a later one is refused
+        _check_plain_state(bag, sd, prefix, strict=False)
 
 
 def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
