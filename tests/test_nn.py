@@ -1401,3 +1401,22 @@ def test_accumulated_gradient_of_an_evicted_id_does_not_reach_the_new_id(policy,
         row = int(m.lookup(torch.tensor([i]))[0])
         assert row >= 0
         torch.testing.assert_close(m.weight.detach()[row], want, rtol=0, atol=1e-6)
+
+
+def test_growth_while_a_graph_holds_the_weight_is_a_clear_runtime_error():
+    # A graph whose per_sample_weights need a gradient saves the weight; a training forward
+    # that must grow cannot swap it. That was reported as a MemoryError ("growing ... failed")
+    # although no allocation failed. Nothing may change, and after the backward it grows.
+    m = CuckooEmbeddingBag(2, 3, mode="sum", num_threads=1)
+    p = torch.ones(2, requires_grad=True)
+    out = m(torch.tensor([1, 2]), torch.tensor([0]), p)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(RuntimeError, match="still holds the weight") as info:
+        m(torch.tensor([3, 4, 5]), torch.tensor([0]))
+    assert not isinstance(info.value, MemoryError)
+    after = m.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    out.sum().backward()
+    del out
+    assert m(torch.tensor([3, 4, 5]), torch.tensor([0])).shape == (1, 3)
+    assert m.num_embeddings >= 5

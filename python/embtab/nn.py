@@ -950,6 +950,13 @@ class _CuckooBase(_AtomicLoad):
         try:
             torch.utils.swap_tensors(w, new_p)
         except RuntimeError as e:
+            if "use_count" in str(e):  # refused before changing anything
+                raise _GraphHoldsWeight(
+                    f"{type(self).__name__}: cannot grow from {R} to {new_R} rows while a graph "
+                    f"built before this forward still holds the weight for its backward (e.g. a "
+                    f"lookup whose per_sample_weights require grad); nothing changed. Run that "
+                    f"backward (or drop the graph) first, or pre-size num_embeddings"
+                ) from e
             if "weakref" not in str(e):
                 raise
             swapped = False
@@ -983,6 +990,8 @@ class _CuckooBase(_AtomicLoad):
         try:
             self._table.reserve(new_R)
             self._resize_rows(new_R)
+        except _GraphHoldsWeight:
+            raise
         except (MemoryError, RuntimeError, TypeError, OverflowError, ValueError) as e:
             raise MemoryError(
                 f"{type(self).__name__}: growing from {self.num_embeddings} to "
@@ -1253,6 +1262,10 @@ class _CuckooBase(_AtomicLoad):
         return out
 
 
+class _GraphHoldsWeight(RuntimeError):
+    """A growth refused because a live autograd graph saved the weight (swap_tensors)."""
+
+
 class _Pin:
     """One forward's claim on its rows; the claim ends when the pin object is freed."""
 
@@ -1487,7 +1500,9 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       inside ``step``; with ``on_full`` other than ``"error"`` its first step raises ValueError.
     * An existing ``weight.grad`` is padded on growth (gradient accumulation over several steps
       works), and its rows are cleared when they are handed to new IDs (eviction, expiry): a
-      new ID never receives its row's earlier owner's gradient. A graph built *before* a growth
+      new ID never receives its row's earlier owner's gradient. A forward that must grow while
+      a graph from an earlier forward holds the weight for its backward (per_sample_weights
+      that require grad) raises RuntimeError, changing nothing. A graph built *before* a growth
       cannot be backpropagated after it: torch
       raises ``RuntimeError`` ("AccumulateGrad node that was poisoned by swap_tensors"); no
       gradient is lost silently. Pre-size ``num_embeddings`` for several forwards per backward.
