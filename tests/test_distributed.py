@@ -585,6 +585,35 @@ def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_p
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
 
 
+def _w_sparse_momentum(rank, world_size, store, ckpt, phase):
+    # sparse=True gradients with torch SGD(momentum): its momentum_buffer is a sparse tensor
+    _init(rank, world_size, store)
+    m, opt = _make(False, sharded=True, sparse=True)
+    if phase == "save":
+        _train(m, opt, range(2), False, rank, world_size)
+        m.save(ckpt, opt)
+    else:
+        ref, ropt = _make(False, sharded=False, sparse=True)
+        _train(ref, ropt, range(4), False)
+        m.load(ckpt, opt)
+        _train(m, opt, range(2, 4), False, rank, world_size)
+        rows, rr = _same_ids_and_vectors(m, ref)
+        sm = opt.state[m.weight]["momentum_buffer"]
+        rm = ropt.state[ref.weight]["momentum_buffer"]
+        sm, rm = (x.to_dense() if x.is_sparse else x for x in (sm, rm))
+        torch.testing.assert_close(sm[rows], rm[rr])
+    dist.destroy_process_group()
+
+
+def test_sparse_gradients_with_sgd_momentum_checkpoint_and_reshard(tmp_path):
+    # Saving failed inside torch (indexing a sparse momentum_buffer by row). Oracle: the
+    # single-process module trained on the same batches, vectors and momentum by ID.
+    ckpt = str(tmp_path / "ckpt")
+    _start(_w_sparse_momentum, 2, str(tmp_path / "s1"), ckpt, "save")
+    _start(_w_sparse_momentum, 1, str(tmp_path / "s2"), ckpt, "resume")
+    _start(_w_sparse_momentum, 3, str(tmp_path / "s3"), ckpt, "resume")
+
+
 def _w_killed_in_save(rank, world_size, store, ckpt, kill_rank, kill_at):
     import embtab.distributed as D
 

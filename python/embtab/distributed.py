@@ -729,6 +729,8 @@ class _ShardedBase(nn.Module):
             per_row, other = {}, {}
             for k, v in st.items():
                 if k in rules and isinstance(v, Tensor) and v.shape == s.weight.shape:
+                    if v.is_sparse:  # SGD's momentum of sparse gradients: saved by ID as rows
+                        v = v.to_dense()
                     per_row[k] = v[live.to(v.device)].cpu()
                 else:
                     other[k] = v.cpu() if isinstance(v, Tensor) else v
