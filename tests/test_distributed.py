@@ -614,6 +614,37 @@ def test_sparse_gradients_with_sgd_momentum_checkpoint_and_reshard(tmp_path):
     _start(_w_sparse_momentum, 3, str(tmp_path / "s3"), ckpt, "resume")
 
 
+def _w_bag_freq_scaling(rank, world_size, store):
+    _init(rank, world_size, store)
+    # the global batch: bags [10 10 20 | 30 30 30 | 20 40], split over the ranks by bag
+    ids = torch.tensor([10, 10, 20, 30, 30, 30, 20, 40])
+    offsets = [0, 3, 6]
+    g = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]])   # d loss / d bag
+    mine = np.array_split(np.arange(3), world_size)[rank]
+    m = ShardedCuckooEmbeddingBag(8, 2, mode="sum", scale_grad_by_freq=True, seed=0)
+    if len(mine):
+        lo, hi = offsets[mine[0]], (offsets + [8])[mine[-1] + 1]
+        out = m(ids[lo:hi], torch.tensor(offsets)[mine] - lo)
+        (out * g[torch.from_numpy(mine)]).sum().backward()
+    else:
+        m(ids[:0], torch.tensor([], dtype=torch.int64)).sum().backward()
+    # Oracle (nn.Embedding's rule): an ID's gradient is the sum of its occurrences' bag
+    # gradients divided by its number of occurrences in the global batch.
+    bag_of = [0, 0, 0, 1, 1, 1, 2, 2]
+    for i in (10, 20, 30, 40):
+        occ = [k for k in range(8) if int(ids[k]) == i]
+        want = sum(g[bag_of[k]] for k in occ) / len(occ)
+        r = int(m.shard.lookup(torch.tensor([i])))
+        if int(m.owner_of(torch.tensor([i]))) == rank:
+            torch.testing.assert_close(m.weight.grad[r], want)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_sharded_bag_scales_gradients_by_each_ids_own_frequency(tmp_path, world_size):
+    _start(_w_bag_freq_scaling, world_size, str(tmp_path / "s"))
+
+
 def _w_killed_in_save(rank, world_size, store, ckpt, kill_rank, kill_at):
     import embtab.distributed as D
 

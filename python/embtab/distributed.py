@@ -1018,7 +1018,11 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
     ``per_sample_weights``, ``"mean"``'s count and ``"max"`` behave exactly as in the
     single-process module (padding, not-yet-admitted and, in ``eval()``, unknown IDs are left
     out of the reduction). ``max_norm`` and ``scale_grad_by_freq`` act at the owner, over the
-    whole global batch, as in the single-process module fed the concatenated batch.
+    whole global batch, as in the single-process module fed the concatenated batch, with one
+    difference: ``scale_grad_by_freq`` divides each ID's summed gradient by its occurrences in
+    the global batch, as ``nn.Embedding`` and embtab's fused optimizers do, while torch 2.13's
+    ``nn.EmbeddingBag`` (so a single-process ``CuckooEmbeddingBag`` without ``optimizer=``)
+    divides each ID's gradient by another ID's count.
 
     Shape
     -----
