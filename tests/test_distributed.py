@@ -964,6 +964,24 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, fail_rank, fail_what):
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, 2, 2)
 
 
+def _w_constructor_args(rank, world_size, store):
+    _init(rank, world_size, store)
+    for cls in (ShardedCuckooEmbedding, ShardedCuckooEmbeddingBag):
+        for bad, err in ((0, ValueError), (-5, ValueError), (2.5, TypeError), ("10", TypeError),
+                         (None, TypeError), (True, TypeError)):
+            with pytest.raises(err, match="num_embeddings"):
+                cls(bad, 4)
+        with pytest.raises(TypeError, match="process_group must be a torch.distributed"):
+            cls(8, 4, process_group="g")
+        assert cls(5, 4).shard.num_embeddings == -(-5 // world_size)
+    dist.destroy_process_group()
+
+
+def test_sharded_constructors_check_num_embeddings_and_process_group(tmp_path):
+    # -5, 0 and 2.5 built one row per shard, "10" five; the single-process modules refuse them
+    _start(_w_constructor_args, 2, str(tmp_path / "s"))
+
+
 def test_owner_of_checks_its_arguments():
     from embtab.distributed import owner_of
 

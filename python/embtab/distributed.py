@@ -325,13 +325,17 @@ class _ShardedBase(nn.Module):
         if not dist.is_initialized():
             raise RuntimeError("embtab.distributed: torch.distributed is not initialised; call "
                                "torch.distributed.init_process_group(...) before building a sharded module")
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, got "
+                            f"{type(process_group).__name__}")
+        num_embeddings = check_int(num_embeddings, "num_embeddings", min=1)
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
         seed = check_int(local_kwargs.get("seed", 0), "seed", min=0) % _U64
         self.shard_seed = (mix64(seed, _SHARD_SALT) if shard_seed is None
                            else check_int(shard_seed, "shard_seed")) % _U64
-        per_shard = max(1, -(-int(num_embeddings) // self.world_size))
+        per_shard = -(-num_embeddings // self.world_size)
         self.shard = CuckooEmbedding(per_shard, embedding_dim, **local_kwargs)
         self.embedding_dim = self.shard.embedding_dim
         # Send each distinct ID once per step unless the owner must see every occurrence:
