@@ -1,5 +1,6 @@
 """embtab.CuckooTable against a dict oracle, plus edge cases, bad input, files and threads."""
 
+import math
 import os
 import pickle
 import signal
@@ -961,3 +962,19 @@ def test_a_child_forked_while_the_next_index_is_prepared_grows_and_exits():
     assert os.waitstatus_to_exitcode(status) == 0
     np.testing.assert_array_equal(t.lookup(keys), np.arange(len(keys)))
     assert_valid(t)
+
+
+@pytest.mark.parametrize("n", [126, 462, 14350, 114702])
+def test_a_table_reserved_for_n_keys_holds_n_without_growing(n):
+    # At max_load_factor 0.7, 0.7 * slots rounds just under n for these n (the index is sized
+    # for exactly n keys): the n-th insert used to double the index.
+    slots = 4 * max(math.ceil(math.ceil(n / 0.7) / 4), 2)   # the index buckets_for sizes
+    assert 0.7 * slots < n  # the premise: the load test alone would grow at the n-th key
+    for how in ("capacity", "reserve"):
+        t = CuckooTable(n if how == "capacity" else 0, max_load_factor=0.7)
+        if how == "reserve":
+            t.reserve(n)
+        cap = t.capacity
+        rows = t.lookup_or_insert(np.arange(n, dtype=np.int64))
+        assert t.capacity == cap, how
+        np.testing.assert_array_equal(rows, np.arange(n))

@@ -728,7 +728,10 @@ class CuckooTable {
     // insert_new adds a key known to be absent, at bucket pair bp (valid for the current
     // bucket count), growing first if the load would pass max_load_factor. Returns its row.
     std::int64_t insert_new(std::uint64_t key, BucketPair bp) {
-        if (static_cast<double>(size_ + 1) > config_.max_load_factor * static_cast<double>(buckets_.count * kSlotsPerBucket)) {
+        // (the product rounds: buckets_for, which sized the index, has the last word, so that
+        // a table reserved for n keys holds n without growing)
+        if (static_cast<double>(size_ + 1) > config_.max_load_factor * static_cast<double>(buckets_.count * kSlotsPerBucket) &&
+            buckets_for(size_ + 1) > buckets_.count) {
             grow_to(grown_count(buckets_.count), false);
             grown_by_inserts_ = true;
             bp = buckets_of(key, buckets_.count);
