@@ -978,3 +978,45 @@ def test_a_table_reserved_for_n_keys_holds_n_without_growing(n):
         rows = t.lookup_or_insert(np.arange(n, dtype=np.int64))
         assert t.capacity == cap, how
         np.testing.assert_array_equal(rows, np.arange(n))
+
+
+def test_save_and_load_paths_that_are_not_utf8_and_names_near_name_max(tmp_path):
+    # A POSIX path is bytes: a non-UTF-8 name (as os.fsencode gives it, or its str form with
+    # surrogate escapes) saved and loaded; a name of 255 bytes (NAME_MAX) too, whose temporary
+    # used to be named after it plus a suffix, past the limit (ENAMETOOLONG).
+    t = CuckooTable()
+    t.lookup_or_insert(np.array([5, -1, 2**40], dtype=np.int64))
+    raw = os.fsencode(tmp_path) + b"/\xff\xfe.bin"
+    for path in (raw, os.fsdecode(raw), tmp_path / ("n" * 255)):
+        t.save(path)
+        back = CuckooTable.load(path)
+        assert back.items()[0].tolist() == t.items()[0].tolist()
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == sorted([b"\xff\xfe.bin", b"n" * 255])
+    # an error names a non-UTF-8 path (OSError keeps its bytes; ValueError escapes them)
+    with pytest.raises(OSError) as info:
+        CuckooTable.load(os.fsencode(tmp_path) + b"/missing\xff")
+    assert os.fsencode(info.value.filename).endswith(b"missing\xff")
+    bad = os.fsencode(tmp_path) + b"/bad\xff.bin"
+    with open(bad, "wb") as f:
+        f.write(b"not a table")
+    with pytest.raises(ValueError, match=r"bad\\udcff\.bin"):
+        CuckooTable.load(bad)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_load_refuses_a_file_that_is_not_regular(tmp_path):
+    # /dev/zero was read until memory ran out; a FIFO with no writer would block forever
+    with pytest.raises(OSError, match="not a regular file"):
+        CuckooTable.load("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that opening it to read does not block
+    try:
+        w = os.open(fifo, os.O_WRONLY)
+        try:
+            with pytest.raises(OSError, match="not a regular file"):
+                CuckooTable.load(fifo)
+        finally:
+            os.close(w)
+    finally:
+        os.close(r)

@@ -15,7 +15,14 @@ void bind_io(py::module_& m) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const embtab::IoError& e) {
-            py::object exc = py::module_::import("builtins").attr("OSError")(e.error, e.what(), e.path);
+            // message and path in the file system's encoding (surrogateescape): a path need
+            // not be UTF-8, and os.fsencode() gives back its bytes
+            auto fs_str = [](const std::string& x) {
+                PyObject* o = PyUnicode_DecodeFSDefaultAndSize(x.data(), static_cast<Py_ssize_t>(x.size()));
+                if (o == nullptr) throw py::error_already_set();
+                return py::reinterpret_steal<py::object>(o);
+            };
+            py::object exc = py::module_::import("builtins").attr("OSError")(e.error, fs_str(e.what()), fs_str(e.path));
             PyErr_SetObject(PyExc_OSError, exc.ptr());
         }
     });

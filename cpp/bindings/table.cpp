@@ -197,12 +197,18 @@ void bind_table(py::module_& m) {
         .def_static("load",
                     [](const std::string& path) {
                         embtab_py::check_path(path, "path");
+                        // the path as an error message shows it: UTF-8, a byte that is not
+                        // escaped (a path need not be UTF-8)
+                        const std::string shown = py::module_::import("os")
+                                                      .attr("fsdecode")(py::bytes(path))
+                                                      .attr("encode")("utf-8", "backslashreplace")
+                                                      .cast<std::string>();
                         py::gil_scoped_release release;
                         const std::string data = embtab::read_file(path);
                         try {
                             return CuckooTable::deserialize(data.data(), data.size());
                         } catch (const std::invalid_argument& e) {
-                            throw std::invalid_argument(path + ": " + e.what());
+                            throw std::invalid_argument(shown + ": " + e.what());
                         }
                     },
                     py::arg("path"));

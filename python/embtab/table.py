@@ -271,7 +271,7 @@ class CuckooTable:
         It is written to a temporary file in the same directory, fsynced and renamed over
         ``path``: a failed or interrupted save leaves the old file intact.
         """
-        self._t.save(os.fsdecode(os.fspath(path)))
+        self._t.save(os.fsencode(path))  # bytes: a path need not be UTF-8
 
     @classmethod
     def load(cls, path: "os.PathLike[str] | str", num_threads: int = 0) -> "CuckooTable":
@@ -285,7 +285,7 @@ class CuckooTable:
         OSError
             If the file cannot be read.
         """
-        return cls._wrap(_core._CuckooTable.load(os.fsdecode(os.fspath(path))),
+        return cls._wrap(_core._CuckooTable.load(os.fsencode(path)),
                          check_threads(num_threads, default=0))
 
     def to_bytes(self) -> bytes:

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -25,13 +26,22 @@ struct IoError : std::runtime_error {
     std::string path;
 };
 
+// kTmpStemBytes: how much of the target's file name atomic_write_file's temporary keeps (the
+// suffix ".tmp-<pid>-<random>" adds at most 5 + 10 + 1 + 10 bytes).
+inline constexpr std::size_t kTmpStemBytes = 200;
+
 // atomic_write_file replaces `path` with `data` so that a crash or an error at any point
 // leaves either the old file or the complete new one: it writes a temporary file in the same
 // directory, fsyncs it, renames it over `path` and fsyncs the directory. On error the
 // temporary is removed and IoError thrown; the old file is untouched.
 inline void atomic_write_file(const std::string& path, const std::string& data) {
     std::random_device rd;
-    const std::string tmp = path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    // The temporary's name is the target's, cut to kTmpStemBytes bytes of its last component,
+    // plus a suffix: a legal target name of up to NAME_MAX (255) bytes keeps a legal temporary.
+    const auto slash_at = path.find_last_of('/');
+    const std::size_t base = slash_at == std::string::npos ? 0 : slash_at + 1;
+    const std::string tmp = path.substr(0, base + std::min(path.size() - base, kTmpStemBytes)) + ".tmp-" +
+                            std::to_string(::getpid()) + "-" + std::to_string(rd());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         const int err = errno;
@@ -78,6 +88,17 @@ inline std::string read_file(const std::string& path) {
     if (fd < 0) {
         const int err = errno;
         throw IoError("cannot open " + path, err, path);
+    }
+    // Only a regular file: a device such as /dev/zero, or a FIFO, may never end.
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw IoError("cannot stat " + path, err, path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw IoError("cannot read " + path + " (not a regular file)", EINVAL, path);
     }
     std::string out;
     char buf[1 << 16];
