@@ -799,7 +799,7 @@ def test_ids_chosen_to_collide_are_refused_and_the_batch_undone(threads):
     batch = np.concatenate([rng.integers(0, 1 << 63, 20_000, dtype=np.uint64), bad])
     memory = []
     for _ in range(5):
-        with pytest.raises(ValueError, match=r"cannot be placed: both of its buckets stay full .* "
+        with pytest.raises(ValueError, match=r"cannot be placed: its buckets are full of IDs .* "
                                              r"give the table a seed of your own"):
             t.lookup_or_insert(batch)
         assert _state(t) == before

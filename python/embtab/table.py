@@ -51,9 +51,12 @@ class CuckooTable:
         (bench/README.md, "New IDs").
     seed : int, default 0
         Hash seed (0 <= seed < 2**64). The mixer is invertible, so whoever knows the seed can
-        choose IDs that share both buckets at every size; nine of them cannot all be placed,
-        and the batch that brings them raises ``ValueError`` (undone; the table does not grow
-        for them). Give a table fed with IDs from outside a seed of your own.
+        choose IDs that share both buckets at every size; nine of them cannot all be placed.
+        An ID that finds no place while the index is under half of ``max_load_factor`` (random
+        IDs essentially never do) makes its batch raise ``ValueError`` instead of growing the
+        table for it: the batch is undone (IDs and rows; the index may keep room it grew).
+        IDs that crowd a few buckets only at the current size are refused too. Give a table
+        fed with IDs from outside a seed of your own.
     num_threads : int, default 0
         Threads for batch operations (0 = all hardware threads). Batches of up to 16,384 IDs
         run on the calling thread. Results are identical for any thread count.

@@ -759,8 +759,8 @@ class CuckooTable {
         const double load = static_cast<double>(live) / static_cast<double>(bs.count * kSlotsPerBucket);
         if (bs.count < kMinPlaceableCheckBuckets || load >= 0.5 * config_.max_load_factor) return;
         throw std::invalid_argument(
-            "ID " + std::to_string(key) + " cannot be placed: both of its buckets stay full of IDs that "
-            "share them at every size (load factor " + std::to_string(load) + "); "
+            "ID " + std::to_string(key) + " cannot be placed: its buckets are full of IDs that crowd them "
+            "at a load factor (" + std::to_string(load) + ") at which random IDs find room; "
             "IDs like these are chosen against a known seed: give the table a seed of your own "
             "(seed=...); nothing of this batch was inserted");
     }
