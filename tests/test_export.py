@@ -210,3 +210,20 @@ def test_jit_trace_is_refused_rather_than_baking_the_rows(make):
         warnings.simplefilter("ignore")  # torch: jit.trace is deprecated
         with pytest.raises(RuntimeError, match="torch.jit.trace cannot follow"):
             torch.jit.trace(m, (torch.tensor([[1, 2], [3, 4]]),))
+
+
+@pytest.mark.parametrize("name", ["cuckoo", "cuckoo_bag", "hashed"])
+def test_exported_program_refuses_ids_of_another_dtype(name):
+    # The eager TypeError for float and bool IDs ran only while tracing: an exported cuckoo
+    # module matched float IDs by value (2.0**53 read ID 2**53 + 1's row) and read bools as
+    # 0 and 1. Oracle: eager refuses them; the exported program must not answer either.
+    model = _trained_model()
+    m = model.m[name]
+    n = torch.export.Dim("n")
+    ep = torch.export.export(m, (QUERY,), dynamic_shapes=({0: n},)).module()
+    torch.testing.assert_close(ep(QUERY[:2]), m(QUERY[:2]))  # int64: as eager
+    for bad in (torch.tensor([[1.0, 99.0, 2.0**53]]), torch.tensor([[True, False, True]])):
+        with pytest.raises(TypeError, match="integer IDs"):
+            m(bad)
+        with pytest.raises(RuntimeError, match="dtype"):
+            ep(bad)

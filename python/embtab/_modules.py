@@ -41,10 +41,24 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
             f"{name} must hold integer IDs (int64; other integer dtypes are widened), "
             f"got dtype {dt} with shape {tuple(input.shape)}; IDs are never cast from {dt}"
         )
+    _keep_dtype_check(input, dt)
     t = input.detach()
     if dt == torch.uint64:
         return t.view(torch.int64)
     return t if dt == torch.int64 else t.to(torch.int64)
+
+
+def _keep_dtype_check(input: Tensor, dt: torch.dtype) -> None:
+    """Under torch.compile/torch.export, record a check that ``input`` has dtype ``dt`` when
+    the traced program runs: the check above runs only while tracing, and an exported program
+    does not check its inputs' dtypes (float IDs fed to it would be matched by value, bool ones
+    read as 0 and 1). Fed another dtype, the program raises RuntimeError."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    if is_compiling is None or not is_compiling():
+        return
+    check = getattr(torch.ops.aten, "_assert_tensor_metadata", None)
+    if check is not None:
+        check(input, dtype=dt)
 
 
 @torch.compiler.disable  # NumPy and a native table: eager always (dynamo cannot build the table)
