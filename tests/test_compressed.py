@@ -473,3 +473,19 @@ def test_collection_memory_bytes_sums_its_tables():
     assert a["weights"] == 9 * 4 * 4 and b["weights"] == 5 * 2 * 4
     assert ebc.memory_bytes() == {k: a[k] + b[k] for k in a}
     assert ebc.memory_bytes()["optimizer"] == 9 * 4 + 8 + 5 * 4 + 8
+
+
+@pytest.mark.parametrize("kind", ["qr_mult", "double"])
+def test_sparse_training_compiles_fullgraph_without_a_padding_id(kind):
+    # torch's inductor cannot trace F.embedding(sparse=True) with a padding_idx; the tables
+    # passed one (their zero row) even with no padding_id, so this failed to compile
+    # ("GuardOnDataDependentSymNode"). Oracle: the eager gradients.
+    torch._dynamo.reset()
+    mod = EMB[kind](seed=3, sparse=True)
+    ids = IDS.reshape(3, 4)
+    eager = torch.autograd.grad(mod(ids).pow(2).sum(), list(mod.parameters()))
+    compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(ids).pow(2).sum(), list(mod.parameters()))
+    for g, e in zip(got, eager):
+        assert g.is_sparse and e.is_sparse
+        torch.testing.assert_close(g.to_dense(), e.to_dense())

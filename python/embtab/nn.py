@@ -1763,13 +1763,16 @@ class _Table(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
-def _gather(table: nn.Module, idx: Tensor, fused: bool) -> Tensor:
-    """Rows ``idx`` (any shape, int64) of ``table`` as ``(*idx.shape, dim)``; the zero row is
-    torch's ``padding_idx`` (no gradient). ``fused``: through the table's fused optimizer."""
+def _gather(table: nn.Module, idx: Tensor, fused: bool, padding: bool) -> Tensor:
+    """Rows ``idx`` (any shape, int64) of ``table`` as ``(*idx.shape, dim)``. ``padding``: some
+    entries may read the zero row (a padding_id), which is then torch's ``padding_idx`` (no
+    gradient); without one no entry reads it, and no padding_idx is passed (torch cannot trace
+    a sparse gradient with one). ``fused``: through the table's fused optimizer."""
     idx = idx.to(table.weight.device)
+    pad = table.num_embeddings if padding else None
     if fused:
-        return table.optimizer.lookup(table, idx, None, None, table.num_embeddings, bag=False)
-    return F.embedding(idx, table.weight, table.num_embeddings, table.max_norm, table.norm_type,
+        return table.optimizer.lookup(table, idx, None, None, pad, bag=False)
+    return F.embedding(idx, table.weight, pad, table.max_norm, table.norm_type,
                        table.scale_grad_by_freq, table.sparse)
 
 
@@ -1795,7 +1798,8 @@ class _ComposedBase(_AtomicLoad):
     def _vectors(self, ids: Tensor) -> Tensor:
         """One vector per int64 ID: ``(*ids.shape, embedding_dim)``."""
         fused = self.optimizer is not None and (self.training or not _ops.is_compiling())
-        return self._combine([_gather(t, rows, fused) for t, rows in self._gathers(ids)])
+        pad = self._padding_i64 is not None
+        return self._combine([_gather(t, rows, fused, pad) for t, rows in self._gathers(ids)])
 
     def lookup(self, ids: Tensor) -> Tensor:
         """The two rows of each raw ID: int64 ``(*ids.shape, 2)`` (see the class docstring for
