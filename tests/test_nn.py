@@ -1420,3 +1420,16 @@ def test_growth_while_a_graph_holds_the_weight_is_a_clear_runtime_error():
     del out
     assert m(torch.tensor([3, 4, 5]), torch.tensor([0])).shape == (1, 3)
     assert m.num_embeddings >= 5
+
+
+@pytest.mark.parametrize("cls", [CuckooEmbedding, CuckooEmbeddingBag, embtab.nn.HashedEmbedding,
+                                 embtab.nn.QREmbedding, embtab.nn.DoubleHashedEmbeddingBag])
+def test_constructors_refuse_a_seed_past_64_bits_and_an_integer_dtype(cls):
+    # seed=2**64 silently meant seed 0 (CuckooTable refuses it); dtype=torch.int64 failed in
+    # torch.finfo, naming nothing
+    kw = {"num_collisions": 4} if cls is embtab.nn.QREmbedding else {}
+    assert cls(16, 2, seed=2**64 - 1, **kw).seed == 2**64 - 1
+    with pytest.raises(ValueError, match="seed must be <= "):
+        cls(16, 2, seed=2**64, **kw)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        cls(16, 2, dtype=torch.int64, **kw)

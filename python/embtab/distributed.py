@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from embtab import _core
-from embtab._checks import check_int
+from embtab._checks import check_int, check_seed
 from embtab._hashing import mix64
 from embtab._modules import as_id_array as _as_id_array
 from embtab._modules import check_bag_args as _check_bag_args
@@ -332,7 +332,7 @@ class _ShardedBase(nn.Module):
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
-        seed = check_int(local_kwargs.get("seed", 0), "seed", min=0) % _U64
+        seed = check_seed(local_kwargs.get("seed", 0))
         self.shard_seed = (mix64(seed, _SHARD_SALT) if shard_seed is None
                            else check_int(shard_seed, "shard_seed")) % _U64
         per_shard = -(-num_embeddings // self.world_size)

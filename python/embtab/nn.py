@@ -49,7 +49,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
 from embtab import _core, _ops
-from embtab._checks import check_int, check_real, check_threads, raw_id
+from embtab._checks import check_int, check_real, check_seed, check_threads, raw_id
 from embtab._hashing import mix64
 from embtab._modules import (
     ROW_STATE,
@@ -226,8 +226,10 @@ def _init_common(
     m.scale_grad_by_freq = bool(scale_grad_by_freq)
     m.sparse = bool(sparse)
     m.init = _check_init(init)
-    m.seed = check_int(seed, "seed", min=0) % _U64
+    m.seed = check_seed(seed)  # [0, 2**64), as CuckooTable's (a larger one wrapped silently)
     m.num_threads = check_threads(num_threads)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if alloc:
         itemsize = torch.empty((), dtype=dtype).element_size()
         _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim), itemsize)
