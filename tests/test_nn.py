@@ -1433,3 +1433,20 @@ def test_constructors_refuse_a_seed_past_64_bits_and_an_integer_dtype(cls):
         cls(16, 2, seed=2**64, **kw)
     with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
         cls(16, 2, dtype=torch.int64, **kw)
+
+
+def test_rows_pending_a_torch_step_stay_bounded_with_a_fused_optimizer_alone():
+    # Rows handed to new IDs wait for a torch optimizer's step to reset their state; with a
+    # fused optimizer alone none comes, and every batch's array was kept (8 bytes per
+    # admission, forever). Oracle: at most num_embeddings distinct rows are pending, and they
+    # are exactly the rows handed out since the start.
+    m = CuckooEmbedding(100, 2, num_threads=1, on_full="evict_lru", optimizer=eo.SGD(lr=0.1))
+    rng = np.random.default_rng(0)
+    handed = set()
+    for _ in range(60):
+        ids = torch.from_numpy(rng.integers(0, 2**62, 40))
+        m(ids).sum().backward()
+        handed |= set(m.lookup(ids).tolist())
+    pending = np.concatenate(m._pending_rows)
+    assert len(pending) <= m.num_embeddings + 40
+    assert set(pending.tolist()) == handed

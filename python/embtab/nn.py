@@ -839,6 +839,11 @@ class _CuckooBase(_AtomicLoad):
         if self.optimizer is not None:
             self.optimizer.reset_rows(self, rows)
         self._pending_rows.append(rows)
+        if sum(len(r) for r in self._pending_rows) > self.num_embeddings:
+            # Only a torch optimizer's step clears the list (it resets those rows' state); a
+            # module trained with a fused optimizer alone never takes one, so the list is kept
+            # as its distinct rows: at most num_embeddings entries, however many IDs arrive.
+            self._pending_rows[:] = [np.unique(np.concatenate(self._pending_rows))]
         _PENDING.add(self)
         self._table_changed()
         return rows
