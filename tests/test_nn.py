@@ -1450,3 +1450,21 @@ def test_rows_pending_a_torch_step_stay_bounded_with_a_fused_optimizer_alone():
     pending = np.concatenate(m._pending_rows)
     assert len(pending) <= m.num_embeddings + 40
     assert set(pending.tolist()) == handed
+
+
+def test_lfu_counts_every_lookup_of_each_row():
+    # Oracle: a dict of lookups per live ID (repeats within a batch counted, padding and
+    # unknown IDs not); the counts are now summed per distinct row of the batch (they were
+    # a bincount over every row of the table).
+    m = CuckooEmbedding(50, 2, num_threads=1, on_full="evict_lfu", padding_id=-1)
+    rng = np.random.default_rng(3)
+    count = {}
+    for _ in range(30):
+        ids = rng.integers(0, 40, 25)
+        ids[rng.random(25) < 0.1] = -1
+        m(torch.from_numpy(ids))
+        for i in ids.tolist():
+            if i != -1:
+                count[i] = count.get(i, 0) + 1
+    rows = m.lookup(torch.tensor(sorted(count)))
+    assert m.row_count[rows].tolist() == [count[i] for i in sorted(count)]
