@@ -126,6 +126,15 @@ def test_baselines_do_not_depend_on_chunking(easy):
     np.testing.assert_array_equal(most_popular(train, 10), most_popular(train, 10, chunk=7))
     np.testing.assert_array_equal(random_topk(train, 10, seed=4),
                                   random_topk(train, 10, seed=4, chunk=7))
+    # the model's lists: each chunk embeds only its users (they embedded every user per
+    # chunk, quadratic in U); oracle: the top 10 of the full masked score matrix
+    model = fit(train, TrainConfig(dim=4, epochs=1, seed=2), quiet=True)
+    full = score_matrix(model, train)
+    want = torch.topk(full, 10, dim=1).indices.numpy()
+    ok = torch.isfinite(full.gather(1, torch.from_numpy(want)))
+    for chunk in (7, 4096):
+        got = recommend(model, train, k=10, chunk=chunk)
+        assert np.array_equal(np.where(ok.numpy(), got, -1), np.where(ok.numpy(), want, -1))
 
 
 def test_softmax_loss_learns_the_planted_genres(easy):

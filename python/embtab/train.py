@@ -611,9 +611,11 @@ def item_vectors(model: MFModel, data: Interactions) -> torch.Tensor:
     return model.items(_ids(data.item_ids)).detach()
 
 
-def _mask_rows(scores: torch.Tensor, train: Interactions, rows: np.ndarray) -> None:
-    """Set scores of (user, training item) pairs to -inf in place; ``rows`` are the users."""
-    sets = train.user_items()
+def _mask_rows(scores: torch.Tensor, train: Interactions, rows: np.ndarray,
+               sets=None) -> None:
+    """Set scores of (user, training item) pairs to -inf in place; ``rows`` are the users.
+    ``sets``: ``train.user_items()``, when the caller has it (a loop over chunks of users)."""
+    sets = train.user_items() if sets is None else sets
     sub = sets.take_rows(rows)
     r = torch.from_numpy(np.repeat(np.arange(len(rows)), sub.lengths()))
     c = torch.from_numpy(sub.indices)
@@ -628,10 +630,18 @@ def score_matrix(model: MFModel, train: Interactions, users=None, *,
     With ``exclude_train`` a user's training items score ``-inf``.
     """
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
-    uv = user_vectors(model, train)[torch.from_numpy(rows)]
-    scores = model.score(uv, item_vectors(model, train))
-    if exclude_train:
-        _mask_rows(scores, train, rows)
+    return _scores(model, train, rows, item_vectors(model, train),
+                   train.user_items() if exclude_train else None)
+
+
+def _scores(model: MFModel, train: Interactions, rows: np.ndarray, items: torch.Tensor,
+            sets) -> torch.Tensor:
+    """:func:`score_matrix` of users ``rows`` given the item vectors (and, to exclude training
+    items, ``train.user_items()``): only these users are embedded, so a loop over chunks of
+    users costs O(U) in all, not O(U) per chunk."""
+    scores = model.score(model.users(_ids(train.user_ids[rows])).detach(), items)
+    if sets is not None:
+        _mask_rows(scores, train, rows, sets)
     return scores
 
 
@@ -645,9 +655,11 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
     topk_indices`; docs/metrics.md).
     """
     out = []
+    items = item_vectors(model, train)
+    sets = train.user_items() if exclude_train else None
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
-        out.append(topk_indices(score_matrix(model, train, rows, exclude_train=exclude_train), k))
+        out.append(topk_indices(_scores(model, train, rows, items, sets), k))
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
@@ -661,10 +673,11 @@ def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.n
     # a score that orders by count, ties by lower index
     base = torch.from_numpy(counts - np.arange(train.n_items) / (train.n_items + 1.0))
     out = [np.zeros((0, k), dtype=np.int64)]
+    sets = train.user_items()
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = base.repeat(len(rows), 1)
-        _mask_rows(scores, train, rows)
+        _mask_rows(scores, train, rows, sets)
         out.append(topk_indices(scores, k))
     return np.concatenate(out)
 
@@ -678,10 +691,11 @@ def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
     """
     rng = np.random.default_rng(seed)
     out = [np.zeros((0, k), dtype=np.int64)]
+    sets = train.user_items()
     for start in range(0, train.n_users, chunk):
         rows = np.arange(start, min(start + chunk, train.n_users))
         scores = torch.from_numpy(rng.random((len(rows), train.n_items)))
-        _mask_rows(scores, train, rows)
+        _mask_rows(scores, train, rows, sets)
         out.append(topk_indices(scores, k))
     return np.concatenate(out)
 
