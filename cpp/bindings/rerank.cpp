@@ -130,7 +130,7 @@ void bind_rerank(py::module_& m) {
         [](const py::object& scores_obj, const py::object& candidates, const py::object& indptr_obj,
            const py::object& genre_obj, const py::object& wclass_obj, const py::object& weights_obj,
            const py::object& target_obj, std::int64_t k, double lam, double alpha, std::int64_t num_threads,
-           bool with_objective) -> py::object {
+           bool with_objective, std::int64_t max_nnz) -> py::object {
             const int nt = check_threads(num_threads);
             py::array scores = require_scores(scores_obj);
             const std::int64_t U = scores.shape(0), C = scores.shape(1);
@@ -164,21 +164,29 @@ void bind_rerank(py::module_& m) {
             items.n_items = indptr.shape(0) - 1;
             items.n_genres = static_cast<std::int32_t>(target.shape(1));
             items.n_weights = static_cast<std::int32_t>(weights.shape(0));
-            // The CSR must be in bounds before the GIL is released.
+            // The CSR must be in bounds before the GIL is released: checked here, O(n_items +
+            // nnz), unless the caller passes max_nnz >= 0 for arrays it built and checked (an
+            // embtab.rerank.ItemDistribution: read-only, checked once).
             const std::int64_t nnz = genre.shape(0);
-            std::int64_t max_nnz = 0;
-            for (std::int64_t i = 0; i < items.n_items; ++i) {
-                const std::int64_t b = items.indptr[i], e = items.indptr[i + 1];
-                if (b < 0 || e < b || e > nnz) throw py::value_error("indptr is not a valid CSR row pointer");
-                max_nnz = std::max(max_nnz, e - b);
+            if (max_nnz >= 0) {
+                if (nnz > 0 && (items.indptr[0] != 0 || items.indptr[items.n_items] != nnz))
+                    throw py::value_error("indptr is not a valid CSR row pointer");
+                items.max_nnz = static_cast<std::int32_t>(max_nnz);
+            } else {
+                max_nnz = 0;
+                for (std::int64_t i = 0; i < items.n_items; ++i) {
+                    const std::int64_t b = items.indptr[i], e = items.indptr[i + 1];
+                    if (b < 0 || e < b || e > nnz) throw py::value_error("indptr is not a valid CSR row pointer");
+                    max_nnz = std::max(max_nnz, e - b);
+                }
+                for (std::int64_t j = 0; j < nnz; ++j) {
+                    if (items.genre[j] < 0 || items.genre[j] >= items.n_genres)
+                        throw py::value_error("genre holds " + std::to_string(items.genre[j]) + ", outside [0, G)");
+                    if (items.wclass[j] < 0 || items.wclass[j] >= items.n_weights)
+                        throw py::value_error("wclass holds " + std::to_string(items.wclass[j]) + ", outside [0, D)");
+                }
+                items.max_nnz = static_cast<std::int32_t>(max_nnz);
             }
-            for (std::int64_t j = 0; j < nnz; ++j) {
-                if (items.genre[j] < 0 || items.genre[j] >= items.n_genres)
-                    throw py::value_error("genre holds " + std::to_string(items.genre[j]) + ", outside [0, G)");
-                if (items.wclass[j] < 0 || items.wclass[j] >= items.n_weights)
-                    throw py::value_error("wclass holds " + std::to_string(items.wclass[j]) + ", outside [0, D)");
-            }
-            items.max_nnz = static_cast<std::int32_t>(max_nnz);
             embtab::RerankParams prm;
             prm.k = k;
             prm.lam = lam;
@@ -189,8 +197,9 @@ void bind_rerank(py::module_& m) {
         },
         py::arg("scores"), py::arg("candidates"), py::arg("indptr"), py::arg("genre"), py::arg("wclass"),
         py::arg("weights"), py::arg("target"), py::arg("k"), py::arg("lam"), py::arg("alpha"),
-        py::arg("num_threads") = 0, py::arg("with_objective") = false,
-        "Private: calibrated greedy rerank over a CSR item distribution (see embtab.rerank.calibrated).");
+        py::arg("num_threads") = 0, py::arg("with_objective") = false, py::arg("max_nnz") = -1,
+        "Private: calibrated greedy rerank over a CSR item distribution (see embtab.rerank.calibrated); "
+        "max_nnz >= 0: the CSR arrays are trusted (built and checked by the caller), the longest row given.");
 
 #if defined(EMBTAB_VLOG_VECTOR)
     m.attr("_vector_code") = true;

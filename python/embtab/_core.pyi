@@ -89,6 +89,7 @@ def rerank_calibrated(
     alpha: float,
     num_threads: int = 0,
     with_objective: bool = False,
+    max_nnz: int = -1,
 ) -> Union[npt.NDArray[np.int64], Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]]: ...
 def topk(scores: npt.NDArray[Union[np.float32, np.float64]], k: int,
          num_threads: int = 0) -> Tuple[npt.NDArray[Union[np.float32, np.float64]], npt.NDArray[np.int64]]: ...

@@ -243,7 +243,8 @@ class ItemDistribution:
     :func:`calibrated` checks a raw ``item_dist`` on every call (every entry of a dense matrix:
     ``O(n_items * G)``) and converts it to the sparse form its C++ core reads. When one catalogue
     serves many calls (one request at a time in serving, or many small batches), build this once
-    and pass it as ``item_dist``: a call then costs the reranking and an ``O(nnz)`` bounds check.
+    and pass it as ``item_dist``: a call then costs the reranking only (its arrays were checked
+    when it was built, and are read-only).
     The lists are the same as with the raw matrix. It pickles (for worker processes), and
     :func:`user_distribution` and :func:`miscalibration` take it too (through :meth:`toarray`).
 
@@ -279,11 +280,11 @@ class ItemDistribution:
     array([[0, 3]])
     """
 
-    __slots__ = ("_csr", "n_genres", "n_items", "nnz")
+    __slots__ = ("_csr", "_max_nnz", "n_genres", "n_items", "nnz")
 
     def __init__(self, item_dist: "ItemDistributionLike") -> None:
         if isinstance(item_dist, ItemDistribution):
-            self._csr = item_dist._csr
+            self._csr, self._max_nnz = item_dist._csr, item_dist._max_nnz
             self.n_items, self.n_genres, self.nnz = item_dist.n_items, item_dist.n_genres, item_dist.nnz
             return
         if not (is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
@@ -294,6 +295,7 @@ class ItemDistribution:
         for a in csr:
             a.setflags(write=False)
         self._csr = csr
+        self._max_nnz = _max_row_length(csr[0])
         self.n_items = int(item_dist.shape[0])
         self.n_genres = int(item_dist.shape[1])
         self.nnz = int(csr[1].size)
@@ -324,12 +326,13 @@ class ItemDistribution:
 
 
 def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> ItemDistribution:
-    """Rebuild an unpickled :class:`ItemDistribution` (the C++ core re-checks every index per call)."""
+    """Rebuild an unpickled :class:`ItemDistribution`, checking every index and value (the C++
+    core trusts an ItemDistribution's arrays)."""
     obj = ItemDistribution.__new__(ItemDistribution)
     arrays = tuple(np.array(a, dtype=dt) for a, dt in zip(csr, (np.int64, np.int32, np.int32, np.float64)))
     indptr, genre, wclass, weights = arrays
-    # The C++ core checks the indices; the values are checked here, as the constructor does
-    # (a state with a NaN or zero weight would give NaN tables and lists with no error).
+    # Indices and values are checked here, as the constructor does (a state with a NaN or zero
+    # weight would give NaN tables and lists with no error; the core does not re-check them).
     n_items, n_genres = int(n_items), int(n_genres)
     ok = (indptr.ndim == 1 and indptr.size == n_items + 1 and indptr[0] == 0 and indptr[-1] == genre.size
           and genre.shape == wclass.shape and weights.ndim == 1 and np.all(np.diff(indptr) > 0)
@@ -345,8 +348,14 @@ def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> It
     for a in arrays:
         a.setflags(write=False)
     obj._csr = arrays
+    obj._max_nnz = _max_row_length(indptr)
     obj.n_items, obj.n_genres, obj.nnz = int(n_items), int(n_genres), int(arrays[1].size)
     return obj
+
+
+def _max_row_length(indptr: np.ndarray) -> int:
+    """The most categories an item holds (0 for no items)."""
+    return int(np.diff(indptr).max()) if indptr.size > 1 else 0
 
 
 
@@ -469,8 +478,11 @@ def calibrated(
         if item_dist.n_genres != t.shape[1]:
             raise ValueError(f"item_dist has G = {item_dist.n_genres} categories but target has shape {shape_str(t)}")
         indptr, genre, wclass, weights = item_dist._csr
+        # built (or unpickled) checked and read-only: the core skips its O(nnz) index check
+        max_nnz = item_dist._max_nnz
     else:
         indptr, genre, wclass, weights = _checked_csr(item_dist, t.shape[1])
+        max_nnz = -1
     cand = None
     if candidates is not None:
         if not isinstance(candidates, np.ndarray):
@@ -481,7 +493,7 @@ def calibrated(
             raise ValueError(f"candidates must have the shape of scores {shape_str(s)}, got shape {shape_str(candidates)}")
         cand = np.ascontiguousarray(candidates)
     out = _core.rerank_calibrated(s, cand, indptr, genre, wclass, weights, t, k, lam, alpha, num_threads,
-                                  bool(return_objective))
+                                  bool(return_objective), max_nnz=max_nnz)
     if return_objective:
         return RerankResult(*out)
     return out
