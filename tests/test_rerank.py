@@ -1003,3 +1003,25 @@ def test_items_without_a_category_do_not_count_in_either_distribution():
     assert rerank.miscalibration(np.array([[2, 2]]), w, p)[0] == pytest.approx(np.log(100))
     np.testing.assert_array_equal(rerank.user_distribution([np.array([0, 2])], w), [[1.0, 0.0]])
     np.testing.assert_array_equal(rerank.user_distribution([np.array([2])], w), [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_miscalibration_of_an_item_distribution_reads_only_the_listed_rows(seed):
+    # It densified the whole catalogue per call; now it sums the listed items' CSR rows.
+    # Oracle: the same function on the dense matrix (items with one to all categories,
+    # repeated items in a list, zero target rows).
+    rng = np.random.default_rng(seed)
+    n, G, U, k = 60, 5, 30, 7
+    dense = rng.random((n, G)) * (rng.random((n, G)) < 0.5)
+    dense[np.arange(n), rng.integers(0, G, n)] += 0.5
+    dense /= dense.sum(1, keepdims=True)
+    lists = rng.integers(0, n, (U, k))
+    target = rng.random((U, G))
+    target /= target.sum(1, keepdims=True)
+    target[0] = 0.0
+    for alpha in (0.0, 0.01, 0.3):
+        want = rerank.miscalibration(lists, dense, target, alpha=alpha)
+        got = rerank.miscalibration(lists, rerank.ItemDistribution(dense), target, alpha=alpha)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match=r"lists\[0, 0\] holds item id 60"):
+        rerank.miscalibration(np.full((1, 2), n), rerank.ItemDistribution(dense), target[:1])

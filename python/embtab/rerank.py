@@ -246,7 +246,8 @@ class ItemDistribution:
     and pass it as ``item_dist``: a call then costs the reranking only (its arrays were checked
     when it was built, and are read-only).
     The lists are the same as with the raw matrix. It pickles (for worker processes), and
-    :func:`user_distribution` and :func:`miscalibration` take it too (through :meth:`toarray`).
+    :func:`miscalibration` (which reads only the listed items' rows) and
+    :func:`user_distribution` (through :meth:`toarray`) take it too.
 
     Parameters
     ----------
@@ -821,18 +822,28 @@ def miscalibration(
     _check_distribution_rows(p, "target", allow_zero_rows=True)
     U, k = lists.shape
     alpha = check_real(alpha, "alpha", min=0.0, max=1.0, max_open=True)
-    if isinstance(item_dist, ItemDistribution):
-        item_dist = item_dist.toarray()
-    if len(np.shape(item_dist)) != 2 or np.shape(item_dist)[1] != p.shape[1]:
+    shape = ((item_dist.n_items, item_dist.n_genres) if isinstance(item_dist, ItemDistribution)
+             else np.shape(item_dist))
+    if len(shape) != 2 or shape[1] != p.shape[1]:
         raise ValueError(f"item_dist must be [n_items, G] with G = {p.shape[1]} (the columns of target), "
-                         f"got shape {shape_str(item_dist)}")
-    n_items = int(np.shape(item_dist)[0])
+                         f"got shape {shape_str(item_dist) if not isinstance(item_dist, ItemDistribution) else shape}")
+    n_items = int(shape[0])
     bad = (lists < 0) | (lists >= n_items)
     if bad.any():
         u, j = (int(x[0]) for x in np.nonzero(bad))
         raise ValueError(f"lists[{u}, {j}] holds item id {int(lists[u, j])}, outside [0, n_items) with "
                          f"n_items = {n_items} (the rows of item_dist)")
-    if is_sparse(item_dist):
+    if isinstance(item_dist, ItemDistribution):
+        # the list items' rows of the CSR only (a dense copy of the catalogue per call cost
+        # 0.8 s and 157 MB at 10^6 items), summed per user and category in list order
+        indptr, genre, wclass, weights = item_dist._csr
+        flat = lists.ravel()
+        starts, lens = indptr[flat], indptr[flat + 1] - indptr[flat]
+        at = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
+        user = np.repeat(np.arange(flat.size) // k, lens)
+        G = item_dist.n_genres
+        m = np.bincount(user * G + genre[at], weights=weights[wclass[at]], minlength=U * G).reshape(U, G)
+    elif is_sparse(item_dist):
         m = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).sum(axis=1)
     else:
         m = np.asarray(item_dist, dtype=np.float64)[lists].sum(axis=1)
