@@ -563,10 +563,11 @@ def _w_fault(rank, world_size, store, ckpt, result):
     os._exit(0)
 
 
-def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_path):
-    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
+def _run_forked(target, world_size, *args):
+    """Ranks as plain forked processes (a rank may kill itself, which torch's launcher would
+    report as a failure); fails the test if one is still running after 60 s."""
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_w_fault, args=(r, 2, str(tmp_path / "s1"), ckpt, result)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, world_size, *args)) for r in range(world_size)]
     for p in procs:
         p.start()
     for p in procs:
@@ -575,6 +576,12 @@ def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_p
     for p in alive:
         p.kill()
     assert not alive, "a rank hung instead of failing"
+    return procs
+
+
+def test_killed_rank_fails_survivor_within_timeout_and_checkpoint_survives(tmp_path):
+    ckpt, result = str(tmp_path / "ckpt"), str(tmp_path / "result.json")
+    procs = _run_forked(_w_fault, 2, str(tmp_path / "s1"), ckpt, result)
     assert procs[1].exitcode == 3
     with open(result) as f:
         outcome = json.load(f)
@@ -690,18 +697,7 @@ def test_rank_killed_during_save_leaves_a_whole_checkpoint(tmp_path, kill_rank, 
     # directory loads, as the old save (2 steps) or the new one (3), and training on from it
     # matches the single-process reference.
     ckpt = str(tmp_path / "ckpt")
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_w_killed_in_save,
-                         args=(r, 2, str(tmp_path / "s1"), ckpt, kill_rank, kill_at))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, "a rank hung instead of failing"
+    procs = _run_forked(_w_killed_in_save, 2, str(tmp_path / "s1"), ckpt, kill_rank, kill_at)
     assert procs[kill_rank].exitcode == 3
     assert set(_listed(ckpt)) <= set(os.listdir(ckpt))
     _start(_w_resume, 1, str(tmp_path / "s2"), ckpt, False, done, 4)
