@@ -129,3 +129,17 @@ def test_newids_quick_run_reports_every_part():
     md = bench.format_markdown(r)
     assert "**Build**" in md and "**First sighting**" in md and "**Growth**" in md
     assert "**Cold pages**" in md
+
+
+def test_scaling_quick_run_reports_every_part():
+    # The scaling benchmark at smoke size: every part is timed at both sizes, and the report
+    # gives each ratio (its figures come from bench_scaling.py, not from here).
+    bench = REGISTRY["scaling"]
+    r = bench(quick=True, repeats=1)
+    for R in r["sizes"]["lfu_rows"]:
+        assert r["lfu_forward"][str(R)]["evict_lfu"] > 0 and r["lfu_forward"][str(R)]["grow"] > 0
+    assert all(r["rerank_one_user"][str(n)] > 0 for n in r["sizes"]["rerank_items"])
+    for U in r["sizes"]["recommend_users"]:
+        assert r["recommend"][str(U)]["recommend"] > 0 and r["recommend"][str(U)]["reference"] > 0
+    md = bench.format_markdown(r)
+    assert "LFU forward" in md and "rerank one user" in md and "recommend / reference" in md

@@ -76,5 +76,7 @@ REGISTRY: Dict[str, Benchmark] = {
                   "26-table embedding-bag collection vs FBGEMM TBE and a dict of nn.EmbeddingBag"),
         Benchmark("newids", "embtab.benchmarks.newids",
                   "new-ID path: table build, a module's first sighting and growth, by part"),
+        Benchmark("scaling", "embtab.benchmarks.scaling",
+                  "per-call costs that must not grow with the table, catalogue or user count"),
     )
 }

@@ -1,0 +1,153 @@
+"""How per-call costs scale with the table, catalogue or user count, where they should not.
+
+Run it with ``embtab bench scaling`` or ``python bench/bench_scaling.py [--quick]``.
+
+Each part times one operation at a small and a large size, with a reference of the same work
+whose cost is known not to grow with that size, in the same process; the report gives each
+time and the large/small ratio (about 1 for a cost that does not depend on the size, and the
+size ratio for one that scales with it):
+
+- ``lfu_forward``: a training forward of 8 known IDs through ``CuckooEmbedding`` with
+  ``on_full="evict_lfu"`` (no eviction), at ``R`` rows, against the same module with
+  ``on_full="grow"``; the LFU counts are summed per distinct row of the batch.
+- ``rerank_one_user``: ``rerank.calibrated`` of one user (200 candidates, k = 10) with a
+  prebuilt ``ItemDistribution`` over ``n_items`` items; the distribution's arrays are checked
+  once when it is built, not per call.
+- ``recommend``: ``train.recommend`` over ``U`` users of a 200-item catalogue (an untrained
+  d = 16 model), against the reference that embeds every user once and scores chunks of 4,096
+  users with one matrix product each: both are linear in ``U``, and their ratio stays near 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from embtab.benchmarks._harness import machine, machine_line, torch_threads
+
+__all__ = ["format_markdown", "run"]
+
+
+def _median_call(fn, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``calls`` calls of ``fn``."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        out.append((time.perf_counter() - t0) / calls)
+    return float(np.median(out))
+
+
+def _lfu_forward(R: int, repeats: int, seed: int) -> dict:
+    from embtab.nn import CuckooEmbedding
+
+    rng = np.random.default_rng(seed)
+    ids = np.arange(R, dtype=np.int64) * 7 + 1
+    batches = [torch.from_numpy(ids[rng.integers(0, R, 8)]) for _ in range(200)]
+    res = {}
+    for policy in ("evict_lfu", "grow"):
+        m = CuckooEmbedding(R, 16, num_threads=1, on_full=policy, seed=seed)
+        with torch.no_grad():
+            for i in range(0, R, 1 << 16):
+                m(torch.from_numpy(ids[i:i + (1 << 16)]))
+        it = iter(range(10**9))
+
+        def step(m=m, it=it):
+            with torch.no_grad():
+                m(batches[next(it) % len(batches)])
+
+        res[policy] = _median_call(step, 200, repeats)
+        del m
+    return res
+
+
+def _rerank_one_user(n_items: int, repeats: int, seed: int) -> float:
+    from embtab import rerank
+
+    rng = np.random.default_rng(seed)
+    G, C = 19, 200
+    dist = np.zeros((n_items, G))
+    dist[np.arange(n_items), rng.integers(0, G, n_items)] = 1.0
+    items = rerank.ItemDistribution(dist)
+    del dist
+    cand = rng.choice(n_items, (1, C), replace=False).astype(np.int64)
+    scores = np.sort(rng.random((1, C)))[:, ::-1].copy()
+    target = np.full((1, G), 1.0 / G)
+    return _median_call(lambda: rerank.calibrated(scores, items, target, k=10, lam=0.5,
+                                                  candidates=cand, num_threads=1), 200, repeats)
+
+
+def _recommend(U: int, repeats: int) -> dict:
+    from embtab import train as T
+    from embtab.data import Interactions
+
+    I = 200
+    users = np.repeat(np.arange(U), 5)
+    items = np.arange(U * 5) * 7919 % I   # 5 distinct items per user
+    data = Interactions("scaling", np.arange(1, U + 1, dtype=np.uint64) * 1000003,
+                        np.arange(1, I + 1, dtype=np.uint64) * 17, users, items)
+    model = T.build_model(data, T.TrainConfig(dim=16, epochs=0))
+    model.eval()
+
+    def reference():
+        uv, iv, sets = T.user_vectors(model, data), T.item_vectors(model, data), data.user_items()
+        for s in range(0, U, 4096):
+            rows = np.arange(s, min(s + 4096, U))
+            sc = uv[rows] @ iv.T
+            sub = sets.take_rows(rows)
+            sc[torch.from_numpy(np.repeat(np.arange(len(rows)), sub.lengths())),
+               torch.from_numpy(sub.indices)] = -np.inf
+            torch.topk(sc, 10, dim=1)
+
+    return {"recommend": _median_call(lambda: T.recommend(model, data, k=10), 1, repeats),
+            "reference": _median_call(reference, 1, repeats)}
+
+
+def run(quick: bool = False, seed: int = 0, repeats: int = 3) -> dict:
+    """Each part at its small and large size (``quick``: smaller large sizes). One torch
+    thread and ``num_threads=1`` throughout."""
+    sizes = {"lfu_rows": (10**4, 10**5 if quick else 2 * 10**6),
+             "rerank_items": (10**4, 10**5 if quick else 2 * 10**6),
+             "recommend_users": (2 * 10**4, 8 * 10**4 if quick else 4 * 10**5)}
+    with torch_threads(1):
+        res = {"benchmark": "scaling", "machine": machine(), "quick": quick, "sizes": sizes,
+               "lfu_forward": {str(R): _lfu_forward(R, repeats, seed) for R in sizes["lfu_rows"]},
+               "rerank_one_user": {str(n): _rerank_one_user(n, repeats, seed)
+                                   for n in sizes["rerank_items"]},
+               "recommend": {str(U): _recommend(U, repeats) for U in sizes["recommend_users"]}}
+    return res
+
+
+def format_markdown(r: dict) -> str:
+    """The results as a Markdown table: each part's times and large/small ratios."""
+    s = r["sizes"]
+    lo, hi = (str(x) for x in s["lfu_rows"])
+    lf = r["lfu_forward"]
+    ro = r["rerank_one_user"]
+    rlo, rhi = (str(x) for x in s["rerank_items"])
+    rc = r["recommend"]
+    ulo, uhi = (str(x) for x in s["recommend_users"])
+    us = 1e6
+    lines = [
+        f"Machine: {machine_line(r['machine'])}; 1 thread.",
+        "",
+        "| part | small | large | large / small |",
+        "|---|---:|---:|---:|",
+        f"| LFU forward, 8 known IDs ({int(lo):,} → {int(hi):,} rows) | {lf[lo]['evict_lfu'] * us:.0f} µs "
+        f"| {lf[hi]['evict_lfu'] * us:.0f} µs | {lf[hi]['evict_lfu'] / lf[lo]['evict_lfu']:.2f} |",
+        f"| growing module, same forward | {lf[lo]['grow'] * us:.0f} µs | {lf[hi]['grow'] * us:.0f} µs "
+        f"| {lf[hi]['grow'] / lf[lo]['grow']:.2f} |",
+        f"| rerank one user, ItemDistribution ({int(rlo):,} → {int(rhi):,} items) | {ro[rlo] * us:.0f} µs "
+        f"| {ro[rhi] * us:.0f} µs | {ro[rhi] / ro[rlo]:.2f} |",
+        f"| recommend ({int(ulo):,} → {int(uhi):,} users) | {rc[ulo]['recommend']:.2f} s "
+        f"| {rc[uhi]['recommend']:.2f} s | {rc[uhi]['recommend'] / rc[ulo]['recommend']:.2f} |",
+        f"| reference: vectors once, one product per chunk | {rc[ulo]['reference']:.2f} s "
+        f"| {rc[uhi]['reference']:.2f} s | {rc[uhi]['reference'] / rc[ulo]['reference']:.2f} |",
+        "",
+        f"recommend / reference at {int(uhi):,} users: "
+        f"{rc[uhi]['recommend'] / rc[uhi]['reference']:.2f}.",
+    ]
+    return "\n".join(lines)
