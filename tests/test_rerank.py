@@ -1025,3 +1025,20 @@ def test_miscalibration_of_an_item_distribution_reads_only_the_listed_rows(seed)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match=r"lists\[0, 0\] holds item id 60"):
         rerank.miscalibration(np.full((1, 2), n), rerank.ItemDistribution(dense), target[:1])
+
+
+def test_item_distribution_refuses_a_scipy_matrix_with_bad_indices():
+    # scipy does not check a CSR's index arrays; calibrated() trusts an ItemDistribution's
+    # (it skips the per-call check), so a column index past G segfaulted there. Oracle: the
+    # raw matrix is refused by the per-call check, the ItemDistribution at construction.
+    sp = pytest.importorskip("scipy.sparse")
+    bad = sp.csr_matrix((np.ones(4), np.array([0, 1, 10**8, 0], np.int32), np.array([0, 1, 2, 3, 4])),
+                        shape=(4, 2))
+    scores, target = np.ones((1, 3)), np.full((1, 2), 0.5)
+    with pytest.raises(ValueError, match=r"column index outside \[0, 2\)"):
+        rerank.ItemDistribution(bad)
+    with pytest.raises(ValueError):
+        rerank.calibrated(scores, bad, target, k=2)
+    # and zero users through the CSR path of miscalibration, as the dense one
+    good = rerank.ItemDistribution(np.eye(2))
+    assert rerank.miscalibration(np.zeros((0, 2), np.int64), good, np.zeros((0, 2))).shape == (0,)

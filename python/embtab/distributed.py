@@ -192,16 +192,6 @@ def _refuse(path: str, what: str):
     raise ValueError(f"embtab.distributed: {path} {what}")
 
 
-def _manifest_token(path: str) -> Optional[str]:
-    """The save token of the manifest at ``path``, or None when there is none to read."""
-    try:
-        with open(path, "rb") as f:
-            token = json.loads(f.read()).get("token")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return token if isinstance(token, str) else None
-
-
 def _read_manifest(path: str) -> dict:
     """The manifest at ``path``, its checksum and structure verified (ValueError naming
     ``path``; FileNotFoundError when it does not exist)."""
@@ -668,14 +658,12 @@ class _ShardedBase(nn.Module):
                             "shards": [{"rank": i, "file": _shard_name(name, i, self.world_size, token),
                                         "sha256": sha, "num_ids": n} for i, (sha, n) in enumerate(info)]}
                 manifest["checksum"] = _manifest_checksum(manifest)
-                mpath = os.path.join(directory, _manifest_name(name))
                 try:
-                    _core.atomic_write(mpath, json.dumps(manifest, indent=1).encode())
+                    _core.atomic_write(os.path.join(directory, _manifest_name(name)),
+                                       json.dumps(manifest, indent=1).encode())
                     renamed = True
-                except OSError as e:
-                    # an error after the rename (syncing the directory) leaves it in place
-                    renamed = _manifest_token(mpath) == token
-                    err = None if renamed else e
+                except OSError as e:  # raised only before the rename: the old manifest stays
+                    err = e
             try:
                 self._agree("save (manifest)", None if err is None else f"{type(err).__name__}: {err}")
             except ShardedCommError as e:

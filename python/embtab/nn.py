@@ -844,10 +844,11 @@ class _CuckooBase(_AtomicLoad):
         if self.optimizer is not None:
             self.optimizer.reset_rows(self, rows)
         self._pending_rows.append(rows)
-        if sum(len(r) for r in self._pending_rows) > self.num_embeddings:
+        if sum(len(r) for r in self._pending_rows) > 2 * self.num_embeddings:
             # Only a torch optimizer's step clears the list (it resets those rows' state); a
             # module trained with a fused optimizer alone never takes one, so the list is kept
-            # as its distinct rows: at most num_embeddings entries, however many IDs arrive.
+            # as its distinct rows: at most 2 * num_embeddings entries, however many IDs
+            # arrive, and a sort of them only after num_embeddings more.
             self._pending_rows[:] = [np.unique(np.concatenate(self._pending_rows))]
         _PENDING.add(self)
         self._table_changed()
@@ -959,29 +960,28 @@ class _CuckooBase(_AtomicLoad):
         # swap_tensors keeps the Python object (so optimizers still hold it) but gives it a fresh
         # autograd identity: `param.data = bigger` would keep a cached gradient accumulator that
         # still expects the old shape while an old graph (e.g. last step's loss) is alive.
-        try:
-            torch.utils.swap_tensors(w, new_p)
-        except RuntimeError as e:
-            if "use_count" in str(e):  # refused before changing anything
-                raise _GraphHoldsWeight(
-                    f"{type(self).__name__}: cannot grow from {R} to {new_R} rows while a graph "
-                    f"built before this forward still holds the weight for its backward (e.g. a "
-                    f"lookup whose per_sample_weights require grad); nothing changed. Run that "
-                    f"backward (or drop the graph) first, or pre-size num_embeddings"
-                ) from e
-            if "weakref" not in str(e):
-                raise
-            swapped = False
-        else:
-            swapped = True
-        if not swapped:
-            gc.collect()  # weak references (and old graphs) held by dead cycles go first
+        def swap() -> bool:
+            """Swap; False if a weak reference pins the Parameter (nothing changed then)."""
             try:
                 torch.utils.swap_tensors(w, new_p)
-                swapped = True
             except RuntimeError as e:
+                if "use_count" in str(e):  # refused before changing anything
+                    raise _GraphHoldsWeight(
+                        f"{type(self).__name__}: cannot grow from {R} to {new_R} rows while a "
+                        f"graph built before this forward still holds the weight for its "
+                        f"backward (e.g. a lookup whose per_sample_weights require grad); "
+                        f"nothing changed. Run that backward (or drop the graph) first, or "
+                        f"pre-size num_embeddings"
+                    ) from e
                 if "weakref" not in str(e):
                     raise
+                return False
+            return True
+
+        swapped = swap()
+        if not swapped:
+            gc.collect()  # weak references (and old graphs) held by dead cycles go first
+            swapped = swap()
         if not swapped:
             # A live weak reference pins the Parameter (torch.compile's guards hold some once a
             # compiled forward has recompiled), and swap_tensors refuses before changing

@@ -139,6 +139,14 @@ def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarra
                              f"got shape {shape_str(item_dist)}")
         if item_dist.dtype.kind != "f":
             raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
+        # scipy does not check its index arrays (check_format is shallow by default); the core
+        # trusts an ItemDistribution's, so they are checked here
+        ip, ix = np.asarray(item_dist.indptr), np.asarray(item_dist.indices)
+        if not (ip.ndim == 1 and ip.size == item_dist.shape[0] + 1 and ip[0] == 0 and ip[-1] == ix.size
+                and np.all(np.diff(ip) >= 0)):
+            raise ValueError("item_dist is a scipy CSR matrix whose indptr is not a valid row pointer")
+        if ix.size and (int(ix.min()) < 0 or int(ix.max()) >= G):
+            raise ValueError(f"item_dist is a scipy CSR matrix with a column index outside [0, {G})")
         m = item_dist.copy()
         m.sum_duplicates()
         data = np.asarray(m.data, dtype=np.float64)
@@ -842,7 +850,8 @@ def miscalibration(
         at = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
         user = np.repeat(np.arange(flat.size) // k, lens)
         G = item_dist.n_genres
-        m = np.bincount(user * G + genre[at], weights=weights[wclass[at]], minlength=U * G).reshape(U, G)
+        m = np.bincount(user * G + genre[at], weights=weights[wclass[at]],
+                        minlength=U * G).astype(np.float64, copy=False).reshape(U, G)
     elif is_sparse(item_dist):
         m = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).sum(axis=1)
     else:

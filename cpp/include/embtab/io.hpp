@@ -84,7 +84,9 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
 
 // read_file returns the whole content of `path`; throws IoError if it cannot be read.
 inline std::string read_file(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO with no writer would block in open() itself (it has no
+    // effect on a regular file's reads)
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         const int err = errno;
         throw IoError("cannot open " + path, err, path);

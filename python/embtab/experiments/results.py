@@ -96,8 +96,8 @@ def summarize(results: dict) -> list:
             values = [r.get(name) for r in rows]
             m, sd = mean_sd(values)
             agg[name], agg[name + ":sd"] = m, sd
-            if np.ndim(m) == 0:  # the seeds the metric is defined on (NaN on the others)
-                agg[name + ":n"] = int(sum(v is not None and math.isfinite(v) for v in values))
+            if np.ndim(m) == 0:  # the seeds mean_sd used: defined (not None, not NaN)
+                agg[name + ":n"] = int(sum(v is not None and not math.isnan(v) for v in values))
         out.append(agg)
     return out
 
