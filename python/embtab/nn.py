@@ -1267,7 +1267,7 @@ class _CuckooBase(_AtomicLoad):
         pin = _Pin()
         key = id(pin)
         read = rows[(rows >= 0) & (rows < self.num_embeddings)]
-        # its distinct rows, by hashing (np.unique sorts: 10x slower on a 65,536-ID batch)
+        # its distinct rows, by hashing (O(batch); np.unique sorts)
         self._graph_rows[key] = _first_occurrence(read, self.num_threads)[0] if read.size else read
         weakref.finalize(pin, self._graph_rows.pop, key, None)
         # The node that produced `out` holds the pin: freed with the graph, or released by
