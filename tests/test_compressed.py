@@ -417,7 +417,7 @@ def test_cuckoo_memory_bytes_hand_computed(kw):
     st = emb._table.stats()
     mb = emb.memory_bytes()
     assert mb["weights"] == (R + 1) * 8 * 4
-    assert st["memory_bytes"] == st["num_buckets"] * 64 + st["free_rows"] * 8
+    assert st["memory_bytes"] == st["num_buckets"] * 64 + st["free_row_bytes"]
     assert mb["optimizer"] == 2 * (R + 1) * 8 * 4 + 8
     # the native index; row_ids (8 B) + row_live (1 B) per row; 5 int64 counters; with the
     # policies, LRU's last-seen step per row, num_expired and the admission sketch. The eval

@@ -624,6 +624,15 @@ def test_stats_and_memory():
     assert s["bytes_per_key"] == pytest.approx(s["memory_bytes"] / 10_000)
     assert set(s) >= {"grows", "displacements", "lookups", "second_bucket_probes", "max_bfs_path"}
     assert embtab.CuckooTable is CuckooTable
+    # The free rows are a tree of bit words (free_rows.hpp), allocated at the first erase:
+    # 10,000 rows are 157 words of a bit per row, under one word with a bit per word of those
+    # (157 bits: 3 words), under one top word.
+    assert s["free_row_bytes"] == 0
+    t.erase(np.arange(0, 10_000, 3, dtype=np.int64))
+    s = t.stats()
+    assert s["free_rows"] == 3334 and s["free_row_bytes"] == (157 + 3 + 1) * 8
+    assert s["memory_bytes"] == s["num_buckets"] * 64 + s["free_row_bytes"]
+    assert t.lookup_or_insert(np.array([-1, -2], dtype=np.int64)).tolist() == [0, 3]
 
 
 def test_parallel_batches_from_two_python_threads_at_once():

@@ -33,6 +33,7 @@ py::dict stats_dict(const embtab::TableStats& s) {
     d["free_rows"] = s.free_rows;
     d["load_factor"] = s.load_factor;
     d["memory_bytes"] = s.memory_bytes;
+    d["free_row_bytes"] = s.free_row_bytes;
     d["prepared_bytes"] = s.prepared_bytes;
     d["bytes_per_key"] = s.size ? static_cast<double>(s.memory_bytes) / static_cast<double>(s.size) : 0.0;
     d["lookups"] = s.lookups;

@@ -215,7 +215,9 @@ class CuckooTable:
         """Gauges and counters for tuning.
 
         Gauges: ``size``, ``capacity``, ``num_buckets``, ``num_rows``, ``free_rows``,
-        ``load_factor``, ``memory_bytes`` (index + free-row heap), ``bytes_per_key`` and
+        ``load_factor``, ``memory_bytes`` (index + ``free_row_bytes``: the free rows as a
+        tree of bit words, a bit per row handed out, allocated at the first erase),
+        ``bytes_per_key`` and
         ``prepared_bytes`` (the next growth's index, prepared on a background thread while
         batches are mostly new IDs, the load is past 0.7 of ``max_load_factor``, the last
         growth came from inserts and ``num_threads`` allows two or more; see the tables guide,

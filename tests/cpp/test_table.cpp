@@ -5,11 +5,13 @@
 // (the next index prepared on a background thread) giving the same table as one thread.
 #include <cstdint>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
 
 #include "check.hpp"
+#include "embtab/free_rows.hpp"
 #include "embtab/table.hpp"
 
 using embtab::CuckooTable;
@@ -139,9 +141,64 @@ void bulk_loading_same_table() {
     CHECK(TableTestAccess::check_invariants(two).empty());
 }
 
+// FreeRowSet (free_rows.hpp) against std::set: random pushes, pops of the lowest and clears
+// over row ranges that cross one, two and three levels of its bit tree (64, 4,096, 262,144).
+void free_row_set_against_a_set(std::uint64_t span, std::uint64_t seed) {
+    embtab::FreeRowSet f;
+    std::set<std::int64_t> want;
+    std::mt19937_64 rng(seed);
+    CHECK(f.empty() && f.memory_bytes() == 0);
+    for (int op = 0; op < 20000; ++op) {
+        const auto kind = rng() % 100;
+        if (kind < 55) {
+            // clustered near the bottom most of the time (pops must then walk a full word),
+            // anywhere in [0, span) otherwise
+            const std::int64_t r = static_cast<std::int64_t>(rng() % (rng() % 4 == 0 ? span : std::min<std::uint64_t>(span, 200)));
+            if (want.insert(r).second) f.push(r);
+        } else if (kind < 99) {
+            if (!want.empty()) {
+                CHECK(!f.empty() && f.top() == *want.begin());
+                f.pop();
+                want.erase(want.begin());
+            }
+        } else {
+            f.clear();
+            want.clear();
+        }
+        CHECK(f.size() == want.size() && f.empty() == want.empty());
+        if (op % 997 == 0) {
+            std::vector<std::int64_t> listed;
+            f.for_each([&](std::int64_t r) { listed.push_back(r); });
+            CHECK(listed == std::vector<std::int64_t>(want.begin(), want.end()));
+            for (std::int64_t r : {std::int64_t{0}, static_cast<std::int64_t>(span - 1), std::int64_t{-1}}) {
+                CHECK(f.contains(r) == (want.count(r) == 1));
+            }
+        }
+    }
+    // reserve keeps what is in the set (the levels above are rebuilt)
+    f.clear();
+    want.clear();
+    for (std::int64_t r : {std::int64_t{5}, std::int64_t{63}, std::int64_t{64}}) {
+        f.push(r);
+        want.insert(r);
+    }
+    const std::uint64_t before = f.covered();
+    f.reserve(span * 64 + 1);
+    CHECK(f.covered() >= span * 64 + 1 && f.covered() >= 2 * before);
+    f.push(static_cast<std::int64_t>(span * 64));
+    want.insert(static_cast<std::int64_t>(span * 64));
+    while (!want.empty()) {
+        CHECK(f.top() == *want.begin());
+        f.pop();
+        want.erase(want.begin());
+    }
+    CHECK(f.empty());
+}
+
 }  // namespace
 
 int main() {
+    for (std::uint64_t span : {64, 4096, 262144, 1000003}) free_row_set_against_a_set(span, span + 1);
     for (double g : {2.0, 1.5, 1.1, 3.0, 16.0}) against_a_map(g, 7, 1);
     against_a_map(2.0, 11, 4);
     file_round_trip();

@@ -48,7 +48,6 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <queue>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
@@ -62,6 +61,7 @@
 
 #include "embtab/alloc.hpp"
 #include "embtab/config.hpp"
+#include "embtab/free_rows.hpp"
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
 
@@ -100,7 +100,8 @@ struct TableConfig {
 struct TableStats {
     std::uint64_t size = 0, capacity = 0, num_buckets = 0, num_rows = 0, free_rows = 0;
     double load_factor = 0.0;
-    std::uint64_t memory_bytes = 0;       // buckets + free-row heap
+    std::uint64_t memory_bytes = 0;       // buckets + free-row bits
+    std::uint64_t free_row_bytes = 0;     // the free rows' bits (free_rows.hpp)
     std::uint64_t prepared_bytes = 0;     // the next growth's index, prepared while bulk loading
     std::uint64_t lookups = 0;            // keys looked up (lookup, contains, lookup_or_insert)
     std::uint64_t second_bucket_probes = 0;  // lookups that had to read the second bucket
@@ -236,7 +237,7 @@ class CuckooTable {
             }
         }
         next_row_ = next_row_before;
-        // Each was popped from free_rows_ in this call: its vector has the room (pop keeps it).
+        // Each was popped from free_rows_ in this call: covered by its bits, so push cannot allocate.
         for (std::int64_t r : reused_rows_) free_rows_.push(r);
         reused_rows_.clear();
     }
@@ -244,27 +245,31 @@ class CuckooTable {
   public:
 
     // erase removes each present key and returns its row to the free pool; returns the number
-    // of keys removed (a key repeated in the batch counts once). Writer.
+    // of keys removed (a key repeated in the batch counts once). Throws std::bad_alloc (table
+    // unchanged) only if the free rows' bits cannot grow to cover every row handed out. Keys
+    // are hashed and their buckets prefetched ahead, as lookups are. Writer.
     std::uint64_t erase(const std::uint64_t* keys, std::size_t n) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
+        if (n == 0) return 0;
+        free_rows_.reserve(next_row_);  // the one step that can throw: before any change
         std::uint64_t removed = 0;
-        for (std::size_t i = 0; i < n; ++i) {
+        probe_batch(buckets_, keys, n, [&](std::size_t i, std::int64_t row, bool) {
+            if (row == kNoRow) return;
             const BucketPair bp = buckets_of(keys[i], buckets_.count);
             for (std::uint64_t b : {bp.first, bp.second}) {
                 Bucket& bk = buckets_.data[b];
                 for (std::size_t s = 0; s < kSlotsPerBucket; ++s) {
-                    if (bk.rows[s] != kNoRow && bk.keys[s] == keys[i]) {
-                        free_rows_.push(bk.rows[s]);
+                    if (bk.rows[s] == row && bk.keys[s] == keys[i]) {
+                        free_rows_.push(row);
                         bk.rows[s] = kNoRow;
                         bk.keys[s] = 0;
                         --size_;
                         ++removed;
-                        goto next_key;
+                        return;
                     }
                 }
             }
-        next_key:;
-        }
+        });
         stats_erases_ += removed;
         return removed;
     }
@@ -272,15 +277,17 @@ class CuckooTable {
     // assign rebuilds the table to hold exactly the given (key, row) pairs, with num_rows rows
     // handed out (every row in [0, num_rows) not in `rows` is free). Throws
     // std::invalid_argument, changing nothing, if a key or a row repeats, a row is negative or
-    // >= num_rows, or max_size is exceeded; AllocError if num_rows rows' bookkeeping (9 bytes
-    // each) is more than the machine's memory. Writer.
+    // >= num_rows, or max_size is exceeded; AllocError if 9 bytes per row handed out would be
+    // more than the machine's memory: a plausibility bound on num_rows (the bookkeeping takes
+    // about 1.2 bytes per row; a float32 weight of num_rows rows, at any dim above 2, more
+    // than 9). Writer.
     void assign(const std::uint64_t* keys, const std::int64_t* rows, std::size_t n, std::uint64_t num_rows) {
         std::unique_lock<std::shared_mutex> lock(mutex_);
         if (config_.max_size != 0 && n > config_.max_size) {
             throw std::invalid_argument("cannot hold " + std::to_string(n) + " IDs: max_size is " +
                                         std::to_string(config_.max_size));
         }
-        // used[] and the free list: 9 bytes per row handed out
+        // used[] (a byte per row) and the free rows' bits: bounded by 9 bytes per row (above)
         checked_bytes(num_rows, 9, "the row bookkeeping for num_rows rows");
         std::vector<std::uint8_t> used(num_rows, 0);
         for (std::size_t i = 0; i < n; ++i) {
@@ -304,14 +311,17 @@ class CuckooTable {
                 fresh = rehash(fresh, grown_count(fresh.count));
             }
         }
-        std::vector<std::int64_t> free_list;
-        for (std::uint64_t r = 0; r < num_rows; ++r) {
-            if (!used[r]) free_list.push_back(static_cast<std::int64_t>(r));
+        FreeRowSet free_set;
+        if (n < num_rows) {
+            free_set.reserve(num_rows);
+            for (std::uint64_t r = 0; r < num_rows; ++r) {
+                if (!used[r]) free_set.push(static_cast<std::int64_t>(r));
+            }
         }
         buckets_ = std::move(fresh);
         size_ = n;
         next_row_ = num_rows;
-        free_rows_ = FreeRows(std::greater<std::int64_t>(), std::move(free_list));
+        free_rows_ = std::move(free_set);
     }
 
     // capacity /////////////////////////////////////////////////////////////////////////////
@@ -335,7 +345,7 @@ class CuckooTable {
         buckets_.reset();
         size_ = 0;
         next_row_ = 0;
-        free_rows_ = FreeRows();
+        free_rows_.clear();
     }
 
     std::uint64_t size() const {
@@ -364,7 +374,8 @@ class CuckooTable {
         s.num_rows = next_row_;
         s.free_rows = free_rows_.size();
         s.load_factor = static_cast<double>(size_) / static_cast<double>(s.capacity);
-        s.memory_bytes = buckets_.count * sizeof(Bucket) + free_rows_.size() * sizeof(std::int64_t);
+        s.free_row_bytes = free_rows_.memory_bytes();
+        s.memory_bytes = buckets_.count * sizeof(Bucket) + s.free_row_bytes;
         s.prepared_bytes = prepared_ ? prepared_->count * sizeof(Bucket) : 0;
         s.lookups = stats_lookups_.load();
         s.second_bucket_probes = stats_second_.load();
@@ -543,7 +554,6 @@ class CuckooTable {
         std::uint64_t first, second;
     };
 
-    using FreeRows = std::priority_queue<std::int64_t, std::vector<std::int64_t>, std::greater<std::int64_t>>;
 
     template <class T>
     static T get(const char* p) noexcept {
@@ -1127,7 +1137,7 @@ class CuckooTable {
     Buckets buckets_;
     std::uint64_t size_ = 0;
     std::uint64_t next_row_ = 0;
-    FreeRows free_rows_;
+    FreeRowSet free_rows_;
     std::vector<std::int64_t> reused_rows_;  // rows a lookup_or_insert took from free_rows_
     mutable std::shared_mutex mutex_;
 
@@ -1167,13 +1177,21 @@ struct TableTestAccess {
             }
         }
         if (live != t.size_) return "size " + std::to_string(t.size_) + " but " + std::to_string(live) + " live slots";
-        auto free_copy = t.free_rows_;
-        while (!free_copy.empty()) {
-            const auto r = free_copy.top();
-            free_copy.pop();
-            if (r < 0 || static_cast<std::uint64_t>(r) >= t.next_row_) return "free row out of range";
-            if (row_seen[r]++) return "free row " + std::to_string(r) + " is live or listed twice";
-        }
+        std::string bad;
+        std::uint64_t listed = 0;
+        std::int64_t lowest = -1;
+        t.free_rows_.for_each([&](std::int64_t r) {
+            if (listed++ == 0) lowest = r;
+            if (!bad.empty()) return;
+            if (r < 0 || static_cast<std::uint64_t>(r) >= t.next_row_) {
+                bad = "free row out of range";
+            } else if (row_seen[r]++) {
+                bad = "free row " + std::to_string(r) + " is live or listed twice";
+            }
+        });
+        if (!bad.empty()) return bad;
+        if (listed != t.free_rows_.size()) return "free row count is off";
+        if (!t.free_rows_.empty() && t.free_rows_.top() != lowest) return "top is not the lowest free row";
         for (std::uint64_t r = 0; r < t.next_row_; ++r) {
             if (!row_seen[r]) return "row " + std::to_string(r) + " neither live nor free";
         }
