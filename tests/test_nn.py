@@ -1468,3 +1468,82 @@ def test_lfu_counts_every_lookup_of_each_row():
                 count[i] = count.get(i, 0) + 1
     rows = m.lookup(torch.tensor(sorted(count)))
     assert m.row_count[rows].tolist() == [count[i] for i in sorted(count)]
+
+
+def _eviction_oracle(R, policy, batches):
+    """Rows per batch under LRU / LFU eviction, from the policy's definition (the modules
+    guide): a new ID takes the lowest free row, else a fresh one; when the batch's new IDs do
+    not fit, the live rows the batch does not read with the lowest (score, row) are freed,
+    score = the step of the last lookup (LRU) or the number of lookups (LFU)."""
+    id_row, row_id, free, next_row = {}, {}, [], 0
+    last, count = [0] * R, [0] * R
+    out = []
+    for step, ids in enumerate(batches, 1):
+        read = {id_row[i] for i in ids if i in id_row}
+        new = list(dict.fromkeys(i for i in ids if i not in id_row))
+        over = len(new) - (R - len(id_row))
+        if over > 0:
+            score = last if policy == "evict_lru" else count
+            for r in sorted((r for r in row_id if r not in read), key=lambda r: (score[r], r))[:over]:
+                del id_row[row_id.pop(r)]
+                free.append(r)
+        for i in new:
+            if free:
+                r = min(free)
+                free.remove(r)
+            else:
+                r, next_row = next_row, next_row + 1
+            id_row[i], row_id[r], last[r], count[r] = r, i, 0, 0
+        rows = [id_row[i] for i in ids]
+        for r in rows:
+            last[r] = step
+            count[r] += 1
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("policy", ["evict_lru", "evict_lfu"])
+@pytest.mark.parametrize("R", [600, 20_000])
+def test_eviction_follows_its_definition_on_long_skewed_streams(policy, R):
+    # Zipf-repeated IDs (many tied scores under LFU, whole batches tied under LRU) and a
+    # trickle of new ones, so that victims are few against the live rows (the sampled
+    # threshold of _lowest_rows) or, in bursts, most of them (its fallback).
+    rng = np.random.default_rng(R)
+    pool = rng.permutation(4 * R)
+    batches = []
+    for step in range(40):
+        n = int(rng.integers(R // 4, R)) if step % 7 == 6 else int(rng.integers(1, R // 10))
+        batches.append(pool[(rng.zipf(1.2, n) - 1) % len(pool)
+                            if step % 2 else rng.integers(0, len(pool), n)].tolist())
+    want = _eviction_oracle(R, policy, batches)
+    emb = CuckooEmbedding(R, 2, on_full=policy)
+    for ids, rows in zip(batches, want):
+        with torch.no_grad():
+            emb(torch.tensor(ids))
+        assert emb.lookup(torch.tensor(ids)).tolist() == rows
+
+
+def test_lowest_rows_against_a_full_sort_including_a_threshold_that_misses():
+    """embtab.nn._lowest_rows (the victim choice) against a lexsort of every eligible row; the
+    periodic case puts every sampled row's score below the rest, so the sampled threshold keeps
+    too few candidates and the fallback to all eligible rows must answer."""
+    from embtab.nn import _lowest_rows
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for R in (50, 9_000, 100_000):
+        for hi in (3, 1_000, 2**62):
+            cases.append((rng.integers(0, hi, R), rng.random(R) < 0.9))
+    R = 100_000
+    stride = R // 8192
+    periodic = np.where(np.arange(R) % stride == 0, 0, rng.integers(1, 5, R))
+    cases.append((periodic, np.ones(R, bool)))
+    for score, eligible in cases:
+        n = int(eligible.sum())
+        for k in sorted({1, 2, n // 50 + 1, n // 5 + 1, n // 3, n}):
+            if not 1 <= k <= n:
+                continue
+            rows = np.flatnonzero(eligible)
+            want = np.sort(rows[np.lexsort((rows, score[rows]))][:k])
+            got = _lowest_rows(score, eligible, k, n)
+            assert got.dtype == np.int64 and got.tolist() == want.tolist(), (len(score), k)

@@ -368,6 +368,45 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         _refuse_unknown_keys(module, sd, prefix, own)
 
 
+def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int) -> np.ndarray:
+    """The ``k`` rows r with ``eligible[r]`` and the lowest ``(score[r], r)``, ascending.
+
+    Exact, in passes over R bytes and int64 instead of a copy and a partition of all R
+    scores: a threshold t drawn from a strided sample of the eligible scores (the exact k-th
+    lowest when the sample would keep fewer than k rows, or when k is over a quarter of the
+    eligible rows) splits the answer into every eligible row scored below t, and, by lowest
+    row, those scored t; the rows scored t are read in chunks only until enough are found,
+    so that a score shared by most rows (LFU's count of 1) costs no list of them.
+    """
+    R = len(score)
+    t = None
+    if 4 * k < n_eligible:
+        stride = max(1, R // 8192)
+        sample = score[::stride][eligible[::stride]]
+        if sample.size >= 64:
+            q = min(1.0, 2.0 * k / n_eligible + 16.0 / sample.size)
+            t = np.quantile(sample, q, method="higher")
+            if np.count_nonzero(eligible & (score <= t)) < k:
+                t = None   # the sample misled: take the exact threshold
+    if t is None:
+        t = np.partition(score[eligible], k - 1)[k - 1]
+    below = np.flatnonzero(eligible & (score < t))
+    if len(below) >= k:   # a sampled t above the k-th score: the k lowest of those rows
+        s = score[below]
+        kth = np.partition(s, k - 1)[k - 1]
+        low = below[s < kth]
+        picked = [low, below[s == kth][: k - len(low)]]
+    else:
+        picked, need, chunk = [below], k - len(below), 1 << 16
+        for a in range(0, R, chunk):
+            at_t = np.flatnonzero(eligible[a:a + chunk] & (score[a:a + chunk] == t))[:need]
+            picked.append(at_t + a)
+            need -= len(at_t)
+            if need == 0:
+                break
+    return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
+
+
 def init_vectors(
     ids: np.ndarray,
     dim: int,
@@ -891,20 +930,15 @@ class _CuckooBase(_AtomicLoad):
 
     def _pick_victims(self, new: int, free: int, batch_rows: np.ndarray) -> np.ndarray:
         """The ``new - free`` live rows with the lowest (score, row) that the current batch does
-        not use; ValueError (nothing changed) when fewer can be evicted."""
+        not use, ascending; ValueError (nothing changed) when fewer can be evicted."""
         R = self.num_embeddings
         k = new - free
-        score = (
-            (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count)
-            .numpy()
-            .copy()
-        )
-        big = np.iinfo(np.int64).max
-        score[~self.row_live.numpy()] = big
-        score[batch_rows] = big
+        score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy()
+        eligible = self.row_live.numpy().copy()   # R bytes, not a copy of R int64 scores
+        eligible[batch_rows] = False
         for pinned in list(self._graph_rows.values()):
-            score[pinned[pinned < R]] = big
-        evictable = int(np.count_nonzero(score != big))
+            eligible[pinned[pinned < R]] = False
+        evictable = int(np.count_nonzero(eligible))
         if evictable < k:
             raise ValueError(
                 f"the batch brings {new} new IDs, {k} more than the {free} free rows, but only "
@@ -912,10 +946,7 @@ class _CuckooBase(_AtomicLoad):
                 f"forward not yet backpropagated, stay): raise num_embeddings (now {R}), use "
                 f"smaller batches or run backward first"
             )
-        kth = np.partition(score, k - 1)[k - 1]
-        below = np.flatnonzero(score < kth)
-        equal = np.flatnonzero(score == kth)[: k - len(below)]
-        return np.concatenate([below, equal]).astype(np.int64)
+        return _lowest_rows(score, eligible, k, evictable)
 
     def _expire(self) -> None:
         """Free the rows of the live IDs last looked up ``expire_after`` or more steps ago

@@ -10,6 +10,11 @@ size ratio for one that scales with it):
 - ``lfu_forward``: a training forward of 8 known IDs through ``CuckooEmbedding`` with
   ``on_full="evict_lfu"`` (no eviction), at ``R`` rows, against the same module with
   ``on_full="grow"``; the LFU counts are summed per distinct row of the batch.
+- ``evict_forward``: a training forward (no gradient) of 4,096 new IDs through a full
+  ``CuckooEmbedding(R, 16)`` with ``on_full="evict_lru"`` and ``"evict_lfu"``: victims chosen
+  among R rows, their IDs erased, the new IDs inserted into the freed rows and initialised;
+  against the same forward of 4,096 known IDs (``known``). The victim choice reads every row
+  (O(R)); the rest is O(batch).
 - ``rerank_one_user``: ``rerank.calibrated`` of one user (200 candidates, k = 10) with a
   prebuilt ``ItemDistribution`` over ``n_items`` items; the distribution's arrays are checked
   once when it is built, not per call.
@@ -60,6 +65,38 @@ def _lfu_forward(R: int, repeats: int, seed: int) -> dict:
                 m(batches[next(it) % len(batches)])
 
         res[policy] = _median_call(step, 200, repeats)
+        del m
+    return res
+
+
+def _evict_forward(R: int, repeats: int, seed: int) -> dict:
+    from embtab.nn import CuckooEmbedding
+
+    rng = np.random.default_rng(seed)
+    ids = np.arange(R, dtype=np.int64) * 7 + 1
+    res = {}
+    for policy in ("evict_lru", "evict_lfu"):
+        m = CuckooEmbedding(R, 16, num_threads=1, on_full=policy, seed=seed)
+        with torch.no_grad():
+            for i in range(0, R, 1 << 16):
+                m(torch.from_numpy(ids[i:i + (1 << 16)]))
+        fresh = iter(range(1, 10**9))
+
+        def new_batch(m=m, fresh=fresh):
+            b = next(fresh)
+            with torch.no_grad():   # 4,096 IDs no earlier batch had
+                m(torch.from_numpy(-(np.arange(4096, dtype=np.int64) + 4096 * b)))
+
+        res[policy] = _median_call(new_batch, 20, repeats)
+        known = torch.from_numpy(-(np.arange(4096, dtype=np.int64) + 4096 * next(fresh)))
+        with torch.no_grad():
+            m(known)
+
+        def known_batch(m=m):
+            with torch.no_grad():
+                m(known)
+
+        res[policy + "_known"] = _median_call(known_batch, 20, repeats)
         del m
     return res
 
@@ -115,6 +152,8 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 3) -> dict:
     with torch_threads(1):
         res = {"benchmark": "scaling", "machine": machine(), "quick": quick, "sizes": sizes,
                "lfu_forward": {str(R): _lfu_forward(R, repeats, seed) for R in sizes["lfu_rows"]},
+               "evict_forward": {str(R): _evict_forward(R, repeats, seed)
+                                 for R in sizes["lfu_rows"]},
                "rerank_one_user": {str(n): _rerank_one_user(n, repeats, seed)
                                    for n in sizes["rerank_items"]},
                "recommend": {str(U): _recommend(U, repeats) for U in sizes["recommend_users"]}}
@@ -126,6 +165,7 @@ def format_markdown(r: dict) -> str:
     s = r["sizes"]
     lo, hi = (str(x) for x in s["lfu_rows"])
     lf = r["lfu_forward"]
+    ev = r["evict_forward"]
     ro = r["rerank_one_user"]
     rlo, rhi = (str(x) for x in s["rerank_items"])
     rc = r["recommend"]
@@ -140,6 +180,11 @@ def format_markdown(r: dict) -> str:
         f"| {lf[hi]['evict_lfu'] * us:.0f} µs | {lf[hi]['evict_lfu'] / lf[lo]['evict_lfu']:.2f} |",
         f"| growing module, same forward | {lf[lo]['grow'] * us:.0f} µs | {lf[hi]['grow'] * us:.0f} µs "
         f"| {lf[hi]['grow'] / lf[lo]['grow']:.2f} |",
+        *(f"| {p.split('_')[1].upper()} eviction, 4,096 new IDs | {ev[lo][p] * us:.0f} µs "
+          f"| {ev[hi][p] * us:.0f} µs | {ev[hi][p] / ev[lo][p]:.2f} |\n"
+          f"| same module, 4,096 known IDs | {ev[lo][p + '_known'] * us:.0f} µs "
+          f"| {ev[hi][p + '_known'] * us:.0f} µs | {ev[hi][p + '_known'] / ev[lo][p + '_known']:.2f} |"
+          for p in ("evict_lru", "evict_lfu")),
         f"| rerank one user, ItemDistribution ({int(rlo):,} → {int(rhi):,} items) | {ro[rlo] * us:.0f} µs "
         f"| {ro[rhi] * us:.0f} µs | {ro[rhi] / ro[rlo]:.2f} |",
         f"| recommend ({int(ulo):,} → {int(uhi):,} users) | {rc[ulo]['recommend']:.2f} s "
