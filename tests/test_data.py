@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -214,6 +216,7 @@ def test_load_interactions_csv_header_timestamps_duplicates_categories(tmp_path)
     ("1 2 3 4 5\n", 1, "2 to 4 fields"),
     ("1 2\n18446744073709551616 3\n", 2, "user '18446744073709551616'"),
     ("1 2 1 5\n1 3 1 4.5\n", 2, "timestamp '4.5'"),
+    ("1;2\n3;4\n", 2, "'3;4': fields are separated by whitespace or commas"),
 ])
 def test_load_interactions_malformed_names_file_and_line(tmp_path, text, line, what):
     p = tmp_path / "bad.txt"
@@ -234,6 +237,35 @@ def test_load_categories_malformed(tmp_path):
     c.write_text("2 Drama\nabc Comedy\n")
     with pytest.raises(ValueError, match=r"cats.txt, line 2: item 'abc'"):
         load_interactions(p, categories=c)
+
+
+def test_categories_lines_split_at_the_first_separator_of_each_line(tmp_path):
+    # A whitespace file whose category has a comma was taken for a CSV (its separator guessed
+    # from any line), and a correct line was then refused; each line now splits on its own.
+    p = tmp_path / "log.txt"
+    p.write_text("1 10\n1 11\n2 12\n")
+    c = tmp_path / "cats.txt"
+    c.write_text("10 Children's, Family\n11 Drama\n12,Film Noir\n")
+    with pytest.warns(UserWarning, match=r"1 category names hold ',' or '\|' .*Children's, Family"):
+        d = load_interactions(p, categories=c)
+    assert d.genre_names == ("Children's, Family", "Drama", "Film Noir")
+    assert [d.item_genres[i].tolist() for i in range(3)] == [[0], [1], [2]]
+    # several labels on one line are one composite category, and the warning says so
+    c.write_text("10,Action,Comedy\n11,Drama\n")
+    with pytest.warns(UserWarning, match="'Action,Comedy'.*a line per category"):
+        assert load_interactions(p, categories=c).genre_names == ("Action,Comedy", "Drama")
+
+
+def test_weights_at_or_below_zero_warn_that_every_line_is_a_positive(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("user,item,label\n1,10,1\n1,11,0\n2,10,-1\n")
+    with pytest.warns(UserWarning, match=r"2 of 3 lines \(first: line 3\) have a weight <= 0"):
+        d = load_interactions(p)
+    assert d.n_interactions == 3   # kept: the warning tells the user, the loader does not guess
+    p.write_text("user,item,label\n1,10,1\n1,11,0.5\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_interactions(p)
 
 
 def test_load_interactions_errors_for_empty_and_missing(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -167,7 +168,10 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     uint64 bit pattern); ``weight`` is a finite float, ``timestamp`` an integer. Every line
     has the same number of fields (2, 3 or 4; with a header of known names, 2 to 4 of them).
     Repeated (user, item) pairs are merged: weights
-    summed, latest timestamp kept.
+    summed, latest timestamp kept. Every line is one positive interaction: training and the
+    metrics read which (user, item) pairs occur, not their weights (kept in
+    ``Interactions.weights``), so a file with negative feedback (label 0, a low rating) must be
+    filtered first; a weight <= 0 draws a ``UserWarning`` saying so.
 
     The optional ``categories`` file has lines ``item category`` (same separator rules; the
     category is the rest of the line after the first separator, so it may contain spaces in a
@@ -267,8 +271,12 @@ def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
         raise ValueError(f"{path}, line {numbers[0]}: expected {len(roles)} fields like the "
                          f"header, found {ncol}")
     if ncol not in (2, 3, 4):
+        hint = ""
+        if ncol == 1 and any(ch in rows[0][0] for ch in ";|:"):
+            hint = (f" ({rows[0][0]!r}: fields are separated by whitespace or commas, "
+                    f"not ';', '|' or ':')")
         raise ValueError(f"{path}, line {numbers[0]}: expected 2 to 4 fields "
-                         f"'user item [weight [timestamp]]', found {ncol}")
+                         f"'user item [weight [timestamp]]', found {ncol}{hint}")
     bad = np.flatnonzero(widths != ncol)
     if bad.size:
         b = int(bad[0])
@@ -281,6 +289,13 @@ def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
     ru = _parse_column(cols["user"], "id", path, numbers, "user")
     ri = _parse_column(cols["item"], "id", path, numbers, "item")
     w = _parse_column(cols["weight"], "float", path, numbers, "weight") if "weight" in cols else None
+    if w is not None and (w <= 0).any():
+        nonpos = np.flatnonzero(w <= 0)
+        warnings.warn(
+            f"{path}: {nonpos.size} of {w.size} lines (first: line {numbers[int(nonpos[0])]}) have "
+            f"a weight <= 0; every line counts as a positive interaction (training and the "
+            f"metrics read which (user, item) pairs occur, not their weights): drop negative "
+            f"feedback from the file first if it is that", UserWarning, stacklevel=3)
     t = (_parse_column(cols["timestamp"], "int", path, numbers, "timestamp")
          if "timestamp" in cols else None)
     genres, genre_names = (None, None)
@@ -290,22 +305,31 @@ def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
                                  genre_names=genre_names)
 
 
+#: A categories line: the item, one separator (a comma or whitespace, with spaces around it),
+#: and the category: the rest of the line, which may hold spaces and commas.
+_CATEGORY_LINE = re.compile(r"([^\s,]+)\s*[,\s]\s*(\S.*)")
+
+
 def _load_categories(path: Path):
     lines = _read_lines(path)
-    sep = _guess_sep(lines)
     items, cats, numbers = [], [], []
     for n, ln in enumerate(lines, 1):
         s = ln.strip()
         if not s or s.startswith("#"):
             continue
-        parts = s.split(sep, 1)
-        if len(parts) != 2 or not parts[1].strip():
+        m = _CATEGORY_LINE.fullmatch(s)   # per line: no separator guessed from other lines
+        if m is None:
             raise ValueError(f"{path}, line {n}: expected 'item category', found {s!r}")
-        items.append(parts[0].strip())
-        cats.append(parts[1].strip())
+        items.append(m.group(1))
+        cats.append(m.group(2).strip())
         numbers.append(n)
     if items and not _is_number(items[0]):
         items, cats, numbers = items[1:], cats[1:], numbers[1:]   # header line
+    listed = [c for c in dict.fromkeys(cats) if "|" in c or "," in c]
+    if listed:
+        warnings.warn(f"{path}: {len(listed)} category names hold ',' or '|' (first: "
+                      f"{listed[0]!r}); each is kept whole as one category. An item with several "
+                      f"categories needs a line per category", UserWarning, stacklevel=4)
     raw = _parse_column(items, "id", path, numbers, "item") if items else np.zeros(0, np.uint64)
     names, gidx = np.unique(np.asarray(cats, dtype=str), return_inverse=True)
     mapping: dict = {}

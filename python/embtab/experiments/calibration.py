@@ -70,13 +70,19 @@ def item_distribution(data: Interactions) -> np.ndarray:
 def categories(train: Interactions) -> tuple:
     """The categories E3 calibrates to: ``(item_dist [I, G], kind)``, rows summing to 1.
 
-    Genres when the data set has any (items without a genre get a "none" category);
+    Genres when the data set has any (items without a genre get a "none" category, and
+    ``kind`` says so: E1's miscalibration@10 leaves such items out);
     otherwise head / mid / tail popularity bins of the training counts
     (:func:`embtab.rerank.popularity_bins`, Abdollahpouri et al.'s 20/60/20 split of
     interactions), ``kind = "popularity bins"``.
     """
     if train.n_genres > 0 and train.item_genres.indices.size > 0:
-        return item_distribution(train), "genres"
+        dist = item_distribution(train)
+        if dist.shape[1] > train.n_genres:
+            # the report says so: this miscalibration@10 is not metrics.miscalibration_at_k's
+            # (E1's), which leaves items without a genre out
+            return dist, 'genres, and "none" for the items without a genre'
+        return dist, "genres"
     return rerank.popularity_bins(train.item_counts()), "popularity bins (head/mid/tail)"
 
 
