@@ -1042,3 +1042,68 @@ def test_item_distribution_refuses_a_scipy_matrix_with_bad_indices():
     # and zero users through the CSR path of miscalibration, as the dense one
     good = rerank.ItemDistribution(np.eye(2))
     assert rerank.miscalibration(np.zeros((0, 2), np.int64), good, np.zeros((0, 2))).shape == (0,)
+
+
+def test_item_distribution_arrays_cannot_be_made_writable():
+    # The core reads an ItemDistribution's arrays unchecked; .csr handed out arrays that owned
+    # their memory, so setflags(write=True) worked and an edited category id crashed calibrated.
+    items = rerank.ItemDistribution(np.eye(4))
+    for a in items.csr + pickle.loads(pickle.dumps(items)).csr:
+        assert not a.flags.writeable
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            a.setflags(write=True)
+    s, t = np.array([[0.9, 0.8, 0.7, 0.6]]), np.full((1, 4), 0.25)
+    assert rerank.calibrated(s, items, t, 2, num_threads=1).tolist() == [[0, 1]]
+
+
+def test_pickled_item_distribution_with_a_category_twice_is_refused():
+    items = rerank.ItemDistribution(np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+    fn, (csr, n_items, n_genres) = items.__reduce__()
+    indptr, genre, wclass, weights = (np.array(a) for a in csr)
+    genre[indptr[2]:indptr[3]] = 0     # item 2: category 0 at 0.5, twice
+    with pytest.raises(ValueError, match="not a valid pickled ItemDistribution"):
+        fn((indptr, genre, wclass, weights), n_items, n_genres)
+
+
+def test_miscalibration_checks_item_dist_and_does_not_depend_on_list_order():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(2)
+    D = rng.random((30, 3)) * (rng.random((30, 3)) < 0.6)
+    D[D.sum(axis=1) == 0, 0] = 1.0
+    D /= D.sum(axis=1, keepdims=True)
+    lists = np.array([rng.choice(30, 10, replace=False) for _ in range(40)])
+    perm = np.array([rng.permutation(r) for r in lists])
+    t = rng.dirichlet(np.ones(3), 40)
+    want = rerank.miscalibration(lists, D, t)
+    for form in (D, sp.csr_matrix(D), sp.coo_matrix(D), rerank.ItemDistribution(D)):
+        assert rerank.miscalibration(perm, form, t).tolist() == want.tolist()
+    bad = D.copy()
+    bad[lists[3, 4], 1] = np.nan
+    with pytest.raises(ValueError, match=rf"item_dist\[{lists[3, 4]}, 1\] is nan \(item of lists\["):
+        rerank.miscalibration(lists, bad, t)
+    bad[lists[3, 4], 1] = -0.5
+    with pytest.raises(ValueError, match="must be finite and >= 0"):
+        rerank.miscalibration(lists, sp.csr_matrix(bad), t)
+    with pytest.raises(ValueError, match="item id 18446744073709551615"):
+        rerank.miscalibration(np.array([[0, 2**64 - 1]], dtype=np.uint64), D, t[:1])
+
+
+def test_user_distribution_and_intent_relevance_refuse_what_they_cannot_read():
+    D = rerank.genre_distribution([[0], [1], [0, 1]], n_genres=2)
+    with pytest.raises(ValueError, match=r"histories\[0\] must be a 1-D array of item ids"):
+        rerank.user_distribution([np.array([[0, 1]])], D)
+    nan_d = D.copy()
+    nan_d[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"item_dist\[0, 0\] is nan"):
+        rerank.user_distribution([np.array([0, 1])], nan_d)
+    with pytest.raises(ValueError, match=r"scores\[0, 1\] is NaN: mask a candidate with -inf"):
+        rerank.intent_relevance(np.array([[0.5, np.nan, 0.2]]), D, np.array([[0.5, 0.5]]))
+    with pytest.raises(ValueError, match=r"item_dist row 1 sums to 2.0, not 1 \(or 0 for no category\)"):
+        rerank.intent_relevance(np.array([[0.5, 0.1, 0.2]]), np.array([[1.0, 0], [1, 1], [0, 1]]),
+                                np.array([[0.5, 0.5]]))
+
+
+def test_calibrated_without_candidates_names_the_scores_column_past_the_items():
+    with pytest.raises(ValueError, match="scores has a column 3 but item_dist has fewer rows"):
+        rerank.calibrated(np.array([[0.4, 0.3, 0.2, 0.1]]), np.eye(3), np.full((1, 3), 1 / 3), 2)

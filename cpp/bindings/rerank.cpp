@@ -64,7 +64,7 @@ py::array require_scores(const py::handle& obj) {
     return a;
 }
 
-[[noreturn]] void throw_rerank_error(const embtab::RerankError& e) {
+[[noreturn]] void throw_rerank_error(const embtab::RerankError& e, bool has_candidates) {
     using embtab::RerankStatus;
     const std::string at = "[" + std::to_string(e.row) + ", " + std::to_string(e.col) + "]";
     switch (e.status) {
@@ -74,6 +74,11 @@ py::array require_scores(const py::handle& obj) {
             throw py::value_error("scores row " + std::to_string(e.row) + " holds +inf (at scores" + at +
                                   "); only -inf (never pick) is allowed");
         case RerankStatus::bad_candidate:
+            if (!has_candidates) {  // candidate j is item j: scores has more columns than items
+                throw py::value_error("scores has a column " + std::to_string(e.col) +
+                                      " but item_dist has fewer rows (items): without candidates, "
+                                      "column j of scores is item j");
+            }
             throw py::value_error("candidates row " + std::to_string(e.row) + " holds item id " +
                                   std::to_string(e.value) + " (at candidates" + at +
                                   "), outside [0, n_items) of item_dist");
@@ -100,7 +105,7 @@ py::object run_calibrated(const py::array& scores, const py::object& candidates,
         py::gil_scoped_release release;
         err = embtab::calibrated_batch<S>(s, cand, U, C, items, p, prm, o, po, pm, num_threads);
     }
-    if (err.status != embtab::RerankStatus::ok) throw_rerank_error(err);
+    if (err.status != embtab::RerankStatus::ok) throw_rerank_error(err, cand != nullptr);
     if (with_objective) return py::make_tuple(out, obj, mis);
     return out;
 }

@@ -111,7 +111,8 @@ def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) ->
         ok |= sums == 0.0
     if not ok.all():
         row = int(np.nonzero(~ok)[0][0])
-        want = "1 (or 0 for no history)" if allow_zero_rows else "1"
+        none = "no category" if name == "item_dist" else "no history"
+        want = f"1 (or 0 for {none})" if allow_zero_rows else "1"
         raise ValueError(f"{name} row {row} sums to {float(sums[row])!r}, not {want} (tolerance {SUM_TOL})")
 
 
@@ -300,9 +301,7 @@ class ItemDistribution:
             raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
         if len(item_dist.shape) != 2:
             raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(item_dist)}")
-        csr = _item_csr(item_dist, int(item_dist.shape[1]))
-        for a in csr:
-            a.setflags(write=False)
+        csr = tuple(_frozen(a) for a in _item_csr(item_dist, int(item_dist.shape[1])))
         self._csr = csr
         self._max_nnz = _max_row_length(csr[0])
         self.n_items = int(item_dist.shape[0])
@@ -314,7 +313,8 @@ class ItemDistribution:
 
     @property
     def csr(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The packed, read-only form the C++ core reads: ``(indptr, category, weight_class,
+        """The packed, read-only form the C++ core reads (immutable: ``setflags(write=True)``
+        raises): ``(indptr, category, weight_class,
         weights)`` with ``indptr`` int64 [n_items + 1], ``category`` and ``weight_class`` int32
         [nnz] and ``weights`` float64 [number of distinct weights]; item ``i`` holds category
         ``category[j]`` with weight ``weights[weight_class[j]]`` for ``j`` in
@@ -348,18 +348,27 @@ def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> It
           and np.all((genre >= 0) & (genre < n_genres)) and np.all((wclass >= 0) & (wclass < weights.size))
           and np.all(np.isfinite(weights) & (weights > 0)))
     if ok:
-        # every item holds a category (as the constructor requires: its row sums to 1)
+        # every item holds a category (as the constructor requires: its row sums to 1), each
+        # once (the core's scans assume it; a category listed twice read as its second weight)
         sums = np.add.reduceat(weights[wclass], indptr[:-1]) if n_items else np.zeros(0)
-        ok = bool(np.all(np.abs(sums - 1.0) <= SUM_TOL))
+        keys = np.repeat(np.arange(n_items, dtype=np.int64), np.diff(indptr)) * n_genres + genre
+        ok = bool(np.all(np.abs(sums - 1.0) <= SUM_TOL)) and np.unique(keys).size == keys.size
     if not ok:
         raise ValueError("not a valid pickled ItemDistribution: its arrays are not the CSR of "
                          f"{n_items} distributions over {n_genres} categories")
-    for a in arrays:
-        a.setflags(write=False)
+    arrays = tuple(_frozen(a) for a in arrays)
     obj._csr = arrays
     obj._max_nnz = _max_row_length(indptr)
     obj.n_items, obj.n_genres, obj.nnz = int(n_items), int(n_genres), int(arrays[1].size)
     return obj
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of ``a`` over an immutable buffer: ``setflags(write=True)`` on it
+    raises, so that the arrays the C++ core trusts unchecked (an ItemDistribution's) cannot be
+    edited through the public ``csr`` property."""
+    a = np.ascontiguousarray(a)
+    return np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
 
 
 def _max_row_length(indptr: np.ndarray) -> int:
@@ -385,8 +394,9 @@ def calibrated(
     ``(1-lam) * sum_{i in L} s_i - lam * KL(p || q~(L))`` (natural log), where ``p = target[u]``,
     ``q(L)`` is the mean of the list items' rows of ``item_dist`` and
     ``q~ = (1-alpha) * q + alpha * p``; ``KL(p || r) = sum over g with p_g > 0 of
-    p_g ln(p_g / r_g)``. Ties go to the lower candidate index; ``lam = 0`` is plain top-k by
-    score (ties to the lower index).
+    p_g ln(p_g / r_g)``. Ties go to the lower candidate index, where the values tie as
+    computed (two candidates whose objectives tie exactly in real arithmetic can come out 1 ulp
+    apart, see Notes); ``lam = 0`` is plain top-k by score (ties to the lower index).
 
     Parameters
     ----------
@@ -406,7 +416,9 @@ def calibrated(
         checked once, when it was built, and costs no comparison.
     target : ndarray of float, shape [U, G]
         The user's target distribution p (rows >= 0 summing to 1). An all-zero row (a user
-        without history) is allowed: its KL term is 0 and the list is top-k by score.
+        without history) is allowed: its KL term is 0 and, with ``lam < 1``, the list is
+        top-k by score (with ``lam = 1`` every candidate's value is 0: the first k
+        candidates, in candidate order).
     k : int
         List length, ``1 <= k <= C``.
     lam : float, default 0.5
@@ -639,7 +651,9 @@ def user_distribution(
     ----------
     histories : scipy.sparse CSR matrix [U, n_items], or sequence of int arrays
         User-item interactions (stored values are the weights w_ui, >= 0), or each user's
-        item ids (weight 1 each; repeats count repeatedly).
+        item ids (weight 1 each; repeats count repeatedly). A dense 2-D NumPy array is a
+        sequence of rows of item ids, not an interaction matrix: pass a dense 0/1 matrix as
+        ``scipy.sparse.csr_matrix(matrix)``.
     item_dist : ndarray [n_items, G], scipy CSR, or ItemDistribution
         Item category distributions, e.g. from :func:`genre_distribution`.
 
@@ -652,8 +666,9 @@ def user_distribution(
     Raises
     ------
     ValueError
-        A negative, NaN or infinite history weight (naming the row), an item id outside
-        ``[0, n_items)``, or shapes that do not match.
+        A negative, NaN or infinite history weight (naming the row) or ``item_dist`` entry,
+        an item id outside ``[0, n_items)``, a history row that is not 1-D, or shapes that do
+        not match.
     TypeError
         History rows that are not integer item ids.
 
@@ -672,6 +687,11 @@ def user_distribution(
         dense = np.asarray(item_dist, dtype=np.float64)
     if dense.ndim != 2:
         raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(dense)}")
+    bad = ~(np.isfinite(dense) & (dense >= 0))
+    if bad.any():
+        i, g = (int(x[0]) for x in np.nonzero(bad))
+        raise ValueError(f"item_dist[{i}, {g}] is {float(dense[i, g])}: category weights must be "
+                         f"finite and >= 0")
     n_items = dense.shape[0]
     if is_sparse(histories):
         h = histories.tocsr()
@@ -686,6 +706,9 @@ def user_distribution(
     else:
         rows = [np.asarray(r) for r in histories]
         for u, r in enumerate(rows):
+            if r.ndim != 1:
+                raise ValueError(f"histories[{u}] must be a 1-D array of item ids, got shape "
+                                 f"{shape_str(r)}")
             if r.size and r.dtype.kind not in "iu":
                 raise TypeError(f"histories[{u}] must hold integer item ids, got dtype {r.dtype}")
             if r.size and (r.min() < 0 or r.max() >= n_items):
@@ -823,7 +846,6 @@ def miscalibration(
         raise TypeError(f"lists must hold integer item ids, got dtype {lists.dtype} with shape {shape_str(lists)}")
     if lists.ndim != 2 or lists.shape[1] == 0:
         raise ValueError(f"lists must be a 2-D integer array [U, k] with k >= 1, got shape {shape_str(lists)}")
-    lists = lists.astype(np.int64, copy=False)
     p = np.asarray(target, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] != lists.shape[0]:
         raise ValueError(f"target must be [U, G] with U = {lists.shape[0]}, got shape {shape_str(p)}")
@@ -839,11 +861,14 @@ def miscalibration(
     bad = (lists < 0) | (lists >= n_items)
     if bad.any():
         u, j = (int(x[0]) for x in np.nonzero(bad))
-        raise ValueError(f"lists[{u}, {j}] holds item id {int(lists[u, j])}, outside [0, n_items) with "
+        raise ValueError(f"lists[{u}, {j}] holds item id {lists[u, j]}, outside [0, n_items) with "
                          f"n_items = {n_items} (the rows of item_dist)")
+    # sorted: q does not depend on the order of a list's items, to the bit (as in
+    # metrics.miscalibration_at_k, which gives the same bits on the same lists)
+    lists = np.sort(lists.astype(np.int64, copy=False), axis=1)
     if isinstance(item_dist, ItemDistribution):
         # the list items' rows of the CSR only (not a dense copy of the catalogue per call),
-        # summed per user and category in list order
+        # summed per user and category in item order
         indptr, genre, wclass, weights = item_dist._csr
         flat = lists.ravel()
         starts, lens = indptr[flat], indptr[flat + 1] - indptr[flat]
@@ -852,10 +877,17 @@ def miscalibration(
         G = item_dist.n_genres
         m = np.bincount(user * G + genre[at], weights=weights[wclass[at]],
                         minlength=U * G).astype(np.float64, copy=False).reshape(U, G)
-    elif is_sparse(item_dist):
-        m = np.asarray(item_dist[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1).sum(axis=1)
     else:
-        m = np.asarray(item_dist, dtype=np.float64)[lists].sum(axis=1)
+        if is_sparse(item_dist):
+            rows = np.asarray(item_dist.tocsr()[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1)
+        else:
+            rows = np.asarray(item_dist, dtype=np.float64)[lists]
+        bad = ~(np.isfinite(rows) & (rows >= 0))
+        if bad.any():   # (an ItemDistribution was checked when it was built)
+            u, j, g = (int(x[0]) for x in np.nonzero(bad))
+            raise ValueError(f"item_dist[{lists[u, j]}, {g}] is {float(rows[u, j, g])} (item of lists[{u}]): "
+                             f"category weights must be finite and >= 0")
+        m = rows.sum(axis=1)
     # q: the mean over the list items that carry category mass (an item with no category, a
     # zero row, does not count), as miscalibration@k defines it (docs/metrics.md); a list with
     # no such item has q = 0
@@ -997,7 +1029,8 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
         Marginal consumption probabilities in [0, 1] (e.g. per-user min-max scaled scores),
         or -inf for a candidate never to pick.
     item_dist : ndarray of float, shape [n_items, G]
-        Category distribution of each item (rows summing to 1).
+        Category distribution of each item (rows summing to 1, or 0 for an item without a
+        category).
     target : ndarray of float, shape [U, G]
         The users' intent (category) weights, rows summing to 1.
     candidates : ndarray of int64, shape [U, C], optional
@@ -1006,6 +1039,12 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
     Returns
     -------
     ndarray of float64, shape [U, G, C]
+
+    Raises
+    ------
+    ValueError
+        NaN scores (mask with -inf), scores outside [0, 1], an ``item_dist`` or ``target`` row
+        with NaN, inf, a negative value or a bad sum, or shapes that do not match.
 
     Example
     -------
@@ -1022,7 +1061,11 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
     if (s[fin] < 0).any() or (s[fin] > 1).any() or np.isposinf(s).any():
         raise ValueError(f"scores must lie in [0, 1] (or be -inf), got values in "
                          f"[{np.nanmin(s[fin]) if fin.any() else 0}, {np.nanmax(s)}]")
+    if np.isnan(s).any():
+        u, j = (int(x[0]) for x in np.nonzero(np.isnan(s)))
+        raise ValueError(f"scores[{u}, {j}] is NaN: mask a candidate with -inf")
     d = check_ndarray(item_dist, "item_dist", kinds="f", ndim=2)
+    _check_distribution_rows(np.asarray(d, dtype=np.float64), "item_dist", allow_zero_rows=True)
     t = _check_target(target, U)
     if t.shape[1] != d.shape[1]:
         raise ValueError(f"item_dist has G = {d.shape[1]} categories but target has shape "
