@@ -3,8 +3,8 @@
 // A CuckooTable hands a new ID the lowest free row, or a fresh one when none is free
 // (docs/site/guide/table.md). The free rows used to be a binary min-heap: 8 bytes per free row,
 // and a pop that walked log2(F) levels of a heap scattered over memory, with a mispredicted
-// branch at each; after an eviction of 65,536 rows the next batch's inserts ran 3x slower than
-// into fresh rows (bench/README.md, "Reused rows").
+// branch at each, so that inserts into rows an eviction had freed ran several times slower
+// than into fresh rows (bench/README.md, "Eviction and reused rows").
 //
 // FreeRowSet is instead a 64-ary tree of bit words: level 0 holds a bit per row (set = free),
 // and a bit of level l + 1 says whether word of level l is non-zero; the top level is one

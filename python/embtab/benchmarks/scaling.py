@@ -15,6 +15,10 @@ size ratio for one that scales with it):
   among R rows, their IDs erased, the new IDs inserted into the freed rows and initialised;
   against the same forward of 4,096 known IDs (``known``). The victim choice reads every row
   (O(R)); the rest is O(batch).
+- ``reused_rows``: ``CuckooTable.lookup_or_insert`` of 65,536 new IDs into a table of R IDs
+  (capacity for R / 0.7) whose 65,536 rows were just freed by ``erase`` (the new IDs take the
+  freed rows, lowest first), against the same insert into fresh rows (a table of R - 65,536
+  IDs); and the ``erase`` itself.
 - ``rerank_one_user``: ``rerank.calibrated`` of one user (200 candidates, k = 10) with a
   prebuilt ``ItemDistribution`` over ``n_items`` items; the distribution's arrays are checked
   once when it is built, not per call.
@@ -101,6 +105,29 @@ def _evict_forward(R: int, repeats: int, seed: int) -> dict:
     return res
 
 
+def _reused_rows(R: int, repeats: int, seed: int) -> dict:
+    from embtab import CuckooTable
+
+    rng = np.random.default_rng(seed)
+    n = 1 << 16
+    res = {"reused": [], "fresh": [], "erase": []}
+    for rep in range(repeats):
+        for mode in ("fresh", "reused"):
+            t = CuckooTable(int(R / 0.7 * 0.9), num_threads=1, seed=seed)
+            t.lookup_or_insert(np.arange(R - (n if mode == "fresh" else 0), dtype=np.int64) * 7 + 1)
+            if mode == "reused":
+                gone = rng.choice(R, n, replace=False).astype(np.int64) * 7 + 1
+                t0 = time.perf_counter()
+                t.erase(gone)
+                res["erase"].append(time.perf_counter() - t0)
+            new = -rng.integers(1, 2**62, n)
+            t0 = time.perf_counter()
+            t.lookup_or_insert(new)
+            res[mode].append(time.perf_counter() - t0)
+            del t
+    return {k: float(np.median(v)) for k, v in res.items()}
+
+
 def _rerank_one_user(n_items: int, repeats: int, seed: int) -> float:
     from embtab import rerank
 
@@ -154,6 +181,7 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 3) -> dict:
                "lfu_forward": {str(R): _lfu_forward(R, repeats, seed) for R in sizes["lfu_rows"]},
                "evict_forward": {str(R): _evict_forward(R, repeats, seed)
                                  for R in sizes["lfu_rows"]},
+               "reused_rows": _reused_rows(sizes["lfu_rows"][1], repeats, seed),
                "rerank_one_user": {str(n): _rerank_one_user(n, repeats, seed)
                                    for n in sizes["rerank_items"]},
                "recommend": {str(U): _recommend(U, repeats) for U in sizes["recommend_users"]}}
@@ -185,6 +213,10 @@ def format_markdown(r: dict) -> str:
           f"| same module, 4,096 known IDs | {ev[lo][p + '_known'] * us:.0f} µs "
           f"| {ev[hi][p + '_known'] * us:.0f} µs | {ev[hi][p + '_known'] / ev[lo][p + '_known']:.2f} |"
           for p in ("evict_lru", "evict_lfu")),
+        f"| insert 65,536 IDs into rows just freed by erase ({int(hi):,} IDs) | | "
+        f"{r['reused_rows']['reused'] * us:.0f} µs | |",
+        f"| same insert into fresh rows | | {r['reused_rows']['fresh'] * us:.0f} µs | |",
+        f"| the erase of 65,536 IDs | | {r['reused_rows']['erase'] * us:.0f} µs | |",
         f"| rerank one user, ItemDistribution ({int(rlo):,} → {int(rhi):,} items) | {ro[rlo] * us:.0f} µs "
         f"| {ro[rhi] * us:.0f} µs | {ro[rhi] / ro[rlo]:.2f} |",
         f"| recommend ({int(ulo):,} → {int(uhi):,} users) | {rc[ulo]['recommend']:.2f} s "
