@@ -1107,3 +1107,9 @@ def test_user_distribution_and_intent_relevance_refuse_what_they_cannot_read():
 def test_calibrated_without_candidates_names_the_scores_column_past_the_items():
     with pytest.raises(ValueError, match="scores has a column 3 but item_dist has fewer rows"):
         rerank.calibrated(np.array([[0.4, 0.3, 0.2, 0.1]]), np.eye(3), np.full((1, 3), 1 / 3), 2)
+
+
+def test_genre_distribution_names_a_genre_id_too_large_for_a_dense_matrix():
+    with pytest.raises(MemoryError, match=r"largest genre id in item_genres is 1099511627776 .*pass n_genres"):
+        rerank.genre_distribution([[0], [2**40]])
+    assert rerank.genre_distribution([[0], [2]], n_genres=3).tolist() == [[1, 0, 0], [0, 0, 1]]

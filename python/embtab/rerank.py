@@ -611,7 +611,13 @@ def genre_distribution(
     lists = [_genre_ids(g, i) for i, g in enumerate(item_genres)]
     top = max((int(g.max()) for g in lists if g.size), default=-1)
     G = top + 1 if n_genres is None else check_int(n_genres, "n_genres", min=1)
-    out = np.zeros((len(lists), G), dtype=np.float64)
+    try:
+        out = np.zeros((len(lists), G), dtype=np.float64)
+    except MemoryError as e:
+        raise MemoryError(f"genre_distribution returns a dense [{len(lists)}, {G}] float64 matrix, more "
+                          f"than this machine can hold" + (f": the largest genre id in item_genres "
+                          f"is {top} (genre ids number categories from 0; pass n_genres)"
+                          if n_genres is None else "")) from e
     for i, g in enumerate(lists):
         if g.size == 0:
             raise ValueError(f"item_genres[{i}] has no genre")
