@@ -118,7 +118,8 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     zipf_s : float
         Zipf exponent of item popularity (> 0).
     beta : float
-        Weight of popularity in the preference (0: uniform within a genre).
+        Weight of popularity in the preference (0: uniform within a genre; negative: the
+        less popular items of a genre preferred).
     genres_per_item, interests_per_user : sequence of 3 floats
         Probabilities of 1, 2, 3 genres per item / interest genres per user.
     mix_concentration : float
