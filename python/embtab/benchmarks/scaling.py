@@ -50,18 +50,25 @@ def _median_call(fn, calls: int, repeats: int) -> float:
     return float(np.median(out))
 
 
-def _lfu_forward(R: int, repeats: int, seed: int) -> dict:
+def _filled_module(R: int, policy: str, seed: int):
+    """A ``CuckooEmbedding(R, 16)`` with ``on_full=policy`` holding the R IDs ``7 r + 1``."""
     from embtab.nn import CuckooEmbedding
 
+    ids = np.arange(R, dtype=np.int64) * 7 + 1
+    m = CuckooEmbedding(R, 16, num_threads=1, on_full=policy, seed=seed)
+    with torch.no_grad():
+        for i in range(0, R, 1 << 16):
+            m(torch.from_numpy(ids[i:i + (1 << 16)]))
+    return m
+
+
+def _lfu_forward(R: int, repeats: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     ids = np.arange(R, dtype=np.int64) * 7 + 1
     batches = [torch.from_numpy(ids[rng.integers(0, R, 8)]) for _ in range(200)]
     res = {}
     for policy in ("evict_lfu", "grow"):
-        m = CuckooEmbedding(R, 16, num_threads=1, on_full=policy, seed=seed)
-        with torch.no_grad():
-            for i in range(0, R, 1 << 16):
-                m(torch.from_numpy(ids[i:i + (1 << 16)]))
+        m = _filled_module(R, policy, seed)
         it = iter(range(10**9))
 
         def step(m=m, it=it):
@@ -74,16 +81,9 @@ def _lfu_forward(R: int, repeats: int, seed: int) -> dict:
 
 
 def _evict_forward(R: int, repeats: int, seed: int) -> dict:
-    from embtab.nn import CuckooEmbedding
-
-    rng = np.random.default_rng(seed)
-    ids = np.arange(R, dtype=np.int64) * 7 + 1
     res = {}
     for policy in ("evict_lru", "evict_lfu"):
-        m = CuckooEmbedding(R, 16, num_threads=1, on_full=policy, seed=seed)
-        with torch.no_grad():
-            for i in range(0, R, 1 << 16):
-                m(torch.from_numpy(ids[i:i + (1 << 16)]))
+        m = _filled_module(R, policy, seed)
         fresh = iter(range(1, 10**9))
 
         def new_batch(m=m, fresh=fresh):
