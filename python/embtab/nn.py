@@ -368,43 +368,45 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         _refuse_unknown_keys(module, sd, prefix, own)
 
 
-def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int) -> np.ndarray:
+def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int,
+                 num_threads: int = 1) -> np.ndarray:
     """The ``k`` rows r with ``eligible[r]`` and the lowest ``(score[r], r)``, ascending.
 
-    Exact, in passes over R bytes and int64 instead of a copy and a partition of all R
+    Exact, in a few reads of the R scores (int64) and the eligible flags
+    (``_core.select_rows``: one native pass each) instead of a copy and a partition of all R
     scores: a threshold t drawn from a strided sample of the eligible scores (the exact k-th
     lowest when the sample would keep fewer than k rows, or when k is over a quarter of the
-    eligible rows) splits the answer into every eligible row scored below t, and, by lowest
-    row, those scored t; the rows scored t are read in chunks only until enough are found,
-    so that a score shared by most rows (LFU's count of 1) costs no list of them.
+    eligible rows) splits the answer into every eligible row scored below t and, by lowest
+    row, those scored t.
     """
-    R = len(score)
+    lowest = np.iinfo(np.int64).min
     t = None
     if 4 * k < n_eligible:
-        stride = max(1, R // 8192)
+        stride = max(1, len(score) // 8192)
         sample = score[::stride][eligible[::stride]]
         if sample.size >= 64:
             q = min(1.0, 2.0 * k / n_eligible + 16.0 / sample.size)
-            t = np.quantile(sample, q, method="higher")
-            if np.count_nonzero(eligible & (score <= t)) < k:
+            t = int(np.quantile(sample, q, method="higher"))
+    if t is not None:
+        below = _core.select_rows(score, eligible, lowest, t - 1, -1, num_threads) if t > lowest else _EMPTY
+        if len(below) < k:
+            at_t = _core.select_rows(score, eligible, t, t, k - len(below), num_threads)
+            if len(below) + len(at_t) < k:
                 t = None   # the sample misled: take the exact threshold
     if t is None:
-        t = np.partition(score[eligible], k - 1)[k - 1]
-    below = np.flatnonzero(eligible & (score < t))
+        t = int(np.partition(score[eligible], k - 1)[k - 1])
+        below = _core.select_rows(score, eligible, lowest, t - 1, -1, num_threads) if t > lowest else _EMPTY
+        if len(below) < k:
+            at_t = _core.select_rows(score, eligible, t, t, k - len(below), num_threads)
     if len(below) >= k:   # a sampled t above the k-th score: the k lowest of those rows
         s = score[below]
         kth = np.partition(s, k - 1)[k - 1]
         low = below[s < kth]
-        picked = [low, below[s == kth][: k - len(low)]]
-    else:
-        picked, need, chunk = [below], k - len(below), 1 << 16
-        for a in range(0, R, chunk):
-            at_t = np.flatnonzero(eligible[a:a + chunk] & (score[a:a + chunk] == t))[:need]
-            picked.append(at_t + a)
-            need -= len(at_t)
-            if need == 0:
-                break
-    return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
+        return np.sort(np.concatenate([low, below[s == kth][: k - len(low)]]))
+    return np.sort(np.concatenate([below, at_t[: k - len(below)]]))
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def init_vectors(
@@ -946,7 +948,7 @@ class _CuckooBase(_AtomicLoad):
                 f"forward not yet backpropagated, stay): raise num_embeddings (now {R}), use "
                 f"smaller batches or run backward first"
             )
-        return _lowest_rows(score, eligible, k, evictable)
+        return _lowest_rows(score, eligible, k, evictable, self.num_threads)
 
     def _expire(self) -> None:
         """Free the rows of the live IDs last looked up ``expire_after`` or more steps ago
@@ -957,11 +959,12 @@ class _CuckooBase(_AtomicLoad):
         cutoff = int(self.num_steps) - self.expire_after
         if cutoff < 0:
             return
-        stale = self.row_live.numpy() & (self.row_last_step.numpy() <= cutoff)
+        rows = _core.select_rows(self.row_last_step.numpy(), self.row_live.numpy(),
+                                 np.iinfo(np.int64).min, cutoff, -1, self.num_threads)
         R = self.num_embeddings
-        for pinned in list(self._graph_rows.values()):
-            stale[pinned[pinned < R]] = False
-        rows = np.flatnonzero(stale)
+        pinned = [p[p < R] for p in self._graph_rows.values()]
+        if pinned and rows.size:
+            rows = rows[~np.isin(rows, np.concatenate(pinned))]
         if rows.size:
             self._table.erase(self.row_ids.numpy()[rows])
             self.row_live.numpy()[rows] = False
