@@ -309,30 +309,3 @@ def test_init_normal_matches_its_definition_at_every_isa_level(dim):
     pairs = (dim + 1) // 2
     assert (needed > pairs + pairs // 3 + 8).any()  # some ID draws a second block
     np.testing.assert_allclose(outs[0], want, rtol=1e-13, atol=1e-13)
-
-
-def test_select_rows_against_numpy():
-    # _core.select_rows (ops.hpp): the rows of a score range among a mask's, ascending, the
-    # first `limit` of them; the same for any thread count (fixed chunks of 65,536 rows).
-    rng = np.random.default_rng(4)
-    lo64, hi64 = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    for n in (0, 1, 65_535, 65_536, 200_001):
-        score = rng.integers(-3, 4, n) * (2**61 if n % 2 else 1)
-        mask = rng.random(n) < 0.7
-        for lo, hi in ((lo64, hi64), (-1, 1), (0, 0), (lo64, -1), (2, 1), (hi64, hi64)):
-            want = np.flatnonzero(mask & (score >= lo) & (score <= hi))
-            for limit in (-1, 0, 1, 70_000):
-                for threads in (1, 2, 3):
-                    got = _core.select_rows(score, mask, lo, hi, limit, threads)
-                    assert got.dtype == np.int64
-                    assert got.tolist() == (want if limit < 0 else want[:limit]).tolist()
-    with pytest.raises(TypeError, match="score must have dtype int64"):
-        _core.select_rows(np.zeros(3, np.int32), np.ones(3, bool), 0, 1)
-    with pytest.raises(TypeError, match="mask must have dtype bool"):
-        _core.select_rows(np.zeros(3, np.int64), np.ones(3, np.uint8), 0, 1)
-    with pytest.raises(ValueError, match=r"mask must have the length of score \(3\)"):
-        _core.select_rows(np.zeros(3, np.int64), np.ones(4, bool), 0, 1)
-    with pytest.raises(ValueError, match="score must be C-contiguous"):
-        _core.select_rows(np.zeros(6, np.int64)[::2], np.ones(3, bool), 0, 1)
-    with pytest.raises(ValueError, match="limit must be >= 0"):
-        _core.select_rows(np.zeros(3, np.int64), np.ones(3, bool), 0, 1, -2)

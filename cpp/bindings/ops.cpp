@@ -3,7 +3,6 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -190,42 +189,6 @@ void bind_ops(py::module_& m) {
         py::arg("ids"), py::arg("out"), py::arg("seed"), py::arg("kind") = "normal", py::arg("a") = 0.0,
         py::arg("b") = 1.0, py::arg("num_threads") = 1,
         "fill out[i] with the initial vector of ids[i], a function of (seed, id) only");
-
-    m.def(
-        "select_rows",
-        [](const py::handle& score_obj, const py::handle& mask_obj, std::int64_t lo, std::int64_t hi,
-           std::int64_t limit, std::int64_t num_threads) {
-            py::array score = checked_array(score_obj, "score", 1);
-            py::array mask = checked_array(mask_obj, "mask", 1);
-            if (!score.dtype().is(py::dtype::of<std::int64_t>())) {
-                throw py::type_error("score must have dtype int64, got " + embtab_py::dtype_str(score));
-            }
-            if (!mask.dtype().is(py::dtype::of<bool>())) {
-                throw py::type_error("mask must have dtype bool, got " + embtab_py::dtype_str(mask));
-            }
-            if (mask.shape(0) != score.shape(0)) {
-                throw py::value_error("mask must have the length of score (" + std::to_string(score.shape(0)) +
-                                      "), got shape " + shape_str(mask));
-            }
-            const int threads = check_threads(num_threads);
-            if (limit < -1) throw py::value_error("limit must be >= 0, or -1 for all, got " + std::to_string(limit));
-            const std::size_t lim = limit < 0 ? static_cast<std::size_t>(-1) : static_cast<std::size_t>(limit);
-            const auto* sc = static_cast<const std::int64_t*>(score.data());
-            const auto* mk = static_cast<const std::uint8_t*>(mask.data());
-            const auto n = static_cast<std::size_t>(score.shape(0));
-            std::vector<std::int64_t> rows;
-            {
-                py::gil_scoped_release release;
-                rows = embtab::select_rows(sc, mk, n, lo, hi, lim, threads);
-            }
-            py::array_t<std::int64_t> out(static_cast<py::ssize_t>(rows.size()));
-            if (!rows.empty()) std::memcpy(out.mutable_data(), rows.data(), rows.size() * sizeof(std::int64_t));
-            return out;
-        },
-        py::arg("score"), py::arg("mask"), py::arg("lo"), py::arg("hi"), py::arg("limit") = -1,
-        py::arg("num_threads") = 1,
-        "the first `limit` (-1: all) rows r, ascending int64, with mask[r] and lo <= score[r] <= hi "
-        "(score int64 [n], mask bool [n])");
 
     m.def(
         "cms_query",

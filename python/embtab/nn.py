@@ -368,45 +368,43 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
         _refuse_unknown_keys(module, sd, prefix, own)
 
 
-def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int,
-                 num_threads: int = 1) -> np.ndarray:
+def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int) -> np.ndarray:
     """The ``k`` rows r with ``eligible[r]`` and the lowest ``(score[r], r)``, ascending.
 
-    Exact, in a few reads of the R scores (int64) and the eligible flags
-    (``_core.select_rows``: one native pass each) instead of a copy and a partition of all R
+    Exact, in passes over R bytes and int64 instead of a copy and a partition of all R
     scores: a threshold t drawn from a strided sample of the eligible scores (the exact k-th
     lowest when the sample would keep fewer than k rows, or when k is over a quarter of the
-    eligible rows) splits the answer into every eligible row scored below t and, by lowest
-    row, those scored t.
+    eligible rows) splits the answer into every eligible row scored below t, and, by lowest
+    row, those scored t; the rows scored t are read in chunks only until enough are found,
+    so that a score shared by most rows (LFU's count of 1) costs no list of them.
     """
-    lowest = np.iinfo(np.int64).min
+    R = len(score)
     t = None
     if 4 * k < n_eligible:
-        stride = max(1, len(score) // 8192)
+        stride = max(1, R // 8192)
         sample = score[::stride][eligible[::stride]]
         if sample.size >= 64:
             q = min(1.0, 2.0 * k / n_eligible + 16.0 / sample.size)
-            t = int(np.quantile(sample, q, method="higher"))
-    if t is not None:
-        below = _core.select_rows(score, eligible, lowest, t - 1, -1, num_threads) if t > lowest else _EMPTY
-        if len(below) < k:
-            at_t = _core.select_rows(score, eligible, t, t, k - len(below), num_threads)
-            if len(below) + len(at_t) < k:
+            t = np.quantile(sample, q, method="higher")
+            if np.count_nonzero(eligible & (score <= t)) < k:
                 t = None   # the sample misled: take the exact threshold
     if t is None:
-        t = int(np.partition(score[eligible], k - 1)[k - 1])
-        below = _core.select_rows(score, eligible, lowest, t - 1, -1, num_threads) if t > lowest else _EMPTY
-        if len(below) < k:
-            at_t = _core.select_rows(score, eligible, t, t, k - len(below), num_threads)
+        t = np.partition(score[eligible], k - 1)[k - 1]
+    below = np.flatnonzero(eligible & (score < t))
     if len(below) >= k:   # a sampled t above the k-th score: the k lowest of those rows
         s = score[below]
         kth = np.partition(s, k - 1)[k - 1]
         low = below[s < kth]
-        return np.sort(np.concatenate([low, below[s == kth][: k - len(low)]]))
-    return np.sort(np.concatenate([below, at_t[: k - len(below)]]))
-
-
-_EMPTY = np.zeros(0, dtype=np.int64)
+        picked = [low, below[s == kth][: k - len(low)]]
+    else:
+        picked, need, chunk = [below], k - len(below), 1 << 16
+        for a in range(0, R, chunk):
+            at_t = np.flatnonzero(eligible[a:a + chunk] & (score[a:a + chunk] == t))[:need]
+            picked.append(at_t + a)
+            need -= len(at_t)
+            if need == 0:
+                break
+    return np.sort(np.concatenate(picked)).astype(np.int64, copy=False)
 
 
 def init_vectors(
@@ -948,7 +946,7 @@ class _CuckooBase(_AtomicLoad):
                 f"forward not yet backpropagated, stay): raise num_embeddings (now {R}), use "
                 f"smaller batches or run backward first"
             )
-        return _lowest_rows(score, eligible, k, evictable, self.num_threads)
+        return _lowest_rows(score, eligible, k, evictable)
 
     def _expire(self) -> None:
         """Free the rows of the live IDs last looked up ``expire_after`` or more steps ago
@@ -959,12 +957,11 @@ class _CuckooBase(_AtomicLoad):
         cutoff = int(self.num_steps) - self.expire_after
         if cutoff < 0:
             return
-        rows = _core.select_rows(self.row_last_step.numpy(), self.row_live.numpy(),
-                                 np.iinfo(np.int64).min, cutoff, -1, self.num_threads)
+        stale = self.row_live.numpy() & (self.row_last_step.numpy() <= cutoff)
         R = self.num_embeddings
-        pinned = [p[p < R] for p in self._graph_rows.values()]
-        if pinned and rows.size:
-            rows = rows[~np.isin(rows, np.concatenate(pinned))]
+        for pinned in list(self._graph_rows.values()):
+            stale[pinned[pinned < R]] = False
+        rows = np.flatnonzero(stale)
         if rows.size:
             self._table.erase(self.row_ids.numpy()[rows])
             self.row_live.numpy()[rows] = False

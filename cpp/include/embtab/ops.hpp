@@ -3,8 +3,7 @@
 // - hashed_rows: the hashing-trick baseline, row = mix64(id, seed) mod m;
 // - init_vectors: a new ID's initial embedding as a function of (seed, ID) only;
 // - count-min sketch update/query for admission by occurrence count;
-// - pool_bags: the sum/mean pooling of many tables' bags into one output (the collections);
-// - select_rows: the rows of a score range among a mask's (eviction and expiry).
+// - pool_bags: the sum/mean pooling of many tables' bags into one output (the collections).
 //
 // Concurrency: every function here writes only its own outputs (and, for cms_add, the sketch
 // it is given). hashed_rows, init_vectors and cms_query are safe to call concurrently on the
@@ -257,36 +256,6 @@ inline void init_vectors(const std::uint64_t* ids, std::size_t n, std::uint64_t 
         NormalScratch scratch;
         for (std::size_t i = s; i < e; ++i) init_one(ids[i], seed, kind, a, b, out + i * dim, dim, scratch);
     });
-}
-
-// row selection ////////////////////////////////////////////////////////////////////////////
-
-// kSelectGrain is the number of rows a parallel chunk of select_rows reads.
-inline constexpr std::size_t kSelectGrain = std::size_t{1} << 16;
-
-// select_rows returns, ascending, the first `limit` rows r < n with mask[r] != 0 and
-// lo <= score[r] <= hi: a module's victim choice and expiry scan (embtab.nn) in one read of the
-// int64 scores and the byte mask, instead of NumPy's pass per comparison and temporary array.
-// The rows are read in fixed chunks split over threads, each stopping at `limit` matches, so
-// the result is the same for any num_threads, and a range most rows fall in costs no list of
-// them. May throw std::bad_alloc.
-inline std::vector<std::int64_t> select_rows(const std::int64_t* score, const std::uint8_t* mask, std::size_t n,
-                                             std::int64_t lo, std::int64_t hi, std::size_t limit,
-                                             int num_threads) {
-    std::vector<std::vector<std::int64_t>> part((n + kSelectGrain - 1) / kSelectGrain);
-    parallel_for(n, num_threads, kSelectGrain, [&](std::size_t b, std::size_t e) {
-        std::vector<std::int64_t>& out = part[b / kSelectGrain];
-        for (std::size_t r = b; r < e && out.size() < limit; ++r) {
-            const std::int64_t s = score[r];
-            if ((mask[r] != 0) & (s >= lo) & (s <= hi)) out.push_back(static_cast<std::int64_t>(r));
-        }
-    });
-    std::vector<std::int64_t> rows;
-    for (const auto& v : part) {
-        if (rows.size() >= limit) break;
-        rows.insert(rows.end(), v.begin(), v.begin() + static_cast<std::ptrdiff_t>(std::min(v.size(), limit - rows.size())));
-    }
-    return rows;
 }
 
 // count-min sketch //////////////////////////////////////////////////////////////////////////
