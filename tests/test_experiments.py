@@ -677,3 +677,71 @@ def test_runner_overrides_reach_experiments_that_load_their_own_data(tmp_path, m
         # (feedback's epochs are its epochs_first / epochs_per_round, not a train field)
         keys = [k for k in want if not (name == "feedback" and k == "epochs")]
         assert {k: train.get(k) for k in keys} == {k: want[k] for k in keys}, name
+
+
+def _fake_experiments():
+    """Two registered no-data experiments for the runner's folder handling: 'zz-ok' writes a
+    results object and a plot file; 'zz-fail' raises."""
+    import contextlib
+
+    from embtab.experiments import registry as reg
+
+    def run_ok(*, quick=False, progress=False, value=1):
+        return {"experiment": "zz-ok", "value": value}
+
+    def run_fail(*, quick=False, progress=False):
+        raise RuntimeError("boom")
+
+    def plot(res, out_dir, prefix=""):
+        p = Path(out_dir) / f"{prefix}zz-ok.png"
+        p.write_bytes(b"png " + str(res["value"]).encode())
+        return [p]
+
+    def section(res, plots):
+        return [f"zz-ok value {res['value']}", *plots]
+
+    @contextlib.contextmanager
+    def registered():
+        saved = dict(reg.REGISTRY)
+        reg.register(reg.Experiment("zz-ok", "E98", "test", run_ok, section, plot, needs_data=False))
+        reg.register(reg.Experiment("zz-fail", "E99", "test", run_fail, section, needs_data=False))
+        try:
+            yield
+        finally:
+            reg.REGISTRY.clear()
+            reg.REGISTRY.update(saved)
+
+    return registered()
+
+
+def test_a_failed_run_leaves_the_folder_as_it_was_and_a_rerun_replaces_its_own_files(tmp_path):
+    # A run used to write each experiment's JSON and plots as it finished and the report at the
+    # end: a failure in between left the old report beside the new run's results and plots.
+    from embtab.experiments import run_experiments
+
+    out = tmp_path / "out"
+    with _fake_experiments():
+        run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 1}}, progress=False)
+        (out / "notes.txt").write_text("mine")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert {"zz-ok.json", "zz-ok.png", "results.json", "report.md", "embtab-run.json",
+                "notes.txt"} == set(before)
+        with pytest.raises(RuntimeError, match="boom"):
+            run_experiments(["zz-ok", "zz-fail"], out, kwargs={"zz-ok": {"value": 2}},
+                            progress=False)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        # a run of other experiments (here: none) replaces the earlier run's files, only those
+        run_experiments([], out, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == ["embtab-run.json", "notes.txt",
+                                                         "report.md", "results.json"]
+        assert json.loads((out / "results.json").read_text()) == []
+
+
+def test_a_data_set_an_experiment_refuses_stops_the_run_before_any_work(tmp_path):
+    from embtab.experiments import run_experiments
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"feedback experiment \(E5\) does not support stream"):
+        run_experiments(["dims", "feedback"], out, dataset="stream:n_users=50,n_items=60",
+                        seeds=1, progress=False)
+    assert not out.exists() or not any(out.iterdir())

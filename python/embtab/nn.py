@@ -713,7 +713,7 @@ class _CuckooBase(_AtomicLoad):
         """Bytes the module holds now, by role (the budget a design is compared at).
 
         Returns a dict of ints: ``weights`` (the parameters: ``weight``, zero row included),
-        ``index`` (what maps IDs to rows: the cuckoo table's buckets and free-row heap, its
+        ``index`` (what maps IDs to rows: the cuckoo table's buckets and free-row bits, its
         stats' ``memory_bytes``, plus every buffer that is not optimizer state: the ID map
         ``row_ids``/``row_live``, policy state ``row_last_step``/``row_count``, the
         admission sketch and the counters; 0 for the hashing modules, which have none; the

@@ -1,7 +1,7 @@
 // embtab/free_rows.hpp: the set of a table's free rows (rows of erased IDs), lowest first.
 //
 // A CuckooTable hands a new ID the lowest free row, or a fresh one when none is free
-// (docs/site/guide/table.md). The free rows used to be a binary min-heap: 8 bytes per free row,
+// (docs/site/guide/tables.md). The free rows used to be a binary min-heap: 8 bytes per free row,
 // and a pop that walked log2(F) levels of a heap scattered over memory, with a mispredicted
 // branch at each, so that inserts into rows an eviction had freed ran several times slower
 // than into fresh rows (bench/README.md, "Eviction and reused rows").

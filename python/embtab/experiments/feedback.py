@@ -147,7 +147,7 @@ from embtab.train import (
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
            "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
-           "accept_probability", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
+           "accept_probability", "check_dataset", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
            "feedback_table",
            "feedback_text", "matched_pairs", "plot", "plot_feedback", "render_section",
            "run_feedback"]
@@ -782,12 +782,7 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     from embtab.data import StreamTruth
 
     if data is None or isinstance(data.truth, StreamTruth):   # before any work
-        raise ValueError(f"the feedback experiment (E5) does not support stream data: {spec!r} "
-                         "is a time-ordered stream (a StreamTruth, whose items are born and fade "
-                         "over windows), while the loop has no time line and its drift "
-                         "(eta > 0) needs a mixture or softmax truth; use a synthetic:, "
-                         "movielens: or interactions: data set (the `stream` experiment runs "
-                         "stream data)")
+        raise _stream_refused(spec)
     check_enough_items(data)
     etas = [float(e) for e in etas]
     if not etas or any(not 0.0 <= e <= 1.0 for e in etas):
@@ -1137,5 +1132,21 @@ def plot(results: dict, out_dir, prefix: str = "") -> list:
     return [plot_feedback(results, Path(out_dir) / f"{prefix}feedback.png")]
 
 
+def _stream_refused(spec) -> ValueError:
+    return ValueError(f"the feedback experiment (E5) does not support stream data: {spec!r} "
+                      "is a time-ordered stream (a StreamTruth, whose items are born and fade "
+                      "over windows), while the loop has no time line and its drift "
+                      "(eta > 0) needs a mixture or softmax truth; use a synthetic:, "
+                      "movielens: or interactions: data set (the `stream` experiment runs "
+                      "stream data)")
+
+
+def check_dataset(spec) -> None:
+    """``ValueError`` for a ``stream:`` spec (see :func:`run_feedback`), for the runner to
+    call before any experiment of a run starts."""
+    if isinstance(spec, str) and spec.partition(":")[0].strip() == "stream":
+        raise _stream_refused(spec)
+
+
 register(Experiment("feedback", "E5", "feedback loop: recommend, accept, retrain, by arm",
-                    run_feedback, render_section, plot, in_demo=True))
+                    run_feedback, render_section, plot, in_demo=True, check_dataset=check_dataset))

@@ -44,6 +44,9 @@ class Experiment:
         Part of ``embtab demo``.
     needs_data : bool
         Takes a data set and seeds (and shares the runner's data set and model cache).
+    check_dataset : callable or None
+        ``check_dataset(spec)``: raises ``ValueError`` for a data set spec string the
+        experiment cannot run on; the runner calls it before any experiment runs.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Experiment:
     plot: Callable | None = None
     in_demo: bool = False
     needs_data: bool = True
+    check_dataset: Callable | None = None
 
 
 #: name -> :class:`Experiment`, in label order (E1, E2, ...).

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -49,8 +53,17 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
 
     Writes ``out_dir/<name>.json`` per experiment, ``out_dir/results.json`` (a list of the
     per-experiment objects), PNG plots and ``out_dir/report.md``. Returns
-    ``{"report", "results", "plots"}`` paths. Names and seeds are checked before anything runs
-    (``ValueError``), and so is matplotlib (``ImportError`` naming the ``experiments`` extra).
+    ``{"report", "results", "plots"}`` paths. Names, seeds and each experiment's data set
+    requirement are checked before anything runs (``ValueError``), and so are matplotlib
+    (``ImportError`` naming the ``experiments`` extra) and the folder (an ``OSError`` if it
+    cannot be written).
+
+    The files are written into a hidden folder inside ``out_dir`` and moved into ``out_dir``
+    only once every experiment has finished, so a run that fails or is interrupted leaves what
+    ``out_dir`` held before as it was (never a report beside another run's results). A run
+    into a folder that holds an earlier run's files replaces them: the files the earlier run
+    listed in ``out_dir/embtab-run.json`` that this one does not write are removed, and other
+    files are left alone.
     ``kwargs`` maps a name to extra keyword arguments of its run function. ``quick`` reaches
     every experiment whose run function takes a ``quick`` argument (its smaller quick mode).
     """
@@ -59,29 +72,56 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     needs_data = [e for e in entries if e.needs_data]
     if needs_data:
         seed_list(seeds)
+    for e in needs_data:
+        if e.check_dataset is not None:
+            e.check_dataset(dataset)
     if any(e.plot is not None for e in entries):
         pyplot()            # a missing matplotlib fails here, before minutes of training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    s = Session(dataset, train_overrides, progress) if needs_data else None
-    results, plots = [], {}
-    for entry in entries:
-        name = entry.name
-        if entry.needs_data:
-            extra = dict(kwargs.get(name, {}))
-            if quick and "quick" in inspect.signature(entry.run).parameters:
-                extra.setdefault("quick", True)
-            res = entry.run(dataset, seeds, progress=progress, session=s, **extra)
-        else:
-            res = entry.run(quick=quick, progress=progress, **kwargs.get(name, {}))
-        save_results(res, out / f"{name}.json")
-        plots[name] = [p.name for p in plot_results(res, out)]
-        results.append(res)
-    save_results(results, out / "results.json")
-    report = out / "report.md"
-    report.write_text(render_report(results, plots, title=title))
-    return {"report": report, "results": out / "results.json",
+    stage = Path(tempfile.mkdtemp(prefix=".embtab-run-", dir=out))   # an unwritable out fails here
+    try:
+        s = Session(dataset, train_overrides, progress) if needs_data else None
+        results, plots = [], {}
+        for entry in entries:
+            name = entry.name
+            if entry.needs_data:
+                extra = dict(kwargs.get(name, {}))
+                if quick and "quick" in inspect.signature(entry.run).parameters:
+                    extra.setdefault("quick", True)
+                res = entry.run(dataset, seeds, progress=progress, session=s, **extra)
+            else:
+                res = entry.run(quick=quick, progress=progress, **kwargs.get(name, {}))
+            save_results(res, stage / f"{name}.json")
+            plots[name] = [p.name for p in plot_results(res, stage)]
+            results.append(res)
+        save_results(results, stage / "results.json")
+        (stage / "report.md").write_text(render_report(results, plots, title=title))
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"report": out / "report.md", "results": out / "results.json",
             "plots": [out / p for ps in plots.values() for p in ps]}
+
+
+#: The list of files a run wrote into its output folder (see :func:`run_experiments`).
+MANIFEST = "embtab-run.json"
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move a finished run's files from ``stage`` into ``out``, and remove the files that the
+    run before it listed in ``out``'s manifest and this one did not write."""
+    names = sorted(p.name for p in stage.iterdir())
+    try:
+        before = set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = set()
+    for name in names:
+        os.replace(stage / name, out / name)
+    for name in sorted(before - set(names)):
+        if isinstance(name, str) and name == Path(name).name and name != MANIFEST:
+            (out / name).unlink(missing_ok=True)
+    (out / MANIFEST).write_text(json.dumps({"files": names}, indent=1) + "\n")
 
 
 def demo_names() -> list:
