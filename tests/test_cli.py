@@ -149,7 +149,8 @@ def _bad_inputs(tmp_path):
         (["--dataset", "synthetic:n_users"], "expected key=value, found 'n_users'"),
         (["--dataset", "synthetic:n_items=5,n_genres=2"], "has 5 items"),
         (["--dataset", small, "--out", str(afile)], "exists and is not a folder"),
-        (["--dataset", small, "--out", str(afile / "sub")], "Not a directory"),
+        (["--dataset", small, "--out", str(afile / "sub")], f"{afile} is a file, not a folder"),
+        (["--dataset", "synthetic:n_items=10000000000000"], "Unable to allocate"),
         (["--dataset", small, "--out", ""], "--out is empty; name an output folder"),
         (["--dataset", small, "--frobnicate", "3"], "unrecognized arguments: --frobnicate 3"),
     ]
@@ -176,6 +177,18 @@ def test_bench_out_must_be_a_file(tmp_path, capsys, monkeypatch):
     assert "is a folder; expected a file name" in capsys.readouterr().err
     assert cli.main(["bench", "module", "--out", ""]) == 2
     assert "--out is empty" in capsys.readouterr().err
+    # a file where a folder should be, and (not as root) a folder it cannot write: refused
+    # before the benchmark runs, not after
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["bench", "module", "--out", str(tmp_path / "afile" / "r.json")]) == 2
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    import os
+
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert cli.main(["bench", "module", "--out", str(ro / "r.json")]) == 2
+        assert "Permission denied" in capsys.readouterr().err
 
 
 def test_training_options_name_the_experiments_that_take_them(capsys):

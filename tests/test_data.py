@@ -344,6 +344,19 @@ def test_load_dataset_specs(tmp_path):
     for bad in ("nope", "movielens:", "synthetic:n_users", "synthetic:colour=3"):
         with pytest.raises(ValueError, match="spec"):
             load_dataset(bad)
+    # interactions: names an unknown key and a repeated or empty categories= (they were read
+    # as part of a file name, or ignored)
+    with pytest.raises(ValueError, match="unknown key 'foo'"):
+        load_dataset(f"interactions:{p},foo=1")
+    for bad in (f"interactions:{p},categories={c},categories={c}", f"interactions:{p},categories="):
+        with pytest.raises(ValueError, match="categories= must be given once, with a path"):
+            load_dataset(bad)
+    # stream: lists only the keys it takes; a power_law_v2 key it refuses says why
+    with pytest.raises(ValueError, match="unknown key foo") as e:
+        load_dataset("stream:foo=1")
+    assert "interactions_per_user" not in str(e.value) and "interactions_per_window" in str(e.value)
+    with pytest.raises(ValueError, match="takes no interactions_per_user .*use interactions_per_window"):
+        load_dataset("stream:interactions_per_user=3")
 
 
 # split //////////////////////////////////////////////////////////////////////////////////////

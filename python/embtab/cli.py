@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["int_at_least", "main"]
@@ -33,7 +34,7 @@ __all__ = ["int_at_least", "main"]
 QUICK_SEEDS = 1
 
 #: the errors a user's input can cause (reported in one line, exit status 2)
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, MemoryError)   # MemoryError: a size too large for this machine
 
 
 def _version() -> str:
@@ -132,13 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_seeds, default=None,
                    help="number of seeds 0..N-1 (default 3, or 1 with --quick)")
     e.add_argument("--quick", action="store_true",
-                   help="fewer seeds (1) and, for rerank-speed, a smaller benchmark")
+                   help="fewer seeds (1) and each experiment's quick mode where it has one "
+                        "(smaller data sets, grids, rounds or epochs; for rerank-speed, a "
+                        "smaller benchmark)")
     e.add_argument("--out", default=None, help="output folder (default: embtab-<name>)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--tune", action="store_true",
                    help=f"experiments that take it ({', '.join(_taking(registry, 'tune'))}): "
                         "pick lr, L2 and epochs per configuration and seed on a validation "
-                        "split (a smaller grid with --quick)")
+                        "split (a smaller grid with --quick)" + _tuned_anyway(registry))
     e.add_argument("--loss", choices=("bpr", "softmax"), default=None,
                    help=f"experiments that take it ({', '.join(_taking(registry, 'loss'))}): "
                         "the training loss (default bpr)")
@@ -163,6 +166,11 @@ def _check_out_dir(out: str) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -230,6 +238,15 @@ def _training_options(args) -> dict:
     return extra
 
 
+def _tuned_anyway(registry: dict) -> str:
+    """'; NAME tunes by default' for the experiments whose ``tune`` defaults to True."""
+    import inspect
+
+    on = [n for n in _taking(registry, "tune")
+          if inspect.signature(registry[n].run).parameters["tune"].default is True]
+    return f"; {', '.join(on)} {'tune' if len(on) > 1 else 'tunes'} without it" if on else ""
+
+
 def _taking(registry: dict, option: str) -> list:
     """The experiments whose run function takes keyword ``option`` (``tune``, ``loss``)."""
     import inspect
@@ -271,10 +288,18 @@ def _bench(args) -> int:
 
 
 def _check_out_file(out: Path) -> None:
-    """Refuse an output file that is a folder or whose folder cannot be created."""
+    """Refuse, before the benchmark runs, an output file that is a folder, under a path that
+    is a file, or in a folder that cannot be created or written."""
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected a file name")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out.parent):   # OSError (one line) if it cannot be written
+        pass
 
 
 def main(argv=None) -> int:

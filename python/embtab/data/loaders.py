@@ -25,7 +25,7 @@ import numpy as np
 from embtab._research import U64_MAX
 from embtab.data.containers import Interactions
 from embtab.data.generator_v2 import V2_KEYS, power_law_v2
-from embtab.data.stream import power_law_stream
+from embtab.data.stream import REFUSED_V2_KEYS, power_law_stream
 from embtab.data.synthetic import power_law
 
 __all__ = ["HEADER_NAMES", "MOVIELENS_GENRES", "load_dataset", "load_interactions",
@@ -620,15 +620,17 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
             generate = power_law_stream
             known = (set(inspect.signature(power_law_stream).parameters) - {"v2"}) | set(
                 inspect.signature(power_law_v2).parameters)
+            listed = known - set(REFUSED_V2_KEYS)   # those pass on, to power_law_stream's refusal
         else:
             generate = power_law_v2 if V2_KEYS & kwargs.keys() else power_law
             known = set(inspect.signature(power_law).parameters) | set(
                 inspect.signature(power_law_v2).parameters)
+            listed = known
         unknown = sorted(given - known)
         if unknown:
             raise ValueError(f"dataset spec {spec!r}: unknown key{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(unknown)}; {kind} data sets take "
-                             f"{', '.join(sorted(known))}")
+                             f"{', '.join(sorted(listed))}")
         try:
             return generate(**kwargs)
         except (TypeError, ValueError) as e:
@@ -636,7 +638,13 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     if kind == "movielens" and arg:
         return load_movielens(arg)
     if kind == "interactions" and arg:
-        path, _, cats = arg.partition(",categories=")
+        path, sep, cats = arg.partition(",categories=")
+        if ",categories=" in cats or (sep and not cats.strip()):
+            raise ValueError(f"dataset spec {spec!r}: categories= must be given once, with a path")
+        if not Path(path).exists() and "," in path:   # 'file,key=value' with another key
+            key = path.rpartition(",")[2].partition("=")[0]
+            raise ValueError(f"dataset spec {spec!r}: unknown key {key!r} (interactions data "
+                             f"sets take a path and, optionally, categories=PATH)")
         return load_interactions(path, categories=cats or None)
     raise ValueError(f"unknown dataset spec {spec!r}; expected 'synthetic[:key=value,...]', "
                      "'stream[:key=value,...]', 'movielens:PATH' or "

@@ -178,6 +178,11 @@ class WindowTruth(Truth):
         return self.prob(users)[np.arange(users.size), np.asarray(items, np.int64)]
 
 
+#: power_law_v2 arguments that power_law_stream refuses (it draws its own per-window
+#: interactions, and the crowding setting has no time line).
+REFUSED_V2_KEYS = ("interactions_per_user", "crowding")
+
+
 def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int = 8,
                      interactions_per_window: float = 8.0, item_birth_share: float = 0.5,
                      half_life: float = 2.0, user_join_share: float = 0.5,
@@ -247,7 +252,7 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     if isinstance(activity_sigma, bool) or not isinstance(activity_sigma, numbers.Real) or \
             not (activity_sigma >= 0 and math.isfinite(activity_sigma)):
         raise ValueError(f"activity_sigma must be a finite number >= 0; got {activity_sigma!r}")
-    for key in ("interactions_per_user", "crowding"):
+    for key in REFUSED_V2_KEYS:
         if key in v2:
             raise ValueError(f"power_law_stream takes no {key} (use interactions_per_window; "
                              "the crowding setting has no time line)")
