@@ -231,9 +231,10 @@ def test_load_categories_malformed(tmp_path):
     p = tmp_path / "ok.txt"
     p.write_text("1 2\n")
     c = tmp_path / "cats.txt"
-    c.write_text("2 Drama\n2\n")
-    with pytest.raises(ValueError, match=r"cats.txt, line 2: expected 'item category'"):
-        load_interactions(p, categories=c)
+    for bad in ("2\n", "2 ,\n", "2,,\n"):
+        c.write_text("2 Drama\n" + bad)
+        with pytest.raises(ValueError, match=r"cats.txt, line 2: expected 'item category'"):
+            load_interactions(p, categories=c)
     c.write_text("2 Drama\nabc Comedy\n")
     with pytest.raises(ValueError, match=r"cats.txt, line 2: item 'abc'"):
         load_interactions(p, categories=c)
@@ -348,6 +349,8 @@ def test_load_dataset_specs(tmp_path):
     # as part of a file name, or ignored)
     with pytest.raises(ValueError, match="unknown key 'foo'"):
         load_dataset(f"interactions:{p},foo=1")
+    with pytest.raises(FileNotFoundError):   # a comma in a file name is not a key
+        load_dataset(f"interactions:{tmp_path}/missing,v2.csv")
     for bad in (f"interactions:{p},categories={c},categories={c}", f"interactions:{p},categories="):
         with pytest.raises(ValueError, match="categories= must be given once, with a path"):
             load_dataset(bad)

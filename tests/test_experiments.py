@@ -724,12 +724,12 @@ def test_a_failed_run_leaves_the_folder_as_it_was_and_a_rerun_replaces_its_own_f
         run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 1}}, progress=False)
         (out / "notes.txt").write_text("mine")
         before = {p.name: p.read_bytes() for p in out.iterdir()}
-        assert {"zz-ok.json", "zz-ok.png", "results.json", "report.md", "embtab-run.json",
-                "notes.txt"} == set(before)
         with pytest.raises(RuntimeError, match="boom"):
             run_experiments(["zz-ok", "zz-fail"], out, kwargs={"zz-ok": {"value": 2}},
                             progress=False)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert {"zz-ok.json", "zz-ok.png", "results.json", "report.md", "embtab-run.json",
+                "notes.txt"} == set(before)
         # a run of other experiments (here: none) replaces the earlier run's files, only those
         run_experiments([], out, progress=False)
         assert sorted(p.name for p in out.iterdir()) == ["embtab-run.json", "notes.txt",
@@ -745,3 +745,49 @@ def test_a_data_set_an_experiment_refuses_stops_the_run_before_any_work(tmp_path
         run_experiments(["dims", "feedback"], out, dataset="stream:n_users=50,n_items=60",
                         seeds=1, progress=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_interrupted_publish_puts_the_earlier_run_back(tmp_path, monkeypatch):
+    import os
+
+    from embtab.experiments import run_experiments
+
+    out = tmp_path / "out"
+    with _fake_experiments():
+        run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 1}}, progress=False)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        real, calls = os.replace, []
+
+        def interrupted(a, b):
+            calls.append(b)
+            if len(calls) == 5:   # part-way through moving the new files in
+                raise KeyboardInterrupt
+            return real(a, b)
+
+        monkeypatch.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 2}}, progress=False)
+        monkeypatch.setattr(os, "replace", real)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        # a folder where a file of the run goes: refused before anything moves
+        (out / "zz-ok.png").unlink()
+        (out / "zz-ok.png").mkdir()
+        with pytest.raises(OSError, match="zz-ok.png: is not a file"):
+            run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 3}}, progress=False)
+        assert json.loads((out / "zz-ok.json").read_text())["value"] == 1
+
+
+def test_a_manifest_names_only_plain_files_of_the_folder(tmp_path):
+    from embtab.experiments import run_experiments
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "b", "keep.txt"):
+        (out / name).write_text(name)
+    (out / "sub").mkdir()
+    for files in ("ab", ["..", "", ".", "sub", "../x", "a"], {"a": 1}):
+        (out / "embtab-run.json").write_text(json.dumps({"files": files}))
+        run_experiments([], out, progress=False)
+    # only the list's plain file "a" went; the string "ab", the folder and ".." did nothing
+    assert sorted(p.name for p in out.iterdir()) == ["b", "embtab-run.json", "keep.txt",
+                                                     "report.md", "results.json", "sub"]

@@ -216,7 +216,8 @@ class CuckooTable:
 
         Gauges: ``size``, ``capacity``, ``num_buckets``, ``num_rows``, ``free_rows``,
         ``load_factor``, ``memory_bytes`` (index + ``free_row_bytes``: the free rows as a
-        tree of bit words, a bit per row handed out, allocated at the first erase),
+        tree of bit words, a bit per row handed out, allocated when a row is first freed or
+        erased, or when a table is loaded or assigned with free rows),
         ``bytes_per_key`` and
         ``prepared_bytes`` (the next growth's index, prepared on a background thread while
         batches are mostly new IDs, the load is past 0.7 of ``max_load_factor``, the last

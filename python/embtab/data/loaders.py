@@ -318,7 +318,7 @@ def _load_categories(path: Path):
         if not s or s.startswith("#"):
             continue
         m = _CATEGORY_LINE.fullmatch(s)   # per line: no separator guessed from other lines
-        if m is None:
+        if m is None or not m.group(2).strip(", \t"):   # ('10 ,': no category after all)
             raise ValueError(f"{path}, line {n}: expected 'item category', found {s!r}")
         items.append(m.group(1))
         cats.append(m.group(2).strip())
@@ -641,8 +641,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         path, sep, cats = arg.partition(",categories=")
         if ",categories=" in cats or (sep and not cats.strip()):
             raise ValueError(f"dataset spec {spec!r}: categories= must be given once, with a path")
-        if not Path(path).exists() and "," in path:   # 'file,key=value' with another key
-            key = path.rpartition(",")[2].partition("=")[0]
+        head, comma, tail = path.rpartition(",")
+        if comma and "=" in tail and not Path(path).exists():   # 'file,key=value', another key
+            key = tail.partition("=")[0]
             raise ValueError(f"dataset spec {spec!r}: unknown key {key!r} (interactions data "
                              f"sets take a path and, optionally, categories=PATH)")
         return load_interactions(path, categories=cats or None)

@@ -109,19 +109,55 @@ MANIFEST = "embtab-run.json"
 
 
 def _publish(stage: Path, out: Path) -> None:
-    """Move a finished run's files from ``stage`` into ``out``, and remove the files that the
-    run before it listed in ``out``'s manifest and this one did not write."""
+    """Move a finished run's files (and its manifest) from ``stage`` into ``out``, all or
+    none: the files they replace are moved aside first and put back if any move fails or is
+    interrupted. Then remove the files that the run before listed in ``out``'s manifest and
+    this one did not write (plain file names of regular files only)."""
     names = sorted(p.name for p in stage.iterdir())
+    (stage / MANIFEST).write_text(json.dumps({"files": names}, indent=1) + "\n")
+    names.append(MANIFEST)
+    for name in names:   # before anything moves: a folder in the way is an error
+        if (out / name).exists() and not (out / name).is_file():
+            raise OSError(f"{out / name}: is not a file; the run's {name} cannot replace it")
+    before = _manifest_files(out)
+    backup = Path(tempfile.mkdtemp(prefix=".embtab-old-", dir=out))
+    moved, placed = [], []
     try:
-        before = set(json.loads((out / MANIFEST).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        before = set()
-    for name in names:
-        os.replace(stage / name, out / name)
+        try:
+            for name in names:
+                if os.path.lexists(out / name):
+                    os.replace(out / name, backup / name)
+                    moved.append(name)
+                os.replace(stage / name, out / name)
+                placed.append(name)
+        except BaseException:
+            for name in placed:
+                (out / name).unlink(missing_ok=True)
+            for name in moved:
+                os.replace(backup / name, out / name)
+            raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
     for name in sorted(before - set(names)):
-        if isinstance(name, str) and name == Path(name).name and name != MANIFEST:
-            (out / name).unlink(missing_ok=True)
-    (out / MANIFEST).write_text(json.dumps({"files": names}, indent=1) + "\n")
+        path = out / name
+        try:
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        except OSError:
+            pass   # a stale file that cannot be removed stays; the new run is complete
+
+
+def _manifest_files(out: Path) -> set:
+    """The plain file names an earlier run's manifest in ``out`` lists (none if it is missing
+    or not a manifest)."""
+    try:
+        files = json.loads((out / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if not isinstance(files, list):
+        return set()
+    return {f for f in files if isinstance(f, str) and f not in ("", ".", "..", MANIFEST)
+            and "/" not in f and "\\" not in f and f == Path(f).name}
 
 
 def demo_names() -> list:
