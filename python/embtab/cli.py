@@ -158,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_file_ancestor(out: Path) -> None:
+    """ValueError when the nearest existing folder above ``out`` is a file."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            return
+
+
 def _check_out_dir(out: str) -> Path:
     """The output folder ``out``, created; refused (before any work) when empty, a file, or
     impossible to create."""
@@ -166,11 +175,7 @@ def _check_out_dir(out: str) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    _refuse_file_ancestor(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -292,11 +297,7 @@ def _check_out_file(out: Path) -> None:
     is a file, or in a folder that cannot be created or written."""
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected a file name")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    _refuse_file_ancestor(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out.parent):   # OSError (one line) if it cannot be written
         pass

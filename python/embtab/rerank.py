@@ -363,6 +363,18 @@ def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> It
     return obj
 
 
+def _refuse_bad_weights(a: np.ndarray, where) -> None:
+    """ValueError naming the first entry of ``a`` that is NaN, infinite or negative;
+    ``where(*index)`` gives ``(name, note)``: which entry of the caller's argument it is, and
+    what to add after its value."""
+    bad = ~(np.isfinite(a) & (a >= 0))
+    if bad.any():
+        idx = tuple(int(x[0]) for x in np.nonzero(bad))
+        name, note = where(*idx)
+        raise ValueError(f"{name} is {float(a[idx])}{note}: category weights must be finite "
+                         f"and >= 0")
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     """A read-only copy of ``a`` over an immutable buffer: ``setflags(write=True)`` on it
     raises, so that the arrays the C++ core trusts unchecked (an ItemDistribution's) cannot be
@@ -693,11 +705,7 @@ def user_distribution(
         dense = np.asarray(item_dist, dtype=np.float64)
     if dense.ndim != 2:
         raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(dense)}")
-    bad = ~(np.isfinite(dense) & (dense >= 0))
-    if bad.any():
-        i, g = (int(x[0]) for x in np.nonzero(bad))
-        raise ValueError(f"item_dist[{i}, {g}] is {float(dense[i, g])}: category weights must be "
-                         f"finite and >= 0")
+    _refuse_bad_weights(dense, lambda i, g: (f"item_dist[{i}, {g}]", ""))
     n_items = dense.shape[0]
     if is_sparse(histories):
         h = histories.tocsr()
@@ -888,11 +896,9 @@ def miscalibration(
             rows = np.asarray(item_dist.tocsr()[lists.ravel()].toarray(), dtype=np.float64).reshape(U, k, -1)
         else:
             rows = np.asarray(item_dist, dtype=np.float64)[lists]
-        bad = ~(np.isfinite(rows) & (rows >= 0))
-        if bad.any():   # (an ItemDistribution was checked when it was built)
-            u, j, g = (int(x[0]) for x in np.nonzero(bad))
-            raise ValueError(f"item_dist[{lists[u, j]}, {g}] is {float(rows[u, j, g])} (item of lists[{u}]): "
-                             f"category weights must be finite and >= 0")
+        # (an ItemDistribution was checked when it was built)
+        _refuse_bad_weights(rows, lambda u, j, g: (f"item_dist[{lists[u, j]}, {g}]",
+                                                   f" (item of lists[{u}])"))
         m = rows.sum(axis=1)
     # q: the mean over the list items that carry category mass (an item with no category, a
     # zero row, does not count), as miscalibration@k defines it (docs/metrics.md); a list with

@@ -641,7 +641,7 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         path, sep, cats = arg.partition(",categories=")
         if ",categories=" in cats or (sep and not cats.strip()):
             raise ValueError(f"dataset spec {spec!r}: categories= must be given once, with a path")
-        head, comma, tail = path.rpartition(",")
+        _, comma, tail = path.rpartition(",")
         if comma and "=" in tail and not Path(path).exists():   # 'file,key=value', another key
             key = tail.partition("=")[0]
             raise ValueError(f"dataset spec {spec!r}: unknown key {key!r} (interactions data "

@@ -157,7 +157,7 @@ def _manifest_files(out: Path) -> set:
     if not isinstance(files, list):
         return set()
     return {f for f in files if isinstance(f, str) and f not in ("", ".", "..", MANIFEST)
-            and "/" not in f and "\\" not in f and f == Path(f).name}
+            and f == Path(f).name}
 
 
 def demo_names() -> list:
