@@ -141,10 +141,14 @@ def test_scaling_quick_run_reports_every_part():
         assert set(r["evict_forward"][str(R)]) == {"evict_lru", "evict_lru_known", "evict_lfu",
                                                    "evict_lfu_known"}
         assert all(v > 0 for v in r["evict_forward"][str(R)].values())
+        x = r["expiry_forward"][str(R)]
+        assert x["forward"] > 0 and x["expire_s"] > 0 and x["live_ids"] > 0
     assert all(r["reused_rows"][k] > 0 for k in ("reused", "fresh", "erase"))
+    assert all(v[w]["expire_s"] > 0 for v in r["expiry_index"].values() for w in ("scan", "index"))
     assert all(r["rerank_one_user"][str(n)] > 0 for n in r["sizes"]["rerank_items"])
     for U in r["sizes"]["recommend_users"]:
         assert r["recommend"][str(U)]["recommend"] > 0 and r["recommend"][str(U)]["reference"] > 0
     md = bench.format_markdown(r)
     assert "LFU forward" in md and "rerank one user" in md and "recommend / reference" in md
     assert "LRU eviction" in md and "LFU eviction" in md and "rows just freed by erase" in md
+    assert "expiring forward" in md and "of which expiry" in md and "scan / recency index" in md

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import embtab
-from embtab import _core, _ops
+from embtab import _core, _ops, _recency
 from embtab._checks import check_int, check_real, check_seed, check_threads, raw_id
 from embtab._hashing import mix64
 from embtab._modules import (
@@ -615,6 +615,7 @@ class _CuckooBase(_AtomicLoad):
         self._pending_reused = False  # whether some of them were taken from evicted IDs
         self._pending_grown = False  # whether weight grew since the last optimizer step
         self._graph_rows: dict = {}  # rows read by graphs not yet backpropagated (eviction)
+        self._recency = _recency.RecencyIndex()  # row_last_step by step (large modules)
         self._table = self._new_table()
         self._refresh_snapshot()
         _attach_optimizer(self, optimizer)
@@ -807,7 +808,11 @@ class _CuckooBase(_AtomicLoad):
             if lfu or "row_last_step" in self._buffers:
                 used = rows[~neg] if any_neg else rows
                 if "row_last_step" in self._buffers:
-                    self.row_last_step.numpy()[used] = int(self.num_steps)
+                    step = int(self.num_steps)
+                    self.row_last_step.numpy()[used] = step
+                    if R >= _recency.MIN_ROWS:
+                        self._recency.push(self.row_last_step, self.row_live, step,
+                                           used.copy() if used is rows else used)
                 if lfu and used.size:
                     # each distinct row's count in the batch, by hashing (O(batch), not a
                     # bincount over all R rows)
@@ -933,20 +938,28 @@ class _CuckooBase(_AtomicLoad):
         not use, ascending; ValueError (nothing changed) when fewer can be evicted."""
         R = self.num_embeddings
         k = new - free
-        score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy()
-        eligible = self.row_live.numpy().copy()   # R bytes, not a copy of R int64 scores
-        eligible[batch_rows] = False
-        for pinned in list(self._graph_rows.values()):
-            eligible[pinned[pinned < R]] = False
-        evictable = int(np.count_nonzero(eligible))
-        if evictable < k:
+        pins = [p[p < R] for p in list(self._graph_rows.values())]
+        if self.on_full == OnFull.EVICT_LRU and R >= _recency.MIN_ROWS:
+            # the oldest steps' rows only (embtab/_recency.py), not a pass over all R rows
+            victims, evictable = self._recency.lowest(
+                self.row_last_step, self.row_live, k, [batch_rows, *pins]
+            )
+        else:
+            score = (self.row_last_step if self.on_full == OnFull.EVICT_LRU else self.row_count).numpy()
+            eligible = self.row_live.numpy().copy()   # R bytes, not a copy of R int64 scores
+            eligible[batch_rows] = False
+            for pinned in pins:
+                eligible[pinned] = False
+            evictable = int(np.count_nonzero(eligible))
+            victims = None if evictable < k else _lowest_rows(score, eligible, k, evictable)
+        if victims is None:
             raise ValueError(
                 f"the batch brings {new} new IDs, {k} more than the {free} free rows, but only "
                 f"{evictable} rows can be evicted (rows read by this batch, or by an earlier "
                 f"forward not yet backpropagated, stay): raise num_embeddings (now {R}), use "
                 f"smaller batches or run backward first"
             )
-        return _lowest_rows(score, eligible, k, evictable)
+        return victims
 
     def _expire(self) -> None:
         """Free the rows of the live IDs last looked up ``expire_after`` or more steps ago
@@ -957,11 +970,16 @@ class _CuckooBase(_AtomicLoad):
         cutoff = int(self.num_steps) - self.expire_after
         if cutoff < 0:
             return
-        stale = self.row_live.numpy() & (self.row_last_step.numpy() <= cutoff)
         R = self.num_embeddings
-        for pinned in list(self._graph_rows.values()):
-            stale[pinned[pinned < R]] = False
-        rows = np.flatnonzero(stale)
+        pins = [p[p < R] for p in list(self._graph_rows.values())]
+        if R >= _recency.MIN_ROWS:
+            # the rows of the steps now due only (embtab/_recency.py), not a pass over all R
+            rows = self._recency.due(self.row_last_step, self.row_live, cutoff, pins)
+        else:
+            stale = self.row_live.numpy() & (self.row_last_step.numpy() <= cutoff)
+            for pinned in pins:
+                stale[pinned] = False
+            rows = np.flatnonzero(stale)
         if rows.size:
             self._table.erase(self.row_ids.numpy()[rows])
             self.row_live.numpy()[rows] = False
@@ -1023,8 +1041,11 @@ class _CuckooBase(_AtomicLoad):
             grad = new_p.grad
             w.data = new_w
             w.grad = grad
+        old = (self._buffers.get("row_last_step"), self.row_live)
         self._buffers.update(new_buffers)
         self.num_embeddings = new_R
+        if old[0] is not None:
+            self._recency.carry(*old, self.row_last_step, self.row_live)
         self._table_changed()
 
     def _grow(self, new_R: int):
@@ -1215,6 +1236,7 @@ class _CuckooBase(_AtomicLoad):
         state = self.__dict__.copy()
         state["_pending_rows"] = list(self._pending_rows)
         state["_graph_rows"] = {}  # graphs do not travel with the module
+        state["_recency"] = _recency.RecencyIndex()  # rebuilt from the buffers when needed
         return state
 
     def __setstate__(self, state):
@@ -1222,6 +1244,7 @@ class _CuckooBase(_AtomicLoad):
         state.setdefault("_pending_grown", False)
         state.setdefault("_graph_rows", {})
         state.setdefault("expire_after", None)
+        state.setdefault("_recency", _recency.RecencyIndex())
         super().__setstate__(state)
         if "_snap_keys" not in self._buffers:
             self._refresh_snapshot()

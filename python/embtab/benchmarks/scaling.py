@@ -13,8 +13,16 @@ size ratio for one that scales with it):
 - ``evict_forward``: a training forward (no gradient) of 4,096 new IDs through a full
   ``CuckooEmbedding(R, 16)`` with ``on_full="evict_lru"`` and ``"evict_lfu"``: victims chosen
   among R rows, their IDs erased, the new IDs inserted into the freed rows and initialised;
-  against the same forward of 4,096 known IDs (``known``). The victim choice reads every row
+  against the same forward of 4,096 known IDs (``known``). LRU's victims come from the rows of
+  the oldest steps (``embtab/_recency.py``, from 2^18 rows on); LFU's choice reads every row
   (O(R)); the rest is O(batch).
+- ``expiry_forward``: training forwards (no gradient) of a stream of 4,096 Zipf(1.1) draws
+  per step over 200,000 IDs through ``CuckooEmbedding(R, 16, expire_after=20)``, whose live
+  IDs (about 15,000) expire and return all the time; ``R`` is the initial size (the small
+  module grows to hold them). The due rows come from the steps now due (from 2^18 rows on),
+  not from a pass over every row's last step; ``expire_s`` is the expiry part alone.
+  ``expiry_index`` runs the same stream at 2^16 and 2^18 rows with the index forced off
+  (``scan``) and on (``index``): where the module's threshold (``_recency.MIN_ROWS``) sits.
 - ``reused_rows``: ``CuckooTable.lookup_or_insert`` of 65,536 new IDs into a table of R IDs
   (capacity for R / 0.7) whose 65,536 rows were just freed by ``erase`` (the new IDs take the
   freed rows, lowest first), against the same insert into fresh rows (a table of R - 65,536
@@ -30,6 +38,7 @@ size ratio for one that scales with it):
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -102,6 +111,52 @@ def _evict_forward(R: int, repeats: int, seed: int) -> dict:
 
         res[policy + "_known"] = _median_call(known_batch, 20, repeats)
         del m
+    return res
+
+
+def _expiry_forward(R: int, repeats: int, seed: int, index: Optional[bool] = None) -> dict:
+    """``index``: True or False forces the recency index on or off (``_recency.MIN_ROWS``);
+    None keeps the module's own choice."""
+    from embtab import _recency
+
+    saved = _recency.MIN_ROWS
+    if index is not None:
+        _recency.MIN_ROWS = 0 if index else 1 << 62
+    try:
+        return _expiry_stream(R, repeats, seed)
+    finally:
+        _recency.MIN_ROWS = saved
+
+
+def _expiry_stream(R: int, repeats: int, seed: int) -> dict:
+    from embtab.nn import CuckooEmbedding
+
+    rng = np.random.default_rng(seed)
+    pool = rng.permutation(200_000).astype(np.int64) * 7 + 1
+    batches = [torch.from_numpy(pool[(rng.zipf(1.1, 4096) - 1) % len(pool)]) for _ in range(64)]
+    m = CuckooEmbedding(R, 16, num_threads=1, on_full="grow", expire_after=20, seed=seed)
+    spent = []
+    expire = m._expire
+
+    def timed_expire():
+        t0 = time.perf_counter()
+        expire()
+        spent.append(time.perf_counter() - t0)
+
+    m._expire = timed_expire  # an instance attribute: the module's own method, timed
+    with torch.no_grad():
+        for b in batches:  # warm-up: the live set reaches its steady size
+            m(b)
+    it = iter(range(10**9))
+
+    def step():
+        with torch.no_grad():
+            m(batches[next(it) % len(batches)])
+
+    spent.clear()
+    res = {"forward": _median_call(step, 32, repeats), "expire_s": float(np.median(spent)),
+           "live_ids": m.num_ids, "rows": m.num_embeddings}
+    del m
     return res
 
 
@@ -181,6 +236,12 @@ def run(quick: bool = False, seed: int = 0, repeats: int = 3) -> dict:
                "lfu_forward": {str(R): _lfu_forward(R, repeats, seed) for R in sizes["lfu_rows"]},
                "evict_forward": {str(R): _evict_forward(R, repeats, seed)
                                  for R in sizes["lfu_rows"]},
+               "expiry_forward": {str(R): _expiry_forward(R, repeats, seed)
+                                  for R in sizes["lfu_rows"]},
+               # where the index starts to pay: the same stream with it forced off and on
+               "expiry_index": {str(R): {"scan": _expiry_forward(R, repeats, seed, index=False),
+                                         "index": _expiry_forward(R, repeats, seed, index=True)}
+                                for R in (1 << 16, 1 << 18)},
                "reused_rows": _reused_rows(sizes["lfu_rows"][1], repeats, seed),
                "rerank_one_user": {str(n): _rerank_one_user(n, repeats, seed)
                                    for n in sizes["rerank_items"]},
@@ -194,6 +255,7 @@ def format_markdown(r: dict) -> str:
     lo, hi = (str(x) for x in s["lfu_rows"])
     lf = r["lfu_forward"]
     ev = r["evict_forward"]
+    xf = r["expiry_forward"]
     ro = r["rerank_one_user"]
     rlo, rhi = (str(x) for x in s["rerank_items"])
     rc = r["recommend"]
@@ -213,6 +275,14 @@ def format_markdown(r: dict) -> str:
           f"| same module, 4,096 known IDs | {ev[lo][p + '_known'] * us:.0f} µs "
           f"| {ev[hi][p + '_known'] * us:.0f} µs | {ev[hi][p + '_known'] / ev[lo][p + '_known']:.2f} |"
           for p in ("evict_lru", "evict_lfu")),
+        f"| expiring forward, 4,096 IDs (`expire_after=20`, {xf[lo]['live_ids']:,} live IDs) "
+        f"| {xf[lo]['forward'] * us:.0f} µs | {xf[hi]['forward'] * us:.0f} µs "
+        f"| {xf[hi]['forward'] / xf[lo]['forward']:.2f} |",
+        f"| of which expiry | {xf[lo]['expire_s'] * us:.0f} µs | {xf[hi]['expire_s'] * us:.0f} µs "
+        f"| {xf[hi]['expire_s'] / xf[lo]['expire_s']:.2f} |",
+        *(f"| expiry alone at {int(R):,} rows: scan / recency index | | "
+          f"{v['scan']['expire_s'] * us:.0f} / {v['index']['expire_s'] * us:.0f} µs | |"
+          for R, v in r["expiry_index"].items()),
         f"| insert 65,536 IDs into rows just freed by erase ({int(hi):,} IDs) | | "
         f"{r['reused_rows']['reused'] * us:.0f} µs | |",
         f"| same insert into fresh rows | | {r['reused_rows']['fresh'] * us:.0f} µs | |",
