@@ -178,11 +178,16 @@ def test_jagged_input_equals_dict_input(kind):
     want = twin(feats)
     for f in want:
         close(got[f], want[f], f)
-    # weights go to every feature: all tables must pool by "sum"
+    # weights go to every feature: a "mean" table's (feature b) must be 1, and are unread
     feats, psw, _ = batches(1, seed=4)[0]
     ones = {f: torch.ones(feats[f][0].shape) for f in "ab"}
-    with pytest.raises(ValueError, match=r"features\['b'\].*mode='sum'"):
-        coll(jagged(feats, ["a", "b", "c"], {**ones, **psw}))
+    heavy = {**ones, "b": torch.full(feats["b"][0].shape, 2.0)}
+    with pytest.raises(ValueError, match=r"features\['b'\].*mode='mean'.*must all be 1"):
+        coll(jagged(feats, ["a", "b", "c"], {**heavy, **psw}))
+    got = coll(jagged(feats, ["a", "b", "c"], {**ones, **psw}))
+    want = twin(feats, psw)
+    for f in want:
+        close(got[f], want[f], f)
     cfgs = shared_cfgs(kind)
     coll = KINDS[kind][0](cfgs)
     twin = copy.deepcopy(coll)

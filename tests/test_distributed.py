@@ -463,6 +463,64 @@ def test_corrupt_fused_state_is_refused_and_loads_nothing(tmp_path):
         _start(_w_fused_bad_state, 1, str(tmp_path / f"t{i}"), str(ckpt), expect)
 
 
+def _w_bad_torch_state(rank, world_size, store, ckpt, expect, wrong_optimizer):
+    _init(rank, world_size, store)
+    m, opt = _make(False, sharded=True)
+    if wrong_optimizer:  # holds another tensor, not this module's weight
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=expect):
+        m.load(ckpt, opt)
+    assert m.num_ids == 0 and int(m.shard.num_steps) == 0 and not opt.state  # nothing loaded
+    dist.destroy_process_group()
+
+
+def test_crafted_torch_optimizer_state_is_refused_and_loads_nothing(tmp_path):
+    """A shard whose torch optimizer state or counters are malformed (a rewritten file with a
+    valid checksum), or an optimizer that does not hold the module's weight, is refused with a
+    ValueError before the module changes (it used to load the module, then fail on the
+    optimizer with a KeyError or AttributeError)."""
+    edits = {
+        "'per_row' and 'other'": [lambda p: p["optimizer"].pop("other"),
+                                  lambda p: p["optimizer"].pop("per_row"),
+                                  lambda p: p.update(optimizer=[1, 2])],
+        r"lacks valid counters": [lambda p: p["counters"].update(num_steps=2**70)],
+    }
+    i = 0
+    for expect, fns in edits.items():
+        for edit in fns:
+            ckpt = tmp_path / f"ckpt{i}"
+            _start(_w_save, 1, str(tmp_path / f"s{i}"), str(ckpt), False, 2)
+            _tamper_fused(ckpt, edit)
+            _start(_w_bad_torch_state, 1, str(tmp_path / f"t{i}"), str(ckpt), expect, False)
+            i += 1
+    ckpt = tmp_path / "ckpt_ok"
+    _start(_w_save, 1, str(tmp_path / "s_ok"), str(ckpt), False, 2)
+    _start(_w_bad_torch_state, 1, str(tmp_path / "t_ok"), str(ckpt),
+           "optimizer does not hold this sharded module's weight", True)
+
+
+def _w_successor_saves(rank, world_size, store, ckpt):
+    import gc
+
+    _init(rank, world_size, store)
+    m1 = ShardedCuckooEmbedding(8, DIM, seed=SEED, name="resumed")
+    loss = m1(torch.arange(4).reshape(2, 2)).sum()
+    loss.backward()
+    m1.save(ckpt)
+    del m1
+    gc.collect()
+    # `loss` (its graph already backpropagated) is still referenced: it must not keep m1 alive
+    m2 = ShardedCuckooEmbedding(8, DIM, seed=SEED, name="resumed")
+    m2.load(ckpt)
+    m2.save(ckpt)
+    assert m2.num_ids == 4 and loss.item() == loss.item()
+    dist.destroy_process_group()
+
+
+def test_a_successor_saves_where_a_dropped_module_saved(tmp_path):
+    _start(_w_successor_saves, 1, str(tmp_path / "s"), str(tmp_path / "ckpt"))
+
+
 # checkpoint and resharding ///////////////////////////////////////////////////////////////////
 
 
@@ -758,6 +816,9 @@ def _w_mismatch(rank, world_size, store):
             ShardedCuckooEmbedding(8, DIM + rank, seed=SEED))
     refused("dtype", ShardedCuckooEmbedding(8, DIM, seed=SEED, dtype=torch.float64 if rank else None))
     refused("padding_id", ShardedCuckooEmbedding(8, DIM, seed=SEED, padding_id=5 if rank else None))
+    # one rank left in eval mode: its shard would not give the others' new IDs rows
+    refused(r"forward \(eval mode\) while this rank is in forward|forward while this rank is in "
+            r"forward \(eval mode\)", ShardedCuckooEmbedding(8, DIM, seed=SEED).train(rank == 0))
     refused("optimizer", ShardedCuckooEmbedding(8, DIM, seed=SEED,
                                                 optimizer=eo.Adam() if rank else eo.Adagrad()))
     refused("kind", ShardedCuckooEmbeddingBag(8, DIM, seed=SEED, mode="sum") if rank

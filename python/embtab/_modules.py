@@ -247,6 +247,17 @@ def check_bag_args(
                 f"per_sample_weights must have the weight's dtype {weight.dtype}, "
                 f"got {per_sample_weights.dtype}"
             )
+        if per_sample_weights.layout != torch.strided:
+            raise TypeError(
+                f"per_sample_weights must be a dense (strided) tensor, got layout "
+                f"{per_sample_weights.layout} (shape {tuple(per_sample_weights.shape)}); "
+                f"call .to_dense() first"
+            )
+        if per_sample_weights.device != weight.device:
+            raise ValueError(
+                f"per_sample_weights must be on the weight's device {weight.device}, got "
+                f"{per_sample_weights.device} (shape {tuple(per_sample_weights.shape)})"
+            )
     return off
 
 

@@ -83,7 +83,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # on every rank, so the exchange itself cannot mismatch; each rank then compares the headers it
 # received with its own and raises ShardedCommError naming the first field that differs,
 # instead of running a mismatched collective (which gloo answers by aborting the process).
-_PHASES = {1: "forward", 2: "backward", 3: "save", 4: "load"}
+# An eval-mode forward sends phase 5: the owners' mode decides whether unknown IDs get rows,
+# so every rank must be in the same mode (a rank left in eval() would otherwise serve zero
+# vectors to the others' training IDs without any error).
+_PHASES = {1: "forward", 2: "backward", 3: "save", 4: "load", 5: "forward (eval mode)"}
 _HEADER = ("magic", "phase", "module_index", "seq", "count", "world_size", "embedding_dim", "dtype",
            "kind", "mode", "shard_seed", "seed", "dedup", "min_count", "on_full", "padding_id",
            "max_norm", "scale_grad_by_freq")
@@ -153,7 +156,9 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, in_splits, out_splits, group, traffic, module, seq):
         ctx.in_splits, ctx.out_splits, ctx.group, ctx.traffic = in_splits, out_splits, group, traffic
-        ctx.module, ctx.seq = module, seq
+        # weakly: a graph kept after its backward (a loss still referenced) must not keep a
+        # module the user dropped alive (its name would block a successor's save)
+        ctx.module, ctx.seq = weakref.ref(module), seq
         y = x.new_empty((sum(out_splits), *x.shape[1:]))
         _collective("all_to_all of vectors (forward)", group,
                     lambda: dist.all_to_all_single(y, x.contiguous(), out_splits, in_splits, group=group))
@@ -163,7 +168,11 @@ class _AllToAll(torch.autograd.Function):
     def backward(ctx, gy):
         # The gradients go back the way the vectors came: check that every peer is in the
         # backward of the same forward, with the row counts that forward exchanged.
-        ctx.module._handshake(2, ctx.seq, list(ctx.out_splits), expect=list(ctx.in_splits))
+        module = ctx.module()
+        if module is None:
+            raise RuntimeError("embtab.distributed: the sharded module of this graph was deleted "
+                               "before its backward")
+        module._handshake(2, ctx.seq, list(ctx.out_splits), expect=list(ctx.in_splits))
         gx = gy.new_empty((sum(ctx.in_splits), *gy.shape[1:]))
         _collective("all_to_all of gradients (backward)", ctx.group,
                     lambda: dist.all_to_all_single(gx, gy.contiguous(), ctx.in_splits, ctx.out_splits,
@@ -262,8 +271,9 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
         _refuse(path, f"must hold vectors of shape ({n}, {dim}), got {tuple(getattr(vecs, 'shape', ()))}")
     c = obj.get("counters")
     names = ("num_steps", "num_admissions", "num_evictions", "num_growths")
-    if not (isinstance(c, dict) and all(isinstance(c.get(k), int) and c[k] >= 0 for k in names)):
-        _refuse(path, f"lacks valid counters {names}")
+    if not (isinstance(c, dict) and all(isinstance(c.get(k), int) and not isinstance(c[k], bool)
+                                        and 0 <= c[k] < 2**63 for k in names)):
+        _refuse(path, f"lacks valid counters {names} (ints in [0, 2**63))")
     if "admission_sketch" in obj and not (isinstance(obj["admission_sketch"], Tensor)
                                           and obj["admission_sketch"].dtype == torch.int64
                                           and obj["admission_sketch"].dim() == 2):
@@ -289,7 +299,11 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
                               f"accumulator of squares)")
     opt = obj.get("optimizer")
     if opt is not None:
-        for k, v in opt.get("per_row", {}).items():
+        if not (isinstance(opt, dict) and isinstance(opt.get("per_row"), dict)
+                and isinstance(opt.get("other"), dict)):
+            _refuse(path, "has torch optimizer state that is not a dict with the dicts "
+                          "'per_row' and 'other'")
+        for k, v in opt["per_row"].items():
             if not (isinstance(v, Tensor) and tuple(v.shape) == (n, dim)):
                 _refuse(path, f"has optimizer state {k!r} of shape "
                               f"{tuple(getattr(v, 'shape', ()))}, expected ({n}, {dim})")
@@ -424,6 +438,9 @@ class _ShardedBase(nn.Module):
                     continue
                 if field in ("magic",):
                     what = "is not in a call of an embtab sharded module"
+                elif field == "phase" and {theirs[i], mine[i]} == {1, 5}:
+                    what = (f"is in {_PHASES[theirs[i]]} while this rank is in {_PHASES[phase]} "
+                            f"(call .train() or .eval() on the module on every rank alike)")
                 elif field == "phase":
                     what = (f"is in {_PHASES.get(theirs[i], 'an unknown call')} while this rank is in "
                             f"{_PHASES[phase]} (a rank skipped backward, or called the module out of step)")
@@ -484,7 +501,7 @@ class _ShardedBase(nn.Module):
         order = np.argsort(owner, kind="stable")
         send = np.bincount(owner, minlength=ws).astype(np.int64).tolist()
         seq = self._seq + 1
-        recv = self._handshake(1, seq, send)
+        recv = self._handshake(1 if self.shard.training else 5, seq, send)
         self._seq = seq  # a refused call is not counted: the ranks stay in step
         cdev = torch.device("cpu") if self._comm_on_cpu else self.shard.weight.device
         send_ids = torch.from_numpy(ids[order]).to(cdev)
@@ -885,7 +902,9 @@ class _ShardedBase(nn.Module):
                 b = torch.full((R + 1, d) if per_elem else (R + 1,), fill, dtype=s.weight.dtype)
                 b[:n] = torch.cat([p["fused"]["per_row"][k][m] for p, m in zip(parts, keep_l)]).to(b.dtype)
                 sd["opt_" + k] = b
-        s.load_state_dict(sd)
+        # The optimizer state is built before the module changes: a refusal (an optimizer
+        # without this weight, one whose per-row state embtab does not know) changes nothing.
+        st = None
         if optimizer is not None:
             grp = next((g for g in optimizer.param_groups if any(q is s.weight for q in g["params"])), None)
             if grp is None:
@@ -913,6 +932,8 @@ class _ShardedBase(nn.Module):
             for k, v in list(st.items()):
                 if isinstance(v, Tensor) and k not in keys:
                     st[k] = v.to(s.weight.device) if v.dim() else v
+        s.load_state_dict(sd)
+        if st is not None:
             optimizer.state[s.weight] = st
 
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 import numpy as np
 
 from embtab import rerank
+from embtab._checks import check_int, check_real
 from embtab._research import ALPHA, category_mix, mean, nanmean
 from embtab.data import Interactions, RowSets
 
@@ -101,14 +102,18 @@ HEAD_FRACTION = 0.2
 # inputs /////////////////////////////////////////////////////////////////////////////////////
 
 
-def as_row_sets(sets, n_items: int | None = None) -> RowSets:
+def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> RowSets:
     """Normalise per-user item sets to a :class:`~embtab.data.RowSets` [U, I].
 
     Parameters
     ----------
     sets : RowSets, Interactions, tuple (indptr, indices) or list of int arrays
+        Item indices must be integers in ``[0, n_items)``: float or other arrays are refused
+        (``TypeError``), not truncated.
     n_items : int, optional
         Needed for the tuple and list forms (else the largest index + 1 is assumed).
+    name : str
+        What the sets are called in error messages (``"train"``, ``"test"``, ...).
 
     Example::
 
@@ -117,23 +122,38 @@ def as_row_sets(sets, n_items: int | None = None) -> RowSets:
     """
     if isinstance(sets, RowSets):
         if n_items is not None and sets.n_cols != n_items:
-            raise ValueError(f"item sets span {sets.n_cols} items; expected {n_items}")
+            raise ValueError(f"{name} span {sets.n_cols} items; expected {n_items}")
         return sets
     if isinstance(sets, Interactions):
-        return as_row_sets(sets.user_items(), n_items)
-    if isinstance(sets, tuple) and len(sets) == 2:
-        indptr = np.asarray(sets[0], dtype=np.int64)
-        indices = np.asarray(sets[1], dtype=np.int64)
-        if n_items is None:
-            n_items = int(indices.max()) + 1 if indices.size else 0
-        rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-        return RowSets.from_pairs(rows, indices, indptr.size - 1, n_items)
-    if isinstance(sets, (list, np.ndarray)) and not isinstance(sets, tuple):
-        if n_items is None:
-            n_items = max((int(np.max(s)) + 1 for s in sets if len(s)), default=0)
-        return RowSets.from_lists(list(sets), n_items)
-    raise TypeError("item sets must be a RowSets, an Interactions, a tuple (indptr, indices) or "
+        return as_row_sets(sets.user_items(), n_items, name)
+    try:
+        if isinstance(sets, tuple) and len(sets) == 2:
+            indptr = _int_array(sets[0], "indptr")
+            indices = _int_array(sets[1], "indices")
+            if n_items is None:
+                n_items = int(indices.max()) + 1 if indices.size else 0
+            rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+            return RowSets.from_pairs(rows, indices, indptr.size - 1, n_items)
+        if isinstance(sets, (list, np.ndarray)) and not isinstance(sets, tuple):
+            lists = [_int_array(x, f"row {u}") for u, x in enumerate(sets)]
+            if n_items is None:
+                n_items = max((int(np.max(x)) + 1 for x in lists if len(x)), default=0)
+            return RowSets.from_lists(lists, n_items)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+    raise TypeError(f"{name} must be a RowSets, an Interactions, a tuple (indptr, indices) or "
                     f"a list of arrays; got {type(sets).__name__}")
+
+
+def _int_array(x, what: str) -> np.ndarray:
+    """``x`` as int64, refusing values that are not integers (a float item index would be
+    truncated to another item) and integers beyond int64."""
+    a = np.asarray(x)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integer item indices, got dtype {a.dtype}")
+    if a.size and a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} holds {a.max()}, beyond int64")
+    return a.astype(np.int64, copy=False).ravel()
 
 
 def _genre_sets(item_genres, n_items: int) -> RowSets:
@@ -159,10 +179,13 @@ def _n_genre_rows(item_genres) -> int:
 
 def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
     """Validate and cut a top-k array to int64 [U, k] (-1 = padding after the last item)."""
+    k = check_int(k, "k", min=1)
     a = np.asarray(topk)
     if a.dtype.kind not in "iu":
         raise TypeError(f"topk must be an integer array; got dtype {a.dtype}")
-    if a.ndim != 2 or a.shape[1] < k or k < 1:
+    if a.dtype.kind == "u" and a.size and a.max() >= n_items:  # before a cast could wrap it
+        raise ValueError(f"topk entries must lie in [0, {n_items}); got {a.max()}")
+    if a.ndim != 2 or a.shape[1] < k:
         raise ValueError(f"topk must have shape [U, >= k] with k >= 1; got shape {a.shape} "
                          f"for k={k}")
     if n_users is not None and a.shape[0] != n_users:
@@ -227,7 +250,7 @@ def list_lengths(topk, k: int = 10) -> np.ndarray:
 
 def item_counts(train, n_items: int | None = None) -> np.ndarray:
     """Training count per item (number of distinct training users), int64 [I]."""
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     return np.bincount(s.indices, minlength=s.n_cols).astype(np.int64)
 
 
@@ -247,7 +270,7 @@ def item_popularity(train, n_users: int | None = None,
         >>> item_popularity([[0, 1], [1]], n_items=3).tolist()   # 1/2, 2/2, 0/2
         [0.5, 1.0, 0.0]
     """
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     n = s.n_rows if n_users is None else int(n_users)
     if n <= 0:
         raise ValueError(f"n_users must be positive; got {n}")
@@ -259,6 +282,9 @@ def _popularity_rank(train_counts) -> np.ndarray:
     c = np.asarray(train_counts)
     if c.ndim != 1:
         raise ValueError(f"train_counts must be 1-D [I]; got shape {c.shape}")
+    if c.dtype.kind not in "iuf" or (c.size and not np.all(c >= 0)):  # NaN fails it too
+        raise ValueError(f"train_counts must be non-negative numbers; got dtype {c.dtype}"
+                         + (f", min {c.min()}" if c.size and c.dtype.kind in "iuf" else ""))
     order = np.lexsort((np.arange(c.size), -c.astype(np.float64)))
     rank = np.empty(c.size, dtype=np.int64)
     rank[order] = np.arange(c.size)
@@ -279,6 +305,7 @@ def head_items(train_counts, fraction: float = HEAD_FRACTION) -> np.ndarray:
         >>> head_items([3, 3, 3, 3, 3, 3]).tolist()  # ceil(6/5) = 2; all tie: lowest indices
         [True, True, False, False, False, False]
     """
+    fraction = check_real(fraction, "fraction", min=0.0, max=1.0)
     rank = _popularity_rank(train_counts)
     n = rank.size
     if fraction == HEAD_FRACTION:
@@ -341,7 +368,7 @@ def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
         >>> recall_at_k([[0, 1, 2]], [[2, 5]], k=3, n_items=6)   # 1 hit / min(3, 2)
         0.5
     """
-    s = as_row_sets(test, n_items)
+    s = as_row_sets(test, n_items, name="test")
     top = _topk(topk, k, s.n_cols, s.n_rows)
     n_test = s.lengths()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -406,7 +433,7 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
         return r if per_user else mean(r)
     if intent_weights is not None:
         raise ValueError("intent_weights needs relevance as a float array [U, Z, I]")
-    s = as_row_sets(relevance, n_items)
+    s = as_row_sets(relevance, n_items, name="relevance")
     top = _topk(topk, k, s.n_cols, s.n_rows)
     r = rerank.expected_consumption(_hits(top, s) * e, c)
     r[s.lengths() == 0] = np.nan
@@ -426,7 +453,7 @@ def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
         >>> round(ndcg_at_k([[0, 1]], [[1]], k=2, n_items=2), 4)   # (1/log2 3) / 1
         0.6309
     """
-    s = as_row_sets(test, n_items)
+    s = as_row_sets(test, n_items, name="test")
     top = _topk(topk, k, s.n_cols, s.n_rows)
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
     dcg = _hits(top, s) @ disc
@@ -466,7 +493,7 @@ def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
         (0.5, 1.0)
     """
     counts = np.asarray(train_counts)
-    s = as_row_sets(test, counts.size)
+    s = as_row_sets(test, counts.size, name="test")
     top = _topk(topk, k, s.n_cols, s.n_rows)
     dec = popularity_deciles(counts)
     U = s.n_rows
@@ -635,7 +662,7 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
         0.140535
     """
     g = _genre_sets(item_genres, _n_genre_rows(item_genres))
-    s = as_row_sets(train, g.n_rows)
+    s = as_row_sets(train, g.n_rows, name="train")
     # sorted: q is summed in item order, so two orders of one list get the same bits
     top = np.sort(_topk(topk, k, s.n_cols, s.n_rows), axis=1)
     U = s.n_rows
@@ -684,7 +711,7 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
         >>> oracle_topk(T(), [[1], []], k=2, n_items=3).tolist()   # user 0 has item 1
         [[2, 0], [0, 1]]
     """
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     U, I = s.n_rows, s.n_cols
     if not 1 <= k <= I:
         raise ValueError(f"k must be in [1, {I}]; got {k}")
@@ -747,7 +774,7 @@ def user_groups(train, fraction: float = GROUP_FRACTION, *,
     """
     if not 0 <= fraction <= 0.5:
         raise ValueError(f"fraction must be in [0, 0.5]; got {fraction}")
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     U = s.n_rows
     head = head_items(item_counts(s))
     n = s.lengths()
@@ -794,7 +821,7 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
         >>> r["niche"], round(r["blockbuster"], 4)
         (-1.0, 0.3333)
     """
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     top = _topk(topk, k, s.n_cols, s.n_rows)
     g = np.asarray(groups, dtype=np.int64)
     if g.shape != (s.n_rows,):
@@ -884,7 +911,7 @@ def truth_metrics(topk, train, oracle, relevance, groups, k: int = 10, *,
     k : int
     n_items : int, optional
     """
-    s = as_row_sets(train, n_items)
+    s = as_row_sets(train, n_items, name="train")
     out = {}
     if oracle is not None:
         out[f"excess_arp@{k}"] = excess_arp_at_k(topk, oracle, item_popularity(s), k)
@@ -939,11 +966,11 @@ def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
     """
     if n_items is None:
         if isinstance(train, (RowSets, Interactions)):
-            n_items = as_row_sets(train).n_cols
+            n_items = as_row_sets(train, name="train").n_cols
         elif item_genres is not None:
             n_items = _n_genre_rows(item_genres)
-    tr = as_row_sets(train, n_items)
-    te = as_row_sets(test, tr.n_cols)
+    tr = as_row_sets(train, n_items, name="train")
+    te = as_row_sets(test, tr.n_cols, name="test")
     if te.n_rows != tr.n_rows:
         raise ValueError(f"train has {tr.n_rows} users, test {te.n_rows}")
     I = tr.n_cols

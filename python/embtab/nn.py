@@ -199,7 +199,21 @@ _MAX_ALLOC_BYTES = 1 << 56
 _MAX_EXPIRE_AFTER = (1 << 63) - 1
 
 
+def _machine_memory() -> Optional[int]:
+    """RAM + swap of this machine in bytes (Linux ``/proc/meminfo``), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            kib = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.split()[1:2]}
+        return (kib["MemTotal"] + kib.get("SwapTotal", 0)) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
+    """Refuse, naming the arguments, a buffer of ``shape`` that can never be allocated: over
+    2**56 bytes (``ValueError``: the sizes are a mistake), or over this machine's RAM + swap
+    (``MemoryError``; torch's allocator would fail with a message naming no argument, or the
+    zero-fill of an over-committed buffer would end the process)."""
     total = itemsize
     for n in shape:
         total *= int(n)
@@ -207,6 +221,12 @@ def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
         raise ValueError(
             f"{names} ask for a buffer of shape {tuple(int(n) for n in shape)} "
             f"({total:.3g} bytes, more than 2**56)"
+        )
+    have = _machine_memory()
+    if have is not None and total > have:
+        raise MemoryError(
+            f"{names} ask for a buffer of shape {tuple(int(n) for n in shape)} "
+            f"({total:.3g} bytes), more than this machine's RAM + swap ({have:.3g} bytes)"
         )
 
 
@@ -1887,10 +1907,20 @@ class _ComposedBase(_AtomicLoad):
                                       unexpected_keys, error_msgs)
 
 
+def _composed_ids(input: object) -> Tensor:
+    """``input`` as int64 IDs (traceable), refusing a meta tensor outside tracing as the
+    cuckoo and hashed modules do (its IDs cannot be read)."""
+    ids = _id_tensor(input, "input")
+    if ids.device.type == "meta" and not _ops.is_compiling():
+        raise ValueError(f"input is on the meta device (it holds no IDs), shape "
+                         f"{tuple(ids.shape)}")
+    return ids
+
+
 class _ComposedEmbedding:
     def forward(self, input: Tensor) -> Tensor:
         """Vectors of raw IDs ``input`` (any shape): ``(*input.shape, embedding_dim)``."""
-        return self._vectors(_id_tensor(input, "input"))
+        return self._vectors(_composed_ids(input))
 
 
 class _ComposedBag(_Bag):
@@ -1904,7 +1934,7 @@ class _ComposedBag(_Bag):
 
         Every argument is checked before anything is computed. Traced (``torch.compile``,
         ``torch.export``), the offsets' values are not checked."""
-        ids = _id_tensor(input, "input")
+        ids = _composed_ids(input)
         off = _check_bag_args(
             input, offsets, per_sample_weights, self.mode, self.include_last_offset,
             self._tables()[0].weight, check_values=not _ops.is_compiling(),
@@ -2310,7 +2340,8 @@ class KeyedJaggedIds:
         int64 or int32 ``(F * B,)``: the length of each bag, in the order of ``values``
         (``B`` bags per feature); ``lengths.sum() == n``.
     weights : Tensor, optional
-        ``(n,)`` per-ID weights (``per_sample_weights`` of the ``"sum"`` tables), or None.
+        ``(n,)`` per-ID weights (``per_sample_weights`` of the ``"sum"`` tables; those of
+        features of ``"mean"``/``"max"`` tables must be 1), or None.
 
     The accessors ``keys()``, ``values()``, ``lengths()``, ``weights_or_none()`` are those of
     TorchRec's ``KeyedJaggedTensor``; a collection's forward takes either (duck-typed).
@@ -2495,6 +2526,25 @@ class _BagCollection(_AtomicLoad):
 
     # input ------------------------------------------------------------------------------------
 
+    def _sum_table_weights(self, weights: dict) -> dict:
+        """A jagged input's weights of the features of "sum" tables. The layout gives every
+        feature weights; a "mean" or "max" table reads none, so its features' weights must all
+        be 1 (ValueError naming the feature otherwise: a weight there would be ignored)."""
+        out = {}
+        for f, w in weights.items():
+            if f in self._table_of:
+                mode = self.embedding_bags[self._table_of[f]].mode
+                if mode != "sum":
+                    if w.numel() and not bool((w == 1).all()):
+                        raise ValueError(
+                            f"features[{f!r}]: its table pools by mode={mode!r}, which reads no "
+                            f"per_sample_weights, so its jagged weights must all be 1 (only "
+                            f"'sum' tables are weighted)"
+                        )
+                    continue
+            out[f] = w
+        return out
+
     def _inputs(self, features, per_sample_weights) -> tuple[dict, dict, int]:
         """Check every feature's input; return ({feature: (flat int64 IDs, CSR offsets)},
         {feature: flat weights}, B). Nothing is remapped here."""
@@ -2510,6 +2560,8 @@ class _BagCollection(_AtomicLoad):
                 list(features.keys()), features.values(), features.lengths(),
                 w() if callable(w) else None,
             )
+            if per_sample_weights is not None:
+                per_sample_weights = self._sum_table_weights(per_sample_weights)
             last = True
         else:
             last = self.include_last_offset
@@ -2591,7 +2643,8 @@ class _BagCollection(_AtomicLoad):
             Or one jagged input: a :class:`KeyedJaggedIds` (or TorchRec ``KeyedJaggedTensor``).
         per_sample_weights : dict, optional
             ``{feature: weights}`` shaped like that feature's ids, for features of ``"sum"``
-            tables; features left out weigh 1. With a jagged input, its weights instead.
+            tables; features left out weigh 1. With a jagged input, its weights instead (one
+            per value; those of features of "mean" or "max" tables must be 1, and are unread).
         concat : bool
             Return one tensor ``(B, sum(feature_dims))`` instead of a dict: the features'
             vectors side by side in :attr:`feature_names` order (feature ``i`` in columns

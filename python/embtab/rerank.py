@@ -791,8 +791,9 @@ def smoothed_kl(p, q, alpha=0.01):
     Parameters
     ----------
     p, q : ndarray of float, shape [..., G]
-        Target and list distributions (rows need not be normalised).
-    alpha : float, default 0.01
+        Target and list distributions (rows need not be normalised): non-negative, not NaN,
+        the same G, shapes that broadcast; ``ValueError`` naming the argument otherwise.
+    alpha : float in [0, 1], default 0.01
 
     Returns
     -------
@@ -805,8 +806,25 @@ def smoothed_kl(p, q, alpha=0.01):
     >>> round(float(rerank.smoothed_kl(np.array([0.5, 0.5]), np.array([1.0, 0.0]), alpha=0.5)), 6)
     0.143841
     """
+    alpha = check_real(alpha, "alpha", min=0.0, max=1.0)
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
+    for name, a in (("p", p), ("q", q)):
+        if a.ndim == 0:
+            raise ValueError(f"{name} must have a last axis of categories, got a scalar")
+        if not np.all(a >= 0):  # NaN fails it too
+            raise ValueError(f"{name} must be non-negative and not NaN (shape {a.shape})")
+    if p.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"p and q must have the same number of categories (last axis), got shapes "
+            f"{p.shape} and {q.shape}"
+        )
+    try:
+        np.broadcast_shapes(p.shape, q.shape)
+    except ValueError:
+        raise ValueError(
+            f"p and q must broadcast against each other, got shapes {p.shape} and {q.shape}"
+        ) from None
     qt = (1.0 - alpha) * q + alpha * p
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(p / qt), 0.0)

@@ -1,0 +1,154 @@
+"""Bad inputs that used to get through a check: each is refused with an error naming the
+argument, before anything changes, or (jagged weights of mean tables) read as documented."""
+
+import numpy as np
+import pytest
+import torch
+
+import embtab.nn as enn
+from embtab import metrics, rerank
+from embtab.nn import EmbeddingBagConfig, KeyedJaggedIds
+
+
+def snapshot(m):
+    keys, rows = m._table.items()
+    return ({k: v.clone() for k, v in m.state_dict().items()}, keys.tolist(), rows.tolist(),
+            m.stats())
+
+
+def same(a, b):
+    sa, ka, ra, ta = a
+    sb, kb, rb, tb = b
+    assert (ka, ra, ta) == (kb, rb, tb)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(min_count=2), dict(expire_after=2),
+                                dict(on_full="evict_lru")])
+def test_sparse_per_sample_weights_refused_before_the_remap(kw):
+    m = enn.CuckooEmbeddingBag(8, 4, mode="sum", num_threads=1, **kw)
+    m(torch.tensor([5, 6]), torch.tensor([0]))
+    before = snapshot(m)
+    with pytest.raises(TypeError, match="per_sample_weights must be a dense"):
+        m(torch.tensor([1, 2, 3]), torch.tensor([0]), torch.ones(3).to_sparse())
+    same(before, snapshot(m))
+
+
+def test_per_sample_weights_on_another_device_refused_before_the_remap():
+    m = enn.CuckooEmbeddingBag(8, 4, mode="sum", num_threads=1)
+    before = snapshot(m)
+    with pytest.raises(ValueError, match="per_sample_weights must be on the weight's device"):
+        m(torch.tensor([1, 2, 3]), torch.tensor([0]), torch.ones(3, device="meta"))
+    same(before, snapshot(m))
+
+
+def test_collection_names_the_feature_of_sparse_weights():
+    ebc = enn.CuckooEmbeddingBagCollection(
+        [EmbeddingBagConfig(num_embeddings=8, embedding_dim=4, name="s", feature_names=["a"])],
+        num_threads=1)
+    with pytest.raises(TypeError, match=r"features\['a'\]: per_sample_weights must be a dense"):
+        ebc({"a": (torch.tensor([1, 2]), torch.tensor([0]))}, {"a": torch.ones(2).to_sparse()})
+    assert ebc.embedding_bags["s"].num_ids == 0
+
+
+@pytest.mark.parametrize("cls", [enn.CuckooEmbeddingBagCollection,
+                                 enn.HashedEmbeddingBagCollection])
+def test_jagged_weights_of_mean_and_max_tables_must_be_one(cls):
+    """A jagged input carries one weight per value; the "sum" table reads its features'
+    weights, the others read none: theirs must be 1."""
+    cfg = [EmbeddingBagConfig(num_embeddings=16, embedding_dim=3, name="s", feature_names=["a"]),
+           EmbeddingBagConfig(num_embeddings=16, embedding_dim=3, name="m",
+                              feature_names=["b"], pooling="mean"),
+           EmbeddingBagConfig(num_embeddings=16, embedding_dim=3, name="x",
+                              feature_names=["c"], pooling="max")]
+    ebc = cls(cfg, num_threads=1)
+    values = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    lengths = torch.tensor([1, 2, 2, 1, 1, 2])  # features a, b, c; 2 bags each
+    weights = torch.tensor([0.5, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    got = ebc(KeyedJaggedIds(["a", "b", "c"], values, lengths, weights))
+    for f, at in (("b", 4), ("c", 8)):  # a weight other than 1 there would be ignored: refused
+        w = weights.clone()
+        w[at] = 7.0
+        with pytest.raises(ValueError, match=rf"features\['{f}'\].*must all be 1"):
+            ebc(KeyedJaggedIds(["a", "b", "c"], values, lengths, w))
+    feats = {"a": (torch.tensor([1, 2, 3]), torch.tensor([0, 1])),
+             "b": (torch.tensor([4, 5, 6]), torch.tensor([0, 2])),
+             "c": (torch.tensor([7, 8, 9]), torch.tensor([0, 1]))}
+    plain = ebc(feats, {"a": torch.tensor([0.5, 2.0, 3.0])})
+    unweighted = ebc(feats)
+    for f in "abc":
+        torch.testing.assert_close(got[f], plain[f], rtol=0, atol=0)
+    # bag 0 of feature a is ID 1 alone, weighted 0.5
+    torch.testing.assert_close(got["a"][0], 0.5 * unweighted["a"][0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: enn.HashedEmbedding(4, 4),
+    lambda: enn.QREmbedding(16, 4, num_collisions=4),
+    lambda: enn.DoubleHashedEmbedding(4, 4),
+    lambda: enn.QREmbeddingBag(16, 4, num_collisions=4, mode="sum"),
+    lambda: enn.DoubleHashedEmbeddingBag(4, 4, mode="sum"),
+])
+def test_meta_ids_refused_by_every_module(make):
+    m = make()
+    ids = torch.ones(2, 3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="input is on the meta device"):
+        m(ids)
+
+
+@pytest.mark.parametrize("cls", [enn.CuckooEmbedding, enn.HashedEmbedding,
+                                 enn.CuckooEmbeddingBag])
+def test_a_weight_beyond_the_machine_is_refused_naming_the_arguments(cls):
+    if enn._machine_memory() is None:
+        pytest.skip("this system does not report its memory (/proc/meminfo)")
+    with pytest.raises(MemoryError, match="num_embeddings, embedding_dim ask for a buffer"):
+        cls(4, 2**40)
+
+
+def test_smoothed_kl_refuses_what_it_cannot_define():
+    p, q = np.array([0.5, 0.5]), np.array([1.0, 0.0])
+    for alpha in (2.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            rerank.smoothed_kl(p, q, alpha=alpha)
+    with pytest.raises(ValueError, match="^p must be non-negative"):
+        rerank.smoothed_kl(np.array([-0.5, 1.5]), q)
+    with pytest.raises(ValueError, match="^q must be non-negative"):
+        rerank.smoothed_kl(p, np.array([np.nan, 1.0]))
+    with pytest.raises(ValueError, match="same number of categories"):
+        rerank.smoothed_kl(p, np.array([1.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="must broadcast"):
+        rerank.smoothed_kl(np.ones((3, 2)), np.ones((2, 2)))
+    # the definition still holds where it is defined (docs/metrics.md)
+    got = rerank.smoothed_kl(np.array([[0.5, 0.5], [1.0, 0.0]]), q, alpha=0.5)
+    want = [0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25), 0.0]
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
+def test_metrics_refuse_items_that_are_not_integers():
+    top = np.array([[1, 0], [3, 4]])
+    with pytest.raises(TypeError, match="test: row 0 must hold integer item indices"):
+        metrics.recall_at_k(top, [np.array([1.5]), np.array([3])], k=2, n_items=6)
+    with pytest.raises(ValueError, match="^test: "):
+        metrics.recall_at_k(top, [np.array([9]), np.array([3])], k=2, n_items=6)
+    with pytest.raises(TypeError, match="train: indices must hold integer"):
+        metrics.item_counts((np.array([0, 1]), np.array([0.5])), n_items=3)
+    wrapped = np.array([[1, 2**64 - 1], [3, 2**64 - 1]], dtype=np.uint64)
+    with pytest.raises(ValueError, match="topk entries must lie in"):
+        metrics.recall_at_k(wrapped, [np.array([1]), np.array([3])], k=2, n_items=6)
+    for k, exc in ((True, TypeError), (2.0, TypeError), (0, ValueError)):
+        with pytest.raises(exc, match="^k must"):
+            metrics.recall_at_k(top, [np.array([1]), np.array([3])], k=k, n_items=6)
+    # integer inputs of every width still read as before
+    got = metrics.recall_at_k(top.astype(np.uint8), [np.array([1], np.int32), [3]], k=2,
+                              n_items=6)
+    assert got == 1.0
+
+
+def test_head_items_refuses_a_fraction_outside_0_1_and_negative_counts():
+    with pytest.raises(ValueError, match="fraction must be in"):
+        metrics.head_items(np.array([3, 2, 1]), fraction=1.5)
+    with pytest.raises(ValueError, match="train_counts must be non-negative"):
+        metrics.head_items(np.array([-3, 2, 1]))
+    with pytest.raises(ValueError, match="train_counts must be non-negative"):
+        metrics.popularity_deciles(np.array([np.nan, 2.0]))
+    assert metrics.head_items(np.array([3, 9, 1]), fraction=0.5).tolist() == [True, True, False]
