@@ -13,6 +13,12 @@
 // 16 M rows). Memory is one bit per row covered (plus 1/63 of that for the upper levels),
 // allocated on the first push and grown by doubling, so a table that never erases pays
 // nothing.
+//
+// The walk down is a chain of dependent loads, and a batch of inserts pops the free rows in
+// ascending order, a few per level-0 word; so the set also keeps `hint_`, a level-0 word below
+// which every word is zero (the word of the last row popped, or lower after a push). top()
+// reads that word first and walks the tree only when it has emptied: one load per pop for
+// most pops (bench/README.md, "Eviction and reused rows").
 #pragma once
 
 #include <algorithm>
@@ -62,6 +68,7 @@ class FreeRowSet {
     void push(std::int64_t r) {
         auto u = static_cast<std::uint64_t>(r);
         if (u >= covered()) reserve(u + 1);
+        hint_ = std::min<std::uint64_t>(hint_, u / 64);
         for (auto& level : levels_) {
             std::uint64_t& word = level[u / 64];
             const bool was_empty = word == 0;
@@ -74,6 +81,8 @@ class FreeRowSet {
 
     // top is the lowest row in the set. Assumes !empty().
     std::int64_t top() const noexcept {
+        const std::uint64_t h = levels_[0][hint_];
+        if (h != 0) return static_cast<std::int64_t>(hint_ * 64 + static_cast<std::uint64_t>(__builtin_ctzll(h)));
         std::uint64_t u = 0;
         for (std::size_t l = levels_.size(); l-- > 0;) {
             u = u * 64 + static_cast<std::uint64_t>(__builtin_ctzll(levels_[l][u]));
@@ -82,7 +91,11 @@ class FreeRowSet {
     }
 
     // pop removes the lowest row. Assumes !empty().
-    void pop() noexcept { remove(static_cast<std::uint64_t>(top())); }
+    void pop() noexcept {
+        const auto u = static_cast<std::uint64_t>(top());
+        remove(u);
+        hint_ = u / 64;  // every word below it is zero: u was the lowest row
+    }
 
     bool contains(std::int64_t r) const noexcept {
         const auto u = static_cast<std::uint64_t>(r);
@@ -94,6 +107,7 @@ class FreeRowSet {
         levels_.clear();
         levels_.shrink_to_fit();
         count_ = 0;
+        hint_ = 0;
     }
 
     // for_each calls f(row) for every row in the set, in increasing order.
@@ -121,6 +135,7 @@ class FreeRowSet {
 
     std::vector<std::vector<std::uint64_t>> levels_;  // levels_[0]: a bit per row; back(): one word
     std::uint64_t count_ = 0;
+    std::uint64_t hint_ = 0;  // every level-0 word below this one is zero (see the top)
 };
 
 }  // namespace embtab
