@@ -142,3 +142,41 @@ def test_e3_percent_text_tells_no_spread_from_too_few_seeds():
     one = _ci_pct(interval([1.0]))
     assert "no interval from 1 seed" in one and "spread" not in one
     assert "[" in _ci_pct(interval([0.5, 0.6, 0.7]))
+
+
+def test_rounding_noise_is_no_spread_and_tiny_effects_keep_their_digits():
+    """Differences of ~1e-17 (two sums of the same terms in another order) are no spread, even
+    when they share a sign; a real effect of 2e-5 is stated with significant digits, not as a
+    [0.0000, 0.0000] interval."""
+    noise = interval([1.1e-17, 2.2e-17, 1.6e-17])
+    assert noise["sd"] == 0.0 and math.isnan(noise["ci95_low"])
+    assert "no clear direction" in direction_sentence(noise, "X", "rises", "falls", metric="d")
+    small = direction_sentence(interval([2e-5, 3e-5, 2.5e-5]), "X", "rises", "falls", metric="d")
+    assert small.startswith("X rises (d = 2.50e-05, 95% CI [1.26e-05, 3.74e-05]"), small
+    # ordinary magnitudes still print with 4 decimals
+    assert "0.1100" in direction_sentence(interval([0.1, 0.12]), "X", "rises", "falls")
+
+
+def test_sections_render_from_results_reloaded_from_json():
+    """A contrast with no spread is saved with null bounds; the budget section and the post-hoc
+    contrasts read a reloaded file as they read the results in memory."""
+    import json
+
+    from embtab.experiments import budget, posthoc
+    from embtab.experiments.results import jsonable
+
+    rows = [{"model": "mf", "seed": s, "budget": 1.0, "design": d, "recall@10": v,
+             "ndcg@10": v, "excess_arp@10": 0.01}
+            for s in range(3) for d, v in (("cuckoo", 0.2), ("hashed", 0.1))]
+    res = {"experiment": "budget", "rows": rows, "contrasts": budget.contrasts(rows),
+           "summary": []}
+    fresh = budget.findings(res)
+    assert budget.findings(json.loads(json.dumps(jsonable(res)))) == fresh
+    assert "no interval" in fresh[0]
+    prow = [{"model": "mf+popcal", "seed": 0, "dim": d, "lam": lam, "recall@10": 0.1,
+             "ndcg@10": 0.1, "excess_arp@10": v}
+            for d in (2, 16) for lam in (0.0, 0.5) for v in [float("nan") if d == 2 else 0.0]]
+    as_null = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+               for r in prow]
+    a, b = posthoc.contrasts(prow, 2, 16), posthoc.contrasts(as_null, 2, 16)
+    assert json.dumps(jsonable(a), sort_keys=True) == json.dumps(jsonable(b), sort_keys=True)

@@ -647,11 +647,12 @@ def findings(results: dict) -> list:
                 f"({metric} smaller)") if lower else metric
         subject = (f"At budget {c['budget']:g}×, {c['best']} against {c['runner_up']} "
                    f"({metric})")
-        if d["n"] == 0 or not math.isfinite(d["mean"]):
+        if d["n"] == 0 or not _finite(d["mean"]):
             out.append(f"{subject}: the difference is undefined (no seed has a finite value "
                        "for both designs).")
             continue
-        if d["n"] < 2 or not math.isfinite(d.get("ci95_low", float("nan"))):
+        # bounds saved as null (a contrast with no spread, reloaded from JSON) are no interval
+        if d["n"] < 2 or not (_finite(d.get("ci95_low")) and _finite(d.get("ci95_high"))):
             seeds = "one seed" if d["n"] == 1 else f"{d['n']} seeds"
             out.append(f"{subject}: {d['mean']:+.4f} on {seeds}, no interval.")
             continue

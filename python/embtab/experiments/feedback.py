@@ -743,7 +743,9 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         Names of :data:`ARMS` or :class:`Arm` objects; an exogenous arm after the arm it
         matches. Homogenisation and utility ratios need the ``oracle`` arm.
     etas : sequence of float in [0, 1]
-        Drift rates; each gets its own loops (same seeds, same random numbers).
+        Drift rates; each gets its own loops (same seeds; the same random numbers for the
+        acceptance draws, while an exogenous arm's draws are seeded with η as well, so its
+        η-vs-0 contrast is paired by seed but does not share those draws).
     epochs_first, epochs_per_round : int, optional
         The warm-start schedule, 10 and 2 (5 and 1 with ``quick``); the frozen arm trains once
         for their total by round T.

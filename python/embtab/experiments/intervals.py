@@ -86,9 +86,11 @@ def interval(values) -> dict:
 
     sd has ddof = 1; the interval is mean ± t_{0.975, n−1} · sd / √n. With n = 1 the sd and the
     interval are NaN; with n = 0 everything is NaN. When every value is the same (sd 0, or below
-    1e-12 of the largest |value|: rounding), sd is 0 and the interval NaN: a quantity that does
-    not vary with the seed (a discrete metric that coincides, windows the seed does not move)
-    gives no spread to measure a difference against, and no direction is stated from it.
+    1e-12 of the largest |value| or of 1, whichever is larger: rounding), sd is 0 and the
+    interval NaN: a quantity that does not vary with the seed (a discrete metric that
+    coincides, windows the seed does not move, the difference of two sums of the same terms
+    added in another order) gives no spread to measure a difference against, and no direction
+    is stated from it.
 
     Example::
 
@@ -106,7 +108,7 @@ def interval(values) -> dict:
     if n == 1:
         return {"mean": mean, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 1}
     sd = float(a.std(ddof=1))
-    if sd <= 1e-12 * float(np.abs(a).max()):   # the same value on every seed
+    if sd <= 1e-12 * max(float(np.abs(a).max()), 1.0):   # the same value on every seed
         return {"mean": mean, "sd": 0.0, "ci95_low": nan, "ci95_high": nan, "n": n}
     half = student_t_975(n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
@@ -195,6 +197,9 @@ def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *
         stat.get("n", 0)
     name = f"{metric} = " if metric else ""
     f = f"{{:.{digits}f}}".format
+    shown = [abs(x) for x in (mean, lo, hi) if x is not None and math.isfinite(x) and x != 0]
+    if shown and max(shown) < 0.5 * 10.0 ** -digits:  # would print as 0.0000: significant digits
+        f = "{:.2e}".format
     if mean is None or not math.isfinite(mean):
         return f"{subject}: no clear direction ({metric or 'value'} undefined)."
     ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)

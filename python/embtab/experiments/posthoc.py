@@ -149,7 +149,9 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) for m in recall@10, ndcg@10;
     ``high_cost:<m>``: m(high, 0) − m(high, λ*). Empty when a seed lacks either model.
     """
-    mf = [r for r in rows if r.get("model") == "mf+popcal"]
+    # a metric saved as null (NaN in a JSON results file) reads as NaN, as it was in memory
+    mf = [{k: float("nan") if v is None else v for k, v in r.items()}
+          for r in rows if r.get("model") == "mf+popcal"]
     exp = "excess_arp@10" if any("excess_arp@10" in r for r in mf) else "arp@10"
     by = {(r["seed"], r["dim"], r["lam"]): r for r in mf}
     seeds = sorted({r["seed"] for r in mf})

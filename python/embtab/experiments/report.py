@@ -64,7 +64,8 @@ def dataset_line(results) -> str:
             f"{d['items']:,} items, {d['interactions']:,} interactions, top-1% items hold "
             f"{d['top1pct_share']:.1%} of interactions. Seeds {results['config'].get('seeds')}; "
             f"80/20 random split per user; k = 10; training: {results['config'].get('train')}. "
-            "Table cells: mean [95% Student-t interval over seeds].")
+            "Table cells: mean [95% Student-t interval over seeds: the split's and the "
+            "model's randomness on this data set, not another draw of it].")
 
 
 def finish_section(lines: list, text: Sequence[str], results: dict, plots: Sequence) -> list:
