@@ -182,3 +182,64 @@ def test_a_child_forked_under_embtabs_pool_that_switches_to_openmp_does_not_hang
     """
     r = _run_py(code, EMBTAB_THREAD_POOL="embtab")
     assert r.returncode == 0, (r.returncode, r.stderr)
+
+
+def test_a_child_forked_while_a_thread_reads_a_table_can_write_it():
+    """The table's lock word is copied into a child with the reader count of a parent thread
+    that does not exist there; the child's first write re-initialises the lock instead of
+    waiting for that reader forever (cpp/include/embtab/rwlock.hpp)."""
+    code = """if True:
+        import os, sys, threading, numpy as np, embtab
+        t = embtab.CuckooTable()
+        t.lookup_or_insert(np.arange(1 << 20))
+        stop = threading.Event()
+        keys = np.arange(1 << 20)
+
+        def read():
+            while not stop.is_set():
+                t.lookup(keys, num_threads=1)
+
+        th = threading.Thread(target=read)
+        th.start()
+        bad = 0
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                rows = t.lookup_or_insert(np.array([-1, -2, 5]), num_threads=1)
+                t.erase(np.array([-1]))
+                os._exit(0 if rows.tolist() == [1 << 20, (1 << 20) + 1, 5] and len(t) == (1 << 20) + 1 else 3)
+            _, status = os.waitpid(pid, 0)
+            bad += os.waitstatus_to_exitcode(status) != 0
+        stop.set()
+        th.join()
+        sys.exit(bad)
+    """
+    r = _run_py(code)  # a hung child would end in subprocess's TimeoutExpired
+    assert r.returncode == 0, (r.returncode, r.stderr)
+
+
+def test_a_daemon_thread_inside_a_table_call_at_exit_does_not_abort_the_process():
+    """At the interpreter's exit a daemon thread still in a call that released the GIL used to
+    abort the process when it asked for the GIL back ("terminate called without an active
+    exception"); it now sleeps until the process is gone (cpp/bindings/common.hpp)."""
+    code = """if True:
+        import threading, time, numpy as np, embtab
+        t = embtab.CuckooTable()
+        keys = np.arange(1 << 20)
+        t.lookup_or_insert(keys)
+        calls = []
+
+        def read():
+            while True:
+                t.lookup(keys, num_threads=1)
+                calls.append(1)
+
+        threading.Thread(target=read, daemon=True).start()
+        while len(calls) < 3:  # the thread is in its loop of calls
+            time.sleep(0.01)
+        print("main exiting")
+    """
+    for _ in range(3):
+        r = _run_py(code)
+        assert r.returncode == 0, (r.returncode, r.stderr)
+        assert "terminate called" not in r.stderr

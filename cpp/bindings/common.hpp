@@ -8,6 +8,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -15,6 +17,35 @@
 namespace embtab_py __attribute__((visibility("hidden"))) {
 
 namespace py = pybind11;
+
+// GilRelease is py::gil_scoped_release for the calls that run without the GIL, except at the
+// interpreter's exit: a thread that asks for the GIL back while Python is finalizing is ended
+// by CPython (pthread_exit), whose unwinding through the noexcept destructor aborts the
+// process ("terminate called without an active exception", pybind11 issue 2215): a daemon
+// thread still in an embtab call when the program ends. Such a thread instead sleeps until the
+// process is gone (it could not run Python again anyway).
+class GilRelease {
+  public:
+    GilRelease() : state_(PyEval_SaveThread()) {}
+    ~GilRelease() {
+        if (finalizing()) {
+            for (;;) ::pause();
+        }
+        PyEval_RestoreThread(state_);
+    }
+    GilRelease(const GilRelease&) = delete;
+    GilRelease& operator=(const GilRelease&) = delete;
+
+  private:
+    static bool finalizing() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000
+        return Py_IsFinalizing() != 0;
+#else
+        return _Py_IsFinalizing() != 0;
+#endif
+    }
+    PyThreadState* state_;
+};
 
 // shape_str renders an array's shape as Python does: "(3, 4)", "(5,)", "()".
 inline std::string shape_str(const py::array& a) {

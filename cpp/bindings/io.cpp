@@ -32,7 +32,7 @@ void bind_io(py::module_& m) {
         [](const std::string& path, const py::bytes& data) {
             embtab_py::check_path(path, "path");
             std::string copy(static_cast<std::string_view>(data));
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
             embtab::atomic_write_file(path, copy);
         },
         py::arg("path"), py::arg("data"),

@@ -37,7 +37,7 @@ void init_into(const embtab_py::IdView& ids, py::array& out, std::uint64_t seed,
                double b, int threads) {
     T* dst = static_cast<T*>(out.mutable_data());
     const std::size_t dim = static_cast<std::size_t>(out.shape(1));
-    py::gil_scoped_release release;
+    embtab_py::GilRelease release;
     embtab::init_vectors<T>(ids.data, ids.size, seed, kind, a, b, dst, dim, threads);
 }
 
@@ -90,7 +90,7 @@ void pool_run(const py::list& feats, py::array& out, int threads) {
     }
     embtab::PoolBad bad;
     {
-        py::gil_scoped_release release;
+        embtab_py::GilRelease release;
         bad = embtab::pool_bags<T>(pf.data(), nf, threads);
     }
     if (bad.feature != static_cast<std::size_t>(-1)) {
@@ -142,7 +142,7 @@ void bind_ops(py::module_& m) {
             py::array_t<std::int64_t> rows(static_cast<py::ssize_t>(ids.size));
             std::int64_t* out = rows.mutable_data();
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 embtab::hashed_rows(ids.data, ids.size, m_rows, seed, out, threads);
             }
             return rows;
@@ -202,7 +202,7 @@ void bind_ops(py::module_& m) {
             const auto depth = static_cast<std::size_t>(sk.shape(0));
             const auto width = static_cast<std::size_t>(sk.shape(1));
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 embtab::cms_query(ids.data, ids.size, s, depth, width, seed, out, threads);
             }
             return est;
@@ -219,7 +219,7 @@ void bind_ops(py::module_& m) {
             std::int64_t* s = sk.mutable_data();
             const auto depth = static_cast<std::size_t>(sk.shape(0));
             const auto width = static_cast<std::size_t>(sk.shape(1));
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
             embtab::cms_add(ids.data, ids.size, s, depth, width, seed, delta);
         },
         py::arg("ids"), py::arg("sketch"), py::arg("seed"), py::arg("delta") = 1,

@@ -309,7 +309,7 @@ void bind_optim(py::module_& m) {
             const int threads = check_threads(num_threads);
             std::size_t updated;
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 updated = ps.run(threads);
             }
             return updated;
@@ -364,7 +364,7 @@ void bind_optim(py::module_& m) {
             const int threads = check_threads(num_threads);
             std::size_t updated = 0;
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 std::vector<std::size_t> per(prepared.size(), 0);
                 // One job per task: each table's step runs on one thread, tables side by side.
                 embtab::parallel_for(prepared.size(), threads, 1, [&](std::size_t b, std::size_t e) {

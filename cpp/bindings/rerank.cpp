@@ -102,7 +102,7 @@ py::object run_calibrated(const py::array& scores, const py::object& candidates,
     double* pm = with_objective ? mis.mutable_data() : nullptr;
     embtab::RerankError err;
     {
-        py::gil_scoped_release release;
+        embtab_py::GilRelease release;
         err = embtab::calibrated_batch<S>(s, cand, U, C, items, p, prm, o, po, pm, num_threads);
     }
     if (err.status != embtab::RerankStatus::ok) throw_rerank_error(err, cand != nullptr);
@@ -120,7 +120,7 @@ py::tuple run_topk(const py::array& scores, std::int64_t k, int num_threads) {
     std::int64_t* ix = ids.mutable_data();
     std::int64_t bad;
     {
-        py::gil_scoped_release release;
+        embtab_py::GilRelease release;
         bad = embtab::topk<S>(s, U, N, k, v, ix, num_threads);
     }
     if (bad >= 0) throw py::value_error("scores row " + std::to_string(bad) + " holds NaN");

@@ -90,7 +90,7 @@ void bind_table(py::module_& m) {
                  const int nt = check_threads(num_threads);
                  auto out = rows_array(v.size);
                  std::int64_t* o = out.mutable_data();
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  t.lookup(v.data, v.size, o, nt);
                  return out;
              },
@@ -101,7 +101,7 @@ void bind_table(py::module_& m) {
                  const int nt = check_threads(num_threads);
                  auto out = rows_array(v.size);
                  std::int64_t* o = out.mutable_data();
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  t.lookup_or_insert(v.data, v.size, o, nt);
                  return out;
              },
@@ -112,7 +112,7 @@ void bind_table(py::module_& m) {
                  const int nt = check_threads(num_threads);
                  py::array_t<bool> out(static_cast<py::ssize_t>(v.size));
                  auto* o = reinterpret_cast<std::uint8_t*>(out.mutable_data());
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  t.contains(v.data, v.size, o, nt);
                  return out;
              },
@@ -120,7 +120,7 @@ void bind_table(py::module_& m) {
         .def("erase",
              [](CuckooTable& t, const py::object& ids) {
                  auto v = as_ids(ids, "ids");
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  return t.erase(v.data, v.size);
              },
              py::arg("ids"))
@@ -137,33 +137,54 @@ void bind_table(py::module_& m) {
                  }
                  auto r = py::array_t<std::int64_t, py::array::c_style>::ensure(rows);
                  const std::int64_t* rp = r.data();
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  t.assign(k.data, rp, k.size, num_rows);
              },
              py::arg("keys"), py::arg("rows"), py::arg("num_rows"))
         .def(
             "reserve",
             [](CuckooTable& t, std::uint64_t n) {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 t.reserve(n);
             },
             py::arg("n"))
         .def("clear", [](CuckooTable& t) {
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
             t.clear();
         })
-        .def_property_readonly("size", &CuckooTable::size)
-        .def_property_readonly("capacity", &CuckooTable::capacity)
-        .def_property_readonly("num_rows", &CuckooTable::num_rows)
-        .def_property_readonly("load_factor", &CuckooTable::load_factor)
-        .def("stats", [](const CuckooTable& t) { return stats_dict(t.stats()); })
+        // The getters wait for the table's lock like every call: with the GIL released, so
+        // that a thread polling len() during a long batch does not stop every Python thread.
+        .def_property_readonly("size", [](const CuckooTable& t) {
+            embtab_py::GilRelease release;
+            return t.size();
+        })
+        .def_property_readonly("capacity", [](const CuckooTable& t) {
+            embtab_py::GilRelease release;
+            return t.capacity();
+        })
+        .def_property_readonly("num_rows", [](const CuckooTable& t) {
+            embtab_py::GilRelease release;
+            return t.num_rows();
+        })
+        .def_property_readonly("load_factor", [](const CuckooTable& t) {
+            embtab_py::GilRelease release;
+            return t.load_factor();
+        })
+        .def("stats", [](const CuckooTable& t) {
+            embtab::TableStats s;
+            {
+                embtab_py::GilRelease release;
+                s = t.stats();
+            }
+            return stats_dict(s);
+        })
         .def("config", [](const CuckooTable& t) { return config_dict(t.config()); })
         .def("items",
              [](const CuckooTable& t) {
                  std::vector<std::uint64_t> keys;
                  std::vector<std::int64_t> rows;
                  {
-                     py::gil_scoped_release release;
+                     embtab_py::GilRelease release;
                      t.items(keys, rows);
                  }
                  py::array_t<std::uint64_t> k(static_cast<py::ssize_t>(keys.size()));
@@ -176,7 +197,7 @@ void bind_table(py::module_& m) {
              [](const CuckooTable& t) {
                  std::string s;
                  {
-                     py::gil_scoped_release release;
+                     embtab_py::GilRelease release;
                      s = t.serialize();
                  }
                  return py::bytes(s);
@@ -184,14 +205,14 @@ void bind_table(py::module_& m) {
         .def_static("from_bytes",
                     [](const py::bytes& b) {
                         std::string_view sv(b);
-                        py::gil_scoped_release release;
+                        embtab_py::GilRelease release;
                         return CuckooTable::deserialize(sv.data(), sv.size());
                     },
                     py::arg("data"))
         .def("save",
              [](const CuckooTable& t, const std::string& path) {
                  embtab_py::check_path(path, "path");
-                 py::gil_scoped_release release;
+                 embtab_py::GilRelease release;
                  embtab::atomic_write_file(path, t.serialize());
              },
              py::arg("path"))
@@ -204,7 +225,7 @@ void bind_table(py::module_& m) {
                                                       .attr("fsdecode")(py::bytes(path))
                                                       .attr("encode")("utf-8", "backslashreplace")
                                                       .cast<std::string>();
-                        py::gil_scoped_release release;
+                        embtab_py::GilRelease release;
                         const std::string data = embtab::read_file(path);
                         try {
                             return CuckooTable::deserialize(data.data(), data.size());
@@ -241,7 +262,7 @@ void bind_table(py::module_& m) {
                 outs.append(out);
             }
             const int nt = check_threads(num_threads);
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
             if (k >= static_cast<std::size_t>(embtab::resolve_threads(nt))) {
                 // At least one table per thread: tables side by side, each on one thread.
                 embtab::parallel_for(k, nt, 1, [&](std::size_t b, std::size_t e) {

@@ -36,7 +36,7 @@ void bind_testing(py::module_& m) {
             if (U < 0 || C < 1 || k < 1 || width < 1 || width > 4 || n_entries < 1 || n_entries > 65535)
                 throw py::value_error("rerank_work_floor: need U >= 0, C >= 1, k >= 1, 1 <= width <= 4, "
                                       "1 <= n_entries <= 65535");
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
             return embtab::work_floor(U, C, k, width, n_entries, logs_only, nt);
         },
         py::arg("U"), py::arg("C"), py::arg("k"), py::arg("width"), py::arg("n_entries"), py::arg("logs_only"),
@@ -68,7 +68,7 @@ void bind_testing(py::module_& m) {
             py::array_t<double> T({D, G4});
             bool ok;
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 ok = embtab::ratio_log_block(cw.data(), D, W.data(), p.data(), ap.data(), oma, t1, lp.data(), G4,
                                              T.mutable_data());
             }
@@ -105,7 +105,7 @@ void bind_testing(py::module_& m) {
             const double* xp = x.data();
             double* yp = y.mutable_data();
             const std::size_t n = static_cast<std::size_t>(x.size());
-            py::gil_scoped_release release;
+            embtab_py::GilRelease release;
 #if defined(EMBTAB_VLOG_VECTOR)
             if (baseline) {
                 embtab::detail::vlog_batch_base(xp, yp, n);
@@ -132,7 +132,7 @@ void bind_testing(py::module_& m) {
             auto* sz = reinterpret_cast<int (*)()>(::dlsym(RTLD_DEFAULT, "omp_get_num_threads"));
             std::vector<int> seen(static_cast<std::size_t>(n));
             {
-                py::gil_scoped_release release;
+                embtab_py::GilRelease release;
                 embtab::parallel_for(static_cast<std::size_t>(n), threads, 1, [&](std::size_t b, std::size_t e) {
                     for (std::size_t i = b; i < e; ++i) seen[i] = sz == nullptr ? 0 : sz();
                 });

@@ -67,9 +67,13 @@ class CuckooTable:
     share a reader lock; inserts, erases and the like take the writer lock for the whole batch,
     so a batch is applied atomically. A ``lookup_or_insert`` that fails (``TableFullError``,
     ``MemoryError`` in a growth, ``ValueError`` for IDs chosen to collide) leaves the same IDs,
-    rows and free rows as before the call. The GIL is released while a batch runs. After
-    ``os.fork()`` while another thread of the parent was writing to a table, the child must not
-    use that table (its lock is held by a thread the child does not have).
+    rows and free rows as before the call. The GIL is released while a batch runs, and while
+    ``len()``, ``stats()`` and the size properties wait for the lock. The lock prefers
+    writers: an insert waits for the lookups already running, not for ones that keep
+    arriving. After ``os.fork()`` the child can use a table that other threads of the parent
+    were only reading (the child's first call resets the lock, whose reader count was the
+    parent's); a table another thread was writing at the fork must not be used in the child
+    (its batch may be half applied there).
 
     Examples
     --------

@@ -3,10 +3,13 @@
 // (TableTestAccess), growth under every growth factor, the file format's round trip and its
 // refusal of a flipped bit, sizes beyond the machine refused with AllocError, and bulk loading
 // (the next index prepared on a background thread) giving the same table as one thread.
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -195,9 +198,42 @@ void free_row_set_against_a_set(std::uint64_t span, std::uint64_t seed) {
     CHECK(f.empty());
 }
 
+// RwLock (rwlock.hpp) prefers writers: once a writer waits behind a reader, a new reader is
+// refused (try_lock_shared) until the writer is through; the writer gets in when the reader
+// leaves. Under a reader-preferring lock the new reader would get in at once, forever.
+void rwlock_prefers_writers() {
+    embtab::RwLock lock;
+    lock.lock_shared();  // a reader inside
+    std::atomic<int> writer{0};
+    std::thread w([&] {
+        writer = 1;
+        lock.lock();
+        writer = 2;
+        lock.unlock();
+    });
+    bool refused = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!refused && std::chrono::steady_clock::now() < deadline) {
+        if (writer == 1 && !lock.try_lock_shared()) {
+            refused = true;  // the writer is waiting: readers queue behind it
+        } else {
+            if (writer == 1) lock.unlock_shared();
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
+    CHECK(refused);
+    CHECK(writer == 1);  // still waiting for the first reader
+    lock.unlock_shared();
+    w.join();
+    CHECK(writer == 2);
+    CHECK(lock.try_lock_shared());
+    lock.unlock_shared();
+}
+
 }  // namespace
 
 int main() {
+    rwlock_prefers_writers();
     for (std::uint64_t span : {64, 4096, 262144, 1000003}) free_row_set_against_a_set(span, span + 1);
     for (double g : {2.0, 1.5, 1.1, 3.0, 16.0}) against_a_map(g, 7, 1);
     against_a_map(2.0, 11, 4);

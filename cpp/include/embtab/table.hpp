@@ -33,7 +33,9 @@
 // Concurrency contract: every public member function is safe to call concurrently with every
 // other. Readers (lookup, contains, items, serialize, size, stats, ...) share a reader lock;
 // mutators (lookup_or_insert, erase, reserve, clear, assign) hold the writer lock for the whole
-// batch, so each batch is applied atomically with respect to every other call.
+// batch, so each batch is applied atomically with respect to every other call. The lock
+// (rwlock.hpp) prefers writers: a writer waits for the readers already in, not for readers
+// that keep arriving; and a forked child can use a table the parent was reading at the fork.
 #pragma once
 
 #include <algorithm>
@@ -48,7 +50,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <shared_mutex>
+#include <shared_mutex>  // std::shared_lock (the mutex is rwlock.hpp's RwLock)
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -64,6 +66,7 @@
 #include "embtab/free_rows.hpp"
 #include "embtab/hash.hpp"
 #include "embtab/parallel.hpp"
+#include "embtab/rwlock.hpp"
 
 namespace embtab {
 
@@ -139,13 +142,13 @@ class CuckooTable {
     // lookup writes the row of each of keys[0..n) to rows_out, kNoRow where absent.
     // Reader: safe concurrently with everything. Parallel over the batch.
     void lookup(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         lookup_unlocked(keys, n, rows_out, num_threads);
     }
 
     // contains writes 1 for each present key, else 0. Reader.
     void contains(const std::uint64_t* keys, std::size_t n, std::uint8_t* out, int num_threads) const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         parallel_for(n, num_threads, kParallelGrain, [&](std::size_t b, std::size_t e) {
             std::uint64_t second = 0;
             probe_batch(buckets_, keys + b, e - b, [&](std::size_t i, std::int64_t row, bool in_second) {
@@ -166,7 +169,7 @@ class CuckooTable {
     // before it propagates: the same IDs, rows, free rows and num_rows as before the call (the
     // index may keep a growth's room); rows_out is then unspecified.
     void lookup_or_insert(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) {
-        std::unique_lock<std::shared_mutex> lock(mutex_);
+        std::unique_lock<RwLock> lock(mutex_);
         const std::uint64_t next_row_before = next_row_;
         const std::uint64_t size_before = size_;
         reused_rows_.clear();
@@ -249,7 +252,7 @@ class CuckooTable {
     // unchanged) only if the free rows' bits cannot grow to cover every row handed out. Keys
     // are hashed and their buckets prefetched ahead, as lookups are. Writer.
     std::uint64_t erase(const std::uint64_t* keys, std::size_t n) {
-        std::unique_lock<std::shared_mutex> lock(mutex_);
+        std::unique_lock<RwLock> lock(mutex_);
         if (n == 0) return 0;
         free_rows_.reserve(next_row_);  // the one step that can throw: before any change
         std::uint64_t removed = 0;
@@ -282,7 +285,7 @@ class CuckooTable {
     // about 1.2 bytes per row; a float32 weight of num_rows rows, at any dim above 2, more
     // than 9). Writer.
     void assign(const std::uint64_t* keys, const std::int64_t* rows, std::size_t n, std::uint64_t num_rows) {
-        std::unique_lock<std::shared_mutex> lock(mutex_);
+        std::unique_lock<RwLock> lock(mutex_);
         if (config_.max_size != 0 && n > config_.max_size) {
             throw std::invalid_argument("cannot hold " + std::to_string(n) + " IDs: max_size is " +
                                         std::to_string(config_.max_size));
@@ -329,7 +332,7 @@ class CuckooTable {
     // reserve grows the table so that n IDs fit without passing max_load_factor; throws
     // AllocError (table unchanged) if that index is more than the machine can hold. Writer.
     void reserve(std::uint64_t n) {
-        std::unique_lock<std::shared_mutex> lock(mutex_);
+        std::unique_lock<RwLock> lock(mutex_);
         const std::uint64_t want = buckets_for(n);
         if (want > buckets_.count) {
             grow_to(want, false);
@@ -339,7 +342,7 @@ class CuckooTable {
 
     // clear removes every ID; the next ID gets row 0. Keeps the capacity. Writer.
     void clear() {
-        std::unique_lock<std::shared_mutex> lock(mutex_);
+        std::unique_lock<RwLock> lock(mutex_);
         drop_prepared();
         bulk_ = grown_by_inserts_ = false;
         buckets_.reset();
@@ -349,24 +352,24 @@ class CuckooTable {
     }
 
     std::uint64_t size() const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         return size_;
     }
     std::uint64_t capacity() const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         return buckets_.count * kSlotsPerBucket;
     }
     std::uint64_t num_rows() const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         return next_row_;
     }
     double load_factor() const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         return static_cast<double>(size_) / static_cast<double>(buckets_.count * kSlotsPerBucket);
     }
 
     TableStats stats() const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         TableStats s;
         s.size = size_;
         s.capacity = buckets_.count * kSlotsPerBucket;
@@ -393,7 +396,7 @@ class CuckooTable {
 
     // items returns every live (key, row) pair ordered by row, and num_rows. Reader.
     void items(std::vector<std::uint64_t>& keys_out, std::vector<std::int64_t>& rows_out) const {
-        std::shared_lock<std::shared_mutex> lock(mutex_);
+        std::shared_lock<RwLock> lock(mutex_);
         items_unlocked(keys_out, rows_out);
     }
 
@@ -409,7 +412,7 @@ class CuckooTable {
         std::vector<std::int64_t> rows;
         std::string out;
         {
-            std::shared_lock<std::shared_mutex> lock(mutex_);
+            std::shared_lock<RwLock> lock(mutex_);
             items_unlocked(keys, rows);
             out.reserve(kHeaderBytes + keys.size() * 16 + 8);
             out.append(kFileMagic, 8);
@@ -1017,16 +1020,11 @@ class CuckooTable {
         ~Prepared() { std::free(data); }
     };
 
-    // fork_generation counts the fork()s this process descends from since the first call
-    // (a pthread_atfork child handler, installed by that call, adds one in each child).
+    // fork_generation counts the fork()s this process descends from since the first table
+    // was made (rwlock.hpp: a pthread_atfork child handler, installed by every table's lock
+    // before this can be called, adds one in each child).
     static std::uint64_t fork_generation() noexcept {
-        static std::atomic<std::uint64_t> generation{0};
-        static const bool installed = [] {
-            ::pthread_atfork(nullptr, nullptr, [] { generation.fetch_add(1, std::memory_order_relaxed); });
-            return true;
-        }();
-        (void)installed;
-        return generation.load(std::memory_order_relaxed);
+        return detail::fork_generation().load(std::memory_order_relaxed);
     }
 
     // stop_prepared asks the thread to stop and waits until it no longer touches the array
@@ -1139,7 +1137,7 @@ class CuckooTable {
     std::uint64_t next_row_ = 0;
     FreeRowSet free_rows_;
     std::vector<std::int64_t> reused_rows_;  // rows a lookup_or_insert took from free_rows_
-    mutable std::shared_mutex mutex_;
+    mutable RwLock mutex_;  // rwlock.hpp: writer-preferring, reset in a forked child
 
     mutable std::atomic<std::uint64_t> stats_lookups_{0}, stats_second_{0};
     std::uint64_t stats_inserts_ = 0, stats_erases_ = 0, stats_displacements_ = 0, stats_bfs_ = 0;
@@ -1151,7 +1149,7 @@ class CuckooTable {
 struct TableTestAccess {
     // candidate_buckets gives a key's two buckets at the table's current size.
     static std::pair<std::uint64_t, std::uint64_t> candidate_buckets(const CuckooTable& t, std::uint64_t key) {
-        std::shared_lock<std::shared_mutex> lock(t.mutex_);
+        std::shared_lock<RwLock> lock(t.mutex_);
         const auto bp = t.buckets_of(key, t.buckets_.count);
         return {bp.first, bp.second};
     }
@@ -1159,7 +1157,7 @@ struct TableTestAccess {
     // check_invariants returns "" if every invariant holds, else a description of the first
     // violation found.
     static std::string check_invariants(const CuckooTable& t) {
-        std::shared_lock<std::shared_mutex> lock(t.mutex_);
+        std::shared_lock<RwLock> lock(t.mutex_);
         std::vector<std::uint8_t> row_seen(t.next_row_, 0);
         std::uint64_t live = 0;
         for (std::uint64_t b = 0; b < t.buckets_.count; ++b) {
