@@ -135,3 +135,21 @@ def test_example_too_few_rows_is_one_line(capsys):
     assert ex.main(["--synthetic", "2000", "--rows", "10", "--epochs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cuckoo: ") and "Traceback" not in err
+
+
+def test_the_rows_pending_a_torch_optimizer_step_stay_a_few_arrays():
+    """A module trained by a fused optimizer alone never takes a torch optimizer step, so its
+    list of rows handed to new IDs is never cleared; each admitting step used to add an array
+    to it and sum the lengths of all of them. It is merged as a binary counter: O(log) arrays,
+    the same rows in the same order."""
+    import embtab.optim as eo
+    from embtab.nn import CuckooEmbedding
+
+    m = CuckooEmbedding(4096, 2, seed=1, optimizer=eo.SGD(lr=0.1))
+    handed = []
+    for step in range(3000):
+        ids = torch.tensor([7, 10_000 + step])  # one new ID per step
+        m(ids).sum().backward()
+        handed.append(int(m.lookup(ids[1:])))
+        assert len(m._pending_rows) <= 13, step
+    assert np.concatenate(m._pending_rows).tolist() == [int(m.lookup(torch.tensor([7])))] + handed

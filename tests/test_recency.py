@@ -37,11 +37,17 @@ def brute_lowest(last, live, k, exclude):
     return np.sort(rows[np.lexsort((rows, last[rows]))][:k]), len(rows)
 
 
+@pytest.mark.parametrize("tiny", [False, True], ids=["chunks", "tiny-chunks"])
 @pytest.mark.parametrize("seed", range(12))
-def test_index_against_the_definition_on_random_histories(seed):
+def test_index_against_the_definition_on_random_histories(seed, tiny, monkeypatch):
     """Random steps over a small buffer pair: rows looked up (repeats included), rows freed and
     handed out again, pins that come and go, queries for due rows and for the k oldest, a
-    growth of the buffers and a write through torch (which must force a rebuild)."""
+    growth of the buffers and a write through torch (which must force a rebuild). With
+    ``tiny``, merged entries hold 3 rows and entries are merged beyond 8 of them, so that
+    entries share boundary steps, expiry cuts entries in the middle and merges happen often."""
+    if tiny:
+        monkeypatch.setattr(recency, "_CHUNK", 3)
+        monkeypatch.setattr(recency, "_MAX_ENTRIES", 8)
     rng = np.random.default_rng(seed)
     R = int(rng.integers(20, 200))
     last_t = torch.zeros(R, dtype=torch.int64)
@@ -144,7 +150,11 @@ def drive(m, batches, mode, hold_every=3, checkpoint_at=None, pickle_at=None, ed
     [("evict_lru", None), ("evict_lru", 1), ("evict_lru", 4), ("grow", 2), ("grow", 7)],
 )
 @pytest.mark.parametrize("events", ["none", "checkpoint", "pickle", "edit"])
-def test_index_and_scan_reach_the_same_state_step_by_step(on_full, expire_after, events):
+def test_index_and_scan_reach_the_same_state_step_by_step(on_full, expire_after, events,
+                                                          monkeypatch):
+    if events in ("none", "edit"):  # entries merged often, into entries of 5 rows
+        monkeypatch.setattr(recency, "_CHUNK", 5)
+        monkeypatch.setattr(recency, "_MAX_ENTRIES", 6)
     rng = np.random.default_rng(len(events) + (expire_after or 0))
     R = 64
     pool = rng.permutation(10 * R)

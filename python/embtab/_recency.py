@@ -1,30 +1,41 @@
-"""Live rows grouped by the step of their last lookup: what ``expire_after`` and
+"""Live rows ordered by the step of their last lookup: what ``expire_after`` and
 ``on_full="evict_lru"`` read, in time that grows with the batch instead of ``num_embeddings``.
 
 A module with ``row_last_step`` decides each training step which rows expire
 (``row_last_step <= num_steps - expire_after``) and, when full under LRU, which rows are the
 least recently used (the lowest ``(row_last_step, row)``). A pass over all R rows for that
 costs milliseconds per step at millions of rows, whatever the batch (bench/README.md,
-"Expiry and LRU from the recency index"). :class:`RecencyIndex` keeps, for each step, the
-rows looked up in it, so that a step reads only the rows whose turn has come:
+"Expiry and LRU from the recency index"). :class:`RecencyIndex` keeps the rows each step
+looked up, in step order, so that a step reads only the rows whose turn has come:
 
-* an *entry* ``(s, rows)`` lists rows looked up at step ``s``; a row of it is *current* while
-  it is live and ``row_last_step[row] == s`` still (a later lookup makes it current in a later
-  entry instead). Entries are in ascending step order.
-* invariant: every live row is current in the entry of its ``row_last_step``, or is one of the
-  *deferred* rows: rows due to expire that a graph not yet backpropagated still reads, checked
-  again each step.
-* an entry is read when it falls due (expiry: its step ``<= num_steps - expire_after``) or
-  when LRU walks the oldest entries for victims; stale rows are dropped then, and all entries
-  are cut to their current rows when they hold more than ``2 R + 4 * batch`` rows, so memory
-  stays within a few times R and each pushed row is read a bounded number of times.
+* an *entry* lists rows with the step they were looked up at: a step's batch as pushed (one
+  step, repeats and any order), or, once *clean*, distinct rows in ascending
+  ``(step, row)`` order. Entries cover ascending, non-overlapping step ranges (neighbours may
+  share their boundary step), so their clean rows, one after the other, are in
+  ``(step, row)`` order. A row of an entry is *current* while it is live and
+  ``row_last_step[row]`` still equals its step there (a later lookup makes it current in a
+  later entry instead).
+* invariant: every live row is current in some entry, or is one of the *deferred* rows: rows
+  due to expire that a graph not yet backpropagated still reads, checked again each step.
+* expiry pops the entries now due (and the due prefix of one that straddles the cutoff); LRU
+  walks the oldest entries from their front, only until it has its victims, and moves an
+  entry's front past the rows that are no longer current, so a large entry (a warm start, a
+  ``from_pretrained`` table, all at one step) is consumed from the front, not re-read.
+* all entries are cut to their current rows and merged into entries of up to ``_CHUNK`` rows
+  when they hold more than ``2 R + 4 * batch`` rows, and the newer half of them when they
+  number more than ``_MAX_ENTRIES``; so memory stays within a few int64 per row and per batch
+  row, each pushed row is read a bounded number of times, and the entries stay few whatever
+  the batches.
 
 The index is derived state (not in ``state_dict``): it is built from ``row_last_step`` and
 ``row_live`` the first time it is needed and again whenever those buffers were replaced or
-written through torch (``load_state_dict``, a user's in-place edit: the tensors' identity and
-``_version`` are checked), and carried across a growth. Modules under :data:`MIN_ROWS` rows
-scan instead: at that size a scan costs less than the index's upkeep. Both give the same rows,
-which the tests check step by step on long streams (tests/test_recency.py).
+written through torch (``load_state_dict``, an in-place torch op on them: the tensors'
+identity and ``_version`` are checked), and carried across a growth. Writes it cannot see
+(through ``.data`` or a NumPy view of the buffers) are not supported: the buffers are the
+module's state, changed through ``load_state_dict`` or torch ops. Modules under
+:data:`MIN_ROWS` rows scan instead: at that size a scan costs less than the index's upkeep.
+Both give the same rows, which the tests check step by step on long streams
+(tests/test_recency.py).
 """
 
 from __future__ import annotations
@@ -57,23 +68,53 @@ def _distinct(rows: np.ndarray) -> np.ndarray:
     return s[keep]
 
 
+# Rows per entry when entries are merged (compaction, rebuild), and the number of entries
+# beyond which they are merged whatever their size.
+_CHUNK = 1 << 15
+_MAX_ENTRIES = 1024
+
+
 def _key(last: Tensor, live: Tensor) -> tuple:
     return (weakref.ref(last), last._version, weakref.ref(live), live._version, len(last))
+
+
+class _Entry:
+    """Rows and their steps (``steps`` None: all at step ``lo``); ``rows[:start]`` are used up
+    (no longer current); ``clean``: distinct rows in ``(step, row)`` order."""
+
+    __slots__ = ("rows", "steps", "lo", "hi", "start", "clean")
+
+    def __init__(self, rows: np.ndarray, steps: Optional[np.ndarray], lo: int, hi: int,
+                 clean: bool) -> None:
+        self.rows, self.steps, self.lo, self.hi, self.start, self.clean = rows, steps, lo, hi, 0, clean
+
+    def __len__(self) -> int:
+        return len(self.rows) - self.start
+
+    def steps_of(self, a: int, b: int):
+        return self.lo if self.steps is None else self.steps[a:b]
+
+
+def _chunked(rows: np.ndarray, steps: np.ndarray) -> list:
+    """Clean entries of ``_CHUNK`` rows over ``(step, row)``-ordered ``rows``/``steps``."""
+    out = []
+    for a in range(0, len(rows), _CHUNK):
+        r, st = rows[a:a + _CHUNK], steps[a:a + _CHUNK]
+        out.append(_Entry(r, st, int(st[0]), int(st[-1]), True))
+    return out
 
 
 class RecencyIndex:
     """Rows by step of last lookup for one module (see the module docstring)."""
 
-    __slots__ = ("_steps", "_rows", "_clean", "_deferred", "_deferred_at", "_total", "_key",
-                 "_mask", "__weakref__")
+    __slots__ = ("_entries", "_deferred", "_deferred_at", "_total", "_key", "_mask",
+                 "__weakref__")
 
     def __init__(self) -> None:
-        self._steps: collections.deque = collections.deque()  # ascending step of each entry
-        self._rows: collections.deque = collections.deque()   # int64 rows of each entry
-        self._clean: collections.deque = collections.deque()  # whether they are distinct
+        self._entries: collections.deque = collections.deque()  # of _Entry, ascending steps
         self._deferred = _EMPTY  # due rows kept by a pin
         self._deferred_at = 0    # the cutoff at which they were due
-        self._total = 0          # rows held in entries
+        self._total = 0          # rows held in entries (past their fronts)
         self._key: Optional[tuple] = None
         self._mask: Optional[np.ndarray] = None  # scratch, all False between calls
 
@@ -86,9 +127,7 @@ class RecencyIndex:
 
     def invalidate(self) -> None:
         """Forget everything; the next use rebuilds from the buffers."""
-        self._steps.clear()
-        self._rows.clear()
-        self._clean.clear()
+        self._entries.clear()
         self._deferred = _EMPTY
         self._total = 0
         self._key = None
@@ -106,19 +145,11 @@ class RecencyIndex:
         if self._valid(last, live):
             return
         self.invalidate()
-        lv = live.numpy()
-        rows = np.flatnonzero(lv)
+        rows = np.flatnonzero(live.numpy())
         steps = last.numpy()[rows]
         order = np.argsort(steps, kind="stable")  # rows ascending within a step
         rows, steps = rows[order], steps[order]
-        if len(rows):
-            cuts = np.flatnonzero(steps[1:] != steps[:-1]) + 1
-            starts = np.concatenate(([0], cuts)).tolist()
-            ends = np.concatenate((cuts, [len(rows)])).tolist()
-            for a, b in zip(starts, ends):
-                self._steps.append(int(steps[a]))
-                self._rows.append(rows[a:b])
-                self._clean.append(True)
+        self._entries.extend(_chunked(rows, steps))
         self._total = len(rows)
         self._key = _key(last, live)
 
@@ -130,32 +161,49 @@ class RecencyIndex:
         current records nothing: its next use rebuilds it from the buffers."""
         if not self._valid(last, live):
             return
-        if self._steps and self._steps[-1] >= step:
+        if self._entries and self._entries[-1].hi >= step:
             self.invalidate()  # not a new step (cannot happen through a module): rebuild later
             return
-        self._steps.append(step)
-        self._rows.append(rows)
-        self._clean.append(False)
+        self._entries.append(_Entry(rows, None, step, step, False))
         self._total += len(rows)
         if self._total > 2 * len(last) + 4 * len(rows):
-            self._compact(last.numpy(), live.numpy())
+            self._compact(last.numpy(), live.numpy())  # every entry: O(rows held)
+        elif len(self._entries) > _MAX_ENTRIES:
+            # many small entries (small batches): merge the newer half, O(their rows)
+            self._compact(last.numpy(), live.numpy(), len(self._entries) - _MAX_ENTRIES // 2)
 
-    def _current(self, s: int, r: np.ndarray, last: np.ndarray, live: np.ndarray) -> np.ndarray:
-        return r[(last[r] == s) & live[r]]
+    def _clean(self, e: _Entry) -> None:
+        """Make a pushed entry distinct and sorted (once)."""
+        if not e.clean:
+            r = _distinct(e.rows[e.start:])
+            self._total -= len(e) - len(r)
+            e.rows, e.start, e.clean = r, 0, True
 
-    def _compact(self, last: np.ndarray, live: np.ndarray) -> None:
-        steps, rows, clean = collections.deque(), collections.deque(), collections.deque()
-        total = 0
-        for s, r, c in zip(self._steps, self._rows, self._clean):
-            cur = self._current(s, r, last, live)
-            if not c:
-                cur = _distinct(cur)
-            if len(cur):
-                steps.append(s)
-                rows.append(cur)
-                clean.append(True)
-                total += len(cur)
-        self._steps, self._rows, self._clean, self._total = steps, rows, clean, total
+    def _current(self, e: _Entry, a: int, b: int, last: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """Mask of the current rows among ``e.rows[a:b]``."""
+        r = e.rows[a:b]
+        return (last[r] == e.steps_of(a, b)) & live[r]
+
+    def _compact(self, last: np.ndarray, live: np.ndarray, first: int = 0) -> None:
+        """Cut the entries from index ``first`` on to their current rows, merged into clean
+        entries of up to ``_CHUNK`` rows (they stay in (step, row) order)."""
+        rows, steps = [], []
+        tail = [self._entries.pop() for _ in range(len(self._entries) - first)][::-1]
+        dropped = 0
+        for e in tail:
+            self._clean(e)
+            n = len(e.rows)
+            dropped += n - e.start
+            cur = self._current(e, e.start, n, last, live)
+            rows.append(e.rows[e.start:][cur])
+            st = e.steps_of(e.start, n)
+            steps.append(np.full(int(cur.sum()), st, dtype=np.int64) if e.steps is None
+                         else st[cur])
+        self._total -= dropped
+        if rows:
+            r, st = np.concatenate(rows), np.concatenate(steps)
+            self._entries.extend(_chunked(r, st))
+            self._total += len(r)
 
     # queries -----------------------------------------------------------------------------------
 
@@ -170,12 +218,20 @@ class RecencyIndex:
         d = self._deferred
         if len(d):
             parts.append(d[(la[d] <= cutoff) & lv[d]])
-        while self._steps and self._steps[0] <= cutoff:
-            s = self._steps.popleft()
-            r = self._rows.popleft()
-            self._clean.popleft()
-            self._total -= len(r)
-            parts.append(self._current(s, r, la, lv))
+        while self._entries and self._entries[0].lo <= cutoff:
+            e = self._entries[0]
+            n = len(e.rows)
+            if e.hi <= cutoff:
+                self._entries.popleft()
+                cut = n
+            else:  # straddles the cutoff: a clean entry of several steps; its due prefix
+                cut = max(int(np.searchsorted(e.steps, cutoff, side="right")), e.start)
+            parts.append(e.rows[e.start:cut][self._current(e, e.start, cut, la, lv)])
+            self._total -= cut - e.start
+            e.start = cut
+            if cut < n:
+                e.lo = int(e.steps[cut])
+                break
         self._deferred = _EMPTY
         if not parts:
             return _EMPTY
@@ -195,7 +251,7 @@ class RecencyIndex:
         """The ``k`` live rows outside ``exclude`` (arrays of rows < R) with the lowest
         ``(row_last_step, row)``, ascending by row, and how many such rows were counted (at
         least ``k``); ``(None, how many exist)`` when fewer than ``k`` exist. Changes nothing
-        the module sees (entries are cut to their current rows on the way)."""
+        the module sees (entries are cleaned and their used-up fronts dropped on the way)."""
         self._ensure(last, live)
         la, lv = last.numpy(), live.numpy()
         R = len(la)
@@ -209,29 +265,30 @@ class RecencyIndex:
             d = self._deferred
             # deferred rows looked up again since are in an entry: counted there only
             held = d[lv[d] & ~mask[d] & (la[d] <= self._deferred_at)] if len(d) else _EMPTY
-            # Every entry holds distinct rows in ascending order once cleaned, and a row is
-            # current in one entry only: the k lowest of the entries are the first k rows of
-            # their eligible rows in entry order.
+            # The entries' clean rows, one after the other, are in (step, row) order and a row
+            # is current in one entry only: the k lowest are the first k eligible rows met.
             parts, need, found, i = [], k, 0, 0
-            while i < len(self._steps) and need > 0:
-                s, r = self._steps[i], self._rows[i]
-                cur = self._current(s, r, la, lv)
-                clean = self._clean[i]
-                if not clean:  # a batch may repeat a row: made distinct and sorted, once
-                    cur = _distinct(cur)
-                    self._clean[i] = True
-                if not clean or len(cur) != len(r):  # kept so (walked again next time)
-                    self._total -= len(r) - len(cur)
-                    if len(cur) == 0:
-                        del self._steps[i]
-                        del self._rows[i]
-                        del self._clean[i]
-                        continue
-                    self._rows[i] = cur
-                el = cur[~mask[cur]]
-                found += len(el)
-                parts.append(el[:need])
-                need -= min(need, len(el))
+            while i < len(self._entries) and need > 0:
+                e = self._entries[i]
+                self._clean(e)
+                n, pos = len(e.rows), e.start
+                while pos < n and need > 0:
+                    end = min(n, pos + max(2 * need, 1024))
+                    cur = self._current(e, pos, end, la, lv)
+                    if pos == e.start:  # drop the front rows that are no longer current
+                        lead = int(np.argmax(cur)) if cur.any() else end - pos
+                        self._total -= lead
+                        e.start += lead
+                    seg = e.rows[pos:end]
+                    el = seg[cur & ~mask[seg]]
+                    found += len(el)
+                    parts.append(el[:need])
+                    need -= min(need, len(el))
+                    pos = end
+                if e.start == n:
+                    del self._entries[i]
+                    continue
+                e.lo = e.lo if e.steps is None else int(e.steps[e.start])
                 i += 1
         finally:
             for e in marked:

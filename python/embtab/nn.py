@@ -907,13 +907,19 @@ class _CuckooBase(_AtomicLoad):
             self.row_count.numpy()[rows] = 0
         if self.optimizer is not None:
             self.optimizer.reset_rows(self, rows)
-        self._pending_rows.append(rows)
-        if sum(len(r) for r in self._pending_rows) > 2 * self.num_embeddings:
+        pending = self._pending_rows
+        pending.append(rows)
+        # Merged as a binary counter (an array of the list at most half its predecessor), so
+        # the list holds O(log) arrays: summing their lengths each step costs that, not one
+        # term per step since the last optimizer step.
+        while len(pending) > 1 and 2 * len(pending[-1]) >= len(pending[-2]):
+            pending[-2:] = [np.concatenate(pending[-2:])]
+        if sum(len(r) for r in pending) > 2 * self.num_embeddings:
             # Only a torch optimizer's step clears the list (it resets those rows' state); a
             # module trained with a fused optimizer alone never takes one, so the list is kept
             # as its distinct rows: at most 2 * num_embeddings entries, however many IDs
             # arrive, and a sort of them only after num_embeddings more.
-            self._pending_rows[:] = [np.unique(np.concatenate(self._pending_rows))]
+            self._pending_rows[:] = [_recency._distinct(np.concatenate(self._pending_rows))]
         _PENDING.add(self)
         self._table_changed()
         return rows
