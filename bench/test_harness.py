@@ -138,8 +138,9 @@ def test_scaling_quick_run_reports_every_part():
     r = bench(quick=True, repeats=1)
     for R in r["sizes"]["lfu_rows"]:
         assert r["lfu_forward"][str(R)]["evict_lfu"] > 0 and r["lfu_forward"][str(R)]["grow"] > 0
-        assert set(r["evict_forward"][str(R)]) == {"evict_lru", "evict_lru_known", "evict_lfu",
-                                                   "evict_lfu_known"}
+        assert set(r["evict_forward"][str(R)]) == {
+            "evict_lru", "evict_lru_known", "evict_lru_known_mean", "evict_lfu",
+            "evict_lfu_known", "evict_lfu_known_mean"}
         assert all(v > 0 for v in r["evict_forward"][str(R)].values())
         x = r["expiry_forward"][str(R)]
         assert x["forward"] > 0 and x["expire_s"] > 0 and x["live_ids"] > 0

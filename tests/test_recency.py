@@ -191,3 +191,39 @@ def test_bags_with_padding_take_the_index_path_too():
                 recency.MIN_ROWS = saved
         for name in ("row_ids", "row_live", "row_last_step", "num_expired", "num_evictions"):
             assert torch.equal(getattr(a, name), getattr(b, name)), (step, name)
+
+
+def test_lru_builds_the_index_for_frequent_evictions_only(monkeypatch):
+    """An eviction long after the previous one scans (the index is not built for it); two
+    within EVICTION_GAP steps build it; an index no eviction queries for _IDLE_PUSHES steps
+    drops itself. The evictions are the same rows whichever path takes them."""
+    monkeypatch.setattr(recency, "MIN_ROWS", 0)
+    monkeypatch.setattr(recency, "_IDLE_PUSHES", 20)
+    twin_kw = dict(on_full="evict_lru", seed=3)
+    m = CuckooEmbedding(32, 2, **twin_kw)
+    ref = CuckooEmbedding(32, 2, **twin_kw)  # always the scan
+    known = torch.arange(32)
+
+    def step(ids):
+        m(ids)
+        saved = recency.MIN_ROWS
+        recency.MIN_ROWS = OFF
+        try:
+            ref(ids)
+        finally:
+            recency.MIN_ROWS = saved
+        assert torch.equal(m.row_ids, ref.row_ids) and torch.equal(m.row_live, ref.row_live)
+
+    step(known)  # full
+    for t in range(100):
+        step(known[:8])  # steps without evictions
+    step(torch.tensor([1000]))  # a rare eviction: scanned
+    assert not m._recency.valid(m.row_last_step, m.row_live)
+    step(torch.tensor([1001]))  # the next one soon after: the index is built and used
+    assert m._recency.valid(m.row_last_step, m.row_live)
+    for t in range(30):  # no eviction queries it: it drops itself
+        step(known[8:16])
+    assert not m._recency.valid(m.row_last_step, m.row_live)
+    for i in range(5):  # evictions back to back: built again, then kept
+        step(torch.tensor([2000 + i]))
+    assert m._recency.valid(m.row_last_step, m.row_live)

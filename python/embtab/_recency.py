@@ -73,6 +73,14 @@ def _distinct(rows: np.ndarray) -> np.ndarray:
 _CHUNK = 1 << 15
 _MAX_ENTRIES = 1024
 
+# An index not queried for this many pushes drops itself (an LRU module that evicts rarely:
+# its evictions scan instead, see RecencyIndex.wanted_for_eviction).
+_IDLE_PUSHES = 256
+
+# An LRU module uses (and builds) the index for an eviction that comes within this many steps
+# of the previous one; rarer evictions scan, as a rebuild costs more than a scan.
+EVICTION_GAP = 64
+
 
 def _key(last: Tensor, live: Tensor) -> tuple:
     return (weakref.ref(last), last._version, weakref.ref(live), live._version, len(last))
@@ -107,7 +115,7 @@ def _chunked(rows: np.ndarray, steps: np.ndarray) -> list:
 class RecencyIndex:
     """Rows by step of last lookup for one module (see the module docstring)."""
 
-    __slots__ = ("_entries", "_deferred", "_deferred_at", "_total", "_key", "_mask",
+    __slots__ = ("_entries", "_deferred", "_deferred_at", "_total", "_key", "_mask", "_idle",
                  "__weakref__")
 
     def __init__(self) -> None:
@@ -117,8 +125,14 @@ class RecencyIndex:
         self._total = 0          # rows held in entries (past their fronts)
         self._key: Optional[tuple] = None
         self._mask: Optional[np.ndarray] = None  # scratch, all False between calls
+        self._idle = 0           # pushes since the last query
 
     # validity ----------------------------------------------------------------------------------
+
+    def valid(self, last: Tensor, live: Tensor) -> bool:
+        """Whether the index is built and current for these buffers (a query costs no
+        rebuild)."""
+        return self._valid(last, live)
 
     def _valid(self, last: Tensor, live: Tensor) -> bool:
         k = self._key
@@ -127,6 +141,7 @@ class RecencyIndex:
 
     def invalidate(self) -> None:
         """Forget everything; the next use rebuilds from the buffers."""
+        self._idle = 0
         self._entries.clear()
         self._deferred = _EMPTY
         self._total = 0
@@ -161,6 +176,10 @@ class RecencyIndex:
         current records nothing: its next use rebuilds it from the buffers."""
         if not self._valid(last, live):
             return
+        self._idle += 1
+        if self._idle > _IDLE_PUSHES:  # not queried for a while (LRU that rarely evicts):
+            self.invalidate()           # stop paying for the upkeep
+            return
         if self._entries and self._entries[-1].hi >= step:
             self.invalidate()  # not a new step (cannot happen through a module): rebuild later
             return
@@ -172,10 +191,13 @@ class RecencyIndex:
             # many small entries (small batches): merge the newer half, O(their rows)
             self._compact(last.numpy(), live.numpy(), len(self._entries) - _MAX_ENTRIES // 2)
 
-    def _clean(self, e: _Entry) -> None:
-        """Make a pushed entry distinct and sorted (once)."""
+    def _clean(self, e: _Entry, last: np.ndarray, live: np.ndarray) -> None:
+        """Make a pushed entry distinct and sorted (once), keeping its current rows only (a
+        row no longer current in an entry never is again): the sort is of those alone, few
+        when the batch's rows were looked up again since."""
         if not e.clean:
-            r = _distinct(e.rows[e.start:])
+            r = e.rows[e.start:]
+            r = _distinct(r[(last[r] == e.lo) & live[r]])
             self._total -= len(e) - len(r)
             e.rows, e.start, e.clean = r, 0, True
 
@@ -191,7 +213,7 @@ class RecencyIndex:
         tail = [self._entries.pop() for _ in range(len(self._entries) - first)][::-1]
         dropped = 0
         for e in tail:
-            self._clean(e)
+            self._clean(e, last, live)
             n = len(e.rows)
             dropped += n - e.start
             cur = self._current(e, e.start, n, last, live)
@@ -213,6 +235,7 @@ class RecencyIndex:
         ascending, and forgets them; the pinned ones among the due rows are deferred (asked
         about again at the next call)."""
         self._ensure(last, live)
+        self._idle = 0
         la, lv = last.numpy(), live.numpy()
         parts = []
         d = self._deferred
@@ -253,6 +276,7 @@ class RecencyIndex:
         least ``k``); ``(None, how many exist)`` when fewer than ``k`` exist. Changes nothing
         the module sees (entries are cleaned and their used-up fronts dropped on the way)."""
         self._ensure(last, live)
+        self._idle = 0
         la, lv = last.numpy(), live.numpy()
         R = len(la)
         if self._mask is None or len(self._mask) != R:
@@ -270,8 +294,11 @@ class RecencyIndex:
             parts, need, found, i = [], k, 0, 0
             while i < len(self._entries) and need > 0:
                 e = self._entries[i]
-                self._clean(e)
+                self._clean(e, la, lv)
                 n, pos = len(e.rows), e.start
+                if n == 0:
+                    del self._entries[i]
+                    continue
                 while pos < n and need > 0:
                     end = min(n, pos + max(2 * need, 1024))
                     cur = self._current(e, pos, end, la, lv)

@@ -636,6 +636,7 @@ class _CuckooBase(_AtomicLoad):
         self._pending_grown = False  # whether weight grew since the last optimizer step
         self._graph_rows: dict = {}  # rows read by graphs not yet backpropagated (eviction)
         self._recency = _recency.RecencyIndex()  # row_last_step by step (large modules)
+        self._last_eviction_step = -(1 << 62)  # num_steps at the last evicting forward
         self._table = self._new_table()
         self._refresh_snapshot()
         _attach_optimizer(self, optimizer)
@@ -965,7 +966,13 @@ class _CuckooBase(_AtomicLoad):
         R = self.num_embeddings
         k = new - free
         pins = [p[p < R] for p in list(self._graph_rows.values())]
-        if self.on_full == OnFull.EVICT_LRU and R >= _recency.MIN_ROWS:
+        step = int(self.num_steps)
+        # LRU reads the recency index while evictions come often (it is kept current then);
+        # a rare eviction scans (a rebuild would cost more), and an unqueried index drops itself
+        frequent = step - self._last_eviction_step <= _recency.EVICTION_GAP
+        self._last_eviction_step = step
+        if (self.on_full == OnFull.EVICT_LRU and R >= _recency.MIN_ROWS
+                and (frequent or self._recency.valid(self.row_last_step, self.row_live))):
             # the oldest steps' rows only (embtab/_recency.py), not a pass over all R rows
             victims, evictable = self._recency.lowest(
                 self.row_last_step, self.row_live, k, [batch_rows, *pins]
@@ -1271,6 +1278,7 @@ class _CuckooBase(_AtomicLoad):
         state.setdefault("_graph_rows", {})
         state.setdefault("expire_after", None)
         state.setdefault("_recency", _recency.RecencyIndex())
+        state.setdefault("_last_eviction_step", -(1 << 62))
         super().__setstate__(state)
         if "_snap_keys" not in self._buffers:
             self._refresh_snapshot()
