@@ -105,6 +105,16 @@ def test_a_weight_beyond_the_machine_is_refused_naming_the_arguments(cls):
         cls(4, 2**40)
 
 
+def test_a_weight_on_another_device_is_not_held_to_the_hosts_memory():
+    """Only a weight made in host memory is compared with RAM + swap: a cuckoo module's weight
+    is made on its device (the meta device here, a GPU elsewhere)."""
+    if enn._machine_memory() is None:
+        pytest.skip("this system does not report its memory (/proc/meminfo)")
+    d = enn._machine_memory() // (4 * 1001) + 1  # a float32 weight just past RAM + swap
+    m = enn.CuckooEmbedding(1000, d, device="meta")
+    assert m.weight.shape == (1001, d) and m.weight.device.type == "meta"
+
+
 def test_smoothed_kl_refuses_what_it_cannot_define():
     p, q = np.array([0.5, 0.5]), np.array([1.0, 0.0])
     for alpha in (2.0, -1.0, float("nan")):

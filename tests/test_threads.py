@@ -243,3 +243,23 @@ def test_a_daemon_thread_inside_a_table_call_at_exit_does_not_abort_the_process(
         r = _run_py(code)
         assert r.returncode == 0, (r.returncode, r.stderr)
         assert "terminate called" not in r.stderr
+
+
+def test_a_table_call_from_a_del_run_at_exit_returns():
+    """Objects freed while Python finalizes run their __del__ on the finalizing thread; a
+    table call there must keep the GIL and return, not sleep like a daemon thread would."""
+    code = """if True:
+        import sys, numpy as np, embtab
+        t = embtab.CuckooTable()
+        t.lookup_or_insert(np.arange(10))
+
+        class Holder:
+            def __del__(self):
+                rows = t.lookup(np.arange(3))
+                sys.stderr.write(f"del done {len(t)} {rows.tolist()}\\n")
+
+        h = Holder()
+    """
+    r = _run_py(code)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "del done 10 [0, 1, 2]" in r.stderr

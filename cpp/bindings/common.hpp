@@ -23,11 +23,13 @@ namespace py = pybind11;
 // by CPython (pthread_exit), whose unwinding through the noexcept destructor aborts the
 // process ("terminate called without an active exception", pybind11 issue 2215): a daemon
 // thread still in an embtab call when the program ends. Such a thread instead sleeps until the
-// process is gone (it could not run Python again anyway).
+// process is gone (it could not run Python again anyway). A call made while Python is already
+// finalizing (a __del__ run by the finalizing thread itself) keeps the GIL: it must return.
 class GilRelease {
   public:
-    GilRelease() : state_(PyEval_SaveThread()) {}
+    GilRelease() : state_(finalizing() ? nullptr : PyEval_SaveThread()) {}
     ~GilRelease() {
+        if (state_ == nullptr) return;  // the GIL was kept
         if (finalizing()) {
             for (;;) ::pause();
         }

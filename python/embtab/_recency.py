@@ -22,8 +22,8 @@ looked up, in step order, so that a step reads only the rows whose turn has come
   entry's front past the rows that are no longer current, so a large entry (a warm start, a
   ``from_pretrained`` table, all at one step) is consumed from the front, not re-read.
 * all entries are cut to their current rows and merged into entries of up to ``_CHUNK`` rows
-  when they hold more than ``2 R + 4 * batch`` rows, and the newer half of them when they
-  number more than ``_MAX_ENTRIES``; so memory stays within a few int64 per row and per batch
+  when they hold more than ``2 R + 4 * batch`` rows, and the newest ones when they number
+  more than ``_MAX_ENTRIES`` beyond the full chunks; so memory stays within a few int64 per row and per batch
   row, each pushed row is read a bounded number of times, and the entries stay few whatever
   the batches.
 
@@ -56,7 +56,7 @@ MIN_ROWS = 1 << 18
 _EMPTY = np.empty(0, dtype=np.int64)
 
 
-def _distinct(rows: np.ndarray) -> np.ndarray:
+def distinct_sorted(rows: np.ndarray) -> np.ndarray:
     """The distinct values of ``rows``, ascending: a sort and a comparison of neighbours
     (``np.unique`` of NumPy 2.4, used here, hashes first: many times slower on these arrays)."""
     s = np.sort(rows)
@@ -187,8 +187,9 @@ class RecencyIndex:
         self._total += len(rows)
         if self._total > 2 * len(last) + 4 * len(rows):
             self._compact(last.numpy(), live.numpy())  # every entry: O(rows held)
-        elif len(self._entries) > _MAX_ENTRIES:
-            # many small entries (small batches): merge the newer half, O(their rows)
+        elif len(self._entries) > _MAX_ENTRIES + 2 * self._total // _CHUNK:
+            # many small entries (small batches): merge the newest ones, O(their rows); the
+            # limit grows with the rows held, so that full chunks alone never reach it
             self._compact(last.numpy(), live.numpy(), len(self._entries) - _MAX_ENTRIES // 2)
 
     def _clean(self, e: _Entry, last: np.ndarray, live: np.ndarray) -> None:
@@ -197,7 +198,7 @@ class RecencyIndex:
         when the batch's rows were looked up again since."""
         if not e.clean:
             r = e.rows[e.start:]
-            r = _distinct(r[(last[r] == e.lo) & live[r]])
+            r = distinct_sorted(r[(last[r] == e.lo) & live[r]])
             self._total -= len(e) - len(r)
             e.rows, e.start, e.clean = r, 0, True
 
@@ -258,7 +259,7 @@ class RecencyIndex:
         self._deferred = _EMPTY
         if not parts:
             return _EMPTY
-        rows = _distinct(np.concatenate(parts))
+        rows = distinct_sorted(np.concatenate(parts))
         pins = [p for p in pinned if len(p)]
         if pins and len(rows):
             held = np.isin(rows, np.concatenate(pins))

@@ -209,11 +209,13 @@ def _machine_memory() -> Optional[int]:
         return None
 
 
-def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
+def _check_alloc(names: str, shape: tuple, itemsize: int, host: bool = True) -> None:
     """Refuse, naming the arguments, a buffer of ``shape`` that can never be allocated: over
     2**56 bytes (``ValueError``: the sizes are a mistake), or over this machine's RAM + swap
     (``MemoryError``; torch's allocator would fail with a message naming no argument, or the
-    zero-fill of an over-committed buffer would end the process)."""
+    zero-fill of an over-committed buffer would end the process). ``host=False``: the buffer
+    is made on another device (a GPU, meta), whose memory is not the host's: only the first
+    check."""
     total = itemsize
     for n in shape:
         total *= int(n)
@@ -222,7 +224,7 @@ def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
             f"{names} ask for a buffer of shape {tuple(int(n) for n in shape)} "
             f"({total:.3g} bytes, more than 2**56)"
         )
-    have = _machine_memory()
+    have = _machine_memory() if host else None
     if have is not None and total > have:
         raise MemoryError(
             f"{names} ask for a buffer of shape {tuple(int(n) for n in shape)} "
@@ -233,6 +235,7 @@ def _check_alloc(names: str, shape: tuple, itemsize: int) -> None:
 def _init_common(
     m: nn.Module, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
     scale_grad_by_freq, sparse, init, seed, num_threads, dtype, alloc: bool = True,
+    device=None,
 ) -> None:
     """Check and set the arguments every embtab.nn module shares (the nn.Embedding ones, init,
     seed, num_threads); with ``alloc``, refuse a ``[num_embeddings + 1, embedding_dim]``
@@ -252,7 +255,9 @@ def _init_common(
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if alloc:
         itemsize = torch.empty((), dtype=dtype).element_size()
-        _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim), itemsize)
+        host = device is None or torch.device(device).type == "cpu"
+        _check_alloc("num_embeddings, embedding_dim", (m.num_embeddings + 1, m.embedding_dim),
+                     itemsize, host)
 
 
 def _hashed_weight(
@@ -581,7 +586,7 @@ class _CuckooBase(_AtomicLoad):
         super().__init__()
         _init_common(
             self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
-            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+            scale_grad_by_freq, sparse, init, seed, num_threads, dtype, device=device,
         )
         self.expire_after = (
             None if expire_after is None
@@ -920,7 +925,7 @@ class _CuckooBase(_AtomicLoad):
             # module trained with a fused optimizer alone never takes one, so the list is kept
             # as its distinct rows: at most 2 * num_embeddings entries, however many IDs
             # arrive, and a sort of them only after num_embeddings more.
-            self._pending_rows[:] = [_recency._distinct(np.concatenate(self._pending_rows))]
+            self._pending_rows[:] = [_recency.distinct_sorted(np.concatenate(self._pending_rows))]
         _PENDING.add(self)
         self._table_changed()
         return rows

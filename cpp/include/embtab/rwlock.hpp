@@ -3,7 +3,8 @@
 // std::shared_mutex on glibc prefers readers: while readers keep overlapping (threads that
 // look up batches back to back), a writer waits for as long as they do, which a review
 // measured at over 20 s for a one-key insert beside three looping readers. RwLock is a
-// pthread rwlock of glibc's writer-preferring kind (PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP):
+// pthread rwlock of glibc's writer-preferring kind (PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP,
+// on glibc 2.29 and later: see writer_preference_works):
 // once a writer waits, new readers wait behind it, so a writer waits only for the readers
 // already in. Non-recursive: a thread must not take the read lock it already holds (table.hpp
 // takes it once per call and works through *_unlocked helpers). Elsewhere (no glibc
@@ -19,8 +20,12 @@
 #pragma once
 
 #include <pthread.h>
+#if defined(__GLIBC__)
+#include <gnu/libc-version.h>
+#endif
 
 #include <atomic>
+#include <cstdio>
 #include <cerrno>
 #include <cstdint>
 #include <mutex>
@@ -88,12 +93,29 @@ class RwLock {
         pthread_rwlockattr_t attr;
         ::pthread_rwlockattr_init(&attr);
 #if defined(__GLIBC__)
-        ::pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        if (writer_preference_works()) {
+            ::pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        }
 #endif
         const int rc = ::pthread_rwlock_init(&rw_, &attr);
         ::pthread_rwlockattr_destroy(&attr);
         check(rc);
     }
+
+#if defined(__GLIBC__)
+    // writer_preference_works: glibc 2.29 fixed readers of the writer-preferring kind that
+    // could stay blocked on a lock no one held (its test tst-rwlock-pwn); the wheels also run
+    // on glibc 2.28, so the kind is chosen by the glibc the process runs with, not the one it
+    // was built against. Older ones keep the default (reader-preferring) kind.
+    static bool writer_preference_works() noexcept {
+        static const bool ok = [] {
+            unsigned major = 0, minor = 0;
+            return std::sscanf(::gnu_get_libc_version(), "%u.%u", &major, &minor) == 2 &&
+                   (major > 2 || (major == 2 && minor >= 29));
+        }();
+        return ok;
+    }
+#endif
 
     // refresh re-initialises the lock the first time it is used in a process forked since.
     void refresh() {
