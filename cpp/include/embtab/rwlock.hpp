@@ -1,8 +1,8 @@
 // embtab/rwlock.hpp: the readers-writer lock of a CuckooTable.
 //
 // std::shared_mutex on glibc prefers readers: while readers keep overlapping (threads that
-// look up batches back to back), a writer waits for as long as they do, which a review
-// measured at over 20 s for a one-key insert beside three looping readers. RwLock is a
+// look up batches back to back), a writer waits for as long as they do, with no bound
+// (tests/cpp/test_table.cpp checks the preference below). RwLock is a
 // pthread rwlock of glibc's writer-preferring kind (PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP,
 // on glibc 2.29 and later: see writer_preference_works):
 // once a writer waits, new readers wait behind it, so a writer waits only for the readers
