@@ -78,6 +78,8 @@ def check_threads(value: Any, name: str = "num_threads", default: Optional[int] 
     ``None`` gives ``default`` when one is given (a per-call override falling back to the
     object's setting) and is refused otherwise.
     """
+    if type(value) is int and 0 <= value < MAX_THREADS:  # the usual case, checked at once
+        return value
     if value is None and default is not None:
         return default
     v = check_int(value, name)

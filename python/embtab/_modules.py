@@ -48,6 +48,11 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
     return t if dt == torch.int64 else t.to(torch.int64)
 
 
+def _compiling() -> bool:
+    f = getattr(torch.compiler, "is_compiling", None)
+    return bool(f is not None and f())
+
+
 def _keep_dtype_check(input: Tensor, dt: torch.dtype) -> None:
     """Under torch.compile/torch.export, record a check that ``input`` has dtype ``dt`` when
     the traced program runs: the check above runs only while tracing, and an exported program
@@ -90,6 +95,12 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
             f"torch.jit.trace cannot follow embtab's ID -> row map: {name} is read through "
             "NumPy here, so the trace would record this call's rows as constants and return "
             "them for any input; trace with torch.compile or torch.export (eval mode) instead")
+    if (type(input) is Tensor and input.dtype == torch.int64 and input.is_cpu
+            and input.layout == torch.strided and input.is_contiguous() and not _compiling()):
+        # the usual input, read in place with no other check to make (an integer tensor
+        # cannot require a gradient)
+        a = input.numpy()
+        return (a if a.ndim == 1 else a.reshape(-1)), tuple(input.shape)
     t = id_tensor(input, name)
     if t.device.type == "meta":
         raise ValueError(f"{name} is on the meta device (it holds no IDs), shape {tuple(t.shape)}")
@@ -188,7 +199,8 @@ def check_bag_args(
         if offsets.device.type == "meta":
             raise ValueError(f"offsets is on the meta device (it holds no values), shape "
                              f"{tuple(offsets.shape)}")
-        off = offsets.detach().cpu().to(torch.int64)
+        off = (offsets if offsets.dtype == torch.int64 and offsets.is_cpu
+               else offsets.detach().cpu().to(torch.int64))  # (an integer tensor has no grad)
         n = input.shape[0]
         if off.numel() == 0:
             # No bags: torch's EmbeddingBag returns (0, d), and ignores any IDs given.

@@ -779,7 +779,6 @@ class _CuckooBase(_AtomicLoad):
 
     # remap ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _remap(self, ids: np.ndarray, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
@@ -790,9 +789,22 @@ class _CuckooBase(_AtomicLoad):
         completed in place. Every argument check has happened before; on an exception nothing
         has changed.
         """
+        # without gradient tracking (it writes the weight's new rows in place); set directly,
+        # as torch.no_grad() does, without its context object (about 2 us a call)
+        grad = torch.is_grad_enabled()
+        if grad:
+            torch._C._set_grad_enabled(False)
+        try:
+            return self._remap_rows(ids, rows)
+        finally:
+            if grad:
+                torch._C._set_grad_enabled(True)
+
+    def _remap_rows(self, ids: np.ndarray, rows: Optional[np.ndarray]) -> tuple[np.ndarray, bool]:
+        """_remap's work, with gradient tracking off."""
         R = self.num_embeddings
         if rows is None:
-            rows = self._table.lookup(ids, num_threads=self.num_threads)
+            rows = self._table.lookup(ids, self.num_threads)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
         # One pass finds whether any row has no ID (a reduction, with no mask built); a steady
         # batch (every ID known, no padding) then needs no other pass over the batch.
@@ -1401,6 +1413,15 @@ class _Unpin:
 # ``nn.Embedding`` or ``nn.EmbeddingBag``.
 
 
+def _row_tensor(rows: np.ndarray, shape: tuple, device: torch.device) -> Tensor:
+    """The flat rows ``rows`` as a tensor of the IDs' ``shape`` on ``device`` (a view of
+    ``rows`` on the CPU)."""
+    idx = torch.from_numpy(rows)
+    if len(shape) != 1:
+        idx = idx.reshape(shape)
+    return idx if device.type == "cpu" else idx.to(device)
+
+
 class _Embedding:
     def forward(self, input: Tensor) -> Tensor:
         """Vectors of raw IDs ``input`` (any shape): ``(*input.shape, embedding_dim)``."""
@@ -1411,13 +1432,17 @@ class _Embedding:
                 self.norm_type, self.scale_grad_by_freq, self.sparse,
             )
         ids, shape = _as_id_array(input, "input")
+        needs = None
         if self.optimizer is not None:
-            self.optimizer.check_weight(self)  # before the remap changes anything
+            needs = self.optimizer.check_weight(self)  # before the remap changes anything
         rows, padding_idx = self._rows_for(ids)
-        idx = torch.from_numpy(rows).reshape(shape).to(self.weight.device)
+        idx = _row_tensor(rows, shape, self.weight.device)
         if self.optimizer is not None:
             return self._track(
-                self.optimizer.lookup(self, idx, None, None, padding_idx, bag=False), rows
+                self.optimizer.lookup(
+                    self, idx, None, None, padding_idx, bag=False, rows=rows, needs=needs
+                ),
+                rows,
             )
         out = F.embedding(
             idx,
@@ -1491,12 +1516,15 @@ class _Bag:
             idx, padding_idx = self._traced_rows(ids_t)
             idx, rows = idx.to(dev), None
         else:
+            needs = None
             if self.optimizer is not None:
-                self.optimizer.check_weight(self, per_sample_weights)  # before the remap
+                needs = self.optimizer.check_weight(self, per_sample_weights)  # before the remap
             rows, padding_idx = self._rows_for(ids)
-            idx = torch.from_numpy(rows).reshape(shape).to(dev)
+            idx = _row_tensor(rows, shape, dev)
         if self.optimizer is not None and rows is not None:
-            out = self.optimizer.lookup(self, idx, off, per_sample_weights, padding_idx, bag=True)
+            out = self.optimizer.lookup(
+                self, idx, off, per_sample_weights, padding_idx, bag=True, rows=rows, needs=needs
+            )
             return self._track(out, rows)
         out = F.embedding_bag(
             idx,

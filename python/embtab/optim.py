@@ -75,6 +75,7 @@ from embtab._modules import grown_rows
 __all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
 
 _MODE_MAX = 2  # torch.embedding_bag's code for mode="max"
+_MODES = {"sum": 0, "mean": 1, "max": _MODE_MAX}
 
 
 # The optimizer states that accumulate squares (the step takes their square root): a state dict
@@ -208,23 +209,50 @@ class FusedOptimizer(torch.optim.Optimizer):
             )
         return needs
 
-    # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
-    # here rather than trace an autograd Function that holds a module)
-    @torch.compiler.disable
     def lookup(
-        self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool
+        self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool,
+        rows: Optional[np.ndarray] = None, needs: Optional[bool] = None,
     ) -> Tensor:
         """The forward of ``module`` on rows ``idx``: ``F.embedding_bag`` (``bag``) or
         ``F.embedding`` with the module's settings, whose backward applies the fused step
-        (checked by :meth:`check_weight` first)."""
-        if not self.check_weight(module, per_sample_weights):
-            return _plain(module, idx, offsets, per_sample_weights, padding_idx, bag)
-        w = module.weight
-        return _FusedLookup.apply(w, per_sample_weights, module, idx, offsets, padding_idx, bag)
+        (checked by :meth:`check_weight` first; ``needs``: its answer, when the caller has just
+        asked it). ``rows``: ``idx`` flat as the int64 NumPy array the caller remapped it from
+        (read by the backward; taken from ``idx`` when not given)."""
+        if _is_compiling():
+            return _eager_lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag,
+                                 rows, needs)
+        return _lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag, rows, needs)
+
+
+def _is_compiling() -> bool:
+    f = getattr(torch.compiler, "is_compiling", None)
+    return bool(f is not None and f())
+
+
+def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs):
+    if needs is None:
+        needs = opt.check_weight(module, psw)
+    if not needs:
+        return _plain(module, idx, offsets, psw, padding_idx, bag)
+    return _FusedLookup.apply(module.weight, psw, module, idx, offsets, padding_idx, bag, rows)
+
+
+# eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
+# here rather than trace an autograd Function that holds a module). Called only while compiling:
+# the disabled wrapper costs about 8 us a call in eager mode.
+_eager_lookup = torch.compiler.disable(_lookup)
 
 
 def _plain(module, idx, offsets, psw, padding_idx, bag):
     if bag:
+        if idx.dim() == 1 and module.max_norm is None and offsets is not None:
+            # what F.embedding_bag runs for these arguments, without its Python checks (the
+            # module checked them)
+            return torch.embedding_bag(
+                module.weight, idx, offsets, module.scale_grad_by_freq, _MODES[module.mode],
+                False, psw, module.include_last_offset,
+                padding_idx,
+            )[0]
         return F.embedding_bag(
             idx,
             module.weight,
@@ -265,13 +293,14 @@ class _FusedLookup(torch.autograd.Function):
     returns no gradient for the weight."""
 
     @staticmethod
-    def forward(ctx, weight, psw, module, idx, offsets, padding_idx, bag):
-        ctx.module, ctx.idx, ctx.offsets, ctx.padding_idx, ctx.bag = (
+    def forward(ctx, weight, psw, module, idx, offsets, padding_idx, bag, rows=None):
+        ctx.module, ctx.idx, ctx.offsets, ctx.padding_idx, ctx.bag, ctx.rows = (
             module,
             idx,
             offsets,
             padding_idx,
             bag,
+            rows,
         )
         ctx.max_indices = None
         ctx.zero_row = module.num_embeddings
@@ -317,36 +346,38 @@ class _FusedLookup(torch.autograd.Function):
                 "backpropagated (pre-size num_embeddings for several forwards per backward)"
             )
         (psw,) = ctx.saved_tensors
-        w = module.weight.detach()
-        grad_out = grad_out.to(w.dtype)
-        flat = idx.reshape(-1)
+        weight = module.weight
+        if grad_out.dtype != weight.dtype:
+            grad_out = grad_out.to(weight.dtype)
         csr = _csr(idx, ctx.offsets, module.include_last_offset) if bag else None
         grad_psw = None
         if ctx.needs_input_grad[1]:
+            flat = idx.reshape(-1)
             bag_of = torch.repeat_interleave(
                 torch.arange(len(csr) - 1), torch.from_numpy(np.diff(csr))
             )
             live = flat != module.num_embeddings
-            read = ctx.rows_read if ctx.rows_read is not None else w[flat]
+            read = ctx.rows_read if ctx.rows_read is not None else weight.detach()[flat]
             grad_psw = (grad_out[bag_of] * read).sum(1) * live
             grad_psw = grad_psw.reshape(idx.shape).to(psw.dtype)
         if ctx.needs_input_grad[0]:
+            rows = ctx.rows if ctx.rows is not None else idx.reshape(-1).numpy()
             if ctx.max_indices is not None:
                 counts = np.add.reduceat(
-                    np.append(flat.numpy() != module.num_embeddings, False), csr[:-1]
+                    np.append(rows != module.num_embeddings, False), csr[:-1]
                 ) * (np.diff(csr) > 0)
-                rows, g = _max_row_grads(ctx.max_indices, grad_out.contiguous(), counts > 0)
-                fused_update(module, rows, g, None, None, False)
+                max_rows, g = _max_row_grads(ctx.max_indices, grad_out.contiguous(), counts > 0)
+                fused_update(module, max_rows, g, None, None, False)
             else:
                 fused_update(
                     module,
-                    flat.numpy(),
-                    grad_rows(grad_out, w.shape[1]),
+                    rows,
+                    grad_rows(grad_out, weight.shape[1]),
                     csr,
                     None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
                     bag and module.mode == "mean",
                 )
-        return None, grad_psw, None, None, None, None, None
+        return None, grad_psw, None, None, None, None, None, None
 
 
 def grad_rows(grad: Tensor, d: int) -> np.ndarray:
@@ -362,13 +393,17 @@ def grad_rows(grad: Tensor, d: int) -> np.ndarray:
     return g.detach().numpy()
 
 
+_JOB_DEFAULTS = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, beta1=0.9,
+                    beta2=0.999)
+
+
 def _job(module, rows, grad, offsets, per_sample_weights, mean: bool) -> tuple:
     """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer."""
     opt = module.optimizer
-    names = [n for n, _, _ in opt._states()]
-    states = [module._buffers["opt_" + n].numpy() for n in names] + [None, None]
-    kw = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999)
-    kw.update(opt._resolved(int(module.opt_step) + 1))
+    bufs = module._buffers
+    states = [bufs["opt_" + n].numpy() for n, _, _ in opt._states()]
+    states += [None] * (2 - len(states))
+    kw = {**_JOB_DEFAULTS, **opt._resolved(int(module.opt_step) + 1)}
     return (
         module.weight.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
         bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,

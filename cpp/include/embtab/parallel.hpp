@@ -24,11 +24,19 @@ namespace embtab {
 // depend on the count; this bounds what a huge num_threads can make the process start).
 inline constexpr int kMaxThreads = 1024;
 
+// hardware_threads: std::thread::hardware_concurrency(), read once per process. glibc answers
+// it by reading /sys (about 8 us a call on a 2-vCPU guest, more than a whole lookup of a few
+// IDs), and every call of a module left at num_threads=0 asked it.
+inline unsigned hardware_threads() noexcept {
+    static const unsigned hw = std::thread::hardware_concurrency();
+    return hw;
+}
+
 // resolve_threads turns a user's num_threads (0 = all hardware threads) into a count in
 // [1, kMaxThreads].
 inline int resolve_threads(int num_threads) noexcept {
     if (num_threads > 0) return std::min(num_threads, kMaxThreads);
-    unsigned hw = std::thread::hardware_concurrency();
+    const unsigned hw = hardware_threads();
     return hw == 0 ? 1 : static_cast<int>(std::min<unsigned>(hw, kMaxThreads));
 }
 
