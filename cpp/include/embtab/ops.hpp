@@ -350,7 +350,25 @@ __attribute__((always_inline)) inline void pool_block(const T* __restrict weight
                                                       std::int64_t skip_row, std::int64_t e0, std::int64_t e1,
                                                       std::size_t j0, std::size_t jn, T* __restrict acc) noexcept {
     const std::size_t n_cols = JN != 0 ? JN : jn;
-    for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0);
+    // acc starts as 0 + the first kept entry (the same bits as a sum from 0). A loop that
+    // zeroes acc first compiles to `rep stos`, and the adds' loads of acc then wait for those
+    // stores: 17-23% of the pooling's time for d = 64 float32 (bench/README.md, "Pooling").
+    std::int64_t i0 = e0;
+    while (i0 < e1 && rows[i0] == skip_row) ++i0;
+    if (i0 == e1) {
+        for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0);
+        return;
+    }
+    {
+        const T* __restrict w = weight + static_cast<std::size_t>(rows[i0]) * d + j0;
+        if (psw != nullptr) {
+            const T s = psw[i0];
+            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + s * w[j];
+        } else {
+            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + w[j];
+        }
+    }
+    e0 = i0 + 1;
     if (psw != nullptr) {
         for (std::int64_t i = e0; i < e1; ++i) {
             const std::int64_t r = rows[i];
