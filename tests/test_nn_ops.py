@@ -309,3 +309,60 @@ def test_init_normal_matches_its_definition_at_every_isa_level(dim):
     pairs = (dim + 1) // 2
     assert (needed > pairs + pairs // 3 + 8).any()  # some ID draws a second block
     np.testing.assert_allclose(outs[0], want, rtol=1e-13, atol=1e-13)
+
+
+def test_bag_csr_checks_offsets_against_a_reference():
+    """_core.bag_csr (a bag module's offsets checked and made CSR in one native pass) against
+    a NumPy reading of the rules, on random offsets, some valid and some broken each way."""
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        nb = int(rng.integers(1, 12))
+        o = np.sort(rng.integers(0, 20, nb)).astype(np.int64)
+        o[0] = 0 if rng.random() < 0.8 else int(rng.integers(1, 5))
+        if rng.random() < 0.3 and nb > 2:
+            i = int(rng.integers(1, nb - 1))
+            o[i], o[i + 1] = o[i + 1] + 1, o[i]  # a descent at i (or equal values swapped)
+        n = int(o.max()) + int(rng.integers(-2, 3))
+        n = max(n, 0)
+        last = bool(rng.random() < 0.5)
+        code, index, csr = _core.bag_csr(o, n, last)
+        if o[0] != 0:
+            want = (1, 0)
+        elif (o[1:] < o[:-1]).any():
+            want = (2, int(np.flatnonzero(o[1:] < o[:-1])[0]))
+        elif o[-1] > n:
+            want = (3, nb - 1)
+        elif last and o[-1] != n:
+            want = (4, nb - 1)
+        else:
+            want = (0, 0)
+        assert (code, index) == want, (o, n, last)
+        if code == 0:
+            ref = o if last else np.append(o, n)
+            assert csr.dtype == np.int64 and np.array_equal(csr, ref)
+            assert not np.shares_memory(csr, o)
+        else:
+            assert csr is None
+    with pytest.raises(TypeError, match="int64"):
+        _core.bag_csr(np.zeros(3, np.int32), 3, False)
+    with pytest.raises(TypeError, match="C-contiguous"):
+        _core.bag_csr(np.zeros(6, np.int64)[::2], 3, False)
+    with pytest.raises(ValueError, match="empty"):
+        _core.bag_csr(np.zeros(0, np.int64), 3, False)
+
+
+def test_fused_backward_refuses_offsets_changed_after_the_forward():
+    """Offsets edited in place between a fused bag forward and its backward: RuntimeError
+    naming them, and no row is stepped."""
+    import embtab.nn
+    import embtab.optim
+
+    m = embtab.nn.CuckooEmbeddingBag(8, 3, mode="sum", optimizer=embtab.optim.SGD(lr=0.1))
+    ids = torch.tensor([5, 6, 7, 8])
+    off = torch.tensor([0, 2])
+    out = m(ids, off)
+    before = m.weight.detach().clone()
+    off[1] = 9  # past the 4 IDs
+    with pytest.raises(RuntimeError, match="offsets of this forward were changed"):
+        out.sum().backward()
+    assert torch.equal(m.weight.detach(), before)

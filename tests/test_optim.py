@@ -541,14 +541,16 @@ def test_core_step_counts_distinct_rows_and_skips_zero_row():
 
 
 def test_core_reads_strided_gradients_in_place():
-    # A column slice of a wider gradient and a row broadcast over all bags (row stride 0) must
-    # give the same bits as the packed copy; rows that are not contiguous are refused.
+    # A column slice of a wider gradient, a row broadcast over all bags (row stride 0) and one
+    # value broadcast over everything (strides (0, 0), a sum() loss's gradient) must give the
+    # same bits as the packed copy; rows that are not contiguous are refused.
     rng = np.random.default_rng(10)
     rows = rng.integers(0, 40, 300).astype(np.int64)
     offsets = np.arange(0, 301, 3, dtype=np.int64)  # 100 bags of 3
     wide = rng.standard_normal((100, 11)).astype(np.float32)
     one = rng.standard_normal(4).astype(np.float32)
-    for grad in (wide[:, 3:7], np.broadcast_to(one, (100, 4))):
+    for grad in (wide[:, 3:7], np.broadcast_to(one, (100, 4)),
+                 np.broadcast_to(np.float32(0.7), (100, 4))):
         outs = []
         for g in (grad, np.ascontiguousarray(grad)):
             w = np.ones((41, 4), np.float32)
@@ -566,7 +568,7 @@ def test_core_reads_strided_gradients_in_place():
     arr = eo.grad_rows(torch.ones(1, 3).expand(5, 3), 3)
     assert arr.strides == (0, 4) and arr.shape == (5, 3)
     assert eo.grad_rows(torch.arange(12.0).reshape(2, 6)[:, 2:5], 3).strides == (24, 4)
-    assert eo.grad_rows(torch.zeros(()).expand(4, 3), 3).strides == (0, 4)
+    assert eo.grad_rows(torch.zeros(()).expand(4, 3), 3).strides == (0, 0)  # the core reads it
     assert np.array_equal(eo.grad_rows(g, 3), np.ones((5, 3), np.float32))
 
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <vector>
@@ -49,7 +50,8 @@ py::array as_float_array(const py::handle& obj, const char* name, int fk, int nd
 
 // as_grad_array checks `obj` is a 2-D ndarray of the weight's dtype (itemsize `fk`) whose rows
 // are contiguous (column stride one element) and whose row stride is a non-negative multiple of
-// the element size: packed, a column slice of a wider array, or 0 (one row broadcast over all).
+// the element size: packed, a column slice of a wider array, or 0 (one row broadcast over all);
+// or one value broadcast over everything (strides (0, 0)), returned as one row broadcast.
 py::array as_grad_array(const py::handle& obj, int fk) {
     if (!py::isinstance<py::array>(obj)) {
         throw py::type_error("grad must be a numpy.ndarray, got " +
@@ -62,6 +64,15 @@ py::array as_grad_array(const py::handle& obj, int fk) {
     }
     if (a.ndim() != 2) throw py::value_error("grad must be 2-D, got shape " + shape_str(a));
     const auto rs = a.strides(0), cs = a.strides(1);
+    if (a.shape(0) > 0 && a.shape(1) > 1 && rs == 0 && cs == 0) {
+        // one value broadcast over rows and columns (what a sum() loss's backward gives): read
+        // as one contiguous row for every row (row stride 0)
+        py::array row(a.dtype(), std::vector<py::ssize_t>{a.shape(1)});
+        auto* dst = static_cast<char*>(row.mutable_data());
+        for (py::ssize_t j = 0; j < a.shape(1); ++j) std::memcpy(dst + j * fk, a.data(), static_cast<std::size_t>(fk));
+        return py::array(a.dtype(), std::vector<py::ssize_t>{a.shape(0), a.shape(1)},
+                         std::vector<py::ssize_t>{0, fk}, row.data(), row);
+    }
     // (no rows: nothing is read, whatever the strides; NumPy gives an empty array strides 0)
     if (a.shape(0) > 0 && ((a.shape(1) > 1 && cs != fk) || rs < 0 || rs % fk != 0)) {
         throw py::value_error("grad's rows must be contiguous with a non-negative row stride (got strides (" +

@@ -64,6 +64,9 @@ def pool_bags(
     out: npt.NDArray[np.floating],
     num_threads: int = 1,
 ) -> None: ...
+def bag_csr(
+    offsets: npt.NDArray[np.int64], n: int, include_last_offset: bool
+) -> tuple[int, int, Optional[npt.NDArray[np.int64]]]: ...
 def cms_query(ids: _Ids, sketch: npt.NDArray[np.int64], seed: int, num_threads: int = 1) -> npt.NDArray[np.int64]: ...
 def fused_step(weight: npt.NDArray[np.floating], rows: npt.NDArray[np.int64], grad: npt.NDArray[np.floating],
                offsets: Optional[npt.NDArray[np.int64]], per_sample_weights: Optional[npt.NDArray[np.floating]],

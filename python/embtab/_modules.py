@@ -215,22 +215,22 @@ def check_bag_args(
                     f"give offsets[0] = 0 for one bag of them"
                 )
         elif check_values:
-            o = off.numpy()
-            if o[0] != 0:
+            o = np.ascontiguousarray(off.numpy())
+            code, bad, _ = _core.bag_csr(o, n, include_last_offset)  # one native pass
+            if code == 1:
                 raise ValueError(
                     f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
                 )
-            if (o[1:] < o[:-1]).any():
-                bad = int(np.flatnonzero(o[1:] < o[:-1])[0])
+            if code == 2:
                 raise ValueError(
                     f"offsets must be non-decreasing, got offsets[{bad}]={int(o[bad])} > "
                     f"offsets[{bad + 1}]={int(o[bad + 1])} (offsets shape {tuple(offsets.shape)})"
                 )
-            if o[-1] > n:
+            if code == 3:
                 raise ValueError(
                     f"offsets[-1]={int(o[-1])} exceeds the number of IDs in input (shape ({n},))"
                 )
-            if include_last_offset and o[-1] != n:
+            if code == 4:
                 raise ValueError(
                     f"with include_last_offset=True, offsets[-1] must equal the number of IDs "
                     f"in input ({n}), got {int(o[-1])}"

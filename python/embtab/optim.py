@@ -282,10 +282,14 @@ def _csr(idx: Tensor, offsets: Optional[Tensor], include_last_offset: bool) -> n
     if idx.dim() == 2:
         B, N = idx.shape
         return np.arange(B + 1, dtype=np.int64) * N
-    o = offsets.numpy()
-    if include_last_offset:
-        return np.ascontiguousarray(o, dtype=np.int64)
-    return np.concatenate([o, np.array([idx.shape[0]], dtype=np.int64)])
+    code, _, csr = _core.bag_csr(
+        np.ascontiguousarray(offsets.numpy()), idx.shape[0], include_last_offset
+    )
+    if code:  # the forward checked them: changed in place since?
+        raise RuntimeError(
+            "embtab.optim: the offsets of this forward were changed in place before its backward"
+        )
+    return csr
 
 
 class _FusedLookup(torch.autograd.Function):
@@ -383,13 +387,12 @@ class _FusedLookup(torch.autograd.Function):
 def grad_rows(grad: Tensor, d: int) -> np.ndarray:
     """``grad`` as the ``[rows, d]`` NumPy array the C++ step reads, copied only when its rows
     are not contiguous: a column slice of a wider gradient is read in place (its row stride),
-    and a gradient broadcast over the rows (a ``sum()`` loss's, row stride 0) as one row."""
+    a gradient broadcast over the rows (row stride 0) as one row, and one value broadcast over
+    rows and columns (a ``sum()`` loss's, strides (0, 0)) as one row of it (made by the step)."""
     g = grad if grad.dim() == 2 else grad.reshape(-1, d)
-    if g.shape[1] > 1 and g.stride(1) != 1 or g.stride(0) < 0:
-        if g.shape[0] and g.stride(0) == 0:
-            g = g[:1].contiguous().expand(g.shape[0], d)  # one row for all
-        else:
-            g = g.contiguous()
+    s0, s1 = g.stride()
+    if s0 < 0 or (g.shape[1] > 1 and s1 != 1 and (s0 != 0 or s1 != 0)):
+        g = g.contiguous()
     return g.detach().numpy()
 
 

@@ -271,7 +271,45 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
     res["breakdown"] = _breakdown(fm, raw, offsets, repeats)
     del fm
     gc.collect()
+    res["small_batch"] = _small_batches(fb, seed, repeats, threads, quick)
     return res
+
+
+SMALL_BATCH, SMALL_ROWS = 256, 10**5
+
+
+def _small_batches(fb, seed: int, repeats: int, threads: int, quick: bool) -> dict:
+    """Median seconds per Adagrad step on small batches (``SMALL_BATCH`` Zipf IDs in bags of 8
+    over a ``SMALL_ROWS`` x 64 table), where a step's fixed costs (Python, autograd, the calls
+    into native code) outweigh its work: fused Adagrad and row-wise Adagrad, ``nn.EmbeddingBag
+    (sparse=True)`` + ``torch.optim.Adagrad`` and FBGEMM's fused Adagrad when it imports."""
+    n, dim, bag = SMALL_ROWS, 64, 8
+    n_batches = 8 if quick else 64
+    ranks, raw, offsets = workload(n, SMALL_BATCH, n_batches, bag, seed + 1)
+    dense = [torch.from_numpy(r) for r in ranks]
+    csr = torch.arange(0, SMALL_BATCH + 1, bag)
+    impls, keep = {}, []
+    torch.manual_seed(seed)
+    ref = nn.EmbeddingBag(n, dim, mode="sum", sparse=True)
+    ref_opt = torch.optim.Adagrad(ref.parameters(), lr=LR, eps=1e-8)
+    keep += [ref, ref_opt]
+    impls["nn.EmbeddingBag(sparse) + torch Adagrad"] = lambda b: torch_step(
+        ref, ref_opt, dense[b], offsets
+    )
+    for name, opt in (("adagrad", eo.Adagrad(lr=LR, eps=1e-8)),
+                      ("rowwise_adagrad", eo.RowWiseAdagrad(lr=LR, eps=1e-8))):
+        fm = CuckooEmbeddingBag(n, dim, mode="sum", seed=seed, optimizer=opt, num_threads=threads)
+        keep.append(fm)
+        impls[f"embtab fused {name}"] = lambda b, m=fm: fused_step(m, raw[b], offsets)
+        if fb is not None:
+            tbe = fbgemm_tbe(fb, n, dim, name, 1e-8)
+            keep.append(tbe)
+            impls[f"FBGEMM TBE fused {name}"] = lambda b, t=tbe: fbgemm_step(t, dense[b], csr)
+    out = {"batch": SMALL_BATCH, "num_embeddings": n, "n_batches": n_batches,
+           "seconds_per_step": interleaved(impls, n_batches, repeats, warmup=True)}
+    del impls, keep
+    gc.collect()
+    return out
 
 
 def _breakdown(fm, raw: list, offsets, repeats: int) -> dict:
@@ -352,5 +390,12 @@ def format_markdown(r: dict) -> str:
             f"{b['remap_lookup_only'] * 1e3:.2f} ms, forward (remap included) "
             f"{b['forward'] * 1e3:.2f} ms, backward (the C++ step included) "
             f"{b['backward'] * 1e3:.2f} ms"
+        )
+    if "small_batch" in r:
+        sb = r["small_batch"]
+        parts = ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in sb["seconds_per_step"].items())
+        out.append(
+            f"- small batches ({sb['batch']} IDs in bags of {r['bag_size']}, a "
+            f"{sb['num_embeddings']:,}-row table; the fixed cost of a step): {parts}"
         )
     return "\n".join(out)
