@@ -1027,3 +1027,20 @@ def test_load_refuses_a_file_that_is_not_regular(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True,
                          timeout=120)
     assert "refused:" in out.stdout and "not a regular file" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_lookup_counts_absent_ids(threads):
+    """lookup(count_absent=True): the rows of lookup and the number of them that are -1, over
+    batches below and above the parallel grain (several chunks counted apart)."""
+    rng = np.random.default_rng(7)
+    t = embtab.CuckooTable(1000, num_threads=threads)
+    known = rng.integers(-(2**63), 2**63 - 1, 20_000, dtype=np.int64)
+    t.lookup_or_insert(known)
+    for n in (0, 1, 100, 40_000, 70_001):
+        ids = np.where(rng.random(n) < 0.3, rng.integers(0, 2**40, n), rng.choice(known, n))
+        ids = ids.astype(np.int64)
+        rows, absent = t.lookup(ids, count_absent=True)
+        want = t.lookup(ids)
+        assert np.array_equal(rows, want)
+        assert absent == int((want == -1).sum())

@@ -95,6 +95,20 @@ void bind_table(py::module_& m) {
                  return out;
              },
              py::arg("ids"), py::arg("num_threads"))
+        .def("lookup_counted",
+             [](const CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
+                 auto v = as_ids(ids, "ids");
+                 const int nt = check_threads(num_threads);
+                 auto out = rows_array(v.size);
+                 std::int64_t* o = out.mutable_data();
+                 std::size_t absent;
+                 {
+                     embtab_py::GilRelease release;
+                     absent = t.lookup(v.data, v.size, o, nt);
+                 }
+                 return py::make_tuple(out, absent);
+             },
+             py::arg("ids"), py::arg("num_threads"))
         .def("lookup_or_insert",
              [](CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
                  auto v = as_ids(ids, "ids");

@@ -803,12 +803,15 @@ class _CuckooBase(_AtomicLoad):
     def _remap_rows(self, ids: np.ndarray, rows: Optional[np.ndarray]) -> tuple[np.ndarray, bool]:
         """_remap's work, with gradient tracking off."""
         R = self.num_embeddings
+        n_absent = None
         if rows is None:
-            rows = self._table.lookup(ids, self.num_threads)
+            rows, n_absent = self._table.lookup(ids, self.num_threads, count_absent=True)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
-        # One pass finds whether any row has no ID (a reduction, with no mask built); a steady
-        # batch (every ID known, no padding) then needs no other pass over the batch.
-        if pad is None and (rows.size == 0 or int(rows.min()) >= 0):
+        # The lookup counts the IDs it did not find (else one reduction finds whether any row
+        # has no ID); a steady batch (every ID known, no padding) then needs no other pass over
+        # the batch.
+        if pad is None and (n_absent == 0 if n_absent is not None
+                            else rows.size == 0 or int(rows.min()) >= 0):
             neg = absent = None
             any_neg = False
         else:

@@ -136,9 +136,16 @@ class CuckooTable:
         """
         return self._t.lookup_or_insert(ids, check_threads(num_threads, default=self._num_threads))
 
-    def lookup(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
-        """Rows of ``ids`` (int64, shape (n,)), ``-1`` where an ID is absent. Never inserts."""
-        return self._t.lookup(ids, check_threads(num_threads, default=self._num_threads))
+    def lookup(self, ids: np.ndarray, num_threads: Optional[int] = None, *,
+               count_absent: bool = False):
+        """Rows of ``ids`` (int64, shape (n,)), ``-1`` where an ID is absent. Never inserts.
+
+        With ``count_absent=True``, returns ``(rows, absent)``: ``absent`` is how many entries
+        are ``-1``, counted during the lookup (no second pass over the rows)."""
+        nt = check_threads(num_threads, default=self._num_threads)
+        if count_absent:
+            return self._t.lookup_counted(ids, nt)
+        return self._t.lookup(ids, nt)
 
     @staticmethod
     def lookup_many(

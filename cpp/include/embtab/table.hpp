@@ -141,9 +141,10 @@ class CuckooTable {
 
     // lookup writes the row of each of keys[0..n) to rows_out, kNoRow where absent.
     // Reader: safe concurrently with everything. Parallel over the batch.
-    void lookup(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) const {
+    // Returns how many of the keys are absent (their rows_out is -1).
+    std::size_t lookup(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) const {
         std::shared_lock<RwLock> lock(mutex_);
-        lookup_unlocked(keys, n, rows_out, num_threads);
+        return lookup_unlocked(keys, n, rows_out, num_threads);
     }
 
     // contains writes 1 for each present key, else 0. Reader.
@@ -673,15 +674,23 @@ class CuckooTable {
     }
 
     // lookup_unlocked: lookup without taking the lock; the caller holds it (either kind).
-    void lookup_unlocked(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out, int num_threads) const {
+    // Returns the number of absent keys (counted as they are probed: a caller that needs to know
+    // whether any key is absent then reads no row again).
+    std::size_t lookup_unlocked(const std::uint64_t* keys, std::size_t n, std::int64_t* rows_out,
+                                int num_threads) const {
+        std::atomic<std::size_t> absent{0};
         parallel_for(n, num_threads, kParallelGrain, [&](std::size_t b, std::size_t e) {
             std::uint64_t second = 0;
+            std::size_t miss = 0;
             probe_batch(buckets_, keys + b, e - b, [&](std::size_t i, std::int64_t row, bool in_second) {
                 rows_out[b + i] = row;
                 second += in_second;
+                miss += row == kNoRow;
             });
             count_lookups(e - b, second);
+            if (miss) absent.fetch_add(miss, std::memory_order_relaxed);
         });
+        return absent.load(std::memory_order_relaxed);
     }
 
     // count_distinct counts the distinct keys among keys[misses[...]] (sorting a copy).
