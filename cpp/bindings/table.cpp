@@ -7,8 +7,9 @@
 #include <pybind11/stl.h>
 
 #include <memory>
-#include <vector>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common.hpp"
 #include "embtab/io.hpp"
@@ -59,6 +60,22 @@ py::dict config_dict(const embtab::TableConfig& c) {
     return d;
 }
 
+// lookup_rows: the rows of `ids` (-1 where absent) and how many are absent, the lookup run
+// without the GIL.
+std::pair<py::array_t<std::int64_t>, std::size_t> lookup_rows(const CuckooTable& t, const py::object& ids,
+                                                              std::int64_t num_threads) {
+    auto v = as_ids(ids, "ids");
+    const int nt = check_threads(num_threads);
+    auto out = rows_array(v.size);
+    std::int64_t* o = out.mutable_data();
+    std::size_t absent;
+    {
+        embtab_py::GilRelease release;
+        absent = t.lookup(v.data, v.size, o, nt);
+    }
+    return {std::move(out), absent};
+}
+
 }  // namespace
 
 void bind_table(py::module_& m) {
@@ -86,27 +103,13 @@ void bind_table(py::module_& m) {
              py::arg("seed"))
         .def("lookup",
              [](const CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
-                 auto v = as_ids(ids, "ids");
-                 const int nt = check_threads(num_threads);
-                 auto out = rows_array(v.size);
-                 std::int64_t* o = out.mutable_data();
-                 embtab_py::GilRelease release;
-                 t.lookup(v.data, v.size, o, nt);
-                 return out;
+                 return lookup_rows(t, ids, num_threads).first;
              },
              py::arg("ids"), py::arg("num_threads"))
         .def("lookup_counted",
              [](const CuckooTable& t, const py::object& ids, std::int64_t num_threads) {
-                 auto v = as_ids(ids, "ids");
-                 const int nt = check_threads(num_threads);
-                 auto out = rows_array(v.size);
-                 std::int64_t* o = out.mutable_data();
-                 std::size_t absent;
-                 {
-                     embtab_py::GilRelease release;
-                     absent = t.lookup(v.data, v.size, o, nt);
-                 }
-                 return py::make_tuple(out, absent);
+                 auto [rows, absent] = lookup_rows(t, ids, num_threads);
+                 return py::make_tuple(rows, absent);
              },
              py::arg("ids"), py::arg("num_threads"))
         .def("lookup_or_insert",
