@@ -623,7 +623,7 @@ STREAM3 = "stream:n_users=30,n_items=25,n_genres=3,n_windows=3"
     (lambda: ex.run_calibration(TINY, 1, lams=(0.0, 1.5)), ValueError, r"lams\[1\] must be"),
     (lambda: ex.run_collisions(TINY, 1, rows_per_id=()), ValueError, "rows_per_id must hold"),
     (lambda: ex.run_collisions(TINY, 1, rows_per_id=(0.0,)), ValueError, "rows_per_id must be > 0"),
-    (lambda: ex.personas.run_personas(TINY, 1, personas=(0,)), ValueError, r"personas\[0\] must be >= 1"),
+    (lambda: ex.personas.run_personas(TINY, 1, personas=(0,)), ValueError, r"personas\[0\] must be >= 2"),
     (lambda: ex.personas.run_personas(TINY, 1, budget=100), ValueError, "budget must be <= 10"),
     (lambda: ex.posthoc.run_posthoc(TINY, 1, candidates=9), ValueError, "candidates must be >= k = 10"),
     (lambda: ex.run_feedback(TINY, 1, arms=()), ValueError, "arms must hold at least one arm"),
@@ -667,7 +667,7 @@ def test_runner_overrides_reach_experiments_that_load_their_own_data(tmp_path, m
          {"rounds": 1, "etas": [0.0], "epochs_first": 1, "arms": ["cuckoo-d64", "oracle"],
           "candidates": 20}),
         ("personas", "synthetic", True,
-         {"dim": 4, "personas": [1, 2], "candidates": 20, "tune": False}),
+         {"dim": 4, "personas": [2], "candidates": 20, "tune": False}),
     ]
     for name, dataset, quick, kw in runs:
         out = tmp_path / name

@@ -335,6 +335,7 @@ def popularity_deciles(train_counts) -> np.ndarray:
 def exposure_counts(topk, n_items: int, k: int = 10) -> np.ndarray:
     """Times each item is shown in the top-k lists, int64 [I] (never shown: 0; padding, -1,
     is not an item and counts nowhere)."""
+    n_items = check_int(n_items, "n_items", min=0)
     top = _topk(topk, k, n_items)
     return np.bincount(top[top >= 0], minlength=n_items).astype(np.int64)
 
@@ -395,7 +396,10 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
         Item sets (e.g. the held-out test items): ``rel = 1`` for the user's items, 0 for the
         rest; the mean is then over users with at least one item, as recall@k. A float array
         gives ``rel`` in [0, 1] directly (per intent z when 3-D, with ``intent_weights``); the
-        mean is over all users.
+        mean is over all users. Item sets are a list of index arrays, a RowSets, an
+        Interactions or an ``(indptr, indices)`` tuple, not an integer ndarray: an integer or
+        bool ndarray could be either form (a 0/1 matrix was read as item indices), so it
+        raises ``TypeError`` (cast 0/1 values to float).
     c : int
         Consumption budget, >= 1.
     k : int
@@ -417,6 +421,13 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
         >>> round(consumed_utility_at_k([[2, 0, 1]], [[0, 1]], c=1, k=3, n_items=3), 4)
         0.8155
     """
+    if isinstance(relevance, np.ndarray) and relevance.dtype.kind in "biu":
+        # an integer matrix read as lists of item indices: a 0/1 relevance matrix meant as
+        # values gave another number than the same matrix as float
+        raise TypeError(f"relevance: an integer or bool array (dtype {relevance.dtype}, shape "
+                        f"{relevance.shape}) is ambiguous, item indices or 0/1 relevance "
+                        "values; pass values as a float array (relevance.astype(float)), "
+                        "item sets as a list of index arrays, a RowSets or (indptr, indices)")
     e = rerank.examination_probability(k)
     if isinstance(relevance, np.ndarray) and relevance.dtype.kind == "f":
         if relevance.ndim not in (2, 3):
@@ -557,13 +568,14 @@ def tail_share_at_k(topk, is_head, k: int = 10) -> float:
 
 def coverage_at_k(topk, n_items: int, k: int = 10) -> float:
     """coverage@k = distinct recommended items / all items (I = ``n_items``); padding (-1) is
-    no item, so 0.0 when every list is empty.
+    no item, so 0.0 when every list is empty. ``n_items`` must be >= 1.
 
     Example::
 
         >>> coverage_at_k([[0, 1], [1, 0]], 4, k=2)   # {0, 1} of 4
         0.5
     """
+    n_items = check_int(n_items, "n_items", min=1)   # (0 gave NaN and a RuntimeWarning)
     return float(np.count_nonzero(exposure_counts(topk, n_items, k)) / n_items)
 
 
@@ -695,7 +707,7 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
     k : int
     n_items : int, optional
         Needed only for the tuple/list forms of ``train``.
-    chunk : int
+    chunk : int >= 1
         Users scored at a time.
     candidates : bool [I], optional
         The items that may be listed (default all); the others are excluded like training
@@ -711,6 +723,8 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
         >>> oracle_topk(T(), [[1], []], k=2, n_items=3).tolist()   # user 0 has item 1
         [[2, 0], [0, 1]]
     """
+    k = check_int(k, "k", min=1)
+    chunk = check_int(chunk, "chunk", min=1)   # (a negative one listed nothing: all -1)
     s = as_row_sets(train, n_items, name="train")
     U, I = s.n_rows, s.n_cols
     if not 1 <= k <= I:

@@ -791,8 +791,9 @@ def smoothed_kl(p, q, alpha=0.01):
     Parameters
     ----------
     p, q : ndarray of float, shape [..., G]
-        Target and list distributions (rows need not be normalised): non-negative, not NaN,
-        the same G, shapes that broadcast; ``ValueError`` naming the argument otherwise.
+        Target and list distributions (rows need not be normalised): finite and non-negative
+        (no NaN or inf), the same G, shapes that broadcast; ``ValueError`` naming the argument
+        otherwise.
     alpha : float in [0, 1], default 0.01
 
     Returns
@@ -812,8 +813,9 @@ def smoothed_kl(p, q, alpha=0.01):
     for name, a in (("p", p), ("q", q)):
         if a.ndim == 0:
             raise ValueError(f"{name} must have a last axis of categories, got a scalar")
-        if not np.all(a >= 0):  # NaN fails it too
-            raise ValueError(f"{name} must be non-negative and not NaN (shape {a.shape})")
+        if not np.all(np.isfinite(a) & (a >= 0)):  # (+inf in q gave -inf)
+            raise ValueError(f"{name} must be non-negative and finite, no NaN or inf "
+                             f"(shape {a.shape})")
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(
             f"p and q must have the same number of categories (last axis), got shapes "

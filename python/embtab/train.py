@@ -627,11 +627,27 @@ def score_matrix(model: MFModel, train: Interactions, users=None, *,
                  exclude_train: bool = True) -> torch.Tensor:
     """Full-catalogue scores float32 [len(users), I] (all users when ``None``).
 
-    With ``exclude_train`` a user's training items score ``-inf``.
+    With ``exclude_train`` a user's training items score ``-inf``. ``users`` are dense user
+    indices in ``[0, U)`` (TypeError for a non-integer array, ValueError naming ``users``
+    for one out of range).
     """
-    rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
+    rows = np.arange(train.n_users) if users is None else _user_rows(users, train.n_users)
     return _scores(model, train, rows, item_vectors(model, train),
                    train.user_items() if exclude_train else None)
+
+
+def _user_rows(users, n_users: int) -> np.ndarray:
+    """``users`` as int64 [n], each a dense user index in [0, n_users); TypeError for a
+    non-integer array, ValueError naming ``users`` otherwise."""
+    a = np.asarray(users)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"users must hold integer user indices, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"users must be 1-D, got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= n_users):
+        raise ValueError(f"users must lie in [0, {n_users}), got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return a.astype(np.int64)
 
 
 def _scores(model: MFModel, train: Interactions, rows: np.ndarray, items: torch.Tensor,
@@ -652,8 +668,9 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
 
     Scores the full catalogue in chunks of ``chunk`` users. A user with fewer than k items
     left to recommend gets a shorter list, padded with -1 (:func:`embtab._research.
-    topk_indices`; docs/metrics.md).
+    topk_indices`; docs/metrics.md). ``k`` and ``chunk`` are ints >= 1.
     """
+    k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
     out = []
     items = item_vectors(model, train)
     sets = train.user_items() if exclude_train else None
@@ -667,8 +684,9 @@ def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.n
     """Most-popular baseline: the k most-interacted items each user has not trained on, [U, k].
 
     Ties by lower item index. Users are scored ``chunk`` at a time. Lists of users with fewer
-    than k untrained items are padded with -1.
+    than k untrained items are padded with -1. ``k`` and ``chunk`` are ints >= 1.
     """
+    k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
     counts = train.item_counts().astype(np.float64)
     # a score that orders by count, ties by lower index
     base = torch.from_numpy(counts - np.arange(train.n_items) / (train.n_items + 1.0))
@@ -687,9 +705,10 @@ def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
     """Random baseline: k uniformly random untrained items per user, seeded, [U, k].
 
     The result does not depend on ``chunk`` (users scored at a time). Lists of users with fewer
-    than k untrained items are padded with -1.
+    than k untrained items are padded with -1. ``k`` and ``chunk`` are ints >= 1.
     """
-    rng = np.random.default_rng(seed)
+    k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
+    rng = np.random.default_rng(check_seed(seed, "seed"))
     out = [np.zeros((0, k), dtype=np.int64)]
     sets = train.user_items()
     for start in range(0, train.n_users, chunk):

@@ -113,6 +113,14 @@ class RowSets:
         return self.n_rows
 
     def __getitem__(self, r: int) -> np.ndarray:
+        """The set of row ``r``; a negative ``r`` counts from the end, as in a list (``-1`` is
+        the last row). IndexError for a row out of range, TypeError for a non-integer."""
+        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, np.integer)):
+            raise TypeError(f"RowSets row must be an int, got {type(r).__name__}")
+        n = self.n_rows
+        if not -n <= r < n:   # (-1 gave [], the empty slice indptr[-1]:indptr[0])
+            raise IndexError(f"RowSets row {r} out of range for {n} rows")
+        r = int(r) % n
         return self.indices[self.indptr[r]:self.indptr[r + 1]]
 
     def lengths(self) -> np.ndarray:
@@ -130,8 +138,22 @@ class RowSets:
         return out
 
     def take_rows(self, rows) -> RowSets:
-        """The sets of the given rows, in that order, shape [len(rows), n_cols]."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """The sets of the given rows, in that order, shape [len(rows), n_cols].
+
+        ``rows`` are integers; a negative one counts from the end, as in :meth:`__getitem__`.
+        IndexError for a row out of range, TypeError for a non-integer array.
+        """
+        rows = np.asarray(rows)
+        if rows.size and rows.dtype.kind not in "iu":
+            raise TypeError(f"RowSets.take_rows: rows must be integers, got dtype {rows.dtype}")
+        rows = rows.ravel()
+        n = self.n_rows
+        if rows.size and (rows.max() >= n or (rows.dtype.kind == "i" and rows.min() < -n)):
+            bad = rows[(rows >= n) | (rows < -n)][0]   # (checked before a cast could wrap)
+            raise IndexError(f"RowSets row {bad} out of range for {n} rows")
+        rows = rows.astype(np.int64, copy=False)
+        if rows.size and rows.min() < 0:   # -1 read indptr[0] - indptr[-1]: negative lengths
+            rows = np.where(rows < 0, rows + n, rows)
         lengths = self.indptr[rows + 1] - self.indptr[rows]  # (not all rows' lengths: O(len(rows)))
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])

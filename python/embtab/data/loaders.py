@@ -602,6 +602,9 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         >>> load_dataset("synthetic:n_users=30,n_items=40,interactions_per_user=5").n_users
         30
     """
+    if not isinstance(spec, str):   # (None raised AttributeError from partition)
+        raise TypeError(f"spec must be a dataset spec string such as 'synthetic' or "
+                        f"'movielens:PATH', got {type(spec).__name__}")
     kind, _, arg = spec.partition(":")
     if kind in ("synthetic", "stream"):
         kwargs: dict = {"seed": seed}

@@ -120,8 +120,9 @@ class StreamTruth(Truth):
         ``half_life``, while the ratios between items of one window stay finite)."""
         w = _window(window, self.n_windows)
         age = w - self.item_birth
-        lv = -age * (math.log(2.0) / self.half_life) if math.isfinite(self.half_life) \
-            else np.zeros(self.n_items)
+        with np.errstate(over="ignore"):   # a huge rate · age: -inf, vitality 0
+            lv = -age * (math.log(2.0) / self.half_life) if math.isfinite(self.half_life) \
+                else np.zeros(self.n_items)
         return np.where(age >= 0, lv, -np.inf)
 
     def alive(self, window: int) -> np.ndarray:
@@ -202,7 +203,8 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
         Share of items born after window 0 (exactly ``round(share · I)`` items, born uniformly
         over windows 1 .. W−1); > 0 needs W >= 2.
     half_life : float > 0 or inf
-        Windows after which an item's vitality halves; inf: items never fade.
+        Windows after which an item's vitality halves; inf: items never fade. The decay rate
+        ln 2 / half_life must be finite (a subnormal half_life such as 5e-324 is refused).
     user_join_share : float in [0, 1)
         Share of users joining after window 0 (``round(share · U)``, uniformly over 1 .. W−1).
     activity_sigma : float >= 0
@@ -244,6 +246,11 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     if isinstance(half_life, bool) or not isinstance(half_life, numbers.Real) \
             or not half_life > 0 or math.isnan(half_life):
         raise ValueError(f"half_life must be a number > 0 (inf: no fading); got {half_life!r}")
+    if math.isfinite(half_life) and not math.isfinite(math.log(2.0) / half_life):
+        # the decay rate ln 2 / half_life overflowed: 0 · inf made every window-0 weight NaN
+        # and the stream came out empty
+        raise ValueError(f"half_life must be a number > 0 with a finite decay rate ln 2 / "
+                         f"half_life (inf: no fading); got {half_life!r}")
     if isinstance(interactions_per_window, bool) or \
             not isinstance(interactions_per_window, numbers.Real) or \
             not (interactions_per_window > 0 and math.isfinite(interactions_per_window)):
@@ -325,12 +332,15 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
         Must have ``timestamps``.
     n_windows : int, optional
         Default: the stream's own count for :func:`power_law_stream` data; required otherwise.
+        At most 2**63 (the window indices are int64). The cost does not grow with
+        ``n_windows`` beyond the N interactions: the window boundaries are listed only when
+        there are fewer of them than interactions.
 
     Raises
     ------
     ValueError
         ``data`` has no timestamps (message names the data set: file order is not a time
-        order), or ``n_windows`` is missing or < 1.
+        order), or ``n_windows`` is missing, < 1 or > 2**63.
 
     Example::
 
@@ -349,6 +359,8 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
                              "'stream:' data set knows its own window count)")
         n_windows = data.truth.n_windows
     n = _count(n_windows, "n_windows")
+    if n > 1 << 63:
+        raise ValueError(f"n_windows must be <= 2**63 (window indices are int64); got {n}")
     t = data.timestamps
     if t.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -357,6 +369,12 @@ def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray
         return t.astype(np.int64)   # the stream's own windows (see above)
     t0, t1 = int(t.min()), int(t.max())
     span = t1 - t0 + 1
+    if n - 1 > t.size:
+        # more boundaries than interactions (n_windows = 2**62 listed 2**62 of them): the
+        # formula itself, in Python ints, once per distinct timestamp
+        uniq, inverse = np.unique(t, return_inverse=True)
+        win = [(int(v) - t0) * n // span for v in uniq.tolist()]
+        return np.array(win, dtype=np.int64)[inverse.ravel()]
     # Window j starts at offset ceil(j * span / n) from t0 (Python ints). Offsets t - t0 are
     # in [0, span) and the starts in [0, span] (span <= 2**64, a start < 2**64): both fit in
     # uint64, where a start past INT64_MAX (span < n near the top of the range) does too.

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from embtab import metrics
+from embtab._checks import check_int
 from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.dims import fmt_ci
@@ -49,9 +50,11 @@ from embtab.experiments.report import dataset_line, finish_section
 from embtab.experiments.session import (
     Progress,
     Session,
+    choice_sweep,
     evaluate_lists,
     make_result,
     overrides_of,
+    real_sweep,
     reference_rows,
     seed_list,
     session_for,
@@ -369,7 +372,9 @@ def matched_difference(values: np.ndarray, treated: np.ndarray, group: np.ndarra
 
 def mean_percentile_rank(model: MFModel, train: Interactions, chunk: int = 1024) -> np.ndarray:
     """Per item, the mean over users without it in training of its percentile rank in the
-    user's scores over the items the user has not trained on (0 = top, 1 = bottom), [I]."""
+    user's scores over the items the user has not trained on (0 = top, 1 = bottom), [I];
+    ``chunk`` (an int >= 1) users at a time."""
+    chunk = check_int(chunk, "chunk", min=1)
     n_u, n_i = train.n_users, train.n_items
     total = np.zeros(n_i)
     count = np.zeros(n_i)
@@ -446,10 +451,10 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
         ``session`` is then not used).
     seeds : int or sequence of int
     budgets : sequence of float, optional
-        Fractions of :func:`reference_bytes` (default :data:`BUDGETS`, quick
+        Distinct fractions > 0 of :func:`reference_bytes` (default :data:`BUDGETS`, quick
         :data:`QUICK_BUDGETS`).
     designs : sequence of str, optional
-        Names of :data:`DESIGNS` (default all; quick :data:`QUICK_DESIGNS`).
+        Distinct names of :data:`DESIGNS` (default all; quick :data:`QUICK_DESIGNS`).
     tune : bool
         Pick lr, l2 and epochs per (budget, design, seed) on a validation split
         (:func:`embtab.experiments.tuning.tune`; the quick grid with ``quick``).
@@ -472,19 +477,16 @@ def run_budget(dataset: str | Interactions = "synthetic", seeds=5, *,
     if quick and isinstance(dataset, str) and dataset == "synthetic":
         train_overrides = overrides_of(train_overrides, session)
         dataset, session = QUICK_DATASET, None
-    s = session_for(dataset, train_overrides, progress, session)
     seeds = seed_list(seeds)
-    budgets = tuple(float(b) for b in (budgets if budgets is not None
-                                       else (QUICK_BUDGETS if quick else BUDGETS)))
-    designs = tuple(designs if designs is not None else (QUICK_DESIGNS if quick else DESIGNS))
-    if not designs:
-        raise ValueError(f"designs must hold at least one design of {list(DESIGNS)}, got ()")
-    for d in designs:
-        if d not in DESIGNS:
-            raise ValueError(f"designs: unknown design {d!r}; choose from {list(DESIGNS)}")
+    budgets = tuple(real_sweep(budgets if budgets is not None
+                               else (QUICK_BUDGETS if quick else BUDGETS), "budgets"))
+    designs = tuple(choice_sweep(designs if designs is not None
+                                 else (QUICK_DESIGNS if quick else list(DESIGNS)), "designs",
+                                 list(DESIGNS), "design"))
     for b in budgets:
-        if not (b > 0 and math.isfinite(b)):
+        if not b > 0:
             raise ValueError(f"budgets must be fractions > 0, got {b!r}")
+    s = session_for(dataset, train_overrides, progress, session)
     grid = QUICK_TUNING_GRID if quick else TUNING_GRID
     relevance = total_relevance(s.data.truth) if s.data.truth is not None else None
     base = s.config(seed=0)

@@ -102,11 +102,21 @@ def user_mix(data: Interactions, item_dist: np.ndarray) -> np.ndarray:
     return category_mix((data.users, data.items), item_dist, data.n_users)
 
 
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    """The logistic function of each finite value; -inf (an excluded item) stays -inf."""
+    fin = np.isfinite(values)
+    with np.errstate(over="ignore"):   # exp(-v) of a very negative v: inf, so 0
+        out = 1.0 / (1.0 + np.exp(-np.where(fin, values, 0.0)))
+    return np.where(fin, out, -np.inf)
+
+
 #: How E3 puts candidate scores on the scale of the KL term (per user, over its C candidates).
+#: Every scaling keeps an excluded item's -inf (it is never listed); the scores it gets hold no
+#: NaN or +inf (:func:`calibrated_lists` refuses them).
 SCORE_SCALINGS = {
     "minmax": ("per-user min-max over the C candidates", minmax),
     "raw": ("raw dot products", lambda v: v),
-    "sigmoid": ("sigmoid of the dot products", lambda v: 1.0 / (1.0 + np.exp(-v))),
+    "sigmoid": ("sigmoid of the dot products", _sigmoid),
     "rank": ("1 - rank/C", lambda v: np.where(np.isfinite(v), 1.0 - np.arange(v.shape[1])
                                               / v.shape[1], -np.inf)),
 }
@@ -121,14 +131,19 @@ def calibrated_lists(scores: np.ndarray, train: Interactions, item_dist: np.ndar
     Candidates are the top-``candidates`` items by score; their scores are min-max scaled per
     user (``score_scaling``, a key of :data:`SCORE_SCALINGS`); the target p is each user's
     training category distribution under ``item_dist``. Items scored ``-inf`` (excluded) are
-    never listed: a user with fewer than k others gets a short list padded with -1.
+    never listed, under every scaling: a user with fewer than k others gets a short list padded
+    with -1. A NaN or +inf score (a diverged model) raises ``ValueError`` naming ``scores``.
     """
     rows = np.arange(train.n_users) if users is None else np.asarray(users, dtype=np.int64)
-    C = min(int(candidates), scores.shape[1])
-    values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
     if score_scaling not in SCORE_SCALINGS:
         raise ValueError(f"score_scaling must be one of {sorted(SCORE_SCALINGS)}, "
                          f"got {score_scaling!r}")
+    C = min(int(candidates), scores.shape[1])
+    values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
+    if np.isposinf(values).any():   # (NaN: topk refuses it, naming the row)
+        u = int(np.nonzero(np.isposinf(values))[0][0])
+        raise ValueError(f"scores row {u} holds +inf (a diverged model?): scores must be "
+                         "finite, or -inf for an excluded item")
     scaled = SCORE_SCALINGS[score_scaling][1](values.astype(np.float64))
     target = user_mix(train, item_dist)[rows]
     # a user with fewer than k listable items gets a short list (-1 padding), never an

@@ -67,13 +67,12 @@ def run_dims_grid(dataset: str = GRID_BASE, seeds=5, *, ranks: Sequence[int] = G
     if "rank=" in base or "zipf_s=" in base:
         raise ValueError(f"the dims-grid dataset must not set rank or zipf_s (the grid does); "
                          f"got {dataset!r}")
-    if not ranks or not zipfs:
-        raise ValueError(f"ranks and zipfs must be non-empty; got {ranks!r}, {zipfs!r}")
     t0 = time.perf_counter()
-    train_overrides = overrides_of(train_overrides, session)
-    seed_list(seeds)
+    # (each refuses an empty sweep by name; `not ranks` failed on a NumPy array)
     ranks, zipfs = int_sweep(ranks, "ranks"), real_sweep(zipfs, "zipfs", low=0.0)
     dims = int_sweep(dims, "dims")
+    train_overrides = overrides_of(train_overrides, session)
+    seed_list(seeds)
     sep = "," if ":" in base else ":"
     # every cell's data set is generated (and checked) before any training, so that a cell the
     # base cannot hold (e.g. a rank above min(n_users, n_items)) fails at once, not after the

@@ -122,6 +122,7 @@ import numpy as np
 import torch
 
 from embtab import metrics, rerank
+from embtab._checks import check_int
 from embtab._research import ALPHA, K, category_mix, topk_indices
 from embtab.data import GroundTruth, Interactions, LatentTruth, Truth, load_dataset
 from embtab.experiments.calibration import calibrated_lists, item_distribution, minmax, user_mix
@@ -132,6 +133,7 @@ from embtab.experiments.session import (
     check_candidates,
     check_enough_items,
     overrides_of,
+    real_sweep,
     seed_list,
 )
 from embtab.rerank import smoothed_kl
@@ -392,7 +394,9 @@ def matched_pairs(truth: Truth, chunk: int = 1024) -> np.ndarray:
 
     Each user u is paired with v ≠ u maximising the cosine similarity of p(·|u) and p(·|v)
     (ties by lower index); the pairs are unordered (low index first), each listed once, sorted.
+    ``chunk`` (an int >= 1) users are scored at a time.
     """
+    chunk = check_int(chunk, "chunk", min=1)
     U = truth.n_users
     if U < 2:
         return np.zeros((0, 2), dtype=np.int64)
@@ -737,16 +741,16 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         ``quick`` the smaller ``QUICK["dataset"]``) or a data set.
     seeds : int or sequence
         A count (0..N−1) or a list.
-    rounds : int, optional
+    rounds : int >= 1, optional
         10 (5 with ``quick``).
     arms : sequence of str or Arm
         Names of :data:`ARMS` or :class:`Arm` objects; an exogenous arm after the arm it
         matches. Homogenisation and utility ratios need the ``oracle`` arm.
     etas : sequence of float in [0, 1]
-        Drift rates; each gets its own loops (same seeds; the same random numbers for the
+        Distinct drift rates; each gets its own loops (same seeds; the same random numbers for the
         acceptance draws, while an exogenous arm's draws are seeded with η as well, so its
         η-vs-0 contrast is paired by seed but does not share those draws).
-    epochs_first, epochs_per_round : int, optional
+    epochs_first, epochs_per_round : int >= 0, optional
         The warm-start schedule, 10 and 2 (5 and 1 with ``quick``); the frozen arm trains once
         for their total by round T.
     candidates : int
@@ -770,10 +774,12 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     candidates = check_candidates(candidates)
     full = {"rounds": 10, "epochs_first": 10, "epochs_per_round": 2}
     pick = QUICK if quick else full
-    rounds = pick["rounds"] if rounds is None else int(rounds)
-    epochs_first = pick["epochs_first"] if epochs_first is None else int(epochs_first)
+    rounds = pick["rounds"] if rounds is None else check_int(rounds, "rounds", min=1)
+    epochs_first = pick["epochs_first"] if epochs_first is None \
+        else check_int(epochs_first, "epochs_first", min=0)
     epochs_per_round = pick["epochs_per_round"] if epochs_per_round is None \
-        else int(epochs_per_round)
+        else check_int(epochs_per_round, "epochs_per_round", min=0)
+    etas = real_sweep(etas, "etas", low=0.0, high=1.0)
     train_overrides = overrides_of(train_overrides, session)
     if isinstance(dataset, str):
         spec = (QUICK["dataset"] if quick else DEFAULT_DATASET) if dataset == "synthetic" \
@@ -786,9 +792,6 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     if data is None or isinstance(data.truth, StreamTruth):   # before any work
         raise _stream_refused(spec)
     check_enough_items(data)
-    etas = [float(e) for e in etas]
-    if not etas or any(not 0.0 <= e <= 1.0 for e in etas):
-        raise ValueError(f"etas must be a non-empty list of values in [0, 1]; got {etas}")
     arm_list = _resolve_arms(arms)
     seeds = seed_list(seeds)
     truth, truth_kind = _truth_of(data, truth_epochs)

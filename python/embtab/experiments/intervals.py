@@ -104,10 +104,15 @@ def interval(values) -> dict:
     nan = float("nan")
     if n == 0:
         return {"mean": nan, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 0}
-    mean = float(a.mean())
+    # values near the float limit are scaled by a power of 2 (exact): the sum and the squares
+    # overflowed (two 1e308 gave mean inf)
+    top = float(np.abs(a).max())
+    scale = 2.0 ** (int(np.frexp(top)[1]) - 1) if top > 1e300 else 1.0   # |a| / scale < 2
+    b = a / scale
+    mean = float(b.mean() * scale)
     if n == 1:
         return {"mean": mean, "sd": nan, "ci95_low": nan, "ci95_high": nan, "n": 1}
-    sd = float(a.std(ddof=1))
+    sd = float(b.std(ddof=1) * scale)
     if sd <= 1e-12 * max(float(np.abs(a).max()), 1.0):   # the same value on every seed
         return {"mean": mean, "sd": 0.0, "ci95_low": nan, "ci95_high": nan, "n": n}
     half = student_t_975(n - 1) * sd / math.sqrt(n)

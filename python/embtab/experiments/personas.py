@@ -83,7 +83,8 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
         The single-vector dimension d; a K-persona model gets d/K per persona (d divisible
         by every K).
     personas : sequence of int
-        The persona counts K > 1 to compare.
+        The distinct persona counts K > 1 to compare with the single-vector model (K = 1,
+        always run); ``ValueError`` naming ``personas`` for a K <= 1.
     lam, candidates : float, int
         Steck's λ and the candidate count C of both rerankers.
     budget : int
@@ -102,12 +103,13 @@ def run_personas(dataset: str | Interactions = "synthetic", seeds=5, *, dim: int
     """
     t0 = time.perf_counter()
     train_overrides = overrides_of(train_overrides, session)
-    personas = int_sweep(personas, "personas")
+    # K = 1 is the single-vector arm, always run: a sweep of (1,) ran no persona arm at all
+    personas = int_sweep(personas, "personas", min=2)
     candidates = check_candidates(candidates)
     budget = check_int(budget, "budget", min=1, max=K)
     dim = check_int(dim, "dim", min=1)
     seed_list(seeds)
-    ks = [1] + [int(x) for x in personas if int(x) != 1]
+    ks = [1] + personas
     for kk in ks:
         if dim % kk:
             raise ValueError(f"dim={dim} must be divisible by every persona count; got {kk}")

@@ -60,8 +60,9 @@ def popcal_lists(model, train: Interactions, item_dist: np.ndarray, candidates: 
     Scores ``chunk`` users at a time (training items masked) and reranks them with
     :func:`embtab.experiments.calibration.calibrated_lists` over the categories ``item_dist``.
     A user with fewer than 10 untrained items gets a shorter list, padded with -1
-    (:func:`embtab.train.drop_excluded`).
+    (:func:`embtab.train.drop_excluded`). ``chunk`` is an int >= 1.
     """
+    chunk = check_int(chunk, "chunk", min=1)
     lists: dict = {}
     for start in range(0, train.n_users, chunk):
         users = np.arange(start, min(start + chunk, train.n_users))

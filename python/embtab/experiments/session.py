@@ -102,8 +102,26 @@ def check_has_test_items(data: Interactions, spec: str | None = None) -> None:
 
 
 def session_for(dataset, train_overrides, progress, session) -> Session:
-    """``session`` when given (shared by several experiments), else a new one."""
-    return session if session is not None else Session(dataset, train_overrides, progress)
+    """``session`` when given (shared by several experiments), else a new one.
+
+    With a ``session``, ``dataset`` must be its data set (its spec, or the very
+    :class:`Interactions` it holds) and ``train_overrides`` None or the session's overrides:
+    ``ValueError`` otherwise (both were silently dropped, so a run reported another data set
+    or training setting than the one asked for).
+    """
+    if session is None:
+        return Session(dataset, train_overrides, progress)
+    same = dataset is session.data if isinstance(dataset, Interactions) else (
+        isinstance(dataset, str) and dataset == session.spec)
+    if not same:
+        asked = dataset if isinstance(dataset, str) else getattr(dataset, "name", dataset)
+        raise ValueError(f"dataset {asked!r} is not the data set of the shared session "
+                         f"({session.spec!r}); pass the session's data set, or no session")
+    if train_overrides is not None and dict(train_overrides) != session.overrides:
+        raise ValueError(f"train_overrides {dict(train_overrides)!r} differ from those of the "
+                         f"shared session ({session.overrides!r}); pass None (the session's), "
+                         "or no session")
+    return session
 
 
 def overrides_of(train_overrides, session) -> dict | None:
@@ -211,6 +229,24 @@ def real_sweep(values, name: str, *, low: float | None = None, high: float | Non
         out.append(x)
     if not out:
         raise ValueError(f"{name} must hold at least one value, got {values!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must hold distinct values, got {out}")
+    return out
+
+
+def choice_sweep(values, name: str, choices: Sequence[str], noun: str = "name") -> list:
+    """The values of an experiment's sweep of names (``designs``, ...): a non-empty sequence
+    (not a string) of distinct names from ``choices``, checked before anything runs. TypeError
+    names ``name`` for a string or a non-sequence; ValueError for an empty sweep, an unknown
+    ``noun`` or a repeated one (its rows were doubled and its intervals took n = 2 × seeds)."""
+    out = _sequence(values, name, f"a sequence of {noun}s from {list(choices)}")
+    if not out:
+        raise ValueError(f"{name} must hold at least one {noun} of {list(choices)}, got "
+                         f"{values!r}")
+    for v in out:
+        if not isinstance(v, str) or v not in choices:
+            raise ValueError(f"{name}: unknown {noun} {v!r}; {name} must be {noun}s from "
+                             f"{list(choices)}")
     if len(set(out)) != len(out):
         raise ValueError(f"{name} must hold distinct values, got {out}")
     return out

@@ -51,7 +51,7 @@ from embtab.experiments.intervals import direction_sentence, interval, summary_w
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
-from embtab.experiments.session import Progress, check_enough_items, seed_list
+from embtab.experiments.session import Progress, check_enough_items, choice_sweep, seed_list
 from embtab.experiments.truth import total_relevance
 from embtab.train import OnlineTrainer, TrainConfig, score_matrix, table_bytes
 
@@ -275,11 +275,11 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         set is the same for every seed.
     n_windows : int, optional
         Default: the stream's own; :data:`REAL_WINDOWS` (:data:`QUICK_REAL_WINDOWS` with
-        ``quick``) for real data.
+        ``quick``) for real data, where it must not exceed the number of interactions.
     dim : int
         Embedding dimension of every table.
     designs : sequence of str
-        A subset of :data:`DESIGNS`.
+        Distinct names of :data:`DESIGNS`.
     start_rows : int, optional
         Item rows every design starts with (default: the distinct items of window 0, at least 2).
     expire_windows : float > 0
@@ -302,9 +302,7 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
         design, window, seed), ``summary`` with intervals, ``contrasts``.
     """
     t0 = time.perf_counter()
-    bad = [d for d in designs if d not in DESIGNS]
-    if bad or not designs:
-        raise ValueError(f"designs must be a non-empty subset of {DESIGNS}; got {list(designs)}")
+    designs = choice_sweep(designs, "designs", DESIGNS, "design")
     if not (expire_windows > 0 and math.isfinite(expire_windows)):
         raise ValueError(f"expire_windows must be a finite number > 0; got {expire_windows!r}")
     seeds = seed_list(seeds)
@@ -330,6 +328,10 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     if W < 2:
         raise ValueError(f"the stream needs n_windows >= 2 (train on one, test on the next); "
                          f"got {W}")
+    if W > max(data.n_interactions, 2):   # (every window is listed: 2**62 ran out of memory)
+        raise ValueError(f"n_windows must be at most the {data.n_interactions} interactions "
+                         f"of data set {spec!r} (more windows than interactions are empty by "
+                         f"construction); got {W}")
     counts = np.bincount(win, minlength=W)
     empty = [int(w) for w in np.flatnonzero(counts == 0)]
     if W - len(empty) < 2:
