@@ -6,7 +6,8 @@ Usage (from the repository root, the package built or installed):
 
 - C++ harnesses (compiled here with g++ against ``--include``, default this checkout's
   cpp/include): the fused step alone on the issue-16 batches (``fused_step.cpp``, every
-  optimizer at 1 and 2 threads), the pooling of one such batch (``pool_bags.cpp``) and a
+  optimizer at 1 and 2 threads), the pooling of one such batch (``pool_bags.cpp``), the
+  pooling of the 26-table collection's shape (``pool_collection.cpp``) and a
   10^7-key table build (``table_build.cpp``, load factor 0.9
   and 0.95, 1 and 2 threads). Point ``--include`` at another commit's cpp/include to compare.
 - ``--ab OTHER``: only the fused step of two builds side by side in one process
@@ -64,7 +65,7 @@ def cpp_parts(include: str, rng) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows_file = os.path.join(tmp, "rows.bin")
         issue16_rows(rng).tofile(rows_file)
-        for name in ("fused_step", "table_build", "pool_bags"):
+        for name in ("fused_step", "table_build", "pool_bags", "pool_collection"):
             subprocess.run(["g++", "-O3", "-std=c++17", "-ffp-contract=off", "-I", include,
                             str(HERE / f"{name}.cpp"), "-o", os.path.join(tmp, name), "-lpthread"],
                            check=True)
@@ -76,6 +77,9 @@ def cpp_parts(include: str, rng) -> None:
                 print("  " + out.strip())
         print("\nPooling of one batch, 8,192 bags of 8 x 64 float32 (C++, min/median of 400 calls):")
         out = subprocess.run([os.path.join(tmp, "pool_bags"), rows_file], check=True, capture_output=True,
+                             text=True).stdout
+        print("  " + out.strip())
+        out = subprocess.run([os.path.join(tmp, "pool_collection")], check=True, capture_output=True,
                              text=True).stdout
         print("  " + out.strip())
         print("\nTable build of 10^7 keys from empty (C++, three builds):")

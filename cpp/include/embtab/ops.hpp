@@ -344,45 +344,97 @@ inline constexpr std::size_t kPoolBlock = 128 / sizeof(T);
 // pool_block adds the entries [e0, e1) of rows into acc[0, jn) for columns [j0, j0 + jn) of
 // weight (d columns; JN: jn when known at compile time, 0 otherwise), in entry order from 0,
 // times psw[i] when psw is set; skip_row entries left out. The rows were range-checked.
+//
+// acc starts as 0 + the first kept entry (the same bits as a sum from 0). A loop that zeroes
+// acc first compiled to `rep stos`, and the adds' loads of acc then waited for those stores
+// (bench/README.md, "Pooling without a zeroing loop"). The widths known at compile time (a
+// block of 128 bytes, half of one) sum in 32-byte vectors of GCC's vector extension: with a
+// plain loop over a 16-float block GCC unrolled the loop before vectorising it, and the
+// 64-byte rows of d = 16 float32 (a collection's usual width) were summed one float at a time.
+// Each lane adds in entry order as the scalar loop does, so the bits are the same.
+template <class T>
+struct PoolVecOf;
+template <>
+struct PoolVecOf<float> {
+    typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct PoolVecOf<double> {
+    typedef double type __attribute__((vector_size(32)));
+};
+template <class T>
+using PoolVec = typename PoolVecOf<T>::type;
+
+template <class T>
+__attribute__((always_inline)) inline void pool_load(PoolVec<T>& v, const T* p) noexcept {
+    std::memcpy(&v, p, sizeof(v));
+}
+
 template <class T, std::size_t JN>
 __attribute__((always_inline)) inline void pool_block(const T* __restrict weight, std::size_t d,
                                                       const std::int64_t* __restrict rows, const T* __restrict psw,
                                                       std::int64_t skip_row, std::int64_t e0, std::int64_t e1,
                                                       std::size_t j0, std::size_t jn, T* __restrict acc) noexcept {
-    const std::size_t n_cols = JN != 0 ? JN : jn;
-    // acc starts as 0 + the first kept entry (the same bits as a sum from 0). A loop that
-    // zeroes acc first compiles to `rep stos`, and the adds' loads of acc then wait for those
-    // stores: 17-23% of the pooling's time for d = 64 float32 (bench/README.md, "Pooling").
     std::int64_t i0 = e0;
     while (i0 < e1 && rows[i0] == skip_row) ++i0;
-    if (i0 == e1) {
-        for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0);
-        return;
-    }
-    {
-        const T* __restrict w = weight + static_cast<std::size_t>(rows[i0]) * d + j0;
-        if (psw != nullptr) {
-            const T s = psw[i0];
-            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + s * w[j];
+    if constexpr (JN != 0 && JN * sizeof(T) % 32 == 0) {
+        using V = PoolVec<T>;
+        constexpr std::size_t L = 32 / sizeof(T), NV = JN / L;
+        V a[NV];
+        V x;
+        if (i0 == e1) {
+            for (std::size_t k = 0; k < NV; ++k) a[k] = V{};
         } else {
-            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + w[j];
+            const T* __restrict w = weight + static_cast<std::size_t>(rows[i0]) * d + j0;
+            const T s0 = psw != nullptr ? psw[i0] : T(1);
+            for (std::size_t k = 0; k < NV; ++k) {
+                pool_load<T>(x, w + k * L);
+                a[k] = psw != nullptr ? V{} + s0 * x : V{} + x;
+            }
+            for (std::int64_t i = i0 + 1; i < e1; ++i) {
+                const std::int64_t r = rows[i];
+                if (r == skip_row) continue;
+                const T* __restrict wi = weight + static_cast<std::size_t>(r) * d + j0;
+                if (psw != nullptr) {
+                    const T s = psw[i];
+                    for (std::size_t k = 0; k < NV; ++k) {
+                        pool_load<T>(x, wi + k * L);
+                        a[k] = a[k] + s * x;
+                    }
+                } else {
+                    for (std::size_t k = 0; k < NV; ++k) {
+                        pool_load<T>(x, wi + k * L);
+                        a[k] = a[k] + x;
+                    }
+                }
+            }
         }
-    }
-    e0 = i0 + 1;
-    if (psw != nullptr) {
-        for (std::int64_t i = e0; i < e1; ++i) {
-            const std::int64_t r = rows[i];
-            if (r == skip_row) continue;
-            const T* __restrict w = weight + static_cast<std::size_t>(r) * d + j0;
-            const T s = psw[i];
-            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + s * w[j];
-        }
+        std::memcpy(acc, a, sizeof(a));
     } else {
-        for (std::int64_t i = e0; i < e1; ++i) {
+        const std::size_t n_cols = JN != 0 ? JN : jn;
+        if (i0 == e1) {
+            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0);
+            return;
+        }
+        {
+            const T* __restrict w = weight + static_cast<std::size_t>(rows[i0]) * d + j0;
+            if (psw != nullptr) {
+                const T s = psw[i0];
+                for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + s * w[j];
+            } else {
+                for (std::size_t j = 0; j < n_cols; ++j) acc[j] = T(0) + w[j];
+            }
+        }
+        for (std::int64_t i = i0 + 1; i < e1; ++i) {
             const std::int64_t r = rows[i];
             if (r == skip_row) continue;
             const T* __restrict w = weight + static_cast<std::size_t>(r) * d + j0;
-            for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + w[j];
+            if (psw != nullptr) {
+                const T s = psw[i];
+                for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + s * w[j];
+            } else {
+                for (std::size_t j = 0; j < n_cols; ++j) acc[j] = acc[j] + w[j];
+            }
         }
     }
 }
