@@ -347,8 +347,27 @@ def test_bag_csr_checks_offsets_against_a_reference():
         _core.bag_csr(np.zeros(3, np.int32), 3, False)
     with pytest.raises(TypeError, match="C-contiguous"):
         _core.bag_csr(np.zeros(6, np.int64)[::2], 3, False)
+    code, _, csr = _core.bag_csr(np.zeros(0, np.int64), 0, False)  # no bags
+    assert code == 0 and csr.tolist() == [0]
     with pytest.raises(ValueError, match="empty"):
-        _core.bag_csr(np.zeros(0, np.int64), 3, False)
+        _core.bag_csr(np.zeros(0, np.int64), 0, True)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_fused_bag_step_on_a_batch_of_no_bags(mode):
+    """A fused bag module's forward and backward on no bags (empty IDs and offsets): a (0, d)
+    output, the step counted, no row moved (as torch's EmbeddingBag accepts the batch)."""
+    import embtab.nn
+    import embtab.optim
+
+    m = embtab.nn.CuckooEmbeddingBag(8, 3, mode=mode, optimizer=embtab.optim.SGD(lr=0.1))
+    m(torch.tensor([5, 6]), torch.tensor([0])).sum().backward()
+    before = m.weight.detach().clone()
+    out = m(torch.tensor([], dtype=torch.int64), torch.tensor([], dtype=torch.int64))
+    assert out.shape == (0, 3)
+    out.sum().backward()
+    assert int(m.opt_step) == 2
+    assert torch.equal(m.weight.detach(), before)
 
 
 def test_fused_backward_refuses_offsets_changed_after_the_forward():

@@ -233,7 +233,8 @@ void bind_ops(py::module_& m) {
             // its fused backward call this on every step: the NumPy checks and concatenation it
             // replaces took 50-100 us a step on issue 16's batches, their caches cold after the
             // native passes). Returns (code, index, csr): code 0 and the CSR offsets (num_bags
-            // + 1 entries, the last n) when they are valid, else what is wrong and csr None:
+            // + 1 entries, the last n; [n] for no bags) when they are valid, else what is wrong
+            // and csr None:
             // 1 offsets[0] != 0; 2 offsets[index] > offsets[index + 1]; 3 offsets[-1] > n;
             // 4 include_last_offset and offsets[-1] != n. The caller words the error.
             if (!py::isinstance<py::array>(off_obj)) throw py::type_error("offsets must be a numpy.ndarray");
@@ -242,13 +243,20 @@ void bind_ops(py::module_& m) {
                 !embtab_py::native_order(off) || !(off.flags() & py::array::c_style)) {
                 throw py::type_error("offsets must be a 1-D C-contiguous int64 array, got " + embtab_py::dtype_str(off));
             }
-            if (off.shape(0) == 0) throw py::value_error("offsets must not be empty");
             if (n < 0) throw py::value_error("n must be >= 0");
             const auto m = static_cast<std::size_t>(off.shape(0));
             const auto* o = static_cast<const std::int64_t*>(off.data());
             auto result = [](int code, std::size_t index, py::object csr) {
                 return py::make_tuple(code, index, std::move(csr));
             };
+            if (m == 0) {  // no bags: the CSR is [n] (a module's forward allows this only for n = 0)
+                if (include_last_offset) {
+                    throw py::value_error("offsets must not be empty with include_last_offset=True");
+                }
+                py::array_t<std::int64_t> csr(1);
+                csr.mutable_data()[0] = n;
+                return result(0, 0, std::move(csr));
+            }
             if (o[0] != 0) return result(1, 0, py::none());
             for (std::size_t i = 0; i + 1 < m; ++i)
                 if (o[i + 1] < o[i]) return result(2, i, py::none());

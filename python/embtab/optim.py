@@ -285,9 +285,10 @@ def _csr(idx: Tensor, offsets: Optional[Tensor], include_last_offset: bool) -> n
     code, _, csr = _core.bag_csr(
         np.ascontiguousarray(offsets.numpy()), idx.shape[0], include_last_offset
     )
-    if code:  # the forward checked them: changed in place since?
+    if code:  # the forward checked them: edited in place since (a valid edit is not seen)
         raise RuntimeError(
-            "embtab.optim: the offsets of this forward were changed in place before its backward"
+            "embtab.optim: the offsets of this forward were changed in place before its "
+            "backward and are no longer valid bag offsets; no row was stepped"
         )
     return csr
 
