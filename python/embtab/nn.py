@@ -2660,12 +2660,11 @@ class _BagCollection(_AtomicLoad):
                 csr = torch.arange(n_bags + 1, dtype=torch.int64) * width
             elif last:
                 csr, n_bags = off, off.numel() - 1
-            else:  # offsets and the end of the last bag
+            else:  # offsets and the end of the last bag (checked above: code 0)
                 n_bags = off.numel()
-                c = np.empty(n_bags + 1, dtype=np.int64)
-                c[:n_bags] = off.numpy()
-                c[n_bags] = flat.size
-                csr = torch.from_numpy(c)
+                csr = torch.from_numpy(
+                    _core.bag_csr(np.ascontiguousarray(off.numpy()), flat.size, False)[2]
+                )
             if B is None:
                 B, B_from = n_bags, f
             elif n_bags != B:
