@@ -167,12 +167,17 @@ def check_bag_args(
     include_last_offset: bool,
     weight: Tensor,
     check_values: bool = True,
-) -> Optional[Tensor]:
+    want_csr: bool = False,
+):
     """Validate EmbeddingBag arguments before anything is remapped; return offsets on CPU or None.
 
     ``check_values=False`` checks types and shapes only (no read of the offsets' values), so
-    it traces under ``torch.compile``/``torch.export`` without a graph break.
+    it traces under ``torch.compile``/``torch.export`` without a graph break. ``want_csr``
+    (with ``check_values``): return ``(offsets, csr)``, ``csr`` the bags' CSR offsets as an int64
+    NumPy array (num_bags + 1 entries, the last the number of IDs), made by the same native
+    pass that checks them; None for 2-D input.
     """
+    csr = None
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError(
@@ -203,6 +208,7 @@ def check_bag_args(
                else offsets.detach().cpu().to(torch.int64))  # (an integer tensor has no grad)
         n = input.shape[0]
         if off.numel() == 0:
+            csr = np.zeros(1, dtype=np.int64)
             # No bags: torch's EmbeddingBag returns (0, d), and ignores any IDs given.
             if include_last_offset:
                 raise ValueError(
@@ -216,7 +222,7 @@ def check_bag_args(
                 )
         elif check_values:
             o = np.ascontiguousarray(off.numpy())
-            code, bad, _ = _core.bag_csr(o, n, include_last_offset)  # one native pass
+            code, bad, csr = _core.bag_csr(o, n, include_last_offset)  # one native pass
             if code == 1:
                 raise ValueError(
                     f"offsets[0] must be 0, got {int(o[0])} (offsets shape {tuple(offsets.shape)})"
@@ -270,7 +276,7 @@ def check_bag_args(
                 f"per_sample_weights must be on the weight's device {weight.device}, got "
                 f"{per_sample_weights.device} (shape {tuple(per_sample_weights.shape)})"
             )
-    return off
+    return (off, csr) if want_csr else off
 
 
 # optimizer state ////////////////////////////////////////////////////////////////////////////

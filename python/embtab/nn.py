@@ -2650,21 +2650,17 @@ class _BagCollection(_AtomicLoad):
             bag = self.embedding_bags[self._table_of[f]]
             try:
                 flat, _ = _as_id_array(ids, "ids")
-                off = _check_bag_args(
-                    ids, offsets, psw.get(f), bag.mode, last, bag.weight
+                off, csr = _check_bag_args(
+                    ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
                 )
             except (TypeError, ValueError) as e:
                 raise type(e)(f"features[{f!r}]: {e}") from None
             if off is None:
                 n_bags, width = ids.shape
                 csr = torch.arange(n_bags + 1, dtype=torch.int64) * width
-            elif last:
-                csr, n_bags = off, off.numel() - 1
-            else:  # offsets and the end of the last bag (checked above: code 0)
-                n_bags = off.numel()
-                csr = torch.from_numpy(
-                    _core.bag_csr(np.ascontiguousarray(off.numpy()), flat.size, False)[2]
-                )
+            else:  # the offsets and the end of the last bag, made by the check
+                n_bags = len(csr) - 1
+                csr = torch.from_numpy(csr)
             if B is None:
                 B, B_from = n_bags, f
             elif n_bags != B:
