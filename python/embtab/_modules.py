@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from embtab import _core
+from embtab._ops import is_compiling
 
 # torch has loaded GNU OpenMP by now: embtab's parallel loops can run on its team
 # (embtab.set_thread_pool).
@@ -48,18 +49,12 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
     return t if dt == torch.int64 else t.to(torch.int64)
 
 
-def _compiling() -> bool:
-    f = getattr(torch.compiler, "is_compiling", None)
-    return bool(f is not None and f())
-
-
 def _keep_dtype_check(input: Tensor, dt: torch.dtype) -> None:
     """Under torch.compile/torch.export, record a check that ``input`` has dtype ``dt`` when
     the traced program runs: the check above runs only while tracing, and an exported program
     does not check its inputs' dtypes (float IDs fed to it would be matched by value, bool ones
     read as 0 and 1). Fed another dtype, the program raises RuntimeError."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    if is_compiling is None or not is_compiling():
+    if not is_compiling():
         return
     check = getattr(torch.ops.aten, "_assert_tensor_metadata", None)
     if check is not None:
@@ -96,7 +91,7 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
             "NumPy here, so the trace would record this call's rows as constants and return "
             "them for any input; trace with torch.compile or torch.export (eval mode) instead")
     if (type(input) is Tensor and input.dtype == torch.int64 and input.is_cpu
-            and input.layout == torch.strided and input.is_contiguous() and not _compiling()):
+            and input.layout == torch.strided and input.is_contiguous() and not is_compiling()):
         # the usual input, read in place with no other check to make (an integer tensor
         # cannot require a gradient)
         a = input.numpy()

@@ -71,6 +71,7 @@ from torch import Tensor
 
 from embtab import _core
 from embtab._modules import grown_rows
+from embtab._ops import is_compiling
 
 __all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
 
@@ -218,15 +219,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         (checked by :meth:`check_weight` first; ``needs``: its answer, when the caller has just
         asked it). ``rows``: ``idx`` flat as the int64 NumPy array the caller remapped it from
         (read by the backward; taken from ``idx`` when not given)."""
-        if _is_compiling():
+        if is_compiling():
             return _eager_lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag,
                                  rows, needs)
         return _lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag, rows, needs)
-
-
-def _is_compiling() -> bool:
-    f = getattr(torch.compiler, "is_compiling", None)
-    return bool(f is not None and f())
 
 
 def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs):
