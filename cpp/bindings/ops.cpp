@@ -230,9 +230,8 @@ void bind_ops(py::module_& m) {
         "bag_csr",
         [](const py::handle& off_obj, std::int64_t n, bool include_last_offset) {
             // A bag module's offsets checked and made CSR in one pass (the module's forward and
-            // its fused backward call this on every step: the NumPy checks and concatenation it
-            // replaces took 50-100 us a step on issue 16's batches, their caches cold after the
-            // native passes). Returns (code, index, csr): code 0 and the CSR offsets (num_bags
+            // its fused backward call this on every step, in place of NumPy checks and a
+            // concatenation; bench/README.md, "A step's fixed costs"). Returns (code, index, csr): code 0 and the CSR offsets (num_bags
             // + 1 entries, the last n; [n] for no bags) when they are valid, else what is wrong
             // and csr None:
             // 1 offsets[0] != 0; 2 offsets[index] > offsets[index + 1]; 3 offsets[-1] > n;

@@ -235,7 +235,7 @@ def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs):
 
 # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
 # here rather than trace an autograd Function that holds a module). Called only while compiling:
-# the disabled wrapper costs about 8 us a call in eager mode.
+# the disabled wrapper is a cost on every eager call (bench/README.md, "A step's fixed costs").
 _eager_lookup = torch.compiler.disable(_lookup)
 
 

@@ -346,14 +346,14 @@ inline constexpr std::size_t kPoolBlock = 128 / sizeof(T);
 // times psw[i] when psw is set; skip_row entries left out. The rows were range-checked.
 //
 // acc starts as 0 + the first kept entry (the same bits as a sum from 0, NaN sign and payload
-// aside, as pool_bags documents). A loop that zeroes
-// acc first compiled to `rep stos`, and the adds' loads of acc then waited for those stores
-// (bench/README.md, "Pooling without a zeroing loop"). The widths known at compile time (a
-// block of 128 bytes, half of one) sum in 32-byte vectors of GCC's vector extension: with a
-// plain loop over a 16-float block GCC unrolled the loop before vectorising it, and the
-// 64-byte rows of d = 16 float32 (a collection's usual width) were summed one float at a time.
-// Each lane adds in entry order as the scalar loop does, so the bits are the same (NaN sign
-// and payload aside: which of two NaNs an addition returns depends on its operand order).
+// aside, as pool_bags documents). A loop that zeroes acc first compiled to `rep stos`, and the
+// adds' loads of acc then waited for those stores (bench/README.md, "Pooling in vectors,
+// without a zeroing loop"). The widths known at compile time (a block of 128 bytes, half of
+// one) sum in 32-byte vectors of GCC's vector extension: with a plain loop over a 16-float
+// block GCC unrolled the loop before vectorising it, and the 64-byte rows of d = 16 float32
+// (a collection's usual width) were summed one float at a time. Each lane adds in entry order
+// as the scalar loop does, so the bits are the same (NaN sign and payload aside: which of two
+// NaNs an addition returns depends on its operand order).
 template <class T>
 struct PoolVecOf;
 template <>

@@ -25,8 +25,8 @@ namespace embtab {
 inline constexpr int kMaxThreads = 1024;
 
 // hardware_threads: std::thread::hardware_concurrency(), read once per process. glibc answers
-// it by reading /sys (about 8 us a call on a 2-vCPU guest, more than a whole lookup of a few
-// IDs), and every call of a module left at num_threads=0 asked it.
+// it by reading /sys (more than a whole lookup of a few IDs costs), and every call of a module
+// left at num_threads=0 asked it (bench/README.md, "A step's fixed costs").
 inline unsigned hardware_threads() noexcept {
     static const unsigned hw = std::thread::hardware_concurrency();
     return hw;
