@@ -314,9 +314,12 @@ def test_lookup_many_equals_one_lookup_per_table(threads):
             batches.append(rng.choice(probe, int(rng.integers(0, 70_000))) if len(probe) else probe)
             tables.append(t)
         got = CuckooTable.lookup_many(tables, batches, num_threads=threads)
-        assert len(got) == n_tables
-        for t, b, g in zip(tables, batches, got):
+        counted = CuckooTable.lookup_many(tables, batches, num_threads=threads, count_absent=True)
+        assert len(got) == len(counted) == n_tables
+        for t, b, g, (g2, absent) in zip(tables, batches, got, counted):
             np.testing.assert_array_equal(g, t.lookup(b))
+            np.testing.assert_array_equal(g2, g)
+            assert absent == int((g == -1).sum())  # counted while probing, checked by a pass
 
 
 def test_lookup_many_refuses_bad_input_before_any_lookup():

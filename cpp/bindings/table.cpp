@@ -254,7 +254,7 @@ void bind_table(py::module_& m) {
 
     m.def(
         "lookup_many",
-        [](const py::sequence& tables, const py::sequence& ids, std::int64_t num_threads) {
+        [](const py::sequence& tables, const py::sequence& ids, std::int64_t num_threads, bool count_absent) {
             // Every argument is checked before any lookup; the lookups only read the tables.
             const std::size_t k = static_cast<std::size_t>(py::len(tables));
             if (static_cast<std::size_t>(py::len(ids)) != k) {
@@ -279,19 +279,26 @@ void bind_table(py::module_& m) {
                 outs.append(out);
             }
             const int nt = check_threads(num_threads);
-            embtab_py::GilRelease release;
-            if (k >= static_cast<std::size_t>(embtab::resolve_threads(nt))) {
-                // At least one table per thread: tables side by side, each on one thread.
-                embtab::parallel_for(k, nt, 1, [&](std::size_t b, std::size_t e) {
-                    for (std::size_t j = b; j < e; ++j) ts[j]->lookup(vs[j].data, vs[j].size, os[j], 1);
-                });
-            } else {
-                for (std::size_t j = 0; j < k; ++j) ts[j]->lookup(vs[j].data, vs[j].size, os[j], nt);
+            std::vector<std::size_t> absent(k, 0);  // each table's absent IDs, counted while probing
+            {
+                embtab_py::GilRelease release;
+                if (k >= static_cast<std::size_t>(embtab::resolve_threads(nt))) {
+                    // At least one table per thread: tables side by side, each on one thread.
+                    embtab::parallel_for(k, nt, 1, [&](std::size_t b, std::size_t e) {
+                        for (std::size_t j = b; j < e; ++j) absent[j] = ts[j]->lookup(vs[j].data, vs[j].size, os[j], 1);
+                    });
+                } else {
+                    for (std::size_t j = 0; j < k; ++j) absent[j] = ts[j]->lookup(vs[j].data, vs[j].size, os[j], nt);
+                }
             }
-            return outs;
+            if (!count_absent) return outs;
+            py::list pairs;
+            for (std::size_t j = 0; j < k; ++j) pairs.append(py::make_tuple(outs[j], absent[j]));
+            return pairs;
         },
-        py::arg("tables"), py::arg("ids"), py::arg("num_threads") = 1,
+        py::arg("tables"), py::arg("ids"), py::arg("num_threads") = 1, py::arg("count_absent") = false,
         "rows of ids[j] in tables[j] for every j (-1 where absent), in one call: the tables side "
         "by side on num_threads threads when there are at least as many tables as threads, "
-        "else one after another on all of them; results identical for any num_threads");
+        "else one after another on all of them; results identical for any num_threads. With "
+        "count_absent, a list of (rows, number of -1 entries) pairs");
 }

@@ -779,15 +779,17 @@ class _CuckooBase(_AtomicLoad):
 
     # remap ------------------------------------------------------------------------------------
 
-    def _remap(self, ids: np.ndarray, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, bool]:
+    def _remap(
+        self, ids: np.ndarray, rows: Optional[np.ndarray] = None, absent: Optional[int] = None
+    ) -> tuple[np.ndarray, bool]:
         """Rows for a flat int64 ID array; inserts, admits, evicts or grows in training mode.
 
         Returns the rows and whether any of them is the zero row (torch's ``padding_idx`` is
         passed only then: with no entry equal to it the results are the same and the sparse
         backward skips a masking pass). ``rows``: the table's lookup of ``ids`` if the caller
         did it just before (a collection's one native lookup of all its tables); it is
-        completed in place. Every argument check has happened before; on an exception nothing
-        has changed.
+        completed in place; ``absent``: how many of them are -1, when that lookup counted them.
+        Every argument check has happened before; on an exception nothing has changed.
         """
         # without gradient tracking (it writes the weight's new rows in place); set directly,
         # as torch.no_grad() does, without building its context object on every call
@@ -795,15 +797,16 @@ class _CuckooBase(_AtomicLoad):
         if grad:
             torch._C._set_grad_enabled(False)
         try:
-            return self._remap_rows(ids, rows)
+            return self._remap_rows(ids, rows, absent)
         finally:
             if grad:
                 torch._C._set_grad_enabled(True)
 
-    def _remap_rows(self, ids: np.ndarray, rows: Optional[np.ndarray]) -> tuple[np.ndarray, bool]:
+    def _remap_rows(
+        self, ids: np.ndarray, rows: Optional[np.ndarray], n_absent: Optional[int] = None
+    ) -> tuple[np.ndarray, bool]:
         """_remap's work, with gradient tracking off."""
         R = self.num_embeddings
-        n_absent = None
         if rows is None:
             rows, n_absent = self._table.lookup(ids, self.num_threads, count_absent=True)
         pad = None if self._padding_i64 is None else ids == self._padding_i64
@@ -1361,9 +1364,9 @@ class _CuckooBase(_AtomicLoad):
     # forward plumbing (see _Embedding, _Bag) --------------------------------------------------
 
     def _rows_for(
-        self, ids: np.ndarray, rows: Optional[np.ndarray] = None
+        self, ids: np.ndarray, rows: Optional[np.ndarray] = None, absent: Optional[int] = None
     ) -> tuple[np.ndarray, Optional[int]]:
-        rows, has_zero = self._remap(ids, rows)
+        rows, has_zero = self._remap(ids, rows, absent)
         return rows, (self.num_embeddings if has_zero else None)
 
     def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
@@ -2596,8 +2599,8 @@ class _BagCollection(_AtomicLoad):
         return out
 
     def _inputs(self, features, per_sample_weights) -> tuple[dict, dict, int]:
-        """Check every feature's input; return ({feature: (flat int64 IDs, CSR offsets)},
-        {feature: flat weights}, B). Nothing is remapped here."""
+        """Check every feature's input; return ({feature: (flat int64 IDs, CSR offsets)} as NumPy
+        arrays, {feature: flat weights}, B). Nothing is remapped here."""
         if not isinstance(features, Mapping) and all(
             callable(getattr(features, a, None)) for a in ("keys", "values", "lengths")
         ):
@@ -2657,10 +2660,9 @@ class _BagCollection(_AtomicLoad):
                 raise type(e)(f"features[{f!r}]: {e}") from None
             if off is None:
                 n_bags, width = ids.shape
-                csr = torch.arange(n_bags + 1, dtype=torch.int64) * width
+                csr = np.arange(n_bags + 1, dtype=np.int64) * width
             else:  # the offsets and the end of the last bag, made by the check
                 n_bags = len(csr) - 1
-                csr = torch.from_numpy(csr)
             if B is None:
                 B, B_from = n_bags, f
             elif n_bags != B:
@@ -2668,7 +2670,7 @@ class _BagCollection(_AtomicLoad):
                     f"features[{f!r}] has {n_bags} bags but features[{B_from!r}] has {B}: every "
                     f"feature needs the same batch size"
                 )
-            out[f] = (torch.from_numpy(flat), csr)
+            out[f] = (flat, csr)
             if f in psw:
                 weights[f] = psw[f].reshape(-1)
         return out, weights, B
@@ -2713,7 +2715,7 @@ class _BagCollection(_AtomicLoad):
             return outs[0] if concat else dict(zip(self.feature_names, outs))
         pooled = {}
         for c, (ids, csr, psw) in zip(self.tables, groups):
-            out = self.embedding_bags[c.name](ids, csr, psw)
+            out = self.embedding_bags[c.name](torch.from_numpy(ids), torch.from_numpy(csr), psw)
             if len(c.feature_names) == 1:
                 pooled[c.feature_names[0]] = out
             else:
@@ -2724,22 +2726,23 @@ class _BagCollection(_AtomicLoad):
 
     def _table_input(self, c: EmbeddingBagConfig, inputs: dict, weights: dict, B: int):
         """(IDs, CSR offsets, per-sample weights or None) of table ``c``: its features' bags
-        one after the other (feature order of ``c.feature_names``)."""
+        one after the other (feature order of ``c.feature_names``); IDs and offsets as NumPy
+        arrays."""
         names = c.feature_names
         if len(names) == 1:
             ids, csr = inputs[names[0]]
             return ids, csr, weights.get(names[0])
         parts = [inputs[f] for f in names]
-        ids = torch.cat([p[0] for p in parts])
-        starts = np.cumsum([0] + [p[0].numel() for p in parts[:-1]])
-        csr = torch.cat(
+        ids = np.concatenate([p[0] for p in parts])
+        starts = np.cumsum([0] + [p[0].size for p in parts[:-1]])
+        csr = np.concatenate(
             [parts[0][1]] + [p[1][1:] + int(s) for p, s in zip(parts[1:], starts[1:])]
         )
         psw = None
         if any(f in weights for f in names):
             dtype = self.embedding_bags[c.name].weight.dtype
             psw = torch.cat([
-                weights[f] if f in weights else torch.ones(p[0].numel(), dtype=dtype)
+                weights[f] if f in weights else torch.ones(p[0].size, dtype=dtype)
                 for f, p in zip(names, parts)
             ])
         return ids, csr, psw
@@ -2779,18 +2782,18 @@ class _BagCollection(_AtomicLoad):
         for bag, (_, _, psw) in zip(bags, groups):  # before any table's remap changes it
             if bag.optimizer is not None:
                 bag.optimizer.check_weight(bag, psw)
-        looked_up = [None] * len(bags)
+        looked_up = [(None, None)] * len(bags)
         if all(isinstance(b, _CuckooBase) for b in bags):
-            # every table's lookup in one native call, the tables side by side on the threads
+            # every table's lookup in one native call, the tables side by side on the threads,
+            # with each table's count of absent IDs
             looked_up = embtab.CuckooTable.lookup_many(
-                [b._table for b in bags], [g[0].numpy() for g in groups], self.num_threads
+                [b._table for b in bags], [g[0] for g in groups], self.num_threads,
+                count_absent=True,
             )
-        for c, (ids, csr, psw), bag, found in zip(self.tables, groups, bags, looked_up):
-            rows, _ = bag._rows_for(ids.numpy()) if found is None else bag._rows_for(
-                ids.numpy(), found
-            )
+        for c, (ids, csr, psw), bag, (found, absent) in zip(self.tables, groups, bags, looked_up):
+            rows, _ = bag._rows_for(ids) if found is None else bag._rows_for(ids, found, absent)
             psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
-            plan.append((c, bag, rows, np.ascontiguousarray(csr.numpy()), psw_np, col))
+            plan.append((c, bag, rows, np.ascontiguousarray(csr), psw_np, col))
             col += c.embedding_dim * len(c.feature_names)
         weights = [bag.weight for _, bag, *_ in plan]
         dims = self.feature_dims if split else [col]
@@ -2992,12 +2995,14 @@ class _CollectionLookup(torch.autograd.Function):
                     f"forward and its backward; a graph built before a growth cannot be "
                     f"backpropagated (pre-size num_embeddings); no table was stepped"
                 )
-        if len(grads) == 1:  # one block: every table's columns of it
+        if len(grads) == 1:  # one block: every table's columns of it, side by side from 0
             g = grads[0]
-            blocks = [None if g is None else g[:, col : col + c.embedding_dim * len(c.feature_names)]
-                      for c, _, _, _, _, col in plan]
-            blocks = [None if b is None else list(b.split(c.embedding_dim, dim=1))
-                      for b, (c, *_) in zip(blocks, plan)]
+            if g is None:
+                blocks = [None] * len(plan)
+            else:
+                widths = [c.embedding_dim * len(c.feature_names) for c, *_ in plan]
+                blocks = [[b] if len(c.feature_names) == 1 else list(b.split(c.embedding_dim, dim=1))
+                          for b, (c, *_) in zip(g.split(widths, dim=1), plan)]
         else:  # one block per feature, in plan order
             it = iter(grads)
             blocks = [[next(it) for _ in c.feature_names] for c, *_ in plan]

@@ -397,13 +397,22 @@ _JOB_DEFAULTS = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, be
                     beta2=0.999)
 
 
-def _job(module, rows, grad, offsets, per_sample_weights, mean: bool) -> tuple:
-    """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer."""
+def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
+         resolved: Optional[dict] = None) -> tuple:
+    """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer.
+    ``resolved``: a dict kept by the caller across the modules of one step, so that an
+    optimizer shared by many modules (a collection's) resolves each step number once."""
     opt = module.optimizer
     bufs = module._buffers
     states = [bufs["opt_" + n].numpy() for n, _, _ in opt._states()]
     states += [None] * (2 - len(states))
-    kw = {**_JOB_DEFAULTS, **opt._resolved(int(module.opt_step) + 1)}
+    step = int(module.opt_step) + 1
+    key = (id(opt), step)
+    kw = None if resolved is None else resolved.get(key)
+    if kw is None:
+        kw = {**_JOB_DEFAULTS, **opt._resolved(step)}
+        if resolved is not None:
+            resolved[key] = kw
     return (
         module.weight.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
         bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,
@@ -421,7 +430,8 @@ def fused_update_many(updates: list, num_threads: int) -> None:
     its step."""
     if not updates:
         return
-    jobs = [_job(*u) for u in updates]
+    resolved: dict = {}
+    jobs = [_job(*u, resolved=resolved) for u in updates]
     _core.fused_steps(jobs, num_threads=num_threads)
     for u in updates:
         u[0].opt_step.add_(1)

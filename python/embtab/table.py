@@ -149,10 +149,12 @@ class CuckooTable:
 
     @staticmethod
     def lookup_many(
-        tables: Sequence["CuckooTable"], ids: Sequence[np.ndarray], num_threads: int = 0
+        tables: Sequence["CuckooTable"], ids: Sequence[np.ndarray], num_threads: int = 0, *,
+        count_absent: bool = False,
     ) -> list:
         """``[tables[j].lookup(ids[j]) for j]`` in one native call: a list of int64 row arrays,
-        ``-1`` where an ID is absent. Never inserts.
+        ``-1`` where an ID is absent. Never inserts. With ``count_absent=True``, a list of
+        ``(rows, absent)`` pairs, as :meth:`lookup` gives them.
 
         With at least as many tables as threads the tables are looked up side by side, each on
         one thread (what many small per-feature batches need); otherwise one after another on
@@ -167,7 +169,8 @@ class CuckooTable:
                     f"tables[{j}] must be an embtab.CuckooTable, got {type(t).__name__}"
                 )
         return _core.lookup_many(
-            [t._t for t in tables], ids, check_threads(num_threads, default=0)
+            [t._t for t in tables], ids, check_threads(num_threads, default=0),
+            count_absent=bool(count_absent),
         )
 
     def contains(self, ids: np.ndarray, num_threads: Optional[int] = None) -> np.ndarray:
