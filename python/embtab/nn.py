@@ -2642,6 +2642,7 @@ class _BagCollection(_AtomicLoad):
         if unknown:
             raise ValueError(f"per_sample_weights: unknown feature(s) {unknown}")
         out, weights, B, B_from = {}, {}, None, None
+        ebs, table_of = self.embedding_bags, self._table_of
         for f in self.feature_names:
             x = features[f]
             if isinstance(x, (tuple, list)) and len(x) != 2:
@@ -2650,7 +2651,7 @@ class _BagCollection(_AtomicLoad):
                     f"{type(x).__name__} of {len(x)}"
                 )
             ids, offsets = (tuple(x) if isinstance(x, (tuple, list)) else (x, None))
-            bag = self.embedding_bags[self._table_of[f]]
+            bag = ebs[table_of[f]]
             try:
                 flat, _ = _as_id_array(ids, "ids")
                 off, csr = _check_bag_args(
@@ -2778,7 +2779,8 @@ class _BagCollection(_AtomicLoad):
         """The pooled output: ``(out,)``, or one column block per feature with ``split``."""
         plan = []
         col = 0
-        bags = [self.embedding_bags[c.name] for c in self.tables]
+        ebs = self.embedding_bags
+        bags = [ebs[c.name] for c in self.tables]
         for bag, (_, _, psw) in zip(bags, groups):  # before any table's remap changes it
             if bag.optimizer is not None:
                 bag.optimizer.check_weight(bag, psw)
@@ -3015,7 +3017,10 @@ class _CollectionLookup(torch.autograd.Function):
             gs = [torch.zeros(B, c.embedding_dim, dtype=bag.weight.dtype) if g is None else g
                   for g in gs]
             # the features' bags one after the other, as in csr
-            g = (gs[0] if len(gs) == 1 else torch.cat(gs)).to(bag.weight.dtype)
+            g = gs[0] if len(gs) == 1 else torch.cat(gs)
+            wd = bag.weight.dtype
+            if g.dtype != wd:
+                g = g.to(wd)
             updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw, bag.mode == "mean"))
         # every table's step in one native call, tables side by side on the collection's threads
         fused_update_many(updates, ctx.num_threads)
