@@ -816,6 +816,13 @@ def _w_mismatch(rank, world_size, store):
             ShardedCuckooEmbedding(8, DIM + rank, seed=SEED))
     refused("dtype", ShardedCuckooEmbedding(8, DIM, seed=SEED, dtype=torch.float64 if rank else None))
     refused("padding_id", ShardedCuckooEmbedding(8, DIM, seed=SEED, padding_id=5 if rank else None))
+    # settings the header has no field of, sent as a digest: a new ID's vector would depend on
+    # the rank that owns it
+    refused("another init", ShardedCuckooEmbedding(8, DIM, seed=SEED, init="zeros" if rank else None))
+    refused("admission_eps", ShardedCuckooEmbedding(
+        8, DIM, seed=SEED, min_count=2, admission_eps=0.01 if rank else 0.001))
+    refused("norm_type", ShardedCuckooEmbeddingBag(
+        8, DIM, seed=SEED, max_norm=1.0, norm_type=1.0 if rank else 2.0), lambda m: m(ids[None]))
     # one rank left in eval mode: its shard would not give the others' new IDs rows
     refused(r"forward \(eval mode\) while this rank is in forward|forward while this rank is in "
             r"forward \(eval mode\)", ShardedCuckooEmbedding(8, DIM, seed=SEED).train(rank == 0))
@@ -1047,3 +1054,78 @@ def test_owner_of_checks_its_arguments():
         owner_of(torch.tensor([1]), 0, 5)
     with pytest.raises(TypeError, match="shard_seed must be an int, got float"):
         owner_of(torch.tensor([1]), 2, 1.5)
+
+
+# state dicts, subgroups and sketches (a review's findings) ///////////////////////////////////
+
+
+def _w_state_dict_rank(rank, world_size, store, tmp):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(16, DIM, seed=SEED, min_count=1)
+    for step in range(2):
+        ids, _, _ = _global_batch(step, False)
+        m(np.array_split(ids, world_size)[rank]).sum().backward()
+    torch.save(m.state_dict(), os.path.join(tmp, f"sd{rank}.pt"))
+    dist.barrier()
+    other = torch.load(os.path.join(tmp, f"sd{1 - rank}.pt"))
+    own = torch.load(os.path.join(tmp, f"sd{rank}.pt"))
+    # another rank's shard, or this rank's under another shard_seed: its IDs would be
+    # stranded on a rank no lookup reaches; refused, nothing loaded
+    for target, sd in ((ShardedCuckooEmbedding(16, DIM, seed=SEED), other),
+                       (ShardedCuckooEmbedding(16, DIM, seed=SEED, shard_seed=12345), own)):
+        with pytest.raises(ValueError, match="does not own .* use save\\(\\) and load\\(\\)"):
+            target.load_state_dict(sd)
+        assert target.num_ids == 0
+    back = ShardedCuckooEmbedding(16, DIM, seed=SEED)
+    back.load_state_dict(own)  # this rank's own shard loads as before
+    assert back.num_ids == m.num_ids > 0
+    torch.testing.assert_close(back.shard.weight, m.shard.weight)
+    dist.destroy_process_group()
+
+
+def test_a_state_dict_loads_only_into_the_rank_that_owns_its_ids(tmp_path):
+    # A review found the shards of a 3-rank state_dict() loaded on 2 ranks with no error, the
+    # IDs left where no lookup reached them (their vectors lost at the next training step).
+    _start(_w_state_dict_rank, 2, str(tmp_path / "s"), str(tmp_path))
+
+
+def _w_subgroup(rank, world_size, store):
+    _init(rank, world_size, store)
+    sub = dist.new_group([1, 2])  # every rank takes part in making a group
+    if rank in (1, 2):
+        s = ShardedCuckooEmbedding(8, DIM, seed=SEED, process_group=sub)
+        s(torch.tensor([1, 2, rank])).sum().backward()
+    # every rank's next module over the whole group is the same module, numbered alike
+    m = ShardedCuckooEmbedding(8, DIM, seed=SEED)
+    out = m(torch.tensor([5, 6, rank]))
+    out.sum().backward()
+    assert out.shape == (3, DIM)
+    dist.destroy_process_group()
+
+
+def test_a_module_over_a_subgroup_does_not_shift_the_others(tmp_path):
+    # Modules were numbered by one process-wide count, so after a module over ranks 1 and 2
+    # every later module raised ShardedCommError ("in another order") on every rank.
+    _start(_w_subgroup, 3, str(tmp_path / "s"))
+
+
+def _w_sketch(rank, world_size, store, ckpt, eps, phase):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(16, DIM, seed=SEED, min_count=3, admission_eps=eps, name="m")
+    if phase == "save":
+        for _ in range(2):  # seen twice: counted, not admitted yet
+            m(torch.tensor([1, 2, 3])).sum().backward()
+        m.save(ckpt)
+    else:
+        with pytest.raises(ValueError, match="admission sketch of shape .*admission_eps"):
+            m.load(ckpt)
+        assert int(m.shard.admission_sketch.sum()) == 0 and m.num_ids == 0
+    dist.destroy_process_group()
+
+
+def test_a_checkpoint_with_another_sketch_shape_is_refused(tmp_path):
+    # load() zero-filled a sketch of another shape: the sightings counted toward admission
+    # were lost without a word.
+    ckpt = str(tmp_path / "ckpt")
+    _start(_w_sketch, 2, str(tmp_path / "s1"), ckpt, 0.01, "save")
+    _start(_w_sketch, 2, str(tmp_path / "s2"), ckpt, 0.001, "load")

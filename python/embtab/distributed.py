@@ -98,7 +98,10 @@ _FUSED_KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 _HEADER_MAGIC = 0x454D4254  # "EMBT"
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-_MODULE_COUNTER = itertools.count()
+# Sharded modules are numbered per process group (by its members' global ranks): a module
+# over a subgroup is not built on the ranks outside it, so one process-wide count would differ
+# between ranks for every module built after it.
+_MODULE_COUNTERS: dict = {}
 _FUSED_AND_TORCH = ("this sharded module trains with a fused optimizer (optimizer= at construction), "
                     "whose state is saved and loaded with the module: pass no optimizer to save() "
                     "and load()")
@@ -350,9 +353,11 @@ class _ShardedBase(nn.Module):
                         "min_id_bytes": 0, "min_vector_bytes": 0, "remote_ids": 0, "remote_distinct_ids": 0}
         backend = dist.get_backend(process_group)
         self._comm_on_cpu = backend == "gloo"
-        # Sharded modules are numbered in construction order: every rank builds them in the
-        # same order, so the index identifies a module across ranks.
-        self.module_index = next(_MODULE_COUNTER)
+        # Sharded modules are numbered in construction order within their process group: every
+        # member builds the group's modules in the same order, so the index identifies a module
+        # across its ranks.
+        members = tuple(dist.get_process_group_ranks(process_group or dist.group.WORLD))
+        self.module_index = next(_MODULE_COUNTERS.setdefault(members, itertools.count()))
         self._seq = 0
         self._name = name
 
@@ -407,7 +412,8 @@ class _ShardedBase(nn.Module):
                   "kind": (1 if c["kind"].endswith("Bag") else 0) + 2 * self._fused_code(),
                   "mode": ("sum", "mean", "max").index(c["mode"]) + 1 if c["mode"] else 0,
                   "shard_seed": self.shard_seed - _U64 if self.shard_seed >= 1 << 63 else self.shard_seed,
-                  "seed": s.seed - _U64 if s.seed >= 1 << 63 else s.seed, "dedup": int(self.dedup),
+                  "seed": s.seed - _U64 if s.seed >= 1 << 63 else s.seed,
+                  "dedup": int(self.dedup) | (self._settings_digest() << 1),
                   "min_count": min(s.min_count, (1 << 62)), "on_full": list(OnFull).index(s.on_full),
                   "padding_id": 0 if pad is None else pad,
                   "max_norm": -1 if s.max_norm is None else int(np.float64(s.max_norm).view(np.int64)),
@@ -415,6 +421,20 @@ class _ShardedBase(nn.Module):
         if pad is not None:
             values["scale_grad_by_freq"] |= 2
         return [values[k] for k in _HEADER]
+
+    def _settings_digest(self) -> int:
+        """52 bits of a digest of the per-shard settings the header has no field of: ``init``,
+        ``admission_eps``/``admission_delta`` (with ``min_count > 1``) and ``norm_type`` (with
+        ``max_norm``). Sent in the header's ``dedup`` field above its bit, so that the header
+        keeps its size."""
+        s = self.shard
+        parts = [s.init.kind, float(s.init.a), float(s.init.b)]
+        if s.min_count > 1:
+            parts += [s.admission_eps, s.admission_delta]
+        if s.max_norm is not None:
+            parts.append(float(getattr(s, "norm_type", 2.0)))
+        digest = hashlib.sha256(repr(parts).encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 12
 
     def _handshake(self, phase: int, seq: int, counts: Optional[list] = None,
                    expect: Optional[list] = None) -> list:
@@ -448,6 +468,10 @@ class _ShardedBase(nn.Module):
                     which = "sharded module #" if field == "module_index" else "call #"
                     what = (f"is in {_PHASES[phase]} of {which}{theirs[i]} while this rank is in "
                             f"#{mine[i]} (ranks call the modules, or their backwards, in another order)")
+                elif field == "dedup" and (theirs[i] ^ mine[i]) & 1 == 0:
+                    what = ("has another init, norm_type (with max_norm) or admission_eps/"
+                            "admission_delta (with min_count > 1) than this rank (the modules are "
+                            "configured differently on the two ranks)")
                 elif field == "kind" and theirs[i] >> 1 != mine[i] >> 1:
                     what = (f"has optimizer={_fused_name(theirs[i] >> 1)} where this rank has "
                             f"optimizer={_fused_name(mine[i] >> 1)} (the modules' fused optimizers "
@@ -817,6 +841,12 @@ class _ShardedBase(nn.Module):
         for entry in m["shards"]:
             path = os.path.join(directory, entry["file"])
             parts.append(self._restrict(_read_shard(path, entry, m, self.shard_seed, self.embedding_dim)))
+            sk = parts[-1].get("admission_sketch")
+            mine_sk = self.shard._buffers.get("admission_sketch")
+            if sk is not None and mine_sk is not None and tuple(sk.shape) != tuple(mine_sk.shape):
+                _refuse(path, f"holds an admission sketch of shape {tuple(sk.shape)}, this module's is "
+                              f"{tuple(mine_sk.shape)} (admission_eps/admission_delta differ from the "
+                              f"saving module's; its counts would be lost)")
             saved = (parts[-1].get("optimizer") or {}).get("type")
             mine_type = None if optimizer is None else \
                 f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
@@ -858,6 +888,30 @@ class _ShardedBase(nn.Module):
         if f is not None:
             f["per_row"] = {k: v[mine] for k, v in f["per_row"].items()}
         return p
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A state_dict is one rank's shard. Loaded into another rank, world size or shard_seed,
+        # its IDs would sit on a rank that does not own them, where no lookup ever reaches
+        # them: refused before the shard loads anything (save() and load() reshard).
+        ids = state_dict.get(prefix + "shard.row_ids")
+        live = state_dict.get(prefix + "shard.row_live")
+        if (isinstance(ids, Tensor) and isinstance(live, Tensor) and ids.dtype == torch.int64
+                and live.dtype == torch.bool and ids.dim() == 1 and ids.shape == live.shape
+                and ids.device.type != "meta" and live.device.type != "meta"):
+            held = ids.detach().cpu()[live.detach().cpu()].contiguous().numpy()
+            owners = _core.hashed_rows(held, self.world_size, self.shard_seed, 1)
+            stray = int((owners != self.rank).sum())
+            if stray:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {prefix}shard holds {stray} of its "
+                    f"{held.size} IDs that rank {self.rank} of {self.world_size} does not own under "
+                    f"this module's shard_seed (a state_dict is one rank's shard: it loads into the "
+                    f"same rank of the same world size and shard_seed). To move a model to other "
+                    f"ranks or another world size, use save() and load(), which reshard; nothing "
+                    f"was loaded")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     @torch.no_grad()
     def _load_parts(self, parts: list, old_ws: int, optimizer) -> None:
@@ -980,9 +1034,12 @@ class ShardedCuckooEmbedding(_ShardedBase):
     * A dead or stalled peer makes the others raise :class:`ShardedCommError` within the
       process group's timeout (``init_process_group(timeout=...)``).
     * Every forward, backward, save and load starts with a small all-to-all of a fixed-size
-      header (the call, the module's construction index and call number, and its
-      configuration: ``embedding_dim``, dtype, kind and mode, ``shard_seed``, ``seed``,
-      ``padding_id``, ``min_count``, ``on_full``, ...). Ranks whose modules differ, or that are
+      header (the call, the module's construction index in its process group and call
+      number, and its configuration: ``embedding_dim``, dtype, kind and mode, ``shard_seed``,
+      ``seed``, ``padding_id``, ``min_count``, ``on_full``, a digest of ``init``,
+      ``admission_eps``/``admission_delta`` and ``norm_type``, ...; not ``growth_factor``,
+      ``num_threads`` or a fused optimizer's hyperparameters, which are each rank's own). Ranks
+      whose modules differ, or that are
       in different calls (a rank that skipped backward and went on to the next forward, or
       ran its backwards in another order), raise :class:`ShardedCommError` naming the field
       and the peer, on every rank, before any mismatched collective runs. What stays gloo's:
@@ -995,6 +1052,12 @@ class ShardedCuckooEmbedding(_ShardedBase):
       ``on_full="evict_lfu"`` or ``scale_grad_by_freq`` every occurrence travels (``dedup``).
     * ``traffic`` counts this rank's bytes sent to other ranks (IDs, counts, vectors, gradients)
       and the minimum: distinct remote IDs plus their vectors.
+    * ``state_dict()`` is this rank's shard, and ``load_state_dict`` takes it back on the same
+      rank, world size and ``shard_seed`` only: a state dict holding IDs this rank does not
+      own raises ValueError and loads nothing. ``save()`` and ``load()`` write and read a
+      checkpoint of every rank that loads on any world size (resharded). A shard that receives
+      more IDs in a resharded load than its capacity (``on_full="error"`` or eviction) keeps
+      them all: its capacity becomes its number of IDs.
 
     Example::
 
