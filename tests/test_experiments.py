@@ -465,8 +465,8 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
     res = copy.deepcopy(posthoc)
     c = res["contrasts"]
     c["reached"] = [True] * len(c["reached"])
-    for k in ("gap_before", "gap_after", "equal_exposure:recall@10", "equal_exposure:ndcg@10",
-              "high_cost:recall@10", "high_cost:ndcg@10"):
+    for k in ("gap_before", "gap_after", "gap_matched", "equal_exposure:recall@10",
+              "equal_exposure:ndcg@10", "high_cost:recall@10", "high_cost:ndcg@10"):
         c[k] = {"mean": 0.01, "sd": 0.01, "ci95_low": -0.005, "ci95_high": 0.02, "n": 5}
     text = " ".join(findings(res))
     assert text.count("no clear direction") == 6
@@ -478,6 +478,14 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
     text = " ".join(findings(res))
     assert text.count("no clear direction") == 5
     assert "is more accurate than the d = 2 model at λ*" in text
+    assert "At equal exposure (" in text
+    # λ* = 0 because the low-d lists were already less popular: the gap at λ* lies below 0,
+    # so the comparison is not at equal exposure (a review found the report saying it was)
+    c["gap_matched"] = {"mean": -0.06, "sd": 0.01, "ci95_low": -0.08, "ci95_high": -0.04, "n": 5}
+    text = " ".join(findings(res))
+    assert "At equal exposure" not in text
+    assert "where the d = 2 lists are less popular than the d = 16 lists" in text
+    assert "not equal exposure), the d = 16 model is more accurate than the d = 2 model" in text
     c["reached"] = [False] * len(c["reached"])  # no seed matched: no equal-exposure claim
     text = " ".join(findings(res))
     assert "No seed reached the d = 16 exposure, so ndcg@10 is not compared" in text
@@ -498,7 +506,8 @@ def test_posthoc_report_and_plot(posthoc, tmp_path):
     assert [p.name for p in paths] == ["posthoc.png"] and paths[0].stat().st_size > 0
     text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
     assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
-    assert "posthoc.png" in text and ("At equal exposure" in text or "No seed reached" in text)
+    assert "posthoc.png" in text and any(
+        s in text for s in ("At equal exposure", "At λ* (", "No seed reached"))
 
 
 def test_calibration_minority_share_against_history_with_intervals():

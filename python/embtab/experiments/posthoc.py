@@ -14,6 +14,7 @@ costs a model that has the capacity). docs/experiments.md states the protocol.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,6 +148,9 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     the high-d model's at λ = 0 (the largest λ when none is); ``reached``: per seed, whether
     such a λ exists; ``gap_before`` / ``gap_after``:
     exposure(low, 0) − exposure(high, 0) and exposure(low, λ*) − exposure(high, 0);
+    ``gap_matched``: the latter over the seeds where the match was reached (λ* is the first λ
+    whose exposure is *at most* the target, so it may fall below it: the accuracy comparison
+    is at equal exposure only where this interval holds 0);
     ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) for m in recall@10, ndcg@10;
     ``high_cost:<m>``: m(high, 0) − m(high, λ*). Empty when a seed lacks either model.
     """
@@ -157,7 +161,7 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     by = {(r["seed"], r["dim"], r["lam"]): r for r in mf}
     seeds = sorted({r["seed"] for r in mf})
     out: dict = {"exposure": exp, "lam_matched": [], "reached": [], "gap_before": [],
-                 "gap_after": []}
+                 "gap_after": [], "gap_matched": []}
     acc = {f"{kind}:{m}": [] for kind in ("equal_exposure", "high_cost") for m in ACCURACY}
     for seed in seeds:
         lams = sorted(lam for (s_, d, lam) in by if s_ == seed and d == low_dim)
@@ -172,11 +176,14 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
         out["lam_matched"].append(star)
         out["gap_before"].append(lo0[exp] - target)
         out["gap_after"].append(lo[exp] - target)
+        if out["reached"][-1]:
+            out["gap_matched"].append(lo[exp] - target)
         for m in ACCURACY:  # equal exposure only where the match was reached
             acc[f"equal_exposure:{m}"].append(hi0[m] - lo[m] if out["reached"][-1] else None)
             acc[f"high_cost:{m}"].append(hi0[m] - hi[m] if hi is not None else None)
     out["gap_before"] = interval(out["gap_before"])
     out["gap_after"] = interval(out["gap_after"])
+    out["gap_matched"] = interval(out["gap_matched"])
     out.update({k: interval(v) for k, v in acc.items()})
     return out
 
@@ -204,14 +211,33 @@ def findings(results: dict) -> list:
                               f"d = {lo} lists", f"are still more popular than the d = {hi} "
                               "lists", f"are less popular than the d = {hi} lists",
                               metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)")]
+    # λ* is the first λ whose exposure is at most the target: "equal exposure" only when the
+    # matched seeds' gap interval holds 0 (a low-d model already less popular than the high-d
+    # one has λ* = 0 and a gap below 0)
+    gm = c.get("gap_matched") or c["gap_after"]
+    g_lo, g_hi, g_mean = gm.get("ci95_low"), gm.get("ci95_high"), gm.get("mean")
+    has_ci = all(x is not None and math.isfinite(x) for x in (g_lo, g_hi))
+    gap = (f"{exp} gap at λ* {g_mean:+.4f}" if g_mean is not None and math.isfinite(g_mean)
+           else f"{exp} gap at λ* undefined")
+    if gm.get("sd") == 0.0 and g_mean == 0.0:  # the same exposure on every matched seed
+        where = f"At equal exposure (the {sum(reached)} matched seeds; {gap} on every one)"
+    elif has_ci and g_lo <= 0 <= g_hi:
+        where = (f"At equal exposure (the {sum(reached)} matched seeds; {gap}, 95% CI "
+                 f"[{g_lo:.4f}, {g_hi:.4f}] includes 0)")
+    elif has_ci and g_hi < 0:
+        where = (f"At λ* (the {sum(reached)} matched seeds), where the d = {lo} lists are less "
+                 f"popular than the d = {hi} lists ({gap}, 95% CI [{g_lo:.4f}, {g_hi:.4f}]: "
+                 f"not equal exposure),")
+    else:
+        where = (f"At λ* (the {sum(reached)} matched seeds; {gap}, no interval to show the "
+                 f"exposures equal),")
     for m in ACCURACY:
         if not any(reached):
             out.append(f"No seed reached the d = {hi} exposure, so {m} is not compared at equal "
                        "exposure.")
             continue
         out.append(direction_sentence(
-            c[f"equal_exposure:{m}"], f"At equal exposure (the {sum(reached)} matched seeds) "
-            f"the d = {hi} model", f"is more accurate than {cal}",
+            c[f"equal_exposure:{m}"], f"{where} the d = {hi} model", f"is more accurate than {cal}",
             f"is less accurate than {cal}", metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
     for m in ACCURACY:
         out.append(direction_sentence(
