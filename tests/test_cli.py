@@ -253,3 +253,32 @@ def test_tune_and_loss_reach_the_experiment_or_are_refused(tmp_path, capsys, mon
     rc = cli.main(["experiment", "collisions", "--tune", "--quiet",
                    "--out", str(tmp_path / "b")])
     assert rc == 2 and "--tune does not apply to collisions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_terminated_run_leaves_no_folder_and_says_so(tmp_path, sig):
+    # A review found SIGTERM killed a run where it stood, leaving the new --out folder with
+    # the run's hidden staging folder inside; SIGINT printed a whole traceback.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from embtab.cli import main; sys.exit(main())",
+         "experiment", "dims", "--dataset", "synthetic:n_users=400,n_items=500,"
+         "interactions_per_user=30", "--seeds", "3", "--quiet", "--out", str(out)],
+        env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob(".embtab-run-*"))):   # the run has started
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(getattr(signal, sig))
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 128 + getattr(signal, sig), err
+    assert f"interrupted ({sig})" in err and "Traceback" not in err
+    assert not out.exists()   # the folder this run created is gone, staging folder and all

@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["int_at_least", "main"]
@@ -319,13 +321,44 @@ def main(argv=None) -> int:
         return 1
     where = f"embtab {args.command}" + (f" {args.name}" if hasattr(args, "name") else "")
     try:
-        return commands[args.command](args)
+        with _terminate_as_interrupt():
+            return commands[args.command](args)
+    except (KeyboardInterrupt, _Terminated) as e:
+        # the runs' cleanup (the hidden staging folder, a folder this call created) has run
+        print(f"{where}: interrupted ({'SIGTERM' if isinstance(e, _Terminated) else 'SIGINT'}); "
+              f"the output folder is as it was", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
     except USER_ERRORS as e:
         print(f"{where}: {_one_line(e)}", file=sys.stderr)
         return 2
     except ImportError as e:       # an optional dependency (matplotlib: the experiments extra)
         print(f"{where}: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM while a command runs (see _terminate_as_interrupt)."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises _Terminated in the main thread, as SIGINT raises KeyboardInterrupt, so
+    that a terminated run cleans up as an interrupted one does (its staging folder removed,
+    the output folder left as it was) instead of the process dying where it stands. Only
+    where Python's default SIGTERM action is in place, and only in the main thread."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _one_line(e: BaseException) -> str:
