@@ -180,3 +180,20 @@ def test_sections_render_from_results_reloaded_from_json():
                for r in prow]
     a, b = posthoc.contrasts(prow, 2, 16), posthoc.contrasts(as_null, 2, 16)
     assert json.dumps(jsonable(a), sort_keys=True) == json.dumps(jsonable(b), sort_keys=True)
+
+
+def test_table_cells_star_only_quantities_that_can_be_negative():
+    # A review found "*" (the interval excludes 0) on recall, coverage and arp, which are
+    # never negative, and "(no spread)" in one table but a bare mean in another.
+    from embtab.experiments.dims import fmt_ci
+    from embtab.experiments.intervals import interval, is_signed
+
+    above = interval([0.2, 0.3, 0.25])
+    assert fmt_ci(above, metric="excess_arp@10").endswith("]*")
+    assert fmt_ci(above, metric="delta_gap@10:niche").endswith("]*")
+    assert fmt_ci(above, metric="exposure_diff").endswith("]*")
+    for m in ("recall@10", "coverage@10", "arp@10", "tail_share@10", "sharing_share"):
+        assert not is_signed(m) and fmt_ci(above, metric=m).endswith("]"), m
+    assert fmt_ci(interval([0.5, 0.5, 0.5]), metric="recall@10") == "0.500 (no spread)"
+    assert fmt_ci(interval([0.5]), metric="recall@10") == "0.500"
+    assert fmt_ci(None) == "–"

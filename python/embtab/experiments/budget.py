@@ -43,7 +43,7 @@ from embtab._checks import check_int
 from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.dims import fmt_ci
-from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import CI_NOTE, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section
@@ -794,7 +794,7 @@ def section(results: dict, plots=()) -> list:
              + ("lr, l2, epochs tuned per (budget, design, seed) over "
                 f"{cfg['tuning_grid']}" + untuned_note(results["rows"]) + "."
                 if cfg.get("tuned") else "Training as above.")
-             + " Cells: mean [95% CI] over seeds; * = the interval excludes 0.", ""]
+             + " " + CI_NOTE, ""]
     byd = {(r["budget"], r["design"]): r for r in results["rows"] if r["model"] == "mf"}
     cols = ["recall@10", "ndcg@10", pop, "tail_share@10", "delta_gap@10:niche"]
     head = ["budget", "design", "table", "d", "bytes (w/i/o)", "batch"] + cols
@@ -802,7 +802,7 @@ def section(results: dict, plots=()) -> list:
     for e in summ:
         if e.get("model") in ("oracle", "most_popular", "random"):
             lines.append("| – | " + e["model"].replace("_", "-") + " | | | | | "
-                         + " | ".join(fmt_ci(e.get(m), 4) for m in cols) + " |")
+                         + " | ".join(fmt_ci(e.get(m), 4, metric=m) for m in cols) + " |")
     for e in summ:
         if e.get("model") != "mf":
             continue
@@ -811,7 +811,7 @@ def section(results: dict, plots=()) -> list:
             f"| {e['budget']:g}× | {e['design']} | {r['table']} | {r['dim']} | "
             f"{r['bytes_total']:,} ({r['bytes_weights']:,}/{r['bytes_index']:,}/"
             f"{r['bytes_optimizer']:,}) | {r['batch_size']} | "
-            + " | ".join(fmt_ci(e.get(m), 4) for m in cols) + " |")
+            + " | ".join(fmt_ci(e.get(m), 4, metric=m) for m in cols) + " |")
     if results.get("skipped"):
         lines += ["", "Not run: " + "; ".join(
             f"{s['design']} at {s['budget']:g}× ({s['reason']})" for s in results["skipped"])
@@ -825,9 +825,9 @@ def section(results: dict, plots=()) -> list:
                   "|---|---|---|---|---|---|"]
         for e in mech:
             lines.append(f"| {e['budget']:g}× | {e['design']} | {e['group']} | "
-                         f"{fmt_ci(e.get('sharing_share'), 3)} | "
-                         f"{fmt_ci(e.get('exposure_diff'), 4)} | "
-                         f"{fmt_ci(e.get('rank_diff'), 4)} |")
+                         f"{fmt_ci(e.get('sharing_share'), 3, metric='sharing_share')} | "
+                         f"{fmt_ci(e.get('exposure_diff'), 4, metric='exposure_diff')} | "
+                         f"{fmt_ci(e.get('rank_diff'), 4, metric='rank_diff')} |")
     return finish_section(lines, findings(results), results, plots)
 
 

@@ -28,7 +28,14 @@ import numpy as np
 from embtab import metrics
 from embtab._research import K
 from embtab.data import Interactions
-from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import (
+    CI_NOTE,
+    ci_text,
+    direction_sentence,
+    interval,
+    is_signed,
+    summary_with_intervals,
+)
 from embtab.experiments.plots import (
     draw_baselines,
     errorbar,
@@ -173,7 +180,7 @@ def section(results: dict, plots=()) -> list:
             f"lr, l2, epochs tuned per (d, seed) on a validation split over "
             f"{cfg['tuning_grid']}" + untuned_note(results["rows"]) if cfg.get("tuned")
             else "training as above")
-            + ". Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
+            + ". " + CI_NOTE, ""]
         lines += interval_table(results)
         if cfg.get("tuned"):
             mf = sorted([r for r in results["rows"] if r.get("model") == "mf"],
@@ -246,11 +253,17 @@ def findings(results: dict) -> list:
     return out
 
 
-def fmt_ci(stat, digits: int = 3) -> str:
-    """``mean [low, high]`` of an interval entry, ``*`` when it excludes 0; "–" when missing."""
+def fmt_ci(stat, digits: int = 3, metric=None) -> str:
+    """``mean [low, high]`` of an interval entry, ``*`` when it excludes 0 and ``metric`` can be
+    negative (:func:`~embtab.experiments.intervals.is_signed`; None: any quantity); ``mean (no
+    spread)`` when every seed gave the same value (as the report's other tables write it);
+    "–" when missing."""
     text = ci_text(stat, f".{digits}f")
+    if "[" not in text and text != "–" and (stat or {}).get("sd") == 0.0 and \
+            ((stat or {}).get("n") or 0) > 1:
+        text += " (no spread)"
     lo, hi = (stat or {}).get("ci95_low"), (stat or {}).get("ci95_high")
-    excludes0 = "[" in text and (lo > 0 or hi < 0)
+    excludes0 = "[" in text and (lo > 0 or hi < 0) and is_signed(metric)
     return text + ("*" if excludes0 else "")
 
 
@@ -318,7 +331,7 @@ def interval_table(results: dict) -> list:
     head = ["model", "d"] + cols
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in order:
-        cells = [model_label(e), str(e.get("dim", ""))] + [fmt_ci(e.get(m)) for m in cols]
+        cells = [model_label(e), str(e.get("dim", ""))] + [fmt_ci(e.get(m), metric=m) for m in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

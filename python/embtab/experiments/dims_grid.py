@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 from embtab.experiments.dims import DIMS, fmt_ci, run_dims
-from embtab.experiments.intervals import direction_sentence
+from embtab.experiments.intervals import CI_NOTE, direction_sentence
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
 from embtab.experiments.session import Session, int_sweep, overrides_of, real_sweep, seed_list
@@ -107,7 +107,7 @@ def grid_table(results: dict, metric: str = "excess_arp@10") -> list:
     head = ["d"] + [f"r={r}, s={z:g}" for r in cfg["ranks"] for z in cfg["zipfs"]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in cfg["dims"]:
-        cells = [str(d)] + [fmt_ci(cell.get((r, z, d), {}).get(metric))
+        cells = [str(d)] + [fmt_ci(cell.get((r, z, d), {}).get(metric), metric=metric)
                             for r in cfg["ranks"] for z in cfg["zipfs"]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -121,8 +121,7 @@ def section(results: dict, plots=()) -> list:
              f"{cfg['seeds']}; 80/20 random split per user; k = 10; loss {cfg['loss']}; "
              + (f"tuned per (d, seed) over {cfg['tuning_grid']}" if cfg["tuned"]
                 else f"training {cfg['train']}")
-             + ". Cells: excess_arp@10 (the lists' arp@10 minus the oracle's), mean [95% CI] "
-             "over seeds; * = the interval excludes 0.", ""]
+             + ". Cells: excess_arp@10 (the lists' arp@10 minus the oracle's). " + CI_NOTE, ""]
     lines += grid_table(results)
     lines += ["", "recall@10 of the same models:", ""]
     lines += grid_table(results, "recall@10")

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ci95_half_width", "ci_text", "direction_sentence", "interval", "student_t_975",
+__all__ = ["CI_NOTE", "ci95_half_width", "ci_text", "direction_sentence", "interval", "is_signed",
+           "student_t_975",
            "summary_with_intervals"]
 
 # t_{0.975, df} for df = 1..30 (the 97.5% quantile of Student's t)
@@ -149,9 +150,38 @@ def summary_with_intervals(rows: Sequence[dict], keys: Sequence[str],
     return out
 
 
+#: Name prefixes and suffixes of the quantities that can be negative (differences, excesses
+#: over a reference, ΔGAP). A table stars an interval that excludes 0 only on these: every other
+#: metric of the reports (recall, nDCG, ARP, coverage, shares, counts) is never negative, so its
+#: interval excluding 0 says nothing.
+SIGNED_PREFIXES = ("excess_", "delta_gap")
+SIGNED_SUFFIXES = ("_diff", "_difference")
+
+
+#: What a report table's caption says about its cells (see :func:`is_signed`).
+CI_NOTE = ("Cells: mean [95% CI] over seeds (Student t; with few seeds an interval can pass a "
+           "metric's range, e.g. below 0 or above 1); * = the interval excludes 0, marked only "
+           "on quantities that can be negative (excess_*, ΔGAP, differences).")
+
+
+def is_signed(metric) -> bool:
+    """Whether ``metric`` names a quantity that can be negative (see :data:`SIGNED_PREFIXES`);
+    True for None (a quantity the caller did not name).
+
+    Example::
+
+        >>> is_signed("excess_arp@10"), is_signed("recall@10"), is_signed("exposure_diff")
+        (True, False, True)
+    """
+    if metric is None:
+        return True
+    return str(metric).startswith(SIGNED_PREFIXES) or str(metric).endswith(SIGNED_SUFFIXES)
+
+
 def ci_text(stat, spec: str = ".3f", missing: str = "–") -> str:
     """An :func:`interval` entry as ``mean [low, high]`` (each formatted with ``spec``), the mean
-    alone when there is no interval (n < 2), ``missing`` when the mean is missing or not finite.
+    alone when there is no interval (n < 2, or the same value on every seed), ``missing`` when
+    the mean is missing or not finite.
 
     Example::
 

@@ -27,7 +27,7 @@ from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.calibration import calibrated_lists
 from embtab.experiments.dims import fmt_ci
-from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import CI_NOTE, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section, model_label
@@ -296,7 +296,7 @@ def section(results: dict, plots=()) -> list:
     lines = [f"## posthoc — popularity calibration of d = {cfg['low_dim']} vs d = "
              f"{cfg['high_dim']} (C = {cfg['candidates']}, categories: {cfg['categories']})",
              "", dataset_line(results), "",
-             "Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
+             CI_NOTE, ""]
     order = [e for e in summ if e.get("model") != "mf+popcal"] + sorted(
         [e for e in summ if e.get("model") == "mf+popcal"], key=lambda e: (e["dim"], e["lam"]))
     cols = [m for m in TABLE_METRICS if any(m in e for e in summ)]
@@ -305,7 +305,7 @@ def section(results: dict, plots=()) -> list:
     for e in order:
         lam = f"{e['lam']:g}" if "lam" in e else ""
         lines.append("| " + " | ".join([model_label(e), str(e.get("dim", "")), lam]
-                                       + [fmt_ci(e.get(m)) for m in cols]) + " |")
+                                       + [fmt_ci(e.get(m), metric=m) for m in cols]) + " |")
     return finish_section(lines, findings(results), results, plots)
 
 

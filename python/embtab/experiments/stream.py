@@ -47,7 +47,7 @@ from embtab import metrics
 from embtab._research import K, topk_indices
 from embtab.data import Interactions, RowSets, StreamTruth, load_dataset, time_windows
 from embtab.experiments.dims import fmt_ci
-from embtab.experiments.intervals import direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import CI_NOTE, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import finish_section
@@ -562,7 +562,7 @@ def section(results: dict, plots=()) -> list:
              f"with {cfg['start_rows']:,} item rows; `cuckoo-expire` frees an item's row after "
              f"{cfg['expire_after']} steps without a lookup. Seeds {cfg['seeds']}; k = 10."
              + _empty_sentence(cfg), "",
-             "Mean [95% CI] over seeds (Student t); * = the interval excludes 0.", ""]
+             CI_NOTE, ""]
     cols = [f"recall@{K}", exc, "collision_lookup_share", "collision_id_share",
             "no_row_lookup_share", "rows_in_use", "bytes"]
     head = ["model / design", "window"] + cols
@@ -597,7 +597,7 @@ def _cell(stat, metric) -> str:
     if metric in ("rows_in_use", "bytes") and stat and stat.get("mean") is not None \
             and math.isfinite(stat["mean"]):
         return f"{stat['mean']:,.0f}"
-    return fmt_ci(stat)
+    return fmt_ci(stat, metric=metric)
 
 
 register(Experiment("stream", "E2", "table designs on a stream where IDs keep arriving",
