@@ -283,6 +283,24 @@ def test_outputs(tiny_v2, tmp_path):
     text = "\n".join(render_section(res, [p.name]))
     assert "## E5" in text and "cuckoo-d64+steck" in text and "ideal" in text
     assert "η = 0.2" in text
+    assert "Genre-mix drift of" in text and "Drift of the consumed genre mix" in text
+    # Data whose items have no genres: every drift is undefined. A review found sentences of
+    # "niche undefined, diverse undefined, ..." and a table of "–"; now one sentence says so.
+    import copy
+
+    from embtab.experiments.intervals import interval
+
+    bare = copy.deepcopy(res)
+    for e in bare["summary"]:
+        for k in list(e):
+            if k == "drift" or k.startswith("drift:"):
+                e[k] = interval([])
+    bare["contrasts"] = [{**c, "difference": interval([])} if c["metric"] == "drift" else c
+                         for c in bare["contrasts"]]
+    text = "\n".join(render_section(bare, []))
+    assert "gives its items no genres, so the genre-mix drift" in text
+    assert "Genre-mix drift of" not in text and "Drift of the consumed genre mix" not in text
+    assert "| drift |" not in text and "Δ drift" not in text
 
 
 def test_model_truth(tiny):

@@ -973,14 +973,28 @@ _TABLE = ("homogenisation", "jaccard", "utility_ratio", "utility_cum_ratio", "ut
           "drift", "pref_shift", "gini@10")
 
 
+def drift_measured(results: dict) -> bool:
+    """Whether the genre-mix drift was measured: some arm has a finite round-T ``drift``
+    (a data set whose items have no genres gives none, and the report then leaves drift out)."""
+    cfg = results["config"]
+    return any(math.isfinite(num(_stat(results, eta, arm, cfg["rounds"], "drift").get("mean")))
+               for eta in cfg["etas"] for arm in cfg["arms"])
+
+
+_NO_DRIFT = ("The data set gives its items no genres, so the genre-mix drift (`drift`, "
+             "`drift:<group>`) is not measured.")
+
+
 def feedback_table(results: dict) -> list:
-    """Markdown table: per η and arm, round-T metrics as mean [95% CI] over seeds."""
+    """Markdown table: per η and arm, round-T metrics as mean [95% CI] over seeds (without the
+    drift column when it was not measured: :func:`drift_measured`)."""
     cfg = results["config"]
     T = cfg["rounds"]
-    lines = ["| η | arm | " + " | ".join(_TABLE) + " |", "|---|---|" + "---|" * len(_TABLE)]
+    cols = [m for m in _TABLE if m != "drift" or drift_measured(results)]
+    lines = ["| η | arm | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for eta in cfg["etas"]:
         for arm in cfg["arms"]:
-            cells = [_ci(_stat(results, eta, arm, T, m)) for m in _TABLE]
+            cells = [_ci(_stat(results, eta, arm, T, m)) for m in cols]
             lines.append(f"| {eta:g} | {arm} | " + " | ".join(cells) + " |")
     return lines
 
@@ -1004,6 +1018,8 @@ def contrast_table(results: dict, metrics_: Sequence[str] = (
     mean [95% CI]; ``*`` marks an interval that excludes 0."""
     cfg = results["config"]
     base = cfg.get("base_arm", BASE_ARM)
+    if not drift_measured(results):
+        metrics_ = [m for m in metrics_ if m != "drift"]
     lines = ["| η | arm − " + base + " | " + " | ".join(f"Δ {m}" for m in metrics_) + " |",
              "|---|---|" + "---|" * len(metrics_)]
     for eta in cfg["etas"]:
@@ -1097,6 +1113,9 @@ def feedback_text(results: dict) -> list:
             out.append(f"By round {T} at η = {hi:g}, {base}'s users' preferences have moved by a "
                        f"total variation of {_ci_said(_stat(results, hi, base, T, 'pref_shift'))} "
                        f"(the oracle's: {_ci_said(_stat(results, hi, 'oracle', T, 'pref_shift'))}).")
+        if not drift_measured(results):
+            out.append(_NO_DRIFT)
+            return out
         for eta in etas:
             gd = {g: _stat(results, eta, base, T, f"drift:{g}") for g in GROUPS}
             out.append(f"Genre-mix drift of {base}'s users by round {T} at η = {eta:g}: "
@@ -1121,9 +1140,10 @@ def render_section(results: dict, plots: Sequence = ()) -> list:
     lines += ["", f"Each arm minus {cfg.get('base_arm', BASE_ARM)} at round {cfg['rounds']}, "
               "paired by seed (`*`: the interval excludes 0):", ""]
     lines += contrast_table(results)
-    lines += ["", "Drift of the consumed genre mix per user group (round "
-              f"{cfg['rounds']}):", ""]
-    lines += group_table(results)
+    if drift_measured(results):
+        lines += ["", "Drift of the consumed genre mix per user group (round "
+                  f"{cfg['rounds']}):", ""]
+        lines += group_table(results)
     lines.append("")
     for p in plots:
         lines += [f"![e5]({p})", ""]
