@@ -8,7 +8,10 @@ weight in column 0 and its factors after it) is trained with
 ``embtab.nn.CuckooEmbeddingBagCollection`` (one row per ID; at the memory budget a table admits an
 ID from its ``--min-count``-th sighting and evicts the least recently used) and with
 ``embtab.nn.HashedEmbeddingBagCollection`` (the hashing trick: row = hash(id) mod m). Both get the
-same tables, so they use the same memory; the script prints logloss and AUC on held-out rows.
+same tables, so they use the same memory; the script prints logloss and AUC on held-out rows
+(the last 20%; AUC is printed as undefined, with the reason, when those rows are all clicks or
+all non-clicks, as on a few rows of ``--max-rows``). Both models are trained before the table
+is printed, so a ``--rows`` too small for a batch is one error line, not a table cut short.
 
 Data: by default ``../shared/data/criteo-sample/criteo_kaggle_train_head1000.txt`` beside the
 checkout (the Criteo layout: label, I1..I13, C1..C26, tab-separated; never copy it into the
@@ -188,7 +191,8 @@ def make_model(kind: str, rows: int, dim: int, min_count: int, seed: int, lr: fl
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (rank statistic, ties averaged)."""
+    """Area under the ROC curve (rank statistic, ties averaged); NaN when ``labels`` hold one
+    class (or none): the AUC is then undefined (see :func:`auc_cell`)."""
     order = np.argsort(scores, kind="stable")
     ranks = np.empty(len(scores))
     s = scores[order]
@@ -204,6 +208,18 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_cell(value: float, test_labels: np.ndarray) -> str:
+    """The AUC as the results table prints it: 4 decimals, or "undefined" with the reason when
+    the test rows hold a single class (an AUC ranks positives above negatives: it needs both)."""
+    if math.isfinite(value):
+        return f"{value:.4f}"
+    n = len(test_labels)
+    if n == 0:
+        return "undefined (no test rows)"
+    rows = "1 test row, with" if n == 1 else f"all {n:,} test rows have"
+    return f"undefined ({rows} label {int(test_labels[0])}: AUC needs both classes)"
 
 
 def train_eval(kind, labels, ids, args) -> dict:
@@ -311,14 +327,18 @@ def main(argv=None) -> int:
         f"both models: 26 tables of {args.rows:,} rows x {args.dim} factors (+1 linear); "
         f"train 80%, test 20%"
     )
-    print("| model | logloss | AUC | notes |")
-    print("|---|---:|---:|---|")
-    for kind in ("cuckoo", "hashed"):
+    results = []
+    for kind in ("cuckoo", "hashed"):  # both trained before the table: an error prints no table
         try:
-            r = train_eval(kind, labels, ids, args)
+            results.append(train_eval(kind, labels, ids, args))
         except ValueError as e:  # e.g. --rows below the distinct IDs of one batch
             print(f"error: {kind}: {e}", file=sys.stderr)
             return 2
+    test_labels = labels[int(len(labels) * 0.8):]
+    print("| model | logloss | AUC | notes |")
+    print("|---|---:|---:|---|")
+    for r in results:
+        kind = r["model"]
         if kind == "cuckoo":
             note = (
                 f"{r['num_ids']:,} live IDs, {r['num_admissions']:,} admitted, "
@@ -331,7 +351,7 @@ def main(argv=None) -> int:
                 f"{r['colliding_lookup_share']:.1%} of lookups hit a shared row"
             )
             name = "HashedEmbeddingBagCollection"
-        print(f"| {name} | {r['logloss']:.4f} | {r['auc']:.4f} | {note} |")
+        print(f"| {name} | {r['logloss']:.4f} | {auc_cell(r['auc'], test_labels)} | {note} |")
     return 0
 
 

@@ -337,6 +337,8 @@ def test_calibration_number_helpers():
     "synthetic:n_users=50,n_items=50,rank=4,mix_concentration=1e-9",
     "stream:n_users=50,n_items=50,zipf_s=500",
 ])
+# (50 interactions per user of 50-500 items in 18 genres: the capped-activity warning)
+@pytest.mark.filterwarnings("ignore:power_law.*interactions per user on average:UserWarning")
 def test_extreme_generator_settings_give_finite_truth_and_data(spec):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -513,10 +515,13 @@ def test_activity_beyond_int64_or_float64_is_capped_or_refused():
     # casts of huge draws wrapped (RuntimeWarning, users clipped to 5) or raised OverflowError
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        d = power_law_v2(**{**SMALL, "interactions_per_user": 2**62}, activity_sigma=0.0)
+        with pytest.warns(UserWarning, match=r"interactions_per_user=4611686018427387904 "
+                                             r"asked for 4\.61e\+18"):
+            d = power_law_v2(**{**SMALL, "interactions_per_user": 2**62}, activity_sigma=0.0)
         assert np.array_equal(np.bincount(d.users, minlength=d.n_users),
                               np.count_nonzero(d.truth.prob() > 0, axis=1))   # all of support
-        e = power_law(**{**SMALL, "interactions_per_user": 10**30}, activity_sigma=0.0)
+        with pytest.warns(UserWarning, match="asked for 1e\\+30"):
+            e = power_law(**{**SMALL, "interactions_per_user": 10**30}, activity_sigma=0.0)
         assert np.unique(e.users).size == e.n_users
     for gen in (power_law, power_law_v2):
         with pytest.raises(ValueError, match=r"activity_sigma=1e\+200 is too large"):

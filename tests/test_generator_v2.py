@@ -163,8 +163,10 @@ def test_spec_strings_route_to_v2_and_leave_the_default_alone():
                        seed=2)
     assert isinstance(d.truth, LatentTruth)
     np.testing.assert_array_equal(d.items, ref.items)
-    plain = load_dataset("synthetic:n_users=50,n_items=60", seed=2)
-    np.testing.assert_array_equal(plain.items, power_law(n_users=50, n_items=60, seed=2).items)
+    with pytest.warns(UserWarning, match="asked for"):   # 50 per user of 60 items, 18 genres
+        plain = load_dataset("synthetic:n_users=50,n_items=60", seed=2)
+        np.testing.assert_array_equal(plain.items,
+                                      power_law(n_users=50, n_items=60, seed=2).items)
     assert not isinstance(plain.truth, LatentTruth)
     with pytest.raises(ValueError, match="spec"):
         load_dataset("synthetic:rank=3,genres_per_item=1")

@@ -33,6 +33,7 @@ LAYERS = {
     "data": RESEARCH, "metrics": RESEARCH, "train": RESEARCH, "experiments": RESEARCH,
     "feedback": RESEARCH, "_research": RESEARCH,
     "cli": TOOLS, "benchmarks": TOOLS,
+    "__main__": TOOLS,   # python -m embtab: runs embtab.cli
 }
 #: modules whose private names anyone may import
 PRIVATE_OK = {"embtab._core"}

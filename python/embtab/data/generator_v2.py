@@ -39,7 +39,9 @@ The generative story (all draws from ``numpy.random.default_rng(seed)``):
 4. **Consumption.** User u consumes ``n_u`` distinct items (log-normal activity as in
    ``power_law``), sampled without replacement from c(i|u) ∝ p(i|u) · popularity(i)**γ
    (successive sampling, by Gumbel keys); ``timestamps`` record that order. γ = 0: consumption
-   follows the true preference.
+   follows the true preference. ``n_u`` is at most the number of items u can like; a
+   ``UserWarning`` says when that cap leaves the users less than half of the interactions
+   their activity draws asked for (``rank=1``, or a catalogue too small).
 5. **IDs.** Distinct uniformly random 64-bit raw IDs, as in ``power_law``.
 
 ``crowding=True`` is Steck's crowding-out case: one taste factor per genre (r = n_genres, no
@@ -69,6 +71,7 @@ from embtab.data.synthetic import (
     genre_weights,
     lognormal_mu,
     random_ids,
+    warn_capped_activity,
 )
 from embtab.data.truth import Truth
 
@@ -191,7 +194,11 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     n_users, n_items, n_genres : int
         Sizes; ``n_items >= n_genres``.
     interactions_per_user : int
-        Mean consumed items per user.
+        Mean consumed items per user. A user consumes at most the items they can like (with
+        ``genre_leak=0``, those of their taste factors' home genres, and all items only through
+        the mainstream factor): with ``rank=1`` or a small catalogue that cap can leave every
+        user the same few items, and a ``UserWarning`` says so (asked and held interactions per
+        user) when the users hold less than half of what their activity draws asked for.
     zipf_s : float
         Zipf exponent of popularity (and of the independent merit draw), > 0.
     rank : int, optional
@@ -392,22 +399,26 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
                                     crowding_split=float(crowding_split), seed=seed))
 
     # 4. activity and consumption (Gumbel keys: successive sampling without replacement)
+    lo = min(5, int(interactions_per_user))
     if activity_sigma > 0:
         mu = lognormal_mu(interactions_per_user, activity_sigma)
+        draw = rng.lognormal(mu, activity_sigma, size=U)
         # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
         # takes more than I items anyway)
-        n_u = np.rint(np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)).astype(np.int64)
+        n_u = np.rint(np.minimum(draw, I)).astype(np.int64)
     else:
+        draw = np.full(U, float(interactions_per_user))
         n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
-    n_u = np.clip(n_u, min(5, int(interactions_per_user)), None)
+    n_u = np.clip(n_u, lo, None)
+    support = np.empty(U, dtype=np.int64)   # the items each user can consume (c(i|u) > 0)
     users, items, order = [], [], []
     for s in range(0, U, 1024):
         rows = np.arange(s, min(s + 1024, U))
         # Gumbel keys on ln(p · exposure) (the row's normaliser does not change the order), so
         # an extreme exposure cannot underflow a user's row to nothing
         lw = truth.log_consumption_weight(rows)
-        support = np.count_nonzero(lw > -np.inf, axis=1)
-        n = np.minimum(n_u[rows], support)
+        support[rows] = np.count_nonzero(lw > -np.inf, axis=1)
+        n = np.minimum(n_u[rows], support[rows])
         n_u[rows] = n
         keys = lw + rng.gumbel(size=lw.shape)
         top = np.argsort(-keys, axis=1, kind="stable")
@@ -415,6 +426,19 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         users.append(np.repeat(rows, n))
         items.append(top[take])
         order.append(np.nonzero(take)[1])
+    steep = "and, under a steep zipf_s·beta, only those whose weight does not underflow to 0"
+    if genre_leak > 0:
+        narrow = f"a user consumes at most the n_items={I} items, {steep}"
+    else:
+        who = ("a niche user (no mainstream factor)" if has_main else
+               f"with {'crowding' if crowding else f'rank={r}'} no user has the mainstream "
+               f"factor: a user")
+        narrow = (f"with genre_leak=0, {who} can like only the items of their taste factors' "
+                  f"home genres, of the n_items={I}, {steep}")
+    warn_capped_activity("power_law_v2", interactions_per_user, np.maximum(np.rint(draw), lo),
+                         n_u, support, narrow,
+                         "raise n_items or lower interactions_per_user" if genre_leak > 0 else
+                         "raise n_items, rank or genre_leak, or lower interactions_per_user")
     ids_u = random_ids(rng, U)
     ids_i = random_ids(rng, I)
     return Interactions(name=name, user_ids=ids_u, item_ids=ids_i,

@@ -114,9 +114,22 @@ def _is_int(tok: str) -> bool:
     return _parses(tok, int)
 
 
+#: An integer field (an ID, a timestamp): ASCII decimal digits with an optional sign. Python's
+#: int() also reads '1_000' and other scripts' digits ('１', '١'), which would turn distinct raw
+#: tokens into one ID ('１' and '1'), so those are refused.
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+#: A column of such integers joined by newlines (one regex pass over a whole column).
+_ASCII_INT_LINES = re.compile(r"[+-]?[0-9]+(?:\n[+-]?[0-9]+)*")
+
+
 def _parse_column(tokens, kind, path, numbers, what):
-    """Vectorised parse of a column of strings; on failure find and name the first bad line."""
+    """Vectorised parse of a column of strings; on failure find and name the first bad line.
+
+    ``kind`` "id" (an integer in ``[-2^63, 2^64)``), "int" (int64) or "float" (finite).
+    Integers are ASCII decimal digits with an optional sign (``_ASCII_INT``)."""
     try:
+        if kind != "float" and not _ASCII_INT_LINES.fullmatch("\n".join(tokens)):
+            raise ValueError   # find the token below
         if kind == "id":
             try:
                 return np.fromiter(map(int, tokens), np.int64, len(tokens)).view(np.uint64)
@@ -137,12 +150,22 @@ def _parse_column(tokens, kind, path, numbers, what):
                 if not math.isfinite(v):
                     raise ValueError
             else:
+                if not _ASCII_INT.fullmatch(tok):
+                    if _is_int(tok):   # int() reads it, as another token's number
+                        raise ValueError(
+                            f"{path}, line {n}: {what} {tok!r} is not an integer written with "
+                            f"the ASCII digits 0-9 and an optional sign (no '_', no other "
+                            f"digits: int() would read it as {int(tok)}, the same "
+                            f"{'ID' if kind == 'id' else 'number'} as {str(int(tok))!r})")
+                    raise ValueError
                 v = int(tok)
                 hi = U64_MAX if kind == "id" else 2**63 - 1
                 if not -(2**63) <= v <= hi:
                     raise ValueError
                 v = v & U64_MAX if kind == "id" else v
-        except ValueError:
+        except ValueError as e:
+            if str(e).startswith(f"{path}, line {n}:"):
+                raise
             need = {"id": "an integer ID in [-2^63, 2^64)", "int": "an int64 integer",
                     "float": "a finite number"}[kind]
             raise ValueError(f"{path}, line {n}: {what} {tok!r} is not {need}") from None
@@ -159,13 +182,18 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     that is not a comment contains a comma. Blank lines and lines starting with ``#`` are
     skipped, and so is a UTF-8 byte-order mark. The first line is a header when none of its
     fields is a number; a first line with a number in it is data, and a bad field there is
-    reported as on any line. A header whose every name is one of :data:`HEADER_NAMES` (``user``,
-    ``item_id``, ``rating``, ``timestamp``, ...; any order, a user and an item column among them)
-    picks the columns by name; any other header is skipped and the columns are taken by position.
+    reported as on any line. A line separated by ``;``, ``|`` or ``:`` (one field, with a digit
+    in it on the first line) is data too, refused with a message naming the separators taken.
+    A header whose every name is one of :data:`HEADER_NAMES` (``user``, ``item_id``,
+    ``rating``, ``timestamp``, ...; any order, a user and an item column among them) picks the
+    columns by name; any other header is skipped and the columns are taken by position.
     A header field with no name (pandas' index column) is refused, and so is an empty field
     between two tabs.
     User and item IDs are integers in ``[-2^63, 2^64)`` (negative ones are stored as their
-    uint64 bit pattern); ``weight`` is a finite float, ``timestamp`` an integer. Every line
+    uint64 bit pattern); ``weight`` is a finite float, ``timestamp`` an int64 integer. IDs and
+    timestamps are written with the ASCII digits 0-9 and an optional sign: ``1_000``, ``0x10``
+    and other scripts' digits (``１``) are refused, naming the file, line and token (Python's
+    ``int()`` would read ``１`` as 1, merging two distinct raw IDs). Every line
     has the same number of fields (2, 3 or 4; with a header of known names, 2 to 4 of them).
     Repeated (user, item) pairs are merged: weights
     summed, latest timestamp kept. Every line is one positive interaction: training and the
@@ -210,8 +238,8 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     sep = _guess_sep(lines)
     rows, numbers = _split_lines(lines, sep, path)
     header = None
-    if rows and not any(map(_is_number, rows[0])):
-        header = (numbers[0], (sep or " ").join(rows[0]))
+    if rows and not any(map(_is_number, rows[0])) and not _other_separator(rows[0], digit=True):
+        header = (numbers[0], (sep or " ").join(rows[0]), rows[0])
         roles = _header_roles(path, numbers[0], rows[0])
         rows, numbers = rows[1:], numbers[1:]
     else:
@@ -223,11 +251,25 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     try:
         return _interactions_from_rows(path, rows, numbers, categories, name, roles)
     except ValueError as e:
-        if header is None or not str(e).startswith(f"{path}, line {numbers[0]}:"):
-            raise
+        if header is None or not str(e).startswith(f"{path}, line {numbers[0]}:") \
+                or _other_separator(header[2]) or _other_separator(rows[0]):
+            raise   # (lines in ';', '|' or ':': the error names the separators taken)
         # the first data line is bad too: say which line was taken for a header
         raise ValueError(f"{e} (line {header[0]}, {header[1]!r}, has no number and was read "
                          "as a header)") from None
+
+
+#: Field separators that load_interactions does not take (it takes whitespace and commas).
+_OTHER_SEPARATORS = ";|:"
+
+
+def _other_separator(fields, digit=False) -> str | None:
+    """The first of ``;``, ``|`` and ``:`` in ``fields`` when they are one field (a line
+    separated by one of them), else None; with ``digit`` only when the field has a digit too
+    (data, not a header such as ``user|item``)."""
+    if len(fields) != 1 or (digit and not any(c.isdigit() for c in fields[0])):
+        return None
+    return next((c for c in fields[0] if c in _OTHER_SEPARATORS), None)
 
 
 #: Header names recognised by load_interactions, per column (compared lowercased, without
@@ -272,9 +314,10 @@ def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
                          f"header, found {ncol}")
     if ncol not in (2, 3, 4):
         hint = ""
-        if ncol == 1 and any(ch in rows[0][0] for ch in ";|:"):
-            hint = (f" ({rows[0][0]!r}: fields are separated by whitespace or commas, "
-                    f"not ';', '|' or ':')")
+        other = _other_separator(rows[0])
+        if other:
+            hint = (f" ({rows[0][0]!r} is separated by {other!r}: fields are separated by "
+                    f"whitespace (spaces or tabs) or by commas, not by ';', '|' or ':')")
         raise ValueError(f"{path}, line {numbers[0]}: expected 2 to 4 fields "
                          f"'user item [weight [timestamp]]', found {ncol}{hint}")
     bad = np.flatnonzero(widths != ncol)
@@ -597,10 +640,19 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     :func:`~embtab.data.stream.power_law_stream`, the time-ordered stream), ``"movielens:PATH"``,
     ``"interactions:PATH"`` or ``"interactions:PATH,categories=PATH"``.
 
+    Values are integers, numbers or words (``crowding=true``). The arguments that take three
+    probabilities (for 1, 2, 3), ``genres_per_item`` and ``interests_per_user``, take them
+    separated by ``/``: ``"synthetic:genres_per_item=0.3/0.5/0.2"`` (a comma would end the
+    value).
+
     Example::
 
         >>> load_dataset("synthetic:n_users=30,n_items=40,interactions_per_user=5").n_users
         30
+        >>> d = load_dataset("synthetic:n_users=30,n_items=40,interactions_per_user=5,"
+        ...                  "genres_per_item=1/0/0")
+        >>> int(d.item_genres.lengths().max())   # every item has 1 genre
+        1
     """
     if not isinstance(spec, str):   # (None raised AttributeError from partition)
         raise TypeError(f"spec must be a dataset spec string such as 'synthetic' or "
@@ -609,6 +661,10 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     if kind in ("synthetic", "stream"):
         kwargs: dict = {"seed": seed}
         given: set = set()
+        # the arguments that take a sequence (their default is a tuple): 'key=a/b/c'
+        triples = {k: prm.default for f in (power_law, power_law_v2)
+                   for k, prm in inspect.signature(f).parameters.items()
+                   if isinstance(prm.default, tuple)}
         for item in filter(None, arg.split(",")):
             k, eq, v = item.partition("=")
             if not eq:
@@ -617,7 +673,15 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
             if k in given:  # the last value won silently
                 raise ValueError(f"dataset spec {spec!r}: key {k!r} is given more than once")
             given.add(k)
-            kwargs[k] = _literal(v.strip())
+            if k in triples:
+                parts = [_literal(x.strip()) for x in v.split("/")]
+                if len(parts) != 3 or not all(isinstance(x, (int, float)) for x in parts):
+                    raise ValueError(f"dataset spec {spec!r}: {k} takes 3 probabilities (for "
+                                     f"1, 2, 3) separated by '/', e.g. {k}="
+                                     f"{'/'.join(map(str, triples[k]))}; got {v.strip()!r}")
+                kwargs[k] = tuple(float(x) for x in parts)
+            else:
+                kwargs[k] = _literal(v.strip())
         if kind == "stream":
             # its own arguments; the rest go to power_law_v2 (**v2)
             generate = power_law_stream
@@ -633,7 +697,15 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
         if unknown:
             raise ValueError(f"dataset spec {spec!r}: unknown key{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(unknown)}; {kind} data sets take "
-                             f"{', '.join(sorted(listed))}")
+                             + ", ".join(f"{k}=P1/P2/P3" if k in triples else k
+                                         for k in sorted(listed)))
+        v1_only = sorted(given - set(inspect.signature(power_law_v2).parameters))
+        if generate is power_law_v2 and v1_only:   # (TypeError: unexpected keyword argument)
+            v2 = sorted(V2_KEYS & given)
+            raise ValueError(f"dataset spec {spec!r}: {', '.join(v1_only)} "
+                             f"{'is an argument' if len(v1_only) == 1 else 'are arguments'} of "
+                             f"power_law, not of power_law_v2, which {', '.join(v2)} "
+                             f"select{'s' if len(v2) == 1 else ''}")
         try:
             return generate(**kwargs)
         except (TypeError, ValueError) as e:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,8 +264,12 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
         if key in v2:
             raise ValueError(f"power_law_stream takes no {key} (use interactions_per_window; "
                              "the crowding setting has no time line)")
-    base = power_law_v2(n_users, n_items, interactions_per_user=max(
-        1, round(interactions_per_window)), activity_sigma=activity_sigma, seed=seed, **v2)
+    with warnings.catch_warnings():
+        # the base's interactions are not the stream's (only its truth, IDs and genres are
+        # used): its warning that they fall short of interactions_per_user would mislead
+        warnings.filterwarnings("ignore", r"power_law_v2: interactions_per_user=", UserWarning)
+        base = power_law_v2(n_users, n_items, interactions_per_user=max(
+            1, round(interactions_per_window)), activity_sigma=activity_sigma, seed=seed, **v2)
     truth = base.truth
     U, I = truth.n_users, truth.n_items
     rng = np.random.default_rng([int(seed), 0x5EA])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +70,36 @@ def lognormal_mu(mean: float, sigma: float) -> float:
     return math.log(mean) - float(sigma) ** 2 / 2
 
 
+def warn_capped_activity(generator: str, interactions_per_user, want, n_u, support,
+                         why: str, fix: str, stacklevel: int = 3) -> None:
+    """Warn (``UserWarning``) when the users hold on average less than half of the
+    interactions their activity draws asked for.
+
+    A user consumes distinct items that they can like (p(i|u) > 0): ``n_u`` is cut to the
+    user's ``support``, which a small catalogue or a narrow truth (one genre or factor per
+    user) makes smaller than ``interactions_per_user``, and then the users' histories are much
+    the same. ``want`` float [U] is each user's activity draw before any cap, ``n_u`` int [U]
+    the items each user consumes, ``support`` int [U] (at most ``n_items``) the items each
+    user can like; ``why`` says what limits the support, ``fix`` what to change. A cut of the
+    heaviest users alone (draws in the log-normal's tail) changes little and draws no warning.
+    ``stacklevel`` 3 points the warning at the generator's caller when the generator calls
+    this function itself."""
+    want, n_u, support = np.asarray(want, np.float64), np.asarray(n_u), np.asarray(support)
+    if not n_u.size:
+        return
+    asked, got = float(want.mean()), float(n_u.mean())
+    if not got < 0.5 * asked:
+        return
+    cut = int(np.count_nonzero(want > support))
+    warnings.warn(
+        f"{generator}: interactions_per_user={interactions_per_user} asked for "
+        f"{f'{asked:,.1f}' if asked < 1e9 else f'{asked:.3g}'} "
+        f"interactions per user on average, but the data holds only {got:,.1f} per user "
+        f"({int(n_u.sum()):,} in all): {cut:,} of the {n_u.size:,} users can like fewer items "
+        f"than they drew (median {float(np.median(support)):g} items; {why}): {fix}",
+        UserWarning, stacklevel=stacklevel)
+
+
 def check_seed(seed) -> int:
     """``seed`` as an int: an integer >= 0 (what ``numpy.random.default_rng`` takes); else
     ``TypeError`` (not an integer) or ``ValueError`` (negative), naming ``seed``."""
@@ -98,7 +129,9 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
        (so 70/30 users are common). Activity ``n_u`` is log-normal with mean
        ``interactions_per_user`` and log-sd ``activity_sigma`` (0: every user has exactly
        ``interactions_per_user``), at least ``min(5, interactions_per_user)``, at most the number
-       of items the user can like.
+       of items the user can like (a ``UserWarning`` says so when that cap leaves the users
+       less than half of the interactions their draws asked for: a catalogue too small for
+       ``interactions_per_user``).
     3. **Preference** (see :class:`GroundTruth`): ``p(i|u) = Σ_g mix_u(g) ·
        popularity(i)**beta · w(i,g) / Z_g``, ``w(i,g) = 1/|genres(i)|`` for ``g ∈ genres(i)``.
     4. **Interactions.** Each user consumes ``n_u`` distinct items sampled without replacement
@@ -114,7 +147,9 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         100,000 interactions) generates in well under a second; tens of millions of interactions
         work too (memory is O(N + G·I)).
     interactions_per_user : int
-        Mean interactions per user.
+        Mean interactions per user; a user takes at most the items they can like, and a
+        ``UserWarning`` (asked and held interactions per user) says when that cap leaves the
+        users less than half of what their activity draws asked for (a catalogue too small).
     zipf_s : float
         Zipf exponent of item popularity (> 0).
     beta : float
@@ -184,15 +219,23 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     item_sets, item_count = np.unique(gip.T > 0, axis=0, return_counts=True)
     overlap = (user_sets.astype(np.float64) @ item_sets.T.astype(np.float64)) > 0
     support = (overlap @ item_count).astype(np.int64)[user_inv.ravel()]
+    lo = min(5, int(interactions_per_user))
     if activity_sigma > 0:
         mu = lognormal_mu(interactions_per_user, activity_sigma)
+        draw = rng.lognormal(mu, activity_sigma, size=U)
         # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
         # takes more than I items anyway)
-        n_u = np.rint(np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)).astype(np.int64)
+        n_u = np.rint(np.minimum(draw, I)).astype(np.int64)
     else:
+        draw = np.full(U, float(interactions_per_user))
         n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
-    n_u = np.clip(n_u, min(5, int(interactions_per_user)), None)
+    n_u = np.clip(n_u, lo, None)
     n_u = np.minimum(n_u, support)
+    warn_capped_activity("power_law", interactions_per_user, np.maximum(np.rint(draw), lo), n_u,
+                         support, f"a user can like only the items of their 1-3 interest "
+                         f"genres, of the n_items={I}, and, under a steep zipf_s·beta, only those "
+                         f"whose weight does not underflow to 0", "raise n_items, or lower "
+                         "n_genres or interactions_per_user")
 
     users, items = _sample_without_replacement(rng, truth, item_genres, n_u)
     order = np.arange(users.size) - np.repeat(np.cumsum(n_u) - n_u, n_u)
