@@ -847,7 +847,7 @@ class _CuckooBase(_AtomicLoad):
                 R = self.num_embeddings
                 neg = rows < 0
                 any_neg = bool(neg.any())
-            self.num_steps.add_(1)  # in place: `+=` re-registers the buffer, 5x the time
+            self._buffers["num_steps"].add_(1)  # in place (`+=` re-registers the buffer)
             lfu = self.on_full == OnFull.EVICT_LFU
             if lfu or "row_last_step" in self._buffers:
                 used = rows[~neg] if any_neg else rows
@@ -2653,10 +2653,22 @@ class _BagCollection(_AtomicLoad):
             ids, offsets = (tuple(x) if isinstance(x, (tuple, list)) else (x, None))
             bag = ebs[table_of[f]]
             try:
-                flat, _ = _as_id_array(ids, "ids")
-                off, csr = _check_bag_args(
-                    ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
-                )
+                flat, shape = _as_id_array(ids, "ids")
+                p = psw.get(f)
+                if (p is None and len(shape) == 1 and type(offsets) is Tensor
+                        and offsets.dtype == torch.int64 and offsets.is_cpu
+                        and offsets.layout == torch.strided and offsets.dim() == 1
+                        and offsets.numel() and offsets.is_contiguous()):
+                    # the usual input: its offsets checked and made CSR by the native pass
+                    # alone (check_bag_args' other checks hold), words from it on a refusal
+                    code, _, csr = _core.bag_csr(offsets.numpy(), flat.size, last)
+                    off = offsets if code == 0 else None
+                else:
+                    code = -1
+                if code != 0:
+                    off, csr = _check_bag_args(
+                        ids, offsets, p, bag.mode, last, bag.weight, want_csr=True
+                    )
             except (TypeError, ValueError) as e:
                 raise type(e)(f"features[{f!r}]: {e}") from None
             if off is None:
@@ -3012,13 +3024,15 @@ class _CollectionLookup(torch.autograd.Function):
         for (c, bag, rows, csr, psw, col), gs in zip(plan, blocks):
             if gs is None or all(g is None for g in gs):
                 continue
-            if bag.optimizer is None or not bag.weight.requires_grad:
+            w = bag.weight
+            if bag.optimizer is None or not w.requires_grad:
                 continue
-            gs = [torch.zeros(B, c.embedding_dim, dtype=bag.weight.dtype) if g is None else g
-                  for g in gs]
-            # the features' bags one after the other, as in csr
-            g = gs[0] if len(gs) == 1 else torch.cat(gs)
-            wd = bag.weight.dtype
+            wd = w.dtype
+            if len(gs) == 1:
+                g = gs[0]
+            else:  # the features' bags one after the other, as in csr
+                g = torch.cat([torch.zeros(B, c.embedding_dim, dtype=wd) if x is None else x
+                               for x in gs])
             if g.dtype != wd:
                 g = g.to(wd)
             updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw, bag.mode == "mean"))

@@ -406,7 +406,7 @@ def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
     bufs = module._buffers
     states = [bufs["opt_" + n].numpy() for n, _, _ in opt._states()]
     states += [None] * (2 - len(states))
-    step = int(module.opt_step) + 1
+    step = int(bufs["opt_step"]) + 1
     key = (id(opt), step)
     kw = None if resolved is None else resolved.get(key)
     if kw is None:
@@ -434,7 +434,7 @@ def fused_update_many(updates: list, num_threads: int) -> None:
     jobs = [_job(*u, resolved=resolved) for u in updates]
     _core.fused_steps(jobs, num_threads=num_threads)
     for u in updates:
-        u[0].opt_step.add_(1)
+        u[0]._buffers["opt_step"].add_(1)
 
 
 def fused_update(
