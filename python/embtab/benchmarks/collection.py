@@ -276,8 +276,11 @@ def format_markdown(r: dict) -> str:
         e = times["embtab collection"]
         if "FBGEMM TBE" in times:
             ratio = e / times["FBGEMM TBE"]
-            out.append(f"- {name}: embtab collection / FBGEMM TBE = {ratio:.2f}x (target <= 0.8x: "
-                       f"{'met' if ratio <= 0.8 else 'missed'})")
+            # issue 16's target is for its workload (full-size tables, batches of 8,192)
+            target = (f" (target <= 0.8x: {'met' if ratio <= 0.8 else 'missed'})"
+                      if r["batch"] == 8192 and len(s) == 26 and s[-1] == 10**6
+                      else " (issue 16's target is for batches of 8,192 of the full tables)")
+            out.append(f"- {name}: embtab collection / FBGEMM TBE = {ratio:.2f}x{target}")
         else:
             out.append(f"- {name}: FBGEMM skipped ({r['fbgemm_skipped']})")
         out.append(f"- {name}: embtab collection / dict of nn.EmbeddingBag = "
