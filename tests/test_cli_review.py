@@ -147,6 +147,19 @@ def test_header_in_another_separator_gets_no_header_note(tmp_path):
     assert load_interactions(p).n_interactions == 2
 
 
+def test_a_title_line_with_a_separator_and_digits_is_still_a_header(tmp_path):
+    # A review of the change above: a one-field title holding a digit and ':', ';' or '|'
+    # (a time, a version) was taken for data and the file refused. Data is a line that splits
+    # at the separator into 2 to 4 numbers.
+    p = tmp_path / "t.csv"
+    for title in ("exported 2024-01-05 12:30", "item1:2", "v1.0;2"):
+        p.write_text(f"{title}\n1,2\n3,4\n")
+        assert load_interactions(p).n_interactions == 2, title
+    p.write_text("exported 12:30\n1,x\n")   # a bad first data line: the title is named
+    with pytest.raises(ValueError, match="read as a header"):
+        load_interactions(p)
+
+
 # 5. spec values of three probabilities //////////////////////////////////////////////////////
 
 SMALL = "synthetic:n_users=30,n_items=40,interactions_per_user=5"

@@ -114,21 +114,22 @@ def _is_int(tok: str) -> bool:
     return _parses(tok, int)
 
 
-#: An integer field (an ID, a timestamp): ASCII decimal digits with an optional sign. Python's
-#: int() also reads '1_000' and other scripts' digits ('１', '١'), which would turn distinct raw
-#: tokens into one ID ('１' and '1'), so those are refused.
-_ASCII_INT = re.compile(r"[+-]?[0-9]+")
-#: A column of such integers joined by newlines (one regex pass over a whole column).
-_ASCII_INT_LINES = re.compile(r"[+-]?[0-9]+(?:\n[+-]?[0-9]+)*")
+def _ascii_int_text(text: str) -> bool:
+    """Whether ``text`` (a token, or a whole column joined) holds no character that int() reads
+    beyond the ASCII digits and signs: int() also reads '1_000' and other scripts' digits
+    ('１', '١'), which would turn distinct raw tokens into one ID ('１' and '1'), so an integer
+    field (an ID, a timestamp) with a non-ASCII character or a '_' is refused. (Two C-level
+    passes over a whole column, not a regular expression.)"""
+    return text.isascii() and "_" not in text
 
 
 def _parse_column(tokens, kind, path, numbers, what):
     """Vectorised parse of a column of strings; on failure find and name the first bad line.
 
     ``kind`` "id" (an integer in ``[-2^63, 2^64)``), "int" (int64) or "float" (finite).
-    Integers are ASCII decimal digits with an optional sign (``_ASCII_INT``)."""
+    Integers are ASCII decimal digits with an optional sign (:func:`_ascii_int_text`)."""
     try:
-        if kind != "float" and not _ASCII_INT_LINES.fullmatch("\n".join(tokens)):
+        if kind != "float" and not _ascii_int_text("".join(tokens)):
             raise ValueError   # find the token below
         if kind == "id":
             try:
@@ -150,7 +151,7 @@ def _parse_column(tokens, kind, path, numbers, what):
                 if not math.isfinite(v):
                     raise ValueError
             else:
-                if not _ASCII_INT.fullmatch(tok):
+                if not _ascii_int_text(tok):
                     if _is_int(tok):   # int() reads it, as another token's number
                         raise ValueError(
                             f"{path}, line {n}: {what} {tok!r} is not an integer written with "
@@ -238,7 +239,7 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     sep = _guess_sep(lines)
     rows, numbers = _split_lines(lines, sep, path)
     header = None
-    if rows and not any(map(_is_number, rows[0])) and not _other_separator(rows[0], digit=True):
+    if rows and not any(map(_is_number, rows[0])) and not _other_separator(rows[0], data=True):
         header = (numbers[0], (sep or " ").join(rows[0]), rows[0])
         roles = _header_roles(path, numbers[0], rows[0])
         rows, numbers = rows[1:], numbers[1:]
@@ -252,7 +253,7 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
         return _interactions_from_rows(path, rows, numbers, categories, name, roles)
     except ValueError as e:
         if header is None or not str(e).startswith(f"{path}, line {numbers[0]}:") \
-                or _other_separator(header[2]) or _other_separator(rows[0]):
+                or _other_separator(header[2], data=True) or _other_separator(rows[0]):
             raise   # (lines in ';', '|' or ':': the error names the separators taken)
         # the first data line is bad too: say which line was taken for a header
         raise ValueError(f"{e} (line {header[0]}, {header[1]!r}, has no number and was read "
@@ -263,13 +264,18 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
 _OTHER_SEPARATORS = ";|:"
 
 
-def _other_separator(fields, digit=False) -> str | None:
+def _other_separator(fields, data=False) -> str | None:
     """The first of ``;``, ``|`` and ``:`` in ``fields`` when they are one field (a line
-    separated by one of them), else None; with ``digit`` only when the field has a digit too
-    (data, not a header such as ``user|item``)."""
-    if len(fields) != 1 or (digit and not any(c.isdigit() for c in fields[0])):
+    separated by one of them), else None; with ``data`` only when the line split at it is 2 to
+    4 numbers (a data line such as ``0;24;1``, not a header such as ``user|item`` or a title
+    such as ``exported 2024-01-05 12:30``)."""
+    if len(fields) != 1:
         return None
-    return next((c for c in fields[0] if c in _OTHER_SEPARATORS), None)
+    sep = next((c for c in fields[0] if c in _OTHER_SEPARATORS), None)
+    if sep is None or not data:
+        return sep
+    parts = [p.strip() for p in fields[0].split(sep)]
+    return sep if 2 <= len(parts) <= 4 and all(map(_is_number, parts)) else None
 
 
 #: Header names recognised by load_interactions, per column (compared lowercased, without
