@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -321,13 +322,16 @@ def main(argv=None) -> int:
         return 1
     where = f"embtab {args.command}" + (f" {args.name}" if hasattr(args, "name") else "")
     try:
-        with _terminate_as_interrupt():
+        # demo and experiment write through a staging folder: SIGTERM unwinds them as Ctrl-C
+        # does, so that it is removed (bench keeps the default action)
+        with _terminate_as_interrupt(args.command in ("demo", "experiment")):
             return commands[args.command](args)
     except (KeyboardInterrupt, _Terminated) as e:
-        # the runs' cleanup (the hidden staging folder, a folder this call created) has run
-        print(f"{where}: interrupted ({'SIGTERM' if isinstance(e, _Terminated) else 'SIGINT'}); "
-              f"the output folder is as it was", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+        # one line instead of a traceback; re-raised, so that a caller (console_main) ends
+        # the process by the signal itself
+        print(f"{where}: interrupted ({'SIGTERM' if isinstance(e, _Terminated) else 'SIGINT'})",
+              file=sys.stderr)
+        raise
     except USER_ERRORS as e:
         print(f"{where}: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -336,25 +340,63 @@ def main(argv=None) -> int:
         return 2
 
 
+def console_main() -> None:
+    """The ``embtab`` console script and ``python -m embtab``: :func:`main`, exiting with its
+    status. Interrupted by SIGINT or SIGTERM (after the command's cleanup and its one-line
+    message), the process ends by that signal, as a shell loop expects of a child it should
+    stop for (an exit status of 130 would let ``for ...; do embtab ...; done`` go on)."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        _end_by(signal.SIGINT)
+    except _Terminated:
+        _end_by(signal.SIGTERM)
+    sys.exit(status)
+
+
+def _end_by(sig: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    sys.exit(128 + sig)   # (where the signal does not end the process at once)
+
+
 class _Terminated(BaseException):
     """Raised in the main thread by SIGTERM while a command runs (see _terminate_as_interrupt)."""
 
 
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _default_sigterm_in_child() -> None:
+    # a process forked while a command runs (a benchmark's ranks, a data loader's workers)
+    # gets the default SIGTERM action back: its parent's handler would make it print a
+    # traceback, or keep it alive, where its launcher stops it with SIGTERM
+    try:
+        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:   # not the main thread
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 @contextlib.contextmanager
-def _terminate_as_interrupt():
+def _terminate_as_interrupt(enable: bool = True):
     """SIGTERM raises _Terminated in the main thread, as SIGINT raises KeyboardInterrupt, so
     that a terminated run cleans up as an interrupted one does (its staging folder removed,
     the output folder left as it was) instead of the process dying where it stands. Only
-    where Python's default SIGTERM action is in place, and only in the main thread."""
-    if (threading.current_thread() is not threading.main_thread()
+    with ``enable``, where Python's default SIGTERM action is in place, and in the main
+    thread; forked children get the default action back."""
+    if (not enable or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
-
-    def handler(signum, frame):
-        raise _Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
@@ -368,4 +410,4 @@ def _one_line(e: BaseException) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()
