@@ -823,6 +823,15 @@ def _w_mismatch(rank, world_size, store):
         8, DIM, seed=SEED, min_count=2, admission_eps=0.01 if rank else 0.001))
     refused("norm_type", ShardedCuckooEmbeddingBag(
         8, DIM, seed=SEED, max_norm=1.0, norm_type=1.0 if rank else 2.0), lambda m: m(ids[None]))
+    # a field of its own is named before the digest (dedup follows from min_count)
+    refused("has min_count=", ShardedCuckooEmbedding(8, DIM, seed=SEED, min_count=2 if rank else 1))
+    refused("has max_norm=", ShardedCuckooEmbeddingBag(
+        8, DIM, seed=SEED, max_norm=1.0 if rank else None), lambda m: m(ids[None]))
+    # alike settings spelled otherwise give one digest ("zeros" reads no a, b; -0.0 is 0.0)
+    for alike in ((embtab.nn.EmbeddingInit("zeros", 0.0, 0.0), "zeros"),
+                  (embtab.nn.EmbeddingInit("normal", -0.0, 1), None)):
+        m = ShardedCuckooEmbedding(8, DIM, seed=SEED, init=alike[rank])
+        m(ids).sum().backward()
     # one rank left in eval mode: its shard would not give the others' new IDs rows
     refused(r"forward \(eval mode\) while this rank is in forward|forward while this rank is in "
             r"forward \(eval mode\)", ShardedCuckooEmbedding(8, DIM, seed=SEED).train(rank == 0))

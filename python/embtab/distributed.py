@@ -428,11 +428,13 @@ class _ShardedBase(nn.Module):
         ``max_norm``). Sent in the header's ``dedup`` field above its bit, so that the header
         keeps its size."""
         s = self.shard
-        parts = [s.init.kind, float(s.init.a), float(s.init.b)]
+        # alike settings give one digest: "zeros" reads no a, b; -0.0 is 0.0
+        a, b = (0.0, 0.0) if s.init.kind == "zeros" else (float(s.init.a), float(s.init.b))
+        parts = [s.init.kind, a + 0.0, b + 0.0]
         if s.min_count > 1:
             parts += [s.admission_eps, s.admission_delta]
         if s.max_norm is not None:
-            parts.append(float(getattr(s, "norm_type", 2.0)))
+            parts.append(float(getattr(s, "norm_type", 2.0)) + 0.0)
         digest = hashlib.sha256(repr(parts).encode()).digest()
         return int.from_bytes(digest[:8], "little") >> 12
 
@@ -452,8 +454,13 @@ class _ShardedBase(nn.Module):
         _collective(f"all_to_all of the {_PHASES[phase]} header", g,
                     lambda: dist.all_to_all_single(recv, send, group=g))
         recv = recv.cpu().tolist()
+        di = _HEADER.index("dedup")
         for peer, theirs in enumerate(recv):
-            for i, field in enumerate(_HEADER):
+            # dedup follows from min_count, on_full and scale_grad_by_freq, and carries the
+            # settings digest: a field of its own that differs is named first
+            order = [i for i in range(len(_HEADER)) if i != di] + [di]
+            for i in order:
+                field = _HEADER[i]
                 if field == "count" or theirs[i] == mine[i]:
                     continue
                 if field in ("magic",):
@@ -472,6 +479,9 @@ class _ShardedBase(nn.Module):
                     what = ("has another init, norm_type (with max_norm) or admission_eps/"
                             "admission_delta (with min_count > 1) than this rank (the modules are "
                             "configured differently on the two ranks)")
+                elif field == "dedup":
+                    what = (f"has dedup={theirs[i] & 1} where this rank has dedup={mine[i] & 1} "
+                            f"(the modules are configured differently on the two ranks)")
                 elif field == "kind" and theirs[i] >> 1 != mine[i] >> 1:
                     what = (f"has optimizer={_fused_name(theirs[i] >> 1)} where this rank has "
                             f"optimizer={_fused_name(mine[i] >> 1)} (the modules' fused optimizers "
