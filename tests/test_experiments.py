@@ -486,6 +486,13 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
     assert "At equal exposure" not in text
     assert "where the d = 2 lists are less popular than the d = 16 lists" in text
     assert "not equal exposure), the d = 16 model is more accurate than the d = 2 model" in text
+    # results saved before gap_matched was kept: recomputed from the rows, never gap_after
+    # (which covers the unmatched seeds too)
+    old = copy.deepcopy(posthoc)
+    del old["contrasts"]["gap_matched"]
+    assert findings(old) == findings(posthoc)
+    del old["rows"]
+    assert all("At equal exposure" not in t for t in findings(old))
     c["reached"] = [False] * len(c["reached"])  # no seed matched: no equal-exposure claim
     text = " ".join(findings(res))
     assert "No seed reached the d = 16 exposure, so ndcg@10 is not compared" in text

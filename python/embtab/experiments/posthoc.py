@@ -214,7 +214,10 @@ def findings(results: dict) -> list:
     # λ* is the first λ whose exposure is at most the target: "equal exposure" only when the
     # matched seeds' gap interval holds 0 (a low-d model already less popular than the high-d
     # one has λ* = 0 and a gap below 0)
-    gm = c.get("gap_matched") or c["gap_after"]
+    gm = c.get("gap_matched")
+    if gm is None:  # results saved before gap_matched was kept: from their rows, if any
+        gm = (contrasts(results["rows"], lo, hi).get("gap_matched") if results.get("rows")
+              else None) or interval([])
     g_lo, g_hi, g_mean = gm.get("ci95_low"), gm.get("ci95_high"), gm.get("mean")
     has_ci = all(x is not None and math.isfinite(x) for x in (g_lo, g_hi))
     gap = (f"{exp} gap at λ* {g_mean:+.4f}" if g_mean is not None and math.isfinite(g_mean)
