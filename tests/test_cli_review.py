@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,13 @@ from embtab.data import load_dataset, load_interactions, power_law, power_law_st
 
 
 def _python_m_embtab(*args, cwd):
+    # the embtab this test process imports (an installed wheel, or the tree on PYTHONPATH;
+    # the repository's python/ holds no compiled core in a clean clone)
+    import embtab
+
+    site = str(Path(embtab.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "python")] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        [site] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     return subprocess.run([sys.executable, "-m", "embtab", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
