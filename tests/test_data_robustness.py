@@ -337,8 +337,10 @@ def test_calibration_number_helpers():
     "synthetic:n_users=50,n_items=50,rank=4,mix_concentration=1e-9",
     "stream:n_users=50,n_items=50,zipf_s=500",
 ])
-# (50 interactions per user of 50-500 items in 18 genres: the capped-activity warning)
+# (50 interactions per user of 50-500 items in 18 genres: the capped-activity warning; the
+# stream's 8 windows of 8 from 50 items: its catalogue runs dry)
 @pytest.mark.filterwarnings("ignore:power_law.*interactions per user on average:UserWarning")
+@pytest.mark.filterwarnings("ignore:power_law_stream.*but the stream holds only:UserWarning")
 def test_extreme_generator_settings_give_finite_truth_and_data(spec):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -529,7 +531,10 @@ def test_activity_beyond_int64_or_float64_is_capped_or_refused():
     from embtab.data import power_law_stream
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s = power_law_stream(n_users=60, n_items=80, n_windows=3, interactions_per_window=1e19)
+        # each rate is capped at the 80 items, and three windows of 80 run the catalogue dry
+        with pytest.warns(UserWarning, match=r"interactions_per_window=1e\+19 drew"):
+            s = power_law_stream(n_users=60, n_items=80, n_windows=3,
+                                 interactions_per_window=1e19)
     assert np.unique(s.users * 80 + s.items).size == s.users.size   # nothing consumed twice
 
 

@@ -199,3 +199,22 @@ def test_time_windows_of_a_stream_keep_its_own_indices_when_edge_windows_are_emp
     tr = d.subset(d.timestamps >= 2)
     assert np.array_equal(time_windows(tr), tr.timestamps)
     assert set(time_windows(d, 2).tolist()) == {0, 1}
+
+
+def test_a_catalogue_that_runs_dry_warns_with_the_drawn_and_held_counts():
+    # 50 users drawing ~8 items in each of 8 windows from 20 items: each user can hold at most
+    # 20, so the later windows fall far short of what the rates drew
+    with pytest.warns(UserWarning, match=r"power_law_stream: interactions_per_window=8\.0 "
+                                         r"drew [\d,]+ interactions over 8 windows, but the "
+                                         r"stream holds only ([\d,]+)") as rec:
+        d = power_law_stream(n_users=50, n_items=20, n_windows=8, interactions_per_window=8.0,
+                             seed=0)
+    held = [w for w in rec if "power_law_stream" in str(w.message)]
+    assert len(held) == 1 and held[0].filename == __file__
+    assert f"holds only {d.users.size:,} " in str(held[0].message)
+    assert d.users.size <= 50 * 20
+    # a catalogue large enough for the windows: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        power_law_stream(n_users=50, n_items=2000, n_windows=8, interactions_per_window=8.0,
+                         seed=0)

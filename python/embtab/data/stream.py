@@ -228,6 +228,13 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     ValueError
         An argument out of range, naming it.
 
+    Warns
+    -----
+    UserWarning
+        When the stream holds less than half of the interactions the users' rates drew: each
+        user consumes an item at most once, so a catalogue small against
+        ``interactions_per_window · n_windows`` runs dry (the message gives both counts).
+
     Example::
 
         >>> d = power_law_stream(n_users=200, n_items=300, n_windows=4, item_birth_share=0.5,
@@ -293,10 +300,12 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     rate = np.minimum(rng.lognormal(mu, activity_sigma, size=U), I)  # none consumes > I items
     consumed = np.zeros((U, I), dtype=bool)
     users, items, times = [], [], []
+    drawn = 0   # the interactions the users' rates drew, before each window's cap
     for w in range(W):
         log_vit = stream.log_vitality(w)
         active = np.flatnonzero(user_join <= w)
         n_w = rng.poisson(rate[active])
+        drawn += int(n_w.sum())
         for s in range(0, active.size, 1024):
             rows = active[s:s + 1024]
             # ln(p · exposure · vitality), summed in logs (an extreme exposure cannot underflow
@@ -315,10 +324,29 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
             users.append(u)
             items.append(i)
             times.append(np.full(u.size, w, dtype=np.int64))
+    users, items = np.concatenate(users), np.concatenate(items)
+    _warn_capped_windows(interactions_per_window, drawn, users.size, U, I, W)
     return Interactions(name=name, user_ids=base.user_ids, item_ids=base.item_ids,
-                        users=np.concatenate(users), items=np.concatenate(items),
+                        users=users, items=items,
                         timestamps=np.concatenate(times), item_genres=base.item_genres,
                         genre_names=base.genre_names, truth=stream)
+
+
+def _warn_capped_windows(interactions_per_window, drawn: int, got: int, U: int, I: int,
+                         W: int) -> None:
+    """Warn (``UserWarning``, pointing at the caller of :func:`power_law_stream`) when the
+    stream holds less than half of the interactions the users' rates drew: a user consumes
+    each item at most once, and only items already born and liked (p(i|u) > 0), so a
+    catalogue that is small against ``interactions_per_window · n_windows`` runs dry and the
+    later windows hold far fewer interactions than asked."""
+    if drawn == 0 or got >= 0.5 * drawn:
+        return
+    warnings.warn(
+        f"power_law_stream: interactions_per_window={interactions_per_window} drew {drawn:,} "
+        f"interactions over {W} windows, but the stream holds only {got:,} ({got / drawn:.0%}): "
+        f"each of the {U:,} users consumes an item at most once, and only items already born "
+        f"that they can like, out of {I:,}: use more items (n_items), fewer windows or a lower "
+        f"interactions_per_window", UserWarning, stacklevel=3)
 
 
 def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray:
