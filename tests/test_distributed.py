@@ -883,6 +883,9 @@ def _w_one_shard_fails(rank, world_size, store, ckpt):
         else:
             with pytest.raises(ShardedCommError, match="shard lookup failed on rank 0"):
                 m(ids).sum().backward()
+    # the failing shard did not count the refused calls as steps; the other one did
+    # (docs/site/guide/sharding.md, "Errors")
+    assert int(m.shard.num_steps) == (0 if rank == 0 else 2)
     out = m(a[own == 1][:1] if rank == 0 else a[own == 0][:1])  # a call that fits works
     out.sum().backward()
     assert out.shape == (1, DIM)
