@@ -385,3 +385,32 @@ def test_fused_backward_refuses_offsets_changed_after_the_forward():
     with pytest.raises(RuntimeError, match="offsets of this forward were changed"):
         out.sum().backward()
     assert torch.equal(m.weight.detach(), before)
+    out = m(ids, off.fill_(0))
+    off[1] = 1   # valid bags, but not the forward's
+    with pytest.raises(RuntimeError, match="offsets of this forward were changed"):
+        out.sum().backward()
+    assert torch.equal(m.weight.detach(), before)
+
+
+def test_fused_backward_steps_the_bags_its_forward_pooled():
+    """The backward reuses the CSR its forward's check made: offsets changed behind torch's
+    back (through a NumPy view, which no version counter sees) after the forward do not change
+    which rows the step reads; changed by torch, they are refused (test above), whether or not
+    they still make valid bags."""
+    import embtab.nn
+    import embtab.optim
+
+    def model():
+        return embtab.nn.CuckooEmbeddingBag(8, 3, mode="mean", seed=3,
+                                            optimizer=embtab.optim.Adagrad(lr=0.1))
+
+    ids = torch.tensor([5, 6, 7, 8, 9])
+    a, b = model(), model()
+    off = torch.tensor([0, 1])
+    (a(ids, off) * torch.arange(6.0).reshape(2, 3)).sum().backward()
+    off2 = torch.tensor([0, 1])
+    out = b(ids, off2)
+    off2.numpy()[1] = 4   # other bags, unseen by torch
+    (out * torch.arange(6.0).reshape(2, 3)).sum().backward()
+    assert torch.equal(a.weight.detach(), b.weight.detach())
+    assert torch.equal(a.opt_sum.detach(), b.opt_sum.detach())

@@ -1513,9 +1513,9 @@ class _Bag:
             ids_t = _id_tensor(input, "input")
         else:
             ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(
+        off, csr = _check_bag_args(
             input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.weight,
-            check_values=not traced,
+            check_values=not traced, want_csr=True,
         )
         dev = self.weight.device
         if traced:
@@ -1529,7 +1529,8 @@ class _Bag:
             idx = _row_tensor(rows, shape, dev)
         if self.optimizer is not None and rows is not None:
             out = self.optimizer.lookup(
-                self, idx, off, per_sample_weights, padding_idx, bag=True, rows=rows, needs=needs
+                self, idx, off, per_sample_weights, padding_idx, bag=True, rows=rows, needs=needs,
+                csr=csr,
             )
             return self._track(out, rows)
         out = F.embedding_bag(

@@ -213,24 +213,28 @@ class FusedOptimizer(torch.optim.Optimizer):
     def lookup(
         self, module, idx: Tensor, offsets, per_sample_weights, padding_idx, bag: bool,
         rows: Optional[np.ndarray] = None, needs: Optional[bool] = None,
+        csr: Optional[np.ndarray] = None,
     ) -> Tensor:
         """The forward of ``module`` on rows ``idx``: ``F.embedding_bag`` (``bag``) or
         ``F.embedding`` with the module's settings, whose backward applies the fused step
         (checked by :meth:`check_weight` first; ``needs``: its answer, when the caller has just
         asked it). ``rows``: ``idx`` flat as the int64 NumPy array the caller remapped it from
-        (read by the backward; taken from ``idx`` when not given)."""
+        (read by the backward; taken from ``idx`` when not given). ``csr``: the bags' CSR
+        offsets that the caller's check of ``offsets`` made (``check_bag_args(want_csr=True)``);
+        the backward steps those bags (and refuses ``offsets`` changed in place since)."""
         if is_compiling():
             return _eager_lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag,
-                                 rows, needs)
-        return _lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag, rows, needs)
+                                 rows, needs, csr)
+        return _lookup(self, module, idx, offsets, per_sample_weights, padding_idx, bag, rows, needs,
+                       csr)
 
 
-def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs):
+def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs, csr=None):
     if needs is None:
         needs = opt.check_weight(module, psw)
     if not needs:
         return _plain(module, idx, offsets, psw, padding_idx, bag)
-    return _FusedLookup.apply(module.weight, psw, module, idx, offsets, padding_idx, bag, rows)
+    return _FusedLookup.apply(module.weight, psw, module, idx, offsets, padding_idx, bag, rows, csr)
 
 
 # eager always: its backward is a native step on NumPy views (torch.compile breaks the graph
@@ -294,7 +298,7 @@ class _FusedLookup(torch.autograd.Function):
     returns no gradient for the weight."""
 
     @staticmethod
-    def forward(ctx, weight, psw, module, idx, offsets, padding_idx, bag, rows=None):
+    def forward(ctx, weight, psw, module, idx, offsets, padding_idx, bag, rows=None, csr=None):
         ctx.module, ctx.idx, ctx.offsets, ctx.padding_idx, ctx.bag, ctx.rows = (
             module,
             idx,
@@ -303,6 +307,10 @@ class _FusedLookup(torch.autograd.Function):
             bag,
             rows,
         )
+        # the forward's CSR (the bags it pooled), kept with the offsets' version: the backward
+        # steps those bags, and refuses offsets that torch changed in place since
+        ctx.csr = csr if bag and idx.dim() == 1 else None
+        ctx.offsets_version = _version(offsets) if ctx.csr is not None else None
         ctx.max_indices = None
         ctx.zero_row = module.num_embeddings
         if bag and module.mode == "max":
@@ -350,7 +358,18 @@ class _FusedLookup(torch.autograd.Function):
         weight = module.weight
         if grad_out.dtype != weight.dtype:
             grad_out = grad_out.to(weight.dtype)
-        csr = _csr(idx, ctx.offsets, module.include_last_offset) if bag else None
+        if not bag:
+            csr = None
+        elif ctx.csr is not None:
+            if _version(ctx.offsets) != ctx.offsets_version:  # as torch refuses a saved tensor
+                raise RuntimeError(
+                    "embtab.optim: the offsets of this forward were changed in place before its "
+                    "backward; no row was stepped (keep the offsets of a forward as they are "
+                    "until its backward has run)"
+                )
+            csr = ctx.csr
+        else:  # a traced forward, whose check did not read the offsets
+            csr = _csr(idx, ctx.offsets, module.include_last_offset)
         grad_psw = None
         if ctx.needs_input_grad[1]:
             flat = idx.reshape(-1)
@@ -378,7 +397,16 @@ class _FusedLookup(torch.autograd.Function):
                     None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
                     bag and module.mode == "mean",
                 )
-        return None, grad_psw, None, None, None, None, None, None
+        return None, grad_psw, None, None, None, None, None, None, None
+
+
+def _version(t) -> Optional[int]:
+    """``t``'s version counter (bumped by every in-place change torch makes), or None where it
+    has none (an inference tensor, not a tensor)."""
+    try:
+        return t._version
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def grad_rows(grad: Tensor, d: int) -> np.ndarray:
