@@ -194,17 +194,19 @@ __attribute__((always_inline)) inline void class_tops_loop(const double* T1, con
 #if defined(EMBTAB_X86_INTRIN)
 // class_tops_avx2 is class_tops_loop with native max/min, and the lanes merged in registers:
 // each lane inserts its partner's list (halves swapped, then neighbours swapped), so every lane
-// ends with the m largest of all four.
+// ends with the m largest of all four. _mm256_max_pd/_min_pd return their second operand on a
+// tie, so the list entry goes second in max and first in min: on +0.0 against -0.0 each keeps
+// what class_tops_loop's selects keep (the same bits at every level).
 __attribute__((target("avx2"))) inline void class_tops_avx2(const double* T1, const std::uint64_t* in_use,
                                                             const std::int32_t* class_top, std::size_t D,
                                                             std::size_t G4, double* top) {
 #define EMBTAB_TOPM_INSERT(x)                                              \
     do {                                                                   \
         const __m256d x_ = (x);                                            \
-        if (m > 3) v3 = _mm256_max_pd(v3, _mm256_min_pd(x_, v2));          \
-        if (m > 2) v2 = _mm256_max_pd(v2, _mm256_min_pd(x_, v1));          \
-        if (m > 1) v1 = _mm256_max_pd(v1, _mm256_min_pd(x_, v0));          \
-        v0 = _mm256_max_pd(v0, x_);                                        \
+        if (m > 3) v3 = _mm256_max_pd(_mm256_min_pd(x_, v2), v3);          \
+        if (m > 2) v2 = _mm256_max_pd(_mm256_min_pd(x_, v1), v2);          \
+        if (m > 1) v1 = _mm256_max_pd(_mm256_min_pd(x_, v0), v1);          \
+        v0 = _mm256_max_pd(x_, v0);                                        \
     } while (0)
     for (std::size_t d = 0; d < D; ++d) {
         const std::int32_t m = class_top[d];
