@@ -235,6 +235,9 @@ def _breakdown(coll, feats, repeats: int) -> dict:
     holder = {}
 
     def fwd():
+        # the previous output freed first, as in a training loop: kept alive, its 13 MiB made
+        # every forward allocate (and page-fault) a fresh output
+        holder.pop("out", None)
         holder["out"] = coll(feats, concat=True)
 
     forward = med(fwd)
