@@ -262,8 +262,8 @@ def time_calls(fn: Callable[[], Any], repeats: int, *, warmup: int = 0,
 
 
 def interleaved(impls: Dict[str, Callable[[int], Any]], n_batches: int, repeats: int, *,
-                warmup: bool = False, check: Optional[Callable[[List[Any]], None]] = None
-                ) -> Dict[str, float]:
+                warmup: bool = False, check: Optional[Callable[[List[Any]], None]] = None,
+                collect: bool = True) -> Dict[str, float]:
     """Median seconds per step of each implementation, their timed passes interleaved.
 
     Each pass calls one implementation on batches ``0 .. n_batches - 1`` and is timed with
@@ -282,6 +282,10 @@ def interleaved(impls: Dict[str, Callable[[int], Any]], n_batches: int, repeats:
         One untimed pass of each implementation first.
     check : callable, optional
         Called with the list of one pass's step outputs; raises if they are wrong.
+    collect : bool
+        A full garbage collection before each pass (:func:`time_calls`). It walks every
+        Python object, which evicts the steps' working set from the caches, so each pass then
+        starts cold; False times the steps back to back, as a training loop runs them.
 
     Returns
     -------
@@ -297,7 +301,8 @@ def interleaved(impls: Dict[str, Callable[[int], Any]], n_batches: int, repeats:
     for r in range(repeats):
         for k in names[r % len(names):] + names[:r % len(names)]:
             step = impls[k]
-            t = time_calls(lambda step=step: [step(b) for b in range(n_batches)], 1, check=check)
+            t = time_calls(lambda step=step: [step(b) for b in range(n_batches)], 1, check=check,
+                           collect=collect)
             times[k].append(t.median / n_batches)
     return {k: float(np.median(v)) for k, v in times.items()}
 
