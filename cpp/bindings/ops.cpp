@@ -229,9 +229,9 @@ void bind_ops(py::module_& m) {
     m.def(
         "bag_csr",
         [](const py::handle& off_obj, std::int64_t n, bool include_last_offset) {
-            // A bag module's offsets checked and made CSR in one pass (the module's forward and
-            // its fused backward call this on every step, in place of NumPy checks and a
-            // concatenation; bench/README.md, "A step's fixed costs"). Returns (code, index, csr): code 0 and the CSR offsets (num_bags
+            // A bag module's offsets checked and made CSR in one pass (the module's forward calls
+            // this on every step, in place of NumPy checks and a concatenation, and its fused
+            // backward steps the bags of this copy; bench/README.md, "A step's fixed costs"). Returns (code, index, csr): code 0 and the CSR offsets (num_bags
             // + 1 entries, the last n; [n] for no bags) when they are valid, else what is wrong
             // and csr None:
             // 1 offsets[0] != 0; 2 offsets[index] > offsets[index + 1]; 3 offsets[-1] > n;

@@ -172,6 +172,15 @@ def check_bag_args(
     NumPy array (num_bags + 1 entries, the last the number of IDs), made by the same native
     pass that checks them; None for 2-D input.
     """
+    if (per_sample_weights is None and check_values and type(offsets) is Tensor
+            and offsets.dtype == torch.int64 and offsets.is_cpu and offsets.layout == torch.strided
+            and offsets.dim() == 1 and offsets.numel() and offsets.is_contiguous()
+            and input.dim() == 1):
+        # the usual call: its offsets checked and made CSR by the native pass alone (the other
+        # checks hold); a refusal is worded by the full path below
+        code, _, csr = _core.bag_csr(offsets.numpy(), input.shape[0], include_last_offset)
+        if code == 0:
+            return (offsets, csr) if want_csr else offsets
     csr = None
     if input.dim() == 2:
         if offsets is not None:

@@ -2655,21 +2655,9 @@ class _BagCollection(_AtomicLoad):
             bag = ebs[table_of[f]]
             try:
                 flat, shape = _as_id_array(ids, "ids")
-                p = psw.get(f)
-                if (p is None and len(shape) == 1 and type(offsets) is Tensor
-                        and offsets.dtype == torch.int64 and offsets.is_cpu
-                        and offsets.layout == torch.strided and offsets.dim() == 1
-                        and offsets.numel() and offsets.is_contiguous()):
-                    # the usual input: its offsets checked and made CSR by the native pass
-                    # alone (check_bag_args' other checks hold), words from it on a refusal
-                    code, _, csr = _core.bag_csr(offsets.numpy(), flat.size, last)
-                    off = offsets if code == 0 else None
-                else:
-                    code = -1
-                if code != 0:
-                    off, csr = _check_bag_args(
-                        ids, offsets, p, bag.mode, last, bag.weight, want_csr=True
-                    )
+                off, csr = _check_bag_args(
+                    ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
+                )
             except (TypeError, ValueError) as e:
                 raise type(e)(f"features[{f!r}]: {e}") from None
             if off is None:
