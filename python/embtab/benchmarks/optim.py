@@ -383,22 +383,22 @@ def format_markdown(r: dict) -> str:
                 f"- adam: fused / nn.EmbeddingBag + SparseAdam = {ratio:.2f}x (target <= "
                 f"0.5x: {'met' if ratio <= 0.5 else 'missed'})"
             )
-    ts = {int(k): v for k, v in r["threads_step"].items()}
+    def speedup(key: str, label: str, digits: int) -> str:
+        t = {int(k): v for k, v in r[key].items()}
+        sp = t[1] / t[2]
+        return (f"{label}: 1 thread {t[1] * 1e3:.{digits}f} ms, 2 threads "
+                f"{t[2] * 1e3:.{digits}f} ms: {sp:.2f}x (target >= 1.6x: "
+                f"{'met' if sp >= 1.6 else 'missed'})")
+
     tk = {int(k): v for k, v in r["threads_kernel"].items()}
-    sp = ts[1] / ts[2]
     out.append(
-        f"- threads, fused RowWiseAdagrad step: 1 thread {ts[1] * 1e3:.1f} ms, 2 threads "
-        f"{ts[2] * 1e3:.1f} ms: {sp:.2f}x (target >= 1.6x: {'met' if sp >= 1.6 else 'missed'}); "
-        f"the C++ step alone: {tk[1] * 1e3:.2f} ms vs {tk[2] * 1e3:.2f} ms ({tk[1] / tk[2]:.2f}x)"
+        speedup("threads_step", "- threads, fused RowWiseAdagrad step", 1)
+        + f"; the C++ step alone: {tk[1] * 1e3:.2f} ms vs {tk[2] * 1e3:.2f} ms "
+        f"({tk[1] / tk[2]:.2f}x)"
     )
     if "threads_step_warm" in r:
-        tw = {int(k): v for k, v in r["threads_step_warm"].items()}
-        spw = tw[1] / tw[2]
-        out.append(
-            f"- the same, passes back to back (no full garbage collection before each, caches "
-            f"warm): 1 thread {tw[1] * 1e3:.2f} ms, 2 threads {tw[2] * 1e3:.2f} ms: {spw:.2f}x "
-            f"(target >= 1.6x: {'met' if spw >= 1.6 else 'missed'})"
-        )
+        out.append(speedup("threads_step_warm", "- the same, passes back to back (no full "
+                           "garbage collection before each, caches warm)", 2))
     if "breakdown" in r:
         b = r["breakdown"]
         out.append(
