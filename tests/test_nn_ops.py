@@ -414,3 +414,11 @@ def test_fused_backward_steps_the_bags_its_forward_pooled():
     (out * torch.arange(6.0).reshape(2, 3)).sum().backward()
     assert torch.equal(a.weight.detach(), b.weight.detach())
     assert torch.equal(a.opt_sum.detach(), b.opt_sum.detach())
+    # offsets that are a strided view: torch copies them, and accepts a change to their base
+    # after the forward; so does the fused backward (it steps the forward's bags)
+    c = model()
+    base = torch.tensor([0, 9, 1, 9])
+    out = c(ids, base[::2])
+    base[2] = 4
+    (out * torch.arange(6.0).reshape(2, 3)).sum().backward()
+    assert torch.equal(a.weight.detach(), c.weight.detach())

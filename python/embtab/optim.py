@@ -307,10 +307,14 @@ class _FusedLookup(torch.autograd.Function):
             bag,
             rows,
         )
-        # the forward's CSR (the bags it pooled), kept with the offsets' version: the backward
-        # steps those bags, and refuses offsets that torch changed in place since
+        # the forward's CSR (the bags it pooled): the backward steps those bags. Contiguous
+        # offsets, which torch's embedding_bag keeps for its backward as they are, are kept with
+        # their version, and refused if changed in place since, as torch refuses them; torch
+        # copies other offsets, and so accepts a change to them, as this does.
         ctx.csr = csr if bag and idx.dim() == 1 else None
-        ctx.offsets_version = _version(offsets) if ctx.csr is not None else None
+        ctx.offsets_version = (
+            _version(offsets) if ctx.csr is not None and offsets.is_contiguous() else None
+        )
         ctx.max_indices = None
         ctx.zero_row = module.num_embeddings
         if bag and module.mode == "max":
@@ -361,7 +365,7 @@ class _FusedLookup(torch.autograd.Function):
         if not bag:
             csr = None
         elif ctx.csr is not None:
-            if _version(ctx.offsets) != ctx.offsets_version:  # as torch refuses a saved tensor
+            if ctx.offsets_version is not None and _version(ctx.offsets) != ctx.offsets_version:
                 raise RuntimeError(
                     "embtab.optim: the offsets of this forward were changed in place before its "
                     "backward; no row was stepped (keep the offsets of a forward as they are "
