@@ -233,7 +233,8 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     UserWarning
         When the stream holds less than half of the interactions the users' rates drew: each
         user consumes an item at most once, so a catalogue small against
-        ``interactions_per_window · n_windows`` runs dry (the message gives both counts).
+        ``interactions_per_window · n_windows``, a narrow taste or a tiny ``half_life`` runs
+        the users dry (the message gives both counts).
 
     Example::
 
@@ -336,17 +337,20 @@ def _warn_capped_windows(interactions_per_window, drawn: int, got: int, U: int, 
                          W: int) -> None:
     """Warn (``UserWarning``, pointing at the caller of :func:`power_law_stream`) when the
     stream holds less than half of the interactions the users' rates drew: a user consumes
-    each item at most once, and only items already born and liked (p(i|u) > 0), so a
-    catalogue that is small against ``interactions_per_window · n_windows`` runs dry and the
-    later windows hold far fewer interactions than asked."""
+    each item at most once, and only items already born, not faded away and liked
+    (p(i|u) > 0), so a catalogue small against ``interactions_per_window · n_windows``, a
+    narrow taste (``rank``, ``n_genres``) or a tiny ``half_life`` leaves the later windows with
+    far fewer interactions than asked."""
     if drawn == 0 or got >= 0.5 * drawn:
         return
     warnings.warn(
         f"power_law_stream: interactions_per_window={interactions_per_window} drew {drawn:,} "
-        f"interactions over {W} windows, but the stream holds only {got:,} ({got / drawn:.0%}): "
-        f"each of the {U:,} users consumes an item at most once, and only items already born "
-        f"that they can like, out of {I:,}: use more items (n_items), fewer windows or a lower "
-        f"interactions_per_window", UserWarning, stacklevel=3)
+        f"interactions over {W} window{'s' if W != 1 else ''}, but the stream holds only "
+        f"{got:,} ({got / drawn:.0%}): each of the {U:,} users consumes an item at most once, "
+        f"and only items of the {I:,} already born, not faded away and that they can like; a "
+        f"catalogue small for the windows (n_items against interactions_per_window x "
+        f"n_windows), a narrow taste (rank, n_genres) or a tiny half_life runs the users dry",
+        UserWarning, stacklevel=3)
 
 
 def time_windows(data: Interactions, n_windows: int | None = None) -> np.ndarray:
