@@ -14,9 +14,10 @@ RowWiseAdagrad; 8 batches of 65,536 Zipf(1.1) raw IDs in bags of 8; a step is fo
   object walk).
 
 Printed per setting and thread count: the median over ``--rounds`` of the pass's mean ms per
-step, the median ms of each of the 8 step positions in the pass, and the median count of
-minor page faults per pass (``getrusage``), which tells a cold cache from fresh memory.
-Settings and thread counts take turns within each round.
+step, the median ms of each of the 8 step positions in the pass, and the median and largest
+count of minor page faults per pass (``getrusage``), which tells a cold cache from fresh
+memory. Within each round the thread counts take turns, and the settings run in an order that
+rotates from round to round (so that none is always the first pass after a switch).
 """
 
 import argparse
@@ -56,8 +57,9 @@ def main() -> None:
         for t in ((1, 2) if r % 2 == 0 else (2, 1)):
             fm.num_threads = t
             torch.set_num_threads(t)
-            for k, before in BEFORE.items():
-                before()
+            names = list(BEFORE)
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                BEFORE[k]()
                 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 ts = []
                 for ids in raw:
@@ -70,14 +72,14 @@ def main() -> None:
                 step_ms[k, t].append(np.array(ts) * 1e3)
     print(f"Machine: {machine_line(machine())}; {args.rounds} rounds.")
     print("| before each pass | threads | ms per step (pass mean) | by position in the pass | "
-          "minor faults per pass |")
+          "minor faults per pass: median, largest |")
     print("|---|---:|---:|---|---:|")
     for k in BEFORE:
         for t in (1, 2):
             a = np.stack(step_ms[k, t])
             pos = " ".join(f"{x:.2f}" for x in np.median(a, axis=0))
             print(f"| {k} | {t} | {np.median(a.mean(axis=1)):.3f} | {pos} | "
-                  f"{np.median(faults[k, t]):.0f} |")
+                  f"{np.median(faults[k, t]):.0f}, {max(faults[k, t])} |")
 
 
 if __name__ == "__main__":
