@@ -57,6 +57,10 @@ Notes
   gradient (inference); a training forward then raises TypeError before it changes anything.
 * ``scale_grad_by_freq=True`` divides a row's summed gradient by its number of occurrences in
   the batch, as ``nn.Embedding`` does (torch 2.13's ``nn.EmbeddingBag`` divides by other counts).
+* A bag module's backward steps the bags its forward pooled (the CSR its forward's check made).
+  Contiguous offsets changed in place by torch between the forward and its backward are refused
+  (``RuntimeError``, no row stepped), as torch refuses the offsets it kept; a strided view, which
+  torch copies, may change.
 """
 
 from __future__ import annotations
