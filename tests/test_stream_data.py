@@ -218,3 +218,12 @@ def test_a_catalogue_that_runs_dry_warns_with_the_drawn_and_held_counts():
         warnings.simplefilter("error")
         power_law_stream(n_users=50, n_items=2000, n_windows=8, interactions_per_window=8.0,
                          seed=0)
+
+
+def test_load_dataset_warnings_name_the_spec_at_the_callers_line():
+    spec = "stream:n_users=50,n_items=20"
+    with pytest.warns(UserWarning, match=r"dataset spec 'stream:n_users=50,n_items=20': "
+                                         r"power_law_stream: interactions_per_window") as rec:
+        load_dataset(spec)
+    assert [w.filename for w in rec] == [__file__]
+    assert str(rec[0].message).startswith(f"dataset spec {spec!r}: ")
