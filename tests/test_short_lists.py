@@ -379,7 +379,7 @@ def test_stream_two_windows_report_does_not_compare_a_window_with_itself():
 
 
 # (20 items over 6 windows run dry: the stream says so)
-@pytest.mark.filterwarnings("ignore:.*power_law_stream.*but the stream holds only:UserWarning")
+@pytest.mark.filterwarnings("ignore:power_law_stream.*but the stream holds only:UserWarning")
 def test_stream_lists_of_few_candidates_are_short_and_match_the_oracle():
     from embtab.experiments.stream import run_stream
 

@@ -220,10 +220,7 @@ def test_a_catalogue_that_runs_dry_warns_with_the_drawn_and_held_counts():
                          seed=0)
 
 
-def test_load_dataset_warnings_name_the_spec_at_the_callers_line():
-    spec = "stream:n_users=50,n_items=20"
-    with pytest.warns(UserWarning, match=r"dataset spec 'stream:n_users=50,n_items=20': "
-                                         r"power_law_stream: interactions_per_window") as rec:
-        load_dataset(spec)
+def test_load_dataset_warnings_point_at_the_callers_line():
+    with pytest.warns(UserWarning, match=r"^power_law_stream: interactions_per_window") as rec:
+        load_dataset("stream:n_users=50,n_items=20")
     assert [w.filename for w in rec] == [__file__]
-    assert str(rec[0].message).startswith(f"dataset spec {spec!r}: ")

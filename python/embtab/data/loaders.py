@@ -649,8 +649,8 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     Values are integers, numbers or words (``crowding=true``). The arguments that take three
     probabilities (for 1, 2, 3), ``genres_per_item`` and ``interests_per_user``, take them
     separated by ``/``: ``"synthetic:genres_per_item=0.3/0.5/0.2"`` (a comma would end the
-    value). A generator's warnings (users holding far fewer interactions than asked) are
-    raised again prefixed with ``dataset spec '...':``, at the line that called this function.
+    value). A generator's warnings (users holding far fewer interactions than asked) point at
+    the line that called this function.
 
     Example::
 
@@ -713,8 +713,8 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
                              f"{'is an argument' if len(v1_only) == 1 else 'are arguments'} of "
                              f"power_law, not of power_law_v2, which {', '.join(v2)} "
                              f"select{'s' if len(v2) == 1 else ''}")
-        # the generator's warnings (capped activity, a stream that runs dry) come out naming the
-        # spec, at the line that called load_dataset rather than at this one
+        # the generator's warnings (capped activity, a stream that runs dry) come out, as they
+        # are, at the line that called load_dataset rather than at this one
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -722,7 +722,7 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"dataset spec {spec!r}: {e}") from None
         for w in caught:
-            warnings.warn(f"dataset spec {spec!r}: {w.message}", w.category, stacklevel=2)
+            warnings.warn(w.message, stacklevel=2)
         return data
     if kind == "movielens" and arg:
         return load_movielens(arg)
