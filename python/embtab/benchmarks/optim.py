@@ -239,8 +239,8 @@ def _run(quick: bool, seed: int, repeats: int, threads: int) -> dict:
             {1: with_threads(1), 2: with_threads(2)}, n_batches, repeats, warmup=True
         )
         # the same passes with no full garbage collection before each (warm caches, as steps
-        # run back to back in a training loop; the collection costs each pass ~0.4 ms a step
-        # at both thread counts, bench/README.md, "Two threads, warm and cold")
+        # run back to back in a training loop; what the collection costs a step, at either
+        # thread count: bench/parts/cold_passes.py, bench/README.md "Two threads, warm and cold")
         res["threads_step_warm"] = interleaved(
             {1: with_threads(1), 2: with_threads(2)}, n_batches, repeats, collect=False
         )
