@@ -912,6 +912,54 @@ def test_a_failing_shard_raises_on_every_rank_and_a_bad_optimizer_loads_nothing(
     _start(_w_one_shard_fails, 2, str(tmp_path / "store"), str(tmp_path / "ckpt"))
 
 
+def _w_refused_arguments(rank, world_size, store, bad_rank):
+    # One rank's arguments fail their checks: every rank raises (that rank its own error, the
+    # others ShardedCommError naming it), no rank counts the call, and the next calls pair up
+    # as before. Oracle: the same calls without the refused one, on modules built alike.
+    _init(rank, world_size, store)
+    ids = torch.tensor([3, 5, 7, 5]) + 10 * rank
+    off = torch.tensor([0, 2])
+    bags = [ShardedCuckooEmbeddingBag(8, DIM, mode="sum", seed=SEED, name=f"b{i}") for i in range(2)]
+    embs = [ShardedCuckooEmbedding(8, DIM, seed=SEED, name=f"e{i}") for i in range(2)]
+    bad_bag = (torch.tensor([0, 9]), None)         # offsets past the IDs
+    bad_emb = ids.double()                            # float IDs
+    for m, call, bad in ((bags[0], lambda x: bags[0](ids, x), bad_bag[0]),
+                         (embs[0], lambda x: embs[0](x), bad_emb)):
+        for training in (True, False):
+            m.train(training)
+            if rank == bad_rank:
+                with pytest.raises((TypeError, ValueError)):
+                    call(bad)
+            else:
+                with pytest.raises(ShardedCommError, match=f"rank {bad_rank} of {world_size} refused"):
+                    call(off if m is bags[0] else ids)
+        m.train(True)
+    for step in range(2):  # the ranks are in step: each call pairs with the same call elsewhere
+        outs = []
+        for m in bags:
+            out = m(ids + step, off)
+            out.sum().backward()
+            outs.append(out)
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+        outs = []
+        for m in embs:
+            out = m(ids + step)
+            out.sum().backward()
+            outs.append(out)
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for a, b in (bags, embs):
+        assert int(a.shard.num_steps) == int(b.shard.num_steps) == 2
+        assert a.num_ids == b.num_ids
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size,bad_rank", [(2, 0), (2, 1), (3, 1)])
+def test_arguments_refused_on_one_rank_raise_on_every_rank(tmp_path, world_size, bad_rank):
+    # Before, the other ranks went on into the exchange, which paired with the refusing rank's
+    # next call (another batch): the ranks were silently out of step.
+    _start(_w_refused_arguments, world_size, str(tmp_path / "store"), bad_rank)
+
+
 # checkpoints of several modules, tampered manifests, failed saves ///////////////////////////
 
 

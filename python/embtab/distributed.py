@@ -37,6 +37,7 @@ rank's optimizer then updates its own shard and DDP's averaged dense parameters)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -439,14 +440,19 @@ class _ShardedBase(nn.Module):
         return int.from_bytes(digest[:8], "little") >> 12
 
     def _handshake(self, phase: int, seq: int, counts: Optional[list] = None,
-                   expect: Optional[list] = None) -> list:
+                   expect: Optional[list] = None, refused: bool = False) -> list:
         """All-to-all of the call header (see ``_HEADER``); returns the counts the peers send
         this rank. ShardedCommError, on every rank, when a peer is in another call (phase,
-        module, sequence number), has another configuration, or (``expect``) sends other counts."""
+        module, sequence number), has another configuration, or (``expect``) sends other counts.
+        ``refused``: this rank refused its arguments for the call; it announces a count of -1
+        to every peer, and each peer raises ShardedCommError naming it (the caller raises its
+        own error), so that no rank goes on into the exchange of a call a peer never joins."""
         g, ws = self.process_group, self.world_size
         mine = self._header(phase, seq)
         send = torch.tensor([mine] * ws, dtype=torch.int64)
-        if counts is not None:
+        if refused:
+            send[:, _HEADER.index("count")] = -1
+        elif counts is not None:
             send[:, _HEADER.index("count")] = torch.tensor(counts, dtype=torch.int64)
         cdev = torch.device("cpu") if self._comm_on_cpu else self.shard.weight.device
         send = send.to(cdev)
@@ -493,6 +499,14 @@ class _ShardedBase(nn.Module):
                                        f"{self.rank} of {ws} in {_PHASES[phase]} of {type(self).__name__} "
                                        f"#{self.module_index}")
         got = [row[_HEADER.index("count")] for row in recv]
+        if refused:
+            return got
+        peers = [p for p, c in enumerate(got) if c < 0]
+        if peers:
+            raise ShardedCommError(
+                f"embtab.distributed: rank {peers[0]} of {ws} refused its arguments for "
+                f"{_PHASES[phase]} of {type(self).__name__} #{self.module_index} (its error is "
+                f"raised there); no rank counts this call, and no ID or row has changed")
         if expect is not None and got != list(expect):
             raise ShardedCommError(f"embtab.distributed: in backward, rank {self.rank} expects gradient "
                                    f"rows {list(expect)} from ranks 0..{ws - 1} but they announce {got}")
@@ -522,6 +536,21 @@ class _ShardedBase(nn.Module):
         return f"rank={self.rank}, world_size={self.world_size}, shard_seed={self.shard_seed}"
 
     # routing ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _checked_call(self):
+        """Around a forward's argument checks: when they raise, the other ranks learn of it
+        in the call's header exchange (see ``_handshake(refused=True)``) and raise
+        ShardedCommError, then this rank's own error is raised; no rank counts the call."""
+        try:
+            yield
+        except Exception as e:
+            try:
+                self._handshake(1 if self.shard.training else 5, self._seq + 1, refused=True)
+            except ShardedCommError as comm:  # peers out of step too: this rank's error first
+                if hasattr(e, "add_note"):  # Python 3.11+
+                    e.add_note(f"(and the ranks' header exchange failed: {comm})")
+            raise
 
     def _exchange(self, ids: np.ndarray, with_valid: bool) -> Tensor:
         """Vectors of the flat int64 ``ids`` in input order, ``[n, d]`` (``[n, d + 1]`` with a
@@ -1091,7 +1120,8 @@ class ShardedCuckooEmbedding(_ShardedBase):
                          name=name, local_kwargs=local)
 
     def forward(self, input: Tensor) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
+        with self._checked_call():
+            ids, shape = _as_id_array(input, "input")
         return self._exchange(ids, with_valid=False).reshape(*shape, self.embedding_dim)
 
 
@@ -1141,9 +1171,10 @@ class ShardedCuckooEmbeddingBag(_ShardedBase):
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        ids, shape = _as_id_array(input, "input")
-        off = _check_bag_args(input, offsets, per_sample_weights, self.mode, self.include_last_offset,
-                              self.shard.weight)
+        with self._checked_call():
+            ids, shape = _as_id_array(input, "input")
+            off = _check_bag_args(input, offsets, per_sample_weights, self.mode,
+                                  self.include_last_offset, self.shard.weight)
         packed = self._exchange(ids, with_valid=True)
         n, d = len(ids), self.embedding_dim
         vecs = torch.cat([packed[:, :d], packed.new_zeros(1, d)])
