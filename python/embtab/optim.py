@@ -247,13 +247,13 @@ def _lookup(opt, module, idx, offsets, psw, padding_idx, bag, rows, needs, csr=N
 _eager_lookup = torch.compiler.disable(_lookup)
 
 
-def _plain(module, idx, offsets, psw, padding_idx, bag):
+def _plain(module, idx, offsets, psw, padding_idx, bag, weight=None):
     if bag:
         if idx.dim() == 1 and module.max_norm is None and offsets is not None:
             # what F.embedding_bag runs for these arguments, without its Python checks (the
             # module checked them)
             return torch.embedding_bag(
-                module.weight, idx, offsets, module.scale_grad_by_freq, _MODES[module.mode],
+                module.weight if weight is None else weight, idx, offsets, module.scale_grad_by_freq, _MODES[module.mode],
                 False, psw, module.include_last_offset,
                 padding_idx,
             )[0]
@@ -342,7 +342,9 @@ class _FusedLookup(torch.autograd.Function):
                 -1 if padding_idx is None else padding_idx,
             )
         else:
-            out = _plain(module, idx, offsets, psw, padding_idx, bag)
+            # the weight detached: torch's embedding_bag then skips what only its own backward
+            # reads (the bag of each entry), which this Function's backward does not use
+            out = _plain(module, idx, offsets, psw, padding_idx, bag, weight.detach())
         # The gradient of per_sample_weights reads the rows as this forward read them: another
         # lookup of the module in the same graph may step them first (autograd runs the later
         # lookup's backward first), so they are kept now when that gradient will be asked for.
