@@ -390,6 +390,48 @@ def test_learning_rate_setter_and_scheduler():
     assert fused_opt.lr == topt.param_groups[0]["lr"] != 0.5
 
 
+@pytest.mark.parametrize("make,key,value,err", [
+    (lambda: eo.SGD(lr=0.1, momentum=0.5), "lr", -1.0, ValueError),
+    (lambda: eo.SGD(lr=0.1, momentum=0.5), "momentum", 1.0, ValueError),
+    (lambda: eo.SGD(lr=0.1), "weight_decay", float("nan"), ValueError),
+    (lambda: eo.SGD(lr=0.1), "nesterov", True, ValueError),      # needs momentum > 0
+    (lambda: eo.SGD(lr=0.1, momentum=0.5), "nesterov", 1, TypeError),
+    (lambda: eo.Adagrad(), "lr_decay", -2.0, ValueError),
+    (lambda: eo.Adagrad(), "eps", 0.0, ValueError),
+    (lambda: eo.Adagrad(), "initial_accumulator_value", -1.0, ValueError),
+    (lambda: eo.RowWiseAdagrad(), "eps", 0.0, ValueError),       # wrote NaN before
+    (lambda: eo.RowWiseAdagrad(), "lr", "0.1", TypeError),
+    (lambda: eo.Adam(), "betas", (1.0, 0.999), ValueError),      # ZeroDivisionError before
+    (lambda: eo.Adam(), "betas", [0.9], TypeError),
+    (lambda: eo.Adam(), "lr", float("inf"), ValueError),
+])
+def test_hyperparameters_written_into_param_groups_are_checked_before_any_change(make, key, value, err):
+    # The constructor's checks hold for values a scheduler or the user writes later; the
+    # training forward refuses them before it inserts an ID, so nothing changes.
+    opt = make()
+    mods = [CuckooEmbeddingBag(16, D, mode="sum", optimizer=opt),
+            CuckooEmbeddingBagCollection(
+                [EmbeddingBagConfig(num_embeddings=16, embedding_dim=D, name="t",
+                                    feature_names=["a"])], optimizer=opt)]
+    calls = [lambda m, ids: m(ids, torch.tensor([0])),
+             lambda m, ids: m({"a": (ids, torch.tensor([0]))}, concat=True)]
+    for m, call in zip(mods, calls):
+        call(m, torch.tensor([1, 2])).sum().backward()
+    opt.param_groups[0][key] = value
+    name = f"param_groups\\[0\\]\\['{key}'\\]"
+    for m, call in zip(mods, calls):
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        with pytest.raises(err, match=name):
+            call(m, torch.tensor([1, 3])).sum().backward()
+        after = m.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), key
+    # a value the constructor takes is taken again, and training goes on
+    opt.param_groups[0][key] = make().param_groups[0][key]
+    for m, call in zip(mods, calls):
+        call(m, torch.tensor([1, 3])).sum().backward()
+
+
 def test_state_dict_round_trip_continues_training(tmp_path):
     batches = make_batches("bag2d", steps=8)
     a = CuckooEmbeddingBag(4, D, mode="sum", optimizer=eo.Adam(lr=0.01))

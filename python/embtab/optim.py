@@ -43,8 +43,10 @@ grow with the weight, and a row handed to a new ID (growth, eviction) starts fro
 Hyperparameters live in the optimizer object, a ``torch.optim.Optimizer`` with one parameter
 group and no parameters: set ``opt.lr = x`` between steps, or drive ``param_groups[0]["lr"]``
 with a ``torch.optim.lr_scheduler`` (its ``step()`` is a no-op: the update happened in
-backward; call it before the scheduler's as usual). One optimizer object may serve several
-modules; each keeps its own state.
+backward; call it before the scheduler's as usual). Whatever writes ``param_groups[0]``, its
+values are checked as the constructor checks its arguments before a training forward changes
+anything (a negative ``lr``, ``eps = 0``, a beta of 1 raise ValueError naming the entry). One
+optimizer object may serve several modules; each keeps its own state.
 
 Notes
 -----
@@ -145,6 +147,36 @@ class FusedOptimizer(torch.optim.Optimizer):
         """[(name, per_element, fill)]: the module buffers ``opt_<name>`` this optimizer keeps."""
         raise NotImplementedError
 
+    # (key, lo, lo_open, hi) of each number in param_groups[0], checked as the constructor
+    # checks its argument (see _check_float) by _group
+    _fields: tuple = ()
+
+    def _group(self) -> dict:
+        """``param_groups[0]``, its hyperparameters checked as the constructor checks them: a
+        scheduler or the user may have written any value there since (ValueError or TypeError
+        naming the entry, before a step reads it). Values seen last time (the same objects) are
+        not checked again."""
+        g = self.param_groups[0]
+        seen = []
+        for k in self._group_keys():
+            v = g.get(k)
+            seen += list(v) if isinstance(v, (tuple, list)) else [v]
+        last = self.__dict__.get("_checked_values")
+        if last is None or len(last) != len(seen) or any(a is not b for a, b in zip(seen, last)):
+            for k, lo, lo_open, hi in self._fields:
+                if k not in g:
+                    raise ValueError(f"param_groups[0] has no {k!r} (this optimizer reads it)")
+                _check_float(f"param_groups[0][{k!r}]", g[k], lo, lo_open, hi)
+            self._check_group(g)
+            self.__dict__["_checked_values"] = seen
+        return g
+
+    def _group_keys(self) -> tuple:
+        return tuple(k for k, *_ in self._fields)
+
+    def _check_group(self, g: dict) -> None:
+        """Checks of ``param_groups[0]`` beyond ``_fields`` (subclasses)."""
+
     def _resolved(self, step: int) -> dict:
         """Keyword arguments of ``_core.fused_step`` for the module's step number ``step``."""
         raise NotImplementedError
@@ -197,7 +229,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         that records a step (gradient enabled, and the weight or ``per_sample_weights``
         requiring it) also needs a float32 or float64 weight: a module converted by ``.half()``
         or ``.bfloat16()`` runs forwards without gradient (inference) and raises TypeError in
-        training."""
+        training. Such a forward also checks the hyperparameters in ``param_groups[0]`` (as
+        the constructor checks its arguments; a scheduler or the user may have written them)."""
         w = module.weight
         if w.device.type != "cpu":
             raise ValueError(
@@ -212,6 +245,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 f"was converted after construction, e.g. by .half() or .bfloat16()): convert it "
                 f"back with .float() to train, or run the forward under torch.no_grad()"
             )
+        if needs:  # hyperparameters written into param_groups since: refused before any change
+            self._group()
         return needs
 
     def lookup(
@@ -578,8 +613,23 @@ class SGD(FusedOptimizer):
         # momentum
         return [("momentum_buffer", True, 0.0)] if self._momentum_state else []
 
+    _fields = (("lr", 0.0, False, None), ("momentum", 0.0, False, 1.0),
+               ("weight_decay", 0.0, False, None))
+
+    def _group_keys(self) -> tuple:
+        return ("lr", "momentum", "weight_decay", "nesterov")
+
+    def _check_group(self, g: dict) -> None:
+        nesterov = g.get("nesterov")
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"param_groups[0]['nesterov'] must be a bool, got "
+                            f"{type(nesterov).__name__}")
+        if nesterov and g["momentum"] == 0:
+            raise ValueError("param_groups[0]['nesterov'] is True, which needs momentum > 0, "
+                             "but param_groups[0]['momentum'] is 0")
+
     def _resolved(self, step):
-        g = self.param_groups[0]
+        g = self._group()
         if g["momentum"] > 0 and not self._momentum_state:
             raise ValueError(
                 f"momentum is {g['momentum']} but this SGD was built with momentum=0, so its "
@@ -587,10 +637,10 @@ class SGD(FusedOptimizer):
                 f"OneCycleLR, sets it): build embtab.optim.SGD with momentum > 0 to change it later"
             )
         return dict(
-            lr=g["lr"],
-            momentum=g["momentum"],
+            lr=float(g["lr"]),
+            momentum=float(g["momentum"]),
             nesterov=g["nesterov"],
-            weight_decay=g["weight_decay"],
+            weight_decay=float(g["weight_decay"]),
         )
 
 
@@ -642,12 +692,15 @@ class Adagrad(FusedOptimizer):
             )
         )
 
+    _fields = (("lr", 0.0, False, None), ("lr_decay", 0.0, False, None),
+               ("initial_accumulator_value", 0.0, False, None), ("eps", 0.0, True, None))
+
     def _states(self):
-        return [("sum", True, self.param_groups[0]["initial_accumulator_value"])]
+        return [("sum", True, float(self._group()["initial_accumulator_value"]))]
 
     def _resolved(self, step):
-        g = self.param_groups[0]
-        return dict(lr=g["lr"] / (1 + (step - 1) * g["lr_decay"]), eps=g["eps"])
+        g = self._group()
+        return dict(lr=float(g["lr"]) / (1 + (step - 1) * float(g["lr_decay"])), eps=float(g["eps"]))
 
 
 class RowWiseAdagrad(FusedOptimizer):
@@ -689,12 +742,15 @@ class RowWiseAdagrad(FusedOptimizer):
             )
         )
 
+    _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None),
+               ("initial_accumulator_value", 0.0, False, None))
+
     def _states(self):
-        return [("row_sum", False, self.param_groups[0]["initial_accumulator_value"])]
+        return [("row_sum", False, float(self._group()["initial_accumulator_value"]))]
 
     def _resolved(self, step):
-        g = self.param_groups[0]
-        return dict(lr=g["lr"], eps=g["eps"])
+        g = self._group()
+        return dict(lr=float(g["lr"]), eps=float(g["eps"]))
 
 
 class Adam(FusedOptimizer):
@@ -740,8 +796,21 @@ class Adam(FusedOptimizer):
     def _states(self):
         return [("exp_avg", True, 0.0), ("exp_avg_sq", True, 0.0)]
 
+    _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None))
+
+    def _group_keys(self) -> tuple:
+        return ("lr", "eps", "betas")
+
+    def _check_group(self, g: dict) -> None:
+        betas = g.get("betas")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"param_groups[0]['betas'] must be a pair of floats, got {betas!r}")
+        for i, b in enumerate(betas):
+            _check_float(f"param_groups[0]['betas'][{i}]", b, 0.0, hi=1.0)
+
     def _resolved(self, step):
-        g = self.param_groups[0]
-        b1, b2 = g["betas"]
-        alpha = g["lr"] * math.sqrt(1 - b2**step) / (1 - b1**step)
-        return dict(lr=alpha, eps=g["eps"], beta1=b1, beta2=b2)
+        g = self._group()
+        b1, b2 = (float(b) for b in g["betas"])
+        lr = float(g["lr"])
+        alpha = lr * math.sqrt(1 - b2**step) / (1 - b1**step)
+        return dict(lr=alpha, eps=float(g["eps"]), beta1=b1, beta2=b2)
