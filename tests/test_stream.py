@@ -266,6 +266,33 @@ def test_expire_design_gives_back_the_rows_of_items_no_longer_looked_up():
     assert grow.model.items.seed == t.model.items.seed
 
 
+def test_an_outlying_timestamp_is_refused_when_nothing_is_left_to_measure(tmp_path):
+    # One interaction long before the others put all the others in the last window: the run
+    # trained on one interaction, measured no user, and exited 0 with every metric undefined.
+    rng = np.random.default_rng(2)
+    lines = {(int(u), int(i)): int(t) for u, i, t in zip(rng.integers(0, 40, 900),
+                                                         rng.zipf(1.3, 900) % 60,
+                                                         rng.integers(10**8, 10**8 + 10**4, 900))}
+    body = "".join(f"{u},{i},1,{t}\n" for (u, i), t in lines.items())
+    p = tmp_path / "clicks.csv"
+    p.write_text("user,item,weight,ts\n" + "999,1,1,5\n" + body)
+    lopsided = r"window 3 holds 99\.\d% of them.*outlying timestamp"
+    with pytest.warns(UserWarning, match=lopsided):
+        with pytest.raises(ValueError, match=r"leaves nothing to measure.*outlying timestamps"):
+            run_stream(f"interactions:{p}", seeds=1, n_windows=4, designs=("hashed",),
+                       progress=False)
+    # early interactions of users who come back to an item seen early: measurable, and run,
+    # with the warning that nearly everything is in one window
+    u0, u1 = 40, 41
+    p.write_text("user,item,weight,ts\n" + f"{u0},7,1,5\n{u1},8,1,6\n"
+                 + f"{u0},8,1,{10**8 + 5000}\n" + body)
+    with pytest.warns(UserWarning, match=lopsided):
+        res = run_stream(f"interactions:{p}", seeds=1, n_windows=4, designs=("hashed",),
+                         progress=False)
+    assert res["config"]["window_interactions"][:3] == [2, 0, 0]
+    assert res["config"]["evaluated_windows"] == [3]
+
+
 def test_a_first_window_with_one_item_runs_with_its_default_start_rows():
     # nearly every item is born late: window 0 held one item, start_rows defaulted to 1 and
     # the run was refused with advice (lower batch_size, raise start_rows) the CLI cannot take

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,29 @@ def _evals(data: Interactions, win: np.ndarray, n_windows: int) -> list:
             ev.relevance = total_relevance(wt)
         out.append(ev)
     return out
+
+
+# _LOPSIDED: the share of the interactions in one window above which the stream warns that an
+# outlying timestamp may have stretched the equal-width windows
+_LOPSIDED = 0.9
+
+
+def _check_measurable(evals: list, counts: np.ndarray, spec: str) -> None:
+    """ValueError when no evaluated window has a user with history and a test item (every
+    metric would be undefined); a warning when one window holds nearly every interaction."""
+    where = f"data set {spec!r} cut into {len(counts)} equal-width time windows " \
+            f"(interactions per window: {counts.tolist()})"
+    total = int(counts.sum())
+    if len(counts) > 2 and total and counts.max() > _LOPSIDED * total:
+        warnings.warn(f"{where}: window {int(counts.argmax())} holds "
+                      f"{counts.max() / total:.1%} of them, so the others train or test on "
+                      "little; an outlying timestamp stretches equal-width windows (drop it, "
+                      "or use fewer windows)", stacklevel=3)
+    if not any(bool((np.diff(ev.test_rows.indptr) > 0).any()) for ev in evals):
+        raise ValueError(f"{where} leaves nothing to measure: no window after the first holds "
+                         "an interaction of a user seen before on an item seen before. One "
+                         "timestamp far from the others puts nearly every interaction in one "
+                         "window: drop outlying timestamps, or use fewer windows")
 
 
 def _list_metrics(top: np.ndarray, ev: _Eval, data: Interactions) -> dict:
@@ -360,6 +384,7 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     steps = np.ceil(sizes[sizes > 0] / cfg0.batch_size)      # the trained (non-empty) windows
     expire_after = max(1, int(round(expire_windows * float(steps.mean()))))
     evals = _evals(data, win, W)
+    _check_measurable(evals, counts, spec)
     windows = [data.subset(win == w) for w in range(W - 1)]
     negatives = [data.item_ids[np.unique(x.items)] for x in windows]
 
