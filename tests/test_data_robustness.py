@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from embtab._research import U64_MAX, as_u64
 from embtab.data import Interactions, load_dataset, load_interactions, load_movielens
 from embtab.data.generator_v2 import power_law_v2
@@ -364,6 +365,47 @@ def test_movielens_comma_u_data_names_the_line_taken_for_a_header(tmp_path):
     with pytest.raises(ValueError, match=r"no ratings \(line 1, '196,242,3,881250949', was "
                                          "read as a header\\)"):
         load_movielens(tmp_path)
+
+
+def test_movielens_header_of_names_is_not_blamed_for_a_bad_line(tmp_path):
+    # A ratings.csv with its header and a short line 500 (or cut short): the note blamed the
+    # header, which is one; the note is for a line taken for a header that holds numbers.
+    rows = "".join(f"{u},{u % 7 + 1},4.0,{1000 + u}\n" for u in range(1, 600))
+    lines = ("userId,movieId,rating,timestamp\n" + rows).splitlines(keepends=True)
+    lines[499] = "1,2,3\n"
+    (tmp_path / "ratings.csv").write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"ratings.csv, line 500: expected 4 comma-separated") as e:
+        load_movielens(tmp_path)
+    assert "read as a header" not in str(e.value)
+
+
+def test_movielens_repeated_pairs_warn_and_conflicting_genre_lines_are_refused(tmp_path):
+    # Repeated rating lines were merged (ratings summed) without a word, and an item listed
+    # twice in u.item with other flags took the last line's.
+    src = shared_data("ml-100k")
+    head = (src / "u.data").read_text().splitlines(keepends=True)[:1000]
+    (tmp_path / "u.data").write_text("".join(head + head[:3]))
+    items = (src / "u.item").read_text(encoding="latin-1").splitlines(keepends=True)
+    (tmp_path / "u.item").write_text("".join(items + items[:1]), encoding="latin-1")
+    with pytest.warns(UserWarning, match=r"u.data: 3 rating line\(s\) repeat the \(user, item\)"):
+        d = load_movielens(tmp_path)
+    assert d.n_interactions == 1000
+    assert float(d.weights.sum()) == sum(float(ln.split()[2]) for ln in head + head[:3])
+    other = items[0].rstrip("\n").split("|")
+    other[-1] = "1" if other[-1] == "0" else "0"
+    (tmp_path / "u.item").write_text("".join(items + ["|".join(other) + "\n"]),
+                                     encoding="latin-1")
+    (tmp_path / "u.data").write_text("".join(head))
+    with pytest.raises(ValueError, match=rf"u.item, line {len(items) + 1}: item 1 is listed "
+                                         r"again with other genres than on line 1"):
+        load_movielens(tmp_path)
+    # the same check on a movies.csv (MovieLens 20M and later)
+    m = tmp_path / "csv"
+    m.mkdir()
+    (m / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n2,2,3.0,11\n")
+    (m / "movies.csv").write_text("movieId,title,genres\n1,A,Drama\n2,B,Comedy\n1,A,Comedy\n")
+    with pytest.raises(ValueError, match=r"movies.csv, line 4: item 1 is listed again"):
+        load_movielens(m)
 
 
 # 7. power_law's sampler: rare items are finished by Gumbel keys, with the same law //////////

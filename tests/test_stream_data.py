@@ -11,6 +11,7 @@ from embtab.data import (
     StreamTruth,
     load_dataset,
     load_interactions,
+    power_law,
     power_law_stream,
     time_windows,
 )
@@ -224,3 +225,20 @@ def test_load_dataset_warnings_point_at_the_callers_line():
     with pytest.warns(UserWarning, match=r"^power_law_stream: interactions_per_window") as rec:
         load_dataset("stream:n_users=50,n_items=20")
     assert [w.filename for w in rec] == [__file__]
+
+
+def test_stream_argument_errors_name_the_stream_and_an_empty_stream_warns():
+    # power_law_stream(bogus=1) raised power_law_v2's TypeError; a rate that draws nothing
+    # gave an empty stream without a word; probabilities given as a word raised NumPy's error
+    with pytest.raises(TypeError, match=r"power_law_stream\(\) got an unexpected keyword "
+                                        r"argument 'bogus'"):
+        power_law_stream(n_users=10, n_items=20, bogus=1)
+    with pytest.warns(UserWarning, match="drew no interaction over 8 windows: the stream is "
+                                         "empty"):
+        d = power_law_stream(n_users=10, n_items=20, interactions_per_window=1e-9)
+    assert d.n_interactions == 0
+    with pytest.raises(ValueError, match="interests_per_user must be 3 probabilities"):
+        power_law_stream(n_users=10, n_items=20, interests_per_user="abc")
+    for key in ("interests_per_user", "genres_per_item"):
+        with pytest.raises(ValueError, match=f"{key} must be 3 probabilities"):
+            power_law(n_users=10, n_items=20, **{key: "abc"})

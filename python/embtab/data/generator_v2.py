@@ -294,7 +294,10 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
         raise ValueError(f"mix_concentration must be > 0; got {mix_concentration}")
     if not activity_sigma >= 0:
         raise ValueError(f"activity_sigma must be >= 0; got {activity_sigma}")
-    ipu = np.asarray(interests_per_user, dtype=np.float64)
+    try:
+        ipu = np.asarray(interests_per_user, dtype=np.float64)
+    except (TypeError, ValueError):
+        ipu = np.zeros(0)   # refused below, naming the argument
     if ipu.shape != (3,) or np.any(ipu < 0) or not np.isclose(ipu.sum(), 1.0):
         raise ValueError("interests_per_user must be 3 probabilities (for 1, 2, 3) summing "
                          f"to 1; got {interests_per_user}")

@@ -465,10 +465,12 @@ def _read_ratings(data_file: Path, sep, encoding: str):
     except UnicodeDecodeError as e:
         raise ValueError(f"{data_file}: not {encoding} text ({e})") from None
     except ValueError as e:
-        if header is None or cols[0]:
+        if header is None or cols[0] or not any(
+                _is_number(x) for x in re.split(r"::|[,;|\s]+", header[1])):
             raise
-        # nothing was read after the line taken for a header: say so (e.g. a comma-separated
-        # u.data, whose first line has no tab-separated number)
+        # nothing was read after the line taken for a header, and that line holds numbers
+        # under another separator: say so (e.g. a comma-separated u.data, whose first line
+        # has no tab-separated number); a header of names only is not the cause
         raise ValueError(f"{e} (line {header[0]}, {header[1]!r}, has no {what} field that "
                          "is a number, so it was read as a header)") from None
     if not cols[0]:
@@ -494,16 +496,29 @@ def _movies_genres(movies_file: Path, layout: str) -> tuple:
         form = "movieId,title,genres"
         if rows and not _is_int(rows[0][1][0].strip()):
             rows = rows[1:]  # the header
-    items, tags = [], []
+    items, tags, where = [], [], []
     for n, parts in rows:
         if len(parts) < 3 or not _is_int(parts[0].strip()):
             raise ValueError(f"{movies_file}, line {n}: expected '{form}', found {len(parts)} "
                              "fields")
         items.append(int(parts[0]))
         tags.append({g.strip() for g in parts[-1].split("|")} - {"", "(no genres listed)"})
+        where.append(n)
+    _check_repeated_items(movies_file, items, [sorted(t) for t in tags], where)
     names = tuple(sorted(set().union(*tags)))
     index = {g: i for i, g in enumerate(names)}
     return {i: sorted(index[g] for g in t) for i, t in zip(items, tags)}, names
+
+
+def _check_repeated_items(genre_file: Path, items: list, genres: list, lines: list) -> None:
+    """ValueError naming both lines when an item is listed twice with other genres (which
+    line holds would be a guess); a line repeated as it is changes nothing."""
+    seen: dict = {}
+    for i, g, n in zip(items, genres, lines):
+        if i in seen and seen[i][0] != g:
+            raise ValueError(f"{genre_file}, line {n}: item {i} is listed again with other "
+                             f"genres than on line {seen[i][1]}; list each item once")
+        seen.setdefault(i, (g, n))
 
 
 def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
@@ -523,7 +538,9 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
 
     In the last two, genre names are the sorted names that occur, and ``(no genres listed)``
     gives an item no genre. Ratings become ``weights`` (every rating counts as an
-    interaction); timestamps are kept. Items listed in the genre file but never rated are
+    interaction); timestamps are kept. Lines that repeat a (user, item) pair are merged into
+    one interaction (ratings summed, the latest timestamp) with a warning; an item listed
+    twice in the genre file with other genres is refused. Items listed in the genre file but never rated are
     dropped; the genre file is optional (no genres, and no genre names, without it). A UTF-8
     byte-order mark is skipped; an empty field between two tabs is refused.
 
@@ -572,8 +589,9 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
         genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())
         if genres is not None:
             _warn_unlisted(ri, genres, movies)
-        return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
-                                     genre_names=names if genres is not None else None)
+        return _warn_repeated_ratings(data_file, len(ru), Interactions.from_raw(
+            ru, ri, w, t, name=name, item_genres=genres,
+            genre_names=names if genres is not None else None))
 
     names = MOVIELENS_GENRES
     genre_file = folder / "u.genre"
@@ -598,7 +616,7 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     item_file = folder / "u.item"
     if item_file.is_file():
         G = len(names)
-        ids, flags = [], []
+        ids, flags, at = [], [], []
         lead = "id|title|release date|video release date|IMDb URL"
         for n, ln in enumerate(_read_lines(item_file, "latin-1"), 1):
             if not ln.strip():
@@ -617,12 +635,26 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
                                  f"{bad + 1} ({names[bad]}) is {parts[5 + bad]!r}")
             ids.append(int(parts[0]))
             flags.append([f == "1" for f in tail])
+            at.append(n)
+        _check_repeated_items(item_file, ids, flags, at)
         fl = np.asarray(flags, dtype=bool).reshape(-1, G)
         genres = {i: np.flatnonzero(f).tolist() for i, f in zip(ids, fl)}
         _warn_unlisted(ri, genres, item_file)
     # without u.item no item has a genre: no genre names either, as in the other layouts
-    return Interactions.from_raw(ru, ri, w, t, name=name, item_genres=genres,
-                                 genre_names=names if genres is not None else None)
+    return _warn_repeated_ratings(data_file, len(ru), Interactions.from_raw(
+        ru, ri, w, t, name=name, item_genres=genres,
+        genre_names=names if genres is not None else None))
+
+
+def _warn_repeated_ratings(data_file: Path, lines: int, data: Interactions) -> Interactions:
+    """``data``, after a warning when its ``lines`` rating lines held repeated (user, item)
+    pairs (MovieLens has one rating per pair), which :meth:`Interactions.from_raw` merged."""
+    repeated = lines - data.n_interactions
+    if repeated:
+        warnings.warn(f"{data_file}: {repeated} rating line(s) repeat the (user, item) pair of "
+                      "another line; each pair is one interaction, its weight the sum of its "
+                      "ratings and its timestamp the latest", stacklevel=3)
+    return data
 
 
 def _warn_unlisted(items: np.ndarray, genres: dict, genre_file: Path) -> None:

@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -232,9 +233,11 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     -----
     UserWarning
         When the stream holds less than half of the interactions the users' rates drew: each
-        user consumes an item at most once, so a catalogue small against
-        ``interactions_per_window · n_windows``, a narrow taste or a tiny ``half_life`` runs
-        the users dry (the message gives both counts).
+        user consumes an item at most once, and only an item already born that they can
+        like, so a catalogue small against ``interactions_per_window · n_windows``, a narrow
+        taste or most items born late runs the users dry (the message gives both counts). A
+        tiny ``half_life`` does not: a faded item's weight shrinks against the newer ones' but
+        stays > 0, so it can still be consumed.
 
     Example::
 
@@ -268,6 +271,12 @@ def power_law_stream(n_users: int = 2000, n_items: int = 3000, *, n_windows: int
     if isinstance(activity_sigma, bool) or not isinstance(activity_sigma, numbers.Real) or \
             not (activity_sigma >= 0 and math.isfinite(activity_sigma)):
         raise ValueError(f"activity_sigma must be a finite number >= 0; got {activity_sigma!r}")
+    unknown = sorted(set(v2) - set(inspect.signature(power_law_v2).parameters)
+                     - {"n_users", "n_items", "interactions_per_user", "activity_sigma", "seed"})
+    if unknown:
+        raise TypeError(f"power_law_stream() got an unexpected keyword argument "
+                        f"{unknown[0]!r} (it takes its own arguments and those of "
+                        "power_law_v2)")
     for key in REFUSED_V2_KEYS:
         if key in v2:
             raise ValueError(f"power_law_stream takes no {key} (use interactions_per_window; "
@@ -337,19 +346,24 @@ def _warn_capped_windows(interactions_per_window, drawn: int, got: int, U: int, 
                          W: int) -> None:
     """Warn (``UserWarning``, pointing at the caller of :func:`power_law_stream`) when the
     stream holds less than half of the interactions the users' rates drew: a user consumes
-    each item at most once, and only items already born, not faded away and liked
-    (p(i|u) > 0), so a catalogue small against ``interactions_per_window · n_windows``, a
-    narrow taste (``rank``, ``n_genres``) or a tiny ``half_life`` leaves the later windows with
+    each item at most once, and only items already born and liked (p(i|u) > 0), so a
+    catalogue small against ``interactions_per_window · n_windows``, a narrow taste (``rank``,
+    ``n_genres``) or most items born late (``item_birth_share``) leaves the later windows with
     far fewer interactions than asked."""
-    if drawn == 0 or got >= 0.5 * drawn:
+    if drawn == 0:
+        warnings.warn(f"power_law_stream: interactions_per_window={interactions_per_window} "
+                      f"drew no interaction over {W} window{'s' if W != 1 else ''}: the "
+                      "stream is empty", UserWarning, stacklevel=3)
+        return
+    if got >= 0.5 * drawn:
         return
     warnings.warn(
         f"power_law_stream: interactions_per_window={interactions_per_window} drew {drawn:,} "
         f"interactions over {W} window{'s' if W != 1 else ''}, but the stream holds only "
         f"{got:,} ({got / drawn:.0%}): each of the {U:,} users consumes an item at most once, "
-        f"and only items of the {I:,} already born, not faded away and that they can like; a "
-        f"catalogue small for the windows (n_items against interactions_per_window x "
-        f"n_windows), a narrow taste (rank, n_genres) or a tiny half_life runs the users dry",
+        f"and only items of the {I:,} already born that they can like; a catalogue small for "
+        f"the windows (n_items against interactions_per_window x n_windows), a narrow taste "
+        f"(rank, n_genres) or most items born late (item_birth_share) runs the users dry",
         UserWarning, stacklevel=3)
 
 

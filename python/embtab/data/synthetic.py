@@ -291,7 +291,11 @@ def dirichlet_rows(rng, concentration: float, support) -> np.ndarray:
 
 
 def _probs3(p, what):
-    p = np.asarray(p, dtype=np.float64)
+    try:
+        p = np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 3 probabilities (for 1, 2, 3) summing to 1; "
+                         f"got {p!r}") from None
     if p.shape != (3,) or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
         raise ValueError(f"{what} must be 3 probabilities (for 1, 2, 3) summing to 1; got {p}")
     return p / p.sum()
