@@ -54,3 +54,29 @@ def test_consumed_utility_refuses_an_integer_relevance_matrix():
     as_values = metrics.consumed_utility_at_k([[0, 1]], np.array([[0.0, 1.0, 1.0]]), c=1, k=2)
     as_sets = metrics.consumed_utility_at_k([[0, 1]], [[1, 2]], c=1, k=2, n_items=3)
     assert as_values == pytest.approx(1 / np.log2(3)) and as_values == pytest.approx(as_sets)
+
+
+def test_an_integer_indicator_matrix_is_refused_and_a_bool_one_is_read_as_indicators():
+    # A 0/1 int matrix was read as item indices per row (the items 0 and 1): recall 0.5 where
+    # the indicators give 1.0. Oracle: the same sets as index lists.
+    top = np.array([[3, 1], [0, 2]])
+    ind = np.array([[0, 1, 0, 1], [1, 0, 0, 0]])
+    with pytest.raises(ValueError, match=r"test: row 0 holds an item index more than once.*"
+                                         r"must be bool"):
+        metrics.recall_at_k(top, ind, k=2, n_items=4)
+    lists = [np.flatnonzero(r) for r in ind]
+    assert metrics.recall_at_k(top, ind.astype(bool), k=2, n_items=4) == \
+        metrics.recall_at_k(top, lists, k=2, n_items=4) == 1.0
+    with pytest.raises(ValueError, match="spans 3 items; expected 4"):
+        metrics.recall_at_k(top, ind[:, :3].astype(bool), k=2, n_items=4)
+    # index rows without repeats are still index rows
+    assert metrics.recall_at_k(top, np.array([[3, 1], [2, 0]]), k=2, n_items=4) == 1.0
+
+
+@pytest.mark.parametrize("bad", [-1, np.nan, 0.5, 2])
+def test_genre_membership_values_other_than_0_and_1_are_refused(bad):
+    # -1 or NaN counted as membership
+    genres = np.array([[1, 0], [0, 1], [1, 1]], dtype=float)
+    genres[1, 0] = bad
+    with pytest.raises(ValueError, match=r"item_genres\[1, 0\] is"):
+        metrics.miscalibration_at_k(np.array([[0, 1]]), [[2]], genres, k=2)

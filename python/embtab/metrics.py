@@ -12,8 +12,10 @@ Inputs, shared by every function:
     definitions say how; docs/metrics.md, "Short lists").
 ``train``, ``test`` : per-user item sets, any of
     a :class:`embtab.data.RowSets` [U, I]; an :class:`embtab.data.Interactions` (its
-    ``user_items()``); a ``tuple`` ``(indptr, indices)`` in CSR form; or a ``list`` of U integer
-    arrays. Row ``u`` must be user ``u`` of ``topk``.
+    ``user_items()``); a ``tuple`` ``(indptr, indices)`` in CSR form; a ``list`` of U integer
+    arrays (or a 2-D integer array: item indices per row, none repeated within a row); or a
+    bool indicator matrix [U, I]. Row ``u`` must be user ``u`` of ``topk``. A 0/1 integer
+    matrix is not read as indicators (its rows would be the items 0 and 1): pass it as bool.
 ``item_genres`` : an item's genres, either a :class:`~embtab.data.RowSets` [I, G] or a dense
     0/1 (bool) membership array [I, G]. An item's genre weight is split evenly over its genres:
     ``w(i, g) = 1/|genres(i)|``.
@@ -107,9 +109,11 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
 
     Parameters
     ----------
-    sets : RowSets, Interactions, tuple (indptr, indices) or list of int arrays
+    sets : RowSets, Interactions, tuple (indptr, indices), list of int arrays or bool array
         Item indices must be integers in ``[0, n_items)``: float or other arrays are refused
-        (``TypeError``), not truncated.
+        (``TypeError``), not truncated. A 2-D integer array is read as item indices per row
+        and may not repeat an index within a row (``ValueError``: a 0/1 indicator matrix
+        would be read as the items 0 and 1); a 2-D bool array is an indicator matrix [U, I].
     n_items : int, optional
         Needed for the tuple and list forms (else the largest index + 1 is assumed).
     name : str
@@ -134,6 +138,24 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
                 n_items = int(indices.max()) + 1 if indices.size else 0
             rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
             return RowSets.from_pairs(rows, indices, indptr.size - 1, n_items)
+        if isinstance(sets, np.ndarray) and sets.ndim == 2 and sets.dtype == np.bool_:
+            if n_items is not None and sets.shape[1] != n_items:
+                raise ValueError(f"an indicator matrix of shape {sets.shape} spans "
+                                 f"{sets.shape[1]} items; expected {n_items}")
+            r, c = np.nonzero(sets)
+            return RowSets.from_pairs(r.astype(np.int64), c.astype(np.int64), sets.shape[0],
+                                      sets.shape[1])
+        if isinstance(sets, np.ndarray) and sets.ndim == 2 and sets.shape[1] > 1 \
+                and sets.dtype.kind in "iu":
+            srt = np.sort(sets, axis=1)
+            rep = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+            if rep.size:
+                u = int(rep[0])
+                raise ValueError(
+                    f"row {u} holds an item index more than once ({sets[u].tolist()[:8]}"
+                    f"{' ...' if sets.shape[1] > 8 else ''}): a 2-D integer array is read as "
+                    f"item indices per row; a 0/1 indicator matrix [U, I] must be bool "
+                    f"(.astype(bool))")
         if isinstance(sets, (list, np.ndarray)) and not isinstance(sets, tuple):
             lists = [_int_array(x, f"row {u}") for u, x in enumerate(sets)]
             if n_items is None:
@@ -164,6 +186,15 @@ def _genre_sets(item_genres, n_items: int) -> RowSets:
         if a.ndim != 2:
             raise ValueError(f"item_genres must be a RowSets or a [I, G] array; got shape "
                              f"{a.shape}")
+        if a.dtype != np.bool_:
+            if a.dtype.kind not in "iuf":
+                raise TypeError(f"item_genres must be a 0/1 (bool) membership array; got "
+                                f"dtype {a.dtype}")
+            bad = np.flatnonzero(((a != 0) & (a != 1)).ravel())
+            if bad.size:   # (-1 or NaN read as a genre, 0.5 as a whole one)
+                i, g = divmod(int(bad[0]), a.shape[1])
+                raise ValueError(f"item_genres must be a 0/1 (bool) membership array; "
+                                 f"item_genres[{i}, {g}] is {a[i, g]!r}")
         r, c = np.nonzero(a)
         g = RowSets.from_pairs(r, c, a.shape[0], a.shape[1])
     if g.n_rows != n_items:
