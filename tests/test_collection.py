@@ -157,6 +157,10 @@ def test_concat_is_the_dict_side_by_side():
     assert coll.feature_names == ["a", "b", "c"] and coll.feature_dims == [4, 3, 2]
     assert torch.equal(c, torch.cat([d["a"], d["b"], d["c"]], 1))
     assert torch.equal(c[:, 4:7], d["b"])
+    before = {k: v.clone() for k, v in coll.state_dict().items()}
+    with pytest.raises(TypeError, match="concat must be a bool, got str"):   # was read as True
+        coll(feats, psw, concat="no")
+    assert all(torch.equal(v, coll.state_dict()[k]) for k, v in before.items())
 
 
 def jagged(feats, keys, weights=None):

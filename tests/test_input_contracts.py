@@ -96,6 +96,25 @@ def test_meta_ids_refused_by_every_module(make):
         m(ids)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: enn.CuckooEmbedding(4, 4),
+    lambda: enn.CuckooEmbeddingBag(4, 4, mode="sum"),
+    lambda: enn.HashedEmbedding(4, 4),
+    lambda: enn.QREmbeddingBag(16, 4, num_collisions=4, mode="sum"),
+])
+@pytest.mark.parametrize("to_layout", [lambda t: t.to_sparse(), lambda t: t.to_sparse_csr()])
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_ids_refused_naming_the_layout_and_nothing_changes(make, to_layout):
+    # RuntimeError "reshape is not implemented for sparse tensors" from deep inside before
+    m = make()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(TypeError, match=r"input must be a dense \(strided\) tensor of IDs, got "
+                                        r"layout torch.sparse_\w+ with shape \(1, 2\)"):
+        m(to_layout(torch.tensor([[1, 2]])))
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.parametrize("cls", [enn.CuckooEmbedding, enn.HashedEmbedding,
                                  enn.CuckooEmbeddingBag])
 def test_a_weight_beyond_the_machine_is_refused_naming_the_arguments(cls):

@@ -477,6 +477,9 @@ def _ok():
     ({"scores": np.zeros(3)}, ValueError, r"scores must be 2-D \[U, C\], got shape \(3,\)"),
     ({"scores": np.zeros((2, 4), dtype=np.int64)}, TypeError, "scores must have dtype float32 or float64"),
     ({"scores": [[0.1, 0.2]]}, TypeError, "scores must be a numpy.ndarray"),
+    ({"scores": np.zeros((2, 4), dtype=np.dtype(np.float64).newbyteorder())}, TypeError,
+     r"scores must have dtype float32 or float64 in the machine's byte order, got [<>]f8 \(the "
+     r"other byte order\)"),
     ({"k": 0}, ValueError, r"k must be in \[1, C\]"),
     ({"k": 5}, ValueError, r"k must be in \[1, C\] with C = 4"),
     ({"k": 2.0}, TypeError, "k must be an int"),
@@ -490,7 +493,9 @@ def _ok():
     ({"target": np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.5]])}, ValueError, "target row 1 sums to"),
     ({"target": np.array([[1.5, -0.5, 0.0], [0.2, 0.3, 0.5]])}, ValueError, "target row 0 holds a negative"),
     ({"target": np.array([[1, 0, 0], [0, 0, 1]])}, TypeError, "target must have a float dtype"),
-    ({"item_dist": np.eye(3)[[0, 1, 2, 0]][:, :2]}, ValueError, r"item_dist must be \[n_items, G\] with G = 3"),
+    ({"item_dist": np.eye(3)[[0, 1, 2, 0]][:, :2]}, ValueError,
+     r"item_dist and target disagree on the number of genres: item_dist must be \[n_items, G\] "
+     r"with G = 3"),
     ({"item_dist": np.eye(3)[[0, 1, 2, 0]] * 0.5}, ValueError, "item_dist row 0 sums to 0.5"),
     ({"item_dist": np.array([[1.5, -0.5, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])}, ValueError,
      "item_dist row 0 holds a negative"),

@@ -36,6 +36,10 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
+    if input.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor of IDs, got layout {input.layout} with "
+            f"shape {tuple(input.shape)}; convert it with .to_dense()")
     dt = input.dtype
     if dt.is_floating_point or dt.is_complex or dt == torch.bool:
         raise TypeError(

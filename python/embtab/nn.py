@@ -2710,6 +2710,8 @@ class _BagCollection(_AtomicLoad):
         feature, a wrong dtype or shape raises TypeError/ValueError naming the feature and the
         argument, and changes nothing.
         """
+        if not isinstance(concat, (bool, np.bool_)):
+            raise TypeError(f"concat must be a bool, got {type(concat).__name__}")
         inputs, weights, B = self._inputs(features, per_sample_weights)
         groups = [self._table_input(c, inputs, weights, B) for c in self.tables]
         if self._native_ok(weights):

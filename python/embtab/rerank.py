@@ -88,6 +88,10 @@ def _check_scores(scores: Any) -> np.ndarray:
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
     if scores.dtype not in (np.float32, np.float64):
+        if scores.dtype.kind == "f" and scores.dtype.newbyteorder() in (np.float32, np.float64):
+            raise TypeError(f"scores must have dtype float32 or float64 in the machine's byte "
+                            f"order, got {scores.dtype.str} (the other byte order): convert it "
+                            f"with scores.astype(scores.dtype.newbyteorder())")
         raise TypeError(f"scores must have dtype float32 or float64, got {scores.dtype}")
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D [U, C], got shape {shape_str(scores)}")
@@ -136,8 +140,9 @@ def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarra
         if item_dist.format != "csr":
             raise TypeError(f"item_dist must be dense or scipy CSR, got scipy {item_dist.format.upper()}")
         if item_dist.ndim != 2 or item_dist.shape[1] != G:
-            raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
-                             f"got shape {shape_str(item_dist)}")
+            raise ValueError(f"item_dist and target disagree on the number of genres: item_dist "
+                             f"must be [n_items, G] with G = {G} (the columns of target), got "
+                             f"shape {shape_str(item_dist)} (one of the two is wrong)")
         if item_dist.dtype.kind != "f":
             raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
         # scipy does not check its index arrays (check_format is shallow by default); the core
@@ -170,8 +175,9 @@ def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarra
         if item_dist.dtype.kind != "f":
             raise TypeError(f"item_dist must have a float dtype, got {item_dist.dtype}")
         if item_dist.ndim != 2 or item_dist.shape[1] != G:
-            raise ValueError(f"item_dist must be [n_items, G] with G = {G} (the columns of target), "
-                             f"got shape {shape_str(item_dist)}")
+            raise ValueError(f"item_dist and target disagree on the number of genres: item_dist "
+                             f"must be [n_items, G] with G = {G} (the columns of target), got "
+                             f"shape {shape_str(item_dist)} (one of the two is wrong)")
         d = np.asarray(item_dist, dtype=np.float64)
         _check_distribution_rows(d, "item_dist", allow_zero_rows=False)
         # flatnonzero of a bool mask, then divmod: ~6x faster than np.nonzero on the float matrix

@@ -289,7 +289,9 @@ class CuckooTable:
         The file (format: ``cpp/include/embtab/table.hpp``, ``CuckooTable::serialize``) holds a
         magic number, a format version, the configuration, every ``(key, row)`` and a checksum.
         It is written to a temporary file in the same directory, fsynced and renamed over
-        ``path``: a failed or interrupted save leaves the old file intact.
+        ``path``: a failed or interrupted save leaves the old file intact. A symbolic link at
+        ``path`` is replaced by the new file (the link's target is left as it was), as with
+        any save by rename; pass the target's own path (``os.path.realpath``) to write there.
         """
         self._t.save(os.fsencode(path))  # bytes: a path need not be UTF-8
 
