@@ -2644,8 +2644,33 @@ class _BagCollection(_AtomicLoad):
             raise ValueError(f"per_sample_weights: unknown feature(s) {unknown}")
         out, weights, B, B_from = {}, {}, None, None
         ebs, table_of = self.embedding_bags, self._table_of
+        # the usual input (1-D int64 CPU IDs and offsets, contiguous, no weights) is read in
+        # place and its offsets checked by the native pass alone, as _as_id_array and
+        # _check_bag_args do for it, with their tracing and compiling tests made once here
+        fast = not torch.jit.is_tracing() and not _ops.is_compiling()
+        i64, strided = torch.int64, torch.strided
         for f in self.feature_names:
             x = features[f]
+            if fast and type(x) is tuple and len(x) == 2 and f not in psw:
+                ids, offsets = x
+                if (type(ids) is Tensor and type(offsets) is Tensor and ids.dtype == i64
+                        and offsets.dtype == i64 and ids.is_cpu and offsets.is_cpu
+                        and ids.layout == strided and offsets.layout == strided
+                        and ids.dim() == 1 and offsets.dim() == 1 and offsets.numel()
+                        and ids.is_contiguous() and offsets.is_contiguous()):
+                    flat = ids.numpy()
+                    code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], last)
+                    if code == 0:
+                        n_bags = len(csr) - 1
+                        if B is None:
+                            B, B_from = n_bags, f
+                        elif n_bags != B:
+                            raise ValueError(
+                                f"features[{f!r}] has {n_bags} bags but features[{B_from!r}] "
+                                f"has {B}: every feature needs the same batch size")
+                        out[f] = (flat, csr)
+                        continue
+                # else the checks below word the refusal
             if isinstance(x, (tuple, list)) and len(x) != 2:
                 raise ValueError(
                     f"features[{f!r}] must be ids (2-D) or a pair (ids, offsets), got a "
@@ -2795,11 +2820,22 @@ class _BagCollection(_AtomicLoad):
                 [b._table for b in bags], [g[0] for g in groups], self.num_threads,
                 count_absent=True,
             )
-        for c, (ids, csr, psw), bag, (found, absent) in zip(self.tables, groups, bags, looked_up):
-            rows, _ = bag._rows_for(ids) if found is None else bag._rows_for(ids, found, absent)
-            psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
-            plan.append((c, bag, rows, np.ascontiguousarray(csr), psw_np, col))
-            col += c.embedding_dim * len(c.feature_names)
+        # the remaps without gradient tracking, switched off once for all tables (as each
+        # table's _remap does for itself)
+        grad = torch.is_grad_enabled()
+        if grad:
+            torch._C._set_grad_enabled(False)
+        try:
+            for c, (ids, csr, psw), bag, (found, absent) in zip(self.tables, groups, bags,
+                                                                 looked_up):
+                rows = (bag._rows_for(ids)[0] if found is None
+                        else bag._remap_rows(ids, found, absent)[0])
+                psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
+                plan.append((c, bag, rows, np.ascontiguousarray(csr), psw_np, col))
+                col += c.embedding_dim * len(c.feature_names)
+        finally:
+            if grad:
+                torch._C._set_grad_enabled(True)
         weights = [bag.weight for _, bag, *_ in plan]
         dims = self.feature_dims if split else [col]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):

@@ -208,6 +208,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         changed): ``{buffer name: tensor}``; rows past the old ID rows (the old zero row
         included) start fresh."""
         out = {}
+        self._group()   # the fill values checked
         for name, _, fill in self._states():
             b = module._buffers["opt_" + name]
             keep = min(b.shape[0] - 1, new_rows)
@@ -217,6 +218,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def reset_rows(self, module, rows: np.ndarray) -> None:
         """Give ``rows`` (handed to new IDs) fresh state."""
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        self._group()   # the fill values checked
         for name, _, fill in self._states():
             module._buffers["opt_" + name].index_fill_(0, idx, fill)
 
@@ -506,8 +508,7 @@ def fused_update_many(updates: list, num_threads: int) -> None:
     resolved: dict = {}
     jobs = [_job(*u, resolved=resolved) for u in updates]
     _core.fused_steps(jobs, num_threads=num_threads)
-    for u in updates:
-        u[0]._buffers["opt_step"].add_(1)
+    torch._foreach_add_([u[0]._buffers["opt_step"] for u in updates], 1)  # one call for all
 
 
 def fused_update(
@@ -696,7 +697,7 @@ class Adagrad(FusedOptimizer):
                ("initial_accumulator_value", 0.0, False, None), ("eps", 0.0, True, None))
 
     def _states(self):
-        return [("sum", True, float(self._group()["initial_accumulator_value"]))]
+        return [("sum", True, float(self.param_groups[0]["initial_accumulator_value"]))]
 
     def _resolved(self, step):
         g = self._group()
@@ -746,7 +747,7 @@ class RowWiseAdagrad(FusedOptimizer):
                ("initial_accumulator_value", 0.0, False, None))
 
     def _states(self):
-        return [("row_sum", False, float(self._group()["initial_accumulator_value"]))]
+        return [("row_sum", False, float(self.param_groups[0]["initial_accumulator_value"]))]
 
     def _resolved(self, step):
         g = self._group()
