@@ -1005,3 +1005,19 @@ def test_psw_gradients_of_two_lookups_in_one_graph_read_the_rows_as_looked_up(cl
         grads.append((p1.grad.clone(), p2.grad.clone()))
     for got, want in zip(grads[0], grads[1]):
         torch.testing.assert_close(got, want)
+
+
+def test_param_groups_checks_see_a_list_changed_in_place_and_refuse_a_tensor():
+    opt = eo.Adam(lr=0.01)
+    m = CuckooEmbeddingBag(16, D, mode="sum", optimizer=opt)
+    opt.param_groups[0]["betas"] = [0.9, 0.999]   # a list: taken
+    m(torch.tensor([1, 2]), torch.tensor([0])).sum().backward()
+    opt.param_groups[0]["betas"][0] = 1.0           # then changed in place
+    before = m.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\]\[0\]"):
+        m(torch.tensor([1, 2]), torch.tensor([0])).sum().backward()
+    assert torch.equal(before, m.weight.detach())
+    opt.param_groups[0]["betas"] = (0.9, 0.999)
+    opt.param_groups[0]["lr"] = torch.tensor([0.1, 0.2])
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['lr'\] must be a number, got Tensor"):
+        m(torch.tensor([1, 2]), torch.tensor([0])).sum().backward()

@@ -148,31 +148,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # (key, lo, lo_open, hi) of each number in param_groups[0], checked as the constructor
-    # checks its argument (see _check_float) by _group
+    # checks its argument (see _check_float) by _group; _keys: every entry _group checks
     _fields: tuple = ()
+    _keys: tuple = ()
 
     def _group(self) -> dict:
         """``param_groups[0]``, its hyperparameters checked as the constructor checks them: a
         scheduler or the user may have written any value there since (ValueError or TypeError
-        naming the entry, before a step reads it). Values seen last time (the same objects) are
-        not checked again."""
+        naming the entry, before a step reads it). Values equal to those checked last time
+        are not checked again."""
         g = self.param_groups[0]
-        seen = []
-        for k in self._group_keys():
-            v = g.get(k)
-            seen += list(v) if isinstance(v, (tuple, list)) else [v]
-        last = self.__dict__.get("_checked_values")
-        if last is None or len(last) != len(seen) or any(a is not b for a, b in zip(seen, last)):
+        vals = tuple(map(g.get, self._keys))
+        try:
+            same = vals == self.__dict__.get("_checked_values")
+        except Exception:  # noqa: BLE001 - a value that does not compare (a tensor): check it
+            same = False
+        if not same:
             for k, lo, lo_open, hi in self._fields:
                 if k not in g:
                     raise ValueError(f"param_groups[0] has no {k!r} (this optimizer reads it)")
                 _check_float(f"param_groups[0][{k!r}]", g[k], lo, lo_open, hi)
             self._check_group(g)
-            self.__dict__["_checked_values"] = seen
+            # (a list is kept as a tuple: changed in place, it no longer compares equal)
+            self.__dict__["_checked_values"] = tuple(
+                tuple(v) if isinstance(v, list) else v for v in vals)
         return g
-
-    def _group_keys(self) -> tuple:
-        return tuple(k for k, *_ in self._fields)
 
     def _check_group(self, g: dict) -> None:
         """Checks of ``param_groups[0]`` beyond ``_fields`` (subclasses)."""
@@ -616,9 +616,7 @@ class SGD(FusedOptimizer):
 
     _fields = (("lr", 0.0, False, None), ("momentum", 0.0, False, 1.0),
                ("weight_decay", 0.0, False, None))
-
-    def _group_keys(self) -> tuple:
-        return ("lr", "momentum", "weight_decay", "nesterov")
+    _keys = ("lr", "momentum", "weight_decay", "nesterov")
 
     def _check_group(self, g: dict) -> None:
         nesterov = g.get("nesterov")
@@ -695,6 +693,7 @@ class Adagrad(FusedOptimizer):
 
     _fields = (("lr", 0.0, False, None), ("lr_decay", 0.0, False, None),
                ("initial_accumulator_value", 0.0, False, None), ("eps", 0.0, True, None))
+    _keys = ("lr", "lr_decay", "initial_accumulator_value", "eps")
 
     def _states(self):
         return [("sum", True, float(self.param_groups[0]["initial_accumulator_value"]))]
@@ -745,6 +744,7 @@ class RowWiseAdagrad(FusedOptimizer):
 
     _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None),
                ("initial_accumulator_value", 0.0, False, None))
+    _keys = ("lr", "eps", "initial_accumulator_value")
 
     def _states(self):
         return [("row_sum", False, float(self.param_groups[0]["initial_accumulator_value"]))]
@@ -798,9 +798,7 @@ class Adam(FusedOptimizer):
         return [("exp_avg", True, 0.0), ("exp_avg_sq", True, 0.0)]
 
     _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None))
-
-    def _group_keys(self) -> tuple:
-        return ("lr", "eps", "betas")
+    _keys = ("lr", "eps", "betas")
 
     def _check_group(self, g: dict) -> None:
         betas = g.get("betas")
