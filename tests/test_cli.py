@@ -304,3 +304,75 @@ def test_a_process_forked_by_a_command_gets_the_default_sigterm_back():
         _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # restored after the command
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "rerank-speed", "--quick", "--dataset", "movielens:/nonexistent"],
+     "--dataset does not apply to rerank-speed, which makes its own workload"),
+    (["experiment", "rerank-speed", "--quick", "--seeds", "7"],
+     "--seeds does not apply to rerank-speed"),
+])
+def test_options_an_experiment_does_not_read_are_refused(argv, message, tmp_path, capsys):
+    # before, the bad path was never read and a normal report came out (exit 0)
+    assert cli.main(argv + ["--quiet", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "dims", "--seeds", "1", "--seeds", "2"], "argument --seeds: given twice"),
+    (["experiment", "dims", "--dataset", "synthetic", "--dataset", "stream"],
+     "argument --dataset: given twice"),
+    (["demo", "--out", "a", "--out", "b"], "argument --out: given twice"),
+    (["bench", "rerank", "--isa", "avx2", "--isa", "auto"], "argument --isa: given twice"),
+    (["experiment", "dims", "--seeds", "1000000000000"], "argument --seeds: must be at most 10,000"),
+])
+def test_an_option_given_twice_or_too_many_seeds_is_refused(argv, message, capsys):
+    # the last value won silently; a huge --seeds ended in a bare MemoryError
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_blocked_output_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    # found only after every model had trained (minutes to hours on a full run)
+    import dataclasses
+
+    from embtab.experiments import registry
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the output folder was checked")
+
+    entry = registry.get("dims")
+    monkeypatch.setitem(registry.REGISTRY, "dims", dataclasses.replace(entry, run=no_training))
+    (tmp_path / "out" / "report.md").mkdir(parents=True)
+    assert cli.main(["experiment", "dims", "--quick", "--quiet", "--out",
+                     str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "report.md: is not a file; the run's report.md cannot replace it" in err
+
+
+def test_the_stream_experiment_refuses_static_data_before_generating_it(tmp_path, capsys):
+    # it generated the data set first (and printed the generator's warning), then refused it
+    argv = ["experiment", "stream", "--quick", "--quiet", "--dataset",
+            "synthetic:n_users=100,n_items=150", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no time line" in err
+
+
+def test_warnings_are_one_line_named_by_the_command(tmp_path, capsys):
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("always")
+        w.filterwarnings("ignore", category=DeprecationWarning)
+        assert cli.main(["experiment", "collisions", "--quick", "--quiet", "--dataset",
+                         "synthetic:n_users=100,n_items=150", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln]
+    assert lines and all(ln.startswith("embtab experiment collisions: warning: power_law:")
+                         for ln in lines), err

@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 __all__ = ["int_at_least", "main"]
@@ -98,7 +99,28 @@ def int_at_least(low: int, hint: str = ""):
     return parse
 
 
-_seeds = int_at_least(1, "seeds 0..N-1")
+
+
+class _Once(argparse.Action):
+    """An option's value, refused when the option is given twice (argparse would keep the
+    last value silently, where a data set spec refuses a repeated key)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, "_given_" + self.dest, False):
+            parser.error(f"argument {option_string}: given twice; give it once")
+        setattr(namespace, "_given_" + self.dest, True)
+        setattr(namespace, self.dest, values)
+
+
+_MAX_SEEDS = 10_000
+
+
+def _seeds(text: str) -> int:
+    n = int_at_least(1, "seeds 0..N-1")(text)
+    if n > _MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_SEEDS:,} (seeds 0..N-1, each "
+                                         f"trained in turn), got {n}")
+    return n
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,31 +143,35 @@ def _parser() -> argparse.ArgumentParser:
     demo = [e for e in registry.values() if e.in_demo]
     d = sub.add_parser("demo", help=f"quick {' + '.join(e.label for e in demo)} (on synthetic "
                                     "data unless --dataset names other data); writes a report")
-    d.add_argument("--out", default="embtab-demo", help="output folder (default: embtab-demo)")
-    d.add_argument("--seeds", type=_seeds, default=3, help="number of seeds (default 3)")
-    d.add_argument("--dataset", default="synthetic",
+    d.add_argument("--out", action=_Once, default="embtab-demo",
+                   help="output folder (default: embtab-demo)")
+    d.add_argument("--seeds", action=_Once, type=_seeds, default=3,
+                   help="number of seeds (default 3)")
+    d.add_argument("--dataset", action=_Once, default="synthetic",
                    help="data set spec as for 'experiment' (default: synthetic)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("experiment", help="run one experiment ("
                        + ", ".join(f"{x.label} {x.name}" for x in registry.values()) + ")")
     e.add_argument("name", choices=list(registry))
-    e.add_argument("--dataset", default="synthetic",
+    e.add_argument("--dataset", action=_Once, default=None,
                    help="synthetic[:key=value,...] | stream[:key=value,...] | movielens:PATH | "
-                        "interactions:PATH[,categories=PATH] (default: synthetic)")
-    e.add_argument("--seeds", type=_seeds, default=None,
+                        "interactions:PATH[,categories=PATH] (default: synthetic; not for "
+                        "experiments that make their own workload)")
+    e.add_argument("--seeds", action=_Once, type=_seeds, default=None,
                    help="number of seeds 0..N-1 (default 3, or 1 with --quick)")
     e.add_argument("--quick", action="store_true",
                    help="fewer seeds (1) and each experiment's quick mode where it has one "
                         "(smaller data sets, grids, rounds or epochs; for rerank-speed, a "
                         "smaller benchmark)")
-    e.add_argument("--out", default=None, help="output folder (default: embtab-<name>)")
+    e.add_argument("--out", action=_Once, default=None,
+                   help="output folder (default: embtab-<name>)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.add_argument("--tune", action="store_true",
                    help=f"experiments that take it ({', '.join(_taking(registry, 'tune'))}): "
                         "pick lr, L2 and epochs per configuration and seed on a validation "
                         "split (a smaller grid with --quick)" + _tuned_anyway(registry))
-    e.add_argument("--loss", choices=("bpr", "softmax"), default=None,
+    e.add_argument("--loss", action=_Once, choices=("bpr", "softmax"), default=None,
                    help=f"experiments that take it ({', '.join(_taking(registry, 'loss'))}): "
                         "the training loss (default bpr)")
 
@@ -154,8 +180,9 @@ def _parser() -> argparse.ArgumentParser:
         f"{n}: {e.summary}" for n, e in benches.items()))
     b.add_argument("name", choices=list(benches))
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
-    b.add_argument("--out", default=None, help="write the raw results JSON to this file")
-    b.add_argument("--isa", choices=("auto", "avx2", "baseline"), default="auto",
+    b.add_argument("--out", action=_Once, default=None,
+                   help="write the raw results JSON to this file")
+    b.add_argument("--isa", action=_Once, choices=("auto", "avx2", "baseline"), default="auto",
                    help="cap the SIMD level embtab dispatches to (time an AVX2-only or SSE2 CPU "
                         "on this one; the results name the capped level); default auto")
     return p
@@ -210,10 +237,17 @@ def _demo(args) -> int:
 def _experiment(args) -> int:
     from embtab.experiments import run_experiments
 
+    if not _registry()[args.name].needs_data:
+        given = [o for o, v in (("--dataset", args.dataset), ("--seeds", args.seeds))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} does not apply to {args.name}, which makes its own "
+                             f"workload (see embtab experiment {args.name} --help)")
+    dataset = "synthetic" if args.dataset is None else args.dataset
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 3)
     extra = _training_options(args)
     with _out_dir(f"embtab-{args.name}" if args.out is None else args.out) as out:
-        paths = run_experiments([args.name], out, dataset=args.dataset, seeds=seeds,
+        paths = run_experiments([args.name], out, dataset=dataset, seeds=seeds,
                                 quick=args.quick, progress=not args.quiet,
                                 title=f"embtab experiment {args.name}",
                                 kwargs={args.name: extra} if extra else None)
@@ -302,8 +336,12 @@ def _check_out_file(out: Path) -> None:
         raise ValueError(f"--out {out}: is a folder; expected a file name")
     _refuse_file_ancestor(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out.parent):   # OSError (one line) if it cannot be written
-        pass
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):   # OSError (one line) if not writable
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the results there ({e.strerror})",
+                      str(out)) from None
 
 
 def main(argv=None) -> int:
@@ -324,7 +362,8 @@ def main(argv=None) -> int:
     try:
         # demo and experiment write through a staging folder: SIGTERM unwinds them as Ctrl-C
         # does, so that it is removed (bench keeps the default action)
-        with _terminate_as_interrupt(args.command in ("demo", "experiment")):
+        with _terminate_as_interrupt(args.command in ("demo", "experiment")), \
+                _one_line_warnings(where):
             return commands[args.command](args)
     except (KeyboardInterrupt, _Terminated) as e:
         # one line instead of a traceback; re-raised, so that a caller (console_main) ends
@@ -401,6 +440,22 @@ def _terminate_as_interrupt(enable: bool = True):
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(where: str):
+    """Warnings shown as one line each, named by the command (``embtab experiment dims:
+    warning: ...``), instead of Python's file, line and source line of code."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = _one_line(message) if isinstance(message, BaseException) else message
+        print(f"{where}: warning: {text}", file=sys.stderr if file is None else file)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 def _one_line(e: BaseException) -> str:

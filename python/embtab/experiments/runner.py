@@ -79,7 +79,16 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
         pyplot()            # a missing matplotlib fails here, before minutes of training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".embtab-run-", dir=out))   # an unwritable out fails here
+    # the files every run writes, refused before minutes of training when a folder is in the
+    # way (the plots' names are known only once plotted: _publish checks them)
+    for name in ["report.md", "results.json", MANIFEST] + [f"{e.name}.json" for e in entries]:
+        if (out / name).exists() and not (out / name).is_file():
+            raise OSError(f"{out / name}: is not a file; the run's {name} cannot replace it")
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".embtab-run-", dir=out))
+    except OSError as e:   # an unwritable out fails here: named as the caller gave it
+        raise OSError(e.errno, f"cannot write the run's files there ({e.strerror})",
+                      str(out)) from None
     try:
         s = Session(dataset, train_overrides, progress) if needs_data else None
         results, plots = [], {}

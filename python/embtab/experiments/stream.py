@@ -625,5 +625,14 @@ def _cell(stat, metric) -> str:
     return fmt_ci(stat, metric=metric)
 
 
+def check_dataset(spec) -> None:
+    """``ValueError`` for a ``synthetic`` spec (a static data set, with no time line), for the
+    runner to call before any data set is generated."""
+    if isinstance(spec, str) and spec.partition(":")[0].strip() == "synthetic":
+        raise ValueError(f"data set {spec!r} has no time line (a synthetic data set's "
+                         "timestamps are each user's consumption order); use a 'stream:...' "
+                         "data set, or real data with timestamps")
+
+
 register(Experiment("stream", "E2", "table designs on a stream where IDs keep arriving",
-                    run_stream, section, plot))
+                    run_stream, section, plot, check_dataset=check_dataset))
