@@ -62,3 +62,35 @@ def test_score_matrix_rows_are_the_users_asked_for(setup):
     some = score_matrix(model, train, users=np.array([5, 0], np.int32))
     np.testing.assert_allclose(some.numpy(), full.numpy()[[5, 0]], rtol=1e-5, atol=1e-7)
     assert score_matrix(model, train, users=[]).shape == (0, train.n_items)
+
+
+def test_fit_refuses_what_it_cannot_train_and_a_run_that_diverges():
+    # a NaN loss history came back with lists that looked ordinary; empty data trained to a
+    # loss of 0; a string or a dict raised AttributeError; num_threads=0 torch's RuntimeError
+    from embtab.data import load_dataset
+    from embtab.train import TrainConfig, fit
+
+    d = load_dataset("synthetic:n_users=40,n_items=50,interactions_per_user=5")
+    with pytest.raises(ValueError, match=r"training diverged: the mean loss of epoch 1 is nan"):
+        fit(d, TrainConfig(dim=4, epochs=1, init_std=1e30), quiet=True)
+    with pytest.raises(ValueError, match="holds no interactions: nothing to fit"):
+        fit(d.subset(np.zeros(d.n_interactions, dtype=bool)), TrainConfig(dim=2), quiet=True)
+    with pytest.raises(TypeError, match="train must be an embtab.data.Interactions, got str"):
+        fit("data")
+    with pytest.raises(TypeError, match=r"config must be a TrainConfig \(TrainConfig\(\*\*d\)"):
+        fit(d, {"dim": 2})
+    with pytest.raises(ValueError, match="num_threads must be None or an integer >= 1, got 0"):
+        fit(d, TrainConfig(dim=2), num_threads=0)
+    assert len(fit(d, TrainConfig(dim=2, epochs=2), quiet=True).history) == 2
+
+
+def test_tuning_goes_on_past_a_grid_point_that_diverges():
+    from embtab.data import load_dataset
+    from embtab.experiments.tuning import tune
+
+    d = load_dataset("synthetic:n_users=40,n_items=50,interactions_per_user=8")
+    cfg, info = tune(d, TrainConfig(dim=4, init_std=1e30),
+                     grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1, 2)})
+    assert info["tuned"] is False and info["grid"] == []   # every point diverged: none scored
+    cfg, info = tune(d, TrainConfig(dim=4), grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1,)})
+    assert info["tuned"] is True and len(info["grid"]) == 1

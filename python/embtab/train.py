@@ -451,8 +451,28 @@ def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool =
     -------
     MFModel
         In ``eval()`` mode; ``model.history`` holds the mean loss of each epoch.
+
+    Raises
+    ------
+    TypeError
+        ``train`` is not an :class:`~embtab.data.Interactions`, ``config`` not a
+        :class:`TrainConfig`.
+    ValueError
+        ``train`` holds no interaction, ``num_threads`` < 1, or the training diverged (an
+        epoch's mean loss is NaN or infinite: lower ``lr`` or ``init_std``).
     """
-    config = config or TrainConfig()
+    if not isinstance(train, Interactions):
+        raise TypeError(f"train must be an embtab.data.Interactions, got {type(train).__name__}")
+    if config is None:
+        config = TrainConfig()
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (TrainConfig(**d) for a dict d), got "
+                        f"{type(config).__name__}")
+    if train.n_interactions == 0:
+        raise ValueError(f"train ({train.name!r}) holds no interactions: nothing to fit")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(
+            num_threads, (int, np.integer)) or num_threads < 1):
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
     saved = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -533,6 +553,12 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             if bar is not None:
                 bar.update(1)
         model.history.append(total / max(n, 1))
+        if not math.isfinite(model.history[-1]):
+            if bar is not None:
+                bar.close()
+            raise ValueError(f"training diverged: the mean loss of epoch {epoch + 1} is "
+                             f"{model.history[-1]} (lr={config.lr}, init_std={config.init_std}, "
+                             f"optimizer={config.optimizer!r}); lower lr or init_std")
         if bar is not None:
             bar.set_postfix(loss=f"{model.history[-1]:.4f}")
         if on_epoch is not None:

@@ -71,7 +71,13 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
                     scores.append((float(lr), float(l2), epoch,
                                    metrics.ndcg_at_k(top, val, K)))
 
-            fit(fit_part, cfg, quiet=True, on_epoch=score)
+            try:
+                fit(fit_part, cfg, quiet=True, on_epoch=score)
+            except ValueError as e:
+                if "training diverged" not in str(e):
+                    raise
+                # a grid point that diverges scores nothing from the diverged epoch on (the
+                # checkpoints it passed before keep their scores)
     scored = [s for s in scores if math.isfinite(s[3])]
     if not scored:   # no validation items: max() over NaN would pick the first grid point
         return config, {"val_ndcg@10": float("nan"), "grid": scores, "tuned": False}
