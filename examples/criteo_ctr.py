@@ -304,6 +304,10 @@ def main(argv=None) -> int:
         labels, ids = synthetic_criteo(args.synthetic, args.seed)
         source = f"synthetic ({args.synthetic:,} rows)"
     else:
+        if args.data.is_dir():
+            print(f"error: {args.data} is a folder; pass --data the click-log file in it (a "
+                  "Criteo train.txt or its sample) or --synthetic N", file=sys.stderr)
+            return 2
         if not args.data.is_file():
             print(
                 f"error: {args.data} not found; pass --data PATH or --synthetic N", file=sys.stderr

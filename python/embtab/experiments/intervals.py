@@ -227,6 +227,8 @@ def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *
         'The lists are up (m = 0.0200, 95% CI [0.0100, 0.0300], 5 seeds).'
         >>> direction_sentence({**s, "ci95_low": -0.01}, "The lists", "are up", "are down")
         'The lists: no clear direction (0.0200, 95% CI [-0.0100, 0.0300] includes 0, 5 seeds).'
+        >>> direction_sentence({**s, "ci95_low": 0.00001}, "The lists", "are up", "are down")
+        'The lists are up (2.00e-02, 95% CI [1.00e-05, 3.00e-02], 5 seeds).'
     """
     mean, lo, hi, n = stat.get("mean"), stat.get("ci95_low"), stat.get("ci95_high"), \
         stat.get("n", 0)
@@ -244,6 +246,10 @@ def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *
                     "no spread to form an interval).")
         return (f"{subject}: no clear direction ({name}{f(mean)}, no interval from {n} "
                 f"seed{'s' if n != 1 else ''}).")
+    decider = lo if lo > 0 else hi if hi < 0 else None
+    if decider is not None and abs(decider) < 0.5 * 10.0 ** -digits:
+        # the bound that excludes 0 would print as 0.0000 (or -0.0000): significant digits
+        f = "{:.2e}".format
     ci = f"95% CI [{f(lo)}, {f(hi)}]"
     if lo > 0:
         return f"{subject} {positive} ({name}{f(mean)}, {ci}, {n} seeds)."
