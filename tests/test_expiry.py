@@ -438,3 +438,36 @@ def test_sharded_modules_refuse_expiry(bag):
     cls = ShardedCuckooEmbeddingBag if bag else ShardedCuckooEmbedding
     with pytest.raises(ValueError, match="expire_after is not supported by the sharded modules"):
         cls(8, 4, expire_after=3)  # refused before the process group is looked at
+
+
+def test_an_eval_output_that_needs_a_gradient_pins_its_rows_and_one_under_no_grad_does_not():
+    # (documented in CuckooEmbedding's Notes: its backward would still write the rows)
+    import torch
+
+    import embtab.nn as enn
+
+    for keep in (True, False):
+        m = enn.CuckooEmbedding(8, 2, expire_after=1)
+        m(torch.tensor([14])).sum().backward()
+        m.eval()
+        if keep:
+            preds = m(torch.tensor([14, 5]))
+        else:
+            with torch.no_grad():
+                preds = m(torch.tensor([14, 5]))
+        m.train()
+        m(torch.tensor([1])).sum().backward()
+        m(torch.tensor([2])).sum().backward()
+        live = sorted(m.row_ids[m.row_live].tolist())
+        assert live == ([2, 14] if keep else [2]), (keep, live)
+        assert preds.shape == (2, 2)
+    m = enn.CuckooEmbedding(2, 2, on_full="evict_lru")
+    m(torch.tensor([14, 15])).sum().backward()
+    m.eval()
+    preds = m(torch.tensor([14, 15]))
+    m.train()
+    with pytest.raises(ValueError, match="can be evicted"):
+        m(torch.tensor([1])).sum().backward()
+    del preds   # the graph freed: its rows are free to go
+    m(torch.tensor([1])).sum().backward()
+    assert 1 in m.row_ids[m.row_live].tolist()

@@ -1371,7 +1371,8 @@ class _CuckooBase(_AtomicLoad):
 
     def _track(self, out: Tensor, rows: np.ndarray) -> Tensor:
         """``out``, pinning the rows it read against eviction until a backward passes through
-        it or its graph is freed (evicting policies, training outputs that need a gradient)."""
+        it or its graph is freed (evicting or expiring tables, outputs that need a gradient,
+        in eval() mode too: their backward writes the rows they read)."""
         frees = self.on_full in (OnFull.EVICT_LRU, OnFull.EVICT_LFU) or self.expire_after is not None
         if not (frees and out.requires_grad):
             return out
@@ -1648,10 +1649,13 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       cannot be backpropagated after it: torch
       raises ``RuntimeError`` ("AccumulateGrad node that was poisoned by swap_tensors"); no
       gradient is lost silently. Pre-size ``num_embeddings`` for several forwards per backward.
-    * Eviction never takes a row read by the current batch or by an earlier training-mode
-      output whose graph has not been backpropagated yet (the row stays pinned until the first
-      backward through that output, or until its graph is freed); when too few rows remain, the
-      forward raises ValueError and changes nothing. A graph backpropagated a second time
+    * Eviction and expiry never take a row read by the current batch or by an earlier output
+      that needs a gradient and whose graph has not been backpropagated yet (the row stays
+      pinned until the first backward through that output, or until its graph is freed); when
+      too few rows remain, the forward raises ValueError and changes nothing. That holds for an
+      ``eval()`` output made with gradient tracking on too (its backward would still write
+      the rows it read): evaluate under ``torch.no_grad()``, or drop such outputs, so that they
+      pin nothing. A graph backpropagated a second time
       (``retain_graph=True``) after its rows were evicted trains their new owners.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission/expiry state; ``load_state_dict`` resizes ``weight`` to the
