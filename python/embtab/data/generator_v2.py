@@ -44,6 +44,13 @@ The generative story (all draws from ``numpy.random.default_rng(seed)``):
    their activity draws asked for (``rank=1``, or a catalogue too small).
 5. **IDs.** Distinct uniformly random 64-bit raw IDs, as in ``power_law``.
 
+Popularity is not ``zipf_s`` alone: genre prevalence ∝ (g + 1)**-0.5 makes the items of the
+first genres more liked (a taste factor's home genre and a user's factors are drawn by it),
+and ``taste_sigma`` spreads each factor over its items. So ``zipf_s`` near 0 does not give a
+flat-popularity control here, as it nearly does in ``power_law``: check the data set's own
+concentration (``Interactions.summary()["top1pct_share"]``, or ``item_counts()``) before
+reading a run as one.
+
 ``crowding=True`` is Steck's crowding-out case: one taste factor per genre (r = n_genres, no
 mainstream factor, no leak), every user has exactly two interest genres weighted 70/30
 (``crowding_split``), all users "diverse", and by default a flat within-genre preference
