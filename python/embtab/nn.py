@@ -2652,48 +2652,32 @@ class _BagCollection(_AtomicLoad):
         # place and its offsets checked by the native pass alone, as _as_id_array and
         # _check_bag_args do for it, with their tracing and compiling tests made once here
         fast = not torch.jit.is_tracing() and not _ops.is_compiling()
-        i64, strided = torch.int64, torch.strided
         for f in self.feature_names:
             x = features[f]
-            if fast and type(x) is tuple and len(x) == 2 and f not in psw:
-                ids, offsets = x
-                if (type(ids) is Tensor and type(offsets) is Tensor and ids.dtype == i64
-                        and offsets.dtype == i64 and ids.is_cpu and offsets.is_cpu
-                        and ids.layout == strided and offsets.layout == strided
-                        and ids.dim() == 1 and offsets.dim() == 1 and offsets.numel()
-                        and ids.is_contiguous() and offsets.is_contiguous()):
-                    flat = ids.numpy()
-                    code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], last)
-                    if code == 0:
-                        n_bags = len(csr) - 1
-                        if B is None:
-                            B, B_from = n_bags, f
-                        elif n_bags != B:
-                            raise ValueError(
-                                f"features[{f!r}] has {n_bags} bags but features[{B_from!r}] "
-                                f"has {B}: every feature needs the same batch size")
-                        out[f] = (flat, csr)
-                        continue
-                # else the checks below word the refusal
-            if isinstance(x, (tuple, list)) and len(x) != 2:
-                raise ValueError(
-                    f"features[{f!r}] must be ids (2-D) or a pair (ids, offsets), got a "
-                    f"{type(x).__name__} of {len(x)}"
-                )
-            ids, offsets = (tuple(x) if isinstance(x, (tuple, list)) else (x, None))
-            bag = ebs[table_of[f]]
-            try:
-                flat, shape = _as_id_array(ids, "ids")
-                off, csr = _check_bag_args(
-                    ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
-                )
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"features[{f!r}]: {e}") from None
-            if off is None:
-                n_bags, width = ids.shape
-                csr = np.arange(n_bags + 1, dtype=np.int64) * width
-            else:  # the offsets and the end of the last bag, made by the check
+            got = _plain_bag_input(x, last) if fast and f not in psw else None
+            if got is not None:
+                flat, csr = got
                 n_bags = len(csr) - 1
+            else:  # any other input, checked (and a refusal worded) in full
+                if isinstance(x, (tuple, list)) and len(x) != 2:
+                    raise ValueError(
+                        f"features[{f!r}] must be ids (2-D) or a pair (ids, offsets), got a "
+                        f"{type(x).__name__} of {len(x)}"
+                    )
+                ids, offsets = (tuple(x) if isinstance(x, (tuple, list)) else (x, None))
+                bag = ebs[table_of[f]]
+                try:
+                    flat, shape = _as_id_array(ids, "ids")
+                    off, csr = _check_bag_args(
+                        ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
+                    )
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"features[{f!r}]: {e}") from None
+                if off is None:
+                    n_bags, width = ids.shape
+                    csr = np.arange(n_bags + 1, dtype=np.int64) * width
+                else:  # the offsets and the end of the last bag, made by the check
+                    n_bags = len(csr) - 1
             if B is None:
                 B, B_from = n_bags, f
             elif n_bags != B:
@@ -2999,6 +2983,25 @@ class HashedEmbeddingBagCollection(_BagCollection):
         # and everything the table's own load checks (dtypes, optimizer state values), so that
         # no table is copied before a later one is refused
         _check_plain_state(bag, sd, prefix, strict=False)
+
+
+def _plain_bag_input(x, include_last_offset: bool):
+    """``(flat IDs, CSR offsets)`` as NumPy arrays for the usual feature input, a tuple of 1-D
+    int64 CPU contiguous IDs and non-empty offsets that the native pass accepts, read in place
+    (as ``_as_id_array`` and ``_check_bag_args`` read it, without their tracing and compiling
+    tests, which the caller makes once); None for any other input."""
+    if type(x) is not tuple or len(x) != 2:
+        return None
+    ids, offsets = x
+    if not (type(ids) is Tensor and type(offsets) is Tensor and ids.dtype == torch.int64
+            and offsets.dtype == torch.int64 and ids.is_cpu and offsets.is_cpu
+            and ids.layout == torch.strided and offsets.layout == torch.strided
+            and ids.dim() == 1 and offsets.dim() == 1 and offsets.numel()
+            and ids.is_contiguous() and offsets.is_contiguous()):
+        return None
+    flat = ids.numpy()
+    code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], include_last_offset)
+    return (flat, csr) if code == 0 else None
 
 
 def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
