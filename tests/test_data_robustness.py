@@ -408,6 +408,19 @@ def test_movielens_repeated_pairs_warn_and_conflicting_genre_lines_are_refused(t
         load_movielens(m)
 
 
+def test_movielens_ratings_cut_mid_line_warn(tmp_path):
+    # a download cut short parsed its last line's timestamp '89' (of 891717742) silently
+    text = "196\t242\t3\t881250949\n472\t568\t5\t891717742\n"
+    (tmp_path / "u.data").write_text(text[:-8])
+    with pytest.warns(UserWarning, match=r"u.data: the last line has no line end"):
+        d = load_movielens(tmp_path)
+    assert d.n_interactions == 2
+    (tmp_path / "u.data").write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_movielens(tmp_path)
+
+
 # 7. power_law's sampler: rare items are finished by Gumbel keys, with the same law //////////
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -576,6 +577,7 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     layout, sep, data_file = _movielens_ratings_file(Path(path))
     folder = data_file.parent
     ru, ri, w, t = _read_ratings(data_file, sep, "latin-1" if layout != "csv" else "utf-8-sig")
+    _warn_cut_short(data_file)
     if name is None:
         # "ml-100k" only for the published data's size; another folder in its layout (a subset,
         # a copy with rows removed) is named by its folder, so reports do not mislabel it.
@@ -644,6 +646,21 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     return _warn_repeated_ratings(data_file, len(ru), Interactions.from_raw(
         ru, ri, w, t, name=name, item_genres=genres,
         genre_names=names if genres is not None else None))
+
+
+def _warn_cut_short(data_file: Path) -> None:
+    """Warn when a MovieLens ratings file does not end with a line end, as every published one
+    does: a download cut short ends mid-line, and its last line may have parsed as a shorter
+    number (a timestamp cut to its first digits) without any error."""
+    with open(data_file, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) not in (b"\n", b"\r"):
+            warnings.warn(f"{data_file}: the last line has no line end, as a file cut short "
+                          "has (the published MovieLens files end with one); if the download "
+                          "was interrupted, its last rating may be wrong", stacklevel=3)
 
 
 def _warn_repeated_ratings(data_file: Path, lines: int, data: Interactions) -> Interactions:
