@@ -39,8 +39,8 @@ inline constexpr std::size_t kParallelGrain = 1 << 14;
 // Default load factor at which the table grows, and the accepted range for it. 0.9, not 0.95:
 // the inserts between 0.9 and 0.95 load need displacement searches (a few random bucket reads
 // each); filling a reserved table of 10^7 IDs ran at 6.0 M keys/s to 0.95 against 9.6 to 0.9,
-// and growing builds 1.2-1.5x slower in the median (bench/README.md, "New IDs"), for 16.8
-// instead of 17.8 index bytes per key at growth.
+// and growing builds 1.2-2.1x slower in the median (bench/README.md, "New IDs", its runs from
+// 0b0ab01 to 299b59d), for 16.8 instead of 17.8 index bytes per key at growth.
 inline constexpr double kDefaultMaxLoadFactor = 0.9;
 inline constexpr double kMinMaxLoadFactor = 0.5;
 inline constexpr double kMaxMaxLoadFactor = 0.98;
