@@ -181,3 +181,62 @@ def test_head_items_refuses_a_fraction_outside_0_1_and_negative_counts():
     with pytest.raises(ValueError, match="train_counts must be non-negative"):
         metrics.popularity_deciles(np.array([np.nan, 2.0]))
     assert metrics.head_items(np.array([3, 9, 1]), fraction=0.5).tolist() == [True, True, False]
+
+
+# arrays at an odd byte offset ////////////////////////////////////////////////////////////////
+# NumPy and torch allow C-contiguous arrays whose data is not aligned to their element size
+# (np.frombuffer(buf, offset=1)); the core read them through T*, undefined behaviour that the
+# sanitizer build aborted on. Inputs that are only read are copied; results equal the aligned
+# input's.
+
+
+def _odd(a):
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    v = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    v[...] = a
+    assert not v.flags.aligned
+    return v
+
+
+def test_unaligned_inputs_give_the_aligned_inputs_results():
+    from embtab import CuckooTable
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(-(2**63), 2**63 - 1, 300, dtype=np.int64)
+    a, b = CuckooTable(0), CuckooTable(0)
+    assert np.array_equal(a.lookup_or_insert(ids), b.lookup_or_insert(_odd(ids)))
+    assert np.array_equal(a.lookup(ids[::-1].copy()), b.lookup(_odd(ids[::-1].copy())))
+    rows = np.arange(300, dtype=np.int64)[::-1].copy()
+    c = CuckooTable.from_items(ids, rows, 300)
+    d = CuckooTable.from_items(_odd(ids), _odd(rows), 300)
+    assert np.array_equal(c.lookup(ids), d.lookup(ids))
+    # a module fed a torch tensor at an odd offset
+    m1 = enn.CuckooEmbeddingBag(64, 4, mode="sum", seed=3)
+    m2 = enn.CuckooEmbeddingBag(64, 4, mode="sum", seed=3)
+    t = torch.from_numpy(ids[:40].copy())
+    raw = bytearray(t.numpy().tobytes()) + b"\0"
+    t_odd = torch.frombuffer(bytearray(b"\0") + raw[:-1], dtype=torch.int64, offset=1, count=40)
+    assert t_odd.data_ptr() % 8 != 0 and torch.equal(t_odd, t)
+    off = torch.tensor([0, 10, 25])
+    torch.testing.assert_close(m1(t, off), m2(t_odd, off), rtol=0, atol=0)
+    # the reranker's scores, candidates and target
+    scores = rng.random((5, 12))
+    item_dist = np.eye(3)[rng.integers(0, 3, 12)]
+    target = np.full((5, 3), 1 / 3)
+    cand = np.tile(np.arange(12, dtype=np.int64), (5, 1))
+    assert np.array_equal(rerank.topk(scores, 4)[1], rerank.topk(_odd(scores), 4)[1])
+    assert np.array_equal(
+        rerank.calibrated(scores, item_dist, target, k=4, candidates=cand),
+        rerank.calibrated(_odd(scores), item_dist, _odd(target), k=4, candidates=_odd(cand)))
+
+
+def test_unaligned_arrays_written_in_place_are_refused():
+    from embtab import _core
+
+    ids = np.arange(6, dtype=np.int64)
+    with pytest.raises(ValueError, match="out is not aligned to its 4-byte elements"):
+        _core.init_vectors(ids, _odd(np.zeros((6, 3), np.float32)), 0, "normal", 0.0, 1.0, 1)
+    w = np.ones((4, 2), np.float32)
+    feats = [(w, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64), None, False, 4, 0)]
+    with pytest.raises(ValueError, match="out is not aligned"):
+        _core.pool_bags(feats, _odd(np.zeros((2, 2), np.float32)), 1)

@@ -512,6 +512,15 @@ def test_bad_types():
     assert opt.lr == 0.01
 
 
+def _odd(a: np.ndarray) -> np.ndarray:
+    """A writeable copy of ``a`` one byte past an aligned address (C-contiguous, not aligned)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    v = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    v[...] = a
+    assert not v.flags.aligned and v.flags.c_contiguous and v.flags.writeable
+    return v
+
+
 def _step_args(**over):
     w = np.zeros((5, 3), np.float32)
     kw = dict(
@@ -562,6 +571,13 @@ def _step_args(**over):
             TypeError,
             "weight must have dtype float32 or float64",
         ),
+        # arrays at an odd byte offset: reading them through T* is undefined behaviour (the
+        # sanitizer build aborted); the step refuses them
+        (dict(weight=_odd(np.zeros((5, 3), np.float32))), ValueError,
+         "weight is not aligned to its 4-byte elements"),
+        (dict(state1=_odd(np.zeros((5, 3), np.float32))), ValueError, "state1 is not aligned"),
+        (dict(grad=_odd(np.ones((3, 3), np.float32))), ValueError, "grad is not aligned"),
+        (dict(rows=_odd(np.array([0, 1, 1], np.int64))), ValueError, "rows is not aligned"),
     ],
 )
 def test_core_bad_input_leaves_state_unchanged(over, exc, match):

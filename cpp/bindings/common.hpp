@@ -75,6 +75,29 @@ inline bool native_order(const py::array& a) {
 #endif
 }
 
+// is_aligned says whether a's data pointer is a multiple of its element size. NumPy and torch
+// allow arrays that are not (a view at an odd byte offset: np.frombuffer(buf, offset=1)); the
+// core reads elements through T*, which is undefined behaviour on them, so such an array is
+// copied where it is only read (aligned_input) and refused where it is written (check_aligned).
+inline bool is_aligned(const py::array& a) {
+    const auto size = static_cast<std::uintptr_t>(a.itemsize());
+    return a.size() == 0 || size == 0 || reinterpret_cast<std::uintptr_t>(a.data()) % size == 0;
+}
+
+// aligned_input returns `a`, or an aligned C-contiguous copy of it when it is not aligned.
+inline py::array aligned_input(const py::array& a) {
+    if (is_aligned(a)) return a;
+    return py::array(a.attr("copy")());
+}
+
+// check_aligned throws ValueError naming an array `name` that is not aligned (see is_aligned).
+inline void check_aligned(const py::array& a, const std::string& name) {
+    if (!is_aligned(a)) {
+        throw py::value_error(name + " is not aligned to its " + std::to_string(a.itemsize()) +
+                              "-byte elements (a view at an odd byte offset); pass a copy");
+    }
+}
+
 // IdView is a read-only view of a validated ID array. It borrows the array's buffer;
 // `owner` keeps the array alive for as long as the view is used.
 struct IdView {
@@ -105,8 +128,8 @@ inline IdView as_ids(const py::handle& obj, const char* name) {
         throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
     }
     IdView v;
-    v.owner = a;
-    v.data = static_cast<const std::uint64_t*>(a.data());
+    v.owner = aligned_input(a);
+    v.data = static_cast<const std::uint64_t*>(v.owner.data());
     v.size = static_cast<std::size_t>(a.shape(0));
     return v;
 }

@@ -30,6 +30,7 @@ py::array_t<std::int64_t> as_sketch(const py::handle& obj) {
     }
     if (!(a.flags() & py::array::c_style)) throw py::value_error("sketch must be C-contiguous");
     if (!a.writeable()) throw py::value_error("sketch must be writeable");
+    embtab_py::check_aligned(a, "sketch");
     return py::reinterpret_borrow<py::array_t<std::int64_t>>(obj);
 }
 
@@ -60,6 +61,7 @@ py::array checked_array(const py::handle& obj, const std::string& name, int ndim
     py::array a = py::reinterpret_borrow<py::array>(obj);
     if (a.ndim() != ndim) throw py::value_error(name + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
     if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
+    embtab_py::check_aligned(a, name);
     return a;
 }
 
@@ -166,6 +168,7 @@ void bind_ops(py::module_& m) {
             if (!(out.flags() & py::array::c_style) || !out.writeable()) {
                 throw py::value_error("out must be C-contiguous and writeable");
             }
+            embtab_py::check_aligned(out, "out");
             embtab::InitKind k;
             if (kind == "normal") {
                 k = embtab::InitKind::kNormal;
@@ -242,6 +245,7 @@ void bind_ops(py::module_& m) {
                 !embtab_py::native_order(off) || !(off.flags() & py::array::c_style)) {
                 throw py::type_error("offsets must be a 1-D C-contiguous int64 array, got " + embtab_py::dtype_str(off));
             }
+            off = embtab_py::aligned_input(off);
             if (n < 0) throw py::value_error("n must be >= 0");
             const auto m = static_cast<std::size_t>(off.shape(0));
             const auto* o = static_cast<const std::int64_t*>(off.data());

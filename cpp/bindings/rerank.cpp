@@ -45,7 +45,7 @@ py::array require_array(const py::handle& obj, const char* name, int ndim) {
     if (!(a.flags() & py::array::c_style)) {
         throw py::value_error(std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
     }
-    return a;
+    return embtab_py::aligned_input(a);
 }
 
 bool is_f32(const py::array& a) { return has_dtype<float>(a); }
@@ -61,7 +61,7 @@ py::array require_scores(const py::handle& obj) {
     if (a.ndim() != 2) throw py::value_error("scores must be 2-D [U, C], got shape " + shape_str(a));
     if (!(a.flags() & py::array::c_style))
         throw py::value_error("scores must be C-contiguous (use numpy.ascontiguousarray)");
-    return a;
+    return embtab_py::aligned_input(a);
 }
 
 [[noreturn]] void throw_rerank_error(const embtab::RerankError& e, bool has_candidates) {
@@ -139,11 +139,13 @@ void bind_rerank(py::module_& m) {
             const int nt = check_threads(num_threads);
             py::array scores = require_scores(scores_obj);
             const std::int64_t U = scores.shape(0), C = scores.shape(1);
+            py::object cand = py::none();  // the checked (aligned) candidates
             if (!candidates.is_none()) {
                 py::array c = require_array<std::int64_t>(candidates, "candidates", 2);
                 if (c.shape(0) != U || c.shape(1) != C)
                     throw py::value_error("candidates must have the shape of scores " + shape_str(scores) + ", got " +
                                           shape_str(c));
+                cand = c;
             }
             py::array indptr = require_array<std::int64_t>(indptr_obj, "indptr", 1);
             py::array genre = require_array<std::int32_t>(genre_obj, "genre", 1);
@@ -197,8 +199,8 @@ void bind_rerank(py::module_& m) {
             prm.lam = lam;
             prm.alpha = alpha;
             if (is_f32(scores))
-                return run_calibrated<float>(scores, candidates, items, target, prm, nt, with_objective);
-            return run_calibrated<double>(scores, candidates, items, target, prm, nt, with_objective);
+                return run_calibrated<float>(scores, cand, items, target, prm, nt, with_objective);
+            return run_calibrated<double>(scores, cand, items, target, prm, nt, with_objective);
         },
         py::arg("scores"), py::arg("candidates"), py::arg("indptr"), py::arg("genre"), py::arg("wclass"),
         py::arg("weights"), py::arg("target"), py::arg("k"), py::arg("lam"), py::arg("alpha"),

@@ -152,8 +152,8 @@ void bind_table(py::module_& m) {
                      throw py::value_error("rows must be 1-D with as many entries as keys (" + std::to_string(k.size) +
                                            "), got shape " + embtab_py::shape_str(rows));
                  }
-                 auto r = py::array_t<std::int64_t, py::array::c_style>::ensure(rows);
-                 const std::int64_t* rp = r.data();
+                 py::array r = embtab_py::aligned_input(py::array_t<std::int64_t, py::array::c_style>::ensure(rows));
+                 const auto* rp = static_cast<const std::int64_t*>(r.data());
                  embtab_py::GilRelease release;
                  t.assign(k.data, rp, k.size, num_rows);
              },
