@@ -578,6 +578,9 @@ def _step_args(**over):
         (dict(state1=_odd(np.zeros((5, 3), np.float32))), ValueError, "state1 is not aligned"),
         (dict(grad=_odd(np.ones((3, 3), np.float32))), ValueError, "grad is not aligned"),
         (dict(rows=_odd(np.array([0, 1, 1], np.int64))), ValueError, "rows is not aligned"),
+        (dict(weight=np.zeros((5, 0), np.float32), grad=np.ones((3, 0), np.float32),
+              state1=np.zeros((5, 0), np.float32)), ValueError,
+         r"weight must have at least one column, got shape \(5, 0\)"),
     ],
 )
 def test_core_bad_input_leaves_state_unchanged(over, exc, match):

@@ -215,6 +215,9 @@ PreparedStep prepare_step(const py::handle& weight_obj, const py::handle& rows_o
     }
     py::array w = as_float_array(weight_obj, "weight", fk, 2, true);
     const auto R = w.shape(0), d = w.shape(1);
+    if (d == 0) {  // (row-wise Adagrad's mean of squares over no column is 0/0: NaN state)
+        throw py::value_error("weight must have at least one column, got shape " + shape_str(w));
+    }
     py::array rows = as_i64(rows_obj, "rows");
     const auto n = rows.shape(0);
     py::array grad = as_grad_array(grad_obj, fk);
