@@ -1,8 +1,10 @@
 """The embtab command line (tiny data; the full demo is exercised through run_demo's code path)."""
 
 import json
+import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -355,6 +357,31 @@ def test_a_blocked_output_file_is_refused_before_training(tmp_path, capsys, monk
     assert "report.md: is not a file; the run's report.md cannot replace it" in err
 
 
+def test_the_stream_experiment_takes_the_default_dataset(tmp_path, monkeypatch):
+    # the bare "synthetic" (the CLI's default) means the stream's own data set; the check added
+    # to refuse static data refused it too
+    import dataclasses
+
+    from embtab.experiments import registry
+    from embtab.experiments.stream import check_dataset
+
+    check_dataset("synthetic")
+    check_dataset("stream")
+    with pytest.raises(ValueError, match="has no time line"):
+        check_dataset("synthetic:n_users=10")
+    seen = {}
+
+    def fake_run(dataset, seeds, **kw):
+        seen["dataset"] = dataset
+        raise ValueError("stop here")
+
+    entry = registry.get("stream")
+    monkeypatch.setitem(registry.REGISTRY, "stream", dataclasses.replace(entry, run=fake_run))
+    assert cli.main(["experiment", "stream", "--quick", "--quiet", "--out",
+                     str(tmp_path / "o")]) == 2
+    assert seen["dataset"] == "synthetic"
+
+
 def test_the_stream_experiment_refuses_static_data_before_generating_it(tmp_path, capsys):
     # it generated the data set first (and printed the generator's warning), then refused it
     argv = ["experiment", "stream", "--quick", "--quiet", "--dataset",
@@ -364,15 +391,20 @@ def test_the_stream_experiment_refuses_static_data_before_generating_it(tmp_path
     assert err.count("\n") == 1 and "has no time line" in err
 
 
-def test_warnings_are_one_line_named_by_the_command(tmp_path, capsys):
-    import warnings as w
+def test_warnings_are_one_line_named_by_the_command(tmp_path):
+    # (the console script's display; main() called directly keeps Python's, so that a caller
+    # can record the warnings)
+    import subprocess
 
-    with w.catch_warnings():
-        w.simplefilter("always")
-        w.filterwarnings("ignore", category=DeprecationWarning)
-        assert cli.main(["experiment", "collisions", "--quick", "--quiet", "--dataset",
-                         "synthetic:n_users=100,n_items=150", "--out", str(tmp_path / "o")]) == 0
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln]
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1]),
+           "PYTHONWARNINGS": "always"}
+    r = subprocess.run([sys.executable, "-m", "embtab", "experiment", "collisions", "--quick",
+                        "--quiet", "--dataset", "synthetic:n_users=100,n_items=150", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln]
     assert lines and all(ln.startswith("embtab experiment collisions: warning: power_law:")
-                         for ln in lines), err
+                         for ln in lines), r.stderr
+    with pytest.warns(UserWarning, match="power_law: interactions_per_user"):
+        assert cli.main(["experiment", "collisions", "--quick", "--quiet", "--dataset",
+                         "synthetic:n_users=100,n_items=150", "--out", str(tmp_path / "p")]) == 0

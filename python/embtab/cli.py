@@ -362,8 +362,7 @@ def main(argv=None) -> int:
     try:
         # demo and experiment write through a staging folder: SIGTERM unwinds them as Ctrl-C
         # does, so that it is removed (bench keeps the default action)
-        with _terminate_as_interrupt(args.command in ("demo", "experiment")), \
-                _one_line_warnings(where):
+        with _terminate_as_interrupt(args.command in ("demo", "experiment")):
             return commands[args.command](args)
     except (KeyboardInterrupt, _Terminated) as e:
         # one line instead of a traceback; re-raised, so that a caller (console_main) ends
@@ -385,7 +384,8 @@ def console_main() -> None:
     message), the process ends by that signal, as a shell loop expects of a child it should
     stop for (an exit status of 130 would let ``for ...; do embtab ...; done`` go on)."""
     try:
-        status = main()
+        with _one_line_warnings(_command_name(sys.argv[1:])):
+            status = main()
     except KeyboardInterrupt:
         _end_by(signal.SIGINT)
     except _Terminated:
@@ -442,10 +442,20 @@ def _terminate_as_interrupt(enable: bool = True):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _command_name(argv: list) -> str:
+    """``embtab COMMAND [NAME]`` from the command line, for the one-line warnings."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if words and words[0] not in ("experiment", "bench"):
+        words = words[:1]
+    return " ".join(["embtab"] + words)
+
+
 @contextlib.contextmanager
 def _one_line_warnings(where: str):
     """Warnings shown as one line each, named by the command (``embtab experiment dims:
-    warning: ...``), instead of Python's file, line and source line of code."""
+    warning: ...``), instead of Python's file, line and source line of code. Installed by the
+    console script only (a caller of :func:`main`, such as a test recording warnings, keeps
+    Python's own display)."""
     def show(message, category, filename, lineno, file=None, line=None):
         text = _one_line(message) if isinstance(message, BaseException) else message
         print(f"{where}: warning: {text}", file=sys.stderr if file is None else file)

@@ -626,9 +626,11 @@ def _cell(stat, metric) -> str:
 
 
 def check_dataset(spec) -> None:
-    """``ValueError`` for a ``synthetic`` spec (a static data set, with no time line), for the
-    runner to call before any data set is generated."""
-    if isinstance(spec, str) and spec.partition(":")[0].strip() == "synthetic":
+    """``ValueError`` for a ``synthetic:...`` spec (a static data set, with no time line), for
+    the runner to call before any data set is generated; the bare ``"synthetic"`` (the CLI's
+    default) means this experiment's own stream data set, as in :func:`run_stream`."""
+    if isinstance(spec, str) and spec not in ("synthetic", "stream") \
+            and spec.partition(":")[0] == "synthetic":
         raise ValueError(f"data set {spec!r} has no time line (a synthetic data set's "
                          "timestamps are each user's consumption order); use a 'stream:...' "
                          "data set, or real data with timestamps")
