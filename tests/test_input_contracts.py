@@ -230,6 +230,37 @@ def test_unaligned_inputs_give_the_aligned_inputs_results():
         rerank.calibrated(_odd(scores), item_dist, _odd(target), k=4, candidates=_odd(cand)))
 
 
+def test_unaligned_per_sample_weights_train_as_aligned_ones():
+    # per_sample_weights from torch.frombuffer at an odd offset reached the fused step and the
+    # collection's pooling as they were (refused there, after the collection's remaps)
+    import embtab.optim as eo
+
+    ids = torch.tensor([5, 7, 9, 5, 11])
+    off = torch.tensor([0, 2])
+    psw = torch.tensor([0.5, 1.0, 2.0, -1.0, 0.25])
+    raw = bytearray(b"\0") + bytearray(psw.numpy().tobytes())
+    psw_odd = torch.frombuffer(raw, dtype=torch.float32, offset=1, count=5)
+    assert psw_odd.data_ptr() % 4 != 0 and torch.equal(psw_odd, psw)
+    for make in (
+        lambda: enn.CuckooEmbeddingBag(16, 3, mode="sum", seed=1, optimizer=eo.Adagrad(lr=0.1)),
+        lambda: enn.CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(num_embeddings=16, embedding_dim=3, name="t",
+                                feature_names=["a"], options={"seed": 1})],
+            optimizer=eo.Adagrad(lr=0.1)),
+    ):
+        states = []
+        for p in (psw, psw_odd):
+            m = make()
+            if isinstance(m, enn.CuckooEmbeddingBagCollection):
+                out = m({"a": (ids, off)}, per_sample_weights={"a": p}, concat=True)
+            else:
+                out = m(ids, off, per_sample_weights=p)
+            (out * torch.arange(1.0, out.numel() + 1).reshape(out.shape)).sum().backward()
+            states.append({k: v.clone() for k, v in m.state_dict().items()})
+        assert states[0].keys() == states[1].keys()
+        assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_unaligned_arrays_written_in_place_are_refused():
     from embtab import _core
 

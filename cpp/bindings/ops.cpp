@@ -52,8 +52,9 @@ int float_size(const py::array& a) {
 }
 
 // checked_array returns obj as an ndarray that is C-contiguous with `ndim` dimensions; throws
-// TypeError / ValueError naming `name`.
-py::array checked_array(const py::handle& obj, const std::string& name, int ndim) {
+// TypeError / ValueError naming `name`. An array not aligned to its element size is refused
+// when `written`, else returned as an aligned copy (see embtab_py::is_aligned).
+py::array checked_array(const py::handle& obj, const std::string& name, int ndim, bool written = false) {
     if (!py::isinstance<py::array>(obj)) {
         throw py::type_error(name + " must be a numpy.ndarray, got " +
                              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
@@ -61,8 +62,11 @@ py::array checked_array(const py::handle& obj, const std::string& name, int ndim
     py::array a = py::reinterpret_borrow<py::array>(obj);
     if (a.ndim() != ndim) throw py::value_error(name + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
     if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
-    embtab_py::check_aligned(a, name);
-    return a;
+    if (written) {
+        embtab_py::check_aligned(a, name);
+        return a;
+    }
+    return embtab_py::aligned_input(a);
 }
 
 // pool_run converts the checked feature tuples and runs pool_bags without the GIL; throws
@@ -279,12 +283,13 @@ void bind_ops(py::module_& m) {
         "pool_bags",
         [](const py::list& feats, const py::handle& out_obj, std::int64_t num_threads) {
             const int threads = check_threads(num_threads);
-            py::array out = checked_array(out_obj, "out", 2);
+            py::array out = checked_array(out_obj, "out", 2, true);
             const int fk = float_size(out);
             if (fk == 0) throw py::type_error("out must have dtype float32 or float64, got " + embtab_py::dtype_str(out));
             if (!out.writeable()) throw py::value_error("out must be writeable");
             const auto B = static_cast<std::size_t>(out.shape(0));
             const auto width = static_cast<std::size_t>(out.shape(1));
+            py::list checked;  // the features with their checked (aligned) arrays
             for (std::size_t f = 0; f < feats.size(); ++f) {
                 const std::string at = "features[" + std::to_string(f) + "]";
                 if (!py::isinstance<py::tuple>(feats[f]) || py::len(feats[f]) != 7) {
@@ -313,23 +318,26 @@ void bind_ops(py::module_& m) {
                 for (std::size_t b = 0; b < B; ++b) {
                     if (o[b + 1] < o[b]) throw py::value_error(at + ".offsets must be non-decreasing");
                 }
+                py::object psw_checked = py::none();
                 if (!t[3].is_none()) {
                     py::array psw = checked_array(t[3], at + ".psw", 1);
                     if (float_size(psw) != fk || psw.shape(0) != rows.shape(0)) {
                         throw py::value_error(at + ".psw must have out's dtype and rows' shape, got " +
                                               embtab_py::dtype_str(psw) + " " + shape_str(psw));
                     }
+                    psw_checked = psw;
                 }
                 const auto col = t[6].cast<std::int64_t>();
                 if (col < 0 || static_cast<std::size_t>(col) + static_cast<std::size_t>(w.shape(1)) > width) {
                     throw py::value_error(at + ".col = " + std::to_string(col) + " puts its " +
                                           std::to_string(w.shape(1)) + " columns outside out's " + std::to_string(width));
                 }
+                checked.append(py::make_tuple(w, rows, off, psw_checked, t[4], t[5], t[6]));
             }
             if (fk == 4) {
-                pool_run<float>(feats, out, threads);
+                pool_run<float>(checked, out, threads);
             } else {
-                pool_run<double>(feats, out, threads);
+                pool_run<double>(checked, out, threads);
             }
         },
         py::arg("features"), py::arg("out"), py::arg("num_threads") = 1,

@@ -45,6 +45,7 @@ py::array as_float_array(const py::handle& obj, const char* name, int fk, int nd
     }
     if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
     if (writeable && !a.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+    if (!writeable) return embtab_py::aligned_input(a);  // (see embtab_py::is_aligned)
     embtab_py::check_aligned(a, name);
     return a;
 }
@@ -79,8 +80,7 @@ py::array as_grad_array(const py::handle& obj, int fk) {
         throw py::value_error("grad's rows must be contiguous with a non-negative row stride (got strides (" +
                               std::to_string(rs) + ", " + std::to_string(cs) + ")); use numpy.ascontiguousarray");
     }
-    embtab_py::check_aligned(a, "grad");
-    return a;
+    return embtab_py::aligned_input(a);  // a copy (packed) when not aligned
 }
 
 // as_i64 checks `obj` is a 1-D C-contiguous native int64 ndarray.
@@ -95,8 +95,7 @@ py::array as_i64(const py::handle& obj, const char* name) {
     }
     if (a.ndim() != 1) throw py::value_error(std::string(name) + " must be 1-D, got shape " + shape_str(a));
     if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
-    embtab_py::check_aligned(a, name);
-    return a;
+    return embtab_py::aligned_input(a);
 }
 
 embtab::OptimKind parse_kind(const std::string& kind) {
