@@ -991,7 +991,6 @@ class _ShardedBase(nn.Module):
                 sd["admission_sketch"] = torch.zeros_like(s.admission_sketch)
         if s.optimizer is not None:  # validated in _read_checkpoint: every shard has it
             sd["opt_step"] = torch.tensor(parts[0]["fused"]["step"], dtype=torch.int64)
-            s.optimizer._group()   # its fill values checked
             for k, per_elem, fill in s.optimizer._states():
                 b = torch.full((R + 1, d) if per_elem else (R + 1,), fill, dtype=s.weight.dtype)
                 b[:n] = torch.cat([p["fused"]["per_row"][k][m] for p, m in zip(parts, keep_l)]).to(b.dtype)

@@ -158,9 +158,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         naming the entry, before a step reads it). Values equal to those checked last time
         are not checked again."""
         g = self.param_groups[0]
-        vals = tuple(map(g.get, self._keys))
+        # each value with its type (True == 1 == 1.0, but a bool is refused where a number is
+        # not), a list as a tuple of its items (changed in place, it then compares unequal)
+        seen = tuple((type(v), tuple(v) if isinstance(v, list) else v)
+                     for v in map(g.get, self._keys))
         try:
-            same = vals == self.__dict__.get("_checked_values")
+            same = seen == self.__dict__.get("_checked_values")
         except Exception:  # noqa: BLE001 - a value that does not compare (a tensor): check it
             same = False
         if not same:
@@ -169,9 +172,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"param_groups[0] has no {k!r} (this optimizer reads it)")
                 _check_float(f"param_groups[0][{k!r}]", g[k], lo, lo_open, hi)
             self._check_group(g)
-            # (a list is kept as a tuple: changed in place, it no longer compares equal)
-            self.__dict__["_checked_values"] = tuple(
-                tuple(v) if isinstance(v, list) else v for v in vals)
+            self.__dict__["_checked_values"] = seen
         return g
 
     def _check_group(self, g: dict) -> None:
@@ -620,7 +621,7 @@ class SGD(FusedOptimizer):
 
     def _check_group(self, g: dict) -> None:
         nesterov = g.get("nesterov")
-        if not isinstance(nesterov, bool):
+        if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"param_groups[0]['nesterov'] must be a bool, got "
                             f"{type(nesterov).__name__}")
         if nesterov and g["momentum"] == 0:
@@ -638,7 +639,7 @@ class SGD(FusedOptimizer):
         return dict(
             lr=float(g["lr"]),
             momentum=float(g["momentum"]),
-            nesterov=g["nesterov"],
+            nesterov=bool(g["nesterov"]),
             weight_decay=float(g["weight_decay"]),
         )
 
@@ -696,7 +697,7 @@ class Adagrad(FusedOptimizer):
     _keys = ("lr", "lr_decay", "initial_accumulator_value", "eps")
 
     def _states(self):
-        return [("sum", True, float(self.param_groups[0]["initial_accumulator_value"]))]
+        return [("sum", True, self.param_groups[0]["initial_accumulator_value"])]
 
     def _resolved(self, step):
         g = self._group()
@@ -747,7 +748,7 @@ class RowWiseAdagrad(FusedOptimizer):
     _keys = ("lr", "eps", "initial_accumulator_value")
 
     def _states(self):
-        return [("row_sum", False, float(self.param_groups[0]["initial_accumulator_value"]))]
+        return [("row_sum", False, self.param_groups[0]["initial_accumulator_value"])]
 
     def _resolved(self, step):
         g = self._group()
