@@ -62,15 +62,21 @@ def test_an_integer_indicator_matrix_is_refused_and_a_bool_one_is_read_as_indica
     top = np.array([[3, 1], [0, 2]])
     ind = np.array([[0, 1, 0, 1], [1, 0, 0, 0]])
     with pytest.raises(ValueError, match=r"test: row 0 holds an item index more than once.*"
-                                         r"must be bool"):
+                                         r"must be a bool array"):
         metrics.recall_at_k(top, ind, k=2, n_items=4)
     lists = [np.flatnonzero(r) for r in ind]
     assert metrics.recall_at_k(top, ind.astype(bool), k=2, n_items=4) == \
         metrics.recall_at_k(top, lists, k=2, n_items=4) == 1.0
     with pytest.raises(ValueError, match="spans 3 items; expected 4"):
         metrics.recall_at_k(top, ind[:, :3].astype(bool), k=2, n_items=4)
-    # index rows without repeats are still index rows
+    # the same as nested lists; index rows (repeats allowed, as in a list of interactions),
+    # and -1 padding, keep their own handling
+    with pytest.raises(ValueError, match="row 0 holds an item index more than once"):
+        metrics.recall_at_k(top, ind.tolist(), k=2, n_items=4)
     assert metrics.recall_at_k(top, np.array([[3, 1], [2, 0]]), k=2, n_items=4) == 1.0
+    assert metrics.recall_at_k(top, [[3, 3, 1], [2, 2, 0]], k=2, n_items=4) == 1.0
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        metrics.recall_at_k(top, np.array([[3, -1, -1], [1, 2, 3]]), k=2, n_items=4)
 
 
 @pytest.mark.parametrize("bad", [-1, np.nan, 0.5, 2])

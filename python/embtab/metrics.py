@@ -13,9 +13,10 @@ Inputs, shared by every function:
 ``train``, ``test`` : per-user item sets, any of
     a :class:`embtab.data.RowSets` [U, I]; an :class:`embtab.data.Interactions` (its
     ``user_items()``); a ``tuple`` ``(indptr, indices)`` in CSR form; a ``list`` of U integer
-    arrays (or a 2-D integer array: item indices per row, none repeated within a row); or a
-    bool indicator matrix [U, I]. Row ``u`` must be user ``u`` of ``topk``. A 0/1 integer
-    matrix is not read as indicators (its rows would be the items 0 and 1): pass it as bool.
+    arrays (or a 2-D integer array: item indices per row); or a bool indicator matrix [U, I].
+    Row ``u`` must be user ``u`` of ``topk``. A 0/1 integer matrix is not read as indicators
+    (its rows would be the items 0 and 1): one that repeats an index within a row is refused;
+    pass indicators as bool.
 ``item_genres`` : an item's genres, either a :class:`~embtab.data.RowSets` [I, G] or a dense
     0/1 (bool) membership array [I, G]. An item's genre weight is split evenly over its genres:
     ``w(i, g) = 1/|genres(i)|``.
@@ -111,9 +112,10 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
     ----------
     sets : RowSets, Interactions, tuple (indptr, indices), list of int arrays or bool array
         Item indices must be integers in ``[0, n_items)``: float or other arrays are refused
-        (``TypeError``), not truncated. A 2-D integer array is read as item indices per row
-        and may not repeat an index within a row (``ValueError``: a 0/1 indicator matrix
-        would be read as the items 0 and 1); a 2-D bool array is an indicator matrix [U, I].
+        (``TypeError``), not truncated. Rows of integers are item indices; equal-length rows
+        of 0s and 1s only, at least 3 wide, that repeat an index are refused (``ValueError``:
+        a 0/1 indicator matrix read as indices would be the items 0 and 1); a 2-D bool array
+        is an indicator matrix [U, I].
     n_items : int, optional
         Needed for the tuple and list forms (else the largest index + 1 is assumed).
     name : str
@@ -145,17 +147,7 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
             r, c = np.nonzero(sets)
             return RowSets.from_pairs(r.astype(np.int64), c.astype(np.int64), sets.shape[0],
                                       sets.shape[1])
-        if isinstance(sets, np.ndarray) and sets.ndim == 2 and sets.shape[1] > 1 \
-                and sets.dtype.kind in "iu":
-            srt = np.sort(sets, axis=1)
-            rep = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
-            if rep.size:
-                u = int(rep[0])
-                raise ValueError(
-                    f"row {u} holds an item index more than once ({sets[u].tolist()[:8]}"
-                    f"{' ...' if sets.shape[1] > 8 else ''}): a 2-D integer array is read as "
-                    f"item indices per row; a 0/1 indicator matrix [U, I] must be bool "
-                    f"(.astype(bool))")
+        _refuse_integer_indicators(sets, n_items)
         if isinstance(sets, (list, np.ndarray)) and not isinstance(sets, tuple):
             lists = [_int_array(x, f"row {u}") for u, x in enumerate(sets)]
             if n_items is None:
@@ -165,6 +157,34 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
         raise type(e)(f"{name}: {e}") from None
     raise TypeError(f"{name} must be a RowSets, an Interactions, a tuple (indptr, indices) or "
                     f"a list of arrays; got {type(sets).__name__}")
+
+
+def _refuse_integer_indicators(sets, n_items) -> None:
+    """ValueError for what looks like a 0/1 indicator matrix [U, I] given as integers: rows of
+    equal length (a 2-D integer array, or a list of equal-length rows), at least 3 wide, of
+    0s and 1s only, some row repeating one; read as item indices they would be the items 0 and
+    1. Other inputs are left to the checks."""
+    if not isinstance(sets, (list, np.ndarray)) or len(sets) == 0:
+        return
+    if isinstance(sets, list) and not all(isinstance(r, (list, tuple, np.ndarray))
+                                          and len(r) == len(sets[0]) for r in sets):
+        return
+    try:
+        a = np.asarray(sets)
+    except (TypeError, ValueError):
+        return
+    if a.ndim != 2 or a.shape[1] < 3 or a.dtype.kind not in "iu" or a.size == 0:
+        return
+    if a.min() < 0 or a.max() > 1:
+        return   # not 0/1: item indices (or out of range, refused by the checks with that reason)
+    srt = np.sort(a, axis=1)
+    rep = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if rep.size:
+        u = int(rep[0])
+        raise ValueError(
+            f"row {u} holds an item index more than once ({a[u].tolist()[:8]}"
+            f"{' ...' if a.shape[1] > 8 else ''}): rows of integers are read as item indices; "
+            f"a 0/1 indicator matrix [U, I] must be a bool array (.astype(bool))")
 
 
 def _int_array(x, what: str) -> np.ndarray:
