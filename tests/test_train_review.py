@@ -84,7 +84,7 @@ def test_fit_refuses_what_it_cannot_train_and_a_run_that_diverges():
     assert len(fit(d, TrainConfig(dim=2, epochs=2), quiet=True).history) == 2
 
 
-def test_tuning_goes_on_past_a_grid_point_that_diverges():
+def test_tuning_goes_on_past_a_grid_point_that_diverges(monkeypatch):
     from embtab.data import load_dataset
     from embtab.experiments.tuning import tune
 
@@ -94,3 +94,20 @@ def test_tuning_goes_on_past_a_grid_point_that_diverges():
     assert info["tuned"] is False and info["grid"] == []   # every point diverged: none scored
     cfg, info = tune(d, TrainConfig(dim=4), grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1,)})
     assert info["tuned"] is True and len(info["grid"]) == 1
+    # a point that scored at epoch 1 and diverged at epoch 2 is not chosen at all (a fit
+    # that diverges after its first epoch, made to order)
+    import embtab.experiments.tuning as tuning_mod
+
+    real_fit = tuning_mod.fit
+
+    def fit_diverging_at_big_lr(train, cfg, **kw):
+        if cfg.lr < 1:
+            return real_fit(train, cfg, **kw)
+        kw["on_epoch"](1, real_fit(train, TrainConfig(**{**cfg.to_dict(), "epochs": 1}),
+                                   quiet=True))
+        raise ValueError("training diverged: the mean loss of epoch 2 is nan (made to order)")
+
+    monkeypatch.setattr(tuning_mod, "fit", fit_diverging_at_big_lr)
+    cfg, info = tune(d, TrainConfig(dim=4), grid={"lr": (0.02, 5.0), "l2": (0.0,),
+                                                  "epochs": (1, 2)})
+    assert {g[0] for g in info["grid"]} == {0.02} and cfg.lr == 0.02

@@ -49,7 +49,8 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
     -------
     (TrainConfig, dict)
         ``config`` with the chosen lr, l2 and epochs, and ``{"val_ndcg@10": its score,
-        "grid": [(lr, l2, epochs, score), ...], "tuned": True}``. Ties keep the smaller lr,
+        "grid": [(lr, l2, epochs, score), ...], "tuned": True}``; a grid point whose training
+        diverged (a non-finite epoch loss) is left out of the grid at every epoch. Ties keep the smaller lr,
         then the smaller l2, then fewer epochs. When no grid point can be scored (the
         validation split holds no items: every user has too few), ``config`` comes back
         unchanged with ``"tuned": False`` and a NaN score, and the reports say so.
@@ -76,8 +77,9 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
             except ValueError as e:
                 if "training diverged" not in str(e):
                     raise
-                # a grid point that diverges scores nothing from the diverged epoch on (the
-                # checkpoints it passed before keep their scores)
+                # a grid point that diverges is not chosen at any epoch (the refit on the whole
+                # training split, with more steps per epoch, could diverge earlier still)
+                scores[:] = [x for x in scores if (x[0], x[1]) != (float(lr), float(l2))]
     scored = [s for s in scores if math.isfinite(s[3])]
     if not scored:   # no validation items: max() over NaN would pick the first grid point
         return config, {"val_ndcg@10": float("nan"), "grid": scores, "tuned": False}
