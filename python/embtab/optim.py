@@ -627,15 +627,15 @@ class SGD(FusedOptimizer):
         if nesterov and g["momentum"] == 0:
             raise ValueError("param_groups[0]['nesterov'] is True, which needs momentum > 0, "
                              "but param_groups[0]['momentum'] is 0")
-
-    def _resolved(self, step):
-        g = self._group()
         if g["momentum"] > 0 and not self._momentum_state:
             raise ValueError(
                 f"momentum is {g['momentum']} but this SGD was built with momentum=0, so its "
                 f"modules keep no momentum buffer (a scheduler that cycles momentum, such as "
                 f"OneCycleLR, sets it): build embtab.optim.SGD with momentum > 0 to change it later"
             )
+
+    def _resolved(self, step):
+        g = self._group()
         return dict(
             lr=float(g["lr"]),
             momentum=float(g["momentum"]),
