@@ -1063,3 +1063,19 @@ def test_param_groups_checks_see_a_list_changed_in_place_and_refuse_a_tensor():
     opt.param_groups[0]["lr"] = True
     with pytest.raises(TypeError, match=r"param_groups\[0\]\['lr'\] must be a number, got bool"):
         m(torch.tensor([1, 2]), torch.tensor([0])).sum().backward()
+
+
+@pytest.mark.parametrize("make", [eo.Adagrad, eo.RowWiseAdagrad])
+def test_a_numpy_float_initial_accumulator_value_fills_grown_and_new_rows(make):
+    # a np.float32 written into param_groups passed the check, then torch refused to assign it
+    # into the grown state (the growth failed as a MemoryError)
+    opt = make(lr=0.1)
+    m = CuckooEmbedding(2, 3, optimizer=opt)
+    m(torch.tensor([1, 2])).sum().backward()
+    opt.param_groups[0]["initial_accumulator_value"] = np.float32(0.5)
+    m(torch.tensor([3, 4, 5])).sum().backward()    # grows, new IDs get fresh state
+    state = m.opt_sum if make is eo.Adagrad else m.opt_row_sum
+    rows = m.lookup(torch.tensor([3, 4, 5]))
+    assert m.num_embeddings >= 5 and (rows >= 0).all()
+    # (each new row started at 0.5, then took one step's squares)
+    assert bool((state[rows] > 0.5).all())

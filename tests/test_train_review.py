@@ -89,9 +89,6 @@ def test_tuning_goes_on_past_a_grid_point_that_diverges(monkeypatch):
     from embtab.experiments.tuning import tune
 
     d = load_dataset("synthetic:n_users=40,n_items=50,interactions_per_user=8")
-    cfg, info = tune(d, TrainConfig(dim=4, init_std=1e30),
-                     grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1, 2)})
-    assert info["tuned"] is False and info["grid"] == []   # every point diverged: none scored
     cfg, info = tune(d, TrainConfig(dim=4), grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1,)})
     assert info["tuned"] is True and len(info["grid"]) == 1
     # a point that scored at epoch 1 and diverged at epoch 2 is not chosen at all (a fit
@@ -111,3 +108,14 @@ def test_tuning_goes_on_past_a_grid_point_that_diverges(monkeypatch):
     cfg, info = tune(d, TrainConfig(dim=4), grid={"lr": (0.02, 5.0), "l2": (0.0,),
                                                   "epochs": (1, 2)})
     assert {g[0] for g in info["grid"]} == {0.02} and cfg.lr == 0.02
+
+
+def test_tuning_refuses_a_grid_whose_every_point_diverges():
+    # it returned "tuned": False, which the reports read as "no validation items"
+    from embtab.data import load_dataset
+    from embtab.experiments.tuning import tune
+
+    d = load_dataset("synthetic:n_users=40,n_items=50,interactions_per_user=8")
+    with pytest.raises(ValueError, match="the training diverged at every grid point"):
+        tune(d, TrainConfig(dim=4, init_std=1e30),
+             grid={"lr": (0.02,), "l2": (0.0,), "epochs": (1, 2)})

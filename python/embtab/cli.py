@@ -442,9 +442,21 @@ def _terminate_as_interrupt(enable: bool = True):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+# the options that take a value (as the next word when not written --opt=value)
+_VALUED = ("--out", "--dataset", "--seeds", "--loss", "--isa")
+
+
 def _command_name(argv: list) -> str:
     """``embtab COMMAND [NAME]`` from the command line, for the one-line warnings."""
-    words = [a for a in argv if not a.startswith("-")][:2]
+    words, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = a in _VALUED   # its value is the next word
+        else:
+            words.append(a)
+    words = words[:2]
     if words and words[0] not in ("experiment", "bench"):
         words = words[:1]
     return " ".join(["embtab"] + words)

@@ -162,8 +162,8 @@ def as_row_sets(sets, n_items: int | None = None, name: str = "item sets") -> Ro
 def _refuse_integer_indicators(sets, n_items) -> None:
     """ValueError for what looks like a 0/1 indicator matrix [U, I] given as integers: rows of
     equal length (a 2-D integer array, or a list of equal-length rows), at least 3 wide, of
-    0s and 1s only, some row repeating one; read as item indices they would be the items 0 and
-    1. Other inputs are left to the checks."""
+    0s and 1s only (so every row repeats one); read as item indices they would be the items 0
+    and 1. Other inputs are left to the checks."""
     if not isinstance(sets, (list, np.ndarray)) or len(sets) == 0:
         return
     if isinstance(sets, list) and not all(isinstance(r, (list, tuple, np.ndarray))
@@ -177,14 +177,11 @@ def _refuse_integer_indicators(sets, n_items) -> None:
         return
     if a.min() < 0 or a.max() > 1:
         return   # not 0/1: item indices (or out of range, refused by the checks with that reason)
-    srt = np.sort(a, axis=1)
-    rep = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
-    if rep.size:
-        u = int(rep[0])
-        raise ValueError(
-            f"row {u} holds an item index more than once ({a[u].tolist()[:8]}"
-            f"{' ...' if a.shape[1] > 8 else ''}): rows of integers are read as item indices; "
-            f"a 0/1 indicator matrix [U, I] must be a bool array (.astype(bool))")
+    # (rows at least 3 wide of 0s and 1s only: every row repeats an index)
+    raise ValueError(
+        f"row 0 holds an item index more than once ({a[0].tolist()[:8]}"
+        f"{' ...' if a.shape[1] > 8 else ''}): rows of integers are read as item indices; "
+        f"a 0/1 indicator matrix [U, I] must be a bool array (.astype(bool))")
 
 
 def _int_array(x, what: str) -> np.ndarray:

@@ -160,8 +160,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         g = self.param_groups[0]
         # each value with its type (True == 1 == 1.0, but a bool is refused where a number is
         # not), a list as a tuple of its items (changed in place, it then compares unequal)
-        seen = tuple((type(v), tuple(v) if isinstance(v, list) else v)
-                     for v in map(g.get, self._keys))
+        seen = tuple((type(v), tuple((type(x), x) for x in v) if isinstance(v, (list, tuple))
+                      else v) for v in map(g.get, self._keys))
         try:
             same = seen == self.__dict__.get("_checked_values")
         except Exception:  # noqa: BLE001 - a value that does not compare (a tensor): check it
@@ -213,7 +213,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for name, _, fill in self._states():
             b = module._buffers["opt_" + name]
             keep = min(b.shape[0] - 1, new_rows)
-            out["opt_" + name] = grown_rows(b, new_rows + 1, keep, fill)
+            out["opt_" + name] = grown_rows(b, new_rows + 1, keep, float(fill))
         return out
 
     def reset_rows(self, module, rows: np.ndarray) -> None:
@@ -221,7 +221,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         self._group()   # the fill values checked
         for name, _, fill in self._states():
-            module._buffers["opt_" + name].index_fill_(0, idx, fill)
+            module._buffers["opt_" + name].index_fill_(0, idx, float(fill))
 
     def check_weight(self, module, per_sample_weights: Optional[Tensor] = None) -> bool:
         """Whether a forward of ``module`` now records a fused step for its backward; raises
@@ -588,8 +588,9 @@ class SGD(FusedOptimizer):
         lr = _check_float("lr", lr, 0.0)
         momentum = _check_float("momentum", momentum, 0.0, hi=1.0)
         weight_decay = _check_float("weight_decay", weight_decay, 0.0)
-        if not isinstance(nesterov, bool):
+        if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        nesterov = bool(nesterov)
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self._momentum_state = momentum > 0

@@ -50,7 +50,8 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
     (TrainConfig, dict)
         ``config`` with the chosen lr, l2 and epochs, and ``{"val_ndcg@10": its score,
         "grid": [(lr, l2, epochs, score), ...], "tuned": True}``; a grid point whose training
-        diverged (a non-finite epoch loss) is left out of the grid at every epoch. Ties keep the smaller lr,
+        diverged (a non-finite epoch loss) is left out of the grid at every epoch; ValueError
+        when every grid point diverged. Ties keep the smaller lr,
         then the smaller l2, then fewer epochs. When no grid point can be scored (the
         validation split holds no items: every user has too few), ``config`` comes back
         unchanged with ``"tuned": False`` and a NaN score, and the reports say so.
@@ -60,7 +61,7 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
             raise ValueError(f"grid needs a non-empty {key!r} list; got {grid!r}")
     fit_part, val = train_test_split(train, test_fraction=0.2, seed=val_seed)
     checkpoints = sorted(int(e) for e in grid["epochs"])
-    scores = []
+    scores, diverged = [], []
     for lr in grid["lr"]:
         for l2 in grid["l2"]:
             cfg = TrainConfig(**{**config.to_dict(), "lr": float(lr), "l2": float(l2),
@@ -80,6 +81,10 @@ def tune(train: Interactions, config: TrainConfig, grid: dict = TUNING_GRID, *,
                 # a grid point that diverges is not chosen at any epoch (the refit on the whole
                 # training split, with more steps per epoch, could diverge earlier still)
                 scores[:] = [x for x in scores if (x[0], x[1]) != (float(lr), float(l2))]
+                diverged.append((float(lr), float(l2)))
+    if diverged and len(diverged) == len(grid["lr"]) * len(grid["l2"]):
+        raise ValueError(f"tuning: the training diverged at every grid point (lr, l2) "
+                         f"{diverged}: lower the grid's lr or the config's init_std")
     scored = [s for s in scores if math.isfinite(s[3])]
     if not scored:   # no validation items: max() over NaN would pick the first grid point
         return config, {"val_ndcg@10": float("nan"), "grid": scores, "tuned": False}
