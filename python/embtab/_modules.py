@@ -83,6 +83,13 @@ def first_occurrence(ids: np.ndarray, num_threads: int = 1) -> tuple[np.ndarray,
     return distinct.view(np.int64), inverse
 
 
+def plain_int64(t: object) -> bool:
+    """Whether ``t`` is the usual index tensor: a plain ``torch.Tensor`` (not a subclass),
+    int64, on the CPU, strided and contiguous, so that its NumPy view is read in place."""
+    return (type(t) is Tensor and t.dtype == torch.int64 and t.is_cpu
+            and t.layout == torch.strided and t.is_contiguous())
+
+
 def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
     """Validate an ID tensor; return (flat int64 NumPy view or copy, original shape).
 
@@ -94,8 +101,7 @@ def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:
             f"torch.jit.trace cannot follow embtab's ID -> row map: {name} is read through "
             "NumPy here, so the trace would record this call's rows as constants and return "
             "them for any input; trace with torch.compile or torch.export (eval mode) instead")
-    if (type(input) is Tensor and input.dtype == torch.int64 and input.is_cpu
-            and input.layout == torch.strided and input.is_contiguous() and not is_compiling()):
+    if plain_int64(input) and not is_compiling():
         # the usual input, read in place with no other check to make (an integer tensor
         # cannot require a gradient)
         a = input.numpy()
@@ -176,10 +182,8 @@ def check_bag_args(
     NumPy array (num_bags + 1 entries, the last the number of IDs), made by the same native
     pass that checks them; None for 2-D input.
     """
-    if (per_sample_weights is None and check_values and type(offsets) is Tensor
-            and offsets.dtype == torch.int64 and offsets.is_cpu and offsets.layout == torch.strided
-            and offsets.dim() == 1 and offsets.numel() and offsets.is_contiguous()
-            and input.dim() == 1):
+    if (per_sample_weights is None and check_values and plain_int64(offsets)
+            and offsets.dim() == 1 and offsets.numel() and input.dim() == 1):
         # the usual call: its offsets checked and made CSR by the native pass alone (the other
         # checks hold); a refusal is worded by the full path below
         code, _, csr = _core.bag_csr(offsets.numpy(), input.shape[0], include_last_offset)

@@ -99,8 +99,6 @@ def int_at_least(low: int, hint: str = ""):
     return parse
 
 
-
-
 class _Once(argparse.Action):
     """An option's value, refused when the option is given twice (argparse would keep the
     last value silently, where a data set spec refuses a repeated key)."""

@@ -60,6 +60,7 @@ from embtab._modules import (
     grown_rows as _grown_rows,
     id_tensor as _id_tensor,
     check_bag_args as _check_bag_args,
+    plain_int64 as _plain_int64,
     check_bag_config as _check_bag_config,
 )
 from embtab.optim import (
@@ -2993,11 +2994,8 @@ def _plain_bag_input(x, include_last_offset: bool):
     if type(x) is not tuple or len(x) != 2:
         return None
     ids, offsets = x
-    if not (type(ids) is Tensor and type(offsets) is Tensor and ids.dtype == torch.int64
-            and offsets.dtype == torch.int64 and ids.is_cpu and offsets.is_cpu
-            and ids.layout == torch.strided and offsets.layout == torch.strided
-            and ids.dim() == 1 and offsets.dim() == 1 and offsets.numel()
-            and ids.is_contiguous() and offsets.is_contiguous()):
+    if not (_plain_int64(ids) and _plain_int64(offsets) and ids.dim() == 1
+            and offsets.dim() == 1 and offsets.numel()):
         return None
     flat = ids.numpy()
     code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], include_last_offset)

@@ -167,16 +167,30 @@ class FusedOptimizer(torch.optim.Optimizer):
         except Exception:  # noqa: BLE001 - a value that does not compare (a tensor): check it
             same = False
         if not same:
-            for k, lo, lo_open, hi in self._fields:
-                if k not in g:
-                    raise ValueError(f"param_groups[0] has no {k!r} (this optimizer reads it)")
-                _check_float(f"param_groups[0][{k!r}]", g[k], lo, lo_open, hi)
-            self._check_group(g)
+            self._checked(g, "param_groups[0]")
             self.__dict__["_checked_values"] = seen
         return g
 
-    def _check_group(self, g: dict) -> None:
-        """Checks of ``param_groups[0]`` beyond ``_fields`` (subclasses)."""
+    def _checked(self, values: dict, where: str = "") -> dict:
+        """``values`` (the constructor's arguments, or ``param_groups[0]``) checked: each of
+        ``_fields`` a number in its range, then :meth:`_check_more`; returned with the numbers
+        as floats. Errors name the entry: ``lr`` for the constructor, ``param_groups[0]['lr']``
+        with ``where``."""
+        def name(k: str) -> str:
+            return f"{where}[{k!r}]" if where else k
+
+        out = dict(values)
+        for k, lo, lo_open, hi in self._fields:
+            if k not in values:
+                raise ValueError(f"{where or 'the arguments'} has no {k!r} (this optimizer "
+                                 "reads it)")
+            out[k] = _check_float(name(k), values[k], lo, lo_open, hi)
+        self._check_more(out, name)
+        return out
+
+    def _check_more(self, values: dict, name) -> None:
+        """Checks beyond ``_fields`` (subclasses), on ``values`` (which they may normalise in
+        place); ``name(key)`` names an entry in a message."""
 
     def _resolved(self, step: int) -> dict:
         """Keyword arguments of ``_core.fused_step`` for the module's step number ``step``."""
@@ -291,7 +305,8 @@ def _plain(module, idx, offsets, psw, padding_idx, bag, weight=None):
             # what F.embedding_bag runs for these arguments, without its Python checks (the
             # module checked them)
             return torch.embedding_bag(
-                module.weight if weight is None else weight, idx, offsets, module.scale_grad_by_freq, _MODES[module.mode],
+                module.weight if weight is None else weight, idx, offsets,
+                module.scale_grad_by_freq, _MODES[module.mode],
                 False, psw, module.include_last_offset,
                 padding_idx,
             )[0]
@@ -585,18 +600,11 @@ class SGD(FusedOptimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ):
-        lr = _check_float("lr", lr, 0.0)
-        momentum = _check_float("momentum", momentum, 0.0, hi=1.0)
-        weight_decay = _check_float("weight_decay", weight_decay, 0.0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-        nesterov = bool(nesterov)
-        if nesterov and momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0")
-        self._momentum_state = momentum > 0
-        super().__init__(
+        values = self._checked(
             dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         )
+        self._momentum_state = values["momentum"] > 0
+        super().__init__(values)
 
     # torch.optim.Optimizer's pickling keeps defaults, state and param_groups only: the
     # construction-time choice of a momentum buffer travels too (deepcopy, pickle, torch.save of
@@ -620,17 +628,17 @@ class SGD(FusedOptimizer):
                ("weight_decay", 0.0, False, None))
     _keys = ("lr", "momentum", "weight_decay", "nesterov")
 
-    def _check_group(self, g: dict) -> None:
-        nesterov = g.get("nesterov")
+    def _check_more(self, values: dict, name) -> None:
+        nesterov = values.get("nesterov")
         if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"param_groups[0]['nesterov'] must be a bool, got "
-                            f"{type(nesterov).__name__}")
-        if nesterov and g["momentum"] == 0:
-            raise ValueError("param_groups[0]['nesterov'] is True, which needs momentum > 0, "
-                             "but param_groups[0]['momentum'] is 0")
-        if g["momentum"] > 0 and not self._momentum_state:
+            raise TypeError(f"{name('nesterov')} must be a bool, got {type(nesterov).__name__}")
+        values["nesterov"] = bool(nesterov)
+        if nesterov and values["momentum"] == 0:
+            raise ValueError(f"{name('nesterov')}=True needs {name('momentum')} > 0")
+        # (a buffer chosen at construction; unset while the constructor checks its arguments)
+        if values["momentum"] > 0 and not self.__dict__.get("_momentum_state", True):
             raise ValueError(
-                f"momentum is {g['momentum']} but this SGD was built with momentum=0, so its "
+                f"momentum is {values['momentum']} but this SGD was built with momentum=0, so its "
                 f"modules keep no momentum buffer (a scheduler that cycles momentum, such as "
                 f"OneCycleLR, sets it): build embtab.optim.SGD with momentum > 0 to change it later"
             )
@@ -682,16 +690,9 @@ class Adagrad(FusedOptimizer):
         initial_accumulator_value: float = 0.0,
         eps: float = 1e-10,
     ):
-        super().__init__(
-            dict(
-                lr=_check_float("lr", lr, 0.0),
-                lr_decay=_check_float("lr_decay", lr_decay, 0.0),
-                initial_accumulator_value=_check_float(
-                    "initial_accumulator_value", initial_accumulator_value, 0.0
-                ),
-                eps=_check_float("eps", eps, 0.0, lo_open=True),
-            )
-        )
+        super().__init__(self._checked(dict(
+            lr=lr, lr_decay=lr_decay, initial_accumulator_value=initial_accumulator_value,
+            eps=eps)))
 
     _fields = (("lr", 0.0, False, None), ("lr_decay", 0.0, False, None),
                ("initial_accumulator_value", 0.0, False, None), ("eps", 0.0, True, None))
@@ -702,7 +703,8 @@ class Adagrad(FusedOptimizer):
 
     def _resolved(self, step):
         g = self._group()
-        return dict(lr=float(g["lr"]) / (1 + (step - 1) * float(g["lr_decay"])), eps=float(g["eps"]))
+        return dict(lr=float(g["lr"]) / (1 + (step - 1) * float(g["lr_decay"])),
+                    eps=float(g["eps"]))
 
 
 class RowWiseAdagrad(FusedOptimizer):
@@ -734,15 +736,8 @@ class RowWiseAdagrad(FusedOptimizer):
     kind = "rowwise_adagrad"
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
-        super().__init__(
-            dict(
-                lr=_check_float("lr", lr, 0.0),
-                eps=_check_float("eps", eps, 0.0, lo_open=True),
-                initial_accumulator_value=_check_float(
-                    "initial_accumulator_value", initial_accumulator_value, 0.0
-                ),
-            )
-        )
+        super().__init__(self._checked(dict(
+            lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value)))
 
     _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None),
                ("initial_accumulator_value", 0.0, False, None))
@@ -784,17 +779,7 @@ class Adam(FusedOptimizer):
     kind = "adam"
 
     def __init__(self, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8):
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
-        b1 = _check_float("betas[0]", betas[0], 0.0, hi=1.0)
-        b2 = _check_float("betas[1]", betas[1], 0.0, hi=1.0)
-        super().__init__(
-            dict(
-                lr=_check_float("lr", lr, 0.0),
-                betas=(b1, b2),
-                eps=_check_float("eps", eps, 0.0, lo_open=True),
-            )
-        )
+        super().__init__(self._checked(dict(lr=lr, betas=betas, eps=eps)))
 
     def _states(self):
         return [("exp_avg", True, 0.0), ("exp_avg_sq", True, 0.0)]
@@ -802,12 +787,12 @@ class Adam(FusedOptimizer):
     _fields = (("lr", 0.0, False, None), ("eps", 0.0, True, None))
     _keys = ("lr", "eps", "betas")
 
-    def _check_group(self, g: dict) -> None:
-        betas = g.get("betas")
+    def _check_more(self, values: dict, name) -> None:
+        betas = values.get("betas")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"param_groups[0]['betas'] must be a pair of floats, got {betas!r}")
-        for i, b in enumerate(betas):
-            _check_float(f"param_groups[0]['betas'][{i}]", b, 0.0, hi=1.0)
+            raise TypeError(f"{name('betas')} must be a pair of floats, got {betas!r}")
+        values["betas"] = tuple(_check_float(f"{name('betas')}[{i}]", b, 0.0, hi=1.0)
+                                for i, b in enumerate(betas))
 
     def _resolved(self, step):
         g = self._group()

@@ -541,9 +541,9 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
     gives an item no genre. Ratings become ``weights`` (every rating counts as an
     interaction); timestamps are kept. Lines that repeat a (user, item) pair are merged into
     one interaction (ratings summed, the latest timestamp) with a warning; an item listed
-    twice in the genre file with other genres is refused. Items listed in the genre file but never rated are
-    dropped; the genre file is optional (no genres, and no genre names, without it). A UTF-8
-    byte-order mark is skipped; an empty field between two tabs is refused.
+    twice in the genre file with other genres is refused. Items listed in the genre file but
+    never rated are dropped; the genre file is optional (no genres, and no genre names, without
+    it). A UTF-8 byte-order mark is skipped; an empty field between two tabs is refused.
 
     Parameters
     ----------
