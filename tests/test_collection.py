@@ -644,3 +644,106 @@ def test_hashed_collection_load_refuses_a_bad_second_table_before_loading_the_fi
         tgt.load_state_dict(sd)
     after = tgt.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# the native pass's steady batches (every ID known: a remap that only counts the step) ///////
+
+POLICY_CFGS = [
+    EmbeddingBagConfig(6, 3, "t_lru", ["l"], options={"seed": 1, "on_full": "evict_lru"}),
+    EmbeddingBagConfig(6, 3, "t_lfu", ["f"], options={"seed": 2, "on_full": "evict_lfu"}),
+    EmbeddingBagConfig(4, 2, "t_exp", ["e"], options={"seed": 3, "expire_after": 2}),
+    EmbeddingBagConfig(8, 2, "t_pad", ["p"], pooling="mean", options={"seed": 4, "padding_id": 3}),
+    EmbeddingBagConfig(8, 3, "t_min", ["m"], options={"seed": 5, "min_count": 2}),
+    EmbeddingBagConfig(4, 2, "t_grow", ["g"], options={"seed": 6}),
+    EmbeddingBagConfig(8, 2, "t_shared", ["s1", "s2"], options={"seed": 7}),
+    EmbeddingBagConfig(8, 2, "t_frozen", ["z"], options={"seed": 8}),
+]
+
+
+def policy_batches(steps, seed):
+    """Batches of 6 bags from a few IDs per feature (most batches after the first few have only
+    known IDs); "l", "f", "e", "m" and "z" share one offsets tensor, "z" with more IDs (its
+    last bag is longer)."""
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.arange(6)
+    out = []
+    for step in range(steps):
+        pool = 4 if step % 5 else 9  # now and then more IDs than the small tables hold
+        feats = {}
+        for f in ("l", "f", "e", "m", "z", "p", "g", "s1", "s2"):
+            if f in ("l", "f", "e", "m"):
+                ids, off = torch.randint(0, pool, (6,), generator=g) * 1009 - 7, shared
+            elif f == "z":
+                ids, off = torch.randint(0, pool, (9,), generator=g) * 31 + 2**40, shared
+            else:
+                lengths = torch.randint(0, 3, (6,), generator=g)
+                ids = torch.randint(0, pool, (int(lengths.sum()),), generator=g) * 7 + 1
+                off = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+            feats[f] = (ids, off)
+        out.append((feats, torch.randn(6, 3 + 3 + 2 + 2 + 3 + 2 + 2 + 2 + 2, generator=g)))
+    return out
+
+
+def policy_reference(opt):
+    """{table: (independent bag module, its features)}; the frozen table's weight needs no
+    gradient (set on both sides)."""
+    refs = {}
+    for c in POLICY_CFGS:
+        m = CuckooEmbeddingBag(c.num_embeddings, c.embedding_dim, mode=c.pooling,
+                               optimizer=OPTS[opt](), **c.options)
+        refs[c.name] = (m, c.feature_names)
+    refs["t_frozen"][0].weight.requires_grad_(False)
+    return refs
+
+
+def policy_ref_forward(refs, feats):
+    """The concatenated output, a table's features read in one call (one remap, one step)."""
+    cols = []
+    for m, names in refs.values():
+        ids = torch.cat([feats[f][0] for f in names])
+        starts = np.cumsum([0] + [feats[f][0].numel() for f in names[:-1]])
+        off = torch.cat([feats[f][1] + int(s) for f, s in zip(names, starts)])
+        out = m(ids, off)
+        cols += list(out.split(6))
+    return torch.cat(cols, dim=1)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "rowwise_adagrad"])
+def test_native_pass_equals_independent_modules_under_every_policy(opt):
+    """Step for step, every buffer (step counts, recency, frequency, expiry, admission sketch,
+    optimizer state) and weight equal to independent modules, over batches that are mostly of
+    known IDs (the native pass then counts the step alone for tables that keep nothing else),
+    one concatenated output (its gradient read per table from one array), a shared table, a
+    table that takes no step, and one offsets tensor given to several features."""
+    coll = CuckooEmbeddingBagCollection(POLICY_CFGS, optimizer=OPTS[opt](), num_threads=1)
+    coll.embedding_bags["t_frozen"].weight.requires_grad_(False)
+    refs = policy_reference(opt)
+    steady = 0
+    for step, (feats, target) in enumerate(policy_batches(30, seed=21)):
+        known = all(int((coll.embedding_bags[c.name].lookup(
+            torch.cat([feats[f][0] for f in c.feature_names])) < 0).sum()) == 0
+            for c in POLICY_CFGS if c.name in ("t_lru", "t_grow", "t_shared"))
+        steady += known
+        try:
+            out = coll(feats, concat=True)
+        except ValueError as e:  # an evicting table full of this batch's own rows
+            with pytest.raises(ValueError):
+                policy_ref_forward(refs, feats)
+            assert "evict" in str(e)
+            continue
+        ref_out = policy_ref_forward(refs, feats)
+        close(out, ref_out, f"step {step}")
+        ((out - target) ** 2).sum().backward()
+        ((ref_out - target) ** 2).sum().backward()
+        for name, (m, _) in refs.items():
+            got = coll.embedding_bags[name].state_dict()
+            want = m.state_dict()
+            assert list(got) == list(want)
+            for k in want:
+                if want[k].is_floating_point():
+                    close(got[k], want[k], f"step {step} {name}.{k}")
+                else:
+                    assert torch.equal(got[k], want[k]), f"step {step} {name}.{k}"
+    assert steady >= 10  # the steady path ran
+    assert int(coll.embedding_bags["t_frozen"].num_steps) == 30
+    assert coll.stats()["t_exp"]["num_expired"] > 0 and coll.stats()["t_lfu"]["num_evictions"] > 0

@@ -803,6 +803,13 @@ class _CuckooBase(_AtomicLoad):
             if grad:
                 torch._C._set_grad_enabled(True)
 
+    def _counts_only(self) -> bool:
+        """Whether :meth:`_remap_rows` of a batch whose IDs all have rows (no ``padding_id``)
+        changes nothing but ``num_steps`` (training) and returns the lookup as it is: no
+        recency or frequency state to update, no expiry."""
+        return (self._padding_i64 is None and self.on_full != OnFull.EVICT_LFU
+                and self.expire_after is None and "row_last_step" not in self._buffers)
+
     def _remap_rows(
         self, ids: np.ndarray, rows: Optional[np.ndarray], n_absent: Optional[int] = None
     ) -> tuple[np.ndarray, bool]:
@@ -2653,9 +2660,10 @@ class _BagCollection(_AtomicLoad):
         # place and its offsets checked by the native pass alone, as _as_id_array and
         # _check_bag_args do for it, with their tracing and compiling tests made once here
         fast = not torch.jit.is_tracing() and not _ops.is_compiling()
+        memo: dict = {}
         for f in self.feature_names:
             x = features[f]
-            got = _plain_bag_input(x, last) if fast and f not in psw else None
+            got = _plain_bag_input(x, last, memo) if fast and f not in psw else None
             if got is not None:
                 flat, csr = got
                 n_bags = len(csr) - 1
@@ -2777,20 +2785,20 @@ class _BagCollection(_AtomicLoad):
     def _native_ok(self, weights: dict) -> bool:
         if _ops.is_compiling():
             return False
-        bags = list(self.embedding_bags.values())
-        w0 = bags[0].weight
-        if w0.dtype not in (torch.float32, torch.float64):
+        ws = [_weight_of(b) for b in self.embedding_bags.values()]
+        dtype = ws[0].dtype
+        if dtype not in (torch.float32, torch.float64):
             return False
-        for bag in bags:
-            w = bag.weight
+        for bag, w in zip(self.embedding_bags.values(), ws):
             if (bag.mode == "max" or bag.max_norm is not None or w.device.type != "cpu"
-                    or w.dtype != w0.dtype):
+                    or w.dtype != dtype):
                 return False
         if not torch.is_grad_enabled():
             return True
         if any(p.requires_grad for p in weights.values()):
             return False
-        return all(bag.optimizer is not None or not bag.weight.requires_grad for bag in bags)
+        return all(bag.optimizer is not None or not w.requires_grad
+                   for bag, w in zip(self.embedding_bags.values(), ws))
 
     def _native_forward(self, groups: list, B: int, split: bool) -> tuple:
         """The pooled output: ``(out,)``, or one column block per feature with ``split``."""
@@ -2798,9 +2806,17 @@ class _BagCollection(_AtomicLoad):
         col = 0
         ebs = self.embedding_bags
         bags = [ebs[c.name] for c in self.tables]
-        for bag, (_, _, psw) in zip(bags, groups):  # before any table's remap changes it
-            if bag.optimizer is not None:
-                bag.optimizer.check_weight(bag, psw)
+        if torch.is_grad_enabled():
+            # each optimizer's hyperparameters checked before any table's remap changes it:
+            # what check_weight does for a table module, once per optimizer (_native_ok made
+            # its other checks: CPU weights of a float dtype, no weights requiring a gradient)
+            checked = set()
+            for bag in bags:
+                opt = bag.optimizer
+                if (opt is not None and id(opt) not in checked
+                        and _weight_of(bag).requires_grad):
+                    checked.add(id(opt))
+                    opt._group()
         looked_up = [(None, None)] * len(bags)
         if all(isinstance(b, _CuckooBase) for b in bags):
             # every table's lookup in one native call, the tables side by side on the threads,
@@ -2814,18 +2830,26 @@ class _BagCollection(_AtomicLoad):
         grad = torch.is_grad_enabled()
         if grad:
             torch._C._set_grad_enabled(False)
+        counted = []  # the step counters of tables whose remap is only a count (one add)
         try:
             for c, (ids, csr, psw), bag, (found, absent) in zip(self.tables, groups, bags,
                                                                  looked_up):
-                rows = (bag._rows_for(ids)[0] if found is None
-                        else bag._remap_rows(ids, found, absent)[0])
+                if found is not None and absent == 0 and bag._counts_only():
+                    rows = found  # every ID known: what _remap_rows does but count the step
+                    if bag.training:
+                        counted.append(bag._buffers["num_steps"])
+                else:
+                    rows = (bag._rows_for(ids)[0] if found is None
+                            else bag._remap_rows(ids, found, absent)[0])
                 psw_np = None if psw is None else psw.detach().reshape(-1).contiguous().numpy()
                 plan.append((c, bag, rows, np.ascontiguousarray(csr), psw_np, col))
                 col += c.embedding_dim * len(c.feature_names)
         finally:
+            if counted:  # those remapped so far, as each table's own remap counts its step
+                torch._foreach_add_(counted, 1)
             if grad:
                 torch._C._set_grad_enabled(True)
-        weights = [bag.weight for _, bag, *_ in plan]
+        weights = [_weight_of(bag) for _, bag, *_ in plan]
         dims = self.feature_dims if split else [col]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
             outs = _CollectionLookup.apply(self, plan, B, col, dims, *weights)
@@ -2986,20 +3010,37 @@ class HashedEmbeddingBagCollection(_BagCollection):
         _check_plain_state(bag, sd, prefix, strict=False)
 
 
-def _plain_bag_input(x, include_last_offset: bool):
+def _weight_of(m: nn.Module):
+    """``m.weight``, read from the parameters dict without ``nn.Module.__getattr__`` (a cost
+    per table per step in a collection's loops)."""
+    w = m._parameters.get("weight")
+    return m.weight if w is None else w
+
+
+def _plain_bag_input(x, include_last_offset: bool, memo: dict):
     """``(flat IDs, CSR offsets)`` as NumPy arrays for the usual feature input, a tuple of 1-D
     int64 CPU contiguous IDs and non-empty offsets that the native pass accepts, read in place
     (as ``_as_id_array`` and ``_check_bag_args`` read it, without their tracing and compiling
-    tests, which the caller makes once); None for any other input."""
+    tests, which the caller makes once); None for any other input. ``memo``: a dict the caller
+    keeps for one call, so that an offsets tensor given to several features of as many IDs
+    (one ``arange(B)`` for one ID per sample) is checked and made CSR once (the CSR is only
+    read)."""
     if type(x) is not tuple or len(x) != 2:
         return None
     ids, offsets = x
-    if not (_plain_int64(ids) and _plain_int64(offsets) and ids.dim() == 1
-            and offsets.dim() == 1 and offsets.numel()):
+    if not (_plain_int64(ids) and ids.dim() == 1):
         return None
     flat = ids.numpy()
-    code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], include_last_offset)
-    return (flat, csr) if code == 0 else None
+    key = (id(offsets), flat.shape[0])  # the caller holds every offsets tensor meanwhile
+    csr = memo.get(key, False)
+    if csr is False:
+        csr = None
+        if _plain_int64(offsets) and offsets.dim() == 1 and offsets.numel():
+            code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], include_last_offset)
+            if code:
+                csr = None
+        memo[key] = csr
+    return None if csr is None else (flat, csr)
 
 
 def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
@@ -3007,12 +3048,12 @@ def _pool(plan: list, B: int, width: int, num_threads: int) -> Tensor:
     ``_BagCollection._native_forward``): one ``_core.pool_bags`` call over every feature."""
     feats = []
     for c, bag, rows, csr, psw, col in plan:
-        w = bag.weight.detach().numpy()
+        w = _weight_of(bag).detach().numpy()
         mean = bag.mode == "mean"
         for k in range(len(c.feature_names)):
             off = csr[k * B : (k + 1) * B + 1]
             feats.append((w, rows, off, psw, mean, bag.num_embeddings, col + k * c.embedding_dim))
-    dtype = plan[0][1].weight.dtype
+    dtype = _weight_of(plan[0][1]).dtype
     out = torch.empty(B, width, dtype=dtype)
     _core.pool_bags(feats, out.numpy(), num_threads)
     return out
@@ -3041,33 +3082,46 @@ class _CollectionLookup(torch.autograd.Function):
                     f"forward and its backward; a graph built before a growth cannot be "
                     f"backpropagated (pre-size num_embeddings); no table was stepped"
                 )
+        updates = []
         if len(grads) == 1:  # one block: every table's columns of it, side by side from 0
             g = grads[0]
             if g is None:
-                blocks = [None] * len(plan)
-            else:
-                widths = [c.embedding_dim * len(c.feature_names) for c, *_ in plan]
-                blocks = [[b] if len(c.feature_names) == 1 else list(b.split(c.embedding_dim, dim=1))
-                          for b, (c, *_) in zip(g.split(widths, dim=1), plan)]
+                return (None,) * (5 + len(plan))
+            whole = {}  # the block as NumPy per weight dtype; each table reads its columns
+            for c, bag, rows, csr, psw, col in plan:
+                w = _weight_of(bag)
+                if bag.optimizer is None or not w.requires_grad:
+                    continue
+                a = whole.get(w.dtype)
+                if a is None:
+                    a = whole[w.dtype] = grad_rows(g if g.dtype == w.dtype else g.to(w.dtype),
+                                                   g.shape[1])
+                d, nf = c.embedding_dim, len(c.feature_names)
+                if nf == 1:
+                    gr = a[:, col : col + d]  # read in place with the block's row stride
+                else:  # the features' bags one after the other, as in csr
+                    gr = np.concatenate([a[:, col + k * d : col + (k + 1) * d]
+                                         for k in range(nf)])
+                updates.append((bag, rows, gr, csr, psw, bag.mode == "mean"))
         else:  # one block per feature, in plan order
             it = iter(grads)
             blocks = [[next(it) for _ in c.feature_names] for c, *_ in plan]
-        updates = []
-        for (c, bag, rows, csr, psw, col), gs in zip(plan, blocks):
-            if gs is None or all(g is None for g in gs):
-                continue
-            w = bag.weight
-            if bag.optimizer is None or not w.requires_grad:
-                continue
-            wd = w.dtype
-            if len(gs) == 1:
-                g = gs[0]
-            else:  # the features' bags one after the other, as in csr
-                g = torch.cat([torch.zeros(B, c.embedding_dim, dtype=wd) if x is None else x
-                               for x in gs])
-            if g.dtype != wd:
-                g = g.to(wd)
-            updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw, bag.mode == "mean"))
+            for (c, bag, rows, csr, psw, col), gs in zip(plan, blocks):
+                if all(g is None for g in gs):
+                    continue
+                w = _weight_of(bag)
+                if bag.optimizer is None or not w.requires_grad:
+                    continue
+                wd = w.dtype
+                if len(gs) == 1:
+                    g = gs[0]
+                else:  # the features' bags one after the other, as in csr
+                    g = torch.cat([torch.zeros(B, c.embedding_dim, dtype=wd) if x is None
+                                   else x for x in gs])
+                if g.dtype != wd:
+                    g = g.to(wd)
+                updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw,
+                                bag.mode == "mean"))
         # every table's step in one native call, tables side by side on the collection's threads
         fused_update_many(updates, ctx.num_threads)
         return (None,) * (5 + len(plan))

@@ -492,20 +492,26 @@ def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
          resolved: Optional[dict] = None) -> tuple:
     """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer.
     ``resolved``: a dict kept by the caller across the modules of one step, so that an
-    optimizer shared by many modules (a collection's) resolves each step number once."""
+    optimizer shared by many modules (a collection's) resolves each step number, and lists
+    its state buffers, once."""
     opt = module.optimizer
     bufs = module._buffers
-    states = [bufs["opt_" + n].numpy() for n, _, _ in opt._states()]
-    states += [None] * (2 - len(states))
     step = int(bufs["opt_step"]) + 1
     key = (id(opt), step)
-    kw = None if resolved is None else resolved.get(key)
-    if kw is None:
-        kw = {**_JOB_DEFAULTS, **opt._resolved(step)}
+    got = None if resolved is None else resolved.get(key)
+    if got is None:
+        got = ({**_JOB_DEFAULTS, **opt._resolved(step)},
+               ["opt_" + n for n, _, _ in opt._states()])
         if resolved is not None:
-            resolved[key] = kw
+            resolved[key] = got
+    kw, names = got
+    states = [bufs[n].numpy() for n in names]
+    states += [None] * (2 - len(states))
+    w = module._parameters.get("weight")
+    if w is None:
+        w = module.weight
     return (
-        module.weight.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
+        w.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
         bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,
         kw["lr"], kw["eps"], kw["momentum"], kw["nesterov"], kw["weight_decay"], kw["beta1"],
         kw["beta2"],
