@@ -752,3 +752,40 @@ def test_native_pass_equals_independent_modules_under_every_policy(opt, loss):
     assert steady >= 10  # the steady path ran
     assert int(coll.embedding_bags["t_frozen"].num_steps) == 30
     assert coll.stats()["t_exp"]["num_expired"] > 0 and coll.stats()["t_lfu"]["num_evictions"] > 0
+
+
+def test_a_mapping_that_refills_one_offsets_buffer_per_feature():
+    """A Mapping (not a dict) may make or refill a feature's (ids, offsets) on each read: each
+    feature's offsets are read as they were given (the per-call CSR reuse is for plain dicts,
+    whose values stay as they are during the call), and bad ones are refused."""
+    from collections.abc import Mapping
+
+    class Reader(Mapping):
+        def __init__(self, d):
+            self.d, self.buf = d, torch.zeros(2, dtype=torch.int64)
+
+        def __getitem__(self, k):
+            ids, off = self.d[k]
+            self.buf.copy_(torch.tensor(off))
+            return ids, self.buf
+
+        def __iter__(self):
+            return iter(self.d)
+
+        def __len__(self):
+            return len(self.d)
+
+    cfgs = [EmbeddingBagConfig(16, 2, "t0", ["a"], options={"seed": 0}),
+            EmbeddingBagConfig(16, 2, "t1", ["b"], options={"seed": 1})]
+    coll = CuckooEmbeddingBagCollection(cfgs, optimizer=eo.SGD(lr=0.1))
+    data = {"a": (torch.arange(4), [0, 1]), "b": (torch.arange(4), [0, 3])}
+    got = coll(Reader(data))
+    want = coll({f: (ids, torch.tensor(off)) for f, (ids, off) in data.items()})
+    for f in want:
+        assert torch.equal(got[f], want[f]), f
+    bad = {"a": (torch.arange(4), [0, 1]), "b": (torch.arange(4), [0, 9])}
+    before = {k: v.clone() for k, v in coll.state_dict().items()}
+    with pytest.raises(ValueError, match=r"features\['b'\]: offsets\[-1\]=9 exceeds"):
+        coll(Reader(bad))
+    after = coll.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

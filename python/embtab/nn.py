@@ -2660,7 +2660,7 @@ class _BagCollection(_AtomicLoad):
         # place and its offsets checked by the native pass alone, as _as_id_array and
         # _check_bag_args do for it, with their tracing and compiling tests made once here
         fast = not torch.jit.is_tracing() and not _ops.is_compiling()
-        memo: dict = {}
+        memo = {} if type(features) is dict else None  # see _plain_bag_input
         for f in self.feature_names:
             x = features[f]
             got = _plain_bag_input(x, last, memo) if fast and f not in psw else None
@@ -3017,29 +3017,33 @@ def _weight_of(m: nn.Module):
     return m.weight if w is None else w
 
 
-def _plain_bag_input(x, include_last_offset: bool, memo: dict):
+def _plain_bag_input(x, include_last_offset: bool, memo: Optional[dict]):
     """``(flat IDs, CSR offsets)`` as NumPy arrays for the usual feature input, a tuple of 1-D
     int64 CPU contiguous IDs and non-empty offsets that the native pass accepts, read in place
     (as ``_as_id_array`` and ``_check_bag_args`` read it, without their tracing and compiling
     tests, which the caller makes once); None for any other input. ``memo``: a dict the caller
-    keeps for one call, so that an offsets tensor given to several features of as many IDs
-    (one ``arange(B)`` for one ID per sample) is checked and made CSR once (the CSR is only
-    read)."""
+    keeps for one call over a plain ``dict`` of features (whose values it holds, unchanged,
+    meanwhile), so that an offsets tensor given to several features of as many IDs (one
+    ``arange(B)`` for one ID per sample) is checked and made CSR once (the CSR is only read);
+    None for any other mapping, whose values may be made, or refilled, on each read."""
     if type(x) is not tuple or len(x) != 2:
         return None
     ids, offsets = x
     if not (_plain_int64(ids) and ids.dim() == 1):
         return None
     flat = ids.numpy()
-    key = (id(offsets), flat.shape[0])  # the caller holds every offsets tensor meanwhile
-    csr = memo.get(key, False)
-    if csr is False:
+    key = (id(offsets), flat.shape[0])
+    got = None if memo is None else memo.get(key)
+    if got is not None and got[0] is offsets:
+        csr = got[1]
+    else:
         csr = None
         if _plain_int64(offsets) and offsets.dim() == 1 and offsets.numel():
             code, _, csr = _core.bag_csr(offsets.numpy(), flat.shape[0], include_last_offset)
             if code:
                 csr = None
-        memo[key] = csr
+        if memo is not None:
+            memo[key] = (offsets, csr)  # the tensor kept: its id is not reused meanwhile
     return None if csr is None else (flat, csr)
 
 
