@@ -432,6 +432,36 @@ def test_hyperparameters_written_into_param_groups_are_checked_before_any_change
         call(m, torch.tensor([1, 3])).sum().backward()
 
 
+@pytest.mark.parametrize("how", ["no_grad", "frozen"])
+def test_bad_param_groups_refused_before_a_forward_that_records_no_step_inserts(how):
+    # A forward that records no step (torch.no_grad(), or a weight that needs no gradient)
+    # still inserts new IDs and gives their rows fresh optimizer state, which reads
+    # param_groups: a bad value is refused before the table changes (it was refused after the
+    # insert, which left the new IDs in the table).
+    opt = eo.Adagrad(lr=0.1)
+    mods = [CuckooEmbeddingBag(4, D, mode="sum", optimizer=opt, num_threads=1),
+            CuckooEmbeddingBagCollection(
+                [EmbeddingBagConfig(num_embeddings=4, embedding_dim=D, name="t",
+                                    feature_names=["a"])], optimizer=opt, num_threads=1)]
+    calls = [lambda m, ids: m(ids, torch.tensor([0])),
+             lambda m, ids: m({"a": (ids, torch.tensor([0]))}, concat=True)]
+    opt.param_groups[0]["lr"] = -1.0
+    for m, call in zip(mods, calls):
+        if how == "frozen":
+            for p in m.parameters():
+                p.requires_grad_(False)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        with torch.set_grad_enabled(how != "no_grad"):
+            with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+                call(m, torch.tensor([5, 6, 7, 8, 9]))  # more than the 4 rows: a growth too
+        after = m.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    opt.param_groups[0]["lr"] = 0.1
+    for m, call in zip(mods, calls):
+        with torch.set_grad_enabled(how != "no_grad"):
+            call(m, torch.tensor([5, 6, 7, 8, 9]))
+
+
 def test_state_dict_round_trip_continues_training(tmp_path):
     batches = make_batches("bag2d", steps=8)
     a = CuckooEmbeddingBag(4, D, mode="sum", optimizer=eo.Adam(lr=0.01))

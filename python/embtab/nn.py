@@ -881,6 +881,11 @@ class _CuckooBase(_AtomicLoad):
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
+        if self.optimizer is not None:
+            # the state fill values (and the rest of param_groups[0]) checked before anything
+            # changes: a growth and reset_rows read them after the table has changed, and a
+            # forward that records no step (frozen weight, no_grad) has not checked them
+            self.optimizer._group()
         k = len(new_ids)
         live = len(self._table)
         R = self.num_embeddings
