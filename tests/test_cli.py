@@ -270,10 +270,12 @@ def test_a_terminated_run_leaves_no_folder_and_says_so(tmp_path, sig):
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # a run of a minute or more (it is stopped within a second of starting): a shorter one
+    # could finish before the signal on a fast machine
     p = subprocess.Popen(
         [sys.executable, "-c", "from embtab.cli import console_main; console_main()",
-         "experiment", "dims", "--dataset", "synthetic:n_users=400,n_items=500,"
-         "interactions_per_user=30", "--seeds", "3", "--quiet", "--out", str(out)],
+         "experiment", "dims", "--dataset", "synthetic:n_users=3000,n_items=4000,"
+         "interactions_per_user=40", "--seeds", "10", "--quiet", "--out", str(out)],
         env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.glob(".embtab-run-*"))):   # the run has started
