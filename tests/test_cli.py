@@ -270,21 +270,31 @@ def test_a_terminated_run_leaves_no_folder_and_says_so(tmp_path, sig):
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    # a run of a minute or more (it is stopped within a second of starting): a shorter one
-    # could finish before the signal on a fast machine
+
+    def default_signals():  # in the child: a shell's background job inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    # a run of a minute or more, stopped within a second of starting
     p = subprocess.Popen(
         [sys.executable, "-c", "from embtab.cli import console_main; console_main()",
          "experiment", "dims", "--dataset", "synthetic:n_users=3000,n_items=4000,"
          "interactions_per_user=40", "--seeds", "10", "--quiet", "--out", str(out)],
-        env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob(".embtab-run-*"))):   # the run has started
-        assert p.poll() is None, p.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    p.send_signal(getattr(signal, sig))
-    err = p.communicate(timeout=60)[1]
+        env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.glob(".embtab-run-*"))):   # the run has started
+            assert p.poll() is None, p.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p.send_signal(getattr(signal, sig))
+        err = p.communicate(timeout=60)[1]
+    finally:  # no process or pipe left behind for a later test to trip over
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        p.stderr.close()
     # ended by the signal itself (a shell loop stops for it), after one line, no traceback
     assert p.returncode == -getattr(signal, sig), err
     assert f"interrupted ({sig})" in err and "Traceback" not in err
