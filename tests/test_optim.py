@@ -432,8 +432,9 @@ def test_hyperparameters_written_into_param_groups_are_checked_before_any_change
         call(m, torch.tensor([1, 3])).sum().backward()
 
 
+@pytest.mark.parametrize("new_ids", [[5, 6], [5, 6, 7, 8, 9]], ids=["insert", "growth"])
 @pytest.mark.parametrize("how", ["no_grad", "frozen"])
-def test_bad_param_groups_refused_before_a_forward_that_records_no_step_inserts(how):
+def test_bad_param_groups_refused_before_a_forward_that_records_no_step_inserts(how, new_ids):
     # A forward that records no step (torch.no_grad(), or a weight that needs no gradient)
     # still inserts new IDs and gives their rows fresh optimizer state, which reads
     # param_groups: a bad value is refused before the table changes (it was refused after the
@@ -453,13 +454,38 @@ def test_bad_param_groups_refused_before_a_forward_that_records_no_step_inserts(
         before = {k: v.clone() for k, v in m.state_dict().items()}
         with torch.set_grad_enabled(how != "no_grad"):
             with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
-                call(m, torch.tensor([5, 6, 7, 8, 9]))  # more than the 4 rows: a growth too
+                call(m, torch.tensor(new_ids))  # into the 4 free rows, or more: a growth
         after = m.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
     opt.param_groups[0]["lr"] = 0.1
     for m, call in zip(mods, calls):
         with torch.set_grad_enabled(how != "no_grad"):
-            call(m, torch.tensor([5, 6, 7, 8, 9]))
+            call(m, torch.tensor(new_ids))
+        stats = m.stats()
+        assert stats.get("t", stats)["num_ids"] == len(new_ids)   # (a collection's: by table)
+
+
+def test_collection_refuses_bad_param_groups_before_any_table_counts_a_step():
+    # A collection under no_grad whose first table holds all of its batch's IDs and whose
+    # second table would insert: the second table's check (which its insert needs) is made
+    # before the first counts its step, so nothing changes.
+    opt = eo.SGD(lr=0.1)
+    coll = CuckooEmbeddingBagCollection(
+        [EmbeddingBagConfig(num_embeddings=4, embedding_dim=D, name="a", feature_names=["a"]),
+         EmbeddingBagConfig(num_embeddings=4, embedding_dim=D, name="b", feature_names=["b"])],
+        optimizer=opt, num_threads=1)
+    feats = {"a": (torch.tensor([1, 2]), torch.tensor([0])),
+             "b": (torch.tensor([1]), torch.tensor([0]))}
+    coll(feats, concat=True).sum().backward()
+    opt.param_groups[0]["lr"] = -1.0
+    before = {k: v.clone() for k, v in coll.state_dict().items()}
+    with torch.no_grad(), pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        coll({"a": feats["a"], "b": (torch.tensor([7]), torch.tensor([0]))})
+    after = coll.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        coll(feats)  # every ID known: no insert, nothing reads param_groups
+    assert int(coll.embedding_bags["a"].num_steps) == 2
 
 
 def test_state_dict_round_trip_continues_training(tmp_path):

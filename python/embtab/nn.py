@@ -2830,6 +2830,15 @@ class _BagCollection(_AtomicLoad):
                 [b._table for b in bags], [g[0] for g in groups], self.num_threads,
                 count_absent=True,
             )
+            # a table that may insert (IDs it does not hold, in training) reads param_groups
+            # there (_insert): checked now, before an earlier table counts its step, also where
+            # no step is recorded (no_grad, a frozen weight)
+            checked = set()
+            for bag, (_, absent) in zip(bags, looked_up):
+                opt = bag.optimizer
+                if absent and bag.training and opt is not None and id(opt) not in checked:
+                    checked.add(id(opt))
+                    opt._group()
         # the remaps without gradient tracking, switched off once for all tables (as each
         # table's _remap does for itself)
         grad = torch.is_grad_enabled()
