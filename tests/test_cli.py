@@ -271,16 +271,17 @@ def test_a_terminated_run_leaves_no_folder_and_says_so(tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
-    def default_signals():  # in the child: a shell's background job inherits SIGINT ignored
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
+    # the child first takes Python's usual actions for SIGINT and SIGTERM: a job a shell
+    # starts in the background inherits SIGINT ignored, and so would the child
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+            "from embtab.cli import console_main; console_main()")
     # a run of a minute or more, stopped within a second of starting
     p = subprocess.Popen(
-        [sys.executable, "-c", "from embtab.cli import console_main; console_main()",
+        [sys.executable, "-c", code,
          "experiment", "dims", "--dataset", "synthetic:n_users=3000,n_items=4000,"
          "interactions_per_user=40", "--seeds", "10", "--quiet", "--out", str(out)],
-        env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+        env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not (out.is_dir() and any(out.glob(".embtab-run-*"))):   # the run has started
