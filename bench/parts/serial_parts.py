@@ -43,9 +43,16 @@ PARTS = ("whole", "lookup", "embedding_bag", "fused_step", "sum", "fwd other", "
          "engine to bwd")
 
 
+_TIMES: dict = {}   # what the wrapped calls add up; the wrappers are installed once
+
+
 def instrument(times: dict) -> None:
     """Wrap the step's native calls and the Function's backward so that each adds its time
-    (or, for the backward, its start) to ``times``."""
+    (or, for the backward, its start) to ``times``; once per process (a second call would
+    wrap the wrappers and count twice)."""
+    if getattr(instrument, "done", False):
+        return
+    instrument.done = True
     def wrap(name, fn):
         def timed(*a, **k):
             t = time.perf_counter()
@@ -72,7 +79,7 @@ def instrument(times: dict) -> None:
 
 
 def run(threads: list, log2_batches: list, steps: int) -> dict:
-    times: dict = {}
+    times = _TIMES
     instrument(times)
     out = {}
     for th in threads:
