@@ -1135,3 +1135,52 @@ def test_a_numpy_float_initial_accumulator_value_fills_grown_and_new_rows(make):
     assert m.num_embeddings >= 5 and (rows >= 0).all()
     # (each new row started at 0.5, then took one step's squares)
     assert bool((state[rows] > 0.5).all())
+
+
+@pytest.mark.parametrize("where", ["module", "embedding", "collection"])
+def test_an_optimizer_assigned_after_construction_is_checked_before_any_change(where):
+    # The fused optimizer is fixed at construction (its state buffers are registered then).
+    # Assigned later: a torch optimizer (TypeError) or a fused one whose state the module does
+    # not hold (ValueError) is refused by the next forward before anything changes; one of
+    # the same state (other hyperparameters) is taken.
+    if where == "collection":
+        m = CuckooEmbeddingBagCollection(
+            [EmbeddingBagConfig(num_embeddings=8, embedding_dim=D, name="t",
+                                feature_names=["a"])], optimizer=eo.RowWiseAdagrad(lr=0.1),
+            num_threads=1)
+        table = m.embedding_bags["t"]
+
+        def call(ids):
+            return m({"a": (ids, torch.tensor([0]))}, concat=True)
+    elif where == "module":
+        m = table = CuckooEmbeddingBag(8, D, mode="sum", optimizer=eo.RowWiseAdagrad(lr=0.1),
+                                       num_threads=1)
+
+        def call(ids):
+            return m(ids, torch.tensor([0]))
+    else:
+        m = table = CuckooEmbedding(8, D, optimizer=eo.RowWiseAdagrad(lr=0.1), num_threads=1)
+
+        def call(ids):
+            return m(ids)
+    call(torch.tensor([1, 2])).sum().backward()
+    for bad, err, match in [
+        (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), TypeError,
+         r"optimizer must be None or an embtab.optim optimizer, got SGD"),
+        (eo.Adagrad(lr=0.1), ValueError, r"Adagrad, whose state \(opt_sum\) this module"),
+    ]:
+        table.optimizer = bad
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        with pytest.raises(err, match=match):
+            call(torch.tensor([3, 4]))   # new IDs: nothing inserted either
+        after = m.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    table.optimizer = eo.RowWiseAdagrad(lr=0.5)   # the same state: taken, its lr used
+    w = table.weight.detach().clone()
+    call(torch.tensor([1])).sum().backward()
+    assert int(table.opt_step) == 2
+    g2 = torch.ones(D)
+    row = int(table.lookup(torch.tensor([1])))
+    acc = float(table.opt_row_sum[row])
+    torch.testing.assert_close(table.weight.detach()[row],
+                               w[row] - 0.5 * g2 / (acc ** 0.5 + 1e-10), rtol=1e-5, atol=1e-6)

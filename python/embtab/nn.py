@@ -67,6 +67,7 @@ from embtab.optim import (
     MAX_OPT_STEP,
     NONNEGATIVE_STATES,
     FusedOptimizer,
+    fused_of,
     fused_update_many,
     grad_rows,
 )
@@ -1454,7 +1455,7 @@ class _Embedding:
         ids, shape = _as_id_array(input, "input")
         needs = None
         if self.optimizer is not None:
-            needs = self.optimizer.check_weight(self)  # before the remap changes anything
+            needs = fused_of(self).check_weight(self)  # before the remap changes anything
         rows, padding_idx = self._rows_for(ids)
         idx = _row_tensor(rows, shape, self.weight.device)
         if self.optimizer is not None:
@@ -1538,7 +1539,7 @@ class _Bag:
         else:
             needs = None
             if self.optimizer is not None:
-                needs = self.optimizer.check_weight(self, per_sample_weights)  # before the remap
+                needs = fused_of(self).check_weight(self, per_sample_weights)  # before the remap
             rows, padding_idx = self._rows_for(ids)
             idx = _row_tensor(rows, shape, dev)
         if self.optimizer is not None and rows is not None:
@@ -1930,7 +1931,7 @@ def _gather(table: nn.Module, idx: Tensor, fused: bool, padding: bool) -> Tensor
     idx = idx.to(table.weight.device)
     pad = table.num_embeddings if padding else None
     if fused:
-        return table.optimizer.lookup(table, idx, None, None, pad, bag=False)
+        return fused_of(table).lookup(table, idx, None, None, pad, bag=False)
     return F.embedding(idx, table.weight, pad, table.max_norm, table.norm_type,
                        table.scale_grad_by_freq, table.sparse)
 
@@ -2811,6 +2812,10 @@ class _BagCollection(_AtomicLoad):
         col = 0
         ebs = self.embedding_bags
         bags = [ebs[c.name] for c in self.tables]
+        for bag in bags:  # an optimizer assigned after construction, refused (see fused_of)
+            opt = bag.optimizer
+            if opt is not None and bag.__dict__.get("_fused_checked") is not opt:
+                fused_of(bag)
         if torch.is_grad_enabled():
             # each optimizer's hyperparameters checked before any table's remap changes it:
             # what check_weight does for a table module, once per optimizer (_native_ok made

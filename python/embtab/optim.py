@@ -472,6 +472,36 @@ def _version(t) -> Optional[int]:
         return None
 
 
+def fused_of(module) -> "FusedOptimizer":
+    """``module.optimizer`` (not None), checked to be a fused optimizer whose state the module
+    holds: the optimizer is fixed at construction, where its state buffers are registered,
+    and an object assigned to the attribute later is refused here (TypeError for one that is
+    not an :mod:`embtab.optim` optimizer, ValueError for one whose ``opt_*`` buffers the
+    module lacks, e.g. Adagrad in place of RowWiseAdagrad) before a forward changes
+    anything. Another optimizer of the same state (new hyperparameters) is taken. The answer
+    is kept on the module until the attribute changes."""
+    opt = module.optimizer
+    if module.__dict__.get("_fused_checked") is opt:
+        return opt
+    name = type(module).__name__
+    if not isinstance(opt, FusedOptimizer):
+        raise TypeError(
+            f"{name}.optimizer must be None or an embtab.optim optimizer, got "
+            f"{type(opt).__name__}; torch optimizers go over model.parameters()"
+        )
+    missing = [n for n in ["opt_step"] + ["opt_" + s for s, _, _ in opt._states()]
+               if n not in module._buffers]
+    if missing:
+        raise ValueError(
+            f"{name}.optimizer is an embtab.optim.{type(opt).__name__}, whose state "
+            f"({', '.join(missing)}) this module does not hold: a module keeps the state of the "
+            f"fused optimizer it was built with (optimizer=...); to change optimizers, build "
+            f"the module with the new one and load the weights"
+        )
+    module.__dict__["_fused_checked"] = opt
+    return opt
+
+
 def grad_rows(grad: Tensor, d: int) -> np.ndarray:
     """``grad`` as the ``[rows, d]`` NumPy array the C++ step reads, copied only when its rows
     are not contiguous: a column slice of a wider gradient is read in place (its row stride),
