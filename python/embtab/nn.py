@@ -61,6 +61,7 @@ from embtab._modules import (
     id_tensor as _id_tensor,
     check_bag_args as _check_bag_args,
     plain_int64 as _plain_int64,
+    weight_of as _weight_of,
     check_bag_config as _check_bag_config,
 )
 from embtab.optim import (
@@ -2812,21 +2813,21 @@ class _BagCollection(_AtomicLoad):
         col = 0
         ebs = self.embedding_bags
         bags = [ebs[c.name] for c in self.tables]
-        for bag in bags:  # an optimizer assigned after construction, refused (see fused_of)
+        # Before any table's remap changes it: each table's optimizer (one assigned after
+        # construction is refused, see fused_of), and each optimizer's hyperparameters once,
+        # as check_weight does for a table module that records a step (_native_ok made its
+        # other checks: CPU weights of a float dtype, no weights requiring a gradient).
+        checked = set()   # optimizers whose param_groups this call has checked
+        recording = torch.is_grad_enabled()
+        for bag in bags:
             opt = bag.optimizer
-            if opt is not None and bag.__dict__.get("_fused_checked") is not opt:
+            if opt is None:
+                continue
+            if bag.__dict__.get("_fused_checked") is not opt:
                 fused_of(bag)
-        if torch.is_grad_enabled():
-            # each optimizer's hyperparameters checked before any table's remap changes it:
-            # what check_weight does for a table module, once per optimizer (_native_ok made
-            # its other checks: CPU weights of a float dtype, no weights requiring a gradient)
-            checked = set()
-            for bag in bags:
-                opt = bag.optimizer
-                if (opt is not None and id(opt) not in checked
-                        and _weight_of(bag).requires_grad):
-                    checked.add(id(opt))
-                    opt._group()
+            if recording and id(opt) not in checked and _weight_of(bag).requires_grad:
+                checked.add(id(opt))
+                opt._group()
         looked_up = [(None, None)] * len(bags)
         if all(isinstance(b, _CuckooBase) for b in bags):
             # every table's lookup in one native call, the tables side by side on the threads,
@@ -2838,7 +2839,6 @@ class _BagCollection(_AtomicLoad):
             # a table that may insert (IDs it does not hold, in training) reads param_groups
             # there (_insert): checked now, before an earlier table counts its step, also where
             # no step is recorded (no_grad, a frozen weight)
-            checked = set()
             for bag, (_, absent) in zip(bags, looked_up):
                 opt = bag.optimizer
                 if absent and bag.training and opt is not None and id(opt) not in checked:
@@ -3027,13 +3027,6 @@ class HashedEmbeddingBagCollection(_BagCollection):
         # and everything the table's own load checks (dtypes, optimizer state values), so that
         # no table is copied before a later one is refused
         _check_plain_state(bag, sd, prefix, strict=False)
-
-
-def _weight_of(m: nn.Module):
-    """``m.weight``, read from the parameters dict without ``nn.Module.__getattr__`` (a cost
-    per table per step in a collection's loops)."""
-    w = m._parameters.get("weight")
-    return m.weight if w is None else w
 
 
 def _plain_bag_input(x, include_last_offset: bool, memo: Optional[dict]):

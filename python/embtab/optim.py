@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from embtab import _core
-from embtab._modules import grown_rows
+from embtab._modules import grown_rows, weight_of
 from embtab._ops import is_compiling
 
 __all__ = ["FusedOptimizer", "SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
@@ -537,11 +537,8 @@ def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
     kw, names = got
     states = [bufs[n].numpy() for n in names]
     states += [None] * (2 - len(states))
-    w = module._parameters.get("weight")
-    if w is None:
-        w = module.weight
     return (
-        w.detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
+        weight_of(module).detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
         bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,
         kw["lr"], kw["eps"], kw["momentum"], kw["nesterov"], kw["weight_decay"], kw["beta1"],
         kw["beta2"],
