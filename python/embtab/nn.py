@@ -1730,7 +1730,29 @@ class CuckooEmbeddingBag(_Bag, _CuckooBase):
 # hashing-trick baseline /////////////////////////////////////////////////////////////////////
 
 
-class _HashedBase(_AtomicLoad):
+class _HashedState(_AtomicLoad):
+    """Base of the modules whose rows are computed by hashing (hashed, quotient-remainder,
+    double-hashed): no ID index, and a ``state_dict`` of plain tensors."""
+
+    def memory_bytes(self) -> dict:
+        """Bytes held by the module; see :meth:`CuckooEmbedding.memory_bytes` (``index`` is 0:
+        rows are computed by hashing)."""
+        return _memory_bytes(self, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        _check_plain_state(self, state_dict, prefix, strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_id is not None:
+            s += f", padding_id={self.padding_id}"
+        return s
+
+
+class _HashedBase(_HashedState):
     def __init__(
         self,
         num_embeddings: int,
@@ -1758,17 +1780,6 @@ class _HashedBase(_AtomicLoad):
         self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
                                      self.init, _weight, device, dtype, _freeze)
         _attach_optimizer(self, optimizer)
-
-    def memory_bytes(self) -> dict:
-        """Bytes held by the module; see :meth:`CuckooEmbedding.memory_bytes` (``index`` is 0:
-        rows are computed by hashing)."""
-        return _memory_bytes(self, 0)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix, strict)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
     def lookup(self, ids: Tensor) -> Tensor:
         """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
@@ -1846,12 +1857,6 @@ class _HashedBase(_AtomicLoad):
             "colliding_lookup_share": float(counts[shared].sum() / counts.sum()),
             "expected_colliding_id_share": float(1.0 - (1.0 - 1.0 / m) ** (n - 1)),
         }
-
-    def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}"
-        if self.padding_id is not None:
-            s += f", padding_id={self.padding_id}"
-        return s
 
 
 class HashedEmbedding(_Embedding, _HashedBase):
@@ -1937,7 +1942,7 @@ def _gather(table: nn.Module, idx: Tensor, fused: bool, padding: bool) -> Tensor
                        table.scale_grad_by_freq, table.sparse)
 
 
-class _ComposedBase(_AtomicLoad):
+class _ComposedBase(_HashedState):
     """Shared machinery of the quotient-remainder and double-hashed modules. A subclass sets
     up its tables and supplies ``_gathers(ids) -> [(table, rows)]`` (rows of int64 ``ids``,
     the padding ID at the table's zero row) and ``_combine(parts) -> vectors``."""
@@ -1967,17 +1972,6 @@ class _ComposedBase(_AtomicLoad):
         which tables); ``padding_id`` reads the zero rows. Changes nothing."""
         t = _id_tensor(ids, "ids")
         return torch.stack([r.reshape(t.shape) for r in self._rows(t)], -1)
-
-    def memory_bytes(self) -> dict:
-        """Bytes held by the module; see :meth:`CuckooEmbedding.memory_bytes` (``index`` is 0:
-        rows are computed by hashing)."""
-        return _memory_bytes(self, 0)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        _check_plain_state(self, state_dict, prefix, strict)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
 
 def _composed_ids(input: object) -> Tensor:
@@ -2243,12 +2237,6 @@ class _DoubleHashedBase(_ComposedBase):
 
     def _combine(self, parts: list) -> Tensor:
         return parts[0].sum(-2)
-
-    def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}"
-        if self.padding_id is not None:
-            s += f", padding_id={self.padding_id}"
-        return s
 
 
 class DoubleHashedEmbedding(_ComposedEmbedding, _DoubleHashedBase):
