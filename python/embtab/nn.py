@@ -1752,34 +1752,40 @@ class _HashedState(_AtomicLoad):
         return s
 
 
+def _hashed_init(
+    self,
+    num_embeddings: int,
+    embedding_dim: int,
+    padding_id: Optional[int] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    _weight: Optional[Tensor] = None,
+    _freeze: bool = False,
+    device: Union[None, str, torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    *,
+    init: Union[None, str, EmbeddingInit] = None,
+    seed: int = 0,
+    num_threads: int = 0,
+    optimizer: Optional[FusedOptimizer] = None,
+) -> None:
+    """``__init__`` of the hashed and double-hashed modules (one signature, torch's
+    ``nn.Embedding`` arguments plus embtab's keywords): a weight ``[num_embeddings + 1,
+    embedding_dim]`` whose last row is zero, and the optional fused optimizer."""
+    _HashedState.__init__(self)
+    _init_common(
+        self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
+        scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
+    )
+    self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
+                                 self.init, _weight, device, dtype, _freeze)
+    _attach_optimizer(self, optimizer)
+
+
 class _HashedBase(_HashedState):
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        padding_id: Optional[int] = None,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        _freeze: bool = False,
-        device: Union[None, str, torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        init: Union[None, str, EmbeddingInit] = None,
-        seed: int = 0,
-        num_threads: int = 0,
-        optimizer: Optional[FusedOptimizer] = None,
-    ) -> None:
-        super().__init__()
-        _init_common(
-            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
-            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
-        )
-        self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
-                                     self.init, _weight, device, dtype, _freeze)
-        _attach_optimizer(self, optimizer)
+    __init__ = _hashed_init
 
     def lookup(self, ids: Tensor) -> Tensor:
         """Row of each raw ID (same shape, int64): ``mix64(id, seed) % num_embeddings``;
@@ -2196,34 +2202,12 @@ class QREmbeddingBag(_ComposedBag, _QRBase):
 
 
 class _DoubleHashedBase(_ComposedBase):
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        padding_id: Optional[int] = None,
-        max_norm: Optional[float] = None,
-        norm_type: float = 2.0,
-        scale_grad_by_freq: bool = False,
-        sparse: bool = False,
-        _weight: Optional[Tensor] = None,
-        _freeze: bool = False,
-        device: Union[None, str, torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        init: Union[None, str, EmbeddingInit] = None,
-        seed: int = 0,
-        num_threads: int = 0,
-        optimizer: Optional[FusedOptimizer] = None,
-    ) -> None:
-        super().__init__()
-        _init_common(
-            self, num_embeddings, embedding_dim, padding_id, max_norm, norm_type,
-            scale_grad_by_freq, sparse, init, seed, num_threads, dtype,
-        )
-        self.seed2 = mix64(self.seed, _DOUBLE_SALT)
-        self.weight = _hashed_weight(self.num_embeddings, self.embedding_dim, self.seed,
-                                     self.init, _weight, device, dtype, _freeze)
-        _attach_optimizer(self, optimizer)
+    __init__ = _hashed_init
+
+    @property
+    def seed2(self) -> int:
+        """Seed of the second hash: ``mix64(seed, 0x444F55424C45)``."""
+        return mix64(self.seed, _DOUBLE_SALT)
 
     def _rows(self, ids: Tensor) -> list:
         m = self.num_embeddings
