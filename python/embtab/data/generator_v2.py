@@ -74,9 +74,9 @@ from embtab.data.synthetic import (
     check_log_scale,
     check_seed,
     dirichlet_rows,
+    draw_activity,
     exp_rows,
     genre_weights,
-    lognormal_mu,
     random_ids,
     warn_capped_activity,
 )
@@ -409,17 +409,7 @@ def power_law_v2(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
                                     crowding_split=float(crowding_split), seed=seed))
 
     # 4. activity and consumption (Gumbel keys: successive sampling without replacement)
-    lo = min(5, int(interactions_per_user))
-    if activity_sigma > 0:
-        mu = lognormal_mu(interactions_per_user, activity_sigma)
-        draw = rng.lognormal(mu, activity_sigma, size=U)
-        # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
-        # takes more than I items anyway)
-        n_u = np.rint(np.minimum(draw, I)).astype(np.int64)
-    else:
-        draw = np.full(U, float(interactions_per_user))
-        n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
-    n_u = np.clip(n_u, lo, None)
+    draw, n_u, lo = draw_activity(rng, U, I, interactions_per_user, activity_sigma)
     support = np.empty(U, dtype=np.int64)   # the items each user can consume (c(i|u) > 0)
     users, items, order = [], [], []
     for s in range(0, U, 1024):

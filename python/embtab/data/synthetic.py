@@ -70,6 +70,25 @@ def lognormal_mu(mean: float, sigma: float) -> float:
     return math.log(mean) - float(sigma) ** 2 / 2
 
 
+def draw_activity(rng: np.random.Generator, U: int, I: int, interactions_per_user,
+                  activity_sigma: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each user's activity: ``(draw, n_u, lo)``, the log-normal draws with mean
+    ``interactions_per_user`` (or that constant when ``activity_sigma`` is 0), the item counts
+    they round to (at most ``I``, at least ``lo = min(5, interactions_per_user)``) and ``lo``.
+    The counts are not yet cut to each user's support."""
+    lo = min(5, int(interactions_per_user))
+    if activity_sigma > 0:
+        mu = lognormal_mu(interactions_per_user, activity_sigma)
+        draw = rng.lognormal(mu, activity_sigma, size=U)
+        # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
+        # takes more than I items anyway)
+        n_u = np.rint(np.minimum(draw, I)).astype(np.int64)
+    else:
+        draw = np.full(U, float(interactions_per_user))
+        n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
+    return draw, np.clip(n_u, lo, None), lo
+
+
 def warn_capped_activity(generator: str, interactions_per_user, want, n_u, support,
                          why: str, fix: str, stacklevel: int = 3) -> None:
     """Warn (``UserWarning``) when the users hold on average less than half of the
@@ -219,17 +238,7 @@ def power_law(n_users: int = 2000, n_items: int = 3000, n_genres: int = 18,
     item_sets, item_count = np.unique(gip.T > 0, axis=0, return_counts=True)
     overlap = (user_sets.astype(np.float64) @ item_sets.T.astype(np.float64)) > 0
     support = (overlap @ item_count).astype(np.int64)[user_inv.ravel()]
-    lo = min(5, int(interactions_per_user))
-    if activity_sigma > 0:
-        mu = lognormal_mu(interactions_per_user, activity_sigma)
-        draw = rng.lognormal(mu, activity_sigma, size=U)
-        # (capped at I before the cast: a wide activity_sigma draws beyond int64; no user
-        # takes more than I items anyway)
-        n_u = np.rint(np.minimum(draw, I)).astype(np.int64)
-    else:
-        draw = np.full(U, float(interactions_per_user))
-        n_u = np.full(U, min(int(interactions_per_user), I), dtype=np.int64)
-    n_u = np.clip(n_u, lo, None)
+    draw, n_u, lo = draw_activity(rng, U, I, interactions_per_user, activity_sigma)
     n_u = np.minimum(n_u, support)
     warn_capped_activity("power_law", interactions_per_user, np.maximum(np.rint(draw), lo), n_u,
                          support, f"a user can like only the items of their 1-3 interest "
