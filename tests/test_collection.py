@@ -816,3 +816,26 @@ def test_a_mapping_that_refills_one_offsets_buffer_per_feature():
         coll(Reader(bad))
     after = coll.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_collection_looked_up_twice_in_one_graph_takes_one_step_per_table(kind):
+    # Two forwards of one collection in one loss (e.g. a positive and a negative batch): the
+    # collection with a torch optimizer accumulates both gradients and steps once; so must
+    # the fused one. Adagrad, whose step is not additive, tells one step from two.
+    cfgs = [EmbeddingBagConfig(num_embeddings=64, embedding_dim=c.embedding_dim, name=c.name,
+                               feature_names=c.feature_names, pooling=c.pooling,
+                               options=c.options) for c in configs(kind)]
+    fused = KINDS[kind][0](cfgs, optimizer=eo.Adagrad(lr=0.3, initial_accumulator_value=0.1))
+    plain = KINDS[kind][0](cfgs)
+    topt = torch.optim.Adagrad(plain.parameters(), lr=0.3, initial_accumulator_value=0.1)
+    first, second = batches(4, seed=3), batches(4, seed=4)
+    for (fa, pa, ta), (fb, pb, tb) in zip(first, second):
+        loss = loss_of(fused(fa, pa), ta) + loss_of(fused(fb, pb), tb)
+        loss.backward()
+        topt.zero_grad()
+        (loss_of(plain(fa, pa), ta) + loss_of(plain(fb, pb), tb)).backward()
+        topt.step()
+        for t, bag in fused.embedding_bags.items():
+            close(bag.weight, plain.embedding_bags[t].weight, msg=t)
+    assert all(int(b.opt_step) == 4 for b in fused.embedding_bags.values())

@@ -1077,9 +1077,8 @@ def test_converted_weight_refused_before_the_forward_changes_anything(kind, dtyp
 @pytest.mark.parametrize("cls", ["CuckooEmbeddingBag", "HashedEmbeddingBag"])
 def test_psw_gradients_of_two_lookups_in_one_graph_read_the_rows_as_looked_up(cls):
     # A module read twice in one loss (e.g. one item table for a weighted history bag and the
-    # target): autograd runs the second lookup's backward first, whose fused step changes the
-    # rows before the first lookup's per_sample_weights gradient read them. Oracle: the same
-    # module without a fused optimizer (plain autograd, rows as at forward time).
+    # target): the per_sample_weights gradients read the rows as the forwards did. Oracle: the
+    # same module without a fused optimizer (plain autograd, rows as at forward time).
     import embtab.nn as enn
 
     make = getattr(enn, cls)
@@ -1184,3 +1183,80 @@ def test_an_optimizer_assigned_after_construction_is_checked_before_any_change(w
     acc = float(table.opt_row_sum[row])
     torch.testing.assert_close(table.weight.detach()[row],
                                w[row] - 0.5 * g2 / (acc ** 0.5 + 1e-10), rtol=1e-5, atol=1e-6)
+
+
+# Scenarios where two lookups of one graph need no growth between them (pre-sized tables).
+TWICE = ["padding_mean", "psw", "last_offset", "max", "max_norm_sum", "freq", "embedding",
+         "embedding_freq", "hashed_bag", "hashed_emb", "float64"]
+
+
+@pytest.mark.parametrize("scen", TWICE)
+@pytest.mark.parametrize("opt", list(OPTS))
+def test_a_module_looked_up_twice_in_one_graph_takes_one_step_on_both_gradients(opt, scen):
+    # One table read twice per loss (users and items of one table, positives and negatives):
+    # the module + a torch optimizer accumulates both lookups' gradients in .grad and steps
+    # once; the fused optimizer must take that one step, not one per lookup.
+    make_fused, make_torch, torch_sparse = OPTS[opt]
+    cls, kw, kind = SCENARIOS[scen]
+    kw = {**kw, "num_embeddings": 64} if cls in (CuckooEmbedding, CuckooEmbeddingBag) else kw
+    dtype = kw.get("dtype", torch.float32)
+    first, second = make_batches(kind, 4, seed=1, dtype=dtype), make_batches(kind, 4, seed=2,
+                                                                               dtype=dtype)
+    fused = cls(embedding_dim=D, optimizer=make_fused(), **kw)
+    dense = kw.get("mode") == "max" or kw.get("scale_grad_by_freq", False)
+    if scen == "freq":  # as in run_pair: nn.Embedding's counts, summed over dim 1
+        ref_call = CuckooEmbedding(embedding_dim=D, num_embeddings=64, scale_grad_by_freq=True)
+        ref = _BagSum(ref_call)
+    else:
+        ref = ref_call = cls(embedding_dim=D, sparse=not dense, **kw)
+    topt = make_torch(list(ref.parameters()))
+    last = kw.get("include_last_offset", False)
+    for a, b in zip(first, second):
+        (la, pa), (lb, pb) = forward(fused, a, last), forward(fused, b, last)
+        (la + 2 * lb).backward()
+        topt.zero_grad()
+        (ra, qa), (rb, qb) = forward(ref, a, last), forward(ref, b, last)
+        (ra + 2 * rb).backward()
+        if dense and torch_sparse:
+            ref_call.weight.grad = ref_call.weight.grad.to_sparse(1)
+        topt.step()
+        torch.testing.assert_close(la + 2 * lb, ra + 2 * rb, rtol=1e-5, atol=1e-5)
+        for got, want in ((pa, qa), (pb, qb)):
+            if got is not None:
+                torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(fused.weight.detach(), ref_call.weight.detach(), rtol=tol,
+                                   atol=tol)
+    assert int(fused.opt_step) == 4
+
+
+def test_a_backward_that_fails_steps_no_lookup_of_its_graph():
+    # The steps of a backward pass run when it ends: a pass that raises after the lookup's
+    # node has run (a hook on a leaf reached later) leaves the fused module's weight and state
+    # as they were, and keeps nothing queued.
+    import gc
+
+    emb = CuckooEmbedding(16, 3, optimizer=eo.Adagrad(lr=0.5), num_threads=1)
+    emb(torch.tensor([1, 2, 3])).sum().backward()
+    before = {k: v.clone() for k, v in emb.state_dict().items()
+              if k == "weight" or k.startswith("opt_")}
+    x = torch.ones(3, requires_grad=True)
+    queued = []
+
+    def boom(_):
+        queued.append(len(eo._queues))
+        raise RuntimeError("boom")
+
+    x.register_hook(boom)
+    y = x * 2
+    loss = y.sum() + emb(torch.tensor([1, 2])).sum()  # the lookup's node runs before x's hook
+    with pytest.raises(RuntimeError, match="boom"):
+        loss.backward()
+    assert queued == [1]  # the lookup had queued its step when the pass failed
+    del loss, y
+    gc.collect()
+    for k, v in before.items():
+        assert torch.equal(emb.state_dict()[k], v), k
+    assert len(eo._queues) == 0
+    emb(torch.tensor([1, 2])).sum().backward()  # and the next pass steps as usual
+    assert int(emb.opt_step) == 2

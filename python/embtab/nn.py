@@ -69,7 +69,7 @@ from embtab.optim import (
     NONNEGATIVE_STATES,
     FusedOptimizer,
     fused_of,
-    fused_update_many,
+    step_after_backward,
     grad_rows,
 )
 
@@ -3111,5 +3111,5 @@ class _CollectionLookup(torch.autograd.Function):
                 updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw,
                                 bag.mode == "mean"))
         # every table's step in one native call, tables side by side on the collection's threads
-        fused_update_many(updates, ctx.num_threads)
+        step_after_backward(updates, ctx.num_threads)  # at the end of this backward pass
         return (None,) * (5 + len(plan))

@@ -50,10 +50,13 @@ optimizer object may serve several modules; each keeps its own state.
 
 Notes
 -----
-* Every backward applies a step: backpropagating the same graph twice steps twice, and there is
-  no gradient accumulation over several forwards. A lookup made before the module grew cannot
-  be backpropagated after it (``RuntimeError``, as for the unfused modules; the lookups of the
-  same graph made after the growth may already have stepped when it is raised).
+* Every backward pass applies one step per module, at its end: a module looked up several
+  times in one graph (one table for users and items, for positives and negatives) takes one
+  step on the sum of those lookups' gradients, as the module with a torch optimizer does.
+  Backpropagating the same graph twice steps twice, and there is no gradient accumulation over
+  several backward passes. A pass that raises part way steps nothing. A lookup made before the
+  module grew cannot be backpropagated after it (``RuntimeError``, as for the unfused modules;
+  nothing of that pass is stepped).
 * The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
   A module converted afterwards by ``.half()`` or ``.bfloat16()`` still runs forwards without
   gradient (inference); a training forward then raises TypeError before it changes anything.
@@ -68,6 +71,8 @@ Notes
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -398,9 +403,10 @@ class _FusedLookup(torch.autograd.Function):
             # the weight detached: torch's embedding_bag then skips what only its own backward
             # reads (the bag of each entry), which this Function's backward does not use
             out = _plain(module, idx, offsets, psw, padding_idx, bag, weight.detach())
-        # The gradient of per_sample_weights reads the rows as this forward read them: another
-        # lookup of the module in the same graph may step them first (autograd runs the later
-        # lookup's backward first), so they are kept now when that gradient will be asked for.
+        # The gradient of per_sample_weights reads the rows as this forward read them: a
+        # backward pass through another graph (or this one, retained) may step them before
+        # this lookup's backward runs, so they are kept now when that gradient will be asked
+        # for. (The lookups of one pass step only when it ends.)
         ctx.rows_read = (
             weight.detach()[idx.reshape(-1)] if psw is not None and psw.requires_grad else None
         )
@@ -450,9 +456,9 @@ class _FusedLookup(torch.autograd.Function):
                     np.append(rows != module.num_embeddings, False), csr[:-1]
                 ) * (np.diff(csr) > 0)
                 max_rows, g = _max_row_grads(ctx.max_indices, grad_out.contiguous(), counts > 0)
-                fused_update(module, max_rows, g, None, None, False)
+                update = (module, max_rows, g, None, None, False)
             else:
-                fused_update(
+                update = (
                     module,
                     rows,
                     grad_rows(grad_out, weight.shape[1]),
@@ -460,6 +466,7 @@ class _FusedLookup(torch.autograd.Function):
                     None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
                     bag and module.mode == "mean",
                 )
+            step_after_backward([update], None)
         return None, grad_psw, None, None, None, None, None, None, None
 
 
@@ -519,11 +526,12 @@ _JOB_DEFAULTS = dict(eps=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, be
 
 
 def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
-         resolved: Optional[dict] = None) -> tuple:
+         resolved: Optional[dict] = None, scale: Optional[bool] = None) -> tuple:
     """The 18 leading arguments of ``_core.fused_step`` for one step of ``module``'s optimizer.
     ``resolved``: a dict kept by the caller across the modules of one step, so that an
     optimizer shared by many modules (a collection's) resolves each step number, and lists
-    its state buffers, once."""
+    its state buffers, once. ``scale``: whether the step divides a row's gradient by its
+    count (default ``module.scale_grad_by_freq``)."""
     opt = module.optimizer
     bufs = module._buffers
     step = int(bufs["opt_step"]) + 1
@@ -539,7 +547,8 @@ def _job(module, rows, grad, offsets, per_sample_weights, mean: bool,
     states += [None] * (2 - len(states))
     return (
         weight_of(module).detach().numpy(), rows, grad, offsets, per_sample_weights, bool(mean),
-        bool(module.scale_grad_by_freq), module.num_embeddings, states[0], states[1], opt.kind,
+        bool(module.scale_grad_by_freq if scale is None else scale), module.num_embeddings,
+        states[0], states[1], opt.kind,
         kw["lr"], kw["eps"], kw["momentum"], kw["nesterov"], kw["weight_decay"], kw["beta1"],
         kw["beta2"],
     )
@@ -567,16 +576,117 @@ def fused_update(
     offsets: Optional[np.ndarray],
     per_sample_weights: Optional[np.ndarray],
     mean: bool,
+    scale: Optional[bool] = None,
 ) -> None:
     """Apply one step of ``module.optimizer`` to ``module.weight`` in place and count it in
     ``module.opt_step``: the rows ``rows`` (int64 ``[n]``) with gradient ``grad`` of each bag
     (``[num_bags, d]`` with CSR ``offsets`` ``[num_bags + 1]`` over ``rows``, per entry scaled by
     ``per_sample_weights`` and, with ``mean``, by 1 / the bag's entries other than the zero row)
     or of each entry (``offsets`` None: ``[n, d]``). The zero row ``module.num_embeddings`` is
-    skipped. Raises what ``_core.fused_step`` raises (before anything is written)."""
-    job = _job(module, rows, grad, offsets, per_sample_weights, mean)
+    skipped; ``scale`` overrides ``module.scale_grad_by_freq``. Raises what
+    ``_core.fused_step`` raises (before anything is written)."""
+    job = _job(module, rows, grad, offsets, per_sample_weights, mean, scale=scale)
     _core.fused_step(*job, num_threads=module.num_threads)
     module.opt_step.add_(1)
+
+
+# One step per module per backward ///////////////////////////////////////////////////////////
+#
+# A lookup's backward node does not step: it queues its update, and the first node of a
+# backward pass to queue one registers a final callback of that pass (autograd's
+# queue_callback), which runs every queued update once the pass has computed all gradients. A
+# module looked up several times in one graph (a shared table read for users and items, or for
+# positives and negatives) then takes one step on the sum of its lookups' gradients, as the
+# module with an unfused torch optimizer does (the gradients accumulate in .grad, then one
+# step); a module looked up once steps exactly as it would in its node. A pass that fails
+# before its end runs none of its updates (its callback is dropped with it, and so is the
+# queue, which the registry holds weakly).
+
+_task_id = getattr(torch._C, "_current_graph_task_id", None)
+
+
+class _Queue(list):
+    """The updates queued in one backward pass: ``(updates, num_threads)`` per lookup node."""
+
+
+_queues: "weakref.WeakValueDictionary[int, _Queue]" = weakref.WeakValueDictionary()
+_queues_lock = threading.Lock()
+
+
+def step_after_backward(updates: list, num_threads: Optional[int]) -> None:
+    """Queue one lookup node's steps (``fused_update_many``'s ``updates``; ``num_threads`` None
+    for one module's :func:`fused_update`) to run at the end of the backward pass in progress.
+    Called from a backward node."""
+    if not updates:
+        return
+    key = _task_id() if _task_id is not None else threading.get_ident()
+    with _queues_lock:
+        queue = _queues.get(key)
+        fresh = queue is None
+        if fresh:
+            queue = _queues[key] = _Queue()
+        queue.append((updates, num_threads))
+    if fresh:
+        torch.autograd.Variable._execution_engine.queue_callback(
+            lambda: _run_queue(key, queue)
+        )
+
+
+def _run_queue(key: int, queue: _Queue) -> None:
+    """Run a backward pass's queued steps: each lookup node's as it queued them, except a
+    module queued by several nodes, which takes one step on all their gradients."""
+    with _queues_lock:
+        if _queues.get(key) is queue:
+            del _queues[key]
+    if len(queue) == 1:  # one lookup node (each module in it once): its steps as they are
+        updates, num_threads = queue[0]
+        if num_threads is None:
+            fused_update(*updates[0])
+        else:
+            fused_update_many(updates, num_threads)
+        return
+    seen: dict = {}
+    for updates, _ in queue:
+        for u in updates:
+            seen.setdefault(id(u[0]), []).append(u)
+    merged = {k: v for k, v in seen.items() if len(v) > 1}
+    for updates, num_threads in queue:
+        rest = [u for u in updates if id(u[0]) not in merged]
+        if num_threads is None:
+            for u in rest:
+                fused_update(*u)
+        else:
+            fused_update_many(rest, num_threads)
+    for ups in merged.values():
+        parts = [_entry_grads(*u) for u in ups]
+        module = ups[0][0]
+        fused_update(module, np.concatenate([r for r, _ in parts]),
+                     np.concatenate([g for _, g in parts]), None, None, False, scale=False)
+
+
+def _entry_grads(module, rows, grad, offsets, per_sample_weights, mean: bool):
+    """One update as the gradient of each of its entries that is not the zero row: ``(rows,
+    grad [n, d])``, with the bag's gradient, ``per_sample_weights``, ``mean``'s 1 / the bag's
+    entries and ``scale_grad_by_freq``'s 1 / the row's count in this update applied, so that
+    several updates of one module concatenate into one step (``scale=False``)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    g = np.asarray(grad)
+    if offsets is None:
+        bag = np.arange(rows.size)
+    else:
+        bag = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    live = rows != module.num_embeddings
+    ge = g[bag[live]]
+    if per_sample_weights is not None:
+        ge = ge * np.asarray(per_sample_weights, dtype=g.dtype)[live][:, None]
+    if mean and offsets is not None:
+        count = np.bincount(bag[live], minlength=len(offsets) - 1)
+        ge = ge / count[bag[live]][:, None].astype(g.dtype)
+    rows = rows[live]
+    if module.scale_grad_by_freq and rows.size:
+        _, inv, cnt = np.unique(rows, return_inverse=True, return_counts=True)
+        ge = ge / cnt[inv.reshape(-1)][:, None].astype(g.dtype)
+    return rows, np.ascontiguousarray(ge, dtype=g.dtype)
 
 
 def _max_row_grads(max_indices: Tensor, grad_out: Tensor, live_bags: np.ndarray):
