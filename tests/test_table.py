@@ -525,6 +525,40 @@ def test_failed_save_leaves_old_file_intact(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["dir", "t.bin"]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_save_refuses_to_replace_a_node_that_is_not_a_file(tmp_path, kind):
+    # A rename would put a regular file in place of a FIFO, a socket or a device node (as
+    # root, /dev/null): refused before anything is written, the node left as it was.
+    import socket
+    import stat
+
+    from embtab import _core
+
+    path = tmp_path / "node"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+    try:
+        for save in (small_table().save, lambda p: _core.atomic_write(os.fsencode(p), b"x")):
+            with pytest.raises(OSError, match="not a regular file") as err:
+                save(path)
+            assert err.value.filename == str(path)
+            mode = os.lstat(path).st_mode
+            assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISSOCK(mode)
+            assert os.listdir(tmp_path) == ["node"]
+    finally:
+        if kind == "socket":
+            sock.close()
+    # a symbolic link to a regular file is still replaced by the new file (documented)
+    (tmp_path / "target").write_bytes(b"old")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    small_table().save(tmp_path / "link")
+    assert not os.path.islink(tmp_path / "link")
+    assert (tmp_path / "target").read_bytes() == b"old"
+
+
 def test_killed_save_leaves_a_loadable_file(tmp_path):
     path = tmp_path / "t.bin"
     script = textwrap.dedent(

@@ -33,8 +33,16 @@ inline constexpr std::size_t kTmpStemBytes = 200;
 // atomic_write_file replaces `path` with `data` so that a crash or an error at any point
 // leaves either the old file or the complete new one: it writes a temporary file in the same
 // directory, fsyncs it, renames it over `path` and fsyncs the directory. On error the
-// temporary is removed and IoError thrown; the old file is untouched.
+// temporary is removed and IoError thrown; the old file is untouched. A `path` that exists
+// as something other than a regular file, a symbolic link or a directory (a FIFO, a device,
+// a socket) is refused before anything is written: a rename would replace the node itself
+// (a directory fails in rename; a link is replaced, its target left alone).
 inline void atomic_write_file(const std::string& path, const std::string& data) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) &&
+        !S_ISDIR(st.st_mode)) {
+        throw IoError("cannot replace " + path + " (not a regular file)", EINVAL, path);
+    }
     std::random_device rd;
     // The temporary's name is the target's, cut to kTmpStemBytes bytes of its last component,
     // plus a suffix: a legal target name of up to NAME_MAX (255) bytes keeps a legal temporary.
