@@ -1547,3 +1547,44 @@ def test_lowest_rows_against_a_full_sort_including_a_threshold_that_misses():
             want = np.sort(rows[np.lexsort((rows, score[rows]))][:k])
             got = _lowest_rows(score, eligible, k, n)
             assert got.dtype == np.int64 and got.tolist() == want.tolist(), (len(score), k)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("free", ["evict", "expire", "load", "none"])
+def test_a_second_backward_after_rows_were_freed_is_refused(fused, free):
+    # retain_graph: the first backward releases the forward's rows; if the module then hands
+    # rows to other IDs, a second backward through the old graph would train the new owners
+    # (their gradient, or their fused step and state). Refused; without frees it runs.
+    import embtab.optim as eo
+
+    kw = dict(expire_after=1) if free == "expire" else dict(on_full="evict_lru")
+    m = CuckooEmbedding(4, 2, optimizer=eo.Adagrad(lr=0.1) if fused else None, **kw)
+    out = m(torch.arange(60, 64))
+    l1, l2 = out.sum(), (out * 3).sum()
+    l1.backward(retain_graph=True)
+    if free == "evict":
+        with torch.no_grad():
+            m(torch.arange(70, 72))  # evicts two of the graph's rows
+        assert int(m.num_evictions) == 2
+    elif free == "expire":
+        with torch.no_grad():
+            m(torch.arange(70, 72))
+            m(torch.arange(70, 72))  # the graph's IDs expire
+        assert int(m.num_expired) > 0
+    elif free == "load":
+        m.load_state_dict(m.state_dict())
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    grad = None if m.weight.grad is None else m.weight.grad.clone()
+    if free == "none":
+        l2.backward()  # nothing freed: the second backward runs as torch's would
+        if fused:
+            assert int(m.opt_step) == 2
+        else:
+            torch.testing.assert_close(m.weight.grad, grad * 4)
+        return
+    with pytest.raises(RuntimeError, match="second backward"):
+        l2.backward()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    if grad is not None:
+        assert torch.equal(m.weight.grad, grad)

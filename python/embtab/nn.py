@@ -643,6 +643,7 @@ class _CuckooBase(_AtomicLoad):
         self._pending_reused = False  # whether some of them were taken from evicted IDs
         self._pending_grown = False  # whether weight grew since the last optimizer step
         self._graph_rows: dict = {}  # rows read by graphs not yet backpropagated (eviction)
+        self._freed = 0  # counts the frees of rows (eviction, expiry, loads): see _Unpin
         self._recency = _recency.RecencyIndex()  # row_last_step by step (large modules)
         self._last_eviction_step = -(1 << 62)  # num_steps at the last evicting forward
         self._table = self._new_table()
@@ -907,6 +908,7 @@ class _CuckooBase(_AtomicLoad):
             self._table.erase(undo["victims"][1])
             self.row_live.numpy()[victims] = False
             self.num_evictions += len(victims)
+            self._freed += 1
             self._pending_reused = True
         handed_out = self._table.num_rows
         try:
@@ -1055,6 +1057,7 @@ class _CuckooBase(_AtomicLoad):
             self._table.erase(self.row_ids.numpy()[rows])
             self.row_live.numpy()[rows] = False
             self.num_expired += len(rows)
+            self._freed += 1
             self._table_changed()
 
     def _resize_rows(self, new_R: int, keep_values: bool = True):
@@ -1209,6 +1212,7 @@ class _CuckooBase(_AtomicLoad):
         self._pending_rows.clear()
         self._pending_reused = self._pending_grown = False
         self._graph_rows.clear()
+        self._freed += 1
         self._table_changed()
 
     def _validated_table(self, sd: dict, prefix: str, own: list, strict: bool = True):
@@ -1314,6 +1318,7 @@ class _CuckooBase(_AtomicLoad):
         state.setdefault("_pending_reused", False)
         state.setdefault("_pending_grown", False)
         state.setdefault("_graph_rows", {})
+        state.setdefault("_freed", 0)
         state.setdefault("expire_after", None)
         state.setdefault("_recency", _recency.RecencyIndex())
         state.setdefault("_last_eviction_step", -(1 << 62))
@@ -1399,7 +1404,7 @@ class _CuckooBase(_AtomicLoad):
         weakref.finalize(pin, self._graph_rows.pop, key, None)
         # The node that produced `out` holds the pin: freed with the graph, or released by
         # the node's first backward.
-        out.grad_fn.register_prehook(_Unpin(pin, self._graph_rows))
+        out.grad_fn.register_prehook(_Unpin(pin, self))
         return out
 
 
@@ -1414,17 +1419,29 @@ class _Pin:
 
 
 class _Unpin:
-    """Pre-hook of a forward's output node: at its first backward, the forward's rows are free."""
+    """Pre-hook of a forward's output node: at its first backward, the forward's rows are free.
+    A later backward through the same node (``retain_graph=True``) is refused if the module
+    has freed rows since (eviction, expiry, a load): those rows may belong to other IDs now,
+    which the backward would train."""
 
-    __slots__ = ("pin", "graph_rows")
+    __slots__ = ("pin", "module", "freed")
 
-    def __init__(self, pin: _Pin, graph_rows: dict):
-        self.pin, self.graph_rows = pin, graph_rows
+    def __init__(self, pin: _Pin, module: nn.Module):
+        self.pin, self.module, self.freed = pin, module, None
 
     def __call__(self, grad_outputs):
         if self.pin is not None:
-            self.graph_rows.pop(id(self.pin), None)
+            self.module._graph_rows.pop(id(self.pin), None)
             self.pin = None
+            self.freed = self.module._freed
+        elif self.module._freed != self.freed:
+            raise RuntimeError(
+                f"{type(self.module).__name__}: a second backward through a graph (retain_graph)"
+                " after the module freed rows (eviction, expiry or a load) since its first "
+                "backward: those rows may belong to other IDs now, and nothing of this backward "
+                "is applied to them; backpropagate the graph's losses together, or again before "
+                "the next forward"
+            )
         return None
 
 
@@ -1670,8 +1687,9 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       too few rows remain, the forward raises ValueError and changes nothing. That holds for an
       ``eval()`` output made with gradient tracking on too (its backward would still write
       the rows it read): evaluate under ``torch.no_grad()``, or drop such outputs, so that they
-      pin nothing. A graph backpropagated a second time
-      (``retain_graph=True``) after its rows were evicted trains their new owners.
+      pin nothing. A graph backpropagated a second time (``retain_graph=True``) after the
+      module freed rows (eviction, expiry, a load) is refused with RuntimeError: its rows may
+      have new owners.
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission/expiry state; ``load_state_dict`` resizes ``weight`` to the
       saved size. It first checks every entry (keys, dtypes, shapes, counters, one live row per
