@@ -1588,3 +1588,56 @@ def test_a_second_backward_after_rows_were_freed_is_refused(fused, free):
         assert torch.equal(v, before[k]), k
     if grad is not None:
         assert torch.equal(m.weight.grad, grad)
+
+
+def test_a_load_of_another_size_refuses_a_torch_optimizer_with_stale_state():
+    # load_state_dict may change the number of rows (torch's modules cannot): the optimizer's
+    # per-row state from before is then of the old size, and torch failed inside step() with
+    # a size mismatch naming neither. Refused before the step; loading the optimizer's state
+    # dict saved with the module (the documented way) trains on, also through a growth.
+    def trained(n_ids):
+        m = CuckooEmbedding(4, 2)
+        opt = torch.optim.Adam(m.parameters(), lr=0.1)
+        for i in range(3):
+            opt.zero_grad()
+            m(torch.arange(i * n_ids, (i + 1) * n_ids)).sum().backward()
+            opt.step()
+        return m, opt
+
+    a, oa = trained(5)
+    b, ob = trained(1)
+    assert b.weight.shape != a.weight.shape
+    b.load_state_dict(a.state_dict())
+    ob.zero_grad()
+    b(torch.arange(3)).sum().backward()
+    before = (b.weight.detach().clone(), {k: v.clone() for k, v in ob.state[b.weight].items()})
+    with pytest.raises(ValueError, match=r"weight was loaded with \d+ rows .*'exp_avg'"):
+        ob.step()
+    assert torch.equal(b.weight, before[0])
+    for k, v in ob.state[b.weight].items():
+        assert torch.equal(v, before[1][k]), k
+    # the documented way: the optimizer's state dict too; a growth after it resizes the state
+    ob.load_state_dict(oa.state_dict())
+    ob.zero_grad()
+    b(torch.arange(100, 140)).sum().backward()  # grows the table
+    assert b.weight.shape[0] > a.weight.shape[0]
+    ob.step()
+    assert ob.state[b.weight]["exp_avg"].shape == b.weight.shape
+
+
+def test_a_non_contiguous_weight_loaded_with_assign_trains():
+    # load_state_dict(assign=True) kept a transposed checkpoint weight as it was: the fused
+    # forward counted its step, then its backward refused the weight. It is made contiguous.
+    import embtab.optim as eo
+
+    a = CuckooEmbeddingBag(4, 3, mode="sum", optimizer=eo.SGD(lr=0.1))
+    a(torch.arange(4), torch.tensor([0])).sum().backward()
+    sd = {k: v.clone() for k, v in a.state_dict().items()}
+    sd["weight"] = sd["weight"].t().contiguous().t()
+    assert not sd["weight"].is_contiguous()
+    b = CuckooEmbeddingBag(4, 3, mode="sum", optimizer=eo.SGD(lr=0.1))
+    b.load_state_dict(sd, assign=True)
+    assert b.weight.is_contiguous() and torch.equal(b.weight, a.weight)
+    for m in (a, b):
+        m(torch.arange(2), torch.tensor([0])).sum().backward()
+    torch.testing.assert_close(b.weight, a.weight)

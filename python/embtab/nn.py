@@ -492,6 +492,9 @@ def init_vectors(
 # module is refused with it at the first step.
 
 _PENDING: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
+# Modules whose load_state_dict changed their number of rows: the next torch optimizer step
+# over their weight checks that its per-row state was loaded to the new size too.
+_LOADED_RESIZED: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
 _MODULES: "weakref.WeakSet[_CuckooBase]" = weakref.WeakSet()
 
 
@@ -506,6 +509,8 @@ def _optimizer_step_pre_hook(optimizer, args, kwargs):
                     f"flat state cannot follow; use on_full='error' with a large enough "
                     f"num_embeddings with LBFGS"
                 )
+    for module in list(_LOADED_RESIZED):
+        module._check_loaded_state(optimizer)
     for module in list(_PENDING):
         module._sync_optimizer(optimizer)
 
@@ -1178,6 +1183,27 @@ class _CuckooBase(_AtomicLoad):
         self._pending_reused = self._pending_grown = False
         _PENDING.discard(self)
 
+    def _check_loaded_state(self, optimizer) -> None:
+        """Before ``optimizer`` steps: refuse (ValueError) per-row state of this module's weight
+        whose rows are not the weight's, as after a ``load_state_dict`` of another size without
+        the optimizer's state dict saved with it (torch would fail inside the step with a size
+        mismatch naming neither). The state must have the rows the load gave the weight (a
+        growth since then resizes it as usual, after this check). Once an optimizer over the
+        weight passes, nothing is checked."""
+        w = self._parameters.get("weight")
+        if w is None or not any(p is w for g in optimizer.param_groups for p in g["params"]):
+            return
+        rows = self.__dict__.get("_loaded_rows", w.shape[0])
+        for key, v in optimizer.state.get(w, {}).items():
+            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] != rows:
+                raise ValueError(
+                    f"{type(self).__name__}.weight was loaded with {rows} rows (load_state_dict), "
+                    f"but {type(optimizer).__name__}'s state {key!r} for it has {v.shape[0]}: "
+                    f"load the optimizer's state dict saved with the module "
+                    f"(optimizer.load_state_dict), or make a new optimizer"
+                )
+        _LOADED_RESIZED.discard(self)
+
     # state ------------------------------------------------------------------------------------
 
     def _load_from_state_dict(
@@ -1195,7 +1221,8 @@ class _CuckooBase(_AtomicLoad):
         # Validate everything and build the new table before changing anything.
         table = self._validated_table(state_dict, prefix, own, strict)
         w = state_dict[prefix + "weight"]
-        if w.shape[0] - 1 != self.num_embeddings:
+        resized = w.shape[0] - 1 != self.num_embeddings
+        if resized:
             self._resize_rows(int(w.shape[0]) - 1, keep_values=False)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -1208,6 +1235,13 @@ class _CuckooBase(_AtomicLoad):
                     # optimizer state of another float dtype is cast, as copying would
                     dt = self.weight.dtype if n.startswith("opt_") and n != "opt_step" else b.dtype
                     self._buffers[n] = b.detach().cpu().to(dt).clone()
+            w = self._parameters["weight"]
+            if not w.is_contiguous():  # the native passes read and write it as a C array
+                self._parameters["weight"] = nn.Parameter(w.detach().contiguous(),
+                                                          requires_grad=w.requires_grad)
+        if resized:
+            self._loaded_rows = self.weight.shape[0]
+            _LOADED_RESIZED.add(self)
         self._table = table
         self._pending_rows.clear()
         self._pending_reused = self._pending_grown = False
@@ -1694,7 +1728,10 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       counters and the eviction/admission/expiry state; ``load_state_dict`` resizes ``weight`` to the
       saved size. It first checks every entry (keys, dtypes, shapes, counters, one live row per
       ID, ``padding_id`` without a row, a zero last row) and raises ValueError naming the key,
-      changing nothing, if one is wrong. Save and load the optimizer's state dict beside it.
+      changing nothing, if one is wrong. Save and load the optimizer's state dict beside it: after
+      a load that changed the number of rows, a torch optimizer whose state for ``weight`` has
+      other rows raises ValueError at its next ``step()``, before it changes anything.
+      ``assign=True`` keeps the given tensors, except a non-contiguous weight, which is copied.
 
     Example::
 
