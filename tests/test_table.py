@@ -1081,3 +1081,9 @@ def test_lookup_counts_absent_ids(threads):
         want = t.lookup(ids)
         assert np.array_equal(rows, want)
         assert absent == int((want == -1).sum())
+
+
+def test_from_items_names_a_negative_row():
+    # the default num_rows (largest row + 1) was negative and blamed: "num_rows must be >= 0"
+    with pytest.raises(ValueError, match=r"row -5 of ID 3 is outside \[0, num_rows=1\)"):
+        embtab.CuckooTable.from_items(np.array([3]), np.array([-5]))

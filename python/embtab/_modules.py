@@ -36,6 +36,10 @@ def id_tensor(input: object, name: str = "input") -> Tensor:
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of integer IDs, got {type(input).__name__}")
+    if input.is_nested:  # its layout may say strided; its sizes cannot be read
+        raise TypeError(
+            f"{name} must be a dense tensor of IDs, got a nested tensor of {input.size(0)} "
+            f"tensors; pass a bag module the concatenated IDs with offsets")
     if input.layout != torch.strided:
         raise TypeError(
             f"{name} must be a dense (strided) tensor of IDs, got layout {input.layout} with "
@@ -94,7 +98,7 @@ def plain_int64(t: object) -> bool:
     """Whether ``t`` is the usual index tensor: a plain ``torch.Tensor`` (not a subclass),
     int64, on the CPU, strided and contiguous, so that its NumPy view is read in place."""
     return (type(t) is Tensor and t.dtype == torch.int64 and t.is_cpu
-            and t.layout == torch.strided and t.is_contiguous())
+            and t.layout == torch.strided and not t.is_nested and t.is_contiguous())
 
 
 def as_id_array(input: object, name: str = "input") -> tuple[np.ndarray, tuple]:

@@ -271,7 +271,8 @@ class CuckooTable:
         if not isinstance(rows, np.ndarray):  # a list: an empty one would be float64
             rows = np.asarray(rows) if len(rows) else np.zeros(0, np.int64)
         if num_rows is None:
-            num_rows = int(rows.max()) + 1 if rows.size else 0
+            # (a negative largest row would read as a bad num_rows: the row is named instead)
+            num_rows = max(int(rows.max()) + 1, 1) if rows.size else 0
         table = cls(**kwargs)
         table.assign(keys, rows, num_rows)
         return table
