@@ -1641,3 +1641,18 @@ def test_a_non_contiguous_weight_loaded_with_assign_trains():
     for m in (a, b):
         m(torch.arange(2), torch.tensor([0])).sum().backward()
     torch.testing.assert_close(b.weight, a.weight)
+
+
+@pytest.mark.parametrize("key", ["weight", "row_ids", "row_live"])
+def test_a_sparse_state_dict_entry_is_refused_naming_it(key):
+    # NotImplementedError from count_nonzero, or NumPy's TypeError, before
+    a = CuckooEmbedding(4, 2)
+    a(torch.arange(3))
+    sd = a.state_dict()
+    sd[key] = sd[key].to_sparse()
+    b = CuckooEmbedding(4, 2)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    with pytest.raises(ValueError, match=f"{key} must be a dense \\(strided\\) tensor, got layout "
+                                         "torch.sparse_coo"):
+        b.load_state_dict(sd)
+    assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())

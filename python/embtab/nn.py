@@ -1264,6 +1264,10 @@ class _CuckooBase(_AtomicLoad):
                 bad(n, f"must be a torch.Tensor, got {type(sd[prefix + n]).__name__}")
             if sd[prefix + n].device.type == "meta":
                 bad(n, "is on the meta device (it holds no values)")
+            if sd[prefix + n].layout != torch.strided or sd[prefix + n].is_nested:
+                bad(n, f"must be a dense (strided) tensor, got layout {sd[prefix + n].layout}"
+                       + (" (nested)" if sd[prefix + n].is_nested else "")
+                       + "; convert it with .to_dense()")
         if _caller_strict(strict):  # keys of modules nested below this one are theirs
             _refuse_unknown_keys(self, {k: v for k, v in sd.items()
                                         if "." not in k[len(prefix):]}, prefix, own,
