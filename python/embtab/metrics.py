@@ -225,32 +225,69 @@ def _n_genre_rows(item_genres) -> int:
     return int(np.asarray(item_genres).shape[0])
 
 
-def _topk(topk, k: int, n_items: int, n_users: int | None = None) -> np.ndarray:
-    """Validate and cut a top-k array to int64 [U, k] (-1 = padding after the last item)."""
+def _topk(topk, k: int, n_items: int, n_users: int | None = None, *,
+          source: str | None = None, sets: str = "the item sets",
+          name: str = "topk") -> np.ndarray:
+    """Validate and cut a top-k array to int64 [U, k] (-1 = padding after the last item).
+
+    ``source`` says where ``n_items`` came from when the caller did not pass it (the length
+    of ``popularity``, an index inferred from ``test``, ...): an out-of-range entry may then
+    be that argument's fault, and the message says so. ``sets`` names what ``n_users`` is the
+    row count of; ``name`` the argument ``topk`` is."""
     k = check_int(k, "k", min=1)
+    rerank._refuse_masked(topk, name)
     a = np.asarray(topk)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"topk must be an integer array; got dtype {a.dtype}")
+        raise TypeError(f"{name} must be an integer array; got dtype {a.dtype}")
+    why = f" (I = {n_items} {source})" if source else ""
     if a.dtype.kind == "u" and a.size and a.max() >= n_items:  # before a cast could wrap it
-        raise ValueError(f"topk entries must lie in [0, {n_items}); got {a.max()}")
+        raise ValueError(f"{name} entries must lie in [0, {n_items}); got {a.max()}{why}")
     if a.ndim != 2 or a.shape[1] < k:
-        raise ValueError(f"topk must have shape [U, >= k] with k >= 1; got shape {a.shape} "
+        raise ValueError(f"{name} must have shape [U, >= k] with k >= 1; got shape {a.shape} "
                          f"for k={k}")
     if n_users is not None and a.shape[0] != n_users:
-        raise ValueError(f"topk has {a.shape[0]} rows; the item sets have {n_users} users")
+        raise ValueError(f"{name} has {a.shape[0]} rows; {sets} has {n_users} users")
     a = a[:, :k].astype(np.int64)
     if a.size and (a.min() < -1 or a.max() >= n_items):
-        raise ValueError(f"topk entries must lie in [0, {n_items}) or be -1 (padding); got "
-                         f"[{a.min()}, {a.max()}]")
+        raise ValueError(f"{name} entries must lie in [0, {n_items}) or be -1 (padding); got "
+                         f"[{a.min()}, {a.max()}]{why}")
     if k > 1:
         bad = np.flatnonzero(((a[:, :-1] < 0) & (a[:, 1:] >= 0)).any(axis=1))
         if bad.size:
-            raise ValueError(f"topk row {bad[0]} has padding (-1) before an item: "
+            raise ValueError(f"{name} row {bad[0]} has padding (-1) before an item: "
                              f"{a[bad[0]].tolist()}; pad a short list after its last item")
         s = np.sort(a, axis=1)
         dup = np.flatnonzero(((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1))
         if dup.size:
-            raise ValueError(f"topk row {dup[0]} repeats an item: {a[dup[0]].tolist()}")
+            raise ValueError(f"{name} row {dup[0]} repeats an item: {a[dup[0]].tolist()}")
+    return a
+
+
+def _inferred(sets, n_items, name: str) -> str | None:
+    """For :func:`_topk`'s ``source``: a note when the catalogue size was inferred from the
+    item sets ``sets`` (argument ``name``) as their largest index + 1 (``n_items`` not given,
+    a tuple or list form), None when it was known."""
+    if n_items is not None or isinstance(sets, (RowSets, Interactions)) or (
+            isinstance(sets, np.ndarray) and sets.ndim == 2 and sets.dtype == np.bool_):
+        return None
+    return (f"was inferred from {name}, its largest item index + 1, as n_items was not given: "
+            f"pass n_items, the number of items in the catalogue")
+
+
+def _item_values(values, name: str, *, kinds: str = "iuf") -> np.ndarray:
+    """A per-item array [I] (``popularity``, ``relevance``): 1-D, numbers, finite, >= 0, as
+    float64; ``TypeError``/``ValueError`` naming ``name`` and the bad entry otherwise."""
+    rerank._refuse_masked(values, name)
+    a = np.asarray(values)
+    if a.dtype.kind not in kinds:
+        raise TypeError(f"{name} must hold numbers, one per item; got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [I], one value per item; got shape {a.shape}")
+    a = a.astype(np.float64)
+    bad = np.flatnonzero(~(np.isfinite(a) & (a >= 0)))
+    if bad.size:
+        raise ValueError(f"{name} must be finite and >= 0; {name}[{bad[0]}] is "
+                         f"{float(a[bad[0]])!r}")
     return a
 
 
@@ -310,7 +347,8 @@ def item_popularity(train, n_users: int | None = None,
     ----------
     train : per-user item sets [U, I] (see the module docstring)
     n_users : int, optional
-        Denominator; defaults to U, the number of rows of ``train``.
+        Denominator, an int >= 1 (a float, even an integral one, is refused); defaults to U,
+        the number of rows of ``train``.
     n_items : int, optional
 
     Example::
@@ -319,9 +357,9 @@ def item_popularity(train, n_users: int | None = None,
         [0.5, 1.0, 0.0]
     """
     s = as_row_sets(train, n_items, name="train")
-    n = s.n_rows if n_users is None else int(n_users)
+    n = s.n_rows if n_users is None else check_int(n_users, "n_users", min=1)
     if n <= 0:
-        raise ValueError(f"n_users must be positive; got {n}")
+        raise ValueError(f"n_users must be positive; got {n} (train has no rows: pass n_users)")
     return item_counts(s) / n
 
 
@@ -418,7 +456,7 @@ def recall_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
         0.5
     """
     s = as_row_sets(test, n_items, name="test")
-    top = _topk(topk, k, s.n_cols, s.n_rows)
+    top = _topk(topk, k, s.n_cols, s.n_rows, source=_inferred(test, n_items, "test"), sets="test")
     n_test = s.lengths()
     with np.errstate(invalid="ignore", divide="ignore"):
         r = _hits(top, s).sum(axis=1) / np.minimum(k, n_test)
@@ -444,7 +482,9 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
         Item sets (e.g. the held-out test items): ``rel = 1`` for the user's items, 0 for the
         rest; the mean is then over users with at least one item, as recall@k. A float array
         gives ``rel`` in [0, 1] directly (per intent z when 3-D, with ``intent_weights``); the
-        mean is over all users. Item sets are a list of index arrays, a RowSets, an
+        mean is over all users. Every entry of a float array is checked, listed or not: NaN or
+        a value outside [0, 1] raises ``ValueError`` naming it (``relevance[u, i]``), a masked
+        array ``TypeError``. Item sets are a list of index arrays, a RowSets, an
         Interactions or an ``(indptr, indices)`` tuple, not an integer ndarray: an integer or
         bool ndarray could be either form (a 0/1 matrix was read as item indices), so it
         raises ``TypeError`` (cast 0/1 values to float).
@@ -476,11 +516,16 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
                         f"{relevance.shape}) is ambiguous, item indices or 0/1 relevance "
                         "values; pass values as a float array (relevance.astype(float)), "
                         "item sets as a list of index arrays, a RowSets or (indptr, indices)")
+    rerank._refuse_masked(relevance, "relevance")
     e = rerank.examination_probability(k)
     if isinstance(relevance, np.ndarray) and relevance.dtype.kind == "f":
         if relevance.ndim not in (2, 3):
             raise ValueError(f"relevance must be [U, I] or [U, Z, I]; got shape {relevance.shape}")
-        top = _topk(topk, k, relevance.shape[-1], relevance.shape[0])
+        # all of it, as passed (the gathered list entries, accept = e * rel, would name a rank
+        # of an internal array, and pass bad values on items no list holds)
+        rerank._refuse_non_probabilities(relevance, "relevance")
+        top = _topk(topk, k, relevance.shape[-1], relevance.shape[0],
+                    source="is the last axis of relevance, one value per item", sets="relevance")
         e = e * (top >= 0)                                   # padding: nothing to consume
         safe = np.maximum(top, 0)
         if relevance.ndim == 2:
@@ -493,7 +538,8 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
     if intent_weights is not None:
         raise ValueError("intent_weights needs relevance as a float array [U, Z, I]")
     s = as_row_sets(relevance, n_items, name="relevance")
-    top = _topk(topk, k, s.n_cols, s.n_rows)
+    top = _topk(topk, k, s.n_cols, s.n_rows, source=_inferred(relevance, n_items, "relevance"),
+                sets="relevance")
     r = rerank.expected_consumption(_hits(top, s) * e, c)
     r[s.lengths() == 0] = np.nan
     return r if per_user else nanmean(r)
@@ -513,7 +559,7 @@ def ndcg_at_k(topk, test, k: int = 10, *, n_items: int | None = None,
         0.6309
     """
     s = as_row_sets(test, n_items, name="test")
-    top = _topk(topk, k, s.n_cols, s.n_rows)
+    top = _topk(topk, k, s.n_cols, s.n_rows, source=_inferred(test, n_items, "test"), sets="test")
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
     dcg = _hits(top, s) @ disc
     n_test = s.lengths()
@@ -552,9 +598,10 @@ def decile_recall_at_k(topk, test, train_counts, k: int = 10) -> list:
         (0.5, 1.0)
     """
     counts = np.asarray(train_counts)
+    dec = popularity_deciles(counts)   # (checks train_counts: 1-D, numbers >= 0)
     s = as_row_sets(test, counts.size, name="test")
-    top = _topk(topk, k, s.n_cols, s.n_rows)
-    dec = popularity_deciles(counts)
+    top = _topk(topk, k, s.n_cols, s.n_rows, sets="test",
+                source="is the length of train_counts, one count per item")
     U = s.n_rows
     n_ud = np.bincount(s.row_ids() * 10 + dec[s.indices], minlength=U * 10).reshape(U, 10)
     hit = _hits(top, s)
@@ -580,15 +627,21 @@ def arp_at_k(topk, popularity, k: int = 10) -> float:
     ----------
     topk : int [U, >=k]
     popularity : float [I]
-        pop(i) from :func:`item_popularity`.
+        pop(i) from :func:`item_popularity`: 1-D, one finite value >= 0 per item (at least as
+        many as the items ``topk`` lists); ``ValueError`` naming the entry otherwise.
 
     Example::
 
         >>> arp_at_k([[0, 1], [1, 2]], [0.5, 1.0, 0.0], k=2)   # mean(0.75, 0.5)
         0.625
     """
-    pop = np.asarray(popularity, dtype=np.float64)
-    top = _topk(topk, k, pop.size)
+    pop = _item_values(popularity, "popularity")
+    return _arp(topk, pop, k)
+
+
+def _arp(topk, pop: np.ndarray, k: int, name: str = "topk") -> float:
+    top = _topk(topk, k, pop.size, name=name,
+                source="is the length of popularity, one value per item")
     return nanmean(_per_user_mean(pop[np.maximum(top, 0)], top))
 
 
@@ -602,15 +655,26 @@ def tail_share_at_k(topk, is_head, k: int = 10) -> float:
     ----------
     topk : int [U, >=k]
     is_head : bool [I]
-        From :func:`head_items`.
+        From :func:`head_items` (0/1 numbers pass; other values are refused), one flag per item.
 
     Example::
 
         >>> tail_share_at_k([[0, 1], [0, 2]], [True, False, False], k=2)   # 2 of 4 slots
         0.5
     """
-    head = np.asarray(is_head, dtype=bool)
-    top = _topk(topk, k, head.size)
+    rerank._refuse_masked(is_head, "is_head")
+    h = np.asarray(is_head)
+    if h.ndim != 1:
+        raise ValueError(f"is_head must be a 1-D bool mask [I]; got shape {h.shape}")
+    if h.dtype != np.bool_:
+        if h.dtype.kind not in "iuf":
+            raise TypeError(f"is_head must be a bool mask [I]; got dtype {h.dtype}")
+        bad = np.flatnonzero((h != 0) & (h != 1))
+        if bad.size:   # (2 or 0.5 read as "head" by a cast to bool)
+            raise ValueError(f"is_head must be a bool mask [I] (or 0/1); is_head[{bad[0]}] is "
+                             f"{h[bad[0]].item()!r}")
+    head = h.astype(bool)
+    top = _topk(topk, k, head.size, source="is the length of is_head, one flag per item")
     return mean(~head[top[top >= 0]])
 
 
@@ -646,7 +710,8 @@ def gini_at_k(topk, n_items: int, k: int = 10) -> float:
 
 def gini(values) -> float:
     """Gini coefficient of non-negative ``values`` [n]: 0 when all are equal, (n − 1)/n when one
-    holds everything; NaN when they sum to 0 or are empty.
+    holds everything; NaN when they sum to 0 or are empty. A negative, NaN or infinite value
+    raises ``ValueError`` naming it (even where the sum is 0).
 
     With v sorted ascending, G = Σ_{i=1..n} (2i − n − 1) v_(i) / (n · Σ v) (the formula of
     :func:`gini_at_k`, which applies it to exposure counts; E5 to utility across users).
@@ -656,12 +721,25 @@ def gini(values) -> float:
         >>> gini([0.0, 0.0, 3.0])   # (-2*0 + 0*0 + 2*3) / (3*3)
         0.6666666666666666
     """
-    c = np.sort(np.asarray(values, dtype=np.float64).ravel())
-    n, total = c.size, c.sum()
-    if n == 0 or total == 0:
+    rerank._refuse_masked(values, "values")
+    v = np.asarray(values)
+    if v.dtype.kind not in "iuf":
+        raise TypeError(f"values must be numbers; got dtype {v.dtype}")
+    v = v.astype(np.float64).ravel()
+    # checked before the zero-sum case: [-1, 1] sums to 0 and gave NaN
+    bad = np.flatnonzero(~(np.isfinite(v) & (v >= 0)))
+    if bad.size:
+        raise ValueError(f"values must be finite and >= 0; values[{bad[0]}] (flattened) is "
+                         f"{float(v[bad[0]])!r}")
+    c = np.sort(v)
+    n = c.size
+    if n == 0 or c[-1] == 0:
         return float("nan")
-    if c[0] < 0 or not np.isfinite(total):
-        raise ValueError(f"values must be finite and >= 0; got min {c[0]}, sum {total}")
+    with np.errstate(over="ignore"):
+        total = c.sum()
+    if not np.isfinite(total):
+        c = c / c[-1]   # G does not depend on the scale; values near 1e308 overflowed the sum
+        total = c.sum()
     i = np.arange(1, n + 1, dtype=np.float64)
     return float(((2 * i - n - 1) * c).sum() / (n * total))
 
@@ -724,7 +802,7 @@ def miscalibration_at_k(topk, train, item_genres, k: int = 10, alpha: float = AL
     g = _genre_sets(item_genres, _n_genre_rows(item_genres))
     s = as_row_sets(train, g.n_rows, name="train")
     # sorted: q is summed in item order, so two orders of one list get the same bits
-    top = np.sort(_topk(topk, k, s.n_cols, s.n_rows), axis=1)
+    top = np.sort(_topk(topk, k, s.n_cols, s.n_rows, sets="train"), axis=1)
     U = s.n_rows
     p = category_mix((s.row_ids(), s.indices), g, U)
     real = top >= 0
@@ -816,7 +894,8 @@ def excess_arp_at_k(topk, oracle, popularity, k: int = 10) -> float:
         >>> excess_arp_at_k([[0, 1]], [[1, 2]], [0.5, 1.0, 0.0], k=2)   # 0.75 - 0.5
         0.25
     """
-    return arp_at_k(topk, popularity, k) - arp_at_k(oracle, popularity, k)
+    pop = _item_values(popularity, "popularity")
+    return _arp(topk, pop, k) - _arp(oracle, pop, k, name="oracle")
 
 
 def user_groups(train, fraction: float = GROUP_FRACTION, *,
@@ -864,7 +943,9 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
     topk : int [U, >=k]
     train : per-user item sets [U, I]
     groups : int [U]
-        Group of each user, index into :data:`USER_GROUPS` (:func:`user_groups`).
+        Group of each user, index into :data:`USER_GROUPS` (:func:`user_groups`): integers
+        (or integral floats) in ``[0, 3)``; other values, which would leave their users out of
+        every group, raise ``ValueError`` naming the entry (a non-numeric array ``TypeError``).
     k : int
     n_items : int, optional
         Needed only for the tuple/list forms of ``train``.
@@ -884,10 +965,9 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
         (-1.0, 0.3333)
     """
     s = as_row_sets(train, n_items, name="train")
-    top = _topk(topk, k, s.n_cols, s.n_rows)
-    g = np.asarray(groups, dtype=np.int64)
-    if g.shape != (s.n_rows,):
-        raise ValueError(f"groups must have shape ({s.n_rows},); got {g.shape}")
+    top = _topk(topk, k, s.n_cols, s.n_rows, source=_inferred(train, n_items, "train"),
+                sets="train")
+    g = _groups(groups, s.n_rows)
     pop = item_popularity(s)
     n = s.lengths()
     prof = np.divide(np.bincount(s.row_ids(), weights=pop[s.indices], minlength=s.n_rows), n,
@@ -899,6 +979,28 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
         gp = prof[ok].mean() if ok.any() else np.nan
         out[name] = float((rec[ok].mean() - gp) / gp) if ok.any() and gp > 0 else float("nan")
     return out
+
+
+def _groups(groups, n_users: int) -> np.ndarray:
+    """``groups`` as int64 [n_users] of indices into USER_GROUPS, refusing what a cast would
+    change (0.7 -> 0) and values outside [0, len(USER_GROUPS))."""
+    rerank._refuse_masked(groups, "groups")
+    g = np.asarray(groups)
+    if g.dtype.kind not in "iuf":
+        raise TypeError(f"groups must hold integer group indices into USER_GROUPS; got dtype "
+                        f"{g.dtype}")
+    if g.shape != (n_users,):
+        raise ValueError(f"groups must have shape ({n_users},), one group per user of train; "
+                         f"got {g.shape}")
+    n = len(USER_GROUPS)
+    ok = (g >= 0) & (g < n)   # (NaN fails it)
+    if g.dtype.kind == "f":
+        ok &= g == np.floor(g)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        raise ValueError(f"groups must hold group indices in [0, {n}) (USER_GROUPS = "
+                         f"{USER_GROUPS}); groups[{bad[0]}] is {g[bad[0]].item()!r}")
+    return g.astype(np.int64)
 
 
 def distinct_lists_at_k(topk, k: int = 10) -> float:
@@ -938,11 +1040,10 @@ def merit_exposure_at_k(topk, relevance, k: int = 10) -> tuple:
         >>> merit_exposure_at_k([[0, 1], [2, 3]], [5, 1, 1, 1, 1, 1, 1, 1, 1, 1], k=2)
         (0.25, 0.35714285714285715)
     """
-    rel = np.asarray(relevance, dtype=np.float64)
-    if rel.ndim != 1 or rel.size == 0 or not np.all(np.isfinite(rel)) or np.any(rel < 0):
-        raise ValueError(f"relevance must be a 1-D array of finite values >= 0; got shape "
-                         f"{rel.shape}")
-    top = _topk(topk, k, rel.size)
+    rel = _item_values(relevance, "relevance")
+    if rel.size == 0:
+        raise ValueError("relevance must hold one value per item; got an empty array")
+    top = _topk(topk, k, rel.size, source="is the length of relevance, one value per item")
     n_top = (rel.size + 9) // 10
     order = np.lexsort((np.arange(rel.size), -rel))
     in_d = np.zeros(rel.size, dtype=bool)
@@ -974,6 +1075,7 @@ def truth_metrics(topk, train, oracle, relevance, groups, k: int = 10, *,
     n_items : int, optional
     """
     s = as_row_sets(train, n_items, name="train")
+    _topk(topk, k, s.n_cols, s.n_rows, source=_inferred(train, n_items, "train"), sets="train")
     out = {}
     if oracle is not None:
         out[f"excess_arp@{k}"] = excess_arp_at_k(topk, oracle, item_popularity(s), k)
@@ -1005,7 +1107,13 @@ def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
         Without it ``miscalibration@k`` is left out.
     k : int
     n_items : int, optional
-        Needed only when neither ``train`` nor ``item_genres`` tells I.
+        I, the number of items in the catalogue. Required when neither ``train`` (a RowSets,
+        an Interactions or a bool indicator matrix) nor ``item_genres`` tells I: the tuple and
+        list forms of ``train`` do not, and coverage@k, gini@k and entropy@k divide by I (and
+        the head of tail_share@k and the deciles of decile_recall@k are shares of it), so the
+        largest index + 1, which leaves out every item no training user has, would make them
+        silently wrong; ``ValueError`` then. (The single-metric functions that take a catalogue
+        size, :func:`coverage_at_k` and the others, take it explicitly.)
 
     Returns
     -------
@@ -1029,19 +1137,31 @@ def evaluate(topk, train, test, item_genres=None, k: int = 10, *,
     if n_items is None:
         if isinstance(train, (RowSets, Interactions)):
             n_items = as_row_sets(train, name="train").n_cols
+        elif isinstance(train, np.ndarray) and train.ndim == 2 and train.dtype == np.bool_:
+            n_items = train.shape[1]
         elif item_genres is not None:
             n_items = _n_genre_rows(item_genres)
+        else:
+            raise ValueError(
+                f"evaluate needs n_items, the number of items in the catalogue: train is a "
+                f"{type(train).__name__}, which does not tell it, and item_genres is not given. "
+                f"coverage@k, gini@k and entropy@k divide by it (and tail_share@k's head and "
+                f"decile_recall@k's deciles are shares of it); train's largest item index + 1 "
+                f"would leave out the items no training user has. Pass n_items (or train as a "
+                f"RowSets or Interactions)")
+    else:
+        n_items = check_int(n_items, "n_items", min=0)
     tr = as_row_sets(train, n_items, name="train")
     te = as_row_sets(test, tr.n_cols, name="test")
     if te.n_rows != tr.n_rows:
         raise ValueError(f"train has {tr.n_rows} users, test {te.n_rows}")
     I = tr.n_cols
-    top = _topk(topk, k, I, tr.n_rows)
+    top = _topk(topk, k, I, tr.n_rows, sets="train")
     counts = item_counts(tr)
     out = {
         f"recall@{k}": recall_at_k(top, te, k),
         f"ndcg@{k}": ndcg_at_k(top, te, k),
-        f"arp@{k}": arp_at_k(top, counts / tr.n_rows, k),
+        f"arp@{k}": arp_at_k(top, counts / max(tr.n_rows, 1), k),
         f"tail_share@{k}": tail_share_at_k(top, head_items(counts), k),
         f"coverage@{k}": coverage_at_k(top, I, k),
         f"gini@{k}": gini_at_k(top, I, k),

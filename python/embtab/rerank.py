@@ -84,7 +84,18 @@ class RerankResult(NamedTuple):
 # validation ###################################################################################
 
 
+def _refuse_masked(a: Any, name: str, fill: str = "") -> None:
+    """TypeError for a NumPy masked array: every check and the C++ core read its data, mask
+    ignored (a masked entry was used at whatever value it held). ``fill`` suggests a value."""
+    if isinstance(a, np.ma.MaskedArray):
+        how = f"{name}.filled({fill})" if fill else f"{name}.filled(value)"
+        raise TypeError(f"{name} is a numpy masked array, whose mask would be ignored (the masked "
+                        f"entries read at whatever values they hold); pass a plain ndarray, "
+                        f"e.g. {how}")
+
+
 def _check_scores(scores: Any) -> np.ndarray:
+    _refuse_masked(scores, "scores", "-np.inf")
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
     if scores.dtype not in (np.float32, np.float64):
@@ -121,6 +132,7 @@ def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) ->
 
 
 def _check_target(target: Any, U: int) -> np.ndarray:
+    _refuse_masked(target, "target")
     if not isinstance(target, np.ndarray):
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     if target.dtype.kind != "f":
@@ -136,6 +148,7 @@ def _check_target(target: Any, U: int) -> np.ndarray:
 def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate item_dist ([n_items, G] dense or scipy CSR) and return its CSR arrays:
     (indptr int64, genre int32, wclass int32, distinct weights float64)."""
+    _refuse_masked(item_dist, "item_dist")
     if is_sparse(item_dist):
         if item_dist.format != "csr":
             raise TypeError(f"item_dist must be dense or scipy CSR, got scipy {item_dist.format.upper()}")
@@ -278,6 +291,11 @@ class ItemDistribution:
     nnz : int
         Stored (item, category) weights.
 
+    The object is immutable: setting or deleting any attribute raises ``AttributeError``
+    (:func:`calibrated` trusts its arrays and sizes without checking them again, so an edited
+    ``n_genres`` let the C++ core read out of bounds), and it cannot be subclassed. Build a
+    new one for another catalogue.
+
     Raises
     ------
     TypeError
@@ -296,23 +314,50 @@ class ItemDistribution:
     array([[0, 3]])
     """
 
-    __slots__ = ("_csr", "_max_nnz", "n_genres", "n_items", "nnz")
+    # Everything calibrated() hands the C++ core unchecked (the CSR arrays, the longest row,
+    # G) lives in private slots, set once through object.__setattr__; the public sizes are
+    # read-only properties over them.
+    __slots__ = ("_csr", "_max_nnz", "_n_genres", "_n_items", "_nnz")
 
     def __init__(self, item_dist: "ItemDistributionLike") -> None:
         if isinstance(item_dist, ItemDistribution):
-            self._csr, self._max_nnz = item_dist._csr, item_dist._max_nnz
-            self.n_items, self.n_genres, self.nnz = item_dist.n_items, item_dist.n_genres, item_dist.nnz
+            _set_state(self, item_dist._csr, item_dist._n_items, item_dist._n_genres)
             return
+        _refuse_masked(item_dist, "item_dist")
         if not (is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
             raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
         if len(item_dist.shape) != 2:
             raise ValueError(f"item_dist must be 2-D [n_items, G], got shape {shape_str(item_dist)}")
         csr = tuple(_frozen(a) for a in _item_csr(item_dist, int(item_dist.shape[1])))
-        self._csr = csr
-        self._max_nnz = _max_row_length(csr[0])
-        self.n_items = int(item_dist.shape[0])
-        self.n_genres = int(item_dist.shape[1])
-        self.nnz = int(csr[1].size)
+        _set_state(self, csr, int(item_dist.shape[0]), int(item_dist.shape[1]))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass could shadow the sizes that calibrated() trusts
+        raise TypeError("ItemDistribution cannot be subclassed (calibrated() trusts its checked "
+                        "arrays and sizes); wrap it instead")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ItemDistribution is immutable: {name} cannot be set (calibrated() "
+                             f"trusts the arrays and sizes it was built with); build a new "
+                             f"ItemDistribution instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ItemDistribution is immutable: {name} cannot be deleted")
+
+    @property
+    def n_items(self) -> int:
+        """The number of items (rows), read-only."""
+        return self._n_items
+
+    @property
+    def n_genres(self) -> int:
+        """G, the number of categories (the columns ``target`` must have), read-only."""
+        return self._n_genres
+
+    @property
+    def nnz(self) -> int:
+        """The number of stored (item, category) weights, read-only."""
+        return self._nnz
 
     def __repr__(self) -> str:
         return f"ItemDistribution(n_items={self.n_items}, n_genres={self.n_genres}, nnz={self.nnz})"
@@ -337,7 +382,15 @@ class ItemDistribution:
 
     def __reduce__(self) -> tuple:
         # Pickles (for worker processes) come back with read-only arrays, like the original.
-        return (_item_distribution_from_state, (tuple(np.array(a) for a in self._csr), self.n_items, self.n_genres))
+        return (_item_distribution_from_state, (tuple(np.array(a) for a in self._csr), self._n_items, self._n_genres))
+
+
+def _set_state(obj: ItemDistribution, csr: tuple, n_items: int, n_genres: int) -> None:
+    """Fill a new :class:`ItemDistribution`'s slots from checked, frozen CSR arrays (the only
+    writer of those slots)."""
+    for name, value in (("_csr", csr), ("_max_nnz", _max_row_length(csr[0])), ("_n_items", int(n_items)),
+                        ("_n_genres", int(n_genres)), ("_nnz", int(csr[1].size))):
+        object.__setattr__(obj, name, value)
 
 
 def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> ItemDistribution:
@@ -362,10 +415,7 @@ def _item_distribution_from_state(csr: tuple, n_items: int, n_genres: int) -> It
     if not ok:
         raise ValueError("not a valid pickled ItemDistribution: its arrays are not the CSR of "
                          f"{n_items} distributions over {n_genres} categories")
-    arrays = tuple(_frozen(a) for a in arrays)
-    obj._csr = arrays
-    obj._max_nnz = _max_row_length(indptr)
-    obj.n_items, obj.n_genres, obj.nnz = int(n_items), int(n_genres), int(arrays[1].size)
+    _set_state(obj, tuple(_frozen(a) for a in arrays), n_items, n_genres)
     return obj
 
 
@@ -486,7 +536,9 @@ def calibrated(
     Raises
     ------
     TypeError
-        Wrong dtype or type of an argument.
+        Wrong dtype or type of an argument, or a NumPy masked array (``scores``,
+        ``item_dist``, ``target``, ``candidates``: its mask would be ignored; mask a candidate
+        with a ``-inf`` score instead).
     ValueError
         Bad shapes, NaN (naming the row), +inf scores, k outside [1, C], lam outside [0, 1],
         alpha outside [0, 1), negative distributions or rows not summing to 1, candidate ids
@@ -514,8 +566,10 @@ def calibrated(
     num_threads = check_threads(num_threads)
     t = _check_target(target, U)
     if isinstance(item_dist, ItemDistribution):
-        if item_dist.n_genres != t.shape[1]:
-            raise ValueError(f"item_dist has G = {item_dist.n_genres} categories but target has shape {shape_str(t)}")
+        # (the private slots, which nothing but _set_state writes: not a property a caller
+        # could have shadowed)
+        if item_dist._n_genres != t.shape[1]:
+            raise ValueError(f"item_dist has G = {item_dist._n_genres} categories but target has shape {shape_str(t)}")
         indptr, genre, wclass, weights = item_dist._csr
         # built (or unpickled) checked and read-only: the core skips its O(nnz) index check
         max_nnz = item_dist._max_nnz
@@ -524,6 +578,7 @@ def calibrated(
         max_nnz = -1
     cand = None
     if candidates is not None:
+        _refuse_masked(candidates, "candidates")
         if not isinstance(candidates, np.ndarray):
             raise TypeError(f"candidates must be a numpy.ndarray of int64, got {type(candidates).__name__}")
         if candidates.dtype != np.int64:
@@ -582,10 +637,15 @@ def genre_distribution(
     Parameters
     ----------
     item_genres : sequence of sequences of int, or ndarray of shape [n_items, G]
-        Either each item's genre ids, or a 0/1 (bool or int) indicator matrix such as the 19
-        genre columns of MovieLens ``u.item``.
+        Either a sequence with one sequence (or array) of genre ids per item, or a 0/1 (bool,
+        int or float) indicator matrix such as the 19 genre columns of MovieLens ``u.item``.
+        A 2-D ndarray is always read as an indicator matrix, so it may hold only 0 and 1:
+        genre ids in a 2-D array (one row of ids per item) are refused; pass them as a list of
+        per-item arrays, ``list(ids)``. A flat sequence of ids (``[0, 1, 2]``) is refused
+        too: one genre per item is ``[[0], [1], [2]]``.
     n_genres : int, optional
-        G for the list form (default: largest id + 1). Ignored for a matrix.
+        G for the list form (default: largest id + 1). For an indicator matrix it is
+        optional and, when given, must equal its number of columns.
 
     Returns
     -------
@@ -596,10 +656,11 @@ def genre_distribution(
     ------
     ValueError
         An item without genres (its row could not sum to 1), a negative or non-integer genre
-        id (``1.7``), an id ``>= n_genres``, or an indicator matrix holding NaN, inf or a
-        negative value.
+        id (``1.7``), an id ``>= n_genres`` or beyond int64, an item given as a scalar instead
+        of a sequence of ids, an indicator matrix holding anything but 0 and 1, or one whose
+        width is not ``n_genres``.
     TypeError
-        Genre ids or an indicator matrix that are not numbers.
+        Genre ids or an indicator matrix that are not numbers, or a masked array.
 
     Example
     -------
@@ -608,19 +669,27 @@ def genre_distribution(
     array([[1. , 0. , 0. ],
            [0. , 0.5, 0.5]])
     """
+    _refuse_masked(item_genres, "item_genres")
     if isinstance(item_genres, np.ndarray) and item_genres.ndim == 2:
         if item_genres.dtype.kind not in "biuf":
             raise TypeError(f"item_genres must be a numeric indicator matrix, got dtype {item_genres.dtype}")
-        if item_genres.dtype.kind == "f":
-            bad = ~(np.isfinite(item_genres) & (item_genres >= 0))
+        if item_genres.dtype.kind != "b":
+            # only 0 and 1 (NaN fails both): values such as 5 or 2 are genre ids, which a
+            # matrix read as indicators turned into "has genre" flags
+            bad = (item_genres != 0) & (item_genres != 1)
             if bad.any():
                 r, c = (int(x[0]) for x in np.nonzero(bad))
-                raise ValueError(f"item_genres[{r}, {c}] is {float(item_genres[r, c])!r}; an indicator matrix holds "
-                                 f"finite values >= 0 (nonzero = the item has the genre)")
-        elif item_genres.dtype.kind == "i" and (item_genres < 0).any():
-            r, c = (int(x[0]) for x in np.nonzero(item_genres < 0))
-            raise ValueError(f"item_genres[{r}, {c}] is {int(item_genres[r, c])}; an indicator matrix holds "
-                             f"values >= 0 (nonzero = the item has the genre)")
+                v = item_genres[r, c].item()
+                raise ValueError(f"item_genres[{r}, {c}] is {v!r}; a 2-D array is read as an indicator "
+                                 f"matrix [n_items, G] and must hold only 0 and 1 (or be bool). Genre ids "
+                                 f"must be a list with one array of ids per item (list(item_genres) for "
+                                 f"one row of ids per item)")
+        if n_genres is not None:
+            G = check_int(n_genres, "n_genres", min=1)
+            if G != item_genres.shape[1]:
+                raise ValueError(f"n_genres = {G} but the indicator matrix item_genres has "
+                                 f"{item_genres.shape[1]} columns (shape {shape_str(item_genres)}); "
+                                 f"its width is the number of genres")
         ind = item_genres != 0
         counts = ind.sum(axis=1)
         if (counts == 0).any():
@@ -648,6 +717,10 @@ def genre_distribution(
 def _genre_ids(g: Any, i: int) -> np.ndarray:
     """item_genres[i] as sorted distinct int64 genre ids; integral floats pass, others refused."""
     a = np.asarray(g)
+    if a.ndim == 0:
+        raise ValueError(f"item_genres[{i}] is the scalar {a.item()!r}, not a sequence of genre ids: "
+                         f"item_genres must hold one sequence (or array) of genre ids per item, e.g. "
+                         f"[[0], [1, 2]] (one genre per item: [[0], [1], [2]], not [0, 1, 2])")
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
     if a.ndim != 1:
@@ -656,8 +729,14 @@ def _genre_ids(g: Any, i: int) -> np.ndarray:
         if not (np.isfinite(a) & (a == np.round(a))).all():
             bad = a[~(np.isfinite(a) & (a == np.round(a)))][0]
             raise ValueError(f"item_genres[{i}] holds a non-integer genre id {float(bad)!r}")
+        big = np.abs(a) >= 2.0 ** 63   # (a cast to int64 would be undefined)
+        if big.any():
+            raise ValueError(f"item_genres[{i}] holds the genre id {float(a[big][0])!r}, beyond int64")
     elif a.dtype.kind not in "iu":
         raise TypeError(f"item_genres[{i}] must hold integer genre ids, got dtype {a.dtype}")
+    elif a.dtype.kind == "u" and int(a.max()) > np.iinfo(np.int64).max:
+        # (a cast to int64 wrapped it to a negative id)
+        raise ValueError(f"item_genres[{i}] holds the genre id {int(a.max())}, beyond int64")
     return np.unique(a.astype(np.int64))
 
 
@@ -694,7 +773,10 @@ def user_distribution(
         an item id outside ``[0, n_items)``, a history row that is not 1-D, or shapes that do
         not match.
     TypeError
-        History rows that are not integer item ids.
+        History rows that are not integer item ids; a masked array.
+
+    Weights large enough for a row's total to overflow (near 1e308) are scaled down first
+    (the distribution does not depend on their scale): the row still sums to 1.
 
     Example
     -------
@@ -705,6 +787,8 @@ def user_distribution(
     array([[0.75, 0.25],
            [0.  , 0.  ]])
     """
+    _refuse_masked(item_dist, "item_dist")
+    _refuse_masked(histories, "histories")
     if isinstance(item_dist, ItemDistribution) or is_sparse(item_dist):
         dense = np.asarray(item_dist.toarray(), dtype=np.float64)
     else:
@@ -722,7 +806,7 @@ def user_distribution(
             j = int(np.nonzero(~(np.isfinite(w) & (w >= 0)))[0][0])
             row = int(np.searchsorted(h.indptr, j, side="right") - 1)
             raise ValueError(f"histories row {row} holds the weight {float(w[j])!r}; weights must be finite and >= 0")
-        num = np.asarray(h @ dense, dtype=np.float64)
+        num = _history_mix(h, dense)
     else:
         rows = [np.asarray(r) for r in histories]
         for u, r in enumerate(rows):
@@ -733,12 +817,40 @@ def user_distribution(
                 raise TypeError(f"histories[{u}] must hold integer item ids, got dtype {r.dtype}")
             if r.size and (r.min() < 0 or r.max() >= n_items):
                 raise ValueError(f"histories[{u}] holds an item id outside [0, {n_items})")
-        num = np.stack([dense[r.astype(np.int64)].sum(axis=0) if r.size else np.zeros(dense.shape[1])
-                        for r in rows]) if rows else np.zeros((0, dense.shape[1]))
+        def mix(d: np.ndarray) -> np.ndarray:
+            return np.stack([d[r.astype(np.int64)].sum(axis=0) if r.size else np.zeros(d.shape[1])
+                             for r in rows]) if rows else np.zeros((0, d.shape[1]))
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            num = mix(dense)
+            finite = np.isfinite(num.sum(axis=1)).all()
+        if not finite:   # category weights near 1e308: the same distribution, scaled down
+            num = mix(dense / float(dense.max()))
     # normalised by the history's category mass, not its weight: an item with no category (a
     # zero row of item_dist) does not count, and the rows sum to 1 (docs/metrics.md's p(g|u))
     tot = num.sum(axis=1, keepdims=True)
     return np.divide(num, tot, out=np.zeros_like(num), where=tot > 0)
+
+
+def _history_mix(h: Any, dense: np.ndarray) -> np.ndarray:
+    """``h @ dense`` [U, G] (h a CSR [U, n_items] of weights >= 0), with every row's category
+    mass finite: a row whose product or total overflows (weights near 1e308) is recomputed
+    with its weights divided by their largest and ``dense`` by its largest entry, which
+    changes neither its normalised distribution nor, in the usual case, any bits."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        num = np.asarray(h @ dense, dtype=np.float64)
+        tot = num.sum(axis=1)
+    bad = np.flatnonzero(~np.isfinite(tot))
+    if bad.size:
+        sub = h[bad].tocsr()
+        sub.sum_duplicates()
+        row = np.repeat(np.arange(bad.size), np.diff(sub.indptr))
+        peak = np.zeros(bad.size)
+        np.maximum.at(peak, row, sub.data)
+        sub.data = sub.data / peak[row]
+        top = float(dense.max()) if dense.size else 0.0
+        num[bad] = np.asarray(sub @ (dense / top if top > 1 else dense), dtype=np.float64)
+    return num
 
 
 def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.8)) -> npt.NDArray[np.float64]:
@@ -770,6 +882,7 @@ def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.
     >>> rerank.popularity_bins([50, 30, 10, 6, 4]).argmax(axis=1)
     array([0, 1, 2, 2, 2])
     """
+    _refuse_masked(item_counts, "item_counts")
     c = np.asarray(item_counts, dtype=np.float64)
     if c.ndim != 1:
         raise ValueError(f"item_counts must be 1-D [n_items], got shape {shape_str(c)}")
@@ -814,6 +927,8 @@ def smoothed_kl(p, q, alpha=0.01):
     0.143841
     """
     alpha = check_real(alpha, "alpha", min=0.0, max=1.0)
+    _refuse_masked(p, "p")
+    _refuse_masked(q, "q")
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     for name, a in (("p", p), ("q", q)):
@@ -867,7 +982,7 @@ def miscalibration(
     Raises
     ------
     TypeError
-        ``lists`` not of integers.
+        ``lists`` not of integers; a masked array.
     ValueError
         An item id outside ``[0, n_items)`` (naming its position; ``-1`` is not "the last
         item"), ``alpha`` outside ``[0, 1)``, a ``target`` row that is negative, not finite or
@@ -881,6 +996,9 @@ def miscalibration(
     >>> rerank.miscalibration(np.array([[0, 1]]), item_dist, np.array([[0.5, 0.5]]))
     array([0.])
     """
+    _refuse_masked(lists, "lists")
+    _refuse_masked(target, "target")
+    _refuse_masked(item_dist, "item_dist")
     lists = np.asarray(lists)
     if lists.dtype.kind not in "iu" and lists.size:
         raise TypeError(f"lists must hold integer item ids, got dtype {lists.dtype} with shape {shape_str(lists)}")
@@ -954,16 +1072,22 @@ def examination_probability(k: int) -> npt.NDArray[np.float64]:
 
 
 def _check_probabilities(a: Any, name: str) -> np.ndarray:
+    _refuse_masked(a, name)
     a = check_ndarray(a, name, kinds="f")
     if a.ndim not in (2, 3):
         raise ValueError(f"{name} must be [U, n] or [U, Z, n] (Z intents), got shape {shape_str(a)}")
     a = np.asarray(a, dtype=np.float64)
-    bad = ~((a >= 0) & (a <= 1))
-    if bad.any():
-        where = tuple(int(x[0]) for x in np.nonzero(bad))
-        raise ValueError(f"{name} must hold probabilities in [0, 1]; {name}{list(where)} = "
-                         f"{a[where]!r}")
+    _refuse_non_probabilities(a, name)
     return a
+
+
+def _refuse_non_probabilities(a: np.ndarray, name: str) -> None:
+    """ValueError naming the first entry of ``a`` (``name[i, j, ...]``) outside [0, 1] or NaN."""
+    bad = ~((a >= 0) & (a <= 1))   # (NaN fails both)
+    if bad.any():
+        where = tuple(int(x) for x in np.unravel_index(int(np.argmax(bad)), a.shape))
+        raise ValueError(f"{name} must hold probabilities in [0, 1]; "
+                         f"{name}[{', '.join(map(str, where))}] is {float(a[where])!r}")
 
 
 def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndarray:
@@ -977,6 +1101,7 @@ def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndar
     if intent_weights is None:
         raise ValueError(f"{name} has shape {shape_str(probs)} (intents): intent_weights [U, Z] "
                          "is required")
+    _refuse_masked(intent_weights, "intent_weights")
     w = check_ndarray(intent_weights, "intent_weights", kinds="f", ndim=2)
     if w.shape != probs.shape[:2]:
         raise ValueError(f"intent_weights must have shape {tuple(probs.shape[:2])} (U, Z of "
@@ -1024,9 +1149,11 @@ def expected_consumption(accept: np.ndarray, c: int,
     Raises
     ------
     TypeError
-        ``accept`` or ``intent_weights`` not a float ndarray, ``c`` not an int.
+        ``accept`` or ``intent_weights`` not a float ndarray (or a masked one), ``c`` not an
+        int.
     ValueError
-        Bad shapes, values outside [0, 1], ``c < 1``, weight rows not summing to 1.
+        Bad shapes, NaN or values outside [0, 1] (naming the entry, ``accept[u, r]``),
+        ``c < 1``, weight rows not summing to 1.
 
     Example
     -------
@@ -1102,6 +1229,7 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
     if np.isnan(s).any():
         u, j = (int(x[0]) for x in np.nonzero(np.isnan(s)))
         raise ValueError(f"scores[{u}, {j}] is NaN: mask a candidate with -inf")
+    _refuse_masked(item_dist, "item_dist")
     d = check_ndarray(item_dist, "item_dist", kinds="f", ndim=2)
     _check_distribution_rows(np.asarray(d, dtype=np.float64), "item_dist", allow_zero_rows=True)
     t = _check_target(target, U)
@@ -1114,6 +1242,7 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
                              f"({d.shape[0]}), got shape {shape_str(s)}")
         cand = np.broadcast_to(np.arange(C), (U, C))
     else:
+        _refuse_masked(candidates, "candidates")
         cand = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
         if cand.shape != s.shape:
             raise ValueError(f"candidates must have the shape of scores {shape_str(s)}, got "
@@ -1143,7 +1272,10 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
     relevances are 0) the rest is filled by marginal relevance ``sum_z w_z relevance[u, z, j]``,
     then by candidate index. With one intent the greedy is top-k by relevance; with several,
     an intent that the list already serves is worth less further down (its budget may be
-    spent), which is what diversifies the list (arXiv 2307.15142).
+    spent), which is what diversifies the list (arXiv 2307.15142). With several intents the
+    greedy is not exact and has no known bound: docs/metrics.md gives how close to the best
+    ordered list it was measured on random instances, and an exactly tied first pick (the
+    lower index wins) that leaves it at 88% of the best.
 
     Parameters
     ----------
@@ -1194,11 +1326,14 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
     if examination is None:
         e = examination_probability(k)
     else:
+        _refuse_masked(examination, "examination")
         e = check_ndarray(examination, "examination", kinds="f", ndim=1)
         if e.shape != (k,):
             raise ValueError(f"examination must have shape ({k},), got {shape_str(e)}")
-        e = _check_probabilities(e[None, :], "examination")[0]
+        e = np.asarray(e, dtype=np.float64)
+        _refuse_non_probabilities(e, "examination")
     if candidates is not None:
+        _refuse_masked(candidates, "candidates")
         candidates = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
         if candidates.shape != (U, C):
             raise ValueError(f"candidates must have shape {(U, C)}, got "
