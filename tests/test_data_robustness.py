@@ -87,11 +87,13 @@ def test_categories_file_with_negative_and_large_item_ids(tmp_path):
     items.write_text(f"1 -5\n1 7\n2 -5\n2 8\n3 {2**64 - 2}\n")
     cats = tmp_path / "neg_cats.txt"
     cats.write_text(f"-5 A\n7 B\n{2**64 - 2} A\n")
-    d = load_interactions(items, categories=cats)
+    with pytest.warns(UserWarning, match=r"1 of the 4 items of the interactions have no line"):
+        d = load_interactions(items, categories=cats)
     assert d.item_ids.tolist() == [7, 8, 2**64 - 5, 2**64 - 2]
     assert d.genre_names == ("A", "B")
     assert [d.item_genres[i].tolist() for i in range(4)] == [[1], [], [0], [0]]
-    assert load_dataset(f"interactions:{items},categories={cats}").n_items == 4
+    with pytest.warns(UserWarning, match=r"1 of the 4 items of the interactions have no line"):
+        assert load_dataset(f"interactions:{items},categories={cats}").n_items == 4
 
 
 # 2. data without test items; sentences of undefined values /////////////////////////////////////

@@ -26,12 +26,16 @@ __all__ = [
     "check_bytes",
     "check_id_array",
     "check_int",
+    "check_memory",
     "check_ndarray",
     "check_real",
     "check_seed",
     "check_threads",
     "is_sparse",
+    "machine_memory",
     "raw_id",
+    "refuse_masked",
+    "refuse_non_probabilities",
     "shape_str",
 ]
 
@@ -178,3 +182,48 @@ def check_bytes(value: Any, name: str = "data") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
     return bytes(value)
+
+
+def machine_memory() -> Optional[int]:
+    """RAM + swap of this machine in bytes (Linux ``/proc/meminfo``: ``MemTotal`` +
+    ``SwapTotal``), or None where that is unknown (no ``/proc/meminfo``, another layout)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            kib = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.split()[1:2]}
+        return (kib["MemTotal"] + kib.get("SwapTotal", 0)) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def check_memory(total_bytes: float, what: str) -> None:
+    """Refuse, with ``MemoryError``, a computation that would need about ``total_bytes`` at its
+    peak when that is more than this machine's RAM + swap (:func:`machine_memory`; nothing is
+    refused where that is unknown). ``what`` names the arguments that set the size and the
+    computation, e.g. ``"n_users=1000000000, n_items=3000: the generator"``; the message is
+    ``"{what} would need about 3.1e+12 bytes, more than this machine's RAM + swap (2.5e+10
+    bytes)"``. Called before anything is allocated: an over-committed allocation is not refused
+    by the kernel at once, but ends the process (the OOM killer) when it is filled, or runs
+    for minutes in swap."""
+    have = machine_memory()
+    if have is not None and total_bytes > have:
+        raise MemoryError(f"{what} would need about {float(total_bytes):.2g} bytes, more than "
+                          f"this machine's RAM + swap ({float(have):.2g} bytes)")
+
+
+def refuse_masked(a: Any, name: str, fill: str = "") -> None:
+    """TypeError for a NumPy masked array: every check and the C++ core read its data, mask
+    ignored (a masked entry was used at whatever value it held). ``fill`` suggests a value."""
+    if isinstance(a, np.ma.MaskedArray):
+        how = f"{name}.filled({fill})" if fill else f"{name}.filled(value)"
+        raise TypeError(f"{name} is a numpy masked array, whose mask would be ignored (the masked "
+                        f"entries read at whatever values they hold); pass a plain ndarray, "
+                        f"e.g. {how}")
+
+
+def refuse_non_probabilities(a: np.ndarray, name: str) -> None:
+    """ValueError naming the first entry of ``a`` (``name[i, j, ...]``) outside [0, 1] or NaN."""
+    bad = ~((a >= 0) & (a <= 1))   # (NaN fails both)
+    if bad.any():
+        where = tuple(int(x) for x in np.unravel_index(int(np.argmax(bad)), a.shape))
+        raise ValueError(f"{name} must hold probabilities in [0, 1]; "
+                         f"{name}[{', '.join(map(str, where))}] is {float(a[where])!r}")

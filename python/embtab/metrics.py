@@ -64,7 +64,7 @@ from __future__ import annotations
 import numpy as np
 
 from embtab import rerank
-from embtab._checks import check_int, check_real
+from embtab._checks import check_int, check_real, refuse_masked, refuse_non_probabilities
 from embtab._research import ALPHA, category_mix, mean, nanmean
 from embtab.data import Interactions, RowSets
 
@@ -235,7 +235,7 @@ def _topk(topk, k: int, n_items: int, n_users: int | None = None, *,
     be that argument's fault, and the message says so. ``sets`` names what ``n_users`` is the
     row count of; ``name`` the argument ``topk`` is."""
     k = check_int(k, "k", min=1)
-    rerank._refuse_masked(topk, name)
+    refuse_masked(topk, name)
     a = np.asarray(topk)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array; got dtype {a.dtype}")
@@ -277,7 +277,7 @@ def _inferred(sets, n_items, name: str) -> str | None:
 def _item_values(values, name: str, *, kinds: str = "iuf") -> np.ndarray:
     """A per-item array [I] (``popularity``, ``relevance``): 1-D, numbers, finite, >= 0, as
     float64; ``TypeError``/``ValueError`` naming ``name`` and the bad entry otherwise."""
-    rerank._refuse_masked(values, name)
+    refuse_masked(values, name)
     a = np.asarray(values)
     if a.dtype.kind not in kinds:
         raise TypeError(f"{name} must hold numbers, one per item; got dtype {a.dtype}")
@@ -516,14 +516,14 @@ def consumed_utility_at_k(topk, relevance, c: int, k: int = 10, *,
                         f"{relevance.shape}) is ambiguous, item indices or 0/1 relevance "
                         "values; pass values as a float array (relevance.astype(float)), "
                         "item sets as a list of index arrays, a RowSets or (indptr, indices)")
-    rerank._refuse_masked(relevance, "relevance")
+    refuse_masked(relevance, "relevance")
     e = rerank.examination_probability(k)
     if isinstance(relevance, np.ndarray) and relevance.dtype.kind == "f":
         if relevance.ndim not in (2, 3):
             raise ValueError(f"relevance must be [U, I] or [U, Z, I]; got shape {relevance.shape}")
         # all of it, as passed (the gathered list entries, accept = e * rel, would name a rank
         # of an internal array, and pass bad values on items no list holds)
-        rerank._refuse_non_probabilities(relevance, "relevance")
+        refuse_non_probabilities(relevance, "relevance")
         top = _topk(topk, k, relevance.shape[-1], relevance.shape[0],
                     source="is the last axis of relevance, one value per item", sets="relevance")
         e = e * (top >= 0)                                   # padding: nothing to consume
@@ -662,7 +662,7 @@ def tail_share_at_k(topk, is_head, k: int = 10) -> float:
         >>> tail_share_at_k([[0, 1], [0, 2]], [True, False, False], k=2)   # 2 of 4 slots
         0.5
     """
-    rerank._refuse_masked(is_head, "is_head")
+    refuse_masked(is_head, "is_head")
     h = np.asarray(is_head)
     if h.ndim != 1:
         raise ValueError(f"is_head must be a 1-D bool mask [I]; got shape {h.shape}")
@@ -721,7 +721,7 @@ def gini(values) -> float:
         >>> gini([0.0, 0.0, 3.0])   # (-2*0 + 0*0 + 2*3) / (3*3)
         0.6666666666666666
     """
-    rerank._refuse_masked(values, "values")
+    refuse_masked(values, "values")
     v = np.asarray(values)
     if v.dtype.kind not in "iuf":
         raise TypeError(f"values must be numbers; got dtype {v.dtype}")
@@ -984,7 +984,7 @@ def delta_gap_at_k(topk, train, groups, k: int = 10, *, n_items: int | None = No
 def _groups(groups, n_users: int) -> np.ndarray:
     """``groups`` as int64 [n_users] of indices into USER_GROUPS, refusing what a cast would
     change (0.7 -> 0) and values outside [0, len(USER_GROUPS))."""
-    rerank._refuse_masked(groups, "groups")
+    refuse_masked(groups, "groups")
     g = np.asarray(groups)
     if g.dtype.kind not in "iuf":
         raise TypeError(f"groups must hold integer group indices into USER_GROUPS; got dtype "

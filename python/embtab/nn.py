@@ -50,6 +50,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import embtab
 from embtab import _core, _ops, _recency
 from embtab._checks import check_int, check_real, check_seed, check_threads, raw_id
+from embtab._checks import machine_memory as _machine_memory
 from embtab._hashing import mix64
 from embtab._modules import (
     ROW_STATE,
@@ -200,16 +201,6 @@ _MAX_ALLOC_BYTES = 1 << 56
 
 # Largest expire_after: steps are counted in int64.
 _MAX_EXPIRE_AFTER = (1 << 63) - 1
-
-
-def _machine_memory() -> Optional[int]:
-    """RAM + swap of this machine in bytes (Linux ``/proc/meminfo``), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            kib = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.split()[1:2]}
-        return (kib["MemTotal"] + kib.get("SwapTotal", 0)) * 1024
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
 
 
 def _check_alloc(names: str, shape: tuple, itemsize: int, host: bool = True) -> None:

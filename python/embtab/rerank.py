@@ -36,7 +36,16 @@ import numpy as np
 import numpy.typing as npt
 
 from embtab import _core
-from embtab._checks import check_int, check_ndarray, check_real, check_threads, is_sparse, shape_str
+from embtab._checks import (
+    check_int,
+    check_ndarray,
+    check_real,
+    check_threads,
+    is_sparse,
+    refuse_masked,
+    refuse_non_probabilities,
+    shape_str,
+)
 
 __all__ = [
     "ItemDistribution",
@@ -84,18 +93,8 @@ class RerankResult(NamedTuple):
 # validation ###################################################################################
 
 
-def _refuse_masked(a: Any, name: str, fill: str = "") -> None:
-    """TypeError for a NumPy masked array: every check and the C++ core read its data, mask
-    ignored (a masked entry was used at whatever value it held). ``fill`` suggests a value."""
-    if isinstance(a, np.ma.MaskedArray):
-        how = f"{name}.filled({fill})" if fill else f"{name}.filled(value)"
-        raise TypeError(f"{name} is a numpy masked array, whose mask would be ignored (the masked "
-                        f"entries read at whatever values they hold); pass a plain ndarray, "
-                        f"e.g. {how}")
-
-
 def _check_scores(scores: Any) -> np.ndarray:
-    _refuse_masked(scores, "scores", "-np.inf")
+    refuse_masked(scores, "scores", "-np.inf")
     if not isinstance(scores, np.ndarray):
         raise TypeError(f"scores must be a numpy.ndarray of float32 or float64, got {type(scores).__name__}")
     if scores.dtype not in (np.float32, np.float64):
@@ -132,7 +131,7 @@ def _check_distribution_rows(a: np.ndarray, name: str, allow_zero_rows: bool) ->
 
 
 def _check_target(target: Any, U: int) -> np.ndarray:
-    _refuse_masked(target, "target")
+    refuse_masked(target, "target")
     if not isinstance(target, np.ndarray):
         raise TypeError(f"target must be a numpy.ndarray, got {type(target).__name__}")
     if target.dtype.kind != "f":
@@ -148,7 +147,7 @@ def _check_target(target: Any, U: int) -> np.ndarray:
 def _item_csr(item_dist: Any, G: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate item_dist ([n_items, G] dense or scipy CSR) and return its CSR arrays:
     (indptr int64, genre int32, wclass int32, distinct weights float64)."""
-    _refuse_masked(item_dist, "item_dist")
+    refuse_masked(item_dist, "item_dist")
     if is_sparse(item_dist):
         if item_dist.format != "csr":
             raise TypeError(f"item_dist must be dense or scipy CSR, got scipy {item_dist.format.upper()}")
@@ -323,7 +322,7 @@ class ItemDistribution:
         if isinstance(item_dist, ItemDistribution):
             _set_state(self, item_dist._csr, item_dist._n_items, item_dist._n_genres)
             return
-        _refuse_masked(item_dist, "item_dist")
+        refuse_masked(item_dist, "item_dist")
         if not (is_sparse(item_dist) or isinstance(item_dist, np.ndarray)):
             raise TypeError(f"item_dist must be a numpy.ndarray or a scipy CSR matrix, got {type(item_dist).__name__}")
         if len(item_dist.shape) != 2:
@@ -578,7 +577,7 @@ def calibrated(
         max_nnz = -1
     cand = None
     if candidates is not None:
-        _refuse_masked(candidates, "candidates")
+        refuse_masked(candidates, "candidates")
         if not isinstance(candidates, np.ndarray):
             raise TypeError(f"candidates must be a numpy.ndarray of int64, got {type(candidates).__name__}")
         if candidates.dtype != np.int64:
@@ -669,7 +668,7 @@ def genre_distribution(
     array([[1. , 0. , 0. ],
            [0. , 0.5, 0.5]])
     """
-    _refuse_masked(item_genres, "item_genres")
+    refuse_masked(item_genres, "item_genres")
     if isinstance(item_genres, np.ndarray) and item_genres.ndim == 2:
         if item_genres.dtype.kind not in "biuf":
             raise TypeError(f"item_genres must be a numeric indicator matrix, got dtype {item_genres.dtype}")
@@ -787,8 +786,8 @@ def user_distribution(
     array([[0.75, 0.25],
            [0.  , 0.  ]])
     """
-    _refuse_masked(item_dist, "item_dist")
-    _refuse_masked(histories, "histories")
+    refuse_masked(item_dist, "item_dist")
+    refuse_masked(histories, "histories")
     if isinstance(item_dist, ItemDistribution) or is_sparse(item_dist):
         dense = np.asarray(item_dist.toarray(), dtype=np.float64)
     else:
@@ -882,7 +881,7 @@ def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.
     >>> rerank.popularity_bins([50, 30, 10, 6, 4]).argmax(axis=1)
     array([0, 1, 2, 2, 2])
     """
-    _refuse_masked(item_counts, "item_counts")
+    refuse_masked(item_counts, "item_counts")
     c = np.asarray(item_counts, dtype=np.float64)
     if c.ndim != 1:
         raise ValueError(f"item_counts must be 1-D [n_items], got shape {shape_str(c)}")
@@ -927,8 +926,8 @@ def smoothed_kl(p, q, alpha=0.01):
     0.143841
     """
     alpha = check_real(alpha, "alpha", min=0.0, max=1.0)
-    _refuse_masked(p, "p")
-    _refuse_masked(q, "q")
+    refuse_masked(p, "p")
+    refuse_masked(q, "q")
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     for name, a in (("p", p), ("q", q)):
@@ -996,9 +995,9 @@ def miscalibration(
     >>> rerank.miscalibration(np.array([[0, 1]]), item_dist, np.array([[0.5, 0.5]]))
     array([0.])
     """
-    _refuse_masked(lists, "lists")
-    _refuse_masked(target, "target")
-    _refuse_masked(item_dist, "item_dist")
+    refuse_masked(lists, "lists")
+    refuse_masked(target, "target")
+    refuse_masked(item_dist, "item_dist")
     lists = np.asarray(lists)
     if lists.dtype.kind not in "iu" and lists.size:
         raise TypeError(f"lists must hold integer item ids, got dtype {lists.dtype} with shape {shape_str(lists)}")
@@ -1072,22 +1071,13 @@ def examination_probability(k: int) -> npt.NDArray[np.float64]:
 
 
 def _check_probabilities(a: Any, name: str) -> np.ndarray:
-    _refuse_masked(a, name)
+    refuse_masked(a, name)
     a = check_ndarray(a, name, kinds="f")
     if a.ndim not in (2, 3):
         raise ValueError(f"{name} must be [U, n] or [U, Z, n] (Z intents), got shape {shape_str(a)}")
     a = np.asarray(a, dtype=np.float64)
-    _refuse_non_probabilities(a, name)
+    refuse_non_probabilities(a, name)
     return a
-
-
-def _refuse_non_probabilities(a: np.ndarray, name: str) -> None:
-    """ValueError naming the first entry of ``a`` (``name[i, j, ...]``) outside [0, 1] or NaN."""
-    bad = ~((a >= 0) & (a <= 1))   # (NaN fails both)
-    if bad.any():
-        where = tuple(int(x) for x in np.unravel_index(int(np.argmax(bad)), a.shape))
-        raise ValueError(f"{name} must hold probabilities in [0, 1]; "
-                         f"{name}[{', '.join(map(str, where))}] is {float(a[where])!r}")
 
 
 def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndarray:
@@ -1101,7 +1091,7 @@ def _check_intents(intent_weights: Any, probs: np.ndarray, name: str) -> np.ndar
     if intent_weights is None:
         raise ValueError(f"{name} has shape {shape_str(probs)} (intents): intent_weights [U, Z] "
                          "is required")
-    _refuse_masked(intent_weights, "intent_weights")
+    refuse_masked(intent_weights, "intent_weights")
     w = check_ndarray(intent_weights, "intent_weights", kinds="f", ndim=2)
     if w.shape != probs.shape[:2]:
         raise ValueError(f"intent_weights must have shape {tuple(probs.shape[:2])} (U, Z of "
@@ -1229,7 +1219,7 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
     if np.isnan(s).any():
         u, j = (int(x[0]) for x in np.nonzero(np.isnan(s)))
         raise ValueError(f"scores[{u}, {j}] is NaN: mask a candidate with -inf")
-    _refuse_masked(item_dist, "item_dist")
+    refuse_masked(item_dist, "item_dist")
     d = check_ndarray(item_dist, "item_dist", kinds="f", ndim=2)
     _check_distribution_rows(np.asarray(d, dtype=np.float64), "item_dist", allow_zero_rows=True)
     t = _check_target(target, U)
@@ -1242,7 +1232,7 @@ def intent_relevance(scores: np.ndarray, item_dist: np.ndarray, target: np.ndarr
                              f"({d.shape[0]}), got shape {shape_str(s)}")
         cand = np.broadcast_to(np.arange(C), (U, C))
     else:
-        _refuse_masked(candidates, "candidates")
+        refuse_masked(candidates, "candidates")
         cand = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
         if cand.shape != s.shape:
             raise ValueError(f"candidates must have the shape of scores {shape_str(s)}, got "
@@ -1326,14 +1316,14 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
     if examination is None:
         e = examination_probability(k)
     else:
-        _refuse_masked(examination, "examination")
+        refuse_masked(examination, "examination")
         e = check_ndarray(examination, "examination", kinds="f", ndim=1)
         if e.shape != (k,):
             raise ValueError(f"examination must have shape ({k},), got {shape_str(e)}")
         e = np.asarray(e, dtype=np.float64)
-        _refuse_non_probabilities(e, "examination")
+        refuse_non_probabilities(e, "examination")
     if candidates is not None:
-        _refuse_masked(candidates, "candidates")
+        refuse_masked(candidates, "candidates")
         candidates = check_ndarray(candidates, "candidates", dtypes=(np.int64,), ndim=2)
         if candidates.shape != (U, C):
             raise ValueError(f"candidates must have shape {(U, C)}, got "

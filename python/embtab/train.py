@@ -157,7 +157,10 @@ class TrainConfig:
         Learning rate.
     l2 : float
         L2 penalty on the embeddings of each batch (per example).
-    epochs : int
+    epochs : int >= 0
+        Passes over the training pairs. 0 trains nothing: :func:`fit` returns the model as
+        initialised (the ``recommend`` scaling benchmark and tests of untrained tables build
+        models that way).
     batch_size : int
     init_std : float
         Initial vectors ~ N(0, init_std^2), a function of (seed, ID).

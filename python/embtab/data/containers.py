@@ -310,7 +310,9 @@ class Interactions:
         raw_users, raw_items : array_like of uint64 or int64, shape [N]
             Raw IDs of each interaction (int64 values are reinterpreted as uint64 bit patterns).
         weights : array_like of float, shape [N], optional
-            Duplicate (user, item) pairs get the sum of their weights.
+            Duplicate (user, item) pairs get the sum of their weights; finite weights whose sum
+            overflows float64 (to ±inf) are refused with ``ValueError`` naming ``weights`` and
+            the pair.
         timestamps : array_like of int, shape [N], optional
             Duplicate pairs keep the latest timestamp.
         name : str
@@ -338,7 +340,17 @@ class Interactions:
         if ukey.size != key.size:
             inv = inv.ravel()
             if w is not None:
+                finite = bool(np.isfinite(w).all())
                 w = np.bincount(inv, weights=w, minlength=ukey.size)
+                if finite and not np.isfinite(w).all():
+                    # finite weights of repeated pairs summed past float64's range to ±inf
+                    j = int(np.flatnonzero(~np.isfinite(w))[0])
+                    u, i = users[first[j]], items[first[j]]
+                    raise ValueError(
+                        f"weights: the {int(np.count_nonzero(inv == j))} weights of the "
+                        f"repeated (user {user_ids[u]}, item {item_ids[i]}) pair sum to "
+                        f"{w[j]} (beyond float64's range); scale the weights down before "
+                        "merging")
             if t is not None:
                 tt = np.full(ukey.size, np.iinfo(np.int64).min, dtype=np.int64)
                 np.maximum.at(tt, inv, t)

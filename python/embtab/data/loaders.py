@@ -187,8 +187,10 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     reported as on any line. A line separated by ``;``, ``|`` or ``:`` (one field, with a digit
     in it on the first line) is data too, refused with a message naming the separators taken.
     A header whose every name is one of :data:`HEADER_NAMES` (``user``, ``item_id``,
-    ``rating``, ``timestamp``, ...; any order, a user and an item column among them) picks the
-    columns by name; any other header is skipped and the columns are taken by position.
+    ``rating``, ``timestamp``, ...; any order) picks the columns by name, and must name a user
+    and an item column (``item,rating,timestamp`` is refused, naming the file and the missing
+    column); a header with any other name in it is skipped and the columns are taken by
+    position.
     A header field with no name (pandas' index column) is refused, and so is an empty field
     between two tabs.
     User and item IDs are integers in ``[-2^63, 2^64)`` (negative ones are stored as their
@@ -205,8 +207,14 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
 
     The optional ``categories`` file has lines ``item category`` (same separator rules; the
     category is the rest of the line after the first separator, so it may contain spaces in a
-    whitespace file), one or several lines per item. Genre indices follow sorted category names;
-    items absent from the interactions are ignored; items without a line have no genre.
+    whitespace file), one or several lines per item; a first line without a number is a header.
+    Items absent from the interactions are ignored, and so are the categories that only they
+    hold: genre indices follow the sorted names of the categories held by items of the data
+    (``n_genres`` counts those). Items of the data without a line have no genre, and a
+    ``UserWarning`` naming the file counts them; when no item listed in the file occurs in the
+    data, a ``UserWarning`` says so and the data set has no categories. A file with no
+    ``item category`` line at all (empty, or a header alone) is refused with ``ValueError``:
+    without categories, E3 would measure popularity bins instead, silently.
 
     Parameters
     ----------
@@ -291,10 +299,11 @@ HEADER_NAMES: dict[str, tuple[str, ...]] = {
 
 def _header_roles(path, n, names):
     """``{column: position}`` from a header line (line ``n``) whose every field is one of
-    :data:`HEADER_NAMES` and which names a user and an item column; None when some name is
-    not (the columns are then taken by position). A header field with no name is refused:
-    it is a column of row numbers, as pandas' ``to_csv`` writes by default, and would shift
-    every column."""
+    :data:`HEADER_NAMES`; None when some name is not (the columns are then taken by position).
+    A header of known names only that lacks a user or an item column (``item,rating``) is
+    refused, naming the file and the missing column: by position it would read one column as
+    another. A header field with no name is refused too: it is a column of row numbers, as
+    pandas' ``to_csv`` writes by default, and would shift every column."""
     for i, x in enumerate(names, 1):
         if not x.strip():
             raise ValueError(f"{path}, line {n}: header field {i} has no name (a column of row "
@@ -310,7 +319,16 @@ def _header_roles(path, n, names):
             raise ValueError(f"{path}, line {n}: the header names two {role} columns, "
                              f"{names[roles[role]]!r} and {x!r}")
         roles[role] = i
-    return roles if {"user", "item"} <= roles.keys() else None
+    missing = [r for r in ("user", "item") if r not in roles]
+    if missing:
+        # (it was skipped and the columns taken by position: 'item,rating,timestamp' read the
+        # items as users and the ratings as items)
+        raise ValueError(
+            f"{path}, line {n}: the header {', '.join(map(repr, names))} names known columns "
+            f"but no {' and no '.join(missing)} column; name the columns (a user and an item "
+            f"column, such as {HEADER_NAMES[missing[0]][0]!r}, are required), or drop the "
+            "header to take the columns by position ('user item [weight [timestamp]]')")
+    return roles
 
 
 def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
@@ -350,9 +368,20 @@ def _interactions_from_rows(path, rows, numbers, categories, name, roles=None):
          if "timestamp" in cols else None)
     genres, genre_names = (None, None)
     if categories is not None:
-        genres, genre_names = _load_categories(Path(categories))
-    return Interactions.from_raw(ru, ri, w, t, name=name or path.stem, item_genres=genres,
+        genres, genre_names = _categories_of(ri, Path(categories))
+    return _from_raw(path, ru, ri, w, t, name=name or path.stem, item_genres=genres,
                                  genre_names=genre_names)
+
+
+def _from_raw(path: Path, *args, **kwargs) -> Interactions:
+    """:meth:`Interactions.from_raw`, whose refusal of repeated pairs whose weights sum past
+    float64's range (``"weights: ..."``) names the file ``path`` they came from."""
+    try:
+        return Interactions.from_raw(*args, **kwargs)
+    except ValueError as e:
+        if str(e).startswith("weights:"):
+            raise ValueError(f"{path}: {e}") from None
+        raise
 
 
 #: A categories line: the item, one separator (a comma or whitespace, with spaces around it),
@@ -375,17 +404,48 @@ def _load_categories(path: Path):
         numbers.append(n)
     if items and not _is_number(items[0]):
         items, cats, numbers = items[1:], cats[1:], numbers[1:]   # header line
+    if not items:
+        # refused rather than read as "no categories": the run would then measure popularity
+        # bins in place of the categories asked for, with nothing to say so
+        raise ValueError(f"{path}: no 'item category' lines (the file is empty or holds only "
+                         "a header, blank or '#' lines); give a categories file with a line "
+                         "per item and category, or leave out categories= to load the "
+                         "interactions without categories")
     listed = [c for c in dict.fromkeys(cats) if "|" in c or "," in c]
     if listed:
         warnings.warn(f"{path}: {len(listed)} category names hold ',' or '|' (first: "
                       f"{listed[0]!r}); each is kept whole as one category. An item with several "
-                      f"categories needs a line per category", UserWarning, stacklevel=4)
-    raw = _parse_column(items, "id", path, numbers, "item") if items else np.zeros(0, np.uint64)
+                      f"categories needs a line per category", UserWarning, stacklevel=5)
+    raw = _parse_column(items, "id", path, numbers, "item")
     names, gidx = np.unique(np.asarray(cats, dtype=str), return_inverse=True)
     mapping: dict = {}
     for r, g in zip(raw.tolist(), gidx.ravel().tolist()):
         mapping.setdefault(r, []).append(g)
     return mapping, tuple(str(x) for x in names)
+
+
+def _categories_of(raw_items: np.ndarray, path: Path):
+    """``({raw item: [genre index]}, genre names)`` of the items of the interactions
+    (``raw_items``, uint64) from the categories file ``path``: the lines of items absent from
+    the interactions are ignored, and so are the categories only they hold (genre indices
+    follow the sorted names of the categories that items of the data hold). Warns
+    (``UserWarning``, naming the file) when items of the data have no line there, and when no
+    item listed there occurs in the data (then no item has a category: (None, None))."""
+    mapping, names = _load_categories(path)
+    rated = set(np.unique(raw_items).tolist())
+    present = {k: g for k, g in mapping.items() if k in rated}
+    if not present:
+        warnings.warn(f"{path}: none of the {len(mapping)} items listed there occurs in the "
+                      f"{len(rated)} items of the interactions, so no item has a category and "
+                      "the data set has none (are they the same kind of item ID?)",
+                      UserWarning, stacklevel=4)
+        return None, None
+    used = sorted({g for gs in present.values() for g in gs})
+    new = {g: j for j, g in enumerate(used)}
+    _warn_unlisted(raw_items, present, path, "items of the interactions", "category",
+                   stacklevel=5)
+    return ({k: [new[g] for g in gs] for k, gs in present.items()},
+            tuple(names[g] for g in used))
 
 
 #: MovieLens layouts, by the ratings file that marks each: (file, layout, field separator).
@@ -591,7 +651,7 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
         genres, names = _movies_genres(movies, layout) if movies.is_file() else (None, ())
         if genres is not None:
             _warn_unlisted(ri, genres, movies)
-        return _warn_repeated_ratings(data_file, len(ru), Interactions.from_raw(
+        return _warn_repeated_ratings(data_file, len(ru), _from_raw(data_file,
             ru, ri, w, t, name=name, item_genres=genres,
             genre_names=names if genres is not None else None))
 
@@ -643,7 +703,7 @@ def load_movielens(path: PathLike, *, name: str | None = None) -> Interactions:
         genres = {i: np.flatnonzero(f).tolist() for i, f in zip(ids, fl)}
         _warn_unlisted(ri, genres, item_file)
     # without u.item no item has a genre: no genre names either, as in the other layouts
-    return _warn_repeated_ratings(data_file, len(ru), Interactions.from_raw(
+    return _warn_repeated_ratings(data_file, len(ru), _from_raw(data_file,
         ru, ri, w, t, name=name, item_genres=genres,
         genre_names=names if genres is not None else None))
 
@@ -674,14 +734,19 @@ def _warn_repeated_ratings(data_file: Path, lines: int, data: Interactions) -> I
     return data
 
 
-def _warn_unlisted(items: np.ndarray, genres: dict, genre_file: Path) -> None:
-    """Warn when rated items have no line in the genre file (a cut or partial file): they
-    get no genre, which calibration and the genre metrics then read as such."""
+def _warn_unlisted(items: np.ndarray, genres: dict, genre_file: Path,
+                   what: str = "rated items", genre: str = "genre",
+                   stacklevel: int = 3) -> None:
+    """Warn (``UserWarning``) when items of the data (``items``, raw IDs) have no line in the
+    genre or categories file (a cut or partial file, another file's IDs): they get no
+    ``genre``, which calibration and the genre metrics then read as such. ``what`` names the
+    items in the message; ``stacklevel`` 3 points at the caller of the loader that calls this
+    function itself."""
     rated = set(np.unique(items).tolist())
     missing = len(rated - {int(k) & U64_MAX for k in genres})
     if missing:
-        warnings.warn(f"{genre_file}: {missing} of the {len(rated)} rated items have no line "
-                      "there, so they have no genre", stacklevel=3)
+        warnings.warn(f"{genre_file}: {missing} of the {len(rated)} {what} have no line "
+                      f"there, so they have no {genre}", UserWarning, stacklevel=stacklevel)
 
 
 def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
@@ -698,8 +763,11 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
     Values are integers, numbers or words (``crowding=true``). The arguments that take three
     probabilities (for 1, 2, 3), ``genres_per_item`` and ``interests_per_user``, take them
     separated by ``/``: ``"synthetic:genres_per_item=0.3/0.5/0.2"`` (a comma would end the
-    value). A generator's warnings (users holding far fewer interactions than asked) point at
-    the line that called this function.
+    value). ``crowding_split`` needs ``crowding=1`` (ValueError naming both otherwise; a
+    ``stream`` refuses both). A generator's warnings (users holding far fewer interactions
+    than asked) point at the line that called this function. Sizes too large for this
+    machine are refused with ``MemoryError`` naming the spec and the sizes, before anything
+    is generated.
 
     Example::
 
@@ -762,6 +830,14 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
                              f"{'is an argument' if len(v1_only) == 1 else 'are arguments'} of "
                              f"power_law, not of power_law_v2, which {', '.join(v2)} "
                              f"select{'s' if len(v2) == 1 else ''}")
+        crowding = kwargs.get("crowding", False)
+        if kind == "synthetic" and "crowding_split" in given and (
+                isinstance(crowding, str) and crowding.lower() == "false"
+                or not isinstance(crowding, str) and crowding in (0, False)):
+            # (crowding_split selects power_law_v2 on its own, and had no effect there)
+            raise ValueError(f"dataset spec {spec!r}: crowding_split sets the majority genre's "
+                             "weight of the crowding setting and needs crowding=1 too (without "
+                             "it, crowding_split would have no effect)")
         # the generator's warnings (capped activity, a stream that runs dry) come out, as they
         # are, at the line that called load_dataset rather than at this one
         with warnings.catch_warnings(record=True) as caught:
@@ -770,6 +846,8 @@ def load_dataset(spec: str, *, seed: int = 0) -> Interactions:
                 data = generate(**kwargs)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"dataset spec {spec!r}: {e}") from None
+            except MemoryError as e:   # sizes too large for this machine (check_memory)
+                raise MemoryError(f"dataset spec {spec!r}: {e}") from None
         for w in caught:
             warnings.warn(w.message, stacklevel=2)
         return data

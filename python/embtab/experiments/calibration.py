@@ -416,12 +416,23 @@ def _over(n: int, paired: int, base: str) -> str:
     return f"{n} of {paired} seeds (λ=0's {base} is 0 or not finite on the others)"
 
 
-def _ci_over_seeds(results: dict, C, lam: float, metric: str, spec: str) -> str:
+def _ci_over_seeds(results: dict, C, lam: float, metric: str, spec: str,
+                   mark: bool = False) -> str:
     """``mean [low, high]`` over seeds of the calibrated lists' ``metric`` at (C, ``lam``): the
-    95% interval of :func:`interval` ("undefined" when no seed has a finite value)."""
+    95% interval of :func:`interval` ("undefined" when no seed has a finite value). With
+    ``mark``, a mean without an interval says why: ``(no spread)`` for a value the same on
+    every seed (as the tables write it; the histories' minority share when the seeds' splits
+    leave it unchanged), ``(k of n seeds)`` when it is defined on one seed of several."""
     vals = [r.get(metric) for r in results["rows"] if r.get("model") == "mf+calibrated"
             and r.get("candidates") == C and r.get("lam") == lam]
-    return ci_text(interval(vals), spec, missing="undefined")
+    x = interval(vals)
+    text = ci_text(x, spec, missing="undefined")
+    if mark and text != "undefined" and "[" not in text:
+        if x["n"] >= 2 and x.get("sd") == 0.0:
+            text += " (no spread)"
+        elif len(vals) >= 2:
+            text += f" ({x['n']} of {len(vals)} seeds)"
+    return text
 
 
 def _ci_pct(x: dict, sign: str = "") -> str:
@@ -452,8 +463,8 @@ def findings(results: dict) -> list:
                        f"run's λ values ({run}) do not include 0.")
             continue
 
-        def ci(lam, metric, spec=".4f"):
-            return _ci_over_seeds(results, C, lam, metric, spec)
+        def ci(lam, metric, spec=".4f", mark=False):
+            return _ci_over_seeds(results, C, lam, metric, spec, mark)
 
         n = r0["n"]
         if r5 is not None:
@@ -466,10 +477,13 @@ def findings(results: dict) -> list:
                 f"{ci(0.0, 'coverage@10')} → {ci(0.5, 'coverage@10')}.")
             if "minority_share@10" in r0:
                 out.append(
-                    "Category mass outside each user's main category (means over seeds, 95% "
-                    f"intervals): {ci(0.0, 'minority_share@10', '.1%')} of the list at λ=0, "
-                    f"{ci(0.5, 'minority_share@10', '.1%')} at λ=0.5, against "
-                    f"{ci(0.0, 'minority_share_history', '.1%')} in the users' histories.")
+                    "Category mass outside each user's main category (means over "
+                    f"{n} seed{'s' if n != 1 else ''}, "
+                    f"{'95% intervals' if n >= 2 else 'no interval from 1 seed'}): "
+                    f"{ci(0.0, 'minority_share@10', '.1%', True)} of the list at λ=0, "
+                    f"{ci(0.5, 'minority_share@10', '.1%', True)} at λ=0.5, against "
+                    f"{ci(0.0, 'minority_share_history', '.1%', True)} in the users' "
+                    "histories.")
         lams = sorted({r["lam"] for r in summ if r.get("candidates") == C and "lam" in r
                        and r["lam"] > 0})
         if not lams:

@@ -6,6 +6,8 @@ expected.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from embtab.experiments.results import find, summarize
 from embtab.experiments.session import (
     Progress,
     Session,
+    check_sequence,
     baseline_rows,
     evaluate_lists,
     make_result,
@@ -57,9 +60,13 @@ def run_collisions(dataset: str | Interactions = "synthetic", seeds=3, *,
     :func:`run_dims`.
     """
     t0 = time.perf_counter()
-    rows_per_id = real_sweep(rows_per_id, "rows_per_id", low=0.0)
-    if 0.0 in rows_per_id:
-        raise ValueError(f"rows_per_id must be > 0 (a hashed table needs a row), got {rows_per_id}")
+    for i, v in enumerate(check_sequence(rows_per_id, "rows_per_id", "a sequence of numbers")):
+        # (real_sweep's bound said "must be finite and in [0, inf]", though 0 is refused too)
+        if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) \
+                and not (math.isfinite(float(v)) and float(v) > 0.0):
+            raise ValueError(f"rows_per_id must be > 0 and finite (a hashed table needs a "
+                             f"row): rows_per_id[{i}] is {v!r}")
+    rows_per_id = real_sweep(rows_per_id, "rows_per_id")   # types, an empty or repeated sweep
     seeds = seed_list(seeds)
     s = session_for(dataset, train_overrides, progress, session)
     rows = []

@@ -23,6 +23,7 @@ from embtab.experiments.truth import TruthReference
 from embtab.train import TrainConfig, fit, most_popular, random_topk
 
 __all__ = ["Progress", "Session", "baseline_rows", "check_enough_items", "check_has_test_items",
+           "check_sequence",
            "evaluate_lists", "make_result", "overrides_of", "reference_rows", "seed_list",
            "session_for"]
 
@@ -46,6 +47,10 @@ class Session:
         check_has_test_items(self.data, dataset if isinstance(dataset, str) else None)
         self.spec = dataset if isinstance(dataset, str) else self.data.name
         self.overrides = dict(train_overrides or {})
+        if "epochs" in self.overrides and TrainConfig(**self.overrides).epochs < 1:
+            # (TrainConfig takes 0 for an untrained model; an experiment measures trained ones)
+            raise ValueError(f"train_overrides epochs={self.overrides['epochs']!r} trains "
+                             f"nothing: the experiments compare trained models (epochs >= 1)")
         self.progress = progress
         self._splits: dict = {}
         self._models: dict = {}
@@ -180,7 +185,7 @@ def seed_list(seeds) -> list:
         out = list(range(int(seeds)))
     else:
         out = [check_int(x, f"seeds[{i}]") for i, x in
-               enumerate(_sequence(seeds, "seeds", "an int (a count) or a sequence of ints"))]
+               enumerate(check_sequence(seeds, "seeds", "an int (a count) or a sequence of ints"))]
     if not out:
         raise ValueError(f"seeds must name at least one seed (a count >= 1 or a list); got "
                          f"{seeds!r}")
@@ -190,7 +195,7 @@ def seed_list(seeds) -> list:
     return out
 
 
-def _sequence(values, name: str, what: str) -> list:
+def check_sequence(values, name: str, what: str) -> list:
     """``values`` (a list, tuple, range or NumPy array, not a string) as a list; TypeError
     naming ``name`` otherwise (``what`` says what was expected)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
@@ -204,7 +209,7 @@ def int_sweep(values, name: str, *, min: int = 1) -> list:
     ``name[i]`` for a value that is not an int (a float was truncated before: ``dims=(2.5,)``
     trained d = 2), ValueError for an empty sweep (it wrote empty tables), a value under
     ``min`` or a repeated one."""
-    items = _sequence(values, name, "a sequence of ints")
+    items = check_sequence(values, name, "a sequence of ints")
     out = [check_int(v, f"{name}[{i}]", min=min) for i, v in enumerate(items)]
     if not out:
         raise ValueError(f"{name} must hold at least one value, got {values!r}")
@@ -218,7 +223,7 @@ def real_sweep(values, name: str, *, low: float | None = None, high: float | Non
     sequence of distinct finite reals in ``[low, high]`` (either bound optional), checked
     before anything runs (TypeError/ValueError naming ``name[i]`` or ``name``)."""
     out = []
-    for i, v in enumerate(_sequence(values, name, "a sequence of numbers")):
+    for i, v in enumerate(check_sequence(values, name, "a sequence of numbers")):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise TypeError(f"{name}[{i}] must be a number, got {type(v).__name__}")
         x = float(v)
@@ -239,7 +244,7 @@ def choice_sweep(values, name: str, choices: Sequence[str], noun: str = "name") 
     (not a string) of distinct names from ``choices``, checked before anything runs. TypeError
     names ``name`` for a string or a non-sequence; ValueError for an empty sweep, an unknown
     ``noun`` or a repeated one (its rows were doubled and its intervals took n = 2 × seeds)."""
-    out = _sequence(values, name, f"a sequence of {noun}s from {list(choices)}")
+    out = check_sequence(values, name, f"a sequence of {noun}s from {list(choices)}")
     if not out:
         raise ValueError(f"{name} must hold at least one {noun} of {list(choices)}, got "
                          f"{values!r}")

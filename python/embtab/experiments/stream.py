@@ -179,22 +179,45 @@ def _evals(data: Interactions, win: np.ndarray, n_windows: int) -> list:
 _LOPSIDED = 0.9
 
 
-def _check_measurable(evals: list, counts: np.ndarray, spec: str) -> None:
+def _check_measurable(evals: list, counts: np.ndarray, spec: str, data: Interactions,
+                      win: np.ndarray) -> None:
     """ValueError when no evaluated window has a user with history and a test item (every
-    metric would be undefined); a warning when one window holds nearly every interaction."""
+    metric would be undefined); a warning when one window holds nearly every interaction.
+
+    The refusal's hint follows the cause the counts show: windows that are lopsided (one
+    holds more than :data:`_LOPSIDED` of the interactions) point at an outlying timestamp;
+    otherwise no user comes back in a later window (each user's interactions all lie in one
+    window), or those who do take only items new in that window."""
     where = f"data set {spec!r} cut into {len(counts)} equal-width time windows " \
             f"(interactions per window: {counts.tolist()})"
     total = int(counts.sum())
-    if len(counts) > 2 and total and counts.max() > _LOPSIDED * total:
+    lopsided = bool(total and counts.max() > _LOPSIDED * total)
+    if len(counts) > 2 and lopsided:
         warnings.warn(f"{where}: window {int(counts.argmax())} holds "
                       f"{counts.max() / total:.1%} of them, so the others train or test on "
                       "little; an outlying timestamp stretches equal-width windows (drop it, "
                       "or use fewer windows)", stacklevel=3)
-    if not any(bool((np.diff(ev.test_rows.indptr) > 0).any()) for ev in evals):
-        raise ValueError(f"{where} leaves nothing to measure: no window after the first holds "
-                         "an interaction of a user seen before on an item seen before. One "
-                         "timestamp far from the others puts nearly every interaction in one "
-                         "window: drop outlying timestamps, or use fewer windows")
+    if any(bool((np.diff(ev.test_rows.indptr) > 0).any()) for ev in evals):
+        return
+    head = (f"{where} leaves nothing to measure: no window after the first holds an "
+            "interaction of a user seen before on an item seen before.")
+    if lopsided:
+        raise ValueError(f"{head} One timestamp far from the others puts nearly every "
+                         "interaction in one window: drop outlying timestamps, or use fewer "
+                         "windows")
+    # the windows are even: who comes back, and on what
+    first = np.full(data.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, data.users, win)
+    later = win > first[data.users]                 # an interaction after the user's first window
+    back = int(np.unique(data.users[later]).size)
+    if back == 0:
+        raise ValueError(f"{head} No user has interactions in two windows: each user's "
+                         f"interactions all lie in one window (of the {data.n_users} users), "
+                         "so no window tests a user it trained; use fewer windows, or data "
+                         "whose users come back over time")
+    raise ValueError(f"{head} The {back} of the {data.n_users} users who come back in a later "
+                     "window take only items new in that window (none seen in an earlier "
+                     "one), which no model can have trained; use fewer windows")
 
 
 def _list_metrics(top: np.ndarray, ev: _Eval, data: Interactions) -> dict:
@@ -384,7 +407,7 @@ def run_stream(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     steps = np.ceil(sizes[sizes > 0] / cfg0.batch_size)      # the trained (non-empty) windows
     expire_after = max(1, int(round(expire_windows * float(steps.mean()))))
     evals = _evals(data, win, W)
-    _check_measurable(evals, counts, spec)
+    _check_measurable(evals, counts, spec, data, win)
     windows = [data.subset(win == w) for w in range(W - 1)]
     negatives = [data.item_ids[np.unique(x.items)] for x in windows]
 
