@@ -1231,9 +1231,9 @@ def test_a_module_looked_up_twice_in_one_graph_takes_one_step_on_both_gradients(
 
 
 def test_a_backward_that_fails_steps_no_lookup_of_its_graph():
-    # The steps of a backward pass run when it ends: a pass that raises after the lookup's
-    # node has run (a hook on a leaf reached later) leaves the fused module's weight and state
-    # as they were, and keeps nothing queued.
+    # A module looked up twice steps when the pass ends: a pass that raises after both
+    # lookups' nodes have run (a hook on a leaf reached later) leaves the fused module's weight
+    # and state as they were, and keeps nothing queued.
     import gc
 
     emb = CuckooEmbedding(16, 3, optimizer=eo.Adagrad(lr=0.5), num_threads=1)
@@ -1249,10 +1249,11 @@ def test_a_backward_that_fails_steps_no_lookup_of_its_graph():
 
     x.register_hook(boom)
     y = x * 2
-    loss = y.sum() + emb(torch.tensor([1, 2])).sum()  # the lookup's node runs before x's hook
+    # the lookups' nodes run before x's hook
+    loss = y.sum() + emb(torch.tensor([1, 2])).sum() + emb(torch.tensor([2, 3])).square().sum()
     with pytest.raises(RuntimeError, match="boom"):
         loss.backward()
-    assert queued == [1]  # the lookup had queued its step when the pass failed
+    assert queued == [1]  # the lookups had queued their step when the pass failed
     del loss, y
     gc.collect()
     for k, v in before.items():
@@ -1260,3 +1261,56 @@ def test_a_backward_that_fails_steps_no_lookup_of_its_graph():
     assert len(eo._queues) == 0
     emb(torch.tensor([1, 2])).sum().backward()  # and the next pass steps as usual
     assert int(emb.opt_step) == 2
+
+
+class _ScaleGradInPlace(torch.autograd.Function):
+    """Identity whose backward scales its incoming gradient in place (allowed for a Function:
+    the gradient it receives is its own to change)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.mul_(10.0)
+
+
+@pytest.mark.parametrize("lookups", [1, 2])
+def test_a_gradient_changed_in_place_by_a_later_node_does_not_reach_the_step(lookups):
+    # The add node hands one gradient tensor to both branches; the other branch's Function
+    # scales it in place after the lookups' nodes ran. A queued step (a module looked up
+    # twice) must use the gradient as it was when its node ran, as the unfused module does.
+    weights = torch.tensor([[1.0, 2, 3], [4, 5, 6]])
+    results = []
+    for fused in (True, False):
+        # (SGD: Adagrad's first step would not see a scale)
+        emb = HashedEmbedding(11, 3, optimizer=eo.SGD(lr=0.1) if fused else None)
+        other = HashedEmbedding(11, 3, seed=5)
+        opt = None if fused else torch.optim.SGD(emb.parameters(), lr=0.1)
+        fb = _ScaleGradInPlace.apply(other(torch.tensor([1, 2])))
+        a = sum(emb(torch.tensor([3, 4])) for _ in range(lookups))  # made last: runs first
+        ((a + fb) * weights).sum().backward()
+        if opt is not None:
+            opt.step()
+        results.append(emb.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("how", ["grad", "inputs"])
+def test_a_pass_that_asks_only_for_per_sample_weights_steps_nothing(how):
+    # the unfused module gets no .grad then, so its torch optimizer would not step
+    emb = CuckooEmbeddingBag(8, 3, mode="sum", optimizer=eo.Adagrad(lr=0.5))
+    ids, off = torch.tensor([1, 2, 3]), torch.tensor([0, 1])
+    emb(ids, off).sum().backward()
+    before = {k: v.clone() for k, v in emb.state_dict().items()}
+    psw = torch.ones(3, requires_grad=True)
+    loss = emb(ids, off, psw).square().sum()
+    if how == "grad":
+        (g,) = torch.autograd.grad(loss, [psw])
+    else:
+        loss.backward(inputs=[psw])
+        g = psw.grad
+    assert g is not None and g.abs().sum() > 0
+    for k in ("weight", "opt_step", "opt_sum"):
+        assert torch.equal(emb.state_dict()[k], before[k]), k

@@ -70,7 +70,8 @@ from embtab.optim import (
     NONNEGATIVE_STATES,
     FusedOptimizer,
     fused_of,
-    step_after_backward,
+    OpenLookups,
+    step_or_queue,
     grad_rows,
 )
 
@@ -1718,7 +1719,9 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       the rows it read): evaluate under ``torch.no_grad()``, or drop such outputs, so that they
       pin nothing. A graph backpropagated a second time (``retain_graph=True``) after the
       module freed rows (eviction, expiry, a load) is refused with RuntimeError: its rows may
-      have new owners.
+      have new owners. (A module that only grows pins nothing and is not checked: a
+      ``load_state_dict`` between a forward and its backward, as with torch's modules, sends
+      the gradient to the rows loaded.)
     * ``state_dict()`` holds ``weight``, the map (``row_ids``, ``row_live``, ``num_rows``), the
       counters and the eviction/admission/expiry state; ``load_state_dict`` resizes ``weight`` to the
       saved size. It first checks every entry (keys, dtypes, shapes, counters, one live row per
@@ -3108,11 +3111,14 @@ class _CollectionLookup(torch.autograd.Function):
         ctx.plan, ctx.B, ctx.dims, ctx.num_threads = plan, B, dims, coll.num_threads
         ctx.zero_rows = [bag.num_embeddings for _, bag, *_ in plan]
         ctx.set_materialize_grads(False)
+        ctx.open = OpenLookups({id(bag): bag for _, bag, *_ in plan
+                                if bag.optimizer is not None}.values())
         return tuple(_pool(plan, B, width, coll.num_threads).split(dims, dim=1))
 
     @staticmethod
     def backward(ctx, *grads):
         plan, B = ctx.plan, ctx.B
+        alone = ctx.open.close()
         for (c, bag, *_), zero in zip(plan, ctx.zero_rows):
             if bag.num_embeddings != zero:
                 raise RuntimeError(
@@ -3161,5 +3167,7 @@ class _CollectionLookup(torch.autograd.Function):
                 updates.append((bag, rows, grad_rows(g, c.embedding_dim), csr, psw,
                                 bag.mode == "mean"))
         # every table's step in one native call, tables side by side on the collection's threads
-        step_after_backward(updates, ctx.num_threads)  # at the end of this backward pass
+        # every table's step in one native call (or, when a table has another lookup open, at
+        # the end of this backward pass: embtab.optim.step_or_queue)
+        step_or_queue(updates, ctx.num_threads, alone)
         return (None,) * (5 + len(plan))

@@ -50,13 +50,17 @@ optimizer object may serve several modules; each keeps its own state.
 
 Notes
 -----
-* Every backward pass applies one step per module, at its end: a module looked up several
-  times in one graph (one table for users and items, for positives and negatives) takes one
-  step on the sum of those lookups' gradients, as the module with a torch optimizer does.
-  Backpropagating the same graph twice steps twice, and there is no gradient accumulation over
-  several backward passes. A pass that raises part way steps nothing. A lookup made before the
-  module grew cannot be backpropagated after it (``RuntimeError``, as for the unfused modules;
-  nothing of that pass is stepped).
+* Every backward pass applies one step per module: a module looked up several times in one
+  graph (one table for users and items, for positives and negatives) takes one step on the sum
+  of those lookups' gradients, at the end of the pass, as the module with a torch optimizer
+  does; a module looked up once steps in its lookup's backward. Backpropagating the same graph
+  twice steps twice, and there is no gradient accumulation over several backward passes. A
+  pass that raises part way has stepped the modules whose single lookup's backward ran, and
+  none of those it had queued. A reentrant ``torch.utils.checkpoint`` region is a backward
+  pass of its own (``use_reentrant=False`` is not). ``torch.autograd.grad`` (or
+  ``backward(inputs=...)``) not asking for the weight's gradient steps nothing. A lookup made
+  before the module grew cannot be backpropagated after it (``RuntimeError``, as for the
+  unfused modules).
 * The weight must live on the CPU (the step runs in C++ on its memory), as float32 or float64.
   A module converted afterwards by ``.half()`` or ``.bfloat16()`` still runs forwards without
   gradient (inference); a training forward then raises TypeError before it changes anything.
@@ -379,6 +383,7 @@ class _FusedLookup(torch.autograd.Function):
         )
         ctx.max_indices = None
         ctx.zero_row = module.num_embeddings
+        ctx.open = OpenLookups((module,))
         if bag and module.mode == "max":
             flat = idx.reshape(-1)
             if module.max_norm is not None:  # as F.embedding_bag does before pooling
@@ -449,7 +454,8 @@ class _FusedLookup(torch.autograd.Function):
             read = ctx.rows_read if ctx.rows_read is not None else weight.detach()[flat]
             grad_psw = (grad_out[bag_of] * read).sum(1) * live
             grad_psw = grad_psw.reshape(idx.shape).to(psw.dtype)
-        if ctx.needs_input_grad[0]:
+        alone = ctx.open.close()
+        if ctx.needs_input_grad[0] and will_step(ctx):
             rows = ctx.rows if ctx.rows is not None else idx.reshape(-1).numpy()
             if ctx.max_indices is not None:
                 counts = np.add.reduceat(
@@ -466,7 +472,7 @@ class _FusedLookup(torch.autograd.Function):
                     None if psw is None else psw.detach().reshape(-1).contiguous().numpy(),
                     bag and module.mode == "mean",
                 )
-            step_after_backward([update], None)
+            step_or_queue([update], None, alone)
         return None, grad_psw, None, None, None, None, None, None, None
 
 
@@ -592,40 +598,119 @@ def fused_update(
 
 # One step per module per backward ///////////////////////////////////////////////////////////
 #
-# A lookup's backward node does not step: it queues its update, and the first node of a
-# backward pass to queue one registers a final callback of that pass (autograd's
-# queue_callback), which runs every queued update once the pass has computed all gradients. A
-# module looked up several times in one graph (a shared table read for users and items, or for
-# positives and negatives) then takes one step on the sum of its lookups' gradients, as the
+# A module looked up several times in one graph (a table read for users and items, or for
+# positives and negatives) must take one step on the sum of those lookups' gradients, as the
 # module with an unfused torch optimizer does (the gradients accumulate in .grad, then one
-# step); a module looked up once steps exactly as it would in its node. A pass that fails
-# before its end runs none of its updates (its callback is dropped with it, and so is the
-# queue, which the registry holds weakly).
+# step). Each training lookup counts itself open on its modules (OpenLookups) until its
+# backward runs or its graph is freed. A lookup node that finds no other open lookup of its
+# modules, and none queued in this backward pass, steps at once, as a single lookup always
+# did. Otherwise it queues its update, with a private copy of its gradient (another node of
+# the pass may change that gradient in place later), and the first node of the pass to queue
+# registers a final callback of the pass (autograd's queue_callback), which runs every queued
+# update once the pass has computed all gradients: a module queued by several nodes takes one
+# step on all their gradients. A pass that fails before its end runs none of its queued
+# updates (the callback is dropped with it, and so is the queue, which the registry holds
+# weakly). Known limit: a reentrant torch.utils.checkpoint region is a backward pass of its
+# own, which steps its modules when it ends (use_reentrant=False has no such pass).
 
 _task_id = getattr(torch._C, "_current_graph_task_id", None)
+_will_execute = getattr(torch._C, "_will_engine_execute_node", None)
+_open_lock = threading.Lock()
+
+
+class OpenLookups:
+    """A forward's claim that its modules have a lookup whose backward has not run: counted in
+    each module's ``_open_lookups`` until :meth:`close` (its backward) or until the graph that
+    holds it is freed."""
+
+    __slots__ = ("modules", "live")
+
+    def __init__(self, modules) -> None:
+        self.modules, self.live = tuple(modules), True
+        with _open_lock:
+            for m in self.modules:
+                m.__dict__["_open_lookups"] = m.__dict__.get("_open_lookups", 0) + 1
+
+    def close(self) -> bool:
+        """Release the claim (once); True when no other lookup of these modules is open."""
+        with _open_lock:
+            if self.live:
+                self.live = False
+                for m in self.modules:
+                    m.__dict__["_open_lookups"] -= 1
+            return all(m.__dict__.get("_open_lookups", 0) == 0 for m in self.modules)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def will_step(ctx) -> bool:
+    """Whether this backward pass asks for the weight's gradient (input 0 of the lookup node):
+    ``torch.autograd.grad`` or ``backward(inputs=...)`` for other inputs only (the
+    ``per_sample_weights``) must not step the table, as an unfused module then gets no
+    ``.grad``."""
+    if _will_execute is None:
+        return True
+    node = ctx.next_functions[0][0]
+    return node is not None and bool(_will_execute(node))
 
 
 class _Queue(list):
-    """The updates queued in one backward pass: ``(updates, num_threads)`` per lookup node."""
+    """The updates queued in one backward pass: ``(updates, num_threads)`` per lookup node,
+    and the ids of the modules they step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modules: set = set()
 
 
 _queues: "weakref.WeakValueDictionary[int, _Queue]" = weakref.WeakValueDictionary()
 _queues_lock = threading.Lock()
 
 
-def step_after_backward(updates: list, num_threads: Optional[int]) -> None:
-    """Queue one lookup node's steps (``fused_update_many``'s ``updates``; ``num_threads`` None
-    for one module's :func:`fused_update`) to run at the end of the backward pass in progress.
-    Called from a backward node."""
+def _queue_key() -> int:
+    return _task_id() if _task_id is not None else threading.get_ident()
+
+
+def step_or_queue(updates: list, num_threads: Optional[int], alone: bool) -> None:
+    """One lookup node's steps (``fused_update_many``'s ``updates``; ``num_threads`` None for
+    one module's :func:`fused_update`): at once when ``alone`` (no other lookup of its modules
+    open) and none of its modules has an update queued in this pass, else queued to the end
+    of the pass (:func:`step_after_backward`). Called from a backward node."""
     if not updates:
         return
-    key = _task_id() if _task_id is not None else threading.get_ident()
+    if alone:
+        queue = _queues.get(_queue_key())
+        if queue is None or not any(id(u[0]) in queue.modules for u in updates):
+            if num_threads is None:
+                fused_update(*updates[0])
+            else:
+                fused_update_many(updates, num_threads)
+            return
+    step_after_backward([(u[0], u[1], _own_copy(u[2]), *u[3:]) for u in updates], num_threads)
+
+
+def _own_copy(grad: np.ndarray) -> np.ndarray:
+    """``grad`` as an array no other node can change: a copy, except a gradient broadcast over
+    its rows (row stride 0), of which one row is copied and broadcast again."""
+    if grad.ndim == 2 and grad.shape[0] > 1 and grad.strides[0] == 0:
+        return np.broadcast_to(grad[:1].copy(), grad.shape)
+    return np.array(grad, copy=True)
+
+
+def step_after_backward(updates: list, num_threads: Optional[int]) -> None:
+    """Queue one lookup node's steps (as :func:`step_or_queue` takes them, gradients the
+    queue's own) to run at the end of the backward pass in progress."""
+    if not updates:
+        return
+    key = _queue_key()
     with _queues_lock:
         queue = _queues.get(key)
         fresh = queue is None
         if fresh:
             queue = _queues[key] = _Queue()
         queue.append((updates, num_threads))
+        queue.modules.update(id(u[0]) for u in updates)
     if fresh:
         torch.autograd.Variable._execution_engine.queue_callback(
             lambda: _run_queue(key, queue)
@@ -658,10 +743,39 @@ def _run_queue(key: int, queue: _Queue) -> None:
         else:
             fused_update_many(rest, num_threads)
     for ups in merged.values():
-        parts = [_entry_grads(*u) for u in ups]
         module = ups[0][0]
+        joined = None if module.scale_grad_by_freq else _joined_bags(ups)
+        if joined is not None:
+            fused_update(module, *joined)
+            continue
+        parts = [_entry_grads(*u) for u in ups]
         fused_update(module, np.concatenate([r for r, _ in parts]),
                      np.concatenate([g for _, g in parts]), None, None, False, scale=False)
+
+
+def _joined_bags(ups: list):
+    """Several updates of one module as one of bags: ``(rows, grad, offsets,
+    per_sample_weights, mean)``, each update's bags after the last one's (an update of single
+    entries as bags of one), when they share ``mean`` (a bag's mean divides by its own
+    entries, so joining keeps it); None otherwise. Without ``scale_grad_by_freq`` only (its
+    counts are per update)."""
+    if len({bool(u[5]) for u in ups}) != 1:
+        return None
+    rows, grads, offs, psws = [], [], [], []
+    start = 0
+    any_psw = any(u[4] is not None for u in ups)
+    for _, r, g, o, w, _ in ups:
+        r = np.asarray(r, dtype=np.int64)
+        o = np.arange(r.size + 1, dtype=np.int64) if o is None else np.asarray(o, dtype=np.int64)
+        rows.append(r)
+        grads.append(np.asarray(g))
+        offs.append(o[:-1] + start)
+        start += int(o[-1])
+        if any_psw:
+            psws.append(np.ones(r.size, dtype=np.asarray(g).dtype) if w is None else np.asarray(w))
+    offs.append(np.array([start], dtype=np.int64))
+    return (np.concatenate(rows), np.ascontiguousarray(np.concatenate(grads)),
+            np.concatenate(offs), np.concatenate(psws) if any_psw else None, bool(ups[0][5]))
 
 
 def _entry_grads(module, rows, grad, offsets, per_sample_weights, mean: bool):
