@@ -615,7 +615,7 @@ def fused_update(
 
 _task_id = getattr(torch._C, "_current_graph_task_id", None)
 _will_execute = getattr(torch._C, "_will_engine_execute_node", None)
-_open_lock = threading.Lock()
+_open_lock = threading.RLock()  # re-entrant: a garbage collection inside it may free a claim
 
 
 class OpenLookups:
