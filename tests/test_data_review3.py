@@ -98,7 +98,10 @@ def _limited_run(code: str):
     generator that did allocate for 10**9 users fails there instead of filling the machine."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    import embtab
+
+    # the package this test imports (the working tree, or the installed one in CI)
+    env = {**os.environ, "PYTHONPATH": str(Path(embtab.__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env, preexec_fn=cap, cwd=ROOT)
 
