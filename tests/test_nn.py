@@ -1656,3 +1656,42 @@ def test_a_sparse_state_dict_entry_is_refused_naming_it(key):
                                          "torch.sparse_coo"):
         b.load_state_dict(sd)
     assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())
+
+
+def test_a_load_of_another_size_checks_only_per_row_optimizer_state():
+    # Adafactor's col_var ([1, d]) is not per row: a correctly loaded Adafactor steps on
+    src = CuckooEmbedding(8, 4, on_full="error")
+    o = torch.optim.Adafactor(src.parameters(), lr=0.01)
+    src(torch.tensor([1, 2, 3])).sum().backward()
+    o.step()
+    dst = CuckooEmbedding(32, 4, on_full="error")
+    od = torch.optim.Adafactor(dst.parameters(), lr=0.01)
+    dst.load_state_dict(src.state_dict())
+    od.load_state_dict(o.state_dict())
+    dst(torch.tensor([1, 2])).sum().backward()
+    od.step()
+    assert od.state[dst.weight]["col_var"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: embtab.nn.HashedEmbedding(11, 3),
+    lambda: embtab.nn.QREmbedding(40, 3, num_collisions=5),
+    lambda: embtab.nn.DoubleHashedEmbedding(11, 3),
+], ids=["hashed", "qr", "double"])
+def test_hashed_modules_refuse_sparse_entries_and_copy_a_non_contiguous_assigned_weight(make):
+    a = make()
+    sd = a.state_dict()
+    key = next(k for k in sd if k.endswith("weight"))
+    bad = dict(sd)
+    bad[key] = sd[key].to_sparse()
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    with pytest.raises(ValueError, match=f"{key} must be a dense \\(strided\\) tensor"):
+        a.load_state_dict(bad)
+    assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items())
+    tr = {k: (v.t().contiguous().t() if k.endswith("weight") else v) for k, v in sd.items()}
+    assert not tr[key].is_contiguous()
+    b = make()
+    b.load_state_dict(tr, assign=True)
+    for k, v in b.state_dict().items():
+        assert v.is_contiguous(), k
+        assert torch.equal(v, sd[k]), k

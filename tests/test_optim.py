@@ -1314,3 +1314,25 @@ def test_a_pass_that_asks_only_for_per_sample_weights_steps_nothing(how):
     assert g is not None and g.abs().sum() > 0
     for k in ("weight", "opt_step", "opt_sum"):
         assert torch.equal(emb.state_dict()[k], before[k]), k
+
+
+def test_a_retained_graph_backpropagated_again_takes_one_step_per_module_per_pass():
+    # loss.backward(retain_graph=True) twice over two lookups of one module: each pass one
+    # Adagrad step on both lookups' gradients, as the unfused module + torch.optim.Adagrad
+    # stepped after each pass (the second pass stepped once per lookup)
+    def run(fused):
+        m = HashedEmbedding(16, 4, seed=1, optimizer=eo.Adagrad(lr=0.5) if fused else None)
+        opt = None if fused else torch.optim.Adagrad(m.parameters(), lr=0.5)
+        a, b = torch.tensor([1, 2, 3]), torch.tensor([1, 2, 5])
+        t = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+        loss = ((m(a) - t) ** 2).sum() + ((m(b) + t) ** 2).sum()
+        for _ in range(3):
+            loss.backward(retain_graph=True)
+            if opt is not None:
+                opt.step()
+                opt.zero_grad()
+        return m
+
+    fused, plain = run(True), run(False)
+    torch.testing.assert_close(fused.weight.detach(), plain.weight.detach())
+    assert int(fused.opt_step) == 3

@@ -370,6 +370,9 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
             bad(k, f"must be a torch.Tensor, got {type(t).__name__}")
         if t.device.type == "meta":
             bad(k, "is on the meta device (it holds no values)")
+        if t.layout != torch.strided or t.is_nested:
+            bad(k, f"must be a dense (strided) tensor, got layout {t.layout}"
+                   + (" (nested)" if t.is_nested else "") + "; convert it with .to_dense()")
         if tuple(t.shape) != tuple(cur.shape):
             bad(k, f"must have shape {tuple(cur.shape)}, got {tuple(t.shape)}")
         if cur.dtype.is_floating_point:
@@ -386,6 +389,17 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
             _check_opt_values(lambda _, what: bad(k, what), leaf, t)
     if _caller_strict(strict):
         _refuse_unknown_keys(module, sd, prefix, own)
+
+
+def _contiguous_weight(module: nn.Module, local_metadata: dict) -> None:
+    """After a ``load_state_dict(assign=True)``, which keeps the given tensors: a
+    non-contiguous ``weight`` (a transposed checkpoint's) is copied contiguous, as the native
+    passes and the fused step read and write it as a C array."""
+    w = module._parameters.get("weight")
+    if local_metadata.get("assign_to_params_buffers", False) and w is not None \
+            and not w.is_contiguous():
+        module._parameters["weight"] = nn.Parameter(w.detach().contiguous(),
+                                                    requires_grad=w.requires_grad)
 
 
 def _lowest_rows(score: np.ndarray, eligible: np.ndarray, k: int, n_eligible: int) -> np.ndarray:
@@ -1179,15 +1193,17 @@ class _CuckooBase(_AtomicLoad):
         """Before ``optimizer`` steps: refuse (ValueError) per-row state of this module's weight
         whose rows are not the weight's, as after a ``load_state_dict`` of another size without
         the optimizer's state dict saved with it (torch would fail inside the step with a size
-        mismatch naming neither). The state must have the rows the load gave the weight (a
-        growth since then resizes it as usual, after this check). Once an optimizer over the
+        mismatch naming neither). The per-row state (``ROW_STATE``'s entries for the
+        optimizer's class; others are not checked) must have the rows the load gave the weight
+        (a growth since then resizes it as usual, after this check). Once an optimizer over the
         weight passes, nothing is checked."""
         w = self._parameters.get("weight")
         if w is None or not any(p is w for g in optimizer.param_groups for p in g["params"]):
             return
         rows = self.__dict__.get("_loaded_rows", w.shape[0])
+        per_row = ROW_STATE.get(type(optimizer), {})  # others' state is not known per row
         for key, v in optimizer.state.get(w, {}).items():
-            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] != rows:
+            if key in per_row and torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] != rows:
                 raise ValueError(
                     f"{type(self).__name__}.weight was loaded with {rows} rows (load_state_dict), "
                     f"but {type(optimizer).__name__}'s state {key!r} for it has {v.shape[0]}: "
@@ -1227,10 +1243,7 @@ class _CuckooBase(_AtomicLoad):
                     # optimizer state of another float dtype is cast, as copying would
                     dt = self.weight.dtype if n.startswith("opt_") and n != "opt_step" else b.dtype
                     self._buffers[n] = b.detach().cpu().to(dt).clone()
-            w = self._parameters["weight"]
-            if not w.is_contiguous():  # the native passes read and write it as a C array
-                self._parameters["weight"] = nn.Parameter(w.detach().contiguous(),
-                                                          requires_grad=w.requires_grad)
+            _contiguous_weight(self, local_metadata)
         if resized:
             self._loaded_rows = self.weight.shape[0]
             _LOADED_RESIZED.add(self)
@@ -1797,6 +1810,7 @@ class _HashedState(_AtomicLoad):
         _check_plain_state(self, state_dict, prefix, strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        _contiguous_weight(self, local_metadata)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -1983,6 +1997,13 @@ class _Table(nn.Module):
             setattr(self, name, getattr(owner, name))
         self.weight = _hashed_weight(rows, dim, seed, owner.init, None, device, dtype, _freeze)
         _attach_optimizer(self, optimizer)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # (checked with its owner's entries by _check_plain_state, before any is loaded)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        _contiguous_weight(self, local_metadata)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"

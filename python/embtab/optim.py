@@ -632,12 +632,15 @@ class OpenLookups:
                 m.__dict__["_open_lookups"] = m.__dict__.get("_open_lookups", 0) + 1
 
     def close(self) -> bool:
-        """Release the claim (once); True when no other lookup of these modules is open."""
+        """Release the claim; True when it was live and no other lookup of these modules is
+        open. A claim closed already (a graph backpropagated again, ``retain_graph``) answers
+        False: its other lookups, closed too, may run in this pass, so it queues."""
         with _open_lock:
-            if self.live:
-                self.live = False
-                for m in self.modules:
-                    m.__dict__["_open_lookups"] -= 1
+            if not self.live:
+                return False
+            self.live = False
+            for m in self.modules:
+                m.__dict__["_open_lookups"] -= 1
             return all(m.__dict__.get("_open_lookups", 0) == 0 for m in self.modules)
 
     def __del__(self) -> None:

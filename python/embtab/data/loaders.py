@@ -208,9 +208,10 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     The optional ``categories`` file has lines ``item category`` (same separator rules; the
     category is the rest of the line after the first separator, so it may contain spaces in a
     whitespace file), one or several lines per item; a first line without a number is a header.
-    Items absent from the interactions are ignored, and so are the categories that only they
-    hold: genre indices follow the sorted names of the categories held by items of the data
-    (``n_genres`` counts those). Items of the data without a line have no genre, and a
+    Items absent from the interactions are ignored; the genres are every category the file
+    names, sorted (so data sets read with one categories file, e.g. a train and a test file,
+    share their genre indices, as MovieLens's do; a category only absent items hold is a genre
+    no item holds). Items of the data without a line have no genre, and a
     ``UserWarning`` naming the file counts them; when no item listed in the file occurs in the
     data, a ``UserWarning`` says so and the data set has no categories. A file with no
     ``item category`` line at all (empty, or a header alone) is refused with ``ValueError``:
@@ -427,10 +428,11 @@ def _load_categories(path: Path):
 def _categories_of(raw_items: np.ndarray, path: Path):
     """``({raw item: [genre index]}, genre names)`` of the items of the interactions
     (``raw_items``, uint64) from the categories file ``path``: the lines of items absent from
-    the interactions are ignored, and so are the categories only they hold (genre indices
-    follow the sorted names of the categories that items of the data hold). Warns
-    (``UserWarning``, naming the file) when items of the data have no line there, and when no
-    item listed there occurs in the data (then no item has a category: (None, None))."""
+    the interactions are ignored; the genres are every category the file names (sorted), so
+    that data sets read with one categories file (a train and a test file) share their genre
+    indices, as MovieLens's genres do. Warns (``UserWarning``, naming the file) when items of
+    the data have no line there, and when no item listed there occurs in the data (then no item
+    has a category: (None, None))."""
     mapping, names = _load_categories(path)
     rated = set(np.unique(raw_items).tolist())
     present = {k: g for k, g in mapping.items() if k in rated}
@@ -440,12 +442,9 @@ def _categories_of(raw_items: np.ndarray, path: Path):
                       "the data set has none (are they the same kind of item ID?)",
                       UserWarning, stacklevel=4)
         return None, None
-    used = sorted({g for gs in present.values() for g in gs})
-    new = {g: j for j, g in enumerate(used)}
     _warn_unlisted(raw_items, present, path, "items of the interactions", "category",
                    stacklevel=5)
-    return ({k: [new[g] for g in gs] for k, gs in present.items()},
-            tuple(names[g] for g in used))
+    return present, tuple(names)
 
 
 #: MovieLens layouts, by the ratings file that marks each: (file, layout, field separator).
