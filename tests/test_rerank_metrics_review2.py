@@ -357,3 +357,15 @@ def test_other_entry_points_refuse_masked_arrays():
     for name, call in cases:
         with pytest.raises(TypeError, match=f"^{name} is a numpy masked array"):
             call()
+
+
+def test_user_groups_requires_n_items_when_nothing_tells_it():
+    # the head items are the top share of the catalogue: a catalogue guessed from train's
+    # largest index left out the items no training user has
+    from embtab import metrics as M
+
+    with pytest.raises(ValueError, match=r"user_groups needs n_items"):
+        M.user_groups([[0], [3], [0, 1], [2, 3], [1]])
+    assert M.user_groups([[0], [3], [0, 1], [2, 3], [1]], n_items=4).tolist() == [2, 0, 1, 1, 1]
+    seen = M.as_row_sets([[0], [3], [0, 1], [2, 3], [1]], 4, name="train")
+    assert M.user_groups(seen).tolist() == [2, 0, 1, 1, 1]

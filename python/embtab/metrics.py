@@ -906,7 +906,8 @@ def user_groups(train, fraction: float = GROUP_FRACTION, *,
     in their training profile, ties by lower user index; the lowest ``round(fraction * U)``
     are ``niche`` (0), the highest ``round(fraction * U)`` are ``blockbuster`` (2), the rest
     ``diverse`` (1). Users without training items count as share 0. ``n_items`` as for
-    :func:`oracle_topk`.
+    :func:`oracle_topk`; required (``ValueError``) when ``train`` is a tuple or list form, which
+    does not tell the catalogue size the head items are a share of.
 
     Example::
 
@@ -915,6 +916,12 @@ def user_groups(train, fraction: float = GROUP_FRACTION, *,
     """
     if not 0 <= fraction <= 0.5:
         raise ValueError(f"fraction must be in [0, 0.5]; got {fraction}")
+    if _inferred(train, n_items, "train") is not None:
+        raise ValueError(
+            f"user_groups needs n_items, the number of items in the catalogue: train is a "
+            f"{type(train).__name__}, which does not tell it, and the head items are a share "
+            f"of the catalogue (train's largest item index + 1 would leave out the items no "
+            f"training user has). Pass n_items (or train as a RowSets or Interactions)")
     s = as_row_sets(train, n_items, name="train")
     U = s.n_rows
     head = head_items(item_counts(s))

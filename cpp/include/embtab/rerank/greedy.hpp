@@ -34,6 +34,7 @@ struct Scratch {
     std::vector<double> genre_max_w;   // [G] that weight
     std::vector<double> top;         // the width largest of gmax
     std::vector<std::uint8_t> picked;  // [C]
+    std::vector<std::int64_t> cand;  // [C] the row's candidate ids, copied before they are checked
     std::vector<std::uint32_t> idx;  // [C * width] table indices (0 = the zero entry)
     std::vector<std::uint16_t> idx16;
     std::vector<double> table;       // [E + 1]
@@ -152,6 +153,13 @@ struct UserGreedy {
         sc.v.resize(static_cast<std::size_t>(C));
         sc.picked.assign(static_cast<std::size_t>(C), 0);
         a = sc.a.data();
+        if (cand) {
+            // The ids are checked here and read again by every later pass: read from a copy,
+            // so that another thread writing the caller's array (the GIL is released) cannot
+            // turn a checked id into an out-of-range one.
+            sc.cand.assign(cand, cand + C);
+            cand = sc.cand.data();
+        }
         // Branch-free checks over the row; the slow loop below only names the culprit.
         const RowScan rs = score_pass(s, cand, C, one_m_lam, static_cast<std::uint64_t>(items.n_items), a);
         sorted = rs.sorted;
