@@ -489,10 +489,10 @@ def power_law_v2_bytes(n_users, n_items, rank, interactions_per_user) -> int:
       32 per user × factor (the Dirichlet draws, their keys and ranks, θ);
     * 64 bytes per user and per item.
 
-    Measured (the process's peak RSS less its peak after the imports; 18 genres, rank 16 and
-    50 per user unless said): 20,000 users × 3,000 items 182 MB against 325 MB estimated;
-    2,000 × 100,000 at rank 40 4.0 GB / 5.1 GB; 100,000 × 2,000 at rank 64 and 20 per user
-    349 MB / 650 MB; 500,000 × 300 at 1 per user 259 MB / 463 MB.
+    Measured by ``bench/parts/generator_memory.py`` (the process's peak RSS less its peak
+    after the imports; rank 16 and 50 per user unless said): 20,000 users × 3,000 items 191 MB
+    against 324 MB estimated; 2,000 × 100,000 at rank 40 4.2 GB / 5.1 GB; 100,000 × 2,000 at
+    rank 64 and 20 per user 367 MB / 651 MB; 500,000 × 300 at 1 per user 272 MB / 463 MB.
     """
     U, I, r = int(n_users), int(n_items), int(rank)
     return (48 * min(U, _CHUNK) * I + 160 * expected_interactions(U, I, interactions_per_user)

@@ -203,10 +203,10 @@ def power_law_stream_bytes(n_users, n_items, n_windows, interactions_per_window,
     min(``interactions_per_window`` · ``n_windows`` + 1, ``n_items``) per user: the windows'
     users, items and times, their concatenation and the final :class:`Interactions`).
 
-    Measured (the process's peak RSS less its peak after the imports; rank 16, 8 windows and
-    8 per window unless said): 2,000 users × 3,000 items 172 MB against 180 MB estimated;
-    20,000 × 10,000 with 4 windows 550 MB / 844 MB; 5,000 × 50,000 at 20 per window 2.0 GB /
-    2.9 GB.
+    Measured by ``bench/parts/generator_memory.py`` (the process's peak RSS less its peak
+    after the imports; rank 16, 8 windows and 8 per window unless said): 2,000 users × 3,000
+    items 181 MB against 180 MB estimated; 20,000 × 10,000 with 4 windows 574 MB / 844 MB;
+    5,000 × 50,000 at 20 per window 2.1 GB / 2.9 GB.
     """
     U, I = int(n_users), int(n_items)
     per_user = max(1, round(interactions_per_window))

@@ -61,14 +61,14 @@ def power_law_bytes(n_users, n_items, n_genres, interactions_per_user) -> int:
       item-genre weights;
     * 64 bytes per user and per item (ranks, popularity, activity, support, IDs).
 
-    Measured (the process's peak RSS, ``ru_maxrss``, less its peak after the imports; 18 genres
-    and 50 per user unless said): 20,000 users × 3,000 items (1.0M interactions) 195 MB
-    against 283 MB estimated; 100,000 × 3,000 at 20 per user 470 MB / 650 MB; 2,000 × 200,000
-    with 50 genres 339 MB / 685 MB; 200,000 × 3,000 with 100 genres at 10 per user 895 MB /
-    1.9 GB; 500,000 × 3,000 at 1 per user 683 MB / 862 MB. Left out: the Gumbel-key finish of
-    users a steep ``zipf_s`` leaves short of items (blocks of 256 users × ``n_items``
-    floats), which ordinary settings never reach (at ``zipf_s=2.5``, 3,000 × 20,000 at 200 per
-    user: 239 MB measured, 179 MB estimated).
+    Measured by ``bench/parts/generator_memory.py`` (the process's peak RSS, ``ru_maxrss``,
+    less its peak after the imports; 18 genres and 50 per user unless said): 20,000 users ×
+    3,000 items (1.0M interactions) 205 MB against 283 MB estimated; 100,000 × 3,000 at 20 per
+    user 493 MB / 650 MB; 2,000 × 200,000 with 50 genres 355 MB / 685 MB; 200,000 × 3,000
+    with 100 genres at 10 per user 940 MB / 1.9 GB; 500,000 × 3,000 at 1 per user 717 MB /
+    862 MB. Left out: the Gumbel-key finish of users a steep ``zipf_s`` leaves short of items
+    (blocks of 256 users × ``n_items`` floats), which ordinary settings never reach (at
+    ``zipf_s=2.5``, 3,000 × 20,000 at 200 per user: 251 MB measured, 179 MB estimated).
     """
     U, I, G = int(n_users), int(n_items), int(n_genres)
     return (250 * expected_interactions(U, I, interactions_per_user) + 64 * (U + I) * G
