@@ -685,12 +685,19 @@ def step_or_queue(updates: list, num_threads: Optional[int], alone: bool) -> Non
     if alone:
         queue = _queues.get(_queue_key())
         if queue is None or not any(id(u[0]) in queue.modules for u in updates):
-            if num_threads is None:
-                fused_update(*updates[0])
-            else:
-                fused_update_many(updates, num_threads)
+            _step_now(updates, num_threads)
             return
     step_after_backward([(u[0], u[1], _own_copy(u[2]), *u[3:]) for u in updates], num_threads)
+
+
+def _step_now(updates: list, num_threads: Optional[int]) -> None:
+    """Run one lookup node's updates: one module's :func:`fused_update` (``num_threads``
+    None), or a collection's tables in one :func:`fused_update_many` call."""
+    if num_threads is None:
+        for u in updates:
+            fused_update(*u)
+    else:
+        fused_update_many(updates, num_threads)
 
 
 def _own_copy(grad: np.ndarray) -> np.ndarray:
@@ -727,11 +734,7 @@ def _run_queue(key: int, queue: _Queue) -> None:
         if _queues.get(key) is queue:
             del _queues[key]
     if len(queue) == 1:  # one lookup node (each module in it once): its steps as they are
-        updates, num_threads = queue[0]
-        if num_threads is None:
-            fused_update(*updates[0])
-        else:
-            fused_update_many(updates, num_threads)
+        _step_now(*queue[0])
         return
     seen: dict = {}
     for updates, _ in queue:
@@ -739,12 +742,7 @@ def _run_queue(key: int, queue: _Queue) -> None:
             seen.setdefault(id(u[0]), []).append(u)
     merged = {k: v for k, v in seen.items() if len(v) > 1}
     for updates, num_threads in queue:
-        rest = [u for u in updates if id(u[0]) not in merged]
-        if num_threads is None:
-            for u in rest:
-                fused_update(*u)
-        else:
-            fused_update_many(rest, num_threads)
+        _step_now([u for u in updates if id(u[0]) not in merged], num_threads)
     for ups in merged.values():
         module = ups[0][0]
         joined = None if module.scale_grad_by_freq else _joined_bags(ups)
