@@ -430,16 +430,60 @@ def test_posthoc_schema(posthoc):
     for k in ("gap_before", "gap_after", "high_cost:recall@10", "high_cost:ndcg@10"):
         assert c[k]["n"] == 2
     for k in ("equal_exposure:recall@10", "equal_exposure:ndcg@10"):  # matched seeds only
-        assert c[k]["n"] == sum(c["reached"])
-    # the matched lambda is the smallest one at or below the high-d model's exposure
+        assert c[k]["n"] == c["match"].count("equal")
+    # λ* puts the low-d model's exposure, linear in λ between grid points, on the high-d
+    # model's (np.interp as the oracle); the accuracy there is interpolated the same way
     by = {(r["seed"], r["dim"], r["lam"]): r for r in rows}
-    for seed, star in zip((0, 1), c["lam_matched"]):
+    grid = [0.0, 0.5, 0.99]
+    gaps = {m: [] for m in ("recall@10", "ndcg@10")}
+    for seed, star, match in zip((0, 1), c["lam_matched"], c["match"]):
         target = by[(seed, 16, 0.0)]["excess_arp@10"]
-        below = [lam for lam in (0.0, 0.5, 0.99) if by[(seed, 2, lam)]["excess_arp@10"] <= target]
-        assert star == (below[0] if below else 0.99)
-    assert c["reached"] == [any(by[(s, 2, lam)]["excess_arp@10"]
-                                <= by[(s, 16, 0.0)]["excess_arp@10"] for lam in (0.0, 0.5, 0.99))
-                            for s in (0, 1)]
+        e = [by[(seed, 2, lam)]["excess_arp@10"] for lam in grid]
+        below = [i for i, x in enumerate(e) if x <= target]
+        if not below:
+            assert (match, star) == ("short", 0.99)
+        elif below[0] == 0 and e[0] < target:
+            assert (match, star) == ("below", 0.0)
+        else:
+            assert match == "equal" and grid[max(below[0] - 1, 0)] <= star <= grid[below[0]]
+            assert np.interp(star, grid, e) == pytest.approx(target, abs=1e-12)
+            for m in gaps:
+                low = np.interp(star, grid, [by[(seed, 2, lam)][m] for lam in grid])
+                gaps[m].append(by[(seed, 16, 0.0)][m] - low)
+    assert c["reached"] == [m != "short" for m in c["match"]]
+    for m, v in gaps.items():
+        assert c[f"equal_exposure:{m}"]["n"] == len(v)
+        if v:
+            assert c[f"equal_exposure:{m}"]["mean"] == pytest.approx(np.mean(v), abs=1e-12)
+
+
+def test_posthoc_interpolates_the_match_between_grid_points():
+    from embtab.experiments.posthoc import contrasts, findings
+
+    def row(seed, dim, lam, exp, rec):
+        return {"model": "mf+popcal", "seed": seed, "dim": dim, "lam": lam,
+                "excess_arp@10": exp, "recall@10": rec, "ndcg@10": rec / 2}
+
+    rows = []
+    for seed, (e0, e1) in enumerate([(0.10, 0.00), (0.10, -0.02), (-0.01, -0.03)]):
+        rows += [row(seed, 64, 0.0, 0.0, 0.5), row(seed, 64, 1.0, -0.1, 0.3),
+                 row(seed, 4, 0.0, e0, 0.4), row(seed, 4, 1.0, e1, 0.2)]
+    c = contrasts(rows, 4, 64)
+    assert c["match"] == ["equal", "equal", "below"]
+    # seed 1: exposure 0.10 at λ = 0 and −0.02 at λ = 1 reach 0 at λ = 0.1 / 0.12
+    assert c["lam_matched"] == pytest.approx([1.0, 0.10 / 0.12, 0.0])
+    assert c["gap_after"]["mean"] == pytest.approx(-0.01 / 3)
+    rec = [0.5 - 0.2, 0.5 - (0.4 - 0.2 * 0.10 / 0.12)]   # high(0) − low(λ*), equal seeds only
+    assert c["equal_exposure:recall@10"]["n"] == 2
+    assert c["equal_exposure:recall@10"]["mean"] == pytest.approx(np.mean(rec))
+    # the high-d model's cost at the same (interpolated) λ*; 0 on the seed with λ* = 0
+    cost = [0.2, 0.2 * 0.10 / 0.12, 0.0]
+    assert c["high_cost:recall@10"]["mean"] == pytest.approx(np.mean(cost))
+    text = " ".join(findings({"config": {"low_dim": 4, "high_dim": 64}, "contrasts": c}))
+    assert "On 1 seed the d = 4 lists were already less popular" in text
+    assert "on the 2 matched seeds, λ* interpolated" in text
+    assert "(per seed: 1, 0.833, 0; matched on 2 of 3 seeds, already less popular at λ = 0 on 1)" \
+        in text
 
 
 def test_posthoc_lambda0_rows_are_the_plain_models_lists(posthoc_session, posthoc):
@@ -464,7 +508,7 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
 
     res = copy.deepcopy(posthoc)
     c = res["contrasts"]
-    c["reached"] = [True] * len(c["reached"])
+    c["match"] = ["equal"] * len(c["match"])
     for k in ("gap_before", "gap_after", "gap_matched", "equal_exposure:recall@10",
               "equal_exposure:ndcg@10", "high_cost:recall@10", "high_cost:ndcg@10"):
         c[k] = {"mean": 0.01, "sd": 0.01, "ci95_low": -0.005, "ci95_high": 0.02, "n": 5}
@@ -479,23 +523,22 @@ def test_posthoc_sentences_state_a_direction_only_when_the_interval_excludes_0(p
     assert text.count("no clear direction") == 5
     assert "is more accurate than the d = 2 model at λ*" in text
     assert "At equal exposure (" in text
-    # λ* = 0 because the low-d lists were already less popular: the gap at λ* lies below 0,
-    # so the comparison is not at equal exposure (a review found the report saying it was)
-    c["gap_matched"] = {"mean": -0.06, "sd": 0.01, "ci95_low": -0.08, "ci95_high": -0.04, "n": 5}
+    # a seed whose low-d lists are already less popular at λ = 0 has no exposure to match:
+    # no equal-exposure comparison there (a review found the report saying there was)
+    c["match"] = ["below"] * len(c["match"])
     text = " ".join(findings(res))
-    assert "At equal exposure" not in text
-    assert "where the d = 2 lists are less popular than the d = 16 lists" in text
-    assert "not equal exposure), the d = 16 model is more accurate than the d = 2 model" in text
-    # results saved before gap_matched was kept: recomputed from the rows, never gap_after
-    # (which covers the unmatched seeds too)
+    assert "At equal exposure" not in text and "more accurate" not in text
+    assert "were already less popular than the d = 16 lists at λ = 0" in text
+    # results saved before λ* was interpolated: recomputed from the rows
     old = copy.deepcopy(posthoc)
-    del old["contrasts"]["gap_matched"]
+    del old["contrasts"]["match"]
     assert findings(old) == findings(posthoc)
     del old["rows"]
     assert all("At equal exposure" not in t for t in findings(old))
-    c["reached"] = [False] * len(c["reached"])  # no seed matched: no equal-exposure claim
+    assert any(t.startswith("Before calibration") for t in findings(old))
+    c["match"] = ["short"] * len(c["match"])  # no seed matched: no equal-exposure claim
     text = " ".join(findings(res))
-    assert "No seed reached the d = 16 exposure, so ndcg@10 is not compared" in text
+    assert "No seed was matched to the d = 16 exposure, so ndcg@10 is not compared" in text
     assert "more accurate" not in text
 
 
@@ -514,7 +557,7 @@ def test_posthoc_report_and_plot(posthoc, tmp_path):
     text = "\n".join(ex.REGISTRY["posthoc"].section(posthoc, [p.name for p in paths]))
     assert "| mf+popcal | 2 | 0.5 |" in text and "| mf+popcal | 16 | 0.99 |" in text
     assert "posthoc.png" in text and any(
-        s in text for s in ("At equal exposure", "At λ* (", "No seed reached"))
+        s in text for s in ("At equal exposure", "already less popular", "No seed was matched"))
 
 
 def test_calibration_minority_share_against_history_with_intervals():

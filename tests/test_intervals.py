@@ -7,11 +7,14 @@ import pytest
 from scipy import stats
 
 from embtab.experiments.intervals import (
+    ci_text,
     direction_sentence,
     interval,
+    spec_apart,
     student_t_975,
     summary_with_intervals,
 )
+from embtab.experiments.report import ci_cell
 
 
 @pytest.mark.parametrize("df", [1, 2, 4, 9, 29, 30, 31, 45, 100, 1000])
@@ -197,3 +200,57 @@ def test_table_cells_star_only_quantities_that_can_be_negative():
     assert fmt_ci(interval([0.5, 0.5, 0.5]), metric="recall@10") == "0.500 (no spread)"
     assert fmt_ci(interval([0.5]), metric="recall@10") == "0.500"
     assert fmt_ci(None) == "–"
+
+
+def test_a_bound_that_decides_a_claim_never_prints_as_the_value_it_excludes():
+    # review: a starred table cell printed "0.001 [0.000, 0.001]*", a budget sentence
+    # "difference +0.0000 [+0.0000, +0.0001], so cuckoo wins", a trade-off verdict
+    # "50% [50%, 51%] ... the target (≤ 50%) is missed"
+    from embtab.experiments import budget, calibration, dims
+
+    assert spec_apart(".3f", 0.0003) == ".4f" and spec_apart("+.4f", -2e-5) == "+.5f"
+    assert spec_apart(".0%", 0.5004, 0.5) == ".2%" and spec_apart(".3f", 0.25) == ".3f"
+    assert spec_apart(".3e", 1e-9) == ".3e"   # not a fixed-point spec: unchanged
+    st = interval([0.0006, 0.0008, 0.0010])   # low bound 0.00030
+    assert 0 < st["ci95_low"] < 0.0005
+    assert dims.fmt_ci(st, metric="excess_arp@10") == "0.0008 [0.0003, 0.0013]*"
+    assert ci_text(st, ".3f") == "0.001 [0.000, 0.001]"   # no claim asked: as given
+    assert ci_text(interval([-0.0006, -0.0008, -0.0010]), ".3f", ref=0.0) == \
+        "-0.0008 [-0.0013, -0.0003]"
+    for metric, diff in (("recall@10", interval([3e-5, 4e-5, 5e-5])),
+                         ("|excess_arp@10|", interval([-3e-5, -4e-5, -5e-5]))):
+        text = budget.findings({"contrasts": [{"budget": 1.0, "metric": metric, "best": "cuckoo",
+                                               "runner_up": "hashed", "difference": diff}],
+                                "summary": []})[0]
+        assert "cuckoo wins" in text, text
+        assert "[+0.0000," not in text and "-0.0000]" not in text, text
+        assert "[+0.00002, +0.00006]" in text or "[-0.00006, -0.00002]" in text, text
+
+    def rows(ratios, ndcg_ratios):
+        out = []
+        for s, (r, n) in enumerate(zip(ratios, ndcg_ratios)):
+            out += [{"model": "mf+calibrated", "candidates": 100, "lam": lam, "seed": s,
+                     "miscalibration@10": m, "ndcg@10": 0.2 * g}
+                    for lam, m, g in ((0.0, 1.0, 1.0), (0.5, r, n))]
+        return {"rows": out}
+
+    text = calibration.tradeoff_findings(rows([0.5035, 0.5045, 0.5055], [0.99, 0.98, 0.97]))[0]
+    assert "is missed" in text and "[50%," not in text and "[50.2%," in text, text
+    text = calibration.tradeoff_findings(rows([0.40, 0.42, 0.44], [0.8996, 0.8997, 0.8998]))[0]
+    assert "is missed" in text and "−10.0%]" not in text and "-10.0%]" not in text, text
+
+
+def test_report_cells_and_intervals_agree_on_no_spread():
+    # review: interval() and report.ci_cell used different "no spread" thresholds, so one
+    # metric read "(no spread)" in a sentence and "0.0010 [0.0010, 0.0010]" in a table
+    for values in ([1e-3, 1e-3 + 2e-14, 1e-3 - 2e-14], [1e-13, -1e-13, 0.0]):
+        st = interval(values)
+        assert st["sd"] == 0.0
+        sd = float(np.std(values, ddof=1))
+        assert ci_cell(float(np.mean(values)), sd, 3).endswith("(no spread)")
+
+
+def test_an_unbounded_interval_is_named_as_such():
+    st = interval([-1e308, 1e308])
+    assert st["ci95_low"] == -math.inf
+    assert "95% CI unbounded" in direction_sentence(st, "X", "up", "down")

@@ -43,7 +43,8 @@ from embtab._checks import check_int
 from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.dims import fmt_ci
-from embtab.experiments.intervals import CI_NOTE, direction_sentence, interval, summary_with_intervals
+from embtab.experiments.intervals import (CI_NOTE, ci_text, direction_sentence, interval,
+                                         summary_with_intervals)
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
 from embtab.experiments.report import dataset_line, finish_section
@@ -664,8 +665,8 @@ def findings(results: dict) -> list:
         verdict = (f"{c['best']} wins on {what}" if better else
                    f"{c['runner_up']} wins on {what}" if worse else
                    f"{c['best']} and {c['runner_up']} are not separated on {what}")
-        out.append(f"{subject}: difference {d['mean']:+.4f} [{d['ci95_low']:+.4f}, "
-                   f"{d['ci95_high']:+.4f}], so {verdict}.")
+        # the bound that excludes 0 printed with the decimals it needs not to read as 0
+        out.append(f"{subject}: difference {ci_text(d, '+.4f', ref=0.0)}, so {verdict}.")
     for e in results.get("summary", []):
         if e.get("model") != "mechanism" or "exposure_diff" not in e:
             continue

@@ -307,7 +307,8 @@ def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
     """Steck's trade-off at ``lam`` per C, paired per seed against λ = 0: the miscalibration
     ratio and the relative ndcg@10 change, each with its 95% interval over seeds, and whether
     the target (≤ 50% of the miscalibration for ≤ 10% ndcg@10 loss) is met, missed, or not
-    decided by the intervals."""
+    decided by the intervals (a bound on the far side of 50% or −10% printed with the decimals
+    it needs not to read as the threshold)."""
     rows = [r for r in results["rows"] if r.get("model") == "mf+calibrated"]
     by = {(r["candidates"], r["lam"], r["seed"]): r for r in rows}
     out = []
@@ -342,9 +343,8 @@ def tradeoff_findings(results: dict, lam: float = 0.5) -> list:
                    "not decided by the intervals")
         out.append(
             f"C={C}, paired over {len(seeds)} seeds: at λ={lam:g} miscalibration@10 is "
-            f"{ratio['mean']:.0%} [{ratio['ci95_low']:.0%}, {ratio['ci95_high']:.0%}] of λ=0's "
-            f"and ndcg@10 changes by {change['mean']:+.1%} [{change['ci95_low']:+.1%}, "
-            f"{change['ci95_high']:+.1%}]; the target (≤ 50%, ≥ −10%) is {verdict}.")
+            f"{ci_text(ratio, '.0%', ref=0.5)} of λ=0's and ndcg@10 changes by "
+            f"{ci_text(change, '+.1%', ref=-0.10)}; the target (≤ 50%, ≥ −10%) is {verdict}.")
     return out
 
 

@@ -255,10 +255,11 @@ def findings(results: dict) -> list:
 
 def fmt_ci(stat, digits: int = 3, metric=None) -> str:
     """``mean [low, high]`` of an interval entry, ``*`` when it excludes 0 and ``metric`` can be
-    negative (:func:`~embtab.experiments.intervals.is_signed`; None: any quantity); ``mean (no
+    negative (:func:`~embtab.experiments.intervals.is_signed`; None: any quantity; the bound that
+    excludes 0 then printed with the decimals it needs not to read as 0); ``mean (no
     spread)`` when every seed gave the same value (as the report's other tables write it);
     "–" when missing."""
-    text = ci_text(stat, f".{digits}f")
+    text = ci_text(stat, f".{digits}f", ref=0.0 if is_signed(metric) else None)
     if "[" not in text and text != "–" and (stat or {}).get("sd") == 0.0 and \
             ((stat or {}).get("n") or 0) > 1:
         text += " (no spread)"

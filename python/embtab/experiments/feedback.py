@@ -1015,7 +1015,8 @@ def group_table(results: dict) -> list:
 def contrast_table(results: dict, metrics_: Sequence[str] = (
         "homogenisation", "utility_cum_ratio", "utility_gini", "drift")) -> list:
     """Markdown table: per η, each arm minus the base arm at round T (paired by seed),
-    mean [95% CI]; ``*`` marks an interval that excludes 0."""
+    mean [95% CI]; ``*`` marks an interval that excludes 0 (its deciding bound printed with the
+    decimals it needs not to read as 0)."""
     cfg = results["config"]
     base = cfg.get("base_arm", BASE_ARM)
     if not drift_measured(results):
@@ -1031,7 +1032,7 @@ def contrast_table(results: dict, metrics_: Sequence[str] = (
                 d = _contrast(results, eta, arm, base, m)
                 lo, hi = num(d.get("ci95_low")), num(d.get("ci95_high"))
                 star = "*" if (lo > 0 or hi < 0) else ""
-                cells.append(_ci(d) + star)
+                cells.append(ci_text(d, ".3f", ref=0.0) + star)
             lines.append(f"| {eta:g} | {arm} | " + " | ".join(cells) + " |")
     return lines
 

@@ -23,13 +23,13 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["CI_NOTE", "ci95_half_width", "ci_text", "direction_sentence", "interval", "is_signed",
-           "student_t_975",
-           "summary_with_intervals"]
+           "spec_apart", "student_t_975", "summary_with_intervals"]
 
 # t_{0.975, df} for df = 1..30 (the 97.5% quantile of Student's t)
 _T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
@@ -178,15 +178,52 @@ def is_signed(metric) -> bool:
     return str(metric).startswith(SIGNED_PREFIXES) or str(metric).endswith(SIGNED_SUFFIXES)
 
 
-def ci_text(stat, spec: str = ".3f", missing: str = "–") -> str:
+_FIXED_SPEC = re.compile(r"^([^.]*)\.(\d+)([f%])$")
+
+
+def spec_apart(spec: str, x: float, ref: float = 0.0) -> str:
+    """``spec`` with as many more decimals as it takes for ``x`` not to print as ``ref``.
+
+    A bound that excludes a reference (0, or a target such as 50%) can round onto it: 0.0003
+    prints as ``0.000`` with ``.3f`` and 0.5004 as ``50%`` with ``.0%``, and a cell or sentence
+    would then show an interval that seems to reach the reference next to a claim that it
+    excludes it. Fixed-point specs (``.3f``, ``+.4f``, ``.0%``, ...) get decimals added; any other
+    spec, or an ``x`` equal to ``ref``, is returned unchanged.
+
+    Example::
+
+        >>> spec_apart(".3f", 0.0003), spec_apart(".0%", 0.5004, 0.5), spec_apart(".3f", 0.2)
+        ('.4f', '.2%', '.3f')
+    """
+    m = _FIXED_SPEC.match(spec)
+    if m is None or not (math.isfinite(x) and math.isfinite(ref)) or x == ref:
+        return spec
+    head, digits, kind = m.group(1), int(m.group(2)), m.group(3)
+
+    def shown(v: float, d: int) -> float:
+        return float(format(v, f"{head}.{d}{kind}").rstrip("%"))
+
+    for d in range(digits, digits + 20):
+        if shown(x, d) != shown(ref, d):
+            return f"{head}.{d}{kind}"
+    return spec
+
+
+def ci_text(stat, spec: str = ".3f", missing: str = "–", *, ref: float | None = None) -> str:
     """An :func:`interval` entry as ``mean [low, high]`` (each formatted with ``spec``), the mean
     alone when there is no interval (n < 2, or the same value on every seed), ``missing`` when
     the mean is missing or not finite.
+
+    With ``ref`` (the value a claim compares the interval with: 0 for a difference), an interval
+    that excludes ``ref`` is printed with the decimals its deciding bound needs not to read as
+    ``ref`` (:func:`spec_apart`): ``0.001 [0.0003, ...]`` would otherwise print ``[0.000, ...]``.
 
     Example::
 
         >>> ci_text({"mean": 0.5, "ci95_low": 0.25, "ci95_high": 0.75, "n": 3}, ".2f")
         '0.50 [0.25, 0.75]'
+        >>> ci_text({"mean": 0.001, "ci95_low": 0.0003, "ci95_high": 0.0017, "n": 3}, ref=0.0)
+        '0.0010 [0.0003, 0.0017]'
     """
     m = (stat or {}).get("mean")
     if m is None or not math.isfinite(m):
@@ -194,6 +231,8 @@ def ci_text(stat, spec: str = ".3f", missing: str = "–") -> str:
     lo, hi = stat.get("ci95_low"), stat.get("ci95_high")
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return format(m, spec)
+    if ref is not None and (lo > ref or hi < ref):
+        spec = spec_apart(spec, lo if lo > ref else hi, ref)
     return f"{format(m, spec)} [{format(lo, spec)}, {format(hi, spec)}]"
 
 
@@ -241,6 +280,9 @@ def direction_sentence(stat: dict, subject: str, positive: str, negative: str, *
         return f"{subject}: no clear direction ({metric or 'value'} undefined)."
     ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
     if not ok:
+        if n and n > 1 and any(x is not None and math.isinf(x) for x in (lo, hi)):
+            return (f"{subject}: no clear direction ({name}{f(mean)}, 95% CI unbounded, {n} "
+                    "seeds).")
         if n and n > 1 and stat.get("sd") == 0.0:
             return (f"{subject}: no clear direction ({name}{f(mean)} on every one of {n} seeds: "
                     "no spread to form an interval).")

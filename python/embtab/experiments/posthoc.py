@@ -3,18 +3,18 @@
 A low-d and a high-d collisionless (cuckoo) model are trained as in E1 (``dims``). Each model's
 top-C candidates are reranked by :func:`embtab.rerank.calibrated` toward the user's own
 head / mid / tail mix (:func:`embtab.rerank.popularity_bins` of the training counts) for each
-λ in ``lams`` (λ = 0 is the model's own list). Per seed, the low-d model's *matched* λ is the
-smallest λ whose exposure (``excess_arp@10``, or ``arp@10`` without a truth) is at most the
-high-d model's plain (λ = 0) exposure (the largest λ when none is). The contrasts, each with a
+λ in ``lams`` (λ = 0 is the model's own list). Per seed, the low-d model's *matched* λ* is
+where its exposure (``excess_arp@10``, or ``arp@10`` without a truth) equals the high-d
+model's plain (λ = 0) exposure, interpolated linearly between the two grid λ around it (the
+largest λ when no λ reaches it; see :func:`contrasts`). The contrasts, each with a
 95% interval over seeds (:mod:`~embtab.experiments.intervals`), are the accuracy of the high-d
-model at λ = 0 minus that of the low-d model at its matched λ (equal exposure), and the reverse
-question: the high-d model's accuracy at λ = 0 minus at the same matched λ (what calibration
+model at λ = 0 minus that of the low-d model at λ* (equal exposure), and the reverse
+question: the high-d model's accuracy at λ = 0 minus at the same λ* (what calibration
 costs a model that has the capacity). docs/experiments.md states the protocol.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,19 +140,33 @@ def run_posthoc(dataset: str | Interactions = "synthetic:rank=16", seeds=3, *,
     return res
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     """Per-seed comparisons at equal exposure, each an :func:`interval` over seeds.
 
-    ``exposure``: the metric matched (``excess_arp@10`` when rows have it, else ``arp@10``);
-    ``lam_matched``: per seed, the smallest λ at which the low-d model's exposure is at most
-    the high-d model's at λ = 0 (the largest λ when none is); ``reached``: per seed, whether
-    such a λ exists; ``gap_before`` / ``gap_after``:
-    exposure(low, 0) − exposure(high, 0) and exposure(low, λ*) − exposure(high, 0);
-    ``gap_matched``: the latter over the seeds where the match was reached (λ* is the first λ
-    whose exposure is *at most* the target, so it may fall below it: the accuracy comparison
-    is at equal exposure only where this interval holds 0);
-    ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) for m in recall@10, ndcg@10;
-    ``high_cost:<m>``: m(high, 0) − m(high, λ*). Empty when a seed lacks either model.
+    ``exposure``: the metric matched (``excess_arp@10`` when rows have it, else ``arp@10``).
+    Per seed, the target is the high-d model's exposure at λ = 0, and the low-d model is matched
+    to it on its grid of λ:
+
+    - ``"equal"``: the first grid λ whose exposure is at most the target, λ_j, comes after one
+      above it, λ_{j-1}; λ* is interpolated linearly between them to the target's exposure
+      (weight w = (e_{j-1} − target) / (e_{j-1} − e_j)), and every metric of both models at λ*
+      is interpolated with the same w (the gap at λ* is 0 by construction; λ_j itself would
+      compare a model calibrated past the target, which leans the accuracy comparison toward
+      the high-d model). A λ = 0 exactly at the target counts here too;
+    - ``"below"``: the low-d lists are already less popular than the target at λ = 0 (λ* = 0);
+      there is nothing to match, and no equal-exposure comparison;
+    - ``"short"``: no λ of the grid reaches the target (λ* = the largest λ).
+
+    Keys: ``match`` (per seed, one of the above), ``lam_matched`` (per seed, λ*), ``reached``
+    (per seed, "equal" or "below"), ``gap_before`` / ``gap_after``: exposure(low, 0) −
+    target and exposure(low, λ*) − target; ``gap_matched``: the latter over the reached seeds;
+    ``equal_exposure:<m>``: m(high, 0) − m(low, λ*) over the "equal" seeds, for m in
+    recall@10, ndcg@10; ``high_cost:<m>``: m(high, 0) − m(high, λ*) over every seed. Empty when
+    a seed lacks either model's λ = 0 row.
     """
     # a metric saved as null (NaN in a JSON results file) reads as NaN, as it was in memory
     mf = [{k: float("nan") if v is None else v for k, v in r.items()}
@@ -160,8 +174,9 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
     exp = "excess_arp@10" if any("excess_arp@10" in r for r in mf) else "arp@10"
     by = {(r["seed"], r["dim"], r["lam"]): r for r in mf}
     seeds = sorted({r["seed"] for r in mf})
-    out: dict = {"exposure": exp, "lam_matched": [], "reached": [], "gap_before": [],
-                 "gap_after": [], "gap_matched": []}
+    out: dict = {"exposure": exp, "interpolation": "linear in λ", "match": [],
+                 "lam_matched": [], "reached": [], "gap_before": [], "gap_after": [],
+                 "gap_matched": []}
     acc = {f"{kind}:{m}": [] for kind in ("equal_exposure", "high_cost") for m in ACCURACY}
     for seed in seeds:
         lams = sorted(lam for (s_, d, lam) in by if s_ == seed and d == low_dim)
@@ -169,18 +184,47 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
         if hi0 is None or lo0 is None:
             return {}
         target = hi0[exp]
-        star = next((lam for lam in lams if by[(seed, low_dim, lam)][exp] <= target), None)
-        out["reached"].append(star is not None)
-        star = lams[-1] if star is None else star
-        lo, hi = by[(seed, low_dim, star)], by.get((seed, high_dim, star))
-        out["lam_matched"].append(star)
+        j = next((i for i, lam in enumerate(lams) if by[(seed, low_dim, lam)][exp] <= target),
+                 None)
+        if j is None:
+            match, j = "short", len(lams) - 1
+        elif j == 0:
+            match = "equal" if lo0[exp] == target else "below"
+        else:
+            match = "equal"
+        lo_j, hi_j = by[(seed, low_dim, lams[j])], by.get((seed, high_dim, lams[j]))
+        if match == "equal" and j > 0:
+            lo_p, hi_p = by[(seed, low_dim, lams[j - 1])], by.get((seed, high_dim, lams[j - 1]))
+            w = (lo_p[exp] - target) / (lo_p[exp] - lo_j[exp])   # in (0, 1]: e_{j-1} > target >= e_j
+            lam = lams[j - 1] + w * (lams[j] - lams[j - 1])
+
+            def low(m, lo_p=lo_p, lo_j=lo_j, w=w):
+                return lo_p[m] + w * (lo_j[m] - lo_p[m])
+
+            def high(m, hi_p=hi_p, hi_j=hi_j, w=w):
+                return (hi_p[m] + w * (hi_j[m] - hi_p[m])
+                        if hi_p is not None and hi_j is not None else None)
+            gap = 0.0   # by construction
+        else:
+            lam = lams[j]
+
+            def low(m, lo_j=lo_j):
+                return lo_j[m]
+
+            def high(m, hi_j=hi_j):
+                return hi_j[m] if hi_j is not None else None
+            gap = lo_j[exp] - target
+        out["match"].append(match)
+        out["reached"].append(match != "short")
+        out["lam_matched"].append(float(lam))
         out["gap_before"].append(lo0[exp] - target)
-        out["gap_after"].append(lo[exp] - target)
-        if out["reached"][-1]:
-            out["gap_matched"].append(lo[exp] - target)
-        for m in ACCURACY:  # equal exposure only where the match was reached
-            acc[f"equal_exposure:{m}"].append(hi0[m] - lo[m] if out["reached"][-1] else None)
-            acc[f"high_cost:{m}"].append(hi0[m] - hi[m] if hi is not None else None)
+        out["gap_after"].append(gap)
+        if match != "short":
+            out["gap_matched"].append(gap)
+        for m in ACCURACY:  # equal exposure only where the match was made
+            acc[f"equal_exposure:{m}"].append(hi0[m] - low(m) if match == "equal" else None)
+            h = high(m)
+            acc[f"high_cost:{m}"].append(hi0[m] - h if h is not None else None)
     out["gap_before"] = interval(out["gap_before"])
     out["gap_after"] = interval(out["gap_after"])
     out["gap_matched"] = interval(out["gap_matched"])
@@ -191,57 +235,50 @@ def contrasts(rows, low_dim: int, high_dim: int) -> dict:
 def findings(results: dict) -> list:
     """The report's sentences, each stating a direction only when its 95% interval excludes 0."""
     c = results.get("contrasts") or {}
+    cfg = results["config"]
+    lo, hi = cfg["low_dim"], cfg["high_dim"]
+    if c and "match" not in c:
+        # results saved before λ* was interpolated: recomputed from their rows; without rows,
+        # only the sentences that do not need the match
+        c = (contrasts(results["rows"], lo, hi) if results.get("rows") else
+             {k: v for k, v in c.items() if k.startswith(("exposure", "gap_before", "high_"))})
     if not c:
         return []
-    cfg = results["config"]
-    lo, hi, exp = cfg["low_dim"], cfg["high_dim"], c["exposure"]
-    lams = ", ".join(f"{x:g}" for x in c["lam_matched"])
-    reached = c.get("reached", [])
-    lams += f"; the high-d exposure reached on {sum(reached)} of {len(reached)} seeds"
-    if sum(reached) < len(reached):
-        lams += ", the others at the largest λ"
-    none_needed = bool(c["lam_matched"]) and all(x == 0 for x in c["lam_matched"])
-    cal = f"the d = {lo} model at λ*" + (" (λ* = 0: no calibration needed)" if none_needed
-                                         else "")
+    exp = c["exposure"]
+    match = c.get("match", [])
+    n_equal, n_below, n_short = (match.count(k) for k in ("equal", "below", "short"))
     out = [direction_sentence(c["gap_before"], f"Before calibration, the d = {lo} lists",
                               f"are more popular than the d = {hi} lists",
                               f"are less popular than the d = {hi} lists",
-                              metric=f"{exp}(d={lo}) − {exp}(d={hi})"),
-           direction_sentence(c["gap_after"], f"At the matched λ (per seed: {lams}), the "
-                              f"d = {lo} lists", f"are still more popular than the d = {hi} "
-                              "lists", f"are less popular than the d = {hi} lists",
-                              metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)")]
-    # λ* is the first λ whose exposure is at most the target: "equal exposure" only when the
-    # matched seeds' gap interval holds 0 (a low-d model already less popular than the high-d
-    # one has λ* = 0 and a gap below 0)
-    gm = c.get("gap_matched")
-    if gm is None:  # results saved before gap_matched was kept: from their rows, if any
-        gm = (contrasts(results["rows"], lo, hi).get("gap_matched") if results.get("rows")
-              else None) or interval([])
-    g_lo, g_hi, g_mean = gm.get("ci95_low"), gm.get("ci95_high"), gm.get("mean")
-    has_ci = all(x is not None and math.isfinite(x) for x in (g_lo, g_hi))
-    gap = (f"{exp} gap at λ* {g_mean:+.4f}" if g_mean is not None and math.isfinite(g_mean)
-           else f"{exp} gap at λ* undefined")
-    if gm.get("sd") == 0.0 and g_mean == 0.0:  # the same exposure on every matched seed
-        where = f"At equal exposure (the {sum(reached)} matched seeds; {gap} on every one)"
-    elif has_ci and g_lo <= 0 <= g_hi:
-        where = (f"At equal exposure (the {sum(reached)} matched seeds; {gap}, 95% CI "
-                 f"[{g_lo:.4f}, {g_hi:.4f}] includes 0)")
-    elif has_ci and g_hi < 0:
-        where = (f"At λ* (the {sum(reached)} matched seeds), where the d = {lo} lists are less "
-                 f"popular than the d = {hi} lists ({gap}, 95% CI [{g_lo:.4f}, {g_hi:.4f}]: "
-                 f"not equal exposure),")
-    else:
-        where = (f"At λ* (the {sum(reached)} matched seeds; {gap}, no interval to show the "
-                 f"exposures equal),")
+                              metric=f"{exp}(d={lo}) − {exp}(d={hi})")]
+    if "gap_after" in c:
+        lams = ", ".join(f"{x:.3g}" for x in c["lam_matched"])
+        out.append(direction_sentence(
+            c["gap_after"], f"At the matched λ* (per seed: {lams}; matched on "
+            f"{n_equal} of {len(match)} seeds" + (f", already less popular at λ = 0 on "
+                                                  f"{n_below}" if n_below else "")
+            + (f", the others short of it at the largest λ" if n_short else "") + f"), the "
+            f"d = {lo} lists", f"are still more popular than the d = {hi} lists",
+            f"are less popular than the d = {hi} lists",
+            metric=f"{exp}(d={lo}, λ*) − {exp}(d={hi}, λ=0)"))
+    if n_below:
+        out.append(f"On {_plural(n_below, 'seed')} the d = {lo} lists were already less popular "
+                   f"than the d = {hi} lists at λ = 0, so there is no exposure to match and no "
+                   "accuracy comparison there.")
+    cal = f"the d = {lo} model at λ*"
     for m in ACCURACY:
-        if not any(reached):
-            out.append(f"No seed reached the d = {hi} exposure, so {m} is not compared at equal "
-                       "exposure.")
+        if "match" not in c:
+            break
+        if not n_equal:
+            out.append(f"No seed was matched to the d = {hi} exposure, so {m} is not compared "
+                       "at equal exposure.")
             continue
         out.append(direction_sentence(
-            c[f"equal_exposure:{m}"], f"{where} the d = {hi} model", f"is more accurate than {cal}",
-            f"is less accurate than {cal}", metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
+            c[f"equal_exposure:{m}"],
+            f"At equal exposure (on the {_plural(n_equal, 'matched seed')}, λ* interpolated "
+            f"linearly between the two grid λ around the d = {hi} exposure), the d = {hi} "
+            "model", f"is more accurate than {cal}", f"is less accurate than {cal}",
+            metric=f"{m}(d={hi}) − {m}(d={lo}, λ*)"))
     for m in ACCURACY:
         out.append(direction_sentence(
             c[f"high_cost:{m}"], f"Calibrating the d = {hi} model at the same λ",

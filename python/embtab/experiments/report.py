@@ -47,7 +47,7 @@ def ci_cell(mean, sd, n, digits: int = 4, of: int | None = None) -> str:
     half = ci95_half_width(sd, n) if sd is not None and isinstance(sd, float) else float("nan")
     if not (isinstance(half, float) and math.isfinite(half)):
         return fmt(mean, digits=digits) + part
-    if sd <= 1e-12 * abs(mean):
+    if sd <= 1e-12 * max(abs(mean), 1.0):  # interval()'s rule, with the mean for the largest |value|
         return f"{mean:.{digits}f} (no spread)" + part
     return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]" + part
 
@@ -87,7 +87,8 @@ def render_report(results_list: Sequence[dict], plots: dict | None = None,
     Each results object is rendered by its registry entry's ``section``; results of an
     experiment that is not registered are left out. ``plots`` maps an experiment name to plot
     paths (relative links are written as given). The "what it shows" sentences are computed
-    from the numbers (first vs last rows, the λ = 0 vs λ = 0.5 comparison), never fixed claims.
+    from the numbers by each experiment's findings function (a direction only where its interval
+    excludes 0: :func:`~embtab.experiments.intervals.direction_sentence`), never fixed claims.
     """
     plots = plots or {}
     lines = [f"# {title}", ""]
