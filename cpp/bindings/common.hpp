@@ -106,13 +106,29 @@ struct IdView {
     std::size_t size = 0;
 };
 
+// refuse_masked throws TypeError for a NumPy masked array: its data would be read with the
+// mask ignored (a masked ID used at whatever value it holds). numpy.ma not yet imported means
+// no masked array exists, so the check costs a dictionary lookup on the usual path.
+inline void refuse_masked(const py::handle& obj, const char* name) {
+    PyObject* ma = PyDict_GetItemString(PyImport_GetModuleDict(), "numpy.ma");  // borrowed
+    if (ma == nullptr) return;
+    py::object cls = py::reinterpret_borrow<py::object>(ma).attr("MaskedArray");
+    if (py::isinstance(obj, cls)) {
+        throw py::type_error(std::string(name) + " is a numpy masked array, whose mask would be ignored "
+                             "(the masked entries read at whatever values they hold); pass a plain "
+                             "ndarray, e.g. " + name + ".compressed() or " + name + ".filled(value)");
+    }
+}
+
 // as_ids checks that `obj` is a 1-D C-contiguous int64/uint64 NumPy array and views it.
-// Throws TypeError (not an ndarray, or another dtype) or ValueError (shape, layout).
+// Throws TypeError (not an ndarray, a masked array, or another dtype) or ValueError (shape,
+// layout).
 inline IdView as_ids(const py::handle& obj, const char* name) {
     if (!py::isinstance<py::array>(obj)) {
         throw py::type_error(std::string(name) + " must be a numpy.ndarray of int64 or uint64, got " +
                              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
     }
+    refuse_masked(obj, name);
     py::array a = py::reinterpret_borrow<py::array>(obj);
     const auto dt = a.dtype();
     const bool ok = dt.kind() != 'b' && (dt.kind() == 'i' || dt.kind() == 'u') && dt.itemsize() == 8 && native_order(a);

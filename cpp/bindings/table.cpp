@@ -142,8 +142,14 @@ void bind_table(py::module_& m) {
              },
              py::arg("ids"))
         .def("assign",
-             [](CuckooTable& t, const py::object& keys, const py::array& rows, std::uint64_t num_rows) {
+             [](CuckooTable& t, const py::object& keys, const py::object& rows_obj, std::uint64_t num_rows) {
                  auto k = as_ids(keys, "keys");
+                 if (!py::isinstance<py::array>(rows_obj)) {
+                     throw py::type_error("rows must be a numpy.ndarray of int64, got " +
+                                          py::str(py::type::of(rows_obj).attr("__name__")).cast<std::string>());
+                 }
+                 embtab_py::refuse_masked(rows_obj, "rows");
+                 const auto rows = py::reinterpret_borrow<py::array>(rows_obj);
                  if (!py::isinstance<py::array_t<std::int64_t>>(rows) || rows.dtype().kind() != 'i' ||
                      rows.dtype().itemsize() != 8) {
                      throw py::type_error("rows must be an int64 array, got dtype " + embtab_py::dtype_str(rows));
@@ -153,9 +159,14 @@ void bind_table(py::module_& m) {
                                            "), got shape " + embtab_py::shape_str(rows));
                  }
                  py::array r = embtab_py::aligned_input(py::array_t<std::int64_t, py::array::c_style>::ensure(rows));
+                 // Copied with the GIL held: assign reads each key and row several times (checks,
+                 // then placement), and a caller's array written by another thread in between
+                 // could bring a key or row its checks never saw (two rows for one ID).
                  const auto* rp = static_cast<const std::int64_t*>(r.data());
+                 std::vector<std::uint64_t> kc(k.data, k.data + k.size);
+                 std::vector<std::int64_t> rc(rp, rp + k.size);
                  embtab_py::GilRelease release;
-                 t.assign(k.data, rp, k.size, num_rows);
+                 t.assign(kc.data(), rc.data(), k.size, num_rows);
              },
              py::arg("keys"), py::arg("rows"), py::arg("num_rows"))
         .def(

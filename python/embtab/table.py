@@ -42,7 +42,10 @@ class CuckooTable:
         Most live IDs. When reached, :meth:`lookup_or_insert` of a batch with new IDs raises
         :class:`TableFullError` and inserts nothing.
     growth_factor : float, default 2.0
-        Multiplier of the bucket count on growth, in (1, 16].
+        Multiplier of the bucket count on growth, in (1, 16]. Every growth rehashes the whole
+        index, so a factor close to 1 grows often: filling from empty rehashes about
+        1 / (growth_factor - 1) times as many keys as it ends with (once at 2.0; 100 times at
+        1.01).
     max_load_factor : float, default 0.9
         The table grows before its load factor (live IDs / slots) passes this, in [0.5, 0.98].
         Higher packs more IDs per byte (16 bytes per slot: 17.8 bytes per ID at growth with
@@ -288,11 +291,13 @@ class CuckooTable:
         """Write the table to ``path`` atomically.
 
         The file (format: ``cpp/include/embtab/table.hpp``, ``CuckooTable::serialize``) holds a
-        magic number, a format version, the configuration, every ``(key, row)`` and a checksum.
-        It is written to a temporary file in the same directory, fsynced and renamed over
-        ``path``: a failed or interrupted save leaves the old file intact. A symbolic link at
-        ``path`` is replaced by the new file (the link's target is left as it was), as with
-        any save by rename; pass the target's own path (``os.path.realpath``) to write there.
+        magic number, a format version, the configuration, the index's capacity, every
+        ``(key, row)`` and a checksum. It is written to a temporary file in the same directory,
+        fsynced and renamed over ``path``: a failed or interrupted save leaves the old file
+        intact. A file it replaces keeps its permission bits (a new one gets 0666 less the
+        umask). A symbolic link at ``path`` is replaced by the new file (the link's target is
+        left as it was), as with any save by rename; pass the target's own path
+        (``os.path.realpath``) to write there.
         """
         self._t.save(os.fsencode(path))  # bytes: a path need not be UTF-8
 
@@ -300,11 +305,18 @@ class CuckooTable:
     def load(cls, path: "os.PathLike[str] | str", num_threads: int = 0) -> "CuckooTable":
         """Read a table written by :meth:`save`.
 
+        The table comes back with its capacity (so a :meth:`reserve` survives the round trip,
+        as do pickling and copying), unless that index would take more than an eighth of this
+        machine's memory: it is then sized for the IDs and rows the file holds.
+
         Raises
         ------
         ValueError
             If the file is truncated, corrupt (checksum mismatch), of another format or
             version, or inconsistent; nothing is half-loaded.
+        MemoryError
+            If the rows the file says were handed out (``num_rows``) need more bookkeeping
+            than this machine's memory.
         OSError
             If the file cannot be read.
         """

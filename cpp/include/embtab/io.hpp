@@ -36,7 +36,8 @@ inline constexpr std::size_t kTmpStemBytes = 200;
 // temporary is removed and IoError thrown; the old file is untouched. A `path` that exists
 // as something other than a regular file, a symbolic link or a directory (a FIFO, a device,
 // a socket) is refused before anything is written: a rename would replace the node itself
-// (a directory fails in rename; a link is replaced, its target left alone).
+// (a directory fails in rename; a link is replaced, its target left alone). The new file
+// keeps the permission bits of the regular file it replaces (of a link's target).
 inline void atomic_write_file(const std::string& path, const std::string& data) {
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) &&
@@ -50,7 +51,9 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
     const std::size_t base = slash_at == std::string::npos ? 0 : slash_at + 1;
     const std::string tmp = path.substr(0, base + std::min(path.size() - base, kTmpStemBytes)) + ".tmp-" +
                             std::to_string(::getpid()) + "-" + std::to_string(rd());
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    // A new file gets 0666 less the umask, as open() in Python gives; a replaced one keeps its
+    // permission bits (a file made private with chmod 600 stays private).
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0) {
         const int err = errno;
         throw IoError("cannot create " + tmp, err, path);
@@ -61,6 +64,10 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
         ::unlink(tmp.c_str());
         throw IoError(what + " " + tmp, err, path);
     };
+    struct stat old {};
+    if (::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode) && ::fchmod(fd, old.st_mode & 07777) != 0) {
+        fail("cannot set the permissions of the replaced file on");
+    }
     std::size_t done = 0;
     while (done < data.size()) {
         const ssize_t w = ::write(fd, data.data() + done, data.size() - done);

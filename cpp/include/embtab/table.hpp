@@ -44,6 +44,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -88,13 +90,23 @@ struct TableConfig {
     // validate throws std::invalid_argument naming the bad field.
     void validate() const {
         if (!(growth_factor > 1.0 && growth_factor <= 16.0)) {
-            throw std::invalid_argument("growth_factor must be in (1, 16], got " + std::to_string(growth_factor));
+            throw std::invalid_argument("growth_factor must be in (1, 16], got " + exact(growth_factor));
         }
         if (!(max_load_factor >= kMinMaxLoadFactor && max_load_factor <= kMaxMaxLoadFactor)) {
-            throw std::invalid_argument("max_load_factor must be in [" + std::to_string(kMinMaxLoadFactor) + ", " +
-                                        std::to_string(kMaxMaxLoadFactor) + "], got " +
-                                        std::to_string(max_load_factor));
+            throw std::invalid_argument("max_load_factor must be in [" + exact(kMinMaxLoadFactor) + ", " +
+                                        exact(kMaxMaxLoadFactor) + "], got " + exact(max_load_factor));
         }
+    }
+
+    // exact formats x with the digits that tell it from its neighbours (std::to_string's six
+    // decimals printed 0.4999999 as 0.500000, inside the range it was refused for).
+    static std::string exact(double x) {
+        char buf[32];
+        for (int digits = 1; digits <= 17; ++digits) {   // the shortest form that reads back as x
+            std::snprintf(buf, sizeof buf, "%.*g", digits, x);
+            if (std::strtod(buf, nullptr) == x) break;
+        }
+        return buf;
     }
 };
 
@@ -197,7 +209,7 @@ class CuckooTable {
         const std::uint64_t size_at_start = size_;
         if (!may_fill && (n <= kParallelGrain || threads == 1 || bulk_)) {
             // One fused pass: probe, and insert at once on a miss. Cannot exceed max_size.
-            insert_misses(keys, n, [](std::size_t j) { return j; }, rows_out);
+            insert_misses([keys](std::size_t j) { return keys[j]; }, n, [](std::size_t j) { return j; }, rows_out);
             count_lookups(n, 0);
         } else {
             lookup_unlocked(keys, n, rows_out, num_threads);
@@ -206,10 +218,19 @@ class CuckooTable {
                 if (rows_out[i] == kNoRow) misses.push_back(i);
             }
             if (config_.max_size != 0 && size_ + misses.size() > config_.max_size) {
-                const std::uint64_t fresh = count_distinct(keys, misses);
+                // The misses' IDs are copied once, counted, and inserted from the copy: read
+                // twice from the caller's array, which another thread may write during the call,
+                // the insert could bring IDs the count never saw, past max_size.
+                std::vector<std::uint64_t> fresh_keys(misses.size());
+                for (std::size_t j = 0; j < misses.size(); ++j) fresh_keys[j] = keys[misses[j]];
+                const std::uint64_t fresh = count_distinct(fresh_keys);
                 if (size_ + fresh > config_.max_size) throw_full(fresh);
+                insert_misses([&](std::size_t j) { return fresh_keys[j]; }, misses.size(),
+                              [&](std::size_t j) { return misses[j]; }, rows_out);
+            } else if (!misses.empty()) {
+                insert_misses([&](std::size_t j) { return keys[misses[j]]; }, misses.size(),
+                              [&](std::size_t j) { return misses[j]; }, rows_out);
             }
-            if (!misses.empty()) insert_misses(keys, misses.size(), [&](std::size_t j) { return misses[j]; }, rows_out);
         }
         // Bulk loading (see the top of this file): this batch decides the next one's path and
         // whether the next growth's index is prepared now.
@@ -404,8 +425,8 @@ class CuckooTable {
     // persistence //////////////////////////////////////////////////////////////////////////
 
     // serialize renders the table in the versioned binary format:
-    //   magic "EMBTABCK" | u32 version | u32 header bytes (=56) | u64 seed | f64 growth_factor |
-    //   f64 max_load_factor | u64 max_size | u64 size | u64 num_rows | u64 capacity hint |
+    //   magic "EMBTABCK" | u32 version | u32 header bytes (=72) | u64 seed | f64 growth_factor |
+    //   f64 max_load_factor | u64 max_size | u64 size | u64 num_rows | u64 capacity (restored on load) |
     //   size × (u64 key, i64 row), ordered by row | u64 checksum
     // all little-endian; the checksum is checksum64 over every byte before it. Reader.
     std::string serialize() const {
@@ -476,8 +497,17 @@ class CuckooTable {
             keys[i] = get<std::uint64_t>(data + kHeaderBytes + 16 * i);
             rows[i] = get<std::int64_t>(data + kHeaderBytes + 16 * i + 8);
         }
-        // The capacity is a hint; a plausible one is kept so that a loaded table does not regrow.
-        const std::uint64_t keep = std::min<std::uint64_t>(capacity, 2 * std::max(size, num_rows) + 1024);
+        // The saved index size is restored, so that a loaded table does not regrow, a reserve()
+        // survives the round trip, and the IDs go back into an index of the size that held them
+        // (at a smaller one, IDs chosen against the seed can crowd buckets they did not crowd
+        // there, and the file would not load). The size is the file's word, so it is kept only
+        // while the index takes at most an eighth of this machine's memory (a file from a larger
+        // machine, or a crafted one, must not take the rest): else the index is sized for the
+        // content, as large as its IDs and rows make plausible.
+        const std::uint64_t machine = machine_memory_bytes();
+        const std::uint64_t content = std::min<std::uint64_t>(capacity, 2 * std::max(size, num_rows) + 1024);
+        const bool plausible = machine == 0 || capacity <= machine / 8 / (sizeof(Bucket) / kSlotsPerBucket);
+        const std::uint64_t keep = plausible ? std::max(capacity, content) : content;
         auto table = std::make_unique<CuckooTable>(static_cast<std::uint64_t>(keep * cfg.max_load_factor), cfg);
         try {
             table->assign(keys.data(), rows.data(), size, num_rows);
@@ -693,10 +723,9 @@ class CuckooTable {
         return absent.load(std::memory_order_relaxed);
     }
 
-    // count_distinct counts the distinct keys among keys[misses[...]] (sorting a copy).
-    static std::uint64_t count_distinct(const std::uint64_t* keys, const std::vector<std::size_t>& misses) {
-        std::vector<std::uint64_t> k(misses.size());
-        for (std::size_t i = 0; i < misses.size(); ++i) k[i] = keys[misses[i]];
+    // count_distinct counts the distinct keys among `keys` (sorting a copy).
+    static std::uint64_t count_distinct(const std::vector<std::uint64_t>& keys) {
+        std::vector<std::uint64_t> k(keys);
         std::sort(k.begin(), k.end());
         return static_cast<std::uint64_t>(std::unique(k.begin(), k.end()) - k.begin());
     }
@@ -719,31 +748,45 @@ class CuckooTable {
         return static_cast<std::int64_t>(next_row_++);
     }
 
-    // insert_misses looks up, inserting if absent, keys[index(j)] for j in [0, m) in order
-    // (an earlier key of the batch may have been the same), prefetching ahead. Writer lock held.
-    template <class Index>
-    void insert_misses(const std::uint64_t* keys, std::size_t m, Index&& index, std::int64_t* rows_out) {
-        BucketPair ring[kInsertPrefetchDistance];
+    // insert_misses looks up, inserting if absent, key_at(j) for j in [0, m) in order (an
+    // earlier key of the batch may have been the same), writing its row to rows_out[index(j)],
+    // prefetching ahead. Each key is read once, into the prefetch ring, and its buckets, lookup
+    // and insert all use that value: a caller's array written by another thread during the call
+    // (which the bindings borrow, not copy) cannot pair one key with another's buckets, which
+    // would file it where lookups never find it and let a later batch give it a second row.
+    // Writer lock held.
+    template <class KeyAt, class Index>
+    void insert_misses(KeyAt&& key_at, std::size_t m, Index&& index, std::int64_t* rows_out) {
+        struct Pending {
+            std::uint64_t key;
+            BucketPair bp;
+        };
+        Pending ring[kInsertPrefetchDistance];
         std::uint64_t ring_count = 0;  // bucket count the ring was hashed for
+        auto hash = [&](Pending& p) {
+            p.bp = buckets_of(p.key, buckets_.count);
+            prefetch(buckets_.data[p.bp.first]);
+            prefetch(buckets_.data[p.bp.second]);
+        };
         auto fill = [&](std::size_t j) {
-            BucketPair& bp = ring[j & (kInsertPrefetchDistance - 1)];
-            bp = buckets_of(keys[index(j)], buckets_.count);
-            prefetch(buckets_.data[bp.first]);
-            prefetch(buckets_.data[bp.second]);
+            Pending& p = ring[j & (kInsertPrefetchDistance - 1)];
+            p.key = key_at(j);
+            hash(p);
         };
-        auto refill = [&](std::size_t from) {
-            ring_count = buckets_.count;
-            for (std::size_t j = from; j < std::min(m, from + kInsertPrefetchDistance); ++j) fill(j);
-        };
-        refill(0);
+        const std::size_t ahead = std::min(m, kInsertPrefetchDistance);
+        for (std::size_t j = 0; j < ahead; ++j) fill(j);
+        ring_count = buckets_.count;
         for (std::size_t j = 0; j < m; ++j) {
-            if (ring_count != buckets_.count) refill(j);
-            const BucketPair bp = ring[j & (kInsertPrefetchDistance - 1)];
+            if (ring_count != buckets_.count) {  // a growth: the keys in the ring hashed again
+                ring_count = buckets_.count;
+                for (std::size_t k = j; k < std::min(m, j + kInsertPrefetchDistance); ++k)
+                    hash(ring[k & (kInsertPrefetchDistance - 1)]);
+            }
+            const Pending p = ring[j & (kInsertPrefetchDistance - 1)];
             if (j + kInsertPrefetchDistance < m) fill(j + kInsertPrefetchDistance);
-            const std::size_t i = index(j);
-            std::int64_t row = find_in(buckets_, keys[i], bp);
-            if (row == kNoRow) row = insert_new(keys[i], bp);
-            rows_out[i] = row;
+            std::int64_t row = find_in(buckets_, p.key, p.bp);
+            if (row == kNoRow) row = insert_new(p.key, p.bp);
+            rows_out[index(j)] = row;
         }
     }
 
