@@ -6,6 +6,7 @@ Every worker recomputes the single-process reference itself (the data is a funct
 and asserts on the IDs it owns; a failing assertion comes back through ``start_processes``.
 """
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -412,15 +413,15 @@ def test_fused_state_saved_on_2_ranks_resumes_on_3_and_1(tmp_path, bag, kind):
     _start(_w_fused_resume, 1, str(tmp_path / "s3"), str(ckpt), bag, kind, 3, 5)
 
 
-def _tamper_fused(ckpt, edit):
-    """Rewrite the one shard file of a 1-rank checkpoint with edit(payload) applied, as a tamperer
-    would (a valid file checksum, and the manifest updated to match)."""
+def _tamper_fused(ckpt, edit, shard_rank=0):
+    """Rewrite the shard file of rank ``shard_rank`` of a checkpoint with edit(payload) applied,
+    as a tamperer would (a valid file checksum, and the manifest updated to match)."""
     import hashlib
     import io
 
     from embtab.distributed import _MAGIC
 
-    (shard,) = [f for f in os.listdir(ckpt) if f.endswith(".embtab")]
+    shard = _listed(ckpt)[shard_rank]
     with open(ckpt / shard, "rb") as f:
         data = f.read()
     payload = torch.load(io.BytesIO(data[len(_MAGIC) + 32:]), weights_only=True)
@@ -431,7 +432,8 @@ def _tamper_fused(ckpt, edit):
     digest = hashlib.sha256(body).digest()
     with open(ckpt / shard, "wb") as f:
         f.write(_MAGIC + digest + body)
-    _rewrite_manifest(ckpt / _manifest(ckpt), lambda m: m["shards"][0].update(sha256=digest.hex()))
+    _rewrite_manifest(ckpt / _manifest(ckpt),
+                      lambda m: m["shards"][shard_rank].update(sha256=digest.hex()))
 
 
 def _w_fused_bad_state(rank, world_size, store, ckpt, expect):
@@ -1189,3 +1191,130 @@ def test_a_checkpoint_with_another_sketch_shape_is_refused(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     _start(_w_sketch, 2, str(tmp_path / "s1"), ckpt, 0.01, "save")
     _start(_w_sketch, 2, str(tmp_path / "s2"), ckpt, 0.001, "load")
+
+
+def _files(ckpt):
+    return {f: open(os.path.join(ckpt, f), "rb").read() for f in sorted(os.listdir(ckpt))}
+
+
+def _w_save_refuses(rank, world_size, store, ckpt, case):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(4, DIM, seed=SEED, optimizer=eo.Adam(lr=0.1), name="m")
+    mine = torch.from_numpy(POOL)[m.owner_of(torch.from_numpy(POOL)) == 0]  # IDs rank 0 owns
+    m(mine[rank:rank + 1]).sum().backward()
+    m.save(ckpt)
+    before = _files(ckpt)
+    if case == "nan":  # a diverged step: Adam's state of the step's rows is NaN on every shard
+        (m(torch.from_numpy(POOL)).sum() * float("nan")).backward()
+        expect = "about to be saved has fused optimizer state 'exp_avg' that is not finite"
+    else:
+        # The module used twice in one loss; the second forward grows rank 0's shard only, so
+        # rank 0's backward raises (a graph older than a growth) while rank 1's steps.
+        x2 = mine[2:6] if rank == 0 else torch.zeros(0, dtype=torch.int64)
+        try:
+            (m(mine[rank:rank + 1]).sum() * m(x2).sum()).backward()
+        except RuntimeError:
+            assert rank == 0
+        assert int(m.shard.opt_step) == 1 + rank
+        expect = r"fused optimizer step counts differ \(rank 0: 1, rank 1: 2\)"
+    with pytest.raises((ValueError, ShardedCommError), match=expect) as got:
+        m.save(ckpt)  # load() would refuse what this save wrote, after it deleted the old shards
+    assert "restore the module from it with load()" in str(got.value)
+    dist.barrier()
+    assert _files(ckpt) == before  # the previous checkpoint, untouched
+    fresh = ShardedCuckooEmbedding(4, DIM, seed=SEED, optimizer=eo.Adam(lr=0.1), name="m")
+    fresh.load(ckpt)
+    assert int(fresh.shard.opt_step) == 1 and bool(torch.isfinite(fresh.shard.opt_exp_avg).all())
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["nan", "step_counts_differ"])
+def test_save_refuses_what_load_would_refuse_and_keeps_the_old_checkpoint(tmp_path, case):
+    # save() wrote (and so replaced the previous checkpoint with) shards that load() refuses:
+    # fused optimizer state that is not finite, or shards whose fused step counts differ.
+    _start(_w_save_refuses, 2, str(tmp_path / "s"), str(tmp_path / "ckpt"), case)
+
+
+def _w_half_load(rank, world_size, store, ckpt, phase, expect):
+    _init(rank, world_size, store)
+    m = ShardedCuckooEmbedding(64, DIM, seed=SEED, padding_id=PAD, on_full="evict_lru",
+                               min_count=2, name="m")
+    if phase == "save":
+        ids = torch.from_numpy(POOL[POOL != PAD])
+        for _ in range(2):  # seen twice: admitted
+            m(ids).sum().backward()
+        assert m.num_ids > 0
+        m.save(ckpt)
+    else:
+        with pytest.raises(ValueError, match=expect):
+            m.load(ckpt)
+        assert m.num_ids == 0 and int(m.shard.num_steps) == 0  # nothing loaded, on any rank
+    dist.destroy_process_group()
+
+
+def test_a_shard_the_local_module_would_refuse_loads_nothing_on_any_rank(tmp_path):
+    # A rewritten shard file (valid checksums) that the owner's load_state_dict refuses passed
+    # load()'s checks: the ranks agreed to load, rank 0 loaded, and rank 1 raised.
+    def pad_id(p):
+        p["ids"][0] = PAD
+
+    edits = {"has row_last_step with negative values": lambda p: p["row_last_step"].fill_(-5),
+             r"has row_last_step \d+, beyond its num_steps": lambda p: p["row_last_step"].add_(10),
+             "holds the padding ID 17": pad_id,
+             "has an admission_sketch with negative counts": lambda p: p["admission_sketch"].neg_()}
+    for i, (expect, edit) in enumerate(edits.items()):
+        ckpt = tmp_path / f"ckpt{i}"
+        _start(_w_half_load, 2, str(tmp_path / f"s{i}"), str(ckpt), "save", None)
+        _tamper_fused(ckpt, edit, shard_rank=1)
+        path = re.escape(str(ckpt / _listed(ckpt)[1]))
+        _start(_w_half_load, 2, str(tmp_path / f"t{i}"), str(ckpt), "load", f"{path} {expect}")
+    # Shards each valid, whose summed admission sketch (a load on another world size) is not:
+    # refused before the agreement, naming the manifest.
+    ckpt = tmp_path / "ckpt_sum"
+    _start(_w_half_load, 2, str(tmp_path / "s_sum"), str(ckpt), "save", None)
+    for r in range(2):
+        _tamper_fused(ckpt, lambda p: p["admission_sketch"][0].fill_(2**63 - 1), shard_rank=r)
+    path = re.escape(str(ckpt / _manifest(ckpt)))
+    _start(_w_half_load, 1, str(tmp_path / "t_sum"), str(ckpt), "load",
+           f"{path} lists shards that rank 0 of 1 cannot load together: .*admission_sketch")
+
+
+def _w_double_backward(rank, world_size, store):
+    _init(rank, world_size, store, timeout_s=10.0)
+    m = ShardedCuckooEmbedding(16, DIM, seed=SEED)
+    x = torch.from_numpy(np.array_split(POOL, world_size)[rank])
+    loss = (m(x) ** 3).sum()
+    (g,) = torch.autograd.grad(loss, m.weight, create_graph=True)
+    # The gradient penalty's own gradient would need the backward's all_to_all differentiated:
+    # refused on every rank (it was dropped without a word: g did not require grad).
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        (loss + (g ** 2).sum()).backward()
+    m(x).sum().backward()  # the ranks are still in step
+    dist.destroy_process_group()
+
+
+def test_double_backward_through_the_exchange_raises(tmp_path):
+    _start(_w_double_backward, 2, str(tmp_path / "s"))
+
+
+def _w_frozen_rank(rank, world_size, store):
+    _init(rank, world_size, store, timeout_s=10.0)
+    m = ShardedCuckooEmbedding(16, DIM, seed=SEED)
+    x = torch.tensor([1, 2, 3 + rank])
+    m.requires_grad_(rank != 1)  # rank 1's shard frozen: its forward records no backward
+    with pytest.raises(ShardedCommError, match="rank [01] records (no|a) graph for backward where"):
+        m(x)
+    m.requires_grad_(True)
+    with torch.no_grad() if rank == 0 else contextlib.nullcontext():
+        with pytest.raises(ShardedCommError, match="torch.no_grad"):
+            m(x)
+    with torch.no_grad():  # alike on every rank: fine
+        assert m(x).shape == (3, DIM)
+    m(x).sum().backward()
+    dist.destroy_process_group()
+
+
+def test_a_rank_without_gradient_raises_in_forward_on_every_rank(tmp_path):
+    # A rank with a frozen shard (or under no_grad) left the others waiting in backward for the
+    # process group's timeout.
+    _start(_w_frozen_rank, 2, str(tmp_path / "s"))

@@ -26,7 +26,14 @@ weight's device (that path is untested so far).
 Since a new ID's vector depends on ``(seed, ID)`` only and every occurrence of an ID reaches its
 owner in one batch, ``W`` ranks each feeding their part of a global batch compute the same
 vectors, gradients and (after optimizer steps) weights per ID as one
-:class:`~embtab.nn.CuckooEmbedding` fed the concatenated batch with the summed loss.
+:class:`~embtab.nn.CuckooEmbedding` fed the concatenated batch with the summed loss. With
+``min_count > 1`` that holds for admission only while the count-min sketch has no
+collisions: each owner's sketch (same shape and hashing) counts only the IDs it owns, so
+sketch cells shared with IDs of other owners count less than one process's sketch does. An
+ID whose estimate one process's collisions lift to ``min_count`` is admitted later by its
+owner, if at all (an owner's estimate can also come out higher, through the further sightings
+of such an ID admitted later, or with eviction); such an ID gets its row, and trains, from
+another step than in one process.
 
 Combining with DDP: the sharded module's parameters are model-parallel; exclude them from
 ``DistributedDataParallel`` (wrap only the dense part, or call
@@ -169,9 +176,12 @@ class _AllToAll(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         # The gradients go back the way the vectors came: check that every peer is in the
-        # backward of the same forward, with the row counts that forward exchanged.
+        # backward of the same forward, with the row counts that forward exchanged. Not
+        # differentiable itself: a backward through a gradient taken with create_graph=True
+        # (a gradient penalty on the weight) raises instead of silently dropping that term.
         module = ctx.module()
         if module is None:
             raise RuntimeError("embtab.distributed: the sharded module of this graph was deleted "
@@ -239,10 +249,11 @@ def _read_manifest(path: str) -> dict:
     return m
 
 
-def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: int) -> dict:
+def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: int,
+                padding: Optional[int]) -> dict:
     """Payload of the shard file ``path`` listed by ``entry`` of ``manifest``, cross-checked
-    against it (checksum, rank, world size, name, token, ID count, ownership, shapes);
-    ValueError naming ``path`` otherwise."""
+    against it (checksum, rank, world size, name, token, ID count, ownership, shapes, values:
+    see :func:`_check_payload`); ValueError naming ``path`` otherwise."""
     if not os.path.isfile(path):
         _refuse(path, "is missing (listed in the checkpoint manifest)")
     with open(path, "rb") as f:
@@ -266,8 +277,18 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
         if not isinstance(obj, dict) or obj.get(key) != want:
             _refuse(path, f"has {key}={obj.get(key) if isinstance(obj, dict) else None!r}, the "
                           f"manifest says {want!r}")
+    _check_payload(obj, path, entry["num_ids"], dim, ws, entry["rank"], shard_seed, padding)
+    return obj
+
+
+def _check_payload(obj: dict, path: str, n: int, dim: int, ws: int, rank: int, shard_seed: int,
+                   padding: Optional[int]) -> None:
+    """Check the shard payload ``obj`` of rank ``rank`` of ``ws`` (read from a file by
+    :func:`_read_shard`, or about to be saved by ``save()``): ``n`` distinct int64 IDs the rank
+    owns, none of them ``padding`` (the padding ID as int64, or None), vectors ``(n, dim)``,
+    counters, per-ID eviction state (non-negative, not after ``num_steps``), admission sketch
+    and optimizer state; ValueError naming ``path`` otherwise."""
     ids, vecs = obj.get("ids"), obj.get("vectors")
-    n = entry["num_ids"]
     if not (isinstance(ids, Tensor) and ids.dtype == torch.int64 and tuple(ids.shape) == (n,)):
         _refuse(path, f"must hold {n} int64 ids, got {getattr(ids, 'dtype', ids)} "
                       f"{tuple(getattr(ids, 'shape', ()))}")
@@ -282,9 +303,17 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
                                           and obj["admission_sketch"].dtype == torch.int64
                                           and obj["admission_sketch"].dim() == 2):
         _refuse(path, "has an admission_sketch that is not a 2-D int64 tensor")
+    if "admission_sketch" in obj and bool((obj["admission_sketch"] < 0).any()):
+        _refuse(path, "has an admission_sketch with negative counts")
     for k in ("row_last_step", "row_count"):
-        if k in obj and not (isinstance(obj[k], Tensor) and tuple(obj[k].shape) == (n,)):
-            _refuse(path, f"has {k} of another length than its {n} ids")
+        if k in obj and not (isinstance(obj[k], Tensor) and obj[k].dtype == torch.int64
+                             and tuple(obj[k].shape) == (n,)):
+            _refuse(path, f"has {k} that is not {n} int64 values (one per ID)")
+        if k in obj and n and int(obj[k].min()) < 0:
+            _refuse(path, f"has {k} with negative values ({int(obj[k].min())})")
+    if "row_last_step" in obj and n and int(obj["row_last_step"].max()) > c["num_steps"]:
+        _refuse(path, f"has row_last_step {int(obj['row_last_step'].max())}, beyond its "
+                      f"num_steps = {c['num_steps']}")
     fused = obj.get("fused")
     if fused is not None:
         if not (isinstance(fused, dict) and isinstance(fused.get("type"), str)
@@ -313,9 +342,10 @@ def _read_shard(path: str, entry: dict, manifest: dict, shard_seed: int, dim: in
                               f"{tuple(getattr(v, 'shape', ()))}, expected ({n}, {dim})")
     if len(np.unique(ids.numpy())) != n:
         _refuse(path, "lists an ID twice")
-    if n and np.any(_core.hashed_rows(ids.numpy(), ws, shard_seed, 1) != entry["rank"]):
-        _refuse(path, f"holds IDs that rank {entry['rank']} of {ws} does not own")
-    return obj
+    if padding is not None and bool((ids == padding).any()):
+        _refuse(path, f"holds the padding ID {padding} (it reads the zero row and has no vector)")
+    if n and np.any(_core.hashed_rows(ids.numpy(), ws, shard_seed, 1) != rank):
+        _refuse(path, f"holds IDs that rank {rank} of {ws} does not own")
 
 
 class _ShardedBase(nn.Module):
@@ -421,6 +451,8 @@ class _ShardedBase(nn.Module):
                   "scale_grad_by_freq": int(s.scale_grad_by_freq)}
         if pad is not None:
             values["scale_grad_by_freq"] |= 2
+        if phase in (1, 5) and not (torch.is_grad_enabled() and s.weight.requires_grad):
+            values["scale_grad_by_freq"] |= 4  # this forward records no graph: no backward follows
         return [values[k] for k in _HEADER]
 
     def _settings_digest(self) -> int:
@@ -488,6 +520,13 @@ class _ShardedBase(nn.Module):
                 elif field == "dedup":
                     what = (f"has dedup={theirs[i] & 1} where this rank has dedup={mine[i] & 1} "
                             f"(the modules are configured differently on the two ranks)")
+                elif field == "scale_grad_by_freq" and (theirs[i] ^ mine[i]) == 4:
+                    what = (f"{'records no' if theirs[i] & 4 else 'records a'} graph for backward "
+                            f"where this rank {'does' if theirs[i] & 4 else 'does not'} (a frozen "
+                            f"weight, requires_grad=False, or a forward under torch.no_grad() on "
+                            f"some ranks only: the others' backward would wait for it; "
+                            f"freeze the module, or run the forward without gradient, on every "
+                            f"rank alike)")
                 elif field == "kind" and theirs[i] >> 1 != mine[i] >> 1:
                     what = (f"has optimizer={_fused_name(theirs[i] >> 1)} where this rank has "
                             f"optimizer={_fused_name(mine[i] >> 1)} (the modules' fused optimizers "
@@ -666,7 +705,13 @@ class _ShardedBase(nn.Module):
         ValueError
             Another module of this process saved to ``directory`` under the same name, or
             ``optimizer`` does not hold ``shard.weight`` or keeps state embtab cannot split by ID,
-            or is given to a module that trains with a fused optimizer.
+            or is given to a module that trains with a fused optimizer. Also, on every rank
+            (a rank whose own shard is fine raises :class:`ShardedCommError` quoting the other's
+            error) before any file is written or deleted, a state :meth:`load` would refuse:
+            fused optimizer state that is not finite (a step with a NaN or infinite loss), or
+            ranks whose fused optimizer step counts differ (a backward that raised on some
+            ranks after the others had stepped). Such a module cannot be checkpointed: restore
+            it from the previous checkpoint, which is left as it was.
         """
         directory = os.fspath(directory)
         name = self.name
@@ -677,10 +722,31 @@ class _ShardedBase(nn.Module):
                              f"{directory} under the name {name!r}; give each module its own name=")
         self._handshake(3, 0)
         err, payload = None, None
+        undo = (f"; nothing was written, and the previous checkpoint in {directory} (if any) is "
+                f"untouched: restore the module from it with load()")
         try:
             payload = self._shard_payload(optimizer)
+            # What load() would refuse of this shard is refused now, before any file changes.
+            _check_payload(payload, f"the shard of rank {self.rank} of {self.world_size} about to "
+                           f"be saved", int(payload["ids"].numel()), self.embedding_dim,
+                           self.world_size, self.rank, self.shard_seed, self.shard._padding_i64)
         except ValueError as e:
             err = e
+            if payload is not None:  # the check refused it (not the arguments)
+                err = ValueError(f"{e} (load() would refuse this checkpoint, so save() refused "
+                                 f"to write it){undo}")
+        if self.shard.optimizer is not None:  # on every rank alike (the header compared it)
+            steps = [None] * self.world_size
+            _collective("all_gather of the fused optimizer step counts", self.process_group,
+                        lambda: dist.all_gather_object(steps, int(self.shard.opt_step),
+                                                       group=self.process_group))
+            if err is None and len(set(steps)) != 1:
+                # load() refuses such a checkpoint: the shards' optimizer clocks would differ
+                err = ValueError(
+                    f"embtab.distributed: save refused: the ranks' fused optimizer step counts "
+                    f"differ ({', '.join(f'rank {r}: {t}' for r, t in enumerate(steps))}): a "
+                    f"backward raised on some ranks after the others had stepped, and load() "
+                    f"would refuse this checkpoint{undo}")
         self._agree("save (payload)", None if err is None else str(err))
         if err is not None:
             raise err
@@ -823,9 +889,16 @@ class _ShardedBase(nn.Module):
         taken from the first shard that has it); a module built with a fused ``optimizer=``
         gets its fused state back by ID (its step count from the shards, which must agree)
         and takes no ``optimizer`` here. Nothing changes on any rank unless every rank
-        validated everything. With the same world size the counters and admission sketch come
-        back exactly; with another, the admission sketch is the sum of the saved ones (counts
-        are then never under-estimated) and the admission/eviction/growth counters restart.
+        validated everything: the checks include those of the shard's own ``load_state_dict``,
+        run on the state each rank assembled before the ranks agree to load. ``num_steps`` (the
+        clock LRU recency is dated by) becomes the largest of the saved shards' on every rank:
+        the shards' clocks are equal unless a shard's lookup failed in a call (see
+        docs/site/guide/sharding.md, "Errors"), which left that shard a step behind per such
+        call, and it then catches up. With the same world size the other counters
+        (admissions, evictions, growths) and the admission sketch come back exactly; with
+        another, the admission sketch is the sum of the saved ones (counts are then never
+        under-estimated), ``num_admissions`` restarts at the number of IDs the shard received
+        and ``num_evictions`` and ``num_growths`` at 0.
 
         Raises
         ------
@@ -833,10 +906,11 @@ class _ShardedBase(nn.Module):
             There is no manifest of this module in ``directory`` (the message names it).
         ValueError
             The manifest or a shard file is corrupt, truncated, inconsistent (a missing shard,
-            a missing key, a wrong type), from another save, or the checkpoint belongs to
-            another module (other name or configuration); the message names the file. Also
-            ``optimizer`` of another type than the one saved, or one whose per-row state embtab
-            cannot reshard; a checkpoint of another fused optimizer (or none) than this
+            a missing key, a wrong type, a value the shard's ``load_state_dict`` refuses such
+            as a negative count or the padding ID), from another save, or the checkpoint
+            belongs to another module (other name or configuration); the message names the
+            file. Also ``optimizer`` of another type than the one saved, or one whose per-row
+            state embtab cannot reshard; a checkpoint of another fused optimizer (or none) than this
             module's, or corrupt fused state (not finite, negative sums of squares, wrong
             shapes). Files the manifest does not list are ignored.
         ShardedCommError
@@ -844,15 +918,17 @@ class _ShardedBase(nn.Module):
         """
         directory = os.fspath(directory)
         self._handshake(4, 0)
-        err, parts, old_ws = None, None, None
+        err, state = None, None
         try:
             parts, old_ws = self._read_checkpoint(directory, optimizer)
+            mpath = os.path.join(directory, _manifest_name(self.name))
+            state = self._state_from_parts(parts, old_ws, optimizer, mpath)
         except (ValueError, OSError) as e:
             err = e
         self._agree("load", None if err is None else f"{type(err).__name__}: {err}")
         if err is not None:
             raise err
-        self._load_parts(parts, old_ws, optimizer)
+        self._apply_state(*state, optimizer)
 
     def _read_checkpoint(self, directory: str, optimizer) -> tuple:
         """Validated shard payloads (cut to this rank's IDs) and the saved world size."""
@@ -879,7 +955,8 @@ class _ShardedBase(nn.Module):
         parts = []
         for entry in m["shards"]:
             path = os.path.join(directory, entry["file"])
-            parts.append(self._restrict(_read_shard(path, entry, m, self.shard_seed, self.embedding_dim)))
+            parts.append(self._restrict(_read_shard(path, entry, m, self.shard_seed,
+                                                    self.embedding_dim, self.shard._padding_i64)))
             sk = parts[-1].get("admission_sketch")
             mine_sk = self.shard._buffers.get("admission_sketch")
             if sk is not None and mine_sk is not None and tuple(sk.shape) != tuple(mine_sk.shape):
@@ -953,7 +1030,11 @@ class _ShardedBase(nn.Module):
                                       unexpected_keys, error_msgs)
 
     @torch.no_grad()
-    def _load_parts(self, parts: list, old_ws: int, optimizer) -> None:
+    def _state_from_parts(self, parts: list, old_ws: int, optimizer, mpath: str) -> tuple:
+        """The shard's state dict and the optimizer's state of ``shard.weight`` (None without
+        ``optimizer``) built from the validated shard payloads ``parts``, checked as the shard's
+        ``load_state_dict`` checks them (ValueError naming the manifest ``mpath``). Changes
+        nothing."""
         s = self.shard
         ids_l, vec_l, keep_l = [], [], []
         for p in parts:
@@ -1025,9 +1106,24 @@ class _ShardedBase(nn.Module):
             for k, v in list(st.items()):
                 if isinstance(v, Tensor) and k not in keys:
                     st[k] = v.to(s.weight.device) if v.dim() else v
-        s.load_state_dict(sd)
+        # What the shard's load_state_dict would refuse is refused here, before the ranks
+        # agree to load: a dry run of its checks (they build the ID table and change nothing).
+        own = [n for n, _ in s.named_parameters(recurse=False)] + [
+            n for n, b in s._buffers.items()
+            if b is not None and n not in s._non_persistent_buffers_set]
+        try:
+            s._validated_table(sd, "", own)
+        except ValueError as e:
+            _refuse(mpath, f"lists shards that rank {self.rank} of {self.world_size} cannot load "
+                           f"together: {e}")
+        return sd, st
+
+    @torch.no_grad()
+    def _apply_state(self, sd: dict, st: Optional[dict], optimizer) -> None:
+        """Load what :meth:`_state_from_parts` built into the shard (and ``optimizer``)."""
+        self.shard.load_state_dict(sd)
         if st is not None:
-            optimizer.state[s.weight] = st
+            optimizer.state[self.shard.weight] = st
 
 
 class ShardedCuckooEmbedding(_ShardedBase):
@@ -1085,7 +1181,15 @@ class ShardedCuckooEmbedding(_ShardedBase):
       a peer that calls a collective that is not a sharded module's (its own all_reduce, DDP)
       while the others are in a sharded call makes gloo's transfers mismatch, which gloo may
       answer by aborting the process (``EnforceNotMet``) or by the timeout; a peer that
-      exits or stops is noticed as above.
+      exits or stops is noticed as above. A forward's header also says whether it records a
+      graph for backward (grad mode on and the weight not frozen): a rank whose shard is
+      frozen (``requires_grad=False``), or that runs the forward under ``torch.no_grad()``,
+      while the others do not, raises :class:`ShardedCommError` on every rank in that
+      forward instead of leaving the others waiting in backward.
+    * The backward is differentiable once: a gradient of the weight taken with
+      ``create_graph=True`` cannot be differentiated again through the exchange (a backward
+      through it raises RuntimeError, "once_differentiable"), e.g. a gradient penalty on the
+      embedding weight; second-order terms through the dense part only are fine.
     * Each rank sends each distinct ID of its batch once (and gets one vector back, and sends
       one summed gradient), unless the owner must see every occurrence: with ``min_count > 1``,
       ``on_full="evict_lfu"`` or ``scale_grad_by_freq`` every occurrence travels (``dedup``).
