@@ -369,3 +369,46 @@ def test_user_groups_requires_n_items_when_nothing_tells_it():
     assert M.user_groups([[0], [3], [0, 1], [2, 3], [1]], n_items=4).tolist() == [2, 0, 1, 1, 1]
     seen = M.as_row_sets([[0], [3], [0, 1], [2, 3], [1]], 4, name="train")
     assert M.user_groups(seen).tolist() == [2, 0, 1, 1, 1]
+
+
+def test_a_thread_writing_the_candidates_mid_call_cannot_make_the_core_read_out_of_range():
+    # The core checks each row's candidate ids and reads them again in every later pass, with
+    # the GIL released; a second thread that rewrites the caller's array in between turned a
+    # checked id into one far outside the catalogue (an out-of-range read: a segfault for
+    # ids near 2^40). The ids are now read from a private copy (greedy.hpp, Scratch::cand).
+    # A race: without the copy it may not crash on every run; with it, every run ends cleanly,
+    # each call either refused (ValueError) or returning ids that are all in the catalogue. In a
+    # child process, so that a crash fails this test instead of killing the run.
+    script = """
+import threading, time
+import numpy as np
+from embtab import rerank
+rng = np.random.default_rng(0)
+n_items, U, C = 2000, 4096, 200
+g = (rng.random((n_items, 16)) < 0.2) + 0.01
+items = rerank.ItemDistribution(g / g.sum(1, keepdims=True))
+scores = rng.random((U, C))
+target = np.full((U, 16), 1 / 16)
+ok = refused = 0
+for attempt in range(24):
+    cand = np.ascontiguousarray(np.argsort(rng.random((U, n_items)), axis=1)[:, :C])
+    far = np.full_like(cand, 1 << 40)
+    def writer(cand=cand, far=far, attempt=attempt):
+        time.sleep(0.0005 * attempt)
+        cand[:] = far
+    w = threading.Thread(target=writer)
+    w.start()
+    try:
+        out = rerank.calibrated(scores, items, target, k=10, candidates=cand, num_threads=2)
+        assert ((out >= 0) & (out < n_items)).all(), "ids outside the catalogue"
+        ok += 1
+    except ValueError:
+        refused += 1
+    w.join()
+print("clean", ok + refused)
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(embtab.__file__).resolve().parents[1]))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "clean 24" in res.stdout
