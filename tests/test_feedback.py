@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import same_json
 
@@ -350,3 +351,115 @@ def test_sentences_say_undefined_where_a_number_is_missing():
     assert _ci_said({"mean": float("nan")}) == "undefined"
     assert _ci_said({"mean": 0.5, "ci95_low": 0.25, "ci95_high": 0.75, "n": 3}) == \
         "0.500 [0.250, 0.750]"
+
+
+# review fixes: overrides, divergence, data without genres, argument checks ////////////////
+
+
+@pytest.mark.parametrize("overrides", [{"loss": "softmax"}, {"optimizer": "adagrad"},
+                                       {"lr": 0.05, "batch_size": 64, "init_std": 0.05}])
+def test_an_arm_trains_with_the_overrides_it_records(tiny, overrides):
+    # optimizer and loss were recorded in config["train"] while every arm trained BPR + Adam:
+    # round 1 of an arm trains epochs_first epochs from scratch on the organic data, which is
+    # fit() with the same config, bit for bit
+    from embtab.train import TrainConfig, fit, item_vectors
+
+    loop = FeedbackLoop(tiny, tiny.truth, arms=("cuckoo-d8",), rounds=1, epochs_first=2,
+                        candidates=30, train_overrides=overrides)
+    loop.step()
+    got = item_vectors(loop.models["cuckoo-d8"].model, tiny)
+    want = item_vectors(fit(tiny, TrainConfig(dim=8, epochs=2, seed=0, **overrides),
+                            quiet=True), tiny)
+    assert torch.equal(got, want)
+    res = run_feedback(tiny, seeds=1, rounds=1, arms=("oracle",), etas=(0.0,),
+                       train_overrides=overrides, progress=False)
+    assert {k: res["config"]["train"][k] for k in overrides} == overrides
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 3), ("dim", 16), ("personas", 2),
+                                        ("seed", 1), ("on_full", "evict_lru"),
+                                        ("hash_users", True)])
+def test_overrides_e5_does_not_use_are_refused(tiny, key, value):
+    # they were recorded in config["train"] (or dropped) while the arms used their own
+    with pytest.raises(ValueError, match=rf"train_overrides {key}={value!r} is not used by E5 "
+                                         r"\(feedback\): .*E5 takes only \('loss', "):
+        run_feedback(tiny, seeds=1, rounds=1, arms=("oracle",), etas=(0.0,),
+                     train_overrides={key: value}, progress=False)
+    with pytest.raises(ValueError, match=rf"train_overrides {key}={value!r} is not used"):
+        _loop(tiny, ("cuckoo-d8",), train_overrides={key: value})
+
+
+def test_the_runners_shared_epochs_is_left_to_the_other_experiments(tiny):
+    # run_experiments passes one set of overrides to every experiment, through the session:
+    # its epochs is theirs (E5's schedule is epochs_first / epochs_per_round)
+    from types import SimpleNamespace
+
+    kw = {"seeds": 1, "rounds": 1, "arms": ("oracle",), "etas": (0.0,), "progress": False}
+    res = run_feedback(tiny, session=SimpleNamespace(overrides={"epochs": 1, "lr": 0.05}), **kw)
+    assert res["config"]["train"]["lr"] == 0.05 and "epochs" not in res["config"]["train"]
+    with pytest.raises(ValueError, match="train_overrides dim=4 is not used by E5"):
+        run_feedback(tiny, session=SimpleNamespace(overrides={"epochs": 1, "dim": 4}), **kw)
+
+
+def test_an_arm_that_diverges_raises_instead_of_ranking_nan_scores(tiny):
+    loop = _loop(tiny, ("cuckoo-d8", "oracle"), train_overrides={"init_std": 1e19})
+    loop.round0_rows()
+    with pytest.raises(ValueError, match=r"training diverged: arm 'cuckoo-d8', epoch 1 of "
+                                         r"training 1, mean loss nan"):
+        loop.step()
+
+
+def test_without_genres_the_reranked_arms_calibrate_to_popularity_bins(tiny_v2):
+    # every item fell into one "none" category, so each user's target was that category and
+    # +steck / +la listed exactly the base arm's items
+    from embtab.data import Interactions
+
+    bare = Interactions(name="nogenre", user_ids=tiny_v2.user_ids, item_ids=tiny_v2.item_ids,
+                        users=tiny_v2.users, items=tiny_v2.items, truth=tiny_v2.truth)
+    arms = ("cuckoo-d8", "cuckoo-d8+steck", "cuckoo-d64", "cuckoo-d64+la", "oracle")
+    res = run_feedback(bare, seeds=1, rounds=1, arms=arms, etas=(0.0,), epochs_first=2,
+                       candidates=20, progress=False)
+    last = {r["arm"]: r for r in res["rows"] if r["round"] == 1}
+    for arm, base in (("cuckoo-d8+steck", "cuckoo-d8"), ("cuckoo-d64+la", "cuckoo-d64")):
+        assert last[arm]["arp@10"] != last[base]["arp@10"], arm
+    assert res["config"]["rerank_categories"] == "popularity bins (head/mid/tail)"
+    text = " ".join(render_section(res, []))
+    assert ("The reranked arms (cuckoo-d8+steck, cuckoo-d64+la) calibrate each user's list to "
+            "the user's mix of popularity bins (head/mid/tail)") in text
+    assert "gives its items no genres: as in E3" in text
+    res = run_feedback(tiny_v2, seeds=1, rounds=1, arms=arms, etas=(0.0,), epochs_first=1,
+                       candidates=20, progress=False)
+    assert res["config"]["rerank_categories"] == "genres"
+    assert "calibrate each user's list to the user's mix of genres in" in \
+        " ".join(render_section(res, []))
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"rounds": 2.5}, TypeError, "rounds must be an int, got float"),
+    ({"rounds": 0}, ValueError, "rounds must be >= 1, got 0"),
+    ({"k": 0}, ValueError, "k must be >= 1, got 0"),
+    ({"k": 100}, ValueError, r"k must be at most the 60 items of data set .* got 100"),
+    ({"candidates": 0}, ValueError, r"candidates must be >= k = 10 .* got 0"),
+    ({"k": 3, "candidates": 2}, ValueError, r"candidates must be >= k = 3 .* got 2"),
+    ({"candidates": 2.5}, TypeError, "candidates must be an int, got float"),
+    ({"epochs_first": -1}, ValueError, "epochs_first must be >= 0, got -1"),
+    ({"epochs_per_round": 1.5}, TypeError, "epochs_per_round must be an int, got float"),
+    ({"seed": -1}, ValueError, "^seed must be >= 0, got -1"),
+])
+def test_the_loop_checks_its_arguments_when_built(tiny, kw, error, match):
+    # candidates=0 failed in round 1 naming k, k=100 inside the reranker, rounds=2.5 was
+    # truncated to 2
+    with pytest.raises(error, match=match):
+        _loop(tiny, ("cuckoo-d8+steck", "oracle"), **kw)
+
+
+@pytest.mark.parametrize("truth_epochs, error, match", [
+    (0, ValueError, "truth_epochs must be >= 1, got 0"),
+    (-1, ValueError, "truth_epochs must be >= 1, got -1"),
+    (2.5, TypeError, "truth_epochs must be an int, got float"),
+])
+def test_truth_epochs_is_checked_by_name(tiny, truth_epochs, error, match):
+    # -1 and 2.5 blamed TrainConfig.epochs; 0 made an untrained random model the "truth"
+    with pytest.raises(error, match=match):
+        run_feedback(tiny, seeds=1, rounds=1, arms=("oracle",), etas=(0.0,),
+                     truth_epochs=truth_epochs, progress=False)

@@ -109,11 +109,20 @@ def topk_indices(scores, k: int) -> np.ndarray:
     excluded item (a training item, an unborn item): it is never listed. A row with fewer than
     k listable items (or a catalogue of fewer than k items) gives a **shorter list, padded with
     -1** (:data:`PAD`) after its last item; docs/metrics.md defines the metrics on such lists.
+    A NaN score raises ``ValueError`` naming its row and column: it has no rank (``torch.topk``
+    would list it first), and it comes from a diverged model.
     """
     t = scores if isinstance(scores, torch.Tensor) else torch.from_numpy(
         np.ascontiguousarray(scores))
     if t.ndim != 2:
         raise ValueError(f"scores must be 2-D [n_rows, n_cols]; got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        nan = torch.isnan(t)
+        if bool(nan.any()):
+            r, c = (int(x) for x in torch.nonzero(nan)[0])
+            raise ValueError(f"scores hold {int(nan.sum())} NaN value(s), the first at row {r}, "
+                             f"column {c}: a NaN score has no rank (a diverged model?); scores "
+                             f"must be numbers, -inf for an excluded item")
     out = np.full((t.shape[0], k), PAD, dtype=np.int64)
     kk = min(k, t.shape[1])
     if kk > 0:

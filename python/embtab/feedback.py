@@ -12,6 +12,7 @@ from embtab.experiments.feedback import (
     METRICS,
     QUICK,
     RERANKERS,
+    TRAIN_OVERRIDES,
     Arm,
     DriftingTruth,
     FeedbackLoop,
@@ -28,6 +29,6 @@ from embtab.experiments.feedback import (
 )
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
-           "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
+           "RERANKERS", "TRAIN_OVERRIDES", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
            "accept_probability", "contrasts", "equal_bytes_rows_per_id", "feedback_table",
            "feedback_text", "matched_pairs", "plot_feedback", "render_section", "run_feedback"]

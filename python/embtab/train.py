@@ -53,7 +53,8 @@ negative log-likelihood ``-s(u, i) + log Σ_j exp s(u, j)`` over the full catalo
 ``l2 * (|e_u|^2 + |e_i|^2)`` averaged over the batch (Liang et al.'s multinomial likelihood
 for implicit feedback, here on dot-product MF). All randomness comes from ``seed``
 (``torch.manual_seed`` for nothing but the module init, a ``numpy.random.Generator`` for
-shuffling and negatives), so a run is reproducible.
+shuffling and negatives), so a run is reproducible. ``torch.manual_seed`` seeds torch's
+global generator: :func:`fit` (and E5's arms) restart a caller's torch random stream.
 
 Evaluation scores the full catalogue (user vectors @ item vectors for all items), masks each
 user's training items to ``-inf`` and takes the top k (:func:`recommend`). The sanity
@@ -86,6 +87,7 @@ from embtab._research import topk_indices
 from embtab.data import Interactions, Truth
 
 __all__ = [
+    "MIN_PERSONA_TEMPERATURE",
     "MFModel",
     "ModelTruth",
     "OnlineTrainer",
@@ -102,6 +104,7 @@ __all__ = [
     "random_topk",
     "recommend",
     "score_matrix",
+    "softmax_loss",
     "table_bytes",
     "table_design",
     "user_vectors",
@@ -111,6 +114,12 @@ _TABLES = ("cuckoo", "hashed", "qr", "double_hashed")
 _ON_FULL = ("grow", "evict_lru", "evict_lfu")
 _OPTIMIZERS = ("adam", "adagrad")
 _LOSSES = ("bpr", "softmax")
+
+#: The smallest ``TrainConfig.persona_temperature``: the persona attention divides float32 dot
+#: products by τ, so τ must stay a normal float32 and keep <p, q> / τ below float32's maximum
+#: (3.4e38) for every dot product below 3.4e32, far beyond what a model that has not diverged
+#: produces; at τ = 1e-6 the softmax over personas is already a hard maximum.
+MIN_PERSONA_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,9 @@ class TrainConfig:
         K >= 1 persona vectors per user, scored by candidate-conditioned attention (module
         docstring); 1 = the single-vector model. The user table then has K·dim columns.
     persona_temperature : float
-        τ > 0 of the persona attention softmax (ignored with one persona).
+        τ >= 1e-6 (:data:`MIN_PERSONA_TEMPERATURE`) of the persona attention softmax (ignored
+        with one persona). The attention divides float32 dot products by τ: a smaller τ rounds
+        to 0 in float32 or overflows the quotient, giving inf and NaN scores.
 
     The defaults learn the default synthetic data set (2,000 x 3,000, ~100K interactions) in a
     few seconds on 2 cores, well above the most-popular baseline.
@@ -242,6 +253,14 @@ class TrainConfig:
         check_seed(self.seed, "TrainConfig.seed")
         whole("personas", 1)
         real("persona_temperature", min=0.0, min_open=True)
+        if self.persona_temperature < MIN_PERSONA_TEMPERATURE:
+            raise ValueError(
+                f"TrainConfig.persona_temperature must be >= {MIN_PERSONA_TEMPERATURE:g}, got "
+                f"{self.persona_temperature!r}: the attention divides float32 dot products by "
+                f"it, and a smaller temperature rounds to 0 in float32 or makes the quotient "
+                f"overflow float32's maximum (3.4e38) for dot products above "
+                f"{3.4e38 * MIN_PERSONA_TEMPERATURE:.1e}, giving inf and NaN scores (at "
+                f"{MIN_PERSONA_TEMPERATURE:g} the attention is already a hard maximum)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -453,7 +472,18 @@ def fit(train: Interactions, config: TrainConfig | None = None, *, quiet: bool =
     Returns
     -------
     MFModel
-        In ``eval()`` mode; ``model.history`` holds the mean loss of each epoch.
+        In ``eval()`` mode; ``model.history`` holds the mean loss of each epoch;
+        ``model.optimizer_bytes`` the bytes of the optimizer state it kept (``None`` for
+        ``epochs=0``: nothing stepped, and :func:`model_bytes` counts
+        :func:`expected_optimizer_bytes`).
+
+    Notes
+    -----
+    ``fit`` calls ``torch.manual_seed(config.seed)``: it reseeds torch's **global** random
+    generator (kept so that every stored result stays bit for bit), so a caller's own torch
+    random stream restarts from ``config.seed`` after each call; save and restore it with
+    ``torch.get_rng_state()`` / ``torch.set_rng_state()`` where that matters. The shuffling
+    and negatives come from a local ``numpy.random.Generator``.
 
     Raises
     ------
@@ -504,6 +534,24 @@ def bpr_loss(model: MFModel, u: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
     return loss
 
 
+def softmax_loss(model: MFModel, u: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+                 l2: float) -> torch.Tensor:
+    """Softmax loss of one batch: the mean cross-entropy of ``target`` under
+    softmax_i(s(u, ·)) over the whole catalogue, plus ``l2`` times the squared norms of the
+    batch's user rows and of its positive item rows over the batch size.
+
+    ``u`` [B, personas·d] are user rows, ``items`` [I, d] the catalogue's item rows and
+    ``target`` [B] the dense indices of the positive items; the scores are
+    :meth:`MFModel.score`. Used by :func:`fit` (``loss="softmax"``) and by E5's warm-started
+    arms.
+    """
+    loss = torch.nn.functional.cross_entropy(model.score(u, items), target)
+    if l2:
+        p = items[target]
+        loss = loss + l2 * ((u * u).sum() + (p * p).sum()) / len(target)
+    return loss
+
+
 def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None,
          on_epoch=None) -> MFModel:
     torch.manual_seed(config.seed)
@@ -541,10 +589,7 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             if softmax:
                 items = model.items(all_items)                          # [I, d]
                 target = pos_index[torch.from_numpy(idx)]
-                loss = torch.nn.functional.cross_entropy(model.score(u, items), target)
-                if config.l2:
-                    p = items[target]
-                    loss = loss + config.l2 * ((u * u).sum() + (p * p).sum()) / len(idx)
+                loss = softmax_loss(model, u, items, target, config.l2)
             else:
                 p = model.items(torch.from_numpy(raw_i[idx]))
                 q = model.items(torch.from_numpy(catalogue[neg[idx]]))
@@ -570,7 +615,9 @@ def _fit(train: Interactions, config: TrainConfig, quiet: bool, desc: str | None
             model.train()
     if bar is not None:
         bar.close()
-    model.optimizer_bytes = _state_bytes(opt)
+    # (a fit of 0 epochs never steps: Adam holds no state yet, and model_bytes counts the
+    # state it will hold, expected_optimizer_bytes)
+    model.optimizer_bytes = _state_bytes(opt) if config.epochs > 0 else None
     model.eval()
     return model
 
@@ -614,7 +661,9 @@ def model_bytes(model: MFModel) -> dict:
     ``weights`` and ``index`` sum :func:`table_bytes` of the user and item tables;
     ``optimizer`` adds to theirs the outer optimizer's state as :func:`fit` keeps it (torch's
     dense Adam: two float32 values per weight), measured after training
-    (``model.optimizer_bytes``) or, for an untrained model, :func:`expected_optimizer_bytes`.
+    (``model.optimizer_bytes``) or, for an untrained model (one :func:`build_model` made, or a
+    :func:`fit` of 0 epochs, whose ``optimizer_bytes`` is ``None``),
+    :func:`expected_optimizer_bytes`.
     """
     parts = [table_bytes(model.users), table_bytes(model.items)]
     out = {k: int(sum(p[k] for p in parts)) for k in ("weights", "index", "optimizer")}
@@ -697,7 +746,10 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
 
     Scores the full catalogue in chunks of ``chunk`` users. A user with fewer than k items
     left to recommend gets a shorter list, padded with -1 (:func:`embtab._research.
-    topk_indices`; docs/metrics.md). ``k`` and ``chunk`` are ints >= 1.
+    topk_indices`; docs/metrics.md). ``k`` and ``chunk`` are ints >= 1. With
+    ``exclude_train=False`` the training items are not masked: every item may be listed
+    (a user then always gets min(k, I) items). A NaN score (a diverged model) raises
+    ``ValueError``: it has no rank.
     """
     k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
     out = []
@@ -779,8 +831,13 @@ def collision_share(model: MFModel, data: Interactions) -> dict:
     """Measured item-ID collisions of a model's item table on the catalogue of ``data``.
 
     Returns ``{"collision_share", "collision_theory", "rows", "ids"}``: the share of distinct
-    item IDs that share their row with another item ID, and the uniform-hashing expectation
-    ``1 - exp(-n/m)`` (n IDs, m rows; exact: ``1 - (1 - 1/m)^(n-1)``). A cuckoo table has
+    item IDs that share their row with another item ID, and the uniform-hashing expectation in
+    its usual approximation ``1 - exp(-n/m)`` (n IDs, m rows; docs/experiments.md, E2). The
+    exact expectation is ``1 - (1 - 1/m)^(n-1)``; the approximation differs from it by less
+    than ``1/m`` (negligible for E2's tables of hundreds of rows or more, visible for tiny
+    ones: m = 1, n = 2 gives 0.865 against the exact 1; n = 1 gives ``1 - exp(-1/m)``
+    against 0). ``collision_theory`` keeps the approximation, which every stored E2 result
+    reports. A cuckoo table has
     share 0 by construction (checked: distinct IDs hold distinct rows). A table that gives
     each ID two rows (quotient-remainder, double hashing) counts the IDs whose pair of rows is
     another ID's (the same vector: for double hashing, whose two rows of one table are summed,
@@ -928,6 +985,9 @@ class OnlineTrainer:
                      num_threads: int | None = 1) -> float:
         """One pass over the pairs of ``window``; returns their mean loss (NaN when empty).
 
+        Raises ``ValueError`` when the training diverged (the pass's mean loss is NaN or
+        infinite), so a NaN return always means an empty window; the model is then unusable.
+
         Parameters
         ----------
         window : Interactions
@@ -974,5 +1034,11 @@ class OnlineTrainer:
                 total += float(loss.detach()) * idx.size
         finally:
             model.eval()
+        mean = total / n if n else float("nan")
+        if n and not math.isfinite(mean):
+            # (NaN is the empty window's value: a diverged pass must not read as one)
+            raise ValueError(f"training diverged: the mean loss of the window's {n} pairs is "
+                             f"{mean} (lr={cfg.lr}, init_std={cfg.init_std}, "
+                             f"optimizer={cfg.optimizer!r}); lower lr or init_std")
         self.pairs_per_window.append(int(n))
-        return total / n if n else float("nan")
+        return mean

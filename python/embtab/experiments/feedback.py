@@ -11,7 +11,9 @@ truth. **Each round t = 1..T**, for every arm in order:
 
 1. *train*: an MF arm trains on its current data (warm start: ``epochs_first`` epochs from
    scratch in round 1, then ``epochs_per_round`` more per round on the grown data, same tables
-   and Adam state, BPR as :mod:`embtab.train`);
+   and optimizer state, BPR with Adam as :mod:`embtab.train`; ``train_overrides`` may set
+   only the fields of :data:`TRAIN_OVERRIDES`, e.g. ``loss="softmax"`` or
+   ``optimizer="adagrad"``, and a training that diverges raises ``ValueError``);
 2. *recommend* top-k to every user, masking what the user consumed and what is in the arm's
    training data, optionally reranked (:data:`RERANKERS`);
 3. *accept*: user u accepts the item at rank r (1-based) with probability
@@ -61,7 +63,9 @@ design (:data:`ARMS`) is one factor at a time around the base arm ``cuckoo-d64``
 interactions (a full 2 × 2 × 3 × 2 factorial would be 24 MF arms per seed and η):
 ``cuckoo-d8`` (low d), ``hashed-d64`` (the item table hashed into as many bytes as the cuckoo
 table at the same d: only collisions change), ``cuckoo-d64+steck`` (Steck's calibrated rerank,
-λ = 0.5, as E3), ``cuckoo-d64+la`` (the limited-attention rerank), ``cuckoo-d64-p3`` (three AMP-CF persona
+λ = 0.5, as E3), ``cuckoo-d64+la`` (the limited-attention rerank; both rerankers take the
+items' genres as categories, or on data without genres, as E3, head / mid / tail popularity
+bins of the arm's current training counts: :data:`RERANKERS`), ``cuckoo-d64-p3`` (three AMP-CF persona
 vectors per user, :mod:`embtab.train`, item dimension unchanged, so the user table has three
 times the bytes), the interactions ``hashed-d8`` (low d × hashing, equal bytes at d = 8) and
 ``cuckoo-d8+steck`` (low d × calibration); the controls ``cuckoo-d64-frozen`` and
@@ -122,10 +126,10 @@ import numpy as np
 import torch
 
 from embtab import metrics, rerank
-from embtab._checks import check_int
+from embtab._checks import check_int, check_seed
 from embtab._research import ALPHA, K, category_mix, topk_indices
 from embtab.data import GroundTruth, Interactions, LatentTruth, Truth, load_dataset
-from embtab.experiments.calibration import calibrated_lists, item_distribution, minmax, user_mix
+from embtab.experiments.calibration import calibrated_lists, categories, minmax, user_mix
 from embtab.experiments.intervals import ci_text, direction_sentence, interval, summary_with_intervals
 from embtab.experiments.plots import num, pyplot, save_figure
 from embtab.experiments.registry import Experiment, register
@@ -144,11 +148,12 @@ from embtab.train import (
     build_model,
     drop_excluded,
     score_matrix,
+    softmax_loss,
     table_bytes,
 )
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
-           "RERANKERS", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
+           "RERANKERS", "TRAIN_OVERRIDES", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
            "accept_probability", "check_dataset", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
            "feedback_table",
            "feedback_text", "matched_pairs", "plot", "plot_feedback", "render_section",
@@ -219,14 +224,14 @@ class Arm:
 
 
 def _steck(scores, data, k, candidates):
-    return calibrated_lists(scores, data, item_distribution(data), candidates, [STECK_LAMBDA],
+    return calibrated_lists(scores, data, categories(data)[0], candidates, [STECK_LAMBDA],
                             k)[STECK_LAMBDA]
 
 
 def _limited_attention(scores, data, k, candidates):
     C = min(int(candidates), scores.shape[1])
     values, cand = rerank.topk(np.ascontiguousarray(scores, dtype=np.float32), C)
-    item_dist = item_distribution(data)
+    item_dist = categories(data)[0]
     target = user_mix(data, item_dist)
     rel = rerank.intent_relevance(minmax(values.astype(np.float64)), item_dist, target, cand)
     return drop_excluded(rerank.limited_attention(rel, k, LA_BUDGET, intent_weights=target,
@@ -235,7 +240,11 @@ def _limited_attention(scores, data, k, candidates):
 
 #: reranker name -> ``f(masked scores [U, I], current data, k, candidates) -> lists [U, k]``
 #: (None: the model's own top-k). Both rerank the top-``candidates`` items by score, min-max
-#: scaled per user, with the user's current training genre mix as the target. ``steck``:
+#: scaled per user, with the user's current training genre mix as the target; on a data set
+#: without genres, as E3 (:func:`embtab.experiments.calibration.categories`), the categories
+#: are head / mid / tail popularity bins of the arm's current training counts
+#: (:func:`embtab.rerank.popularity_bins`), never one "none" category that would leave the
+#: base arm's lists unchanged. ``steck``:
 #: :func:`embtab.rerank.calibrated` at λ = 0.5 (E3). ``la``: :func:`embtab.rerank.
 #: limited_attention` with budget c = 3, intents = genres weighted by that mix, relevance from
 #: :func:`embtab.rerank.intent_relevance` (maximises expected consumption when a user
@@ -460,16 +469,64 @@ def equal_bytes_rows_per_id(data: Interactions, dim: int, seed: int = 0) -> floa
     return max((b["weights"] + b["index"]) / (4.0 * dim), 1.0) / data.n_items
 
 
-class _MFArm:
-    """An MF model trained with BPR, warm-started across rounds (same tables and Adam state)."""
+#: The :class:`~embtab.train.TrainConfig` fields E5 takes from ``train_overrides`` (for every MF
+#: arm, and recorded in the results' ``config["train"]``).
+TRAIN_OVERRIDES = ("loss", "optimizer", "lr", "l2", "batch_size", "init_std",
+                   "persona_temperature")
 
-    def __init__(self, data: Interactions, cfg: TrainConfig):
-        self.cfg = cfg
+#: Why E5 refuses an override of the other fields: the arms, the seeds and the warm-start
+#: schedule set them.
+_NOT_OVERRIDDEN = {
+    **{f: "each arm sets it (pass an Arm for another design)"
+       for f in ("dim", "table", "rows_per_id", "personas")},
+    **{f: "the arms' tables are grow-on-demand cuckoo tables and equal-bytes hashed item "
+          "tables (Arm.table), users collisionless"
+       for f in ("hash_users", "on_full", "min_count", "admission_eps", "admission_delta",
+                 "expire_after")},
+    "seed": "the seeds argument sets it",
+    "epochs": "the warm-start schedule sets it: pass epochs_first and epochs_per_round",
+}
+
+
+def _train_overrides(overrides, *, shared: bool = False) -> dict:
+    """``overrides`` checked for E5: a dict of the :data:`TRAIN_OVERRIDES` fields.
+
+    A field E5 does not take (the arms', the seeds', the schedule's) raises ``ValueError``
+    naming it and its value, so no setting is recorded that was not used. ``shared``: the
+    overrides are the runner's session's, shared by every experiment of a run, whose
+    ``epochs`` is for the others: it is dropped (E5's schedule is ``epochs_first`` /
+    ``epochs_per_round``). Values are checked by :class:`~embtab.train.TrainConfig`.
+    """
+    out = dict(overrides or {})
+    if shared:
+        out.pop("epochs", None)
+    for key, value in out.items():
+        if key in _NOT_OVERRIDDEN:
+            raise ValueError(f"train_overrides {key}={value!r} is not used by E5 (feedback): "
+                             f"{_NOT_OVERRIDDEN[key]}; E5 takes only {TRAIN_OVERRIDES}")
+    TrainConfig(**out)      # TypeError for an unknown field, the field's own check otherwise
+    return out
+
+
+class _MFArm:
+    """An MF model trained with BPR (or ``cfg.loss="softmax"``, :func:`embtab.train.fit`'s
+    softmax likelihood), warm-started across rounds (same tables and optimizer state:
+    ``cfg.optimizer``, Adam by default, or Adagrad).
+
+    Like :func:`embtab.train.fit`, it seeds torch's **global** random generator
+    (``torch.manual_seed(cfg.seed)``) once, when built; shuffling and negatives come from a
+    local ``numpy.random.Generator``. A training whose epoch has a NaN or infinite mean loss
+    raises ``ValueError`` ("training diverged"), as :func:`~embtab.train.fit` does.
+    """
+
+    def __init__(self, data: Interactions, cfg: TrainConfig, name: str = "mf"):
+        self.cfg, self.name = cfg, name
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = build_model(data, cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.Adagrad
+        self.opt = cls(params, lr=cfg.lr)
         self.trainings: list = []              # epochs of each call of train()
 
     def train(self, data: Interactions, epochs: int) -> None:
@@ -486,21 +543,40 @@ class _MFArm:
         raw_u = data.raw_users.view(np.int64)
         raw_i = data.raw_items.view(np.int64)
         catalogue = data.item_ids.view(np.int64)
+        softmax = cfg.loss == "softmax"
+        all_items = torch.from_numpy(catalogue)
+        pos_index = torch.from_numpy(data.items)
         n, bs = data.n_interactions, cfg.batch_size
         model.train()
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            neg = rng.integers(0, catalogue.size, size=n)
-            for b in range(0, n, bs):
-                idx = order[b:b + bs]
-                u = model.users(torch.from_numpy(raw_u[idx]))
-                p = model.items(torch.from_numpy(raw_i[idx]))
-                q = model.items(torch.from_numpy(catalogue[neg[idx]]))
-                loss = bpr_loss(model, u, p, q, cfg.personas, cfg.l2)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-        model.eval()
+        try:
+            for epoch in range(epochs):
+                order = rng.permutation(n)
+                if not softmax:
+                    neg = rng.integers(0, catalogue.size, size=n)
+                total = 0.0
+                for b in range(0, n, bs):
+                    idx = order[b:b + bs]
+                    u = model.users(torch.from_numpy(raw_u[idx]))
+                    if softmax:
+                        loss = softmax_loss(model, u, model.items(all_items),
+                                            pos_index[torch.from_numpy(idx)], cfg.l2)
+                    else:
+                        p = model.items(torch.from_numpy(raw_i[idx]))
+                        q = model.items(torch.from_numpy(catalogue[neg[idx]]))
+                        loss = bpr_loss(model, u, p, q, cfg.personas, cfg.l2)
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    total += float(loss.detach()) * idx.size
+                mean = total / max(n, 1)
+                if not math.isfinite(mean):
+                    raise ValueError(
+                        f"training diverged: arm {self.name!r}, epoch {epoch + 1} of training "
+                        f"{len(self.trainings)}, mean loss {mean} (lr={cfg.lr}, "
+                        f"init_std={cfg.init_std}, optimizer={cfg.optimizer!r}); lower lr or "
+                        f"init_std")
+        finally:
+            model.eval()
 
 
 def _resolve_arms(arms) -> tuple:
@@ -534,6 +610,12 @@ class FeedbackLoop:
     (:class:`DriftingTruth`), ``models`` (the MF arms' trainers), ``last_accepted`` (int [U],
     the round's acceptances per user) and ``exo_added`` (int [U], an exogenous arm's new
     training interactions of the round).
+
+    The constructor checks its arguments (as :func:`run_feedback` does), each error naming the
+    argument and its value: ``rounds`` an int >= 1; ``k`` an int in [1, items of ``data``];
+    ``candidates`` an int >= ``k``; ``seed`` a 64-bit seed; ``epochs_first`` and
+    ``epochs_per_round`` ints >= 0; ``eta`` in [0, 1]; ``train_overrides`` only the fields of
+    :data:`TRAIN_OVERRIDES`.
     """
 
     def __init__(self, data: Interactions, truth: Truth, *, arms=tuple(ARMS), seed: int = 0,
@@ -542,13 +624,24 @@ class FeedbackLoop:
                  candidates: int = 100, pairs: np.ndarray | None = None):
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1]; got {eta}")
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1; got {rounds}")
+        rounds = check_int(rounds, "rounds", min=1)
+        k = check_int(k, "k", min=1)
+        if k > data.n_items:
+            raise ValueError(f"k must be at most the {data.n_items} items of data set "
+                             f"{data.name!r} (every list holds k of them), got {k}")
+        candidates = check_int(candidates, "candidates")
+        if candidates < k:
+            raise ValueError(f"candidates must be >= k = {k} (a reranked list holds k items "
+                             f"taken from its candidates), got {candidates}")
+        seed = check_seed(seed, "seed")
+        epochs_first = check_int(epochs_first, "epochs_first", min=0)
+        epochs_per_round = check_int(epochs_per_round, "epochs_per_round", min=0)
+        overrides = _train_overrides(train_overrides)
         self.arms = _resolve_arms(arms)
         self.organic, self.truth = data, truth
-        self.seed, self.eta, self.k, self.rounds = int(seed), float(eta), int(k), int(rounds)
-        self.candidates = int(candidates)
-        self.epochs_first, self.epochs_per_round = int(epochs_first), int(epochs_per_round)
+        self.seed, self.eta, self.k, self.rounds = seed, float(eta), k, rounds
+        self.candidates = candidates
+        self.epochs_first, self.epochs_per_round = epochs_first, epochs_per_round
         #: epochs a feedback arm has had by round T: what the frozen arm trains once
         self.frozen_epochs = self.epochs_first + (self.rounds - 1) * self.epochs_per_round
         self.round = 0
@@ -571,7 +664,6 @@ class FeedbackLoop:
         self.last_accepted: dict = {}
         self.exo_added: dict = {}
         self.rows_per_id: dict = {}
-        overrides = dict(train_overrides or {})
         self.models: dict = {}
         for a in self.arms:
             if a.kind != "mf":
@@ -581,7 +673,7 @@ class FeedbackLoop:
             if a.table == "hashed":
                 kw["rows_per_id"] = equal_bytes_rows_per_id(data, a.dim, self.seed)
                 self.rows_per_id[a.name] = kw["rows_per_id"]
-            self.models[a.name] = _MFArm(data, TrainConfig(**kw))
+            self.models[a.name] = _MFArm(data, TrainConfig(**kw), a.name)
 
     # state metrics ---------------------------------------------------------------------------
 
@@ -753,16 +845,22 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     epochs_first, epochs_per_round : int >= 0, optional
         The warm-start schedule, 10 and 2 (5 and 1 with ``quick``); the frozen arm trains once
         for their total by round T.
-    candidates : int
-        Candidates of the calibrated rerank.
-    truth_epochs : int
-        Epochs of the fitted truth on real data.
+    candidates : int >= k
+        Candidates of the reranked arms.
+    truth_epochs : int >= 1
+        Epochs of the fitted truth on real data (checked whatever the data set).
     train_overrides : dict
-        :class:`embtab.train.TrainConfig` fields for every MF arm.
+        :class:`embtab.train.TrainConfig` fields for every MF arm, only those of
+        :data:`TRAIN_OVERRIDES` (loss, optimizer, lr, l2, batch_size, init_std,
+        persona_temperature); any other field raises ``ValueError`` naming it (the arms set
+        d, table and personas, ``seeds`` the seed, ``epochs_first`` / ``epochs_per_round``
+        the epochs). Without it, the ``session``'s overrides (the runner's, shared by the
+        experiments of a run), whose ``epochs`` E5 leaves to the others and does not use.
     quick : bool
         :data:`QUICK`'s rounds, epochs and (for ``"synthetic"``) data set, unless given.
     session
-        Accepted for the registry's interface; E5 loads its own data.
+        For the registry's interface: E5 loads its own data and takes only the session's
+        training overrides.
 
     Returns
     -------
@@ -780,7 +878,9 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
     epochs_per_round = pick["epochs_per_round"] if epochs_per_round is None \
         else check_int(epochs_per_round, "epochs_per_round", min=0)
     etas = real_sweep(etas, "etas", low=0.0, high=1.0)
-    train_overrides = overrides_of(train_overrides, session)
+    truth_epochs = check_int(truth_epochs, "truth_epochs", min=1)
+    shared = train_overrides is None and session is not None
+    train_overrides = _train_overrides(overrides_of(train_overrides, session), shared=shared)
     if isinstance(dataset, str):
         spec = (QUICK["dataset"] if quick else DEFAULT_DATASET) if dataset == "synthetic" \
             else dataset
@@ -817,9 +917,12 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
                     bar.update(1)
     if bar is not None:
         bar.close()
-    base = TrainConfig(**dict(train_overrides or {})).to_dict()
+    # what every MF arm trained with: the overrides E5 takes (_train_overrides refused the
+    # others) and the defaults of the fields the arms' tables leave at their defaults
+    base = TrainConfig(**train_overrides).to_dict()
     for key in ("dim", "table", "rows_per_id", "personas", "seed", "epochs"):
         base.pop(key)
+    rerank_arms = [a.name for a in arm_list if a.kind == "mf" and a.rerank != "none"]
     summary = summary_with_intervals(rows, keys=("eta", "arm", "round"),
                                      skip=("seed", "n_interactions"))
     return {"experiment": "feedback", "dataset": {**data.summary(), "spec": spec},
@@ -829,6 +932,7 @@ def run_feedback(dataset: str | Interactions = DEFAULT_DATASET, seeds=5, *,
                        "epochs_per_round": epochs_per_round,
                        "frozen_epochs": epochs_first + (rounds - 1) * epochs_per_round,
                        "candidates": candidates, "steck_lambda": STECK_LAMBDA,
+                       "rerank_categories": categories(data)[1] if rerank_arms else None,
                        "alpha": ALPHA, "matched_pairs": int(len(pairs)), "truth": truth_kind,
                        "acceptance": "min(1, p_t(i|u)/p_t,u^(k)) / log2(rank+1)",
                        "drift": "theta_u <- normalise((1-eta) theta_u + eta mean psi_i)",
@@ -1124,6 +1228,20 @@ def feedback_text(results: dict) -> list:
     return out
 
 
+def _categories_said(cfg: dict) -> str:
+    """The sentence naming the categories the reranked arms calibrated to ("" without such
+    arms, or for results written before ``config["rerank_categories"]`` existed)."""
+    cats = cfg.get("rerank_categories")
+    arms = [name for name, a in (cfg.get("arms") or {}).items()
+            if isinstance(a, dict) and a.get("kind") == "mf" and a.get("rerank", "none") != "none"]
+    if not cats or not arms:
+        return ""
+    why = (" (the data set gives its items no genres: as in E3, the bins split the items by "
+           "the arm's current training counts)") if cats.startswith("popularity") else ""
+    return (f" The reranked arms ({', '.join(arms)}) calibrate each user's list to the user's "
+            f"mix of {cats} in the arm's current training data{why}.")
+
+
 def render_section(results: dict, plots: Sequence = ()) -> list:
     """The report section of E5 (Markdown lines)."""
     d, cfg = results["dataset"], results["config"]
@@ -1136,7 +1254,8 @@ def render_section(results: dict, plots: Sequence = ()) -> list:
               f"round; the frozen control {cfg['frozen_epochs']} epochs once). Homogenisation is "
               f"the Jaccard of loop consumption over {cfg['matched_pairs']} pairs of users "
               f"matched by true-preference similarity, minus the ideal (oracle) system's. "
-              f"Cells: round {cfg['rounds']}, mean [95% CI] over seeds."), ""]
+              f"Cells: round {cfg['rounds']}, mean [95% CI] over seeds." + _categories_said(cfg)),
+             ""]
     lines += feedback_table(results)
     lines += ["", f"Each arm minus {cfg.get('base_arm', BASE_ARM)} at round {cfg['rounds']}, "
               "paired by seed (`*`: the interval excludes 0):", ""]
