@@ -463,3 +463,18 @@ def test_truth_epochs_is_checked_by_name(tiny, truth_epochs, error, match):
     with pytest.raises(error, match=match):
         run_feedback(tiny, seeds=1, rounds=1, arms=("oracle",), etas=(0.0,),
                      truth_epochs=truth_epochs, progress=False)
+
+
+def test_the_runner_refuses_an_override_e5_does_not_take_before_anything_runs(tmp_path,
+                                                                              monkeypatch):
+    # E5 refused such a field only when its turn came, after the run's earlier experiments
+    from embtab.experiments import run_experiments, runner
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("the run started before its overrides were checked")
+
+    monkeypatch.setattr(runner, "Session", no_session)
+    with pytest.raises(ValueError, match=r"train_overrides dim=8 is not used by E5"):
+        run_experiments(["calibration", "feedback"], tmp_path, train_overrides={"dim": 8},
+                        seeds=1, quick=True, progress=False)
+    assert list(tmp_path.iterdir()) == []

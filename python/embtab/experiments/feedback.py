@@ -154,7 +154,7 @@ from embtab.train import (
 
 __all__ = ["ARMS", "BASE_ARM", "DEFAULT_DATASET", "DEFAULT_ETAS", "METRICS", "QUICK",
            "RERANKERS", "TRAIN_OVERRIDES", "Arm", "DriftingTruth", "FeedbackLoop", "ModelTruth",
-           "accept_probability", "check_dataset", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
+           "accept_probability", "check_dataset", "check_overrides", "contrast_table", "contrasts", "equal_bytes_rows_per_id",
            "feedback_table",
            "feedback_text", "matched_pairs", "plot", "plot_feedback", "render_section",
            "run_feedback"]
@@ -1293,5 +1293,13 @@ def check_dataset(spec) -> None:
         raise _stream_refused(spec)
 
 
+def check_overrides(overrides) -> None:
+    """``ValueError`` for a field of the runner's shared ``train_overrides`` that E5 does not
+    take (its ``epochs`` is for the other experiments of the run), for the runner to call
+    before any experiment of a run starts."""
+    _train_overrides(overrides, shared=True)
+
+
 register(Experiment("feedback", "E5", "feedback loop: recommend, accept, retrain, by arm",
-                    run_feedback, render_section, plot, in_demo=True, check_dataset=check_dataset))
+                    run_feedback, render_section, plot, in_demo=True, check_dataset=check_dataset,
+                    check_overrides=check_overrides))

@@ -47,6 +47,10 @@ class Experiment:
     check_dataset : callable or None
         ``check_dataset(spec)``: raises ``ValueError`` for a data set spec string the
         experiment cannot run on; the runner calls it before any experiment runs.
+    check_overrides : callable or None
+        ``check_overrides(train_overrides)``: raises ``ValueError`` for the runner's shared
+        ``train_overrides`` (a dict, or None) when the experiment refuses one of them; the
+        runner calls it before any experiment runs.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Experiment:
     in_demo: bool = False
     needs_data: bool = True
     check_dataset: Callable | None = None
+    check_overrides: Callable | None = None
 
 
 #: name -> :class:`Experiment`, in label order (E1, E2, ...).

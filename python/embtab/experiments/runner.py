@@ -53,8 +53,9 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
 
     Writes ``out_dir/<name>.json`` per experiment, ``out_dir/results.json`` (a list of the
     per-experiment objects), PNG plots and ``out_dir/report.md``. Returns
-    ``{"report", "results", "plots"}`` paths. Names, seeds and each experiment's data set
-    requirement are checked before anything runs (``ValueError``), and so are matplotlib
+    ``{"report", "results", "plots"}`` paths. Names, seeds, each experiment's data set
+    requirement and the training overrides it takes are checked before anything runs
+    (``ValueError``), and so are matplotlib
     (``ImportError`` naming the ``experiments`` extra) and the folder (an ``OSError`` if it
     cannot be written).
 
@@ -75,6 +76,8 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     for e in needs_data:
         if e.check_dataset is not None:
             e.check_dataset(dataset)
+        if e.check_overrides is not None:
+            e.check_overrides(train_overrides)
     if any(e.plot is not None for e in entries):
         pyplot()            # a missing matplotlib fails here, before minutes of training
     out = Path(out_dir)
