@@ -8,6 +8,7 @@ import argparse
 import json
 
 from embtab.benchmarks import optim
+from embtab.cli import check_out_file, int_at_least
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -16,14 +17,19 @@ if __name__ == "__main__":
     )
     ap.add_argument("--out", help="write the raw results here as JSON")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int_at_least(1), default=5)
     ap.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="threads for every implementation (torch and embtab; 0 = torch's default)",
     )
     args = ap.parse_args()
+    if args.out:   # before the run: a bad path is a one-line error, not results lost at the end
+        try:
+            check_out_file(args.out)
+        except (ValueError, OSError) as e:
+            ap.error(str(e) if str(e).startswith("--out") else f"--out {args.out}: {e}")
     results = optim.run(
         quick=args.quick, seed=args.seed, repeats=args.repeats, threads=args.threads
     )

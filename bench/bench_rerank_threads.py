@@ -15,6 +15,7 @@ import numpy as np
 from embtab import _core
 from embtab.benchmarks import rerank
 from embtab.benchmarks._harness import machine_line, time_calls
+from embtab.cli import int_at_least
 
 
 def _block(fn, calls):
@@ -24,7 +25,7 @@ def _block(fn, calls):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=30, help="calls per block")
+    ap.add_argument("--calls", type=int_at_least(1), default=30, help="calls per block")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     wl = rerank.make_workload(U=10_000, seed=args.seed)

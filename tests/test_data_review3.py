@@ -357,3 +357,23 @@ def test_experiments_refuse_train_overrides_that_train_nothing():
         run_dims("synthetic:n_users=50,n_items=60,interactions_per_user=5", 1, dims=(4,),
                  train_overrides={"epochs": 0},
                  progress=False)
+
+
+def test_a_header_whose_known_names_contradict_their_positions_is_refused(tmp_path):
+    # review: 'item_id,user_id,label' (one unknown name) was skipped and read by position:
+    # the items became the users, silently
+    from embtab.data import load_interactions
+
+    rows = "".join(f"{100 + i % 13},{i % 11},1\n" for i in range(300))
+    bad = tmp_path / "swapped.csv"
+    bad.write_text("item_id,user_id,label\n" + rows)
+    with pytest.raises(ValueError, match=r"names 'item_id' as the item column, but it is the "
+                                         r"user column by position.*'label' is not a known"):
+        load_interactions(bad)
+    # consistent with the positions: skipped as documented, the columns by position
+    ok = tmp_path / "ok.csv"
+    ok.write_text("user_id,item_id,label\n" + rows)
+    assert load_interactions(ok).n_users == 13
+    both = tmp_path / "known.csv"
+    both.write_text("item_id,user_id,clicks\n" + rows)   # all known: read by name
+    assert load_interactions(both).n_users == 11

@@ -789,11 +789,48 @@ def test_a_failed_run_leaves_the_folder_as_it_was_and_a_rerun_replaces_its_own_f
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert {"zz-ok.json", "zz-ok.png", "results.json", "report.md", "embtab-run.json",
                 "notes.txt"} == set(before)
-        # a run of other experiments (here: none) replaces the earlier run's files, only those
+        # a run of other experiments (here: none) replaces the report and results; the
+        # earlier run's files of the experiment it did not rerun stay, and stay listed (a
+        # review found a run of another experiment deleting them)
         run_experiments([], out, progress=False)
-        assert sorted(p.name for p in out.iterdir()) == ["embtab-run.json", "notes.txt",
-                                                         "report.md", "results.json"]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "embtab-run.json", "notes.txt", "report.md", "results.json", "zz-ok.json",
+            "zz-ok.png"]
         assert json.loads((out / "results.json").read_text()) == []
+        listed = json.loads((out / "embtab-run.json").read_text())
+        assert listed["by_experiment"] == {"zz-ok": ["zz-ok.json", "zz-ok.png"]}
+        # ... so that a later rerun of that experiment replaces them (they are not the user's)
+        run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 3}}, progress=False)
+        assert json.loads((out / "zz-ok.json").read_text())["value"] == 3
+
+
+def test_a_run_never_replaces_a_file_no_earlier_run_wrote(tmp_path, monkeypatch):
+    # review: the user's own report.md (or a plot-named file) in --out was replaced silently
+    from embtab.experiments import run_experiments, runner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("MY OWN REPORT")
+    with _fake_experiments():
+        ran = []
+        real = runner._publish
+        monkeypatch.setattr(runner, "_publish", lambda *a: ran.append(a) or real(*a))
+        with pytest.raises(FileExistsError, match=r"report\.md would be replaced by this run, "
+                                                  r"but no earlier embtab run"):
+            run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 1}}, progress=False)
+        assert ran == [] and sorted(p.name for p in out.iterdir()) == ["report.md"]
+        # a plot's name is known only once plotted: refused before anything moves, the run's
+        # files kept in a folder the error names
+        (out / "report.md").unlink()
+        (out / "zz-ok.png").write_text("MY OWN PLOT")
+        with pytest.raises(FileExistsError, match=r"zz-ok\.png would be replaced .* this "
+                                                  r"run's files are in .*embtab-run-unpublished-"):
+            run_experiments(["zz-ok"], out, kwargs={"zz-ok": {"value": 1}}, progress=False)
+        assert (out / "zz-ok.png").read_text() == "MY OWN PLOT"
+        kept = [p for p in out.iterdir() if p.name.startswith("embtab-run-unpublished-")]
+        assert len(kept) == 1 and {"report.md", "zz-ok.json", "zz-ok.png"} <= {
+            p.name for p in kept[0].iterdir()}
+        assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["zz-ok.png"]
 
 
 def test_a_data_set_an_experiment_refuses_stops_the_run_before_any_work(tmp_path):
@@ -845,6 +882,8 @@ def test_a_manifest_names_only_plain_files_of_the_folder(tmp_path):
         (out / name).write_text(name)
     (out / "sub").mkdir()
     for files in ("ab", ["..", "", ".", "sub", "../x", "a"], {"a": 1}):
+        for name in ("report.md", "results.json"):   # the last run's (this manifest is not)
+            (out / name).unlink(missing_ok=True)
         (out / "embtab-run.json").write_text(json.dumps({"files": files}))
         run_experiments([], out, progress=False)
     # only the list's plain file "a" went; the string "ab", the folder and ".." did nothing

@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                            parser_class=_Parser)
 
     demo = [e for e in registry.values() if e.in_demo]
-    d = sub.add_parser("demo", help=f"quick {' + '.join(e.label for e in demo)} (on synthetic "
-                                    "data unless --dataset names other data); writes a report")
+    d = sub.add_parser("demo", help=f"{' + '.join(e.label for e in demo)}, a run of a few "
+                                    "minutes on 2 cores (on synthetic data unless --dataset "
+                                    "names other data); writes a report")
     d.add_argument("--out", action=_Once, default="embtab-demo",
                    help="output folder (default: embtab-demo)")
     d.add_argument("--seeds", action=_Once, type=_seeds, default=3,
@@ -327,9 +328,18 @@ def _bench(args) -> int:
     return 0
 
 
+def check_out_file(out) -> Path:
+    """Refuse, before a benchmark runs, an output file that is a folder, under a path that is
+    a file, or in a folder that cannot be created or written (``ValueError`` / ``OSError``, one
+    line); creates the missing folders above it. Returns the path. Used by ``embtab bench`` and
+    the scripts in bench/."""
+    out = Path(out)
+    _check_out_file(out)
+    return out
+
+
 def _check_out_file(out: Path) -> None:
-    """Refuse, before the benchmark runs, an output file that is a folder, under a path that
-    is a file, or in a folder that cannot be created or written."""
+    """See :func:`check_out_file`."""
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected a file name")
     _refuse_file_ancestor(out)

@@ -190,7 +190,8 @@ def load_interactions(path: PathLike, categories: PathLike | None = None, *,
     ``rating``, ``timestamp``, ...; any order) picks the columns by name, and must name a user
     and an item column (``item,rating,timestamp`` is refused, naming the file and the missing
     column); a header with any other name in it is skipped and the columns are taken by
-    position.
+    position, unless one of its known names contradicts its position (``item_id,user_id,label``
+    would read the items as users: refused, naming the column and the unknown name).
     A header field with no name (pandas' index column) is refused, and so is an empty field
     between two tabs.
     User and item IDs are integers in ``[-2^63, 2^64)`` (negative ones are stored as their
@@ -300,7 +301,8 @@ HEADER_NAMES: dict[str, tuple[str, ...]] = {
 
 def _header_roles(path, n, names):
     """``{column: position}`` from a header line (line ``n``) whose every field is one of
-    :data:`HEADER_NAMES`; None when some name is not (the columns are then taken by position).
+    :data:`HEADER_NAMES`; None when some name is not (the columns are then taken by position),
+    unless a known name contradicts its column's position (refused: ``item_id,user_id,label``).
     A header of known names only that lacks a user or an item column (``item,rating``) is
     refused, naming the file and the missing column: by position it would read one column as
     another. A header field with no name is refused too: it is a column of row numbers, as
@@ -310,12 +312,30 @@ def _header_roles(path, n, names):
             raise ValueError(f"{path}, line {n}: header field {i} has no name (a column of row "
                              "numbers, as pandas' to_csv writes by default? write the file "
                              "with index=False, or drop that column)")
-    roles: dict = {}
-    for i, x in enumerate(names):
+    def role_of(x):
         key = "".join(c for c in x.lower() if c not in " _-")
-        role = next((r for r, known in HEADER_NAMES.items() if key in known), None)
-        if role is None:
-            return None
+        return next((r for r, known in HEADER_NAMES.items() if key in known), None)
+
+    found = [role_of(x) for x in names]
+    if None in found:
+        # Some name is unknown: the header is skipped and the columns taken by position, unless
+        # a known name says its column is another one than its position makes it
+        # ('item_id,user_id,label' read the items as users)
+        by_position = ("user", "item", "weight", "timestamp")
+        clash = [(x, r, by_position[i]) for i, (x, r) in enumerate(zip(names, found))
+                 if r is not None and i < len(by_position) and r != by_position[i]]
+        if clash:
+            x, r, pos = clash[0]
+            unknown = [x for x, r in zip(names, found) if r is None]
+            raise ValueError(
+                f"{path}, line {n}: the header names {x!r} as the {r} column, but it is the "
+                f"{pos} column by position, and the header cannot be read by name: "
+                f"{', '.join(map(repr, unknown))} is not a known column name (known: "
+                f"{', '.join(f'{k} {v[0]!r}' for k, v in HEADER_NAMES.items())}, or their "
+                f"variants); rename or drop that column")
+        return None
+    roles: dict = {}
+    for i, (x, role) in enumerate(zip(names, found)):
         if role in roles:
             raise ValueError(f"{path}, line {n}: the header names two {role} columns, "
                              f"{names[roles[role]]!r} and {x!r}")

@@ -62,9 +62,14 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     The files are written into a hidden folder inside ``out_dir`` and moved into ``out_dir``
     only once every experiment has finished, so a run that fails or is interrupted leaves what
     ``out_dir`` held before as it was (never a report beside another run's results). A run
-    into a folder that holds an earlier run's files replaces them: the files the earlier run
-    listed in ``out_dir/embtab-run.json`` that this one does not write are removed, and other
-    files are left alone.
+    into a folder that holds an earlier run's files replaces the report and the files of the
+    experiments it reruns: of the files the earlier run listed in ``out_dir/embtab-run.json``,
+    those of a rerun experiment (or the report's) that this run does not write are removed;
+    the files of experiments it does not rerun stay (and stay listed). Any other file is left
+    alone, and a file of the run's that is in the folder but that no earlier run listed (the
+    user's own ``report.md``) is refused with ``FileExistsError``, before training when its
+    name is known then (the report, the results, the experiments' JSON), else before anything
+    moves, with the run's files kept in a folder the error names.
     ``kwargs`` maps a name to extra keyword arguments of its run function. ``quick`` reaches
     every experiment whose run function takes a ``quick`` argument (its smaller quick mode).
     """
@@ -83,10 +88,13 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # the files every run writes, refused before minutes of training when a folder is in the
-    # way (the plots' names are known only once plotted: _publish checks them)
+    # way, or a file no earlier run wrote (the plots' names are known only once plotted:
+    # _publish checks them)
     for name in ["report.md", "results.json", MANIFEST] + [f"{e.name}.json" for e in entries]:
         if (out / name).exists() and not (out / name).is_file():
             raise OSError(f"{out / name}: is not a file; the run's {name} cannot replace it")
+    _refuse_unlisted(out, ["report.md", "results.json"] + [f"{e.name}.json" for e in entries],
+                     _manifest(out)["files"])
     try:
         stage = Path(tempfile.mkdtemp(prefix=".embtab-run-", dir=out))
     except OSError as e:   # an unwritable out fails here: named as the caller gave it
@@ -109,7 +117,7 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
             results.append(res)
         save_results(results, stage / "results.json")
         (stage / "report.md").write_text(render_report(results, plots, title=title))
-        _publish(stage, out)
+        _publish(stage, out, {e.name: [f"{e.name}.json", *plots[e.name]] for e in entries})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {"report": out / "report.md", "results": out / "results.json",
@@ -120,18 +128,47 @@ def run_experiments(names: Sequence[str], out_dir, *, dataset: str = "synthetic"
 MANIFEST = "embtab-run.json"
 
 
-def _publish(stage: Path, out: Path) -> None:
+def _refuse_unlisted(out: Path, names, listed: set) -> None:
+    """FileExistsError when a file the run writes is in ``out`` but no earlier run listed it in
+    ``out``'s manifest (the user's own file, which the run would replace)."""
+    clash = [n for n in names if os.path.lexists(out / n) and n not in listed]
+    if clash:
+        them = "them" if len(clash) > 1 else "it"
+        raise FileExistsError(
+            f"{out}: {', '.join(clash)} would be replaced by this run, but no earlier embtab "
+            f"run in this folder wrote {them} ({MANIFEST} does not list {them}); nothing was "
+            f"changed: move {them} away, or give another output folder")
+
+
+def _publish(stage: Path, out: Path, owned: dict) -> None:
     """Move a finished run's files (and its manifest) from ``stage`` into ``out``, all or
     none: the files they replace are moved aside first and put back if any move fails or is
-    interrupted. Then remove the files that the run before listed in ``out``'s manifest and
-    this one did not write (plain file names of regular files only)."""
+    interrupted. ``owned`` maps each experiment of the run to its files (the others, the
+    report and results.json, are the run's). Then remove the files that the run before listed
+    in ``out``'s manifest for the experiments this one reran, or as its report, and this one
+    did not write; the files of experiments this run did not include stay, and stay listed.
+    A file of the run that is in ``out`` but no earlier run listed (the user's own) stops the
+    publication before anything moves, and the run's files are kept in a folder named in the
+    error."""
     names = sorted(p.name for p in stage.iterdir())
-    (stage / MANIFEST).write_text(json.dumps({"files": names}, indent=1) + "\n")
-    names.append(MANIFEST)
-    for name in names:   # before anything moves: a folder in the way is an error
+    for name in names + [MANIFEST]:   # before anything moves: a folder in the way is an error
         if (out / name).exists() and not (out / name).is_file():
             raise OSError(f"{out / name}: is not a file; the run's {name} cannot replace it")
-    before = _manifest_files(out)
+    before = _manifest(out)
+    try:
+        _refuse_unlisted(out, names, before["files"])
+    except FileExistsError as e:
+        keep = Path(tempfile.mkdtemp(prefix="embtab-run-unpublished-", dir=out))
+        for name in names:
+            os.replace(stage / name, keep / name)
+        raise FileExistsError(f"{e}; this run's files are in {keep}") from None
+    # the earlier run's files of experiments this one did not rerun stay, and stay listed
+    carried = {e: fs for e, fs in before["by_experiment"].items() if e not in owned}
+    kept = {f for fs in carried.values() for f in fs if os.path.lexists(out / f)} - set(names)
+    manifest = {"files": sorted(set(names) | kept),
+                "by_experiment": {e: sorted(fs) for e, fs in {**carried, **owned}.items()}}
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    names.append(MANIFEST)
     backup = Path(tempfile.mkdtemp(prefix=".embtab-old-", dir=out))
     moved, placed = [], []
     try:
@@ -150,7 +187,7 @@ def _publish(stage: Path, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(backup, ignore_errors=True)
-    for name in sorted(before - set(names)):
+    for name in sorted(before["files"] - set(names) - kept):
         path = out / name
         try:
             if path.is_symlink() or path.is_file():
@@ -159,17 +196,28 @@ def _publish(stage: Path, out: Path) -> None:
             pass   # a stale file that cannot be removed stays; the new run is complete
 
 
-def _manifest_files(out: Path) -> set:
-    """The plain file names an earlier run's manifest in ``out`` lists (none if it is missing
-    or not a manifest)."""
+def _manifest(out: Path) -> dict:
+    """What an earlier run's manifest in ``out`` lists: ``{"files": set of plain file names,
+    "by_experiment": {name: [file names]}}`` (empty if it is missing or not a manifest; a
+    manifest without ``by_experiment``, of an earlier version, owns all its files as the
+    run's)."""
+    empty = {"files": set(), "by_experiment": {}}
     try:
-        files = json.loads((out / MANIFEST).read_text())["files"]
+        m = json.loads((out / MANIFEST).read_text())
+        files = m["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return empty
     if not isinstance(files, list):
-        return set()
-    return {f for f in files if isinstance(f, str) and f not in ("", ".", "..", MANIFEST)
-            and f == Path(f).name}
+        return empty
+
+    def plain(f):
+        return isinstance(f, str) and f not in ("", ".", "..", MANIFEST) and f == Path(f).name
+
+    files = {f for f in files if plain(f)}
+    by = m.get("by_experiment")
+    by = {e: [f for f in fs if plain(f) and f in files] for e, fs in by.items()
+          if isinstance(e, str) and isinstance(fs, list)} if isinstance(by, dict) else {}
+    return {"files": files, "by_experiment": by}
 
 
 def demo_names() -> list:
