@@ -31,6 +31,7 @@ __all__ = [
     "check_real",
     "check_seed",
     "check_threads",
+    "chunk_rows",
     "is_sparse",
     "machine_memory",
     "raw_id",
@@ -44,6 +45,24 @@ U64 = 1 << 64
 
 #: Exclusive upper bound of ``num_threads`` (the C++ core counts threads in a C ``int``).
 MAX_THREADS = 1 << 31
+
+#: The most elements of one chunk's [rows, columns] array in the loops that score users
+#: against the whole catalogue (2^24: 128 MiB of float64), whatever their ``chunk``.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def chunk_rows(chunk: int, n_cols: int) -> int:
+    """Rows per chunk of a loop over [rows, ``n_cols``] arrays: ``chunk``, or fewer (at least 1)
+    when ``chunk * n_cols`` would pass :data:`CHUNK_ELEMENTS` (a catalogue of 400,000 items
+    made a 1,024-user chunk 3 GiB of float64). Catalogues of up to CHUNK_ELEMENTS / chunk
+    columns keep ``chunk``.
+
+    Example::
+
+        >>> chunk_rows(1024, 3000), chunk_rows(1024, 400_000)
+        (1024, 41)
+    """
+    return max(1, min(int(chunk), CHUNK_ELEMENTS // max(int(n_cols), 1)))
 
 
 def shape_str(a: Any) -> str:

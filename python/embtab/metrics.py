@@ -64,7 +64,8 @@ from __future__ import annotations
 import numpy as np
 
 from embtab import rerank
-from embtab._checks import check_int, check_real, refuse_masked, refuse_non_probabilities
+from embtab._checks import (check_int, check_real, chunk_rows, refuse_masked,
+                            refuse_non_probabilities)
 from embtab._research import ALPHA, category_mix, mean, nanmean
 from embtab.data import Interactions, RowSets
 
@@ -861,6 +862,7 @@ def oracle_topk(truth, train, k: int = 10, *, n_items: int | None = None,
         if cand.shape != (I,):
             raise ValueError(f"candidates must be a bool mask of shape ({I},); got {cand.shape}")
     out = np.full((U, k), -1, dtype=np.int64)
+    chunk = chunk_rows(chunk, I)
     for start in range(0, U, chunk):
         rows = np.arange(start, min(start + chunk, U))
         p = np.array(truth.prob(rows), dtype=np.float64)

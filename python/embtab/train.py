@@ -82,7 +82,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embtab._checks import check_int, check_real, check_seed
+from embtab._checks import check_int, check_real, check_seed, chunk_rows
 from embtab._research import topk_indices
 from embtab.data import Interactions, Truth
 
@@ -752,6 +752,7 @@ def recommend(model: MFModel, train: Interactions, k: int = 10, *, chunk: int = 
     ``ValueError``: it has no rank.
     """
     k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
+    chunk = chunk_rows(chunk, train.n_items)   # at most CHUNK_ELEMENTS scores at a time
     out = []
     items = item_vectors(model, train)
     sets = train.user_items() if exclude_train else None
@@ -768,6 +769,7 @@ def most_popular(train: Interactions, k: int = 10, *, chunk: int = 4096) -> np.n
     than k untrained items are padded with -1. ``k`` and ``chunk`` are ints >= 1.
     """
     k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
+    chunk = chunk_rows(chunk, train.n_items)   # at most CHUNK_ELEMENTS scores at a time
     counts = train.item_counts().astype(np.float64)
     # a score that orders by count, ties by lower index
     base = torch.from_numpy(counts - np.arange(train.n_items) / (train.n_items + 1.0))
@@ -789,6 +791,7 @@ def random_topk(train: Interactions, k: int = 10, seed: int = 0, *,
     than k untrained items are padded with -1. ``k`` and ``chunk`` are ints >= 1.
     """
     k, chunk = check_int(k, "k", min=1), check_int(chunk, "chunk", min=1)
+    chunk = chunk_rows(chunk, train.n_items)   # at most CHUNK_ELEMENTS scores at a time
     rng = np.random.default_rng(check_seed(seed, "seed"))
     out = [np.zeros((0, k), dtype=np.int64)]
     sets = train.user_items()

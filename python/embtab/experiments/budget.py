@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from embtab import metrics
-from embtab._checks import check_int
+from embtab._checks import check_int, chunk_rows
 from embtab._research import K
 from embtab.data import Interactions
 from embtab.experiments.dims import fmt_ci
@@ -375,8 +375,8 @@ def mean_percentile_rank(model: MFModel, train: Interactions, chunk: int = 1024)
     """Per item, the mean over users without it in training of its percentile rank in the
     user's scores over the items the user has not trained on (0 = top, 1 = bottom), [I];
     ``chunk`` (an int >= 1) users at a time."""
-    chunk = check_int(chunk, "chunk", min=1)
     n_u, n_i = train.n_users, train.n_items
+    chunk = chunk_rows(check_int(chunk, "chunk", min=1), n_i)
     total = np.zeros(n_i)
     count = np.zeros(n_i)
     sets = train.user_items()

@@ -126,7 +126,7 @@ import numpy as np
 import torch
 
 from embtab import metrics, rerank
-from embtab._checks import check_int, check_seed
+from embtab._checks import check_int, check_seed, chunk_rows
 from embtab._research import ALPHA, K, category_mix, topk_indices
 from embtab.data import GroundTruth, Interactions, LatentTruth, Truth, load_dataset
 from embtab.experiments.calibration import calibrated_lists, categories, minmax, user_mix
@@ -405,8 +405,8 @@ def matched_pairs(truth: Truth, chunk: int = 1024) -> np.ndarray:
     (ties by lower index); the pairs are unordered (low index first), each listed once, sorted.
     ``chunk`` (an int >= 1) users are scored at a time.
     """
-    chunk = check_int(chunk, "chunk", min=1)
     U = truth.n_users
+    chunk = chunk_rows(check_int(chunk, "chunk", min=1), max(U, truth.n_items))
     if U < 2:
         return np.zeros((0, 2), dtype=np.int64)
     norms = np.empty(U)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from embtab import metrics
-from embtab._checks import check_int
+from embtab._checks import check_int, chunk_rows
 from embtab._research import K
 from embtab.data import Interactions
 
@@ -20,7 +20,7 @@ __all__ = ["TruthReference", "total_relevance"]
 
 def total_relevance(truth, chunk: int = 1024) -> np.ndarray:
     """Σ_u p(i|u) per item, float64 [I], summed ``chunk`` (an int >= 1) users at a time."""
-    chunk = check_int(chunk, "chunk", min=1)
+    chunk = chunk_rows(check_int(chunk, "chunk", min=1), truth.n_items)
     out = np.zeros(truth.n_items)
     for s in range(0, truth.n_users, chunk):
         out += truth.prob(np.arange(s, min(s + chunk, truth.n_users))).sum(axis=0)
