@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import sys
+import threading
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -271,8 +273,21 @@ def _hashed_weight(
         w[:m] = _weight.detach()[:m]
     else:
         w = torch.zeros(m + 1, d, device=device, dtype=dtype)
-        w[:m] = init_vectors(np.arange(m, dtype=np.int64), d, seed, init, w.dtype).to(w.device)
+        _fill_hashed(w, seed, init)
     return nn.Parameter(w, requires_grad=not freeze)
+
+
+@torch.no_grad()
+def _fill_hashed(w: Tensor, seed: int, init: EmbeddingInit) -> None:
+    """Write a hashed table's initial values into its weight ``w`` (``[m + 1, d]``) in place:
+    row ``r < m`` the init vector of "ID" ``r`` under ``seed``, the last row zero. A weight on
+    the meta device holds no values: nothing is drawn for it."""
+    m = w.shape[0] - 1
+    init.check_dtype(w.dtype)
+    w[m:].zero_()
+    if w.device.type != "meta":
+        w[:m] = init_vectors(np.arange(m, dtype=np.int64), w.shape[1], seed, init,
+                             w.dtype).to(w.device)
 
 
 def _memory_bytes(module: nn.Module, index: int) -> dict:
@@ -329,6 +344,12 @@ def _refuse_unknown_keys(module: nn.Module, sd: dict, prefix: str, known, hint: 
     """ValueError naming the keys of ``sd`` under ``prefix`` that ``module`` does not have
     (``known``: the names below the prefix it has), before anything is loaded."""
     extra = sorted(k for k in sd if k.startswith(prefix) and k[len(prefix):] not in known)
+    opt = [k for k in extra if k.rsplit(".", 1)[-1].startswith("opt_")]
+    if opt:  # fused optimizer state the module does not keep
+        hint = ((hint + " and") if len(opt) < len(extra) else "") + (
+            " (fused optimizer state: the state dict was saved from a module built with an "
+            "embtab.optim optimizer= this one lacks; build the module with the same optimizer= "
+            "to load it, or pass strict=False to leave it out)")
     if extra:
         raise ValueError(f"{type(module).__name__}.load_state_dict: unexpected keys {extra}"
                          f"{hint}; nothing was loaded")
@@ -362,6 +383,20 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
     def bad(key: str, what: str):
         raise ValueError(f"{type(module).__name__}.load_state_dict: {prefix}{key} {what}")
 
+    missing = [k for k in own if prefix + k not in sd]
+    if missing and all(k.rsplit(".", 1)[-1].startswith("opt_") for k in missing):
+        # Only fused optimizer state is missing: strict=False starts it fresh
+        # (_fresh_opt_state), as a new module's.
+        if _caller_strict(strict):
+            raise ValueError(
+                f"{type(module).__name__}.load_state_dict: the fused optimizer's state "
+                f"{[prefix + k for k in missing]} is missing (the state dict was saved from a "
+                f"module without optimizer=, or with another fused optimizer); nothing was "
+                f"loaded. Pass strict=False to load the rest with fresh optimizer state "
+                f"(opt_step 0, as a new module's), or load a state dict saved with this "
+                f"module's optimizer"
+            )
+        own = {k: v for k, v in own.items() if k not in missing}
     for k, cur in own.items():
         if prefix + k not in sd:
             bad(k, "is missing (a partial state dict would mix two states); nothing was loaded")
@@ -389,6 +424,21 @@ def _check_plain_state(module: nn.Module, sd: dict, prefix: str, strict: bool) -
             _check_opt_values(lambda _, what: bad(k, what), leaf, t)
     if _caller_strict(strict):
         _refuse_unknown_keys(module, sd, prefix, own)
+
+
+def _fresh_opt_state(module: nn.Module, sd: dict, prefix: str) -> None:
+    """After ``module``'s own entries were loaded from ``sd`` without some of its fused
+    optimizer's state (``strict=False``; checked before): that state made fresh, as a new
+    module's (``opt_step`` 0, every row its fill value)."""
+    opt = module.__dict__.get("optimizer")
+    if opt is None or "weight" not in module._parameters or prefix + "weight" not in sd:
+        return
+    names = ["opt_" + n for n, _, _ in opt._states()]
+    if all(prefix + n in sd for n in ["opt_step", *names]):
+        return
+    module._buffers["opt_step"].zero_()
+    for name, _, fill in opt._states():
+        module._buffers["opt_" + name].fill_(float(fill))
 
 
 def _contiguous_weight(module: nn.Module, local_metadata: dict) -> None:
@@ -470,10 +520,11 @@ def init_vectors(
         if init.kind == "zeros":
             return out.zero_()
     elif init.kind == "zeros":
-        return torch.zeros(n, dim, dtype=dtype)
+        return torch.zeros(n, dim, dtype=dtype, device="cpu")
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     if out is None:
-        out = torch.empty(n, dim, dtype=work)
+        # on the CPU whatever device context is active (torch.device("meta") as a context)
+        out = torch.empty(n, dim, dtype=work, device="cpu")
     if n:
         _core.init_vectors(
             np.ascontiguousarray(ids, dtype=np.int64) if ids.dtype != np.uint64 else ids,
@@ -631,25 +682,27 @@ class _CuckooBase(_AtomicLoad):
         )
         self.init.check_dtype(self.weight.dtype)
         # The ID -> row map: row r holds ID row_ids[r] (int64 bit pattern) iff row_live[r].
-        self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64))
-        self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool))
-        self.register_buffer("num_rows", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("num_admissions", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("num_evictions", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("num_growths", torch.zeros((), dtype=torch.int64))
+        # On the CPU (the remap reads them as NumPy views) whatever device context is active.
+        self.register_buffer("row_ids", torch.zeros(R, dtype=torch.int64, device="cpu"))
+        self.register_buffer("row_live", torch.zeros(R, dtype=torch.bool, device="cpu"))
+        self.register_buffer("num_rows", torch.zeros((), dtype=torch.int64, device="cpu"))
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64, device="cpu"))
+        self.register_buffer("num_admissions", torch.zeros((), dtype=torch.int64, device="cpu"))
+        self.register_buffer("num_evictions", torch.zeros((), dtype=torch.int64, device="cpu"))
+        self.register_buffer("num_growths", torch.zeros((), dtype=torch.int64, device="cpu"))
         if self.on_full == OnFull.EVICT_LRU or self.expire_after is not None:
             # The step (num_steps) of each row's last lookup: LRU's recency, expiry's clock.
-            self.register_buffer("row_last_step", torch.zeros(R, dtype=torch.int64))
+            self.register_buffer("row_last_step", torch.zeros(R, dtype=torch.int64, device="cpu"))
         if self.on_full == OnFull.EVICT_LFU:
-            self.register_buffer("row_count", torch.zeros(R, dtype=torch.int64))
+            self.register_buffer("row_count", torch.zeros(R, dtype=torch.int64, device="cpu"))
         if self.expire_after is not None:
-            self.register_buffer("num_expired", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("num_expired", torch.zeros((), dtype=torch.int64, device="cpu"))
         if self.min_count > 1:
             width = math.ceil(math.e / self.admission_eps)
             depth = math.ceil(math.log(1.0 / self.admission_delta))
             _check_alloc("admission_eps, admission_delta", (depth, width), 8)
-            self.register_buffer("admission_sketch", torch.zeros(depth, width, dtype=torch.int64))
+            self.register_buffer("admission_sketch",
+                                 torch.zeros(depth, width, dtype=torch.int64, device="cpu"))
         self._pending_rows: list = []  # rows handed to new IDs since the last optimizer step
         self._pending_reused = False  # whether some of them were taken from evicted IDs
         self._pending_grown = False  # whether weight grew since the last optimizer step
@@ -660,6 +713,9 @@ class _CuckooBase(_AtomicLoad):
         self._table = self._new_table()
         self._refresh_snapshot()
         _attach_optimizer(self, optimizer)
+        self._writer = threading.Lock()  # held by the training remap: one thread at a time
+        self._owner_pid = os.getpid()  # the process whose table this is (see _check_insert)
+        self._note_map()
         _MODULES.add(self)
 
     # table plumbing ---------------------------------------------------------------------------
@@ -698,6 +754,12 @@ class _CuckooBase(_AtomicLoad):
     # ``train(False)``, so a traced eval-mode forward always reads a current map.
 
     def _refresh_snapshot(self) -> None:
+        if torch.is_inference_mode_enabled():  # the snapshot outlives the call: normal tensors
+            with torch.inference_mode(False):
+                return self._refresh_snapshot()
+        if torch.get_default_device().type != "cpu":  # on the CPU, as the map it mirrors
+            with torch.device("cpu"):
+                return self._refresh_snapshot()
         keys, rows = _ops.snapshot(self.row_ids, self.row_live, self.num_embeddings)
         self.register_buffer("_snap_keys", keys, persistent=False)
         self.register_buffer("_snap_rows", rows, persistent=False)
@@ -713,6 +775,76 @@ class _CuckooBase(_AtomicLoad):
         if not mode and self._snap_dirty:
             self._refresh_snapshot()
         return out
+
+    # guards of the state the module keeps across calls ----------------------------------------
+
+    def _note_map(self) -> None:
+        """Remember the ID map buffers ``row_ids``/``row_live`` and their version counters
+        (after every change the module makes to them through torch; its own NumPy writes leave
+        the counters alone), so that a torch in-place write made to them from outside is
+        noticed by :meth:`_remap_rows` (an O(1) check) and refused by :meth:`_check_map`."""
+        ids, live = self._buffers.get("row_ids"), self._buffers.get("row_live")
+        try:
+            self._map_key = (ids, ids._version, live, live._version)
+        except (AttributeError, RuntimeError):  # an inference tensor has no version counter
+            self._map_key = None
+
+    def _check_map(self) -> None:
+        """RuntimeError if ``row_ids`` or ``row_live`` (the same tensors as noted) were changed
+        in place by torch outside the module: they no longer match the native ID table."""
+        ids, n_ids, live, n_live = self._map_key
+        if ((ids is self._buffers.get("row_ids") and ids._version != n_ids)
+                or (live is self._buffers.get("row_live") and live._version != n_live)):
+            raise RuntimeError(
+                f"{type(self).__name__}: row_ids/row_live were changed in place by a torch op "
+                f"outside the module, so they no longer match the module's native ID table; "
+                f"nothing was looked up. Such writes come from torch.optim.swa_utils."
+                f"AveragedModel (it copies the model's buffers into its copy: EMA / "
+                f"AveragedModel copies of a cuckoo module are not supported, keep an average "
+                f"of the module's weight yourself) and from torch.nn.parallel."
+                f"DistributedDataParallel (it broadcasts buffers from rank 0: a cuckoo module "
+                f"cannot be replicated, as each rank's ID map would diverge; wrap only the "
+                f"dense part in DDP and use embtab.distributed's sharded modules). Change the "
+                f"ID map only through load_state_dict, which makes the module consistent again"
+            )
+
+    def _refuse_writer(self) -> None:
+        raise RuntimeError(
+            f"{type(self).__name__}: another thread is inside a training forward of this module "
+            f"(which may insert, evict and grow its ID map); a module trains on one thread at a "
+            f"time, and this forward changed nothing. Serialise the training forwards (a lock "
+            f"around them), give each thread its own module, or run concurrent forwards in "
+            f"eval() mode (reads only)"
+        )
+
+    @torch.compiler.disable  # os.getpid: eager, as the insert around it is
+    def _check_insert(self) -> None:
+        """Before :meth:`_insert` changes anything: refuse (RuntimeError) an insert whose rows
+        would not be the module's: ``weight`` substituted by another tensor
+        (``torch.func.functional_call``), or a weight in shared memory written by a process
+        that did not create or load this module's ID table (Hogwild-style workers each hold
+        their own table, so different IDs would share rows)."""
+        w = self.weight
+        name = type(self).__name__
+        if not isinstance(w, nn.Parameter):
+            raise RuntimeError(
+                f"{name}: a training forward would insert new IDs (writing their initial "
+                f"vectors into weight, and growing it when full), but weight is not the "
+                f"module's own nn.Parameter here (got {type(w).__name__}: torch.func."
+                f"functional_call, torch.nn.utils.stateless or a parametrization substitutes "
+                f"it), which would receive them; nothing changed. Call it in eval() mode, or "
+                f"with IDs the module already holds (insert them first with a plain forward)"
+            )
+        if os.getpid() != self._owner_pid and w.device.type == "cpu" and w.is_shared():
+            raise RuntimeError(
+                f"{name}: inserting new IDs in process {os.getpid()}, which did not create or "
+                f"load this module, while its weight is in shared memory (share_memory(), "
+                f"torch.multiprocessing): each process holds its own ID table, so different "
+                f"IDs would be given the same rows; nothing changed. Insert IDs in the process "
+                f"that created the module (other processes may train IDs it already holds, or "
+                f"read in eval() mode), or give each process its own module "
+                f"(embtab.distributed shards one table over processes)"
+            )
 
     def _traceable(self) -> bool:
         """Whether the forward has a traceable form: eval mode (training inserts IDs)."""
@@ -772,6 +904,24 @@ class _CuckooBase(_AtomicLoad):
         """
         return _memory_bytes(self, self._table.stats()["memory_bytes"])
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Put ``weight`` back to the module's initial values, as
+        ``nn.Embedding.reset_parameters`` does, without changing the ID map: the row of each
+        live ID its initial vector (a function of ``(seed, ID)``, as when the ID was inserted),
+        every other row (free rows, the zero row read by ``padding_id``) 0. The counters and a
+        fused optimizer's state are left as they are. Use it after ``to_empty()`` (a module
+        built on the meta device), whose memory holds no values."""
+        w = self.weight
+        w.zero_()
+        if w.device.type == "meta":
+            return
+        live = np.flatnonzero(self.row_live.numpy())
+        if live.size:
+            vecs = init_vectors(self.row_ids.numpy()[live], self.embedding_dim, self.seed,
+                                self.init, w.dtype, self.num_threads)
+            w.index_copy_(0, torch.from_numpy(live).to(w.device), vecs.to(w.device))
+
     def lookup(self, ids: Tensor) -> Tensor:
         """Rows of raw IDs (same shape, int64), ``-1`` for IDs without a row; changes nothing."""
         flat, shape = _as_id_array(ids, "ids")
@@ -809,13 +959,22 @@ class _CuckooBase(_AtomicLoad):
         # without gradient tracking (it writes the weight's new rows in place); set directly,
         # as torch.no_grad() does, without building its context object on every call
         grad = torch.is_grad_enabled()
+        # _remap_rows's checks and lock, inlined here (the hot path: one call less)
+        k = self._map_key
+        if k is not None and (k[0]._version != k[1] or k[2]._version != k[3]):
+            self._check_map()
+        locked = self.training
+        if locked and not self._writer.acquire(False):
+            self._refuse_writer()
         if grad:
             torch._C._set_grad_enabled(False)
         try:
-            return self._remap_rows(ids, rows, absent)
+            return self._map_rows(ids, rows, absent)
         finally:
             if grad:
                 torch._C._set_grad_enabled(True)
+            if locked:
+                self._writer.release()
 
     def _counts_only(self) -> bool:
         """Whether :meth:`_remap_rows` of a batch whose IDs all have rows (no ``padding_id``)
@@ -827,7 +986,26 @@ class _CuckooBase(_AtomicLoad):
     def _remap_rows(
         self, ids: np.ndarray, rows: Optional[np.ndarray], n_absent: Optional[int] = None
     ) -> tuple[np.ndarray, bool]:
-        """_remap's work, with gradient tracking off."""
+        """_remap's work, with gradient tracking off. A training remap (it may insert, evict,
+        expire and grow) holds the module's writer lock: a second thread's training forward
+        meanwhile is refused (RuntimeError), not made to wait, as two threads training one
+        module is a mistake; eval-mode remaps read only and take no lock."""
+        k = self._map_key
+        if k is not None and (k[0]._version != k[1] or k[2]._version != k[3]):
+            self._check_map()
+        if not self.training:
+            return self._map_rows(ids, rows, n_absent)
+        if not self._writer.acquire(False):
+            self._refuse_writer()
+        try:
+            return self._map_rows(ids, rows, n_absent)
+        finally:
+            self._writer.release()
+
+    def _map_rows(
+        self, ids: np.ndarray, rows: Optional[np.ndarray], n_absent: Optional[int] = None
+    ) -> tuple[np.ndarray, bool]:
+        """:meth:`_remap_rows`'s work (checked, and locked in training)."""
         R = self.num_embeddings
         if rows is None:
             rows, n_absent = self._table.lookup(ids, self.num_threads, count_absent=True)
@@ -895,6 +1073,12 @@ class _CuckooBase(_AtomicLoad):
 
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
+        self._check_insert()
+        if torch.is_inference_mode_enabled():
+            # what it allocates (a grown weight, buffers, state) outlives this call: normal
+            # tensors, not inference tensors that a later training step could not change
+            with torch.inference_mode(False):
+                return self._insert(new_ids, batch_rows)
         if self.optimizer is not None:
             # the state fill values (and the rest of param_groups[0]) checked before anything
             # changes: a growth and reset_rows read them after the table has changed, and a
@@ -1073,6 +1257,9 @@ class _CuckooBase(_AtomicLoad):
 
     def _resize_rows(self, new_R: int, keep_values: bool = True):
         """Resize weight (same Parameter object), its grad and per-row buffers to new_R rows."""
+        if torch.is_inference_mode_enabled():  # they outlive the call: normal tensors
+            with torch.inference_mode(False):
+                return self._resize_rows(new_R, keep_values)
         R = self.num_embeddings
         keep = min(R, new_R)
         w = self.weight
@@ -1086,7 +1273,7 @@ class _CuckooBase(_AtomicLoad):
         for name in ("row_ids", "row_live", "row_last_step", "row_count"):
             b = self._buffers.get(name)
             if b is not None:
-                nb = torch.zeros(new_R, dtype=b.dtype)
+                nb = torch.zeros(new_R, dtype=b.dtype, device="cpu")
                 nb[:keep] = b[:keep]
                 new_buffers[name] = nb
         if self.optimizer is not None:
@@ -1103,9 +1290,12 @@ class _CuckooBase(_AtomicLoad):
                     raise _GraphHoldsWeight(
                         f"{type(self).__name__}: cannot grow from {R} to {new_R} rows while a "
                         f"graph built before this forward still holds the weight for its "
-                        f"backward (e.g. a lookup whose per_sample_weights require grad); "
-                        f"nothing changed. Run that backward (or drop the graph) first, or "
-                        f"pre-size num_embeddings"
+                        f"backward (e.g. a lookup whose per_sample_weights require grad), or "
+                        f"torch.nn.parallel.DistributedDataParallel holds it (a replicated "
+                        f"cuckoo module cannot grow: each rank's ID map would diverge; wrap "
+                        f"only the dense part in DDP and use embtab.distributed's sharded "
+                        f"modules for the table); nothing changed. Run that backward (or drop "
+                        f"the graph) first, or pre-size num_embeddings"
                     ) from e
                 if "weakref" not in str(e):
                     raise
@@ -1116,7 +1306,18 @@ class _CuckooBase(_AtomicLoad):
         if not swapped:
             gc.collect()  # weak references (and old graphs) held by dead cycles go first
             swapped = swap()
-        if not swapped:
+        if swapped:
+            # The user's hooks on the weight (register_hook, register_post_accumulate_grad_hook)
+            # stay in the Parameter's dicts, but the fresh autograd identity no longer calls
+            # them: registered again, the same dicts (so the user's handles still remove them).
+            bh, ph = w._backward_hooks, w._post_accumulate_grad_hooks
+            if bh is not None:
+                w._backward_hooks = None
+                w._backward_hooks = bh
+            if ph is not None:
+                w._post_accumulate_grad_hooks = None
+                w._post_accumulate_grad_hooks = ph
+        else:
             # A live weak reference pins the Parameter (torch.compile's guards hold some once a
             # compiled forward has recompiled), and swap_tensors refuses before changing
             # anything: keep the object and replace its data. The cost is the one above: while
@@ -1131,6 +1332,7 @@ class _CuckooBase(_AtomicLoad):
         self.num_embeddings = new_R
         if old[0] is not None:
             self._recency.carry(*old, self.row_last_step, self.row_live)
+        self._note_map()
         self._table_changed()
 
     def _grow(self, new_R: int):
@@ -1160,7 +1362,13 @@ class _CuckooBase(_AtomicLoad):
         holder = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
         if holder is None:
             return
-        if (self._pending_grown or self._pending_reused) and any(optimizer.state.values()):
+        # A fused module's weight gets no .grad, so an outer optimizer over model.parameters()
+        # holds no state for it: only its own state counts (another parameter's, e.g.
+        # Adafactor's of a dense layer, is not this module's concern). Otherwise any state
+        # counts (an optimizer of unknown layout may keep one flat state for all parameters).
+        held = (bool(optimizer.state.get(p)) if self.optimizer is not None
+                else any(optimizer.state.values()))
+        if (self._pending_grown or self._pending_reused) and held:
             rules = row_state(optimizer, "growing or evicting rows of an embtab module")
         else:
             rules = ROW_STATE.get(type(optimizer), {})
@@ -1228,6 +1436,8 @@ class _CuckooBase(_AtomicLoad):
             )
         # Validate everything and build the new table before changing anything.
         table = self._validated_table(state_dict, prefix, own, strict)
+        # (passed with fused optimizer state missing: strict=False, that state starts fresh)
+        fresh_opt = [n for n in own if n.startswith("opt_") and prefix + n not in state_dict]
         w = state_dict[prefix + "weight"]
         resized = w.shape[0] - 1 != self.num_embeddings
         if resized:
@@ -1244,10 +1454,16 @@ class _CuckooBase(_AtomicLoad):
                     dt = self.weight.dtype if n.startswith("opt_") and n != "opt_step" else b.dtype
                     self._buffers[n] = b.detach().cpu().to(dt).clone()
             _contiguous_weight(self, local_metadata)
+        if fresh_opt:
+            self._buffers["opt_step"].zero_()
+            for name, _, fill in self.optimizer._states():
+                self._buffers["opt_" + name].fill_(float(fill))
         if resized:
             self._loaded_rows = self.weight.shape[0]
             _LOADED_RESIZED.add(self)
         self._table = table
+        self._owner_pid = os.getpid()  # the table is this process's now
+        self._note_map()
         self._pending_rows.clear()
         self._pending_reused = self._pending_grown = False
         self._graph_rows.clear()
@@ -1261,6 +1477,20 @@ class _CuckooBase(_AtomicLoad):
         def bad(key: str, what: str):
             raise ValueError(f"{type(self).__name__}.load_state_dict: {prefix}{key} {what}")
 
+        missing = [n for n in own if prefix + n not in sd]
+        if missing and all(n.startswith("opt_") for n in missing):
+            # Only fused optimizer state is missing (a state dict saved without optimizer=, or
+            # with another fused optimizer): strict=False starts it fresh, as a new module's.
+            if _caller_strict(strict):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: the fused optimizer's state "
+                    f"{[prefix + n for n in missing]} is missing (the state dict was saved from "
+                    f"a module without optimizer=, or with another fused optimizer); nothing "
+                    f"was loaded. Pass strict=False to load the rest with fresh optimizer state "
+                    f"(opt_step 0, as a new module's), or load a state dict saved with this "
+                    f"module's optimizer"
+                )
+            own = [n for n in own if n not in missing]
         for n in own:
             if prefix + n not in sd:
                 bad(n, "is missing (a partial state dict would leave the ID map and the weight "
@@ -1352,6 +1582,8 @@ class _CuckooBase(_AtomicLoad):
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_writer", None)  # a lock does not travel (a new one in __setstate__)
+        state["_map_key"] = None  # noted again from the copy's own buffers
         state["_pending_rows"] = list(self._pending_rows)
         state["_graph_rows"] = {}  # graphs do not travel with the module
         state["_recency"] = _recency.RecencyIndex()  # rebuilt from the buffers when needed
@@ -1368,6 +1600,15 @@ class _CuckooBase(_AtomicLoad):
         super().__setstate__(state)
         if "_snap_keys" not in self._buffers:
             self._refresh_snapshot()
+        self._writer = threading.Lock()
+        # A weight in shared memory here was shared with the process that pickled the module
+        # (torch.multiprocessing): the table is still that process's. Otherwise (torch.load,
+        # pickle, deepcopy) the copy is independent, and this process's own.
+        w = self._parameters.get("weight")
+        if not (state.get("_owner_pid") is not None and w is not None
+                and w.device.type == "cpu" and w.is_shared()):
+            self._owner_pid = os.getpid()
+        self._note_map()
         _MODULES.add(self)
         if self._pending_rows or self.num_growths.item() > 0:
             _PENDING.add(self)
@@ -1724,6 +1965,15 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       cannot be backpropagated after it: torch
       raises ``RuntimeError`` ("AccumulateGrad node that was poisoned by swap_tensors"); no
       gradient is lost silently. Pre-size ``num_embeddings`` for several forwards per backward.
+      Hooks registered on ``weight`` are carried over to the grown weight.
+    * A training forward that would insert IDs while ``weight`` is substituted
+      (``torch.func.functional_call``) raises RuntimeError (the new rows would go into the
+      caller's tensor): use eval mode or IDs the module holds there. A training forward while
+      another thread is inside one raises RuntimeError (a module trains on one thread at a
+      time; eval-mode reads may run concurrently), and so does inserting IDs in a process that
+      did not create or load the module while its weight is in shared memory (each process
+      has its own ID table). In-place torch writes to ``row_ids``/``row_live`` from outside
+      (``AveragedModel``, DDP's buffer broadcast) are refused at the next forward.
     * Eviction and expiry never take a row read by the current batch or by an earlier output
       that needs a gradient and whose graph has not been backpropagated yet (the row stays
       pinned until the first backward through that output, or until its graph is freed); when
@@ -1805,12 +2055,20 @@ class _HashedState(_AtomicLoad):
         rows are computed by hashing)."""
         return _memory_bytes(self, 0)
 
+    def reset_parameters(self) -> None:
+        """Put the weight back to the constructor's values, as ``nn.Embedding.reset_parameters``
+        does: row ``r`` the init vector of ``(seed, r)``, the zero row (read by ``padding_id``)
+        0. A fused optimizer's state is left as it is. Use it after ``to_empty()`` (a module
+        built on the meta device), whose memory holds no values."""
+        _fill_hashed(self.weight, self.seed, self.init)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         _check_plain_state(self, state_dict, prefix, strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         _contiguous_weight(self, local_metadata)
+        _fresh_opt_state(self, state_dict, prefix)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -2004,6 +2262,7 @@ class _Table(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         _contiguous_weight(self, local_metadata)
+        _fresh_opt_state(self, state_dict, prefix)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -2159,6 +2418,13 @@ class _QRBase(_ComposedBase):
         self.remainder = _Table(self, m, dt, (self.seed + 1) % _U64, _freeze, device, dtype,
                                 optimizer)
         self.optimizer = optimizer
+
+    def reset_parameters(self) -> None:
+        """Put both tables back to the constructor's values (see
+        :meth:`HashedEmbedding.reset_parameters`): ``quotient`` drawn under ``seed``,
+        ``remainder`` under ``seed + 1``, each zero row 0."""
+        _fill_hashed(self.quotient.weight, self.seed, self.init)
+        _fill_hashed(self.remainder.weight, (self.seed + 1) % _U64, self.init)
 
     def _rows(self, ids: Tensor) -> list:
         m, q = self.num_collisions, self.num_quotients
@@ -3049,6 +3315,8 @@ class HashedEmbeddingBagCollection(_BagCollection):
         for n in own:
             key = prefix + n
             if key not in sd:
+                if n.startswith("opt_"):  # fused optimizer state: _check_plain_state decides
+                    continue
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {key} is missing")
             t, cur = sd[key], getattr(bag, n)
             if not isinstance(t, Tensor):

@@ -66,6 +66,16 @@ Notes
   gradient (inference); a training forward then raises TypeError before it changes anything.
 * ``scale_grad_by_freq=True`` divides a row's summed gradient by its number of occurrences in
   the batch, as ``nn.Embedding`` does (torch 2.13's ``nn.EmbeddingBag`` divides by other counts).
+* **Loss scaling and clipping.** The step is taken inside backward, with the gradient as it
+  arrives, before any code after ``backward()`` runs. So fused optimizers do not work with
+  ``torch.amp.GradScaler`` (or any loss scaling): the step would apply the *scaled*
+  gradient (``scale`` times too large), and write NaN or infinite values into the rows on an
+  overflowing step, which ``GradScaler.step`` skips only for torch optimizers. Use bf16
+  autocast (``torch.autocast("cpu", dtype=torch.bfloat16)``), which needs no loss scaling,
+  or a module without ``optimizer=`` trained by a torch optimizer (which ``GradScaler``
+  covers). Likewise gradient clipping (``torch.nn.utils.clip_grad_norm_``) cannot reach a
+  fused weight: it has no ``.grad``, and its step is already taken; clip the other
+  parameters, or train the module unfused to clip it.
 * A bag module's backward steps the bags its forward pooled (the CSR its forward's check made).
   Contiguous offsets changed in place by torch between the forward and its backward are refused
   (``RuntimeError``, no row stepped), as torch refuses the offsets it kept; a strided view, which
@@ -118,6 +128,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     """Base of the fused optimizers: hyperparameters in ``param_groups[0]``, state in the module.
 
     Subclasses set ``kind`` (the C++ rule) and describe their per-row state in :meth:`_states`.
+    The step runs inside backward: fused optimizers do not work with ``torch.amp.GradScaler``
+    (loss scaling) and ``clip_grad_norm_`` does not reach their weight (see the module's Notes,
+    "Loss scaling and clipping"; use bf16 autocast, or an unfused module).
     The methods without an underscore below other than :attr:`lr` and :meth:`step` are the hooks
     the :mod:`embtab.nn` modules call; users do not call them.
     """
@@ -222,10 +235,12 @@ class FusedOptimizer(torch.optim.Optimizer):
             )
         if w.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"a fused optimizer needs a float32 or float64 weight, got {w.dtype}")
-        module.register_buffer("opt_step", torch.zeros((), dtype=torch.int64))
+        # on the CPU whatever device context is active (torch.device(...) as a context)
+        module.register_buffer("opt_step", torch.zeros((), dtype=torch.int64, device="cpu"))
         for name, per_elem, fill in self._states():
             shape = tuple(w.shape) if per_elem else (w.shape[0],)
-            module.register_buffer("opt_" + name, torch.full(shape, fill, dtype=w.dtype))
+            module.register_buffer("opt_" + name,
+                                   torch.full(shape, fill, dtype=w.dtype, device="cpu"))
 
     def resized_state(self, module, new_rows: int) -> dict:
         """The state buffers resized to ``new_rows + 1`` rows, as new tensors (``module`` is not
@@ -847,6 +862,9 @@ class SGD(FusedOptimizer):
         >>> emb(torch.tensor([5, 6])).sum().backward()
         >>> emb.opt_momentum_buffer.shape
         torch.Size([101, 4])
+
+    Not with ``torch.amp.GradScaler`` (loss scaling) nor ``clip_grad_norm_``: the step is
+    taken inside backward (see the module's Notes, "Loss scaling and clipping").
     """
 
     kind = "sgd"
@@ -937,6 +955,9 @@ class Adagrad(FusedOptimizer):
         >>> emb(torch.tensor([[1, 2]])).sum().backward()
         >>> int((emb.opt_sum != 0).any(1).sum())      # two rows touched
         2
+
+    Not with ``torch.amp.GradScaler`` (loss scaling) nor ``clip_grad_norm_``: the step is
+    taken inside backward (see the module's Notes, "Loss scaling and clipping").
     """
 
     kind = "adagrad"
@@ -989,6 +1010,9 @@ class RowWiseAdagrad(FusedOptimizer):
         >>> emb(torch.tensor([[1, 2]])).sum().backward()
         >>> emb.opt_row_sum.shape
         torch.Size([101])
+
+    Not with ``torch.amp.GradScaler`` (loss scaling) nor ``clip_grad_norm_``: the step is
+    taken inside backward (see the module's Notes, "Loss scaling and clipping").
     """
 
     kind = "rowwise_adagrad"
@@ -1032,6 +1056,9 @@ class Adam(FusedOptimizer):
         >>> emb(torch.tensor([7])).sum().backward()
         >>> int(emb.opt_step)
         1
+
+    Not with ``torch.amp.GradScaler`` (loss scaling) nor ``clip_grad_norm_``: the step is
+    taken inside backward (see the module's Notes, "Loss scaling and clipping").
     """
 
     kind = "adam"
