@@ -713,7 +713,7 @@ class _CuckooBase(_AtomicLoad):
         self._table = self._new_table()
         self._refresh_snapshot()
         _attach_optimizer(self, optimizer)
-        self._writer = threading.Lock()  # held by the training remap: one thread at a time
+        self._writer = threading.RLock()  # held by a training remap: one thread at a time
         self._owner_pid = os.getpid()  # the process whose table this is (see _check_insert)
         self._note_map()
         _MODULES.add(self)
@@ -754,7 +754,9 @@ class _CuckooBase(_AtomicLoad):
     # ``train(False)``, so a traced eval-mode forward always reads a current map.
 
     def _refresh_snapshot(self) -> None:
-        if torch.is_inference_mode_enabled():  # the snapshot outlives the call: normal tensors
+        if torch.is_inference_mode_enabled() and not self.row_ids.is_inference():
+            # the snapshot outlives the call: normal tensors, as the module's own (a module
+            # built under inference_mode keeps inference tensors, which only it can change)
             with torch.inference_mode(False):
                 return self._refresh_snapshot()
         if torch.get_default_device().type != "cpu":  # on the CPU, as the map it mirrors
@@ -807,15 +809,6 @@ class _CuckooBase(_AtomicLoad):
                 f"dense part in DDP and use embtab.distributed's sharded modules). Change the "
                 f"ID map only through load_state_dict, which makes the module consistent again"
             )
-
-    def _refuse_writer(self) -> None:
-        raise RuntimeError(
-            f"{type(self).__name__}: another thread is inside a training forward of this module "
-            f"(which may insert, evict and grow its ID map); a module trains on one thread at a "
-            f"time, and this forward changed nothing. Serialise the training forwards (a lock "
-            f"around them), give each thread its own module, or run concurrent forwards in "
-            f"eval() mode (reads only)"
-        )
 
     @torch.compiler.disable  # os.getpid: eager, as the insert around it is
     def _check_insert(self) -> None:
@@ -964,8 +957,8 @@ class _CuckooBase(_AtomicLoad):
         if k is not None and (k[0]._version != k[1] or k[2]._version != k[3]):
             self._check_map()
         locked = self.training
-        if locked and not self._writer.acquire(False):
-            self._refuse_writer()
+        if locked:
+            self._writer.acquire()   # another thread's training remap finishes first
         if grad:
             torch._C._set_grad_enabled(False)
         try:
@@ -987,16 +980,15 @@ class _CuckooBase(_AtomicLoad):
         self, ids: np.ndarray, rows: Optional[np.ndarray], n_absent: Optional[int] = None
     ) -> tuple[np.ndarray, bool]:
         """_remap's work, with gradient tracking off. A training remap (it may insert, evict,
-        expire and grow) holds the module's writer lock: a second thread's training forward
-        meanwhile is refused (RuntimeError), not made to wait, as two threads training one
-        module is a mistake; eval-mode remaps read only and take no lock."""
+        expire and grow) holds the module's writer lock: a second thread's training remap
+        waits for it (the two would otherwise corrupt the ID map); eval-mode remaps read only
+        and take no lock."""
         k = self._map_key
         if k is not None and (k[0]._version != k[1] or k[2]._version != k[3]):
             self._check_map()
         if not self.training:
             return self._map_rows(ids, rows, n_absent)
-        if not self._writer.acquire(False):
-            self._refuse_writer()
+        self._writer.acquire()   # another thread's training remap finishes first
         try:
             return self._map_rows(ids, rows, n_absent)
         finally:
@@ -1074,9 +1066,10 @@ class _CuckooBase(_AtomicLoad):
     def _insert(self, new_ids: np.ndarray, batch_rows: np.ndarray) -> np.ndarray:
         """Give each of the distinct, absent `new_ids` a row (by policy); return their rows."""
         self._check_insert()
-        if torch.is_inference_mode_enabled():
+        if torch.is_inference_mode_enabled() and not self.weight.is_inference():
             # what it allocates (a grown weight, buffers, state) outlives this call: normal
-            # tensors, not inference tensors that a later training step could not change
+            # tensors, not inference tensors that a later training step could not change (a
+            # module built under inference_mode has inference tensors: it stays as it is)
             with torch.inference_mode(False):
                 return self._insert(new_ids, batch_rows)
         if self.optimizer is not None:
@@ -1257,8 +1250,8 @@ class _CuckooBase(_AtomicLoad):
 
     def _resize_rows(self, new_R: int, keep_values: bool = True):
         """Resize weight (same Parameter object), its grad and per-row buffers to new_R rows."""
-        if torch.is_inference_mode_enabled():  # they outlive the call: normal tensors
-            with torch.inference_mode(False):
+        if torch.is_inference_mode_enabled() and not self.weight.is_inference():
+            with torch.inference_mode(False):   # they outlive the call: normal tensors
                 return self._resize_rows(new_R, keep_values)
         R = self.num_embeddings
         keep = min(R, new_R)
@@ -1600,7 +1593,7 @@ class _CuckooBase(_AtomicLoad):
         super().__setstate__(state)
         if "_snap_keys" not in self._buffers:
             self._refresh_snapshot()
-        self._writer = threading.Lock()
+        self._writer = threading.RLock()
         # A weight in shared memory here was shared with the process that pickled the module
         # (torch.multiprocessing): the table is still that process's. Otherwise (torch.load,
         # pickle, deepcopy) the copy is independent, and this process's own.
@@ -1968,12 +1961,14 @@ class CuckooEmbedding(_Embedding, _CuckooBase):
       Hooks registered on ``weight`` are carried over to the grown weight.
     * A training forward that would insert IDs while ``weight`` is substituted
       (``torch.func.functional_call``) raises RuntimeError (the new rows would go into the
-      caller's tensor): use eval mode or IDs the module holds there. A training forward while
-      another thread is inside one raises RuntimeError (a module trains on one thread at a
-      time; eval-mode reads may run concurrently), and so does inserting IDs in a process that
-      did not create or load the module while its weight is in shared memory (each process
-      has its own ID table). In-place torch writes to ``row_ids``/``row_live`` from outside
-      (``AveragedModel``, DDP's buffer broadcast) are refused at the next forward.
+      caller's tensor): use eval mode or IDs the module holds there. The training remaps of
+      several threads take turns (a lock; eval-mode reads take none and run concurrently).
+      Inserting IDs in a process that did not create or load the module while its weight is
+      in shared memory raises RuntimeError (each process has its own ID table). In-place torch
+      writes to ``row_ids``/``row_live`` from outside (``AveragedModel``, DDP's buffer
+      broadcast) are refused at the next forward of the module (a collection's tables: at the
+      next one that inserts or updates recency; its pass over known IDs reads the native
+      table, which such writes do not reach).
     * Eviction and expiry never take a row read by the current batch or by an earlier output
       that needs a gradient and whose graph has not been backpropagated yet (the row stays
       pinned until the first backward through that output, or until its graph is freed); when

@@ -294,7 +294,7 @@ class CuckooTable:
         magic number, a format version, the configuration, the index's capacity, every
         ``(key, row)`` and a checksum. It is written to a temporary file in the same directory,
         fsynced and renamed over ``path``: a failed or interrupted save leaves the old file
-        intact. A file it replaces keeps its permission bits (a new one gets 0666 less the
+        intact. A file it replaces keeps its read/write/execute bits (a new one gets 0666 less the
         umask). A symbolic link at ``path`` is replaced by the new file (the link's target is
         left as it was), as with any save by rename; pass the target's own path
         (``os.path.realpath``) to write there.
@@ -305,9 +305,10 @@ class CuckooTable:
     def load(cls, path: "os.PathLike[str] | str", num_threads: int = 0) -> "CuckooTable":
         """Read a table written by :meth:`save`.
 
-        The table comes back with its capacity (so a :meth:`reserve` survives the round trip,
-        as do pickling and copying), unless that index would take more than an eighth of this
-        machine's memory: it is then sized for the IDs and rows the file holds.
+        The table comes back with its capacity up to 8 slots per ID (so a :meth:`reserve` made
+        for growth to come survives the round trip, as do pickling and copying, while a table
+        that grew and was emptied comes back small), and never with an index of more than an
+        eighth of this machine's memory.
 
         Raises
         ------

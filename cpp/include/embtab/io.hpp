@@ -37,7 +37,8 @@ inline constexpr std::size_t kTmpStemBytes = 200;
 // as something other than a regular file, a symbolic link or a directory (a FIFO, a device,
 // a socket) is refused before anything is written: a rename would replace the node itself
 // (a directory fails in rename; a link is replaced, its target left alone). The new file
-// keeps the permission bits of the regular file it replaces (of a link's target).
+// keeps the read/write/execute bits of the regular file it replaces (of a link's target),
+// where the file system allows it.
 inline void atomic_write_file(const std::string& path, const std::string& data) {
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode) &&
@@ -64,10 +65,10 @@ inline void atomic_write_file(const std::string& path, const std::string& data) 
         ::unlink(tmp.c_str());
         throw IoError(what + " " + tmp, err, path);
     };
+    // Best effort: a file system that refuses chmod (vfat, some network mounts) keeps the
+    // new file's mode, as before; the set-user/group-ID and sticky bits are not carried.
     struct stat old {};
-    if (::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode) && ::fchmod(fd, old.st_mode & 07777) != 0) {
-        fail("cannot set the permissions of the replaced file on");
-    }
+    if (::stat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode)) (void)::fchmod(fd, old.st_mode & 0777);
     std::size_t done = 0;
     while (done < data.size()) {
         const ssize_t w = ::write(fd, data.data() + done, data.size() - done);

@@ -426,7 +426,7 @@ class CuckooTable {
 
     // serialize renders the table in the versioned binary format:
     //   magic "EMBTABCK" | u32 version | u32 header bytes (=72) | u64 seed | f64 growth_factor |
-    //   f64 max_load_factor | u64 max_size | u64 size | u64 num_rows | u64 capacity (restored on load) |
+    //   f64 max_load_factor | u64 max_size | u64 size | u64 num_rows | u64 capacity (see deserialize) |
     //   size × (u64 key, i64 row), ordered by row | u64 checksum
     // all little-endian; the checksum is checksum64 over every byte before it. Reader.
     std::string serialize() const {
@@ -497,20 +497,33 @@ class CuckooTable {
             keys[i] = get<std::uint64_t>(data + kHeaderBytes + 16 * i);
             rows[i] = get<std::int64_t>(data + kHeaderBytes + 16 * i + 8);
         }
-        // The saved index size is restored, so that a loaded table does not regrow, a reserve()
-        // survives the round trip, and the IDs go back into an index of the size that held them
-        // (at a smaller one, IDs chosen against the seed can crowd buckets they did not crowd
-        // there, and the file would not load). The size is the file's word, so it is kept only
-        // while the index takes at most an eighth of this machine's memory (a file from a larger
-        // machine, or a crafted one, must not take the rest): else the index is sized for the
-        // content, as large as its IDs and rows make plausible.
+        // The saved index size is restored up to 8 slots per ID (2 * max(IDs, rows) + 1024 at
+        // least), so that a loaded table does not regrow and a reserve() made for growth to come
+        // survives the round trip, while a table that grew and was emptied does not come back
+        // as a bare index of its old size. The IDs then go into that index; should they not all
+        // find a place there (IDs chosen against the seed can crowd buckets of a smaller index
+        // that they did not crowd in the saved one), they go into an index of the saved size,
+        // which held them. The saved size is the file's word: it is used only while that index
+        // takes at most an eighth of this machine's memory (a file from a larger machine, or a
+        // crafted one, must not take the rest).
         const std::uint64_t machine = machine_memory_bytes();
         const std::uint64_t content = std::min<std::uint64_t>(capacity, 2 * std::max(size, num_rows) + 1024);
         const bool plausible = machine == 0 || capacity <= machine / 8 / (sizeof(Bucket) / kSlotsPerBucket);
-        const std::uint64_t keep = plausible ? std::max(capacity, content) : content;
-        auto table = std::make_unique<CuckooTable>(static_cast<std::uint64_t>(keep * cfg.max_load_factor), cfg);
+        const std::uint64_t keep =
+            plausible ? std::max(content, std::min<std::uint64_t>(capacity, 8 * size)) : content;
+        auto load = [&](std::uint64_t slots) {
+            auto t = std::make_unique<CuckooTable>(static_cast<std::uint64_t>(slots * cfg.max_load_factor), cfg);
+            t->assign(keys.data(), rows.data(), size, num_rows);
+            return t;
+        };
+        std::unique_ptr<CuckooTable> table;
         try {
-            table->assign(keys.data(), rows.data(), size, num_rows);
+            try {
+                table = load(keep);
+            } catch (const std::invalid_argument&) {
+                if (!plausible || keep >= capacity) throw;
+                table = load(capacity);  // the saved size, which held these IDs
+            }
         } catch (const std::invalid_argument& e) {
             throw std::invalid_argument(std::string("corrupt file: ") + e.what());
         }
