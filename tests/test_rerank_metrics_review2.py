@@ -412,3 +412,21 @@ print("clean", ok + refused)
                          timeout=600, env=env)
     assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
     assert "clean 24" in res.stdout
+
+
+def test_popularity_bins_give_the_same_bins_for_the_same_proportions():
+    # review: [0.1] * 10 summed 8 of them to 0.7999999999999999 and put one item more in the
+    # mid bin than [1] * 10; NaN cut points were accepted; counts near 1e308 overflowed
+    ints = rerank.popularity_bins([1] * 10).argmax(1)
+    assert ints.tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 2, 2]
+    for scale in (0.1, 0.3, 1e-300, 1e300, 1.7e307):
+        np.testing.assert_array_equal(rerank.popularity_bins([scale] * 10).argmax(1), ints)
+    for bins in [(float("nan"),), (0.2, float("nan")), (float("inf"),)]:
+        with pytest.raises(ValueError, match="bins must be increasing cut points"):
+            rerank.popularity_bins([3, 2, 1], bins=bins)
+    assert rerank.popularity_bins([0, 0, 0]).argmax(1).tolist() == [0, 0, 0]   # documented
+
+
+def test_head_items_refuse_infinite_counts():
+    with pytest.raises(ValueError, match="train_counts must be finite non-negative"):
+        metrics.head_items(np.array([3.0, np.inf, 1.0]))

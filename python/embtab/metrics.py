@@ -369,9 +369,11 @@ def _popularity_rank(train_counts) -> np.ndarray:
     c = np.asarray(train_counts)
     if c.ndim != 1:
         raise ValueError(f"train_counts must be 1-D [I]; got shape {c.shape}")
-    if c.dtype.kind not in "iuf" or (c.size and not np.all(c >= 0)):  # NaN fails it too
-        raise ValueError(f"train_counts must be non-negative numbers; got dtype {c.dtype}"
-                         + (f", min {c.min()}" if c.size and c.dtype.kind in "iuf" else ""))
+    if c.dtype.kind not in "iuf" or (c.size and not np.all((c >= 0) & np.isfinite(c))):
+        # (NaN fails it too)
+        raise ValueError(f"train_counts must be finite non-negative numbers; got dtype "
+                         f"{c.dtype}" + (f", min {c.min()}, max {c.max()}"
+                                         if c.size and c.dtype.kind in "iuf" else ""))
     order = np.lexsort((np.arange(c.size), -c.astype(np.float64)))
     rank = np.empty(c.size, dtype=np.int64)
     rank[order] = np.arange(c.size)

@@ -50,6 +50,7 @@ from embtab._checks import (
 __all__ = [
     "ItemDistribution",
     "RerankResult",
+    "SHARE_TOL",
     "calibrated",
     "examination_probability",
     "expected_consumption",
@@ -852,12 +853,19 @@ def _history_mix(h: Any, dense: np.ndarray) -> np.ndarray:
     return num
 
 
+#: How far below a cut point of :func:`popularity_bins` a share may fall from float rounding
+#: and still count as reaching it.
+SHARE_TOL = 1e-9
+
+
 def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.8)) -> npt.NDArray[np.float64]:
     """Head / mid / tail one-hot distributions for popularity calibration.
 
     Items are sorted by count, most popular first (ties by lower id); an item falls in bin j
     when the share of all interactions held by the items before it is at least ``bins[j-1]``
-    and below ``bins[j]``. With the default ``(0.2, 0.8)`` this is Abdollahpouri et al.'s split
+    and below ``bins[j]`` (a share within :data:`SHARE_TOL` below a cut counts as reaching it:
+    the shares are float sums, and the same proportions must give the same bins). Counts that
+    are all 0 put every item in the head. With the default ``(0.2, 0.8)`` this is Abdollahpouri et al.'s split
     (UMAP 2021): the head holds the most popular items accounting for the first 20% of
     interactions, the tail the least popular ones accounting for the last 20%. Use the result as
     ``item_dist`` (and :func:`user_distribution` of it as ``target``) to calibrate popularity
@@ -888,12 +896,19 @@ def popularity_bins(item_counts: npt.ArrayLike, bins: Sequence[float] = (0.2, 0.
     if not np.isfinite(c).all() or (c < 0).any():
         raise ValueError("item_counts must be finite and >= 0")
     b = np.asarray(bins, dtype=np.float64)
-    if b.ndim != 1 or b.size == 0 or (np.diff(b) <= 0).any() or b[0] <= 0 or b[-1] >= 1:
+    if b.ndim != 1 or b.size == 0 or not np.isfinite(b).all() or (np.diff(b) <= 0).any() \
+            or b[0] <= 0 or b[-1] >= 1:   # (NaN fails the comparisons: checked first)
         raise ValueError(f"bins must be increasing cut points in (0, 1), got {tuple(np.ravel(bins))}")
     order = np.argsort(-c, kind="stable")
-    total = c.sum()
-    before = np.concatenate([[0.0], np.cumsum(c[order])[:-1]]) / (total if total > 0 else 1.0)
-    which = np.searchsorted(b, before, side="right")
+    cs = c
+    total = cs.sum()
+    if not np.isfinite(total):   # counts near 1e308: scaled, so that their sum does not overflow
+        cs = c / float(c.max())
+        total = cs.sum()
+    before = np.concatenate([[0.0], np.cumsum(cs[order])[:-1]]) / (total if total > 0 else 1.0)
+    # a share within SHARE_TOL below a cut reaches it: float sums round ([0.1] * 10 summed 8
+    # of them to 0.7999999999999999, putting one more item in the mid bin than [1] * 10 did)
+    which = np.searchsorted(b, before + SHARE_TOL, side="right")
     out = np.zeros((c.size, b.size + 1), dtype=np.float64)
     out[order, which] = 1.0
     return out
@@ -1282,6 +1297,9 @@ def limited_attention(relevance: np.ndarray, k: int, c: int, *,
         Item ids of the candidates; the lists hold these (candidate positions otherwise).
     examination : ndarray of float, shape [k], optional
         Examination probability per rank in [0, 1]; default :func:`examination_probability`.
+        The greedy assumes it does not rise down the list (a position-bias curve): with one
+        that rises (or a rank examined with probability 0 before ones that are not), it fills
+        each rank in turn and is not optimal even with one intent (docs/metrics.md).
     return_objective : bool, default False
         Also return the expected consumption of each list.
 
