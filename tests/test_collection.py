@@ -839,3 +839,14 @@ def test_a_collection_looked_up_twice_in_one_graph_takes_one_step_per_table(kind
         for t, bag in fused.embedding_bags.items():
             close(bag.weight, plain.embedding_bags[t].weight, msg=t)
     assert all(int(b.opt_step) == 4 for b in fused.embedding_bags.values())
+
+
+def test_bad_jagged_weights_are_named_as_the_jagged_input_gave_them():
+    # review: a float64 KeyedJaggedIds weights tensor was reported as "per_sample_weights"
+    coll = HashedEmbeddingBagCollection([EmbeddingBagConfig(
+        num_embeddings=10, embedding_dim=4, name="t", feature_names=["a"])])
+    kj = KeyedJaggedIds(["a"], torch.tensor([1, 2, 3]), torch.tensor([2, 1]),
+                        torch.ones(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"features\['a'\]: the jagged input's weights \(its "
+                                        r"per_sample_weights\) must have the weight's dtype"):
+        coll(kj)

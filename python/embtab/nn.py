@@ -2932,6 +2932,7 @@ class _BagCollection(_AtomicLoad):
             callable(getattr(features, a, None)) for a in ("keys", "values", "lengths")
         ):
             w = getattr(features, "weights_or_none", None)
+            jagged_weights = callable(w) and w() is not None
             if per_sample_weights is not None:
                 raise ValueError(
                     "per_sample_weights must be None with a jagged input (its weights carry them)"
@@ -2945,6 +2946,7 @@ class _BagCollection(_AtomicLoad):
             last = True
         else:
             last = self.include_last_offset
+            jagged_weights = False
         if not isinstance(features, Mapping):
             raise TypeError(
                 f"features must be a dict {{feature: (ids, offsets) or 2-D ids}} or a "
@@ -2995,7 +2997,11 @@ class _BagCollection(_AtomicLoad):
                         ids, offsets, psw.get(f), bag.mode, last, bag.weight, want_csr=True
                     )
                 except (TypeError, ValueError) as e:
-                    raise type(e)(f"features[{f!r}]: {e}") from None
+                    msg = str(e)
+                    if jagged_weights and msg.startswith("per_sample_weights"):
+                        # they came as the jagged input's weights: named as the user gave them
+                        msg = "the jagged input's weights (its per_sample_weights)" + msg[18:]
+                    raise type(e)(f"features[{f!r}]: {msg}") from None
                 if off is None:
                     n_bags, width = ids.shape
                     csr = np.arange(n_bags + 1, dtype=np.int64) * width
