@@ -428,5 +428,5 @@ def test_popularity_bins_give_the_same_bins_for_the_same_proportions():
 
 
 def test_head_items_refuse_infinite_counts():
-    with pytest.raises(ValueError, match="train_counts must be finite non-negative"):
+    with pytest.raises(ValueError, match="train_counts must be non-negative finite"):
         metrics.head_items(np.array([3.0, np.inf, 1.0]))

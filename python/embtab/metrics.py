@@ -371,7 +371,7 @@ def _popularity_rank(train_counts) -> np.ndarray:
         raise ValueError(f"train_counts must be 1-D [I]; got shape {c.shape}")
     if c.dtype.kind not in "iuf" or (c.size and not np.all((c >= 0) & np.isfinite(c))):
         # (NaN fails it too)
-        raise ValueError(f"train_counts must be finite non-negative numbers; got dtype "
+        raise ValueError(f"train_counts must be non-negative finite numbers; got dtype "
                          f"{c.dtype}" + (f", min {c.min()}, max {c.max()}"
                                          if c.size and c.dtype.kind in "iuf" else ""))
     order = np.lexsort((np.arange(c.size), -c.astype(np.float64)))
