@@ -9,23 +9,19 @@ import argparse
 import json
 
 from embtab.benchmarks import newids
-from embtab.cli import check_out_file, int_at_least
+from embtab.cli import int_at_least, out_file
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="10**6 keys, a 100,000-row module, batches of 8,192: a smoke run")
-    ap.add_argument("--out", help="write the raw results here as JSON")
+    ap.add_argument("--out", type=out_file,   # checked before the run
+                    help="write the raw results here as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int_at_least(1), default=3)
     ap.add_argument("--threads", type=int_at_least(0), default=1,
                     help="num_threads of the table and module, and torch's (0 = all)")
     args = ap.parse_args()
-    if args.out:   # before the run: a bad path is a one-line error, not results lost at the end
-        try:
-            check_out_file(args.out)
-        except (ValueError, OSError) as e:
-            ap.error(str(e) if str(e).startswith("--out") else f"--out {args.out}: {e}")
     results = newids.run(quick=args.quick, seed=args.seed, repeats=args.repeats,
                          threads=args.threads)
     if args.out:

@@ -8,19 +8,15 @@ import argparse
 import json
 
 from embtab.benchmarks import table
-from embtab.cli import check_out_file, int_at_least
+from embtab.cli import int_at_least, out_file
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10**6 keys: a smoke run, not the figures")
-    ap.add_argument("--out", help="write the raw results here as JSON")
+    ap.add_argument("--out", type=out_file,   # checked before the run
+                    help="write the raw results here as JSON")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.out:   # before the run: a bad path is a one-line error, not results lost at the end
-        try:
-            check_out_file(args.out)
-        except (ValueError, OSError) as e:
-            ap.error(str(e) if str(e).startswith("--out") else f"--out {args.out}: {e}")
     results = table.run(quick=args.quick, seed=args.seed)
     if args.out:
         with open(args.out, "w") as f:

@@ -328,18 +328,26 @@ def _bench(args) -> int:
     return 0
 
 
-def check_out_file(out) -> Path:
-    """Refuse, before a benchmark runs, an output file that is a folder, under a path that is
-    a file, or in a folder that cannot be created or written (``ValueError`` / ``OSError``, one
-    line); creates the missing folders above it. Returns the path. Used by ``embtab bench`` and
-    the scripts in bench/."""
-    out = Path(out)
-    _check_out_file(out)
+def out_file(text: str) -> Path:
+    """An argparse ``type`` for an output file: refuses, while the arguments are parsed (so
+    before a benchmark runs), a path that is a folder, under a path that is a file, or in a
+    folder that cannot be created or written, as argparse's one-line error naming the flag;
+    creates the missing folders above it. Used by the scripts in bench/ (``embtab bench``
+    makes the same check)."""
+    try:
+        out = Path(text)
+        _check_out_file(out)
+    except (ValueError, OSError) as e:
+        msg = str(e)
+        raise argparse.ArgumentTypeError(msg[len("--out "):] if msg.startswith("--out ")
+                                         else msg) from None
     return out
 
 
 def _check_out_file(out: Path) -> None:
-    """See :func:`check_out_file`."""
+    """Refuse, before the benchmark runs, an output file that is a folder, under a path that
+    is a file, or in a folder that cannot be created or written; create the missing folders
+    above it."""
     if out.is_dir():
         raise ValueError(f"--out {out}: is a folder; expected a file name")
     _refuse_file_ancestor(out)
